@@ -1,0 +1,95 @@
+"""Names, ownership labels and spec hashes: how pyapply recognises what it made.
+
+Everything pyapply creates carries the `io.pyapply.*` labels; pruning only ever touches
+objects that carry the stack's label. The spec hash is the sha256 of a canonical JSON form of
+what the object should be, so a changed manifest shows up as a changed label, whatever the
+runtime reports back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+PREFIX = "io.pyapply."
+STACK = PREFIX + "stack"
+SERVICE = PREFIX + "service"
+REPLICA = PREFIX + "replica"
+SPEC_HASH = PREFIX + "spec-hash"
+REVISION = PREFIX + "revision"
+NETWORK = PREFIX + "network"
+VOLUME = PREFIX + "volume"
+
+# A container being replaced start-first lives under this suffix until the old one is gone.
+NEXT_SUFFIX = "--next"
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def normalise_stack_name(name: str) -> str:
+    """Compose's project-name rule: lower case, only [a-z0-9_-], starting alphanumeric."""
+    lowered = re.sub(r"[^a-z0-9_-]", "", name.lower())
+    return lowered.lstrip("_-")
+
+
+def valid_stack_name(name: str) -> bool:
+    return bool(_NAME_RE.match(name))
+
+
+def container_name(stack: str, service: str, replica: int) -> str:
+    return f"{stack}-{service}-{replica}"
+
+
+def network_name(stack: str, network: str) -> str:
+    return f"{stack}_{network}"
+
+
+def volume_name(stack: str, volume: str) -> str:
+    return f"{stack}_{volume}"
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON of dataclasses, mappings, tuples and scalars."""
+    return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.compare
+        }
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def digest(value: Any, length: int = 16) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+
+
+def labels(
+    stack: str,
+    *,
+    revision: str,
+    spec_hash: str,
+    service: str | None = None,
+    replica: int | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    out = dict(extra or {})
+    out[STACK] = stack
+    out[SPEC_HASH] = spec_hash
+    out[REVISION] = revision
+    if service is not None:
+        out[SERVICE] = service
+    if replica is not None:
+        out[REPLICA] = str(replica)
+    return out

@@ -1,0 +1,236 @@
+"""The desired model: frozen dataclasses a loaded, validated manifest becomes.
+
+Everything here is already normalised (short and long syntaxes folded into one form, sizes in
+bytes, durations in seconds, relative paths made absolute, environment sorted), so that two
+manifests meaning the same thing produce equal models -- which is what the spec hash and the
+`convert` round trip rely on. Names are the manifest's keys (service `web`, network `back`);
+the runtime names (`shop-web-1`, `shop_back`) come from `identity`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
+PullPolicy = Literal["missing", "always", "never", "build"]
+UpdateOrder = Literal["stop-first", "start-first"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was written: 1-based line and column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Port:
+    target: int
+    published: int | None = None  # None: an ephemeral host port
+    host_ip: str = ""
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A volume (source = the stack's volume key, "" anonymous), bind (source = absolute host
+    path) or tmpfs mount."""
+
+    type: Literal["volume", "bind", "tmpfs"]
+    target: str
+    source: str = ""
+    read_only: bool = False
+    tmpfs_size: int | None = None
+    tmpfs_mode: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceNetwork:
+    name: str  # the stack's network key
+    aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    service: str
+    condition: Condition = "service_started"
+    required: bool = True
+    restart: bool = False
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]  # ("CMD", ...), ("CMD-SHELL", line) or ("NONE",)
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    disable: bool = False
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A service's use of a config or secret."""
+
+    source: str  # the stack's config/secret key
+    target: str  # absolute path in the container
+    mode: int | None = None
+    uid: str | None = None
+    gid: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory: int | None = None  # bytes
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    order: UpdateOrder = "stop-first"
+    parallelism: int = 1  # 0: all at once
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    environment: tuple[tuple[str, str], ...] = ()  # sorted by key
+    ports: tuple[Port, ...] = ()
+    mounts: tuple[Mount, ...] = ()  # volumes and tmpfs, in manifest order
+    networks: tuple[ServiceNetwork, ...] = ()  # sorted by name
+    depends_on: tuple[Dependency, ...] = ()  # sorted by service
+    healthcheck: Healthcheck | None = None
+    restart: str = "no"  # no | always | on-failure[:N] | unless-stopped
+    replicas: int = 1
+    resources: Resources = Resources()
+    update: UpdateConfig = UpdateConfig()
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key
+    user: str | None = None
+    working_dir: str | None = None
+    hostname: str | None = None
+    cap_add: tuple[str, ...] = ()  # sorted
+    cap_drop: tuple[str, ...] = ()  # sorted
+    read_only: bool = False
+    stop_signal: str | None = None
+    stop_grace_period: float | None = None  # seconds
+    init: bool | None = None
+    ulimits: tuple[Ulimit, ...] = ()  # sorted by name
+    configs: tuple[FileRef, ...] = ()
+    secrets: tuple[FileRef, ...] = ()
+    pull_policy: PullPolicy = "missing"
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str  # the stack's key
+    driver: str = "bridge"
+    internal: bool = False
+    subnet: str | None = None
+    gateway: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    external: bool = False
+    external_name: str | None = None  # `name:` of an external (or explicitly named) network
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str
+    driver: str = "local"
+    driver_opts: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    external: bool = False
+    external_name: str | None = None
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """A config or secret: exactly one of file (absolute path), content, environment (a
+    variable name whose value is the content), or external."""
+
+    name: str
+    file: str | None = None
+    content: str | None = None
+    environment: str | None = None
+    external: bool = False
+    location: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SecretSpec(ConfigSpec):
+    pass
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    services: tuple[ServiceSpec, ...] = ()  # sorted by name
+    networks: tuple[NetworkSpec, ...] = ()
+    volumes: tuple[VolumeSpec, ...] = ()
+    configs: tuple[ConfigSpec, ...] = ()
+    secrets: tuple[SecretSpec, ...] = ()
+    sources: tuple[str, ...] = field(default=(), compare=False)  # files it was read from
+    location: Location | None = field(default=None, compare=False)
+
+    def service(self, name: str) -> ServiceSpec:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def network(self, name: str) -> NetworkSpec:
+        for n in self.networks:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def volume(self, name: str) -> VolumeSpec:
+        for v in self.volumes:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A user's mistake (or a warning) found while loading, with where it was written."""
+
+    message: str
+    location: Location | None = None
+    path: str = ""  # JSON path of the field, e.g. spec.services.web.ports[0]
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        field_ = f"{self.path}: " if self.path else ""
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{where}{prefix}{field_}{self.message}"
+
+
+class ManifestError(Exception):
+    """Loading failed; `problems` lists every error found (never raised for warnings)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems

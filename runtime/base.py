@@ -1,0 +1,279 @@
+"""The Runtime protocol: the one interface the reconciler knows about runtimes.
+
+It speaks its own plain vocabulary -- container, network and volume configs (what to create)
+and their observed states (what is there) -- so that a driver never sees a manifest and the
+reconciler never sees a raw API payload. Drivers translate their errors at the boundary into
+the small taxonomy below, which the executor acts on: `TransientError` is retried with
+back-off, everything else fails fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+class RuntimeFailure(Exception):
+    """Base of every error a runtime raises; `message` is meant for a person."""
+
+    retryable = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TransientError(RuntimeFailure):
+    """Worth retrying: daemon busy or restarting, connection reset, timeout, 5xx."""
+
+    retryable = True
+
+
+class Unavailable(TransientError):
+    """The runtime cannot be reached at all (daemon down, socket missing)."""
+
+
+class PermanentError(RuntimeFailure):
+    """Retries are useless: bad image name, port already taken, invalid config."""
+
+
+class NotFound(PermanentError):
+    """The object (or image) does not exist."""
+
+
+class Conflict(PermanentError):
+    """The object exists but is not ours or not what was asked for (e.g. a name in use)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What to create
+
+MountType = Literal["volume", "bind", "tmpfs"]
+ContainerStatus = Literal["created", "running", "paused", "restarting", "exited", "dead", "removing"]
+Health = Literal["healthy", "unhealthy", "starting"]
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    """A published port: host_ip:host_port -> container_port/protocol.
+
+    host_port None means "any free port"; host_ip "" means all addresses.
+    """
+
+    container_port: int
+    protocol: str = "tcp"
+    host_ip: str = ""
+    host_port: int | None = None
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """A mount: a named volume (source = runtime volume name, "" for anonymous), a bind
+    (source = absolute host path) or a tmpfs (source unused)."""
+
+    type: MountType
+    target: str
+    source: str = ""
+    read_only: bool = False
+    tmpfs_size: int | None = None
+    tmpfs_mode: int | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A container's attachment to a network (runtime network name)."""
+
+    network: str
+    aliases: tuple[str, ...] = ()
+    ipv4_address: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """A healthcheck. `test` is ("CMD", arg, ...), ("CMD-SHELL", line) or ("NONE",)."""
+
+    test: tuple[str, ...]
+    interval_s: float = 30.0
+    timeout_s: float = 30.0
+    retries: int = 3
+    start_period_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Ulimit:
+    name: str
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Everything needed to create one container. Lists are kept in a canonical order by the
+    caller so that two configs of the same container compare equal."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()  # "KEY=value"
+    mounts: tuple[MountConfig, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    networks: tuple[Attachment, ...] = ()
+    memory_bytes: int | None = None
+    nano_cpus: int | None = None
+    pids_limit: int | None = None
+    restart_policy: str = "no"  # no | always | unless-stopped | on-failure
+    restart_max_retries: int = 0
+    health: HealthConfig | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    hostname: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    read_only: bool = False
+    stop_signal: str | None = None
+    stop_timeout_s: float | None = None
+    init: bool | None = None
+    ulimits: tuple[Ulimit, ...] = ()
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    name: str
+    driver: str = "bridge"
+    internal: bool = False
+    subnet: str | None = None
+    gateway: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VolumeConfig:
+    name: str
+    driver: str = "local"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    driver_opts: Mapping[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# What is there
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    id: str
+    name: str
+    image: str  # the reference it was created from
+    image_id: str
+    labels: Mapping[str, str]
+    status: ContainerStatus
+    exit_code: int | None = None
+    health: Health | None = None
+    env: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()  # runtime network names, sorted
+    ports: tuple[PortBinding, ...] = ()  # as configured (not as bound), sorted
+    memory_bytes: int | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting")
+
+
+@dataclass(frozen=True)
+class NetworkState:
+    id: str
+    name: str
+    driver: str
+    internal: bool
+    labels: Mapping[str, str]
+    subnet: str | None = None
+    containers: tuple[str, ...] = ()  # names of attached containers
+
+
+@dataclass(frozen=True)
+class VolumeState:
+    name: str
+    driver: str
+    labels: Mapping[str, str]
+    mountpoint: str = ""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Event:
+    """A runtime event about one of our objects (used by the watch agent)."""
+
+    kind: Literal["container", "network", "volume"]
+    action: str  # die, start, destroy, health_status, ...
+    name: str
+    labels: Mapping[str, str]
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A container runtime. Every mutating call is idempotent:
+
+    - create_*: an object of that name that already carries the same labels is success;
+      one that does not is `Conflict`;
+    - remove_*: an object that is already gone is success.
+
+    Listing calls take label filters ({key: value}, value "" meaning "has the key") and make
+    one call per object kind.
+    """
+
+    name: str
+
+    def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]: ...
+    def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]: ...
+    def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]: ...
+    def get_container(self, name: str) -> ContainerState | None: ...
+    def get_network(self, name: str) -> NetworkState | None: ...
+    def get_volume(self, name: str) -> VolumeState | None: ...
+
+    def images(self, refs: Iterable[str]) -> dict[str, ImageInfo | None]:
+        """Resolve image references to local images (None: not present locally)."""
+        ...
+
+    def pull_image(self, ref: str) -> ImageInfo: ...
+
+    def create_network(self, config: NetworkConfig) -> None: ...
+    def remove_network(self, name: str) -> None: ...
+    def create_volume(self, config: VolumeConfig) -> None: ...
+    def remove_volume(self, name: str) -> None: ...
+
+    def create_container(self, config: ContainerConfig) -> str:
+        """Create (not start) a container; return its id."""
+        ...
+
+    def start_container(self, name: str) -> None: ...
+    def stop_container(self, name: str, timeout_s: float | None = None) -> None: ...
+    def remove_container(self, name: str) -> None:
+        """Stop (if running) and remove the container; gone is success."""
+        ...
+
+    def rename_container(self, name: str, new_name: str) -> None: ...
+    def connect_network(self, container: str, attachment: Attachment) -> None: ...
+
+    def logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[bytes]: ...
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[Event]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The Docker Engine driver (Docker SDK for Python)."""

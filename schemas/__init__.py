@@ -1,0 +1,1 @@
+"""JSON Schemas of the pyapply manifest format, shipped as package data."""
