@@ -60,9 +60,7 @@ def canonical_json(value: Any) -> str:
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _plain(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if f.compare
+            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare
         }
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}

@@ -1,0 +1,70 @@
+# Entry points for people and CI. `make test` is what .ci/run and the README use.
+.NOTPARALLEL:
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+BIN       := $(VENV)/bin
+PYTEST    := $(BIN)/pytest -ra -p no:cacheprovider
+LINT_DIRS := reconciler runtime tests
+DEMO      := manifests/demo/
+
+.PHONY: help setup lint typecheck unit e2e test demo bench clean-state
+
+help:
+	@echo "make setup       install packages, venv, start dockerd, build the test image"
+	@echo "make lint        ruff check + ruff format --check"
+	@echo "make typecheck   mypy (strict, see pyproject.toml)"
+	@echo "make unit        unit tests"
+	@echo "make e2e         end-to-end tests against dockerd"
+	@echo "make test        setup + lint + typecheck + every test except benchmarks (CI)"
+	@echo "make demo        apply $(DEMO)"
+	@echo "make bench       run tests/bench/*.py"
+	@echo "make clean-state remove ./.state and objects left by interrupted e2e runs"
+
+setup:
+	bash scripts/setup.sh
+
+lint:
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
+
+typecheck:
+	$(BIN)/mypy
+
+unit:
+	$(PYTEST) tests/unit
+
+e2e:
+	$(PYTEST) -m e2e tests/e2e
+
+test: setup lint typecheck
+	$(PYTEST) tests --ignore=tests/bench
+
+demo: setup
+	$(BIN)/pyapply -f $(DEMO)
+	@echo
+	@echo "Look at it:  $(BIN)/pyapply get -f $(DEMO)"
+	@echo "Tear down:   $(BIN)/pyapply down -f $(DEMO)"
+
+bench:
+	@set -e; found=0; for f in tests/bench/*.py; do \
+	  [ -e "$$f" ] || continue; found=1; \
+	  echo "== $$f"; $(BIN)/python "$$f"; \
+	done; [ $$found = 1 ] || echo "no benchmarks in tests/bench"
+
+# E2E stacks are named t + 8 hex digits; a killed test run can leave their objects behind.
+E2E_STACK := grep -E ' t[0-9a-f]{8}$$' | cut -d' ' -f1
+clean-state:
+	rm -rf .state
+	@if docker info >/dev/null 2>&1; then \
+	  ids=$$(docker ps -a --filter label=io.pyapply.stack \
+	    --format '{{.ID}} {{.Label "io.pyapply.stack"}}' | $(E2E_STACK)); \
+	  [ -z "$$ids" ] || docker rm -f $$ids >/dev/null; \
+	  nets=$$(docker network ls --filter label=io.pyapply.stack \
+	    --format '{{.ID}} {{.Label "io.pyapply.stack"}}' | $(E2E_STACK)); \
+	  [ -z "$$nets" ] || docker network rm $$nets >/dev/null; \
+	  vols=$$(docker volume ls --filter label=io.pyapply.stack \
+	    --format '{{.Name}} {{.Label "io.pyapply.stack"}}' | $(E2E_STACK)); \
+	  [ -z "$$vols" ] || docker volume rm $$vols >/dev/null; \
+	  echo "clean-state: removed objects left by e2e stacks"; \
+	fi

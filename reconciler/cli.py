@@ -1,0 +1,556 @@
+"""The command line: `pyapply -f stack.yaml` and its friends.
+
+It wires the pieces together -- load, revision, runtime, lock, plan, execute -- and decides
+how things are shown: human text (rich on a terminal) or JSON with `-o json`. Exit codes:
+0 success / no drift, 1 error (bad input, failed action), 2 drift found (`diff --exit-code`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, NoReturn, TypeVar
+
+import click
+from rich.console import Console
+
+from reconciler import __version__, identity
+from reconciler.execute import Executor, Outcome, Settings
+from reconciler.lock import LockTimeout, host_lock
+from reconciler.loop import (
+    PassError,
+    desired_for,
+    observe,
+    plan_down,
+    plan_stack,
+    pull_always,
+    state_root,
+)
+from reconciler.manifest import Loaded, load
+from reconciler.model import ManifestError
+from reconciler.plan import Plan
+from reconciler.progress import LiveReporter, PlainReporter
+from reconciler.render import outcome_summary, plan_text, plans_json, result_line
+from reconciler.revision import identify
+from runtime import open_runtime
+from runtime.base import Runtime, RuntimeFailure
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 2
+
+
+class Failure(Exception):
+    """An error for the user: printed as one line on stderr, exit status 1."""
+
+
+def fail(message: str) -> NoReturn:
+    raise Failure(message)
+
+
+def err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options shared by commands
+
+
+def file_option(required: bool = True) -> Callable[[F], F]:
+    return click.option(
+        "-f",
+        "--file",
+        "files",
+        multiple=True,
+        required=required,
+        type=click.Path(),
+        help="Manifest file or directory (every *.yaml/*.yml below); repeatable.",
+    )
+
+
+def runtime_options(fn: F) -> F:
+    fn = click.option(
+        "--runtime",
+        "runtime_name",
+        envvar="PYAPPLY_RUNTIME",
+        default=None,
+        help="Runtime to drive (docker). Env: PYAPPLY_RUNTIME.",
+    )(fn)
+    fn = click.option(
+        "--root",
+        envvar="PYAPPLY_ROOT",
+        default=None,
+        help="State root (default /var/lib/pyapply). Env: PYAPPLY_ROOT.",
+    )(fn)
+    return fn
+
+
+def output_option(fn: F) -> F:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        help="Output format.",
+    )(fn)
+
+
+class DefaultApply(click.Group):
+    """`pyapply -f x` means `pyapply apply -f x`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
+            args = ["apply", *args]
+        return super().parse_args(ctx, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def load_or_fail(files: Sequence[str]) -> Loaded:
+    try:
+        loaded = load(list(files))
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err(str(problem))
+        n = len(exc.problems)
+        fail(f"{n} error{'s' if n != 1 else ''} in the manifests; nothing was changed")
+    for warning in loaded.warnings:
+        err(str(warning))
+    return loaded
+
+
+def connect(runtime_name: str | None) -> Runtime:
+    try:
+        return open_runtime(runtime_name)
+    except RuntimeFailure as exc:
+        fail(exc.message)
+
+
+def locked(root: str, timeout: float) -> AbstractContextManager[None]:
+    return host_lock(root, timeout_s=timeout, on_wait=err)
+
+
+def _reporter(console: Console) -> tuple[Any, AbstractContextManager[Any]]:
+    if console.is_terminal:
+        live = LiveReporter(console)
+        return live, live
+    plain = PlainReporter(sys.stdout)
+    return plain, nullcontext(plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+@click.group(cls=DefaultApply, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pyapply")
+def main() -> None:
+    """Declarative, GitOps-style reconciler for containers, networks and volumes.
+
+    `pyapply -f stack.yaml` converges the live state to the manifests.
+    """
+
+
+@main.command()
+@file_option()
+@runtime_options
+@output_option
+@click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
+@click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
+@click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
+@click.option("--lock-timeout", default=300.0, show_default=True, help="Seconds to wait.")
+@click.option(
+    "--wait-timeout",
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for a dependency to become healthy or complete.",
+)
+def apply(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    output: str,
+    dry_run: bool,
+    prune_volumes: bool,
+    parallel: int,
+    lock_timeout: float,
+    wait_timeout: float,
+) -> None:
+    """Converge the live state to the manifests."""
+    loaded = load_or_fail(files)
+    revision = identify(loaded.files, loaded.content_digest)
+    rt = connect(runtime_name)
+    root_dir = state_root(root)
+    console = Console()
+    plans: list[Plan] = []
+    outcomes: list[Outcome] = []
+    guard = nullcontext() if dry_run else locked(root_dir, lock_timeout)
+    with guard:
+        for stack in loaded.stacks:
+            desired = desired_for(stack, revision=revision.id, root=root_dir)
+            if not dry_run:
+                pull_always(rt, desired)
+            plan = plan_stack(rt, desired, prune_volumes=prune_volumes)
+            plans.append(plan)
+            if output == "text":
+                click.echo(plan_text(plan))
+            if plan.errors:
+                fail(f"stack {stack.name}: cannot apply: " + "; ".join(plan.errors))
+            if dry_run or plan.empty:
+                continue
+            executor = Executor(
+                rt, Settings(parallelism=parallel, wait_timeout_s=wait_timeout)
+            )
+            reporter, ctx = _reporter(console) if output == "text" else (None, nullcontext())
+            executor.reporter = reporter or executor.reporter
+            with ctx:
+                outcome = executor.run(plan)
+            outcomes.append(outcome)
+            if output == "text":
+                if isinstance(reporter, LiveReporter):
+                    for r in outcome.failed:
+                        err(result_line(r))
+                click.echo(f"stack {stack.name}: {outcome_summary(outcome)}")
+    if output == "json":
+        doc = plans_json(plans)
+        doc["revision"] = revision.id
+        doc["applied"] = not dry_run
+        doc["results"] = [
+            {
+                "id": r.action.id,
+                "status": r.status,
+                "seconds": round(r.seconds, 3),
+                "error": r.error,
+            }
+            for o in outcomes
+            for r in o.results
+        ]
+        click.echo(json.dumps(doc, indent=2))
+    if any(not o.ok for o in outcomes):
+        fail("some actions failed; run `pyapply diff` to see what is left, or apply again")
+
+
+@main.command("diff")
+@file_option()
+@runtime_options
+@output_option
+@click.option("--exit-code", is_flag=True, help="Exit 2 when there is drift.")
+@click.option("--prune-volumes", is_flag=True, help="Count undeclared volumes as drift.")
+def diff_cmd(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    output: str,
+    exit_code: bool,
+    prune_volumes: bool,
+) -> None:
+    """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
+    loaded = load_or_fail(files)
+    revision = identify(loaded.files, loaded.content_digest)
+    rt = connect(runtime_name)
+    root_dir = state_root(root)
+    plans = [
+        plan_stack(
+            rt,
+            desired_for(stack, revision=revision.id, root=root_dir),
+            prune_volumes=prune_volumes,
+        )
+        for stack in loaded.stacks
+    ]
+    if output == "json":
+        click.echo(json.dumps(plans_json(plans), indent=2))
+    else:
+        for plan in plans:
+            click.echo(plan_text(plan))
+    if any(p.errors for p in plans):
+        sys.exit(EXIT_ERROR)
+    if exit_code and any(not p.empty for p in plans):
+        sys.exit(EXIT_DRIFT)
+
+
+@main.command("down")
+@file_option(required=False)
+@runtime_options
+@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
+@click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
+@click.option("--lock-timeout", default=300.0, show_default=True)
+def down(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    stacks: tuple[str, ...],
+    remove_volumes: bool,
+    lock_timeout: float,
+) -> None:
+    """Remove everything the stacks own (named volumes only with --volumes)."""
+    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout)
+
+
+@main.command("delete")
+@file_option(required=False)
+@runtime_options
+@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
+@click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
+@click.option("--lock-timeout", default=300.0, show_default=True)
+def delete(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    stacks: tuple[str, ...],
+    remove_volumes: bool,
+    lock_timeout: float,
+) -> None:
+    """Alias of down."""
+    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout)
+
+
+def _stack_names(files: tuple[str, ...], stacks: tuple[str, ...]) -> list[str]:
+    names = list(stacks)
+    if files:
+        names += [s.name for s in load_or_fail(files).stacks]
+    if not names:
+        fail("name the stacks with -f FILE or --stack NAME")
+    for name in names:
+        if not identity.valid_stack_name(name):
+            fail(f"{name!r} is not a valid stack name")
+    return sorted(set(names))
+
+
+def _down(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    stacks: tuple[str, ...],
+    remove_volumes: bool,
+    lock_timeout: float,
+) -> None:
+    names = _stack_names(files, stacks)
+    rt = connect(runtime_name)
+    root_dir = state_root(root)
+    ok = True
+    with locked(root_dir, lock_timeout):
+        for name in names:
+            plan = plan_down(rt, name, volumes=remove_volumes)
+            click.echo(plan_text(plan))
+            if plan.empty:
+                continue
+            executor = Executor(rt, Settings(), PlainReporter(sys.stdout))
+            outcome = executor.run(plan)
+            click.echo(f"stack {name}: {outcome_summary(outcome)}")
+            ok = ok and outcome.ok
+            if outcome.ok:
+                shutil.rmtree(os.path.join(root_dir, "files", name), ignore_errors=True)
+    if not ok:
+        fail("some objects could not be removed; run down again")
+
+
+@main.command()
+@file_option(required=False)
+@runtime_options
+@output_option
+@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
+def get(
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    output: str,
+    stacks: tuple[str, ...],
+) -> None:
+    """List the objects of the stacks with their state and health."""
+    names = _stack_names(files, stacks)
+    rt = connect(runtime_name)
+    docs: list[dict[str, Any]] = []
+    for name in names:
+        obs = observe(rt, name)
+        docs.append(
+            {
+                "stack": name,
+                "containers": [
+                    {
+                        "name": c.name,
+                        "service": c.labels.get(identity.SERVICE),
+                        "replica": c.labels.get(identity.REPLICA),
+                        "status": c.status,
+                        "exit_code": c.exit_code if c.status == "exited" else None,
+                        "health": c.health,
+                        "image": c.image,
+                        "revision": c.labels.get(identity.REVISION),
+                        "ports": [
+                            f"{p.host_ip + ':' if p.host_ip else ''}"
+                            f"{str(p.host_port) + ':' if p.host_port else ''}"
+                            f"{p.container_port}/{p.protocol}"
+                            for p in c.ports
+                        ],
+                    }
+                    for c in sorted(obs.containers, key=lambda c: c.name)
+                ],
+                "networks": [
+                    {"name": n.name, "driver": n.driver, "internal": n.internal}
+                    for n in sorted(obs.networks, key=lambda n: n.name)
+                ],
+                "volumes": [
+                    {"name": v.name, "driver": v.driver}
+                    for v in sorted(obs.volumes, key=lambda v: v.name)
+                ],
+            }
+        )
+    if output == "json":
+        click.echo(json.dumps(docs, indent=2))
+        return
+    for doc in docs:
+        click.echo(f"stack {doc['stack']}")
+        rows = [("NAME", "SERVICE", "STATE", "HEALTH", "IMAGE", "PORTS")]
+        for c in doc["containers"]:
+            state = c["status"] + (f" ({c['exit_code']})" if c["exit_code"] is not None else "")
+            rows.append(
+                (c["name"], c["service"] or "", state, c["health"] or "-", c["image"],
+                 ", ".join(c["ports"]))
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip())
+        for n in doc["networks"]:
+            click.echo(f"  network {n['name']} ({n['driver']}{', internal' if n['internal'] else ''})")
+        for v in doc["volumes"]:
+            click.echo(f"  volume {v['name']}")
+
+
+@main.command()
+@click.argument("service")
+@file_option(required=False)
+@runtime_options
+@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f).")
+@click.option("--follow", "-F", "follow", is_flag=True, help="Keep streaming new output.")
+@click.option("--tail", type=int, default=None, help="Only the last N lines of each replica.")
+def logs(
+    service: str,
+    files: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    stacks: tuple[str, ...],
+    follow: bool,
+    tail: int | None,
+) -> None:
+    """Print the output of a service's containers (each line prefixed with the replica)."""
+    names = _stack_names(files, stacks)
+    rt = connect(runtime_name)
+    containers = [
+        c
+        for name in names
+        for c in rt.list_containers({identity.STACK: name, identity.SERVICE: service})
+    ]
+    if not containers:
+        fail(f"no containers of service {service} in stack {', '.join(names)}")
+    containers.sort(key=lambda c: c.name)
+    width = max(len(c.name) for c in containers)
+
+    def lines(name: str) -> Iterator[str]:
+        for chunk in rt.logs(name, follow=follow, tail=tail):
+            yield from chunk.decode(errors="replace").splitlines()
+
+    if not follow or len(containers) == 1:
+        for c in containers:
+            for line in lines(c.name):
+                click.echo(f"{c.name.ljust(width)} | {line}" if len(containers) > 1 else line)
+        return
+    import threading
+
+    out_lock = threading.Lock()
+
+    def pump(name: str) -> None:
+        for line in lines(name):
+            with out_lock:
+                click.echo(f"{name.ljust(width)} | {line}")
+
+    threads = [threading.Thread(target=pump, args=(c.name,), daemon=True) for c in containers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+@main.command()
+@file_option()
+@output_option
+def validate(files: tuple[str, ...], output: str) -> None:
+    """Check manifests offline (schema and references); no runtime needed."""
+    try:
+        loaded = load(list(files))
+    except ManifestError as exc:
+        if output == "json":
+            click.echo(
+                json.dumps(
+                    {"valid": False, "problems": [_problem_json(p) for p in exc.problems]},
+                    indent=2,
+                )
+            )
+        else:
+            for problem in exc.problems:
+                err(str(problem))
+        sys.exit(EXIT_ERROR)
+    if output == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "valid": True,
+                    "stacks": [s.name for s in loaded.stacks],
+                    "problems": [_problem_json(p) for p in loaded.warnings],
+                },
+                indent=2,
+            )
+        )
+        return
+    for warning in loaded.warnings:
+        err(str(warning))
+    services = sum(len(s.services) for s in loaded.stacks)
+    click.echo(
+        f"valid: {len(loaded.stacks)} stack(s), {services} service(s) in {len(loaded.files)} file(s)"
+    )
+
+
+def _problem_json(p: Any) -> dict[str, Any]:
+    loc = p.location
+    return {
+        "severity": p.severity,
+        "message": p.message,
+        "path": p.path,
+        "file": loc.file if loc else None,
+        "line": loc.line if loc else None,
+        "column": loc.column if loc else None,
+    }
+
+
+def run() -> int:
+    try:
+        main.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err("aborted")
+        return EXIT_ERROR
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_ERROR
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
+    except Failure as exc:
+        err(f"error: {exc}")
+        return EXIT_ERROR
+    except (PassError, LockTimeout) as exc:
+        err(f"error: {exc}")
+        return EXIT_ERROR
+    except RuntimeFailure as exc:
+        err(f"error: {exc.message}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        err("interrupted")
+        return 130
+    return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(run())

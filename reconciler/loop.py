@@ -1,0 +1,123 @@
+"""One reconcile pass: desired state -> observe -> diff -> plan (-> execute).
+
+The functions here are the glue between the pure core (translate, diff, plan) and the
+effects (the runtime, the files of configs and secrets, the executor). The CLI and the watch
+agent both go through them, so a pass means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from reconciler import identity
+from reconciler.diff import Observed, diff, teardown
+from reconciler.execute import Executor, Outcome
+from reconciler.model import Stack
+from reconciler.plan import Plan, build, build_teardown
+from reconciler.translate import Desired, FileKind, desired_state, file_sources
+from runtime.base import Runtime
+
+DEFAULT_ROOT = "/var/lib/pyapply"
+
+
+class PassError(Exception):
+    """A pass cannot go on (a config file unreadable, an external object missing ...)."""
+
+
+def state_root(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
+
+
+def read_file_objects(
+    stack: Stack, environ: Mapping[str, str]
+) -> dict[tuple[FileKind, str], bytes]:
+    """The bytes of every config and secret the stack defines."""
+    out: dict[tuple[FileKind, str], bytes] = {}
+    for kind, spec in file_sources(stack):
+        if spec.file is not None:
+            try:
+                with open(spec.file, "rb") as fh:
+                    out[(kind, spec.name)] = fh.read()
+            except OSError as exc:
+                raise PassError(
+                    f"{kind} {spec.name}: cannot read {spec.file}: {exc.strerror}"
+                ) from exc
+        elif spec.environment is not None:
+            if spec.environment not in environ:
+                raise PassError(
+                    f"{kind} {spec.name}: environment variable {spec.environment} is not set"
+                )
+            out[(kind, spec.name)] = environ[spec.environment].encode()
+        else:
+            out[(kind, spec.name)] = (spec.content or "").encode()
+    return out
+
+
+def desired_for(
+    stack: Stack, *, revision: str, root: str, environ: Mapping[str, str] | None = None
+) -> Desired:
+    env = os.environ if environ is None else environ
+    return desired_state(
+        stack,
+        revision=revision,
+        file_contents=read_file_objects(stack, env),
+        files_root=os.path.join(root, "files"),
+    )
+
+
+def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Observed:
+    """What the runtime shows for one stack: one listing call per object kind."""
+    labels = {identity.STACK: stack}
+    containers = runtime.list_containers(labels)
+    networks = runtime.list_networks(labels)
+    volumes = runtime.list_volumes(labels)
+    if desired is None:
+        return Observed(tuple(containers), tuple(networks), tuple(volumes))
+    refs = sorted({dc.config.image for dc in desired.containers})
+    return Observed(
+        containers=tuple(sorted(containers, key=lambda c: c.name)),
+        networks=tuple(sorted(networks, key=lambda n: n.name)),
+        volumes=tuple(sorted(volumes, key=lambda v: v.name)),
+        images=runtime.images(refs),
+        external_networks={
+            n.config.name: runtime.get_network(n.config.name)
+            for n in desired.networks
+            if n.external
+        },
+        external_volumes={
+            v.config.name: runtime.get_volume(v.config.name) for v in desired.volumes if v.external
+        },
+    )
+
+
+def pull_always(runtime: Runtime, desired: Desired) -> list[str]:
+    """Pull the images of services with `pull_policy: always` (before observing, so that a
+    tag that moved shows up as a changed image id)."""
+    refs = sorted({s.image for s in desired.services if s.pull_policy == "always"})
+    for ref in refs:
+        runtime.pull_image(ref)
+    return refs
+
+
+@dataclass(frozen=True)
+class StackPass:
+    stack: str
+    plan: Plan
+    outcome: Outcome | None = None
+
+
+def plan_stack(runtime: Runtime, desired: Desired, *, prune_volumes: bool = False) -> Plan:
+    observed = observe(runtime, desired.stack, desired)
+    return build(desired, diff(desired, observed, prune_volumes=prune_volumes))
+
+
+def plan_down(runtime: Runtime, stack: str, *, volumes: bool) -> Plan:
+    return build_teardown(stack, teardown(observe(runtime, stack), volumes=volumes))
+
+
+def execute(executor: Executor, plan: Plan) -> Outcome:
+    if plan.errors:
+        raise PassError("; ".join(plan.errors))
+    return executor.run(plan)

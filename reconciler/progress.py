@@ -1,0 +1,89 @@
+"""Progress of an apply: a live table on a terminal (rich), plain lines otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from reconciler.execute import ActionResult
+from reconciler.plan import Action
+from reconciler.render import result_line
+
+
+class PlainReporter:
+    """One line per finished action (and per retry): what CI logs and pipes want."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            print(line, file=self.out, flush=True)
+
+    def started(self, action: Action) -> None:
+        pass
+
+    def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
+        self._print(f"{action.id}: attempt {attempt} failed ({error}); retrying in {delay:.1f}s")
+
+    def finished(self, result: ActionResult) -> None:
+        if result.action.op != "write_file":
+            self._print(result_line(result))
+
+
+class LiveReporter:
+    """A table of the actions under way and done, redrawn in place, like compose's."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._lock = threading.Lock()
+        self._rows: dict[str, tuple[str, str, float]] = {}
+        self._live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+
+    def __enter__(self) -> LiveReporter:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.update(self._table())
+        self._live.__exit__(None, None, None)
+
+    def _table(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        now = time.monotonic()
+        for _aid, (label, state, since) in self._rows.items():
+            style = {"done": "green", "failed": "red", "skipped": "yellow"}.get(state, "cyan")
+            shown = state if state != "running" else f"running {now - since:.1f}s"
+            table.add_row(Text(label), Text(shown, style=style))
+        return table
+
+    def started(self, action: Action) -> None:
+        if action.op == "write_file":
+            return
+        with self._lock:
+            self._rows[action.id] = (f"{action.op} {action.target}", "running", time.monotonic())
+            self._live.update(self._table())
+
+    def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
+        with self._lock:
+            label = f"{action.op} {action.target}"
+            self._rows[action.id] = (label, f"retry {attempt}: {error}", time.monotonic())
+            self._live.update(self._table())
+
+    def finished(self, result: ActionResult) -> None:
+        if result.action.op == "write_file":
+            return
+        with self._lock:
+            a = result.action
+            detail = (
+                result.status if result.status == "done" else f"{result.status}: {result.error}"
+            )
+            self._rows[a.id] = (result_line(result).split(":")[0], detail, time.monotonic())
+            self._live.update(self._table())

@@ -1,0 +1,59 @@
+"""Fixtures for the end-to-end tests, which run against a real dockerd.
+
+A missing daemon or test image is a failure, never a skip: CI runs `make setup` first, so
+either is a broken environment that must be seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, new_stack_name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e is an e2e test, even if a file forgets its pytestmark."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A Docker SDK client for the local dockerd, checked to have the test image."""
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as e:
+        pytest.fail(f"dockerd is not reachable ({e}); run `make setup`", pytrace=False)
+    try:
+        client.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        client.close()
+        pytest.fail(f"test image {TEST_IMAGE} is missing; run `make setup`", pytrace=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def stack_name(docker_client: Any) -> Iterator[str]:
+    """A unique stack name for this test; whatever the stack left in dockerd is removed
+    afterwards, pass or fail."""
+    name = new_stack_name()
+    yield name
+    leftovers = cleanup_stack(docker_client, name)
+    if leftovers:
+        pytest.fail(f"could not clean up stack {name}:\n" + "\n".join(leftovers), pytrace=False)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Workdir:
+    """A scratch directory to copy manifests into (`.copy`) and write files in (`.write`)."""
+    return Workdir(tmp_path)

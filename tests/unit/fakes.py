@@ -1,0 +1,186 @@
+"""An in-memory Runtime for unit tests of the pure logic and the executor.
+
+It keeps what a real runtime would report back (labels, env merged with the image's, the
+networks attached, the ports configured), and honours the protocol's idempotence rules, so
+the property "apply a plan, plan again, the plan is empty" can be tested without a daemon.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from runtime.base import (
+    Attachment,
+    Conflict,
+    ContainerConfig,
+    ContainerState,
+    Event,
+    ImageInfo,
+    NetworkConfig,
+    NetworkState,
+    NotFound,
+    TransientError,
+    VolumeConfig,
+    VolumeState,
+)
+
+
+def _match(labels: Mapping[str, str], want: Mapping[str, str]) -> bool:
+    return all((k in labels) if v == "" else labels.get(k) == v for k, v in want.items())
+
+
+@dataclass
+class FakeRuntime:
+    name: str = "fake"
+    images_: dict[str, ImageInfo] = field(default_factory=dict)
+    containers: dict[str, ContainerState] = field(default_factory=dict)
+    networks: dict[str, NetworkState] = field(default_factory=dict)
+    volumes: dict[str, VolumeState] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    fail_next: dict[str, int] = field(default_factory=dict)  # op -> transient failures left
+    healthy_after_start: bool = True
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _call(self, op: str) -> None:
+        self.calls.append(op)
+        left = self.fail_next.get(op.split(" ")[0], 0)
+        if left:
+            self.fail_next[op.split(" ")[0]] = left - 1
+            raise TransientError(f"{op}: daemon busy")
+
+    def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        return [c for c in self.containers.values() if _match(c.labels, labels)]
+
+    def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
+        return [n for n in self.networks.values() if _match(n.labels, labels)]
+
+    def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
+        return [v for v in self.volumes.values() if _match(v.labels, labels)]
+
+    def get_container(self, name: str) -> ContainerState | None:
+        return self.containers.get(name)
+
+    def get_network(self, name: str) -> NetworkState | None:
+        return self.networks.get(name)
+
+    def get_volume(self, name: str) -> VolumeState | None:
+        return self.volumes.get(name)
+
+    def images(self, refs: Iterable[str]) -> dict[str, ImageInfo | None]:
+        return {r: self.images_.get(r) for r in refs}
+
+    def pull_image(self, ref: str) -> ImageInfo:
+        self._call(f"pull {ref}")
+        info = self.images_.setdefault(ref, ImageInfo(f"sha256:{ref}", ("PATH=/bin",)))
+        return info
+
+    def create_network(self, config: NetworkConfig) -> None:
+        self._call(f"create_network {config.name}")
+        have = self.networks.get(config.name)
+        if have is not None:
+            if dict(have.labels) != dict(config.labels):
+                raise Conflict(f"network {config.name} exists")
+            return
+        self.networks[config.name] = NetworkState(
+            id=f"n{next(self._ids)}",
+            name=config.name,
+            driver=config.driver,
+            internal=config.internal,
+            labels=dict(config.labels),
+            subnet=config.subnet,
+        )
+
+    def remove_network(self, name: str) -> None:
+        self._call(f"remove_network {name}")
+        if any(name in c.networks for c in self.containers.values()):
+            raise Conflict(f"network {name} has active endpoints")
+        self.networks.pop(name, None)
+
+    def create_volume(self, config: VolumeConfig) -> None:
+        self._call(f"create_volume {config.name}")
+        self.volumes.setdefault(
+            config.name, VolumeState(config.name, config.driver, dict(config.labels))
+        )
+
+    def remove_volume(self, name: str) -> None:
+        self._call(f"remove_volume {name}")
+        self.volumes.pop(name, None)
+
+    def create_container(self, config: ContainerConfig) -> str:
+        self._call(f"create {config.name}")
+        have = self.containers.get(config.name)
+        if have is not None:
+            if have.labels.get("io.pyapply.spec-hash") != config.labels.get(
+                "io.pyapply.spec-hash"
+            ):
+                raise Conflict(f"container name {config.name} is in use")
+            return have.id
+        image = self.images_.get(config.image)
+        if image is None:
+            raise NotFound(f"no such image {config.image}")
+        for a in config.networks:
+            if a.network not in self.networks:
+                raise NotFound(f"network {a.network} not found")
+        env = {e.split("=", 1)[0]: e for e in image.env}
+        env.update({e.split("=", 1)[0]: e for e in config.env})
+        state = ContainerState(
+            id=f"c{next(self._ids)}",
+            name=config.name,
+            image=config.image,
+            image_id=image.id,
+            labels=dict(config.labels),
+            status="created",
+            env=tuple(sorted(env.values())),
+            networks=tuple(sorted(a.network for a in config.networks)),
+            ports=tuple(sorted(config.ports, key=repr)),
+            memory_bytes=config.memory_bytes,
+            health="starting" if config.health else None,
+        )
+        self.containers[config.name] = state
+        return state.id
+
+    def start_container(self, name: str) -> None:
+        self._call(f"start {name}")
+        c = self.containers.get(name)
+        if c is None:
+            raise NotFound(f"no such container {name}")
+        health = c.health
+        if health is not None and self.healthy_after_start:
+            health = "healthy"
+        self.containers[name] = replace(c, status="running", exit_code=None, health=health)
+
+    def stop_container(self, name: str, timeout_s: float | None = None) -> None:
+        self._call(f"stop {name}")
+        c = self.containers.get(name)
+        if c is None:
+            raise NotFound(f"no such container {name}")
+        self.containers[name] = replace(c, status="exited", exit_code=137)
+
+    def remove_container(self, name: str) -> None:
+        self._call(f"remove {name}")
+        self.containers.pop(name, None)
+
+    def rename_container(self, name: str, new_name: str) -> None:
+        self._call(f"rename {name} {new_name}")
+        c = self.containers.pop(name)
+        self.containers[new_name] = replace(c, name=new_name)
+
+    def connect_network(self, container: str, attachment: Attachment) -> None:
+        c = self.containers[container]
+        nets = tuple(sorted({*c.networks, attachment.network}))
+        self.containers[container] = replace(c, networks=nets)
+
+    def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+        return iter(())
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+    # test helpers: what people do by hand
+    def mutate(self, name: str, **changes: object) -> None:
+        self.containers[name] = replace(self.containers[name], **changes)  # type: ignore[arg-type]
