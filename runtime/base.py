@@ -53,7 +53,9 @@ class Conflict(PermanentError):
 # What to create
 
 MountType = Literal["volume", "bind", "tmpfs"]
-ContainerStatus = Literal["created", "running", "paused", "restarting", "exited", "dead", "removing"]
+ContainerStatus = Literal[
+    "created", "running", "paused", "restarting", "exited", "dead", "removing"
+]
 Health = Literal["healthy", "unhealthy", "starting"]
 
 

@@ -112,9 +112,7 @@ class FakeRuntime:
         self._call(f"create {config.name}")
         have = self.containers.get(config.name)
         if have is not None:
-            if have.labels.get("io.pyapply.spec-hash") != config.labels.get(
-                "io.pyapply.spec-hash"
-            ):
+            if have.labels.get("io.pyapply.spec-hash") != config.labels.get("io.pyapply.spec-hash"):
                 raise Conflict(f"container name {config.name} is in use")
             return have.id
         image = self.images_.get(config.image)
@@ -182,5 +180,10 @@ class FakeRuntime:
         pass
 
     # test helpers: what people do by hand
+    def reset_network(self, name: str) -> None:
+        """Remove a network by hand, with every container (they would block it)."""
+        self.containers.clear()
+        self.networks.pop(name, None)
+
     def mutate(self, name: str, **changes: object) -> None:
         self.containers[name] = replace(self.containers[name], **changes)  # type: ignore[arg-type]

@@ -152,7 +152,9 @@ MUTATIONS: dict[str, tuple[Callable[[FakeRuntime], None], list[tuple[str, str, s
         [("recreate", "container", "shop-web-1")],
     ),
     "label changed by hand": (
-        lambda rt: rt.mutate("shop-web-1", labels={**rt.containers["shop-web-1"].labels, identity.SERVICE: "x"}),
+        lambda rt: rt.mutate(
+            "shop-web-1", labels={**rt.containers["shop-web-1"].labels, identity.SERVICE: "x"}
+        ),
         [("recreate", "container", "shop-web-1")],
     ),
     "unhealthy": (
@@ -168,7 +170,7 @@ MUTATIONS: dict[str, tuple[Callable[[FakeRuntime], None], list[tuple[str, str, s
         ],
     ),
     "network removed by hand (with its containers)": (
-        lambda rt: (rt.containers.clear(), rt.networks.pop("shop_front")) and None,
+        lambda rt: rt.reset_network("shop_front"),
         [
             ("create", "network", "shop_front"),
             ("create", "container", "shop-db-1"),
@@ -193,7 +195,11 @@ def test_drift_is_found_and_repaired(rt: FakeRuntime, case: str) -> None:
 
 
 SPEC_CHANGES: dict[str, tuple[dict[str, object], list[str], str]] = {
-    "env": ({"environment": (("LOG_LEVEL", "debug"),)}, ["shop-web-1", "shop-web-2"], "env.LOG_LEVEL"),
+    "env": (
+        {"environment": (("LOG_LEVEL", "debug"),)},
+        ["shop-web-1", "shop-web-2"],
+        "env.LOG_LEVEL",
+    ),
     "image": ({"image": "registry.local/busybox:2"}, ["shop-web-1", "shop-web-2"], "image"),
     "memory": (
         {"resources": Resources(memory=64 << 20)},

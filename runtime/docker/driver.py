@@ -1,0 +1,656 @@
+"""The Docker Engine driver: `runtime.base.Runtime` over the Docker SDK's low-level APIClient.
+
+Every SDK call goes through `_call` / `_iterate`, the one boundary where SDK, HTTP and socket
+failures are translated (see `runtime.docker.errors`). Everything above it speaks only the
+runtime taxonomy, which is what the idempotency rules below are written in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from typing import Any, Literal, TypeVar
+
+import docker
+from docker.types import IPAMConfig, IPAMPool, Mount
+from docker.types import Ulimit as DockerUlimit
+from docker.utils import kwargs_from_env
+
+from runtime.base import (
+    Attachment,
+    Conflict,
+    ContainerConfig,
+    ContainerState,
+    Event,
+    ImageInfo,
+    MountConfig,
+    NetworkConfig,
+    NetworkState,
+    NotFound,
+    PermanentError,
+    RuntimeFailure,
+    TransientError,
+    VolumeConfig,
+    VolumeState,
+)
+from runtime.docker.errors import SDK_ERRORS, classify_api_error, explanation_of, translate
+from runtime.docker.normalise import (
+    HASH_LABEL,
+    JSON,
+    container_state,
+    label_filters,
+    labels_match,
+    network_state,
+    port_bindings,
+    same_owner,
+    split_image_ref,
+    volume_state,
+)
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+_DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+_MAX_INSPECT_WORKERS = 8
+_NS = 1_000_000_000
+_HEX = re.compile(r"[0-9a-f]{1,63}")
+# Container event attributes that are not labels.
+_EVENT_ATTRS = frozenset(("name", "image", "exitCode", "signal", "execID", "container"))
+# Container events that say nothing about the container's state (healthcheck execs, ...).
+_QUIET_ACTIONS = frozenset(
+    (
+        "exec_create",
+        "exec_start",
+        "exec_detach",
+        "exec_die",
+        "attach",
+        "detach",
+        "resize",
+        "top",
+        "archive-path",
+        "extract-to-dir",
+        "export",
+        "copy",
+        "commit",
+    )
+)
+
+
+class DockerRuntime:
+    """A `Runtime` driving dockerd through its REST API (Docker SDK for Python).
+
+    `base_url` defaults to $DOCKER_HOST (with $DOCKER_TLS_VERIFY / $DOCKER_CERT_PATH, as
+    `docker.from_env` reads them), else the local UNIX socket. The connection is made on
+    first use, so constructing the driver never fails; an unreachable daemon surfaces as
+    `Unavailable` from the first call.
+    """
+
+    name = "docker"
+
+    def __init__(self, base_url: str | None = None, timeout: float = 60) -> None:
+        self._base_url = base_url
+        self._timeout = timeout
+        self._daemon = base_url or os.environ.get("DOCKER_HOST") or _DEFAULT_SOCKET
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # -----------------------------------------------------------------------------------------
+    # The boundary
+
+    def _api(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                params: dict[str, Any] = (
+                    {"base_url": self._base_url} if self._base_url else kwargs_from_env()
+                )
+                params.setdefault("base_url", _DEFAULT_SOCKET)
+                self._client = docker.DockerClient(version="auto", timeout=self._timeout, **params)
+            return self._client.api
+
+    @contextmanager
+    def _boundary(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeFailure:
+            raise
+        except SDK_ERRORS as e:
+            raise translate(e, action, self._daemon) from e
+
+    def _call(self, action: str, fn: Callable[[Any], T]) -> T:
+        """Run `fn(api)` with errors translated; `action` reads "create container shop-web-1"."""
+        with self._boundary(action):
+            return fn(self._api())
+
+    def _iterate(self, action: str, stream: Any) -> Generator[Any, None, None]:
+        """Iterate an SDK stream with errors translated, closing it however iteration ends."""
+        try:
+            with self._boundary(action):
+                yield from stream
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                with suppress(*SDK_ERRORS):
+                    close()
+
+    def _parallel(self, fn: Callable[[K], T], items: list[K]) -> list[T]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(_MAX_INSPECT_WORKERS, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    # -----------------------------------------------------------------------------------------
+    # Raw lookups (inspect by exact name; None when absent)
+
+    def _resolve(self, kind: Literal["container", "network"], name: str) -> str:
+        """The reference to pass to the API for `name`.
+
+        dockerd resolves a container/network reference as full id, then exact name, then id
+        prefix. A name that could be an id prefix is resolved to the exact object first, so
+        an operation never lands on another object whose id merely starts with that name.
+        """
+        if not _HEX.fullmatch(name):
+            return name
+        info = self._inspect_container(name) if kind == "container" else self._inspect_network(name)
+        if info is None:
+            raise NotFound(f"docker: no {kind} named {name}")
+        return str(info["Id"])
+
+    @staticmethod
+    def _is_named(info: JSON, name: str) -> bool:
+        return str(info.get("Name", "")).lstrip("/") == name or info.get("Id") == name
+
+    def _inspect_container(self, name: str) -> JSON | None:
+        try:
+            info: JSON = self._call(
+                f"inspect container {name}", lambda api: api.inspect_container(name)
+            )
+        except NotFound:
+            return None
+        return info if self._is_named(info, name) else None
+
+    def _inspect_network(self, name: str) -> JSON | None:
+        try:
+            info: JSON = self._call(
+                f"inspect network {name}", lambda api: api.inspect_network(name)
+            )
+        except NotFound:
+            return None
+        return info if self._is_named(info, name) else None
+
+    def _inspect_volume(self, name: str) -> JSON | None:
+        try:
+            info: JSON = self._call(f"inspect volume {name}", lambda api: api.inspect_volume(name))
+        except NotFound:
+            return None
+        return info
+
+    def _inspect_image(self, ref: str) -> ImageInfo | None:
+        try:
+            info: JSON = self._call(f"inspect image {ref}", lambda api: api.inspect_image(ref))
+        except NotFound:
+            return None
+        return ImageInfo(id=str(info["Id"]), env=tuple((info.get("Config") or {}).get("Env") or ()))
+
+    # -----------------------------------------------------------------------------------------
+    # Observation
+
+    def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        summaries: list[JSON] = self._call(
+            "list containers",
+            lambda api: api.containers(all=True, filters=label_filters(labels)),
+        )
+
+        def inspect(summary: JSON) -> JSON | None:
+            cid = str(summary["Id"])
+            shown = (summary.get("Names") or [cid[:12]])[0].lstrip("/")
+            try:
+                info: JSON = self._call(
+                    f"inspect container {shown}", lambda api: api.inspect_container(cid)
+                )
+            except NotFound:  # removed between the list and the inspect
+                return None
+            return info
+
+        infos = self._parallel(inspect, summaries)
+        return sorted((container_state(i) for i in infos if i is not None), key=lambda c: c.name)
+
+    def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
+        summaries: list[JSON] = self._call(
+            "list networks", lambda api: api.networks(filters=label_filters(labels))
+        )
+
+        def inspect(summary: JSON) -> JSON | None:
+            nid = str(summary["Id"])
+            try:
+                info: JSON = self._call(
+                    f"inspect network {summary.get('Name', nid)}",
+                    lambda api: api.inspect_network(nid),
+                )
+            except NotFound:
+                return None
+            return info
+
+        infos = self._parallel(inspect, summaries)
+        return sorted((network_state(i) for i in infos if i is not None), key=lambda n: n.name)
+
+    def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
+        result: JSON = self._call(
+            "list volumes", lambda api: api.volumes(filters=label_filters(labels))
+        )
+        return sorted(
+            (volume_state(v) for v in (result.get("Volumes") or [])), key=lambda v: v.name
+        )
+
+    def get_container(self, name: str) -> ContainerState | None:
+        info = self._inspect_container(name)
+        return container_state(info) if info is not None else None
+
+    def get_network(self, name: str) -> NetworkState | None:
+        info = self._inspect_network(name)
+        return network_state(info) if info is not None else None
+
+    def get_volume(self, name: str) -> VolumeState | None:
+        info = self._inspect_volume(name)
+        return volume_state(info) if info is not None else None
+
+    # -----------------------------------------------------------------------------------------
+    # Images
+
+    def images(self, refs: Iterable[str]) -> dict[str, ImageInfo | None]:
+        unique = list(dict.fromkeys(refs))
+        return dict(zip(unique, self._parallel(self._inspect_image, unique), strict=True))
+
+    def pull_image(self, ref: str) -> ImageInfo:
+        repository, tag = split_image_ref(ref)
+        action = f"pull image {ref}"
+        stream = self._call(
+            action, lambda api: api.pull(repository, tag=tag, stream=True, decode=True)
+        )
+        for line in self._iterate(action, stream):
+            # Failures after the pull started arrive in-band, with HTTP 200.
+            if isinstance(line, dict) and line.get("error"):
+                detail = line.get("errorDetail") or {}
+                raise classify_api_error(detail.get("code"), str(line["error"]), action)
+        info = self._inspect_image(ref)
+        if info is None:
+            raise NotFound(f"docker: cannot {action}: the pull finished but no image {ref} exists")
+        return info
+
+    # -----------------------------------------------------------------------------------------
+    # Networks and volumes
+
+    def create_network(self, config: NetworkConfig) -> None:
+        action = f"create network {config.name}"
+        existing = self._inspect_network(config.name)
+        if existing is None:
+            ipam = None
+            if config.subnet or config.gateway:
+                pool = IPAMPool(subnet=config.subnet, gateway=config.gateway)
+                ipam = IPAMConfig(pool_configs=[pool])
+            try:
+                self._call(
+                    action,
+                    lambda api: api.create_network(
+                        config.name,
+                        driver=config.driver,
+                        internal=config.internal,
+                        ipam=ipam,
+                        labels=dict(config.labels),
+                        attachable=True,
+                        check_duplicate=True,
+                    ),
+                )
+                return
+            except Conflict:  # created concurrently: judge the winner like any existing one
+                existing = self._inspect_network(config.name)
+                if existing is None:
+                    raise
+        if not same_owner(config.labels, existing.get("Labels")):
+            raise Conflict(
+                f"docker: cannot {action}: network name {config.name} is in use by a network "
+                "pyapply did not create with this spec"
+            )
+
+    def remove_network(self, name: str) -> None:
+        action = f"remove network {name}"
+        try:
+            ref = self._resolve("network", name)
+            self._call(action, lambda api: api.remove_network(ref))
+        except NotFound:
+            return
+
+    def create_volume(self, config: VolumeConfig) -> None:
+        action = f"create volume {config.name}"
+        existing = self._inspect_volume(config.name)
+        if existing is None:
+            # dockerd answers "create" of an existing volume with that volume, whatever its
+            # labels, so the result is checked like a volume that was already there.
+            existing = self._call(
+                action,
+                lambda api: api.create_volume(
+                    config.name,
+                    driver=config.driver,
+                    driver_opts=dict(config.driver_opts) or None,
+                    labels=dict(config.labels),
+                ),
+            )
+        if not same_owner(config.labels, existing.get("Labels")):
+            raise Conflict(
+                f"docker: cannot {action}: volume name {config.name} is in use by a volume "
+                "pyapply did not create with this spec"
+            )
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            self._call(f"remove volume {name}", lambda api: api.remove_volume(name))
+        except NotFound:
+            return
+
+    # -----------------------------------------------------------------------------------------
+    # Containers
+
+    def create_container(self, config: ContainerConfig) -> str:
+        action = f"create container {config.name}"
+        existing = self._inspect_container(config.name)
+        if existing is None:
+            try:
+                created: JSON = self._call(
+                    action, lambda api: api.create_container(**self._create_args(api, config))
+                )
+            except Conflict:  # name taken concurrently
+                existing = self._inspect_container(config.name)
+                if existing is None:
+                    raise
+            else:
+                cid = str(created["Id"])
+                # API 1.41 takes one endpoint at create; the others are connected now, before
+                # returning, so a created container always has all its networks.
+                for attachment in config.networks[1:]:
+                    self._connect(cid, config.name, attachment)
+                return cid
+        if not same_owner(config.labels, (existing.get("Config") or {}).get("Labels")):
+            have = ((existing.get("Config") or {}).get("Labels") or {}).get(HASH_LABEL)
+            want = config.labels.get(HASH_LABEL)
+            raise Conflict(
+                f"docker: cannot {action}: container name {config.name} is in use by a "
+                f"container pyapply did not create with this spec "
+                f"(its {HASH_LABEL} is {have!r}, wanted {want!r})"
+            )
+        cid = str(existing["Id"])
+        connected = set((existing.get("NetworkSettings") or {}).get("Networks") or {})
+        for attachment in config.networks:
+            if attachment.network not in connected:
+                self._connect(cid, config.name, attachment)
+        return cid
+
+    @staticmethod
+    def _mount(m: MountConfig) -> Mount:
+        if m.type == "tmpfs":
+            return Mount(
+                target=m.target,
+                source=None,
+                type="tmpfs",
+                read_only=m.read_only,
+                tmpfs_size=m.tmpfs_size,
+                tmpfs_mode=m.tmpfs_mode,
+            )
+        return Mount(
+            target=m.target,
+            source=m.source or None,  # "" -> an anonymous volume
+            type=m.type,
+            read_only=m.read_only,
+        )
+
+    def _create_args(self, api: Any, config: ContainerConfig) -> dict[str, Any]:
+        """ContainerConfig -> keyword arguments of APIClient.create_container."""
+        first = config.networks[0] if config.networks else None
+        restart: dict[str, Any] = {"Name": config.restart_policy or "no"}
+        if config.restart_policy == "on-failure":
+            restart["MaximumRetryCount"] = config.restart_max_retries
+        host_config = api.create_host_config(
+            mounts=[self._mount(m) for m in config.mounts] or None,
+            port_bindings=port_bindings(config.ports) or None,
+            mem_limit=config.memory_bytes,
+            nano_cpus=config.nano_cpus,
+            pids_limit=config.pids_limit,
+            restart_policy=restart,
+            cap_add=list(config.cap_add) or None,
+            cap_drop=list(config.cap_drop) or None,
+            read_only=config.read_only or None,
+            init=config.init,
+            ulimits=[DockerUlimit(name=u.name, soft=u.soft, hard=u.hard) for u in config.ulimits]
+            or None,
+            network_mode=first.network if first else None,
+        )
+        networking_config = None
+        if first is not None:
+            networking_config = api.create_networking_config(
+                {
+                    first.network: api.create_endpoint_config(
+                        aliases=list(first.aliases) or None,
+                        ipv4_address=first.ipv4_address,
+                    )
+                }
+            )
+        healthcheck: dict[str, Any] | None = None
+        if config.health is not None:
+            h = config.health
+            if tuple(h.test[:1]) == ("NONE",):
+                healthcheck = {"test": ["NONE"]}
+            else:
+                healthcheck = {
+                    "test": list(h.test),
+                    "interval": int(h.interval_s * _NS),
+                    "timeout": int(h.timeout_s * _NS),
+                    "retries": h.retries,
+                    "start_period": int(h.start_period_s * _NS),
+                }
+        exposed = list(dict.fromkeys((p.container_port, p.protocol) for p in config.ports))
+        return {
+            "image": config.image,
+            "name": config.name,
+            "command": list(config.command) if config.command is not None else None,
+            # An empty entrypoint is sent as [] which dockerd reads as "override to empty".
+            "entrypoint": list(config.entrypoint) if config.entrypoint is not None else None,
+            "environment": list(config.env),
+            "labels": dict(config.labels),
+            "user": config.user,
+            "working_dir": config.working_dir,
+            "hostname": config.hostname,
+            "stop_signal": config.stop_signal,
+            "stop_timeout": (
+                math.ceil(config.stop_timeout_s) if config.stop_timeout_s is not None else None
+            ),
+            "ports": exposed or None,
+            "healthcheck": healthcheck,
+            "host_config": host_config,
+            "networking_config": networking_config,
+            "detach": True,
+        }
+
+    def _connect(self, ref: str, shown: str, attachment: Attachment) -> None:
+        action = f"connect container {shown} to network {attachment.network}"
+        try:
+            self._call(
+                action,
+                lambda api: api.connect_container_to_network(
+                    ref,
+                    attachment.network,
+                    aliases=list(attachment.aliases) or None,
+                    ipv4_address=attachment.ipv4_address,
+                ),
+            )
+        except PermanentError as e:
+            if "already exists in network" not in explanation_of(e).lower():
+                raise
+
+    def start_container(self, name: str) -> None:
+        ref = self._resolve("container", name)
+        self._call(f"start container {name}", lambda api: api.start(ref))  # running: 304, fine
+
+    def stop_container(self, name: str, timeout_s: float | None = None) -> None:
+        ref = self._resolve("container", name)
+        t = math.ceil(timeout_s) if timeout_s is not None else None
+        self._call(f"stop container {name}", lambda api: api.stop(ref, timeout=t))
+
+    def remove_container(self, name: str) -> None:
+        action = f"remove container {name}"
+        try:
+            ref = self._resolve("container", name)
+            self._call(action, lambda api: api.remove_container(ref, v=False, force=True))
+        except NotFound:
+            return
+        except TransientError as e:
+            if "already in progress" not in explanation_of(e).lower():
+                raise
+            # Someone else is removing it: wait for that to finish.
+            deadline = time.monotonic() + max(10.0, self._timeout / 2)
+            while time.monotonic() < deadline:
+                if self._inspect_container(name) is None:
+                    return
+                time.sleep(0.2)
+            raise TransientError(
+                f"docker: cannot {action}: removal already in progress and not finished"
+            ) from e
+
+    def rename_container(self, name: str, new_name: str) -> None:
+        if name == new_name:
+            return
+        try:
+            ref = self._resolve("container", name)
+            self._call(
+                f"rename container {name} to {new_name}", lambda api: api.rename(ref, new_name)
+            )
+        except NotFound:
+            # An interrupted pass may have renamed it already.
+            if self._inspect_container(new_name) is not None:
+                return
+            raise
+
+    def connect_network(self, container: str, attachment: Attachment) -> None:
+        self._connect(self._resolve("container", container), container, attachment)
+
+    # -----------------------------------------------------------------------------------------
+    # Streams
+
+    def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+        """Raw log lines (stdout and stderr interleaved), each ending in b"\\n" except a final
+        partial line. A missing container raises NotFound here, not on first iteration."""
+        action = f"read logs of container {name}"
+        ref = self._resolve("container", name)
+        stream = self._call(
+            action,
+            lambda api: api.logs(
+                ref,
+                stdout=True,
+                stderr=True,
+                stream=True,
+                follow=follow,
+                tail=tail if tail is not None else "all",
+            ),
+        )
+        return _lines(self._iterate(action, stream))
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
+        """Container, network and volume events about objects carrying `labels`.
+
+        dockerd puts labels only on container events, so the label filter is applied here:
+        networks and volumes are matched against the ones carrying the labels when the stream
+        opened, plus those created since (inspected on their `create` event).
+        """
+        action = "watch docker events"
+        stream = self._call(
+            action,
+            lambda api: api.events(
+                decode=True, filters={"type": ["container", "network", "volume"]}
+            ),
+        )
+        try:  # listed after subscribing, so nothing created in between is missed
+            networks = {n.id: n for n in self.list_networks(labels)}
+            volumes = {v.name: v for v in self.list_volumes(labels)}
+        except BaseException:
+            stream.close()
+            raise
+        return self._events(self._iterate(action, stream), labels, networks, volumes)
+
+    def _events(
+        self,
+        raw_events: Generator[Any, None, None],
+        labels: Mapping[str, str],
+        networks: dict[str, NetworkState],
+        volumes: dict[str, VolumeState],
+    ) -> Iterator[Event]:
+        try:
+            yield from self._match_events(raw_events, labels, networks, volumes)
+        finally:
+            raw_events.close()
+
+    def _match_events(
+        self,
+        raw_events: Iterator[Any],
+        labels: Mapping[str, str],
+        networks: dict[str, NetworkState],
+        volumes: dict[str, VolumeState],
+    ) -> Iterator[Event]:
+        for raw in raw_events:
+            if not isinstance(raw, dict):
+                continue
+            kind = raw.get("Type")
+            action = str(raw.get("Action") or raw.get("status") or "").split(":", 1)[0].strip()
+            actor = raw.get("Actor") or {}
+            attrs: dict[str, str] = dict(actor.get("Attributes") or {})
+            oid = str(actor.get("ID") or "")
+            if kind == "container":
+                if action in _QUIET_ACTIONS:
+                    continue
+                own = {k: v for k, v in attrs.items() if k not in _EVENT_ATTRS}
+                if labels_match(own, labels):
+                    yield Event("container", action, attrs.get("name", oid), own)
+            elif kind == "network":
+                net = networks.get(oid)
+                if net is None and action == "create":
+                    info = self._inspect_network(oid)
+                    if info is not None and labels_match(info.get("Labels"), labels):
+                        net = networks[oid] = network_state(info)
+                if net is not None:
+                    yield Event("network", action, net.name, net.labels)
+                    if action == "destroy":
+                        networks.pop(oid, None)
+            elif kind == "volume":
+                vol = volumes.get(oid)
+                if vol is None and action == "create":
+                    vinfo = self._inspect_volume(oid)
+                    if vinfo is not None and labels_match(vinfo.get("Labels"), labels):
+                        vol = volumes[oid] = volume_state(vinfo)
+                if vol is not None:
+                    yield Event("volume", action, vol.name, vol.labels)
+                    if action == "destroy":
+                        volumes.pop(oid, None)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with suppress(*SDK_ERRORS):
+                client.close()
+
+
+def _lines(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:
+    """Re-cut a byte stream into lines; closing this closes the stream underneath."""
+    buffer = b""
+    try:
+        for chunk in chunks:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+        if buffer:
+            yield buffer
+    finally:
+        chunks.close()
