@@ -204,9 +204,7 @@ def apply(
                 fail(f"stack {stack.name}: cannot apply: " + "; ".join(plan.errors))
             if dry_run or plan.empty:
                 continue
-            executor = Executor(
-                rt, Settings(parallelism=parallel, wait_timeout_s=wait_timeout)
-            )
+            executor = Executor(rt, Settings(parallelism=parallel, wait_timeout_s=wait_timeout))
             reporter, ctx = _reporter(console) if output == "text" else (None, nullcontext())
             executor.reporter = reporter or executor.reporter
             with ctx:
@@ -409,24 +407,40 @@ def get(
         for c in doc["containers"]:
             state = c["status"] + (f" ({c['exit_code']})" if c["exit_code"] is not None else "")
             rows.append(
-                (c["name"], c["service"] or "", state, c["health"] or "-", c["image"],
-                 ", ".join(c["ports"]))
+                (
+                    c["name"],
+                    c["service"] or "",
+                    state,
+                    c["health"] or "-",
+                    c["image"],
+                    ", ".join(c["ports"]),
+                )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
-            click.echo("  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip())
+            click.echo(
+                "  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip()
+            )
         for n in doc["networks"]:
-            click.echo(f"  network {n['name']} ({n['driver']}{', internal' if n['internal'] else ''})")
+            click.echo(
+                f"  network {n['name']} ({n['driver']}{', internal' if n['internal'] else ''})"
+            )
         for v in doc["volumes"]:
             click.echo(f"  volume {v['name']}")
 
 
 @main.command()
 @click.argument("service")
-@file_option(required=False)
+@click.option(
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(),
+    help="Manifest file or directory naming the stack (-f is --follow here, as in compose).",
+)
 @runtime_options
-@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f).")
-@click.option("--follow", "-F", "follow", is_flag=True, help="Keep streaming new output.")
+@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of --file).")
+@click.option("--follow", "-f", "follow", is_flag=True, help="Keep streaming new output.")
 @click.option("--tail", type=int, default=None, help="Only the last N lines of each replica.")
 def logs(
     service: str,

@@ -1,0 +1,1914 @@
+"""Read manifest files and directories into validated, normalised Stacks.
+
+The pipeline, for every YAML document of every file:
+1. parse it keeping the position of every key and value (`yamlpos`);
+2. recognise it: a `pyapply/v1` `Stack`, or a plain compose file (top-level `services`);
+3. interpolate `${VAR}` in string values from the environment over the `.env` file beside
+   the manifest (`interpolate`), then turn strings into numbers and booleans where compose
+   would (so `replicas: ${N:-2}` works);
+4. validate against the JSON Schema (schemas/v1), every error in words;
+5. normalise the compose-shaped spec into `model` dataclasses, checking what a schema cannot
+   say (port syntax, undeclared names, dependency cycles, host port clashes ...).
+
+Nothing stops at the first mistake: `load` gathers every problem, each with file, line,
+column and JSON path, and raises `ManifestError` when any of them is an error. It only reads
+files; it never touches a container runtime.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib.resources
+import ipaddress
+import json
+import os
+import posixpath
+import re
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+from reconciler import identity, yamlpos
+from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
+from reconciler.model import (
+    Condition,
+    ConfigSpec,
+    Dependency,
+    FileRef,
+    Healthcheck,
+    Location,
+    ManifestError,
+    Mount,
+    NetworkSpec,
+    Port,
+    Problem,
+    PullPolicy,
+    Resources,
+    SecretSpec,
+    ServiceNetwork,
+    ServiceSpec,
+    Stack,
+    Ulimit,
+    UpdateConfig,
+    UpdateOrder,
+    VolumeSpec,
+)
+
+__all__ = ["API_VERSION", "KIND", "Loaded", "format_path", "load", "schema"]
+
+API_VERSION = "pyapply/v1"
+KIND = "Stack"
+
+Path = tuple[str | int, ...]
+
+_OBJECT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+_SIMPLE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    stacks: tuple[Stack, ...]  # sorted by name
+    warnings: tuple[Problem, ...]
+    files: tuple[str, ...]  # every manifest file read (absolute paths), sorted
+    content_digest: str  # sha256 hex of the files' bytes (path+content, sorted)
+
+
+def load(paths: Sequence[str], environ: Mapping[str, str] | None = None) -> Loaded:
+    """Load every manifest under `paths` (files, or directories searched recursively for
+    *.yaml / *.yml). Raises ManifestError listing every error found (not just the first);
+    warnings are returned in `Loaded.warnings`. `environ` defaults to os.environ."""
+    env = dict(os.environ if environ is None else environ)
+    return _Loader(env).load(paths)
+
+
+def schema(name: Literal["stack", "compose"] = "stack") -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a pyapply/v1 Stack document or of a compose file."""
+    return cast(dict[str, Any], json.loads(json.dumps(_schemas()[name])))
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """`("spec", "services", "web", "ports", 0)` -> `spec.services.web.ports[0]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _SIMPLE_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part, ensure_ascii=False)}]"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas
+
+
+@functools.cache
+def _schemas() -> dict[str, dict[str, Any]]:
+    root = importlib.resources.files("schemas") / "v1"
+    return {
+        name: json.loads((root / f"{name}.schema.json").read_text(encoding="utf-8"))
+        for name in ("stack", "compose")
+    }
+
+
+@functools.cache
+def _validator(name: str) -> Draft202012Validator:
+    schemas = _schemas()
+    registry: Registry[Any] = Registry().with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in schemas.values()
+    )
+    return Draft202012Validator(schemas[name], registry=registry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+class _Bad(Exception):
+    """A value is wrong; the message is the sentence to report."""
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _a(value: Any) -> str:
+    """What kind of value this is, for "got ..." in messages."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def _scalar_str(value: Any) -> str:
+    """Compose's stringification of environment and label values."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _join_or(words: Sequence[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Go's duration syntax in seconds: "1m30s" -> 90.0, "500ms" -> 0.5; raises _Bad."""
+    hint = 'must be a duration such as "30s", "1m30s" or "500ms"'
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise _Bad(f"{hint}, got {_show(value)}")
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    total = 0.0
+    pos = 0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise _Bad(f"{hint}, got {_show(value)}")
+    return total
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(value: Any) -> int:
+    """128m -> 134217728 (binary multipliers, like docker); a bare number is bytes."""
+    if isinstance(value, bool):
+        raise _Bad(f'must be a size such as "128m" or "1g", got {_show(value)}')
+    if isinstance(value, int):
+        if value < 0:
+            raise _Bad(f"must not be negative, got {value}")
+        return value
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise _Bad(f'must be a size such as "128m" or "1g", got {_show(value)}')
+    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+
+
+def _parse_mode(value: Any) -> int:
+    """0440 (YAML reads a leading 0 as octal), "0440", "440" or "0o440" -> 0o440."""
+    if isinstance(value, bool):
+        raise _Bad(f'must be a file mode such as "0440", got {_show(value)}')
+    if isinstance(value, int):
+        mode = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        if not re.fullmatch(r"[0-7]+", text):
+            raise _Bad(f'must be an octal file mode such as "0440", got {_show(value)}')
+        mode = int(text, 8)
+    if not 0 <= mode <= 0o7777:
+        raise _Bad(f"must be a file mode between 0 and 07777, got {oct(mode)[2:]}")
+    return mode
+
+
+_MISSING: Any = object()
+
+
+def _walk(data: Any, parts: Sequence[str | int]) -> Any:
+    """The value at `parts` below `data`, or _MISSING."""
+    for part in parts:
+        in_dict = isinstance(data, dict) and isinstance(part, str) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)
+        if not (in_dict or in_list):
+            return _MISSING
+        data = data[part]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpolation and type casting over the document tree
+
+# Maps whose keys are names or data (so `x-foo` there is a name, not an extension field).
+_DATA_MAPS = {
+    "labels",
+    "environment",
+    "driver_opts",
+    "networks",
+    "ulimits",
+    "sysctls",
+    "options",
+    "aux_addresses",
+    "depends_on",
+    "extra_hosts",
+    "annotations",
+}
+
+# Compose turns these strings into numbers or booleans after interpolation.
+_CASTS: dict[tuple[str, ...], str] = {
+    ("services", "*", "scale"): "int",
+    ("services", "*", "pids_limit"): "int",
+    ("services", "*", "deploy", "replicas"): "int",
+    ("services", "*", "deploy", "update_config", "parallelism"): "int",
+    ("services", "*", "deploy", "resources", "limits", "pids"): "int",
+    ("services", "*", "deploy", "restart_policy", "max_attempts"): "int",
+    ("services", "*", "healthcheck", "retries"): "int",
+    ("services", "*", "ulimits", "*"): "int",
+    ("services", "*", "ulimits", "*", "soft"): "int",
+    ("services", "*", "ulimits", "*", "hard"): "int",
+    ("services", "*", "ports", "*", "target"): "int",
+    ("services", "*", "read_only"): "bool",
+    ("services", "*", "init"): "bool",
+    ("services", "*", "tty"): "bool",
+    ("services", "*", "stdin_open"): "bool",
+    ("services", "*", "privileged"): "bool",
+    ("services", "*", "healthcheck", "disable"): "bool",
+    ("services", "*", "depends_on", "*", "required"): "bool",
+    ("services", "*", "depends_on", "*", "restart"): "bool",
+    ("services", "*", "volumes", "*", "read_only"): "bool",
+    ("services", "*", "volumes", "*", "volume", "nocopy"): "bool",
+    ("services", "*", "env_file", "*", "required"): "bool",
+    ("networks", "*", "internal"): "bool",
+    ("networks", "*", "external"): "bool",
+    ("networks", "*", "enable_ipv6"): "bool",
+    ("networks", "*", "attachable"): "bool",
+    ("volumes", "*", "external"): "bool",
+    ("configs", "*", "external"): "bool",
+    ("secrets", "*", "external"): "bool",
+}
+_TRUE = {"true", "yes", "y", "on"}
+_FALSE = {"false", "no", "n", "off"}
+
+
+def _cast_kind(rel: Path) -> str | None:
+    for pattern, kind in _CASTS.items():
+        if len(pattern) == len(rel) and all(
+            p == "*" or p == r for p, r in zip(pattern, rel, strict=True)
+        ):
+            return kind
+    return None
+
+
+def _cast(value: str, kind: str) -> Any:
+    text = value.strip()
+    if kind == "int" and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+    return value
+
+
+def _is_extension(parent_rel: Path, key: str) -> bool:
+    """Is `key` an `x-*` extension field (ignored) rather than a name or data key?"""
+    if not key.startswith("x-"):
+        return False
+    if not parent_rel:
+        return True
+    last = parent_rel[-1]
+    if len(parent_rel) == 1:
+        return last not in _SECTIONS
+    return not (isinstance(last, str) and last in _DATA_MAPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True)
+class _Source:
+    display: str  # as the user would write it: relative to where they pointed us
+    path: str  # absolute
+
+    @property
+    def directory(self) -> str:
+        return os.path.dirname(self.path)
+
+    @property
+    def display_dir(self) -> str:
+        return os.path.dirname(self.display)
+
+
+class _Loader:
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[Problem] = []
+        self.dotenv: dict[str, dict[str, str]] = {}
+        self.unset_warned: set[tuple[str, str]] = set()
+        self.drafts: list[_StackDraft] = []
+
+    def load(self, paths: Sequence[str]) -> Loaded:
+        sources = self.discover(paths)
+        digest = hashlib.sha256()
+        for source in sorted(sources, key=lambda s: s.path):
+            content = self.read(source)
+            if content is None:
+                continue
+            digest.update(f"{source.path}\0{len(content)}\0".encode())
+            digest.update(content)
+            self.parse(source, content)
+        self.check_duplicates()
+        self.check_host_ports()
+        errors = [p for p in self.problems if p.severity == "error"]
+        if errors:
+            raise ManifestError(sorted(errors, key=_problem_order))
+        stacks = sorted((d.stack() for d in self.drafts if d.name), key=lambda s: s.name)
+        warnings = sorted((p for p in self.problems if p.severity == "warning"), key=_problem_order)
+        return Loaded(
+            stacks=tuple(stacks),
+            warnings=tuple(warnings),
+            files=tuple(sorted(s.path for s in sources)),
+            content_digest=digest.hexdigest(),
+        )
+
+    # -- files
+
+    def discover(self, paths: Sequence[str]) -> list[_Source]:
+        found: dict[str, _Source] = {}
+        for given in paths:
+            shown = os.path.normpath(given)
+            absolute = os.path.abspath(given)
+            if os.path.isdir(absolute):
+                entries = sorted(_yaml_files(absolute))
+                if not entries:
+                    self.problems.append(
+                        Problem(
+                            f"{shown}: no *.yaml or *.yml files in this directory",
+                            severity="warning",
+                        )
+                    )
+                for rel in entries:
+                    path = os.path.join(absolute, rel)
+                    found.setdefault(path, _Source(os.path.join(shown, rel), path))
+            elif os.path.isfile(absolute):
+                found.setdefault(absolute, _Source(shown, absolute))
+            elif os.path.exists(absolute):
+                self.problems.append(Problem(f"{shown}: not a file or a directory"))
+            else:
+                self.problems.append(Problem(f"{shown}: no such file or directory"))
+        return list(found.values())
+
+    def read(self, source: _Source) -> bytes | None:
+        try:
+            with open(source.path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            self.problems.append(Problem(f"{source.display}: cannot read: {e.strerror}"))
+            return None
+
+    def parse(self, source: _Source, content: bytes) -> None:
+        try:
+            text = content.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = content.count(b"\n", 0, e.start) + 1
+            self.problems.append(
+                Problem("the file is not UTF-8 text", Location(source.display, line, 1))
+            )
+            return
+        try:
+            for doc in yamlpos.parse(text):
+                for (line, column), message in doc.errors:
+                    self.problems.append(Problem(message, Location(source.display, line, column)))
+                self.document(source, doc)
+        except yamlpos.YamlSyntaxError as e:
+            self.problems.append(Problem(e.message, Location(source.display, e.line, e.column)))
+
+    def env_for(self, source: _Source) -> dict[str, str]:
+        """The variables for a manifest: the environment over the `.env` file beside it."""
+        directory = source.directory
+        if directory not in self.dotenv:
+            values: dict[str, str] = {}
+            path = os.path.join(directory, ".env")
+            shown = os.path.join(source.display_dir, ".env")
+            if os.path.isfile(path):
+                try:
+                    with open(path, encoding="utf-8-sig") as f:
+                        text = f.read()
+                except (OSError, UnicodeDecodeError) as e:
+                    self.problems.append(Problem(f"{shown}: cannot read: {e}"))
+                    text = ""
+                values, problems = parse_dotenv(text, self.environ)
+                for p in problems:
+                    self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+            self.dotenv[directory] = {**values, **self.environ}
+        return self.dotenv[directory]
+
+    # -- documents
+
+    def document(self, source: _Source, doc: yamlpos.Document) -> None:
+        data = doc.data
+        ctx = _Ctx(self, source, doc)
+        if not isinstance(data, dict):
+            ctx.error((), f"a manifest document must be a mapping, got {_a(data)}")
+            return
+        if "apiVersion" in data:
+            api = data["apiVersion"]
+            if api != API_VERSION:
+                ctx.error(
+                    ("apiVersion",),
+                    f'unknown apiVersion {_show(api)}: this pyapply reads "{API_VERSION}"',
+                )
+                return
+            if "kind" not in data:
+                ctx.error((), f'missing "kind": a {API_VERSION} document is "kind: {KIND}"')
+                return
+            if data["kind"] != KIND:
+                ctx.error(
+                    ("kind",),
+                    f'unknown kind {_show(data["kind"])}: {API_VERSION} defines only "{KIND}"',
+                )
+                return
+            ctx.base = ("spec",)
+        elif "services" in data:
+            ctx.base = ()
+        else:
+            ctx.error(
+                (),
+                f'not a pyapply manifest: expected "apiVersion: {API_VERSION}" and '
+                f'"kind: {KIND}", or a compose file with top-level "services"',
+            )
+            return
+        ctx.env = self.env_for(source)
+        ctx.prepare(data, ())
+        ctx.validate("compose" if ctx.compose else "stack")
+        spec = data if ctx.compose else data.get("spec")
+        name, name_path = self.stack_name(ctx, data)
+        draft = _StackDraft(ctx, name or "", name_path)
+        draft.build(spec if isinstance(spec, dict) else {})
+        self.drafts.append(draft)
+
+    def stack_name(self, ctx: _Ctx, data: dict[str, Any]) -> tuple[str | None, Path]:
+        rule = 'use lower-case letters, digits, "_" and "-", starting with a letter or digit'
+        if not ctx.compose:
+            path: Path = ("metadata", "name")
+            name = _walk(data, path)
+            if not isinstance(name, str):
+                return None, path  # the schema said why
+            if not identity.valid_stack_name(name):
+                ctx.error(path, f"invalid stack name {_show(name)}: {rule}")
+            return name, path
+        if "name" in data:
+            name = data["name"]
+            if not isinstance(name, str):
+                return None, ("name",)
+            if not identity.valid_stack_name(name):
+                ctx.error(("name",), f"invalid stack name {_show(name)}: {rule}")
+            return name, ("name",)
+        env_name = ctx.env.get("COMPOSE_PROJECT_NAME")
+        if env_name:
+            if not identity.valid_stack_name(env_name):
+                ctx.error(
+                    (), f"COMPOSE_PROJECT_NAME {_show(env_name)} is not a valid stack name: {rule}"
+                )
+            return env_name, ()
+        directory = os.path.basename(ctx.source.directory)
+        name = identity.normalise_stack_name(directory)
+        if not identity.valid_stack_name(name):
+            ctx.error(
+                (),
+                f"cannot name the stack after its directory {_show(directory)}: "
+                'add a top-level "name:"',
+            )
+        return name, ()
+
+    # -- across documents
+
+    def check_duplicates(self) -> None:
+        first: dict[str, _StackDraft] = {}
+        for draft in self.drafts:
+            if not draft.name:
+                continue
+            if draft.name in first:
+                other = first[draft.name].ctx.location(first[draft.name].name_path)
+                draft.ctx.error(
+                    draft.name_path,
+                    f'stack "{draft.name}" is declared twice, here and at {other}',
+                )
+            else:
+                first[draft.name] = draft
+
+    def check_host_ports(self) -> None:
+        """Two containers cannot publish the same host port, whatever stack they are in."""
+        wildcard = {"", "0.0.0.0", "::"}
+        taken: dict[tuple[int, str], list[tuple[str, _ServiceDraft, str]]] = {}
+        for stack in self.drafts:
+            for svc in stack.services:
+                replicas_reported: set[Path] = set()
+                for port, path in svc.ports:
+                    if port.published is None:
+                        continue
+                    shown = f"{port.published}/{port.protocol}"
+                    if port.host_ip:
+                        shown = f"{port.host_ip}:{shown}"
+                    if svc.spec.replicas > 1 and path not in replicas_reported:
+                        replicas_reported.add(path)
+                        svc.ctx.error(
+                            path,
+                            f'service "{svc.spec.name}" runs {svc.spec.replicas} replicas, which '
+                            f"cannot all publish host port {shown}: leave the host port out "
+                            "or run one replica",
+                        )
+                    key = (port.published, port.protocol)
+                    for ip, other, where in taken.get(key, []):
+                        if ip == port.host_ip or ip in wildcard or port.host_ip in wildcard:
+                            whose = f'service "{other.spec.name}"'
+                            if other.stack_name != stack.name:
+                                whose += f' of stack "{other.stack_name}"'
+                            svc.ctx.error(
+                                path,
+                                f"host port {shown} is already published by {whose} at {where}",
+                            )
+                            break
+                    taken.setdefault(key, []).append(
+                        (port.host_ip, svc, str(svc.ctx.location(path)))
+                    )
+
+
+def _yaml_files(root: str) -> Iterator[str]:
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and name.endswith((".yaml", ".yml")):
+                yield os.path.relpath(os.path.join(directory, name), root)
+
+
+def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
+    loc = p.location
+    return (loc.file, loc.line, loc.column, p.path, p.message) if loc else ("", 0, 0, "", p.message)
+
+
+# ---------------------------------------------------------------------------------------------
+# One document
+
+
+class _Ctx:
+    """A document being loaded: where things are, what is wrong, and the variables."""
+
+    def __init__(self, loader: _Loader, source: _Source, doc: yamlpos.Document) -> None:
+        self.loader = loader
+        self.source = source
+        self.doc = doc
+        self.base: Path = ()
+        self.env: dict[str, str] = {}
+        self.bad: set[Path] = set()  # paths with a schema error, and all their parents
+        self.broken: set[Path] = set()  # paths whose value itself has the wrong shape
+
+    @property
+    def compose(self) -> bool:
+        return not self.base
+
+    def location(self, path: Path, *, key: bool = False) -> Location:
+        p = path
+        while True:
+            kpos = self.doc.keys.get(p)
+            vpos = self.doc.values.get(p)
+            if key or isinstance(_walk(self.doc.data, p), dict | list):
+                pos = kpos or vpos
+            else:
+                pos = vpos or kpos
+            if pos:
+                return Location(self.source.display, pos[0], pos[1])
+            if not p:
+                return Location(self.source.display, *self.doc.start)
+            p = p[:-1]
+
+    def report(
+        self, severity: Literal["error", "warning"], path: Path, message: str, key: bool
+    ) -> None:
+        self.loader.problems.append(
+            Problem(message, self.location(path, key=key), format_path(path), severity)
+        )
+
+    def error(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.report("error", path, message, key)
+
+    def warn(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.report("warning", path, message, key)
+
+    def ok(self, path: Path) -> bool:
+        """No schema error at or below `path`, so its value has the shape the schema says."""
+        return path not in self.bad
+
+    def resolve(self, given: str) -> tuple[str, str]:
+        """A path written in the manifest -> (absolute path, path to show)."""
+        expanded = given
+        if given == "~" or given.startswith("~/"):
+            home = self.env.get("HOME") or os.path.expanduser("~")
+            expanded = home + given[1:]
+        if os.path.isabs(expanded):
+            return os.path.normpath(expanded), os.path.normpath(expanded)
+        return (
+            os.path.normpath(os.path.join(self.source.directory, expanded)),
+            os.path.normpath(os.path.join(self.source.display_dir, expanded)),
+        )
+
+    # -- interpolation and casting
+
+    def prepare(self, node: Any, path: Path) -> None:
+        rel = self.relative(path)
+        items: Iterator[tuple[str | int, Any]]
+        if isinstance(node, dict):
+            items = ((k, v) for k, v in list(node.items()) if not _is_extension(rel, k))
+        elif isinstance(node, list):
+            items = iter(list(enumerate(node)))
+        else:
+            return
+        for key, value in items:
+            child = (*path, key)
+            if isinstance(value, str):
+                value = self.interpolate(value, child)
+                kind = _cast_kind(self.relative(child))
+                if kind:
+                    value = _cast(value, kind)
+                node[key] = value
+            else:
+                self.prepare(value, child)
+
+    def relative(self, path: Path) -> Path:
+        if self.base and path[: len(self.base)] == self.base:
+            return path[len(self.base) :]
+        return () if self.base else path
+
+    def interpolate(self, value: str, path: Path) -> str:
+        try:
+            result = interpolate(value, self.env)
+        except InterpolationError as e:
+            self.error(path, str(e))
+            return value
+        for name in result.unset:
+            if (self.source.path, name) not in self.loader.unset_warned:
+                self.loader.unset_warned.add((self.source.path, name))
+                self.warn(path, f'variable "{name}" is not set; using an empty string')
+        return result.value
+
+    # -- schema
+
+    def validate(self, name: str) -> None:
+        errors = sorted(
+            _validator(name).iter_errors(self.doc.data),
+            key=lambda e: [str(p) for p in e.absolute_path],
+        )
+        for err in errors:
+            for path, message, key in _explain(err):
+                self.error(path, message, key=key)
+                self.broken.add(path)
+                for i in range(len(path) + 1):
+                    self.bad.add(path[:i])
+
+
+_TYPE_WORDS = {
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "empty",
+}
+
+
+def _explain(err: ValidationError) -> Iterator[tuple[Path, str, bool]]:
+    """A schema error -> (path, sentence, locate-at-the-key) for each thing wrong."""
+    path: Path = tuple(err.absolute_path)
+    value: Any = err.validator_value
+    instance: Any = err.instance
+    if err.validator == "additionalProperties" and isinstance(instance, dict):
+        known = list(err.schema.get("properties", {})) if isinstance(err.schema, dict) else []
+        patterns = err.schema.get("patternProperties", {}) if isinstance(err.schema, dict) else {}
+        for key in instance:
+            if key not in known and not any(re.search(p, key) for p in patterns):
+                yield (*path, key), f'unknown field "{key}"{_suggest(key, known)}', True
+    elif err.validator == "required" and isinstance(instance, dict):
+        for name in value:
+            if name not in instance:
+                yield path, f'missing required field "{name}"', True
+    elif err.validator == "type":
+        types = [value] if isinstance(value, str) else list(value)
+        if "integer" in types and "number" in types:
+            types.remove("integer")
+        words = [_TYPE_WORDS.get(t, t) for t in types]
+        if len(words) > 1:
+            words = [w if w != "true or false" else "a boolean" for w in words]
+        yield path, f"must be {_join_or(words)}, got {_a(instance)}", False
+    elif err.validator == "enum":
+        allowed = _join_or([_show(v) for v in value])
+        yield path, f"must be one of {allowed}, got {_show(instance)}", False
+    elif err.validator == "const":
+        yield path, f"must be {_show(value)}, got {_show(instance)}", False
+    elif err.validator == "minimum":
+        yield path, f"must be at least {value}, got {_show(instance)}", False
+    elif err.validator == "maximum":
+        yield path, f"must be at most {value}, got {_show(instance)}", False
+    elif err.validator == "minLength" and value == 1:
+        yield path, "must not be empty", False
+    else:
+        yield path, err.message, False
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalising a stack
+
+
+@dataclass
+class _ServiceDraft:
+    ctx: _Ctx
+    path: Path
+    spec: ServiceSpec
+    stack_name: str
+    ports: list[tuple[Port, Path]] = field(default_factory=list)
+    networks: list[tuple[str, Path]] = field(default_factory=list)
+    addresses: list[tuple[str, ipaddress.IPv4Address, Path]] = field(default_factory=list)
+    volumes: list[tuple[str, Path]] = field(default_factory=list)
+    configs: list[tuple[str, Path]] = field(default_factory=list)
+    secrets: list[tuple[str, Path]] = field(default_factory=list)
+    depends: list[tuple[Dependency, Path]] = field(default_factory=list)
+
+
+class _StackDraft:
+    def __init__(self, ctx: _Ctx, name: str, name_path: Path) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.name_path = name_path
+        self.services: list[_ServiceDraft] = []
+        self.networks: dict[str, NetworkSpec] = {}
+        self.volumes: dict[str, VolumeSpec] = {}
+        self.configs: dict[str, ConfigSpec] = {}
+        self.secrets: dict[str, SecretSpec] = {}
+        self.declared: dict[str, set[str]] = {s: set() for s in _SECTIONS}
+
+    def stack(self) -> Stack:
+        return Stack(
+            name=self.name,
+            services=tuple(sorted((s.spec for s in self.services), key=lambda s: s.name)),
+            networks=tuple(v for _, v in sorted(self.networks.items())),
+            volumes=tuple(v for _, v in sorted(self.volumes.items())),
+            configs=tuple(v for _, v in sorted(self.configs.items())),
+            secrets=tuple(v for _, v in sorted(self.secrets.items())),
+            sources=(self.ctx.source.path,),
+            location=self.ctx.location(self.name_path),
+        )
+
+    def build(self, spec: dict[str, Any]) -> None:
+        ctx = self.ctx
+        base = ctx.base
+        sections: dict[str, dict[str, Any]] = {}
+        for section in _SECTIONS:
+            raw = spec.get(section)
+            sections[section] = raw if isinstance(raw, dict) else {}
+            if isinstance(raw, dict):
+                self.declared[section] = set(raw)
+                for key in raw:
+                    if not _OBJECT_NAME.fullmatch(key):
+                        what = section[:-1]
+                        ctx.error(
+                            (*base, section, key),
+                            f'invalid {what} name {_show(key)}: use letters, digits, "_", "." '
+                            'and "-", starting with a letter or digit',
+                            key=True,
+                        )
+        if "include" in spec:
+            ctx.error((*base, "include"), '"include" is not supported', key=True)
+        for section in _SECTIONS:
+            for key, raw in sections[section].items():
+                path = (*base, section, key)
+                raw = {} if raw is None else raw
+                if not isinstance(raw, dict):
+                    continue  # the schema said so
+                if section == "services":
+                    self.services.append(_ServiceBuilder(self, key, raw, path).build())
+                elif section == "networks":
+                    self.network(key, raw, path)
+                elif section == "volumes":
+                    self.volume(key, raw, path)
+                else:
+                    self.file_object(section, key, raw, path)
+        self.check_references()
+        self.check_cycles()
+
+    # -- top-level objects
+
+    def network(self, key: str, raw: dict[str, Any], path: Path) -> None:
+        ctx = self.ctx
+        external, external_name = self.external(raw, path)
+        driver = raw.get("driver", "bridge")
+        if driver != "bridge":
+            ctx.warn(
+                (*path, "driver"),
+                f'network driver {_show(driver)} is not supported; only "bridge" is',
+            )
+        subnet = gateway = None
+        ipam = raw.get("ipam") or {}
+        if ipam and ctx.ok((*path, "ipam")):
+            if ipam.get("driver", "default") != "default":
+                ctx.warn((*path, "ipam", "driver"), "only the default IPAM driver is supported")
+            _ignored(ctx, ipam, (*path, "ipam"), ("options",))
+            configs = ipam.get("config") or []
+            if len(configs) > 1:
+                ctx.warn((*path, "ipam", "config", 1), "only the first IPAM config is used")
+            if configs:
+                first = configs[0]
+                cpath = (*path, "ipam", "config", 0)
+                _ignored(ctx, first, cpath, ("ip_range", "aux_addresses"))
+                subnet, gateway = self.subnet(first, cpath)
+        if raw.get("enable_ipv6"):
+            ctx.warn((*path, "enable_ipv6"), "IPv6 networks are not supported; this is ignored")
+        _ignored(ctx, raw, path, ("driver_opts", "attachable", "enable_ipv4"))
+        if external:
+            for name in ("driver", "internal", "ipam", "labels", "driver_opts"):
+                if name in raw:
+                    ctx.error(
+                        (*path, name),
+                        f'an external network is not created by pyapply, so "{name}" cannot be set',
+                        key=True,
+                    )
+        self.networks[key] = NetworkSpec(
+            name=key,
+            driver=driver if isinstance(driver, str) else "bridge",
+            internal=bool(raw.get("internal", False)),
+            subnet=subnet,
+            gateway=gateway,
+            labels=self.labels(raw, path),
+            external=external,
+            external_name=external_name,
+            location=ctx.location(path, key=True),
+        )
+
+    def subnet(self, cfg: dict[str, Any], path: Path) -> tuple[str | None, str | None]:
+        ctx = self.ctx
+        subnet = cfg.get("subnet")
+        gateway = cfg.get("gateway")
+        network = None
+        if subnet is not None:
+            try:
+                network = ipaddress.ip_network(subnet)
+            except ValueError:
+                ctx.error(
+                    (*path, "subnet"),
+                    f"{_show(subnet)} is not a valid subnet such as 172.20.0.0/24",
+                )
+                subnet = None
+        if gateway is not None:
+            try:
+                address = ipaddress.ip_address(gateway)
+            except ValueError:
+                ctx.error((*path, "gateway"), f"{_show(gateway)} is not a valid IP address")
+                return subnet, None
+            if network is not None and address not in network:
+                ctx.error((*path, "gateway"), f"gateway {gateway} is outside the subnet {subnet}")
+        return subnet, gateway
+
+    def volume(self, key: str, raw: dict[str, Any], path: Path) -> None:
+        ctx = self.ctx
+        external, external_name = self.external(raw, path)
+        driver = raw.get("driver", "local")
+        if driver != "local":
+            ctx.warn(
+                (*path, "driver"),
+                f'volume driver {_show(driver)} is not supported; only "local" is',
+            )
+        opts: tuple[tuple[str, str], ...] = ()
+        if isinstance(raw.get("driver_opts"), dict) and ctx.ok((*path, "driver_opts")):
+            opts = tuple(sorted((k, _scalar_str(v)) for k, v in raw["driver_opts"].items()))
+        if external:
+            for name in ("driver", "driver_opts", "labels"):
+                if name in raw:
+                    ctx.error(
+                        (*path, name),
+                        f'an external volume is not created by pyapply, so "{name}" cannot be set',
+                        key=True,
+                    )
+        self.volumes[key] = VolumeSpec(
+            name=key,
+            driver=driver if isinstance(driver, str) else "local",
+            driver_opts=opts,
+            labels=self.labels(raw, path),
+            external=external,
+            external_name=external_name,
+            location=ctx.location(path, key=True),
+        )
+
+    def external(self, raw: dict[str, Any], path: Path) -> tuple[bool, str | None]:
+        ext = raw.get("external", False)
+        name = raw.get("name") if isinstance(raw.get("name"), str) else None
+        if isinstance(ext, dict) and self.ctx.ok((*path, "external")):
+            legacy = ext.get("name")
+            return True, legacy if isinstance(legacy, str) else name
+        return ext is True, name
+
+    def labels(self, raw: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
+        if "labels" not in raw or not self.ctx.ok((*path, "labels")):
+            return ()
+        return tuple(
+            sorted(_list_or_dict(self.ctx, raw["labels"], (*path, "labels"), "label").items())
+        )
+
+    def file_object(self, section: str, key: str, raw: dict[str, Any], path: Path) -> None:
+        ctx = self.ctx
+        what = section[:-1]
+        given = [k for k in ("file", "content", "environment") if raw.get(k) is not None]
+        external = raw.get("external") not in (None, False)
+        if external:
+            given.append("external")
+        if len(given) != 1:
+            ctx.error(
+                path,
+                f'a {what} must set exactly one of "file", "content", "environment" or "external"',
+                key=True,
+            )
+        file = content = variable = None
+        if isinstance(raw.get("file"), str) and ctx.ok((*path, "file")):
+            file, shown = ctx.resolve(raw["file"])
+            if not os.path.isfile(file):
+                ctx.error((*path, "file"), f"file {_show(shown)} does not exist")
+        if isinstance(raw.get("content"), str):
+            content = raw["content"]
+        if isinstance(raw.get("environment"), str):
+            variable = raw["environment"]
+            if variable not in ctx.env:
+                ctx.error((*path, "environment"), f'environment variable "{variable}" is not set')
+        _ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts"))
+        cls = SecretSpec if section == "secrets" else ConfigSpec
+        spec = cls(
+            name=key,
+            file=file,
+            content=content,
+            environment=variable,
+            external=external,
+            location=ctx.location(path, key=True),
+        )
+        if isinstance(spec, SecretSpec):
+            self.secrets[key] = spec
+        else:
+            self.configs[key] = spec
+
+    # -- checks across the stack
+
+    def check_references(self) -> None:
+        ctx = self.ctx
+        top = "spec." if ctx.base else ""
+        services = [s.spec.name for s in self.services]
+        all_services = self.declared["services"]
+        used_default = False
+        for svc in self.services:
+            for dep, path in svc.depends:
+                if dep.service not in all_services:
+                    message = f'depends on unknown service "{dep.service}"{_suggest(dep.service, services)}'
+                    if dep.required:
+                        ctx.error(path, message)
+                    else:
+                        ctx.warn(path, message + " (not required, so ignored)")
+            for kind, refs in (
+                ("network", svc.networks),
+                ("volume", svc.volumes),
+                ("config", svc.configs),
+                ("secret", svc.secrets),
+            ):
+                declared = self.declared[kind + "s"]
+                for name, path in refs:
+                    if kind == "network" and name == "default" and name not in declared:
+                        used_default = True
+                    elif name not in declared:
+                        ctx.error(
+                            path,
+                            f'{kind} "{name}" is not declared under "{top}{kind}s"'
+                            f"{_suggest(name, sorted(declared))}",
+                        )
+            for net, address, path in svc.addresses:
+                spec = self.networks.get(net)
+                if spec is None or spec.subnet is None:
+                    continue
+                subnet = ipaddress.ip_network(spec.subnet)
+                if address not in subnet:
+                    ctx.error(path, f'{address} is outside the subnet {subnet} of network "{net}"')
+        if used_default and "default" not in self.networks:
+            self.networks["default"] = NetworkSpec(name="default")
+
+    def check_cycles(self) -> None:
+        graph: dict[str, list[str]] = {}
+        edges: dict[tuple[str, str], Path] = {}
+        for svc in self.services:
+            graph[svc.spec.name] = []
+            for dep, path in svc.depends:
+                graph[svc.spec.name].append(dep.service)
+                edges[(svc.spec.name, dep.service)] = path
+        reported: set[tuple[str, ...]] = set()
+        state: dict[str, int] = {}  # 1: on the stack, 2: done
+        for start in sorted(graph):
+            if state.get(start):
+                continue
+            stack: list[tuple[str, Iterator[str]]] = [(start, iter(sorted(graph[start])))]
+            trail = [start]
+            state[start] = 1
+            while stack:
+                node, children = stack[-1]
+                child = next(children, None)
+                if child is None:
+                    stack.pop()
+                    trail.pop()
+                    state[node] = 2
+                    continue
+                if child not in graph:
+                    continue
+                if state.get(child) == 1:
+                    cycle = trail[trail.index(child) :]
+                    i = cycle.index(min(cycle))
+                    cycle = cycle[i:] + cycle[:i]
+                    if tuple(cycle) not in reported:
+                        reported.add(tuple(cycle))
+                        loop = " -> ".join([*cycle, cycle[0]])
+                        target = cycle[1] if len(cycle) > 1 else cycle[0]
+                        self.ctx.error(edges[(cycle[0], target)], f"dependency cycle: {loop}")
+                elif not state.get(child):
+                    state[child] = 1
+                    trail.append(child)
+                    stack.append((child, iter(sorted(graph[child]))))
+
+
+def _ignored(
+    ctx: _Ctx, raw: dict[str, Any], path: Path, names: Sequence[str], why: str = ""
+) -> None:
+    for name in names:
+        if name in raw:
+            ctx.warn((*path, name), f'"{name}" is not supported and is ignored{why}', key=True)
+
+
+def _list_or_dict(ctx: _Ctx, raw: Any, path: Path, what: str) -> dict[str, str]:
+    """labels: {k: v} or ["k=v"] -> {k: v} (values stringified like compose)."""
+    out: dict[str, str] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            out[key] = _scalar_str(value)
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            key, _, value = item.partition("=")
+            if not key:
+                ctx.error((*path, i), f"{_show(item)} is not a {what} of the form KEY=value")
+                continue
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+# Compose fields pyapply does not implement; using one is a warning, naming it.
+_UNSUPPORTED = (
+    "annotations",
+    "attach",
+    "blkio_config",
+    "cgroup",
+    "cgroup_parent",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpuset",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "ipc",
+    "isolation",
+    "label_file",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "platform",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "provider",
+    "runtime",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_timeout",
+    "storage_opt",
+    "sysctls",
+    "tty",
+    "use_api_socket",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+)
+_RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::\d+)?")
+_PROTOCOLS = ("tcp", "udp", "sctp")
+_BIND_OPTIONS = {
+    "ro",
+    "rw",
+    "z",
+    "Z",
+    "nocopy",
+    "cached",
+    "delegated",
+    "consistent",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+}
+_TMPFS_FLAGS = {"ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev"}
+
+
+class _ServiceBuilder:
+    """One service: raw compose mapping -> ServiceSpec, plus the names it refers to.
+
+    Each field is read only where the schema found no error at or below it, so the code can
+    trust the shapes the schema promises and still report every other problem.
+    """
+
+    def __init__(self, stack: _StackDraft, name: str, raw: dict[str, Any], path: Path) -> None:
+        self.stack = stack
+        self.ctx = stack.ctx
+        self.name = name
+        self.raw = raw
+        self.path = path
+        self.fields: dict[str, Any] = {"image": ""}
+        self.draft = _ServiceDraft(
+            ctx=self.ctx, path=path, spec=ServiceSpec(name=name, image=""), stack_name=stack.name
+        )
+
+    def at(self, *parts: str | int) -> Path:
+        return (*self.path, *parts)
+
+    def get(self, *parts: str | int) -> Any:
+        """The value at `parts` below the service if present and well-shaped, else _MISSING."""
+        value = _walk(self.raw, parts)
+        return value if value is not _MISSING and self.ctx.ok(self.at(*parts)) else _MISSING
+
+    def entries(self, *parts: str | int) -> list[tuple[Any, Any, Path]]:
+        """(key or index, value, path) of the well-shaped entries of a list or mapping."""
+        value = _walk(self.raw, parts)
+        pairs: Iterator[tuple[Any, Any]]
+        if self.at(*parts) in self.ctx.broken:
+            return []
+        if isinstance(value, list):
+            pairs = enumerate(value)
+        elif isinstance(value, dict):
+            pairs = iter(value.items())
+        else:
+            return []
+        out = []
+        for key, item in pairs:
+            path = self.at(*parts, key)
+            if self.ctx.ok(path):
+                out.append((key, item, path))
+        return out
+
+    def attempt(self, path: Path, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except _Bad as e:
+            self.ctx.error(path, str(e))
+            return _MISSING
+
+    def build(self) -> _ServiceDraft:
+        ctx = self.ctx
+        self.image()
+        for name in ("command", "entrypoint"):
+            value = self.get(name)
+            if value is not _MISSING:
+                self.fields[name] = self.command(value, self.at(name))
+        self.environment()
+        self.ports()
+        self.mounts()
+        self.networks()
+        self.depends_on()
+        self.healthcheck()
+        self.restart()
+        self.deploy()
+        self.simple()
+        self.file_refs("configs", "/")
+        self.file_refs("secrets", "/run/secrets/")
+        for name in _UNSUPPORTED:
+            if name in self.raw:
+                ctx.warn(self.at(name), f'"{name}" is not supported and is ignored', key=True)
+        if "profiles" in self.raw:
+            ctx.warn(
+                self.at("profiles"),
+                '"profiles" is not supported; the service is always deployed',
+                key=True,
+            )
+        if "extends" in self.raw:
+            ctx.error(self.at("extends"), '"extends" is not supported', key=True)
+        if "container_name" in self.raw:
+            ctx.warn(
+                self.at("container_name"),
+                '"container_name" is not supported and is ignored: pyapply names containers '
+                "<stack>-<service>-<n>",
+                key=True,
+            )
+        self.draft.spec = ServiceSpec(
+            name=self.name, location=ctx.location(self.path, key=True), **self.fields
+        )
+        return self.draft
+
+    # -- fields
+
+    def image(self) -> None:
+        image = self.get("image")
+        if "build" in self.raw:
+            if isinstance(image, str):
+                self.ctx.warn(
+                    self.at("build"),
+                    f'"build" is not supported; the image {_show(image)} is used as it is',
+                    key=True,
+                )
+            elif "image" not in self.raw:
+                # the name compose gives the image it builds
+                image = f"{self.stack.name}-{self.name}"
+                self.ctx.warn(
+                    self.at("build"),
+                    f'"build" is not supported; without "image" the service runs {_show(image)}, '
+                    "which must already exist",
+                    key=True,
+                )
+        elif "image" not in self.raw:
+            self.ctx.error(self.path, 'missing required field "image"', key=True)
+        if isinstance(image, str):
+            self.fields["image"] = image
+
+    def command(self, value: Any, path: Path) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                return tuple(shlex.split(value))
+            except ValueError as e:
+                self.ctx.error(path, f"cannot split {_show(value)} into words: {str(e).lower()}")
+                return None
+        return tuple(_scalar_str(v) for v in value)
+
+    def environment(self) -> None:
+        env: dict[str, str] = {}
+        files = self.get("env_file")
+        if isinstance(files, str):
+            env.update(self.env_file(files, True, self.at("env_file")))
+        else:
+            for _, entry, path in self.entries("env_file"):
+                if isinstance(entry, str):
+                    env.update(self.env_file(entry, True, path))
+                else:
+                    env.update(self.env_file(entry["path"], entry.get("required", True), path))
+        for key, value, path in self.entries("environment"):
+            if isinstance(key, int):  # the list form
+                item = value
+                key, eq, value = item.partition("=")
+                if not key:
+                    self.ctx.error(path, f"{_show(item)} is not of the form KEY=value")
+                    continue
+                value = value if eq else None
+            if value is not None:
+                env[key] = _scalar_str(value)
+            elif key in self.ctx.env:  # a bare name takes its value from the environment
+                env[key] = self.ctx.env[key]
+        if env:
+            self.fields["environment"] = tuple(sorted(env.items()))
+
+    def env_file(self, given: str, required: bool, path: Path) -> dict[str, str]:
+        absolute, shown = self.ctx.resolve(given)
+        if not os.path.isfile(absolute):
+            if required:
+                self.ctx.error(path, f"env file {_show(shown)} does not exist")
+            return {}
+        try:
+            with open(absolute, encoding="utf-8-sig") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            self.ctx.error(path, f"cannot read env file {_show(shown)}: {e}")
+            return {}
+        values, problems = parse_dotenv(text, self.ctx.env)
+        for p in problems:
+            self.ctx.loader.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        return values
+
+    def ports(self) -> None:
+        ports: list[Port] = []
+        for _, item, path in self.entries("ports"):
+            try:
+                if isinstance(item, dict):
+                    got = [_long_port(item)]
+                elif isinstance(item, int):
+                    if not 1 <= item <= 65535:
+                        raise _Bad(f"port {item} is out of range (1-65535)")
+                    got = [Port(target=item)]
+                else:
+                    got = _short_ports(item)
+            except _Bad as e:
+                self.ctx.error(path, str(e))
+                continue
+            for port in got:
+                ports.append(port)
+                self.draft.ports.append((port, path))
+        if ports:
+            self.fields["ports"] = tuple(ports)
+
+    def mounts(self) -> None:
+        mounts: list[Mount] = []
+        for _, item, path in self.entries("volumes"):
+            parse = self.long_volume if isinstance(item, dict) else self.short_volume
+            mount = self.attempt(path, parse, item, path)
+            if isinstance(mount, Mount):
+                mounts.append(mount)
+        tmpfs = self.get("tmpfs")
+        items = [(0, tmpfs, self.at("tmpfs"))] if isinstance(tmpfs, str) else self.entries("tmpfs")
+        for _, item, path in items:
+            mount = self.attempt(path, _tmpfs, item)
+            if isinstance(mount, Mount):
+                mounts.append(mount)
+        if mounts:
+            self.fields["mounts"] = tuple(mounts)
+
+    def short_volume(self, text: str, path: Path) -> Mount:
+        parts = text.split(":")
+        if len(parts) > 3 or not all(parts):
+            raise _Bad(
+                f"{_show(text)} is not a valid volume: expected SOURCE:TARGET[:MODE] or TARGET"
+            )
+        if len(parts) == 1:
+            return Mount(type="volume", target=_target(parts[0], text, "volume"))
+        source, target = parts[0], _target(parts[1], text, "volume")
+        options = parts[2].split(",") if len(parts) == 3 else []
+        unknown = [o for o in options if o not in _BIND_OPTIONS]
+        if unknown:
+            raise _Bad(f"{_show(text)} is not a valid volume: unknown option {_show(unknown[0])}")
+        if "ro" in options and "rw" in options:
+            raise _Bad(f'{_show(text)} is not a valid volume: it says both "ro" and "rw"')
+        read_only = "ro" in options
+        if source.startswith(("/", ".", "~")):
+            absolute, _ = self.ctx.resolve(source)
+            return Mount(type="bind", target=target, source=absolute, read_only=read_only)
+        if not _OBJECT_NAME.fullmatch(source):
+            raise _Bad(
+                f"{_show(text)} is not a valid volume: {_show(source)} is not a volume name; "
+                f'write "./{source}" for a path relative to the manifest'
+            )
+        self.draft.volumes.append((source, path))
+        return Mount(type="volume", target=target, source=source, read_only=read_only)
+
+    def long_volume(self, item: dict[str, Any], path: Path) -> Mount:
+        kind = item["type"]
+        target = _target(item["target"], item["target"])
+        read_only = bool(item.get("read_only", False))
+        source = item.get("source")
+        _ignored(self.ctx, item, path, ("consistency",))
+        if isinstance(item.get("volume"), dict):
+            _ignored(self.ctx, item["volume"], (*path, "volume"), ("subpath",))
+        if isinstance(item.get("bind"), dict):
+            _ignored(self.ctx, item["bind"], (*path, "bind"), ("propagation", "selinux"))
+        if kind == "bind":
+            if not source:
+                raise _Bad('a bind mount needs "source"')
+            absolute, _ = self.ctx.resolve(source)
+            return Mount(type="bind", target=target, source=absolute, read_only=read_only)
+        if kind == "tmpfs":
+            if source:
+                raise _Bad('a tmpfs mount has no "source"')
+            opts = item.get("tmpfs") or {}
+            size = mode = None
+            if "size" in opts:
+                size = self.attempt((*path, "tmpfs", "size"), parse_size, opts["size"])
+            if "mode" in opts:
+                mode = self.attempt((*path, "tmpfs", "mode"), _parse_mode, opts["mode"])
+            return Mount(
+                type="tmpfs",
+                target=target,
+                read_only=read_only,
+                tmpfs_size=size if isinstance(size, int) else None,
+                tmpfs_mode=mode if isinstance(mode, int) else None,
+            )
+        if source:
+            self.draft.volumes.append((source, (*path, "source")))
+        return Mount(type="volume", target=target, source=source or "", read_only=read_only)
+
+    def networks(self) -> None:
+        ctx = self.ctx
+        nets: dict[str, ServiceNetwork] = {}
+        for key, cfg, path in self.entries("networks"):
+            if isinstance(key, int):  # the list form
+                if cfg in nets:
+                    ctx.error(path, f'network "{cfg}" is listed twice')
+                nets[cfg] = ServiceNetwork(cfg)
+                self.draft.networks.append((cfg, path))
+                continue
+            cfg = cfg or {}
+            self.draft.networks.append((key, path))
+            aliases = tuple(sorted(set(cfg.get("aliases") or ())))
+            address = cfg.get("ipv4_address")
+            if address is not None:
+                try:
+                    parsed = ipaddress.IPv4Address(address)
+                    self.draft.addresses.append((key, parsed, (*path, "ipv4_address")))
+                except ValueError:
+                    ctx.error((*path, "ipv4_address"), f"{_show(address)} is not an IPv4 address")
+                    address = None
+            _ignored(
+                ctx,
+                cfg,
+                path,
+                ("ipv6_address", "link_local_ips", "mac_address", "driver_opts", "priority"),
+            )
+            _ignored(ctx, cfg, path, ("gw_priority",))
+            nets[key] = ServiceNetwork(key, aliases, address)
+        if "network_mode" in self.raw:
+            mode = self.get("network_mode")
+            if nets:
+                ctx.error(
+                    self.at("network_mode"),
+                    '"network_mode" cannot be used together with "networks"',
+                    key=True,
+                )
+            elif isinstance(mode, str) and mode != "none":
+                ctx.warn(
+                    self.at("network_mode"),
+                    f'"network_mode: {mode}" is not supported; the service is not attached to '
+                    "any network",
+                    key=True,
+                )
+            return
+        if not nets:
+            nets["default"] = ServiceNetwork("default")
+            self.draft.networks.append(("default", self.path))
+        self.fields["networks"] = tuple(v for _, v in sorted(nets.items()))
+
+    def depends_on(self) -> None:
+        deps: dict[str, Dependency] = {}
+        for key, cfg, path in self.entries("depends_on"):
+            if isinstance(key, int):  # the list form
+                if cfg in deps:
+                    self.ctx.error(path, f'"{cfg}" is listed twice')
+                dep = Dependency(cfg)
+            else:
+                dep = Dependency(
+                    service=key,
+                    condition=cast(Condition, cfg.get("condition", "service_started")),
+                    required=cfg.get("required", True),
+                    restart=cfg.get("restart", False),
+                )
+            deps[dep.service] = dep
+            self.draft.depends.append((dep, path))
+        if deps:
+            self.fields["depends_on"] = tuple(v for _, v in sorted(deps.items()))
+
+    def healthcheck(self) -> None:
+        raw = _walk(self.raw, ("healthcheck",))
+        if not isinstance(raw, dict):
+            return
+        path = self.at("healthcheck")
+        test: tuple[str, ...] = ()
+        value = self.get("healthcheck", "test")
+        if isinstance(value, str):
+            if not value.strip():
+                self.ctx.error((*path, "test"), "must not be empty")
+            test = ("CMD-SHELL", value)
+        elif isinstance(value, list):
+            test = tuple(value)
+            if not test:
+                self.ctx.error((*path, "test"), "must not be empty")
+            elif test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+                self.ctx.error(
+                    (*path, "test", 0), 'a test list must start with "CMD", "CMD-SHELL" or "NONE"'
+                )
+            elif test[0] == "CMD" and len(test) < 2:
+                self.ctx.error((*path, "test"), 'needs a command after "CMD"')
+            elif test[0] == "CMD-SHELL" and len(test) != 2:
+                self.ctx.error((*path, "test"), 'takes exactly one command line after "CMD-SHELL"')
+        _ignored(self.ctx, raw, path, ("start_interval",))
+        if self.get("healthcheck", "disable") is True or test[:1] == ("NONE",):
+            self.fields["healthcheck"] = Healthcheck(test=("NONE",), disable=True)
+            return
+        times = {"interval": 30.0, "timeout": 30.0, "start_period": 0.0}
+        for name in times:
+            value = self.get("healthcheck", name)
+            if value is not _MISSING:
+                got = self.attempt((*path, name), parse_duration, value)
+                if isinstance(got, float):
+                    times[name] = got
+        retries = self.get("healthcheck", "retries")
+        self.fields["healthcheck"] = Healthcheck(
+            test=test,
+            interval=times["interval"],
+            timeout=times["timeout"],
+            start_period=times["start_period"],
+            retries=3 if retries is _MISSING else retries,
+        )
+
+    def restart(self) -> None:
+        value = self.get("restart")
+        policy: str | None = None
+        if value is False:
+            policy = "no"
+        elif isinstance(value, str) and _RESTART.fullmatch(value):
+            policy = value
+        elif value is not _MISSING:
+            self.ctx.error(
+                self.at("restart"),
+                f'{_show(value)} is not a restart policy: use "no", "always", "on-failure", '
+                '"on-failure:N" or "unless-stopped"',
+            )
+        rp = self.get("deploy", "restart_policy")
+        if isinstance(rp, dict):
+            rpath = self.at("deploy", "restart_policy")
+            condition = rp.get("condition", "any")
+            from_deploy = {"none": "no", "any": "always"}.get(condition, "on-failure")
+            if from_deploy == "on-failure" and "max_attempts" in rp:
+                from_deploy += f":{rp['max_attempts']}"
+            _ignored(self.ctx, rp, rpath, ("delay", "window"))
+            if policy is None:
+                policy = from_deploy
+            elif policy != from_deploy:
+                self.ctx.warn(rpath, f'conflicts with "restart: {policy}", which is used', key=True)
+        if policy is not None:
+            self.fields["restart"] = policy
+
+    def deploy(self) -> None:
+        ctx = self.ctx
+        dpath = self.at("deploy")
+        deploy = _walk(self.raw, ("deploy",))
+        if isinstance(deploy, dict):
+            if self.get("deploy", "mode") == "global":
+                ctx.warn(
+                    (*dpath, "mode"), 'deploy mode "global" is not supported; "replicated" is used'
+                )
+            _ignored(
+                ctx, deploy, dpath, ("placement", "endpoint_mode", "rollback_config", "labels")
+            )
+            resources = _walk(deploy, ("resources",))
+            if isinstance(resources, dict):
+                _ignored(ctx, resources, (*dpath, "resources"), ("reservations",))
+            update = _walk(deploy, ("update_config",))
+            if isinstance(update, dict):
+                _ignored(
+                    ctx,
+                    update,
+                    (*dpath, "update_config"),
+                    ("failure_action", "monitor", "max_failure_ratio"),
+                )
+        # replicas: deploy.replicas, else the legacy scale
+        replicas = self.get("deploy", "replicas")
+        scale = self.get("scale")
+        if scale is not _MISSING and replicas is not _MISSING and scale != replicas:
+            ctx.warn(
+                self.at("scale"),
+                f"conflicts with deploy.replicas ({replicas}), which is used",
+                key=True,
+            )
+        if replicas is _MISSING:
+            replicas = scale
+        if replicas is not _MISSING:
+            self.fields["replicas"] = replicas
+        # limits: deploy.resources.limits, else the legacy mem_limit / cpus / pids_limit
+        limits: dict[str, Any] = {}
+        for new, old, parse in (
+            ("memory", "mem_limit", parse_size),
+            ("cpus", "cpus", _parse_cpus),
+            ("pids", "pids_limit", _parse_pids),
+        ):
+            value = self.limit(("deploy", "resources", "limits", new), parse)
+            legacy = self.limit((old,), parse)
+            if value is None:
+                value = legacy
+            elif legacy is not None and legacy != value:
+                ctx.warn(
+                    self.at(old),
+                    f"conflicts with deploy.resources.limits.{new}, which is used",
+                    key=True,
+                )
+            limits[new] = value
+        self.fields["resources"] = Resources(**limits)
+        # update_config
+        upath = (*dpath, "update_config")
+        delay = 0.0
+        value = self.get("deploy", "update_config", "delay")
+        if value is not _MISSING:
+            got = self.attempt((*upath, "delay"), parse_duration, value)
+            delay = got if isinstance(got, float) else 0.0
+        order = self.get("deploy", "update_config", "order")
+        parallelism = self.get("deploy", "update_config", "parallelism")
+        self.fields["update"] = UpdateConfig(
+            order=cast(UpdateOrder, "stop-first" if order is _MISSING else order),
+            parallelism=1 if parallelism is _MISSING else parallelism,
+            delay=delay,
+        )
+
+    def limit(self, parts: tuple[str, ...], parse: Any) -> Any:
+        value = self.get(*parts)
+        if value is _MISSING or value is None:
+            return None
+        got = self.attempt(self.at(*parts), parse, value)
+        return None if got is _MISSING else got
+
+    def simple(self) -> None:
+        ctx = self.ctx
+        labels = self.get("labels")
+        if labels is not _MISSING:
+            self.fields["labels"] = tuple(
+                sorted(_list_or_dict(ctx, labels, self.at("labels"), "label").items())
+            )
+        for name in ("working_dir", "hostname", "stop_signal"):
+            value = self.get(name)
+            if isinstance(value, str):
+                self.fields[name] = value
+        user = self.get("user")
+        if user is not _MISSING:
+            self.fields["user"] = str(user)
+        for name in ("read_only", "init"):
+            value = self.get(name)
+            if isinstance(value, bool):
+                self.fields[name] = value
+        for name in ("cap_add", "cap_drop"):
+            value = self.get(name)
+            if value is not _MISSING:
+                caps = {c.strip().upper().removeprefix("CAP_") for c in value}
+                self.fields[name] = tuple(sorted(caps))
+        grace = self.get("stop_grace_period")
+        if grace is not _MISSING:
+            got = self.attempt(self.at("stop_grace_period"), parse_duration, grace)
+            if isinstance(got, float):
+                self.fields["stop_grace_period"] = got
+        ulimits: list[Ulimit] = []
+        for name, value, path in sorted(self.entries("ulimits")):
+            if isinstance(value, int):
+                ulimits.append(Ulimit(name, value, value))
+                continue
+            soft, hard = value["soft"], value["hard"]
+            if soft > hard:
+                ctx.error(
+                    path, f"the soft limit ({soft}) is above the hard limit ({hard})", key=True
+                )
+            ulimits.append(Ulimit(name, soft, hard))
+        if ulimits:
+            self.fields["ulimits"] = tuple(ulimits)
+        policy = self.get("pull_policy")
+        if policy is not _MISSING:
+            self.fields["pull_policy"] = cast(
+                PullPolicy, "missing" if policy == "if_not_present" else policy
+            )
+
+    def file_refs(self, section: Literal["configs", "secrets"], prefix: str) -> None:
+        refs: list[FileRef] = []
+        registry = self.draft.configs if section == "configs" else self.draft.secrets
+        for _, item, path in self.entries(section):
+            if isinstance(item, str):
+                registry.append((item, path))
+                refs.append(FileRef(source=item, target=prefix + item))
+                continue
+            source = item["source"]
+            target = item.get("target") or source
+            if not target.startswith("/"):
+                target = prefix + target
+            mode = None
+            if "mode" in item:
+                got = self.attempt((*path, "mode"), _parse_mode, item["mode"])
+                mode = got if isinstance(got, int) else None
+            uid, gid = item.get("uid"), item.get("gid")
+            registry.append((source, (*path, "source")))
+            refs.append(
+                FileRef(
+                    source=source,
+                    target=target,
+                    mode=mode,
+                    uid=None if uid is None else str(uid),
+                    gid=None if gid is None else str(gid),
+                )
+            )
+        if refs:
+            self.fields[section] = tuple(refs)
+
+
+def _parse_cpus(value: Any) -> float:
+    try:
+        cpus = float(value)
+    except (TypeError, ValueError):
+        raise _Bad(f'must be a number of CPUs such as 0.5 or "2", got {_show(value)}') from None
+    if cpus <= 0:
+        raise _Bad(f"must be more than 0, got {_show(value)}")
+    return cpus
+
+
+def _parse_pids(value: Any) -> int | None:
+    # docker's convention: 0 or -1 mean "no limit"
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _target(target: str, whole: str, what: str = "") -> str:
+    """A container path; `what` ("volume", "tmpfs") names the short syntax it came from."""
+    if not target.startswith("/"):
+        prefix = f"{_show(whole)} is not a valid {what}: " if what else ""
+        raise _Bad(f'{prefix}the container path "{target}" must be absolute')
+    return posixpath.normpath(target)
+
+
+def _tmpfs(text: str) -> Mount:
+    target, _, opts = text.partition(":")
+    size = mode = None
+    read_only = False
+    for opt in filter(None, opts.split(",")):
+        key, eq, value = opt.partition("=")
+        if key == "size" and eq:
+            size = parse_size(value)
+        elif key == "mode" and eq:
+            mode = _parse_mode(value)
+        elif key in ("uid", "gid") and eq:
+            continue
+        elif opt in _TMPFS_FLAGS:
+            read_only = read_only or opt == "ro"
+        else:
+            raise _Bad(f"{_show(text)} is not a valid tmpfs: unknown option {_show(opt)}")
+    return Mount(
+        type="tmpfs",
+        target=_target(target, text, "tmpfs"),
+        read_only=read_only,
+        tmpfs_size=size,
+        tmpfs_mode=mode,
+    )
+
+
+def _port_range(text: str, whole: str, allow_zero: bool) -> list[int]:
+    first, dash, last = text.partition("-")
+    if not first.isdigit() or (dash and not last.isdigit()):
+        raise _Bad(f"{_show(whole)} is not a valid port mapping")
+    lo, hi = int(first), int(last) if dash else int(first)
+    for n in (lo, hi):
+        if not (0 if allow_zero else 1) <= n <= 65535:
+            raise _Bad(
+                f"{_show(whole)} is not a valid port mapping: port {n} is out of range (1-65535)"
+            )
+    if hi < lo:
+        raise _Bad(f"{_show(whole)} is not a valid port mapping: the range {text} is backwards")
+    return list(range(lo, hi + 1))
+
+
+def _short_ports(item: str) -> list[Port]:
+    """Short syntax "[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]", with ranges, IPv6 host IPs in brackets."""
+    whole = item
+    text = item.strip()
+    protocol = "tcp"
+    if "/" in text:
+        text, protocol = text.rsplit("/", 1)
+        protocol = protocol.lower()
+        if protocol not in _PROTOCOLS:
+            raise _Bad(
+                f"{_show(whole)} is not a valid port mapping: the protocol must be tcp, udp or sctp"
+            )
+    host_ip = ""
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :] if end > 0 else ""
+        parts = rest[1:].split(":") if rest.startswith(":") else []
+        if len(parts) != 2:
+            raise _Bad(f"{_show(whole)} is not a valid port mapping")
+        host_ip = text[1:end]
+        published, target = parts
+    else:
+        parts = text.split(":")
+        if len(parts) == 1:
+            published, target = "", parts[0]
+        elif len(parts) == 2:
+            published, target = parts
+        elif len(parts) == 3:
+            host_ip, published, target = parts
+        else:
+            raise _Bad(f"{_show(whole)} is not a valid port mapping")
+    if host_ip:
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise _Bad(f"{_show(whole)} is not a valid port mapping") from None
+    targets = _port_range(target, whole, allow_zero=False)
+    if not published:
+        return [Port(t, None, host_ip, protocol) for t in targets]
+    hosts = _port_range(published, whole, allow_zero=True)
+    if len(hosts) != len(targets):
+        raise _Bad(
+            f"{_show(whole)} is not a valid port mapping: the host and container ranges "
+            "must have the same length"
+        )
+    return [Port(t, h or None, host_ip, protocol) for h, t in zip(hosts, targets, strict=True)]
+
+
+def _long_port(item: dict[str, Any]) -> Port:
+    published = item.get("published")
+    if isinstance(published, str):
+        text = published.strip()
+        if not text:
+            published = None
+        elif text.isdigit():
+            published = int(text)
+        else:
+            raise _Bad(f"published port {_show(published)} is not a single port number")
+    if published is not None and not 0 <= published <= 65535:
+        raise _Bad(f"published port {published} is out of range (1-65535)")
+    host_ip = item.get("host_ip", "")
+    if host_ip:
+        try:
+            ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise _Bad(f"host_ip {_show(host_ip)} is not an IP address") from None
+    protocol = str(item.get("protocol", "tcp")).lower()
+    if protocol not in _PROTOCOLS:
+        raise _Bad(f"protocol {_show(protocol)} is not one of tcp, udp or sctp")
+    return Port(
+        target=item["target"], published=published or None, host_ip=host_ip, protocol=protocol
+    )

@@ -1,0 +1,225 @@
+"""YAML documents as plain data, plus where every key and value was written.
+
+Errors about a manifest must name the file, line and column of the offending field, but plain
+`yaml.safe_load` forgets positions. This module composes PyYAML's node graph and builds the
+data from it, recording the 1-based position of every mapping key and of every value
+(mapping values and sequence items) under its path, e.g. `("services", "web", "ports", 0)`.
+
+The data is what compose (YAML 1.2, via Go's yaml.v3) would see:
+- only `true`/`false` (any case style) are booleans; `yes`, `no`, `on`, `off` stay strings;
+- `12:30` stays a string (no base-60 integers, the classic `ports: [22:22]` trap);
+- timestamps stay strings; keys are the text as written;
+- anchors, aliases and `<<` merge keys work; an alias is expanded into a fresh copy at each
+  place it is used (so later in-place changes never leak between them), with the positions
+  of the anchored text;
+- a duplicate key is an error, as in compose.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Path = tuple[str | int, ...]
+Pos = tuple[int, int]  # 1-based line, column
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _NULL, _BOOL, _INT, _FLOAT = (_TAG + t for t in ("str", "null", "bool", "int", "float"))
+_MERGE = _TAG + "merge"
+_PLAIN_TEXT_TAGS = {_TAG + "timestamp", _TAG + "value"}
+
+# An alias may be used many times; expanding them must not make a small file huge.
+MAX_NODES = 1_000_000
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, message: str, line: int, column: int) -> None:
+        super().__init__(f"{line}:{column}: {message}")
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+@dataclass
+class Document:
+    data: Any
+    start: Pos
+    keys: dict[Path, Pos] = field(default_factory=dict)
+    values: dict[Path, Pos] = field(default_factory=dict)
+    errors: list[tuple[Pos, str]] = field(default_factory=list)  # duplicate keys, bad tags...
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader whose implicit booleans are YAML 1.2's."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL,
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def parse(text: str) -> Iterator[Document]:
+    """Yield each document of a YAML stream (empty documents are skipped); raises
+    YamlSyntaxError at the first syntax error (documents before it have been yielded)."""
+    loader = _Loader(text)
+    try:
+        while True:
+            try:
+                if not loader.check_node():
+                    return
+                node = loader.get_node()
+            except yaml.MarkedYAMLError as e:
+                mark = e.problem_mark or e.context_mark
+                message = _sentence(e.problem or e.context or "invalid YAML")
+                if e.context and e.problem:
+                    message = f"{_sentence(e.problem)} ({e.context})"
+                line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                raise YamlSyntaxError(f"invalid YAML: {message}", line, column) from None
+            except yaml.reader.ReaderError as e:
+                line = text.count("\n", 0, e.position) + 1
+                column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+                raise YamlSyntaxError(
+                    f"invalid YAML: unacceptable character #x{e.character:04x}"
+                    if isinstance(e.character, int)
+                    else "invalid YAML: unacceptable character",
+                    line,
+                    column,
+                ) from None
+            except yaml.YAMLError as e:
+                raise YamlSyntaxError(f"invalid YAML: {e}", 1, 1) from None
+            if node is None:
+                continue
+            doc = _Builder(_pos(node)).document(node)
+            if doc.data is None and not doc.errors:
+                continue
+            yield doc
+    finally:
+        loader.dispose()
+
+
+def _sentence(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _pos(node: Node) -> Pos:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Builder:
+    def __init__(self, start: Pos) -> None:
+        self.doc = Document(data=None, start=start)
+        self.active: set[int] = set()
+        self.count = 0
+        self.constructor = SafeConstructor()
+
+    def document(self, node: Node) -> Document:
+        try:
+            self.doc.data = self.build(node, ())
+        except _TooLarge:
+            self.doc.data = None
+            self.doc.errors.append(
+                (_pos(node), f"the document expands to more than {MAX_NODES} nodes (aliases?)")
+            )
+        return self.doc
+
+    def build(self, node: Node, path: Path) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooLarge
+        self.doc.values[path] = _pos(node)
+        if isinstance(node, ScalarNode):
+            return self.scalar(node)
+        if id(node) in self.active:
+            self.doc.errors.append((_pos(node), "an alias refers to the node that contains it"))
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            if isinstance(node, MappingNode):
+                return self.mapping(node, path)
+        finally:
+            self.active.discard(id(node))
+        return None  # pragma: no cover - PyYAML only makes these three kinds
+
+    def mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merges: list[MappingNode] = []
+        explicit: list[tuple[Node, Node]] = []
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE:
+                merges.extend(self.merge_sources(vnode))
+            else:
+                explicit.append((knode, vnode))
+        # In `<<: [*a, *b]` the earlier mapping wins, and explicit keys win over all.
+        for source in reversed(merges):
+            if id(source) in self.active:
+                self.doc.errors.append(
+                    (_pos(source), "a merge key refers to the mapping that contains it")
+                )
+                continue
+            self.active.add(id(source))
+            try:
+                out.update(self.mapping(source, path))
+            finally:
+                self.active.discard(id(source))
+        seen: dict[str, Pos] = {}
+        for knode, vnode in explicit:
+            if not isinstance(knode, ScalarNode):
+                self.doc.errors.append((_pos(knode), "a mapping key must be a plain string"))
+                continue
+            key = str(knode.value)
+            if key in seen:
+                self.doc.errors.append(
+                    (_pos(knode), f'duplicate key "{key}" (first written at line {seen[key][0]})')
+                )
+                continue
+            seen[key] = _pos(knode)
+            child = (*path, key)
+            self.doc.keys[child] = _pos(knode)
+            out[key] = self.build(vnode, child)
+        return out
+
+    def merge_sources(self, node: Node) -> list[MappingNode]:
+        if isinstance(node, MappingNode):
+            return [node]
+        if isinstance(node, SequenceNode) and all(isinstance(n, MappingNode) for n in node.value):
+            return [n for n in node.value if isinstance(n, MappingNode)]
+        self.doc.errors.append(
+            (_pos(node), 'the merge key "<<" takes a mapping or a list of mappings')
+        )
+        return []
+
+    def scalar(self, node: ScalarNode) -> Any:
+        tag = node.tag
+        raw: str = node.value
+        if tag == _STR or tag in _PLAIN_TEXT_TAGS:
+            return raw
+        if tag == _NULL:
+            return None
+        if tag == _BOOL:
+            return raw.lower() in ("true", "yes", "on", "y")
+        if tag in (_INT, _FLOAT):
+            if ":" in raw:  # YAML 1.1 base 60, which compose does not have
+                return raw
+            if tag == _INT:
+                return self.constructor.construct_yaml_int(node)
+            return self.constructor.construct_yaml_float(node)
+        self.doc.errors.append((_pos(node), f'unsupported YAML tag "{tag}"'))
+        return raw
