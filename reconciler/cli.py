@@ -193,7 +193,12 @@ def apply(
     guard = nullcontext() if dry_run else locked(root_dir, lock_timeout)
     with guard:
         for stack in loaded.stacks:
-            desired = desired_for(stack, revision=revision.id, root=root_dir)
+            desired = desired_for(
+                stack,
+                revision=revision.id,
+                root=root_dir,
+                environ=loaded.environments.get(stack.name),
+            )
             if not dry_run:
                 pull_always(rt, desired)
             plan = plan_stack(rt, desired, prune_volumes=prune_volumes)
@@ -256,7 +261,12 @@ def diff_cmd(
     plans = [
         plan_stack(
             rt,
-            desired_for(stack, revision=revision.id, root=root_dir),
+            desired_for(
+                stack,
+                revision=revision.id,
+                root=root_dir,
+                environ=loaded.environments.get(stack.name),
+            ),
             prune_volumes=prune_volumes,
         )
         for stack in loaded.stacks

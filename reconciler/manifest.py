@@ -79,6 +79,9 @@ class Loaded:
     warnings: tuple[Problem, ...]
     files: tuple[str, ...]  # every manifest file read (absolute paths), sorted
     content_digest: str  # sha256 hex of the files' bytes (path+content, sorted)
+    # per stack name: the variables its manifest saw (the environment over its .env file);
+    # configs and secrets with `environment:` read their value from here
+    environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def load(paths: Sequence[str], environ: Mapping[str, str] | None = None) -> Loaded:
@@ -197,7 +200,7 @@ _DURATION_UNITS = {
 }
 
 
-def parse_duration(value: Any) -> float:
+def _parse_duration(value: Any) -> float:
     """Go's duration syntax in seconds: "1m30s" -> 90.0, "500ms" -> 0.5; raises _Bad."""
     hint = 'must be a duration such as "30s", "1m30s" or "500ms"'
     if isinstance(value, bool) or not isinstance(value, str):
@@ -221,7 +224,7 @@ _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
-def parse_size(value: Any) -> int:
+def _parse_size(value: Any) -> int:
     """128m -> 134217728 (binary multipliers, like docker); a bare number is bytes."""
     if isinstance(value, bool):
         raise _Bad(f'must be a size such as "128m" or "1g", got {_show(value)}')
@@ -319,11 +322,18 @@ _TRUE = {"true", "yes", "y", "on"}
 _FALSE = {"false", "no", "n", "off"}
 
 
+_CASTS_BY_END: dict[tuple[int, str], list[tuple[tuple[str, ...], str]]] = {}
+for _pattern, _kind in _CASTS.items():
+    _CASTS_BY_END.setdefault((len(_pattern), _pattern[-1]), []).append((_pattern, _kind))
+
+
 def _cast_kind(rel: Path) -> str | None:
-    for pattern, kind in _CASTS.items():
-        if len(pattern) == len(rel) and all(
-            p == "*" or p == r for p, r in zip(pattern, rel, strict=True)
-        ):
+    if not rel:
+        return None
+    last = rel[-1] if isinstance(rel[-1], str) else "*"
+    candidates = _CASTS_BY_END.get((len(rel), last), []) + _CASTS_BY_END.get((len(rel), "*"), [])
+    for pattern, kind in candidates:
+        if all(p in ("*", r) for p, r in zip(pattern, rel, strict=True)):
             return kind
     return None
 
@@ -400,6 +410,7 @@ class _Loader:
             warnings=tuple(warnings),
             files=tuple(sorted(s.path for s in sources)),
             content_digest=digest.hexdigest(),
+            environments={d.name: dict(d.ctx.env) for d in self.drafts if d.name},
         )
 
     # -- files
@@ -523,14 +534,14 @@ class _Loader:
         if not ctx.compose:
             path: Path = ("metadata", "name")
             name = _walk(data, path)
-            if not isinstance(name, str):
-                return None, path  # the schema said why
+            if not isinstance(name, str) or not ctx.ok(path):
+                return None, path  # already reported
             if not identity.valid_stack_name(name):
                 ctx.error(path, f"invalid stack name {_show(name)}: {rule}")
             return name, path
         if "name" in data:
             name = data["name"]
-            if not isinstance(name, str):
+            if not isinstance(name, str) or not ctx.ok(("name",)):
                 return None, ("name",)
             if not identity.valid_stack_name(name):
                 ctx.error(("name",), f"invalid stack name {_show(name)}: {rule}")
@@ -715,6 +726,7 @@ class _Ctx:
             result = interpolate(value, self.env)
         except InterpolationError as e:
             self.error(path, str(e))
+            self.mark_bad(path)
             return value
         for name in result.unset:
             if (self.source.path, name) not in self.loader.unset_warned:
@@ -732,9 +744,13 @@ class _Ctx:
         for err in errors:
             for path, message, key in _explain(err):
                 self.error(path, message, key=key)
-                self.broken.add(path)
-                for i in range(len(path) + 1):
-                    self.bad.add(path[:i])
+                self.mark_bad(path)
+
+    def mark_bad(self, path: Path) -> None:
+        """Reported already: the value at `path` is not read any further."""
+        self.broken.add(path)
+        for i in range(len(path) + 1):
+            self.bad.add(path[:i])
 
 
 _TYPE_WORDS = {
@@ -1105,12 +1121,10 @@ class _StackDraft:
                     stack.append((child, iter(sorted(graph[child]))))
 
 
-def _ignored(
-    ctx: _Ctx, raw: dict[str, Any], path: Path, names: Sequence[str], why: str = ""
-) -> None:
+def _ignored(ctx: _Ctx, raw: dict[str, Any], path: Path, names: Sequence[str]) -> None:
     for name in names:
         if name in raw:
-            ctx.warn((*path, name), f'"{name}" is not supported and is ignored{why}', key=True)
+            ctx.warn((*path, name), f'"{name}" is not supported and is ignored', key=True)
 
 
 def _list_or_dict(ctx: _Ctx, raw: Any, path: Path, what: str) -> dict[str, str]:
@@ -1468,7 +1482,7 @@ class _ServiceBuilder:
             opts = item.get("tmpfs") or {}
             size = mode = None
             if "size" in opts:
-                size = self.attempt((*path, "tmpfs", "size"), parse_size, opts["size"])
+                size = self.attempt((*path, "tmpfs", "size"), _parse_size, opts["size"])
             if "mode" in opts:
                 mode = self.attempt((*path, "tmpfs", "mode"), _parse_mode, opts["mode"])
             return Mount(
@@ -1582,7 +1596,7 @@ class _ServiceBuilder:
         for name in times:
             value = self.get("healthcheck", name)
             if value is not _MISSING:
-                got = self.attempt((*path, name), parse_duration, value)
+                got = self.attempt((*path, name), _parse_duration, value)
                 if isinstance(got, float):
                     times[name] = got
         retries = self.get("healthcheck", "retries")
@@ -1661,12 +1675,14 @@ class _ServiceBuilder:
         # limits: deploy.resources.limits, else the legacy mem_limit / cpus / pids_limit
         limits: dict[str, Any] = {}
         for new, old, parse in (
-            ("memory", "mem_limit", parse_size),
+            ("memory", "mem_limit", _parse_size),
             ("cpus", "cpus", _parse_cpus),
             ("pids", "pids_limit", _parse_pids),
         ):
             value = self.limit(("deploy", "resources", "limits", new), parse)
             legacy = self.limit((old,), parse)
+            if new == "memory":  # docker's convention: 0 means "no limit"
+                value, legacy = value or None, legacy or None
             if value is None:
                 value = legacy
             elif legacy is not None and legacy != value:
@@ -1682,7 +1698,7 @@ class _ServiceBuilder:
         delay = 0.0
         value = self.get("deploy", "update_config", "delay")
         if value is not _MISSING:
-            got = self.attempt((*upath, "delay"), parse_duration, value)
+            got = self.attempt((*upath, "delay"), _parse_duration, value)
             delay = got if isinstance(got, float) else 0.0
         order = self.get("deploy", "update_config", "order")
         parallelism = self.get("deploy", "update_config", "parallelism")
@@ -1724,7 +1740,7 @@ class _ServiceBuilder:
                 self.fields[name] = tuple(sorted(caps))
         grace = self.get("stop_grace_period")
         if grace is not _MISSING:
-            got = self.attempt(self.at("stop_grace_period"), parse_duration, grace)
+            got = self.attempt(self.at("stop_grace_period"), _parse_duration, grace)
             if isinstance(got, float):
                 self.fields["stop_grace_period"] = got
         ulimits: list[Ulimit] = []
@@ -1807,7 +1823,7 @@ def _tmpfs(text: str) -> Mount:
     for opt in filter(None, opts.split(",")):
         key, eq, value = opt.partition("=")
         if key == "size" and eq:
-            size = parse_size(value)
+            size = _parse_size(value)
         elif key == "mode" and eq:
             mode = _parse_mode(value)
         elif key in ("uid", "gid") and eq:

@@ -116,8 +116,8 @@ def _restart(policy: str) -> tuple[str, int]:
 
 def _health(service: ServiceSpec) -> HealthConfig | None:
     hc = service.healthcheck
-    if hc is None:
-        return None
+    if hc is None or (not hc.test and not hc.disable):
+        return None  # no test of its own: the image's healthcheck applies
     if hc.disable:
         return HealthConfig(test=("NONE",))
     return HealthConfig(

@@ -55,8 +55,12 @@ class Document:
     errors: list[tuple[Pos, str]] = field(default_factory=list)  # duplicate keys, bad tags...
 
 
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader whose implicit booleans are YAML 1.2's."""
+# libyaml's parser when PyYAML was built with it: the same node graph, ten times faster.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
+    """A safe loader whose implicit booleans are YAML 1.2's."""
 
 
 _Loader.yaml_implicit_resolvers = {

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Prepare a host for pyapply's development and tests: system packages, the virtualenv,
-# a running dockerd and the locally built test image. Idempotent: on a host where all of it
+# a running dockerd, the locally built test image and a local registry holding it (for the
+# pull tests), then our modules' bytecode. Idempotent: on a host where all of it
 # is already present it only checks, and finishes in a few seconds.
 #
 # Usage: scripts/setup.sh [--dry-run]   (or DRY_RUN=1) prints the steps it would take.
 # Overrides (mainly for testing the start path on a scratch daemon):
-#   PYAPPLY_DOCKERD_LOG, PYAPPLY_DOCKERD_PIDFILE, PYAPPLY_DOCKERD_ARGS, PYAPPLY_DOCKERD_WAIT.
+#   PYAPPLY_DOCKERD_LOG, PYAPPLY_DOCKERD_PIDFILE, PYAPPLY_DOCKERD_ARGS, PYAPPLY_DOCKERD_WAIT,
+#   PYAPPLY_REGISTRY_ADDR, PYAPPLY_REGISTRY_DIR, PYAPPLY_REGISTRY_LOG, PYAPPLY_REGISTRY_PIDFILE,
+#   PYAPPLY_REGISTRY_WAIT.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,7 +18,7 @@ dry_run=${DRY_RUN:-0}
 for arg in "$@"; do
     case "$arg" in
         --dry-run|-n) dry_run=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -136,5 +139,119 @@ fi
 
 # --- 4. test image ---------------------------------------------------------------------------
 run "$repo/scripts/build-test-image.sh"
+
+# --- 5. local registry -----------------------------------------------------------------------
+# Debian's docker-registry (distribution v2) on loopback, plain HTTP, no auth, deletes
+# enabled; dockerd treats 127.0.0.0/8 as an insecure registry by default. Started here (not
+# by systemd: policy-rc.d blocks service starts), and left running for the e2e tests.
+registry_addr=${PYAPPLY_REGISTRY_ADDR:-127.0.0.1:5000}
+registry_dir=${PYAPPLY_REGISTRY_DIR:-/var/lib/pyapply-test-registry}
+registry_log=${PYAPPLY_REGISTRY_LOG:-/var/log/pyapply-registry.log}
+registry_pidfile=${PYAPPLY_REGISTRY_PIDFILE:-/run/pyapply-registry.pid}
+registry_wait=${PYAPPLY_REGISTRY_WAIT:-30}
+registry_image=$registry_addr/pyapply-test/busybox:latest
+
+# GET http://$registry_addr$1 and print the body; fails when nothing answers or on an HTTP
+# error. Never through a proxy from the environment: the registry is on loopback.
+registry_get() {
+    python3 - "http://$registry_addr$1" <<'PY'
+import sys
+import urllib.request
+
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(sys.argv[1], timeout=3) as resp:
+        sys.stdout.write(resp.read().decode("utf-8", "replace"))
+except Exception:
+    sys.exit(1)
+PY
+}
+registry_up() { registry_get /v2/ >/dev/null; }
+
+registry_config() {
+    cat <<YAML
+# Written by scripts/setup.sh: the local registry of pyapply's end-to-end tests.
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $registry_dir/data
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: $registry_addr
+YAML
+}
+
+if registry_up; then
+    step "registry: answering on $registry_addr"
+else
+    pid=
+    if [ -r "$registry_pidfile" ]; then
+        pid=$(cat "$registry_pidfile" 2>/dev/null || true)
+        if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null \
+            || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != docker-registry ]; then
+            pid=
+        fi
+    fi
+    if [ -n "$pid" ]; then
+        step "registry: pid $pid is starting; waiting up to ${registry_wait}s"
+    else
+        step "registry: starting on $registry_addr (state: $registry_dir, log: $registry_log)"
+        if [ "$dry_run" = 1 ]; then
+            run setsid docker-registry serve "$registry_dir/config.yml"
+        else
+            mkdir -p "$registry_dir/data" "$(dirname "$registry_log")" \
+                "$(dirname "$registry_pidfile")"
+            registry_config >"$registry_dir/config.yml.new"
+            mv "$registry_dir/config.yml.new" "$registry_dir/config.yml"
+            setsid docker-registry serve "$registry_dir/config.yml" \
+                >>"$registry_log" 2>&1 </dev/null &
+            pid=$!
+            echo "$pid" >"$registry_pidfile"
+        fi
+    fi
+    if [ "$dry_run" != 1 ]; then
+        deadline=$((SECONDS + registry_wait))
+        until registry_up; do
+            if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+                if kill -0 "$pid" 2>/dev/null; then
+                    echo "setup: the registry did not answer on $registry_addr within" \
+                        "${registry_wait}s; last lines of $registry_log:" >&2
+                else
+                    echo "setup: the registry (pid $pid) exited; last lines of" \
+                        "$registry_log:" >&2
+                fi
+                tail -n 30 "$registry_log" >&2 || true
+                exit 1
+            fi
+            sleep 0.2
+        done
+        step "registry: up (pid $pid)"
+    fi
+fi
+
+# The test image, pushed once; `tags/list` answers 404 while the repository does not exist.
+tags=
+if [ "$dry_run" != 1 ]; then
+    tags=$(registry_get /v2/pyapply-test/busybox/tags/list 2>/dev/null || true)
+fi
+if [[ "$tags" == *'"latest"'* ]]; then
+    step "registry: $registry_image present"
+else
+    step "registry: pushing $registry_image"
+    run docker tag pyapply-test/busybox:latest "$registry_image"
+    run docker push -q "$registry_image"
+    # Only the registry needs that name; the local tag would just be clutter.
+    run docker rmi "$registry_image"
+fi
+
+# --- 6. bytecode -----------------------------------------------------------------------------
+# PYTHONDONTWRITEBYTECODE=1 may be set (it is in CI): compile once here, or every pyapply run
+# compiles our modules again. Only out-of-date files are rewritten.
+run "$venv/bin/python" -m compileall -q reconciler runtime
 
 step "done"

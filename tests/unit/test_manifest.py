@@ -823,10 +823,10 @@ def test_merged_fields_report_the_anchor_position(here: Path) -> None:
 
 
 def test_yaml_syntax_error(here: Path) -> None:
-    assert errors(here, "services:\n  web:\n    image: [a\n    b: c\n") == [
-        "stack.yaml:4:6: invalid YAML: expected ',' or ']', but got ':' "
-        "(while parsing a flow sequence)"
-    ]
+    (problem,) = errors(here, "services:\n  web:\n    image: [a\n    b: c\n")
+    # the wording is PyYAML's (or libyaml's); the position is the one that matters
+    assert problem.startswith("stack.yaml:4:6: invalid YAML: ")
+    assert "flow sequence" in problem
 
 
 def test_yaml_syntax_error_keeps_earlier_documents_errors(here: Path) -> None:
@@ -1546,26 +1546,25 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 def test_any_value_of_the_wrong_shape_is_reported_not_crashed(here: Path) -> None:
     base = yaml.safe_load((DATA / "rich" / "compose.yaml").read_text())
-    replacements: list[Any] = [None, 7, "x", [], {}, True, ["x"], {"x": "y"}]
+    replacements: list[Any] = [None, 7, "x", [], {}, True, ["x"], {"x": None}]
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     (here / "app").mkdir()
-    count = 0
-    for path in _paths(base):
-        for i, replacement in enumerate(replacements):
-            if (len(path) + i) % 3:  # a third of the combinations keeps the test fast
-                continue
+    paths = _paths(base)
+    assert len(paths) > 100
+    for n, path in enumerate(paths):
+        # one shape per value, cycling through the list, keeps the test fast
+        for replacement in (replacements[n % len(replacements)],):
             doc = json.loads(json.dumps(base))
             node = doc
             for part in path[:-1]:
                 node = node[part]
             node[path[-1]] = replacement
-            (here / "app" / "compose.yaml").write_text(yaml.safe_dump(doc))
+            (here / "app" / "compose.yaml").write_text(yaml.dump(doc, Dumper=dumper))
             try:
                 load(["app"], environ={})
             except ManifestError as e:
                 assert e.problems
                 assert all(p.location is not None for p in e.problems), e
-            count += 1
-    assert count > 100
 
 
 def test_rich_example_loads() -> None:

@@ -121,3 +121,25 @@ def test_plan_text_marks_and_redacts() -> None:
     schema = json.loads(resources.files("schemas").joinpath("v1/plan.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(doc)
     assert doc["drift"] is True
+
+
+def test_secret_from_dotenv_reaches_the_materialised_file(tmp_path: Path) -> None:
+    from reconciler.loop import desired_for
+    from reconciler.manifest import load
+
+    (tmp_path / ".env").write_text("TOKEN=from-dotenv\n")
+    (tmp_path / "stack.yaml").write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: sec}\nspec:\n"
+        "  services:\n    app:\n      image: busybox\n      secrets: [tok]\n"
+        "  secrets:\n    tok: {environment: TOKEN}\n"
+    )
+    loaded = load([str(tmp_path)], environ={})
+    stack = loaded.stacks[0]
+    desired = desired_for(
+        stack, revision="r", root=str(tmp_path / "root"), environ=loaded.environments["sec"]
+    )
+    (f,) = desired.files
+    assert f.content == b"from-dotenv" and f.kind == "secret"
+    (container,) = desired.containers
+    mount = next(m for m in container.config.mounts if m.target == "/run/secrets/tok")
+    assert mount.source == f.path and mount.read_only
