@@ -7,37 +7,44 @@ how things are shown: human text (rich on a terminal) or JSON with `-o json`. Ex
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
 
 from reconciler import __version__, identity
-from reconciler.execute import Executor, Outcome, Settings
 from reconciler.lock import LockTimeout, host_lock
 from reconciler.loop import (
+    ApplyOptions,
     PassError,
+    StackResult,
+    apply_stack,
     desired_for,
     observe,
     plan_down,
     plan_stack,
-    pull_always,
     state_root,
 )
 from reconciler.manifest import Loaded, load
 from reconciler.model import ManifestError
 from reconciler.plan import Plan
-from reconciler.progress import LiveReporter, PlainReporter
 from reconciler.render import outcome_summary, plan_text, plans_json, result_line
 from reconciler.revision import identify
 from runtime import open_runtime
 from runtime.base import Runtime, RuntimeFailure
+
+if TYPE_CHECKING:
+    from reconciler.execute import Executor, Reporter
+
+# The executor (tenacity) and the live progress table (rich) are imported only when there is
+# something to do: a no-op apply or a diff never pays for them.
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -99,13 +106,46 @@ def output_option(fn: F) -> F:
     )(fn)
 
 
+# Commands that live in their own modules, imported only when used: "name": "module:attr".
+LAZY_COMMANDS: dict[str, str] = {
+    # the agent (reconciler/cli_agent.py)
+    "watch": "reconciler.cli_agent:watch",
+    "status": "reconciler.cli_agent:status",
+    "history": "reconciler.cli_agent:history",
+    "rollback": "reconciler.cli_agent:rollback",
+    "resume": "reconciler.cli_agent:resume",
+    "sync": "reconciler.cli_agent:sync",
+    # compose files (reconciler/cli_compose.py)
+    "config": "reconciler.cli_compose:config",
+    "convert": "reconciler.cli_compose:convert",
+}
+
+
+def _lazy(name: str) -> click.Command | None:
+    target = LAZY_COMMANDS.get(name)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    if importlib.util.find_spec(module_name) is None:
+        return None
+    command = getattr(importlib.import_module(module_name), attr, None)
+    return command if isinstance(command, click.Command) else None
+
+
 class DefaultApply(click.Group):
-    """`pyapply -f x` means `pyapply apply -f x`."""
+    """`pyapply -f x` means `pyapply apply -f x`; some commands are loaded on first use."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
             args = ["apply", *args]
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        lazy = [n for n in LAZY_COMMANDS if _lazy(n) is not None]
+        return sorted({*super().list_commands(ctx), *lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or _lazy(cmd_name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,12 +176,23 @@ def locked(root: str, timeout: float) -> AbstractContextManager[None]:
     return host_lock(root, timeout_s=timeout, on_wait=err)
 
 
-def _reporter(console: Console) -> tuple[Any, AbstractContextManager[Any]]:
-    if console.is_terminal:
-        live = LiveReporter(console)
-        return live, live
+def _reporter(live: bool) -> tuple[Reporter | None, AbstractContextManager[Any]]:
+    if live:
+        from reconciler.progress import LiveReporter
+
+        reporter = LiveReporter()
+        return reporter, reporter
+    from reconciler.progress import PlainReporter
+
     plain = PlainReporter(sys.stdout)
     return plain, nullcontext(plain)
+
+
+def plain_executor(runtime: Runtime) -> Executor:
+    from reconciler.execute import Executor
+    from reconciler.progress import PlainReporter
+
+    return Executor(runtime, reporter=PlainReporter(sys.stdout))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,9 +238,21 @@ def apply(
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name)
     root_dir = state_root(root)
-    console = Console()
-    plans: list[Plan] = []
-    outcomes: list[Outcome] = []
+    live = output == "text" and sys.stdout.isatty()
+    options = ApplyOptions(
+        prune_volumes=prune_volumes,
+        dry_run=dry_run,
+        parallelism=parallel,
+        wait_timeout_s=wait_timeout,
+    )
+    results: list[StackResult] = []
+
+    def show(plan: Plan) -> AbstractContextManager[Any] | None:
+        if output != "text":
+            return None
+        click.echo(plan_text(plan))
+        return ctx
+
     guard = nullcontext() if dry_run else locked(root_dir, lock_timeout)
     with guard:
         for stack in loaded.stacks:
@@ -199,27 +262,18 @@ def apply(
                 root=root_dir,
                 environ=loaded.environments.get(stack.name),
             )
-            if not dry_run:
-                pull_always(rt, desired)
-            plan = plan_stack(rt, desired, prune_volumes=prune_volumes)
-            plans.append(plan)
-            if output == "text":
-                click.echo(plan_text(plan))
-            if plan.errors:
-                fail(f"stack {stack.name}: cannot apply: " + "; ".join(plan.errors))
-            if dry_run or plan.empty:
-                continue
-            executor = Executor(rt, Settings(parallelism=parallel, wait_timeout_s=wait_timeout))
-            reporter, ctx = _reporter(console) if output == "text" else (None, nullcontext())
-            executor.reporter = reporter or executor.reporter
-            with ctx:
-                outcome = executor.run(plan)
-            outcomes.append(outcome)
-            if output == "text":
-                if isinstance(reporter, LiveReporter):
-                    for r in outcome.failed:
+            reporter, ctx = _reporter(live) if output == "text" else (None, nullcontext())
+            result = apply_stack(rt, desired, options, reporter=reporter, on_plan=show)
+            results.append(result)
+            if result.plan.errors:
+                fail(f"stack {stack.name}: cannot apply: " + "; ".join(result.plan.errors))
+            if result.outcome is not None and output == "text":
+                if live:
+                    for r in result.outcome.failed:
                         err(result_line(r))
-                click.echo(f"stack {stack.name}: {outcome_summary(outcome)}")
+                click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
+    plans = [r.plan for r in results]
+    outcomes = [r.outcome for r in results if r.outcome is not None]
     if output == "json":
         doc = plans_json(plans)
         doc["revision"] = revision.id
@@ -348,8 +402,7 @@ def _down(
             click.echo(plan_text(plan))
             if plan.empty:
                 continue
-            executor = Executor(rt, Settings(), PlainReporter(sys.stdout))
-            outcome = executor.run(plan)
+            outcome = plain_executor(rt).run(plan)
             click.echo(f"stack {name}: {outcome_summary(outcome)}")
             ok = ok and outcome.ok
             if outcome.ok:

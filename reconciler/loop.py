@@ -8,16 +8,20 @@ agent both go through them, so a pass means the same thing everywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from reconciler import identity
 from reconciler.diff import Observed, diff, teardown
-from reconciler.execute import Executor, Outcome
 from reconciler.model import Stack
 from reconciler.plan import Plan, build, build_teardown
 from reconciler.translate import Desired, FileKind, desired_state, file_sources
 from runtime.base import Runtime
+
+if TYPE_CHECKING:
+    from reconciler.execute import Outcome, Reporter
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 
@@ -101,13 +105,6 @@ def pull_always(runtime: Runtime, desired: Desired) -> list[str]:
     return refs
 
 
-@dataclass(frozen=True)
-class StackPass:
-    stack: str
-    plan: Plan
-    outcome: Outcome | None = None
-
-
 def plan_stack(runtime: Runtime, desired: Desired, *, prune_volumes: bool = False) -> Plan:
     observed = observe(runtime, desired.stack, desired)
     return build(desired, diff(desired, observed, prune_volumes=prune_volumes))
@@ -117,7 +114,53 @@ def plan_down(runtime: Runtime, stack: str, *, volumes: bool) -> Plan:
     return build_teardown(stack, teardown(observe(runtime, stack), volumes=volumes))
 
 
-def execute(executor: Executor, plan: Plan) -> Outcome:
-    if plan.errors:
-        raise PassError("; ".join(plan.errors))
-    return executor.run(plan)
+@dataclass(frozen=True)
+class ApplyOptions:
+    prune_volumes: bool = False
+    dry_run: bool = False
+    parallelism: int = 8
+    wait_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """One stack's pass: the plan, and what executing it did (None when nothing ran: a dry
+    run, an empty plan, or a plan with errors)."""
+
+    stack: str
+    plan: Plan
+    outcome: Outcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.plan.errors and (self.outcome is None or self.outcome.ok)
+
+
+def apply_stack(
+    runtime: Runtime,
+    desired: Desired,
+    options: ApplyOptions,
+    *,
+    reporter: Reporter | None = None,
+    on_plan: Callable[[Plan], AbstractContextManager[Any] | None] | None = None,
+) -> StackResult:
+    """Pull what must be pulled, plan, and (unless a dry run) execute one stack.
+
+    `on_plan` sees the plan before anything runs (to print it); the context manager it may
+    return wraps the execution (a live progress display)."""
+    if not options.dry_run:
+        pull_always(runtime, desired)
+    plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)
+    ctx = on_plan(plan) if on_plan is not None else None
+    if plan.errors or options.dry_run or plan.empty:
+        return StackResult(desired.stack, plan)
+    from reconciler.execute import Executor, Settings  # only when there is work to do
+
+    executor = Executor(
+        runtime,
+        Settings(parallelism=options.parallelism, wait_timeout_s=options.wait_timeout_s),
+        reporter,
+    )
+    with ctx or nullcontext():
+        outcome = executor.run(plan)
+    return StackResult(desired.stack, plan, outcome)

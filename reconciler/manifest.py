@@ -29,14 +29,15 @@ import re
 import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from reconciler import identity, yamlpos
 from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
 from reconciler.model import (
     Condition,
     ConfigSpec,
@@ -125,11 +126,49 @@ def _schemas() -> dict[str, dict[str, Any]]:
 
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # costly to import: only on a cache miss
+    from referencing import Registry, Resource
+
     schemas = _schemas()
     registry: Registry[Any] = Registry().with_resources(
         (s["$id"], Resource.from_contents(s)) for s in schemas.values()
     )
     return Draft202012Validator(schemas[name], registry=registry)
+
+
+def _cache_dir() -> str:
+    explicit = os.environ.get("PYAPPLY_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pyapply", "valid")
+
+
+def _validation_key(name: str, data: Any) -> str | None:
+    """A digest of (schema, document): documents already found valid against the same
+    schema are not validated again, which spares every run the cost of importing and
+    compiling jsonschema (most of a no-op apply's start-up)."""
+    try:
+        doc = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps(_schemas()[name], sort_keys=True).encode())
+    h.update(b"\0" + name.encode() + b"\0" + doc.encode())
+    return h.hexdigest()
+
+
+def _known_valid(key: str) -> bool:
+    return os.path.exists(os.path.join(_cache_dir(), key))
+
+
+def _remember_valid(key: str) -> None:
+    try:
+        os.makedirs(_cache_dir(), exist_ok=True)
+        with open(os.path.join(_cache_dir(), key), "w"):
+            pass
+    except OSError:
+        pass  # a cache only: failing to write it changes nothing but speed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,10 +776,15 @@ class _Ctx:
     # -- schema
 
     def validate(self, name: str) -> None:
+        cache_key = _validation_key(name, self.doc.data)
+        if cache_key is not None and _known_valid(cache_key):
+            return
         errors = sorted(
             _validator(name).iter_errors(self.doc.data),
             key=lambda e: [str(p) for p in e.absolute_path],
         )
+        if not errors and cache_key is not None:
+            _remember_valid(cache_key)
         for err in errors:
             for path, message, key in _explain(err):
                 self.error(path, message, key=key)

@@ -41,8 +41,8 @@ class PlainReporter:
 class LiveReporter:
     """A table of the actions under way and done, redrawn in place, like compose's."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[str, str, float]] = {}
         self._live = Live(self._table(), console=console, refresh_per_second=8, transient=False)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.diff import Change, FieldDiff
-from reconciler.execute import ActionResult, Outcome
 from reconciler.plan import Plan
+
+if TYPE_CHECKING:
+    from reconciler.execute import ActionResult, Outcome
 
 SYMBOLS = {
     "create": "+",
