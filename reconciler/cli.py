@@ -96,6 +96,16 @@ def runtime_options(fn: F) -> F:
     return fn
 
 
+def profile_option(fn: F) -> F:
+    return click.option(
+        "--profile",
+        "profiles",
+        multiple=True,
+        envvar="COMPOSE_PROFILES",
+        help="Enable a compose profile (repeatable; '*' enables all). Env: COMPOSE_PROFILES.",
+    )(fn)
+
+
 def output_option(fn: F) -> F:
     return click.option(
         "-o",
@@ -152,9 +162,9 @@ class DefaultApply(click.Group):
 # Helpers
 
 
-def load_or_fail(files: Sequence[str]) -> Loaded:
+def load_or_fail(files: Sequence[str], profiles: Sequence[str] = ()) -> Loaded:
     try:
-        loaded = load(list(files))
+        loaded = load(list(files), profiles=profiles)
     except ManifestError as exc:
         for problem in exc.problems:
             err(str(problem))
@@ -210,6 +220,7 @@ def main() -> None:
 
 @main.command()
 @file_option()
+@profile_option
 @runtime_options
 @output_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
@@ -224,6 +235,7 @@ def main() -> None:
 )
 def apply(
     files: tuple[str, ...],
+    profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
     output: str,
@@ -234,7 +246,7 @@ def apply(
     wait_timeout: float,
 ) -> None:
     """Converge the live state to the manifests."""
-    loaded = load_or_fail(files)
+    loaded = load_or_fail(files, profiles)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name)
     root_dir = state_root(root)
@@ -268,9 +280,8 @@ def apply(
             if result.plan.errors:
                 fail(f"stack {stack.name}: cannot apply: " + "; ".join(result.plan.errors))
             if result.outcome is not None and output == "text":
-                if live:
-                    for r in result.outcome.failed:
-                        err(result_line(r))
+                for r in result.outcome.failed:
+                    err(result_line(r))
                 click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
     plans = [r.plan for r in results]
     outcomes = [r.outcome for r in results if r.outcome is not None]
@@ -295,12 +306,14 @@ def apply(
 
 @main.command("diff")
 @file_option()
+@profile_option
 @runtime_options
 @output_option
 @click.option("--exit-code", is_flag=True, help="Exit 2 when there is drift.")
 @click.option("--prune-volumes", is_flag=True, help="Count undeclared volumes as drift.")
 def diff_cmd(
     files: tuple[str, ...],
+    profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
     output: str,
@@ -308,7 +321,7 @@ def diff_cmd(
     prune_volumes: bool,
 ) -> None:
     """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
-    loaded = load_or_fail(files)
+    loaded = load_or_fail(files, profiles)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name)
     root_dir = state_root(root)
@@ -338,12 +351,14 @@ def diff_cmd(
 
 @main.command("down")
 @file_option(required=False)
+@profile_option
 @runtime_options
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 @click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
 def down(
     files: tuple[str, ...],
+    profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
     stacks: tuple[str, ...],
@@ -351,17 +366,19 @@ def down(
     lock_timeout: float,
 ) -> None:
     """Remove everything the stacks own (named volumes only with --volumes)."""
-    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout)
+    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout, profiles)
 
 
 @main.command("delete")
 @file_option(required=False)
+@profile_option
 @runtime_options
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 @click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
 def delete(
     files: tuple[str, ...],
+    profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
     stacks: tuple[str, ...],
@@ -369,13 +386,15 @@ def delete(
     lock_timeout: float,
 ) -> None:
     """Alias of down."""
-    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout)
+    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout, profiles)
 
 
-def _stack_names(files: tuple[str, ...], stacks: tuple[str, ...]) -> list[str]:
+def _stack_names(
+    files: tuple[str, ...], stacks: tuple[str, ...], profiles: Sequence[str] = ()
+) -> list[str]:
     names = list(stacks)
     if files:
-        names += [s.name for s in load_or_fail(files).stacks]
+        names += [s.name for s in load_or_fail(files, profiles).stacks]
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
     for name in names:
@@ -391,8 +410,9 @@ def _down(
     stacks: tuple[str, ...],
     remove_volumes: bool,
     lock_timeout: float,
+    profiles: Sequence[str] = (),
 ) -> None:
-    names = _stack_names(files, stacks)
+    names = _stack_names(files, stacks, profiles)
     rt = connect(runtime_name)
     root_dir = state_root(root)
     ok = True
@@ -413,18 +433,20 @@ def _down(
 
 @main.command()
 @file_option(required=False)
+@profile_option
 @runtime_options
 @output_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 def get(
     files: tuple[str, ...],
+    profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
     output: str,
     stacks: tuple[str, ...],
 ) -> None:
     """List the objects of the stacks with their state and health."""
-    names = _stack_names(files, stacks)
+    names = _stack_names(files, stacks, profiles)
     rt = connect(runtime_name)
     docs: list[dict[str, Any]] = []
     for name in names:
@@ -554,11 +576,12 @@ def logs(
 
 @main.command()
 @file_option()
+@profile_option
 @output_option
-def validate(files: tuple[str, ...], output: str) -> None:
+def validate(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
     """Check manifests offline (schema and references); no runtime needed."""
     try:
-        loaded = load(list(files))
+        loaded = load(list(files), profiles=profiles)
     except ManifestError as exc:
         if output == "json":
             click.echo(

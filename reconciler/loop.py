@@ -21,7 +21,7 @@ from reconciler.translate import Desired, FileKind, desired_state, file_sources
 from runtime.base import Runtime
 
 if TYPE_CHECKING:
-    from reconciler.execute import Outcome, Reporter
+    from reconciler.execute import Executor, Outcome, Reporter
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 
@@ -96,12 +96,24 @@ def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Obs
     )
 
 
-def pull_always(runtime: Runtime, desired: Desired) -> list[str]:
+def pull_always(runtime: Runtime, desired: Desired, options: ApplyOptions) -> list[str]:
     """Pull the images of services with `pull_policy: always` (before observing, so that a
-    tag that moved shows up as a changed image id)."""
+    tag that moved shows up as a changed image id), with the executor's retries."""
     refs = sorted({s.image for s in desired.services if s.pull_policy == "always"})
-    for ref in refs:
-        runtime.pull_image(ref)
+    if not refs:
+        return refs
+    from reconciler.execute import Executor, Settings
+    from reconciler.plan import Action
+
+    pulls = Plan(
+        desired.stack,
+        desired.revision,
+        (),
+        tuple(Action(f"image:{r}:pull", "pull", r, "pull_policy: always") for r in refs),
+    )
+    outcome = Executor(runtime, Settings(parallelism=options.parallelism)).run(pulls)
+    if not outcome.ok:
+        raise PassError("; ".join(f"pull {r.action.target}: {r.error}" for r in outcome.failed))
     return refs
 
 
@@ -143,13 +155,14 @@ def apply_stack(
     *,
     reporter: Reporter | None = None,
     on_plan: Callable[[Plan], AbstractContextManager[Any] | None] | None = None,
+    on_executor: Callable[[Executor], None] | None = None,
 ) -> StackResult:
     """Pull what must be pulled, plan, and (unless a dry run) execute one stack.
 
     `on_plan` sees the plan before anything runs (to print it); the context manager it may
     return wraps the execution (a live progress display)."""
     if not options.dry_run:
-        pull_always(runtime, desired)
+        pull_always(runtime, desired, options)
     plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)
     ctx = on_plan(plan) if on_plan is not None else None
     if plan.errors or options.dry_run or plan.empty:
@@ -161,6 +174,8 @@ def apply_stack(
         Settings(parallelism=options.parallelism, wait_timeout_s=options.wait_timeout_s),
         reporter,
     )
+    if on_executor is not None:
+        on_executor(executor)
     with ctx or nullcontext():
         outcome = executor.run(plan)
     return StackResult(desired.stack, plan, outcome)

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from reconciler import identity, yamlpos
+from reconciler import compose, identity, yamlpos
 from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
 
 if TYPE_CHECKING:
@@ -85,12 +85,23 @@ class Loaded:
     environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
-def load(paths: Sequence[str], environ: Mapping[str, str] | None = None) -> Loaded:
+def load(
+    paths: Sequence[str],
+    environ: Mapping[str, str] | None = None,
+    profiles: Sequence[str] = (),
+) -> Loaded:
     """Load every manifest under `paths` (files, or directories searched recursively for
     *.yaml / *.yml). Raises ManifestError listing every error found (not just the first);
-    warnings are returned in `Loaded.warnings`. `environ` defaults to os.environ."""
+    warnings are returned in `Loaded.warnings`. `environ` defaults to os.environ.
+
+    Compose files form projects (see `reconciler.compose`): a directory holding a
+    `compose.yaml` (or `compose.yml`, `docker-compose.yaml`, `docker-compose.yml`) is that one
+    project, with its `compose.override.yaml` if there is one, and nothing else below it is
+    read; compose files named with `-f` are merged in order into one project, except that a
+    file whose `name:` differs from the `name:` of the project so far starts another one.
+    `profiles` enables compose profiles (default: `COMPOSE_PROFILES`, comma-separated)."""
     env = dict(os.environ if environ is None else environ)
-    return _Loader(env).load(paths)
+    return _Loader(env, profiles).load(paths)
 
 
 def schema(name: Literal["stack", "compose"] = "stack") -> dict[str, Any]:
@@ -409,6 +420,9 @@ def _is_extension(parent_rel: Path, key: str) -> bool:
 class _Source:
     display: str  # as the user would write it: relative to where they pointed us
     path: str  # absolute
+    # compose files with the same group form one project: "" a file of its own, "-f" the
+    # files named on the command line, "dir:<path>" a directory's compose project
+    group: str = ""
 
     @property
     def directory(self) -> str:
@@ -420,23 +434,31 @@ class _Source:
 
 
 class _Loader:
-    def __init__(self, environ: dict[str, str]) -> None:
+    def __init__(self, environ: dict[str, str], profiles: Sequence[str] = ()) -> None:
         self.environ = environ
+        self.profiles = [p for given in profiles for p in given.split(",") if p.strip()]
         self.problems: list[Problem] = []
         self.dotenv: dict[str, dict[str, str]] = {}
         self.unset_warned: set[tuple[str, str]] = set()
         self.drafts: list[_StackDraft] = []
+        self.contents: dict[str, bytes] = {}  # every file read, for the digest
+        self.preloaded: dict[str, yamlpos.Document] = {}
 
     def load(self, paths: Sequence[str]) -> Loaded:
         sources = self.discover(paths)
-        digest = hashlib.sha256()
+        parsed: dict[str, list[yamlpos.Document]] = {}
         for source in sorted(sources, key=lambda s: s.path):
             content = self.read(source)
             if content is None:
                 continue
-            digest.update(f"{source.path}\0{len(content)}\0".encode())
+            self.contents[source.path] = content
+            parsed[source.path] = self.parse(source, content)
+        self.documents(sources, parsed)
+        digest = hashlib.sha256()
+        for path in sorted(self.contents):
+            content = self.contents[path]
+            digest.update(f"{path}\0{len(content)}\0".encode())
             digest.update(content)
-            self.parse(source, content)
         self.check_duplicates()
         self.check_host_ports()
         errors = [p for p in self.problems if p.severity == "error"]
@@ -447,7 +469,7 @@ class _Loader:
         return Loaded(
             stacks=tuple(stacks),
             warnings=tuple(warnings),
-            files=tuple(sorted(s.path for s in sources)),
+            files=tuple(sorted(self.contents)),
             content_digest=digest.hexdigest(),
             environments={d.name: dict(d.ctx.env) for d in self.drafts if d.name},
         )
@@ -460,7 +482,7 @@ class _Loader:
             shown = os.path.normpath(given)
             absolute = os.path.abspath(given)
             if os.path.isdir(absolute):
-                entries = sorted(_yaml_files(absolute))
+                entries = list(_yaml_files(absolute))
                 if not entries:
                     self.problems.append(
                         Problem(
@@ -468,11 +490,11 @@ class _Loader:
                             severity="warning",
                         )
                     )
-                for rel in entries:
+                for rel, group in entries:
                     path = os.path.join(absolute, rel)
-                    found.setdefault(path, _Source(os.path.join(shown, rel), path))
+                    found.setdefault(path, _Source(os.path.join(shown, rel), path, group))
             elif os.path.isfile(absolute):
-                found.setdefault(absolute, _Source(shown, absolute))
+                found.setdefault(absolute, _Source(shown, absolute, "-f"))
             elif os.path.exists(absolute):
                 self.problems.append(Problem(f"{shown}: not a file or a directory"))
             else:
@@ -487,7 +509,8 @@ class _Loader:
             self.problems.append(Problem(f"{source.display}: cannot read: {e.strerror}"))
             return None
 
-    def parse(self, source: _Source, content: bytes) -> None:
+    def parse(self, source: _Source, content: bytes) -> list[yamlpos.Document]:
+        docs: list[yamlpos.Document] = []
         try:
             text = content.decode("utf-8-sig")
         except UnicodeDecodeError as e:
@@ -495,14 +518,161 @@ class _Loader:
             self.problems.append(
                 Problem("the file is not UTF-8 text", Location(source.display, line, 1))
             )
-            return
+            return docs
         try:
             for doc in yamlpos.parse(text):
                 for (line, column), message in doc.errors:
                     self.problems.append(Problem(message, Location(source.display, line, column)))
-                self.document(source, doc)
+                docs.append(doc)
         except yamlpos.YamlSyntaxError as e:
             self.problems.append(Problem(e.message, Location(source.display, e.line, e.column)))
+        return docs
+
+    def documents(
+        self, sources: Sequence[_Source], parsed: Mapping[str, list[yamlpos.Document]]
+    ) -> None:
+        """Every document, in the order the paths were given: compose files grouped into
+        projects, everything else one document at a time."""
+        projects: list[list[tuple[_Source, yamlpos.Document]]] = []
+        by_group: dict[str, list[tuple[_Source, yamlpos.Document]]] = {}
+        current_name: str | None = None
+        for source in sources:
+            docs = parsed.get(source.path, [])
+            composes = [d for d in docs if _is_compose(d.data)]
+            for doc in docs:
+                if not _is_compose(doc.data):
+                    self.document(source, doc)
+            if not composes:
+                continue
+            if len(docs) > 1 or not source.group:
+                projects.extend([(source, doc)] for doc in composes)
+                continue
+            doc = composes[0]
+            if source.group != "-f":
+                by_group.setdefault(source.group, []).append((source, doc))
+                if len(by_group[source.group]) == 1:
+                    projects.append(by_group[source.group])
+                continue
+            # files named with -f: one project, unless a file names another project
+            name = self.declared_name(source, doc)
+            group = by_group.get("-f")
+            if group is None or (name and current_name and name != current_name):
+                group = by_group["-f"] = []
+                projects.append(group)
+                current_name = None
+            group.append((source, doc))
+            current_name = name or current_name
+        for project in projects:
+            self.compose_project(project)
+
+    def declared_name(self, source: _Source, doc: yamlpos.Document) -> str | None:
+        name = doc.data.get("name") if isinstance(doc.data, dict) else None
+        if not isinstance(name, str):
+            return None
+        try:
+            return interpolate(name, self.env_for(source)).value
+        except InterpolationError:
+            return name
+
+    def compose_project(self, entries: list[tuple[_Source, yamlpos.Document]]) -> None:
+        first = entries[0][0]
+        env = self.env_for(first)
+        assembler = compose.Assembler(self)
+        for source, doc in entries:
+            self.preloaded[source.path] = doc
+        root = assembler.project([(s.path, s.display) for s, _ in entries], env)
+        self.preloaded.clear()
+        if root is None or not isinstance(root.value, dict):
+            return
+        enabled = self.profiles or [
+            p.strip() for p in env.get("COMPOSE_PROFILES", "").split(",") if p.strip()
+        ]
+        compose.select_profiles(root, enabled, self)
+        doc = compose.flatten(root)
+        ctx = _Ctx(self, first, doc)
+        ctx.base = ()
+        ctx.env = env
+        ctx.validate("compose")
+        data = doc.data
+        if "version" in data:
+            ctx.warn(("version",), '"version" is obsolete and ignored', key=True)
+        name, name_path = self.stack_name(ctx, data)
+        draft = _StackDraft(ctx, name or "", name_path)
+        draft.sources = list(dict.fromkeys(assembler.read))
+        draft.build(data)
+        self.drafts.append(draft)
+
+    # -- what compose.Assembler needs (the compose.Files protocol)
+
+    def load_tree(self, path: str, display: str, env: dict[str, str]) -> compose.Node | None:
+        source = _Source(display, path)
+        doc = self.preloaded.pop(path, None)
+        if doc is None:
+            content = self.read(source)
+            if content is None:
+                return None
+            self.contents[path] = content
+            docs = self.parse(source, content)
+            if not docs:
+                return None
+            doc = docs[0]
+            if len(docs) > 1 or not isinstance(doc.data, dict) or "apiVersion" in doc.data:
+                self.problems.append(
+                    Problem(
+                        "an included or extended file must be one compose document",
+                        Location(display, *doc.start),
+                    )
+                )
+                return None
+        ctx = _Ctx(self, source, doc)
+        ctx.env = env
+        ctx.prepare(doc.data, ())
+        return compose.to_tree(doc, display, path)
+
+    def env_for_dir(
+        self, directory: str, display_dir: str, env_files: Sequence[str]
+    ) -> dict[str, str]:
+        if not env_files:
+            return self.env_for(
+                _Source(os.path.join(display_dir, "x"), os.path.join(directory, "x"))
+            )
+        values: dict[str, str] = {}
+        for path in env_files:
+            shown = self.display(path)
+            if not os.path.isfile(path):
+                self.problems.append(Problem(f"{shown}: env file does not exist"))
+                continue
+            values.update(self.dotenv_file(path, shown))
+        return {**values, **self.environ}
+
+    def display(self, path: str) -> str:
+        rel = os.path.relpath(path)
+        return path if rel.startswith("..") else rel
+
+    def problem(
+        self, severity: str, where: compose.Where | None, path: compose.Path, message: str
+    ) -> None:
+        location = Location(where.display, where.line, where.column) if where else None
+        self.problems.append(
+            Problem(
+                message,
+                location,
+                format_path(path),
+                "warning" if severity == "warning" else "error",
+            )
+        )
+
+    def dotenv_file(self, path: str, shown: str) -> dict[str, str]:
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            self.problems.append(Problem(f"{shown}: cannot read: {e}"))
+            return {}
+        values, problems = parse_dotenv(text, self.environ)
+        for p in problems:
+            self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        return values
 
     def env_for(self, source: _Source) -> dict[str, str]:
         """The variables for a manifest: the environment over the `.env` file beside it."""
@@ -512,15 +682,7 @@ class _Loader:
             path = os.path.join(directory, ".env")
             shown = os.path.join(source.display_dir, ".env")
             if os.path.isfile(path):
-                try:
-                    with open(path, encoding="utf-8-sig") as f:
-                        text = f.read()
-                except (OSError, UnicodeDecodeError) as e:
-                    self.problems.append(Problem(f"{shown}: cannot read: {e}"))
-                    text = ""
-                values, problems = parse_dotenv(text, self.environ)
-                for p in problems:
-                    self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+                values = self.dotenv_file(path, shown)
             self.dotenv[directory] = {**values, **self.environ}
         return self.dotenv[directory]
 
@@ -655,12 +817,25 @@ class _Loader:
                     )
 
 
-def _yaml_files(root: str) -> Iterator[str]:
+def _is_compose(data: Any) -> bool:
+    return isinstance(data, dict) and "apiVersion" not in data and "services" in data
+
+
+def _yaml_files(root: str) -> Iterator[tuple[str, str]]:
+    """(path relative to root, group) of the manifests below root: a directory holding a
+    compose file is that compose project only (nothing else in or below it is read)."""
     for directory, dirs, files in os.walk(root):
+        project = compose.project_files(directory)
+        if project:
+            dirs[:] = []
+            for name in project:
+                path = os.path.join(directory, name)
+                yield os.path.relpath(path, root), f"dir:{directory}"
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and name.endswith((".yaml", ".yml")):
-                yield os.path.relpath(os.path.join(directory, name), root)
+                yield os.path.relpath(os.path.join(directory, name), root), ""
 
 
 def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
@@ -698,7 +873,7 @@ class _Ctx:
             else:
                 pos = vpos or kpos
             if pos:
-                return Location(self.source.display, pos[0], pos[1])
+                return Location(self.doc.files.get(p, self.source.display), pos[0], pos[1])
             if not p:
                 return Location(self.source.display, *self.doc.start)
             p = p[:-1]
@@ -876,6 +1051,7 @@ class _StackDraft:
         self.configs: dict[str, ConfigSpec] = {}
         self.secrets: dict[str, SecretSpec] = {}
         self.declared: dict[str, set[str]] = {s: set() for s in _SECTIONS}
+        self.sources: list[str] = [ctx.source.path]
 
     def stack(self) -> Stack:
         return Stack(
@@ -885,7 +1061,7 @@ class _StackDraft:
             volumes=tuple(v for _, v in sorted(self.volumes.items())),
             configs=tuple(v for _, v in sorted(self.configs.items())),
             secrets=tuple(v for _, v in sorted(self.secrets.items())),
-            sources=(self.ctx.source.path,),
+            sources=tuple(self.sources),
             location=self.ctx.location(self.name_path),
         )
 
@@ -1220,7 +1396,6 @@ _UNSUPPORTED = (
     "ipc",
     "isolation",
     "label_file",
-    "links",
     "logging",
     "mac_address",
     "mem_reservation",
@@ -1350,6 +1525,14 @@ class _ServiceBuilder:
             )
         if "extends" in self.raw:
             ctx.error(self.at("extends"), '"extends" is not supported', key=True)
+        if "links" in self.raw:
+            ctx.warn(
+                self.at("links"),
+                '"links" is legacy and ignored: services reach each other by service name on '
+                'the networks they share; use "depends_on" for the start order and network '
+                '"aliases" for other names',
+                key=True,
+            )
         if "container_name" in self.raw:
             ctx.warn(
                 self.at("container_name"),

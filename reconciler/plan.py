@@ -147,6 +147,11 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                     )
                 )
 
+    # A pull that fails must leave the host untouched: everything else waits for the pulls.
+    for aid, action in list(b.actions.items()):
+        if action.op in ("create_network", "create_volume", "remove_network", "remove_volume"):
+            b.dep(aid, *pulls.values())
+
     files_by_path = {f.path: f for f in desired.files}
 
     def prerequisites(cfg: ContainerConfig) -> list[str]:
@@ -161,7 +166,16 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                 f = files_by_path[m.source]
                 fid = f"file:{f.path}:write"
                 if fid not in b.actions:
-                    b.add(Action(fid, "write_file", f.path, f"{f.kind} {f.key}", file=f))
+                    b.add(
+                        Action(
+                            fid,
+                            "write_file",
+                            f.path,
+                            f"{f.kind} {f.key}",
+                            tuple(pulls.values()),
+                            file=f,
+                        )
+                    )
                 deps.append(fid)
         return deps
 

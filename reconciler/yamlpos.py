@@ -12,7 +12,10 @@ The data is what compose (YAML 1.2, via Go's yaml.v3) would see:
 - anchors, aliases and `<<` merge keys work; an alias is expanded into a fresh copy at each
   place it is used (so later in-place changes never leak between them), with the positions
   of the anchored text;
-- a duplicate key is an error, as in compose.
+- a duplicate key is an error, as in compose;
+- compose's merge tags `!reset` (drop the value inherited from an earlier file or from
+  `extends`) and `!override` (replace it instead of merging) are kept in `Document.tags` under
+  the value's path; the value itself is read as if it had no tag.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ _TAG = "tag:yaml.org,2002:"
 _STR, _NULL, _BOOL, _INT, _FLOAT = (_TAG + t for t in ("str", "null", "bool", "int", "float"))
 _MERGE = _TAG + "merge"
 _PLAIN_TEXT_TAGS = {_TAG + "timestamp", _TAG + "value"}
+RESET, OVERRIDE = "!reset", "!override"
+_MERGE_TAGS = (RESET, OVERRIDE)
 
 # An alias may be used many times; expanding them must not make a small file huge.
 MAX_NODES = 1_000_000
@@ -53,6 +58,10 @@ class Document:
     keys: dict[Path, Pos] = field(default_factory=dict)
     values: dict[Path, Pos] = field(default_factory=dict)
     errors: list[tuple[Pos, str]] = field(default_factory=list)  # duplicate keys, bad tags...
+    tags: dict[Path, str] = field(default_factory=dict)  # "!reset" / "!override" by path
+    # the file each path was written in, when a document is assembled from several files
+    # (compose merges); a path not here belongs to the document's own file
+    files: dict[Path, str] = field(default_factory=dict)
 
 
 # libyaml's parser when PyYAML was built with it: the same node graph, ten times faster.
@@ -113,6 +122,23 @@ def parse(text: str) -> Iterator[Document]:
         loader.dispose()
 
 
+class _Resolver(yaml.resolver.Resolver):
+    """Resolves the implicit type of a plain scalar as `_Loader` does."""
+
+
+_Resolver.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+_RESOLVER = _Resolver()
+
+
+def _retagged(node: ScalarNode) -> ScalarNode:
+    """A `!reset null` / `!override 5` scalar, with the tag it would have had untagged."""
+    implicit = not node.style
+    tag: str = _RESOLVER.resolve(  # type: ignore[no-untyped-call]
+        ScalarNode, node.value, (implicit, not implicit)
+    )
+    return ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
+
+
 def _sentence(text: str) -> str:
     return " ".join(text.split())
 
@@ -147,6 +173,10 @@ class _Builder:
         if self.count > MAX_NODES:
             raise _TooLarge
         self.doc.values[path] = _pos(node)
+        if node.tag in _MERGE_TAGS:
+            self.doc.tags[path] = node.tag
+            if isinstance(node, ScalarNode):
+                return self.scalar(_retagged(node))
         if isinstance(node, ScalarNode):
             return self.scalar(node)
         if id(node) in self.active:

@@ -186,59 +186,74 @@ http:
 YAML
 }
 
+# The pid in the pid file when it is a live docker-registry (ours, from an earlier run).
+registry_pid() {
+    local pid
+    [ -r "$registry_pidfile" ] || return 1
+    pid=$(cat "$registry_pidfile" 2>/dev/null) || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
+        && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = docker-registry ] || return 1
+    echo "$pid"
+}
+
+registry_start() {
+    step "registry: starting on $registry_addr (state: $registry_dir, log: $registry_log)"
+    if [ "$dry_run" = 1 ]; then
+        run setsid docker-registry serve "$registry_dir/config.yml"
+        return 0
+    fi
+    mkdir -p "$registry_dir/data" "$(dirname "$registry_log")" "$(dirname "$registry_pidfile")"
+    registry_config >"$registry_dir/config.yml.new"
+    mv "$registry_dir/config.yml.new" "$registry_dir/config.yml"
+    setsid docker-registry serve "$registry_dir/config.yml" >>"$registry_log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$registry_pidfile"
+}
+
+# Wait for registry pid $pid to answer: 0 when it does, 1 when it exited, 2 on timeout.
+registry_wait_for() {
+    local deadline=$((SECONDS + registry_wait))
+    until registry_up; do
+        kill -0 "$pid" 2>/dev/null || return 1
+        [ "$SECONDS" -lt "$deadline" ] || return 2
+        sleep 0.2
+    done
+}
+
 if registry_up; then
     step "registry: answering on $registry_addr"
 else
-    pid=
-    if [ -r "$registry_pidfile" ]; then
-        pid=$(cat "$registry_pidfile" 2>/dev/null || true)
-        if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null \
-            || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != docker-registry ]; then
-            pid=
-        fi
-    fi
-    if [ -n "$pid" ]; then
+    started=0
+    if pid=$(registry_pid); then
         step "registry: pid $pid is starting; waiting up to ${registry_wait}s"
     else
-        step "registry: starting on $registry_addr (state: $registry_dir, log: $registry_log)"
-        if [ "$dry_run" = 1 ]; then
-            run setsid docker-registry serve "$registry_dir/config.yml"
-        else
-            mkdir -p "$registry_dir/data" "$(dirname "$registry_log")" \
-                "$(dirname "$registry_pidfile")"
-            registry_config >"$registry_dir/config.yml.new"
-            mv "$registry_dir/config.yml.new" "$registry_dir/config.yml"
-            setsid docker-registry serve "$registry_dir/config.yml" \
-                >>"$registry_log" 2>&1 </dev/null &
-            pid=$!
-            echo "$pid" >"$registry_pidfile"
-        fi
+        registry_start
+        started=1
     fi
     if [ "$dry_run" != 1 ]; then
-        deadline=$((SECONDS + registry_wait))
-        until registry_up; do
-            if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-                if kill -0 "$pid" 2>/dev/null; then
-                    echo "setup: the registry did not answer on $registry_addr within" \
-                        "${registry_wait}s; last lines of $registry_log:" >&2
-                else
-                    echo "setup: the registry (pid $pid) exited; last lines of" \
-                        "$registry_log:" >&2
-                fi
-                tail -n 30 "$registry_log" >&2 || true
-                exit 1
-            fi
-            sleep 0.2
-        done
-        step "registry: up (pid $pid)"
+        status=0
+        registry_wait_for || status=$?
+        # One that was already there may have been on its way out: start ours instead.
+        if [ "$status" = 1 ] && [ "$started" = 0 ]; then
+            registry_start
+            status=0
+            registry_wait_for || status=$?
+        fi
+        case "$status" in
+            0) step "registry: up (pid $pid)" ;;
+            1) echo "setup: the registry (pid $pid) exited; last lines of $registry_log:" >&2 ;;
+            *) echo "setup: the registry did not answer on $registry_addr within" \
+                    "${registry_wait}s; last lines of $registry_log:" >&2 ;;
+        esac
+        if [ "$status" != 0 ]; then
+            tail -n 30 "$registry_log" >&2 || true
+            exit 1
+        fi
     fi
 fi
 
 # The test image, pushed once; `tags/list` answers 404 while the repository does not exist.
-tags=
-if [ "$dry_run" != 1 ]; then
-    tags=$(registry_get /v2/pyapply-test/busybox/tags/list 2>/dev/null || true)
-fi
+tags=$(registry_get /v2/pyapply-test/busybox/tags/list 2>/dev/null || true)
 if [[ "$tags" == *'"latest"'* ]]; then
     step "registry: $registry_image present"
 else

@@ -6,6 +6,7 @@ either is a broken environment that must be seen.
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,10 @@ import docker
 import docker.errors
 import pytest
 
-from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, new_stack_name
+from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, http_get, new_stack_name
+
+# The local registry that `make setup` (scripts/setup.sh) starts: plain HTTP on loopback.
+REGISTRY = "127.0.0.1:5000"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,6 +44,22 @@ def docker_client() -> Iterator[Any]:
         pytest.fail(f"test image {TEST_IMAGE} is missing; run `make setup`", pytrace=False)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """The local registry's address (host:port), checked to answer the v2 API."""
+    try:
+        status, body = http_get(f"http://{REGISTRY}/v2/", timeout=5, attempts=3, delay=0.5)
+    except (OSError, http.client.HTTPException) as e:
+        pytest.fail(f"no registry answers on {REGISTRY} ({e}); run `make setup`", pytrace=False)
+    if status != 200:
+        pytest.fail(
+            f"the registry on {REGISTRY} answered /v2/ with HTTP {status}: {body[:200]!r}; "
+            "run `make setup`",
+            pytrace=False,
+        )
+    return REGISTRY
 
 
 @pytest.fixture

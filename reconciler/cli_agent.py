@@ -1,0 +1,356 @@
+"""Commands of the agent: `watch` runs it; `status`, `history`, `sync`, `rollback` and
+`resume` talk to it over its UNIX socket. When no agent answers, `history` reads the sqlite
+record directly, `rollback` applies the recorded revision itself (under the host lock) and
+pins it for the next agent, and `resume` clears the pin; `status` and `sync` need an agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from reconciler.api import AgentClient, AgentUnavailable, default_socket
+from reconciler.cli import (
+    Failure,
+    err,
+    fail,
+    load_or_fail,
+    locked,
+    output_option,
+    runtime_options,
+)
+from reconciler.history import History, PassRecord, UnknownRevision, materialise
+from reconciler.loop import ApplyOptions, apply_stack, desired_for, state_root
+from reconciler.render import outcome_summary, plan_text
+
+
+def socket_option(fn: Any) -> Any:
+    return click.option(
+        "--socket",
+        "socket_path",
+        envvar="PYAPPLY_SOCKET",
+        default=None,
+        help="The agent's UNIX socket (default /run/pyapply/agent.sock). Env: PYAPPLY_SOCKET.",
+    )(fn)
+
+
+def _client(socket_path: str | None) -> AgentClient:
+    return AgentClient(socket_path or default_socket())
+
+
+def _call(
+    client: AgentClient, method: str, path: str, body: Any = None, timeout: float = 30
+) -> Any:
+    status, doc = client.request(method, path, body, timeout=timeout)
+    if status >= 400:
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        fail(f"agent: HTTP {status}: {message}")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# watch
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@runtime_options
+@socket_option
+@click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
+@click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
+@click.option(
+    "--poll", default=10.0, show_default=True, help="Fallback poll of the source, seconds."
+)
+@click.option(
+    "--metrics", "metrics_addr", default=None, help="Serve Prometheus metrics on HOST:PORT."
+)
+@click.option(
+    "--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True
+)
+@click.option("--allow-empty", is_flag=True, help="Apply revisions that drop a whole stack.")
+@click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
+@click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
+@click.option("--wait-timeout", default=120.0, show_default=True, help="Dependency wait, seconds.")
+@click.option("--no-events", is_flag=True, help="Do not follow the runtime's events.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
+def watch(
+    path: str,
+    runtime_name: str | None,
+    root: str | None,
+    socket_path: str | None,
+    interval: float,
+    debounce: float,
+    poll: float,
+    metrics_addr: str | None,
+    log_format: str,
+    allow_empty: bool,
+    prune_volumes: bool,
+    parallel: int,
+    wait_timeout: float,
+    no_events: bool,
+    verbose: bool,
+) -> None:
+    """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
+    import logging
+
+    from reconciler.agent import Agent, AgentOptions, setup_logging
+    from reconciler.api import Api
+    from reconciler.watch import Source
+    from runtime import open_runtime
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    metrics = None
+    if metrics_addr:
+        from reconciler.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            metrics.serve(metrics_addr)
+        except (OSError, ValueError) as exc:
+            fail(f"--metrics {metrics_addr}: {exc}")
+
+    def rt() -> Any:
+        return open_runtime(runtime_name)
+
+    options = AgentOptions(
+        interval_s=interval,
+        debounce_s=debounce,
+        poll_s=poll,
+        allow_empty=allow_empty,
+        apply=ApplyOptions(
+            prune_volumes=prune_volumes, parallelism=parallel, wait_timeout_s=wait_timeout
+        ),
+        runtime_events=not no_events,
+    )
+    agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
+    api = Api(agent, socket_path or default_socket(), rt)
+    try:
+        api.start()
+    except OSError as exc:
+        fail(f"cannot serve the API on {api.path}: {exc}")
+    agent.install_signals()
+    try:
+        code = agent.run()
+    finally:
+        api.stop()
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# status / sync
+
+
+@click.command()
+@socket_option
+@output_option
+def status(socket_path: str | None, output: str) -> None:
+    """The agent's revision, last result, sync status and health."""
+    try:
+        doc = _call(_client(socket_path), "GET", "/v1/status")
+    except AgentUnavailable as exc:
+        fail(str(exc))
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rev = doc["revision"]
+    last = doc["last_result"]
+    pinned = f" (pinned by rollback: {rev['pinned']})" if rev.get("pinned") else ""
+    click.echo(f"source:    {doc['agent']['source']} ({doc['agent']['source_kind']})")
+    click.echo(
+        f"revision:  {rev.get('applied') or '-'} {rev.get('subject') or ''}{pinned}".rstrip()
+    )
+    if rev.get("source") and rev.get("source") != rev.get("applied"):
+        click.echo(f"source at: {rev['source']}")
+    click.echo(
+        f"sync:      {doc['sync']}" + ("  (reconciling)" if doc["agent"]["reconciling"] else "")
+    )
+    if last.get("outcome"):
+        click.echo(
+            f"last pass: {last['outcome']} ({last['trigger']}) at {_when(last['ended'])}"
+            + (f", pass #{last['pass']}" if last.get("pass") else "")
+        )
+        for e in last.get("errors") or []:
+            click.echo(f"  error: {e}")
+    for stack in doc["stacks"]:
+        click.echo(f"stack {stack['name']}: {stack['health']}")
+        for svc in stack.get("services", []):
+            click.echo(
+                f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
+            )
+
+
+@click.command()
+@socket_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+@click.option("--timeout", default=600.0, show_default=True)
+def sync(socket_path: str | None, wait: bool, timeout: float) -> None:
+    """Ask the agent for a reconcile pass now."""
+    path = "/v1/sync" + (f"?wait=true&timeout={timeout:g}" if wait else "")
+    try:
+        doc = _call(_client(socket_path), "POST", path, timeout=timeout + 10)
+    except AgentUnavailable as exc:
+        fail(str(exc))
+    _print_queued(doc, "sync")
+
+
+def _print_queued(doc: dict[str, Any], what: str) -> None:
+    result = doc.get("result")
+    if result is None:
+        click.echo(f"{what}: queued (pass {doc.get('pass')})")
+        return
+    click.echo(f"{what}: revision {result['revision']} {result['outcome']}")
+    for e in result.get("errors") or []:
+        err(f"  error: {e}")
+    if result["outcome"] not in ("succeeded",):
+        raise Failure(f"{what}: the pass {result['outcome']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# history
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@click.command()
+@socket_option
+@click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
+@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--revision", default=None, help="Only passes of this revision (or prefix).")
+@output_option
+def history(
+    socket_path: str | None, root: str | None, limit: int, revision: str | None, output: str
+) -> None:
+    """The agent's recorded passes (from the agent, else from the state root's sqlite)."""
+    records: list[dict[str, Any]]
+    query = f"/v1/history?limit={limit}" + (f"&revision={revision}" if revision else "")
+    try:
+        records = _call(_client(socket_path), "GET", query)["passes"]
+    except AgentUnavailable:
+        db = os.path.join(state_root(root), "history.db")
+        if not os.path.exists(db):
+            fail(f"no agent answers and there is no history in {db}")
+        records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
+    if output == "json":
+        click.echo(json.dumps({"passes": records}, indent=2))
+        return
+    rows = [("PASS", "REVISION", "OUTCOME", "TRIGGER", "STARTED", "SECONDS", "SUBJECT / ERRORS")]
+    for doc in records:
+        rec = PassRecord(**{**doc, "errors": tuple(doc["errors"])})
+        took = f"{rec.ended - rec.started:.2f}" if rec.ended else "-"
+        note = rec.subject
+        if rec.errors:
+            note = (
+                (note + ": " if note else "")
+                + rec.errors[0]
+                + (f" (+{len(rec.errors) - 1})" if len(rec.errors) > 1 else "")
+            )
+        trig = rec.trigger if len(rec.trigger) <= 24 else rec.trigger[:21] + "..."
+        rows.append((str(rec.id), rec.revision, rec.outcome, trig, _when(rec.started), took, note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = zip(row[:-1], widths, strict=True)
+        click.echo("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback / resume
+
+
+@click.command()
+@click.argument("revision")
+@socket_option
+@runtime_options
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+@click.option("--lock-timeout", default=300.0, show_default=True)
+def rollback(
+    revision: str,
+    socket_path: str | None,
+    runtime_name: str | None,
+    root: str | None,
+    wait: bool,
+    lock_timeout: float,
+) -> None:
+    """Apply REVISION's recorded manifests and pin the agent there until `pyapply resume`."""
+    client = _client(socket_path)
+    try:
+        doc = _call(
+            client,
+            "POST",
+            "/v1/rollback" + ("?wait=true" if wait else ""),
+            {"revision": revision},
+            timeout=660,
+        )
+    except AgentUnavailable:
+        _rollback_here(revision, runtime_name, root, lock_timeout)
+        return
+    click.echo(f"pinned to {doc['revision']} (until `pyapply resume`)")
+    _print_queued(doc, "rollback")
+
+
+def _rollback_here(
+    revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
+) -> None:
+    from reconciler.cli import connect
+
+    root_dir = state_root(root)
+    hist = History(root_dir)
+    try:
+        full, subject, files = hist.revision_files(revision)
+    except UnknownRevision as exc:
+        fail(str(exc))
+    err(f"no agent answers: applying {full} here and pinning it for the next agent")
+    directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
+    try:
+        materialise(files, directory)
+        loaded = load_or_fail([directory])
+        rt = connect(runtime_name)
+        pid = hist.begin(full, subject, "rollback(cli)")
+        errors: list[str] = []
+        with locked(root_dir, lock_timeout):
+            for stack in loaded.stacks:
+                desired = desired_for(
+                    stack, revision=full, root=root_dir, environ=loaded.environments.get(stack.name)
+                )
+                result = apply_stack(
+                    rt, desired, ApplyOptions(), on_plan=lambda p: click.echo(plan_text(p))
+                )
+                errors += list(result.plan.errors)
+                if result.outcome is not None:
+                    click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
+                    errors += [
+                        f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
+                    ]
+        hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
+        hist.pin(full)
+    finally:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+    click.echo(f"pinned to {full} (until `pyapply resume`)")
+    if errors:
+        fail("rollback: " + "; ".join(errors))
+
+
+@click.command()
+@socket_option
+@click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+def resume(socket_path: str | None, root: str | None, wait: bool) -> None:
+    """Unpin the agent: follow the source again."""
+    try:
+        doc = _call(
+            _client(socket_path), "POST", "/v1/resume" + ("?wait=true" if wait else ""), timeout=660
+        )
+    except AgentUnavailable:
+        History(state_root(root)).pin(None)
+        click.echo("no agent answers: unpinned; the next agent follows the source")
+        return
+    _print_queued(doc, "resume")

@@ -1,0 +1,299 @@
+"""The agent's record: every reconcile pass and the manifests of every revision, in sqlite.
+
+One database, `<state root>/history.db`, written by the watch agent and by `pyapply
+rollback` when no agent runs. Three tables:
+
+- `passes`: one row per recorded pass (revision, trigger, start, end, plan summary,
+  outcome, errors);
+- `revisions`: the files of each revision seen (so that a rollback can apply exactly what
+  was applied then, even after git has moved on or garbage-collected it);
+- `state`: small key/value facts that outlive the agent: the pinned revision, the stacks
+  the agent manages.
+
+Every method opens its own short transaction; sqlite's own locking makes the CLI and the
+agent safe to use it at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
+
+DB_NAME = "history.db"
+MAX_FILE_BYTES = 1 << 20  # a revision's file larger than this is not stored
+MAX_REVISION_BYTES = 16 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision TEXT NOT NULL,
+    subject TEXT NOT NULL DEFAULT '',
+    trigger TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    outcome TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '{}',
+    errors TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS passes_revision ON passes (revision);
+CREATE TABLE IF NOT EXISTS revisions (
+    revision TEXT PRIMARY KEY,
+    subject TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    recorded REAL NOT NULL,
+    files TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    id: int
+    revision: str
+    subject: str
+    trigger: str
+    started: float
+    ended: float | None
+    outcome: str
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["errors"] = list(self.errors)
+        doc["summary"] = dict(self.summary)
+        return doc
+
+
+class UnknownRevision(Exception):
+    pass
+
+
+class History:
+    def __init__(self, root: str) -> None:
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        self.path = os.path.join(root, DB_NAME)
+        self._lock = threading.Lock()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)  # manifests may hold secrets' files
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            db = sqlite3.connect(self.path, timeout=30)
+            try:
+                with db:
+                    yield db
+            finally:
+                db.close()
+
+    # -- passes ---------------------------------------------------------------------------
+
+    def begin(self, revision: str, subject: str, trigger: str, started: float | None = None) -> int:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO passes (revision, subject, trigger, started, outcome)"
+                " VALUES (?, ?, ?, ?, 'running')",
+                (revision, subject, trigger, time.time() if started is None else started),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def finish(
+        self,
+        pass_id: int,
+        outcome: Outcome,
+        summary: Mapping[str, Any] | None = None,
+        errors: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE passes SET ended = ?, outcome = ?, summary = ?, errors = ? WHERE id = ?",
+                (
+                    time.time(),
+                    outcome,
+                    json.dumps(dict(summary or {}), sort_keys=True),
+                    json.dumps(list(errors)),
+                    pass_id,
+                ),
+            )
+
+    def close_running(self) -> int:
+        """Mark passes left 'running' by an agent that died as interrupted."""
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE passes SET outcome = 'interrupted', ended = COALESCE(ended, started)"
+                " WHERE outcome = 'running'"
+            )
+            return cur.rowcount
+
+    def passes(self, limit: int = 50, revision: str | None = None) -> list[PassRecord]:
+        query = "SELECT * FROM passes"
+        args: list[Any] = []
+        if revision:
+            query += " WHERE revision = ? OR revision LIKE ?"
+            args += [revision, revision + "%"]
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(max(0, limit))
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(query, args).fetchall()
+        return [_record(r) for r in rows]
+
+    def get(self, pass_id: int) -> PassRecord | None:
+        with self._db() as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM passes WHERE id = ?", (pass_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def succeeded(self, revision: str) -> bool:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT 1 FROM passes WHERE revision = ? AND outcome = 'succeeded' LIMIT 1",
+                (revision,),
+            ).fetchone()
+        return row is not None
+
+    # -- revisions ------------------------------------------------------------------------
+
+    def store_revision(
+        self, revision: str, subject: str, source: str, files: Mapping[str, bytes]
+    ) -> None:
+        """Keep the files of a revision (relative path -> bytes); first write wins."""
+        encoded = {
+            path: content.decode("utf-8", "surrogateescape") for path, content in files.items()
+        }
+        with self._db() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO revisions (revision, subject, source, recorded, files)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (revision, subject, source, time.time(), json.dumps(encoded, sort_keys=True)),
+            )
+
+    def resolve(self, revision: str) -> str:
+        """The full id of a stored revision from an id or a unique prefix of it."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT revision FROM revisions WHERE revision = ? OR revision LIKE ?",
+                (revision, revision.replace("%", "").replace("_", "") + "%"),
+            ).fetchall()
+        names = sorted({r[0] for r in rows})
+        if revision in names:
+            return revision
+        if not names:
+            raise UnknownRevision(f"no recorded revision {revision!r} (see `pyapply history`)")
+        if len(names) > 1:
+            raise UnknownRevision(f"revision {revision!r} is ambiguous: {', '.join(names)}")
+        return str(names[0])
+
+    def revision_files(self, revision: str) -> tuple[str, str, dict[str, bytes]]:
+        """(full id, subject, files) of a stored revision."""
+        full = self.resolve(revision)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT subject, files FROM revisions WHERE revision = ?", (full,)
+            ).fetchone()
+        files = {
+            path: text.encode("utf-8", "surrogateescape")
+            for path, text in json.loads(row[1]).items()
+        }
+        return full, str(row[0]), files
+
+    # -- state ----------------------------------------------------------------------------
+
+    def get_state(self, key: str) -> Any:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row is not None else None
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self._db() as db:
+            if value is None:
+                db.execute("DELETE FROM state WHERE key = ?", (key,))
+            else:
+                db.execute(
+                    "INSERT INTO state (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, json.dumps(value)),
+                )
+
+    def pinned(self) -> str | None:
+        value = self.get_state("pinned")
+        return str(value) if value else None
+
+    def pin(self, revision: str | None) -> None:
+        self.set_state("pinned", revision)
+
+    def managed_stacks(self) -> set[str]:
+        return set(self.get_state("stacks") or [])
+
+    def set_managed_stacks(self, stacks: set[str]) -> None:
+        self.set_state("stacks", sorted(stacks))
+
+
+def _record(row: sqlite3.Row) -> PassRecord:
+    return PassRecord(
+        id=int(row["id"]),
+        revision=str(row["revision"]),
+        subject=str(row["subject"]),
+        trigger=str(row["trigger"]),
+        started=float(row["started"]),
+        ended=float(row["ended"]) if row["ended"] is not None else None,
+        outcome=str(row["outcome"]),
+        summary=json.loads(row["summary"] or "{}"),
+        errors=tuple(json.loads(row["errors"] or "[]")),
+    )
+
+
+def snapshot_files(directory: str) -> dict[str, bytes]:
+    """Every regular file below `directory` (not in dot-directories such as .git), as
+    relative path -> bytes, within the size limits: what a rollback needs to load the
+    revision again (manifests, `.env` files, the files of configs and secrets)."""
+    out: dict[str, bytes] = {}
+    total = 0
+    for current, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = os.path.join(current, name)
+            if not os.path.isfile(path):
+                continue
+            try:
+                size = os.path.getsize(path)
+                if size > MAX_FILE_BYTES or total + size > MAX_REVISION_BYTES:
+                    continue
+                with open(path, "rb") as fh:
+                    content = fh.read()
+            except OSError:
+                continue
+            total += len(content)
+            out[os.path.relpath(path, directory)] = content
+    return out
+
+
+def materialise(files: Mapping[str, bytes], directory: str) -> None:
+    """Write a stored revision's files into `directory` (created, emptied first)."""
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, mode=0o700)
+    for rel, content in files.items():
+        target = os.path.normpath(os.path.join(directory, rel))
+        if not target.startswith(os.path.join(directory, "")):
+            continue  # never write outside the directory
+        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(content)
