@@ -341,3 +341,31 @@ spec:
         "pyapply-test/absent:1 is not present and pull_policy is never" in out.stdout + out.stderr
     )
     cli.ok("down", "-f", str(manifest), "--volumes")
+
+
+def test_changed_network_is_recreated_with_its_users(
+    cli: Cli, docker_client: Any, tmp_path: Path
+) -> None:
+    cli.ok("-f", str(WEBDB))
+    s = cli.stack
+    old_net = docker_client.networks.get(f"{s}_back").id
+    before = {n: c.id for n, c in containers(docker_client, s).items()}
+    changed = tmp_path / "changed" / "stack.yaml"
+    changed.parent.mkdir()
+    changed.write_text(
+        (WEBDB / "stack.yaml").read_text().replace("back: {internal: true}", "back: {}")
+    )
+
+    plan = cli.run("diff", "-f", str(changed), "--exit-code")
+    assert plan.returncode == 2
+    assert f"~ network {s}_back: recreate (spec changed)" in plan.stdout
+    cli.ok("-f", str(changed))
+    net = docker_client.networks.get(f"{s}_back")
+    assert net.id != old_net and net.attrs["Internal"] is False
+    after = {n: c.id for n, c in containers(docker_client, s).items()}
+    # every container on `back` was recreated; edge (front only) was not touched
+    assert after[f"{s}-edge-1"] == before[f"{s}-edge-1"]
+    for name in (f"{s}-db-1", f"{s}-web-1", f"{s}-worker-1", f"{s}-worker-2"):
+        assert after[name] != before[name], name
+    assert cli.run("diff", "-f", str(changed), "--exit-code").returncode == 0
+    assert http_get(f"http://127.0.0.1:{cli.port}/")[0] == 200
