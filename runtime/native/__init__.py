@@ -1,5 +1,11 @@
 """The native, daemonless runtime: OCI images, overlayfs, runc, netlink networking.
 
-Built in parts (issue 3): images.py (image store), oci.py/rootfs.py/supervise.py (containers),
-network.py (bridges, veth, IPAM, NAT). The Runtime driver that ties them together comes last.
+Built in parts (issue 3), each usable and tested on its own:
+- images.py, registry.py, layers.py: the content-addressed image store, the OCI distribution
+  client (anonymous, basic, bearer token; manifest lists) and safe layer unpacking;
+- oci.py (the pure OCI spec builder), rootfs.py (overlayfs), supervise.py (runc + conmon),
+  health.py (the healthcheck runner), containers.py (the ContainerManager tying them);
+- network.py, ipam.py, firewall.py: bridges, veths, persistent IPAM, NAT, published ports,
+  isolation, managed /etc/hosts.
+The Runtime driver that puts them behind `runtime.base.Runtime` is not written yet.
 """

@@ -1,0 +1,625 @@
+"""Native containers: an overlay rootfs, an OCI bundle, runc under conmon, a health loop.
+
+State lives under `<root>/containers/<name>/`:
+
+    config.json   the OCI spec (oci.build_spec)          state.json  ours, written atomically
+    rootfs/       the overlay mount                      upper/ work/  the overlay's rw part
+    hosts hostname resolv.conf   bind-mounted into /etc  ctr.log     stdout/stderr (k8s-file)
+    exit          exit code, written by conmon (mtime = finish time)
+    health.json   health status, written by the root's health checker (health.py)
+
+The observed state is rebuilt from those files, runc's state and the kernel every time, so a
+container whose process died while nobody watched shows as exited with its code. runc's own
+state is kept in `<root>/runc`. A stopped container is started again by `runc delete` and a
+fresh create+start on the same bundle and overlay, so its rootfs changes survive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, cast
+
+from runtime.base import (
+    Conflict,
+    ContainerConfig,
+    ContainerState,
+    ContainerStatus,
+    MountConfig,
+    NotFound,
+    PermanentError,
+    PortBinding,
+)
+from runtime.native import health as healthmod
+from runtime.native import oci, rootfs
+from runtime.native.supervise import (
+    DEFAULT_CONMON,
+    DEFAULT_LOG_SIZE_MAX,
+    DEFAULT_RUNC,
+    ExecResult,
+    Supervisor,
+    conmon_pid,
+    pid_alive,
+    read_exit,
+    read_log,
+    utc_iso,
+    wait_exit,
+)
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+CGROUP_PARENT = "/pyapply"
+CGROUP_FS = Path("/sys/fs/cgroup")
+INIT_CANDIDATES = ("/usr/bin/docker-init", "/usr/bin/tini-static")
+DEFAULT_STOP_TIMEOUT = 10.0
+UNKNOWN_EXIT = 255  # the process died with no supervisor to record its code
+
+_RLIMIT_NAMES = {
+    n.removeprefix("RLIMIT_").lower(): getattr(resource, n)
+    for n in dir(resource)
+    if n.startswith("RLIMIT_")
+}
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("PYAPPLY_ROOT") or "/var/lib/pyapply")
+
+
+def host_rlimits() -> dict[str, tuple[int, int]]:
+    """This process's rlimits (what runc, our child, may grant), by lower-case short name."""
+    return {name: resource.getrlimit(num) for name, num in _RLIMIT_NAMES.items()}
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def hosts_text(hostname: str, entries: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
+    lines = [
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "ff00::0\tip6-mcastprefix",
+        "ff02::1\tip6-allnodes",
+        "ff02::2\tip6-allrouters",
+    ]
+    lines += [f"{ip}\t{' '.join(names)}" for ip, names in entries]
+    if not any(hostname in names for _, names in entries):
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def host_nameservers() -> list[str]:
+    """The host's resolv.conf nameservers minus loopback ones (unreachable from a netns),
+    else Google's, as Docker does."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                ip = parts[1]
+                if not ip.startswith("127.") and ip != "::1":
+                    found.append(ip)
+    return found or ["8.8.8.8", "8.8.4.4"]
+
+
+def resolv_text(
+    nameservers: Sequence[str], search: Sequence[str] = (), options: Sequence[str] = ()
+) -> str:
+    lines = [f"nameserver {ns}" for ns in nameservers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def _read_in_rootfs(root: Path, rel: str) -> str:
+    """A file of the container's rootfs, refusing symlinks (which would resolve on the host)."""
+    path = root
+    for part in rel.strip("/").split("/"):
+        path = path / part
+        if path.is_symlink():
+            return ""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def live_memory_limit(name: str) -> int | None:
+    """The memory limit the kernel enforces on a container now (None: unlimited), so a limit
+    changed behind our back shows up; v1 memory controller, else cgroup v2."""
+    rel = CGROUP_PARENT.strip("/") + "/" + name
+    for path in (
+        CGROUP_FS / "memory" / rel / "memory.limit_in_bytes",
+        CGROUP_FS / rel / "memory.max",
+        CGROUP_FS / "unified" / rel / "memory.max",
+    ):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if not text.isdigit() or int(text) >= 2**62:  # "max" or v1's "unlimited"
+            return None
+        return int(text)
+    return None
+
+
+def _health_dict(config: ContainerConfig) -> dict[str, Any] | None:
+    if config.health is None or healthmod.probe_argv(config.health.test) is None:
+        return None
+    return asdict(config.health)
+
+
+class ContainerManager:
+    """Create/start/stop/remove/observe containers under one state root."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        runc: str = DEFAULT_RUNC,
+        conmon: str = DEFAULT_CONMON,
+        log_size_max: int = DEFAULT_LOG_SIZE_MAX,
+        init_path: str | None = None,
+    ) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.containers_dir = self.root / "containers"
+        self.runc_root = self.root / "runc"
+        self.supervisor = Supervisor(
+            self.runc_root, runc=runc, conmon=conmon, log_size_max=log_size_max
+        )
+        self.init_path = init_path or next((p for p in INIT_CANDIDATES if Path(p).exists()), None)
+
+    # -- paths and records ---------------------------------------------------------------
+
+    def dir(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise PermanentError(f"invalid container name: {name!r}")
+        return self.containers_dir / name
+
+    def _load(self, name: str) -> dict[str, Any] | None:
+        try:
+            doc: dict[str, Any] = json.loads((self.dir(name) / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return doc
+
+    def _must_load(self, name: str) -> dict[str, Any]:
+        doc = self._load(name)
+        if doc is None:
+            raise NotFound(f"no such container: {name}")
+        return doc
+
+    def _save(self, name: str, doc: Mapping[str, Any]) -> None:
+        atomic_write(self.dir(name) / "state.json", json.dumps(doc, indent=1, sort_keys=True))
+
+    # -- create --------------------------------------------------------------------------
+
+    def create(
+        self,
+        config: ContainerConfig,
+        layer_dirs: Sequence[str | Path],
+        image_config: oci.ImageConfig | Mapping[str, Any] | None = None,
+        *,
+        image_id: str = "",
+        mounts: Sequence[MountConfig] | None = None,
+        netns_path: str | None = None,
+    ) -> str:
+        """Make the bundle (not started); returns the id. `layer_dirs` are the image's
+        unpacked layers, base first. `mounts` are config.mounts with volume sources resolved
+        to host paths (default: config.mounts, which then may hold binds and tmpfs only).
+        `netns_path` joins an existing network namespace; None gives a new, empty one."""
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return self._create(config, layer_dirs, image_config, image_id, mounts, netns_path)
+        finally:
+            os.close(fd)
+
+    def _create(
+        self,
+        config: ContainerConfig,
+        layer_dirs: Sequence[str | Path],
+        image_config: oci.ImageConfig | Mapping[str, Any] | None,
+        image_id: str,
+        mounts: Sequence[MountConfig] | None,
+        netns_path: str | None,
+    ) -> str:
+        cdir = self.dir(config.name)
+        existing = self._load(config.name)
+        if existing is not None:
+            if dict(existing.get("labels") or {}) == dict(config.labels):
+                return str(existing["id"])
+            raise Conflict(f"container name {config.name} is in use by another container")
+        if cdir.exists():  # an interrupted create: start over
+            self._destroy_dir(cdir)
+        image = (
+            image_config
+            if isinstance(image_config, oci.ImageConfig)
+            else oci.ImageConfig.from_oci(image_config)
+        )
+        cid = secrets.token_hex(32)
+        hostname = config.hostname or cid[:12]
+        cdir.mkdir(parents=True)
+        try:
+            self._write_etc(cdir, hostname, (), host_nameservers(), (), ())
+            rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
+            spec = oci.build_spec(
+                config,
+                oci.SpecInputs(
+                    container_id=cid,
+                    rootfs=str(cdir / "rootfs"),
+                    etc_files=oci.EtcFiles(
+                        hosts=str(cdir / "hosts"),
+                        hostname=str(cdir / "hostname"),
+                        resolv_conf=str(cdir / "resolv.conf"),
+                    ),
+                    image=image,
+                    mounts=tuple(mounts) if mounts is not None else None,
+                    netns_path=netns_path,
+                    host_rlimits=host_rlimits(),
+                    passwd=_read_in_rootfs(cdir / "rootfs", "etc/passwd"),
+                    group=_read_in_rootfs(cdir / "rootfs", "etc/group"),
+                    init_path=self.init_path if config.init else None,
+                    cgroup_parent=CGROUP_PARENT,
+                ),
+            )
+            atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+            env = oci.merge_env(image.env, config.env)
+            if not any(e.startswith("PATH=") for e in env):
+                env.insert(0, f"PATH={oci.DEFAULT_PATH}")
+            doc: dict[str, Any] = {
+                "id": cid,
+                "name": config.name,
+                "image": config.image,
+                "image_id": image_id,
+                "labels": dict(config.labels),
+                "env": env,
+                "hostname": hostname,
+                "created_at": utc_iso(),
+                "started_at": None,
+                "finished_at": None,
+                "exit_code": None,
+                "stop_signal": config.stop_signal or image.stop_signal or "SIGTERM",
+                "stop_timeout_s": config.stop_timeout_s,
+                "health": _health_dict(config),
+                "memory_bytes": config.memory_bytes,
+                "ports": [asdict(p) for p in config.ports],
+                "networks": sorted(a.network for a in config.networks),
+                "layer_dirs": [str(Path(d).resolve()) for d in layer_dirs],
+                "netns_path": netns_path,
+                "runc_root": str(self.runc_root),
+                "runc": self.supervisor.runc,
+            }
+            self._save(config.name, doc)
+        except BaseException:
+            self._destroy_dir(cdir)
+            raise
+        return cid
+
+    def write_etc_files(
+        self,
+        name: str,
+        *,
+        hosts: Sequence[tuple[str, Sequence[str]]] = (),
+        nameservers: Sequence[str] | None = None,
+        search: Sequence[str] = (),
+        options: Sequence[str] = (),
+    ) -> None:
+        """(Re)write the container's /etc/hosts and /etc/resolv.conf (for the network layer).
+        The files are rewritten in place, since a rename would not reach the bind mount."""
+        doc = self._must_load(name)
+        cdir = self.dir(name)
+        hostname = str(doc["hostname"])
+        ns = list(nameservers) if nameservers is not None else host_nameservers()
+        for fname, text in (
+            ("hosts", hosts_text(hostname, hosts)),
+            ("resolv.conf", resolv_text(ns, search, options)),
+        ):
+            with open(cdir / fname, "w", encoding="utf-8") as f:
+                f.write(text)
+
+    @staticmethod
+    def _write_etc(
+        cdir: Path,
+        hostname: str,
+        hosts: Sequence[tuple[str, Sequence[str]]],
+        nameservers: Sequence[str],
+        search: Sequence[str],
+        options: Sequence[str],
+    ) -> None:
+        atomic_write(cdir / "hostname", hostname + "\n")
+        atomic_write(cdir / "hosts", hosts_text(hostname, hosts))
+        atomic_write(cdir / "resolv.conf", resolv_text(nameservers, search, options))
+
+    # -- start / stop --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """An exclusive flock on the container's dir (between processes: CLI, agent, health
+        loop); the holder re-checks that the container still exists."""
+        cdir = self.dir(name)
+        try:
+            fd = os.open(cdir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def start(self, name: str) -> None:
+        """Start (or restart after an exit); running is success."""
+        with self._lock(name):
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        doc = self._must_load(name)
+        cdir = self.dir(name)
+        cid = str(doc["id"])
+        # runc keeps a dir per container in its root: no dir, nothing to ask runc about
+        info = self.supervisor.runc_state(cid) if (self.runc_root / cid).exists() else None
+        if info is not None:
+            if info.get("status") in ("running", "paused") and read_exit(cdir) is None:
+                return
+            self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
+        rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
+        if doc.get("health"):
+            healthmod.reset(cdir)
+        self.supervisor.launch(cid, name, cdir)
+        doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
+        self._save(name, doc)
+        if doc.get("health"):
+            healthmod.ensure_checker(self.root, self.supervisor.runc)
+
+    def stop(self, name: str, timeout: float | None = None) -> None:
+        """stop_signal, then SIGKILL after the timeout (default: the config's, else 10 s);
+        not running is success."""
+        with self._lock(name):
+            self._stop(name, timeout)
+
+    def _stop(self, name: str, timeout: float | None) -> None:
+        doc = self._load(name)
+        if doc is None:
+            return
+        cdir = self.dir(name)
+        cid = str(doc["id"])
+        grace = timeout if timeout is not None else doc.get("stop_timeout_s")
+        grace = DEFAULT_STOP_TIMEOUT if grace is None else float(grace)
+        info = self.supervisor.runc_state(cid)
+        status = info.get("status") if info else None
+        if status in ("running", "paused", "created") and read_exit(cdir) is None:
+            if status == "paused":
+                self.supervisor.resume(cid)
+            sig = oci.signal_number(doc.get("stop_signal"))
+            done = self.supervisor.kill(cid, sig) and self._wait_stopped(cdir, cid, grace)
+            if not done:
+                sig = int(signal.SIGKILL)
+                self.supervisor.kill(cid, sig)
+                self._wait_stopped(cdir, cid, 10)
+            if read_exit(cdir) is None:
+                # no supervisor was left to record it (conmon killed): record it ourselves
+                atomic_write(cdir / "exit", str(128 + sig))
+        self.supervisor.delete(cid)
+
+    def _wait_stopped(self, cdir: Path, cid: str, timeout: float) -> bool:
+        """Until conmon records the exit or, with no conmon, runc sees the process gone."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while True:
+            if read_exit(cdir) is not None:
+                return True
+            if n % 10 == 0 and conmon_pid(cdir) is None:
+                info = self.supervisor.runc_state(cid)
+                if info is None or info.get("status") == "stopped":
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            n += 1
+            time.sleep(0.02)
+
+    # -- remove --------------------------------------------------------------------------
+
+    def remove(self, name: str) -> None:
+        """Stop if running, delete from runc, unmount, delete the dir and the cgroups; gone is
+        success."""
+        cdir = self.dir(name)
+        with self._lock(name):
+            if cdir.exists():
+                if self._load(name) is not None:
+                    self._stop(name, 0)
+                self._destroy_dir(cdir)
+        self._remove_cgroups(name)
+
+    def _destroy_dir(self, cdir: Path) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads((cdir / "state.json").read_text())
+            self.supervisor.delete(str(doc["id"]))
+        cpid = conmon_pid(cdir)
+        if cpid is not None:
+            # after the exit conmon still runs its exit command (runc delete): let it finish
+            deadline = time.monotonic() + 2
+            while pid_alive(cpid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if pid_alive(cpid):
+                with contextlib.suppress(OSError):
+                    os.kill(cpid, signal.SIGKILL)
+        rootfs.unmount(cdir / "rootfs")
+        if rootfs.is_mounted(cdir / "rootfs"):
+            raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
+        for attempt in range(5):  # a health result may land while we delete
+            try:
+                shutil.rmtree(cdir)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05)
+
+    @staticmethod
+    def cgroup_dirs(name: str) -> list[Path]:
+        """The container's cgroup directories, in every hierarchy, that exist now."""
+        rel = CGROUP_PARENT.strip("/") + "/" + name
+        out = []
+        with contextlib.suppress(OSError):
+            for h in CGROUP_FS.iterdir():
+                p = h / rel
+                if p.is_dir():
+                    out.append(p)
+        return out
+
+    @staticmethod
+    def remove_cgroup_parent() -> None:
+        """rmdir the shared /pyapply cgroup in every hierarchy where it is empty (for a
+        system reset; never while containers are being created)."""
+        rel = CGROUP_PARENT.strip("/")
+        with contextlib.suppress(OSError):
+            for h in CGROUP_FS.iterdir():
+                with contextlib.suppress(OSError):
+                    (h / rel).rmdir()
+
+    def _remove_cgroups(self, name: str) -> None:
+        for p in self.cgroup_dirs(name):
+            # nested dirs first (runc creates none, but be thorough)
+            for sub in sorted((d for d in p.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+    # -- observe -------------------------------------------------------------------------
+
+    def _status(
+        self, cdir: Path, doc: Mapping[str, Any], runc_info: Mapping[str, Any] | None
+    ) -> tuple[ContainerStatus, int | None, str | None]:
+        """(status, exit code, finished_at) from the exit file, runc and the kernel."""
+        rec = read_exit(cdir)
+        if rec is not None:
+            return "exited", rec.code, rec.finished_at
+        rs = str(runc_info.get("status")) if runc_info else None
+        if rs == "running":
+            return "running", None, None
+        if rs == "paused":
+            return "paused", None, None
+        if rs == "created":
+            return "created", None, None
+        if rs == "stopped" and conmon_pid(cdir) is not None:
+            rec = wait_exit(cdir, 1.0)  # conmon is about to write it
+            if rec is not None:
+                return "exited", rec.code, rec.finished_at
+        if doc.get("started_at"):
+            code = doc.get("exit_code")
+            return "exited", UNKNOWN_EXIT if code is None else int(code), doc.get("finished_at")
+        return "created", None, None
+
+    def _state(
+        self, name: str, doc: Mapping[str, Any], runc_info: Mapping[str, Any] | None
+    ) -> ContainerState:
+        cdir = self.dir(name)
+        status, code, finished = self._status(cdir, doc, runc_info)
+        health = (
+            healthmod.read_status(cdir) if doc.get("health") and doc.get("started_at") else None
+        )
+        return ContainerState(
+            id=str(doc["id"]),
+            name=name,
+            image=str(doc.get("image", "")),
+            image_id=str(doc.get("image_id", "")),
+            labels=dict(doc.get("labels") or {}),
+            status=status,
+            exit_code=code,
+            health=health,
+            env=tuple(sorted(doc.get("env") or ())),
+            networks=tuple(doc.get("networks") or ()),
+            ports=tuple(PortBinding(**p) for p in doc.get("ports") or ()),
+            memory_bytes=(
+                live_memory_limit(name) if status == "running" else doc.get("memory_bytes")
+            ),
+            started_at=doc.get("started_at"),
+            finished_at=finished,
+        )
+
+    def state(self, name: str) -> ContainerState | None:
+        doc = self._load(name)
+        if doc is None:
+            return None
+        return self._state(name, doc, self.supervisor.runc_state(str(doc["id"])))
+
+    def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerState]:
+        """Containers whose labels match ({key: value}, value "" = has the key), by name;
+        one runc call for all of them."""
+        if not self.containers_dir.is_dir():
+            return []
+        runc_all = self.supervisor.runc_list()
+        out = []
+        for cdir in sorted(self.containers_dir.iterdir()):
+            if not _NAME.match(cdir.name):
+                continue
+            doc = self._load(cdir.name)
+            if doc is None:
+                continue
+            have = doc.get("labels") or {}
+            if labels and any(k not in have or (v and have[k] != v) for k, v in labels.items()):
+                continue
+            out.append(self._state(cdir.name, doc, runc_all.get(str(doc["id"]))))
+        return out
+
+    def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
+        """stdout+stderr lines; with `follow`, until the container stops."""
+        doc = self._must_load(name)
+        cdir = self.dir(name)
+        cid = str(doc["id"])
+
+        def done() -> bool:
+            # conmon writes the exit file only after draining the output into the log
+            if read_exit(cdir) is not None or not cdir.exists():
+                return True
+            if conmon_pid(cdir) is not None:
+                return False
+            info = self.supervisor.runc_state(cid)
+            return info is None or info.get("status") == "stopped"
+
+        return read_log(cdir / "ctr.log", tail=tail, follow=follow, done=done)
+
+    def exec(self, name: str, argv: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+        doc = self._must_load(name)
+        st = self.state(name)
+        if st is None or st.status != "running":
+            raise Conflict(f"container {name} is not running")
+        return self.supervisor.exec(str(doc["id"]), argv, timeout=timeout)
+
+    def supervisor_pid(self, name: str) -> int | None:
+        """The conmon process supervising the container, if any."""
+        return conmon_pid(self.dir(name))
+
+    def container_pid(self, name: str) -> int | None:
+        doc = self._must_load(name)
+        info = self.supervisor.runc_state(str(doc["id"]))
+        if info and info.get("status") in ("running", "paused", "created"):
+            return cast(int, info.get("pid"))
+        return None

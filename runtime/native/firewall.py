@@ -1,0 +1,323 @@
+"""Firewall rules for native networks, through the `iptables` command.
+
+Why iptables (and not a table of our own in nft): dockerd on the same host sets the policy of
+the `filter FORWARD` chain to DROP. In nftables a packet must be accepted by *every* base
+chain on a hook, so an accept in a separate nft table of ours would still be dropped by
+docker's chain. Our accepts have to live in that same FORWARD chain, which is what the
+`iptables` front-end (iptables-nft on Debian 12, the one docker itself uses) reaches.
+
+Everything we add lives in three chains of ours, jumped to from the base chains:
+
+- filter `PYAPPLY-FORWARD` (from FORWARD): per network, and correct whatever the order of
+  the networks — traffic within the bridge accepted, replies and DNAT'ed (published)
+  traffic into it accepted, egress to non-pyapply interfaces accepted unless `internal`,
+  everything else in or out of the bridge dropped (so two of our networks never reach each
+  other; an internal network's drop sits at the head of the chain);
+- nat `PYAPPLY-POSTROUTING` (from POSTROUTING): egress MASQUERADE for non-internal subnets,
+  MASQUERADE of 127.0.0.0/8 sources into the bridge (published ports on localhost) and of
+  hairpin traffic;
+- nat `PYAPPLY-DNAT` (from PREROUTING and OUTPUT, for local destinations): published ports.
+
+Every rule carries a comment `pyapply:<bridge>` (or `pyapply:<bridge>:<container>` for a
+published port), so a network's or a container's rules are found in the kernel and deleted
+without relying on our state. Several state roots share the chains; a chain and its jumps
+are removed when the last rule in our chains goes. Docker's chains and rules are never
+modified (we only insert jumps to our own chains into the base chains).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import IO
+
+from runtime.base import PermanentError, PortBinding
+
+FORWARD_CHAIN = "PYAPPLY-FORWARD"
+POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
+DNAT_CHAIN = "PYAPPLY-DNAT"
+COMMENT_PREFIX = "pyapply:"
+BRIDGE_PREFIX = "pa-"
+
+# (table, chain of ours)
+OUR_CHAINS: tuple[tuple[str, str], ...] = (
+    ("filter", FORWARD_CHAIN),
+    ("nat", POSTROUTING_CHAIN),
+    ("nat", DNAT_CHAIN),
+)
+# (table, base chain, match args) of the jumps into our chains
+JUMPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("filter", "FORWARD", (), FORWARD_CHAIN),
+    ("nat", "POSTROUTING", (), POSTROUTING_CHAIN),
+    ("nat", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL"), DNAT_CHAIN),
+    ("nat", "OUTPUT", ("-m", "addrtype", "--dst-type", "LOCAL"), DNAT_CHAIN),
+)
+
+LOCK_PATH = "/run/lock/pyapply-firewall.lock"
+
+
+_host_mutex = threading.RLock()
+_host_depth = 0
+_host_file: IO[str] | None = None
+
+
+@contextmanager
+def host_lock() -> Iterator[None]:
+    """The host-wide lock of our network changes (firewall rules, subnet choice), shared by
+    every pyapply process and state root; re-entrant within a process."""
+    global _host_depth, _host_file
+    with _host_mutex:
+        if _host_depth == 0:
+            os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+            fh = open(LOCK_PATH, "a")  # noqa: SIM115 - held across the yield
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            except BaseException:
+                fh.close()
+                raise
+            _host_file = fh
+        _host_depth += 1
+        try:
+            yield
+        finally:
+            _host_depth -= 1
+            if _host_depth == 0 and _host_file is not None:
+                fcntl.flock(_host_file, fcntl.LOCK_UN)
+                _host_file.close()
+                _host_file = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: str
+    chain: str
+    args: tuple[str, ...]
+    top: bool = False  # inserted at the head of the chain rather than appended
+
+
+def network_comment(bridge: str) -> str:
+    return f"{COMMENT_PREFIX}{bridge}"
+
+
+def port_comment(bridge: str, container: str) -> str:
+    return f"{COMMENT_PREFIX}{bridge}:{container}"
+
+
+def _c(comment: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", comment)
+
+
+def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule]:
+    """The rules of one network (pure).
+
+    They hold whatever the order of the networks in the chain: a network's drops only
+    concern its own bridge, and the exceptions other networks need (replies, published
+    ports reached through DNAT) are let through by those drops. An internal network's
+    "nothing leaves the bridge" drop goes to the top of the chain, before any network's
+    accepts, so not even a published port of another network is reachable from it.
+    """
+    c = _c(network_comment(bridge))
+    f = FORWARD_CHAIN
+    ct = ("-m", "conntrack", "--ctstate")
+    rules: list[Rule] = []
+    if internal:
+        rules.append(
+            Rule("filter", f, ("-i", bridge, "!", "-o", bridge, *c, "-j", "DROP"), top=True)
+        )
+    rules += [
+        Rule("filter", f, ("-i", bridge, "-o", bridge, *c, "-j", "ACCEPT")),
+        Rule("filter", f, ("-o", bridge, *ct, "RELATED,ESTABLISHED", *c, "-j", "ACCEPT")),
+        # published ports (DNAT'ed by our PYAPPLY-DNAT chain) into this network
+        Rule("filter", f, ("-o", bridge, *ct, "DNAT", *c, "-j", "ACCEPT")),
+    ]
+    if not internal:
+        # egress, to anything but our own bridges
+        rules.append(
+            Rule("filter", f, ("-i", bridge, "!", "-o", f"{BRIDGE_PREFIX}+", *c, "-j", "ACCEPT"))
+        )
+    rules += [
+        Rule("filter", f, ("-o", bridge, *c, "-j", "DROP")),
+        # the DNAT exception lets this network reach another one's published ports
+        Rule(
+            "filter",
+            f,
+            ("-i", bridge, "-m", "conntrack", "!", "--ctstate", "DNAT", *c, "-j", "DROP"),
+        ),
+        # published ports reached from 127.0.0.1 (route_localnet is on for the bridge)
+        Rule("nat", POSTROUTING_CHAIN, ("-s", "127.0.0.0/8", "-o", bridge, *c, "-j", "MASQUERADE")),
+        # hairpin: a container reaching a published port of its own network
+        Rule(
+            "nat",
+            POSTROUTING_CHAIN,
+            ("-s", str(subnet), "-o", bridge, *ct, "DNAT", *c, "-j", "MASQUERADE"),
+        ),
+    ]
+    if not internal:
+        # egress NAT
+        rules.append(
+            Rule(
+                "nat",
+                POSTROUTING_CHAIN,
+                ("-s", str(subnet), "!", "-o", bridge, *c, "-j", "MASQUERADE"),
+            )
+        )
+    return rules
+
+
+def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBinding) -> list[Rule]:
+    """The DNAT rule of one published port (host_port must be resolved)."""
+    if binding.host_port is None:
+        raise PermanentError("a published port needs a host port before its rule is made")
+    proto = binding.protocol.lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise PermanentError(f"unsupported protocol {binding.protocol!r}")
+    dst = ("-d", binding.host_ip) if binding.host_ip not in ("", "0.0.0.0") else ()
+    return [
+        Rule(
+            "nat",
+            DNAT_CHAIN,
+            (
+                *dst,
+                "-p",
+                proto,
+                "-m",
+                proto,
+                "--dport",
+                str(binding.host_port),
+                *_c(port_comment(bridge, container)),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                f"{ip}:{binding.container_port}",
+            ),
+        ),
+    ]
+
+
+class Firewall:
+    """Applies rules with the iptables command, under a host-wide lock."""
+
+    def __init__(self, iptables: str = "iptables") -> None:
+        self.iptables = iptables
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        return host_lock()
+
+    def _run(self, table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [self.iptables, "-w", "-t", table, *args]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
+        if check and proc.returncode != 0:
+            raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def _chain_exists(self, table: str, chain: str) -> bool:
+        return self._run(table, "-S", chain, check=False).returncode == 0
+
+    def _ensure_base(self) -> None:
+        for table, chain in OUR_CHAINS:
+            if not self._chain_exists(table, chain):
+                self._run(table, "-N", chain)
+        for table, base, match, target in JUMPS:
+            spec = (*match, "-j", target)
+            if self._run(table, "-C", base, *spec, check=False).returncode != 0:
+                self._run(table, "-I", base, "1", *spec)
+
+    def add(self, rules: Sequence[Rule]) -> None:
+        """Add rules that are not there yet (idempotent)."""
+        with self.locked():
+            self._ensure_base()
+            for r in rules:
+                if self._run(r.table, "-C", r.chain, *r.args, check=False).returncode != 0:
+                    where = ("-I", r.chain, "1") if r.top else ("-A", r.chain)
+                    self._run(r.table, *where, *r.args)
+
+    def listed(self, table: str, chain: str) -> list[list[str]]:
+        """Our chain's rules as argument lists (without the leading `-A CHAIN`)."""
+        proc = self._run(table, "-S", chain, check=False)
+        if proc.returncode != 0:
+            return []
+        out = []
+        for line in proc.stdout.splitlines():
+            words = shlex.split(line)
+            if len(words) >= 2 and words[0] == "-A":
+                out.append(words[2:])
+        return out
+
+    @staticmethod
+    def _comment(args: Sequence[str]) -> str | None:
+        for i, word in enumerate(args[:-1]):
+            if word == "--comment":
+                return args[i + 1]
+        return None
+
+    def delete_tagged(self, comments: Sequence[str] = (), prefixes: Sequence[str] = ()) -> int:
+        """Delete every rule of our chains whose comment equals one of `comments` or starts
+        with one of `prefixes`; drop our chains and jumps if nothing of ours is left."""
+        deleted = 0
+        with self.locked():
+            for table, chain in OUR_CHAINS:
+                for args in self.listed(table, chain):
+                    comment = self._comment(args)
+                    if comment is None:
+                        continue
+                    wanted = comment in comments or any(comment.startswith(p) for p in prefixes)
+                    if wanted and self._run(table, "-D", chain, *args, check=False).returncode == 0:
+                        deleted += 1
+            self._drop_if_empty()
+        return deleted
+
+    def _drop_if_empty(self) -> None:
+        if any(self.listed(table, chain) for table, chain in OUR_CHAINS):
+            return
+        for table, base, match, target in JUMPS:
+            spec = (*match, "-j", target)
+            while self._run(table, "-C", base, *spec, check=False).returncode == 0:
+                self._run(table, "-D", base, *spec)
+        for table, chain in OUR_CHAINS:
+            if self._chain_exists(table, chain):
+                self._run(table, "-F", chain, check=False)
+                self._run(table, "-X", chain, check=False)
+
+    def dnat_ports(self) -> set[tuple[str, int]]:
+        """(protocol, host port) of every published port in our DNAT chain (all roots)."""
+        found: set[tuple[str, int]] = set()
+        for args in self.listed("nat", DNAT_CHAIN):
+            proto = args[args.index("-p") + 1] if "-p" in args else ""
+            if "--dport" in args:
+                with contextlib.suppress(ValueError):
+                    found.add((proto, int(args[args.index("--dport") + 1])))
+        return found
+
+    def rules_with_comment_prefix(self, prefix: str) -> list[tuple[str, str, list[str]]]:
+        """(table, chain, args) of our rules whose comment starts with `prefix`."""
+        found = []
+        for table, chain in OUR_CHAINS:
+            for args in self.listed(table, chain):
+                comment = self._comment(args)
+                if comment is not None and comment.startswith(prefix):
+                    found.append((table, chain, args))
+        return found
+
+
+def set_sysctl(path: str, value: str) -> None:
+    """Write a /proc/sys value if it differs."""
+    full = os.path.join("/proc/sys", path)
+    try:
+        with open(full) as fh:
+            if fh.read().strip() == value:
+                return
+        with open(full, "w") as fh:
+            fh.write(value)
+    except OSError as e:
+        raise PermanentError(f"cannot set {path.replace('/', '.')}={value}: {e}") from None

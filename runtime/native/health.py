@@ -1,0 +1,327 @@
+"""Healthchecks of native containers.
+
+Who runs them: one detached checker process per state root
+(`python -m runtime.native.health --root ROOT --runc RUNC`), started on demand by `start` of
+a container that has a healthcheck, and exiting by itself a few seconds after no running
+container has one. conmon cannot run commands on a schedule, and the watch agent may not be
+running (a plain `pyapply -f` exits), yet `service_healthy` and `get` must keep seeing fresh
+status. One process for all containers (probes in a small thread pool) rather than one per
+container, because a Python process costs ~15 MB resident and conmon ~2 MB: the
+per-container overhead stays conmon's. A flock on `<root>/health.lock` keeps it single.
+
+Each probe is `runc exec` of the test (CMD -> argv, CMD-SHELL -> /bin/sh -c), killed after
+the timeout. The status follows Docker's rules: "starting" until the first success or until
+`retries` consecutive failures after the start period; failures inside the start period do
+not count. It is written atomically to `<dir>/health.json` so any process can read it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.base import Health, HealthConfig
+
+HEALTH_FILE = "health.json"
+PID_FILE = "health.pid"  # in the state root
+LOCK_FILE = "health.lock"
+IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
+_TICK = 0.05
+_LOG_KEEP = 5
+_MARKER = "runtime.native.health"
+
+
+@dataclass(frozen=True)
+class Probe:
+    start: float
+    end: float
+    exit_code: int
+    output: str
+
+
+def probe_argv(test: tuple[str, ...]) -> list[str] | None:
+    """The command a healthcheck runs; None for ("NONE",) / empty."""
+    if not test or test[0] == "NONE":
+        return None
+    if test[0] == "CMD":
+        return list(test[1:]) or None
+    if test[0] == "CMD-SHELL":
+        return ["/bin/sh", "-c", " ".join(test[1:])]
+    return list(test)
+
+
+def initial_status() -> dict[str, Any]:
+    return {"status": "starting", "failing_streak": 0, "log": []}
+
+
+def apply_probe(
+    doc: dict[str, Any], probe: Probe, config: HealthConfig, started_at: float
+) -> dict[str, Any]:
+    """Docker's state machine, pure: returns the new status document."""
+    status: str = doc.get("status", "starting")
+    streak: int = int(doc.get("failing_streak", 0))
+    log = [
+        *doc.get("log", []),
+        {
+            "start": probe.start,
+            "end": probe.end,
+            "exit_code": probe.exit_code,
+            "output": probe.output,
+        },
+    ][-_LOG_KEEP:]
+    if probe.exit_code == 0:
+        status, streak = "healthy", 0
+    else:
+        in_start_period = status == "starting" and probe.start - started_at < config.start_period_s
+        if not in_start_period:
+            streak += 1
+            if streak >= max(1, config.retries):
+                status = "unhealthy"
+    return {"status": status, "failing_streak": streak, "log": log}
+
+
+def write_status(cdir: Path, doc: dict[str, Any]) -> None:
+    tmp = cdir / f".{HEALTH_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, cdir / HEALTH_FILE)
+
+
+def read_status(cdir: Path) -> Health | None:
+    try:
+        doc = json.loads((cdir / HEALTH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    s = doc.get("status")
+    if s in ("healthy", "unhealthy", "starting"):
+        return s  # type: ignore[no-any-return]
+    return None
+
+
+def read_document(cdir: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads((cdir / HEALTH_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# The checker process
+
+
+def checker_pid(root: Path) -> int | None:
+    """The pid of the root's checker, if it runs (verified by its command line)."""
+    try:
+        pid = int((root / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    ok = _MARKER.encode() in cmdline and str(root).encode() in cmdline
+    return pid if ok else None
+
+
+def ensure_checker(root: Path, runc: str) -> None:
+    """Start the root's checker unless it runs; it survives our exit."""
+    if checker_pid(root) is not None:
+        return
+    pythonpath = [_package_root(), os.environ.get("PYTHONPATH", "")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", _MARKER, "--root", str(root), "--runc", runc],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in pythonpath if p)},
+    )
+    # reap it in the background if we outlive it (it normally outlives us)
+    threading.Thread(target=proc.wait, daemon=True).start()
+
+
+def stop_checker(root: Path, timeout: float = 5.0) -> None:
+    """Kill the root's checker (system reset, tests); not running is success."""
+    pid = checker_pid(root)
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def reset(cdir: Path) -> None:
+    """A (re)started container's health begins as "starting"."""
+    write_status(cdir, initial_status())
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class _Watched:
+    started_at: str
+    config: HealthConfig
+    argv: list[str]
+    cid: str
+    t0: float  # when we first saw this run: the start period and first probe count from here
+    due: float
+    doc: dict[str, Any]
+    busy: bool = False
+
+
+def _read_container(cdir: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads((cdir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not doc.get("health") or not doc.get("started_at") or (cdir / "exit").exists():
+        return None
+    return doc
+
+
+def _config(h: dict[str, Any]) -> HealthConfig:
+    return HealthConfig(
+        test=tuple(h.get("test", ())),
+        interval_s=float(h.get("interval_s", 30.0)) or 30.0,
+        timeout_s=float(h.get("timeout_s", 30.0)) or 30.0,
+        retries=int(h.get("retries", 3)),
+        start_period_s=float(h.get("start_period_s", 0.0)),
+    )
+
+
+def run(root: Path, runc: str) -> int:
+    """The checker: probe every watched container on its interval; exit when idle."""
+    from runtime.native.supervise import Supervisor
+
+    # One checker per root. A second one (a start racing with an idle exit) waits here and
+    # takes over when the first is gone, so a container is never left without a checker.
+    lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    pid_file = root / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+    announced = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sup = Supervisor(root / "runc", runc=runc)
+    containers = root / "containers"
+    watched: dict[str, _Watched] = {}
+    results: queue.SimpleQueue[tuple[str, str, Probe]] = queue.SimpleQueue()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    idle_since = time.monotonic()
+    next_scan = 0.0
+
+    def probe(name: str, w: _Watched) -> None:
+        t0 = time.time()
+        try:
+            res = sup.exec(w.cid, w.argv, timeout=w.config.timeout_s, max_output=4096)
+            code, out = res.exit_code, res.output.decode(errors="replace")
+            if res.timed_out:
+                out = f"Health check exceeded timeout ({w.config.timeout_s}s)"
+        except Exception as e:  # a probe that cannot run is a failed probe
+            code, out = -1, str(e)
+        results.put((name, w.started_at, Probe(t0, time.time(), code, out)))
+
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + 0.25
+                seen = set()
+                for cdir in containers.iterdir() if containers.is_dir() else ():
+                    doc = _read_container(cdir)
+                    argv = probe_argv(_config(doc["health"]).test) if doc else None
+                    if doc is None or argv is None:
+                        continue
+                    seen.add(cdir.name)
+                    w = watched.get(cdir.name)
+                    if w is None or w.started_at != doc["started_at"]:
+                        cfg = _config(doc["health"])
+                        watched[cdir.name] = _Watched(
+                            started_at=doc["started_at"],
+                            config=cfg,
+                            argv=argv,
+                            cid=str(doc["id"]),
+                            t0=time.time(),
+                            due=now + cfg.interval_s,
+                            doc=read_document(cdir) or initial_status(),
+                        )
+                for gone in set(watched) - seen:
+                    del watched[gone]
+                if watched:
+                    idle_since = now
+                    if not announced:
+                        pid_file.write_text(str(os.getpid()))
+                        announced = True
+                elif now - idle_since > IDLE_EXIT_S:
+                    if announced:
+                        # withdraw first, then look once more: a start that saw our pid
+                        # file saved its container before, so the rescan finds it
+                        with contextlib.suppress(OSError):
+                            pid_file.unlink()
+                        announced = False
+                        next_scan = 0.0
+                        continue
+                    return 0
+            while not results.empty():
+                name, started_at, p = results.get()
+                w = watched.get(name)
+                if w is None or w.started_at != started_at:
+                    continue
+                w.busy = False
+                w.due = time.monotonic() + w.config.interval_s
+                cdir = containers / name
+                current = _read_container(cdir)
+                if current is None or current.get("started_at") != started_at:
+                    continue  # stopped or restarted meanwhile: the result is stale
+                w.doc = apply_probe(w.doc, p, w.config, w.t0)
+                with contextlib.suppress(OSError):  # removed meanwhile
+                    write_status(cdir, w.doc)
+            for name, w in watched.items():
+                if not w.busy and now >= w.due:
+                    w.busy = True
+                    pool.submit(probe, name, w)
+            time.sleep(_TICK)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):
+            if pid_file.read_text().strip() == str(os.getpid()):
+                pid_file.unlink()
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=_MARKER)
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--runc", default="/usr/sbin/runc")
+    args = parser.parse_args(argv)
+    return run(args.root, args.runc)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,733 @@
+"""The native runtime's image store: pull, import, resolve, list, remove, prune.
+
+Layout under `<root>/images/` (root: the `root` argument, else $PYAPPLY_ROOT, else
+/var/lib/pyapply):
+
+    blobs/sha256/<hex>     manifests, indexes, configs, layer tarballs (content-addressed)
+    layers/<diffid-hex>/   each layer unpacked once (an overlayfs lowerdir), shared by images
+    index.json             {"version": 1, "refs": {ref: image id}, "images": {id: record}}
+    index.lock, gc.lock    flock(2) locks: index writers; pulls/imports (shared) vs prune
+    tmp/                   partial blobs and layers (cleared by prune)
+
+An image's id is its config digest. References are stored normalised
+(`busybox` -> `docker.io/library/busybox:latest`); `resolve` accepts any spelling, an id or a
+unique id prefix (12+ hex digits), or `name@digest` of a pulled image.
+
+API:
+    store = ImageStore(root=None, credentials=None, insecure=(), platform=None,
+                       max_parallel=4, ca_file=None, client=None)
+    store.pull(ref, progress=None) -> ImageRecord      # progress(PullProgress) from threads
+    store.resolve(ref) -> ImageRecord | None
+    store.layer_dirs(record) -> list[str]              # lowest layer first
+    store.import_archive(path, ref=None) -> list[ImageRecord]
+    store.list() -> list[ImageRecord]
+    store.remove(ref) -> None                          # NotFound if unknown
+    store.prune(in_use) -> list[str]                   # removed image ids; blobs/layers GC'd
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from runtime.base import ImageInfo, NotFound, PermanentError
+from runtime.native.layers import (
+    BlobStore,
+    DigestMismatch,
+    check_digest,
+    diff_id_of,
+    rmtree,
+    sha256_bytes,
+    unpack_layer,
+)
+from runtime.native.registry import (
+    INDEX_TYPES,
+    Platform,
+    Reference,
+    RegistryClient,
+    host_platform,
+    normalize_ref,
+    parse_platform,
+    parse_reference,
+    select_platform,
+)
+
+DEFAULT_ROOT = "/var/lib/pyapply"
+CONFIG_TYPES = (
+    "application/vnd.docker.container.image.v1+json",
+    "application/vnd.oci.image.config.v1+json",
+)
+MAX_JSON = 16 << 20
+
+
+def default_root() -> str:
+    return os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The parts of an image config a container is made from (Docker/OCI `config`)."""
+
+    env: tuple[str, ...] = ()
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    working_dir: str = ""
+    user: str = ""
+    exposed_ports: tuple[str, ...] = ()
+    healthcheck: Mapping[str, Any] | None = None  # {Test, Interval, Timeout, ...} as in JSON
+    labels: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str | None = None
+
+    @classmethod
+    def from_json(cls, c: Mapping[str, Any] | None) -> ImageConfig:
+        c = c or {}
+
+        def strs(v: Any) -> tuple[str, ...] | None:
+            if v is None:
+                return None
+            if isinstance(v, str):
+                return (v,)
+            return tuple(str(x) for x in v)
+
+        return cls(
+            env=strs(c.get("Env")) or (),
+            cmd=strs(c.get("Cmd")),
+            entrypoint=strs(c.get("Entrypoint")),
+            working_dir=str(c.get("WorkingDir") or ""),
+            user=str(c.get("User") or ""),
+            exposed_ports=tuple(sorted(c.get("ExposedPorts") or {})),
+            healthcheck=dict(c["Healthcheck"]) if c.get("Healthcheck") else None,
+            labels={str(k): str(v) for k, v in (c.get("Labels") or {}).items()},
+            stop_signal=c.get("StopSignal") or None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Env": list(self.env),
+            "Cmd": list(self.cmd) if self.cmd is not None else None,
+            "Entrypoint": list(self.entrypoint) if self.entrypoint is not None else None,
+            "WorkingDir": self.working_dir,
+            "User": self.user,
+            "ExposedPorts": {p: {} for p in self.exposed_ports},
+            "Healthcheck": dict(self.healthcheck) if self.healthcheck else None,
+            "Labels": dict(self.labels),
+            "StopSignal": self.stop_signal,
+        }
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str  # config digest
+    refs: tuple[str, ...]  # normalised references naming it
+    repo_digests: tuple[str, ...]  # name@manifest-or-index-digest it was pulled as
+    config: ImageConfig
+    diff_ids: tuple[str, ...]  # lowest layer first
+    blobs: tuple[str, ...]  # every blob it needs (manifests, config, layer blobs)
+    layer_blobs: tuple[str, ...] = ()  # the (compressed) layer blobs, as diff_ids
+    os: str = "linux"
+    architecture: str = ""
+    variant: str | None = None
+    created: str | None = None
+    size: int = 0  # sum of the layer blobs' sizes
+
+    def info(self) -> ImageInfo:
+        return ImageInfo(id=self.id, env=self.config.env)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "repo_digests": list(self.repo_digests),
+            "config": self.config.to_json(),
+            "diff_ids": list(self.diff_ids),
+            "blobs": list(self.blobs),
+            "layer_blobs": list(self.layer_blobs),
+            "os": self.os,
+            "architecture": self.architecture,
+            "variant": self.variant,
+            "created": self.created,
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], refs: Iterable[str]) -> ImageRecord:
+        return cls(
+            id=d["id"],
+            refs=tuple(sorted(refs)),
+            repo_digests=tuple(d.get("repo_digests") or ()),
+            config=ImageConfig.from_json(d.get("config")),
+            diff_ids=tuple(d.get("diff_ids") or ()),
+            blobs=tuple(d.get("blobs") or ()),
+            layer_blobs=tuple(d.get("layer_blobs") or ()),
+            os=d.get("os") or "linux",
+            architecture=d.get("architecture") or "",
+            variant=d.get("variant"),
+            created=d.get("created"),
+            size=int(d.get("size") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One progress report: `action` is "download" (done/total bytes, repeated), "cached"
+    (blob already stored), "unpacked" (layer unpacked) or "present" (layer already
+    unpacked)."""
+
+    digest: str
+    action: Literal["download", "cached", "unpacked", "present"]
+    done: int = 0
+    total: int = 0
+
+
+ProgressFn = Callable[[PullProgress], None]
+
+
+@dataclass
+class _Index:
+    refs: dict[str, str] = field(default_factory=dict)
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, image_id: str) -> ImageRecord:
+        refs = [r for r, i in self.refs.items() if i == image_id]
+        return ImageRecord.from_json(self.images[image_id], refs)
+
+
+class ImageStore:
+    def __init__(
+        self,
+        root: str | None = None,
+        *,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
+        insecure: Iterable[str] = (),
+        platform: str | Platform | None = None,
+        max_parallel: int = 4,
+        ca_file: str | None = None,
+        client: RegistryClient | None = None,
+    ) -> None:
+        self.root = os.path.abspath(root or default_root())
+        self.dir = os.path.join(self.root, "images")
+        self.layers_dir = os.path.join(self.dir, "layers")
+        self.tmp_dir = os.path.join(self.dir, "tmp")
+        self.index_path = os.path.join(self.dir, "index.json")
+        os.makedirs(self.layers_dir, mode=0o755, exist_ok=True)
+        self.blobs = BlobStore(os.path.join(self.dir, "blobs"), self.tmp_dir)
+        self.client = client or RegistryClient(
+            credentials=credentials, insecure=insecure, ca_file=ca_file
+        )
+        if isinstance(platform, str):
+            platform = parse_platform(platform)
+        self.platform = platform or host_platform()
+        self.max_parallel = max(1, max_parallel)
+        self._local = threading.Lock()
+
+    # -- locks and the index ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        fd = os.open(os.path.join(self.dir, name), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def _load(self) -> _Index:
+        try:
+            with open(self.index_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return _Index()
+        except ValueError as e:
+            raise PermanentError(f"image index {self.index_path} is corrupt: {e}") from e
+        return _Index(refs=dict(data.get("refs") or {}), images=dict(data.get("images") or {}))
+
+    def _save(self, index: _Index) -> None:
+        data = {"version": 1, "refs": index.refs, "images": index.images}
+        tmp = f"{self.index_path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.index_path)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _edit(self) -> Iterator[_Index]:
+        with self._local, self._flock("index.lock", fcntl.LOCK_EX):
+            index = self._load()
+            yield index
+            self._save(index)
+
+    def _commit(
+        self, record: ImageRecord, refs: Iterable[str], repo_digest: str | None
+    ) -> ImageRecord:
+        with self._edit() as index:
+            old = index.images.get(record.id)
+            data = record.to_json()
+            digests = list((old or {}).get("repo_digests") or [])
+            if repo_digest and repo_digest not in digests:
+                digests.append(repo_digest)
+            data["repo_digests"] = sorted(digests)
+            index.images[record.id] = data
+            for r in refs:
+                index.refs[r] = record.id
+            return index.record(record.id)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def list(self) -> builtins.list[ImageRecord]:
+        index = self._load()
+        return sorted((index.record(i) for i in index.images), key=lambda r: (r.refs, r.id))
+
+    def _find(self, index: _Index, ref: str) -> str | None:
+        text = ref.strip()
+        hexpart = text[7:] if text.startswith("sha256:") else text
+        if 12 <= len(hexpart) <= 64 and all(c in "0123456789abcdef" for c in hexpart):
+            hits = [i for i in index.images if i[7:].startswith(hexpart)]
+            if len(hits) == 1:
+                return hits[0]
+            if text.startswith("sha256:"):
+                return None
+        try:
+            parsed = parse_reference(text)
+        except PermanentError:
+            return None
+        if parsed.digest:
+            want = str(parsed)
+            for image_id, data in index.images.items():
+                if want in (data.get("repo_digests") or ()):
+                    return image_id
+            return None
+        return index.refs.get(str(parsed))
+
+    def resolve(self, ref: str) -> ImageRecord | None:
+        index = self._load()
+        image_id = self._find(index, ref)
+        return index.record(image_id) if image_id else None
+
+    def layer_dir(self, diff_id: str) -> str:
+        _, hexpart = check_digest(diff_id)
+        return os.path.join(self.layers_dir, hexpart)
+
+    def layer_dirs(self, record: ImageRecord) -> builtins.list[str]:
+        """The unpacked layer directories of `record`, lowest first (overlayfs wants them
+        reversed in lowerdir=). A missing one is unpacked again from its blob; without the
+        blob, NotFound (pull the image again)."""
+        dirs = []
+        for i, diff_id in enumerate(record.diff_ids):
+            path = self.layer_dir(diff_id)
+            if not os.path.isdir(path):
+                blob = record.layer_blobs[i] if i < len(record.layer_blobs) else None
+                if blob is None or not self.blobs.has(blob):
+                    raise NotFound(
+                        f"layer {diff_id} of image {record.id} is missing; pull the image again"
+                    )
+                with self._flock("gc.lock", fcntl.LOCK_SH):
+                    self._ensure_layer(blob, diff_id, None)
+            dirs.append(path)
+        return dirs
+
+    # -- pull -------------------------------------------------------------------------------
+
+    def pull(self, ref: str, progress: ProgressFn | None = None) -> ImageRecord:
+        """Pull `ref` for this store's platform: blobs not yet stored are downloaded in
+        parallel and verified, layers not yet unpacked are unpacked, then the record is
+        written. Safe to run concurrently with other pulls (and prune waits for it)."""
+        parsed = parse_reference(ref)
+        with self._flock("gc.lock", fcntl.LOCK_SH):
+            chain, manifest = self.client.resolve(parsed, self.platform)
+            for digest, body in chain:
+                if not self.blobs.has(digest):
+                    self.blobs.put_bytes(body, digest)
+            cdesc = manifest["config"]
+            if cdesc.get("mediaType") not in (None, *CONFIG_TYPES):
+                raise PermanentError(
+                    f"{parsed} is not a container image (its config is {cdesc.get('mediaType')})"
+                )
+            config_digest = str(cdesc.get("digest"))
+            if not self.blobs.has(config_digest):
+                self.client.fetch_blob(parsed, config_digest, _size(cdesc), self.blobs)
+            config = self._read_json(config_digest)
+            layers = list(manifest.get("layers") or [])
+            diff_ids = _diff_ids(config, len(layers), str(parsed))
+
+            def fetch(desc: Mapping[str, Any], diff_id: str) -> None:
+                digest = str(desc.get("digest"))
+                total = _size(desc) or 0
+                if os.path.isdir(self.layer_dir(diff_id)):
+                    # unpacked already (maybe from another compression of the same content,
+                    # e.g. an imported `docker save`): its diff_id was verified then
+                    _report(progress, PullProgress(diff_id, "present"))
+                    return
+                if self.blobs.has(digest):
+                    _report(progress, PullProgress(digest, "cached", total, total))
+                else:
+                    step = max(total // 20, 1 << 20)
+                    last = [0]
+
+                    def on_bytes(n: int) -> None:
+                        if progress is not None and (n - last[0] >= step or n == total):
+                            last[0] = n
+                            _report(progress, PullProgress(digest, "download", n, total))
+
+                    self.client.fetch_blob(parsed, digest, _size(desc), self.blobs, on_bytes)
+                self._ensure_layer(digest, diff_id, progress)
+
+            self._parallel(fetch, list(zip(layers, diff_ids, strict=True)))
+            record = ImageRecord(
+                id=config_digest,
+                refs=(),
+                repo_digests=(),
+                config=ImageConfig.from_json(config.get("config")),
+                diff_ids=tuple(diff_ids),
+                blobs=tuple(
+                    dict.fromkeys(
+                        [d for d, _ in chain]
+                        + [config_digest]
+                        + [str(d.get("digest")) for d in layers]
+                    )
+                ),
+                os=str(config.get("os") or "linux"),
+                architecture=str(config.get("architecture") or ""),
+                variant=config.get("variant"),
+                layer_blobs=tuple(str(d.get("digest")) for d in layers),
+                created=config.get("created"),
+                size=sum(_size(d) or 0 for d in layers),
+            )
+            refs = [str(parsed)] if parsed.digest is None else []
+            repo_digest = str(parsed.with_digest(chain[0][0]))
+            return self._commit(record, refs, repo_digest)
+
+    def _parallel(
+        self, fn: Callable[[Any, Any], None], items: builtins.list[tuple[Any, Any]]
+    ) -> None:
+        if len(items) <= 1:
+            for a, b in items:
+                fn(a, b)
+            return
+        with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(items))) as pool:
+            futures = [pool.submit(fn, a, b) for a, b in items]
+            errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+
+    def _ensure_layer(self, blob_digest: str, diff_id: str, progress: ProgressFn | None) -> None:
+        dest = self.layer_dir(diff_id)
+        if os.path.isdir(dest):
+            _report(progress, PullProgress(diff_id, "present"))
+            return
+        try:
+            unpack_layer(self.blobs.path(blob_digest), dest, self.tmp_dir, diff_id)
+        except DigestMismatch:
+            # A corrupt stored blob must not stay: the next pull downloads it again.
+            self.blobs.remove(blob_digest)
+            raise
+        _report(progress, PullProgress(diff_id, "unpacked"))
+
+    def _read_json(self, digest: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self.blobs.read(digest, MAX_JSON))
+        except ValueError as e:
+            raise PermanentError(f"blob {digest} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise PermanentError(f"blob {digest} is not a JSON object")
+        return data
+
+    # -- import -----------------------------------------------------------------------------
+
+    def import_archive(self, path: str, ref: str | None = None) -> builtins.list[ImageRecord]:
+        """Import a `docker save` archive, an OCI image layout (directory or tar) or, with
+        `ref`, a plain rootfs tarball (optionally compressed) as a one-layer image. `ref`
+        also renames a single imported image. Returns the records imported."""
+        with self._flock("gc.lock", fcntl.LOCK_SH):
+            if os.path.isdir(path):
+                if not os.path.isfile(os.path.join(path, "oci-layout")):
+                    raise PermanentError(f"{path} is a directory but not an OCI image layout")
+                return self._import_oci(_DirSource(path), ref)
+            if not os.path.isfile(path):
+                raise NotFound(f"no such file: {path}")
+            try:
+                tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
+            except tarfile.TarError as e:
+                raise PermanentError(f"{path} is not a tar archive: {e}") from e
+            with tf:
+                names = {_norm(m.name) for m in tf.getmembers()}
+                src = _TarSource(tf)
+                if "manifest.json" in names:
+                    return self._import_docker(src, ref)
+                if "oci-layout" in names and "index.json" in names:
+                    return self._import_oci(src, ref)
+            if ref is None:
+                raise PermanentError(
+                    f"{path} is neither a docker save archive nor an OCI layout; to import it "
+                    "as a root file system tarball, give it a reference"
+                )
+            return [self._import_rootfs(path, ref)]
+
+    def _store_from(self, src: _Source, name: str, digest: str | None = None) -> str:
+        with src.open(name) as f:
+            return self.blobs.ingest(f.read, digest)
+
+    def _finish_import(
+        self,
+        config_digest: str,
+        layer_digests: builtins.list[str],
+        extra_blobs: builtins.list[str],
+        refs: builtins.list[str],
+        where: str,
+    ) -> ImageRecord:
+        config = self._read_json(config_digest)
+        diff_ids = _diff_ids(config, len(layer_digests), where)
+        for digest, diff_id in zip(layer_digests, diff_ids, strict=True):
+            self._ensure_layer(digest, diff_id, None)
+        record = ImageRecord(
+            id=config_digest,
+            refs=(),
+            repo_digests=(),
+            config=ImageConfig.from_json(config.get("config")),
+            diff_ids=tuple(diff_ids),
+            blobs=tuple(dict.fromkeys([*extra_blobs, config_digest, *layer_digests])),
+            layer_blobs=tuple(layer_digests),
+            os=str(config.get("os") or "linux"),
+            architecture=str(config.get("architecture") or ""),
+            variant=config.get("variant"),
+            created=config.get("created"),
+            size=sum(self.blobs.size(d) for d in layer_digests),
+        )
+        return self._commit(record, refs, None)
+
+    def _import_docker(self, src: _Source, ref: str | None) -> builtins.list[ImageRecord]:
+        try:
+            entries = json.loads(src.read("manifest.json"))
+        except ValueError as e:
+            raise PermanentError(f"docker save archive: bad manifest.json: {e}") from e
+        if not isinstance(entries, list) or not entries:
+            raise PermanentError("docker save archive: manifest.json lists no image")
+        if ref is not None and len(entries) != 1:
+            raise PermanentError("a reference can only name an archive holding one image")
+        out = []
+        for entry in entries:
+            config_digest = self._store_from(src, str(entry["Config"]))
+            layers = [self._store_from(src, str(name)) for name in entry.get("Layers") or []]
+            refs = (
+                [normalize_ref(ref)]
+                if ref
+                else [normalize_ref(t) for t in entry.get("RepoTags") or []]
+            )
+            out.append(self._finish_import(config_digest, layers, [], refs, "docker save archive"))
+        return out
+
+    def _import_oci(self, src: _Source, ref: str | None) -> builtins.list[ImageRecord]:
+        try:
+            top = json.loads(src.read("index.json"))
+        except (ValueError, KeyError) as e:
+            raise PermanentError(f"OCI layout: bad index.json: {e}") from e
+        descs = list(top.get("manifests") or [])
+        if ref is not None and len(descs) != 1:
+            raise PermanentError("a reference can only name an OCI layout holding one image")
+        out = []
+        for desc in descs:
+            chain = []
+            cur = desc
+            for _ in range(3):
+                digest = str(cur.get("digest"))
+                algo, hexpart = check_digest(digest)
+                self._store_from(src, f"blobs/{algo}/{hexpart}", digest)
+                chain.append(digest)
+                doc = self._read_json(digest)
+                media_type = cur.get("mediaType") or doc.get("mediaType")
+                if media_type in INDEX_TYPES or "manifests" in doc:
+                    cur = select_platform(doc, self.platform)
+                    continue
+                break
+            else:
+                raise PermanentError("OCI layout: indexes nested too deeply")
+            config_digest = str(doc["config"]["digest"])
+            algo, hexpart = check_digest(config_digest)
+            self._store_from(src, f"blobs/{algo}/{hexpart}", config_digest)
+            layers = []
+            for ld in doc.get("layers") or []:
+                digest = str(ld.get("digest"))
+                algo, hexpart = check_digest(digest)
+                layers.append(self._store_from(src, f"blobs/{algo}/{hexpart}", digest))
+            annotations = desc.get("annotations") or {}
+            names = []
+            if ref:
+                names = [normalize_ref(ref)]
+            elif annotations.get("io.containerd.image.name"):
+                names = [normalize_ref(annotations["io.containerd.image.name"])]
+            elif "/" in str(annotations.get("org.opencontainers.image.ref.name") or ""):
+                # a full reference; a bare tag ("latest", as skopeo writes) names nothing
+                with contextlib.suppress(PermanentError):
+                    names = [normalize_ref(str(annotations["org.opencontainers.image.ref.name"]))]
+            out.append(self._finish_import(config_digest, layers, chain, names, "OCI layout"))
+        return out
+
+    def _import_rootfs(self, path: str, ref: str) -> ImageRecord:
+        name = normalize_ref(ref)
+        with open(path, "rb") as f:
+            layer = self.blobs.ingest(f.read)
+        diff_id = diff_id_of(self.blobs.path(layer))
+        config = {
+            "architecture": self.platform.architecture,
+            "os": self.platform.os,
+            "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            },
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created_by": f"pyapply image import {os.path.basename(path)}"}],
+        }
+        if self.platform.variant:
+            config["variant"] = self.platform.variant
+        body = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+        config_digest = self.blobs.put_bytes(body, sha256_bytes(body))
+        return self._finish_import(config_digest, [layer], [], [name], path)
+
+    # -- remove and prune -------------------------------------------------------------------
+
+    def remove(self, ref: str) -> None:
+        """Remove a reference; the image record goes with its last reference. An id (or
+        prefix) removes the image and all its references. Blobs and layers stay until prune.
+        Unknown: NotFound."""
+        with self._edit() as index:
+            image_id = self._find(index, ref)
+            if image_id is None:
+                raise NotFound(f"no such image: {ref}")
+            try:
+                parsed: Reference | None = parse_reference(ref)
+            except PermanentError:
+                parsed = None
+            by_name = parsed is not None and index.refs.get(str(parsed)) == image_id
+            by_digest = parsed is not None and parsed.digest is not None
+            data = index.images[image_id]
+            if by_name and parsed is not None:
+                del index.refs[str(parsed)]
+            elif by_digest and parsed is not None:
+                data["repo_digests"] = [
+                    d for d in data.get("repo_digests") or [] if d != str(parsed)
+                ]
+            else:
+                for r in [r for r, i in index.refs.items() if i == image_id]:
+                    del index.refs[r]
+                data["repo_digests"] = []
+            if not data.get("repo_digests") and image_id not in index.refs.values():
+                del index.images[image_id]
+
+    def prune(self, in_use: set[str]) -> builtins.list[str]:
+        """Remove every image no container uses (`in_use`: image ids or references), then
+        every blob and unpacked layer no remaining image needs, and stale temporary files.
+        Waits for running pulls/imports. Returns the ids of the images removed."""
+        with self._flock("gc.lock", fcntl.LOCK_EX), self._edit() as index:
+            keep = {i for i in (self._find(index, r) for r in in_use) if i}
+            removed = sorted(i for i in index.images if i not in keep)
+            for image_id in removed:
+                del index.images[image_id]
+            index.refs = {r: i for r, i in index.refs.items() if i in index.images}
+            self._collect(index)
+        return removed
+
+    def _collect(self, index: _Index) -> None:
+        blobs: set[str] = set()
+        layers: set[str] = set()
+        for data in index.images.values():
+            blobs.update(data.get("blobs") or ())
+            layers.update(check_digest(d)[1] for d in data.get("diff_ids") or ())
+        for digest in list(self.blobs.digests()):
+            if digest not in blobs:
+                self.blobs.remove(digest)
+        for name in os.listdir(self.layers_dir):
+            if name not in layers:
+                rmtree(os.path.join(self.layers_dir, name))
+        for name in os.listdir(self.tmp_dir):
+            rmtree(os.path.join(self.tmp_dir, name))
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _report(progress: ProgressFn | None, event: PullProgress) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _size(desc: Mapping[str, Any]) -> int | None:
+    size = desc.get("size")
+    return int(size) if isinstance(size, int) and size >= 0 else None
+
+
+def _diff_ids(config: Mapping[str, Any], n_layers: int, where: str) -> list[str]:
+    rootfs = config.get("rootfs") or {}
+    diff_ids = [str(d) for d in rootfs.get("diff_ids") or []]
+    if len(diff_ids) != n_layers:
+        raise PermanentError(
+            f"{where}: the image config lists {len(diff_ids)} layers, the manifest {n_layers}"
+        )
+    for d in diff_ids:
+        check_digest(d)
+    return diff_ids
+
+
+def _norm(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+class _Source:
+    """Files of an archive or a directory, read by relative name."""
+
+    def open(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        raise NotImplementedError
+
+    def read(self, name: str, limit: int = MAX_JSON) -> bytes:
+        with self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise PermanentError(f"{name}: larger than {limit} bytes")
+        return data
+
+
+class _DirSource(_Source):
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def open(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        parts = _norm(name).split("/")
+        if ".." in parts or not parts[0]:
+            raise PermanentError(f"invalid path {name!r} in the OCI layout")
+        path = os.path.join(self.root, *parts)
+        if os.path.islink(path):
+            raise PermanentError(f"{name}: a symlink in the OCI layout; refused")
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise PermanentError(f"{name} is missing from {self.root}") from None
+
+
+class _TarSource(_Source):
+    def __init__(self, tf: tarfile.TarFile) -> None:
+        self.tf = tf
+        self.members = {_norm(m.name): m for m in tf.getmembers()}
+
+    def open(self, name: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        member = self.members.get(_norm(name))
+        if member is None:
+            raise PermanentError(f"{name} is missing from the archive")
+        f = self.tf.extractfile(member)
+        if f is None:
+            raise PermanentError(f"{name} is not a file in the archive")
+        return f

@@ -1,0 +1,205 @@
+"""IP address management for native bridge networks, as pure logic (no I/O).
+
+One `Ipam` holds, per network, its subnet, its gateway and the leases of its containers
+(one address per container per network). It is serialised to a plain JSON-able dict and the
+caller persists it (`NetworkManager` writes it to `<root>/networks/ipam.json` under a lock).
+
+Rules:
+- a network's subnet comes from the config (checked not to overlap another network's) or is
+  the first free `prefix`-sized block of the pool that overlaps neither another network's
+  subnet nor anything in `avoid` (the host's own routes, given by the caller);
+- the gateway is the config's or the first host address;
+- an address is leased to at most one container at a time: an explicit address that is the
+  gateway, outside the subnet, the network or broadcast address, or held by another
+  container is refused; otherwise the lowest free host address is handed out;
+- a lease is freed by `release` and by `reclaim` (containers that no longer exist).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from runtime.base import Conflict, PermanentError
+
+DEFAULT_POOL = "10.89.0.0/16"
+DEFAULT_PREFIX = 24
+
+
+@dataclass
+class SubnetAlloc:
+    """A network's address space and its leases (container name -> address)."""
+
+    subnet: IPv4Network
+    gateway: IPv4Address
+    leases: dict[str, IPv4Address] = field(default_factory=dict)
+
+    def holder(self, address: IPv4Address) -> str | None:
+        for container, leased in self.leases.items():
+            if leased == address:
+                return container
+        return None
+
+
+def _network(text: str) -> IPv4Network:
+    try:
+        return IPv4Network(text, strict=True)
+    except ValueError as e:
+        raise PermanentError(f"invalid IPv4 subnet {text!r}: {e}") from None
+
+
+def _address(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError as e:
+        raise PermanentError(f"invalid IPv4 address {text!r}: {e}") from None
+
+
+class Ipam:
+    """Subnets per network and address leases per container, with no I/O."""
+
+    def __init__(self, pool: str = DEFAULT_POOL, prefix: int = DEFAULT_PREFIX) -> None:
+        self.pool = _network(pool)
+        if not self.pool.prefixlen <= prefix <= 30:
+            raise PermanentError(f"subnet size /{prefix} does not fit the pool {self.pool}")
+        self.prefix = prefix
+        self.subnets: dict[str, SubnetAlloc] = {}
+
+    # -- subnets -------------------------------------------------------------------------
+
+    def allocate_subnet(
+        self,
+        network: str,
+        subnet: str | None = None,
+        gateway: str | None = None,
+        avoid: Iterable[IPv4Network] = (),
+    ) -> SubnetAlloc:
+        """Give `network` a subnet and gateway; idempotent for the same request."""
+        existing = self.subnets.get(network)
+        if existing is not None:
+            if subnet is not None and _network(subnet) != existing.subnet:
+                raise Conflict(f"network {network} already has subnet {existing.subnet}")
+            if gateway is not None and _address(gateway) != existing.gateway:
+                raise Conflict(f"network {network} already has gateway {existing.gateway}")
+            return existing
+        taken = [a.subnet for a in self.subnets.values()]
+        if subnet is not None:
+            net = _network(subnet)
+            if net.prefixlen > 30:
+                raise PermanentError(f"subnet {net} is too small for a network")
+            for other_name, other in self.subnets.items():
+                if net.overlaps(other.subnet):
+                    raise Conflict(f"subnet {net} overlaps {other.subnet} of network {other_name}")
+        else:
+            blocked = [*taken, *avoid]
+            found = next(
+                (
+                    c
+                    for c in self.pool.subnets(new_prefix=self.prefix)
+                    if not any(c.overlaps(b) for b in blocked)
+                ),
+                None,
+            )
+            if found is None:
+                raise PermanentError(f"no free /{self.prefix} subnet left in the pool {self.pool}")
+            net = found
+        gw = _address(gateway) if gateway is not None else next(net.hosts())
+        if gw not in net or gw in (net.network_address, net.broadcast_address):
+            raise PermanentError(f"gateway {gw} is not a host address of {net}")
+        alloc = SubnetAlloc(subnet=net, gateway=gw)
+        self.subnets[network] = alloc
+        return alloc
+
+    def release_subnet(self, network: str) -> None:
+        self.subnets.pop(network, None)
+
+    def get(self, network: str) -> SubnetAlloc:
+        try:
+            return self.subnets[network]
+        except KeyError:
+            raise PermanentError(f"network {network} has no address space") from None
+
+    # -- leases --------------------------------------------------------------------------
+
+    def lease(self, network: str, container: str, address: str | None = None) -> IPv4Address:
+        """Lease an address to `container` on `network`; idempotent for the same container."""
+        alloc = self.get(network)
+        current = alloc.leases.get(container)
+        if address is None:
+            if current is not None:
+                return current
+            used = {alloc.gateway, *alloc.leases.values()}
+            for candidate in alloc.subnet.hosts():
+                if candidate not in used:
+                    alloc.leases[container] = candidate
+                    return candidate
+            raise PermanentError(f"no free address left in {alloc.subnet} (network {network})")
+        wanted = _address(address)
+        if current == wanted:
+            return wanted
+        if current is not None:
+            raise Conflict(f"{container} already holds {current} on network {network}")
+        net = alloc.subnet
+        if wanted not in net or wanted in (net.network_address, net.broadcast_address):
+            raise PermanentError(f"address {wanted} is not a host address of {net}")
+        if wanted == alloc.gateway:
+            raise Conflict(f"address {wanted} is the gateway of network {network}")
+        holder = alloc.holder(wanted)
+        if holder is not None:
+            raise Conflict(f"address {wanted} on network {network} is in use by {holder}")
+        alloc.leases[container] = wanted
+        return wanted
+
+    def release(self, network: str, container: str) -> IPv4Address | None:
+        alloc = self.subnets.get(network)
+        if alloc is None:
+            return None
+        return alloc.leases.pop(container, None)
+
+    def reclaim(self, live_containers: Iterable[str]) -> list[tuple[str, str, IPv4Address]]:
+        """Free every lease whose container is not in `live_containers`."""
+        live = set(live_containers)
+        freed: list[tuple[str, str, IPv4Address]] = []
+        for network, alloc in sorted(self.subnets.items()):
+            for container in sorted(alloc.leases):
+                if container not in live:
+                    freed.append((network, container, alloc.leases.pop(container)))
+        return freed
+
+    # -- (de)serialisation ---------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": str(self.pool),
+            "prefix": self.prefix,
+            "networks": {
+                name: {
+                    "subnet": str(a.subnet),
+                    "gateway": str(a.gateway),
+                    "leases": {c: str(ip) for c, ip in sorted(a.leases.items())},
+                }
+                for name, a in sorted(self.subnets.items())
+            },
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, Any], pool: str | None = None, prefix: int | None = None
+    ) -> Ipam:
+        """Load persisted state; `pool`/`prefix` (if given) apply to future allocations."""
+        ipam = cls(
+            pool or str(data.get("pool", DEFAULT_POOL)),
+            prefix or int(data.get("prefix", DEFAULT_PREFIX)),
+        )
+        for name, entry in dict(data.get("networks", {})).items():
+            ipam.subnets[name] = SubnetAlloc(
+                subnet=ipaddress.IPv4Network(entry["subnet"]),
+                gateway=ipaddress.IPv4Address(entry["gateway"]),
+                leases={
+                    c: ipaddress.IPv4Address(ip) for c, ip in dict(entry.get("leases", {})).items()
+                },
+            )
+        return ipam

@@ -1,0 +1,871 @@
+"""Bridge networks for the native runtime: bridges, veths, IPAM, NAT, ports, names.
+
+Kernel objects are made through netlink with pyroute2; firewall rules through iptables (see
+`firewall.py` for why). State lives under `<root>/networks/`: `networks.json` (networks,
+their endpoints, published ports, registered hosts files) and `ipam.json` (subnets and
+leases), written atomically and only while holding `<root>/networks/.lock`, so concurrent
+pyapply processes serialise their changes.
+
+Names: a network's bridge is `pa-<8 hex>` and an attachment's host-side veth `pav<8 hex>`,
+both hashed from the state root and the names involved, so they are stable across restarts
+and distinct between state roots. Both carry the interface alias `pyapply:<root tag>:...` so
+that `reset()` finds them in the kernel even if the state was lost.
+
+Name resolution: managed /etc/hosts files. `hosts_for(container)` renders the hosts content
+of a container (every endpoint of every network it is on, by container name and aliases —
+the reconciler passes the service name as an alias). A container's runtime registers the
+path of the file it bind-mounts as /etc/hosts (`set_hosts_file` or `attach(hosts_path=)`),
+and every membership change rewrites the files of all containers on the affected network,
+in place (same inode, so the bind mount sees it). Chosen over an embedded DNS responder
+because it needs no long-running process of ours after pyapply exits, nothing listening in
+or for the containers, and no per-network resolver to keep alive across reboots.
+
+Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, with
+`route_localnet=1` on the bridge and a MASQUERADE of 127.0.0.0/8 sources so that
+127.0.0.1:PORT works. Chosen over a userland proxy for the same reason: nothing of ours has
+to keep running once pyapply exits, and it is what the kernel already does for docker's
+bridge networks without the proxy.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, ip_network
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from pyroute2 import IPRoute, NetNS  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+
+from runtime.base import (
+    Conflict,
+    NetworkConfig,
+    NetworkState,
+    NotFound,
+    PermanentError,
+    PortBinding,
+    RuntimeFailure,
+    TransientError,
+)
+from runtime.native import firewall
+from runtime.native.firewall import Firewall
+from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
+
+DEFAULT_ROOT = "/var/lib/pyapply"
+ALIAS_PREFIX = "pyapply:"
+
+
+def default_root() -> str:
+    return os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+    """Errors leave as the runtime taxonomy: netlink and OS errors become PermanentError
+    (TransientError when the kernel says busy / try again)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeFailure:
+            raise
+        except (NetlinkError, OSError) as e:
+            code = getattr(e, "code", None) or getattr(e, "errno", None)
+            cls = TransientError if code in (errno.EBUSY, errno.EAGAIN) else PermanentError
+            raise cls(f"{fn.__name__}: {e}") from e
+
+    return wrapper
+
+
+def _h8(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to `path` atomically (temp file, fsync, rename, fsync of the directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise PermanentError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise PermanentError(f"{path} is not a JSON object")
+    return data
+
+
+def write_in_place(path: str, content: str) -> None:
+    """Rewrite a file keeping its inode (a bind-mounted /etc/hosts must stay the same file)."""
+    data = content.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _State:
+    """Everything persisted, loaded and saved as one transaction."""
+
+    networks: dict[str, dict[str, Any]]
+    hosts_files: dict[str, dict[str, str | None]]  # container -> {path, hostname}
+    ipam: Ipam
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    container: str
+    network: str
+    ip: str
+    binding: PortBinding
+
+
+@dataclass
+class _Changes:
+    """Networks whose members changed during a transaction (their hosts files are redone)."""
+
+    networks: set[str] = field(default_factory=set)
+    containers: set[str] = field(default_factory=set)
+
+
+class NetworkManager:
+    """Bridge networks, attachments, published ports and hosts files of one state root."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        pool: str = DEFAULT_POOL,
+        prefix: int = DEFAULT_PREFIX,
+        iptables: str = "iptables",
+    ) -> None:
+        self.root = Path(root if root is not None else default_root()).resolve()
+        self.dir = self.root / "networks"
+        self.pool = pool
+        self.prefix = prefix
+        self.firewall = Firewall(iptables)
+        self.tag = _h8(str(self.root))
+        self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
+
+    # -- naming ------------------------------------------------------------------------
+
+    def bridge_name(self, network: str) -> str:
+        return f"{firewall.BRIDGE_PREFIX}{_h8(str(self.root), network)}"
+
+    def veth_name(self, network: str, container: str) -> str:
+        return f"pav{_h8(str(self.root), network, container)}"
+
+    # -- state -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[_State]:
+        """Hold the state lock; yield the state; save it if the block succeeds."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                data = _read_json(self.dir / "networks.json")
+                ipam_data = _read_json(self.dir / "ipam.json")
+                state = _State(
+                    networks=dict(data.get("networks", {})),
+                    hosts_files=dict(data.get("hosts_files", {})),
+                    ipam=Ipam.from_json(ipam_data, self.pool, self.prefix)
+                    if ipam_data
+                    else Ipam(self.pool, self.prefix),
+                )
+                before = json.dumps(
+                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
+                )
+                _repair(state)
+                yield state
+                after = json.dumps(
+                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
+                )
+                if after != before:
+                    atomic_write_json(self.dir / "ipam.json", state.ipam.to_json())
+                    atomic_write_json(
+                        self.dir / "networks.json",
+                        {"networks": state.networks, "hosts_files": state.hosts_files},
+                    )
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _peek(self) -> _State:
+        """A consistent snapshot for reading (creates nothing when there is no state)."""
+        if not self.dir.is_dir():
+            return _State(networks={}, hosts_files={}, ipam=Ipam(self.pool, self.prefix))
+        with self._locked() as st:
+            return st
+
+    # -- networks ----------------------------------------------------------------------
+
+    @_translated
+    def create(self, config: NetworkConfig) -> NetworkState:
+        """Create the network (bridge, address, rules); an identical existing one is made
+        sure of (recreated in the kernel if needed) and returned."""
+        if config.driver not in ("bridge", ""):
+            raise PermanentError(f"network driver {config.driver!r} is not supported (bridge only)")
+        with self._locked() as st:
+            rec = st.networks.get(config.name)
+            created = rec is None
+            if rec is not None:
+                if (
+                    dict(rec["labels"]) != dict(config.labels)
+                    or bool(rec["internal"]) != config.internal
+                ):
+                    raise Conflict(f"network {config.name} exists with other labels or settings")
+                if config.subnet is not None and ip_network(config.subnet) != ip_network(
+                    rec["subnet"]
+                ):
+                    raise Conflict(f"network {config.name} exists with subnet {rec['subnet']}")
+            # the host lock makes choosing the subnet and making the bridge (whose route
+            # the next choice avoids, in whichever state root) one step
+            with firewall.host_lock():
+                if rec is None:
+                    rec = self._new_record(st, config)
+                try:
+                    self._ensure_kernel(rec)
+                except BaseException:
+                    if created:
+                        self._teardown_network(rec)
+                        st.networks.pop(config.name, None)
+                        st.ipam.release_subnet(config.name)
+                    raise
+            return self._state_of(rec)
+
+    def _new_record(self, st: _State, config: NetworkConfig) -> dict[str, Any]:
+        bridge = self.bridge_name(config.name)
+        for other_name, other in st.networks.items():
+            if other["bridge"] == bridge:  # a 32-bit hash collision
+                raise Conflict(f"bridge name {bridge} is taken by network {other_name}")
+        avoid = [] if config.subnet else self._host_routes()
+        alloc = st.ipam.allocate_subnet(config.name, config.subnet, config.gateway, avoid)
+        rec: dict[str, Any] = {
+            "id": uuid.uuid4().hex + uuid.uuid4().hex,
+            "name": config.name,
+            "driver": "bridge",
+            "bridge": bridge,
+            "internal": config.internal,
+            "labels": dict(config.labels),
+            "subnet": str(alloc.subnet),
+            "gateway": str(alloc.gateway),
+            "endpoints": {},
+            "ports": [],
+        }
+        st.networks[config.name] = rec
+        return rec
+
+    @_translated
+    def ensure(self, name: str) -> None:
+        """Recreate the kernel objects and rules of an existing network (after a reboot)."""
+        with self._locked() as st:
+            rec = st.networks.get(name)
+            if rec is None:
+                raise NotFound(f"network {name} not found")
+            self._ensure_kernel(rec)
+
+    def _host_routes(self) -> list[IPv4Network]:
+        """Destinations already routed on the host (docker's bridges, the LAN...)."""
+        nets: list[IPv4Network] = []
+        with IPRoute() as ipr:
+            for r in ipr.get_routes(family=socket.AF_INET):
+                dst = r.get("dst")
+                plen = r["dst_len"]
+                if dst and plen > 0:
+                    with contextlib.suppress(ValueError):
+                        nets.append(IPv4Network(f"{dst}/{plen}", strict=False))
+        return nets
+
+    def _ensure_kernel(self, rec: Mapping[str, Any]) -> None:
+        bridge = rec["bridge"]
+        subnet = IPv4Network(rec["subnet"])
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=bridge)
+            if not idx:
+                try:
+                    ipr.link("add", ifname=bridge, kind="bridge")
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise PermanentError(f"cannot create bridge {bridge}: {e}") from None
+                idx = ipr.link_lookup(ifname=bridge)
+            index = idx[0]
+            ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
+            have = {
+                (a.get("address"), a["prefixlen"])
+                for a in ipr.get_addr(index=index, family=socket.AF_INET)
+            }
+            if (rec["gateway"], subnet.prefixlen) not in have:
+                try:
+                    ipr.addr("add", index=index, address=rec["gateway"], prefixlen=subnet.prefixlen)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
+            ipr.link("set", index=index, state="up")
+        firewall.set_sysctl("net/ipv4/ip_forward", "1")
+        firewall.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
+        rules = firewall.network_rules(bridge, subnet, bool(rec["internal"]))
+        for port in rec["ports"]:
+            rules += firewall.port_rules(
+                bridge, port["container"], IPv4Address(port["ip"]), _binding(port["binding"])
+            )
+        self.firewall.add(rules)
+
+    @_translated
+    def remove(self, name: str) -> None:
+        """Remove the network: bridge, rules, leases. Gone is success; a network with live
+        endpoints is a Conflict (endpoints whose veth vanished are dropped first)."""
+        with self._locked() as st:
+            rec = st.networks.get(name)
+            if rec is None:
+                return
+            with IPRoute() as ipr:
+                for container, ep in list(rec["endpoints"].items()):
+                    if not ipr.link_lookup(ifname=ep["veth"]):
+                        del rec["endpoints"][container]
+                        st.ipam.release(name, container)
+            if rec["endpoints"]:
+                raise Conflict(
+                    f"network {name} has attached containers: {', '.join(sorted(rec['endpoints']))}"
+                )
+            self._teardown_network(rec)
+            del st.networks[name]
+            st.ipam.release_subnet(name)
+
+    def _teardown_network(self, rec: Mapping[str, Any]) -> None:
+        bridge = rec["bridge"]
+        with IPRoute() as ipr:
+            for ep in rec["endpoints"].values():
+                _del_link(ipr, ep["veth"])
+            _del_link(ipr, bridge)
+        self.firewall.delete_tagged(
+            comments=[firewall.network_comment(bridge)],
+            prefixes=[firewall.network_comment(bridge) + ":"],
+        )
+
+    def get(self, name: str) -> NetworkState | None:
+        rec = self._peek().networks.get(name)
+        return None if rec is None else self._state_of(rec)
+
+    def list(self, labels: Mapping[str, str] | None = None) -> list[NetworkState]:
+        wanted = dict(labels or {})
+        out = []
+        for rec in self._peek().networks.values():
+            have = rec["labels"]
+            if all(k in have and (v == "" or have[k] == v) for k, v in wanted.items()):
+                out.append(self._state_of(rec))
+        return sorted(out, key=lambda s: s.name)
+
+    @staticmethod
+    def _state_of(rec: Mapping[str, Any]) -> NetworkState:
+        return NetworkState(
+            id=rec["id"],
+            name=rec["name"],
+            driver=rec["driver"],
+            internal=bool(rec["internal"]),
+            labels=dict(rec["labels"]),
+            subnet=rec["subnet"],
+            containers=tuple(sorted(rec["endpoints"])),
+        )
+
+    # -- attachments -------------------------------------------------------------------
+
+    @_translated
+    def attach(
+        self,
+        network: str,
+        container_name: str,
+        netns_path: str,
+        aliases: Iterable[str] = (),
+        ipv4_address: str | None = None,
+        *,
+        hosts_path: str | None = None,
+        hostname: str | None = None,
+    ) -> str:
+        """Attach a container (its network namespace: a path such as /run/netns/X or
+        /proc/PID/ns/net, or a name under /run/netns) to `network`; return its address.
+        Attaching the same container again is idempotent (the veth is remade if gone).
+        `hosts_path`/`hostname`: as for `set_hosts_file`."""
+        nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
+        if not os.path.exists(nspath):
+            raise NotFound(f"network namespace {nspath} does not exist")
+        with self._locked() as st:
+            rec = st.networks.get(network)
+            if rec is None:
+                raise NotFound(f"network {network} not found")
+            if hosts_path is not None:
+                st.hosts_files[container_name] = {"path": hosts_path, "hostname": hostname}
+            veth = self.veth_name(network, container_name)
+            ep = rec["endpoints"].get(container_name)
+            if ep is not None and ep["netns"] == nspath and _link_exists(veth):
+                if ipv4_address is not None and ipv4_address != ep["ip"]:
+                    raise Conflict(f"{container_name} is attached to {network} as {ep['ip']}")
+                ep["aliases"] = sorted(set(aliases))
+                self._rewrite_hosts(st, {network}, {container_name})
+                return str(ep["ip"])
+            if ep is not None:  # stale: the namespace changed (container recreated) or veth gone
+                with IPRoute() as ipr:
+                    _del_link(ipr, veth)
+                if ipv4_address is not None and ipv4_address != ep["ip"]:
+                    st.ipam.release(network, container_name)
+            self._ensure_kernel(rec)
+            ip = st.ipam.lease(network, container_name, ipv4_address)
+            try:
+                ifname, default_route = self._plumb(rec, veth, nspath, ip)
+            except BaseException:
+                with IPRoute() as ipr:
+                    _del_link(ipr, veth)
+                st.ipam.release(network, container_name)
+                rec["endpoints"].pop(container_name, None)
+                raise
+            rec["endpoints"][container_name] = {
+                "ip": str(ip),
+                "veth": veth,
+                "ifname": ifname,
+                "netns": nspath,
+                "aliases": sorted(set(aliases)),
+                "default_route": default_route,
+            }
+            self._rewrite_hosts(st, {network}, {container_name})
+            return str(ip)
+
+    def _plumb(
+        self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
+    ) -> tuple[str, bool]:
+        bridge = rec["bridge"]
+        peer = "pap" + veth[3:]
+        prefixlen = IPv4Network(rec["subnet"]).prefixlen
+        nsfd = os.open(nspath, os.O_RDONLY)
+        try:
+            with IPRoute() as ipr:
+                _del_link(ipr, veth)
+                _del_link(ipr, peer)
+                try:
+                    ipr.link(
+                        "add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": nsfd}
+                    )
+                except NetlinkError as e:
+                    raise PermanentError(f"cannot create veth {veth}: {e}") from None
+                index = ipr.link_lookup(ifname=veth)[0]
+                master = ipr.link_lookup(ifname=bridge)[0]
+                ipr.link(
+                    "set", index=index, master=master, ifalias=f"{self.alias_prefix}{rec['name']}"
+                )
+                ipr.link("set", index=index, state="up")
+        finally:
+            os.close(nsfd)
+        with NetNS(nspath, flags=0) as ns:
+            names = {link.get("ifname") for link in ns.get_links()}
+            n = 0
+            while f"eth{n}" in names:
+                n += 1
+            ifname = f"eth{n}"
+            pidx = ns.link_lookup(ifname=peer)[0]
+            ns.link("set", index=pidx, ifname=ifname)
+            ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
+            ns.link("set", index=pidx, state="up")
+            lo = ns.link_lookup(ifname="lo")
+            if lo:
+                ns.link("set", index=lo[0], state="up")
+            default_route = False
+            if not rec["internal"]:
+                has_default = any(
+                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET, table=254)
+                )
+                if not has_default:
+                    ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
+                    default_route = True
+        return ifname, default_route
+
+    @_translated
+    def detach(self, network: str, container_name: str) -> None:
+        """Detach a container: its veth, lease and published ports on `network`.
+        Not attached is success."""
+        with self._locked() as st:
+            rec = st.networks.get(network)
+            if rec is None:
+                return
+            ep = rec["endpoints"].get(container_name)
+            self._drop_endpoint(st, rec, container_name)
+            if ep is not None and ep.get("default_route"):
+                self._move_default_route(st, container_name, ep["netns"])
+            self._rewrite_hosts(st, {network}, {container_name})
+
+    def _move_default_route(self, st: _State, container: str, nspath: str) -> None:
+        """The network that gave a container its default route is gone: give it one via
+        another non-internal network it is still on, if any."""
+        for rec in sorted(st.networks.values(), key=lambda r: str(r["name"])):
+            ep = rec["endpoints"].get(container)
+            if rec["internal"] or ep is None or ep["netns"] != nspath:
+                continue
+            try:
+                with NetNS(nspath, flags=0) as ns:
+                    idx = ns.link_lookup(ifname=ep["ifname"])
+                    routes = ns.get_routes(family=socket.AF_INET, table=254)
+                    if idx and not any(r["dst_len"] == 0 for r in routes):
+                        ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=idx[0])
+                        ep["default_route"] = True
+            except (OSError, NetlinkError):
+                return  # the namespace is gone: nothing to route
+            return
+
+    def _drop_endpoint(self, st: _State, rec: dict[str, Any], container: str) -> None:
+        ep = rec["endpoints"].pop(container, None)
+        with IPRoute() as ipr:
+            _del_link(ipr, ep["veth"] if ep else self.veth_name(rec["name"], container))
+        st.ipam.release(rec["name"], container)
+        kept = [p for p in rec["ports"] if p["container"] != container]
+        if len(kept) != len(rec["ports"]):
+            rec["ports"] = kept
+            self.firewall.delete_tagged(comments=[firewall.port_comment(rec["bridge"], container)])
+
+    @_translated
+    def reclaim(self, live_container_names: Iterable[str]) -> builtins.list[tuple[str, str]]:
+        """Drop the endpoints, leases and ports of containers that no longer exist;
+        return (network, container) pairs reclaimed."""
+        live = set(live_container_names)
+        gone: list[tuple[str, str]] = []
+        with self._locked() as st:
+            changed: set[str] = set()
+            for name, rec in st.networks.items():
+                for container in sorted(rec["endpoints"]):
+                    if container not in live:
+                        self._drop_endpoint(st, rec, container)
+                        gone.append((name, container))
+                        changed.add(name)
+            for network, container, _ip in st.ipam.reclaim(live):
+                if (network, container) not in gone:
+                    gone.append((network, container))
+            for container in [c for c in st.hosts_files if c not in live]:
+                del st.hosts_files[container]
+            self._rewrite_hosts(st, changed, set())
+        return sorted(gone)
+
+    # -- published ports ---------------------------------------------------------------
+
+    @_translated
+    def publish(self, container_name: str, ip: str, binding: PortBinding) -> PortBinding:
+        """Publish `binding` to the container's address `ip` (on one of its networks);
+        return the binding with its host port resolved. IPv4 only: a host_ip of "::" is
+        taken as "all addresses", any other IPv6 address is refused."""
+        addr = _ipv4(ip)
+        if binding.host_ip == "::":
+            binding = PortBinding(binding.container_port, binding.protocol, "", binding.host_port)
+        elif binding.host_ip:
+            _ipv4(binding.host_ip)
+        with self._locked() as st:
+            rec = next(
+                (
+                    r
+                    for r in st.networks.values()
+                    if container_name in r["endpoints"]
+                    and r["endpoints"][container_name]["ip"] == str(addr)
+                ),
+                None,
+            )
+            if rec is None:
+                raise NotFound(f"{container_name} has no address {ip} on any network")
+            proto = binding.protocol.lower()
+            for r in st.networks.values():
+                for p in r["ports"]:
+                    other = _binding(p["binding"])
+                    if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
+                        other, binding
+                    ):
+                        # already there; its rule too (remade if the rules were flushed)
+                        self.firewall.add(
+                            firewall.port_rules(rec["bridge"], container_name, addr, other)
+                        )
+                        return other
+                    if (
+                        binding.host_port is not None
+                        and other.host_port == binding.host_port
+                        and other.protocol == proto
+                        and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
+                    ):
+                        raise Conflict(
+                            f"host port {binding.host_port}/{proto} is already published "
+                            f"for {p['container']}"
+                        )
+            with firewall.host_lock():
+                # ports published by other state roots hold no socket: ask our DNAT chain
+                in_use = self.firewall.dnat_ports()
+                if binding.host_port is not None and (proto, binding.host_port) in in_use:
+                    raise Conflict(f"host port {binding.host_port}/{proto} is already published")
+                for _ in range(50):
+                    host_port = _check_port(binding.host_ip, binding.host_port, proto)
+                    if (proto, host_port) not in in_use:
+                        break
+                resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
+                self.firewall.add(
+                    firewall.port_rules(rec["bridge"], container_name, addr, resolved)
+                )
+            rec["ports"].append(
+                {
+                    "container": container_name,
+                    "ip": str(addr),
+                    "binding": _binding_json(resolved),
+                    "requested": _binding_json(binding),
+                }
+            )
+            return resolved
+
+    @_translated
+    def unpublish(self, container_name: str, binding: PortBinding | None = None) -> None:
+        """Remove one published port of a container (or all of them)."""
+        with self._locked() as st:
+            for rec in st.networks.values():
+                mine = [p for p in rec["ports"] if p["container"] == container_name]
+                drop = [
+                    p
+                    for p in mine
+                    if binding is None
+                    or _same_port(_binding(p["binding"]), binding)
+                    or _same_port(_binding(p["requested"]), binding)
+                ]
+                if not drop:
+                    continue
+                rec["ports"] = [p for p in rec["ports"] if p not in drop]
+                self.firewall.delete_tagged(
+                    comments=[firewall.port_comment(rec["bridge"], container_name)]
+                )
+                remaining = [p for p in rec["ports"] if p["container"] == container_name]
+                if remaining:
+                    rules = []
+                    for p in remaining:
+                        rules += firewall.port_rules(
+                            rec["bridge"],
+                            container_name,
+                            IPv4Address(p["ip"]),
+                            _binding(p["binding"]),
+                        )
+                    self.firewall.add(rules)
+
+    def published(self, container_name: str | None = None) -> builtins.list[PublishedPort]:
+        out = []
+        for name, rec in self._peek().networks.items():
+            for p in rec["ports"]:
+                if container_name in (None, p["container"]):
+                    out.append(PublishedPort(p["container"], name, p["ip"], _binding(p["binding"])))
+        return out
+
+    # -- names -------------------------------------------------------------------------
+
+    @_translated
+    def set_hosts_file(
+        self, container_name: str, path: str | None, hostname: str | None = None
+    ) -> None:
+        """Register (or with None forget) the file a container has as /etc/hosts (and its
+        hostname, listed with its own address); the file is written now and rewritten
+        whenever the membership of the container's networks changes."""
+        with self._locked() as st:
+            if path is None:
+                st.hosts_files.pop(container_name, None)
+                return
+            st.hosts_files[container_name] = {"path": path, "hostname": hostname}
+            self._rewrite_hosts(st, set(), {container_name})
+
+    def hosts_for(self, container_name: str, hostname: str | None = None) -> str:
+        """The /etc/hosts content for a container (`hostname` defaults to the one
+        registered with its hosts file)."""
+        st = self._peek()
+        if hostname is None:
+            hostname = st.hosts_files.get(container_name, {}).get("hostname")
+        return _render_hosts(st, container_name, hostname)
+
+    def _rewrite_hosts(self, st: _State, networks: set[str], containers: set[str]) -> None:
+        targets = set(containers)
+        for name in networks:
+            rec = st.networks.get(name)
+            if rec is not None:
+                targets |= set(rec["endpoints"])
+        for container in sorted(targets):
+            entry = st.hosts_files.get(container)
+            path = entry.get("path") if entry else None
+            if not entry or not path or not os.path.isdir(os.path.dirname(path) or "/"):
+                continue
+            with contextlib.suppress(OSError):
+                write_in_place(path, _render_hosts(st, container, entry.get("hostname")))
+
+    # -- everything --------------------------------------------------------------------
+
+    @_translated
+    def reset(self) -> None:
+        """Remove everything this state root made: veths, bridges, rules, state."""
+        bridges: set[str] = set()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._locked() as st:
+            for rec in st.networks.values():
+                bridges.add(rec["bridge"])
+                with IPRoute() as ipr:
+                    for ep in rec["endpoints"].values():
+                        _del_link(ipr, ep["veth"])
+            with IPRoute() as ipr:
+                # anything carrying our alias, even if the state forgot it
+                links = [
+                    (link.get("ifname"), link.get("ifalias") or "", link.get("kind"))
+                    for link in ipr.get_links()
+                ]
+                for ifname, alias, _kind in links:
+                    if alias.startswith(self.alias_prefix) and ifname.startswith("pav"):
+                        _del_link(ipr, ifname)
+                for ifname, alias, _kind in links:
+                    if alias.startswith(self.alias_prefix) and ifname.startswith(
+                        firewall.BRIDGE_PREFIX
+                    ):
+                        bridges.add(ifname)
+                for bridge in bridges:
+                    _del_link(ipr, bridge)
+            comments = [firewall.network_comment(b) for b in sorted(bridges)]
+            self.firewall.delete_tagged(comments=comments, prefixes=[c + ":" for c in comments])
+            st.networks.clear()
+            st.hosts_files.clear()
+            st.ipam.subnets.clear()
+        for leftover in ("networks.json", "ipam.json", ".lock"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / leftover).unlink()
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+def _repair(st: _State) -> None:
+    """Make the two files agree again if a crash came between their writes: the network
+    records (with their endpoints) are the reference for the IPAM's subnets and leases."""
+    for name in [n for n in st.ipam.subnets if n not in st.networks]:
+        st.ipam.release_subnet(name)
+    for name, rec in st.networks.items():
+        alloc = st.ipam.subnets.get(name)
+        if alloc is None:
+            alloc = st.ipam.allocate_subnet(name, rec["subnet"], rec["gateway"])
+        for container in [c for c in alloc.leases if c not in rec["endpoints"]]:
+            del alloc.leases[container]
+        for container, ep in rec["endpoints"].items():
+            alloc.leases[container] = IPv4Address(ep["ip"])
+
+
+def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    own: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    body: list[str] = []
+    for name in sorted(st.networks):
+        rec = st.networks[name]
+        if container not in rec["endpoints"]:
+            continue
+        body.append(f"# network {name}")
+        for member in sorted(rec["endpoints"]):
+            ep = rec["endpoints"][member]
+            names = [member, *[a for a in ep["aliases"] if a != member]]
+            if member == container and hostname and hostname not in names:
+                names.append(hostname)
+            if member == container and not own:
+                own = [ep["ip"], *names]
+            key = (ep["ip"], " ".join(names))
+            if key not in seen:
+                seen.add(key)
+                body.append(f"{ep['ip']}\t{' '.join(names)}")
+    if not own and hostname:
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join([*lines, *body]) + "\n"
+
+
+def _binding_json(b: PortBinding) -> dict[str, Any]:
+    return {
+        "container_port": b.container_port,
+        "protocol": b.protocol.lower(),
+        "host_ip": b.host_ip,
+        "host_port": b.host_port,
+    }
+
+
+def _binding(d: Mapping[str, Any]) -> PortBinding:
+    return PortBinding(
+        container_port=int(d["container_port"]),
+        protocol=str(d["protocol"]),
+        host_ip=str(d["host_ip"]),
+        host_port=None if d["host_port"] is None else int(d["host_port"]),
+    )
+
+
+def _same_port(a: PortBinding, b: PortBinding) -> bool:
+    return (
+        a.container_port == b.container_port
+        and a.protocol.lower() == b.protocol.lower()
+        and a.host_ip == b.host_ip
+        and (b.host_port is None or a.host_port == b.host_port)
+    )
+
+
+def _ipv4(text: str) -> IPv4Address:
+    try:
+        return IPv4Address(text)
+    except ValueError:
+        raise PermanentError(f"{text!r} is not an IPv4 address (IPv6 is not supported)") from None
+
+
+def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
+    """Return a host port that nothing on the host holds now (bind test): the one asked
+    for (taken: Conflict) or, for None, a free one from the kernel."""
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host_ip if host_ip not in ("", "0.0.0.0") else "", host_port or 0))
+        except OSError as e:
+            raise Conflict(
+                f"host port {host_ip or '0.0.0.0'}:{host_port}/{proto} is taken: {e}"
+            ) from None
+        return int(s.getsockname()[1])
+
+
+def _link_exists(ifname: str) -> bool:
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=ifname))
+
+
+def _del_link(ipr: Any, ifname: str) -> None:
+    for index in ipr.link_lookup(ifname=ifname):
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise RuntimeFailure(f"cannot delete {ifname}: {e}") from None

@@ -1,0 +1,684 @@
+"""An OCI distribution (Docker Registry HTTP API v2) client: references, platforms, auth,
+manifests and blobs. Standard library only (http.client).
+
+- References: `busybox` -> `docker.io/library/busybox:latest`; `host[:port]/a/b:tag`,
+  `name@sha256:...`. A first component with a `.` or `:`, or `localhost`, is a registry.
+- Transport: HTTPS with verified certificates by default. Registries named in `insecure`
+  (`host`, `host:port` or a CIDR such as `10.0.0.0/8`) and loopback addresses (as dockerd
+  does; `insecure_loopback=False` turns that off) are tried over HTTPS without verification
+  first, then plain HTTP; the scheme that answered is remembered. `ca_file` adds trusted CAs.
+  No proxy from the environment.
+- Auth: anonymous first; on 401 the `WWW-Authenticate` challenge decides: `Basic` sends the
+  configured credentials, `Bearer realm=...,service=...,scope=...` fetches a token from the
+  realm (with the credentials, if any) and retries. Credentials: the `credentials` argument
+  (host -> (user, password)), then `auths` of `$DOCKER_CONFIG/config.json` or
+  `~/.docker/config.json`.
+- Errors: connection refused/reset, timeouts, 5xx and 429 are TransientError; 401/403 after
+  authenticating are PermanentError; 404 and MANIFEST_UNKNOWN/NAME_UNKNOWN/BLOB_UNKNOWN are
+  NotFound; other 4xx are PermanentError with the registry's own message.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import ipaddress
+import json
+import os
+import platform as _platform
+import re
+import socket
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.base import NotFound, PermanentError, TransientError
+from runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+DOCKER_HUB_AUTH_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io")
+
+MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MT_DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+MANIFEST_TYPES = (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST)
+INDEX_TYPES = (MT_DOCKER_LIST, MT_OCI_INDEX)
+ACCEPT = ", ".join((MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST))
+MAX_MANIFEST = 4 << 20
+USER_AGENT = "pyapply-native/0.1"
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DOMAIN_RE = re.compile(r"^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+
+
+# ---------------------------------------------------------------------------------------------
+# References
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # host[:port], "docker.io" for Docker Hub
+    repository: str  # "library/busybox"
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """registry/repository, e.g. docker.io/library/busybox."""
+        return f"{self.registry}/{self.repository}"
+
+    @property
+    def reference(self) -> str:
+        """What goes after /manifests/: the digest if any, else the tag."""
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        if self.digest:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag or 'latest'}"
+
+    def with_digest(self, digest: str) -> Reference:
+        return Reference(self.registry, self.repository, None, digest)
+
+
+def parse_reference(ref: str) -> Reference:
+    """Parse an image reference; PermanentError when it is not one."""
+    text = ref.strip()
+    if not text:
+        raise PermanentError("empty image reference")
+    rest, digest = text, None
+    if "@" in rest:
+        rest, digest = rest.split("@", 1)
+        try:
+            check_digest(digest)
+        except PermanentError:
+            raise PermanentError(f"invalid image reference {ref!r}: bad digest") from None
+    tag = None
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG_RE.match(tag):
+            raise PermanentError(f"invalid image reference {ref!r}: bad tag {tag!r}")
+    first, sep, remainder = rest.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, remainder
+        if not _DOMAIN_RE.match(registry):
+            raise PermanentError(f"invalid image reference {ref!r}: bad registry {registry!r}")
+    else:
+        registry, path = DOCKER_HUB, rest
+    if registry in ("index.docker.io", "registry-1.docker.io"):
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in path:
+        path = "library/" + path
+    if not _PATH_RE.match(path):
+        raise PermanentError(
+            f"invalid image reference {ref!r}: repository names are lowercase letters, "
+            "digits and separators"
+        )
+    if tag is None and digest is None:
+        tag = "latest"
+    return Reference(registry, path, tag, digest)
+
+
+def normalize_ref(ref: str) -> str:
+    return str(parse_reference(ref))
+
+
+def _hostname(host: str) -> str:
+    """host[:port] -> host (IPv6 in brackets keeps them)."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    if host.count(":") == 1:
+        return host.split(":")[0]
+    return host
+
+
+def is_loopback(host: str) -> bool:
+    h = _hostname(host).strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Platforms
+
+_ARCH_ALIASES = {
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv8l": "arm",
+    "armv7l": "arm",
+    "armv7": "arm",
+    "armv6l": "arm",
+    "armhf": "arm",
+    "i386": "386",
+    "i686": "386",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+def parse_platform(text: str) -> Platform:
+    parts = text.split("/")
+    if len(parts) < 2 or len(parts) > 3 or not all(parts):
+        raise PermanentError(f"invalid platform {text!r}: expected os/arch[/variant]")
+    arch = _ARCH_ALIASES.get(parts[1], parts[1])
+    return Platform(parts[0], arch, parts[2] if len(parts) == 3 else None)
+
+
+def host_platform() -> Platform:
+    machine = _platform.machine().lower()
+    arch = _ARCH_ALIASES.get(machine, machine)
+    variant = None
+    if arch == "arm64":
+        variant = "v8"
+    elif arch == "arm":
+        variant = {"armv6l": "v6"}.get(machine, "v7")
+    return Platform("linux", arch, variant)
+
+
+def _variant_rank(want: Platform, got: str | None) -> int | None:
+    """How well a manifest's variant fits: 0 exact, 1 unspecified, 2+ older compatible
+    (arm v7 runs v6/v5), None not usable."""
+    if got == want.variant:
+        return 0
+    if not got or not want.variant:
+        return 1
+    if want.architecture == "arm" and got.startswith("v") and want.variant.startswith("v"):
+        try:
+            w, g = int(want.variant[1:]), int(got[1:])
+        except ValueError:
+            return None
+        return 2 + (w - g) if g < w else None
+    return None
+
+
+def select_platform(index: Mapping[str, Any], want: Platform) -> dict[str, Any]:
+    """The manifest descriptor of an index/manifest list that fits `want` best."""
+    best: tuple[int, dict[str, Any]] | None = None
+    seen: list[str] = []
+    for desc in index.get("manifests") or []:
+        plat = desc.get("platform") or {}
+        os_, arch = plat.get("os", ""), plat.get("architecture", "")
+        seen.append("/".join(p for p in (os_, arch, plat.get("variant")) if p))
+        if os_ != want.os or _ARCH_ALIASES.get(arch, arch) != want.architecture:
+            continue
+        rank = _variant_rank(want, plat.get("variant"))
+        if rank is not None and (best is None or rank < best[0]):
+            best = (rank, desc)
+    if best is None:
+        raise NotFound(
+            f"no image for platform {want} in the index (it has: {', '.join(seen) or 'none'})"
+        )
+    return best[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Auth
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str  # "basic" | "bearer"
+    params: Mapping[str, str]
+
+
+_PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    header = header.strip()
+    if not header:
+        return None
+    scheme, _, rest = header.partition(" ")
+    params = {
+        m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3) or "")
+        for m in _PARAM_RE.finditer(rest)
+    }
+    params = {k: re.sub(r"\\(.)", r"\1", v) for k, v in params.items()}
+    return Challenge(scheme.lower(), params)
+
+
+def docker_config_credentials(path: str | None = None) -> dict[str, tuple[str, str]]:
+    """host -> (user, password) from a docker config.json's `auths` (credential helpers are
+    not consulted). Missing or unreadable: no credentials."""
+    if path is None:
+        base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+        path = os.path.join(base, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, tuple[str, str]] = {}
+    auths = data.get("auths") if isinstance(data, dict) else None
+    for key, entry in (auths or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        user, pw = entry.get("username"), entry.get("password")
+        if entry.get("auth"):
+            try:
+                user, _, pw = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
+            except (ValueError, UnicodeDecodeError):
+                continue
+        if not user:
+            continue
+        host = urllib.parse.urlsplit(key).netloc if "://" in key else key.split("/")[0]
+        out[host] = (str(user), str(pw or ""))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP
+
+
+class _Response:
+    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> None:
+        self.conn = conn
+        self.resp = resp
+        self.status = resp.status
+        self.headers = resp.headers
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.resp.read(n)
+        except (http.client.IncompleteRead, OSError) as e:
+            raise TransientError(f"connection lost while reading from the registry: {e}") from e
+
+    def read_all(self, limit: int) -> bytes:
+        data = self.read(limit + 1)
+        if len(data) > limit:
+            raise PermanentError(f"registry response larger than {limit} bytes")
+        return data
+
+    def close(self) -> None:
+        self.resp.close()
+        self.conn.close()
+
+
+def _error_detail(body: bytes) -> tuple[set[str], str]:
+    try:
+        errors = json.loads(body).get("errors") or []
+        codes = {str(e.get("code", "")) for e in errors}
+        msg = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+        return codes, msg
+    except (ValueError, AttributeError):
+        return set(), body[:200].decode("utf-8", "replace").strip()
+
+
+Progress = Callable[[int], None]
+
+
+class RegistryClient:
+    """A thread-safe registry client (parallel blob fetches share tokens)."""
+
+    def __init__(
+        self,
+        credentials: Mapping[str, tuple[str, str]] | None = None,
+        insecure: Iterable[str] = (),
+        timeout: float = 60.0,
+        docker_config: bool = True,
+        ca_file: str | None = None,
+        insecure_loopback: bool = True,
+    ) -> None:
+        self.credentials: dict[str, tuple[str, str]] = {}
+        if docker_config:
+            self.credentials.update(docker_config_credentials())
+        self.credentials.update(credentials or {})
+        self.insecure: set[str] = set()
+        self.insecure_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in insecure:
+            if "/" in entry:
+                try:
+                    self.insecure_nets.append(ipaddress.ip_network(entry, strict=False))
+                    continue
+                except ValueError:
+                    raise PermanentError(f"invalid insecure registry {entry!r}") from None
+            self.insecure.add(entry.lower())
+        self.insecure_loopback = insecure_loopback
+        self.timeout = timeout
+        self.ssl_context = ssl.create_default_context(cafile=ca_file)
+        self.unverified_context = ssl.create_default_context()
+        self.unverified_context.check_hostname = False
+        self.unverified_context.verify_mode = ssl.CERT_NONE
+        self._auth: dict[tuple[str, str], str] = {}  # (registry, repository) -> header
+        self._schemes: dict[str, str] = {}  # insecure host -> the scheme that answered
+        self._lock = threading.Lock()
+
+    # -- transport --------------------------------------------------------------------------
+
+    def is_insecure(self, host: str) -> bool:
+        h = host.lower()
+        if h in self.insecure or _hostname(h) in self.insecure:
+            return True
+        if self.insecure_loopback and is_loopback(h):
+            return True
+        try:
+            addr = ipaddress.ip_address(_hostname(h).strip("[]"))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.insecure_nets)
+
+    def base_url(self, registry: str) -> str:
+        host = DOCKER_HUB_API if registry == DOCKER_HUB else registry
+        if not self.is_insecure(host):
+            return f"https://{host}"
+        with self._lock:
+            scheme = self._schemes.get(host)
+        if scheme is None:
+            scheme = self._probe(host)
+            with self._lock:
+                self._schemes[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _probe(self, host: str) -> str:
+        """An insecure registry: HTTPS (unverified) if it speaks TLS, else plain HTTP."""
+        conn = http.client.HTTPSConnection(
+            host, timeout=min(self.timeout, 10.0), context=self.unverified_context
+        )
+        try:
+            conn.request("GET", "/v2/", headers={"User-Agent": USER_AGENT})
+            conn.getresponse().read(65536)
+            return "https"
+        except (OSError, http.client.HTTPException):
+            return "http"
+        finally:
+            conn.close()
+
+    def _creds_for(self, registry: str) -> tuple[str, str] | None:
+        keys = [registry, registry.lower()]
+        if registry == DOCKER_HUB:
+            keys += list(DOCKER_HUB_AUTH_KEYS)
+        for k in keys:
+            if k in self.credentials:
+                return self.credentials[k]
+        return None
+
+    def _open(self, method: str, url: str, headers: Mapping[str, str]) -> _Response:
+        """One request, following redirects (Authorization is dropped when the host changes,
+        and an https -> http redirect is refused unless the target is insecure)."""
+        hdrs = dict(headers)
+        hdrs.setdefault("User-Agent", USER_AGENT)
+        origin = urllib.parse.urlsplit(url).netloc
+        for _ in range(6):
+            parts = urllib.parse.urlsplit(url)
+            if parts.netloc != origin:
+                hdrs.pop("Authorization", None)
+            conn: http.client.HTTPConnection
+            if parts.scheme == "https":
+                context = (
+                    self.unverified_context if self.is_insecure(parts.netloc) else self.ssl_context
+                )
+                conn = http.client.HTTPSConnection(
+                    parts.netloc, timeout=self.timeout, context=context
+                )
+            elif parts.scheme == "http":
+                conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+            else:
+                raise PermanentError(f"unsupported URL {url!r}")
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            try:
+                conn.request(method, path, headers=hdrs)
+                resp = conn.getresponse()
+            except ssl.SSLCertVerificationError as e:
+                conn.close()
+                raise PermanentError(
+                    f"TLS verification of {parts.netloc} failed ({e.verify_message}); "
+                    "configure it as an insecure registry only if you trust the network"
+                ) from e
+            except ssl.SSLError as e:
+                conn.close()
+                if isinstance(e, ssl.SSLEOFError):
+                    raise TransientError(f"TLS connection to {parts.netloc} cut: {e}") from e
+                raise PermanentError(
+                    f"TLS handshake with {parts.netloc} failed ({e}); if it is a plain-HTTP "
+                    "registry, configure it as insecure"
+                ) from e
+            except socket.gaierror as e:
+                conn.close()
+                if e.errno == socket.EAI_AGAIN:
+                    raise TransientError(f"cannot resolve {parts.hostname}: {e}") from e
+                raise PermanentError(f"cannot resolve registry host {parts.hostname}") from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise TransientError(f"registry {parts.netloc} unreachable: {e}") from e
+            r = _Response(conn, resp)
+            if r.status in (301, 302, 303, 307, 308) and r.headers.get("Location"):
+                new = urllib.parse.urljoin(url, r.headers["Location"])
+                r.close()
+                np = urllib.parse.urlsplit(new)
+                if (
+                    parts.scheme == "https"
+                    and np.scheme == "http"
+                    and not self.is_insecure(np.netloc)
+                ):
+                    raise PermanentError(f"registry redirected to insecure {new}")
+                url = new
+                if r.status == 303:
+                    method = "GET"
+                continue
+            return r
+        raise PermanentError(f"too many redirects from {url}")
+
+    def _token(self, ch: Challenge, registry: str, repository: str) -> str:
+        realm = ch.params.get("realm", "")
+        rp = urllib.parse.urlsplit(realm)
+        if rp.scheme not in ("http", "https") or not rp.netloc:
+            raise PermanentError(f"registry {registry} sent an unusable token realm {realm!r}")
+        query: list[tuple[str, str]] = []
+        if ch.params.get("service"):
+            query.append(("service", ch.params["service"]))
+        query.append(("scope", ch.params.get("scope") or f"repository:{repository}:pull"))
+        sep = "&" if rp.query else "?"
+        url = realm + sep + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json"}
+        creds = self._creds_for(registry)
+        if creds and (rp.scheme == "https" or self.is_insecure(rp.netloc)):
+            headers["Authorization"] = _basic(creds)
+        r = self._open("GET", url, headers)
+        try:
+            body = r.read_all(1 << 20)
+        finally:
+            r.close()
+        if r.status in (401, 403):
+            raise PermanentError(
+                f"registry {registry}: the token service refused "
+                + ("the configured credentials" if creds else "anonymous access")
+                + f" for {repository} (HTTP {r.status})"
+            )
+        if r.status == 429 or r.status >= 500:
+            raise TransientError(f"token service {rp.netloc} answered HTTP {r.status}")
+        if r.status != 200:
+            raise PermanentError(f"token service {rp.netloc} answered HTTP {r.status}")
+        try:
+            data = json.loads(body)
+            token = data.get("token") or data.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not token or not isinstance(token, str):
+            raise PermanentError(f"token service {rp.netloc} returned no token")
+        return f"Bearer {token}"
+
+    def _authorize(self, registry: str, repository: str, challenges: list[str]) -> str:
+        parsed = [c for c in (parse_challenge(h) for h in challenges) if c is not None]
+        for ch in parsed:
+            if ch.scheme == "bearer":
+                return self._token(ch, registry, repository)
+        for ch in parsed:
+            if ch.scheme == "basic":
+                creds = self._creds_for(registry)
+                if creds is None:
+                    raise PermanentError(
+                        f"registry {registry} requires authentication for {repository} and "
+                        "no credentials are configured for it (pass credentials or add it to "
+                        "~/.docker/config.json)"
+                    )
+                return _basic(creds)
+        raise PermanentError(
+            f"registry {registry} requires an unsupported authentication: {challenges!r}"
+        )
+
+    def request(
+        self, method: str, ref: Reference, path: str, headers: Mapping[str, str] | None = None
+    ) -> _Response:
+        """An authenticated request for `path` (below /v2/<repository>/) of `ref`'s
+        repository; non-2xx answers are turned into errors."""
+        url = f"{self.base_url(ref.registry)}/v2/{ref.repository}/{path}"
+        key = (ref.registry, ref.repository)
+        hdrs = dict(headers or {})
+        with self._lock:
+            auth = self._auth.get(key)
+        if auth:
+            hdrs["Authorization"] = auth
+        r = self._open(method, url, hdrs)
+        if r.status == 401:
+            challenges = r.headers.get_all("WWW-Authenticate") or []
+            r.read(65536)
+            r.close()
+            auth = self._authorize(ref.registry, ref.repository, challenges)
+            with self._lock:
+                self._auth[key] = auth
+            hdrs["Authorization"] = auth
+            r = self._open(method, url, hdrs)
+            if r.status in (401, 403):
+                r.close()
+                creds = self._creds_for(ref.registry)
+                raise PermanentError(
+                    f"registry {ref.registry} denied access to {ref.repository} "
+                    f"(HTTP {r.status}) "
+                    + (
+                        "with the configured credentials: wrong user or password, or no pull "
+                        "permission"
+                        if creds
+                        else "to anonymous clients: credentials are needed"
+                    )
+                )
+        if 200 <= r.status < 300:
+            return r
+        body = r.read(65536)
+        r.close()
+        codes, detail = _error_detail(body)
+        what = f"{ref} ({method} {path})"
+        if r.status == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"}:
+            raise NotFound(f"not found in registry: {what}: {detail or 'HTTP 404'}")
+        if r.status == 429 or r.status >= 500:
+            raise TransientError(f"registry {ref.registry} answered HTTP {r.status} for {what}")
+        if r.status == 403:
+            raise PermanentError(f"registry {ref.registry} denied access to {what}: {detail}")
+        raise PermanentError(
+            f"registry {ref.registry} answered HTTP {r.status} for {what}: {detail}"
+        )
+
+    # -- API --------------------------------------------------------------------------------
+
+    def get_manifest(self, ref: Reference, reference: str | None = None) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest or index, its digest verified."""
+        target = reference or ref.reference
+        r = self.request("GET", ref, f"manifests/{target}", {"Accept": ACCEPT})
+        try:
+            body = r.read_all(MAX_MANIFEST)
+        finally:
+            r.close()
+        digest = sha256_bytes(body)
+        expected = target if target.startswith(("sha256:", "sha512:")) else None
+        header = r.headers.get("Docker-Content-Digest")
+        if expected is None and header and header.startswith("sha256:"):
+            expected = header
+        if expected is not None:
+            algo, _ = check_digest(expected)
+            if algo != "sha256":
+                import hashlib
+
+                digest = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
+            if digest != expected:
+                raise DigestMismatch(f"manifest of {ref} hashes to {digest}, expected {expected}")
+        media_type = (r.headers.get("Content-Type") or "").split(";")[0].strip()
+        try:
+            doc = json.loads(body)
+        except ValueError as e:
+            raise PermanentError(f"manifest of {ref} is not JSON: {e}") from e
+        if isinstance(doc, dict) and doc.get("mediaType"):
+            media_type = str(doc["mediaType"])
+        elif isinstance(doc, dict) and media_type not in MANIFEST_TYPES + INDEX_TYPES:
+            media_type = MT_OCI_INDEX if "manifests" in doc else MT_OCI_MANIFEST
+        if media_type in MT_DOCKER_SCHEMA1 or (
+            isinstance(doc, dict) and doc.get("schemaVersion") == 1
+        ):
+            raise PermanentError(
+                f"{ref} is a Docker schema 1 image, which is not supported; push it again with a "
+                "recent client"
+            )
+        return body, media_type, digest
+
+    def fetch_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int | None,
+        store: BlobStore,
+        progress: Progress | None = None,
+    ) -> str:
+        """Download blob `digest` of `ref`'s repository into `store`, verified."""
+        check_digest(digest)
+        r = self.request("GET", ref, f"blobs/{digest}")
+        try:
+            return store.ingest(r.read, digest, size, progress)
+        finally:
+            r.close()
+
+    def resolve(
+        self, ref: Reference, want: Platform
+    ) -> tuple[list[tuple[str, bytes]], dict[str, Any]]:
+        """Follow `ref` down to one image manifest for `want`. Returns the documents seen
+        ((digest, body), top first: index, then manifest) and the parsed image manifest."""
+        chain: list[tuple[str, bytes]] = []
+        body, media_type, digest = self.get_manifest(ref)
+        for _ in range(3):
+            chain.append((digest, body))
+            doc = json.loads(body)
+            if media_type in INDEX_TYPES:
+                desc = select_platform(doc, want)
+                body, media_type, digest = self.get_manifest(ref, str(desc.get("digest")))
+                continue
+            if media_type in MANIFEST_TYPES or "layers" in doc:
+                if not isinstance(doc.get("config"), dict):
+                    raise PermanentError(f"manifest of {ref} has no config")
+                return chain, doc
+            raise PermanentError(f"{ref}: unsupported manifest media type {media_type!r}")
+        raise PermanentError(f"{ref}: indexes nested too deeply")
+
+
+def _basic(creds: tuple[str, str]) -> str:
+    raw = f"{creds[0]}:{creds[1]}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")

@@ -1,0 +1,103 @@
+"""A container's root file system: an overlay of the image's layer directories (read-only
+lowerdirs, shared by every container of the image) and a per-container upperdir/workdir.
+
+Writes land in the upperdir, so they survive stop/start (the mount stays, and is re-made if
+it went away, e.g. after a reboot) and vanish on remove (the upperdir is deleted).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from runtime.base import PermanentError, RuntimeFailure
+
+MNT_DETACH = 2
+# The kernel takes mount options in one page; beyond it the lowerdir list does not fit.
+_MAX_OPTIONS = 4095
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mountpoints() -> set[str]:
+    """Every mount point of this mount namespace."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return {_unescape(line.split()[4]) for line in f if line.strip()}
+
+
+def is_mounted(target: str | Path) -> bool:
+    return str(Path(target).resolve()) in mountpoints()
+
+
+def overlay_options(layer_dirs: Sequence[str | Path], upper: str | Path, work: str | Path) -> str:
+    """Mount data for overlayfs. `layer_dirs` are in image order, base layer first; overlayfs
+    wants the topmost lowerdir first, hence the reversal."""
+    if not layer_dirs:
+        raise PermanentError("an overlay rootfs needs at least one layer directory")
+    for d in (*layer_dirs, upper, work):
+        if any(c in str(d) for c in ":,"):
+            raise PermanentError(f"overlay path may not contain ':' or ',': {d}")
+    lower = ":".join(str(Path(d).resolve()) for d in reversed(list(layer_dirs)))
+    data = f"lowerdir={lower},upperdir={Path(upper).resolve()},workdir={Path(work).resolve()}"
+    if len(data) > _MAX_OPTIONS:
+        raise PermanentError(f"too many layers for one overlay mount ({len(layer_dirs)})")
+    return data
+
+
+def mount_overlay(
+    layer_dirs: Sequence[str | Path], upper: str | Path, work: str | Path, target: str | Path
+) -> None:
+    """Mount the overlay at `target` (creating upper/work/target); already mounted is success."""
+    for d in (upper, work, target):
+        Path(d).mkdir(parents=True, exist_ok=True)
+    if is_mounted(target):
+        return
+    for d in layer_dirs:
+        if not Path(d).is_dir():
+            raise PermanentError(f"image layer directory missing: {d}")
+    data = overlay_options(layer_dirs, upper, work)
+    rc = _libc.mount(b"overlay", str(Path(target).resolve()).encode(), b"overlay", 0, data.encode())
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"mount overlay on {target}: {os.strerror(err)}")
+
+
+def unmount(target: str | Path) -> None:
+    """Unmount `target` (lazily if busy); not mounted is success."""
+    path = str(Path(target).resolve())
+    while path in mountpoints():
+        rc = _libc.umount2(path.encode(), 0)
+        if rc != 0:
+            err = ctypes.get_errno()
+            if err == errno.EBUSY:
+                rc = _libc.umount2(path.encode(), MNT_DETACH)
+                err = ctypes.get_errno() if rc != 0 else 0
+            if rc != 0 and err not in (errno.EINVAL, errno.ENOENT):
+                raise RuntimeFailure(f"unmount {path}: {os.strerror(err)}")
+            if rc != 0:
+                return

@@ -1,0 +1,432 @@
+"""Running a bundle detached, supervised by conmon, and reading what it recorded.
+
+Why conmon (Debian's 2.1.6) rather than a shim of ours: it is a ~2 MB C process per
+container that outlives us, holds the container's stdio pipes, writes stdout/stderr to a
+k8s-file log with a size cap, and writes the exit code to a file the moment the process ends,
+whoever is (or is not) watching -- which is exactly the supervision contract. A Python shim
+would cost ~10 MB per container and re-implement all of it.
+
+Sequence (conmon 2.1.6 only runs `runc create`): spawn conmon (it forks, setsids and the
+parent returns at once); wait for its container pid file; then `runc start`. When the process
+ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit command, which we
+set to `runc delete <id>`, so the cgroups go away without anyone watching.
+
+Per-container files (in the container dir): config.json, pidfile (container pid), conmon.pid,
+ctr.log (k8s-file lines), exit (code as text; its mtime is the finish time), runc.log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from runtime.base import RuntimeFailure, TransientError
+
+DEFAULT_RUNC = "/usr/sbin/runc"
+DEFAULT_CONMON = "/usr/bin/conmon"
+DEFAULT_LOG_SIZE_MAX = 10 * 1024 * 1024
+
+# Files conmon leaves in the bundle dir, removed before the next start.
+_STALE = ("exit", "oom", "pidfile", "conmon.pid", "attach", "ctl", "winsz", "runc.log")
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """Docker's timestamp form: RFC 3339, UTC, with a Z."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    code: int
+    finished_at: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    output: bytes
+    timed_out: bool = False
+
+
+class Supervisor:
+    """runc + conmon, with a private runc state root."""
+
+    def __init__(
+        self,
+        runc_root: str | Path,
+        *,
+        runc: str = DEFAULT_RUNC,
+        conmon: str = DEFAULT_CONMON,
+        log_size_max: int = DEFAULT_LOG_SIZE_MAX,
+    ) -> None:
+        self.runc_root = Path(runc_root)
+        self.runc = runc
+        self.conmon = conmon
+        self.log_size_max = log_size_max
+
+    # -- runc ----------------------------------------------------------------------------
+
+    def _runc(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(
+                [self.runc, f"--root={self.runc_root}", *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except FileNotFoundError as e:
+            raise RuntimeFailure(f"runc not found at {self.runc}") from e
+        except subprocess.TimeoutExpired as e:
+            raise TransientError(f"runc {args[0]} timed out") from e
+        if check and proc.returncode != 0:
+            raise RuntimeFailure(f"runc {args[0]} failed: {_runc_error(proc.stderr)}")
+        return proc
+
+    def runc_state(self, cid: str) -> dict[str, Any] | None:
+        """runc's view of the container (status created/running/stopped/paused), or None."""
+        proc = self._runc("state", cid, check=False)
+        if proc.returncode != 0:
+            return None
+        doc: dict[str, Any] = json.loads(proc.stdout)
+        return doc
+
+    def runc_list(self) -> dict[str, dict[str, Any]]:
+        """Every container in our runc root, by id, in one call."""
+        if not self.runc_root.exists():
+            return {}
+        proc = self._runc("list", "--format=json", check=False)
+        if proc.returncode != 0:
+            return {}
+        items = json.loads(proc.stdout or "null") or []
+        return {str(i["id"]): i for i in items}
+
+    def kill(self, cid: str, sig: int) -> bool:
+        """Send `sig` to the container's init; False if it was not running."""
+        return self._runc("kill", cid, str(sig), check=False).returncode == 0
+
+    def resume(self, cid: str) -> None:
+        self._runc("resume", cid, check=False)
+
+    def delete(self, cid: str) -> None:
+        """`runc delete --force`; absent is success."""
+        proc = self._runc("delete", "--force", cid, check=False)
+        if (
+            proc.returncode != 0
+            and "not exist" not in proc.stderr
+            and self.runc_state(cid) is not None
+        ):
+            raise RuntimeFailure(f"runc delete {cid} failed: {_runc_error(proc.stderr)}")
+
+    # -- launching -----------------------------------------------------------------------
+
+    def launch(self, cid: str, name: str, bundle: Path, *, timeout: float = 30) -> int:
+        """Create the container under conmon and start it; returns the container's pid."""
+        self.runc_root.mkdir(parents=True, exist_ok=True)
+        clear_run_files(bundle)
+        (bundle / "exits").mkdir(exist_ok=True)
+        runc_log = bundle / "runc.log"
+        cmd = [
+            self.conmon,
+            "--api-version", "1",
+            "-c", cid,
+            "-u", cid,
+            "-n", name,
+            "-r", self.runc,
+            "--runtime-arg", f"--root={self.runc_root}",
+            "--runtime-arg", f"--log={runc_log}",
+            "--runtime-arg", "--log-format=json",
+            "-b", str(bundle),
+            "-p", str(bundle / "pidfile"),
+            "-P", str(bundle / "conmon.pid"),
+            "-l", f"k8s-file:{bundle / 'ctr.log'}",
+            "--log-size-max", str(self.log_size_max),
+            "--exit-dir", str(bundle / "exits"),
+            "-0", str(bundle),
+            "--socket-dir-path", str(bundle),
+            "--log-level", "error",
+            "--exit-command", self.runc,
+            "--exit-command-arg", f"--root={self.runc_root}",
+            "--exit-command-arg", "delete",
+            "--exit-command-arg", cid,
+        ]  # fmt: skip
+        try:
+            subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                check=True,
+                timeout=timeout,
+                cwd=bundle,
+                # runc would relay sd-notify / socket activation meant for us
+                env={
+                    k: v
+                    for k, v in os.environ.items()
+                    if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
+                },
+            )
+        except FileNotFoundError as e:
+            raise RuntimeFailure(f"conmon not found at {self.conmon}") from e
+        except subprocess.CalledProcessError as e:
+            raise RuntimeFailure(f"conmon failed to start ({e.returncode}) for {name}") from e
+        deadline = time.monotonic() + timeout
+        pidfile = bundle / "pidfile"
+        conmon_pidfile = bundle / "conmon.pid"
+        while True:
+            pid = read_pid(pidfile)
+            if pid is not None:
+                break
+            cpid = read_pid(conmon_pidfile)
+            if cpid is not None and not pid_alive(cpid):
+                raise RuntimeFailure(
+                    f"runc create failed for {name}: {_runc_log_error(runc_log) or 'see runc.log'}"
+                )
+            if time.monotonic() > deadline:
+                if cpid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(cpid, signal.SIGKILL)
+                self.delete(cid)
+                raise TransientError(f"container {name}: runc create did not finish in {timeout}s")
+            time.sleep(0.005)
+        proc = self._runc("start", cid, check=False)
+        if proc.returncode != 0:
+            err = _runc_log_error(runc_log) or _runc_error(proc.stderr)
+            self.delete(cid)
+            raise RuntimeFailure(f"runc start failed for {name}: {err}")
+        return pid
+
+    # -- exec ----------------------------------------------------------------------------
+
+    def exec(
+        self,
+        cid: str,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        max_output: int = 64 * 1024,
+    ) -> ExecResult:
+        """Run argv inside the container (as its user, env, caps); output is stdout+stderr."""
+        if not argv:
+            raise RuntimeFailure("exec needs a command")
+        pid_file = self.runc_root / f"exec-{cid}-{os.getpid()}-{time.monotonic_ns()}.pid"
+        self.runc_root.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [
+                self.runc,
+                f"--root={self.runc_root}",
+                "exec",
+                "--pid-file",
+                str(pid_file),
+                cid,
+                *argv,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        timed_out = False
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            inner = read_pid(pid_file)
+            if inner is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(inner, signal.SIGKILL)
+            proc.kill()
+            out, _ = proc.communicate()
+        finally:
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        return ExecResult(
+            exit_code=-1 if timed_out else code, output=out[-max_output:], timed_out=timed_out
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+def clear_run_files(bundle: Path) -> None:
+    for n in _STALE:
+        with contextlib.suppress(FileNotFoundError):
+            (bundle / n).unlink()
+    exits = bundle / "exits"
+    if exits.is_dir():
+        for p in exits.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+
+def read_exit(bundle: Path) -> ExitRecord | None:
+    """The exit conmon recorded: code, and the file's mtime as the finish time."""
+    path = bundle / "exit"
+    try:
+        text = path.read_text().strip()
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    if not text.lstrip("-").isdigit():
+        return None
+    return ExitRecord(code=int(text), finished_at=utc_iso(mtime))
+
+
+def conmon_pid(bundle: Path) -> int | None:
+    """conmon's pid, if it is alive and really conmon."""
+    pid = read_pid(bundle / "conmon.pid")
+    if pid is None or not pid_alive(pid):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if comm == "conmon" else None
+
+
+def wait_exit(bundle: Path, timeout: float) -> ExitRecord | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = read_exit(bundle)
+        if rec is not None or time.monotonic() >= deadline:
+            return rec
+        time.sleep(0.02)
+
+
+def _runc_error(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "no message"
+    last = lines[-1]
+    if 'msg="' in last:
+        last = last.split('msg="', 1)[1].rstrip('"')
+    return last
+
+
+def _runc_log_error(path: Path) -> str | None:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if doc.get("level") in ("error", "fatal"):
+            return str(doc.get("msg"))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs (conmon's k8s-file format: "<time> <stream> <P|F> <content>")
+
+
+def _parse_lines(data: bytes, partial: bytearray) -> Iterator[bytes]:
+    for raw in data.split(b"\n"):
+        if not raw:
+            continue
+        parts = raw.split(b" ", 3)
+        if len(parts) < 3:
+            continue
+        content = parts[3] if len(parts) == 4 else b""
+        partial.extend(content)
+        if parts[2] == b"F":
+            yield bytes(partial) + b"\n"
+            partial.clear()
+
+
+def read_log(
+    path: Path,
+    *,
+    tail: int | None = None,
+    follow: bool = False,
+    done: Any = None,
+    poll: float = 0.1,
+) -> Iterator[bytes]:
+    """The container's output, one bytes line (with "\\n") at a time. With `follow`, keeps
+    reading until `done()` is true and nothing more arrives; a truncation (rotation by size)
+    is noticed and read from the start."""
+    partial = bytearray()
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        if not follow:
+            return
+        while not path.exists():
+            if done is not None and done():
+                return
+            time.sleep(poll)
+        f = path.open("rb")
+    try:
+        buf = b""
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        buf = data[end:]
+        lines = list(_parse_lines(data[:end], partial))
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        yield from lines
+        if not follow:
+            return
+        ino = os.fstat(f.fileno()).st_ino
+        while True:
+            chunk = f.read()
+            if chunk:
+                data = buf + chunk
+                end = data.rfind(b"\n") + 1
+                buf = data[end:]
+                yield from _parse_lines(data[:end], partial)
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino != ino or st.st_size < f.tell()):
+                f.close()
+                f = path.open("rb")
+                ino = os.fstat(f.fileno()).st_ino
+                buf = b""
+                continue
+            if done is not None and done():
+                rest = f.read()
+                if not rest:
+                    return
+                buf += rest
+                continue
+            time.sleep(poll)
+    finally:
+        f.close()
