@@ -127,7 +127,7 @@ def flatten(root: Node) -> yamlpos.Document:
         return node.value
 
     doc.data = walk(root, ())
-    # a key's own position must name its file too: the key and its value share a file
+    # a key is reported in its value's file: merging keeps a key and its value together
     return doc
 
 
@@ -393,9 +393,8 @@ class Assembler:
             merged = tree if merged is None else merge(merged, tree)
         if merged is None:
             return None
-        merged = clean(merged) or merged
-        self.extends(merged, env)
-        return merged
+        self.extends(merged, env)  # before `clean`: a service's `!reset` applies to its base
+        return clean(merged) or merged
 
     # -- include
 
@@ -425,9 +424,17 @@ class Assembler:
                 ef = entry.get("env_file")
                 if ef is not None:
                     items = ef.value if isinstance(ef.value, list) else [ef]
-                    env_files = [
-                        str(_absolute(x.value, here)) for x in items if isinstance(x.value, str)
-                    ]
+                    for x in items:
+                        given = str(_absolute(x.value, here)) if isinstance(x.value, str) else ""
+                        if not given:
+                            self.error(x.where, (*epath, "env_file"), "must be a file path")
+                        elif not os.path.isfile(given):
+                            shown = self.files.display(given)
+                            self.error(
+                                x.where, (*epath, "env_file"), f'env file "{shown}" does not exist'
+                            )
+                        else:
+                            env_files.append(given)
                 unknown = [
                     k
                     for k in entry.value
@@ -599,7 +606,6 @@ class Assembler:
         if tree is None:
             return None
         self.read.append(path)
-        tree = clean(tree) or tree
         services = tree.get("services")
         if services is None or not isinstance(services.value, dict):
             services = Node({}, tree.where)

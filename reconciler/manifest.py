@@ -577,6 +577,14 @@ class _Loader:
     def compose_project(self, entries: list[tuple[_Source, yamlpos.Document]]) -> None:
         first = entries[0][0]
         env = self.env_for(first)
+        if len(entries) == 1 and _self_contained(entries[0][1]):
+            # nothing to merge, include, extend or select: the document as it is
+            doc = entries[0][1]
+            ctx = _Ctx(self, first, doc)
+            ctx.env = env
+            ctx.prepare(doc.data, ())
+            self.compose_stack(ctx, [first.path])
+            return
         assembler = compose.Assembler(self)
         for source, doc in entries:
             self.preloaded[source.path] = doc
@@ -588,17 +596,19 @@ class _Loader:
             p.strip() for p in env.get("COMPOSE_PROFILES", "").split(",") if p.strip()
         ]
         compose.select_profiles(root, enabled, self)
-        doc = compose.flatten(root)
-        ctx = _Ctx(self, first, doc)
-        ctx.base = ()
+        ctx = _Ctx(self, first, compose.flatten(root))
         ctx.env = env
+        self.compose_stack(ctx, list(dict.fromkeys(assembler.read)))
+
+    def compose_stack(self, ctx: _Ctx, sources: list[str]) -> None:
+        ctx.base = ()
         ctx.validate("compose")
-        data = doc.data
+        data = ctx.doc.data
         if "version" in data:
             ctx.warn(("version",), '"version" is obsolete and ignored', key=True)
         name, name_path = self.stack_name(ctx, data)
         draft = _StackDraft(ctx, name or "", name_path)
-        draft.sources = list(dict.fromkeys(assembler.read))
+        draft.sources = sources
         draft.build(data)
         self.drafts.append(draft)
 
@@ -817,8 +827,27 @@ class _Loader:
                     )
 
 
+def _self_contained(doc: yamlpos.Document) -> bool:
+    """A compose document with no include, extends, profiles or merge tags."""
+    data = doc.data
+    if doc.tags or "include" in data:
+        return False
+    services = data.get("services")
+    if not isinstance(services, dict):
+        return True
+    return not any(
+        isinstance(svc, dict) and ("extends" in svc or "profiles" in svc)
+        for svc in services.values()
+    )
+
+
 def _is_compose(data: Any) -> bool:
-    return isinstance(data, dict) and "apiVersion" not in data and "services" in data
+    """A compose file: no apiVersion, and services (or only includes, which bring them)."""
+    return (
+        isinstance(data, dict)
+        and "apiVersion" not in data
+        and ("services" in data or "include" in data)
+    )
 
 
 def _yaml_files(root: str) -> Iterator[tuple[str, str]]:
@@ -1528,9 +1557,9 @@ class _ServiceBuilder:
         if "links" in self.raw:
             ctx.warn(
                 self.at("links"),
-                '"links" is legacy and ignored: services reach each other by service name on '
-                'the networks they share; use "depends_on" for the start order and network '
-                '"aliases" for other names',
+                '"links" is legacy: the linked services start first, as with "depends_on"; '
+                "services reach each other by service name on the networks they share (link "
+                'aliases are not created: use network "aliases")',
                 key=True,
             )
         if "container_name" in self.raw:
@@ -1789,6 +1818,12 @@ class _ServiceBuilder:
                 )
             deps[dep.service] = dep
             self.draft.depends.append((dep, path))
+        # legacy links ("db" or "db:alias") order the start like depends_on, as in compose
+        for _, item, path in self.entries("links"):
+            service = str(item).split(":", 1)[0]
+            if service and service not in deps:
+                deps[service] = Dependency(service)
+                self.draft.depends.append((deps[service], path))
         if deps:
             self.fields["depends_on"] = tuple(v for _, v in sorted(deps.items()))
 

@@ -1244,7 +1244,7 @@ def test_missing_image_and_long_form_required_fields(here: Path) -> None:
             "networks: [lan]\nnetwork_mode: host",
             'network_mode: "network_mode" cannot be used together with "networks"',
         ),
-        ("extends: {service: x}", 'extends: "extends" is not supported'),
+        ("extends: {service: x}", 'extends: service "web" extends "x", which is not defined'),
         ("networks: [lan, lan]", 'networks[1]: network "lan" is listed twice'),
     ],
 )
@@ -1442,7 +1442,6 @@ def test_unsupported_fields_warn(here: Path) -> None:
             container_name: fixed
             privileged: true
             network_mode: host
-            profiles: [debug]
             mem_limit: 64m
             deploy: {resources: {limits: {memory: 128m}}, placement: {}, replicas: 2}
             scale: 3
@@ -1463,17 +1462,15 @@ def test_unsupported_fields_warn(here: Path) -> None:
         "ignored",
         'stack.yaml:10:5: warning: services.both.network_mode: "network_mode: host" is not '
         "supported; the service is not attached to any network",
-        'stack.yaml:11:5: warning: services.both.profiles: "profiles" is not supported; the '
-        "service is always deployed",
-        "stack.yaml:12:5: warning: services.both.mem_limit: conflicts with "
+        "stack.yaml:11:5: warning: services.both.mem_limit: conflicts with "
         "deploy.resources.limits.memory, which is used",
-        'stack.yaml:13:51: warning: services.both.deploy.placement: "placement" is not supported '
+        'stack.yaml:12:51: warning: services.both.deploy.placement: "placement" is not supported '
         "and is ignored",
-        "stack.yaml:14:5: warning: services.both.scale: conflicts with deploy.replicas (2), "
+        "stack.yaml:13:5: warning: services.both.scale: conflicts with deploy.replicas (2), "
         "which is used",
-        'stack.yaml:17:22: warning: services.net.networks.lan.ipv6_address: "ipv6_address" is '
+        'stack.yaml:16:22: warning: services.net.networks.lan.ipv6_address: "ipv6_address" is '
         "not supported and is ignored",
-        'stack.yaml:19:17: warning: networks.lan.driver: network driver "overlay" is not '
+        'stack.yaml:18:17: warning: networks.lan.driver: network driver "overlay" is not '
         'supported; only "bridge" is',
     ]
 
