@@ -365,28 +365,12 @@ def down(
     remove_volumes: bool,
     lock_timeout: float,
 ) -> None:
-    """Remove everything the stacks own (named volumes only with --volumes)."""
+    """Remove everything the stacks own (named volumes only with --volumes). Alias: delete."""
     _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout, profiles)
 
 
-@main.command("delete")
-@file_option(required=False)
-@profile_option
-@runtime_options
-@click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
-@click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
-@click.option("--lock-timeout", default=300.0, show_default=True)
-def delete(
-    files: tuple[str, ...],
-    profiles: tuple[str, ...],
-    runtime_name: str | None,
-    root: str | None,
-    stacks: tuple[str, ...],
-    remove_volumes: bool,
-    lock_timeout: float,
-) -> None:
-    """Alias of down."""
-    _down(files, runtime_name, root, stacks, remove_volumes, lock_timeout, profiles)
+# `delete` is the same command under kubectl's name.
+main.add_command(down, name="delete")
 
 
 def _stack_names(
