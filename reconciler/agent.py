@@ -76,6 +76,7 @@ class JsonFormatter(logging.Formatter):
         doc: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
+            "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "msg": record.getMessage(),
         }
@@ -200,13 +201,56 @@ class LastPass:
     history_id: int | None = None
 
 
+# actions that stop or remove a container: the runtime reports its death, which is ours
+STOPPING_OPS = frozenset({"remove", "restart"})
+
+
+class OwnStops:
+    """The containers the agent itself is stopping or removing (and did until `grace_s`
+    ago), so that their death events do not count as crashes nor cause another pass."""
+
+    def __init__(self, grace_s: float = 2.0) -> None:
+        self.grace_s = grace_s
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        self._ended: dict[str, float] = {}
+
+    def begin(self, name: str) -> None:
+        with self._lock:
+            self._active[name] = self._active.get(name, 0) + 1
+
+    def end(self, name: str) -> None:
+        with self._lock:
+            left = self._active.get(name, 0) - 1
+            if left > 0:
+                self._active[name] = left
+            else:
+                self._active.pop(name, None)
+            self._ended[name] = time.monotonic()
+
+    def __call__(self, name: str) -> bool:
+        with self._lock:
+            if name in self._active:
+                return True
+            ended = self._ended.get(name)
+            if ended is None:
+                return False
+            if time.monotonic() - ended > self.grace_s:
+                del self._ended[name]
+                return False
+            return True
+
+
 class Reporter:
     """Logs each action and counts it for the metrics."""
 
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self, metrics: Metrics | None, own: OwnStops | None = None) -> None:
         self.metrics = metrics
+        self.own = own
 
     def started(self, action: Action) -> None:
+        if self.own is not None and action.op in STOPPING_OPS:
+            self.own.begin(action.target)
         _info(
             f"{action.op} {action.target}: {action.reason}", action=action.op, target=action.target
         )
@@ -222,6 +266,8 @@ class Reporter:
         )
 
     def finished(self, result: ActionResult) -> None:
+        if self.own is not None and result.action.op in STOPPING_OPS:
+            self.own.end(result.action.target)
         if self.metrics is not None:
             self.metrics.action(result.action.op, result.status)
         if result.status != "done":
@@ -263,6 +309,7 @@ class Agent:
         self.rejected: dict[str, list[str]] = {}  # revision -> why it was not applied
         self.last = LastPass()
         self.source_revision: str | None = None
+        self.own_stops = OwnStops()
         self.file_watcher: FileWatcher | None = None
         self.event_watcher: EventWatcher | None = None
 
@@ -315,7 +362,7 @@ class Agent:
         self.file_watcher.start()
         if self.options.runtime_events:
             self.event_watcher = EventWatcher(
-                self.open_runtime, self.request, self.history.managed_stacks
+                self.open_runtime, self.request, self.history.managed_stacks, ours=self.own_stops
             )
             self.event_watcher.start()
 
@@ -324,6 +371,9 @@ class Agent:
         return time.monotonic() + self.options.interval_s + random.uniform(-spread, spread)
 
     def run(self) -> int:
+        pruned = self.history.prune()
+        if pruned:
+            log.info("history: %d old pass(es) pruned", pruned)
         interrupted = self.history.close_running()
         if interrupted:
             log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
@@ -342,11 +392,12 @@ class Agent:
             if self.stopping.is_set():
                 break
             if not reasons:
-                if time.monotonic() >= resync_at:
-                    reasons = {"resync"}
-                    self.triggers.started += 1
-                else:
+                if time.monotonic() < resync_at:
                     continue
+                self.triggers.put("resync")
+                reasons = self.triggers.take(0)
+                if not reasons:
+                    break  # closed meanwhile
             if "resync" in reasons or any(r.split(":")[0] in FORCING for r in reasons):
                 resync_at = self.next_resync()  # any full pass repairs drift: restart the timer
             try:
@@ -407,10 +458,29 @@ class Agent:
             if target is None:
                 if not forcing:
                     return
-                target, new_revision = self.good, False
+                target, new_revision = self.good or self.recorded_good(), False
         if target is None:
             return
         self.apply(target, trigger, kinds, started, new_revision=new_revision)
+
+    def recorded_good(self) -> Target | None:
+        """After a restart on a bad revision: the last revision that succeeded, from the
+        history, so that self-healing has a desired state."""
+        for record in self.history.passes(limit=200):
+            if record.outcome != "succeeded":
+                continue
+            try:
+                full, subject, files = self.history.revision_files(record.revision)
+                directory = os.path.join(self.root, "agent", "last-good")
+                materialise(files, directory)
+                loaded = load([directory])
+            except Exception as exc:
+                log.warning("cannot use the recorded revision %s: %s", record.revision, exc)
+                return None
+            log.info("the source does not load: keeping %s (last applied) in place", full)
+            self.good = Target(Revision(id=full, subject=subject), directory, loaded)
+            return self.good
+        return None
 
     def load(self, snap: Snapshot, pinned: bool, trigger: str, started: float) -> Target | None:
         rev = snap.revision
@@ -515,6 +585,10 @@ class Agent:
                 )
             return None
 
+        # managed from now on: the events of its containers count even during this pass
+        names = {s.name for s in loaded.stacks}
+        if not names <= self.history.managed_stacks():
+            self.history.set_managed_stacks(self.history.managed_stacks() | names)
         desired_all: list[Desired] = []
         teardown: list[str] = []
         try:
@@ -534,7 +608,7 @@ class Agent:
                         self.runtime,
                         desired,
                         self.options.apply,
-                        reporter=Reporter(self.metrics),
+                        reporter=Reporter(self.metrics, self.own_stops),
                         on_plan=on_plan,
                         on_executor=self._keep_executor,
                     )
@@ -556,7 +630,7 @@ class Agent:
                         plan = plan_down(self.runtime, name, volumes=False)
                         from reconciler.execute import Executor
 
-                        ex = Executor(self.runtime, reporter=Reporter(self.metrics))
+                        ex = Executor(self.runtime, reporter=Reporter(self.metrics, self.own_stops))
                         self._keep_executor(ex)
                         outcome = ex.run(plan)
                         self._executor = None
@@ -566,8 +640,12 @@ class Agent:
                         ]
                         if outcome.ok:
                             teardown.append(name)
-        except (PassError, RuntimeFailure, LockTimeout) as exc:
+        except (PassError, RuntimeFailure, LockTimeout, OSError) as exc:
             errors.append(exc.message if isinstance(exc, RuntimeFailure) else str(exc))
+            begin()
+        except Exception as exc:  # a bug: recorded, and the agent goes on
+            log.exception("pass failed unexpectedly")
+            errors.append(f"internal error: {type(exc).__name__}: {exc}")
             begin()
         interrupted = self.stopping.is_set() and bool(
             errors or any(r.outcome is not None and not r.outcome.ok for r in results)
@@ -579,15 +657,8 @@ class Agent:
             self.good = target
             with self._state_lock:
                 self.desired = desired_all
-        if outcome_name == "succeeded" or not errors:
-            managed = (self.history.managed_stacks() | {s.name for s in loaded.stacks}) - set(
-                teardown
-            )
-            self.history.set_managed_stacks(managed)
-        elif loaded.stacks:
-            self.history.set_managed_stacks(
-                self.history.managed_stacks() | {s.name for s in loaded.stacks}
-            )
+        if teardown:
+            self.history.set_managed_stacks(self.history.managed_stacks() - set(teardown))
         ended = time.time()
         if record:
             self.history.finish(record[0], outcome_name, summary, errors)  # type: ignore[arg-type]

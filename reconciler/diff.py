@@ -162,8 +162,12 @@ def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
         if have.status == "dead":
             changes.append(change("recreate", "dead"))
         elif have.status in ("exited", "created"):
-            if have.status == "exited" and svc.restart == "no" and have.exit_code == 0:
-                continue  # a one-shot that completed
+            if (
+                have.status == "exited"
+                and have.exit_code == 0
+                and (svc.restart == "no" or svc.restart.startswith("on-failure"))
+            ):
+                continue  # a one-shot that completed (on-failure: success is not a failure)
             reason = (
                 "created but not started"
                 if have.status == "created"

@@ -31,6 +31,7 @@ Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
 DB_NAME = "history.db"
 MAX_FILE_BYTES = 1 << 20  # a revision's file larger than this is not stored
 MAX_REVISION_BYTES = 16 << 20
+KEEP_PASSES = 5000  # the agent prunes older passes when it starts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS passes (
@@ -140,6 +141,24 @@ class History:
                 " WHERE outcome = 'running'"
             )
             return cur.rowcount
+
+    def prune(self, keep: int = KEEP_PASSES) -> int:
+        """Forget all but the newest `keep` passes, and the files of revisions that no
+        kept pass mentions (a pinned revision is always kept)."""
+        with self._db() as db:
+            cur = db.execute(
+                "DELETE FROM passes WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM passes) - ?",
+                (keep,),
+            )
+            removed = cur.rowcount
+            pinned = db.execute("SELECT value FROM state WHERE key = 'pinned'").fetchone()
+            keep_rev = json.loads(pinned[0]) if pinned else ""
+            db.execute(
+                "DELETE FROM revisions WHERE revision != ?"
+                " AND revision NOT IN (SELECT DISTINCT revision FROM passes)",
+                (keep_rev,),
+            )
+            return removed
 
     def passes(self, limit: int = 50, revision: str | None = None) -> list[PassRecord]:
         query = "SELECT * FROM passes"

@@ -160,7 +160,8 @@ def apply_stack(
     """Pull what must be pulled, plan, and (unless a dry run) execute one stack.
 
     `on_plan` sees the plan before anything runs (to print it); the context manager it may
-    return wraps the execution (a live progress display)."""
+    return wraps the execution (a live progress display). `on_executor` is handed the
+    executor before it runs (the watch agent keeps it, to `cancel()` it on SIGTERM)."""
     if not options.dry_run:
         pull_always(runtime, desired, options)
     plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)

@@ -22,7 +22,9 @@ class Revision:
 def _git(cwd: str, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", cwd, *args],
+            # no optional locks: `git status` must never take index.lock from under a
+            # `git pull` or `git commit` running at the same time (the watch agent)
+            ["git", "--no-optional-locks", "-C", cwd, *args],
             capture_output=True,
             text=True,
             timeout=10,

@@ -199,7 +199,9 @@ def directory_revision(directory: str, link: str | None = None) -> Revision:
             continue
         digest.update(f"{path}\0{len(content)}\0".encode())
         digest.update(content)
-    revision = identify(tuple(files), digest.hexdigest())
+    # no manifests at all (they were deleted): still the commit, when there is one
+    probe = tuple(files) or (os.path.join(os.path.abspath(directory), "."),)
+    revision = identify(probe, digest.hexdigest())
     if revision.commit is None and link is not None:
         name = os.path.basename(os.path.realpath(link))
         if _SHA.match(name):
@@ -355,10 +357,12 @@ class EventWatcher:
         managed: Callable[[], set[str]],
         *,
         backoff: Backoff | None = None,
+        ours: Callable[[str], bool] | None = None,
     ) -> None:
         self.open_runtime = open_runtime
         self.fire = fire
         self.managed = managed
+        self.ours = ours or (lambda name: False)
         self.backoff = backoff or Backoff()
         self._stopped = threading.Event()
         self._runtime: Runtime | None = None
@@ -381,6 +385,9 @@ class EventWatcher:
         first = True
         while not self._stopped.is_set():
             try:
+                if self._runtime is not None:
+                    with contextlib.suppress(Exception):
+                        self._runtime.close()
                 self._runtime = self.open_runtime()
                 stream = self._runtime.events({identity.STACK: ""})
                 if not first:  # events were missed while disconnected
@@ -404,7 +411,11 @@ class EventWatcher:
             return
         if labels.get(identity.STACK) not in self.managed():
             return
-        wait = self.backoff.delay(name)
+        if self.ours(name):
+            log.debug("container %s: %s by the agent itself", name, action)
+            return
+        # a removal is acted on at once; deaths count towards the crash back-off
+        wait = 0.0 if action == "destroy" else self.backoff.delay(name)
         reason = f"event:{name}"
         if wait <= 0:
             self.fire(reason)

@@ -1,0 +1,508 @@
+"""The watch agent end to end: a real `pyapply watch` process on real git repositories made
+here, real file events, the real dockerd, its REST API through real HTTP clients on its
+UNIX socket (curl and http.client). Each agent has its own PYAPPLY_ROOT and socket in a tmp
+dir and is always ended by pid in teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import pytest
+
+from reconciler.api import AgentClient
+from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE, http_get
+
+pytestmark = pytest.mark.e2e
+
+PYAPPLY = str(Path(sys.executable).parent / "pyapply")
+T = TypeVar("T")
+
+
+def stack_yaml(stack: str, services: dict[str, str], restart: str = "unless-stopped") -> str:
+    """A stack whose services sleep, each with an environment value V (to change it)."""
+    body = "".join(
+        f"""    {name}:
+      image: {TEST_IMAGE}
+      command: ["sleep", "100000"]
+      init: true
+      stop_grace_period: 1s
+      restart: {restart}
+      environment: {{V: "{value}"}}
+"""
+        for name, value in services.items()
+    )
+    return (
+        f"apiVersion: pyapply/v1\nkind: Stack\nmetadata: {{name: {stack}}}\nspec:\n"
+        f"  services:\n{body}"
+    )
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+class Repo:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        git(path, "init", "-q", "-b", "main")
+        git(path, "config", "user.email", "test@example.invalid")
+        git(path, "config", "user.name", "test")
+
+    def commit(self, files: dict[str, str | None], message: str) -> str:
+        for rel, text in files.items():
+            if text is None:
+                (self.path / rel).unlink()
+            else:
+                (self.path / rel).write_text(text)
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "--allow-empty", "-m", message)
+        return git(self.path, "rev-parse", "HEAD")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as exc:  # a probe racing a container being recreated
+            last = exc
+        if last:
+            return last  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class AgentProc:
+    """A `pyapply watch` process with its own state root and socket."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.root = tmp / "state"
+        self.socket = str(tmp / "run" / "agent.sock")
+        self.log = tmp / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {
+            **os.environ,
+            "PYAPPLY_ROOT": str(self.root),
+            "PYAPPLY_RUNTIME": "docker",
+            "PYAPPLY_SOCKET": self.socket,
+        }
+        self.client = AgentClient(self.socket)
+
+    def start(self, path: Path, *args: str) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [PYAPPLY, "watch", str(path), "--debounce", "0.2", "--interval", "30", *args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for("the agent's socket", lambda: self.alive() and self.client.available())
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.logs()}")
+        return True
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"the agent ignored SIGTERM for {timeout}s") from None
+        return proc.returncode
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        status, doc = self.client.request(method, path, body, timeout=120)
+        assert status < 300, (status, doc)
+        return doc
+
+    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            [PYAPPLY, *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if ok:
+            assert out.returncode == 0, (
+                f"pyapply {args}: {out.returncode}\n{out.stdout}{out.stderr}"
+            )
+        return out
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.api("GET", "/v1/history?limit=100")["passes"])
+
+
+@pytest.fixture
+def agent(tmp_path: Path, stack_name: str) -> Iterator[AgentProc]:
+    proc = AgentProc(tmp_path)
+    try:
+        yield proc
+    finally:
+        # always ended by pid, whatever the test did (SIGTERM, then SIGKILL)
+        with contextlib.suppress(AssertionError):
+            proc.stop(timeout=30)
+        print(f"--- agent log ({proc.log}):\n{proc.logs()}")  # shown when the test fails
+
+
+def env_of(docker_client: Any, name: str) -> dict[str, str]:
+    c = docker_client.containers.get(name)
+    return dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
+
+
+def label(docker_client: Any, name: str, key: str = "io.pyapply.revision") -> str:
+    return str(docker_client.containers.get(name).labels.get(key, ""))
+
+
+def running(docker_client: Any, name: str) -> bool:
+    try:
+        c = docker_client.containers.get(name)
+    except Exception:
+        return False
+    return bool(c.status == "running")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_successive_commits_each_converge(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """A work tree moved on by `git pull`, as a cron job or a CI hook would."""
+    upstream = Repo(tmp_path / "upstream")
+    sha1 = upstream.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1"})}, "first")
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(upstream.path), str(work)], check=True)
+
+    def push(files: dict[str, str | None], message: str) -> str:
+        sha = upstream.commit(files, message)
+        git(work, "pull", "-q", "--ff-only")
+        return sha
+
+    agent.start(work)
+    app = f"{stack_name}-app-1"
+    wait_for("v1", lambda: running(docker_client, app) and env_of(docker_client, app)["V"] == "1")
+    assert label(docker_client, app) == sha1[:12]
+    sha2 = push({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "second")
+    wait_for("v2", lambda: label(docker_client, app) == sha2[:12] and running(docker_client, app))
+    assert env_of(docker_client, app)["V"] == "2"
+    sha3 = push({"stack.yaml": stack_yaml(stack_name, {"app": "2", "worker": "3"})}, "add a worker")
+    wait_for("worker", lambda: running(docker_client, f"{stack_name}-worker-1"))
+
+    def committed() -> list[dict[str, Any]] | None:
+        # a pass may also have seen the tree between the files' and HEAD's update
+        # (revision `<old commit>+<hash>`): legitimate, but not one of the commits
+        done = [p for p in agent.history() if p["outcome"] == "succeeded"]
+        done = [p for p in done if "+" not in p["revision"]]
+        return done if len(done) >= 3 else None
+
+    done = wait_for("three passes recorded", committed)
+    assert [p["revision"] for p in done] == [sha3[:12], sha2[:12], sha1[:12]], done
+    assert done[0]["subject"] == "add a worker"
+    # an already applied revision is not applied again because of a file event
+    count = len(agent.history())
+    (work / "README.txt").write_text("not a manifest\n")
+    time.sleep(1.5)
+    assert len(agent.history()) == count
+    assert agent.stop() == 0
+
+
+def test_git_sync_symlink_flip_is_picked_up(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """git-sync layout: <root>/.worktrees/<sha> checkouts, <root>/current a symlink swapped
+    by an atomic rename."""
+    repo = Repo(tmp_path / "upstream")
+    sync_root = tmp_path / "git"
+    (sync_root / ".worktrees").mkdir(parents=True)
+    link = sync_root / "current"
+
+    def publish(sha: str) -> None:
+        wt = sync_root / ".worktrees" / sha
+        git(repo.path, "worktree", "add", "-q", "--detach", str(wt), sha)
+        tmp = sync_root / "current.tmp"
+        os.symlink(f".worktrees/{sha}", tmp)
+        os.replace(tmp, link)
+
+    sha1 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1"})}, "one")
+    publish(sha1)
+    agent.start(link)
+    app = f"{stack_name}-app-1"
+    wait_for("first revision", lambda: running(docker_client, app))
+    assert label(docker_client, app) == sha1[:12]
+    sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "two")
+    publish(sha2)
+    wait_for("the flip", lambda: label(docker_client, app) == sha2[:12])
+    status = agent.api("GET", "/v1/status")
+    assert status["agent"]["source_kind"] == "link"
+    wait_for("synced", lambda: agent.api("GET", "/v1/status")["sync"] == "Synced")
+    assert agent.api("GET", "/v1/status")["revision"]["applied"] == sha2[:12]
+
+
+def test_bad_commit_is_recorded_and_nothing_is_torn_down(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    good = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1", "worker": "1"})}, "good")
+    agent.start(repo.path)
+    app, worker = f"{stack_name}-app-1", f"{stack_name}-worker-1"
+    wait_for("good", lambda: running(docker_client, app) and running(docker_client, worker))
+    ids = {docker_client.containers.get(n).id for n in (app, worker)}
+    broken = stack_yaml(stack_name, {"app": "1"}).replace(f"image: {TEST_IMAGE}", "image: [1]")
+    bad = repo.commit({"stack.yaml": broken}, "broken")
+    rec = wait_for(
+        "the failure",
+        lambda: next((p for p in agent.history() if p["revision"] == bad[:12]), None),
+    )
+    assert rec["outcome"] == "failed" and rec["subject"] == "broken"
+    assert any("image" in e for e in rec["errors"]), rec
+    # manifests that vanish entirely are refused too
+    gone = repo.commit({"stack.yaml": None}, "delete everything")
+    rec = wait_for(
+        "the refusal",
+        lambda: next((p for p in agent.history() if p["revision"] == gone[:12]), None),
+    )
+    assert rec["outcome"] == "refused" and "--allow-empty" in rec["errors"][0]
+    time.sleep(1)
+    assert {docker_client.containers.get(n).id for n in (app, worker)} == ids
+    status = agent.api("GET", "/v1/status")
+    assert status["revision"]["applied"] == good[:12]
+    assert status["sync"] == "OutOfSync"
+    # the next good commit applies
+    fixed = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "fixed")
+    wait_for("fixed", lambda: label(docker_client, app) == fixed[:12])
+    wait_for("worker removed", lambda: not running(docker_client, worker))
+    wait_for(
+        "the fixed pass recorded",
+        lambda: (
+            (agent.history()[0]["revision"], agent.history()[0]["outcome"])
+            == (fixed[:12], "succeeded")
+        ),
+    )
+
+
+def test_container_killed_by_hand_is_restarted(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    """dockerd does not restart a container killed or stopped by hand, even with a restart
+    policy (it counts as a manual stop): the agent does, because the desired state says
+    running. A container removed by hand is recreated."""
+    repo = Repo(tmp_path / "repo")
+    repo.commit(
+        {"stack.yaml": stack_yaml(stack_name, {"app": "1", "once": "1"}, restart="always")},
+        "one",
+    )
+    agent.start(repo.path)
+    app = f"{stack_name}-app-1"
+    wait_for("running", lambda: running(docker_client, app))
+    for how in ("kill", "stop", "rm"):
+        before = docker_client.containers.get(app)
+        t0 = time.monotonic()
+        if how == "kill":
+            before.kill()
+        elif how == "stop":
+            before.stop(timeout=1)
+        else:
+            before.remove(force=True)
+        started_before = before.attrs["State"]["StartedAt"]
+
+        def restarted(was: str = started_before) -> bool:
+            if not running(docker_client, app):
+                return False
+            return bool(docker_client.containers.get(app).attrs["State"]["StartedAt"] != was)
+
+        wait_for(f"restart after docker {how}", restarted, timeout=10)
+        assert time.monotonic() - t0 < 5, how
+    passes = agent.history()
+    assert any(p["trigger"].startswith("event:") for p in passes), passes
+
+
+def test_rollback_and_resume(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    app = f"{stack_name}-app-1"
+    sha1 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1"})}, "one")
+    agent.start(repo.path)
+    wait_for("one", lambda: running(docker_client, app) and label(docker_client, app) == sha1[:12])
+    sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "two")
+    wait_for("two", lambda: label(docker_client, app) == sha2[:12])
+    out = agent.cli("rollback", sha1[:8])
+    assert "pinned" in out.stdout
+    assert label(docker_client, app) == sha1[:12] and env_of(docker_client, app)["V"] == "1"
+    # pinned: a new commit is not followed
+    sha3 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "3"})}, "three")
+    time.sleep(1.5)
+    assert label(docker_client, app) == sha1[:12]
+    status = json.loads(agent.cli("status", "-o", "json").stdout)
+    assert status["revision"]["pinned"] == sha1[:12]
+    agent.cli("resume")
+    wait_for("three", lambda: label(docker_client, app) == sha3[:12])
+    assert env_of(docker_client, app)["V"] == "3"
+    assert json.loads(agent.cli("status", "-o", "json").stdout)["revision"]["pinned"] is None
+    # without an agent: history from sqlite, rollback applied by the CLI and pinned
+    assert agent.stop() == 0
+    hist = json.loads(agent.cli("history", "-o", "json").stdout)["passes"]
+    assert {p["revision"] for p in hist} >= {sha1[:12], sha2[:12], sha3[:12]}
+    agent.cli("rollback", sha2[:12])
+    assert label(docker_client, app) == sha2[:12]
+    agent.start(repo.path)  # the new agent stays pinned
+    time.sleep(1.5)
+    assert label(docker_client, app) == sha2[:12]
+    assert agent.api("GET", "/v1/status")["revision"]["pinned"] == sha2[:12]
+    agent.api("POST", "/v1/resume?wait=true")
+    assert label(docker_client, app) == sha3[:12]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def openapi_validator(name: str) -> Any:
+    doc = json.loads((REPO_ROOT / "schemas" / "v1" / "agent-api.openapi.json").read_text())
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    )
+
+
+def curl(sock: str, method: str, path: str, data: str | None = None) -> tuple[int, Any]:
+    args = ["curl", "-sS", "--unix-socket", sock, "-X", method, "-w", "\n%{http_code}"]
+    if data is not None:
+        args += ["-H", "Content-Type: application/json", "--data", data]
+    out = subprocess.run(
+        [*args, f"http://agent{path}"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code), json.loads(body) if body.strip().startswith(("{", "[")) else body
+
+
+def test_every_api_endpoint_over_the_socket(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    sha1 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1", "db": "1"})}, "one")
+    port = free_port()
+    agent.start(repo.path, "--metrics", f"127.0.0.1:{port}", "--log-format", "json")
+    sock = agent.socket
+    assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+    app = f"{stack_name}-app-1"
+    wait_for("running", lambda: running(docker_client, app))
+
+    code, doc = curl(sock, "POST", "/v1/sync?wait=true")
+    assert code == 200 and doc["result"]["outcome"] == "succeeded"
+    code, doc = curl(sock, "GET", "/v1/status")
+    assert code == 200
+    assert doc["sync"] == "Synced" and doc["revision"]["applied"] == sha1[:12]
+    assert doc["revision"]["subject"] == "one"
+    openapi_validator("Status").validate(doc)
+    (st,) = doc["stacks"]
+    assert st["name"] == stack_name and st["health"] == "Healthy"
+    assert {s["name"]: s["health"] for s in st["services"]} == {"app": "Healthy", "db": "Healthy"}
+
+    # drift seen by status and diff (the agent is told by the events, so stop it racing:
+    # look at a container removed while the agent is paused on the host lock)
+    code, doc = curl(sock, "GET", "/v1/diff")
+    assert code == 200 and doc["drift"] is False and doc["stacks"][0]["stack"] == stack_name
+    code, doc = curl(sock, "GET", "/v1/history?limit=5")
+    assert code == 200 and doc["passes"][0]["revision"] == sha1[:12]
+    for record in doc["passes"]:
+        openapi_validator("Pass").validate(record)
+
+    sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2", "db": "1"})}, "two")
+    wait_for("two", lambda: label(docker_client, app) == sha2[:12])
+    code, doc = curl(sock, "POST", "/v1/rollback?wait=true", json.dumps({"revision": sha1[:7]}))
+    assert code == 200 and doc["revision"] == sha1[:12] and doc["pinned"] is True
+    assert doc["result"]["outcome"] == "succeeded"
+    assert label(docker_client, app) == sha1[:12]
+    code, doc = curl(sock, "POST", "/v1/rollback", json.dumps({"revision": "0000000"}))
+    assert code == 404 and "no recorded revision" in doc["error"]
+    code, doc = curl(sock, "POST", "/v1/rollback", "not json")
+    assert code == 400
+    code, doc = curl(sock, "POST", "/v1/resume?wait=true")
+    assert code == 200 and doc["pinned"] is False
+    assert label(docker_client, app) == sha2[:12]
+    code, doc = curl(sock, "DELETE", "/v1/status")
+    assert code == 405
+    code, doc = curl(sock, "GET", "/v2/nothing")
+    assert code == 404
+
+    # the same through http.client, and the CLI commands that use it
+    status, doc = agent.client.request("GET", "/v1/status")
+    assert status == 200 and doc["revision"]["applied"] == sha2[:12]
+    status, doc = agent.client.request("POST", "/v1/sync")
+    assert status == 202 and doc["queued"] is True
+    assert "sync: revision" in agent.cli("sync").stdout
+    out = agent.cli("status").stdout
+    assert f"stack {stack_name}: Healthy" in out and "sync:      Synced" in out
+    assert sha2[:12] in agent.cli("history").stdout
+
+    # Prometheus metrics on loopback, and the same on the socket
+    status, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    assert 'pyapply_reconcile_passes_total{outcome="succeeded",trigger="start"} 1.0' in text
+    assert 'pyapply_actions_total{kind="create",status="done"}' in text
+    assert "pyapply_last_applied_revision_timestamp_seconds" in text
+    assert f'pyapply_objects_drifted{{stack="{stack_name}"}}' in text
+    code, body = curl(sock, "GET", "/metrics")
+    assert code == 200 and "pyapply_reconcile_duration_seconds_bucket" in body
+    # JSON log lines
+    lines = [json.loads(line) for line in agent.logs().splitlines() if line.startswith("{")]
+    assert any(d.get("revision") == sha2[:12] and d.get("outcome") == "succeeded" for d in lines)
+
+
+def test_sigterm_mid_apply_leaves_a_state_the_next_pass_converges(
+    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    services = {f"s{i}": "1" for i in range(8)}
+    repo.commit({"stack.yaml": stack_yaml(stack_name, services)}, "eight")
+    agent.start(repo.path, "--parallel", "1")
+    wait_for("the first create", lambda: "create " + stack_name in agent.logs(), timeout=30)
+    assert agent.stop() == 0
+    logs = agent.logs()
+    assert "SIGTERM" in logs and "stopped" in logs
+    diff = agent.cli("diff", "-f", str(repo.path), "--exit-code", ok=False)
+    assert diff.returncode in (0, 2), diff.stderr  # drift is expected, errors are not
+    created = [
+        c.name
+        for c in docker_client.containers.list(
+            all=True, filters={"label": f"io.pyapply.stack={stack_name}"}
+        )
+    ]
+    assert len(created) < 8, "the apply was not interrupted; nothing to check"
+    hist = json.loads(agent.cli("history", "-o", "json").stdout)["passes"]
+    assert hist[0]["outcome"] == "interrupted", hist[0]
+    agent.start(repo.path)
+    wait_for(
+        "convergence",
+        lambda: agent.cli("diff", "-f", str(repo.path), "--exit-code", ok=False).returncode == 0,
+        timeout=60,
+    )
+    assert agent.api("GET", "/v1/status")["sync"] == "Synced"
