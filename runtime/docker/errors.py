@@ -1,6 +1,9 @@
-"""Translate Docker SDK / HTTP / socket failures into the runtime error taxonomy.
+"""Translate Docker SDK / EngineHTTP / socket failures into the runtime error taxonomy.
 
-`translate` is the one place that decides what a failure means for the reconciler:
+`translate` is the one place that decides what a failure means for the reconciler, whichever
+path the request took (the SDK, or `runtime.docker.engine` for reads): a daemon's answer goes
+through `classify_api_error` (status + the daemon's message), a failure to connect through
+`connect_failure`, a request that broke off through `transport_failure`.
 
 =====================================================  ======================================
 what happened                                          raised
@@ -27,11 +30,8 @@ reworded where a plainer sentence exists (ports in use, networks with containers
 from __future__ import annotations
 
 import re
-import socket
-
-import requests
-import urllib3.exceptions
-from docker import errors as docker_errors
+import sys
+from functools import cache
 
 from runtime.base import (
     Conflict,
@@ -41,14 +41,38 @@ from runtime.base import (
     TransientError,
     Unavailable,
 )
-
-# Every exception type that can come out of the SDK or the transport underneath it.
-SDK_ERRORS: tuple[type[BaseException], ...] = (
-    docker_errors.DockerException,
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    OSError,  # includes socket.timeout / ConnectionError / FileNotFoundError
+from runtime.docker.engine import (
+    EngineAPIError,
+    EngineConnectError,
+    EngineError,
+    EngineTransportError,
 )
+
+# The exception types of the fast read path (`runtime.docker.engine`) and the socket layer.
+_BASE_ERRORS: tuple[type[BaseException], ...] = (EngineError, OSError)
+
+
+@cache
+def _sdk_errors() -> tuple[type[BaseException], ...]:
+    import requests
+    import urllib3.exceptions
+    from docker import errors as docker_errors
+
+    return (
+        docker_errors.DockerException,
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+    )
+
+
+def translatable_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type `translate` understands: the fast path's and the socket layer's,
+    plus the SDK's and its transport's once the SDK has been imported (until then nothing
+    can raise them, and looking them up must not import the SDK)."""
+    if "docker" not in sys.modules:
+        return _BASE_ERRORS
+    return _BASE_ERRORS + _sdk_errors()
+
 
 # 409s that go away by themselves.
 _TRANSIENT_CONFLICTS = (
@@ -155,61 +179,100 @@ def classify_api_error(status: int | None, explanation: str, action: str) -> Run
 
 
 def translate(exc: BaseException, action: str, daemon: str) -> RuntimeFailure:
-    """Turn one SDK/transport failure into the runtime taxonomy (the caller raises it `from`)."""
+    """Turn one failure of either read path (EngineHTTP or the SDK) or of the SDK's
+    mutations into the runtime taxonomy (the caller raises it `from` exc)."""
     if isinstance(exc, RuntimeFailure):
         return exc
+    if isinstance(exc, EngineAPIError):
+        return classify_api_error(exc.status, exc.explanation, action)
+    if isinstance(exc, EngineConnectError):
+        return connect_failure(exc.cause, action, daemon)
+    if isinstance(exc, EngineTransportError):
+        return transport_failure(exc.cause, action, daemon)
+    if "docker" in sys.modules:
+        failure = _translate_sdk(exc, action, daemon)
+        if failure is not None:
+            return failure
+    return transport_failure(exc, action, daemon)
+
+
+def connect_failure(
+    root: BaseException, action: str, daemon: str, *, dropped: bool = False
+) -> RuntimeFailure:
+    """No request could be made: the daemon's socket refused, was missing, timed out on
+    connect (Unavailable), denied access (PermanentError) or dropped the connection
+    (`dropped`, TransientError)."""
+    if (
+        dropped
+        or isinstance(root, ConnectionResetError | BrokenPipeError)
+        or "remote end closed" in str(root).lower()
+    ):
+        return TransientError(f"docker: cannot {action}: connection to the daemon lost ({root})")
+    if isinstance(root, PermissionError):
+        return PermanentError(
+            f"docker: cannot {action}: permission denied on {daemon} "
+            f"(is this user allowed to use Docker?): {root}"
+        )
+    return Unavailable(
+        f"docker: cannot {action}: cannot reach the Docker daemon at {daemon} "
+        f"(is dockerd running?): {root}"
+    )
+
+
+def transport_failure(exc: BaseException, action: str, daemon: str) -> RuntimeFailure:
+    """A socket- or HTTP-level failure of a request (no answer from the daemon to classify)."""
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return TransientError(f"docker: cannot {action}: the Docker daemon did not answer in time")
+    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+        return TransientError(f"docker: cannot {action}: connection to the daemon lost ({exc})")
+    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
+        return Unavailable(
+            f"docker: cannot {action}: cannot reach the Docker daemon at {daemon} "
+            f"(is dockerd running?): {exc}"
+        )
+    if isinstance(exc, ValueError):  # includes an answer that is not JSON
+        return PermanentError(f"docker: cannot {action}: {exc}")
+    if isinstance(exc, OSError):
+        return TransientError(f"docker: cannot {action}: {exc}")
+    return PermanentError(f"docker: cannot {action}: {exc}")
+
+
+def _translate_sdk(exc: BaseException, action: str, daemon: str) -> RuntimeFailure | None:
+    """The SDK-specific part of `translate` (None: not an SDK/requests/urllib3 failure, or one
+    `transport_failure` classifies)."""
+    import requests
+    import urllib3.exceptions
+    from docker import errors as docker_errors
+
     if isinstance(exc, docker_errors.APIError):
         status = exc.status_code if exc.response is not None else None
         return classify_api_error(status, explanation_of(exc), action)
-    unreachable = f"docker: cannot {action}: cannot reach the Docker daemon at {daemon}"
     if isinstance(exc, requests.ConnectionError) and not isinstance(
         exc, requests.exceptions.ReadTimeout
     ):
         # ConnectTimeout is a ConnectionError: the daemon did not accept the connection.
         root = _root_cause(exc)
-        if (
-            isinstance(
-                root, ConnectionResetError | BrokenPipeError | urllib3.exceptions.ProtocolError
-            )
-            or "remote end closed" in str(root).lower()
-        ):
-            return TransientError(
-                f"docker: cannot {action}: connection to the daemon lost ({root})"
-            )
-        if isinstance(root, PermissionError):
-            return PermanentError(
-                f"docker: cannot {action}: permission denied on {daemon} "
-                f"(is this user allowed to use Docker?): {root}"
-            )
-        return Unavailable(f"{unreachable} (is dockerd running?): {root}")
-    if isinstance(
-        exc,
-        requests.Timeout | urllib3.exceptions.ReadTimeoutError | socket.timeout | TimeoutError,
-    ):
-        return TransientError(f"docker: cannot {action}: the Docker daemon did not answer in time")
-    if isinstance(
-        exc,
-        requests.exceptions.ChunkedEncodingError
-        | urllib3.exceptions.ProtocolError
-        | ConnectionResetError
-        | BrokenPipeError,
-    ):
+        dropped = isinstance(root, urllib3.exceptions.ProtocolError)
+        return connect_failure(root, action, daemon, dropped=dropped)
+    if isinstance(exc, requests.Timeout | urllib3.exceptions.ReadTimeoutError):
+        return transport_failure(TimeoutError(), action, daemon)
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
         return TransientError(f"docker: cannot {action}: connection to the daemon lost ({exc})")
-    if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
-        return Unavailable(f"{unreachable} (is dockerd running?): {exc}")
-    if isinstance(exc, docker_errors.InvalidArgument | docker_errors.InvalidVersion | ValueError):
+    if isinstance(exc, OSError | ValueError):
+        return None  # plain socket errors, requests' other errors: the shared rules
+    if isinstance(exc, docker_errors.InvalidArgument | docker_errors.InvalidVersion):
         return PermanentError(f"docker: cannot {action}: {exc}")
     if isinstance(exc, docker_errors.DockerException):
         # e.g. "Error while fetching server API version: ..." when the socket is not there.
         text = str(exc)
         if "fetching server api version" in text.lower():
-            if exc.__cause__ is not None and isinstance(exc.__cause__, SDK_ERRORS):
+            if exc.__cause__ is not None and isinstance(exc.__cause__, translatable_errors()):
                 return translate(exc.__cause__, action, daemon)
-            return Unavailable(f"{unreachable}: {text}")
+            return Unavailable(
+                f"docker: cannot {action}: cannot reach the Docker daemon at {daemon}: {text}"
+            )
         return PermanentError(f"docker: cannot {action}: {text}")
-    if isinstance(exc, OSError):
-        return TransientError(f"docker: cannot {action}: {exc}")
-    return PermanentError(f"docker: cannot {action}: {exc}")
+    return None
 
 
 def _root_cause(exc: BaseException) -> BaseException:

@@ -545,6 +545,77 @@ def test_pull_from_a_loopback_registry(rt: DockerRuntime, raw: Any, registry: st
         rt.pull_image(f"{registry}/pyatest/no-such-repo:1")
 
 
+def test_sdk_reads_and_fast_reads_agree(rt: DockerRuntime, stack: str, tmp_path: Path) -> None:
+    """The SDK read path (used for tcp/ssh/TLS daemons) and EngineHTTP (UNIX socket) see the
+    same states, and fail the same way."""
+    sdk = DockerRuntime(base_url="unix:///var/run/docker.sock", timeout=30, fast_reads=False)
+    try:
+        subnet, gateway, _ = random_subnet()
+        net = f"{stack}_front"
+        vol = f"{stack}_data"
+        rt.create_network(
+            NetworkConfig(name=net, subnet=subnet, gateway=gateway, labels=labels(stack))
+        )
+        rt.create_volume(VolumeConfig(name=vol, labels=labels(stack)))
+        web = sleeper(
+            stack,
+            env=("B=2", "A=1"),
+            mounts=(MountConfig(type="volume", source=vol, target="/data"),),
+            ports=(PortBinding(container_port=80, host_ip="127.0.0.1", host_port=free_port()),),
+            networks=(Attachment(network=net, aliases=("web",)),),
+            memory_bytes=32 * 1024 * 1024,
+            health=HealthConfig(test=("CMD", "true"), interval_s=0.5),
+        )
+        job = sleeper(stack, "job-1", command=("sh", "-c", "exit 3"))
+        created = sleeper(stack, "idle-1")
+        for cfg in (web, job, created):
+            rt.create_container(cfg)
+        rt.start_container(web.name)
+        rt.start_container(job.name)
+        wait_for(rt, job.name, lambda s: s.status == "exited")
+        wait_for(rt, web.name, lambda s: s.health == "healthy")
+
+        by_stack = {STACK: stack}
+        fast_containers = rt.list_containers(by_stack)
+        assert [c.name for c in fast_containers] == sorted((web.name, job.name, created.name))
+        assert sdk.list_containers(by_stack) == fast_containers
+        assert sdk.list_containers({STACK: "", HASH: "h1"}) == rt.list_containers(
+            {STACK: "", HASH: "h1"}
+        ) and fast_containers[0] in rt.list_containers({STACK: "", HASH: "h1"})
+        assert sdk.list_networks(by_stack) == rt.list_networks(by_stack) != []
+        assert sdk.list_volumes(by_stack) == rt.list_volumes(by_stack) != []
+        for name in (web.name, job.name, created.name, f"{stack}-missing-1"):
+            assert sdk.get_container(name) == rt.get_container(name)
+        assert sdk.get_network(net) == rt.get_network(net) is not None
+        assert sdk.get_volume(vol) == rt.get_volume(vol) is not None
+        assert sdk.get_network(f"{stack}_nope") is None and rt.get_network(f"{stack}_nope") is None
+        refs = [IMAGE, "pyapply-test/does-not-exist:1"]
+        assert sdk.images(refs) == rt.images(refs)
+
+        # The same daemon error comes out the same on both paths.
+        failures: list[tuple[type[Exception], str]] = []
+        for runtime in (sdk, rt):
+            with pytest.raises(NotFound) as info:
+                runtime._get("inspect image Bad::Ref", "/images/{0}/json", "Bad::Ref")
+            failures.append((type(info.value), info.value.message))
+        assert failures[0] == failures[1]
+    finally:
+        sdk.close()
+
+
+def test_fast_reads_survive_a_dropped_connection(rt: DockerRuntime, stack: str) -> None:
+    """A kept-alive connection that went away (daemon restart, idle close) is reopened."""
+    rt.create_volume(VolumeConfig(name=f"{stack}_data", labels=labels(stack)))
+    assert rt.get_volume(f"{stack}_data") is not None
+    engine = rt._fast()
+    assert engine is not None
+    conn = engine._local.conn
+    assert conn.sock is not None
+    conn.sock.shutdown(socket.SHUT_RDWR)  # as if the daemon had closed it
+    assert rt.get_volume(f"{stack}_data") is not None
+    assert engine._local.conn is conn and conn.sock is not None
+
+
 def test_unreachable_daemon_is_unavailable(tmp_path: Path) -> None:
     runtime = DockerRuntime(base_url=f"unix://{tmp_path}/no-docker.sock", timeout=5)
     try:
