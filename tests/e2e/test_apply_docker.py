@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,25 +253,41 @@ def test_apply_killed_part_way_is_finished_by_the_next(
 
 
 def test_apply_killed_mid_recreate_is_finished_by_the_next(cli: Cli, docker_client: Any) -> None:
+    """SIGKILL the apply the moment dockerd reports the old container destroyed: the point of a
+    stop-first recreate where the old container is gone and the new one may not exist yet."""
     cli.ok("-f", str(WEBDB))
     s = cli.stack
+    old_id = docker_client.containers.get(f"{s}-web-1").id
+    events = docker_client.events(
+        filters={"container": f"{s}-web-1", "event": "destroy"},
+        since=int(time.time()),
+        decode=True,
+    )
     proc = subprocess.Popen(
         [PYAPPLY, "-f", str(WEBDB)],
         env={**cli.env, "LOG_LEVEL": "debug"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    gone = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        if not docker_client.containers.list(all=True, filters={"name": f"^{s}-web-1$"}):
-            gone = True
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert gone, "the old container was never seen removed before the apply ended"
-    assert f"{s}-web-1" not in containers(docker_client, s)
+    destroyed = threading.Event()
+
+    def kill_on_destroy() -> None:
+        for ev in events:
+            if ev.get("id") == old_id:
+                proc.send_signal(signal.SIGKILL)
+                destroyed.set()
+                return
+
+    watcher = threading.Thread(target=kill_on_destroy, daemon=True)
+    watcher.start()
+    try:
+        proc.wait(timeout=120)
+    finally:
+        events.close()
+    assert destroyed.is_set(), "the apply ended before the old container was destroyed"
+    # Killed part-way: the new container is missing, or created by the killed apply; never two.
+    left = [c for c in docker_client.containers.list(all=True) if c.name.startswith(f"{s}-web-")]
+    assert len(left) <= 1
     cli.ok("-f", str(WEBDB), LOG_LEVEL="debug")
     env = docker_client.containers.get(f"{s}-web-1").attrs["Config"]["Env"]
     assert "LOG_LEVEL=debug" in env
