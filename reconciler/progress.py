@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
-
-from reconciler.execute import ActionResult
 from reconciler.plan import Action
 from reconciler.render import result_line
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from reconciler.execute import ActionResult
 
 
 class PlainReporter:
@@ -42,10 +42,15 @@ class LiveReporter:
     """A table of the actions under way and done, redrawn in place, like compose's."""
 
     def __init__(self, console: Console | None = None) -> None:
+        from rich.console import Console  # only on a terminal: rich is slow to import
+        from rich.live import Live
+
         self.console = console or Console()
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[str, str, float]] = {}
-        self._live = Live(self._table(), console=console, refresh_per_second=8, transient=False)
+        self._live = Live(
+            self._table(), console=self.console, refresh_per_second=8, transient=False
+        )
 
     def __enter__(self) -> LiveReporter:
         self._live.__enter__()
@@ -56,6 +61,9 @@ class LiveReporter:
         self._live.__exit__(None, None, None)
 
     def _table(self) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
         table = Table.grid(padding=(0, 2))
         now = time.monotonic()
         for _aid, (label, state, since) in self._rows.items():
