@@ -162,14 +162,19 @@ class DefaultApply(click.Group):
 # Helpers
 
 
-def load_or_fail(files: Sequence[str], profiles: Sequence[str] = ()) -> Loaded:
+def load_or_fail(
+    files: Sequence[str], profiles: Sequence[str] = (), *, acting: bool = True
+) -> Loaded:
+    """Load the manifests, or print every problem and fail (`acting`: the command would have
+    changed something, so say that nothing was)."""
     try:
         loaded = load(list(files), profiles=profiles)
     except ManifestError as exc:
         for problem in exc.problems:
             err(str(problem))
         n = len(exc.problems)
-        fail(f"{n} error{'s' if n != 1 else ''} in the manifests; nothing was changed")
+        tail = "; nothing was changed" if acting else ""
+        fail(f"{n} error{'s' if n != 1 else ''} in the manifests{tail}")
     for warning in loaded.warnings:
         err(str(warning))
     return loaded

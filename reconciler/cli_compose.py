@@ -11,9 +11,7 @@ from __future__ import annotations
 import click
 
 from reconciler import compose_render
-from reconciler.cli import err, fail, file_option, profile_option
-from reconciler.manifest import load
-from reconciler.model import ManifestError
+from reconciler.cli import file_option, load_or_fail, profile_option
 
 
 def _output(fn: click.decorators.FC) -> click.decorators.FC:
@@ -28,15 +26,7 @@ def _output(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _print(files: tuple[str, ...], profiles: tuple[str, ...], output: str, canonical: bool) -> None:
-    try:
-        loaded = load(list(files), profiles=profiles)
-    except ManifestError as exc:
-        for problem in exc.problems:
-            err(str(problem))
-        n = len(exc.problems)
-        fail(f"{n} error{'s' if n != 1 else ''} in the manifests")
-    for warning in loaded.warnings:
-        err(str(warning))
+    loaded = load_or_fail(files, profiles, acting=False)
     render = compose_render.stack_document if canonical else compose_render.compose_document
     docs = [render(stack) for stack in loaded.stacks]
     if output == "json":
