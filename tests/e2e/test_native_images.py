@@ -110,6 +110,29 @@ def put_manifest(addr: str, repo: str, ref: str, doc: bytes, media_type: str) ->
     return "sha256:" + hashlib.sha256(doc).hexdigest()
 
 
+def oci_manifest(addr: str, repo: str, config: bytes, layers: list[bytes]) -> bytes:
+    """Push `config` and gzipped `layers` as blobs; return an OCI image manifest naming them."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MT_OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": push_blob(addr, repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": push_blob(addr, repo, b),
+                    "size": len(b),
+                }
+                for b in layers
+            ],
+        }
+    ).encode()
+
+
 def rootfs_tar(files: dict[str, bytes], gz: bool = True) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -436,24 +459,7 @@ def test_manifest_list_and_oci_index_resolved_for_platform(
             "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         }
     ).encode()
-    tiny = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": push_blob(registry, repo, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": push_blob(registry, repo, layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
+    tiny = oci_manifest(registry, repo, config, [layer])
     tiny_digest = put_manifest(registry, repo, "tiny", tiny, MT_OCI_MANIFEST)
     pushed.append(tiny_digest)
 
@@ -521,24 +527,7 @@ def test_tampered_blob_refused(
             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]},
         }
     ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": push_blob(registry, repo, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": push_blob(registry, repo, layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
+    manifest = oci_manifest(registry, repo, config, [layer])
     pushed.append(put_manifest(registry, repo, "bad", manifest, MT_OCI_MANIFEST))
     with pytest.raises(PermanentError, match="diff_id"):
         store.pull(f"{registry}/{repo}:bad")
@@ -807,25 +796,7 @@ def test_layers_fetched_in_parallel_and_stacked(
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
     ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": MT_OCI_MANIFEST,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": push_blob(registry, repo, config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": push_blob(registry, repo, b),
-                    "size": len(b),
-                }
-                for b in layers
-            ],
-        }
-    ).encode()
+    manifest = oci_manifest(registry, repo, config, layers)
     pushed.append(put_manifest(registry, repo, "layered", manifest, MT_OCI_MANIFEST))
 
     token_registry.allow_anonymous = True

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shapes import value_paths
 
 from reconciler import compose, compose_render, yamlpos
 from reconciler.manifest import Loaded, load
@@ -642,17 +643,6 @@ def test_a_file_of_includes_only(here: Path) -> None:
     assert [s.name for s in stack.services] == ["a", "b"]
 
 
-def _paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out += _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out += _paths(value, (*prefix, i))
-    return out
-
-
 def test_any_shape_in_a_merged_project_is_reported_not_crashed(here: Path) -> None:
     base = {
         "include": [{"path": "inc.yaml", "env_file": ["inc.env"]}],
@@ -694,7 +684,7 @@ def test_any_shape_in_a_merged_project_is_reported_not_crashed(here: Path) -> No
     replacements: list[object] = [None, 7, "x", [], {}, True, ["x"], {"x": None}]
     n = 0
     for doc, name in ((base, "compose.yaml"), (override, "compose.override.yaml")):
-        for path in _paths(doc):
+        for path in value_paths(doc):
             for replacement in replacements[n % 3 :: 3]:
                 n += 1
                 changed = json.loads(json.dumps(doc))

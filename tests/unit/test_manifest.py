@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from shapes import value_paths
 
 from reconciler import manifest
 from reconciler.manifest import Loaded, load
@@ -1530,23 +1531,12 @@ def test_compose_corpus_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 # Robustness: whatever shape a value has, loading ends in a model or a ManifestError
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out += _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out += _paths(value, (*prefix, i))
-    return out
-
-
 def test_any_value_of_the_wrong_shape_is_reported_not_crashed(here: Path) -> None:
     base = yaml.safe_load((DATA / "rich" / "compose.yaml").read_text())
     replacements: list[Any] = [None, 7, "x", [], {}, True, ["x"], {"x": None}]
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     (here / "app").mkdir()
-    paths = _paths(base)
+    paths = value_paths(base)
     assert len(paths) > 100
     for n, path in enumerate(paths):
         # one shape per value, cycling through the list, keeps the test fast
