@@ -180,9 +180,9 @@ def load_or_fail(
     return loaded
 
 
-def connect(runtime_name: str | None) -> Runtime:
+def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
     try:
-        return open_runtime(runtime_name)
+        return open_runtime(runtime_name, root=state_root(root))
     except RuntimeFailure as exc:
         fail(exc.message)
 
@@ -253,7 +253,7 @@ def apply(
     """Converge the live state to the manifests."""
     loaded = load_or_fail(files, profiles)
     revision = identify(loaded.files, loaded.content_digest)
-    rt = connect(runtime_name)
+    rt = connect(runtime_name, root)
     root_dir = state_root(root)
     live = output == "text" and sys.stdout.isatty()
     options = ApplyOptions(
@@ -328,7 +328,7 @@ def diff_cmd(
     """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
     loaded = load_or_fail(files, profiles)
     revision = identify(loaded.files, loaded.content_digest)
-    rt = connect(runtime_name)
+    rt = connect(runtime_name, root)
     root_dir = state_root(root)
     plans = [
         plan_stack(
@@ -402,7 +402,7 @@ def _down(
     profiles: Sequence[str] = (),
 ) -> None:
     names = _stack_names(files, stacks, profiles)
-    rt = connect(runtime_name)
+    rt = connect(runtime_name, root)
     root_dir = state_root(root)
     ok = True
     with locked(root_dir, lock_timeout):
@@ -436,7 +436,7 @@ def get(
 ) -> None:
     """List the objects of the stacks with their state and health."""
     names = _stack_names(files, stacks, profiles)
-    rt = connect(runtime_name)
+    rt = connect(runtime_name, root)
     docs: list[dict[str, Any]] = []
     for name in names:
         obs = observe(rt, name)
@@ -527,7 +527,7 @@ def logs(
 ) -> None:
     """Print the output of a service's containers (each line prefixed with the replica)."""
     names = _stack_names(files, stacks)
-    rt = connect(runtime_name)
+    rt = connect(runtime_name, root)
     containers = [
         c
         for name in names

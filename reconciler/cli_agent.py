@@ -116,7 +116,7 @@ def watch(
             fail(f"--metrics {metrics_addr}: {exc}")
 
     def rt() -> Any:
-        return open_runtime(runtime_name)
+        return open_runtime(runtime_name, root=state_root(root))
 
     options = AgentOptions(
         interval_s=interval,
@@ -311,7 +311,7 @@ def _rollback_here(
     try:
         materialise(files, directory)
         loaded = load_or_fail([directory])
-        rt = connect(runtime_name)
+        rt = connect(runtime_name, root_dir)
         pid = hist.begin(full, subject, "rollback(cli)")
         errors: list[str] = []
         with locked(root_dir, lock_timeout):

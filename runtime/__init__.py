@@ -6,11 +6,13 @@ import os
 
 from runtime.base import Runtime, Unavailable
 
-RUNTIMES = ("docker",)
+RUNTIMES = ("docker", "native")
 
 
-def open_runtime(name: str | None = None) -> Runtime:
-    """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else docker).
+def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime:
+    """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else docker). `root` is
+    the state root of the native runtime (default: $PYAPPLY_ROOT, else /var/lib/pyapply);
+    docker ignores it.
 
     Drivers are imported lazily so that commands that need no runtime (validate, config)
     never import a driver's dependencies.
@@ -20,4 +22,8 @@ def open_runtime(name: str | None = None) -> Runtime:
         from runtime.docker.driver import DockerRuntime
 
         return DockerRuntime()
+    if chosen == "native":
+        from runtime.native.driver import NativeRuntime
+
+        return NativeRuntime(root)
     raise Unavailable(f"unknown runtime {chosen!r}; known runtimes: {', '.join(RUNTIMES)}")

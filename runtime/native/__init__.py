@@ -7,5 +7,6 @@ Built in parts (issue 3), each usable and tested on its own:
   health.py (the healthcheck runner), containers.py (the ContainerManager tying them);
 - network.py, ipam.py, firewall.py: bridges, veths, persistent IPAM, NAT, published ports,
   isolation, managed /etc/hosts.
-The Runtime driver that puts them behind `runtime.base.Runtime` is not written yet.
+driver.py (NativeRuntime) puts them behind `runtime.base.Runtime`, with named volumes and a
+network namespace per container (PYAPPLY_RUNTIME=native; docker stays the default).
 """
