@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import fcntl
-import functools
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from pyroute2 import netns  # type: ignore[import-untyped]
 
@@ -53,41 +51,20 @@ from runtime.base import (
     NetworkState,
     NotFound,
     PermanentError,
-    RuntimeFailure,
-    TransientError,
     VolumeConfig,
     VolumeState,
 )
 from runtime.native.containers import ContainerManager, atomic_write
 from runtime.native.images import ImageStore
-from runtime.native.network import NetworkManager
+from runtime.native.network import NetworkManager, translated
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
 
 def default_root() -> Path:
     return Path(os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT)
-
-
-def _translated(fn: Callable[P, R]) -> Callable[P, R]:
-    """OS errors leave as the runtime taxonomy (busy/again: transient, else permanent)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except RuntimeFailure:
-            raise
-        except OSError as e:
-            cls = TransientError if e.errno in (errno.EBUSY, errno.EAGAIN) else PermanentError
-            raise cls(f"{fn.__name__}: {e}") from e
-
-    return wrapper
 
 
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
@@ -121,7 +98,7 @@ class NativeRuntime:
 
     # -- images --------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def images(self, refs: Iterable[str]) -> dict[str, ImageInfo | None]:
         out: dict[str, ImageInfo | None] = {}
         for ref in refs:
@@ -129,7 +106,7 @@ class NativeRuntime:
             out[ref] = rec.info() if rec is not None else None
         return out
 
-    @_translated
+    @translated
     def pull_image(self, ref: str) -> ImageInfo:
         return self.image_store.pull(ref).info()
 
@@ -169,7 +146,7 @@ class NativeRuntime:
             mountpoint=str(self._volume_dir(name) / "_data"),
         )
 
-    @_translated
+    @translated
     def create_volume(self, config: VolumeConfig) -> None:
         if config.driver not in ("local", ""):
             raise PermanentError(f"volume driver {config.driver!r} is not supported (local only)")
@@ -209,7 +186,7 @@ class NativeRuntime:
                     break
         return users
 
-    @_translated
+    @translated
     def remove_volume(self, name: str) -> None:
         vdir = self._volume_dir(name)
         if not vdir.exists():
@@ -222,12 +199,12 @@ class NativeRuntime:
             (vdir / "meta.json").unlink()
         shutil.rmtree(vdir, ignore_errors=False)
 
-    @_translated
+    @translated
     def get_volume(self, name: str) -> VolumeState | None:
         meta = self._volume_meta(name)
         return None if meta is None else self._volume_state(name, meta)
 
-    @_translated
+    @translated
     def list_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
         if not self.volumes_dir.is_dir():
             return []
@@ -302,7 +279,7 @@ class NativeRuntime:
 
     # -- containers ----------------------------------------------------------------------
 
-    @_translated
+    @translated
     def create_container(self, config: ContainerConfig) -> str:
         with self._lock():
             return self._create_container(config)
@@ -360,7 +337,7 @@ class NativeRuntime:
             raise
         return cid
 
-    @_translated
+    @translated
     def start_container(self, name: str) -> None:
         if self.containers.state(name) is None:
             raise NotFound(f"no such container: {name}")
@@ -370,13 +347,13 @@ class NativeRuntime:
             )
         self.containers.start(name)
 
-    @_translated
+    @translated
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
         if self.containers.state(name) is None:
             raise NotFound(f"no such container: {name}")
         self.containers.stop(name, timeout_s)
 
-    @_translated
+    @translated
     def remove_container(self, name: str) -> None:
         with self._lock():
             self._teardown(name)
@@ -399,7 +376,7 @@ class NativeRuntime:
             "runtime (use stop-first updates)"
         )
 
-    @_translated
+    @translated
     def connect_network(self, container: str, attachment: Attachment) -> None:
         state = self.containers.state(container)
         if state is None:
@@ -418,14 +395,14 @@ class NativeRuntime:
             hostname=hostname or None,
         )
 
-    @_translated
+    @translated
     def get_container(self, name: str) -> ContainerState | None:
         state = self.containers.state(name)
         if state is None:
             return None
         return self._with_networks(state, self._attached_networks())
 
-    @_translated
+    @translated
     def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
         found = self.containers.list(labels)
         if not found:

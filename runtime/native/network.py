@@ -75,7 +75,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _translated(fn: Callable[P, R]) -> Callable[P, R]:
+def translated(fn: Callable[P, R]) -> Callable[P, R]:
     """Errors leave as the runtime taxonomy: netlink and OS errors become PermanentError
     (TransientError when the kernel says busy / try again)."""
 
@@ -239,7 +239,7 @@ class NetworkManager:
 
     # -- networks ----------------------------------------------------------------------
 
-    @_translated
+    @translated
     def create(self, config: NetworkConfig) -> NetworkState:
         """Create the network (bridge, address, rules); an identical existing one is made
         sure of (recreated in the kernel if needed) and returned."""
@@ -295,7 +295,7 @@ class NetworkManager:
         st.networks[config.name] = rec
         return rec
 
-    @_translated
+    @translated
     def ensure(self, name: str) -> None:
         """Recreate the kernel objects and rules of an existing network (after a reboot)."""
         with self._locked() as st:
@@ -350,7 +350,7 @@ class NetworkManager:
             )
         self.firewall.add(rules)
 
-    @_translated
+    @translated
     def remove(self, name: str) -> None:
         """Remove the network: bridge, rules, leases. Gone is success; a network with live
         endpoints is a Conflict (endpoints whose veth vanished are dropped first)."""
@@ -409,7 +409,7 @@ class NetworkManager:
 
     # -- attachments -------------------------------------------------------------------
 
-    @_translated
+    @translated
     def attach(
         self,
         network: str,
@@ -516,7 +516,7 @@ class NetworkManager:
                     default_route = True
         return ifname, default_route
 
-    @_translated
+    @translated
     def detach(self, network: str, container_name: str) -> None:
         """Detach a container: its veth, lease and published ports on `network`.
         Not attached is success."""
@@ -558,7 +558,7 @@ class NetworkManager:
             rec["ports"] = kept
             self.firewall.delete_tagged(comments=[firewall.port_comment(rec["bridge"], container)])
 
-    @_translated
+    @translated
     def reclaim(self, live_container_names: Iterable[str]) -> builtins.list[tuple[str, str]]:
         """Drop the endpoints, leases and ports of containers that no longer exist;
         return (network, container) pairs reclaimed."""
@@ -582,7 +582,7 @@ class NetworkManager:
 
     # -- published ports ---------------------------------------------------------------
 
-    @_translated
+    @translated
     def publish(self, container_name: str, ip: str, binding: PortBinding) -> PortBinding:
         """Publish `binding` to the container's address `ip` (on one of its networks);
         return the binding with its host port resolved. IPv4 only: a host_ip of "::" is
@@ -649,7 +649,7 @@ class NetworkManager:
             )
             return resolved
 
-    @_translated
+    @translated
     def unpublish(self, container_name: str, binding: PortBinding | None = None) -> None:
         """Remove one published port of a container (or all of them)."""
         with self._locked() as st:
@@ -690,7 +690,7 @@ class NetworkManager:
 
     # -- names -------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def set_hosts_file(
         self, container_name: str, path: str | None, hostname: str | None = None
     ) -> None:
@@ -728,7 +728,7 @@ class NetworkManager:
 
     # -- everything --------------------------------------------------------------------
 
-    @_translated
+    @translated
     def reset(self) -> None:
         """Remove everything this state root made: veths, bridges, rules, state."""
         bridges: set[str] = set()
