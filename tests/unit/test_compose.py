@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import yaml
-from shapes import value_paths
+from support import value_paths, write
 
 from reconciler import compose, compose_render, yamlpos
 from reconciler.manifest import Loaded, load
@@ -39,19 +38,6 @@ FIXTURES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
 REPO = Path(__file__).resolve().parents[2]
 CORPUS_DEFAULT = REPO.parent / "shared" / "corpus" / "compose"
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
-
-
-@pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write(root: Path, files: Mapping[str, str]) -> None:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
 
 
 def only(loaded: Loaded) -> Stack:

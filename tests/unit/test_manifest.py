@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
-from shapes import value_paths
+from support import value_paths, write
 
 from reconciler import manifest
 from reconciler.manifest import Loaded, load
@@ -45,19 +45,6 @@ from reconciler.model import (
 
 DATA = Path(__file__).parent / "data" / "manifests"
 CORPUS_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "compose"
-
-
-@pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def write(root: Path, files: Mapping[str, str]) -> None:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip("\n"))
 
 
 def load_text(
