@@ -164,9 +164,14 @@ def _validation_key(name: str, data: Any) -> str | None:
     except (TypeError, ValueError):
         return None
     h = hashlib.sha256()
-    h.update(json.dumps(_schemas()[name], sort_keys=True).encode())
+    h.update(_schema_digest(name).encode())
     h.update(b"\0" + name.encode() + b"\0" + doc.encode())
     return h.hexdigest()
+
+
+@functools.cache
+def _schema_digest(name: str) -> str:
+    return hashlib.sha256(json.dumps(_schemas()[name], sort_keys=True).encode()).hexdigest()
 
 
 def _known_valid(key: str) -> bool:
