@@ -7,6 +7,7 @@ BIN       := $(VENV)/bin
 PYTEST    := $(BIN)/pytest -ra -p no:cacheprovider
 LINT_DIRS := reconciler runtime tests
 DEMO      := manifests/demo/
+DEMO_TAR  := .state/demo/busybox-rootfs.tar
 
 .PHONY: help setup lint typecheck unit e2e test demo bench clean-state
 
@@ -17,7 +18,7 @@ help:
 	@echo "make unit        unit tests"
 	@echo "make e2e         end-to-end tests against dockerd"
 	@echo "make test        setup + lint + typecheck + every test except benchmarks (CI)"
-	@echo "make demo        apply $(DEMO)"
+	@echo "make demo        apply $(DEMO) on the native runtime (no dockerd, no registry)"
 	@echo "make bench       run tests/bench/*.py"
 	@echo "make clean-state remove ./.state and objects left by interrupted e2e runs"
 
@@ -40,11 +41,18 @@ e2e:
 test: setup lint typecheck
 	$(PYTEST) tests --ignore=tests/bench
 
-demo: setup
+# The demo needs no daemon and no registry: the busybox image is made here from Debian's
+# busybox-static and imported into the native runtime's image store.
+demo:
+	bash scripts/setup.sh --native
+	bash scripts/build-test-image.sh --tar $(DEMO_TAR)
+	$(BIN)/pyapply image import $(DEMO_TAR) --ref pyapply-test/busybox:latest
 	$(BIN)/pyapply -f $(DEMO)
 	@echo
-	@echo "Look at it:  $(BIN)/pyapply get -f $(DEMO)"
-	@echo "Tear down:   $(BIN)/pyapply down -f $(DEMO)"
+	@echo "It answers:  curl http://127.0.0.1:$${DEMO_PORT:-8080}/"
+	@echo "Look at it:  $(BIN)/pyapply get -f $(DEMO)   |   $(BIN)/pyapply logs --file $(DEMO) worker"
+	@echo "State:       /var/lib/pyapply (containers, images, networks, volumes)"
+	@echo "Tear down:   $(BIN)/pyapply down -f $(DEMO)   (add --volumes to delete the volume)"
 
 bench:
 	@set -e; found=0; for f in tests/bench/*.py; do \

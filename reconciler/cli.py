@@ -85,7 +85,8 @@ def runtime_options(fn: F) -> F:
         "runtime_name",
         envvar="PYAPPLY_RUNTIME",
         default=None,
-        help="Runtime to drive (docker). Env: PYAPPLY_RUNTIME.",
+        help="Runtime to drive: native (the default, daemonless) or docker. "
+        "Env: PYAPPLY_RUNTIME.",
     )(fn)
     fn = click.option(
         "--root",
@@ -128,6 +129,9 @@ LAZY_COMMANDS: dict[str, str] = {
     # compose files (reconciler/cli_compose.py)
     "config": "reconciler.cli_compose:config",
     "convert": "reconciler.cli_compose:convert",
+    # the native runtime's image store and state root (reconciler/cli_image.py, cli_system.py)
+    "image": "reconciler.cli_image:image",
+    "system": "reconciler.cli_system:system",
 }
 
 

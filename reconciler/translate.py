@@ -28,6 +28,8 @@ from runtime.base import (
 )
 
 FileKind = Literal["config", "secret"]
+# on the host, bind-mounted read-only as they are: secrets readable by root only
+FILE_MODES: dict[FileKind, int] = {"config": 0o444, "secret": 0o400}
 LAST_APPLIED = identity.PREFIX + "last-applied"
 
 
@@ -239,7 +241,9 @@ def desired_state(
             path = _file_path(files_root, stack.name, fkind, spec.name, content)
             paths[(fkind, spec.name)] = path
             files.append(
-                DesiredFile(kind=fkind, key=spec.name, path=path, content=content, mode=0o444)
+                DesiredFile(
+                    kind=fkind, key=spec.name, path=path, content=content, mode=FILE_MODES[fkind]
+                )
             )
 
     containers: list[DesiredContainer] = []

@@ -6,18 +6,19 @@ import os
 
 from runtime.base import Runtime, Unavailable
 
-RUNTIMES = ("docker", "native")
+RUNTIMES = ("native", "docker")
+DEFAULT_RUNTIME = "native"
 
 
 def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime:
-    """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else docker). `root` is
+    """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else native). `root` is
     the state root of the native runtime (default: $PYAPPLY_ROOT, else /var/lib/pyapply);
     docker ignores it.
 
     Drivers are imported lazily so that commands that need no runtime (validate, config)
     never import a driver's dependencies.
     """
-    chosen = name or os.environ.get("PYAPPLY_RUNTIME") or "docker"
+    chosen = name or os.environ.get("PYAPPLY_RUNTIME") or DEFAULT_RUNTIME
     if chosen == "docker":
         from runtime.docker.driver import DockerRuntime
 

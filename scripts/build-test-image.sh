@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Build the end-to-end tests' image, pyapply-test/busybox:latest, on the local dockerd without
-# any registry: a rootfs made from Debian's static busybox, imported as a single layer.
-# Skips when the image exists, unless FORCE=1.
+# Build the end-to-end tests' and the demo's image, pyapply-test/busybox:latest, without any
+# registry: a rootfs made from Debian's static busybox, as a single layer.
+#
+#   scripts/build-test-image.sh             import it into the local dockerd (skips when the
+#                                           image exists, unless FORCE=1)
+#   scripts/build-test-image.sh --tar OUT   write the rootfs tarball to OUT instead, for
+#                                           `pyapply image import OUT --ref ...` (no docker)
 set -euo pipefail
 
 image=${PYAPPLY_TEST_IMAGE:-pyapply-test/busybox:latest}
 busybox=${BUSYBOX:-/bin/busybox}
+out=""
+case "${1:-}" in
+    --tar) out=${2:?--tar needs a path}; mkdir -p "$(dirname "$out")"; out=$(realpath "$out") ;;
+    "") ;;
+    *) echo "build-test-image: unknown argument: $1" >&2; exit 2 ;;
+esac
 
-if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
+if [ -z "$out" ] && [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
     echo "build-test-image: $image exists (FORCE=1 rebuilds)"
     exit 0
 fi
@@ -47,6 +57,13 @@ root:x:0:
 nobody:x:65534:
 GROUP
 echo "pyapply test image" >"$root/www/index.html"
+
+if [ -n "$out" ]; then
+    tar --numeric-owner --owner=0 --group=0 --sort=name --mtime=@0 -C "$root" -cf "$out.tmp" .
+    mv "$out.tmp" "$out"
+    echo "build-test-image: wrote the rootfs of $image to $out"
+    exit 0
+fi
 
 tar --numeric-owner --owner=0 --group=0 -C "$root" -c . \
     | docker import \

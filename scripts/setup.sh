@@ -4,7 +4,10 @@
 # pull tests), then our modules' bytecode. Idempotent: on a host where all of it
 # is already present it only checks, and finishes in a few seconds.
 #
-# Usage: scripts/setup.sh [--dry-run]   (or DRY_RUN=1) prints the steps it would take.
+# Usage: scripts/setup.sh [--dry-run] [--native]
+#   --dry-run (or DRY_RUN=1) prints the steps it would take;
+#   --native prepares only what the native runtime needs (the demo): runc, conmon,
+#   busybox-static, iptables and the virtualenv; no dockerd, no registry.
 # Overrides (mainly for testing the start path on a scratch daemon):
 #   PYAPPLY_DOCKERD_LOG, PYAPPLY_DOCKERD_PIDFILE, PYAPPLY_DOCKERD_ARGS, PYAPPLY_DOCKERD_WAIT,
 #   PYAPPLY_REGISTRY_ADDR, PYAPPLY_REGISTRY_DIR, PYAPPLY_REGISTRY_LOG, PYAPPLY_REGISTRY_PIDFILE,
@@ -15,10 +18,12 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 dry_run=${DRY_RUN:-0}
+native_only=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run|-n) dry_run=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --native) native_only=1 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -46,8 +51,10 @@ as_root() {
 
 # --- 1. system packages --------------------------------------------------------------------
 # A package counts as present when dpkg has it installed (not merely known or half-removed).
-packages=(docker.io busybox-static docker-compose runc git iptables ca-certificates
-          conmon skopeo docker-registry)
+packages=(busybox-static runc conmon iptables git ca-certificates)
+if [ "$native_only" = 0 ]; then
+    packages+=(docker.io docker-compose skopeo docker-registry)
+fi
 missing=()
 for pkg in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -84,6 +91,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     run touch "$stamp"
 else
     step "virtualenv: dependencies up to date"
+fi
+
+if [ "$native_only" = 1 ]; then
+    run "$venv/bin/python" -m compileall -q reconciler runtime
+    step "done (native runtime only)"
+    exit 0
 fi
 
 # --- 3. dockerd ------------------------------------------------------------------------------

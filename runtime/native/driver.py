@@ -15,12 +15,20 @@ NetworkManager (rewritten whenever the membership of its networks changes).
 Anonymous volumes are directories under the container's own directory
 (`containers/<name>/volumes/<n>`), so they go with the container.
 
-Not supported yet:
-- rename_container: container state, runc state and network endpoints are all keyed by the
-  name, so a rename raises PermanentError ("not supported"); start-first updates fail;
-- events(): yields nothing (there is no daemon to report events; the watch agent falls back
-  on polling);
-- volume drivers other than "local", driver_opts.
+Names and keys: a container's state (its directory, netns, cgroup, network endpoints) is kept
+under a *key*, which is the name it was created with. Renaming (the last step of a
+start-first update) only changes `names.json`, a map of name -> key for the containers whose
+name is not their key, and the name other containers resolve (the endpoint aliases). So a
+rename is one atomic file write and touches nothing the running container depends on.
+
+Events: there is no daemon to push them, so `events()` polls the state root (conmon's exit
+files and pid files) a few times a second and reports starts, deaths and removals.
+
+After a reboot (or anything else that deletes the namespace), starting a container makes a
+new netns and plumbs its endpoints again with the same addresses; bridges and rules come
+back with them.
+
+Not supported: volume drivers other than "local", driver_opts.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyroute2 import netns  # type: ignore[import-untyped]
 
@@ -57,9 +67,11 @@ from runtime.base import (
 from runtime.native.containers import ContainerManager, atomic_write
 from runtime.native.images import ImageStore
 from runtime.native.network import NetworkManager, translated
+from runtime.native.supervise import ExecResult, conmon_pid
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")
+EVENT_POLL_S = 0.2
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
@@ -69,6 +81,42 @@ def default_root() -> Path:
 
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(k in have and (v == "" or have[k] == v) for k, v in wanted.items())
+
+
+class _Liveness(NamedTuple):
+    name: str
+    running: bool
+    exit_mtime: float
+    labels: dict[str, str]
+
+
+class Names:
+    """`names.json`: name -> key for the containers whose name is not their key (renamed
+    ones). Written atomically; writers hold the driver lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, str]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+    def save(self, names: Mapping[str, str]) -> None:
+        atomic_write(self.path, json.dumps(dict(sorted(names.items())), indent=1))
+
+    @staticmethod
+    def key_of(names: Mapping[str, str], name: str) -> str | None:
+        """The key a name is kept under; None when its own key belongs to another name."""
+        if name in names:
+            return names[name]
+        return None if name in names.values() else name
+
+    @staticmethod
+    def name_of(names: Mapping[str, str], key: str) -> str:
+        return next((n for n, k in names.items() if k == key), key)
 
 
 class NativeRuntime:
@@ -84,6 +132,8 @@ class NativeRuntime:
         self.containers = ContainerManager(self.root)
         self.networks = NetworkManager(self.root)
         self.volumes_dir = self.root / "volumes"
+        self.names = Names(self.root / "names.json")
+        self._closed = threading.Event()
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -182,7 +232,7 @@ class NativeRuntime:
                 continue
             for m in spec.get("mounts") or ():
                 if m.get("source") == str(data_dir):
-                    users.append(cdir.name)
+                    users.append(Names.name_of(self.names.load(), cdir.name))
                     break
         return users
 
@@ -219,31 +269,46 @@ class NativeRuntime:
 
     # -- containers: helpers -------------------------------------------------------------
 
-    def netns_name(self, container: str) -> str:
-        return f"pyapply-{self.networks.tag}-{container}"
+    def netns_name(self, key: str) -> str:
+        return f"pyapply-{self.networks.tag}-{key}"
 
-    def netns_path(self, container: str) -> str:
-        return str(NETNS_DIR / self.netns_name(container))
+    def netns_path(self, key: str) -> str:
+        return str(NETNS_DIR / self.netns_name(key))
 
-    def _make_netns(self, container: str) -> str:
-        name = self.netns_name(container)
-        path = self.netns_path(container)
+    def key(self, name: str) -> str | None:
+        """The key of an existing container named `name` (None: no such container)."""
+        key = Names.key_of(self.names.load(), name)
+        if key is None or not (self.containers.dir(key) / "state.json").exists():
+            return None
+        return key
+
+    def _must_key(self, name: str) -> str:
+        key = self.key(name)
+        if key is None:
+            raise NotFound(f"no such container: {name}")
+        return key
+
+    def _make_netns(self, key: str) -> str:
+        name = self.netns_name(key)
+        path = self.netns_path(key)
         if os.path.exists(path):  # left over by an interrupted create or remove
             netns.remove(name)
         netns.create(name)
         return path
 
-    def _drop_netns(self, container: str) -> None:
-        if os.path.exists(self.netns_path(container)):
+    def _drop_netns(self, key: str) -> None:
+        if os.path.exists(self.netns_path(key)):
             with contextlib.suppress(FileNotFoundError):
-                netns.remove(self.netns_name(container))
+                netns.remove(self.netns_name(key))
 
-    def _resolve_mounts(self, config: ContainerConfig) -> tuple[list[MountConfig], list[Path]]:
+    def _resolve_mounts(
+        self, config: ContainerConfig, key: str
+    ) -> tuple[list[MountConfig], list[Path]]:
         """config.mounts with volume sources as host paths; and the anonymous volume dirs
         to make (under the container's dir, once it exists)."""
         out: list[MountConfig] = []
         anon: list[Path] = []
-        cdir = self.containers.dir(config.name)
+        cdir = self.containers.dir(key)
         for m in config.mounts:
             if m.type != "volume":
                 out.append(m)
@@ -259,20 +324,26 @@ class NativeRuntime:
         return out, anon
 
     def _attached_networks(self) -> dict[str, tuple[str, ...]]:
-        """Container name -> the networks it has an endpoint on (sorted)."""
+        """Container key -> the networks it has an endpoint on (sorted)."""
         by_container: dict[str, list[str]] = {}
         for net in self.networks.list():
             for c in net.containers:
                 by_container.setdefault(c, []).append(net.name)
         return {c: tuple(sorted(nets)) for c, nets in by_container.items()}
 
-    def _with_networks(
-        self, state: ContainerState, attached: Mapping[str, tuple[str, ...]]
+    def _observed(
+        self,
+        state: ContainerState,
+        attached: Mapping[str, tuple[str, ...]],
+        names: Mapping[str, str],
     ) -> ContainerState:
+        """A state as the manager sees it (under its key) as the caller sees it: by name,
+        with the networks it has endpoints on."""
         nets = attached.get(state.name)
-        if nets is None or nets == state.networks:
-            return state
-        return replace(state, networks=tuple(sorted(set(state.networks) | set(nets))))
+        if nets is not None and nets != state.networks:
+            state = replace(state, networks=tuple(sorted(set(state.networks) | set(nets))))
+        name = Names.name_of(names, state.name)
+        return state if name == state.name else replace(state, name=name)
 
     def _hostname(self, config: ContainerConfig, cid: str) -> str:
         return config.hostname or cid[:12]
@@ -285,7 +356,9 @@ class NativeRuntime:
             return self._create_container(config)
 
     def _create_container(self, config: ContainerConfig) -> str:
-        existing = self.containers.state(config.name)
+        names = self.names.load()
+        key = Names.key_of(names, config.name)
+        existing = self.containers.state(key) if key is not None else None
         if existing is not None:
             if dict(existing.labels) == dict(config.labels):
                 return existing.id
@@ -293,12 +366,16 @@ class NativeRuntime:
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")
+        if key is None:  # the name's own key is a renamed container's: take a fresh one
+            key = f"{config.name[:120]}.{secrets.token_hex(3)}"
+            names[config.name] = key
+            self.names.save(names)
         layer_dirs = self.image_store.layer_dirs(record)
-        mounts, anon = self._resolve_mounts(config)
-        nspath = self._make_netns(config.name)
+        mounts, anon = self._resolve_mounts(config, key)
+        nspath = self._make_netns(key)
         try:
             cid = self.containers.create(
-                config,
+                replace(config, name=key),
                 layer_dirs,
                 record.config.to_json(),
                 image_id=record.id,
@@ -307,16 +384,16 @@ class NativeRuntime:
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
-            hosts = str(self.containers.dir(config.name) / "hosts")
+            hosts = str(self.containers.dir(key) / "hosts")
             hostname = self._hostname(config, cid)
-            self.networks.set_hosts_file(config.name, hosts, hostname)
+            self.networks.set_hosts_file(key, hosts, hostname)
             ips: list[str] = []
             for att in config.networks:
                 aliases = tuple(dict.fromkeys((*att.aliases, config.name)))
                 ips.append(
                     self.networks.attach(
                         att.network,
-                        config.name,
+                        key,
                         nspath,
                         aliases,
                         att.ipv4_address,
@@ -330,77 +407,95 @@ class NativeRuntime:
                         f"container {config.name} publishes ports but is on no network"
                     )
                 for binding in config.ports:
-                    self.networks.publish(config.name, ips[0], binding)
+                    self.networks.publish(key, ips[0], binding)
         except BaseException:
             with contextlib.suppress(Exception):
-                self._teardown(config.name)
+                self._teardown(config.name, key)
             raise
         return cid
 
     @translated
     def start_container(self, name: str) -> None:
-        if self.containers.state(name) is None:
-            raise NotFound(f"no such container: {name}")
-        if not os.path.exists(self.netns_path(name)):
-            raise PermanentError(
-                f"the network namespace of {name} is gone (host rebooted?); recreate it"
-            )
-        self.containers.start(name)
+        key = self._must_key(name)
+        if not os.path.exists(self.netns_path(key)):
+            # the namespace went with a reboot (or by hand): make it anew and plumb the
+            # container's endpoints into it again, with the addresses it had
+            with self._lock():
+                self._make_netns(key)
+                self.networks.restore(key, self.netns_path(key))
+        self.containers.start(key)
 
     @translated
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
-        if self.containers.state(name) is None:
-            raise NotFound(f"no such container: {name}")
-        self.containers.stop(name, timeout_s)
+        self.containers.stop(self._must_key(name), timeout_s)
 
     @translated
     def remove_container(self, name: str) -> None:
         with self._lock():
-            self._teardown(name)
+            key = Names.key_of(self.names.load(), name)
+            if key is not None:  # None: its own key is another container's, nothing to do
+                self._teardown(name, key)
 
-    def _teardown(self, name: str) -> None:
-        """Stop, unpublish, detach, forget the hosts file, remove, delete the netns; each
-        step is a no-op when already done, so an interrupted teardown can be run again."""
-        self.containers.stop(name, None)
-        self.networks.unpublish(name)
+    def _teardown(self, name: str, key: str) -> None:
+        """Stop, unpublish, detach, forget the hosts file, remove, delete the netns, forget
+        the name; each step is a no-op when already done, so an interrupted teardown can be
+        run again."""
+        self.containers.stop(key, None)
+        self.networks.unpublish(key)
         for net in self.networks.list():
-            if name in net.containers:
-                self.networks.detach(net.name, name)
-        self.networks.set_hosts_file(name, None)
-        self.containers.remove(name)
-        self._drop_netns(name)
+            if key in net.containers:
+                self.networks.detach(net.name, key)
+        self.networks.set_hosts_file(key, None)
+        self.containers.remove(key)
+        self._drop_netns(key)
+        names = self.names.load()
+        if names.get(name) == key:
+            del names[name]
+            self.names.save(names)
 
+    @translated
     def rename_container(self, name: str, new_name: str) -> None:
-        raise PermanentError(
-            f"cannot rename {name} to {new_name}: renaming is not supported by the native "
-            "runtime (use stop-first updates)"
-        )
+        """Give a container another name: one write of names.json, plus the name other
+        containers resolve it by."""
+        with self._lock():
+            names = self.names.load()
+            key = self._must_key(name)
+            if new_name == name:
+                return
+            taken = Names.key_of(names, new_name)
+            if taken is not None and (self.containers.dir(taken) / "state.json").exists():
+                raise Conflict(f"cannot rename {name} to {new_name}: the name is in use")
+            names.pop(name, None)
+            names.pop(new_name, None)
+            if new_name != key:
+                names[new_name] = key
+            self.names.save(names)
+            self.networks.rename_alias(key, name, new_name)
 
     @translated
     def connect_network(self, container: str, attachment: Attachment) -> None:
-        state = self.containers.state(container)
-        if state is None:
-            raise NotFound(f"no such container: {container}")
-        nspath = self.netns_path(container)
+        key = self._must_key(container)
         hostname = None
         with contextlib.suppress(OSError, ValueError):
-            hostname = (self.containers.dir(container) / "hostname").read_text().strip()
+            hostname = (self.containers.dir(key) / "hostname").read_text().strip()
         self.networks.attach(
             attachment.network,
-            container,
-            nspath,
+            key,
+            self.netns_path(key),
             tuple(dict.fromkeys((*attachment.aliases, container))),
             attachment.ipv4_address,
-            hosts_path=str(self.containers.dir(container) / "hosts"),
+            hosts_path=str(self.containers.dir(key) / "hosts"),
             hostname=hostname or None,
         )
 
     @translated
     def get_container(self, name: str) -> ContainerState | None:
-        state = self.containers.state(name)
+        names = self.names.load()
+        key = Names.key_of(names, name)
+        state = self.containers.state(key) if key is not None else None
         if state is None:
             return None
-        return self._with_networks(state, self._attached_networks())
+        return self._observed(state, self._attached_networks(), names)
 
     @translated
     def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
@@ -408,14 +503,76 @@ class NativeRuntime:
         if not found:
             return found
         attached = self._attached_networks()
-        return [self._with_networks(s, attached) for s in found]
+        names = self.names.load()
+        return sorted((self._observed(s, attached, names) for s in found), key=lambda s: s.name)
 
     def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
-        return self.containers.logs(name, follow=follow, tail=tail)
+        return self.containers.logs(self._must_key(name), follow=follow, tail=tail)
+
+    @translated
+    def exec(self, name: str, argv: Sequence[str], *, timeout: float | None = None) -> ExecResult:
+        """Run a command in a running container (runc exec)."""
+        return self.containers.exec(self._must_key(name), argv, timeout=timeout)
+
+    def container_pid(self, name: str) -> int | None:
+        """The host pid of the container's first process, if it runs."""
+        return self.containers.container_pid(self._must_key(name))
+
+    # -- events --------------------------------------------------------------------------
+
+    def _liveness(self) -> dict[str, _Liveness]:
+        """Container key -> what events are made of, from files only: running = started,
+        no exit recorded, conmon alive."""
+        out: dict[str, _Liveness] = {}
+        cdirs = self.containers.containers_dir
+        if not cdirs.is_dir():
+            return out
+        names = self.names.load()
+        for cdir in cdirs.iterdir():
+            try:
+                doc = json.loads((cdir / "state.json").read_text())
+            except (OSError, ValueError):
+                continue
+            try:
+                exit_mtime = (cdir / "exit").stat().st_mtime
+            except OSError:
+                exit_mtime = 0.0
+            running = (
+                bool(doc.get("started_at")) and not exit_mtime and conmon_pid(cdir) is not None
+            )
+            out[cdir.name] = _Liveness(
+                Names.name_of(names, cdir.name), running, exit_mtime, doc.get("labels") or {}
+            )
+        return out
 
     def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
-        """Nothing yet: there is no daemon to report events (callers poll instead)."""
-        return iter(())
+        """start / die / destroy events of containers carrying `labels`, found by polling
+        the state root every EVENT_POLL_S seconds, until close(). A container renamed and
+        removed between two looks is reported under the name it had at the first."""
+        self._closed.clear()
+        # the first look now, not at the first next(): what happens after the call counts
+        return self._poll_events(dict(labels), self._liveness())
+
+    def _poll_events(self, labels: dict[str, str], before: dict[str, _Liveness]) -> Iterator[Event]:
+        while not self._closed.wait(EVENT_POLL_S):
+            now = self._liveness()
+            for key in sorted(set(before) | set(now)):
+                old, new = before.get(key), now.get(key)
+                last = new or old
+                assert last is not None
+                if not _labels_match(last.labels, labels):
+                    continue
+                if new is None:
+                    yield Event("container", "destroy", last.name, last.labels)
+                    continue
+                was_running = old is not None and old.running
+                if new.running and not was_running:
+                    yield Event("container", "start", new.name, new.labels)
+                elif was_running and not new.running:
+                    yield Event("container", "die", new.name, new.labels)
+                elif old is not None and new.exit_mtime and new.exit_mtime != old.exit_mtime:
+                    yield Event("container", "die", new.name, new.labels)  # ran and died between
+            before = now
 
     def close(self) -> None:
-        pass
+        self._closed.set()

@@ -517,6 +517,38 @@ class NetworkManager:
         return ifname, default_route
 
     @translated
+    def restore(self, container_name: str, netns_path: str) -> None:
+        """Plumb every endpoint of a container into a new network namespace (its old one went
+        with a reboot), keeping its addresses; bridges and rules are made again as needed."""
+        with self._locked() as st:
+            touched: set[str] = set()
+            for name in sorted(st.networks):
+                rec = st.networks[name]
+                ep = rec["endpoints"].get(container_name)
+                if ep is None:
+                    continue
+                self._ensure_kernel(rec)
+                ifname, default_route = self._plumb(
+                    rec, ep["veth"], netns_path, IPv4Address(ep["ip"])
+                )
+                ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
+                touched.add(name)
+            self._rewrite_hosts(st, touched, {container_name})
+
+    @translated
+    def rename_alias(self, container_name: str, old: str, new: str) -> None:
+        """The container now answers to `new` instead of `old` on all its networks."""
+        with self._locked() as st:
+            touched: set[str] = set()
+            for name, rec in st.networks.items():
+                ep = rec["endpoints"].get(container_name)
+                if ep is None or old not in ep["aliases"]:
+                    continue
+                ep["aliases"] = sorted({*(a for a in ep["aliases"] if a != old), new})
+                touched.add(name)
+            self._rewrite_hosts(st, touched, {container_name})
+
+    @translated
     def detach(self, network: str, container_name: str) -> None:
         """Detach a container: its veth, lease and published ports on `network`.
         Not attached is success."""
