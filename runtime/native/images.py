@@ -582,6 +582,11 @@ class ImageStore:
         with open(path, "rb") as f:
             layer = self.blobs.ingest(f.read)
         diff_id = diff_id_of(self.blobs.path(layer))
+        current = self.resolve(name)
+        if current is not None and current.diff_ids == (diff_id,):
+            # the same content again is the same image: a new "created" time would make a
+            # new id, and every container using the name would be recreated for nothing
+            return current
         config = {
             "architecture": self.platform.architecture,
             "os": self.platform.os,
