@@ -55,7 +55,7 @@ demo:
 	@echo "Tear down:   $(BIN)/pyapply down -f $(DEMO)   (add --volumes to delete the volume)"
 
 bench:
-	@set -e; found=0; for f in tests/bench/*.py; do \
+	@set -e; found=0; for f in tests/bench/bench_*.py; do \
 	  [ -e "$$f" ] || continue; found=1; \
 	  echo "== $$f"; $(BIN)/python "$$f"; \
 	done; [ $$found = 1 ] || echo "no benchmarks in tests/bench"

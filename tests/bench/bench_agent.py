@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+from common import pct, proc_kb
 
 HERE = Path(__file__).resolve()
 IMAGE = "pyapply-test/busybox:latest"
@@ -66,15 +67,6 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(cwd), *args], check=True, capture_output=True, text=True
     ).stdout.strip()
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def docker_time(text: str) -> float:
@@ -183,12 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # idle RSS with every container running
         time.sleep(5)
-        rss_kb = 0
-        with open(f"/proc/{agent.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
-        results["rss_idle_mb"] = round(rss_kb / 1024, 1)
+        results["rss_idle_mb"] = round((proc_kb(agent.pid) or 0) / 1024, 1)
 
         # flips
         to_start: list[float] = []
@@ -230,10 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             restarts.append(docker_time(state["StartedAt"]) - docker_time(state["FinishedAt"]))
             time.sleep(0.2)
 
-        with open(f"/proc/{agent.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    results["rss_end_mb"] = round(int(line.split()[1]) / 1024, 1)
+        end_kb = proc_kb(agent.pid)
+        if end_kb is not None:
+            results["rss_end_mb"] = round(end_kb / 1024, 1)
 
         def summary(values: list[float]) -> dict[str, float]:
             return {
