@@ -4,7 +4,8 @@ State lives under `<root>/containers/<name>/`:
 
     config.json   the OCI spec (oci.build_spec)          state.json  ours, written atomically
     rootfs/       the overlay mount                      upper/ work/  the overlay's rw part
-    hosts hostname resolv.conf   bind-mounted into /etc  ctr.log     stdout/stderr (k8s-file)
+    hosts hostname resolv.conf   bind-mounted into /etc  ctr.log     stdout/stderr (k8s-file),
+                                                         ctr.log.N   rotated by the keeper
     exit          exit code, written by conmon (mtime = finish time)
     health.json   health status, written by the root's health checker (health.py)
 
@@ -45,8 +46,10 @@ from runtime.native import health as healthmod
 from runtime.native import oci, rootfs
 from runtime.native.supervise import (
     DEFAULT_CONMON,
+    DEFAULT_LOG_FILES,
     DEFAULT_LOG_SIZE_MAX,
     DEFAULT_RUNC,
+    LOG_FILE,
     ExecResult,
     Supervisor,
     conmon_pid,
@@ -180,14 +183,16 @@ class ContainerManager:
         runc: str = DEFAULT_RUNC,
         conmon: str = DEFAULT_CONMON,
         log_size_max: int = DEFAULT_LOG_SIZE_MAX,
+        log_files: int = DEFAULT_LOG_FILES,
         init_path: str | None = None,
     ) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.containers_dir = self.root / "containers"
         self.runc_root = self.root / "runc"
-        self.supervisor = Supervisor(
-            self.runc_root, runc=runc, conmon=conmon, log_size_max=log_size_max
-        )
+        self.supervisor = Supervisor(self.runc_root, runc=runc, conmon=conmon)
+        # the log is rotated at log_size_max, keeping log_files files (by the root's keeper)
+        self.log_size_max = log_size_max
+        self.log_files = log_files
         self.init_path = init_path or next((p for p in INIT_CANDIDATES if Path(p).exists()), None)
 
     # -- paths and records ---------------------------------------------------------------
@@ -311,6 +316,7 @@ class ContainerManager:
                 "netns_path": netns_path,
                 "runc_root": str(self.runc_root),
                 "runc": self.supervisor.runc,
+                "log": {"max_size": self.log_size_max, "files": self.log_files},
             }
             self._save(config.name, doc)
         except BaseException:
@@ -392,8 +398,8 @@ class ContainerManager:
         self.supervisor.launch(cid, name, cdir)
         doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
         self._save(name, doc)
-        if doc.get("health"):
-            healthmod.ensure_checker(self.root, self.supervisor.runc)
+        # the root's keeper probes healthchecks and rotates logs while containers run
+        healthmod.ensure_checker(self.root, self.supervisor.runc)
 
     def stop(self, name: str, timeout: float | None = None) -> None:
         """stop_signal, then SIGKILL after the timeout (default: the config's, else 10 s);
@@ -604,7 +610,7 @@ class ContainerManager:
             info = self.supervisor.runc_state(cid)
             return info is None or info.get("status") == "stopped"
 
-        return read_log(cdir / "ctr.log", tail=tail, follow=follow, done=done)
+        return read_log(cdir / LOG_FILE, tail=tail, follow=follow, done=done)
 
     def exec(self, name: str, argv: Sequence[str], *, timeout: float | None = None) -> ExecResult:
         doc = self._must_load(name)

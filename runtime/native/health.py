@@ -1,9 +1,10 @@
-"""Healthchecks of native containers.
+"""Healthchecks of native containers, and the rotation of their logs.
 
-Who runs them: one detached checker process per state root
-(`python -m runtime.native.health --root ROOT --runc RUNC`), started on demand by `start` of
-a container that has a healthcheck, and exiting by itself a few seconds after no running
-container has one. conmon cannot run commands on a schedule, and the watch agent may not be
+Who runs them: one detached checker process per state root (the root's "keeper",
+`python -m runtime.native.health --root ROOT --runc RUNC`), started on demand by `start` of
+a container, and exiting by itself a few seconds after no container runs. Besides the
+probes, it rotates each running container's log once it reaches its size (supervise.
+rotate_log), every LOG_CHECK_S seconds. conmon cannot run commands on a schedule, and the watch agent may not be
 running (a plain `pyapply -f` exits), yet `service_healthy` and `get` must keep seeing fresh
 status. One process for all containers (probes in a small thread pool) rather than one per
 container, because a Python process costs ~15 MB resident and conmon ~2 MB: the
@@ -39,6 +40,7 @@ PID_FILE = "health.pid"  # in the state root
 LOCK_FILE = "health.lock"
 IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
 _TICK = 0.05
+LOG_CHECK_S = 1.0
 _LOG_KEEP = 5
 _MARKER = "runtime.native.health"
 
@@ -195,14 +197,42 @@ class _Watched:
     busy: bool = False
 
 
-def _read_container(cdir: Path) -> dict[str, Any] | None:
+def _read_running(cdir: Path) -> dict[str, Any] | None:
+    """The state of a started container with no exit recorded (else None)."""
     try:
         doc: dict[str, Any] = json.loads((cdir / "state.json").read_text())
     except (OSError, ValueError):
         return None
-    if not doc.get("health") or not doc.get("started_at") or (cdir / "exit").exists():
+    if not doc.get("started_at") or (cdir / "exit").exists():
         return None
     return doc
+
+
+def _read_container(cdir: Path) -> dict[str, Any] | None:
+    """The state of a running container that has a healthcheck (else None)."""
+    doc = _read_running(cdir)
+    return doc if doc is not None and doc.get("health") else None
+
+
+def _keep_log(cdir: Path, doc: dict[str, Any]) -> bool:
+    """Rotate the log if it is due; whether its conmon is still there (the container runs)."""
+    from runtime.native.supervise import (
+        DEFAULT_LOG_FILES,
+        DEFAULT_LOG_SIZE_MAX,
+        conmon_pid,
+        rotate_log,
+    )
+
+    if conmon_pid(cdir) is None:
+        return False
+    log = doc.get("log") or {}
+    with contextlib.suppress(OSError):
+        rotate_log(
+            cdir,
+            int(log.get("max_size") or DEFAULT_LOG_SIZE_MAX),
+            int(log.get("files") or DEFAULT_LOG_FILES),
+        )
+    return True
 
 
 def _config(h: dict[str, Any]) -> HealthConfig:
@@ -234,6 +264,8 @@ def run(root: Path, runc: str) -> int:
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     idle_since = time.monotonic()
     next_scan = 0.0
+    next_logs = 0.0
+    running = False  # a container of the root ran at the last log check
 
     def probe(name: str, w: _Watched) -> None:
         t0 = time.time()
@@ -252,10 +284,18 @@ def run(root: Path, runc: str) -> int:
             if now >= next_scan:
                 next_scan = now + 0.25
                 seen = set()
+                keep_logs = now >= next_logs
+                if keep_logs:
+                    next_logs = now + LOG_CHECK_S
+                    running = False
                 for cdir in containers.iterdir() if containers.is_dir() else ():
-                    doc = _read_container(cdir)
-                    argv = probe_argv(_config(doc["health"]).test) if doc else None
-                    if doc is None or argv is None:
+                    doc = _read_running(cdir)
+                    if doc is None:
+                        continue
+                    if keep_logs and _keep_log(cdir, doc):
+                        running = True
+                    argv = probe_argv(_config(doc["health"]).test) if doc.get("health") else None
+                    if argv is None:
                         continue
                     seen.add(cdir.name)
                     w = watched.get(cdir.name)
@@ -272,7 +312,7 @@ def run(root: Path, runc: str) -> int:
                         )
                 for gone in set(watched) - seen:
                     del watched[gone]
-                if watched:
+                if watched or running:
                     idle_since = now
                     if not announced:
                         pid_file.write_text(str(os.getpid()))

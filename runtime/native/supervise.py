@@ -33,7 +33,12 @@ from runtime.base import RuntimeFailure, TransientError
 
 DEFAULT_RUNC = "/usr/sbin/runc"
 DEFAULT_CONMON = "/usr/bin/conmon"
-DEFAULT_LOG_SIZE_MAX = 10 * 1024 * 1024
+DEFAULT_LOG_SIZE_MAX = 10 * 1024 * 1024  # rotated at this size ...
+DEFAULT_LOG_FILES = 3  # ... keeping this many files (the live one and two before it)
+LOG_FILE = "ctr.log"
+# conmon is given no --log-size-max: its cap counts bytes since it started, not since its
+# last reopen, and at the cap it replaces the live file, so it would drop lines between our
+# rotations. The root's keeper (health.py) does the rotation.
 
 # Files conmon leaves in the bundle dir, removed before the next start.
 _STALE = ("exit", "oom", "pidfile", "conmon.pid", "attach", "ctl", "winsz", "runc.log")
@@ -85,12 +90,10 @@ class Supervisor:
         *,
         runc: str = DEFAULT_RUNC,
         conmon: str = DEFAULT_CONMON,
-        log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     ) -> None:
         self.runc_root = Path(runc_root)
         self.runc = runc
         self.conmon = conmon
-        self.log_size_max = log_size_max
 
     # -- runc ----------------------------------------------------------------------------
 
@@ -170,8 +173,7 @@ class Supervisor:
             "-b", str(bundle),
             "-p", str(bundle / "pidfile"),
             "-P", str(bundle / "conmon.pid"),
-            "-l", f"k8s-file:{bundle / 'ctr.log'}",
-            "--log-size-max", str(self.log_size_max),
+            "-l", f"k8s-file:{bundle / LOG_FILE}",
             "--exit-dir", str(bundle / "exits"),
             "-0", str(bundle),
             "--socket-dir-path", str(bundle),
@@ -369,6 +371,51 @@ def _parse_lines(data: bytes, partial: bytearray) -> Iterator[bytes]:
             partial.clear()
 
 
+def log_generations(path: Path) -> list[Path]:
+    """The rotated files of a log, oldest first (path.N ... path.1)."""
+    out: list[Path] = []
+    n = 1
+    while (older := path.with_name(f"{path.name}.{n}")).exists():
+        out.append(older)
+        n += 1
+    return out[::-1]
+
+
+def rotate_log(bundle: Path, max_size: int, files: int) -> bool:
+    """Rotate the container's log once it has reached `max_size`: ctr.log becomes ctr.log.1
+    (older ones shift up, the oldest beyond `files` goes), then conmon is told on its control
+    FIFO to reopen its log (message type 2), so it starts a new ctr.log. Nothing is lost:
+    what conmon writes between the rename and the reopen lands in ctr.log.1."""
+    log = bundle / LOG_FILE
+    try:
+        if log.stat().st_size < max_size:
+            return False
+    except FileNotFoundError:
+        return False
+    keep = max(files, 1) - 1
+    for n in range(len(log_generations(log)), 0, -1):
+        older = log.with_name(f"{log.name}.{n}")
+        if n >= keep:
+            older.unlink(missing_ok=True)
+        else:
+            older.rename(log.with_name(f"{log.name}.{n + 1}"))
+    if keep:
+        log.rename(log.with_name(f"{log.name}.1"))
+    else:
+        log.unlink(missing_ok=True)
+    try:
+        fd = os.open(bundle / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no conmon reading it: the next start makes a new file anyway
+        return True
+    try:
+        os.write(fd, b"2 0 0\n")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return True
+
+
 def read_log(
     path: Path,
     *,
@@ -377,9 +424,9 @@ def read_log(
     done: Any = None,
     poll: float = 0.1,
 ) -> Iterator[bytes]:
-    """The container's output, one bytes line (with "\\n") at a time. With `follow`, keeps
-    reading until `done()` is true and nothing more arrives; a truncation (rotation by size)
-    is noticed and read from the start."""
+    """The container's output, one bytes line (with "\\n") at a time, the rotated files
+    first. With `follow`, keeps reading until `done()` is true and nothing more arrives; a
+    rotation (a new file under the name, or one started anew) is noticed and followed."""
     partial = bytearray()
     try:
         f = path.open("rb")
@@ -392,11 +439,15 @@ def read_log(
             time.sleep(poll)
         f = path.open("rb")
     try:
-        buf = b""
         data = f.read()
         end = data.rfind(b"\n") + 1
         buf = data[end:]
         lines = list(_parse_lines(data[:end], partial))
+        for older in reversed(log_generations(path)):
+            if tail is not None and len(lines) >= tail:
+                break
+            with contextlib.suppress(OSError):
+                lines[:0] = _parse_lines(older.read_bytes(), bytearray())
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
         yield from lines
@@ -416,6 +467,9 @@ def read_log(
             except FileNotFoundError:
                 st = None
             if st is not None and (st.st_ino != ino or st.st_size < f.tell()):
+                if st.st_ino != ino:  # rotated: what reached the old file before it counts
+                    rest = buf + f.read()
+                    yield from _parse_lines(rest, partial)
                 f.close()
                 f = path.open("rb")
                 ino = os.fstat(f.fileno()).st_ino

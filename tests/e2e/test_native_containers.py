@@ -421,9 +421,12 @@ def test_logs_follow_both_streams(manager: ContainerManager, lowerdir: Path) -> 
     assert state(manager, name).exit_code == 0
 
 
-def test_log_size_cap(root: Path, lowerdir: Path) -> None:
-    mgr = ContainerManager(root, runc=RUNC, conmon=CONMON, log_size_max=4096)
-    name = cname("logcap")
+def test_log_is_rotated_by_size_without_losing_lines(root: Path, lowerdir: Path) -> None:
+    """The keeper rotates ctr.log at its size (ctr.log.1, .2, the oldest dropped) and conmon
+    reopens it: `logs -f` that started before the rotations sees every line once, in order,
+    and so does a plain read of what the kept files hold."""
+    mgr = ContainerManager(root, runc=RUNC, conmon=CONMON, log_size_max=4096, log_files=3)
+    name = cname("logrot")
     try:
         run(
             mgr,
@@ -431,13 +434,20 @@ def test_log_size_cap(root: Path, lowerdir: Path) -> None:
             name,
             "sh",
             "-c",
-            "i=0; while [ $i -lt 2000 ]; do echo line$i; i=$((i+1)); done",
+            "i=0; while [ $i -lt 600 ]; do echo line$i; i=$((i+1)); sleep 0.005; done",
         )
-        wait_for(lambda: state(mgr, name).status == "exited", what="the exit")
-        assert (mgr.dir(name) / "ctr.log").stat().st_size <= 4096
-        assert list(mgr.logs(name, tail=1)) == [b"line1999\n"]
+        followed = [int(line[4:]) for line in mgr.logs(name, follow=True)]
+        assert followed == list(range(followed[0], 600)) and followed[0] < 50, followed[:5]
+        cdir = mgr.dir(name)
+        assert (cdir / "ctr.log.1").exists() and (cdir / "ctr.log.2").exists()
+        assert not (cdir / "ctr.log.3").exists(), "more files kept than asked for"
+        kept = [int(line[4:]) for line in mgr.logs(name)]
+        assert kept == list(range(kept[0], 600)) and kept[0] > 0, kept[:5]
+        assert list(mgr.logs(name, tail=1)) == [b"line599\n"]
+        assert len(list(mgr.logs(name, tail=len(kept) + 10))) == len(kept)
     finally:
         mgr.remove(name)
+        health.stop_checker(root)
     assert mgr.state(name) is None and ContainerManager.cgroup_dirs(name) == []
 
 
