@@ -55,6 +55,7 @@ from runtime.base import (
     ContainerConfig,
     ContainerState,
     Event,
+    HealthConfig,
     ImageInfo,
     MountConfig,
     NetworkConfig,
@@ -77,6 +78,22 @@ _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 def default_root() -> Path:
     return Path(os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT)
+
+
+def image_health(hc: Mapping[str, Any] | None) -> HealthConfig | None:
+    """An image's HEALTHCHECK (Docker's config form: durations in ns, 0 = the default) as a
+    HealthConfig; None when it has none or disables it."""
+    test = tuple(str(t) for t in (hc or {}).get("Test") or ())
+    if not hc or not test or test[0] == "NONE":
+        return None
+    ns = 1e9
+    return HealthConfig(
+        test=test,
+        interval_s=float(hc.get("Interval") or 30 * ns) / ns,
+        timeout_s=float(hc.get("Timeout") or 30 * ns) / ns,
+        retries=int(hc.get("Retries") or 3),
+        start_period_s=float(hc.get("StartPeriod") or 0) / ns,
+    )
 
 
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
@@ -372,10 +389,13 @@ class NativeRuntime:
             self.names.save(names)
         layer_dirs = self.image_store.layer_dirs(record)
         mounts, anon = self._resolve_mounts(config, key)
+        # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
+        # dockerd does
+        health = config.health or image_health(record.config.healthcheck)
         nspath = self._make_netns(key)
         try:
             cid = self.containers.create(
-                replace(config, name=key),
+                replace(config, name=key, health=health),
                 layer_dirs,
                 record.config.to_json(),
                 image_id=record.id,

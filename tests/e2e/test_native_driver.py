@@ -7,30 +7,34 @@ a published loopback port and a named volume, under a private PYAPPLY_ROOT.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
 from runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,
+    Event,
+    HealthConfig,
     MountConfig,
     NetworkConfig,
     NotFound,
-    PermanentError,
     Runtime,
     VolumeConfig,
 )
+from runtime.native import health
 from runtime.native.driver import NativeRuntime
 from runtime.native.network import NetworkManager
 from tests.e2e.helpers import http_get, new_stack_name
-from tests.e2e.test_apply_docker import WEBDB, Cli, free_port
+from tests.e2e.runtimes import WEBDB, Cli, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -195,8 +199,15 @@ def test_driver_is_idempotent_and_speaks_the_error_taxonomy(registry: str, tmp_p
             rt.remove_volume(vol)
         with pytest.raises(Conflict):
             rt.remove_network(net)
-        with pytest.raises(PermanentError, match="not supported"):
-            rt.rename_container(cfg.name, f"{stack}-box-2")
+        renamed = f"{stack}-box-2"
+        rt.rename_container(cfg.name, renamed)
+        assert rt.get_container(cfg.name) is None
+        moved = rt.get_container(renamed)
+        assert moved is not None and moved.id == cid and moved.running
+        assert renamed in rt.networks.hosts_for(rt.key(renamed) or "")
+        rt.rename_container(renamed, cfg.name)
+        assert rt.get_container(renamed) is None and rt.get_container(cfg.name) is not None
+        assert not (root / "names.json").read_text().strip("{}\n ")
 
         rt.stop_container(cfg.name, 1.0)
         stopped = rt.get_container(cfg.name)
@@ -258,3 +269,151 @@ def test_webdb_stack_converges_with_isolation(registry: str, tmp_path: Path) -> 
     finally:
         cli.run("down", "-f", str(manifest), "--volumes")
         NetworkManager(root).reset()
+
+
+def _next_event(events: Iterator[Event], name: str, action: str) -> Event:
+    for event in events:  # the stream ends only on close(): the test's timeout bounds it
+        if event.name == name and event.action == action:
+            return event
+    raise AssertionError(f"the event stream ended before {action} of {name}")
+
+
+@pytest.mark.timeout(120)
+def test_rename_events_and_a_lost_namespace(registry: str, tmp_path: Path) -> None:
+    """What start-first updates, the agent and a reboot need of the driver: a renamed
+    container keeps running under its new name while a new one takes the old name; deaths,
+    starts and removals are reported; a container whose netns vanished starts again with
+    its address and name resolution."""
+    stack = new_stack_name()
+    root = (tmp_path / "root").resolve()
+    rt = NativeRuntime(root)
+    labels = {"io.pyapply.stack": stack}
+    net = f"{stack}_net"
+
+    def box(name: str) -> ContainerConfig:
+        return ContainerConfig(
+            name=name,
+            image=IMAGE,
+            labels=labels,
+            command=("sleep", "1000"),
+            init=True,
+            stop_timeout_s=1.0,
+            networks=(Attachment(network=net, aliases=("box",)),),
+        )
+
+    old, temp = f"{stack}-box-1", f"{stack}-box-1--next"
+    try:
+        rt.pull_image(IMAGE)
+        rt.create_network(NetworkConfig(name=net, labels=labels))
+        events = rt.events(labels)
+        # the start-first dance: old runs, temp starts, old goes, temp takes old's name
+        rt.create_container(box(old))
+        rt.start_container(old)
+        assert _next_event(events, old, "start").labels == labels
+        rt.create_container(box(temp))
+        rt.start_container(temp)
+        first = rt.get_container(temp)
+        assert first is not None
+        rt.rename_container(old, f"{stack}-box-1-old")
+        rt.rename_container(temp, old)
+        with pytest.raises(Conflict):
+            rt.rename_container(f"{stack}-box-1-old", old)
+        rt.remove_container(f"{stack}-box-1-old")
+        # polling sees the removed container under the name it had at its last look
+        gone = next(e for e in events if e.action == "destroy")
+        assert gone.name in (old, f"{stack}-box-1-old") and gone.labels == labels
+        assert [c.name for c in rt.list_containers(labels)] == [old]
+        # a second update: the temp name's own key is taken by the renamed container
+        rt.create_container(box(temp))
+        rt.start_container(temp)
+        both = {c.name: c for c in rt.list_containers(labels)}
+        assert sorted(both) == [old, temp] and both[old].id == first.id
+        assert both[temp].running and both[old].running
+        out = rt.exec(temp, ["sh", "-c", f"ping -c1 -W2 {old} && ping -c1 -W2 {temp}"])
+        assert out.exit_code == 0, out
+        rt.remove_container(temp)
+        kept = rt.get_container(old)
+        assert kept is not None and kept.running
+
+        # a death is an event
+        pid = rt.container_pid(old)
+        assert pid is not None
+        os.kill(pid, 9)
+        assert _next_event(events, old, "die")
+        dead = rt.get_container(old)
+        assert dead is not None and dead.status == "exited"
+
+        # the namespace is gone (as after a reboot): start makes it again, same address
+        ip_before = rt.networks.hosts_for(rt.key(old) or "")
+        netns.remove(rt.netns_name(rt.key(old) or ""))
+        rt.start_container(old)
+        back = rt.get_container(old)
+        assert back is not None and back.running and back.networks == (net,)
+        assert rt.networks.hosts_for(rt.key(old) or "") == ip_before
+        out = rt.exec(old, ["ping", "-c1", "-W2", old])
+        assert out.exit_code == 0, out
+        rt.close()
+        rest = list(events)  # the stream ends once the runtime is closed
+        assert all(e.labels == labels for e in rest), rest
+    finally:
+        rt.close()
+        for c in rt.list_containers(labels):
+            rt.remove_container(c.name)
+        rt.remove_network(net)
+        NetworkManager(root).reset()
+        assert not _netns_of(rt.networks.tag)
+        assert not (root / "names.json").exists() or not json.loads(
+            (root / "names.json").read_text()
+        )
+
+
+@pytest.mark.timeout(180)
+def test_image_healthcheck_applies_unless_the_service_has_one(tmp_path: Path) -> None:
+    """As on dockerd: a container with no healthcheck of its own runs its image's
+    HEALTHCHECK; a disabled one (test NONE) runs none."""
+    tag = f"pyapply-test/hc-{new_stack_name()}:latest"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        "FROM pyapply-test/busybox:latest\n"
+        'HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["test", "-f", "/tmp/ok"]\n'
+    )
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(ctx)], check=True, timeout=120)
+    archive = tmp_path / "hc.tar"
+    try:
+        subprocess.run(["docker", "save", "-o", str(archive), tag], check=True, timeout=120)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+    root = (tmp_path / "root").resolve()
+    rt = NativeRuntime(root)
+    labels = {"io.pyapply.stack": new_stack_name()}
+    script = ("sh", "-c", "sleep 1; touch /tmp/ok; sleep 1000")
+    own = ContainerConfig(
+        name=f"{labels['io.pyapply.stack']}-own-1",
+        image=tag,
+        labels=labels,
+        command=script,
+        init=True,
+        stop_timeout_s=1.0,
+    )
+    off = replace(own, name=f"{labels['io.pyapply.stack']}-off-1", health=HealthConfig(("NONE",)))
+    try:
+        rt.image_store.import_archive(str(archive))
+        for cfg in (own, off):
+            rt.create_container(cfg)
+            rt.start_container(cfg.name)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = rt.get_container(own.name)
+            if state is not None and state.health == "healthy":
+                break
+            time.sleep(0.2)
+        state = rt.get_container(own.name)
+        assert state is not None and state.health == "healthy", state
+        disabled = rt.get_container(off.name)
+        assert disabled is not None and disabled.running and disabled.health is None
+    finally:
+        for cfg in (own, off):
+            rt.remove_container(cfg.name)
+        NetworkManager(root).reset()
+        health.stop_checker(root)
