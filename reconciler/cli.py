@@ -85,8 +85,7 @@ def runtime_options(fn: F) -> F:
         "runtime_name",
         envvar="PYAPPLY_RUNTIME",
         default=None,
-        help="Runtime to drive: native (the default, daemonless) or docker. "
-        "Env: PYAPPLY_RUNTIME.",
+        help="Runtime to drive: native (the default, daemonless) or docker. Env: PYAPPLY_RUNTIME.",
     )(fn)
     fn = click.option(
         "--root",

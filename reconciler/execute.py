@@ -193,7 +193,8 @@ class Executor:
             rt.pull_image(action.target)
         elif op == "write_file":
             assert action.file is not None
-            write_file_atomic(action.file.path, action.file.content, action.file.mode)
+            f = action.file
+            write_file_atomic(f.path, f.content, f.mode, owner=(f.uid, f.gid))
         elif op == "create_network":
             assert action.network is not None
             rt.create_network(action.network)
@@ -292,8 +293,11 @@ def _condition_problem(cond: str | None, name: str, state: ContainerState | None
     return "" if state.running else None
 
 
-def write_file_atomic(path: str, content: bytes, mode: int) -> None:
-    """Write a file so that a reader sees the old content or the new, never a mix."""
+def write_file_atomic(
+    path: str, content: bytes, mode: int, *, owner: tuple[int | None, int | None] = (None, None)
+) -> None:
+    """Write a file so that a reader sees the old content or the new, never a mix; `owner`
+    is (uid, gid), None keeping ours."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
@@ -302,6 +306,10 @@ def write_file_atomic(path: str, content: bytes, mode: int) -> None:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
+        if owner != (None, None):
+            os.chown(
+                tmp, -1 if owner[0] is None else owner[0], -1 if owner[1] is None else owner[1]
+            )
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

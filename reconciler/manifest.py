@@ -293,6 +293,14 @@ def _parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
+def _parse_id(value: Any) -> str:
+    """A numeric user or group id ("1000" or 1000): names would have to be looked up in
+    the image, which the host-side file cannot do."""
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value).strip()):
+        raise _Bad(f"must be a numeric id such as 1000, got {_show(value)}")
+    return str(value).strip()
+
+
 def _parse_mode(value: Any) -> int:
     """0440 (YAML reads a leading 0 as octal), "0440", "440" or "0o440" -> 0o440."""
     if isinstance(value, bool):
@@ -2045,15 +2053,18 @@ class _ServiceBuilder:
             if "mode" in item:
                 got = self.attempt((*path, "mode"), _parse_mode, item["mode"])
                 mode = got if isinstance(got, int) else None
-            uid, gid = item.get("uid"), item.get("gid")
+            uid, gid = (
+                None if item.get(k) is None else self.attempt((*path, k), _parse_id, item[k])
+                for k in ("uid", "gid")
+            )
             registry.append((source, (*path, "source")))
             refs.append(
                 FileRef(
                     source=source,
                     target=target,
                     mode=mode,
-                    uid=None if uid is None else str(uid),
-                    gid=None if gid is None else str(gid),
+                    uid=uid if isinstance(uid, str) else None,
+                    gid=gid if isinstance(gid, str) else None,
                 )
             )
         if refs:

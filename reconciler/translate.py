@@ -60,13 +60,17 @@ class DesiredVolume:
 
 @dataclass(frozen=True)
 class DesiredFile:
-    """A config or secret materialised on the host, bind-mounted read-only."""
+    """A config or secret materialised on the host, bind-mounted read-only. A bind mount
+    shows the host file's mode and owner, so each (mode, uid, gid) a service asks for is a
+    file of its own: that is how both runtimes give a container the same view."""
 
     kind: FileKind
     key: str
     path: str
     content: bytes
     mode: int
+    uid: int | None = None
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,25 @@ def volume_runtime_name(stack: Stack, key: str) -> str:
     return identity.volume_name(stack.name, key)
 
 
-def _file_path(files_root: str, stack: str, kind: FileKind, key: str, content: bytes) -> str:
+# (kind, key, mode, uid, gid): one materialised variant of a config or secret
+FileVariant = tuple[FileKind, str, int, int | None, int | None]
+
+
+def _variant(kind: FileKind, ref: FileRef) -> FileVariant:
+    def num(v: str | None) -> int | None:
+        return int(v) if v is not None and v.isdigit() else None
+
+    mode = ref.mode if ref.mode is not None else FILE_MODES[kind]
+    return (kind, ref.source, mode, num(ref.uid), num(ref.gid))
+
+
+def _file_path(files_root: str, stack: str, variant: FileVariant, content: bytes) -> str:
+    kind, key, mode, uid, gid = variant
     tag = hashlib.sha256(content).hexdigest()[:12]
-    return os.path.join(files_root, stack, f"{kind}-{key}-{tag}")
+    name = f"{kind}-{key}-{tag}"
+    if (mode, uid, gid) != (FILE_MODES[kind], None, None):
+        name += f"-{mode:o}-{'' if uid is None else uid}-{'' if gid is None else gid}"
+    return os.path.join(files_root, stack, name)
 
 
 def _restart(policy: str) -> tuple[str, int]:
@@ -131,9 +151,13 @@ def _health(service: ServiceSpec) -> HealthConfig | None:
     )
 
 
-def _file_mounts(refs: tuple[FileRef, ...], paths: Mapping[str, str]) -> list[MountConfig]:
+def _file_mounts(
+    kind: FileKind, refs: tuple[FileRef, ...], paths: Mapping[FileVariant, str]
+) -> list[MountConfig]:
     return [
-        MountConfig(type="bind", source=paths[ref.source], target=ref.target, read_only=True)
+        MountConfig(
+            type="bind", source=paths[_variant(kind, ref)], target=ref.target, read_only=True
+        )
         for ref in refs
     ]
 
@@ -143,7 +167,7 @@ def container_config(
     service: ServiceSpec,
     replica: int,
     *,
-    file_paths: Mapping[tuple[FileKind, str], str],
+    file_paths: Mapping[FileVariant, str],
 ) -> ContainerConfig:
     """The container for one replica, without the ownership labels."""
     mounts: list[MountConfig] = []
@@ -161,12 +185,8 @@ def container_config(
                 tmpfs_mode=m.tmpfs_mode,
             )
         )
-    mounts += _file_mounts(
-        service.configs, {k: p for (kind, k), p in file_paths.items() if kind == "config"}
-    )
-    mounts += _file_mounts(
-        service.secrets, {k: p for (kind, k), p in file_paths.items() if kind == "secret"}
-    )
+    mounts += _file_mounts("config", service.configs, file_paths)
+    mounts += _file_mounts("secret", service.secrets, file_paths)
     policy, retries = _restart(service.restart)
     cpus = service.resources.cpus
     return ContainerConfig(
@@ -231,20 +251,22 @@ def desired_state(
     files_root: str,
 ) -> Desired:
     files: list[DesiredFile] = []
-    paths: dict[tuple[FileKind, str], str] = {}
+    paths: dict[FileVariant, str] = {}
+    variants: list[FileVariant] = []
     for kind, specs in (("config", stack.configs), ("secret", stack.secrets)):
-        for spec in specs:
-            if spec.external:
-                continue
-            fkind: FileKind = "config" if kind == "config" else "secret"
-            content = file_contents[(fkind, spec.name)]
-            path = _file_path(files_root, stack.name, fkind, spec.name, content)
-            paths[(fkind, spec.name)] = path
-            files.append(
-                DesiredFile(
-                    kind=fkind, key=spec.name, path=path, content=content, mode=FILE_MODES[fkind]
-                )
-            )
+        fkind: FileKind = "config" if kind == "config" else "secret"
+        variants += [(fkind, spec.name, FILE_MODES[fkind], None, None) for spec in specs]
+    for service in stack.services:
+        variants += [_variant("config", ref) for ref in service.configs]
+        variants += [_variant("secret", ref) for ref in service.secrets]
+    for variant in dict.fromkeys(variants):
+        fkind, key, mode, uid, gid = variant
+        if (fkind, key) not in file_contents:  # external: nothing to write
+            continue
+        content = file_contents[(fkind, key)]
+        path = _file_path(files_root, stack.name, variant, content)
+        paths[variant] = path
+        files.append(DesiredFile(fkind, key, path, content, mode, uid, gid))
 
     containers: list[DesiredContainer] = []
     for service in stack.services:

@@ -143,3 +143,55 @@ def test_secret_from_dotenv_reaches_the_materialised_file(tmp_path: Path) -> Non
     (container,) = desired.containers
     mount = next(m for m in container.config.mounts if m.target == "/run/secrets/tok")
     assert mount.source == f.path and mount.read_only
+
+
+def test_secret_modes_and_owners_are_files_of_their_own(tmp_path: Path) -> None:
+    """A bind mount shows the host file's mode and owner: each (mode, uid, gid) a service
+    asks for is materialised apart, secrets default to 0400 and configs to 0444."""
+    from reconciler.execute import write_file_atomic
+    from reconciler.loop import desired_for
+    from reconciler.manifest import load
+
+    (tmp_path / "stack.yaml").write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: sec}\nspec:\n"
+        "  services:\n"
+        "    a:\n      image: busybox\n      secrets: [tok]\n      configs: [conf]\n"
+        "    b:\n      image: busybox\n"
+        "      secrets: [{source: tok, target: t, mode: 0440, uid: '1000', gid: 1000}]\n"
+        "  secrets:\n    tok: {environment: TOKEN}\n"
+        "  configs:\n    conf: {content: hello}\n"
+    )
+    loaded = load([str(tmp_path)], environ={"TOKEN": "s3"})
+    desired = desired_for(
+        loaded.stacks[0], revision="r", root=str(tmp_path / "root"), environ={"TOKEN": "s3"}
+    )
+    files = {(f.kind, f.mode, f.uid, f.gid): f for f in desired.files}
+    assert sorted(files) == [
+        ("config", 0o444, None, None),
+        ("secret", 0o400, None, None),
+        ("secret", 0o440, 1000, 1000),
+    ]
+    mounts = {
+        c.config.name: {m.target: m.source for m in c.config.mounts} for c in desired.containers
+    }
+    assert mounts["sec-a-1"]["/run/secrets/tok"] == files[("secret", 0o400, None, None)].path
+    assert mounts["sec-b-1"]["/run/secrets/t"] == files[("secret", 0o440, 1000, 1000)].path
+    f = files[("secret", 0o440, 1000, 1000)]
+    write_file_atomic(f.path, f.content, f.mode, owner=(f.uid, f.gid))
+    st = Path(f.path).stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o440, 1000, 1000)
+
+
+def test_file_owner_must_be_numeric(tmp_path: Path) -> None:
+    from reconciler.manifest import ManifestError, load
+
+    (tmp_path / "stack.yaml").write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: sec}\nspec:\n"
+        "  services:\n    a:\n      image: busybox\n"
+        "      secrets: [{source: tok, uid: www-data}]\n"
+        "  secrets:\n    tok: {environment: TOKEN}\n"
+    )
+    with pytest.raises(ManifestError) as e:
+        load([str(tmp_path)], environ={"TOKEN": "x"})
+    assert "stack.yaml:8:36: spec.services.a." in str(e.value)
+    assert "secrets[0].uid: must be a numeric id such as 1000, got" in str(e.value)
