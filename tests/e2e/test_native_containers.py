@@ -236,6 +236,23 @@ def test_rootfs_changes_survive_restart_and_vanish_on_remove(
     assert sh(manager, name, "cat /data.txt")[0] != 0
 
 
+def test_seccomp_blocks_namespaces_unless_sys_admin(
+    manager: ContainerManager, lowerdir: Path
+) -> None:
+    """The filter is on (Seccomp: 2), a new user namespace or mount is refused with the
+    default capabilities, and allowed again with cap_add SYS_ADMIN."""
+    probe = "grep Seccomp: /proc/self/status; unshare -U true && echo userns; unshare -m true && echo mountns"
+    plain = cname("seccomp")
+    run(manager, lowerdir, plain, "sleep", "1000")
+    _, out = sh(manager, plain, probe)
+    assert "Seccomp:\t2" in out and "userns" not in out and "mountns" not in out, out
+    assert sh(manager, plain, "echo still-works")[1] == "still-works\n"
+    admin = cname("seccompadm")
+    run(manager, lowerdir, admin, "sleep", "1000", cap_add=("SYS_ADMIN",))
+    _, out = sh(manager, admin, probe)
+    assert "Seccomp:\t2" in out and "userns" in out and "mountns" in out, out
+
+
 def test_cgroup_limits_and_rlimits(manager: ContainerManager, lowerdir: Path) -> None:
     name = cname("limits")
     run(

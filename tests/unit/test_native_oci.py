@@ -532,3 +532,21 @@ def test_hosts_and_resolv_text() -> None:
     assert resolv_text(["10.89.0.1"], ["svc.local"], ["ndots:0"]) == (
         "nameserver 10.89.0.1\nsearch svc.local\noptions ndots:0\n"
     )
+
+
+def test_seccomp_denies_what_the_capabilities_do_not_grant() -> None:
+    default = oci.seccomp_profile(oci.capabilities((), ()), "x86_64")
+    assert default["defaultAction"] == "SCMP_ACT_ALLOW"
+    assert default["architectures"][0] == "SCMP_ARCH_X86_64"
+    denied = set(default["syscalls"][0]["names"])
+    assert {"unshare", "mount", "setns", "keyctl", "bpf", "reboot", "init_module"} <= denied
+    assert not {"clone", "ptrace", "read", "socket"} & denied
+    clone = next(r for r in default["syscalls"] if r["names"] == ["clone"])
+    assert clone["args"][0]["value"] == 0x10000000  # CLONE_NEWUSER
+    assert next(r for r in default["syscalls"] if r["names"] == ["clone3"])["errnoRet"] == 38
+
+    admin = oci.seccomp_profile(oci.capabilities(("SYS_ADMIN",), ()), "x86_64")
+    denied = set(admin["syscalls"][0]["names"])
+    assert not {"unshare", "mount", "setns"} & denied and "keyctl" in denied
+    assert all(r["names"] != ["clone"] for r in admin["syscalls"])
+    assert oci.seccomp_profile([], "riscv64")["architectures"] == []
