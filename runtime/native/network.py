@@ -490,6 +490,9 @@ class NetworkManager:
                 ipr.link(
                     "set", index=index, master=master, ifalias=f"{self.alias_prefix}{rec['name']}"
                 )
+                # hairpin: a container reaching its own published port through the host
+                # gets the DNAT'ed packet back out of the port it came in on
+                ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
                 ipr.link("set", index=index, state="up")
         finally:
             os.close(nsfd)

@@ -318,6 +318,12 @@ def test_published_port_on_localhost_and_host_address(
 
     got = wget(ns_other, f"http://{host_address()}:{bound.host_port}/")
     assert got.returncode == 0 and got.stdout == marker, got.stderr
+    # hairpin: a member of the same network, and the container itself, through the host
+    ns_peer = make_ns()
+    mgr.attach(net, "peer", ns_peer, [])
+    for hairpin in (ns_peer, ns):
+        got = wget(hairpin, f"http://{host_address()}:{bound.host_port}/")
+        assert got.returncode == 0 and got.stdout == marker, (hairpin == ns, got.stderr)
     assert wget(ns_internal, f"http://{internal_gw}:{bound.host_port}/").returncode != 0
     assert not ping(ns_other, ip)  # but not the container itself
 
