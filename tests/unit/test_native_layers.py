@@ -190,6 +190,21 @@ def test_gzip_layer_and_diff_id(tmp_path: Path, unpack: Callable[..., Path]) -> 
 
 
 @needs_root
+def test_zstd_layer_and_diff_id(tmp_path: Path, unpack: Callable[..., Path]) -> None:
+    import zstandard
+
+    raw = make_tar([f("z", b"zstd")])
+    diff_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+    packed = zstandard.ZstdCompressor().compress(raw)
+    assert packed[:4] == b"\x28\xb5\x2f\xfd"  # zstd's magic: sniffed, not told
+    root = unpack(packed, diff_id)
+    assert (root / "z").read_bytes() == b"zstd"
+    blob = tmp_path / "z"
+    blob.write_bytes(packed)
+    assert diff_id_of(str(blob)) == diff_id
+
+
+@needs_root
 def test_diff_id_mismatch_refused_nothing_kept(tmp_path: Path, unpack: Callable[..., Path]) -> None:
     with pytest.raises(DigestMismatch, match="expected diff_id"):
         unpack(make_tar([f("a")]), "sha256:" + "0" * 64)
