@@ -47,8 +47,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pyroute2 import netns  # type: ignore[import-untyped]
-
 from runtime.base import (
     Attachment,
     Conflict,
@@ -67,6 +65,7 @@ from runtime.base import (
 )
 from runtime.native.containers import ContainerManager, atomic_write
 from runtime.native.images import ImageStore
+from runtime.native.netlink import netns_create, netns_remove
 from runtime.native.network import NetworkManager, translated
 from runtime.native.supervise import ExecResult, conmon_pid
 
@@ -309,14 +308,14 @@ class NativeRuntime:
         name = self.netns_name(key)
         path = self.netns_path(key)
         if os.path.exists(path):  # left over by an interrupted create or remove
-            netns.remove(name)
-        netns.create(name)
+            netns_remove(name)
+        netns_create(name)
         return path
 
     def _drop_netns(self, key: str) -> None:
         if os.path.exists(self.netns_path(key)):
             with contextlib.suppress(FileNotFoundError):
-                netns.remove(self.netns_name(key))
+                netns_remove(self.netns_name(key))
 
     def _resolve_mounts(
         self, config: ContainerConfig, key: str

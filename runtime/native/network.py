@@ -46,9 +46,6 @@ from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from pyroute2 import IPRoute, NetNS  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
 from runtime.base import (
     Conflict,
     NetworkConfig,
@@ -62,6 +59,7 @@ from runtime.base import (
 from runtime.native import firewall
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
+from runtime.native.netlink import IPRoute, NetNS, netlink_error
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 ALIAS_PREFIX = "pyapply:"
@@ -85,7 +83,7 @@ def translated(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except RuntimeFailure:
             raise
-        except (NetlinkError, OSError) as e:
+        except (netlink_error(), OSError) as e:
             code = getattr(e, "code", None) or getattr(e, "errno", None)
             cls = TransientError if code in (errno.EBUSY, errno.EAGAIN) else PermanentError
             raise cls(f"{fn.__name__}: {e}") from e
@@ -324,7 +322,7 @@ class NetworkManager:
             if not idx:
                 try:
                     ipr.link("add", ifname=bridge, kind="bridge")
-                except NetlinkError as e:
+                except netlink_error() as e:
                     if e.code != errno.EEXIST:
                         raise PermanentError(f"cannot create bridge {bridge}: {e}") from None
                 idx = ipr.link_lookup(ifname=bridge)
@@ -337,7 +335,7 @@ class NetworkManager:
             if (rec["gateway"], subnet.prefixlen) not in have:
                 try:
                     ipr.addr("add", index=index, address=rec["gateway"], prefixlen=subnet.prefixlen)
-                except NetlinkError as e:
+                except netlink_error() as e:
                     if e.code != errno.EEXIST:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
             ipr.link("set", index=index, state="up")
@@ -483,7 +481,7 @@ class NetworkManager:
                     ipr.link(
                         "add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": nsfd}
                     )
-                except NetlinkError as e:
+                except netlink_error() as e:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
                 index = ipr.link_lookup(ifname=veth)[0]
                 master = ipr.link_lookup(ifname=bridge)[0]
@@ -579,7 +577,7 @@ class NetworkManager:
                     if idx and not any(r["dst_len"] == 0 for r in routes):
                         ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=idx[0])
                         ep["default_route"] = True
-            except (OSError, NetlinkError):
+            except (OSError, netlink_error()):
                 return  # the namespace is gone: nothing to route
             return
 
@@ -901,6 +899,6 @@ def _del_link(ipr: Any, ifname: str) -> None:
     for index in ipr.link_lookup(ifname=ifname):
         try:
             ipr.link("del", index=index)
-        except NetlinkError as e:
+        except netlink_error() as e:
             if e.code != errno.ENODEV:
                 raise RuntimeFailure(f"cannot delete {ifname}: {e}") from None

@@ -21,6 +21,7 @@ manifests and blobs. Standard library only (http.client).
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import ipaddress
 import json
@@ -366,15 +367,25 @@ class RegistryClient:
             self.insecure.add(entry.lower())
         self.insecure_loopback = insecure_loopback
         self.timeout = timeout
-        self.ssl_context = ssl.create_default_context(cafile=ca_file)
-        self.unverified_context = ssl.create_default_context()
-        self.unverified_context.check_hostname = False
-        self.unverified_context.verify_mode = ssl.CERT_NONE
+        self.ca_file = ca_file
         self._auth: dict[tuple[str, str], str] = {}  # (registry, repository) -> header
         self._schemes: dict[str, str] = {}  # insecure host -> the scheme that answered
         self._lock = threading.Lock()
 
     # -- transport --------------------------------------------------------------------------
+
+    # made on first use: loading the CA bundle costs ~40 ms each, which commands that never
+    # pull (a no-op apply finds its images locally) should not pay
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    @functools.cached_property
+    def unverified_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     def is_insecure(self, host: str) -> bool:
         h = host.lower()

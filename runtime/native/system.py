@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
-
 from runtime.base import ContainerState, RuntimeFailure
 from runtime.native import firewall, rootfs
 from runtime.native.containers import CGROUP_PARENT, ContainerManager
 from runtime.native.driver import NETNS_DIR, NativeRuntime
 from runtime.native.layers import rmtree
+from runtime.native.netlink import IPRoute, netns_remove
 from runtime.native.supervise import DEFAULT_RUNC
 
 # What pyapply keeps directly under a state root (fnmatch patterns): the driver's and the
@@ -376,7 +375,7 @@ def netns_files(tag: str) -> list[str]:
 
 def _sweep_netns(tag: str, report: ResetReport) -> None:
     for name in netns_files(tag):
-        if report.attempt(f"delete netns {name}", netns.remove, name):
+        if report.attempt(f"delete netns {name}", netns_remove, name):
             report.add("netns", name)
 
 
