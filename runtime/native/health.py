@@ -34,6 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from runtime.base import Health, HealthConfig
+from runtime.native.supervise import (
+    DEFAULT_LOG_FILES,
+    DEFAULT_LOG_SIZE_MAX,
+    Supervisor,
+    conmon_pid,
+    pid_alive,
+    rotate_log,
+)
 
 HEALTH_FILE = "health.json"
 PID_FILE = "health.pid"  # in the state root
@@ -161,19 +169,11 @@ def stop_checker(root: Path, timeout: float = 5.0) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    if _alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def reset(cdir: Path) -> None:
@@ -216,13 +216,6 @@ def _read_container(cdir: Path) -> dict[str, Any] | None:
 
 def _keep_log(cdir: Path, doc: dict[str, Any]) -> bool:
     """Rotate the log if it is due; whether its conmon is still there (the container runs)."""
-    from runtime.native.supervise import (
-        DEFAULT_LOG_FILES,
-        DEFAULT_LOG_SIZE_MAX,
-        conmon_pid,
-        rotate_log,
-    )
-
     if conmon_pid(cdir) is None:
         return False
     log = doc.get("log") or {}
@@ -247,8 +240,6 @@ def _config(h: dict[str, Any]) -> HealthConfig:
 
 def run(root: Path, runc: str) -> int:
     """The checker: probe every watched container on its interval; exit when idle."""
-    from runtime.native.supervise import Supervisor
-
     # One checker per root. A second one (a start racing with an idle exit) waits here and
     # takes over when the first is gone, so a container is never left without a checker.
     lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)

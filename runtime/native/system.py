@@ -38,7 +38,7 @@ from runtime.native.containers import CGROUP_PARENT, ContainerManager
 from runtime.native.driver import NETNS_DIR, NativeRuntime
 from runtime.native.layers import rmtree
 from runtime.native.netlink import IPRoute, netns_remove
-from runtime.native.supervise import DEFAULT_RUNC
+from runtime.native.supervise import DEFAULT_RUNC, pid_alive
 
 # What pyapply keeps directly under a state root (fnmatch patterns): the driver's and the
 # managers' directories, the host lock, the driver lock, the health checker's files, the
@@ -274,14 +274,6 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def root_processes(root: Path) -> dict[int, str]:
     """Processes of this root: conmon supervising one of its containers, the root's health
     checker (both name the root's path on their command line) and conmon's children (the
@@ -307,16 +299,22 @@ def root_processes(root: Path) -> dict[int, str]:
     return found
 
 
-def _sweep_processes(root: Path, report: ResetReport) -> None:
-    procs = root_processes(root)
-    for pid in procs:
+def _kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL each, then wait (up to KILL_WAIT_S) until none is alive."""
+    pids = list(pids)
+    for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + KILL_WAIT_S
-    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _sweep_processes(root: Path, report: ResetReport) -> None:
+    procs = root_processes(root)
+    _kill_all(procs)
     for pid, what in sorted(procs.items()):
-        if _alive(pid):
+        if pid_alive(pid):
             report.errors.append(f"process {pid} ({what}) did not die")
         else:
             report.add("process", f"{pid} ({what})")
@@ -345,12 +343,7 @@ def _empty_cgroup(d: Path) -> None:
     for procs in d.rglob("cgroup.procs"):
         with contextlib.suppress(OSError, ValueError):
             pids.update(int(x) for x in procs.read_text().split())
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + KILL_WAIT_S
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _kill_all(pids)
 
 
 def mounts_under(root: Path) -> list[str]:
