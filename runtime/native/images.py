@@ -463,7 +463,8 @@ class ImageStore:
             try:
                 tf = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by the with below)
             except tarfile.TarError as e:
-                raise PermanentError(f"{path} is not a tar archive: {e}") from e
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise PermanentError(f"{path} is not a tar archive ({reason})") from e
             with tf:
                 names = {_norm(m.name) for m in tf.getmembers()}
                 src = _TarSource(tf)
