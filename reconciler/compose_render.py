@@ -168,6 +168,13 @@ def service(s: ServiceSpec) -> dict[str, Any]:
         out["init"] = s.init
     if s.ulimits:
         out["ulimits"] = {u.name: {"soft": u.soft, "hard": u.hard} for u in s.ulimits}
+    if s.log_max_size is not None or s.log_max_files is not None:
+        options: dict[str, Any] = {}
+        if s.log_max_size is not None:
+            options["max-size"] = s.log_max_size
+        if s.log_max_files is not None:
+            options["max-file"] = s.log_max_files
+        out["logging"] = {"driver": "json-file", "options": options}
     for section in ("configs", "secrets"):
         refs = []
         for r in getattr(s, section):

@@ -57,10 +57,25 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+_NO_DEFAULT = object()
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return _NO_DEFAULT
+
+
 def _plain(value: Any) -> Any:
+    """Fields left at their defaults are omitted, so that a field added to a config in a
+    later version does not change the hash (and recreate) every container made before."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {
-            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare
+            f.name: _plain(v)
+            for f in dataclasses.fields(value)
+            if f.compare and (v := getattr(value, f.name)) != _default(f)
         }
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}

@@ -293,6 +293,15 @@ def _parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
+def _parse_count(value: Any) -> int:
+    """A positive whole number, as an int or a string ("3")."""
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value).strip()):
+        raise _Bad(f"must be a whole number such as 3, got {_show(value)}")
+    if int(value) < 1:
+        raise _Bad(f"must be at least 1, got {int(value)}")
+    return int(value)
+
+
 def _parse_id(value: Any) -> str:
     """A numeric user or group id ("1000" or 1000): names would have to be looked up in
     the image, which the host-side file cannot do."""
@@ -1438,7 +1447,6 @@ _UNSUPPORTED = (
     "ipc",
     "isolation",
     "label_file",
-    "logging",
     "mac_address",
     "mem_reservation",
     "mem_swappiness",
@@ -1990,6 +1998,28 @@ class _ServiceBuilder:
         got = self.attempt(self.at(*parts), parse, value)
         return None if got is _MISSING else got
 
+    def logging(self) -> None:
+        """logging: json-file (or local, the same here) with max-size / max-file."""
+        if self.get("logging") is _MISSING:
+            return
+        driver = self.get("logging", "driver")
+        if driver not in (_MISSING, "json-file", "local"):
+            self.ctx.warn(
+                self.at("logging", "driver"),
+                f'logging driver "{driver}" is not supported; json-file is used',
+            )
+        for name, value, path in self.entries("logging", "options"):
+            if name == "max-size":
+                got = self.attempt(path, _parse_size, value)
+                if isinstance(got, int):
+                    self.fields["log_max_size"] = got
+            elif name == "max-file":
+                got = self.attempt(path, _parse_count, value)
+                if isinstance(got, int):
+                    self.fields["log_max_files"] = got
+            else:
+                self.ctx.warn(path, f'logging option "{name}" is not supported', key=True)
+
     def simple(self) -> None:
         ctx = self.ctx
         labels = self.get("labels")
@@ -2031,6 +2061,7 @@ class _ServiceBuilder:
             ulimits.append(Ulimit(name, soft, hard))
         if ulimits:
             self.fields["ulimits"] = tuple(ulimits)
+        self.logging()
         policy = self.get("pull_policy")
         if policy is not _MISSING:
             self.fields["pull_policy"] = cast(

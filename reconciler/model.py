@@ -134,6 +134,8 @@ class ServiceSpec:
     stop_grace_period: float | None = None  # seconds
     init: bool | None = None
     ulimits: tuple[Ulimit, ...] = ()  # sorted by name
+    log_max_size: int | None = None  # bytes: the log is rotated at this size (logging)
+    log_max_files: int | None = None  # files kept, the live one included
     configs: tuple[FileRef, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     pull_policy: PullPolicy = "missing"

@@ -235,6 +235,8 @@ def container_config(
         stop_timeout_s=service.stop_grace_period,
         init=service.init,
         ulimits=tuple(Ulimit(u.name, u.soft, u.hard) for u in service.ulimits),
+        log_max_size=service.log_max_size,
+        log_max_files=service.log_max_files,
     )
 
 

@@ -142,6 +142,8 @@ class ContainerConfig:
     stop_timeout_s: float | None = None
     init: bool | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    log_max_size: int | None = None  # bytes: rotate the output log at this size
+    log_max_files: int | None = None  # log files kept, the live one included
 
 
 @dataclass(frozen=True)

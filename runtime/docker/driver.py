@@ -465,9 +465,16 @@ class DockerRuntime:
 
     def _create_args(self, api: Any, config: ContainerConfig) -> dict[str, Any]:
         """ContainerConfig -> keyword arguments of APIClient.create_container."""
+        from docker.types import LogConfig
         from docker.types import Ulimit as DockerUlimit
 
         first = config.networks[0] if config.networks else None
+        log_config = None
+        if config.log_max_size is not None or config.log_max_files is not None:
+            opts = {"max-size": config.log_max_size, "max-file": config.log_max_files}
+            log_config = LogConfig(
+                type="json-file", config={k: str(v) for k, v in opts.items() if v is not None}
+            )
         restart: dict[str, Any] = {"Name": config.restart_policy or "no"}
         if config.restart_policy == "on-failure":
             restart["MaximumRetryCount"] = config.restart_max_retries
@@ -485,6 +492,7 @@ class DockerRuntime:
             ulimits=[DockerUlimit(name=u.name, soft=u.soft, hard=u.hard) for u in config.ulimits]
             or None,
             network_mode=first.network if first else None,
+            log_config=log_config,
         )
         networking_config = None
         if first is not None:

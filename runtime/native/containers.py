@@ -316,7 +316,10 @@ class ContainerManager:
                 "netns_path": netns_path,
                 "runc_root": str(self.runc_root),
                 "runc": self.supervisor.runc,
-                "log": {"max_size": self.log_size_max, "files": self.log_files},
+                "log": {
+                    "max_size": config.log_max_size or self.log_size_max,
+                    "files": config.log_max_files or self.log_files,
+                },
             }
             self._save(config.name, doc)
         except BaseException:

@@ -1546,3 +1546,42 @@ def test_rich_example_loads() -> None:
     stack = only_stack(loaded)
     assert [s.name for s in stack.services] == ["api", "cache", "db", "web"]
     assert loaded.warnings == ()
+
+
+def test_logging_options_rotate_the_log(here: Path) -> None:
+    loaded = load_text(
+        here,
+        """
+        name: stack
+        services:
+          app:
+            image: img
+            logging: {driver: json-file, options: {max-size: 10m, max-file: "3"}}
+          other:
+            image: img
+            logging: {driver: syslog, options: {max-size: 1024, tag: x}}
+        """,
+    )
+    app, other = sorted(only_stack(loaded).services, key=lambda s: s.name)
+    assert (app.log_max_size, app.log_max_files) == (10 * 1024 * 1024, 3)
+    assert (other.log_max_size, other.log_max_files) == (1024, None)
+    assert [str(w) for w in loaded.warnings] == [
+        'stack.yaml:8:23: warning: services.other.logging.driver: logging driver "syslog" is '
+        "not supported; json-file is used",
+        'stack.yaml:8:57: warning: services.other.logging.options.tag: logging option "tag" is '
+        "not supported",
+    ]
+    assert errors(
+        here,
+        """
+        name: stack
+        services:
+          app:
+            image: img
+            logging: {options: {max-size: lots, max-file: 0}}
+        """,
+    ) == [
+        'stack.yaml:5:35: services.app.logging.options.max-size: must be a size such as "128m" '
+        'or "1g", got "lots"',
+        "stack.yaml:5:51: services.app.logging.options.max-file: must be at least 1, got 0",
+    ]
