@@ -440,8 +440,9 @@ class NativeRuntime:
             # the namespace went with a reboot (or by hand): make it anew and plumb the
             # container's endpoints into it again, with the addresses it had
             with self._lock():
-                self._make_netns(key)
-                self.networks.restore(key, self.netns_path(key))
+                if not os.path.exists(self.netns_path(key)):  # not made by a racing start
+                    self._make_netns(key)
+                    self.networks.restore(key, self.netns_path(key))
         self.containers.start(key)
 
     @translated
