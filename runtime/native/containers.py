@@ -229,16 +229,21 @@ class ContainerManager:
         image_id: str = "",
         mounts: Sequence[MountConfig] | None = None,
         netns_path: str | None = None,
+        pending: bool = False,
     ) -> str:
         """Make the bundle (not started); returns the id. `layer_dirs` are the image's
         unpacked layers, base first. `mounts` are config.mounts with volume sources resolved
         to host paths (default: config.mounts, which then may hold binds and tmpfs only).
-        `netns_path` joins an existing network namespace; None gives a new, empty one."""
+        `netns_path` joins an existing network namespace; None gives a new, empty one.
+        `pending`: the caller has more to do (networks, ports) and calls settle() when done;
+        until then the container shows as dead."""
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            return self._create(config, layer_dirs, image_config, image_id, mounts, netns_path)
+            return self._create(
+                config, layer_dirs, image_config, image_id, mounts, netns_path, pending
+            )
         finally:
             os.close(fd)
 
@@ -250,6 +255,7 @@ class ContainerManager:
         image_id: str,
         mounts: Sequence[MountConfig] | None,
         netns_path: str | None,
+        pending: bool,
     ) -> str:
         cdir = self.dir(config.name)
         existing = self._load(config.name)
@@ -316,6 +322,7 @@ class ContainerManager:
                 "netns_path": netns_path,
                 "runc_root": str(self.runc_root),
                 "runc": self.supervisor.runc,
+                "pending": pending,
                 "log": {
                     "max_size": config.log_max_size or self.log_size_max,
                     "files": config.log_max_files or self.log_files,
@@ -326,6 +333,14 @@ class ContainerManager:
             self._destroy_dir(cdir)
             raise
         return cid
+
+    def settle(self, name: str) -> None:
+        """The caller finished what a pending create left to do."""
+        with self._lock(name):
+            doc = self._must_load(name)
+            if doc.get("pending"):
+                doc["pending"] = False
+                self._save(name, doc)
 
     def write_etc_files(
         self,
@@ -527,6 +542,8 @@ class ContainerManager:
         self, cdir: Path, doc: Mapping[str, Any], runc_info: Mapping[str, Any] | None
     ) -> tuple[ContainerStatus, int | None, str | None]:
         """(status, exit code, finished_at) from the exit file, runc and the kernel."""
+        if doc.get("pending"):
+            return "dead", None, None  # a create that did not finish
         rec = read_exit(cdir)
         if rec is not None:
             return "exited", rec.code, rec.finished_at

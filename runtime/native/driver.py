@@ -101,6 +101,7 @@ def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
 
 class _Liveness(NamedTuple):
     name: str
+    id: str
     running: bool
     exit_mtime: float
     labels: dict[str, str]
@@ -184,11 +185,18 @@ class NativeRuntime:
     def remove_network(self, name: str) -> None:
         self.networks.remove(name)
 
+    def _named(self, net: NetworkState, names: Mapping[str, str]) -> NetworkState:
+        """A network's members by container name (the manager keeps them by key)."""
+        members = tuple(sorted(Names.name_of(names, key) for key in net.containers))
+        return net if members == net.containers else replace(net, containers=members)
+
     def get_network(self, name: str) -> NetworkState | None:
-        return self.networks.get(name)
+        net = self.networks.get(name)
+        return None if net is None else self._named(net, self.names.load())
 
     def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
-        return self.networks.list(labels)
+        names = self.names.load()
+        return [self._named(net, names) for net in self.networks.list(labels)]
 
     # -- volumes -------------------------------------------------------------------------
 
@@ -354,10 +362,11 @@ class NativeRuntime:
         names: Mapping[str, str],
     ) -> ContainerState:
         """A state as the manager sees it (under its key) as the caller sees it: by name,
-        with the networks it has endpoints on."""
-        nets = attached.get(state.name)
-        if nets is not None and nets != state.networks:
-            state = replace(state, networks=tuple(sorted(set(state.networks) | set(nets))))
+        with the networks it really has an endpoint on (one disconnected by hand, or never
+        attached because a create was killed, is not there)."""
+        nets = attached.get(state.name, ())
+        if nets != state.networks:
+            state = replace(state, networks=nets)
         name = Names.name_of(names, state.name)
         return state if name == state.name else replace(state, name=name)
 
@@ -375,6 +384,9 @@ class NativeRuntime:
         names = self.names.load()
         key = Names.key_of(names, config.name)
         existing = self.containers.state(key) if key is not None else None
+        if existing is not None and key is not None and existing.status == "dead":
+            self._teardown(config.name, key)  # a create killed half-way: start over
+            existing = None
         if existing is not None:
             if dict(existing.labels) == dict(config.labels):
                 return existing.id
@@ -400,6 +412,7 @@ class NativeRuntime:
                 image_id=record.id,
                 mounts=mounts,
                 netns_path=nspath,
+                pending=True,
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
@@ -427,6 +440,9 @@ class NativeRuntime:
                     )
                 for binding in config.ports:
                     self.networks.publish(key, ips[0], binding)
+            # complete: a create killed before this point leaves a container that shows as
+            # dead, which the next pass recreates
+            self.containers.settle(key)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._teardown(config.name, key)
@@ -561,7 +577,11 @@ class NativeRuntime:
                 bool(doc.get("started_at")) and not exit_mtime and conmon_pid(cdir) is not None
             )
             out[cdir.name] = _Liveness(
-                Names.name_of(names, cdir.name), running, exit_mtime, doc.get("labels") or {}
+                Names.name_of(names, cdir.name),
+                str(doc.get("id", "")),
+                running,
+                exit_mtime,
+                doc.get("labels") or {},
             )
         return out
 
@@ -582,8 +602,11 @@ class NativeRuntime:
                 assert last is not None
                 if not _labels_match(last.labels, labels):
                     continue
+                if old is not None and (new is None or new.id != old.id):
+                    # gone, or removed and made again under the same name between two looks
+                    yield Event("container", "destroy", old.name, old.labels)
+                    old = None
                 if new is None:
-                    yield Event("container", "destroy", last.name, last.labels)
                     continue
                 was_running = old is not None and old.running
                 if new.running and not was_running:

@@ -501,7 +501,9 @@ class NetworkManager:
                 n += 1
             ifname = f"eth{n}"
             pidx = ns.link_lookup(ifname=peer)[0]
-            ns.link("set", index=pidx, ifname=ifname)
+            # the MAC follows from the address (as docker's 02:42:...): an address handed out
+            # again after a recreate keeps its MAC, so neighbours' ARP caches stay right
+            ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
             ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
             ns.link("set", index=pidx, state="up")
             lo = ns.link_lookup(ifname="lo")
@@ -839,6 +841,11 @@ def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
     if not own and hostname:
         lines.append(f"127.0.1.1\t{hostname}")
     return "\n".join([*lines, *body]) + "\n"
+
+
+def mac_for(ip: IPv4Address) -> str:
+    """A locally administered unicast MAC made of the IPv4 address: 02:42:a:b:c:d."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
 def _binding_json(b: PortBinding) -> dict[str, Any]:

@@ -357,7 +357,9 @@ def _runc_log_error(path: Path) -> str | None:
 # Logs (conmon's k8s-file format: "<time> <stream> <P|F> <content>")
 
 
-def _parse_lines(data: bytes, partial: bytearray) -> Iterator[bytes]:
+def _parse_lines(data: bytes, partial: dict[bytes, bytearray]) -> Iterator[bytes]:
+    """Whole lines from k8s-file records; a line conmon wrote in pieces ("P" records) is
+    put together per stream, so stderr pieces never end up in a stdout line."""
     for raw in data.split(b"\n"):
         if not raw:
             continue
@@ -365,10 +367,11 @@ def _parse_lines(data: bytes, partial: bytearray) -> Iterator[bytes]:
         if len(parts) < 3:
             continue
         content = parts[3] if len(parts) == 4 else b""
-        partial.extend(content)
+        pending = partial.setdefault(parts[1], bytearray())
+        pending.extend(content)
         if parts[2] == b"F":
-            yield bytes(partial) + b"\n"
-            partial.clear()
+            yield bytes(pending) + b"\n"
+            pending.clear()
 
 
 def log_generations(path: Path) -> list[Path]:
@@ -427,7 +430,7 @@ def read_log(
     """The container's output, one bytes line (with "\\n") at a time, the rotated files
     first. With `follow`, keeps reading until `done()` is true and nothing more arrives; a
     rotation (a new file under the name, or one started anew) is noticed and followed."""
-    partial = bytearray()
+    partial: dict[bytes, bytearray] = {}
     try:
         f = path.open("rb")
     except FileNotFoundError:
@@ -447,7 +450,7 @@ def read_log(
             if tail is not None and len(lines) >= tail:
                 break
             with contextlib.suppress(OSError):
-                lines[:0] = _parse_lines(older.read_bytes(), bytearray())
+                lines[:0] = _parse_lines(older.read_bytes(), {})
         if tail is not None:
             lines = lines[-tail:] if tail > 0 else []
         yield from lines

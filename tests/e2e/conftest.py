@@ -1,12 +1,16 @@
-"""Fixtures for the end-to-end tests, which run against a real dockerd.
+"""Fixtures for the end-to-end tests, which run against the real runtimes: dockerd, and the
+native runtime (runc, conmon, overlayfs, bridges) on a private state root.
 
-A missing daemon or test image is a failure, never a skip: CI runs `make setup` first, so
-either is a broken environment that must be seen.
+A missing daemon, tool or test image is a failure, never a skip: CI runs `make setup` first,
+so either is a broken environment that must be seen. The `runtime` fixture runs a test once
+per runtime (tests/e2e/runtimes.py); a feature the native runtime lacks is a failing test.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,14 @@ import docker.errors
 import pytest
 
 from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, http_get, new_stack_name
+from tests.e2e.runtimes import (
+    RUNTIME_NAMES,
+    DockerUnderTest,
+    NativeUnderTest,
+    RuntimeUnderTest,
+    import_test_image,
+    save_docker_image,
+)
 
 # The local registry that `make setup` (scripts/setup.sh) starts: plain HTTP on loopback.
 REGISTRY = "127.0.0.1:5000"
@@ -77,3 +89,48 @@ def stack_name(docker_client: Any) -> Iterator[str]:
 def workdir(tmp_path: Path) -> Workdir:
     """A scratch directory to copy manifests into (`.copy`) and write files in (`.write`)."""
     return Workdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def busybox_archive(docker_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test image as a `docker save` archive, made once per session, for the native
+    runtime's image store (each test has its own state root)."""
+    return save_docker_image(
+        docker_client, TEST_IMAGE, tmp_path_factory.mktemp("image") / "busybox.tar"
+    )
+
+
+NATIVE_TOOLS = ("runc", "conmon", "iptables", "iptables-save")
+
+
+@pytest.fixture(params=RUNTIME_NAMES)
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeUnderTest]:
+    """One runtime (docker, native) with a fresh stack name and a private state root
+    (tmp_path/root) holding the test image on native. Afterwards every container, network
+    and volume of the stack is removed, and on native nothing of the root may be left in the
+    kernel (bridges, veths, netns, mounts, rules, cgroups, processes): if anything could not
+    be removed, the test fails."""
+    name = str(request.param)
+    stack = new_stack_name()
+    root = tmp_path / "root"
+    rut: RuntimeUnderTest
+    if name == "docker":
+        rut = DockerUnderTest(stack, root, request.getfixturevalue("docker_client"))
+    else:
+        if os.geteuid() != 0:
+            pytest.fail("the native runtime's tests need root", pytrace=False)
+        missing = [t for t in NATIVE_TOOLS if shutil.which(t) is None]
+        if missing:
+            pytest.fail(f"missing for the native runtime: {', '.join(missing)}", pytrace=False)
+        archive = request.getfixturevalue("busybox_archive")
+        rut = NativeUnderTest(stack, root)
+        import_test_image(rut.root, archive, TEST_IMAGE)
+    try:
+        yield rut
+    finally:
+        leftovers = rut.cleanup()
+        rut.close()
+    if leftovers:
+        pytest.fail(
+            f"{name}: could not clean up stack {stack}:\n" + "\n".join(leftovers), pytrace=False
+        )

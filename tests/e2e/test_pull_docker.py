@@ -21,7 +21,7 @@ import docker.errors
 import pytest
 
 from tests.e2e.helpers import TEST_IMAGE, cleanup_stack
-from tests.e2e.test_apply_docker import Cli, free_port
+from tests.e2e.runtimes import Cli, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,8 @@
-"""The watch agent end to end: a real `pyapply watch` process on real git repositories made
-here, real file events, the real dockerd, its REST API through real HTTP clients on its
-UNIX socket (curl and http.client). Each agent has its own PYAPPLY_ROOT and socket in a tmp
-dir and is always ended by pid in teardown.
+"""The watch agent end to end, on each real runtime (docker, native): a real `pyapply watch`
+process on real git repositories made here, real file events, the real runtime, its REST API
+through real HTTP clients on its UNIX socket (curl and http.client). Each agent has the
+runtime's private PYAPPLY_ROOT and its own socket in a tmp dir and is always ended by pid in
+teardown.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +21,12 @@ import jsonschema
 import pytest
 
 from reconciler.api import AgentClient
+from runtime.base import ContainerState
 from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE, http_get
+from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest, free_port
 
 pytestmark = pytest.mark.e2e
 
-PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 T = TypeVar("T")
 
 
@@ -89,20 +89,15 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) ->
 
 
 class AgentProc:
-    """A `pyapply watch` process with its own state root and socket."""
+    """A `pyapply watch` process on the runtime's state root, with its own socket."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, runtime: RuntimeUnderTest) -> None:
         self.tmp = tmp
-        self.root = tmp / "state"
+        self.root = runtime.root
         self.socket = str(tmp / "run" / "agent.sock")
         self.log = tmp / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {
-            **os.environ,
-            "PYAPPLY_ROOT": str(self.root),
-            "PYAPPLY_RUNTIME": "docker",
-            "PYAPPLY_SOCKET": self.socket,
-        }
+        self.env = {**runtime.env, "PYAPPLY_SOCKET": self.socket}
         self.client = AgentClient(self.socket)
 
     def start(self, path: Path, *args: str) -> None:
@@ -158,8 +153,8 @@ class AgentProc:
 
 
 @pytest.fixture
-def agent(tmp_path: Path, stack_name: str) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path)
+def agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
+    proc = AgentProc(tmp_path, runtime)
     try:
         yield proc
     finally:
@@ -169,28 +164,37 @@ def agent(tmp_path: Path, stack_name: str) -> Iterator[AgentProc]:
         print(f"--- agent log ({proc.log}):\n{proc.logs()}")  # shown when the test fails
 
 
-def env_of(docker_client: Any, name: str) -> dict[str, str]:
-    c = docker_client.containers.get(name)
-    return dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
+@pytest.fixture
+def stack_name(runtime: RuntimeUnderTest) -> str:
+    return runtime.stack
 
 
-def label(docker_client: Any, name: str, key: str = "io.pyapply.revision") -> str:
-    return str(docker_client.containers.get(name).labels.get(key, ""))
+@pytest.fixture
+def obs(runtime: RuntimeUnderTest) -> Observer:
+    return runtime.observe
 
 
-def running(docker_client: Any, name: str) -> bool:
+def env_of(obs: Observer, name: str) -> dict[str, str]:
+    return obs.env(name)
+
+
+def label(obs: Observer, name: str, key: str = "io.pyapply.revision") -> str:
+    state = obs.container(name)
+    return "" if state is None else str(state.labels.get(key, ""))
+
+
+def running(obs: Observer, name: str) -> bool:
     try:
-        c = docker_client.containers.get(name)
+        return obs.running(name)
     except Exception:
         return False
-    return bool(c.status == "running")
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def test_successive_commits_each_converge(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     """A work tree moved on by `git pull`, as a cron job or a CI hook would."""
     upstream = Repo(tmp_path / "upstream")
@@ -205,13 +209,13 @@ def test_successive_commits_each_converge(
 
     agent.start(work)
     app = f"{stack_name}-app-1"
-    wait_for("v1", lambda: running(docker_client, app) and env_of(docker_client, app)["V"] == "1")
-    assert label(docker_client, app) == sha1[:12]
+    wait_for("v1", lambda: running(obs, app) and env_of(obs, app)["V"] == "1")
+    assert label(obs, app) == sha1[:12]
     sha2 = push({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "second")
-    wait_for("v2", lambda: label(docker_client, app) == sha2[:12] and running(docker_client, app))
-    assert env_of(docker_client, app)["V"] == "2"
+    wait_for("v2", lambda: label(obs, app) == sha2[:12] and running(obs, app))
+    assert env_of(obs, app)["V"] == "2"
     sha3 = push({"stack.yaml": stack_yaml(stack_name, {"app": "2", "worker": "3"})}, "add a worker")
-    wait_for("worker", lambda: running(docker_client, f"{stack_name}-worker-1"))
+    wait_for("worker", lambda: running(obs, f"{stack_name}-worker-1"))
 
     def committed() -> list[dict[str, Any]] | None:
         # a pass may also have seen the tree between the files' and HEAD's update
@@ -232,7 +236,7 @@ def test_successive_commits_each_converge(
 
 
 def test_git_sync_symlink_flip_is_picked_up(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     """git-sync layout: <root>/.worktrees/<sha> checkouts, <root>/current a symlink swapped
     by an atomic rename."""
@@ -252,31 +256,38 @@ def test_git_sync_symlink_flip_is_picked_up(
     publish(sha1)
     agent.start(link)
     app = f"{stack_name}-app-1"
-    wait_for("first revision", lambda: running(docker_client, app))
-    assert label(docker_client, app) == sha1[:12]
+    wait_for("first revision", lambda: running(obs, app))
+    assert label(obs, app) == sha1[:12]
     sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "two")
     publish(sha2)
-    wait_for("the flip", lambda: label(docker_client, app) == sha2[:12])
+    wait_for("the flip", lambda: label(obs, app) == sha2[:12])
     status = agent.api("GET", "/v1/status")
     assert status["agent"]["source_kind"] == "link"
     wait_for("synced", lambda: agent.api("GET", "/v1/status")["sync"] == "Synced")
     assert agent.api("GET", "/v1/status")["revision"]["applied"] == sha2[:12]
 
 
+def finished(agent: AgentProc, sha: str) -> dict[str, Any] | None:
+    """The recorded pass of revision `sha` once it is over (a pass is recorded as "running"
+    when it starts)."""
+    done = (p for p in agent.history() if p["revision"] == sha[:12] and p["outcome"] != "running")
+    return next(done, None)
+
+
 def test_bad_commit_is_recorded_and_nothing_is_torn_down(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     repo = Repo(tmp_path / "repo")
     good = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1", "worker": "1"})}, "good")
     agent.start(repo.path)
     app, worker = f"{stack_name}-app-1", f"{stack_name}-worker-1"
-    wait_for("good", lambda: running(docker_client, app) and running(docker_client, worker))
-    ids = {docker_client.containers.get(n).id for n in (app, worker)}
+    wait_for("good", lambda: running(obs, app) and running(obs, worker))
+    ids = {obs.must(n).id for n in (app, worker)}
     broken = stack_yaml(stack_name, {"app": "1"}).replace(f"image: {TEST_IMAGE}", "image: [1]")
     bad = repo.commit({"stack.yaml": broken}, "broken")
     rec = wait_for(
         "the failure",
-        lambda: next((p for p in agent.history() if p["revision"] == bad[:12]), None),
+        lambda: finished(agent, bad),
     )
     assert rec["outcome"] == "failed" and rec["subject"] == "broken"
     assert any("image" in e for e in rec["errors"]), rec
@@ -284,18 +295,18 @@ def test_bad_commit_is_recorded_and_nothing_is_torn_down(
     gone = repo.commit({"stack.yaml": None}, "delete everything")
     rec = wait_for(
         "the refusal",
-        lambda: next((p for p in agent.history() if p["revision"] == gone[:12]), None),
+        lambda: finished(agent, gone),
     )
     assert rec["outcome"] == "refused" and "--allow-empty" in rec["errors"][0]
     time.sleep(1)
-    assert {docker_client.containers.get(n).id for n in (app, worker)} == ids
+    assert {obs.must(n).id for n in (app, worker)} == ids
     status = agent.api("GET", "/v1/status")
     assert status["revision"]["applied"] == good[:12]
     assert status["sync"] == "OutOfSync"
     # the next good commit applies
     fixed = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "fixed")
-    wait_for("fixed", lambda: label(docker_client, app) == fixed[:12])
-    wait_for("worker removed", lambda: not running(docker_client, worker))
+    wait_for("fixed", lambda: label(obs, app) == fixed[:12])
+    wait_for("worker removed", lambda: not running(obs, worker))
     wait_for(
         "the fixed pass recorded",
         lambda: (
@@ -306,11 +317,13 @@ def test_bad_commit_is_recorded_and_nothing_is_torn_down(
 
 
 def test_container_killed_by_hand_is_restarted(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, runtime: RuntimeUnderTest, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
-    """dockerd does not restart a container killed or stopped by hand, even with a restart
-    policy (it counts as a manual stop): the agent does, because the desired state says
-    running. A container removed by hand is recreated."""
+    """A `restart: always` container killed (its process, SIGKILL) or stopped by hand is
+    running again soon, and one removed by hand is recreated: dockerd does not restart a
+    container killed or stopped by hand, even with a restart policy (it counts as a manual
+    stop), and the native runtime has no daemon at all: the agent does it, told by the
+    runtime's events, because the desired state says running."""
     repo = Repo(tmp_path / "repo")
     repo.commit(
         {"stack.yaml": stack_yaml(stack_name, {"app": "1", "once": "1"}, restart="always")},
@@ -318,70 +331,64 @@ def test_container_killed_by_hand_is_restarted(
     )
     agent.start(repo.path)
     app = f"{stack_name}-app-1"
-    wait_for("running", lambda: running(docker_client, app))
+    wait_for("running", lambda: running(obs, app))
     for how in ("kill", "stop", "rm"):
-        before = docker_client.containers.get(app)
+        before = wait_for("running", lambda: obs.must(app) if running(obs, app) else None)
         if how == "kill":
-            before.kill()
+            runtime.by_hand.kill(app)
         elif how == "stop":
-            before.stop(timeout=1)
+            runtime.by_hand.stop(app, timeout=1)
         else:
-            before.remove(force=True)
-        started_before = before.attrs["State"]["StartedAt"]
+            runtime.by_hand.remove(app)
 
-        def restarted(was: str = started_before) -> bool:
-            if not running(docker_client, app):
+        def restarted(was: ContainerState = before) -> bool:
+            now = obs.container(app)
+            if now is None or now.status != "running":
                 return False
-            return bool(docker_client.containers.get(app).attrs["State"]["StartedAt"] != was)
+            return now.id != was.id or now.started_at != was.started_at
 
         # The events path restarts it (the 30 s resync is a slower backstop); how fast is
         # bench_agent.py's business, not the suite's.
-        wait_for(f"restart after docker {how}", restarted, timeout=20)
+        wait_for(f"restart after {how} by hand", restarted, timeout=20)
     passes = agent.history()
     assert any(p["trigger"].startswith("event:") for p in passes), passes
 
 
 def test_rollback_and_resume(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     repo = Repo(tmp_path / "repo")
     app = f"{stack_name}-app-1"
     sha1 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1"})}, "one")
     agent.start(repo.path)
-    wait_for("one", lambda: running(docker_client, app) and label(docker_client, app) == sha1[:12])
+    wait_for("one", lambda: running(obs, app) and label(obs, app) == sha1[:12])
     sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2"})}, "two")
-    wait_for("two", lambda: label(docker_client, app) == sha2[:12])
+    wait_for("two", lambda: label(obs, app) == sha2[:12])
     out = agent.cli("rollback", sha1[:8])
     assert "pinned" in out.stdout
-    assert label(docker_client, app) == sha1[:12] and env_of(docker_client, app)["V"] == "1"
+    assert label(obs, app) == sha1[:12] and env_of(obs, app)["V"] == "1"
     # pinned: a new commit is not followed
     sha3 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "3"})}, "three")
     time.sleep(1.5)
-    assert label(docker_client, app) == sha1[:12]
+    assert label(obs, app) == sha1[:12]
     status = json.loads(agent.cli("status", "-o", "json").stdout)
     assert status["revision"]["pinned"] == sha1[:12]
     agent.cli("resume")
-    wait_for("three", lambda: label(docker_client, app) == sha3[:12])
-    assert env_of(docker_client, app)["V"] == "3"
+    wait_for("three", lambda: label(obs, app) == sha3[:12])
+    assert env_of(obs, app)["V"] == "3"
     assert json.loads(agent.cli("status", "-o", "json").stdout)["revision"]["pinned"] is None
     # without an agent: history from sqlite, rollback applied by the CLI and pinned
     assert agent.stop() == 0
     hist = json.loads(agent.cli("history", "-o", "json").stdout)["passes"]
     assert {p["revision"] for p in hist} >= {sha1[:12], sha2[:12], sha3[:12]}
     agent.cli("rollback", sha2[:12])
-    assert label(docker_client, app) == sha2[:12]
+    assert label(obs, app) == sha2[:12]
     agent.start(repo.path)  # the new agent stays pinned
     time.sleep(1.5)
-    assert label(docker_client, app) == sha2[:12]
+    assert label(obs, app) == sha2[:12]
     assert agent.api("GET", "/v1/status")["revision"]["pinned"] == sha2[:12]
     agent.api("POST", "/v1/resume?wait=true")
-    assert label(docker_client, app) == sha3[:12]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    assert label(obs, app) == sha3[:12]
 
 
 def openapi_validator(name: str) -> Any:
@@ -404,7 +411,7 @@ def curl(sock: str, method: str, path: str, data: str | None = None) -> tuple[in
 
 
 def test_every_api_endpoint_over_the_socket(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     repo = Repo(tmp_path / "repo")
     sha1 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "1", "db": "1"})}, "one")
@@ -413,7 +420,7 @@ def test_every_api_endpoint_over_the_socket(
     sock = agent.socket
     assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
     app = f"{stack_name}-app-1"
-    wait_for("running", lambda: running(docker_client, app))
+    wait_for("running", lambda: running(obs, app))
 
     code, doc = curl(sock, "POST", "/v1/sync?wait=true")
     assert code == 200 and doc["result"]["outcome"] == "succeeded"
@@ -436,18 +443,18 @@ def test_every_api_endpoint_over_the_socket(
         openapi_validator("Pass").validate(record)
 
     sha2 = repo.commit({"stack.yaml": stack_yaml(stack_name, {"app": "2", "db": "1"})}, "two")
-    wait_for("two", lambda: label(docker_client, app) == sha2[:12])
+    wait_for("two", lambda: label(obs, app) == sha2[:12])
     code, doc = curl(sock, "POST", "/v1/rollback?wait=true", json.dumps({"revision": sha1[:7]}))
     assert code == 200 and doc["revision"] == sha1[:12] and doc["pinned"] is True
     assert doc["result"]["outcome"] == "succeeded"
-    assert label(docker_client, app) == sha1[:12]
+    assert label(obs, app) == sha1[:12]
     code, doc = curl(sock, "POST", "/v1/rollback", json.dumps({"revision": "0000000"}))
     assert code == 404 and "no recorded revision" in doc["error"]
     code, doc = curl(sock, "POST", "/v1/rollback", "not json")
     assert code == 400
     code, doc = curl(sock, "POST", "/v1/resume?wait=true")
     assert code == 200 and doc["pinned"] is False
-    assert label(docker_client, app) == sha2[:12]
+    assert label(obs, app) == sha2[:12]
     code, doc = curl(sock, "DELETE", "/v1/status")
     assert code == 405
     code, doc = curl(sock, "GET", "/v2/nothing")
@@ -478,7 +485,7 @@ def test_every_api_endpoint_over_the_socket(
 
 
 def test_sigterm_mid_apply_leaves_a_state_the_next_pass_converges(
-    agent: AgentProc, stack_name: str, docker_client: Any, tmp_path: Path
+    agent: AgentProc, stack_name: str, obs: Observer, tmp_path: Path
 ) -> None:
     repo = Repo(tmp_path / "repo")
     services = {f"s{i}": "1" for i in range(8)}
@@ -490,12 +497,7 @@ def test_sigterm_mid_apply_leaves_a_state_the_next_pass_converges(
     assert "SIGTERM" in logs and "stopped" in logs
     diff = agent.cli("diff", "-f", str(repo.path), "--exit-code", ok=False)
     assert diff.returncode in (0, 2), diff.stderr  # drift is expected, errors are not
-    created = [
-        c.name
-        for c in docker_client.containers.list(
-            all=True, filters={"label": f"io.pyapply.stack={stack_name}"}
-        )
-    ]
+    created = list(obs.containers(stack_name))
     assert len(created) < 8, "the apply was not interrupted; nothing to check"
     hist = json.loads(agent.cli("history", "-o", "json").stdout)["passes"]
     assert hist[0]["outcome"] == "interrupted", hist[0]

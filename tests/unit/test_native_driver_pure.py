@@ -3,6 +3,8 @@ name -> key map that lets a running container be renamed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runtime.base import HealthConfig
 from runtime.native.driver import Names, image_health
 
@@ -41,3 +43,24 @@ def test_names_resolve_renamed_and_shadowed_keys() -> None:
     assert Names.name_of(names, "db-1") == "db-1"
     # a name whose own key belongs to another container, and not in the map: nothing
     assert Names.key_of({"web-1": "web-1--next"}, "web-1--next") is None
+
+
+def test_mac_follows_the_address() -> None:
+    from ipaddress import IPv4Address
+
+    from runtime.native.network import mac_for
+
+    assert mac_for(IPv4Address("10.89.0.2")) == "02:42:0a:59:00:02"
+    assert mac_for(IPv4Address("172.16.255.1")) == "02:42:ac:10:ff:01"
+
+
+def test_partial_lines_are_joined_per_stream(tmp_path: Path) -> None:
+    from runtime.native.supervise import read_log
+
+    log = tmp_path / "ctr.log"
+    log.write_bytes(
+        b"2026-01-01T00:00:00Z stderr P half-\n"
+        b"2026-01-01T00:00:00Z stdout F out-line\n"
+        b"2026-01-01T00:00:00Z stderr F err-end\n"
+    )
+    assert list(read_log(log)) == [b"out-line\n", b"half-err-end\n"]
