@@ -8,5 +8,16 @@ Built in parts (issue 3), each usable and tested on its own:
 - network.py, ipam.py, firewall.py: bridges, veths, persistent IPAM, NAT, published ports,
   isolation, managed /etc/hosts.
 driver.py (NativeRuntime) puts them behind `runtime.base.Runtime`, with named volumes and a
-network namespace per container (PYAPPLY_RUNTIME=native; docker stays the default).
+network namespace per container (PYAPPLY_RUNTIME=native, the default runtime).
 """
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+def root_tag(root: str | os.PathLike[str]) -> str:
+    """8 hex digits naming a state root in host-wide names (interface aliases, netns names,
+    cgroups), so that two roots on one host never share one."""
+    return hashlib.sha256(str(root).encode()).hexdigest()[:8]

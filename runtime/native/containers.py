@@ -43,7 +43,7 @@ from runtime.base import (
     PortBinding,
 )
 from runtime.native import health as healthmod
-from runtime.native import oci, rootfs
+from runtime.native import oci, root_tag, rootfs
 from runtime.native.supervise import (
     DEFAULT_CONMON,
     DEFAULT_LOG_FILES,
@@ -148,10 +148,10 @@ def _read_in_rootfs(root: Path, rel: str) -> str:
         return ""
 
 
-def live_memory_limit(name: str) -> int | None:
-    """The memory limit the kernel enforces on a container now (None: unlimited), so a limit
-    changed behind our back shows up; v1 memory controller, else cgroup v2."""
-    rel = CGROUP_PARENT.strip("/") + "/" + name
+def live_memory_limit(cgroup: str) -> int | None:
+    """The memory limit the kernel enforces on a container (its cgroup path) now (None:
+    unlimited), so a limit changed behind our back shows up; v1 memory controller, else v2."""
+    rel = cgroup.strip("/")
     for path in (
         CGROUP_FS / "memory" / rel / "memory.limit_in_bytes",
         CGROUP_FS / rel / "memory.max",
@@ -194,6 +194,8 @@ class ContainerManager:
         self.log_size_max = log_size_max
         self.log_files = log_files
         self.init_path = init_path or next((p for p in INIT_CANDIDATES if Path(p).exists()), None)
+        # /pyapply/<root tag>/<container>: two roots may hold containers of the same name
+        self.cgroup_parent = f"{CGROUP_PARENT}/{root_tag(self.root.resolve())}"
 
     # -- paths and records ---------------------------------------------------------------
 
@@ -293,7 +295,7 @@ class ContainerManager:
                     passwd=_read_in_rootfs(cdir / "rootfs", "etc/passwd"),
                     group=_read_in_rootfs(cdir / "rootfs", "etc/group"),
                     init_path=self.init_path if config.init else None,
-                    cgroup_parent=CGROUP_PARENT,
+                    cgroup_parent=self.cgroup_parent,
                 ),
             )
             atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
@@ -477,6 +479,9 @@ class ContainerManager:
                     self._stop(name, 0)
                 self._destroy_dir(cdir)
         self._remove_cgroups(name)
+        with contextlib.suppress(OSError):
+            if not any(self.containers_dir.iterdir()):  # the root's last container
+                self.remove_cgroup_parent()
 
     def _destroy_dir(self, cdir: Path) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -505,10 +510,9 @@ class ContainerManager:
                     raise
                 time.sleep(0.05)
 
-    @staticmethod
-    def cgroup_dirs(name: str) -> list[Path]:
+    def cgroup_dirs(self, name: str) -> list[Path]:
         """The container's cgroup directories, in every hierarchy, that exist now."""
-        rel = CGROUP_PARENT.strip("/") + "/" + name
+        rel = f"{self.cgroup_parent}/{name}".strip("/")
         out = []
         with contextlib.suppress(OSError):
             for h in CGROUP_FS.iterdir():
@@ -517,15 +521,14 @@ class ContainerManager:
                     out.append(p)
         return out
 
-    @staticmethod
-    def remove_cgroup_parent() -> None:
-        """rmdir the shared /pyapply cgroup in every hierarchy where it is empty (for a
-        system reset; never while containers are being created)."""
-        rel = CGROUP_PARENT.strip("/")
+    def remove_cgroup_parent(self) -> None:
+        """rmdir this root's cgroup parent, then the shared /pyapply, in every hierarchy
+        where they are empty (for a system reset; never while containers are being made)."""
         with contextlib.suppress(OSError):
             for h in CGROUP_FS.iterdir():
-                with contextlib.suppress(OSError):
-                    (h / rel).rmdir()
+                for rel in (self.cgroup_parent, CGROUP_PARENT):
+                    with contextlib.suppress(OSError):
+                        (h / rel.strip("/")).rmdir()
 
     def _remove_cgroups(self, name: str) -> None:
         for p in self.cgroup_dirs(name):
@@ -584,7 +587,9 @@ class ContainerManager:
             networks=tuple(doc.get("networks") or ()),
             ports=tuple(PortBinding(**p) for p in doc.get("ports") or ()),
             memory_bytes=(
-                live_memory_limit(name) if status == "running" else doc.get("memory_bytes")
+                live_memory_limit(f"{self.cgroup_parent}/{name}")
+                if status == "running"
+                else doc.get("memory_bytes")
             ),
             started_at=doc.get("started_at"),
             finished_at=finished,

@@ -56,7 +56,7 @@ from runtime.base import (
     RuntimeFailure,
     TransientError,
 )
-from runtime.native import firewall
+from runtime.native import firewall, root_tag
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
 from runtime.native.netlink import IPRoute, NetNS, netlink_error
@@ -182,7 +182,7 @@ class NetworkManager:
         self.pool = pool
         self.prefix = prefix
         self.firewall = Firewall(iptables)
-        self.tag = _h8(str(self.root))
+        self.tag = root_tag(self.root)
         self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
 
     # -- naming ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any
 
 from runtime.base import ContainerState, RuntimeFailure
 from runtime.native import firewall, rootfs
-from runtime.native.containers import CGROUP_PARENT, ContainerManager
+from runtime.native.containers import ContainerManager
 from runtime.native.driver import NETNS_DIR, NativeRuntime
 from runtime.native.layers import rmtree
 from runtime.native.netlink import IPRoute, netns_remove
@@ -104,14 +104,14 @@ def reset(root: str | os.PathLike[str], *, runc: str = DEFAULT_RUNC) -> ResetRep
     _remove_containers(rt, report)
     _sweep_runc(rt.root, runc, report)
     _sweep_processes(rt.root, report)
-    _sweep_cgroups(keys, report)
+    _sweep_cgroups(rt.containers, keys, report)
     _sweep_mounts(rt.root, report)
     _sweep_netns(rt.networks.tag, report)
     _remove_networks(rt, networks, keys, report)
     _remove_volumes(rt, report)
     _remove_images(rt, report)
     _remove_entries(rt.root, report)
-    ContainerManager.remove_cgroup_parent()  # only where empty: other roots may use it
+    rt.containers.remove_cgroup_parent()  # only where empty: other roots may use /pyapply
     if not existed:
         with contextlib.suppress(OSError):
             rt.root.rmdir()
@@ -320,9 +320,9 @@ def _sweep_processes(root: Path, report: ResetReport) -> None:
             report.add("process", f"{pid} ({what})")
 
 
-def _sweep_cgroups(keys: Iterable[str], report: ResetReport) -> None:
+def _sweep_cgroups(containers: ContainerManager, keys: Iterable[str], report: ResetReport) -> None:
     for key in keys:
-        dirs = ContainerManager.cgroup_dirs(key)  # one per hierarchy (cgroup v1)
+        dirs = containers.cgroup_dirs(key)  # one per hierarchy (cgroup v1)
         for d in dirs:
             _empty_cgroup(d)
             # nested dirs first (runc makes none; be thorough)
@@ -334,7 +334,7 @@ def _sweep_cgroups(keys: Iterable[str], report: ResetReport) -> None:
         if left:
             report.errors.append(f"cgroups could not be removed: {', '.join(left)}")
         elif dirs:
-            report.add("cgroup", f"{CGROUP_PARENT}/{key}")
+            report.add("cgroup", f"{containers.cgroup_parent}/{key}")
 
 
 def _empty_cgroup(d: Path) -> None:

@@ -289,11 +289,9 @@ class NativeUnderTest(RuntimeUnderTest):
 
     def set_memory_limit(self, name: str, limit: int) -> None:
         """Write the limit into the container's memory cgroup (v1, else v2)."""
-        from runtime.native.containers import ContainerManager
-
         key = self.native.key(name)
         assert key is not None, f"no container {name}"
-        for d in ContainerManager.cgroup_dirs(key):
+        for d in self.native.containers.cgroup_dirs(key):
             for f in ("memory.limit_in_bytes", "memory.max"):
                 if (d / f).exists():
                     (d / f).write_text(str(limit))
@@ -404,7 +402,8 @@ class NativeUnderTest(RuntimeUnderTest):
                 if f'"{comment}"' in line or f"{comment} " in line or f"{comment}:" in line:
                     out.append(f"iptables rule of network {net}: {line}")
         cgroups = Path("/sys/fs/cgroup")
-        out += [f"cgroup {p}" for p in sorted(cgroups.glob(f"*/pyapply/{self.stack}-*"))]
+        parent = self.native.containers.cgroup_parent.strip("/")
+        out += [f"cgroup {p}" for p in sorted(cgroups.glob(f"*/{parent}/{self.stack}-*"))]
         out += self._processes()
         return out
 

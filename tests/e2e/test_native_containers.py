@@ -8,6 +8,7 @@ overlay mounts, cgroup directories. A missing runc or conmon is a failure, not a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -60,11 +61,15 @@ def lowerdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def cgroup_parent() -> Iterator[None]:
-    """Remove the shared /pyapply cgroup parents afterwards if this module made them."""
-    existed = any(p.is_dir() for p in Path("/sys/fs/cgroup").glob("*/pyapply"))
+    """Remove the cgroup parents this module made (/pyapply/<root tag>, and /pyapply if it
+    was not there), where they are empty."""
+    fs = Path("/sys/fs/cgroup")
+    before = {*fs.glob("*/pyapply"), *fs.glob("*/pyapply/*")}
     yield
-    if not existed:
-        ContainerManager.remove_cgroup_parent()
+    made = [p for p in (*fs.glob("*/pyapply/*"), *fs.glob("*/pyapply")) if p not in before]
+    for p in made:  # the roots' parents first, then /pyapply
+        with contextlib.suppress(OSError):
+            p.rmdir()
 
 
 @pytest.fixture
@@ -85,7 +90,7 @@ def manager(root: Path) -> Iterator[ContainerManager]:
     checker = health.checker_pid(root)
     health.stop_checker(root)
     leftovers = [
-        *(str(p) for n in names for p in ContainerManager.cgroup_dirs(n)),
+        *(str(p) for n in names for p in mgr.cgroup_dirs(n)),
         *(m for m in rootfs.mountpoints() if m.startswith(str(root))),
         *(f"conmon {pid}" for pid in supervisors if pid_alive(pid)),
         *([f"health checker {checker}"] if checker is not None and pid_alive(checker) else []),
@@ -212,7 +217,7 @@ def test_exit_code_recorded_without_watcher(manager: ContainerManager, lowerdir:
     assert st.exit_code == 3 and st.finished_at is not None
     wait_for(lambda: not pid_alive(conmon), what="conmon to exit")
     # conmon's exit command deleted it from runc, so the cgroups are gone already
-    wait_for(lambda: ContainerManager.cgroup_dirs(name) == [], what="the cgroups to go")
+    wait_for(lambda: manager.cgroup_dirs(name) == [], what="the cgroups to go")
     assert state(manager, name).exit_code == 3
 
 
@@ -266,7 +271,7 @@ def test_cgroup_limits_and_rlimits(manager: ContainerManager, lowerdir: Path) ->
         nano_cpus=500_000_000,
         ulimits=(Ulimit("nofile", 100_000, 100_000),),
     )
-    dirs = {p.parents[1].name: p for p in ContainerManager.cgroup_dirs(name)}
+    dirs = {p.relative_to("/sys/fs/cgroup").parts[0]: p for p in manager.cgroup_dirs(name)}
     assert (dirs["memory"] / "memory.limit_in_bytes").read_text().strip() == str(64 * 1024 * 1024)
     assert state(manager, name).memory_bytes == 64 * 1024 * 1024
     # a limit changed behind our back is observed (out-of-band mutation)
@@ -465,7 +470,7 @@ def test_log_is_rotated_by_size_without_losing_lines(root: Path, lowerdir: Path)
     finally:
         mgr.remove(name)
         health.stop_checker(root)
-    assert mgr.state(name) is None and ContainerManager.cgroup_dirs(name) == []
+    assert mgr.state(name) is None and mgr.cgroup_dirs(name) == []
 
 
 def test_concurrent_starts_make_one_container(manager: ContainerManager, lowerdir: Path) -> None:
@@ -493,4 +498,4 @@ def test_start_failure_is_reported_and_cleaned(manager: ContainerManager, lowerd
     with pytest.raises(RuntimeFailure, match=r"no such file|not found"):
         manager.start(name)
     assert state(manager, name).status != "running"
-    wait_for(lambda: ContainerManager.cgroup_dirs(name) == [], what="the cgroups to go")
+    wait_for(lambda: manager.cgroup_dirs(name) == [], what="the cgroups to go")

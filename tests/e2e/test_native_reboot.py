@@ -21,7 +21,6 @@ import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
 from runtime.native import firewall, health, rootfs
-from runtime.native.containers import ContainerManager
 from runtime.native.driver import NativeRuntime
 from runtime.native.network import NetworkManager
 from runtime.native.supervise import pid_alive
@@ -92,7 +91,7 @@ def reboot(root: Path) -> None:
         rootfs.unmount(rt.containers.dir(key) / "rootfs")
         with contextlib.suppress(FileNotFoundError):
             netns.remove(rt.netns_name(key))
-        for cg in ContainerManager.cgroup_dirs(key):
+        for cg in rt.containers.cgroup_dirs(key):
             with contextlib.suppress(OSError):
                 cg.rmdir()
     nm = rt.networks

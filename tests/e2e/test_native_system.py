@@ -172,7 +172,8 @@ def _mounts_under(root: Path) -> list[str]:
 
 
 def _cgroups(names: tuple[str, ...]) -> list[Path]:
-    return [p for n in names for p in CGROUP_FS.glob(f"*/pyapply/{n}") if p.is_dir()]
+    # /pyapply/<root tag>/<container>, in every hierarchy
+    return [p for n in names for p in CGROUP_FS.glob(f"*/pyapply/*/{n}") if p.is_dir()]
 
 
 def _rules(bridges: set[str]) -> list[str]:
