@@ -16,7 +16,7 @@ help:
 	@echo "make lint        ruff check + ruff format --check"
 	@echo "make typecheck   mypy (strict, see pyproject.toml)"
 	@echo "make unit        unit tests"
-	@echo "make e2e         end-to-end tests against dockerd"
+	@echo "make e2e         end-to-end tests on both runtimes (dockerd and native)"
 	@echo "make test        setup + lint + typecheck + every test except benchmarks (CI)"
 	@echo "make demo        apply $(DEMO) on the native runtime (no dockerd, no registry)"
 	@echo "make bench       run tests/bench/*.py"
