@@ -320,27 +320,19 @@ class NativeUnderTest(RuntimeUnderTest):
         problems: list[str] = []
         for _round in range(3):
             problems = []
-            names = {c.name for c in rt.list_containers({STACK_LABEL: s})}
-            names |= {c.name for c in rt.list_containers({}) if c.name.startswith(s + "-")}
-            for name in sorted(names):
-                try:
-                    rt.remove_container(name)
-                except Exception as e:
-                    problems.append(f"container {name}: {e}")
-            nets = {n.name for n in rt.list_networks({STACK_LABEL: s})}
-            nets |= {n.name for n in rt.list_networks({}) if n.name.startswith(s + "_")}
-            for net in sorted(nets):
-                try:
-                    rt.remove_network(net)
-                except Exception as e:
-                    problems.append(f"network {net}: {e}")
-            vols = {v.name for v in rt.list_volumes({STACK_LABEL: s})}
-            vols |= {v.name for v in rt.list_volumes({}) if v.name.startswith(s + "_")}
-            for vol in sorted(vols):
-                try:
-                    rt.remove_volume(vol)
-                except Exception as e:
-                    problems.append(f"volume {vol}: {e}")
+            kinds: tuple[tuple[str, Any, Any, str], ...] = (
+                ("container", rt.list_containers, rt.remove_container, "-"),
+                ("network", rt.list_networks, rt.remove_network, "_"),
+                ("volume", rt.list_volumes, rt.remove_volume, "_"),
+            )
+            for kind, listing, remove, sep in kinds:  # in that order: users before used
+                found = {o.name for o in listing({STACK_LABEL: s})}
+                found |= {o.name for o in listing({}) if o.name.startswith(s + sep)}
+                for name in sorted(found):
+                    try:
+                        remove(name)
+                    except Exception as e:
+                        problems.append(f"{kind} {name}: {e}")
             if not problems:
                 break
             time.sleep(0.5)
