@@ -293,6 +293,21 @@ def _parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
 
 
+def _parse_host_ip(host: str, ip: str) -> tuple[str, str]:
+    """An extra_hosts entry: a host name and an IP address (or docker's "host-gateway")."""
+    if not ip or not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?", host):
+        raise _Bad(
+            f'must be "host:ip" with a host name, got {_show(f"{host}:{ip}" if ip else host)}'
+        )
+    ip = ip.strip().removeprefix("[").removesuffix("]")
+    if ip != "host-gateway":
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise _Bad(f"{_show(ip)} is not an IP address (in the entry for {host})") from None
+    return host, ip
+
+
 def _parse_count(value: Any) -> int:
     """A positive whole number, as an int or a string ("3")."""
     if isinstance(value, bool) or not re.fullmatch(r"[0-9]+", str(value).strip()):
@@ -1441,7 +1456,6 @@ _UNSUPPORTED = (
     "dns_search",
     "domainname",
     "external_links",
-    "extra_hosts",
     "gpus",
     "group_add",
     "ipc",
@@ -1998,6 +2012,22 @@ class _ServiceBuilder:
         got = self.attempt(self.at(*parts), parse, value)
         return None if got is _MISSING else got
 
+    def extra_hosts(self) -> None:
+        """extra_hosts: ["host:ip"] / ["host=ip"] or {host: ip or [ip, ...]}."""
+        pairs: list[tuple[str, str]] = []
+        for key, value, path in self.entries("extra_hosts"):
+            if isinstance(key, int):  # a list item: host:ip (ip may hold colons: IPv6)
+                host, sep, ip = str(value).replace("=", ":", 1).partition(":")
+                ips = [ip] if sep else []
+            else:
+                host, ips = str(key), [value] if isinstance(value, str) else list(value)
+            for ip in ips or [""]:
+                got = self.attempt(path, _parse_host_ip, host, ip)
+                if isinstance(got, tuple):
+                    pairs.append(got)
+        if pairs:
+            self.fields["extra_hosts"] = tuple(sorted(set(pairs)))
+
     def logging(self) -> None:
         """logging: json-file (or local, the same here) with max-size / max-file."""
         if self.get("logging") is _MISSING:
@@ -2062,6 +2092,7 @@ class _ServiceBuilder:
         if ulimits:
             self.fields["ulimits"] = tuple(ulimits)
         self.logging()
+        self.extra_hosts()
         policy = self.get("pull_policy")
         if policy is not _MISSING:
             self.fields["pull_policy"] = cast(

@@ -134,6 +134,7 @@ class ServiceSpec:
     stop_grace_period: float | None = None  # seconds
     init: bool | None = None
     ulimits: tuple[Ulimit, ...] = ()  # sorted by name
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (host, ip), sorted: more /etc/hosts lines
     log_max_size: int | None = None  # bytes: the log is rotated at this size (logging)
     log_max_files: int | None = None  # files kept, the live one included
     configs: tuple[FileRef, ...] = ()

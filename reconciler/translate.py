@@ -235,6 +235,7 @@ def container_config(
         stop_timeout_s=service.stop_grace_period,
         init=service.init,
         ulimits=tuple(Ulimit(u.name, u.soft, u.hard) for u in service.ulimits),
+        extra_hosts=tuple(f"{host}:{ip}" for host, ip in service.extra_hosts),
         log_max_size=service.log_max_size,
         log_max_files=service.log_max_files,
     )

@@ -142,6 +142,7 @@ class ContainerConfig:
     stop_timeout_s: float | None = None
     init: bool | None = None
     ulimits: tuple[Ulimit, ...] = ()
+    extra_hosts: tuple[str, ...] = ()  # "host:ip" lines for /etc/hosts (ip may be host-gateway)
     log_max_size: int | None = None  # bytes: rotate the output log at this size
     log_max_files: int | None = None  # log files kept, the live one included
 

@@ -493,6 +493,7 @@ class DockerRuntime:
             or None,
             network_mode=first.network if first else None,
             log_config=log_config,
+            extra_hosts=list(config.extra_hosts) or None,
         )
         networking_config = None
         if first is not None:

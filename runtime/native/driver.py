@@ -418,7 +418,8 @@ class NativeRuntime:
                 d.mkdir(parents=True, exist_ok=True)
             hosts = str(self.containers.dir(key) / "hosts")
             hostname = self._hostname(config, cid)
-            self.networks.set_hosts_file(key, hosts, hostname)
+            extra = [entry.partition(":")[::2] for entry in config.extra_hosts]
+            self.networks.set_hosts_file(key, hosts, hostname, extra)
             ips: list[str] = []
             for att in config.networks:
                 aliases = tuple(dict.fromkeys((*att.aliases, config.name)))

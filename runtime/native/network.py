@@ -146,7 +146,7 @@ class _State:
     """Everything persisted, loaded and saved as one transaction."""
 
     networks: dict[str, dict[str, Any]]
-    hosts_files: dict[str, dict[str, str | None]]  # container -> {path, hostname}
+    hosts_files: dict[str, dict[str, Any]]  # container -> {path, hostname, extra}
     ipam: Ipam
 
 
@@ -431,7 +431,8 @@ class NetworkManager:
             if rec is None:
                 raise NotFound(f"network {network} not found")
             if hosts_path is not None:
-                st.hosts_files[container_name] = {"path": hosts_path, "hostname": hostname}
+                entry = st.hosts_files.get(container_name) or {}
+                st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
             veth = self.veth_name(network, container_name)
             ep = rec["endpoints"].get(container_name)
             if ep is not None and ep["netns"] == nspath and _link_exists(veth):
@@ -727,16 +728,25 @@ class NetworkManager:
 
     @translated
     def set_hosts_file(
-        self, container_name: str, path: str | None, hostname: str | None = None
+        self,
+        container_name: str,
+        path: str | None,
+        hostname: str | None = None,
+        extra: Iterable[tuple[str, str]] = (),
     ) -> None:
         """Register (or with None forget) the file a container has as /etc/hosts (and its
-        hostname, listed with its own address); the file is written now and rewritten
-        whenever the membership of the container's networks changes."""
+        hostname, listed with its own address; `extra`: more (host, ip) lines, ip
+        "host-gateway" meaning its first network's gateway); the file is written now and
+        rewritten whenever the membership of the container's networks changes."""
         with self._locked() as st:
             if path is None:
                 st.hosts_files.pop(container_name, None)
                 return
-            st.hosts_files[container_name] = {"path": path, "hostname": hostname}
+            st.hosts_files[container_name] = {
+                "path": path,
+                "hostname": hostname,
+                "extra": [list(pair) for pair in extra],
+            }
             self._rewrite_hosts(st, set(), {container_name})
 
     def hosts_for(self, container_name: str, hostname: str | None = None) -> str:
@@ -840,6 +850,15 @@ def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
                 body.append(f"{ep['ip']}\t{' '.join(names)}")
     if not own and hostname:
         lines.append(f"127.0.1.1\t{hostname}")
+    gateway = next(
+        (str(st.networks[n]["gateway"]) for n in sorted(st.networks)
+         if container in st.networks[n]["endpoints"]),
+        None,
+    )  # fmt: skip
+    for host, ip in (st.hosts_files.get(container) or {}).get("extra") or ():
+        address = gateway if ip == "host-gateway" else str(ip)
+        if address:
+            lines.append(f"{address}\t{host}")
     return "\n".join([*lines, *body]) + "\n"
 
 

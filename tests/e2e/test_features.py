@@ -399,3 +399,39 @@ def test_tmpfs_read_only_ulimits_and_limits_inside(
         assert cli.run("diff", "-f", str(manifest), "--exit-code").returncode == 0
     finally:
         cli.run("down", "-f", str(manifest), "--volumes")
+
+
+# ---------------------------------------------------------------------------------------------
+
+EXTRA_HOSTS = f"""\
+    box:
+      image: {TEST_IMAGE}
+      command: ["sleep", "1000"]
+      init: true
+      stop_grace_period: 1s
+      extra_hosts: ["db.example:10.1.2.3", "gw:host-gateway"]
+"""
+
+
+def test_extra_hosts_are_in_etc_hosts(runtime: RuntimeUnderTest, tmp_path: Path) -> None:
+    """extra_hosts lines (and docker's host-gateway, the host's address as the container
+    sees it) land in /etc/hosts on both runtimes."""
+    manifest = write_stack(tmp_path, runtime.stack, EXTRA_HOSTS)
+    cli = runtime.cli()
+    try:
+        cli.ok("-f", str(manifest))
+        code, hosts = runtime.exec(f"{runtime.stack}-box-1", "cat", "/etc/hosts")
+        assert code == 0, hosts
+        entries = {}
+        for line in hosts.splitlines():
+            fields = line.split()
+            if len(fields) >= 2 and not line.startswith("#"):
+                for name in fields[1:]:
+                    entries.setdefault(name, fields[0])
+        assert entries.get("db.example") == "10.1.2.3", hosts
+        gateway = entries.get("gw", "")
+        assert gateway.count(".") == 3 and gateway != "host-gateway", hosts
+        code, out = runtime.exec(f"{runtime.stack}-box-1", "ping", "-c1", "-W2", "gw")
+        assert code == 0, out  # the host answers on that address
+    finally:
+        cli.run("down", "-f", str(manifest))

@@ -1585,3 +1585,43 @@ def test_logging_options_rotate_the_log(here: Path) -> None:
         'or "1g", got "lots"',
         "stack.yaml:5:51: services.app.logging.options.max-file: must be at least 1, got 0",
     ]
+
+
+def test_extra_hosts_forms_and_errors(here: Path) -> None:
+    stack = only_stack(
+        load_text(
+            here,
+            """
+            name: stack
+            services:
+              a:
+                image: img
+                extra_hosts: ["db.example:10.1.2.3", "gw=host-gateway", "v6:[::1]"]
+              b:
+                image: img
+                extra_hosts: {db.example: 10.1.2.3, multi: [10.0.0.1, 10.0.0.2]}
+            """,
+        )
+    )
+    a, b = sorted(stack.services, key=lambda s: s.name)
+    assert a.extra_hosts == (("db.example", "10.1.2.3"), ("gw", "host-gateway"), ("v6", "::1"))
+    assert b.extra_hosts == (
+        ("db.example", "10.1.2.3"),
+        ("multi", "10.0.0.1"),
+        ("multi", "10.0.0.2"),
+    )
+    assert errors(
+        here,
+        """
+        name: stack
+        services:
+          a:
+            image: img
+            extra_hosts: ["db.example:not-an-ip", "no-address"]
+        """,
+    ) == [
+        'stack.yaml:5:19: services.a.extra_hosts[0]: "not-an-ip" is not an IP address (in the '
+        "entry for db.example)",
+        'stack.yaml:5:43: services.a.extra_hosts[1]: must be "host:ip" with a host name, got '
+        '"no-address"',
+    ]
