@@ -48,7 +48,7 @@ PID_FILE = "health.pid"  # in the state root
 LOCK_FILE = "health.lock"
 IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
 _TICK = 0.05
-LOG_CHECK_S = 1.0
+LOG_CHECK_S = 0.25
 _LOG_KEEP = 5
 _MARKER = "runtime.native.health"
 

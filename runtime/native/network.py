@@ -687,8 +687,18 @@ class NetworkManager:
 
     @translated
     def unpublish(self, container_name: str, binding: PortBinding | None = None) -> None:
-        """Remove one published port of a container (or all of them)."""
+        """Remove one published port of a container (or all of them: then also any rule of
+        its left behind by a publish killed between adding the rule and saving the state)."""
         with self._locked() as st:
+            if binding is None:
+                orphans = [
+                    firewall.port_comment(rec["bridge"], container_name)
+                    for rec in st.networks.values()
+                    if container_name in rec["endpoints"]
+                    and not any(p["container"] == container_name for p in rec["ports"])
+                ]
+                if orphans:
+                    self.firewall.delete_tagged(comments=orphans)
             for rec in st.networks.values():
                 mine = [p for p in rec["ports"] if p["container"] == container_name]
                 drop = [

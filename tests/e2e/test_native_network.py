@@ -548,3 +548,29 @@ def test_recovers_after_bridges_and_rules_are_gone(mgr: NetworkManager, make_ns:
     assert f"--dport {port.host_port} " in iptables_dump()
     peer_ip = mgr.attach(net, "c2", ns_peer, [])
     assert ping(ns_peer, ip) and ping(ns_new, peer_ip)
+
+
+def test_a_rule_left_by_a_killed_publish_goes_with_the_container(
+    mgr: NetworkManager, make_ns: MakeNs
+) -> None:
+    """publish adds its DNAT rule before the state is saved: a process killed in between
+    leaves a rule no record knows. Unpublishing the container's ports removes it, so the
+    port can be published again (by the container made anew)."""
+    net = f"k{_uid()}"
+    mgr.create(NetworkConfig(net))
+    ns = make_ns()
+    ip = mgr.attach(net, "web", ns, [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    binding = PortBinding(80, "tcp", "127.0.0.1", port)
+    bridge = mgr.bridge_name(net)
+    mgr.firewall.add(firewall.port_rules(bridge, "web", IPv4Address(ip), binding))  # the orphan
+    assert f"--dport {port} " in iptables_dump()
+    with pytest.raises(Conflict):
+        mgr.publish("web", ip, binding)
+    mgr.unpublish("web")
+    assert f"--dport {port} " not in iptables_dump()
+    assert mgr.publish("web", ip, binding) == binding
+    mgr.unpublish("web")
+    assert f"--dport {port} " not in iptables_dump()
