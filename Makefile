@@ -51,7 +51,7 @@ demo:
 	@echo
 	@echo "It answers:  curl http://127.0.0.1:$${DEMO_PORT:-8080}/"
 	@echo "Look at it:  $(BIN)/pyapply get -f $(DEMO)   |   $(BIN)/pyapply logs --file $(DEMO) worker"
-	@echo "State:       /var/lib/pyapply (containers, images, networks, volumes)"
+	@echo "State:       $${PYAPPLY_ROOT:-/var/lib/pyapply} (containers, images, networks, volumes)"
 	@echo "Tear down:   $(BIN)/pyapply down -f $(DEMO)   (add --volumes to delete the volume)"
 
 bench:

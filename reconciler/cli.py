@@ -288,8 +288,11 @@ def apply(
             if result.plan.errors:
                 fail(f"stack {stack.name}: cannot apply: " + "; ".join(result.plan.errors))
             if result.outcome is not None and output == "text":
-                for r in result.outcome.failed:
-                    err(result_line(r))
+                # the live table shows a failure cut short and is gone once the pass ends:
+                # say it again, whole; plain progress has already printed each line once
+                if live:
+                    for r in result.outcome.failed:
+                        err(result_line(r))
                 click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
     plans = [r.plan for r in results]
     outcomes = [r.outcome for r in results if r.outcome is not None]

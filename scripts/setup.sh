@@ -4,10 +4,12 @@
 # pull tests), then our modules' bytecode. Idempotent: on a host where all of it
 # is already present it only checks, and finishes in a few seconds.
 #
-# Usage: scripts/setup.sh [--dry-run] [--native]
+# Usage: scripts/setup.sh [--dry-run] [--native] [--list-packages]
 #   --dry-run (or DRY_RUN=1) prints the steps it would take;
-#   --native prepares only what the native runtime needs (the demo): runc, conmon,
-#   busybox-static, iptables and the virtualenv; no dockerd, no registry.
+#   --native prepares only what the native runtime needs (the demo): the packages of the
+#   programs it runs (runtime/native/hostbins.py: runc, conmon, tini, iptables, git),
+#   busybox-static and the virtualenv; no dockerd, no registry;
+#   --list-packages prints the Debian packages it would make sure of, and stops.
 # Overrides (mainly for testing the start path on a scratch daemon):
 #   PYAPPLY_DOCKERD_LOG, PYAPPLY_DOCKERD_PIDFILE, PYAPPLY_DOCKERD_ARGS, PYAPPLY_DOCKERD_WAIT,
 #   PYAPPLY_REGISTRY_ADDR, PYAPPLY_REGISTRY_DIR, PYAPPLY_REGISTRY_LOG, PYAPPLY_REGISTRY_PIDFILE,
@@ -19,11 +21,13 @@ cd "$repo"
 
 dry_run=${DRY_RUN:-0}
 native_only=0
+list_packages=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run|-n) dry_run=1 ;;
         --native) native_only=1 ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        --list-packages) list_packages=1 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -50,10 +54,20 @@ as_root() {
 }
 
 # --- 1. system packages --------------------------------------------------------------------
-# A package counts as present when dpkg has it installed (not merely known or half-removed).
-packages=(busybox-static runc conmon iptables git ca-certificates)
+# Every program the native runtime runs comes from a package named next to it in
+# runtime/native/hostbins.py (one list; a test holds the code to it). busybox-static makes the
+# demo's image.
+mapfile -t runtime_packages < <(python3 runtime/native/hostbins.py packages)
+[ ${#runtime_packages[@]} -gt 0 ] || { echo "setup: runtime/native/hostbins.py listed no packages" >&2; exit 1; }
+packages=("${runtime_packages[@]}" busybox-static ca-certificates)
 if [ "$native_only" = 0 ]; then
-    packages+=(docker.io docker-compose skopeo docker-registry)
+    # the docker runtime and the tests: dockerd, compose and skopeo to compare with, a
+    # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check
+    packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap)
+fi
+if [ "$list_packages" = 1 ]; then
+    printf '%s\n' "${packages[@]}"
+    exit 0
 fi
 missing=()
 for pkg in "${packages[@]}"; do

@@ -44,6 +44,7 @@ from runtime.base import (
 )
 from runtime.native import health as healthmod
 from runtime.native import oci, root_tag, rootfs
+from runtime.native.hostbins import INIT
 from runtime.native.supervise import (
     DEFAULT_CONMON,
     DEFAULT_LOG_FILES,
@@ -63,7 +64,6 @@ from runtime.native.supervise import (
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 CGROUP_PARENT = "/pyapply"
 CGROUP_FS = Path("/sys/fs/cgroup")
-INIT_CANDIDATES = ("/usr/bin/docker-init", "/usr/bin/tini-static")
 DEFAULT_STOP_TIMEOUT = 10.0
 UNKNOWN_EXIT = 255  # the process died with no supervisor to record its code
 
@@ -193,9 +193,16 @@ class ContainerManager:
         # the log is rotated at log_size_max, keeping log_files files (by the root's keeper)
         self.log_size_max = log_size_max
         self.log_files = log_files
-        self.init_path = init_path or next((p for p in INIT_CANDIDATES if Path(p).exists()), None)
+        self.init_path = init_path or INIT.find()
         # /pyapply/<root tag>/<container>: two roots may hold containers of the same name
         self.cgroup_parent = f"{CGROUP_PARENT}/{root_tag(self.root.resolve())}"
+
+    def check_host(self, config: ContainerConfig) -> None:
+        """Raise a permanent error naming the missing program and its package when this
+        host cannot run `config`; called before anything of the container is made."""
+        self.supervisor.check_installed()
+        if config.init and self.init_path is None:
+            raise PermanentError(f"container {config.name}: {INIT.missing()}")
 
     # -- paths and records ---------------------------------------------------------------
 

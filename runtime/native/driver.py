@@ -391,6 +391,7 @@ class NativeRuntime:
             if dict(existing.labels) == dict(config.labels):
                 return existing.id
             raise Conflict(f"container name {config.name} is in use by another container")
+        self.containers.check_host(config)
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")

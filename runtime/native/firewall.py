@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import IO
 
 from runtime.base import PermanentError, PortBinding
+from runtime.native.hostbins import IPTABLES
 
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
@@ -215,6 +216,8 @@ class Firewall:
         cmd = [self.iptables, "-w", "-t", table, *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise PermanentError(IPTABLES.missing()) from None
         except (OSError, subprocess.TimeoutExpired) as e:
             raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
         if check and proc.returncode != 0:

@@ -37,6 +37,7 @@ from runtime.base import Health, HealthConfig
 from runtime.native.supervise import (
     DEFAULT_LOG_FILES,
     DEFAULT_LOG_SIZE_MAX,
+    DEFAULT_RUNC,
     Supervisor,
     conmon_pid,
     pid_alive,
@@ -349,7 +350,7 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog=_MARKER)
     parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--runc", default="/usr/sbin/runc")
+    parser.add_argument("--runc", default=DEFAULT_RUNC)
     args = parser.parse_args(argv)
     return run(args.root, args.runc)
 

@@ -29,10 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.base import RuntimeFailure, TransientError
+from runtime.base import PermanentError, RuntimeFailure, TransientError
+from runtime.native.hostbins import CONMON, RUNC, HostBinary
 
-DEFAULT_RUNC = "/usr/sbin/runc"
-DEFAULT_CONMON = "/usr/bin/conmon"
+DEFAULT_RUNC = RUNC.paths[0]
+DEFAULT_CONMON = CONMON.paths[0]
 DEFAULT_LOG_SIZE_MAX = 10 * 1024 * 1024  # rotated at this size ...
 DEFAULT_LOG_FILES = 3  # ... keeping this many files (the live one and two before it)
 LOG_FILE = "ctr.log"
@@ -81,6 +82,14 @@ class ExecResult:
     timed_out: bool = False
 
 
+def _not_found(binary: HostBinary, path: str) -> PermanentError:
+    """A program we were told to run is not there: a permanent error (a retry cannot help)
+    that says which package brings it, or which path was given."""
+    if path in binary.paths:
+        return PermanentError(binary.missing())
+    return PermanentError(f"{binary.name} not found at {path}")
+
+
 class Supervisor:
     """runc + conmon, with a private runc state root."""
 
@@ -94,6 +103,13 @@ class Supervisor:
         self.runc_root = Path(runc_root)
         self.runc = runc
         self.conmon = conmon
+
+    def check_installed(self) -> None:
+        """Raise, naming the package, when runc or conmon is not there: before anything of a
+        container is made, rather than half-way through."""
+        for binary, path in ((RUNC, self.runc), (CONMON, self.conmon)):
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise _not_found(binary, path)
 
     # -- runc ----------------------------------------------------------------------------
 
@@ -110,7 +126,7 @@ class Supervisor:
                 check=False,
             )
         except FileNotFoundError as e:
-            raise RuntimeFailure(f"runc not found at {self.runc}") from e
+            raise _not_found(RUNC, self.runc) from e
         except subprocess.TimeoutExpired as e:
             raise TransientError(f"runc {args[0]} timed out") from e
         if check and proc.returncode != 0:
@@ -201,7 +217,7 @@ class Supervisor:
                 },
             )
         except FileNotFoundError as e:
-            raise RuntimeFailure(f"conmon not found at {self.conmon}") from e
+            raise _not_found(CONMON, self.conmon) from e
         except subprocess.CalledProcessError as e:
             raise RuntimeFailure(f"conmon failed to start ({e.returncode}) for {name}") from e
         deadline = time.monotonic() + timeout

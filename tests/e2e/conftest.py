@@ -19,6 +19,7 @@ import docker
 import docker.errors
 import pytest
 
+from runtime.native.hostbins import HOST_BINARIES
 from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, http_get, new_stack_name
 from tests.e2e.runtimes import (
     RUNTIME_NAMES,
@@ -100,9 +101,6 @@ def busybox_archive(docker_client: Any, tmp_path_factory: pytest.TempPathFactory
     )
 
 
-NATIVE_TOOLS = ("runc", "conmon", "iptables", "iptables-save")
-
-
 @pytest.fixture(params=RUNTIME_NAMES)
 def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeUnderTest]:
     """One runtime (docker, native) with a fresh stack name and a private state root
@@ -110,7 +108,18 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeU
     and volume of the stack is removed, and on native nothing of the root may be left in the
     kernel (bridges, veths, netns, mounts, rules, cgroups, processes): if anything could not
     be removed, the test fails."""
-    name = str(request.param)
+    yield from _under_test(str(request.param), request, tmp_path)
+
+
+@pytest.fixture
+def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeUnderTest]:
+    """The `runtime` fixture on the native runtime only, for what only native has."""
+    yield from _under_test("native", request, tmp_path)
+
+
+def _under_test(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[RuntimeUnderTest]:
     stack = new_stack_name()
     root = tmp_path / "root"
     rut: RuntimeUnderTest
@@ -119,9 +128,11 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeU
     else:
         if os.geteuid() != 0:
             pytest.fail("the native runtime's tests need root", pytrace=False)
-        missing = [t for t in NATIVE_TOOLS if shutil.which(t) is None]
+        missing = [b.missing() for b in HOST_BINARIES if b.find() is None]
+        if shutil.which("iptables-save") is None:  # the leftover check reads the rules
+            missing.append("iptables-save (apt-get install iptables)")
         if missing:
-            pytest.fail(f"missing for the native runtime: {', '.join(missing)}", pytrace=False)
+            pytest.fail("; ".join(missing), pytrace=False)
         archive = request.getfixturevalue("busybox_archive")
         rut = NativeUnderTest(stack, root)
         import_test_image(rut.root, archive, TEST_IMAGE)

@@ -49,6 +49,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def links_of(nm: Any) -> list[str]:
+    """The network interfaces a state root's NetworkManager made (by their alias)."""
+    out = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            alias = str(link.get("ifalias") or "")
+            if alias.startswith(nm.alias_prefix):
+                out.append(f"link {link.get('ifname')} ({alias})")
+    return out
+
+
 class Cli:
     """Runs `pyapply` as a user would, with the stack's name and port in the environment
     and the runtime and state root chosen explicitly."""
@@ -369,12 +380,7 @@ class NativeUnderTest(RuntimeUnderTest):
         from runtime.native.network import NetworkManager
 
         nm = NetworkManager(self.root)
-        out: list[str] = []
-        with IPRoute() as ipr:
-            for link in ipr.get_links():
-                alias = str(link.get("ifalias") or "")
-                if alias.startswith(nm.alias_prefix):
-                    out.append(f"link {link.get('ifname')} ({alias})")
+        out = links_of(nm)
         prefix = f"pyapply-{nm.tag}-"
         with contextlib.suppress(FileNotFoundError):
             out += [f"netns {n}" for n in sorted(os.listdir("/run/netns")) if n.startswith(prefix)]
