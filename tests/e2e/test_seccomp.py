@@ -147,6 +147,17 @@ def test_seccomp_matrix(runtime: RuntimeUnderTest, tmp_path: Path, probe: Path) 
             variant: results(runtime, f"{runtime.stack}-{variant}-1")
             for variant in ("default", "unconfined", "custom")
         }
+        # idempotent: the profiles (the default, none, a file's content) are what was applied
+        drift = cli.run("diff", "--exit-code", "-f", str(path))
+        assert drift.returncode == 0, drift.stdout + drift.stderr
+        # an edited profile file is a changed spec: the container that uses it is recreated
+        (path.parent / "profiles" / "deny-mkdir.json").write_text(
+            json.dumps({**DENY_MKDIR, "defaultErrnoRet": 1})
+        )
+        drift = cli.run("diff", "--exit-code", "-f", str(path))
+        assert drift.returncode == 2, drift.stdout + drift.stderr
+        assert f"{runtime.stack}-custom-1: recreate" in drift.stdout
+        assert f"{runtime.stack}-default-1" not in drift.stdout
     finally:
         cli.run("down", "-f", str(path))
     record = tmp_path / f"seccomp-matrix-{runtime.name}.json"
