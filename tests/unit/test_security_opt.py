@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,28 @@ def test_bad_profiles_are_located_errors(here: Path) -> None:
     assert errors(here, "seccomp=unconfined") == [
         "stack.yaml:5:19: services.a.security_opt: must be a list, got a string"
     ]
+
+
+def test_cli_validate_reports_a_bad_profile_with_exit_1(here: Path) -> None:
+    write(
+        here,
+        {
+            "bad.json": '{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"]}]}',
+            "stack.yaml": "name: s\nservices:\n  a:\n    image: img\n"
+            "    security_opt: [seccomp=bad.json]\n",
+        },
+    )
+    pyapply = str(Path(sys.executable).parent / "pyapply")
+    done = subprocess.run(
+        [pyapply, "validate", "-f", "stack.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        "stack.yaml:5:20: services.a.security_opt[0]: seccomp profile bad.json: syscalls[0]: "
+        "'action' is a required property"
+    ) in done.stderr
+    assert "Traceback" not in done.stderr
