@@ -168,6 +168,8 @@ def service(s: ServiceSpec) -> dict[str, Any]:
         out["init"] = s.init
     if s.ulimits:
         out["ulimits"] = {u.name: {"soft": u.soft, "hard": u.hard} for u in s.ulimits}
+    if s.seccomp is not None:
+        out["security_opt"] = [f"seccomp={s.seccomp_file or s.seccomp}"]
     if s.extra_hosts:
         out["extra_hosts"] = [f"{host}={ip}" for host, ip in s.extra_hosts]
     if s.log_max_size is not None or s.log_max_files is not None:

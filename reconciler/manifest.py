@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from reconciler import compose, identity, yamlpos
+from reconciler import compose, identity, seccomp_file, yamlpos
 from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
 
 if TYPE_CHECKING:
@@ -1475,7 +1475,6 @@ _UNSUPPORTED = (
     "privileged",
     "provider",
     "runtime",
-    "security_opt",
     "shm_size",
     "stdin_open",
     "stop_timeout",
@@ -1578,6 +1577,7 @@ class _ServiceBuilder:
         self.simple()
         self.file_refs("configs", "/")
         self.file_refs("secrets", "/run/secrets/")
+        self.security_opt()
         for name in _UNSUPPORTED:
             if name in self.raw:
                 ctx.warn(self.at(name), f'"{name}" is not supported and is ignored', key=True)
@@ -2098,6 +2098,37 @@ class _ServiceBuilder:
             self.fields["pull_policy"] = cast(
                 PullPolicy, "missing" if policy == "if_not_present" else policy
             )
+
+    def security_opt(self) -> None:
+        """seccomp=unconfined|FILE and no-new-privileges (always on) are honoured, as Docker
+        spells them ("=" or the older ":"); other options are warned about and ignored."""
+        seen = False
+        for _, item, path in self.entries("security_opt"):
+            name, sep, value = item.partition("=")
+            if not sep:
+                name, sep, value = item.partition(":")
+            if name == "no-new-privileges" and value in ("", "true"):
+                continue
+            if name != "seccomp":
+                self.ctx.warn(
+                    path, f"security option {_show(item)} is not supported and is ignored"
+                )
+                continue
+            if not value:
+                self.ctx.error(path, "seccomp needs a value: unconfined or a profile file")
+                continue
+            if seen:
+                self.ctx.error(path, "seccomp is given more than once")
+            elif value == "unconfined":
+                self.fields["seccomp"] = value
+            else:
+                absolute, shown = self.ctx.resolve(value)
+                try:
+                    self.fields["seccomp"] = seccomp_file.read_profile(absolute, shown)
+                    self.fields["seccomp_file"] = absolute
+                except seccomp_file.ProfileError as e:
+                    self.ctx.error(path, str(e))
+            seen = True
 
     def file_refs(self, section: Literal["configs", "secrets"], prefix: str) -> None:
         refs: list[FileRef] = []

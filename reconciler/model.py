@@ -137,6 +137,10 @@ class ServiceSpec:
     extra_hosts: tuple[tuple[str, str], ...] = ()  # (host, ip), sorted: more /etc/hosts lines
     log_max_size: int | None = None  # bytes: the log is rotated at this size (logging)
     log_max_files: int | None = None  # files kept, the live one included
+    # security_opt seccomp=: None (the runtime's default profile), "unconfined", or the JSON
+    # text (compact) of the profile file, whose absolute path is kept to render it back.
+    seccomp: str | None = None
+    seccomp_file: str | None = field(default=None, compare=False)
     configs: tuple[FileRef, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     pull_policy: PullPolicy = "missing"

@@ -238,12 +238,18 @@ def container_config(
         extra_hosts=tuple(f"{host}:{ip}" for host, ip in service.extra_hosts),
         log_max_size=service.log_max_size,
         log_max_files=service.log_max_files,
+        seccomp=service.seccomp,
     )
 
 
 def hash_input(config: ContainerConfig) -> ContainerConfig:
-    """What the spec hash covers: the config less its name (replica-specific)."""
-    return dataclasses.replace(config, name="")
+    """What the spec hash covers: the config less its name (replica-specific). A seccomp
+    profile counts by its digest, so that the last-applied label stays short and a diff
+    shows a changed profile as one value."""
+    seccomp = config.seccomp
+    if seccomp is not None and seccomp != "unconfined":
+        seccomp = "profile sha256:" + hashlib.sha256(seccomp.encode()).hexdigest()
+    return dataclasses.replace(config, name="", seccomp=seccomp)
 
 
 def desired_state(

@@ -145,6 +145,9 @@ class ContainerConfig:
     extra_hosts: tuple[str, ...] = ()  # "host:ip" lines for /etc/hosts (ip may be host-gateway)
     log_max_size: int | None = None  # bytes: rotate the output log at this size
     log_max_files: int | None = None  # log files kept, the live one included
+    # None: the runtime's default seccomp profile; "unconfined": none; else a profile's JSON
+    # text in Docker's format (compact), as Docker's API takes it in SecurityOpt.
+    seccomp: str | None = None
 
 
 @dataclass(frozen=True)

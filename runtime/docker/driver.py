@@ -494,6 +494,8 @@ class DockerRuntime:
             network_mode=first.network if first else None,
             log_config=log_config,
             extra_hosts=list(config.extra_hosts) or None,
+            # Docker takes a profile's JSON content inline, as its CLI sends it.
+            security_opt=[f"seccomp={config.seccomp}"] if config.seccomp is not None else None,
         )
         networking_config = None
         if first is not None:

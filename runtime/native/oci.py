@@ -5,7 +5,8 @@ facts about the host (its hard rlimits, the init binary, the passwd/group text o
 into the dict runc reads. It does no I/O: everything it needs is an argument, so it is tested
 with plain data (tests/unit/test_native_oci.py). The defaults follow Docker's documented
 ones: 14 capabilities, masked and read-only /proc and /sys paths, the /dev mounts and device
-rules, no-new-privileges, hostname = short id, PATH when the image sets none.
+rules, no-new-privileges, hostname = short id, PATH when the image sets none, and the seccomp
+profile of runtime/native/seccomp (Docker's default unless the config names another).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.base import ContainerConfig, MountConfig, PermanentError
+from runtime.native import seccomp
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -254,6 +256,7 @@ class SpecInputs:
     init_path: str | None = None  # host path of tini/docker-init, when init is asked for
     cgroup_parent: str = "/pyapply"
     machine: str = field(default_factory=lambda: os.uname().machine)  # for seccomp's arches
+    kernel: str = field(default_factory=lambda: os.uname().release)  # seccomp's minKernel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,96 +371,6 @@ def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str]) -> list[str]:
         if c != "ALL" and c not in result and c not in drop:
             result.append(c)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
-# seccomp: a deny list of our own (everything else allowed), as defence in depth beside the
-# capabilities. Most of these need a capability the default set lacks; they stay denied
-# unless that capability is added (cap_add), as with Docker's profile. The rest are denied
-# for everyone: kernel keyrings and userfaultfd are not namespaced, the others are obsolete.
-
-SECCOMP_BY_CAPABILITY: dict[str, tuple[str, ...]] = {
-    "CAP_SYS_ADMIN": (
-        "mount",
-        "umount",
-        "umount2",
-        "pivot_root",
-        "setns",
-        "unshare",
-        "fsopen",
-        "fsconfig",
-        "fsmount",
-        "fspick",
-        "move_mount",
-        "open_tree",
-        "name_to_handle_at",
-        "quotactl",
-        "lookup_dcookie",
-        "bpf",
-        "perf_event_open",
-        "swapon",
-        "swapoff",
-    ),
-    "CAP_SYS_MODULE": (
-        "init_module",
-        "finit_module",
-        "delete_module",
-        "create_module",
-        "query_module",
-        "get_kernel_syms",
-    ),
-    "CAP_SYS_BOOT": ("reboot", "kexec_load", "kexec_file_load"),
-    "CAP_SYS_TIME": ("settimeofday", "stime", "clock_settime", "clock_adjtime", "adjtimex"),
-    "CAP_SYS_RAWIO": ("iopl", "ioperm"),
-    "CAP_SYS_PACCT": ("acct",),
-    "CAP_DAC_READ_SEARCH": ("open_by_handle_at",),
-    "CAP_SYS_NICE": ("set_mempolicy", "mbind", "move_pages"),
-}
-SECCOMP_ALWAYS: tuple[str, ...] = (
-    "keyctl", "add_key", "request_key", "userfaultfd", "uselib", "ustat", "sysfs", "_sysctl",
-    "nfsservctl", "vm86", "vm86old",
-)  # fmt: skip
-SECCOMP_ARCHES: dict[str, list[str]] = {
-    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-}
-_EPERM, _ENOSYS = 1, 38
-_CLONE_NEWUSER = 0x10000000
-
-
-def seccomp_profile(caps: Sequence[str], machine: str) -> dict[str, Any]:
-    """The linux.seccomp section for a container with capabilities `caps` on `machine`
-    (uname -m): the deny list less what its capabilities allow; clone3 answers ENOSYS so
-    that libc falls back to clone, whose new-user-namespace flag is checked."""
-    denied = [*SECCOMP_ALWAYS]
-    for cap, names in SECCOMP_BY_CAPABILITY.items():
-        if cap not in caps:
-            denied += names
-    rules: list[dict[str, Any]] = [
-        {"names": sorted(denied), "action": "SCMP_ACT_ERRNO", "errnoRet": _EPERM},
-        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": _ENOSYS},
-    ]
-    if "CAP_SYS_ADMIN" not in caps:
-        rules.append(
-            {
-                "names": ["clone"],
-                "action": "SCMP_ACT_ERRNO",
-                "errnoRet": _EPERM,
-                "args": [
-                    {
-                        "index": 0,
-                        "value": _CLONE_NEWUSER,
-                        "valueTwo": _CLONE_NEWUSER,
-                        "op": "SCMP_CMP_MASKED_EQ",
-                    }
-                ],
-            }
-        )
-    return {
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": SECCOMP_ARCHES.get(machine, []),
-        "syscalls": rules,
-    }
 
 
 def _clamp(value: int, host_hard: int) -> int:
@@ -608,6 +521,16 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
         net["path"] = inputs.netns_path
     namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, net]
 
+    linux: dict[str, Any] = {
+        "cgroupsPath": f"{inputs.cgroup_parent.rstrip('/')}/{config.name}",
+        "resources": resources,
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    profile = seccomp.section_for(config.seccomp, caps, inputs.machine, inputs.kernel)
+    if profile is not None:
+        linux["seccomp"] = profile
     return {
         "ociVersion": OCI_VERSION,
         "process": process,
@@ -615,12 +538,5 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
         "hostname": hostname,
         "mounts": mounts,
         "annotations": {"io.pyapply.name": config.name, "io.pyapply.image": config.image},
-        "linux": {
-            "cgroupsPath": f"{inputs.cgroup_parent.rstrip('/')}/{config.name}",
-            "resources": resources,
-            "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-            "seccomp": seccomp_profile(caps, inputs.machine),
-        },
+        "linux": linux,
     }

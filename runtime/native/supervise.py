@@ -242,6 +242,11 @@ class Supervisor:
         proc = self._runc("start", cid, check=False)
         if proc.returncode != 0:
             err = _runc_log_error(runc_log) or _runc_error(proc.stderr)
+            if "exec.fifo" in err and read_exit(bundle) is not None:
+                # A process that ends at once races `runc start`: conmon records its exit and
+                # its exit command (`runc delete`) removes the state, exec.fifo included,
+                # before runc start removes the fifo itself. The process did start and end.
+                return pid
             self.delete(cid)
             raise RuntimeFailure(f"runc start failed for {name}: {err}")
         return pid

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime.base import ContainerConfig, HealthConfig, MountConfig, PermanentError, Ulimit
-from runtime.native import health, oci
+from runtime.native import health, oci, seccomp
 
 CID = "0123456789abcdef" * 4
 PASSWD = """\
@@ -534,19 +534,21 @@ def test_hosts_and_resolv_text() -> None:
     )
 
 
-def test_seccomp_denies_what_the_capabilities_do_not_grant() -> None:
-    default = oci.seccomp_profile(oci.capabilities((), ()), "x86_64")
-    assert default["defaultAction"] == "SCMP_ACT_ALLOW"
-    assert default["architectures"][0] == "SCMP_ARCH_X86_64"
-    denied = set(default["syscalls"][0]["names"])
-    assert {"unshare", "mount", "setns", "keyctl", "bpf", "reboot", "init_module"} <= denied
-    assert not {"clone", "ptrace", "read", "socket"} & denied
-    clone = next(r for r in default["syscalls"] if r["names"] == ["clone"])
-    assert clone["args"][0]["value"] == 0x10000000  # CLONE_NEWUSER
-    assert next(r for r in default["syscalls"] if r["names"] == ["clone3"])["errnoRet"] == 38
-
-    admin = oci.seccomp_profile(oci.capabilities(("SYS_ADMIN",), ()), "x86_64")
-    denied = set(admin["syscalls"][0]["names"])
-    assert not {"unshare", "mount", "setns"} & denied and "keyctl" in denied
-    assert all(r["names"] != ["clone"] for r in admin["syscalls"])
-    assert oci.seccomp_profile([], "riscv64")["architectures"] == []
+def test_seccomp_section_follows_the_config() -> None:
+    """The default profile for the container's capabilities; none when unconfined; a given
+    profile compiled (tests/unit/test_seccomp_profile.py tests the profiles themselves)."""
+    spec = oci.build_spec(cfg(cap_add=("SYS_PTRACE",)), inputs(machine="x86_64", kernel="6.1.0"))
+    caps = spec["process"]["capabilities"]["bounding"]
+    assert spec["linux"]["seccomp"] == seccomp.compile_profile(
+        seccomp.default_profile(), caps, "x86_64", "6.1.0"
+    )
+    allowed = {n for r in spec["linux"]["seccomp"]["syscalls"] for n in r["names"]}
+    assert "kcmp" in allowed and "mount" not in allowed
+    assert "seccomp" not in oci.build_spec(cfg(seccomp="unconfined"), inputs())["linux"]
+    own = '{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}'
+    spec = oci.build_spec(cfg(seccomp=own), inputs(machine="x86_64"))
+    assert spec["linux"]["seccomp"]["syscalls"] == [
+        {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}
+    ]
+    with pytest.raises(PermanentError, match="seccomp profile"):
+        oci.build_spec(cfg(seccomp='{"defaultAction": 1}'), inputs())
