@@ -22,7 +22,8 @@ or for the containers, and no per-network resolver to keep alive across reboots.
 
 Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, with
 `route_localnet=1` on the bridge and a MASQUERADE of 127.0.0.0/8 sources so that
-127.0.0.1:PORT works. Chosen over a userland proxy for the same reason: nothing of ours has
+127.0.0.1:PORT works (the loopback guard in `firewall.py` keeps containers from using that
+setting to reach the host's loopback services). Chosen over a userland proxy for the same reason: nothing of ours has
 to keep running once pyapply exits, and it is what the kernel already does for docker's
 bridge networks without the proxy.
 """
@@ -340,6 +341,8 @@ class NetworkManager:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
             ipr.link("set", index=index, state="up")
         firewall.set_sysctl("net/ipv4/ip_forward", "1")
+        # for published ports on 127.0.0.1; what else it would let in, the guard rules of
+        # network_rules() drop (firewall.py: loopback guard)
         firewall.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
         rules = firewall.network_rules(bridge, subnet, bool(rec["internal"]))
         for port in rec["ports"]:
