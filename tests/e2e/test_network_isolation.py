@@ -15,22 +15,30 @@ own with a private dockerd (see that test for why).
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 
 from runtime.native import firewall
+from runtime.native.driver import NativeRuntime
 from runtime.native.network import NetworkManager
-from tests.e2e.helpers import TEST_IMAGE, http_get
-from tests.e2e.runtimes import RuntimeUnderTest, free_port
+from tests.e2e.helpers import TEST_IMAGE, http_get, new_stack_name
+from tests.e2e.runtimes import RuntimeUnderTest, free_port, import_test_image
 
 PROBE_SOURCE = Path(__file__).parent / "probes" / "rawsend.c"
 MARKER = "isolation-marker"
@@ -261,3 +269,269 @@ def _delete_loopback_guard(bridge: str) -> int:
             )
             n += 1
     return n
+
+
+# -- between runtimes ---------------------------------------------------------------------
+
+
+class PrivateDockerd:
+    """A dockerd of the test's own (data root, exec root, socket, pid file) in the test's
+    network namespace, started and stopped (by its pid) by the test."""
+
+    def __init__(self, base: Path, netns_name: str) -> None:
+        self.base = base
+        self.netns = f"/run/netns/{netns_name}"
+        self.sock = f"unix://{base}/docker.sock"
+        self.log = base / "dockerd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            # nsenter execs dockerd: the pid is dockerd's
+            self.proc = subprocess.Popen(
+                [
+                    "nsenter",
+                    f"--net={self.netns}",
+                    "dockerd",
+                    f"--data-root={self.base}/data",
+                    f"--exec-root={self.base}/exec",
+                    f"--pidfile={self.base}/dockerd.pid",
+                    f"--host={self.sock}",
+                    "--iptables=true",
+                    "--log-level=warn",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"dockerd exited:\n{self.log.read_text()[-3000:]}"
+            if self.docker("version", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"dockerd did not answer in 60 s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["docker", "-H", self.sock, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check:
+            assert proc.returncode == 0, f"docker {shlex.join(args)}: {proc.stderr}"
+        return proc
+
+    def inspect(self, container: str, template: str) -> str:
+        return self.docker("inspect", "-f", template, container).stdout.strip()
+
+
+def in_netns(netns_name: str, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns_name}", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+def serve(marker: str) -> str:
+    """A container command: the marker over HTTP on port 81 (to be published) and on port 80
+    (not published)."""
+    return (
+        f"mkdir -p /w && echo {marker} > /w/index.html && httpd -p 81 -h /w "
+        "&& exec httpd -f -p 80 -h /w"
+    )
+
+
+NATIVE_STACK = """\
+apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  services:
+    web:
+      image: {image}
+      command: ["sh", "-c", "{command}"]
+      init: true
+      stop_grace_period: 1s
+      ports: ["{port}:81"]
+      networks: [net]
+  networks: {{net: {{}}}}
+"""
+
+DOCKER_PORT, NATIVE_PORT = 18081, 18090  # inside the test's own network namespace
+
+
+def test_native_and_docker_are_isolated_both_ways_across_a_dockerd_restart(
+    busybox_archive: Path,
+) -> None:
+    """Native containers cannot reach docker containers' unpublished ports (on docker0 and on
+    a user network), nor they ours, before and after dockerd restarts; both reach the
+    other's published ports through a host address (the control). `system reset` takes our
+    rules away and leaves docker's.
+
+    Why a private dockerd in a network namespace of the test's: a restart must be real to
+    show that our rules survive it (dockerd deletes and re-creates its chains and puts its
+    jumps back at the head of FORWARD), and restarting the shared dockerd would disturb every
+    other test; a second dockerd with --iptables=true in the host's namespace would flush
+    the shared DOCKER chains too. In a namespace of its own, it and the native runtime (run
+    there through the real CLI) have a firewall, bridges and a docker0 that are the test's
+    alone, and all of it goes with the namespace."""
+    stack = new_stack_name()
+    ns = f"patd{uuid.uuid4().hex[:8]}"
+    base = Path(tempfile.mkdtemp(prefix="patd", dir="/tmp"))  # short: socket paths
+    root = base / "root"
+    root.mkdir()
+    import_test_image(root, busybox_archive, TEST_IMAGE)
+    manifest = base / "stack.yaml"
+    manifest.write_text(
+        NATIVE_STACK.format(
+            stack=stack, image=TEST_IMAGE, command=serve("native"), port=NATIVE_PORT
+        )
+    )
+    env = {"PYAPPLY_ROOT": str(root), "PYAPPLY_RUNTIME": "native"}
+    pyapply = str(Path(sys.executable).parent / "pyapply")
+    netns.create(ns)
+    dockerd = PrivateDockerd(base, ns)
+    rt = NativeRuntime(root)
+    reset_done = False
+    try:
+        with NetNS(ns) as nsr:
+            nsr.link("set", index=nsr.link_lookup(ifname="lo")[0], state="up")
+        dockerd.start()
+        dockerd.docker("load", "-i", str(busybox_archive))
+        dockerd.docker("network", "create", "usernet")
+        for name, network in (("d0", "bridge"), ("d1", "usernet")):
+            dockerd.docker(
+                "run", "-d", "--name", name, "--network", network, "--restart", "always",
+                "--init", "--stop-timeout", "1", "-p", f"{DOCKER_PORT + (name == 'd1')}:81",
+                TEST_IMAGE, "sh", "-c", serve(f"docker-{name}"),
+            )  # fmt: skip
+        applied = in_netns(ns, pyapply, "-f", str(manifest), **env)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        [port] = NetworkManager(root).published(f"{stack}-web-1")
+        native_ip = port.ip
+        native_gw = gateway_of(str(NetworkManager(root).get(f"{stack}_net").subnet))  # type: ignore[union-attr]
+
+        def fetch_native(url: str) -> tuple[int, str]:
+            out = rt.exec(
+                f"{stack}-web-1",
+                ["timeout", "-s", "KILL", "2", "wget", "-q", "-O-", url],
+                timeout=30,
+            )
+            return out.exit_code, out.output.decode(errors="replace")
+
+        def fetch_docker(name: str, url: str) -> tuple[int, str]:
+            out = dockerd.docker(
+                "exec", name, "timeout", "-s", "KILL", "2", "wget", "-q", "-O-", url, check=False
+            )
+            return out.returncode, out.stdout + out.stderr
+
+        def matrix() -> dict[str, tuple[bool, str]]:
+            """who reaches what: name -> (reached, output)"""
+            ips = {
+                n: dockerd.inspect(n, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+                for n in ("d0", "d1")
+            }
+            gws = {
+                n: dockerd.inspect(n, "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}")
+                for n in ("d0", "d1")
+            }
+            checks: dict[str, Callable[[], tuple[int, str]]] = {
+                "native -> docker0 container, unpublished": lambda: fetch_native(f"http://{ips['d0']}:80/"),
+                "native -> user-network container, unpublished": lambda: fetch_native(f"http://{ips['d1']}:80/"),
+                "native -> docker0 container, published": lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT}/"),
+                "native -> user-network container, published": lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT + 1}/"),
+                "docker0 container -> native, unpublished": lambda: fetch_docker("d0", f"http://{native_ip}:80/"),
+                "user-network container -> native, unpublished": lambda: fetch_docker("d1", f"http://{native_ip}:80/"),
+                "docker0 container -> native, published": lambda: fetch_docker("d0", f"http://{gws['d0']}:{NATIVE_PORT}/"),
+                "user-network container -> native, published": lambda: fetch_docker("d1", f"http://{gws['d1']}:{NATIVE_PORT}/"),
+            }  # fmt: skip
+            with ThreadPoolExecutor(len(checks)) as pool:
+                futures = {k: pool.submit(fn) for k, fn in checks.items()}
+                results = {k: f.result() for k, f in futures.items()}
+            return {
+                k: (code == 0 and ("native" in out or "docker-" in out), out)
+                for k, (code, out) in results.items()
+            }
+
+        def settled(phase: str) -> None:
+            # the published ports answer (servers up after a restart), then the whole matrix
+            for _ in range(40):
+                got = matrix()
+                if all(ok for k, (ok, _) in got.items() if k.endswith(", published")):
+                    break
+                time.sleep(0.5)
+            print(f"\n{phase}:")
+            for k, (reached, _out) in got.items():
+                print(f"  {k}: {'reached' if reached else 'blocked'}")
+            wrong = {
+                k: out for k, (reached, out) in got.items() if reached != k.endswith(", published")
+            }
+            assert not wrong, f"{phase}: {wrong}"
+
+        forward = in_netns(ns, "iptables", "-w", "-S", "FORWARD").stdout
+        assert forward.index("-j PYAPPLY-FORWARD") < forward.index("-j DOCKER-USER"), forward
+        settled("dockerd started before the native network")
+
+        dockerd.stop()
+        dockerd.start()
+        for name in ("d0", "d1"):
+            for _ in range(60):
+                if dockerd.inspect(name, "{{.State.Running}}") == "true":
+                    break
+                time.sleep(0.5)
+        # the restart put docker's jumps and ACCEPTs back above our filter chain
+        forward = in_netns(ns, "iptables", "-w", "-S", "FORWARD").stdout
+        assert forward.index("-j DOCKER-USER") < forward.index("-j PYAPPLY-FORWARD"), forward
+        settled("after a dockerd restart")
+
+        docker_rules = _foreign_rules(ns)
+        reset = in_netns(ns, pyapply, "system", "reset", "-y", **env)
+        reset_done = True
+        assert reset.returncode == 0, reset.stdout + reset.stderr
+        saved = in_netns(ns, "iptables-save").stdout
+        assert "PYAPPLY" not in saved and "pyapply" not in saved, saved
+        assert _foreign_rules(ns) == docker_rules  # docker's rules untouched
+    finally:
+        with contextlib.suppress(Exception):
+            for name in ("d0", "d1"):
+                dockerd.docker("rm", "-f", name, check=False)
+            dockerd.docker("network", "rm", "usernet", check=False)
+        dockerd.stop()
+        if not reset_done:
+            in_netns(ns, pyapply, "system", "reset", "-y", **env)
+        rt.close()
+        with open("/proc/self/mountinfo") as f:
+            mounts = [line.split()[4] for line in f if line.split()[4].startswith(f"{base}/")]
+        for point in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], check=False, timeout=30)
+        with contextlib.suppress(OSError):
+            netns.remove(ns)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _foreign_rules(ns: str) -> list[str]:
+    saved = in_netns(ns, "iptables-save").stdout.splitlines()
+    return [
+        line
+        for line in saved
+        if not line.startswith("#") and "PYAPPLY" not in line and line[:1] != ":"
+    ]
