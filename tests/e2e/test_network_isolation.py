@@ -373,7 +373,13 @@ spec:
       stop_grace_period: 1s
       ports: ["{port}:81"]
       networks: [net]
-  networks: {{net: {{}}}}
+    sealed:
+      image: {image}
+      command: ["sleep", "600"]
+      init: true
+      stop_grace_period: 1s
+      networks: [inner]
+  networks: {{net: {{}}, inner: {{internal: true}}}}
 """
 
 DOCKER_PORT, NATIVE_PORT = 18081, 18090  # inside the test's own network namespace
@@ -384,8 +390,8 @@ def test_native_and_docker_are_isolated_both_ways_across_a_dockerd_restart(
 ) -> None:
     """Native containers cannot reach docker containers' unpublished ports (on docker0 and on
     a user network), nor they ours, before and after dockerd restarts; both reach the
-    other's published ports through a host address (the control). `system reset` takes our
-    rules away and leaves docker's.
+    other's published ports through a host address (the control), except from an internal
+    network. `system reset` takes our rules away and leaves docker's.
 
     Why a private dockerd in a network namespace of the test's: a restart must be real to
     show that our rules survive it (dockerd deletes and re-creates its chains and puts its
@@ -429,10 +435,11 @@ def test_native_and_docker_are_isolated_both_ways_across_a_dockerd_restart(
         [port] = NetworkManager(root).published(f"{stack}-web-1")
         native_ip = port.ip
         native_gw = gateway_of(str(NetworkManager(root).get(f"{stack}_net").subnet))  # type: ignore[union-attr]
+        inner_gw = gateway_of(str(NetworkManager(root).get(f"{stack}_inner").subnet))  # type: ignore[union-attr]
 
-        def fetch_native(url: str) -> tuple[int, str]:
+        def fetch_native(url: str, service: str = "web") -> tuple[int, str]:
             out = rt.exec(
-                f"{stack}-web-1",
+                f"{stack}-{service}-1",
                 ["timeout", "-s", "KILL", "2", "wget", "-q", "-O-", url],
                 timeout=30,
             )
@@ -444,8 +451,8 @@ def test_native_and_docker_are_isolated_both_ways_across_a_dockerd_restart(
             )
             return out.returncode, out.stdout + out.stderr
 
-        def matrix() -> dict[str, tuple[bool, str]]:
-            """who reaches what: name -> (reached, output)"""
+        def matrix() -> dict[str, tuple[bool, bool, str]]:
+            """who reaches what: name -> (reached, expected to reach, output)"""
             ips = {
                 n: dockerd.inspect(n, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
                 for n in ("d0", "d1")
@@ -454,37 +461,37 @@ def test_native_and_docker_are_isolated_both_ways_across_a_dockerd_restart(
                 n: dockerd.inspect(n, "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}")
                 for n in ("d0", "d1")
             }
-            checks: dict[str, Callable[[], tuple[int, str]]] = {
-                "native -> docker0 container, unpublished": lambda: fetch_native(f"http://{ips['d0']}:80/"),
-                "native -> user-network container, unpublished": lambda: fetch_native(f"http://{ips['d1']}:80/"),
-                "native -> docker0 container, published": lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT}/"),
-                "native -> user-network container, published": lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT + 1}/"),
-                "docker0 container -> native, unpublished": lambda: fetch_docker("d0", f"http://{native_ip}:80/"),
-                "user-network container -> native, unpublished": lambda: fetch_docker("d1", f"http://{native_ip}:80/"),
-                "docker0 container -> native, published": lambda: fetch_docker("d0", f"http://{gws['d0']}:{NATIVE_PORT}/"),
-                "user-network container -> native, published": lambda: fetch_docker("d1", f"http://{gws['d1']}:{NATIVE_PORT}/"),
-            }  # fmt: skip
+            # (what, whether it must get through, the check)
+            checks: list[tuple[str, bool, Callable[[], tuple[int, str]]]] = [
+                ("native -> docker0 container, unpublished", False, lambda: fetch_native(f"http://{ips['d0']}:80/")),
+                ("native -> user-network container, unpublished", False, lambda: fetch_native(f"http://{ips['d1']}:80/")),
+                ("native -> docker0 container, published", True, lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT}/")),
+                ("native -> user-network container, published", True, lambda: fetch_native(f"http://{native_gw}:{DOCKER_PORT + 1}/")),
+                ("native internal -> docker0 container, published", False, lambda: fetch_native(f"http://{inner_gw}:{DOCKER_PORT}/", "sealed")),
+                ("docker0 container -> native, unpublished", False, lambda: fetch_docker("d0", f"http://{native_ip}:80/")),
+                ("user-network container -> native, unpublished", False, lambda: fetch_docker("d1", f"http://{native_ip}:80/")),
+                ("docker0 container -> native, published", True, lambda: fetch_docker("d0", f"http://{gws['d0']}:{NATIVE_PORT}/")),
+                ("user-network container -> native, published", True, lambda: fetch_docker("d1", f"http://{gws['d1']}:{NATIVE_PORT}/")),
+            ]  # fmt: skip
             with ThreadPoolExecutor(len(checks)) as pool:
-                futures = {k: pool.submit(fn) for k, fn in checks.items()}
-                results = {k: f.result() for k, f in futures.items()}
+                futures = [(k, want, pool.submit(fn)) for k, want, fn in checks]
+                results = [(k, want, *f.result()) for k, want, f in futures]
             return {
-                k: (code == 0 and ("native" in out or "docker-" in out), out)
-                for k, (code, out) in results.items()
+                k: (code == 0 and ("native" in out or "docker-" in out), want, out)
+                for k, want, code, out in results
             }
 
         def settled(phase: str) -> None:
             # the published ports answer (servers up after a restart), then the whole matrix
             for _ in range(40):
                 got = matrix()
-                if all(ok for k, (ok, _) in got.items() if k.endswith(", published")):
+                if all(reached for reached, want, _ in got.values() if want):
                     break
                 time.sleep(0.5)
             print(f"\n{phase}:")
-            for k, (reached, _out) in got.items():
+            for k, (reached, _want, _out) in got.items():
                 print(f"  {k}: {'reached' if reached else 'blocked'}")
-            wrong = {
-                k: out for k, (reached, out) in got.items() if reached != k.endswith(", published")
-            }
+            wrong = {k: out for k, (reached, want, out) in got.items() if reached != want}
             assert not wrong, f"{phase}: {wrong}"
 
         forward = in_netns(ns, "iptables", "-w", "-S", "FORWARD").stdout
