@@ -64,6 +64,10 @@ from runtime.native.netlink import IPRoute, NetNS, netlink_error
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 ALIAS_PREFIX = "pyapply:"
+# The generation of a network's guard rules (firewall.guard_rules) recorded with it: a
+# network made by an older pyapply gets them at the first look at the state, rather than at
+# its next change or the next reboot.
+GUARDS = 1
 
 
 def default_root() -> str:
@@ -216,6 +220,7 @@ class NetworkManager:
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
                 )
                 _repair(state)
+                self._upgrade_guards(state)
                 yield state
                 after = json.dumps(
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
@@ -228,6 +233,17 @@ class NetworkManager:
                     )
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _upgrade_guards(self, st: _State) -> None:
+        """Add the guard rules of networks made before them (once: the record remembers)."""
+        for rec in st.networks.values():
+            if rec.get("guards") == GUARDS:
+                continue
+            try:
+                self.firewall.add(firewall.guard_rules(rec["bridge"], bool(rec["internal"])))
+            except PermanentError:
+                continue  # tried again at the next look
+            rec["guards"] = GUARDS
 
     def _peek(self) -> _State:
         """A consistent snapshot for reading (creates nothing when there is no state)."""
@@ -290,6 +306,7 @@ class NetworkManager:
             "gateway": str(alloc.gateway),
             "endpoints": {},
             "ports": [],
+            "guards": GUARDS,  # _ensure_kernel adds them
         }
         st.networks[config.name] = rec
         return rec

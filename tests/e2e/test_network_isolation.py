@@ -15,6 +15,7 @@ own with a private dockerd (see that test for why).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shlex
@@ -541,4 +542,49 @@ def _foreign_rules(ns: str) -> list[str]:
         line
         for line in saved
         if not line.startswith("#") and "PYAPPLY" not in line and line[:1] != ":"
+    ]
+
+
+def test_networks_made_before_the_guards_get_them_at_the_first_look(tmp_path: Path) -> None:
+    """A network whose record predates the guards (no `guards` field, no mangle rules, as
+    an older pyapply left it) gets its guard rules at the first read of the state, once."""
+    from runtime.base import NetworkConfig
+
+    nm = NetworkManager(tmp_path / "root")
+    name = f"{new_stack_name()}_old"
+    try:
+        nm.create(NetworkConfig(name, internal=True))
+        bridge = nm.bridge_name(name)
+        want = firewall.guard_rules(bridge, internal=True)
+        assert len(_guards_of(bridge)) == len(want)
+        # make it look old: its guard rules and the record's mark gone
+        for chain in (firewall.INPUT_CHAIN, firewall.ISOLATION_CHAIN):
+            for args in firewall.Firewall().listed("mangle", chain):
+                if f"{firewall.COMMENT_PREFIX}{bridge}" in args:
+                    subprocess.run(
+                        ["iptables", "-w", "-t", "mangle", "-D", chain, *args],
+                        check=True,
+                        timeout=60,
+                    )
+        state_file = tmp_path / "root" / "networks" / "networks.json"
+        doc = json.loads(state_file.read_text())
+        del doc["networks"][name]["guards"]
+        state_file.write_text(json.dumps(doc))
+        assert _guards_of(bridge) == []
+
+        assert nm.get(name) is not None  # a look
+        assert len(_guards_of(bridge)) == len(want)
+        assert json.loads(state_file.read_text())["networks"][name]["guards"] == 1
+    finally:
+        nm.reset()
+    assert _guards_of(bridge) == []
+
+
+def _guards_of(bridge: str) -> list[list[str]]:
+    fw = firewall.Firewall()
+    return [
+        args
+        for chain in (firewall.INPUT_CHAIN, firewall.ISOLATION_CHAIN)
+        for args in fw.listed("mangle", chain)
+        if f"{firewall.COMMENT_PREFIX}{bridge}" in args
     ]
