@@ -26,10 +26,12 @@ through the bridge). That same setting lets a container with CAP_NET_RAW hand th
 packet addressed to 127.0.0.1 (a frame to the gateway's MAC) and reach services bound to
 loopback (CVE-2020-8558). We close it as Kubernetes did: a packet coming in on our bridge for
 127.0.0.0/8 is dropped unless conntrack says it belongs to a connection we NATed (a reply to
-the host's own connection to a published port, or a DNAT'ed one). Chosen over a userland
+the host's own connection to a published port, or a DNAT'ed one), and a forwarded
+connection that was first addressed to 127.0.0.0/8 is dropped too (else a raw frame to
+127.0.0.1:PORT would reach a port published on 127.0.0.1 only). Chosen over a userland
 proxy (which would let us turn route_localnet off) because nothing of ours has to keep
 running after pyapply exits, the kernel path for published ports stays as it is, and the
-rule is one line per bridge that goes with the network.
+rules are a few lines per bridge that go with the network.
 
 Guard between runtimes. dockerd rewrites filter FORWARD when it starts: its DOCKER-USER,
 DOCKER-ISOLATION and per-bridge ACCEPTs (`-i docker0 ! -o docker0 -j ACCEPT`) go back to the
@@ -210,6 +212,8 @@ def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule
 # conntrack states that are not a new connection of the sender's own making: replies to a
 # connection, and connections we (or docker) DNAT'ed for a published port
 _NOT_OURS = ("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT")
+# connections first addressed to loopback (whatever DNAT made of them since)
+_TO_LOOPBACK = ("-m", "conntrack", "--ctorigdst", "127.0.0.0/8")
 
 
 def guard_rules(bridge: str, internal: bool) -> list[Rule]:
@@ -222,6 +226,12 @@ def guard_rules(bridge: str, internal: bool) -> list[Rule]:
         Rule(
             "mangle", INPUT_CHAIN, ("-i", bridge, "-d", "127.0.0.0/8", *_NOT_OURS, *c, "-j", "DROP")
         ),
+        # a port published on 127.0.0.1 is the host's alone; a connection addressed to
+        # 127.0.0.0/8 that is forwarded at all came as a raw frame (a container of this
+        # bridge reaching ours or docker's localhost ports) or from another interface (a
+        # docker container, a LAN neighbour) and was DNAT'ed by a rule for 127.0.0.1
+        Rule("mangle", g, ("-i", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+        Rule("mangle", g, ("-o", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
         # nothing enters the bridge from elsewhere (docker's bridges included) unasked
         Rule("mangle", g, ("!", "-i", bridge, "-o", bridge, *_NOT_OURS, *c, "-j", "DROP")),
     ]

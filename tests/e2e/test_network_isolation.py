@@ -177,10 +177,11 @@ def test_raw_packets_from_containers_never_reach_host_loopback(
 ) -> None:
     """A container with CAP_NET_RAW, on a plain and on an internal network, sends UDP and a
     TCP SYN to 127.0.0.1 through the gateway's MAC: the host's listeners on 127.0.0.1 get
-    nothing. Controls: the same frames to the gateway's own address arrive (the probe
-    works); on native, with the loopback guard of the network deleted, the attack gets
-    through (the guard is what stops it). Published ports still answer, on 127.0.0.1 from
-    the host and on the host's address from a container (hairpin)."""
+    nothing, and a port published on 127.0.0.1 only does not answer either. Controls: the
+    same frames to the gateway's own address arrive (the probe works); on native, with the
+    network's guard rules deleted, the attacks get through (the guards are what stop them).
+    Published ports still answer, on 127.0.0.1 from the host and on the host's address
+    from a container (hairpin)."""
     local_port, any_port = free_port(), free_port()
     manifest = tmp_path / "stack" / "stack.yaml"
     manifest.parent.mkdir()
@@ -201,8 +202,16 @@ def test_raw_packets_from_containers_never_reach_host_loopback(
         cli.ok("-f", str(manifest))
         networks = {
             "front": (f"{s}-attacker-1", runtime.observe.network(f"{s}_front")),
-            "back": (f"{s}-inside-1", runtime.observe.network(f"{s}_back")),
+            "back (internal)": (f"{s}-inside-1", runtime.observe.network(f"{s}_back")),
         }
+        # published ports: from the host on 127.0.0.1, from a container by hairpin
+        assert http_get(f"http://127.0.0.1:{local_port}/")[1].strip() == MARKER
+        gw_front = gateway_of(str(networks["front"][1].subnet))  # type: ignore[union-attr]
+        code, out = fetch(runtime, f"{s}-attacker-1", f"http://{gw_front}:{any_port}/", 5)
+        assert code == 0 and out.strip() == MARKER, (code, out)
+        rows.append(f"{runtime.name}: published port on 127.0.0.1 from the host: reached")
+        rows.append(f"{runtime.name}: published port from a container (hairpin): reached")
+
         with listening("127.0.0.1") as loop:
             for label, (container, net) in networks.items():
                 assert net is not None and net.subnet, f"network {label}: {net}"
@@ -213,62 +222,63 @@ def test_raw_packets_from_containers_never_reach_host_loopback(
                 # request from a loopback address)
                 code, out = runtime.exec(container, "ping", "-c1", "-W2", gw)
                 assert code == 0, f"{label}: the gateway does not answer: {out}"
-                # the attack
-                assert send(runtime, container, mac, "127.0.0.1", "udp", str(loop.udp_port)) == (
-                    "sent"
-                )
+                # the attacks
+                udp = send(runtime, container, mac, "127.0.0.1", "udp", str(loop.udp_port))
+                assert udp == "sent"
                 tcp = send(runtime, container, mac, "127.0.0.1", "tcp", str(loop.tcp_port))
                 assert tcp == "nosynack", f"{label}: the host answered a SYN to 127.0.0.1"
-                rows.append(f"{runtime.name} {label}: 127.0.0.1 udp+tcp blocked")
+                tcp = send(runtime, container, mac, "127.0.0.1", "tcp", str(local_port))
+                assert tcp == "nosynack", f"{label}: a 127.0.0.1-only published port answered"
+                rows.append(f"{runtime.name} {label}: raw udp+tcp to 127.0.0.1 host: blocked")
+                rows.append(f"{runtime.name} {label}: raw tcp to 127.0.0.1 published: blocked")
                 # control: the probe's frames do reach the host, at the gateway's address
                 with listening(gw) as ctl:
                     send(runtime, container, mac, gw, "udp", str(ctl.udp_port))
                     assert ctl.datagrams(wait=3) == [b"rawsend"], f"{label}: control UDP lost"
                     tcp = send(runtime, container, mac, gw, "tcp", str(ctl.tcp_port))
                     assert tcp == "synack", f"{label}: control SYN not answered"
+                rows.append(f"{runtime.name} {label}: raw udp+tcp to the gateway: reached")
             # the TCP probes waited 1.5 s each for an answer; anything sent is in by now
             assert loop.datagrams(wait=0.5) == [], "a datagram reached 127.0.0.1"
             assert loop.connections() == 0, "a connection reached 127.0.0.1"
 
-            # published ports: from the host on 127.0.0.1, from a container by hairpin
-            assert http_get(f"http://127.0.0.1:{local_port}/")[1].strip() == MARKER
-            gw_front = gateway_of(str(networks["front"][1].subnet))  # type: ignore[union-attr]
-            code, out = fetch(runtime, f"{s}-attacker-1", f"http://{gw_front}:{any_port}/", 5)
-            assert code == 0 and out.strip() == MARKER, (code, out)
-            rows.append(f"{runtime.name}: published 127.0.0.1 port from host, hairpin: ok")
-
             if runtime.name == "native":
-                # control: without the guard the attack works (route_localnet is on)
+                # control: without the guards the attacks work (route_localnet is on)
                 nm = NetworkManager(runtime.root)
                 for label, (container, net) in networks.items():
                     assert net is not None and net.subnet
                     bridge = nm.bridge_name(net.name)
-                    dropped = _delete_loopback_guard(bridge)
-                    assert dropped == 1, f"{label}: {dropped} guard rules for {bridge}"
+                    want = len(firewall.guard_rules(bridge, net.internal))
+                    assert _delete_guards(bridge) == want, f"{label}: guard rules of {bridge}"
                     mac = mac_of_address(gateway_of(net.subnet))
                     send(runtime, container, mac, "127.0.0.1", "udp", str(loop.udp_port))
                     assert loop.datagrams(wait=3) == [b"rawsend"], f"{label}: control lost"
                     tcp = send(runtime, container, mac, "127.0.0.1", "tcp", str(loop.tcp_port))
                     assert tcp == "synack", f"{label}: unguarded SYN not answered"
                     assert loop.connections(wait=3) == 1, f"{label}: no unguarded connection"
-                    rows.append(f"native {label}: without the guard 127.0.0.1 udp+tcp reached")
+                    rows.append(f"native {label}, guards deleted: raw to 127.0.0.1 host: reached")
+                    if not net.internal:  # (an internal network's filter drop still holds)
+                        tcp = send(runtime, container, mac, "127.0.0.1", "tcp", str(local_port))
+                        assert tcp == "synack", f"{label}: unguarded published port silent"
+                        rows.append(
+                            f"native {label}, guards deleted: raw to 127.0.0.1 published: reached"
+                        )
     finally:
         cli.run("down", "-f", str(manifest))
-        print("\n".join(rows))
+        print("\n" + "\n".join(rows))
 
 
-def _delete_loopback_guard(bridge: str) -> int:
-    """Delete the network's rule in our mangle INPUT chain (the test's own network)."""
+def _delete_guards(bridge: str) -> int:
+    """Delete the network's rules in our mangle chains (the test's own network)."""
     fw = firewall.Firewall()
     n = 0
-    for args in fw.listed("mangle", firewall.INPUT_CHAIN):
-        if f"{firewall.COMMENT_PREFIX}{bridge}" in args:
-            subprocess.run(
-                ["iptables", "-w", "-t", "mangle", "-D", firewall.INPUT_CHAIN, *args],
-                check=True,
-                timeout=60,
-            )
-            n += 1
+    for chain in (firewall.INPUT_CHAIN, firewall.ISOLATION_CHAIN):
+        for args in fw.listed("mangle", chain):
+            if f"{firewall.COMMENT_PREFIX}{bridge}" in args:
+                subprocess.run(
+                    ["iptables", "-w", "-t", "mangle", "-D", chain, *args], check=True, timeout=60
+                )
+                n += 1
     return n
 
 
@@ -558,14 +568,7 @@ def test_networks_made_before_the_guards_get_them_at_the_first_look(tmp_path: Pa
         want = firewall.guard_rules(bridge, internal=True)
         assert len(_guards_of(bridge)) == len(want)
         # make it look old: its guard rules and the record's mark gone
-        for chain in (firewall.INPUT_CHAIN, firewall.ISOLATION_CHAIN):
-            for args in firewall.Firewall().listed("mangle", chain):
-                if f"{firewall.COMMENT_PREFIX}{bridge}" in args:
-                    subprocess.run(
-                        ["iptables", "-w", "-t", "mangle", "-D", chain, *args],
-                        check=True,
-                        timeout=60,
-                    )
+        assert _delete_guards(bridge) == len(want)
         state_file = tmp_path / "root" / "networks" / "networks.json"
         doc = json.loads(state_file.read_text())
         del doc["networks"][name]["guards"]

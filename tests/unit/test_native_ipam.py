@@ -185,6 +185,12 @@ def test_guard_rules_close_loopback_and_docker_bridges() -> None:
         fwd = [" ".join(r.args) for r in guards if r.chain == firewall.ISOLATION_CHAIN]
         # nothing in from any other interface, nothing out to docker's bridges, unasked
         assert f"! -i {bridge} -o {bridge} {not_ours}" in "\n".join(fwd)
+        # a forwarded connection first addressed to loopback (a 127.0.0.1-only published
+        # port reached by a raw frame), from the bridge or into it
+        for way in ("-i", "-o"):
+            assert f"{way} {bridge} -m conntrack --ctorigdst 127.0.0.0/8 -m comment" in "\n".join(
+                fwd
+            )
         for docker_bridge in ("docker+", "br-+"):
             assert any(a.startswith(f"-i {bridge} -o {docker_bridge} {not_ours} ") for a in fwd)
     # an internal network's "nothing leaves" is repeated where dockerd cannot reorder it
