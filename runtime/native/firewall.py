@@ -42,7 +42,10 @@ state (DNAT is already decided by then), and a DROP in any table is final. So pe
 nothing enters our bridge from another interface but replies and DNAT'ed (published)
 connections; nothing leaves it for docker's bridges (`docker+`: docker0, docker_gwbridge;
 `br-+`: user networks) but replies and DNAT'ed connections (docker's published ports); an
-internal network's "nothing leaves" drop is repeated there. DOCKER-USER was the other
+internal network's "nothing leaves" drop is repeated there. (docker's bridges are known by
+name only: an uplink of the host's own called `br-...` would be closed to new connections
+from our containers too; dockerd started with `--bridge=NAME` is not recognised on the way
+out, though the way in is closed whatever the name.) DOCKER-USER was the other
 candidate; it exists only while dockerd does and is jumped to only once dockerd has started,
 while ours must hold whether dockerd starts before us, after us or not at all.
 

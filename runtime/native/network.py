@@ -23,9 +23,9 @@ or for the containers, and no per-network resolver to keep alive across reboots.
 Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, with
 `route_localnet=1` on the bridge and a MASQUERADE of 127.0.0.0/8 sources so that
 127.0.0.1:PORT works (the loopback guard in `firewall.py` keeps containers from using that
-setting to reach the host's loopback services). Chosen over a userland proxy for the same reason: nothing of ours has
-to keep running once pyapply exits, and it is what the kernel already does for docker's
-bridge networks without the proxy.
+setting to reach the host's loopback services). Chosen over a userland proxy for the same
+reason: nothing of ours has to keep running once pyapply exits, and it is what the kernel
+already does for docker's bridge networks without the proxy.
 """
 
 from __future__ import annotations
