@@ -6,7 +6,7 @@ chain on a hook, so an accept in a separate nft table of ours would still be dro
 docker's chain. Our accepts have to live in that same FORWARD chain, which is what the
 `iptables` front-end (iptables-nft on Debian 12, the one docker itself uses) reaches.
 
-Everything we add lives in three chains of ours, jumped to from the base chains:
+Everything we add lives in chains of ours, jumped to from the base chains:
 
 - filter `PYAPPLY-FORWARD` (from FORWARD): per network, and correct whatever the order of
   the networks — traffic within the bridge accepted, replies and DNAT'ed (published)
@@ -16,7 +16,38 @@ Everything we add lives in three chains of ours, jumped to from the base chains:
 - nat `PYAPPLY-POSTROUTING` (from POSTROUTING): egress MASQUERADE for non-internal subnets,
   MASQUERADE of 127.0.0.0/8 sources into the bridge (published ports on localhost) and of
   hairpin traffic;
-- nat `PYAPPLY-DNAT` (from PREROUTING and OUTPUT, for local destinations): published ports.
+- nat `PYAPPLY-DNAT` (from PREROUTING and OUTPUT, for local destinations): published ports;
+- mangle `PYAPPLY-INPUT` (from INPUT): the loopback guard, see below;
+- mangle `PYAPPLY-ISOLATION` (from FORWARD): the guard between runtimes, see below.
+
+Loopback guard. Published ports on 127.0.0.1 need `route_localnet=1` on the bridge (the
+host's connection leaves with source 127.0.0.1 and its replies come back to 127.0.0.1
+through the bridge). That same setting lets a container with CAP_NET_RAW hand the host a
+packet addressed to 127.0.0.1 (a frame to the gateway's MAC) and reach services bound to
+loopback (CVE-2020-8558). We close it as Kubernetes did: a packet coming in on our bridge for
+127.0.0.0/8 is dropped unless conntrack says it belongs to a connection we NATed (a reply to
+the host's own connection to a published port, or a DNAT'ed one), and a forwarded
+connection that was first addressed to 127.0.0.0/8 is dropped too (else a raw frame to
+127.0.0.1:PORT would reach a port published on 127.0.0.1 only). Chosen over a userland
+proxy (which would let us turn route_localnet off) because nothing of ours has to keep
+running after pyapply exits, the kernel path for published ports stays as it is, and the
+rules are a few lines per bridge that go with the network.
+
+Guard between runtimes. dockerd rewrites filter FORWARD when it starts: its DOCKER-USER,
+DOCKER-ISOLATION and per-bridge ACCEPTs (`-i docker0 ! -o docker0 -j ACCEPT`) go back to the
+top, above our PYAPPLY-FORWARD, so after a dockerd restart its containers would reach ours,
+and ours already reach its unpublished ports through our egress ACCEPT. The mangle table is
+one dockerd never writes, and its FORWARD hook runs before filter's with the same conntrack
+state (DNAT is already decided by then), and a DROP in any table is final. So per network:
+nothing enters our bridge from another interface but replies and DNAT'ed (published)
+connections; nothing leaves it for docker's bridges (`docker+`: docker0, docker_gwbridge;
+`br-+`: user networks) but replies and DNAT'ed connections (docker's published ports); an
+internal network's "nothing leaves" drop is repeated there. (docker's bridges are known by
+name only: an uplink of the host's own called `br-...` would be closed to new connections
+from our containers too; dockerd started with `--bridge=NAME` is not recognised on the way
+out, though the way in is closed whatever the name.) DOCKER-USER was the other
+candidate; it exists only while dockerd does and is jumped to only once dockerd has started,
+while ours must hold whether dockerd starts before us, after us or not at all.
 
 Every rule carries a comment `pyapply:<bridge>` (or `pyapply:<bridge>:<container>` for a
 published port), so a network's or a container's rules are found in the kernel and deleted
@@ -45,14 +76,21 @@ from runtime.native.hostbins import IPTABLES
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
 DNAT_CHAIN = "PYAPPLY-DNAT"
+INPUT_CHAIN = "PYAPPLY-INPUT"
+ISOLATION_CHAIN = "PYAPPLY-ISOLATION"
 COMMENT_PREFIX = "pyapply:"
 BRIDGE_PREFIX = "pa-"
+# docker's bridges, as iptables interface patterns: docker0 and docker_gwbridge, and the
+# br-<network id> of its user networks
+DOCKER_BRIDGES = ("docker+", "br-+")
 
 # (table, chain of ours)
 OUR_CHAINS: tuple[tuple[str, str], ...] = (
     ("filter", FORWARD_CHAIN),
     ("nat", POSTROUTING_CHAIN),
     ("nat", DNAT_CHAIN),
+    ("mangle", INPUT_CHAIN),
+    ("mangle", ISOLATION_CHAIN),
 )
 # (table, base chain, match args) of the jumps into our chains
 JUMPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -60,6 +98,8 @@ JUMPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("nat", "POSTROUTING", (), POSTROUTING_CHAIN),
     ("nat", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL"), DNAT_CHAIN),
     ("nat", "OUTPUT", ("-m", "addrtype", "--dst-type", "LOCAL"), DNAT_CHAIN),
+    ("mangle", "INPUT", (), INPUT_CHAIN),
+    ("mangle", "FORWARD", (), ISOLATION_CHAIN),
 )
 
 LOCK_PATH = "/run/lock/pyapply-firewall.lock"
@@ -170,6 +210,41 @@ def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule
                 ("-s", str(subnet), "!", "-o", bridge, *c, "-j", "MASQUERADE"),
             )
         )
+    return rules + guard_rules(bridge, internal)
+
+
+# conntrack states that are not a new connection of the sender's own making: replies to a
+# connection, and connections we (or docker) DNAT'ed for a published port
+_NOT_OURS = ("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT")
+# connections first addressed to loopback (whatever DNAT made of them since)
+_TO_LOOPBACK = ("-m", "conntrack", "--ctorigdst", "127.0.0.0/8")
+
+
+def guard_rules(bridge: str, internal: bool) -> list[Rule]:
+    """The mangle-table guards of one network (pure): the loopback guard and the guard
+    between runtimes (see the module docstring for why they are there and in mangle)."""
+    c = _c(network_comment(bridge))
+    g = ISOLATION_CHAIN
+    rules = [
+        # CVE-2020-8558: nothing from the bridge reaches the host's 127.0.0.0/8 services
+        Rule(
+            "mangle", INPUT_CHAIN, ("-i", bridge, "-d", "127.0.0.0/8", *_NOT_OURS, *c, "-j", "DROP")
+        ),
+        # a port published on 127.0.0.1 is the host's alone; a connection addressed to
+        # 127.0.0.0/8 that is forwarded at all came as a raw frame (a container of this
+        # bridge reaching ours or docker's localhost ports) or from another interface (a
+        # docker container, a LAN neighbour) and was DNAT'ed by a rule for 127.0.0.1
+        Rule("mangle", g, ("-i", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+        Rule("mangle", g, ("-o", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+        # nothing enters the bridge from elsewhere (docker's bridges included) unasked
+        Rule("mangle", g, ("!", "-i", bridge, "-o", bridge, *_NOT_OURS, *c, "-j", "DROP")),
+    ]
+    rules += [
+        Rule("mangle", g, ("-i", bridge, "-o", other, *_NOT_OURS, *c, "-j", "DROP"))
+        for other in DOCKER_BRIDGES
+    ]
+    if internal:
+        rules.append(Rule("mangle", g, ("-i", bridge, "!", "-o", bridge, *c, "-j", "DROP")))
     return rules
 
 

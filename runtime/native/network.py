@@ -22,9 +22,10 @@ or for the containers, and no per-network resolver to keep alive across reboots.
 
 Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, with
 `route_localnet=1` on the bridge and a MASQUERADE of 127.0.0.0/8 sources so that
-127.0.0.1:PORT works. Chosen over a userland proxy for the same reason: nothing of ours has
-to keep running once pyapply exits, and it is what the kernel already does for docker's
-bridge networks without the proxy.
+127.0.0.1:PORT works (the loopback guard in `firewall.py` keeps containers from using that
+setting to reach the host's loopback services). Chosen over a userland proxy for the same
+reason: nothing of ours has to keep running once pyapply exits, and it is what the kernel
+already does for docker's bridge networks without the proxy.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ from runtime.native.netlink import IPRoute, NetNS, netlink_error
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 ALIAS_PREFIX = "pyapply:"
+# The generation of a network's guard rules (firewall.guard_rules) recorded with it: a
+# network made by an older pyapply gets them at the first look at the state, rather than at
+# its next change or the next reboot.
+GUARDS = 1
 
 
 def default_root() -> str:
@@ -215,6 +220,7 @@ class NetworkManager:
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
                 )
                 _repair(state)
+                self._upgrade_guards(state)
                 yield state
                 after = json.dumps(
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
@@ -227,6 +233,17 @@ class NetworkManager:
                     )
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _upgrade_guards(self, st: _State) -> None:
+        """Add the guard rules of networks made before them (once: the record remembers)."""
+        for rec in st.networks.values():
+            if rec.get("guards") == GUARDS:
+                continue
+            try:
+                self.firewall.add(firewall.guard_rules(rec["bridge"], bool(rec["internal"])))
+            except PermanentError:
+                continue  # tried again at the next look
+            rec["guards"] = GUARDS
 
     def _peek(self) -> _State:
         """A consistent snapshot for reading (creates nothing when there is no state)."""
@@ -289,6 +306,7 @@ class NetworkManager:
             "gateway": str(alloc.gateway),
             "endpoints": {},
             "ports": [],
+            "guards": GUARDS,  # _ensure_kernel adds them
         }
         st.networks[config.name] = rec
         return rec
@@ -340,6 +358,8 @@ class NetworkManager:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
             ipr.link("set", index=index, state="up")
         firewall.set_sysctl("net/ipv4/ip_forward", "1")
+        # for published ports on 127.0.0.1; what else it would let in, the guard rules of
+        # network_rules() drop (firewall.py: loopback guard)
         firewall.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
         rules = firewall.network_rules(bridge, subnet, bool(rec["internal"]))
         for port in rec["ports"]:

@@ -138,7 +138,7 @@ def link_exists(name: str) -> bool:
 
 def iptables_dump() -> str:
     out = []
-    for table in ("filter", "nat"):
+    for table in ("filter", "nat", "mangle"):
         out.append(
             subprocess.run(
                 ["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True, check=True

@@ -261,7 +261,7 @@ def scrub(env: Env) -> None:
     for ifname, ifalias in _links().items():
         if ifname in ours or ifalias.startswith(alias):
             subprocess.run(["ip", "link", "delete", ifname], check=False, timeout=30)
-    for table in ("filter", "nat"):
+    for table in ("filter", "nat", "mangle"):
         out = subprocess.run(
             ["iptables-save", "-t", table], capture_output=True, text=True, timeout=60
         ).stdout

@@ -150,7 +150,12 @@ def test_network_rules_isolate_and_nat_only_non_internal() -> None:
     plain = firewall.network_rules("pa-aaaa0000", net, internal=False)
     internal = firewall.network_rules("pa-bbbb0000", net, internal=True)
     for rules in (plain, internal):
-        assert {r.chain for r in rules} <= {firewall.FORWARD_CHAIN, firewall.POSTROUTING_CHAIN}
+        assert {r.chain for r in rules} <= {
+            firewall.FORWARD_CHAIN,
+            firewall.POSTROUTING_CHAIN,
+            firewall.INPUT_CHAIN,
+            firewall.ISOLATION_CHAIN,
+        }
         assert all("--comment" in r.args for r in rules)
     assert any("! -o pa-aaaa0000" in a and "MASQUERADE" in a for a in _all_args(plain))
     assert not any("MASQUERADE" in a and "! -o" in a for a in _all_args(internal))
@@ -164,6 +169,48 @@ def test_network_rules_isolate_and_nat_only_non_internal() -> None:
     # the final drops of a network come after all its accepts (order-free between networks)
     fwd = [r.args for r in plain if r.chain == firewall.FORWARD_CHAIN]
     assert fwd[-2][-1] == "DROP" and fwd[-1][-1] == "DROP"
+
+
+def test_guard_rules_close_loopback_and_docker_bridges() -> None:
+    not_ours = "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT"
+    plain = firewall.network_rules("pa-aaaa0000", IPv4Network("10.89.3.0/24"), internal=False)
+    internal = firewall.network_rules("pa-bbbb0000", IPv4Network("10.89.4.0/24"), internal=True)
+    for bridge, rules in (("pa-aaaa0000", plain), ("pa-bbbb0000", internal)):
+        guards = [r for r in rules if r.table == "mangle"]
+        assert guards == firewall.guard_rules(bridge, bridge == "pa-bbbb0000")
+        assert all(r.args[-2:] == ("-j", "DROP") and not r.top for r in guards)
+        # CVE-2020-8558: 127.0.0.0/8 from the bridge only as a reply or a DNAT'ed connection
+        [loop] = [" ".join(r.args) for r in guards if r.chain == firewall.INPUT_CHAIN]
+        assert loop.startswith(f"-i {bridge} -d 127.0.0.0/8 {not_ours} ")
+        fwd = [" ".join(r.args) for r in guards if r.chain == firewall.ISOLATION_CHAIN]
+        # nothing in from any other interface, nothing out to docker's bridges, unasked
+        assert f"! -i {bridge} -o {bridge} {not_ours}" in "\n".join(fwd)
+        # a forwarded connection first addressed to loopback (a 127.0.0.1-only published
+        # port reached by a raw frame), from the bridge or into it
+        for way in ("-i", "-o"):
+            assert f"{way} {bridge} -m conntrack --ctorigdst 127.0.0.0/8 -m comment" in "\n".join(
+                fwd
+            )
+        for docker_bridge in ("docker+", "br-+"):
+            assert any(a.startswith(f"-i {bridge} -o {docker_bridge} {not_ours} ") for a in fwd)
+    # an internal network's "nothing leaves" is repeated where dockerd cannot reorder it
+    assert any(
+        " ".join(r.args).startswith("-i pa-bbbb0000 ! -o pa-bbbb0000 -m comment")
+        for r in internal
+        if r.chain == firewall.ISOLATION_CHAIN
+    )
+    assert not any(
+        "! -o pa-aaaa0000 -m comment" in " ".join(r.args)
+        for r in plain
+        if r.chain == firewall.ISOLATION_CHAIN
+    )
+    # the base chains our guards hang from are in the mangle table, which dockerd never writes
+    jumps = {(t, base, target) for t, base, _m, target in firewall.JUMPS}
+    assert ("mangle", "INPUT", firewall.INPUT_CHAIN) in jumps
+    assert ("mangle", "FORWARD", firewall.ISOLATION_CHAIN) in jumps
+    assert {("mangle", firewall.INPUT_CHAIN), ("mangle", firewall.ISOLATION_CHAIN)} <= set(
+        firewall.OUR_CHAINS
+    )
 
 
 def test_port_rules() -> None:
