@@ -102,6 +102,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 64  # the listen backlog: a burst of connects is not refused
 
     def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
@@ -340,8 +341,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
-        line: bytes = getattr(self, "raw_requestline", b"")
-        if len(str(line, "iso-8859-1").split()) == 2:
+        raw: bytes = getattr(self, "raw_requestline", b"")
+        line = str(raw, "iso-8859-1").rstrip("\r\n")
+        if len(line.split()) == 2:
+            # what super().parse_request() would have set before answering
+            self.command, self.path, self.requestline = None, "", line  # type: ignore[assignment]
+            self.request_version = self.default_request_version
             self.close_connection = True
             self.send_error(400, "a request line needs an HTTP version (HTTP/0.9 is not served)")
             return False
@@ -383,10 +388,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not values:
             return None
         text = values.pop()
-        if values or not re.fullmatch(r"[0-9]{1,20}", text):
+        if values or not re.fullmatch(r"[0-9]+", text):
             self.close_connection = True
             raise ApiError(400, "Content-Length must be one whole number of bytes")
-        length = int(text)
+        # (no int() of thousands of digits: Python refuses those, and they are too large)
+        length = int(text) if len(text) <= 12 else MAX_BODY_BYTES + 1
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
@@ -424,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug must not kill the server thread
             log.error("api: %s %s failed", method, self.path, exc_info=True)
             status, doc = 500, {"error": f"{type(exc).__name__}: {exc}"}
+        if status >= 400:
+            self.close_connection = True  # what follows a refused request is not trusted
         if isinstance(doc, bytes):
             payload, ctype = doc, "text/plain; version=0.0.4; charset=utf-8"
         else:
