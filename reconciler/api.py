@@ -359,7 +359,18 @@ class _Handler(BaseHTTPRequestHandler):
         elif code == 505:
             code = 400
         self.close_connection = True
-        super().send_error(code, message, explain)
+        short = self.responses.get(code, ("Error", ""))[0]
+        # JSON like every other answer of this API (http.server's own is an HTML page)
+        text = self.api.agent.redactor.text(message or short)
+        payload = (json.dumps({"error": text}) + "\n").encode()
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        self.send_response(code, short)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def address_string(self) -> str:  # a UNIX socket has no peer address
         return "unix"
