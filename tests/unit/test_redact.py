@@ -180,3 +180,22 @@ def test_an_old_history_db_is_moved_apart_and_vacuumed(tmp_path: Path) -> None:
     assert h.revision_files("old1")[2] == {"s.yaml": f"pw: {SECRET}".encode()}
     assert SECRET.encode() not in (tmp_path / "history.db").read_bytes()
     assert h.passes(1) == []  # the record itself is still usable after the move
+
+
+def test_agent_log_lines_are_redacted_in_both_formats() -> None:
+    import logging
+
+    from reconciler.agent import JsonFormatter, PlainFormatter, log_redaction
+
+    secret = 'qu"ote\\back-ünï'  # JSON would escape all of these
+    record = logging.LogRecord("pyapply.agent", logging.ERROR, __file__, 1, "x %s", (secret,), None)
+    record.fields = {"errors": [f"create: {secret}", "redis://:pw1234@r"]}
+    try:
+        log_redaction.use(Redactor([secret]))
+        plain = PlainFormatter().format(record)
+        doc = json.loads(JsonFormatter().format(record))
+    finally:
+        log_redaction.use(NO_SECRETS)
+    assert plain.endswith(f"x {MASK}")
+    assert doc["msg"] == f"x {MASK}"
+    assert doc["errors"] == [f"create: {MASK}", "redis://:***@r"]
