@@ -479,7 +479,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class AgentUnavailable(Exception):
-    pass
+    """No agent listens on the socket (nothing was sent)."""
+
+
+class AgentError(Exception):
+    """An agent was reached but the exchange failed: it closed the connection, timed out
+    or answered something that is not HTTP/JSON."""
 
 
 class AgentClient:
@@ -490,7 +495,7 @@ class AgentClient:
     def available(self) -> bool:
         try:
             self.request("GET", "/v1/history?limit=0")
-        except AgentUnavailable:
+        except (AgentUnavailable, AgentError):
             return False
         return True
 
@@ -505,11 +510,22 @@ class AgentClient:
                 raise AgentUnavailable(f"no agent on {self.path} ({exc.strerror or exc})") from exc
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            ctype = resp.getheader("Content-Type") or ""
-            doc: Any = json.loads(raw) if ctype.startswith("application/json") else raw
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                ctype = resp.getheader("Content-Type") or ""
+                doc: Any = json.loads(raw) if ctype.startswith("application/json") else raw
+            except TimeoutError:
+                raise AgentError(
+                    f"the agent on {self.path} did not answer {method} {path} within "
+                    f"{conn.timeout:g}s"
+                ) from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise AgentError(
+                    f"the agent on {self.path} failed to answer {method} {path}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
             return resp.status, doc
         finally:
             conn.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from reconciler.api import AgentClient, AgentUnavailable, default_socket
+from reconciler.api import AgentClient, AgentError, AgentUnavailable, default_socket
 from reconciler.cli import (
     Failure,
     err,
@@ -48,7 +48,10 @@ def _client(socket_path: str | None) -> AgentClient:
 def _call(
     client: AgentClient, method: str, path: str, body: Any = None, timeout: float = 30
 ) -> Any:
-    status, doc = client.request(method, path, body, timeout=timeout)
+    try:
+        status, doc = client.request(method, path, body, timeout=timeout)
+    except AgentError as exc:
+        fail(str(exc))
     if status >= 400:
         message = doc.get("error") if isinstance(doc, dict) else doc
         fail(f"agent: HTTP {status}: {message}")
