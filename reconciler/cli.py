@@ -644,7 +644,7 @@ def _problem_json(p: Any) -> dict[str, Any]:
     loc = p.location
     return {
         "severity": p.severity,
-        "message": p.message,
+        "message": NO_SECRETS.text(p.message),  # a quoted value may hold a URL password
         "path": p.path,
         "file": loc.file if loc else None,
         "line": loc.line if loc else None,
