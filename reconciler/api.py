@@ -90,10 +90,12 @@ class ApiError(Exception):
 # Server
 
 
+_BUSY_BODY = b'{"error": "too many connections; try again"}\n'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: 46\r\n\r\n"
-    b'{"error": "too many connections; try again"}\n\n'
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
 )
 
 
@@ -420,7 +422,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         try:
-            url = urlsplit(self.path)
+            try:
+                url = urlsplit(self.path)
+            except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+                raise ApiError(400, f"bad request target: {exc}") from None
             try:
                 fields = parse_qs(
                     url.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS
@@ -432,8 +437,6 @@ class _Handler(BaseHTTPRequestHandler):
             status, doc = self.api.route(method, url.path.rstrip("/") or "/", query, body)
         except ApiError as exc:
             status, doc = exc.status, {"error": exc.message}
-        except ValueError as exc:  # urlsplit: a request target that is not a URL
-            status, doc = 400, {"error": f"bad request target: {exc}"}
         except RuntimeFailure as exc:
             status, doc = 503, {"error": f"runtime: {exc.message}"}
         except TimeoutError:

@@ -355,6 +355,7 @@ KNOWN: list[tuple[bytes, int]] = [
     (b"GET /v1/status HTTP/2.0\r\n\r\n", 400),
     (b"GET /v1/status\r\n\r\n", 400),
     (b"GET //[::1/v1/status HTTP/1.1\r\n\r\n", 404),
+    (b"GET http://[::1/v1/status HTTP/1.1\r\n\r\n", 400),
     (b"POST /v1/sync HTTP/1.1\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 413),
 ]
 
@@ -564,8 +565,9 @@ def test_slow_clients_are_cut_off_and_connections_bounded(agent: AgentProc) -> N
         for sock in socks:
             sock.settimeout(0.05)
             with contextlib.suppress(TimeoutError):
-                if sock.recv(12).startswith(b"HTTP/1.1 503"):
-                    busy += 1
+                answer = parse_answers(read_to_eof(sock))
+                assert answer.status == 503, answer
+                busy += 1
         assert busy >= 4, f"{busy} connections refused over the limit of {MAX_CONNECTIONS}"
         assert threads(pid) <= baseline + MAX_CONNECTIONS
     finally:
