@@ -623,23 +623,24 @@ class Agent:
             self.history.set_managed_stacks(self.history.managed_stacks() | names)
         desired_all: list[Desired] = []
         teardown: list[str] = []
-        # every stack's desired state before anything is shown, so that the secrets of all
-        # of them are hidden everywhere; a stack that cannot be prepared fails in its turn
-        prepared: list[Desired | PassError] = []
-        for stack in loaded.stacks:
-            try:
-                prepared.append(
-                    desired_for(
-                        stack,
-                        revision=rev.id,
-                        root=self.root,
-                        environ=loaded.environments.get(stack.name),
-                    )
-                )
-            except PassError as exc:
-                prepared.append(exc)
-        self.learn_secrets(redactor_for(d for d in prepared if not isinstance(d, PassError)))
         try:
+            # every stack's desired state before anything is shown, so that the secrets of
+            # all of them are hidden everywhere; a stack that cannot be prepared fails in
+            # its turn, as before
+            prepared: list[Desired | PassError] = []
+            for stack in loaded.stacks:
+                try:
+                    prepared.append(
+                        desired_for(
+                            stack,
+                            revision=rev.id,
+                            root=self.root,
+                            environ=loaded.environments.get(stack.name),
+                        )
+                    )
+                except PassError as exc:
+                    prepared.append(exc)
+            self.learn_secrets(redactor_for(d for d in prepared if not isinstance(d, PassError)))
             with self._locked():
                 for stack, desired in zip(loaded.stacks, prepared, strict=True):
                     if self.stopping.is_set():
