@@ -1,5 +1,7 @@
-"""The agent's API client against a peer that is not a working agent: it closes at once,
-answers garbage or nothing. The commands say so in one line (exit 1), never a traceback."""
+"""The agent's API: the server's checks of query values (pure), and the client against a
+peer that is not a working agent -- it closes at once, answers garbage or nothing; the
+commands say so in one line (exit 1), never a traceback. The server itself is tested
+against a real agent in tests/e2e/test_api_fuzz.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.api import AgentClient, AgentError, AgentUnavailable
+from reconciler.api import (
+    AgentClient,
+    AgentError,
+    AgentUnavailable,
+    ApiError,
+    _bool,
+    _int,
+    _seconds,
+)
 
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 
@@ -96,3 +106,36 @@ def test_a_silent_peer_times_out(tmp_path: Path) -> None:
 def test_no_socket_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(AgentUnavailable):
         AgentClient(str(tmp_path / "none.sock")).request("GET", "/v1/status")
+
+
+@pytest.mark.parametrize("text", ["abc", "1e23", "-1", "", " 1", "+1", "1.0", "5001", "\u0661"])
+def test_bad_limits_are_400(text: str) -> None:
+    with pytest.raises(ApiError) as info:
+        _int(text, "limit", 5000)
+    assert info.value.status == 400 and "limit must be a whole number" in info.value.message
+
+
+def test_good_limits() -> None:
+    assert [_int(t, "limit", 5000) for t in ("0", "50", "5000", "007")] == [0, 50, 5000, 7]
+
+
+@pytest.mark.parametrize("text", ["abc", "nan", "inf", "-inf", "-1", "0", "600.01", "1" * 40])
+def test_bad_timeouts_are_400(text: str) -> None:
+    with pytest.raises(ApiError) as info:
+        _seconds(text, "timeout", 600)
+    assert info.value.status == 400
+
+
+def test_good_timeouts_and_booleans() -> None:
+    assert _seconds(None, "timeout", 600) == 600
+    assert _seconds("0.5", "timeout", 600) == 0.5
+    assert [_bool(t, "wait") for t in ("true", "1", "YES", "", "no", "0")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    with pytest.raises(ApiError):
+        _bool("maybe", "wait")
