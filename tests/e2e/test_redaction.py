@@ -141,6 +141,11 @@ def test_secrets_and_url_passwords_never_shown(
     assert fields["env.FROM_ENV"] == {"field": "env.FROM_ENV", "old": "*** v2", "new": "*** v1"}
     assert fields["env.DATABASE_URL"]["new"] == "postgres://app:***@db:5432/shop"
 
+    out = cli.run("-f", str(repo.path), "--dry-run", "-o", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_clean("apply --dry-run -o json", out.stdout + out.stderr, s)
+    assert '"old": "v2-***-tail"' in out.stdout
+
     for args in (["get", "-f", str(repo.path)], ["get", "-f", str(repo.path), "-o", "json"]):
         out = cli.run(*args)
         assert out.returncode == 0, out.stdout + out.stderr
