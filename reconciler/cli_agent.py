@@ -200,7 +200,13 @@ def status(socket_path: str | None, output: str) -> None:
 @click.command()
 @socket_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
-@click.option("--timeout", default=600.0, show_default=True)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0, 600, min_open=True),
+    help="Seconds to wait for the pass (the agent's limit is 600).",
+)
 def sync(socket_path: str | None, wait: bool, timeout: float) -> None:
     """Ask the agent for a reconcile pass now."""
     path = "/v1/sync" + (f"?wait=true&timeout={timeout:g}" if wait else "")
@@ -234,7 +240,9 @@ def _when(ts: float | None) -> str:
 @click.command()
 @socket_option
 @click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
-@click.option("--limit", "-n", default=20, show_default=True)
+@click.option(
+    "--limit", "-n", default=20, show_default=True, type=click.IntRange(0, 5000), help="Passes."
+)
 @click.option("--revision", default=None, help="Only passes of this revision (or prefix).")
 @output_option
 def history(
