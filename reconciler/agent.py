@@ -48,10 +48,12 @@ from reconciler.loop import (
     observe,
     plan_down,
     plan_stack,
+    redactor_for,
 )
 from reconciler.manifest import Loaded, load
 from reconciler.model import ManifestError
 from reconciler.plan import Action, Plan
+from reconciler.redact import NO_SECRETS, Redactor
 from reconciler.revision import Revision
 from reconciler.translate import Desired
 from reconciler.watch import EventWatcher, FileWatcher, Snapshot, Source
@@ -71,6 +73,20 @@ FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start"})
 # Logging
 
 
+class LogRedaction:
+    """The redactor the agent's log lines go through; the agent widens it as it learns the
+    secrets of the stacks it loads (one per process, like the logging set-up itself)."""
+
+    def __init__(self) -> None:
+        self.redactor: Redactor = NO_SECRETS
+
+    def use(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+
+log_redaction = LogRedaction()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -85,15 +101,22 @@ class JsonFormatter(logging.Formatter):
             doc.update(fields)
         if record.exc_info:
             doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        # redacted before serialising: JSON escapes would hide a secret from the pattern
+        doc = log_redaction.redactor.value(json.loads(json.dumps(doc, default=str)))
+        return json.dumps(doc)
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return log_redaction.redactor.text(super().format(record))
 
 
 def setup_logging(fmt: str, level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
     root = logging.getLogger("pyapply")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -312,6 +335,13 @@ class Agent:
         self.own_stops = OwnStops()
         self.file_watcher: FileWatcher | None = None
         self.event_watcher: EventWatcher | None = None
+        # the secrets of every stack loaded so far (a rotated secret's old value stays
+        # hidden too): what the logs, the API and the history records never show
+        self.redactor: Redactor = NO_SECRETS
+
+    def learn_secrets(self, redactor: Redactor) -> None:
+        self.redactor = self.redactor.union(redactor)
+        log_redaction.use(self.redactor)
 
     # -- requests from the API (any thread) -----------------------------------------------
 
@@ -521,7 +551,8 @@ class Agent:
         self.rejected[rev.id] = errors
         with suppress(OSError):
             self.history.store_revision(rev.id, rev.subject, directory, snapshot_files(directory))
-        pid = self.history.begin(rev.id, rev.subject, trigger, started=started)
+        errors = self.redactor.value(errors)
+        pid = self.history.begin(rev.id, self.redactor.text(rev.subject), trigger, started=started)
         self.history.finish(pid, outcome, {}, errors)  # type: ignore[arg-type]
         with self._state_lock:
             self.last = LastPass(rev.id, trigger, outcome, started, time.time(), errors, {}, pid)
@@ -565,7 +596,8 @@ class Agent:
 
         def begin() -> None:
             if not record:
-                record.append(self.history.begin(rev.id, rev.subject, trigger, started=started))
+                subject = self.redactor.text(rev.subject)
+                record.append(self.history.begin(rev.id, subject, trigger, started=started))
 
         forced = new_revision or bool(kinds & {"api", "rollback", "resume"})
         if forced:
@@ -592,17 +624,30 @@ class Agent:
         desired_all: list[Desired] = []
         teardown: list[str] = []
         try:
+            # every stack's desired state before anything is shown, so that the secrets of
+            # all of them are hidden everywhere; a stack that cannot be prepared fails in
+            # its turn, as before
+            prepared: list[Desired | PassError] = []
+            for stack in loaded.stacks:
+                try:
+                    prepared.append(
+                        desired_for(
+                            stack,
+                            revision=rev.id,
+                            root=self.root,
+                            environ=loaded.environments.get(stack.name),
+                        )
+                    )
+                except PassError as exc:
+                    prepared.append(exc)
+            self.learn_secrets(redactor_for(d for d in prepared if not isinstance(d, PassError)))
             with self._locked():
-                for stack in loaded.stacks:
+                for stack, desired in zip(loaded.stacks, prepared, strict=True):
                     if self.stopping.is_set():
                         errors.append("interrupted before stack " + stack.name)
                         break
-                    desired = desired_for(
-                        stack,
-                        revision=rev.id,
-                        root=self.root,
-                        environ=loaded.environments.get(stack.name),
-                    )
+                    if isinstance(desired, PassError):
+                        raise desired
                     desired_all.append(desired)
                     result = apply_stack(
                         self.runtime,
@@ -651,6 +696,7 @@ class Agent:
             errors or any(r.outcome is not None and not r.outcome.ok for r in results)
         )
         outcome_name = "interrupted" if interrupted else ("failed" if errors else "succeeded")
+        errors = self.redactor.value(errors)  # kept in the history and shown by the API
         summary = _summary(results)
         self.attempted = rev.id
         if len(desired_all) == len(loaded.stacks):

@@ -13,24 +13,51 @@ described by schemas/v1/agent-api.openapi.json:
     GET  /metrics      Prometheus text format (when metrics are on)
 
 Client: `AgentClient`, used by `pyapply status|history|sync|rollback|resume`.
+
+Hardening: the socket is root's, but the server must not be stalled or crashed by a buggy
+or hostile local client either.
+- A request (line, headers and body) must arrive within `read_timeout_s` (10 s) of its
+  first byte being awaited: every read gets only the time left, so a client that sends a
+  byte at a time (slowloris) is cut off at the deadline, not per byte. The same deadline
+  bounds an idle keep-alive connection. A response must be taken within
+  `WRITE_TIMEOUT_S`.
+- At most `max_connections` (32) connections are served at once (one thread each); more
+  get `503` with `Retry-After` at once, never a queued thread.
+- `Content-Length` must be ASCII digits (else 400), at most `MAX_BODY_BYTES` (else 413,
+  unread); `Transfer-Encoding` is refused (400); bodies are JSON (else 400). A request
+  that was refused with its body unread closes the connection.
+- Query values are checked: `limit` a whole number 0..5000, `timeout` a finite number of
+  seconds in (0, 600], `wait` a boolean; anything else is 400.
+- No 5xx for a client's mistake: an unknown method is 405 (not 501), an unsupported HTTP
+  version 400 (not 505), and HTTP/0.9 (a request line without a version, whose answer
+  would have no status line) is 400. 5xx is left for the agent's own state: 503 when the
+  runtime is unreachable, the agent is stopping or busy; 504 when a waited-for pass does
+  not end in time; 500 only for a bug.
+
+Every JSON document served goes through the agent's `Redactor` (`reconciler.redact`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
+import logging
+import math
 import os
+import re
 import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.history import UnknownRevision
+from reconciler.history import KEEP_PASSES, UnknownRevision
 from reconciler.render import plans_json
 from runtime.base import Runtime, RuntimeFailure
 
@@ -39,6 +66,13 @@ if TYPE_CHECKING:
 
 DEFAULT_SOCKET = "/run/pyapply/agent.sock"
 WAIT_TIMEOUT_S = 600.0
+READ_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
+MAX_BODY_BYTES = 64 * 1024
+MAX_QUERY_FIELDS = 32
+
+log = logging.getLogger("pyapply.api")
 
 
 def default_socket() -> str:
@@ -56,15 +90,69 @@ class ApiError(Exception):
 # Server
 
 
+_BUSY_BODY = b'{"error": "too many connections; try again"}\n'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    + f"Content-Length: {len(_BUSY_BODY)}\r\n\r\n".encode()
+    + _BUSY_BODY
+)
+
+
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One daemon thread per connection, at most `max_connections` at once."""
+
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = 64  # the listen backlog: a burst of connects is not refused
+
+    def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(path, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):  # the client went away or was cut off: not our fault
+            log.debug("api: connection ended: %s", exc)
+            return
+        log.error("api: a request failed unexpectedly", exc_info=True)
 
 
 class Api:
-    def __init__(self, agent: Agent, path: str, open_runtime: Callable[[], Runtime]) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        path: str,
+        open_runtime: Callable[[], Runtime],
+        *,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.agent = agent
         self.path = path
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
         self._open_runtime = open_runtime
         self._runtime: Runtime | None = None
         self._rt_lock = threading.Lock()
@@ -88,7 +176,7 @@ class Api:
         Handler.api = api
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            server = _Server(self.path, Handler)
+            server = _Server(self.path, Handler, self.max_connections)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -110,7 +198,7 @@ class Api:
         if method == "GET" and path == "/v1/status":
             return 200, agent.status(self.runtime())
         if method == "GET" and path == "/v1/history":
-            limit = _int(query.get("limit", "50"), "limit")
+            limit = _int(query.get("limit", "50"), "limit", KEEP_PASSES)
             records = agent.history.passes(limit=limit, revision=query.get("revision"))
             return 200, {"passes": [r.to_json() for r in records]}
         if method == "GET" and path == "/v1/diff":
@@ -153,8 +241,8 @@ class Api:
         if ticket < 0:
             raise ApiError(503, "the agent is stopping")
         doc: dict[str, Any] = {"queued": True, "pass": ticket, **extra}
-        if query.get("wait", "").lower() in ("1", "true", "yes"):
-            timeout = float(query.get("timeout", WAIT_TIMEOUT_S))
+        if _bool(query.get("wait", ""), "wait"):
+            timeout = _seconds(query.get("timeout"), "timeout", WAIT_TIMEOUT_S)
             if not agent.triggers.wait_for(ticket, timeout):
                 raise ApiError(504, f"the pass did not finish within {timeout:g}s")
             last = agent.last
@@ -169,11 +257,31 @@ class Api:
         return 202, doc
 
 
-def _int(text: str, name: str) -> int:
+def _int(text: str, name: str, most: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > most:
+        raise ApiError(400, f"{name} must be a whole number from 0 to {most}")
+    return int(text)
+
+
+def _seconds(text: str | None, name: str, most: float) -> float:
+    if text is None:
+        return most
     try:
-        return int(text)
+        value = float(text) if len(text) <= 32 else math.nan
     except ValueError:
-        raise ApiError(400, f"{name} must be an integer") from None
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= most):
+        raise ApiError(400, f"{name} must be a number of seconds, more than 0 and at most {most:g}")
+    return value
+
+
+def _bool(text: str, name: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false")
 
 
 def _remove_stale(path: str) -> None:
@@ -196,10 +304,75 @@ def _remove_stale(path: str) -> None:
     raise OSError(f"another agent is serving on {path}")
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The read side of a connection where every read gets only the time left before
+    `deadline`: however the bytes trickle in, the request is complete by then or cut."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     api: Api
     server_version = "pyapply-agent"
     protocol_version = "HTTP/1.1"
+    # an answer always has a status line (HTTP/0.9 answers have none): see parse_request
+    default_request_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the buffered file of StreamRequestHandler: replaced
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # the next request (or the first) must be complete within the read timeout
+        self._reader.deadline = time.monotonic() + self.api.read_timeout_s
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        raw: bytes = getattr(self, "raw_requestline", b"")
+        line = str(raw, "iso-8859-1").rstrip("\r\n")
+        if len(line.split()) == 2:
+            # what super().parse_request() would have set before answering
+            self.command, self.path, self.requestline = None, "", line  # type: ignore[assignment]
+            self.request_version = self.default_request_version
+            self.close_connection = True
+            self.send_error(400, "a request line needs an HTTP version (HTTP/0.9 is not served)")
+            return False
+        return super().parse_request()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # a client's mistake is never a 5xx: unknown methods and HTTP versions
+        if code == 501:
+            code, message = 405, f"method {self.command!r} is not allowed"
+        elif code == 505:
+            code = 400
+        self.close_connection = True
+        short = self.responses.get(code, ("Error", ""))[0]
+        # JSON like every other answer of this API (http.server's own is an HTML page)
+        text = self.api.agent.redactor.text(message or short)
+        payload = (json.dumps({"error": text}) + "\n").encode()
+        self.connection.settimeout(WRITE_TIMEOUT_S)
+        self.send_response(code, short)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def address_string(self) -> str:  # a UNIX socket has no peer address
         return "unix"
@@ -219,32 +392,71 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._handle("DELETE")
 
-    def _handle(self, method: str) -> None:
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        body: Any = None
-        length = int(self.headers.get("Content-Length") or 0)
+    def _body(self) -> Any:
+        """The JSON body, or None; a refused body is left unread and the connection closed."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True
+            raise ApiError(400, "Transfer-Encoding is not supported: send Content-Length")
+        values = {v.strip(" \t") for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return None
+        text = values.pop()
+        if values or not re.fullmatch(r"[0-9]+", text):
+            self.close_connection = True
+            raise ApiError(400, "Content-Length must be one whole number of bytes")
+        # (no int() of thousands of digits: Python refuses those, and they are too large)
+        length = int(text) if len(text) <= 12 else MAX_BODY_BYTES + 1
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+        if length == 0:
+            return None
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            self.close_connection = True
+            raise ApiError(400, "the body ended before Content-Length bytes")
         try:
-            if length:
-                raw = self.rfile.read(length)
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    raise ApiError(400, "the body is not JSON") from None
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "the body is not JSON") from None
+
+    def _handle(self, method: str) -> None:
+        try:
+            try:
+                url = urlsplit(self.path)
+            except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+                raise ApiError(400, f"bad request target: {exc}") from None
+            try:
+                fields = parse_qs(
+                    url.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS
+                )
+            except ValueError:
+                raise ApiError(400, "too many query fields") from None
+            query = {k: v[-1] for k, v in fields.items()}
+            body = self._body()
             status, doc = self.api.route(method, url.path.rstrip("/") or "/", query, body)
         except ApiError as exc:
             status, doc = exc.status, {"error": exc.message}
         except RuntimeFailure as exc:
             status, doc = 503, {"error": f"runtime: {exc.message}"}
+        except TimeoutError:
+            raise  # the client was too slow: http.server drops the connection
         except Exception as exc:  # a bug must not kill the server thread
+            log.error("api: %s %s failed", method, self.path, exc_info=True)
             status, doc = 500, {"error": f"{type(exc).__name__}: {exc}"}
+        if status >= 400:
+            self.close_connection = True  # what follows a refused request is not trusted
         if isinstance(doc, bytes):
             payload, ctype = doc, "text/plain; version=0.0.4; charset=utf-8"
         else:
+            doc = self.api.agent.redactor.value(doc)  # nothing secret leaves the agent
             payload, ctype = (json.dumps(doc, indent=2) + "\n").encode(), "application/json"
+        self.connection.settimeout(WRITE_TIMEOUT_S)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(payload)
 
@@ -270,7 +482,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class AgentUnavailable(Exception):
-    pass
+    """No agent listens on the socket (nothing was sent)."""
+
+
+class AgentError(Exception):
+    """An agent was reached but the exchange failed: it closed the connection, timed out
+    or answered something that is not HTTP/JSON."""
 
 
 class AgentClient:
@@ -281,7 +498,7 @@ class AgentClient:
     def available(self) -> bool:
         try:
             self.request("GET", "/v1/history?limit=0")
-        except AgentUnavailable:
+        except (AgentUnavailable, AgentError):
             return False
         return True
 
@@ -296,11 +513,22 @@ class AgentClient:
                 raise AgentUnavailable(f"no agent on {self.path} ({exc.strerror or exc})") from exc
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-            ctype = resp.getheader("Content-Type") or ""
-            doc: Any = json.loads(raw) if ctype.startswith("application/json") else raw
+            try:
+                conn.request(method, path, body=payload, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                ctype = resp.getheader("Content-Type") or ""
+                doc: Any = json.loads(raw) if ctype.startswith("application/json") else raw
+            except TimeoutError:
+                raise AgentError(
+                    f"the agent on {self.path} did not answer {method} {path} within "
+                    f"{conn.timeout:g}s"
+                ) from None
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise AgentError(
+                    f"the agent on {self.path} failed to answer {method} {path}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
             return resp.status, doc
         finally:
             conn.close()

@@ -30,11 +30,13 @@ from reconciler.loop import (
     observe,
     plan_down,
     plan_stack,
+    redactor_for,
     state_root,
 )
 from reconciler.manifest import Loaded, load
 from reconciler.model import ManifestError
 from reconciler.plan import Plan
+from reconciler.redact import NO_SECRETS, Redactor
 from reconciler.render import outcome_summary, plan_text, plans_json, result_line
 from reconciler.revision import identify
 from runtime import open_runtime
@@ -60,7 +62,9 @@ def fail(message: str) -> NoReturn:
 
 
 def err(message: str) -> None:
-    click.echo(message, err=True)
+    """A line on stderr; URL passwords and credential `key=value` pairs are masked (the
+    commands that know the stacks' secrets mask them before calling this)."""
+    click.echo(NO_SECRETS.text(message), err=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,15 +198,17 @@ def locked(root: str, timeout: float) -> AbstractContextManager[None]:
     return host_lock(root, timeout_s=timeout, on_wait=err)
 
 
-def _reporter(live: bool) -> tuple[Reporter | None, AbstractContextManager[Any]]:
+def _reporter(
+    live: bool, redactor: Redactor = NO_SECRETS
+) -> tuple[Reporter | None, AbstractContextManager[Any]]:
     if live:
         from reconciler.progress import LiveReporter
 
-        reporter = LiveReporter()
+        reporter = LiveReporter(redactor=redactor)
         return reporter, reporter
     from reconciler.progress import PlainReporter
 
-    plain = PlainReporter(sys.stdout)
+    plain = PlainReporter(sys.stdout, redactor)
     return plain, nullcontext(plain)
 
 
@@ -266,46 +272,55 @@ def apply(
         wait_timeout_s=wait_timeout,
     )
     results: list[StackResult] = []
+    # every stack's desired state first: the secrets of all of them are hidden in all output
+    desired_all = [
+        desired_for(
+            stack,
+            revision=revision.id,
+            root=root_dir,
+            environ=loaded.environments.get(stack.name),
+        )
+        for stack in loaded.stacks
+    ]
+    redactor = redactor_for(desired_all)
 
     def show(plan: Plan) -> AbstractContextManager[Any] | None:
         if output != "text":
             return None
-        click.echo(plan_text(plan))
+        click.echo(plan_text(plan, redactor))
         return ctx
 
     guard = nullcontext() if dry_run else locked(root_dir, lock_timeout)
     with guard:
-        for stack in loaded.stacks:
-            desired = desired_for(
-                stack,
-                revision=revision.id,
-                root=root_dir,
-                environ=loaded.environments.get(stack.name),
-            )
-            reporter, ctx = _reporter(live) if output == "text" else (None, nullcontext())
+        for desired in desired_all:
+            reporter, ctx = _reporter(live, redactor) if output == "text" else (None, nullcontext())
             result = apply_stack(rt, desired, options, reporter=reporter, on_plan=show)
             results.append(result)
             if result.plan.errors:
-                fail(f"stack {stack.name}: cannot apply: " + "; ".join(result.plan.errors))
+                fail(
+                    redactor.text(
+                        f"stack {desired.stack}: cannot apply: " + "; ".join(result.plan.errors)
+                    )
+                )
             if result.outcome is not None and output == "text":
                 # the live table shows a failure cut short and is gone once the pass ends:
                 # say it again, whole; plain progress has already printed each line once
                 if live:
                     for r in result.outcome.failed:
-                        err(result_line(r))
-                click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
+                        err(result_line(r, redactor))
+                click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
     plans = [r.plan for r in results]
     outcomes = [r.outcome for r in results if r.outcome is not None]
     if output == "json":
-        doc = plans_json(plans)
+        doc = plans_json(plans, redactor)
         doc["revision"] = revision.id
         doc["applied"] = not dry_run
         doc["results"] = [
             {
-                "id": r.action.id,
+                "id": redactor.text(r.action.id),
                 "status": r.status,
                 "seconds": round(r.seconds, 3),
-                "error": r.error,
+                "error": redactor.value(r.error),
             }
             for o in outcomes
             for r in o.results
@@ -336,24 +351,22 @@ def diff_cmd(
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
     root_dir = state_root(root)
-    plans = [
-        plan_stack(
-            rt,
-            desired_for(
-                stack,
-                revision=revision.id,
-                root=root_dir,
-                environ=loaded.environments.get(stack.name),
-            ),
-            prune_volumes=prune_volumes,
+    desired_all = [
+        desired_for(
+            stack,
+            revision=revision.id,
+            root=root_dir,
+            environ=loaded.environments.get(stack.name),
         )
         for stack in loaded.stacks
     ]
+    redactor = redactor_for(desired_all)
+    plans = [plan_stack(rt, d, prune_volumes=prune_volumes) for d in desired_all]
     if output == "json":
-        click.echo(json.dumps(plans_json(plans), indent=2))
+        click.echo(json.dumps(plans_json(plans, redactor), indent=2))
     else:
         for plan in plans:
-            click.echo(plan_text(plan))
+            click.echo(plan_text(plan, redactor))
     if any(p.errors for p in plans):
         sys.exit(EXIT_ERROR)
     if exit_code and any(not p.empty for p in plans):
@@ -441,7 +454,27 @@ def get(
     stacks: tuple[str, ...],
 ) -> None:
     """List the objects of the stacks with their state and health."""
-    names = _stack_names(files, stacks, profiles)
+    names = _stack_names((), stacks) if stacks else []
+    redactor = NO_SECRETS
+    if files:  # the stacks' secrets are known only from their manifests
+        loaded = load_or_fail(files, profiles, acting=False)
+        names = sorted({*names, *(s.name for s in loaded.stacks)})
+        desired_all = []
+        for stack in loaded.stacks:
+            try:
+                desired_all.append(
+                    desired_for(
+                        stack,
+                        revision="",
+                        root=state_root(root),
+                        environ=loaded.environments.get(stack.name),
+                    )
+                )
+            except PassError:
+                continue  # an unreadable secret cannot be shown either
+        redactor = redactor_for(desired_all)
+    if not names:
+        fail("name the stacks with -f FILE or --stack NAME")
     rt = connect(runtime_name, root)
     docs: list[dict[str, Any]] = []
     for name in names:
@@ -478,6 +511,7 @@ def get(
                 ],
             }
         )
+    docs = redactor.value(docs)
     if output == "json":
         click.echo(json.dumps(docs, indent=2))
         return
@@ -613,7 +647,7 @@ def _problem_json(p: Any) -> dict[str, Any]:
     loc = p.location
     return {
         "severity": p.severity,
-        "message": p.message,
+        "message": NO_SECRETS.text(p.message),  # a quoted value may hold a URL password
         "path": p.path,
         "file": loc.file if loc else None,
         "line": loc.line if loc else None,

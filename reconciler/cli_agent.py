@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from reconciler.api import AgentClient, AgentUnavailable, default_socket
+from reconciler.api import AgentClient, AgentError, AgentUnavailable, default_socket
 from reconciler.cli import (
     Failure,
     err,
@@ -26,7 +26,8 @@ from reconciler.cli import (
     runtime_options,
 )
 from reconciler.history import History, PassRecord, UnknownRevision, materialise
-from reconciler.loop import ApplyOptions, apply_stack, desired_for, state_root
+from reconciler.loop import ApplyOptions, apply_stack, desired_for, redactor_for, state_root
+from reconciler.redact import NO_SECRETS
 from reconciler.render import outcome_summary, plan_text
 
 
@@ -47,7 +48,10 @@ def _client(socket_path: str | None) -> AgentClient:
 def _call(
     client: AgentClient, method: str, path: str, body: Any = None, timeout: float = 30
 ) -> Any:
-    status, doc = client.request(method, path, body, timeout=timeout)
+    try:
+        status, doc = client.request(method, path, body, timeout=timeout)
+    except AgentError as exc:
+        fail(str(exc))
     if status >= 400:
         message = doc.get("error") if isinstance(doc, dict) else doc
         fail(f"agent: HTTP {status}: {message}")
@@ -78,6 +82,13 @@ def _call(
 @click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
 @click.option("--wait-timeout", default=120.0, show_default=True, help="Dependency wait, seconds.")
 @click.option("--no-events", is_flag=True, help="Do not follow the runtime's events.")
+@click.option(
+    "--api-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=600),
+    help="Seconds an API client has to send a whole request; slower ones are cut off.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
     path: str,
@@ -94,6 +105,7 @@ def watch(
     parallel: int,
     wait_timeout: float,
     no_events: bool,
+    api_timeout: float,
     verbose: bool,
 ) -> None:
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
@@ -129,7 +141,7 @@ def watch(
         runtime_events=not no_events,
     )
     agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
-    api = Api(agent, socket_path or default_socket(), rt)
+    api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
     try:
         api.start()
     except OSError as exc:
@@ -188,7 +200,13 @@ def status(socket_path: str | None, output: str) -> None:
 @click.command()
 @socket_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
-@click.option("--timeout", default=600.0, show_default=True)
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0, 600, min_open=True),
+    help="Seconds to wait for the pass (the agent's limit is 600).",
+)
 def sync(socket_path: str | None, wait: bool, timeout: float) -> None:
     """Ask the agent for a reconcile pass now."""
     path = "/v1/sync" + (f"?wait=true&timeout={timeout:g}" if wait else "")
@@ -222,7 +240,9 @@ def _when(ts: float | None) -> str:
 @click.command()
 @socket_option
 @click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
-@click.option("--limit", "-n", default=20, show_default=True)
+@click.option(
+    "--limit", "-n", default=20, show_default=True, type=click.IntRange(0, 5000), help="Passes."
+)
 @click.option("--revision", default=None, help="Only passes of this revision (or prefix).")
 @output_option
 def history(
@@ -238,6 +258,7 @@ def history(
         if not os.path.exists(db):
             fail(f"no agent answers and there is no history in {db}")
         records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
+        records = NO_SECRETS.value(records)  # a record of an earlier version: URL passwords
     if output == "json":
         click.echo(json.dumps({"passes": records}, indent=2))
         return
@@ -312,22 +333,30 @@ def _rollback_here(
         materialise(files, directory)
         loaded = load_or_fail([directory])
         rt = connect(runtime_name, root_dir)
-        pid = hist.begin(full, subject, "rollback(cli)")
+        desired_all = [
+            desired_for(
+                stack, revision=full, root=root_dir, environ=loaded.environments.get(stack.name)
+            )
+            for stack in loaded.stacks
+        ]
+        redactor = redactor_for(desired_all)
+        pid = hist.begin(full, redactor.text(subject), "rollback(cli)")
         errors: list[str] = []
         with locked(root_dir, lock_timeout):
-            for stack in loaded.stacks:
-                desired = desired_for(
-                    stack, revision=full, root=root_dir, environ=loaded.environments.get(stack.name)
-                )
+            for desired in desired_all:
                 result = apply_stack(
-                    rt, desired, ApplyOptions(), on_plan=lambda p: click.echo(plan_text(p))
+                    rt,
+                    desired,
+                    ApplyOptions(),
+                    on_plan=lambda p: click.echo(plan_text(p, redactor)),
                 )
                 errors += list(result.plan.errors)
                 if result.outcome is not None:
-                    click.echo(f"stack {stack.name}: {outcome_summary(result.outcome)}")
+                    click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
                     errors += [
                         f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
                     ]
+        errors = redactor.value(errors)
         hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
         hist.pin(full)
     finally:

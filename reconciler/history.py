@@ -1,14 +1,20 @@
 """The agent's record: every reconcile pass and the manifests of every revision, in sqlite.
 
-One database, `<state root>/history.db`, written by the watch agent and by `pyapply
-rollback` when no agent runs. Three tables:
+Two databases under the state root, written by the watch agent and by `pyapply rollback`
+when no agent runs, both mode 0600 from creation:
 
-- `passes`: one row per recorded pass (revision, trigger, start, end, plan summary,
-  outcome, errors);
-- `revisions`: the files of each revision seen (so that a rollback can apply exactly what
-  was applied then, even after git has moved on or garbage-collected it);
-- `state`: small key/value facts that outlive the agent: the pinned revision, the stacks
-  the agent manages.
+- `history.db`, the record people read and share (`pyapply history`, the API). It holds
+  nothing secret: pass errors and subjects are redacted by the agent before they are
+  written (`reconciler.redact`). Tables:
+  - `passes`: one row per recorded pass (revision, trigger, start, end, plan summary,
+    outcome, errors);
+  - `state`: small key/value facts that outlive the agent: the pinned revision, the stacks
+    the agent manages.
+- `revisions.db`, attached to every connection as `rev`: table `revisions`, the files of
+  each revision seen (so that a rollback can apply exactly what was applied then, even
+  after git has moved on or garbage-collected it). Those files are the manifests, `.env`
+  files and secrets' files as they are: secret, so kept apart from the record. A
+  `history.db` of an earlier version that still has this table is moved here on open.
 
 Every method opens its own short transaction; sqlite's own locking makes the CLI and the
 agent safe to use it at the same time.
@@ -22,13 +28,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
 
 DB_NAME = "history.db"
+REVISIONS_DB_NAME = "revisions.db"
 MAX_FILE_BYTES = 1 << 20  # a revision's file larger than this is not stored
 MAX_REVISION_BYTES = 16 << 20
 KEEP_PASSES = 5000  # the agent prunes older passes when it starts
@@ -46,16 +53,16 @@ CREATE TABLE IF NOT EXISTS passes (
     errors TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS passes_revision ON passes (revision);
-CREATE TABLE IF NOT EXISTS revisions (
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rev.revisions (
     revision TEXT PRIMARY KEY,
     subject TEXT NOT NULL DEFAULT '',
     source TEXT NOT NULL DEFAULT '',
     recorded REAL NOT NULL,
     files TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
 );
 """
 
@@ -83,20 +90,42 @@ class UnknownRevision(Exception):
     pass
 
 
+def _create_private(path: str) -> None:
+    """Create `path` empty with mode 0600 unless it exists: sqlite would create it with the
+    umask's mode, readable by others until a chmod."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
 class History:
     def __init__(self, root: str) -> None:
         os.makedirs(root, mode=0o755, exist_ok=True)
         self.path = os.path.join(root, DB_NAME)
+        self.revisions_path = os.path.join(root, REVISIONS_DB_NAME)
         self._lock = threading.Lock()
+        _create_private(self.path)
+        _create_private(self.revisions_path)
         with self._db() as db:
             db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)  # manifests may hold secrets' files
+            moved = db.execute(
+                "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'revisions'"
+            ).fetchone()
+            if moved:  # an earlier version kept the revisions' files in history.db
+                db.execute("INSERT OR IGNORE INTO rev.revisions SELECT * FROM main.revisions")
+                db.execute("DROP TABLE main.revisions")
+        if moved:
+            vacuum = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                vacuum.execute("VACUUM")  # the dropped pages still held the files' bytes
+            finally:
+                vacuum.close()
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = sqlite3.connect(self.path, timeout=30)
             try:
+                db.execute("ATTACH DATABASE ? AS rev", (self.revisions_path,))
                 with db:
                     yield db
             finally:
@@ -154,7 +183,7 @@ class History:
             pinned = db.execute("SELECT value FROM state WHERE key = 'pinned'").fetchone()
             keep_rev = json.loads(pinned[0]) if pinned else ""
             db.execute(
-                "DELETE FROM revisions WHERE revision != ?"
+                "DELETE FROM rev.revisions WHERE revision != ?"
                 " AND revision NOT IN (SELECT DISTINCT revision FROM passes)",
                 (keep_rev,),
             )
@@ -198,7 +227,7 @@ class History:
         }
         with self._db() as db:
             db.execute(
-                "INSERT OR IGNORE INTO revisions (revision, subject, source, recorded, files)"
+                "INSERT OR IGNORE INTO rev.revisions (revision, subject, source, recorded, files)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (revision, subject, source, time.time(), json.dumps(encoded, sort_keys=True)),
             )
@@ -207,7 +236,7 @@ class History:
         """The full id of a stored revision from an id or a unique prefix of it."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT revision FROM revisions WHERE revision = ? OR revision LIKE ?",
+                "SELECT revision FROM rev.revisions WHERE revision = ? OR revision LIKE ?",
                 (revision, revision.replace("%", "").replace("_", "") + "%"),
             ).fetchall()
         names = sorted({r[0] for r in rows})
@@ -224,7 +253,7 @@ class History:
         full = self.resolve(revision)
         with self._db() as db:
             row = db.execute(
-                "SELECT subject, files FROM revisions WHERE revision = ?", (full,)
+                "SELECT subject, files FROM rev.revisions WHERE revision = ?", (full,)
             ).fetchone()
         files = {
             path: text.encode("utf-8", "surrogateescape")

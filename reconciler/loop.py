@@ -8,7 +8,7 @@ agent both go through them, so a pass means the same thing everywhere.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +17,7 @@ from reconciler import identity
 from reconciler.diff import Observed, diff, teardown
 from reconciler.model import Stack
 from reconciler.plan import Plan, build, build_teardown
+from reconciler.redact import Redactor
 from reconciler.translate import Desired, FileKind, desired_state, file_sources
 from runtime.base import Runtime
 
@@ -69,6 +70,12 @@ def desired_for(
         file_contents=read_file_objects(stack, env),
         files_root=os.path.join(root, "files"),
     )
+
+
+def redactor_for(desired: Iterable[Desired]) -> Redactor:
+    """What must be hidden in the output about these stacks: the content of each of their
+    secrets (configs are not secret), as the desired model already holds it."""
+    return Redactor(f.content for d in desired for f in d.files if f.kind == "secret")
 
 
 def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Observed:

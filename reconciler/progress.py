@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from reconciler.plan import Action
+from reconciler.redact import NO_SECRETS, Redactor
 from reconciler.render import result_line
 
 if TYPE_CHECKING:
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 class PlainReporter:
     """One line per finished action (and per retry): what CI logs and pipes want."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, redactor: Redactor = NO_SECRETS) -> None:
         self.out = out
+        self.redactor = redactor
         self._lock = threading.Lock()
 
     def _print(self, line: str) -> None:
@@ -31,20 +33,25 @@ class PlainReporter:
         pass
 
     def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
-        self._print(f"{action.id}: attempt {attempt} failed ({error}); retrying in {delay:.1f}s")
+        self._print(
+            self.redactor.text(
+                f"{action.id}: attempt {attempt} failed ({error}); retrying in {delay:.1f}s"
+            )
+        )
 
     def finished(self, result: ActionResult) -> None:
         if result.action.op != "write_file":
-            self._print(result_line(result))
+            self._print(result_line(result, self.redactor))
 
 
 class LiveReporter:
     """A table of the actions under way and done, redrawn in place, like compose's."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, redactor: Redactor = NO_SECRETS) -> None:
         from rich.console import Console  # only on a terminal: rich is slow to import
         from rich.live import Live
 
+        self.redactor = redactor
         self.console = console or Console()
         self._lock = threading.Lock()
         self._rows: dict[str, tuple[str, str, float]] = {}
@@ -82,7 +89,8 @@ class LiveReporter:
     def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
         with self._lock:
             label = f"{action.op} {action.target}"
-            self._rows[action.id] = (label, f"retry {attempt}: {error}", time.monotonic())
+            shown = self.redactor.text(f"retry {attempt}: {error}")
+            self._rows[action.id] = (label, shown, time.monotonic())
             self._live.update(self._table())
 
     def finished(self, result: ActionResult) -> None:
@@ -91,7 +99,10 @@ class LiveReporter:
         with self._lock:
             a = result.action
             detail = (
-                result.status if result.status == "done" else f"{result.status}: {result.error}"
+                result.status
+                if result.status == "done"
+                else self.redactor.text(f"{result.status}: {result.error}")
             )
-            self._rows[a.id] = (result_line(result).split(":")[0], detail, time.monotonic())
+            label = result_line(result, self.redactor).split(":")[0]
+            self._rows[a.id] = (label, detail, time.monotonic())
             self._live.update(self._table())

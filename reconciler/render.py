@@ -1,17 +1,20 @@
 """How plans, outcomes and objects are shown: Terraform-like text, and JSON for machines.
 
-Secret and secret-like values never reach the output: environment variables whose names
-look like credentials, and the content of configs and secrets, are redacted.
+Secret and secret-like values never reach the output: every function here takes the
+`Redactor` of the stacks shown (`loop.redactor_for`) and passes every string it prints
+through it -- secret contents, URL passwords and credential-named variables (see
+`reconciler.redact`). A value is redacted before it is shortened, so that a cut never
+leaves part of a secret behind.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from reconciler.diff import Change, FieldDiff
 from reconciler.plan import Plan
+from reconciler.redact import HIDDEN, NO_SECRETS, Redactor
 
 if TYPE_CHECKING:
     from reconciler.execute import ActionResult, Outcome
@@ -24,28 +27,14 @@ SYMBOLS = {
     "restart": ">",
     "remove": "-",
 }
-SENSITIVE = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|PRIVATE|AUTH|CERT)", re.I)
-REDACTED = "(sensitive value)"
+REDACTED = HIDDEN  # what a credential-named variable's value is shown as
 PLAN_SCHEMA = "https://pyapply.dev/schemas/v1/plan.schema.json"
 
 
-def _redact_value(path: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if path.startswith("env.") and SENSITIVE.search(path[4:]):
-        return REDACTED
-    if path == "env" and isinstance(value, list):
-        return [_redact_env_item(str(v)) for v in value]
-    return value
-
-
-def _redact_env_item(item: str) -> str:
-    key, sep, _ = item.partition("=")
-    return f"{key}={REDACTED}" if sep and SENSITIVE.search(key) else item
-
-
-def redact(fd: FieldDiff) -> FieldDiff:
-    return FieldDiff(fd.field, _redact_value(fd.field, fd.old), _redact_value(fd.field, fd.new))
+def redact(fd: FieldDiff, redactor: Redactor = NO_SECRETS) -> FieldDiff:
+    return FieldDiff(
+        fd.field, redactor.env_field(fd.field, fd.old), redactor.env_field(fd.field, fd.new)
+    )
 
 
 def _short(value: Any) -> str:
@@ -55,25 +44,25 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def change_lines(ch: Change) -> list[str]:
+def change_lines(ch: Change, redactor: Redactor = NO_SECRETS) -> list[str]:
     sym = SYMBOLS.get(ch.kind, "?")
-    lines = [f"  {sym} {ch.object} {ch.name}: {ch.kind} ({ch.reason})"]
+    lines = [redactor.text(f"  {sym} {ch.object} {ch.name}: {ch.kind} ({ch.reason})")]
     for fd in ch.fields:
-        r = redact(fd)
-        lines.append(f"      {r.field}: {_short(r.old)} -> {_short(r.new)}")
+        r = redact(fd, redactor)
+        lines.append(f"      {redactor.text(r.field)}: {_short(r.old)} -> {_short(r.new)}")
     return lines
 
 
-def plan_text(plan: Plan) -> str:
+def plan_text(plan: Plan, redactor: Redactor = NO_SECRETS) -> str:
     lines = [f"stack {plan.stack} (revision {plan.revision or '-'}):"]
     if plan.empty:
         lines.append("  no changes: the live state matches the manifests")
     for ch in plan.changes:
-        lines += change_lines(ch)
+        lines += change_lines(ch, redactor)
     for w in plan.warnings:
-        lines.append(f"  ! warning: {w}")
+        lines.append(redactor.text(f"  ! warning: {w}"))
     for e in plan.errors:
-        lines.append(f"  ! error: {e}")
+        lines.append(redactor.text(f"  ! error: {e}"))
     if not plan.empty:
         counts = plan.counts()
         summary = ", ".join(f"{n} to {kind}" for kind, n in sorted(counts.items()))
@@ -81,7 +70,8 @@ def plan_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_json(plan: Plan) -> dict[str, Any]:
+def plan_json(plan: Plan, redactor: Redactor = NO_SECRETS) -> dict[str, Any]:
+    text = redactor.text
     return {
         "stack": plan.stack,
         "revision": plan.revision,
@@ -90,34 +80,35 @@ def plan_json(plan: Plan) -> dict[str, Any]:
             {
                 "action": ch.kind,
                 "object": ch.object,
-                "name": ch.name,
-                "reason": ch.reason,
+                "name": text(ch.name),
+                "reason": text(ch.reason),
                 "service": ch.service,
                 "replica": ch.replica,
                 "fields": [
-                    {"field": r.field, "old": r.old, "new": r.new}
-                    for r in (redact(fd) for fd in ch.fields)
+                    {"field": text(r.field), "old": r.old, "new": r.new}
+                    for r in (redact(fd, redactor) for fd in ch.fields)
                 ],
             }
             for ch in plan.changes
         ],
         "actions": [
-            {"id": a.id, "op": a.op, "target": a.target, "deps": list(a.deps)} for a in plan.actions
+            {"id": text(a.id), "op": a.op, "target": text(a.target), "deps": list(a.deps)}
+            for a in plan.actions
         ],
-        "warnings": list(plan.warnings),
-        "errors": list(plan.errors),
+        "warnings": [text(w) for w in plan.warnings],
+        "errors": [text(e) for e in plan.errors],
     }
 
 
-def plans_json(plans: Sequence[Plan]) -> dict[str, Any]:
+def plans_json(plans: Sequence[Plan], redactor: Redactor = NO_SECRETS) -> dict[str, Any]:
     return {
         "$schema": PLAN_SCHEMA,
         "drift": any(not p.empty for p in plans),
-        "stacks": [plan_json(p) for p in plans],
+        "stacks": [plan_json(p, redactor) for p in plans],
     }
 
 
-def result_line(r: ActionResult) -> str:
+def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     a = r.action
     what = {
         "pull": "Pulled",
@@ -147,8 +138,8 @@ def result_line(r: ActionResult) -> str:
         retry = f", {r.attempts} attempts" if r.attempts > 1 else ""
         return f"{kind} {target}: {what} ({r.seconds:.1f}s{retry})"
     if r.status == "skipped":
-        return f"{kind} {target}: skipped ({r.error})"
-    return f"{kind} {target}: FAILED: {r.error}"
+        return redactor.text(f"{kind} {target}: skipped ({r.error})")
+    return redactor.text(f"{kind} {target}: FAILED: {r.error}")
 
 
 def outcome_summary(outcome: Outcome) -> str:

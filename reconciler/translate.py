@@ -67,7 +67,7 @@ class DesiredFile:
     kind: FileKind
     key: str
     path: str
-    content: bytes
+    content: bytes = dataclasses.field(repr=False)  # a secret's bytes: never in a repr
     mode: int
     uid: int | None = None
     gid: int | None = None
