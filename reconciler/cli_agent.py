@@ -23,6 +23,8 @@ from reconciler.cli import (
     load_or_fail,
     locked,
     output_option,
+    policy_option,
+    policy_or_fail,
     runtime_options,
 )
 from reconciler.history import History, PassRecord, UnknownRevision, materialise
@@ -62,6 +64,7 @@ def _call(
 @click.argument("path", type=click.Path(exists=True))
 @runtime_options
 @socket_option
+@policy_option
 @click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
 @click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
 @click.option(
@@ -84,6 +87,7 @@ def watch(
     runtime_name: str | None,
     root: str | None,
     socket_path: str | None,
+    policy_arg: str | None,
     interval: float,
     debounce: float,
     poll: float,
@@ -105,6 +109,15 @@ def watch(
     from runtime import open_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
+    if policy_arg is not None and os.path.isfile(policy_arg):
+        # a policy the watched repository could change would guard nothing
+        real, watched = os.path.realpath(policy_arg), os.path.realpath(path)
+        if real == watched or real.startswith(watched.rstrip("/") + "/"):
+            fail(
+                f"--policy {policy_arg} is inside the watched {path}: whoever can push there "
+                "could change it; keep the policy outside"
+            )
     metrics = None
     if metrics_addr:
         from reconciler.metrics import Metrics
@@ -127,6 +140,7 @@ def watch(
             prune_volumes=prune_volumes, parallelism=parallel, wait_timeout_s=wait_timeout
         ),
         runtime_events=not no_events,
+        policy=policy,
     )
     agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
     api = Api(agent, socket_path or default_socket(), rt)
