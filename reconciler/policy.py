@@ -407,15 +407,19 @@ def _prefix_allowed(ask: _Ask, allow: Sequence[str]) -> bool:
 
 def _exposed(real: str, protected: Mapping[str, str], inside: Sequence[str]) -> str | None:
     """What protected path a bind of `real` exposes (it, below it, or a directory holding
-    it), as a phrase; None if none. Below a protected directory but inside the manifest's
-    directory (a rollback's copy under the state root) is not exposing it."""
+    it), as a phrase; None if none. A path inside the manifest's own directory is not
+    exposing a protected directory that holds the manifest (the agent's copy of a rolled
+    back revision lives under the state root)."""
+    homes = [resolve(d) for d in inside]
     for path, what in protected.items():
         for candidate in dict.fromkeys((path, resolve(path))):
             if real == candidate:
                 return f"{what} ({candidate})"
             if _under(candidate, real):
                 return f"a directory holding {what} ({candidate})"
-            if _under(real, candidate) and not _inside(real, inside):
+            if _under(real, candidate) and not any(
+                _under(home, candidate) and _under(real, home) for home in homes
+            ):
                 return f"a path inside {what} ({candidate})"
     return None
 
@@ -740,7 +744,18 @@ def _schema_problems(doc: StackDocument) -> list[Problem]:
 
     out: list[Problem] = []
     validator = Draft202012Validator(_schema())
-    for err in sorted(validator.iter_errors(doc.data), key=lambda e: list(map(str, e.path))):
+    errors = sorted(validator.iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
+    # a value of the wrong type: say that alone ("must be a string or a mapping"), not also
+    # what a branch of the rule's schema wanted of it
+    types: dict[Path, Any] = {}
+    for e in errors:
+        if e.validator == "type":
+            at = tuple(e.absolute_path)
+            if at not in types or isinstance(e.validator_value, list):
+                types[at] = e
+    for err in errors:
+        if tuple(err.absolute_path) in types and types[tuple(err.absolute_path)] is not err:
+            continue
         if err.validator == "pattern":
             path: Path = tuple(err.absolute_path)
             what = "an absolute path" if err.validator_value == "^/" else "STACK/SERVICE"
