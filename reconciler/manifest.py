@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from reconciler import compose, identity, yamlpos
-from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
+from reconciler.interpolate import DotenvProblem, InterpolationError, interpolate, parse_dotenv
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -65,6 +65,7 @@ from reconciler.model import (
 __all__ = [
     "API_VERSION",
     "KIND",
+    "FileAccess",
     "FileGuard",
     "Loaded",
     "StackDocument",
@@ -85,8 +86,11 @@ _SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 
 
 # May the loader read this env file (absolute path), written in a manifest whose
-# directories are these? A policy says no to files outside them (`reconciler.policy`).
-FileGuard = Callable[[str, Sequence[str]], bool]
+# directories are these? "read"; "quiet": read it, but never quote its lines in a message
+# (a file from outside the manifest's directory, such as /proc/self/environ); "skip": do not
+# read it at all. A policy decides (`reconciler.policy`).
+FileAccess = Literal["read", "quiet", "skip"]
+FileGuard = Callable[[str, Sequence[str]], FileAccess]
 
 
 @dataclass(frozen=True)
@@ -745,8 +749,20 @@ class _Loader:
         ctx.prepare(doc.data, ())
         return compose.to_tree(doc, display, path)
 
-    def may_read(self, path: str, directories: Sequence[str]) -> bool:
-        return self.file_guard is None or self.file_guard(path, directories)
+    def access(self, path: str, directories: Sequence[str]) -> FileAccess:
+        return "read" if self.file_guard is None else self.file_guard(path, directories)
+
+    def env_problems(
+        self, problems: Sequence[DotenvProblem], shown: str, access: FileAccess
+    ) -> None:
+        for p in problems:
+            message = p.message
+            if access == "quiet":  # located, but none of the file's text
+                message = (
+                    "cannot be read as KEY=VALUE (the line is not shown: the file is outside "
+                    "the manifest's directory)"
+                )
+            self.problems.append(Problem(message, Location(shown, p.line, p.column)))
 
     def env_for_dir(
         self, directory: str, display_dir: str, env_files: Sequence[str]
@@ -761,9 +777,9 @@ class _Loader:
             if not os.path.isfile(path):
                 self.problems.append(Problem(f"{shown}: env file does not exist"))
                 continue
-            if not self.may_read(path, [directory]):
-                continue
-            values.update(self.dotenv_file(path, shown))
+            access = self.access(path, [directory])
+            if access != "skip":
+                values.update(self.dotenv_file(path, shown, access))
         return {**values, **self.environ}
 
     def display(self, path: str) -> str:
@@ -783,7 +799,7 @@ class _Loader:
             )
         )
 
-    def dotenv_file(self, path: str, shown: str) -> dict[str, str]:
+    def dotenv_file(self, path: str, shown: str, access: FileAccess = "read") -> dict[str, str]:
         try:
             with open(path, encoding="utf-8-sig") as f:
                 text = f.read()
@@ -791,8 +807,7 @@ class _Loader:
             self.problems.append(Problem(f"{shown}: cannot read: {e}"))
             return {}
         values, problems = parse_dotenv(text, self.environ)
-        for p in problems:
-            self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        self.env_problems(problems, shown, access)
         return values
 
     def env_for(self, source: _Source) -> dict[str, str]:
@@ -804,8 +819,9 @@ class _Loader:
             shown = os.path.join(source.display_dir, ".env")
             if os.path.lexists(path):
                 self.dotenv_paths[directory] = path
-            if os.path.isfile(path) and self.may_read(path, [directory]):
-                values = self.dotenv_file(path, shown)
+            access = self.access(path, [directory]) if os.path.isfile(path) else "skip"
+            if access != "skip":
+                values = self.dotenv_file(path, shown, access)
             self.dotenv[directory] = {**values, **self.environ}
         return self.dotenv[directory]
 
@@ -1782,7 +1798,8 @@ class _ServiceBuilder:
             if required:
                 self.ctx.error(path, f"env file {_show(shown)} does not exist")
             return {}
-        if not self.ctx.loader.may_read(absolute, self.ctx.directories(path)):
+        access = self.ctx.loader.access(absolute, self.ctx.directories(path))
+        if access == "skip":
             return {}  # refused by the policy, which reports it
         try:
             with open(absolute, encoding="utf-8-sig") as f:
@@ -1791,8 +1808,7 @@ class _ServiceBuilder:
             self.ctx.error(path, f"cannot read env file {_show(shown)}: {e}")
             return {}
         values, problems = parse_dotenv(text, self.ctx.env)
-        for p in problems:
-            self.ctx.loader.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        self.ctx.loader.env_problems(problems, shown, access)
         return values
 
     def ports(self) -> None:

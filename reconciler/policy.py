@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 from reconciler import yamlpos
-from reconciler.manifest import FileGuard, Loaded, StackDocument, explain, format_path
+from reconciler.manifest import FileAccess, FileGuard, Loaded, StackDocument, explain, format_path
 from reconciler.model import Location, Problem
 
 __all__ = [
@@ -101,16 +101,19 @@ class Policy:
         return replace(self, protected={**self.protected, **paths})
 
     def file_guard(self) -> FileGuard:
-        """For `manifest.load`: may an env file be read? Not when this policy denies it, so
-        that its content never reaches a message, a log or a container."""
+        """For `manifest.load`: may an env file be read? One from outside the manifest's
+        directory is not read at all when this policy denies it (its content never reaches
+        a message, a log or a container), and is read without ever quoting a line of it in
+        a message when the policy only warns (`env_file: /proc/self/environ` in a pull
+        request must not print a CI runner's tokens)."""
         setting = self.setting("outside_files")
 
-        def may_read(path: str, directories: Sequence[str]) -> bool:
-            if setting.action != "deny":
-                return True
-            return _inside(resolve(path), [*directories, *setting.allow])
+        def access(path: str, directories: Sequence[str]) -> FileAccess:
+            if setting.action == "allow" or _inside(resolve(path), [*directories, *setting.allow]):
+                return "read"
+            return "skip" if setting.action == "deny" else "quiet"
 
-        return may_read
+        return access
 
 
 class PolicyError(Exception):
