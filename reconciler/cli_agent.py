@@ -18,6 +18,7 @@ import click
 from reconciler.api import AgentClient, AgentUnavailable, default_socket
 from reconciler.cli import (
     Failure,
+    enforce,
     err,
     fail,
     load_or_fail,
@@ -324,7 +325,10 @@ def _rollback_here(
     directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
     try:
         materialise(files, directory)
-        loaded = load_or_fail([directory])
+        # by hand, as `apply`: the policy warns (the agent checks its own when it answers)
+        policy = policy_or_fail(None, "warn", root_dir)
+        loaded = load_or_fail([directory], policy=policy)
+        enforce(loaded, policy, "text")
         rt = connect(runtime_name, root_dir)
         pid = hist.begin(full, subject, "rollback(cli)")
         errors: list[str] = []

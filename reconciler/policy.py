@@ -21,6 +21,7 @@ policy file sets it.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import fnmatch
 import functools
@@ -181,24 +182,30 @@ class _Ask:
 def check(loaded: Loaded, policy: Policy) -> list[Finding]:
     """Every ask of the loaded stacks that `policy` warns about or denies, in file order."""
     findings: list[Finding] = []
-    for stack in loaded.stacks:
-        doc = loaded.documents.get(stack.name)
-        if doc is None or not isinstance(doc.spec, dict):
-            continue
-        for rule in RULES:
-            setting = policy.setting(rule.name)
-            if setting.action == "allow":
-                continue
-            for ask in rule.asks(doc, policy):
-                if ask.service is not None and any(
-                    fnmatch.fnmatchcase(f"{stack.name}/{ask.service}", p) for p in setting.services
-                ):
-                    continue
-                if rule.allowed(ask, setting.allow):
-                    continue
-                findings.append(_finding(rule.name, setting.action, ask, stack.name, doc))
+    token = _resolved.set({})
+    try:
+        for stack in loaded.stacks:
+            doc = loaded.documents.get(stack.name)
+            if doc is not None and isinstance(doc.spec, dict):
+                findings += _check_stack(stack.name, doc, policy)
+    finally:
+        _resolved.reset(token)
     findings.sort(key=_order)
     return findings
+
+
+def _check_stack(stack: str, doc: StackDocument, policy: Policy) -> Iterator[Finding]:
+    for rule in RULES:
+        setting = policy.setting(rule.name)
+        if setting.action == "allow":
+            continue
+        for ask in rule.asks(doc, policy):
+            if ask.service is not None and any(
+                fnmatch.fnmatchcase(f"{stack}/{ask.service}", p) for p in setting.services
+            ):
+                continue
+            if not rule.allowed(ask, setting.allow):
+                yield _finding(rule.name, setting.action, ask, stack, doc)
 
 
 def _finding(rule: str, action: Action, ask: _Ask, stack: str, doc: StackDocument) -> Finding:
@@ -228,9 +235,21 @@ def _order(f: Finding) -> tuple[str, int, int, str, str]:
 # Paths
 
 
+# Paths resolved during one `check` (the same prefixes and protected paths are compared with
+# every bind); never kept across checks, where a symlink may have changed.
+_resolved: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "_resolved", default=None
+)
+
+
 def resolve(path: str) -> str:
     """The real path: symlinks resolved as far as the path exists, `..` folded."""
-    return os.path.realpath(path)
+    memo = _resolved.get()
+    if memo is None:
+        return os.path.realpath(path)
+    if path not in memo:
+        memo[path] = os.path.realpath(path)
+    return memo[path]
 
 
 def _inside(path: str, prefixes: Sequence[str]) -> bool:
