@@ -248,9 +248,9 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
         err(str(finding))
     if denied:
         if output == "json":
-            click.echo(
-                json.dumps({"valid": False, "findings": [f.to_json() for f in findings]}, indent=2)
-            )
+            # the plan document (schemas/v1/plan.schema.json) of a command that planned nothing
+            doc = {**plans_json([]), "denied": True, "findings": [f.to_json() for f in findings]}
+            click.echo(json.dumps(doc, indent=2))
         n = len(denied)
         tail = "; nothing was changed" if acting else ""
         fail(f"{n} ask{'s' if n != 1 else ''} denied by the policy {policy.name}{tail}")

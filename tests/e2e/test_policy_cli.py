@@ -12,9 +12,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
-from tests.e2e.helpers import TEST_IMAGE
+from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE
 from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, finished, label, running, stack_yaml, wait_for
 
@@ -132,7 +133,11 @@ def test_apply_with_a_strict_policy_refuses_and_creates_nothing(
         assert out.returncode == 1, out
         assert f"{manifest}:11:17: spec.services.app.cap_add[0]: cap_add gives" in out.stderr
         assert f"{manifest}:12:17: spec.services.app.volumes[0]: bind mount" in out.stderr
-    assert json.loads(out.stdout)["valid"] is False
+    doc = json.loads(out.stdout)
+    assert doc["denied"] is True and doc["stacks"] == []
+    assert [f["rule"] for f in doc["findings"]] == ["cap_add", "bind_mounts"]
+    plan_schema = json.loads((REPO_ROOT / "schemas" / "v1" / "plan.schema.json").read_text())
+    jsonschema.validate(doc, plan_schema)
     assert "nothing was changed" in out.stderr.splitlines()[-1]
     assert runtime.observe.containers(runtime.stack) == {}
     assert runtime.observe.networks(runtime.stack) == {}
@@ -157,8 +162,11 @@ def test_apply_by_hand_warns_and_applies(runtime: RuntimeUnderTest, tmp_path: Pa
     # -o json carries the findings
     out = cli.run("diff", "-f", str(manifest), "-o", "json")
     assert out.returncode == 0, out
-    rules = [f["rule"] for f in json.loads(out.stdout)["findings"]]
-    assert rules == ["cap_add", "bind_mounts"]
+    doc = json.loads(out.stdout)
+    assert [f["rule"] for f in doc["findings"]] == ["cap_add", "bind_mounts"]
+    assert doc["findings"][0]["action"] == "warn" and doc["findings"][0]["line"] == 11
+    plan_schema = json.loads((REPO_ROOT / "schemas" / "v1" / "plan.schema.json").read_text())
+    jsonschema.validate(doc, plan_schema)
     cli.ok("down", "-f", str(manifest))
 
 
