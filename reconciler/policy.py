@@ -200,12 +200,20 @@ def _check_stack(stack: str, doc: StackDocument, policy: Policy) -> Iterator[Fin
         if setting.action == "allow":
             continue
         for ask in rule.asks(doc, policy):
-            if ask.service is not None and any(
-                fnmatch.fnmatchcase(f"{stack}/{ask.service}", p) for p in setting.services
-            ):
+            if _exempt(stack, ask.service, setting.services):
                 continue
             if not rule.allowed(ask, setting.allow):
                 yield _finding(rule.name, setting.action, ask, stack, doc)
+
+
+def _exempt(stack: str, service: str | None, patterns: Sequence[str]) -> bool:
+    """Is the ask of this service (None: of the stack itself, a secret's file, a volume)
+    one the rule skips? A stack's own asks are skipped by a `STACK/*` pattern."""
+    if service is None:
+        return any(
+            p.endswith("/*") and fnmatch.fnmatchcase(stack, p.removesuffix("/*")) for p in patterns
+        )
+    return any(fnmatch.fnmatchcase(f"{stack}/{service}", p) for p in patterns)
 
 
 def _finding(rule: str, action: Action, ask: _Ask, stack: str, doc: StackDocument) -> Finding:
