@@ -29,6 +29,7 @@ import importlib.resources
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
@@ -708,7 +709,11 @@ def load_policy(path: str) -> Policy:
     """A policy from a YAML or JSON file; raises PolicyError with located problems."""
     display = os.path.normpath(path)
     try:
-        with open(path, "rb") as f:
+        # never blocks: a FIFO or a device is refused before anything is read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PolicyError([Problem(f"{display}: a policy must be a regular file")])
             content = f.read(_MAX_BYTES + 1)
     except OSError as e:
         raise PolicyError([Problem(f"{display}: cannot read the policy: {e.strerror}")]) from None
@@ -722,6 +727,8 @@ def load_policy(path: str) -> Policy:
         docs = list(yamlpos.parse(text))
     except yamlpos.YamlSyntaxError as e:
         raise PolicyError([Problem(e.message, Location(display, e.line, e.column))]) from None
+    except RecursionError:
+        raise PolicyError([Problem(f"{display}: the policy is nested too deeply")]) from None
     if len(docs) != 1:
         where = Location(display, *docs[1].start) if docs else None
         raise PolicyError([Problem("a policy file holds exactly one document", where)])

@@ -513,6 +513,14 @@ def test_an_unreadable_policy_file(here: Path) -> None:
     write(here, {"big.yaml": "x" * ((1 << 20) + 1)})
     with pytest.raises(PolicyError, match="at most 1 MiB"):
         load_policy("big.yaml")
+    os.mkfifo(here / "fifo.yaml")  # would block a plain open() forever
+    with pytest.raises(PolicyError, match=r"fifo\.yaml: a policy must be a regular file"):
+        load_policy("fifo.yaml")
+    with pytest.raises(PolicyError, match="a policy must be a regular file"):
+        load_policy("/dev/zero")
+    write(here, {"deep.yaml": "[" * 5000 + "]" * 5000})
+    with pytest.raises(PolicyError):
+        load_policy("deep.yaml")
 
 
 def test_the_schema_ships_and_names_every_rule() -> None:
