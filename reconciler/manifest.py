@@ -155,10 +155,11 @@ def load(
     file whose `name:` differs from the `name:` of the project so far starts another one.
     `profiles` enables compose profiles (default: `COMPOSE_PROFILES`, comma-separated).
 
-    `file_guard`, when given, is asked before any env file (`env_file:`, `.env`) is read; a
-    file it refuses is not read at all (its variables are missing), so that a policy can
-    refuse `env_file: /etc/shadow` without its content reaching any message. The caller
-    must then report the refusal (`reconciler.policy.check` does)."""
+    `file_guard`, when given, is asked before any env file (`env_file:`, `.env`) is read: a
+    file it says "skip" for is not read at all (its variables are missing), so that a policy
+    can refuse `env_file: /etc/shadow` without its content reaching any message (the caller
+    must then report the refusal, as `reconciler.policy.check` does); one it says "quiet"
+    for is read, but a line of it is never quoted in a message."""
     env = dict(os.environ if environ is None else environ)
     return _Loader(env, profiles, file_guard).load(paths)
 
