@@ -122,10 +122,11 @@ def policy_option(fn: F) -> F:
         "--policy",
         "policy_arg",
         metavar="FILE",
+        envvar="PYAPPLY_POLICY",
         default=None,
         help="What manifests may ask of the host: a policy file (YAML or JSON), or the "
         "built-in 'restricted' (every rule denies) or 'warn' (every rule warns). "
-        "Default: warn (watch: restricted).",
+        "Default: warn (watch: restricted). Env: PYAPPLY_POLICY.",
     )(fn)
 
 
