@@ -778,9 +778,16 @@ class _Loader:
             if not os.path.isfile(path):
                 self.problems.append(Problem(f"{shown}: env file does not exist"))
                 continue
+            # an include's env file: no field of the stack names it, so the loader says
+            # itself what the policy made of it
             access = self.access(path, [directory])
-            if access != "skip":
-                values.update(self.dotenv_file(path, shown, access))
+            outside = f"{shown}: the env file of an include is outside its directory"
+            if access == "skip":
+                self.problems.append(Problem(f"{outside}; the policy denies reading it"))
+                continue
+            if access == "quiet":
+                self.problems.append(Problem(outside, severity="warning"))
+            values.update(self.dotenv_file(path, shown, access))
         return {**values, **self.environ}
 
     def display(self, path: str) -> str:

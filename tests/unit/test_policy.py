@@ -281,6 +281,29 @@ def test_a_denied_env_file_is_never_read(here: Path) -> None:
         load(["stack.yaml"], environ={}, file_guard=RESTRICTED.file_guard())
 
 
+def test_an_include_env_file_outside_its_directory(here: Path) -> None:
+    secret = here.parent / f"{here.name}-inc.env"
+    secret.write_text("TAG=1\n")
+    write(
+        here,
+        {
+            "compose.yaml": f"include:\n  - path: sub/compose.yaml\n    env_file: {secret}\n",
+            "sub/compose.yaml": "services:\n  web:\n    image: busybox:${TAG:-0}\n",
+        },
+    )
+    with pytest.raises(ManifestError) as info:
+        load([str(here)], environ={}, file_guard=RESTRICTED.file_guard())
+    assert [str(p) for p in info.value.problems] == [
+        f"{secret}: the env file of an include is outside its directory; the policy denies "
+        "reading it"
+    ]
+    loaded = load([str(here)], environ={}, file_guard=WARN.file_guard())
+    assert loaded.stacks[0].services[0].image == "busybox:1"
+    assert [str(w) for w in loaded.warnings] == [
+        f"warning: {secret}: the env file of an include is outside its directory"
+    ]
+
+
 def test_a_dotenv_symlinked_out_of_the_directory(here: Path) -> None:
     secret = here.parent / f"{here.name}-dotenv"
     secret.write_text("TAG=1\n")
