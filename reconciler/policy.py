@@ -65,6 +65,7 @@ PROTECTED: dict[str, str] = {
     "/run/containerd": "containerd's socket directory",
     "/var/lib/containerd": "containerd's state root",
     "/run/podman": "Podman's socket directory",
+    "/var/lib/containers": "the state root of Podman and CRI-O",
     "/run/pyapply": "the pyapply agent's socket directory",
     "/run/pyapply/agent.sock": "the pyapply agent's socket",
     "/var/lib/pyapply": "pyapply's state root",

@@ -566,3 +566,11 @@ def test_a_thousand_services_are_checked_well_under_a_second(here: Path) -> None
     found = check(loaded, RESTRICTED)
     took = time.perf_counter() - started
     assert len(found) == 2000 and took < 1.0, took
+
+
+def test_the_example_policy_loads() -> None:
+    example = Path(__file__).parents[2] / "contrib" / "policy" / "policy.yaml"
+    policy = load_policy(str(example))
+    assert policy.rules["host_namespaces"] == RuleSetting("deny", ("network",))
+    assert policy.rules["devices"] == RuleSetting("deny", (), ("monitoring/node-exporter",))
+    assert policy.protected["/run/vault.sock"] == "a path the policy protects"
