@@ -340,11 +340,21 @@ _NAMESPACES = {
 def _host_namespaces(doc: StackDocument, policy: Policy) -> Iterator[_Ask]:
     for name, raw, path in _services(doc):
         for fieldname, (ns, what) in _NAMESPACES.items():
-            if raw.get(fieldname) == "host":
+            value = raw.get(fieldname)
+            if value == "host":
                 yield _Ask(
                     (*path, fieldname),
                     ns,
                     f'"{fieldname}: host" shares the host\'s {what} namespace with the container',
+                    name,
+                )
+            elif isinstance(value, str) and value.startswith("container:"):
+                # any container of the host, a privileged one outside the stack included
+                yield _Ask(
+                    (*path, fieldname),
+                    "container",
+                    f'"{fieldname}: {value}" joins the {what} namespace of a container that '
+                    "may be outside the stack",
                     name,
                 )
 
@@ -420,6 +430,15 @@ def _binds(doc: StackDocument) -> Iterator[tuple[Path, str, str, str | None]]:
 
 
 def _bind_mounts(doc: StackDocument, policy: Policy) -> Iterator[_Ask]:
+    for name, raw, path in _services(doc):
+        for item, ipath in _items(raw, "volumes_from", path):
+            if isinstance(item, str) and item.startswith("container:"):
+                yield _Ask(
+                    ipath,
+                    item,
+                    f'"volumes_from: {item}" mounts what another container of the host mounts',
+                    name,
+                )
     for at, given, absolute, service in _binds(doc):
         real = resolve(absolute)
         dirs = (doc.directory, doc.directory_of(at))

@@ -90,6 +90,15 @@ def test_host_namespaces(here: Path) -> None:
     assert len(findings(here, text, allow_net)) == 5
     # other values than host are not asks
     assert findings(here, stack("pid: service:db\nipc: private\nnetwork_mode: none")) == []
+    # a namespace of any container of the host is
+    got = findings(here, stack("pid: container:monitor"))
+    assert got == [
+        'stack.yaml:8:12: spec.services.web.pid: "pid: container:monitor" joins the process '
+        "namespace of a container that may be outside the stack; the policy denies this "
+        '(rule "host_namespaces")'
+    ]
+    allow = only(RESTRICTED, "host_namespaces", RuleSetting("deny", ("container",)))
+    assert findings(here, stack("pid: container:monitor"), allow) == []
 
 
 def test_devices(here: Path) -> None:
@@ -144,6 +153,11 @@ def test_bind_mounts_outside_the_manifest_directory(here: Path) -> None:
         'denies this (rule "bind_mounts")',
         'stack.yaml:12:32: spec.services.web.volumes[3].source: bind mount of "/etc" is '
         'outside the manifest\'s directory; the policy denies this (rule "bind_mounts")',
+    ]
+    assert findings(here, stack('volumes_from: ["container:docker-proxy", "db"]'), rule) == [
+        'stack.yaml:8:22: spec.services.web.volumes_from[0]: "volumes_from: '
+        'container:docker-proxy" mounts what another container of the host mounts; the policy '
+        'denies this (rule "bind_mounts")'
     ]
     srv = only(RESTRICTED, "bind_mounts", RuleSetting("deny", ("/srv", str(here.parent))))
     assert [g.split(": ")[1] for g in findings(here, text, srv)] == [
@@ -503,7 +517,7 @@ def test_policy_file_errors_are_located(here: Path) -> None:
         '(did you mean "NET_BIND_SERVICE"?)',
         'policy.yaml:7:25: rules.bind_mounts.allow[0]: must be an absolute path, got "srv"',
         'policy.yaml:8:29: rules.host_namespaces.allow[0]: must be one of "network", "pid", '
-        '"ipc", "uts", "userns" or "cgroup", got "net"',
+        '"ipc", "uts", "userns", "cgroup" or "container", got "net"',
         'policy.yaml:9:3: rules.frob: unknown field "frob"',
         "policy.yaml:10:12: rules.devices: must be a string or a mapping, got a number",
     ]
