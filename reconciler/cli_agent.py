@@ -112,9 +112,11 @@ def watch(
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
     if policy_arg is not None and os.path.isfile(policy_arg):
-        # a policy the watched repository could change would guard nothing
-        real, watched = os.path.realpath(policy_arg), os.path.realpath(path)
-        if real == watched or real.startswith(watched.rstrip("/") + "/"):
+        # a policy the watched repository could change (a file, or a link to one, in it)
+        # would guard nothing; it is read once, at start
+        given = {os.path.abspath(policy_arg), os.path.realpath(policy_arg)}
+        watched = {os.path.abspath(path), os.path.realpath(path)}
+        if any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched):
             fail(
                 f"--policy {policy_arg} is inside the watched {path}: whoever can push there "
                 "could change it; keep the policy outside"

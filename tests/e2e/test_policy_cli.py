@@ -193,6 +193,11 @@ def test_the_agent_refuses_a_revision_the_policy_denies(
     out = agent.cli("watch", str(repo.path), "--policy", str(repo.path / "policy.yaml"), ok=False)
     assert out.returncode == 1 and "is inside the watched" in out.stderr
     (repo.path / "policy.yaml").unlink()
+    (tmp_path / "strict.yaml").write_text(STRICT)  # outside, but through a link in the tree
+    (repo.path / "policy.yaml").symlink_to(tmp_path / "strict.yaml")
+    out = agent.cli("watch", str(repo.path), "--policy", str(repo.path / "policy.yaml"), ok=False)
+    assert out.returncode == 1 and "is inside the watched" in out.stderr
+    (repo.path / "policy.yaml").unlink()
     agent.start(repo.path)
     wait_for("good", lambda: running(runtime.observe, app) and label(runtime.observe, app))
     before = runtime.observe.must(app).id
