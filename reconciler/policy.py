@@ -15,8 +15,8 @@ so a policy holds before they land. This module reads no runtime; it only resolv
 (symlinks included) to compare them, and reads policy files (`load_policy`).
 
 Two policies are built in: `restricted` (every rule denies; the agent's default) and `warn`
-(every rule warns; the default by hand). `unpinned_images` is opt-in: allowed unless a
-policy file sets it.
+(every rule warns; the default by hand), except `unpinned_images`, which is opt-in: allowed
+unless a policy file sets it.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ __all__ = [
     "check",
     "load_policy",
     "resolve",
+    "schema",
 ]
 
 Action = Literal["allow", "warn", "deny"]
-ACTIONS: tuple[Action, ...] = ("allow", "warn", "deny")
 Path = tuple[str | int, ...]
 
 # Host paths a bind mount must never expose, with what they are: through them a container
@@ -282,7 +282,7 @@ def _shown(given: str, real: str) -> str:
 @dataclass(frozen=True)
 class Rule:
     name: str
-    summary: str  # what it is about, for people (README, --help)
+    summary: str  # what it finds, in a few words (the README's table says more)
     asks: Callable[[StackDocument, Policy], Iterator[_Ask]]
     # is this ask allowed by the setting's allow list?
     allowed: Callable[[_Ask, Sequence[str]], bool]

@@ -565,6 +565,9 @@ def test_the_schema_ships_and_names_every_rule() -> None:
     Draft202012Validator.check_schema(schema)
     assert sorted(schema["properties"]["rules"]["properties"]) == sorted(r.name for r in pol.RULES)
     assert RESTRICTED.rules.keys() == WARN.rules.keys() == {r.name for r in pol.RULES}
+    # the README's table documents every rule
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert all(f"| `{r.name}` |" in readme for r in pol.RULES)
 
 
 def test_a_thousand_services_are_checked_well_under_a_second(here: Path) -> None:
