@@ -53,6 +53,7 @@ from reconciler.loop import (
 from reconciler.manifest import Loaded, load
 from reconciler.model import ManifestError
 from reconciler.plan import Action, Plan
+from reconciler.policy import Policy, builtin, check
 from reconciler.redact import NO_SECRETS, Redactor
 from reconciler.revision import Revision
 from reconciler.translate import Desired
@@ -200,6 +201,9 @@ class AgentOptions:
     allow_empty: bool = False
     apply: ApplyOptions = field(default_factory=ApplyOptions)
     runtime_events: bool = True
+    # what the watched manifests may ask of the host: a revision with an ask this policy
+    # denies is refused (recorded as failed, nothing applied)
+    policy: Policy = field(default_factory=lambda: builtin("restricted"))
 
 
 @dataclass(frozen=True)
@@ -503,9 +507,12 @@ class Agent:
                 full, subject, files = self.history.revision_files(record.revision)
                 directory = os.path.join(self.root, "agent", "last-good")
                 materialise(files, directory)
-                loaded = load([directory])
+                loaded = self.checked(directory)[0]
             except Exception as exc:
                 log.warning("cannot use the recorded revision %s: %s", record.revision, exc)
+                return None
+            if loaded is None:
+                log.warning("the recorded revision %s is denied by the policy", record.revision)
                 return None
             log.info("the source does not load: keeping %s (last applied) in place", full)
             self.good = Target(Revision(id=full, subject=subject), directory, loaded)
@@ -517,7 +524,7 @@ class Agent:
         loaded: Loaded | None = None
         errors: list[str] = []
         try:
-            loaded = load([snap.directory])
+            loaded, errors = self.checked(snap.directory)
         except ManifestError as exc:
             errors = [str(p) for p in exc.problems]
         except OSError as exc:
@@ -537,6 +544,19 @@ class Agent:
         for warning in loaded.warnings:
             log.warning("%s", warning)
         return Target(rev, snap.directory, loaded, pinned)
+
+    def checked(self, directory: str) -> tuple[Loaded | None, list[str]]:
+        """Load a revision and check it against the policy: (the loaded manifests, []) or,
+        when the policy denies something, (None, the located denials). Env files the policy
+        denies are not even read. Raises ManifestError when it does not load."""
+        policy = self.options.policy
+        loaded = load([directory], file_guard=policy.file_guard())
+        findings = check(loaded, policy)
+        for finding in findings:
+            if finding.action == "warn":
+                log.warning("%s", finding)
+        denied = [str(f) for f in findings if f.action == "deny"]
+        return (None, denied) if denied else (loaded, [])
 
     def reject(
         self,

@@ -44,6 +44,7 @@ from runtime.base import Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from reconciler.execute import Executor, Reporter
+    from reconciler.policy import Finding, Policy
 
 # The executor (tenacity) and the live progress table (rich) are imported only when there is
 # something to do: a no-op apply or a diff never pays for them.
@@ -120,6 +121,19 @@ def output_option(fn: F) -> F:
     )(fn)
 
 
+def policy_option(fn: F) -> F:
+    return click.option(
+        "--policy",
+        "policy_arg",
+        metavar="FILE",
+        envvar="PYAPPLY_POLICY",
+        default=None,
+        help="What manifests may ask of the host: a policy file (YAML or JSON), or the "
+        "built-in 'restricted' (every rule denies) or 'warn' (every rule warns). "
+        "Default: warn (watch: restricted). Env: PYAPPLY_POLICY.",
+    )(fn)
+
+
 # Commands that live in their own modules, imported only when used: "name": "module:attr".
 LAZY_COMMANDS: dict[str, str] = {
     # the agent (reconciler/cli_agent.py)
@@ -170,12 +184,18 @@ class DefaultApply(click.Group):
 
 
 def load_or_fail(
-    files: Sequence[str], profiles: Sequence[str] = (), *, acting: bool = True
+    files: Sequence[str],
+    profiles: Sequence[str] = (),
+    *,
+    acting: bool = True,
+    policy: Policy | None = None,
 ) -> Loaded:
     """Load the manifests, or print every problem and fail (`acting`: the command would have
-    changed something, so say that nothing was)."""
+    changed something, so say that nothing was). With a `policy`, env files it denies are
+    not read (`enforce` reports them)."""
+    guard = policy.file_guard() if policy is not None else None
     try:
-        loaded = load(list(files), profiles=profiles)
+        loaded = load(list(files), profiles=profiles, file_guard=guard)
     except ManifestError as exc:
         for problem in exc.problems:
             err(str(problem))
@@ -185,6 +205,61 @@ def load_or_fail(
     for warning in loaded.warnings:
         err(str(warning))
     return loaded
+
+
+def protected_paths(root: str | None, socket: str | None = None) -> dict[str, str]:
+    """The host paths of this pyapply that a bind mount must not expose: its state root,
+    its agent's socket, and the Docker socket it talks to."""
+    paths = {os.path.abspath(state_root(root)): "pyapply's state root"}
+    agent_socket = socket or os.environ.get("PYAPPLY_SOCKET")
+    if agent_socket:
+        paths[os.path.abspath(agent_socket)] = "the pyapply agent's socket"
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    if docker_host.startswith("unix://"):
+        paths[docker_host.removeprefix("unix://")] = "the Docker socket"
+    return paths
+
+
+def policy_or_fail(
+    arg: str | None, default: str, root: str | None = None, socket: str | None = None
+) -> Policy:
+    """The policy named by --policy (a built-in name or a file), else the built-in
+    `default`; a policy file's mistakes are printed located, and the command fails."""
+    from reconciler import policy as pol
+
+    name = default if arg is None else arg
+    if name in pol.BUILTIN:
+        chosen = pol.builtin(name)
+    else:
+        try:
+            chosen = pol.load_policy(name)
+        except pol.PolicyError as exc:
+            for problem in exc.problems:
+                err(str(problem))
+            n = len(exc.problems)
+            fail(f"{n} error{'s' if n != 1 else ''} in the policy {name}; nothing was changed")
+    return chosen.protecting(protected_paths(root, socket))
+
+
+def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True) -> list[Finding]:
+    """Check the loaded manifests against the policy before anything is touched: warnings
+    are printed to stderr and returned; denials are printed and the command fails (with a
+    JSON document of them on stdout for `-o json`)."""
+    from reconciler.policy import check
+
+    findings = check(loaded, policy)
+    denied = [f for f in findings if f.action == "deny"]
+    for finding in findings:
+        err(str(finding))
+    if denied:
+        if output == "json":
+            # the plan document (schemas/v1/plan.schema.json) of a command that planned nothing
+            doc = {**plans_json([]), "denied": True, "findings": [f.to_json() for f in findings]}
+            click.echo(json.dumps(doc, indent=2))
+        n = len(denied)
+        tail = "; nothing was changed" if acting else ""
+        fail(f"{n} ask{'s' if n != 1 else ''} denied by the policy {policy.name}{tail}")
+    return findings
 
 
 def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
@@ -237,6 +312,7 @@ def main() -> None:
 @profile_option
 @runtime_options
 @output_option
+@policy_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
 @click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
@@ -253,6 +329,7 @@ def apply(
     runtime_name: str | None,
     root: str | None,
     output: str,
+    policy_arg: str | None,
     dry_run: bool,
     prune_volumes: bool,
     parallel: int,
@@ -260,7 +337,9 @@ def apply(
     wait_timeout: float,
 ) -> None:
     """Converge the live state to the manifests."""
-    loaded = load_or_fail(files, profiles)
+    policy = policy_or_fail(policy_arg, "warn", root)
+    loaded = load_or_fail(files, profiles, policy=policy)
+    findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
     root_dir = state_root(root)
@@ -315,6 +394,7 @@ def apply(
         doc = plans_json(plans, redactor)
         doc["revision"] = revision.id
         doc["applied"] = not dry_run
+        doc["findings"] = [f.to_json() for f in findings]
         doc["results"] = [
             {
                 "id": redactor.text(r.action.id),
@@ -335,6 +415,7 @@ def apply(
 @profile_option
 @runtime_options
 @output_option
+@policy_option
 @click.option("--exit-code", is_flag=True, help="Exit 2 when there is drift.")
 @click.option("--prune-volumes", is_flag=True, help="Count undeclared volumes as drift.")
 def diff_cmd(
@@ -343,11 +424,14 @@ def diff_cmd(
     runtime_name: str | None,
     root: str | None,
     output: str,
+    policy_arg: str | None,
     exit_code: bool,
     prune_volumes: bool,
 ) -> None:
     """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
-    loaded = load_or_fail(files, profiles)
+    policy = policy_or_fail(policy_arg, "warn", root)
+    loaded = load_or_fail(files, profiles, policy=policy)
+    findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
     root_dir = state_root(root)
@@ -363,7 +447,12 @@ def diff_cmd(
     redactor = redactor_for(desired_all)
     plans = [plan_stack(rt, d, prune_volumes=prune_volumes) for d in desired_all]
     if output == "json":
-        click.echo(json.dumps(plans_json(plans, redactor), indent=2))
+        click.echo(
+            json.dumps(
+                {**plans_json(plans, redactor), "findings": [f.to_json() for f in findings]},
+                indent=2,
+            )
+        )
     else:
         for plan in plans:
             click.echo(plan_text(plan, redactor))
@@ -607,10 +696,19 @@ def logs(
 @file_option()
 @profile_option
 @output_option
-def validate(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
-    """Check manifests offline (schema and references); no runtime needed."""
+@policy_option
+@click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root (protected).")
+def validate(
+    files: tuple[str, ...],
+    profiles: tuple[str, ...],
+    output: str,
+    policy_arg: str | None,
+    root: str | None,
+) -> None:
+    """Check manifests offline (schema, references and policy); no runtime needed."""
+    policy = policy_or_fail(policy_arg, "warn", root)
     try:
-        loaded = load(list(files), profiles=profiles)
+        loaded = load(list(files), profiles=profiles, file_guard=policy.file_guard())
     except ManifestError as exc:
         if output == "json":
             click.echo(
@@ -623,20 +721,33 @@ def validate(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> 
             for problem in exc.problems:
                 err(str(problem))
         sys.exit(EXIT_ERROR)
+    from reconciler.policy import check
+
+    findings = check(loaded, policy)
+    denied = any(f.action == "deny" for f in findings)
     if output == "json":
         click.echo(
             json.dumps(
                 {
-                    "valid": True,
+                    "valid": not denied,
                     "stacks": [s.name for s in loaded.stacks],
                     "problems": [_problem_json(p) for p in loaded.warnings],
+                    "policy": policy.name,
+                    "findings": [f.to_json() for f in findings],
                 },
                 indent=2,
             )
         )
+        if denied:
+            sys.exit(EXIT_ERROR)
         return
     for warning in loaded.warnings:
         err(str(warning))
+    for finding in findings:
+        err(str(finding))
+    if denied:
+        n = sum(f.action == "deny" for f in findings)
+        fail(f"{n} ask{'s' if n != 1 else ''} denied by the policy {policy.name}")
     services = sum(len(s.services) for s in loaded.stacks)
     click.echo(
         f"valid: {len(loaded.stacks)} stack(s), {services} service(s) in {len(loaded.files)} file(s)"

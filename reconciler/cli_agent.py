@@ -18,11 +18,14 @@ import click
 from reconciler.api import AgentClient, AgentError, AgentUnavailable, default_socket
 from reconciler.cli import (
     Failure,
+    enforce,
     err,
     fail,
     load_or_fail,
     locked,
     output_option,
+    policy_option,
+    policy_or_fail,
     runtime_options,
 )
 from reconciler.history import History, PassRecord, UnknownRevision, materialise
@@ -66,6 +69,7 @@ def _call(
 @click.argument("path", type=click.Path(exists=True))
 @runtime_options
 @socket_option
+@policy_option
 @click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
 @click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
 @click.option(
@@ -95,6 +99,7 @@ def watch(
     runtime_name: str | None,
     root: str | None,
     socket_path: str | None,
+    policy_arg: str | None,
     interval: float,
     debounce: float,
     poll: float,
@@ -117,6 +122,17 @@ def watch(
     from runtime import open_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
+    if policy_arg is not None and os.path.isfile(policy_arg):
+        # a policy the watched repository could change (a file, or a link to one, in it)
+        # would guard nothing; it is read once, at start
+        given = {os.path.abspath(policy_arg), os.path.realpath(policy_arg)}
+        watched = {os.path.abspath(path), os.path.realpath(path)}
+        if any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched):
+            fail(
+                f"--policy {policy_arg} is inside the watched {path}: whoever can push there "
+                "could change it; keep the policy outside"
+            )
     metrics = None
     if metrics_addr:
         from reconciler.metrics import Metrics
@@ -139,6 +155,7 @@ def watch(
             prune_volumes=prune_volumes, parallelism=parallel, wait_timeout_s=wait_timeout
         ),
         runtime_events=not no_events,
+        policy=policy,
     )
     agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
     api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
@@ -331,7 +348,10 @@ def _rollback_here(
     directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
     try:
         materialise(files, directory)
-        loaded = load_or_fail([directory])
+        # by hand, as `apply`: the policy warns (the agent checks its own when it answers)
+        policy = policy_or_fail(None, "warn", root_dir)
+        loaded = load_or_fail([directory], policy=policy)
+        enforce(loaded, policy, "text")
         rt = connect(runtime_name, root_dir)
         desired_all = [
             desired_for(

@@ -313,11 +313,17 @@ def snapshot_files(directory: str) -> dict[str, bytes]:
     revision again (manifests, `.env` files, the files of configs and secrets)."""
     out: dict[str, bytes] = {}
     total = 0
+    inside = os.path.join(os.path.realpath(directory), "")
     for current, dirs, names in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
             path = os.path.join(current, name)
             if not os.path.isfile(path):
+                continue
+            if not os.path.realpath(path).startswith(inside):
+                # a link out of the tree (`data/s -> /etc/shadow`): in a container it points
+                # into the container's own files, but copied here it would bring the host's
+                # file back as a plain file on rollback
                 continue
             try:
                 size = os.path.getsize(path)

@@ -27,12 +27,12 @@ import os
 import posixpath
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from reconciler import compose, identity, seccomp_file, yamlpos
-from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
+from reconciler.interpolate import DotenvProblem, InterpolationError, interpolate, parse_dotenv
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -62,7 +62,18 @@ from reconciler.model import (
     VolumeSpec,
 )
 
-__all__ = ["API_VERSION", "KIND", "Loaded", "format_path", "load", "schema"]
+__all__ = [
+    "API_VERSION",
+    "KIND",
+    "FileAccess",
+    "FileGuard",
+    "Loaded",
+    "StackDocument",
+    "explain",
+    "format_path",
+    "load",
+    "schema",
+]
 
 API_VERSION = "pyapply/v1"
 KIND = "Stack"
@@ -74,6 +85,46 @@ _SIMPLE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 
 
+# May the loader read this env file (absolute path), written in a manifest whose
+# directories are these? "read"; "quiet": read it, but never quote its lines in a message
+# (a file from outside the manifest's directory, such as /proc/self/environ); "skip": do not
+# read it at all. A policy decides (`reconciler.policy`).
+FileAccess = Literal["read", "quiet", "skip"]
+FileGuard = Callable[[str, Sequence[str]], FileAccess]
+
+
+@dataclass(frozen=True)
+class StackDocument:
+    """A loaded stack as it was written (after interpolation), with where every field is.
+
+    Checks that read what the model leaves out (the policy reads `privileged`, `pid`,
+    `devices`, `security_opt` ... which pyapply does not run, and needs every position) use
+    this instead of re-reading files. Paths are full document paths, `base` included."""
+
+    data: Any  # the whole document; the compose-shaped spec is at `base`
+    base: Path  # ("spec",) for a pyapply/v1 Stack, () for a compose file
+    display: str  # the file shown for a field not recorded in `positions.files`
+    directory: str  # the manifest's (compose project's) directory, absolute
+    positions: yamlpos.Document
+    # host paths the loader resolved (bind sources, env files, config and secret files),
+    # absolute, by the path of the field that names them
+    resolved: Mapping[Path, str] = field(default_factory=dict)
+    dotenv: str | None = None  # the `.env` beside the manifest, when there is one
+
+    @property
+    def spec(self) -> Any:
+        return _walk(self.data, self.base)
+
+    def location(self, path: Path, *, key: bool = False) -> Location:
+        return _locate(self.positions, self.display, path, key=key)
+
+    def directory_of(self, path: Path) -> str:
+        """The directory of the file `path` was written in (another file than the
+        manifest's for compose includes and `extends`), absolute."""
+        shown = self.positions.files.get(path)
+        return os.path.dirname(os.path.abspath(shown)) if shown else self.directory
+
+
 @dataclass(frozen=True)
 class Loaded:
     stacks: tuple[Stack, ...]  # sorted by name
@@ -83,12 +134,15 @@ class Loaded:
     # per stack name: the variables its manifest saw (the environment over its .env file);
     # configs and secrets with `environment:` read their value from here
     environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # per stack name: the stack as written, with positions
+    documents: Mapping[str, StackDocument] = field(default_factory=dict)
 
 
 def load(
     paths: Sequence[str],
     environ: Mapping[str, str] | None = None,
     profiles: Sequence[str] = (),
+    file_guard: FileGuard | None = None,
 ) -> Loaded:
     """Load every manifest under `paths` (files, or directories searched recursively for
     *.yaml / *.yml). Raises ManifestError listing every error found (not just the first);
@@ -99,14 +153,26 @@ def load(
     project, with its `compose.override.yaml` if there is one, and nothing else below it is
     read; compose files named with `-f` are merged in order into one project, except that a
     file whose `name:` differs from the `name:` of the project so far starts another one.
-    `profiles` enables compose profiles (default: `COMPOSE_PROFILES`, comma-separated)."""
+    `profiles` enables compose profiles (default: `COMPOSE_PROFILES`, comma-separated).
+
+    `file_guard`, when given, is asked before any env file (`env_file:`, `.env`) is read: a
+    file it says "skip" for is not read at all (its variables are missing), so that a policy
+    can refuse `env_file: /etc/shadow` without its content reaching any message (the caller
+    must then report the refusal, as `reconciler.policy.check` does); one it says "quiet"
+    for is read, but a line of it is never quoted in a message."""
     env = dict(os.environ if environ is None else environ)
-    return _Loader(env, profiles).load(paths)
+    return _Loader(env, profiles, file_guard).load(paths)
 
 
 def schema(name: Literal["stack", "compose"] = "stack") -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a pyapply/v1 Stack document or of a compose file."""
     return cast(dict[str, Any], json.loads(json.dumps(_schemas()[name])))
+
+
+def explain(err: ValidationError) -> Iterator[tuple[Path, str, bool]]:
+    """A JSON Schema error in words: (path, sentence, locate-at-the-key) for each thing
+    wrong. Shared with the other documents pyapply reads (policy files)."""
+    return _explain(err)
 
 
 def format_path(path: Sequence[str | int]) -> str:
@@ -471,8 +537,15 @@ class _Source:
 
 
 class _Loader:
-    def __init__(self, environ: dict[str, str], profiles: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        environ: dict[str, str],
+        profiles: Sequence[str] = (),
+        file_guard: FileGuard | None = None,
+    ) -> None:
         self.environ = environ
+        self.file_guard = file_guard
+        self.dotenv_paths: dict[str, str] = {}  # directory -> its .env, when there is one
         self.profiles = [p for given in profiles for p in given.split(",") if p.strip()]
         self.problems: list[Problem] = []
         self.dotenv: dict[str, dict[str, str]] = {}
@@ -509,6 +582,7 @@ class _Loader:
             files=tuple(sorted(self.contents)),
             content_digest=digest.hexdigest(),
             environments={d.name: dict(d.ctx.env) for d in self.drafts if d.name},
+            documents={d.name: d.document() for d in self.drafts if d.name},
         )
 
     # -- files
@@ -676,6 +750,21 @@ class _Loader:
         ctx.prepare(doc.data, ())
         return compose.to_tree(doc, display, path)
 
+    def access(self, path: str, directories: Sequence[str]) -> FileAccess:
+        return "read" if self.file_guard is None else self.file_guard(path, directories)
+
+    def env_problems(
+        self, problems: Sequence[DotenvProblem], shown: str, access: FileAccess
+    ) -> None:
+        for p in problems:
+            message = p.message
+            if access == "quiet":  # located, but none of the file's text
+                message = (
+                    "cannot be read as KEY=VALUE (the line is not shown: the file is outside "
+                    "the manifest's directory)"
+                )
+            self.problems.append(Problem(message, Location(shown, p.line, p.column)))
+
     def env_for_dir(
         self, directory: str, display_dir: str, env_files: Sequence[str]
     ) -> dict[str, str]:
@@ -689,7 +778,16 @@ class _Loader:
             if not os.path.isfile(path):
                 self.problems.append(Problem(f"{shown}: env file does not exist"))
                 continue
-            values.update(self.dotenv_file(path, shown))
+            # an include's env file: no field of the stack names it, so the loader says
+            # itself what the policy made of it
+            access = self.access(path, [directory])
+            outside = f"{shown}: the env file of an include is outside its directory"
+            if access == "skip":
+                self.problems.append(Problem(f"{outside}; the policy denies reading it"))
+                continue
+            if access == "quiet":
+                self.problems.append(Problem(outside, severity="warning"))
+            values.update(self.dotenv_file(path, shown, access))
         return {**values, **self.environ}
 
     def display(self, path: str) -> str:
@@ -709,7 +807,7 @@ class _Loader:
             )
         )
 
-    def dotenv_file(self, path: str, shown: str) -> dict[str, str]:
+    def dotenv_file(self, path: str, shown: str, access: FileAccess = "read") -> dict[str, str]:
         try:
             with open(path, encoding="utf-8-sig") as f:
                 text = f.read()
@@ -717,8 +815,7 @@ class _Loader:
             self.problems.append(Problem(f"{shown}: cannot read: {e}"))
             return {}
         values, problems = parse_dotenv(text, self.environ)
-        for p in problems:
-            self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        self.env_problems(problems, shown, access)
         return values
 
     def env_for(self, source: _Source) -> dict[str, str]:
@@ -728,8 +825,11 @@ class _Loader:
             values: dict[str, str] = {}
             path = os.path.join(directory, ".env")
             shown = os.path.join(source.display_dir, ".env")
-            if os.path.isfile(path):
-                values = self.dotenv_file(path, shown)
+            if os.path.lexists(path):
+                self.dotenv_paths[directory] = path
+            access = self.access(path, [directory]) if os.path.isfile(path) else "skip"
+            if access != "skip":
+                values = self.dotenv_file(path, shown, access)
             self.dotenv[directory] = {**values, **self.environ}
         return self.dotenv[directory]
 
@@ -904,6 +1004,22 @@ def _yaml_files(root: str) -> Iterator[tuple[str, str]]:
                 yield os.path.relpath(os.path.join(directory, name), root), ""
 
 
+def _locate(doc: yamlpos.Document, display: str, path: Path, *, key: bool = False) -> Location:
+    """Where `path` was written: its value (its key for mappings, lists and `key=True`), else
+    the nearest parent that has a position."""
+    p = path
+    while True:
+        kpos = doc.keys.get(p)
+        vpos = doc.values.get(p)
+        whole = key or isinstance(_walk(doc.data, p), dict | list)
+        pos = (kpos or vpos) if whole else (vpos or kpos)
+        if pos:
+            return Location(doc.files.get(p, display), pos[0], pos[1])
+        if not p:
+            return Location(display, *doc.start)
+        p = p[:-1]
+
+
 def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
     loc = p.location
     return (loc.file, loc.line, loc.column, p.path, p.message) if loc else ("", 0, 0, "", p.message)
@@ -924,25 +1040,14 @@ class _Ctx:
         self.env: dict[str, str] = {}
         self.bad: set[Path] = set()  # paths with a schema error, and all their parents
         self.broken: set[Path] = set()  # paths whose value itself has the wrong shape
+        self.resolved: dict[Path, str] = {}  # see `resolve`
 
     @property
     def compose(self) -> bool:
         return not self.base
 
     def location(self, path: Path, *, key: bool = False) -> Location:
-        p = path
-        while True:
-            kpos = self.doc.keys.get(p)
-            vpos = self.doc.values.get(p)
-            if key or isinstance(_walk(self.doc.data, p), dict | list):
-                pos = kpos or vpos
-            else:
-                pos = vpos or kpos
-            if pos:
-                return Location(self.doc.files.get(p, self.source.display), pos[0], pos[1])
-            if not p:
-                return Location(self.source.display, *self.doc.start)
-            p = p[:-1]
+        return _locate(self.doc, self.source.display, path, key=key)
 
     def report(
         self, severity: Literal["error", "warning"], path: Path, message: str, key: bool
@@ -961,18 +1066,30 @@ class _Ctx:
         """No schema error at or below `path`, so its value has the shape the schema says."""
         return path not in self.bad
 
-    def resolve(self, given: str) -> tuple[str, str]:
-        """A path written in the manifest -> (absolute path, path to show)."""
+    def resolve(self, given: str, at: Path | None = None) -> tuple[str, str]:
+        """A path written in the manifest -> (absolute path, path to show); `at`, the field
+        that names it, records it for the checks that read `StackDocument.resolved`."""
         expanded = given
         if given == "~" or given.startswith("~/"):
             home = self.env.get("HOME") or os.path.expanduser("~")
             expanded = home + given[1:]
         if os.path.isabs(expanded):
-            return os.path.normpath(expanded), os.path.normpath(expanded)
-        return (
-            os.path.normpath(os.path.join(self.source.directory, expanded)),
-            os.path.normpath(os.path.join(self.source.display_dir, expanded)),
-        )
+            absolute = shown = os.path.normpath(expanded)
+        else:
+            absolute = os.path.normpath(os.path.join(self.source.directory, expanded))
+            shown = os.path.normpath(os.path.join(self.source.display_dir, expanded))
+        if at is not None:
+            self.resolved[at] = absolute
+        return absolute, shown
+
+    def directories(self, path: Path) -> list[str]:
+        """The manifest's directories for a field: the project's, and the one of the file
+        the field was written in (an included or extended file's)."""
+        shown = self.doc.files.get(path)
+        dirs = [self.source.directory]
+        if shown:
+            dirs.append(os.path.dirname(os.path.abspath(shown)))
+        return dirs
 
     # -- interpolation and casting
 
@@ -1129,6 +1246,18 @@ class _StackDraft:
             secrets=tuple(v for _, v in sorted(self.secrets.items())),
             sources=tuple(self.sources),
             location=self.ctx.location(self.name_path),
+        )
+
+    def document(self) -> StackDocument:
+        ctx = self.ctx
+        return StackDocument(
+            data=ctx.doc.data,
+            base=ctx.base,
+            display=ctx.source.display,
+            directory=ctx.source.directory,
+            positions=ctx.doc,
+            resolved=dict(ctx.resolved),
+            dotenv=ctx.loader.dotenv_paths.get(ctx.source.directory),
         )
 
     def build(self, spec: dict[str, Any]) -> None:
@@ -1300,7 +1429,7 @@ class _StackDraft:
             )
         file = content = variable = None
         if isinstance(raw.get("file"), str) and ctx.ok((*path, "file")):
-            file, shown = ctx.resolve(raw["file"])
+            file, shown = ctx.resolve(raw["file"], (*path, "file"))
             if not os.path.isfile(file):
                 ctx.error((*path, "file"), f"file {_show(shown)} does not exist")
         if isinstance(raw.get("content"), str):
@@ -1672,11 +1801,14 @@ class _ServiceBuilder:
             self.fields["environment"] = tuple(sorted(env.items()))
 
     def env_file(self, given: str, required: bool, path: Path) -> dict[str, str]:
-        absolute, shown = self.ctx.resolve(given)
+        absolute, shown = self.ctx.resolve(given, path)
         if not os.path.isfile(absolute):
             if required:
                 self.ctx.error(path, f"env file {_show(shown)} does not exist")
             return {}
+        access = self.ctx.loader.access(absolute, self.ctx.directories(path))
+        if access == "skip":
+            return {}  # refused by the policy, which reports it
         try:
             with open(absolute, encoding="utf-8-sig") as f:
                 text = f.read()
@@ -1684,8 +1816,7 @@ class _ServiceBuilder:
             self.ctx.error(path, f"cannot read env file {_show(shown)}: {e}")
             return {}
         values, problems = parse_dotenv(text, self.ctx.env)
-        for p in problems:
-            self.ctx.loader.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
+        self.ctx.loader.env_problems(problems, shown, access)
         return values
 
     def ports(self) -> None:
@@ -1742,7 +1873,7 @@ class _ServiceBuilder:
             raise _Bad(f'{_show(text)} is not a valid volume: it says both "ro" and "rw"')
         read_only = "ro" in options
         if source.startswith(("/", ".", "~")):
-            absolute, _ = self.ctx.resolve(source)
+            absolute, _ = self.ctx.resolve(source, path)
             return Mount(type="bind", target=target, source=absolute, read_only=read_only)
         if not _OBJECT_NAME.fullmatch(source):
             raise _Bad(
@@ -1765,7 +1896,7 @@ class _ServiceBuilder:
         if kind == "bind":
             if not source:
                 raise _Bad('a bind mount needs "source"')
-            absolute, _ = self.ctx.resolve(source)
+            absolute, _ = self.ctx.resolve(source, (*path, "source"))
             return Mount(type="bind", target=target, source=absolute, read_only=read_only)
         if kind == "tmpfs":
             if source:

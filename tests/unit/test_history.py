@@ -60,6 +60,17 @@ def test_revision_files_round_trip_and_prefixes(tmp_path: Path) -> None:
     assert (out / "sub" / "secret.txt").read_bytes() == b"\xff\x00bin"
 
 
+def test_links_out_of_the_tree_are_not_recorded(tmp_path: Path) -> None:
+    outside = tmp_path / "host-secret"
+    outside.write_text("root:hash\n")
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    (src / "stack.yaml").write_text("a: 1\n")
+    (src / "data" / "shadow").symlink_to(outside)
+    (src / "data" / "same").symlink_to(src / "stack.yaml")
+    assert snapshot_files(str(src)) == {"stack.yaml": b"a: 1\n", "data/same": b"a: 1\n"}
+
+
 def test_materialise_never_writes_outside(tmp_path: Path) -> None:
     materialise({"../evil": b"x", "ok.yaml": b"y"}, str(tmp_path / "d"))
     assert not (tmp_path / "evil").exists()

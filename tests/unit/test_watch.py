@@ -16,6 +16,7 @@ from fakes import FakeRuntime
 
 from reconciler.agent import Agent, AgentOptions, Triggers
 from reconciler.api import AgentClient, Api
+from reconciler.policy import builtin
 from reconciler.watch import Backoff, EventWatcher, FileWatcher, Source, directory_revision
 from runtime.base import ImageInfo
 
@@ -299,6 +300,33 @@ def test_vanished_manifests_are_refused_without_allow_empty(tmp_path: Path) -> N
     assert agent.history.passes()[0].outcome == "succeeded"
     assert sorted(rt.containers) == ["keep-s0-1"]
     assert agent.history.managed_stacks() == {"keep"}
+
+
+def test_a_revision_the_policy_denies_is_refused_with_located_errors(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.yaml").write_text(stack_yaml("pol"))
+    agent, rt = fake_agent(tmp_path, d)  # the restricted policy by default
+    agent.reconcile({"start"})
+    assert sorted(rt.containers) == ["pol-s0-1"]
+    before = rt.containers["pol-s0-1"].id
+    (d / "a.yaml").write_text(
+        stack_yaml("pol", "2").replace("      command:", "      privileged: true\n      command:")
+    )
+    agent.reconcile({"file"})
+    rec = agent.history.passes()[0]
+    assert rec.outcome == "failed"
+    assert rec.errors == (
+        f"{d}/a.yaml:8:7: spec.services.s0.privileged: a privileged container has every "
+        'capability and the host\'s devices; the policy denies this (rule "privileged")',
+    )
+    assert rt.containers["pol-s0-1"].id == before
+    assert not any("V=2" in e for e in rt.containers["pol-s0-1"].env)
+    # the same revision under a policy that only warns is applied
+    warn_agent, warn_rt = fake_agent(tmp_path / "w", d, policy=builtin("warn"))
+    warn_agent.reconcile({"start"})
+    assert warn_agent.history.passes()[0].outcome == "succeeded"
+    assert any("V=2" in e for e in warn_rt.containers["pol-s0-1"].env)
 
 
 def test_rollback_pins_until_resume(tmp_path: Path) -> None:
