@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from runtime.statefs import PRIVATE_FILE_MODE, open_private, private_dir, rmtree
+
 Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
 
 DB_NAME = "history.db"
@@ -85,12 +87,12 @@ class UnknownRevision(Exception):
 
 class History:
     def __init__(self, root: str) -> None:
-        os.makedirs(root, mode=0o755, exist_ok=True)
+        private_dir(root)
         self.path = os.path.join(root, DB_NAME)
         self._lock = threading.Lock()
+        _private_db(self.path)
         with self._db() as db:
             db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)  # manifests may hold secrets' files
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -304,15 +306,27 @@ def snapshot_files(directory: str) -> dict[str, bytes]:
 
 
 def materialise(files: Mapping[str, bytes], directory: str) -> None:
-    """Write a stored revision's files into `directory` (created, emptied first)."""
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(directory, mode=0o700)
+    """Write a stored revision's files into `directory` (created, emptied first), 0600 in
+    0700 directories from creation: they include the files of secrets."""
+    rmtree(directory)
+    private_dir(directory)
     for rel, content in files.items():
         target = os.path.normpath(os.path.join(directory, rel))
         if not target.startswith(os.path.join(directory, "")):
             continue  # never write outside the directory
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        with open(target, "wb") as fh:
+        private_dir(os.path.dirname(target))
+        with os.fdopen(open_private(target, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
             fh.write(content)
+
+
+def _private_db(path: str) -> None:
+    """Make the database file 0600 before sqlite opens it, so it is never readable by
+    others, not even for a moment: it holds every revision's files, secrets among them.
+    sqlite gives its -journal, -wal and -shm files the database file's mode. A database
+    an older version left readable (it chmod'ed after creating) is tightened here."""
+    fd = open_private(path)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)

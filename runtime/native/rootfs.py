@@ -73,8 +73,11 @@ def mount_overlay(
     layer_dirs: Sequence[str | Path], upper: str | Path, work: str | Path, target: str | Path
 ) -> None:
     """Mount the overlay at `target` (creating upper/work/target); already mounted is success."""
-    for d in (upper, work, target):
-        Path(d).mkdir(parents=True, exist_ok=True)
+    # The upper dir's mode is the mode of the container's "/", which every user in the
+    # container must be able to enter: 0755, as dockerd makes it. The directory holding
+    # all three (the container's) is 0700, which keeps the host's users out.
+    for d, mode in ((upper, 0o755), (work, 0o700), (target, 0o700)):
+        Path(d).mkdir(mode=mode, parents=True, exist_ok=True)
     if is_mounted(target):
         return
     for d in layer_dirs:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.base import RuntimeFailure, TransientError
+from runtime.statefs import private_dir
 
 DEFAULT_RUNC = "/usr/sbin/runc"
 DEFAULT_CONMON = "/usr/bin/conmon"
@@ -156,9 +157,9 @@ class Supervisor:
 
     def launch(self, cid: str, name: str, bundle: Path, *, timeout: float = 30) -> int:
         """Create the container under conmon and start it; returns the container's pid."""
-        self.runc_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.runc_root)  # runc's state.json holds the spec, environment included
         clear_run_files(bundle)
-        (bundle / "exits").mkdir(exist_ok=True)
+        (bundle / "exits").mkdir(mode=0o700, exist_ok=True)
         runc_log = bundle / "runc.log"
         cmd = [
             self.conmon,
@@ -244,7 +245,7 @@ class Supervisor:
         if not argv:
             raise RuntimeFailure("exec needs a command")
         pid_file = self.runc_root / f"exec-{cid}-{os.getpid()}-{time.monotonic_ns()}.pid"
-        self.runc_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.runc_root)
         proc = subprocess.Popen(
             [
                 self.runc,
