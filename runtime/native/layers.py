@@ -328,7 +328,7 @@ class _Extractor:
     def walk_parent(self, parts: list[str], name: str, create: bool) -> str:
         """The host path of the directory holding `parts[-1]`, checked component by component:
         no symlinks, no non-directories; missing directories are created if `create`."""
-        full = os.path.join(self.root, *parts[:-1])
+        full = "/".join((self.root, *parts[:-1]))
         if full in self.known:
             return full
         cur = self.root
