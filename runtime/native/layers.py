@@ -19,7 +19,9 @@ Unpacking is done member by member, never with `tarfile.extractall`:
   `trusted.overlay.opaque=y` xattr on its directory; other `.wh..wh.*` entries (aufs
   bookkeeping) are ignored, and `trusted.overlay.*` xattrs carried by the archive are dropped;
 - modes (setuid included), numeric owners, mtimes, symlinks, hardlinks, devices, FIFOs and
-  xattrs (pax `SCHILY.xattr.*`/`LIBARCHIVE.xattr.*`) are kept when running as root.
+  xattrs (pax `SCHILY.xattr.*`/`LIBARCHIVE.xattr.*`) are kept when running as root. That is
+  safe on the host because the store's directories are 0700 (runtime/statefs.py): a
+  setuid-root binary or a 0666 device node of a layer is out of every other user's reach.
 
 The uncompressed stream is hashed while it is read, and the layer is refused unless it matches
 the expected diff_id. gzip, bzip2, xz and uncompressed layers are read with the standard
