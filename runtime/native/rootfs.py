@@ -17,6 +17,11 @@ from pathlib import Path
 from runtime.base import PermanentError, RuntimeFailure
 
 MNT_DETACH = 2
+# nodev: a device node that an image ships, or that a container's root makes in its rootfs,
+# cannot be opened through this mount by anyone, in the container or on the host (where a
+# user with the uid of a container's process reaches its rootfs through /proc/<pid>/root).
+# The container's /dev is a tmpfs of its own (runc), with the devices the spec allows.
+MS_NODEV = 4
 # The kernel takes mount options in one page; beyond it the lowerdir list does not fit.
 _MAX_OPTIONS = 4095
 
@@ -84,7 +89,8 @@ def mount_overlay(
         if not Path(d).is_dir():
             raise PermanentError(f"image layer directory missing: {d}")
     data = overlay_options(layer_dirs, upper, work)
-    rc = _libc.mount(b"overlay", str(Path(target).resolve()).encode(), b"overlay", 0, data.encode())
+    target_b = str(Path(target).resolve()).encode()
+    rc = _libc.mount(b"overlay", target_b, b"overlay", MS_NODEV, data.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount overlay on {target}: {os.strerror(err)}")

@@ -9,7 +9,9 @@ tree it made in its rootfs), an imported image with a setuid-root binary and a 0
 node, and a history database holding a secret; then a child process that became `nobody`
 tries to stat, open, list and execute every path under the root, and the named targets one
 by one. The root sits in a directory `nobody` may enter (checked), so every refusal comes
-from the root's own modes.
+from the root's own modes. The container runs as uid 65534, so `nobody` reaches its rootfs
+through /proc/<pid>/root (as with any runtime); the rootfs is mounted nodev, so the image's
+device node cannot be opened there either.
 
 The second test imports a layer 2,000 directories deep with `pyapply image import`:
 `image rm` must delete it from disk and `system reset` must remove it.
@@ -38,6 +40,7 @@ from typing import Any
 import pytest
 
 from reconciler.history import History
+from runtime.native.driver import NativeRuntime
 from tests.e2e.helpers import new_stack_name
 from tests.e2e.test_native_system import Env, free_port, leftovers, scrub
 
@@ -194,6 +197,14 @@ def _attempts(paths: list[str], programs: set[str]) -> dict[str, list[str]]:
     return done
 
 
+def _try_open(path: str) -> str:
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as e:
+        return type(e).__name__
+    return "ok"
+
+
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Env]:
     """A state root in a directory `nobody` may enter; afterwards reset, checked, removed."""
@@ -302,6 +313,12 @@ def test_nothing_under_the_root_is_open_to_another_user(host: Env) -> None:
     assert {str(targets[w]) for w in targets if w.startswith("setuid")} <= programs
     for p in targets.values():
         assert str(p) in paths, p
+    # the container runs as 65534, so nobody may reach its rootfs through /proc/<pid>/root
+    # (ptrace rules, as with any runtime): the rootfs is mounted nodev, so the image's device
+    # node is of no use there either
+    pid = NativeRuntime(root).containers.container_pid(e.containers[0])
+    assert pid is not None
+    proc_root = f"/proc/{pid}/root"
     control = e.work.parent / "control"
     control.write_text("readable")
     control.chmod(0o644)
@@ -317,6 +334,9 @@ def test_nothing_under_the_root_is_open_to_another_user(host: Env) -> None:
                 ).stdout.strip(),
             },
             "attempts": _attempts(paths, programs),
+            "proc root": {
+                name: _try_open(f"{proc_root}/{name}") for name in ("dev/null", "opt/null")
+            },
         }
 
     seen = _as_nobody(probe)
@@ -328,6 +348,7 @@ def test_nothing_under_the_root_is_open_to_another_user(host: Env) -> None:
         "stat root": True,
         "exec busybox": str(NOBODY),
     }
+    assert seen["proc root"] == {"dev/null": "ok", "opt/null": "PermissionError"}, seen
     attempts: dict[str, list[str]] = seen["attempts"]
     allowed = {p: ops for p, ops in attempts.items() if ops}
     # the root itself can be stat'ed (its parent is open); nothing else, nothing more
