@@ -332,6 +332,29 @@ ESCAPES: list[tuple[str, list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]], 
     ("whiteout-dotdot", [f("a/.wh...", b"")], "invalid whiteout"),
     ("whiteout-through-symlink", [link("s", "/etc"), f("s/.wh.passwd", b"")], "symlink"),
     ("parent-is-file", [f("file"), f("file/child")], "is not a directory"),
+    # a directory the extractor already went through, replaced by a later entry: the
+    # lookup cache of known directories must forget it
+    (
+        "known-dir-replaced-by-symlink",
+        [d("a"), d("a/b"), f("a/b/ok"), link("a", "/etc"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    (
+        "implicit-dir-replaced-by-symlink",
+        [f("a/b/ok"), link("a", "/tmp"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    (
+        "nested-known-dir-replaced",
+        [d("a"), d("a/b"), f("a/b/ok"), link("a/b", "/"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    ("known-dir-whited-out", [d("a"), f("a/ok"), f(".wh.a", b""), f("a/x")], "not a directory"),
+    (
+        "known-dir-replaced-by-hardlink",
+        [d("a"), f("a/ok"), f("t"), link("a", "t", hard=True), f("a/x")],
+        "not a directory",
+    ),
 ]
 
 
