@@ -81,11 +81,13 @@ def atomic_write(
     data: str | bytes,
     mode: int = PRIVATE_FILE_MODE,
     *,
+    sync: bool = True,
     sync_dir: bool = False,
 ) -> None:
     """Replace `path` with `data` so a reader sees the old content or the new, never a mix.
     The new file is created with `mode` (less the umask) by the open that makes it, under a
-    unique temporary name (O_EXCL: never an old temporary file with another mode)."""
+    unique temporary name (O_EXCL: never an old temporary file with another mode).
+    `sync`: fsync the content before the rename (off for what may be lost in a crash)."""
     target = os.fspath(path)
     directory, name = os.path.split(target)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -96,7 +98,8 @@ def atomic_write(
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, target)
