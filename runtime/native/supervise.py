@@ -157,7 +157,7 @@ class Supervisor:
 
     def launch(self, cid: str, name: str, bundle: Path, *, timeout: float = 30) -> int:
         """Create the container under conmon and start it; returns the container's pid."""
-        private_dir(self.runc_root)  # runc's state.json holds the spec, environment included
+        private_dir(self.runc_root)  # runc makes its state 0600; keep its directory ours too
         clear_run_files(bundle)
         (bundle / "exits").mkdir(mode=0o700, exist_ok=True)
         runc_log = bundle / "runc.log"
