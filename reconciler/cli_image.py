@@ -452,12 +452,16 @@ def rm(
     root: str | None,
     lock_timeout: float,
 ) -> None:
-    """Remove references (by name, id or name@digest); an image goes with its last one."""
+    """Remove references (by name, id or name@digest); an image goes with its last one,
+    and with it the blobs and layers no other image or container needs."""
     rt = open_native(runtime_name, root, "image rm", "docker image rm")
     store = rt.image_store
     failed = 0
     with locked(str(rt.root), lock_timeout):
         _, users = _users(rt)
+        with user_errors():
+            # a container still runs on its layers after `rm --force`: they stay (until prune)
+            in_use = rt.containers.layer_dirs_in_use()
         for ref in refs:
             with user_errors():
                 rec = store.resolve(ref)
@@ -477,7 +481,7 @@ def rm(
                 continue
             with user_errors():
                 # by id when the image goes: its repo digests go too, as with docker
-                store.remove(rec.id if whole else ref)
+                store.remove(rec.id if whole else ref, keep_layers=in_use)
                 after = store.resolve(rec.id)
             kept = set(after.refs) | set(after.repo_digests) if after else set()
             for gone in sorted({*rec.refs, *rec.repo_digests} - kept):

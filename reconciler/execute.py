@@ -28,6 +28,7 @@ from tenacity import (
 
 from reconciler.plan import Action, Plan
 from runtime.base import ContainerState, NotFound, Runtime, RuntimeFailure
+from runtime.statefs import PRIVATE_FILE_MODE, private_dir
 
 Status = Literal["done", "failed", "skipped"]
 
@@ -297,20 +298,27 @@ def write_file_atomic(
     path: str, content: bytes, mode: int, *, owner: tuple[int | None, int | None] = (None, None)
 ) -> None:
     """Write a file so that a reader sees the old content or the new, never a mix; `owner`
-    is (uid, gid), None keeping ours."""
+    is (uid, gid), None keeping ours.
+
+    The file is born 0600 (mkstemp) in 0700 directories (`<root>/files/<stack>`), and gets
+    its owner and `mode` (what the container is to see through the bind mount, e.g. 0400
+    for a secret, 0444 for a config) on the open descriptor before it takes its name."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    private_dir(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
-        if owner != (None, None):
-            os.chown(
-                tmp, -1 if owner[0] is None else owner[0], -1 if owner[1] is None else owner[1]
-            )
-        os.chmod(tmp, mode)
+            if owner != (None, None):
+                os.fchown(
+                    fh.fileno(),
+                    -1 if owner[0] is None else owner[0],
+                    -1 if owner[1] is None else owner[1],
+                )
+            if mode != PRIVATE_FILE_MODE:
+                os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

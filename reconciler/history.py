@@ -28,9 +28,11 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from runtime.statefs import PRIVATE_FILE_MODE, open_private, private_dir, rmtree
 
 Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
 
@@ -90,21 +92,14 @@ class UnknownRevision(Exception):
     pass
 
 
-def _create_private(path: str) -> None:
-    """Create `path` empty with mode 0600 unless it exists: sqlite would create it with the
-    umask's mode, readable by others until a chmod."""
-    with suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-
-
 class History:
     def __init__(self, root: str) -> None:
-        os.makedirs(root, mode=0o755, exist_ok=True)
+        private_dir(root)
         self.path = os.path.join(root, DB_NAME)
         self.revisions_path = os.path.join(root, REVISIONS_DB_NAME)
         self._lock = threading.Lock()
-        _create_private(self.path)
-        _create_private(self.revisions_path)
+        _private_db(self.path)
+        _private_db(self.revisions_path)
         with self._db() as db:
             db.executescript(_SCHEMA)
             moved = db.execute(
@@ -339,15 +334,27 @@ def snapshot_files(directory: str) -> dict[str, bytes]:
 
 
 def materialise(files: Mapping[str, bytes], directory: str) -> None:
-    """Write a stored revision's files into `directory` (created, emptied first)."""
-    import shutil
-
-    shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(directory, mode=0o700)
+    """Write a stored revision's files into `directory` (created, emptied first), 0600 in
+    0700 directories from creation: they include the files of secrets."""
+    rmtree(directory)
+    private_dir(directory)
     for rel, content in files.items():
         target = os.path.normpath(os.path.join(directory, rel))
         if not target.startswith(os.path.join(directory, "")):
             continue  # never write outside the directory
-        os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
-        with open(target, "wb") as fh:
+        private_dir(os.path.dirname(target))
+        with os.fdopen(open_private(target, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
             fh.write(content)
+
+
+def _private_db(path: str) -> None:
+    """Make the database file 0600 before sqlite opens it, so it is never readable by
+    others, not even for a moment: it holds every revision's files, secrets among them.
+    sqlite gives its -journal, -wal and -shm files the database file's mode. A database
+    an older version left readable (it chmod'ed after creating) is tightened here."""
+    fd = open_private(path)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+    finally:
+        os.close(fd)

@@ -13,6 +13,8 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from runtime.statefs import open_private, private_dir
+
 
 class LockTimeout(Exception):
     pass
@@ -26,9 +28,9 @@ def host_lock(
     on_wait: Callable[[str], None] | None = None,
     poll_s: float = 0.1,
 ) -> Iterator[None]:
-    os.makedirs(root, mode=0o755, exist_ok=True)
+    private_dir(root)  # 0700; a root an older version made 0755 is tightened here
     path = os.path.join(root, "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_private(path)
     try:
         deadline = time.monotonic() + timeout_s
         told = False

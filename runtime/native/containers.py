@@ -24,7 +24,6 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -60,6 +59,7 @@ from runtime.native.supervise import (
     utc_iso,
     wait_exit,
 )
+from runtime.statefs import atomic_write, dirs_bottom_up, private_dir, rmtree
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 CGROUP_PARENT = "/pyapply"
@@ -81,18 +81,6 @@ def default_root() -> Path:
 def host_rlimits() -> dict[str, tuple[int, int]]:
     """This process's rlimits (what runc, our child, may grant), by lower-case short name."""
     return {name: resource.getrlimit(num) for name, num in _RLIMIT_NAMES.items()}
-
-
-def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, raw)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def hosts_text(hostname: str, entries: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
@@ -246,7 +234,7 @@ class ContainerManager:
         `netns_path` joins an existing network namespace; None gives a new, empty one.
         `pending`: the caller has more to do (networks, ports) and calls settle() when done;
         until then the container shows as dead."""
-        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -281,7 +269,9 @@ class ContainerManager:
         )
         cid = secrets.token_hex(32)
         hostname = config.hostname or cid[:12]
-        cdir.mkdir(parents=True)
+        # 0700: config.json and state.json hold the environment, the rootfs and upper dir
+        # whatever the image and the container put there (setuid binaries, device nodes)
+        cdir.mkdir(mode=0o700)
         try:
             self._write_etc(cdir, hostname, (), host_nameservers(), (), ())
             rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
@@ -382,9 +372,11 @@ class ContainerManager:
         search: Sequence[str],
         options: Sequence[str],
     ) -> None:
-        atomic_write(cdir / "hostname", hostname + "\n")
-        atomic_write(cdir / "hosts", hosts_text(hostname, hosts))
-        atomic_write(cdir / "resolv.conf", resolv_text(nameservers, search, options))
+        # bind-mounted into the container, where any user reads them; the container's 0700
+        # directory keeps the host's users out
+        atomic_write(cdir / "hostname", hostname + "\n", 0o644)
+        atomic_write(cdir / "hosts", hosts_text(hostname, hosts), 0o644)
+        atomic_write(cdir / "resolv.conf", resolv_text(nameservers, search, options), 0o644)
 
     # -- start / stop --------------------------------------------------------------------
 
@@ -508,9 +500,7 @@ class ContainerManager:
             raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
         for attempt in range(5):  # a health result may land while we delete
             try:
-                shutil.rmtree(cdir)
-                return
-            except FileNotFoundError:
+                rmtree(cdir)  # any depth: the upper dir holds what the container made
                 return
             except OSError:
                 if attempt == 4:
@@ -539,10 +529,10 @@ class ContainerManager:
 
     def _remove_cgroups(self, name: str) -> None:
         for p in self.cgroup_dirs(name):
-            # nested dirs first (runc creates none, but be thorough)
-            for sub in sorted((d for d in p.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            # nested dirs first (runc creates none, but a container may make them)
+            for sub in dirs_bottom_up(p):
                 with contextlib.suppress(OSError):
-                    sub.rmdir()
+                    os.rmdir(sub)
             with contextlib.suppress(OSError):
                 p.rmdir()
 
@@ -626,6 +616,15 @@ class ContainerManager:
                 continue
             out.append(self._state(cdir.name, doc, runc_all.get(str(doc["id"]))))
         return out
+
+    def layer_dirs_in_use(self) -> set[str]:
+        """The image layer directories the containers of this root are made of."""
+        used: set[str] = set()
+        if self.containers_dir.is_dir():
+            for cdir in self.containers_dir.iterdir():
+                doc = self._load(cdir.name) if _NAME.match(cdir.name) else None
+                used.update(str(d) for d in (doc or {}).get("layer_dirs") or ())
+        return used
 
     def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
         """stdout+stderr lines; with `follow`, until the container stops."""

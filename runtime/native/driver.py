@@ -40,7 +40,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -63,11 +62,12 @@ from runtime.base import (
     VolumeConfig,
     VolumeState,
 )
-from runtime.native.containers import ContainerManager, atomic_write
+from runtime.native.containers import ContainerManager
 from runtime.native.images import ImageStore
 from runtime.native.netlink import netns_create, netns_remove
 from runtime.native.network import NetworkManager, translated
 from runtime.native.supervise import ExecResult, conmon_pid
+from runtime.statefs import atomic_write, open_private, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")
@@ -143,7 +143,9 @@ class NativeRuntime:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # 0700, and tightened to it if an older version made it 0755: nothing in the root
+        # (layers, specs with environments, secrets, logs) is for other local users
+        private_dir(self.root)
         self.root = self.root.resolve()
         self.image_store = ImageStore(str(self.root))
         self.containers = ContainerManager(self.root)
@@ -156,7 +158,7 @@ class NativeRuntime:
     def _lock(self) -> Iterator[None]:
         """Serialise container create/remove between processes sharing the root (a create
         that fails rolls back, and must not roll back what another process made)."""
-        fd = os.open(self.root / "driver.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(self.root / "driver.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -230,10 +232,10 @@ class NativeRuntime:
         meta = self._volume_meta(config.name)
         if meta is not None:
             if dict(meta.get("labels") or {}) == dict(config.labels):
-                (vdir / "_data").mkdir(parents=True, exist_ok=True)
+                self._volume_data_dir(vdir)
                 return
             raise Conflict(f"volume name {config.name} is in use with other labels")
-        (vdir / "_data").mkdir(parents=True, exist_ok=True)
+        self._volume_data_dir(vdir)
         doc = {
             "name": config.name,
             "driver": "local",
@@ -242,6 +244,14 @@ class NativeRuntime:
         }
         # meta.json last: a volume exists once its metadata does
         atomic_write(vdir / "meta.json", json.dumps(doc, indent=1, sort_keys=True))
+
+    def _volume_data_dir(self, vdir: Path) -> None:
+        # volumes/ and volumes/<name> 0700 (what containers write there, device nodes
+        # included, is not for the host's users); _data 0755, the mode of the mount point
+        # the container sees, as dockerd makes it
+        private_dir(self.volumes_dir)
+        private_dir(vdir)
+        (vdir / "_data").mkdir(mode=0o755, exist_ok=True)
 
     def _volume_users(self, data_dir: Path) -> list[str]:
         """Containers whose OCI spec bind-mounts `data_dir`."""
@@ -271,7 +281,7 @@ class NativeRuntime:
         # metadata first: a half-deleted volume is gone, not a volume with lost content
         with contextlib.suppress(FileNotFoundError):
             (vdir / "meta.json").unlink()
-        shutil.rmtree(vdir, ignore_errors=False)
+        rmtree(vdir)  # any depth: containers fill volumes
 
     @translated
     def get_volume(self, name: str) -> VolumeState | None:

@@ -43,6 +43,7 @@ from runtime.native.supervise import (
     pid_alive,
     rotate_log,
 )
+from runtime.statefs import atomic_write, open_private
 
 HEALTH_FILE = "health.json"
 PID_FILE = "health.pid"  # in the state root
@@ -104,9 +105,17 @@ def apply_probe(
 
 
 def write_status(cdir: Path, doc: dict[str, Any]) -> None:
-    tmp = cdir / f".{HEALTH_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, cdir / HEALTH_FILE)
+    # 0600: a probe's output may show anything of the container's; written at every probe,
+    # and the next probe rewrites it anyway, so no fsync
+    atomic_write(cdir / HEALTH_FILE, json.dumps(doc), sync=False)
+
+
+def _announce(pid_file: Path) -> None:
+    fd = open_private(pid_file, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
 
 
 def read_status(cdir: Path) -> Health | None:
@@ -243,10 +252,10 @@ def run(root: Path, runc: str) -> int:
     """The checker: probe every watched container on its interval; exit when idle."""
     # One checker per root. A second one (a start racing with an idle exit) waits here and
     # takes over when the first is gone, so a container is never left without a checker.
-    lock = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = open_private(root / LOCK_FILE)
     fcntl.flock(lock, fcntl.LOCK_EX)
     pid_file = root / PID_FILE
-    pid_file.write_text(str(os.getpid()))
+    _announce(pid_file)
     announced = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sup = Supervisor(root / "runc", runc=runc)
@@ -307,7 +316,7 @@ def run(root: Path, runc: str) -> int:
                 if watched or running:
                     idle_since = now
                     if not announced:
-                        pid_file.write_text(str(os.getpid()))
+                        _announce(pid_file)
                         announced = True
                 elif now - idle_since > IDLE_EXIT_S:
                     if announced:

@@ -21,7 +21,7 @@ API:
     store.layer_dirs(record) -> list[str]              # lowest layer first
     store.import_archive(path, ref=None) -> list[ImageRecord]
     store.list() -> list[ImageRecord]
-    store.remove(ref) -> None                          # NotFound if unknown
+    store.remove(ref, keep_layers=()) -> None          # NotFound if unknown
     store.prune(in_use) -> list[str]                   # removed image ids; blobs/layers GC'd
 """
 
@@ -46,7 +46,6 @@ from runtime.native.layers import (
     DigestMismatch,
     check_digest,
     diff_id_of,
-    rmtree,
     sha256_bytes,
     unpack_layer,
 )
@@ -61,6 +60,7 @@ from runtime.native.registry import (
     parse_reference,
     select_platform,
 )
+from runtime.statefs import atomic_write, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 CONFIG_TYPES = (
@@ -218,7 +218,10 @@ class ImageStore:
         self.layers_dir = os.path.join(self.dir, "layers")
         self.tmp_dir = os.path.join(self.dir, "tmp")
         self.index_path = os.path.join(self.dir, "index.json")
-        os.makedirs(self.layers_dir, mode=0o755, exist_ok=True)
+        # 0700 from the root down: layers hold setuid binaries and device nodes that no
+        # other local user may reach (a root made 0755 by an older version is tightened)
+        for d in (self.root, self.dir, self.layers_dir):
+            private_dir(d)
         self.blobs = BlobStore(os.path.join(self.dir, "blobs"), self.tmp_dir)
         self.client = client or RegistryClient(
             credentials=credentials, insecure=insecure, ca_file=ca_file
@@ -252,17 +255,7 @@ class ImageStore:
 
     def _save(self, index: _Index) -> None:
         data = {"version": 1, "refs": index.refs, "images": index.images}
-        tmp = f"{self.index_path}.tmp-{os.getpid()}-{threading.get_ident()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, self.index_path)
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        atomic_write(self.index_path, json.dumps(data, indent=1, sort_keys=True), sync_dir=True)
 
     @contextlib.contextmanager
     def _edit(self) -> Iterator[_Index]:
@@ -606,10 +599,18 @@ class ImageStore:
 
     # -- remove and prune -------------------------------------------------------------------
 
-    def remove(self, ref: str) -> None:
-        """Remove a reference; the image record goes with its last reference. An id (or
-        prefix) removes the image and all its references. Blobs and layers stay until prune.
-        Unknown: NotFound."""
+    def remove(self, ref: str, keep_layers: Iterable[str] = ()) -> None:
+        """Remove a reference; the image record goes with its last reference, and with it
+        the blobs and unpacked layers no remaining image needs, except the layer directories
+        in `keep_layers` (those containers still run on). An id (or prefix) removes the
+        image and all its references. Waits for running pulls/imports. Unknown: NotFound."""
+        with self._flock("gc.lock", fcntl.LOCK_EX):
+            if self._unref(ref):
+                # the record is gone (saved): now its files, which no pull can claim meanwhile
+                self._collect(self._load(), keep_layers)
+
+    def _unref(self, ref: str) -> bool:
+        """The index edit of remove(); whether the image record went."""
         with self._edit() as index:
             image_id = self._find(index, ref)
             if image_id is None:
@@ -633,23 +634,30 @@ class ImageStore:
                 data["repo_digests"] = []
             if not data.get("repo_digests") and image_id not in index.refs.values():
                 del index.images[image_id]
+                return True
+            return False
 
     def prune(self, in_use: set[str]) -> builtins.list[str]:
         """Remove every image no container uses (`in_use`: image ids or references), then
         every blob and unpacked layer no remaining image needs, and stale temporary files.
         Waits for running pulls/imports. Returns the ids of the images removed."""
-        with self._flock("gc.lock", fcntl.LOCK_EX), self._edit() as index:
-            keep = {i for i in (self._find(index, r) for r in in_use) if i}
-            removed = sorted(i for i in index.images if i not in keep)
-            for image_id in removed:
-                del index.images[image_id]
-            index.refs = {r: i for r, i in index.refs.items() if i in index.images}
-            self._collect(index)
+        with self._flock("gc.lock", fcntl.LOCK_EX):
+            with self._edit() as index:
+                keep = {i for i in (self._find(index, r) for r in in_use) if i}
+                removed = sorted(i for i in index.images if i not in keep)
+                for image_id in removed:
+                    del index.images[image_id]
+                index.refs = {r: i for r, i in index.refs.items() if i in index.images}
+            # records first (saved), then files: a failed deletion leaves garbage for the
+            # next prune, never a record whose blobs are gone
+            self._collect(self._load())
         return removed
 
-    def _collect(self, index: _Index) -> None:
+    def _collect(self, index: _Index, keep_layers: Iterable[str] = ()) -> None:
+        """Delete the blobs and layers no image of `index` needs (and not in `keep_layers`,
+        layer directories in use), and every temporary file. Under gc.lock, exclusively."""
         blobs: set[str] = set()
-        layers: set[str] = set()
+        layers = {os.path.basename(os.path.realpath(d)) for d in keep_layers}
         for data in index.images.values():
             blobs.update(data.get("blobs") or ())
             layers.update(check_digest(d)[1] for d in data.get("diff_ids") or ())

@@ -61,6 +61,7 @@ from runtime.native import firewall, root_tag
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
 from runtime.native.netlink import IPRoute, NetNS, netlink_error
+from runtime.statefs import open_private, private_dir
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 ALIAS_PREFIX = "pyapply:"
@@ -101,8 +102,9 @@ def _h8(*parts: str) -> str:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to `path` atomically (temp file, fsync, rename, fsync of the directory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write JSON to `path` atomically (temp file, fsync, rename, fsync of the directory).
+    The file is 0600 from creation (mkstemp), in a 0700 directory."""
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -203,8 +205,8 @@ class NetworkManager:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_State]:
         """Hold the state lock; yield the state; save it if the block succeeds."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "a") as lock:
+        private_dir(self.dir)
+        with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 data = _read_json(self.dir / "networks.json")
@@ -807,7 +809,7 @@ class NetworkManager:
     def reset(self) -> None:
         """Remove everything this state root made: veths, bridges, rules, state."""
         bridges: set[str] = set()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         with self._locked() as st:
             for rec in st.networks.values():
                 bridges.add(rec["bridge"])

@@ -17,6 +17,11 @@ from pathlib import Path
 from runtime.base import PermanentError, RuntimeFailure
 
 MNT_DETACH = 2
+# nodev: a device node that an image ships, or that a container's root makes in its rootfs,
+# cannot be opened through this mount by anyone, in the container or on the host (where a
+# user with the uid of a container's process reaches its rootfs through /proc/<pid>/root).
+# The container's /dev is a tmpfs of its own (runc), with the devices the spec allows.
+MS_NODEV = 4
 # The kernel takes mount options in one page; beyond it the lowerdir list does not fit.
 _MAX_OPTIONS = 4095
 
@@ -73,15 +78,19 @@ def mount_overlay(
     layer_dirs: Sequence[str | Path], upper: str | Path, work: str | Path, target: str | Path
 ) -> None:
     """Mount the overlay at `target` (creating upper/work/target); already mounted is success."""
-    for d in (upper, work, target):
-        Path(d).mkdir(parents=True, exist_ok=True)
+    # The upper dir's mode is the mode of the container's "/", which every user in the
+    # container must be able to enter: 0755, as dockerd makes it. The directory holding
+    # all three (the container's) is 0700, which keeps the host's users out.
+    for d, mode in ((upper, 0o755), (work, 0o700), (target, 0o700)):
+        Path(d).mkdir(mode=mode, parents=True, exist_ok=True)
     if is_mounted(target):
         return
     for d in layer_dirs:
         if not Path(d).is_dir():
             raise PermanentError(f"image layer directory missing: {d}")
     data = overlay_options(layer_dirs, upper, work)
-    rc = _libc.mount(b"overlay", str(Path(target).resolve()).encode(), b"overlay", 0, data.encode())
+    target_b = str(Path(target).resolve()).encode()
+    rc = _libc.mount(b"overlay", target_b, b"overlay", MS_NODEV, data.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount overlay on {target}: {os.strerror(err)}")

@@ -31,6 +31,7 @@ from typing import Any
 
 from runtime.base import PermanentError, RuntimeFailure, TransientError
 from runtime.native.hostbins import CONMON, RUNC, HostBinary
+from runtime.statefs import private_dir
 
 DEFAULT_RUNC = RUNC.paths[0]
 DEFAULT_CONMON = CONMON.paths[0]
@@ -172,9 +173,9 @@ class Supervisor:
 
     def launch(self, cid: str, name: str, bundle: Path, *, timeout: float = 30) -> int:
         """Create the container under conmon and start it; returns the container's pid."""
-        self.runc_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.runc_root)  # runc makes its state 0600; keep its directory ours too
         clear_run_files(bundle)
-        (bundle / "exits").mkdir(exist_ok=True)
+        (bundle / "exits").mkdir(mode=0o700, exist_ok=True)
         runc_log = bundle / "runc.log"
         cmd = [
             self.conmon,
@@ -265,7 +266,7 @@ class Supervisor:
         if not argv:
             raise RuntimeFailure("exec needs a command")
         pid_file = self.runc_root / f"exec-{cid}-{os.getpid()}-{time.monotonic_ns()}.pid"
-        self.runc_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.runc_root)
         proc = subprocess.Popen(
             [
                 self.runc,

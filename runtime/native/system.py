@@ -36,9 +36,9 @@ from runtime.base import ContainerState, RuntimeFailure
 from runtime.native import firewall, rootfs
 from runtime.native.containers import ContainerManager
 from runtime.native.driver import NETNS_DIR, NativeRuntime
-from runtime.native.layers import rmtree
 from runtime.native.netlink import IPRoute, netns_remove
 from runtime.native.supervise import DEFAULT_RUNC, pid_alive
+from runtime.statefs import dirs_bottom_up, rmtree
 
 # What pyapply keeps directly under a state root (fnmatch patterns): the driver's and the
 # managers' directories, the host lock, the driver lock, the health checker's files, the
@@ -325,11 +325,10 @@ def _sweep_cgroups(containers: ContainerManager, keys: Iterable[str], report: Re
         dirs = containers.cgroup_dirs(key)  # one per hierarchy (cgroup v1)
         for d in dirs:
             _empty_cgroup(d)
-            # nested dirs first (runc makes none; be thorough)
-            subs = sorted((s for s in d.rglob("*") if s.is_dir()), key=lambda s: -len(s.parts))
-            for sub in [*subs, d]:
+            # nested dirs first (runc makes none; a container may)
+            for sub in [*dirs_bottom_up(d), str(d)]:
                 with contextlib.suppress(OSError):
-                    sub.rmdir()
+                    os.rmdir(sub)
         left = [str(d) for d in dirs if d.exists()]
         if left:
             report.errors.append(f"cgroups could not be removed: {', '.join(left)}")
@@ -340,9 +339,9 @@ def _sweep_cgroups(containers: ContainerManager, keys: Iterable[str], report: Re
 def _empty_cgroup(d: Path) -> None:
     """Kill what is still in a container's cgroup (its state and runc's are gone)."""
     pids: set[int] = set()
-    for procs in d.rglob("cgroup.procs"):
+    for sub in [str(d), *dirs_bottom_up(d)]:
         with contextlib.suppress(OSError, ValueError):
-            pids.update(int(x) for x in procs.read_text().split())
+            pids.update(int(x) for x in Path(sub, "cgroup.procs").read_text().split())
     _kill_all(pids)
 
 

@@ -332,6 +332,29 @@ ESCAPES: list[tuple[str, list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]], 
     ("whiteout-dotdot", [f("a/.wh...", b"")], "invalid whiteout"),
     ("whiteout-through-symlink", [link("s", "/etc"), f("s/.wh.passwd", b"")], "symlink"),
     ("parent-is-file", [f("file"), f("file/child")], "is not a directory"),
+    # a directory the extractor already went through, replaced by a later entry: the
+    # lookup cache of known directories must forget it
+    (
+        "known-dir-replaced-by-symlink",
+        [d("a"), d("a/b"), f("a/b/ok"), link("a", "/etc"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    (
+        "implicit-dir-replaced-by-symlink",
+        [f("a/b/ok"), link("a", "/tmp"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    (
+        "nested-known-dir-replaced",
+        [d("a"), d("a/b"), f("a/b/ok"), link("a/b", "/"), f("a/b/evil")],
+        "goes through the symlink",
+    ),
+    ("known-dir-whited-out", [d("a"), f("a/ok"), f(".wh.a", b""), f("a/x")], "not a directory"),
+    (
+        "known-dir-replaced-by-hardlink",
+        [d("a"), f("a/ok"), f("t"), link("a", "t", hard=True), f("a/x")],
+        "not a directory",
+    ),
 ]
 
 
@@ -436,6 +459,31 @@ def test_rootfs_import_remove_prune(tmp_path: Path) -> None:
     assert list(store.blobs.digests()) == []
     with pytest.raises(PermanentError, match="give it a reference"):
         store.import_archive(str(tarball))
+
+
+@needs_root
+def test_remove_deletes_the_files_no_image_or_container_needs(tmp_path: Path) -> None:
+    """`image rm` used to say "deleted" and leave every blob and layer until a prune."""
+    shared = f("bin/shared", b"same base", mode=0o755)
+    store = ImageStore(str(tmp_path / "root"))
+    paths = {}
+    for name in ("a", "b", "c"):
+        tarball = tmp_path / f"{name}.tar"
+        tarball.write_bytes(make_tar([shared] if name != "c" else [f("only-c", b"c")]))
+        [rec] = store.import_archive(str(tarball), f"local/{name}:1")
+        paths[name] = (rec, store.layer_dirs(rec)[0])
+    (rec_a, layer_ab), (rec_b, _), (_, layer_c) = paths["a"], paths["b"], paths["c"]
+    assert layer_ab == paths["b"][1] != layer_c  # a and b share their one layer
+
+    store.remove("local/a:1")  # b still needs the layer: only a's config blob goes
+    assert os.path.isdir(layer_ab) and store.resolve("local/b:1") is not None
+    assert not store.blobs.has(rec_a.id) and store.blobs.has(rec_b.id)
+    store.remove("local/b:1")
+    assert not os.path.exists(layer_ab) and not store.blobs.has(rec_b.id)
+    # a container still runs on c's layer (rm --force): the layer stays, the blobs go
+    store.remove("local/c:1", keep_layers=[layer_c])
+    assert os.path.isdir(layer_c) and list(store.blobs.digests()) == []
+    assert store.prune(set()) == [] and not os.path.exists(layer_c)  # prune takes it
 
 
 def test_index_is_json_and_atomic(tmp_path: Path) -> None:
