@@ -57,6 +57,7 @@ ROOT_ENTRIES = (
     "driver.lock",
     "health.*",
     "history.db*",
+    "revisions.db*",
     "rollback-*",
 )
 HEALTH_MARKER = "runtime.native.health"
