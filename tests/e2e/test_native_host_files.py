@@ -284,11 +284,14 @@ def test_nothing_under_the_root_is_open_to_another_user(host: Env) -> None:
         "device node in the rootfs": cdir / "rootfs" / "opt" / "null",
         "secret file": secret_file,
         "history.db": root / "history.db",
+        "revisions.db": root / "revisions.db",
         "container upper dir": cdir / "upper",
     }
     # what is at stake is really there, as root sees it
     assert ENV_SECRET in (cdir / "config.json").read_text()
-    assert FILE_SECRET.strip() in (root / "history.db").read_bytes()
+    # the revisions' files (secret files among them) are kept apart from the history
+    assert FILE_SECRET.strip() in (root / "revisions.db").read_bytes()
+    assert FILE_SECRET.strip() not in (root / "history.db").read_bytes()
     for what in ("setuid binary in the layer", "setuid binary in the rootfs"):
         st = os.stat(targets[what])
         assert st.st_uid == 0 and st.st_mode & stat.S_ISUID, what
@@ -303,7 +306,8 @@ def test_nothing_under_the_root_is_open_to_another_user(host: Env) -> None:
         assert _mode(d) == 0o700, d
     for f in ("config.json", "state.json"):
         assert _mode(cdir / f) == 0o600, f
-    assert _mode(root / "history.db") == 0o600 and _mode(root / "images" / "index.json") == 0o600
+    assert _mode(root / "history.db") == 0o600 and _mode(root / "revisions.db") == 0o600
+    assert _mode(root / "images" / "index.json") == 0o600
 
     found = _paths_under(root)
     paths = [str(p) for p in found]
