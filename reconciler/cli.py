@@ -26,6 +26,7 @@ from reconciler.loop import (
     PassError,
     StackResult,
     apply_stack,
+    desired_all,
     desired_for,
     observe,
     plan_down,
@@ -351,17 +352,8 @@ def apply(
         wait_timeout_s=wait_timeout,
     )
     results: list[StackResult] = []
-    # every stack's desired state first: the secrets of all of them are hidden in all output
-    desired_all = [
-        desired_for(
-            stack,
-            revision=revision.id,
-            root=root_dir,
-            environ=loaded.environments.get(stack.name),
-        )
-        for stack in loaded.stacks
-    ]
-    redactor = redactor_for(desired_all)
+    wanted = desired_all(loaded, revision=revision.id, root=root_dir)
+    redactor = redactor_for(wanted)
 
     def show(plan: Plan) -> AbstractContextManager[Any] | None:
         if output != "text":
@@ -371,7 +363,7 @@ def apply(
 
     guard = nullcontext() if dry_run else locked(root_dir, lock_timeout)
     with guard:
-        for desired in desired_all:
+        for desired in wanted:
             reporter, ctx = _reporter(live, redactor) if output == "text" else (None, nullcontext())
             result = apply_stack(rt, desired, options, reporter=reporter, on_plan=show)
             results.append(result)
@@ -435,17 +427,9 @@ def diff_cmd(
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
     root_dir = state_root(root)
-    desired_all = [
-        desired_for(
-            stack,
-            revision=revision.id,
-            root=root_dir,
-            environ=loaded.environments.get(stack.name),
-        )
-        for stack in loaded.stacks
-    ]
-    redactor = redactor_for(desired_all)
-    plans = [plan_stack(rt, d, prune_volumes=prune_volumes) for d in desired_all]
+    wanted = desired_all(loaded, revision=revision.id, root=root_dir)
+    redactor = redactor_for(wanted)
+    plans = [plan_stack(rt, d, prune_volumes=prune_volumes) for d in wanted]
     if output == "json":
         click.echo(
             json.dumps(
@@ -548,10 +532,10 @@ def get(
     if files:  # the stacks' secrets are known only from their manifests
         loaded = load_or_fail(files, profiles, acting=False)
         names = sorted({*names, *(s.name for s in loaded.stacks)})
-        desired_all = []
+        wanted = []
         for stack in loaded.stacks:
             try:
-                desired_all.append(
+                wanted.append(
                     desired_for(
                         stack,
                         revision="",
@@ -561,7 +545,7 @@ def get(
                 )
             except PassError:
                 continue  # an unreadable secret cannot be shown either
-        redactor = redactor_for(desired_all)
+        redactor = redactor_for(wanted)
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
     rt = connect(runtime_name, root)

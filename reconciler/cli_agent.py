@@ -29,7 +29,7 @@ from reconciler.cli import (
     runtime_options,
 )
 from reconciler.history import History, PassRecord, UnknownRevision, materialise
-from reconciler.loop import ApplyOptions, apply_stack, desired_for, redactor_for, state_root
+from reconciler.loop import ApplyOptions, apply_stack, desired_all, redactor_for, state_root
 from reconciler.redact import NO_SECRETS
 from reconciler.render import outcome_summary, plan_text
 
@@ -353,17 +353,12 @@ def _rollback_here(
         loaded = load_or_fail([directory], policy=policy)
         enforce(loaded, policy, "text")
         rt = connect(runtime_name, root_dir)
-        desired_all = [
-            desired_for(
-                stack, revision=full, root=root_dir, environ=loaded.environments.get(stack.name)
-            )
-            for stack in loaded.stacks
-        ]
-        redactor = redactor_for(desired_all)
+        wanted = desired_all(loaded, revision=full, root=root_dir)
+        redactor = redactor_for(wanted)
         pid = hist.begin(full, redactor.text(subject), "rollback(cli)")
         errors: list[str] = []
         with locked(root_dir, lock_timeout):
-            for desired in desired_all:
+            for desired in wanted:
                 result = apply_stack(
                     rt,
                     desired,

@@ -23,6 +23,7 @@ from runtime.base import Runtime
 
 if TYPE_CHECKING:
     from reconciler.execute import Executor, Outcome, Reporter
+    from reconciler.manifest import Loaded
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 
@@ -70,6 +71,18 @@ def desired_for(
         file_contents=read_file_objects(stack, env),
         files_root=os.path.join(root, "files"),
     )
+
+
+def desired_all(loaded: Loaded, *, revision: str, root: str) -> list[Desired]:
+    """Every loaded stack's desired state, made before any stack is touched: a secret that
+    cannot be read stops the run first, and the secrets of all stacks are hidden in the
+    output of each."""
+    return [
+        desired_for(
+            stack, revision=revision, root=root, environ=loaded.environments.get(stack.name)
+        )
+        for stack in loaded.stacks
+    ]
 
 
 def redactor_for(desired: Iterable[Desired]) -> Redactor:

@@ -150,3 +150,20 @@ class Workdir:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         return target
+
+
+def sleeper_stack(stack: str, service_lines: str = "", rest: str = "") -> str:
+    """A pyapply/v1 stack of one service, `app`, that sleeps under an init: the smallest
+    running container. `service_lines` are more fields of `app` (indented six spaces);
+    `rest` follows the services (indented two spaces: networks, secrets, ...)."""
+    return f"""apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  services:
+    app:
+      image: {TEST_IMAGE}
+      command: ["sleep", "100000"]
+      init: true
+      stop_grace_period: 1s
+{service_lines}{rest}"""

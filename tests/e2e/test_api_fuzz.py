@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.api import MAX_BODY_BYTES, MAX_CONNECTIONS
-from tests.e2e.helpers import TEST_IMAGE
+from tests.e2e.helpers import sleeper_stack
 from tests.e2e.runtimes import RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, wait_for
 
@@ -364,17 +364,7 @@ KNOWN: list[tuple[bytes, int]] = [
 
 
 def stack_yaml(stack: str) -> str:
-    return f"""apiVersion: pyapply/v1
-kind: Stack
-metadata: {{name: {stack}}}
-spec:
-  services:
-    app:
-      image: {TEST_IMAGE}
-      command: ["sleep", "100000"]
-      init: true
-      stop_grace_period: 1s
-"""
+    return sleeper_stack(stack)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE
+from tests.e2e.helpers import REPO_ROOT, sleeper_stack
 from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, finished, label, running, stack_yaml, wait_for
 
@@ -33,20 +33,7 @@ rules:
 
 def risky(stack: str) -> str:
     """A stack that asks for a capability beyond the default set and binds /etc."""
-    return f"""\
-apiVersion: pyapply/v1
-kind: Stack
-metadata: {{name: {stack}}}
-spec:
-  services:
-    app:
-      image: {TEST_IMAGE}
-      command: ["sleep", "100000"]
-      init: true
-      stop_grace_period: 1s
-      cap_add: [NET_ADMIN]
-      volumes: ["/etc:/hostetc:ro"]
-"""
+    return sleeper_stack(stack, '      cap_add: [NET_ADMIN]\n      volumes: ["/etc:/hostetc:ro"]\n')
 
 
 def pyapply(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import TEST_IMAGE
+from tests.e2e.helpers import sleeper_stack
 from tests.e2e.runtimes import RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, wait_for
 
@@ -37,27 +37,23 @@ class Secrets:
 def stack_files(stack: str, s: Secrets, version: int) -> dict[str, str]:
     """The manifests: version 1 and 2 differ in the values that embed the secrets."""
     return {
-        "stack.yaml": f"""apiVersion: pyapply/v1
-kind: Stack
-metadata: {{name: {stack}}}
-spec:
-  services:
-    app:
-      image: {TEST_IMAGE}
-      command: ["sleep", "100000"]
-      init: true
-      stop_grace_period: 1s
+        "stack.yaml": sleeper_stack(
+            stack,
+            f"""\
       environment:
         DATABASE_URL: "postgres://app:{s.url[version - 1]}@db:5432/shop"
         FROM_FILE: "v{version}-{s.file}-tail"
         FROM_CONTENT: "v{version}:{s.content}"
         FROM_ENV: "{s.env} v{version}"
       secrets: [pw, tok, key]
+""",
+            f"""\
   secrets:
     pw: {{file: ./pw.txt}}
     tok: {{content: "{s.content}"}}
     key: {{environment: KEY_SOURCE}}
 """,
+        ),
         "pw.txt": s.file + "\n",
         ".env": f"KEY_SOURCE={s.env}\n",
     }
