@@ -467,6 +467,10 @@ class AgentHistory(History):
         except HistoryError as exc:
             if not exc.mended:
                 raise
+        # the new database starts with what this process knew: which stacks it manages
+        # (their events count) and the pin
+        for key, value in self._cache.items():
+            super().set_state(key, value)
         return fn()
 
     def _tolerate(self, what: str, fn: Callable[[], T], fallback: T) -> T:

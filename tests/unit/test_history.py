@@ -241,8 +241,9 @@ def test_damage_while_in_use_is_mended_and_the_statement_tried_again(tmp_path: P
     pid = h.begin("r", "", "file")  # the write that finds the damage lands in the new db
     assert pid > 0 and len(resets) == 1 and failures == []
     assert [p.revision for p in h.passes()] == ["r"]
-    # the small state outlives the database in memory, not on disk
-    assert h.managed_stacks() == set()
+    # the small state outlives the database: kept in memory, written to the new one
+    assert h.managed_stacks() == {"a", "b"}
+    assert History(str(tmp_path)).managed_stacks() == {"a", "b"}
     _not_sqlite(h.revisions_path)
     assert h.pinned() is None  # every statement attaches revisions.db: found at once
     assert [os.path.basename(r.path) for r in resets] == ["history.db", "revisions.db"]
