@@ -9,11 +9,15 @@ A pass:
 1. picks what to apply: the pinned revision (after `rollback`) from the history, else one
    snapshot of the source;
 2. skips it when only files changed and that revision was already attempted;
-3. loads it; a revision that fails to load, or that would remove every object of a stack
-   the agent manages, is recorded as failed/refused and the last good revision stays the
-   desired state (self-healing goes on with it);
+3. loads it; a revision that fails to load, or that would leave a stack that has
+   containers with none (`reconciler.guard`), is recorded as failed/refused and the last
+   good revision stays the desired state (self-healing goes on with it);
 4. applies every stack through `loop.apply_stack` (the CLI's pass), recording a history
    entry when the revision is new, something was done, or someone asked.
+
+The history is never a single point of failure (`AgentHistory`): a damaged database is
+moved aside and started afresh, and a record that cannot be written is logged and counted
+while the pass goes on.
 
 SIGTERM stops the trigger sources, cancels the executor (running actions finish, no new
 ones start), and the agent exits 0 once the pass is over.

@@ -81,7 +81,11 @@ def _call(
 @click.option(
     "--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True
 )
-@click.option("--allow-empty", is_flag=True, help="Apply revisions that drop a whole stack.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply revisions that leave a stack that has containers with none.",
+)
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
 @click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
 @click.option("--wait-timeout", default=120.0, show_default=True, help="Dependency wait, seconds.")
