@@ -211,10 +211,12 @@ class History:
     def _failure(self, exc: sqlite3.Error) -> HistoryError:
         """What a failed statement means: a damaged database (moved aside when repairing)
         or something else (read-only, full, locked, an I/O error). Lock held."""
-        try:
-            damaged = self._diagnose(thorough=True)
-        except sqlite3.Error:
-            damaged = []  # cannot even tell (unreadable, locked): not called damaged
+        damaged: list[tuple[str, str]] = []
+        if _suspect(exc):
+            try:
+                damaged = self._diagnose(thorough=True)
+            except sqlite3.Error:
+                pass  # cannot even tell (unreadable, locked): not called damaged
         if not damaged:
             return HistoryError(f"history {self.path}: {exc}")
         if not self.repair:
@@ -643,6 +645,14 @@ def _damage(exc: sqlite3.Error) -> bool:
     """Errors that mean the file itself is bad, as against locked, read-only or full."""
     name = str(getattr(exc, "sqlite_errorname", ""))
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _suspect(exc: sqlite3.Error) -> bool:
+    """Errors worth checking the files for: damage, or a generic error such as a missing
+    column (another schema). Read-only, full, busy, locked and I/O errors are not: checking
+    every page on each of those would cost much and find nothing."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return _damage(exc) or name in ("", "SQLITE_ERROR")
 
 
 def _damaged_message(damaged: list[tuple[str, str]]) -> str:

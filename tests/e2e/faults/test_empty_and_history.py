@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,6 +204,20 @@ def test_a_damaged_history_is_moved_aside_and_self_healing_goes_on(
     _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
     assert 'pyapply_history_resets_total{database="history.db"} 1.0' in metrics
     assert "HISTORY RESET" in agent.logs()
+
+    # read-only (immutable: root writes through a mere chmod): passes go on unrecorded,
+    # the failures logged and counted
+    subprocess.run(["chattr", "+i", str(root / "history.db")], check=True)
+    try:
+        restarted_after_kill(runtime, app)
+        status = json.loads(agent.cli("status", "-o", "json").stdout)
+        assert status["history"]["write_failures"] >= 1, status["history"]
+        assert "readonly" in status["history"]["last_failure"], status["history"]
+        _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert "pyapply_history_failures_total{" in metrics
+    finally:
+        subprocess.run(["chattr", "-i", str(root / "history.db")], check=True)
+    assert "cannot record a pass" in agent.logs()
 
     # stopped: garbage over both; the CLI says so in one line, never repairs
     assert agent.stop() == 0
