@@ -19,7 +19,7 @@ import pytest
 
 from runtime.base import ContainerState
 from tests.e2e.helpers import TEST_IMAGE, http_get
-from tests.e2e.runtimes import Observer, RuntimeUnderTest, free_port
+from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest, free_port
 from tests.e2e.test_agent import AgentProc, Repo, finished, running, stack_yaml, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,28 @@ def one_line_error(out: object) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
     return str(lines[0])
+
+
+def on_a_terminal(
+    env: dict[str, str], args: list[str], answer: str
+) -> subprocess.CompletedProcess[str]:
+    """`pyapply ARGS` with a pseudo-terminal as stdin, answering its question."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [PYAPPLY, *args],
+            env=env,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(master, answer.encode())
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 # -- no accidental emptying ---------------------------------------------------------------------
@@ -118,7 +140,7 @@ def test_the_agent_refuses_to_empty_a_stack_and_allow_empty_lets_it(
     )
 
 
-def test_apply_refuses_to_empty_a_stack_off_a_terminal(
+def test_apply_asks_on_a_terminal_and_refuses_off_one(
     runtime: RuntimeUnderTest, tmp_path: Path
 ) -> None:
     stack, obs = runtime.stack, runtime.observe
@@ -142,6 +164,11 @@ def test_apply_refuses_to_empty_a_stack_off_a_terminal(
     (empty / "compose.yaml").write_text(behind_profiles(stack))
     line = one_line_error(cli.run("-f", str(empty)))
     assert "declares no services" in line
+    assert ids(obs, stack) == before
+    # on a terminal it asks; "n" changes nothing
+    out = on_a_terminal(cli.env, ["-f", str(empty)], answer="n\n")
+    assert out.returncode == 1, out
+    assert "Remove them all?" in out.stderr and "not confirmed" in out.stderr, out
     assert ids(obs, stack) == before
     # a dry run and a diff show the plan, with a warning
     out = cli.run("-f", str(empty), "--dry-run")
