@@ -647,3 +647,26 @@ def test_a_history_that_cannot_be_written_never_stops_a_pass(tmp_path: Path) -> 
         assert agent.history.managed_stacks() == {"st"}  # from memory
     finally:
         db.rmdir()
+
+
+def test_a_pin_whose_files_went_with_a_damaged_revisions_db_is_dropped(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sha1 = commit(repo, {"s.yaml": stack_yaml("st", "1")}, "one")
+    agent, rt = fake_agent(tmp_path, repo)
+    agent.reconcile({"start"})
+    commit(repo, {"s.yaml": stack_yaml("st", "2")}, "two")
+    agent.reconcile({"file"})
+    agent.rollback(sha1[:8])
+    agent.reconcile({"rollback"})
+    assert any("V=1" in e for e in rt.containers["st-s0-1"].env)
+    Path(agent.history.revisions_path).write_bytes(os.urandom(5000))
+    # a new agent (a restart): revisions.db is moved aside, the pin cannot be honoured, and
+    # the source is followed rather than nothing reconciled at all
+    again = Agent(
+        Source.of(str(repo)), str(tmp_path / "root"), AgentOptions(runtime_events=False), lambda: rt
+    )
+    assert [os.path.basename(r.path) for r in again.history_resets] == ["revisions.db"]
+    assert again.history.pinned() == sha1[:12]
+    again.reconcile({"start"})
+    assert again.history.pinned() is None
+    assert any("V=2" in e for e in rt.containers["st-s0-1"].env)
