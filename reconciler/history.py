@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -213,16 +213,18 @@ class History:
         or something else (read-only, full, locked, an I/O error). Lock held."""
         damaged: list[tuple[str, str]] = []
         if _suspect(exc):
-            try:
+            # when it cannot even tell (unreadable, locked), it is not called damaged
+            with suppress(OSError, sqlite3.Error):
                 damaged = self._diagnose(thorough=True)
-            except sqlite3.Error:
-                pass  # cannot even tell (unreadable, locked): not called damaged
         if not damaged:
             return HistoryError(f"history {self.path}: {exc}")
         if not self.repair:
             return HistoryError(_damaged_message(damaged))
-        for path, reason in damaged:
-            self._move_aside(path, reason)
+        try:
+            for path, reason in damaged:
+                self._move_aside(path, reason)
+        except OSError as cannot:
+            return HistoryError(f"{_damaged_message(damaged)}; cannot move it aside: {cannot}")
         try:
             self._open(thorough=False)
         except (OSError, sqlite3.Error) as again:

@@ -267,3 +267,22 @@ def test_an_unwritable_record_is_reported_not_raised(tmp_path: Path) -> None:
     with pytest.raises(HistoryError):
         h.passes()
     assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_damage_that_cannot_be_moved_aside_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+    h = AgentHistory(str(tmp_path), on_failure=lambda w, e: failures.append(str(e)))
+    _garbage(h.path)
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted", src)
+
+    monkeypatch.setattr("reconciler.history.os.replace", refuse)
+    assert h.begin("r", "", "file") == -1
+    assert len(failures) == 1 and "cannot move it aside" in failures[0]
+    assert "history.db is damaged" in failures[0]
+    monkeypatch.undo()
+    assert h.begin("r", "", "file") > 0  # once it can be moved, it is
+    assert list(tmp_path.glob("history.db.corrupt-*"))
