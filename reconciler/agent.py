@@ -9,11 +9,15 @@ A pass:
 1. picks what to apply: the pinned revision (after `rollback`) from the history, else one
    snapshot of the source;
 2. skips it when only files changed and that revision was already attempted;
-3. loads it; a revision that fails to load, or that would remove every object of a stack
-   the agent manages, is recorded as failed/refused and the last good revision stays the
-   desired state (self-healing goes on with it);
+3. loads it; a revision that fails to load, or that would leave a stack that has
+   containers with none (`reconciler.guard`), is recorded as failed/refused and the last
+   good revision stays the desired state (self-healing goes on with it);
 4. applies every stack through `loop.apply_stack` (the CLI's pass), recording a history
    entry when the revision is new, something was done, or someone asked.
+
+The history is never a single point of failure (`AgentHistory`): a damaged database is
+moved aside and started afresh, and a record that cannot be written is logged and counted
+while the pass goes on.
 
 SIGTERM stops the trigger sources, cancels the executor (running actions finish, no new
 ones start), and the agent exits 0 once the pass is over.
@@ -37,7 +41,15 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__, identity
-from reconciler.history import History, materialise, snapshot_files
+from reconciler.guard import ALLOW_HINT, at_risk, emptied
+from reconciler.history import (
+    AgentHistory,
+    HistoryError,
+    Reset,
+    UnknownRevision,
+    materialise,
+    snapshot_files,
+)
 from reconciler.lock import LockTimeout, host_lock
 from reconciler.loop import (
     ApplyOptions,
@@ -322,7 +334,12 @@ class Agent:
         self.options = options
         self.open_runtime = open_runtime
         self.metrics = metrics
-        self.history = History(root)
+        self.history_resets: list[Reset] = []
+        self.history_failures = 0
+        self.history_last_failure: str | None = None
+        self.history = AgentHistory(
+            root, on_reset=self._history_reset, on_failure=self._history_failure
+        )
         self.triggers = Triggers()
         self.runtime = open_runtime()
         self.started_at = time.time()
@@ -334,6 +351,8 @@ class Agent:
         self.desired: list[Desired] = []
         self.attempted: str | None = None  # the last revision a pass was made for
         self.rejected: dict[str, list[str]] = {}  # revision -> why it was not applied
+        # the last revision not applied, for the status: (revision, outcome, when, errors)
+        self.last_rejected: tuple[str, str, float, list[str]] | None = None
         self.last = LastPass()
         self.source_revision: str | None = None
         self.own_stops = OwnStops()
@@ -342,6 +361,34 @@ class Agent:
         # the secrets of every stack loaded so far (a rotated secret's old value stays
         # hidden too): what the logs, the API and the history records never show
         self.redactor: Redactor = NO_SECRETS
+
+    # -- the record is never a single point of failure ---------------------------------------
+
+    def _history_reset(self, reset: Reset) -> None:
+        self.history_resets.append(reset)
+        if self.metrics is not None:
+            self.metrics.history_reset(os.path.basename(reset.path))
+        log.error(
+            "HISTORY RESET: %s is damaged (%s); moved aside to %s and a new one started. "
+            "Past passes%s are in the moved file; reconciling goes on",
+            reset.path,
+            reset.reason,
+            reset.moved_to,
+            " and rollback targets" if reset.path.endswith("revisions.db") else "",
+            extra={"fields": {"history_reset": reset.to_json()}},
+        )
+
+    def _history_failure(self, what: str, exc: HistoryError) -> None:
+        self.history_failures += 1
+        self.history_last_failure = f"{what}: {exc}"
+        if self.metrics is not None:
+            self.metrics.history_failure(what)
+        log.error(
+            "history: cannot %s (%s); the pass goes on without it",
+            what,
+            exc,
+            extra={"fields": {"history_failure": what}},
+        )
 
     def learn_secrets(self, redactor: Redactor) -> None:
         self.redactor = self.redactor.union(redactor)
@@ -454,10 +501,23 @@ class Agent:
         """The snapshot to apply now and whether it is a pinned one."""
         pinned = self.history.pinned()
         if pinned:
-            full, subject, files = self.history.revision_files(pinned)
-            directory = os.path.join(self.root, "agent", "pinned", full.replace("/", "_"))
-            if self.good is None or self.good.directory != directory:
-                materialise(files, directory)
+            directory = os.path.join(self.root, "agent", "pinned", pinned.replace("/", "_"))
+            if self.good is not None and self.good.directory == directory:
+                return Snapshot(directory, self.good.revision), True
+            try:
+                full, subject, files = self.history.revision_files(pinned)
+            except (HistoryError, UnknownRevision) as exc:
+                # its files went with a damaged revisions.db: following the source is the
+                # only desired state left (the pin would otherwise stop all reconciling)
+                log.error(
+                    "the pinned revision %s cannot be read (%s): unpinned, following the "
+                    "source again",
+                    pinned,
+                    exc,
+                )
+                self.history.pin(None)
+                return self.source.snapshot(), False
+            materialise(files, directory)
             return Snapshot(directory, Revision(id=full, subject=subject)), True
         return self.source.snapshot(), False
 
@@ -485,7 +545,16 @@ class Agent:
             new_revision = rev.id != self.attempted
             target = self.load(snap, pinned, trigger, started)
             if target is not None:
-                refusal = self.refusal(target)
+                try:
+                    refusal = self.refusal(target)
+                except RuntimeFailure as exc:
+                    log.error(
+                        "revision %s: cannot observe the runtime to check it (%s); "
+                        "trying again on the next pass",
+                        rev.id,
+                        exc.message,
+                    )
+                    return
                 if refusal:
                     self.reject(rev, trigger, started, "refused", [refusal], snap.directory)
                     target = None
@@ -500,7 +569,12 @@ class Agent:
     def recorded_good(self) -> Target | None:
         """After a restart on a bad revision: the last revision that succeeded, from the
         history, so that self-healing has a desired state."""
-        for record in self.history.passes(limit=200):
+        try:
+            records = self.history.passes(limit=200)
+        except HistoryError as exc:
+            log.error("cannot read the history for the last applied revision: %s", exc)
+            return None
+        for record in records:
             if record.outcome != "succeeded":
                 continue
             try:
@@ -508,7 +582,7 @@ class Agent:
                 directory = os.path.join(self.root, "agent", "last-good")
                 materialise(files, directory)
                 loaded = self.checked(directory)[0]
-            except Exception as exc:
+            except Exception as exc:  # a revision whose files are lost, or no longer load
                 log.warning("cannot use the recorded revision %s: %s", record.revision, exc)
                 return None
             if loaded is None:
@@ -572,10 +646,20 @@ class Agent:
         with suppress(OSError):
             self.history.store_revision(rev.id, rev.subject, directory, snapshot_files(directory))
         errors = self.redactor.value(errors)
+        self.last_rejected = (rev.id, outcome, time.time(), errors)
         pid = self.history.begin(rev.id, self.redactor.text(rev.subject), trigger, started=started)
         self.history.finish(pid, outcome, {}, errors)  # type: ignore[arg-type]
         with self._state_lock:
-            self.last = LastPass(rev.id, trigger, outcome, started, time.time(), errors, {}, pid)
+            self.last = LastPass(
+                rev.id,
+                trigger,
+                outcome,
+                started,
+                time.time(),
+                errors,
+                {},
+                pid if pid >= 0 else None,
+            )
         if self.metrics is not None:
             self.metrics.rejected(outcome)
         log.error(
@@ -587,18 +671,20 @@ class Agent:
         )
 
     def refusal(self, target: Target) -> str | None:
-        """Why this revision must not be applied: it drops managed stacks entirely."""
+        """Why this revision must not be applied: it would leave a stack with containers with
+        none (`reconciler.guard` decides). Raises RuntimeFailure when the runtime cannot be
+        observed (the revision is then tried again on the next pass)."""
         if self.options.allow_empty:
             return None
-        names = {s.name for s in target.loaded.stacks}
-        gone = sorted(self.history.managed_stacks() - names)
-        if not gone:
+        gone = self.history.managed_stacks() - {s.name for s in target.loaded.stacks}
+        risky = at_risk(target.loaded.stacks, gone)
+        if not risky:
             return None
-        return (
-            f"revision {target.revision.id} would remove every object of stack(s) "
-            f"{', '.join(gone)} (their manifests are gone); refused without --allow-empty "
-            "(`pyapply delete` removes a stack on purpose)"
-        )
+        owned = [c for name in risky for c in self.runtime.list_containers({identity.STACK: name})]
+        found = emptied(target.loaded.stacks, owned, gone)
+        if not found:
+            return None
+        return "; ".join(str(e) for e in found) + f"; {ALLOW_HINT}"
 
     def _keep_executor(self, executor: Executor) -> None:
         self._executor = executor
@@ -721,6 +807,9 @@ class Agent:
         self.attempted = rev.id
         if len(desired_all) == len(loaded.stacks):
             self.good = target
+            self.rejected.pop(rev.id, None)  # applied after all (--allow-empty, a fix)
+            if self.last_rejected is not None and self.last_rejected[0] == rev.id:
+                self.last_rejected = None
             with self._state_lock:
                 self.desired = desired_all
         if teardown:
@@ -737,7 +826,7 @@ class Agent:
                 ended,
                 errors,
                 summary,
-                record[0] if record else self.last.history_id,
+                (record[0] if record[0] >= 0 else None) if record else self.last.history_id,
             )
         if self.metrics is not None:
             self.metrics.passed(trigger, outcome_name, ended - started, results, rev.id, errors)
@@ -845,7 +934,23 @@ class Agent:
             },
             "sync": sync,
             "stacks": stacks,
+            # the source's revision when it was refused or failed to load (the last pass
+            # may since have been a self-heal of the last good revision)
+            "rejected": self._rejected_view(),
+            "history_reset": self.history_resets[-1].to_json() if self.history_resets else None,
+            "history": {
+                "resets": [r.to_json() for r in self.history_resets],
+                "write_failures": self.history_failures,
+                "last_failure": self.history_last_failure,
+            },
         }
+
+    def _rejected_view(self) -> dict[str, Any] | None:
+        last = self.last_rejected
+        if last is None or last[0] != self.source_revision:
+            return None
+        revision, outcome, at, errors = last
+        return {"revision": revision, "outcome": outcome, "at": at, "errors": errors}
 
     def diff(self, runtime: Runtime) -> list[Plan]:
         with self._state_lock:

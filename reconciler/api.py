@@ -57,7 +57,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.history import KEEP_PASSES, UnknownRevision
+from reconciler.history import KEEP_PASSES, HistoryError, UnknownRevision
 from reconciler.render import plans_json
 from runtime.base import Runtime, RuntimeFailure
 
@@ -439,6 +439,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, doc = exc.status, {"error": exc.message}
         except RuntimeFailure as exc:
             status, doc = 503, {"error": f"runtime: {exc.message}"}
+        except HistoryError as exc:  # the record unreadable: no answer, the agent goes on
+            status, doc = 503, {"error": str(exc)}
         except TimeoutError:
             raise  # the client was too slow: http.server drops the connection
         except Exception as exc:  # a bug must not kill the server thread

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from reconciler import __version__, identity
+from reconciler.guard import ALLOW_HINT, at_risk, emptied
 from reconciler.lock import LockTimeout, host_lock
 from reconciler.loop import (
     ApplyOptions,
@@ -270,6 +271,32 @@ def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
         fail(exc.message)
 
 
+def guard_emptying(rt: Runtime, loaded: Loaded, *, allow_empty: bool, dry_run: bool) -> None:
+    """The guard against emptying a stack by accident (`reconciler.guard` decides): a
+    warning for a dry run, a diff or `--allow-empty`; a question on a terminal; otherwise
+    a refusal before anything is done."""
+    risky = at_risk(loaded.stacks)
+    if not risky:
+        return
+    try:
+        observed = [c for name in risky for c in rt.list_containers({identity.STACK: name})]
+    except RuntimeFailure as exc:
+        fail(exc.message)
+    found = emptied(loaded.stacks, observed)
+    if not found:
+        return
+    if allow_empty or dry_run or sys.stdin.isatty():
+        for e in found:
+            err(f"warning: {e}")
+    if allow_empty or dry_run:
+        return
+    if sys.stdin.isatty():
+        if click.confirm("Remove them all?", default=False, err=True):
+            return
+        fail("not confirmed; nothing was changed")
+    fail(f"{'; '.join(str(e) for e in found)}: {ALLOW_HINT}; nothing was changed")
+
+
 def locked(root: str, timeout: float) -> AbstractContextManager[None]:
     return host_lock(root, timeout_s=timeout, on_wait=err)
 
@@ -316,6 +343,11 @@ def main() -> None:
 @policy_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply even when a stack that has containers would be left with none.",
+)
 @click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
 @click.option("--lock-timeout", default=300.0, show_default=True, help="Seconds to wait.")
 @click.option(
@@ -333,6 +365,7 @@ def apply(
     policy_arg: str | None,
     dry_run: bool,
     prune_volumes: bool,
+    allow_empty: bool,
     parallel: int,
     lock_timeout: float,
     wait_timeout: float,
@@ -354,6 +387,7 @@ def apply(
     results: list[StackResult] = []
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
+    guard_emptying(rt, loaded, allow_empty=allow_empty, dry_run=dry_run)
 
     def show(plan: Plan) -> AbstractContextManager[Any] | None:
         if output != "text":
@@ -429,6 +463,7 @@ def diff_cmd(
     root_dir = state_root(root)
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
+    guard_emptying(rt, loaded, allow_empty=False, dry_run=True)
     plans = [plan_stack(rt, d, prune_volumes=prune_volumes) for d in wanted]
     if output == "json":
         click.echo(

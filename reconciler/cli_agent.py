@@ -28,7 +28,7 @@ from reconciler.cli import (
     policy_or_fail,
     runtime_options,
 )
-from reconciler.history import History, PassRecord, UnknownRevision, materialise
+from reconciler.history import History, HistoryError, PassRecord, UnknownRevision, materialise
 from reconciler.loop import ApplyOptions, apply_stack, desired_all, redactor_for, state_root
 from reconciler.redact import NO_SECRETS
 from reconciler.render import outcome_summary, plan_text
@@ -81,7 +81,11 @@ def _call(
 @click.option(
     "--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True
 )
-@click.option("--allow-empty", is_flag=True, help="Apply revisions that drop a whole stack.")
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply revisions that leave a stack that has containers with none.",
+)
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
 @click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
 @click.option("--wait-timeout", default=120.0, show_default=True, help="Dependency wait, seconds.")
@@ -199,6 +203,23 @@ def status(socket_path: str | None, output: str) -> None:
     click.echo(
         f"sync:      {doc['sync']}" + ("  (reconciling)" if doc["agent"]["reconciling"] else "")
     )
+    rejected = doc.get("rejected")
+    if rejected:
+        click.echo(f"source {rejected['revision']}: {rejected['outcome']}, not applied")
+        for e in rejected.get("errors") or []:
+            click.echo(f"  error: {e}")
+    reset = doc.get("history_reset")
+    if reset:
+        click.echo(
+            f"history:   WARNING: {reset['path']} was damaged ({reset['reason']}); moved to "
+            f"{reset['moved_to']} at {_when(reset['at'])}"
+        )
+    failures = (doc.get("history") or {}).get("write_failures")
+    if failures:
+        click.echo(
+            f"history:   WARNING: {failures} record(s) could not be written "
+            f"({doc['history'].get('last_failure')})"
+        )
     if last.get("outcome"):
         click.echo(
             f"last pass: {last['outcome']} ({last['trigger']}) at {_when(last['ended'])}"
@@ -250,6 +271,17 @@ def _print_queued(doc: dict[str, Any], what: str) -> None:
 # history
 
 
+def _damaged(exc: HistoryError) -> str:
+    """One line for a record the CLI cannot use (it never repairs: the agent does)."""
+    text = str(exc)
+    if "is damaged" in text:
+        return (
+            f"the agent's record cannot be used: {text}; `pyapply watch` moves a damaged "
+            "database aside and starts a new one"
+        )
+    return f"the agent's record cannot be used: {text}"
+
+
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -274,7 +306,10 @@ def history(
         db = os.path.join(state_root(root), "history.db")
         if not os.path.exists(db):
             fail(f"no agent answers and there is no history in {db}")
-        records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
+        try:
+            records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
+        except HistoryError as exc:
+            fail(_damaged(exc))
         records = NO_SECRETS.value(records)  # a record of an earlier version: URL passwords
     if output == "json":
         click.echo(json.dumps({"passes": records}, indent=2))
@@ -339,11 +374,13 @@ def _rollback_here(
     from reconciler.cli import connect
 
     root_dir = state_root(root)
-    hist = History(root_dir)
     try:
+        hist = History(root_dir)
         full, subject, files = hist.revision_files(revision)
     except UnknownRevision as exc:
         fail(str(exc))
+    except HistoryError as exc:
+        fail(_damaged(exc))
     err(f"no agent answers: applying {full} here and pinning it for the next agent")
     directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
     try:
@@ -355,7 +392,10 @@ def _rollback_here(
         rt = connect(runtime_name, root_dir)
         wanted = desired_all(loaded, revision=full, root=root_dir)
         redactor = redactor_for(wanted)
-        pid = hist.begin(full, redactor.text(subject), "rollback(cli)")
+        try:
+            pid = hist.begin(full, redactor.text(subject), "rollback(cli)")
+        except HistoryError as exc:
+            fail(_damaged(exc))
         errors: list[str] = []
         with locked(root_dir, lock_timeout):
             for desired in wanted:
@@ -372,8 +412,11 @@ def _rollback_here(
                         f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
                     ]
         errors = redactor.value(errors)
-        hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
-        hist.pin(full)
+        try:
+            hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
+            hist.pin(full)
+        except HistoryError as exc:
+            fail(_damaged(exc) + " (the rollback itself was applied)")
     finally:
         import shutil
 
@@ -394,7 +437,10 @@ def resume(socket_path: str | None, root: str | None, wait: bool) -> None:
             _client(socket_path), "POST", "/v1/resume" + ("?wait=true" if wait else ""), timeout=660
         )
     except AgentUnavailable:
-        History(state_root(root)).pin(None)
+        try:
+            History(state_root(root)).pin(None)
+        except HistoryError as exc:
+            fail(_damaged(exc))
         click.echo("no agent answers: unpinned; the next agent follows the source")
         return
     _print_queued(doc, "resume")

@@ -27,10 +27,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from runtime.statefs import PRIVATE_FILE_MODE, open_private, private_dir, rmtree
 
@@ -92,22 +93,92 @@ class UnknownRevision(Exception):
     pass
 
 
+class HistoryError(Exception):
+    """The record cannot be read or written; the message is one line for people.
+    `mended` says that a damaged database was moved aside meanwhile (trying again works
+    on the new one)."""
+
+    def __init__(self, message: str, *, mended: bool = False) -> None:
+        super().__init__(message)
+        self.mended = mended
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A damaged database moved aside and started afresh."""
+
+    at: float  # Unix time
+    path: str  # the database that was damaged
+    moved_to: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The columns each table must have; a database whose tables lack them is of another schema.
+_TABLES: dict[str, dict[str, frozenset[str]]] = {
+    DB_NAME: {
+        "passes": frozenset(
+            {"id", "revision", "subject", "trigger", "started", "ended", "outcome"}
+            | {"summary", "errors"}
+        ),
+        "state": frozenset({"key", "value"}),
+    },
+    REVISIONS_DB_NAME: {
+        "revisions": frozenset({"revision", "subject", "source", "recorded", "files"}),
+    },
+}
+
+
 class History:
-    def __init__(self, root: str) -> None:
-        private_dir(root)
+    """The record. `repair=True` (the agent) moves a damaged database aside and starts a
+    new one, telling `on_reset`; otherwise (the CLI) a damaged database is an error that
+    names it. Every failure of sqlite reaches callers as a HistoryError."""
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        repair: bool = False,
+        on_reset: Callable[[Reset], None] | None = None,
+    ) -> None:
         self.path = os.path.join(root, DB_NAME)
         self.revisions_path = os.path.join(root, REVISIONS_DB_NAME)
+        self.repair = repair
+        self.on_reset = on_reset
         self._lock = threading.Lock()
+        with self._lock:
+            try:
+                private_dir(root)
+                self._open(thorough=repair)
+            except OSError as exc:
+                raise HistoryError(f"history {self.path}: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
+
+    def _open(self, *, thorough: bool) -> None:
+        """Check both databases (moving damaged ones aside when repairing), then create
+        what is missing. Called with the lock held."""
+        damaged = self._diagnose(thorough=thorough)
+        if damaged and not self.repair:
+            raise HistoryError(_damaged_message(damaged))
+        for path, reason in damaged:
+            self._move_aside(path, reason)
         _private_db(self.path)
         _private_db(self.revisions_path)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-            moved = db.execute(
-                "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'revisions'"
-            ).fetchone()
-            if moved:  # an earlier version kept the revisions' files in history.db
-                db.execute("INSERT OR IGNORE INTO rev.revisions SELECT * FROM main.revisions")
-                db.execute("DROP TABLE main.revisions")
+        db = self._connect()
+        try:
+            with db:
+                db.executescript(_SCHEMA)
+                moved = db.execute(
+                    "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'revisions'"
+                ).fetchone()
+                if moved:  # an earlier version kept the revisions' files in history.db
+                    db.execute("INSERT OR IGNORE INTO rev.revisions SELECT * FROM main.revisions")
+                    db.execute("DROP TABLE main.revisions")
+        finally:
+            db.close()
         if moved:
             vacuum = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             try:
@@ -115,16 +186,77 @@ class History:
             finally:
                 vacuum.close()
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("ATTACH DATABASE ? AS rev", (self.revisions_path,))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            db = sqlite3.connect(self.path, timeout=30)
             try:
-                db.execute("ATTACH DATABASE ? AS rev", (self.revisions_path,))
-                with db:
-                    yield db
-            finally:
-                db.close()
+                db = self._connect()
+                try:
+                    with db:
+                        yield db
+                finally:
+                    db.close()
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from exc
+
+    def _failure(self, exc: sqlite3.Error) -> HistoryError:
+        """What a failed statement means: a damaged database (moved aside when repairing)
+        or something else (read-only, full, locked, an I/O error). Lock held."""
+        damaged: list[tuple[str, str]] = []
+        if _suspect(exc):
+            # when it cannot even tell (unreadable, locked), it is not called damaged
+            with suppress(OSError, sqlite3.Error):
+                damaged = self._diagnose(thorough=True)
+        if not damaged:
+            return HistoryError(f"history {self.path}: {exc}")
+        if not self.repair:
+            return HistoryError(_damaged_message(damaged))
+        try:
+            for path, reason in damaged:
+                self._move_aside(path, reason)
+        except OSError as cannot:
+            return HistoryError(f"{_damaged_message(damaged)}; cannot move it aside: {cannot}")
+        try:
+            self._open(thorough=False)
+        except (OSError, sqlite3.Error) as again:
+            return HistoryError(f"history {self.path}: started afresh, but: {again}")
+        return HistoryError(_damaged_message(damaged) + "; moved aside", mended=True)
+
+    def _diagnose(self, *, thorough: bool) -> list[tuple[str, str]]:
+        """The databases that are damaged: (path, why). `thorough` also reads every page
+        (a truncated file can look sound until a page past its end is read)."""
+        out = []
+        for path in (self.path, self.revisions_path):
+            why = _check(path, _TABLES[os.path.basename(path)], thorough=thorough)
+            if why:
+                out.append((path, why))
+        return out
+
+    def _move_aside(self, path: str, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = f"{path}.corrupt-{stamp}"
+        n = 1
+        while os.path.lexists(target):
+            n += 1
+            target = f"{path}.corrupt-{stamp}-{n}"
+        os.chmod(path, PRIVATE_FILE_MODE)  # it may hold the files of secrets, however made
+        os.replace(path, target)
+        # a journal left beside it belongs to the damaged file: it must not be played
+        # into the new one
+        for suffix in ("-journal", "-wal", "-shm"):
+            if os.path.lexists(path + suffix):
+                os.replace(path + suffix, target + suffix)
+        if self.on_reset is not None:
+            self.on_reset(Reset(time.time(), path, target, reason))
 
     # -- passes ---------------------------------------------------------------------------
 
@@ -288,6 +420,143 @@ class History:
         self.set_state("stacks", sorted(stacks))
 
 
+T = TypeVar("T")
+
+
+class AgentHistory(History):
+    """The agent's record, which a pass never depends on.
+
+    A damaged database is moved aside and started afresh (`on_reset`), and the statement
+    tried again on the new one. A record that cannot be written (read-only, disk full, an
+    I/O error) is reported to `on_failure` and skipped: the pass goes on unrecorded. The
+    agent's small state (pin, managed stacks) is kept in memory too, and read from there
+    when the database cannot be read. Reads of the record itself (passes, revisions) still
+    raise HistoryError: there is no answer to give without it.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        on_reset: Callable[[Reset], None] | None = None,
+        on_failure: Callable[[str, HistoryError], None] | None = None,
+    ) -> None:
+        self._cache: dict[str, Any] = {}
+        self.on_failure = on_failure
+        try:
+            super().__init__(root, repair=True, on_reset=on_reset)
+        except HistoryError as exc:
+            # the agent starts without a record rather than not at all; every later use
+            # tries again (and says so)
+            self._failed("open", exc)
+            self._ready = False
+        else:
+            self._ready = True
+
+    def _failed(self, what: str, exc: HistoryError) -> None:
+        if self.on_failure is not None:
+            self.on_failure(what, exc)
+
+    def _try(self, fn: Callable[[], T]) -> T:
+        """Run `fn`; once more when a damaged database was moved aside meanwhile."""
+        if not self._ready:
+            with self._lock:
+                try:
+                    self._open(thorough=True)
+                    self._ready = True
+                except (OSError, sqlite3.Error) as exc:
+                    raise HistoryError(f"history {self.path}: {exc}") from exc
+        try:
+            return fn()
+        except HistoryError as exc:
+            if not exc.mended:
+                raise
+        # the new database starts with what this process knew: which stacks it manages
+        # (their events count) and the pin
+        for key, value in self._cache.items():
+            super().set_state(key, value)
+        return fn()
+
+    def _tolerate(self, what: str, fn: Callable[[], T], fallback: T) -> T:
+        try:
+            return self._try(fn)
+        except HistoryError as exc:
+            self._failed(what, exc)
+            return fallback
+
+    # writes: skipped, with a report, when they cannot be made
+
+    def begin(self, revision: str, subject: str, trigger: str, started: float | None = None) -> int:
+        """The pass's id, or -1 when it could not be recorded."""
+        return self._tolerate(
+            "record a pass",
+            lambda: super(AgentHistory, self).begin(revision, subject, trigger, started),
+            -1,
+        )
+
+    def finish(
+        self,
+        pass_id: int,
+        outcome: Outcome,
+        summary: Mapping[str, Any] | None = None,
+        errors: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        if pass_id < 0:
+            return
+        self._tolerate(
+            "record a pass's end",
+            lambda: super(AgentHistory, self).finish(pass_id, outcome, summary, errors),
+            None,
+        )
+
+    def close_running(self) -> int:
+        return self._tolerate("close passes", super().close_running, 0)
+
+    def prune(self, keep: int = KEEP_PASSES) -> int:
+        return self._tolerate("prune", lambda: super(AgentHistory, self).prune(keep), 0)
+
+    def store_revision(
+        self, revision: str, subject: str, source: str, files: Mapping[str, bytes]
+    ) -> None:
+        self._tolerate(
+            "store a revision",
+            lambda: super(AgentHistory, self).store_revision(revision, subject, source, files),
+            None,
+        )
+
+    def set_state(self, key: str, value: Any) -> None:
+        self._cache[key] = value
+        self._tolerate(
+            "record state", lambda: super(AgentHistory, self).set_state(key, value), None
+        )
+
+    # reads
+
+    def get_state(self, key: str) -> Any:
+        try:
+            value = self._try(lambda: super(AgentHistory, self).get_state(key))
+        except HistoryError as exc:
+            self._failed("read state", exc)
+            return self._cache.get(key)
+        self._cache[key] = value
+        return value
+
+    def passes(self, limit: int = 50, revision: str | None = None) -> list[PassRecord]:
+        return self._try(lambda: super(AgentHistory, self).passes(limit, revision))
+
+    def get(self, pass_id: int) -> PassRecord | None:
+        return self._try(lambda: super(AgentHistory, self).get(pass_id))
+
+    def succeeded(self, revision: str) -> bool:
+        return self._try(lambda: super(AgentHistory, self).succeeded(revision))
+
+    def resolve(self, revision: str) -> str:
+        return self._try(lambda: super(AgentHistory, self).resolve(revision))
+
+    def revision_files(self, revision: str) -> tuple[str, str, dict[str, bytes]]:
+        return self._try(lambda: super(AgentHistory, self).revision_files(revision))
+
+
 def _record(row: sqlite3.Row) -> PassRecord:
     return PassRecord(
         id=int(row["id"]),
@@ -345,6 +614,51 @@ def materialise(files: Mapping[str, bytes], directory: str) -> None:
         private_dir(os.path.dirname(target))
         with os.fdopen(open_private(target, os.O_WRONLY | os.O_TRUNC), "wb") as fh:
             fh.write(content)
+
+
+def _check(path: str, tables: Mapping[str, frozenset[str]], *, thorough: bool) -> str | None:
+    """Why the database at `path` is damaged, or None when it is sound, empty or absent.
+    Raises sqlite3.Error when it cannot tell (unreadable, locked)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return None
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True, timeout=30)
+        try:
+            if thorough:
+                row = db.execute("PRAGMA quick_check").fetchone()
+                if row is None or row[0] != "ok":
+                    return f"damaged: {row[0] if row else 'no answer from quick_check'}"
+            for table, columns in tables.items():
+                have = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+                missing = sorted(columns - have)
+                if have and missing:
+                    return f"table {table} is of another schema (no column {', '.join(missing)})"
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if _damage(exc):
+            return str(exc)
+        raise
+    return None
+
+
+def _damage(exc: sqlite3.Error) -> bool:
+    """Errors that mean the file itself is bad, as against locked, read-only or full."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _suspect(exc: sqlite3.Error) -> bool:
+    """Errors worth checking the files for: damage, or a generic error such as a missing
+    column (another schema). Read-only, full, busy, locked and I/O errors are not: checking
+    every page on each of those would cost much and find nothing."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return _damage(exc) or name in ("", "SQLITE_ERROR")
+
+
+def _damaged_message(damaged: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{path} is damaged ({why})" for path, why in damaged)
 
 
 def _private_db(path: str) -> None:

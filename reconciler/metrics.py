@@ -64,6 +64,18 @@ class Metrics:
             ["revision"],
             registry=r,
         )
+        self.history_resets = Counter(
+            "pyapply_history_resets",
+            "Damaged history databases moved aside and started afresh, by database.",
+            ["database"],
+            registry=r,
+        )
+        self.history_failures = Counter(
+            "pyapply_history_failures",
+            "Records the agent could not read or write (read-only, full, I/O error), by what.",
+            ["what"],
+            registry=r,
+        )
         self._revision: str | None = None
 
     def serve(self, address: str) -> None:
@@ -75,6 +87,12 @@ class Metrics:
 
     def action(self, op: str, status: str) -> None:
         self.actions.labels(op, status).inc()
+
+    def history_reset(self, database: str) -> None:
+        self.history_resets.labels(database).inc()
+
+    def history_failure(self, what: str) -> None:
+        self.history_failures.labels(what).inc()
 
     def rejected(self, outcome: str) -> None:
         self.passes.labels("file", outcome).inc()

@@ -62,8 +62,9 @@ mapfile -t runtime_packages < <(python3 runtime/native/hostbins.py packages)
 packages=("${runtime_packages[@]}" busybox-static ca-certificates)
 if [ "$native_only" = 0 ]; then
     # the docker runtime and the tests: dockerd, compose and skopeo to compare with, a
-    # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check
-    packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap)
+    # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check,
+    # chattr (e2fsprogs) for the read-only history fault
+    packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap e2fsprogs)
 fi
 if [ "$list_packages" = 1 ]; then
     printf '%s\n' "${packages[@]}"

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
 import pytest
 
-from reconciler.history import History, UnknownRevision, materialise, snapshot_files
+from reconciler.history import (
+    AgentHistory,
+    History,
+    HistoryError,
+    Reset,
+    UnknownRevision,
+    materialise,
+    snapshot_files,
+)
 
 
 def test_passes_are_recorded_newest_first(tmp_path: Path) -> None:
@@ -125,3 +135,154 @@ def test_cli_without_an_agent_reads_and_unpins_the_database(tmp_path: Path) -> N
     assert h.pinned() is None
     out = runner.invoke(main, ["status"], env=env)
     assert out.exit_code != 0
+
+
+# -- a damaged record ---------------------------------------------------------------------------
+
+
+def _filled(root: Path) -> History:
+    h = History(str(root))
+    pid = h.begin("rev000000000", "first", "start")
+    h.finish(pid, "succeeded", {}, [])
+    db = sqlite3.connect(h.path)  # many pages at once, so that a cut lands in the data
+    with db:
+        db.executemany(
+            "INSERT INTO passes (revision, subject, trigger, started, outcome, errors)"
+            " VALUES (?, ?, 'file', 1.0, 'succeeded', ?)",
+            [(f"rev{i:09d}", "subject " * 20, json.dumps(["e" * 100])) for i in range(1, 300)],
+        )
+    db.close()
+    h.store_revision("abcdef123456", "s", "/src", {"a.yaml": b"x" * 20000})
+    h.set_managed_stacks({"st"})
+    return h
+
+
+def _garbage(path: str) -> None:
+    with open(path, "r+b") as fh:  # over the file, in place, as a bad disk or tool would
+        fh.write(os.urandom(os.path.getsize(path)))
+
+
+def _truncate(path: str) -> None:
+    os.truncate(path, os.path.getsize(path) // 3)
+
+
+def _not_sqlite(path: str) -> None:
+    Path(path).write_text("these are not the bytes of a database\n" * 50)
+
+
+def _wrong_schema(path: str) -> None:
+    os.unlink(path)
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE passes (x INTEGER); CREATE TABLE revisions (revision TEXT, y TEXT);"
+    )
+    db.close()
+
+
+DAMAGES = {
+    "garbage": _garbage,
+    "truncated": _truncate,
+    "not-sqlite": _not_sqlite,
+    "wrong-schema": _wrong_schema,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("which", ["history.db", "revisions.db"])
+def test_the_cli_names_a_damaged_database(tmp_path: Path, damage: str, which: str) -> None:
+    h = _filled(tmp_path)
+    DAMAGES[damage](str(tmp_path / which))
+    with pytest.raises(HistoryError, match=f"{which} is damaged") as caught:
+        fresh = History(str(tmp_path))
+        fresh.passes(limit=5000)
+        fresh.revision_files("abcdef")
+    assert "\n" not in str(caught.value)
+    assert not list(tmp_path.glob("*.corrupt-*")), "the CLI never moves the record"
+    del h
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+@pytest.mark.parametrize("which", ["history.db", "revisions.db"])
+def test_the_agent_moves_a_damaged_database_aside(tmp_path: Path, damage: str, which: str) -> None:
+    _filled(tmp_path)
+    before = (tmp_path / which).read_bytes()
+    DAMAGES[damage](str(tmp_path / which))
+    damaged = (tmp_path / which).read_bytes()
+    assert damaged != before
+    resets: list[Reset] = []
+    h = AgentHistory(str(tmp_path), on_reset=resets.append)
+    assert [os.path.basename(r.path) for r in resets] == [which]
+    moved = Path(resets[0].moved_to)
+    assert moved.name.startswith(f"{which}.corrupt-") and moved.read_bytes() == damaged
+    assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+    assert resets[0].reason
+    # a new one, in use at once
+    pid = h.begin("new", "", "start")
+    h.finish(pid, "succeeded")
+    h.store_revision("fedcba654321", "s", "/src", {"b.yaml": b"y"})
+    assert h.revision_files("fedcba")[2] == {"b.yaml": b"y"}
+    if which == "revisions.db":  # the record itself survives; the rollback targets do not
+        assert len(h.passes(limit=5000)) == 301 and h.managed_stacks() == {"st"}
+        with pytest.raises(UnknownRevision):
+            h.resolve("abcdef")
+    else:
+        assert [p.revision for p in h.passes()] == ["new"]
+        assert h.revision_files("abcdef")[0] == "abcdef123456"
+
+
+def test_damage_while_in_use_is_mended_and_the_statement_tried_again(tmp_path: Path) -> None:
+    resets: list[Reset] = []
+    failures: list[str] = []
+    h = AgentHistory(
+        str(tmp_path), on_reset=resets.append, on_failure=lambda w, e: failures.append(w)
+    )
+    h.set_managed_stacks({"a", "b"})
+    _garbage(h.path)
+    pid = h.begin("r", "", "file")  # the write that finds the damage lands in the new db
+    assert pid > 0 and len(resets) == 1 and failures == []
+    assert [p.revision for p in h.passes()] == ["r"]
+    # the small state outlives the database: kept in memory, written to the new one
+    assert h.managed_stacks() == {"a", "b"}
+    assert History(str(tmp_path)).managed_stacks() == {"a", "b"}
+    _not_sqlite(h.revisions_path)
+    assert h.pinned() is None  # every statement attaches revisions.db: found at once
+    assert [os.path.basename(r.path) for r in resets] == ["history.db", "revisions.db"]
+    h.store_revision("x" * 12, "", "", {})
+    assert len(resets) == 2 and h.resolve("xxxxxxx") == "x" * 12
+
+
+def test_an_unwritable_record_is_reported_not_raised(tmp_path: Path) -> None:
+    failures: list[tuple[str, str]] = []
+    h = AgentHistory(str(tmp_path), on_failure=lambda w, e: failures.append((w, str(e))))
+    h.set_managed_stacks({"st"})
+    os.unlink(h.path)
+    os.mkdir(h.path)
+    assert h.begin("r", "", "file") == -1
+    h.finish(-1, "succeeded")
+    h.store_revision("r" * 12, "", "", {})
+    h.set_managed_stacks({"st", "two"})
+    assert h.managed_stacks() == {"st", "two"}  # from memory
+    assert [w for w, _ in failures][:3] == ["record a pass", "store a revision", "record state"]
+    assert all(str(h.path) in e for _, e in failures)
+    with pytest.raises(HistoryError):
+        h.passes()
+    assert not list(tmp_path.glob("*.corrupt-*"))
+
+
+def test_damage_that_cannot_be_moved_aside_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+    h = AgentHistory(str(tmp_path), on_failure=lambda w, e: failures.append(str(e)))
+    _garbage(h.path)
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted", src)
+
+    monkeypatch.setattr("reconciler.history.os.replace", refuse)
+    assert h.begin("r", "", "file") == -1
+    assert len(failures) == 1 and "cannot move it aside" in failures[0]
+    assert "history.db is damaged" in failures[0]
+    monkeypatch.undo()
+    assert h.begin("r", "", "file") > 0  # once it can be moved, it is
+    assert list(tmp_path.glob("history.db.corrupt-*"))

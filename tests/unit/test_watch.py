@@ -554,3 +554,119 @@ def test_a_recreating_pass_marks_its_own_stops(tmp_path: Path) -> None:
     agent.reconcile({"file"})
     assert agent.own_stops("own-s0-1")  # removed for the recreate, moments ago
     assert not agent.own_stops("own-s1-1")
+
+
+# -- the guard against emptying, and a record that fails ------------------------------------
+
+
+def test_services_emptied_is_refused_shown_and_allowed_with_allow_empty(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.yaml").write_text(stack_yaml("st", services=2))
+    agent, rt = fake_agent(tmp_path, d)
+    agent.reconcile({"start"})
+    assert sorted(rt.containers) == ["st-s0-1", "st-s1-1"]
+    empty = "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: st}\nspec:\n  services: {}\n"
+    (d / "a.yaml").write_text(empty)
+    agent.reconcile({"file"})
+    rec = agent.history.passes()[0]
+    assert rec.outcome == "refused"
+    assert "stack st would be left with no containers while it has 2" in rec.errors[0]
+    assert sorted(rt.containers) == ["st-s0-1", "st-s1-1"]
+    # self-healing goes on with the last good revision, and the status still says why the
+    # source is not applied
+    rt.remove_container("st-s1-1")
+    agent.reconcile({"resync"})
+    assert sorted(rt.containers) == ["st-s0-1", "st-s1-1"]
+    status = agent.status(rt)
+    assert status["last_result"]["outcome"] == "succeeded"
+    assert status["rejected"]["outcome"] == "refused"
+    assert "--allow-empty" in status["rejected"]["errors"][0]
+    openapi_validator("Status").validate(status)
+    agent.options.allow_empty = True
+    agent.reconcile({"api"})
+    assert agent.history.passes()[0].outcome == "succeeded"
+    assert rt.containers == {}
+    assert agent.status(rt)["rejected"] is None
+
+
+def test_replicas_zero_everywhere_is_applied(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.yaml").write_text(stack_yaml("st", services=2))
+    agent, rt = fake_agent(tmp_path, d)
+    agent.reconcile({"start"})
+    zero = stack_yaml("st", services=2).replace("      command:", "      scale: 0\n      command:")
+    (d / "a.yaml").write_text(zero)
+    agent.reconcile({"file"})
+    assert agent.history.passes()[0].outcome == "succeeded"
+    assert rt.containers == {}
+
+
+def test_garbage_over_the_history_is_moved_aside_and_reconciling_goes_on(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.yaml").write_text(stack_yaml("st"))
+    agent, rt = fake_agent(tmp_path, d)
+    agent.reconcile({"start"})
+    db = Path(agent.history.path)
+    db.write_bytes(os.urandom(3000))
+    rt.remove_container("st-s0-1")
+    agent.reconcile({"resync"})
+    assert sorted(rt.containers) == ["st-s0-1"]
+    moved = sorted(p.name for p in db.parent.glob("history.db.corrupt-*"))
+    assert len(moved) == 1 and moved[0].startswith("history.db.corrupt-2")
+    status = agent.status(rt)
+    reset = status["history_reset"]
+    assert reset["path"] == str(db) and reset["moved_to"].endswith(moved[0])
+    assert "not a database" in reset["reason"]
+    openapi_validator("Status").validate(status)
+    # the new record goes on; the managed stacks were kept in memory and written again
+    assert [p.trigger for p in agent.history.passes()] == ["resync"]
+    assert agent.history.managed_stacks() == {"st"}
+
+
+def test_a_history_that_cannot_be_written_never_stops_a_pass(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.yaml").write_text(stack_yaml("st"))
+    agent, rt = fake_agent(tmp_path, d)
+    agent.reconcile({"start"})
+    db = Path(agent.history.path)
+    db.unlink()
+    db.mkdir()  # unopenable: neither damaged (nothing to move aside) nor writable
+    try:
+        rt.remove_container("st-s0-1")
+        agent.reconcile({"resync"})
+        assert sorted(rt.containers) == ["st-s0-1"]
+        status = agent.status(rt)
+        assert status["history"]["write_failures"] >= 1
+        assert status["history_reset"] is None
+        assert status["last_result"]["outcome"] == "succeeded"
+        assert status["last_result"]["pass"] is None  # not recorded
+        assert agent.history.managed_stacks() == {"st"}  # from memory
+    finally:
+        db.rmdir()
+
+
+def test_a_pin_whose_files_went_with_a_damaged_revisions_db_is_dropped(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sha1 = commit(repo, {"s.yaml": stack_yaml("st", "1")}, "one")
+    agent, rt = fake_agent(tmp_path, repo)
+    agent.reconcile({"start"})
+    commit(repo, {"s.yaml": stack_yaml("st", "2")}, "two")
+    agent.reconcile({"file"})
+    agent.rollback(sha1[:8])
+    agent.reconcile({"rollback"})
+    assert any("V=1" in e for e in rt.containers["st-s0-1"].env)
+    Path(agent.history.revisions_path).write_bytes(os.urandom(5000))
+    # a new agent (a restart): revisions.db is moved aside, the pin cannot be honoured, and
+    # the source is followed rather than nothing reconciled at all
+    again = Agent(
+        Source.of(str(repo)), str(tmp_path / "root"), AgentOptions(runtime_events=False), lambda: rt
+    )
+    assert [os.path.basename(r.path) for r in again.history_resets] == ["revisions.db"]
+    assert again.history.pinned() == sha1[:12]
+    again.reconcile({"start"})
+    assert again.history.pinned() is None
+    assert any("V=2" in e for e in rt.containers["st-s0-1"].env)
