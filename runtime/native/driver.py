@@ -605,7 +605,9 @@ class NativeRuntime:
         cdirs = self.containers.containers_dir
         if not cdirs.is_dir():
             return out
-        names = self.names.load()
+        names: dict[str, str] = {}
+        with contextlib.suppress(DamagedState):  # events are hints: the pass reports it
+            names = self.names.load()
         for cdir in cdirs.iterdir():
             doc = self.containers.peek(cdir.name) if cdir.is_dir() else None
             if doc is None:
