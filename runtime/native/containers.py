@@ -318,6 +318,8 @@ class ContainerManager:
             raise Conflict(f"container name {config.name} is in use by another container")
         if cdir.exists():  # an interrupted create or a damaged state: start over
             self._destroy_dir(cdir)
+        else:  # its directory deleted by hand: what ran of it may still be in its cgroup
+            kill_cgroup(self.cgroup_dirs(config.name))
         image = (
             image_config
             if isinstance(image_config, oci.ImageConfig)
