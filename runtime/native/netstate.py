@@ -33,11 +33,17 @@ _BINDING = record(
     {"host_port": optional(integer)},
 )
 _PORT = record(
-    {"container": string, "ip": ipv4_address, "binding": _BINDING}, {"requested": _BINDING}
+    {"container": string, "ip": ipv4_address, "binding": _BINDING, "requested": _BINDING}
 )
 _ENDPOINT = record(
-    {"ip": ipv4_address, "veth": nonempty, "netns": string},
-    {"ifname": string, "aliases": list_of(string), "default_route": boolean},
+    {
+        "ip": ipv4_address,
+        "veth": nonempty,
+        "netns": string,
+        "ifname": string,
+        "aliases": list_of(string),
+        "default_route": boolean,
+    }
 )
 
 
@@ -104,8 +110,9 @@ NETWORKS_SHAPE = checked(
                             "subnet": ipv4_network,
                             "gateway": ipv4_address,
                             "endpoints": map_of(_ENDPOINT),
+                            "ports": list_of(_PORT),
                         },
-                        {"ports": list_of(_PORT), "guards": integer},
+                        {"guards": integer},
                     ),
                     _network_fits,
                 )

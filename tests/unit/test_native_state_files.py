@@ -193,7 +193,14 @@ def _net(**over: Any) -> dict[str, Any]:
 
 
 def _ep(ip: str) -> dict[str, Any]:
-    return {"ip": ip, "veth": "pav1", "netns": "/run/netns/x", "aliases": []}
+    return {
+        "ip": ip,
+        "veth": "pav1",
+        "netns": "/run/netns/x",
+        "ifname": "eth0",
+        "aliases": [],
+        "default_route": True,
+    }
 
 
 @pytest.mark.parametrize(
