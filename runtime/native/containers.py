@@ -711,7 +711,7 @@ class ContainerManager:
         runc_all = self.supervisor.runc_list()
         out = []
         for cdir in sorted(self.containers_dir.iterdir()):
-            if not _NAME.match(cdir.name):
+            if not _NAME.match(cdir.name) or not cdir.is_dir():
                 continue
             try:
                 doc = self._load(cdir.name)
