@@ -85,6 +85,8 @@ def reset(force: bool, runtime_name: str | None, root: str | None, lock_timeout:
         report = native_system.reset(root_dir)
     for line in reset_lines(report.root, report.removed, report.kept):
         click.echo(line)
+    for damaged in report.damaged:
+        err(f"warning: {damaged.partition(';')[0]}: swept by name instead")
     for problem in report.errors:
         err(f"error: {problem}")
     if report.errors:

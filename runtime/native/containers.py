@@ -43,7 +43,9 @@ from runtime.base import (
 )
 from runtime.native import health as healthmod
 from runtime.native import oci, root_tag, rootfs
+from runtime.native.container_state import LABELS_ANNOTATION, SPEC_SHAPE, STATE_SHAPE
 from runtime.native.hostbins import INIT
+from runtime.native.statefile import DamagedState, read_json
 from runtime.native.supervise import (
     DEFAULT_CONMON,
     DEFAULT_LOG_FILES,
@@ -155,6 +157,28 @@ def live_memory_limit(cgroup: str) -> int | None:
     return None
 
 
+def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
+    """{key: value} all present (value "" = has the key)."""
+    return all(k in have and (not v or have[k] == v) for k, v in (wanted or {}).items())
+
+
+def kill_cgroup(dirs: Sequence[Path]) -> None:
+    """SIGKILL every process in these cgroups (and their sub-cgroups), then wait (bounded)
+    until they are gone."""
+    pids: set[int] = set()
+    for d in dirs:
+        for sub in [str(d), *dirs_bottom_up(d)]:
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(x) for x in Path(sub, "cgroup.procs").read_text().split())
+    pids.discard(os.getpid())
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _health_dict(config: ContainerConfig) -> dict[str, Any] | None:
     if config.health is None or healthmod.probe_argv(config.health.test) is None:
         return None
@@ -200,11 +224,40 @@ class ContainerManager:
         return self.containers_dir / name
 
     def _load(self, name: str) -> dict[str, Any] | None:
-        try:
-            doc: dict[str, Any] = json.loads((self.dir(name) / "state.json").read_text())
-        except (OSError, ValueError):
-            return None
+        """The container's state; None when there is no such container; DamagedState when
+        its directory exists but its state.json is missing or not what we wrote (then its
+        processes may still run: see _kill_leftovers)."""
+        cdir = self.dir(name)
+        path = cdir / "state.json"
+        doc: dict[str, Any] | None = read_json(path, STATE_SHAPE)
+        if doc is None and cdir.is_dir() and not self._creating():
+            raise DamagedState(path, "missing")
         return doc
+
+    def peek(self, name: str) -> dict[str, Any] | None:
+        """The container's state, or None when there is none or it is damaged (for the
+        readers that only look: events, the keeper)."""
+        if not _NAME.match(name):
+            return None
+        try:
+            return self._load(name)
+        except DamagedState:
+            return None
+
+    def _creating(self) -> bool:
+        """A create holds the containers dir's lock (so a dir without state.json may be
+        one being made, not a damaged one)."""
+        try:
+            fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def _must_load(self, name: str) -> dict[str, Any]:
         doc = self._load(name)
@@ -255,13 +308,18 @@ class ContainerManager:
         pending: bool,
     ) -> str:
         cdir = self.dir(config.name)
-        existing = self._load(config.name)
+        try:
+            existing = self._load(config.name)
+        except DamagedState:
+            existing = None  # what is left of it (processes included) goes below
         if existing is not None:
             if dict(existing.get("labels") or {}) == dict(config.labels):
                 return str(existing["id"])
             raise Conflict(f"container name {config.name} is in use by another container")
-        if cdir.exists():  # an interrupted create: start over
+        if cdir.exists():  # an interrupted create or a damaged state: start over
             self._destroy_dir(cdir)
+        else:  # its directory deleted by hand: what ran of it may still be in its cgroup
+            kill_cgroup(self.cgroup_dirs(config.name))
         image = (
             image_config
             if isinstance(image_config, oci.ImageConfig)
@@ -427,7 +485,12 @@ class ContainerManager:
             self._stop(name, timeout)
 
     def _stop(self, name: str, timeout: float | None) -> None:
-        doc = self._load(name)
+        try:
+            doc = self._load(name)
+        except DamagedState:
+            # no record of how to stop it gracefully: what still runs of it is killed
+            self._kill_leftovers(self.dir(name), None)
+            return
         if doc is None:
             return
         cdir = self.dir(name)
@@ -474,8 +537,7 @@ class ContainerManager:
         cdir = self.dir(name)
         with self._lock(name):
             if cdir.exists():
-                if self._load(name) is not None:
-                    self._stop(name, 0)
+                self._stop(name, 0)
                 self._destroy_dir(cdir)
         self._remove_cgroups(name)
         with contextlib.suppress(OSError):
@@ -483,9 +545,13 @@ class ContainerManager:
                 self.remove_cgroup_parent()
 
     def _destroy_dir(self, cdir: Path) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            doc = json.loads((cdir / "state.json").read_text())
-            self.supervisor.delete(str(doc["id"]))
+        cid: str | None = None
+        with contextlib.suppress(DamagedState):
+            doc = read_json(cdir / "state.json", STATE_SHAPE)
+            cid = str(doc["id"]) if doc is not None else None
+        if cid is not None:
+            self.supervisor.delete(cid)
+        self._kill_leftovers(cdir, cid)
         cpid = conmon_pid(cdir)
         if cpid is not None:
             # after the exit conmon still runs its exit command (runc delete): let it finish
@@ -506,6 +572,21 @@ class ContainerManager:
                 if attempt == 4:
                     raise
                 time.sleep(0.05)
+
+    def _kill_leftovers(self, cdir: Path, cid: str | None) -> None:
+        """Stop whatever still runs of the container in `cdir` that its state may no longer
+        name (a damaged or deleted state.json), so that a replacement never runs beside it:
+        runc's containers whose bundle is this dir (runc delete --force), its conmon (by the
+        pid file), and anything left in its cgroup (SIGKILL)."""
+        if cid is None:
+            for other, info in self.supervisor.runc_list().items():
+                if info.get("bundle") == str(cdir):
+                    self.supervisor.delete(other)
+        cpid = conmon_pid(cdir)
+        if cpid is not None and cid is None:
+            with contextlib.suppress(OSError):
+                os.kill(cpid, signal.SIGKILL)
+        kill_cgroup(self.cgroup_dirs(cdir.name))
 
     def cgroup_dirs(self, name: str) -> list[Path]:
         """The container's cgroup directories, in every hierarchy, that exist now."""
@@ -592,8 +673,32 @@ class ContainerManager:
             finished_at=finished,
         )
 
+    def _damaged_state(self, name: str) -> ContainerState:
+        """A container whose state.json is damaged: dead (so a pass replaces it, after
+        _kill_leftovers), with the labels and image its OCI spec still names."""
+        spec: dict[str, Any] | None = None
+        with contextlib.suppress(DamagedState):
+            spec = read_json(self.dir(name) / "config.json", SPEC_SHAPE)
+        notes = (spec or {}).get("annotations") or {}
+        labels: dict[str, str] = {}
+        with contextlib.suppress(ValueError, TypeError):
+            found = json.loads(str(notes.get(LABELS_ANNOTATION) or "{}"))
+            if isinstance(found, dict):
+                labels = {str(k): str(v) for k, v in found.items()}
+        return ContainerState(
+            id="",
+            name=name,
+            image=str(notes.get("io.pyapply.image") or ""),
+            image_id="",
+            labels=labels,
+            status="dead",
+        )
+
     def state(self, name: str) -> ContainerState | None:
-        doc = self._load(name)
+        try:
+            doc = self._load(name)
+        except DamagedState:
+            return self._damaged_state(name)
         if doc is None:
             return None
         return self._state(name, doc, self.supervisor.runc_state(str(doc["id"])))
@@ -606,19 +711,23 @@ class ContainerManager:
         runc_all = self.supervisor.runc_list()
         out = []
         for cdir in sorted(self.containers_dir.iterdir()):
-            if not _NAME.match(cdir.name):
+            if not _NAME.match(cdir.name) or not cdir.is_dir():
                 continue
-            doc = self._load(cdir.name)
-            if doc is None:
+            try:
+                doc = self._load(cdir.name)
+            except DamagedState:
+                state = self._damaged_state(cdir.name)
+                if _labels_match(state.labels, labels):
+                    out.append(state)
                 continue
-            have = doc.get("labels") or {}
-            if labels and any(k not in have or (v and have[k] != v) for k, v in labels.items()):
+            if doc is None or not _labels_match(doc.get("labels") or {}, labels):
                 continue
             out.append(self._state(cdir.name, doc, runc_all.get(str(doc["id"]))))
         return out
 
     def layer_dirs_in_use(self) -> set[str]:
-        """The image layer directories the containers of this root are made of."""
+        """The image layer directories the containers of this root are made of (a damaged
+        container's are unknown: DamagedState, rather than prune layers it may use)."""
         used: set[str] = set()
         if self.containers_dir.is_dir():
             for cdir in self.containers_dir.iterdir():

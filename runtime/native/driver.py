@@ -66,6 +66,18 @@ from runtime.native.containers import ContainerManager
 from runtime.native.images import ImageStore
 from runtime.native.netlink import netns_create, netns_remove
 from runtime.native.network import NetworkManager, translated
+from runtime.native.statefile import (
+    DamagedState,
+    anything,
+    bad,
+    checked,
+    list_of,
+    map_of,
+    nonempty,
+    read_json,
+    record,
+    string,
+)
 from runtime.native.supervise import ExecResult, conmon_pid
 from runtime.statefs import atomic_write, open_private, private_dir, rmtree
 
@@ -107,6 +119,19 @@ class _Liveness(NamedTuple):
     labels: dict[str, str]
 
 
+def _one_name_per_key(names: Mapping[str, str], where: str) -> None:
+    seen: dict[str, str] = {}
+    for name, key in names.items():
+        if key in seen:
+            raise bad(where, f"names {seen[key]!r} and {name!r} both point to {key!r}")
+        seen[key] = name
+
+
+NAMES_SHAPE = checked(map_of(nonempty), _one_name_per_key)
+SPEC_MOUNTS_SHAPE = record({}, {"mounts": list_of(map_of(anything))})
+VOLUME_META_SHAPE = record({"labels": map_of(string)}, {"name": string, "driver": string})
+
+
 class Names:
     """`names.json`: name -> key for the containers whose name is not their key (renamed
     ones). Written atomically; writers hold the driver lock."""
@@ -115,11 +140,10 @@ class Names:
         self.path = path
 
     def load(self) -> dict[str, str]:
-        try:
-            doc = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+        """The map; DamagedState when the file is not one (renamed containers could not be
+        told apart from their keys, so it is not guessed)."""
+        doc: dict[str, str] | None = read_json(self.path, NAMES_SHAPE)
+        return dict(doc or {})
 
     def save(self, names: Mapping[str, str]) -> None:
         atomic_write(self.path, json.dumps(dict(sorted(names.items())), indent=1))
@@ -208,11 +232,16 @@ class NativeRuntime:
         return self.volumes_dir / name
 
     def _volume_meta(self, name: str) -> dict[str, Any] | None:
+        """A volume's metadata; None when it has none or it is damaged: the volume then
+        shows as missing, and the next create writes its metadata again, keeping the data
+        (nothing but its labels is kept there)."""
         try:
-            doc = json.loads((self._volume_dir(name) / "meta.json").read_text())
-        except (OSError, ValueError):
+            doc: dict[str, Any] | None = read_json(
+                self._volume_dir(name) / "meta.json", VOLUME_META_SHAPE
+            )
+        except DamagedState:
             return None
-        return doc if isinstance(doc, dict) else None
+        return doc
 
     def _volume_state(self, name: str, meta: Mapping[str, Any]) -> VolumeState:
         return VolumeState(
@@ -261,10 +290,10 @@ class NativeRuntime:
             return users
         for cdir in sorted(cdirs.iterdir()):
             try:
-                spec = json.loads((cdir / "config.json").read_text())
-            except (OSError, ValueError):
+                spec = read_json(cdir / "config.json", SPEC_MOUNTS_SHAPE)
+            except DamagedState:
                 continue
-            for m in spec.get("mounts") or ():
+            for m in (spec or {}).get("mounts") or ():
                 if m.get("source") == str(data_dir):
                     users.append(Names.name_of(self.names.load(), cdir.name))
                     break
@@ -312,7 +341,8 @@ class NativeRuntime:
     def key(self, name: str) -> str | None:
         """The key of an existing container named `name` (None: no such container)."""
         key = Names.key_of(self.names.load(), name)
-        if key is None or not (self.containers.dir(key) / "state.json").exists():
+        # its dir, not its state.json: a damaged container still exists (to be removed)
+        if key is None or not self.containers.dir(key).is_dir():
             return None
         return key
 
@@ -575,11 +605,12 @@ class NativeRuntime:
         cdirs = self.containers.containers_dir
         if not cdirs.is_dir():
             return out
-        names = self.names.load()
+        names: dict[str, str] = {}
+        with contextlib.suppress(DamagedState):  # events are hints: the pass reports it
+            names = self.names.load()
         for cdir in cdirs.iterdir():
-            try:
-                doc = json.loads((cdir / "state.json").read_text())
-            except (OSError, ValueError):
+            doc = self.containers.peek(cdir.name) if cdir.is_dir() else None
+            if doc is None:
                 continue
             try:
                 exit_mtime = (cdir / "exit").stat().st_mtime

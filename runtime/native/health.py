@@ -34,6 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from runtime.base import Health, HealthConfig
+from runtime.native.container_state import STATE_SHAPE
+from runtime.native.statefile import (
+    DamagedState,
+    anything,
+    integer,
+    list_of,
+    map_of,
+    read_json,
+    record,
+    string,
+)
 from runtime.native.supervise import (
     DEFAULT_LOG_FILES,
     DEFAULT_LOG_SIZE_MAX,
@@ -46,6 +57,9 @@ from runtime.native.supervise import (
 from runtime.statefs import atomic_write, open_private
 
 HEALTH_FILE = "health.json"
+HEALTH_SHAPE = record(
+    {"status": string}, {"failing_streak": integer, "log": list_of(map_of(anything))}
+)
 PID_FILE = "health.pid"  # in the state root
 LOCK_FILE = "health.lock"
 IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
@@ -119,20 +133,19 @@ def _announce(pid_file: Path) -> None:
 
 
 def read_status(cdir: Path) -> Health | None:
-    try:
-        doc = json.loads((cdir / HEALTH_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    s = doc.get("status")
+    doc = read_document(cdir)
+    s = (doc or {}).get("status")
     if s in ("healthy", "unhealthy", "starting"):
         return s  # type: ignore[no-any-return]
     return None
 
 
 def read_document(cdir: Path) -> dict[str, Any] | None:
+    """The health file; None when there is none or it is damaged (no result yet: the
+    keeper writes it again at the next probe)."""
     try:
-        doc: dict[str, Any] = json.loads((cdir / HEALTH_FILE).read_text())
-    except (OSError, ValueError):
+        doc: dict[str, Any] | None = read_json(cdir / HEALTH_FILE, HEALTH_SHAPE)
+    except DamagedState:
         return None
     return doc
 
@@ -210,10 +223,10 @@ class _Watched:
 def _read_running(cdir: Path) -> dict[str, Any] | None:
     """The state of a started container with no exit recorded (else None)."""
     try:
-        doc: dict[str, Any] = json.loads((cdir / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not doc.get("started_at") or (cdir / "exit").exists():
+        doc: dict[str, Any] | None = read_json(cdir / "state.json", STATE_SHAPE)
+    except DamagedState:
+        return None  # the next apply replaces it (containers.py)
+    if doc is None or not doc.get("started_at") or (cdir / "exit").exists():
         return None
     return doc
 

@@ -60,6 +60,19 @@ from runtime.native.registry import (
     parse_reference,
     select_platform,
 )
+from runtime.native.statefile import (
+    anything,
+    bad,
+    checked,
+    integer,
+    list_of,
+    map_of,
+    nonempty,
+    optional,
+    read_json,
+    record,
+    string,
+)
 from runtime.statefs import atomic_write, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
@@ -191,6 +204,58 @@ class PullProgress:
 ProgressFn = Callable[[PullProgress], None]
 
 
+def _strings(value: Any, where: str) -> Any:
+    """A string or a list of strings (an image config's Cmd, Entrypoint, Env)."""
+    return value if isinstance(value, str) else list_of(string)(value, where)
+
+
+_CONFIG_SHAPE = record(
+    {},
+    {
+        "Env": optional(_strings),
+        "Cmd": optional(_strings),
+        "Entrypoint": optional(_strings),
+        "WorkingDir": optional(string),
+        "User": optional(string),
+        "ExposedPorts": optional(map_of(anything)),
+        "Healthcheck": optional(map_of(anything)),
+        "Labels": optional(map_of(optional(string))),
+        "StopSignal": optional(string),
+    },
+)
+_RECORD_SHAPE = record(
+    {"id": nonempty},
+    {
+        "repo_digests": list_of(string),
+        "config": optional(_CONFIG_SHAPE),
+        "diff_ids": list_of(string),
+        "blobs": list_of(string),
+        "layer_blobs": list_of(string),
+        "os": optional(string),
+        "architecture": optional(string),
+        "variant": optional(string),
+        "created": optional(string),
+        "size": optional(integer),
+    },
+)
+
+
+def _index_fits(doc: Mapping[str, Any], where: str) -> None:
+    images = doc.get("images") or {}
+    for image_id, rec in images.items():
+        if rec["id"] != image_id:
+            raise bad(f"images.{image_id}", f"the record is of {rec['id']}")
+    for ref, image_id in (doc.get("refs") or {}).items():
+        if image_id not in images:
+            raise bad(f"refs.{ref}", f"no image {image_id}")
+
+
+INDEX_SHAPE = checked(
+    record({}, {"version": integer, "refs": map_of(string), "images": map_of(_RECORD_SHAPE)}),
+    _index_fits,
+)
+
+
 @dataclass
 class _Index:
     refs: dict[str, str] = field(default_factory=dict)
@@ -244,13 +309,11 @@ class ImageStore:
             os.close(fd)
 
     def _load(self) -> _Index:
-        try:
-            with open(self.index_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
+        """The index; DamagedState (naming the file) when it is not what we wrote: which
+        references name which images cannot be guessed."""
+        data: dict[str, Any] | None = read_json(self.index_path, INDEX_SHAPE)
+        if data is None:
             return _Index()
-        except ValueError as e:
-            raise PermanentError(f"image index {self.index_path} is corrupt: {e}") from e
         return _Index(refs=dict(data.get("refs") or {}), images=dict(data.get("images") or {}))
 
     def _save(self, index: _Index) -> None:

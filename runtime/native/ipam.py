@@ -10,8 +10,9 @@ Rules:
   subnet nor anything in `avoid` (the host's own routes, given by the caller);
 - the gateway is the config's or the first host address;
 - an address is leased to at most one container at a time: an explicit address that is the
-  gateway, outside the subnet, the network or broadcast address, or held by another
-  container is refused; otherwise the lowest free host address is handed out;
+  gateway, outside the subnet, the network or broadcast address, held by another
+  container or live in the kernel (given by the caller) is refused; otherwise the lowest
+  free host address that is not live in the kernel is handed out;
 - a lease is freed by `release` and by `reclaim` (containers that no longer exist).
 """
 
@@ -124,14 +125,23 @@ class Ipam:
 
     # -- leases --------------------------------------------------------------------------
 
-    def lease(self, network: str, container: str, address: str | None = None) -> IPv4Address:
-        """Lease an address to `container` on `network`; idempotent for the same container."""
+    def lease(
+        self,
+        network: str,
+        container: str,
+        address: str | None = None,
+        live: Iterable[IPv4Address] = (),
+    ) -> IPv4Address:
+        """Lease an address to `container` on `network`; idempotent for the same container.
+        `live`: addresses the kernel shows in use on the network (its bridge's neighbours),
+        whatever the leases say; a new lease is never one of them."""
         alloc = self.get(network)
         current = alloc.leases.get(container)
+        in_kernel = set(live)
         if address is None:
             if current is not None:
                 return current
-            used = {alloc.gateway, *alloc.leases.values()}
+            used = {alloc.gateway, *alloc.leases.values(), *in_kernel}
             for candidate in alloc.subnet.hosts():
                 if candidate not in used:
                     alloc.leases[container] = candidate
@@ -150,6 +160,11 @@ class Ipam:
         holder = alloc.holder(wanted)
         if holder is not None:
             raise Conflict(f"address {wanted} on network {network} is in use by {holder}")
+        if wanted in in_kernel:
+            raise Conflict(
+                f"address {wanted} on network {network} is in use in the kernel by something "
+                "the state does not know (a leftover container?)"
+            )
         alloc.leases[container] = wanted
         return wanted
 

@@ -61,9 +61,13 @@ from runtime.native import firewall, root_tag
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
 from runtime.native.netlink import IPRoute, NetNS, netlink_error
+from runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
+from runtime.native.statefile import Shape, read_json
 from runtime.statefs import open_private, private_dir
 
 DEFAULT_ROOT = "/var/lib/pyapply"
+_NUD_GONE = 0x01 | 0x20  # NUD_INCOMPLETE, NUD_FAILED: nothing answered there
+_NUD_PERMANENT = 0x80
 ALIAS_PREFIX = "pyapply:"
 # The generation of a network's guard rules (firewall.guard_rules) recorded with it: a
 # network made by an older pyapply gets them at the first look at the state, rather than at
@@ -124,17 +128,11 @@ def atomic_write_json(path: Path, data: Any) -> None:
         os.close(dfd)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise PermanentError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise PermanentError(f"{path} is not a JSON object")
-    return data
+def _read_json(path: Path, shape: Shape) -> dict[str, Any]:
+    """The file checked against its shape (netstate.py); {} when missing; DamagedState
+    when it is not what we wrote."""
+    data: dict[str, Any] | None = read_json(path, shape)
+    return data or {}
 
 
 def write_in_place(path: str, content: str) -> None:
@@ -209,8 +207,8 @@ class NetworkManager:
         with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                data = _read_json(self.dir / "networks.json")
-                ipam_data = _read_json(self.dir / "ipam.json")
+                data = _read_json(self.dir / "networks.json", NETWORKS_SHAPE)
+                ipam_data = _read_json(self.dir / "ipam.json", IPAM_SHAPE)
                 state = _State(
                     networks=dict(data.get("networks", {})),
                     hosts_files=dict(data.get("hosts_files", {})),
@@ -469,7 +467,8 @@ class NetworkManager:
                 if ipv4_address is not None and ipv4_address != ep["ip"]:
                     st.ipam.release(network, container_name)
             self._ensure_kernel(rec)
-            ip = st.ipam.lease(network, container_name, ipv4_address)
+            live = self._live_addresses(rec, st.ipam.get(network).leases.get(container_name))
+            ip = st.ipam.lease(network, container_name, ipv4_address, live)
             try:
                 ifname, default_route = self._plumb(rec, veth, nspath, ip)
             except BaseException:
@@ -488,6 +487,43 @@ class NetworkManager:
             }
             self._rewrite_hosts(st, {network}, {container_name})
             return str(ip)
+
+    def _live_addresses(
+        self, rec: Mapping[str, Any], own: IPv4Address | None
+    ) -> builtins.set[IPv4Address]:
+        """Addresses something answers on at the network's bridge, besides `own` (the
+        container's current lease): a container the state forgot still holds its address,
+        and must not get a twin. Two netlink dumps, per attach: the bridge's ARP entries
+        (flushed whenever the bridge's MAC changes) and the MACs its ports learned (gone
+        with their port, kept over MAC changes), which name the address they were made of
+        (mac_for)."""
+        subnet = IPv4Network(rec["subnet"])
+        found: builtins.set[IPv4Address] = set()
+        with IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=rec["bridge"])
+            if not idx:
+                return found
+            dump = [
+                *ipr.neigh("dump", family=socket.AF_INET),
+                *ipr.neigh("dump", family=socket.AF_BRIDGE),
+            ]
+            for entry in dump:
+                state = int(entry.get("state") or 0)
+                if state & _NUD_GONE:
+                    continue
+                ip: IPv4Address | None = None
+                with contextlib.suppress(ValueError, TypeError):
+                    if entry.get("family") == socket.AF_INET and entry.get("ifindex") == idx[0]:
+                        ip = IPv4Address(entry.get_attr("NDA_DST"))
+                    elif (
+                        entry.get("family") == socket.AF_BRIDGE
+                        and entry.get_attr("NDA_MASTER") == idx[0]
+                        and not state & _NUD_PERMANENT  # the ports' own addresses
+                    ):
+                        ip = _ip_of_mac(str(entry.get_attr("NDA_LLADDR") or ""))
+                if ip is not None and ip in subnet and ip != own:
+                    found.add(ip)
+        return found
 
     def _plumb(
         self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
@@ -610,6 +646,8 @@ class NetworkManager:
         ep = rec["endpoints"].pop(container, None)
         with IPRoute() as ipr:
             _del_link(ipr, ep["veth"] if ep else self.veth_name(rec["name"], container))
+            if ep is not None:  # its neighbour entry would read as live (_live_addresses)
+                _forget_neighbour(ipr, rec["bridge"], ep["ip"])
         st.ipam.release(rec["name"], container)
         kept = [p for p in rec["ports"] if p["container"] != container]
         if len(kept) != len(rec["ports"]):
@@ -899,6 +937,14 @@ def mac_for(ip: IPv4Address) -> str:
     return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
+def _ip_of_mac(mac: str) -> IPv4Address | None:
+    """The address a MAC made by mac_for stands for (None for any other MAC)."""
+    parts = mac.lower().split(":")
+    if len(parts) != 6 or parts[:2] != ["02", "42"]:
+        return None
+    return IPv4Address(bytes(int(p, 16) for p in parts[2:]))
+
+
 def _binding_json(b: PortBinding) -> dict[str, Any]:
     return {
         "container_port": b.container_port,
@@ -946,6 +992,13 @@ def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
                 f"host port {host_ip or '0.0.0.0'}:{host_port}/{proto} is taken: {e}"
             ) from None
         return int(s.getsockname()[1])
+
+
+def _forget_neighbour(ipr: Any, bridge: str, ip: str) -> None:
+    idx = ipr.link_lookup(ifname=bridge)
+    if idx:
+        with contextlib.suppress(netlink_error()):
+            ipr.neigh("del", dst=ip, ifindex=idx[0])
 
 
 def _link_exists(ifname: str) -> bool:

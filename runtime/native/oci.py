@@ -11,6 +11,7 @@ profile of runtime/native/seccomp (Docker's default unless the config names anot
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -537,6 +538,11 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
         "root": {"path": inputs.rootfs, "readonly": bool(config.read_only)},
         "hostname": hostname,
         "mounts": mounts,
-        "annotations": {"io.pyapply.name": config.name, "io.pyapply.image": config.image},
+        "annotations": {
+            "io.pyapply.name": config.name,
+            "io.pyapply.image": config.image,
+            # the labels again, for a container whose state.json is lost: still owned
+            "io.pyapply.labels": json.dumps(dict(config.labels), sort_keys=True),
+        },
         "linux": linux,
     }

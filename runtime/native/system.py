@@ -34,9 +34,10 @@ from typing import Any
 
 from runtime.base import ContainerState, RuntimeFailure
 from runtime.native import firewall, rootfs
-from runtime.native.containers import ContainerManager
+from runtime.native.containers import CGROUP_FS, ContainerManager, kill_cgroup
 from runtime.native.driver import NETNS_DIR, NativeRuntime
 from runtime.native.netlink import IPRoute, netns_remove
+from runtime.native.statefile import DamagedState
 from runtime.native.supervise import DEFAULT_RUNC, pid_alive
 from runtime.statefs import dirs_bottom_up, rmtree
 
@@ -73,6 +74,7 @@ class ResetReport:
     removed: dict[str, list[str]] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # state files pass 2 swept around
 
     def add(self, kind: str, what: str) -> None:
         items = self.removed.setdefault(kind, [])
@@ -83,6 +85,11 @@ class ResetReport:
         """Run one step, fn(*args); a failure is recorded and the reset goes on."""
         try:
             fn(*args)
+        except DamagedState as e:
+            # not a failure of the reset: pass 2 finds by name and tag what the file held
+            if e.message not in self.damaged:
+                self.damaged.append(e.message)
+            return False
         except Exception as e:  # any failure: say it, and clean up the rest
             message = e.message if isinstance(e, RuntimeFailure) else str(e) or repr(e)
             self.errors.append(f"{what}: {message}")
@@ -321,11 +328,23 @@ def _sweep_processes(root: Path, report: ResetReport) -> None:
             report.add("process", f"{pid} ({what})")
 
 
+def _cgroup_keys(containers: ContainerManager) -> set[str]:
+    """The container cgroups under the root's cgroup parent, in any hierarchy (those of
+    containers whose directory is gone as well)."""
+    found: set[str] = set()
+    rel = containers.cgroup_parent.strip("/")
+    with contextlib.suppress(OSError):
+        for h in CGROUP_FS.iterdir():
+            with contextlib.suppress(OSError):
+                found.update(d.name for d in (h / rel).iterdir() if d.is_dir())
+    return found
+
+
 def _sweep_cgroups(containers: ContainerManager, keys: Iterable[str], report: ResetReport) -> None:
-    for key in keys:
+    for key in sorted({*keys, *_cgroup_keys(containers)}):
         dirs = containers.cgroup_dirs(key)  # one per hierarchy (cgroup v1)
         for d in dirs:
-            _empty_cgroup(d)
+            kill_cgroup([d])  # what is still in it: its state and runc's are gone
             # nested dirs first (runc makes none; a container may)
             for sub in [*dirs_bottom_up(d), str(d)]:
                 with contextlib.suppress(OSError):
@@ -335,15 +354,6 @@ def _sweep_cgroups(containers: ContainerManager, keys: Iterable[str], report: Re
             report.errors.append(f"cgroups could not be removed: {', '.join(left)}")
         elif dirs:
             report.add("cgroup", f"{containers.cgroup_parent}/{key}")
-
-
-def _empty_cgroup(d: Path) -> None:
-    """Kill what is still in a container's cgroup (its state and runc's are gone)."""
-    pids: set[int] = set()
-    for sub in [str(d), *dirs_bottom_up(d)]:
-        with contextlib.suppress(OSError, ValueError):
-            pids.update(int(x) for x in Path(sub, "cgroup.procs").read_text().split())
-    _kill_all(pids)
 
 
 def mounts_under(root: Path) -> list[str]:
