@@ -38,6 +38,14 @@ def netns_create(name: str) -> None:
     netns.create(name)
 
 
+def netns_attach(name: str, pid: int) -> None:
+    """Make /run/netns/NAME the network namespace of process `pid` (a bind mount of its
+    /proc/PID/ns/net, as `netns_create` makes for a new one)."""
+    from pyroute2 import netns
+
+    netns.attach(name, pid)
+
+
 def netns_remove(name: str) -> None:
     from pyroute2 import netns
 
