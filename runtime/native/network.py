@@ -71,7 +71,7 @@ from runtime.base import (
 from runtime.native import firewall, root_tag
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
-from runtime.native.netlink import IPRoute, NetNS, netlink_error
+from runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
 from runtime.statefs import open_private, private_dir
 
 DEFAULT_ROOT = "/var/lib/pyapply"
@@ -403,8 +403,16 @@ class NetworkManager:
             self._ensure_kernel(rec)
 
     def _host_routes(self) -> list[IPv4Network]:
-        """Destinations already routed on the host (docker's bridges, the LAN...)."""
+        """Destinations already routed on the host (docker's bridges, the LAN...), and the
+        subnets of every root's networks as our NAT rules name them: a bridge deleted by
+        hand takes its route with it, but its network is still there, to be repaired."""
         nets: list[IPv4Network] = []
+        for args in self.firewall.listed("nat", firewall.POSTROUTING_CHAIN):
+            if "-s" in args[:-1]:
+                with contextlib.suppress(ValueError):
+                    net = IPv4Network(args[args.index("-s") + 1], strict=False)
+                    if not net.is_loopback:
+                        nets.append(net)
         with IPRoute() as ipr:
             for r in ipr.get_routes(family=socket.AF_INET):
                 dst = r.get("dst")
@@ -516,20 +524,15 @@ class NetworkManager:
 
     # -- kernel checks -----------------------------------------------------------------
 
+    @translated
     def kernel_view(self) -> KernelView:
         """Links, addresses and firewall rules as the kernel has them now: two netlink dumps
         on one socket and one iptables-save, whatever the number of networks."""
-        links: dict[str, Link] = {}
+        found, found_addrs = dump_links_and_addrs()
+        links = {link.name: Link(link.index, link.up, link.master) for link in found if link.name}
         addrs: dict[int, set[tuple[str, int]]] = {}
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                name = msg.get("ifname")
-                if name:
-                    links[name] = Link(int(msg["index"]), bool(msg["flags"] & 1), msg.get("master"))
-            for msg in ipr.get_addr(family=socket.AF_INET):
-                addrs.setdefault(int(msg["index"]), set()).add(
-                    (str(msg.get("address")), int(msg["prefixlen"]))
-                )
+        for index, address, prefixlen in found_addrs:
+            addrs.setdefault(index, set()).add((address, prefixlen))
         return KernelView(links, {k: frozenset(v) for k, v in addrs.items()}, self.firewall.save())
 
     def faults(
