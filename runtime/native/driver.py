@@ -508,10 +508,12 @@ class NativeRuntime:
         """Start; a running container is success, and what is missing of it (see `faults`)
         is repaired in place, as it is for one that ran before and is started again."""
         key = self._must_key(name)
-        state = self.containers.state(key)
-        if state is not None and state.status == "running":
+        cdir = self.containers.dir(key)
+        started = self._started(cdir)
+        if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
+            # running (as events judge it, from files: no runc call on every start)
             with self._lock():
-                self._repair(key, read_pid(self.containers.dir(key) / "pidfile"))
+                self._repair(key, read_pid(cdir / "pidfile"))
             # the root's keeper (healthchecks, log rotation) runs while containers do
             healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
             return
@@ -522,11 +524,20 @@ class NativeRuntime:
                 if not os.path.exists(self.netns_path(key)):  # not made by a racing start
                     self._make_netns(key)
                     self.networks.restore(key, self.netns_path(key))
-        elif state is not None and state.started_at:
+        elif started:
             # it ran before: its veths, bridges or rules may have gone since
             with self._lock():
                 self.networks.repair(key, self.netns_path(key))
         self.containers.start(key)
+
+    @staticmethod
+    def _started(cdir: Path) -> bool:
+        """Whether the container was ever started (a new one has nothing to repair)."""
+        try:
+            doc = json.loads((cdir / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(doc, dict) and bool(doc.get("started_at"))
 
     def _repair(self, key: str, pid: int | None) -> None:
         """Remake what is missing of a running container: its netns file (bound again to
