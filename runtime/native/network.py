@@ -428,6 +428,15 @@ class NetworkManager:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=bridge)
             if not idx:
+                taker = _routed_elsewhere(ipr, subnet, bridge)
+                if taker is not None:
+                    # remade now, the bridge would share its subnet with `taker`, and the
+                    # traffic of published ports could reach whatever is behind it
+                    raise Conflict(
+                        f"cannot make bridge {bridge} of network {rec['name']} again: its "
+                        f"subnet {subnet} is now routed via {taker} (taken while the bridge "
+                        "was gone); remove what uses it there, or remove this network"
+                    )
                 try:
                     # a MAC of its own (from the gateway): a bridge remade after a deletion
                     # keeps it, and the containers' ARP caches stay right
@@ -1118,6 +1127,26 @@ def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
                 f"host port {host_ip or '0.0.0.0'}:{host_port}/{proto} is taken: {e}"
             ) from None
         return int(s.getsockname()[1])
+
+
+def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
+    """The interface (other than `bridge`) that routes `subnet` or a part of it, if any."""
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        dst, plen = r.get("dst"), r["dst_len"]
+        if not dst or plen == 0:
+            continue
+        try:
+            net = IPv4Network(f"{dst}/{plen}", strict=False)
+        except ValueError:
+            continue
+        if not net.subnet_of(subnet):
+            continue  # a wider route (a LAN's /8) does not take the bridge's traffic
+        oif = r.get("oif")
+        links = ipr.get_links(oif) if oif else []
+        name = str(links[0].get("ifname")) if links else f"interface {oif}"
+        if name != bridge:
+            return name
+    return None
 
 
 def _link_exists(ifname: str) -> bool:

@@ -15,9 +15,11 @@ and (the `native` fixture) nothing of the root may be left in the kernel afterwa
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,42 @@ def test_a_kernel_fault_is_seen_and_repaired_in_place(
     if fault in ("conmon", "keeper"):
         assert d.rt.containers.supervisor_pid(d.web_key) is not None
         assert health.checker_pid(d.rt.root) is not None
+
+
+def test_a_bridge_is_not_remade_on_a_subnet_taken_while_it_was_gone(
+    native: RuntimeUnderTest, tmp_path: Path
+) -> None:
+    """Deleting a bridge frees its subnet's route: whatever takes it meanwhile would get the
+    traffic of the published ports if the bridge came back beside it. Apply refuses, says
+    why, and repairs once the subnet is free again."""
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(STACK)
+    cli = native.cli()
+    cli.ok("-f", str(manifest))
+    d = Deployed(native, cli, manifest)
+    hostname = d.published()
+    net = d.rt.get_network(d.network)
+    assert net is not None and net.subnet is not None
+    taker = f"patk{secrets.token_hex(4)}"
+    _del_link(d.bridge)
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=taker, kind="bridge")
+        try:
+            index = ipr.link_lookup(ifname=taker)[0]
+            # a route for a part of the bridge's subnet, as another network's bridge would have
+            subnet = IPv4Network(net.subnet)
+            part = next(subnet.subnets(new_prefix=min(subnet.prefixlen + 4, 30)))
+            ipr.addr("add", index=index, address=str(part[1]), prefixlen=part.prefixlen)
+            ipr.link("set", index=index, state="up")
+            refused = cli.run("-f", str(manifest))
+            assert refused.returncode != 0, refused.stdout
+            said = refused.stdout + refused.stderr
+            assert f"subnet {subnet} is now routed via {taker}" in said, said
+            assert d.diff()[0] == 2
+        finally:
+            for i in ipr.link_lookup(ifname=taker):
+                ipr.link("del", index=i)
+    cli.ok("-f", str(manifest))
+    assert d.published() == hostname
+    assert d.client_reaches_web() == hostname
+    assert d.diff()[0] == 0
