@@ -1,9 +1,11 @@
 """Desired vs observed -> Changes, each with a reason and the fields that differ.
 
-Pure. Three kinds of drift are found: spec drift (the hash label differs from the desired
-hash), runtime drift (missing, exited, unhealthy, wrong replica count) and out-of-band
+Pure. Four kinds of drift are found: spec drift (the hash label differs from the desired
+hash), runtime drift (missing, exited, unhealthy, wrong replica count), out-of-band
 mutation (the live object no longer matches what its own labels say it was created as: an
-image retagged, an env var or network changed by hand).
+image retagged, an env var or network changed by hand) and faults (what the runtime made
+for an object and found gone: a bridge, a veth, a firewall rule, a container's supervisor;
+see `runtime.base.Fault`), repaired in place where the runtime can.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any, Literal
 
 from reconciler import identity
 from reconciler.translate import LAST_APPLIED, Desired, DesiredContainer
-from runtime.base import ContainerState, ImageInfo, NetworkState, VolumeState
+from runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
-ChangeKind = Literal["create", "recreate", "start", "restart", "remove", "pull"]
+ChangeKind = Literal["create", "recreate", "start", "restart", "repair", "remove", "pull"]
 ObjectKind = Literal["container", "network", "volume", "image"]
 
 
@@ -127,6 +129,10 @@ def _port(p: Any) -> str:
     return f"{host}{published}{p.container_port}/{p.protocol}"
 
 
+def _faults_reason(faults: tuple[Fault, ...]) -> str:
+    return "; ".join(f.reason for f in faults)
+
+
 def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
     changes: list[Change] = []
     by_name = {c.name: c for c in observed.containers}
@@ -176,6 +182,9 @@ def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
             changes.append(change("start", reason))
         elif have.status == "paused":
             changes.append(change("restart", "paused"))
+        elif have.faults:
+            restart = any(f.fix == "restart" for f in have.faults)
+            changes.append(change("restart" if restart else "repair", _faults_reason(have.faults)))
         elif have.health == "unhealthy":
             changes.append(change("restart", "unhealthy"))
 
@@ -250,6 +259,9 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                 continue
             changes.append(Change("recreate", "network", name, "spec changed"))
             recreate_nets.add(name)
+        elif have_net.faults:
+            # create_network makes sure of an existing network's kernel side
+            changes.append(Change("repair", "network", name, _faults_reason(have_net.faults)))
     for have_net in observed.networks:
         if have_net.name not in wanted_nets:
             changes.append(Change("remove", "network", have_net.name, "no longer in the manifest"))
@@ -292,7 +304,7 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
             have = by_name_c.get(ch.name)
             if (
                 have is not None
-                and ch.kind in ("start", "restart")
+                and ch.kind in ("start", "restart", "repair")
                 and set(have.networks) & recreate_nets
             ):
                 container_changes[i] = Change(

@@ -196,7 +196,8 @@ class Executor:
             assert action.file is not None
             f = action.file
             write_file_atomic(f.path, f.content, f.mode, owner=(f.uid, f.gid))
-        elif op == "create_network":
+        elif op in ("create_network", "repair_network"):
+            # creating an existing network makes sure of its kernel side: that is the repair
             assert action.network is not None
             rt.create_network(action.network)
         elif op == "remove_network":
@@ -210,7 +211,8 @@ class Executor:
             assert action.container is not None
             rt.create_container(action.container)
             rt.start_container(action.target)
-        elif op == "start":
+        elif op in ("start", "repair"):
+            # starting a running container repairs its faults in place (Runtime protocol)
             rt.start_container(action.target)
         elif op == "restart":
             self._stop_quietly(action.target)

@@ -24,12 +24,14 @@ Op = Literal[
     "pull",
     "write_file",
     "create_network",
+    "repair_network",
     "remove_network",
     "create_volume",
     "remove_volume",
     "create",
     "start",
     "restart",
+    "repair",
     "remove",
     "rename",
     "wait",
@@ -119,7 +121,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                 create_id = b.add(
                     Action(
                         f"network:{ch.name}:create",
-                        "create_network",
+                        "repair_network" if ch.kind == "repair" else "create_network",
                         ch.name,
                         ch.reason,
                         network=dn.config,
@@ -149,7 +151,13 @@ def build(desired: Desired, result: DiffResult) -> Plan:
 
     # A pull that fails must leave the host untouched: everything else waits for the pulls.
     for aid, action in list(b.actions.items()):
-        if action.op in ("create_network", "create_volume", "remove_network", "remove_volume"):
+        if action.op in (
+            "create_network",
+            "repair_network",
+            "create_volume",
+            "remove_network",
+            "remove_volume",
+        ):
             b.dep(aid, *pulls.values())
 
     files_by_path = {f.path: f for f in desired.files}
@@ -206,8 +214,8 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                 )
             )
             b.final[ch.name] = cid
-        elif ch.kind in ("start", "restart"):
-            op: Op = "start" if ch.kind == "start" else "restart"
+        elif ch.kind in ("start", "restart", "repair"):
+            op: Op = ch.kind
             sid = b.add(
                 Action(
                     f"container:{ch.name}:{op}",

@@ -171,6 +171,20 @@ class VolumeConfig:
 # ---------------------------------------------------------------------------------------------
 # What is there
 
+FaultFix = Literal["repair", "restart"]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Something of a live object that its runtime made and found broken or gone (a bridge, a
+    firewall rule, a supervisor...), with the reason a person reads ("bridge pa-1234abcd
+    missing") and how it is fixed: "repair" in place (the runtime remakes what is missing
+    when the object is started again; a running container keeps running), or "restart" (the
+    container's process must be started anew)."""
+
+    reason: str
+    fix: FaultFix = "repair"
+
 
 @dataclass(frozen=True)
 class ContainerState:
@@ -188,6 +202,9 @@ class ContainerState:
     memory_bytes: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # what of the container's kernel side is missing, found by list_containers (a runtime
+    # that keeps no kernel objects of its own, or a get_container, reports none)
+    faults: tuple[Fault, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -203,6 +220,9 @@ class NetworkState:
     labels: Mapping[str, str]
     subnet: str | None = None
     containers: tuple[str, ...] = ()  # names of attached containers
+    # what of the network's kernel side is missing (bridge, address, rules), found by
+    # list_networks; fixed by create_network, which makes sure of an existing network
+    faults: tuple[Fault, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -269,7 +289,11 @@ class Runtime(Protocol):
         """Create (not start) a container; return its id."""
         ...
 
-    def start_container(self, name: str) -> None: ...
+    def start_container(self, name: str) -> None:
+        """Start a container; a running one is success, and its faults (if its runtime
+        reports any) are repaired in place."""
+        ...
+
     def stop_container(self, name: str, timeout_s: float | None = None) -> None: ...
     def remove_container(self, name: str) -> None:
         """Stop (if running) and remove the container; gone is success."""

@@ -28,6 +28,19 @@ After a reboot (or anything else that deletes the namespace), starting a contain
 new netns and plumbs its endpoints again with the same addresses; bridges and rules come
 back with them.
 
+The kernel is observed, not remembered: `list_containers` and `list_networks` report as
+faults (`runtime.base.Fault`) what the state says should be there and is not -- a running
+container's netns (gone, or no longer its own), conmon, veths and published ports' rules, the
+root's keeper (health.py) while containers run; a network's bridge, address and rules. They
+share one kernel view (a link and an address dump, one iptables-save) per look: a view
+younger than VIEW_TTL_S that no change through this object has made stale is reused, so
+one observation of a stack (containers, then networks) reads the kernel once. Only running
+containers are checked: a stopped one's plumbing is made sure of when it starts.
+Starting a running container repairs its faults in place (a netns file re-bound to its
+process's namespace, bridges and rules remade, veths re-plumbed with the same addresses);
+a container whose conmon died is reported for a restart (stop, start under a new conmon,
+same container), since nothing can adopt a running process under a new conmon.
+
 Not supported: volume drivers other than "local", driver_opts.
 """
 
@@ -41,6 +54,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +66,7 @@ from runtime.base import (
     ContainerConfig,
     ContainerState,
     Event,
+    Fault,
     HealthConfig,
     ImageInfo,
     MountConfig,
@@ -62,9 +77,10 @@ from runtime.base import (
     VolumeConfig,
     VolumeState,
 )
+from runtime.native import health as healthmod
 from runtime.native.containers import ContainerManager
 from runtime.native.images import ImageStore
-from runtime.native.netlink import netns_create, netns_remove
+from runtime.native.netlink import netns_attach, netns_create, netns_remove
 from runtime.native.network import NetworkManager, translated
 from runtime.native.statefile import (
     DamagedState,
@@ -78,12 +94,14 @@ from runtime.native.statefile import (
     record,
     string,
 )
-from runtime.native.supervise import ExecResult, conmon_pid
+from runtime.native.supervise import ExecResult, conmon_pid, read_pid
 from runtime.statefs import atomic_write, open_private, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")
 EVENT_POLL_S = 0.2
+VIEW_TTL_S = 1.0  # how long one look at the kernel serves observation (see the docstring)
+KEEPER_DOWN = "keeper not running (no healthchecks, no log rotation)"
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
 
@@ -177,11 +195,14 @@ class NativeRuntime:
         self.volumes_dir = self.root / "volumes"
         self.names = Names(self.root / "names.json")
         self._closed = threading.Event()
+        # (when, network name -> faults, container key -> faults): the last kernel look
+        self._view: tuple[float, dict[str, list[str]], dict[str, list[str]]] | None = None
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """Serialise container create/remove between processes sharing the root (a create
         that fails rolls back, and must not roll back what another process made)."""
+        self._view = None  # what follows changes the kernel: the next look is a new one
         fd = open_private(self.root / "driver.lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -206,10 +227,21 @@ class NativeRuntime:
     # -- networks ------------------------------------------------------------------------
 
     def create_network(self, config: NetworkConfig) -> None:
+        self._view = None
         self.networks.create(config)
 
     def remove_network(self, name: str) -> None:
+        self._view = None
         self.networks.remove(name)
+
+    def _kernel_faults(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """(network -> faults, container key -> faults of its endpoints and ports), from
+        one kernel look, reused for VIEW_TTL_S unless a change made through us came since."""
+        now = time.monotonic()
+        if self._view is None or now - self._view[0] > VIEW_TTL_S:
+            by_network, by_container = self.networks.faults(self.networks.kernel_view())
+            self._view = (now, by_network, by_container)
+        return self._view[1], self._view[2]
 
     def _named(self, net: NetworkState, names: Mapping[str, str]) -> NetworkState:
         """A network's members by container name (the manager keeps them by key)."""
@@ -220,9 +252,19 @@ class NativeRuntime:
         net = self.networks.get(name)
         return None if net is None else self._named(net, self.names.load())
 
+    @translated
     def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
         names = self.names.load()
-        return [self._named(net, names) for net in self.networks.list(labels)]
+        found = [self._named(net, names) for net in self.networks.list(labels)]
+        if not found:
+            return found
+        by_network, _ = self._kernel_faults()
+        return [
+            replace(n, faults=tuple(Fault(r) for r in by_network[n.name]))
+            if n.name in by_network
+            else n
+            for n in found
+        ]
 
     # -- volumes -------------------------------------------------------------------------
 
@@ -493,7 +535,18 @@ class NativeRuntime:
 
     @translated
     def start_container(self, name: str) -> None:
+        """Start; a running container is success, and what is missing of it (see `faults`)
+        is repaired in place, as it is for one that ran before and is started again."""
         key = self._must_key(name)
+        cdir = self.containers.dir(key)
+        started = self._started(cdir)
+        if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
+            # running (as events judge it, from files: no runc call on every start)
+            with self._lock():
+                self._repair(key, read_pid(cdir / "pidfile"))
+            # the root's keeper (healthchecks, log rotation) runs while containers do
+            healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
+            return
         if not os.path.exists(self.netns_path(key)):
             # the namespace went with a reboot (or by hand): make it anew and plumb the
             # container's endpoints into it again, with the addresses it had
@@ -501,7 +554,30 @@ class NativeRuntime:
                 if not os.path.exists(self.netns_path(key)):  # not made by a racing start
                     self._make_netns(key)
                     self.networks.restore(key, self.netns_path(key))
+        elif started:
+            # it ran before: its veths, bridges or rules may have gone since
+            with self._lock():
+                self.networks.repair(key, self.netns_path(key))
         self.containers.start(key)
+
+    @staticmethod
+    def _started(cdir: Path) -> bool:
+        """Whether the container was ever started (a new one has nothing to repair)."""
+        try:
+            doc = json.loads((cdir / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(doc, dict) and bool(doc.get("started_at"))
+
+    def _repair(self, key: str, pid: int | None) -> None:
+        """Remake what is missing of a running container: its netns file (bound again to
+        its process's namespace, where its interfaces still are), then its networking."""
+        if pid is not None and self._netns_fault(key, pid):
+            if os.path.lexists(self.netns_path(key)):
+                with contextlib.suppress(FileNotFoundError):
+                    netns_remove(self.netns_name(key))
+            netns_attach(self.netns_name(key), pid)
+        self.networks.repair(key, self.netns_path(key))
 
     @translated
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
@@ -577,12 +653,53 @@ class NativeRuntime:
 
     @translated
     def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
+        """The containers carrying `labels`; the running ones with their faults."""
         found = self.containers.list(labels)
         if not found:
             return found
+        if any(s.status == "running" for s in found):
+            found = self._with_faults(found)
         attached = self._attached_networks()
         names = self.names.load()
         return sorted((self._observed(s, attached, names) for s in found), key=lambda s: s.name)
+
+    def _with_faults(self, states: list[ContainerState]) -> list[ContainerState]:
+        """States (under their keys) with what is missing of the running ones."""
+        _, by_container = self._kernel_faults()
+        keeper_down = healthmod.checker_pid(self.root) is None
+        out = []
+        for st in states:
+            faults: list[Fault] = []
+            if st.status == "running":
+                cdir = self.containers.dir(st.name)
+                if conmon_pid(cdir) is None:
+                    # its process runs unsupervised: nobody records its exit or keeps its log
+                    faults.append(Fault("conmon not running", "restart"))
+                problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
+                if problem:
+                    faults.append(Fault(problem))
+                faults += [Fault(r) for r in by_container.get(st.name, ())]
+                if keeper_down:
+                    faults.append(Fault(KEEPER_DOWN))
+            out.append(replace(st, faults=tuple(faults)) if faults else st)
+        return out
+
+    def _netns_fault(self, key: str, pid: int | None) -> str | None:
+        """Whether a running container's netns file is there and still its namespace."""
+        name = self.netns_name(key)
+        try:
+            have = os.stat(self.netns_path(key))
+        except FileNotFoundError:
+            return f"netns {name} missing"
+        if pid is None:
+            return None
+        try:
+            own = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            return None  # the process is gone: its status says so by the next look
+        if (have.st_dev, have.st_ino) != (own.st_dev, own.st_ino):
+            return f"netns {name} is not the container's namespace"
+        return None
 
     def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
         return self.containers.logs(self._must_key(name), follow=follow, tail=tail)

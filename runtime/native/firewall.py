@@ -49,6 +49,11 @@ out, though the way in is closed whatever the name.) DOCKER-USER was the other
 candidate; it exists only while dockerd does and is jumped to only once dockerd has started,
 while ours must hold whether dockerd starts before us, after us or not at all.
 
+Checking that the rules are there: one `iptables-save` per look, parsed (`parse_save`) into
+rule keys compared with the rules we would add (`rule_key`: iptables prints a rule's
+matches in its own order and `-d 127.0.0.1` as `127.0.0.1/32`, so a key is the rule's
+option groups, sorted and normalised), rather than one `iptables -C` per rule.
+
 Every rule carries a comment `pyapply:<bridge>` (or `pyapply:<bridge>:<container>` for a
 published port), so a network's or a container's rules are found in the kernel and deleted
 without relying on our state. Several state roots share the chains; a chain and its jumps
@@ -71,7 +76,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import IO
 
 from runtime.base import PermanentError, PortBinding
-from runtime.native.hostbins import IPTABLES
+from runtime.native.hostbins import IPTABLES, IPTABLES_SAVE
 
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
@@ -278,6 +283,65 @@ def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBindin
     ]
 
 
+# (table, chain, the rule's option groups sorted): what identifies a rule in iptables-save
+RuleKey = tuple[str, str, tuple[tuple[str, ...], ...]]
+
+
+def _option_groups(args: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """A rule's arguments as option groups ("!" and an option with its values), each value
+    normalised as iptables prints it (a host address without its /32)."""
+    groups: list[list[str]] = []
+    negate = False
+    for word in args:
+        if word == "!":
+            negate = True
+            continue
+        if word.startswith("-") or not groups:
+            groups.append(["!", word] if negate else [word])
+            negate = False
+            continue
+        if negate:  # "--ctstate ! VALUE" (the older place of the "!")
+            groups[-1].insert(0, "!")
+            negate = False
+        groups[-1].append(word.removesuffix("/32"))
+    return tuple(sorted(tuple(g) for g in groups))
+
+
+def rule_key(table: str, chain: str, args: Sequence[str]) -> RuleKey:
+    return (table, chain, _option_groups(args))
+
+
+def key_of(rule: Rule) -> RuleKey:
+    return rule_key(rule.table, rule.chain, rule.args)
+
+
+def parse_save(text: str) -> frozenset[RuleKey]:
+    """The rules of an `iptables-save` output, as keys (pure)."""
+    keys: set[RuleKey] = set()
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                continue
+            if len(words) >= 2:
+                keys.add(rule_key(table, words[1], words[2:]))
+    return frozenset(keys)
+
+
+def jump_rules() -> list[Rule]:
+    """The jumps from the base chains into ours, as rules (for checking they are there)."""
+    return [Rule(table, base, (*match, "-j", target)) for table, base, match, target in JUMPS]
+
+
+def missing(rules: Sequence[Rule], present: frozenset[RuleKey]) -> list[Rule]:
+    """The rules of `rules` that are not in `present` (pure)."""
+    return [r for r in rules if key_of(r) not in present]
+
+
 class Firewall:
     """Applies rules with the iptables command, under a host-wide lock."""
 
@@ -298,6 +362,19 @@ class Firewall:
         if check and proc.returncode != 0:
             raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
         return proc
+
+    def save(self) -> frozenset[RuleKey]:
+        """Every rule of every table, in one `iptables-save` call."""
+        cmd = [f"{self.iptables}-save"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise PermanentError(IPTABLES_SAVE.missing()) from None
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
+        if proc.returncode != 0:
+            raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
+        return parse_save(proc.stdout)
 
     def _chain_exists(self, table: str, chain: str) -> bool:
         return self._run(table, "-S", chain, check=False).returncode == 0

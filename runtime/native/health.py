@@ -2,7 +2,9 @@
 
 Who runs them: one detached checker process per state root (the root's "keeper",
 `python -m runtime.native.health --root ROOT --runc RUNC`), started on demand by `start` of
-a container, and exiting by itself a few seconds after no container runs. Besides the
+a container, and exiting by itself a few seconds after no container runs. It is supervised
+by observation: a root whose containers run without it is reported (the driver's faults),
+and starting a running container -- the repair -- starts it again. Besides the
 probes, it rotates each running container's log once it reaches its size (supervise.
 rotate_log), every LOG_CHECK_S seconds. conmon cannot run commands on a schedule, and the watch agent may not be
 running (a plain `pyapply -f` exits), yet `service_healthy` and `get` must keep seeing fresh
@@ -63,6 +65,7 @@ HEALTH_SHAPE = record(
 PID_FILE = "health.pid"  # in the state root
 LOCK_FILE = "health.lock"
 IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
+ANNOUNCE_S = 5.0  # how long a start waits for a new checker to announce itself
 _TICK = 0.05
 LOG_CHECK_S = 0.25
 _LOG_KEEP = 5
@@ -165,8 +168,10 @@ def checker_pid(root: Path) -> int | None:
     return pid if ok else None
 
 
-def ensure_checker(root: Path, runc: str) -> None:
-    """Start the root's checker unless it runs; it survives our exit."""
+def ensure_checker(root: Path, runc: str, announce_timeout: float = ANNOUNCE_S) -> None:
+    """Start the root's checker unless it runs; it survives our exit. Returns once it has
+    announced itself (bounded by `announce_timeout`): observation reports a root whose
+    containers run without a checker, and must not see one that is only starting."""
     if checker_pid(root) is not None:
         return
     pythonpath = [_package_root(), os.environ.get("PYTHONPATH", "")]
@@ -182,6 +187,9 @@ def ensure_checker(root: Path, runc: str) -> None:
     )
     # reap it in the background if we outlive it (it normally outlives us)
     threading.Thread(target=proc.wait, daemon=True).start()
+    deadline = time.monotonic() + announce_timeout
+    while checker_pid(root) is None and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(_TICK)
 
 
 def stop_checker(root: Path, timeout: float = 5.0) -> None:

@@ -55,9 +55,15 @@ INIT = HostBinary(
 IPTABLES = HostBinary(
     "iptables", ("/usr/sbin/iptables",), "iptables", "for NAT, published ports and isolation"
 )
+IPTABLES_SAVE = HostBinary(
+    "iptables-save",
+    ("/usr/sbin/iptables-save",),
+    "iptables",
+    "to check that the firewall rules of networks are still there",
+)
 GIT = HostBinary("git", ("/usr/bin/git",), "git", "to name revisions of manifests kept in git")
 
-HOST_BINARIES: tuple[HostBinary, ...] = (RUNC, CONMON, INIT, IPTABLES, GIT)
+HOST_BINARIES: tuple[HostBinary, ...] = (RUNC, CONMON, INIT, IPTABLES, IPTABLES_SAVE, GIT)
 
 
 def packages() -> list[str]:

@@ -1,14 +1,123 @@
-"""pyroute2, imported on first use.
+"""pyroute2, imported on first use; and the two netlink dumps observation makes, without it.
 
 Importing the pyroute2 package costs about 200 ms, because its __init__ loads all of its
 parts (NDB, IPDB, conntrack ...), whatever one asks for. Reading the native runtime's state
-(a no-op apply, `diff`, `get`) never talks netlink, so the modules that do go through these
-wrappers, and the package is imported by the first call that needs the kernel.
+(a no-op apply, `diff`, `get`) must stay cheap, so the modules that change the kernel go
+through these wrappers, and the package is imported by the first call that needs it. What
+observation reads on every pass -- every link (name, index, up, bridge master) and every
+IPv4 address -- is two dumps on one rtnetlink socket of our own (`dump_links_and_addrs`,
+from rtnetlink(7): a few structs, the standard library only).
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
+from dataclasses import dataclass
 from typing import Any
+
+# rtnetlink(7) / linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_RTM_NEWLINK = 16
+_RTM_GETLINK = 18
+_RTM_NEWADDR = 20
+_RTM_GETADDR = 22
+_NLM_F_REQUEST = 0x1
+_NLM_F_DUMP = 0x300
+_IFLA_IFNAME = 3
+_IFLA_MASTER = 10
+_IFA_ADDRESS = 1
+_IFA_LOCAL = 2
+_IFF_UP = 0x1
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTATTR = struct.Struct("=HH")  # len, type
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    index: int
+    up: bool
+    master: int | None  # the index of the bridge it is a port of
+
+
+def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    while offset + _RTATTR.size <= len(data):
+        length, kind = _RTATTR.unpack_from(data, offset)
+        if length < _RTATTR.size:
+            break
+        out.setdefault(kind & 0x3FFF, data[offset + _RTATTR.size : offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
+def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[int, bytes]]:
+    """One dump request; the (type, payload) of each answer until NLMSG_DONE."""
+    sock.send(
+        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
+        + body
+    )
+    out: list[tuple[int, bytes]] = []
+    while True:
+        data = sock.recv(1 << 18)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size:
+                raise OSError("netlink: malformed answer")
+            payload = data[offset + _NLMSGHDR.size : offset + length]
+            offset += (length + 3) & ~3
+            if mseq != seq:
+                continue
+            if mtype == _NLMSG_DONE:
+                return out
+            if mtype == _NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", payload)
+                if code:
+                    raise OSError(-code, f"netlink dump: {os.strerror(-code)}")
+                continue
+            out.append((mtype, payload))
+
+
+def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
+    """Every link, and every IPv4 address as (link index, address, prefix length): one
+    link dump and one address dump on one rtnetlink socket."""
+    links: list[LinkInfo] = []
+    addrs: list[tuple[int, str, int]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:  # NETLINK_ROUTE
+        sock.bind((0, 0))
+        sock.settimeout(10)
+        req = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        for mtype, payload in _dump(sock, 1, _RTM_GETLINK, req):
+            if mtype != _RTM_NEWLINK or len(payload) < _IFINFOMSG.size:
+                continue
+            _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
+            attrs = _attrs(payload, _IFINFOMSG.size)
+            name = attrs.get(_IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
+            master = attrs.get(_IFLA_MASTER)
+            links.append(
+                LinkInfo(
+                    name,
+                    index,
+                    bool(flags & _IFF_UP),
+                    struct.unpack("=I", master[:4])[0] if master and len(master) >= 4 else None,
+                )
+            )
+        req = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+        for mtype, payload in _dump(sock, 2, _RTM_GETADDR, req):
+            if mtype != _RTM_NEWADDR or len(payload) < _IFADDRMSG.size:
+                continue
+            family, prefixlen, _f, _scope, index = _IFADDRMSG.unpack_from(payload)
+            attrs = _attrs(payload, _IFADDRMSG.size)
+            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+            if family == socket.AF_INET and raw and len(raw) == 4:
+                addrs.append((index, socket.inet_ntoa(raw), prefixlen))
+    return links, addrs
 
 
 def IPRoute(*args: Any, **kwargs: Any) -> Any:
@@ -36,6 +145,14 @@ def netns_create(name: str) -> None:
     from pyroute2 import netns
 
     netns.create(name)
+
+
+def netns_attach(name: str, pid: int) -> None:
+    """Make /run/netns/NAME the network namespace of process `pid` (a bind mount of its
+    /proc/PID/ns/net, as `netns_create` makes for a new one)."""
+    from pyroute2 import netns
+
+    netns.attach(name, pid)
 
 
 def netns_remove(name: str) -> None:

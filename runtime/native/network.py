@@ -20,6 +20,17 @@ in place (same inode, so the bind mount sees it). Chosen over an embedded DNS re
 because it needs no long-running process of ours after pyapply exits, nothing listening in
 or for the containers, and no per-network resolver to keep alive across reboots.
 
+Kernel checks: the state says what should be in the kernel; `kernel_view()` reads what is
+(one netlink link dump, one address dump, one `iptables-save`) and `network_faults` /
+`endpoint_faults` / `port_faults` compare the two (pure), so that observation reports a
+bridge, veth, address or rule deleted behind our back, and `repair(container)` remakes
+only what is missing, keeping the container's addresses. A bridge's MAC address follows
+from its gateway (as a container's does from its address), so a remade bridge has the MAC
+the containers' ARP caches hold. The container side of a veth is not looked at: a veth
+pair lives and dies as one (the host side present means the peer is), the namespace's own
+presence is checked by the driver, and looking inside each namespace would cost a netlink
+socket in it per container per look.
+
 Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, with
 `route_localnet=1` on the bridge and a MASQUERADE of 127.0.0.0/8 sources so that
 127.0.0.1:PORT works (the loopback guard in `firewall.py` keeps containers from using that
@@ -60,7 +71,7 @@ from runtime.base import (
 from runtime.native import firewall, root_tag
 from runtime.native.firewall import Firewall
 from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
-from runtime.native.netlink import IPRoute, NetNS, netlink_error
+from runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
 from runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from runtime.native.statefile import Shape, read_json
 from runtime.statefs import open_private, private_dir
@@ -144,6 +155,75 @@ def write_in_place(path: str, content: str) -> None:
         os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    up: bool
+    master: int | None
+
+
+@dataclass(frozen=True)
+class KernelView:
+    """What the kernel holds, read in one look: links by name, IPv4 addresses by link index,
+    and every firewall rule."""
+
+    links: Mapping[str, Link]
+    addrs: Mapping[int, frozenset[tuple[str, int]]]
+    rules: frozenset[firewall.RuleKey]
+
+
+def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[str]:
+    """What of a network's kernel side is missing (pure): its bridge, up, with its gateway
+    address; the jumps into our chains; its isolation, NAT and guard rules."""
+    bridge = rec["bridge"]
+    out: list[str] = []
+    link = view.links.get(bridge)
+    prefixlen = IPv4Network(rec["subnet"]).prefixlen
+    if link is None:
+        out.append(f"bridge {bridge} missing")
+    else:
+        if not link.up:
+            out.append(f"bridge {bridge} down")
+        if (str(rec["gateway"]), prefixlen) not in view.addrs.get(link.index, frozenset()):
+            out.append(f"bridge {bridge} lacks its address {rec['gateway']}/{prefixlen}")
+    jumps = firewall.missing(firewall.jump_rules(), view.rules)
+    if jumps:
+        out.append(
+            "jump(s) into our chains missing: "
+            + ", ".join(f"{r.table} {r.chain} -> {r.args[-1]}" for r in jumps)
+        )
+    rules = firewall.network_rules(bridge, IPv4Network(rec["subnet"]), bool(rec["internal"]))
+    lost = firewall.missing(rules, view.rules)
+    if lost:
+        out.append(f"{len(lost)} of {len(rules)} firewall rules of {bridge} missing")
+    return out
+
+
+def endpoint_faults(rec: Mapping[str, Any], ep: Mapping[str, Any], view: KernelView) -> str | None:
+    """What is wrong with one endpoint's host side (pure): its veth gone, down, or not on the
+    network's bridge."""
+    veth = ep["veth"]
+    link = view.links.get(veth)
+    if link is None:
+        return f"veth {veth} on {rec['name']} missing"
+    bridge = view.links.get(rec["bridge"])
+    if bridge is None or link.master != bridge.index:
+        return f"veth {veth} not on bridge {rec['bridge']}"
+    if not link.up:
+        return f"veth {veth} down"
+    return None
+
+
+def port_faults(rec: Mapping[str, Any], port: Mapping[str, Any], view: KernelView) -> str | None:
+    """A published port whose DNAT rule is gone (pure)."""
+    b = _binding(port["binding"])
+    rules = firewall.port_rules(rec["bridge"], port["container"], IPv4Address(port["ip"]), b)
+    if not firewall.missing(rules, view.rules):
+        return None
+    proto = "" if b.protocol == "tcp" else f"/{b.protocol}"
+    return f"rule for {b.host_ip or '0.0.0.0'}:{b.host_port}{proto} missing"
 
 
 @dataclass
@@ -321,8 +401,16 @@ class NetworkManager:
             self._ensure_kernel(rec)
 
     def _host_routes(self) -> list[IPv4Network]:
-        """Destinations already routed on the host (docker's bridges, the LAN...)."""
+        """Destinations already routed on the host (docker's bridges, the LAN...), and the
+        subnets of every root's networks as our NAT rules name them: a bridge deleted by
+        hand takes its route with it, but its network is still there, to be repaired."""
         nets: list[IPv4Network] = []
+        for args in self.firewall.listed("nat", firewall.POSTROUTING_CHAIN):
+            if "-s" in args[:-1]:
+                with contextlib.suppress(ValueError):
+                    net = IPv4Network(args[args.index("-s") + 1], strict=False)
+                    if not net.is_loopback:
+                        nets.append(net)
         with IPRoute() as ipr:
             for r in ipr.get_routes(family=socket.AF_INET):
                 dst = r.get("dst")
@@ -338,8 +426,24 @@ class NetworkManager:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=bridge)
             if not idx:
+                taker = _routed_elsewhere(ipr, subnet, bridge)
+                if taker is not None:
+                    # remade now, the bridge would share its subnet with `taker`, and the
+                    # traffic of published ports could reach whatever is behind it
+                    raise Conflict(
+                        f"cannot make bridge {bridge} of network {rec['name']} again: its "
+                        f"subnet {subnet} is now routed via {taker} (taken while the bridge "
+                        "was gone); remove what uses it there, or remove this network"
+                    )
                 try:
-                    ipr.link("add", ifname=bridge, kind="bridge")
+                    # a MAC of its own (from the gateway): a bridge remade after a deletion
+                    # keeps it, and the containers' ARP caches stay right
+                    ipr.link(
+                        "add",
+                        ifname=bridge,
+                        kind="bridge",
+                        address=mac_for(IPv4Address(rec["gateway"])),
+                    )
                 except netlink_error() as e:
                     if e.code != errno.EEXIST:
                         raise PermanentError(f"cannot create bridge {bridge}: {e}") from None
@@ -424,6 +528,90 @@ class NetworkManager:
             subnet=rec["subnet"],
             containers=tuple(sorted(rec["endpoints"])),
         )
+
+    # -- kernel checks -----------------------------------------------------------------
+
+    @translated
+    def kernel_view(self) -> KernelView:
+        """Links, addresses and firewall rules as the kernel has them now: two netlink dumps
+        on one socket and one iptables-save, whatever the number of networks."""
+        found, found_addrs = dump_links_and_addrs()
+        links = {link.name: Link(link.index, link.up, link.master) for link in found if link.name}
+        addrs: dict[int, set[tuple[str, int]]] = {}
+        for index, address, prefixlen in found_addrs:
+            addrs.setdefault(index, set()).add((address, prefixlen))
+        return KernelView(links, {k: frozenset(v) for k, v in addrs.items()}, self.firewall.save())
+
+    def faults(
+        self, view: KernelView
+    ) -> tuple[dict[str, builtins.list[str]], dict[str, builtins.list[str]]]:
+        """(network name -> its faults, container -> the faults of its endpoints and
+        published ports), from the state and one kernel view."""
+        by_network: dict[str, list[str]] = {}
+        by_container: dict[str, list[str]] = {}
+        for name, rec in self._peek().networks.items():
+            found = network_faults(rec, view)
+            if found:
+                by_network[name] = found
+            for container, ep in sorted(rec["endpoints"].items()):
+                problem = endpoint_faults(rec, ep, view)
+                if problem:
+                    by_container.setdefault(container, []).append(problem)
+            for port in rec["ports"]:
+                problem = port_faults(rec, port, view)
+                if problem:
+                    by_container.setdefault(port["container"], []).append(problem)
+        return by_network, by_container
+
+    @translated
+    def repair(self, container_name: str, netns_path: str) -> None:
+        """Remake what is missing of a container's networking, in place: its networks'
+        bridges and rules, its veths (plumbed into `netns_path` with the addresses it had)
+        or their place on the bridge, and its published ports' rules."""
+        with self._locked() as st:
+            view = self.kernel_view()
+            touched: set[str] = set()
+            for name in sorted(st.networks):
+                rec = st.networks[name]
+                ep = rec["endpoints"].get(container_name)
+                if ep is None:
+                    continue
+                if network_faults(rec, view):
+                    self._ensure_kernel(rec)
+                    view = self.kernel_view()
+                problem = endpoint_faults(rec, ep, view)
+                if problem is None:
+                    pass
+                elif view.links.get(ep["veth"]) is None or ep["netns"] != netns_path:
+                    ifname, default_route = self._plumb(
+                        rec, ep["veth"], netns_path, IPv4Address(ep["ip"])
+                    )
+                    ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
+                    touched.add(name)
+                else:
+                    self._enslave(rec, ep["veth"])
+                lost: list[firewall.Rule] = []
+                for port in rec["ports"]:
+                    if port["container"] == container_name:
+                        rules = firewall.port_rules(
+                            rec["bridge"], container_name, IPv4Address(port["ip"]),
+                            _binding(port["binding"]),
+                        )  # fmt: skip
+                        lost += firewall.missing(rules, view.rules)
+                if lost:
+                    self.firewall.add(lost)
+            self._rewrite_hosts(st, touched, set())
+
+    def _enslave(self, rec: Mapping[str, Any], veth: str) -> None:
+        """Put an existing veth (back) on its network's bridge, up, in hairpin mode."""
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=veth)[0]
+            master = ipr.link_lookup(ifname=rec["bridge"])[0]
+            ipr.link("set", index=index, master=master)
+            # hairpin: a container reaching its own published port through the host gets
+            # the DNAT'ed packet back out of the port it came in on
+            ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
+            ipr.link("set", index=index, state="up")
 
     # -- attachments -------------------------------------------------------------------
 
@@ -528,7 +716,6 @@ class NetworkManager:
     def _plumb(
         self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
     ) -> tuple[str, bool]:
-        bridge = rec["bridge"]
         peer = "pap" + veth[3:]
         prefixlen = IPv4Network(rec["subnet"]).prefixlen
         nsfd = os.open(nspath, os.O_RDONLY)
@@ -543,16 +730,10 @@ class NetworkManager:
                 except netlink_error() as e:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
                 index = ipr.link_lookup(ifname=veth)[0]
-                master = ipr.link_lookup(ifname=bridge)[0]
-                ipr.link(
-                    "set", index=index, master=master, ifalias=f"{self.alias_prefix}{rec['name']}"
-                )
-                # hairpin: a container reaching its own published port through the host
-                # gets the DNAT'ed packet back out of the port it came in on
-                ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
-                ipr.link("set", index=index, state="up")
+                ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
         finally:
             os.close(nsfd)
+        self._enslave(rec, veth)
         with NetNS(nspath, flags=0) as ns:
             names = {link.get("ifname") for link in ns.get_links()}
             n = 0
@@ -999,6 +1180,26 @@ def _forget_neighbour(ipr: Any, bridge: str, ip: str) -> None:
     if idx:
         with contextlib.suppress(netlink_error()):
             ipr.neigh("del", dst=ip, ifindex=idx[0])
+
+
+def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
+    """The interface (other than `bridge`) that routes `subnet` or a part of it, if any."""
+    for r in ipr.get_routes(family=socket.AF_INET, table=254):
+        dst, plen = r.get("dst"), r["dst_len"]
+        if not dst or plen == 0:
+            continue
+        try:
+            net = IPv4Network(f"{dst}/{plen}", strict=False)
+        except ValueError:
+            continue
+        if not net.subnet_of(subnet):
+            continue  # a wider route (a LAN's /8) does not take the bridge's traffic
+        oif = r.get("oif")
+        links = ipr.get_links(oif) if oif else []
+        name = str(links[0].get("ifname")) if links else f"interface {oif}"
+        if name != bridge:
+            return name
+    return None
 
 
 def _link_exists(ifname: str) -> bool:

@@ -17,6 +17,7 @@ from runtime.base import (
     ContainerConfig,
     ContainerState,
     Event,
+    Fault,
     ImageInfo,
     NetworkConfig,
     NetworkState,
@@ -82,6 +83,8 @@ class FakeRuntime:
         if have is not None:
             if dict(have.labels) != dict(config.labels):
                 raise Conflict(f"network {config.name} exists")
+            # an existing network is made sure of: what was missing of it is back
+            self.networks[config.name] = replace(have, faults=())
             return
         self.networks[config.name] = NetworkState(
             id=f"n{next(self._ids)}",
@@ -144,10 +147,15 @@ class FakeRuntime:
         c = self.containers.get(name)
         if c is None:
             raise NotFound(f"no such container {name}")
+        if c.status == "running":  # a running container's faults are repaired in place
+            self.containers[name] = replace(c, faults=())
+            return
         health = c.health
         if health is not None and self.healthy_after_start:
             health = "healthy"
-        self.containers[name] = replace(c, status="running", exit_code=None, health=health)
+        self.containers[name] = replace(
+            c, status="running", exit_code=None, health=health, faults=()
+        )
 
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
         self._call(f"stop {name}")
@@ -184,6 +192,10 @@ class FakeRuntime:
         """Remove a network by hand, with every container (they would block it)."""
         self.containers.clear()
         self.networks.pop(name, None)
+
+    def break_network(self, name: str, reason: str) -> None:
+        """Take away part of a network's kernel side (as `ip link del` of its bridge)."""
+        self.networks[name] = replace(self.networks[name], faults=(Fault(reason),))
 
     def mutate(self, name: str, **changes: object) -> None:
         self.containers[name] = replace(self.containers[name], **changes)  # type: ignore[arg-type]

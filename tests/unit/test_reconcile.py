@@ -32,7 +32,7 @@ from reconciler.model import (
 )
 from reconciler.plan import Plan, build, build_teardown
 from reconciler.translate import Desired, desired_state
-from runtime.base import ImageInfo
+from runtime.base import Fault, ImageInfo
 
 IMAGE = "registry.local/busybox:1"
 
@@ -90,6 +90,32 @@ def summary(plan: Plan) -> list[tuple[str, str, str]]:
 @pytest.fixture
 def rt() -> FakeRuntime:
     return FakeRuntime(images_={IMAGE: ImageInfo("sha256:one", ("PATH=/bin",))})
+
+
+def test_faults_are_reported_with_their_reasons_and_repaired_after_the_network(
+    rt: FakeRuntime,
+) -> None:
+    stack = web_db_stack()
+    converge(rt, stack)
+    rt.break_network("shop_back", "bridge pa-1 missing")
+    rt.mutate(
+        "shop-web-1",
+        faults=(Fault("veth pav1 not on bridge pa-1"), Fault("rule for 0.0.0.0:8080 missing")),
+    )
+    plan = plan_of(rt, stack)
+    reasons = {(c.object, c.name): c.reason for c in plan.changes}
+    assert reasons == {
+        ("network", "shop_back"): "bridge pa-1 missing",
+        ("container", "shop-web-1"): "veth pav1 not on bridge pa-1; rule for 0.0.0.0:8080 missing",
+    }
+    actions = {a.id: a for a in plan.actions}
+    net = actions["network:shop_back:create"]
+    repair = actions["container:shop-web-1:repair"]
+    assert (net.op, repair.op) == ("repair_network", "repair")
+    assert net.id in repair.deps  # the bridge is back before the endpoint goes on it
+    rt.calls.clear()
+    converge(rt, stack)
+    assert rt.calls == ["create_network shop_back", "start shop-web-1"]
 
 
 def test_cold_start_creates_everything_in_order(rt: FakeRuntime) -> None:
@@ -169,6 +195,24 @@ MUTATIONS: dict[str, tuple[Callable[[FakeRuntime], None], list[tuple[str, str, s
             ("recreate", "container", "shop-web-2"),
         ],
     ),
+    "a veth deleted (repaired in place)": (
+        lambda rt: rt.mutate("shop-web-2", faults=(Fault("veth pav1 on shop_back missing"),)),
+        [("repair", "container", "shop-web-2")],
+    ),
+    "a bridge deleted (network and its members repaired in place)": (
+        lambda rt: (
+            rt.break_network("shop_back", "bridge pa-1 missing"),
+            rt.mutate("shop-db-1", faults=(Fault("veth pav2 not on bridge pa-1"),)),
+        ),
+        [("repair", "network", "shop_back"), ("repair", "container", "shop-db-1")],
+    ),
+    "conmon died (restarted under a new one)": (
+        lambda rt: rt.mutate(
+            "shop-db-1",
+            faults=(Fault("conmon not running", "restart"), Fault("netns pyapply-x missing")),
+        ),
+        [("restart", "container", "shop-db-1")],
+    ),
     "network removed by hand (with its containers)": (
         lambda rt: rt.reset_network("shop_front"),
         [
@@ -190,8 +234,12 @@ def test_drift_is_found_and_repaired(rt: FakeRuntime, case: str) -> None:
     mutate(rt)
     plan = plan_of(rt, stack)
     assert summary(plan) == expected
+    ids = {name: c.id for name, c in rt.containers.items()}
     converge(rt, stack)
     assert plan_of(rt, stack).empty, summary(plan_of(rt, stack))
+    if all(kind in ("repair", "restart") for kind, _, _ in expected):
+        # repaired in place: no container was recreated
+        assert {name: c.id for name, c in rt.containers.items()} == ids
 
 
 SPEC_CHANGES: dict[str, tuple[dict[str, object], list[str], str]] = {
