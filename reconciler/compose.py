@@ -428,7 +428,7 @@ class Assembler:
                         given = str(_absolute(x.value, here)) if isinstance(x.value, str) else ""
                         if not given:
                             self.error(x.where, (*epath, "env_file"), "must be a file path")
-                        elif not os.path.isfile(given):
+                        elif not os.path.exists(given):
                             shown = self.files.display(given)
                             self.error(
                                 x.where, (*epath, "env_file"), f'env file "{shown}" does not exist'
@@ -451,7 +451,7 @@ class Assembler:
                 self.error(entry.where, epath, "an include needs the path of a compose file")
                 continue
             files = [(str(_absolute(p.value, here)), p) for p in paths]
-            missing = [(f, p) for f, p in files if not os.path.isfile(f)]
+            missing = [(f, p) for f, p in files if not os.path.exists(f)]
             if missing:
                 for f, p in missing:
                     self.error(
@@ -465,6 +465,13 @@ class Assembler:
                     entry.where,
                     epath,
                     "include cycle: " + " -> ".join([*names, self.files.display(loop)]),
+                )
+                continue
+            if len(chain) >= yamlpos.MAX_DEPTH:  # each level of include recurses
+                self.error(
+                    entry.where,
+                    epath,
+                    f"includes nested more than {yamlpos.MAX_DEPTH} files deep",
                 )
                 continue
             directory = project_dir or os.path.dirname(files[0][0])
@@ -503,7 +510,7 @@ class Assembler:
         if services is None or not isinstance(services.value, dict):
             return
         scope = _Scope(services, root.where.path)
-        for name in list(services.value):
+        for name in _bases_first(services.value):
             self.resolve(scope, name, env, ())
 
     def resolve(
@@ -521,6 +528,15 @@ class Assembler:
         if me in chain:
             names = [n for _, n in chain[chain.index(me) :]] + [name]
             self.error(ext.key or ext.where, epath, "extends cycle: " + " -> ".join(names))
+            svc.value.pop("extends", None)
+            return svc
+        if len(chain) >= yamlpos.MAX_DEPTH:  # resolving recurses once per link
+            self.error(
+                ext.key or ext.where,
+                epath,
+                f"extends chain of more than {yamlpos.MAX_DEPTH} services: "
+                + " -> ".join([*(n for _, n in chain[:3]), "...", name]),
+            )
             svc.value.pop("extends", None)
             return svc
         target, file_node = self.extends_target(ext, epath)
@@ -597,7 +613,7 @@ class Assembler:
         cached = self._file_scopes.get(path)
         if cached is not None:
             return cached
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             self.error(
                 node.where, (*epath, "file"), f'file "{self.files.display(path)}" does not exist'
             )
@@ -618,6 +634,38 @@ class Assembler:
 
     def __post_init__(self) -> None:
         self._file_scopes: dict[str, _Scope] = {}
+
+
+def _bases_first(services: dict[str, Node]) -> list[str]:
+    """The names of `services`, each after the service of the same file it extends: resolved
+    in this order, `Assembler.resolve` finds every base already resolved and recurses one
+    level, however long the chain. A chain that ends in a cycle keeps the written order, so
+    that the cycle is reported where it starts."""
+
+    def base(name: str) -> str | None:
+        svc = services.get(name)
+        ext = svc.get("extends") if svc is not None and isinstance(svc.value, dict) else None
+        if ext is None:
+            return None
+        target: Any = ext.value
+        if isinstance(target, dict):
+            service = ext.get("service")
+            target = service.value if service is not None and ext.get("file") is None else None
+        return target if isinstance(target, str) and target in services else None
+
+    order: list[str] = []
+    done: set[str] = set()
+    for name in services:
+        chain: list[str] = []
+        seen: set[str] = set()
+        link: str | None = name
+        while link is not None and link not in done and link not in seen:
+            chain.append(link)
+            seen.add(link)
+            link = base(link)
+        order.extend(chain if link in seen else reversed(chain))
+        done.update(chain)
+    return order
 
 
 # What a service does not inherit from the service it extends: what ties it to other services.

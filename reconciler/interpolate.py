@@ -17,6 +17,8 @@ from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.yamlpos import MAX_DEPTH
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
@@ -116,7 +118,8 @@ def _braced(text: str, start: int, env: Mapping[str, str], unset: list[str]) -> 
 
 
 def _closing_brace(text: str, i: int) -> int:
-    """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}`."""
+    """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}` up
+    to MAX_DEPTH levels (expanding them recurses, one level per level)."""
     depth = 0
     n = len(text)
     while i < n:
@@ -124,6 +127,11 @@ def _closing_brace(text: str, i: int) -> int:
         if c == "$" and i + 1 < n and text[i + 1] in "${":
             if text[i + 1] == "{":
                 depth += 1
+                if depth >= MAX_DEPTH:
+                    raise InterpolationError(
+                        f"invalid interpolation: more than {MAX_DEPTH} levels of "
+                        '"${...}" inside one another'
+                    )
             i += 2
             continue
         if c == "}":
@@ -188,12 +196,18 @@ def parse_dotenv(
         try:
             if rest[:1] in ("'", '"'):
                 quote = rest[0]
-                content = rest[1:]
-                end = _closing_quote(content, quote)
+                # a quoted value may span lines: look for the closing quote in each new line
+                # only (a backslash before a line break escapes nothing that matters here),
+                # so that an unterminated quote costs one pass over the file, not one per line
+                parts = [rest[1:]]
+                end = _closing_quote(parts[0], quote)
                 while end < 0 and i < len(lines):
-                    content += "\n" + lines[i]
+                    parts.append(lines[i])
                     i += 1
-                    end = _closing_quote(content, quote)
+                    end = _closing_quote(lines[i - 1], quote)
+                content = "\n".join(parts)
+                if end >= 0 and len(parts) > 1:
+                    end += len(content) - len(parts[-1])
                 if end < 0:
                     problems.append(
                         DotenvProblem(lineno, indent + 1, f"unterminated {quote} quote")

@@ -13,6 +13,8 @@ The data is what compose (YAML 1.2, via Go's yaml.v3) would see:
   place it is used (so later in-place changes never leak between them), with the positions
   of the anchored text;
 - a duplicate key is an error, as in compose;
+- what one document may cost is bounded before anything is built (see "Limits" below):
+  nesting depth and the number of values after alias and merge-key expansion;
 - compose's merge tags `!reset` (drop the value inherited from an earlier file or from
   `extends`) and `!override` (replace it instead of merging) are kept in `Document.tags` under
   the value's path; the value itself is read as if it had no tag.
@@ -39,8 +41,27 @@ _PLAIN_TEXT_TAGS = {_TAG + "timestamp", _TAG + "value"}
 RESET, OVERRIDE = "!reset", "!override"
 _MERGE_TAGS = (RESET, OVERRIDE)
 
-# An alias may be used many times; expanding them must not make a small file huge.
-MAX_NODES = 1_000_000
+# ---------------------------------------------------------------------------------------------
+# Limits
+#
+# The agent reads whatever a commit brings, so no manifest may stall or exhaust it: a 600-byte
+# file of aliases can stand for billions of values. These bounds are the loader's, in one
+# place (manifest.py, interpolate.py and compose.py use them too); each sits far above what a
+# hand-written stack needs and far below what would hurt.
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""Bytes in one manifest, `.env` or `env_file` (read no further than that). Real compose files
+are tens of kilobytes; 4 MiB is a hundred times that, and still reads in well under a second."""
+
+MAX_DEPTH = 64
+"""How deep anything may nest: mappings and lists (counting the levels that aliases and merge
+keys bring in), `${...}` defaults inside defaults, and chains of `extends` or `include`. A
+compose file's deepest field is 7 levels down; 64 keeps every recursive step of the loader
+(and of jsonschema) far from Python's recursion limit."""
+
+MAX_NODES = 200_000
+"""Values in one document after aliases and merge keys are expanded (the output's size, not
+the input's): a thousand services of a hundred values each fit, an alias bomb does not."""
 
 
 class YamlSyntaxError(Exception):
@@ -112,8 +133,16 @@ def parse(text: str) -> Iterator[Document]:
                 ) from None
             except yaml.YAMLError as e:
                 raise YamlSyntaxError(f"invalid YAML: {e}", 1, 1) from None
+            except RecursionError:  # PyYAML's pure-Python composer recurses (libyaml does not)
+                raise YamlSyntaxError(
+                    f"invalid YAML: nested more than {MAX_DEPTH} levels deep", 1, 1
+                ) from None
             if node is None:
                 continue
+            over = _over_limits(node)
+            if over is not None:
+                (line, column), message = over
+                raise YamlSyntaxError(message, line, column)
             doc = _Builder(_pos(node)).document(node)
             if doc.data is None and not doc.errors:
                 continue
@@ -139,6 +168,15 @@ def _retagged(node: ScalarNode) -> ScalarNode:
     return ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "y", "n")
+
+
+def _quoted(text: str) -> str:
+    """`text` in quotes for a message, shortened when long."""
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    return '"' + shown.replace('"', '\\"') + '"'
+
+
 def _sentence(text: str) -> str:
     return " ".join(text.split())
 
@@ -147,31 +185,78 @@ def _pos(node: Node) -> Pos:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-class _TooLarge(Exception):
-    pass
+def _children(node: Node) -> list[Node]:
+    """What building `node` builds in turn: list items, mapping values, merge sources."""
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [v for _, v in node.value]
+    return []
+
+
+def _over_limits(root: Node) -> tuple[Pos, str] | None:
+    """Where the document `root` breaks MAX_DEPTH or MAX_NODES, if it does, and why; found
+    before anything is built, in time linear in the number of distinct nodes.
+
+    An alias is the very node object of its anchor, so the node graph is small even when its
+    expansion is huge: the expanded size and height of each node are computed once, bottom up,
+    without recursion. A node that contains itself (reported by the builder) counts as one
+    value. Merge sources count in full, an upper bound of what the merge keeps."""
+    size: dict[int, int] = {}  # id(node) -> values it expands to, itself included
+    height: dict[int, int] = {}  # id(node) -> levels it expands to, itself included
+    # the path being explored: node, its remaining children, size and height so far
+    stack: list[tuple[Node, Iterator[Node], list[int]]] = [(root, iter(_children(root)), [1, 1])]
+    on_path = {id(root)}
+    deep = (
+        f"nested more than {MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
+    )
+    while stack:
+        node, todo, acc = stack[-1]
+        child = next(todo, None)
+        if child is not None:
+            cid = id(child)
+            if cid in on_path:
+                acc[0] += 1
+            elif cid in size:
+                if len(stack) + height[cid] > MAX_DEPTH:
+                    return _pos(child), deep
+                acc[0] += size[cid]
+                acc[1] = max(acc[1], height[cid] + 1)
+            elif len(stack) >= MAX_DEPTH:
+                return _pos(child), deep
+            else:
+                on_path.add(cid)
+                stack.append((child, iter(_children(child)), [1, 1]))
+            continue
+        stack.pop()
+        on_path.discard(id(node))
+        size[id(node)], height[id(node)] = acc
+        if acc[0] > MAX_NODES:
+            return _pos(node), (
+                f"this value expands to more than {MAX_NODES} values (through aliases or merge "
+                "keys, or written out): split the manifest"
+            )
+        if stack:
+            parent = stack[-1][2]
+            parent[0] += acc[0]
+            parent[1] = max(parent[1], acc[1] + 1)
+    return None
 
 
 class _Builder:
+    """Builds the data of one document that `_over_limits` accepted (so its recursion is
+    at most MAX_DEPTH deep and its output at most MAX_NODES values)."""
+
     def __init__(self, start: Pos) -> None:
         self.doc = Document(data=None, start=start)
         self.active: set[int] = set()
-        self.count = 0
         self.constructor = SafeConstructor()
 
     def document(self, node: Node) -> Document:
-        try:
-            self.doc.data = self.build(node, ())
-        except _TooLarge:
-            self.doc.data = None
-            self.doc.errors.append(
-                (_pos(node), f"the document expands to more than {MAX_NODES} nodes (aliases?)")
-            )
+        self.doc.data = self.build(node, ())
         return self.doc
 
     def build(self, node: Node, path: Path) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise _TooLarge
         self.doc.values[path] = _pos(node)
         if node.tag in _MERGE_TAGS:
             self.doc.tags[path] = node.tag
@@ -248,12 +333,25 @@ class _Builder:
         if tag == _NULL:
             return None
         if tag == _BOOL:
+            if raw.lower() not in _BOOL_WORDS:  # only an explicit `!!bool` gets here so
+                self.doc.errors.append((_pos(node), f"{_quoted(raw)} is not true or false"))
             return raw.lower() in ("true", "yes", "on", "y")
         if tag in (_INT, _FLOAT):
             if ":" in raw:  # YAML 1.1 base 60, which compose does not have
                 return raw
-            if tag == _INT:
-                return self.constructor.construct_yaml_int(node)
-            return self.constructor.construct_yaml_float(node)
+            # an explicit `!!int`/`!!float` tag may sit on any text, and an integer may have
+            # more digits than Python converts (4,300)
+            try:
+                if tag == _INT:
+                    return self.constructor.construct_yaml_int(node)
+                return self.constructor.construct_yaml_float(node)
+            except (ValueError, IndexError, OverflowError):
+                digits = sum(c.isdigit() for c in raw)
+                what = "an integer" if tag == _INT else "a number"
+                message = f"{_quoted(raw)} is not {what}"
+                if digits > 1000:
+                    message = f"a number of {digits} digits is too long"
+                self.doc.errors.append((_pos(node), message))
+                return raw
         self.doc.errors.append((_pos(node), f'unsupported YAML tag "{tag}"'))
         return raw

@@ -1,0 +1,493 @@
+"""No manifest can crash or stall the loader (issue 17, items 7-9): every case here once hung
+it, ate gigabytes or ended in a traceback. Each now gives its exact located error (or loads
+cleanly) well within a time bound.
+
+The bounds are correctness bounds against hangs, not benchmarks: measured generously, they
+only fail when the loader does work out of proportion to its input. pytest-timeout stops a
+test that hangs outright (a FIFO read, an endless expansion) instead of letting it stall the
+suite. The limits themselves live in reconciler/yamlpos.py ("Limits").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import write
+
+from reconciler import manifest, yamlpos
+from reconciler.interpolate import parse_dotenv
+from reconciler.manifest import load
+from reconciler.model import ManifestError
+
+pytestmark = pytest.mark.timeout(60)
+
+PYAPPLY = str(Path(sys.executable).parent / "pyapply")
+BOUND_S = 2.0  # far above what any of these takes (well under 0.5 s), far below a hang
+
+HEAD = "name: t\nservices:\n  web:\n    image: busybox\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_schema() -> None:
+    """Compile the schema validators once, so that the time bounds measure loading only."""
+    manifest._validator("compose")
+    manifest._validator("stack")
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Documents are validated every time, never found in a cache of valid ones."""
+    monkeypatch.setenv("PYAPPLY_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def outcome(paths: list[str]) -> list[str]:
+    """The loader's errors for `paths` (empty when it loads), checked to come in time."""
+    started = time.monotonic()
+    try:
+        load(paths, environ={})
+        errors: list[str] = []
+    except ManifestError as e:
+        errors = [str(p) for p in e.problems]
+    elapsed = time.monotonic() - started
+    assert elapsed < BOUND_S, f"loading took {elapsed:.2f}s"
+    return errors
+
+
+def one_file(here: Path, text: str, name: str = "compose.yaml") -> list[str]:
+    (here / name).write_text(text)
+    return outcome([name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 7: stalled or blown up by one file
+
+
+def test_merge_key_bomb(here: Path) -> None:
+    """Each level merges the one before three times: 3^28 merges from about 600 bytes."""
+    lines = ["name: t", "x-0: &0 {}"]
+    lines += [f"x-{i}: &{i} {{<<: [*{i - 1}, *{i - 1}, *{i - 1}]}}" for i in range(1, 28)]
+    lines += ["services: {web: {image: busybox, labels: {<<: *27}}}"]
+    text = "\n".join(lines) + "\n"
+    assert len(text) < 1024
+    # at the list of merge sources of x-11, the first value that expands too far
+    assert one_file(here, text) == [
+        f"compose.yaml:13:16: this value expands to more than {yamlpos.MAX_NODES} values "
+        "(through aliases or merge keys, or written out): split the manifest"
+    ]
+
+
+def test_alias_fan_out_of_one_megabyte(here: Path) -> None:
+    """A thousand-item anchor referred to 250,000 times: 250 million values from 1 MB."""
+    text = (
+        HEAD
+        + "x-a: &a ["
+        + ",".join(["v"] * 1000)
+        + "]\nx-b: ["
+        + ",".join(["*a"] * 250_000)
+        + "]\n"
+    )
+    assert len(text) > 750_000
+    assert one_file(here, text) == [
+        f"compose.yaml:6:6: this value expands to more than {yamlpos.MAX_NODES} values "
+        "(through aliases or merge keys, or written out): split the manifest"
+    ]
+
+
+def test_fifo_in_a_folder(here: Path) -> None:
+    write(here, {"dir/a.yaml": HEAD})
+    os.mkfifo(here / "dir" / "x.yaml")
+    assert outcome(["dir"]) == [
+        "dir/x.yaml:1:1: not a regular file: a manifest, .env or env_file must be an ordinary file"
+    ]
+
+
+def test_fifo_named_with_f(here: Path) -> None:
+    os.mkfifo(here / "x.yaml")
+    assert outcome(["x.yaml"]) == [
+        "x.yaml:1:1: not a regular file: a manifest, .env or env_file must be an ordinary file"
+    ]
+
+
+def test_yaml_symlink_to_dev_zero(here: Path) -> None:
+    write(here, {"dir/a.yaml": HEAD})
+    (here / "dir" / "x.yaml").symlink_to("/dev/zero")
+    assert outcome(["dir"]) == [
+        "dir/x.yaml:1:1: not a regular file: a manifest, .env or env_file must be an ordinary file"
+    ]
+
+
+def test_file_over_the_size_limit_is_read_no_further(
+    here: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(here, {"big.yaml": HEAD + "#" * yamlpos.MAX_FILE_BYTES + "\n"})
+    reads: list[int] = []
+    real_read = os.read
+
+    def counting_read(fd: int, n: int) -> bytes:
+        data = real_read(fd, n)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "read", counting_read)
+    assert outcome(["big.yaml"]) == [
+        "big.yaml:1:1: the file is larger than 4 MiB, the most one may hold"
+    ]
+    assert sum(reads) == yamlpos.MAX_FILE_BYTES + 1
+
+
+def test_file_at_the_size_limit_loads(here: Path) -> None:
+    text = HEAD + "#" * (yamlpos.MAX_FILE_BYTES - len(HEAD) - 1) + "\n"
+    assert len(text.encode()) == yamlpos.MAX_FILE_BYTES
+    assert one_file(here, text) == []
+
+
+def test_dotenv_and_env_file_must_be_regular_files(here: Path) -> None:
+    write(here, {"a/compose.yaml": HEAD, "b/compose.yaml": HEAD + "    env_file: [z.env, f.env]\n"})
+    os.mkfifo(here / "a" / ".env")
+    os.mkfifo(here / "b" / "f.env")
+    (here / "b" / "z.env").symlink_to("/dev/zero")
+    sentence = "not a regular file: a manifest, .env or env_file must be an ordinary file"
+    assert outcome(["a"]) == [f"a/.env:1:1: {sentence}"]
+    assert outcome(["b"]) == [
+        f'b/compose.yaml:5:16: services.web.env_file[0]: env file "b/z.env": {sentence}',
+        f'b/compose.yaml:5:23: services.web.env_file[1]: env file "b/f.env": {sentence}',
+    ]
+
+
+def test_dotenv_unterminated_quote_is_linear(here: Path) -> None:
+    write(here, {"compose.yaml": HEAD, ".env": 'A="\n' + "B=1\n" * 3000})
+    assert outcome(["compose.yaml"]) == ['.env:1:1: unterminated " quote']
+    started = time.monotonic()
+    values, problems = parse_dotenv('A="\n' + "B=some value\n" * 200_000)
+    assert time.monotonic() - started < BOUND_S
+    assert (values, [(p.line, p.message) for p in problems]) == ({}, [(1, 'unterminated " quote')])
+
+
+def test_dotenv_quote_spanning_lines_still_works() -> None:
+    text = 'A="one\nt\\"wo\nthree" # c\nB=${A}x\nC=\'x\ny\'\n'
+    assert parse_dotenv(text) == (
+        {"A": 'one\nt"wo\nthree', "B": 'one\nt"wo\nthreex', "C": "x\ny"},
+        [],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 8: tracebacks instead of located errors
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("deploy: {replicas: !!int 2}", []),
+        ("cpus: !!float 1", []),
+        (
+            "deploy: {replicas: !!int abc}",
+            [
+                'compose.yaml:5:24: "abc" is not an integer',
+                "compose.yaml:5:24: services.web.deploy.replicas: must be an integer, got a string",
+            ],
+        ),
+        (
+            "deploy: {replicas: !!int ''}",
+            [
+                'compose.yaml:5:24: "" is not an integer',
+                "compose.yaml:5:24: services.web.deploy.replicas: must be an integer, got a string",
+            ],
+        ),
+        (
+            "cpus: !!float x",
+            [
+                'compose.yaml:5:11: "x" is not a number',
+                'compose.yaml:5:11: services.web.cpus: must be a number of CPUs such as 0.5 or "2", '
+                'got "x"',
+            ],
+        ),
+        ("read_only: !!bool maybe", ['compose.yaml:5:16: "maybe" is not true or false']),
+    ],
+)
+def test_explicit_tags(here: Path, field: str, expected: list[str]) -> None:
+    assert one_file(here, HEAD + f"    {field}\n") == expected
+
+
+def test_whole_number_floats_in_ports_and_ulimits(here: Path) -> None:
+    assert one_file(here, HEAD + "    ports: [80.0]\n    ulimits: {nofile: 1.0}\n") == [
+        "compose.yaml:5:13: services.web.ports[0]: must be a string, an integer or a mapping, "
+        "got 80.0",
+        "compose.yaml:6:23: services.web.ulimits.nofile: must be an integer or a mapping, got 1.0",
+    ]
+
+
+def test_host_port_of_4300_digits(here: Path) -> None:
+    digits = "9" * 4300
+    shown = '"' + "9" * 100 + '..." (4303 characters)'
+    assert one_file(here, HEAD + f'    ports: ["{digits}:80"]\n') == [
+        f"compose.yaml:5:13: services.web.ports[0]: {shown} is not a valid port mapping"
+    ]
+    assert one_file(here, HEAD + f"    ports: [{digits}0]\n") == [
+        "compose.yaml:5:13: a number of 4301 digits is too long",
+        "compose.yaml:5:13: services.web.ports[0]: "
+        + '"'
+        + "9" * 100
+        + '..." (4301 characters) is not a valid port mapping',
+    ]
+    assert one_file(here, HEAD + f'    ports: [{{target: 80, published: "{digits}"}}]\n') == [
+        "compose.yaml:5:13: services.web.ports[0]: published port "
+        + '"'
+        + "9" * 100
+        + '..." (4300 characters) is not a single port number'
+    ]
+
+
+DEEP = f"nested more than {yamlpos.MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
+
+
+def test_nesting_500_deep(here: Path) -> None:
+    """Located at the first value past the limit: level 65, the document being level 1."""
+    over = yamlpos.MAX_DEPTH + 1
+    flow = HEAD + "    x-a: " + "[" * 500 + "]" * 500 + "\n"  # the first "[" is level 4
+    assert one_file(here, flow) == [f"compose.yaml:5:{10 + over - 4}: {DEEP}"]
+    mapping = HEAD + "x-a: " + "{a: " * 500 + "1" + "}" * 500 + "\n"  # the first "{" is level 2
+    assert one_file(here, mapping) == [f"compose.yaml:5:{6 + 4 * (over - 2)}: {DEEP}"]
+    block = HEAD + "x-a:\n  " + "- " * 500 + "x\n"
+    assert one_file(here, block) == [f"compose.yaml:6:{3 + 2 * (over - 2)}: {DEEP}"]
+
+
+@pytest.mark.parametrize("levels", [1000, 100_000])
+def test_nesting_past_libyamls_own_limit(here: Path, levels: int) -> None:
+    """From 1,000 levels libyaml itself stops, before any node is built: located too."""
+    flow = HEAD + "x-a: " + "{a: " * levels + "1" + "}" * levels + "\n"
+    assert one_file(here, flow) == [
+        "compose.yaml:5:4002: invalid YAML: exceeded maximum nesting depth "
+        "(while increasing flow level)"
+    ]
+    block = HEAD + "x-a:\n  " + "- " * levels + "x\n"
+    assert one_file(here, block) == [
+        "compose.yaml:6:1999: invalid YAML: exceeded maximum nesting depth "
+        "(while increasing block level)"
+    ]
+
+
+def test_nesting_at_the_limit_loads(here: Path) -> None:
+    levels = yamlpos.MAX_DEPTH - 4  # x-a sits 1 level down; the document is 1 level itself
+    text = HEAD + "x-a: " + "[" * levels + "]" * levels + "\n"
+    assert one_file(here, text) == []
+
+
+def test_alias_chain_of_500(here: Path) -> None:
+    """x-62 is the first to go too deep, through its alias of x-61 (located at that anchor:
+    x-61 is written on line 66)."""
+    lines = [HEAD.rstrip("\n"), "x-0: &a0 [1]"]
+    lines += [f"x-{i}: &a{i} [*a{i - 1}]" for i in range(1, 500)]
+    assert one_file(here, "\n".join(lines) + "\n") == [f"compose.yaml:66:7: {DEEP}"]
+
+
+def test_merge_key_chain_of_500(here: Path) -> None:
+    lines = [HEAD.rstrip("\n"), "x-0: &a0 {k0: 1}"]
+    lines += [f"x-{i}: &a{i} {{<<: *a{i - 1}, k{i}: 1}}" for i in range(1, 500)]
+    assert one_file(here, "\n".join(lines) + "\n") == [f"compose.yaml:66:7: {DEEP}"]
+
+
+def test_interpolation_nested_500_deep(here: Path) -> None:
+    image = "${U:-" * 500 + "busybox" + "}" * 500
+    assert one_file(here, f'name: t\nservices: {{web: {{image: "{image}"}}}}\n') == [
+        "compose.yaml:2:25: services.web.image: invalid interpolation: more than "
+        f'{yamlpos.MAX_DEPTH} levels of "${{...}}" inside one another'
+    ]
+    fine = "${U:-" * 10 + "busybox" + "}" * 10
+    assert one_file(here, f'name: t\nservices: {{web: {{image: "{fine}"}}}}\n') == []
+
+
+@pytest.mark.parametrize("order", ["forward", "backward"])
+def test_extends_chain_of_1000_services_loads(here: Path, order: str) -> None:
+    n = 1000
+    lines = ["name: t", "services:", f"  s{n - 1}: {{image: busybox}}"]
+    links = [f"  s{i}: {{extends: s{i + 1}}}" for i in range(n - 1)]
+    lines += reversed(links) if order == "forward" else links
+    (here / "compose.yaml").write_text("\n".join(lines) + "\n")
+    started = time.monotonic()
+    loaded = load(["compose.yaml"], environ={})
+    assert time.monotonic() - started < 3 * BOUND_S  # 1,000 services: the largest case here
+    assert len(loaded.stacks[0].services) == n
+    assert {s.image for s in loaded.stacks[0].services} == {"busybox"}
+
+
+def test_extends_cycle_of_500_services(here: Path) -> None:
+    lines = ["name: t", "services:"]
+    lines += [f"  s{i}: {{image: busybox, extends: s{(i + 1) % 500}}}" for i in range(500)]
+    # resolving s0 stops at s64, s65 at s129, ...: each chain cut where it gets too long
+    assert one_file(here, "\n".join(lines) + "\n") == [
+        f"compose.yaml:{3 + end}:{23 + len(str(end))}: services.s{end}.extends: extends chain "
+        f"of more than {yamlpos.MAX_DEPTH} services: s{i} -> s{i + 1} -> s{i + 2} -> ... -> s{end}"
+        for i in range(0, 455, 65)
+        for end in [i + 64]
+    ]
+
+
+def test_include_chain_deeper_than_the_limit(here: Path) -> None:
+    files = {"compose.yaml": "name: t\ninclude: [i1.yaml]\nservices: {web: {image: busybox}}\n"}
+    for i in range(1, 100):
+        files[f"i{i}.yaml"] = f"include: [i{i + 1}.yaml]\nservices: {{s{i}: {{image: busybox}}}}\n"
+    files["i100.yaml"] = "services: {s100: {image: busybox}}\n"
+    write(here, files)
+    assert outcome(["compose.yaml"]) == [
+        f"i{yamlpos.MAX_DEPTH - 1}.yaml:1:11: include[0]: includes nested more than "
+        f"{yamlpos.MAX_DEPTH} files deep"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 9: whole-number floats, NaN and infinity, absurd replica counts
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        (
+            "pids_limit: 5.0",
+            "compose.yaml:5:17: services.web.pids_limit: must be an integer, got 5.0",
+        ),
+        (
+            "deploy: {replicas: 2.0}",
+            "compose.yaml:5:24: services.web.deploy.replicas: must be an integer, got 2.0",
+        ),
+        (
+            "cpus: .nan",
+            "compose.yaml:5:11: services.web.cpus: must be a string or a number, got .nan: "
+            "NaN and infinity are not numbers a manifest can use",
+        ),
+        (
+            "cpus: .inf",
+            "compose.yaml:5:11: services.web.cpus: must be a string or a number, got .inf: "
+            "NaN and infinity are not numbers a manifest can use",
+        ),
+        (
+            "deploy: {resources: {limits: {cpus: -.inf}}}",
+            "compose.yaml:5:41: services.web.deploy.resources.limits.cpus: must be a string or a "
+            "number, got -.inf: NaN and infinity are not numbers a manifest can use",
+        ),
+        (
+            'cpus: "nan"',
+            'compose.yaml:5:11: services.web.cpus: must be a number of CPUs such as 0.5 or "2", '
+            'got "nan"',
+        ),
+        (
+            "environment: {A: .nan}",
+            "compose.yaml:5:22: services.web.environment.A: must be a string, a number, a boolean "
+            "or empty, got .nan: NaN and infinity are not numbers a manifest can use",
+        ),
+        (
+            "deploy: {replicas: 1e11}",  # YAML 1.1, as libyaml reads it: a string
+            "compose.yaml:5:24: services.web.deploy.replicas: must be an integer, got a string",
+        ),
+        (
+            "deploy: {replicas: 100000000000}",
+            "compose.yaml:5:24: services.web.deploy.replicas: must be at most 1000, "
+            "got 100000000000",
+        ),
+        (
+            'deploy: {replicas: "${N:-100000000000}"}',
+            "compose.yaml:5:24: services.web.deploy.replicas: must be at most 1000, "
+            "got 100000000000",
+        ),
+        ("scale: 1001", "compose.yaml:5:12: services.web.scale: must be at most 1000, got 1001"),
+        (
+            'mem_limit: "' + "9" * 400 + 'g"',
+            "compose.yaml:5:16: services.web.mem_limit: must be at most 8 EiB, got "
+            + '"'
+            + "9" * 100
+            + '..." (401 characters)',
+        ),
+        (
+            'stop_grace_period: "' + "9" * 400 + 's"',
+            "compose.yaml:5:24: services.web.stop_grace_period: must be at most about 292 years, "
+            'got "' + "9" * 100 + '..." (401 characters)',
+        ),
+    ],
+)
+def test_numbers(here: Path, field: str, expected: str) -> None:
+    errors = one_file(here, HEAD + f"    {field}\n")
+    assert errors[0] == expected, errors
+
+
+def test_numbers_that_stay_valid(here: Path) -> None:
+    text = HEAD + (
+        "    deploy: {replicas: 1000, resources: {limits: {cpus: 1.5, pids: 5}}}\n"
+        "    pids_limit: 5\n    ulimits: {nofile: {soft: 10, hard: 20}}\n"
+        "    environment: {A: 1.5, B: 2}\n"
+    )
+    assert one_file(here, text) == []
+    svc = load(["compose.yaml"], environ={}).stacks[0].services[0]
+    assert svc.replicas == 1000
+    assert svc.resources.pids == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the command line: exit 1, a located first line, no traceback
+
+
+CLI_CASES: dict[str, Callable[[Path], str]] = {}
+
+
+def cli_case(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+    CLI_CASES[fn.__name__] = fn
+    return fn
+
+
+@cli_case
+def fifo(d: Path) -> str:
+    os.mkfifo(d / "x.yaml")
+    return "m/x.yaml:1:1: not a regular file"
+
+
+@cli_case
+def merge_bomb(d: Path) -> str:
+    lines = ["name: t", "x-0: &0 {}"]
+    lines += [f"x-{i}: &{i} {{<<: [*{i - 1}, *{i - 1}, *{i - 1}]}}" for i in range(1, 28)]
+    lines += ["services: {web: {image: busybox, labels: {<<: *27}}}"]
+    (d / "compose.yaml").write_text("\n".join(lines) + "\n")
+    return "m/compose.yaml:13:16: this value expands to more than"
+
+
+@cli_case
+def deep(d: Path) -> str:
+    (d / "compose.yaml").write_text(HEAD + "    x-a: " + "[" * 800 + "]" * 800 + "\n")
+    return f"m/compose.yaml:5:{10 + yamlpos.MAX_DEPTH - 3}: nested more than"
+
+
+@cli_case
+def cpus_nan(d: Path) -> str:
+    (d / "compose.yaml").write_text(HEAD + "    cpus: .nan\n")
+    return "m/compose.yaml:5:11: services.web.cpus: must be a string or a number, got .nan"
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+@pytest.mark.parametrize("command", ["validate", "diff"])
+def test_command_line(tmp_path: Path, case: str, command: str) -> None:
+    """`diff` loads before it looks at any runtime, so a bad manifest never reaches one."""
+    work = tmp_path / "m"
+    work.mkdir()
+    first_line = CLI_CASES[case](work)
+    env = {
+        **os.environ,
+        "PYAPPLY_CACHE_DIR": str(tmp_path / "cache"),
+        "PYAPPLY_ROOT": str(tmp_path / "root"),
+    }
+    out = subprocess.run(
+        [PYAPPLY, command, "-f", "m"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 1, out
+    assert out.stderr.startswith(first_line), out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "root").exists()  # nothing touched, not even the state root
