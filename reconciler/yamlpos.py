@@ -59,9 +59,11 @@ keys bring in), `${...}` defaults inside defaults, and chains of `extends` or `i
 compose file's deepest field is 7 levels down; 64 keeps every recursive step of the loader
 (and of jsonschema) far from Python's recursion limit."""
 
-MAX_NODES = 200_000
-"""Values in one document after aliases and merge keys are expanded (the output's size, not
-the input's): a thousand services of a hundred values each fit, an alias bomb does not."""
+MAX_NODES = 100_000
+"""Values in one document, as written and after aliases and merge keys are expanded (the
+output's size, not only the input's): a thousand services of ninety values each fit, an alias
+bomb does not. Loading costs some tens of microseconds per value, so this also bounds the time
+an honest but huge document takes."""
 
 
 class YamlSyntaxError(Exception):
@@ -107,9 +109,15 @@ _Loader.add_implicit_resolver(
 def parse(text: str) -> Iterator[Document]:
     """Yield each document of a YAML stream (empty documents are skipped); raises
     YamlSyntaxError at the first syntax error (documents before it have been yielded)."""
+    over_at = _scan(text)
     loader = _Loader(text)
+    index = -1
+    built = 0  # values built so far: MAX_NODES bounds the whole file
     try:
         while True:
+            index += 1
+            if over_at is not None and over_at[0] == index:
+                raise YamlSyntaxError(over_at[2], *over_at[1])
             try:
                 if not loader.check_node():
                     return
@@ -139,7 +147,8 @@ def parse(text: str) -> Iterator[Document]:
                 ) from None
             if node is None:
                 continue
-            over = _over_limits(node)
+            over, size = _over_limits(node, MAX_NODES - built)
+            built += size
             if over is not None:
                 (line, column), message = over
                 raise YamlSyntaxError(message, line, column)
@@ -149,6 +158,54 @@ def parse(text: str) -> Iterator[Document]:
             yield doc
     finally:
         loader.dispose()
+
+
+_COLLECTION_START = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_COLLECTION_END = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+_NODE_EVENTS = (*_COLLECTION_START, yaml.ScalarEvent, yaml.AliasEvent)
+
+
+def _scan(text: str) -> tuple[int, Pos, str] | None:
+    """The first document (its index in the stream, the place and the sentence) that nests
+    deeper than MAX_DEPTH, or that brings the file past MAX_NODES values, as written.
+
+    Composing a document builds every node before any can be looked at: 4 MiB of "a," are two
+    million nodes, a gigabyte and many seconds. libyaml's events cost far less and can be
+    counted as they come, so this pass runs first, and a document is only composed once it is
+    known to be of a bounded size. A syntax error ends the pass: composing reports it."""
+    loader = _Loader(text)
+    index = -1
+    count = 0
+    # per open collection: for a mapping, whether its next node is a key; None for a list
+    open_: list[bool | None] = []
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.DocumentStartEvent):
+                index += 1
+            elif isinstance(event, _COLLECTION_END):
+                open_.pop()
+            elif isinstance(event, _NODE_EVENTS):
+                count += 1
+                parent = open_[-1] if open_ else None
+                if parent is not None:
+                    open_[-1] = not parent  # a mapping's nodes alternate: key, value
+                # a value one level below its collection (the document being level 1); a
+                # key is not a level of its own, as in `_over_limits`
+                deep = len(open_) + 1 > MAX_DEPTH and parent is not True
+                if isinstance(event, _COLLECTION_START):
+                    open_.append(True if isinstance(event, yaml.MappingStartEvent) else None)
+                mark = event.start_mark
+                where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                if deep:
+                    return index, where, _DEEP
+                if count > MAX_NODES:
+                    return index, where, _TOO_MANY
+    except yaml.YAMLError:
+        pass
+    finally:
+        loader.dispose()
+    return None
 
 
 class _Resolver(yaml.resolver.Resolver):
@@ -185,6 +242,11 @@ def _pos(node: Node) -> Pos:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+_DEEP = f"nested more than {MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
+_TOO_MANY = f"the file holds more than {MAX_NODES} values: split it into several files"
+_EXPANDS = f"aliases or merge keys expand this value past {MAX_NODES} values in the file"
+
+
 def _children(node: Node) -> list[Node]:
     """What building `node` builds in turn: list items, mapping values, merge sources."""
     if isinstance(node, SequenceNode):
@@ -194,9 +256,10 @@ def _children(node: Node) -> list[Node]:
     return []
 
 
-def _over_limits(root: Node) -> tuple[Pos, str] | None:
-    """Where the document `root` breaks MAX_DEPTH or MAX_NODES, if it does, and why; found
-    before anything is built, in time linear in the number of distinct nodes.
+def _over_limits(root: Node, budget: int) -> tuple[tuple[Pos, str] | None, int]:
+    """Where the document `root` goes deeper than MAX_DEPTH or expands to more than `budget`
+    values, if it does, and why; and how many values it expands to. Found before anything is
+    built, in time linear in the number of distinct nodes.
 
     An alias is the very node object of its anchor, so the node graph is small even when its
     expansion is huge: the expanded size and height of each node are computed once, bottom up,
@@ -207,9 +270,6 @@ def _over_limits(root: Node) -> tuple[Pos, str] | None:
     # the path being explored: node, its remaining children, size and height so far
     stack: list[tuple[Node, Iterator[Node], list[int]]] = [(root, iter(_children(root)), [1, 1])]
     on_path = {id(root)}
-    deep = (
-        f"nested more than {MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
-    )
     while stack:
         node, todo, acc = stack[-1]
         child = next(todo, None)
@@ -219,11 +279,11 @@ def _over_limits(root: Node) -> tuple[Pos, str] | None:
                 acc[0] += 1
             elif cid in size:
                 if len(stack) + height[cid] > MAX_DEPTH:
-                    return _pos(child), deep
+                    return (_pos(child), _DEEP), 0
                 acc[0] += size[cid]
                 acc[1] = max(acc[1], height[cid] + 1)
             elif len(stack) >= MAX_DEPTH:
-                return _pos(child), deep
+                return (_pos(child), _DEEP), 0
             else:
                 on_path.add(cid)
                 stack.append((child, iter(_children(child)), [1, 1]))
@@ -231,16 +291,13 @@ def _over_limits(root: Node) -> tuple[Pos, str] | None:
         stack.pop()
         on_path.discard(id(node))
         size[id(node)], height[id(node)] = acc
-        if acc[0] > MAX_NODES:
-            return _pos(node), (
-                f"this value expands to more than {MAX_NODES} values (through aliases or merge "
-                "keys, or written out): split the manifest"
-            )
+        if acc[0] > budget:
+            return (_pos(node), _EXPANDS), 0
         if stack:
             parent = stack[-1][2]
             parent[0] += acc[0]
             parent[1] = max(parent[1], acc[1] + 1)
-    return None
+    return None, size[id(root)]
 
 
 class _Builder:

@@ -75,15 +75,16 @@ def test_merge_key_bomb(here: Path) -> None:
     lines += ["services: {web: {image: busybox, labels: {<<: *27}}}"]
     text = "\n".join(lines) + "\n"
     assert len(text) < 1024
-    # at the list of merge sources of x-11, the first value that expands too far
+    # at the list of merge sources of x-10, the first value that expands too far
     assert one_file(here, text) == [
-        f"compose.yaml:13:16: this value expands to more than {yamlpos.MAX_NODES} values "
-        "(through aliases or merge keys, or written out): split the manifest"
+        f"compose.yaml:12:16: aliases or merge keys expand this value past "
+        f"{yamlpos.MAX_NODES} values in the file"
     ]
 
 
 def test_alias_fan_out_of_one_megabyte(here: Path) -> None:
-    """A thousand-item anchor referred to 250,000 times: 250 million values from 1 MB."""
+    """A thousand-item anchor referred to 250,000 times: 250 million values from 1 MB. Values
+    are counted as they are parsed, before any node is built: stopped at the 100,001st."""
     text = (
         HEAD
         + "x-a: &a ["
@@ -93,9 +94,22 @@ def test_alias_fan_out_of_one_megabyte(here: Path) -> None:
         + "]\n"
     )
     assert len(text) > 750_000
+    before = 13  # 8 scalars, 5 collections and a thousand items come before the aliases
+    first_too_many = yamlpos.MAX_NODES + 1 - 1000 - before
     assert one_file(here, text) == [
-        f"compose.yaml:6:6: this value expands to more than {yamlpos.MAX_NODES} values "
-        "(through aliases or merge keys, or written out): split the manifest"
+        f"compose.yaml:6:{7 + 3 * (first_too_many - 1)}: the file holds more than "
+        f"{yamlpos.MAX_NODES} values: split it into several files"
+    ]
+
+
+def test_alias_fan_out_of_ten_levels(here: Path) -> None:
+    """Ten items, ten aliases of those, ten of those...: 10^10 values from 300 bytes. x-4,
+    on line 9, is the first to expand past the limit (to 111,111 values)."""
+    lines = [HEAD.rstrip("\n"), "x-0: &a0 [" + ",".join(["x"] * 10) + "]"]
+    lines += [f"x-{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    assert one_file(here, "\n".join(lines) + "\n") == [
+        f"compose.yaml:9:6: aliases or merge keys expand this value past {yamlpos.MAX_NODES} "
+        "values in the file"
     ]
 
 
@@ -247,30 +261,23 @@ def test_host_port_of_4300_digits(here: Path) -> None:
 DEEP = f"nested more than {yamlpos.MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
 
 
-def test_nesting_500_deep(here: Path) -> None:
-    """Located at the first value past the limit: level 65, the document being level 1."""
+@pytest.mark.parametrize("levels", [500, 1000, 100_000])
+def test_deep_nesting(here: Path, levels: int) -> None:
+    """Located at the first value past the limit, level 65 (the document is level 1), while
+    parsing, before any node is built. libyaml has a limit of its own, 1,000 levels, which
+    its scanner meets first in a flow list that deep (it reads ahead): located too."""
     over = yamlpos.MAX_DEPTH + 1
-    flow = HEAD + "    x-a: " + "[" * 500 + "]" * 500 + "\n"  # the first "[" is level 4
-    assert one_file(here, flow) == [f"compose.yaml:5:{10 + over - 4}: {DEEP}"]
-    mapping = HEAD + "x-a: " + "{a: " * 500 + "1" + "}" * 500 + "\n"  # the first "{" is level 2
-    assert one_file(here, mapping) == [f"compose.yaml:5:{6 + 4 * (over - 2)}: {DEEP}"]
-    block = HEAD + "x-a:\n  " + "- " * 500 + "x\n"
-    assert one_file(here, block) == [f"compose.yaml:6:{3 + 2 * (over - 2)}: {DEEP}"]
-
-
-@pytest.mark.parametrize("levels", [1000, 100_000])
-def test_nesting_past_libyamls_own_limit(here: Path, levels: int) -> None:
-    """From 1,000 levels libyaml itself stops, before any node is built: located too."""
-    flow = HEAD + "x-a: " + "{a: " * levels + "1" + "}" * levels + "\n"
+    flow = HEAD + "    x-a: " + "[" * levels + "]" * levels + "\n"  # the first "[" is level 4
     assert one_file(here, flow) == [
-        "compose.yaml:5:4002: invalid YAML: exceeded maximum nesting depth "
+        f"compose.yaml:5:{10 + over - 4}: {DEEP}"
+        if levels < 1000
+        else "compose.yaml:5:1007: invalid YAML: exceeded maximum nesting depth "
         "(while increasing flow level)"
     ]
+    mapping = HEAD + "x-a: " + "{a: " * levels + "1" + "}" * levels + "\n"  # "{" is level 2
+    assert one_file(here, mapping) == [f"compose.yaml:5:{6 + 4 * (over - 2)}: {DEEP}"]
     block = HEAD + "x-a:\n  " + "- " * levels + "x\n"
-    assert one_file(here, block) == [
-        "compose.yaml:6:1999: invalid YAML: exceeded maximum nesting depth "
-        "(while increasing block level)"
-    ]
+    assert one_file(here, block) == [f"compose.yaml:6:{3 + 2 * (over - 2)}: {DEEP}"]
 
 
 def test_nesting_at_the_limit_loads(here: Path) -> None:
@@ -451,7 +458,7 @@ def merge_bomb(d: Path) -> str:
     lines += [f"x-{i}: &{i} {{<<: [*{i - 1}, *{i - 1}, *{i - 1}]}}" for i in range(1, 28)]
     lines += ["services: {web: {image: busybox, labels: {<<: *27}}}"]
     (d / "compose.yaml").write_text("\n".join(lines) + "\n")
-    return "m/compose.yaml:13:16: this value expands to more than"
+    return "m/compose.yaml:12:16: aliases or merge keys expand this value past"
 
 
 @cli_case
