@@ -519,6 +519,7 @@ class _Loader:
         self.drafts: list[_StackDraft] = []
         self.contents: dict[str, bytes] = {}  # every file read, for the digest
         self.preloaded: dict[str, yamlpos.Document] = {}
+        self.ports = 0  # ports published so far, ranges counted in full
 
     def load(self, paths: Sequence[str]) -> Loaded:
         sources = self.discover(paths)
@@ -865,7 +866,12 @@ class _Loader:
     def check_host_ports(self) -> None:
         """Two containers cannot publish the same host port, whatever stack they are in."""
         wildcard = {"", "0.0.0.0", "::"}
-        taken: dict[tuple[int, str], list[tuple[str, _ServiceDraft, str]]] = {}
+        # per (port, protocol): the first claim of all and the first on a wildcard address,
+        # and the first claim per address; looked up, not scanned, so that many claims of one
+        # port stay linear. A claim: (order, service, where)
+        Claim = tuple[int, _ServiceDraft, str]
+        taken: dict[tuple[int, str], tuple[list[Claim | None], dict[str, Claim]]] = {}
+        claimed: list[Claim] = []
         for stack in self.drafts:
             for svc in stack.services:
                 replicas_reported: set[Path] = set()
@@ -883,20 +889,29 @@ class _Loader:
                             f"cannot all publish host port {shown}: leave the host port out "
                             "or run one replica",
                         )
-                    key = (port.published, port.protocol)
-                    for ip, other, where in taken.get(key, []):
-                        if ip == port.host_ip or ip in wildcard or port.host_ip in wildcard:
-                            whose = f'service "{other.spec.name}"'
-                            if other.stack_name != stack.name:
-                                whose += f' of stack "{other.stack_name}"'
-                            svc.ctx.error(
-                                path,
-                                f"host port {shown} is already published by {whose} at {where}",
-                            )
-                            break
-                    taken.setdefault(key, []).append(
-                        (port.host_ip, svc, str(svc.ctx.location(path)))
+                    firsts, by_ip = taken.setdefault(
+                        (port.published, port.protocol), ([None, None], {})
                     )
+                    if port.host_ip in wildcard:
+                        clash = firsts[0]
+                    else:
+                        claims = [c for c in (by_ip.get(port.host_ip), firsts[1]) if c]
+                        clash = min(claims, key=lambda c: c[0]) if claims else None
+                    if clash is not None:
+                        _, other, where = clash
+                        whose = f'service "{other.spec.name}"'
+                        if other.stack_name != stack.name:
+                            whose += f' of stack "{other.stack_name}"'
+                        svc.ctx.error(
+                            path,
+                            f"host port {shown} is already published by {whose} at {where}",
+                        )
+                    claim = (len(claimed), svc, str(svc.ctx.location(path)))
+                    claimed.append(claim)
+                    firsts[0] = firsts[0] or claim
+                    if port.host_ip in wildcard:
+                        firsts[1] = firsts[1] or claim
+                    by_ip.setdefault(port.host_ip, claim)
 
 
 class _Unreadable(Exception):
@@ -1787,6 +1802,8 @@ class _ServiceBuilder:
     def ports(self) -> None:
         ports: list[Port] = []
         for _, item, path in self.entries("ports"):
+            if self.ctx.loader.ports > yamlpos.MAX_NODES:
+                break  # reported once; ranges are not expanded any further
             try:
                 if isinstance(item, dict):
                     got = [_long_port(item)]
@@ -1799,6 +1816,16 @@ class _ServiceBuilder:
             except _Bad as e:
                 self.ctx.error(path, str(e))
                 continue
+            # a range is as many ports as it spans, and each is checked against every other:
+            # counted against the loader's bound on values, like what aliases expand to
+            self.ctx.loader.ports += len(got)
+            if self.ctx.loader.ports > yamlpos.MAX_NODES:
+                self.ctx.error(
+                    path,
+                    f"port ranges here bring the ports published by these manifests past "
+                    f"{yamlpos.MAX_NODES}",
+                )
+                break
             for port in got:
                 ports.append(port)
                 self.draft.ports.append((port, path))

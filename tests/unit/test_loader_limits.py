@@ -348,6 +348,29 @@ def test_include_chain_deeper_than_the_limit(here: Path) -> None:
     ]
 
 
+def test_port_ranges_count_against_the_bound_on_values(here: Path) -> None:
+    """A range is as many ports as it spans: 3,000 entries of "1-65535" are 196 million
+    ports from 30 KB. Found by reading the loader for what else expands."""
+    ports = ",".join(['"1-65535"'] * 3000)
+    assert one_file(here, HEAD + f"    ports: [{ports}]\n") == [
+        "compose.yaml:5:23: services.web.ports[1]: port ranges here bring the ports published "
+        f"by these manifests past {yamlpos.MAX_NODES}"
+    ]
+
+
+def test_many_host_addresses_for_one_port_stay_linear(here: Path) -> None:
+    """Each published port is looked up among those before it, not compared with each."""
+    ports = ",".join(f'"127.0.{i // 250}.{i % 250}:80:80"' for i in range(30_000))
+    assert one_file(here, HEAD + f"    ports: [{ports}]\n") == []
+    clash = '["127.0.0.1:1:80", "127.0.0.1:2:80", "0.0.0.0:1:80", "127.0.0.2:2:80", "2:80"]'
+    assert one_file(here, HEAD + f"    ports: {clash}\n") == [
+        "compose.yaml:5:49: services.web.ports[2]: host port 0.0.0.0:1/tcp is already "
+        'published by service "web" at compose.yaml:5:13',
+        "compose.yaml:5:83: services.web.ports[4]: host port 2/tcp is already published by "
+        'service "web" at compose.yaml:5:31',
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Item 9: whole-number floats, NaN and infinity, absurd replica counts
 
