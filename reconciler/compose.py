@@ -378,6 +378,8 @@ SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 class Assembler:
     files: Files
     read: list[str] = field(default_factory=list)  # every file read, absolute
+    _values: int = field(default=0, init=False)  # values read and copied (includes, extends)
+    _over: bool = field(default=False, init=False)  # past yamlpos.MAX_NODES, reported
 
     def project(
         self, paths: Sequence[tuple[str, str]], env: dict[str, str], chain: tuple[str, ...] = ()
@@ -385,8 +387,12 @@ class Assembler:
         """The files (absolute path, display) merged in order, includes and extends resolved."""
         merged: Node | None = None
         for path, display in paths:
+            if self._over:
+                break  # reported: read no more
             tree = self.files.load_tree(path, display, env)
             if tree is None or not isinstance(tree.value, dict):
+                continue
+            if not self.count(tree, tree.where, (), "with the files read before it, this file"):
                 continue
             self.read.append(path)
             self.includes(tree, (*chain, path))
@@ -582,6 +588,8 @@ class Assembler:
             base.where,
             base.key,
         )
+        if not self.count(inherited, ext.key or ext.where, epath, "what extends copies here"):
+            return svc
         merged = merge(inherited, svc, ("services", name)) or svc
         svc.value = merged.value
         return svc
@@ -632,8 +640,38 @@ class Assembler:
     def error(self, where: Where | None, path: Path, message: str) -> None:
         self.files.problem("error", where, path, message)
 
+    def count(self, node: Node, where: Where | None, path: Path, what: str) -> bool:
+        """Counts the values of `node` against the bound on one file's (yamlpos.MAX_NODES):
+        a project may include one file many times and extend one service many times, each a
+        copy. False, reported once, when the project goes past it."""
+        self._values += _size(node)
+        if self._values <= yamlpos.MAX_NODES:
+            return True
+        if not self._over:
+            self._over = True
+            self.error(
+                where,
+                path,
+                f"{what} brings the compose project past {yamlpos.MAX_NODES} values",
+            )
+        return False
+
     def __post_init__(self) -> None:
         self._file_scopes: dict[str, _Scope] = {}
+
+
+def _size(node: Node) -> int:
+    """How many values `node` holds, itself included."""
+    count = 0
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        count += 1
+        if isinstance(n.value, dict):
+            todo.extend(n.value.values())
+        elif isinstance(n.value, list):
+            todo.extend(n.value)
+    return count
 
 
 def _bases_first(services: dict[str, Node]) -> list[str]:
