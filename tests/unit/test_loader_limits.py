@@ -546,10 +546,18 @@ def cpus_nan(d: Path) -> str:
     return "m/compose.yaml:5:11: services.web.cpus: must be a string or a number, got .nan"
 
 
-@pytest.mark.parametrize("case", sorted(CLI_CASES))
-@pytest.mark.parametrize("command", ["validate", "diff"])
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [(case, "validate") for case in sorted(CLI_CASES)]
+    + [
+        (case, command)
+        for case in ("cpus_nan", "fifo")
+        for command in ("diff", "apply --runtime native", "apply --runtime docker")
+    ],
+)
 def test_command_line(tmp_path: Path, case: str, command: str) -> None:
-    """`diff` loads before it looks at any runtime, so a bad manifest never reaches one."""
+    """`diff` and `apply` load before they look at any runtime, so a bad manifest never
+    reaches one: `apply` with `cpus: .nan` once crashed there."""
     work = tmp_path / "m"
     work.mkdir()
     first_line = CLI_CASES[case](work)
@@ -557,9 +565,10 @@ def test_command_line(tmp_path: Path, case: str, command: str) -> None:
         **os.environ,
         "PYAPPLY_CACHE_DIR": str(tmp_path / "cache"),
         "PYAPPLY_ROOT": str(tmp_path / "root"),
+        "DOCKER_HOST": f"unix://{tmp_path / 'no-docker.sock'}",  # never reached
     }
     out = subprocess.run(
-        [PYAPPLY, command, "-f", "m"],
+        [PYAPPLY, *command.split(), "-f", "m"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
