@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from reconciler import compose, identity, yamlpos
-from reconciler.interpolate import InterpolationError, interpolate, parse_dotenv
+from reconciler.interpolate import Budget, InterpolationError, interpolate, parse_dotenv
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -520,6 +520,7 @@ class _Loader:
         self.contents: dict[str, bytes] = {}  # every file read, for the digest
         self.preloaded: dict[str, yamlpos.Document] = {}
         self.ports = 0  # ports published so far, ranges counted in full
+        self.budget = Budget()  # of characters put into strings by variables
 
     def load(self, paths: Sequence[str]) -> Loaded:
         sources = self.discover(paths)
@@ -644,7 +645,7 @@ class _Loader:
         if not isinstance(name, str):
             return None
         try:
-            return interpolate(name, self.env_for(source)).value
+            return interpolate(name, self.env_for(source), self.budget).value
         except InterpolationError:
             return name
 
@@ -752,7 +753,7 @@ class _Loader:
         except _Unreadable as e:
             self.problems.append(Problem(str(e), Location(shown, 1, 1)))
             return {}
-        values, problems = parse_dotenv(text, self.environ)
+        values, problems = parse_dotenv(text, self.environ, self.budget)
         for p in problems:
             self.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
         return values
@@ -1103,7 +1104,7 @@ class _Ctx:
 
     def interpolate(self, value: str, path: Path) -> str:
         try:
-            result = interpolate(value, self.env)
+            result = interpolate(value, self.env, self.loader.budget)
         except InterpolationError as e:
             self.error(path, str(e))
             self.mark_bad(path)
@@ -1794,7 +1795,7 @@ class _ServiceBuilder:
         except _Unreadable as e:
             self.ctx.error(path, f"env file {_show(shown)}: {e}")
             return {}
-        values, problems = parse_dotenv(text, self.ctx.env)
+        values, problems = parse_dotenv(text, self.ctx.env, self.ctx.loader.budget)
         for p in problems:
             self.ctx.loader.problems.append(Problem(p.message, Location(shown, p.line, p.column)))
         return values

@@ -53,6 +53,11 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 """Bytes in one manifest, `.env` or `env_file` (read no further than that). Real compose files
 are tens of kilobytes; 4 MiB is a hundred times that, and still reads in well under a second."""
 
+MAX_EXPANDED_CHARS = 4 * MAX_FILE_BYTES
+"""Characters that variables may put into the strings of one load (`${A}` in manifests and
+`.env` files): a value may be long and used many times, and in a `.env` file `A=${A}${A}`
+doubles A on each line."""
+
 MAX_DEPTH = 64
 """How deep anything may nest: mappings and lists (counting the levels that aliases and merge
 keys bring in), `${...}` defaults inside defaults, and chains of `extends` or `include`. A

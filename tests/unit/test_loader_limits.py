@@ -183,6 +183,32 @@ def test_dotenv_unterminated_quote_is_linear(here: Path) -> None:
     assert (values, [(p.line, p.message) for p in problems]) == ({}, [(1, 'unterminated " quote')])
 
 
+def test_dotenv_doubling_is_bounded() -> None:
+    """`A=${A}${A}` on each line doubles A: 40 lines would be 8 TB."""
+    started = time.process_time()
+    values, problems = parse_dotenv("A=xxxxxxxx\n" + "A=${A}${A}\n" * 40)
+    assert time.process_time() - started < BOUND_S
+    assert len(values["A"]) == 8 * 2**20  # line 21; line 22 would pass 16 Mi characters
+    message = (
+        f"A: variables expand to more than {yamlpos.MAX_EXPANDED_CHARS} characters in all "
+        "(a long value used many times?)"
+    )
+    assert [(p.line, p.message) for p in problems] == [(line, message) for line in range(22, 42)]
+
+
+def test_long_variable_used_many_times(here: Path) -> None:
+    write(here, {".env": "BIG=" + "x" * 1_000_000 + "\n"})
+    entries = [f'l{i}: "${{BIG}}"' for i in range(1000)]
+    errors = one_file(here, HEAD + "    labels: {" + ", ".join(entries) + "}\n")
+    # 16 labels of a million characters fit in 16 Mi; the 17th and all after it do not
+    column = len("    labels: {" + ", ".join(entries[:16]) + ", l16: ") + 1
+    assert errors[0] == (
+        f"compose.yaml:5:{column}: services.web.labels.l16: variables expand to more than "
+        f"{yamlpos.MAX_EXPANDED_CHARS} characters in all (a long value used many times?)"
+    )
+    assert len(errors) == 1000 - 16
+
+
 def test_dotenv_quote_spanning_lines_still_works() -> None:
     text = 'A="one\nt\\"wo\nthree" # c\nB=${A}x\nC=\'x\ny\'\n'
     assert parse_dotenv(text) == (
