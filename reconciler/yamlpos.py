@@ -13,8 +13,8 @@ The data is what compose (YAML 1.2, via Go's yaml.v3) would see:
   place it is used (so later in-place changes never leak between them), with the positions
   of the anchored text;
 - a duplicate key is an error, as in compose;
-- what one document may cost is bounded before anything is built (see "Limits" below):
-  nesting depth and the number of values after alias and merge-key expansion;
+- what one file may cost is bounded before anything is built (see "Limits" below): its
+  nesting depth, and its number of values as written and after alias and merge-key expansion;
 - compose's merge tags `!reset` (drop the value inherited from an earlier file or from
   `extends`) and `!override` (replace it instead of merging) are kept in `Document.tags` under
   the value's path; the value itself is read as if it had no tag.
@@ -65,10 +65,11 @@ compose file's deepest field is 7 levels down; 64 keeps every recursive step of 
 (and of jsonschema) far from Python's recursion limit."""
 
 MAX_NODES = 100_000
-"""Values in one document, as written and after aliases and merge keys are expanded (the
-output's size, not only the input's): a thousand services of ninety values each fit, an alias
-bomb does not. Loading costs some tens of microseconds per value, so this also bounds the time
-an honest but huge document takes."""
+"""Values in one file (all its documents), counted as written and again after aliases and
+merge keys are expanded (the output's size, not only the input's): a thousand services of
+ninety values each fit, an alias bomb does not. Loading costs some tens of microseconds per
+value, so this also bounds the time an honest but huge file takes. What else multiplies values
+counts against it too: port ranges, files included and services extended (per load)."""
 
 
 class YamlSyntaxError(Exception):
@@ -395,7 +396,7 @@ class _Builder:
         if tag == _NULL:
             return None
         if tag == _BOOL:
-            if raw.lower() not in _BOOL_WORDS:  # only an explicit `!!bool` gets here so
+            if raw.lower() not in _BOOL_WORDS:  # an explicit `!!bool` may sit on any text
                 self.doc.errors.append((_pos(node), f"{_quoted(raw)} is not true or false"))
             return raw.lower() in ("true", "yes", "on", "y")
         if tag in (_INT, _FLOAT):
