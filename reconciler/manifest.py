@@ -765,7 +765,9 @@ class _Loader:
             values: dict[str, str] = {}
             path = os.path.join(directory, ".env")
             shown = os.path.join(source.display_dir, ".env")
-            if os.path.exists(path):
+            # a FIFO or a device there is an error (`dotenv_file` says so); a directory is
+            # not meant as one (a virtualenv is often called .env)
+            if os.path.exists(path) and not os.path.isdir(path):
                 values = self.dotenv_file(path, shown)
             self.dotenv[directory] = {**values, **self.environ}
         return self.dotenv[directory]

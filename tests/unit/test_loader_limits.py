@@ -174,6 +174,12 @@ def test_dotenv_and_env_file_must_be_regular_files(here: Path) -> None:
     ]
 
 
+def test_a_directory_named_dotenv_is_not_read(here: Path) -> None:
+    """A virtualenv is often called .env: not meant as a file of variables."""
+    write(here, {"compose.yaml": HEAD, ".env/bin/python": ""})
+    assert outcome(["compose.yaml"]) == []
+
+
 def test_dotenv_unterminated_quote_is_linear(here: Path) -> None:
     write(here, {"compose.yaml": HEAD, ".env": 'A="\n' + "B=1\n" * 3000})
     assert outcome(["compose.yaml"]) == ['.env:1:1: unterminated " quote']
