@@ -378,6 +378,8 @@ SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 class Assembler:
     files: Files
     read: list[str] = field(default_factory=list)  # every file read, absolute
+    _values: int = field(default=0, init=False)  # values read and copied (includes, extends)
+    _over: bool = field(default=False, init=False)  # past yamlpos.MAX_NODES, reported
 
     def project(
         self, paths: Sequence[tuple[str, str]], env: dict[str, str], chain: tuple[str, ...] = ()
@@ -385,8 +387,12 @@ class Assembler:
         """The files (absolute path, display) merged in order, includes and extends resolved."""
         merged: Node | None = None
         for path, display in paths:
+            if self._over:
+                break  # reported: read no more
             tree = self.files.load_tree(path, display, env)
             if tree is None or not isinstance(tree.value, dict):
+                continue
+            if not self.count(tree, tree.where, (), "with the files read before it, this file"):
                 continue
             self.read.append(path)
             self.includes(tree, (*chain, path))
@@ -428,7 +434,7 @@ class Assembler:
                         given = str(_absolute(x.value, here)) if isinstance(x.value, str) else ""
                         if not given:
                             self.error(x.where, (*epath, "env_file"), "must be a file path")
-                        elif not os.path.isfile(given):
+                        elif not os.path.exists(given):
                             shown = self.files.display(given)
                             self.error(
                                 x.where, (*epath, "env_file"), f'env file "{shown}" does not exist'
@@ -451,7 +457,7 @@ class Assembler:
                 self.error(entry.where, epath, "an include needs the path of a compose file")
                 continue
             files = [(str(_absolute(p.value, here)), p) for p in paths]
-            missing = [(f, p) for f, p in files if not os.path.isfile(f)]
+            missing = [(f, p) for f, p in files if not os.path.exists(f)]
             if missing:
                 for f, p in missing:
                     self.error(
@@ -465,6 +471,13 @@ class Assembler:
                     entry.where,
                     epath,
                     "include cycle: " + " -> ".join([*names, self.files.display(loop)]),
+                )
+                continue
+            if len(chain) >= yamlpos.MAX_DEPTH:  # each level of include recurses
+                self.error(
+                    entry.where,
+                    epath,
+                    f"includes nested more than {yamlpos.MAX_DEPTH} files deep",
                 )
                 continue
             directory = project_dir or os.path.dirname(files[0][0])
@@ -503,7 +516,7 @@ class Assembler:
         if services is None or not isinstance(services.value, dict):
             return
         scope = _Scope(services, root.where.path)
-        for name in list(services.value):
+        for name in _bases_first(services.value):
             self.resolve(scope, name, env, ())
 
     def resolve(
@@ -521,6 +534,15 @@ class Assembler:
         if me in chain:
             names = [n for _, n in chain[chain.index(me) :]] + [name]
             self.error(ext.key or ext.where, epath, "extends cycle: " + " -> ".join(names))
+            svc.value.pop("extends", None)
+            return svc
+        if len(chain) >= yamlpos.MAX_DEPTH:  # resolving recurses once per link
+            self.error(
+                ext.key or ext.where,
+                epath,
+                f"extends chain of more than {yamlpos.MAX_DEPTH} services: "
+                + " -> ".join([*(n for _, n in chain[:3]), "...", name]),
+            )
             svc.value.pop("extends", None)
             return svc
         target, file_node = self.extends_target(ext, epath)
@@ -566,6 +588,8 @@ class Assembler:
             base.where,
             base.key,
         )
+        if not self.count(inherited, ext.key or ext.where, epath, "what extends copies here"):
+            return svc
         merged = merge(inherited, svc, ("services", name)) or svc
         svc.value = merged.value
         return svc
@@ -597,7 +621,7 @@ class Assembler:
         cached = self._file_scopes.get(path)
         if cached is not None:
             return cached
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             self.error(
                 node.where, (*epath, "file"), f'file "{self.files.display(path)}" does not exist'
             )
@@ -616,8 +640,70 @@ class Assembler:
     def error(self, where: Where | None, path: Path, message: str) -> None:
         self.files.problem("error", where, path, message)
 
+    def count(self, node: Node, where: Where | None, path: Path, what: str) -> bool:
+        """Counts the values of `node` against the bound on one file's (yamlpos.MAX_NODES):
+        a project may include one file many times and extend one service many times, each a
+        copy. False, reported once, when the project goes past it."""
+        self._values += _size(node)
+        if self._values <= yamlpos.MAX_NODES:
+            return True
+        if not self._over:
+            self._over = True
+            self.error(
+                where,
+                path,
+                f"{what} brings the compose project past {yamlpos.MAX_NODES} values",
+            )
+        return False
+
     def __post_init__(self) -> None:
         self._file_scopes: dict[str, _Scope] = {}
+
+
+def _size(node: Node) -> int:
+    """How many values `node` holds, itself included."""
+    count = 0
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        count += 1
+        if isinstance(n.value, dict):
+            todo.extend(n.value.values())
+        elif isinstance(n.value, list):
+            todo.extend(n.value)
+    return count
+
+
+def _bases_first(services: dict[str, Node]) -> list[str]:
+    """The names of `services`, each after the service of the same file it extends: resolved
+    in this order, `Assembler.resolve` finds every base already resolved and recurses one
+    level, however long the chain. A chain that ends in a cycle keeps the written order, so
+    that the cycle is reported where it starts."""
+
+    def base(name: str) -> str | None:
+        svc = services.get(name)
+        ext = svc.get("extends") if svc is not None and isinstance(svc.value, dict) else None
+        if ext is None:
+            return None
+        target: Any = ext.value
+        if isinstance(target, dict):
+            service = ext.get("service")
+            target = service.value if service is not None and ext.get("file") is None else None
+        return target if isinstance(target, str) and target in services else None
+
+    order: list[str] = []
+    done: set[str] = set()
+    for name in services:
+        chain: list[str] = []
+        seen: set[str] = set()
+        link: str | None = name
+        while link is not None and link not in done and link not in seen:
+            chain.append(link)
+            seen.add(link)
+            link = base(link)
+        order.extend(chain if link in seen else reversed(chain))
+        done.update(chain)
+    return order
 
 
 # What a service does not inherit from the service it extends: what ties it to other services.

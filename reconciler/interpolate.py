@@ -17,6 +17,8 @@ from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from reconciler.yamlpos import MAX_DEPTH, MAX_EXPANDED_CHARS
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
@@ -32,16 +34,35 @@ class Interpolated:
     unset: tuple[str, ...] = ()  # variables used without a default that were not set
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> Interpolated:
-    """Expand the variables in `text` from `env`; raises InterpolationError."""
+class Budget:
+    """How many characters variables may still put into text, shared by the calls it is
+    passed to: `${A}` is four characters, but A may be long and written a thousand times,
+    and in a `.env` file `A=${A}${A}` doubles A on each line."""
+
+    def __init__(self, chars: int = MAX_EXPANDED_CHARS) -> None:
+        self.left = chars
+
+    def spend(self, value: str) -> str:
+        self.left -= len(value)
+        if self.left < 0:
+            raise InterpolationError(
+                f"variables expand to more than {MAX_EXPANDED_CHARS} characters in all "
+                "(a long value used many times?)"
+            )
+        return value
+
+
+def interpolate(text: str, env: Mapping[str, str], budget: Budget | None = None) -> Interpolated:
+    """Expand the variables in `text` from `env`, spending `budget` (a fresh one if not
+    given) on the values put in; raises InterpolationError."""
     if "$" not in text:
         return Interpolated(text)
     unset: list[str] = []
-    value = _expand(text, env, unset)
+    value = _expand(text, env, unset, budget or Budget())
     return Interpolated(value, tuple(dict.fromkeys(unset)))
 
 
-def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
+def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: Budget) -> str:
     out: list[str] = []
     i = 0
     n = len(text)
@@ -56,7 +77,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
             out.append("$")
             i = j + 2
         elif nxt == "{":
-            value, i = _braced(text, j, env, unset)
+            value, i = _braced(text, j, env, unset, budget)
             out.append(value)
         else:
             m = _NAME.match(text, j + 1)
@@ -67,14 +88,16 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
                 )
             name = m.group()
             if name in env:
-                out.append(env[name])
+                out.append(budget.spend(env[name]))
             else:
                 unset.append(name)
             i = m.end()
     return "".join(out)
 
 
-def _braced(text: str, start: int, env: Mapping[str, str], unset: list[str]) -> tuple[str, int]:
+def _braced(
+    text: str, start: int, env: Mapping[str, str], unset: list[str], budget: Budget
+) -> tuple[str, int]:
     """Expand the `${...}` starting at text[start] (the `$`); return the value and the index
     just after the closing brace."""
     m = _NAME.match(text, start + 2)
@@ -88,7 +111,7 @@ def _braced(text: str, start: int, env: Mapping[str, str], unset: list[str]) -> 
     k = m.end()
     if k == end_of_braces:
         if name in env:
-            return env[name], end_of_braces + 1
+            return budget.spend(env[name]), end_of_braces + 1
         unset.append(name)
         return "", end_of_braces + 1
     op = next((o for o in _OPERATORS if text.startswith(o, k)), None)
@@ -103,20 +126,23 @@ def _braced(text: str, start: int, env: Mapping[str, str], unset: list[str]) -> 
     usable = bool(value) if op.startswith(":") else is_set
     after = end_of_braces + 1
     if op in (":-", "-"):
-        return (value or "", after) if usable else (_expand(word, env, unset), after)
+        if usable:
+            return budget.spend(value or ""), after
+        return _expand(word, env, unset, budget), after
     if op in (":+", "+"):
-        return (_expand(word, env, unset), after) if usable else ("", after)
+        return (_expand(word, env, unset, budget), after) if usable else ("", after)
     # ":?" and "?": the variable is required
     if usable:
-        return value or "", after
-    message = _expand(word, env, unset)
+        return budget.spend(value or ""), after
+    message = _expand(word, env, unset, budget)
     state = "is empty" if is_set else "is not set"
     tail = f": {message}" if message else ""
     raise InterpolationError(f'required variable "{name}" {state}{tail}')
 
 
 def _closing_brace(text: str, i: int) -> int:
-    """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}`."""
+    """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}` up
+    to MAX_DEPTH levels (expanding them recurses, one level per level)."""
     depth = 0
     n = len(text)
     while i < n:
@@ -124,6 +150,11 @@ def _closing_brace(text: str, i: int) -> int:
         if c == "$" and i + 1 < n and text[i + 1] in "${":
             if text[i + 1] == "{":
                 depth += 1
+                if depth >= MAX_DEPTH:
+                    raise InterpolationError(
+                        f"invalid interpolation: more than {MAX_DEPTH} levels of "
+                        '"${...}" inside one another'
+                    )
             i += 2
             continue
         if c == "}":
@@ -149,14 +180,16 @@ _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "$": "$$"}
 
 
 def parse_dotenv(
-    text: str, environ: Mapping[str, str] | None = None
+    text: str, environ: Mapping[str, str] | None = None, budget: Budget | None = None
 ) -> tuple[dict[str, str], list[DotenvProblem]]:
     """Parse `KEY=VALUE` lines: `#` comments, an optional `export ` prefix, single quotes
     (literal), double quotes (escapes and interpolation, may span lines) and unquoted values
     (an inline ` #` starts a comment; interpolated). Values may refer to `environ` and to keys
     defined earlier in the file (`environ` wins). A bare `KEY` takes its value from `environ`
-    and is left out when unset."""
+    and is left out when unset. Interpolation spends `budget` (a fresh one for the file if not
+    given)."""
     environ = environ or {}
+    budget = budget or Budget()
     values: dict[str, str] = {}
     problems: list[DotenvProblem] = []
     lookup: Mapping[str, str] = ChainMap(dict(environ), values)
@@ -188,12 +221,18 @@ def parse_dotenv(
         try:
             if rest[:1] in ("'", '"'):
                 quote = rest[0]
-                content = rest[1:]
-                end = _closing_quote(content, quote)
+                # a quoted value may span lines: look for the closing quote in each new line
+                # only (a backslash before a line break escapes nothing that matters here),
+                # so that an unterminated quote costs one pass over the file, not one per line
+                parts = [rest[1:]]
+                end = _closing_quote(parts[0], quote)
                 while end < 0 and i < len(lines):
-                    content += "\n" + lines[i]
+                    parts.append(lines[i])
                     i += 1
-                    end = _closing_quote(content, quote)
+                    end = _closing_quote(lines[i - 1], quote)
+                content = "\n".join(parts)
+                if end >= 0 and len(parts) > 1:
+                    end += len(content) - len(parts[-1])
                 if end < 0:
                     problems.append(
                         DotenvProblem(lineno, indent + 1, f"unterminated {quote} quote")
@@ -211,10 +250,10 @@ def parse_dotenv(
                     continue
                 value = content[:end]
                 if quote == '"':
-                    value = interpolate(_unescape(value), lookup).value
+                    value = interpolate(_unescape(value), lookup, budget).value
             else:
                 value = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
-                value = interpolate(value, lookup).value
+                value = interpolate(value, lookup, budget).value
         except InterpolationError as e:
             problems.append(DotenvProblem(lineno, indent + 1, f"{key}: {e}"))
             continue

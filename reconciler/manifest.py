@@ -23,16 +23,24 @@ import hashlib
 import importlib.resources
 import ipaddress
 import json
+import math
 import os
 import posixpath
 import re
 import shlex
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from reconciler import compose, identity, seccomp_file, yamlpos
-from reconciler.interpolate import DotenvProblem, InterpolationError, interpolate, parse_dotenv
+from reconciler.interpolate import (
+    Budget,
+    DotenvProblem,
+    InterpolationError,
+    interpolate,
+    parse_dotenv,
+)
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -203,14 +211,29 @@ def _schemas() -> dict[str, dict[str, Any]]:
 
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
-    from jsonschema import Draft202012Validator  # costly to import: only on a cache miss
+    # costly to import: only on a cache miss
+    from jsonschema import Draft202012Validator, validators
     from referencing import Registry, Resource
 
     schemas = _schemas()
     registry: Registry[Any] = Registry().with_resources(
         (s["$id"], Resource.from_contents(s)) for s in schemas.values()
     )
-    return Draft202012Validator(schemas[name], registry=registry)
+    # JSON Schema counts 5.0 as an integer and knows no NaN; YAML has both. A manifest's
+    # integer is written as one (`pids_limit: 5.0` would be dropped later, `replicas: 2.0`
+    # would reach range()), and no field means anything by NaN or infinity.
+    checker = Draft202012Validator.TYPE_CHECKER.redefine_many(
+        {
+            "integer": lambda _, v: isinstance(v, int) and not isinstance(v, bool),
+            "number": lambda _, v: (
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ),
+        }
+    )
+    strict = validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator, type_checker=checker
+    )
+    return cast("Draft202012Validator", strict(schemas[name], registry=registry))
 
 
 def _cache_dir() -> str:
@@ -219,6 +242,11 @@ def _cache_dir() -> str:
         return explicit
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "pyapply", "valid")
+
+
+# Changes when `_validator` judges differently with the same schema (strict integers, finite
+# numbers), so that documents cached as valid under the old rules are checked again.
+_VALIDATOR_RULES = b"strict-numbers"
 
 
 def _validation_key(name: str, data: Any) -> str | None:
@@ -230,7 +258,7 @@ def _validation_key(name: str, data: Any) -> str | None:
     except (TypeError, ValueError):
         return None
     h = hashlib.sha256()
-    h.update(_schema_digest(name).encode())
+    h.update(_schema_digest(name).encode() + _VALIDATOR_RULES)
     h.update(b"\0" + name.encode() + b"\0" + doc.encode())
     return h.hexdigest()
 
@@ -267,6 +295,10 @@ def _show(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, str):
+        if len(value) > 200:  # a message names the value; it need not repeat a whole file
+            return (
+                json.dumps(value[:100], ensure_ascii=False)[:-1] + f'..." ({len(value)} characters)'
+            )
         return json.dumps(value, ensure_ascii=False)
     return str(value)
 
@@ -338,7 +370,13 @@ def _parse_duration(value: Any) -> float:
         pos = m.end()
     if pos != len(text) or not text:
         raise _Bad(f"{hint}, got {_show(value)}")
+    if total > _MAX_SECONDS:  # Go's durations are int64 nanoseconds; float("9"*400) is inf
+        raise _Bad(f"must be at most about 292 years, got {_show(value)}")
     return total
+
+
+_MAX_SECONDS = (2**63 - 1) / 1e9
+_MAX_BYTES = 2**63 - 1  # sizes are int64 for docker and the kernel
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgtp])(?:i?b)?|b)?", re.IGNORECASE)
@@ -352,11 +390,18 @@ def _parse_size(value: Any) -> int:
     if isinstance(value, int):
         if value < 0:
             raise _Bad(f"must not be negative, got {value}")
-        return value
-    m = _SIZE.fullmatch(str(value).strip())
-    if not m:
-        raise _Bad(f'must be a size such as "128m" or "1g", got {_show(value)}')
-    return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+        size = value
+    else:
+        m = _SIZE.fullmatch(str(value).strip())
+        if not m:
+            raise _Bad(f'must be a size such as "128m" or "1g", got {_show(value)}')
+        number = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+        if number > _MAX_BYTES:  # also inf, from a long string of digits
+            raise _Bad(f"must be at most 8 EiB, got {_show(value)}")
+        size = int(number)
+    if size > _MAX_BYTES:
+        raise _Bad(f"must be at most 8 EiB, got {_show(value)}")
+    return size
 
 
 def _parse_host_ip(host: str, ip: str) -> tuple[str, str]:
@@ -493,7 +538,7 @@ def _cast_kind(rel: Path) -> str | None:
 
 def _cast(value: str, kind: str) -> Any:
     text = value.strip()
-    if kind == "int" and re.fullmatch(r"[+-]?\d+", text):
+    if kind == "int" and re.fullmatch(r"[+-]?[0-9]{1,18}", text):  # fits in 64 bits
         return int(text)
     if kind == "bool":
         if text.lower() in _TRUE:
@@ -553,6 +598,8 @@ class _Loader:
         self.drafts: list[_StackDraft] = []
         self.contents: dict[str, bytes] = {}  # every file read, for the digest
         self.preloaded: dict[str, yamlpos.Document] = {}
+        self.ports = 0  # ports published so far, ranges counted in full
+        self.budget = Budget()  # of characters put into strings by variables
 
     def load(self, paths: Sequence[str]) -> Loaded:
         sources = self.discover(paths)
@@ -604,20 +651,17 @@ class _Loader:
                 for rel, group in entries:
                     path = os.path.join(absolute, rel)
                     found.setdefault(path, _Source(os.path.join(shown, rel), path, group))
-            elif os.path.isfile(absolute):
+            elif os.path.exists(absolute):  # `read` refuses what is not a regular file
                 found.setdefault(absolute, _Source(shown, absolute, "-f"))
-            elif os.path.exists(absolute):
-                self.problems.append(Problem(f"{shown}: not a file or a directory"))
             else:
                 self.problems.append(Problem(f"{shown}: no such file or directory"))
         return list(found.values())
 
     def read(self, source: _Source) -> bytes | None:
         try:
-            with open(source.path, "rb") as f:
-                return f.read()
-        except OSError as e:
-            self.problems.append(Problem(f"{source.display}: cannot read: {e.strerror}"))
+            return _read_file(source.path)
+        except _Unreadable as e:
+            self.problems.append(Problem(str(e), Location(source.display, 1, 1)))
             return None
 
     def parse(self, source: _Source, content: bytes) -> list[yamlpos.Document]:
@@ -681,7 +725,7 @@ class _Loader:
         if not isinstance(name, str):
             return None
         try:
-            return interpolate(name, self.env_for(source)).value
+            return interpolate(name, self.env_for(source), self.budget).value
         except InterpolationError:
             return name
 
@@ -775,7 +819,7 @@ class _Loader:
         values: dict[str, str] = {}
         for path in env_files:
             shown = self.display(path)
-            if not os.path.isfile(path):
+            if not os.path.exists(path):
                 self.problems.append(Problem(f"{shown}: env file does not exist"))
                 continue
             # an include's env file: no field of the stack names it, so the loader says
@@ -809,12 +853,11 @@ class _Loader:
 
     def dotenv_file(self, path: str, shown: str, access: FileAccess = "read") -> dict[str, str]:
         try:
-            with open(path, encoding="utf-8-sig") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            self.problems.append(Problem(f"{shown}: cannot read: {e}"))
+            text = _read_text(path)
+        except _Unreadable as e:
+            self.problems.append(Problem(str(e), Location(shown, 1, 1)))
             return {}
-        values, problems = parse_dotenv(text, self.environ)
+        values, problems = parse_dotenv(text, self.environ, self.budget)
         self.env_problems(problems, shown, access)
         return values
 
@@ -827,9 +870,12 @@ class _Loader:
             shown = os.path.join(source.display_dir, ".env")
             if os.path.lexists(path):
                 self.dotenv_paths[directory] = path
-            access = self.access(path, [directory]) if os.path.isfile(path) else "skip"
-            if access != "skip":
-                values = self.dotenv_file(path, shown, access)
+            # a FIFO or a device there is an error (`dotenv_file` says so); a directory is
+            # not meant as one (a virtualenv is often called .env)
+            if os.path.exists(path) and not os.path.isdir(path):
+                access = self.access(path, [directory])
+                if access != "skip":
+                    values = self.dotenv_file(path, shown, access)
             self.dotenv[directory] = {**values, **self.environ}
         return self.dotenv[directory]
 
@@ -930,7 +976,12 @@ class _Loader:
     def check_host_ports(self) -> None:
         """Two containers cannot publish the same host port, whatever stack they are in."""
         wildcard = {"", "0.0.0.0", "::"}
-        taken: dict[tuple[int, str], list[tuple[str, _ServiceDraft, str]]] = {}
+        # per (port, protocol): the first claim of all and the first on a wildcard address,
+        # and the first claim per address; looked up, not scanned, so that many claims of one
+        # port stay linear. A claim: (order, service, where)
+        Claim = tuple[int, _ServiceDraft, str]
+        taken: dict[tuple[int, str], tuple[list[Claim | None], dict[str, Claim]]] = {}
+        claimed: list[Claim] = []
         for stack in self.drafts:
             for svc in stack.services:
                 replicas_reported: set[Path] = set()
@@ -948,20 +999,79 @@ class _Loader:
                             f"cannot all publish host port {shown}: leave the host port out "
                             "or run one replica",
                         )
-                    key = (port.published, port.protocol)
-                    for ip, other, where in taken.get(key, []):
-                        if ip == port.host_ip or ip in wildcard or port.host_ip in wildcard:
-                            whose = f'service "{other.spec.name}"'
-                            if other.stack_name != stack.name:
-                                whose += f' of stack "{other.stack_name}"'
-                            svc.ctx.error(
-                                path,
-                                f"host port {shown} is already published by {whose} at {where}",
-                            )
-                            break
-                    taken.setdefault(key, []).append(
-                        (port.host_ip, svc, str(svc.ctx.location(path)))
+                    firsts, by_ip = taken.setdefault(
+                        (port.published, port.protocol), ([None, None], {})
                     )
+                    if port.host_ip in wildcard:
+                        clash = firsts[0]
+                    else:
+                        claims = [c for c in (by_ip.get(port.host_ip), firsts[1]) if c]
+                        clash = min(claims, key=lambda c: c[0]) if claims else None
+                    if clash is not None:
+                        _, other, where = clash
+                        whose = f'service "{other.spec.name}"'
+                        if other.stack_name != stack.name:
+                            whose += f' of stack "{other.stack_name}"'
+                        svc.ctx.error(
+                            path,
+                            f"host port {shown} is already published by {whose} at {where}",
+                        )
+                    claim = (len(claimed), svc, str(svc.ctx.location(path)))
+                    claimed.append(claim)
+                    firsts[0] = firsts[0] or claim
+                    if port.host_ip in wildcard:
+                        firsts[1] = firsts[1] or claim
+                    by_ip.setdefault(port.host_ip, claim)
+
+
+class _Unreadable(Exception):
+    """A file the loader will not or cannot read; the message is the sentence to report."""
+
+
+def _read_file(path: str) -> bytes:
+    """The bytes of the regular file at `path` (a symlink is followed), if it holds at most
+    yamlpos.MAX_FILE_BYTES; raises _Unreadable.
+
+    A commit can put anything where a manifest is expected: a FIFO would block the loader for
+    ever and a link to /dev/zero would fill its memory. So only regular files are opened (some
+    devices act on open), without blocking, checked again on the open descriptor (the path may
+    change in between), and read no further than one byte past the limit."""
+    limit = yamlpos.MAX_FILE_BYTES
+    not_regular = "not a regular file: a manifest, .env or env_file must be an ordinary file"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _Unreadable(not_regular)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _Unreadable(f"cannot read the file: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Unreadable(not_regular)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        raise _Unreadable(
+            f"the file is larger than {limit // (1 << 20)} MiB, the most one may hold"
+        )
+    except OSError as e:
+        raise _Unreadable(f"cannot read the file: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: str) -> str:
+    """`_read_file`, decoded as UTF-8 (with or without a byte order mark)."""
+    content = _read_file(path)
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = content.count(b"\n", 0, e.start) + 1
+        raise _Unreadable(f"the file is not UTF-8 text (line {line})") from None
 
 
 def _self_contained(doc: yamlpos.Document) -> bool:
@@ -1120,7 +1230,7 @@ class _Ctx:
 
     def interpolate(self, value: str, path: Path) -> str:
         try:
-            result = interpolate(value, self.env)
+            result = interpolate(value, self.env, self.loader.budget)
         except InterpolationError as e:
             self.error(path, str(e))
             self.mark_bad(path)
@@ -1166,6 +1276,13 @@ _TYPE_WORDS = {
 }
 
 
+def _yaml_float(value: float) -> str:
+    """NaN and infinity as YAML spells them."""
+    if math.isnan(value):
+        return ".nan"
+    return ".inf" if value > 0 else "-.inf"
+
+
 def _explain(err: ValidationError) -> Iterator[tuple[Path, str, bool]]:
     """A schema error -> (path, sentence, locate-at-the-key) for each thing wrong."""
     path: Path = tuple(err.absolute_path)
@@ -1188,7 +1305,12 @@ def _explain(err: ValidationError) -> Iterator[tuple[Path, str, bool]]:
         words = [_TYPE_WORDS.get(t, t) for t in types]
         if len(words) > 1:
             words = [w if w != "true or false" else "a boolean" for w in words]
-        yield path, f"must be {_join_or(words)}, got {_a(instance)}", False
+        got = _a(instance)
+        if isinstance(instance, float) and not math.isfinite(instance):
+            got = f"{_yaml_float(instance)}: NaN and infinity are not numbers a manifest can use"
+        elif isinstance(instance, float):
+            got = _show(instance)  # 5.0 where an integer is meant
+        yield path, f"must be {_join_or(words)}, got {got}", False
     elif err.validator == "enum":
         allowed = _join_or([_show(v) for v in value])
         yield path, f"must be one of {allowed}, got {_show(instance)}", False
@@ -1802,7 +1924,7 @@ class _ServiceBuilder:
 
     def env_file(self, given: str, required: bool, path: Path) -> dict[str, str]:
         absolute, shown = self.ctx.resolve(given, path)
-        if not os.path.isfile(absolute):
+        if not os.path.exists(absolute):
             if required:
                 self.ctx.error(path, f"env file {_show(shown)} does not exist")
             return {}
@@ -1810,18 +1932,19 @@ class _ServiceBuilder:
         if access == "skip":
             return {}  # refused by the policy, which reports it
         try:
-            with open(absolute, encoding="utf-8-sig") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            self.ctx.error(path, f"cannot read env file {_show(shown)}: {e}")
+            text = _read_text(absolute)
+        except _Unreadable as e:
+            self.ctx.error(path, f"env file {_show(shown)}: {e}")
             return {}
-        values, problems = parse_dotenv(text, self.ctx.env)
+        values, problems = parse_dotenv(text, self.ctx.env, self.ctx.loader.budget)
         self.ctx.loader.env_problems(problems, shown, access)
         return values
 
     def ports(self) -> None:
         ports: list[Port] = []
         for _, item, path in self.entries("ports"):
+            if self.ctx.loader.ports > yamlpos.MAX_NODES:
+                break  # reported once; ranges are not expanded any further
             try:
                 if isinstance(item, dict):
                     got = [_long_port(item)]
@@ -1834,6 +1957,16 @@ class _ServiceBuilder:
             except _Bad as e:
                 self.ctx.error(path, str(e))
                 continue
+            # a range is as many ports as it spans, and each is checked against every other:
+            # counted against the loader's bound on values, like what aliases expand to
+            self.ctx.loader.ports += len(got)
+            if self.ctx.loader.ports > yamlpos.MAX_NODES:
+                self.ctx.error(
+                    path,
+                    f"port ranges here bring the ports published by these manifests past "
+                    f"{yamlpos.MAX_NODES}",
+                )
+                break
             for port in got:
                 ports.append(port)
                 self.draft.ports.append((port, path))
@@ -2300,6 +2433,8 @@ def _parse_cpus(value: Any) -> float:
         cpus = float(value)
     except (TypeError, ValueError):
         raise _Bad(f'must be a number of CPUs such as 0.5 or "2", got {_show(value)}') from None
+    if not math.isfinite(cpus):  # "nan" and "inf" are floats to Python
+        raise _Bad(f'must be a number of CPUs such as 0.5 or "2", got {_show(value)}')
     if cpus <= 0:
         raise _Bad(f"must be more than 0, got {_show(value)}")
     return cpus
@@ -2343,9 +2478,13 @@ def _tmpfs(text: str) -> Mount:
     )
 
 
+_PORT_DIGITS = re.compile(r"[0-9]{1,6}")
+
+
 def _port_range(text: str, whole: str, allow_zero: bool) -> list[int]:
     first, dash, last = text.partition("-")
-    if not first.isdigit() or (dash and not last.isdigit()):
+    # ASCII digits only (str.isdigit() accepts "²"), and few of them (int() refuses 4,301)
+    if not _PORT_DIGITS.fullmatch(first) or (dash and not _PORT_DIGITS.fullmatch(last)):
         raise _Bad(f"{_show(whole)} is not a valid port mapping")
     lo, hi = int(first), int(last) if dash else int(first)
     for n in (lo, hi):
@@ -2412,7 +2551,7 @@ def _long_port(item: dict[str, Any]) -> Port:
         text = published.strip()
         if not text:
             published = None
-        elif text.isdigit():
+        elif _PORT_DIGITS.fullmatch(text):
             published = int(text)
         else:
             raise _Bad(f"published port {_show(published)} is not a single port number")

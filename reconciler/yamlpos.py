@@ -13,6 +13,8 @@ The data is what compose (YAML 1.2, via Go's yaml.v3) would see:
   place it is used (so later in-place changes never leak between them), with the positions
   of the anchored text;
 - a duplicate key is an error, as in compose;
+- what one file may cost is bounded before anything is built (see "Limits" below): its
+  nesting depth, and its number of values as written and after alias and merge-key expansion;
 - compose's merge tags `!reset` (drop the value inherited from an earlier file or from
   `extends`) and `!override` (replace it instead of merging) are kept in `Document.tags` under
   the value's path; the value itself is read as if it had no tag.
@@ -39,8 +41,35 @@ _PLAIN_TEXT_TAGS = {_TAG + "timestamp", _TAG + "value"}
 RESET, OVERRIDE = "!reset", "!override"
 _MERGE_TAGS = (RESET, OVERRIDE)
 
-# An alias may be used many times; expanding them must not make a small file huge.
-MAX_NODES = 1_000_000
+# ---------------------------------------------------------------------------------------------
+# Limits
+#
+# The agent reads whatever a commit brings, so no manifest may stall or exhaust it: a 600-byte
+# file of aliases can stand for billions of values. These bounds are the loader's, in one
+# place (manifest.py, interpolate.py and compose.py use them too); each sits far above what a
+# hand-written stack needs and far below what would hurt.
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""Bytes in one manifest, `.env` or `env_file` (read no further than that). Real compose files
+are tens of kilobytes; 4 MiB is a hundred times that, and still reads in well under a second."""
+
+MAX_EXPANDED_CHARS = 4 * MAX_FILE_BYTES
+"""Characters that variables may put into the strings of one load (`${A}` in manifests and
+`.env` files): a value may be long and used many times, and in a `.env` file `A=${A}${A}`
+doubles A on each line."""
+
+MAX_DEPTH = 64
+"""How deep anything may nest: mappings and lists (counting the levels that aliases and merge
+keys bring in), `${...}` defaults inside defaults, and chains of `extends` or `include`. A
+compose file's deepest field is 7 levels down; 64 keeps every recursive step of the loader
+(and of jsonschema) far from Python's recursion limit."""
+
+MAX_NODES = 100_000
+"""Values in one file (all its documents), counted as written and again after aliases and
+merge keys are expanded (the output's size, not only the input's): a thousand services of
+ninety values each fit, an alias bomb does not. Loading costs some tens of microseconds per
+value, so this also bounds the time an honest but huge file takes. What else multiplies values
+counts against it too: port ranges, files included and services extended (per load)."""
 
 
 class YamlSyntaxError(Exception):
@@ -86,9 +115,15 @@ _Loader.add_implicit_resolver(
 def parse(text: str) -> Iterator[Document]:
     """Yield each document of a YAML stream (empty documents are skipped); raises
     YamlSyntaxError at the first syntax error (documents before it have been yielded)."""
+    over_at = _scan(text)
     loader = _Loader(text)
+    index = -1
+    built = 0  # values built so far: MAX_NODES bounds the whole file
     try:
         while True:
+            index += 1
+            if over_at is not None and over_at[0] == index:
+                raise YamlSyntaxError(over_at[2], *over_at[1])
             try:
                 if not loader.check_node():
                     return
@@ -112,14 +147,71 @@ def parse(text: str) -> Iterator[Document]:
                 ) from None
             except yaml.YAMLError as e:
                 raise YamlSyntaxError(f"invalid YAML: {e}", 1, 1) from None
+            except RecursionError:  # PyYAML's pure-Python composer recurses (libyaml does not)
+                raise YamlSyntaxError(
+                    f"invalid YAML: nested more than {MAX_DEPTH} levels deep", 1, 1
+                ) from None
             if node is None:
                 continue
+            over, size = _over_limits(node, MAX_NODES - built)
+            built += size
+            if over is not None:
+                (line, column), message = over
+                raise YamlSyntaxError(message, line, column)
             doc = _Builder(_pos(node)).document(node)
             if doc.data is None and not doc.errors:
                 continue
             yield doc
     finally:
         loader.dispose()
+
+
+_COLLECTION_START = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_COLLECTION_END = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+_NODE_EVENTS = (*_COLLECTION_START, yaml.ScalarEvent, yaml.AliasEvent)
+
+
+def _scan(text: str) -> tuple[int, Pos, str] | None:
+    """The first document (its index in the stream, the place and the sentence) that nests
+    deeper than MAX_DEPTH, or that brings the file past MAX_NODES values, as written.
+
+    Composing a document builds every node before any can be looked at: 4 MiB of "a," are two
+    million nodes, a gigabyte and many seconds. libyaml's events cost far less and can be
+    counted as they come, so this pass runs first, and a document is only composed once it is
+    known to be of a bounded size. A syntax error ends the pass: composing reports it."""
+    loader = _Loader(text)
+    index = -1
+    count = 0
+    # per open collection: for a mapping, whether its next node is a key; None for a list
+    open_: list[bool | None] = []
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.DocumentStartEvent):
+                index += 1
+            elif isinstance(event, _COLLECTION_END):
+                open_.pop()
+            elif isinstance(event, _NODE_EVENTS):
+                count += 1
+                parent = open_[-1] if open_ else None
+                if parent is not None:
+                    open_[-1] = not parent  # a mapping's nodes alternate: key, value
+                # a value one level below its collection (the document being level 1); a
+                # key is not a level of its own, as in `_over_limits`
+                deep = len(open_) + 1 > MAX_DEPTH and parent is not True
+                if isinstance(event, _COLLECTION_START):
+                    open_.append(True if isinstance(event, yaml.MappingStartEvent) else None)
+                mark = event.start_mark
+                where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                if deep:
+                    return index, where, _DEEP
+                if count > MAX_NODES:
+                    return index, where, _TOO_MANY
+    except yaml.YAMLError:
+        pass
+    finally:
+        loader.dispose()
+    return None
 
 
 class _Resolver(yaml.resolver.Resolver):
@@ -139,6 +231,15 @@ def _retagged(node: ScalarNode) -> ScalarNode:
     return ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "y", "n")
+
+
+def _quoted(text: str) -> str:
+    """`text` in quotes for a message, shortened when long."""
+    shown = text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+    return '"' + shown.replace('"', '\\"') + '"'
+
+
 def _sentence(text: str) -> str:
     return " ".join(text.split())
 
@@ -147,31 +248,78 @@ def _pos(node: Node) -> Pos:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-class _TooLarge(Exception):
-    pass
+_DEEP = f"nested more than {MAX_DEPTH} levels deep (counting what aliases and merge keys bring in)"
+_TOO_MANY = f"the file holds more than {MAX_NODES} values: split it into several files"
+_EXPANDS = f"aliases or merge keys expand this value past {MAX_NODES} values in the file"
+
+
+def _children(node: Node) -> list[Node]:
+    """What building `node` builds in turn: list items, mapping values, merge sources."""
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [v for _, v in node.value]
+    return []
+
+
+def _over_limits(root: Node, budget: int) -> tuple[tuple[Pos, str] | None, int]:
+    """Where the document `root` goes deeper than MAX_DEPTH or expands to more than `budget`
+    values, if it does, and why; and how many values it expands to. Found before anything is
+    built, in time linear in the number of distinct nodes.
+
+    An alias is the very node object of its anchor, so the node graph is small even when its
+    expansion is huge: the expanded size and height of each node are computed once, bottom up,
+    without recursion. A node that contains itself (reported by the builder) counts as one
+    value. Merge sources count in full, an upper bound of what the merge keeps."""
+    size: dict[int, int] = {}  # id(node) -> values it expands to, itself included
+    height: dict[int, int] = {}  # id(node) -> levels it expands to, itself included
+    # the path being explored: node, its remaining children, size and height so far
+    stack: list[tuple[Node, Iterator[Node], list[int]]] = [(root, iter(_children(root)), [1, 1])]
+    on_path = {id(root)}
+    while stack:
+        node, todo, acc = stack[-1]
+        child = next(todo, None)
+        if child is not None:
+            cid = id(child)
+            if cid in on_path:
+                acc[0] += 1
+            elif cid in size:
+                if len(stack) + height[cid] > MAX_DEPTH:
+                    return (_pos(child), _DEEP), 0
+                acc[0] += size[cid]
+                acc[1] = max(acc[1], height[cid] + 1)
+            elif len(stack) >= MAX_DEPTH:
+                return (_pos(child), _DEEP), 0
+            else:
+                on_path.add(cid)
+                stack.append((child, iter(_children(child)), [1, 1]))
+            continue
+        stack.pop()
+        on_path.discard(id(node))
+        size[id(node)], height[id(node)] = acc
+        if acc[0] > budget:
+            return (_pos(node), _EXPANDS), 0
+        if stack:
+            parent = stack[-1][2]
+            parent[0] += acc[0]
+            parent[1] = max(parent[1], acc[1] + 1)
+    return None, size[id(root)]
 
 
 class _Builder:
+    """Builds the data of one document that `_over_limits` accepted (so its recursion is
+    at most MAX_DEPTH deep and its output at most MAX_NODES values)."""
+
     def __init__(self, start: Pos) -> None:
         self.doc = Document(data=None, start=start)
         self.active: set[int] = set()
-        self.count = 0
         self.constructor = SafeConstructor()
 
     def document(self, node: Node) -> Document:
-        try:
-            self.doc.data = self.build(node, ())
-        except _TooLarge:
-            self.doc.data = None
-            self.doc.errors.append(
-                (_pos(node), f"the document expands to more than {MAX_NODES} nodes (aliases?)")
-            )
+        self.doc.data = self.build(node, ())
         return self.doc
 
     def build(self, node: Node, path: Path) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise _TooLarge
         self.doc.values[path] = _pos(node)
         if node.tag in _MERGE_TAGS:
             self.doc.tags[path] = node.tag
@@ -248,12 +396,25 @@ class _Builder:
         if tag == _NULL:
             return None
         if tag == _BOOL:
+            if raw.lower() not in _BOOL_WORDS:  # an explicit `!!bool` may sit on any text
+                self.doc.errors.append((_pos(node), f"{_quoted(raw)} is not true or false"))
             return raw.lower() in ("true", "yes", "on", "y")
         if tag in (_INT, _FLOAT):
             if ":" in raw:  # YAML 1.1 base 60, which compose does not have
                 return raw
-            if tag == _INT:
-                return self.constructor.construct_yaml_int(node)
-            return self.constructor.construct_yaml_float(node)
+            # an explicit `!!int`/`!!float` tag may sit on any text, and an integer may have
+            # more digits than Python converts (4,300)
+            try:
+                if tag == _INT:
+                    return self.constructor.construct_yaml_int(node)
+                return self.constructor.construct_yaml_float(node)
+            except (ValueError, IndexError, OverflowError):
+                digits = sum(c.isdigit() for c in raw)
+                what = "an integer" if tag == _INT else "a number"
+                message = f"{_quoted(raw)} is not {what}"
+                if digits > 1000:
+                    message = f"a number of {digits} digits is too long"
+                self.doc.errors.append((_pos(node), message))
+                return raw
         self.doc.errors.append((_pos(node), f'unsupported YAML tag "{tag}"'))
         return raw
