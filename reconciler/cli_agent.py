@@ -100,7 +100,10 @@ def _ask(
         try:
             return _call(client, method, path, body, timeout)
         except AgentUnavailable:
-            holder = agent_holder(root)
+            try:
+                holder = agent_holder(root)
+            except OSError as exc:  # e.g. not root: then nothing could be done here either
+                fail(f"no agent answers on {client.path}, and {root} cannot be read: {exc}")
             if holder is None:
                 return None
             who = f"an agent (pid {holder or '?'}) runs on {root}"
