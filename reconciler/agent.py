@@ -41,6 +41,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__, identity
+from reconciler.forks import default_signals_in_children
 from reconciler.guard import ALLOW_HINT, at_risk, emptied
 from reconciler.history import (
     AgentHistory,
@@ -77,6 +78,9 @@ if TYPE_CHECKING:
     from reconciler.metrics import Metrics
 
 log = logging.getLogger("pyapply.agent")
+
+# The signals that stop the agent (a forked child gets their default action back).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # Triggers that ask for a pass even when the revision was already attempted.
 FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start"})
@@ -343,6 +347,7 @@ class Agent:
         self.triggers = Triggers()
         self.runtime = open_runtime()
         self.started_at = time.time()
+        self.pid = os.getpid()
         self.stopping = threading.Event()
         self.running = threading.Event()  # a pass is in progress
         self._executor: Executor | None = None
@@ -416,11 +421,15 @@ class Agent:
         def on_term(signum: int, frame: FrameType | None) -> None:
             self.shutdown(f"signal {signal.Signals(signum).name}")
 
-        signal.signal(signal.SIGTERM, on_term)
-        signal.signal(signal.SIGINT, on_term)
+        # children forked by libraries (pyroute2, for netns work) must not run these
+        default_signals_in_children(STOP_SIGNALS, faulthandler_signals=(signal.SIGUSR1,))
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_term)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread dump on demand
 
     def shutdown(self, why: str) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child: the agent, its watchers and its log are not its own
         if self.stopping.is_set():
             return
         _info(f"{why}: stopping (the running action, if any, finishes first)")

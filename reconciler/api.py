@@ -12,7 +12,10 @@ described by schemas/v1/agent-api.openapi.json:
     POST /v1/resume    unpin: follow the source again
     GET  /metrics      Prometheus text format (when metrics are on)
 
-Client: `AgentClient`, used by `pyapply status|history|sync|rollback|resume`.
+Client: `AgentClient`, used by `pyapply status|history|sync|rollback|resume`. A busy agent
+(its listen queue full, or `503` with `Retry-After`) is asked again, with back-off, for up
+to `BUSY_WAIT_S`; then it is `AgentBusy`, never "no agent": only a socket nobody listens
+on is `AgentUnavailable`.
 
 Hardening: the socket is root's, but the server must not be stalled or crashed by a buggy
 or hostile local client either.
@@ -22,12 +25,19 @@ or hostile local client either.
   bounds an idle keep-alive connection. A response must be taken within
   `WRITE_TIMEOUT_S`.
 - At most `max_connections` (32) connections are served at once (one thread each); more
-  get `503` with `Retry-After` at once, never a queued thread.
+  get `503` with `Retry-After` at once, never a queued thread. The listen backlog
+  (`LISTEN_BACKLOG`, 512) holds a burst of connects until they are accepted, so a burst
+  is answered (200, or that 503), never refused.
+- `/v1/status` and `/v1/diff` observe the runtime and plan every stack: requests that
+  arrive together share one computation (`Shared`), and none gets an answer computed
+  before it asked. A hundred clients at once cost about two computations, not a hundred.
 - `Content-Length` must be ASCII digits (else 400), at most `MAX_BODY_BYTES` (else 413,
   unread); `Transfer-Encoding` is refused (400); bodies are JSON (else 400). A request
   that was refused with its body unread closes the connection.
 - Query values are checked: `limit` a whole number 0..5000, `timeout` a finite number of
-  seconds in (0, 600], `wait` a boolean; anything else is 400.
+  seconds in (0, 600], `wait` a boolean; anything else is 400. A revision (`?revision=`,
+  the body of /v1/rollback) is an id or an unambiguous prefix of at least 7 hex digits
+  (`reconciler.revision.match_revision`): anything else is 400, an unknown one 404.
 - No 5xx for a client's mistake: an unknown method is 405 (not 501), an unsupported HTTP
   version 400 (not 505), and HTTP/0.9 (a request line without a version, whose answer
   would have no status line) is 400. 5xx is left for the agent's own state: 503 when the
@@ -40,12 +50,14 @@ Every JSON document served goes through the agent's `Redactor` (`reconciler.reda
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import io
 import json
 import logging
 import math
 import os
+import random
 import re
 import socket
 import socketserver
@@ -57,8 +69,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from reconciler.history import KEEP_PASSES, HistoryError, UnknownRevision
+from reconciler.history import KEEP_PASSES, HistoryError
 from reconciler.render import plans_json
+from reconciler.revision import AmbiguousRevision, BadRevision, UnknownRevision
 from runtime.base import Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
@@ -69,6 +82,8 @@ WAIT_TIMEOUT_S = 600.0
 READ_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
+LISTEN_BACKLOG = 512
+BUSY_WAIT_S = 30.0  # how long a client keeps asking a busy agent
 MAX_BODY_BYTES = 64 * 1024
 MAX_QUERY_FIELDS = 32
 
@@ -104,7 +119,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     daemon_threads = True
     allow_reuse_address = False
-    request_queue_size = 64  # the listen backlog: a burst of connects is not refused
+    request_queue_size = LISTEN_BACKLOG  # a burst of connects waits to be accepted
 
     def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
@@ -139,6 +154,48 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         log.error("api: a request failed unexpectedly", exc_info=True)
 
 
+class Shared:
+    """One computation for every caller that asks while it is due. A caller gets the result
+    of a computation that started after it asked (never an answer older than its question),
+    and callers that ask during a computation share the next one."""
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self._compute = compute
+        self._cond = threading.Condition()
+        self._started = 0  # computations started (the running one included)
+        self._running = False
+        self._result: tuple[int, bool, Any] = (0, False, None)  # (number, ok, value or error)
+
+    def get(self) -> Any:
+        with self._cond:
+            need = self._started + 1  # the running one, if any, started before this ask
+            while True:
+                number, ok, value = self._result
+                if number >= need:
+                    if ok:
+                        return value
+                    raise value
+                if not self._running:
+                    break
+                self._cond.wait()
+            self._started += 1
+            self._running = True
+            number = self._started
+        result: tuple[int, bool, Any] = (number, False, RuntimeError("the computation was cut"))
+        try:
+            result = (number, True, self._compute())
+        except Exception as exc:  # every caller of this computation gets it
+            result = (number, False, exc)
+        finally:
+            with self._cond:  # one computation at a time: numbers only grow
+                self._result = result
+                self._running = False
+                self._cond.notify_all()
+        if result[1]:
+            return result[2]
+        raise result[2]
+
+
 class Api:
     def __init__(
         self,
@@ -157,6 +214,8 @@ class Api:
         self._runtime: Runtime | None = None
         self._rt_lock = threading.Lock()
         self._server: _Server | None = None
+        self._status = Shared(lambda: agent.status(self.runtime()))
+        self._diff = Shared(lambda: agent.diff(self.runtime()))
 
     def runtime(self) -> Runtime:
         with self._rt_lock:
@@ -196,13 +255,16 @@ class Api:
     def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         agent = self.agent
         if method == "GET" and path == "/v1/status":
-            return 200, agent.status(self.runtime())
+            return 200, self._status.get()
         if method == "GET" and path == "/v1/history":
             limit = _int(query.get("limit", "50"), "limit", KEEP_PASSES)
-            records = agent.history.passes(limit=limit, revision=query.get("revision"))
+            try:
+                records = agent.history.passes(limit=limit, revision=query.get("revision"))
+            except UnknownRevision as exc:
+                raise _revision_error(exc) from None
             return 200, {"passes": [r.to_json() for r in records]}
         if method == "GET" and path == "/v1/diff":
-            plans = agent.diff(self.runtime())
+            plans = self._diff.get()
             doc = plans_json(plans)
             doc["revision"] = agent.good.revision.id if agent.good else None
             return 200, doc
@@ -216,7 +278,7 @@ class Api:
             try:
                 full, ticket = agent.rollback(revision)
             except UnknownRevision as exc:
-                raise ApiError(404, str(exc)) from None
+                raise _revision_error(exc) from None
             return self._queued(ticket, query, {"revision": full, "pinned": True})
         if method == "POST" and path == "/v1/resume":
             ticket = agent.resume()
@@ -255,6 +317,12 @@ class Api:
             }
             return 200, doc
         return 202, doc
+
+
+def _revision_error(exc: UnknownRevision) -> ApiError:
+    """Not a revision, or a prefix of several: the client's to fix (400); none: 404."""
+    bad = isinstance(exc, BadRevision | AmbiguousRevision)
+    return ApiError(400 if bad else 404, str(exc))
 
 
 def _int(text: str, name: str, most: int) -> int:
@@ -492,10 +560,28 @@ class AgentError(Exception):
     or answered something that is not HTTP/JSON."""
 
 
+class AgentBusy(AgentError):
+    """An agent listens but did not take the request within the client's busy wait: its
+    listen queue stayed full, or it kept answering 503 with Retry-After."""
+
+
+# connect() errors that mean nobody listens there (anything else is an agent we cannot use)
+_NOBODY = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
+# the listen queue of a UNIX socket is full: the agent is there, and busy
+_QUEUE_FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+
+
+class _QueueFull(Exception):
+    pass
+
+
 class AgentClient:
-    def __init__(self, path: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str | None = None, timeout: float = 30.0, busy_wait_s: float = BUSY_WAIT_S
+    ) -> None:
         self.path = path or default_socket()
         self.timeout = timeout
+        self.busy_wait_s = busy_wait_s
 
     def available(self) -> bool:
         try:
@@ -507,16 +593,54 @@ class AgentClient:
     def request(
         self, method: str, path: str, body: Any = None, timeout: float | None = None
     ) -> tuple[int, Any]:
+        """(status, JSON document or bytes). A busy agent is asked again: its listen queue
+        full (with back-off from 50 ms to 1 s), or 503 with Retry-After (after that many
+        seconds, jittered), until `busy_wait_s` have passed; then AgentBusy. Both refusals
+        come before the agent reads the request, so asking again never does a thing twice."""
+        give_up = time.monotonic() + self.busy_wait_s
+        backoff = 0.05
+        while True:
+            try:
+                status, doc, retry_after = self._exchange(method, path, body, timeout)
+            except _QueueFull:
+                why = "its listen queue is full"
+                pause, backoff = backoff, min(backoff * 2, 1.0)
+            else:
+                if status != 503 or retry_after is None:
+                    return status, doc
+                why = "it is serving as many clients as it takes"
+                pause = retry_after * random.uniform(1.0, 1.5)  # not all back at once
+            left = give_up - time.monotonic()
+            if left <= 0:
+                raise AgentBusy(
+                    f"the agent on {self.path} is busy ({why}); gave up after {self.busy_wait_s:g}s"
+                )
+            time.sleep(min(pause, left))
+
+    def _exchange(
+        self, method: str, path: str, body: Any, timeout: float | None
+    ) -> tuple[int, Any, float | None]:
         conn = UnixHTTPConnection(self.path, timeout=timeout or self.timeout)
         try:
             try:
                 conn.connect()
             except OSError as exc:
-                raise AgentUnavailable(f"no agent on {self.path} ({exc.strerror or exc})") from exc
+                if exc.errno in _QUEUE_FULL:
+                    raise _QueueFull() from None
+                if exc.errno in _NOBODY:
+                    raise AgentUnavailable(
+                        f"no agent on {self.path} ({exc.strerror or exc})"
+                    ) from exc
+                raise AgentError(
+                    f"cannot connect to the agent on {self.path}: {exc.strerror or exc}"
+                ) from None
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
             try:
-                conn.request(method, path, body=payload, headers=headers)
+                # the agent may close before reading it all, having answered first (the
+                # 503 of a busy agent is sent as soon as it accepts): read that answer
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    conn.request(method, path, body=payload, headers=headers)
                 resp = conn.getresponse()
                 raw = resp.read()
                 ctype = resp.getheader("Content-Type") or ""
@@ -531,6 +655,14 @@ class AgentClient:
                     f"the agent on {self.path} failed to answer {method} {path}: "
                     f"{type(exc).__name__}: {exc}"
                 ) from None
-            return resp.status, doc
+            return resp.status, doc, _retry_after(resp.getheader("Retry-After"))
         finally:
             conn.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (its delta-seconds form), at most 5; None when absent or not
+    a number of seconds (an HTTP date is not something this agent sends)."""
+    if value is None or not re.fullmatch(r"[0-9]{1,4}", value.strip()):
+        return None
+    return float(min(int(value.strip()), 5))

@@ -1,11 +1,17 @@
 """Commands of the agent: `watch` runs it; `status`, `history`, `sync`, `rollback` and
-`resume` talk to it over its UNIX socket. When no agent answers, `history` reads the sqlite
+`resume` talk to it over its UNIX socket. When no agent runs, `history` reads the sqlite
 record directly, `rollback` applies the recorded revision itself (under the host lock) and
 pins it for the next agent, and `resume` clears the pin; `status` and `sync` need an agent.
+
+"No agent runs" is decided by the agent's lifetime lock (`reconciler.lock.agent_lock`), not
+by a socket that does not answer: while an agent holds the state root, these commands wait
+(`--agent-wait`) for it to answer, and otherwise say so and exit 1; they never act behind
+its back. A busy agent is asked again by the client (`AgentClient`), never taken for none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +35,7 @@ from reconciler.cli import (
     runtime_options,
 )
 from reconciler.history import History, HistoryError, PassRecord, UnknownRevision, materialise
+from reconciler.lock import AgentRunning, agent_holder, agent_lock
 from reconciler.loop import ApplyOptions, apply_stack, desired_all, redactor_for, state_root
 from reconciler.redact import NO_SECRETS
 from reconciler.render import outcome_summary, plan_text
@@ -59,6 +66,57 @@ def _call(
         message = doc.get("error") if isinstance(doc, dict) else doc
         fail(f"agent: HTTP {status}: {message}")
     return doc
+
+
+AGENT_WAIT_S = 30.0
+
+
+def agent_wait_option(fn: Any) -> Any:
+    return click.option(
+        "--agent-wait",
+        default=AGENT_WAIT_S,
+        show_default=True,
+        type=click.FloatRange(0, 600),
+        help="Seconds to wait for an agent that runs on the state root but does not answer "
+        "on the socket (starting, stopping, or on another socket) before giving up.",
+    )(fn)
+
+
+def _ask(
+    client: AgentClient,
+    method: str,
+    path: str,
+    root: str,
+    wait_s: float,
+    body: Any = None,
+    timeout: float = 30,
+) -> Any | None:
+    """The agent's answer; None only when no agent runs on `root` (its lifetime lock is
+    free), so that the caller may act itself. While an agent holds `root` but its socket
+    does not answer, ask again for up to `wait_s`; then fail: never act behind its back."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            return _call(client, method, path, body, timeout)
+        except AgentUnavailable:
+            try:
+                holder = agent_holder(root)
+            except OSError as exc:  # e.g. not root: then nothing could be done here either
+                fail(f"no agent answers on {client.path}, and {root} cannot be read: {exc}")
+            if holder is None:
+                return None
+            who = f"an agent (pid {holder or '?'}) runs on {root}"
+            if time.monotonic() >= deadline:
+                fail(
+                    f"{who} but does not answer on {client.path} (waited {wait_s:g}s, "
+                    "--agent-wait); not acting behind its back: try again, or give its "
+                    "--socket"
+                )
+            if not told:
+                err(f"{who}; waiting up to {wait_s:g}s for it to answer on {client.path}")
+                told = True
+            time.sleep(0.2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,17 +219,22 @@ def watch(
         runtime_events=not no_events,
         policy=policy,
     )
-    agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
-    api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
-    try:
-        api.start()
-    except OSError as exc:
-        fail(f"cannot serve the API on {api.path}: {exc}")
-    agent.install_signals()
-    try:
-        code = agent.run()
-    finally:
-        api.stop()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(agent_lock(state_root(root)))  # one agent per state root
+        except AgentRunning as exc:
+            fail(f"{exc}: one agent per state root")
+        agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
+        api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
+        try:
+            api.start()
+        except OSError as exc:
+            fail(f"cannot serve the API on {api.path}: {exc}")
+        agent.install_signals()
+        try:
+            code = agent.run()
+        finally:
+            api.stop()
     sys.exit(code)
 
 
@@ -179,15 +242,23 @@ def watch(
 # status / sync
 
 
+def root_option(fn: Any) -> Any:
+    return click.option(
+        "--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT."
+    )(fn)
+
+
 @click.command()
 @socket_option
+@root_option
+@agent_wait_option
 @output_option
-def status(socket_path: str | None, output: str) -> None:
+def status(socket_path: str | None, root: str | None, agent_wait: float, output: str) -> None:
     """The agent's revision, last result, sync status and health."""
-    try:
-        doc = _call(_client(socket_path), "GET", "/v1/status")
-    except AgentUnavailable as exc:
-        fail(str(exc))
+    client = _client(socket_path)
+    doc = _ask(client, "GET", "/v1/status", state_root(root), agent_wait)
+    if doc is None:
+        fail(f"no agent runs on {state_root(root)} (nothing answers on {client.path})")
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
         return
@@ -237,6 +308,8 @@ def status(socket_path: str | None, output: str) -> None:
 
 @click.command()
 @socket_option
+@root_option
+@agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option(
     "--timeout",
@@ -245,13 +318,15 @@ def status(socket_path: str | None, output: str) -> None:
     type=click.FloatRange(0, 600, min_open=True),
     help="Seconds to wait for the pass (the agent's limit is 600).",
 )
-def sync(socket_path: str | None, wait: bool, timeout: float) -> None:
+def sync(
+    socket_path: str | None, root: str | None, agent_wait: float, wait: bool, timeout: float
+) -> None:
     """Ask the agent for a reconcile pass now."""
     path = "/v1/sync" + (f"?wait=true&timeout={timeout:g}" if wait else "")
-    try:
-        doc = _call(_client(socket_path), "POST", path, timeout=timeout + 10)
-    except AgentUnavailable as exc:
-        fail(str(exc))
+    client = _client(socket_path)
+    doc = _ask(client, "POST", path, state_root(root), agent_wait, timeout=timeout + 10)
+    if doc is None:
+        fail(f"no agent runs on {state_root(root)} (nothing answers on {client.path})")
     _print_queued(doc, "sync")
 
 
@@ -292,7 +367,11 @@ def _when(ts: float | None) -> str:
 @click.option(
     "--limit", "-n", default=20, show_default=True, type=click.IntRange(0, 5000), help="Passes."
 )
-@click.option("--revision", default=None, help="Only passes of this revision (or prefix).")
+@click.option(
+    "--revision",
+    default=None,
+    help="Only passes of this revision: its id, or an unambiguous prefix of 7+ hex digits.",
+)
 @output_option
 def history(
     socket_path: str | None, root: str | None, limit: int, revision: str | None, output: str
@@ -310,6 +389,8 @@ def history(
             records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
         except HistoryError as exc:
             fail(_damaged(exc))
+        except UnknownRevision as exc:
+            fail(str(exc))
         records = NO_SECRETS.value(records)  # a record of an earlier version: URL passwords
     if output == "json":
         click.echo(json.dumps({"passes": records}, indent=2))
@@ -341,6 +422,7 @@ def history(
 @click.argument("revision")
 @socket_option
 @runtime_options
+@agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
 def rollback(
@@ -348,20 +430,23 @@ def rollback(
     socket_path: str | None,
     runtime_name: str | None,
     root: str | None,
+    agent_wait: float,
     wait: bool,
     lock_timeout: float,
 ) -> None:
-    """Apply REVISION's recorded manifests and pin the agent there until `pyapply resume`."""
+    """Apply REVISION's recorded manifests and pin the agent there until `pyapply resume`.
+    REVISION is an id or an unambiguous prefix of at least 7 hex digits."""
     client = _client(socket_path)
-    try:
-        doc = _call(
-            client,
-            "POST",
-            "/v1/rollback" + ("?wait=true" if wait else ""),
-            {"revision": revision},
-            timeout=660,
-        )
-    except AgentUnavailable:
+    doc = _ask(
+        client,
+        "POST",
+        "/v1/rollback" + ("?wait=true" if wait else ""),
+        state_root(root),
+        agent_wait,
+        {"revision": revision},
+        timeout=660,
+    )
+    if doc is None:  # no agent runs on the state root
         _rollback_here(revision, runtime_name, root, lock_timeout)
         return
     click.echo(f"pinned to {doc['revision']} (until `pyapply resume`)")
@@ -381,7 +466,7 @@ def _rollback_here(
         fail(str(exc))
     except HistoryError as exc:
         fail(_damaged(exc))
-    err(f"no agent answers: applying {full} here and pinning it for the next agent")
+    err(f"no agent runs on {root_dir}: applying {full} here and pinning it for the next agent")
     directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
     try:
         materialise(files, directory)
@@ -428,19 +513,24 @@ def _rollback_here(
 
 @click.command()
 @socket_option
-@click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
+@root_option
+@agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
-def resume(socket_path: str | None, root: str | None, wait: bool) -> None:
+def resume(socket_path: str | None, root: str | None, agent_wait: float, wait: bool) -> None:
     """Unpin the agent: follow the source again."""
-    try:
-        doc = _call(
-            _client(socket_path), "POST", "/v1/resume" + ("?wait=true" if wait else ""), timeout=660
-        )
-    except AgentUnavailable:
+    doc = _ask(
+        _client(socket_path),
+        "POST",
+        "/v1/resume" + ("?wait=true" if wait else ""),
+        state_root(root),
+        agent_wait,
+        timeout=660,
+    )
+    if doc is None:  # no agent runs on the state root
         try:
             History(state_root(root)).pin(None)
         except HistoryError as exc:
             fail(_damaged(exc))
-        click.echo("no agent answers: unpinned; the next agent follows the source")
+        click.echo("no agent runs: unpinned; the next agent follows the source")
         return
     _print_queued(doc, "resume")

@@ -33,7 +33,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from reconciler.revision import (
+    AmbiguousRevision,
+    BadRevision,
+    UnknownRevision,
+    is_prefix,
+    match_revision,
+)
 from runtime.statefs import PRIVATE_FILE_MODE, open_private, private_dir, rmtree
+
+__all__ = [
+    "AmbiguousRevision",
+    "BadRevision",
+    "History",
+    "PassRecord",
+    "UnknownRevision",
+    "materialise",
+    "snapshot_files",
+]
 
 Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
 
@@ -87,10 +104,6 @@ class PassRecord:
         doc["errors"] = list(self.errors)
         doc["summary"] = dict(self.summary)
         return doc
-
-
-class UnknownRevision(Exception):
-    pass
 
 
 class HistoryError(Exception):
@@ -317,11 +330,20 @@ class History:
             return removed
 
     def passes(self, limit: int = 50, revision: str | None = None) -> list[PassRecord]:
+        """The newest `limit` passes; with `revision` (an id or an unambiguous prefix, see
+        `match_revision`), only that revision's: none when no pass has it. Raises
+        BadRevision / AmbiguousRevision for an argument that names no single revision."""
         query = "SELECT * FROM passes"
         args: list[Any] = []
         if revision:
-            query += " WHERE revision = ? OR revision LIKE ?"
-            args += [revision, revision + "%"]
+            try:
+                full = match_revision(revision, self._candidates("passes", revision))
+            except (BadRevision, AmbiguousRevision):
+                raise
+            except UnknownRevision:
+                return []
+            query += " WHERE revision = ?"
+            args.append(full)
         query += " ORDER BY id DESC LIMIT ?"
         args.append(max(0, limit))
         with self._db() as db:
@@ -360,20 +382,21 @@ class History:
             )
 
     def resolve(self, revision: str) -> str:
-        """The full id of a stored revision from an id or a unique prefix of it."""
+        """The full id of a stored revision from its id or an unambiguous prefix of at least
+        7 hex digits (`match_revision`)."""
+        return match_revision(revision, self._candidates("rev.revisions", revision))
+
+    def _candidates(self, table: str, revision: str) -> set[str]:
+        """The revisions of `table` that `revision` is, or begins: compared as strings
+        (substr), never as a LIKE pattern."""
+        where = "revision = ?"
+        args: list[Any] = [revision]
+        if is_prefix(revision):
+            where += " OR substr(revision, 1, ?) = ?"
+            args += [len(revision), revision]
         with self._db() as db:
-            rows = db.execute(
-                "SELECT revision FROM rev.revisions WHERE revision = ? OR revision LIKE ?",
-                (revision, revision.replace("%", "").replace("_", "") + "%"),
-            ).fetchall()
-        names = sorted({r[0] for r in rows})
-        if revision in names:
-            return revision
-        if not names:
-            raise UnknownRevision(f"no recorded revision {revision!r} (see `pyapply history`)")
-        if len(names) > 1:
-            raise UnknownRevision(f"revision {revision!r} is ambiguous: {', '.join(names)}")
-        return str(names[0])
+            rows = db.execute(f"SELECT DISTINCT revision FROM {table} WHERE {where}", args)
+            return {str(r[0]) for r in rows.fetchall()}
 
     def revision_files(self, revision: str) -> tuple[str, str, dict[str, bytes]]:
         """(full id, subject, files) of a stored revision."""

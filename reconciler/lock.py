@@ -1,8 +1,12 @@
-"""The host-wide lock: one apply (or agent pass) at a time per state root.
+"""The host-wide locks of a state root, flocks the kernel releases when their holder dies (a
+killed process never leaves the root locked); the holder's pid is written into the file to
+say who waits on whom.
 
-An flock on `<root>/lock`, released by the kernel when the holder dies, so a killed apply
-never leaves the host locked. The holder's pid is written into the file to say who waits on
-whom.
+- `host_lock`, `<root>/lock`: one apply (or agent pass) at a time.
+- `agent_lock`, `<root>/agent.lock`: held by a watch agent for its whole life. It keeps a
+  second agent off the root, and tells the CLI that an agent runs there even when its
+  socket does not answer (busy, starting, stopping, or another socket path): the CLI then
+  never acts behind the agent's back (`agent_holder`).
 """
 
 from __future__ import annotations
@@ -61,3 +65,64 @@ def host_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+AGENT_LOCK = "agent.lock"
+
+
+class AgentRunning(Exception):
+    """Another agent holds the state root."""
+
+
+@contextlib.contextmanager
+def agent_lock(root: str, *, settle_s: float = 1.0) -> Iterator[None]:
+    """Hold `<root>/agent.lock` for the agent's life. Raises AgentRunning when another
+    agent holds it (tried for `settle_s`: a CLI's probe holds it shared for an instant)."""
+    private_dir(root)
+    path = os.path.join(root, AGENT_LOCK)
+    fd = open_private(path)
+    try:
+        deadline = time.monotonic() + settle_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = _pid(os.pread(fd, 32, 0))
+                    raise AgentRunning(
+                        f"another agent (pid {holder or '?'}) runs on {root} ({path})"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def agent_holder(root: str) -> int | None:
+    """Whether an agent runs on `root`: its pid (0 when it has not written it yet), or None.
+    Never creates anything."""
+    try:
+        fd = os.open(os.path.join(root, AGENT_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _pid(os.pread(fd, 32, 0))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _pid(raw: bytes) -> int:
+    text = raw.decode(errors="replace").strip()
+    return int(text) if text.isdigit() and len(text) < 10 else 0

@@ -8,7 +8,9 @@ different trees never share a revision. Anything else is `sha256:<content hash>`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -54,3 +56,48 @@ def identify(files: tuple[str, ...], content_digest: str) -> Revision:
     if dirty:
         rev_id += f"+{content_digest[:8]}"
     return Revision(id=rev_id, subject=subject, commit=commit)
+
+
+# What may abbreviate a revision id: at least 7 hex digits of the commit (or of the content
+# hash after `sha256:`), optionally on into a `+<hash>` suffix. Nothing else does, so no
+# argument ever matches by pattern (the ids are compared as plain strings, never as SQL
+# LIKE patterns, where `%` matched every revision).
+PREFIX_MIN_HEX = 7
+_PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{7,64}(?:\+[0-9a-f]{0,64})?")
+
+
+class UnknownRevision(Exception):
+    """No recorded revision is the one asked for."""
+
+
+class BadRevision(UnknownRevision):
+    """The argument is neither a recorded id nor something that may abbreviate one."""
+
+
+class AmbiguousRevision(UnknownRevision):
+    """The prefix abbreviates more than one recorded revision."""
+
+
+def is_prefix(given: str) -> bool:
+    """Whether `given` may stand for the ids it begins (see _PREFIX)."""
+    return _PREFIX.fullmatch(given) is not None
+
+
+def match_revision(given: str, known: Iterable[str]) -> str:
+    """The one id of `known` that `given` names: itself, or the only id that it is a prefix
+    of (at least 7 hex digits). Every argument that takes a revision goes through here."""
+    names = set(known)
+    if given in names:
+        return given
+    if not is_prefix(given):
+        raise BadRevision(
+            f"{given!r} is not a revision: give its id or a prefix of at least "
+            f"{PREFIX_MIN_HEX} hex digits (see `pyapply history`)"
+        )
+    found = sorted(n for n in names if n.startswith(given))
+    if not found:
+        raise UnknownRevision(f"no recorded revision {given!r} (see `pyapply history`)")
+    if len(found) > 1:
+        shown = ", ".join(found[:10]) + (f" (+{len(found) - 10} more)" if len(found) > 10 else "")
+        raise AmbiguousRevision(f"revision {given!r} is ambiguous: {shown}")
+    return found[0]

@@ -211,7 +211,8 @@ def directory_revision(directory: str, link: str | None = None) -> Revision:
 
 class FileWatcher:
     """Calls `fire("file")` once a burst of relevant file events has been quiet for
-    `debounce_s` (at most 10 x debounce_s after the first), and when the poll sees a change."""
+    `debounce_s` (at most 10 x debounce_s after the first), and `fire("poll")` when the poll
+    sees a change (the pass's trigger then tells which of the two saw it)."""
 
     def __init__(
         self,
@@ -232,6 +233,7 @@ class FileWatcher:
         self._stop_event = threading.Event()
         self._observer: object | None = None
         self._threads: list[threading.Thread] = []
+        self._owner = os.getpid()
 
     def start(self) -> None:
         self._start_observer()
@@ -308,9 +310,13 @@ class FileWatcher:
             if current != last:
                 last = current
                 log.debug("poll: %s changed", self.source.path)
-                self.fire("file")
+                self.fire("poll")
 
     def stop(self) -> None:
+        if os.getpid() != self._owner:
+            # a forked child holds copies of the watcher, sharing its inotify instance:
+            # stopping it would remove the watches for the parent too
+            return
         self._stop_event.set()
         with self._cond:
             self._stopped = True
@@ -367,11 +373,14 @@ class EventWatcher:
         self._stopped = threading.Event()
         self._runtime: Runtime | None = None
         self._timers: list[threading.Timer] = []
+        self._owner = os.getpid()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="pyapply-events", daemon=True).start()
 
     def stop(self) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked child: the event stream's connection is the parent's
         self._stopped.set()
         for t in self._timers:
             t.cancel()

@@ -42,8 +42,9 @@ from runtime.native.supervise import DEFAULT_RUNC, pid_alive
 from runtime.statefs import dirs_bottom_up, rmtree
 
 # What pyapply keeps directly under a state root (fnmatch patterns): the driver's and the
-# managers' directories, the host lock, the driver lock, the health checker's files, the
-# agent's history and directories, rollback scratch dirs, and atomic-write temporaries.
+# managers' directories, the host lock, the driver lock, the agent's lifetime lock, the
+# health checker's files, the agent's history and directories, rollback scratch dirs, and
+# atomic-write temporaries.
 ROOT_ENTRIES = (
     "images",
     "containers",
@@ -56,6 +57,7 @@ ROOT_ENTRIES = (
     ".names.json.*",
     "lock",
     "driver.lock",
+    "agent.lock",
     "health.*",
     "history.db*",
     "revisions.db*",

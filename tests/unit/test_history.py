@@ -12,6 +12,8 @@ import pytest
 
 from reconciler.history import (
     AgentHistory,
+    AmbiguousRevision,
+    BadRevision,
     History,
     HistoryError,
     Reset,
@@ -34,7 +36,7 @@ def test_passes_are_recorded_newest_first(tmp_path: Path) -> None:
     assert records[1].summary == {"actions": {"create": 2}}
     assert records[1].started == 100.0 and records[1].ended is not None
     assert h.succeeded("aaa111") and not h.succeeded("bbb222")
-    assert [r.id for r in h.passes(revision="aaa")] == [a]
+    assert [r.id for r in h.passes(revision="aaa111")] == [a]
     assert h.passes(limit=1)[0].id == b
     assert stat.S_IMODE(os.stat(h.path).st_mode) == 0o600
 
@@ -58,13 +60,15 @@ def test_revision_files_round_trip_and_prefixes(tmp_path: Path) -> None:
     assert sorted(files) == [".env", "stack.yaml", "sub/secret.txt"]
     h = History(str(tmp_path / "root"))
     h.store_revision("abcdef123456", "subject", str(src), files)
-    h.store_revision("abd000000000", "other", str(src), {})
-    full, subject, back = h.revision_files("abcd")
+    h.store_revision("abcdef100000", "other", str(src), {})
+    full, subject, back = h.revision_files("abcdef12")
     assert (full, subject, back) == ("abcdef123456", "subject", files)
-    with pytest.raises(UnknownRevision, match="ambiguous"):
-        h.resolve("ab")
+    with pytest.raises(AmbiguousRevision, match="ambiguous"):
+        h.resolve("abcdef1")
+    with pytest.raises(BadRevision, match="at least 7 hex digits"):
+        h.resolve("abcd")  # too short to stand for anything
     with pytest.raises(UnknownRevision, match="no recorded revision"):
-        h.resolve("zzz")
+        h.resolve("0000000")
     out = tmp_path / "out"
     materialise(back, str(out))
     assert (out / "sub" / "secret.txt").read_bytes() == b"\xff\x00bin"
@@ -286,3 +290,51 @@ def test_damage_that_cannot_be_moved_aside_is_reported_not_raised(
     monkeypatch.undo()
     assert h.begin("r", "", "file") > 0  # once it can be moved, it is
     assert list(tmp_path.glob("history.db.corrupt-*"))
+
+
+@pytest.mark.parametrize("given", ["%", "_", "abc%", "%abc1234", "abcdef_", "abcdef1%", "a" * 6])
+def test_no_argument_matches_by_pattern(tmp_path: Path, given: str) -> None:
+    """A LIKE pattern once matched every revision ("%" as a prefix): an argument is an id
+    or a prefix of at least 7 hex digits, compared as a string."""
+    h = History(str(tmp_path))
+    h.store_revision("aaaaaaaaaaaa", "", "", {"a.yaml": b"x"})
+    h.finish(h.begin("aaaaaaaaaaaa", "", "file"), "succeeded")
+    with pytest.raises(BadRevision):
+        h.resolve(given)
+    with pytest.raises(BadRevision):
+        h.passes(revision=given)
+
+
+def test_the_history_filter_takes_ids_and_unambiguous_prefixes(tmp_path: Path) -> None:
+    h = History(str(tmp_path))
+    for rev in ("1234567aaaaa", "1234567aaaaa+0badf00d", "1234568bbbbb", "sha256:0123456789ab"):
+        h.finish(h.begin(rev, "", "file"), "succeeded")
+    assert [r.revision for r in h.passes(revision="1234568")] == ["1234568bbbbb"]
+    assert [r.revision for r in h.passes(revision="1234567aaaaa")] == ["1234567aaaaa"]  # exact
+    assert [r.revision for r in h.passes(revision="sha256:0123456")] == ["sha256:0123456789ab"]
+    with pytest.raises(AmbiguousRevision, match=r"1234567aaaaa, 1234567aaaaa\+0badf00d"):
+        h.passes(revision="1234567")
+    assert h.passes(revision="fffffff") == []  # a filter: nothing of an unknown revision
+    with pytest.raises(BadRevision):
+        h.passes(revision="sha256:0123")
+
+
+def test_match_revision_is_pure_and_strict() -> None:
+    from reconciler.revision import is_prefix, match_revision
+
+    known = ["0123456789ab", "0123456789ab+deadbeef", "fedcba987654"]
+    assert match_revision("fedcba9", known) == "fedcba987654"
+    assert match_revision("0123456789ab", known) == "0123456789ab"  # exact wins
+    assert match_revision("0123456789ab+d", known) == "0123456789ab+deadbeef"
+    assert match_revision("weird id", ["weird id"]) == "weird id"  # exact, whatever its shape
+    assert [is_prefix(p) for p in ("abcdef0", "sha256:abcdef0", "ABCDEF0", "abcdef", "")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    with pytest.raises(BadRevision):
+        match_revision("FEDCBA9", known)
+    with pytest.raises(UnknownRevision, match="no recorded revision"):
+        match_revision("1111111", known)

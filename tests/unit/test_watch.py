@@ -389,8 +389,13 @@ def test_api_over_the_unix_socket(tmp_path: Path) -> None:
         assert status == 200 and doc["passes"][0]["outcome"] == "succeeded"
         for record in doc["passes"]:
             openapi_validator("Pass").validate(record)
-        status, doc = client.request("POST", "/v1/rollback", {"revision": "nope"})
-        assert status == 404
+        status, doc = client.request("POST", "/v1/rollback", {"revision": "0000000"})
+        assert status == 404 and "no recorded revision" in doc["error"]
+        for bad in ("nope", "%", "abc"):  # not an id, nor 7+ hex digits of one
+            status, doc = client.request("POST", "/v1/rollback", {"revision": bad})
+            assert status == 400 and "at least 7 hex digits" in doc["error"], (bad, doc)
+        status, doc = client.request("GET", "/v1/history?revision=%25")
+        assert status == 400 and "at least 7 hex digits" in doc["error"]
         status, doc = client.request("POST", "/v1/rollback", {})
         assert status == 400
         status, doc = client.request("GET", "/v1/sync")
