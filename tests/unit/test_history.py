@@ -199,7 +199,7 @@ def test_the_cli_names_a_damaged_database(tmp_path: Path, damage: str, which: st
     with pytest.raises(HistoryError, match=f"{which} is damaged") as caught:
         fresh = History(str(tmp_path))
         fresh.passes(limit=5000)
-        fresh.revision_files("abcdef")
+        fresh.revision_files("abcdef1")
     assert "\n" not in str(caught.value)
     assert not list(tmp_path.glob("*.corrupt-*")), "the CLI never moves the record"
     del h
@@ -224,14 +224,14 @@ def test_the_agent_moves_a_damaged_database_aside(tmp_path: Path, damage: str, w
     pid = h.begin("new", "", "start")
     h.finish(pid, "succeeded")
     h.store_revision("fedcba654321", "s", "/src", {"b.yaml": b"y"})
-    assert h.revision_files("fedcba")[2] == {"b.yaml": b"y"}
+    assert h.revision_files("fedcba6")[2] == {"b.yaml": b"y"}
     if which == "revisions.db":  # the record itself survives; the rollback targets do not
         assert len(h.passes(limit=5000)) == 301 and h.managed_stacks() == {"st"}
         with pytest.raises(UnknownRevision):
-            h.resolve("abcdef")
+            h.resolve("abcdef1")
     else:
         assert [p.revision for p in h.passes()] == ["new"]
-        assert h.revision_files("abcdef")[0] == "abcdef123456"
+        assert h.revision_files("abcdef1")[0] == "abcdef123456"
 
 
 def test_damage_while_in_use_is_mended_and_the_statement_tried_again(tmp_path: Path) -> None:
@@ -251,8 +251,8 @@ def test_damage_while_in_use_is_mended_and_the_statement_tried_again(tmp_path: P
     _not_sqlite(h.revisions_path)
     assert h.pinned() is None  # every statement attaches revisions.db: found at once
     assert [os.path.basename(r.path) for r in resets] == ["history.db", "revisions.db"]
-    h.store_revision("x" * 12, "", "", {})
-    assert len(resets) == 2 and h.resolve("xxxxxxx") == "x" * 12
+    h.store_revision("7" * 12, "", "", {})
+    assert len(resets) == 2 and h.resolve("7" * 12) == "7" * 12
 
 
 def test_an_unwritable_record_is_reported_not_raised(tmp_path: Path) -> None:

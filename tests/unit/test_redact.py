@@ -157,13 +157,13 @@ def test_plan_text_and_json_hide_secrets_before_shortening() -> None:
 
 def test_history_db_holds_no_revision_files(tmp_path: Path) -> None:
     h = History(str(tmp_path))
-    h.store_revision("abc123", "first", "/src", {"stack.yaml": f"pw: {SECRET}".encode()})
-    h.finish(h.begin("abc123", "first", "api"), "succeeded", {}, [])
+    h.store_revision("abc1234", "first", "/src", {"stack.yaml": f"pw: {SECRET}".encode()})
+    h.finish(h.begin("abc1234", "first", "api"), "succeeded", {}, [])
     assert SECRET.encode() not in (tmp_path / "history.db").read_bytes()
     assert SECRET.encode() in (tmp_path / "revisions.db").read_bytes()
     for name in ("history.db", "revisions.db"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
-    assert h.revision_files("abc")[2] == {"stack.yaml": f"pw: {SECRET}".encode()}
+    assert h.revision_files("abc1234")[2] == {"stack.yaml": f"pw: {SECRET}".encode()}
 
 
 def test_an_old_history_db_is_moved_apart_and_vacuumed(tmp_path: Path) -> None:
