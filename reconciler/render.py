@@ -26,6 +26,7 @@ SYMBOLS = {
     "start": ">",
     "restart": ">",
     "remove": "-",
+    "rename": "~",
 }
 REDACTED = HIDDEN  # what a credential-named variable's value is shown as
 PLAN_SCHEMA = "https://pyapply.dev/schemas/v1/plan.schema.json"
