@@ -9,7 +9,10 @@ running container of the service at every step, and after it the plan is empty.
 from __future__ import annotations
 
 import dataclasses
+import json
+from importlib import resources
 
+import jsonschema
 import pytest
 from fakes import FakeRuntime
 
@@ -28,6 +31,7 @@ from reconciler.model import (
     VolumeSpec,
 )
 from reconciler.plan import Plan, build
+from reconciler.render import plan_text, plans_json
 from reconciler.translate import desired_state
 from runtime.base import ImageInfo
 
@@ -157,6 +161,9 @@ def test_next_only_takes_the_name_back_first(rt: FakeRuntime) -> None:
     assert ops(plan) == [("rename", T)]
     [adopt] = plan.actions
     assert (adopt.id, adopt.new_name) == (f"container:{T}:adopt", N)
+    assert f"~ container {T}: rename (finishing an interrupted" in plan_text(plan)
+    schema = json.loads(resources.files("schemas").joinpath("v1/plan.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(plans_json([plan]))
     run(rt, plan)
     assert sorted(rt.containers) == [N] and rt.containers[N].id == "next"
     assert plan_of(rt, NEW).empty
