@@ -409,6 +409,10 @@ class ContainerManager:
         info = self.supervisor.runc_state(cid) if (self.runc_root / cid).exists() else None
         if info is not None:
             if info.get("status") in ("running", "paused") and read_exit(cdir) is None:
+                if not doc.get("started_at"):  # a start killed before it noted itself
+                    doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
+                    self._save(name, doc)
+                    healthmod.ensure_checker(self.root, self.supervisor.runc)
                 return
             self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
         rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
@@ -476,13 +480,22 @@ class ContainerManager:
             if cdir.exists():
                 if self._load(name) is not None:
                     self._stop(name, 0)
-                self._destroy_dir(cdir)
+                # state.json goes last, after the cgroups: a removal killed part-way leaves
+                # a container that is still listed, so the next pass removes it again; never
+                # an unlisted directory still naming a volume, or a cgroup nobody owns
+                self._destroy_dir(cdir, keep="state.json")
+                self._remove_cgroups(name)
+                (cdir / "state.json").unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    cdir.rmdir()
         self._remove_cgroups(name)
         with contextlib.suppress(OSError):
             if not any(self.containers_dir.iterdir()):  # the root's last container
                 self.remove_cgroup_parent()
 
-    def _destroy_dir(self, cdir: Path) -> None:
+    def _destroy_dir(self, cdir: Path, keep: str | None = None) -> None:
+        """Delete a container's dir: its runc container, conmon, rootfs mount and files
+        (all but the file named `keep`, which the caller deletes)."""
         with contextlib.suppress(OSError, ValueError):
             doc = json.loads((cdir / "state.json").read_text())
             self.supervisor.delete(str(doc["id"]))
@@ -500,7 +513,12 @@ class ContainerManager:
             raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
         for attempt in range(5):  # a health result may land while we delete
             try:
-                rmtree(cdir)  # any depth: the upper dir holds what the container made
+                if keep is None:
+                    rmtree(cdir)  # any depth: the upper dir holds what the container made
+                    return
+                for entry in list(cdir.iterdir()):
+                    if entry.name != keep:
+                        rmtree(entry)
                 return
             except OSError:
                 if attempt == 4:
