@@ -137,7 +137,8 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     target = f"{a.target} -> {a.new_name}" if a.new_name else a.target
     if r.status == "done":
         retry = f", {r.attempts} attempts" if r.attempts > 1 else ""
-        return f"{kind} {target}: {what} ({r.seconds:.1f}s{retry})"
+        note = f"; {r.note}" if r.note else ""
+        return redactor.text(f"{kind} {target}: {what} ({r.seconds:.1f}s{retry}{note})")
     if r.status == "skipped":
         return redactor.text(f"{kind} {target}: skipped ({r.error})")
     return redactor.text(f"{kind} {target}: FAILED: {r.error}")
