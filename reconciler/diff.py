@@ -18,6 +18,7 @@ N not new + `N--next` new (created,       recreate N, resuming: `N--next` is ado
 started, healthy; N running or stopped)   create is idempotent), then N goes and it is renamed
 N new + `N--next` (any)                   remove `N--next` (a leftover; N stays)
 N not new + `N--next` of another spec     remove `N--next` (before the update makes it again)
+(or of another revision)
 `N--next` only (N removed, not renamed)   rename `N--next` to N first, then diff it as N
                                           (start it, or update it, as any N)
 N renamed (`N--next` gone)                the usual ones: the update is done
@@ -176,6 +177,9 @@ def _leftovers(
         elif (
             have.labels.get(identity.SPEC_HASH) != dc.spec_hash
             and nxt.labels.get(identity.SPEC_HASH) == dc.spec_hash
+            # its create is repeated, and a runtime may count the revision as part of what
+            # it was created with (native does): another revision's is made anew
+            and nxt.labels.get(identity.REVISION) == dc.config.labels.get(identity.REVISION)
             and not set(nxt.networks) & recreate_nets
         ):
             resumed.add(name)

@@ -210,6 +210,22 @@ def test_old_and_next_of_another_spec_remove_next_before_making_it_again(
     assert plan_of(rt, NEWER).empty
 
 
+def test_next_of_another_revision_is_made_again(rt: FakeRuntime) -> None:
+    """Same spec, another revision (a comment changed): its create would not be accepted
+    as a repeat by every runtime, so it is removed first and the update starts over."""
+    make_next(rt, NEW)
+    nxt = rt.containers[T]
+    rt.containers[T] = dataclasses.replace(nxt, labels={**nxt.labels, identity.REVISION: "r0"})
+    plan = plan_of(rt, NEW)
+    assert [(c.kind, c.name, c.resume) for c in plan.changes] == [
+        ("recreate", N, False),
+        ("remove", T, False),
+    ]
+    assert f"container:{T}:remove" in deps(plan, f"container:{T}:create")
+    run(rt, plan)
+    assert plan_of(rt, NEW).empty
+
+
 def test_updated_and_next_left_over_removes_next(rt: FakeRuntime) -> None:
     make_next(rt, OLD)
     plan = plan_of(rt, OLD)
