@@ -12,7 +12,7 @@ healthcheck needs the file written at the start, and it is read at the end. The 
 The steps of an update follow each other in milliseconds at some points (old removed ->
 renamed), so a kill lands at the step seen or a little after it; the state it left is
 recorded and printed, and the rounds must leave at least three different states. Every
-state, hit or not here, has a golden plan in tests/unit/test_interrupted_update.py.
+state, hit or not here, has a golden plan in tests/unit/test_plan_interrupted.py.
 """
 
 from __future__ import annotations
