@@ -2,7 +2,7 @@
 
 A start-first update of `<stack>-app-1` makes `<stack>-app-1--next`, starts it, waits for
 it to be healthy, stops and removes the old container and renames the new one. The test
-watches the runtime (through the Runtime protocol, polling every 10 ms) and SIGKILLs the
+watches the runtime (through the Runtime protocol: both containers, every 10 ms) and SIGKILLs the
 apply when the state of a step shows; then it applies again and checks, while that pass
 runs, that the service always has a running container, and afterwards that the stack is
 converged (the plan is empty; `diff --exit-code` 0 at the end) and that no `--next`
@@ -30,7 +30,6 @@ from reconciler.loop import desired_for, plan_stack
 from reconciler.manifest import load
 from reconciler.plan import Plan
 from runtime.base import ContainerState, Runtime
-from tests.e2e.helpers import STACK_LABEL
 from tests.e2e.runtimes import PYAPPLY, Cli, RuntimeUnderTest
 
 pytestmark = pytest.mark.e2e
@@ -82,8 +81,10 @@ STEPS: dict[str, Step] = {
 # re-apply must end in, and the next round starts from.
 
 
-def _seen(rt: Runtime, stack: str) -> Seen:
-    return {c.name: c for c in rt.list_containers({STACK_LABEL: stack})}
+def _seen(rt: Runtime, *names: str) -> Seen:
+    """The containers of these names that exist, read one at a time (see _Watch)."""
+    seen = {n: rt.get_container(n) for n in names}
+    return {n: c for n, c in seen.items() if c is not None}
 
 
 def _describe(seen: Seen, old: str, nxt: str, round_: str) -> str:
@@ -100,11 +101,11 @@ def _describe(seen: Seen, old: str, nxt: str, round_: str) -> str:
 def _kill_at(proc: subprocess.Popen[bytes], rt: Runtime, step: Step, *names: str) -> bool:
     """SIGKILL `proc` as soon as `step` holds; False if the apply ended first."""
     deadline = time.monotonic() + 60
-    stack, old, nxt, round_ = names
+    old, nxt, round_ = names
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            return step(_seen(rt, stack), old, nxt, round_)
-        if step(_seen(rt, stack), old, nxt, round_):
+            return step(_seen(rt, nxt, old), old, nxt, round_)
+        if step(_seen(rt, nxt, old), old, nxt, round_):
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
             return True
@@ -169,11 +170,17 @@ def test_update_killed_at_each_step_recovers(runtime: RuntimeUnderTest, tmp_path
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            hit = _kill_at(proc, rt, step, s, old, nxt, round_)
+            hit = _kill_at(proc, rt, step, old, nxt, round_)
             assert hit, f"{step_name}: the apply ended without reaching the step"
-            before = _seen(rt, s)
+            before = _seen(rt, nxt, old)
             left[step_name] = _describe(before, old, nxt, round_)
-            assert any(c.running for c in before.values()), (step_name, left[step_name])
+            if not any(c.running for c in before.values()):
+                time.sleep(1)
+                again_seen = _describe(_seen(rt, nxt, old), old, nxt, round_)
+                raise AssertionError(
+                    f"killed at {step_name!r}: nothing runs ({left[step_name]}; "
+                    f"a second later: {again_seen})"
+                )
 
             with _Watch(rt, nxt, old) as watch:
                 again = cli.run("-f", str(manifest), ROUND=round_)
