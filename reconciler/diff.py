@@ -6,10 +6,34 @@ mutation (the live object no longer matches what its own labels say it was creat
 image retagged, an env var or network changed by hand) and faults (what the runtime made
 for an object and found gone: a bridge, a veth, a firewall rule, a container's supervisor;
 see `runtime.base.Fault`), repaired in place where the runtime can.
+
+A start-first update of replica N makes `N--next`, waits for it to be healthy, removes N and
+renames `N--next` to N. A pass killed at any step leaves one of the states below; each is
+resolved so that a replica that had a container keeps one through the next pass ("new" is
+the desired spec hash; a dead or half-removed `N--next` counts as absent, and is removed):
+
+========================================  =================================================
+observed                                  changes
+========================================  =================================================
+N only                                    the usual ones
+N not new + `N--next` new (created,       recreate N, resuming: `N--next` is adopted (its
+started, healthy; N running or stopped)   create is idempotent), then N goes and it is renamed
+N new + `N--next` (any)                   remove `N--next` (a leftover; N stays)
+N not new + `N--next` of another spec     remove `N--next` (before the update makes it again)
+(or of another revision)
+`N--next` only (N removed, not renamed)   rename `N--next` to N first, then diff it as N
+                                          (start it, or update it, as any N)
+N renamed (`N--next` gone)                the usual ones: the update is done
+N not new + `N--next` new, on a network   remove `N--next` (before the network goes); N is
+that is recreated                         recreated stop-first with its network
+========================================  =================================================
+
+The plan orders the removal of a leftover before every create of its service.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +43,7 @@ from reconciler import identity
 from reconciler.translate import LAST_APPLIED, Desired, DesiredContainer
 from runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
-ChangeKind = Literal["create", "recreate", "start", "restart", "repair", "remove", "pull"]
+ChangeKind = Literal["create", "recreate", "start", "restart", "repair", "remove", "rename", "pull"]
 ObjectKind = Literal["container", "network", "volume", "image"]
 
 
@@ -39,6 +63,9 @@ class Change:
     service: str | None = None
     replica: int | None = None
     fields: tuple[FieldDiff, ...] = ()
+    # recreate: finish the interrupted start-first update whose new container
+    # (`<name>--next`, already of the desired spec) exists, whatever the update order now is
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,10 +160,61 @@ def _faults_reason(faults: tuple[Fault, ...]) -> str:
     return "; ".join(f.reason for f in faults)
 
 
-def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
+_UNUSABLE: tuple[str, ...] = ("dead", "removing")
+
+
+def _leftovers(
+    desired: Desired, by_name: dict[str, ContainerState], recreate_nets: set[str]
+) -> tuple[dict[str, ContainerState], set[str], set[str]]:
+    """How the `<name>--next` containers an interrupted start-first update left behind are
+    resolved (see the table in the module docstring): the containers that take over a
+    missing replica's name (name -> its `--next` state), the replicas whose update resumes
+    with their `--next` container, and the `--next` containers kept (not removed)."""
+    adopted: dict[str, ContainerState] = {}
+    resumed: set[str] = set()
+    for dc in desired.containers:
+        name = dc.config.name
+        nxt = by_name.get(name + identity.NEXT_SUFFIX)
+        if nxt is None or nxt.status in _UNUSABLE:
+            continue  # nothing left over, or nothing worth keeping: removed as an extra
+        have = by_name.get(name)
+        if have is None:
+            adopted[name] = nxt  # the only instance: it gets the replica's name back
+        elif (
+            have.labels.get(identity.SPEC_HASH) != dc.spec_hash
+            and nxt.labels.get(identity.SPEC_HASH) == dc.spec_hash
+            # its create is repeated, and a runtime may count the revision as part of what
+            # it was created with (native does): another revision's is made anew
+            and nxt.labels.get(identity.REVISION) == dc.config.labels.get(identity.REVISION)
+            and not set(nxt.networks) & recreate_nets
+        ):
+            resumed.add(name)
+    kept = {n + identity.NEXT_SUFFIX for n in (*adopted, *resumed)}
+    return adopted, resumed, kept
+
+
+def _container_changes(
+    desired: Desired, observed: Observed, recreate_nets: set[str]
+) -> tuple[list[Change], dict[str, ContainerState]]:
+    """The containers' changes, and the containers by the name they have once the plan's
+    renames are done."""
     changes: list[Change] = []
     by_name = {c.name: c for c in observed.containers}
-    wanted = {dc.config.name for dc in desired.containers}
+    adopted, resumed, kept = _leftovers(desired, by_name, recreate_nets)
+    for name, nxt in adopted.items():
+        changes.append(
+            Change(
+                "rename",
+                "container",
+                nxt.name,
+                f"finishing an interrupted start-first update: the new container takes "
+                f"the name {name}",
+                nxt.labels.get(identity.SERVICE),
+                _replica(nxt),
+            )
+        )
+        by_name[name] = dataclasses.replace(nxt, name=name)
+    wanted = {dc.config.name for dc in desired.containers} | kept
     for dc in desired.containers:
         have = by_name.get(dc.config.name)
         svc = desired.service(dc.service)
@@ -154,7 +232,22 @@ def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
             continue
         if have.labels.get(identity.SPEC_HASH) != dc.spec_hash:
             fields = field_diffs(have.labels.get(LAST_APPLIED), dc.applied)
-            changes.append(change("recreate", "spec changed", fields))
+            if dc.config.name in resumed:
+                changes.append(
+                    Change(
+                        "recreate",
+                        "container",
+                        dc.config.name,
+                        "spec changed (resuming an interrupted start-first update: "
+                        f"{dc.config.name}{identity.NEXT_SUFFIX} is already made)",
+                        dc.service,
+                        dc.replica,
+                        fields,
+                        resume=True,
+                    )
+                )
+            else:
+                changes.append(change("recreate", "spec changed", fields))
             continue
         oob = out_of_band(dc, have, observed.images.get(dc.config.image))
         if oob:
@@ -205,18 +298,15 @@ def _container_changes(desired: Desired, observed: Observed) -> list[Change]:
             reason = "service no longer in the manifest"
         else:
             reason = f"scaled down to {services[service].replicas}"
-        replica = c.labels.get(identity.REPLICA, "")
         changes.append(
-            Change(
-                "remove",
-                "container",
-                c.name,
-                reason,
-                service=service,
-                replica=int(replica) if replica.isdigit() else None,
-            )
+            Change("remove", "container", c.name, reason, service=service, replica=_replica(c))
         )
-    return changes
+    return changes, by_name
+
+
+def _replica(c: ContainerState) -> int | None:
+    replica = c.labels.get(identity.REPLICA, "")
+    return int(replica) if replica.isdigit() else None
 
 
 def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -> DiffResult:
@@ -296,10 +386,9 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                     "(use --prune-volumes to remove it)"
                 )
 
-    container_changes = _container_changes(desired, observed)
+    container_changes, by_name_c = _container_changes(desired, observed, recreate_nets)
     # Containers on a network that must be recreated are recreated with it.
     if recreate_nets:
-        by_name_c = {c.name: c for c in observed.containers}
         for i, ch in enumerate(container_changes):
             have = by_name_c.get(ch.name)
             if (

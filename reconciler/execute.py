@@ -4,6 +4,11 @@ Every action is idempotent (the runtime's create/remove calls are), so a pass in
 any point is finished by the next one. Transient runtime errors are retried with exponential
 back-off and jitter (tenacity); permanent ones fail the action at once, and the actions that
 depend on it are skipped. The outcome is a value, not an exception.
+
+One escalation, decided here and nowhere else: a container's start that fails because the
+runtime holds stale state of it (`Stuck`: a port a leaked proxy holds, a task a killed
+daemon left) is tried `stuck_attempts` times, then the container is removed and made
+again from the action's config -- once -- and the result says so and why.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from tenacity import (
 )
 
 from reconciler.plan import Action, Plan
-from runtime.base import ContainerState, NotFound, Runtime, RuntimeFailure
+from runtime.base import ContainerState, NotFound, Runtime, RuntimeFailure, Stuck
 from runtime.statefs import PRIVATE_FILE_MODE, private_dir
 
 Status = Literal["done", "failed", "skipped"]
@@ -40,6 +45,7 @@ class ActionResult:
     seconds: float = 0.0
     error: str | None = None
     attempts: int = 1
+    note: str | None = None  # what was done beyond the action itself (an escalation)
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,33 @@ class Settings:
     backoff_max_s: float = 8.0
     wait_timeout_s: float = 120.0
     poll_s: float = 0.25
+    # tries of a start that fails on stale runtime state before the container is recreated
+    # (at most `attempts` tries in all, the recreated container's included)
+    stuck_attempts: int = 3
     sleep: Callable[[float], None] = field(default=time.sleep)
+
+
+_STARTS = ("create", "start", "restart")  # the ops that start a container
 
 
 def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeFailure) and exc.retryable
+
+
+@dataclass
+class _Escalation:
+    """A start's failures on stale state, and whether the container was recreated."""
+
+    failures: list[str] = field(default_factory=list)
+    recreated: bool = False
+
+    def note(self) -> str | None:
+        if not self.recreated:
+            return None
+        return (
+            f"recreated: start failed {len(self.failures)} times on state the runtime "
+            f"kept ({self.failures[-1]})"
+        )
 
 
 class Executor:
@@ -159,6 +187,11 @@ class Executor:
             self.settings.sleep(action.delay_s)
         self.reporter.started(action)
         attempts = 1 if action.op == "wait" else self.settings.attempts
+        escalation = _Escalation()
+
+        def retryable(exc: BaseException) -> bool:
+            # a stuck start is tried again (bounded): `_start` recreates at the last try
+            return _is_retryable(exc) or (isinstance(exc, Stuck) and action.op in _STARTS)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -166,7 +199,7 @@ class Executor:
             self.reporter.retrying(action, state.attempt_number, str(exc), delay)
 
         retrying = Retrying(
-            retry=retry_if_exception(_is_retryable),
+            retry=retry_if_exception(retryable),
             stop=stop_after_attempt(attempts),
             wait=wait_exponential_jitter(
                 multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
@@ -176,19 +209,29 @@ class Executor:
             reraise=True,
         )
         try:
-            retrying(self._perform, action)
+            retrying(self._perform, action, escalation)
         except RuntimeFailure as exc:
             n = retrying.statistics.get("attempt_number", 1)
-            return ActionResult(action, "failed", time.monotonic() - start, exc.message, attempts=n)
+            error = exc.message
+            if escalation.recreated:
+                error = f"{error} (even after it was {escalation.note()})"
+            elif escalation.failures:
+                error = f"{error} (start failed {len(escalation.failures)} times)"
+            return ActionResult(
+                action, "failed", time.monotonic() - start, error, n, escalation.note()
+            )
         except OSError as exc:  # writing a config/secret file
             return ActionResult(action, "failed", time.monotonic() - start, str(exc))
         n = retrying.statistics.get("attempt_number", 1)
-        return ActionResult(action, "done", time.monotonic() - start, attempts=n)
+        return ActionResult(
+            action, "done", time.monotonic() - start, attempts=n, note=escalation.note()
+        )
 
     # -- one action ----------------------------------------------------------------------
 
-    def _perform(self, action: Action) -> None:
+    def _perform(self, action: Action, escalation: _Escalation | None = None) -> None:
         rt = self.runtime
+        escalation = escalation or _Escalation()
         op = action.op
         if op == "pull":
             rt.pull_image(action.target)
@@ -210,13 +253,15 @@ class Executor:
         elif op == "create":
             assert action.container is not None
             rt.create_container(action.container)
-            rt.start_container(action.target)
-        elif op in ("start", "repair"):
+            self._start(action, escalation)
+        elif op == "start":
+            self._start(action, escalation)
+        elif op == "repair":
             # starting a running container repairs its faults in place (Runtime protocol)
             rt.start_container(action.target)
         elif op == "restart":
             self._stop_quietly(action.target)
-            rt.start_container(action.target)
+            self._start(action, escalation)
         elif op == "remove":
             self._stop_quietly(action.target)
             rt.remove_container(action.target)
@@ -229,6 +274,34 @@ class Executor:
             self._wait(action)
         else:  # pragma: no cover - exhaustive over Op
             raise AssertionError(op)
+
+    def _start(self, action: Action, escalation: _Escalation) -> None:
+        """Start the action's container; at the `stuck_attempts`-th start failing on stale
+        runtime state, remove it and make it again from the action's config (once)."""
+        rt = self.runtime
+        if (
+            escalation.recreated
+            and action.container is not None
+            and rt.get_container(action.target) is None
+        ):
+            rt.create_container(action.container)  # an earlier try removed it, then failed
+        try:
+            rt.start_container(action.target)
+        except Stuck as exc:
+            escalation.failures.append(exc.message)
+            if (
+                escalation.recreated
+                or action.container is None
+                or len(escalation.failures) < self.settings.stuck_attempts
+            ):
+                raise
+        else:
+            return
+        self._stop_quietly(action.target)
+        rt.remove_container(action.target)
+        escalation.recreated = True
+        rt.create_container(action.container)
+        rt.start_container(action.target)
 
     def _stop_quietly(self, name: str) -> None:
         with contextlib.suppress(NotFound):

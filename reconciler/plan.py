@@ -187,20 +187,44 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                 deps.append(fid)
         return deps
 
+    # What an interrupted start-first update left (see reconciler.diff): a `--next` container
+    # that takes its replica's name back goes first of everything done to that replica; a
+    # leftover one is removed before anything of its service is created.
+    adopts: dict[str, str] = {}
+    leftovers: dict[str | None, list[str]] = defaultdict(list)
+    for ch in result.changes:
+        if ch.object == "container" and ch.kind == "rename":
+            name = ch.name.removesuffix(identity.NEXT_SUFFIX)
+            adopts[name] = b.add(
+                Action(
+                    f"container:{ch.name}:adopt",
+                    "rename",
+                    ch.name,
+                    ch.reason,
+                    service=ch.service,
+                    new_name=name,
+                )
+            )
+            b.final[name] = adopts[name]
+
     # Container changes, grouped by service so replicas can be rolled in batches.
     recreates: dict[str, list[Change]] = defaultdict(list)
     for ch in result.changes:
-        if ch.object != "container":
+        if ch.object != "container" or ch.kind == "rename":
             continue
         dc = by_name.get(ch.name)
         if ch.kind == "remove" or dc is None:
-            b.add(
+            rid = b.add(
                 Action(
                     f"container:{ch.name}:remove", "remove", ch.name, ch.reason, service=ch.service
                 )
             )
+            if ch.name.endswith(identity.NEXT_SUFFIX):
+                leftovers[ch.service].append(rid)
             continue
         pre = prerequisites(dc.config)
+        if ch.name in adopts:
+            pre.append(adopts[ch.name])
         if ch.kind == "create":
             cid = b.add(
                 Action(
@@ -239,8 +263,10 @@ def build(desired: Desired, result: DiffResult) -> Plan:
         for i, ch in enumerate(changes):
             dc = by_name[ch.name]
             pre = prerequisites(dc.config)
+            adopted = (adopts[ch.name],) if ch.name in adopts else ()
+            pre += adopted
             on_recreated_net = any(a.network in net_remove for a in dc.config.networks)
-            start_first = (
+            start_first = ch.resume or (
                 spec.update.order == "start-first"
                 and not _fixed_ports(spec)
                 and not on_recreated_net
@@ -304,7 +330,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                         "remove",
                         ch.name,
                         ch.reason,
-                        (previous,) if previous else (),
+                        ((previous,) if previous else ()) + adopted,
                         service=dc.service,
                         delay_s=delay,
                     )
@@ -363,6 +389,14 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                     )
                 )
             b.dep(first, waits[key])
+
+    # Leftovers first: they have no dependencies of their own, so this makes no cycle.
+    everything_left = [rid for rids in leftovers.values() for rid in rids]
+    for aid, action in list(b.actions.items()):
+        if action.op == "create":
+            b.dep(aid, *leftovers.get(action.service, ()))
+        elif action.op == "remove_network":
+            b.dep(aid, *everything_left)
 
     # Networks and volumes that go for good are removed after every container removal (a
     # network being recreated already waits for the removal of its own containers).

@@ -27,6 +27,7 @@ SYMBOLS = {
     "restart": ">",
     "repair": "*",
     "remove": "-",
+    "rename": "~",
 }
 REDACTED = HIDDEN  # what a credential-named variable's value is shown as
 PLAN_SCHEMA = "https://pyapply.dev/schemas/v1/plan.schema.json"
@@ -140,7 +141,8 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     target = f"{a.target} -> {a.new_name}" if a.new_name else a.target
     if r.status == "done":
         retry = f", {r.attempts} attempts" if r.attempts > 1 else ""
-        return f"{kind} {target}: {what} ({r.seconds:.1f}s{retry})"
+        note = f"; {r.note}" if r.note else ""
+        return redactor.text(f"{kind} {target}: {what} ({r.seconds:.1f}s{retry}{note})")
     if r.status == "skipped":
         return redactor.text(f"{kind} {target}: skipped ({r.error})")
     return redactor.text(f"{kind} {target}: FAILED: {r.error}")

@@ -41,6 +41,12 @@ class PermanentError(RuntimeFailure):
     """Retries are useless: bad image name, port already taken, invalid config."""
 
 
+class Stuck(PermanentError):
+    """Retrying the same call is useless, because the runtime holds state of this object
+    that will not clear by itself (a task or a port a killed daemon left behind); removing
+    the object and making it again may help. Raised by a container's start."""
+
+
 class NotFound(PermanentError):
     """The object (or image) does not exist."""
 

@@ -20,6 +20,9 @@ HTTP 5xx                                                TransientError, except p
                                                         such image, ...) -> PermanentError
 HTTP 400 / other 4xx                                    PermanentError ("has active endpoints",
                                                         "in use" -> Conflict)
+a start failing on what a killed daemon left (a port    Stuck (the executor removes and
+held by a leaked proxy or still allocated, a task       recreates the container after a few
+that already exists, "marked for removal")              tries)
 "manifest unknown", "repository does not exist"         NotFound (whatever the status)
 =====================================================  ======================================
 
@@ -38,6 +41,7 @@ from runtime.base import (
     NotFound,
     PermanentError,
     RuntimeFailure,
+    Stuck,
     TransientError,
     Unavailable,
 )
@@ -108,6 +112,20 @@ _PERMANENT_SERVER = (
     "denied:",
 )
 
+# Why a container's start fails when dockerd (killed, restarted) keeps state of it that will
+# not clear by itself: a host port still allocated in its books or held by a leaked
+# docker-proxy, a containerd task or runc container of the same id, a removal it never
+# finished. A new container (a new id, a fresh port allocation) does not inherit them.
+_STUCK_START = (
+    "port is already allocated",
+    "address already in use",
+    "marked for removal",
+    "container with id exists",
+    "id already in use",
+    "task already exists",
+)
+_STUCK_TASK_RE = re.compile(r"task \S+(?: \S+)?: already exists|already exists: unknown")
+
 _NOT_FOUND = (
     "manifest unknown",
     "repository does not exist",
@@ -162,6 +180,8 @@ def _has(text: str, fragments: tuple[str, ...]) -> bool:
 def classify_api_error(status: int | None, explanation: str, action: str) -> RuntimeFailure:
     """Map an HTTP status (None for errors reported inside a stream) + message to an error."""
     message = f"docker: cannot {action}: {_reword(explanation)}"
+    if action.startswith("start container") and status != 404 and _stuck_start(explanation):
+        return Stuck(message)
     if _has(explanation, _NOT_FOUND) or status == 404:
         return NotFound(message)
     if _has(explanation, _IN_USE) and (status is None or 400 <= status < 500):
@@ -176,6 +196,10 @@ def classify_api_error(status: int | None, explanation: str, action: str) -> Run
     if _has(explanation, _PERMANENT_SERVER):
         return PermanentError(message)
     return TransientError(message)
+
+
+def _stuck_start(explanation: str) -> bool:
+    return _has(explanation, _STUCK_START) or _STUCK_TASK_RE.search(explanation.lower()) is not None
 
 
 def translate(exc: BaseException, action: str, daemon: str) -> RuntimeFailure:

@@ -467,6 +467,10 @@ class ContainerManager:
         info = self.supervisor.runc_state(cid) if (self.runc_root / cid).exists() else None
         if info is not None:
             if info.get("status") in ("running", "paused") and read_exit(cdir) is None:
+                if not doc.get("started_at"):  # a start killed before it noted itself
+                    doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
+                    self._save(name, doc)
+                    healthmod.ensure_checker(self.root, self.supervisor.runc)
                 return
             self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
         rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
@@ -537,14 +541,25 @@ class ContainerManager:
         cdir = self.dir(name)
         with self._lock(name):
             if cdir.exists():
-                self._stop(name, 0)
-                self._destroy_dir(cdir)
+                if self._load(name) is not None:
+                    self._stop(name, 0)
+                # state.json goes last, after the cgroups: a removal killed part-way leaves
+                # a container that is still listed, so the next pass removes it again; never
+                # an unlisted directory still naming a volume, or a cgroup nobody owns
+                self._destroy_dir(cdir, keep="state.json")
+                self._remove_cgroups(name)
+                (cdir / "state.json").unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    cdir.rmdir()
         self._remove_cgroups(name)
         with contextlib.suppress(OSError):
             if not any(self.containers_dir.iterdir()):  # the root's last container
                 self.remove_cgroup_parent()
 
-    def _destroy_dir(self, cdir: Path) -> None:
+    def _destroy_dir(self, cdir: Path, keep: str | None = None) -> None:
+        """Delete a container's dir: its runc container, conmon, rootfs mount and files
+        (all but the file named `keep`, which the caller deletes), and whatever still runs
+        of it that a damaged state no longer names."""
         cid: str | None = None
         with contextlib.suppress(DamagedState):
             doc = read_json(cdir / "state.json", STATE_SHAPE)
@@ -566,7 +581,12 @@ class ContainerManager:
             raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
         for attempt in range(5):  # a health result may land while we delete
             try:
-                rmtree(cdir)  # any depth: the upper dir holds what the container made
+                if keep is None:
+                    rmtree(cdir)  # any depth: the upper dir holds what the container made
+                    return
+                for entry in list(cdir.iterdir()):
+                    if entry.name != keep:
+                        rmtree(entry)
                 return
             except OSError:
                 if attempt == 4:

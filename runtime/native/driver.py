@@ -600,8 +600,10 @@ class NativeRuntime:
             if key in net.containers:
                 self.networks.detach(net.name, key)
         self.networks.set_hosts_file(key, None)
-        self.containers.remove(key)
+        # the netns before the container's dir: a teardown killed part-way leaves the
+        # container listed (its state file goes last), so the next pass finishes it
         self._drop_netns(key)
+        self.containers.remove(key)
         names = self.names.load()
         if names.get(name) == key:
             del names[name]
@@ -619,12 +621,14 @@ class NativeRuntime:
             taken = Names.key_of(names, new_name)
             if taken is not None and (self.containers.dir(taken) / "state.json").exists():
                 raise Conflict(f"cannot rename {name} to {new_name}: the name is in use")
+            # the alias first: a rename killed in between leaves the old name, which the
+            # next pass renames again (an alias already renamed is left as it is)
+            self.networks.rename_alias(key, name, new_name)
             names.pop(name, None)
             names.pop(new_name, None)
             if new_name != key:
                 names[new_name] = key
             self.names.save(names)
-            self.networks.rename_alias(key, name, new_name)
 
     @translated
     def connect_network(self, container: str, attachment: Attachment) -> None:

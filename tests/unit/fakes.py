@@ -22,6 +22,7 @@ from runtime.base import (
     NetworkConfig,
     NetworkState,
     NotFound,
+    Stuck,
     TransientError,
     VolumeConfig,
     VolumeState,
@@ -42,6 +43,11 @@ class FakeRuntime:
     calls: list[str] = field(default_factory=list)
     fail_next: dict[str, int] = field(default_factory=dict)  # op -> transient failures left
     healthy_after_start: bool = True
+    # starts that fail on stale runtime state (Stuck): of these container ids (the state is
+    # the object's: a new container does not have it), or of these names (whatever object
+    # has it: a port another program holds)
+    stuck_ids: set[str] = field(default_factory=set)
+    stuck_names: set[str] = field(default_factory=set)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _call(self, op: str) -> None:
@@ -147,6 +153,8 @@ class FakeRuntime:
         c = self.containers.get(name)
         if c is None:
             raise NotFound(f"no such container {name}")
+        if c.id in self.stuck_ids or name in self.stuck_names:
+            raise Stuck(f"cannot start container {name}: port 8080 is already allocated")
         if c.status == "running":  # a running container's faults are repaired in place
             self.containers[name] = replace(c, faults=())
             return
