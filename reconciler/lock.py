@@ -56,15 +56,23 @@ def host_lock(
                         "(--lock-timeout)"
                     ) from None
                 time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
+        with _held(fd):
             yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _held(fd: int) -> Iterator[None]:
+    """A lock just taken on `fd`: our pid written in it for whoever waits, and on the way out
+    the file emptied and the lock given back."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 AGENT_LOCK = "agent.lock"
@@ -94,13 +102,8 @@ def agent_lock(root: str, *, settle_s: float = 1.0) -> Iterator[None]:
                         f"another agent (pid {holder or '?'}) runs on {root} ({path})"
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
+        with _held(fd):
             yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
