@@ -541,8 +541,7 @@ class ContainerManager:
         cdir = self.dir(name)
         with self._lock(name):
             if cdir.exists():
-                if self._load(name) is not None:
-                    self._stop(name, 0)
+                self._stop(name, 0)  # a damaged or missing state: what runs of it is killed
                 # state.json goes last, after the cgroups: a removal killed part-way leaves
                 # a container that is still listed, so the next pass removes it again; never
                 # an unlisted directory still naming a volume, or a cgroup nobody owns
