@@ -36,6 +36,7 @@ from runtime.base import (
     ContainerConfig,
     ContainerState,
     ContainerStatus,
+    Health,
     MountConfig,
     NotFound,
     PermanentError,
@@ -668,9 +669,10 @@ class ContainerManager:
     ) -> ContainerState:
         cdir = self.dir(name)
         status, code, finished = self._status(cdir, doc, runc_info)
-        health = (
-            healthmod.read_status(cdir) if doc.get("health") and doc.get("started_at") else None
-        )
+        health: Health | None = None
+        if doc.get("health") and (doc.get("started_at") or status == "running"):
+            # running with a healthcheck and no result yet is "starting", never "none"
+            health = healthmod.read_status(cdir) or ("starting" if status == "running" else None)
         return ContainerState(
             id=str(doc["id"]),
             name=name,

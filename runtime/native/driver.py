@@ -679,6 +679,10 @@ class NativeRuntime:
                 if conmon_pid(cdir) is None:
                     # its process runs unsupervised: nobody records its exit or keeps its log
                     faults.append(Fault("conmon not running", "restart"))
+                if not st.started_at:
+                    # a start killed after runc started it and before it was noted: its
+                    # healthcheck is not probed until a start notes it (done in place)
+                    faults.append(Fault("start not recorded"))
                 problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
                 if problem:
                     faults.append(Fault(problem))
