@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any, Literal, TypeVar
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,
@@ -43,14 +43,14 @@ from runtime.base import (
     VolumeConfig,
     VolumeState,
 )
-from runtime.docker.engine import EngineError, EngineHTTP
-from runtime.docker.errors import (
+from pyapply.runtime.docker.engine import EngineError, EngineHTTP
+from pyapply.runtime.docker.errors import (
     classify_api_error,
     explanation_of,
     translatable_errors,
     translate,
 )
-from runtime.docker.normalise import (
+from pyapply.runtime.docker.normalise import (
     HASH_LABEL,
     JSON,
     container_state,

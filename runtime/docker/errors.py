@@ -36,7 +36,7 @@ import re
 import sys
 from functools import cache
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Conflict,
     NotFound,
     PermanentError,
@@ -45,7 +45,7 @@ from runtime.base import (
     TransientError,
     Unavailable,
 )
-from runtime.docker.engine import (
+from pyapply.runtime.docker.engine import (
     EngineAPIError,
     EngineConnectError,
     EngineError,

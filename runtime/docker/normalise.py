@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from runtime.base import (
+from pyapply.runtime.base import (
     ContainerState,
     ContainerStatus,
     Health,

@@ -4,7 +4,7 @@ event poll and the keeper (statefile.read_json)."""
 
 from __future__ import annotations
 
-from runtime.native.statefile import (
+from pyapply.runtime.native.statefile import (
     anything,
     boolean,
     integer,

@@ -31,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Conflict,
     ContainerConfig,
     ContainerState,
@@ -42,12 +42,12 @@ from runtime.base import (
     PermanentError,
     PortBinding,
 )
-from runtime.native import health as healthmod
-from runtime.native import oci, root_tag, rootfs
-from runtime.native.container_state import LABELS_ANNOTATION, SPEC_SHAPE, STATE_SHAPE
-from runtime.native.hostbins import INIT
-from runtime.native.statefile import DamagedState, read_json
-from runtime.native.supervise import (
+from pyapply.runtime.native import health as healthmod
+from pyapply.runtime.native import oci, root_tag, rootfs
+from pyapply.runtime.native.container_state import LABELS_ANNOTATION, SPEC_SHAPE, STATE_SHAPE
+from pyapply.runtime.native.hostbins import INIT
+from pyapply.runtime.native.statefile import DamagedState, read_json
+from pyapply.runtime.native.supervise import (
     DEFAULT_CONMON,
     DEFAULT_LOG_FILES,
     DEFAULT_LOG_SIZE_MAX,
@@ -62,7 +62,7 @@ from runtime.native.supervise import (
     utc_iso,
     wait_exit,
 )
-from runtime.statefs import atomic_write, dirs_bottom_up, private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, dirs_bottom_up, private_dir, rmtree
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 CGROUP_PARENT = "/pyapply"

@@ -60,7 +60,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,
@@ -77,12 +77,12 @@ from runtime.base import (
     VolumeConfig,
     VolumeState,
 )
-from runtime.native import health as healthmod
-from runtime.native.containers import ContainerManager
-from runtime.native.images import ImageStore
-from runtime.native.netlink import netns_attach, netns_create, netns_remove
-from runtime.native.network import NetworkManager, translated
-from runtime.native.statefile import (
+from pyapply.runtime.native import health as healthmod
+from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.images import ImageStore
+from pyapply.runtime.native.netlink import netns_attach, netns_create, netns_remove
+from pyapply.runtime.native.network import NetworkManager, translated
+from pyapply.runtime.native.statefile import (
     DamagedState,
     anything,
     bad,
@@ -94,8 +94,8 @@ from runtime.native.statefile import (
     record,
     string,
 )
-from runtime.native.supervise import ExecResult, conmon_pid, read_pid
-from runtime.statefs import atomic_write, open_private, private_dir, rmtree
+from pyapply.runtime.native.supervise import ExecResult, conmon_pid, read_pid
+from pyapply.runtime.statefs import atomic_write, open_private, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")

@@ -75,8 +75,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import IO
 
-from runtime.base import PermanentError, PortBinding
-from runtime.native.hostbins import IPTABLES, IPTABLES_SAVE
+from pyapply.runtime.base import PermanentError, PortBinding
+from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_SAVE
 
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.base import Health, HealthConfig
-from runtime.native.container_state import STATE_SHAPE
-from runtime.native.statefile import (
+from pyapply.runtime.base import Health, HealthConfig
+from pyapply.runtime.native.container_state import STATE_SHAPE
+from pyapply.runtime.native.statefile import (
     DamagedState,
     anything,
     integer,
@@ -47,7 +47,7 @@ from runtime.native.statefile import (
     record,
     string,
 )
-from runtime.native.supervise import (
+from pyapply.runtime.native.supervise import (
     DEFAULT_LOG_FILES,
     DEFAULT_LOG_SIZE_MAX,
     DEFAULT_RUNC,
@@ -56,7 +56,7 @@ from runtime.native.supervise import (
     pid_alive,
     rotate_log,
 )
-from runtime.statefs import atomic_write, open_private
+from pyapply.runtime.statefs import atomic_write, open_private
 
 HEALTH_FILE = "health.json"
 HEALTH_SHAPE = record(
@@ -69,7 +69,7 @@ ANNOUNCE_S = 5.0  # how long a start waits for a new checker to announce itself
 _TICK = 0.05
 LOG_CHECK_S = 0.25
 _LOG_KEEP = 5
-_MARKER = "runtime.native.health"
+_MARKER = "pyapply.runtime.native.health"
 
 
 @dataclass(frozen=True)

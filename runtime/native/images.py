@@ -40,8 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
-from runtime.base import ImageInfo, NotFound, PermanentError
-from runtime.native.layers import (
+from pyapply.runtime.base import ImageInfo, NotFound, PermanentError
+from pyapply.runtime.native.layers import (
     BlobStore,
     DigestMismatch,
     check_digest,
@@ -49,7 +49,7 @@ from runtime.native.layers import (
     sha256_bytes,
     unpack_layer,
 )
-from runtime.native.registry import (
+from pyapply.runtime.native.registry import (
     INDEX_TYPES,
     Platform,
     Reference,
@@ -60,7 +60,7 @@ from runtime.native.registry import (
     parse_reference,
     select_platform,
 )
-from runtime.native.statefile import (
+from pyapply.runtime.native.statefile import (
     anything,
     bad,
     checked,
@@ -73,7 +73,7 @@ from runtime.native.statefile import (
     record,
     string,
 )
-from runtime.statefs import atomic_write, private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 CONFIG_TYPES = (

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from runtime.base import Conflict, PermanentError
+from pyapply.runtime.base import Conflict, PermanentError
 
 DEFAULT_POOL = "10.89.0.0/16"
 DEFAULT_PREFIX = 24

@@ -48,8 +48,8 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
-from runtime.base import PermanentError, TransientError
-from runtime.statefs import PRIVATE_DIR_MODE, private_dir, rmtree
+from pyapply.runtime.base import PermanentError, TransientError
+from pyapply.runtime.statefs import PRIVATE_DIR_MODE, private_dir, rmtree
 
 CHUNK = 1 << 20
 DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")

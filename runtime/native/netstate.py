@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from runtime.native.statefile import (
+from pyapply.runtime.native.statefile import (
     bad,
     boolean,
     checked,

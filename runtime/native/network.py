@@ -58,7 +58,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Conflict,
     NetworkConfig,
     NetworkState,
@@ -68,13 +68,13 @@ from runtime.base import (
     RuntimeFailure,
     TransientError,
 )
-from runtime.native import firewall, root_tag
-from runtime.native.firewall import Firewall
-from runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
-from runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
-from runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
-from runtime.native.statefile import Shape, read_json
-from runtime.statefs import open_private, private_dir
+from pyapply.runtime.native import firewall, root_tag
+from pyapply.runtime.native.firewall import Firewall
+from pyapply.runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
+from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
+from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
+from pyapply.runtime.native.statefile import Shape, read_json
+from pyapply.runtime.statefs import open_private, private_dir
 
 DEFAULT_ROOT = "/var/lib/pyapply"
 _NUD_GONE = 0x01 | 0x20  # NUD_INCOMPLETE, NUD_FAILED: nothing answered there

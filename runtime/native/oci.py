@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.base import ContainerConfig, MountConfig, PermanentError
-from runtime.native import seccomp
+from pyapply.runtime.base import ContainerConfig, MountConfig, PermanentError
+from pyapply.runtime.native import seccomp
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.base import NotFound, PermanentError, TransientError
-from runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
+from pyapply.runtime.base import NotFound, PermanentError, TransientError
+from pyapply.runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime.base import PermanentError, RuntimeFailure
+from pyapply.runtime.base import PermanentError, RuntimeFailure
 
 MNT_DETACH = 2
 # nodev: a device node that an image ships, or that a container's root makes in its rootfs,

@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from runtime.base import PermanentError
+from pyapply.runtime.base import PermanentError
 
 Shape = Callable[[Any, str], Any]
 

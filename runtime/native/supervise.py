@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runtime.base import PermanentError, RuntimeFailure, TransientError
-from runtime.native.hostbins import CONMON, RUNC, HostBinary
-from runtime.statefs import private_dir
+from pyapply.runtime.base import PermanentError, RuntimeFailure, TransientError
+from pyapply.runtime.native.hostbins import CONMON, RUNC, HostBinary
+from pyapply.runtime.statefs import private_dir
 
 DEFAULT_RUNC = RUNC.paths[0]
 DEFAULT_CONMON = CONMON.paths[0]

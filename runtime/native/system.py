@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.base import ContainerState, RuntimeFailure
-from runtime.native import firewall, rootfs
-from runtime.native.containers import CGROUP_FS, ContainerManager, kill_cgroup
-from runtime.native.driver import NETNS_DIR, NativeRuntime
-from runtime.native.netlink import IPRoute, netns_remove
-from runtime.native.statefile import DamagedState
-from runtime.native.supervise import DEFAULT_RUNC, pid_alive
-from runtime.statefs import dirs_bottom_up, rmtree
+from pyapply.runtime.base import ContainerState, RuntimeFailure
+from pyapply.runtime.native import firewall, rootfs
+from pyapply.runtime.native.containers import CGROUP_FS, ContainerManager, kill_cgroup
+from pyapply.runtime.native.driver import NETNS_DIR, NativeRuntime
+from pyapply.runtime.native.netlink import IPRoute, netns_remove
+from pyapply.runtime.native.statefile import DamagedState
+from pyapply.runtime.native.supervise import DEFAULT_RUNC, pid_alive
+from pyapply.runtime.statefs import dirs_bottom_up, rmtree
 
 # What pyapply keeps directly under a state root (fnmatch patterns): the driver's and the
 # managers' directories, the host lock, the driver lock, the agent's lifetime lock, the
@@ -63,7 +63,7 @@ ROOT_ENTRIES = (
     "revisions.db*",
     "rollback-*",
 )
-HEALTH_MARKER = "runtime.native.health"
+HEALTH_MARKER = "pyapply.runtime.native.health"
 KILL_WAIT_S = 5.0
 
 
@@ -160,7 +160,7 @@ def _network_names(rt: NativeRuntime, keys: Iterable[str]) -> set[str]:
 
 
 def _stop_health_checker(root: Path, report: ResetReport) -> None:
-    from runtime.native import health
+    from pyapply.runtime.native import health
 
     pid = health.checker_pid(root)
     if pid is not None and report.attempt("stop the health checker", health.stop_checker, root):

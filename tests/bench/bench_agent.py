@@ -134,7 +134,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def bench(runtime: str, args: argparse.Namespace, client: Any) -> dict[str, Any]:
     """One agent on `runtime` with a private state root: the figures of the module doc."""
-    from runtime import open_runtime
+    from pyapply.runtime.drivers import open_runtime
 
     pyapply = str(Path(sys.executable).parent / "pyapply")
     stack = "bench" + secrets.token_hex(3)

@@ -67,10 +67,10 @@ import docker.errors
 from common import BenchError, Tool, log
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from runtime.base import Attachment, ContainerConfig, NetworkConfig, NotFound
-from runtime.native import rootfs
-from runtime.native.driver import NETNS_DIR, NativeRuntime
-from runtime.native.network import NetworkManager
+from pyapply.runtime.base import Attachment, ContainerConfig, NetworkConfig, NotFound
+from pyapply.runtime.native import rootfs
+from pyapply.runtime.native.driver import NETNS_DIR, NativeRuntime
+from pyapply.runtime.native.network import NetworkManager
 
 SLEEP = ["sleep", "3600"]
 BENCH_LABEL = "io.pyapply.bench"  # on the section-1 containers of docker, podman, native

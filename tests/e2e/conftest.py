@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import pytest
 
-from runtime.native.hostbins import HOST_BINARIES
+from pyapply.runtime.native.hostbins import HOST_BINARIES
 from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, http_get, new_stack_name
 from tests.e2e.runtimes import (
     RUNTIME_NAMES,

@@ -34,8 +34,8 @@ from typing import Any
 import docker.errors
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from runtime import open_runtime
-from runtime.base import ContainerState, NetworkState, Runtime, VolumeState
+from pyapply.runtime.base import ContainerState, NetworkState, Runtime, VolumeState
+from pyapply.runtime.drivers import open_runtime
 from tests.e2e.helpers import REPO_ROOT, STACK_LABEL, cleanup_stack
 
 RUNTIME_NAMES = ("docker", "native")
@@ -268,7 +268,7 @@ class NativeUnderTest(RuntimeUnderTest):
 
     def __init__(self, stack: str, root: Path) -> None:
         super().__init__(stack, root)
-        from runtime.native.driver import NativeRuntime
+        from pyapply.runtime.native.driver import NativeRuntime
 
         assert isinstance(self.rt, NativeRuntime)
         self.native = self.rt
@@ -347,7 +347,7 @@ class NativeUnderTest(RuntimeUnderTest):
             if not problems:
                 break
             time.sleep(0.5)
-        from runtime.native import health
+        from pyapply.runtime.native import health
 
         # the root's health checker outlives pyapply by design (it exits when idle); a second
         # one, started by a racing start, may be queued on its lock: stop each in turn
@@ -376,8 +376,8 @@ class NativeUnderTest(RuntimeUnderTest):
 
     def kernel_leftovers(self) -> list[str]:
         """What of this state root is still in the kernel or running."""
-        from runtime.native import firewall
-        from runtime.native.network import NetworkManager
+        from pyapply.runtime.native import firewall
+        from pyapply.runtime.native.network import NetworkManager
 
         nm = NetworkManager(self.root)
         out = links_of(nm)
@@ -408,8 +408,8 @@ class NativeUnderTest(RuntimeUnderTest):
     def _force_reset(self) -> None:
         """After a failed cleanup: take down whatever of this root is left, so that one
         failing test does not leak into the machine."""
-        from runtime.native import health, rootfs
-        from runtime.native.network import NetworkManager
+        from pyapply.runtime.native import health, rootfs
+        from pyapply.runtime.native.network import NetworkManager
 
         health.stop_checker(self.root)
         cdirs = self.root / "containers"
@@ -432,7 +432,7 @@ class NativeUnderTest(RuntimeUnderTest):
 
 def import_test_image(root: Path, archive: Path, ref: str) -> None:
     """Put the test image (a `docker save` archive) into a native state root's store."""
-    from runtime.native.images import ImageStore
+    from pyapply.runtime.native.images import ImageStore
 
     ImageStore(str(root)).import_archive(str(archive), ref)
 

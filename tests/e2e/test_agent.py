@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import jsonschema
 import pytest
 
-from reconciler.api import AgentClient
-from runtime.base import ContainerState
+from pyapply.reconciler.agent.api import AgentClient
+from pyapply.runtime.base import ContainerState
 from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE, http_get
 from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest, free_port
 

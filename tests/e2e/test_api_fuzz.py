@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.api import MAX_BODY_BYTES, MAX_CONNECTIONS
+from pyapply.reconciler.agent.api import MAX_BODY_BYTES, MAX_CONNECTIONS
 from tests.e2e.helpers import sleeper_stack
 from tests.e2e.runtimes import RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, wait_for

@@ -21,7 +21,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from runtime.base import ContainerState
+from pyapply.runtime.base import ContainerState
 from tests.e2e.helpers import REPO_ROOT, STACK_LABEL, http_get
 from tests.e2e.runtimes import PYAPPLY, WEBDB, Cli, DockerUnderTest, RuntimeUnderTest
 

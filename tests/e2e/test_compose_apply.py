@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import ContainerState
+from pyapply.runtime.base import ContainerState
 from tests.e2e.helpers import REPO_ROOT, http_get
 from tests.e2e.runtimes import PYAPPLY, DockerUnderTest, RuntimeUnderTest, free_port
 

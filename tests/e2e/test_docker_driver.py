@@ -23,7 +23,7 @@ import docker
 import docker.errors
 import pytest
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,
@@ -41,8 +41,8 @@ from runtime.base import (
     Unavailable,
     VolumeConfig,
 )
-from runtime.docker.driver import DockerRuntime
-from runtime.docker.normalise import split_image_ref
+from pyapply.runtime.docker.driver import DockerRuntime
+from pyapply.runtime.docker.normalise import split_image_ref
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

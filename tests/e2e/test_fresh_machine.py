@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.native import firewall, root_tag
-from runtime.native.network import NetworkManager
+from pyapply.runtime.native import firewall, root_tag
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import REPO_ROOT
 from tests.e2e.runtimes import free_port, links_of
 

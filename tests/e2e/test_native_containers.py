@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import ContainerConfig, ContainerState, HealthConfig, MountConfig, Ulimit
-from runtime.native import health, rootfs
-from runtime.native.containers import ContainerManager
-from runtime.native.supervise import pid_alive
+from pyapply.runtime.base import ContainerConfig, ContainerState, HealthConfig, MountConfig, Ulimit
+from pyapply.runtime.native import health, rootfs
+from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.supervise import pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -140,8 +140,8 @@ def test_detached_container_outlives_its_creator(
     name = cname("detached")
     script = textwrap.dedent(
         f"""
-        from runtime.base import ContainerConfig
-        from runtime.native.containers import ContainerManager
+        from pyapply.runtime.base import ContainerConfig
+        from pyapply.runtime.native.containers import ContainerManager
         m = ContainerManager({str(root)!r})
         cfg = ContainerConfig(name={name!r}, image="busybox:test", labels={{"io.pyapply.stack": "t"}},
                               command=("sh", "-c", "echo hello; sleep 1000"))
@@ -382,7 +382,7 @@ def test_hostname_user_env_workdir(manager: ContainerManager, lowerdir: Path) ->
 
 
 def test_create_is_idempotent_and_names_conflict(manager: ContainerManager, lowerdir: Path) -> None:
-    from runtime.base import Conflict
+    from pyapply.runtime.base import Conflict
 
     name = cname("idem")
     cfg = ContainerConfig(name=name, image="busybox:test", command=("true",), labels={"k": "1"})
@@ -489,7 +489,7 @@ def test_concurrent_starts_make_one_container(manager: ContainerManager, lowerdi
 
 
 def test_start_failure_is_reported_and_cleaned(manager: ContainerManager, lowerdir: Path) -> None:
-    from runtime.base import RuntimeFailure
+    from pyapply.runtime.base import RuntimeFailure
 
     name = cname("badcmd")
     manager.create(

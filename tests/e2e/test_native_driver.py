@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,
@@ -30,9 +30,9 @@ from runtime.base import (
     Runtime,
     VolumeConfig,
 )
-from runtime.native import health
-from runtime.native.driver import NativeRuntime
-from runtime.native.network import NetworkManager
+from pyapply.runtime.native import health
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import http_get, new_stack_name
 from tests.e2e.runtimes import WEBDB, Cli, free_port
 

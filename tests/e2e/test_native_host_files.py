@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.history import History
-from runtime.native.driver import NativeRuntime
+from pyapply.reconciler.agent.history import History
+from pyapply.runtime.native.driver import NativeRuntime
 from tests.e2e.helpers import new_stack_name
 from tests.e2e.test_native_system import Env, free_port, leftovers, scrub
 

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from runtime.native.hostbins import INIT
+from pyapply.runtime.native.hostbins import INIT
 from tests.e2e.helpers import TEST_IMAGE, Workdir
 from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest
 

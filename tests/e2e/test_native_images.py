@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
-from runtime.base import NotFound, PermanentError, TransientError
-from runtime.native.images import ImageStore, PullProgress
-from runtime.native.registry import (
+from pyapply.runtime.base import NotFound, PermanentError, TransientError
+from pyapply.runtime.native.images import ImageStore, PullProgress
+from pyapply.runtime.native.registry import (
     MT_DOCKER_LIST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,

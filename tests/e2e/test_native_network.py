@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 
-from runtime.base import Conflict, NetworkConfig, NotFound, PortBinding
-from runtime.native import firewall
-from runtime.native.network import NetworkManager
+from pyapply.runtime.base import Conflict, NetworkConfig, NotFound, PortBinding
+from pyapply.runtime.native import firewall
+from pyapply.runtime.native.network import NetworkManager
 
 pytestmark = pytest.mark.e2e
 
@@ -488,7 +488,7 @@ def test_remove_and_reset_leave_nothing(
 
 ATTACH = """
 import sys
-from runtime.native.network import NetworkManager
+from pyapply.runtime.native.network import NetworkManager
 print(NetworkManager(sys.argv[1]).attach(sys.argv[2], sys.argv[3], sys.argv[4], []))
 """
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from runtime.native import firewall, health, rootfs
-from runtime.native.driver import NativeRuntime
-from runtime.native.network import NetworkManager
-from runtime.native.supervise import pid_alive
+from pyapply.runtime.native import firewall, health, rootfs
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.network import NetworkManager
+from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import REPO_ROOT, http_get, new_stack_name
 from tests.e2e.runtimes import Cli, free_port
 

@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
-from runtime.native.driver import NativeRuntime
-from runtime.native.network import NetworkManager
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import http_get, new_stack_name
 
 pytestmark = pytest.mark.e2e

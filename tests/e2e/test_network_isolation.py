@@ -35,9 +35,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 
-from runtime.native import firewall
-from runtime.native.driver import NativeRuntime
-from runtime.native.network import NetworkManager
+from pyapply.runtime.native import firewall
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import TEST_IMAGE, http_get, new_stack_name
 from tests.e2e.runtimes import RuntimeUnderTest, free_port, import_test_image
 
@@ -558,7 +558,7 @@ def _foreign_rules(ns: str) -> list[str]:
 def test_networks_made_before_the_guards_get_them_at_the_first_look(tmp_path: Path) -> None:
     """A network whose record predates the guards (no `guards` field, no mangle rules, as
     an older pyapply left it) gets its guard rules at the first read of the state, once."""
-    from runtime.base import NetworkConfig
+    from pyapply.runtime.base import NetworkConfig
 
     nm = NetworkManager(tmp_path / "root")
     name = f"{new_stack_name()}_old"

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from runtime.base import (
+from pyapply.runtime.base import (
     Attachment,
     Conflict,
     ContainerConfig,

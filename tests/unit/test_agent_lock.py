@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.history import History
-from reconciler.lock import AgentRunning, agent_holder, agent_lock
+from pyapply.reconciler.agent.history import History
+from pyapply.reconciler.engine.lock import AgentRunning, agent_holder, agent_lock
 
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.api import (
+from pyapply.reconciler.agent.api import (
     AgentBusy,
     AgentClient,
     AgentError,

@@ -1,6 +1,6 @@
 """`pyapply image` and `pyapply system`: argument handling and formatting, without a kernel.
 
-The commands run through `reconciler.cli.run()` as the console script does, on an empty
+The commands run through `reconciler.cli.main.run()` as the console script does, on an empty
 state root under tmp_path (listing, importing a missing file and refusing never touch
 runc, netlink or iptables). Pulls, removals and resets for real are in
 tests/e2e/test_native_system.py.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli
-from reconciler.cli_image import (
+from pyapply.reconciler.cli import main as cli
+from pyapply.reconciler.cli.image import (
     PlainPullProgress,
     RichPullProgress,
     ago,
@@ -34,9 +34,9 @@ from reconciler.cli_image import (
     short_id,
     split_ref,
 )
-from reconciler.cli_system import plural, reset_lines
-from runtime.base import ContainerState
-from runtime.native.images import ImageConfig, ImageRecord, PullProgress
+from pyapply.reconciler.cli.system import plural, reset_lines
+from pyapply.runtime.base import ContainerState
+from pyapply.runtime.native.images import ImageConfig, ImageRecord, PullProgress
 
 ID_A = "sha256:" + "a" * 64
 ID_B = "sha256:" + "b" * 64

@@ -1,5 +1,5 @@
-"""Compose projects (reconciler/compose.py, the project rules in reconciler/manifest.py) and
-`pyapply config` / `pyapply convert` (reconciler/compose_render.py, reconciler/cli_compose.py).
+"""Compose projects (reconciler/manifest/compose.py, the project rules in reconciler/manifest/loader.py) and
+`pyapply config` / `pyapply convert` (reconciler/manifest/dump.py, reconciler/cli/compose.py).
 
 The fixtures under data/compose/ each exercise one part of the Compose Specification; every
 one of them, and every project of the real-world corpus, must survive the round trip: the
@@ -20,9 +20,7 @@ import pytest
 import yaml
 from support import value_paths, write
 
-from reconciler import compose, compose_render, yamlpos
-from reconciler.manifest import Loaded, load
-from reconciler.model import (
+from pyapply.reconciler.core.model import (
     Dependency,
     Healthcheck,
     ManifestError,
@@ -32,6 +30,9 @@ from reconciler.model import (
     ServiceNetwork,
     Stack,
 )
+from pyapply.reconciler.manifest import compose, yamlpos
+from pyapply.reconciler.manifest import dump as compose_render
+from pyapply.reconciler.manifest.loader import Loaded, load
 
 DATA = Path(__file__).parent / "data" / "compose"
 FIXTURES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
@@ -502,7 +503,7 @@ def test_corpus_through_the_command_line(tmp_path: Path) -> None:
 def test_config_and_convert_commands(here: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from reconciler.cli import main
+    from pyapply.reconciler.cli.main import main
 
     monkeypatch.delenv("COMPOSE_PROFILES", raising=False)
     monkeypatch.delenv("COMPOSE_PROJECT_NAME", raising=False)

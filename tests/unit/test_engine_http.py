@@ -23,15 +23,21 @@ from typing import Any
 
 import pytest
 
-from runtime.base import NotFound, PermanentError, RuntimeFailure, TransientError, Unavailable
-from runtime.docker.driver import DockerRuntime, unix_socket_path
-from runtime.docker.engine import (
+from pyapply.runtime.base import (
+    NotFound,
+    PermanentError,
+    RuntimeFailure,
+    TransientError,
+    Unavailable,
+)
+from pyapply.runtime.docker.driver import DockerRuntime, unix_socket_path
+from pyapply.runtime.docker.engine import (
     EngineAPIError,
     EngineConnectError,
     EngineHTTP,
     EngineTransportError,
 )
-from runtime.docker.errors import translate
+from pyapply.runtime.docker.errors import translate
 
 Reply = tuple[int, Any]  # status, JSON body (bytes: sent as is; Raw: the whole response)
 
@@ -492,7 +498,7 @@ def test_which_addresses_take_the_fast_path(address: str, path: str | None) -> N
 
 def test_importing_the_driver_does_not_import_the_sdk() -> None:
     code = (
-        "import sys, reconciler.cli, runtime.docker.driver\n"
+        "import sys, pyapply.reconciler.cli.main, pyapply.runtime.docker.driver\n"
         "print(sorted(m for m in ('docker', 'requests', 'urllib3') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -16,9 +16,9 @@ from types import FrameType
 import pytest
 from test_watch import Recorder, fake_agent
 
-from reconciler.agent import STOP_SIGNALS
-from reconciler.forks import default_signals_in_children
-from reconciler.watch import FileWatcher, Source
+from pyapply.reconciler.agent.agent import STOP_SIGNALS
+from pyapply.reconciler.agent.sources import FileWatcher, Source
+from pyapply.reconciler.engine.forks import default_signals_in_children
 
 # a regression leaves children running the handler instead of ending: fail, do not hang
 pytestmark = pytest.mark.timeout(60)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import identity
-from reconciler.guard import ALLOW_HINT, Emptying, at_risk, emptied, emptying
-from reconciler.manifest import load
-from reconciler.model import Stack
-from runtime.base import ContainerState
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.guard import ALLOW_HINT, Emptying, at_risk, emptied, emptying
+from pyapply.reconciler.core.model import Stack
+from pyapply.reconciler.manifest.loader import load
+from pyapply.runtime.base import ContainerState
 
 IMAGE = "pyapply-test/busybox:latest"
 

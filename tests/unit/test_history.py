@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.history import (
+from pyapply.reconciler.agent.history import (
     AgentHistory,
     AmbiguousRevision,
     BadRevision,
@@ -122,7 +122,7 @@ def test_cli_without_an_agent_reads_and_unpins_the_database(tmp_path: Path) -> N
 
     from click.testing import CliRunner
 
-    from reconciler.cli import main
+    from pyapply.reconciler.cli.main import main
 
     h = History(str(tmp_path))
     h.finish(h.begin("abc123", "subject one", "start"), "succeeded", {}, [])
@@ -283,7 +283,7 @@ def test_damage_that_cannot_be_moved_aside_is_reported_not_raised(
     def refuse(src: str, dst: str) -> None:
         raise PermissionError(1, "Operation not permitted", src)
 
-    monkeypatch.setattr("reconciler.history.os.replace", refuse)
+    monkeypatch.setattr("pyapply.reconciler.agent.history.os.replace", refuse)
     assert h.begin("r", "", "file") == -1
     assert len(failures) == 1 and "cannot move it aside" in failures[0]
     assert "history.db is damaged" in failures[0]
@@ -320,7 +320,7 @@ def test_the_history_filter_takes_ids_and_unambiguous_prefixes(tmp_path: Path) -
 
 
 def test_match_revision_is_pure_and_strict() -> None:
-    from reconciler.revision import is_prefix, match_revision
+    from pyapply.reconciler.manifest.revision import is_prefix, match_revision
 
     known = ["0123456789ab", "0123456789ab+deadbeef", "fedcba987654"]
     assert match_revision("fedcba9", known) == "fedcba987654"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import PermanentError
-from runtime.native import hostbins
-from runtime.native.hostbins import HOST_BINARIES, HostBinary
+from pyapply.runtime.base import PermanentError
+from pyapply.runtime.native import hostbins
+from pyapply.runtime.native.hostbins import HOST_BINARIES, HostBinary
 
 REPO = Path(__file__).resolve().parents[2]
 CODE_DIRS = ("reconciler", "runtime")
@@ -139,8 +139,8 @@ def test_a_non_executable_candidate_is_not_found(tmp_path: Path) -> None:
 
 
 def test_the_container_manager_refuses_before_making_anything(tmp_path: Path) -> None:
-    from runtime.base import ContainerConfig
-    from runtime.native.containers import ContainerManager
+    from pyapply.runtime.base import ContainerConfig
+    from pyapply.runtime.native.containers import ContainerManager
 
     mgr = ContainerManager(tmp_path / "root")
     mgr.init_path = None  # as on a machine without tini

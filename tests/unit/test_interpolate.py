@@ -1,10 +1,10 @@
-"""Compose-style interpolation and `.env` parsing (reconciler/interpolate.py)."""
+"""Compose-style interpolation and `.env` parsing (reconciler/manifest/interpolate.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from reconciler.interpolate import (
+from pyapply.reconciler.manifest.interpolate import (
     DotenvProblem,
     Interpolated,
     InterpolationError,

@@ -32,9 +32,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler import manifest
-from reconciler.manifest import load
-from reconciler.model import ManifestError
+from pyapply.reconciler.core.model import ManifestError
+from pyapply.reconciler.manifest import loader as manifest
+from pyapply.reconciler.manifest.loader import load
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -5,7 +5,7 @@ cleanly) well within a time bound.
 The bounds are correctness bounds against hangs, not benchmarks: measured generously, in CPU
 time (the machine running the suite may be shared), they only fail when the loader does work
 out of proportion to its input. pytest-timeout stops a test that hangs outright (a FIFO read
-blocks without using CPU) instead of letting it stall the suite. The limits themselves live in reconciler/yamlpos.py ("Limits").
+blocks without using CPU) instead of letting it stall the suite. The limits themselves live in reconciler/manifest/yamlpos.py ("Limits").
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from support import write
 
-from reconciler import manifest, yamlpos
-from reconciler.interpolate import parse_dotenv
-from reconciler.manifest import load
-from reconciler.model import ManifestError
+from pyapply.reconciler.core.model import ManifestError
+from pyapply.reconciler.manifest import loader as manifest
+from pyapply.reconciler.manifest import yamlpos
+from pyapply.reconciler.manifest.interpolate import parse_dotenv
+from pyapply.reconciler.manifest.loader import load
 
 pytestmark = pytest.mark.timeout(60)
 

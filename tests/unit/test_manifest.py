@@ -1,5 +1,5 @@
 """Loading manifests: files and directories, YAML positions, interpolation, the schema, the
-normalised model and every error message (reconciler/manifest.py).
+normalised model and every error message (reconciler/manifest/loader.py).
 
 Most tests write small manifests into a temporary directory and `chdir` there, so that error
 messages name `stack.yaml` exactly as a user would see them.
@@ -21,9 +21,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from support import value_paths, write
 
-from reconciler import manifest
-from reconciler.manifest import Loaded, load
-from reconciler.model import (
+from pyapply.reconciler.core.model import (
     ConfigSpec,
     Dependency,
     FileRef,
@@ -42,6 +40,8 @@ from reconciler.model import (
     UpdateConfig,
     VolumeSpec,
 )
+from pyapply.reconciler.manifest import loader as manifest
+from pyapply.reconciler.manifest.loader import Loaded, load
 
 DATA = Path(__file__).parent / "data" / "manifests"
 CORPUS_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "compose"
@@ -1469,7 +1469,7 @@ def test_unsupported_fields_warn(here: Path) -> None:
 
 def test_schemas_are_valid_and_packaged() -> None:
     for name in ("stack", "compose"):
-        text = (resources.files("schemas") / "v1" / f"{name}.schema.json").read_text()
+        text = (resources.files("pyapply.schemas") / "v1" / f"{name}.schema.json").read_text()
         Draft202012Validator.check_schema(json.loads(text))
         assert manifest.schema(name) == json.loads(text)
 

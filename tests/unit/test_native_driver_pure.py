@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.base import HealthConfig
-from runtime.native.driver import Names, image_health
+from pyapply.runtime.base import HealthConfig
+from pyapply.runtime.native.driver import Names, image_health
 
 
 def test_image_healthcheck_uses_dockers_defaults_for_zero() -> None:
@@ -48,14 +48,14 @@ def test_names_resolve_renamed_and_shadowed_keys() -> None:
 def test_mac_follows_the_address() -> None:
     from ipaddress import IPv4Address
 
-    from runtime.native.network import mac_for
+    from pyapply.runtime.native.network import mac_for
 
     assert mac_for(IPv4Address("10.89.0.2")) == "02:42:0a:59:00:02"
     assert mac_for(IPv4Address("172.16.255.1")) == "02:42:ac:10:ff:01"
 
 
 def test_partial_lines_are_joined_per_stream(tmp_path: Path) -> None:
-    from runtime.native.supervise import read_log
+    from pyapply.runtime.native.supervise import read_log
 
     log = tmp_path / "ctr.log"
     log.write_bytes(

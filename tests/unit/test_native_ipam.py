@@ -7,9 +7,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from runtime.base import Conflict, PermanentError, PortBinding
-from runtime.native import firewall
-from runtime.native.ipam import Ipam
+from pyapply.runtime.base import Conflict, PermanentError, PortBinding
+from pyapply.runtime.native import firewall
+from pyapply.runtime.native.ipam import Ipam
 
 
 def test_subnets_come_from_the_pool_one_block_each() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
-from runtime.base import PortBinding
-from runtime.native import firewall
-from runtime.native.netlink import dump_links_and_addrs
-from runtime.native.network import (
+from pyapply.runtime.base import PortBinding
+from pyapply.runtime.native import firewall
+from pyapply.runtime.native.netlink import dump_links_and_addrs
+from pyapply.runtime.native.network import (
     KernelView,
     Link,
     endpoint_faults,

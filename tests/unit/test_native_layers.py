@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import NotFound, PermanentError, TransientError
-from runtime.native.images import ImageStore
-from runtime.native.layers import (
+from pyapply.runtime.base import NotFound, PermanentError, TransientError
+from pyapply.runtime.native.images import ImageStore
+from pyapply.runtime.native.layers import (
     BlobStore,
     DigestMismatch,
     UnsafeLayerError,
     diff_id_of,
     unpack_layer,
 )
-from runtime.native.registry import (
+from pyapply.runtime.native.registry import (
     Platform,
     RegistryClient,
     docker_config_credentials,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from runtime.base import ContainerConfig, HealthConfig, MountConfig, PermanentError, Ulimit
-from runtime.native import health, oci, seccomp
+from pyapply.runtime.base import ContainerConfig, HealthConfig, MountConfig, PermanentError, Ulimit
+from pyapply.runtime.native import health, oci, seccomp
 
 CID = "0123456789abcdef" * 4
 PASSWD = """\
@@ -506,7 +506,7 @@ def test_health_log_is_bounded() -> None:
 
 
 def test_overlay_options_top_layer_first() -> None:
-    from runtime.native.rootfs import overlay_options
+    from pyapply.runtime.native.rootfs import overlay_options
 
     data = overlay_options(["/l/base", "/l/mid", "/l/top"], "/c/upper", "/c/work")
     assert data == "lowerdir=/l/top:/l/mid:/l/base,upperdir=/c/upper,workdir=/c/work"
@@ -516,14 +516,14 @@ def test_overlay_options_top_layer_first() -> None:
     "layers", [[], ["/l/a:b"], ["/l/a,b"], [f"/l/{i:0100d}" for i in range(50)]]
 )
 def test_overlay_options_refused(layers: list[str]) -> None:
-    from runtime.native.rootfs import overlay_options
+    from pyapply.runtime.native.rootfs import overlay_options
 
     with pytest.raises(PermanentError):
         overlay_options(layers, "/c/upper", "/c/work")
 
 
 def test_hosts_and_resolv_text() -> None:
-    from runtime.native.containers import hosts_text, resolv_text
+    from pyapply.runtime.native.containers import hosts_text, resolv_text
 
     text = hosts_text("web1", [("10.89.0.2", ["db", "db-1"])])
     assert text.startswith("127.0.0.1\tlocalhost\n")

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from runtime.base import Conflict
-from runtime.native.containers import ContainerManager
-from runtime.native.driver import NativeRuntime
-from runtime.native.health import read_document, read_status
-from runtime.native.images import ImageStore
-from runtime.native.ipam import Ipam
-from runtime.native.network import NetworkManager
-from runtime.native.statefile import (
+from pyapply.runtime.base import Conflict
+from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.health import read_document, read_status
+from pyapply.runtime.native.images import ImageStore
+from pyapply.runtime.native.ipam import Ipam
+from pyapply.runtime.native.network import NetworkManager
+from pyapply.runtime.native.statefile import (
     DamagedState,
     integer,
     ipv4_network,
@@ -304,7 +304,7 @@ def test_damaged_image_index_is_an_error(tmp_path: Path, text: str, reason: str)
 
 @pytest.mark.parametrize("text", ["[]", "{}", '{"labels": []}', "garbage"])
 def test_damaged_volume_meta_shows_missing_and_create_repairs_it(tmp_path: Path, text: str) -> None:
-    from runtime.base import VolumeConfig
+    from pyapply.runtime.base import VolumeConfig
 
     rt = NativeRuntime(tmp_path)
     rt.create_volume(VolumeConfig(name="s_data", labels={"io.pyapply.stack": "s"}))

@@ -16,11 +16,9 @@ import jsonschema
 import pytest
 from fakes import FakeRuntime
 
-from reconciler import identity
-from reconciler.diff import diff
-from reconciler.execute import Executor, Settings
-from reconciler.loop import observe
-from reconciler.model import (
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.diff import diff
+from pyapply.reconciler.core.model import (
     Healthcheck,
     Mount,
     NetworkSpec,
@@ -30,10 +28,12 @@ from reconciler.model import (
     UpdateConfig,
     VolumeSpec,
 )
-from reconciler.plan import Plan, build
-from reconciler.render import plan_text, plans_json
-from reconciler.translate import desired_state
-from runtime.base import ImageInfo
+from pyapply.reconciler.core.plan import Plan, build
+from pyapply.reconciler.core.translate import desired_state
+from pyapply.reconciler.engine.execute import Executor, Settings
+from pyapply.reconciler.engine.reconcile import observe
+from pyapply.reconciler.view.plan_text import plan_text, plans_json
+from pyapply.runtime.base import ImageInfo
 
 IMAGE = "registry.local/busybox:1"
 N = "shop-web-1"
@@ -162,7 +162,9 @@ def test_next_only_takes_the_name_back_first(rt: FakeRuntime) -> None:
     [adopt] = plan.actions
     assert (adopt.id, adopt.new_name) == (f"container:{T}:adopt", N)
     assert f"~ container {T}: rename (finishing an interrupted" in plan_text(plan)
-    schema = json.loads(resources.files("schemas").joinpath("v1/plan.schema.json").read_text())
+    schema = json.loads(
+        resources.files("pyapply.schemas").joinpath("v1/plan.schema.json").read_text()
+    )
     jsonschema.Draft202012Validator(schema).validate(plans_json([plan]))
     run(rt, plan)
     assert sorted(rt.containers) == [N] and rt.containers[N].id == "next"

@@ -15,10 +15,10 @@ import pytest
 from fakes import FakeRuntime
 from test_reconcile import IMAGE, plan_of, web_db_stack
 
-from reconciler.lock import LockTimeout, host_lock
-from reconciler.render import plan_text, plans_json
-from reconciler.revision import identify
-from runtime.base import ImageInfo
+from pyapply.reconciler.engine.lock import LockTimeout, host_lock
+from pyapply.reconciler.manifest.revision import identify
+from pyapply.reconciler.view.plan_text import plan_text, plans_json
+from pyapply.runtime.base import ImageInfo
 
 
 def test_second_holder_waits_then_gives_up(tmp_path: Path) -> None:
@@ -55,7 +55,7 @@ def test_waiter_gets_the_lock_when_released(tmp_path: Path) -> None:
 def test_lock_is_released_when_the_holder_is_killed(tmp_path: Path) -> None:
     code = (
         "import sys, time\n"
-        "from reconciler.lock import host_lock\n"
+        "from pyapply.reconciler.engine.lock import host_lock\n"
         f"with host_lock({str(tmp_path)!r}, timeout_s=1):\n"
         "    print('held', flush=True); time.sleep(60)\n"
     )
@@ -97,7 +97,7 @@ def test_plan_text_marks_and_redacts() -> None:
     assert "  + container shop-web-1: create (missing)" in text
     assert "plan: 6 to create" in text
     # a recreate shows the fields, with secret-looking values redacted
-    from reconciler.execute import Executor, Settings
+    from pyapply.reconciler.engine.execute import Executor, Settings
 
     Executor(rt, Settings(sleep=lambda s: None)).run(plan)
     stack = web_db_stack()
@@ -118,14 +118,16 @@ def test_plan_text_marks_and_redacts() -> None:
     assert "hunter" not in text2
     doc = plans_json([plan2])
     assert "hunter" not in json.dumps(doc)
-    schema = json.loads(resources.files("schemas").joinpath("v1/plan.schema.json").read_text())
+    schema = json.loads(
+        resources.files("pyapply.schemas").joinpath("v1/plan.schema.json").read_text()
+    )
     jsonschema.Draft202012Validator(schema).validate(doc)
     assert doc["drift"] is True
 
 
 def test_secret_from_dotenv_reaches_the_materialised_file(tmp_path: Path) -> None:
-    from reconciler.loop import desired_for
-    from reconciler.manifest import load
+    from pyapply.reconciler.engine.reconcile import desired_for
+    from pyapply.reconciler.manifest.loader import load
 
     (tmp_path / ".env").write_text("TOKEN=from-dotenv\n")
     (tmp_path / "stack.yaml").write_text(
@@ -148,9 +150,9 @@ def test_secret_from_dotenv_reaches_the_materialised_file(tmp_path: Path) -> Non
 def test_secret_modes_and_owners_are_files_of_their_own(tmp_path: Path) -> None:
     """A bind mount shows the host file's mode and owner: each (mode, uid, gid) a service
     asks for is materialised apart, secrets default to 0400 and configs to 0444."""
-    from reconciler.execute import write_file_atomic
-    from reconciler.loop import desired_for
-    from reconciler.manifest import load
+    from pyapply.reconciler.engine.execute import write_file_atomic
+    from pyapply.reconciler.engine.reconcile import desired_for
+    from pyapply.reconciler.manifest.loader import load
 
     (tmp_path / "stack.yaml").write_text(
         "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: sec}\nspec:\n"
@@ -183,7 +185,7 @@ def test_secret_modes_and_owners_are_files_of_their_own(tmp_path: Path) -> None:
 
 
 def test_file_owner_must_be_numeric(tmp_path: Path) -> None:
-    from reconciler.manifest import ManifestError, load
+    from pyapply.reconciler.manifest.loader import ManifestError, load
 
     (tmp_path / "stack.yaml").write_text(
         "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: sec}\nspec:\n"

@@ -1,4 +1,4 @@
-"""The policy (reconciler/policy.py): every rule allowed and denied, located findings, the
+"""The policy (reconciler/manifest/policy.py): every rule allowed and denied, located findings, the
 built-in policies, policy files and their located errors, and the loader's file guard.
 
 Each test writes a small manifest into a scratch working directory (`here`), loads it with
@@ -19,10 +19,17 @@ import pytest
 from jsonschema import Draft202012Validator
 from support import write
 
-from reconciler import policy as pol
-from reconciler.manifest import load
-from reconciler.model import ManifestError
-from reconciler.policy import Finding, Policy, PolicyError, RuleSetting, check, load_policy
+from pyapply.reconciler.core.model import ManifestError
+from pyapply.reconciler.manifest import policy as pol
+from pyapply.reconciler.manifest.loader import load
+from pyapply.reconciler.manifest.policy import (
+    Finding,
+    Policy,
+    PolicyError,
+    RuleSetting,
+    check,
+    load_policy,
+)
 
 RESTRICTED = pol.builtin("restricted")
 WARN = pol.builtin("warn")

@@ -13,11 +13,9 @@ from collections.abc import Callable
 import pytest
 from fakes import FakeRuntime
 
-from reconciler import identity
-from reconciler.diff import diff, teardown
-from reconciler.execute import Executor, Settings
-from reconciler.loop import observe
-from reconciler.model import (
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.diff import diff, teardown
+from pyapply.reconciler.core.model import (
     Dependency,
     Healthcheck,
     Mount,
@@ -30,9 +28,11 @@ from reconciler.model import (
     UpdateConfig,
     VolumeSpec,
 )
-from reconciler.plan import Plan, build, build_teardown
-from reconciler.translate import Desired, desired_state
-from runtime.base import Fault, ImageInfo
+from pyapply.reconciler.core.plan import Plan, build, build_teardown
+from pyapply.reconciler.core.translate import Desired, desired_state
+from pyapply.reconciler.engine.execute import Executor, Settings
+from pyapply.reconciler.engine.reconcile import observe
+from pyapply.runtime.base import Fault, ImageInfo
 
 IMAGE = "registry.local/busybox:1"
 

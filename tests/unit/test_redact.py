@@ -8,14 +8,14 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from reconciler.diff import Change, FieldDiff
-from reconciler.history import History
-from reconciler.loop import redactor_for
-from reconciler.model import SecretSpec, ServiceSpec, Stack
-from reconciler.plan import Plan
-from reconciler.redact import HIDDEN, MASK, MIN_SECRET_LENGTH, NO_SECRETS, Redactor
-from reconciler.render import plan_json, plan_text
-from reconciler.translate import desired_state
+from pyapply.reconciler.agent.history import History
+from pyapply.reconciler.core.diff import Change, FieldDiff
+from pyapply.reconciler.core.model import SecretSpec, ServiceSpec, Stack
+from pyapply.reconciler.core.plan import Plan
+from pyapply.reconciler.core.redact import HIDDEN, MASK, MIN_SECRET_LENGTH, NO_SECRETS, Redactor
+from pyapply.reconciler.core.translate import desired_state
+from pyapply.reconciler.engine.reconcile import redactor_for
+from pyapply.reconciler.view.plan_text import plan_json, plan_text
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -185,7 +185,7 @@ def test_an_old_history_db_is_moved_apart_and_vacuumed(tmp_path: Path) -> None:
 def test_agent_log_lines_are_redacted_in_both_formats() -> None:
     import logging
 
-    from reconciler.agent import JsonFormatter, PlainFormatter, log_redaction
+    from pyapply.reconciler.agent.agent import JsonFormatter, PlainFormatter, log_redaction
 
     secret = 'qu"ote\\back-ünï'  # JSON would escape all of these
     record = logging.LogRecord("pyapply.agent", logging.ERROR, __file__, 1, "x %s", (secret,), None)

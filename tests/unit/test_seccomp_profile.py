@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from runtime.base import PermanentError
-from runtime.native import oci, seccomp
+from pyapply.runtime.base import PermanentError
+from pyapply.runtime.native import oci, seccomp
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS_DEFAULT = REPO.parent / "shared" / "corpus"

@@ -1,7 +1,7 @@
 """`security_opt` in manifests: seccomp=unconfined, seccomp=FILE (a profile in Docker's
 format, relative to the manifest), no-new-privileges, and the located errors of a bad
-profile (reconciler/manifest.py, reconciler/seccomp_file.py), through to the container
-config both runtimes receive (reconciler/translate.py) and the compose rendering.
+profile (reconciler/manifest/loader.py, reconciler/manifest/seccomp_file.py), through to the container
+config both runtimes receive (reconciler/core/translate.py) and the compose rendering.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from support import write
 
-from reconciler import compose_render, translate
-from reconciler.manifest import Loaded, load
-from reconciler.model import ManifestError, Stack
+from pyapply.reconciler.core import translate
+from pyapply.reconciler.core.model import ManifestError, Stack
+from pyapply.reconciler.manifest import dump as compose_render
+from pyapply.reconciler.manifest.loader import Loaded, load
 
 DENY_MKDIR = {
     "defaultAction": "SCMP_ACT_ALLOW",

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import execute
-from reconciler.history import History, materialise
-from reconciler.lock import host_lock
-from runtime.base import VolumeConfig
-from runtime.native import health, network
-from runtime.native.containers import ContainerManager
-from runtime.native.driver import NativeRuntime
-from runtime.native.images import ImageStore
-from runtime.statefs import atomic_write, dirs_bottom_up, open_private, private_dir, rmtree
+from pyapply.reconciler.agent.history import History, materialise
+from pyapply.reconciler.engine import execute
+from pyapply.reconciler.engine.lock import host_lock
+from pyapply.runtime.base import VolumeConfig
+from pyapply.runtime.native import health, network
+from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.images import ImageStore
+from pyapply.runtime.statefs import atomic_write, dirs_bottom_up, open_private, private_dir, rmtree
 
 
 def mode(path: str | os.PathLike[str]) -> int:

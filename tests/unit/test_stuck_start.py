@@ -14,15 +14,15 @@ import dataclasses
 import pytest
 from fakes import FakeRuntime
 
-from reconciler.diff import diff
-from reconciler.execute import ActionResult, Executor, Outcome, Settings
-from reconciler.loop import observe
-from reconciler.model import ServiceSpec, Stack
-from reconciler.plan import Plan, build
-from reconciler.render import result_line
-from reconciler.translate import desired_state
-from runtime.base import ImageInfo, PermanentError, Stuck, TransientError
-from runtime.docker.errors import classify_api_error
+from pyapply.reconciler.core.diff import diff
+from pyapply.reconciler.core.model import ServiceSpec, Stack
+from pyapply.reconciler.core.plan import Plan, build
+from pyapply.reconciler.core.translate import desired_state
+from pyapply.reconciler.engine.execute import ActionResult, Executor, Outcome, Settings
+from pyapply.reconciler.engine.reconcile import observe
+from pyapply.reconciler.view.plan_text import result_line
+from pyapply.runtime.base import ImageInfo, PermanentError, Stuck, TransientError
+from pyapply.runtime.docker.errors import classify_api_error
 
 IMAGE = "registry.local/busybox:1"
 STACK = Stack(name="shop", services=(ServiceSpec(name="web", image=IMAGE),))

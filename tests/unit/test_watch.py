@@ -14,11 +14,17 @@ from typing import Any
 import pytest
 from fakes import FakeRuntime
 
-from reconciler.agent import Agent, AgentOptions, Triggers
-from reconciler.api import AgentClient, Api
-from reconciler.policy import builtin
-from reconciler.watch import Backoff, EventWatcher, FileWatcher, Source, directory_revision
-from runtime.base import ImageInfo
+from pyapply.reconciler.agent.agent import Agent, AgentOptions, Triggers
+from pyapply.reconciler.agent.api import AgentClient, Api
+from pyapply.reconciler.agent.sources import (
+    Backoff,
+    EventWatcher,
+    FileWatcher,
+    Source,
+    directory_revision,
+)
+from pyapply.reconciler.manifest.policy import builtin
+from pyapply.runtime.base import ImageInfo
 
 IMAGE = "pyapply-test/busybox:latest"
 
@@ -426,7 +432,7 @@ def test_a_second_agent_refuses_a_live_socket(tmp_path: Path) -> None:
 
 
 def test_metrics_count_passes_and_actions(tmp_path: Path) -> None:
-    from reconciler.metrics import Metrics
+    from pyapply.reconciler.agent.metrics import Metrics
 
     d = tmp_path / "d"
     d.mkdir()
@@ -448,7 +454,7 @@ def test_metrics_count_passes_and_actions(tmp_path: Path) -> None:
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from reconciler.agent import setup_logging
+    from pyapply.reconciler.agent.agent import setup_logging
 
     setup_logging("json")
     try:
@@ -531,7 +537,7 @@ def test_what_the_agent_does_with_a_dead_container(
 
 
 def test_deaths_the_agent_causes_are_not_crashes() -> None:
-    from reconciler.agent import OwnStops
+    from pyapply.reconciler.agent.agent import OwnStops
 
     own = OwnStops(grace_s=0.2)
     rec = Recorder()

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from runtime.base import PermanentError
+from pyapply.runtime.base import PermanentError
 
 UNCONFINED = "unconfined"
 

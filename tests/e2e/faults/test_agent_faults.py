@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.api import AgentClient, AgentError, AgentUnavailable
+from pyapply.reconciler.agent.api import AgentClient, AgentError, AgentUnavailable
 from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest
 from tests.e2e.test_agent import AgentProc, Repo, git, label, running, stack_yaml, wait_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import ContainerState
+from pyapply.runtime.base import ContainerState
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest, free_port
 from tests.e2e.test_agent import AgentProc, Repo, finished, running, stack_yaml, wait_for

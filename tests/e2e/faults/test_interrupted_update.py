@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.loop import desired_for, plan_stack
-from reconciler.manifest import load
-from reconciler.plan import Plan
-from runtime.base import ContainerState, Runtime
+from pyapply.reconciler.core.plan import Plan
+from pyapply.reconciler.engine.reconcile import desired_for, plan_stack
+from pyapply.reconciler.manifest.loader import load
+from pyapply.runtime.base import ContainerState, Runtime
 from tests.e2e.runtimes import PYAPPLY, Cli, RuntimeUnderTest
 
 pytestmark = pytest.mark.e2e

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from runtime.native import firewall, health
-from runtime.native.driver import NativeRuntime
-from runtime.native.supervise import pid_alive
+from pyapply.runtime.native import firewall, health
+from pyapply.runtime.native.driver import NativeRuntime
+from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import Cli, RuntimeUnderTest
 

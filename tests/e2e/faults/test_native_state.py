@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.base import Conflict, NetworkConfig
-from runtime.native.network import NetworkManager
+from pyapply.runtime.base import Conflict, NetworkConfig
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import TEST_IMAGE, Workdir
 from tests.e2e.runtimes import NativeUnderTest, RuntimeUnderTest
 

@@ -1,0 +1,1 @@
+"""The watch agent: triggers, sources, status, history, metrics, API."""

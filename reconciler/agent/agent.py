@@ -1,0 +1,1026 @@
+"""The watch agent: triggers in, one reconcile pass at a time, history out.
+
+Triggers -- file changes, the resync timer, runtime events, API requests -- go into one
+`Triggers` set. The main thread takes everything pending and runs one pass; whatever
+arrives during a pass is coalesced into exactly one more pass. Each pass holds the
+host-wide lock that `pyapply apply` takes, so the agent and the CLI never act at once.
+
+A pass:
+1. picks what to apply: the pinned revision (after `rollback`) from the history, else one
+   snapshot of the source;
+2. skips it when only files changed and that revision was already attempted;
+3. loads it; a revision that fails to load, or that would leave a stack that has
+   containers with none (`reconciler.core.guard`), is recorded as failed/refused and the last
+   good revision stays the desired state (self-healing goes on with it);
+4. applies every stack through `loop.apply_stack` (the CLI's pass), recording a history
+   entry when the revision is new, something was done, or someone asked.
+
+The history is never a single point of failure (`AgentHistory`): a damaged database is
+moved aside and started afresh, and a record that cannot be written is logged and counted
+while the pass goes on.
+
+SIGTERM stops the trigger sources, cancels the executor (running actions finish, no new
+ones start), and the agent exits 0 once the pass is over.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from pyapply.reconciler.agent.history import (
+    AgentHistory,
+    HistoryError,
+    Reset,
+    UnknownRevision,
+    materialise,
+    snapshot_files,
+)
+from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
+from pyapply.reconciler.core.model import ManifestError
+from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
+from pyapply.reconciler.core.translate import Desired
+from pyapply.reconciler.engine.forks import default_signals_in_children
+from pyapply.reconciler.engine.lock import LockTimeout, host_lock
+from pyapply.reconciler.engine.reconcile import (
+    ApplyOptions,
+    PassError,
+    StackResult,
+    apply_stack,
+    desired_for,
+    observe,
+    plan_down,
+    plan_stack,
+    redactor_for,
+)
+from pyapply.reconciler.manifest.loader import Loaded, load
+from pyapply.reconciler.manifest.policy import Policy, builtin, check
+from pyapply.reconciler.manifest.revision import Revision
+from pyapply.reconciler.version import __version__
+from pyapply.runtime.base import Runtime, RuntimeFailure
+
+if TYPE_CHECKING:
+    from pyapply.reconciler.agent.metrics import Metrics
+    from pyapply.reconciler.engine.execute import ActionResult, Executor
+
+log = logging.getLogger("pyapply.agent")
+
+# The signals that stop the agent (a forked child gets their default action back).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# Triggers that ask for a pass even when the revision was already attempted.
+FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+
+
+class LogRedaction:
+    """The redactor the agent's log lines go through; the agent widens it as it learns the
+    secrets of the stacks it loads (one per process, like the logging set-up itself)."""
+
+    def __init__(self) -> None:
+        self.redactor: Redactor = NO_SECRETS
+
+    def use(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+
+log_redaction = LogRedaction()
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            doc.update(fields)
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        # redacted before serialising: JSON escapes would hide a secret from the pattern
+        doc = log_redaction.redactor.value(json.loads(json.dumps(doc, default=str)))
+        return json.dumps(doc)
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return log_redaction.redactor.text(super().format(record))
+
+
+def setup_logging(fmt: str, level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
+    root = logging.getLogger("pyapply")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _info(msg: str, **fields: Any) -> None:
+    log.info(msg, extra={"fields": fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# Triggers
+
+
+class Triggers:
+    """A coalescing set of pending reasons, plus pass counters for "wait until done"."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: set[str] = set()
+        self._closed = False
+        self.started = 0  # passes that took their triggers
+        self.completed = 0
+
+    def put(self, reason: str) -> int:
+        """Queue a reason; returns the number of the pass that will cover it."""
+        with self._cond:
+            if self._closed:
+                return -1
+            self._pending.add(reason)
+            self._cond.notify_all()
+            return self.started + 1
+
+    def take(self, timeout: float) -> set[str]:
+        """Wait up to `timeout` for reasons; take them all (empty on timeout or close)."""
+        with self._cond:
+            if not self._pending and not self._closed:
+                self._cond.wait(max(0.0, timeout))
+            if self._closed:
+                return set()
+            taken, self._pending = self._pending, set()
+            if taken:
+                self.started += 1
+            return taken
+
+    def done(self) -> None:
+        with self._cond:
+            self.completed += 1
+            self._cond.notify_all()
+
+    def wait_for(self, ticket: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.completed < ticket and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return self.completed >= ticket
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent
+
+
+@dataclass
+class AgentOptions:
+    interval_s: float = 60.0
+    jitter: float = 0.1
+    debounce_s: float = 0.5
+    poll_s: float = 10.0
+    allow_empty: bool = False
+    apply: ApplyOptions = field(default_factory=ApplyOptions)
+    runtime_events: bool = True
+    # what the watched manifests may ask of the host: a revision with an ask this policy
+    # denies is refused (recorded as failed, nothing applied)
+    policy: Policy = field(default_factory=lambda: builtin("restricted"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one pass applies: a loaded revision and where its files are."""
+
+    revision: Revision
+    directory: str
+    loaded: Loaded
+    pinned: bool = False
+
+
+@dataclass
+class LastPass:
+    revision: str = ""
+    trigger: str = ""
+    outcome: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    errors: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    history_id: int | None = None
+
+
+# actions that stop or remove a container: the runtime reports its death, which is ours
+STOPPING_OPS = frozenset({"remove", "restart"})
+
+
+class OwnStops:
+    """The containers the agent itself is stopping or removing (and did until `grace_s`
+    ago), so that their death events do not count as crashes nor cause another pass."""
+
+    def __init__(self, grace_s: float = 2.0) -> None:
+        self.grace_s = grace_s
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        self._ended: dict[str, float] = {}
+
+    def begin(self, name: str) -> None:
+        with self._lock:
+            self._active[name] = self._active.get(name, 0) + 1
+
+    def end(self, name: str) -> None:
+        with self._lock:
+            left = self._active.get(name, 0) - 1
+            if left > 0:
+                self._active[name] = left
+            else:
+                self._active.pop(name, None)
+            self._ended[name] = time.monotonic()
+
+    def __call__(self, name: str) -> bool:
+        with self._lock:
+            if name in self._active:
+                return True
+            ended = self._ended.get(name)
+            if ended is None:
+                return False
+            if time.monotonic() - ended > self.grace_s:
+                del self._ended[name]
+                return False
+            return True
+
+
+class Reporter:
+    """Logs each action and counts it for the metrics."""
+
+    def __init__(self, metrics: Metrics | None, own: OwnStops | None = None) -> None:
+        self.metrics = metrics
+        self.own = own
+
+    def started(self, action: Action) -> None:
+        if self.own is not None and action.op in STOPPING_OPS:
+            self.own.begin(action.target)
+        _info(
+            f"{action.op} {action.target}: {action.reason}", action=action.op, target=action.target
+        )
+
+    def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
+        log.warning(
+            "%s %s: attempt %d failed (%s); retrying in %.1fs",
+            action.op,
+            action.target,
+            attempt,
+            error,
+            delay,
+        )
+
+    def finished(self, result: ActionResult) -> None:
+        if self.own is not None and result.action.op in STOPPING_OPS:
+            self.own.end(result.action.target)
+        if self.metrics is not None:
+            self.metrics.action(result.action.op, result.status)
+        if result.status != "done":
+            log.warning(
+                "%s %s: %s (%s)",
+                result.action.op,
+                result.action.target,
+                result.status,
+                result.error,
+            )
+
+
+class Agent:
+    def __init__(
+        self,
+        source: Source,
+        root: str,
+        options: AgentOptions,
+        open_runtime: Callable[[], Runtime],
+        *,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.source = source
+        self.root = root
+        self.options = options
+        self.open_runtime = open_runtime
+        self.metrics = metrics
+        self.history_resets: list[Reset] = []
+        self.history_failures = 0
+        self.history_last_failure: str | None = None
+        self.history = AgentHistory(
+            root, on_reset=self._history_reset, on_failure=self._history_failure
+        )
+        self.triggers = Triggers()
+        self.runtime = open_runtime()
+        self.started_at = time.time()
+        self.pid = os.getpid()
+        self.stopping = threading.Event()
+        self.running = threading.Event()  # a pass is in progress
+        self._executor: Executor | None = None
+        self._state_lock = threading.Lock()
+        self.good: Target | None = None  # the last revision that loaded (the desired state)
+        self.desired: list[Desired] = []
+        self.attempted: str | None = None  # the last revision a pass was made for
+        self.rejected: dict[str, list[str]] = {}  # revision -> why it was not applied
+        # the last revision not applied, for the status: (revision, outcome, when, errors)
+        self.last_rejected: tuple[str, str, float, list[str]] | None = None
+        self.last = LastPass()
+        self.source_revision: str | None = None
+        self.own_stops = OwnStops()
+        self.file_watcher: FileWatcher | None = None
+        self.event_watcher: EventWatcher | None = None
+        # the secrets of every stack loaded so far (a rotated secret's old value stays
+        # hidden too): what the logs, the API and the history records never show
+        self.redactor: Redactor = NO_SECRETS
+
+    # -- the record is never a single point of failure ---------------------------------------
+
+    def _history_reset(self, reset: Reset) -> None:
+        self.history_resets.append(reset)
+        if self.metrics is not None:
+            self.metrics.history_reset(os.path.basename(reset.path))
+        log.error(
+            "HISTORY RESET: %s is damaged (%s); moved aside to %s and a new one started. "
+            "Past passes%s are in the moved file; reconciling goes on",
+            reset.path,
+            reset.reason,
+            reset.moved_to,
+            " and rollback targets" if reset.path.endswith("revisions.db") else "",
+            extra={"fields": {"history_reset": reset.to_json()}},
+        )
+
+    def _history_failure(self, what: str, exc: HistoryError) -> None:
+        self.history_failures += 1
+        self.history_last_failure = f"{what}: {exc}"
+        if self.metrics is not None:
+            self.metrics.history_failure(what)
+        log.error(
+            "history: cannot %s (%s); the pass goes on without it",
+            what,
+            exc,
+            extra={"fields": {"history_failure": what}},
+        )
+
+    def learn_secrets(self, redactor: Redactor) -> None:
+        self.redactor = self.redactor.union(redactor)
+        log_redaction.use(self.redactor)
+
+    # -- requests from the API (any thread) -----------------------------------------------
+
+    def request(self, reason: str) -> int:
+        return self.triggers.put(reason)
+
+    def rollback(self, revision: str) -> tuple[str, int]:
+        full = self.history.resolve(revision)
+        self.history.pin(full)
+        _info(f"rollback to {full} requested: pinned until resume", revision=full)
+        return full, self.request("rollback")
+
+    def resume(self) -> int:
+        self.history.pin(None)
+        _info("resume requested: following the source again")
+        return self.request("resume")
+
+    # -- the main loop (main thread) ------------------------------------------------------
+
+    def install_signals(self) -> None:
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            self.shutdown(f"signal {signal.Signals(signum).name}")
+
+        # children forked by libraries (pyroute2, for netns work) must not run these
+        default_signals_in_children(STOP_SIGNALS, faulthandler_signals=(signal.SIGUSR1,))
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, on_term)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread dump on demand
+
+    def shutdown(self, why: str) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child: the agent, its watchers and its log are not its own
+        if self.stopping.is_set():
+            return
+        _info(f"{why}: stopping (the running action, if any, finishes first)")
+        self.stopping.set()
+        self.triggers.close()
+        executor = self._executor
+        if executor is not None:
+            executor.cancel()
+        for watcher in (self.file_watcher, self.event_watcher):
+            if watcher is not None:
+                watcher.stop()
+
+    def start_watchers(self) -> None:
+        self.file_watcher = FileWatcher(
+            self.source,
+            self.request,
+            debounce_s=self.options.debounce_s,
+            poll_s=self.options.poll_s,
+        )
+        self.file_watcher.start()
+        if self.options.runtime_events:
+            self.event_watcher = EventWatcher(
+                self.open_runtime, self.request, self.history.managed_stacks, ours=self.own_stops
+            )
+            self.event_watcher.start()
+
+    def next_resync(self) -> float:
+        spread = self.options.interval_s * self.options.jitter
+        return time.monotonic() + self.options.interval_s + random.uniform(-spread, spread)
+
+    def run(self) -> int:
+        pruned = self.history.prune()
+        if pruned:
+            log.info("history: %d old pass(es) pruned", pruned)
+        interrupted = self.history.close_running()
+        if interrupted:
+            log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
+        _info(
+            f"watching {self.source.path} ({self.source.kind}), resync every "
+            f"{self.options.interval_s:g}s",
+            source=self.source.path,
+            kind=self.source.kind,
+            pinned=self.history.pinned(),
+        )
+        self.start_watchers()
+        self.request("start")
+        resync_at = self.next_resync()
+        while not self.stopping.is_set():
+            reasons = self.triggers.take(resync_at - time.monotonic())
+            if self.stopping.is_set():
+                break
+            if not reasons:
+                if time.monotonic() < resync_at:
+                    continue
+                self.triggers.put("resync")
+                reasons = self.triggers.take(0)
+                if not reasons:
+                    break  # closed meanwhile
+            if "resync" in reasons or any(r.split(":")[0] in FORCING for r in reasons):
+                resync_at = self.next_resync()  # any full pass repairs drift: restart the timer
+            try:
+                self.running.set()
+                self.reconcile(reasons)
+            except Exception:
+                log.exception("pass failed unexpectedly")
+            finally:
+                self.running.clear()
+                self.triggers.done()
+        _info("stopped")
+        for watcher in (self.file_watcher, self.event_watcher):
+            if watcher is not None:
+                watcher.stop()
+        return 0
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def pick(self) -> tuple[Snapshot, bool]:
+        """The snapshot to apply now and whether it is a pinned one."""
+        pinned = self.history.pinned()
+        if pinned:
+            directory = os.path.join(self.root, "agent", "pinned", pinned.replace("/", "_"))
+            if self.good is not None and self.good.directory == directory:
+                return Snapshot(directory, self.good.revision), True
+            try:
+                full, subject, files = self.history.revision_files(pinned)
+            except (HistoryError, UnknownRevision) as exc:
+                # its files went with a damaged revisions.db: following the source is the
+                # only desired state left (the pin would otherwise stop all reconciling)
+                log.error(
+                    "the pinned revision %s cannot be read (%s): unpinned, following the "
+                    "source again",
+                    pinned,
+                    exc,
+                )
+                self.history.pin(None)
+                return self.source.snapshot(), False
+            materialise(files, directory)
+            return Snapshot(directory, Revision(id=full, subject=subject)), True
+        return self.source.snapshot(), False
+
+    def reconcile(self, reasons: set[str]) -> None:
+        kinds = {r.split(":")[0] for r in reasons}
+        trigger = ",".join(sorted(reasons))
+        started = time.time()
+        try:
+            snap, pinned = self.pick()
+        except Exception as exc:
+            log.error("cannot read the source %s: %s", self.source.path, exc)
+            return
+        rev = snap.revision
+        self.source_revision = rev.id
+        forcing = bool(kinds & FORCING)
+        if not forcing and rev.id == self.attempted:
+            log.debug("revision %s already attempted; file event ignored", rev.id)
+            return
+        target: Target | None
+        if rev.id in self.rejected and not (kinds & {"api", "resume"}):
+            # still a revision known to be bad: heal with the good one (asked-for passes
+            # load it again, so that the answer says why the source is not applied)
+            target, new_revision = self.good, False
+        else:
+            new_revision = rev.id != self.attempted
+            target = self.load(snap, pinned, trigger, started)
+            if target is not None:
+                try:
+                    refusal = self.refusal(target)
+                except RuntimeFailure as exc:
+                    log.error(
+                        "revision %s: cannot observe the runtime to check it (%s); "
+                        "trying again on the next pass",
+                        rev.id,
+                        exc.message,
+                    )
+                    return
+                if refusal:
+                    self.reject(rev, trigger, started, "refused", [refusal], snap.directory)
+                    target = None
+            if target is None:
+                if not forcing:
+                    return
+                target, new_revision = self.good or self.recorded_good(), False
+        if target is None:
+            return
+        self.apply(target, trigger, kinds, started, new_revision=new_revision)
+
+    def recorded_good(self) -> Target | None:
+        """After a restart on a bad revision: the last revision that succeeded, from the
+        history, so that self-healing has a desired state."""
+        try:
+            records = self.history.passes(limit=200)
+        except HistoryError as exc:
+            log.error("cannot read the history for the last applied revision: %s", exc)
+            return None
+        for record in records:
+            if record.outcome != "succeeded":
+                continue
+            try:
+                full, subject, files = self.history.revision_files(record.revision)
+                directory = os.path.join(self.root, "agent", "last-good")
+                materialise(files, directory)
+                loaded = self.checked(directory)[0]
+            except Exception as exc:  # a revision whose files are lost, or no longer load
+                log.warning("cannot use the recorded revision %s: %s", record.revision, exc)
+                return None
+            if loaded is None:
+                log.warning("the recorded revision %s is denied by the policy", record.revision)
+                return None
+            log.info("the source does not load: keeping %s (last applied) in place", full)
+            self.good = Target(Revision(id=full, subject=subject), directory, loaded)
+            return self.good
+        return None
+
+    def load(self, snap: Snapshot, pinned: bool, trigger: str, started: float) -> Target | None:
+        rev = snap.revision
+        loaded: Loaded | None = None
+        errors: list[str] = []
+        try:
+            loaded, errors = self.checked(snap.directory)
+        except ManifestError as exc:
+            errors = [str(p) for p in exc.problems]
+        except OSError as exc:
+            errors = [str(exc)]
+        if not pinned and self.source.link is None:
+            again = self.source.snapshot().revision
+            if again.id != rev.id:
+                # the tree moved while it was read (a commit or pull in progress): again
+                log.info(
+                    "the source moved while loading (%s -> %s): reading it again", rev.id, again.id
+                )
+                self.request("file")
+                return None
+        if loaded is None:
+            self.reject(rev, trigger, started, "failed", errors, snap.directory)
+            return None
+        for warning in loaded.warnings:
+            log.warning("%s", warning)
+        return Target(rev, snap.directory, loaded, pinned)
+
+    def checked(self, directory: str) -> tuple[Loaded | None, list[str]]:
+        """Load a revision and check it against the policy: (the loaded manifests, []) or,
+        when the policy denies something, (None, the located denials). Env files the policy
+        denies are not even read. Raises ManifestError when it does not load."""
+        policy = self.options.policy
+        loaded = load([directory], file_guard=policy.file_guard())
+        findings = check(loaded, policy)
+        for finding in findings:
+            if finding.action == "warn":
+                log.warning("%s", finding)
+        denied = [str(f) for f in findings if f.action == "deny"]
+        return (None, denied) if denied else (loaded, [])
+
+    def reject(
+        self,
+        rev: Revision,
+        trigger: str,
+        started: float,
+        outcome: str,
+        errors: list[str],
+        directory: str,
+    ) -> None:
+        self.attempted = rev.id
+        self.rejected[rev.id] = errors
+        with suppress(OSError):
+            self.history.store_revision(rev.id, rev.subject, directory, snapshot_files(directory))
+        errors = self.redactor.value(errors)
+        self.last_rejected = (rev.id, outcome, time.time(), errors)
+        pid = self.history.begin(rev.id, self.redactor.text(rev.subject), trigger, started=started)
+        self.history.finish(pid, outcome, {}, errors)  # type: ignore[arg-type]
+        with self._state_lock:
+            self.last = LastPass(
+                rev.id,
+                trigger,
+                outcome,
+                started,
+                time.time(),
+                errors,
+                {},
+                pid if pid >= 0 else None,
+            )
+        if self.metrics is not None:
+            self.metrics.rejected(outcome)
+        log.error(
+            "revision %s %s: %s; the last good state stays in place",
+            rev.id,
+            "does not load" if outcome == "failed" else "refused",
+            "; ".join(errors[:5]) + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""),
+            extra={"fields": {"revision": rev.id, "outcome": outcome, "errors": errors}},
+        )
+
+    def refusal(self, target: Target) -> str | None:
+        """Why this revision must not be applied: it would leave a stack with containers with
+        none (`reconciler.core.guard` decides). Raises RuntimeFailure when the runtime cannot be
+        observed (the revision is then tried again on the next pass)."""
+        if self.options.allow_empty:
+            return None
+        gone = self.history.managed_stacks() - {s.name for s in target.loaded.stacks}
+        risky = at_risk(target.loaded.stacks, gone)
+        if not risky:
+            return None
+        owned = [c for name in risky for c in self.runtime.list_containers({identity.STACK: name})]
+        found = emptied(target.loaded.stacks, owned, gone)
+        if not found:
+            return None
+        return "; ".join(str(e) for e in found) + f"; {ALLOW_HINT}"
+
+    def _keep_executor(self, executor: Executor) -> None:
+        self._executor = executor
+        if self.stopping.is_set():
+            executor.cancel()
+
+    def apply(
+        self, target: Target, trigger: str, kinds: set[str], started: float, *, new_revision: bool
+    ) -> None:
+        rev = target.revision
+        loaded = target.loaded
+        results: list[StackResult] = []
+        errors: list[str] = []
+        record: list[int] = []
+
+        def begin() -> None:
+            if not record:
+                subject = self.redactor.text(rev.subject)
+                record.append(self.history.begin(rev.id, subject, trigger, started=started))
+
+        forced = new_revision or bool(kinds & {"api", "rollback", "resume"})
+        if forced:
+            self.history.store_revision(
+                rev.id, rev.subject, target.directory, snapshot_files(target.directory)
+            )
+            begin()
+
+        def on_plan(plan: Plan) -> AbstractContextManager[Any] | None:
+            if not plan.empty:
+                begin()
+                _info(
+                    f"stack {plan.stack}: {len(plan.changes)} change(s) at revision {rev.id}",
+                    stack=plan.stack,
+                    revision=rev.id,
+                    changes=[f"{c.kind} {c.object} {c.name}: {c.reason}" for c in plan.changes],
+                )
+            return None
+
+        # managed from now on: the events of its containers count even during this pass
+        names = {s.name for s in loaded.stacks}
+        if not names <= self.history.managed_stacks():
+            self.history.set_managed_stacks(self.history.managed_stacks() | names)
+        desired_all: list[Desired] = []
+        teardown: list[str] = []
+        try:
+            # every stack's desired state before anything is shown, so that the secrets of
+            # all of them are hidden everywhere; a stack that cannot be prepared fails in
+            # its turn, as before
+            prepared: list[Desired | PassError] = []
+            for stack in loaded.stacks:
+                try:
+                    prepared.append(
+                        desired_for(
+                            stack,
+                            revision=rev.id,
+                            root=self.root,
+                            environ=loaded.environments.get(stack.name),
+                        )
+                    )
+                except PassError as exc:
+                    prepared.append(exc)
+            self.learn_secrets(redactor_for(d for d in prepared if not isinstance(d, PassError)))
+            with self._locked():
+                for stack, desired in zip(loaded.stacks, prepared, strict=True):
+                    if self.stopping.is_set():
+                        errors.append("interrupted before stack " + stack.name)
+                        break
+                    if isinstance(desired, PassError):
+                        raise desired
+                    desired_all.append(desired)
+                    result = apply_stack(
+                        self.runtime,
+                        desired,
+                        self.options.apply,
+                        reporter=Reporter(self.metrics, self.own_stops),
+                        on_plan=on_plan,
+                        on_executor=self._keep_executor,
+                    )
+                    self._executor = None
+                    results.append(result)
+                    errors += [f"stack {stack.name}: {e}" for e in result.plan.errors]
+                    if result.outcome is not None:
+                        errors += [
+                            f"{r.action.op} {r.action.target}: {r.error}"
+                            for r in result.outcome.results
+                            if r.status != "done"
+                        ]
+                if self.options.allow_empty and not self.stopping.is_set():
+                    for name in sorted(
+                        self.history.managed_stacks() - {s.name for s in loaded.stacks}
+                    ):
+                        begin()
+                        _info(f"stack {name}: its manifests are gone; removing it (--allow-empty)")
+                        plan = plan_down(self.runtime, name, volumes=False)
+                        from pyapply.reconciler.engine.execute import Executor
+
+                        ex = Executor(self.runtime, reporter=Reporter(self.metrics, self.own_stops))
+                        self._keep_executor(ex)
+                        outcome = ex.run(plan)
+                        self._executor = None
+                        results.append(StackResult(name, plan, outcome))
+                        errors += [
+                            f"{r.action.op} {r.action.target}: {r.error}" for r in outcome.failed
+                        ]
+                        if outcome.ok:
+                            teardown.append(name)
+        except (PassError, RuntimeFailure, LockTimeout, OSError) as exc:
+            errors.append(exc.message if isinstance(exc, RuntimeFailure) else str(exc))
+            begin()
+        except Exception as exc:  # a bug: recorded, and the agent goes on
+            log.exception("pass failed unexpectedly")
+            errors.append(f"internal error: {type(exc).__name__}: {exc}")
+            begin()
+        interrupted = self.stopping.is_set() and bool(
+            errors or any(r.outcome is not None and not r.outcome.ok for r in results)
+        )
+        outcome_name = "interrupted" if interrupted else ("failed" if errors else "succeeded")
+        errors = self.redactor.value(errors)  # kept in the history and shown by the API
+        summary = _summary(results)
+        self.attempted = rev.id
+        if len(desired_all) == len(loaded.stacks):
+            self.good = target
+            self.rejected.pop(rev.id, None)  # applied after all (--allow-empty, a fix)
+            if self.last_rejected is not None and self.last_rejected[0] == rev.id:
+                self.last_rejected = None
+            with self._state_lock:
+                self.desired = desired_all
+        if teardown:
+            self.history.set_managed_stacks(self.history.managed_stacks() - set(teardown))
+        ended = time.time()
+        if record:
+            self.history.finish(record[0], outcome_name, summary, errors)  # type: ignore[arg-type]
+        with self._state_lock:
+            self.last = LastPass(
+                rev.id,
+                trigger,
+                outcome_name,
+                started,
+                ended,
+                errors,
+                summary,
+                (record[0] if record[0] >= 0 else None) if record else self.last.history_id,
+            )
+        if self.metrics is not None:
+            self.metrics.passed(trigger, outcome_name, ended - started, results, rev.id, errors)
+        if record:
+            level = logging.INFO if outcome_name == "succeeded" else logging.ERROR
+            log.log(
+                level,
+                "pass %s: revision %s %s in %.2fs%s",
+                record[0],
+                rev.id,
+                outcome_name,
+                ended - started,
+                (": " + "; ".join(errors[:5])) if errors else "",
+                extra={
+                    "fields": {
+                        "revision": rev.id,
+                        "outcome": outcome_name,
+                        "trigger": trigger,
+                        "summary": summary,
+                        "errors": errors,
+                    }
+                },
+            )
+
+    def _locked(self) -> AbstractContextManager[None]:
+        agent = self
+
+        class Guard:
+            def __init__(self) -> None:
+                self.cm: AbstractContextManager[None] | None = None
+
+            def __enter__(self) -> None:
+                told = False
+                while True:
+                    cm = host_lock(agent.root, timeout_s=1.0)
+                    try:
+                        cm.__enter__()
+                        self.cm = cm
+                        return
+                    except LockTimeout:
+                        if agent.stopping.is_set():
+                            raise
+                        if not told:
+                            log.info("waiting for the host lock (another pyapply is applying)")
+                            told = True
+
+            def __exit__(self, *exc: object) -> None:
+                if self.cm is not None:
+                    self.cm.__exit__(None, None, None)
+
+        return Guard()
+
+    # -- views for the API (any thread) ---------------------------------------------------
+
+    def status(self, runtime: Runtime) -> dict[str, Any]:
+        with self._state_lock:
+            desired = list(self.desired)
+            last = self.last
+        good = self.good
+        stacks: list[dict[str, Any]] = []
+        sync = "Unknown"
+        if good is not None and desired:
+            try:
+                out_of_sync = False
+                for d in desired:
+                    plan = plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes)
+                    out_of_sync = out_of_sync or not plan.empty
+                    stacks.append(
+                        stack_health(d, observe(runtime, d.stack), plan, self.running.is_set())
+                    )
+                current = self.source_revision
+                if current is not None and current != good.revision.id and not good.pinned:
+                    out_of_sync = True
+                sync = "OutOfSync" if out_of_sync else "Synced"
+            except RuntimeFailure as exc:
+                sync = "Unknown"
+                stacks = [
+                    {"name": d.stack, "health": "Unknown", "error": exc.message} for d in desired
+                ]
+        return {
+            "agent": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "started": self.started_at,
+                "source": self.source.path,
+                "source_kind": self.source.kind,
+                "reconciling": self.running.is_set(),
+                "stopping": self.stopping.is_set(),
+            },
+            "revision": {
+                "applied": good.revision.id if good else None,
+                "subject": good.revision.subject if good else None,
+                "source": self.source_revision,
+                "pinned": self.history.pinned(),
+            },
+            "last_result": {
+                "pass": last.history_id,
+                "revision": last.revision or None,
+                "trigger": last.trigger or None,
+                "outcome": last.outcome or None,
+                "started": last.started or None,
+                "ended": last.ended or None,
+                "errors": last.errors,
+                "summary": last.summary,
+            },
+            "sync": sync,
+            "stacks": stacks,
+            # the source's revision when it was refused or failed to load (the last pass
+            # may since have been a self-heal of the last good revision)
+            "rejected": self._rejected_view(),
+            "history_reset": self.history_resets[-1].to_json() if self.history_resets else None,
+            "history": {
+                "resets": [r.to_json() for r in self.history_resets],
+                "write_failures": self.history_failures,
+                "last_failure": self.history_last_failure,
+            },
+        }
+
+    def _rejected_view(self) -> dict[str, Any] | None:
+        last = self.last_rejected
+        if last is None or last[0] != self.source_revision:
+            return None
+        revision, outcome, at, errors = last
+        return {"revision": revision, "outcome": outcome, "at": at, "errors": errors}
+
+    def diff(self, runtime: Runtime) -> list[Plan]:
+        with self._state_lock:
+            desired = list(self.desired)
+        return [
+            plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes) for d in desired
+        ]
+
+
+def _summary(results: list[StackResult]) -> dict[str, Any]:
+    stacks: dict[str, Any] = {}
+    actions: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    for r in results:
+        stacks[r.stack] = r.plan.counts()
+        if r.outcome is not None:
+            for ar in r.outcome.results:
+                actions[ar.action.op] = actions.get(ar.action.op, 0) + 1
+                statuses[ar.status] = statuses.get(ar.status, 0) + 1
+    return {"stacks": stacks, "actions": actions, "results": statuses}
+
+
+def stack_health(desired: Desired, observed: Any, plan: Plan, reconciling: bool) -> dict[str, Any]:
+    """Healthy / Progressing / Degraded per service and for the stack (the worst)."""
+    by_name = {c.name: c for c in observed.containers}
+    pending = {ch.name for ch in plan.changes}
+    services: dict[str, list[str]] = {}
+    restart: dict[str, str] = {}
+    for dc in desired.containers:
+        services.setdefault(dc.service, []).append(dc.config.name)
+        restart[dc.service] = dc.config.restart_policy
+    out: list[dict[str, Any]] = []
+    rank = {"Healthy": 0, "Progressing": 1, "Degraded": 2}
+    worst = "Healthy"
+    for service, names in sorted(services.items()):
+        health = "Healthy"
+        running = 0
+        for name in names:
+            c = by_name.get(name)
+            state: str
+            if c is None:
+                state = "Progressing" if reconciling else "Degraded"
+            elif c.status in ("created", "restarting") or c.health == "starting":
+                state = "Progressing"
+            elif c.running:
+                running += 1
+                state = "Degraded" if c.health == "unhealthy" else "Healthy"
+            elif c.status == "exited" and c.exit_code == 0 and restart[service] == "no":
+                state = "Healthy"  # completed
+            else:
+                state = "Progressing" if reconciling and name in pending else "Degraded"
+            if rank[state] > rank[health]:
+                health = state
+        out.append({"name": service, "health": health, "replicas": len(names), "running": running})
+        if rank[health] > rank[worst]:
+            worst = health
+    return {"name": desired.stack, "health": worst, "services": out}
+
+
+def owned_stacks(runtime: Runtime) -> set[str]:
+    return {
+        c.labels.get(identity.STACK, "") for c in runtime.list_containers({identity.STACK: ""})
+    } - {""}

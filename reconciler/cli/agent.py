@@ -1,0 +1,548 @@
+"""Commands of the agent: `watch` runs it; `status`, `history`, `sync`, `rollback` and
+`resume` talk to it over its UNIX socket. When no agent runs, `history` reads the sqlite
+record directly, `rollback` applies the recorded revision itself (under the host lock) and
+pins it for the next agent, and `resume` clears the pin; `status` and `sync` need an agent.
+
+"No agent runs" is decided by the agent's lifetime lock (`reconciler.engine.lock.agent_lock`), not
+by a socket that does not answer: while an agent holds the state root, these commands wait
+(`--agent-wait`) for it to answer, and otherwise say so and exit 1; they never act behind
+its back. A busy agent is asked again by the client (`AgentClient`), never taken for none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from pyapply.reconciler.agent.api import AgentClient, AgentError, AgentUnavailable, default_socket
+from pyapply.reconciler.agent.history import (
+    History,
+    HistoryError,
+    PassRecord,
+    UnknownRevision,
+    materialise,
+)
+from pyapply.reconciler.cli.main import (
+    Failure,
+    enforce,
+    err,
+    fail,
+    load_or_fail,
+    locked,
+    output_option,
+    policy_option,
+    policy_or_fail,
+    runtime_options,
+)
+from pyapply.reconciler.core.redact import NO_SECRETS
+from pyapply.reconciler.engine.lock import AgentRunning, agent_holder, agent_lock
+from pyapply.reconciler.engine.reconcile import (
+    ApplyOptions,
+    apply_stack,
+    desired_all,
+    redactor_for,
+    state_root,
+)
+from pyapply.reconciler.view.plan_text import outcome_summary, plan_text
+
+
+def socket_option(fn: Any) -> Any:
+    return click.option(
+        "--socket",
+        "socket_path",
+        envvar="PYAPPLY_SOCKET",
+        default=None,
+        help="The agent's UNIX socket (default /run/pyapply/agent.sock). Env: PYAPPLY_SOCKET.",
+    )(fn)
+
+
+def _client(socket_path: str | None) -> AgentClient:
+    return AgentClient(socket_path or default_socket())
+
+
+def _call(
+    client: AgentClient, method: str, path: str, body: Any = None, timeout: float = 30
+) -> Any:
+    try:
+        status, doc = client.request(method, path, body, timeout=timeout)
+    except AgentError as exc:
+        fail(str(exc))
+    if status >= 400:
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        fail(f"agent: HTTP {status}: {message}")
+    return doc
+
+
+AGENT_WAIT_S = 30.0
+
+
+def agent_wait_option(fn: Any) -> Any:
+    return click.option(
+        "--agent-wait",
+        default=AGENT_WAIT_S,
+        show_default=True,
+        type=click.FloatRange(0, 600),
+        help="Seconds to wait for an agent that runs on the state root but does not answer "
+        "on the socket (starting, stopping, or on another socket) before giving up.",
+    )(fn)
+
+
+def _ask(
+    client: AgentClient,
+    method: str,
+    path: str,
+    root: str,
+    wait_s: float,
+    body: Any = None,
+    timeout: float = 30,
+) -> Any | None:
+    """The agent's answer; None only when no agent runs on `root` (its lifetime lock is
+    free), so that the caller may act itself. While an agent holds `root` but its socket
+    does not answer, ask again for up to `wait_s`; then fail: never act behind its back."""
+    deadline = time.monotonic() + wait_s
+    told = False
+    while True:
+        try:
+            return _call(client, method, path, body, timeout)
+        except AgentUnavailable:
+            try:
+                holder = agent_holder(root)
+            except OSError as exc:  # e.g. not root: then nothing could be done here either
+                fail(f"no agent answers on {client.path}, and {root} cannot be read: {exc}")
+            if holder is None:
+                return None
+            who = f"an agent (pid {holder or '?'}) runs on {root}"
+            if time.monotonic() >= deadline:
+                fail(
+                    f"{who} but does not answer on {client.path} (waited {wait_s:g}s, "
+                    "--agent-wait); not acting behind its back: try again, or give its "
+                    "--socket"
+                )
+            if not told:
+                err(f"{who}; waiting up to {wait_s:g}s for it to answer on {client.path}")
+                told = True
+            time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# watch
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True))
+@runtime_options
+@socket_option
+@policy_option
+@click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
+@click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
+@click.option(
+    "--poll", default=10.0, show_default=True, help="Fallback poll of the source, seconds."
+)
+@click.option(
+    "--metrics", "metrics_addr", default=None, help="Serve Prometheus metrics on HOST:PORT."
+)
+@click.option(
+    "--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Apply revisions that leave a stack that has containers with none.",
+)
+@click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
+@click.option("--parallel", default=8, show_default=True, help="Actions run at once.")
+@click.option("--wait-timeout", default=120.0, show_default=True, help="Dependency wait, seconds.")
+@click.option("--no-events", is_flag=True, help="Do not follow the runtime's events.")
+@click.option(
+    "--api-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=600),
+    help="Seconds an API client has to send a whole request; slower ones are cut off.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
+def watch(
+    path: str,
+    runtime_name: str | None,
+    root: str | None,
+    socket_path: str | None,
+    policy_arg: str | None,
+    interval: float,
+    debounce: float,
+    poll: float,
+    metrics_addr: str | None,
+    log_format: str,
+    allow_empty: bool,
+    prune_volumes: bool,
+    parallel: int,
+    wait_timeout: float,
+    no_events: bool,
+    api_timeout: float,
+    verbose: bool,
+) -> None:
+    """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
+    import logging
+
+    from pyapply.reconciler.agent.agent import Agent, AgentOptions, setup_logging
+    from pyapply.reconciler.agent.api import Api
+    from pyapply.reconciler.agent.sources import Source
+    from pyapply.runtime.drivers import open_runtime
+
+    setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
+    if policy_arg is not None and os.path.isfile(policy_arg):
+        # a policy the watched repository could change (a file, or a link to one, in it)
+        # would guard nothing; it is read once, at start
+        given = {os.path.abspath(policy_arg), os.path.realpath(policy_arg)}
+        watched = {os.path.abspath(path), os.path.realpath(path)}
+        if any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched):
+            fail(
+                f"--policy {policy_arg} is inside the watched {path}: whoever can push there "
+                "could change it; keep the policy outside"
+            )
+    metrics = None
+    if metrics_addr:
+        from pyapply.reconciler.agent.metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            metrics.serve(metrics_addr)
+        except (OSError, ValueError) as exc:
+            fail(f"--metrics {metrics_addr}: {exc}")
+
+    def rt() -> Any:
+        return open_runtime(runtime_name, root=state_root(root))
+
+    options = AgentOptions(
+        interval_s=interval,
+        debounce_s=debounce,
+        poll_s=poll,
+        allow_empty=allow_empty,
+        apply=ApplyOptions(
+            prune_volumes=prune_volumes, parallelism=parallel, wait_timeout_s=wait_timeout
+        ),
+        runtime_events=not no_events,
+        policy=policy,
+    )
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(agent_lock(state_root(root)))  # one agent per state root
+        except AgentRunning as exc:
+            fail(f"{exc}: one agent per state root")
+        agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
+        api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
+        try:
+            api.start()
+        except OSError as exc:
+            fail(f"cannot serve the API on {api.path}: {exc}")
+        agent.install_signals()
+        try:
+            code = agent.run()
+        finally:
+            api.stop()
+    sys.exit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# status / sync
+
+
+def root_option(fn: Any) -> Any:
+    return click.option(
+        "--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT."
+    )(fn)
+
+
+@click.command()
+@socket_option
+@root_option
+@agent_wait_option
+@output_option
+def status(socket_path: str | None, root: str | None, agent_wait: float, output: str) -> None:
+    """The agent's revision, last result, sync status and health."""
+    client = _client(socket_path)
+    doc = _ask(client, "GET", "/v1/status", state_root(root), agent_wait)
+    if doc is None:
+        fail(f"no agent runs on {state_root(root)} (nothing answers on {client.path})")
+    if output == "json":
+        click.echo(json.dumps(doc, indent=2))
+        return
+    rev = doc["revision"]
+    last = doc["last_result"]
+    pinned = f" (pinned by rollback: {rev['pinned']})" if rev.get("pinned") else ""
+    click.echo(f"source:    {doc['agent']['source']} ({doc['agent']['source_kind']})")
+    click.echo(
+        f"revision:  {rev.get('applied') or '-'} {rev.get('subject') or ''}{pinned}".rstrip()
+    )
+    if rev.get("source") and rev.get("source") != rev.get("applied"):
+        click.echo(f"source at: {rev['source']}")
+    click.echo(
+        f"sync:      {doc['sync']}" + ("  (reconciling)" if doc["agent"]["reconciling"] else "")
+    )
+    rejected = doc.get("rejected")
+    if rejected:
+        click.echo(f"source {rejected['revision']}: {rejected['outcome']}, not applied")
+        for e in rejected.get("errors") or []:
+            click.echo(f"  error: {e}")
+    reset = doc.get("history_reset")
+    if reset:
+        click.echo(
+            f"history:   WARNING: {reset['path']} was damaged ({reset['reason']}); moved to "
+            f"{reset['moved_to']} at {_when(reset['at'])}"
+        )
+    failures = (doc.get("history") or {}).get("write_failures")
+    if failures:
+        click.echo(
+            f"history:   WARNING: {failures} record(s) could not be written "
+            f"({doc['history'].get('last_failure')})"
+        )
+    if last.get("outcome"):
+        click.echo(
+            f"last pass: {last['outcome']} ({last['trigger']}) at {_when(last['ended'])}"
+            + (f", pass #{last['pass']}" if last.get("pass") else "")
+        )
+        for e in last.get("errors") or []:
+            click.echo(f"  error: {e}")
+    for stack in doc["stacks"]:
+        click.echo(f"stack {stack['name']}: {stack['health']}")
+        for svc in stack.get("services", []):
+            click.echo(
+                f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
+            )
+
+
+@click.command()
+@socket_option
+@root_option
+@agent_wait_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(0, 600, min_open=True),
+    help="Seconds to wait for the pass (the agent's limit is 600).",
+)
+def sync(
+    socket_path: str | None, root: str | None, agent_wait: float, wait: bool, timeout: float
+) -> None:
+    """Ask the agent for a reconcile pass now."""
+    path = "/v1/sync" + (f"?wait=true&timeout={timeout:g}" if wait else "")
+    client = _client(socket_path)
+    doc = _ask(client, "POST", path, state_root(root), agent_wait, timeout=timeout + 10)
+    if doc is None:
+        fail(f"no agent runs on {state_root(root)} (nothing answers on {client.path})")
+    _print_queued(doc, "sync")
+
+
+def _print_queued(doc: dict[str, Any], what: str) -> None:
+    result = doc.get("result")
+    if result is None:
+        click.echo(f"{what}: queued (pass {doc.get('pass')})")
+        return
+    click.echo(f"{what}: revision {result['revision']} {result['outcome']}")
+    for e in result.get("errors") or []:
+        err(f"  error: {e}")
+    if result["outcome"] not in ("succeeded",):
+        raise Failure(f"{what}: the pass {result['outcome']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# history
+
+
+def _damaged(exc: HistoryError) -> str:
+    """One line for a record the CLI cannot use (it never repairs: the agent does)."""
+    text = str(exc)
+    if "is damaged" in text:
+        return (
+            f"the agent's record cannot be used: {text}; `pyapply watch` moves a damaged "
+            "database aside and starts a new one"
+        )
+    return f"the agent's record cannot be used: {text}"
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@click.command()
+@socket_option
+@click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
+@click.option(
+    "--limit", "-n", default=20, show_default=True, type=click.IntRange(0, 5000), help="Passes."
+)
+@click.option(
+    "--revision",
+    default=None,
+    help="Only passes of this revision: its id, or an unambiguous prefix of 7+ hex digits.",
+)
+@output_option
+def history(
+    socket_path: str | None, root: str | None, limit: int, revision: str | None, output: str
+) -> None:
+    """The agent's recorded passes (from the agent, else from the state root's sqlite)."""
+    records: list[dict[str, Any]]
+    query = f"/v1/history?limit={limit}" + (f"&revision={revision}" if revision else "")
+    try:
+        records = _call(_client(socket_path), "GET", query)["passes"]
+    except AgentUnavailable:
+        db = os.path.join(state_root(root), "history.db")
+        if not os.path.exists(db):
+            fail(f"no agent answers and there is no history in {db}")
+        try:
+            records = [r.to_json() for r in History(state_root(root)).passes(limit, revision)]
+        except HistoryError as exc:
+            fail(_damaged(exc))
+        except UnknownRevision as exc:
+            fail(str(exc))
+        records = NO_SECRETS.value(records)  # a record of an earlier version: URL passwords
+    if output == "json":
+        click.echo(json.dumps({"passes": records}, indent=2))
+        return
+    rows = [("PASS", "REVISION", "OUTCOME", "TRIGGER", "STARTED", "SECONDS", "SUBJECT / ERRORS")]
+    for doc in records:
+        rec = PassRecord(**{**doc, "errors": tuple(doc["errors"])})
+        took = f"{rec.ended - rec.started:.2f}" if rec.ended else "-"
+        note = rec.subject
+        if rec.errors:
+            note = (
+                (note + ": " if note else "")
+                + rec.errors[0]
+                + (f" (+{len(rec.errors) - 1})" if len(rec.errors) > 1 else "")
+            )
+        trig = rec.trigger if len(rec.trigger) <= 24 else rec.trigger[:21] + "..."
+        rows.append((str(rec.id), rec.revision, rec.outcome, trig, _when(rec.started), took, note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = zip(row[:-1], widths, strict=True)
+        click.echo("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback / resume
+
+
+@click.command()
+@click.argument("revision")
+@socket_option
+@runtime_options
+@agent_wait_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+@click.option("--lock-timeout", default=300.0, show_default=True)
+def rollback(
+    revision: str,
+    socket_path: str | None,
+    runtime_name: str | None,
+    root: str | None,
+    agent_wait: float,
+    wait: bool,
+    lock_timeout: float,
+) -> None:
+    """Apply REVISION's recorded manifests and pin the agent there until `pyapply resume`.
+    REVISION is an id or an unambiguous prefix of at least 7 hex digits."""
+    client = _client(socket_path)
+    doc = _ask(
+        client,
+        "POST",
+        "/v1/rollback" + ("?wait=true" if wait else ""),
+        state_root(root),
+        agent_wait,
+        {"revision": revision},
+        timeout=660,
+    )
+    if doc is None:  # no agent runs on the state root
+        _rollback_here(revision, runtime_name, root, lock_timeout)
+        return
+    click.echo(f"pinned to {doc['revision']} (until `pyapply resume`)")
+    _print_queued(doc, "rollback")
+
+
+def _rollback_here(
+    revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
+) -> None:
+    from pyapply.reconciler.cli.main import connect
+
+    root_dir = state_root(root)
+    try:
+        hist = History(root_dir)
+        full, subject, files = hist.revision_files(revision)
+    except UnknownRevision as exc:
+        fail(str(exc))
+    except HistoryError as exc:
+        fail(_damaged(exc))
+    err(f"no agent runs on {root_dir}: applying {full} here and pinning it for the next agent")
+    directory = tempfile.mkdtemp(prefix="rollback-", dir=root_dir)
+    try:
+        materialise(files, directory)
+        # by hand, as `apply`: the policy warns (the agent checks its own when it answers)
+        policy = policy_or_fail(None, "warn", root_dir)
+        loaded = load_or_fail([directory], policy=policy)
+        enforce(loaded, policy, "text")
+        rt = connect(runtime_name, root_dir)
+        wanted = desired_all(loaded, revision=full, root=root_dir)
+        redactor = redactor_for(wanted)
+        try:
+            pid = hist.begin(full, redactor.text(subject), "rollback(cli)")
+        except HistoryError as exc:
+            fail(_damaged(exc))
+        errors: list[str] = []
+        with locked(root_dir, lock_timeout):
+            for desired in wanted:
+                result = apply_stack(
+                    rt,
+                    desired,
+                    ApplyOptions(),
+                    on_plan=lambda p: click.echo(plan_text(p, redactor)),
+                )
+                errors += list(result.plan.errors)
+                if result.outcome is not None:
+                    click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
+                    errors += [
+                        f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
+                    ]
+        errors = redactor.value(errors)
+        try:
+            hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
+            hist.pin(full)
+        except HistoryError as exc:
+            fail(_damaged(exc) + " (the rollback itself was applied)")
+    finally:
+        import shutil
+
+        shutil.rmtree(directory, ignore_errors=True)
+    click.echo(f"pinned to {full} (until `pyapply resume`)")
+    if errors:
+        fail("rollback: " + "; ".join(errors))
+
+
+@click.command()
+@socket_option
+@root_option
+@agent_wait_option
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
+def resume(socket_path: str | None, root: str | None, agent_wait: float, wait: bool) -> None:
+    """Unpin the agent: follow the source again."""
+    doc = _ask(
+        _client(socket_path),
+        "POST",
+        "/v1/resume" + ("?wait=true" if wait else ""),
+        state_root(root),
+        agent_wait,
+        timeout=660,
+    )
+    if doc is None:  # no agent runs on the state root
+        try:
+            History(state_root(root)).pin(None)
+        except HistoryError as exc:
+            fail(_damaged(exc))
+        click.echo("no agent runs: unpinned; the next agent follows the source")
+        return
+    _print_queued(doc, "resume")

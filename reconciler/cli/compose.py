@@ -1,0 +1,54 @@
+"""`pyapply config` and `pyapply convert`: what the manifests resolve to, printed.
+
+`config` prints each stack as one resolved compose file (like `docker compose config`);
+`convert` prints it as the canonical `pyapply/v1` Stack. Both read files only (no runtime),
+print warnings on stderr, and exit 1 with every error when the manifests do not load.
+Loading either output again gives the same model; paths in it are absolute.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pyapply.reconciler.cli.main import file_option, load_or_fail, profile_option
+from pyapply.reconciler.manifest import dump as compose_render
+
+
+def _output(fn: click.decorators.FC) -> click.decorators.FC:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["yaml", "json"]),
+        default="yaml",
+        show_default=True,
+        help="Output format.",
+    )(fn)
+
+
+def _print(files: tuple[str, ...], profiles: tuple[str, ...], output: str, canonical: bool) -> None:
+    loaded = load_or_fail(files, profiles, acting=False)
+    render = compose_render.stack_document if canonical else compose_render.compose_document
+    docs = [render(stack) for stack in loaded.stacks]
+    if output == "json":
+        click.echo(compose_render.dump_json(docs))
+    else:
+        click.echo(compose_render.dump_yaml(docs), nl=False)
+
+
+@click.command("config")
+@file_option()
+@profile_option
+@_output
+def config(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
+    """Print the resolved project as one compose file (merges, includes, extends, profiles
+    and variables applied), like `docker compose config`."""
+    _print(files, profiles, output, canonical=False)
+
+
+@click.command("convert")
+@file_option()
+@profile_option
+@_output
+def convert(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
+    """Print the manifests as canonical pyapply/v1 Stack documents (paths made absolute)."""
+    _print(files, profiles, output, canonical=True)

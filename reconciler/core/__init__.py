@@ -1,0 +1,1 @@
+"""Pure: model, identity, desired state, health, diff, plan. Imports only runtime.base."""

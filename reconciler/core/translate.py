@@ -1,0 +1,359 @@
+"""Stack -> the runtime's vocabulary: the desired containers, networks, volumes and files.
+
+Pure: the only inputs are the model, the revision and the bytes of configs/secrets (read by
+`sources.read_file_objects`). The spec hash of every object is computed here from exactly what
+would be created, so anything that changes the created object changes its hash label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.model import ConfigSpec, FileRef, ServiceSpec, Stack
+from pyapply.runtime.base import (
+    Attachment,
+    ContainerConfig,
+    HealthConfig,
+    MountConfig,
+    NetworkConfig,
+    PortBinding,
+    Ulimit,
+    VolumeConfig,
+)
+
+FileKind = Literal["config", "secret"]
+# on the host, bind-mounted read-only as they are: secrets readable by root only
+FILE_MODES: dict[FileKind, int] = {"config": 0o444, "secret": 0o400}
+LAST_APPLIED = identity.PREFIX + "last-applied"
+
+
+@dataclass(frozen=True)
+class DesiredContainer:
+    service: str
+    replica: int
+    config: ContainerConfig
+    spec_hash: str
+    applied: str  # canonical JSON of what the hash covers (kept as a label for field diffs)
+
+
+@dataclass(frozen=True)
+class DesiredNetwork:
+    key: str  # the stack's network key
+    config: NetworkConfig
+    spec_hash: str
+    external: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredVolume:
+    key: str
+    config: VolumeConfig
+    spec_hash: str
+    external: bool = False
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    """A config or secret materialised on the host, bind-mounted read-only. A bind mount
+    shows the host file's mode and owner, so each (mode, uid, gid) a service asks for is a
+    file of its own: that is how both runtimes give a container the same view."""
+
+    kind: FileKind
+    key: str
+    path: str
+    content: bytes = dataclasses.field(repr=False)  # a secret's bytes: never in a repr
+    mode: int
+    uid: int | None = None
+    gid: int | None = None
+
+
+@dataclass(frozen=True)
+class Desired:
+    stack: str
+    revision: str
+    containers: tuple[DesiredContainer, ...]
+    networks: tuple[DesiredNetwork, ...]
+    volumes: tuple[DesiredVolume, ...]
+    files: tuple[DesiredFile, ...]
+    services: tuple[ServiceSpec, ...]
+
+    def service(self, name: str) -> ServiceSpec:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+def _owned(stack: str, revision: str, spec_hash: str, extra: Mapping[str, str]) -> dict[str, str]:
+    return identity.labels(stack, revision=revision, spec_hash=spec_hash, extra=extra)
+
+
+def network_runtime_name(stack: Stack, key: str) -> str:
+    spec = stack.network(key)
+    if spec.external_name:
+        return spec.external_name
+    return identity.network_name(stack.name, key)
+
+
+def volume_runtime_name(stack: Stack, key: str) -> str:
+    spec = stack.volume(key)
+    if spec.external_name:
+        return spec.external_name
+    return identity.volume_name(stack.name, key)
+
+
+# (kind, key, mode, uid, gid): one materialised variant of a config or secret
+FileVariant = tuple[FileKind, str, int, int | None, int | None]
+
+
+def _variant(kind: FileKind, ref: FileRef) -> FileVariant:
+    def num(v: str | None) -> int | None:
+        return int(v) if v is not None and v.isdigit() else None
+
+    mode = ref.mode if ref.mode is not None else FILE_MODES[kind]
+    return (kind, ref.source, mode, num(ref.uid), num(ref.gid))
+
+
+def _file_path(files_root: str, stack: str, variant: FileVariant, content: bytes) -> str:
+    kind, key, mode, uid, gid = variant
+    tag = hashlib.sha256(content).hexdigest()[:12]
+    name = f"{kind}-{key}-{tag}"
+    if (mode, uid, gid) != (FILE_MODES[kind], None, None):
+        name += f"-{mode:o}-{'' if uid is None else uid}-{'' if gid is None else gid}"
+    return os.path.join(files_root, stack, name)
+
+
+def _restart(policy: str) -> tuple[str, int]:
+    if policy.startswith("on-failure"):
+        _, _, count = policy.partition(":")
+        return "on-failure", int(count) if count else 0
+    return policy, 0
+
+
+def _health(service: ServiceSpec) -> HealthConfig | None:
+    hc = service.healthcheck
+    if hc is None or (not hc.test and not hc.disable):
+        return None  # no test of its own: the image's healthcheck applies
+    if hc.disable:
+        return HealthConfig(test=("NONE",))
+    return HealthConfig(
+        test=hc.test,
+        interval_s=hc.interval,
+        timeout_s=hc.timeout,
+        retries=hc.retries,
+        start_period_s=hc.start_period,
+    )
+
+
+def _file_mounts(
+    kind: FileKind, refs: tuple[FileRef, ...], paths: Mapping[FileVariant, str]
+) -> list[MountConfig]:
+    return [
+        MountConfig(
+            type="bind", source=paths[_variant(kind, ref)], target=ref.target, read_only=True
+        )
+        for ref in refs
+    ]
+
+
+def container_config(
+    stack: Stack,
+    service: ServiceSpec,
+    replica: int,
+    *,
+    file_paths: Mapping[FileVariant, str],
+) -> ContainerConfig:
+    """The container for one replica, without the ownership labels."""
+    mounts: list[MountConfig] = []
+    for m in service.mounts:
+        source = m.source
+        if m.type == "volume" and source:
+            source = volume_runtime_name(stack, source)
+        mounts.append(
+            MountConfig(
+                type=m.type,
+                target=m.target,
+                source=source,
+                read_only=m.read_only,
+                tmpfs_size=m.tmpfs_size,
+                tmpfs_mode=m.tmpfs_mode,
+            )
+        )
+    mounts += _file_mounts("config", service.configs, file_paths)
+    mounts += _file_mounts("secret", service.secrets, file_paths)
+    policy, retries = _restart(service.restart)
+    cpus = service.resources.cpus
+    return ContainerConfig(
+        name=identity.container_name(stack.name, service.name, replica),
+        image=service.image,
+        labels=dict(service.labels),
+        command=service.command,
+        entrypoint=service.entrypoint,
+        env=tuple(f"{k}={v}" for k, v in service.environment),
+        mounts=tuple(mounts),
+        ports=tuple(
+            sorted(
+                (
+                    PortBinding(
+                        container_port=p.target,
+                        protocol=p.protocol,
+                        host_ip=p.host_ip,
+                        host_port=p.published,
+                    )
+                    for p in service.ports
+                ),
+                key=lambda b: (b.container_port, b.protocol, b.host_ip, b.host_port or 0),
+            )
+        ),
+        networks=tuple(
+            Attachment(
+                network=network_runtime_name(stack, n.name),
+                aliases=tuple(dict.fromkeys((service.name, *n.aliases))),
+                ipv4_address=n.ipv4_address,
+            )
+            for n in service.networks
+        ),
+        memory_bytes=service.resources.memory,
+        nano_cpus=round(cpus * 1e9) if cpus else None,
+        pids_limit=service.resources.pids,
+        restart_policy=policy,
+        restart_max_retries=retries,
+        health=_health(service),
+        user=service.user,
+        working_dir=service.working_dir,
+        hostname=service.hostname,
+        cap_add=service.cap_add,
+        cap_drop=service.cap_drop,
+        read_only=service.read_only,
+        stop_signal=service.stop_signal,
+        stop_timeout_s=service.stop_grace_period,
+        init=service.init,
+        ulimits=tuple(Ulimit(u.name, u.soft, u.hard) for u in service.ulimits),
+        extra_hosts=tuple(f"{host}:{ip}" for host, ip in service.extra_hosts),
+        log_max_size=service.log_max_size,
+        log_max_files=service.log_max_files,
+        seccomp=service.seccomp,
+    )
+
+
+def hash_input(config: ContainerConfig) -> ContainerConfig:
+    """What the spec hash covers: the config less its name (replica-specific). A seccomp
+    profile counts by its digest, so that the last-applied label stays short and a diff
+    shows a changed profile as one value."""
+    seccomp = config.seccomp
+    if seccomp is not None and seccomp != "unconfined":
+        seccomp = "profile sha256:" + hashlib.sha256(seccomp.encode()).hexdigest()
+    return dataclasses.replace(config, name="", seccomp=seccomp)
+
+
+def desired_state(
+    stack: Stack,
+    *,
+    revision: str,
+    file_contents: Mapping[tuple[FileKind, str], bytes],
+    files_root: str,
+) -> Desired:
+    files: list[DesiredFile] = []
+    paths: dict[FileVariant, str] = {}
+    variants: list[FileVariant] = []
+    for kind, specs in (("config", stack.configs), ("secret", stack.secrets)):
+        fkind: FileKind = "config" if kind == "config" else "secret"
+        variants += [(fkind, spec.name, FILE_MODES[fkind], None, None) for spec in specs]
+    for service in stack.services:
+        variants += [_variant("config", ref) for ref in service.configs]
+        variants += [_variant("secret", ref) for ref in service.secrets]
+    for variant in dict.fromkeys(variants):
+        fkind, key, mode, uid, gid = variant
+        if (fkind, key) not in file_contents:  # external: nothing to write
+            continue
+        content = file_contents[(fkind, key)]
+        path = _file_path(files_root, stack.name, variant, content)
+        paths[variant] = path
+        files.append(DesiredFile(fkind, key, path, content, mode, uid, gid))
+
+    containers: list[DesiredContainer] = []
+    for service in stack.services:
+        base = container_config(stack, service, 1, file_paths=paths)
+        applied = identity.canonical_json(hash_input(base))
+        spec_hash = identity.digest(hash_input(base))
+        for replica in range(1, service.replicas + 1):
+            cfg = dataclasses.replace(
+                base,
+                name=identity.container_name(stack.name, service.name, replica),
+                labels={
+                    **base.labels,
+                    **identity.labels(
+                        stack.name,
+                        revision=revision,
+                        spec_hash=spec_hash,
+                        service=service.name,
+                        replica=replica,
+                    ),
+                    LAST_APPLIED: applied,
+                },
+            )
+            containers.append(DesiredContainer(service.name, replica, cfg, spec_hash, applied))
+
+    networks: list[DesiredNetwork] = []
+    for n in stack.networks:
+        name = network_runtime_name(stack, n.name)
+        if n.external:
+            networks.append(DesiredNetwork(n.name, NetworkConfig(name=name), "", external=True))
+            continue
+        raw = NetworkConfig(
+            name=name,
+            driver=n.driver,
+            internal=n.internal,
+            subnet=n.subnet,
+            gateway=n.gateway,
+            labels=dict(n.labels),
+        )
+        h = identity.digest(dataclasses.replace(raw, name=""))
+        ncfg = dataclasses.replace(
+            raw,
+            labels={
+                **raw.labels,
+                **_owned(stack.name, revision, h, {identity.NETWORK: n.name}),
+            },
+        )
+        networks.append(DesiredNetwork(n.name, ncfg, h))
+
+    volumes: list[DesiredVolume] = []
+    for v in stack.volumes:
+        name = volume_runtime_name(stack, v.name)
+        if v.external:
+            volumes.append(DesiredVolume(v.name, VolumeConfig(name=name), "", external=True))
+            continue
+        rawv = VolumeConfig(
+            name=name, driver=v.driver, labels=dict(v.labels), driver_opts=dict(v.driver_opts)
+        )
+        h = identity.digest(dataclasses.replace(rawv, name=""))
+        cfgv = dataclasses.replace(
+            rawv,
+            labels={**rawv.labels, **_owned(stack.name, revision, h, {identity.VOLUME: v.name})},
+        )
+        volumes.append(DesiredVolume(v.name, cfgv, h))
+
+    return Desired(
+        stack=stack.name,
+        revision=revision,
+        containers=tuple(containers),
+        networks=tuple(networks),
+        volumes=tuple(volumes),
+        files=tuple(files),
+        services=stack.services,
+    )
+
+
+def file_sources(stack: Stack) -> list[tuple[FileKind, ConfigSpec]]:
+    """The configs and secrets whose bytes `desired_state` needs."""
+    out: list[tuple[FileKind, ConfigSpec]] = []
+    out += [("config", c) for c in stack.configs if not c.external]
+    out += [("secret", s) for s in stack.secrets if not s.external]
+    return out

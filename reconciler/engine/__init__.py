@@ -1,0 +1,1 @@
+"""One pass with effects: observe, reconcile, apply, down, execute, lock."""

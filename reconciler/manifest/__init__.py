@@ -1,0 +1,1 @@
+"""Files -> Stack: discovery, YAML with positions, schema, values, builders, compose, revision."""

@@ -1,0 +1,809 @@
+"""Compose projects: several files merged into one document, as the Compose Specification says.
+
+A compose project is one or more compose files (`-f a.yaml -f b.yaml`, or a directory's
+`compose.yaml` plus its `compose.override.yaml`). Before the loader normalises a project into
+a Stack, this module assembles its files into one document:
+
+1. each file is parsed and interpolated on its own (by the loader, which owns the variables
+   and the error reporting), then turned into a tree of `Node`s that remember where every
+   key and value was written -- so that a problem in a merged project still names the file,
+   line and column it came from;
+2. `include:` entries are assembled as projects of their own (their own directory and `.env`),
+   their relative paths made absolute, and their objects added to the including file (an
+   object defined in both is an error);
+3. the files are merged in order (`merge`): mappings recursively; `command`, `entrypoint` and
+   `healthcheck.test` replaced; `environment`, `labels`, `depends_on`, service `networks`,
+   `ulimits` ... merged by key whichever syntax each file used; `ports`, `volumes`, `configs`,
+   `secrets` merged by their unique key (the container path for mounts); lists such as
+   `dns`, `cap_add`, `expose` appended without duplicates; other lists appended. A value
+   tagged `!reset` removes what earlier files set; one tagged `!override` replaces it whole;
+4. `extends:` is resolved (after the merge, so an override file may change a base service),
+   from the same project or from another file (`file:`), recursively, with cycles reported.
+   The base's `depends_on`, `links` and `volumes_from` are not inherited: a base service
+   must not bring dependencies with it;
+5. profiles select the services (`select_profiles`).
+
+Everything here is pure tree manipulation; reading files goes through the `Files` protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pyapply.reconciler.manifest import yamlpos
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Where:
+    """A position in a file: the file as shown to the user, 1-based line and column, and the
+    file's absolute path (whose directory relative paths in it are resolved against)."""
+
+    display: str
+    line: int
+    column: int
+    path: str
+
+
+@dataclass
+class Node:
+    value: Any  # dict[str, Node] | list[Node] | a scalar
+    where: Where
+    key: Where | None = None  # where the mapping key of this value was written
+    tag: str | None = None  # yamlpos.RESET / yamlpos.OVERRIDE
+
+    def get(self, name: str) -> Node | None:
+        return self.value.get(name) if isinstance(self.value, dict) else None
+
+    def plain(self) -> Any:
+        if isinstance(self.value, dict):
+            return {k: v.plain() for k, v in self.value.items()}
+        if isinstance(self.value, list):
+            return [v.plain() for v in self.value]
+        return self.value
+
+
+class Files(Protocol):
+    """What assembling needs from the loader."""
+
+    def load_tree(self, path: str, display: str, env: dict[str, str]) -> Node | None:
+        """Read, parse and interpolate one compose file (None if it could not be read; the
+        loader has reported why)."""
+
+    def env_for_dir(
+        self, directory: str, display_dir: str, env_files: Sequence[str]
+    ) -> dict[str, str]:
+        """The variables of a project in `directory`: the environment over its `.env` (or
+        over the given env files)."""
+
+    def display(self, path: str) -> str:
+        """How to show an absolute path to the user."""
+
+    def problem(self, severity: str, where: Where | None, path: Path, message: str) -> None: ...
+
+
+def to_tree(doc: yamlpos.Document, display: str, abspath: str) -> Node:
+    def where(pos: tuple[int, int] | None) -> Where:
+        line, column = pos or doc.start
+        return Where(display, line, column, abspath)
+
+    def build(value: Any, path: Path) -> Node:
+        node = Node(value, where(doc.values.get(path)), tag=doc.tags.get(path))
+        if isinstance(value, dict):
+            out: dict[str, Node] = {}
+            for k, v in value.items():
+                child = build(v, (*path, k))
+                child.key = where(doc.keys.get((*path, k)))
+                out[k] = child
+            node.value = out
+        elif isinstance(value, list):
+            node.value = [build(v, (*path, i)) for i, v in enumerate(value)]
+        return node
+
+    return build(doc.data, ())
+
+
+def flatten(root: Node) -> yamlpos.Document:
+    """The tree as a plain document, keeping every position and the file it is in."""
+    doc = yamlpos.Document(data=None, start=(root.where.line, root.where.column))
+
+    def walk(node: Node, path: Path) -> Any:
+        doc.values[path] = (node.where.line, node.where.column)
+        doc.files[path] = node.where.display
+        if isinstance(node.value, dict):
+            out: dict[str, Any] = {}
+            for k, v in node.value.items():
+                child = (*path, k)
+                if v.key is not None:
+                    doc.keys[child] = (v.key.line, v.key.column)
+                out[k] = walk(v, child)
+            return out
+        if isinstance(node.value, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
+        return node.value
+
+    doc.data = walk(root, ())
+    # a key is reported in its value's file: merging keeps a key and its value together
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# Merging
+
+
+def _match(pattern: tuple[str, ...], path: Path) -> bool:
+    return len(pattern) == len(path) and all(
+        p in ("*", q) for p, q in zip(pattern, path, strict=True)
+    )
+
+
+_REPLACE = [("services", "*", f) for f in ("command", "entrypoint")] + [
+    ("services", "*", "healthcheck", "test")
+]
+# list-or-mapping fields merged by key ("KEY=VALUE" lists become mappings)
+_BY_KEY_EQ = [("services", "*", f) for f in ("environment", "labels", "sysctls", "annotations")] + [
+    ("services", "*", "build", "args"),
+    ("services", "*", "build", "labels"),
+    ("services", "*", "deploy", "labels"),
+    ("networks", "*", "labels"),
+    ("volumes", "*", "labels"),
+]
+# list-of-names-or-mapping fields merged by key (a listed name becomes `name: null`/defaults)
+_BY_NAME = [("services", "*", "networks"), ("services", "*", "depends_on")]
+# lists whose items are unique by a key; a later item with the same key replaces the earlier
+_UNIQUE: list[tuple[tuple[str, ...], Callable[[Node], Any]]] = []
+_DEDUP = [
+    ("services", "*", f)
+    for f in (
+        "dns",
+        "dns_search",
+        "dns_opt",
+        "expose",
+        "cap_add",
+        "cap_drop",
+        "external_links",
+        "links",
+        "group_add",
+        "security_opt",
+        "devices",
+        "tmpfs",
+        "env_file",
+        "profiles",
+        "extra_hosts",
+        "volumes_from",
+    )
+]
+
+
+def _port_key(n: Node) -> Any:
+    v = n.plain()
+    if isinstance(v, dict):
+        return (
+            "long",
+            v.get("host_ip", ""),
+            v.get("target"),
+            str(v.get("published", "")),
+            v.get("protocol", "tcp"),
+        )
+    return ("short", str(v))
+
+
+def _mount_key(n: Node) -> Any:
+    v = n.plain()
+    if isinstance(v, dict):
+        return v.get("target")
+    if isinstance(v, str):
+        parts = v.split(":")
+        return os.path.normpath(parts[1] if len(parts) > 1 else parts[0])
+    return repr(v)
+
+
+def _file_ref_key(prefix: str) -> Callable[[Node], Any]:
+    def key(n: Node) -> Any:
+        v = n.plain()
+        target = str((v.get("target") or v.get("source")) if isinstance(v, dict) else v)
+        return target if target.startswith("/") else prefix + target
+
+    return key
+
+
+_UNIQUE = [
+    (("services", "*", "ports"), _port_key),
+    (("services", "*", "volumes"), _mount_key),
+    (("services", "*", "configs"), _file_ref_key("/")),
+    (("services", "*", "secrets"), _file_ref_key("/run/secrets/")),
+]
+
+
+def clean(node: Node) -> Node | None:
+    """A tree with `!reset` values removed and `!override` tags dropped."""
+    if node.tag == yamlpos.RESET:
+        return None
+    out = Node(node.value, node.where, node.key)
+    if isinstance(node.value, dict):
+        out.value = {k: c for k, v in node.value.items() if (c := clean(v)) is not None}
+    elif isinstance(node.value, list):
+        out.value = [c for v in node.value if (c := clean(v)) is not None]
+    return out
+
+
+def _as_mapping(node: Node, by_name: bool, path: Path) -> Node:
+    """The mapping form of a list-or-mapping field."""
+    if not isinstance(node.value, list):
+        return node
+    out: dict[str, Node] = {}
+    for item in node.value:
+        if not isinstance(item.value, str | int | float) or isinstance(item.value, bool):
+            return node  # a shape the schema will report
+        text = str(item.value)
+        if by_name and path[-1] == "depends_on":
+            condition = Node("service_started", item.where, item.where)
+            out[text] = Node({"condition": condition}, item.where, item.where)
+        elif by_name:
+            out[text] = Node(None, item.where, item.where)
+        else:
+            key, eq, value = text.partition("=")
+            out[key] = Node(value if eq else None, item.where, item.where)
+    return Node(out, node.where, node.key, node.tag)
+
+
+def merge(base: Node | None, over: Node, path: Path = ()) -> Node | None:
+    """`over` (a later file) merged onto `base`; None when `over` resets the value."""
+    if over.tag == yamlpos.RESET:
+        return None
+    if base is None or over.tag == yamlpos.OVERRIDE:
+        return clean(over)
+    if any(_match(p, path) for p in _REPLACE):
+        return clean(over)
+    by_name = any(_match(p, path) for p in _BY_NAME)
+    if by_name or any(_match(p, path) for p in _BY_KEY_EQ):
+        base, over = _as_mapping(base, by_name, path), _as_mapping(over, by_name, path)
+    if isinstance(base.value, dict) and isinstance(over.value, dict):
+        out = dict(base.value)
+        for k, v in over.value.items():
+            merged = merge(out.get(k), v, (*path, k))
+            if merged is None:
+                out.pop(k, None)
+            else:
+                merged.key = v.key or merged.key
+                out[k] = merged
+        return Node(out, over.where, over.key)
+    if isinstance(base.value, list) and isinstance(over.value, list):
+        unique = next((key for p, key in _UNIQUE if _match(p, path)), None)
+        if unique is None and any(_match(p, path) for p in _DEDUP):
+            unique = _scalar_key
+        items = list(base.value)
+        for item in over.value:
+            c = clean(item)
+            if c is None:
+                continue
+            if unique is not None:
+                k = unique(c)
+                same = [i for i, old in enumerate(items) if unique(old) == k]
+                if same:
+                    i = same[0]
+                    old = items[i]
+                    if isinstance(old.value, dict) and isinstance(c.value, dict):
+                        items[i] = merge(old, c, (*path, i)) or c
+                    else:
+                        items[i] = c
+                    continue
+            items.append(c)
+        return Node(items, over.where, over.key)
+    return clean(over)
+
+
+def _scalar_key(n: Node) -> Any:
+    v = n.plain()
+    return repr(v) if isinstance(v, dict | list) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths made absolute (for included projects and services extended from another file)
+
+
+def _absolute(value: Any, directory: str) -> Any:
+    if not isinstance(value, str) or not value or value.startswith(("/", "~")):
+        return value
+    if "://" in value or value.startswith("git@"):
+        return value  # a remote build context
+    return os.path.normpath(os.path.join(directory, value))
+
+
+def _set(node: Node | None, directory: str) -> None:
+    if node is not None and isinstance(node.value, str):
+        node.value = _absolute(node.value, directory)
+
+
+def rebase_service(svc: Node, directory: str) -> None:
+    """Relative paths in a service made absolute against `directory`."""
+    if not isinstance(svc.value, dict):
+        return
+    build = svc.get("build")
+    if build is not None:
+        if isinstance(build.value, str):
+            _set(build, directory)
+        else:
+            _set(build.get("context"), directory)
+    for name in ("env_file", "label_file"):
+        files = svc.get(name)
+        if files is None:
+            continue
+        items = files.value if isinstance(files.value, list) else [files]
+        for item in items:
+            if isinstance(item.value, dict):
+                _set(item.get("path"), directory)
+            else:
+                _set(item, directory)
+    volumes = svc.get("volumes")
+    if volumes is not None and isinstance(volumes.value, list):
+        for item in volumes.value:
+            if isinstance(item.value, str):
+                parts = item.value.split(":")
+                if len(parts) > 1 and parts[0].startswith("."):
+                    parts[0] = _absolute(parts[0], directory)
+                    item.value = ":".join(parts)
+            elif isinstance(item.value, dict):
+                kind = item.get("type")
+                if kind is not None and kind.value == "bind":
+                    _set(item.get("source"), directory)
+    extends = svc.get("extends")
+    if extends is not None:
+        _set(extends.get("file"), directory)
+
+
+def rebase_project(root: Node, directory: str) -> None:
+    services = root.get("services")
+    if services is not None and isinstance(services.value, dict):
+        for svc in services.value.values():
+            rebase_service(svc, directory)
+    for section in ("configs", "secrets"):
+        objs = root.get(section)
+        if objs is not None and isinstance(objs.value, dict):
+            for obj in objs.value.values():
+                _set(obj.get("file"), directory)
+
+
+# ---------------------------------------------------------------------------------------------
+# Assembling a project
+
+SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
+
+
+@dataclass
+class Assembler:
+    files: Files
+    read: list[str] = field(default_factory=list)  # every file read, absolute
+    _values: int = field(default=0, init=False)  # values read and copied (includes, extends)
+    _over: bool = field(default=False, init=False)  # past yamlpos.MAX_NODES, reported
+
+    def project(
+        self, paths: Sequence[tuple[str, str]], env: dict[str, str], chain: tuple[str, ...] = ()
+    ) -> Node | None:
+        """The files (absolute path, display) merged in order, includes and extends resolved."""
+        merged: Node | None = None
+        for path, display in paths:
+            if self._over:
+                break  # reported: read no more
+            tree = self.files.load_tree(path, display, env)
+            if tree is None or not isinstance(tree.value, dict):
+                continue
+            if not self.count(tree, tree.where, (), "with the files read before it, this file"):
+                continue
+            self.read.append(path)
+            self.includes(tree, (*chain, path))
+            merged = tree if merged is None else merge(merged, tree)
+        if merged is None:
+            return None
+        self.extends(merged, env)  # before `clean`: a service's `!reset` applies to its base
+        return clean(merged) or merged
+
+    # -- include
+
+    def includes(self, tree: Node, chain: tuple[str, ...]) -> None:
+        inc = tree.value.pop("include", None)
+        if inc is None:
+            return
+        here = os.path.dirname(chain[-1])
+        entries = inc.value if isinstance(inc.value, list) else None
+        if entries is None:
+            self.error(inc.where, ("include",), "must be a list of files or of {path: ...}")
+            return
+        for i, entry in enumerate(entries):
+            epath: Path = ("include", i)
+            paths: list[Node] = []
+            project_dir: str | None = None
+            env_files: list[str] = []
+            if isinstance(entry.value, str):
+                paths = [entry]
+            elif isinstance(entry.value, dict) and entry.get("path") is not None:
+                p = entry.get("path")
+                assert p is not None
+                paths = p.value if isinstance(p.value, list) else [p]
+                pd = entry.get("project_directory")
+                if pd is not None and isinstance(pd.value, str):
+                    project_dir = str(_absolute(pd.value, here))
+                ef = entry.get("env_file")
+                if ef is not None:
+                    items = ef.value if isinstance(ef.value, list) else [ef]
+                    for x in items:
+                        given = str(_absolute(x.value, here)) if isinstance(x.value, str) else ""
+                        if not given:
+                            self.error(x.where, (*epath, "env_file"), "must be a file path")
+                        elif not os.path.exists(given):
+                            shown = self.files.display(given)
+                            self.error(
+                                x.where, (*epath, "env_file"), f'env file "{shown}" does not exist'
+                            )
+                        else:
+                            env_files.append(given)
+                unknown = [
+                    k
+                    for k in entry.value
+                    if k not in ("path", "project_directory", "env_file") and not k.startswith("x-")
+                ]
+                for k in unknown:
+                    self.error(
+                        entry.value[k].key, (*epath, k), f'unknown field "{k}" of an include'
+                    )
+            else:
+                self.error(entry.where, epath, 'an include is a file path or a mapping with "path"')
+                continue
+            if not paths or not all(isinstance(p.value, str) and p.value for p in paths):
+                self.error(entry.where, epath, "an include needs the path of a compose file")
+                continue
+            files = [(str(_absolute(p.value, here)), p) for p in paths]
+            missing = [(f, p) for f, p in files if not os.path.exists(f)]
+            if missing:
+                for f, p in missing:
+                    self.error(
+                        p.where, epath, f'included file "{self.files.display(f)}" does not exist'
+                    )
+                continue
+            loop = next((f for f, _ in files if f in chain), None)
+            if loop is not None:
+                names = [self.files.display(c) for c in chain[chain.index(loop) :]]
+                self.error(
+                    entry.where,
+                    epath,
+                    "include cycle: " + " -> ".join([*names, self.files.display(loop)]),
+                )
+                continue
+            if len(chain) >= yamlpos.MAX_DEPTH:  # each level of include recurses
+                self.error(
+                    entry.where,
+                    epath,
+                    f"includes nested more than {yamlpos.MAX_DEPTH} files deep",
+                )
+                continue
+            directory = project_dir or os.path.dirname(files[0][0])
+            sub_env = self.files.env_for_dir(directory, self.files.display(directory), env_files)
+            sub = self.project([(f, self.files.display(f)) for f, _ in files], sub_env, chain)
+            if sub is None:
+                continue
+            rebase_project(sub, directory)
+            self.add_included(tree, sub, entry)
+
+    def add_included(self, tree: Node, sub: Node, entry: Node) -> None:
+        for section in SECTIONS:
+            objs = sub.get(section)
+            if objs is None or not isinstance(objs.value, dict):
+                continue
+            mine = tree.get(section)
+            if mine is None or not isinstance(mine.value, dict):
+                mine = Node({}, objs.where, objs.key)
+                tree.value[section] = mine
+            for name, obj in objs.value.items():
+                if name in mine.value:
+                    other = obj.key or obj.where
+                    self.error(
+                        mine.value[name].key or mine.value[name].where,
+                        (section, name),
+                        f'{section[:-1]} "{name}" is also defined by the included file '
+                        f"{other.display}:{other.line}:{other.column}",
+                    )
+                    continue
+                mine.value[name] = obj
+
+    # -- extends
+
+    def extends(self, root: Node, env: dict[str, str]) -> None:
+        services = root.get("services")
+        if services is None or not isinstance(services.value, dict):
+            return
+        scope = _Scope(services, root.where.path)
+        for name in _bases_first(services.value):
+            self.resolve(scope, name, env, ())
+
+    def resolve(
+        self, scope: _Scope, name: str, env: dict[str, str], chain: tuple[tuple[str, str], ...]
+    ) -> Node | None:
+        """The service `name` of `scope` with its `extends` applied (in place)."""
+        svc: Node | None = scope.services.value.get(name)
+        if svc is None or not isinstance(svc.value, dict):
+            return svc
+        ext = svc.get("extends")
+        if ext is None:
+            return svc
+        me = (scope.file, name)
+        epath: Path = ("services", name, "extends")
+        if me in chain:
+            names = [n for _, n in chain[chain.index(me) :]] + [name]
+            self.error(ext.key or ext.where, epath, "extends cycle: " + " -> ".join(names))
+            svc.value.pop("extends", None)
+            return svc
+        if len(chain) >= yamlpos.MAX_DEPTH:  # resolving recurses once per link
+            self.error(
+                ext.key or ext.where,
+                epath,
+                f"extends chain of more than {yamlpos.MAX_DEPTH} services: "
+                + " -> ".join([*(n for _, n in chain[:3]), "...", name]),
+            )
+            svc.value.pop("extends", None)
+            return svc
+        target, file_node = self.extends_target(ext, epath)
+        if target is None:
+            svc.value.pop("extends", None)
+            return svc
+        if file_node is None:
+            other_scope = scope
+            if target not in scope.services.value:
+                self.error(
+                    ext.where,
+                    epath,
+                    f'service "{name}" extends "{target}", which is not defined',
+                )
+                svc.value.pop("extends", None)
+                return svc
+        else:
+            other_file = str(_absolute(file_node.value, os.path.dirname(file_node.where.path)))
+            other_scope_or = self.file_scope(other_file, env, file_node, epath)
+            if other_scope_or is None:
+                svc.value.pop("extends", None)
+                return svc
+            other_scope = other_scope_or
+            if target not in other_scope.services.value:
+                self.error(
+                    ext.where,
+                    epath,
+                    f'service "{name}" extends "{target}", which is not defined in '
+                    f'"{self.files.display(other_file)}"',
+                )
+                svc.value.pop("extends", None)
+                return svc
+        base = self.resolve(other_scope, target, env, (*chain, me))
+        if other_scope is not scope and base is not None:
+            base = clean(base)  # a copy: the other file's service stays as it is
+            if base is not None:
+                rebase_service(base, os.path.dirname(other_scope.file))
+        svc.value.pop("extends", None)
+        if base is None or not isinstance(base.value, dict):
+            return svc
+        inherited = Node(
+            {k: v for k, v in base.value.items() if k not in _NOT_INHERITED},
+            base.where,
+            base.key,
+        )
+        if not self.count(inherited, ext.key or ext.where, epath, "what extends copies here"):
+            return svc
+        merged = merge(inherited, svc, ("services", name)) or svc
+        svc.value = merged.value
+        return svc
+
+    def extends_target(self, ext: Node, epath: Path) -> tuple[str | None, Node | None]:
+        if isinstance(ext.value, str) and ext.value:
+            return ext.value, None
+        if isinstance(ext.value, dict):
+            service = ext.get("service")
+            file_node = ext.get("file")
+            for k, v in ext.value.items():
+                if k not in ("service", "file") and not k.startswith("x-"):
+                    self.error(v.key, (*epath, k), f'unknown field "{k}" of extends')
+            if service is None or not isinstance(service.value, str) or not service.value:
+                self.error(
+                    ext.where, epath, 'extends needs "service": the name of the service to extend'
+                )
+                return None, None
+            if file_node is not None and not (isinstance(file_node.value, str) and file_node.value):
+                self.error(file_node.where, (*epath, "file"), "must be the path of a compose file")
+                return None, None
+            return service.value, file_node
+        self.error(
+            ext.where, epath, 'must be a service name or a mapping with "service" and "file"'
+        )
+        return None, None
+
+    def file_scope(self, path: str, env: dict[str, str], node: Node, epath: Path) -> _Scope | None:
+        cached = self._file_scopes.get(path)
+        if cached is not None:
+            return cached
+        if not os.path.exists(path):
+            self.error(
+                node.where, (*epath, "file"), f'file "{self.files.display(path)}" does not exist'
+            )
+            return None
+        tree = self.files.load_tree(path, self.files.display(path), env)
+        if tree is None:
+            return None
+        self.read.append(path)
+        services = tree.get("services")
+        if services is None or not isinstance(services.value, dict):
+            services = Node({}, tree.where)
+        scope = _Scope(services, path)
+        self._file_scopes[path] = scope
+        return scope
+
+    def error(self, where: Where | None, path: Path, message: str) -> None:
+        self.files.problem("error", where, path, message)
+
+    def count(self, node: Node, where: Where | None, path: Path, what: str) -> bool:
+        """Counts the values of `node` against the bound on one file's (yamlpos.MAX_NODES):
+        a project may include one file many times and extend one service many times, each a
+        copy. False, reported once, when the project goes past it."""
+        self._values += _size(node)
+        if self._values <= yamlpos.MAX_NODES:
+            return True
+        if not self._over:
+            self._over = True
+            self.error(
+                where,
+                path,
+                f"{what} brings the compose project past {yamlpos.MAX_NODES} values",
+            )
+        return False
+
+    def __post_init__(self) -> None:
+        self._file_scopes: dict[str, _Scope] = {}
+
+
+def _size(node: Node) -> int:
+    """How many values `node` holds, itself included."""
+    count = 0
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        count += 1
+        if isinstance(n.value, dict):
+            todo.extend(n.value.values())
+        elif isinstance(n.value, list):
+            todo.extend(n.value)
+    return count
+
+
+def _bases_first(services: dict[str, Node]) -> list[str]:
+    """The names of `services`, each after the service of the same file it extends: resolved
+    in this order, `Assembler.resolve` finds every base already resolved and recurses one
+    level, however long the chain. A chain that ends in a cycle keeps the written order, so
+    that the cycle is reported where it starts."""
+
+    def base(name: str) -> str | None:
+        svc = services.get(name)
+        ext = svc.get("extends") if svc is not None and isinstance(svc.value, dict) else None
+        if ext is None:
+            return None
+        target: Any = ext.value
+        if isinstance(target, dict):
+            service = ext.get("service")
+            target = service.value if service is not None and ext.get("file") is None else None
+        return target if isinstance(target, str) and target in services else None
+
+    order: list[str] = []
+    done: set[str] = set()
+    for name in services:
+        chain: list[str] = []
+        seen: set[str] = set()
+        link: str | None = name
+        while link is not None and link not in done and link not in seen:
+            chain.append(link)
+            seen.add(link)
+            link = base(link)
+        order.extend(chain if link in seen else reversed(chain))
+        done.update(chain)
+    return order
+
+
+# What a service does not inherit from the service it extends: what ties it to other services.
+_NOT_INHERITED = ("depends_on", "links", "volumes_from")
+
+
+@dataclass
+class _Scope:
+    services: Node
+    file: str  # absolute path of the file the services come from
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles
+
+
+def profiles_of(svc: Node) -> list[str]:
+    p = svc.get("profiles")
+    if p is None or not isinstance(p.value, list):
+        return []
+    return [str(x.value) for x in p.value if isinstance(x.value, str)]
+
+
+def select_profiles(root: Node, enabled: Sequence[str], files: Files) -> None:
+    """Drop the services whose profiles are all disabled; a service that stays must not
+    depend on one that goes."""
+    services = root.get("services")
+    if services is None or not isinstance(services.value, dict):
+        return
+    on = set(enabled)
+    inactive: dict[str, list[str]] = {}
+    for name, svc in services.value.items():
+        profiles = profiles_of(svc)
+        if profiles and "*" not in on and not on.intersection(profiles):
+            inactive[name] = profiles
+    for name, svc in services.value.items():
+        if name in inactive:
+            continue
+        if isinstance(svc.value, dict):
+            svc.value.pop("profiles", None)
+        deps = svc.get("depends_on")
+        if deps is None:
+            continue
+        for key, dep, entry, at in _dependencies(deps):
+            if key not in inactive:
+                continue
+            _remove(deps, entry)
+            required = True
+            if isinstance(dep, dict) and isinstance(dep.get("required"), Node):
+                required = dep["required"].value is not False
+            if not required:
+                continue
+            listed = ", ".join(inactive[key])
+            files.problem(
+                "error",
+                entry.key or entry.where,
+                ("services", name, "depends_on", at),
+                f'service "{name}" depends on "{key}", which is not enabled: enable its '
+                f"profile ({listed}) with --profile or COMPOSE_PROFILES",
+            )
+    for name in inactive:
+        del services.value[name]
+
+
+def _dependencies(
+    deps: Node,
+) -> Iterator[tuple[str, dict[str, Node] | None, Node, str | int]]:
+    if isinstance(deps.value, list):
+        for i, item in enumerate(list(deps.value)):
+            if isinstance(item.value, str):
+                yield item.value, None, item, i
+    elif isinstance(deps.value, dict):
+        for key, item in list(deps.value.items()):
+            yield key, item.value if isinstance(item.value, dict) else None, item, key
+
+
+def _remove(deps: Node, entry: Node) -> None:
+    if isinstance(deps.value, list):
+        deps.value = [d for d in deps.value if d is not entry]
+    elif isinstance(deps.value, dict):
+        deps.value = {k: v for k, v in deps.value.items() if v is not entry}
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a directory's compose project
+
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+OVERRIDE_FILES = (
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+)
+
+
+def project_files(directory: str) -> list[str]:
+    """A directory's compose project: the first of COMPOSE_FILES found, then the first of
+    OVERRIDE_FILES found; [] when the directory holds no compose file."""
+    base = next((n for n in COMPOSE_FILES if os.path.isfile(os.path.join(directory, n))), None)
+    if base is None:
+        return []
+    override = next((n for n in OVERRIDE_FILES if os.path.isfile(os.path.join(directory, n))), None)
+    return [base] + ([override] if override else [])

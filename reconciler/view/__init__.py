@@ -1,0 +1,1 @@
+"""What people and machines read: plan text and JSON, progress, tables."""
