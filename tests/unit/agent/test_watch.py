@@ -359,7 +359,7 @@ def openapi_validator(name: str) -> Any:
     import jsonschema
 
     doc = json.loads(
-        (Path(__file__).parents[2] / "schemas" / "v1" / "agent-api.openapi.json").read_text()
+        (Path(__file__).parents[3] / "schemas" / "v1" / "agent-api.openapi.json").read_text()
     )
     return jsonschema.Draft202012Validator(
         {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}

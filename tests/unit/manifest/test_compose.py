@@ -34,9 +34,9 @@ from pyapply.reconciler.manifest import compose, yamlpos
 from pyapply.reconciler.manifest import dump as compose_render
 from pyapply.reconciler.manifest.loader import Loaded, load
 
-DATA = Path(__file__).parent / "data" / "compose"
+DATA = Path(__file__).parents[1] / "data" / "compose"
 FIXTURES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CORPUS_DEFAULT = REPO.parent / "shared" / "corpus" / "compose"
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 
@@ -221,7 +221,7 @@ def test_every_fixture_round_trips(name: str, tmp_path: Path) -> None:
         assert_round_trip(fixture(name, profiles=profiles), tmp_path)
 
 
-MANIFESTS = Path(__file__).parent / "data" / "manifests"
+MANIFESTS = Path(__file__).parents[1] / "data" / "manifests"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in MANIFESTS.iterdir() if p.is_dir()))

@@ -23,7 +23,7 @@ import pytest
 from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native import oci, seccomp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CORPUS_DEFAULT = REPO.parent / "shared" / "corpus"
 
 # Facts of Docker's profile that ours lacks, and facts of ours that Docker's lacks, each with

@@ -439,7 +439,7 @@ def test_findings_as_json(here: Path) -> None:
         }
     ]
     plan_schema = json.loads(
-        (Path(__file__).parents[2] / "schemas" / "v1" / "plan.schema.json").read_text()
+        (Path(__file__).parents[3] / "schemas" / "v1" / "plan.schema.json").read_text()
     )
     doc = {"drift": False, "stacks": [], "findings": [f.to_json() for f in found]}
     Draft202012Validator(plan_schema).validate(doc)
@@ -577,7 +577,7 @@ def test_the_schema_ships_and_names_every_rule() -> None:
     assert sorted(schema["properties"]["rules"]["properties"]) == sorted(r.name for r in pol.RULES)
     assert RESTRICTED.rules.keys() == WARN.rules.keys() == {r.name for r in pol.RULES}
     # the README's table documents every rule
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     assert all(f"| `{r.name}` |" in readme for r in pol.RULES)
 
 
@@ -597,7 +597,7 @@ def test_a_thousand_services_are_checked_well_under_a_second(here: Path) -> None
 
 
 def test_the_example_policy_loads() -> None:
-    example = Path(__file__).parents[2] / "contrib" / "policy" / "policy.yaml"
+    example = Path(__file__).parents[3] / "contrib" / "policy" / "policy.yaml"
     policy = load_policy(str(example))
     assert policy.rules["host_namespaces"] == RuleSetting("deny", ("network",))
     assert policy.rules["devices"] == RuleSetting("deny", (), ("monitoring/node-exporter",))

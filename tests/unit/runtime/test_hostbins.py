@@ -19,7 +19,7 @@ from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native import hostbins
 from pyapply.runtime.native.hostbins import HOST_BINARIES, HostBinary
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CODE_DIRS = ("reconciler", "runtime")
 # an absolute path to a program in one of the system's bin directories
 _BIN_PATH = re.compile(r"^/(usr/)?(local/)?s?bin/[A-Za-z0-9._+-]+$")

@@ -43,8 +43,8 @@ from pyapply.reconciler.core.model import (
 from pyapply.reconciler.manifest import loader as manifest
 from pyapply.reconciler.manifest.loader import Loaded, load
 
-DATA = Path(__file__).parent / "data" / "manifests"
-CORPUS_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "compose"
+DATA = Path(__file__).parents[1] / "data" / "manifests"
+CORPUS_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "compose"
 
 
 def load_text(
