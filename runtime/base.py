@@ -9,7 +9,7 @@ back-off, everything else fails fast.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -53,6 +53,27 @@ class NotFound(PermanentError):
 
 class Conflict(PermanentError):
     """The object exists but is not ours or not what was asked for (e.g. a name in use)."""
+
+
+class BuildFailed(PermanentError):
+    """An image build stopped: a Dockerfile error (`where` is "Dockerfile:LINE"), or a step
+    that failed (`step` is its text, `exit_code` its status, `tail` the last lines of its
+    output). Nothing of the failed build is tagged."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        where: str | None = None,
+        step: str | None = None,
+        exit_code: int | None = None,
+        tail: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.where = where
+        self.step = step
+        self.exit_code = exit_code
+        self.tail = tail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +267,68 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class BuildConfig:
+    """What to build: a Dockerfile in a context directory (the compose `build:` fields).
+
+    `dockerfile` is relative to `context` (default "Dockerfile"); `dockerfile_inline` replaces
+    it. `tags` are the references the result gets; `args` are build args (--build-arg);
+    `target` is the stage to stop at; `no_cache` ignores the layer cache; `pull` refreshes
+    the base images first."""
+
+    context: str
+    dockerfile: str | None = None
+    dockerfile_inline: str | None = None
+    tags: tuple[str, ...] = ()
+    args: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    pull: bool = False
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """Progress of a build, one per step as it starts and ends (and output lines of a
+    running step). `step` counts from 1 over the whole build (all stages)."""
+
+    step: int
+    total: int
+    instruction: str  # as written, e.g. "RUN make -j2" (secrets never appear here)
+    state: Literal["running", "cached", "done", "failed", "output"]
+    line: str = ""  # for state "output": one line the step printed
+    seconds: float = 0.0  # for "done"/"cached"/"failed"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image_id: str  # "sha256:..." (the config digest)
+    tags: tuple[str, ...]
+    steps: int
+    cached: int  # steps answered from the cache
+
+
+@dataclass(frozen=True)
+class PushEvent:
+    """Progress of a push: one per blob (`kind` layer/config) or for the manifest."""
+
+    ref: str
+    kind: Literal["layer", "config", "manifest"]
+    digest: str
+    size: int
+    state: Literal["exists", "mounted", "uploading", "uploaded", "pushed"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    ref: str
+    digest: str  # the manifest's digest in the registry
+
+
+BuildProgress = Callable[[BuildEvent], None]
+PushProgress = Callable[[PushEvent], None]
+
+
+@dataclass(frozen=True)
 class Event:
     """A runtime event about one of our objects (used by the watch agent)."""
 
@@ -285,6 +368,17 @@ class Runtime(Protocol):
         ...
 
     def pull_image(self, ref: str) -> ImageInfo: ...
+
+    def build_image(
+        self, config: BuildConfig, progress: BuildProgress | None = None
+    ) -> BuildResult:
+        """Build an image from a Dockerfile and tag it; raises BuildFailed. Nothing is
+        tagged when the build fails."""
+        ...
+
+    def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
+        """Push a local image to its registry: every blob first, the manifest last."""
+        ...
 
     def create_network(self, config: NetworkConfig) -> None: ...
     def remove_network(self, name: str) -> None: ...

@@ -28,6 +28,9 @@ from typing import Any, Literal, TypeVar
 
 from pyapply.runtime.base import (
     Attachment,
+    BuildConfig,
+    BuildProgress,
+    BuildResult,
     Conflict,
     ContainerConfig,
     ContainerState,
@@ -38,6 +41,8 @@ from pyapply.runtime.base import (
     NetworkState,
     NotFound,
     PermanentError,
+    PushProgress,
+    PushResult,
     RuntimeFailure,
     TransientError,
     VolumeConfig,
@@ -336,6 +341,15 @@ class DockerRuntime:
 
     # -----------------------------------------------------------------------------------------
     # Networks and volumes
+
+    def build_image(
+        self, config: BuildConfig, progress: BuildProgress | None = None
+    ) -> BuildResult:
+        # Issue 11 is being built: until then a build is a plain, permanent error.
+        raise PermanentError("building images is not implemented yet on the docker runtime")
+
+    def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
+        raise PermanentError("pushing images is not implemented yet on the docker runtime")
 
     def create_network(self, config: NetworkConfig) -> None:
         action = f"create network {config.name}"

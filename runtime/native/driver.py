@@ -62,6 +62,9 @@ from typing import Any, NamedTuple
 
 from pyapply.runtime.base import (
     Attachment,
+    BuildConfig,
+    BuildProgress,
+    BuildResult,
     Conflict,
     ContainerConfig,
     ContainerState,
@@ -74,6 +77,8 @@ from pyapply.runtime.base import (
     NetworkState,
     NotFound,
     PermanentError,
+    PushProgress,
+    PushResult,
     VolumeConfig,
     VolumeState,
 )
@@ -223,6 +228,15 @@ class NativeRuntime:
     @translated
     def pull_image(self, ref: str) -> ImageInfo:
         return self.image_store.pull(ref).info()
+
+    def build_image(
+        self, config: BuildConfig, progress: BuildProgress | None = None
+    ) -> BuildResult:
+        # Issue 11 is being built: until then a build is a plain, permanent error.
+        raise PermanentError("building images is not implemented yet on the native runtime")
+
+    def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
+        raise PermanentError("pushing images is not implemented yet on the native runtime")
 
     # -- networks ------------------------------------------------------------------------
 

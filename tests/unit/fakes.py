@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 
 from pyapply.runtime.base import (
     Attachment,
+    BuildConfig,
+    BuildProgress,
+    BuildResult,
     Conflict,
     ContainerConfig,
     ContainerState,
@@ -22,6 +25,9 @@ from pyapply.runtime.base import (
     NetworkConfig,
     NetworkState,
     NotFound,
+    PermanentError,
+    PushProgress,
+    PushResult,
     Stuck,
     TransientError,
     VolumeConfig,
@@ -82,6 +88,14 @@ class FakeRuntime:
         self._call(f"pull {ref}")
         info = self.images_.setdefault(ref, ImageInfo(f"sha256:{ref}", ("PATH=/bin",)))
         return info
+
+    def build_image(
+        self, config: BuildConfig, progress: BuildProgress | None = None
+    ) -> BuildResult:
+        raise PermanentError("the fake runtime does not build images")
+
+    def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
+        raise PermanentError("the fake runtime does not push images")
 
     def create_network(self, config: NetworkConfig) -> None:
         self._call(f"create_network {config.name}")
