@@ -124,7 +124,7 @@ def apply_probe(
 def write_status(cdir: Path, doc: dict[str, Any]) -> None:
     # 0600: a probe's output may show anything of the container's; written at every probe,
     # and the next probe rewrites it anyway, so no fsync
-    atomic_write(cdir / HEALTH_FILE, json.dumps(doc), sync=False)
+    atomic_write(cdir / HEALTH_FILE, json.dumps(doc), durable=False)
 
 
 def _announce(pid_file: Path) -> None:
