@@ -213,7 +213,14 @@ def reset(cdir: Path) -> None:
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    """The directory that holds the package `pyapply` (site-packages, or the checkout): what
+    the checker's Python needs on its path to import us. Not this file's resolved path: in
+    the checkout pyapply/runtime is a link to runtime/, and installed, parents of this file
+    would be pyapply/ itself, either of which puts top-level `runtime`, `reconciler` and
+    `schemas` on the checker's path."""
+    import pyapply
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(pyapply.__file__)))
 
 
 @dataclass
