@@ -7,6 +7,7 @@ narrowed afterwards (runtime/statefs.py and every writer that keeps state under 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -29,7 +30,17 @@ from pyapply.runtime.native import health, network
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.statefs import atomic_write, dirs_bottom_up, open_private, private_dir, rmtree
+from pyapply.runtime.statefs import (
+    DEFAULT_ROOT,
+    atomic_write,
+    dirs_bottom_up,
+    open_private,
+    private_dir,
+    rmtree,
+    state_root,
+)
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def mode(path: str | os.PathLike[str]) -> int:
@@ -159,6 +170,28 @@ def test_atomic_write_has_one_fsync_rule(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(OSError, match="No space"):
         atomic_write(target, "longer content")
     assert target.read_text() == "123" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_one_default_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state root: explicit, else $PYAPPLY_ROOT, else DEFAULT_ROOT; and DEFAULT_ROOT is
+    the only place the default is spelled in code (docs and help texts may name it)."""
+    monkeypatch.delenv("PYAPPLY_ROOT", raising=False)
+    assert state_root() == DEFAULT_ROOT == "/var/lib/pyapply"
+    assert state_root("") == DEFAULT_ROOT
+    monkeypatch.setenv("PYAPPLY_ROOT", "/srv/pa")
+    assert state_root() == "/srv/pa" and state_root(Path("/x")) == "/x"
+    spelled = []
+    for d in ("reconciler", "runtime"):
+        for path in sorted((REPO / d).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value == DEFAULT_ROOT:
+                    spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert spelled == ["runtime/statefs.py:" + str(statefs_line())]
+
+
+def statefs_line() -> int:
+    text = (REPO / "runtime" / "statefs.py").read_text().splitlines()
+    return next(n for n, line in enumerate(text, 1) if line.startswith("DEFAULT_ROOT = "))
 
 
 def test_atomic_write_never_writes_through_a_planted_temp_or_symlink(tmp_path: Path) -> None:
