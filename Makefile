@@ -9,11 +9,12 @@ LINT_DIRS := reconciler runtime tests
 DEMO      := manifests/demo/
 DEMO_TAR  := .state/demo/busybox-rootfs.tar
 
-.PHONY: help setup lint typecheck unit e2e test demo bench clean-state
+.PHONY: help setup lint imports typecheck unit e2e test demo bench clean-state
 
 help:
 	@echo "make setup       install packages, venv, start dockerd, build the test image"
-	@echo "make lint        ruff check + ruff format --check"
+	@echo "make lint        ruff check + ruff format --check + make imports"
+	@echo "make imports     the import contracts between rooms (import-linter, pyproject.toml)"
 	@echo "make typecheck   mypy (strict, see pyproject.toml)"
 	@echo "make unit        unit tests"
 	@echo "make e2e         end-to-end tests on both runtimes (dockerd and native)"
@@ -25,9 +26,14 @@ help:
 setup:
 	bash scripts/setup.sh
 
-lint:
+lint: imports
 	$(BIN)/ruff check $(LINT_DIRS)
 	$(BIN)/ruff format --check $(LINT_DIRS)
+
+# The rooms' boundaries (docs/ARCHITECTURE.md): import-linter reads [tool.importlinter] in
+# pyproject.toml and finds the package `pyapply` through the editable install.
+imports:
+	$(BIN)/lint-imports --no-cache
 
 typecheck:
 	$(BIN)/mypy

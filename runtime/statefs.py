@@ -9,11 +9,14 @@ files of configs and secrets, logs, the history database. Docker keeps /var/lib/
 - directories are made 0700 (`private_dir`). A root, or one of its directories, that an
   older pyapply left 0755 is tightened to 0700 the first time it is used, which shuts
   everything below it (entries made before, at whatever mode) out at once;
-- files are created with their final restrictive mode by the `open(2)` that makes them
-  (`atomic_write`, `open_private`): never born with the umask's mode and chmod'ed later, so
-  there is no moment at which another user can open one. A file that containers read
-  through a bind mount (/etc/hosts, resolv.conf, configs) may ask for a wider mode; the 0700
-  directories above it still keep the host's users out;
+- files are created 0600 by the `open(2)` that makes them (`atomic_write`, `open_private`):
+  never born with the umask's mode and chmod'ed later, so there is no moment at which
+  another user can open one. A file that containers read through a bind mount (/etc/hosts,
+  resolv.conf, configs, secrets) may ask for another mode (0644, 0444, 0400), which
+  `atomic_write` sets on the descriptor of the unnamed temporary file, before the rename;
+  the 0700 directories above it still keep the host's users out;
+- state files are written by `atomic_write` only, with one fsync rule (content and
+  directory, unless the caller says the file may be lost in a crash);
 - `rmtree` is iterative and works relative to directory descriptors, so the depth of a tree
   it can remove is bounded neither by Python's recursion limit, nor by the open-file limit,
   nor by PATH_MAX (an image layer 2,000 directories deep; a container that made one in its
@@ -35,8 +38,21 @@ from dataclasses import dataclass, field
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
+# Where pyapply keeps its state when neither --root nor $PYAPPLY_ROOT says otherwise: the one
+# definition, here in runtime/ so that both the drivers and reconciler/ (which may import
+# runtime/, never the reverse) use it.
+DEFAULT_ROOT = "/var/lib/pyapply"
+
 # open(2) flags for a file we make: never through a symlink planted in our place
 _CREATE = os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def state_root(explicit: str | os.PathLike[str] | None = None) -> str:
+    """The state root: `explicit` (a --root option, a runtime's `root` argument), else
+    $PYAPPLY_ROOT, else DEFAULT_ROOT."""
+    if explicit is not None and os.fspath(explicit):
+        return os.fspath(explicit)
+    return os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
 
 
 def private_dir(path: str | os.PathLike[str]) -> None:
@@ -81,24 +97,39 @@ def atomic_write(
     data: str | bytes,
     mode: int = PRIVATE_FILE_MODE,
     *,
-    sync: bool = True,
-    sync_dir: bool = False,
+    durable: bool = True,
+    owner: tuple[int | None, int | None] = (None, None),
 ) -> None:
     """Replace `path` with `data` so a reader sees the old content or the new, never a mix.
-    The new file is created with `mode` (less the umask) by the open that makes it, under a
-    unique temporary name (O_EXCL: never an old temporary file with another mode).
-    `sync`: fsync the content before the rename (off for what may be lost in a crash)."""
+
+    The one way pyapply writes a state file. The new file is made 0600 by the open that
+    creates it, under a unique temporary name (O_EXCL: never an old temporary file with
+    another mode, never through a planted symlink); `mode` and `owner` (uid, gid; None keeps
+    ours) are then set on that descriptor, before the file takes its name, so a file asking
+    for 0400 or 0444 (a secret, a config a container reads through a bind mount) is never
+    visible with any other mode, and its mode does not depend on the umask.
+
+    The one fsync rule: a state file is `durable`, its content fsynced before the rename and
+    its directory after it, so that after a crash the name holds the old content or the new
+    and the rename itself is not lost. A caller passes durable=False only for a file that
+    may be lost in a crash because it is rewritten soon anyway (a health status, rewritten
+    at every probe). The directory must exist (`private_dir`)."""
     target = os.fspath(path)
     directory, name = os.path.split(target)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_EXCL | _CREATE, PRIVATE_FILE_MODE)
     try:
         try:
             view = memoryview(raw)
             while view:
                 view = view[os.write(fd, view) :]
-            if sync:
+            if owner != (None, None):
+                uid, gid = owner
+                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            if mode != PRIVATE_FILE_MODE or stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+                os.fchmod(fd, mode)
+            if durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
@@ -107,12 +138,17 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if sync_dir:
-        dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    if durable:
+        fsync_dir(directory or ".")
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory, so the names made or renamed in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from tenacity import (
 
 from pyapply.reconciler.core.plan import Action, Plan
 from pyapply.runtime.base import ContainerState, NotFound, Runtime, RuntimeFailure, Stuck
-from pyapply.runtime.statefs import PRIVATE_FILE_MODE, private_dir
+from pyapply.runtime.statefs import atomic_write, private_dir
 
 Status = Literal["done", "failed", "skipped"]
 
@@ -372,30 +371,9 @@ def _condition_problem(cond: str | None, name: str, state: ContainerState | None
 def write_file_atomic(
     path: str, content: bytes, mode: int, *, owner: tuple[int | None, int | None] = (None, None)
 ) -> None:
-    """Write a file so that a reader sees the old content or the new, never a mix; `owner`
-    is (uid, gid), None keeping ours.
-
-    The file is born 0600 (mkstemp) in 0700 directories (`<root>/files/<stack>`), and gets
-    its owner and `mode` (what the container is to see through the bind mount, e.g. 0400
-    for a secret, 0444 for a config) on the open descriptor before it takes its name."""
-    directory = os.path.dirname(path)
-    private_dir(directory)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-            fh.flush()
-            os.fsync(fh.fileno())
-            if owner != (None, None):
-                os.fchown(
-                    fh.fileno(),
-                    -1 if owner[0] is None else owner[0],
-                    -1 if owner[1] is None else owner[1],
-                )
-            if mode != PRIVATE_FILE_MODE:
-                os.fchmod(fh.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a config's or a secret's file under `<root>/files/<stack>` (0700 directories):
+    born 0600, given its owner and `mode` (what the container is to see through the bind
+    mount, e.g. 0400 for a secret, 0444 for a config) before it takes its name
+    (statefs.atomic_write)."""
+    private_dir(os.path.dirname(path))
+    atomic_write(path, content, mode, owner=owner)

@@ -20,20 +20,15 @@ from pyapply.reconciler.core.plan import Plan, build, build_teardown
 from pyapply.reconciler.core.redact import Redactor
 from pyapply.reconciler.core.translate import Desired, FileKind, desired_state, file_sources
 from pyapply.runtime.base import Runtime
+from pyapply.runtime.statefs import state_root as state_root  # the rule lives in runtime/
 
 if TYPE_CHECKING:
     from pyapply.reconciler.engine.execute import Executor, Outcome, Reporter
     from pyapply.reconciler.manifest.loader import Loaded
 
-DEFAULT_ROOT = "/var/lib/pyapply"
-
 
 class PassError(Exception):
     """A pass cannot go on (a config file unreadable, an external object missing ...)."""
-
-
-def state_root(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
 
 
 def read_file_objects(

@@ -44,6 +44,7 @@ from pyapply.reconciler.manifest.loader import (
     explain,
     format_path,
 )
+from pyapply.runtime.statefs import DEFAULT_ROOT
 
 __all__ = [
     "BUILTIN",
@@ -75,7 +76,7 @@ PROTECTED: dict[str, str] = {
     "/var/lib/containers": "the state root of Podman and CRI-O",
     "/run/pyapply": "the pyapply agent's socket directory",
     "/run/pyapply/agent.sock": "the pyapply agent's socket",
-    "/var/lib/pyapply": "pyapply's state root",
+    DEFAULT_ROOT: "pyapply's state root",
 }
 
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")

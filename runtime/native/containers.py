@@ -62,7 +62,13 @@ from pyapply.runtime.native.supervise import (
     utc_iso,
     wait_exit,
 )
-from pyapply.runtime.statefs import atomic_write, dirs_bottom_up, private_dir, rmtree
+from pyapply.runtime.statefs import (
+    atomic_write,
+    dirs_bottom_up,
+    private_dir,
+    rmtree,
+    state_root,
+)
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 CGROUP_PARENT = "/pyapply"
@@ -75,10 +81,6 @@ _RLIMIT_NAMES = {
     for n in dir(resource)
     if n.startswith("RLIMIT_")
 }
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("PYAPPLY_ROOT") or "/var/lib/pyapply")
 
 
 def host_rlimits() -> dict[str, tuple[int, int]]:
@@ -199,7 +201,7 @@ class ContainerManager:
         log_files: int = DEFAULT_LOG_FILES,
         init_path: str | None = None,
     ) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(state_root(root))
         self.containers_dir = self.root / "containers"
         self.runc_root = self.root / "runc"
         self.supervisor = Supervisor(self.runc_root, runc=runc, conmon=conmon)

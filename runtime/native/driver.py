@@ -100,18 +100,13 @@ from pyapply.runtime.native.statefile import (
     string,
 )
 from pyapply.runtime.native.supervise import ExecResult, conmon_pid, read_pid
-from pyapply.runtime.statefs import atomic_write, open_private, private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, open_private, private_dir, rmtree, state_root
 
-DEFAULT_ROOT = "/var/lib/pyapply"
 NETNS_DIR = Path("/run/netns")
 EVENT_POLL_S = 0.2
 VIEW_TTL_S = 1.0  # how long one look at the kernel serves observation (see the docstring)
 KEEPER_DOWN = "keeper not running (no healthchecks, no log rotation)"
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT)
 
 
 def image_health(hc: Mapping[str, Any] | None) -> HealthConfig | None:
@@ -189,7 +184,7 @@ class NativeRuntime:
     name = "native"
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(state_root(root))
         # 0700, and tightened to it if an older version made it 0755: nothing in the root
         # (layers, specs with environments, secrets, logs) is for other local users
         private_dir(self.root)

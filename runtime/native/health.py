@@ -124,7 +124,7 @@ def apply_probe(
 def write_status(cdir: Path, doc: dict[str, Any]) -> None:
     # 0600: a probe's output may show anything of the container's; written at every probe,
     # and the next probe rewrites it anyway, so no fsync
-    atomic_write(cdir / HEALTH_FILE, json.dumps(doc), sync=False)
+    atomic_write(cdir / HEALTH_FILE, json.dumps(doc), durable=False)
 
 
 def _announce(pid_file: Path) -> None:
@@ -213,7 +213,14 @@ def reset(cdir: Path) -> None:
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    """The directory that holds the package `pyapply` (site-packages, or the checkout): what
+    the checker's Python needs on its path to import us. Not this file's resolved path: in
+    the checkout pyapply/runtime is a link to runtime/, and installed, parents of this file
+    would be pyapply/ itself, either of which puts top-level `runtime`, `reconciler` and
+    `schemas` on the checker's path."""
+    import pyapply
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(pyapply.__file__)))
 
 
 @dataclass

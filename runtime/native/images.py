@@ -73,18 +73,13 @@ from pyapply.runtime.native.statefile import (
     record,
     string,
 )
-from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, private_dir, rmtree, state_root
 
-DEFAULT_ROOT = "/var/lib/pyapply"
 CONFIG_TYPES = (
     "application/vnd.docker.container.image.v1+json",
     "application/vnd.oci.image.config.v1+json",
 )
 MAX_JSON = 16 << 20
-
-
-def default_root() -> str:
-    return os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
 
 
 @dataclass(frozen=True)
@@ -278,7 +273,7 @@ class ImageStore:
         ca_file: str | None = None,
         client: RegistryClient | None = None,
     ) -> None:
-        self.root = os.path.abspath(root or default_root())
+        self.root = os.path.abspath(state_root(root))
         self.dir = os.path.join(self.root, "images")
         self.layers_dir = os.path.join(self.dir, "layers")
         self.tmp_dir = os.path.join(self.dir, "tmp")
@@ -318,7 +313,7 @@ class ImageStore:
 
     def _save(self, index: _Index) -> None:
         data = {"version": 1, "refs": index.refs, "images": index.images}
-        atomic_write(self.index_path, json.dumps(data, indent=1, sort_keys=True), sync_dir=True)
+        atomic_write(self.index_path, json.dumps(data, indent=1, sort_keys=True))
 
     @contextlib.contextmanager
     def _edit(self) -> Iterator[_Index]:

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO, cast
 
 from pyapply.runtime.base import PermanentError, TransientError
-from pyapply.runtime.statefs import PRIVATE_DIR_MODE, private_dir, rmtree
+from pyapply.runtime.statefs import PRIVATE_DIR_MODE, fsync_dir, private_dir, rmtree
 
 CHUNK = 1 << 20
 DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -75,14 +75,6 @@ def check_digest(digest: str) -> tuple[str, str]:
 
 def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _syncfs(path: str) -> None:
@@ -198,7 +190,7 @@ class BlobStore:
             os.makedirs(os.path.dirname(final), mode=PRIVATE_DIR_MODE, exist_ok=True)
             os.rename(tmp, final)
             tmp = ""
-            _fsync_dir(os.path.dirname(final))
+            fsync_dir(os.path.dirname(final))
             return got
         finally:
             if tmp:
@@ -593,7 +585,7 @@ def unpack_layer(
                 raise
         else:
             work = ""
-            _fsync_dir(os.path.dirname(dest))
+            fsync_dir(os.path.dirname(dest))
         return got
     finally:
         if work:

@@ -50,7 +50,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -74,9 +73,8 @@ from pyapply.runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
 from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from pyapply.runtime.native.statefile import Shape, read_json
-from pyapply.runtime.statefs import open_private, private_dir
+from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
 
-DEFAULT_ROOT = "/var/lib/pyapply"
 _NUD_GONE = 0x01 | 0x20  # NUD_INCOMPLETE, NUD_FAILED: nothing answered there
 _NUD_PERMANENT = 0x80
 ALIAS_PREFIX = "pyapply:"
@@ -84,10 +82,6 @@ ALIAS_PREFIX = "pyapply:"
 # network made by an older pyapply gets them at the first look at the state, rather than at
 # its next change or the next reboot.
 GUARDS = 1
-
-
-def default_root() -> str:
-    return os.environ.get("PYAPPLY_ROOT") or DEFAULT_ROOT
 
 
 P = ParamSpec("P")
@@ -116,27 +110,10 @@ def _h8(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to `path` atomically (temp file, fsync, rename, fsync of the directory).
-    The file is 0600 from creation (mkstemp), in a 0700 directory."""
+def write_json(path: Path, data: Any) -> None:
+    """Write a state file as JSON (statefs.atomic_write: 0600, durable) in a 0700 directory."""
     private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _read_json(path: Path, shape: Shape) -> dict[str, Any]:
@@ -262,7 +239,7 @@ class NetworkManager:
         prefix: int = DEFAULT_PREFIX,
         iptables: str = "iptables",
     ) -> None:
-        self.root = Path(root if root is not None else default_root()).resolve()
+        self.root = Path(state_root(root)).resolve()
         self.dir = self.root / "networks"
         self.pool = pool
         self.prefix = prefix
@@ -306,8 +283,8 @@ class NetworkManager:
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
                 )
                 if after != before:
-                    atomic_write_json(self.dir / "ipam.json", state.ipam.to_json())
-                    atomic_write_json(
+                    write_json(self.dir / "ipam.json", state.ipam.to_json())
+                    write_json(
                         self.dir / "networks.json",
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )

@@ -7,6 +7,7 @@ narrowed afterwards (runtime/statefs.py and every writer that keeps state under 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -29,7 +30,17 @@ from pyapply.runtime.native import health, network
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.statefs import atomic_write, dirs_bottom_up, open_private, private_dir, rmtree
+from pyapply.runtime.statefs import (
+    DEFAULT_ROOT,
+    atomic_write,
+    dirs_bottom_up,
+    open_private,
+    private_dir,
+    rmtree,
+    state_root,
+)
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def mode(path: str | os.PathLike[str]) -> int:
@@ -91,10 +102,26 @@ def test_private_dir_creates_0700_and_tightens_an_old_root(tmp_path: Path, umask
         private_dir(tmp_path / "file")
 
 
-def test_atomic_write_is_0600_from_creation(tmp_path: Path, no_chmod: list[str]) -> None:
+def test_atomic_write_is_0600_from_creation(
+    tmp_path: Path, umask0: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Born 0600; a mode asked for is set on the descriptor of the unnamed temporary file
+    (never by path, never on the final name), whatever the umask."""
+    real_fchmod = os.fchmod
+    forbid_chmod(monkeypatch)  # chmod by path fails the test ...
+    born: list[tuple[str, int, int]] = []
+
+    def fchmod(fd: int, m: int) -> None:  # ... fchmod is recorded with the mode it found
+        finals = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+        named = any(os.path.samestat(os.fstat(fd), os.lstat(p)) for p in finals)
+        born.append(("named" if named else "temp", stat.S_IMODE(os.fstat(fd).st_mode), m))
+        real_fchmod(fd, m)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
     target = tmp_path / "config.json"
     atomic_write(target, '{"env": ["DB_PASSWORD=x"]}')
     assert mode(target) == 0o600 and json.loads(target.read_text())["env"]
+    assert born == []  # 0600 is the mode of creation: nothing to change
     # an old file of any mode is replaced by a new one, 0600
     target.unlink()
     target.write_text("old")
@@ -102,12 +129,69 @@ def test_atomic_write_is_0600_from_creation(tmp_path: Path, no_chmod: list[str])
     atomic_write(target, b"new")
     assert mode(target) == 0o600 and target.read_bytes() == b"new"
     atomic_write(tmp_path / "hosts", "127.0.0.1 localhost\n", 0o644)  # asked for
-    assert mode(tmp_path / "hosts") == 0o644
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "hosts"]  # no temps
+    atomic_write(tmp_path / "secret", b"s3cret", 0o400)
+    assert mode(tmp_path / "hosts") == 0o644 and mode(tmp_path / "secret") == 0o400
+    assert born == [("temp", 0o600, 0o644), ("temp", 0o600, 0o400)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "hosts", "secret"]
     fd = open_private(tmp_path / "lock")
     os.close(fd)
     assert mode(tmp_path / "lock") == 0o600
-    assert no_chmod == []
+
+
+def test_atomic_write_has_one_fsync_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable (the default): the content is fsynced before the rename and the directory
+    after it. durable=False (a file that may be lost in a crash): no fsync at all. A write
+    that fails leaves the old content and no temporary file."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        events.append("fsync dir" if stat.S_ISDIR(st.st_mode) else f"fsync file {st.st_size}")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(f"rename {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "state.json"
+    atomic_write(target, "12345")
+    assert events == ["fsync file 5", "rename state.json", "fsync dir"]
+    events.clear()
+    atomic_write(target, "123", durable=False)
+    assert events == ["rename state.json"] and target.read_text() == "123"
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, "longer content")
+    assert target.read_text() == "123" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_one_default_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state root: explicit, else $PYAPPLY_ROOT, else DEFAULT_ROOT; and DEFAULT_ROOT is
+    the only place the default is spelled in code (docs and help texts may name it)."""
+    monkeypatch.delenv("PYAPPLY_ROOT", raising=False)
+    assert state_root() == DEFAULT_ROOT == "/var/lib/pyapply"
+    assert state_root("") == DEFAULT_ROOT
+    monkeypatch.setenv("PYAPPLY_ROOT", "/srv/pa")
+    assert state_root() == "/srv/pa" and state_root(Path("/x")) == "/x"
+    spelled = []
+    for d in ("reconciler", "runtime"):
+        for path in sorted((REPO / d).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and node.value == DEFAULT_ROOT:
+                    spelled.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert spelled == ["runtime/statefs.py:" + str(statefs_line())]
+
+
+def statefs_line() -> int:
+    text = (REPO / "runtime" / "statefs.py").read_text().splitlines()
+    return next(n for n, line in enumerate(text, 1) if line.startswith("DEFAULT_ROOT = "))
 
 
 def test_atomic_write_never_writes_through_a_planted_temp_or_symlink(tmp_path: Path) -> None:
@@ -286,7 +370,7 @@ def test_native_state_files_are_private_from_creation(
     private_dir(cm.dir("c1"))
     cm._save("c1", {"id": "x", "env": ["DB_PASSWORD=s3cret"]})
     health.write_status(cm.dir("c1"), health.initial_status())
-    network.atomic_write_json(root / "networks" / "networks.json", {"networks": {}})
+    network.write_json(root / "networks" / "networks.json", {"networks": {}})
     modes = all_modes(root)
     layer_dirs = [k for k in modes if k.startswith("images/layers/") and k.count("/") == 2]
     assert len(layer_dirs) == 1
