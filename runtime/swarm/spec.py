@@ -338,7 +338,8 @@ def _health_of(h: JSON | None) -> HealthConfig | None:
 
 
 def _mount_of(m: JSON) -> MountConfig:
-    kind: MountType = m.get("Type") if m.get("Type") in ("bind", "tmpfs") else "volume"
+    raw = m.get("Type")
+    kind: MountType = "bind" if raw == "bind" else "tmpfs" if raw == "tmpfs" else "volume"
     tmpfs: JSON = m.get("TmpfsOptions") or {}
     return MountConfig(
         type=kind,
