@@ -266,6 +266,9 @@ class SwarmHost:
             self.advertise,
             "--listen-addr",
             f"{self.advertise}:2377",
+            # a stopped node is reported down after a few missed heartbeats (default 5 s)
+            "--dispatcher-heartbeat",
+            "2s",
         )
         self.initialised = True
         self.node_addr = self.advertise
