@@ -315,7 +315,9 @@ class SecondDaemon:
         os.chmod(self.root, 0o700)
         log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 -- the daemon keeps it
         argv = [
-            "ip", "netns", "exec", self.link.netns,
+            # nsenter, not `ip netns exec`: that remounts /sys for the namespace, which hides
+            # the cgroup mounts dockerd needs ("Devices cgroup isn't mounted")
+            "nsenter", f"--net=/run/netns/{self.link.netns}",
             "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname,
             "dockerd",
             "--data-root", str(self.root / "data"),
