@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pyapply.runtime.base import (
     Conflict,
@@ -40,6 +40,7 @@ from pyapply.runtime.services import (
     OverlayNetworkConfig,
     OverlayNetworkState,
     ServiceConfig,
+    ServiceRuntime,
     ServiceState,
     SwarmObjectConfig,
     SwarmObjectKind,
@@ -412,3 +413,7 @@ def _swarm_failure(failure: RuntimeFailure, action: str) -> RuntimeFailure:
     if "already exists" in low or "name conflicts" in low:
         return failure if isinstance(failure, Conflict) else Conflict(failure.message)
     return failure
+
+
+if TYPE_CHECKING:  # mypy checks that the driver is a ServiceRuntime
+    _conforms: type[ServiceRuntime] = SwarmRuntime

@@ -87,8 +87,9 @@ def task_state(info: JSON, template: JSON | None, hostnames: Mapping[str, str]) 
     )
 
 
-# Fields the manager fills in on the stored service spec (defaults it interpolates) but not
-# on the specs of the tasks it makes from it.
+# Fields that a service's task template shows and its tasks' specs lack: "Runtime" (always,
+# on Engine 20.10), and the defaults an inspect with insertDefaults=true adds (what
+# `docker service inspect` shows). None of them is ours to set.
 _INTERPOLATED = frozenset(("StopGracePeriod", "DNSConfig", "Isolation", "Runtime"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pyapply.runtime.services import (
     RestartPolicy,
     ServiceConfig,
     ServiceNetwork,
+    ServicePort,
     SwarmObjectConfig,
     SwarmObjectRef,
     UpdatePolicy,
@@ -43,6 +45,9 @@ from tests.e2e.swarm import (
 )
 
 pytestmark = pytest.mark.e2e
+
+# A web server answering with its container's hostname (the first 12 digits of its id).
+HTTPD = ("sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www")
 
 
 @dataclass
@@ -231,6 +236,46 @@ def _try_remove_network(rt: SwarmRuntime, name: str) -> bool:
     return True
 
 
+def test_global_service_with_a_host_mode_port(swarm_env: SwarmEnv) -> None:
+    """A host-mode port is published on the node that runs the task. (The ingress routing
+    mesh and virtual IPs need IPVS, which this kernel is built without: CONFIG_IP_VS is not
+    set and modules cannot be loaded; a published ingress port refuses connections.)"""
+    env, rt = swarm_env, swarm_env.runtime
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = env.service(
+        "edge",
+        mode="global",
+        command=HTTPD,
+        ports=(ServicePort(8080, port, mode="host"),),
+    )
+    rt.create_service(config)
+    try:
+        result = rt.wait_converged(config.name, 60)
+        assert result.outcome == "converged", result
+        nodes = [n for n in rt.list_nodes() if n.state == "ready" and n.availability == "active"]
+        assert result.desired == len(nodes)
+        [task] = [t for t in rt.service_tasks(config.name) if t.running]
+        assert task.slot is None  # global: one task per node, no slots
+        page = wait_for(lambda: _http(f"http://127.0.0.1:{port}/"), 10, "the host-mode port")
+        assert page == task.container_id[:12]
+        [state] = [s for s in rt.list_services(env.labels) if s.name == config.name]
+        assert _differences(state.spec, config) == {}
+    finally:
+        rt.remove_service(config.name)
+
+
+def _http(url: str) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return str(answer.read().decode().strip())
+    except OSError:
+        return ""
+
+
 def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
     env, rt = swarm_env, swarm_env.runtime
     manager_addr = env.swarm.node_addr
@@ -270,11 +315,7 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
         )
         on_worker = env.service(
             "b",
-            command=(
-                "sh",
-                "-c",
-                "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www",
-            ),
+            command=HTTPD,
             networks=(ServiceNetwork(net, ("bee",)),),
             placement=Placement(constraints=(f"node.hostname=={worker_name}",)),
             # DNS round robin: a virtual IP needs IPVS, which this kernel lacks (dockerd logs
