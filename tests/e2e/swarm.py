@@ -48,6 +48,8 @@ HOST_ADDR = "10.254.14.1"
 PEER_ADDR = "10.254.14.2"
 PREFIX_LEN = 30
 _CLONE_NEWNET = 0x40000000
+# Present while the main dockerd is in a swarm that these tests initialised (for `clean`).
+MARKER = Path("/run/pyapply-test-swarm-initialised")
 
 
 def new_prefix() -> str:
@@ -272,6 +274,7 @@ class SwarmHost:
         )
         self.initialised = True
         self.node_addr = self.advertise
+        MARKER.write_text(json.dumps({"pid": os.getpid(), "had_gwbridge": self.had_gwbridge}))
 
     def stop(self) -> None:
         if not self.initialised:
@@ -287,6 +290,7 @@ class SwarmHost:
                     break
                 time.sleep(0.5)
         self.initialised = False
+        MARKER.unlink(missing_ok=True)
 
     def worker_token(self) -> str:
         return docker("swarm", "join-token", "-q", "worker")
@@ -426,3 +430,53 @@ def remove_prefixed(prefix: str) -> list[str]:
                 time.sleep(0.5)
             removed.append(f"network {name}")
     return removed
+
+
+def clean_leftovers() -> list[str]:
+    """Remove what an interrupted run left (run by hand: `python -m tests.e2e.swarm`):
+    second dockerds (by the pid in their pidfile, when that process is a dockerd of that
+    root), their directories, pyasw* veths and namespaces, pyasw* swarm objects, and the
+    swarm itself when the tests had initialised it (the marker file)."""
+    done = []
+    for root in Path(tempfile.gettempdir()).glob("pyasw-dockerd-*"):
+        with suppress(OSError, ValueError):
+            pid = int((root / "dockerd.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"dockerd" in cmdline and str(root).encode() in cmdline:
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(40):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    time.sleep(0.5)
+                done.append(f"dockerd {pid}")
+        _unmount_below(root)
+        shutil.rmtree(root, ignore_errors=True)
+        done.append(f"dir {root}")
+    if swarm_info().get("ControlAvailable"):
+        done += remove_prefixed("pyasw")
+        for node in docker("node", "ls", "--format", "{{.ID}} {{.Hostname}}").splitlines():
+            node_id, _, hostname = node.partition(" ")
+            if hostname.startswith("pyasw"):
+                docker("node", "rm", "--force", node_id, check=False)
+                done.append(f"node {hostname}")
+    for line in run("ip", "-o", "link", "show").stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith("pyasw") and name.endswith("h"):
+            run("ip", "link", "del", name, check=False)
+            done.append(f"veth {name}")
+    for line in run("ip", "netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith("pyasw") and name.endswith("-ns"):
+            run("ip", "netns", "del", name, check=False)
+            done.append(f"netns {name}")
+    if MARKER.exists():
+        had = json.loads(MARKER.read_text()).get("had_gwbridge", True)
+        swarm = SwarmHost(HOST_ADDR, initialised=True, had_gwbridge=bool(had))
+        swarm.stop()
+        done.append("swarm (initialised by the tests)")
+    return done
+
+
+if __name__ == "__main__":
+    for item in clean_leftovers():
+        print("removed", item)
