@@ -161,7 +161,7 @@ class ServiceConfig:
     entrypoint (Engine `ContainerSpec.Command`) and `command` its command (`Args`), as in
     compose. `labels` are the service's (ours, io.pyapply.*, plus `STACK_NAMESPACE_LABEL`),
     `container_labels` those of each task's container. `replicas` counts for the replicated
-    mode only. `env` is sorted ("KEY=value"); `mounts` sorted by target; `networks`, `ports`,
+    mode only (leave it at 1 for global: a global service reads back with 1). `env` is sorted ("KEY=value"); `mounts` sorted by target; `networks`, `ports`,
     `configs`, `secrets` as their types say.
     """
 
@@ -392,6 +392,13 @@ class ServiceRuntime(Protocol):
         ...
 
     def remove_service(self, name: str) -> None: ...
+
+    def pin_image(self, ref: str) -> str:
+        """`ref` pinned to the digest its registry holds now ("repo:tag@sha256:..."), as the
+        manager resolves it, so that every node runs the same image. A ref already pinned
+        is returned as it is; one the registry lacks is `NotFound`."""
+        ...
+
     def service_tasks(self, name: str) -> list[TaskState]: ...
 
     def wait_converged(self, name: str, timeout_s: float) -> ConvergeResult:

@@ -63,6 +63,9 @@ T = TypeVar("T")
 JSON = Mapping[str, Any]
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _POLL_S = 0.5
+# How long a global service may have no task before that means "no node is eligible" (the
+# orchestrator makes a new service's tasks within milliseconds).
+_GLOBAL_GRACE_S = 3.0
 # Tasks kept per slot by the swarm (task history) are a handful; a service's listing is small.
 _OBJECT_PATHS = {"config": "/configs", "secret": "/secrets"}
 
@@ -268,6 +271,18 @@ class SwarmRuntime:
     def remove_service(self, name: str) -> None:
         self._delete(f"remove service {name}", f"/services/{_q(name)}")
 
+    def pin_image(self, ref: str) -> str:
+        if "@sha256:" in ref:
+            return ref
+        # The manager's dockerd asks the registry (what `docker service create` does to pin).
+        info = self._get(
+            f"resolve image {ref}", f"/distribution/{urllib.parse.quote(ref, safe='/:')}/json"
+        )
+        digest = str((info.get("Descriptor") or {}).get("digest") or "")
+        if not digest.startswith("sha256:"):
+            raise PermanentError(f"swarm: cannot resolve image {ref}: the registry gave no digest")
+        return f"{ref}@{digest}"
+
     def service_tasks(self, name: str) -> list[TaskState]:
         info = self._service_json(name)
         if info is None:
@@ -291,6 +306,9 @@ class SwarmRuntime:
             )
             if outcome is not None:
                 return ConvergeResult(name, outcome, message, elapsed, running, desired)
+            if message == "no task yet" and elapsed >= _GLOBAL_GRACE_S:
+                # a global service still without a task: no node is eligible for it
+                return ConvergeResult(name, "converged", "no eligible node", elapsed, 0, 0)
             if time.monotonic() >= deadline:
                 return ConvergeResult(name, "timed_out", message, elapsed, running, desired)
             time.sleep(min(_POLL_S, max(0.0, deadline - time.monotonic())))

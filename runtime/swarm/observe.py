@@ -202,6 +202,10 @@ def convergence(info: JSON, tasks: Sequence[JSON]) -> tuple[ConvergeOutcome | No
         if update.in_progress:
             return None, message, running, desired
     wanted = [t for t in states if t.desired_state == "running"]
+    if "Global" in (spec.get("Mode") or {}) and not wanted:
+        # The orchestrator has not made a global service's tasks yet (or no node is eligible:
+        # `wait_converged` tells the two apart by waiting a little).
+        return None, "no task yet", 0, 0
     if running >= desired and all(t.running and t.current for t in wanted):
         return "converged", update.message if update else "", running, desired
     where = f"{running}/{desired} tasks running the current spec"

@@ -32,6 +32,7 @@ from pyapply.runtime.services import (
 from pyapply.runtime.swarm.driver import SwarmRuntime
 from tests.e2e.swarm import (
     HOST_ADDR,
+    TEST_REF,
     HostLink,
     NetnsForwarder,
     SecondDaemon,
@@ -89,7 +90,12 @@ def swarm_env() -> Iterator[SwarmEnv]:
     try:
         link.create()
         swarm.start()
-        yield SwarmEnv(prefix, link, swarm, runtime, pinned_test_image())
+        # the path to a swarm: the image in a registry, pinned to its digest there
+        in_registry = pinned_test_image()
+        image = runtime.pin_image(TEST_REF)
+        assert image == f"{TEST_REF}@{in_registry.partition('@')[2]}"
+        assert runtime.pin_image(image) == image
+        yield SwarmEnv(prefix, link, swarm, runtime, image)
     finally:
         remove_prefixed(prefix)
         runtime.close()
@@ -291,6 +297,7 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
     try:
         start_s = second.start()
         join_s = second.join(env.swarm.worker_token(), manager_addr)
+        joined = time.monotonic()
         worker = wait_for(
             lambda: next(
                 (n for n in rt.list_nodes() if n.id == second.node_id and n.state == "ready"), None
@@ -298,7 +305,10 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
             30,
             "the worker to be ready",
         )
-        print(f"second dockerd up in {start_s:.1f}s, joined in {join_s:.1f}s")
+        print(
+            f"second dockerd up in {start_s:.1f}s, joined in {join_s:.1f}s, "
+            f"ready {time.monotonic() - joined:.1f}s later"
+        )
         assert (worker.hostname, worker.role, worker.availability) == (
             worker_name,
             "worker",
@@ -366,6 +376,7 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
 
         # a worker whose daemon stops is reported down
         second.stop_daemon()
+        stopped = time.monotonic()
         down = wait_for(
             lambda: next(
                 (n for n in rt.list_nodes() if n.id == second.node_id and n.state == "down"), None
@@ -374,6 +385,7 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
             "the stopped worker to be reported down",
         )
         assert down.hostname == worker_name
+        print(f"stopped worker reported down after {time.monotonic() - stopped:.1f}s")
     finally:
         forwarder.close()
         for name in ("a", "b", "spread"):

@@ -460,6 +460,14 @@ def test_convergence(
         assert message == service["UpdateStatus"]["Message"]
 
 
+def test_a_global_service_without_tasks_is_not_yet_converged() -> None:
+    info = _service()
+    info["Spec"]["Mode"] = {"Global": {}}
+    assert convergence(info, [])[0] is None
+    assert convergence(info, [_task(0, "running")])[0] == "converged"
+    assert convergence(info, [_task(0, "running"), _task(0, "preparing")])[0] is None
+
+
 def test_a_crash_loop_is_reported_with_its_error() -> None:
     _, message, _, _ = convergence(
         _service(replicas=1),
