@@ -336,6 +336,10 @@ class SwarmObjectState:
 
 @dataclass(frozen=True)
 class OverlayNetworkState:
+    """An observed swarm-scoped network. `driver` and `subnet` are empty for the moment
+    between its creation and the manager's allocating it (a listing right after a create
+    shows it so)."""
+
     id: str
     name: str
     driver: str

@@ -121,7 +121,11 @@ def test_service_lifecycle_on_a_single_node_swarm(swarm_env: SwarmEnv) -> None:
     assert rt.create_overlay_network(
         OverlayNetworkConfig(net, attachable=True, internal=True, labels=env.labels)
     )
-    [network] = rt.list_overlay_networks({"io.pyapply.stack": env.prefix})
+    [network] = wait_for(
+        lambda: [n for n in rt.list_overlay_networks({"io.pyapply.stack": env.prefix}) if n.driver],
+        10,
+        f"network {net} to be allocated",
+    )
     assert (network.name, network.driver, network.scope) == (net, "overlay", "swarm")
     assert network.attachable and network.internal
 
@@ -155,6 +159,9 @@ def test_service_lifecycle_on_a_single_node_swarm(swarm_env: SwarmEnv) -> None:
     assert _differences(state.spec, desired) == {}
     tasks = [t for t in rt.service_tasks(desired.name) if t.running]
     assert len(tasks) == 3 and all(t.container_id and t.current for t in tasks)
+    # docker's own stack tools see the stack by its namespace label
+    assert docker("stack", "services", "--format", "{{.Name}}", env.prefix) == desired.name
+    assert docker("stack", "ps", "-q", env.prefix).split() != []
     container = tasks[0].container_id
     assert _exec(container, "cat", "/etc/app.conf") == "level=debug"
     assert _exec(container, "cat", "/run/secrets/pw") == "s3cret"
