@@ -19,9 +19,9 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pyapply.runtime.base import (
     Conflict,
@@ -59,14 +59,12 @@ from pyapply.runtime.swarm.spec import service_spec
 
 __all__ = ["SwarmRuntime"]
 
-T = TypeVar("T")
 JSON = Mapping[str, Any]
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _POLL_S = 0.5
 # How long a global service may have no task before that means "no node is eligible" (the
 # orchestrator makes a new service's tasks within milliseconds).
 _GLOBAL_GRACE_S = 3.0
-# Tasks kept per slot by the swarm (task history) are a handful; a service's listing is small.
 _OBJECT_PATHS = {"config": "/configs", "secret": "/secrets"}
 
 
@@ -140,10 +138,6 @@ class SwarmRuntime:
         with suppress(NotFound), self._boundary(action):
             api = self._api()
             api._raise_for_status(api._delete(api._url(path)))
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        with self._boundary(action):
-            return fn()
 
     # -----------------------------------------------------------------------------------------
     # Lookups

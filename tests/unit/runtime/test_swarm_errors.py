@@ -3,6 +3,8 @@ top of runtime.docker.errors), as table cases."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pyapply.runtime.base import (
@@ -11,9 +13,10 @@ from pyapply.runtime.base import (
     PermanentError,
     RuntimeFailure,
     TransientError,
+    Unavailable,
 )
 from pyapply.runtime.docker.errors import classify_api_error
-from pyapply.runtime.swarm.driver import _swarm_failure
+from pyapply.runtime.swarm.driver import SwarmRuntime, _swarm_failure
 
 # (case, HTTP status, the daemon's message, action, the error class expected)
 CASES: list[tuple[str, int, str, str, type[RuntimeFailure]]] = [
@@ -67,3 +70,14 @@ def test_swarm_failures(
     failure = _swarm_failure(classify_api_error(status, message, action), action)
     assert type(failure) is expected
     assert action in failure.message
+
+
+def test_docker_host_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # nothing listens there: the driver goes to $DOCKER_HOST, not to the default socket
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/absent.sock")
+    runtime = SwarmRuntime()
+    try:
+        with pytest.raises(Unavailable, match=r"absent\.sock"):
+            runtime.list_nodes()
+    finally:
+        runtime.close()
