@@ -1,0 +1,1 @@
+"""The Docker Swarm runtime: services across the nodes of a swarm (`runtime.services`)."""
