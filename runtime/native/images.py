@@ -660,6 +660,78 @@ class ImageStore:
         config_digest = self.blobs.put_bytes(body, sha256_bytes(body))
         return self._finish_import(config_digest, [layer], [], [name], path)
 
+    # -- built images (runtime/native/build) ------------------------------------------------
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Hold off prune and remove (gc.lock, shared) while a build makes layers that no
+        image names yet."""
+        with self._flock("gc.lock", fcntl.LOCK_SH):
+            yield
+
+    def add_layer(self, tar_path: str) -> str:
+        """Store an uncompressed layer tar as a blob (its digest is its diff_id) and unpack
+        it, once; returns the diff_id. Call inside `building()`."""
+        with open(tar_path, "rb") as f:
+            diff_id = self.blobs.ingest(f.read)
+        self._ensure_layer(diff_id, diff_id, None)
+        return diff_id
+
+    def has_layer(self, diff_id: str) -> bool:
+        """Whether a layer built before is still here (its blob; the directory is made
+        again from it when missing)."""
+        if not self.blobs.has(diff_id):
+            return False
+        self._ensure_layer(diff_id, diff_id, None)
+        return True
+
+    def commit_built(
+        self, config_body: bytes, diff_ids: builtins.list[str], refs: Iterable[str]
+    ) -> ImageRecord:
+        """Record a built image (its layers stored with add_layer, uncompressed, so each
+        blob is its diff_id) with an OCI manifest, and tag it with `refs`. Call inside
+        `building()`."""
+        config_digest = self.blobs.put_bytes(config_body, sha256_bytes(config_body))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config_body),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": d,
+                    "size": self.blobs.size(d),
+                }
+                for d in diff_ids
+            ],
+        }
+        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        manifest_digest = self.blobs.put_bytes(body, sha256_bytes(body))
+        config = self._read_json(config_digest)
+        record = ImageRecord(
+            id=config_digest,
+            refs=(),
+            repo_digests=(),
+            config=ImageConfig.from_json(config.get("config")),
+            diff_ids=tuple(diff_ids),
+            blobs=tuple(dict.fromkeys([manifest_digest, config_digest, *diff_ids])),
+            layer_blobs=tuple(diff_ids),
+            os=str(config.get("os") or "linux"),
+            architecture=str(config.get("architecture") or ""),
+            variant=config.get("variant"),
+            created=config.get("created"),
+            size=sum(self.blobs.size(d) for d in diff_ids),
+        )
+        return self._commit(record, [normalize_ref(r) for r in refs], None)
+
+    def config_document(self, record: ImageRecord) -> dict[str, Any]:
+        """The whole config document of an image (history, OnBuild, ... included)."""
+        return self._read_json(record.id)
+
     # -- remove and prune -------------------------------------------------------------------
 
     def remove(self, ref: str, keep_layers: Iterable[str] = ()) -> None:
