@@ -218,3 +218,60 @@ def test_bad_builds_fail_clearly_and_tag_nothing(native: NativeUnderTest, tmp_pa
     # processes are checked by the fixture)
     assert not list((native.root / "containers").glob("build-*"))
     assert not list((native.root / "build" / "tmp").iterdir())
+
+
+def test_more_instructions(native: NativeUnderTest, tmp_path: Path) -> None:
+    """ONBUILD triggers, ADD of a local tar, globs with --chmod/--chown, COPY --from an
+    image, a deletion (a whiteout layer), heredocs, SHELL, --target; the checks run as a
+    RUN of the build itself (over the layers made before it), the config is read back."""
+    import tarfile
+
+    cli = native.cli()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nONBUILD RUN echo triggered > /onbuild\n")
+    cli.ok("image", "build", str(ctx), "-t", "local/onbuild-base:1")
+    payload = tmp_path / "payload"
+    (payload / "inside").mkdir(parents=True)
+    (payload / "inside" / "file.txt").write_text("from the archive\n")
+    with tarfile.open(ctx / "rootfs.tar.gz", "w:gz") as tf:
+        tf.add(payload / "inside", arcname="inside")
+    (ctx / "a.sh").write_text("echo a\n")
+    (ctx / "b.sh").write_text("echo b\n")
+    checks = " && ".join(
+        [
+            'test "$(cat /onbuild)" = triggered',
+            'test "$(cat /opt/inside/file.txt)" = "from the archive"',
+            'test "$(stat -c %a:%u:%g /scripts/a.sh)" = 700:1:2',
+            "test -f /scripts/b.sh",
+            "test -x /bb",
+            "test ! -e /www",
+            'test "$(cat /etc/motd)" = "hello world"',
+        ]
+    )
+    (ctx / "Dockerfile").write_text(
+        "FROM local/onbuild-base:1 AS checks\n"
+        'SHELL ["/bin/sh", "-ec"]\n'
+        "ADD rootfs.tar.gz /opt/\n"
+        "COPY --chmod=700 --chown=1:2 *.sh /scripts/\n"
+        f"COPY --from={TEST_IMAGE} /bin/busybox /bb\n"
+        "RUN rm -rf /www\n"
+        "ENV WHO=world\n"
+        "RUN cat <<EOF > /etc/motd\nhello $WHO\nEOF\n"
+        f"RUN {checks}\n"
+        'ENTRYPOINT ["/bb"]\nEXPOSE 8080\nVOLUME /data\nSTOPSIGNAL SIGINT\nLABEL tier=test\n'
+        "FROM checks AS never\nRUN exit 9\n"
+    )
+    out = cli.ok("image", "build", str(ctx), "-t", "local/more:1", "--target", "checks")
+    assert "[1/15] FROM local/onbuild-base:1 AS checks" in out and "(15 steps, 0 cached)" in out
+    assert "[2/15] RUN echo triggered > /onbuild" in out and "exit 9" not in out
+    store = native.native.image_store
+    rec = store.resolve("local/more:1")
+    assert rec is not None
+    cfg = store.config_document(rec)["config"]
+    assert cfg["Entrypoint"] == ["/bb"] and cfg["ExposedPorts"] == {"8080/tcp": {}}
+    assert cfg["Volumes"] == {"/data": {}} and cfg["StopSignal"] == "SIGINT"
+    assert cfg["Labels"] == {"tier": "test"} and "OnBuild" not in cfg
+    base = store.resolve("local/onbuild-base:1")
+    assert base is not None
+    assert store.config_document(base)["config"]["OnBuild"] == ["RUN echo triggered > /onbuild"]

@@ -132,6 +132,7 @@ class Builder:
         self.cached = 0
         self.tmp = self.build_dir / "tmp" / secrets.token_hex(6)
         self.stages: dict[int, StageState] = {}
+        self.triggers: dict[int, int] = {}  # stage index -> ONBUILD triggers counted ahead
         self.df: Dockerfile | None = None
         self.meta: dict[str, str] = {}
         self.context_matcher = dockerignore.Matcher(())
@@ -154,7 +155,8 @@ class Builder:
         self.meta = self._meta_args(df)
         target = self._target(df)
         needed = self._needed(df, target)
-        self.total = sum(1 + len(df.stages[i].instructions) for i in needed)
+        self.triggers = {i: self._known_triggers(df.stages[i]) for i in needed}
+        self.total = sum(1 + len(df.stages[i].instructions) + self.triggers[i] for i in needed)
         private_dir(self.tmp)
         try:
             with self.store.building():
@@ -233,6 +235,18 @@ class Builder:
                     )
         return sorted(need)
 
+    def _known_triggers(self, stage: Stage) -> int:
+        """How many ONBUILD triggers a stage's base image (if already stored) brings, so
+        that the step count shown from the start is right; a base still to be pulled adds
+        its triggers to the count when it arrives."""
+        ref = self._base_ref(stage)
+        if self._df().stage(ref) is not None or ref.lower() == "scratch" or self.config.pull:
+            return 0
+        record = self.store.resolve(ref)
+        if record is None:
+            return 0
+        return len(self.store.config_document(record).get("config", {}).get("OnBuild") or [])
+
     def _df(self) -> Dockerfile:
         assert self.df is not None
         return self.df
@@ -253,7 +267,7 @@ class Builder:
             triggers = [
                 parse.parse_trigger(t, f"{df.name}:{stage.line}") for t in st.onbuild_from_base
             ]
-            self.total += len(triggers)
+            self.total += len(triggers) - self.triggers.get(stage.index, 0)
             instructions = triggers + instructions
             st.onbuild_from_base = []
         for ins in instructions:
