@@ -569,7 +569,13 @@ def _build_args(items: Sequence[str]) -> dict[str, str]:
 @image.command("build")
 @click.argument("context")
 @click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
-@click.option("-f", "--file", "dockerfile", default=None, help="Dockerfile (relative to CONTEXT).")
+@click.option(
+    "-f",
+    "--file",
+    "dockerfile",
+    default=None,
+    help="The Dockerfile (default CONTEXT/Dockerfile); relative to here, else to CONTEXT.",
+)
 @click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE (repeatable).")
 @click.option("--target", default=None, help="Stage to build (default: the last).")
 @click.option("--no-cache", is_flag=True, help="Do not use the layer cache.")
@@ -599,6 +605,9 @@ def build(
     from pyapply.reconciler.view import build_progress as view
     from pyapply.runtime.base import BuildConfig, BuildEvent, BuildFailed
 
+    if dockerfile is not None and not os.path.isabs(dockerfile) and os.path.exists(dockerfile):
+        # as with docker build, -f is relative to the current directory (else to CONTEXT)
+        dockerfile = os.path.abspath(dockerfile)
     config = BuildConfig(
         context=context,
         dockerfile=dockerfile,

@@ -212,6 +212,10 @@ def test_bad_builds_fail_clearly_and_tag_nothing(native: NativeUnderTest, tmp_pa
     assert "Dockerfile:1: FROM --platform=linux/s390x: this builder builds for the host's" in err
     err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nCOPY missing.txt /\n")
     assert "Dockerfile:2: COPY: missing.txt: no such file or directory in the build context" in err
+    # a symlink in the context resolves inside it, never to the host's files
+    (ctx / "hostetc").symlink_to("/etc")
+    err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nCOPY hostetc/hostname /stolen\n")
+    assert "COPY: hostetc/hostname: no such file or directory in the build context" in err
     out = native.cli().run("image", "build", str(tmp_path / "nowhere"), "-t", "local/broken:1")
     assert out.returncode == 1 and "build context" in out.stderr and "does not exist" in out.stderr
     # nothing of the failed builds is left: containers, temporary dirs (mounts, cgroups and
@@ -275,3 +279,32 @@ def test_more_instructions(native: NativeUnderTest, tmp_path: Path) -> None:
     base = store.resolve("local/onbuild-base:1")
     assert base is not None
     assert store.config_document(base)["config"]["OnBuild"] == ["RUN echo triggered > /onbuild"]
+
+
+def test_a_killed_build_is_swept_by_the_next(native: NativeUnderTest, tmp_path: Path) -> None:
+    """What a build killed half-way leaves (its unlocked scratch dir with an overlay still
+    mounted, a RUN container) is removed by the next build, which then succeeds."""
+    from pyapply.runtime.base import ContainerConfig
+    from pyapply.runtime.native import rootfs
+
+    rt = native.native
+    record = rt.image_store.resolve(TEST_IMAGE)
+    assert record is not None
+    lowers = rt.image_store.layer_dirs(record)
+    stale = native.root / "build" / "tmp" / "0123456789ab"
+    (stale / "ovl-1").mkdir(parents=True)
+    rootfs.mount_overlay(
+        lowers, stale / "ovl-1/upper", stale / "ovl-1/work", stale / "ovl-1/rootfs"
+    )
+    name = "build-0123456789ab-1"
+    rt.containers.create(
+        ContainerConfig(name=name, image=TEST_IMAGE, command=("sleep", "100")), lowers
+    )
+    rt.containers.start(name)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {TEST_IMAGE}\nRUN true\n")
+    native.cli().ok("image", "build", str(ctx), "-t", "local/after-kill:1")
+    assert not stale.exists() and not rootfs.is_mounted(stale / "ovl-1/rootfs")
+    assert rt.containers.state(name) is None
+    assert not list((native.root / "build" / "tmp").iterdir())

@@ -31,6 +31,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 from pyapply.runtime.base import (
     BuildConfig,
@@ -39,6 +40,7 @@ from pyapply.runtime.base import (
     BuildProgress,
     BuildResult,
     ContainerConfig,
+    PermanentError,
     RuntimeFailure,
 )
 from pyapply.runtime.native import rootfs
@@ -48,13 +50,15 @@ from pyapply.runtime.native.build.copying import CopyStep
 from pyapply.runtime.native.build.fsops import make_dirs
 from pyapply.runtime.native.build.parse import Dockerfile, Instruction, Stage
 from pyapply.runtime.native.build.state import StageState
+from pyapply.runtime.native.build.workspace import Workspace
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.native.registry import host_platform
+from pyapply.runtime.native.registry import host_platform, normalize_ref
 from pyapply.runtime.native.supervise import read_exit
 from pyapply.runtime.statefs import private_dir, rmtree
 
 TAIL_LINES = 20
+EventState = Literal["running", "cached", "done", "failed", "output"]
 BUILD_LABEL = "io.pyapply.build"
 _METADATA = frozenset(
     {
@@ -130,7 +134,8 @@ class Builder:
         self.step = 0
         self.total = 0
         self.cached = 0
-        self.tmp = self.build_dir / "tmp" / secrets.token_hex(6)
+        self.workspace = Workspace(self.build_dir, containers)
+        self.tmp = self.workspace.dir
         self.stages: dict[int, StageState] = {}
         self.triggers: dict[int, int] = {}  # stage index -> ONBUILD triggers counted ahead
         self.df: Dockerfile | None = None
@@ -139,13 +144,18 @@ class Builder:
 
     # -- events --------------------------------------------------------------------------
 
-    def emit(self, ins: str, st: str, *, line: str = "", seconds: float = 0.0) -> None:
+    def emit(self, ins: str, st: EventState, *, line: str = "", seconds: float = 0.0) -> None:
         if self.progress is not None:
-            self.progress(BuildEvent(self.step, self.total, ins, st, line, seconds))  # type: ignore[arg-type]
+            self.progress(BuildEvent(self.step, self.total, ins, st, line, seconds))
 
     # -- the whole build -----------------------------------------------------------------
 
     def run(self) -> BuildResult:
+        for tag in self.config.tags:
+            try:
+                normalize_ref(tag)
+            except PermanentError as e:
+                raise BuildFailed(f"invalid tag {tag!r}: {e}") from None
         text, name = read_dockerfile(self.config)
         df = parse.parse_text(text, name)
         self.df = df
@@ -157,31 +167,21 @@ class Builder:
         needed = self._needed(df, target)
         self.triggers = {i: self._known_triggers(df.stages[i]) for i in needed}
         self.total = sum(1 + len(df.stages[i].instructions) + self.triggers[i] for i in needed)
-        private_dir(self.tmp)
-        try:
-            with self.store.building():
-                for i in needed:
-                    self.stages[i] = self._build_stage(df.stages[i])
-                final = self.stages[target.index]
-                p = host_platform()
-                platform = {"architecture": p.architecture, "os": p.os}
-                if p.variant:
-                    platform["variant"] = p.variant
-                body = state.image_config_json(
-                    final, platform=platform, epoch=self.epoch, labels=dict(self.config.labels)
-                )
-                record = self.store.commit_built(body, final.diff_ids, self.config.tags)
-        finally:
-            self._cleanup()
+        with self.workspace, self.store.building():
+            for i in needed:
+                self.stages[i] = self._build_stage(df.stages[i])
+            final = self.stages[target.index]
+            p = host_platform()
+            platform = {"architecture": p.architecture, "os": p.os}
+            if p.variant:
+                platform["variant"] = p.variant
+            body = state.image_config_json(
+                final, platform=platform, epoch=self.epoch, labels=dict(self.config.labels)
+            )
+            record = self.store.commit_built(body, final.diff_ids, self.config.tags)
         return BuildResult(
             image_id=record.id, tags=tuple(self.config.tags), steps=self.step, cached=self.cached
         )
-
-    def _cleanup(self) -> None:
-        for mount in sorted(self.tmp.glob("*/rootfs"), reverse=True):
-            with contextlib.suppress(RuntimeFailure):
-                rootfs.unmount(mount)
-        rmtree(self.tmp)
 
     def _meta_args(self, df: Dockerfile) -> dict[str, str]:
         values = platform_args()
@@ -441,7 +441,7 @@ class Builder:
         if self._cached(st, key, created_by):
             return True
         lowers = self.lower_dirs(st)
-        name = f"build-{secrets.token_hex(6)}"
+        name = self.workspace.container_name()
         config = ContainerConfig(
             name=name,
             image=self.config.tags[0] if self.config.tags else "build",

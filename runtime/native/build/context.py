@@ -77,10 +77,10 @@ class Tree:
                 yield from self._walk(base, rel, child)
 
     def host(self, rel: str) -> str:
-        """Where `rel` is on the host (symlinks in a root file system resolved inside it)."""
-        if self.rootfs:
-            return safe_join(self.root, "/" + rel if rel != "." else "/")
-        return os.path.join(self.root, rel) if rel != "." else self.root
+        """Where `rel` is on the host (symlinks resolved inside the tree)."""
+        # a context's symlinks resolve inside it too (an absolute target from its root), as
+        # BuildKit's do: a COPY never reads the host's files through a link in the context
+        return safe_join(self.root, "/" + rel if rel != "." else "/")
 
     def all_paths(self) -> list[str]:
         return [rel for rel, _ in self.walk(".")]
