@@ -669,11 +669,18 @@ class ImageStore:
         with self._flock("gc.lock", fcntl.LOCK_SH):
             yield
 
-    def add_layer(self, tar_path: str) -> str:
-        """Store an uncompressed layer tar as a blob (its digest is its diff_id) and unpack
-        it, once; returns the diff_id. Call inside `building()`."""
+    def add_layer(self, tar_path: str, tree: str | None = None) -> str:
+        """Store an uncompressed layer tar as a blob (its digest is its diff_id) and make
+        its layer directory, once; returns the diff_id. `tree` is the directory the tar was
+        made from, in the layer directory format (overlayfs whiteouts), not mounted: it is
+        moved into place rather than the tar unpacked again (and, without `tree`, the tar
+        is unpacked). Call inside `building()`."""
         with open(tar_path, "rb") as f:
             diff_id = self.blobs.ingest(f.read)
+        dest = self.layer_dir(diff_id)
+        if tree is not None and not os.path.isdir(dest):
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(tree, dest)  # same file system; a racing unpack may win
         self._ensure_layer(diff_id, diff_id, None)
         return diff_id
 
@@ -691,7 +698,9 @@ class ImageStore:
         """Record a built image (its layers stored with add_layer, uncompressed, so each
         blob is its diff_id) with an OCI manifest, and tag it with `refs`. Call inside
         `building()`."""
-        config_digest = self.blobs.put_bytes(config_body, sha256_bytes(config_body))
+        config_digest = sha256_bytes(config_body)
+        if not self.blobs.has(config_digest):  # a rebuild of the same image writes nothing
+            self.blobs.put_bytes(config_body, config_digest)
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -710,7 +719,9 @@ class ImageStore:
             ],
         }
         body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-        manifest_digest = self.blobs.put_bytes(body, sha256_bytes(body))
+        manifest_digest = sha256_bytes(body)
+        if not self.blobs.has(manifest_digest):
+            self.blobs.put_bytes(body, manifest_digest)
         config = self._read_json(config_digest)
         record = ImageRecord(
             id=config_digest,

@@ -54,7 +54,7 @@ from pyapply.runtime.native.build.workspace import Workspace
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.images import ImageStore
 from pyapply.runtime.native.registry import host_platform, normalize_ref
-from pyapply.runtime.native.supervise import read_exit
+from pyapply.runtime.native.supervise import LOG_FILE, conmon_pid, read_exit, read_log
 from pyapply.runtime.statefs import private_dir, rmtree
 
 TAIL_LINES = 20
@@ -395,8 +395,10 @@ class Builder:
     def _commit_upper(self, st: StageState, key: str, upper: Path, created_by: str) -> None:
         tar = self.tmp / f"layer-{secrets.token_hex(4)}.tar"
         with open(tar, "wb") as out:
-            count = layertar.write_layer(str(upper), out, self.epoch)
-        diff_id = self.store.add_layer(str(tar)) if count else None
+            count = layertar.write_layer(str(upper), out, self.epoch, clamp=True)
+        # the upper dir (unmounted by now) becomes the layer's directory: no unpacking of
+        # the tar again, and nothing to delete file by file afterwards
+        diff_id = self.store.add_layer(str(tar), str(upper)) if count else None
         tar.unlink()
         self.cache.put(key, cachemod.Entry(diff_id))
         self._append(st, key, diff_id, created_by)
@@ -462,11 +464,11 @@ class Builder:
                 self.containers.start(name)
             except RuntimeFailure as e:
                 raise BuildFailed(f"{where}: cannot run the step: {e}", where=where) from None
-            for raw in self.containers.logs(name, follow=True):
+            cdir = self.containers.dir(name)
+            for raw in read_log(cdir / LOG_FILE, follow=True, done=lambda: _ended(cdir), poll=0.02):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 tail.append(line)
                 self.emit(ins.text, "output", line=line)
-            cdir = self.containers.dir(name)
             rec = read_exit(cdir)
             code = rec.code if rec is not None else None
             if code != 0:
@@ -478,6 +480,7 @@ class Builder:
                     tail=tuple(tail),
                 )
             upper = cdir / "upper"
+            rootfs.unmount(cdir / "rootfs")  # the process is gone; its upper dir is the layer
             layertar.drop_mount_stubs(str(upper), lowers)
             self._commit_upper(st, key, upper, created_by)
         finally:
@@ -507,6 +510,12 @@ def run_argv(ins: Instruction, st: StageState) -> list[str]:
         body = command + "\n" + "".join(f"{h.content}{h.name}\n" for h in ins.heredocs)
         return [*st.shell, body]
     return [*st.shell, command]
+
+
+def _ended(cdir: Path) -> bool:
+    """Whether a RUN container's process has ended (conmon wrote the exit code after the
+    last of its output), or its conmon is gone."""
+    return read_exit(cdir) is not None or conmon_pid(cdir) is None
 
 
 def _config_text(st: StageState) -> str:

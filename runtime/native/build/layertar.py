@@ -74,8 +74,10 @@ def _info(name: str, st: os.stat_result, epoch: int) -> tarfile.TarInfo:
     return ti
 
 
-def write_layer(upper: str, out: BinaryIO, epoch: int) -> int:
-    """Write the tar of `upper` to `out`; returns the number of entries (0: no change)."""
+def write_layer(upper: str, out: BinaryIO, epoch: int, *, clamp: bool = False) -> int:
+    """Write the tar of `upper` to `out`; returns the number of entries (0: no change).
+    With `clamp`, the mtimes in `upper` are clamped as in the tar, so that the directory
+    can serve as the layer's directory (what unpacking the tar would give)."""
     count = 0
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
@@ -92,6 +94,8 @@ def write_layer(upper: str, out: BinaryIO, epoch: int) -> int:
                 count += 1
                 continue
             ti = _info(rel, st, epoch)
+            if clamp:
+                _as_layer_dir(path, st, epoch)
             xattrs = _xattrs(path)
             if xattrs:
                 ti.pax_headers = {
@@ -131,6 +135,18 @@ def write_layer(upper: str, out: BinaryIO, epoch: int) -> int:
                 continue  # sockets have no place in a layer
             count += 1
     return count
+
+
+def _as_layer_dir(path: str, st: os.stat_result, epoch: int) -> None:
+    """Make an upper dir entry what unpacking its tar entry gives: the mtime clamped, and
+    overlayfs's own bookkeeping (origin, impure: xattrs about the mount it came from)
+    dropped; the opaque marker stays, it is part of the layer."""
+    if int(st.st_mtime) > epoch:
+        os.utime(path, ns=(epoch * 10**9,) * 2, follow_symlinks=False)
+    with contextlib.suppress(OSError):
+        for name in os.listxattr(path, follow_symlinks=False):
+            if name.startswith("trusted.overlay.") and name != OPAQUE_XATTR:
+                os.removexattr(path, name, follow_symlinks=False)
 
 
 def lower_lstat(lowers: Sequence[str], rel: str) -> os.stat_result | None:
