@@ -308,3 +308,27 @@ def test_a_killed_build_is_swept_by_the_next(native: NativeUnderTest, tmp_path: 
     assert not stale.exists() and not rootfs.is_mounted(stale / "ovl-1/rootfs")
     assert rt.containers.state(name) is None
     assert not list((native.root / "build" / "tmp").iterdir())
+
+
+def test_base_images_are_pulled_when_missing_and_with_pull(
+    native: NativeUnderTest, tmp_path: Path, registry: str, busybox_archive: Path
+) -> None:
+    """A base image not in the store is pulled (from the local registry, where `make setup`
+    pushed the test image); one that is stored is used as it is, unless --pull, which asks
+    its registry again (here an address where nothing listens: the build fails, says why,
+    and tags nothing)."""
+    store = native.native.image_store
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    pulled = f"{registry}/{TEST_IMAGE}"
+    (ctx / "Dockerfile").write_text(f"FROM {pulled}\nRUN test -x /bin/busybox\n")
+    assert store.resolve(pulled) is None
+    native.cli().ok("image", "build", str(ctx), "-t", "local/pulled-base:1")
+    assert store.resolve(pulled) is not None
+    nowhere = "127.0.0.1:9/pyapply-test/busybox:latest"
+    store.import_archive(str(busybox_archive), nowhere)
+    (ctx / "Dockerfile").write_text(f"FROM {nowhere}\nRUN true\n")
+    native.cli().ok("image", "build", str(ctx), "-t", "local/stored-base:1")
+    out = native.cli().run("image", "build", str(ctx), "-t", "local/pulled-again:1", "--pull")
+    assert out.returncode == 1 and f"Dockerfile:1: base image {nowhere}:" in out.stderr, out
+    assert store.resolve("local/pulled-again:1") is None
