@@ -17,6 +17,7 @@ import contextlib
 import os
 import posixpath
 import re
+import secrets
 import stat
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,11 @@ from pyapply.runtime.native.build.fsops import (
     is_archive,
     make_dirs,
     safe_join,
+    walk,
 )
 from pyapply.runtime.native.build.parse import Instruction
 from pyapply.runtime.native.build.state import StageState
+from pyapply.runtime.statefs import rmtree
 
 if TYPE_CHECKING:
     from pyapply.runtime.native.build.builder import Builder
@@ -61,6 +64,7 @@ class CopyStep:
         self.where = where
         self.what = f"{where}: {ins.cmd}"
         self.is_add = ins.cmd == "ADD"
+        self.scratch = str(builder.tmp)
         self._mount: contextlib.ExitStack = contextlib.ExitStack()
         for name in ins.flag_names():
             if name not in _FLAGS[ins.cmd]:
@@ -172,7 +176,7 @@ class CopyStep:
                     copy_entry(host, target, uid=uid, gid=gid, chmod=self.chmod)
                 continue
             if self.is_add and not self.tree.rootfs and is_archive(src.host):
-                extract(src.host, make_dirs(root, dest, uid, gid), self.what)
+                self._add_archive(src, root, dest)
                 continue
             host_dest = safe_join(root, dest)
             if dest_is_dir or os.path.isdir(host_dest):
@@ -185,6 +189,22 @@ class CopyStep:
             if os.path.isdir(target) and not os.path.islink(target):
                 raise BuildFailed(f"{self.what}: cannot replace directory {path} with a file")
             copy_entry(src.host, target, uid=uid, gid=gid, chmod=self.chmod)
+
+    def _add_archive(self, src: Source, root: str, dest: str) -> None:
+        """ADD of a local archive: extracted into a scratch dir, then copied into the rootfs
+        (symlinks resolved inside it), owners and modes as in the archive unless --chown
+        or --chmod say otherwise."""
+        staging = os.path.join(self.scratch, f"add-{secrets.token_hex(4)}")
+        os.mkdir(staging, 0o700)
+        try:
+            extract(src.host, staging, self.what)
+            uid, gid = self._owner(root) if self.chown else (None, None)
+            make_dirs(root, dest)
+            for rel, host in walk(staging):
+                target = safe_join(root, f"{dest.rstrip('/')}/{rel}", follow_last=False)
+                copy_entry(host, target, uid=uid, gid=gid, chmod=self.chmod)
+        finally:
+            rmtree(staging)
 
     def _chmod_dir(self, path: str, uid: int, gid: int) -> None:
         if self.chmod is not None:

@@ -80,11 +80,13 @@ def make_dirs(root: str, path: str, uid: int = 0, gid: int = 0, mode: int = 0o75
     return safe_join(root, path)
 
 
-def copy_entry(src: str, dest: str, *, uid: int, gid: int, chmod: int | None) -> None:
+def copy_entry(src: str, dest: str, *, uid: int | None, gid: int | None, chmod: int | None) -> None:
     """Copy one entry (file, symlink, dir, fifo; not following `src` if it is a symlink) to
     host path `dest`, which the caller resolved inside the rootfs (its last component not
-    followed)."""
+    followed). uid/gid None keep the source's."""
     st = os.lstat(src)
+    uid = st.st_uid if uid is None else uid
+    gid = st.st_gid if gid is None else gid
     mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
     if stat.S_ISDIR(st.st_mode):
         try:
@@ -112,8 +114,10 @@ def copy_entry(src: str, dest: str, *, uid: int, gid: int, chmod: int | None) ->
             shutil.copyfileobj(inp, out, 1 << 20)
     elif stat.S_ISFIFO(st.st_mode):
         os.mkfifo(dest, 0o600)
+    elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        os.mknod(dest, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
     else:
-        return  # devices and sockets are not copied from a context
+        return  # sockets have no place in an image
     os.chown(dest, uid, gid)
     os.chmod(dest, mode)
     os.utime(dest, ns=(st.st_mtime_ns, st.st_mtime_ns))
@@ -137,11 +141,50 @@ def is_archive(path: str) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def extract(archive: str, dest: str, what: str) -> None:
-    """Extract `archive` into host dir `dest` (inside the rootfs), with tarfile's "tar"
-    filter: no absolute paths, nothing outside `dest`, links inside it only."""
+def _staging_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """Extract `member` into the fresh directory `dest` only where it stays inside it: no
+    `..`, no path through a symlink out of it, hardlinks to entries inside it; modes,
+    owners and (absolute) symlink targets kept, as ADD keeps them."""
+    parts = [p for p in member.name.split("/") if p not in ("", ".")]
+    if ".." in parts or not parts:
+        raise BuildFailed(f"archive entry {member.name!r} would leave the destination")
+    real = os.path.realpath(dest)
+    target = os.path.realpath(os.path.join(real, *parts))
+    if os.path.commonpath([target, real]) != real:
+        raise BuildFailed(f"archive entry {member.name!r} goes through a link out of it")
+    if member.islnk():
+        lparts = [p for p in member.linkname.split("/") if p not in ("", ".")]
+        linked = os.path.realpath(os.path.join(real, *lparts))
+        if ".." in lparts or os.path.commonpath([linked, real]) != real:
+            raise BuildFailed(f"archive hardlink {member.name!r} points out of the archive")
+        return member.replace(name="/".join(parts), linkname="/".join(lparts), deep=False)
+    return member.replace(name="/".join(parts), deep=False)
+
+
+def extract(archive: str, staging: str, what: str) -> None:
+    """Extract `archive` into `staging`, a fresh directory of ours (never into a rootfs:
+    its symlinks would resolve on the host); the caller copies the tree into place."""
     try:
         with tarfile.open(archive, "r:*") as tf:
-            tf.extractall(dest, filter="tar", numeric_owner=True)
-    except (tarfile.TarError, OSError, EOFError) as e:
+            tf.extractall(staging, filter=_staging_filter, numeric_owner=True)
+    except BuildFailed as e:
+        raise BuildFailed(f"{what}: {os.path.basename(archive)}: {e}") from None
+    except (tarfile.TarError, OSError, EOFError, KeyError) as e:
+        # KeyError: a hardlink to an entry the archive does not hold
         raise BuildFailed(f"{what}: cannot extract {os.path.basename(archive)}: {e}") from e
+
+
+def walk(top: str) -> list[tuple[str, str]]:
+    """(relative path, host path) of everything below `top`, parents first, not following
+    symlinks."""
+    out: list[tuple[str, str]] = []
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        base = os.path.join(top, rel) if rel else top
+        for name in sorted(os.listdir(base), key=os.fsencode, reverse=True):
+            child = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(os.lstat(os.path.join(top, child)).st_mode):
+                todo.append(child)
+            out.append((child, os.path.join(top, child)))
+    return sorted(out, key=lambda e: os.fsencode(e[0]))
