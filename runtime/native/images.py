@@ -23,6 +23,9 @@ API:
     store.list() -> list[ImageRecord]
     store.remove(ref, keep_layers=()) -> None          # NotFound if unknown
     store.prune(in_use) -> list[str]                   # removed image ids; blobs/layers GC'd
+    with store.building(): ...                         # the builder's layers are safe from GC
+    store.add_layer(tar, tree=None) -> diff_id         # a built layer (uncompressed tar)
+    store.commit_built(config, diff_ids, refs) -> ImageRecord   # a built image, tagged
 """
 
 from __future__ import annotations

@@ -327,6 +327,8 @@ class Builder:
         except BuildFailed as e:
             if e.step is None:
                 e.step = label
+            if e.where is None:
+                e.where = where
             self.emit(label, "failed", seconds=time.monotonic() - t0)
             raise
         if cached:
