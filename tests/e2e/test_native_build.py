@@ -263,12 +263,13 @@ def test_more_instructions(native: NativeUnderTest, tmp_path: Path) -> None:
         "ENV WHO=world\n"
         "RUN cat <<EOF > /etc/motd\nhello $WHO\nEOF\n"
         f"RUN {checks}\n"
+        'RUN --network=none test "$(ls /sys/class/net)" = lo\n'
         'ENTRYPOINT ["/bb"]\nEXPOSE 8080\nVOLUME /data\nSTOPSIGNAL SIGINT\nLABEL tier=test\n'
         "FROM checks AS never\nRUN exit 9\n"
     )
     out = cli.ok("image", "build", str(ctx), "-t", "local/more:1", "--target", "checks")
-    assert "[1/15] FROM local/onbuild-base:1 AS checks" in out and "(15 steps, 0 cached)" in out
-    assert "[2/15] RUN echo triggered > /onbuild" in out and "exit 9" not in out
+    assert "[1/16] FROM local/onbuild-base:1 AS checks" in out and "(16 steps, 0 cached)" in out
+    assert "[2/16] RUN echo triggered > /onbuild" in out and "exit 9" not in out
     store = native.native.image_store
     rec = store.resolve("local/more:1")
     assert rec is not None

@@ -435,10 +435,14 @@ class Builder:
 
     def _run(self, ins: Instruction, st: StageState, where: str) -> bool:
         for flag in ins.flags:
-            if flag not in ("--network=default", "--network=host"):
+            if flag not in ("--network=default", "--network=host", "--network=none"):
                 raise BuildFailed(
                     f"{where}: RUN {flag} is not supported by this builder", where=where
                 )
+        # the host's network namespace; --network=none: a new one with loopback only
+        netns: str | None = f"/proc/{os.getpid()}/ns/net"
+        if ins.flag("network") == "none":
+            netns = None
         argv = run_argv(ins, st)
         key = cachemod.step_key(st.key, ins.original, args=st.args)
         created_by = ins.text if not ins.heredocs else ins.original.strip()
@@ -460,9 +464,7 @@ class Builder:
         try:
             try:
                 self.containers.check_host(config)
-                self.containers.create(
-                    config, lowers, None, netns_path=f"/proc/{os.getpid()}/ns/net"
-                )
+                self.containers.create(config, lowers, None, netns_path=netns)
                 self.containers.start(name)
             except RuntimeFailure as e:
                 raise BuildFailed(f"{where}: cannot run the step: {e}", where=where) from None

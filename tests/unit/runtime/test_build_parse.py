@@ -12,6 +12,7 @@ from pyapply.runtime.native.build import words
 from pyapply.runtime.native.build.builder import run_argv
 from pyapply.runtime.native.build.parse import parse_text
 from pyapply.runtime.native.build.state import (
+    DEFAULT_PATH,
     StageState,
     apply_metadata,
     duration_ns,
@@ -158,3 +159,13 @@ def test_durations() -> None:
     assert duration_ns("100ms", "w") == 10**8
     with pytest.raises(BuildFailed):
         duration_ns("5 s", "w")
+
+
+def test_the_environment_of_a_run() -> None:
+    """ENV wins over an ARG of the same name; args ENV does not set are added; proxy args
+    given with --build-arg reach a RUN without an ARG line; PATH is always set."""
+    st = StageState(name=None, base_id="", args={"A": "arg", "B": "b"})
+    st.config["Env"] = ["A=env"]
+    env = st.run_env({"http_proxy": "http://proxy:3128"})
+    assert env == ["PATH=" + DEFAULT_PATH, "A=env", "B=b", "http_proxy=http://proxy:3128"]
+    assert "PATH=/x" in StageState(name=None, base_id="", config={"Env": ["PATH=/x"]}).run_env({})
