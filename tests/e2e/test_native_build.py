@@ -309,6 +309,9 @@ def test_a_killed_build_is_swept_by_the_next(native: NativeUnderTest, tmp_path: 
     assert not stale.exists() and not rootfs.is_mounted(stale / "ovl-1/rootfs")
     assert rt.containers.state(name) is None
     assert not list((native.root / "build" / "tmp").iterdir())
+    # and `system reset` takes the builder's cache and scratch space with everything else
+    native.cli().ok("system", "reset", "--force")
+    assert not (native.root / "build").exists()
 
 
 def test_base_images_are_pulled_when_missing_and_with_pull(
