@@ -11,6 +11,7 @@ fetches nothing. Nothing but loopback is reached.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import threading
@@ -242,8 +243,11 @@ def test_more_instructions(native: NativeUnderTest, tmp_path: Path) -> None:
         tf.add(payload / "inside", arcname="inside")
     (ctx / "a.sh").write_text("echo a\n")
     (ctx / "b.sh").write_text("echo b\n")
+    # the host's resolv.conf as it is (a RUN is in the host's network namespace)
+    resolv = hashlib.md5(Path("/etc/resolv.conf").read_bytes()).hexdigest()
     checks = " && ".join(
         [
+            f'test "$(md5sum < /etc/resolv.conf | cut -d" " -f1)" = {resolv}',
             'test "$(cat /onbuild)" = triggered',
             'test "$(cat /opt/inside/file.txt)" = "from the archive"',
             'test "$(stat -c %a:%u:%g /scripts/a.sh)" = 700:1:2',

@@ -55,7 +55,7 @@ from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.images import ImageStore
 from pyapply.runtime.native.registry import host_platform, normalize_ref
 from pyapply.runtime.native.supervise import LOG_FILE, conmon_pid, read_exit, read_log
-from pyapply.runtime.statefs import private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
 
 TAIL_LINES = 20
 EventState = Literal["running", "cached", "done", "failed", "output"]
@@ -465,6 +465,8 @@ class Builder:
             try:
                 self.containers.check_host(config)
                 self.containers.create(config, lowers, None, netns_path=netns)
+                if netns is not None:
+                    _host_resolv_conf(self.containers.dir(name))
                 self.containers.start(name)
             except RuntimeFailure as e:
                 raise BuildFailed(f"{where}: cannot run the step: {e}", where=where) from None
@@ -514,6 +516,15 @@ def run_argv(ins: Instruction, st: StageState) -> list[str]:
         body = command + "\n" + "".join(f"{h.content}{h.name}\n" for h in ins.heredocs)
         return [*st.shell, body]
     return [*st.shell, command]
+
+
+def _host_resolv_conf(cdir: Path) -> None:
+    """In the host's network namespace the host's resolver is reachable, loopback ones
+    (systemd-resolved's 127.0.0.53) included: a RUN gets the host's resolv.conf as it is,
+    as `docker build --network host` does, instead of the loopback-free copy a container
+    on a network of its own gets."""
+    with contextlib.suppress(OSError):
+        atomic_write(cdir / "resolv.conf", Path("/etc/resolv.conf").read_text(), 0o644)
 
 
 def _ended(cdir: Path) -> bool:
