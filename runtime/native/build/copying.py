@@ -55,8 +55,8 @@ def _read(root: str, path: str) -> str:
 
 class CopyStep:
     """One COPY or ADD instruction, prepared (sources found, key computed) before it is
-    looked up in the cache, applied into a mounted overlay on a miss. `close` unmounts a
-    `--from` source."""
+    looked up in the cache, applied into a mounted overlay on a miss (a `--from` source is
+    mounted then, and unmounted by `close`)."""
 
     def __init__(self, builder: Builder, ins: Instruction, st: StageState, where: str) -> None:
         self.ins = ins
@@ -87,40 +87,45 @@ class CopyStep:
         if chmod is not None and not re.fullmatch(r"[0-7]{3,4}", chmod):
             raise BuildFailed(f"{where}: --chmod={chmod}: an octal mode is expected", where=where)
         self.chmod = int(chmod, 8) if chmod is not None else None
-        self.tree, origin = self._tree(builder)
-        try:
-            self.matched: list[Source] = []
-            for src in self.sources:
-                self.matched += self.tree.match(src, self.what)
-            if len(self.matched) > 1 and not self.dest.endswith("/"):
-                raise BuildFailed(
-                    f"{where}: {ins.cmd} with more than one source needs a destination "
-                    "directory ending in /",
-                    where=where,
-                )
-            digest = origin or digest_sources(self.tree, self.matched)
-        except BaseException:
-            self.close()
-            raise
+        self._builder = builder
+        self._lowers: list[str] | None = None  # --from: the source's layers, mounted late
+        origin = self._source(builder)
+        self.tree = Tree(builder.config.context, builder.context_matcher)
+        self.matched: list[Source] = []
+        if origin is None:
+            self.matched = self._match()
+            origin = digest_sources(self.tree, self.matched)
         self._key = cachemod.step_key(
             st.key,
             ins.original,
             expanded=" ".join([*values, self.chown or "", chmod or ""]),
-            sources=digest,
+            sources=origin,
         )
+
+    def _match(self) -> list[Source]:
+        matched: list[Source] = []
+        for src in self.sources:
+            matched += self.tree.match(src, self.what)
+        if len(matched) > 1 and not self.dest.endswith("/"):
+            raise BuildFailed(
+                f"{self.where}: {self.ins.cmd} with more than one source needs a destination "
+                "directory ending in /",
+                where=self.where,
+            )
+        return matched
 
     def _flag(self, name: str) -> str | None:
         raw = self.ins.flag(name)
         return None if raw is None else self.st.expand(raw, self.where)
 
-    def _tree(self, builder: Builder) -> tuple[Tree, str | None]:
-        """Where the sources are, and for a --from what stands for their content in the
-        key (the stage's key, the image's id); None: digest the files."""
+    def _source(self, builder: Builder) -> str | None:
+        """For --from, what stands for the sources' content in the key (the stage's key,
+        the image's id), and the layers to mount when the copy runs (only on a cache
+        miss); None: the sources are in the context, their digest is the key's."""
         ref = self._flag("from")
         if ref is None:
-            return Tree(builder.config.context, builder.context_matcher), None
-        df = builder._df()
-        stage = df.stage(ref)
+            return None
+        stage = builder._df().stage(ref)
         if stage is not None:
             if stage.index not in builder.stages:
                 raise BuildFailed(
@@ -138,9 +143,10 @@ class CopyStep:
                         f"{self.where}: --from={ref}: {e}", where=self.where
                     ) from None
             diff_ids, origin = list(record.diff_ids), "image " + record.id
-        lowers = builder.lower_dirs(StageState(name=None, base_id="", diff_ids=list(diff_ids)))
-        root = self._mount.enter_context(builder.mounted(lowers))
-        return Tree(str(root), rootfs=True), origin
+        self._lowers = builder.lower_dirs(
+            StageState(name=None, base_id="", diff_ids=list(diff_ids))
+        )
+        return origin
 
     def key(self) -> str:
         return self._key
@@ -164,6 +170,10 @@ class CopyStep:
         return user.uid, user.gid
 
     def apply(self, root: str) -> None:
+        if self._lowers is not None:  # --from: the source's root file system, now
+            mounted = self._mount.enter_context(self._builder.mounted(self._lowers))
+            self.tree = Tree(str(mounted), rootfs=True)
+            self.matched = self._match()
         uid, gid = self._owner(root)
         dest = self.st.resolve_path(self.dest)
         dest_is_dir = self.dest.endswith("/") or self.dest in (".", "./")
