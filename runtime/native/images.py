@@ -688,8 +688,11 @@ class ImageStore:
         return diff_id
 
     def has_layer(self, diff_id: str) -> bool:
-        """Whether a layer built before is still here (its blob; the directory is made
-        again from it when missing)."""
+        """Whether a layer is here to build on: its directory, else (a built layer, whose
+        blob is its diff_id) made again from its blob. The layers of a stored image are
+        made sure of by `layer_dirs`, which knows their blobs."""
+        if os.path.isdir(self.layer_dir(diff_id)):
+            return True
         if not self.blobs.has(diff_id):
             return False
         self._ensure_layer(diff_id, diff_id, None)
@@ -698,12 +701,23 @@ class ImageStore:
     def commit_built(
         self, config_body: bytes, diff_ids: builtins.list[str], refs: Iterable[str]
     ) -> ImageRecord:
-        """Record a built image (its layers stored with add_layer, uncompressed, so each
-        blob is its diff_id) with an OCI manifest, and tag it with `refs`. Call inside
-        `building()`."""
+        """Record a built image with an OCI manifest, and tag it with `refs`. Its layers
+        are the base image's (whatever blobs they came in) and those stored with add_layer
+        (uncompressed: the blob is the diff_id). Call inside `building()`."""
         config_digest = sha256_bytes(config_body)
         if not self.blobs.has(config_digest):  # a rebuild of the same image writes nothing
             self.blobs.put_bytes(config_body, config_digest)
+        known: dict[str, str] = {}  # diff_id -> the blob a stored image has it as
+        for data in self._load().images.values():
+            # an old record may lack layer_blobs: the pairs that are there count
+            pairs = zip(data.get("diff_ids") or (), data.get("layer_blobs") or (), strict=False)
+            known.update(pairs)
+        layer_blobs = []
+        for d in diff_ids:
+            blob = d if self.blobs.has(d) else known.get(d)
+            if blob is None or not self.blobs.has(blob):
+                raise NotFound(f"layer {d} has no blob in the store; pull its image again")
+            layer_blobs.append(blob)
         manifest = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -714,11 +728,11 @@ class ImageStore:
             },
             "layers": [
                 {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": d,
-                    "size": self.blobs.size(d),
+                    "mediaType": _layer_media_type(self.blobs.path(b)),
+                    "digest": b,
+                    "size": self.blobs.size(b),
                 }
-                for d in diff_ids
+                for b in layer_blobs
             ],
         }
         body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
@@ -732,13 +746,13 @@ class ImageStore:
             repo_digests=(),
             config=ImageConfig.from_json(config.get("config")),
             diff_ids=tuple(diff_ids),
-            blobs=tuple(dict.fromkeys([manifest_digest, config_digest, *diff_ids])),
-            layer_blobs=tuple(diff_ids),
+            blobs=tuple(dict.fromkeys([manifest_digest, config_digest, *layer_blobs])),
+            layer_blobs=tuple(layer_blobs),
             os=str(config.get("os") or "linux"),
             architecture=str(config.get("architecture") or ""),
             variant=config.get("variant"),
             created=config.get("created"),
-            size=sum(self.blobs.size(d) for d in diff_ids),
+            size=sum(self.blobs.size(b) for b in layer_blobs),
         )
         return self._commit(record, [normalize_ref(r) for r in refs], None)
 
@@ -822,6 +836,17 @@ class ImageStore:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _layer_media_type(path: str) -> str:
+    """The OCI media type of a layer blob, by its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"\x1f\x8b"):
+        return "application/vnd.oci.image.layer.v1.tar+gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "application/vnd.oci.image.layer.v1.tar+zstd"
+    return "application/vnd.oci.image.layer.v1.tar"
 
 
 def _report(progress: ProgressFn | None, event: PullProgress) -> None:

@@ -340,3 +340,48 @@ def test_base_images_are_pulled_when_missing_and_with_pull(
     out = native.cli().run("image", "build", str(ctx), "-t", "local/pulled-again:1", "--pull")
     assert out.returncode == 1 and f"Dockerfile:1: base image {nowhere}:" in out.stderr, out
     assert store.resolve("local/pulled-again:1") is None
+
+
+def test_a_base_with_compressed_layers(
+    native: NativeUnderTest, tmp_path: Path, busybox_archive: Path
+) -> None:
+    """A base image whose layer blobs are gzip (as pulled images' are: the blob's digest is
+    not the layer's diff_id) is built on, its layer directories made again from the blobs
+    when they went."""
+    import gzip
+    import io
+    import shutil
+    import tarfile
+
+    # the test image's layer plus a file: a layer of its own (no other blob has its diff_id)
+    with tarfile.open(busybox_archive) as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
+        layer = tf.extractfile(manifest[0]["Layers"][0])
+        assert layer is not None
+        with (
+            tarfile.open(fileobj=layer) as src,
+            gzip.open(tmp_path / "rootfs.tar.gz", "wb") as gz,
+            tarfile.open(fileobj=gz, mode="w") as dst,
+        ):
+            for member in src:
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+            marker = tarfile.TarInfo("gz-marker")
+            dst.addfile(marker, io.BytesIO(b""))
+    store = native.native.image_store
+    (rec,) = store.import_archive(str(tmp_path / "rootfs.tar.gz"), "local/gz-base:1")
+    assert rec.layer_blobs[0] != rec.diff_ids[0]
+    shutil.rmtree(store.layer_dir(rec.diff_ids[0]))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM local/gz-base:1\nRUN test -e /gz-marker\n")
+    out = native.cli().ok("image", "build", str(ctx), "-t", "local/on-gz:1")
+    assert "(2 steps, 0 cached)" in out
+    built = store.resolve("local/on-gz:1")
+    assert built is not None and built.diff_ids[0] == rec.diff_ids[0]
+    # its manifest names the base layer's own (gzip) blob, and the built layer's tar
+    assert built.layer_blobs[0] == rec.layer_blobs[0]
+    doc = json.loads(store.blobs.read(built.blobs[0]))
+    assert [(x["mediaType"], x["digest"]) for x in doc["layers"]] == [
+        ("application/vnd.oci.image.layer.v1.tar+gzip", rec.layer_blobs[0]),
+        ("application/vnd.oci.image.layer.v1.tar", built.diff_ids[1]),
+    ]

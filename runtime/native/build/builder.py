@@ -46,7 +46,7 @@ from pyapply.runtime.base import (
 from pyapply.runtime.native import rootfs
 from pyapply.runtime.native.build import cache as cachemod
 from pyapply.runtime.native.build import dockerignore, layertar, parse, state
-from pyapply.runtime.native.build.copying import CopyStep
+from pyapply.runtime.native.build.copying import CopyStep, base_layers
 from pyapply.runtime.native.build.fsops import make_dirs
 from pyapply.runtime.native.build.parse import Dockerfile, Instruction, Stage
 from pyapply.runtime.native.build.state import StageState
@@ -301,6 +301,7 @@ class Builder:
                 record = self.store.pull(ref)
             except RuntimeFailure as e:
                 raise BuildFailed(f"{where}: base image {ref}: {e}", where=where) from None
+        base_layers(self.store, record, where)
         doc = self.store.config_document(record)
         cfg = dict(doc.get("config") or {})
         triggers = [str(t) for t in cfg.pop("OnBuild", None) or []]

@@ -21,7 +21,7 @@ import secrets
 import stat
 from typing import TYPE_CHECKING
 
-from pyapply.runtime.base import BuildFailed, PermanentError, RuntimeFailure
+from pyapply.runtime.base import BuildFailed, NotFound, PermanentError, RuntimeFailure
 from pyapply.runtime.native import oci
 from pyapply.runtime.native.build import cache as cachemod
 from pyapply.runtime.native.build.context import Source, Tree, digest_sources
@@ -35,10 +35,21 @@ from pyapply.runtime.native.build.fsops import (
 )
 from pyapply.runtime.native.build.parse import Instruction
 from pyapply.runtime.native.build.state import StageState
+from pyapply.runtime.native.images import ImageRecord, ImageStore
 from pyapply.runtime.statefs import rmtree
 
 if TYPE_CHECKING:
     from pyapply.runtime.native.build.builder import Builder
+
+
+def base_layers(store: ImageStore, record: ImageRecord, where: str) -> None:
+    """Make sure a stored image's layer directories are there (unpacked again from their
+    blobs if they went); an image whose blobs went too is a clear error."""
+    try:
+        store.layer_dirs(record)
+    except NotFound as e:
+        raise BuildFailed(f"{where}: {e}", where=where) from None
+
 
 _FLAGS = {"COPY": {"from", "chown", "chmod", "link"}, "ADD": {"chown", "chmod", "link"}}
 _URL = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@)", re.IGNORECASE)
@@ -142,6 +153,7 @@ class CopyStep:
                     raise BuildFailed(
                         f"{self.where}: --from={ref}: {e}", where=self.where
                     ) from None
+            base_layers(builder.store, record, self.where)
             diff_ids, origin = list(record.diff_ids), "image " + record.id
         self._lowers = builder.lower_dirs(
             StageState(name=None, base_id="", diff_ids=list(diff_ids))
