@@ -373,7 +373,7 @@ def test_a_base_with_compressed_layers(
     shutil.rmtree(store.layer_dir(rec.diff_ids[0]))
     ctx = tmp_path / "ctx"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text("FROM local/gz-base:1\nRUN test -e /gz-marker\n")
+    (ctx / "Dockerfile").write_text("FROM local/gz-base:1\nRUN test -e /gz-marker && touch /ok\n")
     out = native.cli().ok("image", "build", str(ctx), "-t", "local/on-gz:1")
     assert "(2 steps, 0 cached)" in out
     built = store.resolve("local/on-gz:1")
