@@ -3,9 +3,10 @@
 Each step that changes files runs against an overlay of its stage's layers: RUN in a
 container made by the native runtime's own ContainerManager (runc under conmon, overlayfs,
 Docker's default seccomp profile and capabilities, the image's user, env and workdir), COPY,
-ADD and WORKDIR by this process in an overlay mounted under `<root>/build/tmp/`. The overlay's
-upper dir is the step's change; it becomes a reproducible layer tar (layertar.py), stored as
-a blob whose digest is its diff_id, and unpacked once as a layer directory for the next step.
+ADD and WORKDIR by this process in an overlay mounted in the build's scratch dir
+(workspace.py). The overlay's upper dir is the step's change; it becomes a reproducible layer
+tar (layertar.py), stored as a blob whose digest is its diff_id, and the upper dir itself,
+unmounted, becomes the layer's directory for the next step (the tar is not unpacked again).
 
 Network of a RUN: the host's network namespace (joined by path, like `docker build
 --network host`). It is the simplest way to give a build the network access builds have,
@@ -18,7 +19,9 @@ and whose layer is still stored executes nothing (BuildEvent "cached"). `no_cach
 lookups (and still records the new keys); `pull` refreshes the base images first.
 
 The image is committed and tagged only when every step has succeeded; the temporary
-containers, mounts and directories go in every case.
+containers, mounts and directories go in every case (and what a killed build left, with the
+next build). The image's `created` and every timestamp are SOURCE_DATE_EPOCH (0 unless
+given), so a rebuild of the same inputs is the same image id: nothing to recreate.
 """
 
 from __future__ import annotations
@@ -187,7 +190,7 @@ class Builder:
         values = platform_args()
         for ins in df.meta_args:
             where = f"{df.name}:{ins.line}"
-            for k, v in state.declare_arg(ins, None, self.args, values, values, where):
+            for k, v in state.declare_arg(ins, self.args, values, values, where):
                 if v is not None:
                     values[k] = v
         return values
@@ -341,7 +344,7 @@ class Builder:
         c = ins.cmd
         if c == "ARG":
             env = st.expansion_env()
-            for k, v in state.declare_arg(ins, st, self.args, self.meta, env, where):
+            for k, v in state.declare_arg(ins, self.args, self.meta, env, where):
                 if v is not None:
                     st.args[k] = v
                 else:

@@ -250,7 +250,6 @@ def apply_metadata(ins: Instruction, state: StageState, where: str) -> None:
 
 def declare_arg(
     ins: Instruction,
-    state: StageState | None,
     build_args: dict[str, str],
     defaults: dict[str, str],
     env: dict[str, str],
