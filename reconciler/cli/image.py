@@ -1,5 +1,8 @@
 """`pyapply image ...`: the native runtime's image store from the command line.
 
+`build` builds a Dockerfile on the chosen runtime (either: native's own builder, or
+dockerd's), through `Runtime.build_image`.
+
 `pull`, `ls`, `rm`, `import` and `prune` act on the store of the state root (--root,
 PYAPPLY_ROOT): the one `--runtime native` creates containers from. dockerd has its own store
 and its own CLI, so `--runtime docker` is refused with a pointer to `docker image ...` rather
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import re
 import sys
 import threading
@@ -545,3 +549,97 @@ def prune(runtime_name: str | None, root: str | None, lock_timeout: float) -> No
         click.echo(f"deleted: {short_id(image_id)} {names}")
     n = len(removed)
     click.echo(f"{n} image{'s' if n != 1 else ''} removed" if n else "nothing to prune")
+
+
+def _build_args(items: Sequence[str]) -> dict[str, str]:
+    """--build-arg K=V (a bare K takes the value of the environment variable K, as docker
+    does; unset, it is left out)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key:
+            fail(f"--build-arg {item!r}: expected KEY=VALUE")
+        if eq:
+            out[key] = value
+        elif key in os.environ:
+            out[key] = os.environ[key]
+    return out
+
+
+@image.command("build")
+@click.argument("context")
+@click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
+@click.option(
+    "-f",
+    "--file",
+    "dockerfile",
+    default=None,
+    help="The Dockerfile (default CONTEXT/Dockerfile); relative to here, else to CONTEXT.",
+)
+@click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option("--target", default=None, help="Stage to build (default: the last).")
+@click.option("--no-cache", is_flag=True, help="Do not use the layer cache.")
+@click.option("--pull", is_flag=True, help="Pull the base images even if present.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: progress on stderr, the result (or the error) as JSON on stdout.",
+)
+@runtime_options
+def build(
+    context: str,
+    tags: tuple[str, ...],
+    dockerfile: str | None,
+    build_args: tuple[str, ...],
+    target: str | None,
+    no_cache: bool,
+    pull: bool,
+    output: str,
+    runtime_name: str | None,
+    root: str | None,
+) -> None:
+    """Build an image from a Dockerfile in CONTEXT, step by step with a layer cache."""
+    from pyapply.reconciler.view import build_progress as view
+    from pyapply.runtime.base import BuildConfig, BuildEvent, BuildFailed
+
+    if dockerfile is not None and not os.path.isabs(dockerfile) and os.path.exists(dockerfile):
+        # as with docker build, -f is relative to the current directory (else to CONTEXT)
+        dockerfile = os.path.abspath(dockerfile)
+    config = BuildConfig(
+        context=context,
+        dockerfile=dockerfile,
+        tags=tags,
+        args=_build_args(build_args),
+        target=target,
+        no_cache=no_cache,
+        pull=pull,
+    )
+    as_json = output == "json"
+
+    def show(event: BuildEvent) -> None:
+        click.echo(view.event_line(event), err=as_json)
+
+    rt = connect(runtime_name, root)
+    try:
+        result = rt.build_image(config, show)
+    except BuildFailed as e:
+        if as_json:
+            click.echo(json.dumps(view.failure_json(e), indent=2))
+        for line in view.failure_lines(e):
+            err(line)
+        fail(one_line(str(e)))
+    except RuntimeFailure as e:
+        fail(one_line(e.message))
+    except OSError as e:
+        fail(one_line(str(e)))
+    finally:
+        with contextlib.suppress(Exception):
+            rt.close()
+    if as_json:
+        click.echo(json.dumps(view.result_json(result), indent=2))
+    else:
+        for line in view.result_lines(result):
+            click.echo(line)

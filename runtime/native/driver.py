@@ -224,11 +224,15 @@ class NativeRuntime:
     def pull_image(self, ref: str) -> ImageInfo:
         return self.image_store.pull(ref).info()
 
+    @translated
     def build_image(
         self, config: BuildConfig, progress: BuildProgress | None = None
     ) -> BuildResult:
-        # Issue 11 is being built: until then a build is a plain, permanent error.
-        raise PermanentError("building images is not implemented yet on the native runtime")
+        """Build with the native builder (runtime/native/build): RUN steps in containers of
+        this root, layers into its image store."""
+        from pyapply.runtime.native.build import build
+
+        return build(self.image_store, self.containers, self.root, config, progress)
 
     def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
         raise PermanentError("pushing images is not implemented yet on the native runtime")

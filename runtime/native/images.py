@@ -23,6 +23,9 @@ API:
     store.list() -> list[ImageRecord]
     store.remove(ref, keep_layers=()) -> None          # NotFound if unknown
     store.prune(in_use) -> list[str]                   # removed image ids; blobs/layers GC'd
+    with store.building(): ...                         # the builder's layers are safe from GC
+    store.add_layer(tar, tree=None) -> diff_id         # a built layer (uncompressed tar)
+    store.commit_built(config, diff_ids, refs) -> ImageRecord   # a built image, tagged
 """
 
 from __future__ import annotations
@@ -655,6 +658,103 @@ class ImageStore:
         config_digest = self.blobs.put_bytes(body, sha256_bytes(body))
         return self._finish_import(config_digest, [layer], [], [name], path)
 
+    # -- built images (runtime/native/build) ------------------------------------------------
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Hold off prune and remove (gc.lock, shared) while a build makes layers that no
+        image names yet."""
+        with self._flock("gc.lock", fcntl.LOCK_SH):
+            yield
+
+    def add_layer(self, tar_path: str, tree: str | None = None) -> str:
+        """Store an uncompressed layer tar as a blob (its digest is its diff_id) and make
+        its layer directory, once; returns the diff_id. `tree` is the directory the tar was
+        made from, in the layer directory format (overlayfs whiteouts), not mounted: it is
+        moved into place rather than the tar unpacked again (and, without `tree`, the tar
+        is unpacked). Call inside `building()`."""
+        with open(tar_path, "rb") as f:
+            diff_id = self.blobs.ingest(f.read)
+        dest = self.layer_dir(diff_id)
+        if tree is not None and not os.path.isdir(dest):
+            with contextlib.suppress(FileExistsError, OSError):
+                os.rename(tree, dest)  # same file system; a racing unpack may win
+        self._ensure_layer(diff_id, diff_id, None)
+        return diff_id
+
+    def has_layer(self, diff_id: str) -> bool:
+        """Whether a layer is here to build on: its directory, else (a built layer, whose
+        blob is its diff_id) made again from its blob. The layers of a stored image are
+        made sure of by `layer_dirs`, which knows their blobs."""
+        if os.path.isdir(self.layer_dir(diff_id)):
+            return True
+        if not self.blobs.has(diff_id):
+            return False
+        self._ensure_layer(diff_id, diff_id, None)
+        return True
+
+    def commit_built(
+        self, config_body: bytes, diff_ids: builtins.list[str], refs: Iterable[str]
+    ) -> ImageRecord:
+        """Record a built image with an OCI manifest, and tag it with `refs`. Its layers
+        are the base image's (whatever blobs they came in) and those stored with add_layer
+        (uncompressed: the blob is the diff_id). Call inside `building()`."""
+        config_digest = sha256_bytes(config_body)
+        if not self.blobs.has(config_digest):  # a rebuild of the same image writes nothing
+            self.blobs.put_bytes(config_body, config_digest)
+        known: dict[str, str] = {}  # diff_id -> the blob a stored image has it as
+        for data in self._load().images.values():
+            # an old record may lack layer_blobs: the pairs that are there count
+            pairs = zip(data.get("diff_ids") or (), data.get("layer_blobs") or (), strict=False)
+            known.update(pairs)
+        layer_blobs = []
+        for d in diff_ids:
+            blob = d if self.blobs.has(d) else known.get(d)
+            if blob is None or not self.blobs.has(blob):
+                raise NotFound(f"layer {d} has no blob in the store; pull its image again")
+            layer_blobs.append(blob)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config_body),
+            },
+            "layers": [
+                {
+                    "mediaType": _layer_media_type(self.blobs.path(b)),
+                    "digest": b,
+                    "size": self.blobs.size(b),
+                }
+                for b in layer_blobs
+            ],
+        }
+        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        manifest_digest = sha256_bytes(body)
+        if not self.blobs.has(manifest_digest):
+            self.blobs.put_bytes(body, manifest_digest)
+        config = self._read_json(config_digest)
+        record = ImageRecord(
+            id=config_digest,
+            refs=(),
+            repo_digests=(),
+            config=ImageConfig.from_json(config.get("config")),
+            diff_ids=tuple(diff_ids),
+            blobs=tuple(dict.fromkeys([manifest_digest, config_digest, *layer_blobs])),
+            layer_blobs=tuple(layer_blobs),
+            os=str(config.get("os") or "linux"),
+            architecture=str(config.get("architecture") or ""),
+            variant=config.get("variant"),
+            created=config.get("created"),
+            size=sum(self.blobs.size(b) for b in layer_blobs),
+        )
+        return self._commit(record, [normalize_ref(r) for r in refs], None)
+
+    def config_document(self, record: ImageRecord) -> dict[str, Any]:
+        """The whole config document of an image (history, OnBuild, ... included)."""
+        return self._read_json(record.id)
+
     # -- remove and prune -------------------------------------------------------------------
 
     def remove(self, ref: str, keep_layers: Iterable[str] = ()) -> None:
@@ -731,6 +831,17 @@ class ImageStore:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def _layer_media_type(path: str) -> str:
+    """The OCI media type of a layer blob, by its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"\x1f\x8b"):
+        return "application/vnd.oci.image.layer.v1.tar+gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "application/vnd.oci.image.layer.v1.tar+zstd"
+    return "application/vnd.oci.image.layer.v1.tar"
 
 
 def _report(progress: ProgressFn | None, event: PullProgress) -> None:

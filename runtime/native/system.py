@@ -47,6 +47,7 @@ from pyapply.runtime.statefs import dirs_bottom_up, rmtree
 # atomic-write temporaries.
 ROOT_ENTRIES = (
     "images",
+    "build",  # the builder's layer cache and temporary dirs (runtime/native/build)
     "containers",
     "runc",
     "networks",
