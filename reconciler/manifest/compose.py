@@ -785,25 +785,3 @@ def _remove(deps: Node, entry: Node) -> None:
         deps.value = [d for d in deps.value if d is not entry]
     elif isinstance(deps.value, dict):
         deps.value = {k: v for k, v in deps.value.items() if v is not entry}
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding a directory's compose project
-
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-OVERRIDE_FILES = (
-    "compose.override.yaml",
-    "compose.override.yml",
-    "docker-compose.override.yaml",
-    "docker-compose.override.yml",
-)
-
-
-def project_files(directory: str) -> list[str]:
-    """A directory's compose project: the first of COMPOSE_FILES found, then the first of
-    OVERRIDE_FILES found; [] when the directory holds no compose file."""
-    base = next((n for n in COMPOSE_FILES if os.path.isfile(os.path.join(directory, n))), None)
-    if base is None:
-        return []
-    override = next((n for n in OVERRIDE_FILES if os.path.isfile(os.path.join(directory, n))), None)
-    return [base] + ([override] if override else [])
