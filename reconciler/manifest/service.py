@@ -11,27 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pyapply.reconciler.core.model import (
-    Condition,
     Dependency,
     FileRef,
-    Healthcheck,
     Mount,
     Port,
     PullPolicy,
-    Resources,
     ServiceNetwork,
     ServiceSpec,
     Ulimit,
-    UpdateConfig,
-    UpdateOrder,
 )
-from pyapply.reconciler.manifest import seccomp_file, yamlpos
+from pyapply.reconciler.manifest import lifecycle, seccomp_file, yamlpos
 from pyapply.reconciler.manifest.discovery import Unreadable, read_text
 from pyapply.reconciler.manifest.document import (
     MISSING,
@@ -40,7 +34,6 @@ from pyapply.reconciler.manifest.document import (
     Path,
     ignored,
     list_or_dict,
-    walk,
 )
 from pyapply.reconciler.manifest.interpolate import parse_dotenv
 from pyapply.reconciler.manifest.values import (
@@ -48,12 +41,10 @@ from pyapply.reconciler.manifest.values import (
     container_path,
     long_port,
     parse_count,
-    parse_cpus,
     parse_duration,
     parse_host_ip,
     parse_id,
     parse_mode,
-    parse_pids,
     parse_size,
     parse_tmpfs,
     scalar_str,
@@ -140,7 +131,6 @@ _UNSUPPORTED = tuple(
         "volumes_from",
     ]
 )
-_RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::\d+)?")
 
 
 class ServiceBuilder(Fields):
@@ -170,10 +160,10 @@ class ServiceBuilder(Fields):
         self.ports()
         self.mounts()
         self.networks()
-        self.depends_on()
-        self.healthcheck()
-        self.restart()
-        self.deploy()
+        lifecycle.depends_on(self)
+        lifecycle.healthcheck(self)
+        lifecycle.restart(self)
+        lifecycle.deploy(self)
         self.simple()
         self.file_refs("configs", "/")
         self.file_refs("secrets", "/run/secrets/")
@@ -431,179 +421,6 @@ class ServiceBuilder(Fields):
             nets["default"] = ServiceNetwork("default")
             self.draft.networks.append(("default", self.path))
         self.fields["networks"] = tuple(v for _, v in sorted(nets.items()))
-
-    def depends_on(self) -> None:
-        deps: dict[str, Dependency] = {}
-        for key, cfg, path in self.entries("depends_on"):
-            if isinstance(key, int):  # the list form
-                if cfg in deps:
-                    self.ctx.error(path, f'"{cfg}" is listed twice')
-                dep = Dependency(cfg)
-            else:
-                dep = Dependency(
-                    service=key,
-                    condition=cast(Condition, cfg.get("condition", "service_started")),
-                    required=cfg.get("required", True),
-                    restart=cfg.get("restart", False),
-                )
-            deps[dep.service] = dep
-            self.draft.depends.append((dep, path))
-        # legacy links ("db" or "db:alias") order the start like depends_on, as in compose
-        for _, item, path in self.entries("links"):
-            service = str(item).split(":", 1)[0]
-            if service and service not in deps:
-                deps[service] = Dependency(service)
-                self.draft.depends.append((deps[service], path))
-        if deps:
-            self.fields["depends_on"] = tuple(v for _, v in sorted(deps.items()))
-
-    def healthcheck(self) -> None:
-        raw = walk(self.raw, ("healthcheck",))
-        if not isinstance(raw, dict):
-            return
-        path = self.at("healthcheck")
-        test: tuple[str, ...] = ()
-        value = self.get("healthcheck", "test")
-        if isinstance(value, str):
-            if not value.strip():
-                self.ctx.error((*path, "test"), "must not be empty")
-            test = ("CMD-SHELL", value)
-        elif isinstance(value, list):
-            test = tuple(value)
-            if not test:
-                self.ctx.error((*path, "test"), "must not be empty")
-            elif test[0] not in ("CMD", "CMD-SHELL", "NONE"):
-                self.ctx.error(
-                    (*path, "test", 0), 'a test list must start with "CMD", "CMD-SHELL" or "NONE"'
-                )
-            elif test[0] == "CMD" and len(test) < 2:
-                self.ctx.error((*path, "test"), 'needs a command after "CMD"')
-            elif test[0] == "CMD-SHELL" and len(test) != 2:
-                self.ctx.error((*path, "test"), 'takes exactly one command line after "CMD-SHELL"')
-        ignored(self.ctx, raw, path, ("start_interval",))
-        if self.get("healthcheck", "disable") is True or test[:1] == ("NONE",):
-            self.fields["healthcheck"] = Healthcheck(test=("NONE",), disable=True)
-            return
-        times = {"interval": 30.0, "timeout": 30.0, "start_period": 0.0}
-        for name in times:
-            value = self.get("healthcheck", name)
-            if value is not MISSING:
-                got = self.attempt((*path, name), parse_duration, value)
-                if isinstance(got, float):
-                    times[name] = got
-        retries = self.get("healthcheck", "retries")
-        self.fields["healthcheck"] = Healthcheck(
-            test=test,
-            interval=times["interval"],
-            timeout=times["timeout"],
-            start_period=times["start_period"],
-            retries=3 if retries is MISSING else retries,
-        )
-
-    def restart(self) -> None:
-        value = self.get("restart")
-        policy: str | None = None
-        if value is False:
-            policy = "no"
-        elif isinstance(value, str) and _RESTART.fullmatch(value):
-            policy = value
-        elif value is not MISSING:
-            self.ctx.error(
-                self.at("restart"),
-                f'{show(value)} is not a restart policy: use "no", "always", "on-failure", '
-                '"on-failure:N" or "unless-stopped"',
-            )
-        rp = self.get("deploy", "restart_policy")
-        if isinstance(rp, dict):
-            rpath = self.at("deploy", "restart_policy")
-            condition = rp.get("condition", "any")
-            from_deploy = {"none": "no", "any": "always"}.get(condition, "on-failure")
-            if from_deploy == "on-failure" and "max_attempts" in rp:
-                from_deploy += f":{rp['max_attempts']}"
-            ignored(self.ctx, rp, rpath, ("delay", "window"))
-            if policy is None:
-                policy = from_deploy
-            elif policy != from_deploy:
-                self.ctx.warn(rpath, f'conflicts with "restart: {policy}", which is used', key=True)
-        if policy is not None:
-            self.fields["restart"] = policy
-
-    def deploy(self) -> None:
-        ctx = self.ctx
-        dpath = self.at("deploy")
-        deploy = walk(self.raw, ("deploy",))
-        if isinstance(deploy, dict):
-            if self.get("deploy", "mode") == "global":
-                ctx.warn(
-                    (*dpath, "mode"), 'deploy mode "global" is not supported; "replicated" is used'
-                )
-            ignored(ctx, deploy, dpath, ("placement", "endpoint_mode", "rollback_config", "labels"))
-            resources = walk(deploy, ("resources",))
-            if isinstance(resources, dict):
-                ignored(ctx, resources, (*dpath, "resources"), ("reservations",))
-            update = walk(deploy, ("update_config",))
-            if isinstance(update, dict):
-                ignored(
-                    ctx,
-                    update,
-                    (*dpath, "update_config"),
-                    ("failure_action", "monitor", "max_failure_ratio"),
-                )
-        # replicas: deploy.replicas, else the legacy scale
-        replicas = self.get("deploy", "replicas")
-        scale = self.get("scale")
-        if scale is not MISSING and replicas is not MISSING and scale != replicas:
-            ctx.warn(
-                self.at("scale"),
-                f"conflicts with deploy.replicas ({replicas}), which is used",
-                key=True,
-            )
-        if replicas is MISSING:
-            replicas = scale
-        if replicas is not MISSING:
-            self.fields["replicas"] = replicas
-        # limits: deploy.resources.limits, else the legacy mem_limit / cpus / pids_limit
-        limits: dict[str, Any] = {}
-        for new, old, parse in (
-            ("memory", "mem_limit", parse_size),
-            ("cpus", "cpus", parse_cpus),
-            ("pids", "pids_limit", parse_pids),
-        ):
-            value = self.limit(("deploy", "resources", "limits", new), parse)
-            legacy = self.limit((old,), parse)
-            if new == "memory":  # docker's convention: 0 means "no limit"
-                value, legacy = value or None, legacy or None
-            if value is None:
-                value = legacy
-            elif legacy is not None and legacy != value:
-                ctx.warn(
-                    self.at(old),
-                    f"conflicts with deploy.resources.limits.{new}, which is used",
-                    key=True,
-                )
-            limits[new] = value
-        self.fields["resources"] = Resources(**limits)
-        # update_config
-        upath = (*dpath, "update_config")
-        delay = 0.0
-        value = self.get("deploy", "update_config", "delay")
-        if value is not MISSING:
-            got = self.attempt((*upath, "delay"), parse_duration, value)
-            delay = got if isinstance(got, float) else 0.0
-        order = self.get("deploy", "update_config", "order")
-        parallelism = self.get("deploy", "update_config", "parallelism")
-        self.fields["update"] = UpdateConfig(
-            order=cast(UpdateOrder, "stop-first" if order is MISSING else order),
-            parallelism=1 if parallelism is MISSING else parallelism,
-            delay=delay,
-        )
-
-    def limit(self, parts: tuple[str, ...], parse: Any) -> Any:
-        value = self.get(*parts)
-        if value is MISSING or value is None:
-            return None
-        got = self.attempt(self.at(*parts), parse, value)
-        return None if got is MISSING else got
 
     def extra_hosts(self) -> None:
         """extra_hosts: ["host:ip"] / ["host=ip"] or {host: ip or [ip, ...]}."""
