@@ -48,11 +48,7 @@ from pyapply.reconciler.manifest.document import (
     format_path,
     problem_order,
 )
-from pyapply.reconciler.manifest.interpolate import (
-    InterpolationError,
-    interpolate,
-    parse_dotenv,
-)
+from pyapply.reconciler.manifest.interpolate import InterpolationError, interpolate, parse_dotenv
 from pyapply.reconciler.manifest.schema import explain, schema
 from pyapply.reconciler.manifest.stack import (
     StackDraft,

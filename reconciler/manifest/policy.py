@@ -7,11 +7,11 @@ the host. A `Policy` says, per rule, whether such an ask is allowed, reported (w
 (deny), with lists of what is allowed anyway (capabilities, path prefixes, namespaces ...) and
 of services a rule does not apply to.
 
-The rules are data (`RULES`, in `policy_rules`): each is a function from a loaded stack, as written and with
-positions (`manifest.StackDocument`), to the asks it finds; `check` applies a policy's
-settings to them and returns `Finding`s located as `file:line:col: path: sentence`. Fields
-pyapply does not run yet (`privileged`, `pid`, `devices` ...) are read from the document,
-so a policy holds before they land. This module reads no runtime; it only resolves paths
+The rules are data (`RULES`, in `policy_rules`): each is a function from a loaded stack,
+as written and with positions (`manifest.StackDocument`), to the asks it finds; `check`
+applies a policy's settings to them and returns `Finding`s located as
+`file:line:col: path: sentence`. Fields pyapply does not run yet (`privileged`, `pid`,
+`devices` ...) are read from the document, so a policy holds before they land. This module reads no runtime; it only resolves paths
 (symlinks included) to compare them, and reads policy files (`load_policy`).
 
 Two policies are built in: `restricted` (every rule denies; the agent's default) and `warn`
@@ -34,12 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pyapply.reconciler.core.model import Location, Problem
 from pyapply.reconciler.manifest import yamlpos
-from pyapply.reconciler.manifest.document import (
-    FileAccess,
-    FileGuard,
-    StackDocument,
-    format_path,
-)
+from pyapply.reconciler.manifest.document import FileAccess, FileGuard, StackDocument, format_path
 from pyapply.reconciler.manifest.policy_rules import (
     RULES,
     Action,

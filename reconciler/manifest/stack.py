@@ -15,13 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.model import (
-    ConfigSpec,
-    NetworkSpec,
-    SecretSpec,
-    Stack,
-    VolumeSpec,
-)
+from pyapply.reconciler.core.model import ConfigSpec, NetworkSpec, SecretSpec, Stack, VolumeSpec
 from pyapply.reconciler.manifest.document import (
     SECTIONS,
     Context,
