@@ -73,10 +73,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Loaded:
+    """What one `load` found: the stacks, the warnings, and what identifies the revision."""
+
     stacks: tuple[Stack, ...]  # sorted by name
     warnings: tuple[Problem, ...]
     files: tuple[str, ...]  # every manifest file read (absolute paths), sorted
-    content_digest: str  # sha256 hex of the files' bytes (path+content, sorted)
+    content_digest: str  # `discovery.content_digest` of those files
     # per stack name: the variables its manifest saw (the environment over its .env file);
     # configs and secrets with `environment:` read their value from here
     environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

@@ -5,12 +5,14 @@ a compose project and nothing else below it), missing paths, and the content dig
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
 from support import write
 
 from pyapply.reconciler.core.model import Location, ManifestError
+from pyapply.reconciler.manifest import discovery
 from pyapply.reconciler.manifest.loader import load
 
 
@@ -78,3 +80,36 @@ def test_missing_paths_and_empty_directories(here: Path) -> None:
     assert [str(w) for w in loaded.warnings] == [
         "warning: empty: no *.yaml or *.yml files in this directory"
     ]
+
+
+def test_the_walk_and_the_digest_are_the_loaders(here: Path) -> None:
+    """`manifest_files` and `digest_files` (what the agent identifies a directory by) are
+    exactly the files a load of that directory reads, and the digest it computes."""
+    stack = "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {{name: {n}}}\nspec: {{}}\n"
+    write(
+        here,
+        {
+            "d/a.yaml": stack.format(n="a"),
+            "d/sub/b.yml": stack.format(n="b"),
+            "d/.hidden/c.yaml": "not: read",
+            "d/.dot.yaml": "not: read",
+            "d/notes.txt": "not yaml",
+            "d/shop/compose.yaml": "services: {web: {image: img}}\n",
+            "d/shop/compose.override.yaml": "services: {web: {init: true}}\n",
+            "d/shop/notes.yaml": "not: part of the project",
+            "d/shop/deeper/x.yaml": "not: below a project",
+        },
+    )
+    loaded = load(["d"], environ={})
+    files = discovery.manifest_files("d")
+    assert files == list(loaded.files)
+    assert [os.path.relpath(f, here / "d") for f in files] == [
+        "a.yaml",
+        "shop/compose.override.yaml",
+        "shop/compose.yaml",
+        "sub/b.yml",
+    ]
+    assert discovery.digest_files(files) == loaded.content_digest
+    # one file given: that file
+    assert discovery.manifest_files("d/a.yaml") == [str(here / "d" / "a.yaml")]
+    assert discovery.manifest_files("nowhere") == []
