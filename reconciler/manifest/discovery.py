@@ -44,6 +44,8 @@ def project_files(directory: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Source:
+    """A manifest file to read: where it is, and how messages name it."""
+
     display: str  # as the user would write it: relative to where they pointed us
     path: str  # absolute
     # compose files with the same group form one project: "" a file of its own, "-f" the
