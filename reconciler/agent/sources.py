@@ -31,7 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.manifest.revision import Revision, identify
+from pyapply.reconciler.manifest import discovery
+from pyapply.reconciler.manifest.revision import Revision, of_directory
 from pyapply.runtime.base import Runtime
 
 log = logging.getLogger("pyapply.agent")
@@ -172,36 +173,17 @@ def _git_dir(path: str) -> bool:
 
 
 def manifest_files(directory: str) -> list[str]:
-    """The manifest files the loader reads below `directory` (absolute paths, sorted)."""
-    out: list[str] = []
-    if os.path.isfile(directory):
-        return [os.path.abspath(directory)]
-    for current, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith(".") and name.endswith((".yaml", ".yml")):
-                out.append(os.path.abspath(os.path.join(current, name)))
-    return sorted(out)
+    """The manifest files the loader reads below `directory` (absolute paths, sorted): the
+    loader's own walk (`reconciler.manifest.discovery`), so the agent sees what apply sees."""
+    return discovery.manifest_files(directory)
 
 
 def directory_revision(directory: str, link: str | None = None) -> Revision:
-    """The revision of a directory, computed as the CLI does (git commit with subject, else a
-    content hash of the manifests), without loading it: a revision that fails to load
-    still has one. Under a git-sync link without a usable git, the target's name (the
-    commit) is the revision."""
-    files = manifest_files(directory)
-    digest = hashlib.sha256()
-    for path in files:
-        try:
-            with open(path, "rb") as fh:
-                content = fh.read()
-        except OSError:
-            continue
-        digest.update(f"{path}\0{len(content)}\0".encode())
-        digest.update(content)
-    # no manifests at all (they were deleted): still the commit, when there is one
-    probe = tuple(files) or (os.path.join(os.path.abspath(directory), "."),)
-    revision = identify(probe, digest.hexdigest())
+    """The revision of a directory, as `apply` records it (git commit with subject, else a
+    content hash of the manifests; `reconciler.manifest.revision.of_directory`), without
+    loading it: a revision that fails to load still has one. Under a git-sync link without
+    a usable git, the target's name (the commit) is the revision."""
+    revision = of_directory(directory)
     if revision.commit is None and link is not None:
         name = os.path.basename(os.path.realpath(link))
         if _SHA.match(name):

@@ -5,18 +5,14 @@ A compose project is one or more compose files (`-f a.yaml -f b.yaml`, or a dire
 a Stack, this module assembles its files into one document:
 
 1. each file is parsed and interpolated on its own (by the loader, which owns the variables
-   and the error reporting), then turned into a tree of `Node`s that remember where every
-   key and value was written -- so that a problem in a merged project still names the file,
-   line and column it came from;
+   and the error reporting), then turned into a tree of `Node`s (`reconciler.manifest.tree`)
+   that remember where every key and value was written -- so that a problem in a merged
+   project still names the file, line and column it came from;
 2. `include:` entries are assembled as projects of their own (their own directory and `.env`),
    their relative paths made absolute, and their objects added to the including file (an
    object defined in both is an error);
-3. the files are merged in order (`merge`): mappings recursively; `command`, `entrypoint` and
-   `healthcheck.test` replaced; `environment`, `labels`, `depends_on`, service `networks`,
-   `ulimits` ... merged by key whichever syntax each file used; `ports`, `volumes`, `configs`,
-   `secrets` merged by their unique key (the container path for mounts); lists such as
-   `dns`, `cap_add`, `expose` appended without duplicates; other lists appended. A value
-   tagged `!reset` removes what earlier files set; one tagged `!override` replaces it whole;
+3. the files are merged in order (`reconciler.manifest.merge`, which says how: mappings
+   recursively, lists by key or appended, `!reset` and `!override` honoured);
 4. `extends:` is resolved (after the merge, so an override file may change a base service),
    from the same project or from another file (`file:`), recursively, with cycles reported.
    The base's `depends_on`, `links` and `volumes_from` are not inherited: a base service
@@ -29,42 +25,34 @@ Everything here is pure tree manipulation; reading files goes through the `Files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pyapply.reconciler.manifest import yamlpos
+from pyapply.reconciler.manifest.merge import (
+    clean,
+    merge,
+    rebase_path,
+    rebase_project,
+    rebase_service,
+)
+from pyapply.reconciler.manifest.tree import Node, Path, Where, flatten, to_tree
 
-Path = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Where:
-    """A position in a file: the file as shown to the user, 1-based line and column, and the
-    file's absolute path (whose directory relative paths in it are resolved against)."""
-
-    display: str
-    line: int
-    column: int
-    path: str
-
-
-@dataclass
-class Node:
-    value: Any  # dict[str, Node] | list[Node] | a scalar
-    where: Where
-    key: Where | None = None  # where the mapping key of this value was written
-    tag: str | None = None  # yamlpos.RESET / yamlpos.OVERRIDE
-
-    def get(self, name: str) -> Node | None:
-        return self.value.get(name) if isinstance(self.value, dict) else None
-
-    def plain(self) -> Any:
-        if isinstance(self.value, dict):
-            return {k: v.plain() for k, v in self.value.items()}
-        if isinstance(self.value, list):
-            return [v.plain() for v in self.value]
-        return self.value
+# the tree and the merge, for the loader and the tests, which know projects by this module
+__all__ = [
+    "SECTIONS",
+    "Assembler",
+    "Files",
+    "Node",
+    "Path",
+    "Where",
+    "flatten",
+    "merge",
+    "profiles_of",
+    "select_profiles",
+    "to_tree",
+]
 
 
 class Files(Protocol):
@@ -84,288 +72,6 @@ class Files(Protocol):
         """How to show an absolute path to the user."""
 
     def problem(self, severity: str, where: Where | None, path: Path, message: str) -> None: ...
-
-
-def to_tree(doc: yamlpos.Document, display: str, abspath: str) -> Node:
-    def where(pos: tuple[int, int] | None) -> Where:
-        line, column = pos or doc.start
-        return Where(display, line, column, abspath)
-
-    def build(value: Any, path: Path) -> Node:
-        node = Node(value, where(doc.values.get(path)), tag=doc.tags.get(path))
-        if isinstance(value, dict):
-            out: dict[str, Node] = {}
-            for k, v in value.items():
-                child = build(v, (*path, k))
-                child.key = where(doc.keys.get((*path, k)))
-                out[k] = child
-            node.value = out
-        elif isinstance(value, list):
-            node.value = [build(v, (*path, i)) for i, v in enumerate(value)]
-        return node
-
-    return build(doc.data, ())
-
-
-def flatten(root: Node) -> yamlpos.Document:
-    """The tree as a plain document, keeping every position and the file it is in."""
-    doc = yamlpos.Document(data=None, start=(root.where.line, root.where.column))
-
-    def walk(node: Node, path: Path) -> Any:
-        doc.values[path] = (node.where.line, node.where.column)
-        doc.files[path] = node.where.display
-        if isinstance(node.value, dict):
-            out: dict[str, Any] = {}
-            for k, v in node.value.items():
-                child = (*path, k)
-                if v.key is not None:
-                    doc.keys[child] = (v.key.line, v.key.column)
-                out[k] = walk(v, child)
-            return out
-        if isinstance(node.value, list):
-            return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
-        return node.value
-
-    doc.data = walk(root, ())
-    # a key is reported in its value's file: merging keeps a key and its value together
-    return doc
-
-
-# ---------------------------------------------------------------------------------------------
-# Merging
-
-
-def _match(pattern: tuple[str, ...], path: Path) -> bool:
-    return len(pattern) == len(path) and all(
-        p in ("*", q) for p, q in zip(pattern, path, strict=True)
-    )
-
-
-_REPLACE = [("services", "*", f) for f in ("command", "entrypoint")] + [
-    ("services", "*", "healthcheck", "test")
-]
-# list-or-mapping fields merged by key ("KEY=VALUE" lists become mappings)
-_BY_KEY_EQ = [("services", "*", f) for f in ("environment", "labels", "sysctls", "annotations")] + [
-    ("services", "*", "build", "args"),
-    ("services", "*", "build", "labels"),
-    ("services", "*", "deploy", "labels"),
-    ("networks", "*", "labels"),
-    ("volumes", "*", "labels"),
-]
-# list-of-names-or-mapping fields merged by key (a listed name becomes `name: null`/defaults)
-_BY_NAME = [("services", "*", "networks"), ("services", "*", "depends_on")]
-# lists whose items are unique by a key; a later item with the same key replaces the earlier
-_UNIQUE: list[tuple[tuple[str, ...], Callable[[Node], Any]]] = []
-_DEDUP = [
-    ("services", "*", f)
-    for f in (
-        "dns",
-        "dns_search",
-        "dns_opt",
-        "expose",
-        "cap_add",
-        "cap_drop",
-        "external_links",
-        "links",
-        "group_add",
-        "security_opt",
-        "devices",
-        "tmpfs",
-        "env_file",
-        "profiles",
-        "extra_hosts",
-        "volumes_from",
-    )
-]
-
-
-def _port_key(n: Node) -> Any:
-    v = n.plain()
-    if isinstance(v, dict):
-        return (
-            "long",
-            v.get("host_ip", ""),
-            v.get("target"),
-            str(v.get("published", "")),
-            v.get("protocol", "tcp"),
-        )
-    return ("short", str(v))
-
-
-def _mount_key(n: Node) -> Any:
-    v = n.plain()
-    if isinstance(v, dict):
-        return v.get("target")
-    if isinstance(v, str):
-        parts = v.split(":")
-        return os.path.normpath(parts[1] if len(parts) > 1 else parts[0])
-    return repr(v)
-
-
-def _file_ref_key(prefix: str) -> Callable[[Node], Any]:
-    def key(n: Node) -> Any:
-        v = n.plain()
-        target = str((v.get("target") or v.get("source")) if isinstance(v, dict) else v)
-        return target if target.startswith("/") else prefix + target
-
-    return key
-
-
-_UNIQUE = [
-    (("services", "*", "ports"), _port_key),
-    (("services", "*", "volumes"), _mount_key),
-    (("services", "*", "configs"), _file_ref_key("/")),
-    (("services", "*", "secrets"), _file_ref_key("/run/secrets/")),
-]
-
-
-def clean(node: Node) -> Node | None:
-    """A tree with `!reset` values removed and `!override` tags dropped."""
-    if node.tag == yamlpos.RESET:
-        return None
-    out = Node(node.value, node.where, node.key)
-    if isinstance(node.value, dict):
-        out.value = {k: c for k, v in node.value.items() if (c := clean(v)) is not None}
-    elif isinstance(node.value, list):
-        out.value = [c for v in node.value if (c := clean(v)) is not None]
-    return out
-
-
-def _as_mapping(node: Node, by_name: bool, path: Path) -> Node:
-    """The mapping form of a list-or-mapping field."""
-    if not isinstance(node.value, list):
-        return node
-    out: dict[str, Node] = {}
-    for item in node.value:
-        if not isinstance(item.value, str | int | float) or isinstance(item.value, bool):
-            return node  # a shape the schema will report
-        text = str(item.value)
-        if by_name and path[-1] == "depends_on":
-            condition = Node("service_started", item.where, item.where)
-            out[text] = Node({"condition": condition}, item.where, item.where)
-        elif by_name:
-            out[text] = Node(None, item.where, item.where)
-        else:
-            key, eq, value = text.partition("=")
-            out[key] = Node(value if eq else None, item.where, item.where)
-    return Node(out, node.where, node.key, node.tag)
-
-
-def merge(base: Node | None, over: Node, path: Path = ()) -> Node | None:
-    """`over` (a later file) merged onto `base`; None when `over` resets the value."""
-    if over.tag == yamlpos.RESET:
-        return None
-    if base is None or over.tag == yamlpos.OVERRIDE:
-        return clean(over)
-    if any(_match(p, path) for p in _REPLACE):
-        return clean(over)
-    by_name = any(_match(p, path) for p in _BY_NAME)
-    if by_name or any(_match(p, path) for p in _BY_KEY_EQ):
-        base, over = _as_mapping(base, by_name, path), _as_mapping(over, by_name, path)
-    if isinstance(base.value, dict) and isinstance(over.value, dict):
-        out = dict(base.value)
-        for k, v in over.value.items():
-            merged = merge(out.get(k), v, (*path, k))
-            if merged is None:
-                out.pop(k, None)
-            else:
-                merged.key = v.key or merged.key
-                out[k] = merged
-        return Node(out, over.where, over.key)
-    if isinstance(base.value, list) and isinstance(over.value, list):
-        unique = next((key for p, key in _UNIQUE if _match(p, path)), None)
-        if unique is None and any(_match(p, path) for p in _DEDUP):
-            unique = _scalar_key
-        items = list(base.value)
-        for item in over.value:
-            c = clean(item)
-            if c is None:
-                continue
-            if unique is not None:
-                k = unique(c)
-                same = [i for i, old in enumerate(items) if unique(old) == k]
-                if same:
-                    i = same[0]
-                    old = items[i]
-                    if isinstance(old.value, dict) and isinstance(c.value, dict):
-                        items[i] = merge(old, c, (*path, i)) or c
-                    else:
-                        items[i] = c
-                    continue
-            items.append(c)
-        return Node(items, over.where, over.key)
-    return clean(over)
-
-
-def _scalar_key(n: Node) -> Any:
-    v = n.plain()
-    return repr(v) if isinstance(v, dict | list) else str(v)
-
-
-# ---------------------------------------------------------------------------------------------
-# Paths made absolute (for included projects and services extended from another file)
-
-
-def _absolute(value: Any, directory: str) -> Any:
-    if not isinstance(value, str) or not value or value.startswith(("/", "~")):
-        return value
-    if "://" in value or value.startswith("git@"):
-        return value  # a remote build context
-    return os.path.normpath(os.path.join(directory, value))
-
-
-def _set(node: Node | None, directory: str) -> None:
-    if node is not None and isinstance(node.value, str):
-        node.value = _absolute(node.value, directory)
-
-
-def rebase_service(svc: Node, directory: str) -> None:
-    """Relative paths in a service made absolute against `directory`."""
-    if not isinstance(svc.value, dict):
-        return
-    build = svc.get("build")
-    if build is not None:
-        if isinstance(build.value, str):
-            _set(build, directory)
-        else:
-            _set(build.get("context"), directory)
-    for name in ("env_file", "label_file"):
-        files = svc.get(name)
-        if files is None:
-            continue
-        items = files.value if isinstance(files.value, list) else [files]
-        for item in items:
-            if isinstance(item.value, dict):
-                _set(item.get("path"), directory)
-            else:
-                _set(item, directory)
-    volumes = svc.get("volumes")
-    if volumes is not None and isinstance(volumes.value, list):
-        for item in volumes.value:
-            if isinstance(item.value, str):
-                parts = item.value.split(":")
-                if len(parts) > 1 and parts[0].startswith("."):
-                    parts[0] = _absolute(parts[0], directory)
-                    item.value = ":".join(parts)
-            elif isinstance(item.value, dict):
-                kind = item.get("type")
-                if kind is not None and kind.value == "bind":
-                    _set(item.get("source"), directory)
-    extends = svc.get("extends")
-    if extends is not None:
-        _set(extends.get("file"), directory)
-
-
-def rebase_project(root: Node, directory: str) -> None:
-    services = root.get("services")
-    if services is not None and isinstance(services.value, dict):
-        for svc in services.value.values():
-            rebase_service(svc, directory)
-    for section in ("configs", "secrets"):
-        objs = root.get(section)
-        if objs is not None and isinstance(objs.value, dict):
-            for obj in objs.value.values():
-                _set(obj.get("file"), directory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,12 +132,12 @@ class Assembler:
                 paths = p.value if isinstance(p.value, list) else [p]
                 pd = entry.get("project_directory")
                 if pd is not None and isinstance(pd.value, str):
-                    project_dir = str(_absolute(pd.value, here))
+                    project_dir = str(rebase_path(pd.value, here))
                 ef = entry.get("env_file")
                 if ef is not None:
                     items = ef.value if isinstance(ef.value, list) else [ef]
                     for x in items:
-                        given = str(_absolute(x.value, here)) if isinstance(x.value, str) else ""
+                        given = str(rebase_path(x.value, here)) if isinstance(x.value, str) else ""
                         if not given:
                             self.error(x.where, (*epath, "env_file"), "must be a file path")
                         elif not os.path.exists(given):
@@ -456,7 +162,7 @@ class Assembler:
             if not paths or not all(isinstance(p.value, str) and p.value for p in paths):
                 self.error(entry.where, epath, "an include needs the path of a compose file")
                 continue
-            files = [(str(_absolute(p.value, here)), p) for p in paths]
+            files = [(str(rebase_path(p.value, here)), p) for p in paths]
             missing = [(f, p) for f, p in files if not os.path.exists(f)]
             if missing:
                 for f, p in missing:
@@ -560,7 +266,7 @@ class Assembler:
                 svc.value.pop("extends", None)
                 return svc
         else:
-            other_file = str(_absolute(file_node.value, os.path.dirname(file_node.where.path)))
+            other_file = str(rebase_path(file_node.value, os.path.dirname(file_node.where.path)))
             other_scope_or = self.file_scope(other_file, env, file_node, epath)
             if other_scope_or is None:
                 svc.value.pop("extends", None)
@@ -785,25 +491,3 @@ def _remove(deps: Node, entry: Node) -> None:
         deps.value = [d for d in deps.value if d is not entry]
     elif isinstance(deps.value, dict):
         deps.value = {k: v for k, v in deps.value.items() if v is not entry}
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding a directory's compose project
-
-COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
-OVERRIDE_FILES = (
-    "compose.override.yaml",
-    "compose.override.yml",
-    "docker-compose.override.yaml",
-    "docker-compose.override.yml",
-)
-
-
-def project_files(directory: str) -> list[str]:
-    """A directory's compose project: the first of COMPOSE_FILES found, then the first of
-    OVERRIDE_FILES found; [] when the directory holds no compose file."""
-    base = next((n for n in COMPOSE_FILES if os.path.isfile(os.path.join(directory, n))), None)
-    if base is None:
-        return []
-    override = next((n for n in OVERRIDE_FILES if os.path.isfile(os.path.join(directory, n))), None)
-    return [base] + ([override] if override else [])

@@ -27,7 +27,7 @@ from pyapply.reconciler.core.model import (
     UpdateConfig,
     VolumeSpec,
 )
-from pyapply.reconciler.manifest.loader import API_VERSION, KIND
+from pyapply.reconciler.manifest.document import API_VERSION, KIND
 
 
 def _s(text: str) -> str:

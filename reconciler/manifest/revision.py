@@ -3,6 +3,12 @@
 A directory inside a git work tree is identified by its HEAD commit (with the subject line);
 uncommitted edits to the manifests themselves add a `+<content hash>` suffix so that two
 different trees never share a revision. Anything else is `sha256:<content hash>`.
+
+`identify` decides it from the files a load read and their digest (what `apply` records);
+`of_directory` from a directory not loaded (what the agent records before it loads a
+revision, so that a revision that fails to load still has one). Both take their files from
+the one walk and their digest from the one hash of `reconciler.manifest.discovery`, so one
+directory has one revision.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import re
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from pyapply.reconciler.manifest import discovery
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,17 @@ def identify(files: tuple[str, ...], content_digest: str) -> Revision:
     if dirty:
         rev_id += f"+{content_digest[:8]}"
     return Revision(id=rev_id, subject=subject, commit=commit)
+
+
+def of_directory(directory: str) -> Revision:
+    """The revision of `directory` (or of one manifest file) as `apply -f` of it records it,
+    without loading it: the files the loader's walk finds, hashed as the loader hashes them.
+    (A file that a compose project includes or extends from outside the walk is only known
+    by loading the project: `identify` of a load counts it, this cannot.)"""
+    files = discovery.manifest_files(directory)
+    # no manifests at all (they were deleted): still the commit, when there is one
+    probe = tuple(files) or (os.path.join(os.path.abspath(directory), "."),)
+    return identify(probe, discovery.digest_files(files))
 
 
 # What may abbreviate a revision id: at least 7 hex digits of the commit (or of the content

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyapply.reconciler.core.model import ManifestError
-from pyapply.reconciler.manifest import loader as manifest
+from pyapply.reconciler.manifest import schema
 from pyapply.reconciler.manifest.loader import load
 
 pytestmark = pytest.mark.timeout(600)
@@ -68,8 +68,8 @@ def _setup() -> Any:
     with tempfile.TemporaryDirectory() as cache:
         old = os.environ.get("PYAPPLY_CACHE_DIR")
         os.environ["PYAPPLY_CACHE_DIR"] = cache
-        manifest._validator("compose")
-        manifest._validator("stack")
+        schema.validator("compose")
+        schema.validator("stack")
         yield
         if old is None:
             os.environ.pop("PYAPPLY_CACHE_DIR", None)

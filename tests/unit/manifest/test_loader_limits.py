@@ -21,8 +21,7 @@ import pytest
 from support import write
 
 from pyapply.reconciler.core.model import ManifestError
-from pyapply.reconciler.manifest import loader as manifest
-from pyapply.reconciler.manifest import yamlpos
+from pyapply.reconciler.manifest import schema, yamlpos
 from pyapply.reconciler.manifest.interpolate import parse_dotenv
 from pyapply.reconciler.manifest.loader import load
 
@@ -37,8 +36,8 @@ HEAD = "name: t\nservices:\n  web:\n    image: busybox\n"
 @pytest.fixture(autouse=True, scope="module")
 def _compiled_schema() -> None:
     """Compile the schema validators once, so that the time bounds measure loading only."""
-    manifest._validator("compose")
-    manifest._validator("stack")
+    schema.validator("compose")
+    schema.validator("stack")
 
 
 @pytest.fixture(autouse=True)
