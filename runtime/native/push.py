@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pyapply.runtime.base import NotFound, PermanentError, PushEvent, PushResult
+from pyapply.runtime.base import NotFound, PermanentError, PushEvent, PushResult, RuntimeFailure
 from pyapply.runtime.native.images import ImageRecord, ImageStore
 from pyapply.runtime.native.layers import CHUNK, sha256_bytes
 from pyapply.runtime.native.registry import (
@@ -198,6 +198,20 @@ def push(
     record = store.resolve(ref)
     if record is None:
         raise NotFound(f"no such image: {ref} (pull, import or build it first)")
+    try:
+        return _push(store, record, target, progress, chunk_size)
+    except RuntimeFailure as e:
+        # the registry's words, said of this push
+        raise type(e)(f"cannot push {target}: {e.message}") from e
+
+
+def _push(
+    store: ImageStore,
+    record: ImageRecord,
+    target: Reference,
+    progress: PushProgressFn | None,
+    chunk_size: int,
+) -> PushResult:
     client = store.client
     # blobs must not be collected by a prune while they are read (as during a pull)
     with store._flock("gc.lock", fcntl.LOCK_SH):
