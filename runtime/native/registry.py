@@ -420,6 +420,7 @@ class RegistryClient:
         self.timeout = timeout
         self.ca_file = ca_file
         self._auth: dict[tuple[str, str], str] = {}  # (registry, repository) -> header
+        self._auth_locks: dict[tuple[str, str], threading.Lock] = {}
         self._schemes: dict[str, str] = {}  # insecure host -> the scheme that answered
         self._lock = threading.Lock()
 
@@ -561,7 +562,7 @@ class RegistryClient:
             return r
         raise PermanentError(f"too many redirects from {url}")
 
-    def _token(self, ch: Challenge, registry: str, repository: str) -> str:
+    def _token(self, ch: Challenge, registry: str, repository: str, push: bool = False) -> str:
         realm = ch.params.get("realm", "")
         rp = urllib.parse.urlsplit(realm)
         if rp.scheme not in ("http", "https") or not rp.netloc:
@@ -572,6 +573,9 @@ class RegistryClient:
         # a challenge may name several scopes (a mount needs pull on the source repository
         # too), space-separated; the token service takes each as its own parameter
         scopes = (ch.params.get("scope") or f"repository:{repository}:pull").split()
+        if push:
+            own = f"repository:{repository}:"
+            scopes = [s for s in scopes if not s.startswith(own)] + [own + "pull,push"]
         query.extend(("scope", scope) for scope in scopes)
         sep = "&" if rp.query else "?"
         url = realm + sep + urllib.parse.urlencode(query)
@@ -603,11 +607,13 @@ class RegistryClient:
             raise PermanentError(f"token service {rp.netloc} returned no token")
         return f"Bearer {token}"
 
-    def _authorize(self, registry: str, repository: str, challenges: list[str]) -> str:
+    def _authorize(
+        self, registry: str, repository: str, challenges: list[str], push: bool = False
+    ) -> str:
         parsed = [c for c in (parse_challenge(h) for h in challenges) if c is not None]
         for ch in parsed:
             if ch.scheme == "bearer":
-                return self._token(ch, registry, repository)
+                return self._token(ch, registry, repository, push)
         for ch in parsed:
             if ch.scheme == "basic":
                 creds = self._creds_for(registry)
@@ -631,10 +637,13 @@ class RegistryClient:
         *,
         body: Body | None = None,
         url: str | None = None,
+        push: bool = False,
     ) -> _Response:
         """An authenticated request for `path` (below /v2/<repository>/) of `ref`'s
         repository, or for `url` (an upload location the registry gave, relative to its
-        base); non-2xx answers are turned into errors."""
+        base); non-2xx answers are turned into errors. `push`: a token, if one is needed,
+        is asked with push access from the start (a push's first request is a HEAD, whose
+        challenge asks for pull only)."""
         base = self.base_url(ref.registry)
         if url is not None:
             url = urllib.parse.urljoin(base + "/", url)
@@ -645,17 +654,25 @@ class RegistryClient:
         key = (ref.registry, ref.repository)
         hdrs = dict(headers or {})
         with self._lock:
-            auth = self._auth.get(key)
-        if auth:
-            hdrs["Authorization"] = auth
+            sent = self._auth.get(key)
+        if sent:
+            hdrs["Authorization"] = sent
         r = self._open(method, url, hdrs, body)
         if r.status == 401:
             challenges = r.headers.get_all("WWW-Authenticate") or []
             r.read(65536)
             r.close()
-            auth = self._authorize(ref.registry, ref.repository, challenges)
+            # one authentication per repository at a time: parallel requests refused
+            # together reuse what the first of them obtained
             with self._lock:
-                self._auth[key] = auth
+                key_lock = self._auth_locks.setdefault(key, threading.Lock())
+            with key_lock:
+                with self._lock:
+                    auth = self._auth.get(key)
+                if not auth or auth == sent:
+                    auth = self._authorize(ref.registry, ref.repository, challenges, push)
+                    with self._lock:
+                        self._auth[key] = auth
             hdrs["Authorization"] = auth
             r = self._open(method, url, hdrs, body)
             if r.status in (401, 403):
@@ -773,7 +790,7 @@ class RegistryClient:
         check before an upload)."""
         check_digest(digest)
         try:
-            r = self.request("HEAD", ref, f"blobs/{digest}")
+            r = self.request("HEAD", ref, f"blobs/{digest}", push=True)
         except NotFound:
             return False
         r.close()
@@ -787,7 +804,7 @@ class RegistryClient:
         path = "blobs/uploads/"
         if mount_from:
             path += "?" + urllib.parse.urlencode({"mount": digest, "from": mount_from})
-        r = self.request("POST", ref, path, body=Body.of(b""))
+        r = self.request("POST", ref, path, body=Body.of(b""), push=True)
         try:
             r.read(65536)
         finally:
@@ -833,7 +850,13 @@ class RegistryClient:
             }
             try:
                 r = self.request(
-                    "PATCH", ref, "", headers, body=Body(n, path=path, offset=offset), url=location
+                    "PATCH",
+                    ref,
+                    "",
+                    headers,
+                    body=Body(n, path=path, offset=offset),
+                    url=location,
+                    push=True,
                 )
             except TransientError:
                 resumes += 1
@@ -849,7 +872,7 @@ class RegistryClient:
 
     def _upload_status(self, ref: Reference, location: str) -> tuple[str, int]:
         """(location, offset) of an upload session: where to go on after a cut chunk."""
-        r = self.request("GET", ref, "", url=location)
+        r = self.request("GET", ref, "", url=location, push=True)
         r.read(65536)
         r.close()
         return r.headers.get("Location") or location, _range_end(r.headers.get("Range"), 0)
@@ -858,7 +881,7 @@ class RegistryClient:
         sep = "&" if "?" in location else "?"
         url = f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"
         headers = {"Content-Type": "application/octet-stream"}
-        r = self.request("PUT", ref, "", headers, body=body, url=url)
+        r = self.request("PUT", ref, "", headers, body=body, url=url, push=True)
         r.read(65536)
         r.close()
         if r.status != 201:
@@ -876,7 +899,12 @@ class RegistryClient:
             raise PermanentError(f"{ref}: a manifest is pushed under a tag")
         digest = sha256_bytes(body)
         r = self.request(
-            "PUT", ref, f"manifests/{ref.tag}", {"Content-Type": media_type}, body=Body.of(body)
+            "PUT",
+            ref,
+            f"manifests/{ref.tag}",
+            {"Content-Type": media_type},
+            body=Body.of(body),
+            push=True,
         )
         r.read(65536)
         r.close()
