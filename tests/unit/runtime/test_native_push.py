@@ -17,6 +17,7 @@ import secrets
 import socket
 import threading
 import urllib.parse
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from pyapply.runtime.native.push import (
     MT_OCI_LAYER_ZSTD,
     BlobToPush,
     GzipReader,
+    _deflate_block,
+    incompressible,
     layer_media_type,
     make_manifest,
     mount_source,
@@ -113,22 +116,38 @@ def test_push_target_needs_a_tag() -> None:
         push_target("reg.local:5000/app@sha256:" + "b" * 64)
 
 
-def test_gzip_reader_is_reproducible(tmp_path: Path) -> None:
+def test_gzip_reader_is_reproducible_whatever_the_threads(tmp_path: Path) -> None:
     src = tmp_path / "layer.tar"
-    src.write_bytes(secrets.token_bytes(3 << 20) + b"\0" * (2 << 20))
+    # several blocks: random (incompressible), then text repeating across block cuts
+    src.write_bytes(secrets.token_bytes(1_500_000) + b"a layer of text. " * 200_000)
 
-    def compress() -> bytes:
-        reader = GzipReader(str(src))
+    def compress(path: Path, workers: int) -> bytes:
+        reader = GzipReader(str(path), workers=workers)
         out = bytearray()
         while chunk := reader.read(1 << 16):
             out += chunk
         return bytes(out)
 
-    first, second = compress(), compress()
-    assert first == second
+    first = compress(src, 1)
+    assert compress(src, 1) == first == compress(src, 3)
     assert first[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0
     assert gzip.decompress(first) == src.read_bytes()
-    assert len(first) < src.stat().st_size
+    assert len(first) < 1_600_000  # the text compressed, across the block cuts too
+    for size in (0, 1, 1 << 20):  # empty, tiny, exactly one block
+        small = tmp_path / f"small{size}"
+        small.write_bytes(b"x" * size)
+        assert gzip.decompress(compress(small, 2)) == small.read_bytes()
+
+
+def test_incompressible_blocks_are_stored() -> None:
+    assert incompressible(secrets.token_bytes(1 << 20))
+    assert not incompressible(b"some text, some text " * 50_000)
+    assert not incompressible(secrets.token_bytes(1 << 19) + b"\0" * (1 << 19))  # half: deflate
+    assert not incompressible(secrets.token_bytes(1000))  # too small to judge: deflate
+    random_block = secrets.token_bytes(1 << 20)
+    stored = _deflate_block(random_block, b"", True, 1)
+    assert zlib.decompress(stored, -zlib.MAX_WBITS) == random_block
+    assert len(stored) < len(random_block) + 200  # stored blocks: 5 bytes per 64 KiB
 
 
 def test_range_end() -> None:
