@@ -172,6 +172,14 @@ def docker_refs(docker_client: Any) -> Iterator[list[str]]:
             docker_client.images.remove(ref, force=True)
 
 
+@pytest.fixture(autouse=True)
+def _remove_state_roots(tmp_path: Path) -> Iterator[None]:
+    """The native roots and contexts made here (unpacked layers, blobs) don't outlive the
+    test (the `native` fixture's cleanup runs first: it is set up after this one)."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # native -> registry -> docker
 
