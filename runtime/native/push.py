@@ -343,9 +343,8 @@ def _prepare(store: ImageStore, record: ImageRecord) -> tuple[Manifest, list[str
             replaced.append(digest)
             digest = gz
         layers.append(BlobToPush("layer", digest, store.blobs.size(digest), media_type))
-    config_body = store.blobs.read(record.id)
-    config_type = MT_OCI_CONFIG
-    config = BlobToPush("config", record.id, len(config_body), config_type)
+    # the config as it is (docker's JSON is the OCI config's): the image id stays the same
+    config = BlobToPush("config", record.id, store.blobs.size(record.id), MT_OCI_CONFIG)
     if replaced:
         _replace_layers(store, record, tuple(b.digest for b in layers))
     return make_manifest(config, layers), replaced
