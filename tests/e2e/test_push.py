@@ -215,6 +215,13 @@ def test_native_push_then_docker_pull_and_run(
     assert copy["digest"] == digest
     assert {b["state"] for b in copy["blobs"]} == {"mounted"}
 
+    # pulled into another root and pushed back: the manifest it was pulled with is pushed
+    # as it is (same digest), and every blob is already there
+    puller = Cli("push", tmp_path / "root2", 0, "native")
+    puller.ok("image", "pull", ref)
+    [back] = json.loads(puller.ok("image", "push", "-o", "json", ref))
+    assert back["digest"] == digest and {b["state"] for b in back["blobs"]} == {"exists"}
+
     docker_refs.append(ref)
     image = docker_client.images.pull(ref)
     assert image.id == local["id"]  # the very image: its config went as it is
