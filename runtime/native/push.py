@@ -281,40 +281,67 @@ def _push(
     client = store.client
     # blobs must not be collected by a prune while they are read (as during a pull)
     with store._flock("gc.lock", fcntl.LOCK_SH):
-        manifest, replaced = _prepare(store, record)
+        stored, blobs = _plan(store, record)
         source = mount_source(target, record.repo_digests)
 
-        def send(blob: BlobToPush) -> None:
+        def send(blob: BlobToPush) -> BlobToPush:
+            if not blob.media_type:
+                # an uncompressed layer, gzipped in this blob's thread: one layer's
+                # compression runs while another one uploads
+                blob = _compress(store, blob)
+
             def report(state: Literal["exists", "mounted", "uploading", "uploaded"]) -> None:
                 if progress is not None:
                     progress(PushEvent(str(target), blob.kind, blob.digest, blob.size, state))
 
             if client.blob_exists(target, blob.digest):
                 report("exists")
-                return
+                return blob
             upload = client.start_upload(target, blob.digest, source)
             if upload is None:
                 report("mounted")
-                return
+                return blob
             report("uploading")
             path = store.blobs.path(blob.digest)
             client.upload_blob(target, upload, path, blob.size, blob.digest, chunk_size)
             report("uploaded")
+            return blob
 
-        blobs = list(manifest.blobs)
-        store._parallel(lambda blob, _: send(blob), [(b, None) for b in blobs])
+        sent = _parallel(store.max_parallel, send, blobs)
+        manifest = stored or make_manifest(sent[0], sent[1:])
+        layers = tuple(b.digest for b in sent[1:])
+        if layers != record.layer_blobs:
+            _replace_layers(store, record, layers)
         # every blob is in the registry: now, and only now, the manifest (and the tag)
         digest = client.put_manifest(target, manifest.body, manifest.media_type)
         if progress is not None:
             progress(PushEvent(str(target), "manifest", digest, len(manifest.body), "pushed"))
         _remember(store, record, manifest, target)
-    _drop_unused(store, replaced)
+    _drop_unused(store, [d for d in record.layer_blobs if d not in layers])
     return PushResult(ref=str(target), digest=digest)
 
 
-def _prepare(store: ImageStore, record: ImageRecord) -> tuple[Manifest, list[str]]:
-    """The manifest to push for `record`, compressing its uncompressed layers first (the
-    record then names the gzip blobs). Also the blobs replaced by their gzip."""
+def _parallel(
+    workers: int, fn: Callable[[BlobToPush], BlobToPush], blobs: list[BlobToPush]
+) -> list[BlobToPush]:
+    """`fn` over `blobs` in threads; the results in order. The first failure is raised once
+    every thread has ended (nothing keeps running behind the error, and no manifest
+    follows)."""
+    if len(blobs) <= 1:
+        return [fn(b) for b in blobs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(blobs))) as pool:
+        futures = [pool.submit(fn, b) for b in blobs]
+        errors = [f.exception() for f in futures]
+    for e in errors:
+        if e is not None:
+            raise e
+    return [f.result() for f in futures]
+
+
+def _plan(store: ImageStore, record: ImageRecord) -> tuple[Manifest | None, list[BlobToPush]]:
+    """The blobs to push for `record`, config first, and the manifest when the store holds
+    the one the image came with. A layer kept uncompressed is named by its own digest with
+    an empty media type: it is gzipped before it is sent."""
     layer_blobs = record.layer_blobs
     if len(layer_blobs) != len(record.diff_ids):
         raise PermanentError(f"image {record.id} has no layer blobs to push; pull it again")
@@ -327,27 +354,24 @@ def _prepare(store: ImageStore, record: ImageRecord) -> tuple[Manifest, list[str
         body = store.blobs.read(digest)
         found = stored_manifest(body, record.id, layer_blobs)
         if found is not None:
-            return Manifest(body, found[0], digest, found[1]), []
-    layers: list[BlobToPush] = []
-    replaced: list[str] = []
+            return Manifest(body, found[0], digest, found[1]), list(found[1])
+    # the config as it is (docker's JSON is the OCI config's): the image id stays the same
+    blobs = [BlobToPush("config", record.id, store.blobs.size(record.id), MT_OCI_CONFIG)]
     for digest in layer_blobs:
         with open(store.blobs.path(digest), "rb") as f:
-            known = layer_media_type(f.read(8))
-        media_type = known or MT_OCI_LAYER_GZIP
-        if known is None:
-            reader = GzipReader(store.blobs.path(digest))
-            try:
-                gz = store.blobs.ingest(reader.read)
-            finally:
-                reader.close()
-            replaced.append(digest)
-            digest = gz
-        layers.append(BlobToPush("layer", digest, store.blobs.size(digest), media_type))
-    # the config as it is (docker's JSON is the OCI config's): the image id stays the same
-    config = BlobToPush("config", record.id, store.blobs.size(record.id), MT_OCI_CONFIG)
-    if replaced:
-        _replace_layers(store, record, tuple(b.digest for b in layers))
-    return make_manifest(config, layers), replaced
+            media_type = layer_media_type(f.read(8)) or ""
+        blobs.append(BlobToPush("layer", digest, store.blobs.size(digest), media_type))
+    return None, blobs
+
+
+def _compress(store: ImageStore, blob: BlobToPush) -> BlobToPush:
+    """The reproducible gzip of an uncompressed layer blob, stored; its descriptor."""
+    reader = GzipReader(store.blobs.path(blob.digest))
+    try:
+        gz = store.blobs.ingest(reader.read)
+    finally:
+        reader.close()
+    return BlobToPush("layer", gz, store.blobs.size(gz), MT_OCI_LAYER_GZIP)
 
 
 def _replace_layers(store: ImageStore, record: ImageRecord, layer_blobs: tuple[str, ...]) -> None:
