@@ -172,6 +172,17 @@ def test_plan_context(tmp_path: Path) -> None:
         plan_context(BuildConfig(context=str(tmp_path / "missing")))
 
 
+def test_dockerignore_semantics_in_the_context(tmp_path: Path) -> None:
+    for name in ("Dockerfile", "x.log", "keep.log", "a/b/deep.log", "a/b/file.txt", "logs/1"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / ".dockerignore").write_text("**/*.log\n!keep.log\nlogs\n")
+    plan = plan_context(BuildConfig(context=str(tmp_path)))
+    with context_tar(plan) as tar, tarfile.open(fileobj=tar) as tf:
+        names = sorted(tf.getnames())
+    assert names == [".dockerignore", "Dockerfile", "a", "a/b", "a/b/file.txt", "keep.log"]
+
+
 def test_build_params() -> None:
     config = BuildConfig(
         context=".", args={"A": "1"}, target="t", labels={"l": "v"}, no_cache=True, pull=True
