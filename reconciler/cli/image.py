@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyapply.reconciler.cli.main import connect, err, fail, locked, runtime_options
-from pyapply.runtime.base import ContainerState, RuntimeFailure
+from pyapply.runtime.base import ContainerState, PushEvent, RuntimeFailure
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -408,6 +408,86 @@ def pull(refs: tuple[str, ...], runtime_name: str | None, root: str | None) -> N
             failed += 1
             continue
         click.echo(f"pulled {ref}: {short_id(rec.id)} ({human_size(rec.size)})")
+    _fail_count(failed)
+
+
+# -- push (any runtime: through Runtime.push_image) --------------------------------------------
+
+
+def push_line(event: PushEvent) -> str:
+    """One progress line of a push: a blob's fate, or the manifest's."""
+    size = f" ({human_size(event.size)})" if event.size else ""
+    key = short_digest(event.digest)
+    words = {
+        "exists": "already in the registry",
+        "mounted": "mounted from another repository",
+        "uploading": "uploading",
+        "uploaded": "uploaded",
+        "pushed": "pushed",
+    }
+    return f"{event.kind} {key}: {words[event.state]}{size}"
+
+
+def push_event_json(event: PushEvent) -> dict[str, Any]:
+    return {
+        "kind": event.kind,
+        "digest": event.digest,
+        "size": event.size,
+        "state": event.state,
+    }
+
+
+@image.command("push")
+@click.argument("refs", nargs=-1, required=True)
+@runtime_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Progress lines, or one JSON document at the end.",
+)
+def push(refs: tuple[str, ...], runtime_name: str | None, root: str | None, output: str) -> None:
+    """Push images to their registries: every blob first (skipped when the registry has it,
+    mounted from another repository of the registry when it can), the manifest last.
+    Works on both runtimes (native: the store of the state root; docker: dockerd's)."""
+    rt = connect(runtime_name, root)
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for ref in refs:
+        events: list[PushEvent] = []
+
+        def on_event(event: PushEvent, events: list[PushEvent] = events) -> None:
+            events.append(event)
+            if output == "text":
+                click.echo(push_line(event))
+
+        if output == "text":
+            click.echo(f"pushing {ref}")
+        try:
+            pushed = rt.push_image(ref, on_event)
+        except RuntimeFailure as e:
+            err(f"error: {one_line(e.message)}")
+            results.append({"ref": ref, "error": one_line(e.message)})
+            failed += 1
+            continue
+        except OSError as e:
+            err(f"error: {ref}: {one_line(str(e))}")
+            results.append({"ref": ref, "error": one_line(str(e))})
+            failed += 1
+            continue
+        results.append(
+            {
+                "ref": pushed.ref,
+                "digest": pushed.digest,
+                "blobs": [push_event_json(e) for e in events if e.kind != "manifest"],
+            }
+        )
+        if output == "text":
+            click.echo(f"pushed {pushed.ref}@{pushed.digest}")
+    if output == "json":
+        click.echo(json.dumps(results, indent=2))
     _fail_count(failed)
 
 

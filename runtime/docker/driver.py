@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 from pyapply.runtime.base import (
     Attachment,
     BuildConfig,
+    BuildFailed,
     BuildProgress,
     BuildResult,
     Conflict,
@@ -345,11 +346,69 @@ class DockerRuntime:
     def build_image(
         self, config: BuildConfig, progress: BuildProgress | None = None
     ) -> BuildResult:
-        # Issue 11 is being built: until then a build is a plain, permanent error.
-        raise PermanentError("building images is not implemented yet on the docker runtime")
+        """Build with dockerd's classic builder (runtime.docker.build); the tags are set
+        only after the build succeeded."""
+        from pyapply.runtime.docker import build
+
+        ctx = build.plan_context(config)
+        shown = config.dockerfile or "Dockerfile"
+        action = f"build {config.context}"
+        stream = build.BuildStream(progress)
+        with build.context_tar(ctx) as tar:
+            messages = self._call(
+                action,
+                lambda api: api.build(
+                    fileobj=tar,
+                    custom_context=True,
+                    dockerfile=ctx.name,
+                    decode=True,
+                    **build.build_params(config),
+                ),
+            )
+            try:
+                for message in self._iterate(action, messages):
+                    if isinstance(message, dict):
+                        stream.feed(message)
+            except BuildFailed:
+                raise
+            except PermanentError as e:
+                if stream.step:
+                    raise
+                # refused before any step (HTTP 400): the Dockerfile, where dockerd says
+                explanation = e.message.partition(f"cannot {action}: ")[2] or e.message
+                raise build.parse_error(explanation, shown) from e
+        stream.finish()
+        image_id = stream.image_id
+        if image_id is None:
+            raise BuildFailed(f"docker: {action}: dockerd reported no image id")
+        for tag in config.tags:
+            repository, name = split_image_ref(tag)
+            self._call(
+                f"tag image {tag}",
+                partial(_tag, image_id=image_id, repository=repository, tag=name),
+            )
+        return BuildResult(
+            image_id=image_id, tags=tuple(config.tags), steps=stream.total, cached=stream.cached
+        )
 
     def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
-        raise PermanentError("pushing images is not implemented yet on the docker runtime")
+        """Push through dockerd (its credentials and insecure-registry settings)."""
+        from pyapply.runtime.docker import build
+
+        repository, tag = split_image_ref(ref)
+        if tag.startswith("sha256:"):
+            raise PermanentError(f"cannot push to {ref}: give a tag, not a digest")
+        action = f"push image {ref}"
+        stream = build.PushStream(f"{repository}:{tag}", progress)
+        messages = self._call(
+            action, lambda api: api.push(repository, tag=tag, stream=True, decode=True)
+        )
+        for message in self._iterate(action, messages):
+            if isinstance(message, dict):
+                stream.feed(message)
+        if stream.digest is None:
+            raise PermanentError(f"docker: cannot {action}: dockerd reported no digest")
+        return PushResult(ref=f"{repository}:{tag}", digest=stream.digest)
 
     def create_network(self, config: NetworkConfig) -> None:
         action = f"create network {config.name}"
@@ -725,6 +784,10 @@ class DockerRuntime:
         if client is not None:
             with suppress(*translatable_errors()):
                 client.close()
+
+
+def _tag(api: Any, *, image_id: str, repository: str, tag: str) -> Any:
+    return api.tag(image_id, repository, tag, force=True)
 
 
 def _image_info(info: JSON) -> ImageInfo:

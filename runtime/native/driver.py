@@ -235,7 +235,12 @@ class NativeRuntime:
         return build(self.image_store, self.containers, self.root, config, progress)
 
     def push_image(self, ref: str, progress: PushProgress | None = None) -> PushResult:
-        raise PermanentError("pushing images is not implemented yet on the native runtime")
+        from pyapply.runtime.native.push import push
+
+        try:
+            return push(self.image_store, ref, progress)
+        except OSError as e:  # the store's files (the registry's errors are translated)
+            raise PermanentError(f"push {ref}: {e}") from e
 
     # -- networks ------------------------------------------------------------------------
 

@@ -337,6 +337,57 @@ def _error_detail(body: bytes) -> tuple[set[str], str]:
 
 
 Progress = Callable[[int], None]
+BLOCK = 1 << 20  # bytes per write when a request body is streamed
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body: bytes, or `length` bytes of the file at `path` from `offset` (a blob
+    or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401)."""
+
+    length: int
+    data: bytes | None = None
+    path: str | None = None
+    offset: int = 0
+
+    @classmethod
+    def of(cls, data: bytes) -> Body:
+        return cls(len(data), data=data)
+
+    def reader(self) -> Any:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return _FileSlice(self.path, self.offset, self.length)
+
+
+class _FileSlice:
+    """`read(n)` over a slice of a file (http.client streams a body through it, and stops
+    at end of data: the file is closed then)."""
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        self._f: Any = open(path, "rb")  # noqa: SIM115 (closed at the end of the slice)
+        self._f.seek(offset)
+        self._left = length
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0 or self._f is None:
+            self.close()
+            return b""
+        want = self._left if n < 0 else min(n, self._left)
+        data: bytes = self._f.read(want)
+        self._left -= len(data)
+        if not data:
+            self.close()
+        return data
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class RegistryClient:
@@ -369,6 +420,7 @@ class RegistryClient:
         self.timeout = timeout
         self.ca_file = ca_file
         self._auth: dict[tuple[str, str], str] = {}  # (registry, repository) -> header
+        self._auth_locks: dict[tuple[str, str], threading.Lock] = {}
         self._schemes: dict[str, str] = {}  # insecure host -> the scheme that answered
         self._lock = threading.Lock()
 
@@ -434,10 +486,15 @@ class RegistryClient:
                 return self.credentials[k]
         return None
 
-    def _open(self, method: str, url: str, headers: Mapping[str, str]) -> _Response:
+    def _open(
+        self, method: str, url: str, headers: Mapping[str, str], body: Body | None = None
+    ) -> _Response:
         """One request, following redirects (Authorization is dropped when the host changes,
-        and an https -> http redirect is refused unless the target is insecure)."""
+        and an https -> http redirect is refused unless the target is insecure). A `body` is
+        sent again from its start after a redirect."""
         hdrs = dict(headers)
+        if body is not None:
+            hdrs["Content-Length"] = str(body.length)
         hdrs.setdefault("User-Agent", USER_AGENT)
         origin = urllib.parse.urlsplit(url).netloc
         for _ in range(6):
@@ -450,17 +507,19 @@ class RegistryClient:
                     self.unverified_context if self.is_insecure(parts.netloc) else self.ssl_context
                 )
                 conn = http.client.HTTPSConnection(
-                    parts.netloc, timeout=self.timeout, context=context
+                    parts.netloc, timeout=self.timeout, context=context, blocksize=BLOCK
                 )
             elif parts.scheme == "http":
-                conn = http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
+                conn = http.client.HTTPConnection(
+                    parts.netloc, timeout=self.timeout, blocksize=BLOCK
+                )
             else:
                 raise PermanentError(f"unsupported URL {url!r}")
             path = parts.path or "/"
             if parts.query:
                 path += "?" + parts.query
             try:
-                conn.request(method, path, headers=hdrs)
+                conn.request(method, path, body=body.reader() if body else None, headers=hdrs)
                 resp = conn.getresponse()
             except ssl.SSLCertVerificationError as e:
                 conn.close()
@@ -497,12 +556,13 @@ class RegistryClient:
                     raise PermanentError(f"registry redirected to insecure {new}")
                 url = new
                 if r.status == 303:
-                    method = "GET"
+                    method, body = "GET", None
+                    hdrs.pop("Content-Length", None)
                 continue
             return r
         raise PermanentError(f"too many redirects from {url}")
 
-    def _token(self, ch: Challenge, registry: str, repository: str) -> str:
+    def _token(self, ch: Challenge, registry: str, repository: str, push: bool = False) -> str:
         realm = ch.params.get("realm", "")
         rp = urllib.parse.urlsplit(realm)
         if rp.scheme not in ("http", "https") or not rp.netloc:
@@ -510,7 +570,13 @@ class RegistryClient:
         query: list[tuple[str, str]] = []
         if ch.params.get("service"):
             query.append(("service", ch.params["service"]))
-        query.append(("scope", ch.params.get("scope") or f"repository:{repository}:pull"))
+        # a challenge may name several scopes (a mount needs pull on the source repository
+        # too), space-separated; the token service takes each as its own parameter
+        scopes = (ch.params.get("scope") or f"repository:{repository}:pull").split()
+        if push:
+            own = f"repository:{repository}:"
+            scopes = [s for s in scopes if not s.startswith(own)] + [own + "pull,push"]
+        query.extend(("scope", scope) for scope in scopes)
         sep = "&" if rp.query else "?"
         url = realm + sep + urllib.parse.urlencode(query)
         headers = {"Accept": "application/json"}
@@ -541,11 +607,13 @@ class RegistryClient:
             raise PermanentError(f"token service {rp.netloc} returned no token")
         return f"Bearer {token}"
 
-    def _authorize(self, registry: str, repository: str, challenges: list[str]) -> str:
+    def _authorize(
+        self, registry: str, repository: str, challenges: list[str], push: bool = False
+    ) -> str:
         parsed = [c for c in (parse_challenge(h) for h in challenges) if c is not None]
         for ch in parsed:
             if ch.scheme == "bearer":
-                return self._token(ch, registry, repository)
+                return self._token(ch, registry, repository, push)
         for ch in parsed:
             if ch.scheme == "basic":
                 creds = self._creds_for(registry)
@@ -561,27 +629,52 @@ class RegistryClient:
         )
 
     def request(
-        self, method: str, ref: Reference, path: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        ref: Reference,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        body: Body | None = None,
+        url: str | None = None,
+        push: bool = False,
     ) -> _Response:
         """An authenticated request for `path` (below /v2/<repository>/) of `ref`'s
-        repository; non-2xx answers are turned into errors."""
-        url = f"{self.base_url(ref.registry)}/v2/{ref.repository}/{path}"
+        repository, or for `url` (an upload location the registry gave, relative to its
+        base); non-2xx answers are turned into errors. `push`: a token, if one is needed,
+        is asked with push access from the start (a push's first request is a HEAD, whose
+        challenge asks for pull only)."""
+        base = self.base_url(ref.registry)
+        if url is not None:
+            url = urllib.parse.urljoin(base + "/", url)
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                raise PermanentError(f"registry {ref.registry} gave an unusable location {url!r}")
+        else:
+            url = f"{base}/v2/{ref.repository}/{path}"
         key = (ref.registry, ref.repository)
         hdrs = dict(headers or {})
         with self._lock:
-            auth = self._auth.get(key)
-        if auth:
-            hdrs["Authorization"] = auth
-        r = self._open(method, url, hdrs)
+            sent = self._auth.get(key)
+        if sent:
+            hdrs["Authorization"] = sent
+        r = self._open(method, url, hdrs, body)
         if r.status == 401:
             challenges = r.headers.get_all("WWW-Authenticate") or []
             r.read(65536)
             r.close()
-            auth = self._authorize(ref.registry, ref.repository, challenges)
+            # one authentication per repository at a time: parallel requests refused
+            # together reuse what the first of them obtained
             with self._lock:
-                self._auth[key] = auth
+                key_lock = self._auth_locks.setdefault(key, threading.Lock())
+            with key_lock:
+                with self._lock:
+                    auth = self._auth.get(key)
+                if not auth or auth == sent:
+                    auth = self._authorize(ref.registry, ref.repository, challenges, push)
+                    with self._lock:
+                        self._auth[key] = auth
             hdrs["Authorization"] = auth
-            r = self._open(method, url, hdrs)
+            r = self._open(method, url, hdrs, body)
             if r.status in (401, 403):
                 r.close()
                 creds = self._creds_for(ref.registry)
@@ -589,18 +682,19 @@ class RegistryClient:
                     f"registry {ref.registry} denied access to {ref.repository} "
                     f"(HTTP {r.status}) "
                     + (
-                        "with the configured credentials: wrong user or password, or no pull "
-                        "permission"
+                        "with the configured credentials: wrong user or password, or no "
+                        + ("push" if method in ("POST", "PUT", "PATCH") else "pull")
+                        + " permission"
                         if creds
                         else "to anonymous clients: credentials are needed"
                     )
                 )
         if 200 <= r.status < 300:
             return r
-        body = r.read(65536)
+        answer = r.read(65536)
         r.close()
-        codes, detail = _error_detail(body)
-        what = f"{ref} ({method} {path})"
+        codes, detail = _error_detail(answer)
+        what = f"{ref} ({method} {path or urllib.parse.urlsplit(url).path})"
         if r.status == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"}:
             raise NotFound(f"not found in registry: {what}: {detail or 'HTTP 404'}")
         if r.status == 429 or r.status >= 500:
@@ -688,6 +782,161 @@ class RegistryClient:
                 return chain, doc
             raise PermanentError(f"{ref}: unsupported manifest media type {media_type!r}")
         raise PermanentError(f"{ref}: indexes nested too deeply")
+
+    # -- push -------------------------------------------------------------------------------
+
+    def blob_exists(self, ref: Reference, digest: str) -> bool:
+        """Whether `ref`'s repository holds blob `digest` (HEAD, as the spec's existence
+        check before an upload)."""
+        check_digest(digest)
+        try:
+            r = self.request("HEAD", ref, f"blobs/{digest}", push=True)
+        except NotFound:
+            return False
+        r.close()
+        return True
+
+    def start_upload(self, ref: Reference, digest: str, mount_from: str | None) -> Upload | None:
+        """Open an upload session for blob `digest` in `ref`'s repository. With
+        `mount_from` (another repository of the same registry holding the blob), ask for a
+        cross-repository mount first: None when the registry mounted it (201); a registry
+        that cannot mount answers with an upload session instead (202), which is used."""
+        path = "blobs/uploads/"
+        if mount_from:
+            path += "?" + urllib.parse.urlencode({"mount": digest, "from": mount_from})
+        r = self.request("POST", ref, path, body=Body.of(b""), push=True)
+        try:
+            r.read(65536)
+        finally:
+            r.close()
+        if r.status == 201 and mount_from:
+            return None
+        location = r.headers.get("Location")
+        if r.status != 202 or not location:
+            raise PermanentError(
+                f"registry {ref.registry} did not open an upload for {ref.repository} "
+                f"(HTTP {r.status}{'' if location else ', no Location'})"
+            )
+        try:
+            min_chunk = int(r.headers.get("OCI-Chunk-Min-Length") or 0)
+        except ValueError:
+            min_chunk = 0
+        return Upload(location, max(0, min_chunk))
+
+    def upload_blob(
+        self,
+        ref: Reference,
+        upload: Upload,
+        path: str,
+        size: int,
+        digest: str,
+        chunk_size: int = 64 << 20,
+    ) -> None:
+        """Send the blob at `path` through `upload`: one PUT when it fits in `chunk_size`,
+        else PATCH chunks (at least the registry's minimum chunk length) and a closing PUT.
+        A chunk cut by a transient failure is resumed from where the registry says the
+        upload stands (GET on the session), a few times."""
+        location = upload.location
+        if size <= chunk_size:
+            self._close_upload(ref, location, digest, Body(size, path=path))
+            return
+        step = max(chunk_size, upload.min_chunk)
+        offset, resumes = 0, 0
+        while offset < size:
+            n = min(step, size - offset)
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Range": f"{offset}-{offset + n - 1}",
+            }
+            try:
+                r = self.request(
+                    "PATCH",
+                    ref,
+                    "",
+                    headers,
+                    body=Body(n, path=path, offset=offset),
+                    url=location,
+                    push=True,
+                )
+            except TransientError:
+                resumes += 1
+                if resumes > RESUME_ATTEMPTS:
+                    raise
+                location, offset = self._upload_status(ref, location)
+                continue
+            r.read(65536)
+            r.close()
+            location = r.headers.get("Location") or location
+            offset = _range_end(r.headers.get("Range"), offset + n)
+        self._close_upload(ref, location, digest, Body.of(b""))
+
+    def _upload_status(self, ref: Reference, location: str) -> tuple[str, int]:
+        """(location, offset) of an upload session: where to go on after a cut chunk."""
+        r = self.request("GET", ref, "", url=location, push=True)
+        r.read(65536)
+        r.close()
+        return r.headers.get("Location") or location, _range_end(r.headers.get("Range"), 0)
+
+    def _close_upload(self, ref: Reference, location: str, digest: str, body: Body) -> None:
+        sep = "&" if "?" in location else "?"
+        url = f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"
+        headers = {"Content-Type": "application/octet-stream"}
+        r = self.request("PUT", ref, "", headers, body=body, url=url, push=True)
+        r.read(65536)
+        r.close()
+        if r.status != 201:
+            raise PermanentError(
+                f"registry {ref.registry} answered HTTP {r.status} to the upload of {digest}"
+            )
+        got = r.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise DigestMismatch(f"registry {ref.registry} stored {digest} as {got}")
+
+    def put_manifest(self, ref: Reference, body: bytes, media_type: str) -> str:
+        """PUT a manifest under `ref`'s tag; returns its digest (checked against the one
+        the registry reports)."""
+        if ref.tag is None:
+            raise PermanentError(f"{ref}: a manifest is pushed under a tag")
+        digest = sha256_bytes(body)
+        r = self.request(
+            "PUT",
+            ref,
+            f"manifests/{ref.tag}",
+            {"Content-Type": media_type},
+            body=Body.of(body),
+            push=True,
+        )
+        r.read(65536)
+        r.close()
+        got = r.headers.get("Docker-Content-Digest")
+        if got and got != digest:
+            raise DigestMismatch(
+                f"registry {ref.registry} stored the manifest as {got}, not {digest}"
+            )
+        return digest
+
+
+RESUME_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An open blob upload session: where to send the data, and the registry's minimum
+    chunk length (OCI-Chunk-Min-Length, 0 when it sets none)."""
+
+    location: str
+    min_chunk: int = 0
+
+
+def _range_end(header: str | None, default: int) -> int:
+    """The offset after an upload's `Range: 0-N` header (N+1); `default` without one."""
+    if not header:
+        return default
+    _, _, end = header.partition("-")
+    try:
+        return int(end) + 1
+    except ValueError:
+        return default
 
 
 def _basic(creds: tuple[str, str]) -> str:
