@@ -190,8 +190,9 @@ def watch(
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
     import logging
 
-    from pyapply.reconciler.agent.agent import Agent, AgentOptions, setup_logging
+    from pyapply.reconciler.agent.agent import Agent, AgentOptions
     from pyapply.reconciler.agent.api import Api
+    from pyapply.reconciler.agent.logs import setup_logging
     from pyapply.reconciler.agent.sources import Source
     from pyapply.runtime.drivers import open_runtime
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.core.plan import Plan
@@ -57,7 +58,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_ERROR, EXIT_DRIFT = 0, 1, 2
 
 
-class Failure(Exception):
+class Failure(PyapplyError):
     """An error for the user: printed as one line on stderr, exit status 1."""
 
 

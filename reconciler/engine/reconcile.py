@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Observed, diff, teardown
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Plan, build, build_teardown
 from pyapply.reconciler.core.redact import Redactor
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 DEFAULT_ROOT = "/var/lib/pyapply"
 
 
-class PassError(Exception):
+class PassError(PyapplyError):
     """A pass cannot go on (a config file unreadable, an external object missing ...)."""
 
 

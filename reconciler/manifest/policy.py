@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Location, Problem
 from pyapply.reconciler.manifest import yamlpos
 from pyapply.reconciler.manifest.loader import (
@@ -126,7 +127,7 @@ class Policy:
         return access
 
 
-class PolicyError(Exception):
+class PolicyError(PyapplyError):
     """A policy file is wrong; `problems` are located like manifest errors."""
 
     def __init__(self, problems: list[Problem]) -> None:

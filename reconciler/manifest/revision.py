@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pyapply.reconciler.core.errors import PyapplyError
+
 
 @dataclass(frozen=True)
 class Revision:
@@ -66,7 +68,7 @@ PREFIX_MIN_HEX = 7
 _PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{7,64}(?:\+[0-9a-f]{0,64})?")
 
 
-class UnknownRevision(Exception):
+class UnknownRevision(PyapplyError):
     """No recorded revision is the one asked for."""
 
 
