@@ -29,23 +29,27 @@ from pyapply.reconciler.agent.history import (
     UnknownRevision,
     materialise,
 )
-from pyapply.reconciler.cli.main import (
-    Failure,
+from pyapply.reconciler.cli.common import (
+    connect,
     enforce,
-    err,
-    fail,
     load_or_fail,
     locked,
+    policy_or_fail,
+)
+from pyapply.reconciler.cli.main import (
+    Failure,
+    err,
+    fail,
     output_option,
     policy_option,
-    policy_or_fail,
     runtime_options,
 )
 from pyapply.reconciler.core.redact import NO_SECRETS
+from pyapply.reconciler.engine.apply import Hooks, apply_all, failed_actions
 from pyapply.reconciler.engine.lock import AgentRunning, agent_holder, agent_lock
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
-    apply_stack,
+    StackResult,
     desired_all,
     redactor_for,
     state_root,
@@ -469,8 +473,6 @@ def rollback(
 def _rollback_here(
     revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
 ) -> None:
-    from pyapply.reconciler.cli.main import connect
-
     root_dir = state_root(root)
     try:
         hist = History(root_dir)
@@ -495,20 +497,21 @@ def _rollback_here(
         except HistoryError as exc:
             fail(_damaged(exc))
         errors: list[str] = []
-        with locked(root_dir, lock_timeout):
-            for desired in wanted:
-                result = apply_stack(
-                    rt,
-                    desired,
-                    ApplyOptions(),
-                    on_plan=lambda p: click.echo(plan_text(p, redactor)),
-                )
-                errors += list(result.plan.errors)
-                if result.outcome is not None:
-                    click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
-                    errors += [
-                        f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
-                    ]
+
+        def shown(result: StackResult) -> None:
+            errors.extend(result.plan.errors)
+            if result.outcome is not None:
+                click.echo(f"stack {result.stack}: {outcome_summary(result.outcome)}")
+                errors.extend(failed_actions(result.outcome))
+
+        apply_all(
+            rt,
+            wanted,
+            ApplyOptions(),
+            root=root_dir,
+            lock=locked(root_dir, lock_timeout),
+            hooks=Hooks(on_plan=lambda p: click.echo(plan_text(p, redactor)), on_result=shown),
+        )
         errors = redactor.value(errors)
         try:
             hist.finish(pid, "failed" if errors else "succeeded", {}, errors)

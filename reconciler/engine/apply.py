@@ -7,6 +7,7 @@ caller passes the host lock to hold (`nullcontext()` for a dry run).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -14,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.translate import Desired
-from pyapply.reconciler.engine.down import down_stack
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
     PassError,
@@ -65,8 +65,8 @@ def _not_stopping() -> bool:
 
 @dataclass(frozen=True)
 class Hooks:
-    """What the caller sees of a pass. `reporter` gives the executor's reporter for a
-    stack; `on_plan` sees each plan before it runs and may return a context manager that
+    """What the caller sees of a pass. `reporter` makes the executor's reporter for a
+    stack (asked only when the stack has work); `on_plan` sees each plan before it runs and may return a context manager that
     wraps the execution (a live table); `on_result` sees each stack's result (it may raise
     to end the pass); `on_executor` is handed each executor before it runs (to cancel it
     on SIGTERM); `on_remove` is told before a gone stack is removed; `stopping` is asked
@@ -125,13 +125,15 @@ def apply_all(
                     runtime,
                     desired,
                     options,
-                    reporter=hooks.reporter(desired.stack),
+                    reporter=functools.partial(hooks.reporter, desired.stack),
                     on_plan=hooks.on_plan,
                     on_executor=hooks.on_executor,
                 )
             )
-        if remove and hooks.stopping():
+        if not remove or hooks.stopping():
             return done
+        from pyapply.reconciler.engine.down import down_stack  # only when one is gone
+
         for stack in remove:
             if hooks.on_remove is not None:
                 hooks.on_remove(stack)
@@ -140,7 +142,7 @@ def apply_all(
                 stack,
                 root,
                 volumes=False,
-                reporter=hooks.reporter(stack),
+                reporter=functools.partial(hooks.reporter, stack),
                 on_executor=hooks.on_executor,
             )
             finished(result)

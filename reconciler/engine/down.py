@@ -32,12 +32,13 @@ def down_stack(
     root: str,
     *,
     volumes: bool,
-    reporter: Reporter | None = None,
+    reporter: Callable[[], Reporter | None] | None = None,
     on_plan: Callable[[Plan], object] | None = None,
     on_executor: Callable[[Executor], None] | None = None,
 ) -> StackResult:
     """Remove what `stack` owns (named volumes only with `volumes`). `on_plan` sees the
-    teardown plan first (to print it); `on_executor` is handed the executor before it runs.
+    teardown plan first (to print it); `reporter` makes the executor's reporter when there
+    is something to remove; `on_executor` is handed the executor before it runs.
     The files go only when nothing is left: a failed removal keeps what the stack's
     containers still mount."""
     plan = plan_down(runtime, stack, volumes=volumes)
@@ -47,7 +48,7 @@ def down_stack(
     if not plan.empty:
         from pyapply.reconciler.engine.execute import Executor  # only when there is work
 
-        executor = Executor(runtime, reporter=reporter)
+        executor = Executor(runtime, reporter=reporter() if reporter is not None else None)
         if on_executor is not None:
             on_executor(executor)
         result = StackResult(stack, plan, executor.run(plan))

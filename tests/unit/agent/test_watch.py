@@ -15,7 +15,6 @@ import pytest
 from fakes import FakeRuntime
 
 from pyapply.reconciler.agent.agent import Agent, AgentOptions
-from pyapply.reconciler.agent.triggers import Triggers
 from pyapply.reconciler.agent.api import AgentClient, Api
 from pyapply.reconciler.agent.sources import (
     Backoff,
@@ -24,6 +23,7 @@ from pyapply.reconciler.agent.sources import (
     Source,
     directory_revision,
 )
+from pyapply.reconciler.agent.triggers import Triggers
 from pyapply.reconciler.manifest.policy import builtin
 from pyapply.runtime.base import ImageInfo
 
