@@ -14,7 +14,7 @@ A pass:
    good revision stays the desired state (self-healing goes on with it);
 4. applies every stack, and removes the stacks whose manifests are gone (`--allow-empty`),
    through `engine.apply.apply_all` (the CLI's pass), recording a history entry when the
-   revision is new, something was done, or someone asked.
+   revision is new, something was done, or someone asked (`passes.py`).
 
 The history is never a single point of failure (`AgentHistory`): a damaged database is
 moved aside and started afresh, and a record that cannot be written is logged and counted
@@ -28,19 +28,18 @@ ones start), and the agent exits 0 once the pass is over.
 from __future__ import annotations
 
 import faulthandler
-import logging
 import os
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from pyapply.reconciler.agent.actions import OwnStops, Reporter
+from pyapply.reconciler.agent.actions import OwnStops
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,
@@ -50,8 +49,9 @@ from pyapply.reconciler.agent.history import (
     snapshot_files,
 )
 from pyapply.reconciler.agent.logs import info, log, log_redaction
+from pyapply.reconciler.agent.passes import LastPass, Target, apply_target
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
-from pyapply.reconciler.agent.status import pass_summary, status_view
+from pyapply.reconciler.agent.status import status_view
 from pyapply.reconciler.agent.triggers import FORCING, Triggers
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
@@ -59,21 +59,10 @@ from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
 from pyapply.reconciler.core.translate import Desired
-from pyapply.reconciler.engine.apply import (
-    Hooks,
-    PassResult,
-    apply_all,
-    failed_actions,
-    prepare_all,
-)
 from pyapply.reconciler.engine.forks import default_signals_in_children
-from pyapply.reconciler.engine.lock import LockTimeout, host_lock
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
-    PassError,
-    StackResult,
     plan_stack,
-    redactor_for,
 )
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.manifest.policy import Policy, builtin, check
@@ -100,28 +89,6 @@ class AgentOptions:
     # what the watched manifests may ask of the host: a revision with an ask this policy
     # denies is refused (recorded as failed, nothing applied)
     policy: Policy = field(default_factory=lambda: builtin("restricted"))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one pass applies: a loaded revision and where its files are."""
-
-    revision: Revision
-    directory: str
-    loaded: Loaded
-    pinned: bool = False
-
-
-@dataclass
-class LastPass:
-    revision: str = ""
-    trigger: str = ""
-    outcome: str = ""
-    started: float = 0.0
-    ended: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    history_id: int | None = None
 
 
 class Agent:
@@ -151,7 +118,7 @@ class Agent:
         self.pid = os.getpid()
         self.stopping = threading.Event()
         self.running = threading.Event()  # a pass is in progress
-        self._executor: Executor | None = None
+        self.executor: Executor | None = None
         self.state_lock = threading.Lock()
         self.good: Target | None = None  # the last revision that loaded (the desired state)
         self.desired: list[Desired] = []
@@ -236,7 +203,7 @@ class Agent:
         info(f"{why}: stopping (the running action, if any, finishes first)")
         self.stopping.set()
         self.triggers.close()
-        executor = self._executor
+        executor = self.executor
         if executor is not None:
             executor.cancel()
         for watcher in (self.file_watcher, self.event_watcher):
@@ -496,176 +463,15 @@ class Agent:
             return None
         return "; ".join(str(e) for e in found) + f"; {ALLOW_HINT}"
 
-    def _keep_executor(self, executor: Executor) -> None:
-        self._executor = executor
+    def keep_executor(self, executor: Executor) -> None:
+        self.executor = executor
         if self.stopping.is_set():
             executor.cancel()
 
     def apply(
         self, target: Target, trigger: str, kinds: set[str], started: float, *, new_revision: bool
     ) -> None:
-        rev = target.revision
-        loaded = target.loaded
-        errors: list[str] = []
-        record: list[int] = []
-
-        def begin() -> None:
-            if not record:
-                subject = self.redactor.text(rev.subject)
-                record.append(self.history.begin(rev.id, subject, trigger, started=started))
-
-        forced = new_revision or bool(kinds & {"api", "rollback", "resume"})
-        if forced:
-            self.history.store_revision(
-                rev.id, rev.subject, target.directory, snapshot_files(target.directory)
-            )
-            begin()
-
-        def on_plan(plan: Plan) -> AbstractContextManager[Any] | None:
-            if not plan.empty:
-                begin()
-                info(
-                    f"stack {plan.stack}: {len(plan.changes)} change(s) at revision {rev.id}",
-                    stack=plan.stack,
-                    revision=rev.id,
-                    changes=[f"{c.kind} {c.object} {c.name}: {c.reason}" for c in plan.changes],
-                )
-            return None
-
-        # managed from now on: the events of its containers count even during this pass
-        names = {s.name for s in loaded.stacks}
-        if not names <= self.history.managed_stacks():
-            self.history.set_managed_stacks(self.history.managed_stacks() | names)
-        gone = sorted(self.history.managed_stacks() - names) if self.options.allow_empty else []
-
-        def on_result(result: StackResult) -> None:
-            self._executor = None
-            if result.stack in gone:  # a removal: its failed actions
-                errors.extend(failed_actions(result.outcome))
-                return
-            errors.extend(f"stack {result.stack}: {e}" for e in result.plan.errors)
-            errors.extend(failed_actions(result.outcome, skipped=True))
-
-        def on_remove(name: str) -> None:
-            begin()
-            info(f"stack {name}: its manifests are gone; removing it (--allow-empty)")
-
-        reporter = Reporter(self.metrics, self.own_stops)
-        hooks = Hooks(
-            reporter=lambda stack: reporter,
-            on_plan=on_plan,
-            on_result=on_result,
-            on_executor=self._keep_executor,
-            on_remove=on_remove,
-            stopping=self.stopping.is_set,
-        )
-        done = PassResult()
-        try:
-            # every stack's desired state before anything is shown, so that the secrets of
-            # all of them are hidden everywhere; a stack that cannot be prepared fails in
-            # its turn, as before
-            prepared = prepare_all(loaded, revision=rev.id, root=self.root)
-            self.learn_secrets(redactor_for(d for d in prepared if isinstance(d, Desired)))
-            apply_all(
-                self.runtime,
-                prepared,
-                self.options.apply,
-                root=self.root,
-                lock=self._locked(),
-                remove=gone,
-                hooks=hooks,
-                into=done,
-            )
-            if done.stopped_before is not None:
-                errors.append("interrupted before stack " + done.stopped_before)
-        except (PassError, RuntimeFailure, LockTimeout, OSError) as exc:
-            errors.append(exc.message if isinstance(exc, RuntimeFailure) else str(exc))
-            begin()
-        except Exception as exc:  # a bug: recorded, and the agent goes on
-            log.exception("pass failed unexpectedly")
-            errors.append(f"internal error: {type(exc).__name__}: {exc}")
-            begin()
-        results = done.results
-        interrupted = self.stopping.is_set() and bool(
-            errors or any(r.outcome is not None and not r.outcome.ok for r in results)
-        )
-        outcome_name = "interrupted" if interrupted else ("failed" if errors else "succeeded")
-        errors = self.redactor.value(errors)  # kept in the history and shown by the API
-        summary = pass_summary(results)
-        self.attempted = rev.id
-        if len(done.applied) == len(loaded.stacks):
-            self.good = target
-            self.rejected.pop(rev.id, None)  # applied after all (--allow-empty, a fix)
-            if self.last_rejected is not None and self.last_rejected[0] == rev.id:
-                self.last_rejected = None
-            with self.state_lock:
-                self.desired = list(done.applied)
-        if done.removed:
-            self.history.set_managed_stacks(self.history.managed_stacks() - set(done.removed))
-        ended = time.time()
-        if record:
-            self.history.finish(record[0], outcome_name, summary, errors)  # type: ignore[arg-type]
-        with self.state_lock:
-            self.last = LastPass(
-                rev.id,
-                trigger,
-                outcome_name,
-                started,
-                ended,
-                errors,
-                summary,
-                (record[0] if record[0] >= 0 else None) if record else self.last.history_id,
-            )
-        if self.metrics is not None:
-            self.metrics.passed(trigger, outcome_name, ended - started, results, rev.id, errors)
-        if record:
-            level = logging.INFO if outcome_name == "succeeded" else logging.ERROR
-            log.log(
-                level,
-                "pass %s: revision %s %s in %.2fs%s",
-                record[0],
-                rev.id,
-                outcome_name,
-                ended - started,
-                (": " + "; ".join(errors[:5])) if errors else "",
-                extra={
-                    "fields": {
-                        "revision": rev.id,
-                        "outcome": outcome_name,
-                        "trigger": trigger,
-                        "summary": summary,
-                        "errors": errors,
-                    }
-                },
-            )
-
-    def _locked(self) -> AbstractContextManager[None]:
-        agent = self
-
-        class Guard:
-            def __init__(self) -> None:
-                self.cm: AbstractContextManager[None] | None = None
-
-            def __enter__(self) -> None:
-                told = False
-                while True:
-                    cm = host_lock(agent.root, timeout_s=1.0)
-                    try:
-                        cm.__enter__()
-                        self.cm = cm
-                        return
-                    except LockTimeout:
-                        if agent.stopping.is_set():
-                            raise
-                        if not told:
-                            log.info("waiting for the host lock (another pyapply is applying)")
-                            told = True
-
-            def __exit__(self, *exc: object) -> None:
-                if self.cm is not None:
-                    self.cm.__exit__(None, None, None)
-
-        return Guard()
+        apply_target(self, target, trigger, kinds, started, new_revision=new_revision)
 
     # -- views for the API (any thread) ---------------------------------------------------
 

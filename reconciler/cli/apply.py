@@ -33,7 +33,6 @@ from pyapply.reconciler.cli.main import (
 )
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.redact import Redactor
-from pyapply.reconciler.engine.apply import Hooks, apply_all
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
     StackResult,
@@ -88,6 +87,8 @@ def apply(
     wait_timeout: float,
 ) -> None:
     """Converge the live state to the manifests."""
+    from pyapply.reconciler.engine.apply import Hooks, apply_all  # not for a diff
+
     policy = policy_or_fail(policy_arg, "warn", root)
     loaded = load_or_fail(files, profiles, policy=policy)
     findings = enforce(loaded, policy, output)

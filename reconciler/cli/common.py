@@ -17,7 +17,6 @@ from pyapply.reconciler.cli.main import err, fail
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
-from pyapply.reconciler.engine.lock import host_lock
 from pyapply.reconciler.engine.reconcile import state_root
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.view.plan_text import plans_json
@@ -141,6 +140,10 @@ def guard_emptying(rt: Runtime, loaded: Loaded, *, allow_empty: bool, dry_run: b
 
 
 def locked(root: str, timeout: float) -> AbstractContextManager[None]:
+    """The host-wide lock of every command that changes something (a diff never takes it,
+    nor imports it)."""
+    from pyapply.reconciler.engine.lock import host_lock
+
     return host_lock(root, timeout_s=timeout, on_wait=err)
 
 
