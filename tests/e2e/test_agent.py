@@ -549,8 +549,13 @@ spec:
     wait_for("app up, job done", lambda: running(obs, app) and job_done())
     files = Path(runtime.root) / "files" / stack_name
     assert files.is_dir() and any(files.iterdir())
-    diff = agent.cli("diff", "-f", str(repo.path), "--exit-code")
-    assert "no changes" in diff.stdout
+
+    def no_drift() -> str | None:
+        # `diff` reads the runtime, which may still settle after the job's exit event
+        out = agent.cli("diff", "-f", str(repo.path), "--exit-code", ok=False)
+        return out.stdout if out.returncode == 0 else None
+
+    assert "no changes" in wait_for("diff: no drift", no_drift)
 
     def settled() -> dict[str, Any] | None:
         doc = json.loads(agent.cli("status", "-o", "json").stdout)
