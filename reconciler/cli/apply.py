@@ -42,7 +42,13 @@ from pyapply.reconciler.engine.reconcile import (
     state_root,
 )
 from pyapply.reconciler.manifest.revision import identify
-from pyapply.reconciler.view.plan_text import outcome_summary, plan_text, plans_json, result_line
+from pyapply.reconciler.view.plan_text import (
+    outcome_summary,
+    plan_text,
+    plans_json,
+    result_line,
+    results_json,
+)
 
 if TYPE_CHECKING:
     from pyapply.reconciler.engine.execute import Reporter
@@ -148,16 +154,7 @@ def apply(
         doc["revision"] = revision.id
         doc["applied"] = not dry_run
         doc["findings"] = [f.to_json() for f in findings]
-        doc["results"] = [
-            {
-                "id": redactor.text(r.action.id),
-                "status": r.status,
-                "seconds": round(r.seconds, 3),
-                "error": redactor.value(r.error),
-            }
-            for o in outcomes
-            for r in o.results
-        ]
+        doc["results"] = results_json(outcomes, redactor)
         click.echo(json.dumps(doc, indent=2))
     if any(not o.ok for o in outcomes):
         fail("some actions failed; run `pyapply diff` to see what is left, or apply again")
