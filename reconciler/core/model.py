@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pyapply.reconciler.core.errors import PyapplyError
+
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 PullPolicy = Literal["missing", "always", "never", "build"]
 UpdateOrder = Literal["stop-first", "start-first"]
@@ -235,7 +237,7 @@ class Problem:
         return f"{where}{prefix}{field_}{self.message}"
 
 
-class ManifestError(Exception):
+class ManifestError(PyapplyError):
     """Loading failed; `problems` lists every error found (never raised for warnings)."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -17,12 +17,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Mount, Port
 
 OBJECT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
-class Bad(Exception):
+class Bad(PyapplyError):
     """A value is wrong; the message is the sentence to report."""
 
 
