@@ -193,7 +193,7 @@ def watch(
     from pyapply.reconciler.agent.agent import Agent, AgentOptions, setup_logging
     from pyapply.reconciler.agent.api import Api
     from pyapply.reconciler.agent.sources import Source
-    from pyapply.runtime.drivers import open_runtime
+    from pyapply.runtime.drivers import open_container_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
@@ -218,7 +218,7 @@ def watch(
             fail(f"--metrics {metrics_addr}: {exc}")
 
     def rt() -> Any:
-        return open_runtime(runtime_name, root=state_root(root))
+        return open_container_runtime(runtime_name, root=state_root(root))
 
     options = AgentOptions(
         interval_s=interval,
@@ -468,7 +468,7 @@ def rollback(
 def _rollback_here(
     revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
 ) -> None:
-    from pyapply.reconciler.cli.main import connect
+    from pyapply.reconciler.cli.main import connect_containers
 
     root_dir = state_root(root)
     try:
@@ -486,7 +486,7 @@ def _rollback_here(
         policy = policy_or_fail(None, "warn", root_dir)
         loaded = load_or_fail([directory], policy=policy)
         enforce(loaded, policy, "text")
-        rt = connect(runtime_name, root_dir)
+        rt = connect_containers(runtime_name, root_dir)
         wanted = desired_all(loaded, revision=full, root=root_dir)
         redactor = redactor_for(wanted)
         try:

@@ -44,6 +44,7 @@ from pyapply.reconciler.version import __version__
 from pyapply.reconciler.view.plan_text import outcome_summary, plan_text, plans_json, result_line
 from pyapply.runtime.base import Runtime, RuntimeFailure
 from pyapply.runtime.drivers import open_runtime
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.engine.execute import Executor, Reporter
@@ -93,7 +94,8 @@ def runtime_options(fn: F) -> F:
         "runtime_name",
         envvar="PYAPPLY_RUNTIME",
         default=None,
-        help="Runtime to drive: native (the default, daemonless) or docker. Env: PYAPPLY_RUNTIME.",
+        help="Runtime to drive: native (the default, daemonless), docker, or swarm (services on a "
+        "swarm manager). Env: PYAPPLY_RUNTIME.",
     )(fn)
     fn = click.option(
         "--root",
@@ -265,11 +267,20 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
     return findings
 
 
-def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
+def connect(runtime_name: str | None, root: str | None = None) -> Runtime | ServiceRuntime:
     try:
         return open_runtime(runtime_name, root=state_root(root))
     except RuntimeFailure as exc:
         fail(exc.message)
+
+
+def connect_containers(runtime_name: str | None, root: str | None = None) -> Runtime:
+    """`connect` for the commands that work on containers only (logs, rollback)."""
+    rt = connect(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):
+        rt.close()
+        fail("this command does not run on the swarm runtime yet")
+    return rt
 
 
 def guard_emptying(rt: Runtime, loaded: Loaded, *, allow_empty: bool, dry_run: bool) -> None:
@@ -377,6 +388,13 @@ def apply(
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.apply(
+            rt, loaded, revision.id, output=output, dry_run=dry_run, wait_timeout=wait_timeout
+        )
+        return
     root_dir = state_root(root)
     live = output == "text" and sys.stdout.isatty()
     options = ApplyOptions(
@@ -461,6 +479,11 @@ def diff_cmd(
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.diff(rt, loaded, revision.id, output=output, exit_code=exit_code)
+        return
     root_dir = state_root(root)
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
@@ -531,6 +554,11 @@ def _down(
 ) -> None:
     names = _stack_names(files, stacks, profiles)
     rt = connect(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.down(rt, names)
+        return
     root_dir = state_root(root)
     ok = True
     with locked(root_dir, lock_timeout):
@@ -585,6 +613,11 @@ def get(
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
     rt = connect(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.get(rt, names, output=output)
+        return
     docs: list[dict[str, Any]] = []
     for name in names:
         obs = observe(rt, name)
@@ -676,7 +709,7 @@ def logs(
 ) -> None:
     """Print the output of a service's containers (each line prefixed with the replica)."""
     names = _stack_names(files, stacks)
-    rt = connect(runtime_name, root)
+    rt = connect_containers(runtime_name, root)
     containers = [
         c
         for name in names

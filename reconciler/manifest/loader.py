@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.manifest import compose, seccomp_file, yamlpos
+from pyapply.reconciler.manifest import compose, seccomp_file, swarm_deploy, yamlpos
 from pyapply.reconciler.manifest.interpolate import (
     Budget,
     DotenvProblem,
@@ -2202,25 +2202,26 @@ class _ServiceBuilder:
         ctx = self.ctx
         dpath = self.at("deploy")
         deploy = _walk(self.raw, ("deploy",))
-        if isinstance(deploy, dict):
-            if self.get("deploy", "mode") == "global":
-                ctx.warn(
-                    (*dpath, "mode"), 'deploy mode "global" is not supported; "replicated" is used'
-                )
-            _ignored(
-                ctx, deploy, dpath, ("placement", "endpoint_mode", "rollback_config", "labels")
+        if isinstance(deploy, dict) and ctx.ok(dpath):
+            # the fields only a swarm acts on: kept in the model for the swarm runtime; the
+            # runtimes of one host ignore them (said at each, once)
+            self.fields["deploy"] = swarm_deploy.parse_deploy(
+                deploy,
+                dpath,
+                ctx.error,
+                duration=_parse_duration,
+                size=_parse_size,
+                cpus=_parse_cpus,
+                bad=_Bad,
             )
-            resources = _walk(deploy, ("resources",))
-            if isinstance(resources, dict):
-                _ignored(ctx, resources, (*dpath, "resources"), ("reservations",))
-            update = _walk(deploy, ("update_config",))
-            if isinstance(update, dict):
-                _ignored(
-                    ctx,
-                    update,
-                    (*dpath, "update_config"),
-                    ("failure_action", "monitor", "max_failure_ratio"),
-                )
+            for parts, what in swarm_deploy.SWARM_ONLY.items():
+                if _walk(deploy, parts) not in (_MISSING, "replicated"):
+                    ctx.warn(
+                        (*dpath, *parts),
+                        f"{what} is used by the swarm runtime only; the runtimes of one host "
+                        "ignore it",
+                        key=True,
+                    )
         # replicas: deploy.replicas, else the legacy scale
         replicas = self.get("deploy", "replicas")
         scale = self.get("scale")
@@ -2568,5 +2569,9 @@ def _long_port(item: dict[str, Any]) -> Port:
     if protocol not in _PROTOCOLS:
         raise _Bad(f"protocol {_show(protocol)} is not one of tcp, udp or sctp")
     return Port(
-        target=item["target"], published=published or None, host_ip=host_ip, protocol=protocol
+        target=item["target"],
+        published=published or None,
+        host_ip=host_ip,
+        protocol=protocol,
+        mode="host" if item.get("mode") == "host" else "ingress",
     )
