@@ -10,6 +10,7 @@ model, so the swarm runtime can use them and the others can say they are ignored
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from pyapply.reconciler.core.model import Deploy, RollPolicy
@@ -146,9 +147,9 @@ def parse_deploy(
                     out[f"restart_{key}"] = duration(policy[key])
                 except bad as e:
                     error((*path, "restart_policy", key), str(e))
-    out["update"] = _roll(
-        raw.get("update_config"), (*path, "update_config"), error, duration, bad, False
-    )
+    update = _roll(raw.get("update_config"), (*path, "update_config"), error, duration, bad, False)
+    # parallelism, delay and order are one host's too: the model keeps them in `update`
+    out["update"] = replace(update, parallelism=None, delay=None, order=None)
     out["rollback"] = _roll(
         raw.get("rollback_config"), (*path, "rollback_config"), error, duration, bad, True
     )
@@ -165,3 +166,52 @@ def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
+
+
+def dump_deploy(d: Deploy, deploy: dict[str, Any], seconds: Callable[[float], str]) -> None:
+    """Write the swarm-only fields of `d` into `deploy` (a service's `deploy` mapping being
+    dumped), so that `convert` round-trips them; `seconds` renders a duration."""
+    if d.mode != "replicated":
+        deploy["mode"] = d.mode
+    placement: dict[str, Any] = {}
+    if d.constraints:
+        placement["constraints"] = list(d.constraints)
+    if d.preferences:
+        placement["preferences"] = [{"spread": p} for p in d.preferences]
+    if d.max_replicas_per_node is not None:
+        placement["max_replicas_per_node"] = d.max_replicas_per_node
+    if placement:
+        deploy["placement"] = placement
+    if d.endpoint_mode is not None:
+        deploy["endpoint_mode"] = d.endpoint_mode
+    reservations: dict[str, Any] = {}
+    if d.reserve_cpus is not None:
+        reservations["cpus"] = d.reserve_cpus
+    if d.reserve_memory is not None:
+        reservations["memory"] = d.reserve_memory
+    if reservations:
+        deploy.setdefault("resources", {})["reservations"] = reservations
+    policy: dict[str, Any] = {}
+    if d.restart_condition is not None:
+        policy["condition"] = d.restart_condition
+    if d.restart_max_attempts is not None:
+        policy["max_attempts"] = d.restart_max_attempts
+    if d.restart_delay is not None:
+        policy["delay"] = seconds(d.restart_delay)
+    if d.restart_window is not None:
+        policy["window"] = seconds(d.restart_window)
+    if policy:
+        deploy["restart_policy"] = policy
+    for key, roll in (("update_config", d.update), ("rollback_config", d.rollback)):
+        out: dict[str, Any] = {}
+        for name in ("parallelism", "order", "failure_action", "max_failure_ratio"):
+            if getattr(roll, name) is not None:
+                out[name] = getattr(roll, name)
+        for name in ("delay", "monitor"):
+            if getattr(roll, name) is not None:
+                out[name] = seconds(getattr(roll, name))
+        if out:
+            # the update fields one host uses are written by the caller; theirs win
+            deploy[key] = {**out, **deploy.get(key, {})}
+    if d.labels:
+        deploy["labels"] = dict(d.labels)
