@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pyapply.reconciler.cli.common import (
-    connect,
+    connect_any,
     enforce,
     guard_emptying,
     load_or_fail,
@@ -49,6 +49,7 @@ from pyapply.reconciler.view.plan_text import (
     result_line,
     results_json,
 )
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.engine.execute import Reporter
@@ -99,7 +100,14 @@ def apply(
     loaded = load_or_fail(files, profiles, policy=policy)
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
-    rt = connect(runtime_name, root)
+    rt = connect_any(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.apply(
+            rt, loaded, revision.id, output=output, dry_run=dry_run, wait_timeout=wait_timeout
+        )
+        return
     root_dir = state_root(root)
     live = output == "text" and sys.stdout.isatty()
     options = ApplyOptions(
@@ -183,7 +191,12 @@ def diff_cmd(
     loaded = load_or_fail(files, profiles, policy=policy)
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
-    rt = connect(runtime_name, root)
+    rt = connect_any(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.diff(rt, loaded, revision.id, output=output, exit_code=exit_code)
+        return
     root_dir = state_root(root)
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
@@ -225,7 +238,12 @@ def down(
     from pyapply.reconciler.engine.down import down_stack
 
     names = stack_names(files, stacks, profiles)
-    rt = connect(runtime_name, root)
+    rt = connect_any(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.down(rt, names)
+        return
     root_dir = state_root(root)
     ok = True
     with locked(root_dir, lock_timeout):

@@ -21,7 +21,8 @@ from pyapply.reconciler.engine.reconcile import state_root
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
-from pyapply.runtime.drivers import open_runtime
+from pyapply.runtime.drivers import open_container_runtime, open_runtime
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.manifest.policy import Finding, Policy
@@ -107,6 +108,15 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
 
 
 def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
+    """The runtime, for commands that work on containers (the swarm runtime is refused)."""
+    try:
+        return open_container_runtime(runtime_name, root=state_root(root))
+    except RuntimeFailure as exc:
+        fail(exc.message)
+
+
+def connect_any(runtime_name: str | None, root: str | None = None) -> Runtime | ServiceRuntime:
+    """The runtime, for the commands that also run on a swarm (apply, diff, down, get)."""
     try:
         return open_runtime(runtime_name, root=state_root(root))
     except RuntimeFailure as exc:

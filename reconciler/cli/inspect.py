@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import click
 
-from pyapply.reconciler.cli.common import connect, load_or_fail, stack_names
+from pyapply.reconciler.cli.common import connect, connect_any, load_or_fail, stack_names
 from pyapply.reconciler.cli.main import (
     fail,
     file_option,
@@ -26,6 +26,7 @@ from pyapply.reconciler.engine.reconcile import (
     state_root,
 )
 from pyapply.reconciler.view.objects import stack_doc, stack_lines
+from pyapply.runtime.services import ServiceRuntime
 
 
 @click.command()
@@ -64,7 +65,12 @@ def get(
         redactor = redactor_for(wanted)
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
-    rt = connect(runtime_name, root)
+    rt = connect_any(runtime_name, root)
+    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+        from pyapply.reconciler.cli import swarm
+
+        swarm.get(rt, names, output=output)
+        return
     docs = redactor.value([stack_doc(name, observe(rt, name)) for name in names])
     if output == "json":
         click.echo(json.dumps(docs, indent=2))

@@ -66,7 +66,8 @@ def runtime_options(fn: F) -> F:
         "runtime_name",
         envvar="PYAPPLY_RUNTIME",
         default=None,
-        help="Runtime to drive: native (the default, daemonless) or docker. Env: PYAPPLY_RUNTIME.",
+        help="Runtime to drive: native (the default, daemonless), docker, or swarm (services on a "
+        "swarm manager). Env: PYAPPLY_RUNTIME.",
     )(fn)
     fn = click.option(
         "--root",

@@ -43,8 +43,11 @@ from pyapply.reconciler.core import health, identity
 from pyapply.reconciler.core.translate import LAST_APPLIED, Desired, DesiredContainer
 from pyapply.runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
-ChangeKind = Literal["create", "recreate", "start", "restart", "repair", "remove", "rename", "pull"]
-ObjectKind = Literal["container", "network", "volume", "image"]
+ChangeKind = Literal[
+    "create", "recreate", "start", "restart", "repair", "remove", "rename", "pull", "update"
+]
+# service, config, secret: a swarm's (reconciler.core.swarm)
+ObjectKind = Literal["container", "network", "volume", "image", "service", "config", "secret"]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ from pyapply.reconciler.core.diff import Change, DiffResult
 from pyapply.reconciler.core.model import Condition, ServiceSpec
 from pyapply.reconciler.core.translate import Desired, DesiredContainer, DesiredFile
 from pyapply.runtime.base import ContainerConfig, NetworkConfig, VolumeConfig
+from pyapply.runtime.services import (
+    OverlayNetworkConfig,
+    ServiceConfig,
+    SwarmObjectConfig,
+    SwarmObjectKind,
+)
 
 Op = Literal[
     "pull",
@@ -35,6 +41,15 @@ Op = Literal[
     "remove",
     "rename",
     "wait",
+    # a swarm's (reconciler.core.swarm)
+    "create_overlay",
+    "remove_overlay",
+    "create_object",
+    "remove_object",
+    "create_service",
+    "update_service",
+    "remove_service",
+    "wait_service",
 ]
 
 
@@ -54,6 +69,12 @@ class Action:
     replicas: tuple[str, ...] = ()  # for wait: the containers to wait on
     new_name: str | None = None  # for rename
     delay_s: float = 0.0
+    # a swarm's objects (reconciler.core.swarm); `version` is the service's, for an update
+    service_config: ServiceConfig | None = None
+    overlay: OverlayNetworkConfig | None = None
+    swarm_object: SwarmObjectConfig | None = None
+    object_kind: SwarmObjectKind | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True)

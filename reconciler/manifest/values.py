@@ -374,5 +374,9 @@ def long_port(item: dict[str, Any]) -> Port:
     if protocol not in PROTOCOLS:
         raise Bad(f"protocol {show(protocol)} is not one of tcp, udp or sctp")
     return Port(
-        target=item["target"], published=published or None, host_ip=host_ip, protocol=protocol
+        target=item["target"],
+        published=published or None,
+        host_ip=host_ip,
+        protocol=protocol,
+        mode="host" if item.get("mode") == "host" else "ingress",
     )

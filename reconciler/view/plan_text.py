@@ -28,6 +28,7 @@ SYMBOLS = {
     "repair": "*",
     "remove": "-",
     "rename": "~",
+    "update": "~",
 }
 REDACTED = HIDDEN  # what a credential-named variable's value is shown as
 PLAN_SCHEMA = "https://pyapply.dev/schemas/v1/plan.schema.json"
