@@ -49,7 +49,7 @@ from pyapply.reconciler.view.plan_text import (
     result_line,
     results_json,
 )
-from pyapply.runtime.services import ServiceRuntime
+from pyapply.runtime.drivers import runs_services
 
 if TYPE_CHECKING:
     from pyapply.reconciler.engine.execute import Reporter
@@ -101,7 +101,7 @@ def apply(
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.apply(
@@ -192,7 +192,7 @@ def diff_cmd(
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.diff(rt, loaded, revision.id, output=output, exit_code=exit_code)
@@ -239,7 +239,7 @@ def down(
 
     names = stack_names(files, stacks, profiles)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.down(rt, names)

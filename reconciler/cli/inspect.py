@@ -26,7 +26,7 @@ from pyapply.reconciler.engine.reconcile import (
     state_root,
 )
 from pyapply.reconciler.view.objects import stack_doc, stack_lines
-from pyapply.runtime.services import ServiceRuntime
+from pyapply.runtime.drivers import runs_services
 
 
 @click.command()
@@ -66,7 +66,7 @@ def get(
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.get(rt, names, output=output)

@@ -12,19 +12,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Change, DiffResult
 from pyapply.reconciler.core.model import Condition, ServiceSpec
 from pyapply.reconciler.core.translate import Desired, DesiredContainer, DesiredFile
 from pyapply.runtime.base import ContainerConfig, NetworkConfig, VolumeConfig
-from pyapply.runtime.services import (
-    OverlayNetworkConfig,
-    ServiceConfig,
-    SwarmObjectConfig,
-    SwarmObjectKind,
-)
+
+if TYPE_CHECKING:  # a container stack's plan never loads the swarm vocabulary (startup)
+    from pyapply.runtime.services import (
+        OverlayNetworkConfig,
+        ServiceConfig,
+        SwarmObjectConfig,
+        SwarmObjectKind,
+    )
 
 Op = Literal[
     "pull",
