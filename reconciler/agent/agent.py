@@ -40,6 +40,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.agent.actions import OwnStops
+from pyapply.reconciler.agent.git_source import GitFetcher, SourceNotReady
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,
@@ -70,7 +71,6 @@ from pyapply.reconciler.manifest.revision import Revision
 from pyapply.runtime.base import Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
-    from pyapply.reconciler.agent.git_source import GitFetcher
     from pyapply.reconciler.agent.metrics import Metrics
     from pyapply.reconciler.engine.execute import Executor
 
@@ -316,6 +316,9 @@ class Agent:
         started = time.time()
         try:
             snap, pinned = self.pick()
+        except SourceNotReady as exc:
+            log.info("%s", exc)  # `watch --repo` before its first successful fetch
+            return
         except Exception as exc:
             log.error("cannot read the source %s: %s", self.source.path, exc)
             return

@@ -62,6 +62,8 @@ _SCP_LIKE = re.compile(
 )
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _FETCHED = "refs/pyapply/fetched"
+# git's advice after any failed remote access: says nothing about the cause
+_BOILERPLATE = ("Please make sure you have the correct access rights", "and the repository exists")
 DEFAULT_KEEP = 3
 DEFAULT_TIMEOUT_S = 60.0
 MAX_BACKOFF_S = 300.0
@@ -258,16 +260,20 @@ def read_credentials_file(path: str, url: str) -> Credentials:
         return parse_credentials(fh.read(), url, path)
 
 
-def credentials_from_env(env: Mapping[str, str]) -> Credentials | None:
-    """PYAPPLY_GIT_TOKEN, or PYAPPLY_GIT_USERNAME and PYAPPLY_GIT_PASSWORD."""
+def credentials_from_env(env: Mapping[str, str], url: str = "") -> Credentials | None:
+    """PYAPPLY_GIT_TOKEN, or PYAPPLY_GIT_PASSWORD with PYAPPLY_GIT_USERNAME (or the URL's
+    user name)."""
     token = env.get("PYAPPLY_GIT_TOKEN")
-    user = env.get("PYAPPLY_GIT_USERNAME")
+    url_user = urlsplit(url).username if "://" in url else None
+    user = env.get("PYAPPLY_GIT_USERNAME") or (_unquote(url_user) if url_user else None)
     password = env.get("PYAPPLY_GIT_PASSWORD")
     if token:
         return Credentials(user or TOKEN_USER, token)
     if password:
         if not user:
-            raise GitSourceError("PYAPPLY_GIT_PASSWORD is set without PYAPPLY_GIT_USERNAME")
+            raise GitSourceError(
+                "PYAPPLY_GIT_PASSWORD is set without PYAPPLY_GIT_USERNAME or a user in the URL"
+            )
         return Credentials(user, password)
     return None
 
@@ -442,6 +448,7 @@ class GitFetcher:
         for directory in (os.path.dirname(self.base), self.base, self.trees):
             os.makedirs(directory, mode=0o700, exist_ok=True)
             os.chmod(directory, 0o700)
+        end_orphans(self.base)
         for parent in (self.base, self.trees):
             for name in os.listdir(parent):
                 if name.startswith(".tmp-"):
@@ -503,6 +510,9 @@ class GitFetcher:
             "GIT_ALLOW_PROTOCOL": ":".join(ALLOWED_SCHEMES),
             "GIT_ASKPASS": os.path.join(self.base, "askpass.sh"),
             "SSH_ASKPASS_REQUIRE": "never",
+            # inherited by git's helpers (ssh, remote-http): how a restarted agent finds
+            # what a killed one left running (`end_orphans`)
+            MARKER: self.base,
         }
         if self.credentials is not None:
             env["PYAPPLY_ASKPASS_USERNAME"] = self.credentials.username
@@ -633,9 +643,13 @@ class GitFetcher:
         return have, changed
 
     def _message(self, stderr: str) -> str:
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        # git's last lines say what failed; the first may be hints
-        return redact_text("; ".join(lines[-3:]), self._secrets())
+        lines = [
+            ln.strip()
+            for ln in stderr.splitlines()
+            if ln.strip() and not any(b in ln for b in _BOILERPLATE)
+        ]
+        # the last lines say what failed (ssh's reason comes before git's "fatal:")
+        return redact_text("; ".join(lines[-4:])[-800:], self._secrets())
 
     def _publish(self, commit: str) -> bool:
         """Check `commit` out into its own tree (unless it is there) and point the link at
@@ -853,6 +867,36 @@ def ssh_command(ssh: str, key: str | None, known_hosts: str | None, timeout_s: f
     if key is not None:
         args += ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-i", key]
     return " ".join(shlex.quote(a) for a in args)
+
+
+MARKER = "PYAPPLY_GIT_SOURCE"
+
+
+def end_orphans(base: str, proc: str = "/proc") -> list[int]:
+    """SIGKILL the processes a killed agent's fetch left behind: git dies with its agent,
+    but its helpers (git-remote-http, ssh) can hang on a stalled server. They are the
+    processes whose environment carries our marker with this source's directory; only
+    they are ended, by pid. Returns their pids."""
+    wanted = f"{MARKER}={base}".encode()
+    ended = []
+    me = os.getpid()
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(os.path.join(proc, name, "environ"), "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if wanted in environ:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(name), signal.SIGKILL)
+                ended.append(int(name))
+    if ended:
+        log.warning(
+            "git source: ended %d process(es) of an interrupted fetch: %s", len(ended), ended
+        )
+    return ended
 
 
 def _remove(path: str) -> None:

@@ -379,7 +379,7 @@ def _git_fetcher(
         credentials = (
             read_credentials_file(credentials_file, repo)
             if credentials_file is not None
-            else credentials_from_env(os.environ)
+            else credentials_from_env(os.environ, repo)
         )
         return GitFetcher(repo, root, credentials=credentials, **options)
     except GitSourceError as exc:

@@ -176,7 +176,10 @@ def test_credentials_from_env() -> None:
     env = {"PYAPPLY_GIT_USERNAME": "bob", "PYAPPLY_GIT_PASSWORD": "pw"}
     assert credentials_from_env(env) == Credentials("bob", "pw")
     with pytest.raises(GitSourceError, match="without PYAPPLY_GIT_USERNAME"):
-        credentials_from_env({"PYAPPLY_GIT_PASSWORD": "pw"})
+        credentials_from_env({"PYAPPLY_GIT_PASSWORD": "pw"}, "https://h/r")
+    assert credentials_from_env({"PYAPPLY_GIT_PASSWORD": "pw"}, "https://al@h/r") == Credentials(
+        "al", "pw"
+    )
 
 
 # -- retention, back-off, error kinds, ssh ---------------------------------------------------
