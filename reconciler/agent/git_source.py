@@ -299,7 +299,7 @@ def next_delay(poll_s: float, failures: int, cap_s: float = MAX_BACKOFF_S) -> fl
 def classify(message: str) -> str:
     """What kind of failure git's message describes, for the metrics and the status."""
     text = message.lower()
-    if "timed out" in text and "ssh" not in text:
+    if ("timed out" in text and "ssh" not in text) or "operation too slow" in text:
         return "timeout"
     if any(
         s in text

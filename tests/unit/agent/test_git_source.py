@@ -5,14 +5,22 @@ clean-up after a killed agent."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
+import socket
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import FakeRuntime
 
+from pyapply.reconciler.agent.agent import Agent, AgentOptions
 from pyapply.reconciler.agent.git_source import (
     TOKEN_USER,
     Credentials,
@@ -23,6 +31,7 @@ from pyapply.reconciler.agent.git_source import (
     check_url,
     classify,
     credentials_from_env,
+    end_orphans,
     next_delay,
     parse_credentials,
     parse_ref,
@@ -32,6 +41,12 @@ from pyapply.reconciler.agent.git_source import (
     ssh_command,
     stale_trees,
 )
+from pyapply.reconciler.agent.status import status_view
+from pyapply.reconciler.cli import main as cli
+from pyapply.reconciler.view.agent_text import status_lines
+from pyapply.runtime.base import ImageInfo
+
+IMAGE = "pyapply-test/busybox:latest"
 
 # -- URLs ------------------------------------------------------------------------------------
 
@@ -212,6 +227,7 @@ def test_backoff_grows_and_is_capped() -> None:
         ("fatal: couldn't find remote ref main", "ref"),
         ("fatal: unable to access 'http://127.0.0.1:1/r/': Failed to connect", "network"),
         ("git fetch timed out after 5s", "timeout"),
+        ("error: RPC failed; curl 28 Operation too slow. Less than 1 bytes/sec", "timeout"),
         ("something else", "other"),
     ],
 )
@@ -362,3 +378,148 @@ def test_a_link_to_a_missing_tree_is_dropped(tmp_path: Path, upstream: Path) -> 
     f.prepare()
     assert f.current() is None
     assert f.fetch_once().ok
+
+
+def test_processes_of_a_killed_fetch_are_ended_by_their_marker(tmp_path: Path) -> None:
+    base = str(tmp_path / "src")
+    ours = subprocess.Popen(["sleep", "30"], env={"PYAPPLY_GIT_SOURCE": base})
+    other = subprocess.Popen(["sleep", "30"], env={"PYAPPLY_GIT_SOURCE": base + "-other"})
+    try:
+        assert end_orphans(base) == [ours.pid]
+        assert ours.wait(5) == -signal.SIGKILL
+        assert other.poll() is None
+    finally:
+        for p in (ours, other):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def test_a_stalled_server_is_a_timeout_in_bounded_time(tmp_path: Path) -> None:
+    """A server that accepts and never answers: the fetch ends after its time limit."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        f = GitFetcher(f"http://127.0.0.1:{port}/r.git", str(tmp_path / "root"), timeout_s=1)
+        f.prepare()
+        started = time.monotonic()
+        result = f.fetch_once()
+        assert time.monotonic() - started < 10
+    assert not result.ok and result.reason == "timeout", result
+    assert f.status()["error_kind"] == "timeout"
+
+
+def test_the_loop_fetches_when_asked_not_only_on_its_timer(tmp_path: Path, upstream: Path) -> None:
+    updates: list[str] = []
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"), poll_s=3600)
+    f.on_update = updates.append
+    f.prepare()
+    f.start()
+    try:
+        assert f.fetch_now(wait=True, timeout=20)
+        assert f.current() == git(upstream, "rev-parse", "HEAD")
+        newer = commit(upstream, "newer\n", "newer")
+        assert f.fetch_now(wait=True, timeout=20)  # not the hour-long poll: asked for
+        assert f.current() == newer
+        assert updates[-1] == f"git:{newer[:12]}"
+        assert f.status()["next_fetch"] > time.time() + 3000
+    finally:
+        f.stop()
+
+
+def fake_git_agent(tmp_path: Path, upstream: Path) -> tuple[Agent, GitFetcher, FakeRuntime]:
+    rt = FakeRuntime(images_={IMAGE: ImageInfo("sha256:one", ())})
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"), subpath="deploy", keep=0)
+    f.prepare()
+    agent = Agent(
+        f.source(), str(tmp_path / "root"), AgentOptions(runtime_events=False), lambda: rt
+    )
+    agent.attach_git(f)
+    return agent, f, rt
+
+
+def stack(value: str) -> str:
+    return (
+        "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: gs}\nspec:\n  services:\n"
+        f"    s:\n      image: {IMAGE}\n      command: [sleep, '1000']\n"
+        f"      environment: {{V: '{value}'}}\n"
+    )
+
+
+def openapi_validator(name: str) -> Any:
+    import jsonschema
+
+    doc = json.loads(
+        (Path(__file__).parents[3] / "schemas" / "v1" / "agent-api.openapi.json").read_text()
+    )
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    )
+
+
+def test_the_agent_applies_what_the_fetcher_publishes_and_shows_it(
+    tmp_path: Path, upstream: Path
+) -> None:
+    commit(upstream, stack("1"), "one")
+    agent, f, rt = fake_git_agent(tmp_path, upstream)
+    agent.reconcile({"start"})  # nothing fetched yet: nothing done, no failure recorded
+    assert rt.containers == {} and agent.history.passes() == []
+    f.fetch_once()
+    agent.reconcile(agent.triggers.take(0))
+    assert any("V=1" in e for e in rt.containers["gs-s-1"].env)
+    first = agent.good
+    assert first is not None and first.revision.subject == "one"
+    # the good revision's tree survives retention (keep=0) while it is the desired state
+    commit(upstream, "not: [valid\n", "broken")
+    f.fetch_once()
+    agent.reconcile(agent.triggers.take(0))
+    assert agent.good is first
+    assert os.path.isdir(first.directory)
+    # the remote goes away: an error in the status, the last good revision stays
+    (upstream / ".git").rename(upstream / "gone")
+    assert not f.fetch_once().ok
+    doc = status_view(agent, rt)
+    openapi_validator("Status").validate(doc)
+    assert doc["agent"]["source_kind"] == "repo"
+    assert doc["agent"]["source"] == f"file://{upstream}"
+    assert doc["git"]["failures"] == 1 and doc["git"]["last_error"]
+    assert doc["revision"]["applied"] == first.revision.id
+    text = "\n".join(status_lines(doc))
+    assert "fetch:     FAILED (" in text and "  error: " in text, text
+
+
+def run_cli(*args: str, monkeypatch: pytest.MonkeyPatch, root: Path) -> tuple[int, str]:
+    monkeypatch.setenv("PYAPPLY_ROOT", str(root))
+    monkeypatch.setattr(sys, "argv", ["pyapply", *args])
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.run()
+    return code, err.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["watch"], "give either PATH"),
+        (["watch", ".", "--repo", "https://h/r.git"], "give either PATH"),
+        (["watch", ".", "--ref", "main"], "--ref: only with --repo"),
+        (["watch", "--repo", "https://u:sekrit@h/r.git"], "a password in the URL"),
+        (["watch", "--repo", "https://h/r.git", "--ref", "-x"], "must not start with '-'"),
+        (["watch", "--repo", "ssh://git@h/r.git"], "needs --known-hosts"),
+        (["watch", "--repo", "https://h/r.git", "--path", "../up"], "--path"),
+    ],
+)
+def test_watch_repo_arguments_are_checked(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(*args, monkeypatch=monkeypatch, root=tmp_path / "root")
+    assert code == 1, err
+    assert message in err, err
+    assert "sekrit" not in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "root" / "agent").exists()
