@@ -65,6 +65,7 @@ _FETCHED = "refs/pyapply/fetched"
 # git's advice after any failed remote access: says nothing about the cause
 _BOILERPLATE = ("Please make sure you have the correct access rights", "and the repository exists")
 DEFAULT_KEEP = 3
+GC_EVERY = 25  # published commits between two `git gc` of the bare repository
 DEFAULT_TIMEOUT_S = 60.0
 MAX_BACKOFF_S = 300.0
 TOKEN_USER = "x-access-token"  # GitHub's name for a token's user; most forges accept any
@@ -414,6 +415,7 @@ class GitFetcher:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._subjects: dict[str, str] = {}
+        self._published = 0  # commits published by this agent, for _gc
         # what the status shows
         self.fetches = 0
         self.failures = 0  # in a row
@@ -640,7 +642,20 @@ class GitFetcher:
         self.fetched = have
         changed = self._publish(have)
         self._prune()
+        if changed:
+            self._gc()
         return have, changed
+
+    def _gc(self) -> None:
+        """Now and then, drop the objects of commits no longer fetched (each shallow fetch
+        adds a pack; nothing else refers to old ones). In the fetch's thread and time limit,
+        never git's background auto-gc, which would outlive a fetch and hold locks."""
+        self._published += 1
+        if self._published % GC_EVERY:
+            return
+        out = self._git("--git-dir", self.repo, "gc", "--quiet", "--prune=now")
+        if out.returncode != 0:
+            log.warning("git source: gc failed: %s", self._message(out.stderr))
 
     def _message(self, stderr: str) -> str:
         lines = [

@@ -341,11 +341,10 @@ def sshd(tmp_path: Path, client_pub: Path) -> Iterator[tuple[int, Path]]:
     made_run = not os.path.isdir("/run/sshd")
     if made_run:
         os.makedirs("/run/sshd", mode=0o755)
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(d / "log", "wb"),  # noqa: SIM115 - closed with the process
-    )
+    with open(d / "log", "wb") as log:
+        proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log
+        )
     try:
         import socket
 

@@ -523,3 +523,25 @@ def test_watch_repo_arguments_are_checked(
     assert "sekrit" not in err
     assert "Traceback" not in err
     assert not (tmp_path / "root" / "agent").exists()
+
+
+def test_a_tag_is_followed_to_its_commit_and_old_objects_are_collected(
+    tmp_path: Path, upstream: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pyapply.reconciler.agent.git_source.GC_EVERY", 2)
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"), ref="v1", keep=0)
+    f.prepare()
+    first = git(upstream, "rev-parse", "HEAD")
+    git(upstream, "tag", "-a", "-m", "release", "v1")
+    assert f.fetch_once().commit == first  # an annotated tag: its commit
+
+    def have(sha: str) -> bool:
+        probe = ["git", "--git-dir", f.repo, "cat-file", "-e", f"{sha}^{{commit}}"]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+
+    assert have(first)
+    second = commit(upstream, "two\n", "two")
+    git(upstream, "tag", "-f", "-a", "-m", "moved", "v1")
+    assert f.fetch_once().commit == second  # a moved tag is followed; gc ran (2nd publish)
+    assert not have(first), "the first commit's objects were not collected"
+    assert Path(f.trees, second, "deploy", "stack.yaml").read_text() == "two\n"
