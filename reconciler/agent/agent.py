@@ -247,9 +247,9 @@ class Agent:
         interrupted = self.history.close_running()
         if interrupted:
             log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
+        where = self.source.path if self.git is None else f"{self.git.shown_url} {self.git.ref}"
         info(
-            f"watching {self.source.path} ({self.source.kind}), resync every "
-            f"{self.options.interval_s:g}s",
+            f"watching {where} ({self.source.kind}), resync every {self.options.interval_s:g}s",
             source=self.source.path,
             kind=self.source.kind,
             pinned=self.history.pinned(),

@@ -146,6 +146,12 @@ def check_url(url: str) -> str:
                 "and logs; give it with --git-credentials-file or PYAPPLY_GIT_PASSWORD / "
                 "PYAPPLY_GIT_TOKEN"
             )
+        if parts.username and _TOKEN_LIKE.match(parts.username):
+            raise GitSourceError(
+                f"--repo {redact_url(url)}: the user name looks like an access token, which "
+                "would show in process lists and logs; give it with PYAPPLY_GIT_TOKEN or "
+                "--git-credentials-file"
+            )
         if parts.scheme != "file" and not parts.hostname:
             raise GitSourceError(f"--repo {redact_url(url)}: no host")
         return url
@@ -154,6 +160,10 @@ def check_url(url: str) -> str:
     if _SCP_LIKE.match(url):
         return url  # user@host:path, ssh
     raise GitSourceError(f"--repo {redact_url(url)!r}: not a repository URL")
+
+
+# forges' token formats (GitHub, GitLab), or anything long and random-looking
+_TOKEN_LIKE = re.compile(r"^(?:gh[pousr]_|github_pat_|glpat-|[A-Za-z0-9_\-]{32,}$)")
 
 
 def url_scheme(url: str) -> str:
@@ -174,6 +184,8 @@ def redact_url(url: str) -> str:
         return url
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user, colon, _ = userinfo.partition(":")
+    if _TOKEN_LIKE.match(user):
+        user = "***"  # a token given as the user name
     shown = f"{user}:***" if colon else user
     return urlunsplit(parts._replace(netloc=f"{shown}@{hostport}"))
 
@@ -395,6 +407,14 @@ class GitFetcher:
                     raise GitSourceError(f"{option} {path}: not a file")
         elif ssh_key is not None:
             raise GitSourceError(f"--ssh-key is for ssh repositories, not {self.scheme}")
+        if credentials is not None and self.scheme == "http":
+            host = urlsplit(self.url).hostname or ""
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "git source: %s is plain http: the credentials cross the network "
+                    "unencrypted; use https",
+                    redact_url(self.url),
+                )
         self.ssh_key = os.path.abspath(ssh_key) if ssh_key else None
         self.known_hosts = os.path.abspath(known_hosts) if known_hosts else None
         self.credentials = credentials

@@ -372,7 +372,6 @@ def _git_fetcher(
         GitSourceError,
         credentials_from_env,
         read_credentials_file,
-        redact_url,
     )
 
     try:
@@ -383,7 +382,7 @@ def _git_fetcher(
         )
         return GitFetcher(repo, root, credentials=credentials, **options)
     except GitSourceError as exc:
-        fail(f"git source {redact_url(repo)}: {exc}")
+        fail(f"watch --repo: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------

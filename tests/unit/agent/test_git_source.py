@@ -60,6 +60,7 @@ IMAGE = "pyapply-test/busybox:latest"
         ("ssh://git@git.example:2222/r.git", "ssh://git@git.example:2222/r.git"),
         ("git@git.example:org/r.git", "git@git.example:org/r.git"),
         ("http://a:b:c@h/x", "http://a:***@h/x"),
+        ("https://ghp_0123abc@github.com/o/r", "https://***@github.com/o/r"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
@@ -93,6 +94,8 @@ def test_usable_urls(url: str) -> None:
     ("url", "why"),
     [
         ("https://u:pw@git.example/r.git", "a password in the URL"),
+        ("https://ghp_abcdef0123@github.com/o/r.git", "looks like an access token"),
+        ("https://" + "a1B2" * 10 + "@git.example/r.git", "looks like an access token"),
         ("ext::sh -c touch% /tmp/x", "not a repository URL"),
         ("--upload-pack=touch /tmp/x", "not a repository URL"),
         ("ftp://git.example/r.git", "transport 'ftp' is not supported"),
@@ -105,6 +108,8 @@ def test_unusable_urls_are_refused_without_showing_a_password(url: str, why: str
     with pytest.raises(GitSourceError, match=why) as info:
         check_url(url)
     assert "pw@" not in str(info.value)
+    assert "ghp_abcdef0123" not in str(info.value)
+    assert "a1B2a1B2" not in str(info.value)
 
 
 # -- refs and paths --------------------------------------------------------------------------
