@@ -704,6 +704,13 @@ class GitFetcher:
                         raise GitSourceError(
                             f"checkout of {commit[:12]}: {self._message(out.stderr)}"
                         )
+                if self.subpath:
+                    inside = os.path.realpath(os.path.join(stage, self.subpath))
+                    if not inside.startswith(os.path.realpath(stage) + os.sep):
+                        raise GitSourceError(
+                            f"commit {commit[:12]}: --path {self.subpath} leads out of the "
+                            "repository (a symbolic link)"
+                        )
                 os.chmod(stage, 0o755)
                 os.rename(stage, tree)
             finally:
@@ -832,6 +839,8 @@ class GitFetcher:
                 subject = out.stdout.strip() if out.returncode == 0 else ""
             except (OSError, subprocess.TimeoutExpired):
                 subject = ""
+            if len(self._subjects) > 1000:
+                self._subjects.clear()
             self._subjects[commit] = subject
         return subject
 
@@ -864,17 +873,18 @@ class GitSource(Source):
         return "repo"
 
     def snapshot(self) -> Snapshot:
+        """The link read once; the revision is the commit the tree is named after (trees
+        never change once published, and no enclosing work tree can be mistaken for it)."""
         fetcher = self.fetcher
-        assert fetcher is not None
-        commit = fetcher.current()
-        if commit is None:
+        assert fetcher is not None and self.link is not None
+        target = os.path.realpath(self.link)
+        commit = os.path.basename(target)
+        if not os.path.islink(self.link) or not _FULL_SHA.match(commit):
             why = fetcher.last_error or "the first fetch has not finished"
             raise SourceNotReady(f"nothing fetched yet from {fetcher.shown_url}: {why}")
-        snap = super().snapshot()
-        rev = snap.revision
-        if rev.commit and not rev.subject:
-            rev = Revision(id=rev.id, subject=fetcher.subject(rev.commit), commit=rev.commit)
-        return Snapshot(snap.directory, rev)
+        directory = os.path.join(target, self.sub) if self.sub else target
+        revision = Revision(id=commit[:12], subject=fetcher.subject(commit), commit=commit)
+        return Snapshot(directory, revision)
 
 
 def ssh_command(ssh: str, key: str | None, known_hosts: str | None, timeout_s: float) -> str:

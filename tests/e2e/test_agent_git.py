@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -313,8 +314,13 @@ def test_https_basic_auth_commits_force_push_deleted_ref_and_kill_mid_fetch(
         assert not [p for p in source_dir.rglob(".tmp-*")]
         assert sorted(os.listdir(source_dir / "trees"))  # retention kept some trees
         assert len(os.listdir(source_dir / "trees")) <= 1 + 1 + 3  # current, good, --keep-trees
+        doc = git_agent.api("GET", "/v1/status")
+        assert PASSWORD not in json.dumps(doc) + json.dumps(git_agent.history())
         assert git_agent.stop() == 0
         assert PASSWORD not in git_agent.logs()
+        no_secret_under(Path(native.root, "agent"), PASSWORD)  # the clone, the trees
+        for db in ("history.db", "revisions.db"):
+            assert PASSWORD.encode() not in Path(native.root, db).read_bytes()
     finally:
         server.close()
 

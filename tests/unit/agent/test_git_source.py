@@ -550,3 +550,16 @@ def test_a_tag_is_followed_to_its_commit_and_old_objects_are_collected(
     assert f.fetch_once().commit == second  # a moved tag is followed; gc ran (2nd publish)
     assert not have(first), "the first commit's objects were not collected"
     assert Path(f.trees, second, "deploy", "stack.yaml").read_text() == "two\n"
+
+
+def test_a_path_that_leads_out_of_the_repository_is_refused(tmp_path: Path, upstream: Path) -> None:
+    os.symlink("/etc", upstream / "escape")
+    git(upstream, "add", "escape")
+    git(upstream, "commit", "-q", "-m", "escape")
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"), subpath="escape")
+    f.prepare()
+    result = f.fetch_once()
+    assert not result.ok
+    assert "--path escape leads out of the repository" in (result.error or "")
+    assert f.current() is None
+    assert [n for n in os.listdir(f.trees)] == []
