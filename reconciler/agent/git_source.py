@@ -62,6 +62,17 @@ _SCP_LIKE = re.compile(
 )
 _FULL_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _FETCHED = "refs/pyapply/fetched"
+# what git says of a damaged local repository (a disk fault, a file removed by hand)
+_DAMAGED = (
+    "not a git repository",
+    "bad object",
+    "corrupt",
+    "unable to read",
+    "did not receive expected object",
+    "missing blob",
+    "missing tree",
+    "packfile",
+)
 # git's advice after any failed remote access: says nothing about the cause
 _BOILERPLATE = ("Please make sure you have the correct access rights", "and the repository exists")
 DEFAULT_KEEP = 3
@@ -616,6 +627,12 @@ class GitFetcher:
                 )
             except (GitSourceError, OSError) as exc:
                 message = redact_text(str(exc), self._secrets())
+                if any(m in message.lower() for m in _DAMAGED):
+                    # the published trees are whole and stay in use; the next fetch clones
+                    log.warning(
+                        "git source: %s is damaged (%s): fetched afresh", self.repo, message
+                    )
+                    _remove(self.repo)
                 result = FetchResult(
                     False,
                     error=message,

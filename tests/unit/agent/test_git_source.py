@@ -563,3 +563,22 @@ def test_a_path_that_leads_out_of_the_repository_is_refused(tmp_path: Path, upst
     assert "--path escape leads out of the repository" in (result.error or "")
     assert f.current() is None
     assert [n for n in os.listdir(f.trees)] == []
+
+
+def test_a_damaged_clone_is_fetched_afresh_while_the_tree_in_use_stays(
+    tmp_path: Path, upstream: Path
+) -> None:
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"))
+    f.prepare()
+    good = f.fetch_once().commit
+    for path in Path(f.repo, "objects").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")  # every object and pack damaged
+    newer = commit(upstream, "newer\n", "newer")
+    failed = f.fetch_once()
+    assert not failed.ok and "corrupt" in (failed.error or ""), failed
+    assert f.current() == good  # still in use
+    assert not os.path.exists(f.repo)  # dropped: the next fetch starts afresh
+    again = f.fetch_once()
+    assert again.ok and again.commit == newer, again
+    assert f.current() == newer
