@@ -447,6 +447,7 @@ class GitFetcher:
         self._thread: threading.Thread | None = None
         self._subjects: dict[str, str] = {}
         self._published = 0  # commits published by this agent, for _gc
+        self.reading: str | None = None  # the commit the last pass read (GitSource)
         # what the status shows
         self.fetches = 0
         self.failures = 0  # in a row
@@ -751,7 +752,7 @@ class GitFetcher:
         return True
 
     def _prune(self) -> None:
-        protect = set()
+        protect = {self.reading} if self.reading else set()
         trees = os.path.realpath(self.trees)
         for directory in self.in_use():
             rel = os.path.relpath(os.path.realpath(directory), trees)
@@ -899,6 +900,7 @@ class GitSource(Source):
         if not os.path.islink(self.link) or not _FULL_SHA.match(commit):
             why = fetcher.last_error or "the first fetch has not finished"
             raise SourceNotReady(f"nothing fetched yet from {fetcher.shown_url}: {why}")
+        fetcher.reading = commit  # a pass may be loading it: retention spares it
         directory = os.path.join(target, self.sub) if self.sub else target
         revision = Revision(id=commit[:12], subject=fetcher.subject(commit), commit=commit)
         return Snapshot(directory, revision)
