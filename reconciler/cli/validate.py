@@ -12,6 +12,7 @@ import click
 from pyapply.reconciler.cli.common import policy_or_fail
 from pyapply.reconciler.cli.main import (
     EXIT_ERROR,
+    age_key_option,
     err,
     fail,
     file_option,
@@ -29,6 +30,7 @@ from pyapply.reconciler.manifest.loader import load
 @profile_option
 @output_option
 @policy_option
+@age_key_option
 @click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root (protected).")
 def validate(
     files: tuple[str, ...],
