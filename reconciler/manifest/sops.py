@@ -667,3 +667,26 @@ def decrypt_documents(docs: Sequence[Any], text: str) -> bool:
             for path in [p for p in table if p and p[0] == "sops"]:
                 del table[path]
     return True
+
+
+def check_stack_files(stacks: Iterable[Any]) -> list[tuple[str, str, SopsError]]:
+    """The secret and config files of these stacks (`core.model.Stack`) that are encrypted
+    and do not decrypt, as (`kind name`, file, error) (for `validate`, which otherwise never
+    reads them; a file it cannot read is the apply's business)."""
+    from pyapply.reconciler.core.translate import file_sources
+
+    problems: list[tuple[str, str, SopsError]] = []
+    for stack in stacks:
+        for kind, spec in file_sources(stack):
+            if spec.file is None:
+                continue
+            try:
+                with open(spec.file, "rb") as fh:
+                    content = fh.read()
+            except OSError:
+                continue
+            try:
+                decrypt(content, os.path.basename(spec.file))
+            except SopsError as e:
+                problems.append((f"{kind} {spec.name}", spec.file, e))
+    return problems

@@ -474,3 +474,45 @@ def test_history_keeps_the_encrypted_form(corpus: Path, tmp_path: Path) -> None:
     with sqlite3.connect(root / "revisions.db") as conn:
         [(stored,)] = conn.execute("SELECT files FROM revisions").fetchall()
     assert "ENC[AES256_GCM" in stored and "pa55-w0rd-xyz" not in stored
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: --age-key-file on validate (offline), and on every command that loads
+
+
+def pyapply(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    from pyapply.reconciler.cli.main import run
+
+    monkeypatch.setattr("sys.argv", ["pyapply", *args])
+    return run()
+
+
+def test_validate_checks_encrypted_secret_files_with_a_key(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    d = project(tmp_path, corpus)
+    keys = corpus_keys(tmp_path, corpus, "age.txt")
+    monkeypatch.delenv("SOPS_AGE_KEY_FILE", raising=False)
+    assert pyapply(monkeypatch, "validate", "-f", str(d), "--age-key-file", keys) == 0
+    assert "valid: 1 stack(s)" in capsys.readouterr().out
+    token = d / "token.txt"
+    token.write_text(flip(token.read_text(), '"data": "ENC[AES256_GCM,data:'))
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", keys)  # the environment works as the option
+    assert pyapply(monkeypatch, "validate", "-f", str(d)) == 1
+    assert f"secret token: {token}:2:" in capsys.readouterr().err
+    os.chmod(keys, 0o644)
+    assert pyapply(monkeypatch, "validate", "-f", str(d)) == 1
+    assert "readable by others" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["apply", "diff", "validate", "watch"])
+def test_every_loading_command_takes_the_key_file(name: str) -> None:
+    from pyapply.reconciler.cli.main import lazy_command
+
+    command = lazy_command(name)
+    assert command is not None
+    [option] = [p for p in command.params if "--age-key-file" in getattr(p, "opts", ())]
+    assert option.envvar == "SOPS_AGE_KEY_FILE"
