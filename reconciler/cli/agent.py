@@ -382,6 +382,7 @@ def history(
 @click.argument("revision")
 @socket_option
 @runtime_options
+@age_key_option
 @agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option("--lock-timeout", default=300.0, show_default=True)

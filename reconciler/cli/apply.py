@@ -225,6 +225,7 @@ def diff_cmd(
 @file_option(required=False)
 @profile_option
 @runtime_options
+@age_key_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 @click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
 @click.option("--lock-timeout", default=300.0, show_default=True)

@@ -204,20 +204,18 @@ def forget() -> None:
 
 
 def is_age(content: bytes) -> bool:
-    head = content.lstrip()[: len(AGE_ARMOR)]
-    return content.startswith(AGE_MAGIC) or head == AGE_ARMOR
+    """An age file: the binary header, or the ASCII armor (which may follow white space)."""
+    return content.startswith(AGE_MAGIC) or content.lstrip()[: len(AGE_ARMOR)] == AGE_ARMOR
 
 
 def age_decrypt(content: bytes) -> bytes:
     """An age file's plaintext (binary or armored)."""
     import pyrage
 
+    # the armor is read strictly: no white space around it
+    given = content if content.startswith(AGE_MAGIC) else content.strip()
     try:
-        return bytes(
-            pyrage.decrypt(
-                content.strip() if not content.startswith(AGE_MAGIC) else content, _keys()
-            )
-        )
+        return bytes(pyrage.decrypt(given, _keys()))
     except pyrage.DecryptError as e:
         raise SopsError(
             f"cannot decrypt this age file with the key file {_key_file}: {e}"
@@ -229,7 +227,9 @@ def age_decrypt(content: bytes) -> bytes:
 
 
 def sops_form(content: bytes, name: str = "") -> str | None:
-    """ "yaml", "json", "binary", "dotenv" or "age" for an encrypted file, else None."""
+    """The form of an encrypted file ("yaml", "json", "binary", "dotenv" or "age"), or None
+    for a file that is not encrypted. Told by content, as a file in git may be named
+    anything; only a JSON file is told from a binary one by its name, as sops does."""
     if is_age(content):
         return "age"
     if b"sops" not in content:
@@ -247,7 +247,7 @@ def sops_form(content: bytes, name: str = "") -> str | None:
                 return "binary"
             return "json"
         return None
-    if b"ENC[" not in content and b"\nsops:" not in content:
+    if not re.search(rb"(?m)^sops:", content):
         return None
     from pyapply.reconciler.manifest import yamlpos
 

@@ -508,7 +508,10 @@ def test_validate_checks_encrypted_secret_files_with_a_key(
     assert "readable by others" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["apply", "diff", "validate", "watch"])
+@pytest.mark.parametrize(
+    "name",
+    ["apply", "diff", "down", "get", "logs", "validate", "config", "convert", "watch", "rollback"],
+)
 def test_every_loading_command_takes_the_key_file(name: str) -> None:
     from pyapply.reconciler.cli.main import lazy_command
 
