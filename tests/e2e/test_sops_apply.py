@@ -144,3 +144,56 @@ def test_sops_secret_and_env_file_reach_the_container(
         assert SECRET not in d.stdout + d.stderr
     finally:
         cli.run("down", "-f", str(manifest), "--age-key-file", str(keys))
+
+
+# ---------------------------------------------------------------------------------------------
+# The watch agent: the same secrets from a git work tree, and a tampered commit refused
+
+
+def test_watch_decrypts_and_refuses_a_tampered_commit(
+    runtime: RuntimeUnderTest, tmp_path: Path
+) -> None:
+    from tests.e2e.test_agent import AgentProc, Repo, finished, wait_for
+
+    s = runtime.stack
+    _, keys = _project(tmp_path, s)
+    repo = Repo(tmp_path / "repo")
+    token = (CORPUS / "global/secret.yaml").read_text()
+    good = repo.commit(
+        {
+            # the agent loads every *.yaml of the tree: the SOPS secret (YAML inside, told
+            # by its content) takes another name
+            "stack.yaml": STACK.format(stack=s).replace("./token.yaml", "./token.sops"),
+            "app.env": (CORPUS / "envs/env.env").read_text(),
+            "token.sops": token,
+        },
+        "encrypted secrets",
+    )
+    app = f"{s}-app-1"
+    agent = AgentProc(tmp_path, runtime)
+    try:
+        agent.start(repo.path, "--age-key-file", str(keys))
+        wait_for("the first pass", lambda: finished(agent, good))
+        assert finished(agent, good)["outcome"] == "succeeded", agent.history()  # type: ignore[index]
+        code, content = runtime.exec(app, "cat", "/run/secrets/token")
+        assert code == 0 and f"key: {SECRET}" in content, content
+        assert runtime.observe.env(app).get("key") == "value"
+        before = runtime.observe.must(app).id
+
+        # a tampered secret: the pass fails, naming the file; what runs stays
+        tampered = token.replace("key: ENC[AES256_GCM,data:5", "key: ENC[AES256_GCM,data:6")
+        assert tampered != token
+        bad = repo.commit({"token.sops": tampered}, "tampered")
+        rec = wait_for("the tampered pass", lambda: finished(agent, bad))
+        assert rec["outcome"] == "failed", rec
+        assert any("token.sops:8:8" in e and "does not decrypt" in e for e in rec["errors"]), rec
+        assert runtime.observe.must(app).id == before
+
+        # the record and the stored revisions hold the encrypted form only
+        for db in ("history.db", "revisions.db"):
+            assert SECRET.encode() not in (runtime.root / db).read_bytes(), db
+        assert SECRET not in agent.logs()
+    finally:
+        agent.stop(timeout=30)
+        print(f"--- agent log:\n{agent.logs()}")
+        runtime.cli().run("down", "-f", str(repo.path / "stack.yaml"), "--age-key-file", str(keys))
