@@ -234,7 +234,7 @@ def sops_form(content: bytes, name: str = "") -> str | None:
         return "age"
     if b"sops" not in content:
         return None
-    if re.search(rb"(?m)^sops_mac=", content) and re.search(rb"(?m)^sops_", content):
+    if re.search(rb"(?m)^sops_mac=", content):
         return "dotenv"
     stripped = content.lstrip()
     if stripped.startswith(b"{"):
@@ -242,7 +242,7 @@ def sops_form(content: bytes, name: str = "") -> str | None:
             data = json.loads(content)
         except ValueError:
             return None
-        if isinstance(data, dict) and isinstance(data.get("sops"), dict):
+        if _has_metadata(data):
             if set(data) == {"data", "sops"} and not name.endswith(".json"):
                 return "binary"
             return "json"
@@ -307,6 +307,12 @@ class Metadata:
         if not isinstance(mac, str) or not isinstance(lastmodified, str):
             raise SopsError("the sops metadata has no mac or lastmodified")
         only = meta.get("mac_only_encrypted")
+        for field in ("unencrypted_regex", "encrypted_regex"):
+            if meta.get(field):
+                try:
+                    re.compile(str(meta[field]))
+                except re.error as e:
+                    raise SopsError(f"sops {field}: not a regular expression here: {e}") from None
         return cls(
             age=tuple(recipients),
             mac=mac,
@@ -401,10 +407,11 @@ def _decrypt_value(value: str, key: bytes, aad: str) -> Any:
         raise ValueError(f"decrypts to bytes that are not UTF-8 for type {kind}") from None
     if kind == "str":
         return text
-    if kind in ("int", "int64"):
-        return int(text)
-    if kind == "float":
-        return float(text)
+    if kind in ("int", "int64", "float"):
+        try:
+            return float(text) if kind == "float" else int(text)
+        except ValueError:  # Python's message would quote the plaintext
+            raise ValueError(f"does not decrypt to a number of type {kind}") from None
     if kind == "bool":
         if text in ("1", "t", "T", "TRUE", "true", "True"):
             return True

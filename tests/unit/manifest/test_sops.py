@@ -97,11 +97,18 @@ def _enc(value: Any, key: bytes, aad: str) -> str:
 
 
 def sops_encrypt(
-    tree: dict[str, Any], recipient: str, *, encrypted_regex: str = "", suffix: str = ""
+    tree: dict[str, Any],
+    recipient: str,
+    *,
+    encrypted_regex: str = "",
+    suffix: str = "",
+    mac_only_encrypted: bool = False,
 ) -> dict[str, Any]:
     """`tree` encrypted as sops does, for one age recipient."""
     key = os.urandom(32)
     mac = hashlib.sha512()
+    if mac_only_encrypted:
+        mac.update(hashlib.sha256(b"sops").digest())
 
     def walk(node: Any, keys: list[str]) -> Any:
         if isinstance(node, dict):
@@ -110,10 +117,11 @@ def sops_encrypt(
             return [walk(v, keys) for v in node]
         if node is None:
             return None
-        mac.update(sops._mac_bytes(node))
         encrypted = sops.Metadata(
             (), "", "", unencrypted_suffix=suffix, encrypted_regex=encrypted_regex
         ).encrypted(keys)
+        if encrypted or not mac_only_encrypted:
+            mac.update(sops._mac_bytes(node))
         return _enc(node, key, ":".join(keys) + ":") if encrypted else node
 
     out = walk(tree, [])
@@ -128,6 +136,8 @@ def sops_encrypt(
         out["sops"]["encrypted_regex"] = encrypted_regex
     if suffix:
         out["sops"]["unencrypted_suffix"] = suffix
+    if mac_only_encrypted:
+        out["sops"]["mac_only_encrypted"] = True
     return out
 
 
@@ -345,6 +355,20 @@ def test_encrypted_regex_leaves_the_rest_clear(corpus: Path, tmp_path: Path) -> 
         sops.decrypt(yaml.safe_dump(doc, sort_keys=True).encode(), "x.yaml")
 
 
+def test_mac_only_encrypted(corpus: Path, tmp_path: Path) -> None:
+    """With `mac_only_encrypted` the clear values are outside the MAC (sops's option)."""
+    tree = {"name": "clear", "data": {"a": "x-secret"}}
+    doc = sops_encrypt(
+        tree, recipient_of(corpus), encrypted_regex="^data$", mac_only_encrypted=True
+    )
+    sops.use_key_file(corpus_keys(tmp_path, corpus, "age.txt"))
+    doc["name"] = "changed"  # not covered: accepted
+    assert json.loads(sops.decrypt(json.dumps(doc).encode(), "x.json"))["data"] == tree["data"]
+    doc["data"]["b"] = doc["data"]["a"]  # an encrypted value added: refused
+    with pytest.raises(sops.SopsError):
+        sops.decrypt(json.dumps(doc).encode(), "x.json")
+
+
 def test_age_files_binary_and_armored(corpus: Path, tmp_path: Path) -> None:
     recipient = pyrage.x25519.Recipient.from_str(recipient_of(corpus))
     blob = pyrage.encrypt(b"TOKEN=abc-123-xyz\n", [recipient])
@@ -441,6 +465,17 @@ def test_a_secret_file_that_does_not_decrypt_stops_the_pass(corpus: Path, tmp_pa
     token.write_text(flip(token.read_text(), '"data": "ENC[AES256_GCM,data:'))
     with pytest.raises(PassError, match=rf"secret token: {token}:2:\d+: data: the encrypted"):
         read_file_objects(stack, {})
+
+
+def test_an_encrypted_dot_env_feeds_interpolation(corpus: Path, tmp_path: Path) -> None:
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / ".env").write_bytes((corpus / "envs/env.env").read_bytes())  # key=value
+    clear = {**STACK, "spec": {"services": {"app": {"image": "busybox:${key}"}}}}
+    (d / "stack.yaml").write_text(yaml.safe_dump(clear))
+    sops.use_key_file(corpus_keys(tmp_path, corpus, "age.txt"))
+    [stack] = load([str(d)], environ={}).stacks
+    assert stack.services[0].image == "busybox:value"
 
 
 def test_an_age_manifest_is_found_and_loaded(corpus: Path, tmp_path: Path) -> None:
