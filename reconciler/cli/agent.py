@@ -37,6 +37,7 @@ from pyapply.reconciler.cli.common import (
 )
 from pyapply.reconciler.cli.main import (
     Failure,
+    age_key_option,
     err,
     fail,
     output_option,
@@ -192,6 +193,7 @@ def _ask(
 @runtime_options
 @socket_option
 @policy_option
+@age_key_option
 @click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
 @click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
 @click.option(
@@ -510,6 +512,7 @@ def history(
 @click.argument("revision")
 @socket_option
 @runtime_options
+@age_key_option
 @agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
