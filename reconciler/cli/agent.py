@@ -28,6 +28,7 @@ from pyapply.reconciler.agent.history import (
     UnknownRevision,
     materialise,
 )
+from pyapply.reconciler.cli.agent_hooks import agent_hooks, hook_options
 from pyapply.reconciler.cli.common import (
     connect,
     enforce,
@@ -171,6 +172,7 @@ def _ask(
     type=click.FloatRange(min=0.1, max=600),
     help="Seconds an API client has to send a whole request; slower ones are cut off.",
 )
+@hook_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
     path: str,
@@ -190,6 +192,7 @@ def watch(
     no_events: bool,
     api_timeout: float,
     verbose: bool,
+    **hook_args: Any,
 ) -> None:
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
     import logging
@@ -242,6 +245,7 @@ def watch(
         except AgentRunning as exc:
             fail(f"{exc}: one agent per state root")
         agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
+        held.enter_context(agent_hooks(agent, **hook_args))  # --webhook, --notify
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
         try:
             api.start()
