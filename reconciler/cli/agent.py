@@ -28,7 +28,7 @@ from pyapply.reconciler.agent.history import (
     UnknownRevision,
     materialise,
 )
-from pyapply.reconciler.cli.agent_hooks import agent_hooks, hook_options
+from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
 from pyapply.reconciler.cli.common import (
     connect,
     enforce,
@@ -204,6 +204,7 @@ def watch(
     from pyapply.runtime.drivers import open_container_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    hooks = AgentHooks.parse(path, **hook_args)  # --webhook, --notify
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
     if policy_arg is not None and os.path.isfile(policy_arg):
         # a policy the watched repository could change (a file, or a link to one, in it)
@@ -245,7 +246,7 @@ def watch(
         except AgentRunning as exc:
             fail(f"{exc}: one agent per state root")
         agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
-        held.enter_context(agent_hooks(agent, **hook_args))  # --webhook, --notify
+        held.enter_context(hooks.running(agent))
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
         try:
             api.start()

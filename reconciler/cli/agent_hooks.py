@@ -4,12 +4,22 @@ into an agent (`reconciler.agent.webhook`, `reconciler.agent.notify`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from pyapply.reconciler.agent.notify import Notifier, NotifyError, Target, parse_target
+from pyapply.reconciler.agent.webhook import (
+    WebhookError,
+    WebhookServer,
+    parse_address,
+    push_filter,
+    read_secret,
+)
 from pyapply.reconciler.cli.main import fail
 
 if TYPE_CHECKING:
@@ -62,71 +72,89 @@ def hook_options(fn: Any) -> Any:
     return fn
 
 
-@contextlib.contextmanager
-def agent_hooks(
-    agent: Agent,
-    *,
-    webhook_addr: str | None,
-    webhook_secret_file: str | None,
-    webhook_ref: str | None,
-    notify_urls: tuple[str, ...],
-    notify_format: str,
-) -> Iterator[None]:
-    """Start the notifier and the webhook listener of `agent` (when asked for); stop them
-    on the way out. A bad option exits 1 with one line, before anything starts."""
-    from pyapply.reconciler.agent.notify import Notifier, NotifyError, parse_target
-    from pyapply.reconciler.agent.webhook import (
-        WebhookError,
-        WebhookServer,
-        parse_address,
-        push_filter,
-        read_secret,
-    )
+@dataclass
+class AgentHooks:
+    """The checked --webhook and --notify options of one `watch`."""
 
-    server: WebhookServer | None = None
-    if webhook_addr is not None or webhook_secret_file is not None:
-        if webhook_addr is None or webhook_secret_file is None:
-            fail("--webhook and --webhook-secret-file go together (a webhook is never unsigned)")
+    address: tuple[str, int] | None = None
+    secret: bytes = field(default=b"", repr=False)
+    ref: str | None = None
+    targets: list[Target] = field(default_factory=list)
+
+    @classmethod
+    def parse(
+        cls,
+        watched: str,
+        *,
+        webhook_addr: str | None,
+        webhook_secret_file: str | None,
+        webhook_ref: str | None,
+        notify_urls: tuple[str, ...],
+        notify_format: str,
+    ) -> AgentHooks:
+        """Check the options before anything starts; a bad one exits 1 with one line."""
+        hooks = cls(ref=webhook_ref)
+        if webhook_addr is not None or webhook_secret_file is not None:
+            if webhook_addr is None or webhook_secret_file is None:
+                fail(
+                    "--webhook and --webhook-secret-file go together (a webhook is never unsigned)"
+                )
+            if _inside(webhook_secret_file, watched):
+                fail(
+                    f"--webhook-secret-file {webhook_secret_file} is inside the watched "
+                    f"{watched}: keep the secret out of the repository"
+                )
+            try:
+                hooks.address = parse_address(webhook_addr)
+                hooks.secret = read_secret(webhook_secret_file)
+            except WebhookError as exc:
+                fail(str(exc))
+        elif webhook_ref is not None:
+            fail("--webhook-ref needs --webhook")
         try:
-            address = parse_address(webhook_addr)
-            secret = read_secret(webhook_secret_file)
-        except WebhookError as exc:
-            fail(str(exc))
-        server = WebhookServer(
-            address,
-            secret,
-            agent.on_push,
-            push_filter(agent.source, webhook_ref),
-            metrics=agent.metrics,
-        )
-    elif webhook_ref is not None:
-        fail("--webhook-ref needs --webhook")
-    notifier: Notifier | None = None
-    if notify_urls:
-        try:
-            targets = [parse_target(u, notify_format) for u in notify_urls]
+            hooks.targets = [parse_target(u, notify_format) for u in notify_urls]
         except NotifyError as exc:
             fail(str(exc))
-        notifier = Notifier(
-            targets,
-            host=socket.gethostname(),
-            source=agent.source.path,
-            redactor=lambda: agent.redactor,
-            metrics=agent.metrics,
-        )
-    try:
-        if notifier is not None:
-            notifier.start()
-            agent.notifier = notifier
-        if server is not None:
-            try:
-                server.start()
-            except OSError as exc:
-                fail(f"--webhook {webhook_addr}: cannot listen: {exc.strerror or exc}")
-            agent.webhook = server
-        yield
-    finally:
-        if server is not None:
-            server.stop()
-        if notifier is not None:
-            notifier.stop()
+        return hooks
+
+    @contextlib.contextmanager
+    def running(self, agent: Agent) -> Iterator[None]:
+        """The notifier and the webhook listener of `agent`, stopped on the way out."""
+        server: WebhookServer | None = None
+        notifier: Notifier | None = None
+        try:
+            if self.targets:
+                notifier = Notifier(
+                    self.targets,
+                    host=socket.gethostname(),
+                    source=agent.source.path,
+                    redactor=lambda: agent.redactor,
+                    metrics=agent.metrics,
+                )
+                notifier.start()
+                agent.notifier = notifier
+            if self.address is not None:
+                server = WebhookServer(
+                    self.address,
+                    self.secret,
+                    agent.on_push,
+                    push_filter(agent.source, self.ref),
+                    metrics=agent.metrics,
+                )
+                try:
+                    server.start()
+                except OSError as exc:
+                    fail(f"--webhook {self.address[0]}:{self.address[1]}: cannot listen: {exc}")
+                agent.webhook = server
+            yield
+        finally:
+            if server is not None:
+                server.stop()
+            if notifier is not None:
+                notifier.stop()
+
+
+def _inside(path: str, directory: str) -> bool:
+    given = {os.path.abspath(path), os.path.realpath(path)}
+    watched = {os.path.abspath(directory), os.path.realpath(directory)}
+    return any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched)

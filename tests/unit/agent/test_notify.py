@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fakes import FakeRuntime
-from test_watch import IMAGE, commit, make_repo, stack_yaml
+from test_watch import IMAGE, commit, make_repo, openapi_validator, stack_yaml
 
 from pyapply.reconciler.agent.agent import Agent, AgentOptions
 from pyapply.reconciler.agent.metrics import Metrics
@@ -308,8 +308,20 @@ def test_the_agent_notifies_each_kind_of_event_in_order(tmp_path: Path) -> None:
         agent.rollback(sha1[:8])
         agent.reconcile({"rollback"})  # rollback (to the revision applied: nothing to change)
         wait("six events", lambda: len(rec.bodies) == 5)
+        status = agent.status(rt)
+        openapi_validator("Status").validate(status)
+        assert status["notifications"]["events"] == {
+            "applied": 1,
+            "failed": 1,
+            "refused": 1,
+            "drift_repaired": 1,
+            "rollback": 1,
+        }
+        assert status["webhook"] is None
     finally:
         agent.notifier.stop(1.0)
+    for body in rec.bodies:
+        openapi_validator("Notification").validate(body)
     assert rec.kinds() == ["applied", "failed", "refused", "drift_repaired", "rollback"]
     applied, failed, refused, drift, rollback = rec.bodies
     assert applied["revision"] == sha1[:12] and applied["outcome"] == "succeeded"

@@ -17,6 +17,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from pyapply.reconciler.agent import webhook
@@ -296,6 +297,15 @@ def test_the_listener_triggers_only_signed_pushes_to_the_ref(listener: Listener)
         "not_found": 1,
     }
     assert state["last"]["outcome"] == "not_found" and state["last_triggered"] is not None
+    schema = json.loads(
+        (Path(__file__).parents[3] / "schemas" / "v1" / "agent-api.openapi.json").read_text()
+    )
+    jsonschema.Draft202012Validator(
+        {
+            "$ref": "#/components/schemas/Status/properties/webhook",
+            "components": schema["components"],
+        }
+    ).validate(state)
 
 
 def test_the_listener_refuses_large_bodies_unread(listener: Listener) -> None:
