@@ -475,7 +475,7 @@ class Sender:
                 if exc.retry and attempt < self.attempts and not self._stopping.is_set():
                     pause = min(self.backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S)
                     pause *= random.uniform(0.8, 1.2)
-                    log.info(
+                    log.debug(
                         "notify %s: attempt %d/%d failed (%s); again in %.1fs",
                         self.target.shown,
                         attempt,

@@ -601,9 +601,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # WebhookState logs, without headers or bodies
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # http.server's own refusals (bad request line, headers): JSON, never a 5xx
+        # http.server's own refusals (bad request line, headers, an unknown method): JSON,
+        # never a 5xx
+        outcome = "bad_request"
+        if code == 501:
+            code, outcome, message = 405, "method_not_allowed", f"only POST on {WEBHOOK_PATH}"
         code = 400 if code >= 500 else code
-        self.hook.state.record("bad_request", code, message or "", _peer(self.client_address))
+        self.hook.state.record(outcome, code, message or "", _peer(self.client_address))
         self._send(code, {"error": message or "bad request"})
 
     def _send(self, code: int, doc: dict[str, Any]) -> None:

@@ -287,16 +287,17 @@ def test_the_listener_triggers_only_signed_pushes_to_the_ref(listener: Listener)
     assert status == 202 and "ignored" in doc
     assert listener.post(BODY, signed("github"), method="GET")[0] == 405
     assert listener.post(BODY, signed("github"), path="/other")[0] == 404
+    assert listener.post(BODY, signed("github"), method="PATCH")[0] == 405
     assert listener.pushes == ["refs/heads/main"]
     state = listener.server.status()
     assert state["requests"] == {
         "triggered": 1,
         "unauthorized": 1,
         "ignored": 1,
-        "method_not_allowed": 1,
+        "method_not_allowed": 2,
         "not_found": 1,
     }
-    assert state["last"]["outcome"] == "not_found" and state["last_triggered"] is not None
+    assert state["last"]["outcome"] == "method_not_allowed" and state["last_triggered"] is not None
     schema = json.loads(
         (Path(__file__).parents[3] / "schemas" / "v1" / "agent-api.openapi.json").read_text()
     )
