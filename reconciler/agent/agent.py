@@ -50,6 +50,7 @@ from pyapply.reconciler.agent.history import (
     snapshot_files,
 )
 from pyapply.reconciler.agent.logs import info, log, log_redaction
+from pyapply.reconciler.agent.notify import rejected_event
 from pyapply.reconciler.agent.passes import LastPass, Target, apply_target
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
 from pyapply.reconciler.agent.status import status_view
@@ -72,6 +73,8 @@ from pyapply.runtime.base import Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
+    from pyapply.reconciler.agent.notify import Notifier
+    from pyapply.reconciler.agent.webhook import WebhookServer
     from pyapply.reconciler.engine.execute import Executor
 
 # The signals that stop the agent (a forked child gets their default action back).
@@ -137,6 +140,9 @@ class Agent:
         # the secrets of every stack loaded so far (a rotated secret's old value stays
         # hidden too): what the logs, the API and the history records never show
         self.redactor: Redactor = NO_SECRETS
+        # set by `watch` when asked for (--notify, --webhook); shown in the status
+        self.notifier: Notifier | None = None
+        self.webhook: WebhookServer | None = None
 
     # -- the record is never a single point of failure ---------------------------------------
 
@@ -174,6 +180,14 @@ class Agent:
 
     def request(self, reason: str) -> int:
         return self.triggers.put(reason)
+
+    def on_push(self, ref: str | None) -> int:
+        """A push webhook for `ref` was accepted: a pass now (a git source fetches first).
+        Returns the ticket of the pass, < 0 when the agent is stopping."""
+        if self.git is not None:
+            # the fetch publishes the new tree, whose switch asks for the pass (on_update)
+            self.git.fetch_now()
+        return self.request("webhook")
 
     def rollback(self, revision: str) -> tuple[str, int]:
         full = self.history.resolve(revision)
@@ -454,6 +468,17 @@ class Agent:
             )
         if self.metrics is not None:
             self.metrics.rejected(outcome)
+        if self.notifier is not None:
+            self.notifier.emit(
+                rejected_event(
+                    revision=rev.id,
+                    subject=rev.subject,
+                    trigger=trigger,
+                    outcome=outcome,
+                    errors=errors,
+                    at=time.time(),
+                )
+            )
         log.error(
             "revision %s %s: %s; the last good state stays in place",
             rev.id,

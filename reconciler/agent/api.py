@@ -376,7 +376,7 @@ def _remove_stale(path: str) -> None:
     raise OSError(f"another agent is serving on {path}")
 
 
-class _DeadlineReader(io.RawIOBase):
+class DeadlineReader(io.RawIOBase):
     """The read side of a connection where every read gets only the time left before
     `deadline`: however the bytes trickle in, the request is complete by then or cut."""
 
@@ -406,7 +406,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the buffered file of StreamRequestHandler: replaced
-        self._reader = _DeadlineReader(self.connection)
+        self._reader = DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self) -> None:

@@ -88,6 +88,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.webhook_requests = Counter(
+            "pyapply_webhook_requests",
+            "Push webhook requests, by outcome (triggered, ignored, unauthorized, too_large, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "pyapply_notifications",
+            "Notifications, by outcome (sent, failed after every attempt, dropped when the "
+            "queue was full).",
+            ["outcome"],
+            registry=r,
+        )
         self._revision: str | None = None
 
     def serve(self, address: str) -> None:
@@ -104,6 +117,12 @@ class Metrics:
         self.git_fetch_duration.observe(seconds)
         if failure is not None:
             self.git_fetch_failures.labels(failure).inc()
+
+    def webhook(self, outcome: str) -> None:
+        self.webhook_requests.labels(outcome).inc()
+
+    def notification(self, outcome: str) -> None:
+        self.notifications.labels(outcome).inc()
 
     def history_reset(self, database: str) -> None:
         self.history_resets.labels(database).inc()

@@ -79,6 +79,8 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
             "write_failures": agent.history_failures,
             "last_failure": agent.history_last_failure,
         },
+        "webhook": agent.webhook.status() if agent.webhook is not None else None,
+        "notifications": agent.notifier.to_json() if agent.notifier is not None else None,
     }
 
 

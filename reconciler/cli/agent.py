@@ -28,6 +28,7 @@ from pyapply.reconciler.agent.history import (
     UnknownRevision,
     materialise,
 )
+from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
 from pyapply.reconciler.cli.common import (
     connect,
     enforce,
@@ -225,6 +226,7 @@ def _ask(
     type=click.FloatRange(min=0.1, max=600),
     help="Seconds an API client has to send a whole request; slower ones are cut off.",
 )
+@hook_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
     path: str | None,
@@ -252,6 +254,7 @@ def watch(
     no_events: bool,
     api_timeout: float,
     verbose: bool,
+    **hook_args: Any,
 ) -> None:
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link; or,
     with --repo, on a git repository it fetches itself."""
@@ -280,6 +283,7 @@ def watch(
         ]
         if misplaced:
             fail(f"{', '.join(misplaced)}: only with --repo")
+    hooks = AgentHooks.parse(path, **hook_args)  # --webhook, --notify
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
     if path is not None and policy_arg is not None and os.path.isfile(policy_arg):
         # a policy the watched repository could change (a file, or a link to one, in it)
@@ -347,6 +351,7 @@ def watch(
         agent = Agent(source, state_root(root), options, rt, metrics=metrics)
         if fetcher is not None:
             agent.attach_git(fetcher)
+        held.enter_context(hooks.running(agent))
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
         try:
             api.start()

@@ -53,12 +53,39 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         )
         for e in last.get("errors") or []:
             out.append(f"  error: {e}")
+    out.extend(hook_lines(doc))
     for stack in doc["stacks"]:
         out.append(f"stack {stack['name']}: {stack['health']}")
         for svc in stack.get("services", []):
             out.append(
                 f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
             )
+    return out
+
+
+def hook_lines(doc: dict[str, Any]) -> list[str]:
+    """The webhook listener and the notification targets of the status, when on."""
+    out: list[str] = []
+    hook = doc.get("webhook")
+    if hook:
+        counts = hook.get("requests") or {}
+        refused = sum(n for k, n in counts.items() if k not in ("triggered", "ignored"))
+        line = f"webhook:   http://{hook['address']}{hook['path']}, {counts.get('triggered', 0)} push(es)"
+        last = hook.get("last")
+        if last:
+            line += f"; last {last['outcome']} at {when(last['at'])}"
+        if refused:
+            line += f"; {refused} request(s) refused"
+        out.append(line)
+    notes = doc.get("notifications")
+    for target in (notes or {}).get("targets", []):
+        line = (
+            f"notify:    {target['url']} ({target['format']}): {target['sent']} sent, "
+            f"{target['failed']} failed, {target['dropped']} dropped, {target['queued']} queued"
+        )
+        if target.get("last_error") and target["failed"]:
+            line += f" (last error: {target['last_error']})"
+        out.append(line)
     return out
 
 
