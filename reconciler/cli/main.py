@@ -46,8 +46,10 @@ from pyapply.runtime.base import Runtime, RuntimeFailure
 from pyapply.runtime.drivers import open_runtime
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.engine.build import BuildListener
     from pyapply.reconciler.engine.execute import Executor, Reporter
     from pyapply.reconciler.manifest.policy import Finding, Policy
+    from pyapply.runtime.base import BuildEvent
 
 # The executor (tenacity) and the live progress table (rich) are imported only when there is
 # something to do: a no-op apply or a diff never pays for them.
@@ -152,6 +154,9 @@ LAZY_COMMANDS: dict[str, str] = {
     # the native runtime's image store and state root (reconciler/cli/image.py, cli/system.py)
     "image": "pyapply.reconciler.cli.image:image",
     "system": "pyapply.reconciler.cli.system:system",
+    # images of services with `build:` (reconciler/cli/build.py)
+    "build": "pyapply.reconciler.cli.build:build",
+    "push": "pyapply.reconciler.cli.build:push",
 }
 
 
@@ -316,6 +321,17 @@ def _reporter(
     return plain, nullcontext(plain)
 
 
+def build_lines(output: str) -> BuildListener:
+    """The steps of the builds an apply makes, one line each (reconciler.view.build_progress):
+    on stdout with the plan, on stderr when stdout is JSON."""
+    from pyapply.reconciler.view.build_progress import image_event_line
+
+    def listen(image: str, event: BuildEvent) -> None:
+        click.echo(image_event_line(image, event), err=output != "text")
+
+    return listen
+
+
 def plain_executor(runtime: Runtime) -> Executor:
     from pyapply.reconciler.engine.execute import Executor
     from pyapply.reconciler.view.progress import PlainReporter
@@ -357,6 +373,12 @@ def main() -> None:
     show_default=True,
     help="Seconds to wait for a dependency to become healthy or complete.",
 )
+@click.option(
+    "--build",
+    "rebuild",
+    is_flag=True,
+    help="Build the images of services with `build:` first, even those present.",
+)
 def apply(
     files: tuple[str, ...],
     profiles: tuple[str, ...],
@@ -370,6 +392,7 @@ def apply(
     parallel: int,
     lock_timeout: float,
     wait_timeout: float,
+    rebuild: bool,
 ) -> None:
     """Converge the live state to the manifests."""
     policy = policy_or_fail(policy_arg, "warn", root)
@@ -384,6 +407,8 @@ def apply(
         dry_run=dry_run,
         parallelism=parallel,
         wait_timeout_s=wait_timeout,
+        build=rebuild,
+        on_build=build_lines(output),
     )
     results: list[StackResult] = []
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)

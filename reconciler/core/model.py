@@ -113,8 +113,8 @@ class BuildSpec:
 
     `context` is absolute (resolved against the manifest's directory); `dockerfile` is as
     written, relative to the context unless absolute; `dockerfile_inline` replaces it. `tags`
-    are names the image gets besides the service's `image`. `location` is where the context
-    was written, for the error when it is missing at build time."""
+    are names the image gets besides the service's `image`. `location` and `path` are where
+    the context was written, for the error when it is missing at build time."""
 
     context: str
     dockerfile: str | None = None
@@ -126,6 +126,7 @@ class BuildSpec:
     no_cache: bool = False
     pull: bool = False
     location: Location | None = field(default=None, compare=False)
+    path: str = field(default="", compare=False)  # the JSON path of the context's field
 
 
 @dataclass(frozen=True)

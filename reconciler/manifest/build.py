@@ -19,7 +19,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core.model import BuildSpec
-from pyapply.reconciler.manifest.document import MISSING, Path, ignored
+from pyapply.reconciler.manifest.document import MISSING, Path, format_path, ignored
 from pyapply.reconciler.manifest.values import scalar_str, show
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def read(b: ServiceBuilder) -> BuildSpec | None:
         no_cache=bool(raw.get("no_cache", False)),
         pull=bool(raw.get("pull", False)),
         location=location,
+        path=format_path(where),
     )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 SYMBOLS = {
     "create": "+",
     "pull": "+",
+    "build": "+",
     "recreate": "~",
     "start": ">",
     "restart": ">",
@@ -114,6 +115,7 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     a = r.action
     what = {
         "pull": "Pulled",
+        "build": "Built",
         "write_file": "Written",
         "create_network": "Created",
         "repair_network": "Repaired",
@@ -130,6 +132,7 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     }[a.op]
     kind = {
         "pull": "image",
+        "build": "image",
         "write_file": "file",
         "create_network": "network",
         "repair_network": "network",
