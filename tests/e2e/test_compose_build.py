@@ -5,7 +5,9 @@ nothing; `apply --build` with an unchanged context answers every step from the c
 recreates nothing; a build that fails makes nothing at all; a changed file of the context gives a new image id, and exactly the
 built service's container is recreated (container ids compared); a failing build exits 1
 with the step, its exit code and its last lines, and changes nothing; a missing context is
-an error located in the compose file; `pyapply build -f` builds from the cache, `-o json`.
+an error located in the compose file; `pyapply build -f` builds from the cache, `-o json`;
+`pyapply push -f` ships the built image and its build tag to a registry of this module's
+own (test_push's `own_registry`: a docker-registry on a free loopback port).
 
 The built image is `<stack>-web`, the name compose gives it; on docker it is removed
 afterwards (on native it goes with the test's private state root).
@@ -24,6 +26,7 @@ import pytest
 
 from tests.e2e.helpers import TEST_IMAGE
 from tests.e2e.runtimes import Cli, RuntimeUnderTest
+from tests.e2e.test_push import own_registry, registry_api  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -185,3 +188,37 @@ def test_compose_build_apply_rebuild_and_failure(
         f"{project / 'nope'} does not exist" in missing.stderr
     )
     assert _ids(runtime) == second
+
+
+def test_compose_build_then_push(
+    runtime: RuntimeUnderTest, tmp_path: Path, built_images: None, own_registry: str
+) -> None:
+    """`pyapply build -f` then `pyapply push -f`: the built service's image and its build
+    tag reach the registry (manifests there, same digest), the plain service is not pushed."""
+    stack = runtime.stack
+    project = _project(tmp_path, stack)
+    ref = f"{own_registry}/{stack}/web:1"
+    latest = f"{own_registry}/{stack}/web:latest"
+    compose = project / "compose.yaml"
+    compose.write_text(
+        compose.read_text().replace(
+            "    build: ./app\n",
+            f"    image: {ref}\n    build:\n      context: ./app\n      tags: ['{latest}']\n",
+        )
+    )
+    cli = runtime.cli()
+    out = cli.ok("build", "-f", str(project))
+    assert f"building web ({ref})" in out and f"{ref}, {latest}" in out
+    pushed = cli.run("push", "-f", str(project), "-o", "json")
+    assert pushed.returncode == 0, pushed.stderr
+    docs = json.loads(pushed.stdout)
+    assert [d["ref"] for d in docs] == [ref, latest]
+    assert docs[0]["digest"] == docs[1]["digest"]
+    for tag in ("1", "latest"):
+        status, body = registry_api(own_registry, "GET", f"/v2/{stack}/web/manifests/{tag}")
+        assert status == 200, body
+    status, _ = registry_api(own_registry, "GET", f"/v2/{stack}/web/tags/list")
+    assert status == 200
+    # a service named in the command line that is no service is an error
+    wrong = cli.run("push", "-f", str(project), "nosuch")
+    assert wrong.returncode == 1 and "no such service: nosuch" in wrong.stderr
