@@ -191,10 +191,14 @@ def test_compose_build_apply_rebuild_and_failure(
 
 
 def test_compose_build_then_push(
-    runtime: RuntimeUnderTest, tmp_path: Path, built_images: None, own_registry: str
+    runtime: RuntimeUnderTest,
+    tmp_path: Path,
+    built_images: None,
+    request: pytest.FixtureRequest,
 ) -> None:
     """`pyapply build -f` then `pyapply push -f`: the built service's image and its build
     tag reach the registry (manifests there, same digest), the plain service is not pushed."""
+    own_registry: str = request.getfixturevalue("own_registry")
     stack = runtime.stack
     project = _project(tmp_path, stack)
     ref = f"{own_registry}/{stack}/web:1"
