@@ -198,11 +198,11 @@ def test_compose_build_then_push(
 ) -> None:
     """`pyapply build -f` then `pyapply push -f`: the built service's image and its build
     tag reach the registry (manifests there, same digest), the plain service is not pushed."""
-    own_registry: str = request.getfixturevalue("own_registry")
+    registry: str = request.getfixturevalue("own_registry")
     stack = runtime.stack
     project = _project(tmp_path, stack)
-    ref = f"{own_registry}/{stack}/web:1"
-    latest = f"{own_registry}/{stack}/web:latest"
+    ref = f"{registry}/{stack}/web:1"
+    latest = f"{registry}/{stack}/web:latest"
     compose = project / "compose.yaml"
     compose.write_text(
         compose.read_text().replace(
@@ -219,9 +219,9 @@ def test_compose_build_then_push(
     assert [d["ref"] for d in docs] == [ref, latest]
     assert docs[0]["digest"] == docs[1]["digest"]
     for tag in ("1", "latest"):
-        status, body = registry_api(own_registry, "GET", f"/v2/{stack}/web/manifests/{tag}")
+        status, body = registry_api(registry, "GET", f"/v2/{stack}/web/manifests/{tag}")
         assert status == 200, body
-    status, _ = registry_api(own_registry, "GET", f"/v2/{stack}/web/tags/list")
+    status, _ = registry_api(registry, "GET", f"/v2/{stack}/web/tags/list")
     assert status == 200
     # a service named in the command line that is no service is an error
     wrong = cli.run("push", "-f", str(project), "nosuch")
