@@ -184,6 +184,9 @@ def push(
                 "(name it registry-host/repository:tag to push it)"
             )
         refs += [r for r in pushable if r not in refs]
+    if not refs:
+        click.echo("[]" if as_json else "nothing to push")
+        return
     rt = connect(runtime_name, root)
     docs: list[dict[str, Any]] = []
     failed = 0
