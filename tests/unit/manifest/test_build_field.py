@@ -201,3 +201,25 @@ services:
         write(here, {name: dump.dump_yaml([doc])})
         (again,) = load([name], environ={}).stacks
         assert again == stack
+
+
+def test_a_build_context_outside_the_manifest_is_an_outside_file_to_the_policy(
+    here: Path,
+) -> None:
+    """A build reads its context's files into an image the stack runs: a context outside
+    the manifest's directory (/etc) is what the policy's "outside_files" rule is about."""
+    from pyapply.reconciler.manifest.policy import builtin, check
+
+    (here / "app").mkdir()
+    loaded = load_text(
+        here,
+        "name: s\nservices:\n  ok:\n    build: ./app\n  bad:\n    build: {context: /etc}\n"
+        "  short:\n    build: /usr\n",
+    )
+    got = [str(f) for f in check(loaded, builtin("restricted")) if f.rule == "outside_files"]
+    assert got == [
+        'stack.yaml:6:22: services.bad.build.context: build context "/etc" is outside the '
+        'manifest\'s directory; the policy denies this (rule "outside_files")',
+        'stack.yaml:8:12: services.short.build: build context "/usr" is outside the '
+        'manifest\'s directory; the policy denies this (rule "outside_files")',
+    ]
