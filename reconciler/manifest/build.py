@@ -87,6 +87,10 @@ def read(b: ServiceBuilder) -> BuildSpec | None:
         ctx.warn(where, f"build context {show(shown)} {what}: the image cannot be built here")
     if "dockerfile" in raw and "dockerfile_inline" in raw:
         ctx.error(path, '"dockerfile" and "dockerfile_inline" cannot be used together', key=True)
+    if isinstance(raw.get("dockerfile"), str):
+        # recorded for the policy: a Dockerfile from elsewhere is a host file read too
+        dockerfile = os.path.normpath(os.path.join(context, raw["dockerfile"]))
+        ctx.resolved[(*path, "dockerfile")] = dockerfile
     tags = raw.get("tags") or []
     for i, tag in enumerate(tags):
         if any(c.isspace() for c in tag):

@@ -328,6 +328,9 @@ def _host_files(doc: StackDocument) -> Iterator[tuple[Path, str, str, str, str |
         if bpath in doc.resolved:
             given = build.get("context", ".") if isinstance(build, dict) else build
             yield bpath, "build context", str(given), doc.resolved[bpath], name
+        dpath = (*path, "build", "dockerfile")
+        if dpath in doc.resolved and isinstance(build, dict):
+            yield dpath, "Dockerfile", str(build["dockerfile"]), doc.resolved[dpath], name
         for item, ipath in _items(raw, "security_opt", path):
             kind, value = _security_opt(str(item))
             if kind == "seccomp" and value not in ("unconfined", "default", "builtin"):

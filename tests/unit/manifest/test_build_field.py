@@ -214,7 +214,8 @@ def test_a_build_context_outside_the_manifest_is_an_outside_file_to_the_policy(
     loaded = load_text(
         here,
         "name: s\nservices:\n  ok:\n    build: ./app\n  bad:\n    build: {context: /etc}\n"
-        "  short:\n    build: /usr\n",
+        "  short:\n    build: /usr\n"
+        "  file:\n    build: {context: app, dockerfile: /etc/shadow}\n",
     )
     got = [str(f) for f in check(loaded, builtin("restricted")) if f.rule == "outside_files"]
     assert got == [
@@ -222,4 +223,6 @@ def test_a_build_context_outside_the_manifest_is_an_outside_file_to_the_policy(
         'manifest\'s directory; the policy denies this (rule "outside_files")',
         'stack.yaml:8:12: services.short.build: build context "/usr" is outside the '
         'manifest\'s directory; the policy denies this (rule "outside_files")',
+        'stack.yaml:10:39: services.file.build.dockerfile: Dockerfile "/etc/shadow" is outside '
+        'the manifest\'s directory; the policy denies this (rule "outside_files")',
     ]
