@@ -22,10 +22,13 @@ import click
 from pyapply.reconciler.cli.image import one_line, push_event_json, push_line
 from pyapply.reconciler.cli.main import (
     connect,
+    enforce,
     err,
     fail,
     file_option,
     load_or_fail,
+    policy_option,
+    policy_or_fail,
     profile_option,
     runtime_options,
 )
@@ -78,6 +81,7 @@ def push_refs(service: ServiceSpec) -> list[str]:
 @click.argument("services", nargs=-1)
 @profile_option
 @runtime_options
+@policy_option
 @click.option("--no-cache", is_flag=True, help="Do not use the layer cache.")
 @click.option("--pull", is_flag=True, help="Pull the base images even if present.")
 @click.option(
@@ -94,12 +98,17 @@ def build(
     profiles: tuple[str, ...],
     runtime_name: str | None,
     root: str | None,
+    policy_arg: str | None,
     no_cache: bool,
     pull: bool,
     output: str,
 ) -> None:
     """Build the images of the services that have `build:` (all, or those named)."""
-    loaded = load_or_fail(files, profiles)
+    # the policy as apply has it: a context or Dockerfile from outside the manifest's
+    # directory reads host files into an image
+    policy = policy_or_fail(policy_arg, "warn", root)
+    loaded = load_or_fail(files, profiles, policy=policy)
+    enforce(loaded, policy, output)
     todo = chosen(loaded.stacks, services)
     as_json = output == "json"
     if not todo:

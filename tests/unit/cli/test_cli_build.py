@@ -105,3 +105,14 @@ def test_push_skips_what_names_no_registry(pyapply: Run, here: Path) -> None:
     )
     assert not (here / "root").exists()  # no runtime was opened
     assert pyapply("push", "-f", "compose.yaml")[:2] == (0, "nothing to push\n")
+
+
+def test_build_is_checked_against_the_policy(pyapply: Run, here: Path) -> None:
+    _project(here, "  web:\n    build: /etc\n")
+    code, out, err = pyapply("build", "-f", "compose.yaml", "--policy", "restricted")
+    assert code == 1 and out == ""
+    assert err.splitlines()[-2:] == [
+        'compose.yaml:4:12: services.web.build: build context "/etc" is outside the '
+        'manifest\'s directory; the policy denies this (rule "outside_files")',
+        "error: 1 ask denied by the policy restricted; nothing was changed",
+    ]
