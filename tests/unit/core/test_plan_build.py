@@ -16,7 +16,14 @@ import pytest
 from fakes import FakeRuntime
 
 from pyapply.reconciler.core.diff import diff
-from pyapply.reconciler.core.model import BuildSpec, Location, ServiceSpec, Stack
+from pyapply.reconciler.core.model import (
+    BuildSpec,
+    Location,
+    NetworkSpec,
+    ServiceNetwork,
+    ServiceSpec,
+    Stack,
+)
 from pyapply.reconciler.core.plan import Plan, build
 from pyapply.reconciler.core.translate import Desired, build_config, desired_state
 from pyapply.reconciler.engine import build as engine_build
@@ -226,3 +233,26 @@ def test_build_config_adds_the_command_lines_flags(ctx: Path) -> None:
     assert build_config(web, pull=True).pull and not build_config(web).pull
     same_tag = replace(web, build=replace(web.build, tags=("shop-web",)))  # type: ignore[type-var]
     assert build_config(same_tag).tags == ("shop-web",)
+
+
+def test_the_whole_plan_of_a_fresh_stack_with_a_build(rt: BuildingRuntime, ctx: Path) -> None:
+    """As golden text (test_plan_golden's rendering): the build comes first, and every
+    other action -- the network and both services' containers -- waits for it."""
+    from test_plan_golden import render
+
+    plain = stack_of(ctx)
+    on_default = tuple(replace(s, networks=(ServiceNetwork("default"),)) for s in plain.services)
+    stack = replace(plain, services=on_default, networks=(NetworkSpec("default"),))
+    assert render(plan_of(rt, stack)) == (
+        "stack shop (revision r1):\n"
+        "  + image shop-web: build (not present locally)\n"
+        "  + network shop_default: create (missing)\n"
+        "  + container shop-db-1: create (missing)\n"
+        "  + container shop-web-1: create (missing)\n"
+        "  plan: 1 to build, 3 to create\n"
+        "  actions:\n"
+        "    #1 build shop-web\n"
+        "    #2 create_network shop_default after #1\n"
+        "    #3 create shop-db-1 after #1 #2\n"
+        "    #4 create shop-web-1 after #1 #2\n"
+    )
