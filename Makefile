@@ -82,3 +82,5 @@ clean-state:
 	  [ -z "$$vols" ] || docker volume rm $$vols >/dev/null; \
 	  echo "clean-state: removed objects left by e2e stacks"; \
 	fi
+	@# the swarm tests' second dockerd, its network namespace and veth, if a run was killed
+	$(BIN)/python -m tests.e2e.swarm

@@ -1,8 +1,8 @@
 """The watch agent: triggers in, one reconcile pass at a time, history out.
 
 Triggers -- file changes, the resync timer, runtime events, API requests -- go into one
-`Triggers` set. The main thread takes everything pending and runs one pass; whatever
-arrives during a pass is coalesced into exactly one more pass. Each pass holds the
+`Triggers` set (`triggers.py`). The main thread takes everything pending and runs one pass;
+whatever arrives during a pass is coalesced into exactly one more pass. Each pass holds the
 host-wide lock that `pyapply apply` takes, so the agent and the CLI never act at once.
 
 A pass:
@@ -12,12 +12,14 @@ A pass:
 3. loads it; a revision that fails to load, or that would leave a stack that has
    containers with none (`reconciler.core.guard`), is recorded as failed/refused and the last
    good revision stays the desired state (self-healing goes on with it);
-4. applies every stack through `loop.apply_stack` (the CLI's pass), recording a history
-   entry when the revision is new, something was done, or someone asked.
+4. applies every stack, and removes the stacks whose manifests are gone (`--allow-empty`),
+   through `engine.apply.apply_all` (the CLI's pass), recording a history entry when the
+   revision is new, something was done, or someone asked (`passes.py`).
 
 The history is never a single point of failure (`AgentHistory`): a damaged database is
 moved aside and started afresh, and a record that cannot be written is logged and counted
-while the pass goes on.
+while the pass goes on. What the agent shows (the status, each stack's health) is in
+`status.py`; its log set-up in `logs.py`.
 
 SIGTERM stops the trigger sources, cancels the executor (running actions finish, no new
 ones start), and the agent exits 0 once the pass is over.
@@ -26,20 +28,18 @@ ones start), and the agent exits 0 once the pass is over.
 from __future__ import annotations
 
 import faulthandler
-import json
-import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from pyapply.reconciler.agent.actions import OwnStops
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,
@@ -48,165 +48,33 @@ from pyapply.reconciler.agent.history import (
     materialise,
     snapshot_files,
 )
+from pyapply.reconciler.agent.logs import info, log, log_redaction
+from pyapply.reconciler.agent.passes import LastPass, Target, apply_target
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
+from pyapply.reconciler.agent.status import status_view
+from pyapply.reconciler.agent.triggers import FORCING, Triggers
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
-from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
 from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.forks import default_signals_in_children
-from pyapply.reconciler.engine.lock import LockTimeout, host_lock
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
-    PassError,
-    StackResult,
-    apply_stack,
-    desired_for,
-    observe,
-    plan_down,
     plan_stack,
-    redactor_for,
 )
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.manifest.policy import Policy, builtin, check
 from pyapply.reconciler.manifest.revision import Revision
-from pyapply.reconciler.version import __version__
 from pyapply.runtime.base import Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
-    from pyapply.reconciler.engine.execute import ActionResult, Executor
-
-log = logging.getLogger("pyapply.agent")
+    from pyapply.reconciler.engine.execute import Executor
 
 # The signals that stop the agent (a forked child gets their default action back).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-# Triggers that ask for a pass even when the revision was already attempted.
-FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start"})
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging
-
-
-class LogRedaction:
-    """The redactor the agent's log lines go through; the agent widens it as it learns the
-    secrets of the stacks it loads (one per process, like the logging set-up itself)."""
-
-    def __init__(self) -> None:
-        self.redactor: Redactor = NO_SECRETS
-
-    def use(self, redactor: Redactor) -> None:
-        self.redactor = redactor
-
-
-log_redaction = LogRedaction()
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            doc.update(fields)
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        # redacted before serialising: JSON escapes would hide a secret from the pattern
-        doc = log_redaction.redactor.value(json.loads(json.dumps(doc, default=str)))
-        return json.dumps(doc)
-
-
-class PlainFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return log_redaction.redactor.text(super().format(record))
-
-
-def setup_logging(fmt: str, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else PlainFormatter())
-    root = logging.getLogger("pyapply")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _info(msg: str, **fields: Any) -> None:
-    log.info(msg, extra={"fields": fields})
-
-
-# ---------------------------------------------------------------------------------------------
-# Triggers
-
-
-class Triggers:
-    """A coalescing set of pending reasons, plus pass counters for "wait until done"."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._pending: set[str] = set()
-        self._closed = False
-        self.started = 0  # passes that took their triggers
-        self.completed = 0
-
-    def put(self, reason: str) -> int:
-        """Queue a reason; returns the number of the pass that will cover it."""
-        with self._cond:
-            if self._closed:
-                return -1
-            self._pending.add(reason)
-            self._cond.notify_all()
-            return self.started + 1
-
-    def take(self, timeout: float) -> set[str]:
-        """Wait up to `timeout` for reasons; take them all (empty on timeout or close)."""
-        with self._cond:
-            if not self._pending and not self._closed:
-                self._cond.wait(max(0.0, timeout))
-            if self._closed:
-                return set()
-            taken, self._pending = self._pending, set()
-            if taken:
-                self.started += 1
-            return taken
-
-    def done(self) -> None:
-        with self._cond:
-            self.completed += 1
-            self._cond.notify_all()
-
-    def wait_for(self, ticket: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.completed < ticket and not self._closed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            return self.completed >= ticket
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-
-# ---------------------------------------------------------------------------------------------
-# The agent
 
 
 @dataclass
@@ -221,107 +89,6 @@ class AgentOptions:
     # what the watched manifests may ask of the host: a revision with an ask this policy
     # denies is refused (recorded as failed, nothing applied)
     policy: Policy = field(default_factory=lambda: builtin("restricted"))
-
-
-@dataclass(frozen=True)
-class Target:
-    """What one pass applies: a loaded revision and where its files are."""
-
-    revision: Revision
-    directory: str
-    loaded: Loaded
-    pinned: bool = False
-
-
-@dataclass
-class LastPass:
-    revision: str = ""
-    trigger: str = ""
-    outcome: str = ""
-    started: float = 0.0
-    ended: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    history_id: int | None = None
-
-
-# actions that stop or remove a container: the runtime reports its death, which is ours
-STOPPING_OPS = frozenset({"remove", "restart"})
-
-
-class OwnStops:
-    """The containers the agent itself is stopping or removing (and did until `grace_s`
-    ago), so that their death events do not count as crashes nor cause another pass."""
-
-    def __init__(self, grace_s: float = 2.0) -> None:
-        self.grace_s = grace_s
-        self._lock = threading.Lock()
-        self._active: dict[str, int] = {}
-        self._ended: dict[str, float] = {}
-
-    def begin(self, name: str) -> None:
-        with self._lock:
-            self._active[name] = self._active.get(name, 0) + 1
-
-    def end(self, name: str) -> None:
-        with self._lock:
-            left = self._active.get(name, 0) - 1
-            if left > 0:
-                self._active[name] = left
-            else:
-                self._active.pop(name, None)
-            self._ended[name] = time.monotonic()
-
-    def __call__(self, name: str) -> bool:
-        with self._lock:
-            if name in self._active:
-                return True
-            ended = self._ended.get(name)
-            if ended is None:
-                return False
-            if time.monotonic() - ended > self.grace_s:
-                del self._ended[name]
-                return False
-            return True
-
-
-class Reporter:
-    """Logs each action and counts it for the metrics."""
-
-    def __init__(self, metrics: Metrics | None, own: OwnStops | None = None) -> None:
-        self.metrics = metrics
-        self.own = own
-
-    def started(self, action: Action) -> None:
-        if self.own is not None and action.op in STOPPING_OPS:
-            self.own.begin(action.target)
-        _info(
-            f"{action.op} {action.target}: {action.reason}", action=action.op, target=action.target
-        )
-
-    def retrying(self, action: Action, attempt: int, error: str, delay: float) -> None:
-        log.warning(
-            "%s %s: attempt %d failed (%s); retrying in %.1fs",
-            action.op,
-            action.target,
-            attempt,
-            error,
-            delay,
-        )
-
-    def finished(self, result: ActionResult) -> None:
-        if self.own is not None and result.action.op in STOPPING_OPS:
-            self.own.end(result.action.target)
-        if self.metrics is not None:
-            self.metrics.action(result.action.op, result.status)
-        if result.status != "done":
-            log.warning(
-                "%s %s: %s (%s)",
-                result.action.op,
-                result.action.target,
-                result.status,
-                result.error,
-            )
 
 
 class Agent:
@@ -351,8 +118,8 @@ class Agent:
         self.pid = os.getpid()
         self.stopping = threading.Event()
         self.running = threading.Event()  # a pass is in progress
-        self._executor: Executor | None = None
-        self._state_lock = threading.Lock()
+        self.executor: Executor | None = None
+        self.state_lock = threading.Lock()
         self.good: Target | None = None  # the last revision that loaded (the desired state)
         self.desired: list[Desired] = []
         self.attempted: str | None = None  # the last revision a pass was made for
@@ -408,12 +175,12 @@ class Agent:
     def rollback(self, revision: str) -> tuple[str, int]:
         full = self.history.resolve(revision)
         self.history.pin(full)
-        _info(f"rollback to {full} requested: pinned until resume", revision=full)
+        info(f"rollback to {full} requested: pinned until resume", revision=full)
         return full, self.request("rollback")
 
     def resume(self) -> int:
         self.history.pin(None)
-        _info("resume requested: following the source again")
+        info("resume requested: following the source again")
         return self.request("resume")
 
     # -- the main loop (main thread) ------------------------------------------------------
@@ -433,10 +200,10 @@ class Agent:
             return  # a forked child: the agent, its watchers and its log are not its own
         if self.stopping.is_set():
             return
-        _info(f"{why}: stopping (the running action, if any, finishes first)")
+        info(f"{why}: stopping (the running action, if any, finishes first)")
         self.stopping.set()
         self.triggers.close()
-        executor = self._executor
+        executor = self.executor
         if executor is not None:
             executor.cancel()
         for watcher in (self.file_watcher, self.event_watcher):
@@ -468,7 +235,7 @@ class Agent:
         interrupted = self.history.close_running()
         if interrupted:
             log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
-        _info(
+        info(
             f"watching {self.source.path} ({self.source.kind}), resync every "
             f"{self.options.interval_s:g}s",
             source=self.source.path,
@@ -499,7 +266,7 @@ class Agent:
             finally:
                 self.running.clear()
                 self.triggers.done()
-        _info("stopped")
+        info("stopped")
         for watcher in (self.file_watcher, self.event_watcher):
             if watcher is not None:
                 watcher.stop()
@@ -659,7 +426,7 @@ class Agent:
         self.last_rejected = (rev.id, outcome, time.time(), errors)
         pid = self.history.begin(rev.id, self.redactor.text(rev.subject), trigger, started=started)
         self.history.finish(pid, outcome, {}, errors)  # type: ignore[arg-type]
-        with self._state_lock:
+        with self.state_lock:
             self.last = LastPass(
                 rev.id,
                 trigger,
@@ -696,331 +463,24 @@ class Agent:
             return None
         return "; ".join(str(e) for e in found) + f"; {ALLOW_HINT}"
 
-    def _keep_executor(self, executor: Executor) -> None:
-        self._executor = executor
+    def keep_executor(self, executor: Executor) -> None:
+        self.executor = executor
         if self.stopping.is_set():
             executor.cancel()
 
     def apply(
         self, target: Target, trigger: str, kinds: set[str], started: float, *, new_revision: bool
     ) -> None:
-        rev = target.revision
-        loaded = target.loaded
-        results: list[StackResult] = []
-        errors: list[str] = []
-        record: list[int] = []
-
-        def begin() -> None:
-            if not record:
-                subject = self.redactor.text(rev.subject)
-                record.append(self.history.begin(rev.id, subject, trigger, started=started))
-
-        forced = new_revision or bool(kinds & {"api", "rollback", "resume"})
-        if forced:
-            self.history.store_revision(
-                rev.id, rev.subject, target.directory, snapshot_files(target.directory)
-            )
-            begin()
-
-        def on_plan(plan: Plan) -> AbstractContextManager[Any] | None:
-            if not plan.empty:
-                begin()
-                _info(
-                    f"stack {plan.stack}: {len(plan.changes)} change(s) at revision {rev.id}",
-                    stack=plan.stack,
-                    revision=rev.id,
-                    changes=[f"{c.kind} {c.object} {c.name}: {c.reason}" for c in plan.changes],
-                )
-            return None
-
-        # managed from now on: the events of its containers count even during this pass
-        names = {s.name for s in loaded.stacks}
-        if not names <= self.history.managed_stacks():
-            self.history.set_managed_stacks(self.history.managed_stacks() | names)
-        desired_all: list[Desired] = []
-        teardown: list[str] = []
-        try:
-            # every stack's desired state before anything is shown, so that the secrets of
-            # all of them are hidden everywhere; a stack that cannot be prepared fails in
-            # its turn, as before
-            prepared: list[Desired | PassError] = []
-            for stack in loaded.stacks:
-                try:
-                    prepared.append(
-                        desired_for(
-                            stack,
-                            revision=rev.id,
-                            root=self.root,
-                            environ=loaded.environments.get(stack.name),
-                        )
-                    )
-                except PassError as exc:
-                    prepared.append(exc)
-            self.learn_secrets(redactor_for(d for d in prepared if not isinstance(d, PassError)))
-            with self._locked():
-                for stack, desired in zip(loaded.stacks, prepared, strict=True):
-                    if self.stopping.is_set():
-                        errors.append("interrupted before stack " + stack.name)
-                        break
-                    if isinstance(desired, PassError):
-                        raise desired
-                    desired_all.append(desired)
-                    result = apply_stack(
-                        self.runtime,
-                        desired,
-                        self.options.apply,
-                        reporter=Reporter(self.metrics, self.own_stops),
-                        on_plan=on_plan,
-                        on_executor=self._keep_executor,
-                    )
-                    self._executor = None
-                    results.append(result)
-                    errors += [f"stack {stack.name}: {e}" for e in result.plan.errors]
-                    if result.outcome is not None:
-                        errors += [
-                            f"{r.action.op} {r.action.target}: {r.error}"
-                            for r in result.outcome.results
-                            if r.status != "done"
-                        ]
-                if self.options.allow_empty and not self.stopping.is_set():
-                    for name in sorted(
-                        self.history.managed_stacks() - {s.name for s in loaded.stacks}
-                    ):
-                        begin()
-                        _info(f"stack {name}: its manifests are gone; removing it (--allow-empty)")
-                        plan = plan_down(self.runtime, name, volumes=False)
-                        from pyapply.reconciler.engine.execute import Executor
-
-                        ex = Executor(self.runtime, reporter=Reporter(self.metrics, self.own_stops))
-                        self._keep_executor(ex)
-                        outcome = ex.run(plan)
-                        self._executor = None
-                        results.append(StackResult(name, plan, outcome))
-                        errors += [
-                            f"{r.action.op} {r.action.target}: {r.error}" for r in outcome.failed
-                        ]
-                        if outcome.ok:
-                            teardown.append(name)
-        except (PassError, RuntimeFailure, LockTimeout, OSError) as exc:
-            errors.append(exc.message if isinstance(exc, RuntimeFailure) else str(exc))
-            begin()
-        except Exception as exc:  # a bug: recorded, and the agent goes on
-            log.exception("pass failed unexpectedly")
-            errors.append(f"internal error: {type(exc).__name__}: {exc}")
-            begin()
-        interrupted = self.stopping.is_set() and bool(
-            errors or any(r.outcome is not None and not r.outcome.ok for r in results)
-        )
-        outcome_name = "interrupted" if interrupted else ("failed" if errors else "succeeded")
-        errors = self.redactor.value(errors)  # kept in the history and shown by the API
-        summary = _summary(results)
-        self.attempted = rev.id
-        if len(desired_all) == len(loaded.stacks):
-            self.good = target
-            self.rejected.pop(rev.id, None)  # applied after all (--allow-empty, a fix)
-            if self.last_rejected is not None and self.last_rejected[0] == rev.id:
-                self.last_rejected = None
-            with self._state_lock:
-                self.desired = desired_all
-        if teardown:
-            self.history.set_managed_stacks(self.history.managed_stacks() - set(teardown))
-        ended = time.time()
-        if record:
-            self.history.finish(record[0], outcome_name, summary, errors)  # type: ignore[arg-type]
-        with self._state_lock:
-            self.last = LastPass(
-                rev.id,
-                trigger,
-                outcome_name,
-                started,
-                ended,
-                errors,
-                summary,
-                (record[0] if record[0] >= 0 else None) if record else self.last.history_id,
-            )
-        if self.metrics is not None:
-            self.metrics.passed(trigger, outcome_name, ended - started, results, rev.id, errors)
-        if record:
-            level = logging.INFO if outcome_name == "succeeded" else logging.ERROR
-            log.log(
-                level,
-                "pass %s: revision %s %s in %.2fs%s",
-                record[0],
-                rev.id,
-                outcome_name,
-                ended - started,
-                (": " + "; ".join(errors[:5])) if errors else "",
-                extra={
-                    "fields": {
-                        "revision": rev.id,
-                        "outcome": outcome_name,
-                        "trigger": trigger,
-                        "summary": summary,
-                        "errors": errors,
-                    }
-                },
-            )
-
-    def _locked(self) -> AbstractContextManager[None]:
-        agent = self
-
-        class Guard:
-            def __init__(self) -> None:
-                self.cm: AbstractContextManager[None] | None = None
-
-            def __enter__(self) -> None:
-                told = False
-                while True:
-                    cm = host_lock(agent.root, timeout_s=1.0)
-                    try:
-                        cm.__enter__()
-                        self.cm = cm
-                        return
-                    except LockTimeout:
-                        if agent.stopping.is_set():
-                            raise
-                        if not told:
-                            log.info("waiting for the host lock (another pyapply is applying)")
-                            told = True
-
-            def __exit__(self, *exc: object) -> None:
-                if self.cm is not None:
-                    self.cm.__exit__(None, None, None)
-
-        return Guard()
+        apply_target(self, target, trigger, kinds, started, new_revision=new_revision)
 
     # -- views for the API (any thread) ---------------------------------------------------
 
     def status(self, runtime: Runtime) -> dict[str, Any]:
-        with self._state_lock:
-            desired = list(self.desired)
-            last = self.last
-        good = self.good
-        stacks: list[dict[str, Any]] = []
-        sync = "Unknown"
-        if good is not None and desired:
-            try:
-                out_of_sync = False
-                for d in desired:
-                    plan = plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes)
-                    out_of_sync = out_of_sync or not plan.empty
-                    stacks.append(
-                        stack_health(d, observe(runtime, d.stack), plan, self.running.is_set())
-                    )
-                current = self.source_revision
-                if current is not None and current != good.revision.id and not good.pinned:
-                    out_of_sync = True
-                sync = "OutOfSync" if out_of_sync else "Synced"
-            except RuntimeFailure as exc:
-                sync = "Unknown"
-                stacks = [
-                    {"name": d.stack, "health": "Unknown", "error": exc.message} for d in desired
-                ]
-        return {
-            "agent": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "started": self.started_at,
-                "source": self.source.path,
-                "source_kind": self.source.kind,
-                "reconciling": self.running.is_set(),
-                "stopping": self.stopping.is_set(),
-            },
-            "revision": {
-                "applied": good.revision.id if good else None,
-                "subject": good.revision.subject if good else None,
-                "source": self.source_revision,
-                "pinned": self.history.pinned(),
-            },
-            "last_result": {
-                "pass": last.history_id,
-                "revision": last.revision or None,
-                "trigger": last.trigger or None,
-                "outcome": last.outcome or None,
-                "started": last.started or None,
-                "ended": last.ended or None,
-                "errors": last.errors,
-                "summary": last.summary,
-            },
-            "sync": sync,
-            "stacks": stacks,
-            # the source's revision when it was refused or failed to load (the last pass
-            # may since have been a self-heal of the last good revision)
-            "rejected": self._rejected_view(),
-            "history_reset": self.history_resets[-1].to_json() if self.history_resets else None,
-            "history": {
-                "resets": [r.to_json() for r in self.history_resets],
-                "write_failures": self.history_failures,
-                "last_failure": self.history_last_failure,
-            },
-        }
-
-    def _rejected_view(self) -> dict[str, Any] | None:
-        last = self.last_rejected
-        if last is None or last[0] != self.source_revision:
-            return None
-        revision, outcome, at, errors = last
-        return {"revision": revision, "outcome": outcome, "at": at, "errors": errors}
+        return status_view(self, runtime)
 
     def diff(self, runtime: Runtime) -> list[Plan]:
-        with self._state_lock:
+        with self.state_lock:
             desired = list(self.desired)
         return [
             plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes) for d in desired
         ]
-
-
-def _summary(results: list[StackResult]) -> dict[str, Any]:
-    stacks: dict[str, Any] = {}
-    actions: dict[str, int] = {}
-    statuses: dict[str, int] = {}
-    for r in results:
-        stacks[r.stack] = r.plan.counts()
-        if r.outcome is not None:
-            for ar in r.outcome.results:
-                actions[ar.action.op] = actions.get(ar.action.op, 0) + 1
-                statuses[ar.status] = statuses.get(ar.status, 0) + 1
-    return {"stacks": stacks, "actions": actions, "results": statuses}
-
-
-def stack_health(desired: Desired, observed: Any, plan: Plan, reconciling: bool) -> dict[str, Any]:
-    """Healthy / Progressing / Degraded per service and for the stack (the worst)."""
-    by_name = {c.name: c for c in observed.containers}
-    pending = {ch.name for ch in plan.changes}
-    services: dict[str, list[str]] = {}
-    restart: dict[str, str] = {}
-    for dc in desired.containers:
-        services.setdefault(dc.service, []).append(dc.config.name)
-        restart[dc.service] = dc.config.restart_policy
-    out: list[dict[str, Any]] = []
-    rank = {"Healthy": 0, "Progressing": 1, "Degraded": 2}
-    worst = "Healthy"
-    for service, names in sorted(services.items()):
-        health = "Healthy"
-        running = 0
-        for name in names:
-            c = by_name.get(name)
-            state: str
-            if c is None:
-                state = "Progressing" if reconciling else "Degraded"
-            elif c.status in ("created", "restarting") or c.health == "starting":
-                state = "Progressing"
-            elif c.running:
-                running += 1
-                state = "Degraded" if c.health == "unhealthy" else "Healthy"
-            elif c.status == "exited" and c.exit_code == 0 and restart[service] == "no":
-                state = "Healthy"  # completed
-            else:
-                state = "Progressing" if reconciling and name in pending else "Degraded"
-            if rank[state] > rank[health]:
-                health = state
-        out.append({"name": service, "health": health, "replicas": len(names), "running": running})
-        if rank[health] > rank[worst]:
-            worst = health
-    return {"name": desired.stack, "health": worst, "services": out}
-
-
-def owned_stacks(runtime: Runtime) -> set[str]:
-    return {
-        c.labels.get(identity.STACK, "") for c in runtime.list_containers({identity.STACK: ""})
-    } - {""}

@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from pyapply.reconciler.agent.history import KEEP_PASSES, HistoryError
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import AmbiguousRevision, BadRevision, UnknownRevision
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
@@ -94,7 +95,7 @@ def default_socket() -> str:
     return os.environ.get("PYAPPLY_SOCKET") or DEFAULT_SOCKET
 
 
-class ApiError(Exception):
+class ApiError(PyapplyError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -551,11 +552,11 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-class AgentUnavailable(Exception):
+class AgentUnavailable(PyapplyError):
     """No agent listens on the socket (nothing was sent)."""
 
 
-class AgentError(Exception):
+class AgentError(PyapplyError):
     """An agent was reached but the exchange failed: it closed the connection, timed out
     or answered something that is not HTTP/JSON."""
 
@@ -571,7 +572,7 @@ _NOBODY = frozenset({errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR})
 _QUEUE_FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 
 
-class _QueueFull(Exception):
+class _QueueFull(PyapplyError):
     pass
 
 

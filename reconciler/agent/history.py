@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import (
     AmbiguousRevision,
     BadRevision,
@@ -106,7 +107,7 @@ class PassRecord:
         return doc
 
 
-class HistoryError(Exception):
+class HistoryError(PyapplyError):
     """The record cannot be read or written; the message is one line for people.
     `mended` says that a damaged database was moved aside meanwhile (trying again works
     on the new one)."""

@@ -25,31 +25,35 @@ from pyapply.reconciler.agent.api import AgentClient, AgentError, AgentUnavailab
 from pyapply.reconciler.agent.history import (
     History,
     HistoryError,
-    PassRecord,
     UnknownRevision,
     materialise,
 )
-from pyapply.reconciler.cli.main import (
-    Failure,
+from pyapply.reconciler.cli.common import (
+    connect,
     enforce,
-    err,
-    fail,
     load_or_fail,
     locked,
+    policy_or_fail,
+)
+from pyapply.reconciler.cli.main import (
+    Failure,
+    err,
+    fail,
     output_option,
     policy_option,
-    policy_or_fail,
     runtime_options,
 )
 from pyapply.reconciler.core.redact import NO_SECRETS
+from pyapply.reconciler.engine.apply import Hooks, apply_all, failed_actions
 from pyapply.reconciler.engine.lock import AgentRunning, agent_holder, agent_lock
 from pyapply.reconciler.engine.reconcile import (
     ApplyOptions,
-    apply_stack,
+    StackResult,
     desired_all,
     redactor_for,
     state_root,
 )
+from pyapply.reconciler.view.agent_text import history_lines, status_lines
 from pyapply.reconciler.view.plan_text import outcome_summary, plan_text
 
 
@@ -190,10 +194,11 @@ def watch(
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
     import logging
 
-    from pyapply.reconciler.agent.agent import Agent, AgentOptions, setup_logging
+    from pyapply.reconciler.agent.agent import Agent, AgentOptions
     from pyapply.reconciler.agent.api import Api
+    from pyapply.reconciler.agent.logs import setup_logging
     from pyapply.reconciler.agent.sources import Source
-    from pyapply.runtime.drivers import open_runtime
+    from pyapply.runtime.drivers import open_container_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
@@ -218,7 +223,7 @@ def watch(
             fail(f"--metrics {metrics_addr}: {exc}")
 
     def rt() -> Any:
-        return open_runtime(runtime_name, root=state_root(root))
+        return open_container_runtime(runtime_name, root=state_root(root))
 
     options = AgentOptions(
         interval_s=interval,
@@ -274,48 +279,8 @@ def status(socket_path: str | None, root: str | None, agent_wait: float, output:
     if output == "json":
         click.echo(json.dumps(doc, indent=2))
         return
-    rev = doc["revision"]
-    last = doc["last_result"]
-    pinned = f" (pinned by rollback: {rev['pinned']})" if rev.get("pinned") else ""
-    click.echo(f"source:    {doc['agent']['source']} ({doc['agent']['source_kind']})")
-    click.echo(
-        f"revision:  {rev.get('applied') or '-'} {rev.get('subject') or ''}{pinned}".rstrip()
-    )
-    if rev.get("source") and rev.get("source") != rev.get("applied"):
-        click.echo(f"source at: {rev['source']}")
-    click.echo(
-        f"sync:      {doc['sync']}" + ("  (reconciling)" if doc["agent"]["reconciling"] else "")
-    )
-    rejected = doc.get("rejected")
-    if rejected:
-        click.echo(f"source {rejected['revision']}: {rejected['outcome']}, not applied")
-        for e in rejected.get("errors") or []:
-            click.echo(f"  error: {e}")
-    reset = doc.get("history_reset")
-    if reset:
-        click.echo(
-            f"history:   WARNING: {reset['path']} was damaged ({reset['reason']}); moved to "
-            f"{reset['moved_to']} at {_when(reset['at'])}"
-        )
-    failures = (doc.get("history") or {}).get("write_failures")
-    if failures:
-        click.echo(
-            f"history:   WARNING: {failures} record(s) could not be written "
-            f"({doc['history'].get('last_failure')})"
-        )
-    if last.get("outcome"):
-        click.echo(
-            f"last pass: {last['outcome']} ({last['trigger']}) at {_when(last['ended'])}"
-            + (f", pass #{last['pass']}" if last.get("pass") else "")
-        )
-        for e in last.get("errors") or []:
-            click.echo(f"  error: {e}")
-    for stack in doc["stacks"]:
-        click.echo(f"stack {stack['name']}: {stack['health']}")
-        for svc in stack.get("services", []):
-            click.echo(
-                f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
-            )
+    for line in status_lines(doc):
+        click.echo(line)
 
 
 @click.command()
@@ -369,10 +334,6 @@ def _damaged(exc: HistoryError) -> str:
     return f"the agent's record cannot be used: {text}"
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
 @click.command()
 @socket_option
 @click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root. Env: PYAPPLY_ROOT.")
@@ -407,23 +368,8 @@ def history(
     if output == "json":
         click.echo(json.dumps({"passes": records}, indent=2))
         return
-    rows = [("PASS", "REVISION", "OUTCOME", "TRIGGER", "STARTED", "SECONDS", "SUBJECT / ERRORS")]
-    for doc in records:
-        rec = PassRecord(**{**doc, "errors": tuple(doc["errors"])})
-        took = f"{rec.ended - rec.started:.2f}" if rec.ended else "-"
-        note = rec.subject
-        if rec.errors:
-            note = (
-                (note + ": " if note else "")
-                + rec.errors[0]
-                + (f" (+{len(rec.errors) - 1})" if len(rec.errors) > 1 else "")
-            )
-        trig = rec.trigger if len(rec.trigger) <= 24 else rec.trigger[:21] + "..."
-        rows.append((str(rec.id), rec.revision, rec.outcome, trig, _when(rec.started), took, note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = zip(row[:-1], widths, strict=True)
-        click.echo("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1])
+    for line in history_lines(records):
+        click.echo(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,8 +414,6 @@ def rollback(
 def _rollback_here(
     revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
 ) -> None:
-    from pyapply.reconciler.cli.main import connect
-
     root_dir = state_root(root)
     try:
         hist = History(root_dir)
@@ -494,20 +438,21 @@ def _rollback_here(
         except HistoryError as exc:
             fail(_damaged(exc))
         errors: list[str] = []
-        with locked(root_dir, lock_timeout):
-            for desired in wanted:
-                result = apply_stack(
-                    rt,
-                    desired,
-                    ApplyOptions(),
-                    on_plan=lambda p: click.echo(plan_text(p, redactor)),
-                )
-                errors += list(result.plan.errors)
-                if result.outcome is not None:
-                    click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
-                    errors += [
-                        f"{r.action.op} {r.action.target}: {r.error}" for r in result.outcome.failed
-                    ]
+
+        def shown(result: StackResult) -> None:
+            errors.extend(result.plan.errors)
+            if result.outcome is not None:
+                click.echo(f"stack {result.stack}: {outcome_summary(result.outcome)}")
+                errors.extend(failed_actions(result.outcome))
+
+        apply_all(
+            rt,
+            wanted,
+            ApplyOptions(),
+            root=root_dir,
+            lock=locked(root_dir, lock_timeout),
+            hooks=Hooks(on_plan=lambda p: click.echo(plan_text(p, redactor)), on_result=shown),
+        )
         errors = redactor.value(errors)
         try:
             hist.finish(pid, "failed" if errors else "succeeded", {}, errors)

@@ -19,16 +19,13 @@ from typing import Any
 
 import click
 
+from pyapply.reconciler.cli.common import connect, enforce, load_or_fail, policy_or_fail
 from pyapply.reconciler.cli.image import one_line, push_event_json, push_line
 from pyapply.reconciler.cli.main import (
-    connect,
-    enforce,
     err,
     fail,
     file_option,
-    load_or_fail,
     policy_option,
-    policy_or_fail,
     profile_option,
     runtime_options,
 )

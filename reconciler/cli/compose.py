@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import click
 
-from pyapply.reconciler.cli.main import file_option, load_or_fail, profile_option
+from pyapply.reconciler.cli.common import load_or_fail
+from pyapply.reconciler.cli.main import file_option, profile_option
 from pyapply.reconciler.manifest import dump as compose_render
 
 

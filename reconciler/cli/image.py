@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pyapply.reconciler.cli.main import connect, err, fail, locked, runtime_options
+from pyapply.reconciler.cli.common import connect, locked
+from pyapply.reconciler.cli.main import err, fail, runtime_options
 from pyapply.runtime.base import ContainerState, PushEvent, RuntimeFailure
 
 if TYPE_CHECKING:

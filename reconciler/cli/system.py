@@ -14,8 +14,9 @@ from contextlib import nullcontext
 
 import click
 
+from pyapply.reconciler.cli.common import locked
 from pyapply.reconciler.cli.image import lock_timeout_option, refusal
-from pyapply.reconciler.cli.main import err, fail, locked, runtime_options
+from pyapply.reconciler.cli.main import err, fail, runtime_options
 from pyapply.reconciler.engine.reconcile import state_root
 
 # What the user asked to remove first, then what was swept up after it.

@@ -39,14 +39,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pyapply.reconciler.core import identity
+from pyapply.reconciler.core import health, identity
 from pyapply.reconciler.core.translate import LAST_APPLIED, Desired, DesiredContainer, builders
 from pyapply.runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
 ChangeKind = Literal[
-    "create", "recreate", "start", "restart", "repair", "remove", "rename", "pull", "build"
+    "create",
+    "recreate",
+    "start",
+    "restart",
+    "repair",
+    "remove",
+    "rename",
+    "pull",
+    "update",
+    "build",
 ]
-ObjectKind = Literal["container", "network", "volume", "image"]
+# service, config, secret: a swarm's (reconciler.core.swarm)
+ObjectKind = Literal["container", "network", "volume", "image", "service", "config", "secret"]
 
 
 @dataclass(frozen=True)
@@ -264,12 +274,8 @@ def _container_changes(
         if have.status == "dead":
             changes.append(change("recreate", "dead"))
         elif have.status in ("exited", "created"):
-            if (
-                have.status == "exited"
-                and have.exit_code == 0
-                and (svc.restart == "no" or svc.restart.startswith("on-failure"))
-            ):
-                continue  # a one-shot that completed (on-failure: success is not a failure)
+            if health.completed(have, svc.restart):
+                continue  # a one-shot that did its job: not drift
             reason = (
                 "created but not started"
                 if have.status == "created"

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pyapply.reconciler.core.errors import PyapplyError
+
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 PullPolicy = Literal["missing", "always", "never", "build"]
 UpdateOrder = Literal["stop-first", "start-first"]
@@ -35,6 +37,9 @@ class Port:
     published: int | None = None  # None: an ephemeral host port
     host_ip: str = ""
     protocol: str = "tcp"
+    # where a swarm publishes it: the routing mesh ("ingress", compose's default) or the
+    # node running the task ("host"); one host's runtimes publish on the host either way
+    mode: Literal["ingress", "host"] = "ingress"
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,40 @@ class BuildSpec:
 
 
 @dataclass(frozen=True)
+class RollPolicy:
+    """deploy.update_config / rollback_config as a swarm rolls them (the fields one host's
+    runtimes use are in `UpdateConfig`); None: the swarm's default."""
+
+    parallelism: int | None = None
+    delay: float | None = None
+    order: UpdateOrder | None = None
+    failure_action: Literal["pause", "continue", "rollback"] | None = None
+    monitor: float | None = None
+    max_failure_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """The `deploy:` fields only a swarm acts on (the swarm runtime reads them; the others
+    warn that they are ignored). None / empty: not written."""
+
+    mode: Literal["replicated", "global"] = "replicated"
+    constraints: tuple[str, ...] = ()  # placement, in the order written
+    preferences: tuple[str, ...] = ()  # placement spread descriptors, in order
+    max_replicas_per_node: int | None = None
+    endpoint_mode: Literal["vip", "dnsrr"] | None = None
+    reserve_cpus: float | None = None
+    reserve_memory: int | None = None  # bytes
+    restart_condition: Literal["none", "on-failure", "any"] | None = None
+    restart_delay: float | None = None
+    restart_max_attempts: int | None = None
+    restart_window: float | None = None
+    update: RollPolicy = RollPolicy()
+    rollback: RollPolicy = RollPolicy()
+    labels: tuple[tuple[str, str], ...] = ()  # deploy.labels: the service's, sorted
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     image: str
@@ -167,6 +206,7 @@ class ServiceSpec:
     secrets: tuple[FileRef, ...] = ()
     pull_policy: PullPolicy = "missing"
     build: BuildSpec | None = None  # the image is built from this (compose `build:`)
+    deploy: Deploy = Deploy()
     location: Location | None = field(default=None, compare=False)
 
 
@@ -258,7 +298,7 @@ class Problem:
         return f"{where}{prefix}{field_}{self.message}"
 
 
-class ManifestError(Exception):
+class ManifestError(PyapplyError):
     """Loading failed; `problems` lists every error found (never raised for warnings)."""
 
     def __init__(self, problems: list[Problem]) -> None:

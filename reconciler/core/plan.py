@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Change, DiffResult
@@ -25,6 +25,14 @@ from pyapply.reconciler.core.translate import (
     builders,
 )
 from pyapply.runtime.base import BuildConfig, ContainerConfig, NetworkConfig, VolumeConfig
+
+if TYPE_CHECKING:  # a container stack's plan never loads the swarm vocabulary (startup)
+    from pyapply.runtime.services import (
+        OverlayNetworkConfig,
+        ServiceConfig,
+        SwarmObjectConfig,
+        SwarmObjectKind,
+    )
 
 Op = Literal[
     "pull",
@@ -42,6 +50,15 @@ Op = Literal[
     "remove",
     "rename",
     "wait",
+    # a swarm's (reconciler.core.swarm)
+    "create_overlay",
+    "remove_overlay",
+    "create_object",
+    "remove_object",
+    "create_service",
+    "update_service",
+    "remove_service",
+    "wait_service",
 ]
 
 
@@ -62,6 +79,12 @@ class Action:
     replicas: tuple[str, ...] = ()  # for wait: the containers to wait on
     new_name: str | None = None  # for rename
     delay_s: float = 0.0
+    # a swarm's objects (reconciler.core.swarm); `version` is the service's, for an update
+    service_config: ServiceConfig | None = None
+    overlay: OverlayNetworkConfig | None = None
+    swarm_object: SwarmObjectConfig | None = None
+    object_kind: SwarmObjectKind | None = None
+    version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ its API documents and its pass records. Three rules, in this order:
 1. **Secret values.** Any occurrence of a secret's content is replaced by `***`. The set of
    secret values comes from the desired model of the loaded stacks (their `secrets:` with
    `file`, `content` or `environment` sources; configs are not secret) and is handed to the
-   `Redactor` by whoever built that model (`loop.redactor_for`); it is never read again
+   `Redactor` by whoever built that model (`engine.reconcile.redactor_for`); it is never read again
    here. Details:
    - a content is taken without its surrounding white space (a secret file usually ends in
      a newline that an environment value does not have);

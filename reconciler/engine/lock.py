@@ -17,10 +17,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.runtime.statefs import open_private, private_dir
 
 
-class LockTimeout(Exception):
+class LockTimeout(PyapplyError):
     pass
 
 
@@ -78,7 +79,7 @@ def _held(fd: int) -> Iterator[None]:
 AGENT_LOCK = "agent.lock"
 
 
-class AgentRunning(Exception):
+class AgentRunning(PyapplyError):
     """Another agent holds the state root."""
 
 

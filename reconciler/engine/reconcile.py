@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Observed, diff, teardown
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Plan, build, build_teardown
 from pyapply.reconciler.core.redact import Redactor
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from pyapply.reconciler.manifest.loader import Loaded
 
 
-class PassError(Exception):
+class PassError(PyapplyError):
     """A pass cannot go on (a config file unreadable, an external object missing ...)."""
 
 
@@ -173,15 +174,17 @@ def apply_stack(
     desired: Desired,
     options: ApplyOptions,
     *,
-    reporter: Reporter | None = None,
+    reporter: Callable[[], Reporter | None] | None = None,
     on_plan: Callable[[Plan], AbstractContextManager[Any] | None] | None = None,
     on_executor: Callable[[Executor], None] | None = None,
 ) -> StackResult:
     """Pull what must be pulled, plan, and (unless a dry run) execute one stack.
 
     `on_plan` sees the plan before anything runs (to print it); the context manager it may
-    return wraps the execution (a live progress display). `on_executor` is handed the
-    executor before it runs (the watch agent keeps it, to `cancel()` it on SIGTERM)."""
+    return wraps the execution (a live progress display). `reporter` makes the executor's
+    reporter, only when there is work (a no-op pass never imports a progress display).
+    `on_executor` is handed the executor before it runs (the watch agent keeps it, to
+    `cancel()` it on SIGTERM)."""
     if not options.dry_run:
         from pyapply.reconciler.engine.build import build_first
 
@@ -203,7 +206,7 @@ def apply_stack(
             wait_timeout_s=options.wait_timeout_s,
             on_build=options.on_build,
         ),
-        reporter,
+        reporter() if reporter is not None else None,
     )
     if on_executor is not None:
         on_executor(executor)

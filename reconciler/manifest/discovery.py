@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Problem
 from pyapply.reconciler.manifest import yamlpos
 
@@ -61,7 +62,7 @@ class Source:
         return os.path.dirname(self.display)
 
 
-class Unreadable(Exception):
+class Unreadable(PyapplyError):
     """A file the loader will not or cannot read; the message is the sentence to report."""
 
 

@@ -28,6 +28,7 @@ from pyapply.reconciler.core.model import (
     UpdateConfig,
     VolumeSpec,
 )
+from pyapply.reconciler.manifest import swarm_deploy
 from pyapply.reconciler.manifest.document import API_VERSION, KIND
 
 
@@ -123,6 +124,8 @@ def service(s: ServiceSpec) -> dict[str, Any]:
             if p.host_ip:
                 port["host_ip"] = p.host_ip
             port["protocol"] = p.protocol
+            if p.mode != "ingress":
+                port["mode"] = p.mode
             ports.append(port)
         out["ports"] = ports
     volumes = [_mount(m) for m in s.mounts]
@@ -172,6 +175,7 @@ def service(s: ServiceSpec) -> dict[str, Any]:
             "parallelism": s.update.parallelism,
             "delay": _seconds(s.update.delay),
         }
+    swarm_deploy.dump_deploy(s.deploy, deploy, _seconds)
     if deploy:
         out["deploy"] = deploy
     if s.labels:

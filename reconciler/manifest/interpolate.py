@@ -17,6 +17,7 @@ from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.yamlpos import MAX_DEPTH, MAX_EXPANDED_CHARS
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -24,7 +25,7 @@ _DOTENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 
 
-class InterpolationError(ValueError):
+class InterpolationError(PyapplyError, ValueError):
     """The text cannot be interpolated; the message is a sentence meant for a person."""
 
 

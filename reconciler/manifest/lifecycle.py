@@ -20,8 +20,10 @@ from pyapply.reconciler.core.model import (
     UpdateConfig,
     UpdateOrder,
 )
+from pyapply.reconciler.manifest import swarm_deploy
 from pyapply.reconciler.manifest.document import MISSING, ignored, walk
 from pyapply.reconciler.manifest.values import (
+    Bad,
     parse_cpus,
     parse_duration,
     parse_pids,
@@ -138,23 +140,25 @@ def deploy(b: ServiceBuilder) -> None:
     ctx = b.ctx
     dpath = b.at("deploy")
     deploy = walk(b.raw, ("deploy",))
-    if isinstance(deploy, dict):
-        if b.get("deploy", "mode") == "global":
-            ctx.warn(
-                (*dpath, "mode"), 'deploy mode "global" is not supported; "replicated" is used'
-            )
-        ignored(ctx, deploy, dpath, ("placement", "endpoint_mode", "rollback_config", "labels"))
-        resources = walk(deploy, ("resources",))
-        if isinstance(resources, dict):
-            ignored(ctx, resources, (*dpath, "resources"), ("reservations",))
-        update = walk(deploy, ("update_config",))
-        if isinstance(update, dict):
-            ignored(
-                ctx,
-                update,
-                (*dpath, "update_config"),
-                ("failure_action", "monitor", "max_failure_ratio"),
-            )
+    if isinstance(deploy, dict) and ctx.ok(dpath):
+        # the fields only a swarm acts on: kept in the model for the swarm runtime; the
+        # runtimes of one host ignore them (said at each, once)
+        b.fields["deploy"] = swarm_deploy.parse_deploy(
+            deploy,
+            dpath,
+            ctx.error,
+            duration=parse_duration,
+            size=parse_size,
+            cpus=parse_cpus,
+            bad=Bad,
+        )
+        for parts, what in swarm_deploy.SWARM_ONLY.items():
+            if walk(deploy, parts) not in (MISSING, "replicated"):
+                ctx.warn(
+                    (*dpath, *parts),
+                    f"{what} is used by the swarm runtime only; the runtimes of one host ignore it",
+                    key=True,
+                )
     # replicas: deploy.replicas, else the legacy scale
     replicas = b.get("deploy", "replicas")
     scale = b.get("scale")

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Location, Problem
 from pyapply.reconciler.manifest import yamlpos
 from pyapply.reconciler.manifest.document import FileAccess, FileGuard, StackDocument, format_path
@@ -128,7 +129,7 @@ class Policy:
         return access
 
 
-class PolicyError(Exception):
+class PolicyError(PyapplyError):
     """A policy file is wrong; `problems` are located like manifest errors."""
 
     def __init__(self, problems: list[Problem]) -> None:

@@ -19,6 +19,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest import discovery
 
 
@@ -85,7 +86,7 @@ PREFIX_MIN_HEX = 7
 _PREFIX = re.compile(r"(?:sha256:)?[0-9a-f]{7,64}(?:\+[0-9a-f]{0,64})?")
 
 
-class UnknownRevision(Exception):
+class UnknownRevision(PyapplyError):
     """No recorded revision is the one asked for."""
 
 

@@ -16,10 +16,12 @@ import os
 import stat
 from typing import Any
 
+from pyapply.reconciler.core.errors import PyapplyError
+
 MAX_BYTES = 1 << 20  # Docker's default profile is about 20 KB
 
 
-class ProfileError(ValueError):
+class ProfileError(PyapplyError, ValueError):
     """A profile that cannot be used; the message is a sentence naming the file."""
 
 

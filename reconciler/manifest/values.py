@@ -17,12 +17,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Mount, Port
 
 OBJECT_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 
 
-class Bad(Exception):
+class Bad(PyapplyError):
     """A value is wrong; the message is the sentence to report."""
 
 
@@ -373,5 +374,9 @@ def long_port(item: dict[str, Any]) -> Port:
     if protocol not in PROTOCOLS:
         raise Bad(f"protocol {show(protocol)} is not one of tcp, udp or sctp")
     return Port(
-        target=item["target"], published=published or None, host_ip=host_ip, protocol=protocol
+        target=item["target"],
+        published=published or None,
+        host_ip=host_ip,
+        protocol=protocol,
+        mode="host" if item.get("mode") == "host" else "ingress",
     )

@@ -31,6 +31,8 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from pyapply.reconciler.core.errors import PyapplyError
+
 Path = tuple[str | int, ...]
 Pos = tuple[int, int]  # 1-based line, column
 
@@ -72,7 +74,7 @@ value, so this also bounds the time an honest but huge file takes. What else mul
 counts against it too: port ranges, files included and services extended (per load)."""
 
 
-class YamlSyntaxError(Exception):
+class YamlSyntaxError(PyapplyError):
     def __init__(self, message: str, line: int, column: int) -> None:
         super().__init__(f"{line}:{column}: {message}")
         self.message = message

@@ -1,7 +1,7 @@
 """How plans, outcomes and objects are shown: Terraform-like text, and JSON for machines.
 
 Secret and secret-like values never reach the output: every function here takes the
-`Redactor` of the stacks shown (`loop.redactor_for`) and passes every string it prints
+`Redactor` of the stacks shown (`engine.reconcile.redactor_for`) and passes every string it prints
 through it -- secret contents, URL passwords and credential-named variables (see
 `reconciler.core.redact`). A value is redacted before it is shortened, so that a cut never
 leaves part of a secret behind.
@@ -29,6 +29,7 @@ SYMBOLS = {
     "repair": "*",
     "remove": "-",
     "rename": "~",
+    "update": "~",
 }
 REDACTED = HIDDEN  # what a credential-named variable's value is shown as
 PLAN_SCHEMA = "https://pyapply.dev/schemas/v1/plan.schema.json"
@@ -161,3 +162,17 @@ def outcome_summary(outcome: Outcome) -> str:
     if skipped:
         parts.append(f"{skipped} skipped")
     return ", ".join(parts)
+
+
+def results_json(outcomes: Sequence[Outcome], redactor: Redactor = NO_SECRETS) -> list[Any]:
+    """Every action run, as `apply -o json` reports it: id, status, seconds, error."""
+    return [
+        {
+            "id": redactor.text(r.action.id),
+            "status": r.status,
+            "seconds": round(r.seconds, 3),
+            "error": redactor.value(r.error),
+        }
+        for o in outcomes
+        for r in o.results
+    ]

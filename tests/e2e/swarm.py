@@ -454,7 +454,10 @@ def clean_leftovers() -> list[str]:
         done.append(f"dir {root}")
     if swarm_info().get("ControlAvailable"):
         done += remove_prefixed("pyasw")
-        for node in docker("node", "ls", "--format", "{{.ID}} {{.Hostname}}").splitlines():
+        # check=False: the swarm may be left by a run that ends while this one looks
+        for node in docker(
+            "node", "ls", "--format", "{{.ID}} {{.Hostname}}", check=False
+        ).splitlines():
             node_id, _, hostname = node.partition(" ")
             if hostname.startswith("pyasw"):
                 docker("node", "rm", "--force", node_id, check=False)

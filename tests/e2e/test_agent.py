@@ -508,3 +508,67 @@ def test_sigterm_mid_apply_leaves_a_state_the_next_pass_converges(
         timeout=60,
     )
     assert agent.api("GET", "/v1/status")["sync"] == "Synced"
+
+
+def test_status_agrees_with_diff_on_a_one_shot_and_removal_cleans_up_like_down(
+    agent: AgentProc, runtime: RuntimeUnderTest, stack_name: str, obs: Observer, tmp_path: Path
+) -> None:
+    """Issue 10: a `restart: on-failure` one-shot that exited 0 is Healthy to `status` as
+    it is no drift to `diff`; with `--allow-empty`, the removal of a stack whose manifests
+    are gone takes its config and secret files with it, as `pyapply down` does."""
+    repo = Repo(tmp_path / "repo")
+    manifest = f"""apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack_name}}}
+spec:
+  configs:
+    settings: {{content: "a=1\\n"}}
+  secrets:
+    token: {{content: "e2e-s3cr3t"}}
+  services:
+    app:
+      image: {TEST_IMAGE}
+      command: ["sleep", "100000"]
+      init: true
+      stop_grace_period: 1s
+      configs: [settings]
+      secrets: [token]
+    job:
+      image: {TEST_IMAGE}
+      command: ["true"]
+      restart: on-failure
+"""
+    repo.commit({"stack.yaml": manifest}, "app and job")
+    agent.start(repo.path, "--allow-empty")
+    app, job = f"{stack_name}-app-1", f"{stack_name}-job-1"
+
+    def job_done() -> bool:
+        state = obs.container(job)
+        return state is not None and state.status == "exited" and state.exit_code == 0
+
+    wait_for("app up, job done", lambda: running(obs, app) and job_done())
+    files = Path(runtime.root) / "files" / stack_name
+    assert files.is_dir() and any(files.iterdir())
+
+    def no_drift() -> str | None:
+        # `diff` reads the runtime, which may still settle after the job's exit event
+        out = agent.cli("diff", "-f", str(repo.path), "--exit-code", ok=False)
+        return out.stdout if out.returncode == 0 else None
+
+    assert "no changes" in wait_for("diff: no drift", no_drift)
+
+    def settled() -> dict[str, Any] | None:
+        doc = json.loads(agent.cli("status", "-o", "json").stdout)
+        return doc if doc["sync"] == "Synced" and not doc["agent"]["reconciling"] else None
+
+    status = wait_for("Synced", settled)
+    (stack,) = status["stacks"]
+    services = {s["name"]: s for s in stack["services"]}
+    assert services["job"]["health"] == "Healthy", status
+    assert (stack["health"], services["app"]["health"]) == ("Healthy", "Healthy"), status
+    # the manifests go: with --allow-empty the stack is removed, and its files too
+    repo.commit({"stack.yaml": None}, "remove the stack")
+    wait_for("the stack removed", lambda: not obs.containers(stack_name) or None)
+    wait_for("its files removed", lambda: not files.exists() or None)
+    assert not obs.networks(stack_name)
+    assert agent.stop() == 0

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fakes import FakeRuntime
 
-from pyapply.reconciler.agent.agent import Agent, AgentOptions, Triggers
+from pyapply.reconciler.agent.agent import Agent, AgentOptions
 from pyapply.reconciler.agent.api import AgentClient, Api
 from pyapply.reconciler.agent.sources import (
     Backoff,
@@ -23,6 +23,7 @@ from pyapply.reconciler.agent.sources import (
     Source,
     directory_revision,
 )
+from pyapply.reconciler.agent.triggers import Triggers
 from pyapply.reconciler.manifest.policy import builtin
 from pyapply.runtime.base import ImageInfo
 
@@ -454,7 +455,7 @@ def test_metrics_count_passes_and_actions(tmp_path: Path) -> None:
 def test_json_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from pyapply.reconciler.agent.agent import setup_logging
+    from pyapply.reconciler.agent.logs import setup_logging
 
     setup_logging("json")
     try:
@@ -537,7 +538,7 @@ def test_what_the_agent_does_with_a_dead_container(
 
 
 def test_deaths_the_agent_causes_are_not_crashes() -> None:
-    from pyapply.reconciler.agent.agent import OwnStops
+    from pyapply.reconciler.agent.actions import OwnStops
 
     own = OwnStops(grace_s=0.2)
     rec = Recorder()

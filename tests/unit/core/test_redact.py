@@ -185,7 +185,7 @@ def test_an_old_history_db_is_moved_apart_and_vacuumed(tmp_path: Path) -> None:
 def test_agent_log_lines_are_redacted_in_both_formats() -> None:
     import logging
 
-    from pyapply.reconciler.agent.agent import JsonFormatter, PlainFormatter, log_redaction
+    from pyapply.reconciler.agent.logs import JsonFormatter, PlainFormatter, log_redaction
 
     secret = 'qu"ote\\back-ünï'  # JSON would escape all of these
     record = logging.LogRecord("pyapply.agent", logging.ERROR, __file__, 1, "x %s", (secret,), None)

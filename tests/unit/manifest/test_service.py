@@ -108,7 +108,7 @@ SERVICE_CASES: list[tuple[str, str, str, Any]] = [
         "ports-long",
         "ports: [{target: 80, published: '8080', host_ip: 127.0.0.1, protocol: udp, mode: host}]",
         "ports",
-        (Port(80, 8080, "127.0.0.1", "udp"),),
+        (Port(80, 8080, "127.0.0.1", "udp", "host"),),
     ),
     (
         "ports-long-int-published",
@@ -464,8 +464,8 @@ def test_unsupported_fields_warn(here: Path) -> None:
         "supported; the service is not attached to any network",
         "stack.yaml:11:5: warning: services.both.mem_limit: conflicts with "
         "deploy.resources.limits.memory, which is used",
-        'stack.yaml:12:51: warning: services.both.deploy.placement: "placement" is not supported '
-        "and is ignored",
+        "stack.yaml:12:51: warning: services.both.deploy.placement: placement is used by the "
+        "swarm runtime only; the runtimes of one host ignore it",
         "stack.yaml:13:5: warning: services.both.scale: conflicts with deploy.replicas (2), "
         "which is used",
         'stack.yaml:16:22: warning: services.net.networks.lan.ipv6_address: "ipv6_address" is '

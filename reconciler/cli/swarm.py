@@ -1,0 +1,258 @@
+"""`apply`, `diff`, `down` and `get` on the swarm runtime (`--runtime swarm`).
+
+`cli/main.py` hands a command over here once it has opened a `ServiceRuntime`; the manifests
+are loaded and the policy enforced there already. Output and exit codes are the other
+runtimes': the plan as text or JSON, one line per action, and per service how its update
+ended (converged, rolled back, paused, timed out); 0 / 1 / 2 as everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.plan import Plan
+from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
+from pyapply.reconciler.core.swarm import SwarmDesired
+from pyapply.reconciler.engine.execute import ActionResult, Outcome
+from pyapply.reconciler.engine.reconcile import PassError
+from pyapply.reconciler.engine.swarm import (
+    SwarmOptions,
+    apply_swarm,
+    desired_for_swarm,
+    execute,
+    observe_swarm,
+    plan_down_swarm,
+    plan_swarm,
+)
+from pyapply.reconciler.manifest.loader import Loaded
+from pyapply.reconciler.view.plan_text import outcome_summary, plan_text, plans_json
+from pyapply.runtime.base import RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
+
+__all__ = ["apply", "diff", "down", "get"]
+
+EXIT_ERROR, EXIT_DRIFT = 1, 2
+
+
+def _fail(message: str) -> NoReturn:
+    from pyapply.reconciler.cli.main import fail  # main hands over to this module
+
+    fail(message)
+
+
+def _checked(loaded: Loaded, acting: bool) -> None:
+    """What cannot exist on a swarm: warnings printed, errors printed and fatal."""
+    from pyapply.reconciler.manifest.swarm_check import check_swarm
+
+    problems = check_swarm(loaded)
+    for p in problems:
+        click.echo(str(p), err=True)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        n = len(errors)
+        tail = "; nothing was changed" if acting else ""
+        _fail(f"{n} error{'s' if n != 1 else ''} in the manifests for the swarm runtime{tail}")
+
+
+def _desired(rt: ServiceRuntime, loaded: Loaded, revision: str) -> list[SwarmDesired]:
+    try:
+        return [
+            desired_for_swarm(rt, s, revision=revision, environ=loaded.environments.get(s.name))
+            for s in loaded.stacks
+        ]
+    except PassError as exc:
+        _fail(f"{exc}; nothing was changed")
+
+
+def _redactor(desired: list[SwarmDesired]) -> Redactor:
+    return Redactor(o.config.data for d in desired for o in d.objects if o.kind == "secret")
+
+
+def _line(r: ActionResult, redactor: Redactor) -> str:
+    a = r.action
+    head = f"  {r.status:7} {a.op:15} {a.target}"
+    if r.status == "done":
+        return redactor.text(head + (f": {r.note}" if r.note else ""))
+    return redactor.text(f"{head}: {r.error or ''}")
+
+
+def _services_summary(outcome: Outcome) -> list[str]:
+    out = []
+    for r in outcome.results:
+        if r.action.op != "wait_service":
+            continue
+        if r.status == "done":
+            out.append(f"service {r.action.target}: {r.note}")
+        elif r.status == "failed":
+            out.append(f"service {r.action.target}: {r.error}")
+    return out
+
+
+def apply(
+    rt: ServiceRuntime,
+    loaded: Loaded,
+    revision: str,
+    *,
+    output: str,
+    dry_run: bool,
+    wait_timeout: float,
+) -> None:
+    _checked(loaded, acting=True)
+    wanted = _desired(rt, loaded, revision)
+    redactor = _redactor(wanted)
+    options = SwarmOptions(dry_run=dry_run, wait_timeout_s=wait_timeout)
+    plans: list[Plan] = []
+    outcomes: list[Outcome] = []
+    try:
+        for desired in wanted:
+            for w in desired.warnings:
+                click.echo(redactor.text(f"warning: {w}"), err=True)
+            result = apply_swarm(rt, desired, options)
+            plans.append(result.plan)
+            if output == "text":
+                click.echo(plan_text(result.plan, redactor))
+            if result.plan.errors:
+                _fail(
+                    redactor.text(
+                        f"stack {desired.stack}: cannot apply: " + "; ".join(result.plan.errors)
+                    )
+                )
+            if result.outcome is not None:
+                outcomes.append(result.outcome)
+                if output == "text":
+                    for r in result.outcome.results:
+                        click.echo(_line(r, redactor))
+                    for line in _services_summary(result.outcome):
+                        click.echo(redactor.text(line))
+                    click.echo(f"stack {desired.stack}: {outcome_summary(result.outcome)}")
+    except RuntimeFailure as exc:
+        _fail(redactor.text(exc.message))
+    if output == "json":
+        doc = plans_json(plans, redactor)
+        doc["revision"] = revision
+        doc["applied"] = not dry_run
+        doc["results"] = [
+            {
+                "id": redactor.text(r.action.id),
+                "status": r.status,
+                "seconds": round(r.seconds, 3),
+                "error": redactor.value(r.error),
+                "note": r.note,
+            }
+            for o in outcomes
+            for r in o.results
+        ]
+        click.echo(json.dumps(doc, indent=2))
+    if any(not o.ok for o in outcomes):
+        _fail("some actions failed; run `pyapply diff` to see what is left, or apply again")
+
+
+def diff(
+    rt: ServiceRuntime, loaded: Loaded, revision: str, *, output: str, exit_code: bool
+) -> None:
+    _checked(loaded, acting=False)
+    wanted = _desired(rt, loaded, revision)
+    redactor = _redactor(wanted)
+    try:
+        plans = [plan_swarm(rt, d) for d in wanted]
+    except RuntimeFailure as exc:
+        _fail(redactor.text(exc.message))
+    if output == "json":
+        click.echo(json.dumps(plans_json(plans, redactor), indent=2))
+    else:
+        for plan in plans:
+            click.echo(plan_text(plan, redactor))
+    if any(p.errors for p in plans):
+        sys.exit(EXIT_ERROR)
+    if exit_code and any(not p.empty for p in plans):
+        sys.exit(EXIT_DRIFT)
+
+
+def down(rt: ServiceRuntime, names: list[str]) -> None:
+    ok = True
+    try:
+        for name in names:
+            plan = plan_down_swarm(rt, name)
+            click.echo(plan_text(plan))
+            if plan.empty:
+                continue
+            outcome = execute(rt, plan)
+            for r in outcome.results:
+                click.echo(_line(r, NO_SECRETS))
+            click.echo(f"stack {name}: {outcome_summary(outcome)}")
+            ok = ok and outcome.ok
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+    if not ok:
+        _fail("some objects could not be removed; run down again")
+
+
+def get(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
+    docs: list[dict[str, Any]] = []
+    try:
+        for name in names:
+            obs = observe_swarm(rt, name)
+            docs.append(
+                {
+                    "stack": name,
+                    "services": [
+                        {
+                            "name": s.name,
+                            "service": s.labels.get(identity.SERVICE),
+                            "mode": s.spec.mode,
+                            "running": s.running_tasks,
+                            "desired": s.desired_tasks,
+                            "update": s.update.state if s.update else None,
+                            "image": s.spec.image,
+                            "revision": s.labels.get(identity.REVISION),
+                            "ports": [
+                                f"{p.published or ''}:{p.target}/{p.protocol} ({p.mode})"
+                                for p in s.spec.ports
+                            ],
+                            "failing": [t.error for t in s.failing if t.error],
+                        }
+                        for s in obs.services
+                    ],
+                    "networks": [{"name": n.name, "driver": n.driver} for n in obs.networks],
+                    "configs": [o.name for o in obs.configs],
+                    "secrets": [o.name for o in obs.secrets],
+                }
+            )
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+    if output == "json":
+        click.echo(json.dumps(docs, indent=2))
+        return
+    for doc in docs:
+        click.echo(f"stack {doc['stack']}")
+        rows = [("NAME", "MODE", "TASKS", "UPDATE", "IMAGE", "PORTS")]
+        for s in doc["services"]:
+            rows.append(
+                (
+                    s["name"],
+                    s["mode"],
+                    f"{s['running']}/{s['desired']}",
+                    s["update"] or "-",
+                    s["image"],
+                    ", ".join(s["ports"]),
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            )
+        for s in doc["services"]:
+            for e in s["failing"]:
+                click.echo(f"  ! {s['name']}: {e}")
+        for n in doc["networks"]:
+            click.echo(f"  network {n['name']} ({n['driver']})")
+        for c in doc["configs"]:
+            click.echo(f"  config {c}")
+        for c in doc["secrets"]:
+            click.echo(f"  secret {c}")

@@ -1,0 +1,236 @@
+"""One reconcile pass on a swarm: observe a stack on a `ServiceRuntime`, plan
+(`reconciler.core.swarm`), execute, and wait for each service's update to converge or roll
+back within the wait timeout.
+
+The executor's rules hold here too: every action is idempotent (create calls accept an object
+that is already ours), transient errors are retried with exponential back-off and jitter, a
+failed action skips the actions that depend on it, and the outcome is a value
+(`execute.Outcome`). A `wait_service` action is never retried: its result is the swarm's
+verdict on the update (converged, rolled back, paused, timed out), said per service.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.model import Stack
+from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.core.swarm import (
+    SwarmDesired,
+    SwarmObserved,
+    build_plan,
+    desired_swarm,
+    diff_swarm,
+    teardown_swarm,
+)
+from pyapply.reconciler.engine.execute import (
+    ActionResult,
+    NullReporter,
+    Outcome,
+    Reporter,
+    Settings,
+)
+from pyapply.reconciler.engine.reconcile import StackResult, read_file_objects
+from pyapply.runtime.base import Conflict, NotFound, RuntimeFailure
+from pyapply.runtime.services import OverlayNetworkState, ServiceRuntime
+
+__all__ = [
+    "SwarmOptions",
+    "apply_swarm",
+    "desired_for_swarm",
+    "execute",
+    "observe_swarm",
+    "plan_down_swarm",
+    "plan_swarm",
+]
+
+
+@dataclass(frozen=True)
+class SwarmOptions:
+    dry_run: bool = False
+    wait_timeout_s: float = 120.0
+    pin: bool = True
+
+
+def desired_for_swarm(
+    rt: ServiceRuntime,
+    stack: Stack,
+    *,
+    revision: str,
+    environ: Mapping[str, str] | None = None,
+    pin: bool = True,
+) -> SwarmDesired:
+    """The stack's swarm objects, with each image pinned to the digest its registry holds
+    (`pin_image`), so every node runs the same image. An unreadable config or secret is
+    `engine.reconcile.PassError`. An image no registry holds (built on
+    this node only) is used by its tag, with a warning: other nodes could not pull it."""
+    contents = read_file_objects(stack, os.environ if environ is None else environ)
+    images: dict[str, str] = {}
+    warnings: list[str] = []
+    if pin:
+        for ref in sorted({s.image for s in stack.services}):
+            try:
+                images[ref] = rt.pin_image(ref)
+            except (NotFound, RuntimeFailure) as exc:
+                warnings.append(
+                    f"image {ref} is not pinned to a digest (only nodes that have it can run "
+                    f"it): {exc.message}"
+                )
+    desired = desired_swarm(stack, revision=revision, file_contents=contents, images=images)
+    return replace(desired, warnings=tuple(warnings)) if warnings else desired
+
+
+def observe_swarm(
+    rt: ServiceRuntime, stack: str, desired: SwarmDesired | None = None
+) -> SwarmObserved:
+    """What the swarm shows for one stack: one listing call per kind (plus one for the
+    external networks, if the stack names any)."""
+    labels = {identity.STACK: stack}
+    external: dict[str, OverlayNetworkState | None] = {}
+    if desired is not None and desired.external_networks:
+        every = {n.name: n for n in rt.list_overlay_networks({})}
+        external = {name: every.get(name) for name in desired.external_networks}
+    return SwarmObserved(
+        services=tuple(rt.list_services(labels)),
+        networks=tuple(rt.list_overlay_networks(labels)),
+        configs=tuple(rt.list_objects("config", labels)),
+        secrets=tuple(rt.list_objects("secret", labels)),
+        external_networks=external,
+    )
+
+
+def plan_swarm(rt: ServiceRuntime, desired: SwarmDesired) -> Plan:
+    observed = observe_swarm(rt, desired.stack, desired)
+    versions = {s.name: s.version for s in observed.services}
+    return build_plan(desired, desired.stack, diff_swarm(desired, observed), versions)
+
+
+def plan_down_swarm(rt: ServiceRuntime, stack: str) -> Plan:
+    return build_plan(None, stack, teardown_swarm(observe_swarm(rt, stack)))
+
+
+def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
+    """Do one action; the note to show with its result, if any."""
+    op = action.op
+    if op == "create_overlay":
+        assert action.overlay is not None
+        rt.create_overlay_network(action.overlay)
+    elif op == "remove_overlay":
+        rt.remove_overlay_network(action.target)
+    elif op == "create_object":
+        assert action.swarm_object is not None and action.object_kind is not None
+        rt.create_object(action.object_kind, action.swarm_object)
+    elif op == "remove_object":
+        assert action.object_kind is not None
+        try:
+            rt.remove_object(action.object_kind, action.target)
+        except Conflict:
+            # still used: an update that rolled back keeps the old one; a later pass removes it
+            return "kept: still in use by a service"
+    elif op == "create_service":
+        assert action.service_config is not None
+        rt.create_service(action.service_config)
+    elif op == "update_service":
+        assert action.service_config is not None
+        version = action.version
+        if version is None:
+            state = rt.get_service(action.target)
+            if state is None:
+                raise NotFound(f"swarm: service {action.target} is gone")
+            version = state.version
+        rt.update_service(action.target, action.service_config, version)
+    elif op == "remove_service":
+        rt.remove_service(action.target)
+    elif op == "wait_service":
+        result = rt.wait_converged(action.target, max(0.0, deadline - time.monotonic()))
+        counts = f"{result.running}/{result.desired} running"
+        if result.outcome == "converged":
+            return f"converged in {result.seconds:.1f}s ({counts})"
+        what = {
+            "rolled_back": "rolled back",
+            "paused": "update paused",
+            "timed_out": "not converged within the wait timeout",
+            "missing": "gone",
+        }[result.outcome]
+        raise _WaitFailed(f"{what}: {result.message or counts}")
+    else:  # a container op in a swarm plan is a bug in core.swarm
+        raise AssertionError(f"swarm plans have no {op} actions")
+    return None
+
+
+class _WaitFailed(RuntimeFailure):
+    """A service did not converge: the swarm's verdict, never retried."""
+
+
+def execute(
+    rt: ServiceRuntime,
+    plan: Plan,
+    settings: Settings | None = None,
+    reporter: Reporter | None = None,
+) -> Outcome:
+    """Run the plan's actions in order (the plan lists them so that each comes after its
+    dependencies); an action whose dependency failed is skipped."""
+    settings = settings or Settings()
+    reporter = reporter or NullReporter()
+    deadline = time.monotonic() + settings.wait_timeout_s
+    results: dict[str, ActionResult] = {}
+    for action in plan.actions:
+        blocked = [d for d in action.deps if d in results and results[d].status != "done"]
+        if blocked:
+            results[action.id] = ActionResult(action, "skipped", error=f"after {blocked[0]}")
+            reporter.finished(results[action.id])
+            continue
+        reporter.started(action)
+        start = time.monotonic()
+        attempts = 1 if action.op == "wait_service" else settings.attempts
+
+        def before_sleep(state: object, action: Action = action) -> None:
+            outcome = getattr(state, "outcome", None)
+            exc = outcome.exception() if outcome is not None else None
+            nxt = getattr(state, "next_action", None)
+            reporter.retrying(
+                action, getattr(state, "attempt_number", 0), str(exc), nxt.sleep if nxt else 0.0
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, RuntimeFailure) and e.retryable),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(
+                initial=settings.backoff_initial_s, max=settings.backoff_max_s
+            ),
+            sleep=settings.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            note = retrying(_perform, rt, action, deadline)
+        except RuntimeFailure as exc:
+            n = retrying.statistics.get("attempt_number", 1)
+            result = ActionResult(action, "failed", time.monotonic() - start, exc.message, n)
+        else:
+            n = retrying.statistics.get("attempt_number", 1)
+            result = ActionResult(action, "done", time.monotonic() - start, attempts=n, note=note)
+        results[action.id] = result
+        reporter.finished(result)
+    return Outcome(tuple(results[a.id] for a in plan.actions))
+
+
+def apply_swarm(
+    rt: ServiceRuntime,
+    desired: SwarmDesired,
+    options: SwarmOptions,
+    *,
+    reporter: Reporter | None = None,
+) -> StackResult:
+    """Plan and (unless a dry run, an empty plan or one with errors) execute one stack."""
+    plan = plan_swarm(rt, desired)
+    if plan.errors or options.dry_run or plan.empty:
+        return StackResult(desired.stack, plan)
+    outcome = execute(rt, plan, Settings(wait_timeout_s=options.wait_timeout_s), reporter)
+    return StackResult(desired.stack, plan, outcome)

@@ -1,0 +1,80 @@
+"""What `pyapply get` shows of a stack: its objects as a document (the `-o json` output)
+and as the text table, from what the runtime observed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyapply.reconciler.core import identity
+from pyapply.reconciler.core.diff import Observed
+from pyapply.runtime.base import PortBinding
+
+
+def port_text(p: PortBinding) -> str:
+    """`[ip:][host:]container/protocol`, as configured."""
+    return (
+        f"{p.host_ip + ':' if p.host_ip else ''}"
+        f"{str(p.host_port) + ':' if p.host_port else ''}"
+        f"{p.container_port}/{p.protocol}"
+    )
+
+
+def stack_doc(stack: str, observed: Observed) -> dict[str, Any]:
+    """One stack's containers (state, health, image, revision, ports), networks and
+    volumes, each sorted by name."""
+    return {
+        "stack": stack,
+        "containers": [
+            {
+                "name": c.name,
+                "service": c.labels.get(identity.SERVICE),
+                "replica": c.labels.get(identity.REPLICA),
+                "status": c.status,
+                "exit_code": c.exit_code if c.status == "exited" else None,
+                "health": c.health,
+                "image": c.image,
+                "revision": c.labels.get(identity.REVISION),
+                "ports": [port_text(p) for p in c.ports],
+            }
+            for c in sorted(observed.containers, key=lambda c: c.name)
+        ],
+        "networks": [
+            {"name": n.name, "driver": n.driver, "internal": n.internal}
+            for n in sorted(observed.networks, key=lambda n: n.name)
+        ],
+        "volumes": [
+            {"name": v.name, "driver": v.driver}
+            for v in sorted(observed.volumes, key=lambda v: v.name)
+        ],
+    }
+
+
+def stack_lines(doc: dict[str, Any]) -> list[str]:
+    """A stack's document as text: a header, a table of its containers, then a line per
+    network and volume."""
+    lines = [f"stack {doc['stack']}"]
+    rows = [("NAME", "SERVICE", "STATE", "HEALTH", "IMAGE", "PORTS")]
+    for c in doc["containers"]:
+        state = c["status"] + (f" ({c['exit_code']})" if c["exit_code"] is not None else "")
+        rows.append(
+            (
+                c["name"],
+                c["service"] or "",
+                state,
+                c["health"] or "-",
+                c["image"],
+                ", ".join(c["ports"]),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append(
+            "  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip()
+        )
+    for n in doc["networks"]:
+        lines.append(
+            f"  network {n['name']} ({n['driver']}{', internal' if n['internal'] else ''})"
+        )
+    for v in doc["volumes"]:
+        lines.append(f"  volume {v['name']}")
+    return lines

@@ -1,0 +1,60 @@
+"""`pyapply status` and `pyapply history` as text (`view.agent_text`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyapply.reconciler.view.agent_text import history_lines, status_lines, when
+
+
+def test_status_lines() -> None:
+    doc: dict[str, Any] = {
+        "agent": {"source": "/srv/repo", "source_kind": "git", "reconciling": True},
+        "revision": {"applied": "abc123", "subject": "fix", "source": "def456", "pinned": None},
+        "sync": "OutOfSync",
+        "rejected": {"revision": "def456", "outcome": "refused", "errors": ["no, because"]},
+        "history_reset": None,
+        "history": {"write_failures": 2, "last_failure": "begin: disk full"},
+        "last_result": {"outcome": "succeeded", "trigger": "resync", "ended": 0, "pass": 7},
+        "stacks": [
+            {
+                "name": "st",
+                "health": "Degraded",
+                "services": [{"name": "web", "health": "Degraded", "running": 1, "replicas": 2}],
+            }
+        ],
+    }
+    assert status_lines(doc) == [
+        "source:    /srv/repo (git)",
+        "revision:  abc123 fix",
+        "source at: def456",
+        "sync:      OutOfSync  (reconciling)",
+        "source def456: refused, not applied",
+        "  error: no, because",
+        "history:   WARNING: 2 record(s) could not be written (begin: disk full)",
+        "last pass: succeeded (resync) at -, pass #7",
+        "stack st: Degraded",
+        "  web: Degraded (1/2 running)",
+    ]
+
+
+def test_history_lines() -> None:
+    records = [
+        {
+            "id": 12,
+            "revision": "abc123",
+            "subject": "fix",
+            "trigger": "file,event:st-web-1,resync,api",
+            "started": 100.0,
+            "ended": 101.5,
+            "outcome": "failed",
+            "summary": {},
+            "errors": ["one", "two"],
+        }
+    ]
+    header, row = history_lines(records)
+    assert header.split() == [
+        "PASS", "REVISION", "OUTCOME", "TRIGGER", "STARTED", "SECONDS", "SUBJECT", "/", "ERRORS"
+    ]  # fmt: skip
+    assert row.startswith("12    abc123    failed   file,event:st-web-1,r...  ")
+    assert f"  {when(100.0)}  1.50     fix: one (+1)" in row
