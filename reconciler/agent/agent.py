@@ -40,6 +40,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.agent.actions import OwnStops
+from pyapply.reconciler.agent.git_source import GitFetcher, SourceNotReady
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,
@@ -131,6 +132,8 @@ class Agent:
         self.own_stops = OwnStops()
         self.file_watcher: FileWatcher | None = None
         self.event_watcher: EventWatcher | None = None
+        # `watch --repo`: the agent's own fetcher keeps the source's link up to date
+        self.git: GitFetcher | None = None
         # the secrets of every stack loaded so far (a rotated secret's old value stays
         # hidden too): what the logs, the API and the history records never show
         self.redactor: Redactor = NO_SECRETS
@@ -206,9 +209,16 @@ class Agent:
         executor = self.executor
         if executor is not None:
             executor.cancel()
-        for watcher in (self.file_watcher, self.event_watcher):
+        for watcher in (self.file_watcher, self.event_watcher, self.git):
             if watcher is not None:
                 watcher.stop()
+
+    def attach_git(self, fetcher: GitFetcher) -> None:
+        """Fetch on our own: a new commit triggers a pass; the trees of the last good
+        revision are kept while old ones are removed."""
+        fetcher.on_update = self.request
+        fetcher.in_use = lambda: [self.good.directory] if self.good is not None else []
+        self.git = fetcher
 
     def start_watchers(self) -> None:
         self.file_watcher = FileWatcher(
@@ -218,6 +228,8 @@ class Agent:
             poll_s=self.options.poll_s,
         )
         self.file_watcher.start()
+        if self.git is not None:
+            self.git.start()
         if self.options.runtime_events:
             self.event_watcher = EventWatcher(
                 self.open_runtime, self.request, self.history.managed_stacks, ours=self.own_stops
@@ -235,9 +247,9 @@ class Agent:
         interrupted = self.history.close_running()
         if interrupted:
             log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
+        where = self.source.path if self.git is None else f"{self.git.shown_url} {self.git.ref}"
         info(
-            f"watching {self.source.path} ({self.source.kind}), resync every "
-            f"{self.options.interval_s:g}s",
+            f"watching {where} ({self.source.kind}), resync every {self.options.interval_s:g}s",
             source=self.source.path,
             kind=self.source.kind,
             pinned=self.history.pinned(),
@@ -267,7 +279,7 @@ class Agent:
                 self.running.clear()
                 self.triggers.done()
         info("stopped")
-        for watcher in (self.file_watcher, self.event_watcher):
+        for watcher in (self.file_watcher, self.event_watcher, self.git):
             if watcher is not None:
                 watcher.stop()
         return 0
@@ -304,6 +316,9 @@ class Agent:
         started = time.time()
         try:
             snap, pinned = self.pick()
+        except SourceNotReady as exc:
+            log.info("%s", exc)  # `watch --repo` before its first successful fetch
+            return
         except Exception as exc:
             log.error("cannot read the source %s: %s", self.source.path, exc)
             return

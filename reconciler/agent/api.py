@@ -270,6 +270,9 @@ class Api:
             doc["revision"] = agent.good.revision.id if agent.good else None
             return 200, doc
         if method == "POST" and path == "/v1/sync":
+            if agent.git is not None:
+                # a sync asked for by hand looks at the remote first
+                agent.git.fetch_now(wait=_bool(query.get("wait", ""), "wait"))
             ticket = agent.request("api")
             return self._queued(ticket, query, {})
         if method == "POST" and path == "/v1/rollback":

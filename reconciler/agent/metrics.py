@@ -76,6 +76,18 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        self.git_fetch_duration = Histogram(
+            "pyapply_git_fetch_duration_seconds",
+            "Duration of the git source's fetches (fetch, checkout and switch).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.git_fetch_failures = Counter(
+            "pyapply_git_fetch_failures",
+            "Failed fetches of the git source, by kind (auth, network, ref, timeout, other).",
+            ["reason"],
+            registry=r,
+        )
         self._revision: str | None = None
 
     def serve(self, address: str) -> None:
@@ -87,6 +99,11 @@ class Metrics:
 
     def action(self, op: str, status: str) -> None:
         self.actions.labels(op, status).inc()
+
+    def git_fetch(self, seconds: float, failure: str | None) -> None:
+        self.git_fetch_duration.observe(seconds)
+        if failure is not None:
+            self.git_fetch_failures.labels(failure).inc()
 
     def history_reset(self, database: str) -> None:
         self.history_resets.labels(database).inc()

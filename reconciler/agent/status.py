@@ -45,7 +45,7 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
             "pid": os.getpid(),
             "version": __version__,
             "started": agent.started_at,
-            "source": agent.source.path,
+            "source": agent.git.shown_url if agent.git is not None else agent.source.path,
             "source_kind": agent.source.kind,
             "reconciling": agent.running.is_set(),
             "stopping": agent.stopping.is_set(),
@@ -71,6 +71,8 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
         # the source's revision when it was refused or failed to load (the last pass
         # may since have been a self-heal of the last good revision)
         "rejected": rejected_view(agent),
+        # `watch --repo`: the last fetch, its error, the commit in use (null otherwise)
+        "git": agent.git.status() if agent.git is not None else None,
         "history_reset": agent.history_resets[-1].to_json() if agent.history_resets else None,
         "history": {
             "resets": [r.to_json() for r in agent.history_resets],

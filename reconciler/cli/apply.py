@@ -23,6 +23,7 @@ from pyapply.reconciler.cli.common import (
 from pyapply.reconciler.cli.main import (
     EXIT_DRIFT,
     EXIT_ERROR,
+    age_key_option,
     err,
     fail,
     file_option,
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 @runtime_options
 @output_option
 @policy_option
+@age_key_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
 @click.option(
@@ -185,6 +187,7 @@ def apply(
 @runtime_options
 @output_option
 @policy_option
+@age_key_option
 @click.option("--exit-code", is_flag=True, help="Exit 2 when there is drift.")
 @click.option("--prune-volumes", is_flag=True, help="Count undeclared volumes as drift.")
 def diff_cmd(
@@ -233,6 +236,7 @@ def diff_cmd(
 @file_option(required=False)
 @profile_option
 @runtime_options
+@age_key_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 @click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
 @click.option("--lock-timeout", default=300.0, show_default=True)

@@ -26,6 +26,9 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     out.append(
         f"sync:      {doc['sync']}" + ("  (reconciling)" if doc["agent"]["reconciling"] else "")
     )
+    git = doc.get("git")
+    if git:
+        out.extend(git_lines(git))
     rejected = doc.get("rejected")
     if rejected:
         out.append(f"source {rejected['revision']}: {rejected['outcome']}, not applied")
@@ -91,4 +94,21 @@ def history_lines(records: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         cells = zip(row[:-1], widths, strict=True)
         out.append("  ".join(c.ljust(w) for c, w in cells) + "  " + row[-1])
+    return out
+
+
+def git_lines(git: dict[str, Any]) -> list[str]:
+    """The git source's part of `pyapply status`: what is in use, the last fetch, its error."""
+    out = [
+        f"git:       {git['ref']} at {(git.get('commit') or 'nothing fetched yet')[:12]}"
+        + (f" (path {git['path']})" if git.get("path") else "")
+    ]
+    if git.get("last_fetch"):
+        state = "ok" if not git.get("last_error") else f"FAILED ({git.get('error_kind')})"
+        line = f"fetch:     {state} at {when(git['last_fetch'])}"
+        if git.get("last_error") and git.get("last_success"):
+            line += f", last success at {when(git['last_success'])}"
+        out.append(line)
+    if git.get("last_error"):
+        out.append(f"  error: {git['last_error']} ({git.get('failures')} in a row)")
     return out

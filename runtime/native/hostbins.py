@@ -63,7 +63,18 @@ IPTABLES_SAVE = HostBinary(
 )
 GIT = HostBinary("git", ("/usr/bin/git",), "git", "to name revisions of manifests kept in git")
 
-HOST_BINARIES: tuple[HostBinary, ...] = (RUNC, CONMON, INIT, IPTABLES, IPTABLES_SAVE, GIT)
+# the agent's git source (`pyapply watch --repo`) reaches ssh:// repositories through it
+SSH = HostBinary("ssh", ("/usr/bin/ssh",), "openssh-client", "to fetch git repositories over ssh")
+
+HOST_BINARIES: tuple[HostBinary, ...] = (
+    RUNC,
+    CONMON,
+    INIT,
+    IPTABLES,
+    IPTABLES_SAVE,
+    GIT,
+    SSH,
+)
 
 
 def packages() -> list[str]:
