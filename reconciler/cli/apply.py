@@ -53,7 +53,9 @@ from pyapply.reconciler.view.plan_text import (
 from pyapply.runtime.drivers import runs_services
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.engine.build import BuildListener
     from pyapply.reconciler.engine.execute import Reporter
+    from pyapply.runtime.base import BuildEvent
 
 # The executor (tenacity) and the progress display (rich on a terminal) are imported only
 # when there is something to do: a no-op apply or a diff never pays for them.
@@ -81,6 +83,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="Seconds to wait for a dependency to become healthy or complete.",
 )
+@click.option(
+    "--build",
+    "rebuild",
+    is_flag=True,
+    help="Build the images of services with `build:` first, even those present.",
+)
 def apply(
     files: tuple[str, ...],
     profiles: tuple[str, ...],
@@ -94,6 +102,7 @@ def apply(
     parallel: int,
     lock_timeout: float,
     wait_timeout: float,
+    rebuild: bool,
 ) -> None:
     """Converge the live state to the manifests."""
     from pyapply.reconciler.engine.apply import Hooks, apply_all  # not for a diff
@@ -117,6 +126,8 @@ def apply(
         dry_run=dry_run,
         parallelism=parallel,
         wait_timeout_s=wait_timeout,
+        build=rebuild,
+        on_build=build_lines(output),
     )
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
@@ -265,6 +276,17 @@ def down(
             ok = ok and result.ok
     if not ok:
         fail("some objects could not be removed; run down again")
+
+
+def build_lines(output: str) -> BuildListener:
+    """The steps of the builds an apply makes, one line each (reconciler.view.build_progress):
+    on stdout with the plan, on stderr when stdout is JSON."""
+    from pyapply.reconciler.view.build_progress import image_event_line
+
+    def listen(image: str, event: BuildEvent) -> None:
+        click.echo(image_event_line(image, event), err=output != "text")
+
+    return listen
 
 
 def progress(live: bool, redactor: Redactor) -> tuple[Reporter, AbstractContextManager[Any]]:

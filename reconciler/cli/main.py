@@ -161,6 +161,9 @@ LAZY_COMMANDS: dict[str, str] = {
     # the native runtime's image store and state root (reconciler/cli/image.py, cli/system.py)
     "image": "pyapply.reconciler.cli.image:image",
     "system": "pyapply.reconciler.cli.system:system",
+    # images of services with `build:` (reconciler/cli/build.py)
+    "build": "pyapply.reconciler.cli.build:build",
+    "push": "pyapply.reconciler.cli.build:push",
 }
 
 

@@ -25,6 +25,7 @@ from pyapply.runtime.base import Runtime
 from pyapply.runtime.statefs import state_root as state_root  # the rule lives in runtime/
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.engine.build import BuildListener
     from pyapply.reconciler.engine.execute import Executor, Outcome, Reporter
     from pyapply.reconciler.manifest.loader import Loaded
 
@@ -157,6 +158,10 @@ class ApplyOptions:
     dry_run: bool = False
     parallelism: int = 8
     wait_timeout_s: float = 120.0
+    # images from `build:` (reconciler.engine.build): rebuild them all first (--build), and
+    # who hears of the builds' steps
+    build: bool = False
+    on_build: BuildListener | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,9 @@ def apply_stack(
     `on_executor` is handed the executor before it runs (the watch agent keeps it, to
     `cancel()` it on SIGTERM)."""
     if not options.dry_run:
+        from pyapply.reconciler.engine.build import build_first
+
+        build_first(runtime, desired, rebuild=options.build, listener=options.on_build)
         pull_always(runtime, desired, options)
     plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)
     ctx = on_plan(plan) if on_plan is not None else None
@@ -202,7 +210,11 @@ def apply_stack(
 
     executor = Executor(
         runtime,
-        Settings(parallelism=options.parallelism, wait_timeout_s=options.wait_timeout_s),
+        Settings(
+            parallelism=options.parallelism,
+            wait_timeout_s=options.wait_timeout_s,
+            on_build=options.on_build,
+        ),
         reporter() if reporter is not None else None,
     )
     if on_executor is not None:
