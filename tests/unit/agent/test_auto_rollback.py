@@ -10,9 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jsonschema
+import pytest
 from fakes import FakeRuntime
 
 from pyapply.reconciler.agent.agent import Agent, AgentOptions
+from pyapply.reconciler.agent.history import History, UnknownRevision
 from pyapply.reconciler.agent.notify import Event
 from pyapply.reconciler.agent.rollback import (
     Probation,
@@ -315,3 +317,34 @@ def test_the_decisions() -> None:
     assert remember(["a", "b"], "a") == ["b", "a"]
     assert len(remember([str(i) for i in range(60)], "x")) == 50
     assert check_every(1.0) == 0.2 and check_every(600) == 2.0 and check_every(10) == 1.0
+
+
+def test_the_record_keeps_pin_reasons_verdicts_and_the_rollback_target(tmp_path: Path) -> None:
+    h = History(str(tmp_path / "root"))
+    assert h.pin_reason() is None
+    h.set_state("pinned", "abc")  # a pin of an earlier version, without a reason
+    assert h.pin_reason() == "manual"
+    h.pin("abc", "auto")
+    assert (h.pinned(), h.pin_reason()) == ("abc", "auto")
+    h.pin(None)
+    assert h.pinned() is None and h.pin_reason() is None and h.get_state("pin_reason") is None
+    # a rolled-back pass keeps its errors and gets the reason
+    first = h.begin("good", "s", "file")
+    h.finish(first, "succeeded")
+    bad = h.begin("bad", "s", "file")
+    h.finish(bad, "failed", {}, ["create x: boom"])
+    assert h.mark_rolled_back("bad", "apply failed: boom") == bad
+    assert h.mark_rolled_back("never-seen", "why") is None
+    rec = h.get(bad)
+    assert rec is not None and rec.outcome == "rolled-back"
+    assert rec.errors == ("create x: boom", "apply failed: boom")
+    # the last healthy revision's files outlive the pruning of its passes
+    h.store_revision("good", "s", "/src", {"s.yaml": b"x"})
+    h.store_revision("bad", "s", "/src", {"s.yaml": b"y"})
+    h.set_last_healthy("good")
+    for _ in range(3):
+        h.finish(h.begin("other", "s", "file"), "succeeded")
+    h.prune(keep=1)
+    assert h.revision_files("good")[2] == {"s.yaml": b"x"}
+    with pytest.raises(UnknownRevision):
+        h.revision_files("bad")
