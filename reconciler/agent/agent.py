@@ -14,7 +14,10 @@ A pass:
    good revision stays the desired state (self-healing goes on with it);
 4. applies every stack, and removes the stacks whose manifests are gone (`--allow-empty`),
    through `engine.apply.apply_all` (the CLI's pass), recording a history entry when the
-   revision is new, something was done, or someone asked (`passes.py`).
+   revision is new, something was done, or someone asked (`passes.py`);
+5. with `--progress-deadline`, judges a new revision: an apply that failed, or stacks not
+   Healthy in time (looked at between passes, from the main loop), roll it back to the last
+   Healthy revision, pinned `auto` until a newer revision arrives (`rollback.py` decides).
 
 The history is never a single point of failure (`AgentHistory`): a damaged database is
 moved aside and started afresh, and a record that cannot be written is logged and counted
