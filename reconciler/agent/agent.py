@@ -14,7 +14,10 @@ A pass:
    good revision stays the desired state (self-healing goes on with it);
 4. applies every stack, and removes the stacks whose manifests are gone (`--allow-empty`),
    through `engine.apply.apply_all` (the CLI's pass), recording a history entry when the
-   revision is new, something was done, or someone asked (`passes.py`).
+   revision is new, something was done, or someone asked (`passes.py`);
+5. with `--progress-deadline`, judges a new revision: an apply that failed, or stacks not
+   Healthy in time (looked at between passes, from the main loop), roll it back to the last
+   Healthy revision, pinned `auto` until a newer revision arrives (`rollback.py` decides).
 
 The history is never a single point of failure (`AgentHistory`): a damaged database is
 moved aside and started afresh, and a record that cannot be written is logged and counted
@@ -52,8 +55,16 @@ from pyapply.reconciler.agent.history import (
 from pyapply.reconciler.agent.logs import info, log, log_redaction
 from pyapply.reconciler.agent.notify import rejected_event
 from pyapply.reconciler.agent.passes import LastPass, Target, apply_target
+from pyapply.reconciler.agent.rollback import (
+    Probation,
+    after_pass,
+    check_every,
+    judge,
+    lift_auto_pin,
+    remember,
+)
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
-from pyapply.reconciler.agent.status import status_view
+from pyapply.reconciler.agent.status import stacks_health, status_view
 from pyapply.reconciler.agent.triggers import FORCING, Triggers
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
@@ -93,6 +104,9 @@ class AgentOptions:
     # what the watched manifests may ask of the host: a revision with an ask this policy
     # denies is refused (recorded as failed, nothing applied)
     policy: Policy = field(default_factory=lambda: builtin("restricted"))
+    # `--progress-deadline`: seconds a new revision has to become Healthy before it is
+    # rolled back to the last healthy one (None: no automatic rollback)
+    progress_deadline_s: float | None = None
 
 
 class Agent:
@@ -143,6 +157,16 @@ class Agent:
         # set by `watch` when asked for (--notify, --webhook); shown in the status
         self.notifier: Notifier | None = None
         self.webhook: WebhookServer | None = None
+        # --progress-deadline: the revision applied and not yet Healthy, when its health is
+        # looked at next (monotonic), and the automatic rollback the next pass applies
+        # (bad revision, why) so that its notification can say so
+        self.probation: Probation | None = None
+        self.next_check = 0.0
+        self.rolling_back: tuple[str, str] | None = None
+        # revisions rolled back are never applied again: known bad, like those that fail
+        # to load (a resync heals with the good one)
+        for bad in self.history.rolled_back():
+            self.rejected[bad] = ["rolled back automatically"]
 
     # -- the record is never a single point of failure ---------------------------------------
 
@@ -191,7 +215,10 @@ class Agent:
 
     def rollback(self, revision: str) -> tuple[str, int]:
         full = self.history.resolve(revision)
-        self.history.pin(full)
+        self.history.pin(full, "manual")
+        self.probation = None
+        if self.metrics is not None:
+            self.metrics.rollback("manual")
         info(f"rollback to {full} requested: pinned until resume", revision=full)
         return full, self.request("rollback")
 
@@ -272,9 +299,17 @@ class Agent:
         self.request("start")
         resync_at = self.next_resync()
         while not self.stopping.is_set():
-            reasons = self.triggers.take(resync_at - time.monotonic())
+            wake = resync_at if self.probation is None else min(resync_at, self.next_check)
+            reasons = self.triggers.take(wake - time.monotonic())
             if self.stopping.is_set():
                 break
+            if self.probation is not None and time.monotonic() >= self.next_check:
+                # between passes, bounded by the runtime's answers: a rollback it decides
+                # on is a trigger like any other
+                try:
+                    self.check_progress()
+                except Exception:
+                    log.exception("health check of the revision on probation failed")
             if not reasons:
                 if time.monotonic() < resync_at:
                     continue
@@ -303,6 +338,22 @@ class Agent:
     def pick(self) -> tuple[Snapshot, bool]:
         """The snapshot to apply now and whether it is a pinned one."""
         pinned = self.history.pinned()
+        if pinned and self.history.pin_reason() == "auto":
+            # an automatic rollback's pin lasts until the source shows a newer revision
+            try:
+                snap = self.source.snapshot()
+            except Exception as exc:  # the source unreadable: stay on the pinned one
+                log.debug("source not readable while pinned (%s)", exc)
+            else:
+                rolled_back = self.history.rolled_back()
+                if lift_auto_pin("auto", snap.revision.id, pinned, rolled_back):
+                    info(
+                        f"revision {snap.revision.id} arrived: the automatic rollback to "
+                        f"{pinned} is lifted, following the source again",
+                        revision=snap.revision.id,
+                    )
+                    self.history.pin(None)
+                    return snap, False
         if pinned:
             directory = os.path.join(self.root, "agent", "pinned", pinned.replace("/", "_"))
             if self.good is not None and self.good.directory == directory:
@@ -512,6 +563,91 @@ class Agent:
         self, target: Target, trigger: str, kinds: set[str], started: float, *, new_revision: bool
     ) -> None:
         apply_target(self, target, trigger, kinds, started, new_revision=new_revision)
+        self.after_apply(target, new_revision=new_revision)
+
+    # -- automatic rollback (--progress-deadline) --------------------------------------------
+
+    def after_apply(self, target: Target, *, new_revision: bool) -> None:
+        """A revision was applied: put it on probation, or roll it back at once when its
+        apply failed (`rollback.after_pass` decides)."""
+        if target.pinned:
+            self.probation = None  # a rollback's target is not judged again
+        with self.state_lock:
+            last = self.last
+        verdict = after_pass(
+            deadline_s=self.options.progress_deadline_s,
+            pinned=target.pinned,
+            new_revision=new_revision,
+            outcome=last.outcome,
+            errors=last.errors,
+        )
+        rev = target.revision.id
+        if verdict.action == "rollback":
+            self.roll_back(rev, verdict.reason)
+        elif verdict.action == "wait" and self.options.progress_deadline_s is not None:
+            now = time.time()
+            self.probation = Probation(rev, now, now + self.options.progress_deadline_s)
+            self.next_check = time.monotonic()  # right away: it may be Healthy already
+
+    def check_progress(self) -> None:
+        """Look at the health of the revision on probation: it passes (the new rollback
+        target), waits, or is rolled back past its deadline."""
+        probation = self.probation
+        if probation is None:
+            return
+        deadline_s = self.options.progress_deadline_s or 0.0
+        self.next_check = time.monotonic() + check_every(deadline_s)
+        if self.good is None or self.good.revision.id != probation.revision:
+            self.probation = None  # superseded meanwhile
+            return
+        with self.state_lock:
+            desired = list(self.desired)
+        health = stacks_health(self, self.runtime, desired)
+        verdict = judge(probation, health, time.time())
+        if verdict.action == "healthy":
+            self.probation = None
+            self.history.set_last_healthy(probation.revision)
+            info(
+                f"revision {probation.revision} is Healthy: the target of an automatic "
+                "rollback from now on",
+                revision=probation.revision,
+            )
+        elif verdict.action == "rollback":
+            self.roll_back(probation.revision, verdict.reason)
+
+    def roll_back(self, bad: str, reason: str) -> None:
+        """Mark `bad` rolled back, pin the last healthy revision (`auto`) and ask for the
+        pass that applies it. Without a healthy revision to go back to, `bad` stays."""
+        self.probation = None
+        good = self.history.last_healthy()
+        if good is None or good == bad:
+            log.error(
+                "revision %s is bad (%s), but no earlier revision was Healthy: nothing to "
+                "roll back to, it stays",
+                bad,
+                reason,
+                extra={"fields": {"revision": bad, "reason": reason}},
+            )
+            return
+        self.history.mark_rolled_back(bad, self.redactor.text(reason))
+        self.history.set_rolled_back(remember(self.history.rolled_back(), bad))
+        self.rejected[bad] = [reason]
+        self.history.pin(good, "auto")
+        self.history.set_state(
+            "last_rollback",
+            {"revision": bad, "to": good, "reason": self.redactor.text(reason), "at": time.time()},
+        )
+        if self.metrics is not None:
+            self.metrics.rollback("auto")
+        self.rolling_back = (bad, self.redactor.text(reason))
+        log.error(
+            "revision %s rolled back to %s: %s; pinned until a newer revision arrives",
+            bad,
+            good,
+            reason,
+            extra={"fields": {"revision": bad, "to": good, "reason": reason}},
+        )
+        self.request("rollback:auto")
 
     # -- views for the API (any thread) ---------------------------------------------------
 

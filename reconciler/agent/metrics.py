@@ -101,6 +101,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.rollbacks = Counter(
+            "pyapply_rollbacks",
+            "Rollbacks, by kind: manual (`pyapply rollback`) or auto (--progress-deadline).",
+            ["kind"],
+            registry=r,
+        )
         self._revision: str | None = None
 
     def serve(self, address: str) -> None:
@@ -123,6 +129,9 @@ class Metrics:
 
     def notification(self, outcome: str) -> None:
         self.notifications.labels(outcome).inc()
+
+    def rollback(self, kind: str) -> None:
+        self.rollbacks.labels(kind).inc()
 
     def history_reset(self, database: str) -> None:
         self.history_resets.labels(database).inc()

@@ -197,6 +197,7 @@ def pass_event(
     results: Sequence[StackResult],
     previous: str | None,
     at: float,
+    rolled_back: tuple[str, str] | None = None,
 ) -> Event | None:
     """The event one finished pass is worth, if any: a rollback applied; a new revision
     applied; a failure; drift repaired (a pass of the applied revision that changed
@@ -205,7 +206,7 @@ def pass_event(
         return None
     changes = pass_changes(results)
 
-    def event(kind: str, message: str) -> Event:
+    def event(kind: str, message: str, before: str | None = previous) -> Event:
         return Event(
             kind,
             revision,
@@ -216,9 +217,19 @@ def pass_event(
             at,
             tuple(errors),
             tuple(changes[:MAX_CHANGES]),
-            previous,
+            before,
         )
 
+    if "rollback" in kinds and rolled_back is not None:
+        # automatic: `previous` is the bad revision, the message says why
+        bad, reason = rolled_back
+        what = "applied" if outcome == "succeeded" else f"failed: {_listed(errors)}"
+        return event(
+            "rollback",
+            f"revision {bad} rolled back automatically ({reason}): revision {revision} "
+            f"({subject}) {what}",
+            bad,
+        )
     if "rollback" in kinds:
         what = "applied" if outcome == "succeeded" else f"failed: {_listed(errors)}"
         return event("rollback", f"rollback to revision {revision} ({subject}) {what}")

@@ -75,6 +75,10 @@ def apply_target(
     loaded = target.loaded
     errors: list[str] = []
     previous = agent.good.revision.id if agent.good is not None else None
+    # an automatic rollback (bad revision, why): this pass is the one it asked for
+    rolled_back = agent.rolling_back if "rollback" in kinds else None
+    if "rollback" in kinds:
+        agent.rolling_back = None
     record: list[int] = []
 
     def begin() -> None:
@@ -200,6 +204,7 @@ def apply_target(
             results=results,
             previous=previous,
             at=ended,
+            rolled_back=rolled_back,
         )
         if event is not None:
             agent.notifier.emit(event)

@@ -4,10 +4,11 @@ sync and each stack's health, decided by `reconciler.core.health`) and a pass's 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core.health import stack_health
+from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.reconcile import StackResult, observe, plan_stack
 from pyapply.reconciler.version import __version__
 from pyapply.runtime.base import Runtime, RuntimeFailure
@@ -55,7 +56,11 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
             "subject": good.revision.subject if good else None,
             "source": agent.source_revision,
             "pinned": agent.history.pinned(),
+            # `manual` (`pyapply rollback`, until `resume`) or `auto` (--progress-deadline,
+            # until a newer revision arrives)
+            "pin_reason": agent.history.pin_reason(),
         },
+        "rollback": rollback_view(agent),
         "last_result": {
             "pass": last.history_id,
             "revision": last.revision or None,
@@ -82,6 +87,32 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
         "webhook": agent.webhook.status() if agent.webhook is not None else None,
         "notifications": agent.notifier.to_json() if agent.notifier is not None else None,
     }
+
+
+def rollback_view(agent: Agent) -> dict[str, Any]:
+    """`--progress-deadline`: the revision on probation, the last healthy revision and the
+    last automatic rollback (all null without one)."""
+    probation = agent.probation
+    last = agent.history.get_state("last_rollback")
+    return {
+        "progress_deadline": agent.options.progress_deadline_s,
+        "probation": probation.to_json() if probation is not None else None,
+        "last_healthy": agent.history.last_healthy(),
+        "last": dict(last) if isinstance(last, dict) else None,
+    }
+
+
+def stacks_health(agent: Agent, runtime: Runtime, desired: Iterable[Desired]) -> dict[str, str]:
+    """Each desired stack's health as the status shows it (stack -> Healthy / Progressing /
+    Degraded, or Unknown when the runtime cannot be observed)."""
+    out: dict[str, str] = {}
+    for d in desired:
+        try:
+            plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+            out[d.stack] = str(stack_health(d, observe(runtime, d.stack), plan, False)["health"])
+        except RuntimeFailure:
+            out[d.stack] = "Unknown"
+    return out
 
 
 def rejected_view(agent: Agent) -> dict[str, Any] | None:

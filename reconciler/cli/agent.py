@@ -226,6 +226,13 @@ def _ask(
     type=click.FloatRange(min=0.1, max=600),
     help="Seconds an API client has to send a whole request; slower ones are cut off.",
 )
+@click.option(
+    "--progress-deadline",
+    default=None,
+    type=click.FloatRange(1, 86400),
+    help="Roll a new revision back to the last Healthy one when its apply fails or its "
+    "stacks are not Healthy within S seconds of it; pinned until a newer revision arrives.",
+)
 @hook_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
@@ -253,6 +260,7 @@ def watch(
     wait_timeout: float,
     no_events: bool,
     api_timeout: float,
+    progress_deadline: float | None,
     verbose: bool,
     **hook_args: Any,
 ) -> None:
@@ -333,6 +341,7 @@ def watch(
         ),
         runtime_events=not no_events,
         policy=policy,
+        progress_deadline_s=progress_deadline,
     )
     with contextlib.ExitStack() as held:
         try:
@@ -594,7 +603,7 @@ def _rollback_here(
         errors = redactor.value(errors)
         try:
             hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
-            hist.pin(full)
+            hist.pin(full, "manual")
         except HistoryError as exc:
             fail(_damaged(exc) + " (the rollback itself was applied)")
     finally:

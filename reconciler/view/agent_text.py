@@ -16,7 +16,13 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     out: list[str] = []
     rev = doc["revision"]
     last = doc["last_result"]
-    pinned = f" (pinned by rollback: {rev['pinned']})" if rev.get("pinned") else ""
+    pinned = ""
+    if rev.get("pinned"):
+        pinned = (
+            " (pinned by an automatic rollback until a newer revision arrives)"
+            if rev.get("pin_reason") == "auto"
+            else f" (pinned by rollback: {rev['pinned']}, until `pyapply resume`)"
+        )
     out.append(f"source:    {doc['agent']['source']} ({doc['agent']['source_kind']})")
     out.append(
         f"revision:  {rev.get('applied') or '-'} {rev.get('subject') or ''}{pinned}".rstrip()
@@ -29,6 +35,7 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
     git = doc.get("git")
     if git:
         out.extend(git_lines(git))
+    out.extend(rollback_lines(doc.get("rollback")))
     rejected = doc.get("rejected")
     if rejected:
         out.append(f"source {rejected['revision']}: {rejected['outcome']}, not applied")
@@ -60,6 +67,27 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
             out.append(
                 f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
             )
+    return out
+
+
+def rollback_lines(roll: dict[str, Any] | None) -> list[str]:
+    """`--progress-deadline`: the revision on probation and the last automatic rollback."""
+    if not roll or roll.get("progress_deadline") is None:
+        return []
+    out = [
+        f"rollback:  automatic, progress deadline {roll['progress_deadline']:g}s; last healthy "
+        f"{roll.get('last_healthy') or '-'}"
+    ]
+    probation = roll.get("probation")
+    if probation:
+        left = max(0.0, probation["deadline"] - time.time())
+        out.append(f"  {probation['revision']}: not Healthy yet, {left:.0f}s left")
+    last = roll.get("last")
+    if last:
+        out.append(
+            f"  {last['revision']} rolled back to {last['to']} at {when(last['at'])}: "
+            f"{last['reason']}"
+        )
     return out
 
 
