@@ -272,6 +272,15 @@ class Listener:
 
 @pytest.fixture
 def listener() -> Any:
+    # a read deadline long enough for a loaded machine: these tests are not about it
+    lst = Listener(read_timeout_s=5.0, max_connections=2)
+    yield lst
+    lst.server.stop()
+
+
+@pytest.fixture
+def quick_listener() -> Any:
+    """A listener that cuts slow clients after 0.5 s, for the test of that cut."""
     lst = Listener(read_timeout_s=0.5, max_connections=2)
     yield lst
     lst.server.stop()
@@ -326,7 +335,8 @@ def test_the_listener_refuses_large_bodies_unread(listener: Listener) -> None:
     assert listener.pushes == []
 
 
-def test_slow_clients_are_cut_and_the_connections_bounded(listener: Listener) -> None:
+def test_slow_clients_are_cut_and_the_connections_bounded(quick_listener: Listener) -> None:
+    listener = quick_listener
     # two slow clients hold both slots; a third is answered 503 at once
     slow = [socket.create_connection(("127.0.0.1", listener.port), timeout=5) for _ in range(2)]
     for s in slow:
