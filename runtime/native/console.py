@@ -1,12 +1,13 @@
 """`exec` on this process's terminal for native containers: `runc exec` with its stdio
-inherited, or, with a TTY, `runc exec --tty --console-socket`: runc makes the container's
+inherited, or, with a TTY, `runc exec -d --tty --console-socket`: runc makes the container's
 pseudo-terminal and sends its master over a UNIX socket (SCM_RIGHTS); we relay between it and
 the local terminal (raw mode, window size) until the process ends, and pass its exit code
-through."""
+through (reaped as its subreaper, since runc detaches)."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import subprocess
@@ -21,6 +22,8 @@ from pyapply.runtime.base import RuntimeFailure
 
 # how long runc may take to hand over the terminal before the exec is given up
 HANDOVER_S = 30.0
+# prctl(2): orphaned descendants are reparented to this process
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _code(returncode: int) -> int:
@@ -39,30 +42,62 @@ def exec_attached(
             [*base, cid, *argv], stdin=None if stdin else subprocess.DEVNULL, check=False
         )
         return _code(done.returncode)
+    # runc takes a console socket only when it detaches (`-d`), so the exec'd process is
+    # no child of ours: as a child subreaper we inherit it when runc exits, and wait for it
+    # ourselves to learn its exit code
+    _become_subreaper()
     # a private dir for the socket (0700 from creation); short, since a UNIX socket's path
     # is limited to 108 bytes
     with tempfile.TemporaryDirectory(prefix="pyapply-tty-") as tmp:
         path = os.path.join(tmp, "console.sock")
+        pid_file = os.path.join(tmp, "exec.pid")
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with server:
             server.bind(path)
             server.listen(1)
             server.settimeout(terminal.TICK_S)
-            proc = subprocess.Popen(
-                [*base, "--tty", "--console-socket", path, cid, *argv],
-                stdin=subprocess.DEVNULL,
-            )
+            detached = [*base, "-d", "--tty", "--console-socket", path, "--pid-file", pid_file]
+            proc = subprocess.Popen([*detached, cid, *argv], stdin=subprocess.DEVNULL)
             try:
                 master = _receive_master(server, proc)
-                if master is None:  # runc failed before making the terminal (said why)
+                if master is None or proc.wait(timeout=HANDOVER_S) != 0:
+                    # runc failed before starting the process (it said why on stderr)
+                    if master is not None:
+                        os.close(master)
                     return _code(proc.wait())
+                pid = int(Path(pid_file).read_text().strip())
                 with contextlib.closing(_Fd(master)):
                     _relay(master, stdin)
-                return _code(proc.wait())
+                return _wait_child(pid)
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"cannot become a child subreaper: {os.strerror(err)}")
+
+
+def _wait_child(pid: int) -> int:
+    """The exit code of the exec'd process, inherited as its subreaper; it closed its
+    terminal, so it ends now or soon (killed after a bound if it lingers)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            raise RuntimeFailure(f"the exec'd process {pid} is not ours to wait for") from None
+        if done:
+            return _code(os.waitstatus_to_exitcode(status))
+        if time.monotonic() > deadline:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+            deadline = time.monotonic() + 10
+        time.sleep(0.02)
 
 
 class _Fd:
