@@ -78,6 +78,16 @@ def test_exec_run_top_ps_events_restart(runtime: RuntimeUnderTest, tmp_path: Pat
     assert res.stdout == "out-hello-from-env\n", res
     res = cli.run("exec", "--index", "2", "-f", m, "web", "sh", "-c", "cat /proc/1/cmdline")
     assert res.returncode == 0 and "sleep" in res.stdout, res
+    piped = subprocess.run(  # -i: stdin passed on, its end seen as the end of input
+        [PYAPPLY, "exec", "-i", "-f", m, "web", "sh", "-c", "cat; echo; echo end"],
+        input="typed in\n",
+        env=cli.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.returncode == 0 and piped.stdout == "typed in\n\nend\n", piped
     res = cli.run("exec", "--index", "3", "-f", m, "web", "true")
     assert res.returncode == 1 and "has no replica 3" in res.stderr, res
 
