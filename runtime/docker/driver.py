@@ -18,8 +18,6 @@ import json
 import math
 import os
 import re
-import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -28,7 +26,6 @@ from contextlib import contextmanager, nullcontext, suppress
 from functools import partial
 from typing import Any, Literal, TypeVar
 
-from pyapply.runtime import terminal
 from pyapply.runtime.base import (
     Attachment,
     BuildConfig,
@@ -731,8 +728,14 @@ class DockerRuntime:
         return self._exec_code(action, exec_id)
 
     def _relay_exec(self, sock: Any, exec_id: str, *, stdin: bool, tty: bool) -> None:
+        # imported here: a no-op apply never pays for the terminal's modules
+        import socket
+        import sys
+
+        from pyapply.runtime import terminal
+
         local_in = sys.stdin.fileno()
-        frames = _Frames()
+        frames = ExecFrames()
 
         def receive(data: bytes) -> None:
             if tty:
@@ -893,7 +896,7 @@ def _filters(labels: Mapping[str, str]) -> dict[str, str]:
     return {"filters": json.dumps(filters)} if filters else {}
 
 
-class _Frames:
+class ExecFrames:
     """The Engine's multiplexed stream without a TTY: frames of an 8-byte header (stream
     1 stdout / 2 stderr, three zero bytes, a big-endian 32-bit length) and the payload;
     `feed` takes bytes as they come and yields whole frames."""

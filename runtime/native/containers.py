@@ -43,8 +43,8 @@ from pyapply.runtime.base import (
     PermanentError,
     PortBinding,
 )
-from pyapply.runtime.native import console, oci, root_tag, rootfs
 from pyapply.runtime.native import health as healthmod
+from pyapply.runtime.native import oci, root_tag, rootfs
 from pyapply.runtime.native.container_state import LABELS_ANNOTATION, SPEC_SHAPE, STATE_SHAPE
 from pyapply.runtime.native.hostbins import INIT
 from pyapply.runtime.native.statefile import DamagedState, read_json
@@ -805,6 +805,8 @@ class ContainerManager:
         if st is None or st.status != "running":
             raise Conflict(f"container {name} is not running")
         self.supervisor.check_installed()
+        from pyapply.runtime.native import console  # a no-op apply never pays for it
+
         return console.exec_attached(
             self.supervisor.runc, self.runc_root, str(doc["id"]), argv, stdin=stdin, tty=tty
         )

@@ -10,7 +10,7 @@ import struct
 import termios
 
 from pyapply.runtime import terminal
-from pyapply.runtime.docker.driver import _Frames
+from pyapply.runtime.docker.driver import ExecFrames
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -20,14 +20,14 @@ def frame(stream: int, payload: bytes) -> bytes:
 def test_frames_are_split_by_stream_whatever_the_chunking() -> None:
     data = frame(1, b"out\n") + frame(2, b"err\n") + frame(1, b"") + frame(1, b"x" * 70000)
     for size in (1, 3, 8, 9, 4096, len(data)):
-        frames = _Frames()
+        frames = ExecFrames()
         got = [f for i in range(0, len(data), size) for f in frames.feed(data[i : i + size])]
         assert got == [(1, b"out\n"), (2, b"err\n"), (1, b""), (1, b"x" * 70000)], size
         assert frames.buf == b""
 
 
 def test_a_partial_frame_waits_for_the_rest() -> None:
-    frames = _Frames()
+    frames = ExecFrames()
     assert list(frames.feed(frame(1, b"hello")[:10])) == []
     assert list(frames.feed(b"llo")) == [(1, b"hello")]
 
