@@ -211,7 +211,9 @@ def hoist_globals(args: list[str], commands: Collection[str]) -> list[str]:
     while i < len(args):
         word = args[i]
         name, eq, value = word.partition("=")
-        if name not in GLOBAL_OPTIONS or (eq and not name.startswith("--")):
+        if word[:2] in ("-f", "-o") and len(word) > 2:  # a short option joined to its value
+            name, eq, value = word[:2], "=", word[2:]
+        elif name not in GLOBAL_OPTIONS or (eq and not name.startswith("--")):
             break
         if eq:
             moved += [GLOBAL_OPTIONS[name], value]

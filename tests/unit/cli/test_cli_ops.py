@@ -33,6 +33,8 @@ COMMANDS = set(cli.LAZY_COMMANDS)
         (["-f", "x", "logs", "web"], ["logs", "--file", "x", "web"]),
         # no command name: apply, as `pyapply -f x` always meant
         (["-f", "x"], ["apply", "--file", "x"]),
+        (["-fx", "-ojson", "diff"], ["diff", "--file", "x", "--output", "json"]),
+        (["--file=x", "get"], ["get", "--file", "x"]),
         (["--runtime", "docker", "-f", "x", "--dry-run"],
          ["apply", "--runtime", "docker", "--file", "x", "--dry-run"]),
         (["--dry-run", "-f", "x"], ["apply", "--dry-run", "-f", "x"]),
