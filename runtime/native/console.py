@@ -22,6 +22,8 @@ from pyapply.runtime.base import RuntimeFailure
 
 # how long runc may take to hand over the terminal before the exec is given up
 HANDOVER_S = 30.0
+# the exit code of a command that could not be started (docker exec's, the shell's)
+CANNOT_INVOKE = 126
 # prctl(2): orphaned descendants are reparented to this process
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -61,10 +63,12 @@ def exec_attached(
             try:
                 master = _receive_master(server, proc)
                 if master is None or proc.wait(timeout=HANDOVER_S) != 0:
-                    # runc failed before starting the process (it said why on stderr)
+                    # runc failed before starting the process (it said why on stderr):
+                    # 126, "cannot be invoked", as docker exec says
                     if master is not None:
                         os.close(master)
-                    return _code(proc.wait())
+                    proc.wait()
+                    return CANNOT_INVOKE
                 pid = int(Path(pid_file).read_text().strip())
                 with contextlib.closing(_Fd(master)):
                     _relay(master, stdin)

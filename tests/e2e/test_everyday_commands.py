@@ -191,6 +191,12 @@ def test_exec_it_on_a_pseudo_terminal(runtime: RuntimeUnderTest, tmp_path: Path)
     assert re.search(r"/dev/pts/\d+", text), text  # the command ran on a terminal
     assert os.waitstatus_to_exitcode(status) == 5, text
 
+    # -t alone, with no terminal here: the command still gets one; a missing command fails
+    res = cli.run("exec", "-t", "-f", m, "web", "sh", "-c", "tty; exit 7")
+    assert res.returncode == 7 and re.search(r"/dev/pts/\d+", res.stdout), res
+    res = cli.run("exec", "-t", "-f", m, "web", "no-such-command")
+    assert res.returncode == 126 and "no-such-command" in res.stderr + res.stdout, res
+
 
 def _pty_until(fd: int, want: bytes | None, timeout: float) -> bytes:
     """Read the pty master until `want` appears (None: until it closes)."""
