@@ -224,8 +224,8 @@ def hoist_globals(args: list[str], commands: Collection[str]) -> list[str]:
         moved += [GLOBAL_OPTIONS[name], args[i + 1]]
         i += 2
     rest = args[i:]
-    if rest and rest[0] in TOP_LEVEL and not moved:
-        return args
+    if rest and rest[0] in TOP_LEVEL:  # pyapply's own help or version, whatever came first
+        return rest
     if rest and rest[0] in commands:
         return [rest[0], *moved, *rest[1:]]
     if moved or (rest and rest[0].startswith("-")):

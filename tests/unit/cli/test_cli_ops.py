@@ -42,6 +42,7 @@ COMMANDS = set(cli.LAZY_COMMANDS)
         (["diff", "-f", "x", "--runtime", "docker"], ["diff", "-f", "x", "--runtime", "docker"]),
         (["--help"], ["--help"]),
         (["--version"], ["--version"]),
+        (["--runtime", "docker", "--help"], ["--help"]),
         ([], []),
         (["nosuch"], ["nosuch"]),
     ],
