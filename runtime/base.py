@@ -9,7 +9,7 @@ back-off, everything else fails fast.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -407,5 +407,17 @@ class Runtime(Protocol):
     ) -> Iterator[bytes]: ...
 
     def events(self, labels: Mapping[str, str]) -> Iterator[Event]: ...
+
+    def exec_attached(
+        self, name: str, argv: Sequence[str], *, stdin: bool = False, tty: bool = False
+    ) -> int:
+        """Run argv in the running container `name` on this process's terminal (stdout and
+        stderr; stdin too with `stdin`; a pseudo-terminal with `tty`, raw mode and window
+        size relayed) and return its exit code."""
+        ...
+
+    def top(self, name: str) -> tuple[list[str], list[list[str]]]:
+        """The processes of the running container `name`: column titles and rows."""
+        ...
 
     def close(self) -> None: ...

@@ -4,7 +4,8 @@ This module is the entry point: the command group, the options the commands shar
 `run`, which turns every error into a message and an exit status in one place (0 success /
 no drift, 1 error: bad input, failed action, any `PyapplyError` or runtime failure, 2 drift
 found by `diff --exit-code`, 130 interrupted). The commands live one group per module
-(`apply.py`: apply/diff/down, `inspect.py`: get/logs, `validate.py`, `agent.py`,
+(`apply.py`: apply/diff/down, `inspect.py`: get (ps)/logs, `ops.py`: exec/run/restart/
+events/top, `validate.py`, `agent.py`,
 `compose.py`, `image.py`, `system.py`) and are imported only when used (`LAZY_COMMANDS`), so
 that a no-op apply pays only for what it runs. A command parses its options and calls the
 engine and the views; it decides nothing itself.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -146,6 +147,13 @@ LAZY_COMMANDS: dict[str, str] = {
     # what runs (reconciler/cli/inspect.py)
     "get": "pyapply.reconciler.cli.inspect:get",
     "logs": "pyapply.reconciler.cli.inspect:logs",
+    "ps": "pyapply.reconciler.cli.inspect:get",  # compose's name for get
+    # into the running containers (reconciler/cli/ops.py)
+    "exec": "pyapply.reconciler.cli.ops:exec_cmd",
+    "run": "pyapply.reconciler.cli.ops:run_cmd",
+    "restart": "pyapply.reconciler.cli.ops:restart",
+    "events": "pyapply.reconciler.cli.ops:events",
+    "top": "pyapply.reconciler.cli.ops:top",
     # offline checks (reconciler/cli/validate.py)
     "validate": "pyapply.reconciler.cli.validate:validate",
     # the agent (reconciler/cli/agent.py)
@@ -179,12 +187,61 @@ def lazy_command(name: str) -> click.Command | None:
     return command if isinstance(command, click.Command) else None
 
 
+# The options a user may give before the command name, as docker and kubectl accept them
+# (`pyapply --runtime docker diff -f X`): option -> its long name after the move. Each takes
+# a value. `-f` becomes `--file`, since `logs -f` is --follow, as in compose.
+GLOBAL_OPTIONS: dict[str, str] = {
+    "--runtime": "--runtime",
+    "--root": "--root",
+    "-f": "--file",
+    "--file": "--file",
+    "--profile": "--profile",
+    "--age-key-file": "--age-key-file",
+    "--policy": "--policy",
+    "--stack": "--stack",
+    "-o": "--output",
+    "--output": "--output",
+}
+TOP_LEVEL = ("--help", "-h", "--version")
+
+
+def hoist_globals(args: list[str], commands: Collection[str]) -> list[str]:
+    """The arguments with the global options given before the command name moved right
+    after it; with no command name among the leading words, `apply` is meant (`pyapply -f
+    x`). Anything else is left where it stands for click to judge."""
+    moved: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        name, eq, value = word.partition("=")
+        if word[:2] in ("-f", "-o") and len(word) > 2:  # a short option joined to its value
+            name, eq, value = word[:2], "=", word[2:]
+        elif name not in GLOBAL_OPTIONS or (eq and not name.startswith("--")):
+            break
+        if eq:
+            moved += [GLOBAL_OPTIONS[name], value]
+            i += 1
+            continue
+        if i + 1 >= len(args):
+            raise click.UsageError(f"option {word} needs a value")
+        moved += [GLOBAL_OPTIONS[name], args[i + 1]]
+        i += 2
+    rest = args[i:]
+    if rest and rest[0] in TOP_LEVEL:  # pyapply's own help or version, whatever came first
+        return rest
+    if rest and rest[0] in commands:
+        return [rest[0], *moved, *rest[1:]]
+    if moved or (rest and rest[0].startswith("-")):
+        return ["apply", *moved, *rest]
+    return args
+
+
 class DefaultApply(click.Group):
-    """`pyapply -f x` means `pyapply apply -f x`; commands are loaded on first use."""
+    """`pyapply -f x` means `pyapply apply -f x`; global options may come before the command
+    name (`hoist_globals`); commands are loaded on first use."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
-            args = ["apply", *args]
+        args = hoist_globals(args, {*self.commands, *LAZY_COMMANDS})
         return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

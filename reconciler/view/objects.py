@@ -78,3 +78,17 @@ def stack_lines(doc: dict[str, Any]) -> list[str]:
     for v in doc["volumes"]:
         lines.append(f"  volume {v['name']}")
     return lines
+
+
+def process_lines(container: str, titles: list[str], rows: list[list[str]]) -> list[str]:
+    """`pyapply top`: a container's name, then its processes as a table (the last column,
+    the command, left unpadded)."""
+    table = [titles, *rows]
+    ncols = max(len(r) for r in table)
+    widths = [max((len(r[i]) for r in table if i < len(r)), default=0) for i in range(ncols)]
+    out = [container]
+    for r in table:
+        out.append(
+            "  " + "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=False)).rstrip()
+        )
+    return out

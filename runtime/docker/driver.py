@@ -21,8 +21,8 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from functools import partial
 from typing import Any, Literal, TypeVar
 
@@ -699,6 +699,90 @@ class DockerRuntime:
         )
         return _lines(self._iterate(action, stream))
 
+    def exec_attached(
+        self, name: str, argv: Sequence[str], *, stdin: bool = False, tty: bool = False
+    ) -> int:
+        """Run argv in the container through the Engine's exec API, relaying this process's
+        stdio over the hijacked socket (stdout/stderr frames demultiplexed without a TTY;
+        the window size sent with one); the exec's exit code."""
+        if not argv:
+            raise RuntimeFailure("exec needs a command")
+        action = f"exec in container {name}"
+        ref = self._resolve("container", name)
+        exec_id = self._call(
+            action,
+            lambda api: api.exec_create(
+                ref, list(argv), stdin=stdin, tty=tty, stdout=True, stderr=True
+            )["Id"],
+        )
+        raw = self._call(action, lambda api: api.exec_start(exec_id, tty=tty, socket=True))
+        sock = getattr(raw, "_sock", raw)  # the SDK hands a SocketIO over a UNIX socket
+        try:
+            with self._boundary(action):
+                self._relay_exec(sock, exec_id, stdin=stdin, tty=tty)
+        finally:
+            with suppress(OSError):
+                sock.close()
+            with suppress(OSError, *translatable_errors()):
+                raw.close()
+        return self._exec_code(action, exec_id)
+
+    def _relay_exec(self, sock: Any, exec_id: str, *, stdin: bool, tty: bool) -> None:
+        # imported here: a no-op apply never pays for the terminal's modules
+        import socket
+        import sys
+
+        from pyapply.runtime import terminal
+
+        local_in = sys.stdin.fileno()
+        frames = ExecFrames()
+
+        def receive(data: bytes) -> None:
+            if tty:
+                terminal.write_out(data)
+                return
+            for stream, payload in frames.feed(data):
+                terminal.write_out(payload, 2 if stream == 2 else 1)
+
+        def resize(size: tuple[int, int]) -> None:
+            with suppress(*translatable_errors()):
+                self._api().exec_resize(exec_id, height=size[0], width=size[1])
+
+        def close_send() -> None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+
+        sized = local_in if os.isatty(local_in) else sys.stdout.fileno()
+        with (
+            terminal.raw_terminal(local_in) if (stdin and tty) else nullcontext(),
+            terminal.on_resize(resize, sized) if tty else nullcontext(),
+        ):
+            terminal.relay(
+                sock.fileno(),
+                send=sock.sendall,
+                close_send=close_send,
+                receive=receive,
+                stdin=stdin,
+            )
+
+    def _exec_code(self, action: str, exec_id: str) -> int:
+        """The exit code, once the Engine records it (shortly after the stream ends)."""
+        deadline = time.monotonic() + 10
+        while True:
+            info = self._call(action, lambda api: api.exec_inspect(exec_id))
+            code = info.get("ExitCode")
+            if code is not None and not info.get("Running"):
+                return int(code)
+            if time.monotonic() > deadline:
+                raise TransientError(f"docker: {action}: no exit code after the stream ended")
+            time.sleep(0.05)
+
+    def top(self, name: str) -> tuple[list[str], list[list[str]]]:
+        ref = self._resolve("container", name)
+        doc = self._call(f"list processes of container {name}", lambda api: api.top(ref))
+        titles = [str(t) for t in doc.get("Titles") or []]
+        return titles, [[str(c) for c in row] for row in doc.get("Processes") or []]
+
     def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
         """Container, network and volume events about objects carrying `labels`.
 
@@ -810,6 +894,26 @@ def _filters(labels: Mapping[str, str]) -> dict[str, str]:
     """The `filters` query parameter for a label filter ({} when there is none)."""
     filters = label_filters(labels)
     return {"filters": json.dumps(filters)} if filters else {}
+
+
+class ExecFrames:
+    """The Engine's multiplexed stream without a TTY: frames of an 8-byte header (stream
+    1 stdout / 2 stderr, three zero bytes, a big-endian 32-bit length) and the payload;
+    `feed` takes bytes as they come and yields whole frames."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        self.buf += data
+        while len(self.buf) >= 8:
+            size = int.from_bytes(self.buf[4:8], "big")
+            if len(self.buf) < 8 + size:
+                return
+            stream = self.buf[0]
+            payload = bytes(self.buf[8 : 8 + size])
+            del self.buf[: 8 + size]
+            yield stream, payload
 
 
 def _lines(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:

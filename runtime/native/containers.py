@@ -17,6 +17,7 @@ fresh create+start on the same bundle and overlay, so its rootfs changes survive
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -163,6 +164,22 @@ def live_memory_limit(cgroup: str) -> int | None:
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
     """{key: value} all present (value "" = has the key)."""
     return all(k in have and (not v or have[k] == v) for k, v in (wanted or {}).items())
+
+
+def _proc_row(pid: int) -> list[str] | None:
+    """UID, PID, PPID and command line of a host process, None when it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    uid = fields.get("Uid", "?").split()[0] if fields.get("Uid") else "?"
+    ppid = fields.get("PPid", "?").strip()
+    cmd = " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+    if not cmd:  # a kernel thread or a zombie: its name in brackets, as ps shows it
+        cmd = f"[{fields.get('Name', '?').strip()}]"
+    return [uid, str(pid), ppid, cmd]
 
 
 def kill_cgroup(dirs: Sequence[Path]) -> None:
@@ -781,6 +798,31 @@ class ContainerManager:
         if st is None or st.status != "running":
             raise Conflict(f"container {name} is not running")
         return self.supervisor.exec(str(doc["id"]), argv, timeout=timeout)
+
+    def exec_attached(self, name: str, argv: Sequence[str], *, stdin: bool, tty: bool) -> int:
+        doc = self._must_load(name)
+        st = self.state(name)
+        if st is None or st.status != "running":
+            raise Conflict(f"container {name} is not running")
+        self.supervisor.check_installed()
+        from pyapply.runtime.native import console  # a no-op apply never pays for it
+
+        return console.exec_attached(
+            self.supervisor.runc, self.runc_root, str(doc["id"]), argv, stdin=stdin, tty=tty
+        )
+
+    def top(self, name: str) -> tuple[builtins.list[str], builtins.list[builtins.list[str]]]:
+        """The processes in the container's cgroups (and below), read from /proc."""
+        st = self.state(name)
+        if st is None or st.status != "running":
+            raise Conflict(f"container {name} is not running")
+        pids: builtins.set[int] = builtins.set()
+        for d in self.cgroup_dirs(name):
+            for sub, _, _ in os.walk(d):
+                with contextlib.suppress(OSError, ValueError):
+                    pids.update(int(x) for x in Path(sub, "cgroup.procs").read_text().split())
+        rows = [row for pid in builtins.sorted(pids) if (row := _proc_row(pid)) is not None]
+        return ["UID", "PID", "PPID", "CMD"], rows
 
     def supervisor_pid(self, name: str) -> int | None:
         """The conmon process supervising the container, if any."""

@@ -735,6 +735,18 @@ class NativeRuntime:
         """Run a command in a running container (runc exec)."""
         return self.containers.exec(self._must_key(name), argv, timeout=timeout)
 
+    @translated
+    def exec_attached(
+        self, name: str, argv: Sequence[str], *, stdin: bool = False, tty: bool = False
+    ) -> int:
+        """Run a command in a running container on this terminal (runc exec; a TTY through
+        runc's console socket)."""
+        return self.containers.exec_attached(self._must_key(name), argv, stdin=stdin, tty=tty)
+
+    @translated
+    def top(self, name: str) -> tuple[list[str], list[list[str]]]:
+        return self.containers.top(self._must_key(name))
+
     def container_pid(self, name: str) -> int | None:
         """The host pid of the container's first process, if it runs."""
         return self.containers.container_pid(self._must_key(name))

@@ -8,7 +8,7 @@ the property "apply a plan, plan again, the plan is empty" can be tested without
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from pyapply.runtime.base import (
@@ -54,6 +54,8 @@ class FakeRuntime:
     # has it: a port another program holds)
     stuck_ids: set[str] = field(default_factory=set)
     stuck_names: set[str] = field(default_factory=set)
+    events_: list[Event] = field(default_factory=list)
+    exec_code: int = 0
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _call(self, op: str) -> None:
@@ -204,7 +206,17 @@ class FakeRuntime:
         return iter(())
 
     def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
-        return iter(())
+        return iter(self.events_)
+
+    def exec_attached(
+        self, name: str, argv: Sequence[str], *, stdin: bool = False, tty: bool = False
+    ) -> int:
+        self._call(f"exec {name} {' '.join(argv)}{' -i' if stdin else ''}{' -t' if tty else ''}")
+        return self.exec_code
+
+    def top(self, name: str) -> tuple[list[str], list[list[str]]]:
+        self._call(f"top {name}")
+        return ["PID", "CMD"], [["1", f"sleep {name}"]]
 
     def close(self) -> None:
         pass
