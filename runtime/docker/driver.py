@@ -448,9 +448,39 @@ class DockerRuntime:
         action = f"remove network {name}"
         try:
             ref = self._resolve("network", name)
-            self._call(action, lambda api: api.remove_network(ref))
+            try:
+                self._call(action, lambda api: api.remove_network(ref))
+            except Conflict:
+                # "has active endpoints": dockerd 20.10 can keep the endpoint of a container
+                # that is gone (after a killed client or daemon), and then refuses the removal
+                # for ever. Such stale endpoints are force-disconnected and the removal tried
+                # once more; an endpoint of a container that exists is never touched.
+                if not self._drop_stale_endpoints(ref):
+                    raise
+                self._call(action, lambda api: api.remove_network(ref))
         except NotFound:
             return
+
+    def _drop_stale_endpoints(self, ref: str) -> bool:
+        """Force-disconnect the endpoints of network `ref` whose container no longer exists;
+        True when there was at least one."""
+        info = self._inspect_network(ref) or {}
+        dropped = False
+        for key, endpoint in (info.get("Containers") or {}).items():
+            try:
+                self._get(f"inspect container {key}", "/containers/{0}/json", key)
+                continue  # a container that exists keeps its endpoint
+            except NotFound:
+                pass
+            # a stale endpoint is listed under "ep-<id>"; dockerd finds it by its name
+            target = str((endpoint or {}).get("Name") or key) if key.startswith("ep-") else key
+            with suppress(NotFound):
+                self._call(
+                    f"disconnect stale endpoint {target} from network {ref}",
+                    partial(_force_disconnect, target, ref),
+                )
+            dropped = True
+        return dropped
 
     def create_volume(self, config: VolumeConfig) -> None:
         action = f"create volume {config.name}"
@@ -929,3 +959,7 @@ def _lines(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:
             yield buffer
     finally:
         chunks.close()
+
+
+def _force_disconnect(target: str, network: str, api: Any) -> None:
+    api.disconnect_container_from_network(target, network, force=True)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from pyapply.runtime.base import (
+    Conflict,
     NotFound,
     PermanentError,
     RuntimeFailure,
@@ -61,10 +62,20 @@ class FakeDaemon:
     stall: threading.Event | None = None  # requests wait for this before answering
     chunked: bool = False
 
+    # "METHOD /path" -> replies given in turn (the last one repeats), for mutations
+    answers: dict[str, list[Reply]] = field(default_factory=dict)
+    bodies: list[tuple[str, bytes]] = field(default_factory=list)  # ("METHOD /path", body)
+
     def reply(self, path: str) -> Reply:
-        if path == "/version":
+        if path.endswith("/version"):
             return 200, {"ApiVersion": self.api_version, "Version": "fake"}
         return self.routes.get(path, (404, {"message": f"page not found: {path}"}))
+
+    def answer(self, key: str) -> Reply:
+        replies = self.answers.get(key)
+        if not replies:
+            return 404, {"message": f"page not found: {key}"}
+        return replies.pop(0) if len(replies) > 1 else replies[0]
 
 
 def _handler(daemon: FakeDaemon) -> type[BaseHTTPRequestHandler]:
@@ -107,6 +118,26 @@ def _handler(daemon: FakeDaemon) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             if daemon.drop_after_reply or self.path in daemon.drop_after:
                 self.close_connection = True
+
+        def _mutate(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            key = f"{method} {self.path.split('?')[0]}"
+            daemon.requests.append((self.number, key))
+            daemon.bodies.append((key, body))
+            status, answer = daemon.answer(key)
+            data = b"" if status == 204 else json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_DELETE(self) -> None:
+            self._mutate("DELETE")
+
+        def do_POST(self) -> None:
+            self._mutate("POST")
 
     return Handler
 
@@ -505,3 +536,52 @@ def test_importing_the_driver_does_not_import_the_sdk() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_a_network_held_by_a_stale_endpoint_is_freed_and_removed(fake: FakeDaemon) -> None:
+    """dockerd 20.10 can keep the endpoint of a container that is gone and then refuse to
+    remove the network for ever ("has active endpoints"). The driver force-disconnects such
+    stale endpoints and removes the network; an endpoint of a container that exists is left."""
+    net = {
+        "Id": "n1",
+        "Name": "shop_back",
+        "Containers": {
+            "ep-0123abcd": {"Name": "shop-db-1", "EndpointID": "0123abcd"},  # stale
+            "c2": {"Name": "other-app-1"},  # a live container of someone else
+        },
+    }
+    fake.routes["/v1.41/networks/shop_back"] = (200, net)
+    fake.routes["/v1.41/containers/c2/json"] = (200, {"Id": "c2", "Name": "/other-app-1"})
+    busy = (
+        403,
+        {"message": "error while removing network: network shop_back id n1 has active endpoints"},
+    )
+    fake.answers["DELETE /v1.41/networks/shop_back"] = [busy, (204, None)]
+    fake.answers["POST /v1.41/networks/shop_back/disconnect"] = [(200, {})]
+    rt = DockerRuntime(base_url=f"unix://{fake.path}", timeout=5)
+    try:
+        rt.remove_network("shop_back")
+    finally:
+        rt.close()
+    disconnects = [json.loads(b) for k, b in fake.bodies if k.endswith("/disconnect")]
+    assert disconnects == [{"Container": "shop-db-1", "Force": True}]
+    deletes = [k for k, _ in fake.bodies if k.startswith("DELETE")]
+    assert deletes == ["DELETE /v1.41/networks/shop_back"] * 2
+
+
+def test_a_network_with_live_endpoints_only_is_still_refused(fake: FakeDaemon) -> None:
+    net = {"Id": "n1", "Name": "shop_back", "Containers": {"c2": {"Name": "other-app-1"}}}
+    fake.routes["/v1.41/networks/shop_back"] = (200, net)
+    fake.routes["/v1.41/containers/c2/json"] = (200, {"Id": "c2", "Name": "/other-app-1"})
+    busy = (
+        403,
+        {"message": "error while removing network: network shop_back id n1 has active endpoints"},
+    )
+    fake.answers["DELETE /v1.41/networks/shop_back"] = [busy]
+    rt = DockerRuntime(base_url=f"unix://{fake.path}", timeout=5)
+    try:
+        with pytest.raises(Conflict, match="still attached"):
+            rt.remove_network("shop_back")
+    finally:
+        rt.close()
+    assert not [k for k, _ in fake.bodies if k.endswith("/disconnect")]
