@@ -43,7 +43,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.agent.actions import OwnStops
-from pyapply.reconciler.agent.git_source import GitFetcher, SourceNotReady
+from pyapply.reconciler.agent.git_rules import SourceNotReady
+from pyapply.reconciler.agent.git_source import GitFetcher
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,

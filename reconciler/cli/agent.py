@@ -383,12 +383,12 @@ def _git_fetcher(
 ) -> Any:
     """The fetcher of `watch --repo`, or a located error (exit 1) for a bad URL, ref, path
     or credentials."""
-    from pyapply.reconciler.agent.git_source import (
-        GitFetcher,
+    from pyapply.reconciler.agent.git_rules import (
         GitSourceError,
         credentials_from_env,
         read_credentials_file,
     )
+    from pyapply.reconciler.agent.git_source import GitFetcher
 
     try:
         credentials = (

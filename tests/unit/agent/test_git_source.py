@@ -21,17 +21,15 @@ import pytest
 from fakes import FakeRuntime
 
 from pyapply.reconciler.agent.agent import Agent, AgentOptions
-from pyapply.reconciler.agent.git_source import (
+from pyapply.reconciler.agent.git_rules import (
     TOKEN_USER,
     Credentials,
-    GitFetcher,
     GitSourceError,
     SourceNotReady,
     check_subpath,
     check_url,
     classify,
     credentials_from_env,
-    end_orphans,
     next_delay,
     parse_credentials,
     parse_ref,
@@ -41,6 +39,7 @@ from pyapply.reconciler.agent.git_source import (
     ssh_command,
     stale_trees,
 )
+from pyapply.reconciler.agent.git_source import GitFetcher, end_orphans
 from pyapply.reconciler.agent.status import status_view
 from pyapply.reconciler.cli import main as cli
 from pyapply.reconciler.view.agent_text import status_lines
