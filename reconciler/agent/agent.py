@@ -43,10 +43,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.agent.actions import OwnStops
+from pyapply.reconciler.agent.agent_history import AgentHistory
 from pyapply.reconciler.agent.git_rules import SourceNotReady
 from pyapply.reconciler.agent.git_source import GitFetcher
 from pyapply.reconciler.agent.history import (
-    AgentHistory,
     HistoryError,
     Reset,
     UnknownRevision,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pyapply.reconciler.agent.agent_history import AgentHistory
 from pyapply.reconciler.agent.history import (
-    AgentHistory,
     AmbiguousRevision,
     BadRevision,
     History,
