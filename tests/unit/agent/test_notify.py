@@ -123,7 +123,7 @@ class Recorder:
         return [b["event"] for b in self.bodies]
 
 
-def wait(what: str, probe: Any, timeout: float = 5.0) -> None:
+def wait(what: str, probe: Any, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
