@@ -7,16 +7,18 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pyapply.reconciler.core.health import stack_health
+from pyapply.reconciler.core.health import stack_health, swarm_stack_health
+from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.reconcile import StackResult, observe, plan_stack
 from pyapply.reconciler.version import __version__
 from pyapply.runtime.base import Runtime, RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
 
 
-def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
+def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
     """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status)."""
     with agent.state_lock:
         desired = list(agent.desired)
@@ -24,15 +26,30 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
     good = agent.good
     stacks: list[dict[str, Any]] = []
     sync = "Unknown"
+    nodes: list[dict[str, Any]] | None = None
     if good is not None and desired:
         try:
             out_of_sync = False
             for d in desired:
-                plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                if isinstance(runtime, ServiceRuntime):
+                    if isinstance(d, Desired):
+                        continue  # applied on another runtime: not this one's to show
+                    from pyapply.reconciler.engine.swarm import observe_swarm, plan_observed
+
+                    observed = observe_swarm(runtime, d.stack, d)
+                    plan = plan_observed(d, observed)
+                    health = swarm_stack_health(d, observed, plan, agent.running.is_set())
+                elif isinstance(d, Desired):
+                    plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                    health = stack_health(
+                        d, observe(runtime, d.stack), plan, agent.running.is_set()
+                    )
+                else:
+                    continue
                 out_of_sync = out_of_sync or not plan.empty
-                stacks.append(
-                    stack_health(d, observe(runtime, d.stack), plan, agent.running.is_set())
-                )
+                stacks.append(health)
+            if isinstance(runtime, ServiceRuntime):
+                nodes = nodes_view(runtime)
             current = agent.source_revision
             if current is not None and current != good.revision.id and not good.pinned:
                 out_of_sync = True
@@ -40,7 +57,7 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
         except RuntimeFailure as exc:
             sync = "Unknown"
             stacks = [{"name": d.stack, "health": "Unknown", "error": exc.message} for d in desired]
-    return {
+    doc: dict[str, Any] = {
         "agent": {
             "pid": os.getpid(),
             "version": __version__,
@@ -78,6 +95,24 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
             "last_failure": agent.history_last_failure,
         },
     }
+    if nodes is not None:
+        doc["nodes"] = nodes
+    return doc
+
+
+def nodes_view(rt: ServiceRuntime) -> list[dict[str, Any]]:
+    """The swarm's nodes as the status shows them: a node that stopped reads `down`, a
+    drained one `drain`."""
+    return [
+        {
+            "hostname": n.hostname,
+            "role": n.role,
+            "state": n.state,
+            "availability": n.availability,
+            "leader": n.leader,
+        }
+        for n in sorted(rt.list_nodes(), key=lambda n: n.hostname)
+    ]
 
 
 def rejected_view(agent: Agent) -> dict[str, Any] | None:

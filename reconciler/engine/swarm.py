@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.core.redact import Redactor
 from pyapply.reconciler.core.swarm import (
     SwarmDesired,
     SwarmObserved,
@@ -29,6 +32,7 @@ from pyapply.reconciler.core.swarm import (
     diff_swarm,
     teardown_swarm,
 )
+from pyapply.reconciler.engine.apply import Hooks, PassResult, Unprepared
 from pyapply.reconciler.engine.execute import (
     ActionResult,
     NullReporter,
@@ -36,18 +40,30 @@ from pyapply.reconciler.engine.execute import (
     Reporter,
     Settings,
 )
-from pyapply.reconciler.engine.reconcile import StackResult, read_file_objects
+from pyapply.reconciler.engine.reconcile import (
+    ApplyOptions,
+    PassError,
+    StackResult,
+    read_file_objects,
+)
 from pyapply.runtime.base import Conflict, NotFound, RuntimeFailure
 from pyapply.runtime.services import OverlayNetworkState, ServiceRuntime
 
+if TYPE_CHECKING:
+    from pyapply.reconciler.manifest.loader import Loaded
+
 __all__ = [
     "SwarmOptions",
+    "apply_all_swarm",
     "apply_swarm",
     "desired_for_swarm",
     "execute",
     "observe_swarm",
     "plan_down_swarm",
+    "plan_observed",
     "plan_swarm",
+    "prepare_all_swarm",
+    "swarm_redactor",
 ]
 
 
@@ -106,7 +122,11 @@ def observe_swarm(
 
 
 def plan_swarm(rt: ServiceRuntime, desired: SwarmDesired) -> Plan:
-    observed = observe_swarm(rt, desired.stack, desired)
+    return plan_observed(desired, observe_swarm(rt, desired.stack, desired))
+
+
+def plan_observed(desired: SwarmDesired, observed: SwarmObserved) -> Plan:
+    """The plan for a stack already observed (the agent's status shows both)."""
     versions = {s.name: s.version for s in observed.services}
     return build_plan(desired, desired.stack, diff_swarm(desired, observed), versions)
 
@@ -234,3 +254,80 @@ def apply_swarm(
         return StackResult(desired.stack, plan)
     outcome = execute(rt, plan, Settings(wait_timeout_s=options.wait_timeout_s), reporter)
     return StackResult(desired.stack, plan, outcome)
+
+
+def prepare_all_swarm(
+    rt: ServiceRuntime, loaded: Loaded, *, revision: str
+) -> list[SwarmDesired | Unprepared]:
+    """`engine.apply.prepare_all` for a swarm: every stack's swarm objects (images pinned),
+    or why it has none, before anything is touched."""
+    out: list[SwarmDesired | Unprepared] = []
+    for stack in loaded.stacks:
+        try:
+            out.append(
+                desired_for_swarm(
+                    rt, stack, revision=revision, environ=loaded.environments.get(stack.name)
+                )
+            )
+        except PassError as exc:
+            out.append(Unprepared(stack.name, exc))
+    return out
+
+
+def swarm_redactor(desired: Iterable[SwarmDesired]) -> Redactor:
+    """What output must never show: the content of every secret of these stacks."""
+    return Redactor(o.config.data for d in desired for o in d.objects if o.kind == "secret")
+
+
+def apply_all_swarm(
+    rt: ServiceRuntime,
+    wanted: Sequence[SwarmDesired | Unprepared],
+    options: ApplyOptions,
+    *,
+    lock: AbstractContextManager[Any] | None = None,
+    remove: Sequence[str] = (),
+    hooks: Hooks | None = None,
+    into: PassResult | None = None,
+) -> PassResult:
+    """`engine.apply.apply_all` on a swarm: under `lock`, plan and execute each stack of
+    `wanted` in order (an `Unprepared` one raises its PassError in its turn), waiting for
+    each service's update within `options.wait_timeout_s`; then, unless stopped, take down
+    each stack of `remove`. The swarm's own executor has no handle to cancel: a stop is
+    seen between stacks."""
+    hooks = hooks or Hooks()
+    done = PassResult() if into is None else into
+    settings = Settings(wait_timeout_s=options.wait_timeout_s)
+
+    def finished(result: StackResult) -> None:
+        done.results.append(result)
+        if hooks.on_result is not None:
+            hooks.on_result(result)
+
+    with lock if lock is not None else nullcontext():
+        for desired in wanted:
+            if hooks.stopping():
+                done.stopped_before = desired.stack
+                return done
+            if isinstance(desired, Unprepared):
+                raise desired.error
+            done.applied.append(desired)
+            plan = plan_swarm(rt, desired)
+            ctx = hooks.on_plan(plan) if hooks.on_plan is not None else None
+            if plan.errors or options.dry_run or plan.empty:
+                finished(StackResult(desired.stack, plan))
+                continue
+            with ctx or nullcontext():
+                outcome = execute(rt, plan, settings, hooks.reporter(desired.stack))
+            finished(StackResult(desired.stack, plan, outcome))
+        for stack in remove:
+            if hooks.stopping():
+                return done
+            if hooks.on_remove is not None:
+                hooks.on_remove(stack)
+            plan = plan_down_swarm(rt, stack)
+            outcome = execute(rt, plan, settings, hooks.reporter(stack))
+            result = StackResult(stack, plan, outcome)
+            finished(result)
+            if result.ok:
+                done.removed.append(stack)
+    return done
