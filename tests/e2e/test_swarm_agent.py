@@ -100,8 +100,10 @@ class Agent:
         env = {**os.environ, "PYAPPLY_ROOT": str(self.root), "PYAPPLY_SOCKET": self.socket}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [PYAPPLY, "watch", str(path), "--runtime", "swarm", "--debounce", "0.2"]
-                + ["--interval", "4", "--wait-timeout", "60"],
+                [
+                    *(PYAPPLY, "watch", str(path), "--runtime", "swarm"),
+                    *("--debounce", "0.2", "--interval", "4", "--wait-timeout", "60"),
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
