@@ -193,6 +193,10 @@ class ServiceConfig:
     mounts: tuple[MountConfig, ...] = ()
     configs: tuple[SwarmObjectRef, ...] = ()
     secrets: tuple[SwarmObjectRef, ...] = ()
+    # the labels of each named volume a task mounts, by volume name (sorted, labels sorted):
+    # a node creates a volume it lacks when a task mounts it, labelled so (as docker stack
+    # does), so that the volumes of a stack are found on every node
+    volume_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 @dataclass(frozen=True)

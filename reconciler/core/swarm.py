@@ -179,6 +179,7 @@ def _service_config(
     cpus = None if s.resources.cpus is None else round(s.resources.cpus * 1e9)
     reserve = None if d.reserve_cpus is None else round(d.reserve_cpus * 1e9)
     mounts: list[MountConfig] = []
+    volume_labels: dict[str, tuple[tuple[str, str], ...]] = {}
     for m in s.mounts:
         source = m.source
         if m.type == "volume" and m.source:
@@ -187,6 +188,15 @@ def _service_config(
                 source = vol.external_name or vol.name
             else:
                 source = identity.volume_name(stack.name, m.source)
+                # each node makes the volume when a task first mounts it: labelled as the
+                # other runtimes label theirs (no revision: a volume outlives revisions)
+                own = {
+                    **dict(vol.labels if vol is not None else ()),
+                    identity.STACK: stack.name,
+                    identity.VOLUME: m.source,
+                    STACK_NAMESPACE_LABEL: stack.name,
+                }
+                volume_labels[source] = tuple(sorted(own.items()))
         mounts.append(
             MountConfig(
                 type=m.type,
@@ -257,6 +267,7 @@ def _service_config(
         mounts=tuple(sorted(mounts, key=lambda m: m.target)),
         configs=_refs(stack.name, s.configs, config_names),
         secrets=_refs(stack.name, s.secrets, secret_names, secrets=True),
+        volume_labels=tuple(sorted(volume_labels.items())),
     )
     spec_hash = identity.digest(config)
     labels = {
@@ -290,7 +301,7 @@ def desired_swarm(
         net = OverlayNetworkConfig(
             name=name,
             driver="overlay",
-            attachable=False,  # as docker stack makes them: for services only
+            attachable=n.attachable,  # as docker stack makes them: for services unless asked
             internal=n.internal,
             subnet=n.subnet,
             gateway=n.gateway,
