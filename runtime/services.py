@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pyapply.runtime.base import HealthConfig, MountConfig
+from pyapply.runtime.base import HealthConfig, MountConfig, VolumeState
 
 __all__ = [
     "STACK_NAMESPACE_LABEL",
@@ -427,6 +427,16 @@ class ServiceRuntime(Protocol):
     def remove_object(self, kind: SwarmObjectKind, name: str) -> None:
         """Remove a config or secret; gone is success, one still used by a service is
         `Conflict`."""
+        ...
+
+    def list_node_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
+        """The named volumes of the node this runtime talks to (a volume lives on each node
+        whose task mounted it; the swarm has no view of them all)."""
+        ...
+
+    def remove_node_volume(self, name: str) -> None:
+        """Remove a named volume of that node; gone is success, one still mounted by a
+        container that is going away is `TransientError`."""
         ...
 
     def create_overlay_network(self, config: OverlayNetworkConfig) -> str: ...

@@ -242,7 +242,7 @@ def down(
     if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
-        swarm.down(rt, names)
+        swarm.down(rt, names, volumes=remove_volumes)
         return
     root_dir = state_root(root)
     ok = True

@@ -173,11 +173,11 @@ def diff(
         sys.exit(EXIT_DRIFT)
 
 
-def down(rt: ServiceRuntime, names: list[str]) -> None:
+def down(rt: ServiceRuntime, names: list[str], *, volumes: bool = False) -> None:
     ok = True
     try:
         for name in names:
-            plan = plan_down_swarm(rt, name)
+            plan = plan_down_swarm(rt, name, volumes=volumes)
             click.echo(plan_text(plan))
             if plan.empty:
                 continue

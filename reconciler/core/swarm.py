@@ -29,7 +29,7 @@ from pyapply.reconciler.core.diff import Change, DiffResult, FieldDiff
 from pyapply.reconciler.core.model import FileRef, ServiceSpec, Stack
 from pyapply.reconciler.core.plan import Action, Plan
 from pyapply.reconciler.core.translate import FileKind, _health
-from pyapply.runtime.base import MountConfig
+from pyapply.runtime.base import MountConfig, VolumeState
 from pyapply.runtime.services import (
     STACK_NAMESPACE_LABEL,
     OverlayNetworkConfig,
@@ -365,6 +365,8 @@ class SwarmObserved:
     external_networks: Mapping[str, OverlayNetworkState | None] = dataclasses.field(
         default_factory=dict
     )
+    # the stack's named volumes on the node observed (for `down --volumes` only)
+    volumes: tuple[VolumeState, ...] = ()
 
 
 # labels that never cause an update: the revision changes with every commit
@@ -511,11 +513,13 @@ def diff_swarm(desired: SwarmDesired, observed: SwarmObserved) -> DiffResult:
 
 
 def teardown_swarm(observed: SwarmObserved) -> DiffResult:
-    """`down`: every service, config, secret and network of the stack."""
+    """`down`: every service, config, secret and network of the stack, and the named
+    volumes observed (only `down --volumes` observes them: a volume outlives its stack)."""
     changes = [Change("remove", "service", s.name, "down") for s in observed.services]
     changes += [Change("remove", o.kind, o.name, "down") for o in observed.configs]
     changes += [Change("remove", o.kind, o.name, "down") for o in observed.secrets]
     changes += [Change("remove", "network", n.name, "down") for n in observed.networks]
+    changes += [Change("remove", "volume", v.name, "down (--volumes)") for v in observed.volumes]
     return DiffResult(tuple(changes))
 
 
@@ -610,6 +614,16 @@ def build_plan(
                 Action(
                     f"network:{ch.name}:remove",
                     "remove_overlay",
+                    ch.name,
+                    ch.reason,
+                    (*after_removals, *waits),
+                )
+            )
+        elif ch.kind == "remove" and ch.object == "volume":
+            actions.append(
+                Action(
+                    f"volume:{ch.name}:remove",
+                    "remove_volume",
                     ch.name,
                     ch.reason,
                     (*after_removals, *waits),

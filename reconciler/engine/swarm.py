@@ -103,10 +103,11 @@ def desired_for_swarm(
 
 
 def observe_swarm(
-    rt: ServiceRuntime, stack: str, desired: SwarmDesired | None = None
+    rt: ServiceRuntime, stack: str, desired: SwarmDesired | None = None, *, volumes: bool = False
 ) -> SwarmObserved:
     """What the swarm shows for one stack: one listing call per kind (plus one for the
-    external networks, if the stack names any)."""
+    external networks, if the stack names any; and the stack's named volumes on the node
+    talked to, with `volumes`)."""
     labels = {identity.STACK: stack}
     external: dict[str, OverlayNetworkState | None] = {}
     if desired is not None and desired.external_networks:
@@ -118,6 +119,7 @@ def observe_swarm(
         configs=tuple(rt.list_objects("config", labels)),
         secrets=tuple(rt.list_objects("secret", labels)),
         external_networks=external,
+        volumes=tuple(rt.list_node_volumes(labels)) if volumes else (),
     )
 
 
@@ -131,8 +133,10 @@ def plan_observed(desired: SwarmDesired, observed: SwarmObserved) -> Plan:
     return build_plan(desired, desired.stack, diff_swarm(desired, observed), versions)
 
 
-def plan_down_swarm(rt: ServiceRuntime, stack: str) -> Plan:
-    return build_plan(None, stack, teardown_swarm(observe_swarm(rt, stack)))
+def plan_down_swarm(rt: ServiceRuntime, stack: str, *, volumes: bool = False) -> Plan:
+    """Everything the stack owns on the swarm; with `volumes`, its named volumes on the node
+    talked to as well (those on other nodes stay: the swarm cannot reach them)."""
+    return build_plan(None, stack, teardown_swarm(observe_swarm(rt, stack, volumes=volumes)))
 
 
 def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
@@ -143,6 +147,8 @@ def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
         rt.create_overlay_network(action.overlay)
     elif op == "remove_overlay":
         rt.remove_overlay_network(action.target)
+    elif op == "remove_volume":
+        rt.remove_node_volume(action.target)
     elif op == "create_object":
         assert action.swarm_object is not None and action.object_kind is not None
         rt.create_object(action.object_kind, action.swarm_object)

@@ -1,6 +1,7 @@
 """The swarm runtime beyond apply: the watch agent on a manager (a directory applied, a
 manifest change deployed, a replica count changed by hand repaired on resync, the stack
-Healthy in its status), and the image path build -> push -> deploy by digest. On the
+Healthy in its status), the image path build -> push -> deploy by digest, an attachable
+overlay network and labelled named volumes kept by `down` unless `--volumes`. On the
 single-node swarm of the main dockerd (tests/e2e/swarm.py); every object carries a random
 prefix and is gone at the end.
 """
@@ -230,3 +231,57 @@ def test_build_push_deploy_by_digest(
             "image", "ls", "-q", f"{own_registry}/{prefix}/app", check=False
         ).split():
             docker("image", "rm", "-f", leftover, check=False)
+
+
+def test_attachable_network_and_named_volumes(prefix: str, tmp_path: Path) -> None:
+    stack = f"{prefix}v"
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(
+        f"""name: {stack}
+services:
+  db:
+    image: {TEST_REF}
+    command: ["sleep", "600"]
+    init: true
+    stop_grace_period: 1s
+    networks: [front]
+    volumes: ["data:/data"]
+    deploy: {{endpoint_mode: dnsrr}}
+networks:
+  front: {{driver: overlay, attachable: true}}
+volumes:
+  data:
+    labels: {{tier: db}}
+"""
+    )
+    volume = f"{stack}_data"
+    try:
+        r = cli("-f", str(manifest), "--wait-timeout", "60")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = cli("diff", "--exit-code", "-f", str(manifest))
+        assert r.returncode == 0, r.stdout + r.stderr  # labels and attachable read back equal
+        assert docker("network", "inspect", f"{stack}_front", "--format", "{{.Attachable}}") == (
+            "true"
+        )
+        # attachable: a plain container (not a service task) joins the overlay network
+        out = docker(
+            "run", "--rm", "--network", f"{stack}_front", "pyapply-test/busybox:latest",
+            "echo", "joined",
+        )  # fmt: skip
+        assert out == "joined"
+        labels = json.loads(docker("volume", "inspect", volume, "--format", "{{json .Labels}}"))
+        assert labels["io.pyapply.stack"] == stack and labels["io.pyapply.volume"] == "data"
+        assert labels["com.docker.stack.namespace"] == stack and labels["tier"] == "db"
+
+        r = cli("down", "--stack", stack)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert docker("volume", "ls", "-q", "--filter", f"name={volume}") == volume  # kept
+        r = cli("-f", str(manifest), "--wait-timeout", "60")
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = cli("down", "--stack", stack, "--volumes")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"remove_volume   {volume}" in r.stdout, r.stdout
+        assert not docker("volume", "ls", "-q", "--filter", f"name={volume}")
+    finally:
+        down(stack)
+        docker("volume", "rm", "-f", volume, check=False)
