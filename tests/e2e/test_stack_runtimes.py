@@ -4,117 +4,23 @@ up and down, an environment change rolled out (the replicas replaced), prune of 
 service, a config's new content reaching the replicas, a secret read, down. On swarm also: a
 field a swarm cannot have is refused with file:line:col.
 
-`stack_runtime` gives each test the runtime and a view of a service's replicas that means the
-same on each: containers `<stack>-<service>-N` on one host, a service's tasks on a swarm (a
-single-node swarm on the main dockerd, tests/e2e/swarm.py, set up once for the module).
+`stack_runtime` (conftest.py, tests/e2e/stacks.py) gives each test the runtime and a view of
+a service's replicas that means the same on each: containers `<stack>-<service>-N` on one
+host, a service's tasks on a swarm (a single-node swarm on the main dockerd,
+tests/e2e/swarm.py, set up once for the module).
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import _under_test
-from tests.e2e.runtimes import Cli, RuntimeUnderTest
-from tests.e2e.swarm import TEST_REF, docker, new_prefix, remove_prefixed, single_node_swarm
+from tests.e2e.runtimes import Cli
+from tests.e2e.stacks import StackUnderTest
+from tests.e2e.swarm import TEST_REF, docker
 
 pytestmark = pytest.mark.e2e
-
-STACK_RUNTIMES = ("docker", "native", "swarm")
-
-
-class StackUnderTest:
-    """A runtime under test, seen stack by stack: a service's running replicas, a command
-    run in one of them, the CLI."""
-
-    def __init__(self, name: str, stack: str, image: str, cli: Cli) -> None:
-        self.name, self.stack, self.image, self.cli = name, stack, image, cli
-
-    def replicas(self, service: str) -> dict[str, str]:
-        """The running replicas of `service`: instance id -> name."""
-        raise NotImplementedError
-
-    def exec(self, service: str, *argv: str) -> str:
-        """The output of `argv` in one running replica, stripped."""
-        raise NotImplementedError
-
-    def leftovers(self) -> list[str]:
-        raise NotImplementedError
-
-
-class OneHost(StackUnderTest):
-    def __init__(self, rut: RuntimeUnderTest, image: str) -> None:
-        super().__init__(rut.name, rut.stack, image, rut.cli())
-        self.rut = rut
-
-    def replicas(self, service: str) -> dict[str, str]:
-        return {
-            c.id: name
-            for name, c in self.rut.observe.containers(self.stack).items()
-            if c.labels.get("io.pyapply.service") == service and c.running
-        }
-
-    def exec(self, service: str, *argv: str) -> str:
-        name = sorted(self.replicas(service).values())[0]
-        code, out = self.rut.exec(name, *argv)
-        assert code == 0, (name, argv, out)
-        return out.strip()
-
-    def leftovers(self) -> list[str]:
-        return sorted(self.rut.observe.containers(self.stack))
-
-
-class OnSwarm(StackUnderTest):
-    def replicas(self, service: str) -> dict[str, str]:
-        rows = docker(
-            "ps",
-            "--filter",
-            f"label=com.docker.swarm.service.name={self.stack}_{service}",
-            "--format",
-            "{{.ID}} {{.Names}}",
-        ).splitlines()
-        return dict(r.split(" ", 1) for r in rows)
-
-    def exec(self, service: str, *argv: str) -> str:
-        container = sorted(self.replicas(service))[0]
-        return docker("exec", container, *argv)
-
-    def leftovers(self) -> list[str]:
-        label = f"label=io.pyapply.stack={self.stack}"
-        return [
-            f"{kind} {n}"
-            for kind in ("service", "config", "secret")
-            for n in docker(kind, "ls", "-q", "--filter", label).split()
-        ]
-
-
-@pytest.fixture(scope="module")
-def swarm_prefix() -> Iterator[str]:
-    prefix = new_prefix()
-    with single_node_swarm(prefix):
-        yield prefix
-
-
-@pytest.fixture(params=STACK_RUNTIMES)
-def stack_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StackUnderTest]:
-    """The `runtime` fixture of conftest.py, and swarm too."""
-    if request.param != "swarm":
-        for rut in _under_test(str(request.param), request, tmp_path):
-            yield OneHost(rut, "pyapply-test/busybox:latest")
-        return
-    prefix = request.getfixturevalue("swarm_prefix")
-    stack = prefix + uuid.uuid4().hex[:4]
-    s = OnSwarm("swarm", stack, TEST_REF, Cli(stack, tmp_path / "root", 0, "swarm"))
-    try:
-        yield s
-    finally:
-        left = s.leftovers()
-        remove_prefixed(stack)
-    assert not left, f"left behind on the swarm: {left}"
-
 
 COMPOSE = """\
 name: {stack}
