@@ -181,6 +181,10 @@ def test_agent_on_a_manager(prefix: str, tmp_path: Path) -> None:
         )
         doc = wait_for(lambda: healthy(agent, stack, 2), 60, "Healthy after the repair")
         assert doc["stacks"][0]["services"][0]["name"] == "web"
+        r = cli("status", env={"PYAPPLY_SOCKET": agent.socket})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"stack {stack}: Healthy" in r.stdout and "  web: Healthy (2/2 running)" in r.stdout
+        assert "(manager): ready, active" in r.stdout, r.stdout
         assert agent.stop() == 0
     finally:
         with contextlib.suppress(AssertionError):
