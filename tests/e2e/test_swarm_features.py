@@ -229,12 +229,12 @@ def test_build_push_deploy_by_digest(
         assert docker("exec", task[0], "cat", "/built") == f"built-{prefix}"
     finally:
         down(stack)
-        for leftover in docker("image", "ls", "-q", ref, check=False).split():
-            docker("image", "rm", "-f", leftover, check=False)
-        for leftover in docker(
-            "image", "ls", "-q", f"{own_registry}/{prefix}/app", check=False
-        ).split():
-            docker("image", "rm", "-f", leftover, check=False)
+        # the image goes once the task's container is gone (removed a moment after down)
+        service = f"label=com.docker.swarm.service.name={stack}_web"
+        wait_for(lambda: not docker("ps", "-aq", "--filter", service), 30, "the task to go")
+        for image in set(docker("image", "ls", "-q", f"{own_registry}/{prefix}/app").split()):
+            docker("image", "rm", "-f", image, check=False)
+        assert not docker("image", "ls", "-q", f"{own_registry}/{prefix}/app")
 
 
 def test_attachable_network_and_named_volumes(prefix: str, tmp_path: Path) -> None:
