@@ -282,9 +282,9 @@ class SwarmHost:
             return
         docker("swarm", "leave", "--force", check=False)
         if not self.had_gwbridge:
-            # The swarm's gateway bridge outlives the swarm; the ingress sandbox lets go of it
-            # a moment after leaving.
-            for _ in range(20):
+            # The swarm's gateway bridge outlives the swarm; the ingress sandbox (and the
+            # containers of tasks still stopping) let go of it a moment after leaving.
+            for _ in range(60):
                 if not docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$"):
                     break
                 if run("docker", "network", "rm", "docker_gwbridge", check=False).returncode == 0:
