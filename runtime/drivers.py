@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from pyapply.runtime.base import PermanentError, Runtime, Unavailable
-from pyapply.runtime.services import ServiceRuntime
+
+if TYPE_CHECKING:  # not imported at run time: a no-op apply on one host never needs it
+    from typing_extensions import TypeIs
+
+    from pyapply.runtime.services import ServiceRuntime
 
 RUNTIMES = ("native", "docker", "swarm")
 DEFAULT_RUNTIME = "native"
+SERVICE_RUNTIMES = ("swarm",)  # the runtimes that run services (ServiceRuntime), not containers
+
+
+def runs_services(rt: Runtime | ServiceRuntime) -> TypeIs[ServiceRuntime]:
+    """Whether `rt` is a ServiceRuntime (a swarm), decided by its name, so that telling the
+    two kinds apart does not import the service vocabulary."""
+    return rt.name in SERVICE_RUNTIMES
 
 
 def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime | ServiceRuntime:
@@ -16,7 +28,7 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
     the state root of the native runtime (default: $PYAPPLY_ROOT, else /var/lib/pyapply);
     docker and swarm ignore it. `swarm` is a `ServiceRuntime` (services on a swarm
     manager, $DOCKER_HOST respected); the others run containers on one host (`Runtime`):
-    callers tell them apart with `isinstance(rt, ServiceRuntime)`.
+    callers tell them apart with `runs_services(rt)`.
 
     Drivers are imported lazily so that commands that need no runtime (validate, config)
     never import a driver's dependencies.
@@ -41,7 +53,7 @@ def open_container_runtime(name: str | None = None, *, root: str | None = None) 
     """`open_runtime` for callers that run containers only (logs, rollback without an
     agent): the swarm runtime is refused with a sentence saying so."""
     rt = open_runtime(name, root=root)
-    if isinstance(rt, ServiceRuntime):
+    if runs_services(rt):
         rt.close()
         raise PermanentError("this command does not run on the swarm runtime yet")
     return rt

@@ -63,8 +63,10 @@ packages=("${runtime_packages[@]}" busybox-static ca-certificates)
 if [ "$native_only" = 0 ]; then
     # the docker runtime and the tests: dockerd, compose and skopeo to compare with, a
     # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check,
-    # chattr (e2fsprogs) for the read-only history fault
-    packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap e2fsprogs)
+    # chattr (e2fsprogs) for the read-only history fault, sshd (openssh-server) for the
+    # agent's git-over-ssh test
+    packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap e2fsprogs
+        openssh-server)
 fi
 if [ "$list_packages" = 1 ]; then
     printf '%s\n' "${packages[@]}"
@@ -85,6 +87,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+        # The tests start their own sshd on a loopback port. The package's service would
+        # listen on every address of this machine: stop and disable what we just installed
+        # (an sshd that was here before is not touched).
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+        else
+            as_root service ssh stop >/dev/null 2>&1 || true
+            as_root update-rc.d ssh disable >/dev/null 2>&1 || true
+        fi
+    fi
 else
     step "packages: all present"
 fi

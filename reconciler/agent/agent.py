@@ -14,7 +14,10 @@ A pass:
    good revision stays the desired state (self-healing goes on with it);
 4. applies every stack, and removes the stacks whose manifests are gone (`--allow-empty`),
    through `engine.apply.apply_all` (the CLI's pass), recording a history entry when the
-   revision is new, something was done, or someone asked (`passes.py`).
+   revision is new, something was done, or someone asked (`passes.py`);
+5. with `--progress-deadline`, judges a new revision: an apply that failed, or stacks not
+   Healthy in time (looked at between passes, from the main loop), roll it back to the last
+   Healthy revision, pinned `auto` until a newer revision arrives (`rollback.py` decides).
 
 The history is never a single point of failure (`AgentHistory`): a damaged database is
 moved aside and started afresh, and a record that cannot be written is logged and counted
@@ -40,6 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from pyapply.reconciler.agent.actions import OwnStops
+from pyapply.reconciler.agent.git_source import GitFetcher, SourceNotReady
 from pyapply.reconciler.agent.history import (
     AgentHistory,
     HistoryError,
@@ -49,9 +53,18 @@ from pyapply.reconciler.agent.history import (
     snapshot_files,
 )
 from pyapply.reconciler.agent.logs import info, log, log_redaction
+from pyapply.reconciler.agent.notify import rejected_event
 from pyapply.reconciler.agent.passes import LastPass, Target, apply_target
+from pyapply.reconciler.agent.rollback import (
+    Probation,
+    after_pass,
+    check_every,
+    judge,
+    lift_auto_pin,
+    remember,
+)
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
-from pyapply.reconciler.agent.status import status_view
+from pyapply.reconciler.agent.status import stacks_health, status_view
 from pyapply.reconciler.agent.triggers import FORCING, Triggers
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, Labelled, at_risk, emptied
@@ -72,6 +85,8 @@ from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
+    from pyapply.reconciler.agent.notify import Notifier
+    from pyapply.reconciler.agent.webhook import WebhookServer
     from pyapply.reconciler.core.swarm import SwarmDesired
     from pyapply.reconciler.engine.execute import Executor
 
@@ -91,6 +106,9 @@ class AgentOptions:
     # what the watched manifests may ask of the host: a revision with an ask this policy
     # denies is refused (recorded as failed, nothing applied)
     policy: Policy = field(default_factory=lambda: builtin("restricted"))
+    # `--progress-deadline`: seconds a new revision has to become Healthy before it is
+    # rolled back to the last healthy one (None: no automatic rollback)
+    progress_deadline_s: float | None = None
 
 
 class Agent:
@@ -134,9 +152,24 @@ class Agent:
         self.own_stops = OwnStops()
         self.file_watcher: FileWatcher | None = None
         self.event_watcher: EventWatcher | None = None
+        # `watch --repo`: the agent's own fetcher keeps the source's link up to date
+        self.git: GitFetcher | None = None
         # the secrets of every stack loaded so far (a rotated secret's old value stays
         # hidden too): what the logs, the API and the history records never show
         self.redactor: Redactor = NO_SECRETS
+        # set by `watch` when asked for (--notify, --webhook); shown in the status
+        self.notifier: Notifier | None = None
+        self.webhook: WebhookServer | None = None
+        # --progress-deadline: the revision applied and not yet Healthy, when its health is
+        # looked at next (monotonic), and the automatic rollback the next pass applies
+        # (bad revision, why) so that its notification can say so
+        self.probation: Probation | None = None
+        self.next_check = 0.0
+        self.rolling_back: tuple[str, str] | None = None
+        # revisions rolled back are never applied again: known bad, like those that fail
+        # to load (a resync heals with the good one)
+        for bad in self.history.rolled_back():
+            self.rejected[bad] = ["rolled back automatically"]
 
     # -- the record is never a single point of failure ---------------------------------------
 
@@ -175,9 +208,20 @@ class Agent:
     def request(self, reason: str) -> int:
         return self.triggers.put(reason)
 
+    def on_push(self, ref: str | None) -> int:
+        """A push webhook for `ref` was accepted: a pass now (a git source fetches first).
+        Returns the ticket of the pass, < 0 when the agent is stopping."""
+        if self.git is not None:
+            # the fetch publishes the new tree, whose switch asks for the pass (on_update)
+            self.git.fetch_now()
+        return self.request("webhook")
+
     def rollback(self, revision: str) -> tuple[str, int]:
         full = self.history.resolve(revision)
-        self.history.pin(full)
+        self.history.pin(full, "manual")
+        self.probation = None
+        if self.metrics is not None:
+            self.metrics.rollback("manual")
         info(f"rollback to {full} requested: pinned until resume", revision=full)
         return full, self.request("rollback")
 
@@ -209,9 +253,16 @@ class Agent:
         executor = self.executor
         if executor is not None:
             executor.cancel()
-        for watcher in (self.file_watcher, self.event_watcher):
+        for watcher in (self.file_watcher, self.event_watcher, self.git):
             if watcher is not None:
                 watcher.stop()
+
+    def attach_git(self, fetcher: GitFetcher) -> None:
+        """Fetch on our own: a new commit triggers a pass; the trees of the last good
+        revision are kept while old ones are removed."""
+        fetcher.on_update = self.request
+        fetcher.in_use = lambda: [self.good.directory] if self.good is not None else []
+        self.git = fetcher
 
     def start_watchers(self) -> None:
         self.file_watcher = FileWatcher(
@@ -221,6 +272,8 @@ class Agent:
             poll_s=self.options.poll_s,
         )
         self.file_watcher.start()
+        if self.git is not None:
+            self.git.start()
         if isinstance(self.runtime, ServiceRuntime):
             # a swarm's service events are not followed: drift is repaired on the resync
             log.info("swarm runtime: no runtime events followed; drift is repaired on resync")
@@ -243,9 +296,9 @@ class Agent:
         interrupted = self.history.close_running()
         if interrupted:
             log.warning("%d pass(es) of an earlier agent were interrupted", interrupted)
+        where = self.source.path if self.git is None else f"{self.git.shown_url} {self.git.ref}"
         info(
-            f"watching {self.source.path} ({self.source.kind}), resync every "
-            f"{self.options.interval_s:g}s",
+            f"watching {where} ({self.source.kind}), resync every {self.options.interval_s:g}s",
             source=self.source.path,
             kind=self.source.kind,
             pinned=self.history.pinned(),
@@ -254,9 +307,17 @@ class Agent:
         self.request("start")
         resync_at = self.next_resync()
         while not self.stopping.is_set():
-            reasons = self.triggers.take(resync_at - time.monotonic())
+            wake = resync_at if self.probation is None else min(resync_at, self.next_check)
+            reasons = self.triggers.take(wake - time.monotonic())
             if self.stopping.is_set():
                 break
+            if self.probation is not None and time.monotonic() >= self.next_check:
+                # between passes, bounded by the runtime's answers: a rollback it decides
+                # on is a trigger like any other
+                try:
+                    self.check_progress()
+                except Exception:
+                    log.exception("health check of the revision on probation failed")
             if not reasons:
                 if time.monotonic() < resync_at:
                     continue
@@ -275,7 +336,7 @@ class Agent:
                 self.running.clear()
                 self.triggers.done()
         info("stopped")
-        for watcher in (self.file_watcher, self.event_watcher):
+        for watcher in (self.file_watcher, self.event_watcher, self.git):
             if watcher is not None:
                 watcher.stop()
         return 0
@@ -285,6 +346,22 @@ class Agent:
     def pick(self) -> tuple[Snapshot, bool]:
         """The snapshot to apply now and whether it is a pinned one."""
         pinned = self.history.pinned()
+        if pinned and self.history.pin_reason() == "auto":
+            # an automatic rollback's pin lasts until the source shows a newer revision
+            try:
+                snap = self.source.snapshot()
+            except Exception as exc:  # the source unreadable: stay on the pinned one
+                log.debug("source not readable while pinned (%s)", exc)
+            else:
+                rolled_back = self.history.rolled_back()
+                if lift_auto_pin("auto", snap.revision.id, pinned, rolled_back):
+                    info(
+                        f"revision {snap.revision.id} arrived: the automatic rollback to "
+                        f"{pinned} is lifted, following the source again",
+                        revision=snap.revision.id,
+                    )
+                    self.history.pin(None)
+                    return snap, False
         if pinned:
             directory = os.path.join(self.root, "agent", "pinned", pinned.replace("/", "_"))
             if self.good is not None and self.good.directory == directory:
@@ -312,6 +389,9 @@ class Agent:
         started = time.time()
         try:
             snap, pinned = self.pick()
+        except SourceNotReady as exc:
+            log.info("%s", exc)  # `watch --repo` before its first successful fetch
+            return
         except Exception as exc:
             log.error("cannot read the source %s: %s", self.source.path, exc)
             return
@@ -456,6 +536,17 @@ class Agent:
             )
         if self.metrics is not None:
             self.metrics.rejected(outcome)
+        if self.notifier is not None:
+            self.notifier.emit(
+                rejected_event(
+                    revision=rev.id,
+                    subject=rev.subject,
+                    trigger=trigger,
+                    outcome=outcome,
+                    errors=errors,
+                    at=time.time(),
+                )
+            )
         log.error(
             "revision %s %s: %s; the last good state stays in place",
             rev.id,
@@ -494,6 +585,91 @@ class Agent:
         self, target: Target, trigger: str, kinds: set[str], started: float, *, new_revision: bool
     ) -> None:
         apply_target(self, target, trigger, kinds, started, new_revision=new_revision)
+        self.after_apply(target, new_revision=new_revision)
+
+    # -- automatic rollback (--progress-deadline) --------------------------------------------
+
+    def after_apply(self, target: Target, *, new_revision: bool) -> None:
+        """A revision was applied: put it on probation, or roll it back at once when its
+        apply failed (`rollback.after_pass` decides)."""
+        if target.pinned:
+            self.probation = None  # a rollback's target is not judged again
+        with self.state_lock:
+            last = self.last
+        verdict = after_pass(
+            deadline_s=self.options.progress_deadline_s,
+            pinned=target.pinned,
+            new_revision=new_revision,
+            outcome=last.outcome,
+            errors=last.errors,
+        )
+        rev = target.revision.id
+        if verdict.action == "rollback":
+            self.roll_back(rev, verdict.reason)
+        elif verdict.action == "wait" and self.options.progress_deadline_s is not None:
+            now = time.time()
+            self.probation = Probation(rev, now, now + self.options.progress_deadline_s)
+            self.next_check = time.monotonic()  # right away: it may be Healthy already
+
+    def check_progress(self) -> None:
+        """Look at the health of the revision on probation: it passes (the new rollback
+        target), waits, or is rolled back past its deadline."""
+        probation = self.probation
+        if probation is None:
+            return
+        deadline_s = self.options.progress_deadline_s or 0.0
+        self.next_check = time.monotonic() + check_every(deadline_s)
+        if self.good is None or self.good.revision.id != probation.revision:
+            self.probation = None  # superseded meanwhile
+            return
+        with self.state_lock:
+            desired = list(self.desired)
+        health = stacks_health(self, self.runtime, desired)
+        verdict = judge(probation, health, time.time())
+        if verdict.action == "healthy":
+            self.probation = None
+            self.history.set_last_healthy(probation.revision)
+            info(
+                f"revision {probation.revision} is Healthy: the target of an automatic "
+                "rollback from now on",
+                revision=probation.revision,
+            )
+        elif verdict.action == "rollback":
+            self.roll_back(probation.revision, verdict.reason)
+
+    def roll_back(self, bad: str, reason: str) -> None:
+        """Mark `bad` rolled back, pin the last healthy revision (`auto`) and ask for the
+        pass that applies it. Without a healthy revision to go back to, `bad` stays."""
+        self.probation = None
+        good = self.history.last_healthy()
+        if good is None or good == bad:
+            log.error(
+                "revision %s is bad (%s), but no earlier revision was Healthy: nothing to "
+                "roll back to, it stays",
+                bad,
+                reason,
+                extra={"fields": {"revision": bad, "reason": reason}},
+            )
+            return
+        self.history.mark_rolled_back(bad, self.redactor.text(reason))
+        self.history.set_rolled_back(remember(self.history.rolled_back(), bad))
+        self.rejected[bad] = [reason]
+        self.history.pin(good, "auto")
+        self.history.set_state(
+            "last_rollback",
+            {"revision": bad, "to": good, "reason": self.redactor.text(reason), "at": time.time()},
+        )
+        if self.metrics is not None:
+            self.metrics.rollback("auto")
+        self.rolling_back = (bad, self.redactor.text(reason))
+        log.error(
+            "revision %s rolled back to %s: %s; pinned until a newer revision arrives",
+            bad,
+            good,
+            reason,
+            extra={"fields": {"revision": bad, "to": good, "reason": reason}},
+        )
+        self.request("rollback:auto")
 
     # -- views for the API (any thread) ---------------------------------------------------
 

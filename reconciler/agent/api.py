@@ -271,6 +271,9 @@ class Api:
             doc["revision"] = agent.good.revision.id if agent.good else None
             return 200, doc
         if method == "POST" and path == "/v1/sync":
+            if agent.git is not None:
+                # a sync asked for by hand looks at the remote first
+                agent.git.fetch_now(wait=_bool(query.get("wait", ""), "wait"))
             ticket = agent.request("api")
             return self._queued(ticket, query, {})
         if method == "POST" and path == "/v1/rollback":
@@ -374,7 +377,7 @@ def _remove_stale(path: str) -> None:
     raise OSError(f"another agent is serving on {path}")
 
 
-class _DeadlineReader(io.RawIOBase):
+class DeadlineReader(io.RawIOBase):
     """The read side of a connection where every read gets only the time left before
     `deadline`: however the bytes trickle in, the request is complete by then or cut."""
 
@@ -404,7 +407,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the buffered file of StreamRequestHandler: replaced
-        self._reader = _DeadlineReader(self.connection)
+        self._reader = DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
 
     def handle_one_request(self) -> None:

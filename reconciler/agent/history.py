@@ -53,7 +53,8 @@ __all__ = [
     "snapshot_files",
 ]
 
-Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted"]
+# `rolled-back`: a pass of a revision that `watch --progress-deadline` rolled back afterwards
+Outcome = Literal["running", "succeeded", "failed", "refused", "interrupted", "rolled-back"]
 
 DB_NAME = "history.db"
 REVISIONS_DB_NAME = "revisions.db"
@@ -314,19 +315,26 @@ class History:
 
     def prune(self, keep: int = KEEP_PASSES) -> int:
         """Forget all but the newest `keep` passes, and the files of revisions that no
-        kept pass mentions (a pinned revision is always kept)."""
+        kept pass mentions (the pinned and the last healthy revision are always kept)."""
         with self._db() as db:
             cur = db.execute(
                 "DELETE FROM passes WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM passes) - ?",
                 (keep,),
             )
             removed = cur.rowcount
-            pinned = db.execute("SELECT value FROM state WHERE key = 'pinned'").fetchone()
-            keep_rev = json.loads(pinned[0]) if pinned else ""
+            # the pinned revision and the last healthy one (an automatic rollback's
+            # target) keep their files
+            kept = [
+                json.loads(row[0]) or ""
+                for row in db.execute(
+                    "SELECT value FROM state WHERE key IN ('pinned', 'last_healthy')"
+                ).fetchall()
+            ]
+            kept += ["", ""]
             db.execute(
-                "DELETE FROM rev.revisions WHERE revision != ?"
+                "DELETE FROM rev.revisions WHERE revision NOT IN (?, ?)"
                 " AND revision NOT IN (SELECT DISTINCT revision FROM passes)",
-                (keep_rev,),
+                (kept[0], kept[1]),
             )
             return removed
 
@@ -357,6 +365,24 @@ class History:
             db.row_factory = sqlite3.Row
             row = db.execute("SELECT * FROM passes WHERE id = ?", (pass_id,)).fetchone()
         return _record(row) if row is not None else None
+
+    def mark_rolled_back(self, revision: str, reason: str) -> int | None:
+        """Mark the last pass of `revision` `rolled-back`, with `reason` added to its errors;
+        its id (None when no pass has it)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT id, errors FROM passes WHERE revision = ? ORDER BY id DESC LIMIT 1",
+                (revision,),
+            ).fetchone()
+            if row is None:
+                return None
+            errors = [*json.loads(row[1] or "[]"), reason]
+            db.execute(
+                "UPDATE passes SET outcome = 'rolled-back', errors = ?,"
+                " ended = COALESCE(ended, ?) WHERE id = ?",
+                (json.dumps(errors), time.time(), row[0]),
+            )
+            return int(row[0])
 
     def succeeded(self, revision: str) -> bool:
         with self._db() as db:
@@ -434,8 +460,34 @@ class History:
         value = self.get_state("pinned")
         return str(value) if value else None
 
-    def pin(self, revision: str | None) -> None:
+    def pin(self, revision: str | None, reason: str = "manual") -> None:
+        """Pin `revision` (None: unpin). `reason`: `manual` (`pyapply rollback`, lifted by
+        `resume` only) or `auto` (an automatic rollback, lifted by a newer revision)."""
         self.set_state("pinned", revision)
+        self.set_state("pin_reason", reason if revision else None)
+
+    def pin_reason(self) -> str | None:
+        """Why the agent is pinned: `manual` or `auto`; None when it is not (a pin of an
+        earlier version, without a reason, is a manual one)."""
+        if not self.pinned():
+            return None
+        reason = self.get_state("pin_reason")
+        return str(reason) if reason else "manual"
+
+    def rolled_back(self) -> list[str]:
+        """The revisions rolled back automatically, oldest first (never applied again)."""
+        return [str(r) for r in self.get_state("rolled_back") or []]
+
+    def set_rolled_back(self, revisions: list[str]) -> None:
+        self.set_state("rolled_back", revisions)
+
+    def last_healthy(self) -> str | None:
+        """The last revision that became Healthy within the progress deadline."""
+        value = self.get_state("last_healthy")
+        return str(value) if value else None
+
+    def set_last_healthy(self, revision: str) -> None:
+        self.set_state("last_healthy", revision)
 
     def managed_stacks(self) -> set[str]:
         return set(self.get_state("stacks") or [])
@@ -573,6 +625,13 @@ class AgentHistory(History):
 
     def succeeded(self, revision: str) -> bool:
         return self._try(lambda: super(AgentHistory, self).succeeded(revision))
+
+    def mark_rolled_back(self, revision: str, reason: str) -> int | None:
+        return self._tolerate(
+            "mark a pass rolled back",
+            lambda: super(AgentHistory, self).mark_rolled_back(revision, reason),
+            None,
+        )
 
     def resolve(self, revision: str) -> str:
         return self._try(lambda: super(AgentHistory, self).resolve(revision))

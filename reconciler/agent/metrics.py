@@ -76,6 +76,37 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        self.git_fetch_duration = Histogram(
+            "pyapply_git_fetch_duration_seconds",
+            "Duration of the git source's fetches (fetch, checkout and switch).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.git_fetch_failures = Counter(
+            "pyapply_git_fetch_failures",
+            "Failed fetches of the git source, by kind (auth, network, ref, timeout, other).",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "pyapply_webhook_requests",
+            "Push webhook requests, by outcome (triggered, ignored, unauthorized, too_large, ...).",
+            ["outcome"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "pyapply_notifications",
+            "Notifications, by outcome (sent, failed after every attempt, dropped when the "
+            "queue was full).",
+            ["outcome"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "pyapply_rollbacks",
+            "Rollbacks, by kind: manual (`pyapply rollback`) or auto (--progress-deadline).",
+            ["kind"],
+            registry=r,
+        )
         self._revision: str | None = None
 
     def serve(self, address: str) -> None:
@@ -87,6 +118,20 @@ class Metrics:
 
     def action(self, op: str, status: str) -> None:
         self.actions.labels(op, status).inc()
+
+    def git_fetch(self, seconds: float, failure: str | None) -> None:
+        self.git_fetch_duration.observe(seconds)
+        if failure is not None:
+            self.git_fetch_failures.labels(failure).inc()
+
+    def webhook(self, outcome: str) -> None:
+        self.webhook_requests.labels(outcome).inc()
+
+    def notification(self, outcome: str) -> None:
+        self.notifications.labels(outcome).inc()
+
+    def rollback(self, kind: str) -> None:
+        self.rollbacks.labels(kind).inc()
 
     def history_reset(self, database: str) -> None:
         self.history_resets.labels(database).inc()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pyapply.reconciler.agent.actions import Reporter
 from pyapply.reconciler.agent.history import snapshot_files
 from pyapply.reconciler.agent.logs import info, log
+from pyapply.reconciler.agent.notify import pass_event
 from pyapply.reconciler.agent.status import pass_summary
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.translate import Desired
@@ -74,6 +75,11 @@ def apply_target(
     rev = target.revision
     loaded = target.loaded
     errors: list[str] = []
+    previous = agent.good.revision.id if agent.good is not None else None
+    # an automatic rollback (bad revision, why): this pass is the one it asked for
+    rolled_back = agent.rolling_back if "rollback" in kinds else None
+    if "rollback" in kinds:
+        agent.rolling_back = None
     record: list[int] = []
 
     def begin() -> None:
@@ -188,6 +194,24 @@ def apply_target(
         )
     if agent.metrics is not None:
         agent.metrics.passed(trigger, outcome_name, ended - started, results, rev.id, errors)
+    if agent.notifier is not None:
+        if outcome_name == "succeeded":
+            agent.notifier.succeeded()
+        event = pass_event(
+            revision=rev.id,
+            subject=rev.subject,
+            trigger=trigger,
+            kinds=kinds,
+            outcome=outcome_name,
+            new_revision=new_revision,
+            errors=errors,
+            results=results,
+            previous=previous,
+            at=ended,
+            rolled_back=rolled_back,
+        )
+        if event is not None:
+            agent.notifier.emit(event)
     if record:
         level = logging.INFO if outcome_name == "succeeded" else logging.ERROR
         log.log(

@@ -4,7 +4,7 @@ sync and each stack's health, decided by `reconciler.core.health`) and a pass's 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core.health import stack_health, swarm_stack_health
@@ -16,6 +16,7 @@ from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
+    from pyapply.reconciler.core.swarm import SwarmDesired
 
 
 def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
             "pid": os.getpid(),
             "version": __version__,
             "started": agent.started_at,
-            "source": agent.source.path,
+            "source": agent.git.shown_url if agent.git is not None else agent.source.path,
             "source_kind": agent.source.kind,
             "reconciling": agent.running.is_set(),
             "stopping": agent.stopping.is_set(),
@@ -72,7 +73,11 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
             "subject": good.revision.subject if good else None,
             "source": agent.source_revision,
             "pinned": agent.history.pinned(),
+            # `manual` (`pyapply rollback`, until `resume`) or `auto` (--progress-deadline,
+            # until a newer revision arrives)
+            "pin_reason": agent.history.pin_reason(),
         },
+        "rollback": rollback_view(agent),
         "last_result": {
             "pass": last.history_id,
             "revision": last.revision or None,
@@ -88,12 +93,16 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
         # the source's revision when it was refused or failed to load (the last pass
         # may since have been a self-heal of the last good revision)
         "rejected": rejected_view(agent),
+        # `watch --repo`: the last fetch, its error, the commit in use (null otherwise)
+        "git": agent.git.status() if agent.git is not None else None,
         "history_reset": agent.history_resets[-1].to_json() if agent.history_resets else None,
         "history": {
             "resets": [r.to_json() for r in agent.history_resets],
             "write_failures": agent.history_failures,
             "last_failure": agent.history_last_failure,
         },
+        "webhook": agent.webhook.status() if agent.webhook is not None else None,
+        "notifications": agent.notifier.to_json() if agent.notifier is not None else None,
     }
     if nodes is not None:
         doc["nodes"] = nodes
@@ -113,6 +122,44 @@ def nodes_view(rt: ServiceRuntime) -> list[dict[str, Any]]:
         }
         for n in sorted(rt.list_nodes(), key=lambda n: n.hostname)
     ]
+
+
+def rollback_view(agent: Agent) -> dict[str, Any]:
+    """`--progress-deadline`: the revision on probation, the last healthy revision and the
+    last automatic rollback (all null without one)."""
+    probation = agent.probation
+    last = agent.history.get_state("last_rollback")
+    return {
+        "progress_deadline": agent.options.progress_deadline_s,
+        "probation": probation.to_json() if probation is not None else None,
+        "last_healthy": agent.history.last_healthy(),
+        "last": dict(last) if isinstance(last, dict) else None,
+    }
+
+
+def stacks_health(
+    agent: Agent, runtime: Runtime | ServiceRuntime, desired: Iterable[Desired | SwarmDesired]
+) -> dict[str, str]:
+    """Each desired stack's health as the status shows it (stack -> Healthy / Progressing /
+    Degraded, or Unknown when the runtime cannot be observed); on a swarm, from its services'
+    tasks and updates."""
+    out: dict[str, str] = {}
+    for d in desired:
+        try:
+            if isinstance(runtime, ServiceRuntime) and not isinstance(d, Desired):
+                from pyapply.reconciler.engine.swarm import observe_swarm, plan_observed
+
+                observed = observe_swarm(runtime, d.stack, d)
+                health = swarm_stack_health(d, observed, plan_observed(d, observed), False)
+            elif not isinstance(runtime, ServiceRuntime) and isinstance(d, Desired):
+                plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                health = stack_health(d, observe(runtime, d.stack), plan, False)
+            else:
+                continue  # applied on another runtime than this one
+            out[d.stack] = str(health["health"])
+        except RuntimeFailure:
+            out[d.stack] = "Unknown"
+    return out
 
 
 def rejected_view(agent: Agent) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ import threading
 import time
 
 # Triggers that ask for a pass even when the revision was already attempted.
-FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start"})
+FORCING = frozenset({"resync", "event", "api", "rollback", "resume", "start", "webhook"})
 
 
 class Triggers:

@@ -28,6 +28,7 @@ from pyapply.reconciler.agent.history import (
     UnknownRevision,
     materialise,
 )
+from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
 from pyapply.reconciler.cli.common import (
     connect,
     enforce,
@@ -37,6 +38,7 @@ from pyapply.reconciler.cli.common import (
 )
 from pyapply.reconciler.cli.main import (
     Failure,
+    age_key_option,
     err,
     fail,
     output_option,
@@ -140,14 +142,67 @@ def _ask(
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path", type=click.Path(exists=True), required=False)
+@click.option(
+    "--repo",
+    default=None,
+    help="Fetch this git repository itself (https://, ssh://, user@host:path, file://) "
+    "instead of watching PATH. No password in it: see --git-credentials-file.",
+)
+@click.option(
+    "--ref",
+    default=None,
+    help="With --repo: the branch or tag to follow (default: the remote's default branch), "
+    "or a full commit SHA to pin.",
+)
+@click.option(
+    "--path", "subpath", default=None, help="With --repo: the manifests' directory in it."
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With an ssh --repo: the deploy key (private key file).",
+)
+@click.option(
+    "--known-hosts",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="With an ssh --repo: the known_hosts file the server's key must be in.",
+)
+@click.option(
+    "--git-credentials-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With an https --repo: a 0600 file holding `user:password`, a token, or a "
+    "git-credentials line. Else PYAPPLY_GIT_USERNAME/PYAPPLY_GIT_PASSWORD or PYAPPLY_GIT_TOKEN.",
+)
+@click.option(
+    "--fetch-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="With --repo: seconds one fetch may take.",
+)
+@click.option(
+    "--keep-trees",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help="With --repo: old checked-out commits kept besides the current and last good one.",
+)
 @runtime_options
 @socket_option
 @policy_option
+@age_key_option
 @click.option("--interval", default=60.0, show_default=True, help="Resync every S seconds (±10%).")
 @click.option("--debounce", default=0.5, show_default=True, help="Quiet time after file events.")
 @click.option(
-    "--poll", default=10.0, show_default=True, help="Fallback poll of the source, seconds."
+    "--poll",
+    default=None,
+    type=click.FloatRange(0.1, 86400),
+    help="Fallback poll of PATH, seconds (default 10); with --repo, fetch every S seconds "
+    "(default 60).",
 )
 @click.option(
     "--metrics", "metrics_addr", default=None, help="Serve Prometheus metrics on HOST:PORT."
@@ -171,16 +226,32 @@ def _ask(
     type=click.FloatRange(min=0.1, max=600),
     help="Seconds an API client has to send a whole request; slower ones are cut off.",
 )
+@click.option(
+    "--progress-deadline",
+    default=None,
+    type=click.FloatRange(1, 86400),
+    help="Roll a new revision back to the last Healthy one when its apply fails or its "
+    "stacks are not Healthy within S seconds of it; pinned until a newer revision arrives.",
+)
+@hook_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
-    path: str,
+    path: str | None,
+    repo: str | None,
+    ref: str | None,
+    subpath: str | None,
+    ssh_key: str | None,
+    known_hosts: str | None,
+    git_credentials_file: str | None,
+    fetch_timeout: float,
+    keep_trees: int,
     runtime_name: str | None,
     root: str | None,
     socket_path: str | None,
     policy_arg: str | None,
     interval: float,
     debounce: float,
-    poll: float,
+    poll: float | None,
     metrics_addr: str | None,
     log_format: str,
     allow_empty: bool,
@@ -189,9 +260,12 @@ def watch(
     wait_timeout: float,
     no_events: bool,
     api_timeout: float,
+    progress_deadline: float | None,
     verbose: bool,
+    **hook_args: Any,
 ) -> None:
-    """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link."""
+    """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link; or,
+    with --repo, on a git repository it fetches itself."""
     import logging
 
     from pyapply.reconciler.agent.agent import Agent, AgentOptions
@@ -201,8 +275,25 @@ def watch(
     from pyapply.runtime.drivers import open_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
+    if (path is None) == (repo is None):
+        fail("give either PATH (a directory to watch) or --repo URL (a repository to fetch)")
+    if repo is None:
+        misplaced = [
+            name
+            for name, value in (
+                ("--ref", ref),
+                ("--path", subpath),
+                ("--ssh-key", ssh_key),
+                ("--known-hosts", known_hosts),
+                ("--git-credentials-file", git_credentials_file),
+            )
+            if value is not None
+        ]
+        if misplaced:
+            fail(f"{', '.join(misplaced)}: only with --repo")
+    hooks = AgentHooks.parse(path, **hook_args)  # --webhook, --notify
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
-    if policy_arg is not None and os.path.isfile(policy_arg):
+    if path is not None and policy_arg is not None and os.path.isfile(policy_arg):
         # a policy the watched repository could change (a file, or a link to one, in it)
         # would guard nothing; it is read once, at start
         given = {os.path.abspath(policy_arg), os.path.realpath(policy_arg)}
@@ -226,23 +317,51 @@ def watch(
         # a swarm manager too: the agent's pass and status speak to its services
         return open_runtime(runtime_name, root=state_root(root))
 
+    fetcher = None
+    if repo is not None:
+        fetcher = _git_fetcher(
+            repo,
+            state_root(root),
+            ref=ref,
+            subpath=subpath,
+            poll_s=60.0 if poll is None else poll,
+            timeout_s=fetch_timeout,
+            keep=keep_trees,
+            ssh_key=ssh_key,
+            known_hosts=known_hosts,
+            credentials_file=git_credentials_file,
+            metrics=metrics,
+        )
     options = AgentOptions(
         interval_s=interval,
         debounce_s=debounce,
-        poll_s=poll,
+        poll_s=10.0 if poll is None or fetcher is not None else poll,
         allow_empty=allow_empty,
         apply=ApplyOptions(
             prune_volumes=prune_volumes, parallelism=parallel, wait_timeout_s=wait_timeout
         ),
         runtime_events=not no_events,
         policy=policy,
+        progress_deadline_s=progress_deadline,
     )
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(agent_lock(state_root(root)))  # one agent per state root
         except AgentRunning as exc:
             fail(f"{exc}: one agent per state root")
-        agent = Agent(Source.of(path), state_root(root), options, rt, metrics=metrics)
+        if fetcher is not None:
+            try:
+                fetcher.prepare()  # under the agent lock: clears what a killed agent left
+            except OSError as exc:
+                fail(f"git source: cannot prepare {fetcher.base}: {exc}")
+            source: Source = fetcher.source()
+        else:
+            assert path is not None
+            source = Source.of(path)
+        agent = Agent(source, state_root(root), options, rt, metrics=metrics)
+        if fetcher is not None:
+            agent.attach_git(fetcher)
+        held.enter_context(hooks.running(agent))
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
         try:
             api.start()
@@ -254,6 +373,33 @@ def watch(
         finally:
             api.stop()
     sys.exit(code)
+
+
+def _git_fetcher(
+    repo: str,
+    root: str,
+    *,
+    credentials_file: str | None,
+    **options: Any,
+) -> Any:
+    """The fetcher of `watch --repo`, or a located error (exit 1) for a bad URL, ref, path
+    or credentials."""
+    from pyapply.reconciler.agent.git_source import (
+        GitFetcher,
+        GitSourceError,
+        credentials_from_env,
+        read_credentials_file,
+    )
+
+    try:
+        credentials = (
+            read_credentials_file(credentials_file, repo)
+            if credentials_file is not None
+            else credentials_from_env(os.environ, repo)
+        )
+        return GitFetcher(repo, root, credentials=credentials, **options)
+    except GitSourceError as exc:
+        fail(f"watch --repo: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,6 +527,7 @@ def history(
 @click.argument("revision")
 @socket_option
 @runtime_options
+@age_key_option
 @agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
@@ -457,7 +604,7 @@ def _rollback_here(
         errors = redactor.value(errors)
         try:
             hist.finish(pid, "failed" if errors else "succeeded", {}, errors)
-            hist.pin(full)
+            hist.pin(full, "manual")
         except HistoryError as exc:
             fail(_damaged(exc) + " (the rollback itself was applied)")
     finally:

@@ -23,6 +23,7 @@ from pyapply.reconciler.cli.common import (
 from pyapply.reconciler.cli.main import (
     EXIT_DRIFT,
     EXIT_ERROR,
+    age_key_option,
     err,
     fail,
     file_option,
@@ -49,10 +50,12 @@ from pyapply.reconciler.view.plan_text import (
     result_line,
     results_json,
 )
-from pyapply.runtime.services import ServiceRuntime
+from pyapply.runtime.drivers import runs_services
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.engine.build import BuildListener
     from pyapply.reconciler.engine.execute import Reporter
+    from pyapply.runtime.base import BuildEvent
 
 # The executor (tenacity) and the progress display (rich on a terminal) are imported only
 # when there is something to do: a no-op apply or a diff never pays for them.
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
 @runtime_options
 @output_option
 @policy_option
+@age_key_option
 @click.option("--dry-run", is_flag=True, help="Show the plan, change nothing.")
 @click.option("--prune-volumes", is_flag=True, help="Also remove volumes no longer declared.")
 @click.option(
@@ -79,6 +83,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="Seconds to wait for a dependency to become healthy or complete.",
 )
+@click.option(
+    "--build",
+    "rebuild",
+    is_flag=True,
+    help="Build the images of services with `build:` first, even those present.",
+)
 def apply(
     files: tuple[str, ...],
     profiles: tuple[str, ...],
@@ -92,6 +102,7 @@ def apply(
     parallel: int,
     lock_timeout: float,
     wait_timeout: float,
+    rebuild: bool,
 ) -> None:
     """Converge the live state to the manifests."""
     from pyapply.reconciler.engine.apply import Hooks, apply_all  # not for a diff
@@ -101,7 +112,7 @@ def apply(
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.apply(
@@ -115,6 +126,8 @@ def apply(
         dry_run=dry_run,
         parallelism=parallel,
         wait_timeout_s=wait_timeout,
+        build=rebuild,
+        on_build=build_lines(output),
     )
     wanted = desired_all(loaded, revision=revision.id, root=root_dir)
     redactor = redactor_for(wanted)
@@ -174,6 +187,7 @@ def apply(
 @runtime_options
 @output_option
 @policy_option
+@age_key_option
 @click.option("--exit-code", is_flag=True, help="Exit 2 when there is drift.")
 @click.option("--prune-volumes", is_flag=True, help="Count undeclared volumes as drift.")
 def diff_cmd(
@@ -192,7 +206,7 @@ def diff_cmd(
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.diff(rt, loaded, revision.id, output=output, exit_code=exit_code)
@@ -222,6 +236,7 @@ def diff_cmd(
 @file_option(required=False)
 @profile_option
 @runtime_options
+@age_key_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 @click.option("--volumes", "-v", "remove_volumes", is_flag=True, help="Remove named volumes too.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
@@ -239,7 +254,7 @@ def down(
 
     names = stack_names(files, stacks, profiles)
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.down(rt, names, volumes=remove_volumes)
@@ -261,6 +276,17 @@ def down(
             ok = ok and result.ok
     if not ok:
         fail("some objects could not be removed; run down again")
+
+
+def build_lines(output: str) -> BuildListener:
+    """The steps of the builds an apply makes, one line each (reconciler.view.build_progress):
+    on stdout with the plan, on stderr when stdout is JSON."""
+    from pyapply.reconciler.view.build_progress import image_event_line
+
+    def listen(image: str, event: BuildEvent) -> None:
+        click.echo(image_event_line(image, event), err=output != "text")
+
+    return listen
 
 
 def progress(live: bool, redactor: Redactor) -> tuple[Reporter, AbstractContextManager[Any]]:

@@ -22,10 +22,10 @@ from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
 from pyapply.runtime.drivers import open_container_runtime, open_runtime
-from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.manifest.policy import Finding, Policy
+    from pyapply.runtime.services import ServiceRuntime
 
 
 def load_or_fail(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from pyapply.reconciler.cli.common import load_or_fail
-from pyapply.reconciler.cli.main import file_option, profile_option
+from pyapply.reconciler.cli.main import age_key_option, file_option, profile_option
 from pyapply.reconciler.manifest import dump as compose_render
 
 
@@ -39,6 +39,7 @@ def _print(files: tuple[str, ...], profiles: tuple[str, ...], output: str, canon
 @click.command("config")
 @file_option()
 @profile_option
+@age_key_option
 @_output
 def config(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
     """Print the resolved project as one compose file (merges, includes, extends, profiles
@@ -49,6 +50,7 @@ def config(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> No
 @click.command("convert")
 @file_option()
 @profile_option
+@age_key_option
 @_output
 def convert(files: tuple[str, ...], profiles: tuple[str, ...], output: str) -> None:
     """Print the manifests as canonical pyapply/v1 Stack documents (paths made absolute)."""

@@ -10,6 +10,7 @@ import click
 
 from pyapply.reconciler.cli.common import connect, connect_any, load_or_fail, stack_names
 from pyapply.reconciler.cli.main import (
+    age_key_option,
     fail,
     file_option,
     output_option,
@@ -26,7 +27,7 @@ from pyapply.reconciler.engine.reconcile import (
     state_root,
 )
 from pyapply.reconciler.view.objects import stack_doc, stack_lines
-from pyapply.runtime.services import ServiceRuntime
+from pyapply.runtime.drivers import runs_services
 
 
 @click.command()
@@ -34,6 +35,7 @@ from pyapply.runtime.services import ServiceRuntime
 @profile_option
 @runtime_options
 @output_option
+@age_key_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f); repeatable.")
 def get(
     files: tuple[str, ...],
@@ -66,7 +68,7 @@ def get(
     if not names:
         fail("name the stacks with -f FILE or --stack NAME")
     rt = connect_any(runtime_name, root)
-    if isinstance(rt, ServiceRuntime):  # a swarm: services, not containers
+    if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
         swarm.get(rt, names, output=output)
@@ -90,6 +92,7 @@ def get(
     help="Manifest file or directory naming the stack (-f is --follow here, as in compose).",
 )
 @runtime_options
+@age_key_option
 @click.option("--stack", "stacks", multiple=True, help="Stack name (instead of --file).")
 @click.option("--follow", "-f", "follow", is_flag=True, help="Keep streaming new output.")
 @click.option("--tail", type=int, default=None, help="Only the last N lines of each replica.")

@@ -111,6 +111,31 @@ def policy_option(fn: F) -> F:
     )(fn)
 
 
+def _use_age_key(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    from pyapply.reconciler.manifest import sops
+
+    if value:
+        try:
+            sops.use_key_file(value)
+        except sops.KeyFileError as exc:
+            raise Failure(f"{exc}; nothing was changed") from None
+
+
+def age_key_option(fn: F) -> F:
+    """`--age-key-file` (env SOPS_AGE_KEY_FILE): the age identities that decrypt the files
+    kept encrypted in git (`reconciler.manifest.sops`); checked when the command starts."""
+    return click.option(
+        "--age-key-file",
+        metavar="FILE",
+        envvar="SOPS_AGE_KEY_FILE",
+        default=None,
+        expose_value=False,
+        callback=_use_age_key,
+        help="age identities (age-keygen's file, mode 0600 or 0400) that decrypt SOPS and "
+        ".age files: manifests, env files, configs and secrets. Env: SOPS_AGE_KEY_FILE.",
+    )(fn)
+
+
 # Every command lives in its own module, imported only when used: "name": "module:attr".
 LAZY_COMMANDS: dict[str, str] = {
     # apply, diff, down (alias delete) (reconciler/cli/apply.py)
@@ -136,6 +161,9 @@ LAZY_COMMANDS: dict[str, str] = {
     # the native runtime's image store and state root (reconciler/cli/image.py, cli/system.py)
     "image": "pyapply.reconciler.cli.image:image",
     "system": "pyapply.reconciler.cli.system:system",
+    # images of services with `build:` (reconciler/cli/build.py)
+    "build": "pyapply.reconciler.cli.build:build",
+    "push": "pyapply.reconciler.cli.build:push",
 }
 
 

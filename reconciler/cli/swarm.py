@@ -70,7 +70,10 @@ def _desired(rt: ServiceRuntime, loaded: Loaded, revision: str) -> list[SwarmDes
 
 
 def _redactor(desired: list[SwarmDesired]) -> Redactor:
-    return Redactor(o.config.data for d in desired for o in d.objects if o.kind == "secret")
+    from pyapply.reconciler.manifest.sops import revealed
+
+    secrets = [o.config.data for d in desired for o in d.objects if o.kind == "secret"]
+    return Redactor([*secrets, *revealed()])
 
 
 def _line(r: ActionResult, redactor: Redactor) -> str:

@@ -12,6 +12,7 @@ import click
 from pyapply.reconciler.cli.common import policy_or_fail
 from pyapply.reconciler.cli.main import (
     EXIT_ERROR,
+    age_key_option,
     err,
     fail,
     file_option,
@@ -21,6 +22,7 @@ from pyapply.reconciler.cli.main import (
 )
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.core.redact import NO_SECRETS
+from pyapply.reconciler.manifest import sops
 from pyapply.reconciler.manifest.loader import load
 
 
@@ -29,6 +31,7 @@ from pyapply.reconciler.manifest.loader import load
 @profile_option
 @output_option
 @policy_option
+@age_key_option
 @click.option("--root", envvar="PYAPPLY_ROOT", default=None, help="State root (protected).")
 def validate(
     files: tuple[str, ...],
@@ -53,6 +56,26 @@ def validate(
             for problem in exc.problems:
                 err(str(problem))
         sys.exit(EXIT_ERROR)
+    if sops.key_file() is not None:  # with a key: the encrypted secrets and configs too
+        broken = sops.check_stack_files(loaded.stacks)
+        if broken:
+            if output == "json":
+                problems = [
+                    {
+                        "severity": "error",
+                        "message": f"{what}: {e.message}",
+                        "path": None,
+                        "file": file,
+                        "line": e.line,
+                        "column": e.column,
+                    }
+                    for what, file, e in broken
+                ]
+                click.echo(json.dumps({"valid": False, "problems": problems}, indent=2))
+            else:
+                for what, file, e in broken:
+                    err(f"{what}: {e.located(file)}")
+            sys.exit(EXIT_ERROR)
     from pyapply.reconciler.manifest.policy import check
 
     findings = check(loaded, policy)

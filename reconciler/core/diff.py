@@ -40,11 +40,20 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyapply.reconciler.core import health, identity
-from pyapply.reconciler.core.translate import LAST_APPLIED, Desired, DesiredContainer
+from pyapply.reconciler.core.translate import LAST_APPLIED, Desired, DesiredContainer, builders
 from pyapply.runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
 ChangeKind = Literal[
-    "create", "recreate", "start", "restart", "repair", "remove", "rename", "pull", "update"
+    "create",
+    "recreate",
+    "start",
+    "restart",
+    "repair",
+    "remove",
+    "rename",
+    "pull",
+    "update",
+    "build",
 ]
 # service, config, secret: a swarm's (reconciler.core.swarm)
 ObjectKind = Literal["container", "network", "volume", "image", "service", "config", "secret"]
@@ -254,11 +263,12 @@ def _container_changes(
             continue
         oob = out_of_band(dc, have, observed.images.get(dc.config.image))
         if oob:
-            reason = (
-                "image tag now points to a different image"
-                if [f.field for f in oob] == ["image_id"]
-                else "changed outside pyapply"
-            )
+            if [f.field for f in oob] != ["image_id"]:
+                reason = "changed outside pyapply"
+            elif svc.build is not None:
+                reason = "image id changed: the image was rebuilt"
+            else:
+                reason = "image tag now points to a different image"
             changes.append(change("recreate", reason, oob))
             continue
         if have.status == "dead":
@@ -314,11 +324,18 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
     errors: list[str] = []
     warnings: list[str] = []
 
-    # Images: only what is missing locally is a change here; `apply` pulls before observing.
+    # Images: only what is missing locally is a change here; `apply` pulls (and with
+    # --build or `pull_policy: build`, builds) before observing. A missing image that a
+    # service's `build:` makes is built, not pulled, as `compose up` does.
     policies = {s.image: s.pull_policy for s in desired.services}
+    built = builders(desired)
     for ref in sorted({dc.config.image for dc in desired.containers}):
         if observed.images.get(ref) is None:
-            if policies.get(ref) == "never":
+            if ref in built:
+                changes.append(
+                    Change("build", "image", ref, "not present locally", built[ref].name)
+                )
+            elif policies.get(ref) == "never":
                 errors.append(f"image {ref} is not present and pull_policy is never")
             else:
                 changes.append(Change("pull", "image", ref, "not present locally"))

@@ -113,6 +113,28 @@ class UpdateConfig:
 
 
 @dataclass(frozen=True)
+class BuildSpec:
+    """A service's compose `build:`: how its image is made from a Dockerfile.
+
+    `context` is absolute (resolved against the manifest's directory); `dockerfile` is as
+    written, relative to the context unless absolute; `dockerfile_inline` replaces it. `tags`
+    are names the image gets besides the service's `image`. `location` and `path` are where
+    the context was written, for the error when it is missing at build time."""
+
+    context: str
+    dockerfile: str | None = None
+    dockerfile_inline: str | None = None
+    args: tuple[tuple[str, str], ...] = ()  # sorted by key
+    target: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # sorted by key
+    tags: tuple[str, ...] = ()
+    no_cache: bool = False
+    pull: bool = False
+    location: Location | None = field(default=None, compare=False)
+    path: str = field(default="", compare=False)  # the JSON path of the context's field
+
+
+@dataclass(frozen=True)
 class RollPolicy:
     """deploy.update_config / rollback_config as a swarm rolls them (the fields one host's
     runtimes use are in `UpdateConfig`); None: the swarm's default."""
@@ -183,6 +205,7 @@ class ServiceSpec:
     configs: tuple[FileRef, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     pull_policy: PullPolicy = "missing"
+    build: BuildSpec | None = None  # the image is built from this (compose `build:`)
     deploy: Deploy = Deploy()
     location: Location | None = field(default=None, compare=False)
 

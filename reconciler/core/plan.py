@@ -1,6 +1,6 @@
 """Changes -> a DAG of Actions: the plan, a value that can be printed, serialised and tested.
 
-Ordering rules: images, files, networks and volumes before the containers that use them;
+Ordering rules: images (pulled, or built from a service's `build:`), files, networks and volumes before the containers that use them;
 `depends_on` order (waiting for health or completion where the manifest asks); replicas of a
 service replaced in batches of `update_config.parallelism`, with `delay` between batches;
 removals of containers before the networks and volumes they used. A recreate is stop-first
@@ -12,22 +12,31 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Change, DiffResult
 from pyapply.reconciler.core.model import Condition, ServiceSpec
-from pyapply.reconciler.core.translate import Desired, DesiredContainer, DesiredFile
-from pyapply.runtime.base import ContainerConfig, NetworkConfig, VolumeConfig
-from pyapply.runtime.services import (
-    OverlayNetworkConfig,
-    ServiceConfig,
-    SwarmObjectConfig,
-    SwarmObjectKind,
+from pyapply.reconciler.core.translate import (
+    Desired,
+    DesiredContainer,
+    DesiredFile,
+    build_config,
+    builders,
 )
+from pyapply.runtime.base import BuildConfig, ContainerConfig, NetworkConfig, VolumeConfig
+
+if TYPE_CHECKING:  # a container stack's plan never loads the swarm vocabulary (startup)
+    from pyapply.runtime.services import (
+        OverlayNetworkConfig,
+        ServiceConfig,
+        SwarmObjectConfig,
+        SwarmObjectKind,
+    )
 
 Op = Literal[
     "pull",
+    "build",
     "write_file",
     "create_network",
     "repair_network",
@@ -65,6 +74,7 @@ class Action:
     network: NetworkConfig | None = None
     volume: VolumeConfig | None = None
     file: DesiredFile | None = None
+    build: BuildConfig | None = None  # for build: what to build (the target is its image)
     condition: Condition | None = None
     replicas: tuple[str, ...] = ()  # for wait: the containers to wait on
     new_name: str | None = None  # for rename
@@ -129,8 +139,20 @@ def build(desired: Desired, result: DiffResult) -> Plan:
     net_remove: dict[str, str] = {}
     pulls: dict[str, str] = {}
 
+    built = builders(desired)
     for ch in result.changes:
-        if ch.object == "image":
+        if ch.object == "image" and ch.kind == "build":
+            pulls[ch.name] = b.add(
+                Action(
+                    f"image:{ch.name}:build",
+                    "build",
+                    ch.name,
+                    ch.reason,
+                    service=ch.service,
+                    build=build_config(built[ch.name]),
+                )
+            )
+        elif ch.object == "image":
             pulls[ch.name] = b.add(Action(f"image:{ch.name}:pull", "pull", ch.name, ch.reason))
         elif ch.object == "network":
             dn = next((n for n in desired.networks if n.config.name == ch.name), None)
@@ -170,7 +192,8 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                     )
                 )
 
-    # A pull that fails must leave the host untouched: everything else waits for the pulls.
+    # A pull or a build that fails must leave the host untouched: everything else waits for
+    # the images (`pulls` holds both).
     for aid, action in list(b.actions.items()):
         if action.op in (
             "create_network",
@@ -426,6 +449,15 @@ def build(desired: Desired, result: DiffResult) -> Plan:
         recreated = action.op == "remove_network" and action.target in net_create
         if action.op in ("remove_network", "remove_volume") and not recreated:
             b.dep(aid, *removes)
+
+    # A build that fails stops the pass before anything is touched: a build takes long and
+    # fails for the user's reasons (a typo in a Dockerfile), so nothing of the stack goes
+    # down waiting for it -- not even the old containers of a stop-first recreate.
+    image_ops = ("pull", "build")
+    builds = [a.id for a in b.actions.values() if a.op == "build"]
+    for aid, action in list(b.actions.items()):
+        if action.op not in image_ops:
+            b.dep(aid, *builds)
 
     _check_acyclic(b.actions)
     return Plan(

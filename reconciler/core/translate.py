@@ -18,6 +18,7 @@ from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import ConfigSpec, FileRef, ServiceSpec, Stack
 from pyapply.runtime.base import (
     Attachment,
+    BuildConfig,
     ContainerConfig,
     HealthConfig,
     MountConfig,
@@ -240,6 +241,38 @@ def container_config(
         log_max_files=service.log_max_files,
         seccomp=service.seccomp,
     )
+
+
+def build_config(
+    service: ServiceSpec, *, no_cache: bool = False, pull: bool = False
+) -> BuildConfig:
+    """What the runtime builds for a service with `build:`: its image, tagged with the
+    service's `image` first and the build's own `tags` after (the CLI's --no-cache and
+    --pull add to what the manifest asks)."""
+    b = service.build
+    if b is None:
+        raise ValueError(f"service {service.name} has no build")
+    return BuildConfig(
+        context=b.context,
+        dockerfile=b.dockerfile,
+        dockerfile_inline=b.dockerfile_inline,
+        tags=tuple(dict.fromkeys((service.image, *b.tags))),
+        args=dict(b.args),
+        target=b.target,
+        labels=dict(b.labels),
+        no_cache=b.no_cache or no_cache,
+        pull=b.pull or pull,
+    )
+
+
+def builders(desired: Desired) -> dict[str, ServiceSpec]:
+    """Image reference -> the service whose `build:` makes it (the first by name when
+    several services build the same image, as they share it)."""
+    out: dict[str, ServiceSpec] = {}
+    for s in desired.services:
+        if s.build is not None:
+            out.setdefault(s.image, s)
+    return out
 
 
 def hash_input(config: ContainerConfig) -> ContainerConfig:

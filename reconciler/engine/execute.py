@@ -31,7 +31,15 @@ from tenacity import (
 )
 
 from pyapply.reconciler.core.plan import Action, Plan
-from pyapply.runtime.base import ContainerState, NotFound, Runtime, RuntimeFailure, Stuck
+from pyapply.runtime.base import (
+    BuildEvent,
+    BuildFailed,
+    ContainerState,
+    NotFound,
+    Runtime,
+    RuntimeFailure,
+    Stuck,
+)
 from pyapply.runtime.statefs import atomic_write, private_dir
 
 Status = Literal["done", "failed", "skipped"]
@@ -96,6 +104,8 @@ class Settings:
     # (at most `attempts` tries in all, the recreated container's included)
     stuck_attempts: int = 3
     sleep: Callable[[float], None] = field(default=time.sleep)
+    # the progress of a build action: (the image being built, an event of its build)
+    on_build: Callable[[str, BuildEvent], None] | None = None
 
 
 _STARTS = ("create", "start", "restart")  # the ops that start a container
@@ -211,7 +221,7 @@ class Executor:
             retrying(self._perform, action, escalation)
         except RuntimeFailure as exc:
             n = retrying.statistics.get("attempt_number", 1)
-            error = exc.message
+            error = failure_text(exc)
             if escalation.recreated:
                 error = f"{error} (even after it was {escalation.note()})"
             elif escalation.failures:
@@ -234,6 +244,14 @@ class Executor:
         op = action.op
         if op == "pull":
             rt.pull_image(action.target)
+        elif op == "build":
+            assert action.build is not None
+            on_build = self.settings.on_build
+            target = action.target
+            rt.build_image(
+                action.build,
+                None if on_build is None else (lambda event: on_build(target, event)),
+            )
         elif op == "write_file":
             assert action.file is not None
             f = action.file
@@ -335,6 +353,21 @@ class Executor:
                     f"{self.settings.wait_timeout_s:g}s ({states})"
                 )
             self.settings.sleep(self.settings.poll_s)
+
+
+def failure_text(exc: RuntimeFailure) -> str:
+    """An action's error for the user: the runtime's message, and for a failed build the
+    step, its exit code and the last lines it printed (what a person needs to fix it)."""
+    if not isinstance(exc, BuildFailed):
+        return exc.message
+    text = exc.message
+    if exc.step and exc.step not in text:
+        text += f" (step: {exc.step})"
+    if exc.exit_code is not None and str(exc.exit_code) not in text:
+        text += f" (exit code {exc.exit_code})"
+    if exc.tail:
+        text += "\n" + "\n".join(f"  | {line}" for line in exc.tail)
+    return text
 
 
 def _describe(state: ContainerState | None) -> str:

@@ -20,10 +20,12 @@ from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Plan, build, build_teardown
 from pyapply.reconciler.core.redact import Redactor
 from pyapply.reconciler.core.translate import Desired, FileKind, desired_state, file_sources
+from pyapply.reconciler.manifest import sops
 from pyapply.runtime.base import Runtime
 from pyapply.runtime.statefs import state_root as state_root  # the rule lives in runtime/
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.engine.build import BuildListener
     from pyapply.reconciler.engine.execute import Executor, Outcome, Reporter
     from pyapply.reconciler.manifest.loader import Loaded
 
@@ -35,17 +37,22 @@ class PassError(PyapplyError):
 def read_file_objects(
     stack: Stack, environ: Mapping[str, str]
 ) -> dict[tuple[FileKind, str], bytes]:
-    """The bytes of every config and secret the stack defines."""
+    """The bytes of every config and secret the stack defines; a file kept encrypted in
+    git (SOPS or age, `reconciler.manifest.sops`) is decrypted here, in memory."""
     out: dict[tuple[FileKind, str], bytes] = {}
     for kind, spec in file_sources(stack):
         if spec.file is not None:
             try:
                 with open(spec.file, "rb") as fh:
-                    out[(kind, spec.name)] = fh.read()
+                    content = fh.read()
             except OSError as exc:
                 raise PassError(
                     f"{kind} {spec.name}: cannot read {spec.file}: {exc.strerror}"
                 ) from exc
+            try:
+                out[(kind, spec.name)] = sops.decrypt(content, os.path.basename(spec.file))
+            except sops.SopsError as exc:
+                raise PassError(f"{kind} {spec.name}: {exc.located(spec.file)}") from None
         elif spec.environment is not None:
             if spec.environment not in environ:
                 raise PassError(
@@ -83,8 +90,11 @@ def desired_all(loaded: Loaded, *, revision: str, root: str) -> list[Desired]:
 
 def redactor_for(desired: Iterable[Desired]) -> Redactor:
     """What must be hidden in the output about these stacks: the content of each of their
-    secrets (configs are not secret), as the desired model already holds it."""
-    return Redactor(f.content for d in desired for f in d.files if f.kind == "secret")
+    secrets (configs are not secret), as the desired model already holds it, and every
+    value this process decrypted."""
+    secrets: list[str | bytes] = [f.content for d in desired for f in d.files if f.kind == "secret"]
+    # and every value decrypted from a file kept encrypted in git (env files, manifests)
+    return Redactor([*secrets, *sops.revealed()])
 
 
 def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Observed:
@@ -148,6 +158,10 @@ class ApplyOptions:
     dry_run: bool = False
     parallelism: int = 8
     wait_timeout_s: float = 120.0
+    # images from `build:` (reconciler.engine.build): rebuild them all first (--build), and
+    # who hears of the builds' steps
+    build: bool = False
+    on_build: BuildListener | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +195,9 @@ def apply_stack(
     `on_executor` is handed the executor before it runs (the watch agent keeps it, to
     `cancel()` it on SIGTERM)."""
     if not options.dry_run:
+        from pyapply.reconciler.engine.build import build_first
+
+        build_first(runtime, desired, rebuild=options.build, listener=options.on_build)
         pull_always(runtime, desired, options)
     plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)
     ctx = on_plan(plan) if on_plan is not None else None
@@ -193,7 +210,11 @@ def apply_stack(
 
     executor = Executor(
         runtime,
-        Settings(parallelism=options.parallelism, wait_timeout_s=options.wait_timeout_s),
+        Settings(
+            parallelism=options.parallelism,
+            wait_timeout_s=options.wait_timeout_s,
+            on_build=options.on_build,
+        ),
         reporter() if reporter is not None else None,
     )
     if on_executor is not None:

@@ -32,6 +32,10 @@ OVERRIDE_FILES = (
     "docker-compose.override.yml",
 )
 
+# a manifest may be kept encrypted with age as a whole: `stack.yaml.age` (SOPS-encrypted
+# manifests keep their own name)
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".yaml.age", ".yml.age")
+
 
 def project_files(directory: str) -> list[str]:
     """A directory's compose project: the first of COMPOSE_FILES found, then the first of
@@ -101,8 +105,15 @@ def read_file(path: str) -> bytes:
 
 
 def read_text(path: str) -> str:
-    """`read_file`, decoded as UTF-8 (with or without a byte order mark)."""
-    content = read_file(path)
+    """`read_file`, decrypted if it is encrypted (SOPS or age: an env file kept in git,
+    `reconciler.manifest.sops`), decoded as UTF-8 (with or without a byte order mark)."""
+    from pyapply.reconciler.manifest import sops
+
+    try:
+        content = sops.decrypt(read_file(path), os.path.basename(path), env=True)
+    except sops.SopsError as e:
+        where = f"line {e.line}: " if e.line is not None else ""
+        raise Unreadable(f"{where}{e.message}") from None
     try:
         return content.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -146,7 +157,7 @@ def yaml_files(root: str) -> Iterator[tuple[str, str]]:
             continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith(".") and name.endswith((".yaml", ".yml")):
+            if not name.startswith(".") and name.endswith(MANIFEST_SUFFIXES):
                 yield os.path.relpath(os.path.join(directory, name), root), ""
 
 

@@ -124,6 +124,7 @@ _DATA_MAPS = {
     "depends_on",
     "extra_hosts",
     "annotations",
+    "args",
 }
 
 # Compose turns these strings into numbers or booleans after interpolation.
@@ -145,6 +146,8 @@ _CASTS: dict[tuple[str, ...], str] = {
     ("services", "*", "stdin_open"): "bool",
     ("services", "*", "privileged"): "bool",
     ("services", "*", "healthcheck", "disable"): "bool",
+    ("services", "*", "build", "no_cache"): "bool",
+    ("services", "*", "build", "pull"): "bool",
     ("services", "*", "depends_on", "*", "required"): "bool",
     ("services", "*", "depends_on", "*", "restart"): "bool",
     ("services", "*", "volumes", "*", "read_only"): "bool",

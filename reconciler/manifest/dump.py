@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from pyapply.reconciler.core.model import (
+    BuildSpec,
     ConfigSpec,
     Healthcheck,
     Mount,
@@ -83,8 +84,31 @@ def _healthcheck(h: Healthcheck) -> dict[str, Any]:
     }
 
 
+def _build(b: BuildSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"context": _s(b.context)}
+    if b.dockerfile is not None:
+        out["dockerfile"] = _s(b.dockerfile)
+    if b.dockerfile_inline is not None:
+        out["dockerfile_inline"] = _s(b.dockerfile_inline)
+    if b.args:
+        out["args"] = _pairs(b.args)
+    if b.target is not None:
+        out["target"] = _s(b.target)
+    if b.labels:
+        out["labels"] = _pairs(b.labels)
+    if b.tags:
+        out["tags"] = [_s(t) for t in b.tags]
+    if b.no_cache:
+        out["no_cache"] = True
+    if b.pull:
+        out["pull"] = True
+    return out
+
+
 def service(s: ServiceSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"image": _s(s.image)}
+    if s.build is not None:
+        out["build"] = _build(s.build)
     if s.command is not None:
         out["command"] = [_s(c) for c in s.command]
     if s.entrypoint is not None:

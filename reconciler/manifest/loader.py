@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pyapply.reconciler.core.model import Location, ManifestError, Problem, Stack
-from pyapply.reconciler.manifest import compose, yamlpos
+from pyapply.reconciler.manifest import compose, sops, yamlpos
 from pyapply.reconciler.manifest.discovery import (
     Source,
     Unreadable,
@@ -167,6 +167,12 @@ class _Loader(Session):
 
     def parse(self, source: Source, content: bytes) -> list[yamlpos.Document]:
         docs: list[yamlpos.Document] = []
+        if sops.is_age(content):  # a whole manifest encrypted with age
+            try:
+                content = sops.age_decrypt(content)
+            except sops.SopsError as e:
+                self.problems.append(Problem(e.message, Location(source.display, 1, 1)))
+                return docs
         try:
             text = content.decode("utf-8-sig")
         except UnicodeDecodeError as e:
@@ -182,6 +188,13 @@ class _Loader(Session):
                 docs.append(doc)
         except yamlpos.YamlSyntaxError as e:
             self.problems.append(Problem(e.message, Location(source.display, e.line, e.column)))
+        try:  # a manifest that is a SOPS file: its values decrypted in place
+            sops.decrypt_documents(docs, text)
+        except sops.SopsError as e:
+            self.problems.append(
+                Problem(e.message, Location(source.display, e.line or 1, e.column or 1))
+            )
+            return []
         return docs
 
     def documents(

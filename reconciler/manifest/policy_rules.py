@@ -322,6 +322,15 @@ def _host_files(doc: StackDocument) -> Iterator[tuple[Path, str, str, str, str |
             if ipath in doc.resolved:
                 given = item["path"] if isinstance(item, dict) else item
                 yield ipath, "env file", str(given), doc.resolved[ipath], name
+        # a build reads the files of its context into an image the stack runs
+        build = raw.get("build")
+        bpath = (*path, "build", "context") if isinstance(build, dict) else (*path, "build")
+        if bpath in doc.resolved:
+            given = build.get("context", ".") if isinstance(build, dict) else build
+            yield bpath, "build context", str(given), doc.resolved[bpath], name
+        dpath = (*path, "build", "dockerfile")
+        if dpath in doc.resolved and isinstance(build, dict):
+            yield dpath, "Dockerfile", str(build["dockerfile"]), doc.resolved[dpath], name
         for item, ipath in _items(raw, "security_opt", path):
             kind, value = _security_opt(str(item))
             if kind == "seccomp" and value not in ("unconfined", "default", "builtin"):
@@ -430,7 +439,7 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "outside_files",
-        "config, secret, env and seccomp files outside the manifest's directory",
+        "config, secret, env and seccomp files and build contexts outside the manifest's directory",
         _outside_files,
         _prefix_allowed,
     ),

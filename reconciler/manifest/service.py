@@ -25,7 +25,7 @@ from pyapply.reconciler.core.model import (
     ServiceSpec,
     Ulimit,
 )
-from pyapply.reconciler.manifest import lifecycle, seccomp_file, yamlpos
+from pyapply.reconciler.manifest import build, lifecycle, seccomp_file, yamlpos
 from pyapply.reconciler.manifest.discovery import Unreadable, read_text
 from pyapply.reconciler.manifest.document import (
     MISSING,
@@ -203,23 +203,11 @@ class ServiceBuilder(Fields):
 
     def image(self) -> None:
         image = self.get("image")
-        if "build" in self.raw:
-            if isinstance(image, str):
-                self.ctx.warn(
-                    self.at("build"),
-                    f'"build" is not supported; the image {show(image)} is used as it is',
-                    key=True,
-                )
-            elif "image" not in self.raw:
-                # the name compose gives the image it builds
-                image = f"{self.stack.name}-{self.name}"
-                self.ctx.warn(
-                    self.at("build"),
-                    f'"build" is not supported; without "image" the service runs {show(image)}, '
-                    "which must already exist",
-                    key=True,
-                )
-        elif "image" not in self.raw:
+        spec = build.read(self)
+        if spec is not None:
+            self.fields["build"] = spec
+            image = build.image_name(self, image)
+        elif "image" not in self.raw and "build" not in self.raw:
             self.ctx.error(self.path, 'missing required field "image"', key=True)
         if isinstance(image, str):
             self.fields["image"] = image
@@ -508,6 +496,10 @@ class ServiceBuilder(Fields):
             self.fields["pull_policy"] = cast(
                 PullPolicy, "missing" if policy == "if_not_present" else policy
             )
+            if policy == "build" and "build" not in self.raw:
+                self.ctx.error(
+                    self.at("pull_policy"), '"pull_policy: build" needs a "build" section'
+                )
 
     def security_opt(self) -> None:
         """seccomp=unconfined|FILE and no-new-privileges (always on) are honoured, as Docker

@@ -23,6 +23,11 @@ def event_line(event: BuildEvent) -> str:
     return f"{head} DONE {event.seconds:.1f}s"
 
 
+def image_event_line(image: str, event: BuildEvent) -> str:
+    """A step of one of several builds (an apply's): the line, prefixed by the image."""
+    return f"build {image}: {event_line(event)}"
+
+
 def result_lines(result: BuildResult) -> list[str]:
     short = result.image_id.partition(":")[2][:12]
     tags = ", ".join(result.tags) or "(untagged)"

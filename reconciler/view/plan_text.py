@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 SYMBOLS = {
     "create": "+",
     "pull": "+",
+    "build": "+",
     "recreate": "~",
     "start": ">",
     "restart": ">",
@@ -115,6 +116,7 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     a = r.action
     what = {
         "pull": "Pulled",
+        "build": "Built",
         "write_file": "Written",
         "create_network": "Created",
         "repair_network": "Repaired",
@@ -131,6 +133,7 @@ def result_line(r: ActionResult, redactor: Redactor = NO_SECRETS) -> str:
     }[a.op]
     kind = {
         "pull": "image",
+        "build": "image",
         "write_file": "file",
         "create_network": "network",
         "repair_network": "network",

@@ -4,7 +4,7 @@ This is the one list. Three readers depend on it:
 - the runtime, to find a program and, when it is missing, to say which package to install;
 - `scripts/setup.sh --native`, which installs every package named here (it runs this file with
   the system's python3, before the virtualenv exists, so it imports only the standard library);
-- `tests/unit/test_hostbins.py`, which fails when the code runs a program that is not listed
+- `tests/unit/runtime/test_hostbins.py`, which fails when the code runs a program that is not listed
   here, or when a listed path is not the listed package's on this machine.
 
 A new program the runtime runs goes here first; `make test` fails until it does.
@@ -63,7 +63,18 @@ IPTABLES_SAVE = HostBinary(
 )
 GIT = HostBinary("git", ("/usr/bin/git",), "git", "to name revisions of manifests kept in git")
 
-HOST_BINARIES: tuple[HostBinary, ...] = (RUNC, CONMON, INIT, IPTABLES, IPTABLES_SAVE, GIT)
+# the agent's git source (`pyapply watch --repo`) reaches ssh:// repositories through it
+SSH = HostBinary("ssh", ("/usr/bin/ssh",), "openssh-client", "to fetch git repositories over ssh")
+
+HOST_BINARIES: tuple[HostBinary, ...] = (
+    RUNC,
+    CONMON,
+    INIT,
+    IPTABLES,
+    IPTABLES_SAVE,
+    GIT,
+    SSH,
+)
 
 
 def packages() -> list[str]:

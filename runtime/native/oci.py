@@ -3,7 +3,7 @@
 `build_spec` turns a `ContainerConfig`, the image's config, the resolved mounts and a few
 facts about the host (its hard rlimits, the init binary, the passwd/group text of the rootfs)
 into the dict runc reads. It does no I/O: everything it needs is an argument, so it is tested
-with plain data (tests/unit/test_native_oci.py). The defaults follow Docker's documented
+with plain data (tests/unit/runtime/test_native_oci.py). The defaults follow Docker's documented
 ones: 14 capabilities, masked and read-only /proc and /sys paths, the /dev mounts and device
 rules, no-new-privileges, hostname = short id, PATH when the image sets none, and the seccomp
 profile of runtime/native/seccomp (Docker's default unless the config names another).

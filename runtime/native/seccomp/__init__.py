@@ -5,7 +5,7 @@ allow list with Docker's semantics), and a user's `security_opt: [seccomp=FILE]`
 in the same format. `compile_profile` resolves what depends on the container and the host —
 groups included or excluded by capability, by architecture or by kernel version, and the
 architectures the filter covers — and returns the section runc reads. It does no I/O, so
-it is tested with plain data (tests/unit/test_seccomp_profile.py).
+it is tested with plain data (tests/unit/runtime/test_seccomp_profile.py).
 
 The rules are Docker's (moby's `setupSeccomp`): a group with `includes.caps` applies only
 when the container has all of them (in its bounding set), one with `excludes.caps` only when

@@ -14,6 +14,7 @@ from pyapply.reconciler.cli.main import LAZY_COMMANDS, lazy_command, main
 EXPECTED = {
     "apply", "diff", "down", "delete", "get", "logs", "validate", "watch", "status",
     "history", "rollback", "resume", "sync", "config", "convert", "image", "system",
+    "build", "push",
 }  # fmt: skip
 
 

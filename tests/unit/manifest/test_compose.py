@@ -610,8 +610,8 @@ def test_unsupported_fields_still_warn_with_file_and_line(here: Path) -> None:
     assert [str(w) for w in loaded.warnings] == [
         'c/compose.override.yaml:3:5: warning: services.a.network_mode: "network_mode: service:b" '
         "is not supported; the service is not attached to any network",
-        'c/compose.override.yaml:5:5: warning: services.b.build: "build" is not supported; '
-        'without "image" the service runs "c-b", which must already exist',
+        'c/compose.override.yaml:5:12: warning: services.b.build: build context "c/b" does '
+        "not exist: the image cannot be built here",
         'c/compose.override.yaml:7:15: warning: networks.n.driver: network driver "macvlan" is '
         'not supported; only "bridge" is',
     ]

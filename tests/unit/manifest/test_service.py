@@ -456,10 +456,6 @@ def test_unsupported_fields_warn(here: Path) -> None:
           lan: {driver: overlay}
         """,
     ) == [
-        'stack.yaml:4:5: warning: services.built.build: "build" is not supported; without '
-        '"image" the service runs "stack-built", which must already exist',
-        'stack.yaml:6:5: warning: services.both.build: "build" is not supported; the image '
-        '"mine:1" is used as it is',
         'stack.yaml:8:5: warning: services.both.container_name: "container_name" is not '
         "supported and is ignored: pyapply names containers <stack>-<service>-<n>",
         'stack.yaml:9:5: warning: services.both.privileged: "privileged" is not supported and is '

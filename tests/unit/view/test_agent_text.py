@@ -16,6 +16,30 @@ def test_status_lines() -> None:
         "history_reset": None,
         "history": {"write_failures": 2, "last_failure": "begin: disk full"},
         "last_result": {"outcome": "succeeded", "trigger": "resync", "ended": 0, "pass": 7},
+        "webhook": {
+            "address": "0.0.0.0:9000",
+            "path": "/webhook",
+            "requests": {"triggered": 3, "ignored": 1, "unauthorized": 2, "too_large": 1},
+            "last": {"at": 0, "outcome": "triggered", "status": 202},
+            "last_triggered": 0,
+        },
+        "notifications": {
+            "events": {"applied": 2},
+            "suppressed": 0,
+            "targets": [
+                {
+                    "url": "https://hooks.example/…",
+                    "format": "slack",
+                    "queued": 1,
+                    "sent": 4,
+                    "failed": 1,
+                    "dropped": 0,
+                    "last_sent": 0,
+                    "last_failed": 0,
+                    "last_error": "HTTP 500",
+                },
+            ],
+        },
         "stacks": [
             {
                 "name": "st",
@@ -33,6 +57,10 @@ def test_status_lines() -> None:
         "  error: no, because",
         "history:   WARNING: 2 record(s) could not be written (begin: disk full)",
         "last pass: succeeded (resync) at -, pass #7",
+        "webhook:   http://0.0.0.0:9000/webhook, 3 push(es); last triggered at -; 3 request(s) "
+        "refused",
+        "notify:    https://hooks.example/… (slack): 4 sent, 1 failed, 0 dropped, 1 queued "
+        "(last error: HTTP 500)",
         "stack st: Degraded",
         "  web: Degraded (1/2 running)",
     ]
