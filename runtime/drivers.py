@@ -50,8 +50,8 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
 
 
 def open_container_runtime(name: str | None = None, *, root: str | None = None) -> Runtime:
-    """`open_runtime` for callers that run containers only (the agent, logs): the swarm
-    runtime is refused with a sentence saying so."""
+    """`open_runtime` for callers that run containers only (logs, rollback without an
+    agent): the swarm runtime is refused with a sentence saying so."""
     rt = open_runtime(name, root=root)
     if runs_services(rt):
         rt.close()

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pyapply.runtime.base import HealthConfig, MountConfig
+from pyapply.runtime.base import HealthConfig, MountConfig, VolumeState
 
 __all__ = [
     "STACK_NAMESPACE_LABEL",
@@ -193,6 +193,10 @@ class ServiceConfig:
     mounts: tuple[MountConfig, ...] = ()
     configs: tuple[SwarmObjectRef, ...] = ()
     secrets: tuple[SwarmObjectRef, ...] = ()
+    # the labels of each named volume a task mounts, by volume name (sorted, labels sorted):
+    # a node creates a volume it lacks when a task mounts it, labelled so (as docker stack
+    # does), so that the volumes of a stack are found on every node
+    volume_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -423,6 +427,16 @@ class ServiceRuntime(Protocol):
     def remove_object(self, kind: SwarmObjectKind, name: str) -> None:
         """Remove a config or secret; gone is success, one still used by a service is
         `Conflict`."""
+        ...
+
+    def list_node_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
+        """The named volumes of the node this runtime talks to (a volume lives on each node
+        whose task mounted it; the swarm has no view of them all)."""
+        ...
+
+    def remove_node_volume(self, name: str) -> None:
+        """Remove a named volume of that node; gone is success, one still mounted by a
+        container that is going away is `TransientError`."""
         ...
 
     def create_overlay_network(self, config: OverlayNetworkConfig) -> str: ...

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyapply.reconciler.agent.actions import OwnStops
 from pyapply.reconciler.agent.agent_history import AgentHistory
@@ -68,7 +68,7 @@ from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot
 from pyapply.reconciler.agent.status import stacks_health, status_view
 from pyapply.reconciler.agent.triggers import FORCING, Triggers
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
+from pyapply.reconciler.core.guard import ALLOW_HINT, Labelled, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
@@ -82,11 +82,13 @@ from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.manifest.policy import Policy, builtin, check
 from pyapply.reconciler.manifest.revision import Revision
 from pyapply.runtime.base import Runtime, RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
     from pyapply.reconciler.agent.notify import Notifier
     from pyapply.reconciler.agent.webhook import WebhookServer
+    from pyapply.reconciler.core.swarm import SwarmDesired
     from pyapply.reconciler.engine.execute import Executor
 
 # The signals that stop the agent (a forked child gets their default action back).
@@ -116,7 +118,7 @@ class Agent:
         source: Source,
         root: str,
         options: AgentOptions,
-        open_runtime: Callable[[], Runtime],
+        open_runtime: Callable[[], Runtime | ServiceRuntime],
         *,
         metrics: Metrics | None = None,
     ) -> None:
@@ -140,7 +142,8 @@ class Agent:
         self.executor: Executor | None = None
         self.state_lock = threading.Lock()
         self.good: Target | None = None  # the last revision that loaded (the desired state)
-        self.desired: list[Desired] = []
+        # a swarm manager's (SwarmDesired) or one host's (Desired), as the runtime runs
+        self.desired: list[Desired | SwarmDesired] = []
         self.attempted: str | None = None  # the last revision a pass was made for
         self.rejected: dict[str, list[str]] = {}  # revision -> why it was not applied
         # the last revision not applied, for the status: (revision, outcome, when, errors)
@@ -272,9 +275,14 @@ class Agent:
         self.file_watcher.start()
         if self.git is not None:
             self.git.start()
-        if self.options.runtime_events:
+        if isinstance(self.runtime, ServiceRuntime):
+            # a swarm's service events are not followed: drift is repaired on the resync
+            log.info("swarm runtime: no runtime events followed; drift is repaired on resync")
+        elif self.options.runtime_events:
+            # not a swarm (just checked): the opener gives a container runtime
+            opener = cast(Callable[[], Runtime], self.open_runtime)
             self.event_watcher = EventWatcher(
-                self.open_runtime, self.request, self.history.managed_stacks, ours=self.own_stops
+                opener, self.request, self.history.managed_stacks, ours=self.own_stops
             )
             self.event_watcher.start()
 
@@ -488,6 +496,15 @@ class Agent:
             if finding.action == "warn":
                 log.warning("%s", finding)
         denied = [str(f) for f in findings if f.action == "deny"]
+        if isinstance(self.runtime, ServiceRuntime):
+            # what cannot exist on a swarm refuses the revision, as `pyapply apply` does
+            from pyapply.reconciler.manifest.swarm_check import check_swarm
+
+            for problem in check_swarm(loaded):
+                if problem.severity == "error":
+                    denied.append(str(problem))
+                else:
+                    log.warning("%s", problem)
         return (None, denied) if denied else (loaded, [])
 
     def reject(
@@ -549,7 +566,12 @@ class Agent:
         risky = at_risk(target.loaded.stacks, gone)
         if not risky:
             return None
-        owned = [c for name in risky for c in self.runtime.list_containers({identity.STACK: name})]
+        rt = self.runtime
+        owned: list[Labelled]
+        if isinstance(rt, ServiceRuntime):  # a swarm stack's services count as its containers
+            owned = [s for name in risky for s in rt.list_services({identity.STACK: name})]
+        else:
+            owned = [c for name in risky for c in rt.list_containers({identity.STACK: name})]
         found = emptied(target.loaded.stacks, owned, gone)
         if not found:
             return None
@@ -652,12 +674,19 @@ class Agent:
 
     # -- views for the API (any thread) ---------------------------------------------------
 
-    def status(self, runtime: Runtime) -> dict[str, Any]:
+    def status(self, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
         return status_view(self, runtime)
 
-    def diff(self, runtime: Runtime) -> list[Plan]:
+    def diff(self, runtime: Runtime | ServiceRuntime) -> list[Plan]:
         with self.state_lock:
             desired = list(self.desired)
+        if isinstance(runtime, ServiceRuntime):
+            from pyapply.reconciler.core.swarm import SwarmDesired
+            from pyapply.reconciler.engine.swarm import plan_swarm
+
+            return [plan_swarm(runtime, d) for d in desired if isinstance(d, SwarmDesired)]
         return [
-            plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes) for d in desired
+            plan_stack(runtime, d, prune_volumes=self.options.apply.prune_volumes)
+            for d in desired
+            if isinstance(d, Desired)
         ]

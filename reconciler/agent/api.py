@@ -74,6 +74,7 @@ from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import AmbiguousRevision, BadRevision, UnknownRevision
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
@@ -202,7 +203,7 @@ class Api:
         self,
         agent: Agent,
         path: str,
-        open_runtime: Callable[[], Runtime],
+        open_runtime: Callable[[], Runtime | ServiceRuntime],
         *,
         read_timeout_s: float = READ_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
@@ -212,13 +213,13 @@ class Api:
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self._open_runtime = open_runtime
-        self._runtime: Runtime | None = None
+        self._runtime: Runtime | ServiceRuntime | None = None
         self._rt_lock = threading.Lock()
         self._server: _Server | None = None
         self._status = Shared(lambda: agent.status(self.runtime()))
         self._diff = Shared(lambda: agent.diff(self.runtime()))
 
-    def runtime(self) -> Runtime:
+    def runtime(self) -> Runtime | ServiceRuntime:
         with self._rt_lock:
             if self._runtime is None:
                 self._runtime = self._open_runtime()

@@ -29,6 +29,7 @@ from pyapply.reconciler.engine.reconcile import PassError, StackResult, redactor
 from pyapply.reconciler.manifest.loader import Loaded
 from pyapply.reconciler.manifest.revision import Revision
 from pyapply.runtime.base import RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
@@ -136,18 +137,21 @@ def apply_target(
         # every stack's desired state before anything is shown, so that the secrets of
         # all of them are hidden everywhere; a stack that cannot be prepared fails in
         # its turn, as before
-        prepared = prepare_all(loaded, revision=rev.id, root=agent.root)
-        agent.learn_secrets(redactor_for(d for d in prepared if isinstance(d, Desired)))
-        apply_all(
-            agent.runtime,
-            prepared,
-            agent.options.apply,
-            root=agent.root,
-            lock=hold_host_lock(agent),
-            remove=gone,
-            hooks=hooks,
-            into=done,
-        )
+        if isinstance(agent.runtime, ServiceRuntime):
+            _apply_swarm(agent, agent.runtime, target, gone, hooks, done)
+        else:
+            prepared = prepare_all(loaded, revision=rev.id, root=agent.root)
+            agent.learn_secrets(redactor_for(d for d in prepared if isinstance(d, Desired)))
+            apply_all(
+                agent.runtime,
+                prepared,
+                agent.options.apply,
+                root=agent.root,
+                lock=hold_host_lock(agent),
+                remove=gone,
+                hooks=hooks,
+                into=done,
+            )
         if done.stopped_before is not None:
             errors.append("interrupted before stack " + done.stopped_before)
     except (PassError, RuntimeFailure, LockTimeout, OSError) as exc:
@@ -228,6 +232,35 @@ def apply_target(
                 }
             },
         )
+
+
+def _apply_swarm(
+    agent: Agent,
+    rt: ServiceRuntime,
+    target: Target,
+    gone: list[str],
+    hooks: Hooks,
+    done: PassResult,
+) -> None:
+    """The pass on a swarm manager: the same hooks and record, `engine.swarm`'s loop."""
+    from pyapply.reconciler.core.swarm import SwarmDesired
+    from pyapply.reconciler.engine.swarm import apply_all_swarm, prepare_all_swarm, swarm_redactor
+
+    prepared = prepare_all_swarm(rt, target.loaded, revision=target.revision.id)
+    ready = [d for d in prepared if isinstance(d, SwarmDesired)]
+    agent.learn_secrets(swarm_redactor(ready))
+    for d in ready:
+        for w in d.warnings:
+            log.warning("stack %s: %s", d.stack, agent.redactor.text(w))
+    apply_all_swarm(
+        rt,
+        prepared,
+        agent.options.apply,
+        lock=hold_host_lock(agent),
+        remove=gone,
+        hooks=hooks,
+        into=done,
+    )
 
 
 def hold_host_lock(agent: Agent) -> AbstractContextManager[None]:

@@ -7,17 +7,19 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pyapply.reconciler.core.health import stack_health
+from pyapply.reconciler.core.health import stack_health, swarm_stack_health
 from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.reconcile import StackResult, observe, plan_stack
 from pyapply.reconciler.version import __version__
 from pyapply.runtime.base import Runtime, RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
+    from pyapply.reconciler.core.swarm import SwarmDesired
 
 
-def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
+def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
     """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status)."""
     with agent.state_lock:
         desired = list(agent.desired)
@@ -25,15 +27,30 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
     good = agent.good
     stacks: list[dict[str, Any]] = []
     sync = "Unknown"
+    nodes: list[dict[str, Any]] | None = None
     if good is not None and desired:
         try:
             out_of_sync = False
             for d in desired:
-                plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                if isinstance(runtime, ServiceRuntime):
+                    if isinstance(d, Desired):
+                        continue  # applied on another runtime: not this one's to show
+                    from pyapply.reconciler.engine.swarm import observe_swarm, plan_observed
+
+                    observed = observe_swarm(runtime, d.stack, d)
+                    plan = plan_observed(d, observed)
+                    health = swarm_stack_health(d, observed, plan, agent.running.is_set())
+                elif isinstance(d, Desired):
+                    plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                    health = stack_health(
+                        d, observe(runtime, d.stack), plan, agent.running.is_set()
+                    )
+                else:
+                    continue
                 out_of_sync = out_of_sync or not plan.empty
-                stacks.append(
-                    stack_health(d, observe(runtime, d.stack), plan, agent.running.is_set())
-                )
+                stacks.append(health)
+            if isinstance(runtime, ServiceRuntime):
+                nodes = nodes_view(runtime)
             current = agent.source_revision
             if current is not None and current != good.revision.id and not good.pinned:
                 out_of_sync = True
@@ -41,7 +58,7 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
         except RuntimeFailure as exc:
             sync = "Unknown"
             stacks = [{"name": d.stack, "health": "Unknown", "error": exc.message} for d in desired]
-    return {
+    doc: dict[str, Any] = {
         "agent": {
             "pid": os.getpid(),
             "version": __version__,
@@ -87,6 +104,24 @@ def status_view(agent: Agent, runtime: Runtime) -> dict[str, Any]:
         "webhook": agent.webhook.status() if agent.webhook is not None else None,
         "notifications": agent.notifier.to_json() if agent.notifier is not None else None,
     }
+    if nodes is not None:
+        doc["nodes"] = nodes
+    return doc
+
+
+def nodes_view(rt: ServiceRuntime) -> list[dict[str, Any]]:
+    """The swarm's nodes as the status shows them: a node that stopped reads `down`, a
+    drained one `drain`."""
+    return [
+        {
+            "hostname": n.hostname,
+            "role": n.role,
+            "state": n.state,
+            "availability": n.availability,
+            "leader": n.leader,
+        }
+        for n in sorted(rt.list_nodes(), key=lambda n: n.hostname)
+    ]
 
 
 def rollback_view(agent: Agent) -> dict[str, Any]:
@@ -102,14 +137,26 @@ def rollback_view(agent: Agent) -> dict[str, Any]:
     }
 
 
-def stacks_health(agent: Agent, runtime: Runtime, desired: Iterable[Desired]) -> dict[str, str]:
+def stacks_health(
+    agent: Agent, runtime: Runtime | ServiceRuntime, desired: Iterable[Desired | SwarmDesired]
+) -> dict[str, str]:
     """Each desired stack's health as the status shows it (stack -> Healthy / Progressing /
-    Degraded, or Unknown when the runtime cannot be observed)."""
+    Degraded, or Unknown when the runtime cannot be observed); on a swarm, from its services'
+    tasks and updates."""
     out: dict[str, str] = {}
     for d in desired:
         try:
-            plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
-            out[d.stack] = str(stack_health(d, observe(runtime, d.stack), plan, False)["health"])
+            if isinstance(runtime, ServiceRuntime) and not isinstance(d, Desired):
+                from pyapply.reconciler.engine.swarm import observe_swarm, plan_observed
+
+                observed = observe_swarm(runtime, d.stack, d)
+                health = swarm_stack_health(d, observed, plan_observed(d, observed), False)
+            elif not isinstance(runtime, ServiceRuntime) and isinstance(d, Desired):
+                plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
+                health = stack_health(d, observe(runtime, d.stack), plan, False)
+            else:
+                continue  # applied on another runtime than this one
+            out[d.stack] = str(health["health"])
         except RuntimeFailure:
             out[d.stack] = "Unknown"
     return out

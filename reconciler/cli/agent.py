@@ -272,7 +272,7 @@ def watch(
     from pyapply.reconciler.agent.api import Api
     from pyapply.reconciler.agent.logs import setup_logging
     from pyapply.reconciler.agent.sources import Source
-    from pyapply.runtime.drivers import open_container_runtime
+    from pyapply.runtime.drivers import open_runtime
 
     setup_logging(log_format, logging.DEBUG if verbose else logging.INFO)
     if (path is None) == (repo is None):
@@ -314,7 +314,8 @@ def watch(
             fail(f"--metrics {metrics_addr}: {exc}")
 
     def rt() -> Any:
-        return open_container_runtime(runtime_name, root=state_root(root))
+        # a swarm manager too: the agent's pass and status speak to its services
+        return open_runtime(runtime_name, root=state_root(root))
 
     fetcher = None
     if repo is not None:

@@ -257,7 +257,7 @@ def down(
     if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm
 
-        swarm.down(rt, names)
+        swarm.down(rt, names, volumes=remove_volumes)
         return
     root_dir = state_root(root)
     ok = True

@@ -176,11 +176,11 @@ def diff(
         sys.exit(EXIT_DRIFT)
 
 
-def down(rt: ServiceRuntime, names: list[str]) -> None:
+def down(rt: ServiceRuntime, names: list[str], *, volumes: bool = False) -> None:
     ok = True
     try:
         for name in names:
-            plan = plan_down_swarm(rt, name)
+            plan = plan_down_swarm(rt, name, volumes=volumes)
             click.echo(plan_text(plan))
             if plan.empty:
                 continue
@@ -196,17 +196,43 @@ def down(rt: ServiceRuntime, names: list[str]) -> None:
 
 
 def get(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
+    """Each stack's services with their health (`core.health.service_health`: Progressing
+    while the swarm places tasks again, after a drain or a lost node), and the swarm's nodes
+    with the stack's running tasks on each (a node that stopped reads `down`)."""
+    from pyapply.reconciler.core.health import service_health, worst
+
     docs: list[dict[str, Any]] = []
     try:
+        nodes = rt.list_nodes()
         for name in names:
             obs = observe_swarm(rt, name)
+            on_node: dict[str, int] = {}
+            for s in obs.services:
+                for t in rt.service_tasks(s.name):
+                    if t.running:
+                        on_node[t.node_id] = on_node.get(t.node_id, 0) + 1
+            healths = {
+                s.name: service_health(s, reconciling=False, pending=False) for s in obs.services
+            }
             docs.append(
                 {
                     "stack": name,
+                    "health": worst(list(healths.values())) if obs.services else None,
+                    "nodes": [
+                        {
+                            "hostname": n.hostname,
+                            "role": n.role,
+                            "state": n.state,
+                            "availability": n.availability,
+                            "tasks": on_node.get(n.id, 0),
+                        }
+                        for n in nodes
+                    ],
                     "services": [
                         {
                             "name": s.name,
                             "service": s.labels.get(identity.SERVICE),
+                            "health": healths[s.name],
                             "mode": s.spec.mode,
                             "running": s.running_tasks,
                             "desired": s.desired_tasks,
@@ -232,12 +258,13 @@ def get(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
         click.echo(json.dumps(docs, indent=2))
         return
     for doc in docs:
-        click.echo(f"stack {doc['stack']}")
-        rows = [("NAME", "MODE", "TASKS", "UPDATE", "IMAGE", "PORTS")]
+        click.echo(f"stack {doc['stack']}" + (f" ({doc['health']})" if doc["health"] else ""))
+        rows = [("NAME", "HEALTH", "MODE", "TASKS", "UPDATE", "IMAGE", "PORTS")]
         for s in doc["services"]:
             rows.append(
                 (
                     s["name"],
+                    s["health"],
                     s["mode"],
                     f"{s['running']}/{s['desired']}",
                     s["update"] or "-",
@@ -259,3 +286,10 @@ def get(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
             click.echo(f"  config {c}")
         for c in doc["secrets"]:
             click.echo(f"  secret {c}")
+        for n in doc["nodes"]:
+            click.echo(
+                f"  node {n['hostname']} ({n['role']}, {n['state']}, {n['availability']}): "
+                f"{n['tasks']} task(s) of the stack"
+            )
+            if n["state"] != "ready":
+                click.echo(f"  ! node {n['hostname']} is {n['state']}")

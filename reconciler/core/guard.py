@@ -22,10 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
-from pyapply.runtime.base import ContainerState
+
+
+class Labelled(Protocol):
+    """What the guard reads of an observed object: its labels (a container on one host, a
+    service on a swarm -- a swarm stack's services stand for its containers)."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
 
 ALLOW_HINT = (
     "refused without --allow-empty (`pyapply down` removes a stack on purpose; "
@@ -48,9 +57,7 @@ class Emptying:
         )
 
 
-def emptying(
-    stack: str, desired: Stack | None, containers: Sequence[ContainerState]
-) -> Emptying | None:
+def emptying(stack: str, desired: Stack | None, containers: Sequence[Labelled]) -> Emptying | None:
     """Whether applying `desired` (None: the stack's manifests are gone) to a stack that has
     `containers` now would empty it by accident. Pure: the caller observes."""
     if not containers:
@@ -85,13 +92,13 @@ def at_risk(desired: Iterable[Stack], gone: Iterable[str] = ()) -> list[str]:
 
 def emptied(
     desired: Iterable[Stack],
-    containers: Iterable[ContainerState],
+    containers: Iterable[Labelled],
     gone: Iterable[str] = (),
 ) -> list[Emptying]:
     """Every stack a revision would empty by accident: each stack in `desired`, and each
     stack in `gone` (stacks someone manages whose manifests the revision no longer has).
     `containers` are the observed containers of all of them (the stack label says whose)."""
-    by_stack: dict[str, list[ContainerState]] = {}
+    by_stack: dict[str, list[Labelled]] = {}
     for c in containers:
         by_stack.setdefault(c.labels.get(identity.STACK, ""), []).append(c)
     wanted: Mapping[str, Stack | None] = {

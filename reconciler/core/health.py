@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # types only: `diff` imports this module
     from pyapply.reconciler.core.diff import Observed
     from pyapply.reconciler.core.plan import Plan
+    from pyapply.reconciler.core.swarm import SwarmDesired, SwarmObserved
     from pyapply.reconciler.core.translate import Desired
     from pyapply.runtime.base import ContainerState
+    from pyapply.runtime.services import ServiceState
 
 Health = Literal["Healthy", "Progressing", "Degraded"]
 
@@ -89,3 +91,49 @@ def _counts_running(state: ContainerState) -> bool:
         and state.status not in ("created", "restarting")
         and state.health != "starting"
     )
+
+
+def service_health(state: ServiceState | None, *, reconciling: bool, pending: bool) -> Health:
+    """One swarm service, from the swarm's own counts and update state: an update or
+    rollback on its way, or tasks missing with none failing (a drained or lost node's
+    tasks being placed again), is Progressing; a paused update or rollback, or missing
+    tasks that fail, Degraded; every desired task running, Healthy. A missing service is
+    Progressing while a pass that will create it runs, else Degraded."""
+    if state is None:
+        return "Progressing" if reconciling and pending else "Degraded"
+    up = state.update
+    if up is not None and up.state in ("paused", "rollback_paused"):
+        return "Degraded"
+    if up is not None and up.in_progress:
+        return "Progressing"
+    if state.running_tasks >= state.desired_tasks:
+        return "Healthy"
+    if state.failing and not (reconciling and pending):
+        return "Degraded"
+    return "Progressing"
+
+
+def swarm_stack_health(
+    desired: SwarmDesired, observed: SwarmObserved, plan: Plan, reconciling: bool
+) -> dict[str, Any]:
+    """`stack_health` for a stack on a swarm: per service (the stack's key), the desired
+    and running tasks as the swarm counts them."""
+    by_name = {s.name: s for s in observed.services}
+    pending = {ch.name for ch in plan.changes}
+    out: list[dict[str, Any]] = []
+    for ds in sorted(desired.services, key=lambda d: d.key):
+        name = ds.config.name
+        state = by_name.get(name)
+        health = service_health(state, reconciling=reconciling, pending=name in pending)
+        entry: dict[str, Any] = {
+            "name": ds.key,
+            "health": health,
+            "replicas": state.desired_tasks if state is not None else ds.config.replicas,
+            "running": state.running_tasks if state is not None else 0,
+        }
+        if state is not None and state.update is not None:
+            entry["update"] = state.update.state
+        if state is not None and state.failing and state.failing[0].error:
+            entry["failing"] = state.failing[0].error
+        out.append(entry)
+    return {"name": desired.stack, "health": worst([s["health"] for s in out]), "services": out}

@@ -220,6 +220,9 @@ class NetworkSpec:
     labels: tuple[tuple[str, str], ...] = ()
     external: bool = False
     external_name: str | None = None  # `name:` of an external (or explicitly named) network
+    # compose's `attachable`: plain containers may join a swarm's overlay network too (a
+    # one-host bridge takes any container anyway: only the swarm runtime reads it)
+    attachable: bool = False
     location: Location | None = field(default=None, compare=False)
 
 

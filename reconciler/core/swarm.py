@@ -29,7 +29,7 @@ from pyapply.reconciler.core.diff import Change, DiffResult, FieldDiff
 from pyapply.reconciler.core.model import FileRef, ServiceSpec, Stack
 from pyapply.reconciler.core.plan import Action, Plan
 from pyapply.reconciler.core.translate import FileKind, _health
-from pyapply.runtime.base import MountConfig
+from pyapply.runtime.base import MountConfig, VolumeState
 from pyapply.runtime.services import (
     STACK_NAMESPACE_LABEL,
     OverlayNetworkConfig,
@@ -179,6 +179,7 @@ def _service_config(
     cpus = None if s.resources.cpus is None else round(s.resources.cpus * 1e9)
     reserve = None if d.reserve_cpus is None else round(d.reserve_cpus * 1e9)
     mounts: list[MountConfig] = []
+    volume_labels: dict[str, tuple[tuple[str, str], ...]] = {}
     for m in s.mounts:
         source = m.source
         if m.type == "volume" and m.source:
@@ -187,6 +188,15 @@ def _service_config(
                 source = vol.external_name or vol.name
             else:
                 source = identity.volume_name(stack.name, m.source)
+                # each node makes the volume when a task first mounts it: labelled as the
+                # other runtimes label theirs (no revision: a volume outlives revisions)
+                own = {
+                    **dict(vol.labels if vol is not None else ()),
+                    identity.STACK: stack.name,
+                    identity.VOLUME: m.source,
+                    STACK_NAMESPACE_LABEL: stack.name,
+                }
+                volume_labels[source] = tuple(sorted(own.items()))
         mounts.append(
             MountConfig(
                 type=m.type,
@@ -257,6 +267,7 @@ def _service_config(
         mounts=tuple(sorted(mounts, key=lambda m: m.target)),
         configs=_refs(stack.name, s.configs, config_names),
         secrets=_refs(stack.name, s.secrets, secret_names, secrets=True),
+        volume_labels=tuple(sorted(volume_labels.items())),
     )
     spec_hash = identity.digest(config)
     labels = {
@@ -290,7 +301,7 @@ def desired_swarm(
         net = OverlayNetworkConfig(
             name=name,
             driver="overlay",
-            attachable=False,  # as docker stack makes them: for services only
+            attachable=n.attachable,  # as docker stack makes them: for services unless asked
             internal=n.internal,
             subnet=n.subnet,
             gateway=n.gateway,
@@ -354,6 +365,8 @@ class SwarmObserved:
     external_networks: Mapping[str, OverlayNetworkState | None] = dataclasses.field(
         default_factory=dict
     )
+    # the stack's named volumes on the node observed (for `down --volumes` only)
+    volumes: tuple[VolumeState, ...] = ()
 
 
 # labels that never cause an update: the revision changes with every commit
@@ -500,11 +513,13 @@ def diff_swarm(desired: SwarmDesired, observed: SwarmObserved) -> DiffResult:
 
 
 def teardown_swarm(observed: SwarmObserved) -> DiffResult:
-    """`down`: every service, config, secret and network of the stack."""
+    """`down`: every service, config, secret and network of the stack, and the named
+    volumes observed (only `down --volumes` observes them: a volume outlives its stack)."""
     changes = [Change("remove", "service", s.name, "down") for s in observed.services]
     changes += [Change("remove", o.kind, o.name, "down") for o in observed.configs]
     changes += [Change("remove", o.kind, o.name, "down") for o in observed.secrets]
     changes += [Change("remove", "network", n.name, "down") for n in observed.networks]
+    changes += [Change("remove", "volume", v.name, "down (--volumes)") for v in observed.volumes]
     return DiffResult(tuple(changes))
 
 
@@ -599,6 +614,16 @@ def build_plan(
                 Action(
                     f"network:{ch.name}:remove",
                     "remove_overlay",
+                    ch.name,
+                    ch.reason,
+                    (*after_removals, *waits),
+                )
+            )
+        elif ch.kind == "remove" and ch.object == "volume":
+            actions.append(
+                Action(
+                    f"volume:{ch.name}:remove",
+                    "remove_volume",
                     ch.name,
                     ch.reason,
                     (*after_removals, *waits),

@@ -25,6 +25,7 @@ from pyapply.reconciler.engine.reconcile import (
 from pyapply.runtime.base import Runtime
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.core.swarm import SwarmDesired
     from pyapply.reconciler.engine.execute import Executor, Outcome, Reporter
     from pyapply.reconciler.manifest.loader import Loaded
 
@@ -86,7 +87,8 @@ class PassResult:
     has it when the pass raises)."""
 
     results: list[StackResult] = field(default_factory=list)
-    applied: list[Desired] = field(default_factory=list)  # the stacks applied (or tried)
+    # the stacks applied (or tried): a swarm's (engine.swarm.apply_all_swarm) or one host's
+    applied: list[Desired | SwarmDesired] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)  # the gone stacks removed completely
     stopped_before: str | None = None  # the stack not started because `stopping()` said so
 

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.core.redact import Redactor
 from pyapply.reconciler.core.swarm import (
     SwarmDesired,
     SwarmObserved,
@@ -29,6 +32,7 @@ from pyapply.reconciler.core.swarm import (
     diff_swarm,
     teardown_swarm,
 )
+from pyapply.reconciler.engine.apply import Hooks, PassResult, Unprepared
 from pyapply.reconciler.engine.execute import (
     ActionResult,
     NullReporter,
@@ -36,18 +40,30 @@ from pyapply.reconciler.engine.execute import (
     Reporter,
     Settings,
 )
-from pyapply.reconciler.engine.reconcile import StackResult, read_file_objects
+from pyapply.reconciler.engine.reconcile import (
+    ApplyOptions,
+    PassError,
+    StackResult,
+    read_file_objects,
+)
 from pyapply.runtime.base import Conflict, NotFound, RuntimeFailure
 from pyapply.runtime.services import OverlayNetworkState, ServiceRuntime
 
+if TYPE_CHECKING:
+    from pyapply.reconciler.manifest.loader import Loaded
+
 __all__ = [
     "SwarmOptions",
+    "apply_all_swarm",
     "apply_swarm",
     "desired_for_swarm",
     "execute",
     "observe_swarm",
     "plan_down_swarm",
+    "plan_observed",
     "plan_swarm",
+    "prepare_all_swarm",
+    "swarm_redactor",
 ]
 
 
@@ -87,10 +103,11 @@ def desired_for_swarm(
 
 
 def observe_swarm(
-    rt: ServiceRuntime, stack: str, desired: SwarmDesired | None = None
+    rt: ServiceRuntime, stack: str, desired: SwarmDesired | None = None, *, volumes: bool = False
 ) -> SwarmObserved:
     """What the swarm shows for one stack: one listing call per kind (plus one for the
-    external networks, if the stack names any)."""
+    external networks, if the stack names any; and the stack's named volumes on the node
+    talked to, with `volumes`)."""
     labels = {identity.STACK: stack}
     external: dict[str, OverlayNetworkState | None] = {}
     if desired is not None and desired.external_networks:
@@ -102,17 +119,24 @@ def observe_swarm(
         configs=tuple(rt.list_objects("config", labels)),
         secrets=tuple(rt.list_objects("secret", labels)),
         external_networks=external,
+        volumes=tuple(rt.list_node_volumes(labels)) if volumes else (),
     )
 
 
 def plan_swarm(rt: ServiceRuntime, desired: SwarmDesired) -> Plan:
-    observed = observe_swarm(rt, desired.stack, desired)
+    return plan_observed(desired, observe_swarm(rt, desired.stack, desired))
+
+
+def plan_observed(desired: SwarmDesired, observed: SwarmObserved) -> Plan:
+    """The plan for a stack already observed (the agent's status shows both)."""
     versions = {s.name: s.version for s in observed.services}
     return build_plan(desired, desired.stack, diff_swarm(desired, observed), versions)
 
 
-def plan_down_swarm(rt: ServiceRuntime, stack: str) -> Plan:
-    return build_plan(None, stack, teardown_swarm(observe_swarm(rt, stack)))
+def plan_down_swarm(rt: ServiceRuntime, stack: str, *, volumes: bool = False) -> Plan:
+    """Everything the stack owns on the swarm; with `volumes`, its named volumes on the node
+    talked to as well (those on other nodes stay: the swarm cannot reach them)."""
+    return build_plan(None, stack, teardown_swarm(observe_swarm(rt, stack, volumes=volumes)))
 
 
 def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
@@ -123,6 +147,8 @@ def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
         rt.create_overlay_network(action.overlay)
     elif op == "remove_overlay":
         rt.remove_overlay_network(action.target)
+    elif op == "remove_volume":
+        rt.remove_node_volume(action.target)
     elif op == "create_object":
         assert action.swarm_object is not None and action.object_kind is not None
         rt.create_object(action.object_kind, action.swarm_object)
@@ -164,6 +190,28 @@ def _perform(rt: ServiceRuntime, action: Action, deadline: float) -> str | None:
     return None
 
 
+def execution_order(actions: Sequence[Action]) -> list[Action]:
+    """The plan's actions in the order to run them: every action that needs no wait first
+    (so the swarm rolls every service's update at once), then the waits, then what needs a
+    wait (removals after the updates converged); plan order within each group, which keeps
+    each action after its dependencies. Waiting for 20 updates takes as long as the
+    slowest, not their sum."""
+    waiting: set[str] = set()
+    early: list[Action] = []
+    waits: list[Action] = []
+    late: list[Action] = []
+    for a in actions:
+        if a.op == "wait_service":
+            waits.append(a)
+            waiting.add(a.id)
+        elif any(d in waiting for d in a.deps):
+            late.append(a)
+            waiting.add(a.id)
+        else:
+            early.append(a)
+    return [*early, *waits, *late]
+
+
 class _WaitFailed(RuntimeFailure):
     """A service did not converge: the swarm's verdict, never retried."""
 
@@ -180,7 +228,7 @@ def execute(
     reporter = reporter or NullReporter()
     deadline = time.monotonic() + settings.wait_timeout_s
     results: dict[str, ActionResult] = {}
-    for action in plan.actions:
+    for action in execution_order(plan.actions):
         blocked = [d for d in action.deps if d in results and results[d].status != "done"]
         if blocked:
             results[action.id] = ActionResult(action, "skipped", error=f"after {blocked[0]}")
@@ -202,7 +250,7 @@ def execute(
             retry=retry_if_exception(lambda e: isinstance(e, RuntimeFailure) and e.retryable),
             stop=stop_after_attempt(attempts),
             wait=wait_exponential_jitter(
-                initial=settings.backoff_initial_s, max=settings.backoff_max_s
+                multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
             ),
             sleep=settings.sleep,
             before_sleep=before_sleep,
@@ -234,3 +282,80 @@ def apply_swarm(
         return StackResult(desired.stack, plan)
     outcome = execute(rt, plan, Settings(wait_timeout_s=options.wait_timeout_s), reporter)
     return StackResult(desired.stack, plan, outcome)
+
+
+def prepare_all_swarm(
+    rt: ServiceRuntime, loaded: Loaded, *, revision: str
+) -> list[SwarmDesired | Unprepared]:
+    """`engine.apply.prepare_all` for a swarm: every stack's swarm objects (images pinned),
+    or why it has none, before anything is touched."""
+    out: list[SwarmDesired | Unprepared] = []
+    for stack in loaded.stacks:
+        try:
+            out.append(
+                desired_for_swarm(
+                    rt, stack, revision=revision, environ=loaded.environments.get(stack.name)
+                )
+            )
+        except PassError as exc:
+            out.append(Unprepared(stack.name, exc))
+    return out
+
+
+def swarm_redactor(desired: Iterable[SwarmDesired]) -> Redactor:
+    """What output must never show: the content of every secret of these stacks."""
+    return Redactor(o.config.data for d in desired for o in d.objects if o.kind == "secret")
+
+
+def apply_all_swarm(
+    rt: ServiceRuntime,
+    wanted: Sequence[SwarmDesired | Unprepared],
+    options: ApplyOptions,
+    *,
+    lock: AbstractContextManager[Any] | None = None,
+    remove: Sequence[str] = (),
+    hooks: Hooks | None = None,
+    into: PassResult | None = None,
+) -> PassResult:
+    """`engine.apply.apply_all` on a swarm: under `lock`, plan and execute each stack of
+    `wanted` in order (an `Unprepared` one raises its PassError in its turn), waiting for
+    each service's update within `options.wait_timeout_s`; then, unless stopped, take down
+    each stack of `remove`. The swarm's own executor has no handle to cancel: a stop is
+    seen between stacks."""
+    hooks = hooks or Hooks()
+    done = PassResult() if into is None else into
+    settings = Settings(wait_timeout_s=options.wait_timeout_s)
+
+    def finished(result: StackResult) -> None:
+        done.results.append(result)
+        if hooks.on_result is not None:
+            hooks.on_result(result)
+
+    with lock if lock is not None else nullcontext():
+        for desired in wanted:
+            if hooks.stopping():
+                done.stopped_before = desired.stack
+                return done
+            if isinstance(desired, Unprepared):
+                raise desired.error
+            done.applied.append(desired)
+            plan = plan_swarm(rt, desired)
+            ctx = hooks.on_plan(plan) if hooks.on_plan is not None else None
+            if plan.errors or options.dry_run or plan.empty:
+                finished(StackResult(desired.stack, plan))
+                continue
+            with ctx or nullcontext():
+                outcome = execute(rt, plan, settings, hooks.reporter(desired.stack))
+            finished(StackResult(desired.stack, plan, outcome))
+        for stack in remove:
+            if hooks.stopping():
+                return done
+            if hooks.on_remove is not None:
+                hooks.on_remove(stack)
+            plan = plan_down_swarm(rt, stack)
+            outcome = execute(rt, plan, settings, hooks.reporter(stack))
+            result = StackResult(stack, plan, outcome)
+            finished(result)
+            if result.ok:
+                done.removed.append(stack)
+    return done

@@ -237,6 +237,8 @@ def network(n: NetworkSpec) -> dict[str, Any]:
     out["driver"] = _s(n.driver)
     if n.internal:
         out["internal"] = True
+    if n.attachable:
+        out["attachable"] = True
     if n.subnet or n.gateway:
         cfg: dict[str, Any] = {}
         if n.subnet:

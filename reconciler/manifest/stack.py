@@ -133,9 +133,9 @@ class StackDraft:
                 subnet, gateway = self.subnet(first, cpath)
         if raw.get("enable_ipv6"):
             ctx.warn((*path, "enable_ipv6"), "IPv6 networks are not supported; this is ignored")
-        ignored(ctx, raw, path, ("driver_opts", "attachable", "enable_ipv4"))
+        ignored(ctx, raw, path, ("driver_opts", "enable_ipv4"))
         if external:
-            for name in ("driver", "internal", "ipam", "labels", "driver_opts"):
+            for name in ("driver", "internal", "ipam", "labels", "driver_opts", "attachable"):
                 if name in raw:
                     ctx.error(
                         (*path, name),
@@ -151,6 +151,7 @@ class StackDraft:
             labels=self.labels(raw, path),
             external=external,
             external_name=external_name,
+            attachable=raw.get("attachable") is True,
             location=ctx.location(path, key=True),
         )
 

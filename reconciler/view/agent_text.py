@@ -66,7 +66,13 @@ def status_lines(doc: dict[str, Any]) -> list[str]:
         for svc in stack.get("services", []):
             out.append(
                 f"  {svc['name']}: {svc['health']} ({svc['running']}/{svc['replicas']} running)"
+                + (f"; update {svc['update']}" if svc.get("update") else "")
+                + (f"; failing: {svc['failing']}" if svc.get("failing") else "")
             )
+    for node in doc.get("nodes") or []:  # on a swarm: a node not ready is worth a line
+        out.append(
+            f"node {node['hostname']} ({node['role']}): {node['state']}, {node['availability']}"
+        )
     return out
 
 

@@ -29,6 +29,7 @@ from pyapply.runtime.base import (
     PermanentError,
     RuntimeFailure,
     TransientError,
+    VolumeState,
 )
 from pyapply.runtime.docker.driver import unix_socket_path
 from pyapply.runtime.docker.engine import EngineHTTP
@@ -62,6 +63,8 @@ __all__ = ["SwarmRuntime"]
 JSON = Mapping[str, Any]
 _DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _POLL_S = 0.5
+# how long `remove_overlay_network` waits for the manager to drop a removed network
+_NETWORK_GONE_S = 20.0
 # How long a global service may have no task before that means "no node is eligible" (the
 # orchestrator makes a new service's tasks within milliseconds).
 _GLOBAL_GRACE_S = 3.0
@@ -385,6 +388,30 @@ class SwarmRuntime:
         found = self._get("list networks", "/networks", {"filters": json.dumps(filters)}) or []
         return sorted((overlay_network_state(n) for n in found), key=lambda n: n.name)
 
+    def list_node_volumes(self, labels: Mapping[str, str]) -> list[VolumeState]:
+        filters = label_filters(labels)
+        params = {"filters": json.dumps(filters)} if filters else None
+        found = (self._get("list volumes", "/volumes", params) or {}).get("Volumes") or []
+        return sorted(
+            (
+                VolumeState(
+                    name=str(v.get("Name") or ""),
+                    driver=str(v.get("Driver") or ""),
+                    labels=dict(v.get("Labels") or {}),
+                    mountpoint=str(v.get("Mountpoint") or ""),
+                )
+                for v in found
+            ),
+            key=lambda v: v.name,
+        )
+
+    def remove_node_volume(self, name: str) -> None:
+        try:
+            self._delete(f"remove volume {name}", f"/volumes/{_q(name)}")
+        except Conflict as e:
+            # a removed service's containers let go of it a few seconds later: retry
+            raise TransientError(e.message) from e
+
     def remove_overlay_network(self, name: str) -> None:
         try:
             self._delete(f"remove network {name}", f"/networks/{_q(name)}")
@@ -393,6 +420,15 @@ class SwarmRuntime:
             if "attached" in e.message or "active endpoints" in e.message:
                 raise TransientError(e.message) from e
             raise
+        # The manager drops it a moment after answering; until then it is still listed, and
+        # an apply right after `down` would plan on it and fail on "network not found".
+        deadline = time.monotonic() + _NETWORK_GONE_S
+        while time.monotonic() < deadline:
+            try:
+                self._get(f"inspect network {name}", f"/networks/{_q(name)}")
+            except NotFound:
+                return
+            time.sleep(_POLL_S)
 
     def close(self) -> None:
         with self._lock:

@@ -60,7 +60,7 @@ def service_spec(
         "Labels": dict(config.container_labels),
         "Env": list(config.env),
         "ReadOnly": config.read_only,
-        "Mounts": [_mount(m) for m in config.mounts],
+        "Mounts": [_mount(m, dict(config.volume_labels)) for m in config.mounts],
         "Configs": [_object_ref(r, "Config", config_ids or {}) for r in config.configs],
         "Secrets": [_object_ref(r, "Secret", secret_ids or {}) for r in config.secrets],
     }
@@ -118,10 +118,14 @@ def service_spec(
     }
 
 
-def _mount(m: MountConfig) -> dict[str, Any]:
+def _mount(
+    m: MountConfig, volume_labels: Mapping[str, tuple[tuple[str, str], ...]]
+) -> dict[str, Any]:
     out: dict[str, Any] = {"Type": m.type, "Target": m.target, "ReadOnly": m.read_only}
     if m.type != "tmpfs":
         out["Source"] = m.source
+    if m.type == "volume" and m.source in volume_labels:
+        out["VolumeOptions"] = {"Labels": dict(volume_labels[m.source])}
     else:
         tmpfs: dict[str, int] = {}
         if m.tmpfs_size is not None:
@@ -268,7 +272,17 @@ def service_config(spec: JSON, *, network_names: Mapping[str, str] | None = None
         mounts=tuple(sorted((_mount_of(m) for m in container.get("Mounts") or ()), key=_mkey)),
         configs=_refs_of(container.get("Configs"), "Config"),
         secrets=_refs_of(container.get("Secrets"), "Secret"),
+        volume_labels=_volume_labels_of(container.get("Mounts") or ()),
     )
+
+
+def _volume_labels_of(mounts: object) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for m in cast(list[JSON], mounts):
+        labels = (m.get("VolumeOptions") or {}).get("Labels")
+        if m.get("Type") == "volume" and m.get("Source") and labels:
+            out[str(m["Source"])] = tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    return tuple(sorted(out.items()))
 
 
 def _opt_tuple(value: object) -> tuple[str, ...] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from pyapply.runtime.native.hostbins import HOST_BINARIES
 from tests.e2e.helpers import TEST_IMAGE, Workdir, cleanup_stack, http_get, new_stack_name
 from tests.e2e.runtimes import (
     RUNTIME_NAMES,
+    Cli,
     DockerUnderTest,
     NativeUnderTest,
     RuntimeUnderTest,
     import_test_image,
     save_docker_image,
 )
+from tests.e2e.stacks import STACK_RUNTIMES, OneHost, OnSwarm, StackUnderTest
+from tests.e2e.swarm import TEST_REF, new_prefix, remove_prefixed, single_node_swarm
 
 # The local registry that `make setup` (scripts/setup.sh) starts: plain HTTP on loopback.
 REGISTRY = "127.0.0.1:5000"
@@ -109,6 +113,33 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeU
     kernel (bridges, veths, netns, mounts, rules, cgroups, processes): if anything could not
     be removed, the test fails."""
     yield from _under_test(str(request.param), request, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def swarm_prefix() -> Iterator[str]:
+    prefix = new_prefix()
+    with single_node_swarm(prefix):
+        yield prefix
+
+
+@pytest.fixture(params=STACK_RUNTIMES)
+def stack_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StackUnderTest]:
+    """The `runtime` fixture, and swarm too, for stack-level tests (tests/e2e/stacks.py): on
+    swarm, a fresh stack on the module's single-node swarm, whose objects must be gone at
+    the end (removed anyway)."""
+    if request.param != "swarm":
+        for rut in _under_test(str(request.param), request, tmp_path):
+            yield OneHost(rut, "pyapply-test/busybox:latest")
+        return
+    prefix = request.getfixturevalue("swarm_prefix")
+    stack = prefix + uuid.uuid4().hex[:4]
+    s = OnSwarm("swarm", stack, TEST_REF, Cli(stack, tmp_path / "root", 0, "swarm"))
+    try:
+        yield s
+    finally:
+        left = s.leftovers()
+        remove_prefixed(stack)
+    assert not left, f"left behind on the swarm: {left}"
 
 
 @pytest.fixture

@@ -34,7 +34,8 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,9 +282,9 @@ class SwarmHost:
             return
         docker("swarm", "leave", "--force", check=False)
         if not self.had_gwbridge:
-            # The swarm's gateway bridge outlives the swarm; the ingress sandbox lets go of it
-            # a moment after leaving.
-            for _ in range(20):
+            # The swarm's gateway bridge outlives the swarm; the ingress sandbox (and the
+            # containers of tasks still stopping) let go of it a moment after leaving.
+            for _ in range(60):
                 if not docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$"):
                     break
                 if run("docker", "network", "rm", "docker_gwbridge", check=False).returncode == 0:
@@ -430,6 +431,50 @@ def remove_prefixed(prefix: str) -> list[str]:
                 time.sleep(0.5)
             removed.append(f"network {name}")
     return removed
+
+
+def swarm_objects(prefix: str) -> dict[str, list[str]]:
+    """The names of the main dockerd's swarm objects by kind (swarm-scoped networks only:
+    other tests on this dockerd make local ones meanwhile), and its volumes named `prefix`*."""
+    out = {
+        k: sorted(docker(k, "ls", "--format", "{{.Name}}", *filters).split())
+        for k, filters in (
+            ("service", ()),
+            ("config", ()),
+            ("secret", ()),
+            ("network", ("--filter", "scope=swarm")),
+        )
+    }
+    out["volume"] = sorted(
+        n for n in docker("volume", "ls", "--format", "{{.Name}}").split() if n.startswith(prefix)
+    )
+    return out
+
+
+@contextmanager
+def single_node_swarm(prefix: str) -> Iterator[None]:
+    """The main dockerd as a single-node swarm manager for the block (initialised and left
+    here unless it was one already); what the block made with `prefix` is removed after it,
+    and the block must leave no other object behind (asserted)."""
+    link = HostLink(prefix)
+    swarm = SwarmHost(HOST_ADDR)
+    before: dict[str, list[str]] = {}
+    after: dict[str, list[str]] = {}
+    try:
+        link.create()
+        swarm.start()
+        before = swarm_objects(prefix)
+        pinned_test_image()  # the image in the local registry: what a swarm pulls from
+        yield
+        after = swarm_objects(prefix)
+    finally:
+        remove_prefixed(prefix)
+        for name in docker("volume", "ls", "-q", check=False).split():
+            if name.startswith(prefix):
+                docker("volume", "rm", "-f", name, check=False)
+        swarm.stop()
+        link.remove()
+    assert after == before, f"left behind: {after} (before: {before})"
 
 
 def clean_leftovers() -> list[str]:

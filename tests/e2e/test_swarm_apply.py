@@ -29,6 +29,7 @@ from tests.e2e.swarm import (
     new_prefix,
     pinned_test_image,
     remove_prefixed,
+    swarm_objects,
     wait_for,
 )
 
@@ -120,36 +121,23 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     before: dict[str, list[str]] = {}
     after: dict[str, list[str]] = {}
 
-    def names() -> dict[str, list[str]]:
-        # docker_gwbridge is the swarm's own, made with the first task that publishes a port
-        return {
-            k: [
-                n
-                for n in docker(k, "ls", "--format", "{{.Name}}").split()
-                if n != "docker_gwbridge"
-            ]
-            for k in _KINDS
-        }
-
     try:
         link.create()
         swarm.start()
-        before = names()
+        before = swarm_objects(prefix)
         pinned_test_image()  # the image in the local registry: what a swarm pulls from
         d = tmp_path_factory.mktemp(prefix) / prefix  # the directory names the stack
         d.mkdir()
         (d / "pw.txt").write_text("hunter2-secret")
         yield Env(prefix, d, _free_port())
-        after = names()
+        after = swarm_objects(prefix)
     finally:
         remove_prefixed(prefix)
         swarm.stop()
         link.remove()
-    # what the tests made, they removed (down, not the clean-up above)
+    # what the tests made, they removed (down, not the clean-up above); swarm objects only:
+    # other tests on this dockerd make local networks meanwhile
     assert after == before
-
-
-_KINDS = ("service", "config", "secret", "network")
 
 
 def _inspect(name: str) -> dict[str, object]:

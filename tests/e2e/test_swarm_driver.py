@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +34,7 @@ from pyapply.runtime.services import (
     UpdatePolicy,
 )
 from pyapply.runtime.swarm.driver import SwarmRuntime
+from tests.e2e.runtimes import PYAPPLY
 from tests.e2e.swarm import (
     HOST_ADDR,
     TEST_REF,
@@ -289,8 +294,47 @@ def _http(url: str) -> str:
         return ""
 
 
-def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
+SPREAD_STACK = """\
+name: {stack}
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "sleep 3; touch /tmp/ready; exec sleep 600"]
+    init: true
+    stop_grace_period: 1s
+    healthcheck:
+      test: ["CMD", "test", "-e", "/tmp/ready"]
+      interval: 1s
+      start_period: 20s
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      placement: {{preferences: [{{spread: node.hostname}}]}}
+      update_config: {{parallelism: 0, monitor: 1s}}
+"""
+
+
+def pyapply(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYAPPLY, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYAPPLY_RUNTIME": "swarm"},
+    )
+
+
+def get_doc(stack: str) -> dict[str, Any]:
+    r = pyapply("get", "--stack", stack, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    [doc] = json.loads(r.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_two_node_swarm(swarm_env: SwarmEnv, tmp_path: Path) -> None:
     env, rt = swarm_env, swarm_env.runtime
+    stack = f"{env.prefix}p"
     manager_addr = env.swarm.node_addr
     assert manager_addr and not manager_addr.startswith("127."), (
         f"the swarm's manager advertises {manager_addr}, which a node in another network "
@@ -355,6 +399,19 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
         assert nodes_of(on_worker.name) == [worker_name]
         assert nodes_of(spread.name) == sorted([manager.hostname, worker_name])
 
+        # a stack of pyapply's, spread on both nodes; its tasks are ready 3 s after they
+        # start (a healthcheck), so that moving them takes a moment pyapply can see
+        compose = tmp_path / "compose.yaml"
+        compose.write_text(SPREAD_STACK.format(stack=stack, image=TEST_REF))
+        r = pyapply("-f", str(compose), "--wait-timeout", "60")
+        assert r.returncode == 0, r.stdout + r.stderr
+        doc = get_doc(stack)
+        assert doc["health"] == "Healthy", doc
+        assert {n["hostname"]: n["tasks"] for n in doc["nodes"]} == {
+            manager.hostname: 1,
+            worker_name: 1,
+        }
+
         # the overlay carries traffic from a task on the manager to one on the worker
         [a_task] = [t for t in rt.service_tasks(on_manager.name) if t.running]
         [b_task] = [t for t in rt.service_tasks(on_worker.name) if t.running]
@@ -370,8 +427,22 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
         )  # fmt: skip
         assert page == b_task.container_id[:12]
 
-        # draining the worker moves its tasks to the manager
+        # draining the worker moves its tasks to the manager; pyapply says the stack is
+        # Progressing while its task is placed again, then Healthy
         docker("node", "update", "--availability", "drain", second.node_id)
+        seen: list[str] = []
+
+        def healthy_again() -> dict[str, Any] | None:
+            doc = get_doc(stack)
+            seen.append(doc["health"])
+            return doc if doc["health"] == "Healthy" and "Progressing" in seen else None
+
+        doc = wait_for(healthy_again, 60, "Progressing, then Healthy after the drain")
+        assert {n["hostname"]: (n["availability"], n["tasks"]) for n in doc["nodes"]} == {
+            manager.hostname: ("active", 2),
+            worker_name: ("drain", 0),
+        }, doc
+        assert "Degraded" not in seen, seen
         wait_for(
             lambda: nodes_of(spread.name) == [manager.hostname] * 2,
             40,
@@ -393,7 +464,18 @@ def test_two_node_swarm(swarm_env: SwarmEnv) -> None:
         )
         assert down.hostname == worker_name
         print(f"stopped worker reported down after {time.monotonic() - stopped:.1f}s")
+        # ... and by pyapply get
+        r = pyapply("get", "--stack", stack)
+        assert r.returncode == 0, r.stderr
+        assert f"  ! node {worker_name} is down" in r.stdout, r.stdout
+        assert {n["hostname"]: n["state"] for n in get_doc(stack)["nodes"]} == {
+            manager.hostname: "ready",
+            worker_name: "down",
+        }
+        r = pyapply("down", "--stack", stack)
+        assert r.returncode == 0, r.stdout + r.stderr
     finally:
+        pyapply("down", "--stack", stack)
         forwarder.close()
         for name in ("a", "b", "spread"):
             rt.remove_service(f"{env.prefix}_{name}")

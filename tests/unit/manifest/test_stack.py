@@ -328,3 +328,33 @@ def test_invalid_names(here: Path) -> None:
         'stack.yaml:6:3: volumes["bad/vol"]: invalid volume name "bad/vol": use letters, digits, '
         '"_", "." and "-", starting with a letter or digit',
     ]
+
+
+def test_attachable_network(here: Path) -> None:
+    """compose's `attachable` is kept (the swarm runtime makes the overlay network so), shown
+    by config, and an error on an external network, which pyapply does not create."""
+    text = """
+        name: att
+        services:
+          web: {image: img, networks: [mesh]}
+        networks:
+          mesh: {driver: overlay, attachable: true}
+        """
+    loaded = load_text(here, text)
+    [net] = only_stack(loaded).networks
+    assert net.attachable and net.name == "mesh"
+    assert not [w for w in map(str, loaded.warnings) if "attachable" in w]
+    from pyapply.reconciler.manifest.dump import network
+
+    assert network(net)["attachable"] is True
+    [e] = errors(
+        here,
+        """
+        name: att
+        services:
+          web: {image: img, networks: [mesh]}
+        networks:
+          mesh: {external: true, attachable: true}
+        """,
+    )
+    assert "networks.mesh.attachable: an external network is not created by pyapply" in e

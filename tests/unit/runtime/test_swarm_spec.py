@@ -196,6 +196,16 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
         ],
     ),
     (
+        "a named volume's labels, for the node that makes it",
+        dataclasses.replace(
+            BASE,
+            mounts=(MountConfig("volume", "/data", "shop_data"),),
+            volume_labels=(("shop_data", (("io.pyapply.stack", "shop"), ("tier", "db"))),),
+        ),
+        ("TaskTemplate", "ContainerSpec", "Mounts", 0, "VolumeOptions"),
+        {"Labels": {"io.pyapply.stack": "shop", "tier": "db"}},
+    ),
+    (
         "config refs carry the id",
         dataclasses.replace(BASE, configs=(SwarmObjectRef("shop_conf-1a2b", "/etc/app.conf"),)),
         ("TaskTemplate", "ContainerSpec", "Configs"),

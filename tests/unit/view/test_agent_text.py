@@ -66,6 +66,43 @@ def test_status_lines() -> None:
     ]
 
 
+def test_status_lines_on_a_swarm() -> None:
+    """The swarm's extra: a service's update state and latest failure, and the nodes."""
+    doc: dict[str, Any] = {
+        "agent": {"source": "/srv/repo", "source_kind": "dir", "reconciling": False},
+        "revision": {"applied": "abc123", "subject": "", "source": "abc123", "pinned": None},
+        "sync": "Synced",
+        "last_result": {},
+        "stacks": [
+            {
+                "name": "st",
+                "health": "Degraded",
+                "services": [
+                    {
+                        "name": "web",
+                        "health": "Degraded",
+                        "running": 1,
+                        "replicas": 2,
+                        "update": "paused",
+                        "failing": "exit 3",
+                    }
+                ],
+            }
+        ],
+        "nodes": [
+            {"hostname": "m1", "role": "manager", "state": "ready", "availability": "active"},
+            {"hostname": "w1", "role": "worker", "state": "down", "availability": "drain"},
+        ],
+    }
+    lines = status_lines(doc)
+    assert lines[-4:] == [
+        "stack st: Degraded",
+        "  web: Degraded (1/2 running); update paused; failing: exit 3",
+        "node m1 (manager): ready, active",
+        "node w1 (worker): down, drain",
+    ]
+
+
 def test_history_lines() -> None:
     records = [
         {
