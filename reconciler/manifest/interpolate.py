@@ -3,8 +3,9 @@
 A manifest's string values may refer to variables: `$VAR`, `${VAR}`, `${VAR:-default}`,
 `${VAR-default}`, `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}`, and `$$`
 for a literal dollar sign. Defaults, alternatives and messages may themselves contain
-interpolations (`${A:-${B}}`); they are only expanded when used. The colon forms treat an
-empty variable like an unset one.
+interpolations (`${A:-${B}}`) and balanced braces (`${JSON:-{"a":1}}`); they are only
+expanded when used. The colon forms treat an empty variable like an unset one. A `$` that
+starts no variable (`costs $ 5`) is kept as written.
 
 Everything here is pure: the caller passes the variables in, and receives the unset ones back
 so that it can warn about them where they were written.
@@ -83,10 +84,11 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: Budget)
         else:
             m = _NAME.match(text, j + 1)
             if m is None:
-                shown = text[j : j + 2]
-                raise InterpolationError(
-                    f'invalid interpolation "{shown}": write "$$" for a literal "$"'
-                )
+                # a `$` that starts no variable (`costs $ 5`, a regex ending in `$`) is kept
+                # as written, as the reference loader does
+                out.append("$")
+                i = j + 1
+                continue
             name = m.group()
             if name in env:
                 out.append(budget.spend(env[name]))
@@ -143,7 +145,9 @@ def _braced(
 
 def _closing_brace(text: str, i: int) -> int:
     """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}` up
-    to MAX_DEPTH levels (expanding them recurses, one level per level)."""
+    to MAX_DEPTH levels (expanding them recurses, one level per level). A bare `{` in a
+    default (`${JSON:-{"a":1}}`) is balanced by its own `}`, so the default ends at the brace
+    that closes the variable, not at the first one."""
     depth = 0
     n = len(text)
     while i < n:
@@ -158,7 +162,13 @@ def _closing_brace(text: str, i: int) -> int:
                     )
             i += 2
             continue
-        if c == "}":
+        if c == "{":
+            depth += 1
+            if depth >= MAX_DEPTH:
+                raise InterpolationError(
+                    f'invalid interpolation: more than {MAX_DEPTH} levels of "{{" inside one another'
+                )
+        elif c == "}":
             if depth == 0:
                 return i
             depth -= 1

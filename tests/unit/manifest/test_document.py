@@ -67,13 +67,13 @@ def test_required_variable_error_names_the_value(here: Path) -> None:
             image: img
             environment:
               - PASSWORD=${DB_PASSWORD:?set DB_PASSWORD in .env}
-            command: echo $1
+            command: echo ${1A}
         """,
     ) == [
         'stack.yaml:5:9: services.web.environment[0]: required variable "DB_PASSWORD" is not set: '
         "set DB_PASSWORD in .env",
-        'stack.yaml:6:14: services.web.command: invalid interpolation "$1": write "$$" for a '
-        'literal "$"',
+        'stack.yaml:6:14: services.web.command: invalid interpolation "${1A}": expected a '
+        "variable name",
     ]
 
 
