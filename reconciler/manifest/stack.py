@@ -346,8 +346,9 @@ class StackDraft:
 
 
 def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
-    """The stack's name and where it was written: `metadata.name`, or for a compose file
-    its `name:`, else COMPOSE_PROJECT_NAME, else its directory's name."""
+    """The stack's name and where it was written: `metadata.name`, or for a compose file,
+    in compose's order, `-p/--project-name` or COMPOSE_PROJECT_NAME (`ctx.project_name`),
+    else its `name:`, else its directory's name."""
     rule = 'use lower-case letters, digits, "_" and "-", starting with a letter or digit'
     if not ctx.compose:
         path: Path = ("metadata", "name")
@@ -357,6 +358,12 @@ def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
         if not identity.valid_stack_name(name):
             ctx.error(path, f"invalid stack name {show(name)}: {rule}")
         return name, path
+    given = ctx.project_name
+    if given is not None:
+        if not identity.valid_stack_name(given):
+            what = "--project-name" if ctx.session.project_name else "COMPOSE_PROJECT_NAME"
+            ctx.error((), f"{what} {show(given)} is not a valid stack name: {rule}")
+        return given, ()
     if "name" in data:
         name = data["name"]
         if not isinstance(name, str) or not ctx.ok(("name",)):
@@ -364,13 +371,6 @@ def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
         if not identity.valid_stack_name(name):
             ctx.error(("name",), f"invalid stack name {show(name)}: {rule}")
         return name, ("name",)
-    env_name = ctx.env.get("COMPOSE_PROJECT_NAME")
-    if env_name:
-        if not identity.valid_stack_name(env_name):
-            ctx.error(
-                (), f"COMPOSE_PROJECT_NAME {show(env_name)} is not a valid stack name: {rule}"
-            )
-        return env_name, ()
     directory = os.path.basename(ctx.source.directory)
     name = identity.normalise_stack_name(directory)
     if not identity.valid_stack_name(name):

@@ -280,9 +280,12 @@ def test_compose_stack_named_by_directory(
     assert only_stack(load([directory], environ=env)).name == expected
 
 
-def test_compose_name_key_beats_environment(here: Path) -> None:
+def test_compose_environment_beats_name_key(here: Path) -> None:
+    # compose's order: -p, then COMPOSE_PROJECT_NAME, then `name:`, then the directory
     write(here, {"d/compose.yaml": "name: named\nservices: {}\n"})
-    assert only_stack(load(["d"], environ={"COMPOSE_PROJECT_NAME": "env"})).name == "named"
+    assert only_stack(load(["d"], environ={"COMPOSE_PROJECT_NAME": "env"})).name == "env"
+    assert only_stack(load(["d"], environ={})).name == "named"
+    assert only_stack(load(["d"], environ={}, project_name="opt")).name == "opt"
 
 
 def test_compose_project_name_from_dotenv(here: Path) -> None:
