@@ -22,7 +22,9 @@ from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.yamlpos import MAX_DEPTH, MAX_EXPANDED_CHARS
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DOTENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# the reference parser takes any key without blanks; keys may start with a digit
+_DOTENV_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+_SEPARATOR = re.compile(r"[=:]")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 
 
@@ -187,15 +189,28 @@ class DotenvProblem:
     message: str
 
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "$": "$$"}
+_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    '"': '"',
+    "$": "$$",
+}
 
 
 def parse_dotenv(
     text: str, environ: Mapping[str, str] | None = None, budget: Budget | None = None
 ) -> tuple[dict[str, str], list[DotenvProblem]]:
-    """Parse `KEY=VALUE` lines: `#` comments, an optional `export ` prefix, single quotes
-    (literal), double quotes (escapes and interpolation, may span lines) and unquoted values
-    (an inline ` #` starts a comment; interpolated). Values may refer to `environ` and to keys
+    r"""Parse `KEY=VALUE` (or `KEY: VALUE`) lines as the reference parser does: `#` comments,
+    an optional `export ` prefix, keys that may start with a digit, single quotes (literal
+    but for `\'`), double quotes (escapes `\a \b \f \n \r \t \v \\ \" \$` and
+    interpolation, may span lines) and unquoted values (a `#` after whitespace starts a
+    comment; interpolated). Values may refer to `environ` and to keys
     defined earlier in the file (`environ` wins). A bare `KEY` takes its value from `environ`
     and is left out when unset. Interpolation spends `budget` (a fresh one for the file if not
     given)."""
@@ -217,7 +232,10 @@ def parse_dotenv(
         body = stripped
         if body.startswith("export ") or body.startswith("export\t"):
             body = body[7:].lstrip()
-        key, eq, rest = body.partition("=")
+        sep = _SEPARATOR.search(body)
+        key, eq, rest = (
+            (body[: sep.start()], sep.group(), body[sep.end() :]) if sep else (body, "", "")
+        )
         key = key.strip()
         if not _DOTENV_KEY.fullmatch(key):
             problems.append(
@@ -260,6 +278,8 @@ def parse_dotenv(
                     )
                     continue
                 value = content[:end]
+                if quote == "'":
+                    value = value.replace("\\'", "'")
                 if quote == '"':
                     value = interpolate(_unescape(value), lookup, budget).value
             else:
@@ -276,7 +296,7 @@ def _closing_quote(text: str, quote: str) -> int:
     i = 0
     while i < len(text):
         c = text[i]
-        if c == "\\" and quote == '"':
+        if c == "\\" and (quote == '"' or text[i + 1 : i + 2] == "'"):
             i += 2
             continue
         if c == quote:

@@ -286,6 +286,7 @@ def parse_tmpfs(text: str) -> Mount:
 
 
 _PORT_DIGITS = re.compile(r"[0-9]{1,6}")
+_PORT_RANGE = re.compile(r"[0-9]{1,6}-[0-9]{1,6}")
 
 
 def port_range(text: str, whole: str, allow_zero: bool) -> list[int]:
@@ -366,10 +367,12 @@ def long_port(item: dict[str, Any]) -> Port:
             published = None
         elif _PORT_DIGITS.fullmatch(text):
             published = int(text)
-        else:
+        elif _PORT_RANGE.fullmatch(text):
             # a host range ("8000-9000"): the container port is published on one of them
             hosts = port_range(text, text, allow_zero=False)
             published, last = hosts[0], hosts[-1]
+        else:
+            raise Bad(f"published port {show(published)} is not a port number or a range")
     if published is not None and not 0 <= published <= 65535:
         raise Bad(f"published port {published} is out of range (1-65535)")
     host_ip = item.get("host_ip", "")

@@ -217,3 +217,37 @@ def test_dotenv_interpolation_error() -> None:
 def test_dotenv_text_after_closing_quote() -> None:
     _, problems = parse_dotenv("A='x' y")
     assert problems == [DotenvProblem(1, 1, 'unexpected text after the closing quote of "A"')]
+
+
+def test_dotenv_follows_the_reference_parser() -> None:
+    # the forms compose's dotenv parser accepts (issue 16): `\'` inside single quotes,
+    # `export KEY=`, `KEY: value`, keys starting with a digit, the C escapes \a \b \f \v in
+    # double quotes, and `#` starting a comment only after whitespace
+    text = "\n".join(
+        [
+            "SINGLE='it\\'s here'",
+            "export EXPORTED=",
+            "COLON: colon value",
+            "COLON_QUOTED: 'quoted: yes'",
+            "1STARTS_WITH_DIGIT=digit",
+            'ESCAPES="\\a\\b\\f\\v\\t|"',
+            "URL=http://host:80/x#frag",
+            "COMMENT=value #comment",
+            "TAB_COMMENT=value\t#comment",
+            "NO_SPACE=value#not-a-comment",
+        ]
+    )
+    values, problems = parse_dotenv(text, {})
+    assert problems == []
+    assert values == {
+        "SINGLE": "it's here",
+        "EXPORTED": "",
+        "COLON": "colon value",
+        "COLON_QUOTED": "quoted: yes",
+        "1STARTS_WITH_DIGIT": "digit",
+        "ESCAPES": "\a\b\f\v\t|",
+        "URL": "http://host:80/x#frag",
+        "COMMENT": "value",
+        "TAB_COMMENT": "value",
+        "NO_SPACE": "value#not-a-comment",
+    }

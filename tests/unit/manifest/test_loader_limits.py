@@ -286,7 +286,7 @@ def test_host_port_of_4300_digits(here: Path) -> None:
         "compose.yaml:5:13: services.web.ports[0]: published port "
         + '"'
         + "9" * 100
-        + '..." (4300 characters) is not a single port number'
+        + '..." (4300 characters) is not a port number or a range'
     ]
 
 
