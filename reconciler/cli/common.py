@@ -34,13 +34,20 @@ def load_or_fail(
     *,
     acting: bool = True,
     policy: Policy | None = None,
+    strict: bool = True,
 ) -> Loaded:
     """Load the manifests, or print every problem and fail (`acting`: the command would have
     changed something, so say that nothing was). With a `policy`, env files it denies are
-    not read (`enforce` reports them)."""
+    not read (`enforce` reports them). `strict` off: see `load`."""
     guard = policy.file_guard() if policy is not None else None
     try:
-        loaded = load(list(files), profiles=profiles, file_guard=guard, project_name=project_name())
+        loaded = load(
+            list(files),
+            profiles=profiles,
+            file_guard=guard,
+            project_name=project_name(),
+            strict=strict,
+        )
     except ManifestError as exc:
         for problem in exc.problems:
             err(str(problem))

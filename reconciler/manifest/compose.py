@@ -15,8 +15,8 @@ a Stack, this module assembles its files into one document:
    recursively, lists by key or appended, `!reset` and `!override` honoured);
 4. `extends:` is resolved (after the merge, so an override file may change a base service),
    from the same project or from another file (`file:`), recursively, with cycles reported.
-   The base's `depends_on`, `links` and `volumes_from` are not inherited: a base service
-   must not bring dependencies with it;
+   The base's `depends_on` is inherited (merged with the service's own), as the reference
+   loader does; its `links` and `volumes_from` are not;
 5. profiles select the services (`select_profiles`).
 
 Everything here is pure tree manipulation; reading files goes through the `Files` protocol.
@@ -453,8 +453,9 @@ def _bases_first(services: dict[str, Node]) -> list[str]:
     return order
 
 
-# What a service does not inherit from the service it extends: what ties it to other services.
-_NOT_INHERITED = ("depends_on", "links", "volumes_from")
+# What a service does not inherit from the service it extends. `depends_on` is inherited, as
+# the reference loader (compose v2) does, although older compose documentation said otherwise.
+_NOT_INHERITED = ("links", "volumes_from")
 
 
 @dataclass

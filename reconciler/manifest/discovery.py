@@ -156,12 +156,17 @@ def self_contained(doc: yamlpos.Document) -> bool:
     )
 
 
+# the top-level keys of a compose file: an override may hold any of them without services
+COMPOSE_KEYS = frozenset(
+    ("services", "include", "networks", "volumes", "configs", "secrets", "models")
+)
+
+
 def is_compose(data: Any) -> bool:
-    """A compose file: no apiVersion, and services (or only includes, which bring them)."""
+    """A compose file: no apiVersion, and services, includes or any other top-level section
+    of the spec (an override file may hold only `networks:`)."""
     return (
-        isinstance(data, dict)
-        and "apiVersion" not in data
-        and ("services" in data or "include" in data)
+        isinstance(data, dict) and "apiVersion" not in data and any(k in data for k in COMPOSE_KEYS)
     )
 
 

@@ -239,6 +239,9 @@ class Session:
         # the compose project name given outside the files (`-p/--project-name`), which
         # wins over COMPOSE_PROJECT_NAME and `name:`
         self.project_name: str | None = None
+        # False for `config`/`convert`, which render what compose would: the checks of what
+        # only matters when running (a missing file, a host port published twice) then warn
+        self.strict = True
 
     def access(self, path: str, directories: Sequence[str]) -> FileAccess:
         return "read" if self.file_guard is None else self.file_guard(path, directories)
@@ -288,6 +291,14 @@ class Context:
 
     def error(self, path: Path, message: str, *, key: bool = False) -> None:
         self.report("error", path, message, key)
+
+    def refuse(self, path: Path, message: str, *, key: bool = False) -> None:
+        """An error when the stack is to run (`validate`, `apply`), a warning when it is only
+        rendered (`Session.strict` off)."""
+        if self.session.strict:
+            self.error(path, message, key=key)
+        else:
+            self.warn(path, message, key=key)
 
     def warn(self, path: Path, message: str, *, key: bool = False) -> None:
         self.report("warning", path, message, key)

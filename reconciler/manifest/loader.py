@@ -93,6 +93,7 @@ def load(
     profiles: Sequence[str] = (),
     file_guard: FileGuard | None = None,
     project_name: str | None = None,
+    strict: bool = True,
 ) -> Loaded:
     """Load every manifest under `paths` (files, or directories searched recursively for
     *.yaml / *.yml). Raises ManifestError listing every error found (not just the first);
@@ -113,10 +114,15 @@ def load(
 
     A compose project's name is, in compose's order, `project_name` (`-p`), else
     COMPOSE_PROJECT_NAME (the environment, then the `.env` file), else its `name:`, else its
-    directory's name; its files see it as `${COMPOSE_PROJECT_NAME}`."""
+    directory's name; its files see it as `${COMPOSE_PROJECT_NAME}`.
+
+    `strict` off (`config`, `convert`: the files rendered, as compose does) makes the checks
+    that only matter to running the stacks warnings: a missing env or secret file, a host
+    port published twice."""
     env = dict(os.environ if environ is None else environ)
     loader = _Loader(env, profiles, file_guard)
     loader.project_name = project_name or None
+    loader.strict = strict
     return loader.load(paths)
 
 
@@ -136,7 +142,8 @@ class _Loader(Session):
         self.dotenv: dict[str, dict[str, str]] = {}
         self.drafts: list[StackDraft] = []
         self.contents: dict[str, bytes] = {}  # every file read, for the digest
-        self.preloaded: dict[str, yamlpos.Document] = {}
+        # documents parsed already, by path, in order (a file may hold several)
+        self.preloaded: dict[str, list[yamlpos.Document]] = {}
         self.naming: str | None = None  # the name of the compose project being assembled
 
     def load(self, paths: Sequence[str]) -> Loaded:
@@ -148,6 +155,9 @@ class _Loader(Session):
                 continue
             self.contents[source.path] = content
             parsed[source.path] = self.parse(source, content)
+            if source.group and not parsed[source.path] and self.clean_parse(source):
+                # a file named with -f or a project's compose file: compose refuses it too
+                self.problems.append(Problem("empty compose file", Location(source.display, 1, 1)))
         self.documents(sources, parsed)
         check_duplicates(self.drafts)
         check_host_ports(self.drafts)
@@ -206,6 +216,12 @@ class _Loader(Session):
             return []
         return docs
 
+    def clean_parse(self, source: Source) -> bool:
+        """No problem was reported in the file (an empty result is then an empty file)."""
+        return not any(
+            p.location is not None and p.location.file == source.display for p in self.problems
+        )
+
     def documents(
         self, sources: Sequence[Source], parsed: Mapping[str, list[yamlpos.Document]]
     ) -> None:
@@ -221,6 +237,10 @@ class _Loader(Session):
                 if not is_compose(doc.data):
                     self.document(source, doc)
             if not composes:
+                continue
+            if len(composes) > 1:
+                # a multi-document compose file is one project, its documents merged in order
+                projects.append([(source, doc) for doc in composes])
                 continue
             if len(docs) > 1 or not source.group:
                 projects.extend([(source, doc)] for doc in composes)
@@ -280,7 +300,7 @@ class _Loader(Session):
             return
         assembler = compose.Assembler(self)
         for source, doc in entries:
-            self.preloaded[source.path] = doc
+            self.preloaded.setdefault(source.path, []).append(doc)
         self.naming = env["COMPOSE_PROJECT_NAME"]
         try:
             root = assembler.project([(s.path, s.display) for s, _ in entries], env)
@@ -304,6 +324,8 @@ class _Loader(Session):
         data = ctx.doc.data
         if "version" in data:
             ctx.warn(("version",), '"version" is obsolete and ignored', key=True)
+        if "models" in data:  # newer than pyapply: AI models served to the services
+            ctx.warn(("models",), '"models" is not supported and is ignored', key=True)
         name, name_path = stack_name(ctx, data)
         draft = StackDraft(ctx, name or "", name_path)
         draft.sources = sources
@@ -314,7 +336,8 @@ class _Loader(Session):
 
     def load_tree(self, path: str, display: str, env: dict[str, str]) -> compose.Node | None:
         source = Source(display, path)
-        doc = self.preloaded.pop(path, None)
+        queued = self.preloaded.get(path)
+        doc = queued.pop(0) if queued else None
         if doc is None:
             content = self.read(source)
             if content is None:

@@ -240,14 +240,14 @@ class StackDraft:
         if isinstance(raw.get("file"), str) and ctx.ok((*path, "file")):
             file, shown = ctx.resolve(raw["file"], (*path, "file"))
             if not os.path.isfile(file):
-                ctx.error((*path, "file"), f"file {show(shown)} does not exist")
+                ctx.refuse((*path, "file"), f"file {show(shown)} does not exist")
         if isinstance(raw.get("content"), str):
             content = raw["content"]
         if isinstance(raw.get("environment"), str):
             variable = raw["environment"]
             if variable not in ctx.env:
                 ctx.error((*path, "environment"), f'environment variable "{variable}" is not set')
-        ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts"))
+        ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts", "labels"))
         cls = SecretSpec if section == "secrets" else ConfigSpec
         spec = cls(
             name=key,
@@ -417,7 +417,7 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
                     shown = f"{port.host_ip}:{shown}"
                 if svc.spec.replicas > 1 and path not in replicas_reported:
                     replicas_reported.add(path)
-                    svc.ctx.error(
+                    svc.ctx.refuse(
                         path,
                         f'service "{svc.spec.name}" runs {svc.spec.replicas} replicas, which '
                         f"cannot all publish host port {shown}: leave the host port out "
@@ -436,7 +436,7 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
                     whose = f'service "{other.spec.name}"'
                     if other.stack_name != stack.name:
                         whose += f' of stack "{other.stack_name}"'
-                    svc.ctx.error(
+                    svc.ctx.refuse(
                         path,
                         f"host port {shown} is already published by {whose} at {where}",
                     )

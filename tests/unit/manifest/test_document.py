@@ -319,7 +319,8 @@ def test_duplicate_stack_names(here: Path) -> None:
 
 
 def test_duplicate_stack_names_in_one_file(here: Path) -> None:
-    text = "name: x\nservices: {}\n---\nname: x\nservices: {}\n"
-    assert errors(here, text) == [
-        'stack.yaml:4:7: name: stack "x" is declared twice, here and at stack.yaml:1:7'
+    # (compose documents in one file are one project, merged: Stack documents here)
+    stack = "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: x}\nspec: {}\n"
+    assert errors(here, stack + "---\n" + stack) == [
+        'stack.yaml:8:18: metadata.name: stack "x" is declared twice, here and at stack.yaml:3:18'
     ]

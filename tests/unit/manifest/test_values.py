@@ -72,7 +72,7 @@ from manifest_support import errors
         ("volumes: [{type: bind, target: /b}]", 'volumes[0]: a bind mount needs "source"'),
         (
             "volumes: [{type: npipe, target: /b}]",
-            'volumes[0].type: must be one of "volume", "bind" or "tmpfs", got "npipe"',
+            'volumes[0].type: must be one of "volume", "bind", "tmpfs" or "image", got "npipe"',
         ),
         (
             'tmpfs: ["/run:size=big"]',
