@@ -497,3 +497,13 @@ def test_validate_refuses_what_only_running_needs(here: Path) -> None:
     assert "host port 8000/tcp is already published" in out.stderr
     with pytest.raises(ManifestError):
         load_here("compose.yaml")
+
+
+def test_stack_names_of_down_get_and_logs_come_from_the_project_here(here: Path) -> None:
+    # `down`, `get` and `logs` also take --stack, so they look for the project themselves
+    from pyapply.reconciler.cli.common import stack_names
+
+    write(here, {"compose.yaml": "name: here-app\nservices: {web: {image: img}}\n", "sub/x": ""})
+    os.chdir(here / "sub")
+    assert stack_names((), ()) == ["here-app"]
+    assert stack_names((), ("other",)) == ["other"]  # --stack alone: the project is not read
