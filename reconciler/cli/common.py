@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from pyapply.reconciler.cli.main import err, fail
+from pyapply.reconciler.cli.main import err, fail, project_files_here, project_name
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
@@ -34,13 +34,20 @@ def load_or_fail(
     *,
     acting: bool = True,
     policy: Policy | None = None,
+    strict: bool = True,
 ) -> Loaded:
     """Load the manifests, or print every problem and fail (`acting`: the command would have
     changed something, so say that nothing was). With a `policy`, env files it denies are
-    not read (`enforce` reports them)."""
+    not read (`enforce` reports them). `strict` off: see `load`."""
     guard = policy.file_guard() if policy is not None else None
     try:
-        loaded = load(list(files), profiles=profiles, file_guard=guard)
+        loaded = load(
+            list(files),
+            profiles=profiles,
+            file_guard=guard,
+            project_name=project_name(),
+            strict=strict,
+        )
     except ManifestError as exc:
         for problem in exc.problems:
             err(str(problem))
@@ -161,10 +168,15 @@ def stack_names(
     files: tuple[str, ...], stacks: tuple[str, ...], profiles: Sequence[str] = ()
 ) -> list[str]:
     names = list(stacks)
+    if not files and not stacks:
+        files = project_files_here()
     if files:
         names += [s.name for s in load_or_fail(files, profiles).stacks]
     if not names:
-        fail("name the stacks with -f FILE or --stack NAME")
+        fail(
+            "name the stacks with -f FILE or --stack NAME (no compose file here or in a "
+            "parent directory)"
+        )
     for name in names:
         if not identity.valid_stack_name(name):
             fail(f"{name!r} is not a valid stack name")

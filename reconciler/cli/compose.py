@@ -27,7 +27,9 @@ def _output(fn: click.decorators.FC) -> click.decorators.FC:
 
 
 def _print(files: tuple[str, ...], profiles: tuple[str, ...], output: str, canonical: bool) -> None:
-    loaded = load_or_fail(files, profiles, acting=False)
+    # rendered as compose renders it: what would stop a run (a missing file, a host port
+    # published twice) is a warning here, and an error for validate and apply
+    loaded = load_or_fail(files, profiles, acting=False, strict=False)
     render = compose_render.stack_document if canonical else compose_render.compose_document
     docs = [render(stack) for stack in loaded.stacks]
     if output == "json":

@@ -15,6 +15,7 @@ from pyapply.reconciler.cli.main import (
     file_option,
     output_option,
     profile_option,
+    project_files_here,
     runtime_options,
 )
 from pyapply.reconciler.core import identity
@@ -47,6 +48,8 @@ def get(
 ) -> None:
     """List the objects of the stacks with their state and health."""
     names = stack_names((), stacks) if stacks else []
+    if not files and not stacks:  # the project here, as compose finds it (else every stack)
+        files = project_files_here()
     redactor = NO_SECRETS
     if files:  # the stacks' secrets are known only from their manifests
         loaded = load_or_fail(files, profiles, acting=False)

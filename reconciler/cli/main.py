@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Collection
 from typing import Any, NoReturn, TypeVar
@@ -49,16 +50,73 @@ def err(message: str) -> None:
 # Options shared by commands
 
 
+def project_files_here() -> tuple[str, ...]:
+    """The compose project a command reads without `-f`: COMPOSE_FILE, else the compose
+    file (and its override) of the current directory or its nearest parent that has one."""
+    from pyapply.reconciler.manifest.discovery import find_project
+
+    return tuple(find_project(os.getcwd(), os.environ))
+
+
+def _files_or_project(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    if value:
+        return value
+    found = project_files_here()
+    if not found:
+        raise click.UsageError(
+            "no -f given, and no compose.yaml, compose.yml, docker-compose.yaml or "
+            "docker-compose.yml here or in a parent directory (nor COMPOSE_FILE)",
+            ctx,
+        )
+    return found
+
+
 def file_option(required: bool = True) -> Callable[[F], F]:
-    return click.option(
+    """-f/--file; when it is not given, a command that needs manifests (`required`) reads
+    the compose project found as compose finds it (`project_files_here`); the others
+    (`down`, `get`: they also take --stack) call `project_files_here` themselves."""
+    files = click.option(
         "-f",
         "--file",
         "files",
         multiple=True,
-        required=required,
+        callback=_files_or_project if required else None,
         type=click.Path(),
-        help="Manifest file or directory (every *.yaml/*.yml below); repeatable.",
+        help="Manifest file or directory (every *.yaml/*.yml below); repeatable. Default: "
+        "COMPOSE_FILE, else compose.yaml (compose.yml, docker-compose.y[a]ml) and its "
+        "override in this directory or the nearest parent holding one.",
     )
+    # -p rides on -f (every command that loads manifests has -f) and reaches the loader
+    # through the context (`project_name`), so no command has to pass it along
+    name = click.option(
+        "-p",
+        "--project-name",
+        metavar="NAME",
+        expose_value=False,
+        callback=_remember_project_name,
+        help="The compose project's name (over COMPOSE_PROJECT_NAME, `name:` and the "
+        "directory's name).",
+    )
+
+    def decorate(fn: F) -> F:
+        return name(files(fn))
+
+    return decorate
+
+
+def _remember_project_name(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[_PROJECT_NAME] = value
+
+
+_PROJECT_NAME = "pyapply.project_name"
+
+
+def project_name() -> str | None:
+    """The `-p/--project-name` of the command being run, if one was given."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.meta.get(_PROJECT_NAME) if ctx is not None else None
+    return value if isinstance(value, str) else None
 
 
 def runtime_options(fn: F) -> F:

@@ -19,6 +19,7 @@ from pyapply.reconciler.cli.main import (
     output_option,
     policy_option,
     profile_option,
+    project_name,
 )
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.core.redact import NO_SECRETS
@@ -43,7 +44,12 @@ def validate(
     """Check manifests offline (schema, references and policy); no runtime needed."""
     policy = policy_or_fail(policy_arg, "warn", root)
     try:
-        loaded = load(list(files), profiles=profiles, file_guard=policy.file_guard())
+        loaded = load(
+            list(files),
+            profiles=profiles,
+            file_guard=policy.file_guard(),
+            project_name=project_name(),
+        )
     except ManifestError as exc:
         if output == "json":
             click.echo(

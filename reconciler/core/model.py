@@ -40,6 +40,10 @@ class Port:
     # where a swarm publishes it: the routing mesh ("ingress", compose's default) or the
     # node running the task ("host"); one host's runtimes publish on the host either way
     mode: Literal["ingress", "host"] = "ingress"
+    # the end of a host port range written for one container port ("8000-9000:80"): compose
+    # publishes on a free port of the range; the runtimes here publish on `published`, its
+    # first port, and the range is kept so that `config` shows what was written
+    published_last: int | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ a Stack, this module assembles its files into one document:
    recursively, lists by key or appended, `!reset` and `!override` honoured);
 4. `extends:` is resolved (after the merge, so an override file may change a base service),
    from the same project or from another file (`file:`), recursively, with cycles reported.
-   The base's `depends_on`, `links` and `volumes_from` are not inherited: a base service
-   must not bring dependencies with it;
+   The base's `depends_on` is inherited (merged with the service's own), as the reference
+   loader does; its `links` and `volumes_from` are not;
 5. profiles select the services (`select_profiles`).
 
 Everything here is pure tree manipulation; reading files goes through the `Files` protocol.
@@ -25,7 +25,7 @@ Everything here is pure tree manipulation; reading files goes through the `Files
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,6 +77,30 @@ class Files(Protocol):
 # ---------------------------------------------------------------------------------------------
 # Assembling a project
 
+
+def fill_bare_environment(project: Node, env: Mapping[str, str]) -> None:
+    """Give a bare `environment` entry (`- VAR`, `VAR:` with no value) of an included
+    project's services its value from the include's variables (its `env_file`), which the
+    including project does not see."""
+    services = project.get("services")
+    if services is None or not isinstance(services.value, dict):
+        return
+    for svc in services.value.values():
+        environment = svc.get("environment")
+        if environment is None:
+            continue
+        if isinstance(environment.value, list):
+            for i, item in enumerate(environment.value):
+                if isinstance(item.value, str) and "=" not in item.value and item.value in env:
+                    environment.value[i] = Node(
+                        f"{item.value}={env[item.value]}", item.where, item.key, item.tag
+                    )
+        elif isinstance(environment.value, dict):
+            for key, item in environment.value.items():
+                if item.value is None and key in env:
+                    environment.value[key] = Node(env[key], item.where, item.key, item.tag)
+
+
 SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 
 
@@ -86,6 +110,11 @@ class Assembler:
     read: list[str] = field(default_factory=list)  # every file read, absolute
     _values: int = field(default=0, init=False)  # values read and copied (includes, extends)
     _over: bool = field(default=False, init=False)  # past yamlpos.MAX_NODES, reported
+    # the files of each include done (absolute paths): the same file included again, by the
+    # project or by another include, is loaded once
+    _included: set[tuple[str, ...]] = field(default_factory=set, init=False)
+    # (tree, section, name) of the resources an include brought into a file's tree
+    _brought: set[tuple[int, str, str]] = field(default_factory=set, init=False)
 
     def project(
         self, paths: Sequence[tuple[str, str]], env: dict[str, str], chain: tuple[str, ...] = ()
@@ -186,11 +215,17 @@ class Assembler:
                     f"includes nested more than {yamlpos.MAX_DEPTH} files deep",
                 )
                 continue
+            included = tuple(f for f, _ in files)
+            if included in self._included:
+                continue  # loaded already: its resources are in the project once
+            self._included.add(included)
             directory = project_dir or os.path.dirname(files[0][0])
             sub_env = self.files.env_for_dir(directory, self.files.display(directory), env_files)
             sub = self.project([(f, self.files.display(f)) for f, _ in files], sub_env, chain)
             if sub is None:
                 continue
+            if env_files:
+                fill_bare_environment(sub, sub_env)
             rebase_project(sub, directory)
             self.add_included(tree, sub, entry)
 
@@ -206,14 +241,20 @@ class Assembler:
             for name, obj in objs.value.items():
                 if name in mine.value:
                     other = obj.key or obj.where
-                    self.error(
-                        mine.value[name].key or mine.value[name].where,
-                        (section, name),
+                    here = mine.value[name].key or mine.value[name].where
+                    also = (
                         f'{section[:-1]} "{name}" is also defined by the included file '
-                        f"{other.display}:{other.line}:{other.column}",
+                        f"{other.display}:{other.line}:{other.column}"
                     )
+                    if (id(tree), section, name) in self._brought:  # two includes clash
+                        self.error(here, (section, name), also)
+                    else:  # the spec: the including file's own definition is kept
+                        self.files.problem(
+                            "warning", here, (section, name), f"{also}; this one is kept"
+                        )
                     continue
                 mine.value[name] = obj
+                self._brought.add((id(tree), section, name))
 
     # -- extends
 
@@ -412,8 +453,9 @@ def _bases_first(services: dict[str, Node]) -> list[str]:
     return order
 
 
-# What a service does not inherit from the service it extends: what ties it to other services.
-_NOT_INHERITED = ("depends_on", "links", "volumes_from")
+# What a service does not inherit from the service it extends. `depends_on` is inherited, as
+# the reference loader (compose v2) does, although older compose documentation said otherwise.
+_NOT_INHERITED = ("links", "volumes_from")
 
 
 @dataclass

@@ -47,6 +47,27 @@ def project_files(directory: str) -> list[str]:
     return [base] + ([override] if override else [])
 
 
+def find_project(cwd: str, environ: Mapping[str, str]) -> list[str]:
+    """The compose files a command reads when no `-f` is given, as compose finds them:
+    `COMPOSE_FILE` (paths split on `COMPOSE_PATH_SEPARATOR`, by default the OS path list
+    separator, relative to `cwd`), else `project_files` of `cwd` or of the nearest parent
+    directory that has a compose file. Paths are relative to `cwd` (as a user would have
+    written them); [] when there is no project."""
+    listed = environ.get("COMPOSE_FILE", "")
+    if listed:
+        separator = environ.get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        return [part for part in listed.split(separator) if part]
+    directory = os.path.abspath(cwd)
+    while True:
+        names = project_files(directory)
+        if names:
+            return [os.path.relpath(os.path.join(directory, n), cwd) for n in names]
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return []
+        directory = parent
+
+
 @dataclass(frozen=True)
 class Source:
     """A manifest file to read: where it is, and how messages name it."""
@@ -135,12 +156,17 @@ def self_contained(doc: yamlpos.Document) -> bool:
     )
 
 
+# the top-level keys of a compose file: an override may hold any of them without services
+COMPOSE_KEYS = frozenset(
+    ("services", "include", "networks", "volumes", "configs", "secrets", "models")
+)
+
+
 def is_compose(data: Any) -> bool:
-    """A compose file: no apiVersion, and services (or only includes, which bring them)."""
+    """A compose file: no apiVersion, and services, includes or any other top-level section
+    of the spec (an override file may hold only `networks:`)."""
     return (
-        isinstance(data, dict)
-        and "apiVersion" not in data
-        and ("services" in data or "include" in data)
+        isinstance(data, dict) and "apiVersion" not in data and any(k in data for k in COMPOSE_KEYS)
     )
 
 

@@ -239,6 +239,12 @@ class Session:
         self.unset_warned: set[tuple[str, str]] = set()  # (file, variable) warned about
         self.dotenv_paths: dict[str, str] = {}  # directory -> its .env, when there is one
         self.ports = 0  # ports published so far, ranges counted in full
+        # the compose project name given outside the files (`-p/--project-name`), which
+        # wins over COMPOSE_PROJECT_NAME and `name:`
+        self.project_name: str | None = None
+        # False for `config`/`convert`, which render what compose would: the checks of what
+        # only matters when running (a missing file, a host port published twice) then warn
+        self.strict = True
 
     def access(self, path: str, directories: Sequence[str]) -> FileAccess:
         return "read" if self.file_guard is None else self.file_guard(path, directories)
@@ -268,6 +274,9 @@ class Context:
         self.bad: set[Path] = set()  # paths with a schema error, and all their parents
         self.broken: set[Path] = set()  # paths whose value itself has the wrong shape
         self.resolved: dict[Path, str] = {}  # see `resolve`
+        # a compose project's name when it is given outside its files (-p, then
+        # COMPOSE_PROJECT_NAME from the environment or .env); None: `name:`, else the directory
+        self.project_name: str | None = None
 
     @property
     def compose(self) -> bool:
@@ -285,6 +294,14 @@ class Context:
 
     def error(self, path: Path, message: str, *, key: bool = False) -> None:
         self.report("error", path, message, key)
+
+    def refuse(self, path: Path, message: str, *, key: bool = False) -> None:
+        """An error when the stack is to run (`validate`, `apply`), a warning when it is only
+        rendered (`Session.strict` off)."""
+        if self.session.strict:
+            self.error(path, message, key=key)
+        else:
+            self.warn(path, message, key=key)
 
     def warn(self, path: Path, message: str, *, key: bool = False) -> None:
         self.report("warning", path, message, key)

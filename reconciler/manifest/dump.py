@@ -121,6 +121,8 @@ def service(s: ServiceSpec) -> dict[str, Any]:
             port: dict[str, Any] = {"target": p.target}
             if p.published is not None:
                 port["published"] = p.published
+                if p.published_last is not None:  # as compose renders a host range
+                    port["published"] = f"{p.published}-{p.published_last}"
             if p.host_ip:
                 port["host_ip"] = p.host_ip
             port["protocol"] = p.protocol

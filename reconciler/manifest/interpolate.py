@@ -3,8 +3,9 @@
 A manifest's string values may refer to variables: `$VAR`, `${VAR}`, `${VAR:-default}`,
 `${VAR-default}`, `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}`, and `$$`
 for a literal dollar sign. Defaults, alternatives and messages may themselves contain
-interpolations (`${A:-${B}}`); they are only expanded when used. The colon forms treat an
-empty variable like an unset one.
+interpolations (`${A:-${B}}`) and balanced braces (`${JSON:-{"a":1}}`); they are only
+expanded when used. The colon forms treat an empty variable like an unset one. A `$` that
+starts no variable (`costs $ 5`) is kept as written.
 
 Everything here is pure: the caller passes the variables in, and receives the unset ones back
 so that it can warn about them where they were written.
@@ -21,7 +22,9 @@ from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.yamlpos import MAX_DEPTH, MAX_EXPANDED_CHARS
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DOTENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+# the reference parser takes any key without blanks; keys may start with a digit
+_DOTENV_KEY = re.compile(r"[A-Za-z0-9_.-]+")
+_SEPARATOR = re.compile(r"[=:]")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 
 
@@ -83,10 +86,11 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: Budget)
         else:
             m = _NAME.match(text, j + 1)
             if m is None:
-                shown = text[j : j + 2]
-                raise InterpolationError(
-                    f'invalid interpolation "{shown}": write "$$" for a literal "$"'
-                )
+                # a `$` that starts no variable (`costs $ 5`, a regex ending in `$`) is kept
+                # as written, as the reference loader does
+                out.append("$")
+                i = j + 1
+                continue
             name = m.group()
             if name in env:
                 out.append(budget.spend(env[name]))
@@ -143,7 +147,9 @@ def _braced(
 
 def _closing_brace(text: str, i: int) -> int:
     """Index of the `}` closing a `${` whose body starts at i, allowing nested `${...}` up
-    to MAX_DEPTH levels (expanding them recurses, one level per level)."""
+    to MAX_DEPTH levels (expanding them recurses, one level per level). A bare `{` in a
+    default (`${JSON:-{"a":1}}`) is balanced by its own `}`, so the default ends at the brace
+    that closes the variable, not at the first one."""
     depth = 0
     n = len(text)
     while i < n:
@@ -158,7 +164,13 @@ def _closing_brace(text: str, i: int) -> int:
                     )
             i += 2
             continue
-        if c == "}":
+        if c == "{":
+            depth += 1
+            if depth >= MAX_DEPTH:
+                raise InterpolationError(
+                    f'invalid interpolation: more than {MAX_DEPTH} levels of "{{" inside one another'
+                )
+        elif c == "}":
             if depth == 0:
                 return i
             depth -= 1
@@ -177,15 +189,28 @@ class DotenvProblem:
     message: str
 
 
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "$": "$$"}
+_ESCAPES = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    '"': '"',
+    "$": "$$",
+}
 
 
 def parse_dotenv(
     text: str, environ: Mapping[str, str] | None = None, budget: Budget | None = None
 ) -> tuple[dict[str, str], list[DotenvProblem]]:
-    """Parse `KEY=VALUE` lines: `#` comments, an optional `export ` prefix, single quotes
-    (literal), double quotes (escapes and interpolation, may span lines) and unquoted values
-    (an inline ` #` starts a comment; interpolated). Values may refer to `environ` and to keys
+    r"""Parse `KEY=VALUE` (or `KEY: VALUE`) lines as the reference parser does: `#` comments,
+    an optional `export ` prefix, keys that may start with a digit, single quotes (literal
+    but for `\'`), double quotes (escapes `\a \b \f \n \r \t \v \\ \" \$` and
+    interpolation, may span lines) and unquoted values (a `#` after whitespace starts a
+    comment; interpolated). Values may refer to `environ` and to keys
     defined earlier in the file (`environ` wins). A bare `KEY` takes its value from `environ`
     and is left out when unset. Interpolation spends `budget` (a fresh one for the file if not
     given)."""
@@ -207,7 +232,10 @@ def parse_dotenv(
         body = stripped
         if body.startswith("export ") or body.startswith("export\t"):
             body = body[7:].lstrip()
-        key, eq, rest = body.partition("=")
+        sep = _SEPARATOR.search(body)
+        key, eq, rest = (
+            (body[: sep.start()], sep.group(), body[sep.end() :]) if sep else (body, "", "")
+        )
         key = key.strip()
         if not _DOTENV_KEY.fullmatch(key):
             problems.append(
@@ -250,6 +278,8 @@ def parse_dotenv(
                     )
                     continue
                 value = content[:end]
+                if quote == "'":
+                    value = value.replace("\\'", "'")
                 if quote == '"':
                     value = interpolate(_unescape(value), lookup, budget).value
             else:
@@ -266,7 +296,7 @@ def _closing_quote(text: str, quote: str) -> int:
     i = 0
     while i < len(text):
         c = text[i]
-        if c == "\\" and quote == '"':
+        if c == "\\" and (quote == '"' or text[i + 1 : i + 2] == "'"):
             i += 2
             continue
         if c == quote:

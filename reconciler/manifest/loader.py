@@ -24,6 +24,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Location, ManifestError, Problem, Stack
 from pyapply.reconciler.manifest import compose, sops, yamlpos
 from pyapply.reconciler.manifest.discovery import (
@@ -91,6 +92,8 @@ def load(
     environ: Mapping[str, str] | None = None,
     profiles: Sequence[str] = (),
     file_guard: FileGuard | None = None,
+    project_name: str | None = None,
+    strict: bool = True,
 ) -> Loaded:
     """Load every manifest under `paths` (files, or directories searched recursively for
     *.yaml / *.yml). Raises ManifestError listing every error found (not just the first);
@@ -107,9 +110,20 @@ def load(
     file it says "skip" for is not read at all (its variables are missing), so that a policy
     can refuse `env_file: /etc/shadow` without its content reaching any message (the caller
     must then report the refusal, as `reconciler.manifest.policy.check` does); one it says "quiet"
-    for is read, but a line of it is never quoted in a message."""
+    for is read, but a line of it is never quoted in a message.
+
+    A compose project's name is, in compose's order, `project_name` (`-p`), else
+    COMPOSE_PROJECT_NAME (the environment, then the `.env` file), else its `name:`, else its
+    directory's name; its files see it as `${COMPOSE_PROJECT_NAME}`.
+
+    `strict` off (`config`, `convert`: the files rendered, as compose does) makes the checks
+    that only matter to running the stacks warnings: a missing env or secret file, a host
+    port published twice."""
     env = dict(os.environ if environ is None else environ)
-    return _Loader(env, profiles, file_guard).load(paths)
+    loader = _Loader(env, profiles, file_guard)
+    loader.project_name = project_name or None
+    loader.strict = strict
+    return loader.load(paths)
 
 
 class _Loader(Session):
@@ -128,7 +142,9 @@ class _Loader(Session):
         self.dotenv: dict[str, dict[str, str]] = {}
         self.drafts: list[StackDraft] = []
         self.contents: dict[str, bytes] = {}  # every file read, for the digest
-        self.preloaded: dict[str, yamlpos.Document] = {}
+        # documents parsed already, by path, in order (a file may hold several)
+        self.preloaded: dict[str, list[yamlpos.Document]] = {}
+        self.naming: str | None = None  # the name of the compose project being assembled
 
     def load(self, paths: Sequence[str]) -> Loaded:
         sources = discover(paths, self.problems)
@@ -139,6 +155,9 @@ class _Loader(Session):
                 continue
             self.contents[source.path] = content
             parsed[source.path] = self.parse(source, content)
+            if source.group and not parsed[source.path] and self.clean_parse(source):
+                # a file named with -f or a project's compose file: compose refuses it too
+                self.problems.append(Problem("empty compose file", Location(source.display, 1, 1)))
         self.documents(sources, parsed)
         check_duplicates(self.drafts)
         check_host_ports(self.drafts)
@@ -197,6 +216,12 @@ class _Loader(Session):
             return []
         return docs
 
+    def clean_parse(self, source: Source) -> bool:
+        """No problem was reported in the file (an empty result is then an empty file)."""
+        return not any(
+            p.location is not None and p.location.file == source.display for p in self.problems
+        )
+
     def documents(
         self, sources: Sequence[Source], parsed: Mapping[str, list[yamlpos.Document]]
     ) -> None:
@@ -212,6 +237,10 @@ class _Loader(Session):
                 if not is_compose(doc.data):
                     self.document(source, doc)
             if not composes:
+                continue
+            if len(composes) > 1:
+                # a multi-document compose file is one project, its documents merged in order
+                projects.append([(source, doc) for doc in composes])
                 continue
             if len(docs) > 1 or not source.group:
                 projects.extend([(source, doc)] for doc in composes)
@@ -243,21 +272,40 @@ class _Loader(Session):
         except InterpolationError:
             return name
 
+    def name_project(
+        self, env: dict[str, str], entries: list[tuple[Source, yamlpos.Document]]
+    ) -> tuple[dict[str, str], str | None]:
+        """The variables of a compose project with COMPOSE_PROJECT_NAME set to its name, and
+        the name when it is given outside the files (-p, COMPOSE_PROJECT_NAME)."""
+        given = self.project_name or env.get("COMPOSE_PROJECT_NAME") or None
+        name = given
+        if name is None:  # the last file that declares one wins, as in a merge
+            declared = [self.declared_name(s, d) for s, d in entries]
+            name = next((n for n in reversed(declared) if n), None)
+        if name is None:
+            name = identity.normalise_stack_name(os.path.basename(entries[0][0].directory))
+        return {**env, "COMPOSE_PROJECT_NAME": name}, given
+
     def compose_project(self, entries: list[tuple[Source, yamlpos.Document]]) -> None:
         first = entries[0][0]
-        env = self.env_for(first)
+        env, given = self.name_project(self.env_for(first), entries)
         if len(entries) == 1 and self_contained(entries[0][1]):
             # nothing to merge, include, extend or select: the document as it is
             doc = entries[0][1]
             ctx = Context(self, first, doc)
             ctx.env = env
+            ctx.project_name = given
             ctx.prepare(doc.data, ())
             self.compose_stack(ctx, [first.path])
             return
         assembler = compose.Assembler(self)
         for source, doc in entries:
-            self.preloaded[source.path] = doc
-        root = assembler.project([(s.path, s.display) for s, _ in entries], env)
+            self.preloaded.setdefault(source.path, []).append(doc)
+        self.naming = env["COMPOSE_PROJECT_NAME"]
+        try:
+            root = assembler.project([(s.path, s.display) for s, _ in entries], env)
+        finally:
+            self.naming = None
         self.preloaded.clear()
         if root is None or not isinstance(root.value, dict):
             return
@@ -267,6 +315,7 @@ class _Loader(Session):
         compose.select_profiles(root, enabled, self)
         ctx = Context(self, first, compose.flatten(root))
         ctx.env = env
+        ctx.project_name = given
         self.compose_stack(ctx, list(dict.fromkeys(assembler.read)))
 
     def compose_stack(self, ctx: Context, sources: list[str]) -> None:
@@ -275,6 +324,8 @@ class _Loader(Session):
         data = ctx.doc.data
         if "version" in data:
             ctx.warn(("version",), '"version" is obsolete and ignored', key=True)
+        if "models" in data:  # newer than pyapply: AI models served to the services
+            ctx.warn(("models",), '"models" is not supported and is ignored', key=True)
         name, name_path = stack_name(ctx, data)
         draft = StackDraft(ctx, name or "", name_path)
         draft.sources = sources
@@ -285,7 +336,8 @@ class _Loader(Session):
 
     def load_tree(self, path: str, display: str, env: dict[str, str]) -> compose.Node | None:
         source = Source(display, path)
-        doc = self.preloaded.pop(path, None)
+        queued = self.preloaded.get(path)
+        doc = queued.pop(0) if queued else None
         if doc is None:
             content = self.read(source)
             if content is None:
@@ -312,9 +364,12 @@ class _Loader(Session):
         self, directory: str, display_dir: str, env_files: Sequence[str]
     ) -> dict[str, str]:
         if not env_files:
-            return self.env_for(
-                Source(os.path.join(display_dir, "x"), os.path.join(directory, "x"))
-            )
+            return {
+                **self.env_for(
+                    Source(os.path.join(display_dir, "x"), os.path.join(directory, "x"))
+                ),
+                **self.project_variable(),
+            }
         values: dict[str, str] = {}
         for path in env_files:
             shown = self.display(path)
@@ -331,7 +386,11 @@ class _Loader(Session):
             if access == "quiet":
                 self.problems.append(Problem(outside, severity="warning"))
             values.update(self.dotenv_file(path, shown, access))
-        return {**values, **self.environ}
+        return {**values, **self.environ, **self.project_variable()}
+
+    def project_variable(self) -> dict[str, str]:
+        """COMPOSE_PROJECT_NAME for the files of the project being assembled."""
+        return {"COMPOSE_PROJECT_NAME": self.naming} if self.naming else {}
 
     def display(self, path: str) -> str:
         rel = os.path.relpath(path)
@@ -387,6 +446,8 @@ class _Loader(Session):
             return
         data = doc.data
         ctx.env = self.env_for(source)
+        if ctx.compose:
+            ctx.env, ctx.project_name = self.name_project(ctx.env, [(source, doc)])
         ctx.prepare(data, ())
         ctx.validate("compose" if ctx.compose else "stack")
         spec = data if ctx.compose else data.get("spec")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -75,6 +76,9 @@ class ServiceDraft:
     depends: list[tuple[Dependency, Path]] = field(default_factory=list)
 
 
+_PULL_POLICIES = ("missing", "always", "never", "build", "if_not_present")
+_EVERY = re.compile(r"every_([0-9]+(ns|us|ms|s|m|h|d|w))+")
+
 # Compose fields pyapply does not implement; using one is a warning, naming it.
 _UNSUPPORTED = tuple(
     [
@@ -115,6 +119,7 @@ _UNSUPPORTED = tuple(
         "pid",
         "platform",
         "post_start",
+        "pre_start",
         "pre_stop",
         "privileged",
         "provider",
@@ -253,7 +258,7 @@ class ServiceBuilder(Fields):
         absolute, shown = self.ctx.resolve(given, path)
         if not os.path.exists(absolute):
             if required:
-                self.ctx.error(path, f"env file {show(shown)} does not exist")
+                self.ctx.refuse(path, f"env file {show(shown)} does not exist")
             return {}
         access = self.ctx.session.access(absolute, self.ctx.directories(path))
         if access == "skip":
@@ -325,8 +330,13 @@ class ServiceBuilder(Fields):
             self.draft.volumes.append((mount.source, path))
         return mount
 
-    def long_volume(self, item: dict[str, Any], path: Path) -> Mount:
+    def long_volume(self, item: dict[str, Any], path: Path) -> Mount | None:
         kind = item["type"]
+        if kind == "image":  # newer than pyapply: an image's content mounted
+            self.ctx.warn(
+                (*path, "type"), 'a mount of type "image" is not supported and is ignored'
+            )
+            return None
         target = container_path(item["target"], item["target"])
         read_only = bool(item.get("read_only", False))
         source = item.get("source")
@@ -385,7 +395,14 @@ class ServiceBuilder(Fields):
                 ctx,
                 cfg,
                 path,
-                ("ipv6_address", "link_local_ips", "mac_address", "driver_opts", "priority"),
+                (
+                    "ipv6_address",
+                    "link_local_ips",
+                    "mac_address",
+                    "driver_opts",
+                    "priority",
+                    "interface_name",
+                ),
             )
             ignored(ctx, cfg, path, ("gw_priority",))
             nets[key] = ServiceNetwork(key, aliases, address)
@@ -492,6 +509,21 @@ class ServiceBuilder(Fields):
         self.logging()
         self.extra_hosts()
         policy = self.get("pull_policy")
+        if isinstance(policy, str) and policy not in _PULL_POLICIES:
+            if policy in ("daily", "weekly") or _EVERY.fullmatch(policy):
+                # newer than pyapply: pull again after a while
+                self.ctx.warn(
+                    self.at("pull_policy"),
+                    f'pull_policy "{policy}" is not supported; "missing" is used',
+                )
+                policy = "missing"
+            else:
+                self.ctx.error(
+                    self.at("pull_policy"),
+                    'must be one of "missing", "always", "never", "build" or "if_not_present" '
+                    f'(or "daily", "weekly", "every_<duration>"), got {show(policy)}',
+                )
+                policy = MISSING
         if policy is not MISSING:
             self.fields["pull_policy"] = cast(
                 PullPolicy, "missing" if policy == "if_not_present" else policy

@@ -241,14 +241,14 @@ class StackDraft:
         if isinstance(raw.get("file"), str) and ctx.ok((*path, "file")):
             file, shown = ctx.resolve(raw["file"], (*path, "file"))
             if not os.path.isfile(file):
-                ctx.error((*path, "file"), f"file {show(shown)} does not exist")
+                ctx.refuse((*path, "file"), f"file {show(shown)} does not exist")
         if isinstance(raw.get("content"), str):
             content = raw["content"]
         if isinstance(raw.get("environment"), str):
             variable = raw["environment"]
             if variable not in ctx.env:
                 ctx.error((*path, "environment"), f'environment variable "{variable}" is not set')
-        ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts"))
+        ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts", "labels"))
         cls = SecretSpec if section == "secrets" else ConfigSpec
         spec = cls(
             name=key,
@@ -347,8 +347,9 @@ class StackDraft:
 
 
 def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
-    """The stack's name and where it was written: `metadata.name`, or for a compose file
-    its `name:`, else COMPOSE_PROJECT_NAME, else its directory's name."""
+    """The stack's name and where it was written: `metadata.name`, or for a compose file,
+    in compose's order, `-p/--project-name` or COMPOSE_PROJECT_NAME (`ctx.project_name`),
+    else its `name:`, else its directory's name."""
     rule = 'use lower-case letters, digits, "_" and "-", starting with a letter or digit'
     if not ctx.compose:
         path: Path = ("metadata", "name")
@@ -358,6 +359,12 @@ def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
         if not identity.valid_stack_name(name):
             ctx.error(path, f"invalid stack name {show(name)}: {rule}")
         return name, path
+    given = ctx.project_name
+    if given is not None:
+        if not identity.valid_stack_name(given):
+            what = "--project-name" if ctx.session.project_name else "COMPOSE_PROJECT_NAME"
+            ctx.error((), f"{what} {show(given)} is not a valid stack name: {rule}")
+        return given, ()
     if "name" in data:
         name = data["name"]
         if not isinstance(name, str) or not ctx.ok(("name",)):
@@ -365,13 +372,6 @@ def stack_name(ctx: Context, data: dict[str, Any]) -> tuple[str | None, Path]:
         if not identity.valid_stack_name(name):
             ctx.error(("name",), f"invalid stack name {show(name)}: {rule}")
         return name, ("name",)
-    env_name = ctx.env.get("COMPOSE_PROJECT_NAME")
-    if env_name:
-        if not identity.valid_stack_name(env_name):
-            ctx.error(
-                (), f"COMPOSE_PROJECT_NAME {show(env_name)} is not a valid stack name: {rule}"
-            )
-        return env_name, ()
     directory = os.path.basename(ctx.source.directory)
     name = identity.normalise_stack_name(directory)
     if not identity.valid_stack_name(name):
@@ -418,7 +418,7 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
                     shown = f"{port.host_ip}:{shown}"
                 if svc.spec.replicas > 1 and path not in replicas_reported:
                     replicas_reported.add(path)
-                    svc.ctx.error(
+                    svc.ctx.refuse(
                         path,
                         f'service "{svc.spec.name}" runs {svc.spec.replicas} replicas, which '
                         f"cannot all publish host port {shown}: leave the host port out "
@@ -437,7 +437,7 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
                     whose = f'service "{other.spec.name}"'
                     if other.stack_name != stack.name:
                         whose += f' of stack "{other.stack_name}"'
-                    svc.ctx.error(
+                    svc.ctx.refuse(
                         path,
                         f"host port {shown} is already published by {whose} at {where}",
                     )

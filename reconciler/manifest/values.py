@@ -286,6 +286,7 @@ def parse_tmpfs(text: str) -> Mount:
 
 
 _PORT_DIGITS = re.compile(r"[0-9]{1,6}")
+_PORT_RANGE = re.compile(r"[0-9]{1,6}-[0-9]{1,6}")
 
 
 def port_range(text: str, whole: str, allow_zero: bool) -> list[int]:
@@ -305,7 +306,9 @@ def port_range(text: str, whole: str, allow_zero: bool) -> list[int]:
 
 
 def short_ports(item: str) -> list[Port]:
-    """Short syntax "[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]", with ranges, IPv6 host IPs in brackets."""
+    """Short syntax "[HOST_IP:][PUBLISHED:]TARGET[/PROTOCOL]", with ranges (a host range
+    for one container port keeps the range: `Port.published_last`) and IPv6 host addresses
+    with or without brackets."""
     whole = item
     text = item.strip()
     protocol = "tcp"
@@ -331,10 +334,10 @@ def short_ports(item: str) -> list[Port]:
             published, target = "", parts[0]
         elif len(parts) == 2:
             published, target = parts
-        elif len(parts) == 3:
-            host_ip, published, target = parts
         else:
-            raise Bad(f"{show(whole)} is not a valid port mapping")
+            # an IPv6 host address may be written without brackets ("::1:6000:6000"): the
+            # last two parts are the ports, everything before them the address
+            host_ip, published, target = ":".join(parts[:-2]), parts[-2], parts[-1]
     if host_ip:
         try:
             ipaddress.ip_address(host_ip)
@@ -344,6 +347,9 @@ def short_ports(item: str) -> list[Port]:
     if not published:
         return [Port(t, None, host_ip, protocol) for t in targets]
     hosts = port_range(published, whole, allow_zero=True)
+    if len(targets) == 1 and len(hosts) > 1:
+        # "8000-9000:80": one container port published on a port of the host range
+        return [Port(targets[0], hosts[0] or None, host_ip, protocol, published_last=hosts[-1])]
     if len(hosts) != len(targets):
         raise Bad(
             f"{show(whole)} is not a valid port mapping: the host and container ranges "
@@ -354,14 +360,19 @@ def short_ports(item: str) -> list[Port]:
 
 def long_port(item: dict[str, Any]) -> Port:
     published = item.get("published")
+    last: int | None = None
     if isinstance(published, str):
         text = published.strip()
         if not text:
             published = None
         elif _PORT_DIGITS.fullmatch(text):
             published = int(text)
+        elif _PORT_RANGE.fullmatch(text):
+            # a host range ("8000-9000"): the container port is published on one of them
+            hosts = port_range(text, text, allow_zero=False)
+            published, last = hosts[0], hosts[-1]
         else:
-            raise Bad(f"published port {show(published)} is not a single port number")
+            raise Bad(f"published port {show(published)} is not a port number or a range")
     if published is not None and not 0 <= published <= 65535:
         raise Bad(f"published port {published} is out of range (1-65535)")
     host_ip = item.get("host_ip", "")
@@ -379,4 +390,5 @@ def long_port(item: dict[str, Any]) -> Port:
         host_ip=host_ip,
         protocol=protocol,
         mode="host" if item.get("mode") == "host" else "ingress",
+        published_last=last if last != published else None,
     )

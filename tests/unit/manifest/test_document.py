@@ -67,13 +67,13 @@ def test_required_variable_error_names_the_value(here: Path) -> None:
             image: img
             environment:
               - PASSWORD=${DB_PASSWORD:?set DB_PASSWORD in .env}
-            command: echo $1
+            command: echo ${1A}
         """,
     ) == [
         'stack.yaml:5:9: services.web.environment[0]: required variable "DB_PASSWORD" is not set: '
         "set DB_PASSWORD in .env",
-        'stack.yaml:6:14: services.web.command: invalid interpolation "$1": write "$$" for a '
-        'literal "$"',
+        'stack.yaml:6:14: services.web.command: invalid interpolation "${1A}": expected a '
+        "variable name",
     ]
 
 
@@ -280,9 +280,12 @@ def test_compose_stack_named_by_directory(
     assert only_stack(load([directory], environ=env)).name == expected
 
 
-def test_compose_name_key_beats_environment(here: Path) -> None:
+def test_compose_environment_beats_name_key(here: Path) -> None:
+    # compose's order: -p, then COMPOSE_PROJECT_NAME, then `name:`, then the directory
     write(here, {"d/compose.yaml": "name: named\nservices: {}\n"})
-    assert only_stack(load(["d"], environ={"COMPOSE_PROJECT_NAME": "env"})).name == "named"
+    assert only_stack(load(["d"], environ={"COMPOSE_PROJECT_NAME": "env"})).name == "env"
+    assert only_stack(load(["d"], environ={})).name == "named"
+    assert only_stack(load(["d"], environ={}, project_name="opt")).name == "opt"
 
 
 def test_compose_project_name_from_dotenv(here: Path) -> None:
@@ -316,7 +319,8 @@ def test_duplicate_stack_names(here: Path) -> None:
 
 
 def test_duplicate_stack_names_in_one_file(here: Path) -> None:
-    text = "name: x\nservices: {}\n---\nname: x\nservices: {}\n"
-    assert errors(here, text) == [
-        'stack.yaml:4:7: name: stack "x" is declared twice, here and at stack.yaml:1:7'
+    # (compose documents in one file are one project, merged: Stack documents here)
+    stack = "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: x}\nspec: {}\n"
+    assert errors(here, stack + "---\n" + stack) == [
+        'stack.yaml:8:18: metadata.name: stack "x" is declared twice, here and at stack.yaml:3:18'
     ]

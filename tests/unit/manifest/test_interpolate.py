@@ -87,9 +87,6 @@ def test_unset_variable_is_empty() -> None:
         ("${UNSET?}", 'required variable "UNSET" is not set'),
         ("${EMPTY:?cannot be empty}", 'required variable "EMPTY" is empty: cannot be empty'),
         ("${UNSET:?need ${B}}", 'required variable "UNSET" is not set: need bee'),
-        ("echo $1", 'invalid interpolation "$1": write "$$" for a literal "$"'),
-        ("price $", 'invalid interpolation "$": write "$$" for a literal "$"'),
-        ("a $ b", 'invalid interpolation "$ ": write "$$" for a literal "$"'),
         ("${SET", 'invalid interpolation "${SET": missing "}"'),
         ("${}", 'invalid interpolation "${}": expected a variable name'),
         ("${1A}", 'invalid interpolation "${1A}": expected a variable name'),
@@ -104,6 +101,40 @@ def test_interpolation_errors(text: str, message: str) -> None:
     with pytest.raises(InterpolationError) as info:
         interpolate(text, ENV)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # the spec's interpolation section: only `$NAME`, `${...}` and `$$` are special; the
+        # reference loader's pattern matches nothing else, so any other `$` stays as written
+        ("echo costs $ 5", "echo costs $ 5"),
+        ("price $", "price $"),
+        ("echo $1", "echo $1"),
+        ("^/api/.*$", "^/api/.*$"),
+        ("a $- b $SET", "a $- b value"),
+        ("$.path", "$.path"),
+    ],
+)
+def test_dollar_that_starts_no_variable_is_kept(text: str, expected: str) -> None:
+    assert interpolate(text, ENV) == Interpolated(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ('${JSON:-{"a":1}}', {}, '{"a":1}'),
+        ('${JSON:-{"a":1}}', {"JSON": "[]"}, "[]"),
+        ('${JSON:-{"a":{"b":2}}}x', {"JSON": "set"}, "setx"),
+        ('${JSON:-{"a":{"b":2}}}x', {}, '{"a":{"b":2}}x'),
+        ("${SET:+{${B}}}", {"SET": "1", "B": "bee"}, "{bee}"),
+        ("{${SET}}", {"SET": "v"}, "{v}"),
+    ],
+)
+def test_default_with_braces_ends_at_its_closing_brace(
+    text: str, env: dict[str, str], expected: str
+) -> None:
+    assert interpolate(text, env).value == expected
 
 
 def test_required_error_inside_default_is_raised_when_used() -> None:
@@ -186,3 +217,37 @@ def test_dotenv_interpolation_error() -> None:
 def test_dotenv_text_after_closing_quote() -> None:
     _, problems = parse_dotenv("A='x' y")
     assert problems == [DotenvProblem(1, 1, 'unexpected text after the closing quote of "A"')]
+
+
+def test_dotenv_follows_the_reference_parser() -> None:
+    # the forms compose's dotenv parser accepts (issue 16): `\'` inside single quotes,
+    # `export KEY=`, `KEY: value`, keys starting with a digit, the C escapes \a \b \f \v in
+    # double quotes, and `#` starting a comment only after whitespace
+    text = "\n".join(
+        [
+            "SINGLE='it\\'s here'",
+            "export EXPORTED=",
+            "COLON: colon value",
+            "COLON_QUOTED: 'quoted: yes'",
+            "1STARTS_WITH_DIGIT=digit",
+            'ESCAPES="\\a\\b\\f\\v\\t|"',
+            "URL=http://host:80/x#frag",
+            "COMMENT=value #comment",
+            "TAB_COMMENT=value\t#comment",
+            "NO_SPACE=value#not-a-comment",
+        ]
+    )
+    values, problems = parse_dotenv(text, {})
+    assert problems == []
+    assert values == {
+        "SINGLE": "it's here",
+        "EXPORTED": "",
+        "COLON": "colon value",
+        "COLON_QUOTED": "quoted: yes",
+        "1STARTS_WITH_DIGIT": "digit",
+        "ESCAPES": "\a\b\f\v\t|",
+        "URL": "http://host:80/x#frag",
+        "COMMENT": "value",
+        "TAB_COMMENT": "value",
+        "NO_SPACE": "value#not-a-comment",
+    }

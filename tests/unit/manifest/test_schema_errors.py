@@ -43,7 +43,7 @@ def test_schema_errors_in_words(here: Path) -> None:
         "stack.yaml:4:12: services.web.image: must be a string, got a number",
         "stack.yaml:5:12: services.web.ports: must be a list, got a string",
         'stack.yaml:6:18: services.web.pull_policy: must be one of "missing", "always", "never", '
-        '"build" or "if_not_present", got "sometimes"',
+        '"build" or "if_not_present" (or "daily", "weekly", "every_<duration>"), got "sometimes"',
         "stack.yaml:7:24: services.web.deploy.replicas: must be at least 0, got -1",
         'stack.yaml:7:51: services.web.deploy.update_config.order: must be one of "stop-first" '
         'or "start-first", got "sideways"',

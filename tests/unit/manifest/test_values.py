@@ -40,8 +40,8 @@ from manifest_support import errors
             'ports[0]: "81-80" is not a valid port mapping: the range 81-80 is backwards',
         ),
         (
-            "ports: [{target: 80, published: 8080-8081}]",
-            'ports[0]: published port "8080-8081" is not a single port number',
+            "ports: [{target: 80, published: 8080-x}]",
+            'ports[0]: published port "8080-x" is not a port number or a range',
         ),
         (
             "ports: [{target: 80, host_ip: localhost}]",
@@ -72,7 +72,7 @@ from manifest_support import errors
         ("volumes: [{type: bind, target: /b}]", 'volumes[0]: a bind mount needs "source"'),
         (
             "volumes: [{type: npipe, target: /b}]",
-            'volumes[0].type: must be one of "volume", "bind" or "tmpfs", got "npipe"',
+            'volumes[0].type: must be one of "volume", "bind", "tmpfs" or "image", got "npipe"',
         ),
         (
             'tmpfs: ["/run:size=big"]',
