@@ -117,6 +117,14 @@ def test_exec_reads_the_stack_from_the_file_after_the_name(
     assert fake.calls == ["exec shop-web-1 ls -l"]
 
 
+def test_exec_without_f_finds_the_project_here(
+    fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as compose does: no -f and no --stack, so the compose.yaml of the working directory
+    assert run(monkeypatch, "exec", "web", "true") == 0
+    assert fake.calls == ["exec shop-web-1 true"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -125,7 +133,6 @@ def test_exec_reads_the_stack_from_the_file_after_the_name(
         (["exec", "--stack", "shop", "--index", "7", "web", "true"],
          "service web has no replica 7 (replicas: 1, 2, 3)"),
         (["exec", "--stack", "shop", "db", "true"], "no containers of service db in stack shop"),
-        (["exec", "web", "true"], "name the stacks with -f FILE or --stack NAME"),
         (["run", "--stack", "shop", "web"], "run needs the manifests (-f FILE)"),
         (["run", "-f", "compose.yaml", "-e", "NOEQUALS", "web"], "expected KEY=VALUE"),
         (["run", "-f", "compose.yaml", "db"], "no service db in shop"),
