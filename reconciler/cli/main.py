@@ -171,9 +171,9 @@ def policy_option(fn: F) -> F:
 
 
 def _use_age_key(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    from pyapply.reconciler.manifest import sops
-
     if value:
+        from pyapply.reconciler.manifest import sops  # only with a key (startup)
+
         try:
             sops.use_key_file(value)
         except sops.KeyFileError as exc:

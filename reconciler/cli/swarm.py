@@ -70,7 +70,7 @@ def _desired(rt: ServiceRuntime, loaded: Loaded, revision: str) -> list[SwarmDes
 
 
 def _redactor(desired: list[SwarmDesired]) -> Redactor:
-    from pyapply.reconciler.manifest.sops import revealed
+    from pyapply.reconciler.manifest.sealed import revealed
 
     secrets = [o.config.data for d in desired for o in d.objects if o.kind == "secret"]
     return Redactor([*secrets, *revealed()])

@@ -20,7 +20,7 @@ from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Plan, build, build_teardown
 from pyapply.reconciler.core.redact import Redactor
 from pyapply.reconciler.core.translate import Desired, FileKind, desired_state, file_sources
-from pyapply.reconciler.manifest import sops
+from pyapply.reconciler.manifest import sealed
 from pyapply.runtime.base import Runtime
 from pyapply.runtime.statefs import state_root as state_root  # the rule lives in runtime/
 
@@ -49,6 +49,11 @@ def read_file_objects(
                 raise PassError(
                     f"{kind} {spec.name}: cannot read {spec.file}: {exc.strerror}"
                 ) from exc
+            if not sealed.may_be_sealed(content):
+                out[(kind, spec.name)] = content
+                continue
+            from pyapply.reconciler.manifest import sops  # only for a sealed file (startup)
+
             try:
                 out[(kind, spec.name)] = sops.decrypt(content, os.path.basename(spec.file))
             except sops.SopsError as exc:
@@ -94,7 +99,7 @@ def redactor_for(desired: Iterable[Desired]) -> Redactor:
     value this process decrypted."""
     secrets: list[str | bytes] = [f.content for d in desired for f in d.files if f.kind == "secret"]
     # and every value decrypted from a file kept encrypted in git (env files, manifests)
-    return Redactor([*secrets, *sops.revealed()])
+    return Redactor([*secrets, *sealed.revealed()])
 
 
 def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Observed:

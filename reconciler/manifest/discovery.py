@@ -22,7 +22,7 @@ from typing import Any
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Problem
-from pyapply.reconciler.manifest import yamlpos
+from pyapply.reconciler.manifest import sealed, yamlpos
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 OVERRIDE_FILES = (
@@ -128,13 +128,15 @@ def read_file(path: str) -> bytes:
 def read_text(path: str) -> str:
     """`read_file`, decrypted if it is encrypted (SOPS or age: an env file kept in git,
     `reconciler.manifest.sops`), decoded as UTF-8 (with or without a byte order mark)."""
-    from pyapply.reconciler.manifest import sops
+    content = read_file(path)
+    if sealed.may_be_sealed(content):
+        from pyapply.reconciler.manifest import sops  # only for a sealed file (startup)
 
-    try:
-        content = sops.decrypt(read_file(path), os.path.basename(path), env=True)
-    except sops.SopsError as e:
-        where = f"line {e.line}: " if e.line is not None else ""
-        raise Unreadable(f"{where}{e.message}") from None
+        try:
+            content = sops.decrypt(content, os.path.basename(path), env=True)
+        except sops.SopsError as e:
+            where = f"line {e.line}: " if e.line is not None else ""
+            raise Unreadable(f"{where}{e.message}") from None
     try:
         return content.decode("utf-8-sig")
     except UnicodeDecodeError as e:

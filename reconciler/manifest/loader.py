@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Location, ManifestError, Problem, Stack
-from pyapply.reconciler.manifest import compose, sops, yamlpos
+from pyapply.reconciler.manifest import compose, sealed, yamlpos
 from pyapply.reconciler.manifest.discovery import (
     Source,
     Unreadable,
@@ -186,7 +186,9 @@ class _Loader(Session):
 
     def parse(self, source: Source, content: bytes) -> list[yamlpos.Document]:
         docs: list[yamlpos.Document] = []
-        if sops.is_age(content):  # a whole manifest encrypted with age
+        if sealed.is_age(content):  # a whole manifest encrypted with age
+            from pyapply.reconciler.manifest import sops  # only for a sealed file (startup)
+
             try:
                 content = sops.age_decrypt(content)
             except sops.SopsError as e:
@@ -207,13 +209,17 @@ class _Loader(Session):
                 docs.append(doc)
         except yamlpos.YamlSyntaxError as e:
             self.problems.append(Problem(e.message, Location(source.display, e.line, e.column)))
-        try:  # a manifest that is a SOPS file: its values decrypted in place
-            sops.decrypt_documents(docs, text)
-        except sops.SopsError as e:
-            self.problems.append(
-                Problem(e.message, Location(source.display, e.line or 1, e.column or 1))
-            )
-            return []
+        if docs and all(sealed.has_sops_metadata(d.data) for d in docs):
+            # a manifest that is a SOPS file: its values decrypted in place
+            from pyapply.reconciler.manifest import sops
+
+            try:
+                sops.decrypt_documents(docs, text)
+            except sops.SopsError as e:
+                self.problems.append(
+                    Problem(e.message, Location(source.display, e.line or 1, e.column or 1))
+                )
+                return []
         return docs
 
     def clean_parse(self, source: Source) -> bool:

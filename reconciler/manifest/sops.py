@@ -58,16 +58,20 @@ from decimal import Decimal
 from typing import Any
 
 from pyapply.reconciler.core.errors import PyapplyError
+from pyapply.reconciler.manifest.sealed import (
+    AGE_MAGIC,
+    forget_revealed,
+    has_sops_metadata,
+    is_age,
+    reveal,
+)
 
-AGE_MAGIC = b"age-encryption.org/v1\n"
-AGE_ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
 KEY_FILE_ENV = "SOPS_AGE_KEY_FILE"
 
 # sops's MAC over only the encrypted values starts with these bytes (sha256 of "sops"), so
 # that it never equals the MAC over all values
 _MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
 _ENC = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]")
-_MAX_REVEALED = 10_000  # plaintext values kept for redaction (oldest forgotten first)
 
 
 class SopsError(PyapplyError):
@@ -96,7 +100,6 @@ class KeyFileError(PyapplyError):
 _lock = threading.Lock()
 _key_file: str | None = None
 _identities: list[Any] | None = None
-_revealed: dict[str, None] = {}
 
 
 def check_key_file(path: str) -> None:
@@ -172,40 +175,17 @@ def _keys() -> list[Any]:
         return _identities
 
 
-def _reveal(values: Iterable[str | bytes]) -> None:
-    with _lock:
-        for value in values:
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if not text.strip():
-                continue
-            _revealed.pop(text, None)
-            _revealed[text] = None
-        while len(_revealed) > _MAX_REVEALED:
-            del _revealed[next(iter(_revealed))]
-
-
-def revealed() -> tuple[str, ...]:
-    """Every plaintext value decrypted by this process (for `Redactor`)."""
-    with _lock:
-        return tuple(_revealed)
-
-
 def forget() -> None:
     """Forget the key file and the values decrypted (tests)."""
     global _key_file, _identities
     with _lock:
         _key_file = None
         _identities = None
-        _revealed.clear()
+    forget_revealed()
 
 
 # ---------------------------------------------------------------------------------------------
 # age
-
-
-def is_age(content: bytes) -> bool:
-    """An age file: the binary header, or the ASCII armor (which may follow white space)."""
-    return content.startswith(AGE_MAGIC) or content.lstrip()[: len(AGE_ARMOR)] == AGE_ARMOR
 
 
 def age_decrypt(content: bytes) -> bytes:
@@ -242,7 +222,7 @@ def sops_form(content: bytes, name: str = "") -> str | None:
             data = json.loads(content)
         except ValueError:
             return None
-        if _has_metadata(data):
+        if has_sops_metadata(data):
             if set(data) == {"data", "sops"} and not name.endswith(".json"):
                 return "binary"
             return "json"
@@ -256,14 +236,9 @@ def sops_form(content: bytes, name: str = "") -> str | None:
         docs = list(yamlpos.parse(text))
     except (UnicodeDecodeError, yamlpos.YamlSyntaxError):
         return None
-    if docs and all(_has_metadata(d.data) for d in docs):
+    if docs and all(has_sops_metadata(d.data) for d in docs):
         return "yaml"
     return None
-
-
-def _has_metadata(data: Any) -> bool:
-    meta = data.get("sops") if isinstance(data, dict) else None
-    return isinstance(meta, dict) and "mac" in meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +482,7 @@ class _Tree:
                 "MAC mismatch: the file was changed after it was encrypted (a value edited, "
                 "added, removed or moved); it is refused",
             )
-        _reveal(self.secrets)
+        reveal(self.secrets)
 
 
 def decrypt_branches(branches: Sequence[Any], meta_raw: Any, locate: Locate) -> list[Any]:
@@ -544,7 +519,7 @@ def decrypt(content: bytes, name: str = "", *, env: bool = False) -> bytes:
         return content
     if form == "age":
         plain = age_decrypt(content)
-        _reveal(_env_values(plain) if env else [plain])
+        reveal(_env_values(plain) if env else [plain])
         return plain
     try:
         text = content.decode("utf-8-sig")
@@ -561,7 +536,7 @@ def decrypt(content: bytes, name: str = "", *, env: bool = False) -> bytes:
             out = plain.get("data", "")
             blob = out if isinstance(out, bytes) else str(out).encode()
             if not env:
-                _reveal([blob])
+                reveal([blob])
             return blob
         return (json.dumps(plain, indent=4, ensure_ascii=False) + "\n").encode()
     from pyapply.reconciler.manifest import yamlpos
@@ -663,7 +638,7 @@ def decrypt_documents(docs: Sequence[Any], text: str) -> bool:
     """Decrypt, in place, the parsed documents (`yamlpos.Document`) of a manifest that is a
     SOPS file, and drop their `sops` metadata with its positions. False when the documents
     are not SOPS-encrypted (nothing changed)."""
-    if not docs or not all(_has_metadata(d.data) for d in docs):
+    if not docs or not all(has_sops_metadata(d.data) for d in docs):
         return False
     meta = docs[0].data["sops"]
     branches = [{k: v for k, v in d.data.items() if k != "sops"} for d in docs]

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyapply.reconciler.agent.history import History, snapshot_files
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.engine.reconcile import PassError, read_file_objects, redactor_for
-from pyapply.reconciler.manifest import sops
+from pyapply.reconciler.manifest import sealed, sops
 from pyapply.reconciler.manifest.loader import load
 
 REPO = Path(__file__).resolve().parents[3]
@@ -195,7 +195,7 @@ def test_every_corpus_form_decrypts(
     else:
         assert out == plain
     secret = "global-value" if "global" in name else "value"
-    assert secret in sops.revealed()
+    assert secret in sealed.revealed()
 
 
 def test_plain_files_pass_through(tmp_path: Path) -> None:
@@ -240,7 +240,7 @@ def test_a_tampered_value_is_refused_with_its_line(corpus: Path, tmp_path: Path)
     line = text[: text.index("key: ENC[")].count("\n") + 1
     assert (e.value.line, e.value.column) == (line, 8)
     assert "stringData.key" in e.value.message and "does not decrypt" in e.value.message
-    assert "value" not in sops.revealed()  # nothing of a refused file is kept
+    assert "value" not in sealed.revealed()  # nothing of a refused file is kept
 
 
 def test_a_changed_clear_value_fails_the_mac(corpus: Path, tmp_path: Path) -> None:
@@ -335,7 +335,7 @@ def test_json_form_lists_types_and_suffixes(corpus: Path, tmp_path: Path) -> Non
     sops.use_key_file(corpus_keys(tmp_path, corpus, "age.txt"))
     out = sops.decrypt(json.dumps(doc, indent=2).encode(), "secrets.json")
     assert json.loads(out) == tree
-    assert {"s3cret-pass", "a.example"} <= set(sops.revealed())
+    assert {"s3cret-pass", "a.example"} <= set(sealed.revealed())
     # a list item's path is its list's key: moving it within the list still decrypts, but
     # the MAC (over the values in order) refuses the swap
     doc["hosts"].reverse()
