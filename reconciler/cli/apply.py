@@ -281,9 +281,11 @@ def down(
 def build_lines(output: str) -> BuildListener:
     """The steps of the builds an apply makes, one line each (reconciler.view.build_progress):
     on stdout with the plan, on stderr when stdout is JSON."""
-    from pyapply.reconciler.view.build_progress import image_event_line
 
     def listen(image: str, event: BuildEvent) -> None:
+        # imported at the first build event: an apply that builds nothing never loads it
+        from pyapply.reconciler.view.build_progress import image_event_line
+
         click.echo(image_event_line(image, event), err=output != "text")
 
     return listen

@@ -200,9 +200,11 @@ def apply_stack(
     `on_executor` is handed the executor before it runs (the watch agent keeps it, to
     `cancel()` it on SIGTERM)."""
     if not options.dry_run:
-        from pyapply.reconciler.engine.build import build_first
+        if any(s.build is not None for s in desired.services):
+            # only a stack that builds images pays for the build machinery (startup)
+            from pyapply.reconciler.engine.build import build_first
 
-        build_first(runtime, desired, rebuild=options.build, listener=options.on_build)
+            build_first(runtime, desired, rebuild=options.build, listener=options.on_build)
         pull_always(runtime, desired, options)
     plan = plan_stack(runtime, desired, prune_volumes=options.prune_volumes)
     ctx = on_plan(plan) if on_plan is not None else None

@@ -26,7 +26,7 @@ from pyapply.reconciler.core.model import (
     ServiceSpec,
     Ulimit,
 )
-from pyapply.reconciler.manifest import build, lifecycle, seccomp_file, yamlpos
+from pyapply.reconciler.manifest import lifecycle, seccomp_file, yamlpos
 from pyapply.reconciler.manifest.discovery import Unreadable, read_text
 from pyapply.reconciler.manifest.document import (
     MISSING,
@@ -208,7 +208,11 @@ class ServiceBuilder(Fields):
 
     def image(self) -> None:
         image = self.get("image")
-        spec = build.read(self)
+        spec = None
+        if "build" in self.raw:  # only a service that builds loads the build rules (startup)
+            from pyapply.reconciler.manifest import build
+
+            spec = build.read(self)
         if spec is not None:
             self.fields["build"] = spec
             image = build.image_name(self, image)
