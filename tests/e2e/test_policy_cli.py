@@ -95,10 +95,25 @@ def test_validate_fails_on_a_restricted_policy(tmp_path: Path) -> None:
         'the manifest\'s directory; the policy denies this (rule "outside_files")',
         "error: 1 ask denied by the policy restricted",
     ]
+    # By hand it is read. Its `name:hash:...` lines are KEY: VALUE lines to the reference
+    # dotenv parser (issue 16), so it loads; nothing of it is shown.
     out = pyapply("validate", "-f", "s", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "root" not in out.stdout + out.stderr and ":::" not in out.stdout + out.stderr
+    # A file outside the manifest's directory that does not parse: the error is located,
+    # and its line is never shown.
+    (tmp_path / "outside.env").write_text("FINE=1\nhunter2 is the password\n")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "stack.yaml").write_text(
+        stack_yaml("outside", {"app": "1"}) + f"      env_file: [{tmp_path / 'outside.env'}]\n"
+    )
+    out = pyapply("validate", "-f", "o", cwd=tmp_path)
     assert out.returncode == 1
-    assert "/etc/shadow:1:1: cannot be read as KEY=VALUE (the line is not shown" in out.stderr
-    assert "root" not in out.stderr and ":::" not in out.stderr
+    assert (
+        f"{tmp_path / 'outside.env'}:2:1: cannot be read as KEY=VALUE (the line is not shown"
+        in (out.stderr)
+    )
+    assert "hunter2" not in out.stdout + out.stderr
     # a policy file's own mistakes are located
     (tmp_path / "typo.yaml").write_text(STRICT.replace("enforcement: deny", "enforcement: no"))
     out = pyapply("validate", "-f", "m", "--policy", "typo.yaml", cwd=tmp_path)
