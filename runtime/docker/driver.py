@@ -455,18 +455,30 @@ class DockerRuntime:
                 # that is gone (after a killed client or daemon), and then refuses the removal
                 # for ever. Such stale endpoints are force-disconnected and the removal tried
                 # once more; an endpoint of a container that exists is never touched.
-                if not self._drop_stale_endpoints(ref):
+                attached = self._drop_stale_endpoints(ref)
+                if attached is None:
+                    # no endpoint is listed at all, yet dockerd says there are: its network
+                    # store holds an endpoint nothing can name, which only a restart clears
+                    raise Conflict(
+                        f"docker: cannot {action}: dockerd says endpoints are attached, but it "
+                        "lists none (a stale endpoint in its network store, a known defect of "
+                        "dockerd 20.10 after an interrupted client); restart dockerd to free it"
+                    ) from None
+                if not attached:
                     raise
                 self._call(action, lambda api: api.remove_network(ref))
         except NotFound:
             return
 
-    def _drop_stale_endpoints(self, ref: str) -> bool:
+    def _drop_stale_endpoints(self, ref: str) -> bool | None:
         """Force-disconnect the endpoints of network `ref` whose container no longer exists;
-        True when there was at least one."""
+        True when there was at least one, None when the network lists no endpoint at all."""
         info = self._inspect_network(ref) or {}
+        listed = info.get("Containers") or {}
+        if not listed:
+            return None
         dropped = False
-        for key, endpoint in (info.get("Containers") or {}).items():
+        for key, endpoint in listed.items():
             try:
                 self._get(f"inspect container {key}", "/containers/{0}/json", key)
                 continue  # a container that exists keeps its endpoint

@@ -585,3 +585,21 @@ def test_a_network_with_live_endpoints_only_is_still_refused(fake: FakeDaemon) -
     finally:
         rt.close()
     assert not [k for k, _ in fake.bodies if k.endswith("/disconnect")]
+
+
+def test_a_network_whose_endpoints_dockerd_cannot_list_says_to_restart_dockerd(
+    fake: FakeDaemon,
+) -> None:
+    fake.routes["/v1.41/networks/shop_back"] = (200, {"Id": "n1", "Name": "shop_back"})
+    busy = (
+        403,
+        {"message": "error while removing network: network shop_back id n1 has active endpoints"},
+    )
+    fake.answers["DELETE /v1.41/networks/shop_back"] = [busy]
+    rt = DockerRuntime(base_url=f"unix://{fake.path}", timeout=5)
+    try:
+        with pytest.raises(Conflict, match=r"lists none .* restart dockerd"):
+            rt.remove_network("shop_back")
+    finally:
+        rt.close()
+    assert not [k for k, _ in fake.bodies if k.endswith("/disconnect")]
