@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from pyapply.reconciler.cli.common import connect, enforce, load_or_fail, policy_or_fail
-from pyapply.reconciler.cli.image import one_line, push_event_json, push_line
+from pyapply.reconciler.cli.image import one_line, push_each
 from pyapply.reconciler.cli.main import (
     err,
     fail,
@@ -38,7 +38,7 @@ from pyapply.reconciler.engine.build import (
     select,
 )
 from pyapply.reconciler.view import build_progress as view
-from pyapply.runtime.base import BuildEvent, PushEvent, RuntimeFailure
+from pyapply.runtime.base import BuildEvent, RuntimeFailure
 
 
 def chosen(stacks: Sequence[Stack], names: Sequence[str]) -> list[tuple[Stack, ServiceSpec]]:
@@ -194,40 +194,8 @@ def push(
         click.echo("[]" if as_json else "nothing to push")
         return
     rt = connect(runtime_name, root)
-    docs: list[dict[str, Any]] = []
-    failed = 0
     try:
-        for ref in refs:
-            events: list[PushEvent] = []
-
-            def on_event(event: PushEvent, events: list[PushEvent] = events) -> None:
-                events.append(event)
-                if not as_json:
-                    click.echo(push_line(event))
-
-            if not as_json:
-                click.echo(f"pushing {ref}")
-            try:
-                pushed = rt.push_image(ref, on_event)
-            except RuntimeFailure as e:
-                err(f"error: {one_line(e.message)}")
-                docs.append({"ref": ref, "error": one_line(e.message)})
-                failed += 1
-                continue
-            except OSError as e:
-                err(f"error: {ref}: {one_line(str(e))}")
-                docs.append({"ref": ref, "error": one_line(str(e))})
-                failed += 1
-                continue
-            docs.append(
-                {
-                    "ref": pushed.ref,
-                    "digest": pushed.digest,
-                    "blobs": [push_event_json(e) for e in events if e.kind != "manifest"],
-                }
-            )
-            if not as_json:
-                click.echo(f"pushed {pushed.ref}@{pushed.digest}")
+        docs, failed = push_each(rt, refs, show=not as_json)
     finally:
         with contextlib.suppress(Exception):
             rt.close()

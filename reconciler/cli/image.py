@@ -30,7 +30,7 @@ import click
 
 from pyapply.reconciler.cli.common import connect, locked
 from pyapply.reconciler.cli.main import err, fail, runtime_options
-from pyapply.runtime.base import ContainerState, PushEvent, RuntimeFailure
+from pyapply.runtime.base import ContainerState, PushEvent, Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -438,22 +438,10 @@ def push_event_json(event: PushEvent) -> dict[str, Any]:
     }
 
 
-@image.command("push")
-@click.argument("refs", nargs=-1, required=True)
-@runtime_options
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Progress lines, or one JSON document at the end.",
-)
-def push(refs: tuple[str, ...], runtime_name: str | None, root: str | None, output: str) -> None:
-    """Push images to their registries: every blob first (skipped when the registry has it,
-    mounted from another repository of the registry when it can), the manifest last.
-    Works on both runtimes (native: the store of the state root; docker: dockerd's)."""
-    rt = connect(runtime_name, root)
+def push_each(rt: Runtime, refs: Sequence[str], *, show: bool) -> tuple[list[dict[str, Any]], int]:
+    """Push `refs` one after another, with a progress line per blob when `show`; a failed
+    ref is one error line and goes on to the next. Returns a document per ref (its digest
+    and blobs, or its error) and the count of failures."""
     results: list[dict[str, Any]] = []
     failed = 0
     for ref in refs:
@@ -461,10 +449,10 @@ def push(refs: tuple[str, ...], runtime_name: str | None, root: str | None, outp
 
         def on_event(event: PushEvent, events: list[PushEvent] = events) -> None:
             events.append(event)
-            if output == "text":
+            if show:
                 click.echo(push_line(event))
 
-        if output == "text":
+        if show:
             click.echo(f"pushing {ref}")
         try:
             pushed = rt.push_image(ref, on_event)
@@ -485,8 +473,28 @@ def push(refs: tuple[str, ...], runtime_name: str | None, root: str | None, outp
                 "blobs": [push_event_json(e) for e in events if e.kind != "manifest"],
             }
         )
-        if output == "text":
+        if show:
             click.echo(f"pushed {pushed.ref}@{pushed.digest}")
+    return results, failed
+
+
+@image.command("push")
+@click.argument("refs", nargs=-1, required=True)
+@runtime_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Progress lines, or one JSON document at the end.",
+)
+def push(refs: tuple[str, ...], runtime_name: str | None, root: str | None, output: str) -> None:
+    """Push images to their registries: every blob first (skipped when the registry has it,
+    mounted from another repository of the registry when it can), the manifest last.
+    Works on both runtimes (native: the store of the state root; docker: dockerd's)."""
+    rt = connect(runtime_name, root)
+    results, failed = push_each(rt, refs, show=output == "text")
     if output == "json":
         click.echo(json.dumps(results, indent=2))
     _fail_count(failed)
