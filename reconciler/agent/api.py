@@ -116,23 +116,26 @@ _BUSY = (
 )
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """One daemon thread per connection, at most `max_connections` at once."""
+class BoundedThreadingMixIn(socketserver.ThreadingMixIn):
+    """One daemon thread per connection, at most `slots` at once: a connection beyond them
+    is answered `busy` (a whole 503 response) and closed, without a thread. Used by the API
+    and by the webhook listener; `refused` is told of each connection turned away."""
 
     daemon_threads = True
-    allow_reuse_address = False
-    request_queue_size = LISTEN_BACKLOG  # a burst of connects waits to be accepted
+    slots: threading.BoundedSemaphore
+    busy: bytes = _BUSY
+    log_name = "api"
 
-    def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
-        self.slots = threading.BoundedSemaphore(max_connections)
-        super().__init__(path, handler)
+    def refused(self, client_address: Any) -> None:
+        pass
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             with contextlib.suppress(OSError):
                 request.settimeout(1.0)
-                request.sendall(_BUSY)
-            self.shutdown_request(request)
+                request.sendall(self.busy)
+            self.shutdown_request(request)  # type: ignore[attr-defined]
+            self.refused(client_address)
             return
         try:
             super().process_request(request, client_address)
@@ -151,9 +154,20 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):  # the client went away or was cut off: not our fault
-            log.debug("api: connection ended: %s", exc)
+            log.debug("%s: connection ended: %s", self.log_name, exc)
             return
-        log.error("api: a request failed unexpectedly", exc_info=True)
+        log.error("%s: a request failed unexpectedly", self.log_name, exc_info=True)
+
+
+class _Server(BoundedThreadingMixIn, socketserver.UnixStreamServer):
+    """The API's server: a UNIX socket, at most `max_connections` at once."""
+
+    allow_reuse_address = False
+    request_queue_size = LISTEN_BACKLOG  # a burst of connects waits to be accepted
+
+    def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(path, handler)
 
 
 class Shared:

@@ -57,7 +57,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from pyapply.reconciler.agent.api import DeadlineReader
+from pyapply.reconciler.agent.api import BoundedThreadingMixIn, DeadlineReader
 from pyapply.reconciler.core.errors import PyapplyError
 
 if TYPE_CHECKING:
@@ -445,12 +445,13 @@ def _answer(code: int, doc: dict[str, Any]) -> bytes:
 _BUSY = _answer(503, {"error": "too many connections; try again"})
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    """One daemon thread per connection, at most `max_connections` at once."""
+class _Server(BoundedThreadingMixIn, socketserver.TCPServer):
+    """The webhook listener: TCP, at most `max_connections` at once."""
 
-    daemon_threads = True
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
+    busy = _BUSY
+    log_name = "webhook"
 
     def __init__(
         self,
@@ -464,32 +465,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.state = state
         super().__init__(address, handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.settimeout(1.0)
-                request.sendall(_BUSY)
-            self.shutdown_request(request)
-            self.state.record("busy", 503, "too many connections", _peer(client_address))
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if isinstance(sys.exc_info()[1], OSError):
-            return  # the client went away or was cut off
-        log.error("webhook: a request failed unexpectedly", exc_info=True)
+    def refused(self, client_address: Any) -> None:
+        self.state.record("busy", 503, "too many connections", _peer(client_address))
 
 
 def _family(host: str) -> socket.AddressFamily:
