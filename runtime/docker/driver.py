@@ -129,14 +129,7 @@ class DockerRuntime:
         """The SDK's low-level client (the SDK is imported on first use)."""
         with self._lock:
             if self._client is None:
-                import docker
-                from docker.utils import kwargs_from_env
-
-                params: dict[str, Any] = (
-                    {"base_url": self._base_url} if self._base_url else kwargs_from_env()
-                )
-                params.setdefault("base_url", _DEFAULT_SOCKET)
-                self._client = docker.DockerClient(version="auto", timeout=self._timeout, **params)
+                self._client = sdk_client(self._base_url, self._timeout)
             return self._client.api
 
     def _fast(self) -> EngineHTTP | None:
@@ -975,3 +968,14 @@ def _lines(chunks: Generator[bytes, None, None]) -> Iterator[bytes]:
 
 def _force_disconnect(target: str, network: str, api: Any) -> None:
     api.disconnect_container_from_network(target, network, force=True)
+
+
+def sdk_client(base_url: str | None, timeout: float) -> Any:
+    """The Docker SDK's client for `base_url`, else for DOCKER_HOST and its TLS settings,
+    else for the default socket (the SDK is imported here, on first use)."""
+    import docker
+    from docker.utils import kwargs_from_env
+
+    params: dict[str, Any] = {"base_url": base_url} if base_url else kwargs_from_env()
+    params.setdefault("base_url", _DEFAULT_SOCKET)
+    return docker.DockerClient(version="auto", timeout=timeout, **params)

@@ -31,7 +31,7 @@ from pyapply.runtime.base import (
     TransientError,
     VolumeState,
 )
-from pyapply.runtime.docker.driver import unix_socket_path
+from pyapply.runtime.docker.driver import sdk_client, unix_socket_path
 from pyapply.runtime.docker.engine import EngineHTTP
 from pyapply.runtime.docker.errors import translatable_errors, translate
 from pyapply.runtime.docker.normalise import label_filters, same_owner
@@ -93,14 +93,7 @@ class SwarmRuntime:
     def _api(self) -> Any:
         with self._lock:
             if self._client is None:
-                import docker
-                from docker.utils import kwargs_from_env
-
-                params: dict[str, Any] = (
-                    {"base_url": self._base_url} if self._base_url else kwargs_from_env()
-                )
-                params.setdefault("base_url", _DEFAULT_SOCKET)
-                self._client = docker.DockerClient(version="auto", timeout=self._timeout, **params)
+                self._client = sdk_client(self._base_url, self._timeout)
             return self._client.api
 
     @contextmanager
