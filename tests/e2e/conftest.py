@@ -112,7 +112,7 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeU
     and volume of the stack is removed, and on native nothing of the root may be left in the
     kernel (bridges, veths, netns, mounts, rules, cgroups, processes): if anything could not
     be removed, the test fails."""
-    yield from _under_test(str(request.param), request, tmp_path)
+    yield from under_test(str(request.param), request, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def stack_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
     swarm, a fresh stack on the module's single-node swarm, whose objects must be gone at
     the end (removed anyway)."""
     if request.param != "swarm":
-        for rut in _under_test(str(request.param), request, tmp_path):
+        for rut in under_test(str(request.param), request, tmp_path):
             yield OneHost(rut, "pyapply-test/busybox:latest")
         return
     prefix = request.getfixturevalue("swarm_prefix")
@@ -145,17 +145,19 @@ def stack_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
 @pytest.fixture
 def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RuntimeUnderTest]:
     """The `runtime` fixture on the native runtime only, for what only native has."""
-    yield from _under_test("native", request, tmp_path)
+    yield from under_test("native", request, tmp_path)
 
 
-def _under_test(
-    name: str, request: pytest.FixtureRequest, tmp_path: Path
+def under_test(
+    name: str, request: pytest.FixtureRequest, tmp_path: Path, client: Any = None
 ) -> Iterator[RuntimeUnderTest]:
+    """The `runtime` fixture's body; `client` is the docker one's SDK client (default: the
+    local dockerd's)."""
     stack = new_stack_name()
     root = tmp_path / "root"
     rut: RuntimeUnderTest
     if name == "docker":
-        rut = DockerUnderTest(stack, root, request.getfixturevalue("docker_client"))
+        rut = DockerUnderTest(stack, root, client or request.getfixturevalue("docker_client"))
     else:
         if os.geteuid() != 0:
             pytest.fail("the native runtime's tests need root", pytrace=False)

@@ -20,7 +20,6 @@ import os
 import select
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 from pyapply.runtime.native import firewall
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.network import NetworkManager
+from tests.e2e.dockerd import PrivateDockerd
 from tests.e2e.helpers import TEST_IMAGE, http_get, new_stack_name
 from tests.e2e.runtimes import RuntimeUnderTest, free_port, import_test_image
 
@@ -283,72 +283,6 @@ def _delete_guards(bridge: str) -> int:
 
 
 # -- between runtimes ---------------------------------------------------------------------
-
-
-class PrivateDockerd:
-    """A dockerd of the test's own (data root, exec root, socket, pid file) in the test's
-    network namespace, started and stopped (by its pid) by the test."""
-
-    def __init__(self, base: Path, netns_name: str) -> None:
-        self.base = base
-        self.netns = f"/run/netns/{netns_name}"
-        self.sock = f"unix://{base}/docker.sock"
-        self.log = base / "dockerd.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            # nsenter execs dockerd: the pid is dockerd's
-            self.proc = subprocess.Popen(
-                [
-                    "nsenter",
-                    f"--net={self.netns}",
-                    "dockerd",
-                    f"--data-root={self.base}/data",
-                    f"--exec-root={self.base}/exec",
-                    f"--pidfile={self.base}/dockerd.pid",
-                    f"--host={self.sock}",
-                    "--iptables=true",
-                    "--log-level=warn",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"dockerd exited:\n{self.log.read_text()[-3000:]}"
-            if self.docker("version", check=False).returncode == 0:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"dockerd did not answer in 60 s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            ["docker", "-H", self.sock, *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check:
-            assert proc.returncode == 0, f"docker {shlex.join(args)}: {proc.stderr}"
-        return proc
-
-    def inspect(self, container: str, template: str) -> str:
-        return self.docker("inspect", "-f", template, container).stdout.strip()
 
 
 def in_netns(netns_name: str, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,13 @@ service's port answering, the marker intact, no other network or volume, and on 
 kernel objects than after an uninterrupted flip. A failed check is recorded with the kill point
 and the state seen, and a second re-apply must then converge for the test to go on. At the end
 the stack is removed with `down` and the `runtime` fixture checks that nothing of it is left.
+
+On docker the test runs on a dockerd of its own (tests/e2e/dockerd.py), not the host's: dockerd
+20.10 sometimes keeps a stale endpoint count on the network after these kills (it lists no
+endpoint, yet refuses to remove the network "with active endpoints") until it restarts. That
+is dockerd's defect, not a failure to converge: pyapply's `down` then names it and its remedy,
+and the test restarts its own daemon, counts it in the summary, and `down` must then succeed.
+The host's dockerd, shared with the rest of the suite, is never left in that state.
 """
 
 from __future__ import annotations
@@ -29,8 +36,15 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import docker
+import pytest
+
+from tests.e2e.conftest import under_test
+from tests.e2e.dockerd import PrivateDockerd
 from tests.e2e.faults.conftest import (
     Killed,
     VolumeMarker,
@@ -43,7 +57,7 @@ from tests.e2e.faults.conftest import (
     state_seen,
 )
 from tests.e2e.helpers import TEST_IMAGE, Workdir, http_get
-from tests.e2e.runtimes import Cli, RuntimeUnderTest, free_port
+from tests.e2e.runtimes import RUNTIME_NAMES, Cli, RuntimeUnderTest, free_port
 
 POINTS = 20
 MARKER = "/data/marker"
@@ -56,6 +70,36 @@ APPLY_OPTIONS = ("--wait-timeout", "15")
 # Each revision's services: `blue` (A) and `green` (B) take turns, each on its own port.
 SERVICES = {"A": ("api", "blue", "db"), "B": ("api", "db", "green")}
 FRONT = {"A": "blue", "B": "green"}
+# What pyapply's `down` says when dockerd refuses a network for an endpoint it cannot list.
+STALE_ENDPOINT = "a stale endpoint in its network store"
+
+
+@pytest.fixture(params=RUNTIME_NAMES)
+def runtime(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    busybox_archive: Path,
+) -> Iterator[RuntimeUnderTest]:
+    """The `runtime` fixture of tests/e2e/conftest.py; on docker, on a dockerd of the test's
+    own (see the module doc), which the pyapply runs reach through DOCKER_HOST."""
+    if request.param != "docker":
+        yield from under_test(str(request.param), request, tmp_path)
+        return
+    daemon = PrivateDockerd()
+    try:
+        daemon.start()
+        daemon.load(busybox_archive)
+        monkeypatch.setenv("DOCKER_HOST", daemon.url)
+        client = docker.DockerClient(base_url=daemon.url, timeout=60)
+        try:
+            for rut in under_test("docker", request, tmp_path, client):
+                rut.daemon = daemon  # type: ignore[attr-defined]
+                yield rut
+        finally:
+            client.close()
+    finally:
+        daemon.remove()
 
 
 def stack_yaml(stack: str, ports: dict[str, int], rev: str) -> str:
@@ -296,9 +340,18 @@ def test_sigkill_apply_at_20_points(runtime: RuntimeUnderTest, workdir: Workdir)
     flips.killed_flip(rev, f"right after {step!r}", killed, figures)
 
     figures.seconds["total"] = time.monotonic() - begin
+    print(figures.summary(runtime.name, seed))
+    for failure in figures.failures:  # shown with the failure, even if `down` fails below
+        print(failure)
+    down = flips.cli.run("down", *flips.args(rev), "--volumes")
+    daemon: PrivateDockerd | None = getattr(runtime, "daemon", None)
+    if down.returncode != 0 and daemon is not None and STALE_ENDPOINT in down.stdout:
+        # dockerd's defect (see the module doc): its remedy, then `down` must finish
+        figures.by_kind["dockerd kept a stale endpoint: restarted"] += 1
+        daemon.restart()
+        down = flips.cli.run("down", *flips.args(rev), "--volumes")
     summary = figures.summary(runtime.name, seed)
     print(summary)
-    down = flips.cli.run("down", *flips.args(rev), "--volumes")
     assert down.returncode == 0, down.stdout + down.stderr
     assert not runtime.observe.containers(s), state_seen(runtime)
     # the runtime fixture checks next that nothing of the stack is left (on native: in the
