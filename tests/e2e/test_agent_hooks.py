@@ -1,7 +1,8 @@
-"""Push webhooks and notifications end to end: a real `pyapply watch` process on the native
-runtime with `--webhook` (signed requests sent over loopback TCP) and `--notify` (an HTTP
-receiver on loopback started here, and a URL where nothing listens). The agent is always
-ended by pid (the `AgentProc` of test_agent.py); the receiver is shut down here.
+"""Push webhooks and notifications end to end: a real `pyapply watch` process with
+`--webhook` (signed requests sent over loopback TCP; on both runtimes) and `--notify` (an
+HTTP receiver on loopback started here, and a URL where nothing listens; native only). The
+agent is always ended by pid (the `AgentProc` of test_agent.py); the receiver is shut down
+here.
 """
 
 from __future__ import annotations
@@ -30,15 +31,30 @@ SECRET = "e2e-webhook-secret-0123456789"
 TOKEN = "tok-e2e-S3cret-value"  # a stack secret, also put in commit subjects
 
 
-@pytest.fixture
-def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, native)
+@contextlib.contextmanager
+def agent_on(tmp_path: Path, rut: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """An agent on `rut`'s state root, ended by pid afterwards, its log shown on failure."""
+    proc = AgentProc(tmp_path, rut)
     try:
         yield proc
     finally:
         with contextlib.suppress(AssertionError):
             proc.stop(timeout=30)
         print(f"--- agent log ({proc.log}):\n{proc.logs()}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """The agent on the native runtime (what needs no second runtime)."""
+    with agent_on(tmp_path, native) as proc:
+        yield proc
+
+
+@pytest.fixture
+def runtime_agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """The agent on each runtime (docker, native)."""
+    with agent_on(tmp_path, runtime) as proc:
+        yield proc
 
 
 def manifest(stack: str, value: str, memory: str = "64m") -> str:
@@ -87,9 +103,10 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 def test_a_signed_push_triggers_a_pass_and_a_bad_one_nothing(
-    agent: AgentProc, native: RuntimeUnderTest, tmp_path: Path
+    runtime_agent: AgentProc, runtime: RuntimeUnderTest, tmp_path: Path
 ) -> None:
-    stack, obs = native.stack, native.observe
+    agent = runtime_agent
+    stack, obs = runtime.stack, runtime.observe
     repo = Repo(tmp_path / "repo")
     sha1 = repo.commit({"stack.yaml": manifest(stack, "1")}, "one")
     port, metrics = free_port(), free_port()
