@@ -6,7 +6,8 @@ removes -- `git http-backend` behind a small HTTP server with basic auth, and `s
 Over HTTP: a wrong password is a fetch error in the status and nothing is applied; then a
 commit, a new commit, a force push, a deleted ref (an error; the last revision keeps
 running and is still healed), and an agent SIGKILLed in the middle of a fetch and started
-again. Over SSH: an unknown host key is an error; then a commit and a new one are applied.
+again. Over SSH: an unknown host key is an error; then a commit and a new one are applied;
+then the agent started on another ref starts clean and removes the earlier clone.
 """
 
 from __future__ import annotations
@@ -416,4 +417,16 @@ def test_ssh_deploy_key_with_known_hosts(
         wait_for("sha2", lambda: running(obs, app) and label(obs, app) == sha2[:12])
         st = git_agent.git_status()
         assert st["commit"] == sha2 and st["last_error"] is None, st
+        assert git_agent.stop() == 0
+
+        # started again on another ref (the commit, pinned): its own clean directory, and
+        # the earlier source's clone and work trees are gone
+        sources = Path(native.root, "agent", "git")
+        (earlier,) = sources.iterdir()
+        git_agent.start_repo(url, "--ssh-key", str(key), "--known-hosts", str(known), "--ref", sha2)
+        wait_for("the pin fetched", lambda: git_agent.git_status()["commit"] == sha2)
+        (now,) = sources.iterdir()
+        assert now != earlier and not earlier.exists()
+        assert json.loads((now / "source.json").read_text()) == {"url": url, "ref": sha2}
+        assert running(obs, app) and label(obs, app) == sha2[:12]
         assert git_agent.stop() == 0
