@@ -13,6 +13,7 @@ import hmac
 import http.client
 import http.server
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -212,7 +213,12 @@ def test_notifications_of_each_event_in_order_and_a_receiver_that_is_down(
     sha1 = repo.commit({"stack.yaml": manifest(stack, "1")}, f"one (token {TOKEN})")
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/abc-url-token?key=xyz"
     down = f"http://127.0.0.1:{free_port()}/down-url-token"  # nothing listens there
-    agent.start(repo.path, "--notify", url, "--notify", f"slack+{down}", "--interval", "600")
+    metrics = free_port()
+    agent.start(
+        repo.path,
+        *("--notify", url, "--notify", f"slack+{down}", "--interval", "600"),
+        *("--metrics", f"127.0.0.1:{metrics}"),
+    )
     app = f"{stack}-app-1"
     wait_for("applied", lambda: receiver.kinds() == ["applied"])
     assert running(obs, app) and label(obs, app) == sha1[:12]
@@ -256,6 +262,10 @@ def test_notifications_of_each_event_in_order_and_a_receiver_that_is_down(
     status_doc = agent.api("GET", "/v1/status")
     openapi_validator("Status").validate(status_doc)
     assert status_doc["notifications"]["targets"][0]["sent"] == 5
+    _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
+    assert 'pyapply_notifications_total{outcome="sent"} 5.0' in text, text
+    failed = re.search(r'^pyapply_notifications_total\{outcome="failed"\} (\d+)\.0$', text, re.M)
+    assert failed and int(failed[1]) >= 1, text  # the down receiver's, still growing
     logs = agent.logs()
     assert "abc-url-token" not in logs and "down-url-token" not in logs
     assert TOKEN not in logs
