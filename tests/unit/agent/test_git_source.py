@@ -314,6 +314,9 @@ def test_fetch_publishes_each_commit_and_follows_a_force_push(
     second = commit(upstream, "two\n", "second")
     assert f.fetch_once().commit == second
     assert Path(source.snapshot().directory, "stack.yaml").read_text() == "two\n"
+    # shallow: the clone holds the fetched commit, not its history
+    assert git(Path(f.repo), "rev-parse", "--is-shallow-repository") == "true"
+    assert git(Path(f.repo), "rev-list", "--count", "refs/pyapply/fetched") == "1"
     # a force push to an unrelated history
     git(upstream, "reset", "-q", "--hard", "HEAD~1")
     forced = commit(upstream, "forced\n", "rewritten")
