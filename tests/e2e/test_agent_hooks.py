@@ -161,6 +161,8 @@ def test_a_signed_push_triggers_a_pass_and_a_bad_one_nothing(
     _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
     assert 'pyapply_webhook_requests_total{outcome="triggered"} 1.0' in text
     assert 'pyapply_webhook_requests_total{outcome="unauthorized"} 2.0' in text
+    shown = agent.cli("status").stdout
+    assert f"webhook:   http://127.0.0.1:{port}/webhook, 1 push(es)" in shown, shown
     assert SECRET not in agent.logs()
     assert agent.stop() == 0
 
@@ -264,6 +266,8 @@ def test_notifications_of_each_event_in_order_and_a_receiver_that_is_down(
     assert status_doc["notifications"]["targets"][0]["sent"] == 5
     _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
     assert 'pyapply_notifications_total{outcome="sent"} 5.0' in text, text
+    shown = agent.cli("status").stdout
+    assert "notify:    http://127.0.0.1:" in shown and ": 5 sent, 0 failed" in shown, shown
     failed = re.search(r'^pyapply_notifications_total\{outcome="failed"\} (\d+)\.0$', text, re.M)
     assert failed and int(failed[1]) >= 1, text  # the down receiver's, still growing
     logs = agent.logs()
