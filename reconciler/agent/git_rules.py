@@ -145,6 +145,15 @@ def url_scheme(url: str) -> str:
     return "file" if url.startswith("/") else "ssh"
 
 
+def local_path(url: str) -> str | None:
+    """The directory of a repository on this host (`/path`, `file:///path`), else None."""
+    if url.startswith("/"):
+        return url
+    if "://" in url and urlsplit(url).scheme == "file":
+        return _unquote(urlsplit(url).path) or None
+    return None
+
+
 def redact_url(url: str) -> str:
     """The URL as it may be shown: any password (or token given as a user) replaced."""
     if "://" not in url:
@@ -226,6 +235,22 @@ def _unquote(text: str) -> str:
     from urllib.parse import unquote
 
     return unquote(text)
+
+
+def check_ssh_key(path: str) -> None:
+    """A deploy key must be a regular file only its owner can read (ssh refuses a looser
+    one too, but only at the first fetch; here it is refused at start)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise GitSourceError(f"--ssh-key {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise GitSourceError(f"--ssh-key {path}: not a file")
+    if st.st_mode & 0o077:
+        raise GitSourceError(
+            f"--ssh-key {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the "
+            f"private key; chmod 600 {path}"
+        )
 
 
 def read_credentials_file(path: str, url: str) -> Credentials:

@@ -4,9 +4,15 @@ The agent fetches the repository itself instead of needing git-sync beside it, a
 result out the way git-sync does, so that the existing `Source` reads it unchanged:
 
     <state root>/agent/git/<digest of URL and ref>/      0700
+        source.json        the URL (redacted) and ref this directory is for
         repo.git/          a bare repository, fetched shallow (depth 1) into refs/pyapply/fetched
         trees/<sha>/       one checked-out commit each; never changed once published
         current -> trees/<sha>   the symlink a pass reads once, replaced by an atomic rename
+
+One agent runs on a state root (its lifetime lock), with one source: an agent started with
+another URL or ref gets another directory, starts clean, and removes the directories of the
+sources it had before (those that carry `source.json`, or older ones our askpass script);
+nothing else under the state root is touched.
 
 A new commit is checked out into `trees/.tmp-*` (with a private index file, so the bare
 repository is never touched by a checkout), renamed to `trees/<sha>` and only then published
@@ -28,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -53,6 +61,7 @@ from pyapply.reconciler.agent.git_rules import (
     Credentials,
     GitSourceError,
     SourceNotReady,
+    check_ssh_key,
     check_subpath,
     check_url,
     classify,
@@ -128,9 +137,10 @@ class GitFetcher:
                     f"--repo {redact_url(url)}: an SSH repository needs --known-hosts FILE "
                     "(host keys are checked, never accepted blindly)"
                 )
-            for option, path in (("--ssh-key", ssh_key), ("--known-hosts", known_hosts)):
-                if path is not None and not os.path.isfile(path):
-                    raise GitSourceError(f"{option} {path}: not a file")
+            if not os.path.isfile(known_hosts):
+                raise GitSourceError(f"--known-hosts {known_hosts}: not a file")
+            if ssh_key is not None:
+                check_ssh_key(ssh_key)
         elif ssh_key is not None:
             raise GitSourceError(f"--ssh-key is for ssh repositories, not {self.scheme}")
         if credentials is not None and self.scheme == "http":
@@ -193,8 +203,13 @@ class GitFetcher:
 
     def prepare(self) -> None:
         """Create the private directories and clear what an interrupted agent left: temp
-        trees and links, and git's lock and temp files. Runs before any git does."""
-        for directory in (os.path.dirname(self.base), self.base, self.trees):
+        trees and links, and git's lock and temp files; and what an agent on another URL or
+        ref left (`_forget_other_sources`). Runs before any git does."""
+        os.makedirs(os.path.dirname(self.base), mode=0o700, exist_ok=True)
+        os.chmod(os.path.dirname(self.base), 0o700)
+        self._forget_other_sources()
+        self._claim()
+        for directory in (self.base, self.trees):
             os.makedirs(directory, mode=0o700, exist_ok=True)
             os.chmod(directory, 0o700)
         end_orphans(self.base)
@@ -221,13 +236,63 @@ class GitFetcher:
             os.unlink(self.link)
         self._askpass()
 
+    def identity(self) -> dict[str, str]:
+        """What `source.json` holds: the URL as shown (never a password) and the ref."""
+        return {"url": self.shown_url, "ref": self.ref.value}
+
+    def _claim(self) -> None:
+        """Make `base` this source's: a directory that says it was made for another URL or
+        ref under the same name (only a digest collision or a hand edit could do that) is
+        removed first, so the first fetch starts clean; then `source.json` says whose it
+        is (one made before that file existed is for this URL and ref: its name says so)."""
+        path = os.path.join(self.base, IDENTITY)
+        found = read_identity(self.base)
+        if found == self.identity():
+            return
+        if found is not None:
+            log.warning(
+                "git source: %s was made for %s %s: starting clean",
+                self.base,
+                found["url"],
+                found["ref"],
+            )
+            end_orphans(self.base)
+            _remove(self.base)
+        os.makedirs(self.base, mode=0o700, exist_ok=True)
+        tmp = os.path.join(self.base, f".tmp-{IDENTITY}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.identity(), fh)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+    def _forget_other_sources(self) -> None:
+        """Remove the directories of the sources an earlier agent on this state root
+        followed (another URL or ref): their clones and work trees would otherwise stay
+        forever. Only directories this code made are removed (`made_by_us`); a process a
+        killed fetch of theirs left running is ended first, by its marker."""
+        parent = os.path.dirname(self.base)
+        for name in sorted(os.listdir(parent)):
+            path = os.path.join(parent, name)
+            if path == self.base or not made_by_us(path):
+                continue
+            was = read_identity(path) or {}
+            log.info(
+                "git source: removing %s, the clone and work trees of an earlier source (%s %s)",
+                path,
+                was.get("url", "unknown URL"),
+                was.get("ref", ""),
+            )
+            end_orphans(path)
+            _remove(path)
+
     def _askpass(self) -> str:
         """A private script that answers git's prompts from its own environment: the
         password is never in a file, an argv, or the repository's config."""
         path = os.path.join(self.base, "askpass.sh")
         body = (
             "#!/bin/sh\n"
-            "# written by pyapply: answers git's credential prompts from its environment\n"
+            f"{_ASKPASS_HEADER} from its environment\n"
             'case "$1" in\n'
             '  Username*) printf "%s\\n" "$PYAPPLY_ASKPASS_USERNAME" ;;\n'
             '  *) printf "%s\\n" "$PYAPPLY_ASKPASS_PASSWORD" ;;\n'
@@ -623,6 +688,38 @@ class GitSource(Source):
 
 
 MARKER = "PYAPPLY_GIT_SOURCE"
+IDENTITY = "source.json"
+_ASKPASS_HEADER = "# written by pyapply: answers git's credential prompts"
+_SOURCE_DIR = re.compile(r"[0-9a-f]{16}")
+
+
+def read_identity(base: str) -> dict[str, str] | None:
+    """The URL and ref a source directory was made for, or None if it does not say."""
+    try:
+        with open(os.path.join(base, IDENTITY)) as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in ("url", "ref")):
+        return None
+    return {"url": doc["url"], "ref": doc["ref"]}
+
+
+def made_by_us(path: str) -> bool:
+    """Whether `path` (under `<root>/agent/git`) is a source directory a GitFetcher made: a
+    real directory named by a digest that holds `source.json`, or, made before that file
+    existed, our askpass script."""
+    if not _SOURCE_DIR.fullmatch(os.path.basename(path)):
+        return False
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    if read_identity(path) is not None:
+        return True
+    try:
+        with open(os.path.join(path, "askpass.sh")) as fh:
+            return _ASKPASS_HEADER in fh.read(4096)
+    except OSError:
+        return False
 
 
 def end_orphans(base: str, proc: str = "/proc") -> list[int]:

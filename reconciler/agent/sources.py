@@ -130,6 +130,14 @@ class Source:
                 return None
             probe = parent
 
+    def trees(self) -> list[str]:
+        """The directories whose content the source brings: the path as given, and for a
+        git-sync link the checkout it points at now (what a key file must stay out of)."""
+        out = [self.path]
+        if self.link is not None:
+            out.append(os.path.realpath(self.link))
+        return out
+
     def fingerprint(self) -> str:
         """Cheap identity of the current state, for the poll fallback."""
         if self.link is not None:
@@ -159,6 +167,15 @@ class Source:
                     continue
                 h.update(f"{p}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
         return h.hexdigest()
+
+
+def inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or below it, either as written or with its links
+    resolved (a link in the tree to a file outside counts as inside: the tree decides
+    where it points)."""
+    given = {os.path.abspath(path), os.path.realpath(path)}
+    trees = {os.path.abspath(directory), os.path.realpath(directory)}
+    return any(g == t or g.startswith(t.rstrip("/") + "/") for g in given for t in trees)
 
 
 def _git_dir(path: str) -> bool:

@@ -291,18 +291,23 @@ def watch(
         ]
         if misplaced:
             fail(f"{', '.join(misplaced)}: only with --repo")
-    hooks = AgentHooks.parse(path, **hook_args)  # --webhook, --notify
+    _outside_watched(
+        path,
+        repo,
+        state_root(root),
+        secrets=(
+            ("--ssh-key", ssh_key),
+            ("--git-credentials-file", git_credentials_file),
+            ("--webhook-secret-file", hook_args.get("webhook_secret_file")),
+            ("--age-key-file", _age_key_file()),
+        ),
+        anchors=(
+            ("--known-hosts", known_hosts),
+            ("--policy", policy_arg if policy_arg and os.path.isfile(policy_arg) else None),
+        ),
+    )
+    hooks = AgentHooks.parse(**hook_args)  # --webhook, --notify
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
-    if path is not None and policy_arg is not None and os.path.isfile(policy_arg):
-        # a policy the watched repository could change (a file, or a link to one, in it)
-        # would guard nothing; it is read once, at start
-        given = {os.path.abspath(policy_arg), os.path.realpath(policy_arg)}
-        watched = {os.path.abspath(path), os.path.realpath(path)}
-        if any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched):
-            fail(
-                f"--policy {policy_arg} is inside the watched {path}: whoever can push there "
-                "could change it; keep the policy outside"
-            )
     metrics = None
     if metrics_addr:
         from pyapply.reconciler.agent.metrics import Metrics
@@ -373,6 +378,54 @@ def watch(
         finally:
             api.stop()
     sys.exit(code)
+
+
+def _age_key_file() -> str | None:
+    """--age-key-file (or SOPS_AGE_KEY_FILE), as its option's check recorded it."""
+    from pyapply.reconciler.manifest import sops
+
+    return sops.key_file()
+
+
+def _outside_watched(
+    path: str | None,
+    repo: str | None,
+    root: str,
+    *,
+    secrets: tuple[tuple[str, str | None], ...],
+    anchors: tuple[tuple[str, str | None], ...],
+) -> None:
+    """Exit 1 when a key file or a file the agent trusts lies in the tree it syncs: the
+    watched directory (and a git-sync link's checkout), or with --repo the agent's clones
+    and work trees (and a repository on this host). A secret there would be loaded,
+    logged and kept in the history as any file of the tree; a known_hosts file or a
+    policy there could be changed by whoever can push. Read once, at start."""
+    from pyapply.reconciler.agent.git_rules import local_path, redact_url
+    from pyapply.reconciler.agent.sources import Source, inside
+
+    if repo is None:
+        assert path is not None
+        trees = Source.of(path).trees()
+        shown = path
+    else:
+        trees = [os.path.join(root, "agent", "git")]
+        local = local_path(repo)
+        if local is not None:
+            trees.append(local)
+        shown = f"checkout of --repo {redact_url(repo)}" if local is None else local
+    for option, given in secrets + anchors:
+        if given is None or not any(inside(given, tree) for tree in trees):
+            continue
+        if (option, given) in secrets:
+            fail(
+                f"{option} {given} is inside the watched {shown}: a secret kept in the synced "
+                "tree would be applied, logged and recorded in the history like any of its "
+                "files; keep it outside (e.g. in /etc/pyapply, mode 0600)"
+            )
+        fail(
+            f"{option} {given} is inside the watched {shown}: whoever can push there could "
+            "change it; keep it outside"
+        )
 
 
 def _git_fetcher(

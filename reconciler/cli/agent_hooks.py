@@ -4,7 +4,6 @@ into an agent (`reconciler.agent.webhook`, `reconciler.agent.notify`)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,7 +83,6 @@ class AgentHooks:
     @classmethod
     def parse(
         cls,
-        watched: str | None,
         *,
         webhook_addr: str | None,
         webhook_secret_file: str | None,
@@ -98,12 +96,6 @@ class AgentHooks:
             if webhook_addr is None or webhook_secret_file is None:
                 fail(
                     "--webhook and --webhook-secret-file go together (a webhook is never unsigned)"
-                )
-            # a git source's clone is the agent's own (under the state root), not the user's
-            if watched is not None and _inside(webhook_secret_file, watched):
-                fail(
-                    f"--webhook-secret-file {webhook_secret_file} is inside the watched "
-                    f"{watched}: keep the secret out of the repository"
                 )
             try:
                 hooks.address = parse_address(webhook_addr)
@@ -162,9 +154,3 @@ class AgentHooks:
                 server.stop()
             if notifier is not None:
                 notifier.stop()
-
-
-def _inside(path: str, directory: str) -> bool:
-    given = {os.path.abspath(path), os.path.realpath(path)}
-    watched = {os.path.abspath(directory), os.path.realpath(directory)}
-    return any(g == w or g.startswith(w.rstrip("/") + "/") for g in given for w in watched)

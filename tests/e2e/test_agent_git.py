@@ -6,7 +6,9 @@ removes -- `git http-backend` behind a small HTTP server with basic auth, and `s
 Over HTTP: a wrong password is a fetch error in the status and nothing is applied; then a
 commit, a new commit, a force push, a deleted ref (an error; the last revision keeps
 running and is still healed), and an agent SIGKILLed in the middle of a fetch and started
-again. Over SSH: an unknown host key is an error; then a commit and a new one are applied.
+again. Over SSH: an unknown host key is an error; then a commit and a new one are applied;
+the second one fetched because a signed push webhook asked (the poll slowed right down);
+then the agent started on another ref starts clean and removes the earlier clone.
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ import pytest
 from pyapply.reconciler.agent.git_source import MARKER
 from tests.e2e.helpers import http_get
 from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest, free_port
-from tests.e2e.test_agent import AgentProc, Repo, git, label, running, stack_yaml
+from tests.e2e.test_agent import (
+    AgentProc,
+    Repo,
+    git,
+    label,
+    openapi_validator,
+    running,
+    stack_yaml,
+)
+from tests.e2e.test_agent_hooks import github, post_webhook
 
 T = TypeVar("T")
 
@@ -40,6 +51,7 @@ HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 SSHD = "/usr/sbin/sshd"
 USER = "deploy"
 PASSWORD = "pw-Zq8d1xT4"  # looked for in logs, the status and the state root
+HOOK_SECRET = "e2e-git-webhook-secret-0123"
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
@@ -238,6 +250,7 @@ def test_https_basic_auth_commits_force_push_deleted_ref_and_kill_mid_fetch(
         assert st["error_kind"] == "auth", st
         assert st["commit"] is None
         doc = git_agent.api("GET", "/v1/status")
+        openapi_validator("Status").validate(doc)  # with git: {... the failure}
         assert doc["revision"]["applied"] is None
         assert doc["agent"]["source_kind"] == "repo"
         shown = git_agent.cli("status").stdout
@@ -315,6 +328,7 @@ def test_https_basic_auth_commits_force_push_deleted_ref_and_kill_mid_fetch(
         assert sorted(os.listdir(source_dir / "trees"))  # retention kept some trees
         assert len(os.listdir(source_dir / "trees")) <= 1 + 1 + 3  # current, good, --keep-trees
         doc = git_agent.api("GET", "/v1/status")
+        openapi_validator("Status").validate(doc)
         assert PASSWORD not in json.dumps(doc) + json.dumps(git_agent.history())
         assert git_agent.stop() == 0
         assert PASSWORD not in git_agent.logs()
@@ -410,10 +424,40 @@ def test_ssh_deploy_key_with_known_hosts(
             assert hosts.read_text().count("\n") == lines  # nothing was added to it
             assert git_agent.stop() == 0
 
-        git_agent.start_repo(url, "--ssh-key", str(key), "--known-hosts", str(known))
+        # the poll slowed right down: the next commit is fetched because a webhook says so
+        hook = free_port()
+        secret = tmp_path / "webhook.secret"
+        secret.touch(mode=0o600)
+        secret.write_text(HOOK_SECRET)
+        git_agent.start_repo(
+            url,
+            *("--ssh-key", str(key), "--known-hosts", str(known), "--poll", "600"),
+            *("--webhook", f"127.0.0.1:{hook}", "--webhook-secret-file", str(secret)),
+        )
         wait_for("sha1 running", lambda: running(obs, app) and label(obs, app) == sha1[:12])
         sha2 = push(work, {"stack.yaml": stack_yaml(stack, {"app": "2"})}, "second")
-        wait_for("sha2", lambda: running(obs, app) and label(obs, app) == sha2[:12])
+        body = json.dumps({"ref": "refs/heads/main", "after": sha2}).encode()
+        code, answer = post_webhook(hook, body, github(body, HOOK_SECRET))
+        assert code == 202 and answer["triggered"] is True, answer
+        # well before the resync timer (--interval 30) could have started a pass
+        wait_for("sha2", lambda: running(obs, app) and label(obs, app) == sha2[:12], 10)
         st = git_agent.git_status()
         assert st["commit"] == sha2 and st["last_error"] is None, st
+        passes = git_agent.history()
+        assert any(
+            p["revision"] == sha2[:12] and p["trigger"] in ("webhook", f"git:{sha2[:12]}")
+            for p in passes
+        ), passes
+        assert git_agent.stop() == 0
+
+        # started again on another ref (the commit, pinned): its own clean directory, and
+        # the earlier source's clone and work trees are gone
+        sources = Path(native.root, "agent", "git")
+        (earlier,) = sources.iterdir()
+        git_agent.start_repo(url, "--ssh-key", str(key), "--known-hosts", str(known), "--ref", sha2)
+        wait_for("the pin fetched", lambda: git_agent.git_status()["commit"] == sha2)
+        (now,) = sources.iterdir()
+        assert now != earlier and not earlier.exists()
+        assert json.loads((now / "source.json").read_text()) == {"url": url, "ref": sha2}
+        assert running(obs, app) and label(obs, app) == sha2[:12]
         assert git_agent.stop() == 0

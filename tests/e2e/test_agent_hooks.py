@@ -1,7 +1,8 @@
-"""Push webhooks and notifications end to end: a real `pyapply watch` process on the native
-runtime with `--webhook` (signed requests sent over loopback TCP) and `--notify` (an HTTP
-receiver on loopback started here, and a URL where nothing listens). The agent is always
-ended by pid (the `AgentProc` of test_agent.py); the receiver is shut down here.
+"""Push webhooks and notifications end to end: a real `pyapply watch` process with
+`--webhook` (signed requests sent over loopback TCP; on both runtimes) and `--notify` (an
+HTTP receiver on loopback started here, and a URL where nothing listens; native only). The
+agent is always ended by pid (the `AgentProc` of test_agent.py); the receiver is shut down
+here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 import http.client
 import http.server
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -30,15 +32,30 @@ SECRET = "e2e-webhook-secret-0123456789"
 TOKEN = "tok-e2e-S3cret-value"  # a stack secret, also put in commit subjects
 
 
-@pytest.fixture
-def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, native)
+@contextlib.contextmanager
+def agent_on(tmp_path: Path, rut: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """An agent on `rut`'s state root, ended by pid afterwards, its log shown on failure."""
+    proc = AgentProc(tmp_path, rut)
     try:
         yield proc
     finally:
         with contextlib.suppress(AssertionError):
             proc.stop(timeout=30)
         print(f"--- agent log ({proc.log}):\n{proc.logs()}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """The agent on the native runtime (what needs no second runtime)."""
+    with agent_on(tmp_path, native) as proc:
+        yield proc
+
+
+@pytest.fixture
+def runtime_agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """The agent on each runtime (docker, native)."""
+    with agent_on(tmp_path, runtime) as proc:
+        yield proc
 
 
 def manifest(stack: str, value: str, memory: str = "64m") -> str:
@@ -87,9 +104,10 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 def test_a_signed_push_triggers_a_pass_and_a_bad_one_nothing(
-    agent: AgentProc, native: RuntimeUnderTest, tmp_path: Path
+    runtime_agent: AgentProc, runtime: RuntimeUnderTest, tmp_path: Path
 ) -> None:
-    stack, obs = native.stack, native.observe
+    agent = runtime_agent
+    stack, obs = runtime.stack, runtime.observe
     repo = Repo(tmp_path / "repo")
     sha1 = repo.commit({"stack.yaml": manifest(stack, "1")}, "one")
     port, metrics = free_port(), free_port()
@@ -143,6 +161,8 @@ def test_a_signed_push_triggers_a_pass_and_a_bad_one_nothing(
     _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
     assert 'pyapply_webhook_requests_total{outcome="triggered"} 1.0' in text
     assert 'pyapply_webhook_requests_total{outcome="unauthorized"} 2.0' in text
+    shown = agent.cli("status").stdout
+    assert f"webhook:   http://127.0.0.1:{port}/webhook, 1 push(es)" in shown, shown
     assert SECRET not in agent.logs()
     assert agent.stop() == 0
 
@@ -195,7 +215,12 @@ def test_notifications_of_each_event_in_order_and_a_receiver_that_is_down(
     sha1 = repo.commit({"stack.yaml": manifest(stack, "1")}, f"one (token {TOKEN})")
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks/abc-url-token?key=xyz"
     down = f"http://127.0.0.1:{free_port()}/down-url-token"  # nothing listens there
-    agent.start(repo.path, "--notify", url, "--notify", f"slack+{down}", "--interval", "600")
+    metrics = free_port()
+    agent.start(
+        repo.path,
+        *("--notify", url, "--notify", f"slack+{down}", "--interval", "600"),
+        *("--metrics", f"127.0.0.1:{metrics}"),
+    )
     app = f"{stack}-app-1"
     wait_for("applied", lambda: receiver.kinds() == ["applied"])
     assert running(obs, app) and label(obs, app) == sha1[:12]
@@ -239,6 +264,12 @@ def test_notifications_of_each_event_in_order_and_a_receiver_that_is_down(
     status_doc = agent.api("GET", "/v1/status")
     openapi_validator("Status").validate(status_doc)
     assert status_doc["notifications"]["targets"][0]["sent"] == 5
+    _, text = http_get(f"http://127.0.0.1:{metrics}/metrics")
+    assert 'pyapply_notifications_total{outcome="sent"} 5.0' in text, text
+    shown = agent.cli("status").stdout
+    assert "notify:    http://127.0.0.1:" in shown and ": 5 sent, 0 failed" in shown, shown
+    failed = re.search(r'^pyapply_notifications_total\{outcome="failed"\} (\d+)\.0$', text, re.M)
+    assert failed and int(failed[1]) >= 1, text  # the down receiver's, still growing
     logs = agent.logs()
     assert "abc-url-token" not in logs and "down-url-token" not in logs
     assert TOKEN not in logs

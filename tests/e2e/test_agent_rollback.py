@@ -1,11 +1,11 @@
 """Automatic rollback end to end: a real `pyapply watch --progress-deadline` process on a git
-work tree made here, the native runtime, a notification receiver on loopback. A commit whose
-service never becomes healthy is rolled back within the deadline and then superseded by a
-good commit; a commit that does not load leaves the running stack alone until its fix."""
+work tree made here, a notification receiver on loopback. A commit whose service never
+becomes healthy is rolled back within the deadline and then superseded by a good commit, on
+both runtimes (health is the runtime's to report); a commit that does not load leaves the
+running stack alone until its fix (native only: no runtime is asked anything new)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +16,7 @@ import pytest
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import RuntimeUnderTest, free_port
 from tests.e2e.test_agent import AgentProc, Repo, openapi_validator, running, wait_for
-from tests.e2e.test_agent_hooks import Receiver
+from tests.e2e.test_agent_hooks import Receiver, agent_on
 
 pytestmark = pytest.mark.e2e
 
@@ -25,13 +25,15 @@ DEADLINE_S = 6
 
 @pytest.fixture
 def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, native)
-    try:
+    with agent_on(tmp_path, native) as proc:
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
+
+
+@pytest.fixture
+def runtime_agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
+    """The agent on each runtime (docker, native)."""
+    with agent_on(tmp_path, runtime) as proc:
+        yield proc
 
 
 @pytest.fixture
@@ -70,9 +72,10 @@ def status(agent: AgentProc) -> dict[str, Any]:
 
 
 def test_an_unhealthy_commit_is_rolled_back_then_superseded_by_a_good_one(
-    agent: AgentProc, native: RuntimeUnderTest, receiver: Receiver, tmp_path: Path
+    runtime_agent: AgentProc, runtime: RuntimeUnderTest, receiver: Receiver, tmp_path: Path
 ) -> None:
-    stack, obs = native.stack, native.observe
+    agent = runtime_agent
+    stack, obs = runtime.stack, runtime.observe
     app = f"{stack}-app-1"
     repo = Repo(tmp_path / "repo")
     good = repo.commit({"stack.yaml": manifest(stack, "1")}, "good")[:12]

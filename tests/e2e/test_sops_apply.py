@@ -177,6 +177,8 @@ def test_watch_decrypts_and_refuses_a_tampered_commit(
         assert finished(agent, good)["outcome"] == "succeeded", agent.history()  # type: ignore[index]
         code, content = runtime.exec(app, "cat", "/run/secrets/token")
         assert code == 0 and f"key: {SECRET}" in content, content
+        code, mode = runtime.exec(app, "stat", "-c", "%a", "/run/secrets/token")
+        assert code == 0 and mode.strip() == "400", mode
         assert runtime.observe.env(app).get("key") == "value"
         before = runtime.observe.must(app).id
 

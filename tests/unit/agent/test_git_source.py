@@ -314,6 +314,9 @@ def test_fetch_publishes_each_commit_and_follows_a_force_push(
     second = commit(upstream, "two\n", "second")
     assert f.fetch_once().commit == second
     assert Path(source.snapshot().directory, "stack.yaml").read_text() == "two\n"
+    # shallow: the clone holds the fetched commit, not its history
+    assert git(Path(f.repo), "rev-parse", "--is-shallow-repository") == "true"
+    assert git(Path(f.repo), "rev-list", "--count", "refs/pyapply/fetched") == "1"
     # a force push to an unrelated history
     git(upstream, "reset", "-q", "--hard", "HEAD~1")
     forced = commit(upstream, "forced\n", "rewritten")
@@ -581,3 +584,74 @@ def test_a_damaged_clone_is_fetched_afresh_while_the_tree_in_use_stays(
     again = f.fetch_once()
     assert again.ok and again.commit == newer, again
     assert f.current() == newer
+
+
+def test_another_url_or_ref_starts_clean_and_removes_the_earlier_sources(
+    tmp_path: Path, upstream: Path
+) -> None:
+    root = tmp_path / "root"
+    first = GitFetcher(f"file://{upstream}", str(root), ref="main")
+    first.prepare()
+    sha = first.fetch_once().commit
+    assert sha
+    assert json.loads(Path(first.base, "source.json").read_text()) == {
+        "url": f"file://{upstream}",
+        "ref": "main",
+    }
+    assert stat.S_IMODE(os.stat(Path(first.base, "source.json")).st_mode) == 0o600
+    parent = Path(first.base).parent
+    # what is not a source directory this code made stays, whatever its name
+    foreign = [parent / "notes", parent / "0123456789abcdef", root / "agent" / "pinned"]
+    for d in foreign:
+        d.mkdir(parents=True)
+        (d / "keep").write_text("not pyapply's\n")
+    (parent / "fedcba9876543210").symlink_to(first.base)
+    # a source directory made before source.json existed: known by our askpass script
+    legacy = parent / "00000000000000aa"
+    legacy.mkdir()
+    (legacy / "askpass.sh").write_text(Path(first.base, "askpass.sh").read_text())
+    (legacy / "trees").mkdir()
+    # a helper a killed fetch of the first source left running
+    orphan = subprocess.Popen(["sleep", "30"], env={"PYAPPLY_GIT_SOURCE": first.base})
+    try:
+        pinned = GitFetcher(f"file://{upstream}", str(root), ref=sha)
+        assert pinned.base != first.base
+        pinned.prepare()
+        assert orphan.wait(5) == -signal.SIGKILL
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
+    assert not os.path.exists(first.base) and not legacy.exists()
+    assert pinned.current() is None  # a clean start: its own first fetch
+    for d in foreign:
+        assert (d / "keep").read_text() == "not pyapply's\n"
+    assert (parent / "fedcba9876543210").is_symlink()
+    assert pinned.fetch_once().commit == sha and pinned.current() == sha
+
+    # another URL: the same again
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", str(upstream), str(other))
+    moved = GitFetcher(f"file://{other}", str(root))
+    moved.prepare()
+    assert not os.path.exists(pinned.base)
+    assert sorted(p.name for p in parent.iterdir()) == sorted(
+        [Path(moved.base).name, "notes", "0123456789abcdef", "fedcba9876543210"]
+    )
+    assert moved.fetch_once().ok
+
+
+def test_a_source_directory_made_for_another_source_is_emptied(
+    tmp_path: Path, upstream: Path
+) -> None:
+    f = GitFetcher(f"file://{upstream}", str(tmp_path / "root"))
+    os.makedirs(Path(f.trees, "a" * 40))
+    Path(f.base, "source.json").write_text('{"url": "https://elsewhere/r.git", "ref": "x"}')
+    f.prepare()
+    assert os.listdir(f.trees) == []
+    assert json.loads(Path(f.base, "source.json").read_text())["url"] == f"file://{upstream}"
+    # one made before source.json existed, for this URL and ref (its name says so): kept
+    g = GitFetcher(f"file://{upstream}", str(tmp_path / "root2"))
+    os.makedirs(Path(g.trees, "b" * 40))
+    g.prepare()
+    assert os.listdir(g.trees) == ["b" * 40]
