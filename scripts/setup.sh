@@ -64,9 +64,10 @@ if [ "$native_only" = 0 ]; then
     # the docker runtime and the tests: dockerd, compose and skopeo to compare with, a
     # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check,
     # chattr (e2fsprogs) for the read-only history fault, sshd (openssh-server) for the
-    # agent's git-over-ssh test
+    # agent's git-over-ssh test, headless chromium and its driver for the dashboard's browser
+    # tests
     packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap e2fsprogs
-        openssh-server)
+        openssh-server chromium chromium-driver)
 fi
 if [ "$list_packages" = 1 ]; then
     printf '%s\n' "${packages[@]}"

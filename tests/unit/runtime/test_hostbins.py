@@ -7,6 +7,7 @@ init binary came only with docker.io, which the demo's set-up never installs).""
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -151,3 +152,52 @@ def test_the_container_manager_refuses_before_making_anything(tmp_path: Path) ->
     mgr.supervisor.conmon = hostbins.CONMON.paths[0] + ".gone"
     with pytest.raises(PermanentError, match="conmon not found at"):
         mgr.check_host(ContainerConfig(name="c1", image="busybox"))
+
+
+# Programs that the tests and benchmarks run (not the runtime: those are HOST_BINARIES), each
+# with the Debian package setup.sh installs for it. A test that starts using a new program
+# belongs here, so that a fresh machine gets it.
+TEST_TOOLS = {
+    "/usr/bin/docker": "docker.io",
+    "/usr/sbin/dockerd": "docker.io",
+    "/usr/bin/docker-compose": "docker-compose",
+    "/usr/bin/skopeo": "skopeo",
+    "/usr/bin/docker-registry": "docker-registry",
+    "/usr/bin/gcc": "gcc",
+    "/usr/sbin/debootstrap": "debootstrap",
+    "/usr/bin/chattr": "e2fsprogs",
+    "/usr/sbin/sshd": "openssh-server",
+    "/usr/bin/chromium": "chromium",
+    "/usr/bin/chromedriver": "chromium-driver",
+}
+
+
+@functools.cache
+def _setup_packages() -> frozenset[str]:
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh"), "--list-packages"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return frozenset(out.stdout.split())
+
+
+def _owners(path: str) -> set[str]:
+    out = subprocess.run(
+        ["dpkg-query", "-S", path], capture_output=True, text=True, timeout=30, check=False
+    )
+    if out.returncode != 0:
+        return set()
+    return {o.strip().split(":")[0] for o in out.stdout.split(":", 1)[0].split(",")}
+
+
+@pytest.mark.parametrize("path", sorted(TEST_TOOLS))
+def test_each_test_tool_comes_from_a_package_setup_installs(path: str) -> None:
+    package = TEST_TOOLS[path]
+    assert package in _setup_packages(), f"setup.sh does not install {package} (for {path})"
+    assert os.access(path, os.X_OK), f"{path} is missing: setup.sh installs {package}"
+    # the link itself (gcc -> gcc-12 belongs to gcc), else what it leads to (alternatives)
+    owners = _owners(path) or _owners(os.path.realpath(path))
+    assert package in owners, f"{path} belongs to {owners or 'no package'}, not {package}"
