@@ -8,8 +8,9 @@ Two uses:
   leave dockerd in a state only a restart clears (dockerd 20.10 can keep a stale endpoint
   count after a killed client, see the kill test). It must then keep its hands off what the
   host's own dockerd manages: no iptables rules (`--iptables=false`, published ports go
-  through docker-proxy), no masquerading, no `docker0` (`--bridge=none`), no ip_forward
-  sysctl.
+  through docker-proxy), no masquerading, no ip_forward sysctl, and its default bridge is one
+  the test makes and removes (`--bridge=pyapd...`). Not `--bridge=none`: with that, dockerd
+  deletes the host's `docker0` at start ("remove the default bridge interface").
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
-# What keeps a daemon in the host's namespace away from the host dockerd's objects.
-HOST_NAMESPACE_ARGS = (
-    "--iptables=false",
-    "--ip-masq=false",
-    "--ip-forward=false",
-    "--bridge=none",
-)
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+
+# What keeps a daemon in the host's namespace away from the host dockerd's objects (and its
+# own bridge, see the module doc).
+HOST_NAMESPACE_ARGS = ("--iptables=false", "--ip-masq=false", "--ip-forward=false")
 
 
 class PrivateDockerd:
@@ -47,6 +47,9 @@ class PrivateDockerd:
         self.log = self.base / "dockerd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        # the default bridge of a daemon in the host's namespace: made on the first start
+        self.bridge = f"pyapd{uuid.uuid4().hex[:8]}" if netns is None else None
+        self.bridge_made = False
 
     def argv(self) -> list[str]:
         daemon = [
@@ -58,11 +61,16 @@ class PrivateDockerd:
             "--log-level=warn",
         ]
         if self.netns is None:
-            return [*daemon, *HOST_NAMESPACE_ARGS]
+            return [*daemon, *HOST_NAMESPACE_ARGS, f"--bridge={self.bridge}"]
         # nsenter execs dockerd: the pid is dockerd's
         return ["nsenter", f"--net={self.netns}", *daemon, "--iptables=true"]
 
     def start(self, timeout_s: float = 60) -> None:
+        if self.bridge is not None and not self.bridge_made:
+            with IPRoute() as ipr:
+                ipr.link("add", ifname=self.bridge, kind="bridge")
+                self.bridge_made = True
+                ipr.link("set", index=ipr.link_lookup(ifname=self.bridge)[0], state="up")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(),
@@ -97,8 +105,15 @@ class PrivateDockerd:
         self.restarts += 1
 
     def remove(self) -> None:
-        """Stop the daemon and remove the directory this object made (its data root too)."""
+        """Stop the daemon, remove its bridge and the directory this object made (its data
+        root too)."""
         self.stop()
+        if self.bridge_made:
+            with IPRoute() as ipr:
+                found = ipr.link_lookup(ifname=self.bridge)
+                if found:
+                    ipr.link("del", index=found[0])
+            self.bridge_made = False
         if self.made_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
