@@ -30,7 +30,7 @@ import click
 
 from pyapply.reconciler.cli.common import connect, locked
 from pyapply.reconciler.cli.main import err, fail, runtime_options
-from pyapply.runtime.base import ContainerState, PushEvent, Runtime, RuntimeFailure
+from pyapply.runtime.base import BuildEvent, ContainerState, PushEvent, Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -320,6 +320,22 @@ def one_line(message: str) -> str:
     """The first line of an error message (some, like tarfile's, list details below it)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[0].rstrip(":") if lines else message
+
+
+@contextlib.contextmanager
+def build_display(
+    as_json: bool, title: str, lines: Callable[[BuildEvent], None]
+) -> Iterator[Callable[[BuildEvent], None]]:
+    """The progress callback of a build: a live view of its steps redrawn in place when
+    stdout is a terminal and the output is text (reconciler/view/build_live.py), else
+    `lines`, a line per event."""
+    if as_json or not sys.stdout.isatty():
+        yield lines
+        return
+    from pyapply.reconciler.view.build_live import LiveBuildView
+
+    with LiveBuildView(title) as live:
+        yield live
 
 
 @contextlib.contextmanager
@@ -692,7 +708,7 @@ def build(
 ) -> None:
     """Build an image from a Dockerfile in CONTEXT, step by step with a layer cache."""
     from pyapply.reconciler.view import build_progress as view
-    from pyapply.runtime.base import BuildConfig, BuildEvent, BuildFailed
+    from pyapply.runtime.base import BuildConfig, BuildFailed
 
     if dockerfile is not None and not os.path.isabs(dockerfile) and os.path.exists(dockerfile):
         # as with docker build, -f is relative to the current directory (else to CONTEXT)
@@ -713,7 +729,8 @@ def build(
 
     rt = connect(runtime_name, root)
     try:
-        result = rt.build_image(config, show)
+        with build_display(as_json, f"build {' '.join(tags) or context}", show) as progress:
+            result = rt.build_image(config, progress)
     except BuildFailed as e:
         if as_json:
             click.echo(json.dumps(view.failure_json(e), indent=2))

@@ -4,18 +4,25 @@ syntax=` ignored), COPY heredocs, and `RUN --mount` of the context, of a stage, 
 kept across builds and of a tmpfs; the image is run with `pyapply -f` and checked from
 inside its container. On the docker runtime (dockerd's classic builder), the same
 Dockerfile is a clear error at its line, before anything is built.
+
+And the live view of a build on a terminal: the CLI run in a pseudo-terminal, its screen
+replayed (helpers.terminal_screen).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import select
 import stat
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import TEST_IMAGE
-from tests.e2e.runtimes import NativeUnderTest, RuntimeUnderTest
+from tests.e2e.helpers import TEST_IMAGE, terminal_screen
+from tests.e2e.runtimes import PYAPPLY, NativeUnderTest, RuntimeUnderTest
 
 pytestmark = pytest.mark.e2e
 
@@ -141,3 +148,71 @@ def test_buildkit_syntax_on_each_runtime(runtime: RuntimeUnderTest, tmp_path: Pa
     (ctx / "data" / "secret.txt").write_text("still never seen\n")
     out = cli.ok("image", "build", str(ctx), "-t", ref)
     assert out.count("CACHED") == 6 and "[8/11] CACHED" in out, out
+
+
+def _in_a_terminal(argv: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, bytes]:
+    """Run `argv` with a pseudo-terminal as its stdin, stdout and stderr; (exit code, all
+    it wrote)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env)
+    finally:
+        os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        code = proc.wait(timeout=30)
+    return code, bytes(out)
+
+
+def test_the_live_view_of_a_build_on_a_terminal(native: NativeUnderTest, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {TEST_IMAGE}\n"
+        "RUN for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.15; done\n"
+        "COPY Dockerfile /df\n"
+        "RUN echo last\n"
+    )
+    env = {**native.cli().env, "TERM": "xterm", "COLUMNS": "120", "LINES": "40", "NO_COLOR": "1"}
+    t0 = time.monotonic()
+    argv = [PYAPPLY, "image", "build", str(ctx), "-t", "local/live:1"]
+    code, raw = _in_a_terminal(argv, env)
+    elapsed = time.monotonic() - t0
+    assert code == 0, raw.decode(errors="replace")
+    # redrawn in place: the cursor goes back up over the view, at most ~10 times a second
+    redraws = raw.count(b"\x1b[1A")
+    assert raw.count(b"\r\x1b[2K") >= 5 and redraws >= 5, raw
+    assert raw.count(b"\r\x1b[2K") <= 10 * elapsed + 5
+    # the running step's output was shown under it while it ran, and is gone at the end
+    assert b"    | line 3" in raw
+    assert not re.search(rb"\x1b\[[0-9;]*3[0-9]m", raw)  # NO_COLOR: no colour at all
+    screen = [line for line in terminal_screen(raw) if line]
+    assert screen[0].startswith("build local/live:1") and screen[0].endswith("4/4 steps")
+    steps = screen[1:5]
+    assert [line.split("]")[0] for line in steps] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all(re.search(r"  DONE \d+\.\ds$", line) for line in steps), screen
+    assert "RUN for i in 1 2 3" in steps[1] and "| line" not in "\n".join(screen)
+    assert screen[5].startswith("built ") and "(4 steps, 0 cached): local/live:1" in screen[5]
+    assert len(screen) == 6, screen
+
+    # not a terminal: plain lines, as before
+    out = native.cli().ok("image", "build", str(ctx), "-t", "local/live:1")
+    assert "[4/4] CACHED" in out and "\x1b" not in out
