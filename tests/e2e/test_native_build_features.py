@@ -11,6 +11,7 @@ replayed (helpers.terminal_screen).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import select
@@ -25,6 +26,9 @@ from tests.e2e.helpers import TEST_IMAGE, terminal_screen
 from tests.e2e.runtimes import PYAPPLY, NativeUnderTest, RuntimeUnderTest
 
 pytestmark = pytest.mark.e2e
+
+SECRET = "s3cret-value"
+SECRET_MD5 = hashlib.md5(SECRET.encode()).hexdigest()  # the Dockerfile does not hold it
 
 # `# escape=`: the backtick continues lines, and backslashes are plain characters (ENV WIN)
 DOCKERFILE = f"""\
@@ -55,6 +59,9 @@ RUN --mount=type=cache,id=demo,target=/var/cache/demo,mode=0700 `
     --mount=type=tmpfs,target=/scratch,size=1m `
     echo run >> /var/cache/demo/runs && wc -l < /var/cache/demo/runs > /cache-count `
     && echo big > /scratch/file && grep -q " /scratch " /proc/mounts
+RUN --mount=type=secret,id=tok,uid=1000 --mount=type=secret,id=absent `
+    test "$(md5sum < /run/secrets/tok)" = "{SECRET_MD5}  -" && test ! -e /run/secrets/absent `
+    && test "$(stat -c %a:%u /run/secrets/tok)" = 400:1000 && ls /run/secrets > /secrets-seen
 COPY --from=tools /opt/tools /tools-copy
 CMD ["sleep", "100000"]
 """
@@ -68,6 +75,7 @@ CHECKS = [
     # nothing a mount brought is in the image: no mount points, no cache, no rw changes
     "test ! -e /ctx && test ! -e /opt/mnt && test ! -e /var/cache/demo && test ! -e /scratch",
     "test ! -e /tools-copy/new && test -f /tools-copy/note",
+    'test "$(cat /secrets-seen)" = tok && test ! -e /run/secrets',
 ]
 
 
@@ -98,6 +106,9 @@ def test_buildkit_syntax_on_each_runtime(runtime: RuntimeUnderTest, tmp_path: Pa
     ctx = _context(tmp_path)
     cli = runtime.cli()
     ref = f"local/{runtime.stack}-features:1"
+    secret = tmp_path / "token.txt"
+    secret.write_text(SECRET)
+    with_secret = ("--secret", f"id=tok,src={secret}")
     if runtime.name == "docker":
         out = cli.run("image", "build", str(ctx), "-t", ref)
         assert out.returncode == 1 and "Traceback" not in out.stderr, out
@@ -111,14 +122,18 @@ def test_buildkit_syntax_on_each_runtime(runtime: RuntimeUnderTest, tmp_path: Pa
         out = cli.run("image", "build", str(ctx), "-t", ref)
         assert out.returncode == 1, out
         assert "error: Dockerfile:2: RUN --mount=type=cache,target=/x needs BuildKit" in out.stderr
+        out = cli.run("image", "build", str(ctx), "-t", ref, *with_secret)
+        assert out.returncode == 1 and "error: --secret (for RUN --mount=type=secret) needs" in (
+            out.stderr
+        )
         return
     assert isinstance(runtime, NativeUnderTest)
-    cli.ok("image", "build", str(ctx), "-t", ref)
+    cli.ok("image", "build", str(ctx), "-t", ref, *with_secret)
     first = runtime.native.image_store.resolve(ref)
     # the same build without the layer cache: the cache mount is still there, with the
     # first build's line in it, so its RUN counts two
-    out = cli.ok("image", "build", str(ctx), "-t", ref, "--no-cache")
-    assert "CACHED" not in out
+    out = cli.ok("image", "build", str(ctx), "-t", ref, "--no-cache", *with_secret)
+    assert "CACHED" not in out and "s3cret" not in out
     cache_root = runtime.root / "build" / "mounts" / "cache"
     assert stat.S_IMODE(os.stat(cache_root).st_mode) == 0o700
     (cache,) = [p for p in cache_root.iterdir() if p.is_dir()]
@@ -127,7 +142,10 @@ def test_buildkit_syntax_on_each_runtime(runtime: RuntimeUnderTest, tmp_path: Pa
     second = runtime.native.image_store.resolve(ref)
     assert first is not None and second is not None
     # the RUN with the cache mount made a different file (/cache-count), the rest the same
-    assert first.diff_ids[:-2] == second.diff_ids[:-2]
+    assert first.diff_ids[:-3] == second.diff_ids[:-3] and first.diff_ids != second.diff_ids
+    # the secret is nowhere in the state root: layers, blobs, the cache, scratch dirs
+    found = subprocess.run(["grep", "-rlF", "s3cret", str(runtime.root)], capture_output=True)
+    assert found.returncode == 1 and not found.stdout, found
 
     manifest = tmp_path / "stack.yaml"
     manifest.write_text(_manifest(runtime.stack, ref))
@@ -142,12 +160,19 @@ def test_buildkit_syntax_on_each_runtime(runtime: RuntimeUnderTest, tmp_path: Pa
 
     # a changed file under a bind mount changes the step's key: the RUN runs again
     (ctx / "data" / "a.txt").write_text("alpha, changed\n")
-    out = cli.ok("image", "build", str(ctx), "-t", ref)
-    assert "[8/11] CACHED" not in out and "[7/11] CACHED" in out, out
+    out = cli.ok("image", "build", str(ctx), "-t", ref, *with_secret)
+    assert "[8/12] CACHED" not in out and "[7/12] CACHED" in out, out
     # an excluded file's change does not
     (ctx / "data" / "secret.txt").write_text("still never seen\n")
-    out = cli.ok("image", "build", str(ctx), "-t", ref)
-    assert out.count("CACHED") == 6 and "[8/11] CACHED" in out, out
+    out = cli.ok("image", "build", str(ctx), "-t", ref)  # the secret's RUN is cached
+    assert out.count("CACHED") == 7 and "[8/12] CACHED" in out, out
+    # a required secret not given: an error at its line
+    (ctx / "Dockerfile").write_text(
+        f"FROM {TEST_IMAGE}\nRUN --mount=type=secret,id=tok,required true\n"
+    )
+    out = cli.run("image", "build", str(ctx), "-t", ref)
+    assert out.returncode == 1
+    assert "error: Dockerfile:2: secret 'tok' is required and was not given" in out.stderr
 
 
 def _in_a_terminal(argv: list[str], env: dict[str, str], limit: float = 120) -> tuple[int, bytes]:

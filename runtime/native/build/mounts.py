@@ -12,7 +12,13 @@ in the step's layer.
   throwaway directory instead). Its content is not part of the cache key, as in BuildKit:
   a cache mount is a speed-up, not an input.
 - `type=tmpfs`: an empty tmpfs at `target`, `size` bytes at most.
-- `type=secret` and `type=ssh` are refused at their line.
+- `type=secret`: the content given with `--secret id=ID,src=FILE` (BuildConfig.secrets)
+  as a read-only file at `target` (default /run/secrets/ID), `mode` 0400 and `uid`/`gid`
+  0 unless given; a secret not given is no mount, or an error when `required`. The file
+  is written for the RUN into the build's 0700 scratch dir and removed after it; its
+  content is in no layer and not in the cache key (as in BuildKit: a changed secret does
+  not rebuild the step).
+- `type=ssh` is refused at its line.
 
 The mount point runc makes for a target the image lacks is removed from the layer
 afterwards (layertar.drop_mount_stubs). Parsing (`parse_mount`) is pure; `RunMounts` does
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
 
     from pyapply.runtime.native.build.builder import Builder
 
-MountKind = Literal["bind", "cache", "tmpfs"]
+MountKind = Literal["bind", "cache", "tmpfs", "secret"]
 Sharing = Literal["shared", "private", "locked"]
 
 _KEYS: dict[str, frozenset[str]] = {
@@ -54,6 +60,7 @@ _KEYS: dict[str, frozenset[str]] = {
         {"id", "source", "from", "readonly", "readwrite", "sharing", "mode", "uid", "gid"}
     ),
     "tmpfs": frozenset({"size"}),
+    "secret": frozenset({"id", "required", "mode", "uid", "gid"}),
 }
 _ALIASES = {
     "src": "source",
@@ -62,7 +69,7 @@ _ALIASES = {
     "ro": "readonly",
     "rw": "readwrite",
 }
-_BOOLEAN = frozenset({"readonly", "readwrite"})
+_BOOLEAN = frozenset({"readonly", "readwrite", "required"})
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -82,11 +89,17 @@ class MountSpec:
     uid: int = 0
     gid: int = 0
     size: int | None = None
+    required: bool = False
 
     def key_text(self) -> str:
         """The spec as it takes part in the step's cache key."""
         if self.type == "tmpfs":
             return f"tmpfs target={self.target} size={self.size}"
+        if self.type == "secret":  # never the content
+            return (
+                f"secret target={self.target} id={self.id} required={int(self.required)} "
+                f"mode={self.mode:o} uid={self.uid} gid={self.gid}"
+            )
         if self.type == "cache":
             return (
                 f"cache target={self.target} id={self.id} sharing={self.sharing} "
@@ -138,16 +151,21 @@ def parse_mount(raw: str, expand: Callable[[str], str], workdir: str, where: str
             value = "true"
         values[key] = expand(value)
     kind = values.pop("type", "bind")
-    if kind in ("secret", "ssh"):
+    if kind == "ssh":
         raise BuildFailed(
-            f"{where}: RUN --mount=type={kind} is not supported by this builder (use a bind "
-            "or cache mount, or build on a BuildKit daemon)",
+            f"{where}: RUN --mount=type=ssh is not supported by this builder (no SSH agent is "
+            "forwarded into builds)",
             where=where,
         )
     if kind not in _KEYS:
         raise BuildFailed(
-            f"{where}: --mount type={kind}: unknown mount type (bind, cache, tmpfs)", where=where
+            f"{where}: --mount type={kind}: unknown mount type (bind, cache, tmpfs, secret)",
+            where=where,
         )
+    if kind == "secret" and not values.get("target"):
+        if not values.get("id"):
+            raise BuildFailed(f"{where}: --mount type=secret needs an id or a target", where=where)
+        values["target"] = f"/run/secrets/{values['id']}"
     target = values.pop("target", "")
     if not target:
         raise BuildFailed(f"{where}: --mount type={kind} needs a target", where=where)
@@ -172,6 +190,17 @@ def parse_mount(raw: str, expand: Callable[[str], str], workdir: str, where: str
             source=values.get("source", "") or "/",
             from_ref=values.get("from") or None,
             read_only=read_only,
+        )
+    if kind == "secret":
+        return MountSpec(
+            "secret",
+            target,
+            id=values.get("id") or os.path.basename(target),
+            required=flag.get("required", False),
+            mode=_int(values["mode"], where, "mode", 8) if "mode" in values else 0o400,
+            uid=_int(values["uid"], where, "uid") if "uid" in values else 0,
+            gid=_int(values["gid"], where, "gid") if "gid" in values else 0,
+            read_only=True,
         )
     if values.get("from") or values.get("source"):
         raise BuildFailed(
@@ -260,6 +289,10 @@ class RunMounts:
         for spec, source in zip(self.specs, self._sources, strict=True):
             if spec.type == "tmpfs":
                 out.append(MountConfig("tmpfs", spec.target, tmpfs_size=spec.size))
+            elif spec.type == "secret":
+                host = self._secret(spec)
+                if host is not None:
+                    out.append(MountConfig("bind", spec.target, host, read_only=True))
             elif spec.type == "cache":
                 out.append(MountConfig("bind", spec.target, self._cache(spec), spec.read_only))
             else:
@@ -317,6 +350,31 @@ class RunMounts:
         self._stack.callback(rmtree, work)
         self._stack.callback(rootfs.unmount, target)
         return str(target)
+
+    def _secret(self, spec: MountSpec) -> str | None:
+        """The secret's file for the RUN (None: not given and not required)."""
+        content = self.builder.config.secrets.get(spec.id)
+        if content is None:
+            if spec.required:
+                raise BuildFailed(
+                    f"{self.where}: secret {spec.id!r} is required and was not given "
+                    f"(--secret id={spec.id},src=FILE)",
+                    where=self.where,
+                )
+            return None
+        path = self._scratch("secret") / "secret"
+        # made with its final mode: the content is never readable by anyone else, even
+        # for a moment; the 0700 scratch dir keeps the host's users away as well
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchmod(fd, spec.mode)
+            os.fchown(fd, spec.uid, spec.gid)
+        finally:
+            os.close(fd)
+        return str(path)
 
     def _cache(self, spec: MountSpec) -> str:
         path = cache_dir(self.builder.build_dir, spec)

@@ -118,13 +118,20 @@ def test_mount_specs() -> None:
         "target=/a",
         "type=tmpfs,target=/b",
     ]
+    assert _mount("type=secret,id=tok") == MountSpec(
+        "secret", "/run/secrets/tok", id="tok", mode=0o400, read_only=True
+    )
+    assert _mount("type=secret,target=/etc/key,required,mode=0440,gid=5") == MountSpec(
+        "secret", "/etc/key", id="key", mode=0o440, gid=5, required=True, read_only=True
+    )
     assert parse_size("1024", "x") == 1024 and parse_size("1GiB", "x") == 1 << 30
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("type=secret,id=tok", "type=secret is not supported"),
+        ("type=secret", "needs an id or a target"),
+        ("type=secret,id=x,size=1", "type=secret does not take size"),
         ("type=ssh", "type=ssh is not supported"),
         ("type=volume,target=/x", "unknown mount type"),
         ("type=cache", "needs a target"),
@@ -158,9 +165,11 @@ def test_mount_specs_take_part_in_the_key() -> None:
             "type=cache,target=/a,uid=1",
             "type=tmpfs,target=/a",
             "type=tmpfs,target=/a,size=1k",
+            "type=secret,id=a",
+            "type=secret,id=a,required",
         )
     }
-    assert len(texts) == 10
+    assert len(texts) == 12
 
 
 def test_the_mount_points_of_a_runs_mounts_leave_no_trace(tmp_path: Path) -> None:
