@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pyapply.runtime.base import BuildFailed, MountConfig
 from pyapply.runtime.native import rootfs
-from pyapply.runtime.native.build.context import Source, Tree, digest_sources
+from pyapply.runtime.native.build.context import Source, Tree, digest_sources, has_glob
 from pyapply.runtime.native.build.copying import from_layers
 from pyapply.runtime.native.build.fsops import copy_entry, safe_join
 from pyapply.runtime.native.build.state import StageState
@@ -259,6 +259,11 @@ class RunMounts:
             seen.add(spec.target)
             origin = ""
             if spec.type == "bind" and spec.from_ref is None:
+                if has_glob(spec.source):
+                    raise BuildFailed(
+                        f"{where}: --mount source={spec.source}: a path, not a pattern",
+                        where=where,
+                    )
                 tree = Tree(builder.config.context, builder.context_matcher)
                 src = tree.match(spec.source.lstrip("/") or ".", f"{where}: RUN --mount")[0]
                 self._sources.append((tree, src))
