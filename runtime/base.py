@@ -273,7 +273,8 @@ class BuildConfig:
     `dockerfile` is relative to `context` (default "Dockerfile"); `dockerfile_inline` replaces
     it. `tags` are the references the result gets; `args` are build args (--build-arg);
     `target` is the stage to stop at; `no_cache` ignores the layer cache; `pull` refreshes
-    the base images first."""
+    the base images first. `secrets` (--secret id=...) are the contents a `RUN
+    --mount=type=secret` sees, by id: never in a layer, a cache key or a repr."""
 
     context: str
     dockerfile: str | None = None
@@ -284,6 +285,7 @@ class BuildConfig:
     labels: Mapping[str, str] = field(default_factory=dict)
     no_cache: bool = False
     pull: bool = False
+    secrets: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 stack's services that have `build:`, made and shipped as `docker compose build` / `push` do.
 
 `build` builds each (all of them, or the services named), in name order, with per-step
-progress lines (reconciler.view.build_progress), stopping at the first failure with its
+progress (a live view on a terminal, reconciler.view.build_live; lines otherwise,
+reconciler.view.build_progress), stopping at the first failure with its
 step, exit code and last lines; `-o json` prints the results (or the error) as JSON on
 stdout and the progress on stderr. `push` pushes the image of each service that has
 `build:` and an image name with a registry host, and the build's `tags` that have one
@@ -20,7 +21,7 @@ from typing import Any
 import click
 
 from pyapply.reconciler.cli.common import connect, enforce, load_or_fail, policy_or_fail
-from pyapply.reconciler.cli.image import one_line, push_each
+from pyapply.reconciler.cli.image import build_display, one_line, push_each
 from pyapply.reconciler.cli.main import (
     err,
     fail,
@@ -122,15 +123,19 @@ def build(
     options = BuildOptions(no_cache=no_cache, pull=pull)
     results: list[dict[str, Any]] = []
 
-    def show(image: str, event: BuildEvent) -> None:
+    def show(event: BuildEvent) -> None:
         click.echo(view.event_line(event), err=as_json)
 
+    live = not as_json and sys.stdout.isatty()
     try:
         for stack, service in todo:
-            click.echo(f"building {service.name} ({service.image})", err=as_json)
+            title = f"building {service.name} ({service.image})"
+            if not live:
+                click.echo(title, err=as_json)
             doc: dict[str, Any] = {"stack": stack.name, "service": service.name}
             try:
-                result = build_service(rt, service, options, show)
+                with build_display(as_json, title, show) as progress:
+                    result = build_service(rt, service, options, lambda _, e: progress(e))
             except BuildError as e:
                 if as_json:
                     doc.update(view.failure_json(e.failure) if e.failure else {"error": str(e)})

@@ -30,7 +30,7 @@ import click
 
 from pyapply.reconciler.cli.common import connect, locked
 from pyapply.reconciler.cli.main import err, fail, runtime_options
-from pyapply.runtime.base import ContainerState, PushEvent, Runtime, RuntimeFailure
+from pyapply.runtime.base import BuildEvent, ContainerState, PushEvent, Runtime, RuntimeFailure
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -320,6 +320,22 @@ def one_line(message: str) -> str:
     """The first line of an error message (some, like tarfile's, list details below it)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[0].rstrip(":") if lines else message
+
+
+@contextlib.contextmanager
+def build_display(
+    as_json: bool, title: str, lines: Callable[[BuildEvent], None]
+) -> Iterator[Callable[[BuildEvent], None]]:
+    """The progress callback of a build: a live view of its steps redrawn in place when
+    stdout is a terminal and the output is text (reconciler/view/build_live.py), else
+    `lines`, a line per event."""
+    if as_json or not sys.stdout.isatty():
+        yield lines
+        return
+    from pyapply.reconciler.view.build_live import LiveBuildView
+
+    with LiveBuildView(title) as live:
+        yield live
 
 
 @contextlib.contextmanager
@@ -655,6 +671,35 @@ def _build_args(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _build_secrets(items: Sequence[str]) -> dict[str, bytes]:
+    """--secret id=ID,src=FILE (or source=FILE, or env=VAR), as docker build takes it: the
+    contents by id, read here (a missing file is an error naming it, never its content)."""
+    out: dict[str, bytes] = {}
+    for item in items:
+        fields = dict(f.partition("=")[::2] for f in item.split(",") if f)
+        sid = fields.pop("id", "")
+        kind = fields.pop("type", "")
+        src = fields.pop("src", None) or fields.pop("source", None)
+        env = fields.pop("env", None)
+        if not sid or fields or kind not in ("", "file", "env") or (src is None) == (env is None):
+            fail(
+                f"--secret {item!r}: expected id=ID,src=FILE or id=ID,env=VAR"
+                + (f" (unknown {', '.join(sorted(fields))})" if fields else "")
+            )
+        if env is not None:
+            if env not in os.environ:
+                fail(f"--secret id={sid}: the environment variable {env} is not set")
+            out[sid] = os.environ[env].encode("utf-8", "surrogateescape")
+            continue
+        assert src is not None
+        try:
+            with open(os.path.expanduser(src), "rb") as f:
+                out[sid] = f.read()
+        except OSError as e:
+            fail(f"--secret id={sid}: cannot read {src}: {e.strerror}")
+    return out
+
+
 @image.command("build")
 @click.argument("context")
 @click.option("-t", "--tag", "tags", multiple=True, help="Name the image (repeatable).")
@@ -666,6 +711,12 @@ def _build_args(items: Sequence[str]) -> dict[str, str]:
     help="The Dockerfile (default CONTEXT/Dockerfile); relative to here, else to CONTEXT.",
 )
 @click.option("--build-arg", "build_args", multiple=True, help="KEY=VALUE (repeatable).")
+@click.option(
+    "--secret",
+    "secrets",
+    multiple=True,
+    help="id=ID,src=FILE or id=ID,env=VAR: a secret for RUN --mount=type=secret (repeatable).",
+)
 @click.option("--target", default=None, help="Stage to build (default: the last).")
 @click.option("--no-cache", is_flag=True, help="Do not use the layer cache.")
 @click.option("--pull", is_flag=True, help="Pull the base images even if present.")
@@ -683,6 +734,7 @@ def build(
     tags: tuple[str, ...],
     dockerfile: str | None,
     build_args: tuple[str, ...],
+    secrets: tuple[str, ...],
     target: str | None,
     no_cache: bool,
     pull: bool,
@@ -692,7 +744,7 @@ def build(
 ) -> None:
     """Build an image from a Dockerfile in CONTEXT, step by step with a layer cache."""
     from pyapply.reconciler.view import build_progress as view
-    from pyapply.runtime.base import BuildConfig, BuildEvent, BuildFailed
+    from pyapply.runtime.base import BuildConfig, BuildFailed
 
     if dockerfile is not None and not os.path.isabs(dockerfile) and os.path.exists(dockerfile):
         # as with docker build, -f is relative to the current directory (else to CONTEXT)
@@ -705,6 +757,7 @@ def build(
         target=target,
         no_cache=no_cache,
         pull=pull,
+        secrets=_build_secrets(secrets),
     )
     as_json = output == "json"
 
@@ -713,7 +766,8 @@ def build(
 
     rt = connect(runtime_name, root)
     try:
-        result = rt.build_image(config, show)
+        with build_display(as_json, f"build {' '.join(tags) or context}", show) as progress:
+            result = rt.build_image(config, progress)
     except BuildFailed as e:
         if as_json:
             click.echo(json.dumps(view.failure_json(e), indent=2))

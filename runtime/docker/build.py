@@ -15,6 +15,12 @@ line boundaries, so text is reassembled into lines first. A syntax error is an H
 before any step ("dockerfile parse error line 3: ..."); a failing step is an in-band
 `error` with the exit status as `errorDetail.code`.
 
+What the classic builder cannot build is refused before anything is sent, at its line:
+heredocs (`RUN <<EOF`, `COPY <<EOF`; the classic builder's parser takes the heredoc's lines
+for instructions and fails on a later line) and `RUN --mount` (refused by dockerd only when
+the step is reached, without a line). The Dockerfile is read for that with the same
+BuildKit parser the native builder uses (the `dockerfile` wheel).
+
 Everything here but `context_tar` is pure (it reads no daemon), for unit tests.
 """
 
@@ -88,16 +94,45 @@ def plan_context(config: BuildConfig) -> Context:
             excludes = dockerignore_patterns(f.read())
     generated = f".dockerfile.{secrets.token_hex(10)}"
     if config.dockerfile_inline is not None:
+        refuse_classic_limits(config.dockerfile_inline, "Dockerfile")
         return Context(directory, excludes, generated, config.dockerfile_inline)
     dockerfile = config.dockerfile or "Dockerfile"
     path = os.path.normpath(os.path.join(directory, dockerfile))
     if not os.path.isfile(path):
         raise BuildFailed(f"{dockerfile}: no such Dockerfile in {config.context}", where=path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    refuse_classic_limits(text, dockerfile)
     rel = os.path.relpath(path, directory)
     if rel.startswith(".." + os.sep) or rel == "..":
-        with open(path, encoding="utf-8") as f:
-            return Context(directory, excludes, generated, f.read())
+        return Context(directory, excludes, generated, text)
     return Context(directory, excludes, rel)
+
+
+_NEEDS_BUILDKIT = (
+    "needs BuildKit, and the docker runtime builds with dockerd's classic builder; "
+    "the native runtime (--runtime native) builds it"
+)
+
+
+def refuse_classic_limits(text: str, name: str) -> None:
+    """BuildFailed at the line of the first heredoc or `RUN --mount`, which the classic
+    builder cannot build. A file the parser refuses is left to dockerd, whose parse error
+    names its line."""
+    import dockerfile
+
+    try:
+        commands = dockerfile.parse_string(text)
+    except dockerfile.GoParseError:
+        return
+    for c in commands:
+        where = f"{name}:{c.start_line}"
+        cmd = str(c.cmd).upper()
+        if c.heredocs:
+            raise BuildFailed(f"{where}: {cmd} with a heredoc {_NEEDS_BUILDKIT}", where=where)
+        mounts = [f for f in c.flags if str(f).startswith("--mount")]
+        if mounts:
+            raise BuildFailed(f"{where}: RUN {mounts[0]} {_NEEDS_BUILDKIT}", where=where)
 
 
 def context_tar(ctx: Context) -> IO[bytes]:

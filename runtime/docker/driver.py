@@ -343,6 +343,11 @@ class DockerRuntime:
         only after the build succeeded."""
         from pyapply.runtime.docker import build
 
+        if config.secrets:
+            raise BuildFailed(
+                "--secret (for RUN --mount=type=secret) needs BuildKit, and the docker "
+                "runtime builds with dockerd's classic builder; the native runtime builds it"
+            )
         ctx = build.plan_context(config)
         shown = config.dockerfile or "Dockerfile"
         action = f"build {config.context}"

@@ -167,3 +167,55 @@ spec:
       init: true
       stop_grace_period: 1s
 {service_lines}{rest}"""
+
+
+_CSI = re.compile(rb"\x1b\[([0-9;?]*)([A-Za-z])")
+
+
+def terminal_screen(raw: bytes, columns: int = 200) -> list[str]:
+    """What a terminal shows after `raw` (a program's output read from a pty): a small
+    emulator of what line-based live views send -- text, CR, LF, cursor up (CSI n A),
+    erase line (CSI 2K); other escape sequences (colours, cursor visibility) change no
+    text. Lines wider than `columns` are cut, not wrapped."""
+    screen: list[list[str]] = [[]]
+    row = col = 0
+    i = 0
+    text = raw
+    while i < len(text):
+        m = _CSI.match(text, i)
+        if m is not None:
+            args, op = m.group(1).decode(), m.group(2).decode()
+            if op == "A":
+                row = max(0, row - int(args or "1"))
+            elif op == "K" and args == "2":
+                screen[row] = []
+            i = m.end()
+            continue
+        c = text[i : i + 1]
+        i += 1
+        if c == b"\r":
+            col = 0
+        elif c == b"\n":
+            row += 1
+            col = 0
+            while len(screen) <= row:
+                screen.append([])
+        elif c == b"\x1b":
+            continue
+        else:
+            # one UTF-8 character (rich's ellipsis is three bytes)
+            end = i
+            while end < len(text) and (text[end] & 0xC0) == 0x80:
+                end += 1
+            ch = text[i - 1 : end].decode("utf-8", "replace")
+            i = end
+            line = screen[row]
+            if col < columns:
+                while len(line) < col:
+                    line.append(" ")
+                if col < len(line):
+                    line[col] = ch
+                else:
+                    line.append(ch)
+            col += 1
+    return ["".join(line).rstrip() for line in screen]

@@ -209,6 +209,11 @@ def test_bad_builds_fail_clearly_and_tag_nothing(native: NativeUnderTest, tmp_pa
     assert "  | first\n  | second\n" in err
     err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nADD http://example.invalid/x.tgz /x\n")
     assert "Dockerfile:2: ADD http://example.invalid/x.tgz: fetching URLs is not supported" in err
+    (ctx / "local.txt").write_text("local\n")
+    err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nADD --checksum=sha256:{'0' * 64} local.txt /\n")
+    assert "error: Dockerfile:2: ADD --checksum: only a URL source can be checked" in err
+    err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nRUN --mount=type=ssh,id=agent ssh-add -l\n")
+    assert "error: Dockerfile:2: RUN --mount=type=ssh is not supported by this builder" in err
     err = _fails(native, ctx, f"FROM --platform=linux/s390x {TEST_IMAGE}\n")
     assert "Dockerfile:1: FROM --platform=linux/s390x: this builder builds for the host's" in err
     err = _fails(native, ctx, f"FROM {TEST_IMAGE}\nCOPY missing.txt /\n")

@@ -51,6 +51,7 @@ from pyapply.runtime.native.build import cache as cachemod
 from pyapply.runtime.native.build import dockerignore, layertar, parse, state
 from pyapply.runtime.native.build.copying import CopyStep, base_layers
 from pyapply.runtime.native.build.fsops import make_dirs
+from pyapply.runtime.native.build.mounts import RunMounts, mount_flags
 from pyapply.runtime.native.build.parse import Dockerfile, Instruction, Stage
 from pyapply.runtime.native.build.state import StageState
 from pyapply.runtime.native.build.workspace import Workspace
@@ -190,7 +191,7 @@ class Builder:
         values = platform_args()
         for ins in df.meta_args:
             where = f"{df.name}:{ins.line}"
-            for k, v in state.declare_arg(ins, self.args, values, values, where):
+            for k, v in state.declare_arg(ins, self.args, values, values, where, df.escape):
                 if v is not None:
                     values[k] = v
         return values
@@ -205,14 +206,14 @@ class Builder:
 
     def _base_ref(self, stage: Stage) -> str:
         where = f"{self._df().name}:{stage.line}"
-        tmp = StageState(name=None, base_id="", args=self.meta)
+        tmp = self._scratch_state()
         return tmp.expand(stage.base, where)
 
     def _from_ref(self, ins: Instruction) -> str | None:
         raw = ins.flag("from")
         if raw is None:
             return None
-        tmp = StageState(name=None, base_id="", args=self.meta)
+        tmp = self._scratch_state()
         return tmp.expand(raw, f"{self._df().name}:{ins.line}")
 
     def _needed(self, df: Dockerfile, target: Stage) -> list[int]:
@@ -250,6 +251,11 @@ class Builder:
             return 0
         return len(self.store.config_document(record).get("config", {}).get("OnBuild") or [])
 
+    def _scratch_state(self) -> StageState:
+        """A state for expanding what comes before a stage (FROM's image, --from) with the
+        global ARGs."""
+        return StageState(name=None, base_id="", args=self.meta, escape=self._df().escape)
+
     def _df(self) -> Dockerfile:
         assert self.df is not None
         return self.df
@@ -282,7 +288,7 @@ class Builder:
         df = self._df()
         where = f"{df.name}:{stage.line}"
         if stage.platform is not None:
-            want = StageState(name=None, base_id="", args=self.meta).expand(stage.platform, where)
+            want = self._scratch_state().expand(stage.platform, where)
             host = host_platform()
             if want not in (str(host), f"{host.os}/{host.architecture}"):
                 raise BuildFailed(
@@ -297,7 +303,12 @@ class Builder:
             st.onbuild_from_base = []
             return st
         if ref.lower() == "scratch":
-            return StageState(name=stage.name, base_id="", key=cachemod.step_key("", "scratch"))
+            return StageState(
+                name=stage.name,
+                base_id="",
+                key=cachemod.step_key("", "scratch"),
+                escape=df.escape,
+            )
         record = None if self.config.pull else self.store.resolve(ref)
         if record is None:
             try:
@@ -317,6 +328,7 @@ class Builder:
             key=cachemod.step_key(record.id, "FROM"),
             shell=tuple(cfg.get("Shell") or state.DEFAULT_SHELL),
             onbuild_from_base=triggers,
+            escape=df.escape,
         )
 
     # -- one instruction -----------------------------------------------------------------
@@ -344,7 +356,7 @@ class Builder:
         c = ins.cmd
         if c == "ARG":
             env = st.expansion_env()
-            for k, v in state.declare_arg(ins, self.args, self.meta, env, where):
+            for k, v in state.declare_arg(ins, self.args, self.meta, env, where, st.escape):
                 if v is not None:
                     st.args[k] = v
                 else:
@@ -439,6 +451,8 @@ class Builder:
 
     def _run(self, ins: Instruction, st: StageState, where: str) -> bool:
         for flag in ins.flags:
+            if flag.startswith("--mount="):
+                continue
             if flag not in ("--network=default", "--network=host", "--network=none"):
                 raise BuildFailed(
                     f"{where}: RUN {flag} is not supported by this builder", where=where
@@ -448,10 +462,28 @@ class Builder:
         if ins.flag("network") == "none":
             netns = None
         argv = run_argv(ins, st)
-        key = cachemod.step_key(st.key, ins.original, args=st.args)
+        mounts = RunMounts(self, mount_flags(ins.flags), st, where)
+        key = cachemod.step_key(st.key, ins.original, args=st.args, extra=mounts.key_parts())
         created_by = ins.text if not ins.heredocs else ins.original.strip()
         if self._cached(st, key, created_by):
             return True
+        try:
+            self._run_container(ins, st, where, argv, netns, mounts, key, created_by)
+        finally:
+            mounts.close()
+        return False
+
+    def _run_container(
+        self,
+        ins: Instruction,
+        st: StageState,
+        where: str,
+        argv: list[str],
+        netns: str | None,
+        mounts: RunMounts,
+        key: str,
+        created_by: str,
+    ) -> None:
         lowers = self.lower_dirs(st)
         name = self.workspace.container_name()
         config = ContainerConfig(
@@ -463,6 +495,7 @@ class Builder:
             env=tuple(st.run_env(self.proxies)),
             user=str(st.config.get("User") or "") or None,
             working_dir=st.workdir(),
+            mounts=mounts.open(),
         )
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         try:
@@ -491,12 +524,11 @@ class Builder:
                 )
             upper = cdir / "upper"
             rootfs.unmount(cdir / "rootfs")  # the process is gone; its upper dir is the layer
-            layertar.drop_mount_stubs(str(upper), lowers)
+            layertar.drop_mount_stubs(str(upper), lowers, mounts.targets())
             self._commit_upper(st, key, upper, created_by)
         finally:
             with contextlib.suppress(RuntimeFailure):
                 self.containers.remove(name)
-        return False
 
 
 def run_argv(ins: Instruction, st: StageState) -> list[str]:
@@ -512,7 +544,7 @@ def run_argv(ins: Instruction, st: StageState) -> list[str]:
             and command.strip().lstrip("<-").strip("'\"") == ins.heredocs[0].name
         )
         if only:
-            script = ins.heredocs[0].content
+            script = ins.heredocs[0].body()
             if script.startswith("#!"):
                 interpreter = script.splitlines()[0][2:].split()
                 return [*interpreter, "-c", script.split("\n", 1)[1] if "\n" in script else ""]

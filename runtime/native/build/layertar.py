@@ -161,35 +161,43 @@ def lower_lstat(lowers: Sequence[str], rel: str) -> os.stat_result | None:
     return None
 
 
-def drop_mount_stubs(upper: str, lowers: Sequence[str]) -> None:
+def drop_mount_stubs(upper: str, lowers: Sequence[str], extra: Sequence[str] = ()) -> None:
     """Remove runc's mount points from `upper` when the image lacked them and they are
-    empty, and then their parent directories when nothing else changed in them."""
-    for rel in MOUNT_POINTS:
+    empty (`extra`: more of them, relative, a RUN's --mount targets), and then their
+    parent directories while nothing else changed in them: an empty directory of the upper
+    dir that is either the same as below (a copy-up for the mount point's sake) or, for
+    the `extra` targets, absent below (made by runc on the way to the mount point)."""
+    targets = [t.strip("/") for t in extra]
+    for rel in (*MOUNT_POINTS, *targets):
         path = os.path.join(upper, rel)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             continue
-        if lower_lstat(lowers, rel) is not None:
+        if not rel or lower_lstat(lowers, rel) is not None:
             continue
         if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             os.unlink(path)
-        elif stat.S_ISDIR(st.st_mode) and not os.listdir(path):
+        elif stat.S_ISDIR(st.st_mode) and not os.listdir(path) and not _opaque(path):
             os.rmdir(path)
         else:
             continue
         parent = os.path.dirname(rel)
-        if not parent:
-            continue
-        ppath = os.path.join(upper, parent)
-        below = lower_lstat(lowers, parent)
-        with contextlib.suppress(OSError):
-            pst = os.lstat(ppath)
-            if (
-                below is not None
-                and not os.listdir(ppath)
-                and not _opaque(ppath)
-                and (pst.st_mode, pst.st_uid, pst.st_gid)
-                == (below.st_mode, below.st_uid, below.st_gid)
-            ):
-                os.rmdir(ppath)
+        while parent:
+            ppath = os.path.join(upper, parent)
+            below = lower_lstat(lowers, parent)
+            try:
+                pst = os.lstat(ppath)
+                if os.listdir(ppath) or _opaque(ppath) or not stat.S_ISDIR(pst.st_mode):
+                    break
+            except OSError:
+                break
+            same = below is not None and (pst.st_mode, pst.st_uid, pst.st_gid) == (
+                below.st_mode,
+                below.st_uid,
+                below.st_gid,
+            )
+            if not same and not (below is None and rel in targets):
+                break
+            os.rmdir(ppath)
+            parent = os.path.dirname(parent)

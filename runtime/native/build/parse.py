@@ -4,6 +4,15 @@ heredocs. Our part is only what the parser leaves to the builder: the instructio
 not know, the stages, and where a syntax error is (the Go parser's message has no line, so
 the first line at which a growing prefix of the file stops parsing names it).
 
+Parser directives (`# escape=`, `# syntax=` in the comments that open the file):
+the parser honours `escape` itself (line continuations); the builder needs it again for word
+processing, so `directives` reads them the way BuildKit does. `syntax` names a frontend
+image BuildKit would run; this builder has one frontend, so it is read and ignored.
+
+Heredocs: the parser gives each one's name and content; whether it was `<<-` (leading tabs
+stripped) and whether its name was quoted (no expansion of its content) are read back from
+the instruction's words here.
+
 Pure: text in, `Dockerfile` out, `BuildFailed(where="Dockerfile:LINE")` for bad input.
 """
 
@@ -27,11 +36,39 @@ INSTRUCTIONS = frozenset(
 _NOT_IN_ONBUILD = frozenset({"ONBUILD", "FROM", "MAINTAINER"})
 
 
+# BuildKit's directive line (frontend/dockerfile/parser/directives.go's pattern)
+_DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+# the ones the wheel's parser knows; another name ends the directives, as it does there
+KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
+# a heredoc marker in an instruction's words: [fd]<<[-]NAME, NAME maybe quoted
+_HEREDOC_MARK = re.compile(r"(\d*)<<(-?)\s*(\"[^\"\n]*\"|'[^'\n]*'|[^\s<>;&|]+)")
+
+
 @dataclass(frozen=True)
 class Heredoc:
     name: str
     content: str
     fd: int = 0
+    chomp: bool = False  # `<<-`: leading tabs of every line are stripped
+    expand: bool = True  # an unquoted name: $VARs in the content are expanded
+
+    def body(self) -> str:
+        """The content, its lines' leading tabs stripped for `<<-`."""
+        if not self.chomp:
+            return self.content
+        return re.sub(r"(?m)^\t+", "", self.content)
+
+
+def directives(text: str) -> dict[str, str]:
+    """The parser directives at the top of a Dockerfile (lower-case names): the leading
+    `# name=value` comments of known names, up to the first line that is not one."""
+    found: dict[str, str] = {}
+    for line in text.removeprefix("\ufeff").splitlines():
+        m = _DIRECTIVE.match(line)
+        if m is None or m.group(1).lower() not in KNOWN_DIRECTIVES:
+            break
+        found.setdefault(m.group(1).lower(), m.group(2))
+    return found
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,7 @@ class Dockerfile:
     meta_args: list[Instruction]  # ARGs before the first FROM
     stages: list[Stage]
     name: str = "Dockerfile"
+    escape: str = "\\"  # the `# escape=` directive's character
 
     def stage(self, ref: str) -> Stage | None:
         """The stage named `ref` (case-insensitive), or the one at index `ref`."""
@@ -106,6 +144,27 @@ def _locate_error(text: str) -> int:
     return max(len(lines), 1)
 
 
+def _heredocs(c: dockerfile.Command) -> tuple[Heredoc, ...]:
+    """The parser's heredocs, with `chomp` and `expand` read from their markers in the
+    instruction's words (in order: the parser gives them in the order they are named)."""
+    marks: list[tuple[str, bool, bool]] = []
+    for word in c.value:
+        for m in _HEREDOC_MARK.finditer(word):
+            raw = m.group(3)
+            quoted = raw[:1] in ("'", '"')
+            marks.append((raw[1:-1] if quoted else raw, m.group(2) == "-", not quoted))
+    out = []
+    for h in c.heredocs:
+        chomp, expand = False, True
+        for i, (name, ch, ex) in enumerate(marks):
+            if name == h.name:
+                chomp, expand = ch, ex
+                del marks[i]
+                break
+        out.append(Heredoc(h.name, h.content, h.file_descriptor, chomp, expand))
+    return tuple(out)
+
+
 def _convert(c: dockerfile.Command) -> Instruction:
     return Instruction(
         cmd=c.cmd.upper(),
@@ -114,7 +173,7 @@ def _convert(c: dockerfile.Command) -> Instruction:
         value=tuple(c.value),
         flags=tuple(c.flags),
         json=bool(c.json),
-        heredocs=tuple(Heredoc(h.name, h.content, h.file_descriptor) for h in c.heredocs),
+        heredocs=_heredocs(c),
         sub_cmd=c.sub_cmd.upper() if c.sub_cmd else None,
     )
 
@@ -163,7 +222,8 @@ def parse_text(text: str, name: str = "Dockerfile") -> Dockerfile:
                 where = f"{name}:{s.line}"
                 raise BuildFailed(f"{where}: duplicate stage name {s.name!r}", where=where)
             seen[s.name] = s.index
-    return Dockerfile(meta_args=meta, stages=stages, name=name)
+    escape = directives(text).get("escape", "\\")
+    return Dockerfile(meta_args=meta, stages=stages, name=name, escape=escape)
 
 
 def _stage(ins: Instruction, index: int, where: str) -> Stage:

@@ -73,6 +73,7 @@ class StageState:
     key: str = ""  # the cache chain's last key
     shell: tuple[str, ...] = DEFAULT_SHELL
     onbuild_from_base: list[str] = field(default_factory=list)
+    escape: str = "\\"  # the Dockerfile's escape character (`# escape=`)
 
     def fork(self, name: str | None) -> StageState:
         """A new stage built FROM this one."""
@@ -86,6 +87,7 @@ class StageState:
             key=self.key,
             shell=tuple(self.config.get("Shell") or DEFAULT_SHELL),
             onbuild_from_base=list(self.config.get("OnBuild") or []),
+            escape=self.escape,
         )
 
     # -- the environment a step sees -----------------------------------------------------
@@ -112,7 +114,7 @@ class StageState:
 
     def expand(self, text: str, where: str) -> str:
         try:
-            return words.process(text, self.expansion_env())
+            return words.process(text, self.expansion_env(), escape=self.escape)
         except words.WordError as e:
             raise BuildFailed(f"{where}: {e}", where=where) from None
 
@@ -254,6 +256,7 @@ def declare_arg(
     defaults: dict[str, str],
     env: dict[str, str],
     where: str,
+    escape: str = "\\",
 ) -> list[tuple[str, str | None]]:
     """ARG NAME[=default] ...: (name, value) pairs, value None when neither --build-arg nor
     a default (nor, inside a stage, the global ARG's value in `defaults`) gives one."""
@@ -267,7 +270,7 @@ def declare_arg(
             value = build_args[name]
         elif eq:
             try:
-                value = words.process(default, env)
+                value = words.process(default, env, escape=escape)
             except words.WordError as e:
                 raise BuildFailed(f"{where}: {e}", where=where) from None
         else:

@@ -152,3 +152,23 @@ def split_words(text: str) -> list[str]:
     if cur:
         words.append("".join(cur))
     return words
+
+
+def expand_heredoc(text: str, env: Mapping[str, str], *, escape: str = "\\") -> str:
+    """A heredoc's content with `$VAR`/`${...}` expanded, as a shell expands a heredoc whose
+    delimiter is unquoted: quotes stay as they are; the escape character before `$` or
+    itself is removed (the rest is left alone)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == escape and i + 1 < len(text) and text[i + 1] in ("$", escape):
+            out.append(text[i + 1])
+            i += 2
+        elif c == "$":
+            value, i = _dollar(text, i, env)
+            out.append(value)
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

@@ -1,6 +1,6 @@
 """`pyapply image build` as the console script runs it, on an empty native root, for what is
 decided before any step runs (no runc, mount or network): a missing context, a bad
-Dockerfile, a bad tag, `-o json` errors, --build-arg. Builds for real are in
+Dockerfile, a bad tag, `-o json` errors, --build-arg, --secret. Builds for real are in
 tests/e2e/test_native_build.py."""
 
 from __future__ import annotations
@@ -79,3 +79,27 @@ def test_build_args(monkeypatch: pytest.MonkeyPatch) -> None:
         "C": "x=y",
         "FROM_ENV": "e",
     }
+
+
+def test_secrets_are_read_by_id_and_bad_ones_refused(
+    pyapply: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyapply.reconciler.cli.image import _build_secrets
+
+    (tmp_path / "tok").write_bytes(b"file value")
+    monkeypatch.setenv("TOKEN_VAR", "env value")
+    assert _build_secrets([f"id=a,src={tmp_path / 'tok'}", "id=b,type=env,env=TOKEN_VAR"]) == {
+        "a": b"file value",
+        "b": b"env value",
+    }
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    for bad, message in [
+        ("id=x", "expected id=ID,src=FILE or id=ID,env=VAR"),
+        (f"src={tmp_path / 'tok'}", "expected id=ID,src=FILE"),
+        ("id=x,src=a,colour=red", "(unknown colour)"),
+        (f"id=x,src={tmp_path / 'missing'}", f"--secret id=x: cannot read {tmp_path / 'missing'}"),
+        ("id=x,env=NOT_SET_ANYWHERE", "the environment variable NOT_SET_ANYWHERE is not set"),
+    ]:
+        code, _, err = pyapply("image", "build", str(tmp_path), "-t", "x:1", "--secret", bad)
+        assert code == 1 and message in err, (bad, err)
+        assert "file value" not in err
