@@ -87,6 +87,20 @@ def private_dir(path: str | os.PathLike[str]) -> None:
                 private_dir(d)
 
 
+def secret_file_problem(st: os.stat_result, path: str) -> str | None:
+    """Why a file holding a secret (a private key, a token, a password) must not be used, as
+    a sentence that names the fix; None when it may be. Such a file is a regular file that
+    only its owner may read or change: ssh refuses a looser key the same way."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_mode & 0o077:
+        return (
+            f"mode {stat.S_IMODE(st.st_mode):04o} lets others read or change it; make it "
+            f"0600 or 0400 (chmod 600 {path})"
+        )
+    return None
+
+
 def open_private(path: str | os.PathLike[str], flags: int = os.O_RDWR) -> int:
     """os.open of a file that, if it has to be made, is made 0600 (locks, pid files)."""
     return os.open(path, flags | _CREATE, PRIVATE_FILE_MODE)

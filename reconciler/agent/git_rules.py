@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from pyapply.reconciler.core.errors import PyapplyError
+from pyapply.runtime.statefs import secret_file_problem
 
 # the only transports a repository URL may use (git refuses the others, e.g. ext::)
 ALLOWED_SCHEMES = ("https", "http", "ssh", "git", "file")
@@ -244,13 +244,9 @@ def check_ssh_key(path: str) -> None:
         st = os.stat(path)
     except OSError as exc:
         raise GitSourceError(f"--ssh-key {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise GitSourceError(f"--ssh-key {path}: not a file")
-    if st.st_mode & 0o077:
-        raise GitSourceError(
-            f"--ssh-key {path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the "
-            f"private key; chmod 600 {path}"
-        )
+    problem = secret_file_problem(st, path)
+    if problem:
+        raise GitSourceError(f"--ssh-key {path}: {problem}")
 
 
 def read_credentials_file(path: str, url: str) -> Credentials:
@@ -261,13 +257,9 @@ def read_credentials_file(path: str, url: str) -> Credentials:
         raise GitSourceError(f"--git-credentials-file {path}: {exc.strerror}") from None
     with os.fdopen(fd) as fh:
         st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise GitSourceError(f"--git-credentials-file {path}: not a regular file")
-        if st.st_mode & 0o077:
-            raise GitSourceError(
-                f"--git-credentials-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets "
-                "others read it; chmod 0600"
-            )
+        problem = secret_file_problem(st, path)
+        if problem:
+            raise GitSourceError(f"--git-credentials-file {path}: {problem}")
         return parse_credentials(fh.read(), url, path)
 
 

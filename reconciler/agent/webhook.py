@@ -46,7 +46,6 @@ import logging
 import os
 import socket
 import socketserver
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -59,6 +58,7 @@ from urllib.parse import parse_qs
 
 from pyapply.reconciler.agent.api import BoundedThreadingMixIn, DeadlineReader
 from pyapply.reconciler.core.errors import PyapplyError
+from pyapply.runtime.statefs import secret_file_problem
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
@@ -123,13 +123,9 @@ def read_secret(path: str) -> bytes:
         ) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise WebhookError(f"--webhook-secret-file {path}: not a regular file")
-        if st.st_mode & 0o077:
-            raise WebhookError(
-                f"--webhook-secret-file {path}: mode {stat.S_IMODE(st.st_mode):04o} lets "
-                f"others read or change it; `chmod 600 {path}`"
-            )
+        problem = secret_file_problem(st, path)
+        if problem:
+            raise WebhookError(f"--webhook-secret-file {path}: {problem}")
         if st.st_uid not in (os.getuid(), 0):
             raise WebhookError(
                 f"--webhook-secret-file {path}: owned by uid {st.st_uid}, not by this user or root"

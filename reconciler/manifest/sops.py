@@ -49,7 +49,6 @@ import hmac
 import json
 import os
 import re
-import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from pyapply.reconciler.manifest.sealed import (
     is_age,
     reveal,
 )
+from pyapply.runtime.statefs import secret_file_problem
 
 KEY_FILE_ENV = "SOPS_AGE_KEY_FILE"
 
@@ -108,13 +108,9 @@ def check_key_file(path: str) -> None:
         st = os.stat(path)
     except OSError as e:
         raise KeyFileError(f"age key file {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"age key file {path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyFileError(
-            f"age key file {path}: readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"it holds private keys: make it 0600 or 0400 (chmod 600 {path})"
-        )
+    problem = secret_file_problem(st, path)
+    if problem:
+        raise KeyFileError(f"age key file {path}: {problem}")
 
 
 def parse_identities(path: str) -> list[Any]:

@@ -181,7 +181,9 @@ def test_credentials_file_must_be_private(tmp_path: Path) -> None:
     path = tmp_path / "cred"
     path.write_text("bob:pw\n")
     path.chmod(0o644)
-    with pytest.raises(GitSourceError, match="mode 0644 lets others read it; chmod 0600"):
+    with pytest.raises(
+        GitSourceError, match="mode 0644 lets others read or change it; make it 0600"
+    ):
         read_credentials_file(str(path), "https://h/r")
     path.chmod(0o600)
     assert read_credentials_file(str(path), "https://h/r") == Credentials("bob", "pw")

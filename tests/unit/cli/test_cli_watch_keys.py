@@ -81,7 +81,7 @@ def test_key_files_others_can_read_are_refused(tmp_path: Path, age_key: str) -> 
     watched = tmp_path / "watched"
     watched.mkdir()
     loose = private(tmp_path / "etc" / "age.txt", age_key, 0o640)
-    refused(watch(tmp_path, str(watched), "--age-key-file", loose), "readable by others")
+    refused(watch(tmp_path, str(watched), "--age-key-file", loose), "lets others read")
     hook = private(tmp_path / "etc" / "hook.secret", WEBHOOK_SECRET, 0o604)
     out = watch(tmp_path, str(watched), "--webhook", "127.0.0.1:0", "--webhook-secret-file", hook)
     refused(out, "mode 0604")
@@ -93,7 +93,7 @@ def test_key_files_others_can_read_are_refused(tmp_path: Path, age_key: str) -> 
     refused(out, f"--ssh-key {key}: mode 0640 lets others read", "chmod 600")
     cred = private(tmp_path / "etc" / "cred", "u:pw-not-shown\n", 0o660)
     out = watch(tmp_path, "--repo", "https://h.example/r.git", "--git-credentials-file", cred)
-    refused(out, "mode 0660 lets others read it")
+    refused(out, "mode 0660 lets others read")
     assert "pw-not-shown" not in out.stderr
     assert not (tmp_path / "root" / "agent").exists()
 

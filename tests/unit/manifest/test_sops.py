@@ -298,7 +298,9 @@ def test_key_files_are_checked(corpus: Path, tmp_path: Path) -> None:
         sops.use_key_file(str(tmp_path / "missing.txt"))
     secret = (corpus / "keys/age.txt").read_text()
     loose = key_file(tmp_path, secret, mode=0o640)
-    with pytest.raises(sops.KeyFileError, match=r"readable by others \(mode 0640\).*0600 or 0400"):
+    with pytest.raises(
+        sops.KeyFileError, match=r"mode 0640 lets others read or change it; make it 0600 or 0400"
+    ):
         sops.use_key_file(loose)
     os.chmod(loose, 0o400)
     sops.use_key_file(loose)  # owner-only read is fine
@@ -540,7 +542,7 @@ def test_validate_checks_encrypted_secret_files_with_a_key(
     assert f"secret token: {token}:2:" in capsys.readouterr().err
     os.chmod(keys, 0o644)
     assert pyapply(monkeypatch, "validate", "-f", str(d)) == 1
-    assert "readable by others" in capsys.readouterr().err
+    assert "lets others read" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
