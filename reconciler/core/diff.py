@@ -332,9 +332,11 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
     for ref in sorted({dc.config.image for dc in desired.containers}):
         if observed.images.get(ref) is None:
             if ref in built:
-                changes.append(
-                    Change("build", "image", ref, "not present locally", built[ref].name)
-                )
+                b = built[ref].build
+                why = "not present locally"
+                if b is not None and b.pull_first:
+                    why += "; pulled first, built if the pull fails"
+                changes.append(Change("build", "image", ref, why, built[ref].name))
             elif policies.get(ref) == "never":
                 errors.append(f"image {ref} is not present and pull_policy is never")
             else:

@@ -134,6 +134,10 @@ class BuildSpec:
     tags: tuple[str, ...] = ()
     no_cache: bool = False
     pull: bool = False
+    # the service names its `image:` and sets no `pull_policy`: a missing image is pulled
+    # first and built only if the pull fails (the Compose Specification's rule for a
+    # service with both `build:` and `image:`)
+    pull_first: bool = False
     location: Location | None = field(default=None, compare=False)
     path: str = field(default="", compare=False)  # the JSON path of the context's field
 

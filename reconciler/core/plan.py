@@ -75,6 +75,7 @@ class Action:
     volume: VolumeConfig | None = None
     file: DesiredFile | None = None
     build: BuildConfig | None = None  # for build: what to build (the target is its image)
+    pull_first: bool = False  # for build: pull the image, and build only if that fails
     condition: Condition | None = None
     replicas: tuple[str, ...] = ()  # for wait: the containers to wait on
     new_name: str | None = None  # for rename
@@ -142,6 +143,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
     built = builders(desired)
     for ch in result.changes:
         if ch.object == "image" and ch.kind == "build":
+            recipe = built[ch.name].build
             pulls[ch.name] = b.add(
                 Action(
                     f"image:{ch.name}:build",
@@ -150,6 +152,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                     ch.reason,
                     service=ch.service,
                     build=build_config(built[ch.name]),
+                    pull_first=recipe is not None and recipe.pull_first,
                 )
             )
         elif ch.object == "image":

@@ -121,10 +121,11 @@ class _Escalation:
 
     failures: list[str] = field(default_factory=list)
     recreated: bool = False
+    said: str | None = None  # what else the action has to say (a build that was pulled)
 
     def note(self) -> str | None:
         if not self.recreated:
-            return None
+            return self.said
         return (
             f"recreated: start failed {len(self.failures)} times on state the runtime "
             f"kept ({self.failures[-1]})"
@@ -246,6 +247,17 @@ class Executor:
             rt.pull_image(action.target)
         elif op == "build":
             assert action.build is not None
+            if action.pull_first:
+                # `build:` with `image:` and no pull_policy: the registry's image if it has
+                # one, as compose does; any failure of the pull (not found, no registry
+                # reachable) falls back to the build
+                try:
+                    rt.pull_image(action.target)
+                except RuntimeFailure as exc:
+                    escalation.said = f"the pull failed first: {exc.message}"
+                else:
+                    escalation.said = "pulled from its registry, not built"
+                    return
             on_build = self.settings.on_build
             target = action.target
             rt.build_image(

@@ -105,6 +105,7 @@ def read(b: ServiceBuilder) -> BuildSpec | None:
         tags=tuple(tags),
         no_cache=bool(raw.get("no_cache", False)),
         pull=bool(raw.get("pull", False)),
+        pull_first="image" in b.raw and "pull_policy" not in b.raw,
         location=location,
         path=format_path(where),
     )

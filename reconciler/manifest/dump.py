@@ -224,6 +224,10 @@ def service(s: ServiceSpec) -> dict[str, Any]:
             out[section] = refs
     if s.pull_policy != "missing":
         out["pull_policy"] = s.pull_policy
+    elif s.build is not None and not s.build.pull_first:
+        # `image` is always written: without a pull_policy, loading this back would pull
+        # the image first (compose's rule for `build:` with `image:`), which was not asked
+        out["pull_policy"] = "missing"
     return out
 
 

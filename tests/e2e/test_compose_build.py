@@ -226,3 +226,63 @@ def test_compose_build_then_push(
     # a service named in the command line that is no service is an error
     wrong = cli.run("push", "-f", str(project), "nosuch")
     assert wrong.returncode == 1 and "no such service: nosuch" in wrong.stderr
+
+
+def test_build_with_image_pulls_first_and_builds_what_the_registry_lacks(
+    runtime: RuntimeUnderTest,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+) -> None:
+    """The Compose Specification's rule for a service with both `build:` and `image:` and
+    no pull_policy: pull first, build only if the pull fails. `pulled` names an image the
+    registry has, and its Dockerfile would fail if it were built; `built` names one the
+    registry lacks, and is built."""
+    registry: str = request.getfixturevalue("own_registry")
+    stack = runtime.stack
+    there, absent = f"{registry}/{stack}/pulled:1", f"{registry}/{stack}/absent:1"
+    project = tmp_path / "project"
+    for name, dockerfile in (
+        ("broken", f"FROM {TEST_IMAGE}\nRUN echo built-by-mistake && exit 9\n"),
+        ("app", f"FROM {TEST_IMAGE}\nLABEL {LABEL}={stack}\nRUN echo built > /built\n"),
+    ):
+        (project / name).mkdir(parents=True)
+        (project / name / "Dockerfile").write_text(dockerfile)
+    (project / "compose.yaml").write_text(
+        f"name: {stack}\n"
+        "services:\n"
+        "  pulled:\n"
+        f"    image: {there}\n"
+        "    build: ./broken\n"
+        '    command: ["sleep", "100000"]\n'
+        "    stop_signal: SIGKILL\n"
+        "  built:\n"
+        f"    image: {absent}\n"
+        "    build: ./app\n"
+        '    command: ["sleep", "100000"]\n'
+        "    stop_signal: SIGKILL\n"
+    )
+    # the registry gets the test image as `pulled`; dockerd keeps no copy of it
+    image = docker_client.images.get(TEST_IMAGE)
+    image.tag(there)
+    try:
+        docker_client.images.push(there)
+    finally:
+        docker_client.images.remove(there)
+    try:
+        out = runtime.cli().ok("-f", str(project))
+        assert f"+ image {there}: build (not present locally; pulled first, built" in out
+        assert f"image {there}: Built" in out and "pulled from its registry, not built" in out
+        assert "built-by-mistake" not in out
+        assert f"image {absent}: Built" in out and "the pull failed first" in out
+        assert runtime.exec(f"{stack}-built-1", "cat", "/built") == (0, "built\n")
+        assert runtime.exec(f"{stack}-pulled-1", "test", "-e", "/built")[0] == 1
+    finally:
+        if runtime.name == "docker":
+            runtime.cleanup()  # the containers hold the images
+            for ref in (there, absent):
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    docker_client.images.remove(ref, force=True)
+            for leftover in docker_client.images.list(filters={"label": f"{LABEL}={stack}"}):
+                with contextlib.suppress(docker.errors.ImageNotFound):
+                    docker_client.images.remove(leftover.id, force=True)

@@ -256,3 +256,46 @@ def test_the_whole_plan_of_a_fresh_stack_with_a_build(rt: BuildingRuntime, ctx: 
         "    #3 create shop-db-1 after #1 #2\n"
         "    #4 create shop-web-1 after #1 #2\n"
     )
+
+
+def pull_first(stack: Stack) -> Stack:
+    """The stack with web's `build:` marked as the loader marks a service that names its
+    `image:` and sets no `pull_policy`."""
+    web = stack.service("web")
+    assert web.build is not None
+    web = replace(web, build=replace(web.build, pull_first=True))
+    return replace(stack, services=tuple(web if s.name == "web" else s for s in stack.services))
+
+
+def test_build_with_image_and_no_pull_policy_pulls_first(rt: BuildingRuntime, ctx: Path) -> None:
+    """The Compose Specification: with both `build:` and `image:` and no pull_policy, the
+    image is pulled first; the build runs only if the pull fails."""
+    plan = plan_of(rt, pull_first(stack_of(ctx)))
+    assert (
+        "  + image shop-web: build (not present locally; pulled first, built if the pull fails)"
+        in plan_text(plan)
+    )
+    (action,) = [a for a in plan.actions if a.op == "build"]
+    assert action.pull_first
+    outcome = Executor(rt, Settings(sleep=lambda s: None)).run(plan)
+    assert outcome.ok, [r.error for r in outcome.failed]
+    assert "pull shop-web" in rt.calls and rt.builds == []  # the registry had it
+    (done,) = [r for r in outcome.results if r.action.op == "build"]
+    assert done.note == "pulled from its registry, not built"
+
+
+def test_a_failed_pull_falls_back_to_the_build(rt: BuildingRuntime, ctx: Path) -> None:
+    rt.fail_next["pull"] = 1  # the registry is not reachable
+    outcome = Executor(rt, Settings(sleep=lambda s: None)).run(
+        plan_of(rt, pull_first(stack_of(ctx)))
+    )
+    assert outcome.ok, [r.error for r in outcome.failed]
+    assert [c.tags for c in rt.builds] == [("shop-web", "reg.local/shop/web:1")]
+    (done,) = [r for r in outcome.results if r.action.op == "build"]
+    assert done.note is not None and done.note.startswith("the pull failed first: pull shop-web")
+    assert rt.containers["shop-web-1"].image_id == rt.images_["shop-web"].id
+
+
+def test_without_pull_first_a_missing_image_is_never_pulled(rt: BuildingRuntime, ctx: Path) -> None:
+    Executor(rt, Settings(sleep=lambda s: None)).run(plan_of(rt, stack_of(ctx)))
+    assert not any(c.startswith("pull shop-web") for c in rt.calls) and len(rt.builds) == 1

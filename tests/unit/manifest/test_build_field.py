@@ -66,6 +66,7 @@ services:
         tags=("reg.local:5000/shop/api:latest",),
         no_cache=True,
         pull=True,
+        pull_first=True,  # `image:` named, no pull_policy: the registry's image first
     )
     assert api.build is not None and api.build.path == "services.api.build.context"
     inline = stack.service("inline")
@@ -226,3 +227,24 @@ def test_a_build_context_outside_the_manifest_is_an_outside_file_to_the_policy(
         'stack.yaml:10:39: services.file.build.dockerfile: Dockerfile "/etc/shadow" is outside '
         'the manifest\'s directory; the policy denies this (rule "outside_files")',
     ]
+
+
+def test_pull_first_only_with_a_named_image_and_no_pull_policy(here: Path) -> None:
+    """The Compose Specification: with both `build:` and `image:` and no pull_policy, the
+    image is pulled first and built only if that fails; a pull_policy, or no `image:`,
+    keeps the build."""
+    (here / "app").mkdir()
+    text = """\
+name: shop
+services:
+  named: {image: "reg.local/named:1", build: app}
+  policy: {image: "reg.local/policy:1", build: app, pull_policy: missing}
+  unnamed: {build: app}
+"""
+    stack = only_stack(load_text(here, text))
+    first = {s.name: s.build is not None and s.build.pull_first for s in stack.services}
+    assert first == {"named": True, "policy": False, "unnamed": False}
+    for doc in (dump.compose_document(stack), dump.stack_document(stack)):
+        write(here, {"again.yaml": dump.dump_yaml([doc])})
+        (again,) = load(["again.yaml"], environ={}).stacks
+        assert again == stack  # what config prints keeps the rule
