@@ -26,7 +26,7 @@ from pyapply.reconciler.core.model import (
     ServiceSpec,
     Ulimit,
 )
-from pyapply.reconciler.manifest import lifecycle, seccomp_file, yamlpos
+from pyapply.reconciler.manifest import isolation, lifecycle, seccomp_file, yamlpos
 from pyapply.reconciler.manifest.discovery import Unreadable, read_text
 from pyapply.reconciler.manifest.document import (
     MISSING,
@@ -86,7 +86,6 @@ _UNSUPPORTED = tuple(
         "attach",
         "blkio_config",
         "cgroup",
-        "cgroup_parent",
         "cpu_count",
         "cpu_percent",
         "cpu_period",
@@ -98,38 +97,20 @@ _UNSUPPORTED = tuple(
         "credential_spec",
         "develop",
         "device_cgroup_rules",
-        "devices",
-        "dns",
-        "dns_opt",
-        "dns_search",
         "domainname",
         "external_links",
         "gpus",
-        "group_add",
-        "ipc",
         "isolation",
         "label_file",
-        "mac_address",
         "mem_reservation",
         "mem_swappiness",
         "memswap_limit",
         "models",
         "oom_kill_disable",
-        "oom_score_adj",
-        "pid",
-        "platform",
-        "post_start",
         "pre_start",
-        "pre_stop",
-        "privileged",
         "provider",
-        "runtime",
-        "shm_size",
-        "stdin_open",
         "stop_timeout",
         "storage_opt",
-        "sysctls",
-        "tty",
         "use_api_socket",
         "userns_mode",
         "uts",
@@ -173,6 +154,7 @@ class ServiceBuilder(Fields):
         self.file_refs("configs", "/")
         self.file_refs("secrets", "/run/secrets/")
         self.security_opt()
+        isolation.read(self)
         for name in _UNSUPPORTED:
             if name in self.raw:
                 ctx.warn(self.at(name), f'"{name}" is not supported and is ignored', key=True)
@@ -538,14 +520,27 @@ class ServiceBuilder(Fields):
                 )
 
     def security_opt(self) -> None:
-        """seccomp=unconfined|FILE and no-new-privileges (always on) are honoured, as Docker
-        spells them ("=" or the older ":"); other options are warned about and ignored."""
+        """seccomp=unconfined|FILE, no-new-privileges[=true|false] and apparmor=PROFILE are
+        honoured, as Docker spells them ("=" or the older ":"); label (SELinux) and
+        systempaths are warned about and ignored."""
         seen = False
         for _, item, path in self.entries("security_opt"):
             name, sep, value = item.partition("=")
             if not sep:
                 name, sep, value = item.partition(":")
-            if name == "no-new-privileges" and value in ("", "true"):
+            if name == "no-new-privileges":
+                if value in ("", "true"):
+                    self.fields["no_new_privileges"] = True
+                elif value != "false":
+                    self.ctx.error(
+                        path, f"no-new-privileges takes true or false, got {show(value)}"
+                    )
+                continue
+            if name == "apparmor":
+                if not value:
+                    self.ctx.error(path, "apparmor needs a profile name (or unconfined)")
+                else:
+                    self.fields["apparmor"] = value
                 continue
             if name != "seccomp":
                 self.ctx.warn(path, f"security option {show(item)} is not supported and is ignored")

@@ -125,6 +125,21 @@ def image_health(hc: Mapping[str, Any] | None) -> HealthConfig | None:
     )
 
 
+def set_mac(nspath: str, ip: str, mac: str) -> None:
+    """Give the interface holding `ip` in the namespace the MAC a config asks for
+    (mac_address) instead of the one made of its address."""
+    import socket
+
+    from pyapply.runtime.native.netlink import NetNS
+
+    with NetNS(nspath, flags=0) as ns:
+        for addr in ns.get_addr(family=socket.AF_INET):
+            if addr.get_attr("IFA_ADDRESS") == ip:
+                ns.link("set", index=addr["index"], address=mac)
+                return
+    raise PermanentError(f"no interface has address {ip} to give MAC {mac}")
+
+
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(k in have and (v == "" or have[k] == v) for k, v in wanted.items())
 
@@ -504,6 +519,16 @@ class NativeRuntime:
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
         # dockerd does
         health = config.health or image_health(record.config.healthcheck)
+        joins: dict[str, str] = {}
+        for kind, mode in (("pid", config.pid_mode), ("ipc", config.ipc_mode)):
+            if mode is not None and mode.startswith("container:"):
+                other = Names.key_of(names, mode.removeprefix("container:"))
+                if other is None:
+                    raise PermanentError(
+                        f"container {config.name}: {kind} joins container "
+                        f"{mode.removeprefix('container:')}, which does not exist"
+                    )
+                joins[kind] = other
         nspath = self._make_netns(key)
         try:
             cid = self.containers.create(
@@ -514,6 +539,7 @@ class NativeRuntime:
                 mounts=mounts,
                 netns_path=nspath,
                 pending=True,
+                joins=joins,
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
@@ -535,6 +561,8 @@ class NativeRuntime:
                         hostname=hostname,
                     )
                 )
+            if config.mac_address is not None and ips:
+                set_mac(nspath, ips[0], config.mac_address)
             if config.ports:
                 if not ips:
                     raise PermanentError(
