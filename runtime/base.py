@@ -216,6 +216,7 @@ class ContainerConfig:
     group_add: tuple[str, ...] = ()
     mac_address: str | None = None
     runtime: str | None = None  # the OCI runtime's name (None: the default)
+    platform: str | None = None  # another platform's image, for that runtime (wasi/wasm)
     post_start: tuple[ExecHook, ...] = ()
     pre_stop: tuple[ExecHook, ...] = ()
 

@@ -280,6 +280,8 @@ def container_config(
         group_add=service.group_add,
         mac_address=service.mac_address,
         runtime=service.runtime,
+        # the host's own platform is what a runtime picks anyway
+        platform=service.platform if service.runtime is not None else None,
         post_start=_hooks(service.post_start),
         pre_stop=_hooks(service.pre_stop),
     )

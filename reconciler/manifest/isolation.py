@@ -274,7 +274,8 @@ def _service_ref(b: ServiceBuilder, name: str, value: str) -> str | None:
 
 
 def namespaces(b: ServiceBuilder) -> None:
-    """pid: host | service:NAME; ipc: host | private | shareable | service:NAME."""
+    """pid: host | service:NAME | container:NAME; ipc: host | private | shareable |
+    service:NAME | container:NAME."""
     choices = {"pid": ("host",), "ipc": ("host", "private", "shareable")}
     for name, plain in choices.items():
         value = b.get(name)
@@ -289,15 +290,14 @@ def namespaces(b: ServiceBuilder) -> None:
             got = _service_ref(b, name, value)
             if got:
                 b.fields[name] = got
-        elif value.startswith("container:"):
-            b.ctx.error(
-                b.at(name),
-                f'"{name}: {value}" joins a container outside the stack, which pyapply does '
-                f'not manage; use "service:<name>" for a service of the stack',
-            )
+        elif value.startswith("container:") and len(value) > len("container:"):
+            b.fields[name] = value  # a container of the host by name (the policy's to judge)
         else:
             words = ", ".join(f'"{p}"' for p in plain)
-            b.ctx.error(b.at(name), f'must be {words} or "service:<name>", got {show(value)}')
+            b.ctx.error(
+                b.at(name),
+                f'must be {words}, "service:<name>" or "container:<name>", got {show(value)}',
+            )
 
 
 def cgroup_parent(b: ServiceBuilder) -> None:
@@ -311,8 +311,8 @@ def cgroup_parent(b: ServiceBuilder) -> None:
 
 
 def platform(b: ServiceBuilder) -> None:
-    """The host's platform is accepted (the image is pulled for it anyway); any other
-    cannot run here."""
+    """The host's platform is accepted (the image is pulled for it anyway); another one
+    cannot run here, unless the service names an OCI runtime made for it (wasi/wasm)."""
     value = b.get("platform")
     if value is MISSING:
         return
@@ -323,11 +323,19 @@ def platform(b: ServiceBuilder) -> None:
     if len(parts) == 1:
         parts = ["linux", *parts]
     if "/".join(parts[:2]) != host:
-        b.ctx.refuse(
+        runtime = b.get("runtime")
+        if not isinstance(runtime, str):
+            b.ctx.refuse(
+                b.at("platform"),
+                f"platform {show(value)} cannot run on this host, which is {host}",
+            )
+            return
+        # another platform's image (wasi/wasm) runs only under a runtime made for it
+        b.ctx.warn(
             b.at("platform"),
-            f"platform {show(value)} cannot run on this host, which is {host}",
+            f"platform {show(value)} is not this host's ({host}): only the runtime "
+            f"{show(runtime)} can run it (on docker, if dockerd knows it)",
         )
-        return
     b.fields["platform"] = text
 
 

@@ -665,6 +665,7 @@ class DockerRuntime:
             "tty": config.tty,
             "stdin_open": config.stdin_open,
             "mac_address": config.mac_address,
+            "platform": config.platform,
         }
 
     def _security_opt(self, config: ContainerConfig) -> list[str]:

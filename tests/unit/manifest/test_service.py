@@ -458,8 +458,6 @@ def test_unsupported_fields_warn(here: Path) -> None:
     ) == [
         'stack.yaml:8:5: warning: services.both.container_name: "container_name" is not '
         "supported and is ignored: pyapply names containers <stack>-<service>-<n>",
-        'stack.yaml:9:5: warning: services.both.privileged: "privileged" is not supported and is '
-        "ignored",
         'stack.yaml:10:5: warning: services.both.network_mode: "network_mode: host" is not '
         "supported; the service is not attached to any network",
         "stack.yaml:11:5: warning: services.both.mem_limit: conflicts with "
