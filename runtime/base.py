@@ -110,6 +110,10 @@ class MountConfig:
     read_only: bool = False
     tmpfs_size: int | None = None
     tmpfs_mode: int | None = None
+    no_copy: bool = False  # a volume: the image's content at the target is not copied in
+    # a bind whose host path is missing is made a directory (else the create fails); it
+    # says how the container is made, not what it is, so a change does not recreate it
+    create_host_path: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

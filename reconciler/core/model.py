@@ -57,6 +57,11 @@ class Mount:
     read_only: bool = False
     tmpfs_size: int | None = None
     tmpfs_mode: int | None = None
+    # a named or anonymous volume: do not copy the image's content at the target into it
+    nocopy: bool = False
+    # a bind whose host path is missing: make it a directory (compose's short syntax does;
+    # the long one only with bind.create_host_path: true)
+    create_host_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,7 @@ class ConfigSpec:
     content: str | None = None
     environment: str | None = None
     external: bool = False
+    external_name: str | None = None  # `name:` of an external one: what it is found by
     location: Location | None = field(default=None, compare=False)
 
 

@@ -206,6 +206,8 @@ def container_config(
                 read_only=m.read_only,
                 tmpfs_size=m.tmpfs_size,
                 tmpfs_mode=m.tmpfs_mode,
+                no_copy=m.nocopy,
+                create_host_path=m.type == "bind" and m.create_host_path,
             )
         )
     mounts += _file_mounts("config", service.configs, file_paths)

@@ -62,6 +62,10 @@ def _mount(m: Mount) -> dict[str, Any]:
     out["target"] = _s(m.target)
     if m.read_only:
         out["read_only"] = True
+    if m.type == "bind":
+        out["bind"] = {"create_host_path": m.create_host_path}
+    if m.nocopy:
+        out["volume"] = {"nocopy": True}
     if m.type == "tmpfs" and (m.tmpfs_size is not None or m.tmpfs_mode is not None):
         opts: dict[str, Any] = {}
         if m.tmpfs_size is not None:
@@ -324,6 +328,8 @@ def volume(v: VolumeSpec) -> dict[str, Any]:
 
 def file_object(c: ConfigSpec) -> dict[str, Any]:
     if c.external:
+        if c.external_name:
+            return {"external": True, "name": _s(c.external_name)}
         return {"external": True}
     if c.file is not None:
         return {"file": _s(c.file)}

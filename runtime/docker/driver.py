@@ -522,6 +522,7 @@ class DockerRuntime:
         action = f"create container {config.name}"
         existing = self._inspect_container(config.name)
         if existing is None:
+            self._make_bind_sources(config)
             try:
                 created: JSON = self._call(
                     action, lambda api: api.create_container(**self._create_args(api, config))
@@ -570,7 +571,23 @@ class DockerRuntime:
             source=m.source or None,  # "" -> an anonymous volume
             type=m.type,
             read_only=m.read_only,
+            no_copy=m.no_copy,
         )
+
+    def _make_bind_sources(self, config: ContainerConfig) -> None:
+        """Make the missing host directories of binds that ask for it (compose's
+        create_host_path), as dockerd's Mounts API does not, and refuse the others plainly;
+        only for a daemon on this host's UNIX socket, whose host paths are ours."""
+        if unix_socket_path(self._daemon) is None:
+            return
+        for m in config.mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                if not m.create_host_path:
+                    raise PermanentError(
+                        f"container {config.name}: bind source {m.source} does not exist "
+                        "(bind.create_host_path: true makes it)"
+                    )
+                os.makedirs(m.source, mode=0o755, exist_ok=True)
 
     def _create_args(self, api: Any, config: ContainerConfig) -> dict[str, Any]:
         """ContainerConfig -> keyword arguments of APIClient.create_container."""

@@ -449,6 +449,13 @@ class NativeRuntime:
         anon: list[Path] = []
         cdir = self.containers.dir(key)
         for m in config.mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                if not m.create_host_path:
+                    raise PermanentError(
+                        f"container {config.name}: bind source {m.source} does not exist "
+                        "(bind.create_host_path: true makes it)"
+                    )
+                os.makedirs(m.source, mode=0o755, exist_ok=True)  # as compose makes it
             if m.type != "volume":
                 out.append(m)
                 continue
