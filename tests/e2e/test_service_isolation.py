@@ -10,14 +10,17 @@ One project of three busybox services exercises them all at once:
 - `reader`: stdin_open without a tty (its `cat` would end at once on /dev/null), and
   mac_address.
 
-It is applied, re-applied as a no-op, diffed against a changed field (the plan names it),
-and taken down (which runs the pre_stop hook, seen in a bind-mounted directory).
+It is applied, re-applied as a no-op, started again after `box` is stopped (which ends
+`peer`, in its process namespace: both start again, the hook runs again, and `peer` joins
+`box`'s new namespaces), diffed against a changed field (the plan names it), and taken down
+(which runs the pre_stop hook, seen in a bind-mounted directory).
 """
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +171,20 @@ def test_isolation_fields_run_on_both_runtimes(runtime: RuntimeUnderTest, tmp_pa
         ids = {n: c.id for n, c in runtime.observe.containers(s).items()}
         again = run("diff", "--exit-code")
         assert again.returncode == 0, again.stdout + again.stderr
+
+        # box stopped: peer, in its process namespace, ends with it; an apply starts box
+        # again (its post_start hook runs again), then peer, in box's new namespaces
+        (project / "out" / "post_start").unlink()
+        runtime.stop(f"{s}-box-1", timeout=1)
+        deadline = time.monotonic() + 15
+        while runtime.observe.running(f"{s}-peer-1") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not runtime.observe.running(f"{s}-peer-1")
+        restarted = run("apply")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert (project / "out" / "post_start").read_text().strip() == "1000"
+        assert inside("peer", "cat", "/proc/1/cmdline").split("\0")[:2] == ["sleep", "3600"]
+        assert inside("peer", "cat", "/dev/shm/marker").strip() == "hooked"
         manifest.write_text(MANIFEST.replace("CGROUP", parent).replace("192.0.2.53", "192.0.2.54"))
         changed = run("diff", "--exit-code")
         assert changed.returncode == 2, changed.stdout + changed.stderr

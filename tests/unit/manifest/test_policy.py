@@ -79,6 +79,14 @@ def test_privileged(here: Path) -> None:
     assert findings(here, stack("privileged: true"), exempt) == []
 
 
+def test_privileged_hooks_are_asks(here: Path) -> None:
+    got = findings(here, stack("post_start: [{command: x, privileged: true}, {command: y}]"))
+    assert got == [
+        "stack.yaml:8:33: spec.services.web.post_start[0].privileged: a privileged post_start "
+        'hook runs with every capability; the policy denies this (rule "privileged")'
+    ]
+
+
 def test_host_namespaces(here: Path) -> None:
     text = stack(
         "network_mode: host\npid: host\nipc: host\nuts: host\nuserns_mode: host\ncgroup: host"
