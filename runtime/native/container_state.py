@@ -72,7 +72,10 @@ STATE_SHAPE = record(
         "stdin_open": boolean,
         # the containers (keys) whose pid / ipc namespace it joins: found again at each start
         "joins": map_of(string),
-        "shm": optional(string),  # a host tmpfs mounted at its /dev/shm (ipc: shareable)
+        "shm": optional(string),
+        "mac": list_of(
+            string
+        ),  # [ip, mac]: the interface of ip gets mac (mac_address)  # a host tmpfs mounted at its /dev/shm (ipc: shareable)
         "post_start": list_of(_HOOK),
         "pre_stop": list_of(_HOOK),
     },

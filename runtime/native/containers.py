@@ -605,6 +605,14 @@ class ContainerManager:
                     + (f": {tail}" if tail else "")
                 )
 
+    def note_mac(self, name: str, ip: str, mac: str) -> None:
+        """Record the MAC a config gave the interface holding `ip`, to give it again when
+        the container's networking is remade (after a reboot, or a repair)."""
+        with self._lock(name):
+            doc = self._must_load(name)
+            doc["mac"] = [ip, mac]
+            self._save(name, doc)
+
     def settle(self, name: str) -> None:
         """The caller finished what a pending create left to do."""
         with self._lock(name):

@@ -570,6 +570,7 @@ class NativeRuntime:
                 )
             if config.mac_address is not None and ips:
                 set_mac(nspath, ips[0], config.mac_address)
+                self.containers.note_mac(key, ips[0], config.mac_address)
             if config.ports:
                 if not ips:
                     raise PermanentError(
@@ -597,6 +598,7 @@ class NativeRuntime:
             # running (as events judge it, from files: no runc call on every start)
             with self._lock():
                 self._repair(key, read_pid(cdir / "pidfile"))
+                self._remac(key)
             # the root's keeper (healthchecks, log rotation) runs while containers do
             healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
             return
@@ -611,7 +613,15 @@ class NativeRuntime:
             # it ran before: its veths, bridges or rules may have gone since
             with self._lock():
                 self.networks.repair(key, self.netns_path(key))
+        self._remac(key)
         self.containers.start(key)
+
+    def _remac(self, key: str) -> None:
+        """Give the MAC a config asked for again to an interface remade since."""
+        doc = self.containers.peek(key) or {}
+        mac = doc.get("mac")
+        if mac and os.path.exists(self.netns_path(key)):
+            set_mac(self.netns_path(key), mac[0], mac[1])
 
     @staticmethod
     def _started(cdir: Path) -> bool:

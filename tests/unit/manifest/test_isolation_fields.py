@@ -283,3 +283,19 @@ def test_a_changed_field_changes_the_hash_and_is_named(here: Path) -> None:
         new = changed.containers[1]
         assert old.spec_hash != new.spec_hash, body
         assert name in [d.field for d in field_diffs(old.applied, new.applied)], body
+
+
+def test_the_swarm_runtime_refuses_what_it_does_not_run(here: Path) -> None:
+    from pyapply.reconciler.manifest.swarm_check import check_swarm
+
+    body = "privileged: true\npost_start: [{command: x}]\nsysctls: {net.core.somaxconn: 1}"
+    loaded = load_text(here, DOC.format(body=textwrap.indent(body, "    ")))
+    got = [str(p) for p in check_swarm(loaded) if p.severity == "error"]
+    assert got == [
+        "stack.yaml:5:5: services.svc.privileged: the swarm runtime does not run privileged "
+        "tasks (runtime swarm)",
+        "stack.yaml:7:5: services.svc.sysctls: the swarm runtime does not set sysctls "
+        "(runtime swarm)",
+        "stack.yaml:6:5: services.svc.post_start: the swarm runtime does not run lifecycle "
+        "hooks (runtime swarm)",
+    ]

@@ -135,7 +135,7 @@ SERVICE_CASES: list[tuple[str, str, str, Any]] = [
         "volumes-long-volume",
         "volumes: [{type: volume, source: data, target: /d, read_only: true, volume: {nocopy: true}}]",
         "mounts",
-        (Mount("volume", "/d", "data", True),),
+        (Mount("volume", "/d", "data", True, nocopy=True),),
     ),
     (
         "volumes-long-anonymous",
@@ -377,7 +377,7 @@ def test_relative_paths_resolve_against_the_manifest(here: Path) -> None:
         Mount("bind", "/usr/share/html", f"{app}/html", read_only=True),
         Mount("bind", "/shared", str(here / "shared")),
         Mount("bind", "/code", app),
-        Mount("bind", "/etc/app.conf", f"{app}/conf/app.conf"),
+        Mount("bind", "/etc/app.conf", f"{app}/conf/app.conf", create_host_path=False),
     )
     assert stack.service("web").environment == (("FROM_FILE", "1"),)
     assert stack.configs == (ConfigSpec("cfg", file=f"{app}/conf/app.conf"),)
