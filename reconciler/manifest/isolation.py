@@ -11,6 +11,7 @@ that what reaches a runtime can be honoured.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform as host_platform
 import re
@@ -227,8 +228,6 @@ def sysctls(b: ServiceBuilder) -> None:
 
 def dns(b: ServiceBuilder) -> None:
     """dns, dns_search, dns_opt: a string or a list each, written to /etc/resolv.conf."""
-    import ipaddress
-
     for name in ("dns", "dns_search", "dns_opt"):
         value = b.get(name)
         if value is MISSING:
