@@ -692,7 +692,9 @@ class DockerRuntime:
             out.append(f"seccomp={config.seccomp}")
         if config.no_new_privileges:
             out.append("no-new-privileges")
-        if config.apparmor is not None:
+        if config.apparmor == "unconfined":
+            out.append("apparmor=unconfined")  # nothing the kernel must have
+        elif config.apparmor is not None:
             # dockerd drops a profile silently where the kernel has no AppArmor: say so
             options = (
                 self._call("read docker info", lambda api: api.info()).get("SecurityOptions") or []

@@ -99,3 +99,9 @@ def test_apparmor_where_dockerd_has_none_is_refused() -> None:
     config = ContainerConfig(name="s-web-1", image="busybox", apparmor="my-profile")
     with pytest.raises(PermanentError, match="does not enforce AppArmor"):
         args(config, NoApparmor(fast_reads=False))
+
+
+def test_apparmor_unconfined_needs_no_apparmor() -> None:
+    config = ContainerConfig(name="s-web-1", image="busybox", apparmor="unconfined")
+    got = args(config, NoApparmor(fast_reads=False))
+    assert got["host_config"]["SecurityOpt"] == ["apparmor=unconfined"]
