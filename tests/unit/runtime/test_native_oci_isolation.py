@@ -4,6 +4,7 @@ oom_score_adj and group_add, from plain data."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +145,25 @@ def test_cgroup_parent_and_group_add() -> None:
     assert doc["process"]["user"]["additionalGids"] == [29, 1234]
     with pytest.raises(PermanentError, match="unable to find group video"):
         spec(group_add=("video",))
+
+
+def test_native_runs_runc_only(tmp_path: Path) -> None:
+    from pyapply.runtime.native.containers import ContainerManager
+
+    manager = ContainerManager(tmp_path)
+    config = ContainerConfig(name="s-web-1", image="busybox", runtime="kata")
+    with pytest.raises(PermanentError, match="runtime 'kata' is not available: the native"):
+        manager.check_host(config)
+    manager.check_host(ContainerConfig(name="s-web-1", image="busybox", runtime="runc"))
+
+
+def test_hook_users_are_looked_up_in_the_image() -> None:
+    from pyapply.runtime.native.containers import _hook_user
+
+    passwd = "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
+    assert _hook_user(None, passwd, GROUP) is None  # the container's own user
+    assert _hook_user("nobody", passwd, GROUP) == "65534:65534"
+    assert _hook_user("1000:29", passwd, GROUP) == "1000:29"
+    assert _hook_user("0:audio", passwd, GROUP) == "0:29"
+    with pytest.raises(PermanentError, match="unable to find user ghost"):
+        _hook_user("ghost", passwd, GROUP)
