@@ -595,7 +595,12 @@ class ContainerManager:
                 user=_hook_user(h.user, passwd, group),
                 env=h.env,
                 cwd=h.working_dir,
-                caps=oci.ALL_CAPABILITIES if h.privileged else (),
+                # every capability the host has, as a privileged container gets
+                caps=(
+                    oci.bounding_set(Path("/proc/self/status").read_text()) or oci.ALL_CAPABILITIES
+                )
+                if h.privileged
+                else (),
             )
             if result.exit_code != 0:
                 what = "timed out" if result.timed_out else f"exited with {result.exit_code}"

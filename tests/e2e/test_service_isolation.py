@@ -5,7 +5,8 @@ One project of three busybox services exercises them all at once:
 
 - `box`: tty, devices, namespaced sysctls (net and IPC), dns/dns_search/dns_opt, shm_size,
   no-new-privileges and seccomp=unconfined, ipc: shareable, group_add, oom_score_adj,
-  platform, runtime, a post_start hook (with user and environment) and a pre_stop hook;
+  platform, runtime, a post_start hook (with user and environment) and a privileged
+  pre_stop hook;
 - `peer`: privileged, `pid: service:box`, `ipc: service:box`, cgroup_parent;
 - `reader`: stdin_open without a tty (its `cat` would end at once on /dev/null), and
   mac_address.
@@ -56,7 +57,8 @@ services:
         user: "1000"
         environment: {HOOK_VAR: hooked}
     pre_stop:
-      - command: ["sh", "-c", "echo bye > /out/pre_stop"]
+      - command: ["sh", "-c", "grep CapEff /proc/self/status > /out/pre_stop; echo bye >> /out/pre_stop"]
+        privileged: true
   peer:
     image: pyapply-test/busybox:latest
     command: ["sleep", "3601"]
@@ -107,7 +109,7 @@ def test_isolation_fields_run_on_both_runtimes(runtime: RuntimeUnderTest, tmp_pa
     full_host = host_bounding_set() & CAP_ALL == CAP_ALL
     privileged = runtime.name == "native" or full_host
     if not privileged:
-        text = text.replace("    privileged: true\n", "")
+        text = text.replace("privileged: true\n", "privileged: false\n")
     manifest.write_text(text)
     env = {**runtime.env, "COMPOSE_PROJECT_NAME": s}
 
@@ -194,7 +196,10 @@ def test_isolation_fields_run_on_both_runtimes(runtime: RuntimeUnderTest, tmp_pa
         down = run("down")
         remove_cgroup_parent(parent)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert (project / "out" / "pre_stop").read_text().strip() == "bye"
+    caps, bye = (project / "out" / "pre_stop").read_text().splitlines()
+    assert bye == "bye"
+    if privileged:  # the privileged hook had every capability of the host
+        assert int(status_fields(caps)["CapEff"], 16) == host_bounding_set() & CAP_ALL, caps
     if not privileged:  # said plainly, never a bare "operation not permitted"
         manifest.write_text(
             "services:\n  p:\n    image: pyapply-test/busybox:latest\n"
