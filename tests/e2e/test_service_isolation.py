@@ -190,7 +190,9 @@ def test_isolation_fields_run_on_both_runtimes(runtime: RuntimeUnderTest, tmp_pa
         manifest.write_text(MANIFEST.replace("CGROUP", parent).replace("192.0.2.53", "192.0.2.54"))
         changed = run("diff", "--exit-code")
         assert changed.returncode == 2, changed.stdout + changed.stderr
-        assert "dns" in changed.stdout and f"{s}-box-1" in changed.stdout, changed.stdout
+        lines = changed.stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if f"container {s}-box-1: recreate" in line)
+        assert lines[at + 1].strip() == "dns: ['192.0.2.53'] -> ['192.0.2.54']", changed.stdout
         assert {n: c.id for n, c in runtime.observe.containers(s).items()} == ids
     finally:
         down = run("down")
