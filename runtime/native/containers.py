@@ -522,6 +522,7 @@ class ContainerManager:
                 "stdin_open": config.stdin_open,
                 "joins": dict(joins or {}),
                 "shm": shm,
+                "shm_size": config.shm_size,
                 "post_start": [asdict(h) for h in config.post_start],
                 "pre_stop": [asdict(h) for h in config.pre_stop],
             }
@@ -560,7 +561,8 @@ class ContainerManager:
         joins as they are now, before it runs again."""
         joins = dict(doc.get("joins") or {})
         if doc.get("shm"):
-            rootfs.mount_shm(str(doc["shm"]), 67108864)  # gone with a reboot: made again
+            # gone with a reboot: made again, of its size
+            rootfs.mount_shm(str(doc["shm"]), int(doc.get("shm_size") or 67108864))
         if not joins:
             return
         spec = json.loads((cdir / "config.json").read_text())

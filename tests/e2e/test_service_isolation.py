@@ -34,7 +34,7 @@ MANIFEST = """\
 services:
   box:
     image: pyapply-test/busybox:latest
-    command: ["sleep", "3600"]
+    command: ["sh", "-c", "echo ready; exec sleep 3600"]
     tty: true
     devices: ["/dev/null:/dev/xnull"]
     sysctls:
@@ -150,6 +150,8 @@ def test_isolation_fields_run_on_both_runtimes(runtime: RuntimeUnderTest, tmp_pa
         assert {"0", "1234", "65534"} <= set(inside("box", "id", "-G").split())
         assert inside("box", "cat", "/proc/1/oom_score_adj").strip() == "300"
         assert inside("box", "readlink", "/proc/1/fd/1").startswith("/dev/pts/")
+        # what the terminal showed is its log ("\r\n": the terminal's line ends)
+        assert "ready" in runtime.observe.logs(f"{s}-box-1"), runtime.observe.logs(f"{s}-box-1")
         # the post_start hook ran as its user, with its environment, after the start
         assert (project / "out" / "post_start").read_text().strip() == "1000"
         assert inside("box", "cat", "/dev/shm/marker").strip() == "hooked"
