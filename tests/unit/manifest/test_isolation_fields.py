@@ -299,3 +299,12 @@ def test_the_swarm_runtime_refuses_what_it_does_not_run(here: Path) -> None:
         "stack.yaml:6:5: services.svc.post_start: the swarm runtime does not run lifecycle "
         "hooks (runtime swarm)",
     ]
+
+
+def test_a_pyapply_v1_stack_holds_the_same_fields(here: Path) -> None:
+    compose = only_stack(load_text(here, DOC.format(body=textwrap.indent(FULL, "    "))))
+    stack = dump.dump_yaml([dump.stack_document(compose)])
+    assert "apiVersion: pyapply/v1" in stack
+    v1 = only_stack(load_text(here, stack, name="v1.yaml"))
+    assert v1.service("svc") == compose.service("svc")
+    assert v1.service("svc").pre_stop[0].privileged is True
