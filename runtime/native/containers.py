@@ -28,7 +28,7 @@ import secrets
 import signal
 import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -308,6 +308,8 @@ class ContainerManager:
         self.log_size_max = log_size_max
         self.log_files = log_files
         self.init_path = init_path or INIT.find()
+        # a container's runtime name -> its key here (the driver's names; by default the same)
+        self.key_of: Callable[[str], str | None] = lambda name: name
         # /pyapply/<root tag>/<container>: two roots may hold containers of the same name
         self.cgroup_parent = f"{CGROUP_PARENT}/{root_tag(self.root.resolve())}"
 
@@ -394,8 +396,9 @@ class ContainerManager:
         to host paths (default: config.mounts, which then may hold binds and tmpfs only).
         `netns_path` joins an existing network namespace; None gives a new, empty one.
         `pending`: the caller has more to do (networks, ports) and calls settle() when done;
-        until then the container shows as dead. `joins`: "pid"/"ipc" -> the container (its
-        name here) whose namespace this one joins (config.pid_mode "container:...")."""
+        until then the container shows as dead. `joins`: "pid"/"ipc" -> the container (by
+        its runtime name, found by `key_of` at each start) whose namespace this one joins
+        (config.pid_mode "container:...")."""
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -538,8 +541,12 @@ class ContainerManager:
         """(pid namespace, ipc namespace, /dev/shm source) of the containers this one
         joins, as they run now (a joined container started again has new namespaces)."""
         paths: dict[str, str] = {}
+        keys: dict[str, str] = {}
         for kind, other in joins.items():
-            pid = self.container_pid(other) if self.peek(other) is not None else None
+            # a name's key changes when a start-first update renames its new container
+            keys[kind] = self.key_of(other) or other
+            found = self.peek(keys[kind]) is not None
+            pid = self.container_pid(keys[kind]) if found else None
             if pid is None:
                 raise PermanentError(
                     f"cannot join the {kind} namespace of container {other}: it is not running"
@@ -547,7 +554,7 @@ class ContainerManager:
             paths[kind] = f"/proc/{pid}/ns/{kind}"
         shm = "/dev/shm" if ipc_mode == "host" else None
         if "ipc" in joins:
-            doc = self.peek(joins["ipc"]) or {}
+            doc = self.peek(keys["ipc"]) or {}
             shm = doc.get("shm")
             if not shm:
                 raise PermanentError(

@@ -209,6 +209,8 @@ class NativeRuntime:
         self.networks = NetworkManager(self.root)
         self.volumes_dir = self.root / "volumes"
         self.names = Names(self.root / "names.json")
+        # a container joining another's namespaces finds it by name at each start
+        self.containers.key_of = lambda name: Names.key_of(self.names.load(), name)
         self._closed = threading.Event()
         # (when, network name -> faults, container key -> faults): the last kernel look
         self._view: tuple[float, dict[str, list[str]], dict[str, list[str]]] | None = None
@@ -529,11 +531,11 @@ class NativeRuntime:
         joins: dict[str, str] = {}
         for kind, mode in (("pid", config.pid_mode), ("ipc", config.ipc_mode)):
             if mode is not None and mode.startswith("container:"):
-                other = Names.key_of(names, mode.removeprefix("container:"))
-                if other is None:
+                other = mode.removeprefix("container:")
+                if Names.key_of(names, other) is None:
                     raise PermanentError(
-                        f"container {config.name}: {kind} joins container "
-                        f"{mode.removeprefix('container:')}, which does not exist"
+                        f"container {config.name}: {kind} joins container {other}, which "
+                        "does not exist"
                     )
                 joins[kind] = other
         nspath = self._make_netns(key)
