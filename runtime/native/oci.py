@@ -653,7 +653,10 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
         linux["devices"] = nodes
     if config.sysctls:
         linux["sysctl"] = dict(config.sysctls)
-    seccomp_mode = "unconfined" if config.privileged else config.seccomp
+    # privileged: no filter, unless a profile of its own is asked for (as dockerd does)
+    seccomp_mode = config.seccomp
+    if config.privileged and seccomp_mode is None:
+        seccomp_mode = "unconfined"
     profile = seccomp.section_for(seccomp_mode, caps, inputs.machine, inputs.kernel)
     if profile is not None:
         linux["seccomp"] = profile

@@ -72,6 +72,9 @@ def test_privileged_has_the_hosts_capabilities_devices_and_no_filter() -> None:
     # as Docker: no-new-privileges only when asked for
     assert doc["process"]["noNewPrivileges"] is False
     assert spec(privileged=True, no_new_privileges=True)["process"]["noNewPrivileges"] is True
+    # a profile of its own still applies, as dockerd applies it
+    profile = '{"defaultAction": "SCMP_ACT_ALLOW"}'
+    assert "seccomp" in spec(privileged=True, seccomp=profile)["linux"]
     # no bounding set known: every capability
     assert spec(privileged=True)["process"]["capabilities"]["bounding"] == list(
         oci.ALL_CAPABILITIES
