@@ -110,6 +110,10 @@ class MountConfig:
     read_only: bool = False
     tmpfs_size: int | None = None
     tmpfs_mode: int | None = None
+    no_copy: bool = False  # a volume: the image's content at the target is not copied in
+    # a bind whose host path is missing is made a directory (else the create fails); it
+    # says how the container is made, not what it is, so a change does not recreate it
+    create_host_path: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,27 @@ class Ulimit:
     name: str
     soft: int
     hard: int
+
+
+@dataclass(frozen=True)
+class DeviceMapping:
+    """A host device (path) made in the container at `target`, with cgroup `permissions`."""
+
+    source: str
+    target: str
+    permissions: str = "rwm"
+
+
+@dataclass(frozen=True)
+class ExecHook:
+    """A command run in the container after it starts (post_start) or before it stops
+    (pre_stop). `env` is "KEY=value" items added to the container's environment."""
+
+    command: tuple[str, ...]
+    user: str | None = None
+    privileged: bool = False
+    working_dir: str | None = None
+    env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,6 +200,29 @@ class ContainerConfig:
     # None: the runtime's default seccomp profile; "unconfined": none; else a profile's JSON
     # text in Docker's format (compact), as Docker's API takes it in SecurityOpt.
     seccomp: str | None = None
+    privileged: bool = False
+    devices: tuple[DeviceMapping, ...] = ()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    shm_size: int | None = None  # bytes
+    no_new_privileges: bool = False
+    apparmor: str | None = None  # a profile name, or "unconfined"
+    tty: bool = False
+    stdin_open: bool = False
+    # None: a namespace of its own; "host"; "container:<name>": that container's
+    pid_mode: str | None = None
+    # None: the runtime's default; "host", "private", "shareable", "container:<name>"
+    ipc_mode: str | None = None
+    cgroup_parent: str | None = None
+    oom_score_adj: int | None = None
+    group_add: tuple[str, ...] = ()
+    mac_address: str | None = None
+    runtime: str | None = None  # the OCI runtime's name (None: the default)
+    platform: str | None = None  # another platform's image, for that runtime (wasi/wasm)
+    post_start: tuple[ExecHook, ...] = ()
+    pre_stop: tuple[ExecHook, ...] = ()
 
 
 @dataclass(frozen=True)

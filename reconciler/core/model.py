@@ -57,6 +57,11 @@ class Mount:
     read_only: bool = False
     tmpfs_size: int | None = None
     tmpfs_mode: int | None = None
+    # a named or anonymous volume: do not copy the image's content at the target into it
+    nocopy: bool = False
+    # a bind whose host path is missing: make it a directory (compose's short syntax does;
+    # the long one only with bind.create_host_path: true)
+    create_host_path: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,27 @@ class FileRef:
     mode: int | None = None
     uid: str | None = None
     gid: str | None = None
+
+
+@dataclass(frozen=True)
+class Device:
+    """A host device given to the container (compose `devices`)."""
+
+    source: str  # absolute host path
+    target: str  # absolute path in the container
+    permissions: str = "rwm"  # cgroup access: r(ead), w(rite), m(knod)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A command run in the container after it starts (`post_start`) or before it stops
+    (`pre_stop`), as the compose lifecycle hooks spell it."""
+
+    command: tuple[str, ...]
+    user: str | None = None
+    privileged: bool = False
+    working_dir: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()  # sorted by key
 
 
 @dataclass(frozen=True)
@@ -215,6 +241,29 @@ class ServiceSpec:
     pull_policy: PullPolicy = "missing"
     build: BuildSpec | None = None  # the image is built from this (compose `build:`)
     deploy: Deploy = Deploy()
+    # what the container may do to the host, and how its process runs (reconciler.manifest
+    # .isolation reads them); a field at its default is left out of the spec hash
+    privileged: bool = False
+    devices: tuple[Device, ...] = ()  # in manifest order
+    sysctls: tuple[tuple[str, str], ...] = ()  # sorted by key; namespaced ones only
+    dns: tuple[str, ...] = ()  # nameservers, in order
+    dns_search: tuple[str, ...] = ()
+    dns_opt: tuple[str, ...] = ()
+    shm_size: int | None = None  # bytes of /dev/shm
+    no_new_privileges: bool = False  # security_opt no-new-privileges
+    apparmor: str | None = None  # security_opt apparmor=PROFILE
+    tty: bool = False
+    stdin_open: bool = False
+    pid: str | None = None  # "host" or "service:<name>"
+    ipc: str | None = None  # "host", "private", "shareable" or "service:<name>"
+    cgroup_parent: str | None = None
+    oom_score_adj: int | None = None
+    group_add: tuple[str, ...] = ()  # group names or ids, in order
+    mac_address: str | None = None
+    platform: str | None = None  # checked against the host's at load time
+    runtime: str | None = None  # the OCI runtime by name (docker: as dockerd knows it)
+    post_start: tuple[Hook, ...] = ()
+    pre_stop: tuple[Hook, ...] = ()
     location: Location | None = field(default=None, compare=False)
 
 
@@ -255,6 +304,7 @@ class ConfigSpec:
     content: str | None = None
     environment: str | None = None
     external: bool = False
+    external_name: str | None = None  # `name:` of an external one: what it is found by
     location: Location | None = field(default=None, compare=False)
 
 

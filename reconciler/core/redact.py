@@ -26,7 +26,8 @@ its API documents and its pass records. Three rules, in this order:
    the same way.
 3. **Credential-looking names.** An environment variable whose name contains PASS, SECRET,
    TOKEN, KEY, CREDENTIAL, PRIVATE, AUTH or CERT has its whole value shown as
-   `(sensitive value)` (plan fields `env.NAME` and `NAME=value` items).
+   `(sensitive value)` (plan fields `env.NAME` and `NAME=value` items, the `env` of a
+   `post_start` / `pre_stop` hook too).
 
 What it cannot know: a secret's *previous* content (after a rotation, the old value that a
 live container's last-applied label still holds) is not in the desired model; only the URL
@@ -136,6 +137,14 @@ class Redactor:
             return HIDDEN
         if path == "env" and isinstance(v, list | tuple):
             return [self.env_item(str(item)) for item in v]
+        if path in ("post_start", "pre_stop") and isinstance(v, list | tuple):
+            # lifecycle hooks: each has an `env` of NAME=value items of its own
+            return [
+                {**self.value(h), "env": [self.env_item(str(e)) for e in h.get("env") or ()]}
+                if isinstance(h, Mapping) and "env" in h
+                else self.value(h)
+                for h in v
+            ]
         return self.value(v)
 
     def env_item(self, item: str) -> str:

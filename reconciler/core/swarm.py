@@ -322,7 +322,7 @@ def desired_swarm(
         k: SwarmObjectKind = "config" if kind == "config" else "secret"
         for spec in specs:
             if spec.external:
-                names[k][spec.name] = spec.name
+                names[k][spec.name] = spec.external_name or spec.name
                 continue
             data = file_contents.get((k, spec.name), b"")
             name = object_name(stack.name, spec.name, data)

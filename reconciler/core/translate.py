@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.model import ConfigSpec, FileRef, ServiceSpec, Stack
+from pyapply.reconciler.core.model import ConfigSpec, FileRef, Hook, ServiceSpec, Stack
 from pyapply.runtime.base import (
     Attachment,
     BuildConfig,
     ContainerConfig,
+    DeviceMapping,
+    ExecHook,
     HealthConfig,
     MountConfig,
     NetworkConfig,
@@ -163,6 +165,26 @@ def _file_mounts(
     ]
 
 
+def _hooks(hooks: tuple[Hook, ...]) -> tuple[ExecHook, ...]:
+    return tuple(
+        ExecHook(
+            command=h.command,
+            user=h.user,
+            privileged=h.privileged,
+            working_dir=h.working_dir,
+            env=tuple(f"{k}={v}" for k, v in h.environment),
+        )
+        for h in hooks
+    )
+
+
+def namespace_mode(stack: Stack, mode: str | None) -> str | None:
+    """pid/ipc as the runtime takes it: "service:x" is x's first container."""
+    if mode is None or not mode.startswith("service:"):
+        return mode
+    return "container:" + identity.container_name(stack.name, mode.removeprefix("service:"), 1)
+
+
 def container_config(
     stack: Stack,
     service: ServiceSpec,
@@ -184,6 +206,8 @@ def container_config(
                 read_only=m.read_only,
                 tmpfs_size=m.tmpfs_size,
                 tmpfs_mode=m.tmpfs_mode,
+                no_copy=m.nocopy,
+                create_host_path=m.type == "bind" and m.create_host_path,
             )
         )
     mounts += _file_mounts("config", service.configs, file_paths)
@@ -240,6 +264,28 @@ def container_config(
         log_max_size=service.log_max_size,
         log_max_files=service.log_max_files,
         seccomp=service.seccomp,
+        privileged=service.privileged,
+        devices=tuple(DeviceMapping(d.source, d.target, d.permissions) for d in service.devices),
+        sysctls=dict(service.sysctls),
+        dns=service.dns,
+        dns_search=service.dns_search,
+        dns_opt=service.dns_opt,
+        shm_size=service.shm_size,
+        no_new_privileges=service.no_new_privileges,
+        apparmor=service.apparmor,
+        tty=service.tty,
+        stdin_open=service.stdin_open,
+        pid_mode=namespace_mode(stack, service.pid),
+        ipc_mode=namespace_mode(stack, service.ipc),
+        cgroup_parent=service.cgroup_parent,
+        oom_score_adj=service.oom_score_adj,
+        group_add=service.group_add,
+        mac_address=service.mac_address,
+        runtime=service.runtime,
+        # the host's own platform is what a runtime picks anyway
+        platform=service.platform if service.runtime is not None else None,
+        post_start=_hooks(service.post_start),
+        pre_stop=_hooks(service.pre_stop),
     )
 
 

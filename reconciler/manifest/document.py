@@ -53,8 +53,8 @@ FileGuard = Callable[[str, Sequence[str]], FileAccess]
 class StackDocument:
     """A loaded stack as it was written (after interpolation), with where every field is.
 
-    Checks that read what the model leaves out (the policy reads `privileged`, `pid`,
-    `devices`, `security_opt` ... which pyapply does not run, and needs every position) use
+    Checks that read a stack as written (the policy reads `privileged`, `pid`, `devices`,
+    `security_opt` ... with every position, fields that pyapply only warns about too) use
     this instead of re-reading files. Paths are full document paths, `base` included."""
 
     data: Any  # the whole document; the compose-shaped spec is at `base`
@@ -145,6 +145,9 @@ _CASTS: dict[tuple[str, ...], str] = {
     ("services", "*", "tty"): "bool",
     ("services", "*", "stdin_open"): "bool",
     ("services", "*", "privileged"): "bool",
+    ("services", "*", "oom_score_adj"): "int",
+    ("services", "*", "post_start", "*", "privileged"): "bool",
+    ("services", "*", "pre_stop", "*", "privileged"): "bool",
     ("services", "*", "healthcheck", "disable"): "bool",
     ("services", "*", "build", "no_cache"): "bool",
     ("services", "*", "build", "pull"): "bool",

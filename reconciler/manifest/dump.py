@@ -21,6 +21,7 @@ from pyapply.reconciler.core.model import (
     BuildSpec,
     ConfigSpec,
     Healthcheck,
+    Hook,
     Mount,
     NetworkSpec,
     ServiceSpec,
@@ -61,6 +62,10 @@ def _mount(m: Mount) -> dict[str, Any]:
     out["target"] = _s(m.target)
     if m.read_only:
         out["read_only"] = True
+    if m.type == "bind":
+        out["bind"] = {"create_host_path": m.create_host_path}
+    if m.nocopy:
+        out["volume"] = {"nocopy": True}
     if m.type == "tmpfs" and (m.tmpfs_size is not None or m.tmpfs_mode is not None):
         opts: dict[str, Any] = {}
         if m.tmpfs_size is not None:
@@ -198,8 +203,16 @@ def service(s: ServiceSpec) -> dict[str, Any]:
         out["init"] = s.init
     if s.ulimits:
         out["ulimits"] = {u.name: {"soft": u.soft, "hard": u.hard} for u in s.ulimits}
+    security = []
     if s.seccomp is not None:
-        out["security_opt"] = [f"seccomp={s.seccomp_file or s.seccomp}"]
+        security.append(f"seccomp={_s(s.seccomp_file or s.seccomp)}")
+    if s.no_new_privileges:
+        security.append("no-new-privileges=true")
+    if s.apparmor is not None:
+        security.append(f"apparmor={_s(s.apparmor)}")
+    if security:
+        out["security_opt"] = security
+    _isolation(s, out)
     if s.extra_hosts:
         out["extra_hosts"] = [f"{host}={ip}" for host, ip in s.extra_hosts]
     if s.log_max_size is not None or s.log_max_files is not None:
@@ -229,6 +242,49 @@ def service(s: ServiceSpec) -> dict[str, Any]:
         # the image first (compose's rule for `build:` with `image:`), which was not asked
         out["pull_policy"] = "missing"
     return out
+
+
+def _hook(h: Hook) -> dict[str, Any]:
+    out: dict[str, Any] = {"command": [_s(c) for c in h.command]}
+    if h.user is not None:
+        out["user"] = _s(h.user)
+    if h.privileged:
+        out["privileged"] = True
+    if h.working_dir is not None:
+        out["working_dir"] = _s(h.working_dir)
+    if h.environment:
+        out["environment"] = _pairs(h.environment)
+    return out
+
+
+def _isolation(s: ServiceSpec, out: dict[str, Any]) -> None:
+    """The fields of `reconciler.manifest.isolation`, where they are not at their default."""
+    for name in ("privileged", "tty", "stdin_open"):
+        if getattr(s, name):
+            out[name] = True
+    if s.devices:
+        out["devices"] = [
+            {"source": _s(d.source), "target": _s(d.target), "permissions": d.permissions}
+            for d in s.devices
+        ]
+    if s.sysctls:
+        out["sysctls"] = _pairs(s.sysctls)
+    for name in ("dns", "dns_search", "dns_opt", "group_add"):
+        values = getattr(s, name)
+        if values:
+            out[name] = [_s(v) for v in values]
+    if s.shm_size is not None:
+        out["shm_size"] = s.shm_size
+    for name in ("pid", "ipc", "cgroup_parent", "mac_address", "platform", "runtime"):
+        value = getattr(s, name)
+        if value is not None:
+            out[name] = _s(value)
+    if s.oom_score_adj is not None:
+        out["oom_score_adj"] = s.oom_score_adj
+    for name in ("post_start", "pre_stop"):
+        hooks = getattr(s, name)
+        if hooks:
+            out[name] = [_hook(h) for h in hooks]
 
 
 def network(n: NetworkSpec) -> dict[str, Any]:
@@ -276,6 +332,8 @@ def volume(v: VolumeSpec) -> dict[str, Any]:
 
 def file_object(c: ConfigSpec) -> dict[str, Any]:
     if c.external:
+        if c.external_name:
+            return {"external": True, "name": _s(c.external_name)}
         return {"external": True}
     if c.file is not None:
         return {"file": _s(c.file)}

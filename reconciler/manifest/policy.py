@@ -10,9 +10,9 @@ of services a rule does not apply to.
 The rules are data (`RULES`, in `policy_rules`): each is a function from a loaded stack,
 as written and with positions (`manifest.StackDocument`), to the asks it finds; `check`
 applies a policy's settings to them and returns `Finding`s located as
-`file:line:col: path: sentence`. Fields pyapply does not run yet (`privileged`, `pid`,
-`devices` ...) are read from the document, so a policy holds before they land. This module reads no runtime; it only resolves paths
-(symlinks included) to compare them, and reads policy files (`load_policy`).
+`file:line:col: path: sentence`. The fields are read from the document as written (so a
+field pyapply only warns about is checked too). This module reads no runtime; it only
+resolves paths (symlinks included) to compare them, and reads policy files (`load_policy`).
 
 Two policies are built in: `restricted` (every rule denies; the agent's default) and `warn`
 (every rule warns; the default by hand), except `unpinned_images`, which is opt-in: allowed

@@ -137,6 +137,16 @@ def _privileged(doc: StackDocument, policy: Policy) -> Iterator[Ask]:
                 name,
                 key=True,
             )
+        for hook in ("post_start", "pre_stop"):
+            for item, ipath in _items(raw, hook, path):
+                if isinstance(item, dict) and item.get("privileged") is True:
+                    yield Ask(
+                        (*ipath, "privileged"),
+                        "privileged",
+                        f"a privileged {hook} hook runs with every capability",
+                        name,
+                        key=True,
+                    )
 
 
 _NAMESPACES = {

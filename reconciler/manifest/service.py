@@ -26,7 +26,7 @@ from pyapply.reconciler.core.model import (
     ServiceSpec,
     Ulimit,
 )
-from pyapply.reconciler.manifest import lifecycle, seccomp_file, yamlpos
+from pyapply.reconciler.manifest import isolation, lifecycle, seccomp_file, yamlpos
 from pyapply.reconciler.manifest.discovery import Unreadable, read_text
 from pyapply.reconciler.manifest.document import (
     MISSING,
@@ -36,7 +36,7 @@ from pyapply.reconciler.manifest.document import (
     ignored,
     list_or_dict,
 )
-from pyapply.reconciler.manifest.interpolate import parse_dotenv
+from pyapply.reconciler.manifest.interpolate import DotenvProblem, parse_dotenv
 from pyapply.reconciler.manifest.values import (
     Bad,
     container_path,
@@ -86,7 +86,6 @@ _UNSUPPORTED = tuple(
         "attach",
         "blkio_config",
         "cgroup",
-        "cgroup_parent",
         "cpu_count",
         "cpu_percent",
         "cpu_period",
@@ -98,44 +97,42 @@ _UNSUPPORTED = tuple(
         "credential_spec",
         "develop",
         "device_cgroup_rules",
-        "devices",
-        "dns",
-        "dns_opt",
-        "dns_search",
         "domainname",
         "external_links",
         "gpus",
-        "group_add",
-        "ipc",
         "isolation",
         "label_file",
-        "mac_address",
         "mem_reservation",
         "mem_swappiness",
         "memswap_limit",
         "models",
         "oom_kill_disable",
-        "oom_score_adj",
-        "pid",
-        "platform",
-        "post_start",
         "pre_start",
-        "pre_stop",
-        "privileged",
         "provider",
-        "runtime",
-        "shm_size",
-        "stdin_open",
         "stop_timeout",
         "storage_opt",
-        "sysctls",
-        "tty",
         "use_api_socket",
         "userns_mode",
         "uts",
         "volumes_from",
     ]
 )
+
+
+def parse_raw_env(text: str) -> tuple[dict[str, str], list[DotenvProblem]]:
+    """An env file of `format: raw`: KEY=VALUE lines taken as written (no quotes removed,
+    no `${}` interpolation, no inline comments); blank lines and `#` lines are skipped."""
+    values: dict[str, str] = {}
+    problems: list[DotenvProblem] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, eq, value = line.partition("=")
+        if not eq or not key.strip():
+            problems.append(DotenvProblem(n, 1, f"{show(line)} is not of the form KEY=VALUE"))
+            continue
+        values[key.strip()] = value
+    return values, problems
 
 
 class ServiceBuilder(Fields):
@@ -173,6 +170,7 @@ class ServiceBuilder(Fields):
         self.file_refs("configs", "/")
         self.file_refs("secrets", "/run/secrets/")
         self.security_opt()
+        isolation.read(self)
         for name in _UNSUPPORTED:
             if name in self.raw:
                 ctx.warn(self.at(name), f'"{name}" is not supported and is ignored', key=True)
@@ -241,8 +239,17 @@ class ServiceBuilder(Fields):
             for _, entry, path in self.entries("env_file"):
                 if isinstance(entry, str):
                     env.update(self.env_file(entry, True, path))
-                else:
-                    env.update(self.env_file(entry["path"], entry.get("required", True), path))
+                    continue
+                fmt = entry.get("format")
+                if fmt not in (None, "dotenv", "raw"):
+                    self.ctx.error(
+                        (*path, "format"),
+                        f'env file format {show(fmt)} is not supported: "dotenv" or "raw"',
+                    )
+                    continue
+                env.update(
+                    self.env_file(entry["path"], entry.get("required", True), path, fmt == "raw")
+                )
         for key, value, path in self.entries("environment"):
             if isinstance(key, int):  # the list form
                 item = value
@@ -258,7 +265,7 @@ class ServiceBuilder(Fields):
         if env:
             self.fields["environment"] = tuple(sorted(env.items()))
 
-    def env_file(self, given: str, required: bool, path: Path) -> dict[str, str]:
+    def env_file(self, given: str, required: bool, path: Path, raw: bool = False) -> dict[str, str]:
         absolute, shown = self.ctx.resolve(given, path)
         if not os.path.exists(absolute):
             if required:
@@ -272,7 +279,10 @@ class ServiceBuilder(Fields):
         except Unreadable as e:
             self.ctx.error(path, f"env file {show(shown)}: {e}")
             return {}
-        values, problems = parse_dotenv(text, self.ctx.env, self.ctx.session.budget)
+        if raw:
+            values, problems = parse_raw_env(text)
+        else:
+            values, problems = parse_dotenv(text, self.ctx.env, self.ctx.session.budget)
         self.ctx.session.env_problems(problems, shown, access)
         return values
 
@@ -284,6 +294,13 @@ class ServiceBuilder(Fields):
             try:
                 if isinstance(item, dict):
                     got = [long_port(item)]
+                    for name in ("name", "app_protocol"):  # labels for people and proxies
+                        if name in item:
+                            self.ctx.warn(
+                                (*path, name),
+                                f'port "{name}" is metadata no runtime here records; it is ignored',
+                                key=True,
+                            )
                 elif isinstance(item, int):
                     if not 1 <= item <= 65535:
                         raise Bad(f"port {item} is out of range (1-65535)")
@@ -327,12 +344,40 @@ class ServiceBuilder(Fields):
 
     def short_volume(self, text: str, path: Path) -> Mount:
         mount = short_volume(text)
+        parts = text.split(":")
+        options = parts[2].split(",") if len(parts) == 3 else []
+        for option in options:
+            self.mount_option(option, path)
+        if "nocopy" in options:
+            if mount.type != "volume":
+                raise Bad(f'{show(text)} is not a valid volume: "nocopy" is for a volume')
+            mount = replace(mount, nocopy=True)
         if mount.type == "bind":
             absolute, _ = self.ctx.resolve(mount.source, path)
             return replace(mount, source=absolute)
         if mount.source:
             self.draft.volumes.append((mount.source, path))
         return mount
+
+    def mount_option(self, option: str, path: Path) -> None:
+        """Warn about a short-syntax option that one Linux host does not act on."""
+        if option in ("z", "Z"):
+            self.ctx.warn(
+                path,
+                f'SELinux relabelling ("{option}") is not supported and is ignored: the '
+                "files keep their labels",
+            )
+        elif option in ("cached", "delegated", "consistent"):
+            self.ctx.warn(
+                path,
+                f'consistency "{option}" is for Docker Desktop\'s shared folders: it has no '
+                "effect on Linux and is ignored",
+            )
+        elif option in ("shared", "rshared", "slave", "rslave", "private", "rprivate"):
+            self.ctx.warn(
+                path,
+                f'bind propagation "{option}" is not supported and is ignored: mounts are rprivate',
+            )
 
     def long_volume(self, item: dict[str, Any], path: Path) -> Mount | None:
         kind = item["type"]
@@ -344,16 +389,37 @@ class ServiceBuilder(Fields):
         target = container_path(item["target"], item["target"])
         read_only = bool(item.get("read_only", False))
         source = item.get("source")
-        ignored(self.ctx, item, path, ("consistency",))
+        if isinstance(item.get("consistency"), str):
+            self.mount_option(item["consistency"], (*path, "consistency"))
+        nocopy = False
         if isinstance(item.get("volume"), dict):
             ignored(self.ctx, item["volume"], (*path, "volume"), ("subpath",))
+            nocopy = item["volume"].get("nocopy") is True
+            if nocopy and kind != "volume":
+                raise Bad('"volume.nocopy" is for a volume mount')
+        create = False
         if isinstance(item.get("bind"), dict):
             ignored(self.ctx, item["bind"], (*path, "bind"), ("propagation", "selinux"))
+            create = item["bind"].get("create_host_path") is True
         if kind == "bind":
             if not source:
                 raise Bad('a bind mount needs "source"')
-            absolute, _ = self.ctx.resolve(source, (*path, "source"))
-            return Mount(type="bind", target=target, source=absolute, read_only=read_only)
+            absolute, shown = self.ctx.resolve(source, (*path, "source"))
+            if not create and not os.path.lexists(absolute):
+                # the container cannot be made until it exists (the runtime says so then);
+                # the file may be made before the apply, so this is not an error yet
+                self.ctx.warn(
+                    (*path, "source"),
+                    f"bind source {show(shown)} does not exist, and the container cannot be "
+                    "created without it (bind.create_host_path: true makes it)",
+                )
+            return Mount(
+                type="bind",
+                target=target,
+                source=absolute,
+                read_only=read_only,
+                create_host_path=create,
+            )
         if kind == "tmpfs":
             if source:
                 raise Bad('a tmpfs mount has no "source"')
@@ -372,7 +438,9 @@ class ServiceBuilder(Fields):
             )
         if source:
             self.draft.volumes.append((source, (*path, "source")))
-        return Mount(type="volume", target=target, source=source or "", read_only=read_only)
+        return Mount(
+            type="volume", target=target, source=source or "", read_only=read_only, nocopy=nocopy
+        )
 
     def networks(self) -> None:
         ctx = self.ctx
@@ -538,14 +606,27 @@ class ServiceBuilder(Fields):
                 )
 
     def security_opt(self) -> None:
-        """seccomp=unconfined|FILE and no-new-privileges (always on) are honoured, as Docker
-        spells them ("=" or the older ":"); other options are warned about and ignored."""
+        """seccomp=unconfined|FILE, no-new-privileges[=true|false] and apparmor=PROFILE are
+        honoured, as Docker spells them ("=" or the older ":"); label (SELinux) and
+        systempaths are warned about and ignored."""
         seen = False
         for _, item, path in self.entries("security_opt"):
             name, sep, value = item.partition("=")
             if not sep:
                 name, sep, value = item.partition(":")
-            if name == "no-new-privileges" and value in ("", "true"):
+            if name == "no-new-privileges":
+                if value in ("", "true"):
+                    self.fields["no_new_privileges"] = True
+                elif value != "false":
+                    self.ctx.error(
+                        path, f"no-new-privileges takes true or false, got {show(value)}"
+                    )
+                continue
+            if name == "apparmor":
+                if not value:
+                    self.ctx.error(path, "apparmor needs a profile name (or unconfined)")
+                else:
+                    self.fields["apparmor"] = value
                 continue
             if name != "seccomp":
                 self.ctx.warn(path, f"security option {show(item)} is not supported and is ignored")

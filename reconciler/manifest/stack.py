@@ -249,6 +249,16 @@ class StackDraft:
             if variable not in ctx.env:
                 ctx.error((*path, "environment"), f'environment variable "{variable}" is not set')
         ignored(ctx, raw, path, ("template_driver", "driver", "driver_opts", "labels"))
+        lookup = raw.get("name") if isinstance(raw.get("name"), str) else None
+        if lookup is not None and not external:
+            # a config or secret pyapply makes is named by the stack and its content
+            ctx.warn(
+                (*path, "name"),
+                f'"name" is only used to find an external {what}; pyapply names the {what}s '
+                "it makes <stack>_<key>_<digest>, and this one is ignored",
+                key=True,
+            )
+            lookup = None
         cls = SecretSpec if section == "secrets" else ConfigSpec
         spec = cls(
             name=key,
@@ -256,6 +266,7 @@ class StackDraft:
             content=content,
             environment=variable,
             external=external,
+            external_name=lookup,
             location=ctx.location(path, key=True),
         )
         if isinstance(spec, SecretSpec):

@@ -14,6 +14,7 @@ idempotency rules below are written in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -526,6 +527,7 @@ class DockerRuntime:
         action = f"create container {config.name}"
         existing = self._inspect_container(config.name)
         if existing is None:
+            self._make_bind_sources(config)
             try:
                 created: JSON = self._call(
                     action, lambda api: api.create_container(**self._create_args(api, config))
@@ -574,7 +576,23 @@ class DockerRuntime:
             source=m.source or None,  # "" -> an anonymous volume
             type=m.type,
             read_only=m.read_only,
+            no_copy=m.no_copy,
         )
+
+    def _make_bind_sources(self, config: ContainerConfig) -> None:
+        """Make the missing host directories of binds that ask for it (compose's
+        create_host_path), as dockerd's Mounts API does not, and refuse the others plainly;
+        only for a daemon on this host's UNIX socket, whose host paths are ours."""
+        if unix_socket_path(self._daemon) is None:
+            return
+        for m in config.mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                if not m.create_host_path:
+                    raise PermanentError(
+                        f"container {config.name}: bind source {m.source} does not exist "
+                        "(bind.create_host_path: true makes it)"
+                    )
+                os.makedirs(m.source, mode=0o755, exist_ok=True)
 
     def _create_args(self, api: Any, config: ContainerConfig) -> dict[str, Any]:
         """ContainerConfig -> keyword arguments of APIClient.create_container."""
@@ -607,8 +625,20 @@ class DockerRuntime:
             network_mode=first.network if first else None,
             log_config=log_config,
             extra_hosts=list(config.extra_hosts) or None,
-            # Docker takes a profile's JSON content inline, as its CLI sends it.
-            security_opt=[f"seccomp={config.seccomp}"] if config.seccomp is not None else None,
+            security_opt=self._security_opt(config) or None,
+            privileged=config.privileged,
+            devices=[f"{d.source}:{d.target}:{d.permissions}" for d in config.devices] or None,
+            sysctls=dict(config.sysctls) or None,
+            dns=list(config.dns) or None,
+            dns_search=list(config.dns_search) or None,
+            dns_opt=list(config.dns_opt) or None,
+            shm_size=config.shm_size,
+            pid_mode=config.pid_mode,
+            ipc_mode=config.ipc_mode,
+            cgroup_parent=config.cgroup_parent,
+            oom_score_adj=config.oom_score_adj,
+            group_add=list(config.group_add) or None,
+            runtime=config.runtime,
         )
         networking_config = None
         if first is not None:
@@ -641,7 +671,7 @@ class DockerRuntime:
             # An empty entrypoint is sent as [] which dockerd reads as "override to empty".
             "entrypoint": list(config.entrypoint) if config.entrypoint is not None else None,
             "environment": list(config.env),
-            "labels": dict(config.labels),
+            "labels": {**config.labels, **_hooks_label(config)},
             "user": config.user,
             "working_dir": config.working_dir,
             "hostname": config.hostname,
@@ -654,7 +684,33 @@ class DockerRuntime:
             "host_config": host_config,
             "networking_config": networking_config,
             "detach": True,
+            "tty": config.tty,
+            "stdin_open": config.stdin_open,
+            "mac_address": config.mac_address,
+            "platform": config.platform,
         }
+
+    def _security_opt(self, config: ContainerConfig) -> list[str]:
+        out: list[str] = []
+        if config.seccomp is not None:
+            # Docker takes a profile's JSON content inline, as its CLI sends it.
+            out.append(f"seccomp={config.seccomp}")
+        if config.no_new_privileges:
+            out.append("no-new-privileges")
+        if config.apparmor == "unconfined":
+            out.append("apparmor=unconfined")  # nothing the kernel must have
+        elif config.apparmor is not None:
+            # dockerd drops a profile silently where the kernel has no AppArmor: say so
+            options = (
+                self._call("read docker info", lambda api: api.info()).get("SecurityOptions") or []
+            )
+            if not any("name=apparmor" in str(o) for o in options):
+                raise PermanentError(
+                    f"container {config.name}: apparmor profile {config.apparmor!r} asked "
+                    "for, but dockerd's host does not enforce AppArmor"
+                )
+            out.append(f"apparmor={config.apparmor}")
+        return out
 
     def _connect(self, ref: str, shown: str, attachment: Attachment) -> None:
         action = f"connect container {shown} to network {attachment.network}"
@@ -673,13 +729,74 @@ class DockerRuntime:
                 raise
 
     def start_container(self, name: str) -> None:
-        ref = self._resolve("container", name)
-        self._call(f"start container {name}", lambda api: api.start(ref))  # running: 304, fine
+        info = self._inspect_container(name)
+        if info is None:
+            raise NotFound(f"docker: no container named {name}")
+        ref = str(info["Id"])
+        running = bool((info.get("State") or {}).get("Running"))
+        try:
+            self._call(f"start container {name}", lambda api: api.start(ref))  # running: 304
+        except RuntimeFailure as e:
+            privileged = bool((info.get("HostConfig") or {}).get("Privileged"))
+            if privileged and "unable to apply caps" in e.message:
+                # dockerd grants a privileged container every capability it knows, which
+                # fails where the host's own bounding set lacks some
+                raise PermanentError(
+                    f"{e.message} (a privileged container gets every capability, and "
+                    "dockerd's host does not have them all: see CapBnd in /proc/self/status)"
+                ) from e
+            raise
+        if not running:  # the hooks run once per start, not on a start that finds it running
+            self._run_hooks(name, ref, info, "post_start", strict=True)
 
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
-        ref = self._resolve("container", name)
+        info = self._inspect_container(name)
+        if info is None:
+            raise NotFound(f"docker: no container named {name}")
+        ref = str(info["Id"])
+        if (info.get("State") or {}).get("Running") and timeout_s != 0:
+            self._run_hooks(name, ref, info, "pre_stop", strict=False)
         t = math.ceil(timeout_s) if timeout_s is not None else None
         self._call(f"stop container {name}", lambda api: api.stop(ref, timeout=t))
+
+    def _run_hooks(self, name: str, ref: str, info: JSON, which: str, *, strict: bool) -> None:
+        """The post_start / pre_stop hooks the container was created with (kept in its
+        HOOKS_LABEL), run with docker exec in order. A post_start hook that fails is an
+        error naming it; a pre_stop one that fails does not keep the container running."""
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        try:
+            hooks = json.loads(labels.get(HOOKS_LABEL) or "{}").get(which) or []
+        except ValueError:
+            hooks = []
+        for h in hooks:
+            command = [str(c) for c in h.get("command") or []]
+            action = f"run {which} hook of container {name}"
+
+            def run(api: Any, h: JSON = h, command: list[str] = command) -> tuple[int, bytes]:
+                exec_id = api.exec_create(
+                    ref,
+                    command,
+                    user=h.get("user") or "",
+                    privileged=bool(h.get("privileged")),
+                    environment=list(h.get("env") or []) or None,
+                    workdir=h.get("working_dir"),
+                )
+                output = api.exec_start(exec_id)
+                code = api.exec_inspect(exec_id).get("ExitCode")
+                return (-1 if code is None else int(code)), bytes(output or b"")
+
+            try:
+                code, output = self._call(action, run)
+            except RuntimeFailure:
+                if strict:
+                    raise
+                continue
+            if code != 0 and strict:
+                tail = output.decode(errors="replace").strip()[-300:]
+                raise PermanentError(
+                    f"container {name}: {which} hook {command} exited with {code}"
+                    + (f": {tail}" if tail else "")
+                )
 
     def remove_container(self, name: str) -> None:
         action = f"remove container {name}"
@@ -912,6 +1029,20 @@ class DockerRuntime:
 
 def _tag(api: Any, *, image_id: str, repository: str, tag: str) -> Any:
     return api.tag(image_id, repository, tag, force=True)
+
+
+# The post_start / pre_stop hooks of a container, JSON, for the starts and stops after its
+# create (dockerd has no field for them).
+HOOKS_LABEL = "io.pyapply.hooks"
+
+
+def _hooks_label(config: ContainerConfig) -> dict[str, str]:
+    hooks = {
+        which: [dataclasses.asdict(h) for h in getattr(config, which)]
+        for which in ("post_start", "pre_stop")
+        if getattr(config, which)
+    }
+    return {HOOKS_LABEL: json.dumps(hooks, sort_keys=True)} if hooks else {}
 
 
 def _image_info(info: JSON) -> ImageInfo:

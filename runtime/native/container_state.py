@@ -18,6 +18,15 @@ from pyapply.runtime.native.statefile import (
 )
 
 # what the code relies on in a container's state.json (fields added later are optional)
+_HOOK = record(
+    {"command": list_of(string)},
+    {
+        "user": optional(string),
+        "privileged": boolean,
+        "working_dir": optional(string),
+        "env": list_of(string),
+    },
+)
 STATE_SHAPE = record(
     {
         "id": nonempty,
@@ -58,6 +67,17 @@ STATE_SHAPE = record(
         "netns_path": optional(string),
         "pending": boolean,
         "log": record({}, {"max_size": integer, "files": integer}),
+        "cgroup_parent": optional(string),
+        "tty": boolean,
+        "stdin_open": boolean,
+        # the containers (keys) whose pid / ipc namespace it joins: found again at each start
+        "joins": map_of(string),
+        "shm": optional(string),
+        "mac": list_of(
+            string
+        ),  # [ip, mac]: the interface of ip gets mac (mac_address)  # a host tmpfs mounted at its /dev/shm (ipc: shareable)
+        "post_start": list_of(_HOOK),
+        "pre_stop": list_of(_HOOK),
     },
 )
 # the OCI spec's annotations: what is left to say which container a damaged state was

@@ -26,8 +26,9 @@ import re
 import resource
 import secrets
 import signal
+import stat
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +38,8 @@ from pyapply.runtime.base import (
     ContainerConfig,
     ContainerState,
     ContainerStatus,
+    DeviceMapping,
+    ExecHook,
     Health,
     MountConfig,
     NotFound,
@@ -75,6 +78,7 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 CGROUP_PARENT = "/pyapply"
 CGROUP_FS = Path("/sys/fs/cgroup")
 DEFAULT_STOP_TIMEOUT = 10.0
+HOOK_TIMEOUT = 60.0  # seconds a post_start hook may take (pre_stop: the stop timeout, or this)
 UNKNOWN_EXIT = 255  # the process died with no supervisor to record its code
 
 _RLIMIT_NAMES = {
@@ -161,6 +165,84 @@ def live_memory_limit(cgroup: str) -> int | None:
     return None
 
 
+# What of the host's /dev a privileged container does not get as device nodes: its own
+# devpts, shm and mqueue are mounted there instead.
+_NOT_DEVICES = ("pts", "shm", "mqueue")
+_APPARMOR = Path("/sys/module/apparmor/parameters/enabled")
+
+
+def _device(path: str, target: str, access: str) -> oci.HostDevice | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        return None
+    return oci.HostDevice(
+        path=target,
+        kind=kind,
+        major=os.major(st.st_rdev),
+        minor=os.minor(st.st_rdev),
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        access=access,
+    )
+
+
+def host_devices(devices: Sequence[DeviceMapping]) -> tuple[oci.HostDevice, ...]:
+    """The config's devices as nodes: a directory (/dev/snd) gives every device below it,
+    at the same place below the target; a path that is no device is an error."""
+    out: list[oci.HostDevice] = []
+    for d in devices:
+        if os.path.isdir(d.source):
+            for top, _, files in os.walk(d.source):
+                for f in sorted(files):
+                    path = os.path.join(top, f)
+                    rel = os.path.relpath(path, d.source)
+                    node = _device(path, os.path.join(d.target, rel), d.permissions)
+                    if node is not None:
+                        out.append(node)
+            continue
+        node = _device(d.source, d.target, d.permissions)
+        if node is None:
+            raise PermanentError(f"device {d.source} is not a device on this host")
+        out.append(node)
+    return tuple(out)
+
+
+def all_host_devices() -> tuple[oci.HostDevice, ...]:
+    """Every device node of the host's /dev, for a privileged container (as Docker gives)."""
+    out: list[oci.HostDevice] = []
+    for top, dirs, files in os.walk("/dev"):
+        if top == "/dev":
+            dirs[:] = [d for d in dirs if d not in _NOT_DEVICES]
+        for f in sorted(files):
+            node = _device(os.path.join(top, f), os.path.join(top, f), "rwm")
+            if node is not None:
+                out.append(node)
+    return tuple(out)
+
+
+def apparmor_enabled() -> bool:
+    try:
+        return _APPARMOR.read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def _hook_user(user: str | None, passwd: str, group: str) -> str | None:
+    """A hook's user as runc exec takes it ("uid:gid"), looked up in the image."""
+    if user is None:
+        return None
+    got = oci.resolve_user(user, passwd, group)
+    return f"{got.uid}:{got.gid}"
+
+
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
     """{key: value} all present (value "" = has the key)."""
     return all(k in have and (not v or have[k] == v) for k, v in (wanted or {}).items())
@@ -226,6 +308,8 @@ class ContainerManager:
         self.log_size_max = log_size_max
         self.log_files = log_files
         self.init_path = init_path or INIT.find()
+        # a container's runtime name -> its key here (the driver's names; by default the same)
+        self.key_of: Callable[[str], str | None] = lambda name: name
         # /pyapply/<root tag>/<container>: two roots may hold containers of the same name
         self.cgroup_parent = f"{CGROUP_PARENT}/{root_tag(self.root.resolve())}"
 
@@ -233,6 +317,11 @@ class ContainerManager:
         """Raise a permanent error naming the missing program and its package when this
         host cannot run `config`; called before anything of the container is made."""
         self.supervisor.check_installed()
+        if config.runtime not in (None, "runc"):
+            raise PermanentError(
+                f"container {config.name}: runtime {config.runtime!r} is not available: the "
+                "native runtime runs runc only"
+            )
         if config.init and self.init_path is None:
             raise PermanentError(f"container {config.name}: {INIT.missing()}")
 
@@ -300,19 +389,22 @@ class ContainerManager:
         mounts: Sequence[MountConfig] | None = None,
         netns_path: str | None = None,
         pending: bool = False,
+        joins: Mapping[str, str] | None = None,
     ) -> str:
         """Make the bundle (not started); returns the id. `layer_dirs` are the image's
         unpacked layers, base first. `mounts` are config.mounts with volume sources resolved
         to host paths (default: config.mounts, which then may hold binds and tmpfs only).
         `netns_path` joins an existing network namespace; None gives a new, empty one.
         `pending`: the caller has more to do (networks, ports) and calls settle() when done;
-        until then the container shows as dead."""
+        until then the container shows as dead. `joins`: "pid"/"ipc" -> the container (by
+        its runtime name, found by `key_of` at each start) whose namespace this one joins
+        (config.pid_mode "container:...")."""
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return self._create(
-                config, layer_dirs, image_config, image_id, mounts, netns_path, pending
+                config, layer_dirs, image_config, image_id, mounts, netns_path, pending, joins
             )
         finally:
             os.close(fd)
@@ -326,6 +418,7 @@ class ContainerManager:
         mounts: Sequence[MountConfig] | None,
         netns_path: str | None,
         pending: bool,
+        joins: Mapping[str, str] | None = None,
     ) -> str:
         cdir = self.dir(config.name)
         try:
@@ -351,8 +444,20 @@ class ContainerManager:
         # whatever the image and the container put there (setuid binaries, device nodes)
         cdir.mkdir(mode=0o700)
         try:
-            self._write_etc(cdir, hostname, (), host_nameservers(), (), ())
+            self._write_etc(
+                cdir,
+                hostname,
+                (),
+                list(config.dns) or host_nameservers(),
+                config.dns_search,
+                config.dns_opt,
+            )
             rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
+            shm: str | None = None
+            if config.ipc_mode == "shareable":
+                shm = str(cdir / "shm")
+                rootfs.mount_shm(shm, config.shm_size or 67108864)
+            pid_ns, ipc_ns, shm_source = self._joined(dict(joins or {}), config.ipc_mode)
             spec = oci.build_spec(
                 config,
                 oci.SpecInputs(
@@ -371,6 +476,17 @@ class ContainerManager:
                     group=_read_in_rootfs(cdir / "rootfs", "etc/group"),
                     init_path=self.init_path if config.init else None,
                     cgroup_parent=self.cgroup_parent,
+                    devices=host_devices(config.devices),
+                    host_devices=all_host_devices() if config.privileged else (),
+                    pid_ns_path=pid_ns,
+                    ipc_ns_path=ipc_ns,
+                    shm_source=shm or shm_source,
+                    apparmor=apparmor_enabled(),
+                    host_capabilities=(
+                        oci.bounding_set(Path("/proc/self/status").read_text())
+                        if config.privileged
+                        else ()
+                    ),
                 ),
             )
             atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
@@ -404,12 +520,112 @@ class ContainerManager:
                     "max_size": config.log_max_size or self.log_size_max,
                     "files": config.log_max_files or self.log_files,
                 },
+                "cgroup_parent": config.cgroup_parent,
+                "tty": config.tty,
+                "stdin_open": config.stdin_open,
+                "joins": dict(joins or {}),
+                "shm": shm,
+                "shm_size": config.shm_size,
+                "post_start": [asdict(h) for h in config.post_start],
+                "pre_stop": [asdict(h) for h in config.pre_stop],
             }
             self._save(config.name, doc)
         except BaseException:
             self._destroy_dir(cdir)
             raise
         return cid
+
+    def _joined(
+        self, joins: Mapping[str, str], ipc_mode: str | None
+    ) -> tuple[str | None, str | None, str | None]:
+        """(pid namespace, ipc namespace, /dev/shm source) of the containers this one
+        joins, as they run now (a joined container started again has new namespaces)."""
+        paths: dict[str, str] = {}
+        keys: dict[str, str] = {}
+        for kind, other in joins.items():
+            # a name's key changes when a start-first update renames its new container
+            keys[kind] = self.key_of(other) or other
+            found = self.peek(keys[kind]) is not None
+            pid = self.container_pid(keys[kind]) if found else None
+            if pid is None:
+                raise PermanentError(
+                    f"cannot join the {kind} namespace of container {other}: it is not running"
+                )
+            paths[kind] = f"/proc/{pid}/ns/{kind}"
+        shm = "/dev/shm" if ipc_mode == "host" else None
+        if "ipc" in joins:
+            doc = self.peek(keys["ipc"]) or {}
+            shm = doc.get("shm")
+            if not shm:
+                raise PermanentError(
+                    f"cannot join the IPC namespace of container {joins['ipc']}: it is not "
+                    'shareable (give it "ipc: shareable")'
+                )
+        return paths.get("pid"), paths.get("ipc"), shm
+
+    def _rejoin(self, cdir: Path, doc: Mapping[str, Any]) -> None:
+        """Point the bundle's spec at the namespaces (and /dev/shm) of the containers it
+        joins as they are now, before it runs again."""
+        joins = dict(doc.get("joins") or {})
+        if doc.get("shm"):
+            # gone with a reboot: made again, of its size
+            rootfs.mount_shm(str(doc["shm"]), int(doc.get("shm_size") or 67108864))
+        if not joins:
+            return
+        spec = json.loads((cdir / "config.json").read_text())
+        shm_mount = next(
+            (m for m in spec.get("mounts", []) if m.get("destination") == "/dev/shm"), None
+        )
+        ipc_host = shm_mount is not None and shm_mount.get("source") == "/dev/shm"
+        pid_ns, ipc_ns, shm = self._joined(joins, "host" if ipc_host else None)
+        for ns in spec["linux"]["namespaces"]:
+            if ns["type"] == "pid" and pid_ns:
+                ns["path"] = pid_ns
+            elif ns["type"] == "ipc" and ipc_ns:
+                ns["path"] = ipc_ns
+        if shm_mount is not None and shm:
+            shm_mount["source"] = shm
+        atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+
+    def _hooks(self, name: str, doc: Mapping[str, Any], which: str, timeout: float) -> None:
+        """Run the post_start or pre_stop hooks in the running container, in order; a hook
+        that fails is an error that names it."""
+        hooks = [ExecHook(**{**h, "command": tuple(h["command"])}) for h in doc.get(which) or ()]
+        if not hooks:
+            return
+        root = self.dir(name) / "rootfs"
+        passwd = _read_in_rootfs(root, "etc/passwd")
+        group = _read_in_rootfs(root, "etc/group")
+        for h in hooks:
+            result = self.supervisor.exec(
+                str(doc["id"]),
+                h.command,
+                timeout=timeout,
+                user=_hook_user(h.user, passwd, group),
+                env=h.env,
+                cwd=h.working_dir,
+                # every capability the host has, as a privileged container gets
+                caps=(
+                    oci.bounding_set(Path("/proc/self/status").read_text()) or oci.ALL_CAPABILITIES
+                )
+                if h.privileged
+                else (),
+            )
+            if result.exit_code != 0:
+                what = "timed out" if result.timed_out else f"exited with {result.exit_code}"
+                tail = result.output.decode(errors="replace").strip()[-300:]
+                raise PermanentError(
+                    f"container {name}: {which} hook {list(h.command)} {what}"
+                    + (f": {tail}" if tail else "")
+                )
+
+    def note_mac(self, name: str, ip: str, mac: str) -> None:
+        """Record the MAC a config gave the interface holding `ip`, to give it again when
+        the container's networking is remade (after a reboot, or a repair)."""
+        with self._lock(name):
+            doc = self._must_load(name)
+            doc["mac"] = [ip, mac]
+            self._save(name, doc)
 
     def settle(self, name: str) -> None:
         """The caller finished what a pending create left to do."""
@@ -494,13 +710,21 @@ class ContainerManager:
                 return
             self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
         rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
+        self._rejoin(cdir, doc)
         if doc.get("health"):
             healthmod.reset(cdir)
-        self.supervisor.launch(cid, name, cdir)
+        self.supervisor.launch(
+            cid,
+            name,
+            cdir,
+            terminal=bool(doc.get("tty")),
+            stdin=bool(doc.get("stdin_open")),
+        )
         doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
         self._save(name, doc)
         # the root's keeper probes healthchecks and rotates logs while containers run
         healthmod.ensure_checker(self.root, self.supervisor.runc)
+        self._hooks(name, doc, "post_start", HOOK_TIMEOUT)
 
     def stop(self, name: str, timeout: float | None = None) -> None:
         """stop_signal, then SIGKILL after the timeout (default: the config's, else 10 s);
@@ -526,6 +750,11 @@ class ContainerManager:
         if status in ("running", "paused", "created") and read_exit(cdir) is None:
             if status == "paused":
                 self.supervisor.resume(cid)
+            if status != "created" and timeout != 0:
+                # a pre_stop hook that fails still lets the container stop (removal at
+                # once, timeout 0, runs none)
+                with contextlib.suppress(PermanentError):
+                    self._hooks(name, doc, "pre_stop", max(grace, HOOK_TIMEOUT))
             sig = oci.signal_number(doc.get("stop_signal"))
             done = self.supervisor.kill(cid, sig) and self._wait_stopped(cdir, cid, grace)
             if not done:
@@ -598,6 +827,7 @@ class ContainerManager:
         rootfs.unmount(cdir / "rootfs")
         if rootfs.is_mounted(cdir / "rootfs"):
             raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
+        rootfs.unmount(cdir / "shm")
         for attempt in range(5):  # a health result may land while we delete
             try:
                 if keep is None:
@@ -627,9 +857,15 @@ class ContainerManager:
                 os.kill(cpid, signal.SIGKILL)
         kill_cgroup(self.cgroup_dirs(cdir.name))
 
+    def cgroup_path(self, name: str) -> str:
+        """The container's cgroup, below its cgroup_parent (the root's unless it asked for
+        another)."""
+        doc = self.peek(name) or {}
+        return f"{doc.get('cgroup_parent') or self.cgroup_parent}/{name}"
+
     def cgroup_dirs(self, name: str) -> list[Path]:
         """The container's cgroup directories, in every hierarchy, that exist now."""
-        rel = f"{self.cgroup_parent}/{name}".strip("/")
+        rel = self.cgroup_path(name).strip("/")
         out = []
         with contextlib.suppress(OSError):
             for h in CGROUP_FS.iterdir():
@@ -705,7 +941,7 @@ class ContainerManager:
             networks=tuple(doc.get("networks") or ()),
             ports=tuple(PortBinding(**p) for p in doc.get("ports") or ()),
             memory_bytes=(
-                live_memory_limit(f"{self.cgroup_parent}/{name}")
+                live_memory_limit(self.cgroup_path(name))
                 if status == "running"
                 else doc.get("memory_bytes")
             ),

@@ -125,6 +125,21 @@ def image_health(hc: Mapping[str, Any] | None) -> HealthConfig | None:
     )
 
 
+def set_mac(nspath: str, ip: str, mac: str) -> None:
+    """Give the interface holding `ip` in the namespace the MAC a config asks for
+    (mac_address) instead of the one made of its address."""
+    import socket
+
+    from pyapply.runtime.native.netlink import NetNS
+
+    with NetNS(nspath, flags=0) as ns:
+        for addr in ns.get_addr(family=socket.AF_INET):
+            if addr.get_attr("IFA_ADDRESS") == ip:
+                ns.link("set", index=addr["index"], address=mac)
+                return
+    raise PermanentError(f"no interface has address {ip} to give MAC {mac}")
+
+
 def _labels_match(have: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(k in have and (v == "" or have[k] == v) for k, v in wanted.items())
 
@@ -194,6 +209,8 @@ class NativeRuntime:
         self.networks = NetworkManager(self.root)
         self.volumes_dir = self.root / "volumes"
         self.names = Names(self.root / "names.json")
+        # a container joining another's namespaces finds it by name at each start
+        self.containers.key_of = lambda name: Names.key_of(self.names.load(), name)
         self._closed = threading.Event()
         # (when, network name -> faults, container key -> faults): the last kernel look
         self._view: tuple[float, dict[str, list[str]], dict[str, list[str]]] | None = None
@@ -434,6 +451,13 @@ class NativeRuntime:
         anon: list[Path] = []
         cdir = self.containers.dir(key)
         for m in config.mounts:
+            if m.type == "bind" and not os.path.lexists(m.source):
+                if not m.create_host_path:
+                    raise PermanentError(
+                        f"container {config.name}: bind source {m.source} does not exist "
+                        "(bind.create_host_path: true makes it)"
+                    )
+                os.makedirs(m.source, mode=0o755, exist_ok=True)  # as compose makes it
             if m.type != "volume":
                 out.append(m)
                 continue
@@ -504,6 +528,16 @@ class NativeRuntime:
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
         # dockerd does
         health = config.health or image_health(record.config.healthcheck)
+        joins: dict[str, str] = {}
+        for kind, mode in (("pid", config.pid_mode), ("ipc", config.ipc_mode)):
+            if mode is not None and mode.startswith("container:"):
+                other = mode.removeprefix("container:")
+                if Names.key_of(names, other) is None:
+                    raise PermanentError(
+                        f"container {config.name}: {kind} joins container {other}, which "
+                        "does not exist"
+                    )
+                joins[kind] = other
         nspath = self._make_netns(key)
         try:
             cid = self.containers.create(
@@ -514,6 +548,7 @@ class NativeRuntime:
                 mounts=mounts,
                 netns_path=nspath,
                 pending=True,
+                joins=joins,
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
@@ -535,6 +570,9 @@ class NativeRuntime:
                         hostname=hostname,
                     )
                 )
+            if config.mac_address is not None and ips:
+                set_mac(nspath, ips[0], config.mac_address)
+                self.containers.note_mac(key, ips[0], config.mac_address)
             if config.ports:
                 if not ips:
                     raise PermanentError(
@@ -562,6 +600,7 @@ class NativeRuntime:
             # running (as events judge it, from files: no runc call on every start)
             with self._lock():
                 self._repair(key, read_pid(cdir / "pidfile"))
+                self._remac(key)
             # the root's keeper (healthchecks, log rotation) runs while containers do
             healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
             return
@@ -576,7 +615,15 @@ class NativeRuntime:
             # it ran before: its veths, bridges or rules may have gone since
             with self._lock():
                 self.networks.repair(key, self.netns_path(key))
+        self._remac(key)
         self.containers.start(key)
+
+    def _remac(self, key: str) -> None:
+        """Give the MAC a config asked for again to an interface remade since."""
+        doc = self.containers.peek(key) or {}
+        mac = doc.get("mac")
+        if mac and os.path.exists(self.netns_path(key)):
+            set_mac(self.netns_path(key), mac[0], mac[1])
 
     @staticmethod
     def _started(cdir: Path) -> bool:

@@ -146,8 +146,10 @@ DEFAULT_DEVICE_RULES: tuple[dict[str, Any], ...] = (
 )
 
 
-def default_mounts() -> list[dict[str, Any]]:
-    """/proc, /dev (tmpfs), devpts, shm, mqueue, sysfs (ro) and the cgroup tree (ro)."""
+def default_mounts(shm_size: int = 67108864, *, writable_sys: bool = False) -> list[dict[str, Any]]:
+    """/proc, /dev (tmpfs), devpts, shm, mqueue, sysfs (ro) and the cgroup tree (ro; both
+    writable for a privileged container, as Docker mounts them)."""
+    ro = [] if writable_sys else ["ro"]
     return [
         {
             "destination": "/proc",
@@ -171,13 +173,13 @@ def default_mounts() -> list[dict[str, Any]]:
             "destination": "/sys",
             "type": "sysfs",
             "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
+            "options": ["nosuid", "noexec", "nodev", *ro],
         },
         {
             "destination": "/sys/fs/cgroup",
             "type": "cgroup",
             "source": "cgroup",
-            "options": ["ro", "nosuid", "noexec", "nodev"],
+            "options": [*ro, "nosuid", "noexec", "nodev"],
         },
         {
             "destination": "/dev/mqueue",
@@ -189,7 +191,7 @@ def default_mounts() -> list[dict[str, Any]]:
             "destination": "/dev/shm",
             "type": "tmpfs",
             "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"],
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={shm_size}"],
         },
     ]
 
@@ -240,6 +242,21 @@ class EtcFiles:
 
 
 @dataclass(frozen=True)
+class HostDevice:
+    """A host device node as the container gets it: at `path` in the container, of `kind`
+    "c" or "b", with its numbers, mode bits and owner; `access` is its cgroup permission."""
+
+    path: str
+    kind: str
+    major: int
+    minor: int
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+    access: str = "rwm"
+
+
+@dataclass(frozen=True)
 class SpecInputs:
     """Everything besides the container config that the spec depends on."""
 
@@ -256,6 +273,19 @@ class SpecInputs:
     group: str = ""  # text of the rootfs's /etc/group
     init_path: str | None = None  # host path of tini/docker-init, when init is asked for
     cgroup_parent: str = "/pyapply"
+    # the config's devices, resolved on the host (a directory gives every device below it)
+    devices: tuple[HostDevice, ...] = ()
+    # a privileged container's: every device of the host
+    host_devices: tuple[HostDevice, ...] = ()
+    # the namespaces joined for pid_mode/ipc_mode "container:<name>" (/proc/PID/ns/...)
+    pid_ns_path: str | None = None
+    ipc_ns_path: str | None = None
+    # /dev/shm shared with the host ("ipc: host") or the container whose IPC it joins
+    shm_source: str | None = None
+    apparmor: bool = False  # the kernel enforces AppArmor profiles
+    # the capabilities this host lets a process hold (its bounding set); a privileged
+    # container gets them all ("": every capability runc knows)
+    host_capabilities: tuple[str, ...] = ()
     machine: str = field(default_factory=lambda: os.uname().machine)  # for seccomp's arches
     kernel: str = field(default_factory=lambda: os.uname().release)  # seccomp's minKernel
 
@@ -345,6 +375,52 @@ def resolve_user(user: str, passwd: str, group: str) -> ResolvedUser:
                 extra.append(int(r[2]))
     home = entry[5] if entry is not None and len(entry) > 5 and entry[5] else "/"
     return ResolvedUser(uid=uid, gid=gid, additional_gids=tuple(extra), home=home)
+
+
+def bounding_set(status: str) -> tuple[str, ...]:
+    """The capabilities named by the CapBnd line of a /proc/PID/status text."""
+    for line in status.splitlines():
+        if line.startswith("CapBnd:"):
+            mask = int(line.split(":", 1)[1].strip(), 16)
+            return tuple(c for i, c in enumerate(ALL_CAPABILITIES) if mask >> i & 1)
+    return ()
+
+
+def group_ids(names: Sequence[str], group: str) -> list[int]:
+    """group_add: ids as they are, names looked up in the image's /etc/group."""
+    groups = [r for r in _parse_db(group) if len(r) >= 3]
+    out: list[int] = []
+    for name in names:
+        if name.isdigit():
+            out.append(int(name))
+            continue
+        row = next((r for r in groups if r[0] == name), None)
+        if row is None or not row[2].isdigit():
+            raise PermanentError(f"unable to find group {name}: no matching entries in group file")
+        out.append(int(row[2]))
+    return out
+
+
+def device_nodes(
+    devices: Sequence[HostDevice],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The nodes runc makes in /dev and the cgroup rules that let them be used."""
+    nodes: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+    for d in devices:
+        nodes.append(
+            {
+                "path": d.path,
+                "type": d.kind,
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": d.mode,
+                "uid": d.uid,
+                "gid": d.gid,
+            }
+        )
+        rules.append(_dev_rule(d.kind, d.major, d.minor, d.access))
+    return nodes, rules
 
 
 def _cap_name(name: str) -> str:
@@ -461,7 +537,10 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
     if "HOME" not in keys:
         env.append(f"HOME={user.home}")
     args = resolve_args(config, image)
-    mounts = default_mounts()
+    mounts = default_mounts(config.shm_size or 67108864, writable_sys=config.privileged)
+    if inputs.shm_source is not None:  # the IPC namespace's /dev/shm, with its contents
+        shm = next(m for m in mounts if m["destination"] == "/dev/shm")
+        shm.update(type="bind", source=inputs.shm_source, options=["rbind", "rprivate"])
     if config.init:
         if not inputs.init_path:
             raise PermanentError(
@@ -492,21 +571,46 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
         )
     mounts.extend(user_mounts(inputs.mounts if inputs.mounts is not None else config.mounts))
 
-    caps = capabilities(config.cap_add, config.cap_drop)
+    if config.privileged:
+        have = set(inputs.host_capabilities or ALL_CAPABILITIES)
+        caps = [c for c in ALL_CAPABILITIES if c in have]
+    else:
+        caps = capabilities(config.cap_add, config.cap_drop)
     process: dict[str, Any] = {
-        "terminal": False,
+        "terminal": config.tty,
         "user": {"uid": user.uid, "gid": user.gid},
         "args": args,
         "env": env,
         "cwd": config.working_dir or image.working_dir or "/",
         "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
         "rlimits": rlimits([(u.name, u.soft, u.hard) for u in config.ulimits], inputs.host_rlimits),
-        "noNewPrivileges": True,
+        # always on, unless a privileged container leaves it to be asked for (as Docker does)
+        "noNewPrivileges": config.no_new_privileges or not config.privileged,
     }
-    if user.additional_gids:
-        process["user"]["additionalGids"] = list(user.additional_gids)
+    gids = [*user.additional_gids, *group_ids(config.group_add, inputs.group)]
+    if gids:
+        process["user"]["additionalGids"] = list(dict.fromkeys(gids))
+    if config.oom_score_adj is not None:
+        process["oomScoreAdj"] = config.oom_score_adj
+    if config.apparmor is not None and config.apparmor != "unconfined" and not config.privileged:
+        if not inputs.apparmor:
+            raise PermanentError(
+                f"container {config.name}: apparmor profile {config.apparmor!r} asked for, but "
+                "this host's kernel does not enforce AppArmor"
+            )
+        process["apparmorProfile"] = config.apparmor
 
-    resources: dict[str, Any] = {"devices": [dict(r) for r in DEFAULT_DEVICE_RULES]}
+    if config.privileged:
+        rules: list[dict[str, Any]] = [{"allow": True, "access": "rwm"}]
+        nodes, _ = device_nodes(inputs.host_devices)
+    else:
+        rules = [dict(r) for r in DEFAULT_DEVICE_RULES]
+        nodes = []
+    more_nodes, more_rules = device_nodes(inputs.devices)
+    nodes = [n for n in nodes if n["path"] not in {m["path"] for m in more_nodes}] + more_nodes
+    if not config.privileged:
+        rules += more_rules
+    resources: dict[str, Any] = {"devices": rules}
     if config.memory_bytes:
         resources["memory"] = {"limit": config.memory_bytes}
     if config.nano_cpus:
@@ -520,16 +624,40 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
     net: dict[str, Any] = {"type": "network"}
     if inputs.netns_path:
         net["path"] = inputs.netns_path
-    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, net]
+    namespaces: list[dict[str, Any]] = []
+    for kind, mode, joined in (
+        ("pid", config.pid_mode, inputs.pid_ns_path),
+        ("ipc", config.ipc_mode, inputs.ipc_ns_path),
+    ):
+        if mode == "host":
+            continue  # no namespace of its own: the host's
+        ns: dict[str, Any] = {"type": kind}
+        if mode is not None and mode.startswith("container:"):
+            if not joined:
+                raise PermanentError(
+                    f"container {config.name}: {kind} namespace of {mode} is not running"
+                )
+            ns["path"] = joined
+        namespaces.append(ns)
+    namespaces += [{"type": "uts"}, {"type": "mount"}, net]
 
+    parent = config.cgroup_parent or inputs.cgroup_parent
     linux: dict[str, Any] = {
-        "cgroupsPath": f"{inputs.cgroup_parent.rstrip('/')}/{config.name}",
+        "cgroupsPath": f"/{parent.strip('/')}/{config.name}",
         "resources": resources,
         "namespaces": namespaces,
-        "maskedPaths": list(MASKED_PATHS),
-        "readonlyPaths": list(READONLY_PATHS),
+        "maskedPaths": [] if config.privileged else list(MASKED_PATHS),
+        "readonlyPaths": [] if config.privileged else list(READONLY_PATHS),
     }
-    profile = seccomp.section_for(config.seccomp, caps, inputs.machine, inputs.kernel)
+    if nodes:
+        linux["devices"] = nodes
+    if config.sysctls:
+        linux["sysctl"] = dict(config.sysctls)
+    # privileged: no filter, unless a profile of its own is asked for (as dockerd does)
+    seccomp_mode = config.seccomp
+    if config.privileged and seccomp_mode is None:
+        seccomp_mode = "unconfined"
+    profile = seccomp.section_for(seccomp_mode, caps, inputs.machine, inputs.kernel)
     if profile is not None:
         linux["seccomp"] = profile
     return {

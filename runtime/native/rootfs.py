@@ -22,6 +22,8 @@ MNT_DETACH = 2
 # user with the uid of a container's process reaches its rootfs through /proc/<pid>/root).
 # The container's /dev is a tmpfs of its own (runc), with the devices the spec allows.
 MS_NODEV = 4
+MS_NOSUID = 2  # with nodev and noexec: a shareable /dev/shm, as runc mounts one
+MS_NOEXEC = 8
 # The kernel takes mount options in one page; beyond it the lowerdir list does not fit.
 _MAX_OPTIONS = 4095
 
@@ -94,6 +96,21 @@ def mount_overlay(
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount overlay on {target}: {os.strerror(err)}")
+
+
+def mount_shm(target: str | Path, size: int) -> None:
+    """A tmpfs for a shareable /dev/shm at `target` (made 0700; the mount is 1777 inside),
+    kept on the host so that containers joining the IPC namespace bind the same one;
+    already mounted is success."""
+    Path(target).mkdir(mode=0o700, exist_ok=True)
+    if is_mounted(target):
+        return
+    target_b = str(Path(target).resolve()).encode()
+    data = f"mode=1777,size={size}".encode()
+    rc = _libc.mount(b"shm", target_b, b"tmpfs", MS_NODEV | MS_NOSUID | MS_NOEXEC, data)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise RuntimeFailure(f"mount tmpfs on {target}: {os.strerror(err)}")
 
 
 def unmount(target: str | Path) -> None:

@@ -171,8 +171,20 @@ class Supervisor:
 
     # -- launching -----------------------------------------------------------------------
 
-    def launch(self, cid: str, name: str, bundle: Path, *, timeout: float = 30) -> int:
-        """Create the container under conmon and start it; returns the container's pid."""
+    def launch(
+        self,
+        cid: str,
+        name: str,
+        bundle: Path,
+        *,
+        timeout: float = 30,
+        terminal: bool = False,
+        stdin: bool = False,
+    ) -> int:
+        """Create the container under conmon and start it; returns the container's pid.
+        `terminal`: conmon gets the pseudo-terminal runc makes (the spec says
+        process.terminal) and logs what it shows; `stdin`: conmon keeps the process's
+        stdin open (a pipe nobody closes) instead of /dev/null."""
         private_dir(self.runc_root)  # runc makes its state 0600; keep its directory ours too
         clear_run_files(bundle)
         (bundle / "exits").mkdir(mode=0o700, exist_ok=True)
@@ -200,6 +212,10 @@ class Supervisor:
             "--exit-command-arg", "delete",
             "--exit-command-arg", cid,
         ]  # fmt: skip
+        if terminal:
+            cmd.append("--terminal")
+        if stdin:
+            cmd.append("--stdin")
         try:
             subprocess.run(
                 cmd,
@@ -261,8 +277,14 @@ class Supervisor:
         *,
         timeout: float | None = None,
         max_output: int = 64 * 1024,
+        user: str | None = None,
+        env: Sequence[str] = (),
+        cwd: str | None = None,
+        caps: Sequence[str] = (),
     ) -> ExecResult:
-        """Run argv inside the container (as its user, env, caps); output is stdout+stderr."""
+        """Run argv inside the container (as its user, env, caps, unless `user` "uid:gid",
+        `env` "KEY=value" items, `cwd` or more `caps` say otherwise); output is
+        stdout+stderr."""
         if not argv:
             raise RuntimeFailure("exec needs a command")
         pid_file = self.runc_root / f"exec-{cid}-{os.getpid()}-{time.monotonic_ns()}.pid"
@@ -274,6 +296,10 @@ class Supervisor:
                 "exec",
                 "--pid-file",
                 str(pid_file),
+                *(["--user", user] if user else []),
+                *(["--cwd", cwd] if cwd else []),
+                *(a for e in env for a in ("--env", e)),
+                *(a for c in caps for a in ("--cap", c)),
                 cid,
                 *argv,
             ],

@@ -199,3 +199,11 @@ def test_agent_log_lines_are_redacted_in_both_formats() -> None:
     assert plain.endswith(f"x {MASK}")
     assert doc["msg"] == f"x {MASK}"
     assert doc["errors"] == [f"create: {MASK}", "redis://:***@r"]
+
+
+def test_hook_environments_follow_the_name_rule() -> None:
+    hooks = [{"command": ["x"], "env": ["API_TOKEN=abc123", "MODE=fast"]}, {"command": ["y"]}]
+    assert Redactor().env_field("post_start", hooks) == [
+        {"command": ["x"], "env": ["API_TOKEN=(sensitive value)", "MODE=fast"]},
+        {"command": ["y"]},
+    ]

@@ -88,7 +88,8 @@ def test_merge_of_base_and_override_file() -> None:
     # relative to the project directory (the first file's), whichever file says them
     assert web.mounts == (
         Mount("volume", "/data", "data"),
-        Mount("bind", "/etc/conf", str(DATA / "merge" / "other")),
+        # the long syntax: no host directory is made unless create_host_path says so
+        Mount("bind", "/etc/conf", str(DATA / "merge" / "other"), create_host_path=False),
     )
     assert web.cap_add == ("NET_ADMIN", "SYS_TIME")
     assert web.depends_on == (Dependency("cache"), Dependency("db"))

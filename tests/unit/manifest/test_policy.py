@@ -79,6 +79,14 @@ def test_privileged(here: Path) -> None:
     assert findings(here, stack("privileged: true"), exempt) == []
 
 
+def test_privileged_hooks_are_asks(here: Path) -> None:
+    got = findings(here, stack("post_start: [{command: x, privileged: true}, {command: y}]"))
+    assert got == [
+        "stack.yaml:8:33: spec.services.web.post_start[0].privileged: a privileged post_start "
+        'hook runs with every capability; the policy denies this (rule "privileged")'
+    ]
+
+
 def test_host_namespaces(here: Path) -> None:
     text = stack(
         "network_mode: host\npid: host\nipc: host\nuts: host\nuserns_mode: host\ncgroup: host"
@@ -96,7 +104,8 @@ def test_host_namespaces(here: Path) -> None:
     allow_net = only(RESTRICTED, "host_namespaces", RuleSetting("deny", ("network",)))
     assert len(findings(here, text, allow_net)) == 5
     # other values than host are not asks
-    assert findings(here, stack("pid: service:db\nipc: private\nnetwork_mode: none")) == []
+    db = "    db:\n      image: busybox:1\n      ipc: shareable\n"
+    assert findings(here, stack("pid: service:db\nipc: service:db\nnetwork_mode: none", db)) == []
     # a namespace of any container of the host is
     got = findings(here, stack("pid: container:monitor"))
     assert got == [
@@ -110,15 +119,15 @@ def test_host_namespaces(here: Path) -> None:
 
 def test_devices(here: Path) -> None:
     text = stack(
-        'devices: ["/dev/fuse:/dev/fuse", {source: /dev/sda, target: /dev/xvda}]\n'
+        'devices: ["/dev/null:/dev/xnull", {source: /dev/zero, target: /dev/xvda}]\n'
         'device_cgroup_rules: ["c *:* rmw"]\ngpus: all'
     )
     got = findings(here, text)
     assert got[0].startswith("stack.yaml:8:17: spec.services.web.devices[0]: device ")
-    assert '"/dev/sda" gives the container a host device' in got[1]
+    assert '"/dev/zero" gives the container a host device' in got[1]
     assert "stack.yaml:9:29: spec.services.web.device_cgroup_rules[0]" in got[2]
     assert got[3].startswith("stack.yaml:10:7: spec.services.web.gpus:")
-    fuse = only(RESTRICTED, "devices", RuleSetting("deny", ("/dev/fuse",)))
+    fuse = only(RESTRICTED, "devices", RuleSetting("deny", ("/dev/null",)))
     assert len(findings(here, text, fuse)) == 3
 
 

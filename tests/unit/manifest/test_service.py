@@ -135,7 +135,7 @@ SERVICE_CASES: list[tuple[str, str, str, Any]] = [
         "volumes-long-volume",
         "volumes: [{type: volume, source: data, target: /d, read_only: true, volume: {nocopy: true}}]",
         "mounts",
-        (Mount("volume", "/d", "data", True),),
+        (Mount("volume", "/d", "data", True, nocopy=True),),
     ),
     (
         "volumes-long-anonymous",
@@ -377,7 +377,7 @@ def test_relative_paths_resolve_against_the_manifest(here: Path) -> None:
         Mount("bind", "/usr/share/html", f"{app}/html", read_only=True),
         Mount("bind", "/shared", str(here / "shared")),
         Mount("bind", "/code", app),
-        Mount("bind", "/etc/app.conf", f"{app}/conf/app.conf"),
+        Mount("bind", "/etc/app.conf", f"{app}/conf/app.conf", create_host_path=False),
     )
     assert stack.service("web").environment == (("FROM_FILE", "1"),)
     assert stack.configs == (ConfigSpec("cfg", file=f"{app}/conf/app.conf"),)
@@ -458,8 +458,6 @@ def test_unsupported_fields_warn(here: Path) -> None:
     ) == [
         'stack.yaml:8:5: warning: services.both.container_name: "container_name" is not '
         "supported and is ignored: pyapply names containers <stack>-<service>-<n>",
-        'stack.yaml:9:5: warning: services.both.privileged: "privileged" is not supported and is '
-        "ignored",
         'stack.yaml:10:5: warning: services.both.network_mode: "network_mode: host" is not '
         "supported; the service is not attached to any network",
         "stack.yaml:11:5: warning: services.both.mem_limit: conflicts with "
