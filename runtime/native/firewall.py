@@ -17,7 +17,8 @@ Everything we add lives in chains of ours, jumped to from the base chains:
   MASQUERADE of 127.0.0.0/8 sources into the bridge (published ports on localhost) and of
   hairpin traffic;
 - nat `PYAPPLY-DNAT` (from PREROUTING and OUTPUT, for local destinations): published ports;
-- mangle `PYAPPLY-INPUT` (from INPUT): the loopback guard, see below;
+- mangle `PYAPPLY-INPUT` (from INPUT): the loopback guard, see below, and the guard of each
+  network's DNS server (`dns_rules`: its gateway's port 53 for its own bridge only);
 - mangle `PYAPPLY-ISOLATION` (from FORWARD): the guard between runtimes, see below.
 
 Loopback guard. Published ports on 127.0.0.1 need `route_localnet=1` on the bridge (the
@@ -251,6 +252,24 @@ def guard_rules(bridge: str, internal: bool) -> list[Rule]:
     if internal:
         rules.append(Rule("mangle", g, ("-i", bridge, "!", "-o", bridge, *c, "-j", "DROP")))
     return rules
+
+
+def dns_rules(bridge: str, gateway: IPv4Address) -> list[Rule]:
+    """The guard of a network's DNS server (pure). The server (dns.py) answers a query with
+    the names of the network whose gateway was asked, whoever asks, so a container of
+    another network, of docker or of the LAN must not reach the gateway's port 53: only
+    its own bridge and the host itself (lo) do. Mangle's INPUT, as the loopback guard: a
+    DROP there is final whatever filter's INPUT says."""
+    c = _c(network_comment(bridge))
+    out: list[Rule] = []
+    for proto in ("udp", "tcp"):
+        match = ("-d", str(gateway), "-p", proto, "-m", proto, "--dport", "53")
+        out += [
+            # at the head: a rule remade after a deletion must still come before the drop
+            Rule("mangle", INPUT_CHAIN, (*match, "-i", bridge, *c, "-j", "RETURN"), top=True),
+            Rule("mangle", INPUT_CHAIN, (*match, "!", "-i", "lo", *c, "-j", "DROP")),
+        ]
+    return out
 
 
 def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBinding) -> list[Rule]:

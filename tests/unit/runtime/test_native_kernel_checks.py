@@ -33,7 +33,11 @@ SAVED = f"""\
 :PYAPPLY-ISOLATION - [0:0]
 -A INPUT -j PYAPPLY-INPUT
 -A FORWARD -j PYAPPLY-ISOLATION
+-A PYAPPLY-INPUT -d 10.89.1.1/32 -i {BRIDGE} -p tcp -m tcp --dport 53 {C} -j RETURN
+-A PYAPPLY-INPUT -d 10.89.1.1/32 -i {BRIDGE} -p udp -m udp --dport 53 {C} -j RETURN
 -A PYAPPLY-INPUT -d 127.0.0.0/8 -i {BRIDGE} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT {C} -j DROP
+-A PYAPPLY-INPUT -d 10.89.1.1/32 ! -i lo -p udp -m udp --dport 53 {C} -j DROP
+-A PYAPPLY-INPUT -d 10.89.1.1/32 ! -i lo -p tcp -m tcp --dport 53 {C} -j DROP
 -A PYAPPLY-ISOLATION -i {BRIDGE} -m conntrack --ctorigdst 127.0.0.0/8 {C} -j DROP
 -A PYAPPLY-ISOLATION -o {BRIDGE} -m conntrack --ctorigdst 127.0.0.0/8 {C} -j DROP
 -A PYAPPLY-ISOLATION ! -i {BRIDGE} -o {BRIDGE} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT {C} -j DROP
@@ -85,21 +89,28 @@ REC: dict[str, Any] = {
 }
 
 
-def view(saved: str = SAVED, **links: Link) -> KernelView:
+LISTENING = frozenset({("10.89.1.1", 53), ("127.0.0.1", 5353)})
+
+
+def view(
+    saved: str = SAVED, udp: frozenset[tuple[str, int]] | None = LISTENING, **links: Link
+) -> KernelView:
     base = {BRIDGE: Link(7, True, None), "pav12345678": Link(8, True, 7)}
     base.update(links)
     return KernelView(
         {k: v for k, v in base.items() if v.index},
         {7: frozenset({("10.89.1.1", 24)})},
         firewall.parse_save(saved),
+        udp,
     )
 
 
 def test_the_rules_we_add_are_found_in_iptables_save_output() -> None:
     present = firewall.parse_save(SAVED)
     rules = firewall.network_rules(BRIDGE, SUBNET, internal=False)
+    rules += firewall.dns_rules(BRIDGE, IPv4Address("10.89.1.1"))
     rules += firewall.port_rules(BRIDGE, "c1", IPv4Address("10.89.1.2"), PORT)
-    assert len(rules) == 16  # 15 of the network, 1 of the port
+    assert len(rules) == 20  # 15 of the network, 4 of its DNS server, 1 of the port
     assert firewall.missing(rules, present) == []
     assert firewall.missing(firewall.jump_rules(), present) == []
 
@@ -137,14 +148,22 @@ def test_each_missing_piece_is_a_fault_with_its_reason() -> None:
         f"veth pav12345678 not on bridge {BRIDGE}"
     )
     assert endpoint_faults(REC, ep, view(pav12345678=Link(8, False, 7))) == "veth pav12345678 down"
-    no_addr = KernelView(view().links, {}, view().rules)
+    no_addr = KernelView(view().links, {}, view().rules, LISTENING)
     assert network_faults(REC, no_addr) == [f"bridge {BRIDGE} lacks its address 10.89.1.1/24"]
+    # the DNS server: nothing bound to the gateway's port 53 (one elsewhere does not count)
+    elsewhere = frozenset({("10.89.2.1", 53), ("10.89.1.1", 5353)})
+    assert network_faults(REC, view(udp=elsewhere)) == ["no DNS server on 10.89.1.1:53"]
+    assert network_faults(REC, view(udp=None)) == []  # not looked at
 
 
 def test_deleted_rules_are_faults_of_the_network_and_of_the_port() -> None:
     lines = SAVED.splitlines()
     no_guards = "\n".join(ln for ln in lines if not ln.startswith("-A PYAPPLY-ISOLATION"))
-    assert network_faults(REC, view(no_guards)) == [f"5 of 15 firewall rules of {BRIDGE} missing"]
+    assert network_faults(REC, view(no_guards)) == [f"5 of 19 firewall rules of {BRIDGE} missing"]
+    no_dns_guard = "\n".join(ln for ln in lines if "--dport 53 " not in ln)
+    assert network_faults(REC, view(no_dns_guard)) == [
+        f"4 of 19 firewall rules of {BRIDGE} missing"
+    ]
     no_dnat = "\n".join(ln for ln in lines if "--dport 18080" not in ln)
     assert port_faults(REC, REC["ports"][0], view(no_dnat)) == "rule for 127.0.0.1:18080 missing"
     assert network_faults(REC, view(no_dnat)) == []
