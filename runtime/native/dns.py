@@ -13,10 +13,12 @@ other names are forwarded to (else the host's /etc/resolv.conf is read). Every o
 is one container: `<id> <ipv4s> <ipv6s> <names>` (comma-separated lists, an empty field for
 none). `aardvark-dns --config DIR -p 53 run` forks, the child writes `DIR/aardvark.pid` and
 serves, the parent exits once the child is ready; SIGHUP makes it read the directory again.
-An answer depends on who asks: the asking address is looked up among the containers' and
-only names of the networks that container is on are answered (a container on several
-networks sees the names of all of them, through whichever of its gateways it asks), so a
-container never resolves the members of a network it is not on.
+What an answer holds (measured with 1.4.0): the names of the networks the asking address
+is on (a container on several networks sees the names of all of them, through whichever of
+its gateways it asks) and those of the network whose gateway was asked, whoever asks. So a
+container asking its own gateway never resolves a network it is not on, and the firewall
+keeps it from asking another network's gateway (firewall.dns_rules: a gateway's port 53 is
+for its own bridge and the host only).
 
 One server per state root, listening on the gateway of each of its networks, port 53. Its
 directory is `<root>/networks/dns/` (0700); the files are derived from the network state

@@ -19,9 +19,9 @@ registers the path of the file it bind-mounts as /etc/hosts (`set_hosts_file` or
 the affected network, in place (same inode, so the bind mount sees it), and the container's
 own resolv.conf beside it (its networks' gateways as nameservers). And DNS, for resolvers
 that ask it directly: the root's aardvark-dns (dns.py), whose files every transaction that
-changed the state brings up to date (and reloads it) before the state is saved, as the
-hosts files; the operations that make a network or an attachment ready (create, ensure,
-attach, repair, restore) also make sure the server runs and listens, and fail if it cannot.
+changed the state brings up to date (and reloads it) once the state is saved; the
+operations that make a network or an attachment ready (create, ensure, attach, repair,
+restore) also make sure the server runs and listens, and fail if it cannot.
 
 Kernel checks: the state says what should be in the kernel; `kernel_view()` reads what is
 (one netlink link dump, one address dump, one `iptables-save`) and `network_faults` /
@@ -307,22 +307,27 @@ class NetworkManager:
                 after = json.dumps(
                     [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
                 )
-                dns_error: PermanentError | None = None
-                if after != before or state.dns_due:
-                    # before the state is saved, as the hosts files are: a crash in between
-                    # leaves files that differ from the state, which the next sync rewrites
-                    try:
-                        self.dns.sync(state.networks, check=state.dns_due)
-                    except PermanentError as e:
-                        dns_error = e  # otherwise seen as a network fault (network_faults)
                 if after != before:
                     write_json(self.dir / "ipam.json", state.ipam.to_json())
                     write_json(
                         self.dir / "networks.json",
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
-                if dns_error is not None and state.dns_due:
-                    raise dns_error
+                # after the save: a crash in between leaves a server that has not heard of
+                # the change (a missing one is a network fault; its files are brought up to
+                # date at the next sync), never one serving, or running for, networks the
+                # state does not hold
+                if (
+                    after != before
+                    or state.dns_due
+                    or (not state.networks and self.dns.dir.exists())
+                ):
+                    try:
+                        self.dns.sync(state.networks, check=state.dns_due)
+                    except PermanentError:
+                        if state.dns_due:
+                            raise
+                        # otherwise seen as a network fault (network_faults)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
