@@ -23,8 +23,9 @@ for its own bridge and the host only).
 One server per state root, listening on the gateway of each of its networks, port 53. Its
 directory is `<root>/networks/dns/` (0700); the files are derived from the network state
 (`render_network`) and rewritten by the NetworkManager, under its state lock, after every
-change of membership, followed by a SIGHUP, so that a recreate or a scale is visible at
-once. The server is started when the first network needs it and stopped (by the pid it
+change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
+the sync waits until it answers the new files' canary (a name made of their hash, in every
+file: `config_files`), and a recreate or a scale is visible at once. The server is started when the first network needs it and stopped (by the pid it
 wrote, checked against its command line) when the last network goes. A server that died is
 seen as missing listeners (`udp_listeners`, from /proc/net/udp) and started again.
 
@@ -37,6 +38,7 @@ the forwarding at a resolver of its own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import signal
@@ -54,6 +56,8 @@ from pyapply.runtime.native.hostbins import AARDVARK
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
 
 PID_FILE = "aardvark.pid"  # written by aardvark-dns itself, skipped when it reads the dir
+CANARY_ID = "pyapply-sync"  # the "container" of each file's canary line (config_files)
+CANARY_PREFIX = "pyapply-sync-"
 PORT = 53
 UPSTREAM_ENV = "PYAPPLY_DNS_UPSTREAM"
 LISTEN_WAIT_S = 3.0
@@ -103,10 +107,34 @@ def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
 
 def config_files(
     networks: Mapping[str, Mapping[str, Any]], upstream: Sequence[str] = ()
-) -> dict[str, str]:
-    """File name -> content of the whole config directory (pure). A file is named after
-    the network's bridge (a safe, unique file name; aardvark only uses it as a key)."""
-    return {str(rec["bridge"]): render_network(rec, upstream) for rec in networks.values()}
+) -> tuple[dict[str, str], str]:
+    """File name -> content of the whole config directory, and the name of its generation
+    (pure). A file is named after the network's bridge (a safe, unique file name; aardvark
+    only uses it as a key). Each ends with the generation's canary: a name made of the
+    hash of everything else, answered with the gateway's own address, which the server
+    answers only once it has read this very content (see DnsServer.sync)."""
+    files = {str(rec["bridge"]): render_network(rec, upstream) for rec in networks.values()}
+    digest = hashlib.sha256(
+        "\0".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
+    ).hexdigest()
+    canary = f"{CANARY_PREFIX}{digest[:16]}"
+    for rec in networks.values():
+        files[str(rec["bridge"])] += f"{CANARY_ID} {rec['gateway']}  {canary}\n"
+    return files, canary
+
+
+def a_query(qid: int, name: str) -> bytes:
+    """A DNS query for the A record of `name` (pure; RFC 1035 4.1: a header, one question)."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.strip(".").split("."))
+    return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!2H", 1, 1)
+
+
+def is_answer(reply: bytes, qid: int) -> bool:
+    """Whether `reply` answers query `qid` with at least one record and no error (pure)."""
+    if len(reply) < 12:
+        return False
+    rid, flags, _qd, answers = struct.unpack("!4H", reply[:8])
+    return rid == qid and bool(flags & 0x8000) and flags & 0xF == 0 and answers > 0
 
 
 def udp_listeners(text: str) -> frozenset[tuple[str, int]]:
@@ -231,6 +259,23 @@ class DnsServer:
                 f"{binary} did not start (exit {proc.returncode}): {self._log_tail()}"
             )
 
+    @staticmethod
+    def _answers(server: str, name: str) -> bool:
+        """Whether the server on `server` answers a query from the host for `name` (the
+        host asks from the gateway's own address, which the canary lines make a member of
+        every network)."""
+        qid = int.from_bytes(os.urandom(2), "big")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(a_query(qid, name), (server, PORT))
+                reply = s.recv(4096)
+                while reply[:2] != qid.to_bytes(2, "big"):  # a late reply to an earlier try
+                    reply = s.recv(4096)
+            except OSError:  # timed out, refused: not serving yet
+                return False
+        return is_answer(reply, qid)
+
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
             lines = [
@@ -269,7 +314,7 @@ class DnsServer:
             self.stop()
             return
         upstream = upstream_from_env(os.environ.get(UPSTREAM_ENV))
-        wanted = config_files(networks, upstream)
+        wanted, canary = config_files(networks, upstream)
         private_dir(self.dir)
         changed = False
         for entry in os.scandir(self.dir):
@@ -293,20 +338,28 @@ class DnsServer:
         elif changed:
             os.kill(pid, signal.SIGHUP)
         if changed or pid is None or check:
-            self._await_listeners([str(rec["gateway"]) for rec in networks.values()])
+            self._await_serving([str(rec["gateway"]) for rec in networks.values()], canary)
 
-    def _await_listeners(self, gateways: Sequence[str]) -> None:
-        """Wait (bounded) until the server listens on every gateway: it binds in threads of
-        its own after it reported ready, and a new network's first query must find it."""
+    def _await_serving(self, gateways: Sequence[str], canary: str) -> None:
+        """Wait (bounded) until the server listens on every gateway and answers from the
+        files just written. It binds in threads of its own after it reported ready, and a
+        reload (SIGHUP) is taken in by another thread while we go on: a recreate's or a
+        scale's first query must find the new names, so the sync ends only once the
+        server answers the new generation's canary."""
         deadline = time.monotonic() + LISTEN_WAIT_S
         want = {(str(IPv4Address(g)), PORT) for g in gateways}
         while True:
             missing = want - read_udp_listeners()
-            if not missing:
+            if not missing and self._answers(min(gateways), canary):
                 return
             if self.pid() is None:
                 self._start()  # it died (a config it could not read: see its log)
             if time.monotonic() > deadline:
+                if not missing:
+                    raise PermanentError(
+                        "the networks' DNS server (aardvark-dns) does not answer from its "
+                        f"files: {self._log_tail()}"
+                    )
                 where = ", ".join(f"{a}:{p}" for a, p in sorted(missing))
                 raise PermanentError(
                     f"the networks' DNS server (aardvark-dns) does not listen on {where}: "

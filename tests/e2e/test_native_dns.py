@@ -181,9 +181,9 @@ def server_pid(root: Path) -> int | None:
     return pid if str(root / "networks" / "dns").encode() in args else None
 
 
-def dns_processes(root: Path) -> list[int]:
-    """Every process whose command line names the root's DNS directory."""
-    want = str(root / "networks" / "dns").encode()
+def dns_processes(networks_dir: Path) -> list[int]:
+    """Every process whose command line names the DNS directory in `networks_dir`."""
+    want = str(networks_dir / "dns").encode()
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -262,7 +262,7 @@ def test_names_resolve_by_dns_on_their_own_networks_only(
     root = native.root
     assert (root / "networks" / "dns").stat().st_mode & 0o777 == 0o700
     pid = server_pid(root)
-    assert pid is not None and dns_processes(root) == [pid]
+    assert pid is not None and dns_processes(root / "networks") == [pid]
     os.kill(pid, signal.SIGKILL)  # the server this test's stack started, by its pid
     deadline = time.monotonic() + 5
     while server_pid(root) == pid and time.monotonic() < deadline:
@@ -276,5 +276,68 @@ def test_names_resolve_by_dns_on_their_own_networks_only(
     assert lookup(native, client, "www2") == (0, one)
 
     cli.ok("down", "-f", str(manifest), **env)
-    assert dns_processes(root) == []
+    assert dns_processes(root / "networks") == []
     assert not (root / "networks" / "dns").exists()
+
+
+def ask(server: str, name: str) -> list[str] | None:
+    """One A query from the host (an asker the server does not know: it answers with the
+    names of the network whose address was asked); None when nothing answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(DNSRecord.question(name).pack(), (server, 53))
+        try:
+            reply = DNSRecord.parse(s.recv(4096))
+        except TimeoutError:
+            return None
+    return sorted(str(r.rdata) for r in reply.rr)
+
+
+def test_the_server_follows_its_files_and_its_pid_is_checked(tmp_path: Path) -> None:
+    """DnsServer alone, on loopback addresses (no bridge, no container): started by the
+    first network, reloaded by each sync so that a query right after it sees the change,
+    listening on a second network's address, started again after a crash, never
+    signalling a process that is not its own, stopped with its last network."""
+    from pyapply.runtime.native.dns import PID_FILE, DnsServer
+
+    base = f"127.54.{random.randint(1, 254)}"
+    a, b = f"{base}.1", f"{base}.2"
+
+    def net(bridge: str, gateway: str, **members: str) -> dict[str, object]:
+        endpoints = {k: {"ip": ip, "aliases": [f"{k}-alias"]} for k, ip in members.items()}
+        return {"bridge": bridge, "gateway": gateway, "endpoints": endpoints}
+
+    server = DnsServer(tmp_path / "dns", tmp_path / "dns.log")
+    try:
+        server.sync({"one": net("pa-1", a, c1="10.9.0.2")})
+        first = server.pid()
+        assert first is not None and dns_processes(tmp_path) == [first]
+        assert (tmp_path / "dns").stat().st_mode & 0o777 == 0o700
+        assert ask(a, "c1-alias") == ["10.9.0.2"]
+
+        server.sync({"one": net("pa-1", a, c1="10.9.0.2", c2="10.9.0.3")})
+        assert ask(a, "c2") == ["10.9.0.3"]  # no wait: the sync waited for nothing
+        assert server.pid() == first  # reloaded, not restarted
+        server.sync({"one": net("pa-1", a, c2="10.9.0.3"), "two": net("pa-2", b, c9="10.9.1.9")})
+        assert ask(a, "c1") == []
+        assert ask(b, "c9") == ["10.9.1.9"]
+
+        os.kill(first, signal.SIGKILL)  # the server this test started
+        deadline = time.monotonic() + 5
+        while server.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.pid() is None
+        assert ask(b, "c9") is None
+        server.sync({"two": net("pa-2", b, c9="10.9.1.9")}, check=True)
+        second = server.pid()
+        assert second is not None and second != first
+        assert ask(b, "c9") == ["10.9.1.9"] and ask(a, "c2") is None
+
+        # a pid file naming a live process that is not the server: not ours to signal
+        (tmp_path / "dns" / PID_FILE).write_text(str(os.getpid()))
+        assert server.pid() is None
+        (tmp_path / "dns" / PID_FILE).write_text(str(second))
+    finally:
+        server.sync({})
+    assert dns_processes(tmp_path) == []
+    assert not (tmp_path / "dns").exists() and not (tmp_path / "dns.log").exists()

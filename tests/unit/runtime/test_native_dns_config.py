@@ -5,6 +5,7 @@ from network records, the names they hold, the upstream resolvers, the listeners
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 from pathlib import Path
@@ -54,9 +55,35 @@ def test_names_the_file_format_cannot_hold_are_left_out() -> None:
 
 def test_the_directory_holds_one_file_per_network_named_after_its_bridge() -> None:
     other = {**REC, "name": "shop_front", "bridge": "pa-00000001", "gateway": "10.89.2.1"}
-    files = dns.config_files({"shop_back": REC, "shop_front": other}, ("127.0.0.9",))
+    files, canary = dns.config_files({"shop_back": REC, "shop_front": other}, ("127.0.0.9",))
     assert sorted(files) == ["pa-00000001", "pa-93516a4c"]
     assert files["pa-00000001"].splitlines()[0] == "10.89.2.1 127.0.0.9"
+    # each file ends with the generation's canary, answered with the file's gateway
+    assert re.fullmatch(r"pyapply-sync-[0-9a-f]{16}", canary)
+    assert files["pa-00000001"].endswith(f"\npyapply-sync 10.89.2.1  {canary}\n")
+    assert files["pa-93516a4c"] == dns.render_network(REC, ("127.0.0.9",)) + (
+        f"pyapply-sync 10.89.1.1  {canary}\n"
+    )
+    # a new generation has a new canary; the same content the same one
+    assert dns.config_files({"shop_back": REC, "shop_front": other}, ("127.0.0.9",))[1] == canary
+    assert dns.config_files({"shop_back": REC}, ("127.0.0.9",))[1] != canary
+    assert dns.config_files({"shop_back": REC, "shop_front": other})[1] != canary
+
+
+def test_a_query_and_its_answer_on_the_wire() -> None:
+    query = dns.a_query(0x1234, "pyapply-sync-ab.")
+    assert query == (
+        bytes.fromhex("1234 0100 0001 0000 0000 0000")
+        + b"\x0fpyapply-sync-ab\x00"
+        + bytes.fromhex("0001 0001")
+    )
+    header = bytes.fromhex("1234 8180 0001 0001 0000 0000")
+    assert dns.is_answer(header + query[12:], 0x1234)
+    assert not dns.is_answer(header + query[12:], 0x1235)  # another query's
+    assert not dns.is_answer(bytes.fromhex("1234 8183 0001 0000 0000 0000"), 0x1234)  # NXDOMAIN
+    assert not dns.is_answer(bytes.fromhex("1234 8180 0001 0000 0000 0000"), 0x1234)  # empty
+    assert not dns.is_answer(bytes.fromhex("1234 0100 0001 0001 0000 0000"), 0x1234)  # a query
+    assert not dns.is_answer(b"\x12\x34", 0x1234)
 
 
 def test_upstream_from_the_environment() -> None:
