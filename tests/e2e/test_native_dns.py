@@ -59,6 +59,10 @@ spec:
       image: {image}
       command: *idle
       networks: [back]
+    both:
+      image: {image}
+      command: *idle
+      networks: [front, back]
   networks: {{front: {{}}, back: {{}}}}
 """
 
@@ -198,8 +202,8 @@ def dns_processes(networks_dir: Path) -> list[int]:
 def test_names_resolve_by_dns_on_their_own_networks_only(
     native: NativeUnderTest, upstream: Upstream, tmp_path: Path
 ) -> None:
-    """Peers, aliases and services resolve, other networks' names do not, other names are
-    forwarded, scale and recreate show at once; then the server's life: one per root, a
+    """Peers, aliases and services resolve, other networks' names do not (a container on
+    both networks sees both), other names are forwarded, scale and recreate show at once; then the server's life: one per root, a
     crash seen and repaired, stopped by down (one stack for all: applies are the cost)."""
     stack = native.stack
     manifest = tmp_path / "stack.yaml"
@@ -223,6 +227,17 @@ def test_names_resolve_by_dns_on_their_own_networks_only(
     code, resolv = native.exec(client, "cat", "/etc/resolv.conf")
     gateway = resolv.split()[1]
     assert resolv.startswith(f"nameserver {gateway}\n") and gateway.endswith(".1"), resolv
+
+    # on two networks: both gateways (as podman lists them), and either answers for both
+    # networks; the stranger still sees only its own, though it shares one with this one
+    both = f"{stack}-both-1"
+    code, resolv = native.exec(both, "cat", "/etc/resolv.conf")
+    servers = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver ")]
+    assert len(servers) == 2 and gateway in servers, resolv
+    assert lookup(native, both, "web") == (0, web_ips)
+    assert lookup(native, both, "stranger")[1] == sorted(hosts_of(native, both)[stranger])
+    for server in servers:
+        assert probe(native, both, server, "www") == f"rcode 0 {' '.join(web_ips)}"
 
     # a peer, an alias, the service (every replica)
     assert lookup(native, client, web[1]) == (0, sorted(hosts[web[1]]))
