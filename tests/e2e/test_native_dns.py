@@ -356,3 +356,67 @@ def test_the_server_follows_its_files_and_its_pid_is_checked(tmp_path: Path) -> 
         server.sync({})
     assert dns_processes(tmp_path) == []
     assert not (tmp_path / "dns").exists() and not (tmp_path / "dns.log").exists()
+
+
+INPUT_DROPS = """\
+set -u
+export PYAPPLY_RUNTIME=native PYAPPLY_ROOT="$ROOT"
+ip link set lo up
+iptables -w -P INPUT DROP  # this namespace's INPUT, as ufw leaves a host's
+iptables -w -A INPUT -i lo -j ACCEPT
+trap '"$PYAPPLY" down -f "$MANIFEST" >/dev/null 2>&1; echo DOWN $?' EXIT
+"$PYAPPLY" -f "$MANIFEST" >/dev/null || { echo APPLY failed; exit 1; }
+ask() { "$PYTHON" -c "$EXEC" "$1"; }
+ask first
+for rule in $(iptables -w -S PYAPPLY-DNS | grep -c ACCEPT); do echo RULES $rule; done
+iptables -w -F PYAPPLY-DNS  # the control: without our accept, the host's policy drops
+ask second
+"""
+EXEC_IN = """
+import sys
+from pyapply.runtime.native.driver import NativeRuntime
+rt = NativeRuntime()
+out = rt.exec("{stack}-web-1", ["timeout", "3", "nslookup", "web"], timeout=30)
+print(sys.argv[1].upper(), out.exit_code, out.output.decode().count("Name:"))
+"""
+
+
+def test_dns_works_on_a_host_whose_input_drops(native: NativeUnderTest, tmp_path: Path) -> None:
+    """The whole runtime in a network namespace of the test's own whose filter INPUT drops
+    what it does not know: the containers still resolve (firewall.dns_rules accepts their
+    queries ahead of the host's rules), and not without that accept (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\n"
+        f"metadata: {{name: {stack}}}\n"
+        "spec:\n  services:\n    web:\n"
+        f"      image: {TEST_IMAGE}\n"
+        """      command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]\n"""
+        "      networks: [front]\n"
+        "  networks: {front: {}}\n"
+    )
+    script = tmp_path / "input-drops.sh"
+    script.write_text(INPUT_DROPS)
+    env = {
+        **native.env,
+        "ROOT": str(native.root),
+        "MANIFEST": str(manifest),
+        "PYAPPLY": str(Path(sys.executable).parent / "pyapply"),
+        "PYTHON": sys.executable,
+        "EXEC": EXEC_IN.format(stack=stack),
+    }
+    proc = subprocess.run(
+        ["unshare", "--net", "--fork", "bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    lines = proc.stdout.splitlines()
+    assert "FIRST 0 1" in lines, proc.stdout + proc.stderr  # web resolved: one name
+    assert "RULES 2" in lines, proc.stdout  # udp and tcp
+    # the same query, the accept gone: no answer until busybox's timeout ends it (143)
+    assert "SECOND 143 0" in lines, proc.stdout + proc.stderr
+    assert "DOWN 0" in lines, proc.stdout + proc.stderr

@@ -47,8 +47,12 @@ SAVED = f"""\
 -A PYAPPLY-ISOLATION -i {BRIDGE} -o br-+ -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT {C} -j DROP
 COMMIT
 *filter
+:PYAPPLY-DNS - [0:0]
 :PYAPPLY-FORWARD - [0:0]
+-A INPUT -j PYAPPLY-DNS
 -A FORWARD -j PYAPPLY-FORWARD
+-A PYAPPLY-DNS -d 10.89.1.1/32 -i {BRIDGE} -p udp -m udp --dport 53 {C} -j ACCEPT
+-A PYAPPLY-DNS -d 10.89.1.1/32 -i {BRIDGE} -p tcp -m tcp --dport 53 {C} -j ACCEPT
 -A PYAPPLY-FORWARD -i {BRIDGE} -o {BRIDGE} {C} -j ACCEPT
 -A PYAPPLY-FORWARD -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED {C} -j ACCEPT
 -A PYAPPLY-FORWARD -o {BRIDGE} -m conntrack --ctstate DNAT {C} -j ACCEPT
@@ -112,7 +116,7 @@ def test_the_rules_we_add_are_found_in_iptables_save_output() -> None:
     rules = firewall.network_rules(BRIDGE, SUBNET, internal=False)
     rules += firewall.dns_rules(BRIDGE, IPv4Address("10.89.1.1"))
     rules += firewall.port_rules(BRIDGE, "c1", IPv4Address("10.89.1.2"), PORT)
-    assert len(rules) == 20  # 15 of the network, 4 of its DNS server, 1 of the port
+    assert len(rules) == 22  # 15 of the network, 6 of its DNS server, 1 of the port
     assert firewall.missing(rules, present) == []
     assert firewall.missing(firewall.jump_rules(), present) == []
 
@@ -161,10 +165,10 @@ def test_each_missing_piece_is_a_fault_with_its_reason() -> None:
 def test_deleted_rules_are_faults_of_the_network_and_of_the_port() -> None:
     lines = SAVED.splitlines()
     no_guards = "\n".join(ln for ln in lines if not ln.startswith("-A PYAPPLY-ISOLATION"))
-    assert network_faults(REC, view(no_guards)) == [f"5 of 19 firewall rules of {BRIDGE} missing"]
-    no_dns_guard = "\n".join(ln for ln in lines if "--dport 53 " not in ln)
-    assert network_faults(REC, view(no_dns_guard)) == [
-        f"4 of 19 firewall rules of {BRIDGE} missing"
+    assert network_faults(REC, view(no_guards)) == [f"5 of 21 firewall rules of {BRIDGE} missing"]
+    no_dns_rules = "\n".join(ln for ln in lines if "--dport 53 " not in ln)
+    assert network_faults(REC, view(no_dns_rules)) == [
+        f"6 of 21 firewall rules of {BRIDGE} missing"
     ]
     no_dnat = "\n".join(ln for ln in lines if "--dport 18080" not in ln)
     assert port_faults(REC, REC["ports"][0], view(no_dnat)) == "rule for 127.0.0.1:18080 missing"
