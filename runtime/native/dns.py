@@ -25,11 +25,13 @@ directory is `<root>/networks/dns/` (0700); the files are derived from the netwo
 (`render_network`) and rewritten by the NetworkManager, under its state lock, after every
 change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
 the sync waits until it answers the new files' canary (a name made of their hash, in every
-file: `config_files`), and a recreate or a scale is visible at once. The server is started when the first network needs it and stopped (by the pid it
-wrote, checked against its command line) when the last network goes. A server that died is
-seen as missing listeners (`udp_listeners`, from /proc/net/udp) and started again.
+file: `config_files`), and a recreate or a scale is visible at once. The server is started
+when the first network needs it and stopped (by the pid it wrote, checked against its
+command line) when the last network goes. A server that died is seen as missing listeners
+(`udp_listeners`, from /proc/net/udp) and started again.
 
-Upstream resolvers: the host's (aardvark reads /etc/resolv.conf), or the addresses in
+Upstream resolvers: the host's (aardvark reads /etc/resolv.conf: checked with 1.4.0 and a
+resolv.conf naming a loopback resolver), or the addresses in
 $PYAPPLY_DNS_UPSTREAM (comma-separated, port 53) when set: a host whose resolv.conf names a
 loopback stub still works (the server runs in the host's namespace), and a test can point
 the forwarding at a resolver of its own.
