@@ -9,19 +9,13 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from pyapply.runtime.base import (
-    HASH_LABEL,
-    OWNER_LABELS,
-    STACK_LABEL,
     ContainerState,
     ContainerStatus,
     Health,
     NetworkState,
     PortBinding,
     VolumeState,
-    same_owner,
 )
-
-__all__ = ["HASH_LABEL", "OWNER_LABELS", "STACK_LABEL", "same_owner"]
 
 _STATUSES: frozenset[str] = frozenset(
     ("created", "running", "paused", "restarting", "exited", "dead", "removing")
