@@ -77,6 +77,25 @@ class BuildFailed(PermanentError):
 
 
 # ---------------------------------------------------------------------------------------------
+# Ownership: which existing object a create may take as its own
+
+STACK_LABEL = "io.pyapply.stack"
+HASH_LABEL = "io.pyapply.spec-hash"
+OWNER_LABELS = (STACK_LABEL, HASH_LABEL)
+
+
+def same_owner(want: Mapping[str, str], have: Mapping[str, str] | None) -> bool:
+    """An existing object counts as "ours, with this spec" when it carries the same stack and
+    spec-hash labels as asked (the revision label may differ: a network made by an earlier
+    revision with the same spec is the same network); a config without either label has to
+    match all its labels. Every driver judges an existing object by this one rule."""
+    have = have or {}
+    if any(k in want for k in OWNER_LABELS):
+        return all(want.get(k) == have.get(k) for k in OWNER_LABELS)
+    return all(have.get(k) == v for k, v in want.items())
+
+
+# ---------------------------------------------------------------------------------------------
 # What to create
 
 MountType = Literal["volume", "bind", "tmpfs"]

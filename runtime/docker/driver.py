@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, Literal, TypeVar
 
 from pyapply.runtime.base import (
+    HASH_LABEL,
     Attachment,
     BuildConfig,
     BuildFailed,
@@ -49,6 +50,7 @@ from pyapply.runtime.base import (
     TransientError,
     VolumeConfig,
     VolumeState,
+    same_owner,
 )
 from pyapply.runtime.docker.engine import EngineError, EngineHTTP
 from pyapply.runtime.docker.errors import (
@@ -58,14 +60,12 @@ from pyapply.runtime.docker.errors import (
     translate,
 )
 from pyapply.runtime.docker.normalise import (
-    HASH_LABEL,
     JSON,
     container_state,
     label_filters,
     labels_match,
     network_state,
     port_bindings,
-    same_owner,
     split_image_ref,
     volume_state,
 )

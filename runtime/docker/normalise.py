@@ -17,10 +17,6 @@ from pyapply.runtime.base import (
     VolumeState,
 )
 
-STACK_LABEL = "io.pyapply.stack"
-HASH_LABEL = "io.pyapply.spec-hash"
-OWNER_LABELS = (STACK_LABEL, HASH_LABEL)
-
 _STATUSES: frozenset[str] = frozenset(
     ("created", "running", "paused", "restarting", "exited", "dead", "removing")
 )
@@ -41,15 +37,6 @@ def labels_match(have: Mapping[str, str] | None, want: Mapping[str, str]) -> boo
     """Whether `have` satisfies a label filter ({k: ""} means "has the key")."""
     have = have or {}
     return all(k in have and (v == "" or have[k] == v) for k, v in want.items())
-
-
-def same_owner(want: Mapping[str, str], have: Mapping[str, str] | None) -> bool:
-    """An existing object counts as "ours, with this spec" when it carries the same stack and
-    spec-hash labels as asked; a config without either label has to match all its labels."""
-    have = have or {}
-    if any(k in want for k in OWNER_LABELS):
-        return all(want.get(k) == have.get(k) for k in OWNER_LABELS)
-    return all(have.get(k) == v for k, v in want.items())
 
 
 def _time(value: object) -> str | None:

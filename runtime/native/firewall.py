@@ -18,6 +18,9 @@ Everything we add lives in chains of ours, jumped to from the base chains:
   hairpin traffic;
 - nat `PYAPPLY-DNAT` (from PREROUTING and OUTPUT, for local destinations): published ports;
 - mangle `PYAPPLY-INPUT` (from INPUT): the loopback guard, see below;
+- mangle `PYAPPLY-DNS` (from INPUT): the guard of each network's DNS server (`dns_rules`:
+  its gateway's port 53 is for its own bridge and the host only), and filter `PYAPPLY-DNS`
+  (from INPUT) accepting the bridge's own queries whatever the host's INPUT policy;
 - mangle `PYAPPLY-ISOLATION` (from FORWARD): the guard between runtimes, see below.
 
 Loopback guard. Published ports on 127.0.0.1 need `route_localnet=1` on the bridge (the
@@ -82,6 +85,7 @@ FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
 DNAT_CHAIN = "PYAPPLY-DNAT"
 INPUT_CHAIN = "PYAPPLY-INPUT"
+DNS_CHAIN = "PYAPPLY-DNS"
 ISOLATION_CHAIN = "PYAPPLY-ISOLATION"
 COMMENT_PREFIX = "pyapply:"
 BRIDGE_PREFIX = "pa-"
@@ -96,6 +100,8 @@ OUR_CHAINS: tuple[tuple[str, str], ...] = (
     ("nat", DNAT_CHAIN),
     ("mangle", INPUT_CHAIN),
     ("mangle", ISOLATION_CHAIN),
+    ("mangle", DNS_CHAIN),
+    ("filter", DNS_CHAIN),
 )
 # (table, base chain, match args) of the jumps into our chains
 JUMPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -105,6 +111,8 @@ JUMPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("nat", "OUTPUT", ("-m", "addrtype", "--dst-type", "LOCAL"), DNAT_CHAIN),
     ("mangle", "INPUT", (), INPUT_CHAIN),
     ("mangle", "FORWARD", (), ISOLATION_CHAIN),
+    ("mangle", "INPUT", (), DNS_CHAIN),
+    ("filter", "INPUT", (), DNS_CHAIN),
 )
 
 LOCK_PATH = "/run/lock/pyapply-firewall.lock"
@@ -251,6 +259,29 @@ def guard_rules(bridge: str, internal: bool) -> list[Rule]:
     if internal:
         rules.append(Rule("mangle", g, ("-i", bridge, "!", "-o", bridge, *c, "-j", "DROP")))
     return rules
+
+
+def dns_rules(bridge: str, gateway: IPv4Address) -> list[Rule]:
+    """The guard of a network's DNS server (pure). The server (dns.py) answers a query with
+    the names of the network whose gateway was asked, whoever asks, so a container of
+    another network, of docker or of the LAN must not reach the gateway's port 53: only
+    its own bridge and the host itself (lo) do. In mangle, as the loopback guard: a DROP
+    there is final whatever filter's INPUT says; in a chain of its own, whose RETURN for
+    the bridge's own queries passes them on to the other guards. And the bridge's own
+    queries accepted in filter's INPUT, ahead of the host's rules: on a host whose INPUT
+    drops what it does not know (ufw, a firewalld zone), the containers' DNS still works,
+    as their traffic through FORWARD does."""
+    c = _c(network_comment(bridge))
+    out: list[Rule] = []
+    for proto in ("udp", "tcp"):
+        match = ("-d", str(gateway), "-p", proto, "-m", proto, "--dport", "53")
+        out += [
+            # at the head: a rule remade after a deletion must still come before the drop
+            Rule("mangle", DNS_CHAIN, (*match, "-i", bridge, *c, "-j", "RETURN"), top=True),
+            Rule("mangle", DNS_CHAIN, (*match, "!", "-i", "lo", *c, "-j", "DROP")),
+            Rule("filter", DNS_CHAIN, (*match, "-i", bridge, *c, "-j", "ACCEPT")),
+        ]
+    return out
 
 
 def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBinding) -> list[Rule]:

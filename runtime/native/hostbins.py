@@ -61,6 +61,14 @@ IPTABLES_SAVE = HostBinary(
     "iptables",
     "to check that the firewall rules of networks are still there",
 )
+# podman's DNS server for containers (runtime/native/dns.py); Debian puts it beside podman's
+# other helpers, outside PATH
+AARDVARK = HostBinary(
+    "aardvark-dns",
+    ("/usr/lib/podman/aardvark-dns",),
+    "aardvark-dns",
+    "to resolve container names by DNS on networks",
+)
 GIT = HostBinary("git", ("/usr/bin/git",), "git", "to name revisions of manifests kept in git")
 
 # the agent's git source (`pyapply watch --repo`) reaches ssh:// repositories through it
@@ -72,6 +80,7 @@ HOST_BINARIES: tuple[HostBinary, ...] = (
     INIT,
     IPTABLES,
     IPTABLES_SAVE,
+    AARDVARK,
     GIT,
     SSH,
 )

@@ -11,14 +11,17 @@ both hashed from the state root and the names involved, so they are stable acros
 and distinct between state roots. Both carry the interface alias `pyapply:<root tag>:...` so
 that `reset()` finds them in the kernel even if the state was lost.
 
-Name resolution: managed /etc/hosts files. `hosts_for(container)` renders the hosts content
-of a container (every endpoint of every network it is on, by container name and aliases —
-the reconciler passes the service name as an alias). A container's runtime registers the
-path of the file it bind-mounts as /etc/hosts (`set_hosts_file` or `attach(hosts_path=)`),
-and every membership change rewrites the files of all containers on the affected network,
-in place (same inode, so the bind mount sees it). Chosen over an embedded DNS responder
-because it needs no long-running process of ours after pyapply exits, nothing listening in
-or for the containers, and no per-network resolver to keep alive across reboots.
+Name resolution, two ways. Managed /etc/hosts files: `hosts_for(container)` renders the
+hosts content of a container (every endpoint of every network it is on, by container name
+and aliases — the reconciler passes the service name as an alias). A container's runtime
+registers the path of the file it bind-mounts as /etc/hosts (`set_hosts_file` or
+`attach(hosts_path=)`), and every membership change rewrites the files of all containers on
+the affected network, in place (same inode, so the bind mount sees it), and the container's
+own resolv.conf beside it (its networks' gateways as nameservers). And DNS, for resolvers
+that ask it directly: the root's aardvark-dns (dns.py), whose files every transaction that
+changed the state brings up to date (and reloads it) once the state is saved; the
+operations that make a network or an attachment ready (create, ensure, attach, repair,
+restore) also make sure the server runs and listens, and fail if it cannot.
 
 Kernel checks: the state says what should be in the kernel; `kernel_view()` reads what is
 (one netlink link dump, one address dump, one `iptables-save`) and `network_faults` /
@@ -66,8 +69,11 @@ from pyapply.runtime.base import (
     PortBinding,
     RuntimeFailure,
     TransientError,
+    same_owner,
 )
-from pyapply.runtime.native import firewall, root_tag
+from pyapply.runtime.native import dns, firewall, root_tag
+from pyapply.runtime.native.containers import host_nameservers
+from pyapply.runtime.native.dns import DnsServer
 from pyapply.runtime.native.firewall import Firewall
 from pyapply.runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
 from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
@@ -144,16 +150,18 @@ class Link:
 @dataclass(frozen=True)
 class KernelView:
     """What the kernel holds, read in one look: links by name, IPv4 addresses by link index,
-    and every firewall rule."""
+    every firewall rule, and the bound UDP sockets (None: not looked at)."""
 
     links: Mapping[str, Link]
     addrs: Mapping[int, frozenset[tuple[str, int]]]
     rules: frozenset[firewall.RuleKey]
+    udp: frozenset[tuple[str, int]] | None = None
 
 
 def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[str]:
     """What of a network's kernel side is missing (pure): its bridge, up, with its gateway
-    address; the jumps into our chains; its isolation, NAT and guard rules."""
+    address; the jumps into our chains; its isolation, NAT and guard rules; its DNS server
+    listening on the gateway."""
     bridge = rec["bridge"]
     out: list[str] = []
     link = view.links.get(bridge)
@@ -171,11 +179,23 @@ def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[st
             "jump(s) into our chains missing: "
             + ", ".join(f"{r.table} {r.chain} -> {r.args[-1]}" for r in jumps)
         )
-    rules = firewall.network_rules(bridge, IPv4Network(rec["subnet"]), bool(rec["internal"]))
+    rules = network_rules(rec)
     lost = firewall.missing(rules, view.rules)
     if lost:
         out.append(f"{len(lost)} of {len(rules)} firewall rules of {bridge} missing")
+    if view.udp is not None:
+        problem = dns.dns_fault(rec, view.udp)
+        if problem:
+            out.append(problem)
     return out
+
+
+def network_rules(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
+    """Every rule of a network but its published ports' (pure): isolation, NAT, guards, and
+    the guard of its DNS server."""
+    bridge = rec["bridge"]
+    rules = firewall.network_rules(bridge, IPv4Network(rec["subnet"]), bool(rec["internal"]))
+    return rules + firewall.dns_rules(bridge, IPv4Address(rec["gateway"]))
 
 
 def endpoint_faults(rec: Mapping[str, Any], ep: Mapping[str, Any], view: KernelView) -> str | None:
@@ -210,6 +230,10 @@ class _State:
     networks: dict[str, dict[str, Any]]
     hosts_files: dict[str, dict[str, Any]]  # container -> {path, hostname, extra}
     ipam: Ipam
+    # set by the operations that make a network or an attachment ready for use: the DNS
+    # server is made sure of (running, listening) even if the state did not change, and
+    # its failure is the operation's
+    dns_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,6 +270,7 @@ class NetworkManager:
         self.firewall = Firewall(iptables)
         self.tag = root_tag(self.root)
         self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
+        self.dns = DnsServer(self.dir / "dns", self.dir / "dns.log")
 
     # -- naming ------------------------------------------------------------------------
 
@@ -288,6 +313,21 @@ class NetworkManager:
                         self.dir / "networks.json",
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
+                # after the save: a crash in between leaves a server that has not heard of
+                # the change (a missing one is a network fault; its files are brought up to
+                # date at the next sync), never one serving, or running for, networks the
+                # state does not hold
+                if (
+                    after != before
+                    or state.dns_due
+                    or (not state.networks and self.dns.dir.exists())
+                ):
+                    try:
+                        self.dns.sync(state.networks, check=state.dns_due)
+                    except PermanentError:
+                        if state.dns_due:
+                            raise
+                        # otherwise seen as a network fault (network_faults)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -322,7 +362,7 @@ class NetworkManager:
             created = rec is None
             if rec is not None:
                 if (
-                    dict(rec["labels"]) != dict(config.labels)
+                    not same_owner(config.labels, rec["labels"])
                     or bool(rec["internal"]) != config.internal
                 ):
                     raise Conflict(f"network {config.name} exists with other labels or settings")
@@ -343,6 +383,7 @@ class NetworkManager:
                         st.networks.pop(config.name, None)
                         st.ipam.release_subnet(config.name)
                     raise
+            st.dns_due = True
             return self._state_of(rec)
 
     def _new_record(self, st: _State, config: NetworkConfig) -> dict[str, Any]:
@@ -376,6 +417,7 @@ class NetworkManager:
             if rec is None:
                 raise NotFound(f"network {name} not found")
             self._ensure_kernel(rec)
+            st.dns_due = True
 
     def _host_routes(self) -> list[IPv4Network]:
         """Destinations already routed on the host (docker's bridges, the LAN...), and the
@@ -442,7 +484,7 @@ class NetworkManager:
         # for published ports on 127.0.0.1; what else it would let in, the guard rules of
         # network_rules() drop (firewall.py: loopback guard)
         firewall.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
-        rules = firewall.network_rules(bridge, subnet, bool(rec["internal"]))
+        rules = network_rules(rec)
         for port in rec["ports"]:
             rules += firewall.port_rules(
                 bridge, port["container"], IPv4Address(port["ip"]), _binding(port["binding"])
@@ -517,7 +559,12 @@ class NetworkManager:
         addrs: dict[int, set[tuple[str, int]]] = {}
         for index, address, prefixlen in found_addrs:
             addrs.setdefault(index, set()).add((address, prefixlen))
-        return KernelView(links, {k: frozenset(v) for k, v in addrs.items()}, self.firewall.save())
+        return KernelView(
+            links,
+            {k: frozenset(v) for k, v in addrs.items()},
+            self.firewall.save(),
+            dns.read_udp_listeners(),
+        )
 
     def faults(
         self, view: KernelView
@@ -577,6 +624,8 @@ class NetworkManager:
                         lost += firewall.missing(rules, view.rules)
                 if lost:
                     self.firewall.add(lost)
+            if touched or any(container_name in r["endpoints"] for r in st.networks.values()):
+                st.dns_due = True
             self._rewrite_hosts(st, touched, set())
 
     def _enslave(self, rec: Mapping[str, Any], veth: str) -> None:
@@ -624,6 +673,7 @@ class NetworkManager:
                 if ipv4_address is not None and ipv4_address != ep["ip"]:
                     raise Conflict(f"{container_name} is attached to {network} as {ep['ip']}")
                 ep["aliases"] = sorted(set(aliases))
+                st.dns_due = True
                 self._rewrite_hosts(st, {network}, {container_name})
                 return str(ep["ip"])
             if ep is not None:  # stale: the namespace changed (container recreated) or veth gone
@@ -650,6 +700,7 @@ class NetworkManager:
                 "aliases": sorted(set(aliases)),
                 "default_route": default_route,
             }
+            st.dns_due = True
             self._rewrite_hosts(st, {network}, {container_name})
             return str(ip)
 
@@ -753,6 +804,7 @@ class NetworkManager:
                 )
                 ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
                 touched.add(name)
+            st.dns_due = bool(touched)
             self._rewrite_hosts(st, touched, {container_name})
 
     @translated
@@ -986,11 +1038,14 @@ class NetworkManager:
         return _render_hosts(st, container_name, hostname)
 
     def _rewrite_hosts(self, st: _State, networks: set[str], containers: set[str]) -> None:
+        """Rewrite the hosts files of the members of `networks` and of `containers`, and the
+        resolv.conf beside each of the latter's (the DNS servers of its networks)."""
         targets = set(containers)
         for name in networks:
             rec = st.networks.get(name)
             if rec is not None:
                 targets |= set(rec["endpoints"])
+        host_resolv: str | None = None
         for container in sorted(targets):
             entry = st.hosts_files.get(container)
             path = entry.get("path") if entry else None
@@ -998,6 +1053,25 @@ class NetworkManager:
                 continue
             with contextlib.suppress(OSError):
                 write_in_place(path, _render_hosts(st, container, entry.get("hostname")))
+            if container not in containers:
+                continue  # another member: its networks did not change
+            resolv = os.path.join(os.path.dirname(path), "resolv.conf")
+            if not os.path.isfile(resolv):
+                continue  # registered by someone with no resolv.conf of its own to keep
+            if host_resolv is None:
+                try:
+                    host_resolv = Path("/etc/resolv.conf").read_text()
+                except OSError:
+                    host_resolv = ""
+            gateways = [
+                str(st.networks[n]["gateway"])
+                for n in sorted(st.networks)
+                if container in st.networks[n]["endpoints"]
+            ]
+            fallback = () if gateways else host_nameservers()
+            text = dns.resolv_conf(gateways, host_resolv, fallback)
+            with contextlib.suppress(OSError):
+                write_in_place(resolv, text)
 
     # -- everything --------------------------------------------------------------------
 
@@ -1033,6 +1107,7 @@ class NetworkManager:
             st.networks.clear()
             st.hosts_files.clear()
             st.ipam.subnets.clear()
+            self.dns.stop()  # even if the state forgot its networks
         for leftover in ("networks.json", "ipam.json", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / leftover).unlink()

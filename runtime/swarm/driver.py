@@ -30,11 +30,12 @@ from pyapply.runtime.base import (
     RuntimeFailure,
     TransientError,
     VolumeState,
+    same_owner,
 )
 from pyapply.runtime.docker.driver import sdk_client, unix_socket_path
 from pyapply.runtime.docker.engine import EngineHTTP
 from pyapply.runtime.docker.errors import translatable_errors, translate
-from pyapply.runtime.docker.normalise import label_filters, same_owner
+from pyapply.runtime.docker.normalise import label_filters
 from pyapply.runtime.services import (
     ConvergeResult,
     NodeState,

@@ -4,12 +4,13 @@ not remembered.
 A stack of two containers on one network (`web`, serving its hostname on a published port
 on 127.0.0.1, with a healthcheck; `client`, which reaches web by name) is deployed; one
 kernel object is then taken away as an operator's mistake or a crash would: the network's
-bridge (`ip link del`), web's veth, the network's firewall rules (isolation, NAT, guards and
-web's DNAT), web's netns file (`ip netns del`), web's conmon (SIGKILL) or the root's
-keeper (SIGKILL). Each time `diff --exit-code` must exit 2 with the reason, `pyapply -f`
-must repair in place (same container ids; only a container whose conmon died restarts),
-the published port and container-to-container traffic must work again, `diff` must exit 0,
-and (the `native` fixture) nothing of the root may be left in the kernel afterwards.
+bridge (`ip link del`), web's veth, the network's firewall rules (isolation, NAT, guards, its DNS server's
+rules and web's DNAT), web's netns file (`ip netns del`), web's conmon (SIGKILL), the
+root's keeper (SIGKILL) or the root's DNS server (SIGKILL). Each time `diff --exit-code`
+must exit 2 with the reason, `pyapply -f` must repair in place (same container ids; only a
+container whose conmon died restarts), the published port and container-to-container
+traffic must work again, `diff` must exit 0, and (the `native` fixture) nothing of the root
+may be left in the kernel afterwards.
 """
 
 from __future__ import annotations
@@ -153,13 +154,22 @@ def delete_veth(d: Deployed) -> tuple[str, ...]:
 
 def delete_rules(d: Deployed) -> tuple[str, ...]:
     comment = firewall.network_comment(d.bridge)
-    # every rule of the network: filter isolation, nat, the mangle guards, web's DNAT
+    # every rule of the network: filter isolation, nat, the mangle guards, its DNS server's
+    # guard and accept, web's DNAT
     deleted = d.rt.networks.firewall.delete_tagged(comments=[comment], prefixes=[comment + ":"])
-    assert deleted == 16, deleted
+    assert deleted == 22, deleted
     return (
         f"rule for 127.0.0.1:{d.cli.port} missing",
-        f"15 of 15 firewall rules of {d.bridge} missing",
+        f"21 of 21 firewall rules of {d.bridge} missing",
     )
+
+
+def kill_dns(d: Deployed) -> tuple[str, ...]:
+    _kill(d.rt.networks.dns.pid())  # the root's aardvark-dns, by the pid it wrote
+    net = d.rt.get_network(d.network)
+    assert net is not None and net.subnet
+    gateway = next(IPv4Network(net.subnet).hosts())  # the allocated subnet's gateway
+    return (f"no DNS server on {gateway}:53",)
 
 
 def delete_netns(d: Deployed) -> tuple[str, ...]:
@@ -194,6 +204,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {
     "netns": (delete_netns, False),
     "conmon": (kill_conmon, False),
     "keeper": (kill_keeper, False),
+    "dns": (kill_dns, False),
 }
 
 
@@ -240,6 +251,9 @@ def test_a_kernel_fault_is_seen_and_repaired_in_place(
         pid = native.pid(d.web)
         ours, its = os.stat(d.rt.netns_path(d.web_key)), os.stat(f"/proc/{pid}/ns/net")
         assert (ours.st_dev, ours.st_ino) == (its.st_dev, its.st_ino)
+    if fault == "dns":
+        code, out = native.exec(d.client, "nslookup", "web")
+        assert code == 0 and "Name:\tweb" in out, out
     if fault in ("conmon", "keeper"):
         assert d.rt.containers.supervisor_pid(d.web_key) is not None
         assert health.checker_pid(d.rt.root) is not None

@@ -1,0 +1,370 @@
+"""The DNS server of a state root's networks: Debian's aardvark-dns (podman's), driven by files.
+
+Why aardvark-dns and not a server of our own: it is the one podman ships for exactly this
+job (authoritative A/AAAA answers for the containers of a network, everything else
+forwarded), it is packaged in Debian (bookworm: 1.4.0), and it is driven entirely by files
+and a signal, so that nothing of pyapply has to keep running after an apply: the server is
+a daemon of its own, as conmon is for containers.
+
+How it is driven (aardvark-dns 1.4.0, its `config` module and README): a config directory
+holds one file per network. The first line lists the addresses to listen on (the bridge's
+gateway), optionally followed by a space and the comma-separated resolvers that queries for
+other names are forwarded to (else the host's /etc/resolv.conf is read). Every other line
+is one container: `<id> <ipv4s> <ipv6s> <names>` (comma-separated lists, an empty field for
+none). `aardvark-dns --config DIR -p 53 run` forks, the child writes `DIR/aardvark.pid` and
+serves, the parent exits once the child is ready; SIGHUP makes it read the directory again.
+What an answer holds (measured with 1.4.0): the names of the networks the asking address
+is on (a container on several networks sees the names of all of them, through whichever of
+its gateways it asks) and those of the network whose gateway was asked, whoever asks. So a
+container asking its own gateway never resolves a network it is not on, and the firewall
+keeps it from asking another network's gateway (firewall.dns_rules: a gateway's port 53 is
+for its own bridge and the host only).
+
+One server per state root, listening on the gateway of each of its networks, port 53. Its
+directory is `<root>/networks/dns/` (0700); the files are derived from the network state
+(`render_network`) and rewritten by the NetworkManager, under its state lock, after every
+change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
+the sync waits until it answers the new files' canary (a name made of their hash, in every
+file: `config_files`), and a recreate or a scale is visible at once. The server is started
+when the first network needs it and stopped (by the pid it wrote, checked against its
+command line) when the last network goes. A server that died is seen as missing listeners
+(`udp_listeners`, from /proc/net/udp) and started again.
+
+Upstream resolvers: the host's (aardvark reads /etc/resolv.conf: checked with 1.4.0 and a
+resolv.conf naming a loopback resolver), or the addresses in
+$PYAPPLY_DNS_UPSTREAM (comma-separated, port 53) when set: a host whose resolv.conf names a
+loopback stub still works (the server runs in the host's namespace), and a test can point
+the forwarding at a resolver of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import Any
+
+from pyapply.runtime.base import PermanentError
+from pyapply.runtime.native.hostbins import AARDVARK
+from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
+
+PID_FILE = "aardvark.pid"  # written by aardvark-dns itself, skipped when it reads the dir
+CANARY_ID = "pyapply-sync"  # the "container" of each file's canary line (config_files)
+CANARY_PREFIX = "pyapply-sync-"
+PORT = 53
+UPSTREAM_ENV = "PYAPPLY_DNS_UPSTREAM"
+LISTEN_WAIT_S = 3.0
+STOP_WAIT_S = 5.0
+# a name aardvark can hold: no separators of its file format, nothing a resolver would reject
+_NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+
+
+def upstream_from_env(value: str | None) -> tuple[str, ...]:
+    """The resolvers named in $PYAPPLY_DNS_UPSTREAM (pure); a bad address is an error."""
+    out: list[str] = []
+    for part in (value or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            out.append(str(ip_address(part)))
+        except ValueError:
+            raise PermanentError(
+                f"{UPSTREAM_ENV}: {part!r} is not an IP address (resolvers are asked on port 53)"
+            ) from None
+    return tuple(out)
+
+
+def dns_names(key: str, aliases: Iterable[str]) -> list[str]:
+    """The names a member answers to on a network (pure): its key (the name it was created
+    with), then its aliases (the reconciler passes the container's name and its service's);
+    names aardvark's file format cannot hold are left out (they still are in /etc/hosts)."""
+    names = dict.fromkeys(n.lower() for n in (key, *aliases) if _NAME.match(n))
+    return list(names)
+
+
+def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
+    """One network's aardvark-dns file (pure): its gateway (and the upstream resolvers),
+    then one line per member."""
+    first = str(rec["gateway"])
+    if upstream:
+        first += " " + ",".join(upstream)
+    lines = [first]
+    for key in sorted(rec["endpoints"]):
+        ep = rec["endpoints"][key]
+        names = dns_names(key, ep.get("aliases") or ())
+        if names and _NAME.match(key):
+            lines.append(f"{key.lower()} {ep['ip']}  {','.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+def config_files(
+    networks: Mapping[str, Mapping[str, Any]], upstream: Sequence[str] = ()
+) -> tuple[dict[str, str], str]:
+    """File name -> content of the whole config directory, and the name of its generation
+    (pure). A file is named after the network's bridge (a safe, unique file name; aardvark
+    only uses it as a key). Each ends with the generation's canary: a name made of the
+    hash of everything else, answered with the gateway's own address, which the server
+    answers only once it has read this very content (see DnsServer.sync)."""
+    files = {str(rec["bridge"]): render_network(rec, upstream) for rec in networks.values()}
+    digest = hashlib.sha256(
+        "\0".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
+    ).hexdigest()
+    canary = f"{CANARY_PREFIX}{digest[:16]}"
+    for rec in networks.values():
+        files[str(rec["bridge"])] += f"{CANARY_ID} {rec['gateway']}  {canary}\n"
+    return files, canary
+
+
+def a_query(qid: int, name: str) -> bytes:
+    """A DNS query for the A record of `name` (pure; RFC 1035 4.1: a header, one question)."""
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.strip(".").split("."))
+    return struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + labels + b"\0" + struct.pack("!2H", 1, 1)
+
+
+def is_answer(reply: bytes, qid: int) -> bool:
+    """Whether `reply` answers query `qid` with at least one record and no error (pure)."""
+    if len(reply) < 12:
+        return False
+    rid, flags, _qd, answers = struct.unpack("!4H", reply[:8])
+    return rid == qid and bool(flags & 0x8000) and flags & 0xF == 0 and answers > 0
+
+
+def udp_listeners(text: str) -> frozenset[tuple[str, int]]:
+    """(address, port) of the bound UDP sockets in a /proc/net/udp listing (pure). The
+    kernel prints an address as the hex of its 32-bit value in host order."""
+    found: set[tuple[str, int]] = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 2 or ":" not in fields[1]:
+            continue
+        addr, _, port = fields[1].partition(":")
+        with contextlib.suppress(ValueError, struct.error):
+            ip = socket.inet_ntoa(struct.pack("=I", int(addr, 16)))
+            found.add((ip, int(port, 16)))
+    return frozenset(found)
+
+
+def read_udp_listeners() -> frozenset[tuple[str, int]]:
+    try:
+        return udp_listeners(Path("/proc/net/udp").read_text())
+    except OSError:
+        return frozenset()
+
+
+def dns_fault(rec: Mapping[str, Any], listeners: frozenset[tuple[str, int]]) -> str | None:
+    """What is wrong with a network's DNS server (pure): nothing listens on its gateway."""
+    gateway = str(rec["gateway"])
+    if (gateway, PORT) in listeners:
+        return None
+    return f"no DNS server on {gateway}:{PORT}"
+
+
+def resolv_conf(gateways: Sequence[str], host_text: str, fallback: Sequence[str] = ()) -> str:
+    """A container's /etc/resolv.conf (pure): the DNS servers of its networks (their
+    gateways, in the order it joined them, as podman writes them), with the host's search
+    domains and options as docker copies them; with no network, `fallback` servers."""
+    search: list[str] = []
+    options: list[str] = []
+    for line in host_text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("search", "domain"):
+            search = parts[1:]  # the last one wins, as in the resolver
+        elif len(parts) >= 2 and parts[0] == "options":
+            options += parts[1:]
+    lines = [f"nameserver {ns}" for ns in (gateways or fallback)]
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+class DnsServer:
+    """The aardvark-dns process and config directory of one state root."""
+
+    def __init__(self, directory: Path, log: Path) -> None:
+        self.dir = directory
+        self.log = log
+
+    # -- the process -----------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        """The server's pid, if it runs: the pid it wrote, checked against the command
+        line (a reused pid is someone else's and is never signalled)."""
+        try:
+            text = (self.dir / PID_FILE).read_text().strip()
+        except OSError:
+            return None
+        if not text.isdigit():
+            return None
+        pid = int(text)
+        args = _cmdline(pid)
+        if (
+            not args
+            or os.path.basename(args[0]) != "aardvark-dns"
+            or str(self.dir) not in args
+            or _is_zombie(pid)
+        ):
+            return None
+        return pid
+
+    def _start(self) -> None:
+        binary = AARDVARK.find()
+        if binary is None:
+            raise PermanentError(AARDVARK.missing())
+        cmd = [binary, "--config", str(self.dir), "-p", str(PORT), "run"]
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            # its own session: a Ctrl-C of pyapply does not reach the server it leaves
+            proc = subprocess.run(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                timeout=30,
+                check=False,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PermanentError(f"cannot start {binary}: {e}") from None
+        finally:
+            os.close(fd)
+        if proc.returncode != 0 or self.pid() is None:
+            raise PermanentError(
+                f"{binary} did not start (exit {proc.returncode}): {self._log_tail()}"
+            )
+
+    @staticmethod
+    def _answers(server: str, name: str) -> bool:
+        """Whether the server on `server` answers a query from the host for `name` (the
+        host asks from the gateway's own address, which the canary lines make a member of
+        every network)."""
+        qid = int.from_bytes(os.urandom(2), "big")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            try:
+                s.sendto(a_query(qid, name), (server, PORT))
+                reply = s.recv(4096)
+                while reply[:2] != qid.to_bytes(2, "big"):  # a late reply to an earlier try
+                    reply = s.recv(4096)
+            except OSError:  # timed out, refused: not serving yet
+                return False
+        return is_answer(reply, qid)
+
+    def _log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            lines = [
+                ln
+                for ln in self.log.read_text(errors="replace").splitlines()
+                if "syslog" not in ln  # it says so on every start where no syslog runs
+            ]
+            return " / ".join(lines[-3:]) or "no message"
+        return "no message"
+
+    def stop(self) -> None:
+        """End the server (by its pid) and remove its directory. Not running is success."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while self.pid() == pid and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self.pid() == pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if self.dir.exists():
+            rmtree(self.dir)
+        with contextlib.suppress(FileNotFoundError):
+            self.log.unlink()
+
+    # -- the files -------------------------------------------------------------------
+
+    def sync(self, networks: Mapping[str, Mapping[str, Any]], *, check: bool = False) -> None:
+        """Make the directory say what `networks` hold and the server serve it: files
+        rewritten where they differ, then a reload (SIGHUP), or a start if the server is
+        not running; with no network, the server stopped. `check`: also make sure that it
+        listens on every gateway (a server that died is started again)."""
+        if not networks:
+            self.stop()
+            return
+        upstream = upstream_from_env(os.environ.get(UPSTREAM_ENV))
+        wanted, canary = config_files(networks, upstream)
+        private_dir(self.dir)
+        changed = False
+        for entry in os.scandir(self.dir):
+            if entry.name != PID_FILE and entry.name not in wanted:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)  # a removed network, a crashed write's temp file
+                changed = True
+        for name, text in wanted.items():
+            path = self.dir / name
+            try:
+                same = path.read_text() == text
+            except OSError:
+                same = False
+            if not same:
+                # derived from the state and rewritten at the next change: need not be durable
+                atomic_write(path, text, durable=False)
+                changed = True
+        pid = self.pid()
+        if pid is None:
+            self._start()
+        elif changed:
+            os.kill(pid, signal.SIGHUP)
+        if changed or pid is None or check:
+            self._await_serving([str(rec["gateway"]) for rec in networks.values()], canary)
+
+    def _await_serving(self, gateways: Sequence[str], canary: str) -> None:
+        """Wait (bounded) until the server listens on every gateway and answers from the
+        files just written. It binds in threads of its own after it reported ready, and a
+        reload (SIGHUP) is taken in by another thread while we go on: a recreate's or a
+        scale's first query must find the new names, so the sync ends only once the
+        server answers the new generation's canary."""
+        deadline = time.monotonic() + LISTEN_WAIT_S
+        want = {(str(IPv4Address(g)), PORT) for g in gateways}
+        while True:
+            missing = want - read_udp_listeners()
+            if not missing and self._answers(min(gateways), canary):
+                return
+            if self.pid() is None:
+                self._start()  # it died (a config it could not read: see its log)
+            if time.monotonic() > deadline:
+                if not missing:
+                    raise PermanentError(
+                        "the networks' DNS server (aardvark-dns) does not answer from its "
+                        f"files: {self._log_tail()}"
+                    )
+                where = ", ".join(f"{a}:{p}" for a, p in sorted(missing))
+                raise PermanentError(
+                    f"the networks' DNS server (aardvark-dns) does not listen on {where}: "
+                    f"{self._log_tail()} (is another DNS server holding port 53?)"
+                )
+            time.sleep(0.01)

@@ -1,0 +1,422 @@
+"""End-to-end: the DNS server of native networks (runtime/native/dns.py, aardvark-dns).
+
+A real stack through the CLI on a private state root: `web` (two replicas, alias `www`) and
+`client` on one network, `stranger` on another. busybox's `nslookup` in the containers asks
+the server named in their resolv.conf (their network's gateway) and never reads /etc/hosts,
+so every answer comes from the DNS server; the expected addresses come from the containers'
+/etc/hosts, which the runtime writes apart from it.
+
+Other names are forwarded: the test starts a resolver of its own on a loopback address and
+points the runtime at it ($PYAPPLY_DNS_UPSTREAM), so nothing leaves the machine. A query
+sent from the stranger's network namespace straight to the other network's gateway checks
+the firewall guard (dns_rules), with the same query from the client's namespace as the
+positive control.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
+
+from tests.e2e.helpers import TEST_IMAGE
+from tests.e2e.runtimes import NativeUnderTest
+
+pytestmark = pytest.mark.e2e
+
+OUTSIDE = "outside.pyapply.test"
+OUTSIDE_IP = "192.0.2.77"  # TEST-NET-1: only ever an answer, never a destination
+
+STACK = """\
+apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]  # stops at once
+  services:
+    web:
+      image: {image}
+      command: *idle
+      deploy: {{replicas: {replicas}}}
+      networks:
+        front: {{aliases: [{alias}]}}
+    client:
+      image: {image}
+      command: *idle
+      networks: [front]
+    stranger:
+      image: {image}
+      command: *idle
+      networks: [back]
+    both:
+      image: {image}
+      command: *idle
+      networks: [front, back]
+  networks: {{front: {{}}, back: {{}}}}
+"""
+
+# run in a container's network namespace (nsenter): one A query, the answers or "timeout"
+PROBE = """
+import socket, sys
+from dnslib import DNSRecord
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.5)
+s.sendto(DNSRecord.question(sys.argv[2]).pack(), (sys.argv[1], 53))
+try:
+    reply = DNSRecord.parse(s.recv(4096))
+except socket.timeout:
+    print("timeout")
+else:
+    print("rcode", reply.header.rcode, *sorted(str(r.rdata) for r in reply.rr))
+"""
+
+
+class Upstream:
+    """A resolver on a loopback address, port 53: answers OUTSIDE's A record, NXDOMAIN for
+    other names, and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(20):
+            self.address = f"127.53.{random.randint(1, 254)}.{random.randint(1, 254)}"
+            try:
+                self.sock.bind((self.address, 53))
+                break
+            except OSError:
+                continue
+        else:
+            raise AssertionError("no free loopback address for the test resolver")
+        self.sock.settimeout(0.2)
+        self.asked: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            query = DNSRecord.parse(data)
+            name = str(query.q.qname).rstrip(".")
+            self.asked.append(name)
+            reply = query.reply()
+            if name != OUTSIDE:
+                reply.header.rcode = 3  # NXDOMAIN
+            elif query.q.qtype == QTYPE.A:
+                reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(OUTSIDE_IP), ttl=5))
+            # (OUTSIDE has no other record: an empty answer, as for its AAAA)
+            self.sock.sendto(reply.pack(), peer)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    server = Upstream()
+    # the in-process runtime (the fixture's cleanup) forwards to it as the CLI does
+    monkeypatch.setenv("PYAPPLY_DNS_UPSTREAM", server.address)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def lookup(native: NativeUnderTest, container: str, name: str) -> tuple[int, list[str]]:
+    """busybox nslookup in the container: its exit code and the addresses it printed for
+    `name` (not the server's own "Address: IP:53" line)."""
+    code, out = native.exec(container, "nslookup", name)
+    return code, sorted(re.findall(r"^Address:\s*(\d+\.\d+\.\d+\.\d+)\s*$", out, re.M))
+
+
+def hosts_of(native: NativeUnderTest, container: str) -> dict[str, set[str]]:
+    """name -> addresses in the container's /etc/hosts."""
+    code, out = native.exec(container, "cat", "/etc/hosts")
+    assert code == 0, out
+    found: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and not line.startswith("#"):
+            for n in parts[1:]:
+                found.setdefault(n, set()).add(parts[0])
+    return found
+
+
+def probe(native: NativeUnderTest, container: str, server: str, name: str) -> str:
+    """One query sent from the container's network namespace, by a process of this test."""
+    key = native.native.key(container)
+    assert key is not None
+    netns = native.native.netns_path(key)
+    proc = subprocess.run(
+        ["nsenter", f"--net={netns}", sys.executable, "-c", PROBE, server, name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def server_pid(root: Path) -> int | None:
+    """The root's aardvark-dns, from the pid file it writes, checked against /proc."""
+    try:
+        pid = int((root / "networks" / "dns" / "aardvark.pid").read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if str(root / "networks" / "dns").encode() in args else None
+
+
+def dns_processes(networks_dir: Path) -> list[int]:
+    """Every process whose command line names the DNS directory in `networks_dir`."""
+    want = str(networks_dir / "dns").encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if want in (proc / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_names_resolve_by_dns_on_their_own_networks_only(
+    native: NativeUnderTest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Peers, aliases and services resolve, other networks' names do not (a container on
+    both networks sees both), other names are forwarded, scale and recreate show at once; then the server's life: one per root, a
+    crash seen and repaired, stopped by down (one stack for all: applies are the cost)."""
+    stack = native.stack
+    manifest = tmp_path / "stack.yaml"
+    cli = native.cli()
+    env = {"PYAPPLY_DNS_UPSTREAM": upstream.address}
+
+    def apply(replicas: int, alias: str = "www") -> None:
+        manifest.write_text(
+            STACK.format(stack=stack, image=TEST_IMAGE, replicas=replicas, alias=alias)
+        )
+        cli.ok("-f", str(manifest), **env)
+
+    apply(2)
+    client, stranger = f"{stack}-client-1", f"{stack}-stranger-1"
+    web = [f"{stack}-web-1", f"{stack}-web-2"]
+    hosts = hosts_of(native, client)
+    web_ips = sorted(ip for w in web for ip in hosts[w])
+    assert len(web_ips) == 2
+
+    # resolv.conf names the network's gateway, the server that answers
+    code, resolv = native.exec(client, "cat", "/etc/resolv.conf")
+    gateway = resolv.split()[1]
+    assert resolv.startswith(f"nameserver {gateway}\n") and gateway.endswith(".1"), resolv
+
+    # on two networks: both gateways (as podman lists them), and either answers for both
+    # networks; the stranger still sees only its own, though it shares one with this one
+    both = f"{stack}-both-1"
+    code, resolv = native.exec(both, "cat", "/etc/resolv.conf")
+    servers = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver ")]
+    assert len(servers) == 2 and gateway in servers, resolv
+    assert lookup(native, both, "web") == (0, web_ips)
+    assert lookup(native, both, "stranger")[1] == sorted(hosts_of(native, both)[stranger])
+    for server in servers:
+        assert probe(native, both, server, "www") == f"rcode 0 {' '.join(web_ips)}"
+
+    # a peer, an alias, the service (every replica)
+    assert lookup(native, client, web[1]) == (0, sorted(hosts[web[1]]))
+    assert lookup(native, client, "www") == (0, web_ips)
+    assert lookup(native, client, "web") == (0, web_ips)
+    assert lookup(native, client, "WEB.") == (0, web_ips)  # case and the root dot
+
+    # the other network's container cannot resolve them through its own server ...
+    code, found = lookup(native, stranger, "web")
+    assert code != 0 and found == []
+    assert lookup(native, stranger, web[0])[1] == []
+    assert lookup(native, stranger, "stranger")[1] == sorted(hosts_of(native, stranger)[stranger])
+    # ... nor by asking the first network's server directly (the client can: the control)
+    assert probe(native, client, gateway, "web") == f"rcode 0 {' '.join(web_ips)}"
+    assert probe(native, stranger, gateway, "web") == "timeout"
+
+    # other names go to the upstream resolver, which saw the query
+    assert lookup(native, client, OUTSIDE) == (0, [OUTSIDE_IP])
+    assert OUTSIDE in upstream.asked
+    code, found = lookup(native, client, "nowhere.pyapply.test")
+    assert code != 0 and found == []
+
+    # a scale and a recreate are visible at once: no wait, no retry
+    apply(3)
+    hosts = hosts_of(native, client)
+    three = sorted(ip for n in range(1, 4) for ip in hosts[f"{stack}-web-{n}"])
+    assert lookup(native, client, "web") == (0, three)
+    apply(1, alias="www2")  # an alias change recreates the replica that stays
+    one = sorted(hosts_of(native, client)[f"{stack}-web-1"])
+    assert lookup(native, client, "web") == (0, one)
+    assert lookup(native, client, "www2") == (0, one)
+    assert lookup(native, client, "www")[1] == []
+    assert lookup(native, client, f"{stack}-web-3")[1] == []
+
+    # one server for the root's two networks, in a 0700 directory; killed, it is a fault
+    # of both networks, which the next apply repairs; down stops it
+    root = native.root
+    assert (root / "networks" / "dns").stat().st_mode & 0o777 == 0o700
+    pid = server_pid(root)
+    assert pid is not None and dns_processes(root / "networks") == [pid]
+    os.kill(pid, signal.SIGKILL)  # the server this test's stack started, by its pid
+    deadline = time.monotonic() + 5
+    while server_pid(root) == pid and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = cli.run("diff", "-f", str(manifest), "--exit-code", **env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout.count("no DNS server on") == 2
+    cli.ok("-f", str(manifest), **env)
+    again = server_pid(root)
+    assert again is not None and again != pid
+    assert lookup(native, client, "www2") == (0, one)
+
+    cli.ok("down", "-f", str(manifest), **env)
+    assert dns_processes(root / "networks") == []
+    assert not (root / "networks" / "dns").exists()
+
+
+def ask(server: str, name: str) -> list[str] | None:
+    """One A query from the host (an asker the server does not know: it answers with the
+    names of the network whose address was asked); None when nothing answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        s.sendto(DNSRecord.question(name).pack(), (server, 53))
+        try:
+            reply = DNSRecord.parse(s.recv(4096))
+        except TimeoutError:
+            return None
+    return sorted(str(r.rdata) for r in reply.rr)
+
+
+def test_the_server_follows_its_files_and_its_pid_is_checked(tmp_path: Path) -> None:
+    """DnsServer alone, on loopback addresses (no bridge, no container): started by the
+    first network, reloaded by each sync so that a query right after it sees the change,
+    listening on a second network's address, started again after a crash, never
+    signalling a process that is not its own, stopped with its last network."""
+    from pyapply.runtime.native.dns import PID_FILE, DnsServer
+
+    base = f"127.54.{random.randint(1, 254)}"
+    a, b = f"{base}.1", f"{base}.2"
+
+    def net(bridge: str, gateway: str, **members: str) -> dict[str, object]:
+        endpoints = {k: {"ip": ip, "aliases": [f"{k}-alias"]} for k, ip in members.items()}
+        return {"bridge": bridge, "gateway": gateway, "endpoints": endpoints}
+
+    server = DnsServer(tmp_path / "dns", tmp_path / "dns.log")
+    try:
+        server.sync({"one": net("pa-1", a, c1="10.9.0.2")})
+        first = server.pid()
+        assert first is not None and dns_processes(tmp_path) == [first]
+        assert (tmp_path / "dns").stat().st_mode & 0o777 == 0o700
+        assert ask(a, "c1-alias") == ["10.9.0.2"]
+
+        server.sync({"one": net("pa-1", a, c1="10.9.0.2", c2="10.9.0.3")})
+        assert ask(a, "c2") == ["10.9.0.3"]  # no wait: the sync waited for nothing
+        assert server.pid() == first  # reloaded, not restarted
+        server.sync({"one": net("pa-1", a, c2="10.9.0.3"), "two": net("pa-2", b, c9="10.9.1.9")})
+        assert ask(a, "c1") == []
+        assert ask(b, "c9") == ["10.9.1.9"]
+
+        os.kill(first, signal.SIGKILL)  # the server this test started
+        deadline = time.monotonic() + 5
+        while server.pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.pid() is None
+        assert ask(b, "c9") is None
+        server.sync({"two": net("pa-2", b, c9="10.9.1.9")}, check=True)
+        second = server.pid()
+        assert second is not None and second != first
+        assert ask(b, "c9") == ["10.9.1.9"] and ask(a, "c2") is None
+
+        # a pid file naming a live process that is not the server: not ours to signal
+        (tmp_path / "dns" / PID_FILE).write_text(str(os.getpid()))
+        assert server.pid() is None
+        (tmp_path / "dns" / PID_FILE).write_text(str(second))
+    finally:
+        server.sync({})
+    assert dns_processes(tmp_path) == []
+    assert not (tmp_path / "dns").exists() and not (tmp_path / "dns.log").exists()
+
+
+INPUT_DROPS = """\
+set -u
+export PYAPPLY_RUNTIME=native PYAPPLY_ROOT="$ROOT"
+ip link set lo up
+iptables -w -P INPUT DROP  # this namespace's INPUT, as ufw leaves a host's
+iptables -w -A INPUT -i lo -j ACCEPT
+trap '"$PYAPPLY" down -f "$MANIFEST" >/dev/null 2>&1; echo DOWN $?' EXIT
+"$PYAPPLY" -f "$MANIFEST" >/dev/null || { echo APPLY failed; exit 1; }
+ask() { "$PYTHON" -c "$EXEC" "$1"; }
+ask first
+for rule in $(iptables -w -S PYAPPLY-DNS | grep -c ACCEPT); do echo RULES $rule; done
+iptables -w -F PYAPPLY-DNS  # the control: without our accept, the host's policy drops
+ask second
+"""
+EXEC_IN = """
+import sys
+from pyapply.runtime.native.driver import NativeRuntime
+rt = NativeRuntime()
+out = rt.exec("{stack}-web-1", ["timeout", "3", "nslookup", "web"], timeout=30)
+print(sys.argv[1].upper(), out.exit_code, out.output.decode().count("Name:"))
+"""
+
+
+def test_dns_works_on_a_host_whose_input_drops(native: NativeUnderTest, tmp_path: Path) -> None:
+    """The whole runtime in a network namespace of the test's own whose filter INPUT drops
+    what it does not know: the containers still resolve (firewall.dns_rules accepts their
+    queries ahead of the host's rules), and not without that accept (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\n"
+        f"metadata: {{name: {stack}}}\n"
+        "spec:\n  services:\n    web:\n"
+        f"      image: {TEST_IMAGE}\n"
+        """      command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]\n"""
+        "      networks: [front]\n"
+        "  networks: {front: {}}\n"
+    )
+    script = tmp_path / "input-drops.sh"
+    script.write_text(INPUT_DROPS)
+    env = {
+        **native.env,
+        "ROOT": str(native.root),
+        "MANIFEST": str(manifest),
+        "PYAPPLY": str(Path(sys.executable).parent / "pyapply"),
+        "PYTHON": sys.executable,
+        "EXEC": EXEC_IN.format(stack=stack),
+    }
+    proc = subprocess.run(
+        ["unshare", "--net", "--fork", "bash", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    lines = proc.stdout.splitlines()
+    assert "FIRST 0 1" in lines, proc.stdout + proc.stderr  # web resolved: one name
+    assert "RULES 2" in lines, proc.stdout  # udp and tcp
+    # the same query, the accept gone: no answer until busybox's timeout ends it (143)
+    assert "SECOND 143 0" in lines, proc.stdout + proc.stderr
+    assert "DOWN 0" in lines, proc.stdout + proc.stderr
