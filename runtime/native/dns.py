@@ -169,10 +169,20 @@ def dns_fault(rec: Mapping[str, Any], listeners: frozenset[tuple[str, int]]) -> 
     return f"no DNS server on {gateway}:{PORT}"
 
 
-def resolv_conf(gateways: Sequence[str], host_text: str, fallback: Sequence[str] = ()) -> str:
+def resolv_conf(
+    gateways: Sequence[str],
+    host_text: str,
+    fallback: Sequence[str] = (),
+    *,
+    own: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """A container's /etc/resolv.conf (pure): the DNS servers of its networks (their
     gateways, in the order it joined them, as podman writes them), with the host's search
-    domains and options as docker copies them; with no network, `fallback` servers."""
+    domains and options as docker copies them; with no network, `fallback` servers. `own`
+    is what the service asks (`dns`, `dns_search`, `dns_opt` as "servers", "search",
+    "options"): each one given replaces its part. Servers of its own replace the network's
+    DNS server, as docker's `--dns` does on the default bridge; peers then still resolve
+    through /etc/hosts."""
     search: list[str] = []
     options: list[str] = []
     for line in host_text.splitlines():
@@ -181,6 +191,13 @@ def resolv_conf(gateways: Sequence[str], host_text: str, fallback: Sequence[str]
             search = parts[1:]  # the last one wins, as in the resolver
         elif len(parts) >= 2 and parts[0] == "options":
             options += parts[1:]
+    own = own or {}
+    if own.get("servers"):
+        gateways = list(own["servers"])
+    if own.get("search"):
+        search = list(own["search"])
+    if own.get("options"):
+        options = list(own["options"])
     lines = [f"nameserver {ns}" for ns in (gateways or fallback)]
     if search:
         lines.append("search " + " ".join(search))

@@ -555,7 +555,12 @@ class NativeRuntime:
             hosts = str(self.containers.dir(key) / "hosts")
             hostname = self._hostname(config, cid)
             extra = [entry.partition(":")[::2] for entry in config.extra_hosts]
-            self.networks.set_hosts_file(key, hosts, hostname, extra)
+            resolver = {
+                "servers": config.dns,
+                "search": config.dns_search,
+                "options": config.dns_opt,
+            }
+            self.networks.set_hosts_file(key, hosts, hostname, extra, resolver)
             ips: list[str] = []
             for att in config.networks:
                 aliases = tuple(dict.fromkeys((*att.aliases, config.name)))

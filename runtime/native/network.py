@@ -54,7 +54,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
@@ -1013,11 +1013,14 @@ class NetworkManager:
         path: str | None,
         hostname: str | None = None,
         extra: Iterable[tuple[str, str]] = (),
+        resolver: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """Register (or with None forget) the file a container has as /etc/hosts (and its
         hostname, listed with its own address; `extra`: more (host, ip) lines, ip
         "host-gateway" meaning its first network's gateway); the file is written now and
-        rewritten whenever the membership of the container's networks changes."""
+        rewritten whenever the membership of the container's networks changes, and so is
+        the resolv.conf beside it (`resolver`: the service's own "servers", "search" and
+        "options", see dns.resolv_conf)."""
         with self._locked() as st:
             if path is None:
                 st.hosts_files.pop(container_name, None)
@@ -1026,6 +1029,7 @@ class NetworkManager:
                 "path": path,
                 "hostname": hostname,
                 "extra": [list(pair) for pair in extra],
+                "dns": {k: list(v) for k, v in (resolver or {}).items() if v},
             }
             self._rewrite_hosts(st, set(), {container_name})
 
@@ -1069,7 +1073,7 @@ class NetworkManager:
                 if container in st.networks[n]["endpoints"]
             ]
             fallback = () if gateways else host_nameservers()
-            text = dns.resolv_conf(gateways, host_resolv, fallback)
+            text = dns.resolv_conf(gateways, host_resolv, fallback, own=entry.get("dns"))
             with contextlib.suppress(OSError):
                 write_in_place(resolv, text)
 

@@ -147,3 +147,15 @@ def test_a_server_not_running_has_no_pid(tmp_path: Path) -> None:
     assert server.pid() is None
     server.stop()  # signals nobody; removes the directory
     assert not (tmp_path / "dns").exists()
+
+
+def test_the_services_own_dns_search_and_options_replace_their_parts() -> None:
+    host = "nameserver 127.0.0.53\nsearch corp.example\noptions edns0\n"
+    own = {"servers": ["192.0.2.53"], "search": ["svc.example"], "options": ["ndots:2"]}
+    assert dns.resolv_conf(["10.89.1.1"], host, own=own) == (
+        "nameserver 192.0.2.53\nsearch svc.example\noptions ndots:2\n"
+    )
+    # only what is given is replaced
+    assert dns.resolv_conf(["10.89.1.1"], host, own={"search": ["a.example"]}) == (
+        "nameserver 10.89.1.1\nsearch a.example\noptions edns0\n"
+    )
