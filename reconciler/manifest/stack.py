@@ -3,8 +3,8 @@
 `StackDraft` builds the top-level objects (networks, volumes, configs, secrets), hands each
 service to the service builder, then checks what no single field can say: that every name a
 service refers to is declared, that no dependencies form a cycle, that static addresses lie
-in their network's subnet. `check_duplicates` and `check_host_ports` check across all the
-stacks of one load.
+in their network's subnet. `check_duplicates`, `check_container_names` and `check_host_ports`
+check across all the stacks of one load.
 """
 
 from __future__ import annotations
@@ -279,6 +279,13 @@ class StackDraft:
                         ctx.error(path, message)
                     else:
                         ctx.warn(path, message + " (not required, so ignored)")
+            if svc.peer is not None and svc.peer[0] not in all_services:
+                peer, path = svc.peer
+                ctx.error(
+                    path,
+                    f'"network_mode: service:{peer}" names an unknown service'
+                    f"{suggest(peer, services)}",
+                )
             for kind, refs in (
                 ("network", svc.networks),
                 ("volume", svc.volumes),
@@ -313,6 +320,10 @@ class StackDraft:
             for dep, path in svc.depends:
                 graph[svc.spec.name].append(dep.service)
                 edges[(svc.spec.name, dep.service)] = path
+            if svc.peer is not None:  # joining a namespace is starting after its owner
+                peer, path = svc.peer
+                graph[svc.spec.name].append(peer)
+                edges.setdefault((svc.spec.name, peer), path)
         reported: set[tuple[str, ...]] = set()
         state: dict[str, int] = {}  # 1: on the stack, 2: done
         for start in sorted(graph):
@@ -396,6 +407,25 @@ def check_duplicates(drafts: Sequence[StackDraft]) -> None:
             )
         else:
             first[draft.name] = draft
+
+
+def check_container_names(drafts: Sequence[StackDraft]) -> None:
+    """A `container_name` names one container of the host, across every stack loaded."""
+    first: dict[str, tuple[ServiceDraft, Path]] = {}
+    for draft in drafts:
+        for svc in draft.services:
+            if svc.container_name is None:
+                continue
+            name, path = svc.container_name
+            if name in first:
+                other, where = first[name]
+                svc.ctx.error(
+                    path,
+                    f'container name "{name}" is also given to service "{other.spec.name}" '
+                    f"at {other.ctx.location(where)}",
+                )
+            else:
+                first[name] = (svc, path)
 
 
 def check_host_ports(drafts: Sequence[StackDraft]) -> None:

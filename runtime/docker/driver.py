@@ -60,6 +60,7 @@ from pyapply.runtime.docker.normalise import (
     HASH_LABEL,
     JSON,
     container_state,
+    exposed_ports,
     label_filters,
     labels_match,
     network_state,
@@ -599,14 +600,14 @@ class DockerRuntime:
             init=config.init,
             ulimits=[DockerUlimit(name=u.name, soft=u.soft, hard=u.hard) for u in config.ulimits]
             or None,
-            network_mode=first.network if first else None,
+            network_mode=config.network_mode or (first.network if first else None),
             log_config=log_config,
             extra_hosts=list(config.extra_hosts) or None,
             # Docker takes a profile's JSON content inline, as its CLI sends it.
             security_opt=[f"seccomp={config.seccomp}"] if config.seccomp is not None else None,
         )
         networking_config = None
-        if first is not None:
+        if first is not None and config.network_mode is None:
             networking_config = api.create_networking_config(
                 {
                     first.network: api.create_endpoint_config(
@@ -628,7 +629,12 @@ class DockerRuntime:
                     "retries": h.retries,
                     "start_period": int(h.start_period_s * _NS),
                 }
-        exposed = list(dict.fromkeys((p.container_port, p.protocol) for p in config.ports))
+        exposed = list(
+            dict.fromkeys(
+                [(p.container_port, p.protocol) for p in config.ports]
+                + exposed_ports(config.expose)
+            )
+        )
         return {
             "image": config.image,
             "name": config.name,

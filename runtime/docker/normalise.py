@@ -5,7 +5,7 @@ Nothing here talks to the daemon, so all of it can be unit-tested with plain dic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from pyapply.runtime.base import (
@@ -79,10 +79,12 @@ def ports_from_bindings(bindings: Mapping[str, Any] | None) -> tuple[PortBinding
         except ValueError:
             continue
         for entry in entries or []:
-            host_port_s = str(entry.get("HostPort") or "")
+            first, dash, last = str(entry.get("HostPort") or "").partition("-")
             host_port: int | None
+            host_last: int | None = None
             try:
-                host_port = int(host_port_s) if host_port_s else None
+                host_port = int(first) if first else None
+                host_last = int(last) if dash and last else None
             except ValueError:
                 host_port = None
             out.append(
@@ -91,6 +93,7 @@ def ports_from_bindings(bindings: Mapping[str, Any] | None) -> tuple[PortBinding
                     protocol=proto or "tcp",
                     host_ip=str(entry.get("HostIp") or ""),
                     host_port=host_port,
+                    host_port_last=host_last if host_last != host_port else None,
                 )
             )
     return sort_ports(out)
@@ -100,13 +103,37 @@ def port_bindings(ports: tuple[PortBinding, ...]) -> dict[str, list[dict[str, st
     """Ports -> the HostConfig.PortBindings payload (several host bindings per port allowed)."""
     out: dict[str, list[dict[str, str]]] = {}
     for p in ports:
+        host_port = "" if p.host_port is None else str(p.host_port)
+        if p.host_port is not None and p.host_port_last is not None:
+            host_port += f"-{p.host_port_last}"  # dockerd binds the first free port of it
         out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {
-                "HostIp": p.host_ip,
-                "HostPort": "" if p.host_port is None else str(p.host_port),
-            }
+            {"HostIp": p.host_ip, "HostPort": host_port}
         )
     return out
+
+
+# the most ports one `expose` range may name (Docker lists each one in ExposedPorts)
+MAX_EXPOSED = 4096
+
+
+def exposed_ports(expose: Sequence[str]) -> list[tuple[int, str]]:
+    """ContainerConfig.expose ("PORT[-LAST]/PROTOCOL") -> (port, protocol) pairs, the form
+    the SDK takes for ExposedPorts; a range is cut at MAX_EXPOSED ports."""
+    out: list[tuple[int, str]] = []
+    for item in expose:
+        ports, _, proto = item.partition("/")
+        first, _, last = ports.partition("-")
+        lo = int(first)
+        hi = min(int(last or first), lo + MAX_EXPOSED - 1)
+        out += [(n, proto or "tcp") for n in range(lo, hi + 1)]
+    return out
+
+
+def joined_id(host_config: JSON) -> str | None:
+    """HostConfig.NetworkMode "container:<id>" -> the id (dockerd stores the id it resolved
+    the name to)."""
+    mode = str(host_config.get("NetworkMode") or "")
+    return mode.removeprefix("container:") or None if mode.startswith("container:") else None
 
 
 def container_state(info: JSON) -> ContainerState:
@@ -139,6 +166,7 @@ def container_state(info: JSON) -> ContainerState:
         memory_bytes=memory or None,
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")),
+        joined=joined_id(host),
     )
 
 

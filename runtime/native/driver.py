@@ -83,7 +83,7 @@ from pyapply.runtime.base import (
     VolumeState,
 )
 from pyapply.runtime.native import health as healthmod
-from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.containers import ContainerManager, SharedNetwork
 from pyapply.runtime.native.images import ImageStore
 from pyapply.runtime.native.netlink import netns_attach, netns_create, netns_remove
 from pyapply.runtime.native.network import NetworkManager, translated
@@ -499,12 +499,13 @@ class NativeRuntime:
             key = f"{config.name[:120]}.{secrets.token_hex(3)}"
             names[config.name] = key
             self.names.save(names)
+        shared = self._shared_network(config)
         layer_dirs = self.image_store.layer_dirs(record)
         mounts, anon = self._resolve_mounts(config, key)
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
         # dockerd does
         health = config.health or image_health(record.config.healthcheck)
-        nspath = self._make_netns(key)
+        nspath = self._make_netns(key) if shared is None else shared.netns_path
         try:
             cid = self.containers.create(
                 replace(config, name=key, health=health),
@@ -514,9 +515,13 @@ class NativeRuntime:
                 mounts=mounts,
                 netns_path=nspath,
                 pending=True,
+                shared=shared,
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
+            if shared is not None or nspath is None:  # no namespace, endpoints, hosts file
+                self.containers.settle(key)
+                return cid
             hosts = str(self.containers.dir(key) / "hosts")
             hostname = self._hostname(config, cid)
             extra = [entry.partition(":")[::2] for entry in config.extra_hosts]
@@ -551,6 +556,60 @@ class NativeRuntime:
             raise
         return cid
 
+    def _shared_network(self, config: ContainerConfig) -> SharedNetwork | None:
+        """Where a container with a network_mode of host or container:NAME has its network:
+        the host's, or NAME's namespace (that of the container NAME itself joins, if it
+        does). None: a namespace of its own, plumbed to its networks."""
+        mode = config.network_mode or ""
+        if mode == "host":
+            if config.ports:
+                raise PermanentError(
+                    f"container {config.name} uses the host's network: it cannot publish ports"
+                )
+            return SharedNetwork()
+        if not mode.startswith("container:"):
+            return None
+        if config.ports or config.networks:
+            raise PermanentError(
+                f"container {config.name} joins the network of another container: it cannot "
+                "publish ports or join networks"
+            )
+        peer = mode.removeprefix("container:")
+        key = self.key(peer)
+        doc = self.containers.peek(key) if key is not None else None
+        if key is None or doc is None:
+            raise NotFound(f"container {peer} (whose network {config.name} joins) not found")
+        if doc.get("network_mode") == "host":
+            return SharedNetwork()
+        if doc.get("network_mode") == "container" and doc.get("joined"):
+            key = str(doc["joined"])  # the namespace it joined itself
+            doc = self.containers.peek(key)
+            if doc is None:
+                raise NotFound(f"the container whose network {peer} joined is gone")
+        path = self.netns_path(key)
+        if not os.path.exists(path):
+            raise PermanentError(
+                f"container {peer} has no network namespace to join (start it first)"
+            )
+        return SharedNetwork(key, str(doc.get("id") or ""), path)
+
+    def _check_joined(self, name: str, key: str) -> None:
+        """A container that joins another's namespace (by path) needs that one to be there:
+        when it went with its container, this one has to be made anew."""
+        doc = self.containers.peek(key) or {}
+        path = doc.get("netns_path")
+        if doc.get("network_mode") == "container" and path and not os.path.exists(path):
+            raise PermanentError(
+                f"container {name} joins the network namespace of a container that was "
+                "removed: recreate it"
+            )
+
+    def _own_netns(self, key: str) -> bool:
+        """Whether the container has a network namespace of its own (not the host's or
+        another container's)."""
+        doc = self.containers.peek(key)
+        return doc is None or not doc.get("network_mode")
+
     @translated
     def start_container(self, name: str) -> None:
         """Start; a running container is success, and what is missing of it (see `faults`)
@@ -558,14 +617,18 @@ class NativeRuntime:
         key = self._must_key(name)
         cdir = self.containers.dir(key)
         started = self._started(cdir)
+        own = self._own_netns(key)
         if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
             # running (as events judge it, from files: no runc call on every start)
-            with self._lock():
-                self._repair(key, read_pid(cdir / "pidfile"))
+            if own:
+                with self._lock():
+                    self._repair(key, read_pid(cdir / "pidfile"))
             # the root's keeper (healthchecks, log rotation) runs while containers do
             healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
             return
-        if not os.path.exists(self.netns_path(key)):
+        if not own:
+            self._check_joined(name, key)
+        elif not os.path.exists(self.netns_path(key)):
             # the namespace went with a reboot (or by hand): make it anew and plumb the
             # container's endpoints into it again, with the addresses it had
             with self._lock():
@@ -701,7 +764,9 @@ class NativeRuntime:
                     # a start killed after runc started it and before it was noted: its
                     # healthcheck is not probed until a start notes it (done in place)
                     faults.append(Fault("start not recorded"))
-                problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
+                problem = None
+                if self._own_netns(st.name):
+                    problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
                 if problem:
                     faults.append(Fault(problem))
                 faults += [Fault(r) for r in by_container.get(st.name, ())]

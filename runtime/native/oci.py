@@ -249,6 +249,7 @@ class SpecInputs:
     image: ImageConfig = ImageConfig()
     mounts: tuple[MountConfig, ...] | None = None  # resolved (volume source = host path)
     netns_path: str | None = None  # None: a new, empty network namespace
+    host_network: bool = False  # no network namespace of its own: the host's
     host_rlimits: Mapping[str, tuple[int, int]] = field(
         default_factory=dict
     )  # name -> soft, hard (-1 = unlimited)
@@ -520,7 +521,9 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
     net: dict[str, Any] = {"type": "network"}
     if inputs.netns_path:
         net["path"] = inputs.netns_path
-    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, net]
+    namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]
+    if not inputs.host_network:
+        namespaces.append(net)
 
     linux: dict[str, Any] = {
         "cgroupsPath": f"{inputs.cgroup_parent.rstrip('/')}/{config.name}",
