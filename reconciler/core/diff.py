@@ -524,7 +524,7 @@ def _follow_namespaces(
         if theirs is not None and theirs.kind in ("create", "recreate"):
             kind, reason = (
                 "recreate",
-                f"the container whose network namespace it joins ({peer}) is recreated",
+                f"the container whose network namespace it joins ({peer}) is made anew",
             )
         elif (
             have is not None

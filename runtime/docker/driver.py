@@ -67,6 +67,7 @@ from pyapply.runtime.docker.normalise import (
     port_bindings,
     same_owner,
     split_image_ref,
+    stale_namespaces,
     volume_state,
 )
 
@@ -280,7 +281,8 @@ class DockerRuntime:
         ]
         # None: removed between the list and the inspect
         infos = self._get_each("container", "/containers/{0}/json", refs)
-        return sorted((container_state(i) for i in infos if i is not None), key=lambda c: c.name)
+        states = [container_state(i) for i in infos if i is not None]
+        return sorted(stale_namespaces(states), key=lambda c: c.name)
 
     def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
         summaries: list[JSON] = self._get("list networks", "/networks", params=_filters(labels))

@@ -5,12 +5,15 @@ Nothing here talks to the daemon, so all of it can be unit-tested with plain dic
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from pyapply.runtime.base import (
     ContainerState,
     ContainerStatus,
+    Fault,
     Health,
     NetworkState,
     PortBinding,
@@ -168,6 +171,41 @@ def container_state(info: JSON) -> ContainerState:
         finished_at=_time(state.get("FinishedAt")),
         joined=joined_id(host),
     )
+
+
+def _instant(stamp: str | None) -> datetime.datetime | None:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros cut) to a datetime (to the
+    microsecond, which orders two starts well enough)."""
+    if not stamp:
+        return None
+    head, dot, frac = stamp.rstrip("Z").partition(".")
+    try:
+        when = datetime.datetime.fromisoformat(head)
+    except ValueError:
+        return None
+    micros = int((frac + "000000")[:6]) if dot and frac[:6].isdigit() else 0
+    return when.replace(microsecond=micros)
+
+
+def stale_namespaces(states: list[ContainerState]) -> list[ContainerState]:
+    """A running container that joined another's network namespace (container:ID) holds
+    the namespace that one had then: dockerd gives a container a new one each time it
+    starts, so one started again after the joiner leaves it in a namespace nobody else is
+    in. That is a fault a restart repairs (the joiner joins the new namespace)."""
+    by_id = {s.id: s for s in states}
+    out = []
+    for s in states:
+        peer = by_id.get(s.joined or "")
+        mine, theirs = _instant(s.started_at), _instant(peer.started_at if peer else None)
+        if s.running and peer is not None and peer.running and mine and theirs and theirs > mine:
+            fault = Fault(
+                f"the container whose network namespace it joins ({peer.name}) was started "
+                "again after it",
+                "restart",
+            )
+            s = replace(s, faults=(*s.faults, fault))
+        out.append(s)
+    return out
 
 
 def network_state(info: JSON) -> NetworkState:

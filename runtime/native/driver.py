@@ -85,7 +85,12 @@ from pyapply.runtime.base import (
 from pyapply.runtime.native import health as healthmod
 from pyapply.runtime.native.containers import ContainerManager, SharedNetwork
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.native.netlink import netns_attach, netns_create, netns_remove
+from pyapply.runtime.native.netlink import (
+    loopback_up,
+    netns_attach,
+    netns_create,
+    netns_remove,
+)
 from pyapply.runtime.native.network import NetworkManager, translated
 from pyapply.runtime.native.statefile import (
     DamagedState,
@@ -418,6 +423,7 @@ class NativeRuntime:
         if os.path.exists(path):  # left over by an interrupted create or remove
             netns_remove(name)
         netns_create(name)
+        loopback_up(path)
         return path
 
     def _drop_netns(self, key: str) -> None:
