@@ -188,6 +188,8 @@ def out_of_band(
 def _port(p: Any) -> str:
     host = f"{p.host_ip}:" if p.host_ip else ""
     published = f"{p.host_port}:" if p.host_port else ""
+    if p.host_port and p.host_port_last:
+        published = f"{p.host_port}-{p.host_port_last}:"
     return f"{host}{published}{p.container_port}/{p.protocol}"
 
 

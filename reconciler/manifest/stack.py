@@ -443,10 +443,13 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
             for port, path in svc.ports:
                 if port.published is None:
                     continue
-                shown = f"{port.published}/{port.protocol}"
+                last = f"-{port.published_last}" if port.published_last else ""
+                shown = f"{port.published}{last}/{port.protocol}"
                 if port.host_ip:
                     shown = f"{port.host_ip}:{shown}"
-                if svc.spec.replicas > 1 and path not in replicas_reported:
+                # a host range for one container port gives each replica a port of it
+                span = (port.published_last or port.published) - port.published + 1
+                if svc.spec.replicas > span and path not in replicas_reported:
                     replicas_reported.add(path)
                     svc.ctx.refuse(
                         path,
