@@ -410,14 +410,23 @@ def check_duplicates(drafts: Sequence[StackDraft]) -> None:
 
 
 def check_container_names(drafts: Sequence[StackDraft]) -> None:
-    """A `container_name` names one container of the host, across every stack loaded."""
+    """A `container_name` names one container of the host, across every stack loaded: not
+    given twice, and not the name another service's replica gets (`<stack>-<service>-<n>`)."""
     first: dict[str, tuple[ServiceDraft, Path]] = {}
+    by_stack = {draft.name: draft for draft in drafts if draft.name}
     for draft in drafts:
         for svc in draft.services:
             if svc.container_name is None:
                 continue
             name, path = svc.container_name
-            if name in first:
+            replica = _replica_named(by_stack, name)
+            if replica is not None:
+                svc.ctx.error(
+                    path,
+                    f'container name "{name}" is the name of replica {replica[1]} of service '
+                    f'"{replica[0]}"',
+                )
+            elif name in first:
                 other, where = first[name]
                 svc.ctx.error(
                     path,
@@ -426,6 +435,23 @@ def check_container_names(drafts: Sequence[StackDraft]) -> None:
                 )
             else:
                 first[name] = (svc, path)
+
+
+def _replica_named(by_stack: dict[str, StackDraft], name: str) -> tuple[str, int] | None:
+    """(service, replica) of a stack loaded whose container would be called `name`."""
+    rest, dash, number = name.rpartition("-")
+    if not dash or not number.isdigit():
+        return None
+    for stack_name, draft in by_stack.items():
+        if not rest.startswith(stack_name + "-"):
+            continue
+        service = rest[len(stack_name) + 1 :]
+        for svc in draft.services:
+            spec = svc.spec
+            named = svc.container_name is not None
+            if spec.name == service and not named and 1 <= int(number) <= spec.replicas:
+                return service, int(number)
+    return None
 
 
 def check_host_ports(drafts: Sequence[StackDraft]) -> None:

@@ -137,6 +137,7 @@ def test_compose_project_applies_reapplies_and_comes_down(
             assert state["expose"] == ["80/tcp"]
         assert web_name in ok("get", "-f", DEMO)
         assert ok("exec", "-f", DEMO, "web", "cat", "/www/index.html").strip() == PAGE
+        ok("logs", "--file", DEMO, "web")  # found by its labels, whatever its name
         # service:web -- web's httpd is the sidecar's localhost, one network stack for both
         sidecar = f"{s}-sidecar-1"
         assert PAGE in in_container(runtime, sidecar, GET_LOCAL.format(port=80))

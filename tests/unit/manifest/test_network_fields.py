@@ -262,3 +262,19 @@ def test_replicas_share_a_host_range_of_one_container_port(here: Path) -> None:
         'stack.yaml:3:27: services.a.ports[0]: service "a" runs 3 replicas, which cannot all '
         "publish host port 8000-8001/tcp: leave the host port out or run one replica"
     ]
+
+
+def test_a_container_name_may_not_be_another_replicas_name(here: Path) -> None:
+    assert errors(
+        here,
+        """
+        name: s
+        services:
+          a: {image: img, container_name: s-b-2}
+          b: {image: img, scale: 2}
+          c: {image: img, container_name: s-b-3}
+        """,
+    ) == [
+        'stack.yaml:3:35: services.a.container_name: container name "s-b-2" is the name of '
+        'replica 2 of service "b"'
+    ]
