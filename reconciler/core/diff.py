@@ -434,7 +434,6 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
 
     errors += _name_errors(desired, observed)
     container_changes, by_name_c = _container_changes(desired, observed, recreate_nets)
-    _follow_namespaces(desired, container_changes, by_name_c)
     # Containers on a network that must be recreated are recreated with it.
     if recreate_nets:
         for i, ch in enumerate(container_changes):
@@ -470,6 +469,8 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                         replica=dc.replica,
                     )
                 )
+    # ... and a container in the network namespace of one that is made anew, with it
+    _follow_namespaces(desired, container_changes, by_name_c)
     changes += container_changes
     return DiffResult(tuple(changes), tuple(errors), tuple(warnings))
 
@@ -513,9 +514,10 @@ def _follow_namespaces(
     namespace is gone), restarted when that one is started again (a runtime may give a
     restarted container a new namespace, as Docker does)."""
     index = {ch.name: i for i, ch in enumerate(changes) if ch.object == "container"}
+    wanted = {d.config.name for d in desired.containers}
     for dc in desired.containers:
         peer = joined(dc)
-        if peer is None or peer not in {d.config.name for d in desired.containers}:
+        if peer is None or peer not in wanted:
             continue
         mine = changes[index[dc.config.name]] if dc.config.name in index else None
         if mine is not None and mine.kind in ("create", "recreate"):

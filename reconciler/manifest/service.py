@@ -464,6 +464,16 @@ class ServiceBuilder(Fields):
                 f'"{target}": publish them there',
             )
             ctx.error(ports_at, f'"ports" conflicts with "network_mode: {mode}": {why}')
+        if kind in ("service", "container"):
+            # as Docker refuses them: the joined namespace's own are used
+            for name in ("hostname", "extra_hosts"):
+                if name in self.raw:
+                    ctx.error(
+                        self.at(name),
+                        f'"{name}" conflicts with "network_mode: {mode}": the container has '
+                        "the host name and /etc/hosts of the namespace it joins",
+                        key=True,
+                    )
 
     def container_name(self) -> None:
         """compose's container_name: the one container of a one-replica service."""

@@ -498,6 +498,7 @@ class NativeRuntime:
                 return existing.id
             raise Conflict(f"container name {config.name} is in use by another container")
         self.containers.check_host(config)
+        shared = self._shared_network(config)
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")
@@ -505,7 +506,6 @@ class NativeRuntime:
             key = f"{config.name[:120]}.{secrets.token_hex(3)}"
             names[config.name] = key
             self.names.save(names)
-        shared = self._shared_network(config)
         layer_dirs = self.image_store.layer_dirs(record)
         mounts, anon = self._resolve_mounts(config, key)
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
@@ -606,8 +606,8 @@ class NativeRuntime:
         path = doc.get("netns_path")
         if doc.get("network_mode") == "container" and path and not os.path.exists(path):
             raise PermanentError(
-                f"container {name} joins the network namespace of a container that was "
-                "removed: recreate it"
+                f"container {name} joins the network namespace of another container, which "
+                "is gone (that container was removed, or not started again since a reboot)"
             )
 
     def _own_netns(self, key: str) -> bool:

@@ -256,3 +256,21 @@ def test_the_plan_of_a_joiner_stays_acyclic_with_its_own_depends_on(rt: FakeRunt
     side = next(a for a in plan.actions if a.target == "app-side-1")
     assert "container:front-door:create" in side.deps
     assert [d.service for d in stack.service("side").depends_on] == ["web"]  # not doubled
+
+
+def test_a_joiner_follows_a_container_recreated_with_its_network(rt: FakeRuntime) -> None:
+    converge(rt, app())
+    after = dataclasses.replace(app(), networks=(NetworkSpec("front", internal=True),))
+    plan = plan_of(rt, after)
+    assert [(c.kind, c.name, c.reason) for c in plan.changes] == [
+        ("recreate", "app_front", "spec changed"),
+        ("recreate", "front-door", "its network is recreated"),
+        (
+            "recreate",
+            "app-side-1",
+            "the container whose network namespace it joins (front-door) is made anew",
+        ),
+    ]
+    converge(rt, after)
+    assert rt.containers["app-side-1"].joined == rt.containers["front-door"].id
+    assert plan_of(rt, after).empty

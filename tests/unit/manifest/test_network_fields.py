@@ -278,3 +278,37 @@ def test_a_container_name_may_not_be_another_replicas_name(here: Path) -> None:
         'stack.yaml:3:35: services.a.container_name: container name "s-b-2" is the name of '
         'replica 2 of service "b"'
     ]
+
+
+def test_a_joiner_takes_the_host_name_and_hosts_of_the_namespace(here: Path) -> None:
+    assert errors(
+        here,
+        """
+        name: s
+        services:
+          a: {image: img, network_mode: "service:b", hostname: a, extra_hosts: ["x:1.2.3.4"]}
+          b: {image: img}
+        """,
+    ) == [
+        'stack.yaml:3:46: services.a.hostname: "hostname" conflicts with "network_mode: '
+        'service:b": the container has the host name and /etc/hosts of the namespace it joins',
+        'stack.yaml:3:59: services.a.extra_hosts: "extra_hosts" conflicts with "network_mode: '
+        'service:b": the container has the host name and /etc/hosts of the namespace it joins',
+    ]
+
+
+def test_joining_a_service_of_a_disabled_profile_is_an_error(here: Path) -> None:
+    (here / "p").mkdir()
+    (here / "p" / "compose.yaml").write_text(
+        "services:\n  side: {image: img, network_mode: 'service:web'}\n"
+        "  web: {image: img, profiles: [x]}\n"
+    )
+    with pytest.raises(Exception) as info:
+        load(["p"], environ={})
+    assert str(info.value) == (
+        'p/compose.yaml:2:36: services.side.network_mode: service "side" joins the network '
+        'namespace of "web", which is not enabled: enable its profile (x) with --profile or '
+        "COMPOSE_PROFILES"
+    )
+    loaded = load(["p"], environ={}, profiles=["x"])
+    assert only_stack(loaded).service("side").network_mode == "service:web"
