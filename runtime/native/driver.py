@@ -9,8 +9,13 @@ the managers keep there (images/, containers/, runc/, networks/), the driver own
 
 Each container gets its own network namespace, `/run/netns/pyapply-<root tag>-<name>`, made
 before the container is created (so that its networks and published ports are in place
-before it starts) and deleted when it is removed. Its /etc/hosts is the managed file of the
-NetworkManager (rewritten whenever the membership of its networks changes).
+before it starts; its loopback is up even on no network) and deleted when it is removed. Its
+/etc/hosts is the managed file of the NetworkManager (rewritten whenever the membership of
+its networks changes). Two network modes own no namespace: `host` (the OCI spec asks for no
+network namespace; the host's name, /etc/hosts and resolv.conf) and `container:NAME` (runc
+joins NAME's namespace file, which outlives NAME's restarts; /etc/hosts, hostname and
+resolv.conf are NAME's files); a container made so records it in its state
+(`network_mode`, `joined`, `joined_id`).
 
 Anonymous volumes are directories under the container's own directory
 (`containers/<name>/volumes/<n>`), so they go with the container.
