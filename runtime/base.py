@@ -116,6 +116,8 @@ class PortBinding:
     protocol: str = "tcp"
     host_ip: str = ""
     host_port: int | None = None
+    # a host port range (host_port..host_port_last): published on the first free port of it
+    host_port_last: int | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,12 @@ class ContainerConfig:
     platform: str | None = None  # another platform's image, for that runtime (wasi/wasm)
     post_start: tuple[ExecHook, ...] = ()
     pre_stop: tuple[ExecHook, ...] = ()
+    # None: its own network namespace with the `networks` listed (none: only loopback);
+    # "host": the host's namespace; "none"; "container:NAME": the namespace of the
+    # existing container NAME (its interfaces, addresses, /etc/hosts and hostname)
+    network_mode: str | None = None
+    # ports it says it listens on, "PORT/PROTOCOL" (metadata: nothing is opened for them)
+    expose: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,8 @@ class ContainerState:
     memory_bytes: int | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    # network_mode container:NAME: the id of the container whose namespace it joined
+    joined: str | None = None
     # what of the container's kernel side is missing, found by list_containers (a runtime
     # that keeps no kernel objects of its own, or a get_container, reports none)
     faults: tuple[Fault, ...] = ()

@@ -88,6 +88,9 @@ class Observed:
     images: Mapping[str, ImageInfo | None] = field(default_factory=dict)
     external_networks: Mapping[str, NetworkState | None] = field(default_factory=dict)
     external_volumes: Mapping[str, VolumeState | None] = field(default_factory=dict)
+    # containers looked up by name (`named_containers`): whoever holds a `container_name`,
+    # and the containers outside the stack whose network namespace a service joins
+    named: Mapping[str, ContainerState | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,26 @@ class DiffResult:
     @property
     def drifted(self) -> bool:
         return bool(self.changes)
+
+
+def joined(dc: DesiredContainer) -> str | None:
+    """The name of the container whose network namespace `dc` joins."""
+    mode = dc.config.network_mode or ""
+    return mode.removeprefix("container:") if mode.startswith("container:") else None
+
+
+def named_containers(desired: Desired) -> list[str]:
+    """The names `observe` looks up one by one: a service's own `container_name` (held,
+    perhaps, by a container that is not the stack's) and the containers outside the stack
+    whose network namespace a service joins (they must exist)."""
+    ours = {dc.config.name for dc in desired.containers}
+    names = {
+        dc.config.name
+        for dc in desired.containers
+        if desired.service(dc.service).container_name is not None
+    }
+    names |= {j for dc in desired.containers if (j := joined(dc)) and j not in ours}
+    return sorted(names)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -165,6 +188,8 @@ def out_of_band(
 def _port(p: Any) -> str:
     host = f"{p.host_ip}:" if p.host_ip else ""
     published = f"{p.host_port}:" if p.host_port else ""
+    if p.host_port and p.host_port_last:
+        published = f"{p.host_port}-{p.host_port_last}:"
     return f"{host}{published}{p.container_port}/{p.protocol}"
 
 
@@ -292,6 +317,9 @@ def _container_changes(
 
     extras: list[ContainerState] = [c for c in observed.containers if c.name not in wanted]
     services = {s.name: s for s in desired.services}
+    renamed: dict[tuple[str, int | None], str] = {
+        (dc.service, dc.replica): dc.config.name for dc in desired.containers
+    }
 
     def _order(c: ContainerState) -> tuple[str, int]:
         try:
@@ -305,6 +333,8 @@ def _container_changes(
             reason = "left over from an interrupted start-first update"
         elif service not in services:
             reason = "service no longer in the manifest"
+        elif (service, _replica(c)) in renamed:
+            reason = f"the container is now named {renamed[(service, _replica(c))]}"
         else:
             reason = f"scaled down to {services[service].replicas}"
         changes.append(
@@ -404,6 +434,7 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                     "(use --prune-volumes to remove it)"
                 )
 
+    errors += _name_errors(desired, observed)
     container_changes, by_name_c = _container_changes(desired, observed, recreate_nets)
     # Containers on a network that must be recreated are recreated with it.
     if recreate_nets:
@@ -440,8 +471,94 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                         replica=dc.replica,
                     )
                 )
+    # ... and a container in the network namespace of one that is made anew, with it
+    _follow_namespaces(desired, container_changes, by_name_c)
     changes += container_changes
     return DiffResult(tuple(changes), tuple(errors), tuple(warnings))
+
+
+def _name_errors(desired: Desired, observed: Observed) -> list[str]:
+    """A `container_name` held by a container that is not the stack's, and a namespace to
+    join that no container has: refused before anything is changed."""
+    ours = {c.name for c in observed.containers}
+    wanted = {dc.config.name for dc in desired.containers}
+    errors: list[str] = []
+    for dc in desired.containers:
+        name = dc.config.name
+        holder = observed.named.get(name)
+        if name in ours or holder is None:
+            continue
+        stack = holder.labels.get(identity.STACK)
+        whose = (
+            f'service "{holder.labels.get(identity.SERVICE)}" of stack "{stack}"'
+            if stack
+            else "a container pyapply did not make"
+        )
+        errors.append(
+            f'container name {name} (container_name of service "{dc.service}") is in use by '
+            f"{whose}: remove or rename that container, or choose another name"
+        )
+    for dc in desired.containers:
+        peer = joined(dc)
+        if peer and peer not in wanted and observed.named.get(peer) is None:
+            errors.append(
+                f'service "{dc.service}" joins the network namespace of container {peer}, '
+                "which does not exist"
+            )
+    return sorted(set(errors))
+
+
+def _follow_namespaces(
+    desired: Desired, changes: list[Change], by_name: Mapping[str, ContainerState]
+) -> None:
+    """A container that joins the network namespace of another of the stack (network_mode
+    service:X) follows it: recreated when that one is made anew or was replaced since (its
+    namespace is gone), restarted when that one is started again (a runtime may give a
+    restarted container a new namespace, as Docker does)."""
+    index = {ch.name: i for i, ch in enumerate(changes) if ch.object == "container"}
+    wanted = {d.config.name for d in desired.containers}
+    for dc in desired.containers:
+        peer = joined(dc)
+        if peer is None or peer not in wanted:
+            continue
+        mine = changes[index[dc.config.name]] if dc.config.name in index else None
+        if mine is not None and mine.kind in ("create", "recreate"):
+            continue
+        theirs = changes[index[peer]] if peer in index else None
+        have, peer_have = by_name.get(dc.config.name), by_name.get(peer)
+        kind: ChangeKind | None = None
+        if theirs is not None and theirs.kind in ("create", "recreate"):
+            kind, reason = (
+                "recreate",
+                f"the container whose network namespace it joins ({peer}) is made anew",
+            )
+        elif (
+            have is not None
+            and have.joined
+            and peer_have is not None
+            and peer_have.id
+            and have.joined != peer_have.id
+        ):
+            kind, reason = "recreate", f"it joined the network namespace of an earlier {peer}"
+        elif (
+            theirs is not None
+            and theirs.kind in ("start", "restart")
+            and (mine is None or mine.kind == "repair")
+            and have is not None
+            and have.running
+        ):
+            kind, reason = (
+                "restart",
+                f"the container whose network namespace it joins ({peer}) is started again",
+            )
+        if kind is None:
+            continue
+        new = Change(kind, "container", dc.config.name, reason, dc.service, dc.replica)
+        if mine is None:
+            index[dc.config.name] = len(changes)
+            changes.append(new)
+        else:
+            changes[index[dc.config.name]] = new
 
 
 def teardown(observed: Observed, *, volumes: bool) -> DiffResult:

@@ -40,9 +40,8 @@ class Port:
     # where a swarm publishes it: the routing mesh ("ingress", compose's default) or the
     # node running the task ("host"); one host's runtimes publish on the host either way
     mode: Literal["ingress", "host"] = "ingress"
-    # the end of a host port range written for one container port ("8000-9000:80"): compose
-    # publishes on a free port of the range; the runtimes here publish on `published`, its
-    # first port, and the range is kept so that `config` shows what was written
+    # the end of a host port range written for one container port ("8000-9000:80"): as
+    # compose does, the runtimes publish it on the first free port of published..last
     published_last: int | None = None
 
 
@@ -264,7 +263,18 @@ class ServiceSpec:
     runtime: str | None = None  # the OCI runtime by name (docker: as dockerd knows it)
     post_start: tuple[Hook, ...] = ()
     pre_stop: tuple[Hook, ...] = ()
+    # compose's network_mode: None (the service's `networks`), "none", "host",
+    # "service:NAME" (the namespace of a replica of that service of the stack) or
+    # "container:NAME" (of an existing container, by its runtime name)
+    network_mode: str | None = None
+    expose: tuple[str, ...] = ()  # container ports, as written ("3000", "8000-8010/udp")
+    container_name: str | None = None  # the container's name, for a one-replica service
     location: Location | None = field(default=None, compare=False)
+
+    def network_peer(self) -> str | None:
+        """The service whose network namespace this one joins (network_mode service:X)."""
+        mode = self.network_mode or ""
+        return mode.removeprefix("service:") if mode.startswith("service:") else None
 
 
 @dataclass(frozen=True)

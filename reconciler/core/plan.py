@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.diff import Change, DiffResult
-from pyapply.reconciler.core.model import Condition, ServiceSpec
+from pyapply.reconciler.core.diff import Change, DiffResult, joined
+from pyapply.reconciler.core.model import Condition, Dependency, ServiceSpec
 from pyapply.reconciler.core.translate import (
     Desired,
     DesiredContainer,
@@ -412,7 +412,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
             continue
         spec = desired.service(dc.service)
         first = _first_action(b, final, name)
-        for dep in spec.depends_on:
+        for dep in _dependencies(spec, dc, by_name):
             upstream = finals_by_service.get(dep.service, [])
             if dep.condition == "service_started":
                 b.dep(first, *upstream)
@@ -436,6 +436,22 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                     )
                 )
             b.dep(first, waits[key])
+
+    # A replica whose container changed its name (container_name) is made once the container
+    # of its old name is gone: they may publish the same host ports.
+    old_names: dict[tuple[str | None, int | None], list[str]] = defaultdict(list)
+    for ch in result.changes:
+        if (
+            ch.object == "container"
+            and ch.kind == "remove"
+            and ch.name not in by_name
+            and not ch.name.endswith(identity.NEXT_SUFFIX)
+        ):
+            old_names[(ch.service, ch.replica)].append(f"container:{ch.name}:remove")
+    for name, dc in by_name.items():
+        create = f"container:{name}:create"
+        if create in b.actions:
+            b.dep(create, *old_names.get((dc.service, dc.replica), ()))
 
     # Leftovers first: they have no dependencies of their own, so this makes no cycle.
     everything_left = [rid for rids in leftovers.values() for rid in rids]
@@ -471,6 +487,22 @@ def build(desired: Desired, result: DiffResult) -> Plan:
         errors=result.errors,
         warnings=result.warnings,
     )
+
+
+def _dependencies(
+    spec: ServiceSpec, dc: DesiredContainer, by_name: dict[str, DesiredContainer]
+) -> tuple[Dependency, ...]:
+    """A service's `depends_on`, and the service owning the network namespace it joins
+    (network_mode service:X): started first, as compose does."""
+    deps = spec.depends_on
+    owners = [spec.network_peer()]
+    peer = joined(dc)
+    if peer in by_name:
+        owners.append(by_name[peer].service)
+    for owner in owners:
+        if owner and owner != spec.name and all(d.service != owner for d in deps):
+            deps = (*deps, Dependency(owner))
+    return deps
 
 
 def _first_action(b: _Builder, final: str, name: str) -> str:

@@ -132,6 +132,39 @@ def _file_path(files_root: str, stack: str, variant: FileVariant, content: bytes
     return os.path.join(files_root, stack, name)
 
 
+def container_runtime_name(stack: Stack, service: ServiceSpec, replica: int) -> str:
+    """A replica's container name: the service's `container_name` (one replica only), else
+    `<stack>-<service>-<n>`."""
+    if service.container_name is not None:
+        return service.container_name
+    return identity.container_name(stack.name, service.name, replica)
+
+
+def network_mode(stack: Stack, service: ServiceSpec) -> str | None:
+    """The runtime's network_mode of a service: `service:X` is the namespace of X's first
+    replica, or what X joins itself (the host's, another container's), followed to the end."""
+    seen = {service.name}
+    mode = service.network_mode
+    while mode is not None and mode.startswith("service:"):
+        peer = stack.service(mode.removeprefix("service:"))
+        if peer.name in seen:  # the loader refuses cycles; never loop on one
+            raise ValueError(f"network_mode cycle through service {peer.name}")
+        seen.add(peer.name)
+        if peer.network_mode in (None, "none"):  # a namespace of its own
+            return "container:" + container_runtime_name(stack, peer, 1)
+        mode = peer.network_mode
+    return mode
+
+
+def expose_ports(service: ServiceSpec) -> tuple[str, ...]:
+    """`expose` as PORT[-LAST]/PROTOCOL, sorted, without repeats."""
+    out = set()
+    for item in service.expose:
+        port, _, proto = item.partition("/")
+        out.add(f"{port}/{(proto or 'tcp').lower()}")
+    return tuple(sorted(out))
+
+
 def _restart(policy: str) -> tuple[str, int]:
     if policy.startswith("on-failure"):
         _, _, count = policy.partition(":")
@@ -215,7 +248,7 @@ def container_config(
     policy, retries = _restart(service.restart)
     cpus = service.resources.cpus
     return ContainerConfig(
-        name=identity.container_name(stack.name, service.name, replica),
+        name=container_runtime_name(stack, service, replica),
         image=service.image,
         labels=dict(service.labels),
         command=service.command,
@@ -230,6 +263,7 @@ def container_config(
                         protocol=p.protocol,
                         host_ip=p.host_ip,
                         host_port=p.published,
+                        host_port_last=p.published_last,
                     )
                     for p in service.ports
                 ),
@@ -243,7 +277,11 @@ def container_config(
                 ipv4_address=n.ipv4_address,
             )
             for n in service.networks
-        ),
+        )
+        if service.network_mode is None
+        else (),
+        network_mode=network_mode(stack, service),
+        expose=expose_ports(service),
         memory_bytes=service.resources.memory,
         nano_cpus=round(cpus * 1e9) if cpus else None,
         pids_limit=service.resources.pids,
@@ -364,7 +402,7 @@ def desired_state(
         for replica in range(1, service.replicas + 1):
             cfg = dataclasses.replace(
                 base,
-                name=identity.container_name(stack.name, service.name, replica),
+                name=container_runtime_name(stack, service, replica),
                 labels={
                     **base.labels,
                     **identity.labels(

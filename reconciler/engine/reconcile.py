@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.diff import Observed, diff, teardown
+from pyapply.reconciler.core.diff import Observed, diff, named_containers, teardown
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Stack
 from pyapply.reconciler.core.plan import Plan, build, build_teardown
@@ -124,6 +124,7 @@ def observe(runtime: Runtime, stack: str, desired: Desired | None = None) -> Obs
         external_volumes={
             v.config.name: runtime.get_volume(v.config.name) for v in desired.volumes if v.external
         },
+        named={name: runtime.get_container(name) for name in named_containers(desired)},
     )
 
 

@@ -492,6 +492,19 @@ def select_profiles(root: Node, enabled: Sequence[str], files: Files) -> None:
             continue
         if isinstance(svc.value, dict):
             svc.value.pop("profiles", None)
+        mode = svc.get("network_mode")
+        peer = str(mode.value).removeprefix("service:") if mode is not None else ""
+        if mode is not None and str(mode.value).startswith("service:") and peer in inactive:
+            files.problem(
+                "error",
+                mode.where,
+                ("services", name, "network_mode"),
+                f'service "{name}" joins the network namespace of "{peer}", which is not '
+                f"enabled: enable its profile ({', '.join(inactive[peer])}) with --profile or "
+                "COMPOSE_PROFILES",
+            )
+            if isinstance(svc.value, dict):  # said once: not again as an unknown service
+                svc.value.pop("network_mode", None)
         deps = svc.get("depends_on")
         if deps is None:
             continue

@@ -138,7 +138,9 @@ def service(s: ServiceSpec) -> dict[str, Any]:
     volumes = [_mount(m) for m in s.mounts]
     if volumes:
         out["volumes"] = volumes
-    if s.networks:
+    if s.network_mode is not None:
+        out["network_mode"] = _s(s.network_mode)
+    elif s.networks:
         nets: dict[str, Any] = {}
         for n in s.networks:
             cfg: dict[str, Any] = {}
@@ -150,6 +152,10 @@ def service(s: ServiceSpec) -> dict[str, Any]:
         out["networks"] = nets
     else:
         out["network_mode"] = "none"
+    if s.expose:
+        out["expose"] = [_s(e) for e in s.expose]
+    if s.container_name is not None:
+        out["container_name"] = _s(s.container_name)
     if s.depends_on:
         deps: dict[str, Any] = {}
         for d in s.depends_on:

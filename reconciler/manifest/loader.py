@@ -53,6 +53,7 @@ from pyapply.reconciler.manifest.interpolate import InterpolationError, interpol
 from pyapply.reconciler.manifest.schema import explain, schema
 from pyapply.reconciler.manifest.stack import (
     StackDraft,
+    check_container_names,
     check_duplicates,
     check_host_ports,
     stack_name,
@@ -160,6 +161,7 @@ class _Loader(Session):
                 self.problems.append(Problem("empty compose file", Location(source.display, 1, 1)))
         self.documents(sources, parsed)
         check_duplicates(self.drafts)
+        check_container_names(self.drafts)
         check_host_ports(self.drafts)
         errors = [p for p in self.problems if p.severity == "error"]
         if errors:

@@ -74,9 +74,16 @@ class ServiceDraft:
     configs: list[tuple[str, Path]] = field(default_factory=list)
     secrets: list[tuple[str, Path]] = field(default_factory=list)
     depends: list[tuple[Dependency, Path]] = field(default_factory=list)
+    # network_mode service:NAME: the service whose namespace it joins, and where it says so
+    peer: tuple[str, Path] | None = None
+    container_name: tuple[str, Path] | None = None
 
 
 _PULL_POLICIES = ("missing", "always", "never", "build", "if_not_present")
+# Docker's rule for container names; 120 at most, so that the name of a start-first update's
+# new container (NAME--next) is still a valid one for both runtimes
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,119}")
+_EXPOSE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?(?:/([a-zA-Z]+))?")
 _EVERY = re.compile(r"every_([0-9]+(ns|us|ms|s|m|h|d|w))+")
 
 # Compose fields pyapply does not implement; using one is a warning, naming it.
@@ -190,13 +197,8 @@ class ServiceBuilder(Fields):
                 'aliases are not created: use network "aliases")',
                 key=True,
             )
-        if "container_name" in self.raw:
-            ctx.warn(
-                self.at("container_name"),
-                '"container_name" is not supported and is ignored: pyapply names containers '
-                "<stack>-<service>-<n>",
-                key=True,
-            )
+        self.container_name()
+        self.expose()
         self.draft.spec = ServiceSpec(
             name=self.name, location=ctx.location(self.path, key=True), **self.fields
         )
@@ -486,18 +488,102 @@ class ServiceBuilder(Fields):
                     '"network_mode" cannot be used together with "networks"',
                     key=True,
                 )
-            elif isinstance(mode, str) and mode != "none":
-                ctx.warn(
-                    self.at("network_mode"),
-                    f'"network_mode: {mode}" is not supported; the service is not attached to '
-                    "any network",
-                    key=True,
-                )
+            elif isinstance(mode, str):
+                self.network_mode(mode)
             return
         if not nets:
             nets["default"] = ServiceNetwork("default")
             self.draft.networks.append(("default", self.path))
         self.fields["networks"] = tuple(v for _, v in sorted(nets.items()))
+
+    def network_mode(self, mode: str) -> None:
+        """none, host, service:NAME or container:NAME, as compose has them. A namespace the
+        container does not own has no ports of its own to publish."""
+        ctx = self.ctx
+        at = self.at("network_mode")
+        kind, colon, target = mode.partition(":")
+        if mode in ("none", "host") or (kind in ("service", "container") and colon and target):
+            self.fields["network_mode"] = mode
+        elif kind in ("service", "container"):
+            ctx.error(at, f'"network_mode: {mode}" needs a name after "{kind}:"')
+            return
+        else:
+            ctx.warn(
+                at,
+                f'"network_mode: {mode}" is not supported; the service is not attached to '
+                "any network",
+                key=True,
+            )
+            self.fields["network_mode"] = "none"
+            return
+        if kind == "service":
+            if target == self.name:
+                ctx.error(at, f'service "{self.name}" cannot join its own network namespace')
+            else:
+                self.draft.peer = (target, at)
+        if self.draft.ports:
+            ports_at = self.draft.ports[0][1]
+            why = {
+                "none": "a container without a network has no port to publish",
+                "host": "the container listens on the host's ports directly",
+            }.get(
+                mode,
+                f"the ports are those of {'service' if kind == 'service' else 'container'} "
+                f'"{target}": publish them there',
+            )
+            ctx.error(ports_at, f'"ports" conflicts with "network_mode: {mode}": {why}')
+        if kind in ("service", "container"):
+            # as Docker refuses them: the joined namespace's own are used
+            for name in ("hostname", "extra_hosts"):
+                if name in self.raw:
+                    ctx.error(
+                        self.at(name),
+                        f'"{name}" conflicts with "network_mode: {mode}": the container has '
+                        "the host name and /etc/hosts of the namespace it joins",
+                        key=True,
+                    )
+
+    def container_name(self) -> None:
+        """compose's container_name: the one container of a one-replica service."""
+        name = self.get("container_name")
+        if not isinstance(name, str):
+            return
+        at = self.at("container_name")
+        if not _CONTAINER_NAME.fullmatch(name):
+            self.ctx.error(
+                at,
+                f'invalid container name {show(name)}: use letters, digits, "_", "." and '
+                '"-", starting with a letter or digit, at most 120 characters',
+            )
+            return
+        replicas = self.fields.get("replicas", 1)
+        if replicas != 1:
+            self.ctx.error(
+                at,
+                f'"container_name" names one container, but the service runs {replicas} '
+                "replicas: leave it out or run one replica",
+            )
+            return
+        self.fields["container_name"] = name
+        self.draft.container_name = (name, at)
+
+    def expose(self) -> None:
+        """expose: container ports ("3000", "8000-8010", "53/udp"); kept as written."""
+        out: list[str] = []
+        for _, item, path in self.entries("expose"):
+            text = str(item).strip()
+            found = _EXPOSE.fullmatch(text)
+            first, last = (int(found[1]), int(found[2] or found[1])) if found else (0, 0)
+            if found is None or (found[3] and found[3].lower() not in ("tcp", "udp", "sctp")):
+                self.ctx.error(
+                    path, f"{show(item)} is not a port, a range or either with /tcp, /udp or /sctp"
+                )
+            elif not (1 <= first <= last <= 65535):
+                self.ctx.error(path, f"{show(item)} is not a port range within 1-65535")
+            else:
+                out.append(text)
+        if out:
+            self.fields["expose"] = tuple(out)
 
     def extra_hosts(self) -> None:
         """extra_hosts: ["host:ip"] / ["host=ip"] or {host: ip or [ip, ...]}."""

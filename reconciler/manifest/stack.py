@@ -3,8 +3,8 @@
 `StackDraft` builds the top-level objects (networks, volumes, configs, secrets), hands each
 service to the service builder, then checks what no single field can say: that every name a
 service refers to is declared, that no dependencies form a cycle, that static addresses lie
-in their network's subnet. `check_duplicates` and `check_host_ports` check across all the
-stacks of one load.
+in their network's subnet. `check_duplicates`, `check_container_names` and `check_host_ports`
+check across all the stacks of one load.
 """
 
 from __future__ import annotations
@@ -290,6 +290,13 @@ class StackDraft:
                         ctx.error(path, message)
                     else:
                         ctx.warn(path, message + " (not required, so ignored)")
+            if svc.peer is not None and svc.peer[0] not in all_services:
+                peer, path = svc.peer
+                ctx.error(
+                    path,
+                    f'"network_mode: service:{peer}" names an unknown service'
+                    f"{suggest(peer, services)}",
+                )
             for kind, refs in (
                 ("network", svc.networks),
                 ("volume", svc.volumes),
@@ -324,6 +331,10 @@ class StackDraft:
             for dep, path in svc.depends:
                 graph[svc.spec.name].append(dep.service)
                 edges[(svc.spec.name, dep.service)] = path
+            if svc.peer is not None:  # joining a namespace is starting after its owner
+                peer, path = svc.peer
+                graph[svc.spec.name].append(peer)
+                edges.setdefault((svc.spec.name, peer), path)
         reported: set[tuple[str, ...]] = set()
         state: dict[str, int] = {}  # 1: on the stack, 2: done
         for start in sorted(graph):
@@ -409,6 +420,51 @@ def check_duplicates(drafts: Sequence[StackDraft]) -> None:
             first[draft.name] = draft
 
 
+def check_container_names(drafts: Sequence[StackDraft]) -> None:
+    """A `container_name` names one container of the host, across every stack loaded: not
+    given twice, and not the name another service's replica gets (`<stack>-<service>-<n>`)."""
+    first: dict[str, tuple[ServiceDraft, Path]] = {}
+    by_stack = {draft.name: draft for draft in drafts if draft.name}
+    for draft in drafts:
+        for svc in draft.services:
+            if svc.container_name is None:
+                continue
+            name, path = svc.container_name
+            replica = _replica_named(by_stack, name)
+            if replica is not None:
+                svc.ctx.error(
+                    path,
+                    f'container name "{name}" is the name of replica {replica[1]} of service '
+                    f'"{replica[0]}"',
+                )
+            elif name in first:
+                other, where = first[name]
+                svc.ctx.error(
+                    path,
+                    f'container name "{name}" is also given to service "{other.spec.name}" '
+                    f"at {other.ctx.location(where)}",
+                )
+            else:
+                first[name] = (svc, path)
+
+
+def _replica_named(by_stack: dict[str, StackDraft], name: str) -> tuple[str, int] | None:
+    """(service, replica) of a stack loaded whose container would be called `name`."""
+    rest, dash, number = name.rpartition("-")
+    if not dash or not number.isdigit():
+        return None
+    for stack_name, draft in by_stack.items():
+        if not rest.startswith(stack_name + "-"):
+            continue
+        service = rest[len(stack_name) + 1 :]
+        for svc in draft.services:
+            spec = svc.spec
+            named = svc.container_name is not None
+            if spec.name == service and not named and 1 <= int(number) <= spec.replicas:
+                return service, int(number)
+    return None
+
+
 def check_host_ports(drafts: Sequence[StackDraft]) -> None:
     """Two containers cannot publish the same host port, whatever stack they are in."""
     wildcard = {"", "0.0.0.0", "::"}
@@ -424,10 +480,13 @@ def check_host_ports(drafts: Sequence[StackDraft]) -> None:
             for port, path in svc.ports:
                 if port.published is None:
                     continue
-                shown = f"{port.published}/{port.protocol}"
+                last = f"-{port.published_last}" if port.published_last else ""
+                shown = f"{port.published}{last}/{port.protocol}"
                 if port.host_ip:
                     shown = f"{port.host_ip}:{shown}"
-                if svc.spec.replicas > 1 and path not in replicas_reported:
+                # a host range for one container port gives each replica a port of it
+                span = (port.published_last or port.published) - port.published + 1
+                if svc.spec.replicas > span and path not in replicas_reported:
                     replicas_reported.add(path)
                     svc.ctx.refuse(
                         path,

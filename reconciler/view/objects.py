@@ -11,12 +11,11 @@ from pyapply.runtime.base import PortBinding
 
 
 def port_text(p: PortBinding) -> str:
-    """`[ip:][host:]container/protocol`, as configured."""
-    return (
-        f"{p.host_ip + ':' if p.host_ip else ''}"
-        f"{str(p.host_port) + ':' if p.host_port else ''}"
-        f"{p.container_port}/{p.protocol}"
-    )
+    """`[ip:][host[-last]:]container/protocol`, as configured."""
+    host = f"{p.host_ip}:" if p.host_ip else ""
+    if p.host_port:
+        host += f"{p.host_port}-{p.host_port_last}:" if p.host_port_last else f"{p.host_port}:"
+    return f"{host}{p.container_port}/{p.protocol}"
 
 
 def stack_doc(stack: str, observed: Observed) -> dict[str, Any]:

@@ -62,11 +62,13 @@ from pyapply.runtime.docker.errors import (
 from pyapply.runtime.docker.normalise import (
     JSON,
     container_state,
+    exposed_ports,
     label_filters,
     labels_match,
     network_state,
     port_bindings,
     split_image_ref,
+    stale_namespaces,
     volume_state,
 )
 
@@ -280,7 +282,8 @@ class DockerRuntime:
         ]
         # None: removed between the list and the inspect
         infos = self._get_each("container", "/containers/{0}/json", refs)
-        return sorted((container_state(i) for i in infos if i is not None), key=lambda c: c.name)
+        states = [container_state(i) for i in infos if i is not None]
+        return sorted(stale_namespaces(states), key=lambda c: c.name)
 
     def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
         summaries: list[JSON] = self._get("list networks", "/networks", params=_filters(labels))
@@ -622,7 +625,7 @@ class DockerRuntime:
             init=config.init,
             ulimits=[DockerUlimit(name=u.name, soft=u.soft, hard=u.hard) for u in config.ulimits]
             or None,
-            network_mode=first.network if first else None,
+            network_mode=config.network_mode or (first.network if first else None),
             log_config=log_config,
             extra_hosts=list(config.extra_hosts) or None,
             security_opt=self._security_opt(config) or None,
@@ -641,7 +644,7 @@ class DockerRuntime:
             runtime=config.runtime,
         )
         networking_config = None
-        if first is not None:
+        if first is not None and config.network_mode is None:
             networking_config = api.create_networking_config(
                 {
                     first.network: api.create_endpoint_config(
@@ -663,7 +666,12 @@ class DockerRuntime:
                     "retries": h.retries,
                     "start_period": int(h.start_period_s * _NS),
                 }
-        exposed = list(dict.fromkeys((p.container_port, p.protocol) for p in config.ports))
+        exposed = list(
+            dict.fromkeys(
+                [(p.container_port, p.protocol) for p in config.ports]
+                + exposed_ports(config.expose)
+            )
+        )
         return {
             "image": config.image,
             "name": config.name,

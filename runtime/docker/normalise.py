@@ -5,12 +5,15 @@ Nothing here talks to the daemon, so all of it can be unit-tested with plain dic
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from pyapply.runtime.base import (
     ContainerState,
     ContainerStatus,
+    Fault,
     Health,
     NetworkState,
     PortBinding,
@@ -66,10 +69,12 @@ def ports_from_bindings(bindings: Mapping[str, Any] | None) -> tuple[PortBinding
         except ValueError:
             continue
         for entry in entries or []:
-            host_port_s = str(entry.get("HostPort") or "")
+            first, dash, last = str(entry.get("HostPort") or "").partition("-")
             host_port: int | None
+            host_last: int | None = None
             try:
-                host_port = int(host_port_s) if host_port_s else None
+                host_port = int(first) if first else None
+                host_last = int(last) if dash and last else None
             except ValueError:
                 host_port = None
             out.append(
@@ -78,6 +83,7 @@ def ports_from_bindings(bindings: Mapping[str, Any] | None) -> tuple[PortBinding
                     protocol=proto or "tcp",
                     host_ip=str(entry.get("HostIp") or ""),
                     host_port=host_port,
+                    host_port_last=host_last if host_last != host_port else None,
                 )
             )
     return sort_ports(out)
@@ -87,13 +93,37 @@ def port_bindings(ports: tuple[PortBinding, ...]) -> dict[str, list[dict[str, st
     """Ports -> the HostConfig.PortBindings payload (several host bindings per port allowed)."""
     out: dict[str, list[dict[str, str]]] = {}
     for p in ports:
+        host_port = "" if p.host_port is None else str(p.host_port)
+        if p.host_port is not None and p.host_port_last is not None:
+            host_port += f"-{p.host_port_last}"  # dockerd binds the first free port of it
         out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {
-                "HostIp": p.host_ip,
-                "HostPort": "" if p.host_port is None else str(p.host_port),
-            }
+            {"HostIp": p.host_ip, "HostPort": host_port}
         )
     return out
+
+
+# the most ports one `expose` range may name (Docker lists each one in ExposedPorts)
+MAX_EXPOSED = 4096
+
+
+def exposed_ports(expose: Sequence[str]) -> list[tuple[int, str]]:
+    """ContainerConfig.expose ("PORT[-LAST]/PROTOCOL") -> (port, protocol) pairs, the form
+    the SDK takes for ExposedPorts; a range is cut at MAX_EXPOSED ports."""
+    out: list[tuple[int, str]] = []
+    for item in expose:
+        ports, _, proto = item.partition("/")
+        first, _, last = ports.partition("-")
+        lo = int(first)
+        hi = min(int(last or first), lo + MAX_EXPOSED - 1)
+        out += [(n, proto or "tcp") for n in range(lo, hi + 1)]
+    return out
+
+
+def joined_id(host_config: JSON) -> str | None:
+    """HostConfig.NetworkMode "container:<id>" -> the id (dockerd stores the id it resolved
+    the name to)."""
+    mode = str(host_config.get("NetworkMode") or "")
+    return mode.removeprefix("container:") or None if mode.startswith("container:") else None
 
 
 def container_state(info: JSON) -> ContainerState:
@@ -126,7 +156,43 @@ def container_state(info: JSON) -> ContainerState:
         memory_bytes=memory or None,
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")),
+        joined=joined_id(host),
     )
+
+
+def _instant(stamp: str | None) -> datetime.datetime | None:
+    """Docker's RFC 3339 time (nanoseconds, trailing zeros cut) to a datetime (to the
+    microsecond, which orders two starts well enough)."""
+    if not stamp:
+        return None
+    head, dot, frac = stamp.rstrip("Z").partition(".")
+    try:
+        when = datetime.datetime.fromisoformat(head)
+    except ValueError:
+        return None
+    micros = int((frac + "000000")[:6]) if dot and frac[:6].isdigit() else 0
+    return when.replace(microsecond=micros)
+
+
+def stale_namespaces(states: list[ContainerState]) -> list[ContainerState]:
+    """A running container that joined another's network namespace (container:ID) holds
+    the namespace that one had then: dockerd gives a container a new one each time it
+    starts, so one started again after the joiner leaves it in a namespace nobody else is
+    in. That is a fault a restart repairs (the joiner joins the new namespace)."""
+    by_id = {s.id: s for s in states}
+    out = []
+    for s in states:
+        peer = by_id.get(s.joined or "")
+        mine, theirs = _instant(s.started_at), _instant(peer.started_at if peer else None)
+        if s.running and peer is not None and peer.running and mine and theirs and theirs > mine:
+            fault = Fault(
+                f"the container whose network namespace it joins ({peer.name}) was started "
+                "again after it",
+                "restart",
+            )
+            s = replace(s, faults=(*s.faults, fault))
+        out.append(s)
+    return out
 
 
 def network_state(info: JSON) -> NetworkState:

@@ -60,11 +60,23 @@ STATE_SHAPE = record(
         "ports": list_of(
             record(
                 {"container_port": integer},
-                {"protocol": string, "host_ip": string, "host_port": optional(integer)},
+                {
+                    "protocol": string,
+                    "host_ip": string,
+                    "host_port": optional(integer),
+                    "host_port_last": optional(integer),
+                },
             )
         ),
         "networks": list_of(string),
         "netns_path": optional(string),
+        # a container without a namespace of its own: "host", or "container" (`joined` is
+        # the key of the container whose namespace and /etc files it shares, `joined_id`
+        # that container's id)
+        "network_mode": optional(string),
+        "joined": optional(string),
+        "joined_id": optional(string),
+        "expose": list_of(string),
         "pending": boolean,
         "log": record({}, {"max_size": integer, "files": integer}),
         "cgroup_parent": optional(string),

@@ -26,10 +26,11 @@ import re
 import resource
 import secrets
 import signal
+import socket
 import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -131,6 +132,39 @@ def resolv_text(
     if options:
         lines.append("options " + " ".join(options))
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class SharedNetwork:
+    """A container without a network namespace of its own: the host's (`key` None), or the
+    one of the container kept under `key` (whose id is `id`), whose /etc/hosts, hostname
+    and resolv.conf it shares, as Docker's `container:NAME` does."""
+
+    key: str | None = None
+    id: str | None = None
+    netns_path: str | None = None
+
+
+def host_etc(extra: Sequence[str]) -> tuple[str, str]:
+    """/etc/hosts (with `extra` "host:ip" lines, host-gateway being the host itself) and
+    /etc/resolv.conf of a container in the host's network namespace: the host's own."""
+    texts = []
+    for path in ("/etc/hosts", "/etc/resolv.conf"):
+        try:
+            texts.append(Path(path).read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            texts.append("")
+    hosts, resolv = texts
+    if not hosts.strip():
+        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    if not hosts.endswith("\n"):
+        hosts += "\n"
+    for entry in extra:
+        name, _, ip = entry.partition(":")
+        hosts += f"{'127.0.0.1' if ip == 'host-gateway' else ip}\t{name}\n"
+    if not resolv.strip():
+        resolv = resolv_text(host_nameservers())
+    return hosts, resolv
 
 
 def _read_in_rootfs(root: Path, rel: str) -> str:
@@ -390,11 +424,13 @@ class ContainerManager:
         netns_path: str | None = None,
         pending: bool = False,
         joins: Mapping[str, str] | None = None,
+        shared: SharedNetwork | None = None,
     ) -> str:
         """Make the bundle (not started); returns the id. `layer_dirs` are the image's
         unpacked layers, base first. `mounts` are config.mounts with volume sources resolved
         to host paths (default: config.mounts, which then may hold binds and tmpfs only).
-        `netns_path` joins an existing network namespace; None gives a new, empty one.
+        `netns_path` joins an existing network namespace; None gives a new, empty one;
+        `shared` says the namespace is not the container's own (the host's, another's).
         `pending`: the caller has more to do (networks, ports) and calls settle() when done;
         until then the container shows as dead. `joins`: "pid"/"ipc" -> the container (by
         its runtime name, found by `key_of` at each start) whose namespace this one joins
@@ -404,7 +440,15 @@ class ContainerManager:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             return self._create(
-                config, layer_dirs, image_config, image_id, mounts, netns_path, pending, joins
+                config,
+                layer_dirs,
+                image_config,
+                image_id,
+                mounts,
+                netns_path,
+                pending,
+                joins,
+                shared,
             )
         finally:
             os.close(fd)
@@ -419,6 +463,7 @@ class ContainerManager:
         netns_path: str | None,
         pending: bool,
         joins: Mapping[str, str] | None = None,
+        shared: SharedNetwork | None = None,
     ) -> str:
         cdir = self.dir(config.name)
         try:
@@ -440,6 +485,14 @@ class ContainerManager:
         )
         cid = secrets.token_hex(32)
         hostname = config.hostname or cid[:12]
+        etc_dir = cdir
+        if shared is not None and shared.key is None:
+            hostname = config.hostname or socket.gethostname()  # the host's, as Docker's
+        elif shared is not None and shared.key is not None:
+            # the other container's files, rewritten in place as its networks change
+            etc_dir = self.dir(shared.key)
+            with contextlib.suppress(OSError):
+                hostname = (etc_dir / "hostname").read_text().strip() or hostname
         # 0700: config.json and state.json hold the environment, the rootfs and upper dir
         # whatever the image and the container put there (setuid binaries, device nodes)
         cdir.mkdir(mode=0o700)
@@ -452,6 +505,10 @@ class ContainerManager:
                 config.dns_search,
                 config.dns_opt,
             )
+            if shared is not None and shared.key is None:
+                hosts, resolv = host_etc(config.extra_hosts)
+                atomic_write(cdir / "hosts", hosts, 0o644)
+                atomic_write(cdir / "resolv.conf", resolv, 0o644)
             rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
             shm: str | None = None
             if config.ipc_mode == "shareable":
@@ -459,18 +516,19 @@ class ContainerManager:
                 rootfs.mount_shm(shm, config.shm_size or 67108864)
             pid_ns, ipc_ns, shm_source = self._joined(dict(joins or {}), config.ipc_mode)
             spec = oci.build_spec(
-                config,
+                replace(config, hostname=hostname),
                 oci.SpecInputs(
                     container_id=cid,
                     rootfs=str(cdir / "rootfs"),
                     etc_files=oci.EtcFiles(
-                        hosts=str(cdir / "hosts"),
-                        hostname=str(cdir / "hostname"),
-                        resolv_conf=str(cdir / "resolv.conf"),
+                        hosts=str(etc_dir / "hosts"),
+                        hostname=str(etc_dir / "hostname"),
+                        resolv_conf=str(etc_dir / "resolv.conf"),
                     ),
                     image=image,
                     mounts=tuple(mounts) if mounts is not None else None,
                     netns_path=netns_path,
+                    host_network=shared is not None and shared.key is None,
                     host_rlimits=host_rlimits(),
                     passwd=_read_in_rootfs(cdir / "rootfs", "etc/passwd"),
                     group=_read_in_rootfs(cdir / "rootfs", "etc/group"),
@@ -513,6 +571,12 @@ class ContainerManager:
                 "networks": sorted(a.network for a in config.networks),
                 "layer_dirs": [str(Path(d).resolve()) for d in layer_dirs],
                 "netns_path": netns_path,
+                "network_mode": (
+                    None if shared is None else "host" if shared.key is None else "container"
+                ),
+                "joined": shared.key if shared is not None else None,
+                "joined_id": shared.id if shared is not None else None,
+                "expose": list(config.expose),
                 "runc_root": str(self.runc_root),
                 "runc": self.supervisor.runc,
                 "pending": pending,
@@ -947,6 +1011,7 @@ class ContainerManager:
             ),
             started_at=doc.get("started_at"),
             finished_at=finished,
+            joined=doc.get("joined_id"),
         )
 
     def _damaged_state(self, name: str) -> ContainerState:

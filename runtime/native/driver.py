@@ -9,8 +9,13 @@ the managers keep there (images/, containers/, runc/, networks/), the driver own
 
 Each container gets its own network namespace, `/run/netns/pyapply-<root tag>-<name>`, made
 before the container is created (so that its networks and published ports are in place
-before it starts) and deleted when it is removed. Its /etc/hosts is the managed file of the
-NetworkManager (rewritten whenever the membership of its networks changes).
+before it starts; its loopback is up even on no network) and deleted when it is removed. Its
+/etc/hosts is the managed file of the NetworkManager (rewritten whenever the membership of
+its networks changes). Two network modes own no namespace: `host` (the OCI spec asks for no
+network namespace; the host's name, /etc/hosts and resolv.conf) and `container:NAME` (runc
+joins NAME's namespace file, which outlives NAME's restarts; /etc/hosts, hostname and
+resolv.conf are NAME's files); a container made so records it in its state
+(`network_mode`, `joined`, `joined_id`).
 
 Anonymous volumes are directories under the container's own directory
 (`containers/<name>/volumes/<n>`), so they go with the container.
@@ -83,9 +88,14 @@ from pyapply.runtime.base import (
     VolumeState,
 )
 from pyapply.runtime.native import health as healthmod
-from pyapply.runtime.native.containers import ContainerManager
+from pyapply.runtime.native.containers import ContainerManager, SharedNetwork
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.native.netlink import netns_attach, netns_create, netns_remove
+from pyapply.runtime.native.netlink import (
+    loopback_up,
+    netns_attach,
+    netns_create,
+    netns_remove,
+)
 from pyapply.runtime.native.network import NetworkManager, translated
 from pyapply.runtime.native.statefile import (
     DamagedState,
@@ -435,6 +445,7 @@ class NativeRuntime:
         if os.path.exists(path):  # left over by an interrupted create or remove
             netns_remove(name)
         netns_create(name)
+        loopback_up(path)
         return path
 
     def _drop_netns(self, key: str) -> None:
@@ -516,6 +527,7 @@ class NativeRuntime:
                 return existing.id
             raise Conflict(f"container name {config.name} is in use by another container")
         self.containers.check_host(config)
+        shared = self._shared_network(config)
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")
@@ -538,7 +550,7 @@ class NativeRuntime:
                         "does not exist"
                     )
                 joins[kind] = other
-        nspath = self._make_netns(key)
+        nspath = self._make_netns(key) if shared is None else shared.netns_path
         try:
             cid = self.containers.create(
                 replace(config, name=key, health=health),
@@ -549,9 +561,13 @@ class NativeRuntime:
                 netns_path=nspath,
                 pending=True,
                 joins=joins,
+                shared=shared,
             )
             for d in anon:
                 d.mkdir(parents=True, exist_ok=True)
+            if shared is not None or nspath is None:  # no namespace, endpoints, hosts file
+                self.containers.settle(key)
+                return cid
             hosts = str(self.containers.dir(key) / "hosts")
             hostname = self._hostname(config, cid)
             extra = [entry.partition(":")[::2] for entry in config.extra_hosts]
@@ -594,6 +610,60 @@ class NativeRuntime:
             raise
         return cid
 
+    def _shared_network(self, config: ContainerConfig) -> SharedNetwork | None:
+        """Where a container with a network_mode of host or container:NAME has its network:
+        the host's, or NAME's namespace (that of the container NAME itself joins, if it
+        does). None: a namespace of its own, plumbed to its networks."""
+        mode = config.network_mode or ""
+        if mode == "host":
+            if config.ports:
+                raise PermanentError(
+                    f"container {config.name} uses the host's network: it cannot publish ports"
+                )
+            return SharedNetwork()
+        if not mode.startswith("container:"):
+            return None
+        if config.ports or config.networks:
+            raise PermanentError(
+                f"container {config.name} joins the network of another container: it cannot "
+                "publish ports or join networks"
+            )
+        peer = mode.removeprefix("container:")
+        key = self.key(peer)
+        doc = self.containers.peek(key) if key is not None else None
+        if key is None or doc is None:
+            raise NotFound(f"container {peer} (whose network {config.name} joins) not found")
+        if doc.get("network_mode") == "host":
+            return SharedNetwork()
+        if doc.get("network_mode") == "container" and doc.get("joined"):
+            key = str(doc["joined"])  # the namespace it joined itself
+            doc = self.containers.peek(key)
+            if doc is None:
+                raise NotFound(f"the container whose network {peer} joined is gone")
+        path = self.netns_path(key)
+        if not os.path.exists(path):
+            raise PermanentError(
+                f"container {peer} has no network namespace to join (start it first)"
+            )
+        return SharedNetwork(key, str(doc.get("id") or ""), path)
+
+    def _check_joined(self, name: str, key: str) -> None:
+        """A container that joins another's namespace (by path) needs that one to be there:
+        when it went with its container, this one has to be made anew."""
+        doc = self.containers.peek(key) or {}
+        path = doc.get("netns_path")
+        if doc.get("network_mode") == "container" and path and not os.path.exists(path):
+            raise PermanentError(
+                f"container {name} joins the network namespace of another container, which "
+                "is gone (that container was removed, or not started again since a reboot)"
+            )
+
+    def _own_netns(self, key: str) -> bool:
+        """Whether the container has a network namespace of its own (not the host's or
+        another container's)."""
+        doc = self.containers.peek(key)
+        return doc is None or not doc.get("network_mode")
+
     @translated
     def start_container(self, name: str) -> None:
         """Start; a running container is success, and what is missing of it (see `faults`)
@@ -601,15 +671,19 @@ class NativeRuntime:
         key = self._must_key(name)
         cdir = self.containers.dir(key)
         started = self._started(cdir)
+        own = self._own_netns(key)
         if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
             # running (as events judge it, from files: no runc call on every start)
-            with self._lock():
-                self._repair(key, read_pid(cdir / "pidfile"))
-                self._remac(key)
+            if own:
+                with self._lock():
+                    self._repair(key, read_pid(cdir / "pidfile"))
+                    self._remac(key)
             # the root's keeper (healthchecks, log rotation) runs while containers do
             healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
             return
-        if not os.path.exists(self.netns_path(key)):
+        if not own:
+            self._check_joined(name, key)
+        elif not os.path.exists(self.netns_path(key)):
             # the namespace went with a reboot (or by hand): make it anew and plumb the
             # container's endpoints into it again, with the addresses it had
             with self._lock():
@@ -753,7 +827,9 @@ class NativeRuntime:
                     # a start killed after runc started it and before it was noted: its
                     # healthcheck is not probed until a start notes it (done in place)
                     faults.append(Fault("start not recorded"))
-                problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
+                problem = None
+                if self._own_netns(st.name):
+                    problem = self._netns_fault(st.name, read_pid(cdir / "pidfile"))
                 if problem:
                     faults.append(Fault(problem))
                 faults += [Fault(r) for r in by_container.get(st.name, ())]

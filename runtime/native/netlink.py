@@ -155,6 +155,15 @@ def netns_attach(name: str, pid: int) -> None:
     netns.attach(name, pid)
 
 
+def loopback_up(path: str) -> None:
+    """Bring up `lo` in the network namespace at `path`: a container on no network (or one
+    whose namespace others join) still has its 127.0.0.1, as Docker's "none" has."""
+    with NetNS(path, flags=0) as ns:
+        lo = ns.link_lookup(ifname="lo")
+        if lo:
+            ns.link("set", index=lo[0], state="up")
+
+
 def netns_remove(name: str) -> None:
     from pyroute2 import netns
 

@@ -54,7 +54,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
@@ -911,6 +911,11 @@ class NetworkManager:
             if rec is None:
                 raise NotFound(f"{container_name} has no address {ip} on any network")
             proto = binding.protocol.lower()
+            # the host ports it may take: the one asked for, or each of a range in turn
+            candidates: list[int | None] = [binding.host_port]
+            if binding.host_port is not None and binding.host_port_last is not None:
+                candidates = list(range(binding.host_port, binding.host_port_last + 1))
+            claimed: dict[int | None, str] = {}
             for r in st.networks.values():
                 for p in r["ports"]:
                     other = _binding(p["binding"])
@@ -923,24 +928,27 @@ class NetworkManager:
                         )
                         return other
                     if (
-                        binding.host_port is not None
-                        and other.host_port == binding.host_port
+                        other.host_port in candidates
                         and other.protocol == proto
                         and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
                     ):
-                        raise Conflict(
-                            f"host port {binding.host_port}/{proto} is already published "
-                            f"for {p['container']}"
-                        )
+                        claimed[other.host_port] = p["container"]
+            free = [c for c in candidates if c not in claimed]
+            if binding.host_port is not None and not free:
+                raise Conflict(
+                    f"host port {_shown_ports(binding)}/{proto} is already published for "
+                    f"{', '.join(sorted(set(claimed.values())))}"
+                )
             with firewall.host_lock():
                 # ports published by other state roots hold no socket: ask our DNAT chain
                 in_use = self.firewall.dnat_ports()
-                if binding.host_port is not None and (proto, binding.host_port) in in_use:
-                    raise Conflict(f"host port {binding.host_port}/{proto} is already published")
-                for _ in range(50):
-                    host_port = _check_port(binding.host_ip, binding.host_port, proto)
-                    if (proto, host_port) not in in_use:
-                        break
+                if binding.host_port is None:
+                    for _ in range(50):
+                        host_port = _check_port(binding.host_ip, None, proto)
+                        if (proto, host_port) not in in_use:
+                            break
+                else:
+                    host_port = _first_free(binding, free, in_use, proto)
                 resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
                 self.firewall.add(
                     firewall.port_rules(rec["bridge"], container_name, addr, resolved)
@@ -1183,30 +1191,67 @@ def _ip_of_mac(mac: str) -> IPv4Address | None:
 
 
 def _binding_json(b: PortBinding) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "container_port": b.container_port,
         "protocol": b.protocol.lower(),
         "host_ip": b.host_ip,
         "host_port": b.host_port,
     }
+    if b.host_port_last is not None:
+        out["host_port_last"] = b.host_port_last
+    return out
 
 
 def _binding(d: Mapping[str, Any]) -> PortBinding:
+    last = d.get("host_port_last")
     return PortBinding(
         container_port=int(d["container_port"]),
         protocol=str(d["protocol"]),
         host_ip=str(d["host_ip"]),
         host_port=None if d["host_port"] is None else int(d["host_port"]),
+        host_port_last=None if last is None else int(last),
     )
 
 
 def _same_port(a: PortBinding, b: PortBinding) -> bool:
+    """Whether `a` (as published) is what `b` asks for: its host port, one of its range,
+    or any when `b` names none."""
+    if b.host_port is None:
+        ports_match = True
+    elif b.host_port_last is not None and a.host_port is not None:
+        ports_match = b.host_port <= a.host_port <= b.host_port_last
+    else:
+        ports_match = a.host_port == b.host_port
     return (
         a.container_port == b.container_port
         and a.protocol.lower() == b.protocol.lower()
         and a.host_ip == b.host_ip
-        and (b.host_port is None or a.host_port == b.host_port)
+        and ports_match
     )
+
+
+def _shown_ports(b: PortBinding) -> str:
+    last = f"-{b.host_port_last}" if b.host_port_last is not None else ""
+    return f"{b.host_port}{last}"
+
+
+def _first_free(
+    binding: PortBinding,
+    ports: Sequence[int | None],
+    in_use: Container[tuple[str, int]],
+    proto: str,
+) -> int:
+    """The first of `ports` (those of `binding` no container of this root holds) that no
+    other root publishes and nothing on the host is bound to; Conflict when none is."""
+    for port in ports:
+        if port is None or (proto, port) in in_use:
+            continue
+        try:
+            return _check_port(binding.host_ip, port, proto)
+        except Conflict:
+            if len(ports) == 1:
+                raise
+    raise Conflict(f"host port {_shown_ports(binding)}/{proto} is already published or taken")
 
 
 def _ipv4(text: str) -> IPv4Address:

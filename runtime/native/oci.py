@@ -266,6 +266,7 @@ class SpecInputs:
     image: ImageConfig = ImageConfig()
     mounts: tuple[MountConfig, ...] | None = None  # resolved (volume source = host path)
     netns_path: str | None = None  # None: a new, empty network namespace
+    host_network: bool = False  # no network namespace of its own: the host's
     host_rlimits: Mapping[str, tuple[int, int]] = field(
         default_factory=dict
     )  # name -> soft, hard (-1 = unlimited)
@@ -639,7 +640,9 @@ def build_spec(config: ContainerConfig, inputs: SpecInputs) -> dict[str, Any]:
                 )
             ns["path"] = joined
         namespaces.append(ns)
-    namespaces += [{"type": "uts"}, {"type": "mount"}, net]
+    namespaces += [{"type": "uts"}, {"type": "mount"}]
+    if not inputs.host_network:
+        namespaces.append(net)
 
     parent = config.cgroup_parent or inputs.cgroup_parent
     linux: dict[str, Any] = {

@@ -160,9 +160,21 @@ class FakeRuntime:
             ports=tuple(sorted(config.ports, key=repr)),
             memory_bytes=config.memory_bytes,
             health="starting" if config.health else None,
+            joined=self._joined(config),
         )
         self.containers[config.name] = state
         return state.id
+
+    def _joined(self, config: ContainerConfig) -> str | None:
+        """The id of the container whose network namespace `config` joins (as Docker
+        records it); joining one that does not exist fails, as it does there."""
+        mode = config.network_mode or ""
+        if not mode.startswith("container:"):
+            return None
+        peer = self.containers.get(mode.removeprefix("container:"))
+        if peer is None:
+            raise NotFound(f"no such container {mode.removeprefix('container:')}")
+        return peer.id
 
     def start_container(self, name: str) -> None:
         self._call(f"start {name}")

@@ -206,11 +206,10 @@ def test_legacy_fields() -> None:
     loaded = fixture("legacy")
     app = only(loaded).service("app")
     assert app.resources == Resources(memory=64 << 20, cpus=0.5)
+    assert app.container_name == "my-app"  # honoured: one replica
     f = "legacy/docker-compose.yml"
     assert [str(w).replace(str(DATA) + "/", "") for w in loaded.warnings] == [
         f'{f}:1:1: warning: version: "version" is obsolete and ignored',
-        f'{f}:5:5: warning: services.app.container_name: "container_name" is not supported and '
-        "is ignored: pyapply names containers <stack>-<service>-<n>",
         f'{f}:8:5: warning: services.app.links: "links" is legacy: the linked services start '
         'first, as with "depends_on"; services reach each other by service name on the '
         'networks they share (link aliases are not created: use network "aliases")',
@@ -598,7 +597,7 @@ def test_unsupported_fields_still_warn_with_file_and_line(here: Path) -> None:
             "c/compose.override.yaml": """
                 services:
                   a:
-                    network_mode: service:b
+                    network_mode: bridge
                   b:
                     build: ./b
                 networks:
@@ -608,7 +607,7 @@ def test_unsupported_fields_still_warn_with_file_and_line(here: Path) -> None:
     )
     loaded = load(["c"], environ={})
     assert [str(w) for w in loaded.warnings] == [
-        'c/compose.override.yaml:3:5: warning: services.a.network_mode: "network_mode: service:b" '
+        'c/compose.override.yaml:3:5: warning: services.a.network_mode: "network_mode: bridge" '
         "is not supported; the service is not attached to any network",
         'c/compose.override.yaml:5:12: warning: services.b.build: build context "c/b" does '
         "not exist: the image cannot be built here",

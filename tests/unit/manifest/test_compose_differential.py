@@ -23,14 +23,6 @@ from test_compose import corpus, corpus_projects
 
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 
-_CONTAINER_NAME = (
-    "container_name: the spec names the container after it; pyapply ignores it today (issue 16, "
-    "'Fields that are dropped or changed', another part)"
-)
-_EXPOSE = (
-    "expose: the spec keeps it as metadata; pyapply drops it today (issue 16, 'Fields that are "
-    "dropped or changed', another part)"
-)
 _BUILD_IMAGE = (
     "image: with build and no image the spec lets the implementation name the image; pyapply "
     "names it <project>-<service> as compose v2 does, compose 1.29 prints none"
@@ -38,25 +30,6 @@ _BUILD_IMAGE = (
 
 # (project, service, field) -> why the two differ
 REVIEWED: dict[tuple[str, str, str], str] = {
-    ("elasticsearch-logstash-kibana", "elasticsearch", "container_name"): _CONTAINER_NAME,
-    ("elasticsearch-logstash-kibana", "kibana", "container_name"): _CONTAINER_NAME,
-    ("elasticsearch-logstash-kibana", "logstash", "container_name"): _CONTAINER_NAME,
-    ("fastapi", "api", "container_name"): _CONTAINER_NAME,
-    ("pihole-cloudflared-DoH", "cloudflared", "container_name"): _CONTAINER_NAME,
-    ("pihole-cloudflared-DoH", "pihole", "container_name"): _CONTAINER_NAME,
-    ("plex", "plex", "container_name"): _CONTAINER_NAME,
-    ("portainer", "portainer", "container_name"): _CONTAINER_NAME,
-    ("postgresql-pgadmin", "pgadmin", "container_name"): _CONTAINER_NAME,
-    ("postgresql-pgadmin", "postgres", "container_name"): _CONTAINER_NAME,
-    ("prometheus-grafana", "grafana", "container_name"): _CONTAINER_NAME,
-    ("prometheus-grafana", "prometheus", "container_name"): _CONTAINER_NAME,
-    ("react-nginx", "frontend", "container_name"): _CONTAINER_NAME,
-    ("wireguard", "wireguard", "container_name"): _CONTAINER_NAME,
-    ("gitea-postgres", "db", "expose"): _EXPOSE,
-    ("nextcloud-postgres", "db", "expose"): _EXPOSE,
-    ("nextcloud-redis-mariadb", "db", "expose"): _EXPOSE,
-    ("nextcloud-redis-mariadb", "redis", "expose"): _EXPOSE,
-    ("wordpress-mysql", "db", "expose"): _EXPOSE,
     ("fastapi", "api", "image"): _BUILD_IMAGE,
     ("flask-redis", "web", "image"): _BUILD_IMAGE,
     ("react-nginx", "frontend", "image"): _BUILD_IMAGE,
@@ -127,6 +100,7 @@ FIELDS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "stop_signal": lambda s: s.get("stop_signal"),
     "hostname": lambda s: s.get("hostname"),
     "container_name": lambda s: s.get("container_name"),
+    "network_mode": lambda s: s.get("network_mode"),
     "expose": lambda s: sorted(str(x) for x in s.get("expose") or []),
 }
 

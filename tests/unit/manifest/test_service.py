@@ -443,9 +443,8 @@ def test_unsupported_fields_warn(here: Path) -> None:
           both:
             build: {context: .}
             image: mine:1
-            container_name: fixed
             privileged: true
-            network_mode: host
+            network_mode: bridge
             mem_limit: 64m
             deploy: {resources: {limits: {memory: 128m}}, placement: {}, replicas: 2}
             scale: 3
@@ -456,19 +455,17 @@ def test_unsupported_fields_warn(here: Path) -> None:
           lan: {driver: overlay}
         """,
     ) == [
-        'stack.yaml:8:5: warning: services.both.container_name: "container_name" is not '
-        "supported and is ignored: pyapply names containers <stack>-<service>-<n>",
-        'stack.yaml:10:5: warning: services.both.network_mode: "network_mode: host" is not '
+        'stack.yaml:9:5: warning: services.both.network_mode: "network_mode: bridge" is not '
         "supported; the service is not attached to any network",
-        "stack.yaml:11:5: warning: services.both.mem_limit: conflicts with "
+        "stack.yaml:10:5: warning: services.both.mem_limit: conflicts with "
         "deploy.resources.limits.memory, which is used",
-        "stack.yaml:12:51: warning: services.both.deploy.placement: placement is used by the "
+        "stack.yaml:11:51: warning: services.both.deploy.placement: placement is used by the "
         "swarm runtime only; the runtimes of one host ignore it",
-        "stack.yaml:13:5: warning: services.both.scale: conflicts with deploy.replicas (2), "
+        "stack.yaml:12:5: warning: services.both.scale: conflicts with deploy.replicas (2), "
         "which is used",
-        'stack.yaml:16:22: warning: services.net.networks.lan.ipv6_address: "ipv6_address" is '
+        'stack.yaml:15:22: warning: services.net.networks.lan.ipv6_address: "ipv6_address" is '
         "not supported and is ignored",
-        'stack.yaml:18:17: warning: networks.lan.driver: network driver "overlay" is not '
+        'stack.yaml:17:17: warning: networks.lan.driver: network driver "overlay" is not '
         'supported; only "bridge" is',
     ]
 
