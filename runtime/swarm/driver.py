@@ -32,7 +32,7 @@ from pyapply.runtime.base import (
     VolumeState,
 )
 from pyapply.runtime.docker.driver import sdk_client, unix_socket_path
-from pyapply.runtime.docker.engine import EngineHTTP
+from pyapply.runtime.docker.engine import EngineError, EngineHTTP
 from pyapply.runtime.docker.errors import translatable_errors, translate
 from pyapply.runtime.docker.normalise import label_filters, same_owner
 from pyapply.runtime.services import (
@@ -121,6 +121,27 @@ class SwarmRuntime:
             api = self._api()
             return api._result(api._get(api._url(path), params=params), json=True)
 
+    def _get_many(self, requests: Sequence[tuple[str, str, Mapping[str, str] | None]]) -> list[Any]:
+        """GET each (action, path, params) and return the answers in order; the first
+        failure is raised, translated for its action. Over a UNIX socket the requests are
+        pipelined on one kept-alive connection (one round trip instead of one each, which
+        is most of what a no-op apply waits for); otherwise they are made in turn."""
+        if self._socket_path is None or len(requests) < 2:
+            return [self._get(action, path, params) for action, path, params in requests]
+        with self._lock:
+            if self._engine is None:
+                self._engine = EngineHTTP(self._socket_path, timeout=self._timeout)
+            engine = self._engine
+        paths = [path + ("?" + urllib.parse.urlencode(p) if p else "") for _, path, p in requests]
+        with self._boundary(requests[0][0]):
+            answers = engine.get_all(paths)
+        out: list[Any] = []
+        for (action, _, _), answer in zip(requests, answers, strict=False):
+            if isinstance(answer, EngineError):  # answers end at a failure
+                raise _swarm_failure(translate(answer, action, self._daemon), action) from answer
+            out.append(answer)
+        return out
+
     def _post(
         self, action: str, path: str, body: JSON, params: Mapping[str, str] | None = None
     ) -> Any:
@@ -196,12 +217,20 @@ class SwarmRuntime:
         services = list(self._get("list services", "/services", params) or [])
         if not services:
             return []
-        tasks = self._tasks_json([str(s.get("ID")) for s in services])
+        # the tasks, the network names and the node names in one pipelined round trip
+        ids = [str(s.get("ID")) for s in services]
+        tasks, nets, nodes = self._get_many(
+            [
+                ("list tasks", "/tasks", {"filters": json.dumps({"service": ids})}),
+                ("list networks", "/networks", None),
+                ("list nodes", "/nodes", None),
+            ]
+        )
         by_service: dict[str, list[JSON]] = {}
-        for t in tasks:
+        for t in tasks or []:
             by_service.setdefault(str(t.get("ServiceID")), []).append(t)
-        networks = self._network_names()
-        hostnames = self._hostnames()
+        networks = {str(n.get("Id")): str(n.get("Name")) for n in nets or []}
+        hostnames = {n.id: n.hostname for n in (node_state(n) for n in nodes or [])}
         return sorted(
             (
                 service_state(
