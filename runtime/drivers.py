@@ -49,11 +49,16 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
     raise Unavailable(f"unknown runtime {chosen!r}; known runtimes: {', '.join(RUNTIMES)}")
 
 
-def open_container_runtime(name: str | None = None, *, root: str | None = None) -> Runtime:
-    """`open_runtime` for callers that run containers only (logs, rollback without an
-    agent): the swarm runtime is refused with a sentence saying so."""
+def open_container_runtime(
+    name: str | None = None, *, root: str | None = None, why: str = ""
+) -> Runtime:
+    """`open_runtime` for callers that work on containers only (exec, run, top, images): the
+    swarm runtime is refused with `why`, the caller's sentence saying why."""
     rt = open_runtime(name, root=root)
     if runs_services(rt):
         rt.close()
-        raise PermanentError("this command does not run on the swarm runtime yet")
+        raise PermanentError(
+            why
+            or "this command works on the containers and images of one host, not on swarm services"
+        )
     return rt

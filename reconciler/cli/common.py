@@ -114,10 +114,11 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
     return findings
 
 
-def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
-    """The runtime, for commands that work on containers (the swarm runtime is refused)."""
+def connect(runtime_name: str | None, root: str | None = None, *, swarm: str = "") -> Runtime:
+    """The runtime, for commands that work on containers. The swarm runtime is refused with
+    `swarm`, the sentence saying why the command has no meaning there."""
     try:
-        return open_container_runtime(runtime_name, root=state_root(root))
+        return open_container_runtime(runtime_name, root=state_root(root), why=swarm)
     except RuntimeFailure as exc:
         fail(exc.message)
 
