@@ -650,6 +650,14 @@ def _rollback_here(
     revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
 ) -> None:
     root_dir = state_root(root)
+    rt = connect(
+        runtime_name,
+        root_dir,
+        swarm="without an agent, rollback REVISION runs on the runtimes of one host only: "
+        "run the agent on the manager (`pyapply watch DIR --runtime swarm`), or put the "
+        "services back to their previous spec (`pyapply rollback --runtime swarm --stack "
+        "NAME`)",
+    )
     try:
         hist = History(root_dir)
         full, subject, files = hist.revision_files(revision)
@@ -665,14 +673,6 @@ def _rollback_here(
         policy = policy_or_fail(None, "warn", root_dir)
         loaded = load_or_fail([directory], policy=policy)
         enforce(loaded, policy, "text")
-        rt = connect(
-            runtime_name,
-            root_dir,
-            swarm="without an agent, rollback REVISION runs on the runtimes of one host only: "
-            "run the agent on the manager (`pyapply watch DIR --runtime swarm`), or put the "
-            "services back to their previous spec (`pyapply rollback --runtime swarm --stack "
-            "NAME`)",
-        )
         wanted = desired_all(loaded, revision=full, root=root_dir)
         redactor = redactor_for(wanted)
         try:

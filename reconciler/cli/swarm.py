@@ -327,13 +327,14 @@ def _services_of(rt: ServiceRuntime, names: list[str], services: Sequence[str]) 
     return found
 
 
-def task_labels(tasks: Sequence[TaskState]) -> dict[str, str]:
-    """What to prefix each task's lines with, by task id: `<service>.<slot>` (a global
+def task_labels(service: str, tasks: Sequence[TaskState]) -> dict[str, str]:
+    """What to prefix the lines of each task of `service` with, by task id:
+    `<service>.<slot>` (a global
     service's task: `<service>.<node>`), as `docker service ps` names tasks, with the task's
     short id added where an older task of the same slot shares the name."""
 
     def base(t: TaskState) -> str:
-        return f"{t.service}.{t.slot if t.slot is not None else t.node or t.node_id[:12]}"
+        return f"{service}.{t.slot if t.slot is not None else t.node or t.node_id[:12]}"
 
     counts: dict[str, int] = {}
     for t in tasks:
@@ -353,7 +354,7 @@ def logs(
         [name, *more] = _services_of(rt, names, [service])
         if more:
             _fail(f"service {service} is in more than one stack: name one with --stack")
-        labels = task_labels(rt.service_tasks(name))
+        labels = task_labels(name, rt.service_tasks(name))
         prefix = len(labels) > 1 or follow
         width = max((len(v) for v in labels.values()), default=0)
         lock = threading.Lock()
@@ -361,7 +362,7 @@ def logs(
         def label_of(task_id: str) -> str:
             with lock:
                 if task_id and task_id not in labels:  # a task made while following
-                    labels.update(task_labels(rt.service_tasks(name)))
+                    labels.update(task_labels(name, rt.service_tasks(name)))
                 return labels.get(task_id) or task_id[:12] or name
 
         stream = rt.service_logs(name, follow=follow, tail=tail)

@@ -13,17 +13,19 @@ from pyapply.runtime.swarm import driver
 
 
 def task(tid: str, slot: int | None, node: str = "n1") -> TaskState:
-    return TaskState(tid, "shop_web", node, "node-" + node, slot, "running", "running")
+    return TaskState(tid, "service-id", node, "node-" + node, slot, "running", "running")
 
 
 def test_a_task_is_named_by_its_slot_or_for_a_global_service_its_node() -> None:
-    labels = task_labels([task("aaaaaaaa1", 1), task("bbbbbbbb2", 2)])
+    labels = task_labels("shop_web", [task("aaaaaaaa1", 1), task("bbbbbbbb2", 2)])
     assert labels == {"aaaaaaaa1": "shop_web.1", "bbbbbbbb2": "shop_web.2"}
-    assert task_labels([task("c1", None, "w1")]) == {"c1": "shop_web.w1"}
+    assert task_labels("shop_web", [task("c1", None, "w1")]) == {"c1": "shop_web.w1"}
 
 
 def test_an_older_task_of_the_same_slot_gets_its_short_id() -> None:
-    labels = task_labels([task("aaaaaaaa1", 1), task("dddddddd9", 1), task("bbbbbbbb2", 2)])
+    labels = task_labels(
+        "shop_web", [task("aaaaaaaa1", 1), task("dddddddd9", 1), task("bbbbbbbb2", 2)]
+    )
     assert labels == {
         "aaaaaaaa1": "shop_web.1.aaaaaa",
         "dddddddd9": "shop_web.1.dddddd",
