@@ -5,10 +5,23 @@ tests/e2e/test_swarm_everyday.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
+import pytest
+
+from pyapply.reconciler.cli import swarm
+from pyapply.reconciler.cli.main import Failure
 from pyapply.reconciler.cli.swarm import task_labels
-from pyapply.runtime.services import ServiceLogLine, TaskState
+from pyapply.reconciler.core import identity
+from pyapply.runtime.base import PermanentError
+from pyapply.runtime.services import (
+    ServiceConfig,
+    ServiceLogLine,
+    ServiceState,
+    TaskState,
+    UpdateState,
+    UpdateStatus,
+)
 from pyapply.runtime.swarm import driver
 
 
@@ -68,3 +81,62 @@ def test_closing_the_lines_closes_the_stream() -> None:
     assert next(lines) == ServiceLogLine("t1", b"a\n")
     lines.close()  # type: ignore[attr-defined]
     assert closed == [True]
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback: waiting for the swarm's own rollback to end
+
+
+class RollingBack:
+    """A swarm of one service whose rollback goes through `states` (one per look after it
+    was asked for); before that, its last update (started "t1") completed."""
+
+    name = "swarm"
+
+    def __init__(self, *states: UpdateState, previous: bool = True) -> None:
+        self.states = list(states)
+        self.previous = previous
+        self.asked = False
+        self.looks = 0
+
+    def list_services(self, labels: Mapping[str, str]) -> list[ServiceState]:
+        state = self.get_service("shop_web")
+        return [state] if state is not None and labels.get(identity.SERVICE, "web") == "web" else []
+
+    def get_service(self, name: str) -> ServiceState | None:
+        update = UpdateStatus("completed", started_at="t1")
+        if self.asked:
+            self.looks += 1
+            i = min(self.looks, len(self.states)) - 1
+            state = self.states[i]
+            # "completed": still the update before the rollback (it has not started)
+            update = UpdateStatus(state, started_at="t1" if state == "completed" else f"t2-{i}")
+        config = ServiceConfig(name="shop_web", image="x")
+        labels = {identity.STACK: "shop", identity.SERVICE: "web"}
+        return ServiceState("id", "shop_web", 3, config, labels, 2, 2, update)
+
+    def rollback_service(self, name: str) -> None:
+        if not self.previous:
+            raise PermanentError(f"swarm: cannot roll back service {name}: it has no previous spec")
+        self.asked = True
+
+
+def test_a_rollback_is_waited_for_until_the_swarm_says_it_completed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # the update before the rollback still shows at first: not taken for the rollback's end
+    rt = RollingBack("completed", "rollback_started", "rollback_completed")
+    swarm.rollback(rt, ["shop"], (), wait_timeout=30)  # type: ignore[arg-type]
+    assert "rolled back shop_web to its previous spec" in capsys.readouterr().out
+    assert rt.looks == 3
+
+
+def test_a_paused_rollback_or_none_to_roll_back_to_fails(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(Failure, match="some services were not rolled back"):
+        swarm.rollback(RollingBack("rollback_paused"), ["shop"], ("web",), wait_timeout=30)  # type: ignore[arg-type]
+    assert "rollback of shop_web: paused" in capsys.readouterr().out
+    with pytest.raises(Failure):
+        swarm.rollback(RollingBack(previous=False), ["shop"], ("web",), wait_timeout=30)  # type: ignore[arg-type]
+    assert "not rolled back: swarm: cannot roll back service shop_web" in capsys.readouterr().out
