@@ -23,6 +23,11 @@ def runs_services(rt: Runtime | ServiceRuntime) -> TypeIs[ServiceRuntime]:
     return rt.name in SERVICE_RUNTIMES
 
 
+def chosen_runtime(name: str | None = None) -> str:
+    """The runtime `name` means: itself, else $PYAPPLY_RUNTIME, else native."""
+    return name or os.environ.get("PYAPPLY_RUNTIME") or DEFAULT_RUNTIME
+
+
 def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime | ServiceRuntime:
     """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else native). `root` is
     the state root of the native runtime (default: $PYAPPLY_ROOT, else /var/lib/pyapply);
@@ -33,7 +38,7 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
     Drivers are imported lazily so that commands that need no runtime (validate, config)
     never import a driver's dependencies.
     """
-    chosen = name or os.environ.get("PYAPPLY_RUNTIME") or DEFAULT_RUNTIME
+    chosen = chosen_runtime(name)
     if chosen == "docker":
         from pyapply.runtime.docker.driver import DockerRuntime
 

@@ -21,7 +21,12 @@ from pyapply.reconciler.engine.reconcile import state_root
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
-from pyapply.runtime.drivers import open_container_runtime, open_runtime
+from pyapply.runtime.drivers import (
+    SERVICE_RUNTIMES,
+    chosen_runtime,
+    open_container_runtime,
+    open_runtime,
+)
 
 if TYPE_CHECKING:
     from pyapply.reconciler.manifest.policy import Finding, Policy
@@ -35,10 +40,12 @@ def load_or_fail(
     acting: bool = True,
     policy: Policy | None = None,
     strict: bool = True,
+    runtime_name: str | None = None,
 ) -> Loaded:
     """Load the manifests, or print every problem and fail (`acting`: the command would have
     changed something, so say that nothing was). With a `policy`, env files it denies are
-    not read (`enforce` reports them). `strict` off: see `load`."""
+    not read (`enforce` reports them). `strict` off: see `load`. On a swarm (`runtime_name`,
+    as `--runtime` gives it) the warnings about the runtimes of one host are not said."""
     guard = policy.file_guard() if policy is not None else None
     try:
         loaded = load(
@@ -54,8 +61,10 @@ def load_or_fail(
         n = len(exc.problems)
         tail = "; nothing was changed" if acting else ""
         fail(f"{n} error{'s' if n != 1 else ''} in the manifests{tail}")
+    on_swarm = chosen_runtime(runtime_name) in SERVICE_RUNTIMES
     for warning in loaded.warnings:
-        err(str(warning))
+        if not (on_swarm and warning.one_host):
+            err(str(warning))
     return loaded
 
 
