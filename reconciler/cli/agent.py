@@ -624,7 +624,7 @@ def _swarm_rollback(
             "name the REVISION to roll back to (`pyapply history` lists them), or, on swarm, "
             "the stack whose services go back to their previous spec (--stack NAME or -f)"
         )
-    names = stack_names(files, stacks)
+    names = stack_names(files, stacks, runtime_name=runtime_name)
     rt = connect_any(runtime_name, root)
     if not runs_services(rt):
         rt.close()

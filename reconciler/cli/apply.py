@@ -252,7 +252,7 @@ def down(
     """Remove everything the stacks own (named volumes only with --volumes). Alias: delete."""
     from pyapply.reconciler.engine.down import down_stack
 
-    names = stack_names(files, stacks, profiles)
+    names = stack_names(files, stacks, profiles, runtime_name)
     rt = connect_any(runtime_name, root)
     if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm

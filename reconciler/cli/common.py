@@ -175,13 +175,16 @@ def locked(root: str, timeout: float) -> AbstractContextManager[None]:
 
 
 def stack_names(
-    files: tuple[str, ...], stacks: tuple[str, ...], profiles: Sequence[str] = ()
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    profiles: Sequence[str] = (),
+    runtime_name: str | None = None,
 ) -> list[str]:
     names = list(stacks)
     if not files and not stacks:
         files = project_files_here()
     if files:
-        names += [s.name for s in load_or_fail(files, profiles).stacks]
+        names += [s.name for s in load_or_fail(files, profiles, runtime_name=runtime_name).stacks]
     if not names:
         fail(
             "name the stacks with -f FILE or --stack NAME (no compose file here or in a "

@@ -52,7 +52,7 @@ def get(
         files = project_files_here()
     redactor = NO_SECRETS
     if files:  # the stacks' secrets are known only from their manifests
-        loaded = load_or_fail(files, profiles, acting=False)
+        loaded = load_or_fail(files, profiles, acting=False, runtime_name=runtime_name)
         names = sorted({*names, *(s.name for s in loaded.stacks)})
         wanted = []
         for stack in loaded.stacks:
@@ -110,7 +110,7 @@ def logs(
 ) -> None:
     """Print the output of a service's containers (each line prefixed with the replica; on a
     swarm, with the task: <stack>_<service>.<slot>)."""
-    names = stack_names(files, stacks)
+    names = stack_names(files, stacks, runtime_name=runtime_name)
     any_rt = connect_any(runtime_name, root)
     if runs_services(any_rt):  # a swarm: the service's tasks on every node
         from pyapply.reconciler.cli import swarm

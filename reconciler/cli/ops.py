@@ -278,10 +278,10 @@ def restart(
     nothing here but the wait: start-first and stop-first alike wait for the batch."""
     updates: dict[str, UpdateConfig] = {}
     if files:
-        for stack in load_or_fail(files, profiles, acting=False).stacks:
+        for stack in load_or_fail(files, profiles, acting=False, runtime_name=runtime_name).stacks:
             for svc in stack.services:
                 updates[svc.name] = svc.update
-    names = stack_names(files, stacks, profiles)
+    names = stack_names(files, stacks, profiles, runtime_name)
     any_rt = connect_any(runtime_name, root)
     if runs_services(any_rt):  # the swarm replaces the tasks, as update_config says
         from pyapply.reconciler.cli import swarm
@@ -341,7 +341,7 @@ def events(
 ) -> None:
     """Stream the events of the stacks' containers, networks and volumes until interrupted:
     a line each, or a JSON object per line with -o json."""
-    names = stack_names(files, stacks, profiles)
+    names = stack_names(files, stacks, profiles, runtime_name)
     any_rt = connect_any(runtime_name, root)
     if runs_services(any_rt):  # the services, their tasks' containers, networks, ...
         from pyapply.reconciler.cli import swarm
