@@ -23,6 +23,11 @@ def runs_services(rt: Runtime | ServiceRuntime) -> TypeIs[ServiceRuntime]:
     return rt.name in SERVICE_RUNTIMES
 
 
+def chosen_runtime(name: str | None = None) -> str:
+    """The runtime `name` means: itself, else $PYAPPLY_RUNTIME, else native."""
+    return name or os.environ.get("PYAPPLY_RUNTIME") or DEFAULT_RUNTIME
+
+
 def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime | ServiceRuntime:
     """Open the runtime called `name` (default: $PYAPPLY_RUNTIME, else native). `root` is
     the state root of the native runtime (default: $PYAPPLY_ROOT, else /var/lib/pyapply);
@@ -33,7 +38,7 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
     Drivers are imported lazily so that commands that need no runtime (validate, config)
     never import a driver's dependencies.
     """
-    chosen = name or os.environ.get("PYAPPLY_RUNTIME") or DEFAULT_RUNTIME
+    chosen = chosen_runtime(name)
     if chosen == "docker":
         from pyapply.runtime.docker.driver import DockerRuntime
 
@@ -49,11 +54,16 @@ def open_runtime(name: str | None = None, *, root: str | None = None) -> Runtime
     raise Unavailable(f"unknown runtime {chosen!r}; known runtimes: {', '.join(RUNTIMES)}")
 
 
-def open_container_runtime(name: str | None = None, *, root: str | None = None) -> Runtime:
-    """`open_runtime` for callers that run containers only (logs, rollback without an
-    agent): the swarm runtime is refused with a sentence saying so."""
+def open_container_runtime(
+    name: str | None = None, *, root: str | None = None, why: str = ""
+) -> Runtime:
+    """`open_runtime` for callers that work on containers only (exec, run, top, images): the
+    swarm runtime is refused with `why`, the caller's sentence saying why."""
     rt = open_runtime(name, root=root)
     if runs_services(rt):
         rt.close()
-        raise PermanentError("this command does not run on the swarm runtime yet")
+        raise PermanentError(
+            why
+            or "this command works on the containers and images of one host, not on swarm services"
+        )
     return rt

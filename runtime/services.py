@@ -21,7 +21,7 @@ Conventions, as for `runtime.base`:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -38,6 +38,8 @@ __all__ = [
     "Resources",
     "RestartPolicy",
     "ServiceConfig",
+    "ServiceEvent",
+    "ServiceLogLine",
     "ServiceNetwork",
     "ServicePort",
     "ServiceRuntime",
@@ -373,6 +375,28 @@ class ConvergeResult:
     desired: int = 0
 
 
+@dataclass(frozen=True)
+class ServiceLogLine:
+    """One line of a service's output: the task that wrote it (its id; "" when the swarm
+    did not say) and the line's bytes, ending in b"\\n" except a final partial line."""
+
+    task_id: str
+    line: bytes
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    """An Engine event about one of a stack's swarm objects: `kind` service, container (a
+    task's), network, config or secret; `action` as the Engine says it (create, update,
+    remove, start, die, ...); `labels` the object's (for a container, its task's labels)."""
+
+    kind: Literal["service", "container", "network", "config", "secret"]
+    action: str
+    name: str
+    labels: Mapping[str, str]
+    detail: str = ""  # e.g. an update's state change ("updating -> completed")
+
+
 # ---------------------------------------------------------------------------------------------
 # The protocol
 
@@ -408,6 +432,30 @@ class ServiceRuntime(Protocol):
         ...
 
     def service_tasks(self, name: str) -> list[TaskState]: ...
+
+    def service_logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[ServiceLogLine]:
+        """The output of the service's tasks (stdout and stderr interleaved), as the swarm
+        collects it from every node; `tail` lines per task. A missing service is
+        `NotFound`, raised before the first line."""
+        ...
+
+    def redeploy_service(self, name: str) -> None:
+        """Replace every task of the service with a new one of the same spec (`docker
+        service update --force`), rolling as its update policy says. Returns once the swarm
+        accepted the update."""
+        ...
+
+    def rollback_service(self, name: str) -> None:
+        """Put the service back to its previous spec (`docker service rollback`), rolling
+        as its rollback policy says. A service with no previous spec is `PermanentError`."""
+        ...
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[ServiceEvent]:
+        """Events about the services, task containers, networks, configs and secrets that
+        carry `labels`, until the stream is closed."""
+        ...
 
     def wait_converged(self, name: str, timeout_s: float) -> ConvergeResult:
         """Wait until the service's update ends or `timeout_s` passes (never raises on a

@@ -31,10 +31,12 @@ from pyapply.reconciler.agent.history import (
 from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
 from pyapply.reconciler.cli.common import (
     connect,
+    connect_any,
     enforce,
     load_or_fail,
     locked,
     policy_or_fail,
+    stack_names,
 )
 from pyapply.reconciler.cli.main import (
     Failure,
@@ -577,24 +579,65 @@ def history(
 
 
 @click.command()
-@click.argument("revision")
+@click.argument("revision", required=False)
 @socket_option
 @runtime_options
 @age_key_option
 @agent_wait_option
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait for the pass.")
 @click.option("--lock-timeout", default=300.0, show_default=True)
+@click.option(
+    "-f",
+    "--file",
+    "files",
+    multiple=True,
+    type=click.Path(),
+    help="Swarm, without REVISION: manifest naming the stack to roll back.",
+)
+@click.option(
+    "--stack", "stacks", multiple=True, help="Swarm, without REVISION: the stack to roll back."
+)
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    help="Swarm, without REVISION: only these services (default: every one of the stack).",
+)
+@click.option(
+    "--wait-timeout",
+    default=120.0,
+    show_default=True,
+    help="Swarm, without REVISION: seconds to wait for the services to roll back.",
+)
 def rollback(
-    revision: str,
+    revision: str | None,
     socket_path: str | None,
     runtime_name: str | None,
     root: str | None,
     agent_wait: float,
     wait: bool,
     lock_timeout: float,
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    services: tuple[str, ...],
+    wait_timeout: float,
 ) -> None:
     """Apply REVISION's recorded manifests and pin the agent there until `pyapply resume`.
-    REVISION is an id or an unambiguous prefix of at least 7 hex digits."""
+    REVISION is an id or an unambiguous prefix of at least 7 hex digits.
+
+    On swarm without REVISION (`--runtime swarm --stack NAME`, or -f): put each service of
+    the stack back to its previous spec, with Swarm's own rollback (`docker service
+    rollback`), as its rollback_config says."""
+    if revision is None:
+        _swarm_rollback(
+            files, stacks, services, socket_path, runtime_name, root, agent_wait, wait_timeout
+        )
+        return
+    if files or stacks or services:
+        fail(
+            "rollback REVISION applies a whole recorded revision: -f, --stack and --service "
+            "are for a swarm rollback to the previous spec, without REVISION"
+        )
     client = _client(socket_path)
     doc = _ask(
         client,
@@ -612,10 +655,62 @@ def rollback(
     _print_queued(doc, "rollback")
 
 
+def _swarm_rollback(
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    services: tuple[str, ...],
+    socket_path: str | None,
+    runtime_name: str | None,
+    root: str | None,
+    agent_wait: float,
+    wait_timeout: float,
+) -> None:
+    """`rollback` without a revision: Swarm's own rollback of each service to its previous
+    spec. Refused where it would not last or does not exist: under a running agent (its
+    next resync would apply the manifests again) and on the runtimes of one host (which
+    keep no previous spec: roll back to a revision there)."""
+    from pyapply.reconciler.cli import swarm
+    from pyapply.runtime.drivers import runs_services
+
+    if not files and not stacks:
+        fail(
+            "name the REVISION to roll back to (`pyapply history` lists them), or, on swarm, "
+            "the stack whose services go back to their previous spec (--stack NAME or -f)"
+        )
+    names = stack_names(files, stacks, runtime_name=runtime_name)
+    rt = connect_any(runtime_name, root)
+    if not runs_services(rt):
+        rt.close()
+        fail(
+            f"runtime {rt.name} keeps no previous spec of a service to roll back to: name the "
+            "REVISION to roll back to (`pyapply history` lists them)"
+        )
+    root_dir = state_root(root)
+    client = _client(socket_path)
+    if _ask(client, "GET", "/v1/status", root_dir, agent_wait) is not None:
+        fail(
+            f"an agent answers on {client.path}: it would apply the manifests again on its "
+            "next resync, undoing a rollback of the services; roll back to a revision "
+            "instead (`pyapply rollback REV` pins the agent there)"
+        )
+    try:
+        swarm.rollback(rt, names, services, wait_timeout=wait_timeout)
+    finally:
+        rt.close()
+
+
 def _rollback_here(
     revision: str, runtime_name: str | None, root: str | None, lock_timeout: float
 ) -> None:
     root_dir = state_root(root)
+    rt = connect(
+        runtime_name,
+        root_dir,
+        swarm="without an agent, rollback REVISION runs on the runtimes of one host only: "
+        "run the agent on the manager (`pyapply watch DIR --runtime swarm`), or put the "
+        "services back to their previous spec (`pyapply rollback --runtime swarm --stack "
+        "NAME`)",
+    )
     try:
         hist = History(root_dir)
         full, subject, files = hist.revision_files(revision)
@@ -631,7 +726,6 @@ def _rollback_here(
         policy = policy_or_fail(None, "warn", root_dir)
         loaded = load_or_fail([directory], policy=policy)
         enforce(loaded, policy, "text")
-        rt = connect(runtime_name, root_dir)
         wanted = desired_all(loaded, revision=full, root=root_dir)
         redactor = redactor_for(wanted)
         try:

@@ -108,7 +108,7 @@ def apply(
     from pyapply.reconciler.engine.apply import Hooks, apply_all  # not for a diff
 
     policy = policy_or_fail(policy_arg, "warn", root)
-    loaded = load_or_fail(files, profiles, policy=policy)
+    loaded = load_or_fail(files, profiles, policy=policy, runtime_name=runtime_name)
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
@@ -202,7 +202,7 @@ def diff_cmd(
 ) -> None:
     """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
     policy = policy_or_fail(policy_arg, "warn", root)
-    loaded = load_or_fail(files, profiles, policy=policy)
+    loaded = load_or_fail(files, profiles, policy=policy, runtime_name=runtime_name)
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
@@ -252,7 +252,7 @@ def down(
     """Remove everything the stacks own (named volumes only with --volumes). Alias: delete."""
     from pyapply.reconciler.engine.down import down_stack
 
-    names = stack_names(files, stacks, profiles)
+    names = stack_names(files, stacks, profiles, runtime_name)
     rt = connect_any(runtime_name, root)
     if runs_services(rt):  # a swarm: services, not containers
         from pyapply.reconciler.cli import swarm

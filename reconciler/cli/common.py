@@ -21,7 +21,12 @@ from pyapply.reconciler.engine.reconcile import state_root
 from pyapply.reconciler.manifest.loader import Loaded, load
 from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
-from pyapply.runtime.drivers import open_container_runtime, open_runtime
+from pyapply.runtime.drivers import (
+    SERVICE_RUNTIMES,
+    chosen_runtime,
+    open_container_runtime,
+    open_runtime,
+)
 
 if TYPE_CHECKING:
     from pyapply.reconciler.manifest.policy import Finding, Policy
@@ -35,10 +40,12 @@ def load_or_fail(
     acting: bool = True,
     policy: Policy | None = None,
     strict: bool = True,
+    runtime_name: str | None = None,
 ) -> Loaded:
     """Load the manifests, or print every problem and fail (`acting`: the command would have
     changed something, so say that nothing was). With a `policy`, env files it denies are
-    not read (`enforce` reports them). `strict` off: see `load`."""
+    not read (`enforce` reports them). `strict` off: see `load`. On a swarm (`runtime_name`,
+    as `--runtime` gives it) the warnings about the runtimes of one host are not said."""
     guard = policy.file_guard() if policy is not None else None
     try:
         loaded = load(
@@ -54,8 +61,10 @@ def load_or_fail(
         n = len(exc.problems)
         tail = "; nothing was changed" if acting else ""
         fail(f"{n} error{'s' if n != 1 else ''} in the manifests{tail}")
+    on_swarm = chosen_runtime(runtime_name) in SERVICE_RUNTIMES
     for warning in loaded.warnings:
-        err(str(warning))
+        if not (on_swarm and warning.one_host):
+            err(str(warning))
     return loaded
 
 
@@ -114,10 +123,11 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
     return findings
 
 
-def connect(runtime_name: str | None, root: str | None = None) -> Runtime:
-    """The runtime, for commands that work on containers (the swarm runtime is refused)."""
+def connect(runtime_name: str | None, root: str | None = None, *, swarm: str = "") -> Runtime:
+    """The runtime, for commands that work on containers. The swarm runtime is refused with
+    `swarm`, the sentence saying why the command has no meaning there."""
     try:
-        return open_container_runtime(runtime_name, root=state_root(root))
+        return open_container_runtime(runtime_name, root=state_root(root), why=swarm)
     except RuntimeFailure as exc:
         fail(exc.message)
 
@@ -165,13 +175,16 @@ def locked(root: str, timeout: float) -> AbstractContextManager[None]:
 
 
 def stack_names(
-    files: tuple[str, ...], stacks: tuple[str, ...], profiles: Sequence[str] = ()
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    profiles: Sequence[str] = (),
+    runtime_name: str | None = None,
 ) -> list[str]:
     names = list(stacks)
     if not files and not stacks:
         files = project_files_here()
     if files:
-        names += [s.name for s in load_or_fail(files, profiles).stacks]
+        names += [s.name for s in load_or_fail(files, profiles, runtime_name=runtime_name).stacks]
     if not names:
         fail(
             "name the stacks with -f FILE or --stack NAME (no compose file here or in a "

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import click
 
-from pyapply.reconciler.cli.common import connect, connect_any, load_or_fail, stack_names
+from pyapply.reconciler.cli.common import connect_any, load_or_fail, stack_names
 from pyapply.reconciler.cli.main import (
     age_key_option,
     fail,
@@ -52,7 +52,7 @@ def get(
         files = project_files_here()
     redactor = NO_SECRETS
     if files:  # the stacks' secrets are known only from their manifests
-        loaded = load_or_fail(files, profiles, acting=False)
+        loaded = load_or_fail(files, profiles, acting=False, runtime_name=runtime_name)
         names = sorted({*names, *(s.name for s in loaded.stacks)})
         wanted = []
         for stack in loaded.stacks:
@@ -108,9 +108,16 @@ def logs(
     follow: bool,
     tail: int | None,
 ) -> None:
-    """Print the output of a service's containers (each line prefixed with the replica)."""
-    names = stack_names(files, stacks)
-    rt = connect(runtime_name, root)
+    """Print the output of a service's containers (each line prefixed with the replica; on a
+    swarm, with the task: <stack>_<service>.<slot>)."""
+    names = stack_names(files, stacks, runtime_name=runtime_name)
+    any_rt = connect_any(runtime_name, root)
+    if runs_services(any_rt):  # a swarm: the service's tasks on every node
+        from pyapply.reconciler.cli import swarm
+
+        swarm.logs(any_rt, names, service, follow=follow, tail=tail)
+        return
+    rt = any_rt
     containers = [
         c
         for name in names

@@ -1,7 +1,8 @@
 """The everyday commands on a stack's running containers, by their compose names: `exec`
 (a command in a replica, on this terminal), `run` (a one-off container with a service's
-config), `restart` (rolling, as `update_config` says), `events` and `top`. They work on
-containers, so the swarm runtime refuses them (`common.connect`)."""
+config), `restart` (rolling, as `update_config` says), `events` and `top`. On the swarm runtime
+`restart` and `events` are the services' (`cli.swarm`); `exec`, `run` and `top` refuse with
+the reason: they need a container of this host, which a swarm's tasks are not."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pyapply.reconciler.cli.common import connect, load_or_fail, stack_names
+from pyapply.reconciler.cli.common import connect, connect_any, load_or_fail, stack_names
 from pyapply.reconciler.cli.main import (
     age_key_option,
     err,
@@ -33,12 +34,19 @@ from pyapply.runtime.base import (
     Runtime,
     RuntimeFailure,
 )
+from pyapply.runtime.drivers import runs_services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # the label of a one-off container of `run`: it carries no stack label, so no diff, apply,
 # get or down of the stack counts it as a replica
 RUN_OF = identity.PREFIX + "run-of"
+
+# why exec and top refuse the swarm runtime
+_ON_A_NODE = (
+    "{what} works on a container of this host, and a swarm service's tasks run on any node: "
+    "use `docker {what}` on the node that runs the task (`pyapply get` lists the nodes)"
+)
 
 # options after SERVICE belong to the command run in the container (`exec web ls -l`)
 PASS_THROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True}
@@ -112,7 +120,7 @@ def exec_cmd(
     if index < 1:
         fail(f"--index {index}: replicas are numbered from 1")
     names = stack_names(files, stacks, profiles)
-    rt = connect(runtime_name, root)
+    rt = connect(runtime_name, root, swarm=_ON_A_NODE.format(what="exec"))
     containers = replicas(rt, names, service)
     chosen = [c for c in containers if _replica(c) == index]
     if not chosen:
@@ -169,7 +177,12 @@ def run_cmd(
     if template is None:  # scaled to zero: its config is still the service's
         fail(f"service {service} has no container config (replicas: 0?)")
     config = one_off(template, stack.name, service, command, env)
-    rt = connect(runtime_name, root)
+    rt = connect(
+        runtime_name,
+        root,
+        swarm="run makes a one-off container on this host, which a swarm service is not: "
+        "use `docker run` with the service's image, or --runtime docker on the manager",
+    )
     for att in config.networks:
         if rt.get_network(att.network) is None:
             fail(f"network {att.network} does not exist: apply the stack first")
@@ -265,11 +278,19 @@ def restart(
     nothing here but the wait: start-first and stop-first alike wait for the batch."""
     updates: dict[str, UpdateConfig] = {}
     if files:
-        for stack in load_or_fail(files, profiles, acting=False).stacks:
+        for stack in load_or_fail(files, profiles, acting=False, runtime_name=runtime_name).stacks:
             for svc in stack.services:
                 updates[svc.name] = svc.update
-    names = stack_names(files, stacks, profiles)
-    rt = connect(runtime_name, root)
+    names = stack_names(files, stacks, profiles, runtime_name)
+    any_rt = connect_any(runtime_name, root)
+    if runs_services(any_rt):  # the swarm replaces the tasks, as update_config says
+        from pyapply.reconciler.cli import swarm
+
+        if stop_timeout is not None:
+            fail("--timeout: on swarm a task stops as its service's stop_grace_period says")
+        swarm.restart(any_rt, names, services, wait_timeout=wait_timeout)
+        return
+    rt = any_rt
     for service in services:
         update = updates.get(service, UpdateConfig())
         containers = replicas(rt, names, service)
@@ -320,8 +341,14 @@ def events(
 ) -> None:
     """Stream the events of the stacks' containers, networks and volumes until interrupted:
     a line each, or a JSON object per line with -o json."""
-    names = stack_names(files, stacks, profiles)
-    rt = connect(runtime_name, root)
+    names = stack_names(files, stacks, profiles, runtime_name)
+    any_rt = connect_any(runtime_name, root)
+    if runs_services(any_rt):  # the services, their tasks' containers, networks, ...
+        from pyapply.reconciler.cli import swarm
+
+        swarm.events(any_rt, names, output=output)
+        return
+    rt = any_rt
     labels = {identity.STACK: names[0] if len(names) == 1 else ""}
     try:
         for ev in rt.events(labels):
@@ -363,7 +390,7 @@ def top(
     from pyapply.reconciler.view.objects import process_lines
 
     names = stack_names(files, stacks, profiles)
-    rt = connect(runtime_name, root)
+    rt = connect(runtime_name, root, swarm=_ON_A_NODE.format(what="top"))
     tables = [(c.name, *rt.top(c.name)) for c in replicas(rt, names, service) if c.running]
     if not tables:
         fail(f"no running containers of service {service}")

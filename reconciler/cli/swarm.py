@@ -1,4 +1,5 @@
-"""`apply`, `diff`, `down` and `get` on the swarm runtime (`--runtime swarm`).
+"""`apply`, `diff`, `down`, `get`, `logs`, `restart`, `events` and `rollback` on the swarm
+runtime (`--runtime swarm`).
 
 `cli/main.py` hands a command over here once it has opened a `ServiceRuntime`; the manifests
 are loaded and the policy enforced there already. Output and exit codes are the other
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import click
@@ -31,10 +33,10 @@ from pyapply.reconciler.engine.swarm import (
 )
 from pyapply.reconciler.manifest.loader import Loaded
 from pyapply.reconciler.view.plan_text import outcome_summary, plan_text, plans_json
-from pyapply.runtime.base import RuntimeFailure
-from pyapply.runtime.services import ServiceRuntime
+from pyapply.runtime.base import PermanentError, RuntimeFailure
+from pyapply.runtime.services import ServiceRuntime, TaskState
 
-__all__ = ["apply", "diff", "down", "get"]
+__all__ = ["apply", "diff", "down", "events", "get", "logs", "restart", "rollback"]
 
 EXIT_ERROR, EXIT_DRIFT = 1, 2
 
@@ -293,3 +295,228 @@ def get(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
             )
             if n["state"] != "ready":
                 click.echo(f"  ! node {n['hostname']} is {n['state']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# logs, restart, events, rollback: the everyday commands, as a `docker service` user knows them
+
+
+def _services_of(rt: ServiceRuntime, names: list[str], services: Sequence[str]) -> list[str]:
+    """The swarm service names of `services` in the stacks (`<stack>_<service>`); a service
+    that none of them has is an error naming the services they have."""
+    found: list[str] = []
+    for service in services:
+        hits = [
+            s.name
+            for stack in names
+            for s in rt.list_services({identity.STACK: stack, identity.SERVICE: service})
+        ]
+        if not hits:
+            have = sorted(
+                {
+                    s.labels.get(identity.SERVICE, s.name)
+                    for stack in names
+                    for s in rt.list_services({identity.STACK: stack})
+                }
+            )
+            _fail(
+                f"no service {service} in stack {', '.join(names)} on the swarm"
+                + (f" (services: {', '.join(have)})" if have else " (apply it first)")
+            )
+        found += hits
+    return found
+
+
+def task_labels(service: str, tasks: Sequence[TaskState]) -> dict[str, str]:
+    """What to prefix the lines of each task of `service` with, by task id:
+    `<service>.<slot>` (a global
+    service's task: `<service>.<node>`), as `docker service ps` names tasks, with the task's
+    short id added where an older task of the same slot shares the name."""
+
+    def base(t: TaskState) -> str:
+        return f"{service}.{t.slot if t.slot is not None else t.node or t.node_id[:12]}"
+
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[base(t)] = counts.get(base(t), 0) + 1
+    return {t.id: base(t) + (f".{t.id[:6]}" if counts[base(t)] > 1 else "") for t in tasks}
+
+
+def logs(
+    rt: ServiceRuntime, names: list[str], service: str, *, follow: bool, tail: int | None
+) -> None:
+    """The service's output from every task on every node, through the manager (the
+    Engine's service logs); each line prefixed with its task when the service has more than
+    one (`task_labels`). `--follow` streams until interrupted; `--tail N` per task."""
+    import threading
+
+    try:
+        [name, *more] = _services_of(rt, names, [service])
+        if more:
+            _fail(f"service {service} is in more than one stack: name one with --stack")
+        labels = task_labels(name, rt.service_tasks(name))
+        prefix = len(labels) > 1 or follow
+        width = max((len(v) for v in labels.values()), default=0)
+        lock = threading.Lock()
+
+        def label_of(task_id: str) -> str:
+            with lock:
+                if task_id and task_id not in labels:  # a task made while following
+                    labels.update(task_labels(name, rt.service_tasks(name)))
+                return labels.get(task_id) or task_id[:12] or name
+
+        stream = rt.service_logs(name, follow=follow, tail=tail)
+        try:
+            for entry in stream:
+                text = entry.line.decode(errors="replace").rstrip("\n")
+                if prefix:
+                    click.echo(f"{label_of(entry.task_id).ljust(width)} | {text}")
+                else:
+                    click.echo(text)
+                if follow:
+                    sys.stdout.flush()
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
+    except KeyboardInterrupt:  # the way to end --follow: not an error
+        return
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+
+
+def restart(
+    rt: ServiceRuntime, names: list[str], services: Sequence[str], *, wait_timeout: float
+) -> None:
+    """`docker service update --force` for each service: the swarm replaces every task with
+    a new one of the same spec, rolling as the service's update_config says (parallelism,
+    delay, order, monitor, failure_action -- already in its spec), and pyapply waits for
+    each update to end (or roll back) within `wait_timeout`."""
+    import time
+
+    ok = True
+    try:
+        targets = _services_of(rt, names, services)
+        for name in targets:
+            rt.redeploy_service(name)
+        deadline = time.monotonic() + wait_timeout
+        for name in targets:
+            result = rt.wait_converged(name, max(0.0, deadline - time.monotonic()))
+            counts = f"{result.running}/{result.desired} running"
+            if result.outcome == "converged":
+                click.echo(f"restarted {name}: converged in {result.seconds:.1f}s ({counts})")
+            else:
+                ok = False
+                click.echo(f"restart of {name}: {result.outcome}: {result.message or counts}")
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+    if not ok:
+        _fail("some services did not converge after their restart")
+
+
+def events(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
+    """The Engine's events about the stacks' services, task containers, networks, configs
+    and secrets, until interrupted: a line each, or a JSON object per line."""
+    import time
+
+    labels = {identity.STACK: names[0] if len(names) == 1 else ""}
+    try:
+        stream = rt.events(labels)
+        for ev in stream:
+            stack = ev.labels.get(identity.STACK, "")
+            if stack not in names:
+                continue
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if output == "json":
+                doc = {
+                    "time": now,
+                    "stack": stack,
+                    "service": ev.labels.get(identity.SERVICE),
+                    "kind": ev.kind,
+                    "action": ev.action,
+                    "name": ev.name,
+                    "detail": ev.detail or None,
+                }
+                click.echo(json.dumps(doc))
+            else:
+                tail = f" ({ev.detail})" if ev.detail else ""
+                click.echo(f"{now} {ev.kind} {ev.action} {ev.name}{tail}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # the way to end a stream: not an error
+        return
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+
+
+def rollback(
+    rt: ServiceRuntime, names: list[str], services: Sequence[str], *, wait_timeout: float
+) -> None:
+    """`docker service rollback` for each service of the stacks (all of them, or
+    `services`): the swarm puts each back to its previous spec, rolling as its
+    rollback_config says, and pyapply waits for each within `wait_timeout`. A service never
+    updated has no previous spec: it is said and left as it is. The manifests are not
+    touched: the next apply of them updates the services again."""
+    import time
+
+    ok = True
+    try:
+        if services:
+            targets = _services_of(rt, names, services)
+        else:
+            targets = sorted(
+                s.name for stack in names for s in rt.list_services({identity.STACK: stack})
+            )
+            if not targets:
+                _fail(f"stack {', '.join(names)} has no services on the swarm")
+        started: list[tuple[str, str | None]] = []
+        for name in targets:
+            # the last update's start: a rollback is done when a later one completed
+            before = rt.get_service(name)
+            since = before.update.started_at if before and before.update else None
+            try:
+                rt.rollback_service(name)
+            except PermanentError as exc:
+                ok = False
+                click.echo(f"not rolled back: {exc.message}")
+                continue
+            started.append((name, since))
+        deadline = time.monotonic() + wait_timeout
+        for name, since in started:
+            ok = _rolled_back(rt, name, since, deadline) and ok
+    except RuntimeFailure as exc:
+        _fail(exc.message)
+    if not ok:
+        _fail("some services were not rolled back")
+
+
+def _rolled_back(rt: ServiceRuntime, name: str, since: str | None, deadline: float) -> bool:
+    """Wait for the rollback of `name` to end: the swarm's update status, of an update
+    started after `since` (the one before the rollback was asked for), reads
+    rollback_completed (and the tasks run) -- success --, or rollback_paused, or the
+    deadline passes. Said in one line; whether it succeeded is returned."""
+    import time
+
+    start = time.monotonic()
+    state = None
+    while True:
+        state = rt.get_service(name)
+        up = state.update if state is not None else None
+        if up is not None and up.started_at == since:
+            up = None  # the update before the rollback: it has not started yet
+        if state is None:
+            click.echo(f"rollback of {name}: the service is gone")
+            return False
+        counts = f"{state.running_tasks}/{state.desired_tasks} running"
+        if up is not None and up.state == "rollback_completed":
+            if state.running_tasks >= state.desired_tasks:
+                took = time.monotonic() - start
+                click.echo(f"rolled back {name} to its previous spec in {took:.1f}s ({counts})")
+                return True
+        elif up is not None and up.state == "rollback_paused":
+            click.echo(f"rollback of {name}: paused: {up.message or counts}")
+            return False
+        if time.monotonic() >= deadline:
+            where = up.state if up is not None else "not started"
+            click.echo(f"rollback of {name}: not done within the wait timeout ({where}, {counts})")
+            return False
+        time.sleep(0.5)

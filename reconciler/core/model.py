@@ -361,6 +361,9 @@ class Problem:
     location: Location | None = None
     path: str = ""  # JSON path of the field, e.g. spec.services.web.ports[0]
     severity: Literal["error", "warning"] = "error"
+    # a warning about what the runtimes of one host do with the field (ignore it, lack the
+    # driver): not said when the stack goes to a swarm, which has the concept
+    one_host: bool = False
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""

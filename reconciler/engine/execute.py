@@ -2,8 +2,8 @@
 
 Every action is idempotent (the runtime's create/remove calls are), so a pass interrupted at
 any point is finished by the next one. Transient runtime errors are retried with exponential
-back-off and jitter (tenacity); permanent ones fail the action at once, and the actions that
-depend on it are skipped. The outcome is a value, not an exception.
+back-off and jitter (`engine.retry`, the loop the swarm's executor shares); permanent ones fail
+the action at once, and the actions that depend on it are skipped. The outcome is a value, not an exception.
 
 One escalation, decided here and nowhere else: a container's start that fails because the
 runtime holds stale state of it (`Stuck`: a port a leaked proxy holds, a task a killed
@@ -18,19 +18,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
-
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from pyapply.reconciler.core.plan import Action, Plan
+from pyapply.reconciler.engine.retry import Backoff, Retry
 from pyapply.runtime.base import (
     BuildEvent,
     BuildFailed,
@@ -41,6 +33,9 @@ from pyapply.runtime.base import (
     Stuck,
 )
 from pyapply.runtime.statefs import atomic_write, private_dir
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 Status = Literal["done", "failed", "skipped"]
 
@@ -107,12 +102,13 @@ class Settings:
     # the progress of a build action: (the image being built, an event of its build)
     on_build: Callable[[str, BuildEvent], None] | None = None
 
+    @property
+    def backoff(self) -> Backoff:
+        """The retry loop's tries and waits (`engine.retry`)."""
+        return Backoff(self.attempts, self.backoff_initial_s, self.backoff_max_s, self.sleep)
+
 
 _STARTS = ("create", "start", "restart")  # the ops that start a container
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, RuntimeFailure) and exc.retryable
 
 
 @dataclass
@@ -148,6 +144,9 @@ class Executor:
     # -- the DAG -------------------------------------------------------------------------
 
     def run(self, plan: Plan) -> Outcome:
+        # imported here: a pass with nothing to do never runs the pool
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
         actions = {a.id: a for a in plan.actions}
         pending = dict(actions)
         results: dict[str, ActionResult] = {}
@@ -199,29 +198,17 @@ class Executor:
         attempts = 1 if action.op == "wait" else self.settings.attempts
         escalation = _Escalation()
 
-        def retryable(exc: BaseException) -> bool:
+        retrying = Retry(
+            self.settings.backoff,
+            attempts=attempts,
             # a stuck start is tried again (bounded): `_start` recreates at the last try
-            return _is_retryable(exc) or (isinstance(exc, Stuck) and action.op in _STARTS)
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0.0
-            self.reporter.retrying(action, state.attempt_number, str(exc), delay)
-
-        retrying = Retrying(
-            retry=retry_if_exception(retryable),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(
-                multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
-            ),
-            sleep=self.settings.sleep,
-            before_sleep=before_sleep,
-            reraise=True,
+            also=lambda exc: isinstance(exc, Stuck) and action.op in _STARTS,
+            on_retry=lambda n, exc, delay: self.reporter.retrying(action, n, str(exc), delay),
         )
         try:
             retrying(self._perform, action, escalation)
         except RuntimeFailure as exc:
-            n = retrying.statistics.get("attempt_number", 1)
+            n = retrying.attempts_made
             error = failure_text(exc)
             if escalation.recreated:
                 error = f"{error} (even after it was {escalation.note()})"
@@ -232,7 +219,7 @@ class Executor:
             )
         except OSError as exc:  # writing a config/secret file
             return ActionResult(action, "failed", time.monotonic() - start, str(exc))
-        n = retrying.statistics.get("attempt_number", 1)
+        n = retrying.attempts_made
         return ActionResult(
             action, "done", time.monotonic() - start, attempts=n, note=escalation.note()
         )

@@ -3,7 +3,8 @@
 back within the wait timeout.
 
 The executor's rules hold here too: every action is idempotent (create calls accept an object
-that is already ours), transient errors are retried with exponential back-off and jitter, a
+that is already ours), transient errors are retried with exponential back-off and jitter (the
+same loop and rule as `engine.execute`'s: `engine.retry`), a
 failed action skips the actions that depend on it, and the outcome is a value
 (`execute.Outcome`). A `wait_service` action is never retried: its result is the swarm's
 verdict on the update (converged, rolled back, paused, timed out), said per service.
@@ -17,8 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
-
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
@@ -46,6 +45,7 @@ from pyapply.reconciler.engine.reconcile import (
     StackResult,
     read_file_objects,
 )
+from pyapply.reconciler.engine.retry import Retry
 from pyapply.runtime.base import Conflict, NotFound, RuntimeFailure
 from pyapply.runtime.services import OverlayNetworkState, ServiceRuntime
 
@@ -236,34 +236,30 @@ def execute(
             continue
         reporter.started(action)
         start = time.monotonic()
-        attempts = 1 if action.op == "wait_service" else settings.attempts
 
-        def before_sleep(state: object, action: Action = action) -> None:
-            outcome = getattr(state, "outcome", None)
-            exc = outcome.exception() if outcome is not None else None
-            nxt = getattr(state, "next_action", None)
-            reporter.retrying(
-                action, getattr(state, "attempt_number", 0), str(exc), nxt.sleep if nxt else 0.0
-            )
+        def on_retry(n: int, exc: BaseException, delay: float, action: Action = action) -> None:
+            reporter.retrying(action, n, str(exc), delay)
 
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, RuntimeFailure) and e.retryable),
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(
-                multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
-            ),
-            sleep=settings.sleep,
-            before_sleep=before_sleep,
-            reraise=True,
+        # the retry loop and rule of every executor (`engine.retry`); a wait is a verdict
+        retrying = Retry(
+            settings.backoff,
+            attempts=1 if action.op == "wait_service" else None,
+            on_retry=on_retry,
         )
         try:
             note = retrying(_perform, rt, action, deadline)
         except RuntimeFailure as exc:
-            n = retrying.statistics.get("attempt_number", 1)
-            result = ActionResult(action, "failed", time.monotonic() - start, exc.message, n)
+            result = ActionResult(
+                action, "failed", time.monotonic() - start, exc.message, retrying.attempts_made
+            )
         else:
-            n = retrying.statistics.get("attempt_number", 1)
-            result = ActionResult(action, "done", time.monotonic() - start, attempts=n, note=note)
+            result = ActionResult(
+                action,
+                "done",
+                time.monotonic() - start,
+                attempts=retrying.attempts_made,
+                note=note,
+            )
         results[action.id] = result
         reporter.finished(result)
     return Outcome(tuple(results[a.id] for a in plan.actions))

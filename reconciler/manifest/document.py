@@ -289,10 +289,15 @@ class Context:
         return locate(self.doc, self.source.display, path, key=key)
 
     def report(
-        self, severity: Literal["error", "warning"], path: Path, message: str, key: bool
+        self,
+        severity: Literal["error", "warning"],
+        path: Path,
+        message: str,
+        key: bool,
+        one_host: bool = False,
     ) -> None:
         self.session.problems.append(
-            Problem(message, self.location(path, key=key), format_path(path), severity)
+            Problem(message, self.location(path, key=key), format_path(path), severity, one_host)
         )
 
     def error(self, path: Path, message: str, *, key: bool = False) -> None:
@@ -306,8 +311,9 @@ class Context:
         else:
             self.warn(path, message, key=key)
 
-    def warn(self, path: Path, message: str, *, key: bool = False) -> None:
-        self.report("warning", path, message, key)
+    def warn(self, path: Path, message: str, *, key: bool = False, one_host: bool = False) -> None:
+        """A warning; `one_host`: about the runtimes of one host only (`Problem.one_host`)."""
+        self.report("warning", path, message, key, one_host)
 
     def ok(self, path: Path) -> bool:
         """No schema error at or below `path`, so its value has the shape the schema says."""

@@ -158,6 +158,7 @@ def deploy(b: ServiceBuilder) -> None:
                     (*dpath, *parts),
                     f"{what} is used by the swarm runtime only; the runtimes of one host ignore it",
                     key=True,
+                    one_host=True,
                 )
     # replicas: deploy.replicas, else the legacy scale
     replicas = b.get("deploy", "replicas")

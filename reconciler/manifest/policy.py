@@ -24,7 +24,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
-import importlib.resources
 import json
 import os
 import stat
@@ -259,10 +258,9 @@ def builtin(name: str) -> Policy:
 
 @functools.cache
 def _schema() -> dict[str, Any]:
-    text = (importlib.resources.files("pyapply.schemas") / "v1" / "policy.schema.json").read_text(
-        encoding="utf-8"
-    )
-    return cast(dict[str, Any], json.loads(text))
+    from pyapply.schemas import load_v1
+
+    return cast(dict[str, Any], load_v1("policy.schema.json"))
 
 
 def schema() -> dict[str, Any]:

@@ -48,18 +48,37 @@ def _git(cwd: str, *args: str) -> str | None:
     return out.stdout.strip()
 
 
+def _in_work_tree(directory: str) -> bool:
+    """Whether git could find a repository from `directory`: a `.git` in it or above, or
+    git's own variables naming one. Decided without starting git, so that manifests outside
+    any repository (the common case of a `-f` file) cost no process."""
+    if os.environ.get("GIT_DIR") or os.environ.get("GIT_WORK_TREE"):
+        return True
+    here = os.path.abspath(directory)
+    while True:
+        if os.path.lexists(os.path.join(here, ".git")):
+            return True
+        parent = os.path.dirname(here)
+        if parent == here:
+            return False
+        here = parent
+
+
 def identify(files: tuple[str, ...], content_digest: str) -> Revision:
     fallback = Revision(id=f"sha256:{content_digest[:12]}")
     if not files:
         return fallback
     directory = os.path.dirname(files[0])
+    if not _in_work_tree(directory):
+        return fallback
     top = _git(directory, "rev-parse", "--show-toplevel")
     if not top or not all(os.path.realpath(f).startswith(os.path.realpath(top)) for f in files):
         return fallback
-    commit = _git(directory, "rev-parse", "HEAD")
+    # the commit and its subject in one call (one process less)
+    head = _git(directory, "log", "-1", "--format=%H%n%s")
+    commit, _, subject = (head or "").partition("\n")
     if not commit:
         return fallback
-    subject = _git(directory, "log", "-1", "--format=%s") or ""
     dirty = _git(top, "status", "--porcelain", "--", *files)
     rev_id = commit[:12]
     if dirty:

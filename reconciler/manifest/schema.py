@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
 import json
 import math
 import os
@@ -49,11 +48,9 @@ def errors(name: str, data: Any) -> list[tuple[Path, str, bool]]:
 
 @functools.cache
 def _schemas() -> dict[str, dict[str, Any]]:
-    root = importlib.resources.files("pyapply.schemas") / "v1"
-    return {
-        name: json.loads((root / f"{name}.schema.json").read_text(encoding="utf-8"))
-        for name in ("stack", "compose")
-    }
+    from pyapply.schemas import load_v1
+
+    return {name: load_v1(f"{name}.schema.json") for name in ("stack", "compose")}
 
 
 @functools.cache

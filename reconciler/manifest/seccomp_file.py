@@ -10,7 +10,6 @@ Only a regular file of bounded size is read, so a FIFO or /dev/zero cannot stall
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import json
 import os
 import stat
@@ -29,9 +28,9 @@ class ProfileError(PyapplyError, ValueError):
 def _validator() -> Any:
     from jsonschema import Draft202012Validator
 
-    root = importlib.resources.files("pyapply.schemas") / "v1"
-    schema = json.loads((root / "seccomp.schema.json").read_text(encoding="utf-8"))
-    return Draft202012Validator(schema)
+    from pyapply.schemas import load_v1
+
+    return Draft202012Validator(load_v1("seccomp.schema.json"))
 
 
 def _read(path: str, shown: str) -> bytes:

@@ -116,6 +116,7 @@ class StackDraft:
             ctx.warn(
                 (*path, "driver"),
                 f'network driver {show(driver)} is not supported; only "bridge" is',
+                one_host=True,
             )
         subnet = gateway = None
         ipam = raw.get("ipam") or {}

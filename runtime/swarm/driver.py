@@ -33,15 +33,17 @@ from pyapply.runtime.base import (
     same_owner,
 )
 from pyapply.runtime.docker.driver import sdk_client, unix_socket_path
-from pyapply.runtime.docker.engine import EngineHTTP
+from pyapply.runtime.docker.engine import EngineError, EngineHTTP
 from pyapply.runtime.docker.errors import translatable_errors, translate
-from pyapply.runtime.docker.normalise import label_filters
+from pyapply.runtime.docker.normalise import label_filters, labels_match
 from pyapply.runtime.services import (
     ConvergeResult,
     NodeState,
     OverlayNetworkConfig,
     OverlayNetworkState,
     ServiceConfig,
+    ServiceEvent,
+    ServiceLogLine,
     ServiceRuntime,
     ServiceState,
     SwarmObjectConfig,
@@ -70,6 +72,8 @@ _NETWORK_GONE_S = 20.0
 # orchestrator makes a new service's tasks within milliseconds).
 _GLOBAL_GRACE_S = 3.0
 _OBJECT_PATHS = {"config": "/configs", "secret": "/secrets"}
+# Container event attributes that are not labels.
+_CONTAINER_ATTRS = frozenset(("name", "image", "exitCode", "signal", "execID", "container"))
 
 
 class SwarmRuntime:
@@ -121,6 +125,27 @@ class SwarmRuntime:
                 return engine.get(path, params)
             api = self._api()
             return api._result(api._get(api._url(path), params=params), json=True)
+
+    def _get_many(self, requests: Sequence[tuple[str, str, Mapping[str, str] | None]]) -> list[Any]:
+        """GET each (action, path, params) and return the answers in order; the first
+        failure is raised, translated for its action. Over a UNIX socket the requests are
+        pipelined on one kept-alive connection (one round trip instead of one each, which
+        is most of what a no-op apply waits for); otherwise they are made in turn."""
+        if self._socket_path is None or len(requests) < 2:
+            return [self._get(action, path, params) for action, path, params in requests]
+        with self._lock:
+            if self._engine is None:
+                self._engine = EngineHTTP(self._socket_path, timeout=self._timeout)
+            engine = self._engine
+        paths = [path + ("?" + urllib.parse.urlencode(p) if p else "") for _, path, p in requests]
+        with self._boundary(requests[0][0]):
+            answers = engine.get_all(paths)
+        out: list[Any] = []
+        for (action, _, _), answer in zip(requests, answers, strict=False):
+            if isinstance(answer, EngineError):  # answers end at a failure
+                raise _swarm_failure(translate(answer, action, self._daemon), action) from answer
+            out.append(answer)
+        return out
 
     def _post(
         self, action: str, path: str, body: JSON, params: Mapping[str, str] | None = None
@@ -197,12 +222,20 @@ class SwarmRuntime:
         services = list(self._get("list services", "/services", params) or [])
         if not services:
             return []
-        tasks = self._tasks_json([str(s.get("ID")) for s in services])
+        # the tasks, the network names and the node names in one pipelined round trip
+        ids = [str(s.get("ID")) for s in services]
+        tasks, nets, nodes = self._get_many(
+            [
+                ("list tasks", "/tasks", {"filters": json.dumps({"service": ids})}),
+                ("list networks", "/networks", None),
+                ("list nodes", "/nodes", None),
+            ]
+        )
         by_service: dict[str, list[JSON]] = {}
-        for t in tasks:
+        for t in tasks or []:
             by_service.setdefault(str(t.get("ServiceID")), []).append(t)
-        networks = self._network_names()
-        hostnames = self._hostnames()
+        networks = {str(n.get("Id")): str(n.get("Name")) for n in nets or []}
+        hostnames = {n.id: n.hostname for n in (node_state(n) for n in nodes or [])}
         return sorted(
             (
                 service_state(
@@ -282,6 +315,150 @@ class SwarmRuntime:
         hostnames = self._hostnames()
         tasks = [task_state(t, template, hostnames) for t in self._tasks_json([str(info["ID"])])]
         return sorted(tasks, key=lambda t: (t.slot or 0, t.node, t.timestamp or ""))
+
+    def service_logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[ServiceLogLine]:
+        info = self._service_json(name)
+        if info is None:
+            raise NotFound(f"swarm: cannot read the logs of service {name}: it does not exist")
+        action = f"read logs of service {name}"
+        container = ((info.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec")
+        tty = bool((container or {}).get("TTY"))
+        params = {
+            # details: each line starts with the task's ids, which is how a line is told
+            # to be of this or that replica (what `docker service logs` does)
+            "details": True,
+            "follow": follow,
+            "stdout": True,
+            "stderr": True,
+            "timestamps": False,
+            "tail": "all" if tail is None else str(tail),
+        }
+        with self._boundary(action):
+            api = self._api()
+            # no read timeout while following: a quiet service is not a dead daemon
+            answer = api._get(
+                api._url("/services/{0}/logs", str(info.get("ID"))),
+                params=params,
+                stream=True,
+                timeout=None if follow else self._timeout,
+            )
+            chunks = api._get_result_tty(True, answer, tty)
+        return _log_lines(self._iterate(action, chunks))
+
+    def _iterate(self, action: str, stream: Any) -> Iterator[Any]:
+        """Iterate an SDK stream with errors translated, closing it however iteration ends."""
+        try:
+            with self._boundary(action):
+                yield from stream
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                with suppress(*translatable_errors()):
+                    close()
+
+    def _update_raw(self, name: str, action: str, change: str, **params: str) -> None:
+        """POST the service's current spec back with `params` (the Engine's way to ask for a
+        rollback), after `change` edits it ("force": bump the redeploy counter)."""
+        info = self._service_json(name)
+        if info is None:
+            raise NotFound(f"swarm: cannot {action}: service {name} does not exist")
+        spec = dict(info.get("Spec") or {})
+        if change == "force":
+            template = dict(spec.get("TaskTemplate") or {})
+            template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+            spec["TaskTemplate"] = template
+        version = str(((info.get("Version") or {}).get("Index")) or 0)
+        self._post(
+            action,
+            f"/services/{_q(str(info.get('ID')))}/update",
+            spec,
+            {"version": version, **params},
+        )
+
+    def redeploy_service(self, name: str) -> None:
+        self._update_raw(name, f"redeploy service {name}", "force")
+
+    def rollback_service(self, name: str) -> None:
+        info = self._service_json(name)
+        if info is not None and not info.get("PreviousSpec"):
+            raise PermanentError(
+                f"swarm: cannot roll back service {name}: it has no previous spec (it was "
+                "never updated)"
+            )
+        self._update_raw(name, f"roll back service {name}", "", rollback="previous")
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[ServiceEvent]:
+        """dockerd puts labels on container events only; a service's, network's, config's
+        or secret's are looked up by id (once) and remembered, so that its removal is still
+        told to be of the stack. The objects that exist when the stream opens are listed
+        after subscribing, so nothing made in between is missed."""
+        action = "watch swarm events"
+        kinds = ["service", "container", "network", "config", "secret"]
+        with self._boundary(action):
+            api = self._api()
+            stream = api.events(decode=True, filters={"type": kinds})
+        try:
+            known: dict[str, tuple[str, Mapping[str, str]]] = {}
+            for svc in self._get("list services", "/services") or []:
+                spec = svc.get("Spec") or {}
+                known[str(svc.get("ID"))] = (str(spec.get("Name")), dict(spec.get("Labels") or {}))
+            for n in self.list_overlay_networks({}):
+                known[n.id] = (n.name, n.labels)
+            for kind in ("config", "secret"):
+                for o in self.list_objects(kind, {}):  # type: ignore[arg-type]
+                    known[o.id] = (o.name, o.labels)
+        except BaseException:
+            with suppress(*translatable_errors()):
+                stream.close()
+            raise
+        return self._events(self._iterate(action, stream), labels, known)
+
+    def _events(
+        self,
+        raw_events: Iterator[Any],
+        labels: Mapping[str, str],
+        known: dict[str, tuple[str, Mapping[str, str]]],
+    ) -> Iterator[ServiceEvent]:
+        paths = {"service": "/services", "network": "/networks", **_OBJECT_PATHS}
+        for raw in raw_events:
+            if not isinstance(raw, dict):
+                continue
+            kind = str(raw.get("Type") or "")
+            action = str(raw.get("Action") or "").split(":", 1)[0].strip()
+            actor = raw.get("Actor") or {}
+            attrs: dict[str, str] = dict(actor.get("Attributes") or {})
+            oid = str(actor.get("ID") or "")
+            if kind == "container":
+                if action.startswith("exec_") or action in ("attach", "detach", "resize", "top"):
+                    continue
+                own = {k: v for k, v in attrs.items() if k not in _CONTAINER_ATTRS}
+                # a task's container carries the swarm's labels, not its service's: those
+                # are the service's, found by its id
+                service = known.get(own.get("com.docker.swarm.service.id", ""))
+                merged = {**(service[1] if service else {}), **own}
+                if labels_match(merged, labels):
+                    name = own.get("com.docker.swarm.task.name") or attrs.get("name", oid)
+                    yield ServiceEvent("container", action, name, merged)
+                continue
+            if kind not in paths:
+                continue
+            if oid not in known and action != "remove":
+                with suppress(RuntimeFailure):
+                    info = self._get(f"inspect {kind} {oid}", f"{paths[kind]}/{_q(oid)}")
+                    spec = info.get("Spec") or info  # networks have no Spec
+                    known[oid] = (str(spec.get("Name")), dict(spec.get("Labels") or {}))
+            name, have = known.get(oid, (attrs.get("name", oid), {}))
+            if not labels_match(have, labels):
+                continue
+            detail = ""
+            if "updatestate.new" in attrs:
+                old = attrs.get("updatestate.old") or "-"
+                detail = f"{old} -> {attrs['updatestate.new']}"
+            elif "replicas.new" in attrs:
+                detail = f"replicas {attrs.get('replicas.old') or '-'} -> {attrs['replicas.new']}"
+            yield ServiceEvent(kind, action, name, have, detail)  # type: ignore[arg-type]
 
     def wait_converged(self, name: str, timeout_s: float) -> ConvergeResult:
         start = time.monotonic()
@@ -433,6 +610,36 @@ class SwarmRuntime:
         if client is not None:
             with suppress(*translatable_errors()):
                 client.close()
+
+
+def _log_lines(chunks: Iterator[bytes]) -> Iterator[ServiceLogLine]:
+    """Re-cut the log stream into lines and split off each line's details ("key=value,...
+    " before the text): the task id is `com.docker.swarm.task.id`."""
+    buffer = b""
+    try:
+        for chunk in chunks:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                yield _log_line(line + b"\n")
+        if buffer:
+            yield _log_line(buffer)
+    finally:
+        close = getattr(chunks, "close", None)
+        if callable(close):
+            close()
+
+
+def _log_line(raw: bytes) -> ServiceLogLine:
+    details, sep, text = raw.partition(b" ")
+    if not sep or b"=" not in details:
+        return ServiceLogLine("", raw)
+    task = ""
+    for pair in details.split(b","):
+        key, _, value = pair.partition(b"=")
+        if key == b"com.docker.swarm.task.id":
+            task = value.decode("ascii", "replace")
+    return ServiceLogLine(task, text)
 
 
 def _q(part: str) -> str:

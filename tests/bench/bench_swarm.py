@@ -21,6 +21,9 @@ order alternates between runs) it measures:
 
 Both tools deploy distinct stacks (names `<prefix>p` / `<prefix>d`), torn down between runs
 (untimed). Medians and the ratios pyapply/docker are printed; the no-op target is <= 0.3x.
+Beside them, in the same runs, the floor of any Python CLI: the interpreter starting and
+exiting (`python -c pass`), and starting plus importing click, pyapply's command-line
+library (`python -c "import click"`), each as a ratio to docker's no-op.
 The swarm is initialised and left as tests/e2e/swarm.py does; everything made is removed,
 also on failure or Ctrl-C.
 """
@@ -90,6 +93,12 @@ def run(*argv: str) -> float:
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
     return took
+
+
+FLOORS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "python -c 'import click'": [sys.executable, "-c", "import click"],
+}
 
 
 def services_of(stack: str) -> list[dict[str, Any]]:
@@ -227,6 +236,7 @@ def main() -> int:
         t: {"cold": [], "noop": [], "change": []} for t in ("pyapply", "docker")
     }
     in_process: list[float] = []
+    floors: dict[str, list[float]] = {k: [] for k in FLOORS}
     run(PYAPPLY, "--version")  # its bytecode written once, untimed
     with tempfile.TemporaryDirectory(prefix="pyasw-bench-") as tmp, single_node_swarm(prefix):
         tools = [
@@ -242,6 +252,8 @@ def main() -> int:
                     r["noop"].append(tool.noop())
                     if tool.name == "pyapply":
                         in_process.append(tool.pass_in_process())
+                        for k, argv in FLOORS.items():
+                            floors[k].append(run(*argv))
                     r["change"].append(tool.change(f"run{i}"))
                     log(
                         f"run {i + 1} {tool.name:7}: cold {r['cold'][-1]:.2f}s  "
@@ -254,8 +266,16 @@ def main() -> int:
     med = {t: {k: statistics.median(v) for k, v in m.items()} for t, m in results.items()}
     ratios = {k: med["pyapply"][k] / med["docker"][k] for k in ("cold", "noop", "change")}
     ratios["noop_pass"] = statistics.median(in_process) / med["docker"]["noop"]
+    floor = {k: statistics.median(v) for k, v in floors.items()}
     if args.json:
-        doc = {"runs": results, "noop_pass": in_process, "median": med, "ratio": ratios}
+        doc = {
+            "runs": results,
+            "noop_pass": in_process,
+            "floor": floors,
+            "median": med,
+            "ratio": ratios,
+            "floor_ratio": {k: v / med["docker"]["noop"] for k, v in floor.items()},
+        }
         print(json.dumps(doc, indent=2))
     else:
         print(f"{args.services} services, {args.runs} runs, medians (pyapply / docker stack):")
@@ -273,6 +293,11 @@ def main() -> int:
             f"{med['docker']['noop']:7.2f}s  ratio {ratios['noop_pass']:.2f}x  "
             "(the agent's resync: no interpreter start)"
         )
+        for k, v in floor.items():
+            print(
+                f"  {'floor: ' + k:22} {v:7.2f}s  {med['docker']['noop']:7.2f}s  "
+                f"ratio {v / med['docker']['noop']:.2f}x"
+            )
         for k, what in (("noop", "CLI"), ("noop_pass", "in-process pass")):
             verdict = "met" if ratios[k] <= NOOP_TARGET else "NOT met"
             print(f"  no-op target <= {NOOP_TARGET}x ({what}): {verdict}")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.runtimes import Cli
 from tests.e2e.stacks import StackUnderTest
-from tests.e2e.swarm import TEST_REF, docker
+from tests.e2e.swarm import TEST_REF, docker, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +124,92 @@ def test_swarm_refuses_what_it_cannot_run(swarm_prefix: str, tmp_path: Path) -> 
     ), r.stderr
     assert "nothing was changed" in r.stderr
     assert not docker("service", "ls", "-q", "--filter", f"label=io.pyapply.stack={stack}")
+
+
+DATA = """\
+name: {stack}
+services:
+{web}  db:
+    image: {image}
+    command: ["sleep", "600"]
+    init: true
+    stop_grace_period: 1s
+    environment: {{PASSWORD: {password}}}
+    volumes: ["data:/data"]
+    deploy:
+      replicas: 1
+      endpoint_mode: dnsrr
+      update_config: {{monitor: 1s}}
+volumes:
+  data: {{}}
+"""
+
+DATA_WEB = """\
+  web:
+    image: {image}
+    command: ["sleep", "600"]
+    init: true
+    stop_grace_period: 1s
+    environment: {{LEVEL: {level}}}
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
+      update_config: {{parallelism: 2, monitor: 1s}}
+"""
+
+
+def gone(s: StackUnderTest, service: str) -> None:
+    wait_for(lambda: s.replicas(service) == {}, 20, f"the replicas of {service} to be gone")
+
+
+# docker and native run these checks, container by container, in test_apply.py
+# (test_env_change_recreates_only_that_service, test_removed_service_is_pruned_and_volume_
+# data_survives, test_invalid_manifest_changes_nothing): here they run on swarm only, which
+# keeps the suite's time
+@pytest.mark.parametrize("stack_runtime", ["swarm"], indirect=True)
+def test_one_service_changed_another_pruned_and_volume_data_kept(
+    stack_runtime: StackUnderTest, tmp_path: Path
+) -> None:
+    """test_apply.py's env-change, prune and volume tests, as services: a manifest that
+    fails to load changes nothing; a change to one service replaces its replicas only; a
+    service no longer declared is pruned and nothing else is touched; the data in a named
+    volume outlives its service's replacement, and `down --volumes` removes it."""
+    s = stack_runtime
+    f = tmp_path / "compose.yaml"
+
+    def write(level: str | None = "a", password: str = "one") -> None:
+        web = "" if level is None else DATA_WEB.format(image=s.image, level=level)
+        f.write_text(DATA.format(stack=s.stack, image=s.image, web=web, password=password))
+
+    f.write_text(f"name: {s.stack}\nservices:\n  web:\n    image: {s.image}\n    ports: [x]\n")
+    r = s.cli.run("-f", str(f))
+    assert r.returncode == 1 and f"{f}:5:" in r.stderr and "Traceback" not in r.stderr, r
+    assert s.replicas("web") == {}
+
+    write()
+    apply = ("-f", str(f), "--wait-timeout", "60")
+    s.cli.ok(*apply)
+    s.exec("db", "sh", "-c", "echo precious > /data/keep.txt")
+    web, db = s.replicas("web"), s.replicas("db")
+    assert len(web) == 2 and len(db) == 1
+
+    write(level="b")  # web's environment: web's replicas replaced, db's untouched
+    s.cli.ok(*apply)
+    assert s.exec("web", "sh", "-c", "echo $LEVEL") == "b"
+    assert len(s.replicas("web")) == 2 and not set(s.replicas("web")) & set(web)
+    assert s.replicas("db") == db
+
+    write(level=None)  # web no longer declared: pruned, db untouched
+    s.cli.ok(*apply)
+    gone(s, "web")  # (a swarm removes a removed service's containers a moment later)
+    assert s.replicas("db") == db
+
+    write(level=None, password="two")  # db replaced: the volume's data survives
+    s.cli.ok(*apply)
+    assert s.replicas("db") != db
+    assert s.exec("db", "cat", "/data/keep.txt") == "precious"
+    assert s.cli.run("diff", "--exit-code", "-f", str(f)).returncode == 0
+
+    s.cli.ok("down", "-f", str(f), "--volumes")
+    gone(s, "db")
+    assert s.leftovers() == []

@@ -15,7 +15,7 @@ from pyapply.reconciler.cli import main as cli
 from pyapply.reconciler.cli import ops
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.view.objects import process_lines
-from pyapply.runtime.base import Attachment, ContainerConfig, ContainerState, Event, RuntimeFailure
+from pyapply.runtime.base import Attachment, ContainerConfig, ContainerState, Event
 
 COMMANDS = set(cli.LAZY_COMMANDS)
 
@@ -89,7 +89,8 @@ def fake(monkeypatch: pytest.MonkeyPatch, here: Path) -> FakeRuntime:
     rt = FakeRuntime()
     for n in (1, 2, 3):
         rt.containers[f"shop-web-{n}"] = replica(f"shop-web-{n}", n)
-    monkeypatch.setattr(ops, "connect", lambda name, root=None: rt)
+    monkeypatch.setattr(ops, "connect", lambda name, root=None, swarm="": rt)
+    monkeypatch.setattr(ops, "connect_any", lambda name, root=None: rt)
     (here / "compose.yaml").write_text(STACK)
     return rt
 
@@ -239,12 +240,35 @@ def test_a_one_off_is_no_replica() -> None:
     assert ops.one_off(template, "shop", "web", [], []).command == ("httpd",)
 
 
-def test_a_swarm_refuses_them_with_a_sentence(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    def refuse(name: str | None, root: str | None = None) -> None:
-        raise RuntimeFailure("this command does not run on the swarm runtime yet")
+class SwarmLike:
+    """What `open_runtime` gives for --runtime swarm, as far as the refusal looks."""
 
-    monkeypatch.setattr("pyapply.reconciler.cli.common.open_container_runtime", refuse)
-    assert run(monkeypatch, "--runtime", "swarm", "exec", "--stack", "s", "web", "true") == 1
-    assert "does not run on the swarm runtime" in capsys.readouterr().err
+    name = "swarm"
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["exec", "--stack", "s", "web", "true"], "use `docker exec` on the node"),
+        (["top", "--stack", "s", "web"], "use `docker top` on the node"),
+        (["run", "-f", "compose.yaml", "web", "true"], "a swarm service is not"),
+    ],
+)
+def test_a_swarm_refuses_the_container_commands_saying_why(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    here: Path,
+    args: list[str],
+    why: str,
+) -> None:
+    (here / "compose.yaml").write_text(STACK)
+    swarm = SwarmLike()
+    monkeypatch.setattr("pyapply.runtime.drivers.open_runtime", lambda name, root=None: swarm)
+    assert run(monkeypatch, "--runtime", "swarm", *args) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and why in err, err
+    assert swarm.closed

@@ -4,7 +4,7 @@ second pass is a no-op, a gone stack is taken down, and a stop is seen between s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
 import pytest
@@ -22,6 +22,8 @@ from pyapply.runtime.services import (
     OverlayNetworkConfig,
     OverlayNetworkState,
     ServiceConfig,
+    ServiceEvent,
+    ServiceLogLine,
     ServiceRuntime,
     ServiceState,
     SwarmObjectConfig,
@@ -74,6 +76,21 @@ class FakeSwarm:
 
     def service_tasks(self, name: str) -> list[TaskState]:
         return []
+
+    def service_logs(
+        self, name: str, *, follow: bool = False, tail: int | None = None
+    ) -> Iterator[ServiceLogLine]:
+        self.calls.append(f"logs {name}")
+        return iter(())
+
+    def redeploy_service(self, name: str) -> None:
+        self.calls.append(f"redeploy {name}")
+
+    def rollback_service(self, name: str) -> None:
+        self.calls.append(f"rollback {name}")
+
+    def events(self, labels: Mapping[str, str]) -> Iterator[ServiceEvent]:
+        return iter(())
 
     def wait_converged(self, name: str, timeout_s: float) -> ConvergeResult:
         self.calls.append(f"wait {name}")
