@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
+from pyapply.runtime import restarts
 from pyapply.runtime.base import (
     ContainerState,
     ContainerStatus,
@@ -124,6 +125,13 @@ def container_state(info: JSON) -> ContainerState:
     if status in ("exited", "dead", "restarting") and state.get("ExitCode") is not None:
         exit_code = int(state["ExitCode"])
     memory = int(host.get("Memory") or 0)
+    rp: JSON = host.get("RestartPolicy") or {}
+    restart_count = int(info.get("RestartCount") or 0)
+    gave_up = status == "exited" and restarts.gave_up(
+        restarts.Policy.parse(rp.get("Name"), rp.get("MaximumRetryCount")),
+        restarts.Record(count=restart_count),
+        exit_code,
+    )
     return ContainerState(
         id=str(info.get("Id", "")),
         name=str(info.get("Name", "")).lstrip("/"),
@@ -139,6 +147,8 @@ def container_state(info: JSON) -> ContainerState:
         memory_bytes=memory or None,
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")),
+        restart_count=restart_count,
+        restart_gave_up=gave_up,
     )
 
 

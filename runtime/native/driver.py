@@ -554,7 +554,8 @@ class NativeRuntime:
     @translated
     def start_container(self, name: str) -> None:
         """Start; a running container is success, and what is missing of it (see `faults`)
-        is repaired in place, as it is for one that ran before and is started again."""
+        is repaired in place, as it is for one that ran before and is started again. A start
+        on purpose: the restart policy's books begin anew."""
         key = self._must_key(name)
         cdir = self.containers.dir(key)
         started = self._started(cdir)
@@ -562,21 +563,39 @@ class NativeRuntime:
             # running (as events judge it, from files: no runc call on every start)
             with self._lock():
                 self._repair(key, read_pid(cdir / "pidfile"))
-            # the root's keeper (healthchecks, log rotation) runs while containers do
-            healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
+            # the restart books begin anew; the root's keeper (healthchecks, log rotation,
+            # restart policies) runs while containers do
+            self.containers.started_on_purpose(key)
             return
-        if not os.path.exists(self.netns_path(key)):
-            # the namespace went with a reboot (or by hand): make it anew and plumb the
-            # container's endpoints into it again, with the addresses it had
+        if started or not os.path.exists(self.netns_path(key)):
             with self._lock():
-                if not os.path.exists(self.netns_path(key)):  # not made by a racing start
-                    self._make_netns(key)
-                    self.networks.restore(key, self.netns_path(key))
-        elif started:
-            # it ran before: its veths, bridges or rules may have gone since
-            with self._lock():
-                self.networks.repair(key, self.netns_path(key))
+                self._plumb(key, started)
         self.containers.start(key)
+
+    def start_by_policy(self, key: str, *, boot: bool = False) -> bool:
+        """Start the container kept under `key` again if its restart policy says so (the
+        keeper, after its wait; `system start` with `boot`), with its spec, networks and
+        addresses as a start by `pyapply -f` has them. The policy is asked under the driver
+        lock, before any plumbing (a removal holds that lock: a container being removed is
+        gone by then, and nothing of it is made again), and once more under the
+        container's own lock by the manager. Whether it was started."""
+        with self._lock():
+            doc = self.containers.peek(key)
+            if doc is None or self.containers.policy_delay(key, doc, boot=boot) is None:
+                return False
+            self._plumb(key, True)
+        return self.containers.start_by_policy(key, boot=boot)
+
+    def _plumb(self, key: str, started: bool) -> None:
+        """Before a start of a container that is not running (under the driver lock): its
+        netns and endpoints, made anew when the namespace went (a reboot, by hand) with the
+        addresses it had, or made sure of when it ran before (veths, bridges or rules may
+        have gone since)."""
+        if not os.path.exists(self.netns_path(key)):
+            self._make_netns(key)
+            self.networks.restore(key, self.netns_path(key))
+        elif started:
+            self.networks.repair(key, self.netns_path(key))
 
     @staticmethod
     def _started(cdir: Path) -> bool:
