@@ -45,8 +45,11 @@ class Restarter:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
-        self._queue: list[str] = []
+        self._queue: list[tuple[str, float]] = []
         self._busy: set[str] = set()
+        # key -> the exit (its time) a restart was made for: a restart that found nothing
+        # to do (a stop came first) is not asked again for the same exit
+        self._acted: dict[str, float] = {}
         self._wake = threading.Event()
         self._failed: dict[str, tuple[float, float]] = {}  # key -> (retry at, last wait)
         self._thread: threading.Thread | None = None
@@ -65,21 +68,21 @@ class Restarter:
             return False  # no exit recorded (conmon gone with it): the pass's to repair
         delay = restart_delay(doc, code, finished)
         key = cdir.name
-        if delay is None:
+        if delay is None or self._acted.get(key) == finished:
             self._failed.pop(key, None)
             return False
         now = time.time()
         due = max(finished + delay, self._failed.get(key, (0.0, 0.0))[0])
         if now >= due:
-            self._submit(key)
+            self._submit(key, finished)
         return True
 
-    def _submit(self, key: str) -> None:
+    def _submit(self, key: str, finished: float) -> None:
         with self._lock:
             if key in self._busy:
                 return
             self._busy.add(key)
-            self._queue.append(key)
+            self._queue.append((key, finished))
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="restarts", daemon=True)
             self._thread.start()
@@ -89,18 +92,19 @@ class Restarter:
         while True:
             self._wake.wait()
             with self._lock:
-                key = self._queue.pop(0) if self._queue else None
+                item = self._queue.pop(0) if self._queue else None
                 if not self._queue:
                     self._wake.clear()
-            if key is None:
+            if item is None:
                 continue
+            key, finished = item
             try:
-                self._restart(key)
+                self._restart(key, finished)
             finally:
                 with self._lock:
                     self._busy.discard(key)
 
-    def _restart(self, key: str) -> None:
+    def _restart(self, key: str, finished: float) -> None:
         try:
             if self._starter is None:
                 # the driver (and pyroute2 with it): only once a container is to restart
@@ -108,6 +112,7 @@ class Restarter:
 
                 self._starter = NativeRuntime(self.root)
             self._starter.start_by_policy(key)
+            self._acted[key] = finished
             self._failed.pop(key, None)
         except Exception:  # a keeper outlives any one container's failure: try later
             _, last = self._failed.get(key, (0.0, 0.0))

@@ -1,12 +1,15 @@
 """Restart policies as dockerd applies them (runtime/restarts.py): the backoff, the decision
-after an exit and at boot, giving up, and the books after a restart."""
+after an exit and at boot, giving up, and the books after a restart; and the docker
+driver's containers, which show the count and a given-up policy the same way."""
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
+from pyapply.runtime.docker.normalise import container_state
 from pyapply.runtime.restarts import (
     FIRST_DELAY_S,
     MAX_DELAY_S,
@@ -112,3 +115,28 @@ def test_on_failure_gives_up_after_its_count_and_says_so() -> None:
 def test_a_restart_counts_and_a_boot_start_begins_the_books_anew() -> None:
     assert after_restart(Record(count=3, delay_s=0.4), 0.8) == Record(count=4, delay_s=0.8)
     assert after_restart(Record(count=2, delay_s=0.4, stopped=True), 0.0, boot=True) == Record()
+
+
+def _docker_info(status: str, code: int, count: int, policy: str, retries: int) -> dict[str, Any]:
+    return {
+        "Id": "c1",
+        "Name": "/st-job-1",
+        "State": {"Status": status, "ExitCode": code},
+        "RestartCount": count,
+        "HostConfig": {"RestartPolicy": {"Name": policy, "MaximumRetryCount": retries}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("info", "count", "gave"),
+    [
+        (_docker_info("exited", 1, 2, "on-failure", 2), 2, True),
+        (_docker_info("exited", 1, 1, "on-failure", 2), 1, False),
+        (_docker_info("exited", 0, 2, "on-failure", 2), 2, False),
+        (_docker_info("restarting", 1, 2, "always", 0), 2, False),
+        ({"Id": "c2", "State": {"Status": "running"}}, 0, False),
+    ],
+)
+def test_docker_containers_say_the_same(info: dict[str, Any], count: int, gave: bool) -> None:
+    state = container_state(info)
+    assert (state.restart_count, state.restart_gave_up) == (count, gave)
