@@ -32,10 +32,31 @@ def _wait_gone(pids: list[int]) -> None:
     assert not any(pid_alive(p) for p in pids), "processes survived SIGKILL"
 
 
+def keeper_pids(root: Path) -> list[int]:
+    """The root's keeper processes: the one that runs and any queued on its lock (two
+    starts at once may each spawn one), by their command line (this root's only)."""
+    marker, arg = b"pyapply.runtime.native.health", str(root).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in args and arg in args:
+            found.append(int(proc.name))
+    return found
+
+
 def reboot(root: Path) -> None:
     """Take away everything a reboot takes away, leaving the state root on disk."""
     rt = NativeRuntime(root)
     health.stop_checker(root)
+    keepers = keeper_pids(root)
+    for pid in keepers:
+        _kill(pid)
+    _wait_gone(keepers)
     keys = [rt.key(c.name) or c.name for c in rt.list_containers({})]
     pids: list[int] = []
     for key in keys:
