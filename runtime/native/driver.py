@@ -49,10 +49,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -79,6 +81,7 @@ from pyapply.runtime.base import (
     PermanentError,
     PushProgress,
     PushResult,
+    TransientError,
     VolumeConfig,
     VolumeState,
 )
@@ -178,6 +181,17 @@ class Names:
         return next((n for n, k in names.items() if k == key), key)
 
 
+def _key_offset(key: str) -> int:
+    """The byte of driver.lock that stands for a container key (see _key_lock)."""
+    return 1 + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % (1 << 30)
+
+
+def _flock_struct(kind: int, offset: int) -> bytes:
+    """Linux's struct flock (l_type, l_whence, l_start, l_len, l_pid = 0, as OFD locks
+    require) for one byte at `offset`."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+
+
 class NativeRuntime:
     """The daemonless runtime: runc containers, overlayfs images, bridge networks."""
 
@@ -200,8 +214,8 @@ class NativeRuntime:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Serialise container create/remove between processes sharing the root (a create
-        that fails rolls back, and must not roll back what another process made)."""
+        """The root's lock, for the short read-modify-writes of names.json. Taken after a
+        container's lock (`_key_lock`), never before one."""
         self._view = None  # what follows changes the kernel: the next look is a new one
         fd = open_private(self.root / "driver.lock")
         try:
@@ -209,6 +223,26 @@ class NativeRuntime:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _key_lock(self, *keys: str) -> Iterator[None]:
+        """Serialise what changes one container -- its create, the repair or plumbing before
+        a start, its removal, a rename -- between threads and processes sharing the root: a
+        create that fails rolls back, and must not roll back what another made, and a
+        removal must not race a restart. One lock per container, so that work on different
+        containers overlaps (a converge's creates run in parallel): an open-file-description
+        lock on one byte of driver.lock chosen by the key's hash (two keys that share a
+        byte only wait for each other), released when the descriptor closes, a killed
+        process's included. Several keys are locked in one order, so two holders never wait
+        for each other."""
+        self._view = None
+        fd = open_private(self.root / "driver.lock")
+        try:
+            for offset in sorted({_key_offset(k) for k in keys}):
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock_struct(fcntl.F_WRLCK, offset))
+            yield
+        finally:
+            os.close(fd)  # releases the locks
 
     # -- images --------------------------------------------------------------------------
 
@@ -477,16 +511,24 @@ class NativeRuntime:
 
     @translated
     def create_container(self, config: ContainerConfig) -> str:
-        with self._lock():
-            return self._create_container(config)
+        """Create under the container's own lock: creates of different containers overlap."""
+        for _ in range(5):
+            key = Names.key_of(self.names.load(), config.name)
+            fresh = key is None
+            if key is None:  # the name's own key is a renamed container's: take a fresh one
+                key = f"{config.name[:120]}.{secrets.token_hex(3)}"
+            with self._key_lock(key):
+                if Names.key_of(self.names.load(), config.name) != (None if fresh else key):
+                    continue  # renamed or removed before we held its lock: look again
+                return self._create_container(config, key, fresh)
+        raise TransientError(f"container {config.name}: its name changed while it was made")
 
-    def _create_container(self, config: ContainerConfig) -> str:
-        names = self.names.load()
-        key = Names.key_of(names, config.name)
-        existing = self.containers.state(key) if key is not None else None
-        if existing is not None and key is not None and existing.status == "dead":
+    def _create_container(self, config: ContainerConfig, key: str, fresh: bool) -> str:
+        existing = None if fresh else self.containers.state(key)
+        if existing is not None and existing.status == "dead":
             self._teardown(config.name, key)  # a create killed half-way: start over
             existing = None
+            fresh = key != config.name  # the teardown forgot the name's key
         if existing is not None:
             if dict(existing.labels) == dict(config.labels):
                 return existing.id
@@ -495,10 +537,13 @@ class NativeRuntime:
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")
-        if key is None:  # the name's own key is a renamed container's: take a fresh one
-            key = f"{config.name[:120]}.{secrets.token_hex(3)}"
-            names[config.name] = key
-            self.names.save(names)
+        if fresh:
+            with self._lock():
+                names = self.names.load()
+                if Names.key_of(names, config.name) not in (None, key):
+                    raise Conflict(f"container name {config.name} was taken meanwhile")
+                names[config.name] = key
+                self.names.save(names)
         layer_dirs = self.image_store.layer_dirs(record)
         mounts, anon = self._resolve_mounts(config, key)
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
@@ -561,14 +606,14 @@ class NativeRuntime:
         started = self._started(cdir)
         if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
             # running (as events judge it, from files: no runc call on every start)
-            with self._lock():
+            with self._key_lock(key):
                 self._repair(key, read_pid(cdir / "pidfile"))
             # the restart books begin anew; the root's keeper (healthchecks, log rotation,
             # restart policies) runs while containers do
             self.containers.started_on_purpose(key)
             return
         if started or not os.path.exists(self.netns_path(key)):
-            with self._lock():
+            with self._key_lock(key):
                 self._plumb(key, started)
         self.containers.start(key)
 
@@ -579,7 +624,7 @@ class NativeRuntime:
         lock, before any plumbing (a removal holds that lock: a container being removed is
         gone by then, and nothing of it is made again), and once more under the
         container's own lock by the manager. Whether it was started."""
-        with self._lock():
+        with self._key_lock(key):
             doc = self.containers.peek(key)
             if doc is None or self.containers.policy_delay(key, doc, boot=boot) is None:
                 return False
@@ -622,10 +667,16 @@ class NativeRuntime:
 
     @translated
     def remove_container(self, name: str) -> None:
-        with self._lock():
+        for _ in range(5):
             key = Names.key_of(self.names.load(), name)
-            if key is not None:  # None: its own key is another container's, nothing to do
+            if key is None:  # its own key is another container's: nothing to do
+                return
+            with self._key_lock(key):
+                if Names.key_of(self.names.load(), name) != key:
+                    continue  # renamed meanwhile: look again
                 self._teardown(name, key)
+                return
+        raise TransientError(f"container {name}: its name changed while it was removed")
 
     def _teardown(self, name: str, key: str) -> None:
         """Stop, unpublish, detach, forget the hosts file, remove, delete the netns, forget
@@ -641,20 +692,24 @@ class NativeRuntime:
         # container listed (its state file goes last), so the next pass finishes it
         self._drop_netns(key)
         self.containers.remove(key)
-        names = self.names.load()
-        if names.get(name) == key:
-            del names[name]
-            self.names.save(names)
+        with self._lock():
+            names = self.names.load()
+            if names.get(name) == key:
+                del names[name]
+                self.names.save(names)
 
     @translated
     def rename_container(self, name: str, new_name: str) -> None:
         """Give a container another name: one write of names.json, plus the name other
         containers resolve it by."""
-        with self._lock():
+        key = self._must_key(name)
+        if new_name == name:
+            return
+        # the container's lock, and the one a create of `new_name` under its own name takes
+        with self._key_lock(key, new_name), self._lock():
             names = self.names.load()
-            key = self._must_key(name)
-            if new_name == name:
-                return
+            if Names.key_of(names, name) != key:
+                raise TransientError(f"container {name} was renamed or removed meanwhile")
             taken = Names.key_of(names, new_name)
             if taken is not None and (self.containers.dir(taken) / "state.json").exists():
                 raise Conflict(f"cannot rename {name} to {new_name}: the name is in use")
