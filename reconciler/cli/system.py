@@ -107,7 +107,12 @@ def start(runtime_name: str | None, root: str | None, lock_timeout: float) -> No
     network namespaces, veths, bridges, firewall rules, mounts, cgroups, the keeper. No
     manifest and no agent needed; what runs is left running. Run at boot by
     contrib/pyapply-native.service."""
-    problem = refusal(runtime_name, "system start", "dockerd's own restart policies")
+    if runtime_name == "docker":
+        fail(
+            "`pyapply system start` brings back the native runtime's containers; dockerd "
+            "starts its own at its start, by their restart policies"
+        )
+    problem = refusal(runtime_name, "system start", "")
     if problem is not None:
         fail(problem)
     root_dir = os.path.abspath(state_root(root))
