@@ -291,14 +291,15 @@ class ContainerManager:
             return None
 
     def _creating(self) -> bool:
-        """A create holds the containers dir's lock (so a dir without state.json may be
-        one being made, not a damaged one)."""
+        """Creates hold the containers dir's lock, shared (so a dir without state.json may
+        be one being made, not a damaged one): a create runs when it cannot be had
+        exclusively."""
         try:
             fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         finally:
@@ -336,7 +337,9 @@ class ContainerManager:
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # shared: creates of different containers overlap (two of one name are kept
+            # apart by the driver's lock of that container)
+            fcntl.flock(fd, fcntl.LOCK_SH)
             return self._create(
                 config, layer_dirs, image_config, image_id, mounts, netns_path, pending
             )
