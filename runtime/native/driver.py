@@ -155,7 +155,7 @@ VOLUME_META_SHAPE = record({"labels": map_of(string)}, {"name": string, "driver"
 
 class Names:
     """`names.json`: name -> key for the containers whose name is not their key (renamed
-    ones). Written atomically; writers hold the driver lock."""
+    ones). Written atomically; writers hold the driver lock (`_lock`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -620,10 +620,11 @@ class NativeRuntime:
     def start_by_policy(self, key: str, *, boot: bool = False) -> bool:
         """Start the container kept under `key` again if its restart policy says so (the
         keeper, after its wait; `system start` with `boot`), with its spec, networks and
-        addresses as a start by `pyapply -f` has them. The policy is asked under the driver
-        lock, before any plumbing (a removal holds that lock: a container being removed is
-        gone by then, and nothing of it is made again), and once more under the
-        container's own lock by the manager. Whether it was started."""
+        addresses as a start by `pyapply -f` has them. The policy is asked under the
+        container's driver lock (`_key_lock`), before any plumbing (a removal holds that
+        lock: a container being removed is gone by then, and nothing of it is made again),
+        and once more under the container's own lock by the manager. Whether it was
+        started."""
         with self._key_lock(key):
             doc = self.containers.peek(key)
             if doc is None or self.containers.policy_delay(key, doc, boot=boot) is None:
@@ -632,7 +633,7 @@ class NativeRuntime:
         return self.containers.start_by_policy(key, boot=boot)
 
     def _plumb(self, key: str, started: bool) -> None:
-        """Before a start of a container that is not running (under the driver lock): its
+        """Before a start of a container that is not running (under its `_key_lock`): its
         netns and endpoints, made anew when the namespace went (a reboot, by hand) with the
         addresses it had, or made sure of when it ran before (veths, bridges or rules may
         have gone since)."""

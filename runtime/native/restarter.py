@@ -12,9 +12,9 @@ pass's start brings the keeper back.
 
 The restart itself is the driver's `start_by_policy` (the container's netns, endpoints and
 addresses as a start by `pyapply -f` has them), which asks the policy again under the
-driver lock and then under the container's lock: a stop, a removal or a start on purpose
-that came first wins, and two restarters (the keeper and `pyapply system start`) never
-start one container twice. Restarts run one at a time on a thread of their own, so that
+container's driver lock and then under its own lock: a stop, a removal or a start on
+purpose that came first wins, and two restarters (the keeper and `pyapply system start`)
+never start one container twice. Restarts run one at a time on a thread of their own, so that
 healthchecks go on meanwhile; the driver (and pyroute2 with it) is imported at the first
 restart only, so a keeper that never restarts stays small.
 """
