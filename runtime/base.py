@@ -309,6 +309,10 @@ class ContainerState:
     # what of the container's kernel side is missing, found by list_containers (a runtime
     # that keeps no kernel objects of its own, or a get_container, reports none)
     faults: tuple[Fault, ...] = ()
+    # restarts its restart policy made since it was last started on purpose; whether the
+    # policy gave up (on-failure:N after N restarts; runtime/restarts.py)
+    restart_count: int = 0
+    restart_gave_up: bool = False
 
     @property
     def running(self) -> bool:

@@ -210,6 +210,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "exec": "pyapply.reconciler.cli.ops:exec_cmd",
     "run": "pyapply.reconciler.cli.ops:run_cmd",
     "restart": "pyapply.reconciler.cli.ops:restart",
+    "stop": "pyapply.reconciler.cli.ops:stop",
+    "start": "pyapply.reconciler.cli.ops:start",
     "events": "pyapply.reconciler.cli.ops:events",
     "top": "pyapply.reconciler.cli.ops:top",
     # offline checks (reconciler/cli/validate.py)

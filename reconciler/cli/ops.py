@@ -1,8 +1,10 @@
 """The everyday commands on a stack's running containers, by their compose names: `exec`
 (a command in a replica, on this terminal), `run` (a one-off container with a service's
-config), `restart` (rolling, as `update_config` says), `events` and `top`. On the swarm runtime
-`restart` and `events` are the services' (`cli.swarm`); `exec`, `run` and `top` refuse with
-the reason: they need a container of this host, which a swarm's tasks are not."""
+config), `restart` (rolling, as `update_config` says), `stop` and `start` (on purpose:
+restart policies wait for the next start), `events` and `top`. On the swarm runtime
+`restart` and `events` are the services' (`cli.swarm`); `exec`, `run`, `top`, `stop` and
+`start` refuse with the reason: they need a container of this host, which a swarm's tasks
+are not."""
 
 from __future__ import annotations
 
@@ -322,6 +324,63 @@ def _wait_ready(rt: Runtime, names: Sequence[str], timeout_s: float) -> None:
         if time.monotonic() > deadline:
             fail(f"{', '.join(pending)} not running and healthy after {timeout_s:.0f}s")
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# stop and start
+
+
+def _chosen(rt: Runtime, names: Sequence[str], services: Sequence[str]) -> list[ContainerState]:
+    """The containers of SERVICES in the stacks (every service's when none is named)."""
+    if services:
+        return [c for service in services for c in replicas(rt, names, service)]
+    found = [c for name in names for c in rt.list_containers({identity.STACK: name})]
+    if not found:
+        fail(f"no containers in stack {', '.join(names)}")
+    return sorted(found, key=lambda c: c.name)
+
+
+@click.command("stop")
+@stack_options
+@click.option("--timeout", "stop_timeout", type=float, default=None, help="Seconds to stop.")
+@click.argument("services", nargs=-1)
+def stop(
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    profiles: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    stop_timeout: float | None,
+    services: tuple[str, ...],
+) -> None:
+    """Stop the containers of SERVICES (of every service when none is named), on purpose:
+    no restart policy starts them again until `pyapply start` or `pyapply -f` does (but
+    `restart: always` does at boot, as dockerd does)."""
+    names = stack_names(files, stacks, profiles)
+    rt = connect(runtime_name, root)
+    for c in _chosen(rt, names, services):
+        rt.stop_container(c.name, timeout_s=stop_timeout)
+        click.echo(f"stopped {c.name}")
+
+
+@click.command("start")
+@stack_options
+@click.argument("services", nargs=-1)
+def start(
+    files: tuple[str, ...],
+    stacks: tuple[str, ...],
+    profiles: tuple[str, ...],
+    runtime_name: str | None,
+    root: str | None,
+    services: tuple[str, ...],
+) -> None:
+    """Start the containers of SERVICES (of every service when none is named) as they
+    are; their restart policies apply again."""
+    names = stack_names(files, stacks, profiles)
+    rt = connect(runtime_name, root)
+    for c in _chosen(rt, names, services):
+        rt.start_container(c.name)
+        click.echo(f"started {c.name}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@ the kernel (runtime/native/system.py does the work; this module asks and reports
 
 It is the one command that destroys volumes and images without naming them, so it asks on
 a terminal and, with no terminal to ask on (a script, CI), refuses unless given --force.
+
+`pyapply system start`: at boot, bring back the containers whose restart policy says so
+(runtime/native/boot.py does the work; contrib/pyapply-native.service runs it).
 """
 
 from __future__ import annotations
@@ -92,3 +95,45 @@ def reset(force: bool, runtime_name: str | None, root: str | None, lock_timeout:
         err(f"error: {problem}")
     if report.errors:
         fail("the reset is incomplete; run it again, or remove what is named above by hand")
+
+
+@system.command("start")
+@runtime_options
+@lock_timeout_option
+def start(runtime_name: str | None, root: str | None, lock_timeout: float) -> None:
+    """Bring back, after a boot, every container of the state root whose restart policy
+    says so, as dockerd does when it starts (always; unless-stopped unless stopped on
+    purpose; on-failure after a failure, unless it gave up), with what the reboot took:
+    network namespaces, veths, bridges, firewall rules, mounts, cgroups, the keeper. No
+    manifest and no agent needed; what runs is left running. Run at boot by
+    contrib/pyapply-native.service."""
+    if runtime_name == "docker":
+        fail(
+            "`pyapply system start` brings back the native runtime's containers; dockerd "
+            "starts its own at its start, by their restart policies"
+        )
+    problem = refusal(runtime_name, "system start", "")
+    if problem is not None:
+        fail(problem)
+    root_dir = os.path.abspath(state_root(root))
+    if not os.path.isdir(os.path.join(root_dir, "containers")):
+        click.echo(f"start {root_dir}: no containers")
+        return
+
+    from pyapply.runtime.native import boot
+
+    with locked(root_dir, lock_timeout):
+        report = boot.start(root_dir)
+    for name in report.started:
+        click.echo(f"started container {name}")
+    for name, why in report.left:
+        click.echo(f"left container {name} stopped ({why})")
+    for problem in report.errors:
+        err(f"error: {problem}")
+    click.echo(
+        f"start {report.root}: {len(report.started)} started, {len(report.running)} "
+        f"already running, {len(report.left)} left stopped, {len(report.networks)} "
+        f"{plural('network', len(report.networks))} made sure of"
+    )
+    if report.errors:
+        fail("the start is incomplete; see the errors above")

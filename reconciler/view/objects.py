@@ -19,8 +19,9 @@ def port_text(p: PortBinding) -> str:
 
 
 def stack_doc(stack: str, observed: Observed) -> dict[str, Any]:
-    """One stack's containers (state, health, image, revision, ports), networks and
-    volumes, each sorted by name."""
+    """One stack's containers (state, restarts made by their restart policy and whether
+    it gave up, health, image, revision, ports), networks and volumes, each sorted by
+    name."""
     return {
         "stack": stack,
         "containers": [
@@ -30,6 +31,8 @@ def stack_doc(stack: str, observed: Observed) -> dict[str, Any]:
                 "replica": c.labels.get(identity.REPLICA),
                 "status": c.status,
                 "exit_code": c.exit_code if c.status == "exited" else None,
+                "restarts": c.restart_count,
+                "gave_up": c.restart_gave_up,
                 "health": c.health,
                 "image": c.image,
                 "revision": c.labels.get(identity.REVISION),
@@ -48,6 +51,16 @@ def stack_doc(stack: str, observed: Observed) -> dict[str, Any]:
     }
 
 
+def restarts_text(count: int, gave_up: bool) -> str:
+    """What a container's restart policy did, after its state: `, gave up after 2
+    restarts`, `, 1 restart`, or nothing."""
+    if gave_up:
+        return f", gave up after {count} restart{'' if count == 1 else 's'}"
+    if count:
+        return f", {count} restart{'' if count == 1 else 's'}"
+    return ""
+
+
 def stack_lines(doc: dict[str, Any]) -> list[str]:
     """A stack's document as text: a header, a table of its containers, then a line per
     network and volume."""
@@ -55,6 +68,7 @@ def stack_lines(doc: dict[str, Any]) -> list[str]:
     rows = [("NAME", "SERVICE", "STATE", "HEALTH", "IMAGE", "PORTS")]
     for c in doc["containers"]:
         state = c["status"] + (f" ({c['exit_code']})" if c["exit_code"] is not None else "")
+        state += restarts_text(c.get("restarts") or 0, bool(c.get("gave_up")))
         rows.append(
             (
                 c["name"],

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+from pyapply.runtime import restarts
 from pyapply.runtime.base import (
     ContainerState,
     ContainerStatus,
@@ -141,6 +142,13 @@ def container_state(info: JSON) -> ContainerState:
     if status in ("exited", "dead", "restarting") and state.get("ExitCode") is not None:
         exit_code = int(state["ExitCode"])
     memory = int(host.get("Memory") or 0)
+    rp: JSON = host.get("RestartPolicy") or {}
+    restart_count = int(info.get("RestartCount") or 0)
+    gave_up = status == "exited" and restarts.gave_up(
+        restarts.Policy.parse(rp.get("Name"), rp.get("MaximumRetryCount")),
+        restarts.Record(count=restart_count),
+        exit_code,
+    )
     return ContainerState(
         id=str(info.get("Id", "")),
         name=str(info.get("Name", "")).lstrip("/"),
@@ -157,6 +165,8 @@ def container_state(info: JSON) -> ContainerState:
         started_at=_time(state.get("StartedAt")),
         finished_at=_time(state.get("FinishedAt")),
         joined=joined_id(host),
+        restart_count=restart_count,
+        restart_gave_up=gave_up,
     )
 
 

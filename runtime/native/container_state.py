@@ -1,9 +1,15 @@
 """The shape of a native container's `state.json` (and what of its OCI spec tells which
 container it was), checked whenever it is read: by the container manager, the driver's
-event poll and the keeper (statefile.read_json)."""
+event poll and the keeper (statefile.read_json); and what a state says of its restart
+policy, read the same way by the manager and the keeper."""
 
 from __future__ import annotations
 
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+from pyapply.runtime import restarts
 from pyapply.runtime.native.statefile import (
     anything,
     boolean,
@@ -84,14 +90,54 @@ STATE_SHAPE = record(
         "stdin_open": boolean,
         # the containers (keys) whose pid / ipc namespace it joins: found again at each start
         "joins": map_of(string),
-        "shm": optional(string),
-        "mac": list_of(
-            string
-        ),  # [ip, mac]: the interface of ip gets mac (mac_address)  # a host tmpfs mounted at its /dev/shm (ipc: shareable)
+        "shm": optional(string),  # a host tmpfs mounted at its /dev/shm (ipc: shareable)
+        "mac": list_of(string),  # [ip, mac]: the interface of ip gets mac (mac_address)
         "post_start": list_of(_HOOK),
         "pre_stop": list_of(_HOOK),
+        # the restart policy and its books (runtime/restarts.py), kept by the manager
+        "restart": record(
+            {"policy": string},
+            {"max_retries": integer, "count": integer, "delay_s": number, "stopped": boolean},
+        ),
     },
 )
 # the OCI spec's annotations: what is left to say which container a damaged state was
 SPEC_SHAPE = record({}, {"annotations": map_of(anything)})
 LABELS_ANNOTATION = "io.pyapply.labels"
+
+
+def restart_policy(doc: Mapping[str, Any]) -> restarts.Policy:
+    """The restart policy a container was created with (none before it was recorded)."""
+    r = doc.get("restart") or {}
+    return restarts.Policy.parse(r.get("policy"), r.get("max_retries"))
+
+
+def restart_record(doc: Mapping[str, Any]) -> restarts.Record:
+    r = doc.get("restart") or {}
+    return restarts.Record(
+        count=int(r.get("count") or 0),
+        delay_s=float(r.get("delay_s") or 0.0),
+        stopped=bool(r.get("stopped")),
+    )
+
+
+def epoch(iso: str | None) -> float | None:
+    """A state's timestamp (utc_iso's form) as an epoch time; None if it has none."""
+    if not iso:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def restart_delay(
+    doc: Mapping[str, Any], exit_code: int | None, finished: float | None, *, boot: bool = False
+) -> float | None:
+    """restarts.delay_before_restart for a container that ended (`finished`: when, as an
+    epoch time, if known): the one question the keeper, the manager and `system start` ask."""
+    started = epoch(doc.get("started_at"))
+    ran_for = finished - started if finished is not None and started is not None else None
+    return restarts.delay_before_restart(
+        restart_policy(doc), restart_record(doc), exit_code, ran_for, boot=boot
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
+from pyapply.runtime import restarts
 from pyapply.runtime.base import (
     Conflict,
     ContainerConfig,
@@ -49,7 +51,15 @@ from pyapply.runtime.base import (
 )
 from pyapply.runtime.native import health as healthmod
 from pyapply.runtime.native import oci, root_tag, rootfs
-from pyapply.runtime.native.container_state import LABELS_ANNOTATION, SPEC_SHAPE, STATE_SHAPE
+from pyapply.runtime.native.container_state import (
+    LABELS_ANNOTATION,
+    SPEC_SHAPE,
+    STATE_SHAPE,
+    epoch,
+    restart_delay,
+    restart_policy,
+    restart_record,
+)
 from pyapply.runtime.native.hostbins import INIT
 from pyapply.runtime.native.statefile import DamagedState, read_json
 from pyapply.runtime.native.supervise import (
@@ -321,6 +331,22 @@ def _health_dict(config: ContainerConfig) -> dict[str, Any] | None:
     return asdict(config.health)
 
 
+def _keep_record(doc: dict[str, Any], record: restarts.Record) -> bool:
+    """Put `record` into the state; whether that changed it (a container with no policy
+    keeps no books, so a stop of one costs no write)."""
+    policy = restart_policy(doc)
+    if policy.name == "no" or record == restart_record(doc):
+        return False
+    doc["restart"] = {
+        "policy": policy.name,
+        "max_retries": policy.max_retries,
+        "count": record.count,
+        "delay_s": record.delay_s,
+        "stopped": record.stopped,
+    }
+    return True
+
+
 class ContainerManager:
     """Create/start/stop/remove/observe containers under one state root."""
 
@@ -388,14 +414,15 @@ class ContainerManager:
             return None
 
     def _creating(self) -> bool:
-        """A create holds the containers dir's lock (so a dir without state.json may be
-        one being made, not a damaged one)."""
+        """Creates hold the containers dir's lock, shared (so a dir without state.json may
+        be one being made, not a damaged one): a create runs when it cannot be had
+        exclusively."""
         try:
             fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         finally:
@@ -438,7 +465,9 @@ class ContainerManager:
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # shared: creates of different containers overlap (two of one name are kept
+            # apart by the driver's lock of that container)
+            fcntl.flock(fd, fcntl.LOCK_SH)
             return self._create(
                 config,
                 layer_dirs,
@@ -549,6 +578,7 @@ class ContainerManager:
             )
             atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
             env = oci.merge_env(image.env, config.env)
+            policy = restarts.Policy.parse(config.restart_policy, config.restart_max_retries)
             if not any(e.startswith("PATH=") for e in env):
                 env.insert(0, f"PATH={oci.DEFAULT_PATH}")
             doc: dict[str, Any] = {
@@ -592,6 +622,7 @@ class ContainerManager:
                 "shm_size": config.shm_size,
                 "post_start": [asdict(h) for h in config.post_start],
                 "pre_stop": [asdict(h) for h in config.pre_stop],
+                "restart": {"policy": policy.name, "max_retries": policy.max_retries},
             }
             self._save(config.name, doc)
         except BaseException:
@@ -755,11 +786,51 @@ class ContainerManager:
             os.close(fd)
 
     def start(self, name: str) -> None:
-        """Start (or restart after an exit); running is success."""
+        """Start on purpose (or again after an exit); running is success. The restart
+        policy's books begin anew: no longer stopped on purpose, no restarts counted."""
         with self._lock(name):
-            self._start(name)
+            self._start(name, restarts.Record())
 
-    def _start(self, name: str) -> None:
+    def started_on_purpose(self, name: str) -> None:
+        """A start on purpose of a running container (which keeps running): its restart
+        books begin anew, and the root's keeper is made sure of."""
+        with self._lock(name), contextlib.suppress(DamagedState):
+            doc = self._load(name)
+            if doc is not None and _keep_record(doc, restarts.Record()):
+                self._save(name, doc)
+        healthmod.ensure_checker(self.root, self.supervisor.runc)
+
+    def policy_delay(
+        self, name: str, doc: Mapping[str, Any], *, boot: bool = False
+    ) -> float | None:
+        """The wait before the restart policy starts the container again (None: it does
+        not, or the container has not ended): runc and conmon's records, then the policy."""
+        if doc.get("pending") or not doc.get("started_at"):
+            return None
+        cid = str(doc["id"])
+        info = self.supervisor.runc_state(cid) if (self.runc_root / cid).exists() else None
+        status, code, finished = self._status(self.dir(name), doc, info)
+        if status != "exited":
+            return None  # started meanwhile, or never ended
+        return restart_delay(doc, code, epoch(finished), boot=boot)
+
+    def start_by_policy(self, name: str, *, boot: bool = False) -> bool:
+        """Start the container again if its restart policy says so now (the keeper, once
+        the wait is over; `system start` with `boot`). Asked again here, under the
+        container's lock, so that a stop or a start on purpose that came first wins.
+        Whether it was started."""
+        with self._lock(name):
+            try:
+                doc = self._load(name)
+            except DamagedState:
+                return False  # the next pass replaces it
+            delay = None if doc is None else self.policy_delay(name, doc, boot=boot)
+            if doc is None or delay is None:
+                return False
+            self._start(name, restarts.after_restart(restart_record(doc), delay, boot=boot))
+            return True
+
+    def _start(self, name: str, record: restarts.Record) -> None:
         doc = self._must_load(name)
         cdir = self.dir(name)
         cid = str(doc["id"])
@@ -767,10 +838,13 @@ class ContainerManager:
         info = self.supervisor.runc_state(cid) if (self.runc_root / cid).exists() else None
         if info is not None:
             if info.get("status") in ("running", "paused") and read_exit(cdir) is None:
+                changed = _keep_record(doc, record)
                 if not doc.get("started_at"):  # a start killed before it noted itself
                     doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
+                    changed = True
+                if changed:
                     self._save(name, doc)
-                    healthmod.ensure_checker(self.root, self.supervisor.runc)
+                healthmod.ensure_checker(self.root, self.supervisor.runc)
                 return
             self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
         rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
@@ -785,15 +859,25 @@ class ContainerManager:
             stdin=bool(doc.get("stdin_open")),
         )
         doc.update(started_at=utc_iso(), finished_at=None, exit_code=None)
+        _keep_record(doc, record)
         self._save(name, doc)
-        # the root's keeper probes healthchecks and rotates logs while containers run
+        # the root's keeper probes healthchecks, rotates logs and applies restart policies
+        # while containers run
         healthmod.ensure_checker(self.root, self.supervisor.runc)
         self._hooks(name, doc, "post_start", HOOK_TIMEOUT)
 
     def stop(self, name: str, timeout: float | None = None) -> None:
-        """stop_signal, then SIGKILL after the timeout (default: the config's, else 10 s);
-        not running is success."""
+        """Stop on purpose: stop_signal, then SIGKILL after the timeout (default: the
+        config's, else 10 s); not running is success. No restart policy starts it again
+        until it is started: that is noted (durably) before the signal, so the keeper,
+        which sees the exit, also sees why."""
         with self._lock(name):
+            with contextlib.suppress(DamagedState):
+                doc = self._load(name)
+                if doc is not None and _keep_record(
+                    doc, dataclasses.replace(restart_record(doc), stopped=True)
+                ):
+                    self._save(name, doc)
             self._stop(name, timeout)
 
     def _stop(self, name: str, timeout: float | None) -> None:
@@ -988,6 +1072,15 @@ class ContainerManager:
     ) -> ContainerState:
         cdir = self.dir(name)
         status, code, finished = self._status(cdir, doc, runc_info)
+        policy, record = restart_policy(doc), restart_record(doc)
+        if (
+            status == "exited"
+            and restarts.wants_restart(policy, record, code)
+            and healthmod.checker_pid(self.root) is not None
+        ):
+            # the keeper restarts it once its wait is over: it owns the restart, so a pass
+            # leaves it alone (as it leaves a container dockerd is restarting)
+            status = "restarting"
         health: Health | None = None
         if doc.get("health") and (doc.get("started_at") or status == "running"):
             # running with a healthcheck and no result yet is "starting", never "none"
@@ -1012,6 +1105,8 @@ class ContainerManager:
             started_at=doc.get("started_at"),
             finished_at=finished,
             joined=doc.get("joined_id"),
+            restart_count=record.count,
+            restart_gave_up=status == "exited" and restarts.gave_up(policy, record, code),
         )
 
     def _damaged_state(self, name: str) -> ContainerState:

@@ -54,10 +54,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
 import secrets
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -84,6 +86,7 @@ from pyapply.runtime.base import (
     PermanentError,
     PushProgress,
     PushResult,
+    TransientError,
     VolumeConfig,
     VolumeState,
 )
@@ -177,7 +180,7 @@ VOLUME_META_SHAPE = record({"labels": map_of(string)}, {"name": string, "driver"
 
 class Names:
     """`names.json`: name -> key for the containers whose name is not their key (renamed
-    ones). Written atomically; writers hold the driver lock."""
+    ones). Written atomically; writers hold the driver lock (`_lock`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -201,6 +204,17 @@ class Names:
     @staticmethod
     def name_of(names: Mapping[str, str], key: str) -> str:
         return next((n for n, k in names.items() if k == key), key)
+
+
+def _key_offset(key: str) -> int:
+    """The byte of driver.lock that stands for a container key (see _key_lock)."""
+    return 1 + int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % (1 << 30)
+
+
+def _flock_struct(kind: int, offset: int) -> bytes:
+    """Linux's struct flock (l_type, l_whence, l_start, l_len, l_pid = 0, as OFD locks
+    require) for one byte at `offset`."""
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
 
 
 class NativeRuntime:
@@ -227,8 +241,8 @@ class NativeRuntime:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        """Serialise container create/remove between processes sharing the root (a create
-        that fails rolls back, and must not roll back what another process made)."""
+        """The root's lock, for the short read-modify-writes of names.json. Taken after a
+        container's lock (`_key_lock`), never before one."""
         self._view = None  # what follows changes the kernel: the next look is a new one
         fd = open_private(self.root / "driver.lock")
         try:
@@ -236,6 +250,26 @@ class NativeRuntime:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _key_lock(self, *keys: str) -> Iterator[None]:
+        """Serialise what changes one container -- its create, the repair or plumbing before
+        a start, its removal, a rename -- between threads and processes sharing the root: a
+        create that fails rolls back, and must not roll back what another made, and a
+        removal must not race a restart. One lock per container, so that work on different
+        containers overlaps (a converge's creates run in parallel): an open-file-description
+        lock on one byte of driver.lock chosen by the key's hash (two keys that share a
+        byte only wait for each other), released when the descriptor closes, a killed
+        process's included. Several keys are locked in one order, so two holders never wait
+        for each other."""
+        self._view = None
+        fd = open_private(self.root / "driver.lock")
+        try:
+            for offset in sorted({_key_offset(k) for k in keys}):
+                fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock_struct(fcntl.F_WRLCK, offset))
+            yield
+        finally:
+            os.close(fd)  # releases the locks
 
     # -- images --------------------------------------------------------------------------
 
@@ -512,16 +546,24 @@ class NativeRuntime:
 
     @translated
     def create_container(self, config: ContainerConfig) -> str:
-        with self._lock():
-            return self._create_container(config)
+        """Create under the container's own lock: creates of different containers overlap."""
+        for _ in range(5):
+            key = Names.key_of(self.names.load(), config.name)
+            fresh = key is None
+            if key is None:  # the name's own key is a renamed container's: take a fresh one
+                key = f"{config.name[:120]}.{secrets.token_hex(3)}"
+            with self._key_lock(key):
+                if Names.key_of(self.names.load(), config.name) != (None if fresh else key):
+                    continue  # renamed or removed before we held its lock: look again
+                return self._create_container(config, key, fresh)
+        raise TransientError(f"container {config.name}: its name changed while it was made")
 
-    def _create_container(self, config: ContainerConfig) -> str:
-        names = self.names.load()
-        key = Names.key_of(names, config.name)
-        existing = self.containers.state(key) if key is not None else None
-        if existing is not None and key is not None and existing.status == "dead":
+    def _create_container(self, config: ContainerConfig, key: str, fresh: bool) -> str:
+        existing = None if fresh else self.containers.state(key)
+        if existing is not None and existing.status == "dead":
             self._teardown(config.name, key)  # a create killed half-way: start over
             existing = None
+            fresh = key != config.name  # the teardown forgot the name's key
         if existing is not None:
             if dict(existing.labels) == dict(config.labels):
                 return existing.id
@@ -531,10 +573,13 @@ class NativeRuntime:
         record = self.image_store.resolve(config.image)
         if record is None:
             raise NotFound(f"image {config.image} not found; pull it first")
-        if key is None:  # the name's own key is a renamed container's: take a fresh one
-            key = f"{config.name[:120]}.{secrets.token_hex(3)}"
-            names[config.name] = key
-            self.names.save(names)
+        if fresh:
+            with self._lock():
+                names = self.names.load()
+                if Names.key_of(names, config.name) not in (None, key):
+                    raise Conflict(f"container name {config.name} was taken meanwhile")
+                names[config.name] = key
+                self.names.save(names)
         layer_dirs = self.image_store.layer_dirs(record)
         mounts, anon = self._resolve_mounts(config, key)
         # no healthcheck of its own (None, as opposed to a disabled one): the image's, as
@@ -667,7 +712,8 @@ class NativeRuntime:
     @translated
     def start_container(self, name: str) -> None:
         """Start; a running container is success, and what is missing of it (see `faults`)
-        is repaired in place, as it is for one that ran before and is started again."""
+        is repaired in place, as it is for one that ran before and is started again. A start
+        on purpose: the restart policy's books begin anew."""
         key = self._must_key(name)
         cdir = self.containers.dir(key)
         started = self._started(cdir)
@@ -675,27 +721,51 @@ class NativeRuntime:
         if started and not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
             # running (as events judge it, from files: no runc call on every start)
             if own:
-                with self._lock():
+                with self._key_lock(key):
                     self._repair(key, read_pid(cdir / "pidfile"))
                     self._remac(key)
-            # the root's keeper (healthchecks, log rotation) runs while containers do
-            healthmod.ensure_checker(self.root, self.containers.supervisor.runc)
+            # the restart books begin anew; the root's keeper (healthchecks, log rotation,
+            # restart policies) runs while containers do
+            self.containers.started_on_purpose(key)
             return
         if not own:
             self._check_joined(name, key)
-        elif not os.path.exists(self.netns_path(key)):
-            # the namespace went with a reboot (or by hand): make it anew and plumb the
-            # container's endpoints into it again, with the addresses it had
-            with self._lock():
-                if not os.path.exists(self.netns_path(key)):  # not made by a racing start
-                    self._make_netns(key)
-                    self.networks.restore(key, self.netns_path(key))
-        elif started:
-            # it ran before: its veths, bridges or rules may have gone since
-            with self._lock():
-                self.networks.repair(key, self.netns_path(key))
+        elif started or not os.path.exists(self.netns_path(key)):
+            with self._key_lock(key):
+                self._plumb(key, started)
         self._remac(key)
         self.containers.start(key)
+
+    def start_by_policy(self, key: str, *, boot: bool = False) -> bool:
+        """Start the container kept under `key` again if its restart policy says so (the
+        keeper, after its wait; `system start` with `boot`), with its spec, networks and
+        addresses as a start by `pyapply -f` has them. The policy is asked under the
+        container's driver lock (`_key_lock`), before any plumbing (a removal holds that
+        lock: a container being removed is gone by then, and nothing of it is made again),
+        and once more under the container's own lock by the manager. Whether it was
+        started. A container in another's network namespace (or the host's) has nothing of
+        its own to plumb; one whose namespace went with its container is not started."""
+        with self._key_lock(key):
+            doc = self.containers.peek(key)
+            if doc is None or self.containers.policy_delay(key, doc, boot=boot) is None:
+                return False
+            if self._own_netns(key):
+                self._plumb(key, True)
+                self._remac(key)
+            else:
+                self._check_joined(str(doc.get("name") or key), key)
+        return self.containers.start_by_policy(key, boot=boot)
+
+    def _plumb(self, key: str, started: bool) -> None:
+        """Before a start of a container that is not running (under its `_key_lock`): its
+        netns and endpoints, made anew when the namespace went (a reboot, by hand) with the
+        addresses it had, or made sure of when it ran before (veths, bridges or rules may
+        have gone since)."""
+        if not os.path.exists(self.netns_path(key)):
+            self._make_netns(key)
+            self.networks.restore(key, self.netns_path(key))
+        elif started:
+            self.networks.repair(key, self.netns_path(key))
 
     def _remac(self, key: str) -> None:
         """Give the MAC a config asked for again to an interface remade since."""
@@ -729,10 +799,16 @@ class NativeRuntime:
 
     @translated
     def remove_container(self, name: str) -> None:
-        with self._lock():
+        for _ in range(5):
             key = Names.key_of(self.names.load(), name)
-            if key is not None:  # None: its own key is another container's, nothing to do
+            if key is None:  # its own key is another container's: nothing to do
+                return
+            with self._key_lock(key):
+                if Names.key_of(self.names.load(), name) != key:
+                    continue  # renamed meanwhile: look again
                 self._teardown(name, key)
+                return
+        raise TransientError(f"container {name}: its name changed while it was removed")
 
     def _teardown(self, name: str, key: str) -> None:
         """Stop, unpublish, detach, forget the hosts file, remove, delete the netns, forget
@@ -748,20 +824,24 @@ class NativeRuntime:
         # container listed (its state file goes last), so the next pass finishes it
         self._drop_netns(key)
         self.containers.remove(key)
-        names = self.names.load()
-        if names.get(name) == key:
-            del names[name]
-            self.names.save(names)
+        with self._lock():
+            names = self.names.load()
+            if names.get(name) == key:
+                del names[name]
+                self.names.save(names)
 
     @translated
     def rename_container(self, name: str, new_name: str) -> None:
         """Give a container another name: one write of names.json, plus the name other
         containers resolve it by."""
-        with self._lock():
+        key = self._must_key(name)
+        if new_name == name:
+            return
+        # the container's lock, and the one a create of `new_name` under its own name takes
+        with self._key_lock(key, new_name), self._lock():
             names = self.names.load()
-            key = self._must_key(name)
-            if new_name == name:
-                return
+            if Names.key_of(names, name) != key:
+                raise TransientError(f"container {name} was renamed or removed meanwhile")
             taken = Names.key_of(names, new_name)
             if taken is not None and (self.containers.dir(taken) / "state.json").exists():
                 raise Conflict(f"cannot rename {name} to {new_name}: the name is in use")

@@ -1,4 +1,4 @@
-"""Healthchecks of native containers, and the rotation of their logs.
+"""Healthchecks of native containers, the rotation of their logs, and their restart policies.
 
 Who runs them: one detached checker process per state root (the root's "keeper",
 `python -m runtime.native.health --root ROOT --runc RUNC`), started on demand by `start` of
@@ -11,6 +11,10 @@ running (a plain `pyapply -f` exits), yet `service_healthy` and `get` must keep 
 status. One process for all containers (probes in a small thread pool) rather than one per
 container, because a Python process costs ~15 MB resident and conmon ~2 MB: the
 per-container overhead stays conmon's. A flock on `<root>/health.lock` keeps it single.
+
+It also enforces restart policies (restarter.py): a container that ends and whose policy
+says so is started again after dockerd's wait, with no pyapply process running; the keeper
+stays while such a restart is owed, even when no container runs.
 
 Each probe is `runc exec` of the test (CMD -> argv, CMD-SHELL -> /bin/sh -c), killed after
 the timeout. The status follows Docker's rules: "starting" until the first success or until
@@ -37,6 +41,7 @@ from typing import Any
 
 from pyapply.runtime.base import Health, HealthConfig
 from pyapply.runtime.native.container_state import STATE_SHAPE
+from pyapply.runtime.native.restarter import Restarter
 from pyapply.runtime.native.statefile import (
     DamagedState,
     anything,
@@ -235,15 +240,23 @@ class _Watched:
     busy: bool = False
 
 
-def _read_running(cdir: Path) -> dict[str, Any] | None:
-    """The state of a started container with no exit recorded (else None)."""
+def _read_state(cdir: Path) -> dict[str, Any] | None:
     try:
         doc: dict[str, Any] | None = read_json(cdir / "state.json", STATE_SHAPE)
     except DamagedState:
         return None  # the next apply replaces it (containers.py)
-    if doc is None or not doc.get("started_at") or (cdir / "exit").exists():
-        return None
     return doc
+
+
+def _is_running(cdir: Path, doc: dict[str, Any]) -> bool:
+    """Started, with no exit recorded."""
+    return bool(doc.get("started_at")) and not (cdir / "exit").exists()
+
+
+def _read_running(cdir: Path) -> dict[str, Any] | None:
+    """The state of a started container with no exit recorded (else None)."""
+    doc = _read_state(cdir)
+    return doc if doc is not None and _is_running(cdir, doc) else None
 
 
 def _read_container(cdir: Path) -> dict[str, Any] | None:
@@ -287,6 +300,7 @@ def run(root: Path, runc: str) -> int:
     announced = True
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sup = Supervisor(root / "runc", runc=runc)
+    restarter = Restarter(root)
     containers = root / "containers"
     watched: dict[str, _Watched] = {}
     results: queue.SimpleQueue[tuple[str, str, Probe]] = queue.SimpleQueue()
@@ -317,9 +331,13 @@ def run(root: Path, runc: str) -> int:
                 if keep_logs:
                     next_logs = now + LOG_CHECK_S
                     running = False
+                owed = False  # a restart the policy owes keeps the keeper here
                 for cdir in containers.iterdir() if containers.is_dir() else ():
-                    doc = _read_running(cdir)
+                    doc = _read_state(cdir)
                     if doc is None:
+                        continue
+                    if not _is_running(cdir, doc):
+                        owed = restarter.consider(cdir, doc) or owed
                         continue
                     if keep_logs and _keep_log(cdir, doc):
                         running = True
@@ -341,7 +359,7 @@ def run(root: Path, runc: str) -> int:
                         )
                 for gone in set(watched) - seen:
                     del watched[gone]
-                if watched or running:
+                if watched or running or owed:
                     idle_since = now
                     if not announced:
                         _announce(pid_file)

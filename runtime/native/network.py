@@ -681,7 +681,13 @@ class NetworkManager:
                     _del_link(ipr, veth)
                 if ipv4_address is not None and ipv4_address != ep["ip"]:
                     st.ipam.release(network, container_name)
-            self._ensure_kernel(rec)
+            if not _link_exists(rec["bridge"]):
+                # only a bridge gone since the network was made sure of is remade here (with
+                # its rules): a pass makes sure of its networks (create_network) before it
+                # attaches to them, and remaking every rule of the network (each published
+                # port's too) at every attach cost more than the rest of the attach, under
+                # the lock every attach of the root waits for
+                self._ensure_kernel(rec)
             live = self._live_addresses(rec, st.ipam.get(network).leases.get(container_name))
             ip = st.ipam.lease(network, container_name, ipv4_address, live)
             try:

@@ -321,9 +321,10 @@ def test_container_killed_by_hand_is_restarted(
 ) -> None:
     """A `restart: always` container killed (its process, SIGKILL) or stopped by hand is
     running again soon, and one removed by hand is recreated: dockerd does not restart a
-    container killed or stopped by hand, even with a restart policy (it counts as a manual
-    stop), and the native runtime has no daemon at all: the agent does it, told by the
-    runtime's events, because the desired state says running."""
+    container stopped by hand, even with a restart policy (it counts as a manual stop), nor
+    does the native runtime's keeper: the agent does it, told by the runtime's events,
+    because the desired state says running. A killed one is restarted by its policy
+    (dockerd, the native keeper), or else by the agent: either way, once."""
     repo = Repo(tmp_path / "repo")
     repo.commit(
         {"stack.yaml": stack_yaml(stack_name, {"app": "1", "once": "1"}, restart="always")},

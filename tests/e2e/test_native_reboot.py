@@ -9,22 +9,16 @@ the state root on disk. `pyapply -f` must then bring the stack back, with its vo
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from pyapply.runtime.native import firewall, health, rootfs
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.network import NetworkManager
-from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import REPO_ROOT, http_get, new_stack_name
+from tests.e2e.reboot import reboot
 from tests.e2e.runtimes import Cli, free_port
 
 pytestmark = pytest.mark.e2e
@@ -60,48 +54,6 @@ def demo(tmp_path: Path) -> Iterator[tuple[Cli, Path, Path]]:
         cli.run("down", "-f", str(manifest), "--volumes")
         cli.run("system", "reset", "--force")
         NetworkManager(root).reset()
-
-
-def _kill(pid: int | None) -> None:
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _wait_gone(pids: list[int]) -> None:
-    deadline = time.monotonic() + 10
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(pid_alive(p) for p in pids), "processes survived SIGKILL"
-
-
-def reboot(root: Path) -> None:
-    """Take away everything a reboot takes away, leaving the state root on disk."""
-    rt = NativeRuntime(root)
-    health.stop_checker(root)
-    keys = [rt.key(c.name) or c.name for c in rt.list_containers({})]
-    pids: list[int] = []
-    for key in keys:
-        for pid in (rt.containers.supervisor_pid(key), rt.containers.container_pid(key)):
-            _kill(pid)  # conmon first: nobody is left to record the exit
-            if pid is not None:
-                pids.append(pid)
-    _wait_gone(pids)
-    for key in keys:
-        rootfs.unmount(rt.containers.dir(key) / "rootfs")
-        with contextlib.suppress(FileNotFoundError):
-            netns.remove(rt.netns_name(key))
-        for cg in rt.containers.cgroup_dirs(key):
-            with contextlib.suppress(OSError):
-                cg.rmdir()
-    nm = rt.networks
-    with IPRoute() as ipr:
-        for net in nm.list():
-            bridge = nm.bridge_name(net.name)
-            for index in ipr.link_lookup(ifname=bridge):
-                ipr.link("del", index=index)
-            comment = firewall.network_comment(bridge)
-            nm.firewall.delete_tagged(comments=[comment], prefixes=[comment + ":"])
 
 
 def test_demo_comes_back_after_a_reboot(demo: tuple[Cli, Path, Path], busybox_tar: Path) -> None:

@@ -211,7 +211,9 @@ def test_a_damaged_history_is_moved_aside_and_self_healing_goes_on(
     stack, obs = runtime.stack, runtime.observe
     root = Path(runtime.root)
     repo = Repo(tmp_path / "repo")
-    sha = repo.commit({"stack.yaml": stack_yaml(stack, {"app": "1"}, restart="always")}, "one")
+    # restart "no": a killed container is the agent's to start again (the manifest says it
+    # runs), on both runtimes; with a policy, the native keeper would restart it unrecorded
+    sha = repo.commit({"stack.yaml": stack_yaml(stack, {"app": "1"}, restart="no")}, "one")
     port = free_port()
     agent.start(repo.path, "--poll", "1", "--metrics", f"127.0.0.1:{port}")
     app = f"{stack}-app-1"

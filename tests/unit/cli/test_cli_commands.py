@@ -15,7 +15,7 @@ EXPECTED = {
     "apply", "diff", "down", "delete", "get", "logs", "validate", "watch", "status",
     "history", "rollback", "resume", "sync", "config", "convert", "image", "system",
     "build", "push",
-    "ps", "exec", "run", "restart", "events", "top",
+    "ps", "exec", "run", "restart", "events", "top", "stop", "start",
 }  # fmt: skip
 
 

@@ -335,7 +335,7 @@ def test_commands_are_registered_lazily(pyapply: Run) -> None:
     for sub in ("pull", "ls", "rm", "import", "prune"):
         assert sub in out
     code, out, _ = pyapply("system", "--help")
-    assert code == 0 and "reset" in out
+    assert code == 0 and "reset" in out and "start" in out
 
 
 def test_docker_runtime_refused(pyapply: Run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,6 +346,19 @@ def test_docker_runtime_refused(pyapply: Run, monkeypatch: pytest.MonkeyPatch) -
     assert code == 1 and "`docker pull`" in err
     code, _, err = pyapply("system", "reset", "--force")
     assert code == 1 and "docker system prune" in err and len(err.strip().splitlines()) == 1
+
+
+def test_system_start_on_a_root_with_no_containers_and_on_docker(
+    pyapply: Run, tmp_path: Path
+) -> None:
+    # at boot on a fresh machine: nothing to bring back, and nothing made
+    code, out, err = pyapply("system", "start")
+    assert (code, err) == (0, "") and out == f"start {tmp_path / 'root'}: no containers\n"
+    assert not (tmp_path / "root").exists()
+    code, _, err = pyapply("system", "start", "--runtime", "docker")
+    assert code == 1 and "dockerd starts its own at its start" in err
+    code, _, err = pyapply("system", "start", "--runtime", "podman")
+    assert code == 1 and "unknown runtime 'podman'" in err
 
 
 def test_empty_store_lists_nothing(pyapply: Run) -> None:

@@ -187,6 +187,19 @@ def test_restart_waits_for_a_batch_to_be_healthy(
     assert "stop shop-web-3" not in fake.calls  # the next batch never started
 
 
+def test_stop_and_start_name_services_or_take_them_all(
+    fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(monkeypatch, "stop", "--stack", "shop", "--timeout", "2", "web") == 0
+    assert fake.calls == [f"stop shop-web-{n}" for n in (1, 2, 3)]
+    assert capsys.readouterr().out.splitlines() == [f"stopped shop-web-{n}" for n in (1, 2, 3)]
+    fake.calls.clear()
+    assert run(monkeypatch, "start", "--stack", "shop") == 0  # no service: every one
+    assert fake.calls == [f"start shop-web-{n}" for n in (1, 2, 3)]
+    assert run(monkeypatch, "stop", "--stack", "shop", "db") == 1
+    assert "no containers of service db in stack shop" in capsys.readouterr().err
+
+
 def test_events_prints_the_stack_s_events(
     fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
