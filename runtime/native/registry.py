@@ -834,41 +834,37 @@ class RegistryClient:
     ) -> None:
         """Send the blob at `path` through `upload`: one PUT when it fits in `chunk_size`,
         else PATCH chunks (at least the registry's minimum chunk length) and a closing PUT.
-        A chunk cut by a transient failure is resumed from where the registry says the
-        upload stands (GET on the session), a few times."""
-        location = upload.location
+        A cut chunk is sent again from where the registry says the upload stands."""
         if size <= chunk_size:
-            self._close_upload(ref, location, digest, Body(size, path=path))
+            self.close_upload(ref, upload.location, digest, Body(size, path=path))
             return
         step = max(chunk_size, upload.min_chunk)
-        offset, resumes = 0, 0
-        while offset < size:
-            n = min(step, size - offset)
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{offset + n - 1}",
-            }
-            try:
-                r = self.request(
-                    "PATCH",
-                    ref,
-                    "",
-                    headers,
-                    body=Body(n, path=path, offset=offset),
-                    url=location,
-                    push=True,
-                )
-            except TransientError:
-                resumes += 1
-                if resumes > RESUME_ATTEMPTS:
-                    raise
-                location, offset = self._upload_status(ref, location)
-                continue
-            r.read(65536)
-            r.close()
-            location = r.headers.get("Location") or location
-            offset = _range_end(r.headers.get("Range"), offset + n)
-        self._close_upload(ref, location, digest, Body.of(b""))
+        while upload.offset < size:
+            n = min(step, size - upload.offset)
+            self.send_chunk(ref, upload, Body(n, path=path, offset=upload.offset))
+        self.close_upload(ref, upload.location, digest, Body.of(b""))
+
+    def send_chunk(self, ref: Reference, upload: Upload, body: Body) -> None:
+        """PATCH `body` as the blob's bytes from `upload.offset` on. `upload` moves on to
+        where the registry has got: past the chunk, or, when a transient failure cut the
+        chunk, to where the registry says the upload stands (GET on the session), from
+        where the caller sends again (resumable; at most RESUME_ATTEMPTS cuts per blob)."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{upload.offset}-{upload.offset + body.length - 1}",
+        }
+        try:
+            r = self.request("PATCH", ref, "", headers, body=body, url=upload.location, push=True)
+        except TransientError:
+            upload.resumes += 1
+            if upload.resumes > RESUME_ATTEMPTS:
+                raise
+            upload.location, upload.offset = self._upload_status(ref, upload.location)
+            return
+        r.read(65536)
+        r.close()
+        upload.location = r.headers.get("Location") or upload.location
+        upload.offset = _range_end(r.headers.get("Range"), upload.offset + body.length)
 
     def _upload_status(self, ref: Reference, location: str) -> tuple[str, int]:
         """(location, offset) of an upload session: where to go on after a cut chunk."""
@@ -877,7 +873,9 @@ class RegistryClient:
         r.close()
         return r.headers.get("Location") or location, _range_end(r.headers.get("Range"), 0)
 
-    def _close_upload(self, ref: Reference, location: str, digest: str, body: Body) -> None:
+    def close_upload(self, ref: Reference, location: str, digest: str, body: Body) -> None:
+        """The closing PUT of an upload session (with the blob, or its last bytes, or
+        nothing), naming the digest the whole blob must have."""
         sep = "&" if "?" in location else "?"
         url = f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"
         headers = {"Content-Type": "application/octet-stream"}
@@ -919,13 +917,16 @@ class RegistryClient:
 RESUME_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
+@dataclass
 class Upload:
-    """An open blob upload session: where to send the data, and the registry's minimum
-    chunk length (OCI-Chunk-Min-Length, 0 when it sets none)."""
+    """An open blob upload session: where to send the data next, the registry's minimum
+    chunk length (OCI-Chunk-Min-Length, 0 when it sets none), the bytes the registry holds
+    so far and the chunks cut (and resumed) so far."""
 
     location: str
     min_chunk: int = 0
+    offset: int = 0
+    resumes: int = 0
 
 
 def _range_end(header: str | None, default: int) -> int:

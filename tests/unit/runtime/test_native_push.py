@@ -172,6 +172,7 @@ class Fake:
     min_chunk: int = 0
     cut_patch: int = 0  # PATCH requests to cut after half their body
     fail_upload: bool = False  # a blob PUT answers 500
+    fail_patch: bool = False  # every PATCH answers 500
     basic: tuple[str, str] | None = None
     bearer: bool = False
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
@@ -294,6 +295,10 @@ def _handler(fake: Fake) -> type[http.server.BaseHTTPRequestHandler]:
                     if start != len(data) or short:
                         self.body()
                         self.send(416)
+                        return
+                    if fake.fail_patch:
+                        self.body()
+                        self.send(500)
                         return
                     if n < fake.min_chunk:
                         fake.short_chunks.add(uid)
@@ -482,6 +487,69 @@ def test_chunked_upload_honours_the_minimum_and_resumes_a_cut_chunk(
     assert len(patches) == 1 + -(-(len(layer) - 50_000) // 100_000)
     assert len(requests_of(fake, "GET", "/uploads/")) == 1  # where the upload stood
     assert "team/big" in fake.manifests
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [secrets.token_bytes(300_000), b"compressible layer text " * 40_000],
+    ids=["incompressible", "compressible"],
+)
+def test_uncompressed_layer_gzipped_while_sent_in_chunks(
+    tmp_path: Path, fake: Fake, raw: bytes
+) -> None:
+    ref = f"{registry_of(fake)}/team/stream:1"
+    store, rec = make_image(tmp_path, ref, [raw])
+    fake.min_chunk = 100_000
+    fake.cut_patch = 1
+    store.client.timeout = 10
+    events: list[PushEvent] = []
+    push(store, ref, events.append, chunk_size=40_000)
+    [layer] = json.loads(fake.manifests["team/stream"]["1"])["layers"]
+    sent = fake.blobs["team/stream"][layer["digest"]]
+    assert gzip.decompress(sent) == raw and layer["size"] == len(sent)
+    # the store keeps the very bytes the registry got, under the digest the manifest names
+    after = store.resolve(ref)
+    assert after is not None and after.layer_blobs == (layer["digest"],)
+    assert store.blobs.read(layer["digest"]) == sent
+    assert not store.blobs.has(rec.layer_blobs[0])
+    # one session opened at once (no digest to ask about), the first chunk cut after 50 kB
+    # and resumed from there, chunks of the registry's minimum (the fake refuses a short
+    # chunk before the last), the digest named by the closing PUT
+    assert len(requests_of(fake, "POST")) == 2  # the config's and the layer's
+    if len(sent) > 100_000:
+        assert len(requests_of(fake, "GET", "/uploads/")) == 1
+        assert len(requests_of(fake, "PATCH")) == 1 + -(-(len(sent) - 50_000) // 100_000)
+    else:  # a gzip that fits in one chunk goes in the closing PUT alone
+        assert requests_of(fake, "PATCH") == []
+    closing = [p for p in requests_of(fake, "PUT", "/uploads/") if "digest=" in p]
+    assert any(urllib.parse.quote(layer["digest"]) in p for p in closing)
+    layer_events = [(e.state, e.digest) for e in events if e.kind == "layer"]
+    assert layer_events == [("uploading", rec.layer_blobs[0]), ("uploaded", layer["digest"])]
+    # reproducible: the same layer streamed again gives the same blob
+    store2, _ = make_image(tmp_path / "again", ref.replace("stream", "stream2"), [raw])
+    push(store2, ref.replace("stream", "stream2"))
+    assert json.loads(fake.manifests["team/stream2"]["1"])["layers"] == [layer]
+
+
+def test_a_failed_stream_stops_the_compression_and_keeps_nothing(
+    tmp_path: Path, fake: Fake
+) -> None:
+    raw = secrets.token_bytes(3_000_000)
+    ref = f"{registry_of(fake)}/team/cut:1"
+    store, rec = make_image(tmp_path, ref, [raw])
+    fake.fail_patch = True
+    threads = threading.active_count()
+    with pytest.raises(TransientError, match="HTTP 500"):
+        push(store, ref, chunk_size=100_000)
+    assert "team/cut" not in fake.manifests
+    # a chunk refused is resumed a bounded number of times, then the push gives up
+    assert 1 < len(requests_of(fake, "PATCH")) <= 4
+    # the record is as it was, its uncompressed blob still there, no partial gzip left
+    after = store.resolve(ref)
+    assert after is not None and after.layer_blobs == rec.layer_blobs
+    assert store.blobs.has(rec.layer_blobs[0])
+    assert list(Path(store.blobs.tmp).iterdir()) == []
+    assert threading.active_count() == threads  # the compressing threads have ended
 
 
 def test_a_failed_blob_leaves_no_manifest(tmp_path: Path, fake: Fake) -> None:
