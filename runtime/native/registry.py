@@ -1,5 +1,6 @@
 """An OCI distribution (Docker Registry HTTP API v2) client: references, platforms, auth,
-manifests and blobs. Standard library only (http.client).
+manifests and blobs. Standard library only (http.client, imported on the first request:
+a build or a run whose images are all local never pays for it, nor for ssl).
 
 - References: `busybox` -> `docker.io/library/busybox:latest`; `host[:port]/a/b:tag`,
   `name@sha256:...`. A first component with a `.` or `:`, or `localhost`, is a registry.
@@ -22,22 +23,24 @@ from __future__ import annotations
 
 import base64
 import functools
-import http.client
 import ipaddress
 import json
 import os
 import platform as _platform
 import re
 import socket
-import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyapply.runtime.base import NotFound, PermanentError, TransientError
 from pyapply.runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -310,6 +313,8 @@ class _Response:
         self.headers = resp.headers
 
     def read(self, n: int = -1) -> bytes:
+        import http.client
+
         try:
             return self.resp.read(n)
         except (http.client.IncompleteRead, OSError) as e:
@@ -430,10 +435,14 @@ class RegistryClient:
     # pull (a no-op apply finds its images locally) should not pay
     @functools.cached_property
     def ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
         return ssl.create_default_context(cafile=self.ca_file)
 
     @functools.cached_property
     def unverified_context(self) -> ssl.SSLContext:
+        import ssl
+
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -465,6 +474,8 @@ class RegistryClient:
 
     def _probe(self, host: str) -> str:
         """An insecure registry: HTTPS (unverified) if it speaks TLS, else plain HTTP."""
+        import http.client
+
         conn = http.client.HTTPSConnection(
             host, timeout=min(self.timeout, 10.0), context=self.unverified_context
         )
@@ -492,6 +503,9 @@ class RegistryClient:
         """One request, following redirects (Authorization is dropped when the host changes,
         and an https -> http redirect is refused unless the target is insecure). A `body` is
         sent again from its start after a redirect."""
+        import http.client
+        import ssl
+
         hdrs = dict(headers)
         if body is not None:
             hdrs["Content-Length"] = str(body.length)

@@ -152,6 +152,8 @@ def main() -> None:
                 "docker",
                 "build",
                 "-q",
+                "--network",  # the RUN needs none (and dockerd's bridge may be down)
+                "none",
                 "-t",
                 tag,
                 str(ctx),

@@ -531,6 +531,33 @@ def test_uncompressed_layer_gzipped_while_sent_in_chunks(
     assert json.loads(fake.manifests["team/stream2"]["1"])["layers"] == [layer]
 
 
+def test_a_layer_gzipped_before_is_asked_about_and_mounted_not_streamed_again(
+    tmp_path: Path, fake: Fake
+) -> None:
+    raw = b"layer imported twice " * 5000
+    reg = registry_of(fake)
+    store, rec = make_image(tmp_path, f"{reg}/team/one:1", [raw])
+    push(store, f"{reg}/team/one:1")
+    [layer] = json.loads(fake.manifests["team/one"]["1"])["layers"]
+    # imported again under another name: the record names the uncompressed blob anew
+    store.blobs.put_bytes(raw)
+    with store._edit() as index:
+        data = index.images[rec.id]
+        data["layer_blobs"] = list(rec.layer_blobs)
+        data["blobs"] = [rec.id, *rec.layer_blobs]
+        index.refs[f"{reg}/team/two:1"] = rec.id
+    fake.log.clear()
+    events: list[PushEvent] = []
+    push(store, f"{reg}/team/two:1", events.append)
+    # the gzip the first push made is still in the store: that blob, by its digest, mounted
+    assert json.loads(fake.manifests["team/two"]["1"])["layers"] == [layer]
+    assert {e.state for e in events if e.kind != "manifest"} == {"mounted"}
+    assert requests_of(fake, "PATCH") == [] and requests_of(fake, "PUT", "/uploads/") == []
+    after = store.resolve(f"{reg}/team/two:1")
+    assert after is not None and after.layer_blobs == (layer["digest"],)
+    assert not store.blobs.has(rec.layer_blobs[0])
+
+
 def test_a_failed_stream_stops_the_compression_and_keeps_nothing(
     tmp_path: Path, fake: Fake
 ) -> None:
