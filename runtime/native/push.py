@@ -47,7 +47,7 @@ from pyapply.runtime.base import (
     TransientError,
 )
 from pyapply.runtime.native.images import ImageRecord, ImageStore
-from pyapply.runtime.native.layers import CHUNK, sha256_bytes
+from pyapply.runtime.native.layers import CHUNK, check_digest, sha256_bytes
 from pyapply.runtime.native.registry import (
     MANIFEST_TYPES,
     MT_OCI_MANIFEST,
@@ -394,7 +394,7 @@ def _plan(store: ImageStore, record: ImageRecord) -> tuple[Manifest | None, list
 
 
 def _memo_path(store: ImageStore, digest: str) -> str:
-    algo, _, hexpart = digest.partition(":")
+    algo, hexpart = check_digest(digest)
     return os.path.join(store.dir, "gzip-of", algo, hexpart)
 
 
