@@ -15,8 +15,9 @@ repository of the same registry, a cross-repository mount is asked for (`POST
 used; else a POST opens one. The blob is sent in one PUT, or in PATCH chunks when it is
 larger than the chunk size. An uncompressed layer is compressed while it is sent, not
 before: its gzip's digest is not known until the last byte, so an upload session is opened
-at once, fed with PATCH chunks as the gzip comes and closed with the digest (the gzip is
-written to the store on the way); a cut chunk is resumed in both cases. Blobs go in
+at once, fed with one streamed PATCH as the gzip comes and closed with the digest (the gzip
+is written to the store on the way, and what a cut stream did not deliver is sent from
+there); a cut upload is resumed in both cases. Blobs go in
 parallel; the manifest goes last, and only when every blob is in the registry, so an
 interrupted push never leaves a tag naming a half-pushed image.
 
@@ -44,7 +45,6 @@ from pyapply.runtime.base import (
     PushEvent,
     PushResult,
     RuntimeFailure,
-    TransientError,
 )
 from pyapply.runtime.native.images import ImageRecord, ImageStore
 from pyapply.runtime.native.layers import CHUNK, check_digest, sha256_bytes
@@ -76,11 +76,9 @@ GZIP_BLOCK = 1 << 20  # input bytes per independently deflated block (part of th
 DEFLATE_WINDOW = 32 << 10
 SAMPLES, SAMPLE = 8, 4096  # what decides that a block is stored, not deflated
 CHUNK_SIZE = 64 << 20  # blobs larger than this go in PATCH chunks of this size
-# A layer gzipped while it is sent goes in PATCH chunks of this size (held in memory until
-# the registry has them, so a cut chunk can be sent again); the compression runs at most
-# this far ahead of the upload.
-STREAM_CHUNK = 8 << 20
-FEED_PIECES = STREAM_CHUNK // CHUNK
+# How far (in pieces of layers.CHUNK bytes) the compression of a layer sent while it is
+# made may run ahead of the upload.
+FEED_PIECES = (8 << 20) // CHUNK
 
 PushProgressFn = Callable[[PushEvent], None]
 
@@ -241,7 +239,8 @@ class GzipReader:
                 self._buf += struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
                 self._done = True
                 self.close()
-        out = bytes(self._buf[:n])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:n])  # one copy (a slice of the bytearray would be two)
         del self._buf[:n]
         return out
 
@@ -428,48 +427,57 @@ def _stream_layer(
     compresses it into the store, hashing it on the way, and hands it over piece by piece);
     the descriptor of the gzip blob, which the store keeps.
 
-    The upload is a session opened first (POST), fed with PATCH chunks of `STREAM_CHUNK`
-    bytes (or the registry's minimum) as the gzip comes, and closed with a PUT naming the
-    digest once the whole gzip is hashed; a gzip that fits in one chunk goes in that PUT
-    alone, as a blob of known digest does. A chunk cut by a transient failure is sent again
-    from where the registry says the upload stands: the bytes it has not acknowledged are
-    still in hand (at most a chunk and what came since)."""
+    An upload session is opened first (POST) and the gzip goes in one PATCH as it comes,
+    its length unknown ahead (chunked transfer encoding, no Content-Range: the streamed
+    upload docker's own push makes, which registries take for that reason; one request, so
+    the registry hashes and stores it in one go). The closing PUT names the digest once the
+    whole gzip is hashed. By then the gzip is in the store, so what the PATCH did not
+    deliver is sent from there: after a cut, the rest in PATCH chunks from where the
+    registry says the upload stands (resumable); if the registry refused the streamed PATCH,
+    the whole blob afresh, as any blob of known digest (HEAD, then PUT or chunks)."""
     client = store.client
     upload = client.start_upload(target, blob.digest, None)  # no mount: nothing to name yet
     assert upload is not None  # (only a mount answers without a session)
-    step = max(min(chunk_size, STREAM_CHUNK), upload.min_chunk, 1)
-    gzip_feed = _GzipFeed(store, blob.digest)
+    feed = _GzipFeed(store, blob.digest)
+    refused: PermanentError | None = None
     try:
-        pending = bytearray()  # the bytes from upload.offset on, not yet in the registry
-        patched = False
+        feed_error: Exception | None = None
 
-        def send(n: int) -> None:
-            start = upload.offset
-            client.send_chunk(target, upload, Body.of(bytes(pending[:n])))
-            if not start <= upload.offset <= start + n:
-                # the registry lost bytes of earlier chunks, which are no longer in hand
-                raise TransientError(
-                    f"the registry's upload of a layer stands at byte {upload.offset}, "
-                    f"before the chunk it acknowledged ({start})"
-                )
-            del pending[: upload.offset - start]
+        def body() -> Iterator[bytes]:
+            # a failure of the compression ends the body (it is raised below, as itself,
+            # not as a failure of the connection the body was going to)
+            nonlocal feed_error
+            try:
+                yield from feed.pieces()
+            except Exception as e:
+                feed_error = e
 
-        for piece in gzip_feed.pieces():
-            pending += piece
-            while len(pending) >= step:
-                send(step)
-                patched = True
-        digest = gzip_feed.digest
-        _note_gzip(store, blob.digest, digest)
-        if not patched:
-            client.close_upload(target, upload.location, digest, Body.of(bytes(pending)))
-        else:
-            while pending:  # the last chunk (may be short)
-                send(len(pending))
-            client.close_upload(target, upload.location, digest, Body.of(b""))
+        try:
+            client.stream_chunk(target, upload, body())
+        except PermanentError as e:
+            refused = e
+        if feed_error is not None:
+            raise feed_error
+        for _ in feed.pieces():  # a PATCH that stopped early: the gzip is finished for the store
+            pass
     finally:
-        gzip_feed.close()
-    return BlobToPush("layer", digest, store.blobs.size(digest), MT_OCI_LAYER_GZIP)
+        feed.close()
+    digest = feed.digest
+    _note_gzip(store, blob.digest, digest)
+    sent = BlobToPush("layer", digest, store.blobs.size(digest), MT_OCI_LAYER_GZIP)
+    path = store.blobs.path(digest)
+    if refused is not None:
+        if not client.blob_exists(target, digest):
+            fresh = client.start_upload(target, digest, None)
+            assert fresh is not None
+            client.upload_blob(target, fresh, path, sent.size, digest, chunk_size)
+        return sent
+    step = max(chunk_size, upload.min_chunk, 1)
+    while upload.offset < sent.size:  # what a cut PATCH did not deliver
+        n = min(step, sent.size - upload.offset)
+        client.send_chunk(target, upload, Body(n, path=path, offset=upload.offset))
+    client.close_upload(target, upload.location, digest, Body.of(b""))
+    return sent
 
 
 class _GzipFeed:
@@ -479,6 +487,7 @@ class _GzipFeed:
 
     def __init__(self, store: ImageStore, digest: str) -> None:
         self.digest = ""
+        self._ended = False
         # a bound on what is compressed ahead of the upload (pieces of layers.CHUNK bytes)
         self._queue: queue.Queue[bytes | _FeedEnd] = queue.Queue(maxsize=FEED_PIECES)
         self._stop = threading.Event()
@@ -515,9 +524,11 @@ class _GzipFeed:
                 continue
 
     def pieces(self) -> Iterator[bytes]:
-        while True:
+        """The pieces not taken yet (none once the end was seen)."""
+        while not self._ended:
             item = self._queue.get()
             if isinstance(item, _FeedEnd):
+                self._ended = True
                 if item.error is not None:
                     raise item.error
                 self.digest = item.digest

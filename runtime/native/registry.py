@@ -31,7 +31,7 @@ import re
 import socket
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -348,18 +348,23 @@ BLOCK = 1 << 20  # bytes per write when a request body is streamed
 @dataclass(frozen=True)
 class Body:
     """A request body: bytes, or `length` bytes of the file at `path` from `offset` (a blob
-    or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401)."""
+    or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401); or
+    `chunks` of a length not known ahead (sent with chunked transfer encoding, once: a
+    second attempt finds the stream spent and sends nothing)."""
 
     length: int
-    data: bytes | None = None
+    data: bytes | memoryview | None = None
     path: str | None = None
     offset: int = 0
+    chunks: Iterable[bytes] | None = None
 
     @classmethod
-    def of(cls, data: bytes) -> Body:
+    def of(cls, data: bytes | memoryview) -> Body:
         return cls(len(data), data=data)
 
     def reader(self) -> Any:
+        if self.chunks is not None:
+            return self.chunks
         if self.data is not None:
             return self.data
         assert self.path is not None
@@ -507,7 +512,7 @@ class RegistryClient:
         import ssl
 
         hdrs = dict(headers)
-        if body is not None:
+        if body is not None and body.chunks is None:
             hdrs["Content-Length"] = str(body.length)
         hdrs.setdefault("User-Agent", USER_AGENT)
         origin = urllib.parse.urlsplit(url).netloc
@@ -879,6 +884,45 @@ class RegistryClient:
         r.close()
         upload.location = r.headers.get("Location") or upload.location
         upload.offset = _range_end(r.headers.get("Range"), upload.offset + body.length)
+
+    def stream_chunk(self, ref: Reference, upload: Upload, chunks: Iterable[bytes]) -> None:
+        """PATCH `chunks` to the upload session as they come, their length unknown ahead:
+        chunked transfer encoding and no Content-Range (the streamed upload docker's own
+        push makes, so registries take it). `upload.offset` moves to where the registry
+        got, never past the bytes sent; when a transient failure cut the stream, to where
+        the registry says the upload stands (GET on the session), from where the caller
+        sends the rest some other way (a stream cannot be sent twice)."""
+        sent = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal sent
+            for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+
+        headers = {"Content-Type": "application/octet-stream"}
+        start = upload.offset
+        try:
+            r = self.request(
+                "PATCH",
+                ref,
+                "",
+                headers,
+                body=Body(-1, chunks=counted()),
+                url=upload.location,
+                push=True,
+            )
+        except TransientError:
+            upload.resumes += 1
+            if upload.resumes > RESUME_ATTEMPTS:
+                raise
+            upload.location, upload.offset = self._upload_status(ref, upload.location)
+            return
+        r.read(65536)
+        r.close()
+        upload.location = r.headers.get("Location") or upload.location
+        # (a registry's `Range: 0-0` may mean no byte at all: what was sent bounds it)
+        upload.offset = min(_range_end(r.headers.get("Range"), start + sent), start + sent)
 
     def _upload_status(self, ref: Reference, location: str) -> tuple[str, int]:
         """(location, offset) of an upload session: where to go on after a cut chunk."""
