@@ -10,8 +10,9 @@ Runs are interleaved (run 1 of every builder, then run 2, ...) so a change in th
 load falls on every builder alike; each builder first builds once untimed (page cache, and
 for pyapply the bytecode cache an installed package has). Prints one row per builder (the
 median of `--runs` runs, cold and warm, wall time of the command as a user runs it), the
-ratios to BuildKit, the issue's targets (native warm <= 0.5x BuildKit's, cold <= 1.0x) and
-the load average before and after. Everything it makes is removed: the state root (through
+ratios to BuildKit (the median of the ratios run by run), the issue's targets (native warm
+<= 0.5x BuildKit's, cold <= 1.0x), the time `pyapply --version` takes (what any pyapply
+command costs before it does anything) and the load average before and after. Everything it makes is removed: the state root (through
 `pyapply system reset`), the context, the images it tagged in dockerd, buildah's private
 storage. Needs root (the native runtime).
 """
@@ -201,30 +202,40 @@ def unmount_below(path: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
-def measure(builders: list[Builder], runs: int) -> dict[str, dict[str, float]]:
+Runs = dict[str, dict[str, list[float]]]  # builder -> "cold"/"warm" -> seconds of each run
+
+
+def measure(builders: list[Builder], runs: int, floor: list[str], env: dict[str, str]) -> Runs:
+    """Every builder's cold and warm runs, interleaved; with the warm runs, `floor` (a
+    command that only starts pyapply) under the name "floor"."""
     for b in builders:  # untimed: page cache, bytecode, and a cache for the warm runs
         timed(b.warm, b.env)
-    cold: dict[str, list[float]] = {b.name: [] for b in builders}
-    warm: dict[str, list[float]] = {b.name: [] for b in builders}
+    out: Runs = {b.name: {"cold": [], "warm": []} for b in builders}
+    out["floor"] = {"cold": [], "warm": []}
     for _ in range(runs):
         for b in builders:
-            cold[b.name].append(timed(b.cold, b.env))
+            out[b.name]["cold"].append(timed(b.cold, b.env))
     for b in builders:  # the last cold build of each left its cache filled: warm from here
         timed(b.warm, b.env)
     for _ in range(runs):
         for b in builders:
-            warm[b.name].append(timed(b.warm, b.env))
-    rows = {}
-    for b in builders:
-        rows[b.name] = {
-            "cold": statistics.median(cold[b.name]),
-            "warm": statistics.median(warm[b.name]),
-        }
+            out[b.name]["warm"].append(timed(b.warm, b.env))
+        out["floor"]["warm"].append(timed(floor, env))
+    for name, row in out.items():
         log(
-            f"{b.name}: cold {' '.join(f'{t:.2f}' for t in cold[b.name])}; "
-            f"warm {' '.join(f'{t:.3f}' for t in warm[b.name])}"
+            f"{name}: cold {' '.join(f'{t:.2f}' for t in row['cold'])}; "
+            f"warm {' '.join(f'{t:.3f}' for t in row['warm'])}"
         )
-    return rows
+    return out
+
+
+def ratio(runs: Runs, name: str, kind: str, base: str = "docker BuildKit") -> float | None:
+    """The median of the ratios to `base` run by run (the builders of one run go one after
+    the other, so a change in the machine's load between runs falls on both)."""
+    if base not in runs or not runs[name][kind]:
+        return None
+    pairs = zip(runs[name][kind], runs[base][kind], strict=True)
+    return statistics.median(t / b for t, b in pairs)
 
 
 def main() -> int:
@@ -246,28 +257,34 @@ def main() -> int:
                     left_out.append(made)
                 else:
                     builders.append(made)
-            rows = measure(builders, args.runs)
+            runs = measure(builders, args.runs, [PYAPPLY, "--version"], builders[0].env)
         finally:
             for b in builders:
                 b.cleanup()
-    kit = rows.get("docker BuildKit")
+    print(f"10-step Dockerfile, {args.runs} runs, wall s; load {load_before} -> {load()}")
     print(
-        f"10-step Dockerfile, median of {args.runs} runs (wall s); load {load_before} -> {load()}"
+        f"{'builder':<18}{'cold s':>9}{'warm s':>9}{'cold/BK':>9}{'warm/BK':>9}"
+        "   (medians; /BK: median of the ratios run by run)"
     )
-    print(f"{'builder':<18}{'cold s':>9}{'warm s':>9}{'cold/BK':>9}{'warm/BK':>9}")
-    for name, row in rows.items():
-        rc = f"{row['cold'] / kit['cold']:.2f}" if kit else "-"
-        rw = f"{row['warm'] / kit['warm']:.2f}" if kit else "-"
-        print(f"{name:<18}{row['cold']:>9.2f}{row['warm']:>9.3f}{rc:>9}{rw:>9}")
+    for name, row in runs.items():
+        if name == "floor":
+            continue
+        cells = []
+        for kind in ("cold", "warm"):
+            r = ratio(runs, name, kind)
+            cells.append("-" if r is None else f"{r:.2f}")
+        cold, warm = statistics.median(row["cold"]), statistics.median(row["warm"])
+        print(f"{name:<18}{cold:>9.2f}{warm:>9.3f}{cells[0]:>9}{cells[1]:>9}")
+    floor = statistics.median(runs["floor"]["warm"])
+    print(f"(`pyapply --version`, the start of the interpreter and the CLI alone: {floor:.3f} s)")
     for why in left_out:
         print(f"left out: {why}")
-    if kit:
-        cold = rows["native"]["cold"] / kit["cold"]
-        warm = rows["native"]["warm"] / kit["warm"]
+    cold_r, warm_r = ratio(runs, "native", "cold"), ratio(runs, "native", "warm")
+    if cold_r is not None and warm_r is not None:
         print(
-            f"targets (issue 11): native warm {warm:.2f}x BuildKit's (<= 0.5: "
-            f"{'met' if warm <= 0.5 else 'missed'}), cold {cold:.2f}x (<= 1.0: "
-            f"{'met' if cold <= 1.0 else 'missed'})"
+            f"targets (issue 11): native warm {warm_r:.2f}x BuildKit's (<= 0.5: "
+            f"{'met' if warm_r <= 0.5 else 'missed'}), cold {cold_r:.2f}x (<= 1.0: "
+            f"{'met' if cold_r <= 1.0 else 'missed'})"
         )
     return 0
 
