@@ -353,13 +353,13 @@ class Body:
     second attempt finds the stream spent and sends nothing)."""
 
     length: int
-    data: bytes | memoryview | None = None
+    data: bytes | None = None
     path: str | None = None
     offset: int = 0
     chunks: Iterable[bytes] | None = None
 
     @classmethod
-    def of(cls, data: bytes | memoryview) -> Body:
+    def of(cls, data: bytes) -> Body:
         return cls(len(data), data=data)
 
     def reader(self) -> Any:
