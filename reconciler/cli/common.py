@@ -1,6 +1,10 @@
 """What the commands share beyond their options: load the manifests or fail located, the
 policy and its check, the runtime, the host lock, the guard against emptying a stack, and
-the stack names a command acts on."""
+the stack names a command acts on.
+
+The manifest loader, the guard and the plan view are imported by the functions that use
+them: commands that only open a runtime (`image build`, `image push`, `logs`) import
+this module too, and a user waits for every import at each command."""
 
 from __future__ import annotations
 
@@ -14,12 +18,6 @@ from typing import TYPE_CHECKING
 import click
 
 from pyapply.reconciler.cli.main import err, fail, project_files_here, project_name
-from pyapply.reconciler.core import identity
-from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
-from pyapply.reconciler.core.model import ManifestError
-from pyapply.reconciler.engine.reconcile import state_root
-from pyapply.reconciler.manifest.loader import Loaded, load
-from pyapply.reconciler.view.plan_text import plans_json
 from pyapply.runtime.base import Runtime, RuntimeFailure
 from pyapply.runtime.drivers import (
     SERVICE_RUNTIMES,
@@ -27,8 +25,10 @@ from pyapply.runtime.drivers import (
     open_container_runtime,
     open_runtime,
 )
+from pyapply.runtime.statefs import state_root
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.manifest.loader import Loaded
     from pyapply.reconciler.manifest.policy import Finding, Policy
     from pyapply.runtime.services import ServiceRuntime
 
@@ -46,6 +46,9 @@ def load_or_fail(
     changed something, so say that nothing was). With a `policy`, env files it denies are
     not read (`enforce` reports them). `strict` off: see `load`. On a swarm (`runtime_name`,
     as `--runtime` gives it) the warnings about the runtimes of one host are not said."""
+    from pyapply.reconciler.core.model import ManifestError
+    from pyapply.reconciler.manifest.loader import load
+
     guard = policy.file_guard() if policy is not None else None
     try:
         loaded = load(
@@ -107,6 +110,7 @@ def enforce(loaded: Loaded, policy: Policy, output: str, *, acting: bool = True)
     are printed to stderr and returned; denials are printed and the command fails (with a
     JSON document of them on stdout for `-o json`)."""
     from pyapply.reconciler.manifest.policy import check
+    from pyapply.reconciler.view.plan_text import plans_json
 
     findings = check(loaded, policy)
     denied = [f for f in findings if f.action == "deny"]
@@ -144,6 +148,9 @@ def guard_emptying(rt: Runtime, loaded: Loaded, *, allow_empty: bool, dry_run: b
     """The guard against emptying a stack by accident (`reconciler.core.guard` decides): a
     warning for a dry run, a diff or `--allow-empty`; a question on a terminal; otherwise
     a refusal before anything is done."""
+    from pyapply.reconciler.core import identity
+    from pyapply.reconciler.core.guard import ALLOW_HINT, at_risk, emptied
+
     risky = at_risk(loaded.stacks)
     if not risky:
         return
@@ -180,6 +187,8 @@ def stack_names(
     profiles: Sequence[str] = (),
     runtime_name: str | None = None,
 ) -> list[str]:
+    from pyapply.reconciler.core import identity
+
     names = list(stacks)
     if not files and not stacks:
         files = project_files_here()

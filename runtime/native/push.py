@@ -3,18 +3,22 @@
 What is pushed is one image manifest: the one the image was pulled with when the store still
 holds it and all its blobs (so a pulled image keeps its digest), else one made here, in the
 OCI format, from the image's config and layer blobs. Layers the store keeps uncompressed (a
-`docker save` import, a build) are compressed first with a reproducible gzip (no name, no
-time, fixed level): the same layer always gives the same blob, so pushing the same image
-twice gives the same manifest digest. The store then keeps the gzip blob in place of the
-uncompressed one (the record's `layer_blobs`; the diff_ids, hence the image id, do not
-change).
+`docker save` import, a build) are sent as a reproducible gzip (no name, no time, fixed
+level): the same layer always gives the same blob, so pushing the same image twice gives
+the same manifest digest. The store then keeps the gzip blob in place of the uncompressed
+one (the record's `layer_blobs`; the diff_ids, hence the image id, do not change).
 
-Each blob goes this way (spec: "pushing blobs"): a HEAD says whether the repository has it
-already; if not, and the image came from (or was pushed to) another repository of the same
-registry, a cross-repository mount is asked for (`POST ...?mount=&from=`); a registry that
-cannot mount opens an upload session instead, which is used; else a POST opens one. The
-blob is sent in one PUT, or in PATCH chunks when it is larger than the chunk size. Blobs go
-in parallel; the manifest goes last, and only when every blob is in the registry, so an
+Each blob of known digest goes this way (spec: "pushing blobs"): a HEAD says whether the
+repository has it already; if not, and the image came from (or was pushed to) another
+repository of the same registry, a cross-repository mount is asked for (`POST
+...?mount=&from=`); a registry that cannot mount opens an upload session instead, which is
+used; else a POST opens one. The blob is sent in one PUT, or in PATCH chunks when it is
+larger than the chunk size. An uncompressed layer is compressed while it is sent, not
+before: its gzip's digest is not known until the last byte, so an upload session is opened
+at once, fed with one streamed PATCH as the gzip comes and closed with the digest (the gzip
+is written to the store on the way, and what a cut stream did not deliver is sent from
+there); a cut upload is resumed in both cases. Blobs go in
+parallel; the manifest goes last, and only when every blob is in the registry, so an
 interrupted push never leaves a tag naming a half-pushed image.
 
 Credentials, TLS and the insecure-registry rule are the pull side's (registry.py).
@@ -26,22 +30,32 @@ import collections
 import fcntl
 import json
 import os
+import queue
 import struct
+import threading
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pyapply.runtime.base import NotFound, PermanentError, PushEvent, PushResult, RuntimeFailure
+from pyapply.runtime.base import (
+    NotFound,
+    PermanentError,
+    PushEvent,
+    PushResult,
+    RuntimeFailure,
+)
 from pyapply.runtime.native.images import ImageRecord, ImageStore
-from pyapply.runtime.native.layers import sha256_bytes
+from pyapply.runtime.native.layers import CHUNK, check_digest, sha256_bytes
 from pyapply.runtime.native.registry import (
     MANIFEST_TYPES,
     MT_OCI_MANIFEST,
+    Body,
     Reference,
     parse_reference,
 )
+from pyapply.runtime.statefs import atomic_write, private_dir
 
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -62,6 +76,9 @@ GZIP_BLOCK = 1 << 20  # input bytes per independently deflated block (part of th
 DEFLATE_WINDOW = 32 << 10
 SAMPLES, SAMPLE = 8, 4096  # what decides that a block is stored, not deflated
 CHUNK_SIZE = 64 << 20  # blobs larger than this go in PATCH chunks of this size
+# How far (in pieces of layers.CHUNK bytes) the compression of a layer sent while it is
+# made may run ahead of the upload.
+FEED_PIECES = (8 << 20) // CHUNK
 
 PushProgressFn = Callable[[PushEvent], None]
 
@@ -222,7 +239,8 @@ class GzipReader:
                 self._buf += struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF)
                 self._done = True
                 self.close()
-        out = bytes(self._buf[:n])
+        with memoryview(self._buf) as view:
+            out = bytes(view[:n])  # one copy (a slice of the bytearray would be two)
         del self._buf[:n]
         return out
 
@@ -285,26 +303,32 @@ def _push(
         source = mount_source(target, record.repo_digests)
 
         def send(blob: BlobToPush) -> BlobToPush:
-            if not blob.media_type:
-                # an uncompressed layer, gzipped in this blob's thread: one layer's
-                # compression runs while another one uploads
-                blob = _compress(store, blob)
-
-            def report(state: Literal["exists", "mounted", "uploading", "uploaded"]) -> None:
+            def report(
+                blob: BlobToPush, state: Literal["exists", "mounted", "uploading", "uploaded"]
+            ) -> None:
                 if progress is not None:
                     progress(PushEvent(str(target), blob.kind, blob.digest, blob.size, state))
 
+            if not blob.media_type:
+                # an uncompressed layer: its gzip's digest is known only once it is made, so
+                # there is nothing to ask the registry about (HEAD, mount) before; it is
+                # gzipped while it is sent (one layer's compression also runs while another
+                # one uploads)
+                report(blob, "uploading")
+                sent = _stream_layer(store, target, blob, chunk_size)
+                report(sent, "uploaded")
+                return sent
             if client.blob_exists(target, blob.digest):
-                report("exists")
+                report(blob, "exists")
                 return blob
             upload = client.start_upload(target, blob.digest, source)
             if upload is None:
-                report("mounted")
+                report(blob, "mounted")
                 return blob
-            report("uploading")
+            report(blob, "uploading")
             path = store.blobs.path(blob.digest)
             client.upload_blob(target, upload, path, blob.size, blob.digest, chunk_size)
-            report("uploaded")
+            report(blob, "uploaded")
             return blob
 
         sent = _parallel(store.max_parallel, send, blobs)
@@ -360,18 +384,171 @@ def _plan(store: ImageStore, record: ImageRecord) -> tuple[Manifest | None, list
     for digest in layer_blobs:
         with open(store.blobs.path(digest), "rb") as f:
             media_type = layer_media_type(f.read(8)) or ""
-        blobs.append(BlobToPush("layer", digest, store.blobs.size(digest), media_type))
+        gz = None if media_type else _known_gzip(store, digest)
+        if gz is not None:  # gzipped by an earlier push, and still here: that blob goes
+            blobs.append(BlobToPush("layer", gz, store.blobs.size(gz), MT_OCI_LAYER_GZIP))
+        else:
+            blobs.append(BlobToPush("layer", digest, store.blobs.size(digest), media_type))
     return None, blobs
 
 
-def _compress(store: ImageStore, blob: BlobToPush) -> BlobToPush:
-    """The reproducible gzip of an uncompressed layer blob, stored; its descriptor."""
-    reader = GzipReader(store.blobs.path(blob.digest))
+def _memo_path(store: ImageStore, digest: str) -> str:
+    algo, hexpart = check_digest(digest)
+    return os.path.join(store.dir, "gzip-of", algo, hexpart)
+
+
+def _known_gzip(store: ImageStore, digest: str) -> str | None:
+    """The gzip blob an earlier push made of the uncompressed layer blob `digest`, when the
+    store still holds it (an image imported again names its uncompressed layers anew: its
+    gzip's digest, known ahead, lets the registry be asked about it, HEAD or mount)."""
     try:
-        gz = store.blobs.ingest(reader.read)
+        with open(_memo_path(store, digest)) as f:
+            gz = f.read(200).strip()
+    except OSError:
+        return None
+    try:
+        return gz if store.blobs.has(gz) else None
+    except PermanentError:  # not a digest (a damaged note): compressed again
+        return None
+
+
+def _note_gzip(store: ImageStore, digest: str, gz: str) -> None:
+    """Note that `gz` is the gzip of the uncompressed layer blob `digest` (a fact of their
+    contents, kept beside the blobs; a note whose gzip is gone is ignored)."""
+    path = _memo_path(store, digest)
+    private_dir(os.path.dirname(path))
+    atomic_write(path, gz + "\n", durable=False)
+
+
+def _stream_layer(
+    store: ImageStore, target: Reference, blob: BlobToPush, chunk_size: int
+) -> BlobToPush:
+    """Send the reproducible gzip of the uncompressed layer `blob` while it is made (a thread
+    compresses it into the store, hashing it on the way, and hands it over piece by piece);
+    the descriptor of the gzip blob, which the store keeps.
+
+    An upload session is opened first (POST) and the gzip goes in one PATCH as it comes,
+    its length unknown ahead (chunked transfer encoding, no Content-Range: the streamed
+    upload docker's own push makes, which registries take for that reason; one request, so
+    the registry hashes and stores it in one go). The closing PUT names the digest once the
+    whole gzip is hashed. By then the gzip is in the store, so what the PATCH did not
+    deliver is sent from there: after a cut, the rest in PATCH chunks from where the
+    registry says the upload stands (resumable); if the registry refused the streamed PATCH,
+    the whole blob afresh, as any blob of known digest (HEAD, then PUT or chunks)."""
+    client = store.client
+    upload = client.start_upload(target, blob.digest, None)  # no mount: nothing to name yet
+    assert upload is not None  # (only a mount answers without a session)
+    feed = _GzipFeed(store, blob.digest)
+    refused: PermanentError | None = None
+    try:
+        feed_error: Exception | None = None
+
+        def body() -> Iterator[bytes]:
+            # a failure of the compression ends the body (it is raised below, as itself,
+            # not as a failure of the connection the body was going to)
+            nonlocal feed_error
+            try:
+                yield from feed.pieces()
+            except Exception as e:
+                feed_error = e
+
+        try:
+            client.stream_chunk(target, upload, body())
+        except PermanentError as e:
+            refused = e
+        if feed_error is not None:
+            raise feed_error
+        for _ in feed.pieces():  # a PATCH that stopped early: the gzip is finished for the store
+            pass
     finally:
-        reader.close()
-    return BlobToPush("layer", gz, store.blobs.size(gz), MT_OCI_LAYER_GZIP)
+        feed.close()
+    digest = feed.digest
+    _note_gzip(store, blob.digest, digest)
+    sent = BlobToPush("layer", digest, store.blobs.size(digest), MT_OCI_LAYER_GZIP)
+    path = store.blobs.path(digest)
+    if refused is not None:
+        if not client.blob_exists(target, digest):
+            fresh = client.start_upload(target, digest, None)
+            assert fresh is not None
+            client.upload_blob(target, fresh, path, sent.size, digest, chunk_size)
+        return sent
+    step = max(chunk_size, upload.min_chunk, 1)
+    while upload.offset < sent.size:  # what a cut PATCH did not deliver
+        n = min(step, sent.size - upload.offset)
+        client.send_chunk(target, upload, Body(n, path=path, offset=upload.offset))
+    client.close_upload(target, upload.location, digest, Body.of(b""))
+    return sent
+
+
+class _GzipFeed:
+    """The reproducible gzip of an uncompressed layer blob, made in a thread: written into
+    the blob store as it is made (hashed on the way, kept under its digest at the end) and
+    handed to the uploading thread piece by piece (`pieces()`; `digest` once they end)."""
+
+    def __init__(self, store: ImageStore, digest: str) -> None:
+        self.digest = ""
+        self._ended = False
+        # a bound on what is compressed ahead of the upload (pieces of layers.CHUNK bytes)
+        self._queue: queue.Queue[bytes | _FeedEnd] = queue.Queue(maxsize=FEED_PIECES)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(store, digest), daemon=True)
+        self._thread.start()
+
+    def _run(self, store: ImageStore, digest: str) -> None:
+        end = _FeedEnd()
+        reader = GzipReader(store.blobs.path(digest))
+
+        def read(n: int) -> bytes:
+            data = reader.read(n)
+            if data:
+                self._put(data)
+            return data
+
+        try:
+            end.digest = store.blobs.ingest(read)
+        except BaseException as e:  # handed over: the uploading thread raises it
+            end.error = e
+        finally:
+            reader.close()
+        if not self._stop.is_set():
+            self._put(end)
+
+    def _put(self, item: bytes | _FeedEnd) -> None:
+        while True:
+            if self._stop.is_set():
+                raise _FeedStopped()  # the upload failed: stop compressing (no blob kept)
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def pieces(self) -> Iterator[bytes]:
+        """The pieces not taken yet (none once the end was seen)."""
+        while not self._ended:
+            item = self._queue.get()
+            if isinstance(item, _FeedEnd):
+                self._ended = True
+                if item.error is not None:
+                    raise item.error
+                self.digest = item.digest
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread (when the upload failed) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class _FeedEnd:
+    digest: str = ""
+    error: BaseException | None = None
+
+
+class _FeedStopped(Exception):
+    """The upload a gzip feed fed has failed: its compression stops."""
 
 
 def _replace_layers(store: ImageStore, record: ImageRecord, layer_blobs: tuple[str, ...]) -> None:

@@ -1,5 +1,6 @@
 """An OCI distribution (Docker Registry HTTP API v2) client: references, platforms, auth,
-manifests and blobs. Standard library only (http.client).
+manifests and blobs. Standard library only (http.client, imported on the first request:
+a build or a run whose images are all local never pays for it, nor for ssl).
 
 - References: `busybox` -> `docker.io/library/busybox:latest`; `host[:port]/a/b:tag`,
   `name@sha256:...`. A first component with a `.` or `:`, or `localhost`, is a registry.
@@ -22,22 +23,24 @@ from __future__ import annotations
 
 import base64
 import functools
-import http.client
 import ipaddress
 import json
 import os
 import platform as _platform
 import re
 import socket
-import ssl
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyapply.runtime.base import NotFound, PermanentError, TransientError
 from pyapply.runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
+
+if TYPE_CHECKING:
+    import http.client
+    import ssl
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -310,6 +313,8 @@ class _Response:
         self.headers = resp.headers
 
     def read(self, n: int = -1) -> bytes:
+        import http.client
+
         try:
             return self.resp.read(n)
         except (http.client.IncompleteRead, OSError) as e:
@@ -343,18 +348,23 @@ BLOCK = 1 << 20  # bytes per write when a request body is streamed
 @dataclass(frozen=True)
 class Body:
     """A request body: bytes, or `length` bytes of the file at `path` from `offset` (a blob
-    or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401)."""
+    or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401); or
+    `chunks` of a length not known ahead (sent with chunked transfer encoding, once: a
+    second attempt finds the stream spent and sends nothing)."""
 
     length: int
     data: bytes | None = None
     path: str | None = None
     offset: int = 0
+    chunks: Iterable[bytes] | None = None
 
     @classmethod
     def of(cls, data: bytes) -> Body:
         return cls(len(data), data=data)
 
     def reader(self) -> Any:
+        if self.chunks is not None:
+            return self.chunks
         if self.data is not None:
             return self.data
         assert self.path is not None
@@ -430,11 +440,18 @@ class RegistryClient:
     # pull (a no-op apply finds its images locally) should not pay
     @functools.cached_property
     def ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
         return ssl.create_default_context(cafile=self.ca_file)
 
     @functools.cached_property
     def unverified_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
+        import ssl
+
+        # nothing is verified with it, so no CA is loaded (create_default_context reads the
+        # system's bundle, ~20-40 ms, at each command that talks to an insecure registry);
+        # PROTOCOL_TLS_CLIENT keeps the defaults it would have (TLS 1.2 at least)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
@@ -465,6 +482,8 @@ class RegistryClient:
 
     def _probe(self, host: str) -> str:
         """An insecure registry: HTTPS (unverified) if it speaks TLS, else plain HTTP."""
+        import http.client
+
         conn = http.client.HTTPSConnection(
             host, timeout=min(self.timeout, 10.0), context=self.unverified_context
         )
@@ -492,8 +511,11 @@ class RegistryClient:
         """One request, following redirects (Authorization is dropped when the host changes,
         and an https -> http redirect is refused unless the target is insecure). A `body` is
         sent again from its start after a redirect."""
+        import http.client
+        import ssl
+
         hdrs = dict(headers)
-        if body is not None:
+        if body is not None and body.chunks is None:
             hdrs["Content-Length"] = str(body.length)
         hdrs.setdefault("User-Agent", USER_AGENT)
         origin = urllib.parse.urlsplit(url).netloc
@@ -834,41 +856,76 @@ class RegistryClient:
     ) -> None:
         """Send the blob at `path` through `upload`: one PUT when it fits in `chunk_size`,
         else PATCH chunks (at least the registry's minimum chunk length) and a closing PUT.
-        A chunk cut by a transient failure is resumed from where the registry says the
-        upload stands (GET on the session), a few times."""
-        location = upload.location
+        A cut chunk is sent again from where the registry says the upload stands."""
         if size <= chunk_size:
-            self._close_upload(ref, location, digest, Body(size, path=path))
+            self.close_upload(ref, upload.location, digest, Body(size, path=path))
             return
         step = max(chunk_size, upload.min_chunk)
-        offset, resumes = 0, 0
-        while offset < size:
-            n = min(step, size - offset)
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{offset + n - 1}",
-            }
-            try:
-                r = self.request(
-                    "PATCH",
-                    ref,
-                    "",
-                    headers,
-                    body=Body(n, path=path, offset=offset),
-                    url=location,
-                    push=True,
-                )
-            except TransientError:
-                resumes += 1
-                if resumes > RESUME_ATTEMPTS:
-                    raise
-                location, offset = self._upload_status(ref, location)
-                continue
-            r.read(65536)
-            r.close()
-            location = r.headers.get("Location") or location
-            offset = _range_end(r.headers.get("Range"), offset + n)
-        self._close_upload(ref, location, digest, Body.of(b""))
+        while upload.offset < size:
+            n = min(step, size - upload.offset)
+            self.send_chunk(ref, upload, Body(n, path=path, offset=upload.offset))
+        self.close_upload(ref, upload.location, digest, Body.of(b""))
+
+    def send_chunk(self, ref: Reference, upload: Upload, body: Body) -> None:
+        """PATCH `body` as the blob's bytes from `upload.offset` on. `upload` moves on to
+        where the registry has got: past the chunk, or, when a transient failure cut the
+        chunk, to where the registry says the upload stands (GET on the session), from
+        where the caller sends again (resumable; at most RESUME_ATTEMPTS cuts per blob)."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": f"{upload.offset}-{upload.offset + body.length - 1}",
+        }
+        try:
+            r = self.request("PATCH", ref, "", headers, body=body, url=upload.location, push=True)
+        except TransientError:
+            upload.resumes += 1
+            if upload.resumes > RESUME_ATTEMPTS:
+                raise
+            upload.location, upload.offset = self._upload_status(ref, upload.location)
+            return
+        r.read(65536)
+        r.close()
+        upload.location = r.headers.get("Location") or upload.location
+        upload.offset = _range_end(r.headers.get("Range"), upload.offset + body.length)
+
+    def stream_chunk(self, ref: Reference, upload: Upload, chunks: Iterable[bytes]) -> None:
+        """PATCH `chunks` to the upload session as they come, their length unknown ahead:
+        chunked transfer encoding and no Content-Range (the streamed upload docker's own
+        push makes, so registries take it). `upload.offset` moves to where the registry
+        got, never past the bytes sent; when a transient failure cut the stream, to where
+        the registry says the upload stands (GET on the session), from where the caller
+        sends the rest some other way (a stream cannot be sent twice)."""
+        sent = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal sent
+            for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+
+        headers = {"Content-Type": "application/octet-stream"}
+        start = upload.offset
+        try:
+            r = self.request(
+                "PATCH",
+                ref,
+                "",
+                headers,
+                body=Body(-1, chunks=counted()),
+                url=upload.location,
+                push=True,
+            )
+        except TransientError:
+            upload.resumes += 1
+            if upload.resumes > RESUME_ATTEMPTS:
+                raise
+            upload.location, upload.offset = self._upload_status(ref, upload.location)
+            return
+        r.read(65536)
+        r.close()
+        upload.location = r.headers.get("Location") or upload.location
+        # (a registry's `Range: 0-0` may mean no byte at all: what was sent bounds it)
+        upload.offset = min(_range_end(r.headers.get("Range"), start + sent), start + sent)
 
     def _upload_status(self, ref: Reference, location: str) -> tuple[str, int]:
         """(location, offset) of an upload session: where to go on after a cut chunk."""
@@ -877,7 +934,9 @@ class RegistryClient:
         r.close()
         return r.headers.get("Location") or location, _range_end(r.headers.get("Range"), 0)
 
-    def _close_upload(self, ref: Reference, location: str, digest: str, body: Body) -> None:
+    def close_upload(self, ref: Reference, location: str, digest: str, body: Body) -> None:
+        """The closing PUT of an upload session (with the blob, or its last bytes, or
+        nothing), naming the digest the whole blob must have."""
         sep = "&" if "?" in location else "?"
         url = f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}"
         headers = {"Content-Type": "application/octet-stream"}
@@ -919,13 +978,16 @@ class RegistryClient:
 RESUME_ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
+@dataclass
 class Upload:
-    """An open blob upload session: where to send the data, and the registry's minimum
-    chunk length (OCI-Chunk-Min-Length, 0 when it sets none)."""
+    """An open blob upload session: where to send the data next, the registry's minimum
+    chunk length (OCI-Chunk-Min-Length, 0 when it sets none), the bytes the registry holds
+    so far and the chunks cut (and resumed) so far."""
 
     location: str
     min_chunk: int = 0
+    offset: int = 0
+    resumes: int = 0
 
 
 def _range_end(header: str | None, default: int) -> int:

@@ -21,7 +21,8 @@ storage in a temporary directory), so no blob is ever already there:
   and uploads).
 
 Wall time of each command, as a user runs it (process start included); the median of the
-trials. Target (issue 11): native push <= 1.0x skopeo's. Everything created (registries,
+trials, and the median of the ratios to skopeo within each trial (the tools of one trial
+run one after the other, so a change in the machine's load between trials falls on all). Target (issue 11): native push <= 1.0x skopeo's. Everything created (registries,
 their storage, the native root, the docker image) is removed at the end, also on failure.
 """
 
@@ -58,6 +59,10 @@ def run(*argv: str, env: dict[str, str] | None = None) -> float:
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return took
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def free_port() -> int:
@@ -129,6 +134,7 @@ def main() -> None:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is needed")
 
+    load_before = load()
     tag = f"pyapply-bench/push:{secrets.token_hex(4)}"
     sizes: dict[str, int] = {}
     times: dict[str, list[float]] = {
@@ -152,6 +158,8 @@ def main() -> None:
                 "docker",
                 "build",
                 "-q",
+                "--network",  # the RUN needs none (and dockerd's bridge may be down)
+                "none",
                 "-t",
                 tag,
                 str(ctx),
@@ -163,6 +171,9 @@ def main() -> None:
             for trial in range(args.trials):
                 root = tmp / f"root{trial}"
                 env = {**os.environ, "PYAPPLY_ROOT": str(root), "PYAPPLY_RUNTIME": "native"}
+                # measured as installed, with its bytecode compiled (pip does it at install
+                # time): the sandbox this is developed in sets PYTHONDONTWRITEBYTECODE
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
                 with registry(tmp) as reg, registry(tmp) as reg2:
                     ref, ref2 = f"{reg}/bench/native:1", f"{reg2}/bench/native:1"
                     # both names before the first push (an import writes the record anew)
@@ -199,25 +210,34 @@ def main() -> None:
                 )
 
     medians = {k: statistics.median(v) for k, v in times.items()}
+    # the ratio within each trial (its runs follow one another, so a change in the machine's
+    # load between trials falls on both), then the median of those
+    paired = {
+        k: statistics.median(t / s for t, s in zip(v, times["skopeo copy"], strict=True))
+        for k, v in times.items()
+    }
     if args.json:
         doc = {
             "payload": args.payload,
             "image_bytes": size,
             "trials": times,
             "median_s": medians,
+            "median_ratio_to_skopeo_per_trial": paired,
+            "loadavg": os.getloadavg(),
             "layer_bytes_pushed": sizes,
         }
         print(json.dumps(doc, indent=2))
         return
     print(
         f"push of a {size / 1e6:.1f} MB image ({args.payload} payload, docker save size), "
-        f"{args.trials} trials, median:"
+        f"{args.trials} trials, median (load average {load_before} -> {load()}):"
     )
     for name, value in medians.items():
         ratio = value / medians["skopeo copy"]
         print(
-            f"  {name:<12} {value:6.2f} s   ({ratio:.2f}x skopeo)   "
-            f"{sizes[name] / 1e6:5.1f} MB sent   all: " + ", ".join(f"{t:.2f}" for t in times[name])
+            f"  {name:<12} {value:6.2f} s   ({ratio:.2f}x skopeo; per trial {paired[name]:.2f}x)"
+            f"   {sizes[name] / 1e6:5.1f} MB sent   all: "
+            + ", ".join(f"{t:.2f}" for t in times[name])
         )
 
 

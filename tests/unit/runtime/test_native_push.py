@@ -172,6 +172,10 @@ class Fake:
     min_chunk: int = 0
     cut_patch: int = 0  # PATCH requests to cut after half their body
     fail_upload: bool = False  # a blob PUT answers 500
+    fail_patch: bool = False  # every PATCH answers 500
+    refuse_stream: bool = False  # a streamed PATCH (no Content-Range) answers 400
+    cut_stream_at: int = 0  # a streamed PATCH keeps this many bytes, then the connection drops
+    streamed: int = 0  # streamed PATCH requests taken
     basic: tuple[str, str] | None = None
     bearer: bool = False
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
@@ -286,6 +290,16 @@ def _handler(fake: Fake) -> type[http.server.BaseHTTPRequestHandler]:
                 if self.command == "GET":
                     self.send(204, Location=loc, Range=f"0-{len(data) - 1}")
                     return
+                if self.command == "PATCH" and fake.fail_patch:
+                    if "Content-Range" in self.headers:
+                        self.body()
+                    else:
+                        self.chunked(0)
+                    self.send(500)
+                    return
+                if self.command == "PATCH" and "Content-Range" not in self.headers:
+                    self.streamed_patch(uid, data, repo)
+                    return
                 if self.command == "PATCH":
                     start = int(self.headers["Content-Range"].split("-")[0])
                     n = int(self.headers["Content-Length"])
@@ -320,6 +334,38 @@ def _handler(fake: Fake) -> type[http.server.BaseHTTPRequestHandler]:
                     self.send(201, Docker_Content_Digest=digest)
                     return
             self.send(405)
+
+        def chunked(self, limit: int) -> tuple[bytes, bool]:
+            """A chunked-transfer body, up to `limit` bytes (0: all); whether it ended."""
+            got = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return bytes(got), True
+                got += self.rfile.read(size)
+                self.rfile.readline()
+                if limit and len(got) >= limit:
+                    return bytes(got[:limit]), False
+
+        def streamed_patch(self, uid: str, data: bytearray, repo: str) -> None:
+            """A PATCH of unknown length (Transfer-Encoding: chunked, no Content-Range)."""
+            assert self.headers.get("Transfer-Encoding") == "chunked"
+            assert "Content-Length" not in self.headers
+            if fake.refuse_stream:
+                self.chunked(0)
+                self.send(400, b'{"errors":[{"code":"SIZE_INVALID","message":"no length"}]}')
+                return
+            fake.streamed += 1
+            body, ended = self.chunked(fake.cut_stream_at)
+            data += body
+            if not ended:
+                fake.cut_stream_at = 0
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            loc = f"/v2/{repo}/blobs/uploads/{uid}?_state=s{len(data)}"
+            self.send(202, Location=loc, Range=f"0-{max(len(data) - 1, 0)}")
 
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = route
 
@@ -482,6 +528,118 @@ def test_chunked_upload_honours_the_minimum_and_resumes_a_cut_chunk(
     assert len(patches) == 1 + -(-(len(layer) - 50_000) // 100_000)
     assert len(requests_of(fake, "GET", "/uploads/")) == 1  # where the upload stood
     assert "team/big" in fake.manifests
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [secrets.token_bytes(300_000), b"compressible layer text " * 40_000],
+    ids=["incompressible", "compressible"],
+)
+def test_uncompressed_layer_gzipped_while_streamed(tmp_path: Path, fake: Fake, raw: bytes) -> None:
+    ref = f"{registry_of(fake)}/team/stream:1"
+    store, rec = make_image(tmp_path, ref, [raw])
+    events: list[PushEvent] = []
+    push(store, ref, events.append)
+    [layer] = json.loads(fake.manifests["team/stream"]["1"])["layers"]
+    sent = fake.blobs["team/stream"][layer["digest"]]
+    assert gzip.decompress(sent) == raw and layer["size"] == len(sent)
+    # the store keeps the very bytes the registry got, under the digest the manifest names
+    after = store.resolve(ref)
+    assert after is not None and after.layer_blobs == (layer["digest"],)
+    assert store.blobs.read(layer["digest"]) == sent
+    assert not store.blobs.has(rec.layer_blobs[0])
+    # a session opened at once (no digest to ask about: no HEAD for the layer), one
+    # streamed PATCH, the digest named by the closing PUT
+    assert len(requests_of(fake, "HEAD", "/blobs/")) == 1  # the config's
+    assert len(requests_of(fake, "POST")) == 2 and fake.streamed == 1
+    assert len(requests_of(fake, "PATCH")) == 1
+    quoted = urllib.parse.urlencode({"digest": layer["digest"]})
+    assert len([p for p in requests_of(fake, "PUT", "/uploads/") if quoted in p]) == 1
+    layer_events = [(e.state, e.digest) for e in events if e.kind == "layer"]
+    assert layer_events == [("uploading", rec.layer_blobs[0]), ("uploaded", layer["digest"])]
+    # reproducible: the same layer streamed again gives the same blob
+    store2, _ = make_image(tmp_path / "again", ref.replace("stream", "stream2"), [raw])
+    push(store2, ref.replace("stream", "stream2"))
+    assert json.loads(fake.manifests["team/stream2"]["1"])["layers"] == [layer]
+
+
+def test_a_cut_stream_is_resumed_from_the_stored_gzip(tmp_path: Path, fake: Fake) -> None:
+    raw = secrets.token_bytes(300_000)
+    ref = f"{registry_of(fake)}/team/cut:1"
+    store, _ = make_image(tmp_path, ref, [raw])
+    fake.cut_stream_at = 50_000
+    fake.min_chunk = 100_000
+    store.client.timeout = 10
+    push(store, ref, chunk_size=40_000)
+    [layer] = json.loads(fake.manifests["team/cut"]["1"])["layers"]
+    sent = fake.blobs["team/cut"][layer["digest"]]
+    assert gzip.decompress(sent) == raw
+    # the stream kept 50 kB; where the upload stood was asked, and the rest went from the
+    # stored gzip in chunks of the registry's minimum (the fake refuses a short one before
+    # the last)
+    assert len(requests_of(fake, "GET", "/uploads/")) == 1
+    assert len(requests_of(fake, "PATCH")) == 1 + -(-(len(sent) - 50_000) // 100_000)
+    assert "team/cut" in fake.manifests
+
+
+def test_a_registry_that_refuses_a_stream_gets_the_stored_gzip(tmp_path: Path, fake: Fake) -> None:
+    raw = secrets.token_bytes(200_000)
+    ref = f"{registry_of(fake)}/team/nostream:1"
+    store, _ = make_image(tmp_path, ref, [raw])
+    fake.refuse_stream = True
+    push(store, ref)
+    [layer] = json.loads(fake.manifests["team/nostream"]["1"])["layers"]
+    assert gzip.decompress(fake.blobs["team/nostream"][layer["digest"]]) == raw
+    # refused, then the finished gzip as a blob of known digest: HEAD, a new session, PUT
+    assert len(requests_of(fake, "HEAD", "/blobs/" + layer["digest"])) == 1
+    assert len(requests_of(fake, "POST")) == 3  # the config's, the refused one's, the new
+    assert [p for p in requests_of(fake, "PUT", "/uploads/") if "digest=" in p]
+
+
+def test_a_layer_gzipped_before_is_asked_about_and_mounted_not_streamed_again(
+    tmp_path: Path, fake: Fake
+) -> None:
+    raw = b"layer imported twice " * 5000
+    reg = registry_of(fake)
+    store, rec = make_image(tmp_path, f"{reg}/team/one:1", [raw])
+    push(store, f"{reg}/team/one:1")
+    [layer] = json.loads(fake.manifests["team/one"]["1"])["layers"]
+    # imported again under another name: the record names the uncompressed blob anew
+    store.blobs.put_bytes(raw)
+    with store._edit() as index:
+        data = index.images[rec.id]
+        data["layer_blobs"] = list(rec.layer_blobs)
+        data["blobs"] = [rec.id, *rec.layer_blobs]
+        index.refs[f"{reg}/team/two:1"] = rec.id
+    fake.log.clear()
+    events: list[PushEvent] = []
+    push(store, f"{reg}/team/two:1", events.append)
+    # the gzip the first push made is still in the store: that blob, by its digest, mounted
+    assert json.loads(fake.manifests["team/two"]["1"])["layers"] == [layer]
+    assert {e.state for e in events if e.kind != "manifest"} == {"mounted"}
+    assert requests_of(fake, "PATCH") == [] and requests_of(fake, "PUT", "/uploads/") == []
+    after = store.resolve(f"{reg}/team/two:1")
+    assert after is not None and after.layer_blobs == (layer["digest"],)
+    assert not store.blobs.has(rec.layer_blobs[0])
+
+
+def test_a_failing_upload_is_given_up_and_changes_nothing(tmp_path: Path, fake: Fake) -> None:
+    raw = secrets.token_bytes(3_000_000)
+    ref = f"{registry_of(fake)}/team/cut:1"
+    store, rec = make_image(tmp_path, ref, [raw])
+    fake.fail_patch = True
+    threads = threading.active_count()
+    with pytest.raises(TransientError, match="HTTP 500"):
+        push(store, ref, chunk_size=100_000)
+    assert "team/cut" not in fake.manifests
+    # a chunk refused is resumed a bounded number of times, then the push gives up
+    assert 1 < len(requests_of(fake, "PATCH")) <= 4
+    # the record is as it was, its uncompressed blob still there, no partial file left
+    after = store.resolve(ref)
+    assert after is not None and after.layer_blobs == rec.layer_blobs
+    assert store.blobs.has(rec.layer_blobs[0])
+    assert list(Path(store.blobs.tmp).iterdir()) == []
+    assert threading.active_count() == threads  # the compressing threads have ended
 
 
 def test_a_failed_blob_leaves_no_manifest(tmp_path: Path, fake: Fake) -> None:
