@@ -65,9 +65,9 @@ if [ "$native_only" = 0 ]; then
     # registry, a C compiler for the syscall probes, debootstrap for the fresh-machine check,
     # chattr (e2fsprogs) for the read-only history fault, sshd (openssh-server) for the
     # agent's git-over-ssh test, headless chromium and its driver for the dashboard's browser
-    # tests
+    # tests, buildah for bench_build to compare with
     packages+=(docker.io docker-compose skopeo docker-registry gcc libc6-dev debootstrap e2fsprogs
-        openssh-server chromium chromium-driver)
+        openssh-server chromium chromium-driver buildah)
 fi
 if [ "$list_packages" = 1 ]; then
     printf '%s\n' "${packages[@]}"

@@ -169,6 +169,7 @@ TEST_TOOLS = {
     "/usr/sbin/sshd": "openssh-server",
     "/usr/bin/chromium": "chromium",
     "/usr/bin/chromedriver": "chromium-driver",
+    "/usr/bin/buildah": "buildah",
 }
 
 
