@@ -110,6 +110,16 @@ def joined(dc: DesiredContainer) -> str | None:
     return mode.removeprefix("container:") if mode.startswith("container:") else None
 
 
+def namespace_peers(dc: DesiredContainer) -> list[tuple[str, str]]:
+    """(kind, container name) of each namespace `dc` joins: network, pid, ipc."""
+    c = dc.config
+    out: list[tuple[str, str]] = []
+    for kind, mode in (("network", c.network_mode), ("pid", c.pid_mode), ("ipc", c.ipc_mode)):
+        if mode is not None and mode.startswith("container:"):
+            out.append((kind, mode.removeprefix("container:")))
+    return out
+
+
 def named_containers(desired: Desired) -> list[str]:
     """The names `observe` looks up one by one: a service's own `container_name` (held,
     perhaps, by a container that is not the stack's) and the containers outside the stack
@@ -511,48 +521,54 @@ def _name_errors(desired: Desired, observed: Observed) -> list[str]:
 def _follow_namespaces(
     desired: Desired, changes: list[Change], by_name: Mapping[str, ContainerState]
 ) -> None:
-    """A container that joins the network namespace of another of the stack (network_mode
-    service:X) follows it: recreated when that one is made anew or was replaced since (its
+    """A container that joins a namespace of another of the stack (network_mode, pid or ipc
+    `service:X`) follows it: recreated when that one is made anew or was replaced since (its
     namespace is gone), restarted when that one is started again (a runtime may give a
-    restarted container a new namespace, as Docker does)."""
+    restarted container new namespaces, as Docker does)."""
     index = {ch.name: i for i, ch in enumerate(changes) if ch.object == "container"}
     wanted = {d.config.name for d in desired.containers}
     for dc in desired.containers:
-        peer = joined(dc)
-        if peer is None or peer not in wanted:
-            continue
-        mine = changes[index[dc.config.name]] if dc.config.name in index else None
-        if mine is not None and mine.kind in ("create", "recreate"):
-            continue
-        theirs = changes[index[peer]] if peer in index else None
-        have, peer_have = by_name.get(dc.config.name), by_name.get(peer)
         kind: ChangeKind | None = None
-        if theirs is not None and theirs.kind in ("create", "recreate"):
-            kind, reason = (
-                "recreate",
-                f"the container whose network namespace it joins ({peer}) is made anew",
-            )
-        elif (
-            have is not None
-            and have.joined
-            and peer_have is not None
-            and peer_have.id
-            and have.joined != peer_have.id
-        ):
-            kind, reason = "recreate", f"it joined the network namespace of an earlier {peer}"
-        elif (
-            theirs is not None
-            and theirs.kind in ("start", "restart")
-            and (mine is None or mine.kind == "repair")
-            and have is not None
-            and have.running
-        ):
-            kind, reason = (
-                "restart",
-                f"the container whose network namespace it joins ({peer}) is started again",
-            )
+        reason = ""
+        for ns, peer in namespace_peers(dc):
+            if peer not in wanted:
+                continue
+            mine = changes[index[dc.config.name]] if dc.config.name in index else None
+            if mine is not None and mine.kind in ("create", "recreate"):
+                break
+            theirs = changes[index[peer]] if peer in index else None
+            have, peer_have = by_name.get(dc.config.name), by_name.get(peer)
+            if theirs is not None and theirs.kind in ("create", "recreate"):
+                kind, reason = (
+                    "recreate",
+                    f"the container whose {ns} namespace it joins ({peer}) is made anew",
+                )
+            elif (
+                ns == "network"  # the runtime records the id of the network peer it joined
+                and have is not None
+                and have.joined
+                and peer_have is not None
+                and peer_have.id
+                and have.joined != peer_have.id
+            ):
+                kind, reason = "recreate", f"it joined the network namespace of an earlier {peer}"
+            elif (
+                kind is None
+                and theirs is not None
+                and theirs.kind in ("start", "restart")
+                and (mine is None or mine.kind == "repair")
+                and have is not None
+                and have.running
+            ):
+                kind, reason = (
+                    "restart",
+                    f"the container whose {ns} namespace it joins ({peer}) is started again",
+                )
+            if kind == "recreate":
+                break
         if kind is None:
             continue
+        mine = changes[index[dc.config.name]] if dc.config.name in index else None
         new = Change(kind, "container", dc.config.name, reason, dc.service, dc.replica)
         if mine is None:
             index[dc.config.name] = len(changes)

@@ -212,10 +212,11 @@ def _hooks(hooks: tuple[Hook, ...]) -> tuple[ExecHook, ...]:
 
 
 def namespace_mode(stack: Stack, mode: str | None) -> str | None:
-    """pid/ipc as the runtime takes it: "service:x" is x's first container."""
+    """pid/ipc as the runtime takes it: "service:x" is x's first container (by the name it
+    runs under: its `container_name` if it has one)."""
     if mode is None or not mode.startswith("service:"):
         return mode
-    return "container:" + identity.container_name(stack.name, mode.removeprefix("service:"), 1)
+    return "container:" + container_runtime_name(stack, stack.service(mode[len("service:") :]), 1)
 
 
 def container_config(

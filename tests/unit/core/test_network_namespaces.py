@@ -274,3 +274,38 @@ def test_a_joiner_follows_a_container_recreated_with_its_network(rt: FakeRuntime
     converge(rt, after)
     assert rt.containers["app-side-1"].joined == rt.containers["front-door"].id
     assert plan_of(rt, after).empty
+
+
+def test_a_pid_or_ipc_joiner_follows_its_peer_by_the_name_it_runs_under(rt: FakeRuntime) -> None:
+    """pid/ipc `service:web` join web's first container by the name it runs under (its
+    container_name), and follow its recreate as a network joiner does."""
+    from pyapply.reconciler.core.model import Dependency
+
+    def stack(web_image: str) -> Stack:
+        base = app(web={"image": web_image}, side={"network_mode": None})
+        dbg = ServiceSpec(
+            name="dbg",
+            image=IMAGE,
+            pid="service:web",
+            ipc="service:web",
+            depends_on=(Dependency("web"),),  # as the loader adds it
+        )
+        return dataclasses.replace(base, services=(*base.services, dbg))
+
+    first = stack(IMAGE)
+    (dbg,) = [dc.config for dc in desired_of(first).containers if dc.service == "dbg"]
+    assert (dbg.pid_mode, dbg.ipc_mode) == ("container:front-door", "container:front-door")
+    converge(rt, first)
+    assert plan_of(rt, first).empty
+    changed = stack(IMAGE_2)
+    plan = plan_of(rt, changed)
+    assert [(c.kind, c.name, c.reason) for c in plan.changes] == [
+        ("recreate", "front-door", "spec changed"),
+        (
+            "recreate",
+            "app-dbg-1",
+            "the container whose pid namespace it joins (front-door) is made anew",
+        ),
+    ]
+    converge(rt, changed)
+    assert plan_of(rt, changed).empty
