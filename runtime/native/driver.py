@@ -589,7 +589,7 @@ class NativeRuntime:
         for kind, mode in (("pid", config.pid_mode), ("ipc", config.ipc_mode)):
             if mode is not None and mode.startswith("container:"):
                 other = mode.removeprefix("container:")
-                if Names.key_of(names, other) is None:
+                if self.key(other) is None:
                     raise PermanentError(
                         f"container {config.name}: {kind} joins container {other}, which "
                         "does not exist"
