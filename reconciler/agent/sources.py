@@ -346,8 +346,12 @@ class EventWatcher:
         *,
         backoff: Backoff | None = None,
         ours: Callable[[str], bool] | None = None,
+        seen: Callable[[str, str], object] | None = None,
     ) -> None:
         self.open_runtime = open_runtime
+        # told (name, action) of each death or removal of a managed container that the
+        # agent did not cause (the dashboard's live pages and restart counts), at once
+        self.seen = seen
         self.fire = fire
         self.managed = managed
         self.ours = ours or (lambda name: False)
@@ -405,6 +409,8 @@ class EventWatcher:
         if self.ours(name):
             log.debug("container %s: %s by the agent itself", name, action)
             return
+        if self.seen is not None:
+            self.seen(name, action)
         # a removal is acted on at once; deaths count towards the crash back-off
         wait = 0.0 if action == "destroy" else self.backoff.delay(name)
         reason = f"event:{name}"

@@ -29,6 +29,7 @@ from pyapply.reconciler.agent.history import (
     materialise,
 )
 from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
+from pyapply.reconciler.cli.agent_web import WebSetup, web_options
 from pyapply.reconciler.cli.common import (
     connect,
     enforce,
@@ -234,6 +235,7 @@ def _ask(
     "stacks are not Healthy within S seconds of it; pinned until a newer revision arrives.",
 )
 @hook_options
+@web_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
     path: str | None,
@@ -262,6 +264,11 @@ def watch(
     api_timeout: float,
     progress_deadline: float | None,
     verbose: bool,
+    http_addr: str | None,
+    http_token_file: str | None,
+    http_read_only: bool,
+    http_cert: str | None,
+    http_key: str | None,
     **hook_args: Any,
 ) -> None:
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link; or,
@@ -292,6 +299,14 @@ def watch(
         if misplaced:
             fail(f"{', '.join(misplaced)}: only with --repo")
     hooks = AgentHooks.parse(path, **hook_args)  # --webhook, --notify
+    web = WebSetup.parse(
+        path,
+        http_addr=http_addr,
+        http_token_file=http_token_file,
+        http_read_only=http_read_only,
+        http_cert=http_cert,
+        http_key=http_key,
+    )
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
     if path is not None and policy_arg is not None and os.path.isfile(policy_arg):
         # a policy the watched repository could change (a file, or a link to one, in it)
@@ -363,6 +378,7 @@ def watch(
             agent.attach_git(fetcher)
         held.enter_context(hooks.running(agent))
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
+        held.enter_context(web.running(agent, api))  # the pages; --http
         try:
             api.start()
         except OSError as exc:

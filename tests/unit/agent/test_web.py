@@ -1,0 +1,163 @@
+"""The dashboard listener's pure parts: the token file, sessions, CSRF and origin checks,
+the failed-login limit, the log follower's new lines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pyapply.reconciler.agent.triggers import Changes
+from pyapply.reconciler.agent.web import (
+    LoginLimiter,
+    Sessions,
+    TokenTable,
+    WebError,
+    csrf_ok,
+    new_lines,
+    parse_cookies,
+    parse_tokens,
+    read_tokens,
+    same_origin,
+)
+
+OP = "operator-token-0123456789"
+VIEW = "viewer-token-abcdefghijkl"
+
+
+def test_a_token_file_with_comments_roles_and_blank_lines() -> None:
+    text = f"# who may look\n\nviewer {VIEW}\n  operator   {OP}  # not a comment\n"
+    with pytest.raises(WebError, match=r"t:4:.*more than one token"):
+        parse_tokens(text, "t")
+    tokens = parse_tokens(f"# who may look\n\nviewer {VIEW}\n  operator   {OP}\n", "t")
+    assert [(t.role, t.line) for t in tokens] == [("viewer", 3), ("operator", 4)]
+    assert OP not in repr(tokens) and VIEW not in repr(tokens)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        (f"admin {OP}\n", "f:1:1:", "unknown role 'admin'"),
+        ("\n  viewer short-token\n", "f:2:10:", "11 characters; at least 16"),
+        ("operator\n", "f:1:1:", "no token after the role"),
+        (f"viewer {OP}\noperator {OP}\n", "f:2:10:", "same token as on line 1"),
+        ("# nothing\n", "f:1:1:", "no token"),
+        ("viewer tok\u00e9n-0123456789abc\n", "f:1:8:", "printable ASCII"),
+    ],
+)
+def test_a_bad_token_file_is_a_located_error_that_never_shows_a_token(
+    text: str, where: str, what: str
+) -> None:
+    with pytest.raises(WebError) as info:
+        parse_tokens(text, "f")
+    message = str(info.value)
+    assert message.startswith(where), message
+    assert what in message
+    assert OP not in message and "short-token" not in message
+
+
+def test_the_token_file_must_be_private_and_outside_the_watched_tree(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"operator {OP}\n")
+    os.chmod(path, 0o640)
+    with pytest.raises(WebError, match=r"mode 0640 .*chmod 600"):
+        read_tokens(str(path))
+    os.chmod(path, 0o600)
+    assert [t.role for t in read_tokens(str(path), str(tmp_path / "repo"))] == ["operator"]
+    with pytest.raises(WebError, match="inside the watched"):
+        read_tokens(str(path), str(tmp_path))
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(WebError, match="cannot open it"):
+        read_tokens(str(link))
+    with pytest.raises(WebError, match="not a regular file"):
+        read_tokens(str(tmp_path))
+
+
+def test_a_token_is_compared_with_every_token() -> None:
+    table = TokenTable(parse_tokens(f"viewer {VIEW}\noperator {OP}\n", "t"))
+    assert table.role_for(OP) == "operator"
+    assert table.role_for(VIEW) == "viewer"
+    assert table.role_for(OP[:-1]) is None
+    assert table.role_for(OP + "x") is None
+    assert table.role_for("") is None
+    assert table.role_for("\u00e9" * 20) is None
+    assert OP not in repr(table)
+
+
+def test_sessions_are_random_bounded_and_expire() -> None:
+    sessions = Sessions(size=3, idle_s=100, max_s=1000)
+    first = sessions.new("viewer", 0)
+    assert len(first.id) == 64 and len(first.csrf) == 64 and first.id != first.csrf
+    assert sessions.get(first.id, 50) is first
+    assert sessions.get(first.id, 151) is None  # idle for more than 100 s
+    a = sessions.new("operator", 200)
+    others = [sessions.new("viewer", 200 + i) for i in range(3)]
+    assert sessions.get(a.id, 210) is None  # the least recently used went first
+    assert len(sessions) == 3
+    assert all(sessions.get(s.id, 250) is s for s in others)
+    long = others[-1]
+    for t in range(300, 1201, 90):
+        assert sessions.get(long.id, t) is long  # used, but...
+    assert sessions.get(long.id, 1203) is None  # ... not past its lifetime (created at 202)
+    sessions.drop(others[0].id)
+    assert sessions.get(others[0].id, 260) is None
+    assert sessions.get(None, 0) is None and sessions.get("nope", 0) is None
+
+
+def test_csrf_and_origin() -> None:
+    assert csrf_ok("a" * 64, "a" * 64)
+    assert not csrf_ok("a" * 64, "b" * 64)
+    assert not csrf_ok("a" * 64, None)
+    assert not csrf_ok("a" * 64, "")
+    assert same_origin(None, "h:1", False)  # no Origin: the CSRF token decides
+    assert same_origin("http://127.0.0.1:8080", "127.0.0.1:8080", False)
+    assert not same_origin("https://127.0.0.1:8080", "127.0.0.1:8080", False)
+    assert same_origin("https://dash.example:8443", "DASH.example:8443", True)
+    assert not same_origin("http://evil.example", "127.0.0.1:8080", False)
+    assert not same_origin("null", "127.0.0.1:8080", False)
+    assert not same_origin("http://127.0.0.1:8080", None, False)
+
+
+def test_failed_logins_are_limited_per_address_in_bounded_memory() -> None:
+    limiter = LoginLimiter(failures=5, window_s=60, tracked=100)
+    for i in range(5):
+        assert limiter.retry_after("10.0.0.1", i) == 0
+        limiter.failed("10.0.0.1", i)
+    assert limiter.retry_after("10.0.0.1", 10) == pytest.approx(50)
+    assert limiter.retry_after("10.0.0.2", 10) == 0  # another address is not held back
+    assert limiter.retry_after("10.0.0.1", 60.5) == 0  # the first failure has aged out
+    for i in range(1000):
+        limiter.failed(f"192.0.2.{i}", 100)
+    assert len(limiter) <= 100
+
+
+def test_a_log_follower_sends_only_the_new_lines() -> None:
+    assert new_lines([], ["a", "b"]) == ["a", "b"]
+    assert new_lines(["a", "b"], ["a", "b"]) == []
+    assert new_lines(["a", "b"], ["a", "b", "c"]) == ["c"]
+    assert new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]  # the tail moved
+    assert new_lines(["x", "x"], ["x", "x", "x"]) == ["x"]
+    assert new_lines(["a"], ["q", "r"]) == ["q", "r"]  # nothing in common: a new container
+
+
+def test_cookies() -> None:
+    assert parse_cookies("a=1; pyapply_session=abc ; b=2") == {
+        "a": "1",
+        "pyapply_session": "abc",
+        "b": "2",
+    }
+    assert parse_cookies(None) == {}
+    assert parse_cookies("x=1; x=2") == {"x": "1"}
+
+
+def test_changes_wake_a_waiter_and_count_restarts() -> None:
+    changes = Changes()
+    assert changes.wait(0, 0.01) == 0
+    changes.container_event("s-a-1", "die")
+    changes.container_event("s-a-1", "destroy")
+    assert changes.wait(0, 1) == 2
+    assert changes.deaths == {"s-a-1": 1}
+    changes.close()
+    assert changes.wait(2, 5) == 2  # closed: no wait
