@@ -28,7 +28,8 @@ Authentication (the TCP listener only):
   number (`MAX_TRACKED`, the oldest forgotten first).
 - A `viewer` reads; an `operator` also acts: sync now, rollback to a revision, resume. A
   page action is a POST form from a confirmation page, carrying the session's CSRF token
-  (compared in constant time); an `Origin` header, when present, must be this listener's.
+  (compared in constant time); `Sec-Fetch-Site`, or else `Origin`, when present, must say
+  this listener's own pages sent it.
   The API's POST routes take a bearer token only (never the cookie). `--http-read-only`
   hides the actions and refuses them (403) on the listener.
 
@@ -311,9 +312,17 @@ def csrf_ok(session_token: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(session_token.encode(), given.encode())
 
 
-def same_origin(origin: str | None, host: str | None, tls: bool) -> bool:
-    """An `Origin` header, when there is one, must name this listener (scheme and Host)."""
-    if origin is None:
+def same_origin(
+    origin: str | None, host: str | None, tls: bool, fetch_site: str | None = None
+) -> bool:
+    """Whether a form was sent from this listener's own pages. A browser's
+    `Sec-Fetch-Site` says so directly (`same-origin`); else an `Origin` header, when there
+    is one, must name this listener (scheme and Host). `Origin: null` is what a browser
+    sends under this site's own `Referrer-Policy: no-referrer`: it proves nothing either
+    way, so the CSRF token alone decides then."""
+    if fetch_site is not None:
+        return fetch_site.strip().lower() in ("same-origin", "none")
+    if origin is None or origin.strip() == "null":
         return True
     if host is None:
         return False
@@ -850,7 +859,9 @@ class WebHandler(_Handler):
             # the socket has no origin of its own; a browser behind a proxy of it sends one
             # only for cross-site posts, which the CSRF token refuses anyway
             return True
-        return same_origin(origin, self.headers.get("Host"), self.tls)
+        return same_origin(
+            origin, self.headers.get("Host"), self.tls, self.headers.get("Sec-Fetch-Site")
+        )
 
     def _cookie(self, value: str, max_age: int | None) -> tuple[str, str]:
         parts = [f"{SESSION_COOKIE}={value}", "HttpOnly", "SameSite=Strict", "Path=/"]

@@ -116,7 +116,10 @@ def test_csrf_and_origin() -> None:
     assert not same_origin("https://127.0.0.1:8080", "127.0.0.1:8080", False)
     assert same_origin("https://dash.example:8443", "DASH.example:8443", True)
     assert not same_origin("http://evil.example", "127.0.0.1:8080", False)
-    assert not same_origin("null", "127.0.0.1:8080", False)
+    assert same_origin("null", "127.0.0.1:8080", False)  # no-referrer: the token decides
+    assert same_origin("null", "h:1", False, "same-origin")
+    assert not same_origin("null", "h:1", False, "cross-site")
+    assert not same_origin("http://h:1", "h:1", False, "same-site")
     assert not same_origin("http://127.0.0.1:8080", None, False)
 
 

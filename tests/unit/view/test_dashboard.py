@@ -90,7 +90,7 @@ def stack_doc(name: str = "shop") -> dict[str, Any]:
                     "object": "container",
                     "name": f"{name}-x-1",
                     "reason": f"exited {HOSTILE}",
-                    "fields": [{"path": "status", "live": "exited", "desired": "running"}],
+                    "fields": [{"field": "status", "old": "exited", "new": "running"}],
                 }
             ],
         },
