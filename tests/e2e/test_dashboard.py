@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -481,3 +482,186 @@ def test_the_dashboard_in_a_browser(
         shutil.copy(overview, docs / "dashboard-overview.png")
         shutil.copy(stack_shot, docs / "dashboard-stack.png")
     assert agent.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS, event streams, bad options
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (cryptography)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def open_stream(port: int, token: str, context: Any = None) -> Any:
+    """A raw connection asking for /events; returns the socket after the answer's head."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if context is not None:
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    sock.sendall(
+        f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def read_until(sock: Any, marker: bytes, timeout: float) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout
+    while marker not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {marker!r} within {timeout}s; got {got[-300:]!r}")
+        sock.settimeout(left)
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"closed before {marker!r}; got {got[-300:]!r}")
+        got += chunk
+    return got
+
+
+def test_tls_event_streams_within_their_budget_and_bad_options(
+    agent: AgentProc, native: RuntimeUnderTest, tmp_path: Path
+) -> None:
+    import ssl
+
+    stack, obs = native.stack, native.observe
+    repo = Repo(tmp_path / "repo")
+    sha1 = repo.commit({"stack.yaml": manifest(stack, "1")}, "one")
+    tokens = token_file(tmp_path)
+    port = free_port()
+
+    # options that cannot be used: exit 1 with one located line, nothing started
+    loose = tmp_path / "loose"
+    loose.write_text(f"operator {OPERATOR}\n")
+    os.chmod(loose, 0o644)
+    short = tmp_path / "short"
+    short.touch(mode=0o600)
+    short.write_text(f"viewer {VIEWER}\n  operator tooshort\n")
+    inside = repo.path / "tokens"
+    inside.touch(mode=0o600)
+    inside.write_text(f"operator {OPERATOR}\n")
+    listen = ["--http", f"127.0.0.1:{port}"]
+    for args, expected in (
+        ([*listen], "--http needs --http-token-file"),
+        ([*listen, "--http-token-file", str(loose)], "mode 0644"),
+        ([*listen, "--http-token-file", str(short)], f"{short}:2:12: the token is 8 characters"),
+        ([*listen, "--http-token-file", str(inside)], "is inside the watched"),
+        (["--http-read-only"], "--http-read-only: only with --http"),
+        ([*listen, "--http-token-file", str(tokens), "--http-cert", str(tokens)], "go together"),
+    ):
+        out = agent.cli("watch", str(repo.path), *args, ok=False)
+        assert out.returncode == 1, (args, out.stdout, out.stderr)
+        assert expected in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and OPERATOR not in out.stderr
+    inside.unlink()
+
+    cert, key = self_signed(tmp_path)
+    agent.start(
+        repo.path, "--interval", "600", *listen, "--http-token-file", str(tokens),
+        "--http-cert", str(cert), "--http-key", str(key),
+    )  # fmt: skip
+    app = f"{stack}-app-1"
+    wait_for("applied", lambda: running(obs, app) and label(obs, app) == sha1[:12])
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def https(method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> Any:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    status, headers, body = https("GET", "/v1/status", {"Authorization": f"Bearer {VIEWER}"})
+    assert status == 200 and json.loads(body)["http"]["tls"] is True
+    assert headers["strict-transport-security"].startswith("max-age=")
+    status, headers, _ = https(
+        "POST", "/login", {"Content-Type": "application/x-www-form-urlencoded"},
+        urlencode({"token": OPERATOR}).encode(),
+    )  # fmt: skip
+    assert status == 303 and "; Secure" in headers["set-cookie"]
+    # TLS older than 1.2 is refused; plain HTTP gets no answer of the agent's
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(str(cert))
+    with warnings.catch_warnings():  # (TLS 1.1 is deprecated: that is the point)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError):
+        open_stream(port, VIEWER, old).close()
+    plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((http.client.HTTPException, OSError)):
+        plain.request("GET", "/v1/status")
+        plain.getresponse()
+    plain.close()
+
+    # event streams: eight at once, the ninth refused, the API's slots untouched
+    streams = [open_stream(port, VIEWER, context) for _ in range(8)]
+    try:
+        for s in streams:
+            head = read_until(s, b"event: hello", 10)
+            assert head.startswith(b"HTTP/1.1 200") and b"text/event-stream" in head
+        ninth = open_stream(port, VIEWER, context)
+        assert read_until(ninth, b"\r\n\r\n", 10).startswith(b"HTTP/1.1 503")
+        ninth.close()
+        for _ in range(40):  # more than the listener's 32 connection slots, one by one
+            status, _, _ = https(
+                "GET", "/v1/history?limit=1", {"Authorization": f"Bearer {VIEWER}"}
+            )
+            assert status == 200
+        # a pass tells every stream within a second of its end
+        status, _, _ = https("POST", "/v1/sync?wait=true", {"Authorization": f"Bearer {OPERATOR}"})
+        assert status == 200
+        ended = time.monotonic()
+        for s in streams:
+            read_until(s, b"event: change", 1.0)
+        assert time.monotonic() - ended < 1.5
+        # the agent stops: the streams end
+        assert agent.stop() == 0
+        for s in streams:
+            s.settimeout(10)
+            while s.recv(4096):
+                pass
+    finally:
+        for s in streams:
+            s.close()
