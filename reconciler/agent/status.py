@@ -7,7 +7,9 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyapply.reconciler.core.diff import Observed, diff
 from pyapply.reconciler.core.health import stack_health, swarm_stack_health
+from pyapply.reconciler.core.plan import Plan, build
 from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.reconcile import StackResult, observe, plan_stack
 from pyapply.reconciler.version import __version__
@@ -42,10 +44,8 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
                     plan = plan_observed(d, observed)
                     health = swarm_stack_health(d, observed, plan, agent.running.is_set())
                 elif isinstance(d, Desired):
-                    plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
-                    health = stack_health(
-                        d, observe(runtime, d.stack), plan, agent.running.is_set()
-                    )
+                    plan, observed_stack = planned(agent, runtime, d)
+                    health = stack_health(d, observed_stack, plan, agent.running.is_set())
                 else:
                     continue
                 out_of_sync = out_of_sync or not plan.empty
@@ -113,6 +113,13 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
     return doc
 
 
+def planned(agent: Agent, runtime: Runtime, d: Desired) -> tuple[Plan, Observed]:
+    """One stack's plan and the observation it was made from: one listing per object kind
+    (the health is judged from the same observation, not from a second one)."""
+    observed = observe(runtime, d.stack, d)
+    return build(d, diff(d, observed, prune_volumes=agent.options.apply.prune_volumes)), observed
+
+
 class UnknownStack(LookupError):
     """No stack of that name in the desired state."""
 
@@ -128,8 +135,7 @@ def stack_detail(agent: Agent, runtime: Runtime | ServiceRuntime, name: str) -> 
     if not desired or isinstance(runtime, ServiceRuntime) or not isinstance(desired[0], Desired):
         raise UnknownStack(name)
     d = desired[0]
-    plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
-    observed = observe(runtime, d.stack)
+    plan, observed = planned(agent, runtime, d)
     health = stack_health(d, observed, plan, agent.running.is_set())
     by_name = {c.name: c for c in observed.containers}
     deaths = dict(agent.changes.deaths)

@@ -105,6 +105,7 @@ STREAM_MAX_S = 3600.0
 LOG_LINES = 200
 LOG_POLL_S = 1.0
 LISTEN_BACKLOG = 128
+DOC_MAX_AGE_S = 2.0
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -400,6 +401,41 @@ def tail_lines(chunks: Sequence[bytes] | Any, limit: int) -> list[str]:
 # The dashboard, shared by the socket and the listener
 
 
+class DocCache:
+    """The documents pages show (the status, a stack's detail), computed once per change of
+    the agent (`Changes.seq`) for every page that asks, and for at most `max_age_s`: when a
+    pass ends, five open dashboards fetching two pages each cost two computations, not ten.
+    Callers asking while one is computed wait for it. At most `size` keys are kept."""
+
+    def __init__(
+        self, seq: Callable[[], int], max_age_s: float = DOC_MAX_AGE_S, size: int = 64
+    ) -> None:
+        self.seq = seq
+        self.max_age_s = max_age_s
+        self.size = size
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._docs: OrderedDict[str, tuple[int, float, Any]] = OrderedDict()
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            seq, now = self.seq(), time.monotonic()
+            with self._lock:
+                hit = self._docs.get(key)
+            if hit is not None and hit[0] == seq and now - hit[1] <= self.max_age_s:
+                return hit[2]
+            doc = compute()  # (an error is every waiter's to see: nothing is kept)
+            with self._lock:
+                self._docs[key] = (seq, now, doc)
+                self._docs.move_to_end(key)
+                while len(self._docs) > self.size:
+                    old, _ = self._docs.popitem(last=False)
+                    self._key_locks.pop(old, None)
+            return doc
+
+
 class Web:
     """What the pages need of the agent, and the state of the listener's logins."""
 
@@ -422,6 +458,7 @@ class Web:
         self.limiter = LoginLimiter()
         self.streams = threading.BoundedSemaphore(max_streams)
         self.stopped = threading.Event()
+        self.docs = DocCache(lambda: agent.changes.seq)
         # the socket's pages need no login; their forms still carry a token (a page served
         # to a proxy of the socket must not be driven by another site)
         self.socket_csrf = secrets.token_hex(32)
@@ -432,6 +469,12 @@ class Web:
 
     def redacted(self, doc: Any) -> Any:
         return self.agent.redactor.value(doc)
+
+    def status(self) -> Any:
+        return self.redacted(self.docs.get("status", self.api.status))
+
+    def stack(self, name: str) -> Any:
+        return self.redacted(self.docs.get(f"stack:{name}", lambda: self.api.stack(name)))
 
 
 @dataclass
@@ -458,6 +501,7 @@ class WebHandler(_Handler):
     (`listener`) authentication in front of both."""
 
     web: Web
+    _seq = 0
     listener = False  # True on the TCP listener: authentication, and --http-read-only
     tls = False
 
@@ -537,6 +581,7 @@ class WebHandler(_Handler):
 
         viewer = self._viewer(who)
         now = self.web.clock()
+        ctx.setdefault("seq", self._seq)
         if query.get("fragment") == "1":
             text = dashboard.fragment(name, viewer, now, **ctx)
         else:
@@ -697,10 +742,12 @@ class WebHandler(_Handler):
 
     def _get(self, path: str, query: dict[str, str], who: Who) -> None:
         web, agent = self.web, self.web.agent
+        # before anything is computed: a change after this is one the page has not shown
+        self._seq = agent.changes.seq
         if path == "/":
             from pyapply.reconciler.view.dashboard import overview_rows
 
-            status = web.redacted(web.api.status())
+            status = web.status()
             self._render(
                 200, "overview", who, query, title="Overview", status=status,
                 rows=overview_rows(status),
@@ -708,7 +755,7 @@ class WebHandler(_Handler):
             return
         if path.startswith("/stacks/"):
             name = unquote(path[len("/stacks/") :])
-            doc = web.redacted(web.api.stack(name))
+            doc = web.stack(name)
             self._render(200, "stack", who, query, title=f"Stack {name}", stack=doc)
             return
         if path == "/history":

@@ -191,6 +191,8 @@ def _context(viewer: Viewer, now: float, context: Mapping[str, Any]) -> dict[str
         "title": context.get("title", "pyapply"),
         "events": context.get("events", "/events"),
         "live": context.get("live", "page"),
+        # the agent's change count the documents shown were computed at (live updates)
+        "seq": context.get("seq", ""),
         **context,
     }
 

@@ -320,7 +320,24 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
 def text_of(driver: Any, css: str) -> str:
     from selenium.webdriver.common.by import By
 
-    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    return str(stable(lambda: driver.find_element(By.CSS_SELECTOR, css).text))
+
+
+def stable(act: Any) -> Any:
+    """`act()`, again when a live update swapped the element it found out of the page
+    (a stale element), a few times."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return act()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return act()
+
+
+def click(driver: Any, by: str, what: str) -> None:
+    stable(lambda: driver.find_element(by, what).click())
 
 
 def test_the_dashboard_in_a_browser(
@@ -361,14 +378,14 @@ def test_the_dashboard_in_a_browser(
         assert driver.find_element(By.ID, "token")
         assert stack not in driver.page_source
         driver.find_element(By.ID, "token").send_keys("wrong-token-0123456789")
-        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+        click(driver, By.CSS_SELECTOR, "form.login button")
         wait_for("refused", lambda: "Wrong token." in driver.page_source)
         assert stack not in driver.page_source
         shot("login-refused")
 
         # an operator logs in once
         driver.find_element(By.ID, "token").send_keys(OPERATOR)
-        driver.find_element(By.CSS_SELECTOR, "form.login button").click()
+        click(driver, By.CSS_SELECTOR, "form.login button")
         wait_for("the overview", lambda: stack in driver.page_source)
         assert text_of(driver, f"{row} [data-col=sync]") == "\u2713 Synced"
         assert text_of(driver, f"{row} [data-col=health]") == "\u2713 Healthy"
@@ -411,7 +428,7 @@ def test_the_dashboard_in_a_browser(
         wait_for("two applied", lambda: label(obs, app) == sha2[:12])
 
         # the stack page: replicas, image, drift in words
-        driver.find_element(By.LINK_TEXT, stack).click()
+        click(driver, By.LINK_TEXT, stack)
         wait_for("the stack page", lambda: "Services" in driver.page_source)
         replica = text_of(driver, f'tr[data-replica="{app}"]')
         assert "running" in replica and TEST_IMAGE.split(":")[0] in replica
@@ -420,7 +437,7 @@ def test_the_dashboard_in_a_browser(
         stack_shot = shot("stack")
 
         # the logs, followed live
-        driver.find_element(By.PARTIAL_LINK_TEXT, "Logs").click()
+        click(driver, By.PARTIAL_LINK_TEXT, "Logs")
         wait_for("the logs page", lambda: "Logs of app" in driver.page_source)
 
         def last_number() -> int:
@@ -433,14 +450,14 @@ def test_the_dashboard_in_a_browser(
         shot("logs")
 
         # the history page; a rollback to the first revision from there
-        driver.find_element(By.LINK_TEXT, "History").click()
+        click(driver, By.LINK_TEXT, "History")
         wait_for("the history", lambda: "History" in driver.title)
         assert "second: version 2" in driver.page_source
         shot("history")
-        driver.find_element(By.PARTIAL_LINK_TEXT, f"Roll back to {sha1[:7]}").click()
+        click(driver, By.PARTIAL_LINK_TEXT, f"Roll back to {sha1[:7]}")
         wait_for("the confirmation", lambda: driver.title.startswith("Roll back"))
         shot("confirm-rollback")
-        driver.find_element(By.CSS_SELECTOR, "button.primary").click()
+        click(driver, By.CSS_SELECTOR, "button.primary")
         wait_for("rolled back", lambda: label(obs, app) == sha1[:12], timeout=30)
         driver.get(base + "/")
         wait_for(
@@ -456,7 +473,7 @@ def test_the_dashboard_in_a_browser(
 
         # a pass opens to its summary
         driver.get(base + "/history")
-        driver.find_element(By.CSS_SELECTOR, "tr[data-pass] th a").click()
+        click(driver, By.CSS_SELECTOR, "tr[data-pass] th a")
         wait_for("a pass", lambda: driver.title.startswith("Pass "))
         assert "Outcome" in driver.page_source
         shot("pass")

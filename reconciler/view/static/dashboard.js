@@ -44,8 +44,14 @@
 
   var mode = main.getAttribute("data-live");
   if (mode === "page") {
+    // the change count the page was rendered at: a change between the render and the
+    // stream's start is caught up on at once (the stream's hello says where it is)
+    var seen = main.getAttribute("data-seq");
     var source = new EventSource(main.getAttribute("data-events") || "/events");
-    source.addEventListener("change", refresh);
+    source.addEventListener("hello", function (ev) {
+      if (ev.data !== seen) { seen = ev.data; refresh(); }
+    });
+    source.addEventListener("change", function (ev) { seen = ev.data; refresh(); });
     source.onopen = function () { say("live updates: on"); };
     source.onerror = function () { say("live updates: reconnecting"); };
   }
