@@ -36,7 +36,7 @@ import pytest
 from pyapply.reconciler.engine.lock import host_lock
 from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE
 from tests.e2e.runtimes import RuntimeUnderTest, free_port
-from tests.e2e.test_agent import AgentProc, Repo, label, running, wait_for
+from tests.e2e.test_agent import AgentProc, Repo, label, openapi_validator, running, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -183,9 +183,11 @@ def _http_checks(agent: AgentProc, runtime: RuntimeUnderTest, tmp_path: Path) ->
     doc = json.loads(text)
     assert status == 200 and doc["revision"]["applied"] == sha1[:12]
     assert doc["stacks"][0]["sync"] == "Synced"
+    openapi_validator("Status").validate(doc)
     status, _, text = h.bearer("GET", f"/v1/stacks/{stack}", VIEWER)
     detail = json.loads(text)
     assert status == 200 and detail["services"][0]["replicas"][0]["state"] == "running"
+    openapi_validator("StackDetail").validate(detail)
     assert SECRET not in text and ENV_SECRET not in text
     before = agent.api("GET", "/v1/status")["last_result"]["started"]
     status, _, text = h.bearer("POST", "/v1/sync", VIEWER)
