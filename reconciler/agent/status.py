@@ -22,8 +22,16 @@ if TYPE_CHECKING:
     from pyapply.reconciler.core.swarm import SwarmDesired
 
 
-def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
-    """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status)."""
+# what a status computation observed of each stack: its plan and the observation behind it
+Seen = dict[str, tuple["Plan", "Observed"]]
+
+
+def status_view(
+    agent: Agent, runtime: Runtime | ServiceRuntime, seen: Seen | None = None
+) -> dict[str, Any]:
+    """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status). With
+    `seen`, each stack's plan and observation are kept there too (the dashboard derives its
+    stack pages from them instead of observing again)."""
     with agent.state_lock:
         desired = list(agent.desired)
         last = agent.last
@@ -45,6 +53,8 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
                     health = swarm_stack_health(d, observed, plan, agent.running.is_set())
                 elif isinstance(d, Desired):
                     plan, observed_stack = planned(agent, runtime, d)
+                    if seen is not None:
+                        seen[d.stack] = (plan, observed_stack)
                     health = stack_health(d, observed_stack, plan, agent.running.is_set())
                 else:
                     continue
@@ -124,18 +134,24 @@ class UnknownStack(LookupError):
     """No stack of that name in the desired state."""
 
 
-def stack_detail(agent: Agent, runtime: Runtime | ServiceRuntime, name: str) -> dict[str, Any]:
+def stack_detail(
+    agent: Agent,
+    runtime: Runtime | ServiceRuntime,
+    name: str,
+    seen: tuple[Plan, Observed] | None = None,
+) -> dict[str, Any]:
     """The document of `GET /v1/stacks/<name>`: one stack of the desired state as the
     runtime shows it -- each service's replicas (state, health, image and image id, ports,
     restarts the agent saw, start time), its networks and volumes, and the drift as the plan
     text with each change's fields. Redacted by the caller (the API), like every document;
-    the plan text is redacted here too, by the same rules as the CLI's. Raises UnknownStack."""
+    the plan text is redacted here too, by the same rules as the CLI's. `seen`: the plan and
+    observation a status computation just made of this stack. Raises UnknownStack."""
     with agent.state_lock:
         desired = [d for d in agent.desired if d.stack == name]
     if not desired or isinstance(runtime, ServiceRuntime) or not isinstance(desired[0], Desired):
         raise UnknownStack(name)
     d = desired[0]
-    plan, observed = planned(agent, runtime, d)
+    plan, observed = seen if seen is not None else planned(agent, runtime, d)
     health = stack_health(d, observed, plan, agent.running.is_set())
     by_name = {c.name: c for c in observed.containers}
     deaths = dict(agent.changes.deaths)

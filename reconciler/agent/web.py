@@ -75,6 +75,7 @@ from pyapply.reconciler.agent.api import (
     _Handler,
 )
 from pyapply.reconciler.agent.history import KEEP_PASSES, HistoryError
+from pyapply.reconciler.agent.status import Seen, UnknownStack, stack_detail, status_view
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import UnknownRevision
@@ -405,12 +406,21 @@ class DocCache:
     """The documents pages show (the status, a stack's detail), computed once per change of
     the agent (`Changes.seq`) for every page that asks, and for at most `max_age_s`: when a
     pass ends, five open dashboards fetching two pages each cost two computations, not ten.
-    Callers asking while one is computed wait for it. At most `size` keys are kept."""
+    Callers asking while one is computed wait for it. At most `size` keys are kept.
+
+    While a pass runs (`busy`), a document of the current change count is served whatever
+    its age: the pass's end is a change, which refreshes every open page, and a page loaded
+    meanwhile must not make the runtime answer twice as many questions during the pass."""
 
     def __init__(
-        self, seq: Callable[[], int], max_age_s: float = DOC_MAX_AGE_S, size: int = 64
+        self,
+        seq: Callable[[], int],
+        busy: Callable[[], bool] = lambda: False,
+        max_age_s: float = DOC_MAX_AGE_S,
+        size: int = 64,
     ) -> None:
         self.seq = seq
+        self.busy = busy
         self.max_age_s = max_age_s
         self.size = size
         self._lock = threading.Lock()
@@ -424,7 +434,8 @@ class DocCache:
             seq, now = self.seq(), time.monotonic()
             with self._lock:
                 hit = self._docs.get(key)
-            if hit is not None and hit[0] == seq and now - hit[1] <= self.max_age_s:
+            fresh = hit is not None and (now - hit[1] <= self.max_age_s or self.busy())
+            if hit is not None and hit[0] == seq and fresh:
                 return hit[2]
             doc = compute()  # (an error is every waiter's to see: nothing is kept)
             with self._lock:
@@ -458,7 +469,7 @@ class Web:
         self.limiter = LoginLimiter()
         self.streams = threading.BoundedSemaphore(max_streams)
         self.stopped = threading.Event()
-        self.docs = DocCache(lambda: agent.changes.seq)
+        self.docs = DocCache(lambda: agent.changes.seq, agent.running.is_set)
         # the socket's pages need no login; their forms still carry a token (a page served
         # to a proxy of the socket must not be driven by another site)
         self.socket_csrf = secrets.token_hex(32)
@@ -470,11 +481,26 @@ class Web:
     def redacted(self, doc: Any) -> Any:
         return self.agent.redactor.value(doc)
 
+    def _snapshot(self) -> tuple[dict[str, Any], Seen]:
+        """The status and what it observed of each stack: one observation per stack serves
+        the overview and every stack page of this change."""
+        seen: Seen = {}
+        return status_view(self.agent, self.api.runtime(), seen), seen
+
     def status(self) -> Any:
-        return self.redacted(self.docs.get("status", self.api.status))
+        doc, _ = self.docs.get("snapshot", self._snapshot)
+        return self.redacted(doc)
 
     def stack(self, name: str) -> Any:
-        return self.redacted(self.docs.get(f"stack:{name}", lambda: self.api.stack(name)))
+        _, seen = self.docs.get("snapshot", self._snapshot)
+
+        def detail() -> Any:
+            try:
+                return stack_detail(self.agent, self.api.runtime(), name, seen.get(name))
+            except UnknownStack:
+                raise ApiError(404, f"no stack {name!r} in the desired state") from None
+
+        return self.redacted(self.docs.get(f"stack:{name}", detail))
 
 
 @dataclass

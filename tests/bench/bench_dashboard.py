@@ -17,7 +17,9 @@ fragments; plus a whole overview page every 5 s. They are Python threads, not fi
 Chromiums: five browsers would cost this 2-core host more CPU than the agent, which would
 measure the browsers, not the agent. The figures (RSS with and without; pass duration with
 and without, in alternating blocks so that drift of the host affects both) are printed side
-by side. Targets (issue 13): RSS <= 80 MB with the dashboards open, passes <= 5 % slower.
+by side. Passes come `--gap` seconds apart (default 1 s: what a page fetches after a pass
+has that long before the next change; `--gap 0` is the worst case, passes back to back, the
+fetches after one pass overlapping the next). Targets (issue 13): RSS <= 80 MB with the dashboards open, passes <= 5 % slower.
 
 Everything created is removed at the end, also on failure or Ctrl-C.
 """
@@ -177,7 +179,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     port = _free_port()
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     agent: subprocess.Popen[bytes] | None = None
-    results: dict[str, Any] = {"runtime": runtime, "services": args.services}
+    results: dict[str, Any] = {"runtime": runtime, "services": args.services, "gap_s": args.gap}
     value = 0
 
     def history_ids() -> set[int]:
@@ -188,6 +190,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         """One pass that recreates one container; its duration, from its record."""
         nonlocal value
         value += 1
+        time.sleep(args.gap)  # the dashboards' fetches after the last pass had this long
         before = history_ids()
         (watched / "stack.yaml").write_text(stack_yaml(stack, args.services, value))
         deadline = time.monotonic() + 300
@@ -234,8 +237,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         clients: list[Dashboard] = []
         client_stats: dict[str, Any] = {"fetches": 0, "changes": 0, "errors": []}
         fetch_s: list[float] = []
-        block = max(1, args.trials // 2)
-        for _round in range(2):
+        block = max(1, args.block)
+        for _round in range(max(1, args.trials // block)):
             sampler = RssSampler(agent.pid)
             sampler.start()
             without += [flip() for _ in range(block)]
@@ -319,14 +322,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=["native", "docker"], default="native")
     parser.add_argument("--services", type=int, default=50)
-    parser.add_argument("--trials", type=int, default=10, help="passes per condition")
+    parser.add_argument("--trials", type=int, default=20, help="passes per condition")
+    parser.add_argument(
+        "--block", type=int, default=5, help="passes in a row per condition (they alternate)"
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=1.0,
+        help="seconds from one pass's end to the next change (0: back to back, the worst "
+        "case: the dashboards' fetches after a pass overlap the next one)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results = bench(args)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"\ndashboard cost, {args.runtime}, {args.services} containers")
+    print(
+        f"\ndashboard cost, {args.runtime}, {args.services} containers, {args.trials} passes "
+        f"each, {args.gap:g} s between passes"
+    )
     print(f"{'':34}{'without':>12}{'5 dashboards':>16}")
     print(
         f"{'agent RSS, idle (MB)':34}{results['rss_idle_without_mb']:>12}"

@@ -4,12 +4,14 @@ the failed-login limit, the log follower's new lines."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from pyapply.reconciler.agent.triggers import Changes
 from pyapply.reconciler.agent.web import (
+    DocCache,
     LoginLimiter,
     Sessions,
     TokenTable,
@@ -164,3 +166,28 @@ def test_changes_wake_a_waiter_and_count_restarts() -> None:
     assert changes.deaths == {"s-a-1": 1}
     changes.close()
     assert changes.wait(2, 5) == 2  # closed: no wait
+
+
+def test_documents_are_computed_once_per_change_and_not_again_during_a_pass() -> None:
+    seq, busy, calls = [0], [False], []
+
+    def compute() -> int:
+        calls.append(seq[0])
+        return len(calls)
+
+    docs = DocCache(lambda: seq[0], lambda: busy[0], max_age_s=0.05)
+    assert docs.get("status", compute) == 1
+    assert docs.get("status", compute) == 1  # the same change: the same document
+    seq[0] = 1
+    assert docs.get("status", compute) == 2  # a change: computed again
+    time.sleep(0.06)
+    busy[0] = True
+    assert docs.get("status", compute) == 2  # old, but a pass runs: its end will tell
+    seq[0] = 2
+    assert docs.get("status", compute) == 3  # a change during a pass is computed at once
+    busy[0] = False
+    time.sleep(0.06)
+    assert docs.get("status", compute) == 4  # too old once the pass is over
+    with pytest.raises(ZeroDivisionError):
+        docs.get("broken", lambda: 1 // 0)
+    assert calls == [0, 1, 2, 2]
