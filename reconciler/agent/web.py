@@ -18,7 +18,7 @@ Authentication (the TCP listener only):
   the watched tree (whoever can push there must not mint tokens). A bad line is a located
   error (`file:line:col: sentence`) and the agent does not start.
 - An API client sends `Authorization: Bearer <token>`; the token is compared with every
-  known token in constant time (`hmac.compare_digest`, no early exit).
+  known token in constant time (`hmac.compare_digest` of SHA-256 digests, no early exit).
 - A browser logs in once at `/login` (a POST form) and gets a session cookie: a random
   256-bit id, HttpOnly, SameSite=Strict, Path=/, Secure with TLS. Sessions live on the
   server, at most `MAX_SESSIONS`, each for `SESSION_IDLE_S` idle and `SESSION_MAX_S` in all.
@@ -49,6 +49,7 @@ after `STREAM_MAX_S` (the browser reconnects) and when the agent stops. Optional
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -228,19 +229,20 @@ def inside(path: str, directory: str) -> bool:
 
 class TokenTable:
     """Who a presented token is: compared with every token, each in constant time, so that
-    neither which token matched nor how much of one did shows in the time taken."""
+    neither which token matched nor how much of one did shows in the time taken. Digests
+    (SHA-256) are compared, so that a token's length does not show either."""
 
     def __init__(self, tokens: Sequence[Token]) -> None:
-        self._tokens = [(t.value.encode(), t.role) for t in tokens]
+        self._tokens = [(hashlib.sha256(t.value.encode()).digest(), t.role) for t in tokens]
 
     def __repr__(self) -> str:
         return f"TokenTable({len(self._tokens)} tokens)"
 
     def role_for(self, given: str) -> str | None:
-        presented = given.encode("utf-8", "replace")
+        presented = hashlib.sha256(given.encode("utf-8", "replace")).digest()
         role: str | None = None
-        for value, r in self._tokens:
-            if hmac.compare_digest(presented, value) and role is None:
+        for digest, r in self._tokens:  # every one, whatever matched before
+            if hmac.compare_digest(presented, digest) and role is None:
                 role = r
         return role
 

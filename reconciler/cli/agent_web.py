@@ -12,21 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pyapply.reconciler.agent.web import (
-    HttpServer,
-    TokenTable,
-    Web,
-    WebError,
-    parse_address,
-    read_tokens,
-    socket_handler,
-    tls_context,
-)
 from pyapply.reconciler.cli.main import fail
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
     from pyapply.reconciler.agent.api import Api
+    from pyapply.reconciler.agent.web import TokenTable, Web
+
+# (reconciler.agent.web is imported by `watch` only: `pyapply status` and the other agent
+# commands, which share this module's command group, do not load the dashboard)
 
 
 def web_options(fn: Any) -> Any:
@@ -84,6 +78,14 @@ class WebSetup:
         http_key: str | None,
     ) -> WebSetup:
         """Check the options before anything starts; a bad one exits 1 with one line."""
+        from pyapply.reconciler.agent.web import (
+            TokenTable,
+            WebError,
+            parse_address,
+            read_tokens,
+            tls_context,
+        )
+
         setup = cls(read_only=http_read_only)
         if http_addr is None:
             given = [
@@ -116,6 +118,8 @@ class WebSetup:
     def running(self, agent: Agent, api: Api) -> Iterator[Web]:
         """The pages on the agent's socket (call before the API starts) and, with --http,
         the listener; stopped on the way out."""
+        from pyapply.reconciler.agent.web import HttpServer, Web, socket_handler
+
         web = Web(agent, api, tokens=self.tokens, read_only=self.read_only)
         api.handler_class = socket_handler(web)
         server: HttpServer | None = None

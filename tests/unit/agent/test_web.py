@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,93 @@ def test_documents_are_computed_once_per_change_and_not_again_during_a_pass() ->
     with pytest.raises(ZeroDivisionError):
         docs.get("broken", lambda: 1 // 0)
     assert calls == [0, 1, 2, 2]
+
+
+# -- the pages on the socket, in process (an agent on the in-memory runtime) ------------------
+
+SECRET_VALUE = "unit-s3cret-value-42"
+
+
+def _socket_agent(tmp_path: Path) -> tuple[Any, Any, Any]:
+    from fakes import FakeRuntime
+
+    from pyapply.reconciler.agent.agent import Agent, AgentOptions
+    from pyapply.reconciler.agent.api import Api
+    from pyapply.reconciler.agent.sources import Source
+    from pyapply.reconciler.agent.web import Web, socket_handler
+    from pyapply.runtime.base import ImageInfo
+
+    image = "pyapply-test/busybox:latest"
+    d = tmp_path / "stack"
+    d.mkdir()
+    (d / "s.yaml").write_text(
+        "apiVersion: pyapply/v1\nkind: Stack\nmetadata: {name: st}\nspec:\n"
+        f'  secrets:\n    tok: {{content: "{SECRET_VALUE}"}}\n'
+        f"  services:\n    web:\n      image: {image}\n"
+        f'      environment: {{DB_PASSWORD: "{SECRET_VALUE}-env", V: "1"}}\n'
+        "      secrets: [tok]\n"
+    )
+    rt = FakeRuntime(images_={image: ImageInfo("sha256:one", ())})
+    agent = Agent(
+        Source.of(str(d)), str(tmp_path / "root"), AgentOptions(runtime_events=False), lambda: rt
+    )
+    api = Api(agent, str(tmp_path / "agent.sock"), lambda: rt)
+    web = Web(agent, api)
+    api.handler_class = socket_handler(web)
+    return agent, api, rt
+
+
+def _get(sock: str, method: str, path: str, body: bytes | None = None) -> tuple[int, Any, str]:
+    from pyapply.reconciler.agent.api import UnixHTTPConnection
+
+    conn = UnixHTTPConnection(sock, timeout=10)
+    try:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if body else {}
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_socket_serves_the_pages_redacted_with_their_headers(tmp_path: Path) -> None:
+    import re
+
+    agent, api, _ = _socket_agent(tmp_path)
+    agent.reconcile({"start"})
+    api.start()
+    try:
+        sock = api.path
+        status, resp, page = _get(sock, "GET", "/")
+        assert status == 200 and "st" in page and "Synced" in page
+        assert "script-src 'self'" in resp.getheader("Content-Security-Policy")
+        assert resp.getheader("X-Content-Type-Options") == "nosniff"
+        assert resp.getheader("Referrer-Policy") == "no-referrer"
+        assert resp.getheader("Cache-Control") == "no-store"
+        status, _, page = _get(sock, "GET", "/stacks/st")
+        assert status == 200 and "st-web-1" in page and "running" in page
+        status, _, doc = _get(sock, "GET", "/v1/stacks/st")
+        assert status == 200 and SECRET_VALUE not in doc
+        status, _, frag = _get(sock, "GET", "/history?fragment=1")
+        assert status == 200 and "<html" not in frag and "<table" in frag
+        status, _, js = _get(sock, "GET", "/static/dashboard.js")
+        assert status == 200 and "EventSource" in js
+        assert _get(sock, "GET", "/static/../web.py")[0] == 404
+        assert _get(sock, "GET", "/stacks/nope")[0] == 404
+        # an action needs the page's CSRF token
+        assert _get(sock, "POST", "/actions/sync", b"csrf=" + b"0" * 64)[0] == 403
+        csrf = re.search(
+            r'name="csrf" value="([0-9a-f]{64})"', _get(sock, "GET", "/confirm/sync")[2]
+        )
+        assert csrf is not None
+        before = agent.triggers.started
+        status, resp, _ = _get(sock, "POST", "/actions/sync", f"csrf={csrf.group(1)}".encode())
+        assert status == 303 and resp.getheader("Location") == "/"
+        assert agent.triggers.take(0) == {"api"} and agent.triggers.started == before + 1
+        # and the API is the API: JSON for what is not a page
+        status, _, text = _get(sock, "GET", "/v2/nothing")
+        assert status == 404 and text.startswith("{")
+        for _, _, text in (_get(sock, "GET", p) for p in ("/", "/stacks/st", "/history")):
+            assert SECRET_VALUE not in text
+    finally:
+        api.stop()
