@@ -495,6 +495,24 @@ def test_the_dashboard_in_a_browser(
         focused = driver.switch_to.active_element
         assert focused.text == "Skip to content"
 
+        # log out; a viewer logs in: no action offered, none allowed
+        driver.set_window_size(1280, 900)
+        passes = len(agent.history())
+        click(driver, By.CSS_SELECTOR, "header form button")
+        wait_for("logged out", lambda: driver.title.startswith("Log in"))
+        driver.find_element(By.ID, "token").send_keys(VIEWER)
+        click(driver, By.CSS_SELECTOR, "form.login button")
+        wait_for("the viewer's overview", lambda: "signed in as viewer" in driver.page_source)
+        assert "Sync now" not in driver.page_source and "Resume" not in driver.page_source
+        driver.get(base + "/confirm/sync")
+        assert "Not allowed" in driver.page_source
+        assert not driver.find_elements(By.CSS_SELECTOR, "main form")  # no confirm form
+        driver.get(base + "/history")
+        assert "Roll back" not in driver.page_source
+        shot("history-viewer")
+        time.sleep(0.5)
+        assert len(agent.history()) == passes  # nothing was triggered
+
     if os.environ.get("PYAPPLY_DOCS_SCREENSHOTS") == "1":
         docs = REPO_ROOT / "docs" / "img"
         docs.mkdir(exist_ok=True)
