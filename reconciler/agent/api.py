@@ -184,7 +184,7 @@ class _Server(BoundedThreadingMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_queue_size = LISTEN_BACKLOG  # a burst of connects waits to be accepted
 
-    def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
+    def __init__(self, path: str, handler: type[ApiHandler], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__(path, handler)
 
@@ -250,7 +250,7 @@ class Api:
         self._rt_lock = threading.Lock()
         self._server: _Server | None = None
         # the handler of the socket's connections (the dashboard's adds its pages)
-        self.handler_class: type[_Handler] = _Handler
+        self.handler_class: type[ApiHandler] = ApiHandler
         self._status = Shared(lambda: agent.status(self.runtime()))
         self._diff = Shared(lambda: agent.diff(self.runtime()))
 
@@ -448,7 +448,7 @@ class DeadlineReader(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class ApiHandler(BaseHTTPRequestHandler):
     api: Api
     server_version = "pyapply-agent"
     protocol_version = "HTTP/1.1"

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyapply.reconciler.core.diff import Observed, diff
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.health import stack_health, swarm_stack_health
 from pyapply.reconciler.core.plan import Plan, build
 from pyapply.reconciler.core.translate import Desired
@@ -130,7 +131,7 @@ def planned(agent: Agent, runtime: Runtime, d: Desired) -> tuple[Plan, Observed]
     return build(d, diff(d, observed, prune_volumes=agent.options.apply.prune_volumes)), observed
 
 
-class UnknownStack(LookupError):
+class UnknownStack(PyapplyError):
     """No stack of that name in the desired state."""
 
 

@@ -38,7 +38,7 @@ only, no inline script, no framing, forms only to the agent), `X-Content-Type-Op
 nosniff`, `Referrer-Policy: no-referrer` and `Cache-Control: no-store`. Everything shown
 has gone through the agent's `Redactor` (secrets, URL passwords, credential-looking env).
 
-Limits: the listener has the API's hardening (the same handler, `api._Handler`: request
+Limits: the listener has the API's hardening (the same handler, `api.ApiHandler`: request
 deadline, bounded connections, body limits). Event streams (`/events`, a log page's stream)
 hold their connection open, so they give their connection slot back and count against a
 small budget of their own (`MAX_STREAMS`); they send a heartbeat every `HEARTBEAT_S`, end
@@ -72,8 +72,8 @@ from pyapply.reconciler.agent.api import (
     MAX_QUERY_FIELDS,
     WRITE_TIMEOUT_S,
     ApiError,
+    ApiHandler,
     BoundedThreadingMixIn,
-    _Handler,
 )
 from pyapply.reconciler.agent.history import KEEP_PASSES, HistoryError
 from pyapply.reconciler.agent.status import Seen, UnknownStack, stack_detail, status_view
@@ -524,7 +524,7 @@ def _is_page(path: str) -> bool:
     return path in PAGES or path.startswith(PAGE_PREFIXES)
 
 
-class WebHandler(_Handler):
+class WebHandler(ApiHandler):
     """The API's hardened handler with the dashboard's pages, and on the TCP listener
     (`listener`) authentication in front of both."""
 
