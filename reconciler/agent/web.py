@@ -1102,7 +1102,10 @@ class WebHandler(ApiHandler):
             raise ApiError(404, f"no container {container[:100]!r} of {stack}/{service}")
         started = time.monotonic()
         with self._stream():
+            # first the whole tail: lines written between the page's render and this
+            # stream are not lost (the page replaces what it showed)
             sent = self._tail(container)
+            self._send_event("reset", json.dumps(sent))
             quiet = 0.0
             while self._ongoing(started):
                 if self.web.stopped.wait(LOG_POLL_S):

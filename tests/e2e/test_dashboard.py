@@ -448,6 +448,10 @@ def test_the_dashboard_in_a_browser(
 
         first = wait_for("log lines", lambda: last_number() + 1) - 1
         wait_for("new log lines", lambda: last_number() >= first + 3, timeout=15)
+        shown = [
+            int(n) for n in re.findall(r"line (\d+) 2", text_of(driver, f'pre[data-log="{app}"]'))
+        ]
+        assert shown == list(range(shown[0], shown[0] + len(shown))), shown  # none lost
         no_secret()
         shot("logs")
 

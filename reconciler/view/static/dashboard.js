@@ -61,6 +61,13 @@
   Array.prototype.forEach.call(logs, function (pre) {
     var limit = parseInt(pre.getAttribute("data-limit"), 10) || 500;
     var stream = new EventSource(pre.getAttribute("data-stream"));
+    // the stream starts with the whole tail (again after a reconnect): what the page shows
+    stream.addEventListener("reset", function (ev) {
+      var lines;
+      try { lines = JSON.parse(ev.data); } catch (e) { return; }
+      pre.textContent = lines.length ? lines.join("\n") + "\n" : "";
+      pre.scrollTop = pre.scrollHeight;
+    });
     stream.addEventListener("lines", function (ev) {
       var lines;
       try { lines = JSON.parse(ev.data); } catch (e) { return; }
