@@ -402,6 +402,11 @@ class EventWatcher:
             delay = min(delay * 2, 30.0)
 
     def handle(self, kind: str, action: str, name: str, labels: Mapping[str, str]) -> None:
+        if kind == "container" and action.startswith("health_status") and self.seen is not None:
+            # (dockerd's "health_status: healthy"): what live pages show, no reason for a pass
+            if labels.get(identity.STACK) in self.managed():
+                self.seen(name, "health_status")
+            return
         if kind != "container" or action not in DEATH_ACTIONS:
             return
         if labels.get(identity.STACK) not in self.managed():

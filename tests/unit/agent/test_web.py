@@ -282,3 +282,20 @@ def test_the_socket_serves_the_pages_redacted_with_their_headers(tmp_path: Path)
             assert SECRET_VALUE not in text
     finally:
         api.stop()
+
+
+def test_health_events_of_managed_containers_reach_live_pages_without_a_pass() -> None:
+    from fakes import FakeRuntime
+
+    from pyapply.reconciler.agent.sources import EventWatcher
+    from pyapply.reconciler.core import identity
+
+    fired: list[str] = []
+    changes = Changes()
+    w = EventWatcher(FakeRuntime, fired.append, lambda: {"mine"}, seen=changes.container_event)
+    w.handle("container", "health_status: healthy", "mine-a-1", {identity.STACK: "mine"})
+    w.handle("container", "health_status: unhealthy", "x-a-1", {identity.STACK: "other"})
+    assert changes.seq == 1 and fired == [] and changes.deaths == {}
+    w.handle("container", "die", "mine-a-1", {identity.STACK: "mine"})
+    assert changes.seq == 2 and changes.deaths == {"mine-a-1": 1}
+    assert fired == ["event:mine-a-1"]
