@@ -66,7 +66,7 @@ from pyapply.reconciler.agent.rollback import (
 )
 from pyapply.reconciler.agent.sources import EventWatcher, FileWatcher, Snapshot, Source
 from pyapply.reconciler.agent.status import stacks_health, status_view
-from pyapply.reconciler.agent.triggers import FORCING, Triggers
+from pyapply.reconciler.agent.triggers import FORCING, Changes, Triggers
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.guard import ALLOW_HINT, Labelled, at_risk, emptied
 from pyapply.reconciler.core.model import ManifestError
@@ -87,6 +87,7 @@ from pyapply.runtime.services import ServiceRuntime
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
     from pyapply.reconciler.agent.notify import Notifier
+    from pyapply.reconciler.agent.web import HttpServer
     from pyapply.reconciler.agent.webhook import WebhookServer
     from pyapply.reconciler.core.swarm import SwarmDesired
     from pyapply.reconciler.engine.execute import Executor
@@ -134,6 +135,8 @@ class Agent:
             root, on_reset=self._history_reset, on_failure=self._history_failure
         )
         self.triggers = Triggers()
+        # what live dashboard pages wait on: a pass ended, a container changed
+        self.changes = Changes()
         self.runtime = open_runtime()
         self.started_at = time.time()
         self.pid = os.getpid()
@@ -161,6 +164,7 @@ class Agent:
         # set by `watch` when asked for (--notify, --webhook); shown in the status
         self.notifier: Notifier | None = None
         self.webhook: WebhookServer | None = None
+        self.http: HttpServer | None = None  # --http: the dashboard and API over TCP
         # --progress-deadline: the revision applied and not yet Healthy, when its health is
         # looked at next (monotonic), and the automatic rollback the next pass applies
         # (bad revision, why) so that its notification can say so
@@ -251,6 +255,7 @@ class Agent:
         info(f"{why}: stopping (the running action, if any, finishes first)")
         self.stopping.set()
         self.triggers.close()
+        self.changes.close()
         executor = self.executor
         if executor is not None:
             executor.cancel()
@@ -282,7 +287,11 @@ class Agent:
             # not a swarm (just checked): the opener gives a container runtime
             opener = cast(Callable[[], Runtime], self.open_runtime)
             self.event_watcher = EventWatcher(
-                opener, self.request, self.history.managed_stacks, ours=self.own_stops
+                opener,
+                self.request,
+                self.history.managed_stacks,
+                ours=self.own_stops,
+                seen=self.changes.container_event,
             )
             self.event_watcher.start()
 
@@ -336,6 +345,7 @@ class Agent:
             finally:
                 self.running.clear()
                 self.triggers.done()
+                self.changes.bump()
         info("stopped")
         for watcher in (self.file_watcher, self.event_watcher, self.git):
             if watcher is not None:

@@ -67,7 +67,7 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pyapply.reconciler.agent.history import KEEP_PASSES, HistoryError
 from pyapply.reconciler.core.errors import PyapplyError
@@ -129,6 +129,21 @@ class BoundedThreadingMixIn(socketserver.ThreadingMixIn):
     def refused(self, client_address: Any) -> None:
         pass
 
+    def release_slot(self) -> None:
+        """Give this connection's slot back early, from its own thread: a long-lived stream
+        (the dashboard's server-sent events) counts against a budget of its own, so that it
+        never holds one of the slots requests need."""
+        local = self._local()
+        if not getattr(local, "released", True):
+            local.released = True
+            self.slots.release()
+
+    def _local(self) -> threading.local:
+        local: threading.local | None = getattr(self, "_thread_state", None)
+        if local is None:
+            local = self._thread_state = threading.local()
+        return local
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
             with contextlib.suppress(OSError):
@@ -144,10 +159,14 @@ class BoundedThreadingMixIn(socketserver.ThreadingMixIn):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        local = self._local()
+        local.released = False
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            if not local.released:
+                local.released = True
+                self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         import sys
@@ -165,7 +184,7 @@ class _Server(BoundedThreadingMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_queue_size = LISTEN_BACKLOG  # a burst of connects waits to be accepted
 
-    def __init__(self, path: str, handler: type[_Handler], max_connections: int) -> None:
+    def __init__(self, path: str, handler: type[ApiHandler], max_connections: int) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__(path, handler)
 
@@ -230,6 +249,8 @@ class Api:
         self._runtime: Runtime | ServiceRuntime | None = None
         self._rt_lock = threading.Lock()
         self._server: _Server | None = None
+        # the handler of the socket's connections (the dashboard's adds its pages)
+        self.handler_class: type[ApiHandler] = ApiHandler
         self._status = Shared(lambda: agent.status(self.runtime()))
         self._diff = Shared(lambda: agent.diff(self.runtime()))
 
@@ -245,7 +266,7 @@ class Api:
         _remove_stale(self.path)
         api = self
 
-        class Handler(_Handler):
+        class Handler(self.handler_class):  # type: ignore[name-defined,misc]
             pass
 
         Handler.api = api
@@ -302,6 +323,8 @@ class Api:
         if method == "POST" and path == "/v1/resume":
             ticket = agent.resume()
             return self._queued(ticket, query, {"pinned": False})
+        if method == "GET" and path.startswith("/v1/stacks/"):
+            return 200, self.stack(unquote(path[len("/v1/stacks/") :]))
         if method == "GET" and path == "/metrics":
             if agent.metrics is None:
                 raise ApiError(404, "metrics are off (start the agent with --metrics)")
@@ -316,6 +339,20 @@ class Api:
         }:
             raise ApiError(405, f"{method} is not allowed on {path}")
         raise ApiError(404, f"no route {path}")
+
+    def status(self) -> dict[str, Any]:
+        """The status document (shared with the requests asking at the same time)."""
+        doc: dict[str, Any] = self._status.get()
+        return doc
+
+    def stack(self, name: str) -> dict[str, Any]:
+        """The document of `GET /v1/stacks/<name>` (404 for a stack not in the desired state)."""
+        from pyapply.reconciler.agent.status import UnknownStack, stack_detail
+
+        try:
+            return stack_detail(self.agent, self.runtime(), name)
+        except UnknownStack:
+            raise ApiError(404, f"no stack {name!r} in the desired state") from None
 
     def _queued(self, ticket: int, query: dict[str, str], extra: dict[str, Any]) -> tuple[int, Any]:
         agent = self.agent
@@ -411,7 +448,7 @@ class DeadlineReader(io.RawIOBase):
         return self.sock.recv_into(buffer)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class ApiHandler(BaseHTTPRequestHandler):
     api: Api
     server_version = "pyapply-agent"
     protocol_version = "HTTP/1.1"
@@ -457,9 +494,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(payload)))
+        self.extra_headers()
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def extra_headers(self) -> None:
+        """Headers every answer carries (the dashboard's security headers); none here."""
 
     def address_string(self) -> str:  # a UNIX socket has no peer address
         return "unix"
@@ -481,6 +522,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> Any:
         """The JSON body, or None; a refused body is left unread and the connection closed."""
+        raw = self._raw_body()
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError(400, "the body is not JSON") from None
+
+    def _raw_body(self) -> bytes | None:
+        """The body's bytes (None without one), read within the limits above."""
         if self.headers.get("Transfer-Encoding") is not None:
             self.close_connection = True
             raise ApiError(400, "Transfer-Encoding is not supported: send Content-Length")
@@ -502,10 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(raw) < length:
             self.close_connection = True
             raise ApiError(400, "the body ended before Content-Length bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            raise ApiError(400, "the body is not JSON") from None
+        return bytes(raw)
 
     def _handle(self, method: str) -> None:
         try:
@@ -546,6 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if self.close_connection:
             self.send_header("Connection", "close")
+        self.extra_headers()
         self.end_headers()
         self.wfile.write(payload)
 

@@ -363,8 +363,12 @@ class EventWatcher:
         *,
         backoff: Backoff | None = None,
         ours: Callable[[str], bool] | None = None,
+        seen: Callable[[str, str], object] | None = None,
     ) -> None:
         self.open_runtime = open_runtime
+        # told (name, action) of each death or removal of a managed container that the
+        # agent did not cause (the dashboard's live pages and restart counts), at once
+        self.seen = seen
         self.fire = fire
         self.managed = managed
         self.ours = ours or (lambda name: False)
@@ -415,6 +419,11 @@ class EventWatcher:
             delay = min(delay * 2, 30.0)
 
     def handle(self, kind: str, action: str, name: str, labels: Mapping[str, str]) -> None:
+        if kind == "container" and action.startswith("health_status") and self.seen is not None:
+            # (dockerd's "health_status: healthy"): what live pages show, no reason for a pass
+            if labels.get(identity.STACK) in self.managed():
+                self.seen(name, "health_status")
+            return
         if kind != "container" or action not in DEATH_ACTIONS:
             return
         if labels.get(identity.STACK) not in self.managed():
@@ -422,6 +431,8 @@ class EventWatcher:
         if self.ours(name):
             log.debug("container %s: %s by the agent itself", name, action)
             return
+        if self.seen is not None:
+            self.seen(name, action)
         # a removal is acted on at once; deaths count towards the crash back-off
         wait = 0.0 if action == "destroy" else self.backoff.delay(name)
         reason = f"event:{name}"

@@ -7,10 +7,14 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyapply.reconciler.core.diff import Observed, diff
+from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.health import stack_health, swarm_stack_health
+from pyapply.reconciler.core.plan import Plan, build
 from pyapply.reconciler.core.translate import Desired
 from pyapply.reconciler.engine.reconcile import StackResult, observe, plan_stack
 from pyapply.reconciler.version import __version__
+from pyapply.reconciler.view.plan_text import plan_json, plan_text
 from pyapply.runtime.base import Runtime, RuntimeFailure
 from pyapply.runtime.services import ServiceRuntime
 
@@ -19,8 +23,16 @@ if TYPE_CHECKING:
     from pyapply.reconciler.core.swarm import SwarmDesired
 
 
-def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, Any]:
-    """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status)."""
+# what a status computation observed of each stack: its plan and the observation behind it
+Seen = dict[str, tuple["Plan", "Observed"]]
+
+
+def status_view(
+    agent: Agent, runtime: Runtime | ServiceRuntime, seen: Seen | None = None
+) -> dict[str, Any]:
+    """The document of `GET /v1/status` (schemas/v1/agent-api.openapi.json: Status). With
+    `seen`, each stack's plan and observation are kept there too (the dashboard derives its
+    stack pages from them instead of observing again)."""
     with agent.state_lock:
         desired = list(agent.desired)
         last = agent.last
@@ -41,13 +53,14 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
                     plan = plan_observed(d, observed)
                     health = swarm_stack_health(d, observed, plan, agent.running.is_set())
                 elif isinstance(d, Desired):
-                    plan = plan_stack(runtime, d, prune_volumes=agent.options.apply.prune_volumes)
-                    health = stack_health(
-                        d, observe(runtime, d.stack), plan, agent.running.is_set()
-                    )
+                    plan, observed_stack = planned(agent, runtime, d)
+                    if seen is not None:
+                        seen[d.stack] = (plan, observed_stack)
+                    health = stack_health(d, observed_stack, plan, agent.running.is_set())
                 else:
                     continue
                 out_of_sync = out_of_sync or not plan.empty
+                health["sync"] = "Synced" if plan.empty else "OutOfSync"
                 stacks.append(health)
             if isinstance(runtime, ServiceRuntime):
                 nodes = nodes_view(runtime)
@@ -102,11 +115,114 @@ def status_view(agent: Agent, runtime: Runtime | ServiceRuntime) -> dict[str, An
             "last_failure": agent.history_last_failure,
         },
         "webhook": agent.webhook.status() if agent.webhook is not None else None,
+        # `watch --http`: where the dashboard and the API are served over TCP
+        "http": agent.http.status() if agent.http is not None else None,
         "notifications": agent.notifier.to_json() if agent.notifier is not None else None,
     }
     if nodes is not None:
         doc["nodes"] = nodes
     return doc
+
+
+def planned(agent: Agent, runtime: Runtime, d: Desired) -> tuple[Plan, Observed]:
+    """One stack's plan and the observation it was made from: one listing per object kind
+    (the health is judged from the same observation, not from a second one)."""
+    observed = observe(runtime, d.stack, d)
+    return build(d, diff(d, observed, prune_volumes=agent.options.apply.prune_volumes)), observed
+
+
+class UnknownStack(PyapplyError):
+    """No stack of that name in the desired state."""
+
+
+def stack_detail(
+    agent: Agent,
+    runtime: Runtime | ServiceRuntime,
+    name: str,
+    seen: tuple[Plan, Observed] | None = None,
+) -> dict[str, Any]:
+    """The document of `GET /v1/stacks/<name>`: one stack of the desired state as the
+    runtime shows it -- each service's replicas (state, health, image and image id, ports,
+    restarts the agent saw, start time), its networks and volumes, and the drift as the plan
+    text with each change's fields. Redacted by the caller (the API), like every document;
+    the plan text is redacted here too, by the same rules as the CLI's. `seen`: the plan and
+    observation a status computation just made of this stack. Raises UnknownStack."""
+    with agent.state_lock:
+        desired = [d for d in agent.desired if d.stack == name]
+    if not desired or isinstance(runtime, ServiceRuntime) or not isinstance(desired[0], Desired):
+        raise UnknownStack(name)
+    d = desired[0]
+    plan, observed = seen if seen is not None else planned(agent, runtime, d)
+    health = stack_health(d, observed, plan, agent.running.is_set())
+    by_name = {c.name: c for c in observed.containers}
+    deaths = dict(agent.changes.deaths)
+    per_service = {str(s["name"]): s for s in health["services"]}
+    services: dict[str, list[dict[str, Any]]] = {}
+    for dc in d.containers:
+        c = by_name.get(dc.config.name)
+        services.setdefault(dc.service, []).append(
+            {
+                "name": dc.config.name,
+                "state": c.status if c is not None else "missing",
+                "exit_code": c.exit_code if c is not None else None,
+                "health": c.health if c is not None else None,
+                "image": c.image if c is not None else dc.config.image,
+                "image_id": c.image_id if c is not None else None,
+                "ports": [
+                    {
+                        "container_port": p.container_port,
+                        "protocol": p.protocol,
+                        "host_ip": p.host_ip,
+                        "host_port": p.host_port,
+                    }
+                    for p in (c.ports if c is not None else dc.config.ports)
+                ],
+                "restarts": deaths.get(dc.config.name, 0),
+                "started_at": c.started_at if c is not None else None,
+            }
+        )
+    live_networks = {n.name: n for n in observed.networks}
+    live_volumes = {v.name for v in observed.volumes}
+    redactor = agent.redactor
+    return {
+        "name": name,
+        "revision": agent.good.revision.id if agent.good else None,
+        "sync": "Synced" if plan.empty else "OutOfSync",
+        "health": health["health"],
+        "services": [
+            {
+                "name": service,
+                "health": per_service.get(service, {}).get("health", "Unknown"),
+                "running": per_service.get(service, {}).get("running", 0),
+                "replicas": replicas,
+            }
+            for service, replicas in sorted(services.items())
+        ],
+        "networks": [
+            {
+                "name": n.config.name,
+                "driver": n.config.driver,
+                "internal": n.config.internal,
+                "subnet": n.config.subnet,
+                "external": n.external,
+                "state": "present" if n.external or n.config.name in live_networks else "missing",
+            }
+            for n in d.networks
+        ],
+        "volumes": [
+            {
+                "name": v.config.name,
+                "driver": v.config.driver,
+                "external": v.external,
+                "state": "present" if v.external or v.config.name in live_volumes else "missing",
+            }
+            for v in d.volumes
+        ],
+        "drift": {
+            "text": plan_text(plan, redactor),
+            "changes": plan_json(plan, redactor)["changes"],
+        },
+    }
 
 
 def nodes_view(rt: ServiceRuntime) -> list[dict[str, Any]]:

@@ -64,3 +64,51 @@ class Triggers:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+class Changes:
+    """A counter of what the dashboard shows changing: bumped when a pass ends and when a
+    container of a managed stack changes state (the runtime events the agent follows).
+    Live pages wait on it (`wait`) and fetch their view again when it moved. It also counts
+    the deaths of each container that the agent did not cause (the restarts a page shows)."""
+
+    MAX_NAMES = 10_000  # deaths are remembered for at most this many containers
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.seq = 0
+        self._closed = False
+        self.deaths: dict[str, int] = {}
+
+    def bump(self) -> None:
+        with self._cond:
+            self.seq += 1
+            self._cond.notify_all()
+
+    def container_event(self, name: str, action: str) -> None:
+        counted = name in self.deaths or len(self.deaths) < self.MAX_NAMES
+        with self._cond:
+            if action == "die" and counted:
+                self.deaths[name] = self.deaths.get(name, 0) + 1
+            self.seq += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> int:
+        """The counter once it differs from `seen`, or after `timeout` (or on close)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.seq == seen and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return self.seq
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

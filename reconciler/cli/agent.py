@@ -29,6 +29,7 @@ from pyapply.reconciler.agent.history import (
     materialise,
 )
 from pyapply.reconciler.cli.agent_hooks import AgentHooks, hook_options
+from pyapply.reconciler.cli.agent_web import WebSetup, web_options
 from pyapply.reconciler.cli.common import (
     connect,
     connect_any,
@@ -236,6 +237,7 @@ def _ask(
     "stacks are not Healthy within S seconds of it; pinned until a newer revision arrives.",
 )
 @hook_options
+@web_options
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs.")
 def watch(
     path: str | None,
@@ -264,6 +266,11 @@ def watch(
     api_timeout: float,
     progress_deadline: float | None,
     verbose: bool,
+    http_addr: str | None,
+    http_token_file: str | None,
+    http_read_only: bool,
+    http_cert: str | None,
+    http_key: str | None,
     **hook_args: Any,
 ) -> None:
     """Run the GitOps agent on PATH: a directory, a git work tree or a git-sync link; or,
@@ -302,13 +309,23 @@ def watch(
             ("--git-credentials-file", git_credentials_file),
             ("--webhook-secret-file", hook_args.get("webhook_secret_file")),
             ("--age-key-file", _age_key_file()),
+            ("--http-token-file", http_token_file),
+            ("--http-key", http_key),
         ),
         anchors=(
             ("--known-hosts", known_hosts),
             ("--policy", policy_arg if policy_arg and os.path.isfile(policy_arg) else None),
+            ("--http-cert", http_cert),
         ),
     )
     hooks = AgentHooks.parse(**hook_args)  # --webhook, --notify
+    web = WebSetup.parse(
+        http_addr=http_addr,
+        http_token_file=http_token_file,
+        http_read_only=http_read_only,
+        http_cert=http_cert,
+        http_key=http_key,
+    )
     policy = policy_or_fail(policy_arg, "restricted", root, socket_path or default_socket())
     metrics = None
     if metrics_addr:
@@ -370,6 +387,7 @@ def watch(
             agent.attach_git(fetcher)
         held.enter_context(hooks.running(agent))
         api = Api(agent, socket_path or default_socket(), rt, read_timeout_s=api_timeout)
+        held.enter_context(web.running(agent, api))  # the pages; --http
         try:
             api.start()
         except OSError as exc:

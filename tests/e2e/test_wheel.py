@@ -136,6 +136,20 @@ def test_the_wheel_installs_one_package_pyapply(installed: Installed) -> None:
     with zipfile.ZipFile(installed.wheel) as whl:
         roots = {n.split("/", 1)[0] for n in whl.namelist()}
     assert {r for r in roots if not r.endswith(".dist-info")} == {"pyapply"}, roots
+    # the dashboard's templates and static files ship in the package, and render from it
+    view = "pyapply/reconciler/view/"
+    with zipfile.ZipFile(installed.wheel) as whl:
+        names = set(whl.namelist())
+    for name in ("templates/base.html", "templates/overview.html", "static/dashboard.js",
+                 "static/dashboard.css"):  # fmt: skip
+        assert view + name in names, name
+    page = (
+        "from pyapply.reconciler.view.dashboard import Viewer, page\n"
+        "print(page('login', Viewer(), 0.0, message='<x>', live='none').count('&lt;x&gt;'))\n"
+    )
+    assert (
+        run([str(installed.python), "-c", page], installed.elsewhere, installed.env).strip() == "1"
+    )
     # from another directory: pyapply comes from the wheel, the old top-level names are gone
     probe = (
         "import importlib.util, pyapply, pyapply.runtime.native.health, pyapply.schemas\n"

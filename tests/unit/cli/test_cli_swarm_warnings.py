@@ -14,7 +14,7 @@ COMPOSE = """\
 services:
   web:
     image: busybox
-    container_name: web-one
+    develop: {watch: [{path: ./src, action: sync, target: /src}]}
     deploy:
       endpoint_mode: dnsrr
       update_config: {monitor: 1s}
@@ -46,7 +46,7 @@ def test_one_host_warnings_are_not_said_on_a_swarm(
     for w in one_host:
         assert (str(w) in err) is (runtime != "swarm"), (runtime, str(w), err)
     others = [w for w in loaded.warnings if not w.one_host]
-    assert others, loaded.warnings  # container_name (ignored): said everywhere
+    assert others, loaded.warnings  # develop (not run): said everywhere
     for w in others:
         assert str(w) in err
 
