@@ -152,16 +152,25 @@ class AgentProc:
         return list(self.api("GET", "/v1/history?limit=100")["passes"])
 
 
-@pytest.fixture
-def agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, runtime)
+@contextlib.contextmanager
+def agent_on(
+    tmp_path: Path, rut: RuntimeUnderTest, kind: type[AgentProc] = AgentProc
+) -> Iterator[AgentProc]:
+    """An agent (`kind`) on `rut`'s state root, always ended by pid afterwards whatever the
+    test did (SIGTERM, then SIGKILL), its log printed (pytest shows it when the test fails)."""
+    proc = kind(tmp_path, rut)
     try:
         yield proc
     finally:
-        # always ended by pid, whatever the test did (SIGTERM, then SIGKILL)
         with contextlib.suppress(AssertionError):
             proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")  # shown when the test fails
+        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
+
+
+@pytest.fixture
+def agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
+    with agent_on(tmp_path, runtime) as proc:
+        yield proc
 
 
 @pytest.fixture

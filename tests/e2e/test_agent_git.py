@@ -35,6 +35,7 @@ from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest, free_port
 from tests.e2e.test_agent import (
     AgentProc,
     Repo,
+    agent_on,
     git,
     label,
     openapi_validator,
@@ -185,13 +186,9 @@ class RepoAgent(AgentProc):
 
 @pytest.fixture
 def git_agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[RepoAgent]:
-    proc = RepoAgent(tmp_path, native)
-    try:
+    with agent_on(tmp_path, native, RepoAgent) as proc:
+        assert isinstance(proc, RepoAgent)
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
 
 
 def upstream(tmp_path: Path, bare: Path) -> Repo:

@@ -7,7 +7,6 @@ here.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
@@ -24,24 +23,20 @@ import pytest
 
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import RuntimeUnderTest, free_port
-from tests.e2e.test_agent import AgentProc, Repo, label, openapi_validator, running, wait_for
+from tests.e2e.test_agent import (
+    AgentProc,
+    Repo,
+    agent_on,
+    label,
+    openapi_validator,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "e2e-webhook-secret-0123456789"
 TOKEN = "tok-e2e-S3cret-value"  # a stack secret, also put in commit subjects
-
-
-@contextlib.contextmanager
-def agent_on(tmp_path: Path, rut: RuntimeUnderTest) -> Iterator[AgentProc]:
-    """An agent on `rut`'s state root, ended by pid afterwards, its log shown on failure."""
-    proc = AgentProc(tmp_path, rut)
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
 
 
 @pytest.fixture

@@ -36,7 +36,15 @@ import pytest
 from pyapply.reconciler.engine.lock import host_lock
 from tests.e2e.helpers import REPO_ROOT, TEST_IMAGE
 from tests.e2e.runtimes import RuntimeUnderTest, free_port
-from tests.e2e.test_agent import AgentProc, Repo, label, openapi_validator, running, wait_for
+from tests.e2e.test_agent import (
+    AgentProc,
+    Repo,
+    agent_on,
+    label,
+    openapi_validator,
+    running,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -77,13 +85,8 @@ def token_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, native)
-    try:
+    with agent_on(tmp_path, native) as proc:
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ while the previous one keeps running (native, a real `pyapply watch` on a real g
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +16,16 @@ import pytest
 
 from tests.e2e.helpers import REPO_ROOT, sleeper_stack
 from tests.e2e.runtimes import PYAPPLY, RuntimeUnderTest
-from tests.e2e.test_agent import AgentProc, Repo, finished, label, running, stack_yaml, wait_for
+from tests.e2e.test_agent import (
+    AgentProc,
+    Repo,
+    agent_on,
+    finished,
+    label,
+    running,
+    stack_yaml,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -174,13 +182,8 @@ def test_apply_by_hand_warns_and_applies(runtime: RuntimeUnderTest, tmp_path: Pa
 
 @pytest.fixture
 def agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, runtime)
-    try:
+    with agent_on(tmp_path, runtime) as proc:
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
 
 
 @pytest.mark.parametrize("runtime", ["native"], indirect=True)

@@ -13,7 +13,6 @@ process, real file events, real forks by the libraries it uses, a busy API.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -27,20 +26,24 @@ import pytest
 
 from pyapply.reconciler.agent.api import AgentClient, AgentError, AgentUnavailable
 from tests.e2e.runtimes import PYAPPLY, Observer, RuntimeUnderTest
-from tests.e2e.test_agent import AgentProc, Repo, git, label, running, stack_yaml, wait_for
+from tests.e2e.test_agent import (
+    AgentProc,
+    Repo,
+    agent_on,
+    git,
+    label,
+    running,
+    stack_yaml,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
 def agent(tmp_path: Path, runtime: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, runtime)
-    try:
+    with agent_on(tmp_path, runtime) as proc:
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")  # shown when the test fails
 
 
 class GitSync:
@@ -187,13 +190,8 @@ def test_a_burst_of_clients_is_answered(
 
 @pytest.fixture
 def native_agent(tmp_path: Path, native: RuntimeUnderTest) -> Iterator[AgentProc]:
-    proc = AgentProc(tmp_path, native)
-    try:
+    with agent_on(tmp_path, native) as proc:
         yield proc
-    finally:
-        with contextlib.suppress(AssertionError):
-            proc.stop(timeout=30)
-        print(f"--- agent log ({proc.log}):\n{proc.logs()}")
 
 
 def test_revisions_are_ids_or_prefixes_and_the_cli_never_acts_behind_the_agent(
