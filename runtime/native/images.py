@@ -645,7 +645,11 @@ class ImageStore:
         config = {
             "architecture": self.platform.architecture,
             "os": self.platform.os,
-            "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # the archive's time, not the clock's: the same file imported again (under
+            # another name too) is the same image, not a new id one second later
+            "created": datetime.datetime.fromtimestamp(
+                int(os.stat(path).st_mtime), datetime.UTC
+            ).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "config": {
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
             },
