@@ -414,15 +414,14 @@ class ContainerManager:
             return None
 
     def _creating(self) -> bool:
-        """Creates hold the containers dir's lock, shared (so a dir without state.json may
-        be one being made, not a damaged one): a create runs when it cannot be had
-        exclusively."""
+        """A create holds the containers dir's lock (so a dir without state.json may be
+        one being made, not a damaged one)."""
         try:
             fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         finally:
@@ -465,9 +464,7 @@ class ContainerManager:
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            # shared: creates of different containers overlap (two of one name are kept
-            # apart by the driver's lock of that container)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             return self._create(
                 config,
                 layer_dirs,
