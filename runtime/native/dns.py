@@ -62,7 +62,8 @@ CANARY_ID = "pyapply-sync"  # the "container" of each file's canary line (config
 CANARY_PREFIX = "pyapply-sync-"
 PORT = 53
 UPSTREAM_ENV = "PYAPPLY_DNS_UPSTREAM"
-LISTEN_WAIT_S = 3.0
+# a start binds in a few ms; a loaded host (a load average of 20 on 2 cores) took over 3 s
+LISTEN_WAIT_S = 10.0
 STOP_WAIT_S = 5.0
 # a name aardvark can hold: no separators of its file format, nothing a resolver would reject
 _NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
