@@ -417,11 +417,16 @@ class DockerRuntime:
         existing = self._inspect_network(config.name)
         if existing is None:
             ipam = None
-            if config.subnet or config.gateway:
+            pairs = [(config.subnet, config.gateway)]
+            if config.enable_ipv6:
+                pairs.append((config.subnet6, config.gateway6))
+            pools = [(subnet, gateway) for subnet, gateway in pairs if subnet or gateway]
+            if pools:
                 from docker.types import IPAMConfig, IPAMPool
 
-                pool = IPAMPool(subnet=config.subnet, gateway=config.gateway)
-                ipam = IPAMConfig(pool_configs=[pool])
+                ipam = IPAMConfig(
+                    pool_configs=[IPAMPool(subnet=sub, gateway=gw) for sub, gw in pools]
+                )
             try:
                 self._call(
                     action,
@@ -429,6 +434,7 @@ class DockerRuntime:
                         config.name,
                         driver=config.driver,
                         internal=config.internal,
+                        enable_ipv6=config.enable_ipv6,
                         ipam=ipam,
                         labels=dict(config.labels),
                         attachable=True,
