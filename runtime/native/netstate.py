@@ -20,6 +20,8 @@ from pyapply.runtime.native.statefile import (
     integer,
     ipv4_address,
     ipv4_network,
+    ipv6_address,
+    ipv6_network,
     list_of,
     map_of,
     nonempty,
@@ -112,7 +114,7 @@ NETWORKS_SHAPE = checked(
                             "endpoints": map_of(_ENDPOINT),
                             "ports": list_of(_PORT),
                         },
-                        {"guards": integer},
+                        {"guards": integer, "subnet6": ipv6_network, "gateway6": ipv6_address},
                     ),
                     _network_fits,
                 )
