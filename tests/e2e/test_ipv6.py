@@ -1,0 +1,155 @@
+"""End-to-end: IPv6 networks (`enable_ipv6` and an IPv6 `ipam` subnet) on both runtimes.
+
+One stack through the CLI: `web` (busybox httpd, a published port) and `client` on the
+dual-stack network `front`, `stranger` on the dual-stack network `back`. Checked:
+- web has an address in front's IPv6 subnet, and client fetches its page over IPv6;
+- the host fetches it over IPv6 through the published port, at front's IPv6 gateway (an
+  address of the host's own, on the bridge the test made); on docker also at [::1], which
+  dockerd's userland proxy serves (native refuses [::1]: see runtime/native/network.py);
+- isolation: stranger reaches web through the published port at its own gateway (the
+  positive control: its IPv6 path works and the probe can succeed) but not web's address
+  itself on native, whose ip6tables rules mirror the IPv4 ones. dockerd 20.10 adds no
+  ip6tables rules unless it runs with `--ip6tables` (experimental): then the test holds
+  docker to the same isolation, else it checks the gap the README states is there.
+Creating an IPv6 network turns net.ipv6.conf.all.forwarding on (both runtimes do, as routing
+needs it); the test puts back the value it found. Traffic goes only to the host's addresses
+on bridges this test made and to containers this test made.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from collections.abc import Iterator
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.helpers import TEST_IMAGE, http_get
+from tests.e2e.runtimes import RuntimeUnderTest, free_port
+
+pytestmark = pytest.mark.e2e
+
+FORWARDING = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+MARKER = "ipv6-marker"
+
+STACK = """\
+apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+  services:
+    web:
+      image: {image}
+      command: ["sh", "-c", "mkdir -p /www && echo {marker} > /www/index.html && exec httpd -f -p 80 -h /www"]
+      ports: ["{port}:80"]
+      networks: [front]
+    client:
+      image: {image}
+      command: *idle
+      networks: [front]
+    stranger:
+      image: {image}
+      command: *idle
+      networks: [back]
+  networks:
+    front:
+      enable_ipv6: true
+      ipam: {{config: [{{subnet: "{front}"}}]}}
+    back:
+      enable_ipv6: true
+      ipam: {{config: [{{subnet: "{back}"}}]}}
+"""
+
+
+@pytest.fixture
+def forwarding() -> Iterator[None]:
+    """Put net.ipv6.conf.all.forwarding back as it was (the runtimes turn it on)."""
+    before = FORWARDING.read_text().strip()
+    try:
+        yield
+    finally:
+        if FORWARDING.read_text().strip() != before:
+            FORWARDING.write_text(before)
+
+
+def random_ula() -> IPv6Network:
+    """A /64 of fd00::/8 of this test's own (random, so runs side by side do not meet)."""
+    high = (0xFD << 56) | random.getrandbits(56)
+    return IPv6Network((high << 64, 64))
+
+
+def ipv6_of(runtime: RuntimeUnderTest, container: str, subnet: IPv6Network) -> IPv6Address:
+    """The container's address in `subnet`, from /proc/net/if_inet6 (no `ip` needed)."""
+    code, out = runtime.exec(container, "cat", "/proc/net/if_inet6")
+    assert code == 0, out
+    found = [IPv6Address(int(line.split()[0], 16)) for line in out.splitlines() if line.strip()]
+    mine = [a for a in found if a in subnet]
+    assert len(mine) == 1, f"{container}: {found} (want one in {subnet})"
+    return mine[0]
+
+
+def fetch(runtime: RuntimeUnderTest, container: str, url: str, seconds: int = 3) -> str | None:
+    """busybox wget from a container (killed after `seconds`): the page, or None."""
+    code, out = runtime.exec(
+        container, "timeout", "-s", "KILL", str(seconds), "wget", "-q", "-O-", url
+    )
+    return out.strip() if code == 0 else None
+
+
+def dockerd_ip6tables() -> bool:
+    """Whether dockerd writes ip6tables rules (`--ip6tables`): its DOCKER chain is there."""
+    proc = subprocess.run(
+        ["ip6tables", "-w", "-S", "DOCKER"], capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0
+
+
+def test_a_dual_stack_network_is_reached_over_ipv6_and_isolated(
+    runtime: RuntimeUnderTest, forwarding: None, tmp_path: Path
+) -> None:
+    stack = runtime.stack
+    front, back = random_ula(), random_ula()
+    port = free_port()
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        STACK.format(
+            stack=stack, image=TEST_IMAGE, marker=MARKER, port=port, front=front, back=back
+        )
+    )
+    runtime.cli().ok("-f", str(manifest))
+    web, client, stranger = (f"{stack}-{s}-1" for s in ("web", "client", "stranger"))
+
+    nets = {n.name: n for n in runtime.rt.list_networks({"io.pyapply.stack": stack})}
+    for key, subnet in (("front", front), ("back", back)):
+        state = nets[f"{stack}_{key}"]
+        assert state.ipv6 and state.subnet6 == str(subnet), state
+    gw_front = IPv6Address(nets[f"{stack}_front"].gateway6 or front.network_address + 1)
+    gw_back = IPv6Address(nets[f"{stack}_back"].gateway6 or back.network_address + 1)
+    web6 = ipv6_of(runtime, web, front)
+    ipv6_of(runtime, stranger, back)
+
+    # another container of the network, over IPv6
+    assert fetch(runtime, client, f"http://[{web6}]/") == MARKER
+
+    # the host, through the published port on an IPv6 address of its own
+    status, body = http_get(f"http://[{gw_front}]:{port}/")
+    assert (status, body.strip()) == (200, MARKER)
+    if runtime.name == "docker":
+        status, body = http_get(f"http://[::1]:{port}/")
+        assert (status, body.strip()) == (200, MARKER)
+
+    # isolation: the published port is reachable from the other network (the control) ...
+    assert fetch(runtime, stranger, f"http://[{gw_back}]:{port}/") == MARKER
+    # ... web's own address is not, where the runtime isolates IPv6
+    direct = fetch(runtime, stranger, f"http://[{web6}]/")
+    if runtime.name == "native" or dockerd_ip6tables():
+        assert direct is None
+        # and the container of web's own network still does (nothing closed too much)
+        assert fetch(runtime, client, f"http://[{web6}]/") == MARKER
+    else:
+        # dockerd without --ip6tables forwards IPv6 between its networks: the gap the
+        # README states (pyapply adds no rules to docker's networks)
+        assert direct == MARKER
