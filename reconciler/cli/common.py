@@ -28,6 +28,7 @@ from pyapply.runtime.drivers import (
 from pyapply.runtime.statefs import state_root
 
 if TYPE_CHECKING:
+    from pyapply.reconciler.core.model import Problem
     from pyapply.reconciler.manifest.loader import Loaded
     from pyapply.reconciler.manifest.policy import Finding, Policy
     from pyapply.runtime.services import ServiceRuntime
@@ -64,11 +65,37 @@ def load_or_fail(
         n = len(exc.problems)
         tail = "; nothing was changed" if acting else ""
         fail(f"{n} error{'s' if n != 1 else ''} in the manifests{tail}")
-    on_swarm = chosen_runtime(runtime_name) in SERVICE_RUNTIMES
+    chosen = chosen_runtime(runtime_name)
+    on_swarm = chosen in SERVICE_RUNTIMES
     for warning in loaded.warnings:
         if not (on_swarm and warning.one_host):
             err(str(warning))
+    if chosen == "docker":
+        for warning in docker_ipv6_warnings(loaded):
+            err(str(warning))
     return loaded
+
+
+def docker_ipv6_warnings(loaded: Loaded) -> list[Problem]:
+    """A warning at each network with enable_ipv6, on docker, unless dockerd is seen to
+    isolate IPv6 itself (runtime/docker/ipv6.py says why)."""
+    from pyapply.reconciler.core.model import Problem
+
+    wanted = [
+        (stack, n)
+        for stack in loaded.stacks
+        for n in stack.networks
+        if n.enable_ipv6 and not n.external
+    ]
+    if not wanted:
+        return []
+    from pyapply.runtime.docker.ipv6 import GAP, dockerd_isolates_ipv6
+
+    if dockerd_isolates_ipv6():
+        return []
+    return [
+        Problem(GAP, n.location, f"networks.{n.name}", severity="warning") for _stack, n in wanted
+    ]
 
 
 def protected_paths(root: str | None, socket: str | None = None) -> dict[str, str]:
