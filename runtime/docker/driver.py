@@ -419,7 +419,10 @@ class DockerRuntime:
             ipam = None
             pairs = [(config.subnet, config.gateway)]
             if config.enable_ipv6:
-                pairs.append((config.subnet6, config.gateway6))
+                from pyapply.runtime.docker.ipv6 import ula_subnet
+
+                subnet6 = config.subnet6 or str(ula_subnet(config.name))
+                pairs.append((subnet6, config.gateway6))
             pools = [(subnet, gateway) for subnet, gateway in pairs if subnet or gateway]
             if pools:
                 from docker.types import IPAMConfig, IPAMPool

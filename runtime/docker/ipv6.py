@@ -8,13 +8,19 @@ IPv6 between docker's networks: a container of one network reaches the container
 another over IPv6. pyapply never changes dockerd's settings or rules, so it says so when a
 stack asks for IPv6 on docker (reconciler/cli/common.py), unless it can see that dockerd
 has its ip6tables rules.
+
+dockerd 20.10 has no IPv6 pool of its own to choose from (unless its daemon.json gives
+`default-address-pools` with one), so a network with `enable_ipv6` and no IPv6 subnet gets
+a unique local /64 (RFC 4193) hashed from its name, as the native runtime gives one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+from ipaddress import IPv6Network
 
 GAP = (
     "on docker, networks are isolated from each other over IPv6 only when dockerd runs "
@@ -39,3 +45,10 @@ def dockerd_isolates_ipv6() -> bool | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.returncode == 0
+
+
+def ula_subnet(name: str) -> IPv6Network:
+    """The unique local /64 of network `name` (fd00::/8, a 40-bit global ID hashed from the
+    name, subnet ID 0)."""
+    global_id = hashlib.sha256(f"docker\0{name}".encode()).digest()[:5]
+    return IPv6Network((int.from_bytes(b"\xfd" + global_id + b"\0\0", "big") << 64, 64))
