@@ -19,6 +19,7 @@ on bridges this test made and to containers this test made.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 from collections.abc import Iterator
 from ipaddress import IPv6Address, IPv6Network
@@ -156,6 +157,21 @@ def test_a_dual_stack_network_is_reached_over_ipv6_and_isolated(
         assert direct is None
         # and the container of web's own network still does (nothing closed too much)
         assert fetch(runtime, client, f"http://[{web6}]/") == MARKER
+    if runtime.name == "native":
+        # an ip6tables rule deleted by hand is a fault of the network, and apply remakes it
+        bridge = runtime.native.networks.bridge_name(f"{stack}_front")
+        rule = ["PYAPPLY-FORWARD", "-o", bridge, "-m", "comment"]
+        rule += ["--comment", f"pyapply:{bridge}", "-j", "DROP"]
+        subprocess.run(["ip6tables", "-w", "-D", *rule], check=True, timeout=30)
+        (state,) = [n for n in runtime.rt.list_networks({}) if n.name == f"{stack}_front"]
+        lost = [f.reason for f in state.faults]
+        assert len(lost) == 1 and re.fullmatch(
+            rf"1 of \d+ ip6tables rules of {bridge} missing", lost[0]
+        )
+        runtime.cli().ok("-f", str(manifest))
+        (state,) = [n for n in runtime.rt.list_networks({}) if n.name == f"{stack}_front"]
+        assert state.faults == ()
+        assert fetch(runtime, stranger, f"http://[{web6}]/") is None
     else:
         # dockerd without --ip6tables forwards IPv6 between its networks: the gap the
         # README states (pyapply adds no rules to docker's networks)
