@@ -981,7 +981,26 @@ class NetworkManager:
             self._drop_endpoint(st, rec, container_name)
             if ep is not None and ep.get("default_route"):
                 self._move_default_route(st, container_name, ep["netns"])
+            if ep is not None and rec.get("subnet6"):
+                self._move_default_route6(st, container_name, ep["netns"])
             self._rewrite_hosts(st, {network}, {container_name})
+
+    def _move_default_route6(self, st: _State, container: str, nspath: str) -> None:
+        """The IPv6 default route went with a dual-stack network's veth: give the container
+        one via another non-internal dual-stack network it is still on, if it has none."""
+        for rec in sorted(st.networks.values(), key=lambda r: str(r["name"])):
+            ep = rec["endpoints"].get(container)
+            if rec["internal"] or not rec.get("subnet6") or ep is None or ep["netns"] != nspath:
+                continue
+            try:
+                with NetNS(nspath, flags=0) as ns:
+                    idx = ns.link_lookup(ifname=ep["ifname"])
+                    routes = ns.get_routes(family=socket.AF_INET6, table=254)
+                    if idx and not any(r["dst_len"] == 0 for r in routes):
+                        ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=idx[0])
+            except (OSError, netlink_error()):
+                return  # the namespace is gone: nothing to route
+            return
 
     def _move_default_route(self, st: _State, container: str, nspath: str) -> None:
         """The network that gave a container its default route is gone: give it one via

@@ -18,15 +18,21 @@ on bridges this test made and to containers this test made.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
+from pyroute2 import NetNS, netns  # type: ignore[import-untyped]
 
+from pyapply.runtime.base import NetworkConfig
+from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import NativeUnderTest, RuntimeUnderTest, free_port
 
@@ -194,3 +200,60 @@ def test_a_port_on_ipv6_loopback_is_a_located_error_on_native(
     assert f"{manifest}:5:13: services.web.ports[0]: a port published on [::1]" in out.stderr
     assert "nothing was changed" in out.stderr
     assert runtime.rt.list_containers({"io.pyapply.stack": runtime.stack}) == []
+
+
+def routes6(ns: str) -> list[tuple[int, str | None]]:
+    with NetNS(f"/run/netns/{ns}", flags=0) as ipr:
+        return [
+            (r["dst_len"], r.get_attr("RTA_GATEWAY"))
+            for r in ipr.get_routes(family=socket.AF_INET6, table=254)
+        ]
+
+
+def ping6(ns: str, target: str) -> bool:
+    argv = ["ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", target]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def test_ipv6_routes_follow_the_networks_of_a_namespace(tmp_path: Path, forwarding: None) -> None:
+    """The native network manager alone (no containers): a namespace on two dual-stack
+    networks and an internal one has one IPv6 default route, via the first non-internal
+    network; when that network is detached the other one takes over; the internal network
+    gives none. reset() takes the ip6tables rules with the networks."""
+    mgr = NetworkManager(tmp_path / "root")
+    tag = uuid.uuid4().hex[:8]
+    made: list[str] = []
+    try:
+        a, b, inner = f"a{tag}", f"b{tag}", f"i{tag}"
+        for name in (a, b):
+            mgr.create(NetworkConfig(name, enable_ipv6=True))
+        mgr.create(NetworkConfig(inner, internal=True, enable_ipv6=True))
+        for _ in range(2):
+            made.append(f"pat6{uuid.uuid4().hex[:8]}")
+            netns.create(made[-1])
+        both, peer = made
+        for name in (inner, a, b):
+            mgr.attach(name, "both", both, [])
+        mgr.attach(b, "peer", peer, [])
+        nets = {n: mgr.get(n) for n in (a, b, inner)}
+        gw = {n: s.gateway6 for n, s in nets.items() if s is not None}
+        assert [g for plen, g in routes6(both) if plen == 0] == [gw[a]]
+        state_b = nets[b]
+        assert state_b is not None and state_b.subnet6 is not None
+        peer6 = str(IPv6Network(state_b.subnet6).network_address + 2)  # b's first lease
+        assert ping6(both, peer6)
+        mgr.detach(a, "both")
+        assert [g for plen, g in routes6(both) if plen == 0] == [gw[b]]
+        assert ping6(both, peer6)
+        mgr.detach(b, "both")
+        assert [g for plen, g in routes6(both) if plen == 0] == []  # not via the internal one
+    finally:
+        mgr.reset()
+        for name in made:
+            with contextlib.suppress(OSError):
+                netns.remove(name)
+    bridges = [mgr.bridge_name(n) for n in (a, b, inner)]
+    saved = subprocess.run(
+        ["ip6tables-save"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert not [line for line in saved.splitlines() if any(br in line for br in bridges)]
