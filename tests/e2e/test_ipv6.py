@@ -30,7 +30,7 @@ from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
-from pyroute2 import NetNS, netns  # type: ignore[import-untyped]
+from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 
 from pyapply.runtime.base import NetworkConfig
 from pyapply.runtime.native.network import NetworkManager
@@ -268,6 +268,20 @@ def test_ipv6_routes_follow_the_networks_of_a_namespace(tmp_path: Path, forwardi
         assert ping6(both, peer6)
         mgr.detach(b, "both")
         assert [g for plen, g in routes6(both) if plen == 0] == []  # not via the internal one
+
+        # the bridge deleted behind our back (as a reboot would): a fault, and the repair
+        # makes it again with its IPv6 address, rules and the endpoint's address and route
+        with IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=mgr.bridge_name(b))[0])
+        by_network, _ = mgr.faults(mgr.kernel_view())
+        assert f"bridge {mgr.bridge_name(b)} missing" in by_network[b]
+        mgr.ensure(b)
+        mgr.repair("peer", f"/run/netns/{peer}")
+        by_network, by_container = mgr.faults(mgr.kernel_view())
+        assert b not in by_network and "peer" not in by_container, (by_network, by_container)
+        assert [g for plen, g in routes6(peer) if plen == 0] == [gw[b]]
+        mgr.attach(b, "both", both, [])
+        assert ping6(both, peer6)
     finally:
         mgr.reset()
         for name in made:
