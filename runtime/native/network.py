@@ -1307,7 +1307,15 @@ class NetworkManager:
                     _del_link(ipr, bridge)
             comments = [firewall.network_comment(b) for b in sorted(bridges)]
             self.firewall.delete_tagged(comments=comments, prefixes=[c + ":" for c in comments])
-            self.firewall6.delete_tagged(comments=comments, prefixes=[c + ":" for c in comments])
+            dual = any(rec.get("subnet6") for rec in st.networks.values())
+            try:
+                self.firewall6.delete_tagged(
+                    comments=comments, prefixes=[c + ":" for c in comments]
+                )
+            except PermanentError:
+                if dual:
+                    raise
+                # no network of the state had IPv6: a host without ip6tables has none to sweep
             st.networks.clear()
             st.hosts_files.clear()
             st.ipam.subnets.clear()
