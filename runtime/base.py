@@ -260,6 +260,10 @@ class NetworkConfig:
     subnet: str | None = None
     gateway: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    # dual stack: an IPv6 subnet and gateway besides the IPv4 ones (None: the runtime picks)
+    enable_ipv6: bool = False
+    subnet6: str | None = None
+    gateway6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +332,9 @@ class NetworkState:
     labels: Mapping[str, str]
     subnet: str | None = None
     containers: tuple[str, ...] = ()  # names of attached containers
+    ipv6: bool = False  # dual stack
+    subnet6: str | None = None
+    gateway6: str | None = None
     # what of the network's kernel side is missing (bridge, address, rules), found by
     # list_networks; fixed by create_network, which makes sure of an existing network
     faults: tuple[Fault, ...] = ()

@@ -108,7 +108,9 @@ def apply(
     from pyapply.reconciler.engine.apply import Hooks, apply_all  # not for a diff
 
     policy = policy_or_fail(policy_arg, "warn", root)
-    loaded = load_or_fail(files, profiles, policy=policy, runtime_name=runtime_name)
+    loaded = load_or_fail(
+        files, profiles, policy=policy, runtime_name=runtime_name, for_runtime=True
+    )
     findings = enforce(loaded, policy, output)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)
@@ -202,7 +204,9 @@ def diff_cmd(
 ) -> None:
     """Show what apply would change (0 no drift, 2 drift with --exit-code, 1 error)."""
     policy = policy_or_fail(policy_arg, "warn", root)
-    loaded = load_or_fail(files, profiles, policy=policy, runtime_name=runtime_name)
+    loaded = load_or_fail(
+        files, profiles, policy=policy, runtime_name=runtime_name, for_runtime=True
+    )
     findings = enforce(loaded, policy, output, acting=False)
     revision = identify(loaded.files, loaded.content_digest)
     rt = connect_any(runtime_name, root)

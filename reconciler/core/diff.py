@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pyapply.reconciler.core import health, identity
-from pyapply.reconciler.core.translate import LAST_APPLIED, Desired, DesiredContainer, builders
+from pyapply.reconciler.core.translate import (
+    LAST_APPLIED,
+    Desired,
+    DesiredContainer,
+    DesiredNetwork,
+    builders,
+)
 from pyapply.runtime.base import ContainerState, Fault, ImageInfo, NetworkState, VolumeState
 
 ChangeKind = Literal[
@@ -405,7 +411,7 @@ def diff(desired: Desired, observed: Observed, *, prune_volumes: bool = False) -
                     f"containers not managed by this stack use it ({', '.join(strangers)})"
                 )
                 continue
-            changes.append(Change("recreate", "network", name, "spec changed"))
+            changes.append(Change("recreate", "network", name, _network_reason(have_net, dn)))
             recreate_nets.add(name)
         elif have_net.faults:
             # create_network makes sure of an existing network's kernel side
@@ -601,3 +607,16 @@ def teardown(observed: Observed, *, volumes: bool) -> DiffResult:
             + " (use --volumes to remove them)"
         )
     return DiffResult(tuple(changes), (), tuple(warnings))
+
+
+def _network_reason(have: NetworkState, dn: DesiredNetwork) -> str:
+    """Why a network is recreated: what of its address families changed, if that shows in
+    what the runtime reports, else "spec changed"."""
+    want = dn.config
+    if have.ipv6 != want.enable_ipv6:
+        return f"enable_ipv6 changed ({str(have.ipv6).lower()} -> {str(want.enable_ipv6).lower()})"
+    if want.enable_ipv6 and want.subnet6 and have.subnet6 and want.subnet6 != have.subnet6:
+        return f"IPv6 subnet changed ({have.subnet6} -> {want.subnet6})"
+    if want.subnet and have.subnet and want.subnet != have.subnet:
+        return f"subnet changed ({have.subnet} -> {want.subnet})"
+    return "spec changed"

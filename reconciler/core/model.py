@@ -287,6 +287,10 @@ class NetworkSpec:
     labels: tuple[tuple[str, str], ...] = ()
     external: bool = False
     external_name: str | None = None  # `name:` of an external (or explicitly named) network
+    # dual stack: `enable_ipv6`, and the IPv6 entry of `ipam.config` (None: the runtime picks)
+    enable_ipv6: bool = False
+    subnet6: str | None = None
+    gateway6: str | None = None
     # compose's `attachable`: plain containers may join a swarm's overlay network too (a
     # one-host bridge takes any container anyway: only the swarm runtime reads it)
     attachable: bool = False

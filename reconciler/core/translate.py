@@ -431,6 +431,9 @@ def desired_state(
             subnet=n.subnet,
             gateway=n.gateway,
             labels=dict(n.labels),
+            enable_ipv6=n.enable_ipv6,
+            subnet6=n.subnet6,
+            gateway6=n.gateway6,
         )
         h = identity.digest(dataclasses.replace(raw, name=""))
         ncfg = dataclasses.replace(

@@ -307,13 +307,19 @@ def network(n: NetworkSpec) -> dict[str, Any]:
         out["internal"] = True
     if n.attachable:
         out["attachable"] = True
-    if n.subnet or n.gateway:
-        cfg: dict[str, Any] = {}
-        if n.subnet:
-            cfg["subnet"] = n.subnet
-        if n.gateway:
-            cfg["gateway"] = n.gateway
-        out["ipam"] = {"config": [cfg]}
+    if n.enable_ipv6:
+        out["enable_ipv6"] = True
+    configs: list[dict[str, Any]] = []
+    for subnet, gateway in ((n.subnet, n.gateway), (n.subnet6, n.gateway6)):
+        if subnet or gateway:
+            cfg: dict[str, Any] = {}
+            if subnet:
+                cfg["subnet"] = subnet
+            if gateway:
+                cfg["gateway"] = gateway
+            configs.append(cfg)
+    if configs:
+        out["ipam"] = {"config": configs}
     if n.labels:
         out["labels"] = _pairs(n.labels)
     return out

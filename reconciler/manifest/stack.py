@@ -118,22 +118,29 @@ class StackDraft:
                 f'network driver {show(driver)} is not supported; only "bridge" is',
                 one_host=True,
             )
-        subnet = gateway = None
+        enable_ipv6 = raw.get("enable_ipv6") is True
+        # per address family (4, 6): the first `ipam.config` entry of that family
+        chosen: dict[int, tuple[str | None, str | None]] = {}
         ipam = raw.get("ipam") or {}
         if ipam and ctx.ok((*path, "ipam")):
             if ipam.get("driver", "default") != "default":
                 ctx.warn((*path, "ipam", "driver"), "only the default IPAM driver is supported")
             ignored(ctx, ipam, (*path, "ipam"), ("options",))
-            configs = ipam.get("config") or []
-            if len(configs) > 1:
-                ctx.warn((*path, "ipam", "config", 1), "only the first IPAM config is used")
-            if configs:
-                first = configs[0]
-                cpath = (*path, "ipam", "config", 0)
-                ignored(ctx, first, cpath, ("ip_range", "aux_addresses"))
-                subnet, gateway = self.subnet(first, cpath)
-        if raw.get("enable_ipv6"):
-            ctx.warn((*path, "enable_ipv6"), "IPv6 networks are not supported; this is ignored")
+            for i, cfg in enumerate(ipam.get("config") or []):
+                cpath = (*path, "ipam", "config", i)
+                ignored(ctx, cfg, cpath, ("ip_range", "aux_addresses"))
+                family, subnet_gateway = self.subnet(cfg, cpath)
+                if family in chosen:
+                    ctx.warn(cpath, f"only the first IPv{family} IPAM config is used")
+                    continue
+                if family == 6 and not enable_ipv6:
+                    ctx.error(
+                        (*cpath, "subnet"),
+                        "an IPv6 subnet needs enable_ipv6: true on the network",
+                    )
+                chosen[family] = subnet_gateway
+        subnet, gateway = chosen.get(4, (None, None))
+        subnet6, gateway6 = chosen.get(6, (None, None))
         ignored(ctx, raw, path, ("driver_opts", "enable_ipv4"))
         if external:
             for name in ("driver", "internal", "ipam", "labels", "driver_opts", "attachable"):
@@ -153,21 +160,28 @@ class StackDraft:
             external=external,
             external_name=external_name,
             attachable=raw.get("attachable") is True,
+            enable_ipv6=enable_ipv6,
+            subnet6=subnet6,
+            gateway6=gateway6,
             location=ctx.location(path, key=True),
         )
 
-    def subnet(self, cfg: dict[str, Any], path: Path) -> tuple[str | None, str | None]:
+    def subnet(self, cfg: dict[str, Any], path: Path) -> tuple[int, tuple[str | None, str | None]]:
+        """An `ipam.config` entry -> (its address family, (subnet, gateway)); the family is
+        the subnet's, else the gateway's, else 4."""
         ctx = self.ctx
         subnet = cfg.get("subnet")
         gateway = cfg.get("gateway")
-        network = None
+        network: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+        family = 4
         if subnet is not None:
             try:
                 network = ipaddress.ip_network(subnet)
+                family = network.version
             except ValueError:
                 ctx.error(
                     (*path, "subnet"),
-                    f"{show(subnet)} is not a valid subnet such as 172.20.0.0/24",
+                    f"{show(subnet)} is not a valid subnet such as 172.20.0.0/24 or fd00:1::/64",
                 )
                 subnet = None
         if gateway is not None:
@@ -175,10 +189,20 @@ class StackDraft:
                 address = ipaddress.ip_address(gateway)
             except ValueError:
                 ctx.error((*path, "gateway"), f"{show(gateway)} is not a valid IP address")
-                return subnet, None
-            if network is not None and address not in network:
+                return family, (subnet, None)
+            if network is None:
+                family = address.version
+            elif address.version != network.version:
+                ctx.error(
+                    (*path, "gateway"),
+                    f"gateway {gateway} is an IPv{address.version} address in an "
+                    f"IPv{network.version} subnet",
+                )
+            elif address not in network:
                 ctx.error((*path, "gateway"), f"gateway {gateway} is outside the subnet {subnet}")
-        return subnet, gateway
+        if family == 6 and network is not None and network.prefixlen > 120:
+            ctx.error((*path, "subnet"), f"IPv6 subnet {subnet} is too small (at most /120)")
+        return family, (subnet, gateway)
 
     def volume(self, key: str, raw: dict[str, Any], path: Path) -> None:
         ctx = self.ctx

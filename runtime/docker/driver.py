@@ -417,11 +417,19 @@ class DockerRuntime:
         existing = self._inspect_network(config.name)
         if existing is None:
             ipam = None
-            if config.subnet or config.gateway:
+            pairs = [(config.subnet, config.gateway)]
+            if config.enable_ipv6:
+                from pyapply.runtime.docker.ipv6 import ula_subnet
+
+                subnet6 = config.subnet6 or str(ula_subnet(config.name))
+                pairs.append((subnet6, config.gateway6))
+            pools = [(subnet, gateway) for subnet, gateway in pairs if subnet or gateway]
+            if pools:
                 from docker.types import IPAMConfig, IPAMPool
 
-                pool = IPAMPool(subnet=config.subnet, gateway=config.gateway)
-                ipam = IPAMConfig(pool_configs=[pool])
+                ipam = IPAMConfig(
+                    pool_configs=[IPAMPool(subnet=sub, gateway=gw) for sub, gw in pools]
+                )
             try:
                 self._call(
                     action,
@@ -429,6 +437,7 @@ class DockerRuntime:
                         config.name,
                         driver=config.driver,
                         internal=config.internal,
+                        enable_ipv6=config.enable_ipv6,
                         ipam=ipam,
                         labels=dict(config.labels),
                         attachable=True,

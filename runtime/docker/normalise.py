@@ -208,7 +208,12 @@ def stale_namespaces(states: list[ContainerState]) -> list[ContainerState]:
 def network_state(info: JSON) -> NetworkState:
     """GET /networks/{id} -> NetworkState (attached containers by name, sorted)."""
     ipam_configs = (info.get("IPAM") or {}).get("Config") or []
-    subnet = ipam_configs[0].get("Subnet") if ipam_configs else None
+    # per family, the first pool dockerd holds (a dual-stack network has one of each)
+    v4 = [c for c in ipam_configs if ":" not in str(c.get("Subnet") or "")]
+    v6 = [c for c in ipam_configs if ":" in str(c.get("Subnet") or "")]
+    subnet = v4[0].get("Subnet") if v4 else None
+    subnet6 = v6[0].get("Subnet") if v6 else None
+    gateway6 = v6[0].get("Gateway") if v6 else None
     containers = sorted(
         str(c.get("Name", "")).lstrip("/")
         for c in (info.get("Containers") or {}).values()
@@ -222,6 +227,9 @@ def network_state(info: JSON) -> NetworkState:
         labels=dict(info.get("Labels") or {}),
         subnet=str(subnet) if subnet else None,
         containers=tuple(containers),
+        ipv6=bool(info.get("EnableIPv6")),
+        subnet6=str(subnet6) if subnet6 else None,
+        gateway6=str(gateway6) if gateway6 else None,
     )
 
 

@@ -55,6 +55,7 @@ from typing import Any
 
 from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native.hostbins import AARDVARK
+from pyapply.runtime.native.ipam import endpoint_ipv6
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
 
 PID_FILE = "aardvark.pid"  # written by aardvark-dns itself, skipped when it reads the dir
@@ -104,7 +105,8 @@ def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
         ep = rec["endpoints"][key]
         names = dns_names(key, ep.get("aliases") or ())
         if names and _NAME.match(key):
-            lines.append(f"{key.lower()} {ep['ip']}  {','.join(names)}")
+            ip6 = endpoint_ipv6(rec, ep["ip"])  # AAAA answers on a dual-stack network
+            lines.append(f"{key.lower()} {ep['ip']} {ip6 or ''} {','.join(names)}")
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,12 @@ rule keys compared with the rules we would add (`rule_key`: iptables prints a ru
 matches in its own order and `-d 127.0.0.1` as `127.0.0.1/32`, so a key is the rule's
 option groups, sorted and normalised), rather than one `iptables -C` per rule.
 
+IPv6 (a dual-stack network): the same chains, jumps and comments in ip6tables, with the
+rules of `network_rules` for the network's IPv6 subnet (a second `Firewall("ip6tables")`).
+What concerns 127.0.0.0/8 has no IPv6 counterpart: the kernel never routes ::1 off the
+loopback interface, so there is no route_localnet, no loopback guard, and no port
+published on [::1] (network.py refuses it). The DNS server listens on the IPv4 gateway
+only, so its guard stays in iptables.
 Every rule carries a comment `pyapply:<bridge>` (or `pyapply:<bridge>:<container>` for a
 published port), so a network's or a container's rules are found in the kernel and deleted
 without relying on our state. Several state roots share the chains; a chain and its jumps
@@ -75,7 +81,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import IO
 
 from pyapply.runtime.base import PermanentError, PortBinding
@@ -169,7 +175,7 @@ def _c(comment: str) -> tuple[str, ...]:
     return ("-m", "comment", "--comment", comment)
 
 
-def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule]:
+def network_rules(bridge: str, subnet: IPv4Network | IPv6Network, internal: bool) -> list[Rule]:
     """The rules of one network (pure).
 
     They hold whatever the order of the networks in the chain: a network's drops only
@@ -205,8 +211,17 @@ def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule
             f,
             ("-i", bridge, "-m", "conntrack", "!", "--ctstate", "DNAT", *c, "-j", "DROP"),
         ),
+    ]
+    if subnet.version == 4:
         # published ports reached from 127.0.0.1 (route_localnet is on for the bridge)
-        Rule("nat", POSTROUTING_CHAIN, ("-s", "127.0.0.0/8", "-o", bridge, *c, "-j", "MASQUERADE")),
+        rules.append(
+            Rule(
+                "nat",
+                POSTROUTING_CHAIN,
+                ("-s", "127.0.0.0/8", "-o", bridge, *c, "-j", "MASQUERADE"),
+            )
+        )
+    rules += [
         # hairpin: a container reaching a published port of its own network
         Rule(
             "nat",
@@ -223,7 +238,7 @@ def network_rules(bridge: str, subnet: IPv4Network, internal: bool) -> list[Rule
                 ("-s", str(subnet), "!", "-o", bridge, *c, "-j", "MASQUERADE"),
             )
         )
-    return rules + guard_rules(bridge, internal)
+    return rules + guard_rules(bridge, internal, ipv6=subnet.version == 6)
 
 
 # conntrack states that are not a new connection of the sender's own making: replies to a
@@ -233,22 +248,32 @@ _NOT_OURS = ("-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT")
 _TO_LOOPBACK = ("-m", "conntrack", "--ctorigdst", "127.0.0.0/8")
 
 
-def guard_rules(bridge: str, internal: bool) -> list[Rule]:
-    """The mangle-table guards of one network (pure): the loopback guard and the guard
-    between runtimes (see the module docstring for why they are there and in mangle)."""
+def guard_rules(bridge: str, internal: bool, *, ipv6: bool = False) -> list[Rule]:
+    """The mangle-table guards of one network (pure): the loopback guard (IPv4 only) and
+    the guard between runtimes (see the module docstring for why they are there and in
+    mangle)."""
     c = _c(network_comment(bridge))
     g = ISOLATION_CHAIN
+    loopback = (
+        []
+        if ipv6
+        else [
+            # CVE-2020-8558: nothing from the bridge reaches the host's 127.0.0.0/8 services
+            Rule(
+                "mangle",
+                INPUT_CHAIN,
+                ("-i", bridge, "-d", "127.0.0.0/8", *_NOT_OURS, *c, "-j", "DROP"),
+            ),
+            # a port published on 127.0.0.1 is the host's alone; a connection addressed to
+            # 127.0.0.0/8 that is forwarded at all came as a raw frame (a container of this
+            # bridge reaching ours or docker's localhost ports) or from another interface (a
+            # docker container, a LAN neighbour) and was DNAT'ed by a rule for 127.0.0.1
+            Rule("mangle", g, ("-i", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+            Rule("mangle", g, ("-o", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+        ]
+    )
     rules = [
-        # CVE-2020-8558: nothing from the bridge reaches the host's 127.0.0.0/8 services
-        Rule(
-            "mangle", INPUT_CHAIN, ("-i", bridge, "-d", "127.0.0.0/8", *_NOT_OURS, *c, "-j", "DROP")
-        ),
-        # a port published on 127.0.0.1 is the host's alone; a connection addressed to
-        # 127.0.0.0/8 that is forwarded at all came as a raw frame (a container of this
-        # bridge reaching ours or docker's localhost ports) or from another interface (a
-        # docker container, a LAN neighbour) and was DNAT'ed by a rule for 127.0.0.1
-        Rule("mangle", g, ("-i", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
-        Rule("mangle", g, ("-o", bridge, *_TO_LOOPBACK, *c, "-j", "DROP")),
+        *loopback,
         # nothing enters the bridge from elsewhere (docker's bridges included) unasked
         Rule("mangle", g, ("!", "-i", bridge, "-o", bridge, *_NOT_OURS, *c, "-j", "DROP")),
     ]
@@ -284,14 +309,18 @@ def dns_rules(bridge: str, gateway: IPv4Address) -> list[Rule]:
     return out
 
 
-def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBinding) -> list[Rule]:
-    """The DNAT rule of one published port (host_port must be resolved)."""
+def port_rules(
+    bridge: str, container: str, ip: IPv4Address | IPv6Address, binding: PortBinding
+) -> list[Rule]:
+    """The DNAT rule of one published port (host_port must be resolved); for an IPv6 `ip`,
+    the ip6tables rule (a host_ip of "" or "::" then means every IPv6 address)."""
     if binding.host_port is None:
         raise PermanentError("a published port needs a host port before its rule is made")
     proto = binding.protocol.lower()
     if proto not in ("tcp", "udp", "sctp"):
         raise PermanentError(f"unsupported protocol {binding.protocol!r}")
-    dst = ("-d", binding.host_ip) if binding.host_ip not in ("", "0.0.0.0") else ()
+    dst = ("-d", binding.host_ip) if binding.host_ip not in ("", "0.0.0.0", "::") else ()
+    to = f"[{ip}]:{binding.container_port}" if ip.version == 6 else f"{ip}:{binding.container_port}"
     return [
         Rule(
             "nat",
@@ -308,7 +337,7 @@ def port_rules(bridge: str, container: str, ip: IPv4Address, binding: PortBindin
                 "-j",
                 "DNAT",
                 "--to-destination",
-                f"{ip}:{binding.container_port}",
+                to,
             ),
         ),
     ]
@@ -334,7 +363,7 @@ def _option_groups(args: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         if negate:  # "--ctstate ! VALUE" (the older place of the "!")
             groups[-1].insert(0, "!")
             negate = False
-        groups[-1].append(word.removesuffix("/32"))
+        groups[-1].append(word.removesuffix("/128") if ":" in word else word.removesuffix("/32"))
     return tuple(sorted(tuple(g) for g in groups))
 
 

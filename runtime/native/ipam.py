@@ -14,20 +14,28 @@ Rules:
   container or live in the kernel (given by the caller) is refused; otherwise the lowest
   free host address that is not live in the kernel is handed out;
 - a lease is freed by `release` and by `reclaim` (containers that no longer exist).
+
+IPv6 (a dual-stack network) holds no leases of its own: a container's IPv6 address follows
+from its IPv4 lease (`ipv6_for`: the same host number in the IPv6 subnet), so it is unique
+on the network whenever the IPv4 one is, survives a restart or a reboot with it, and needs
+no second record to keep in step. A network's IPv6 subnet is the config's or a unique local
+/64 (RFC 4193) whose 40-bit global ID is a hash of the state root and the network's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyapply.runtime.base import Conflict, PermanentError
 
 DEFAULT_POOL = "10.89.0.0/16"
 DEFAULT_PREFIX = 24
+IPV6_DEFAULT_PREFIX = 64
 
 
 @dataclass
@@ -218,3 +226,76 @@ class Ipam:
                 },
             )
         return ipam
+
+
+# -- IPv6 (pure) ---------------------------------------------------------------------------
+
+
+def ula_subnet(seed: str) -> IPv6Network:
+    """The unique local /64 of a network (RFC 4193: fd00::/8, a 40-bit global ID, here a
+    hash of `seed`, and subnet ID 0)."""
+    global_id = hashlib.sha256(seed.encode()).digest()[:5]
+    return IPv6Network((int.from_bytes(b"\xfd" + global_id + b"\0\0", "big") << 64, 64))
+
+
+def ipv6_network(text: str) -> IPv6Network:
+    try:
+        return IPv6Network(text, strict=True)
+    except ValueError as e:
+        raise PermanentError(f"invalid IPv6 subnet {text!r}: {e}") from None
+
+
+def ipv6_gateway(subnet: IPv6Network, gateway: str | None) -> IPv6Address:
+    """The config's gateway (checked to be a host address of `subnet`), else its ::1."""
+    if gateway is None:
+        return subnet.network_address + 1
+    try:
+        gw = IPv6Address(gateway)
+    except ValueError as e:
+        raise PermanentError(f"invalid IPv6 address {gateway!r}: {e}") from None
+    if gw not in subnet or gw == subnet.network_address:
+        raise PermanentError(f"gateway {gw} is not a host address of {subnet}")
+    return gw
+
+
+def ipv6_fits(subnet4: IPv4Network, subnet6: IPv6Network) -> None:
+    """An IPv6 subnet must hold a host number for each of the IPv4 subnet's (`ipv6_for`)."""
+    if subnet6.num_addresses < subnet4.num_addresses:
+        raise PermanentError(
+            f"IPv6 subnet {subnet6} is smaller than the IPv4 subnet {subnet4} it goes with "
+            f"(at most /{128 - (32 - subnet4.prefixlen)})"
+        )
+
+
+def ipv6_for(
+    subnet4: IPv4Network,
+    gateway4: IPv4Address,
+    address4: IPv4Address,
+    subnet6: IPv6Network,
+    gateway6: IPv6Address,
+) -> IPv6Address:
+    """A container's IPv6 address on a dual-stack network: its IPv4 address's host number
+    in the IPv6 subnet. The one host number that would land on the IPv6 gateway takes the
+    IPv4 gateway's instead (which no container holds), so the mapping stays one to one."""
+    ipv6_fits(subnet4, subnet6)
+    if address4 not in subnet4:
+        raise PermanentError(f"address {address4} is not in {subnet4}")
+    host = int(address4) - int(subnet4.network_address)
+    candidate = subnet6.network_address + host
+    if candidate == gateway6:
+        candidate = subnet6.network_address + (int(gateway4) - int(subnet4.network_address))
+    return candidate
+
+
+def endpoint_ipv6(rec: Mapping[str, Any], address4: str) -> IPv6Address | None:
+    """The IPv6 address of the endpoint holding `address4` on the network record `rec`
+    (networks.json), None if the network is IPv4 only."""
+    if not rec.get("subnet6"):
+        return None
+    return ipv6_for(
+        IPv4Network(rec["subnet"]),
+        IPv4Address(rec["gateway"]),
+        IPv4Address(address4),
+        IPv6Network(rec["subnet6"]),
+        IPv6Address(rec["gateway6"]),
+    )

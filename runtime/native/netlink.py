@@ -11,6 +11,7 @@ from rtnetlink(7): a few structs, the standard library only).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import struct
@@ -85,7 +86,7 @@ def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[i
 
 
 def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
-    """Every link, and every IPv4 address as (link index, address, prefix length): one
+    """Every link, and every IPv4 and IPv6 address as (link index, address, prefix length): one
     link dump and one address dump on one rtnetlink socket."""
     links: list[LinkInfo] = []
     addrs: list[tuple[int, str, int]] = []
@@ -108,7 +109,7 @@ def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
                     struct.unpack("=I", master[:4])[0] if master and len(master) >= 4 else None,
                 )
             )
-        req = _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
+        req = _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         for mtype, payload in _dump(sock, 2, _RTM_GETADDR, req):
             if mtype != _RTM_NEWADDR or len(payload) < _IFADDRMSG.size:
                 continue
@@ -117,6 +118,8 @@ def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
             raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
             if family == socket.AF_INET and raw and len(raw) == 4:
                 addrs.append((index, socket.inet_ntoa(raw), prefixlen))
+            elif family == socket.AF_INET6 and raw and len(raw) == 16:
+                addrs.append((index, str(ipaddress.IPv6Address(raw)), prefixlen))
     return links, addrs
 
 

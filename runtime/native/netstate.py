@@ -10,7 +10,7 @@ are not shared.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from pyapply.runtime.native.statefile import (
@@ -20,6 +20,8 @@ from pyapply.runtime.native.statefile import (
     integer,
     ipv4_address,
     ipv4_network,
+    ipv6_address,
+    ipv6_network,
     list_of,
     map_of,
     nonempty,
@@ -73,9 +75,20 @@ def _network_fits(rec: Mapping[str, Any], where: str) -> None:
         {c: ep["ip"] for c, ep in rec["endpoints"].items()},
         where,
     )
+    if "subnet6" in rec or "gateway6" in rec:
+        # a dual-stack network: both or neither, the gateway a host address of the subnet,
+        # which holds a host number for each IPv4 one (the endpoints' IPv6 addresses are
+        # derived from theirs: ipam.endpoint_ipv6)
+        if "subnet6" not in rec or "gateway6" not in rec:
+            raise bad(where, "subnet6 and gateway6 go together")
+        subnet6, gateway6 = IPv6Network(rec["subnet6"]), IPv6Address(rec["gateway6"])
+        if gateway6 not in subnet6 or gateway6 == subnet6.network_address:
+            raise bad(where, f"gateway {gateway6} is not a host address of {subnet6}")
+        if subnet6.num_addresses < IPv4Network(rec["subnet"]).num_addresses:
+            raise bad(where, f"IPv6 subnet {subnet6} is smaller than {rec['subnet']}")
 
 
-def _apart(subnets: Mapping[str, IPv4Network], where: str) -> None:
+def _apart(subnets: Mapping[str, IPv4Network] | Mapping[str, IPv6Network], where: str) -> None:
     names = sorted(subnets)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
@@ -86,6 +99,7 @@ def _apart(subnets: Mapping[str, IPv4Network], where: str) -> None:
 def _networks_apart(doc: Mapping[str, Any], where: str) -> None:
     nets = doc.get("networks") or {}
     _apart({n: IPv4Network(r["subnet"]) for n, r in nets.items()}, "networks")
+    _apart({n: IPv6Network(r["subnet6"]) for n, r in nets.items() if r.get("subnet6")}, "networks")
     bridges: dict[str, str] = {}
     for name, rec in sorted(nets.items()):
         if rec["bridge"] in bridges:
@@ -112,7 +126,7 @@ NETWORKS_SHAPE = checked(
                             "endpoints": map_of(_ENDPOINT),
                             "ports": list_of(_PORT),
                         },
-                        {"guards": integer},
+                        {"guards": integer, "subnet6": ipv6_network, "gateway6": ipv6_address},
                     ),
                     _network_fits,
                 )

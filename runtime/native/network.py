@@ -40,12 +40,27 @@ Published ports: iptables DNAT in PREROUTING and OUTPUT for local destinations, 
 setting to reach the host's loopback services). Chosen over a userland proxy for the same
 reason: nothing of ours has to keep running once pyapply exits, and it is what the kernel
 already does for docker's bridge networks without the proxy.
+
+IPv6 (`enable_ipv6`): a dual-stack network's record holds an IPv6 subnet and gateway too;
+the bridge carries the gateway, each container the address `ipam.endpoint_ipv6` derives
+from its IPv4 lease (both added with IFA_F_NODAD: the addresses are ours to hand out, so
+duplicate address detection would only leave them "tentative", unusable, for a second or
+two after a start), and, unless the network is internal, a default IPv6 route via the
+gateway. ip6tables holds the same isolation, NAT and guard rules as iptables (firewall.py),
+and published ports get an ip6tables DNAT rule to the container's IPv6 address beside the
+IPv4 one. A port cannot be published on [::1]: the kernel never routes a packet from ::1
+off the loopback interface (IPv6 has no route_localnet), so a DNAT from [::1] has no way to
+the bridge; that would take a userland proxy that keeps running for each port, which this
+runtime does not run (see above). Containers reach the host's [::1] no more than 127.0.0.1.
+Forwarding: net.ipv6.conf.all.forwarding is turned on (as dockerd does), which also makes
+the host ignore router advertisements on interfaces with accept_ra=1.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -56,7 +71,7 @@ import socket
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -75,7 +90,16 @@ from pyapply.runtime.native import dns, firewall, root_tag
 from pyapply.runtime.native.containers import host_nameservers
 from pyapply.runtime.native.dns import DnsServer
 from pyapply.runtime.native.firewall import Firewall
-from pyapply.runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
+from pyapply.runtime.native.ipam import (
+    DEFAULT_POOL,
+    DEFAULT_PREFIX,
+    Ipam,
+    endpoint_ipv6,
+    ipv6_fits,
+    ipv6_gateway,
+    ipv6_network,
+    ula_subnet,
+)
 from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from pyapply.runtime.native.statefile import Shape, read_json
@@ -83,6 +107,7 @@ from pyapply.runtime.statefs import atomic_write, open_private, private_dir, sta
 
 _NUD_GONE = 0x01 | 0x20  # NUD_INCOMPLETE, NUD_FAILED: nothing answered there
 _NUD_PERMANENT = 0x80
+_NODAD = 0x02  # IFA_F_NODAD
 ALIAS_PREFIX = "pyapply:"
 # The generation of a network's guard rules (firewall.guard_rules) recorded with it: a
 # network made by an older pyapply gets them at the first look at the state, rather than at
@@ -156,6 +181,7 @@ class KernelView:
     addrs: Mapping[int, frozenset[tuple[str, int]]]
     rules: frozenset[firewall.RuleKey]
     udp: frozenset[tuple[str, int]] | None = None
+    rules6: frozenset[firewall.RuleKey] | None = None  # ip6tables' (None: not looked at)
 
 
 def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[str]:
@@ -173,6 +199,10 @@ def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[st
             out.append(f"bridge {bridge} down")
         if (str(rec["gateway"]), prefixlen) not in view.addrs.get(link.index, frozenset()):
             out.append(f"bridge {bridge} lacks its address {rec['gateway']}/{prefixlen}")
+        if rec.get("subnet6"):
+            plen6 = IPv6Network(rec["subnet6"]).prefixlen
+            if (str(rec["gateway6"]), plen6) not in view.addrs.get(link.index, frozenset()):
+                out.append(f"bridge {bridge} lacks its address {rec['gateway6']}/{plen6}")
     jumps = firewall.missing(firewall.jump_rules(), view.rules)
     if jumps:
         out.append(
@@ -183,6 +213,11 @@ def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[st
     lost = firewall.missing(rules, view.rules)
     if lost:
         out.append(f"{len(lost)} of {len(rules)} firewall rules of {bridge} missing")
+    if rec.get("subnet6") and view.rules6 is not None:
+        rules6 = network_rules6(rec)
+        lost6 = firewall.missing(rules6 + firewall.jump_rules(), view.rules6)
+        if lost6:
+            out.append(f"{len(lost6)} of {len(rules6)} ip6tables rules of {bridge} missing")
     if view.udp is not None:
         problem = dns.dns_fault(rec, view.udp)
         if problem:
@@ -196,6 +231,33 @@ def network_rules(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
     bridge = rec["bridge"]
     rules = firewall.network_rules(bridge, IPv4Network(rec["subnet"]), bool(rec["internal"]))
     return rules + firewall.dns_rules(bridge, IPv4Address(rec["gateway"]))
+
+
+def network_rules6(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
+    """The ip6tables rules of a dual-stack network (pure): isolation, NAT, guards."""
+    if not rec.get("subnet6"):
+        return []
+    return firewall.network_rules(rec["bridge"], IPv6Network(rec["subnet6"]), bool(rec["internal"]))
+
+
+def port_rules6(rec: Mapping[str, Any], port: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
+    """The ip6tables rule of a published port (pure): none on an IPv4-only network or for a
+    port published on an IPv4 address."""
+    b = _binding(port["binding"])
+    ip6 = endpoint_ipv6(rec, port["ip"])
+    if ip6 is None or (b.host_ip and ":" not in b.host_ip):
+        return []
+    return firewall.port_rules(rec["bridge"], port["container"], ip6, b)
+
+
+def port_rules4(rec: Mapping[str, Any], port: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
+    """The iptables rule of a published port (pure): none for one on an IPv6 address."""
+    b = _binding(port["binding"])
+    if ":" in b.host_ip and b.host_ip != "::":
+        return []
+    if b.host_ip == "::":
+        b = PortBinding(b.container_port, b.protocol, "", b.host_port)
+    return firewall.port_rules(rec["bridge"], port["container"], IPv4Address(port["ip"]), b)
 
 
 def endpoint_faults(rec: Mapping[str, Any], ep: Mapping[str, Any], view: KernelView) -> str | None:
@@ -216,8 +278,10 @@ def endpoint_faults(rec: Mapping[str, Any], ep: Mapping[str, Any], view: KernelV
 def port_faults(rec: Mapping[str, Any], port: Mapping[str, Any], view: KernelView) -> str | None:
     """A published port whose DNAT rule is gone (pure)."""
     b = _binding(port["binding"])
-    rules = firewall.port_rules(rec["bridge"], port["container"], IPv4Address(port["ip"]), b)
-    if not firewall.missing(rules, view.rules):
+    lost = firewall.missing(port_rules4(rec, port), view.rules)
+    if view.rules6 is not None:
+        lost += firewall.missing(port_rules6(rec, port), view.rules6)
+    if not lost:
         return None
     proto = "" if b.protocol == "tcp" else f"/{b.protocol}"
     return f"rule for {b.host_ip or '0.0.0.0'}:{b.host_port}{proto} missing"
@@ -262,12 +326,14 @@ class NetworkManager:
         pool: str = DEFAULT_POOL,
         prefix: int = DEFAULT_PREFIX,
         iptables: str = "iptables",
+        ip6tables: str = "ip6tables",
     ) -> None:
         self.root = Path(state_root(root)).resolve()
         self.dir = self.root / "networks"
         self.pool = pool
         self.prefix = prefix
         self.firewall = Firewall(iptables)
+        self.firewall6 = Firewall(ip6tables)
         self.tag = root_tag(self.root)
         self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
         self.dns = DnsServer(self.dir / "dns", self.dir / "dns.log")
@@ -370,6 +436,12 @@ class NetworkManager:
                     rec["subnet"]
                 ):
                     raise Conflict(f"network {config.name} exists with subnet {rec['subnet']}")
+                if bool(rec.get("subnet6")) != config.enable_ipv6:
+                    raise Conflict(f"network {config.name} exists with other IPv6 settings")
+                if config.subnet6 is not None and ip_network(config.subnet6) != ip_network(
+                    rec["subnet6"]
+                ):
+                    raise Conflict(f"network {config.name} exists with subnet {rec['subnet6']}")
             # the host lock makes choosing the subnet and making the bridge (whose route
             # the next choice avoids, in whichever state root) one step
             with firewall.host_lock():
@@ -392,7 +464,26 @@ class NetworkManager:
             if other["bridge"] == bridge:  # a 32-bit hash collision
                 raise Conflict(f"bridge name {bridge} is taken by network {other_name}")
         avoid = [] if config.subnet else self._host_routes()
+        subnet6: IPv6Network | None = None
+        if config.enable_ipv6:
+            subnet6 = (
+                ipv6_network(config.subnet6)
+                if config.subnet6
+                else ula_subnet(f"{self.root}\0{config.name}")
+            )
+            for other_name, other in st.networks.items():
+                if other.get("subnet6") and subnet6.overlaps(IPv6Network(other["subnet6"])):
+                    raise Conflict(
+                        f"subnet {subnet6} overlaps {other['subnet6']} of network {other_name}"
+                    )
         alloc = st.ipam.allocate_subnet(config.name, config.subnet, config.gateway, avoid)
+        if subnet6 is not None:
+            try:
+                ipv6_fits(alloc.subnet, subnet6)
+                gateway6 = ipv6_gateway(subnet6, config.gateway6)
+            except PermanentError:
+                st.ipam.release_subnet(config.name)
+                raise
         rec: dict[str, Any] = {
             "id": uuid.uuid4().hex + uuid.uuid4().hex,
             "name": config.name,
@@ -406,6 +497,8 @@ class NetworkManager:
             "ports": [],
             "guards": GUARDS,  # _ensure_kernel adds them
         }
+        if subnet6 is not None:
+            rec.update(subnet6=str(subnet6), gateway6=str(gateway6))
         st.networks[config.name] = rec
         return rec
 
@@ -479,6 +572,8 @@ class NetworkManager:
                 except netlink_error() as e:
                     if e.code != errno.EEXIST:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
+            if rec.get("subnet6"):
+                self._address6(ipr, index, rec)
             ipr.link("set", index=index, state="up")
         firewall.set_sysctl("net/ipv4/ip_forward", "1")
         # for published ports on 127.0.0.1; what else it would let in, the guard rules of
@@ -486,10 +581,32 @@ class NetworkManager:
         firewall.set_sysctl(f"net/ipv4/conf/{bridge}/route_localnet", "1")
         rules = network_rules(rec)
         for port in rec["ports"]:
-            rules += firewall.port_rules(
-                bridge, port["container"], IPv4Address(port["ip"]), _binding(port["binding"])
-            )
+            rules += port_rules4(rec, port)
         self.firewall.add(rules)
+        if rec.get("subnet6"):
+            firewall.set_sysctl("net/ipv6/conf/all/forwarding", "1")
+            rules6 = network_rules6(rec)
+            for port in rec["ports"]:
+                rules6 += port_rules6(rec, port)
+            self.firewall6.add(rules6)
+
+    @staticmethod
+    def _address6(ipr: Any, index: int, rec: Mapping[str, Any]) -> None:
+        """Give the bridge its IPv6 gateway address (IPv6 on, no DAD: see the docstring)."""
+        bridge = rec["bridge"]
+        firewall.set_sysctl(f"net/ipv6/conf/{bridge}/disable_ipv6", "0")
+        plen = IPv6Network(rec["subnet6"]).prefixlen
+        have = {
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
+            for a in ipr.get_addr(index=index, family=socket.AF_INET6)
+        }
+        if (rec["gateway6"], plen) in have:
+            return
+        try:
+            ipr.addr("add", index=index, address=rec["gateway6"], prefixlen=plen, flags=_NODAD)
+        except netlink_error() as e:
+            if e.code != errno.EEXIST:
+                raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
 
     @translated
     def remove(self, name: str) -> None:
@@ -522,6 +639,11 @@ class NetworkManager:
             comments=[firewall.network_comment(bridge)],
             prefixes=[firewall.network_comment(bridge) + ":"],
         )
+        if rec.get("subnet6"):
+            self.firewall6.delete_tagged(
+                comments=[firewall.network_comment(bridge)],
+                prefixes=[firewall.network_comment(bridge) + ":"],
+            )
 
     def get(self, name: str) -> NetworkState | None:
         rec = self._peek().networks.get(name)
@@ -546,12 +668,15 @@ class NetworkManager:
             labels=dict(rec["labels"]),
             subnet=rec["subnet"],
             containers=tuple(sorted(rec["endpoints"])),
+            ipv6=bool(rec.get("subnet6")),
+            subnet6=rec.get("subnet6"),
+            gateway6=rec.get("gateway6"),
         )
 
     # -- kernel checks -----------------------------------------------------------------
 
     @translated
-    def kernel_view(self) -> KernelView:
+    def kernel_view(self, *, ipv6: bool = False) -> KernelView:
         """Links, addresses and firewall rules as the kernel has them now: two netlink dumps
         on one socket and one iptables-save, whatever the number of networks."""
         found, found_addrs = dump_links_and_addrs()
@@ -564,6 +689,7 @@ class NetworkManager:
             {k: frozenset(v) for k, v in addrs.items()},
             self.firewall.save(),
             dns.read_udp_listeners(),
+            self.firewall6.save() if ipv6 else None,
         )
 
     def faults(
@@ -573,7 +699,11 @@ class NetworkManager:
         published ports), from the state and one kernel view."""
         by_network: dict[str, list[str]] = {}
         by_container: dict[str, list[str]] = {}
-        for name, rec in self._peek().networks.items():
+        networks = self._peek().networks
+        if view.rules6 is None and any(r.get("subnet6") for r in networks.values()):
+            # one ip6tables-save, only when a network is dual-stack
+            view = dataclasses.replace(view, rules6=self.firewall6.save())
+        for name, rec in networks.items():
             found = network_faults(rec, view)
             if found:
                 by_network[name] = found
@@ -593,7 +723,8 @@ class NetworkManager:
         bridges and rules, its veths (plumbed into `netns_path` with the addresses it had)
         or their place on the bridge, and its published ports' rules."""
         with self._locked() as st:
-            view = self.kernel_view()
+            ipv6 = any(r.get("subnet6") for r in st.networks.values())
+            view = self.kernel_view(ipv6=ipv6)
             touched: set[str] = set()
             for name in sorted(st.networks):
                 rec = st.networks[name]
@@ -602,7 +733,7 @@ class NetworkManager:
                     continue
                 if network_faults(rec, view):
                     self._ensure_kernel(rec)
-                    view = self.kernel_view()
+                    view = self.kernel_view(ipv6=ipv6)
                 problem = endpoint_faults(rec, ep, view)
                 if problem is None:
                     pass
@@ -615,15 +746,17 @@ class NetworkManager:
                 else:
                     self._enslave(rec, ep["veth"])
                 lost: list[firewall.Rule] = []
+                lost6: list[firewall.Rule] = []
                 for port in rec["ports"]:
                     if port["container"] == container_name:
-                        rules = firewall.port_rules(
-                            rec["bridge"], container_name, IPv4Address(port["ip"]),
-                            _binding(port["binding"]),
-                        )  # fmt: skip
-                        lost += firewall.missing(rules, view.rules)
+                        lost += firewall.missing(port_rules4(rec, port), view.rules)
+                        lost6 += firewall.missing(
+                            port_rules6(rec, port), view.rules6 or frozenset()
+                        )
                 if lost:
                     self.firewall.add(lost)
+                if lost6:
+                    self.firewall6.add(lost6)
             if touched or any(container_name in r["endpoints"] for r in st.networks.values()):
                 st.dns_due = True
             self._rewrite_hosts(st, touched, set())
@@ -779,6 +912,10 @@ class NetworkManager:
             # again after a recreate keeps its MAC, so neighbours' ARP caches stay right
             ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
             ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
+            ip6 = endpoint_ipv6(rec, str(ip))
+            if ip6 is not None:
+                plen6 = IPv6Network(rec["subnet6"]).prefixlen
+                ns.addr("add", index=pidx, address=str(ip6), prefixlen=plen6, flags=_NODAD)
             ns.link("set", index=pidx, state="up")
             lo = ns.link_lookup(ifname="lo")
             if lo:
@@ -791,6 +928,12 @@ class NetworkManager:
                 if not has_default:
                     ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
                     default_route = True
+                if ip6 is not None and not any(
+                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET6, table=254)
+                ):
+                    # the first dual-stack network gives the IPv6 default route (there are
+                    # no router advertisements on our bridges)
+                    ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
         return ifname, default_route
 
     @translated
@@ -838,7 +981,26 @@ class NetworkManager:
             self._drop_endpoint(st, rec, container_name)
             if ep is not None and ep.get("default_route"):
                 self._move_default_route(st, container_name, ep["netns"])
+            if ep is not None and rec.get("subnet6"):
+                self._move_default_route6(st, container_name, ep["netns"])
             self._rewrite_hosts(st, {network}, {container_name})
+
+    def _move_default_route6(self, st: _State, container: str, nspath: str) -> None:
+        """The IPv6 default route went with a dual-stack network's veth: give the container
+        one via another non-internal dual-stack network it is still on, if it has none."""
+        for rec in sorted(st.networks.values(), key=lambda r: str(r["name"])):
+            ep = rec["endpoints"].get(container)
+            if rec["internal"] or not rec.get("subnet6") or ep is None or ep["netns"] != nspath:
+                continue
+            try:
+                with NetNS(nspath, flags=0) as ns:
+                    idx = ns.link_lookup(ifname=ep["ifname"])
+                    routes = ns.get_routes(family=socket.AF_INET6, table=254)
+                    if idx and not any(r["dst_len"] == 0 for r in routes):
+                        ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=idx[0])
+            except (OSError, netlink_error()):
+                return  # the namespace is gone: nothing to route
+            return
 
     def _move_default_route(self, st: _State, container: str, nspath: str) -> None:
         """The network that gave a container its default route is gone: give it one via
@@ -869,6 +1031,10 @@ class NetworkManager:
         if len(kept) != len(rec["ports"]):
             rec["ports"] = kept
             self.firewall.delete_tagged(comments=[firewall.port_comment(rec["bridge"], container)])
+            if rec.get("subnet6"):
+                self.firewall6.delete_tagged(
+                    comments=[firewall.port_comment(rec["bridge"], container)]
+                )
 
     @translated
     def reclaim(self, live_container_names: Iterable[str]) -> builtins.list[tuple[str, str]]:
@@ -897,12 +1063,12 @@ class NetworkManager:
     @translated
     def publish(self, container_name: str, ip: str, binding: PortBinding) -> PortBinding:
         """Publish `binding` to the container's address `ip` (on one of its networks);
-        return the binding with its host port resolved. IPv4 only: a host_ip of "::" is
-        taken as "all addresses", any other IPv6 address is refused."""
+        return the binding with its host port resolved. A host_ip of "" or "::" is every
+        address: IPv4 and, on a dual-stack network, IPv6 too; an IPv6 host_ip needs a
+        dual-stack network, and [::1] is refused (see the module docstring)."""
         addr = _ipv4(ip)
-        if binding.host_ip == "::":
-            binding = PortBinding(binding.container_port, binding.protocol, "", binding.host_port)
-        elif binding.host_ip:
+        host6 = _host_ipv6(binding.host_ip)
+        if binding.host_ip and host6 is None:
             _ipv4(binding.host_ip)
         with self._locked() as st:
             rec = next(
@@ -916,6 +1082,11 @@ class NetworkManager:
             )
             if rec is None:
                 raise NotFound(f"{container_name} has no address {ip} on any network")
+            if host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
+                raise PermanentError(
+                    f"cannot publish port {binding.container_port} of {container_name} on "
+                    f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
+                )
             proto = binding.protocol.lower()
             # the host ports it may take: the one asked for, or each of a range in turn
             candidates: list[int | None] = [binding.host_port]
@@ -928,10 +1099,10 @@ class NetworkManager:
                     if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
                         other, binding
                     ):
-                        # already there; its rule too (remade if the rules were flushed)
-                        self.firewall.add(
-                            firewall.port_rules(rec["bridge"], container_name, addr, other)
-                        )
+                        # already there; its rules too (remade if the rules were flushed)
+                        self.firewall.add(port_rules4(rec, p))
+                        if rec.get("subnet6"):
+                            self.firewall6.add(port_rules6(rec, p))
                         return other
                     if (
                         other.host_port in candidates
@@ -948,6 +1119,8 @@ class NetworkManager:
             with firewall.host_lock():
                 # ports published by other state roots hold no socket: ask our DNAT chain
                 in_use = self.firewall.dnat_ports()
+                if rec.get("subnet6"):
+                    in_use |= self.firewall6.dnat_ports()
                 if binding.host_port is None:
                     for _ in range(50):
                         host_port = _check_port(binding.host_ip, None, proto)
@@ -956,17 +1129,16 @@ class NetworkManager:
                 else:
                     host_port = _first_free(binding, free, in_use, proto)
                 resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
-                self.firewall.add(
-                    firewall.port_rules(rec["bridge"], container_name, addr, resolved)
-                )
-            rec["ports"].append(
-                {
+                port = {
                     "container": container_name,
                     "ip": str(addr),
                     "binding": _binding_json(resolved),
                     "requested": _binding_json(binding),
                 }
-            )
+                self.firewall.add(port_rules4(rec, port))
+                if rec.get("subnet6"):
+                    self.firewall6.add(port_rules6(rec, port))
+            rec["ports"].append(port)
             return resolved
 
     @translated
@@ -983,6 +1155,15 @@ class NetworkManager:
                 ]
                 if orphans:
                     self.firewall.delete_tagged(comments=orphans)
+                    orphans6 = [
+                        firewall.port_comment(rec["bridge"], container_name)
+                        for rec in st.networks.values()
+                        if rec.get("subnet6")
+                        and container_name in rec["endpoints"]
+                        and not any(p["container"] == container_name for p in rec["ports"])
+                    ]
+                    if orphans6:
+                        self.firewall6.delete_tagged(comments=orphans6)
             for rec in st.networks.values():
                 mine = [p for p in rec["ports"] if p["container"] == container_name]
                 drop = [
@@ -998,6 +1179,10 @@ class NetworkManager:
                 self.firewall.delete_tagged(
                     comments=[firewall.port_comment(rec["bridge"], container_name)]
                 )
+                if rec.get("subnet6"):
+                    self.firewall6.delete_tagged(
+                        comments=[firewall.port_comment(rec["bridge"], container_name)]
+                    )
                 remaining = [p for p in rec["ports"] if p["container"] == container_name]
                 if remaining:
                     rules = []
@@ -1122,6 +1307,15 @@ class NetworkManager:
                     _del_link(ipr, bridge)
             comments = [firewall.network_comment(b) for b in sorted(bridges)]
             self.firewall.delete_tagged(comments=comments, prefixes=[c + ":" for c in comments])
+            dual = any(rec.get("subnet6") for rec in st.networks.values())
+            try:
+                self.firewall6.delete_tagged(
+                    comments=comments, prefixes=[c + ":" for c in comments]
+                )
+            except PermanentError:
+                if dual:
+                    raise
+                # no network of the state had IPv6: a host without ip6tables has none to sweep
             st.networks.clear()
             st.hosts_files.clear()
             st.ipam.subnets.clear()
@@ -1264,17 +1458,37 @@ def _ipv4(text: str) -> IPv4Address:
     try:
         return IPv4Address(text)
     except ValueError:
-        raise PermanentError(f"{text!r} is not an IPv4 address (IPv6 is not supported)") from None
+        raise PermanentError(f"{text!r} is not an IPv4 address") from None
+
+
+def _host_ipv6(host_ip: str) -> IPv6Address | None:
+    """A published port's IPv6 host address ("::": every one), None for IPv4 or none;
+    [::1] is refused (see the module docstring)."""
+    if ":" not in host_ip:
+        return None
+    try:
+        addr = IPv6Address(host_ip)
+    except ValueError:
+        raise PermanentError(f"{host_ip!r} is not an IP address") from None
+    if addr.is_loopback:
+        raise PermanentError(
+            f"cannot publish a port on [{host_ip}] with the native runtime: the kernel does "
+            "not route ::1 to a bridge (IPv6 has no route_localnet) and the native runtime "
+            "runs no userland proxy; publish on 127.0.0.1, on a non-loopback IPv6 address, "
+            'or on "::" (every address)'
+        )
+    return addr
 
 
 def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
     """Return a host port that nothing on the host holds now (bind test): the one asked
     for (taken: Conflict) or, for None, a free one from the kernel."""
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as s:
+    family = socket.AF_INET6 if ":" in host_ip and host_ip != "::" else socket.AF_INET
+    with socket.socket(family, kind) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host_ip if host_ip not in ("", "0.0.0.0") else "", host_port or 0))
+            s.bind((host_ip if host_ip not in ("", "0.0.0.0", "::") else "", host_port or 0))
         except OSError as e:
             raise Conflict(
                 f"host port {host_ip or '0.0.0.0'}:{host_port}/{proto} is taken: {e}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,22 @@ def ipv4_address(value: Any, where: str) -> IPv4Address:
         return IPv4Address(text)
     except ValueError:
         raise _Bad(where, f"{text!r} is not an IPv4 address") from None
+
+
+def ipv6_network(value: Any, where: str) -> IPv6Network:
+    text = string(value, where)
+    try:
+        return IPv6Network(text, strict=True)
+    except ValueError:
+        raise _Bad(where, f"{text!r} is not an IPv6 network") from None
+
+
+def ipv6_address(value: Any, where: str) -> IPv6Address:
+    text = string(value, where)
+    try:
+        return IPv6Address(text)
+    except ValueError:
+        raise _Bad(where, f"{text!r} is not an IPv6 address") from None
 
 
 def optional(shape: Shape) -> Shape:

@@ -392,13 +392,14 @@ class NativeUnderTest(RuntimeUnderTest):
                     out.append(f"mount {point}")
         nets = self._networks_seen | {f"{self.stack}_{k}" for k in ("default", "front", "back")}
         comments = {firewall.network_comment(nm.bridge_name(n)): n for n in nets}
-        rules = subprocess.run(
-            ["iptables-save"], capture_output=True, text=True, check=True, timeout=60
-        ).stdout
-        for line in rules.splitlines():
-            for comment, net in comments.items():
-                if f'"{comment}"' in line or f"{comment} " in line or f"{comment}:" in line:
-                    out.append(f"iptables rule of network {net}: {line}")
+        for tool in ("iptables", "ip6tables"):  # a dual-stack network has rules in both
+            rules = subprocess.run(
+                [f"{tool}-save"], capture_output=True, text=True, check=True, timeout=60
+            ).stdout
+            for line in rules.splitlines():
+                for comment, net in comments.items():
+                    if f'"{comment}"' in line or f"{comment} " in line or f"{comment}:" in line:
+                        out.append(f"{tool} rule of network {net}: {line}")
         cgroups = Path("/sys/fs/cgroup")
         parent = self.native.containers.cgroup_parent.strip("/")
         out += [f"cgroup {p}" for p in sorted(cgroups.glob(f"*/{parent}/{self.stack}-*"))]

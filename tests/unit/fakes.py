@@ -115,6 +115,9 @@ class FakeRuntime:
             internal=config.internal,
             labels=dict(config.labels),
             subnet=config.subnet,
+            ipv6=config.enable_ipv6,
+            subnet6=config.subnet6,
+            gateway6=config.gateway6,
         )
 
     def remove_network(self, name: str) -> None:

@@ -107,7 +107,7 @@ def test_top_level_object_errors(here: Path) -> None:
         "stack.yaml:4:23: networks.a.driver: an external network is not created by pyapply, "
         'so "driver" cannot be set',
         'stack.yaml:5:32: networks.b.ipam.config[0].subnet: "10.0.0.0/33" is not a valid subnet '
-        "such as 172.20.0.0/24",
+        "such as 172.20.0.0/24 or fd00:1::/64",
         "stack.yaml:6:54: networks.c.ipam.config[0].gateway: gateway 10.1.0.1 is outside the "
         "subnet 10.0.0.0/24",
         "stack.yaml:8:23: volumes.v.driver_opts: an external volume is not created by pyapply, "

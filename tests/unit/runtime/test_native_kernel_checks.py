@@ -4,6 +4,7 @@ plus the rtnetlink dump of our own against pyroute2's reading of the same kernel
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -190,6 +191,11 @@ def test_our_netlink_dump_reads_what_pyroute2_reads() -> None:
             (m["index"], m.get("address"), m["prefixlen"])
             for m in ipr.get_addr(family=socket.AF_INET)
         }
+        their_addrs |= {
+            (m["index"], str(ipaddress.IPv6Address(m.get("address"))), m["prefixlen"])
+            for m in ipr.get_addr(family=socket.AF_INET6)
+        }
     assert {(x.name, x.index, x.up, x.master) for x in links} == theirs
     assert set(addrs) == their_addrs
     assert any(a[1] == "127.0.0.1" for a in addrs)
+    assert any(a[1] == "::1" for a in addrs)

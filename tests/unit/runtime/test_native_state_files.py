@@ -223,6 +223,33 @@ def _ep(ip: str) -> dict[str, Any]:
             "the subnets of s_a and s_b overlap",
         ),
         ({"networks": {"s_a": _net(endpoints={"x": {"ip": "1"}})}}, "'1' is not an IPv4"),
+        # dual-stack records
+        ({"networks": {"s_a": _net(subnet6="fd00::/64")}}, "subnet6 and gateway6 go together"),
+        (
+            {"networks": {"s_a": _net(subnet6="fd00::/64", gateway6="fd01::1")}},
+            "gateway fd01::1 is not a host address of fd00::/64",
+        ),
+        (
+            {"networks": {"s_a": _net(subnet6="fd00::/121", gateway6="fd00::1")}},
+            "IPv6 subnet fd00::/121 is smaller than 10.89.0.0/24",
+        ),
+        ({"networks": {"s_a": _net(subnet6="nope", gateway6="fd00::1")}}, "not an IPv6 network"),
+        (
+            {
+                "networks": {
+                    "s_a": _net(subnet6="fd00::/64", gateway6="fd00::1"),
+                    "s_b": _net(
+                        name="s_b",
+                        bridge="pab2",
+                        subnet="10.89.1.0/24",
+                        gateway="10.89.1.1",
+                        subnet6="fd00::/56",
+                        gateway6="fd00::1",
+                    ),
+                }
+            },
+            "the subnets of s_a and s_b overlap",
+        ),
     ],
 )
 def test_damaged_networks_json_is_an_error(tmp_path: Path, doc: Any, reason: str) -> None:

@@ -1,0 +1,294 @@
+"""End-to-end: IPv6 networks (`enable_ipv6` and an IPv6 `ipam` subnet) on both runtimes.
+
+One stack through the CLI: `web` (busybox httpd, a published port) and `client` on the
+dual-stack network `front`, `stranger` on the dual-stack network `back`. Checked:
+- web has an address in front's IPv6 subnet, and client fetches its page over IPv6;
+- the host fetches it over IPv6 through the published port, at front's IPv6 gateway (an
+  address of the host's own, on the bridge the test made); on docker also at [::1], which
+  dockerd's userland proxy serves (native refuses [::1]: see runtime/native/network.py);
+- isolation: stranger reaches web through the published port at its own gateway (the
+  positive control: its IPv6 path works and the probe can succeed) but not web's address
+  itself on native, whose ip6tables rules mirror the IPv4 ones. dockerd 20.10 adds no
+  ip6tables rules unless it runs with `--ip6tables` (experimental): then the test holds
+  docker to the same isolation, else it checks the gap the README states is there.
+Creating an IPv6 network turns net.ipv6.conf.all.forwarding on (both runtimes do, as routing
+needs it); the test puts back the value it found. Traffic goes only to the host's addresses
+on bridges this test made and to containers this test made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
+
+from pyapply.runtime.base import NetworkConfig
+from pyapply.runtime.native.network import NetworkManager
+from tests.e2e.helpers import TEST_IMAGE, http_get
+from tests.e2e.runtimes import NativeUnderTest, RuntimeUnderTest, free_port
+
+pytestmark = pytest.mark.e2e
+
+FORWARDING = Path("/proc/sys/net/ipv6/conf/all/forwarding")
+MARKER = "ipv6-marker"
+
+STACK = """\
+apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+  services:
+    web:
+      image: {image}
+      # httpd in the background and a shell that stops at once on SIGTERM (a PID 1 that
+      # ignores it would hold every stop for the whole grace period)
+      command: ["sh", "-c", "mkdir -p /www && echo {marker} > /www/index.html && httpd -p 80 -h /www && trap 'exit 0' TERM; sleep 3600 & wait"]
+      ports: ["{port}:80"]
+      networks: [front]
+    client:
+      image: {image}
+      command: *idle
+      networks: [front]
+    stranger:
+      image: {image}
+      command: *idle
+      networks: [back]
+  networks:
+    front:
+      enable_ipv6: true
+      ipam: {{config: [{{subnet: "{front}"}}]}}
+    back: {{enable_ipv6: true}}  # the runtime picks its IPv6 subnet
+"""
+
+
+@pytest.fixture
+def forwarding() -> Iterator[None]:
+    """Put net.ipv6.conf.all.forwarding back as it was (the runtimes turn it on)."""
+    before = FORWARDING.read_text().strip()
+    try:
+        yield
+    finally:
+        if FORWARDING.read_text().strip() != before:
+            FORWARDING.write_text(before)
+
+
+def random_ula() -> IPv6Network:
+    """A /64 of fd00::/8 of this test's own (random, so runs side by side do not meet)."""
+    high = (0xFD << 56) | random.getrandbits(56)
+    return IPv6Network((high << 64, 64))
+
+
+def ipv6_of(runtime: RuntimeUnderTest, container: str, subnet: IPv6Network) -> IPv6Address:
+    """The container's address in `subnet`, from /proc/net/if_inet6 (no `ip` needed)."""
+    code, out = runtime.exec(container, "cat", "/proc/net/if_inet6")
+    assert code == 0, out
+    found = [IPv6Address(int(line.split()[0], 16)) for line in out.splitlines() if line.strip()]
+    mine = [a for a in found if a in subnet]
+    assert len(mine) == 1, f"{container}: {found} (want one in {subnet})"
+    return mine[0]
+
+
+def fetch(runtime: RuntimeUnderTest, container: str, url: str, seconds: int = 3) -> str | None:
+    """busybox wget from a container (killed after `seconds`): the page, or None."""
+    code, out = runtime.exec(
+        container, "timeout", "-s", "KILL", str(seconds), "wget", "-q", "-O-", url
+    )
+    return out.strip() if code == 0 else None
+
+
+def reached(runtime: RuntimeUnderTest, container: str, url: str) -> str | None:
+    """`fetch`, tried again for a few seconds while it fails: a fresh IPv6 address may still
+    be tentative (docker's containers do duplicate address detection) or the server still
+    starting. Bounded: 15 tries, about 10 s at most."""
+    got = None
+    for attempt in range(15):
+        if attempt:
+            time.sleep(0.3)
+        got = fetch(runtime, container, url, seconds=1)
+        if got is not None:
+            return got
+    return got
+
+
+def dockerd_ip6tables() -> bool:
+    """Whether dockerd writes ip6tables rules (`--ip6tables`): its DOCKER chain is there."""
+    proc = subprocess.run(
+        ["ip6tables", "-w", "-S", "DOCKER"], capture_output=True, text=True, check=False
+    )
+    return proc.returncode == 0
+
+
+def test_a_dual_stack_network_is_reached_over_ipv6_and_isolated(
+    runtime: RuntimeUnderTest, forwarding: None, tmp_path: Path
+) -> None:
+    stack = runtime.stack
+    front = random_ula()
+    port = free_port()
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        STACK.format(stack=stack, image=TEST_IMAGE, marker=MARKER, port=port, front=front)
+    )
+    applied = runtime.cli().run("-f", str(manifest))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    isolates = runtime.name == "native" or dockerd_ip6tables()
+    # docker without ip6tables: said at the network, where the manifest asks for IPv6
+    gap = "reach this one's IPv6 addresses"
+    assert (gap in applied.stderr) is not isolates, applied.stderr
+    web, client, stranger = (f"{stack}-{s}-1" for s in ("web", "client", "stranger"))
+
+    nets = {n.name: n for n in runtime.rt.list_networks({"io.pyapply.stack": stack})}
+    assert nets[f"{stack}_front"].ipv6 and nets[f"{stack}_front"].subnet6 == str(front)
+    picked = nets[f"{stack}_back"].subnet6
+    assert nets[f"{stack}_back"].ipv6 and picked, nets[f"{stack}_back"]
+    back = IPv6Network(picked)
+    assert back.subnet_of(IPv6Network("fd00::/8")), back  # a unique local one
+    gw_front = IPv6Address(nets[f"{stack}_front"].gateway6 or front.network_address + 1)
+    gw_back = IPv6Address(nets[f"{stack}_back"].gateway6 or back.network_address + 1)
+    web6 = ipv6_of(runtime, web, front)
+    ipv6_of(runtime, stranger, back)
+
+    # another container of the network, over IPv6
+    assert reached(runtime, client, f"http://[{web6}]/") == MARKER
+
+    if runtime.name == "native":  # its DNS server answers AAAA with the IPv6 address
+        code, out = runtime.exec(client, "nslookup", "-type=AAAA", "web")
+        assert code == 0 and str(web6) in out, out
+
+    # the host, through the published port on an IPv6 address of its own
+    status, body = http_get(f"http://[{gw_front}]:{port}/")
+    assert (status, body.strip()) == (200, MARKER)
+    if runtime.name == "docker":
+        status, body = http_get(f"http://[::1]:{port}/")
+        assert (status, body.strip()) == (200, MARKER)
+
+    # isolation: the published port is reachable from the other network (the control) ...
+    assert reached(runtime, stranger, f"http://[{gw_back}]:{port}/") == MARKER
+    # ... web's own address is not, where the runtime isolates IPv6
+    direct = fetch(runtime, stranger, f"http://[{web6}]/")
+    if isolates:
+        assert direct is None
+        # and the container of web's own network still does (nothing closed too much)
+        assert fetch(runtime, client, f"http://[{web6}]/") == MARKER
+    if runtime.name == "native":
+        # an ip6tables rule deleted by hand is a fault of the network, and apply remakes it
+        bridge = runtime.native.networks.bridge_name(f"{stack}_front")
+        rule = ["PYAPPLY-FORWARD", "-o", bridge, "-m", "comment"]
+        rule += ["--comment", f"pyapply:{bridge}", "-j", "DROP"]
+        subprocess.run(["ip6tables", "-w", "-D", *rule], check=True, timeout=30)
+        (state,) = [n for n in runtime.rt.list_networks({}) if n.name == f"{stack}_front"]
+        lost = [f.reason for f in state.faults]
+        assert len(lost) == 1 and re.fullmatch(
+            rf"1 of \d+ ip6tables rules of {bridge} missing", lost[0]
+        )
+        runtime.cli().ok("-f", str(manifest))
+        fresh = runtime.open()  # the client above keeps its kernel look for a while
+        try:
+            (state,) = [n for n in fresh.list_networks({}) if n.name == f"{stack}_front"]
+        finally:
+            fresh.close()
+        assert state.faults == ()
+        assert fetch(runtime, stranger, f"http://[{web6}]/") is None
+    else:
+        # dockerd without --ip6tables forwards IPv6 between its networks: the gap the
+        # README states (pyapply adds no rules to docker's networks)
+        assert direct == MARKER
+
+
+def test_a_port_on_ipv6_loopback_is_a_located_error_on_native(
+    native: NativeUnderTest, tmp_path: Path
+) -> None:
+    """Native cannot serve [::1] (see runtime/native/network.py): the CLI says where, and
+    nothing is made; docker's userland proxy serves it (checked above)."""
+    runtime = native
+    manifest = tmp_path / "stack.yaml"
+    manifest.write_text(
+        f"name: {runtime.stack}\nservices:\n  web:\n    image: {TEST_IMAGE}\n"
+        f'    ports: ["[::1]:{free_port()}:80"]\n'
+    )
+    out = runtime.cli().run("-f", str(manifest))
+    assert out.returncode == 1
+    assert f"{manifest}:5:13: services.web.ports[0]: a port published on [::1]" in out.stderr
+    assert "nothing was changed" in out.stderr
+    assert runtime.rt.list_containers({"io.pyapply.stack": runtime.stack}) == []
+
+
+def routes6(ns: str) -> list[tuple[int, str | None]]:
+    with NetNS(f"/run/netns/{ns}", flags=0) as ipr:
+        return [
+            (r["dst_len"], r.get_attr("RTA_GATEWAY"))
+            for r in ipr.get_routes(family=socket.AF_INET6, table=254)
+        ]
+
+
+def ping6(ns: str, target: str) -> bool:
+    argv = ["ip", "netns", "exec", ns, "busybox", "ping", "-c", "1", "-W", "2", target]
+    return subprocess.run(argv, capture_output=True, timeout=30, check=False).returncode == 0
+
+
+def test_ipv6_routes_follow_the_networks_of_a_namespace(tmp_path: Path, forwarding: None) -> None:
+    """The native network manager alone (no containers): a namespace on two dual-stack
+    networks and an internal one has one IPv6 default route, via the first non-internal
+    network; when that network is detached the other one takes over; the internal network
+    gives none. reset() takes the ip6tables rules with the networks."""
+    mgr = NetworkManager(tmp_path / "root")
+    tag = uuid.uuid4().hex[:8]
+    made: list[str] = []
+    try:
+        a, b, inner = f"a{tag}", f"b{tag}", f"i{tag}"
+        for name in (a, b):
+            mgr.create(NetworkConfig(name, enable_ipv6=True))
+        mgr.create(NetworkConfig(inner, internal=True, enable_ipv6=True))
+        for _ in range(2):
+            made.append(f"pat6{uuid.uuid4().hex[:8]}")
+            netns.create(made[-1])
+        both, peer = made
+        for name in (inner, a, b):
+            mgr.attach(name, "both", both, [])
+        mgr.attach(b, "peer", peer, [])
+        nets = {n: mgr.get(n) for n in (a, b, inner)}
+        gw = {n: s.gateway6 for n, s in nets.items() if s is not None}
+        assert [g for plen, g in routes6(both) if plen == 0] == [gw[a]]
+        state_b = nets[b]
+        assert state_b is not None and state_b.subnet6 is not None
+        peer6 = str(IPv6Network(state_b.subnet6).network_address + 2)  # b's first lease
+        assert ping6(both, peer6)
+        mgr.detach(a, "both")
+        assert [g for plen, g in routes6(both) if plen == 0] == [gw[b]]
+        assert ping6(both, peer6)
+        mgr.detach(b, "both")
+        assert [g for plen, g in routes6(both) if plen == 0] == []  # not via the internal one
+
+        # the bridge deleted behind our back (as a reboot would): a fault, and the repair
+        # makes it again with its IPv6 address, rules and the endpoint's address and route
+        with IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname=mgr.bridge_name(b))[0])
+        by_network, _ = mgr.faults(mgr.kernel_view())
+        assert f"bridge {mgr.bridge_name(b)} missing" in by_network[b]
+        mgr.ensure(b)
+        mgr.repair("peer", f"/run/netns/{peer}")
+        by_network, by_container = mgr.faults(mgr.kernel_view())
+        assert b not in by_network and "peer" not in by_container, (by_network, by_container)
+        assert [g for plen, g in routes6(peer) if plen == 0] == [gw[b]]
+        mgr.attach(b, "both", both, [])
+        assert ping6(both, peer6)
+    finally:
+        mgr.reset()
+        for name in made:
+            with contextlib.suppress(OSError):
+                netns.remove(name)
+    bridges = [mgr.bridge_name(n) for n in (a, b, inner)]
+    saved = subprocess.run(
+        ["ip6tables-save"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert not [line for line in saved.splitlines() if any(br in line for br in bridges)]
