@@ -34,6 +34,9 @@ from pyapply.runtime.services import ServiceRuntime
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
 
+# the plan text a pass record keeps (the dashboard's pass page shows it); more is cut
+MAX_PLAN_CHARS = 64 * 1024
+
 
 @dataclass(frozen=True)
 class Target:
@@ -75,6 +78,7 @@ def apply_target(
     rev = target.revision
     loaded = target.loaded
     errors: list[str] = []
+    plans: list[Plan] = []  # the stacks' plans that had something to do
     previous = agent.good.revision.id if agent.good is not None else None
     # an automatic rollback (bad revision, why): this pass is the one it asked for
     rolled_back = agent.rolling_back if "rollback" in kinds else None
@@ -96,6 +100,7 @@ def apply_target(
 
     def on_plan(plan: Plan) -> AbstractContextManager[Any] | None:
         if not plan.empty:
+            plans.append(plan)
             begin()
             info(
                 f"stack {plan.stack}: {len(plan.changes)} change(s) at revision {rev.id}",
@@ -168,6 +173,11 @@ def apply_target(
     outcome_name = "interrupted" if interrupted else ("failed" if errors else "succeeded")
     errors = agent.redactor.value(errors)  # kept in the history and shown by the API
     summary = pass_summary(results)
+    if plans:  # what the pass set out to do, as `diff` shows it (the history keeps it)
+        from pyapply.reconciler.view.plan_text import plan_text
+
+        text = "\n".join(plan_text(p, agent.redactor) for p in plans)
+        summary["plan"] = text[:MAX_PLAN_CHARS] + ("\n..." if len(text) > MAX_PLAN_CHARS else "")
     agent.attempted = rev.id
     if len(done.applied) == len(loaded.stacks):
         agent.good = target

@@ -820,6 +820,7 @@ class WebHandler(ApiHandler):
             duration=pass_duration(record), stacks=stacks,
             actions=sorted((summary.get("actions") or {}).items()),
             results=sorted((summary.get("results") or {}).items()),
+            plan=summary.get("plan") if isinstance(summary.get("plan"), str) else None,
             applied=agent.good.revision.id if agent.good else None,
         )  # fmt: skip
 

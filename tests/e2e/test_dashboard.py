@@ -480,11 +480,14 @@ def test_the_dashboard_in_a_browser(
         assert "Resume following the source" in driver.page_source
         no_secret()
 
-        # a pass opens to its summary
+        # a pass (the newest: the rollback's) opens to its plan, as `diff` printed it
         driver.get(base + "/history")
         click(driver, By.CSS_SELECTOR, "tr[data-pass] th a")
         wait_for("a pass", lambda: driver.title.startswith("Pass "))
         assert "Outcome" in driver.page_source
+        plan = text_of(driver, "pre.plan")
+        assert f"stack {stack}" in plan and "recreate" in plan and "plan:" in plan, plan
+        no_secret()
         shot("pass")
 
         # a phone's width: no sideways scrolling of the page, states still in words
