@@ -143,7 +143,7 @@ def stack_detail(
 ) -> dict[str, Any]:
     """The document of `GET /v1/stacks/<name>`: one stack of the desired state as the
     runtime shows it -- each service's replicas (state, health, image and image id, ports,
-    restarts the agent saw, start time), its networks and volumes, and the drift as the plan
+    restarts: the runtime's count, or the deaths the agent saw; start time), its networks and volumes, and the drift as the plan
     text with each change's fields. Redacted by the caller (the API), like every document;
     the plan text is redacted here too, by the same rules as the CLI's. `seen`: the plan and
     observation a status computation just made of this stack. Raises UnknownStack."""
@@ -177,7 +177,11 @@ def stack_detail(
                     }
                     for p in (c.ports if c is not None else dc.config.ports)
                 ],
-                "restarts": deaths.get(dc.config.name, 0),
+                # the runtime's own count (a restart policy's restarts) when it keeps one,
+                # else the deaths the agent saw since it started
+                "restarts": max(
+                    c.restart_count if c is not None else 0, deaths.get(dc.config.name, 0)
+                ),
                 "started_at": c.started_at if c is not None else None,
             }
         )
