@@ -4,6 +4,7 @@ plus the rtnetlink dump of our own against pyroute2's reading of the same kernel
 
 from __future__ import annotations
 
+import shlex
 import socket
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
@@ -193,3 +194,28 @@ def test_our_netlink_dump_reads_what_pyroute2_reads() -> None:
     assert {(x.name, x.index, x.up, x.master) for x in links} == theirs
     assert set(addrs) == their_addrs
     assert any(a[1] == "127.0.0.1" for a in addrs)
+
+
+def test_iptables_save_lines_split_as_shlex_splits_them() -> None:
+    lines = [
+        *SAVED.splitlines(),
+        '-A X -m comment --comment "two words" -j ACCEPT',
+        '-A X -m comment --comment "a"b"c d" -j ACCEPT',  # quotes inside a word
+        '-A X -m comment --comment "" -j ACCEPT',
+        "-A X -m comment --comment 'single' -j ACCEPT",  # shlex's own path
+        '-A X -m comment --comment "esc\\"aped" -j ACCEPT',
+    ]
+    for line in lines:
+        assert firewall.split_words(line) == shlex.split(line), line
+
+
+def test_only_our_chains_and_the_jumps_into_them_are_parsed() -> None:
+    foreign = (
+        '*filter\n-A DOCKER-USER -j RETURN\n-A FORWARD -o docker0 -m comment --comment "x y" '
+        "-j ACCEPT\n-A FORWARD -j PYAPPLY-FORWARD\nCOMMIT\n"
+    )
+    keys = firewall.parse_save(foreign)
+    assert keys == {firewall.rule_key("filter", "FORWARD", ["-j", "PYAPPLY-FORWARD"])}
+    # every chain of ours is named so that its lines are parsed
+    assert all(chain.startswith("PYAPPLY-") for _, chain in firewall.OUR_CHAINS)
+    assert {r.args[-1] for r in firewall.jump_rules()} <= {c for _, c in firewall.OUR_CHAINS}
