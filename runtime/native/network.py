@@ -76,7 +76,13 @@ from pyapply.runtime.native.containers import host_nameservers
 from pyapply.runtime.native.dns import DnsServer
 from pyapply.runtime.native.firewall import Firewall
 from pyapply.runtime.native.ipam import DEFAULT_POOL, DEFAULT_PREFIX, Ipam
-from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
+from pyapply.runtime.native.netlink import (
+    IPRoute,
+    NetNS,
+    dump_links_and_addrs,
+    dump_neighbours,
+    netlink_error,
+)
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from pyapply.runtime.native.statefile import Shape, read_json
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
@@ -721,30 +727,25 @@ class NetworkManager:
         (mac_for)."""
         subnet = IPv4Network(rec["subnet"])
         found: builtins.set[IPv4Address] = set()
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=rec["bridge"])
-            if not idx:
-                return found
-            dump = [
-                *ipr.neigh("dump", family=socket.AF_INET),
-                *ipr.neigh("dump", family=socket.AF_BRIDGE),
-            ]
-            for entry in dump:
-                state = int(entry.get("state") or 0)
-                if state & _NUD_GONE:
-                    continue
-                ip: IPv4Address | None = None
-                with contextlib.suppress(ValueError, TypeError):
-                    if entry.get("family") == socket.AF_INET and entry.get("ifindex") == idx[0]:
-                        ip = IPv4Address(entry.get_attr("NDA_DST"))
-                    elif (
-                        entry.get("family") == socket.AF_BRIDGE
-                        and entry.get_attr("NDA_MASTER") == idx[0]
-                        and not state & _NUD_PERMANENT  # the ports' own addresses
-                    ):
-                        ip = _ip_of_mac(str(entry.get_attr("NDA_LLADDR") or ""))
-                if ip is not None and ip in subnet and ip != own:
-                    found.add(ip)
+        try:
+            index = socket.if_nametoindex(rec["bridge"])
+        except OSError:
+            return found
+        for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE)):
+            if entry.state & _NUD_GONE:
+                continue
+            ip: IPv4Address | None = None
+            with contextlib.suppress(ValueError, TypeError):
+                if entry.family == socket.AF_INET and entry.ifindex == index:
+                    ip = IPv4Address(entry.dst)
+                elif (
+                    entry.family == socket.AF_BRIDGE
+                    and entry.master == index
+                    and not entry.state & _NUD_PERMANENT  # the ports' own addresses
+                ):
+                    ip = _ip_of_mac(entry.lladdr or "")
+            if ip is not None and ip in subnet and ip != own:
+                found.add(ip)
         return found
 
     def _plumb(

@@ -13,7 +13,7 @@ from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from pyapply.runtime.base import PortBinding
 from pyapply.runtime.native import firewall
-from pyapply.runtime.native.netlink import dump_links_and_addrs
+from pyapply.runtime.native.netlink import dump_links_and_addrs, dump_neighbours
 from pyapply.runtime.native.network import (
     KernelView,
     Link,
@@ -194,6 +194,39 @@ def test_our_netlink_dump_reads_what_pyroute2_reads() -> None:
     assert {(x.name, x.index, x.up, x.master) for x in links} == theirs
     assert set(addrs) == their_addrs
     assert any(a[1] == "127.0.0.1" for a in addrs)
+
+
+def test_our_neighbour_dump_reads_what_pyroute2_reads() -> None:
+    families = (socket.AF_INET, socket.AF_BRIDGE)
+
+    def ours() -> set[tuple[Any, ...]]:
+        return {
+            (n.family, n.ifindex, n.state, n.dst, n.lladdr, n.master)
+            for n in dump_neighbours(families)
+        }
+
+    def theirs() -> set[tuple[Any, ...]]:
+        with IPRoute() as ipr:
+            return {
+                (
+                    m["family"],
+                    m["ifindex"],
+                    m["state"],
+                    m.get_attr("NDA_DST") if m["family"] == socket.AF_INET else None,
+                    m.get_attr("NDA_LLADDR"),
+                    m.get_attr("NDA_MASTER"),
+                )
+                for family in families
+                for m in ipr.neigh("dump", family=family)
+            }
+
+    # the host's caches may change between the two reads: a few tries, bounded
+    for _ in range(5):
+        mine, pyroute2s = ours(), theirs()
+        if mine == pyroute2s:
+            break
+    assert mine == pyroute2s
+    assert mine  # not vacuous: an interface's own multicast MACs are bridge-family entries
 
 
 def test_iptables_save_lines_split_as_shlex_splits_them() -> None:
