@@ -252,3 +252,8 @@ def test_only_our_chains_and_the_jumps_into_them_are_parsed() -> None:
     # every chain of ours is named so that its lines are parsed
     assert all(chain.startswith("PYAPPLY-") for _, chain in firewall.OUR_CHAINS)
     assert {r.args[-1] for r in firewall.jump_rules()} <= {c for _, c in firewall.OUR_CHAINS}
+
+
+def test_our_chains_are_read_from_iptables_save_output() -> None:
+    assert firewall.parse_chains(SAVED) == set(firewall.OUR_CHAINS)
+    assert firewall.parse_chains("*filter\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\nCOMMIT\n") == set()
