@@ -304,30 +304,28 @@ class NetworkManager:
                     if ipam_data
                     else Ipam(self.pool, self.prefix),
                 )
-                before = json.dumps(
-                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
-                )
+                before = json.dumps([state.networks, state.hosts_files], sort_keys=True)
+                ipam_before = json.dumps(state.ipam.to_json(), sort_keys=True)
                 _repair(state)
                 self._upgrade_guards(state)
                 yield state
-                after = json.dumps(
-                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
-                )
-                if after != before:
+                after = json.dumps([state.networks, state.hosts_files], sort_keys=True)
+                ipam_after = json.dumps(state.ipam.to_json(), sort_keys=True)
+                # only the files that changed (each write is two fsyncs): registering a
+                # hosts file or publishing a port leaves the IPAM as it was
+                if ipam_after != ipam_before:
                     write_json(self.dir / "ipam.json", state.ipam.to_json())
+                if after != before:
                     write_json(
                         self.dir / "networks.json",
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
+                changed = after != before or ipam_after != ipam_before
                 # after the save: a crash in between leaves a server that has not heard of
                 # the change (a missing one is a network fault; its files are brought up to
                 # date at the next sync), never one serving, or running for, networks the
                 # state does not hold
-                if (
-                    after != before
-                    or state.dns_due
-                    or (not state.networks and self.dns.dir.exists())
-                ):
+                if changed or state.dns_due or (not state.networks and self.dns.dir.exists()):
                     try:
                         self.dns.sync(state.networks, check=state.dns_due)
                     except PermanentError:
@@ -658,11 +656,15 @@ class NetworkManager:
         *,
         hosts_path: str | None = None,
         hostname: str | None = None,
+        extra: Iterable[tuple[str, str]] | None = None,
+        resolver: Mapping[str, Sequence[str]] | None = None,
     ) -> str:
         """Attach a container (its network namespace: a path such as /run/netns/X or
         /proc/PID/ns/net, or a name under /run/netns) to `network`; return its address.
         Attaching the same container again is idempotent (the veth is remade if gone).
-        `hosts_path`/`hostname`: as for `set_hosts_file`."""
+        `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or `resolver`) as
+        well, the registration is the whole of a `set_hosts_file`, made in the same
+        transaction (a create's first attach: one locked, fsynced save fewer)."""
         nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
         if not os.path.exists(nspath):
             raise NotFound(f"network namespace {nspath} does not exist")
@@ -670,7 +672,11 @@ class NetworkManager:
             rec = st.networks.get(network)
             if rec is None:
                 raise NotFound(f"network {network} not found")
-            if hosts_path is not None:
+            if hosts_path is not None and (extra is not None or resolver is not None):
+                st.hosts_files[container_name] = _hosts_entry(
+                    hosts_path, hostname, extra or (), resolver
+                )
+            elif hosts_path is not None:
                 entry = st.hosts_files.get(container_name) or {}
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
             veth = self.veth_name(network, container_name)
@@ -1040,12 +1046,7 @@ class NetworkManager:
             if path is None:
                 st.hosts_files.pop(container_name, None)
                 return
-            st.hosts_files[container_name] = {
-                "path": path,
-                "hostname": hostname,
-                "extra": [list(pair) for pair in extra],
-                "dns": {k: list(v) for k, v in (resolver or {}).items() if v},
-            }
+            st.hosts_files[container_name] = _hosts_entry(path, hostname, extra, resolver)
             self._rewrite_hosts(st, set(), {container_name})
 
     def hosts_for(self, container_name: str, hostname: str | None = None) -> str:
@@ -1132,6 +1133,21 @@ class NetworkManager:
                 (self.dir / leftover).unlink()
         with contextlib.suppress(OSError):
             self.dir.rmdir()
+
+
+def _hosts_entry(
+    path: str,
+    hostname: str | None,
+    extra: Iterable[tuple[str, str]],
+    resolver: Mapping[str, Sequence[str]] | None,
+) -> dict[str, Any]:
+    """A container's registered hosts file, as the state keeps it (pure)."""
+    return {
+        "path": path,
+        "hostname": hostname,
+        "extra": [list(pair) for pair in extra],
+        "dns": {k: list(v) for k, v in (resolver or {}).items() if v},
+    }
 
 
 def _repair(st: _State) -> None:
