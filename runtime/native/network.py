@@ -81,6 +81,7 @@ from pyapply.runtime.native.netlink import (
     NetNS,
     dump_links_and_addrs,
     dump_neighbours,
+    in_netns,
     netlink_error,
 )
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
@@ -775,7 +776,8 @@ class NetworkManager:
         finally:
             os.close(nsfd)
         self._enslave(rec, veth)
-        with NetNS(nspath, flags=0) as ns:
+
+        def configure(ns: Any) -> tuple[str, bool]:
             names = {link.get("ifname") for link in ns.get_links()}
             n = 0
             while f"eth{n}" in names:
@@ -798,7 +800,9 @@ class NetworkManager:
                 if not has_default:
                     ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
                     default_route = True
-        return ifname, default_route
+            return ifname, default_route
+
+        return in_netns(nspath, configure)
 
     @translated
     def restore(self, container_name: str, netns_path: str) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 import shlex
 import socket
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from pyapply.runtime.base import PortBinding
 from pyapply.runtime.native import firewall
-from pyapply.runtime.native.netlink import dump_links_and_addrs, dump_neighbours
+from pyapply.runtime.native.netlink import dump_links_and_addrs, dump_neighbours, in_netns
 from pyapply.runtime.native.network import (
     KernelView,
     Link,
@@ -257,3 +259,11 @@ def test_only_our_chains_and_the_jumps_into_them_are_parsed() -> None:
 def test_our_chains_are_read_from_iptables_save_output() -> None:
     assert firewall.parse_chains(SAVED) == set(firewall.OUR_CHAINS)
     assert firewall.parse_chains("*filter\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\nCOMMIT\n") == set()
+
+
+def test_work_in_a_namespace_hands_its_errors_to_the_caller(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        in_netns(str(tmp_path / "gone"), lambda ipr: None)
+    with pytest.raises(OSError):  # not a namespace: setns refuses it
+        (tmp_path / "plain").write_text("")
+        in_netns(str(tmp_path / "plain"), lambda ipr: None)
