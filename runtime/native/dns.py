@@ -65,6 +65,8 @@ PORT = 53
 UPSTREAM_ENV = "PYAPPLY_DNS_UPSTREAM"
 # a start binds in a few ms; a loaded host (a load average of 20 on 2 cores) took over 3 s
 LISTEN_WAIT_S = 10.0
+ANSWER_WAIT_S = 0.2  # the longest wait for one answer of the server
+FIRST_ANSWER_WAIT_S = 0.01  # the first (see _await_serving)
 STOP_WAIT_S = 5.0
 # a name aardvark can hold: no separators of its file format, nothing a resolver would reject
 _NAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
@@ -282,13 +284,13 @@ class DnsServer:
             )
 
     @staticmethod
-    def _answers(server: str, name: str) -> bool:
-        """Whether the server on `server` answers a query from the host for `name` (the
-        host asks from the gateway's own address, which the canary lines make a member of
-        every network)."""
+    def _answers(server: str, name: str, timeout: float = ANSWER_WAIT_S) -> bool:
+        """Whether the server on `server` answers a query from the host for `name` within
+        `timeout` (the host asks from the gateway's own address, which the canary lines
+        make a member of every network)."""
         qid = int.from_bytes(os.urandom(2), "big")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(0.2)
+            s.settimeout(timeout)
             try:
                 s.sendto(a_query(qid, name), (server, PORT))
                 reply = s.recv(4096)
@@ -370,10 +372,17 @@ class DnsServer:
         server answers the new generation's canary."""
         deadline = time.monotonic() + LISTEN_WAIT_S
         want = {(str(IPv4Address(g)), PORT) for g in gateways}
+        # a query that reaches the server while it takes in a SIGHUP is often never
+        # answered (measured with 1.4.0: about one reload in two), while an answer comes
+        # within a millisecond: ask again soon, waiting longer each time (a loaded host's
+        # slow answer still comes in)
+        wait = FIRST_ANSWER_WAIT_S
         while True:
             missing = want - read_udp_listeners()
-            if not missing and self._answers(min(gateways), canary):
-                return
+            if not missing:
+                if self._answers(min(gateways), canary, wait):
+                    return
+                wait = min(wait * 2, ANSWER_WAIT_S)
             if self.pid() is None:
                 self._start()  # it died (a config it could not read: see its log)
             if time.monotonic() > deadline:

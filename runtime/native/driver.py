@@ -621,10 +621,12 @@ class NativeRuntime:
                 "search": config.dns_search,
                 "options": config.dns_opt,
             }
-            self.networks.set_hosts_file(key, hosts, hostname, extra, resolver)
+            if not config.networks:
+                self.networks.set_hosts_file(key, hosts, hostname, extra, resolver)
             ips: list[str] = []
-            for att in config.networks:
+            for i, att in enumerate(config.networks):
                 aliases = tuple(dict.fromkeys((*att.aliases, config.name)))
+                # the first attach registers the hosts file whole, in its own transaction
                 ips.append(
                     self.networks.attach(
                         att.network,
@@ -634,6 +636,8 @@ class NativeRuntime:
                         att.ipv4_address,
                         hosts_path=hosts,
                         hostname=hostname,
+                        extra=extra if i == 0 else None,
+                        resolver=resolver if i == 0 else None,
                     )
                 )
             if config.mac_address is not None and ips:

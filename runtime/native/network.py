@@ -100,7 +100,14 @@ from pyapply.runtime.native.ipam import (
     ipv6_network,
     ula_subnet,
 )
-from pyapply.runtime.native.netlink import IPRoute, NetNS, dump_links_and_addrs, netlink_error
+from pyapply.runtime.native.netlink import (
+    IPRoute,
+    NetNS,
+    dump_links_and_addrs,
+    dump_neighbours,
+    in_netns,
+    netlink_error,
+)
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from pyapply.runtime.native.statefile import Shape, read_json
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
@@ -364,30 +371,28 @@ class NetworkManager:
                     if ipam_data
                     else Ipam(self.pool, self.prefix),
                 )
-                before = json.dumps(
-                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
-                )
+                before = json.dumps([state.networks, state.hosts_files], sort_keys=True)
+                ipam_before = json.dumps(state.ipam.to_json(), sort_keys=True)
                 _repair(state)
                 self._upgrade_guards(state)
                 yield state
-                after = json.dumps(
-                    [state.networks, state.hosts_files, state.ipam.to_json()], sort_keys=True
-                )
-                if after != before:
+                after = json.dumps([state.networks, state.hosts_files], sort_keys=True)
+                ipam_after = json.dumps(state.ipam.to_json(), sort_keys=True)
+                # only the files that changed (each write is two fsyncs): registering a
+                # hosts file or publishing a port leaves the IPAM as it was
+                if ipam_after != ipam_before:
                     write_json(self.dir / "ipam.json", state.ipam.to_json())
+                if after != before:
                     write_json(
                         self.dir / "networks.json",
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
+                changed = after != before or ipam_after != ipam_before
                 # after the save: a crash in between leaves a server that has not heard of
                 # the change (a missing one is a network fault; its files are brought up to
                 # date at the next sync), never one serving, or running for, networks the
                 # state does not hold
-                if (
-                    after != before
-                    or state.dns_due
-                    or (not state.networks and self.dns.dir.exists())
-                ):
+                if changed or state.dns_due or (not state.networks and self.dns.dir.exists()):
                     try:
                         self.dns.sync(state.networks, check=state.dns_due)
                     except PermanentError:
@@ -785,11 +790,15 @@ class NetworkManager:
         *,
         hosts_path: str | None = None,
         hostname: str | None = None,
+        extra: Iterable[tuple[str, str]] | None = None,
+        resolver: Mapping[str, Sequence[str]] | None = None,
     ) -> str:
         """Attach a container (its network namespace: a path such as /run/netns/X or
         /proc/PID/ns/net, or a name under /run/netns) to `network`; return its address.
         Attaching the same container again is idempotent (the veth is remade if gone).
-        `hosts_path`/`hostname`: as for `set_hosts_file`."""
+        `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or `resolver`) as
+        well, the registration is the whole of a `set_hosts_file`, made in the same
+        transaction (a create's first attach: one locked, fsynced save fewer)."""
         nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
         if not os.path.exists(nspath):
             raise NotFound(f"network namespace {nspath} does not exist")
@@ -797,7 +806,11 @@ class NetworkManager:
             rec = st.networks.get(network)
             if rec is None:
                 raise NotFound(f"network {network} not found")
-            if hosts_path is not None:
+            if hosts_path is not None and (extra is not None or resolver is not None):
+                st.hosts_files[container_name] = _hosts_entry(
+                    hosts_path, hostname, extra or (), resolver
+                )
+            elif hosts_path is not None:
                 entry = st.hosts_files.get(container_name) or {}
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
             veth = self.veth_name(network, container_name)
@@ -854,30 +867,25 @@ class NetworkManager:
         (mac_for)."""
         subnet = IPv4Network(rec["subnet"])
         found: builtins.set[IPv4Address] = set()
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=rec["bridge"])
-            if not idx:
-                return found
-            dump = [
-                *ipr.neigh("dump", family=socket.AF_INET),
-                *ipr.neigh("dump", family=socket.AF_BRIDGE),
-            ]
-            for entry in dump:
-                state = int(entry.get("state") or 0)
-                if state & _NUD_GONE:
-                    continue
-                ip: IPv4Address | None = None
-                with contextlib.suppress(ValueError, TypeError):
-                    if entry.get("family") == socket.AF_INET and entry.get("ifindex") == idx[0]:
-                        ip = IPv4Address(entry.get_attr("NDA_DST"))
-                    elif (
-                        entry.get("family") == socket.AF_BRIDGE
-                        and entry.get_attr("NDA_MASTER") == idx[0]
-                        and not state & _NUD_PERMANENT  # the ports' own addresses
-                    ):
-                        ip = _ip_of_mac(str(entry.get_attr("NDA_LLADDR") or ""))
-                if ip is not None and ip in subnet and ip != own:
-                    found.add(ip)
+        try:
+            index = socket.if_nametoindex(rec["bridge"])
+        except OSError:
+            return found
+        for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE)):
+            if entry.state & _NUD_GONE:
+                continue
+            ip: IPv4Address | None = None
+            with contextlib.suppress(ValueError, TypeError):
+                if entry.family == socket.AF_INET and entry.ifindex == index:
+                    ip = IPv4Address(entry.dst)
+                elif (
+                    entry.family == socket.AF_BRIDGE
+                    and entry.master == index
+                    and not entry.state & _NUD_PERMANENT  # the ports' own addresses
+                ):
+                    ip = _ip_of_mac(entry.lladdr or "")
+            if ip is not None and ip in subnet and ip != own:
+                found.add(ip)
         return found
 
     def _plumb(
@@ -901,7 +909,8 @@ class NetworkManager:
         finally:
             os.close(nsfd)
         self._enslave(rec, veth)
-        with NetNS(nspath, flags=0) as ns:
+
+        def configure(ns: Any) -> tuple[str, bool]:
             names = {link.get("ifname") for link in ns.get_links()}
             n = 0
             while f"eth{n}" in names:
@@ -934,7 +943,9 @@ class NetworkManager:
                     # the first dual-stack network gives the IPv6 default route (there are
                     # no router advertisements on our bridges)
                     ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
-        return ifname, default_route
+            return ifname, default_route
+
+        return in_netns(nspath, configure)
 
     @translated
     def restore(self, container_name: str, netns_path: str) -> None:
@@ -1224,12 +1235,7 @@ class NetworkManager:
             if path is None:
                 st.hosts_files.pop(container_name, None)
                 return
-            st.hosts_files[container_name] = {
-                "path": path,
-                "hostname": hostname,
-                "extra": [list(pair) for pair in extra],
-                "dns": {k: list(v) for k, v in (resolver or {}).items() if v},
-            }
+            st.hosts_files[container_name] = _hosts_entry(path, hostname, extra, resolver)
             self._rewrite_hosts(st, set(), {container_name})
 
     def hosts_for(self, container_name: str, hostname: str | None = None) -> str:
@@ -1325,6 +1331,21 @@ class NetworkManager:
                 (self.dir / leftover).unlink()
         with contextlib.suppress(OSError):
             self.dir.rmdir()
+
+
+def _hosts_entry(
+    path: str,
+    hostname: str | None,
+    extra: Iterable[tuple[str, str]],
+    resolver: Mapping[str, Sequence[str]] | None,
+) -> dict[str, Any]:
+    """A container's registered hosts file, as the state keeps it (pure)."""
+    return {
+        "path": path,
+        "hostname": hostname,
+        "extra": [list(pair) for pair in extra],
+        "dns": {k: list(v) for k, v in (resolver or {}).items() if v},
+    }
 
 
 def _repair(st: _State) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,15 +28,21 @@ MS_NOEXEC = 8
 # The kernel takes mount options in one page; beyond it the lowerdir list does not fit.
 _MAX_OPTIONS = 4095
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc, loaded at the first mount: find_library runs `ldconfig -p`, a cost every
+    command that imports this module (a no-op apply among them) would pay otherwise."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_char_p,
+    ]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return libc
 
 
 def _unescape(field: str) -> str:
@@ -92,7 +99,7 @@ def mount_overlay(
             raise PermanentError(f"image layer directory missing: {d}")
     data = overlay_options(layer_dirs, upper, work)
     target_b = str(Path(target).resolve()).encode()
-    rc = _libc.mount(b"overlay", target_b, b"overlay", MS_NODEV, data.encode())
+    rc = _libc().mount(b"overlay", target_b, b"overlay", MS_NODEV, data.encode())
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount overlay on {target}: {os.strerror(err)}")
@@ -107,7 +114,7 @@ def mount_shm(target: str | Path, size: int) -> None:
         return
     target_b = str(Path(target).resolve()).encode()
     data = f"mode=1777,size={size}".encode()
-    rc = _libc.mount(b"shm", target_b, b"tmpfs", MS_NODEV | MS_NOSUID | MS_NOEXEC, data)
+    rc = _libc().mount(b"shm", target_b, b"tmpfs", MS_NODEV | MS_NOSUID | MS_NOEXEC, data)
     if rc != 0:
         err = ctypes.get_errno()
         raise RuntimeFailure(f"mount tmpfs on {target}: {os.strerror(err)}")
@@ -117,11 +124,11 @@ def unmount(target: str | Path) -> None:
     """Unmount `target` (lazily if busy); not mounted is success."""
     path = str(Path(target).resolve())
     while path in mountpoints():
-        rc = _libc.umount2(path.encode(), 0)
+        rc = _libc().umount2(path.encode(), 0)
         if rc != 0:
             err = ctypes.get_errno()
             if err == errno.EBUSY:
-                rc = _libc.umount2(path.encode(), MNT_DETACH)
+                rc = _libc().umount2(path.encode(), MNT_DETACH)
                 err = ctypes.get_errno() if rc != 0 else 0
             if rc != 0 and err not in (errno.EINVAL, errno.ENOENT):
                 raise RuntimeFailure(f"unmount {path}: {os.strerror(err)}")

@@ -5,15 +5,18 @@ plus the rtnetlink dump of our own against pyroute2's reading of the same kernel
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import socket
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 from pyapply.runtime.base import PortBinding
 from pyapply.runtime.native import firewall
-from pyapply.runtime.native.netlink import dump_links_and_addrs
+from pyapply.runtime.native.netlink import dump_links_and_addrs, dump_neighbours, in_netns
 from pyapply.runtime.native.network import (
     KernelView,
     Link,
@@ -199,3 +202,74 @@ def test_our_netlink_dump_reads_what_pyroute2_reads() -> None:
     assert set(addrs) == their_addrs
     assert any(a[1] == "127.0.0.1" for a in addrs)
     assert any(a[1] == "::1" for a in addrs)
+
+
+def test_our_neighbour_dump_reads_what_pyroute2_reads() -> None:
+    families = (socket.AF_INET, socket.AF_BRIDGE)
+
+    def ours() -> set[tuple[Any, ...]]:
+        return {
+            (n.family, n.ifindex, n.state, n.dst, n.lladdr, n.master)
+            for n in dump_neighbours(families)
+        }
+
+    def theirs() -> set[tuple[Any, ...]]:
+        with IPRoute() as ipr:
+            return {
+                (
+                    m["family"],
+                    m["ifindex"],
+                    m["state"],
+                    m.get_attr("NDA_DST") if m["family"] == socket.AF_INET else None,
+                    m.get_attr("NDA_LLADDR"),
+                    m.get_attr("NDA_MASTER"),
+                )
+                for family in families
+                for m in ipr.neigh("dump", family=family)
+            }
+
+    # the host's caches may change between the two reads: a few tries, bounded
+    for _ in range(5):
+        mine, pyroute2s = ours(), theirs()
+        if mine == pyroute2s:
+            break
+    assert mine == pyroute2s
+    assert mine  # not vacuous: an interface's own multicast MACs are bridge-family entries
+
+
+def test_iptables_save_lines_split_as_shlex_splits_them() -> None:
+    lines = [
+        *SAVED.splitlines(),
+        '-A X -m comment --comment "two words" -j ACCEPT',
+        '-A X -m comment --comment "a"b"c d" -j ACCEPT',  # quotes inside a word
+        '-A X -m comment --comment "" -j ACCEPT',
+        "-A X -m comment --comment 'single' -j ACCEPT",  # shlex's own path
+        '-A X -m comment --comment "esc\\"aped" -j ACCEPT',
+    ]
+    for line in lines:
+        assert firewall.split_words(line) == shlex.split(line), line
+
+
+def test_only_our_chains_and_the_jumps_into_them_are_parsed() -> None:
+    foreign = (
+        '*filter\n-A DOCKER-USER -j RETURN\n-A FORWARD -o docker0 -m comment --comment "x y" '
+        "-j ACCEPT\n-A FORWARD -j PYAPPLY-FORWARD\nCOMMIT\n"
+    )
+    keys = firewall.parse_save(foreign)
+    assert keys == {firewall.rule_key("filter", "FORWARD", ["-j", "PYAPPLY-FORWARD"])}
+    # every chain of ours is named so that its lines are parsed
+    assert all(chain.startswith("PYAPPLY-") for _, chain in firewall.OUR_CHAINS)
+    assert {r.args[-1] for r in firewall.jump_rules()} <= {c for _, c in firewall.OUR_CHAINS}
+
+
+def test_our_chains_are_read_from_iptables_save_output() -> None:
+    assert firewall.parse_chains(SAVED) == set(firewall.OUR_CHAINS)
+    assert firewall.parse_chains("*filter\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\nCOMMIT\n") == set()
+
+
+def test_work_in_a_namespace_hands_its_errors_to_the_caller(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        in_netns(str(tmp_path / "gone"), lambda ipr: None)
+    with pytest.raises(OSError):  # not a namespace: setns refuses it
+        (tmp_path / "plain").write_text("")
+        in_netns(str(tmp_path / "plain"), lambda ipr: None)
