@@ -45,7 +45,7 @@ e2e:
 	$(PYTEST) -m e2e tests/e2e
 
 test: setup lint typecheck
-	$(PYTEST) tests --ignore=tests/bench
+	$(PYTEST) --durations=25 tests --ignore=tests/bench
 
 # The demo needs no daemon and no registry: the busybox image is made here from Debian's
 # busybox-static and imported into the native runtime's image store.
