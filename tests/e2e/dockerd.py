@@ -29,7 +29,15 @@ from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
 # What keeps a daemon in the host's namespace away from the host dockerd's objects (and its
 # own bridge, see the module doc).
-HOST_NAMESPACE_ARGS = ("--iptables=false", "--ip-masq=false", "--ip-forward=false")
+# Its networks come from a pool of their own: a daemon's bridge left by a killed run must
+# never hold a range the host's dockerd uses (one that held 172.17.0.0/16 once took the
+# route of the host's docker0).
+HOST_NAMESPACE_ARGS = (
+    "--iptables=false",
+    "--ip-masq=false",
+    "--ip-forward=false",
+    "--default-address-pool=base=10.213.0.0/16,size=24",
+)
 
 
 class PrivateDockerd:
