@@ -665,11 +665,13 @@ class Agent:
         self.history.mark_rolled_back(bad, self.redactor.text(reason))
         self.history.set_rolled_back(remember(self.history.rolled_back(), bad))
         self.rejected[bad] = [reason]
-        self.history.pin(good, "auto")
+        # the record first: a status that shows the automatic pin (read by another thread)
+        # always shows the rollback that made it
         self.history.set_state(
             "last_rollback",
             {"revision": bad, "to": good, "reason": self.redactor.text(reason), "at": time.time()},
         )
+        self.history.pin(good, "auto")
         if self.metrics is not None:
             self.metrics.rollback("auto")
         self.rolling_back = (bad, self.redactor.text(reason))
