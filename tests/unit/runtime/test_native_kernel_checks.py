@@ -184,22 +184,34 @@ def test_deleted_rules_are_faults_of_the_network_and_of_the_port() -> None:
 
 
 def test_our_netlink_dump_reads_what_pyroute2_reads() -> None:
-    links, addrs = dump_links_and_addrs()
-    with IPRoute() as ipr:
-        theirs = {
-            (m.get("ifname"), m["index"], bool(m["flags"] & 1), m.get("master"))
-            for m in ipr.get_links()
-        }
-        their_addrs = {
-            (m["index"], m.get("address"), m["prefixlen"])
-            for m in ipr.get_addr(family=socket.AF_INET)
-        }
-        their_addrs |= {
-            (m["index"], str(ipaddress.IPv6Address(m.get("address"))), m["prefixlen"])
-            for m in ipr.get_addr(family=socket.AF_INET6)
-        }
-    assert {(x.name, x.index, x.up, x.master) for x in links} == theirs
-    assert set(addrs) == their_addrs
+    def ours() -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        links, addrs = dump_links_and_addrs()
+        return {(x.name, x.index, x.up, x.master) for x in links}, set(addrs)
+
+    def theirs() -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        with IPRoute() as ipr:
+            links = {
+                (m.get("ifname"), m["index"], bool(m["flags"] & 1), m.get("master"))
+                for m in ipr.get_links()
+            }
+            addrs = {
+                (m["index"], m.get("address"), m["prefixlen"])
+                for m in ipr.get_addr(family=socket.AF_INET)
+            }
+            addrs |= {
+                (m["index"], str(ipaddress.IPv6Address(m.get("address"))), m["prefixlen"])
+                for m in ipr.get_addr(family=socket.AF_INET6)
+            }
+        return links, addrs
+
+    # other work on the host (containers, daemons) adds and removes links between the two
+    # reads: a few tries, bounded
+    for _ in range(5):
+        (links, addrs), (their_links, their_addrs) = ours(), theirs()
+        if (links, addrs) == (their_links, their_addrs):
+            break
+    assert links == their_links
+    assert addrs == their_addrs
     assert any(a[1] == "127.0.0.1" for a in addrs)
     assert any(a[1] == "::1" for a in addrs)
 
