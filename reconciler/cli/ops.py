@@ -13,7 +13,7 @@ import json
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -33,10 +33,12 @@ from pyapply.runtime.base import (
     Attachment,
     ContainerConfig,
     ContainerState,
+    Event,
     Runtime,
     RuntimeFailure,
 )
 from pyapply.runtime.drivers import runs_services
+from pyapply.runtime.services import ServiceEvent
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -387,6 +389,38 @@ def start(
 # events and top
 
 
+def print_events(stream: Iterable[Event | ServiceEvent], names: Sequence[str], output: str) -> None:
+    """Print the events of `stream` about the stacks `names` until it ends or is
+    interrupted: a line each, or a JSON object per line (`output` json); a swarm's events
+    carry a detail (an update's state change), said when there is one. The runtimes of
+    one host and the swarm (cli.swarm) both print with this."""
+    try:
+        for ev in stream:
+            stack = ev.labels.get(identity.STACK, "")
+            if stack not in names:
+                continue
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            detail = ev.detail if isinstance(ev, ServiceEvent) else None
+            if output == "json":
+                doc = {
+                    "time": now,
+                    "stack": stack,
+                    "service": ev.labels.get(identity.SERVICE),
+                    "kind": ev.kind,
+                    "action": ev.action,
+                    "name": ev.name,
+                }
+                if detail is not None:
+                    doc["detail"] = detail or None
+                click.echo(json.dumps(doc))
+            else:
+                tail = f" ({detail})" if detail else ""
+                click.echo(f"{now} {ev.kind} {ev.action} {ev.name}{tail}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # the way to end a stream: not an error
+        return
+
+
 @click.command("events")
 @stack_options
 @output_option
@@ -407,29 +441,9 @@ def events(
 
         swarm.events(any_rt, names, output=output)
         return
-    rt = any_rt
-    labels = {identity.STACK: names[0] if len(names) == 1 else ""}
-    try:
-        for ev in rt.events(labels):
-            stack = ev.labels.get(identity.STACK, "")
-            if stack not in names:
-                continue
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            if output == "json":
-                doc = {
-                    "time": now,
-                    "stack": stack,
-                    "service": ev.labels.get(identity.SERVICE),
-                    "kind": ev.kind,
-                    "action": ev.action,
-                    "name": ev.name,
-                }
-                click.echo(json.dumps(doc))
-            else:
-                click.echo(f"{now} {ev.kind} {ev.action} {ev.name}")
-            sys.stdout.flush()
-    except KeyboardInterrupt:  # the way to end a stream: not an error
-        return
+    print_events(
+        any_rt.events({identity.STACK: names[0] if len(names) == 1 else ""}), names, output
+    )
 
 
 @click.command("top")

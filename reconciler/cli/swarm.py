@@ -417,33 +417,12 @@ def restart(
 def events(rt: ServiceRuntime, names: list[str], *, output: str) -> None:
     """The Engine's events about the stacks' services, task containers, networks, configs
     and secrets, until interrupted: a line each, or a JSON object per line."""
-    import time
+    from pyapply.reconciler.cli.ops import print_events
 
-    labels = {identity.STACK: names[0] if len(names) == 1 else ""}
     try:
-        stream = rt.events(labels)
-        for ev in stream:
-            stack = ev.labels.get(identity.STACK, "")
-            if stack not in names:
-                continue
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            if output == "json":
-                doc = {
-                    "time": now,
-                    "stack": stack,
-                    "service": ev.labels.get(identity.SERVICE),
-                    "kind": ev.kind,
-                    "action": ev.action,
-                    "name": ev.name,
-                    "detail": ev.detail or None,
-                }
-                click.echo(json.dumps(doc))
-            else:
-                tail = f" ({ev.detail})" if ev.detail else ""
-                click.echo(f"{now} {ev.kind} {ev.action} {ev.name}{tail}")
-            sys.stdout.flush()
-    except KeyboardInterrupt:  # the way to end a stream: not an error
-        return
+        print_events(
+            rt.events({identity.STACK: names[0] if len(names) == 1 else ""}), names, output
+        )
     except RuntimeFailure as exc:
         _fail(exc.message)
 
