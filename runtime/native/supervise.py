@@ -11,6 +11,12 @@ parent returns at once); wait for its container pid file; then `runc start`. Whe
 ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit command, which we
 set to `runc delete <id>`, so the cgroups go away without anyone watching.
 
+In a plain chroot (a directory of another file system as "/", as in a debootstrap'd system
+entered with `chroot`), "/" is not a mount point and `runc create` fails making it a slave
+mount ("mount /, flags: 0x84000: invalid argument"). There conmon is started in a mount
+namespace of its own where "/" is a bind mount of itself (`in_root_mount`); on a booted
+system nothing changes.
+
 Per-container files (in the container dir): config.json, pidfile (container pid), conmon.pid,
 ctr.log (k8s-file lines), exit (code as text; its mtime is the finish time), runc.log.
 """
@@ -18,6 +24,7 @@ ctr.log (k8s-file lines), exit (code as text; its mtime is the finish time), run
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -81,6 +88,36 @@ class ExecResult:
     exit_code: int
     output: bytes
     timed_out: bool = False
+
+
+@functools.cache
+def root_is_mount_point() -> bool:
+    """Whether this process's "/" is a mount point: /proc/self/mountinfo lists only mounts
+    reachable from our root, so in a plain chroot no line has "/" as its mount point. Taken
+    as true when /proc is not there to say (runc needs it anyway)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.split(" ", 5)[4:5] == ["/"] for line in f)
+    except OSError:
+        return True
+
+
+# A new mount namespace (unshare), "/" bound onto itself there, then "/.." -- which from the
+# root steps onto the mount now covering it -- made the root (chroot .). The namespace's
+# mounts start as copies of ours, so the container's rootfs and netns mounts are all there.
+_ROOT_MOUNT_SCRIPT = 'mount --rbind / / && cd /.. && exec chroot . "$@"'
+
+
+def in_root_mount(cmd: list[str]) -> list[str]:
+    """`cmd` as run where "/" is a mount point: unchanged on a booted system; in a plain
+    chroot, wrapped as above (util-linux's unshare and mount, coreutils' chroot: all in
+    Debian's essential set)."""
+    if root_is_mount_point():
+        return cmd
+    return [
+        "unshare", "--mount", "--propagation", "unchanged", "--",
+        "/bin/sh", "-c", _ROOT_MOUNT_SCRIPT, "sh", *cmd,
+    ]  # fmt: skip
 
 
 def _not_found(binary: HostBinary, path: str) -> PermanentError:
@@ -218,7 +255,7 @@ class Supervisor:
             cmd.append("--stdin")
         try:
             subprocess.run(
-                cmd,
+                in_root_mount(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
