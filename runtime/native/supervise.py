@@ -103,15 +103,17 @@ def root_is_mount_point() -> bool:
 
 
 # A new mount namespace (unshare), "/" bound onto itself there, then "/.." -- which from the
-# root steps onto the mount now covering it -- made the root (chroot .). The namespace's
-# mounts start as copies of ours, so the container's rootfs and netns mounts are all there.
-_ROOT_MOUNT_SCRIPT = 'mount --rbind / / && cd /.. && exec chroot . "$@"'
+# root steps onto the mount now covering it -- made the root (`unshare --root`; not `cd /..`
+# and coreutils' chroot: the shell reads "/.." as "/", and chroot skips a root that is the
+# same directory). The namespace's mounts start as copies of ours, so the container's rootfs
+# and netns mounts are all there.
+_ROOT_MOUNT_SCRIPT = 'mount --rbind / / && exec unshare --root=/.. "$@"'
 
 
 def in_root_mount(cmd: list[str]) -> list[str]:
     """`cmd` as run where "/" is a mount point: unchanged on a booted system; in a plain
-    chroot, wrapped as above (util-linux's unshare and mount, coreutils' chroot: all in
-    Debian's essential set)."""
+    chroot, wrapped as above (util-linux's unshare and mount: both in Debian's essential
+    set)."""
     if root_is_mount_point():
         return cmd
     return [
