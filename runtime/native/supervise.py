@@ -14,7 +14,7 @@ set to `runc delete <id>`, so the cgroups go away without anyone watching.
 In a plain chroot (a directory of another file system as "/", as in a debootstrap'd system
 entered with `chroot`), "/" is not a mount point and `runc create` fails making it a slave
 mount ("mount /, flags: 0x84000: invalid argument"). There conmon is started in a mount
-namespace of its own where "/" is a bind mount of itself (`in_root_mount`); on a booted
+namespace of its own whose root is the chroot's directory (`in_root_mount`); on a booted
 system nothing changes.
 
 Per-container files (in the container dir): config.json, pidfile (container pid), conmon.pid,
@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,23 +103,51 @@ def root_is_mount_point() -> bool:
         return True
 
 
-# A new mount namespace (unshare), "/" bound onto itself there, then "/.." -- which from the
-# root steps onto the mount now covering it -- made the root (`unshare --root`; not `cd /..`
-# and coreutils' chroot: the shell reads "/.." as "/", and chroot skips a root that is the
-# same directory). The namespace's mounts start as copies of ours, so the container's rootfs
-# and netns mounts are all there.
-_ROOT_MOUNT_SCRIPT = 'mount --rbind / / && exec unshare --root=/.. "$@"'
+# The plain-chroot case. A container's mount namespace must have its root at the namespace's
+# "/" (a `runc exec` or health check joining it lands there, not at the chroot), so making
+# the chroot a mount point is not enough. In a new mount namespace (unshare), this script steps
+# out of the chroot to the namespace's root (chroot into a subdirectory, then climb with ".."
+# from the working directory left outside it), makes it a slave (nothing mounted in here goes
+# back out), binds the chroot's directory onto itself and pivots into it, as a booted system's
+# "/" is; then it runs the command. The namespace's mounts start as copies of ours, so the
+# container's rootfs and netns mounts are there; they stay ours to unmount (the copies go
+# with the container and its conmon). Python with ctypes, as nothing in Debian's essential
+# set does the step out and pivot_root in one process.
+_ROOT_MOUNT_SCRIPT = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(rc, what):
+    if rc != 0:
+        sys.stderr.write(f"pyapply: chroot: {what}: {os.strerror(ctypes.get_errno())}\n")
+        sys.exit(125)
+top = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+os.chdir("/")
+os.chroot("/proc")
+for _ in range(256):
+    os.chdir("..")
+os.chroot(".")
+root = os.readlink(f"/proc/self/fd/{top}").encode()
+os.close(top)
+check(libc.mount(b"none", b"/", None, (1 << 19) | 16384, None), "make / a slave")
+check(libc.mount(root, root, None, 4096 | 16384, None), "bind the root")
+os.chdir(root)
+nr = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+check(libc.syscall(nr, b".", b"."), "pivot_root")
+check(libc.umount2(b".", 2), "detach the old root")
+os.chdir("/")
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
 
 
 def in_root_mount(cmd: list[str]) -> list[str]:
     """`cmd` as run where "/" is a mount point: unchanged on a booted system; in a plain
-    chroot, wrapped as above (util-linux's unshare and mount: both in Debian's essential
-    set)."""
+    chroot, wrapped as above (util-linux's unshare, in Debian's essential set, and this
+    Python without site packages)."""
     if root_is_mount_point():
         return cmd
     return [
         "unshare", "--mount", "--propagation", "unchanged", "--",
-        "/bin/sh", "-c", _ROOT_MOUNT_SCRIPT, "sh", *cmd,
+        sys.executable, "-I", "-S", "-c", _ROOT_MOUNT_SCRIPT, *cmd,
     ]  # fmt: skip
 
 
