@@ -119,17 +119,19 @@ git clone -q "$repo" "$project" || exit 2
 passed=()
 while IFS= read -r v; do passed+=("$v"); done < <(env | grep -E '^(PIP_[A-Z_]*|CI|DEMO_PORT)=')
 say "running '${cmd[*]}' on a fresh Debian 12 (PYAPPLY_ROOT=$inner_root)"
-# A mount namespace of its own whose root is the fresh system (pivot_root, not a chroot: runc
-# enters a container's mount namespace at that namespace's root, which a chroot does not
-# move), sharing this host's kernel, pids and network. Mounts made inside stay inside.
+# A mount namespace of its own (mounts made inside stay inside) sharing this host's kernel, pids
+# and network, entered with a plain chroot as ../shared/tools/fresh-machine does: there "/"
+# is not a mount point, which the native runtime has to handle (supervise.in_root_mount).
+# FRESH_ENTER=pivot makes the fresh system the namespace's root instead (pivot_root), as a
+# booted machine's "/" is.
 printf '%s\0' "${passed[@]}" >"$scratch/env"
 cat >"$scratch/enter.sh" <<'INNER'
 set -u
-root=$1 scratch=$2 inner_root=$3
-shift 3
+root=$1 scratch=$2 inner_root=$3 enter=$4
+shift 4
 mapfile -d '' passed <"$scratch/env"
 readlink /proc/self/ns/mnt >"$scratch/mntns"
-mount --bind "$root" "$root"
+[ "$enter" = pivot ] && mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
@@ -140,11 +142,17 @@ for d in /opt/pypi /opt/pypi-more /opt/wheels; do
     mkdir -p "$root$d"
     mount --bind -o ro "$d" "$root$d"
 done
-cd "$root" && mkdir -p .old-root && pivot_root . .old-root || exit 2
+cd "$root" || exit 2
+if [ "$enter" = pivot ]; then
+    mkdir -p .old-root && pivot_root . .old-root || exit 2
+    drop_old='umount -l /.old-root && rmdir /.old-root || exit 2'
+else
+    drop_old=:
+fi
 exec /usr/sbin/chroot . /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    PYAPPLY_ROOT="$inner_root" "${passed[@]}" /bin/bash -c '
-        umount -l /.old-root && rmdir /.old-root || exit 2
+    PYAPPLY_ROOT="$inner_root" "${passed[@]}" DROP_OLD="$drop_old" /bin/bash -c '
+        eval "$DROP_OLD"; unset DROP_OLD
         cd /root/project || exit 2
         "$@"
         rc=$?
@@ -156,7 +164,7 @@ exec /usr/sbin/chroot . /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
         exit $rc' fresh-machine "$@"
 INNER
 unshare --mount --propagation private /bin/bash "$scratch/enter.sh" "$root" "$scratch" \
-    "$inner_root" "${cmd[@]}"
+    "$inner_root" "${FRESH_ENTER:-chroot}" "${cmd[@]}"
 rc=$?
 say "exit status $rc"
 exit "$rc"

@@ -1,8 +1,9 @@
 """The newcomer's path: the README's `make demo` on a fresh Debian 12 system.
 
 scripts/fresh-machine.sh makes one (a debootstrap'd base with only python3, python3-venv, git,
-make, curl and ca-certificates; cached between runs) and runs the command below in a copy of
-this checkout there. Any install step that passes on this machine only because an earlier
+make, curl and ca-certificates; cached between runs), enters it as a plain chroot as
+../shared/tools/fresh-machine does, and runs the command below in a copy of this checkout
+there. Any install step that passes on this machine only because an earlier
 run installed a package fails here: that is how the missing init binary (tini) went unseen.
 
 The fresh system shares this host's kernel and network, under its own state root
@@ -43,6 +44,7 @@ make demo || { echo "DEMO2: failed"; exit 1; }
 echo "DEMO2: ok"
 .venv/bin/pyapply diff -f manifests/demo/ --exit-code >/dev/null
 echo "DRIFT: $?"
+echo "ROOT: $(.venv/bin/pyapply exec -f manifests/demo/ worker ls / | tr '\n' ' ')"
 """
 
 
@@ -83,7 +85,7 @@ def test_make_demo_on_a_fresh_debian_12() -> None:
     )
     said = proc.stdout + proc.stderr
     tail = said[-4000:]
-    keys = ("FRESH", "DEMO1", "PAGE", "DEMO2", "DRIFT")
+    keys = ("FRESH", "DEMO1", "PAGE", "DEMO2", "DRIFT", "ROOT")
     marks = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith(keys))
     assert marks.get("FRESH") == "yes", tail  # the base system really lacked them
     assert marks.get("DEMO1") == "ok", tail
@@ -93,6 +95,11 @@ def test_make_demo_on_a_fresh_debian_12() -> None:
     assert "no changes: the live state matches the manifests" in second, tail
     assert "imported" in second  # the image import is idempotent too: same id
     assert marks.get("DRIFT") == "0", tail
+    # entered as a plain chroot ("/" not a mount point), an exec still joins the container's
+    # own root: busybox's, with the demo's volume, not the fresh system's or the host's
+    root = marks.get("ROOT", "").split()
+    assert "site" in root and "bin" in root and "root" in root, tail
+    assert not {"project", "boot", "srv", "work"} & set(root), tail
     assert proc.returncode == 0, tail
     # nothing of the fresh system's root is left, and the check itself left nothing
     assert _leftovers() == before == []
