@@ -56,6 +56,12 @@ _ON_A_NODE = (
 PASS_THROUGH = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
 
+def command_words(command: tuple[str, ...]) -> tuple[str, ...]:
+    """The command after SERVICE, without a leading `--` (kubectl's way of ending options:
+    `pyapply exec web -- ls -l`)."""
+    return command[1:] if command[:1] == ("--",) else command
+
+
 def stack_options(fn: F) -> F:
     """-f/--file or --stack naming the stacks, with the options loading them needs."""
     fn = click.option("--stack", "stacks", multiple=True, help="Stack name (instead of -f).")(fn)
@@ -119,6 +125,7 @@ def exec_cmd(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND in a running replica of SERVICE; its exit code is pyapply's."""
+    command = command_words(command)
     if not command:
         fail(f"exec {service}: name the command to run (pyapply exec {service} CMD...)")
     if index < 1:
@@ -163,6 +170,7 @@ def run_cmd(
     <stack>-<service>-run-<id>, publishes no ports and is no replica."""
     from pyapply.reconciler.engine.reconcile import desired_for, state_root
 
+    command = command_words(command)
     if stacks:
         fail("run needs the manifests (-f FILE): the service's config is read from them")
     if not files:

@@ -118,6 +118,13 @@ def test_exec_reads_the_stack_from_the_file_after_the_name(
     assert fake.calls == ["exec shop-web-1 ls -l"]
 
 
+def test_exec_takes_kubectls_double_dash_before_the_command(
+    fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run(monkeypatch, "exec", "-f", "compose.yaml", "web", "--", "ls", "--", "-l") == 0
+    assert fake.calls == ["exec shop-web-1 ls -- -l"]  # only the first `--` is pyapply's
+
+
 def test_exec_without_f_finds_the_project_here(
     fake: FakeRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
