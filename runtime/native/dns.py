@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from pyapply.runtime.base import PermanentError
+from pyapply.runtime.native.daemons import cmdline, is_zombie, log_tail, terminate
 from pyapply.runtime.native.hostbins import AARDVARK
 from pyapply.runtime.native.ipam import endpoint_ipv6
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
@@ -211,22 +212,6 @@ def resolv_conf(
     return "\n".join(lines) + "\n"
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return raw.decode(errors="replace").rstrip("\0").split("\0")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
-
-
 class DnsServer:
     """The aardvark-dns process and config directory of one state root."""
 
@@ -246,12 +231,12 @@ class DnsServer:
         if not text.isdigit():
             return None
         pid = int(text)
-        args = _cmdline(pid)
+        args = cmdline(pid)
         if (
             not args
             or os.path.basename(args[0]) != "aardvark-dns"
             or str(self.dir) not in args
-            or _is_zombie(pid)
+            or is_zombie(pid)
         ):
             return None
         return pid
@@ -301,27 +286,12 @@ class DnsServer:
         return is_answer(reply, qid)
 
     def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = [
-                ln
-                for ln in self.log.read_text(errors="replace").splitlines()
-                if "syslog" not in ln  # it says so on every start where no syslog runs
-            ]
-            return " / ".join(lines[-3:]) or "no message"
-        return "no message"
+        # aardvark says it found no syslog on every start where none runs
+        return log_tail(self.log, skip="syslog")
 
     def stop(self) -> None:
         """End the server (by its pid) and remove its directory. Not running is success."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while self.pid() == pid and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if self.pid() == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        terminate(self.pid, STOP_WAIT_S)
         if self.dir.exists():
             rmtree(self.dir)
         with contextlib.suppress(FileNotFoundError):

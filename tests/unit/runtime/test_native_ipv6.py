@@ -1,6 +1,6 @@
 """The pure parts of IPv6 on native networks: the IPv6 subnet and the addresses derived from
 the IPv4 leases (ipam.py), the ip6tables rules (firewall.py, network.py), the kernel checks
-of a dual-stack network, its DNS entries (dns.py), and the refusal of [::1]."""
+of a dual-stack network, its DNS entries (dns.py), and no rule for [::1] (the proxy's)."""
 
 from __future__ import annotations
 
@@ -107,9 +107,9 @@ def test_a_published_port_gets_a_rule_per_family_it_is_published_on() -> None:
     assert port_rules6({**REC, "subnet6": None}, port("")) == []
 
 
-def test_ports_on_ipv6_loopback_are_refused_with_the_reason() -> None:
-    with pytest.raises(PermanentError, match=r"cannot publish a port on \[::1\].*route_localnet"):
-        _host_ipv6("::1")
+def test_ports_on_ipv6_loopback_get_no_rule_they_are_the_proxys() -> None:
+    assert _host_ipv6("::1") == IPv6Address("::1")
+    assert port_rules6(REC, port("::1")) == [] and port_rules4(REC, port("::1")) == []
     assert _host_ipv6("::") == IPv6Address("::")
     assert _host_ipv6("127.0.0.1") is None
     with pytest.raises(PermanentError, match="not an IP address"):
