@@ -20,7 +20,8 @@ container asking its own gateway never resolves a network it is not on, and the 
 keeps it from asking another network's gateway (firewall.dns_rules: a gateway's port 53 is
 for its own bridge and the host only).
 
-One server per state root, listening on the gateway of each of its networks, port 53. Its
+One server per state root, listening on the gateway of each of its networks, port 53 (and
+on the IPv6 gateway of a dual-stack network: containers have both as nameservers). Its
 directory is `<root>/networks/dns/` (0700); the files are derived from the network state
 (`render_network`) and rewritten by the NetworkManager, under its state lock, after every
 change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
@@ -28,7 +29,7 @@ the sync waits until it answers the new files' canary (a name made of their hash
 file: `config_files`), and a recreate or a scale is visible at once. The server is started
 when the first network needs it and stopped (by the pid it wrote, checked against its
 command line) when the last network goes. A server that died is seen as missing listeners
-(`udp_listeners`, from /proc/net/udp) and started again.
+(`udp_listeners`, from /proc/net/udp and udp6) and started again.
 
 Upstream resolvers: the host's (aardvark reads /etc/resolv.conf: checked with 1.4.0 and a
 resolv.conf naming a loopback resolver), or the addresses in
@@ -49,7 +50,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from ipaddress import IPv4Address, ip_address
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,9 @@ def dns_names(key: str, aliases: Iterable[str]) -> list[str]:
 
 
 def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
-    """One network's aardvark-dns file (pure): its gateway (and the upstream resolvers),
-    then one line per member."""
-    first = str(rec["gateway"])
+    """One network's aardvark-dns file (pure): its gateways (IPv4, and IPv6 on a dual-stack
+    network) and the upstream resolvers, then one line per member."""
+    first = ",".join(gateways(rec))
     if upstream:
         first += " " + ",".join(upstream)
     lines = [first]
@@ -145,34 +146,51 @@ def is_answer(reply: bytes, qid: int) -> bool:
     return rid == qid and bool(flags & 0x8000) and flags & 0xF == 0 and answers > 0
 
 
+def gateways(rec: Mapping[str, Any]) -> list[str]:
+    """The addresses a network's DNS server listens on (pure): its IPv4 gateway, and its IPv6
+    one on a dual-stack network (as written by ip_address: the form listings compare)."""
+    out = [str(ip_address(rec["gateway"]))]
+    if rec.get("subnet6") and rec.get("gateway6"):
+        out.append(str(ip_address(rec["gateway6"])))
+    return out
+
+
 def udp_listeners(text: str) -> frozenset[tuple[str, int]]:
-    """(address, port) of the bound UDP sockets in a /proc/net/udp listing (pure). The
-    kernel prints an address as the hex of its 32-bit value in host order."""
+    """(address, port) of the bound UDP sockets in a /proc/net/udp or /proc/net/udp6 listing
+    (pure). The kernel prints an address as the hex of its 32-bit words, each in host
+    order (one word for IPv4, four for IPv6)."""
     found: set[tuple[str, int]] = set()
     for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) < 2 or ":" not in fields[1]:
             continue
         addr, _, port = fields[1].partition(":")
-        with contextlib.suppress(ValueError, struct.error):
-            ip = socket.inet_ntoa(struct.pack("=I", int(addr, 16)))
-            found.add((ip, int(port, 16)))
+        with contextlib.suppress(ValueError, struct.error, OSError):
+            raw = b"".join(
+                struct.pack("=I", int(addr[i : i + 8], 16)) for i in range(0, len(addr), 8)
+            )
+            family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
+            found.add((socket.inet_ntop(family, raw), int(port, 16)))
     return frozenset(found)
 
 
 def read_udp_listeners() -> frozenset[tuple[str, int]]:
-    try:
-        return udp_listeners(Path("/proc/net/udp").read_text())
-    except OSError:
-        return frozenset()
+    """The bound UDP sockets of the host's namespace, IPv4 and IPv6."""
+    found: frozenset[tuple[str, int]] = frozenset()
+    for name in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            found |= udp_listeners(Path(f"/proc/net/{name}").read_text())
+    return found
 
 
 def dns_fault(rec: Mapping[str, Any], listeners: frozenset[tuple[str, int]]) -> str | None:
-    """What is wrong with a network's DNS server (pure): nothing listens on its gateway."""
-    gateway = str(rec["gateway"])
-    if (gateway, PORT) in listeners:
+    """What is wrong with a network's DNS server (pure): nothing listens on a gateway."""
+    missing = [g for g in gateways(rec) if (g, PORT) not in listeners]
+    if not missing:
         return None
-    return f"no DNS server on {gateway}:{PORT}"
+    return "no DNS server on " + ", ".join(
+        f"[{g}]:{PORT}" if ":" in g else f"{g}:{PORT}" for g in missing
+    )
 
 
 def resolv_conf(
@@ -332,16 +350,16 @@ class DnsServer:
         elif changed:
             os.kill(pid, signal.SIGHUP)
         if changed or pid is None or check:
-            self._await_serving([str(rec["gateway"]) for rec in networks.values()], canary)
+            self._await_serving([g for rec in networks.values() for g in gateways(rec)], canary)
 
-    def _await_serving(self, gateways: Sequence[str], canary: str) -> None:
+    def _await_serving(self, addresses: Sequence[str], canary: str) -> None:
         """Wait (bounded) until the server listens on every gateway and answers from the
         files just written. It binds in threads of its own after it reported ready, and a
         reload (SIGHUP) is taken in by another thread while we go on: a recreate's or a
         scale's first query must find the new names, so the sync ends only once the
         server answers the new generation's canary."""
         deadline = time.monotonic() + LISTEN_WAIT_S
-        want = {(str(IPv4Address(g)), PORT) for g in gateways}
+        want = {(g, PORT) for g in addresses}
         # a query that reaches the server while it takes in a SIGHUP is often never
         # answered (measured with 1.4.0: about one reload in two), while an answer comes
         # within a millisecond: ask again soon, waiting longer each time (a loaded host's
@@ -350,7 +368,7 @@ class DnsServer:
         while True:
             missing = want - read_udp_listeners()
             if not missing:
-                if self._answers(min(gateways), canary, wait):
+                if self._answers(min(a for a in addresses if ":" not in a), canary, wait):
                     return
                 wait = min(wait * 2, ANSWER_WAIT_S)
             if self.pid() is None:
@@ -361,7 +379,9 @@ class DnsServer:
                         "the networks' DNS server (aardvark-dns) does not answer from its "
                         f"files: {self._log_tail()}"
                     )
-                where = ", ".join(f"{a}:{p}" for a, p in sorted(missing))
+                where = ", ".join(
+                    f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in sorted(missing)
+                )
                 raise PermanentError(
                     f"the networks' DNS server (aardvark-dns) does not listen on {where}: "
                     f"{self._log_tail()} (is another DNS server holding port 53?)"

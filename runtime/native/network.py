@@ -243,10 +243,13 @@ def network_rules(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
 
 
 def network_rules6(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
-    """The ip6tables rules of a dual-stack network (pure): isolation, NAT, guards."""
+    """The ip6tables rules of a dual-stack network (pure): isolation, NAT, guards, and the
+    guard of its DNS server on the IPv6 gateway."""
     if not rec.get("subnet6"):
         return []
-    return firewall.network_rules(rec["bridge"], IPv6Network(rec["subnet6"]), bool(rec["internal"]))
+    bridge = rec["bridge"]
+    rules = firewall.network_rules(bridge, IPv6Network(rec["subnet6"]), bool(rec["internal"]))
+    return rules + firewall.dns_rules(bridge, IPv6Address(rec["gateway6"]))
 
 
 def port_rules6(rec: Mapping[str, Any], port: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
@@ -1294,11 +1297,15 @@ class NetworkManager:
                     host_resolv = Path("/etc/resolv.conf").read_text()
                 except OSError:
                     host_resolv = ""
-            gateways = [
-                str(st.networks[n]["gateway"])
+            # IPv4 first: a resolver reads three nameservers at most, and any of its
+            # networks' gateways answers for all of them (dns.py)
+            mine = [
+                st.networks[n]
                 for n in sorted(st.networks)
                 if container in st.networks[n]["endpoints"]
             ]
+            gateways = [g for rec in mine for g in dns.gateways(rec) if ":" not in g]
+            gateways += [g for rec in mine for g in dns.gateways(rec) if ":" in g]
             fallback = () if gateways else host_nameservers()
             text = dns.resolv_conf(gateways, host_resolv, fallback, own=entry.get("dns"))
             with contextlib.suppress(OSError):

@@ -217,6 +217,9 @@ services:
     environment: {{MARK: {mark}}}
     restart: always
     ports: ["[::1]:{tcp}:80", "[::1]:{udp}:{echo}/udp"]
+# a subnet out of the runtimes' pools: while the reboot has taken the bridge away, another
+# state root on this shared host could take a pool's free subnet
+networks: {{default: {{ipam: {{config: [{{subnet: "{subnet}"}}]}}}}}}
 """
 ECHO_PORT = 9999
 # A UDP echo server for a bounded time (busybox has no UDP server): run on the host in the
@@ -286,14 +289,13 @@ def test_ports_on_ipv6_loopback_are_served_by_the_native_proxy(
     runtime = native
     stack = runtime.stack
     tcp, udp = free_port(), free_port()
+    subnet = f"10.251.{random.randint(1, 254)}.0/24"
     manifest = tmp_path / "compose.yaml"
 
+    fields = {"stack": stack, "image": TEST_IMAGE, "tcp": tcp, "udp": udp, "subnet": subnet}
+
     def write(mark: str) -> None:
-        manifest.write_text(
-            LOOPBACK_STACK.format(
-                stack=stack, image=TEST_IMAGE, mark=mark, tcp=tcp, udp=udp, echo=ECHO_PORT
-            )
-        )
+        manifest.write_text(LOOPBACK_STACK.format(mark=mark, echo=ECHO_PORT, **fields))
 
     web = f"{stack}-web-1"
     proxy = runtime.native.networks.proxy

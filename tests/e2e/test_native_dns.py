@@ -15,6 +15,7 @@ positive control.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -32,6 +33,7 @@ from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
 from tests.e2e.helpers import TEST_IMAGE
 from tests.e2e.runtimes import NativeUnderTest
+from tests.e2e.test_ipv6 import forwarding  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +72,7 @@ spec:
 PROBE = """
 import socket, sys
 from dnslib import DNSRecord
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1.5)
 s.sendto(DNSRecord.question(sys.argv[2]).pack(), (sys.argv[1], 53))
 try:
@@ -79,6 +81,16 @@ except socket.timeout:
     print("timeout")
 else:
     print("rcode", reply.header.rcode, *sorted(str(r.rdata) for r in reply.rr))
+"""
+
+DUAL_STACK = """\
+name: {stack}
+x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+services:
+  web: {{image: {image}, command: *idle, networks: [front]}}
+  client: {{image: {image}, command: *idle, networks: [front]}}
+  stranger: {{image: {image}, command: *idle, networks: [back]}}
+networks: {{front: {{enable_ipv6: true}}, back: {{enable_ipv6: true}}}}
 """
 
 
@@ -420,3 +432,44 @@ def test_dns_works_on_a_host_whose_input_drops(native: NativeUnderTest, tmp_path
     # the same query, the accept gone: no answer until busybox's timeout ends it (143)
     assert "SECOND 143 0" in lines, proc.stdout + proc.stderr
     assert "DOWN 0" in lines, proc.stdout + proc.stderr
+
+
+@pytest.mark.usefixtures("forwarding")
+def test_a_dual_stack_network_is_resolved_over_ipv6_too(
+    native: NativeUnderTest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """On dual-stack networks the server listens on the IPv6 gateway too, and containers
+    have it as a nameserver: busybox's nslookup asks it over IPv6 and gets the peer's A and
+    AAAA records; another network's container cannot ask it (the ip6tables guard), the
+    network's own can (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(DUAL_STACK.format(stack=stack, image=TEST_IMAGE))
+    native.cli().ok("-f", str(manifest), PYAPPLY_DNS_UPSTREAM=upstream.address)
+    client, stranger, web = (f"{stack}-{s}-1" for s in ("client", "stranger", "web"))
+    nets = {n.name: n for n in native.rt.list_networks({"io.pyapply.stack": stack})}
+    front = nets[f"{stack}_front"]
+    assert front.gateway6 is not None and front.subnet6 is not None
+    gw6 = front.gateway6
+
+    code, resolv = native.exec(client, "cat", "/etc/resolv.conf")
+    servers = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver ")]
+    assert front.subnet is not None
+    gw4 = str(ipaddress.ip_network(front.subnet).network_address + 1)
+    assert servers == [gw4, gw6], resolv
+
+    web_addrs = hosts_of(native, client)[web]
+    code, out = native.exec(client, "nslookup", "web", gw6)
+    assert code == 0, out
+    assert re.search(rf"^Server:\s*{re.escape(gw6)}$", out, re.M), out
+    answers = set(re.findall(r"^Address:\s*(\S+)\s*$", out, re.M)) - {f"[{gw6}]:53", gw6}
+    web6 = [a for a in answers if ":" in a]
+    assert {a for a in answers if ":" not in a} == web_addrs and len(web6) == 1, out
+    # the name of a container that is not on the network is not answered there
+    code, out = native.exec(client, "nslookup", "stranger", gw6)
+    assert code != 0, out
+
+    # the guard on the IPv6 gateway: the network's own container asks, another's cannot
+    assert probe(native, client, gw6, "web") == f"rcode 0 {' '.join(sorted(web_addrs))}"
+    assert probe(native, stranger, gw6, "web") == "timeout"
+    native.cli().ok("down", "-f", str(manifest), PYAPPLY_DNS_UPSTREAM=upstream.address)

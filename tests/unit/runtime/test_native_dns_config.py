@@ -112,6 +112,25 @@ def test_udp_listeners_are_read_from_proc_net_udp() -> None:
     assert dns.dns_fault(REC, frozenset({("127.0.0.1", 53)})) == "no DNS server on 10.89.1.1:53"
 
 
+def test_a_dual_stack_network_is_served_on_both_gateways() -> None:
+    rec = {**REC, "subnet6": "fd00:1::/64", "gateway6": "fd00:1:0:0::1", "endpoints": {}}
+    assert dns.gateways(rec) == ["10.89.1.1", "fd00:1::1"]
+    assert dns.gateways({**rec, "subnet6": None}) == ["10.89.1.1"]
+    assert dns.render_network(rec, ("127.0.0.9",)) == "10.89.1.1,fd00:1::1 127.0.0.9\n"
+    # /proc/net/udp6: four 32-bit words, each in host order
+    raw = socket.inet_pton(socket.AF_INET6, "fd00:1::1")
+    words = "".join(f"{w:08X}" for w in struct.unpack("=4I", raw))
+    text = (
+        "  sl  local_address                         remote_address                        st\n"
+        f" 512: {words}:0035 00000000000000000000000000000000:0000 07\n"
+    )
+    found = dns.udp_listeners(text)
+    assert found == {("fd00:1::1", 53)}
+    assert dns.dns_fault(rec, found) == "no DNS server on 10.89.1.1:53"
+    assert dns.dns_fault(rec, found | {("10.89.1.1", 53)}) is None
+    assert dns.dns_fault(rec, frozenset({("10.89.1.1", 53)})) == "no DNS server on [fd00:1::1]:53"
+
+
 def test_this_hosts_proc_net_udp_shows_a_socket_we_bind() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -75,12 +75,12 @@ def test_the_ip6tables_rules_mirror_the_iptables_ones_but_loopback() -> None:
     v4 = network_rules(REC)
     v6 = network_rules6(REC)
     loopback = {"127.0.0.0/8"}
-    # every IPv4 rule but those about 127.0.0.0/8 and the DNS guard has its IPv6 twin
-    expected = [r.args for r in v4 if not loopback & set(r.args) and r.chain != firewall.DNS_CHAIN]
-    expected = [
-        tuple("fd00:3::/64" if a == "10.89.3.0/24" else a for a in args) for args in expected
-    ]
+    # every IPv4 rule but those about 127.0.0.0/8 has its IPv6 twin (the DNS guard's on the
+    # IPv6 gateway, where the DNS server listens too)
+    twin = {"10.89.3.0/24": "fd00:3::/64", "10.89.3.1": "fd00:3::1"}
+    expected = [tuple(twin.get(a, a) for a in r.args) for r in v4 if not loopback & set(r.args)]
     assert [r.args for r in v6] == expected
+    assert any(r.chain == firewall.DNS_CHAIN and "fd00:3::1" in r.args for r in v6)
     assert any(r.chain == firewall.ISOLATION_CHAIN and "br-+" in r.args for r in v6)
     assert any(r.chain == firewall.POSTROUTING_CHAIN and "fd00:3::/64" in r.args for r in v6)
     internal = network_rules6({**REC, "internal": True})
