@@ -36,6 +36,17 @@ resolv.conf naming a loopback resolver), or the addresses in
 $PYAPPLY_DNS_UPSTREAM (comma-separated, port 53) when set: a host whose resolv.conf names a
 loopback stub still works (the server runs in the host's namespace), and a test can point
 the forwarding at a resolver of its own.
+
+Internal networks: a container whose networks are all internal gets no other names, as with
+docker. aardvark-dns 1.4 has no per-network switch for that (later versions do), only
+AARDVARK_NO_PROXY for a whole process and resolvers per network and per container in its
+files (checked with 1.4.0). So while an internal network exists, the root runs a second
+server with forwarding off, on a loopback address of its own (`local_only_address`), which
+answers every other name as nonexistent at once; the internal networks' files name it as
+their resolver, and a container also on a network with a way out has the upstream
+resolvers as its own (the fifth field of its lines), so it keeps forwarding. The second
+server lives in `<root>/networks/dns-local/` and goes with the first or with the last
+internal network.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from ipaddress import ip_address
+from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +109,14 @@ def dns_names(key: str, aliases: Iterable[str]) -> list[str]:
     return list(names)
 
 
-def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
+def render_network(
+    rec: Mapping[str, Any],
+    upstream: Sequence[str] = (),
+    servers: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """One network's aardvark-dns file (pure): its gateways (IPv4, and IPv6 on a dual-stack
-    network) and the upstream resolvers, then one line per member."""
+    network) and the upstream resolvers, then one line per member, with the resolvers of
+    its own that `servers` gives it (aardvark's fifth field)."""
     first = ",".join(gateways(rec))
     if upstream:
         first += " " + ",".join(upstream)
@@ -110,19 +126,42 @@ def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
         names = dns_names(key, ep.get("aliases") or ())
         if names and _NAME.match(key):
             ip6 = endpoint_ipv6(rec, ep["ip"])  # AAAA answers on a dual-stack network
-            lines.append(f"{key.lower()} {ep['ip']} {ip6 or ''} {','.join(names)}")
+            line = f"{key.lower()} {ep['ip']} {ip6 or ''} {','.join(names)}"
+            own = (servers or {}).get(key)
+            lines.append(f"{line} {','.join(own)}" if own else line)
     return "\n".join(lines) + "\n"
 
 
 def config_files(
-    networks: Mapping[str, Mapping[str, Any]], upstream: Sequence[str] = ()
+    networks: Mapping[str, Mapping[str, Any]],
+    upstream: Sequence[str] = (),
+    local_only: str | None = None,
+    forwarders: Sequence[str] = (),
 ) -> tuple[dict[str, str], str]:
     """File name -> content of the whole config directory, and the name of its generation
     (pure). A file is named after the network's bridge (a safe, unique file name; aardvark
     only uses it as a key). Each ends with the generation's canary: a name made of the
     hash of everything else, answered with the gateway's own address, which the server
-    answers only once it has read this very content (see DnsServer.sync)."""
-    files = {str(rec["bridge"]): render_network(rec, upstream) for rec in networks.values()}
+    answers only once it has read this very content (see DnsServer.sync).
+
+    Internal networks: with `local_only` (the address of the root's server that forwards
+    nothing), an internal network's resolvers are that server, so a container on internal
+    networks only is told that other names do not exist; a container also on a network
+    that is not internal keeps `forwarders` (the upstream resolvers) as its own, as docker
+    forwards for a container with a way out."""
+    servers: dict[str, Sequence[str]] = {}
+    if local_only is not None:
+        inner = {k for r in networks.values() if r.get("internal") for k in r["endpoints"]}
+        outer = {k for r in networks.values() if not r.get("internal") for k in r["endpoints"]}
+        servers = dict.fromkeys(inner & outer, tuple(forwarders))
+    files = {
+        str(rec["bridge"]): render_network(
+            rec,
+            (local_only,) if local_only is not None and rec.get("internal") else upstream,
+            servers,
+        )
+        for rec in networks.values()
+    }
     digest = hashlib.sha256(
         "\0".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
     ).hexdigest()
@@ -230,12 +269,51 @@ def resolv_conf(
     return "\n".join(lines) + "\n"
 
 
-class DnsServer:
-    """The aardvark-dns process and config directory of one state root."""
+def host_resolvers(text: str) -> list[str]:
+    """The nameservers of a resolv.conf (pure), loopback ones included: aardvark-dns asks
+    them from the host's namespace."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                out.append(str(ip_address(parts[1])))
+    return out
 
-    def __init__(self, directory: Path, log: Path) -> None:
+
+def local_only_address(directory: Path) -> str:
+    """The loopback address of a root's server that forwards nothing (pure): hashed from its
+    directory, so roots side by side have their own, in 127.64.0.0/10 (clear of 127.0.0.x
+    and of the stub resolvers' 127.0.0.53)."""
+    h = int.from_bytes(hashlib.sha256(str(directory).encode()).digest()[:3], "big")
+    low = min(max(h & 0xFF, 1), 254)  # no .0 or .255
+    return str(IPv4Address((127 << 24) | (64 << 16) | (h & 0x3FFF00) | low))
+
+
+def _host_resolvers() -> list[str]:
+    try:
+        return host_resolvers(Path("/etc/resolv.conf").read_text())
+    except OSError:
+        return []
+
+
+class DnsServer:
+    """The aardvark-dns process and config directory of one state root. `forward` off: the
+    root's second server, for the containers of internal networks only, which answers
+    every name it does not hold as nonexistent (AARDVARK_NO_PROXY, aardvark-dns 1.4's one
+    switch, for a whole process: hence a process of its own)."""
+
+    def __init__(self, directory: Path, log: Path, *, forward: bool = True) -> None:
         self.dir = directory
         self.log = log
+        self.forward = forward
+        self.local: DnsServer | None = None
+        if forward:
+            self.local = DnsServer(
+                directory.with_name(directory.name + "-local"),
+                log.with_name(log.stem + "-local" + log.suffix),
+                forward=False,
+            )
 
     # -- the process -----------------------------------------------------------------
 
@@ -275,7 +353,10 @@ class DnsServer:
                 timeout=30,
                 check=False,
                 start_new_session=True,
-                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                    **({} if self.forward else {"AARDVARK_NO_PROXY": "1"}),
+                },
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise PermanentError(f"cannot start {binary}: {e}") from None
@@ -309,6 +390,8 @@ class DnsServer:
 
     def stop(self) -> None:
         """End the server (by its pid) and remove its directory. Not running is success."""
+        if self.local is not None:
+            self.local.stop()
         terminate(self.pid, STOP_WAIT_S)
         if self.dir.exists():
             rmtree(self.dir)
@@ -326,7 +409,18 @@ class DnsServer:
             self.stop()
             return
         upstream = upstream_from_env(os.environ.get(UPSTREAM_ENV))
-        wanted, canary = config_files(networks, upstream)
+        local_only = None
+        forwarders: Sequence[str] = ()
+        if self.local is not None:
+            if any(rec.get("internal") for rec in networks.values()):
+                # first: the server forwards to it
+                local_only = local_only_address(self.local.dir)
+                rec = {"bridge": "local", "gateway": local_only, "endpoints": {}}
+                self.local.sync({"local": rec}, check=check)
+                forwarders = upstream or _host_resolvers()
+            else:
+                self.local.stop()
+        wanted, canary = config_files(networks, upstream, local_only, forwarders)
         private_dir(self.dir)
         changed = False
         for entry in os.scandir(self.dir):

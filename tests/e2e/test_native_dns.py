@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
+from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import TEST_IMAGE
 from tests.e2e.runtimes import NativeUnderTest
 from tests.e2e.test_ipv6 import forwarding  # noqa: F401 (a fixture)
@@ -473,3 +474,49 @@ def test_a_dual_stack_network_is_resolved_over_ipv6_too(
     assert probe(native, client, gw6, "web") == f"rcode 0 {' '.join(sorted(web_addrs))}"
     assert probe(native, stranger, gw6, "web") == "timeout"
     native.cli().ok("down", "-f", str(manifest), PYAPPLY_DNS_UPSTREAM=upstream.address)
+
+
+INTERNAL = """\
+name: {stack}
+x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+services:
+  lonely: {{image: {image}, command: *idle, networks: [inner]}}
+  both: {{image: {image}, command: *idle, networks: [inner, front]}}
+  client: {{image: {image}, command: *idle, networks: [front]}}
+networks: {{inner: {{internal: true}}, front: {{}}}}
+"""
+
+
+def test_a_container_on_internal_networks_only_gets_no_other_names(
+    native: NativeUnderTest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Other names are not forwarded for a container whose networks are all internal: the
+    root's second server (no forwarding) answers them as nonexistent and the upstream
+    resolver never hears of them; its peers still resolve. A container also on a network
+    with a way out, and one on that network only, still get them forwarded (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(INTERNAL.format(stack=stack, image=TEST_IMAGE))
+    env = {"PYAPPLY_DNS_UPSTREAM": upstream.address}
+    native.cli().ok("-f", str(manifest), **env)
+    lonely, both, client = (f"{stack}-{s}-1" for s in ("lonely", "both", "client"))
+
+    code, found = lookup(native, lonely, OUTSIDE)
+    assert code != 0 and found == [], found
+    assert OUTSIDE not in upstream.asked, upstream.asked
+    code, out = native.exec(lonely, "nslookup", OUTSIDE)
+    assert "NXDOMAIN" in out, out  # answered at once, not left to time out
+    inner_ips = hosts_of(native, lonely)[both]
+    assert lookup(native, lonely, "both") == (0, sorted(inner_ips & hosts_of(native, both)[both]))
+
+    for container in (both, client):
+        assert lookup(native, container, OUTSIDE) == (0, [OUTSIDE_IP]), container
+    assert OUTSIDE in upstream.asked
+
+    # the second server: a process of its own, stopped by down with the first
+    local = native.root / "networks" / "dns-local"
+    pid = int((local / "aardvark.pid").read_text())
+    assert str(local).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    native.cli().ok("down", "-f", str(manifest), **env)
+    assert not local.exists() and not pid_alive(pid)
+    assert dns_processes(native.root / "networks") == []

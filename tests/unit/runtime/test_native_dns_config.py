@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import struct
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,46 @@ def test_the_services_own_dns_search_and_options_replace_their_parts() -> None:
     assert dns.resolv_conf(["10.89.1.1"], host, own={"search": ["a.example"]}) == (
         "nameserver 10.89.1.1\nsearch a.example\noptions edns0\n"
     )
+
+
+def test_an_internal_network_forwards_to_the_server_that_forwards_nothing() -> None:
+    inner = {
+        "name": "shop_inner",
+        "bridge": "pa-00000002",
+        "gateway": "10.89.3.1",
+        "internal": True,
+        "endpoints": {
+            "lonely": {"ip": "10.89.3.2", "aliases": []},
+            "both": {"ip": "10.89.3.3", "aliases": []},
+        },
+    }
+    outer = {
+        **REC,
+        "internal": False,
+        "endpoints": {"both": {"ip": "10.89.1.9", "aliases": []}},
+    }
+    nets = {"shop_inner": inner, "shop_back": outer}
+    files, _ = dns.config_files(nets, ("127.0.0.9",), "127.64.1.2", ("127.0.0.9",))
+    assert files["pa-00000002"].splitlines()[:3] == [
+        "10.89.3.1 127.64.1.2",  # the internal network's resolver: the local-only server
+        "both 10.89.3.3  both 127.0.0.9",  # also on a network with a way out: forwarded
+        "lonely 10.89.3.2  lonely",
+    ]
+    assert files["pa-93516a4c"].splitlines()[:2] == [
+        "10.89.1.1 127.0.0.9",
+        "both 10.89.1.9  both 127.0.0.9",
+    ]
+    # without the local-only server (none needed: no internal network) nothing changes
+    plain, _ = dns.config_files({"shop_back": outer})
+    assert plain["pa-93516a4c"].splitlines()[1] == "both 10.89.1.9  both"
+
+
+def test_the_local_only_address_is_a_roots_own_loopback_address() -> None:
+    a = dns.local_only_address(Path("/var/lib/pyapply/networks/dns-local"))
+    b = dns.local_only_address(Path("/var/lib/other/networks/dns-local"))
+    assert a != b
+    for addr in (a, b):
+        ip = IPv4Address(addr)
+        assert ip in IPv4Network("127.64.0.0/10") and addr.split(".")[3] not in ("0", "255")
+    text = "search x\nnameserver 127.0.0.53\nnameserver fd00::1\nnameserver bogus\n"
+    assert dns.host_resolvers(text) == ["127.0.0.53", "fd00::1"]
