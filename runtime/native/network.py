@@ -310,8 +310,9 @@ class _State:
     # server is made sure of (running, listening) even if the state did not change, and
     # its failure is the operation's
     dns_due: bool = False
-    # set by a publish: the proxy of ports on [::1] is made sure of (running) even if the
-    # state did not change (a start after a crash or a reboot brings it back)
+    # set by a publish on [::1] and by the repair or restore of a container: the proxy of
+    # ports on [::1] is made sure of (running) even if the state did not change (a start
+    # after a crash or a reboot brings it back), and its failure is the operation's
     proxy_due: bool = False
 
 
@@ -410,7 +411,12 @@ class NetworkManager:
                         # otherwise seen as a network fault (network_faults)
                 # the same for the proxy of ports on [::1] (portproxy.py)
                 if changed or state.dns_due or state.proxy_due:
-                    self.proxy.sync(state.networks)
+                    try:
+                        self.proxy.sync(state.networks)
+                    except PermanentError:
+                        if state.proxy_due:
+                            raise
+                        # otherwise seen as a fault of the container (faults)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -745,7 +751,7 @@ class NetworkManager:
         bridges and rules, its veths (plumbed into `netns_path` with the addresses it had)
         or their place on the bridge, and its published ports' rules."""
         with self._locked() as st:
-            st.proxy_due = True  # its ports on [::1], if any, are served again
+            st.proxy_due = _has_proxied(st, container_name)  # served again
             ipv6 = any(r.get("subnet6") for r in st.networks.values())
             view = self.kernel_view(ipv6=ipv6)
             touched: set[str] = set()
@@ -970,7 +976,7 @@ class NetworkManager:
         """Plumb every endpoint of a container into a new network namespace (its old one went
         with a reboot), keeping its addresses; bridges and rules are made again as needed."""
         with self._locked() as st:
-            st.proxy_due = True  # its ports on [::1], if any, are served again
+            st.proxy_due = _has_proxied(st, container_name)  # served again
             touched: set[str] = set()
             for name in sorted(st.networks):
                 rec = st.networks[name]
@@ -1503,6 +1509,15 @@ def _first_free(
             if len(ports) == 1:
                 raise
     raise Conflict(f"host port {_shown_ports(binding)}/{proto} is already published or taken")
+
+
+def _has_proxied(st: _State, container: str) -> bool:
+    """Whether a container has a port published on [::1] (the proxy's)."""
+    return any(
+        p["container"] == container and is_proxied(p["binding"]["host_ip"])
+        for rec in st.networks.values()
+        for p in rec["ports"]
+    )
 
 
 def _ipv4(text: str) -> IPv4Address:

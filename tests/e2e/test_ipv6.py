@@ -20,14 +20,16 @@ on bridges this test made and to containers this test made.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -262,6 +264,13 @@ def udp_answer(port: int, payload: bytes) -> bytes | None:
     return None
 
 
+def wait_until(check: Callable[[], bool], seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 def served_on_loopback6(proto: str, port: int) -> bool:
     """Whether something holds [::1]:port: for TCP, a connection is not refused; for UDP, a
     bind fails (with SO_REUSEADDR: TCP's TIME_WAIT leftovers do not count)."""
@@ -284,8 +293,9 @@ def test_ports_on_ipv6_loopback_are_served_by_the_native_proxy(
     native: NativeUnderTest, tmp_path: Path
 ) -> None:
     """Native serves [::1] through its userland proxy (runtime/native/portproxy.py): TCP and
-    UDP reach the container, after a recreate (a new container, its own address) and after
-    a reboot and `system start`; down leaves nothing listening and no proxy."""
+    UDP reach the container, after a recreate (a new container, its own address), after the
+    proxy is killed (a fault of the container, repaired by the next pass) and after a
+    reboot and `system start`; down leaves nothing listening and no proxy."""
     runtime = native
     stack = runtime.stack
     tcp, udp = free_port(), free_port()
@@ -316,6 +326,23 @@ def test_ports_on_ipv6_loopback_are_served_by_the_native_proxy(
     assert http_get(f"http://[::1]:{tcp}/") == (200, "second\n")
     with udp_echo(runtime, web):
         assert udp_answer(udp, b"two") == b"echo:two"
+
+    # the proxy killed: a fault of the container, which the next pass repairs
+    killed = proxy.pid()
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)  # the proxy this test's stack started, by its pid
+    wait_until(lambda: proxy.pid() is None)
+    fresh = runtime.open()  # the fixture's client keeps its kernel look for a while
+    try:
+        (state,) = fresh.list_containers({"io.pyapply.stack": stack})  # with its faults
+    finally:
+        fresh.close()
+    assert sorted(f.reason for f in state.faults) == sorted(
+        [f"no proxy for [::1]:{tcp}/tcp", f"no proxy for [::1]:{udp}/udp"]
+    ), state.faults
+    runtime.cli().ok("-f", str(manifest))
+    assert proxy.pid() not in (None, killed)
+    assert http_get(f"http://[::1]:{tcp}/") == (200, "second\n")
 
     # a reboot takes the proxy with everything else; `system start` brings it back
     reboot(runtime.root)
