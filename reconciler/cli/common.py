@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -49,7 +49,7 @@ def load_or_fail(
     not read (`enforce` reports them). `strict` off: see `load`. On a swarm (`runtime_name`,
     as `--runtime` gives it) the warnings about the runtimes of one host are not said.
     `for_runtime`: the stacks go to that runtime now (apply, diff), so what it cannot do is
-    said too (IPv6: docker's isolation gap, a warning; native's [::1] ports, an error)."""
+    said too (IPv6: docker's isolation gap, a warning)."""
     from pyapply.reconciler.core.model import ManifestError
     from pyapply.reconciler.manifest.loader import load
 
@@ -76,77 +76,7 @@ def load_or_fail(
     if for_runtime and chosen == "docker":
         for warning in docker_ipv6_warnings(loaded):
             err(str(warning))
-    if for_runtime and chosen == "native":
-        problems = native_loopback6_errors(loaded)
-        for problem in problems:
-            err(str(problem))
-        if problems:
-            n = len(problems)
-            tail = "; nothing was changed" if acting else ""
-            fail(f"{n} error{'s' if n != 1 else ''} in the manifests{tail}")
     return loaded
-
-
-LOOPBACK6 = (
-    "a port published on [::1] cannot be served by the native runtime: the kernel never "
-    "routes a packet from ::1 to a bridge (IPv6 has no route_localnet) and the runtime runs "
-    'no userland proxy; publish on 127.0.0.1, "::" or a non-loopback IPv6 address'
-)
-
-
-def native_loopback6_errors(loaded: Loaded) -> list[Problem]:
-    """A located error at the ports of each service that publishes one on [::1], for the
-    native runtime (runtime/native/network.py says why it cannot)."""
-    import ipaddress
-
-    from pyapply.reconciler.core.model import Problem
-
-    def loopback6(host_ip: str) -> bool:
-        try:
-            return ":" in host_ip and ipaddress.IPv6Address(host_ip).is_loopback
-        except ValueError:
-            return False
-
-    out: list[Problem] = []
-    for stack in loaded.stacks:
-        doc = loaded.documents.get(stack.name)
-        for service in stack.services:
-            if not any(loopback6(p.host_ip) for p in service.ports):
-                continue
-            if doc is None:
-                out.append(Problem(LOOPBACK6, service.location, f"services.{service.name}.ports"))
-                continue
-            path = (*doc.base, "services", service.name, "ports")
-            written = _at(doc.data, path)
-            entries = list(enumerate(written)) if isinstance(written, list) else []
-            hits: list[int | None] = [
-                i for i, entry in entries if _written_on_loopback6(entry, loopback6)
-            ]
-            for i in hits or [None]:
-                at = path if i is None else (*path, i)
-                shown = f"services.{service.name}.ports" + ("" if i is None else f"[{i}]")
-                out.append(Problem(LOOPBACK6, doc.location(at), shown))
-    return out
-
-
-def _at(data: Any, path: Sequence[str | int]) -> Any:
-    for step in path:
-        if isinstance(step, int) and isinstance(data, list) and step < len(data):
-            data = data[step]
-        elif isinstance(step, str) and isinstance(data, dict):
-            data = data.get(step)
-        else:
-            return None
-    return data
-
-
-def _written_on_loopback6(entry: Any, loopback6: Callable[[str], bool]) -> bool:
-    """Whether a `ports` entry as written names [::1] (short syntax, with or without
-    brackets, or the long syntax's host_ip)."""
-    if isinstance(entry, dict):
-        return loopback6(str(entry.get("host_ip") or ""))
-    text = str(entry)
-    return text.startswith(("[::1]", "::1:")) or "[0:0:0:0:0:0:0:1]" in text
 
 
 def docker_ipv6_warnings(loaded: Loaded) -> list[Problem]:

@@ -54,6 +54,16 @@ _WARNINGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Measured with dockerd 20.10 on a single-node swarm: EnableIPv6 with an IPv6 pool makes the
+# overlay network, but every task on it is rejected ("Invalid address fd00:...: It does not
+# belong to any of this network's subnets": its overlay driver knows IPv4 subnets only), and
+# EnableIPv6 without a pool makes a network with no IPv6 at all. Neither is what was asked.
+NO_IPV6 = (
+    "the swarm's overlay networks cannot carry IPv6 (dockerd 20.10 rejects every task "
+    "given an IPv6 address on one); remove enable_ipv6 for the swarm (runtime swarm)"
+)
+
+
 def _service_problems(doc: StackDocument, name: str, raw: Any) -> list[Problem]:
     base: Path = (*doc.base, "services", name)
     out: list[Problem] = []
@@ -116,4 +126,10 @@ def check_swarm(loaded: Loaded) -> list[Problem]:
             raw = services.get(svc.name)
             if isinstance(raw, dict):
                 out += _service_problems(doc, svc.name, raw)
+        for net in stack.networks:
+            if net.enable_ipv6 and not net.external:
+                path = (*doc.base, "networks", net.name, "enable_ipv6")
+                out.append(
+                    Problem(NO_IPV6, doc.location(path, key=True), format_path(path), "error")
+                )
     return out

@@ -20,7 +20,8 @@ container asking its own gateway never resolves a network it is not on, and the 
 keeps it from asking another network's gateway (firewall.dns_rules: a gateway's port 53 is
 for its own bridge and the host only).
 
-One server per state root, listening on the gateway of each of its networks, port 53. Its
+One server per state root, listening on the gateway of each of its networks, port 53 (and
+on the IPv6 gateway of a dual-stack network: containers have both as nameservers). Its
 directory is `<root>/networks/dns/` (0700); the files are derived from the network state
 (`render_network`) and rewritten by the NetworkManager, under its state lock, after every
 change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
@@ -28,13 +29,24 @@ the sync waits until it answers the new files' canary (a name made of their hash
 file: `config_files`), and a recreate or a scale is visible at once. The server is started
 when the first network needs it and stopped (by the pid it wrote, checked against its
 command line) when the last network goes. A server that died is seen as missing listeners
-(`udp_listeners`, from /proc/net/udp) and started again.
+(`udp_listeners`, from /proc/net/udp and udp6) and started again.
 
 Upstream resolvers: the host's (aardvark reads /etc/resolv.conf: checked with 1.4.0 and a
 resolv.conf naming a loopback resolver), or the addresses in
 $PYAPPLY_DNS_UPSTREAM (comma-separated, port 53) when set: a host whose resolv.conf names a
 loopback stub still works (the server runs in the host's namespace), and a test can point
 the forwarding at a resolver of its own.
+
+Internal networks: a container whose networks are all internal gets no other names, as with
+docker. aardvark-dns 1.4 has no per-network switch for that (later versions do), only
+AARDVARK_NO_PROXY for a whole process and resolvers per network and per container in its
+files (checked with 1.4.0). So while an internal network exists, the root runs a second
+server with forwarding off, on a loopback address of its own (`local_only_address`), which
+answers every other name as nonexistent at once; the internal networks' files name it as
+their resolver, and a container also on a network with a way out has the upstream
+resolvers as its own (the fifth field of its lines), so it keeps forwarding. The second
+server lives in `<root>/networks/dns-local/` and goes with the first or with the last
+internal network.
 """
 
 from __future__ import annotations
@@ -54,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from pyapply.runtime.base import PermanentError
+from pyapply.runtime.native.daemons import cmdline, is_zombie, log_tail, terminate
 from pyapply.runtime.native.hostbins import AARDVARK
 from pyapply.runtime.native.ipam import endpoint_ipv6
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
@@ -96,10 +109,15 @@ def dns_names(key: str, aliases: Iterable[str]) -> list[str]:
     return list(names)
 
 
-def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
-    """One network's aardvark-dns file (pure): its gateway (and the upstream resolvers),
-    then one line per member."""
-    first = str(rec["gateway"])
+def render_network(
+    rec: Mapping[str, Any],
+    upstream: Sequence[str] = (),
+    servers: Mapping[str, Sequence[str]] | None = None,
+) -> str:
+    """One network's aardvark-dns file (pure): its gateways (IPv4, and IPv6 on a dual-stack
+    network) and the upstream resolvers, then one line per member, with the resolvers of
+    its own that `servers` gives it (aardvark's fifth field)."""
+    first = ",".join(gateways(rec))
     if upstream:
         first += " " + ",".join(upstream)
     lines = [first]
@@ -108,19 +126,42 @@ def render_network(rec: Mapping[str, Any], upstream: Sequence[str] = ()) -> str:
         names = dns_names(key, ep.get("aliases") or ())
         if names and _NAME.match(key):
             ip6 = endpoint_ipv6(rec, ep["ip"])  # AAAA answers on a dual-stack network
-            lines.append(f"{key.lower()} {ep['ip']} {ip6 or ''} {','.join(names)}")
+            line = f"{key.lower()} {ep['ip']} {ip6 or ''} {','.join(names)}"
+            own = (servers or {}).get(key)
+            lines.append(f"{line} {','.join(own)}" if own else line)
     return "\n".join(lines) + "\n"
 
 
 def config_files(
-    networks: Mapping[str, Mapping[str, Any]], upstream: Sequence[str] = ()
+    networks: Mapping[str, Mapping[str, Any]],
+    upstream: Sequence[str] = (),
+    local_only: str | None = None,
+    forwarders: Sequence[str] = (),
 ) -> tuple[dict[str, str], str]:
     """File name -> content of the whole config directory, and the name of its generation
     (pure). A file is named after the network's bridge (a safe, unique file name; aardvark
     only uses it as a key). Each ends with the generation's canary: a name made of the
     hash of everything else, answered with the gateway's own address, which the server
-    answers only once it has read this very content (see DnsServer.sync)."""
-    files = {str(rec["bridge"]): render_network(rec, upstream) for rec in networks.values()}
+    answers only once it has read this very content (see DnsServer.sync).
+
+    Internal networks: with `local_only` (the address of the root's server that forwards
+    nothing), an internal network's resolvers are that server, so a container on internal
+    networks only is told that other names do not exist; a container also on a network
+    that is not internal keeps `forwarders` (the upstream resolvers) as its own, as docker
+    forwards for a container with a way out."""
+    servers: dict[str, Sequence[str]] = {}
+    if local_only is not None:
+        inner = {k for r in networks.values() if r.get("internal") for k in r["endpoints"]}
+        outer = {k for r in networks.values() if not r.get("internal") for k in r["endpoints"]}
+        servers = dict.fromkeys(inner & outer, tuple(forwarders))
+    files = {
+        str(rec["bridge"]): render_network(
+            rec,
+            (local_only,) if local_only is not None and rec.get("internal") else upstream,
+            servers,
+        )
+        for rec in networks.values()
+    }
     digest = hashlib.sha256(
         "\0".join(f"{name}\n{text}" for name, text in sorted(files.items())).encode()
     ).hexdigest()
@@ -144,34 +185,51 @@ def is_answer(reply: bytes, qid: int) -> bool:
     return rid == qid and bool(flags & 0x8000) and flags & 0xF == 0 and answers > 0
 
 
+def gateways(rec: Mapping[str, Any]) -> list[str]:
+    """The addresses a network's DNS server listens on (pure): its IPv4 gateway, and its IPv6
+    one on a dual-stack network (as written by ip_address: the form listings compare)."""
+    out = [str(ip_address(rec["gateway"]))]
+    if rec.get("subnet6") and rec.get("gateway6"):
+        out.append(str(ip_address(rec["gateway6"])))
+    return out
+
+
 def udp_listeners(text: str) -> frozenset[tuple[str, int]]:
-    """(address, port) of the bound UDP sockets in a /proc/net/udp listing (pure). The
-    kernel prints an address as the hex of its 32-bit value in host order."""
+    """(address, port) of the bound UDP sockets in a /proc/net/udp or /proc/net/udp6 listing
+    (pure). The kernel prints an address as the hex of its 32-bit words, each in host
+    order (one word for IPv4, four for IPv6)."""
     found: set[tuple[str, int]] = set()
     for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) < 2 or ":" not in fields[1]:
             continue
         addr, _, port = fields[1].partition(":")
-        with contextlib.suppress(ValueError, struct.error):
-            ip = socket.inet_ntoa(struct.pack("=I", int(addr, 16)))
-            found.add((ip, int(port, 16)))
+        with contextlib.suppress(ValueError, struct.error, OSError):
+            raw = b"".join(
+                struct.pack("=I", int(addr[i : i + 8], 16)) for i in range(0, len(addr), 8)
+            )
+            family = socket.AF_INET6 if len(raw) == 16 else socket.AF_INET
+            found.add((socket.inet_ntop(family, raw), int(port, 16)))
     return frozenset(found)
 
 
 def read_udp_listeners() -> frozenset[tuple[str, int]]:
-    try:
-        return udp_listeners(Path("/proc/net/udp").read_text())
-    except OSError:
-        return frozenset()
+    """The bound UDP sockets of the host's namespace, IPv4 and IPv6."""
+    found: frozenset[tuple[str, int]] = frozenset()
+    for name in ("udp", "udp6"):
+        with contextlib.suppress(OSError):
+            found |= udp_listeners(Path(f"/proc/net/{name}").read_text())
+    return found
 
 
 def dns_fault(rec: Mapping[str, Any], listeners: frozenset[tuple[str, int]]) -> str | None:
-    """What is wrong with a network's DNS server (pure): nothing listens on its gateway."""
-    gateway = str(rec["gateway"])
-    if (gateway, PORT) in listeners:
+    """What is wrong with a network's DNS server (pure): nothing listens on a gateway."""
+    missing = [g for g in gateways(rec) if (g, PORT) not in listeners]
+    if not missing:
         return None
-    return f"no DNS server on {gateway}:{PORT}"
+    return "no DNS server on " + ", ".join(
+        f"[{g}]:{PORT}" if ":" in g else f"{g}:{PORT}" for g in missing
+    )
 
 
 def resolv_conf(
@@ -211,28 +269,51 @@ def resolv_conf(
     return "\n".join(lines) + "\n"
 
 
-def _cmdline(pid: int) -> list[str]:
+def host_resolvers(text: str) -> list[str]:
+    """The nameservers of a resolv.conf (pure), loopback ones included: aardvark-dns asks
+    them from the host's namespace."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                out.append(str(ip_address(parts[1])))
+    return out
+
+
+def local_only_address(directory: Path) -> str:
+    """The loopback address of a root's server that forwards nothing (pure): hashed from its
+    directory, so roots side by side have their own, in 127.64.0.0/10 (clear of 127.0.0.x
+    and of the stub resolvers' 127.0.0.53)."""
+    h = int.from_bytes(hashlib.sha256(str(directory).encode()).digest()[:3], "big")
+    low = min(max(h & 0xFF, 1), 254)  # no .0 or .255
+    return str(IPv4Address((127 << 24) | (64 << 16) | (h & 0x3FFF00) | low))
+
+
+def _host_resolvers() -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return host_resolvers(Path("/etc/resolv.conf").read_text())
     except OSError:
         return []
-    return raw.decode(errors="replace").rstrip("\0").split("\0")
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
 
 
 class DnsServer:
-    """The aardvark-dns process and config directory of one state root."""
+    """The aardvark-dns process and config directory of one state root. `forward` off: the
+    root's second server, for the containers of internal networks only, which answers
+    every name it does not hold as nonexistent (AARDVARK_NO_PROXY, aardvark-dns 1.4's one
+    switch, for a whole process: hence a process of its own)."""
 
-    def __init__(self, directory: Path, log: Path) -> None:
+    def __init__(self, directory: Path, log: Path, *, forward: bool = True) -> None:
         self.dir = directory
         self.log = log
+        self.forward = forward
+        self.local: DnsServer | None = None
+        if forward:
+            self.local = DnsServer(
+                directory.with_name(directory.name + "-local"),
+                log.with_name(log.stem + "-local" + log.suffix),
+                forward=False,
+            )
 
     # -- the process -----------------------------------------------------------------
 
@@ -246,12 +327,12 @@ class DnsServer:
         if not text.isdigit():
             return None
         pid = int(text)
-        args = _cmdline(pid)
+        args = cmdline(pid)
         if (
             not args
             or os.path.basename(args[0]) != "aardvark-dns"
             or str(self.dir) not in args
-            or _is_zombie(pid)
+            or is_zombie(pid)
         ):
             return None
         return pid
@@ -272,7 +353,10 @@ class DnsServer:
                 timeout=30,
                 check=False,
                 start_new_session=True,
-                env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                    **({} if self.forward else {"AARDVARK_NO_PROXY": "1"}),
+                },
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise PermanentError(f"cannot start {binary}: {e}") from None
@@ -301,27 +385,14 @@ class DnsServer:
         return is_answer(reply, qid)
 
     def _log_tail(self) -> str:
-        with contextlib.suppress(OSError):
-            lines = [
-                ln
-                for ln in self.log.read_text(errors="replace").splitlines()
-                if "syslog" not in ln  # it says so on every start where no syslog runs
-            ]
-            return " / ".join(lines[-3:]) or "no message"
-        return "no message"
+        # aardvark says it found no syslog on every start where none runs
+        return log_tail(self.log, skip="syslog")
 
     def stop(self) -> None:
         """End the server (by its pid) and remove its directory. Not running is success."""
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while self.pid() == pid and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if self.pid() == pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.local is not None:
+            self.local.stop()
+        terminate(self.pid, STOP_WAIT_S)
         if self.dir.exists():
             rmtree(self.dir)
         with contextlib.suppress(FileNotFoundError):
@@ -338,7 +409,18 @@ class DnsServer:
             self.stop()
             return
         upstream = upstream_from_env(os.environ.get(UPSTREAM_ENV))
-        wanted, canary = config_files(networks, upstream)
+        local_only = None
+        forwarders: Sequence[str] = ()
+        if self.local is not None:
+            if any(rec.get("internal") for rec in networks.values()):
+                # first: the server forwards to it
+                local_only = local_only_address(self.local.dir)
+                rec = {"bridge": "local", "gateway": local_only, "endpoints": {}}
+                self.local.sync({"local": rec}, check=check)
+                forwarders = upstream or _host_resolvers()
+            else:
+                self.local.stop()
+        wanted, canary = config_files(networks, upstream, local_only, forwarders)
         private_dir(self.dir)
         changed = False
         for entry in os.scandir(self.dir):
@@ -362,16 +444,16 @@ class DnsServer:
         elif changed:
             os.kill(pid, signal.SIGHUP)
         if changed or pid is None or check:
-            self._await_serving([str(rec["gateway"]) for rec in networks.values()], canary)
+            self._await_serving([g for rec in networks.values() for g in gateways(rec)], canary)
 
-    def _await_serving(self, gateways: Sequence[str], canary: str) -> None:
+    def _await_serving(self, addresses: Sequence[str], canary: str) -> None:
         """Wait (bounded) until the server listens on every gateway and answers from the
         files just written. It binds in threads of its own after it reported ready, and a
         reload (SIGHUP) is taken in by another thread while we go on: a recreate's or a
         scale's first query must find the new names, so the sync ends only once the
         server answers the new generation's canary."""
         deadline = time.monotonic() + LISTEN_WAIT_S
-        want = {(str(IPv4Address(g)), PORT) for g in gateways}
+        want = {(g, PORT) for g in addresses}
         # a query that reaches the server while it takes in a SIGHUP is often never
         # answered (measured with 1.4.0: about one reload in two), while an answer comes
         # within a millisecond: ask again soon, waiting longer each time (a loaded host's
@@ -380,7 +462,7 @@ class DnsServer:
         while True:
             missing = want - read_udp_listeners()
             if not missing:
-                if self._answers(min(gateways), canary, wait):
+                if self._answers(min(a for a in addresses if ":" not in a), canary, wait):
                     return
                 wait = min(wait * 2, ANSWER_WAIT_S)
             if self.pid() is None:
@@ -391,7 +473,9 @@ class DnsServer:
                         "the networks' DNS server (aardvark-dns) does not answer from its "
                         f"files: {self._log_tail()}"
                     )
-                where = ", ".join(f"{a}:{p}" for a, p in sorted(missing))
+                where = ", ".join(
+                    f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in sorted(missing)
+                )
                 raise PermanentError(
                     f"the networks' DNS server (aardvark-dns) does not listen on {where}: "
                     f"{self._log_tail()} (is another DNS server holding port 53?)"

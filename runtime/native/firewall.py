@@ -289,7 +289,7 @@ def guard_rules(bridge: str, internal: bool, *, ipv6: bool = False) -> list[Rule
     return rules
 
 
-def dns_rules(bridge: str, gateway: IPv4Address) -> list[Rule]:
+def dns_rules(bridge: str, gateway: IPv4Address | IPv6Address) -> list[Rule]:
     """The guard of a network's DNS server (pure). The server (dns.py) answers a query with
     the names of the network whose gateway was asked, whoever asks, so a container of
     another network, of docker or of the LAN must not reach the gateway's port 53: only

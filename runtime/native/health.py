@@ -179,7 +179,7 @@ def ensure_checker(root: Path, runc: str, announce_timeout: float = ANNOUNCE_S) 
     containers run without a checker, and must not see one that is only starting."""
     if checker_pid(root) is not None:
         return
-    pythonpath = [_package_root(), os.environ.get("PYTHONPATH", "")]
+    pythonpath = [package_root(), os.environ.get("PYTHONPATH", "")]
     proc = subprocess.Popen(
         [sys.executable, "-m", _MARKER, "--root", str(root), "--runc", runc],
         stdin=subprocess.DEVNULL,
@@ -217,7 +217,7 @@ def reset(cdir: Path) -> None:
     write_status(cdir, initial_status())
 
 
-def _package_root() -> str:
+def package_root() -> str:
     """The directory that holds the package `pyapply` (site-packages, or the checkout): what
     the checker's Python needs on its path to import us. Not this file's resolved path: in
     the checkout pyapply/runtime is a link to runtime/, and installed, parents of this file

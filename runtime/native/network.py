@@ -48,10 +48,11 @@ duplicate address detection would only leave them "tentative", unusable, for a s
 two after a start), and, unless the network is internal, a default IPv6 route via the
 gateway. ip6tables holds the same isolation, NAT and guard rules as iptables (firewall.py),
 and published ports get an ip6tables DNAT rule to the container's IPv6 address beside the
-IPv4 one. A port cannot be published on [::1]: the kernel never routes a packet from ::1
-off the loopback interface (IPv6 has no route_localnet), so a DNAT from [::1] has no way to
-the bridge; that would take a userland proxy that keeps running for each port, which this
-runtime does not run (see above). Containers reach the host's [::1] no more than 127.0.0.1.
+IPv4 one. A port published on [::1] is the exception: the kernel never routes a packet from
+::1 off the loopback interface (IPv6 has no route_localnet), so a DNAT from [::1] has no way
+to the bridge; such ports are served by the root's userland proxy (portproxy.py), which
+every transaction brings up to date after the save, as it does the DNS server. Containers
+reach the host's [::1] no more than 127.0.0.1.
 Forwarding: net.ipv6.conf.all.forwarding is turned on (as dockerd does), which also makes
 the host ignore router advertisements on interfaces with accept_ra=1.
 """
@@ -109,6 +110,7 @@ from pyapply.runtime.native.netlink import (
     netlink_error,
 )
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
+from pyapply.runtime.native.portproxy import PortProxy, is_proxied
 from pyapply.runtime.native.statefile import Shape, read_json
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
 
@@ -241,10 +243,13 @@ def network_rules(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
 
 
 def network_rules6(rec: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
-    """The ip6tables rules of a dual-stack network (pure): isolation, NAT, guards."""
+    """The ip6tables rules of a dual-stack network (pure): isolation, NAT, guards, and the
+    guard of its DNS server on the IPv6 gateway."""
     if not rec.get("subnet6"):
         return []
-    return firewall.network_rules(rec["bridge"], IPv6Network(rec["subnet6"]), bool(rec["internal"]))
+    bridge = rec["bridge"]
+    rules = firewall.network_rules(bridge, IPv6Network(rec["subnet6"]), bool(rec["internal"]))
+    return rules + firewall.dns_rules(bridge, IPv6Address(rec["gateway6"]))
 
 
 def port_rules6(rec: Mapping[str, Any], port: Mapping[str, Any]) -> builtins.list[firewall.Rule]:
@@ -252,8 +257,8 @@ def port_rules6(rec: Mapping[str, Any], port: Mapping[str, Any]) -> builtins.lis
     port published on an IPv4 address."""
     b = _binding(port["binding"])
     ip6 = endpoint_ipv6(rec, port["ip"])
-    if ip6 is None or (b.host_ip and ":" not in b.host_ip):
-        return []
+    if ip6 is None or (b.host_ip and ":" not in b.host_ip) or is_proxied(b.host_ip):
+        return []  # [::1]: the proxy's
     return firewall.port_rules(rec["bridge"], port["container"], ip6, b)
 
 
@@ -305,6 +310,10 @@ class _State:
     # server is made sure of (running, listening) even if the state did not change, and
     # its failure is the operation's
     dns_due: bool = False
+    # set by a publish on [::1] and by the repair or restore of a container: the proxy of
+    # ports on [::1] is made sure of (running) even if the state did not change (a start
+    # after a crash or a reboot brings it back), and its failure is the operation's
+    proxy_due: bool = False
 
 
 @dataclass(frozen=True)
@@ -344,6 +353,7 @@ class NetworkManager:
         self.tag = root_tag(self.root)
         self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
         self.dns = DnsServer(self.dir / "dns", self.dir / "dns.log")
+        self.proxy = PortProxy(self.dir / "proxy")
 
     # -- naming ------------------------------------------------------------------------
 
@@ -399,6 +409,14 @@ class NetworkManager:
                         if state.dns_due:
                             raise
                         # otherwise seen as a network fault (network_faults)
+                # the same for the proxy of ports on [::1] (portproxy.py)
+                if changed or state.dns_due or state.proxy_due:
+                    try:
+                        self.proxy.sync(state.networks)
+                    except PermanentError:
+                        if state.proxy_due:
+                            raise
+                        # otherwise seen as a fault of the container (faults)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -720,6 +738,11 @@ class NetworkManager:
                 problem = port_faults(rec, port, view)
                 if problem:
                     by_container.setdefault(port["container"], []).append(problem)
+                elif is_proxied(port["binding"]["host_ip"]) and self.proxy.pid() is None:
+                    b = _binding(port["binding"])
+                    by_container.setdefault(port["container"], []).append(
+                        f"no proxy for [{b.host_ip}]:{b.host_port}/{b.protocol}"
+                    )
         return by_network, by_container
 
     @translated
@@ -728,6 +751,7 @@ class NetworkManager:
         bridges and rules, its veths (plumbed into `netns_path` with the addresses it had)
         or their place on the bridge, and its published ports' rules."""
         with self._locked() as st:
+            st.proxy_due = _has_proxied(st, container_name)  # served again
             ipv6 = any(r.get("subnet6") for r in st.networks.values())
             view = self.kernel_view(ipv6=ipv6)
             touched: set[str] = set()
@@ -952,6 +976,7 @@ class NetworkManager:
         """Plumb every endpoint of a container into a new network namespace (its old one went
         with a reboot), keeping its addresses; bridges and rules are made again as needed."""
         with self._locked() as st:
+            st.proxy_due = _has_proxied(st, container_name)  # served again
             touched: set[str] = set()
             for name in sorted(st.networks):
                 rec = st.networks[name]
@@ -1082,6 +1107,7 @@ class NetworkManager:
         if binding.host_ip and host6 is None:
             _ipv4(binding.host_ip)
         with self._locked() as st:
+            st.proxy_due = is_proxied(binding.host_ip)
             rec = next(
                 (
                     r
@@ -1093,7 +1119,13 @@ class NetworkManager:
             )
             if rec is None:
                 raise NotFound(f"{container_name} has no address {ip} on any network")
-            if host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
+            if is_proxied(binding.host_ip):
+                if binding.protocol.lower() not in ("tcp", "udp"):
+                    raise PermanentError(
+                        f"cannot publish port {binding.container_port}/{binding.protocol} of "
+                        f"{container_name} on [{binding.host_ip}]: its proxy relays tcp and udp"
+                    )
+            elif host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
                 raise PermanentError(
                     f"cannot publish port {binding.container_port} of {container_name} on "
                     f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
@@ -1197,14 +1229,13 @@ class NetworkManager:
                 remaining = [p for p in rec["ports"] if p["container"] == container_name]
                 if remaining:
                     rules = []
+                    rules6 = []
                     for p in remaining:
-                        rules += firewall.port_rules(
-                            rec["bridge"],
-                            container_name,
-                            IPv4Address(p["ip"]),
-                            _binding(p["binding"]),
-                        )
+                        rules += port_rules4(rec, p)
+                        rules6 += port_rules6(rec, p)
                     self.firewall.add(rules)
+                    if rules6:
+                        self.firewall6.add(rules6)
 
     def published(self, container_name: str | None = None) -> builtins.list[PublishedPort]:
         out = []
@@ -1272,11 +1303,15 @@ class NetworkManager:
                     host_resolv = Path("/etc/resolv.conf").read_text()
                 except OSError:
                     host_resolv = ""
-            gateways = [
-                str(st.networks[n]["gateway"])
+            # IPv4 first: a resolver reads three nameservers at most, and any of its
+            # networks' gateways answers for all of them (dns.py)
+            mine = [
+                st.networks[n]
                 for n in sorted(st.networks)
                 if container in st.networks[n]["endpoints"]
             ]
+            gateways = [g for rec in mine for g in dns.gateways(rec) if ":" not in g]
+            gateways += [g for rec in mine for g in dns.gateways(rec) if ":" in g]
             fallback = () if gateways else host_nameservers()
             text = dns.resolv_conf(gateways, host_resolv, fallback, own=entry.get("dns"))
             with contextlib.suppress(OSError):
@@ -1326,6 +1361,7 @@ class NetworkManager:
             st.hosts_files.clear()
             st.ipam.subnets.clear()
             self.dns.stop()  # even if the state forgot its networks
+            self.proxy.stop()
         for leftover in ("networks.json", "ipam.json", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / leftover).unlink()
@@ -1475,6 +1511,15 @@ def _first_free(
     raise Conflict(f"host port {_shown_ports(binding)}/{proto} is already published or taken")
 
 
+def _has_proxied(st: _State, container: str) -> bool:
+    """Whether a container has a port published on [::1] (the proxy's)."""
+    return any(
+        p["container"] == container and is_proxied(p["binding"]["host_ip"])
+        for rec in st.networks.values()
+        for p in rec["ports"]
+    )
+
+
 def _ipv4(text: str) -> IPv4Address:
     try:
         return IPv4Address(text)
@@ -1483,22 +1528,13 @@ def _ipv4(text: str) -> IPv4Address:
 
 
 def _host_ipv6(host_ip: str) -> IPv6Address | None:
-    """A published port's IPv6 host address ("::": every one), None for IPv4 or none;
-    [::1] is refused (see the module docstring)."""
+    """A published port's IPv6 host address ("::": every one), None for IPv4 or none."""
     if ":" not in host_ip:
         return None
     try:
-        addr = IPv6Address(host_ip)
+        return IPv6Address(host_ip)
     except ValueError:
         raise PermanentError(f"{host_ip!r} is not an IP address") from None
-    if addr.is_loopback:
-        raise PermanentError(
-            f"cannot publish a port on [{host_ip}] with the native runtime: the kernel does "
-            "not route ::1 to a bridge (IPv6 has no route_localnet) and the native runtime "
-            "runs no userland proxy; publish on 127.0.0.1, on a non-loopback IPv6 address, "
-            'or on "::" (every address)'
-        )
-    return addr
 
 
 def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:

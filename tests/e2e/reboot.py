@@ -1,5 +1,5 @@
 """A reboot done by hand, as the kernel would do it, for the native runtime's tests: every
-container process and its conmon killed, the root's keeper gone, overlay mounts unmounted,
+container process and its conmon killed, the root's keeper and port proxy gone, overlay mounts unmounted,
 network namespaces, bridges, veths, firewall rules and cgroups deleted -- of one state root
 only, found through its own state. What survives is what survives a real reboot: the state
 root on disk."""
@@ -59,6 +59,10 @@ def reboot(root: Path) -> None:
     _wait_gone(keepers)
     keys = [rt.key(c.name) or c.name for c in rt.list_containers({})]
     pids: list[int] = []
+    proxy = rt.networks.proxy.pid()  # the userland proxy of ports on [::1]
+    _kill(proxy)
+    if proxy is not None:
+        pids.append(proxy)
     for key in keys:
         for pid in (rt.containers.supervisor_pid(key), rt.containers.container_pid(key)):
             _kill(pid)  # conmon first: nobody is left to record the exit

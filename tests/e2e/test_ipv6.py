@@ -5,7 +5,8 @@ dual-stack network `front`, `stranger` on the dual-stack network `back`. Checked
 - web has an address in front's IPv6 subnet, and client fetches its page over IPv6;
 - the host fetches it over IPv6 through the published port, at front's IPv6 gateway (an
   address of the host's own, on the bridge the test made); on docker also at [::1], which
-  dockerd's userland proxy serves (native refuses [::1]: see runtime/native/network.py);
+  dockerd's userland proxy serves (native's own proxy has a test of its own below: TCP and
+  UDP on [::1], after a recreate and a reboot, nothing left after down);
 - isolation: stranger reaches web through the published port at its own gateway (the
   positive control: its IPv6 path works and the probe can succeed) but not web's address
   itself on native, whose ip6tables rules mirror the IPv4 ones. dockerd 20.10 adds no
@@ -19,13 +20,16 @@ on bridges this test made and to containers this test made.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from pyroute2 import IPRoute, NetNS, netns  # type: ignore[import-untyped]
 from pyapply.runtime.base import NetworkConfig
 from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import TEST_IMAGE, http_get
+from tests.e2e.reboot import reboot
 from tests.e2e.runtimes import NativeUnderTest, RuntimeUnderTest, free_port
 
 pytestmark = pytest.mark.e2e
@@ -205,22 +210,151 @@ def test_a_dual_stack_network_is_reached_over_ipv6_and_isolated(
         assert direct == MARKER
 
 
-def test_a_port_on_ipv6_loopback_is_a_located_error_on_native(
+LOOPBACK_STACK = """\
+name: {stack}
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /www && echo $$MARK > /www/index.html && httpd -p 80 -h /www && trap 'exit 0' TERM; sleep 3600 & wait"]
+    environment: {{MARK: {mark}}}
+    restart: always
+    ports: ["[::1]:{tcp}:80", "[::1]:{udp}:{echo}/udp"]
+# a subnet out of the runtimes' pools: while the reboot has taken the bridge away, another
+# state root on this shared host could take a pool's free subnet
+networks: {{default: {{ipam: {{config: [{{subnet: "{subnet}"}}]}}}}}}
+"""
+ECHO_PORT = 9999
+# A UDP echo server for a bounded time (busybox has no UDP server): run on the host in the
+# container's network namespace, so it answers at the container's own address.
+ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    f"s.bind(('0.0.0.0', {ECHO_PORT}))\n"
+    "s.settimeout(60)\n"
+    "while True:\n"
+    "    data, peer = s.recvfrom(2048)\n"
+    "    s.sendto(b'echo:' + data, peer)\n"
+)
+
+
+@contextlib.contextmanager
+def udp_echo(runtime: NativeUnderTest, container: str) -> Iterator[None]:
+    key = runtime.native.key(container)
+    assert key is not None, container
+    argv = ["ip", "netns", "exec", runtime.native.netns_name(key), sys.executable, "-c", ECHO]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def udp_answer(port: int, payload: bytes) -> bytes | None:
+    """What comes back from [::1]:port for `payload`: tried 20 times, 0.5 s each (the echo
+    server may still be starting)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        for _ in range(20):
+            s.sendto(payload, ("::1", port))
+            try:
+                return s.recv(2048)
+            except TimeoutError:
+                continue
+    return None
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def served_on_loopback6(proto: str, port: int) -> bool:
+    """Whether something holds [::1]:port: for TCP, a connection is not refused; for UDP, a
+    bind fails (with SO_REUSEADDR: TCP's TIME_WAIT leftovers do not count)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET6, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            if proto == "tcp":
+                s.connect(("::1", port))
+            else:
+                s.bind(("::1", port))
+        except ConnectionRefusedError:
+            return False
+        except OSError:
+            return proto == "udp"
+    return proto == "tcp"
+
+
+def test_ports_on_ipv6_loopback_are_served_by_the_native_proxy(
     native: NativeUnderTest, tmp_path: Path
 ) -> None:
-    """Native cannot serve [::1] (see runtime/native/network.py): the CLI says where, and
-    nothing is made; docker's userland proxy serves it (checked above)."""
+    """Native serves [::1] through its userland proxy (runtime/native/portproxy.py): TCP and
+    UDP reach the container, after a recreate (a new container, its own address), after the
+    proxy is killed (a fault of the container, repaired by the next pass) and after a
+    reboot and `system start`; down leaves nothing listening and no proxy."""
     runtime = native
-    manifest = tmp_path / "stack.yaml"
-    manifest.write_text(
-        f"name: {runtime.stack}\nservices:\n  web:\n    image: {TEST_IMAGE}\n"
-        f'    ports: ["[::1]:{free_port()}:80"]\n'
-    )
-    out = runtime.cli().run("-f", str(manifest))
-    assert out.returncode == 1
-    assert f"{manifest}:5:13: services.web.ports[0]: a port published on [::1]" in out.stderr
-    assert "nothing was changed" in out.stderr
-    assert runtime.rt.list_containers({"io.pyapply.stack": runtime.stack}) == []
+    stack = runtime.stack
+    tcp, udp = free_port(), free_port()
+    subnet = f"10.251.{random.randint(1, 254)}.0/24"
+    manifest = tmp_path / "compose.yaml"
+
+    fields = {"stack": stack, "image": TEST_IMAGE, "tcp": tcp, "udp": udp, "subnet": subnet}
+
+    def write(mark: str) -> None:
+        manifest.write_text(LOOPBACK_STACK.format(mark=mark, echo=ECHO_PORT, **fields))
+
+    web = f"{stack}-web-1"
+    proxy = runtime.native.networks.proxy
+    write("first")
+    runtime.cli().ok("-f", str(manifest))
+    assert http_get(f"http://[::1]:{tcp}/") == (200, "first\n")
+    with udp_echo(runtime, web):
+        assert udp_answer(udp, b"one") == b"echo:one"
+    first = runtime.rt.get_container(web)
+    assert proxy.pid() is not None
+    assert not [c for c in runtime.rt.list_containers({}) if c.faults], "faults after apply"
+
+    # a recreate: the proxy follows the new container
+    write("second")
+    runtime.cli().ok("-f", str(manifest))
+    second = runtime.rt.get_container(web)
+    assert first is not None and second is not None and first.id != second.id
+    assert http_get(f"http://[::1]:{tcp}/") == (200, "second\n")
+    with udp_echo(runtime, web):
+        assert udp_answer(udp, b"two") == b"echo:two"
+
+    # the proxy killed: a fault of the container, which the next pass repairs
+    killed = proxy.pid()
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)  # the proxy this test's stack started, by its pid
+    wait_until(lambda: proxy.pid() is None)
+    fresh = runtime.open()  # the fixture's client keeps its kernel look for a while
+    try:
+        (state,) = fresh.list_containers({"io.pyapply.stack": stack})  # with its faults
+    finally:
+        fresh.close()
+    assert sorted(f.reason for f in state.faults) == sorted(
+        [f"no proxy for [::1]:{tcp}/tcp", f"no proxy for [::1]:{udp}/udp"]
+    ), state.faults
+    runtime.cli().ok("-f", str(manifest))
+    assert proxy.pid() not in (None, killed)
+    assert http_get(f"http://[::1]:{tcp}/") == (200, "second\n")
+
+    # a reboot takes the proxy with everything else; `system start` brings it back
+    reboot(runtime.root)
+    assert proxy.pid() is None and not served_on_loopback6("tcp", tcp)
+    runtime.cli().ok("system", "start")
+    assert http_get(f"http://[::1]:{tcp}/", attempts=40) == (200, "second\n")
+    with udp_echo(runtime, web):
+        assert udp_answer(udp, b"three") == b"echo:three"
+
+    runtime.cli().ok("down", "-f", str(manifest))
+    assert proxy.pid() is None and not proxy.dir.exists()
+    assert not served_on_loopback6("tcp", tcp) and not served_on_loopback6("udp", udp)
 
 
 def routes6(ns: str) -> list[tuple[int, str | None]]:

@@ -15,6 +15,7 @@ positive control.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -30,8 +31,10 @@ from pathlib import Path
 import pytest
 from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
 
+from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import TEST_IMAGE
 from tests.e2e.runtimes import NativeUnderTest
+from tests.e2e.test_ipv6 import forwarding  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +73,7 @@ spec:
 PROBE = """
 import socket, sys
 from dnslib import DNSRecord
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1.5)
 s.sendto(DNSRecord.question(sys.argv[2]).pack(), (sys.argv[1], 53))
 try:
@@ -79,6 +82,16 @@ except socket.timeout:
     print("timeout")
 else:
     print("rcode", reply.header.rcode, *sorted(str(r.rdata) for r in reply.rr))
+"""
+
+DUAL_STACK = """\
+name: {stack}
+x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+services:
+  web: {{image: {image}, command: *idle, networks: [front]}}
+  client: {{image: {image}, command: *idle, networks: [front]}}
+  stranger: {{image: {image}, command: *idle, networks: [back]}}
+networks: {{front: {{enable_ipv6: true}}, back: {{enable_ipv6: true}}}}
 """
 
 
@@ -420,3 +433,90 @@ def test_dns_works_on_a_host_whose_input_drops(native: NativeUnderTest, tmp_path
     # the same query, the accept gone: no answer until busybox's timeout ends it (143)
     assert "SECOND 143 0" in lines, proc.stdout + proc.stderr
     assert "DOWN 0" in lines, proc.stdout + proc.stderr
+
+
+@pytest.mark.usefixtures("forwarding")
+def test_a_dual_stack_network_is_resolved_over_ipv6_too(
+    native: NativeUnderTest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """On dual-stack networks the server listens on the IPv6 gateway too, and containers
+    have it as a nameserver: busybox's nslookup asks it over IPv6 and gets the peer's A and
+    AAAA records; another network's container cannot ask it (the ip6tables guard), the
+    network's own can (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(DUAL_STACK.format(stack=stack, image=TEST_IMAGE))
+    native.cli().ok("-f", str(manifest), PYAPPLY_DNS_UPSTREAM=upstream.address)
+    client, stranger, web = (f"{stack}-{s}-1" for s in ("client", "stranger", "web"))
+    nets = {n.name: n for n in native.rt.list_networks({"io.pyapply.stack": stack})}
+    front = nets[f"{stack}_front"]
+    assert front.gateway6 is not None and front.subnet6 is not None
+    gw6 = front.gateway6
+
+    code, resolv = native.exec(client, "cat", "/etc/resolv.conf")
+    servers = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver ")]
+    assert front.subnet is not None
+    gw4 = str(ipaddress.ip_network(front.subnet).network_address + 1)
+    assert servers == [gw4, gw6], resolv
+
+    web_addrs = hosts_of(native, client)[web]
+    code, out = native.exec(client, "nslookup", "web", gw6)
+    assert code == 0, out
+    assert re.search(rf"^Server:\s*{re.escape(gw6)}$", out, re.M), out
+    answers = set(re.findall(r"^Address:\s*(\S+)\s*$", out, re.M)) - {f"[{gw6}]:53", gw6}
+    web6 = [a for a in answers if ":" in a]
+    assert {a for a in answers if ":" not in a} == web_addrs and len(web6) == 1, out
+    # the name of a container that is not on the network is not answered there
+    code, out = native.exec(client, "nslookup", "stranger", gw6)
+    assert code != 0, out
+
+    # the guard on the IPv6 gateway: the network's own container asks, another's cannot
+    assert probe(native, client, gw6, "web") == f"rcode 0 {' '.join(sorted(web_addrs))}"
+    assert probe(native, stranger, gw6, "web") == "timeout"
+    native.cli().ok("down", "-f", str(manifest), PYAPPLY_DNS_UPSTREAM=upstream.address)
+
+
+INTERNAL = """\
+name: {stack}
+x-idle: &idle ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+services:
+  lonely: {{image: {image}, command: *idle, networks: [inner]}}
+  both: {{image: {image}, command: *idle, networks: [inner, front]}}
+  client: {{image: {image}, command: *idle, networks: [front]}}
+networks: {{inner: {{internal: true}}, front: {{}}}}
+"""
+
+
+def test_a_container_on_internal_networks_only_gets_no_other_names(
+    native: NativeUnderTest, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Other names are not forwarded for a container whose networks are all internal: the
+    root's second server (no forwarding) answers them as nonexistent and the upstream
+    resolver never hears of them; its peers still resolve. A container also on a network
+    with a way out, and one on that network only, still get them forwarded (the control)."""
+    stack = native.stack
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(INTERNAL.format(stack=stack, image=TEST_IMAGE))
+    env = {"PYAPPLY_DNS_UPSTREAM": upstream.address}
+    native.cli().ok("-f", str(manifest), **env)
+    lonely, both, client = (f"{stack}-{s}-1" for s in ("lonely", "both", "client"))
+
+    code, found = lookup(native, lonely, OUTSIDE)
+    assert code != 0 and found == [], found
+    assert OUTSIDE not in upstream.asked, upstream.asked
+    code, out = native.exec(lonely, "nslookup", OUTSIDE)
+    assert "NXDOMAIN" in out, out  # answered at once, not left to time out
+    inner_ips = hosts_of(native, lonely)[both]
+    assert lookup(native, lonely, "both") == (0, sorted(inner_ips & hosts_of(native, both)[both]))
+
+    for container in (both, client):
+        assert lookup(native, container, OUTSIDE) == (0, [OUTSIDE_IP]), container
+    assert OUTSIDE in upstream.asked
+
+    # the second server: a process of its own, stopped by down with the first
+    local = native.root / "networks" / "dns-local"
+    pid = int((local / "aardvark.pid").read_text())
+    assert str(local).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    native.cli().ok("down", "-f", str(manifest), **env)
+    assert not local.exists() and not pid_alive(pid)
+    assert dns_processes(native.root / "networks") == []

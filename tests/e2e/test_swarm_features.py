@@ -1,9 +1,9 @@
 """The swarm runtime beyond apply: the watch agent on a manager (a directory applied, a
 manifest change deployed, a replica count changed by hand repaired on resync, the stack
 Healthy in its status), the image path build -> push -> deploy by digest, an attachable
-overlay network and labelled named volumes kept by `down` unless `--volumes`. On the
-single-node swarm of the main dockerd (tests/e2e/swarm.py); every object carries a random
-prefix and is gone at the end.
+overlay network and labelled named volumes kept by `down` unless `--volumes`, and
+`enable_ipv6` refused where it is written. On the single-node swarm of the main dockerd
+(tests/e2e/swarm.py); every object carries a random prefix and is gone at the end.
 """
 
 from __future__ import annotations
@@ -289,3 +289,32 @@ volumes:
     finally:
         down(stack)
         docker("volume", "rm", "-f", volume, check=False)
+
+
+def test_ipv6_on_an_overlay_network_is_refused_where_it_is_written(
+    prefix: str, tmp_path: Path
+) -> None:
+    """`enable_ipv6` on the swarm is a located error, with or without an IPv6 subnet, and
+    nothing is made: dockerd 20.10 rejects every task given an IPv6 address on an overlay
+    network (reconciler/manifest/swarm_check.py says what was measured)."""
+    stack = f"{prefix}six"
+    manifest = tmp_path / "compose.yaml"
+    body = f"""name: {stack}
+services:
+  web:
+    image: {TEST_REF}
+    command: ["sleep", "600"]
+    networks: [front]
+networks:
+  front:
+    driver: overlay
+    enable_ipv6: true
+"""
+    for ipam in ("", '    ipam: {config: [{subnet: "fd00:6a95:6::/64"}]}\n'):
+        manifest.write_text(body + ipam)
+        r = cli("-f", str(manifest), "--wait-timeout", "60")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"{manifest}:10:5: networks.front.enable_ipv6: the swarm's overlay" in r.stderr
+        assert "nothing was changed" in r.stderr, r.stderr
+        assert not docker("network", "ls", "-q", "--filter", f"label=io.pyapply.stack={stack}")
+        assert not docker("service", "ls", "-q", "--filter", f"label=io.pyapply.stack={stack}")

@@ -1,8 +1,8 @@
 """The IPv6 limits of each runtime, said when a stack goes to it. On docker, a network with
 enable_ipv6 gets a located warning that dockerd isolates IPv6
 only with its own ip6tables setting (runtime/docker/ipv6.py), unless dockerd is seen to have
-it on; other runtimes say nothing of it. On native, a port on [::1] is a located error
-(runtime/native/network.py says why), before anything changes."""
+it on; other runtimes say nothing of it. A port on [::1] is no error on any runtime (native
+serves it through its userland proxy, runtime/native/portproxy.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pyapply.reconciler.cli.common import LOOPBACK6, load_or_fail
-from pyapply.reconciler.cli.main import Failure
+from pyapply.reconciler.cli.common import load_or_fail
 from pyapply.runtime.docker import ipv6
 
 COMPOSE = """\
@@ -54,20 +53,17 @@ def test_the_ipv6_gap_of_docker_is_said_at_the_network(
     assert ipv6.GAP not in capsys.readouterr().err
 
 
-def test_a_port_on_ipv6_loopback_is_a_located_error_on_native_only(
+def test_a_port_on_ipv6_loopback_loads_for_every_runtime(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("PYAPPLY_RUNTIME", raising=False)
+    monkeypatch.setattr(ipv6, "dockerd_isolates_ipv6", lambda: True)
     f = tmp_path / "compose.yaml"
     f.write_text(
         'services:\n  web:\n    image: busybox\n    ports: ["127.0.0.1:80:80", "[::1]:81:80"]\n'
-        '  ok:\n    image: busybox\n    ports: ["[::]:82:80"]\n'
     )
-    with pytest.raises(Failure, match="1 error in the manifests; nothing was changed"):
-        load_or_fail([str(f)], runtime_name="native", for_runtime=True)
-    err = capsys.readouterr().err
-    assert f"{f}:4:32: services.web.ports[1]: {LOOPBACK6}" in err, err
-    assert "services.ok" not in err
-    for runtime, checked in (("docker", True), ("native", False)):
-        load_or_fail([str(f)], runtime_name=runtime, for_runtime=checked)
-        assert LOOPBACK6 not in capsys.readouterr().err
+    for runtime in ("docker", "native"):
+        loaded = load_or_fail([str(f)], runtime_name=runtime, for_runtime=True)
+        (web,) = loaded.stacks[0].services
+        assert [p.host_ip for p in web.ports] == ["127.0.0.1", "::1"]
+        assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import struct
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,25 @@ def test_udp_listeners_are_read_from_proc_net_udp() -> None:
     assert dns.dns_fault(REC, frozenset({("127.0.0.1", 53)})) == "no DNS server on 10.89.1.1:53"
 
 
+def test_a_dual_stack_network_is_served_on_both_gateways() -> None:
+    rec = {**REC, "subnet6": "fd00:1::/64", "gateway6": "fd00:1:0:0::1", "endpoints": {}}
+    assert dns.gateways(rec) == ["10.89.1.1", "fd00:1::1"]
+    assert dns.gateways({**rec, "subnet6": None}) == ["10.89.1.1"]
+    assert dns.render_network(rec, ("127.0.0.9",)) == "10.89.1.1,fd00:1::1 127.0.0.9\n"
+    # /proc/net/udp6: four 32-bit words, each in host order
+    raw = socket.inet_pton(socket.AF_INET6, "fd00:1::1")
+    words = "".join(f"{w:08X}" for w in struct.unpack("=4I", raw))
+    text = (
+        "  sl  local_address                         remote_address                        st\n"
+        f" 512: {words}:0035 00000000000000000000000000000000:0000 07\n"
+    )
+    found = dns.udp_listeners(text)
+    assert found == {("fd00:1::1", 53)}
+    assert dns.dns_fault(rec, found) == "no DNS server on 10.89.1.1:53"
+    assert dns.dns_fault(rec, found | {("10.89.1.1", 53)}) is None
+    assert dns.dns_fault(rec, frozenset({("10.89.1.1", 53)})) == "no DNS server on [fd00:1::1]:53"
+
+
 def test_this_hosts_proc_net_udp_shows_a_socket_we_bind() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -159,3 +179,46 @@ def test_the_services_own_dns_search_and_options_replace_their_parts() -> None:
     assert dns.resolv_conf(["10.89.1.1"], host, own={"search": ["a.example"]}) == (
         "nameserver 10.89.1.1\nsearch a.example\noptions edns0\n"
     )
+
+
+def test_an_internal_network_forwards_to_the_server_that_forwards_nothing() -> None:
+    inner = {
+        "name": "shop_inner",
+        "bridge": "pa-00000002",
+        "gateway": "10.89.3.1",
+        "internal": True,
+        "endpoints": {
+            "lonely": {"ip": "10.89.3.2", "aliases": []},
+            "both": {"ip": "10.89.3.3", "aliases": []},
+        },
+    }
+    outer = {
+        **REC,
+        "internal": False,
+        "endpoints": {"both": {"ip": "10.89.1.9", "aliases": []}},
+    }
+    nets = {"shop_inner": inner, "shop_back": outer}
+    files, _ = dns.config_files(nets, ("127.0.0.9",), "127.64.1.2", ("127.0.0.9",))
+    assert files["pa-00000002"].splitlines()[:3] == [
+        "10.89.3.1 127.64.1.2",  # the internal network's resolver: the local-only server
+        "both 10.89.3.3  both 127.0.0.9",  # also on a network with a way out: forwarded
+        "lonely 10.89.3.2  lonely",
+    ]
+    assert files["pa-93516a4c"].splitlines()[:2] == [
+        "10.89.1.1 127.0.0.9",
+        "both 10.89.1.9  both 127.0.0.9",
+    ]
+    # without the local-only server (none needed: no internal network) nothing changes
+    plain, _ = dns.config_files({"shop_back": outer})
+    assert plain["pa-93516a4c"].splitlines()[1] == "both 10.89.1.9  both"
+
+
+def test_the_local_only_address_is_a_roots_own_loopback_address() -> None:
+    a = dns.local_only_address(Path("/var/lib/pyapply/networks/dns-local"))
+    b = dns.local_only_address(Path("/var/lib/other/networks/dns-local"))
+    assert a != b
+    for addr in (a, b):
+        ip = IPv4Address(addr)
+        assert ip in IPv4Network("127.64.0.0/10") and addr.split(".")[3] not in ("0", "255")
+    text = "search x\nnameserver 127.0.0.53\nnameserver fd00::1\nnameserver bogus\n"
+    assert dns.host_resolvers(text) == ["127.0.0.53", "fd00::1"]

@@ -1,6 +1,6 @@
 """The pure parts of IPv6 on native networks: the IPv6 subnet and the addresses derived from
 the IPv4 leases (ipam.py), the ip6tables rules (firewall.py, network.py), the kernel checks
-of a dual-stack network, its DNS entries (dns.py), and the refusal of [::1]."""
+of a dual-stack network, its DNS entries (dns.py), and no rule for [::1] (the proxy's)."""
 
 from __future__ import annotations
 
@@ -75,12 +75,12 @@ def test_the_ip6tables_rules_mirror_the_iptables_ones_but_loopback() -> None:
     v4 = network_rules(REC)
     v6 = network_rules6(REC)
     loopback = {"127.0.0.0/8"}
-    # every IPv4 rule but those about 127.0.0.0/8 and the DNS guard has its IPv6 twin
-    expected = [r.args for r in v4 if not loopback & set(r.args) and r.chain != firewall.DNS_CHAIN]
-    expected = [
-        tuple("fd00:3::/64" if a == "10.89.3.0/24" else a for a in args) for args in expected
-    ]
+    # every IPv4 rule but those about 127.0.0.0/8 has its IPv6 twin (the DNS guard's on the
+    # IPv6 gateway, where the DNS server listens too)
+    twin = {"10.89.3.0/24": "fd00:3::/64", "10.89.3.1": "fd00:3::1"}
+    expected = [tuple(twin.get(a, a) for a in r.args) for r in v4 if not loopback & set(r.args)]
     assert [r.args for r in v6] == expected
+    assert any(r.chain == firewall.DNS_CHAIN and "fd00:3::1" in r.args for r in v6)
     assert any(r.chain == firewall.ISOLATION_CHAIN and "br-+" in r.args for r in v6)
     assert any(r.chain == firewall.POSTROUTING_CHAIN and "fd00:3::/64" in r.args for r in v6)
     internal = network_rules6({**REC, "internal": True})
@@ -107,9 +107,9 @@ def test_a_published_port_gets_a_rule_per_family_it_is_published_on() -> None:
     assert port_rules6({**REC, "subnet6": None}, port("")) == []
 
 
-def test_ports_on_ipv6_loopback_are_refused_with_the_reason() -> None:
-    with pytest.raises(PermanentError, match=r"cannot publish a port on \[::1\].*route_localnet"):
-        _host_ipv6("::1")
+def test_ports_on_ipv6_loopback_get_no_rule_they_are_the_proxys() -> None:
+    assert _host_ipv6("::1") == IPv6Address("::1")
+    assert port_rules6(REC, port("::1")) == [] and port_rules4(REC, port("::1")) == []
     assert _host_ipv6("::") == IPv6Address("::")
     assert _host_ipv6("127.0.0.1") is None
     with pytest.raises(PermanentError, match="not an IP address"):
