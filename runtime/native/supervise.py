@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pyapply.runtime.base import PermanentError, RuntimeFailure, TransientError
+from pyapply.runtime.native import runc_files
 from pyapply.runtime.native.hostbins import CONMON, RUNC, HostBinary
 from pyapply.runtime.statefs import private_dir
 
@@ -211,9 +212,11 @@ class Supervisor:
         return doc
 
     def runc_list(self) -> dict[str, dict[str, Any]]:
-        """Every container in our runc root, by id, in one call."""
-        if not self.runc_root.exists():
-            return {}
+        """Every container in our runc root, by id: read from runc's files when they say
+        it all (`runc_files`), else in one runc call."""
+        found = runc_files.list_states(self.runc_root)
+        if found is not None:
+            return found
         proc = self._runc("list", "--format=json", check=False)
         if proc.returncode != 0:
             return {}
