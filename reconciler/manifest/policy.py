@@ -21,7 +21,6 @@ unless a policy file sets it.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import json
@@ -431,6 +430,8 @@ def _value_problems(doc: StackDocument, data: dict[str, Any]) -> list[Problem]:
         for i, cap in enumerate(allow):
             if isinstance(cap, str) and cap_name(cap) not in _CAPS:
                 p: Path = ("rules", "cap_add", "allow", i)
+                import difflib  # only for a suggestion
+
                 close = difflib.get_close_matches(cap_name(cap), sorted(_CAPS), n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 out.append(

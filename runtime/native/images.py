@@ -36,12 +36,10 @@ import datetime
 import fcntl
 import json
 import os
-import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pyapply.runtime.base import ImageInfo, NotFound, PermanentError
 from pyapply.runtime.native.layers import (
@@ -77,6 +75,9 @@ from pyapply.runtime.native.statefile import (
     string,
 )
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree, state_root
+
+if TYPE_CHECKING:
+    import tarfile
 
 CONFIG_TYPES = (
     "application/vnd.docker.container.image.v1+json",
@@ -472,6 +473,8 @@ class ImageStore:
             for a, b in items:
                 fn(a, b)
             return
+        from concurrent.futures import ThreadPoolExecutor  # only when there is work
+
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(items))) as pool:
             futures = [pool.submit(fn, a, b) for a, b in items]
             errors = [f.exception() for f in futures]
@@ -507,6 +510,8 @@ class ImageStore:
         """Import a `docker save` archive, an OCI image layout (directory or tar) or, with
         `ref`, a plain rootfs tarball (optionally compressed) as a one-layer image. `ref`
         also renames a single imported image. Returns the records imported."""
+        import tarfile  # an import, not a look at the store
+
         with self._flock("gc.lock", fcntl.LOCK_SH):
             if os.path.isdir(path):
                 if not os.path.isfile(os.path.join(path, "oci-layout")):
