@@ -1138,11 +1138,10 @@ class ContainerManager:
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerState]:
         """Containers whose labels match ({key: value}, value "" = has the key), by name;
-        one runc call for all of them."""
+        one look at runc for all of them (at their ids only, not at the whole root's)."""
         if not self.containers_dir.is_dir():
             return []
-        runc_all = self.supervisor.runc_list()
-        out = []
+        out: builtins.list[ContainerState | tuple[str, dict[str, Any]]] = []
         for cdir in sorted(self.containers_dir.iterdir()):
             if not _NAME.match(cdir.name) or not cdir.is_dir():
                 continue
@@ -1155,8 +1154,16 @@ class ContainerManager:
                 continue
             if doc is None or not _labels_match(doc.get("labels") or {}, labels):
                 continue
-            out.append(self._state(cdir.name, doc, runc_all.get(str(doc["id"]))))
-        return out
+            out.append((cdir.name, doc))
+        runc = self.supervisor.runc_list(
+            [str(item[1]["id"]) for item in out if isinstance(item, tuple)]
+        )
+        return [
+            self._state(item[0], item[1], runc.get(str(item[1]["id"])))
+            if isinstance(item, tuple)
+            else item
+            for item in out
+        ]
 
     def layer_dirs_in_use(self) -> set[str]:
         """The image layer directories the containers of this root are made of (a damaged

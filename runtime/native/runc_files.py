@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,24 +103,32 @@ def _entry(state_dir: str, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_states(runc_root: Path) -> dict[str, dict[str, Any]] | None:
-    """Every container in `runc_root` by id, as `runc list` gives them; None when one of
-    them cannot be read as runc would (the caller runs runc then)."""
+def list_states(
+    runc_root: Path, ids: Iterable[str] | None = None
+) -> dict[str, dict[str, Any]] | None:
+    """Every container in `runc_root` by id (or those of `ids` that runc has), as `runc
+    list` gives them; None when one of them cannot be read as runc would (the caller runs
+    runc then). With `ids`, the look costs what the stack has, not what the root has."""
     out: dict[str, dict[str, Any]] = {}
     try:
-        entries = list(os.scandir(runc_root))
+        if ids is None:
+            dirs = [e.path for e in os.scandir(runc_root) if e.is_dir(follow_symlinks=False)]
+        else:
+            dirs = [os.path.join(runc_root, cid) for cid in ids if _plain_name(cid)]
     except FileNotFoundError:
         return out
     try:
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
-                continue
-            text = _read(os.path.join(entry.path, STATE_FILE))
+        for state_dir in dirs:
+            text = _read(os.path.join(state_dir, STATE_FILE))
             if text is None:
-                continue  # being created or deleted: runc list skips it too
-            doc = json.loads(text)
-            item = _entry(entry.path, doc)
+                continue  # none, or being created or deleted: runc list skips it too
+            item = _entry(state_dir, json.loads(text))
             out[item["id"]] = item
     except (_Unsure, OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     return out
+
+
+def _plain_name(cid: str) -> bool:
+    """An id that names a directory of the root (runc's ids never hold a slash)."""
+    return bool(cid) and "/" not in cid and cid not in (".", "..")

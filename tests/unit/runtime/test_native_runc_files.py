@@ -130,3 +130,14 @@ def test_a_freezer_in_transition_is_left_to_runc(tmp_path: Path) -> None:
 
 def test_no_root_no_containers(tmp_path: Path) -> None:
     assert runc_files.list_states(tmp_path / "missing") == {}
+
+
+def test_ids_read_only_those_containers(tmp_path: Path) -> None:
+    root = tmp_path / "runc"
+    write_state(root, "mine")
+    (root / "other").mkdir()
+    (root / "other" / "state.json").write_text("{garbage")  # never read
+    found = runc_files.list_states(root, ["mine", "gone", "../runc", ""])
+    assert found is not None
+    assert list(found) == ["mine"]
+    assert runc_files.list_states(tmp_path / "missing", ["mine"]) == {}
