@@ -50,11 +50,10 @@ from pyapply.runtime.native.layers import (
     sha256_bytes,
     unpack_layer,
 )
-from pyapply.runtime.native.registry import (
+from pyapply.runtime.native.reference import (
     INDEX_TYPES,
     Platform,
     Reference,
-    RegistryClient,
     host_platform,
     normalize_ref,
     parse_platform,
@@ -78,6 +77,8 @@ from pyapply.runtime.statefs import atomic_write, private_dir, rmtree, state_roo
 
 if TYPE_CHECKING:
     import tarfile
+
+    from pyapply.runtime.native.registry import RegistryClient
 
 CONFIG_TYPES = (
     "application/vnd.docker.container.image.v1+json",
@@ -287,14 +288,33 @@ class ImageStore:
         for d in (self.root, self.dir, self.layers_dir):
             private_dir(d)
         self.blobs = BlobStore(os.path.join(self.dir, "blobs"), self.tmp_dir)
-        self.client = client or RegistryClient(
-            credentials=credentials, insecure=insecure, ca_file=ca_file
-        )
+        self._client = client
+        self._client_options = (credentials, tuple(insecure), ca_file)
+        self._client_lock = threading.Lock()
         if isinstance(platform, str):
             platform = parse_platform(platform)
         self.platform = platform or host_platform()
         self.max_parallel = max(1, max_parallel)
         self._local = threading.Lock()
+
+    @property
+    def client(self) -> RegistryClient:
+        """The registry client, made at the first pull or push: a look at the store (a no-op
+        apply resolving its images) never loads the HTTP client's module."""
+        with self._client_lock:  # one client, whose tokens every pull thread shares
+            if self._client is None:
+                from pyapply.runtime.native.registry import RegistryClient
+
+                credentials, insecure, ca_file = self._client_options
+                self._client = RegistryClient(
+                    credentials=credentials, insecure=insecure, ca_file=ca_file
+                )
+            return self._client
+
+    @client.setter
+    def client(self, client: RegistryClient) -> None:
+        with self._client_lock:
+            self._client = client
 
     # -- locks and the index ---------------------------------------------------------------
 
