@@ -141,3 +141,35 @@ def test_ids_read_only_those_containers(tmp_path: Path) -> None:
     assert found is not None
     assert list(found) == ["mine"]
     assert runc_files.list_states(tmp_path / "missing", ["mine"]) == {}
+
+
+def test_the_fields_read_where_runc_writes_them_are_the_parsed_ones(tmp_path: Path) -> None:
+    """runc's layout (compact, fields in the struct's order, the config before the cgroup
+    paths) is read without parsing the config; a key-like text inside a string is no key."""
+    decoy = 'x","labels":["bundle=/wrong"],"cgroup_paths":{"freezer":"/wrong"}'
+    doc = {
+        "id": "c1",
+        "init_process_pid": 42,
+        "init_process_start": 7,
+        "created": "2026-01-01T00:00:00Z",
+        "config": {
+            "env": [f"A={decoy}"],
+            "labels": ["io.pyapply.name=web", "bundle=/bundles/c1"],
+            "cgroups": {"path": "/pyapply/c1"},
+        },
+        "rootless": False,
+        "cgroup_paths": {"": "/sys/fs/cgroup/unified/c1", "freezer": "/sys/fs/cgroup/freezer/c1"},
+        "namespace_paths": {"NEWNET": "/proc/42/ns/net"},
+    }
+    text = json.dumps(doc, separators=(",", ":"))
+    fields = runc_files._fields(text)
+    assert len(fields) == 5  # read in place, not parsed whole
+    assert fields == {
+        "id": "c1",
+        "init_process_pid": 42,
+        "init_process_start": 7,
+        "cgroup_paths": doc["cgroup_paths"],
+        "config": {"labels": doc["config"]["labels"]},  # type: ignore[index]
+    }
+    # another layout: the whole file parsed
+    assert runc_files._fields(json.dumps(doc)) == doc
