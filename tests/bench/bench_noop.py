@@ -50,7 +50,8 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise BenchError(f"{' '.join(argv)} failed ({proc.returncode}):\n{tail}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
