@@ -153,7 +153,7 @@ def removes_image(ref: str, record: ImageRecord) -> bool:
     by id, or by its only name. As with docker, an image goes with its last name (its repo
     digests go with it); removing one of several names only untags."""
     from pyapply.runtime.base import PermanentError
-    from pyapply.runtime.native.registry import normalize_ref
+    from pyapply.runtime.native.reference import normalize_ref
 
     text = ref.strip()
     hexpart = text.removeprefix("sha256:")

@@ -21,7 +21,6 @@ unless a policy file sets it.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import json
@@ -46,6 +45,7 @@ from pyapply.reconciler.manifest.policy_rules import (
     resolving,
 )
 from pyapply.reconciler.manifest.schema import explain
+from pyapply.reconciler.manifest.values import suggest
 from pyapply.runtime.statefs import DEFAULT_ROOT
 
 if TYPE_CHECKING:
@@ -431,8 +431,7 @@ def _value_problems(doc: StackDocument, data: dict[str, Any]) -> list[Problem]:
         for i, cap in enumerate(allow):
             if isinstance(cap, str) and cap_name(cap) not in _CAPS:
                 p: Path = ("rules", "cap_add", "allow", i)
-                close = difflib.get_close_matches(cap_name(cap), sorted(_CAPS), n=1)
-                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                hint = suggest(cap_name(cap), sorted(_CAPS))
                 out.append(
                     Problem(
                         f"{json.dumps(cap)} is not a Linux capability{hint}",

@@ -8,7 +8,6 @@ was written. The small helpers that put values into those sentences (`show`, `ki
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import math
@@ -68,6 +67,9 @@ def scalar_str(value: Any) -> str:
 
 
 def suggest(word: str, choices: Sequence[str]) -> str:
+    """' (did you mean "x"?)' for the closest of `choices`, or ""."""
+    import difflib  # only for a mistake: a manifest that loads never pays for it
+
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f' (did you mean "{close[0]}"?)' if close else ""
 

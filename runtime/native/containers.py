@@ -29,6 +29,7 @@ import secrets
 import signal
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -372,6 +373,22 @@ class ContainerManager:
         self.key_of: Callable[[str], str | None] = lambda name: name
         # /pyapply/<root tag>/<container>: two roots may hold containers of the same name
         self.cgroup_parent = f"{CGROUP_PARENT}/{root_tag(self.root.resolve())}"
+        self._looking = threading.local()  # `one_look`'s states, for its thread only
+
+    @contextlib.contextmanager
+    def one_look(self) -> Iterator[None]:
+        """Within the block, this thread reads each container's state file once: a listing
+        and the checks that follow it (cgroup, network mode) see one state, not the file
+        parsed and validated again by each. Other threads, and code after the block, read
+        the file afresh."""
+        if getattr(self._looking, "docs", None) is not None:
+            yield  # nested: the outer look holds
+            return
+        self._looking.docs = {}
+        try:
+            yield
+        finally:
+            self._looking.docs = None
 
     def check_host(self, config: ContainerConfig) -> None:
         """Raise a permanent error naming the missing program and its package when this
@@ -396,11 +413,16 @@ class ContainerManager:
         """The container's state; None when there is no such container; DamagedState when
         its directory exists but its state.json is missing or not what we wrote (then its
         processes may still run: see _kill_leftovers)."""
+        docs: dict[str, dict[str, Any] | None] | None = getattr(self._looking, "docs", None)
+        if docs is not None and name in docs:
+            return docs[name]
         cdir = self.dir(name)
         path = cdir / "state.json"
         doc: dict[str, Any] | None = read_json(path, STATE_SHAPE)
         if doc is None and cdir.is_dir() and not self._creating():
             raise DamagedState(path, "missing")
+        if docs is not None:
+            docs[name] = doc
         return doc
 
     def peek(self, name: str) -> dict[str, Any] | None:
@@ -1138,11 +1160,10 @@ class ContainerManager:
 
     def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerState]:
         """Containers whose labels match ({key: value}, value "" = has the key), by name;
-        one runc call for all of them."""
+        one look at runc for all of them (at their ids only, not at the whole root's)."""
         if not self.containers_dir.is_dir():
             return []
-        runc_all = self.supervisor.runc_list()
-        out = []
+        out: builtins.list[ContainerState | tuple[str, dict[str, Any]]] = []
         for cdir in sorted(self.containers_dir.iterdir()):
             if not _NAME.match(cdir.name) or not cdir.is_dir():
                 continue
@@ -1155,8 +1176,16 @@ class ContainerManager:
                 continue
             if doc is None or not _labels_match(doc.get("labels") or {}, labels):
                 continue
-            out.append(self._state(cdir.name, doc, runc_all.get(str(doc["id"]))))
-        return out
+            out.append((cdir.name, doc))
+        runc = self.supervisor.runc_list(
+            [str(item[1]["id"]) for item in out if isinstance(item, tuple)]
+        )
+        return [
+            self._state(item[0], item[1], runc.get(str(item[1]["id"])))
+            if isinstance(item, tuple)
+            else item
+            for item in out
+        ]
 
     def layer_dirs_in_use(self) -> set[str]:
         """The image layer directories the containers of this root are made of (a damaged

@@ -334,10 +334,11 @@ class NativeRuntime:
     @translated
     def list_networks(self, labels: Mapping[str, str]) -> list[NetworkState]:
         names = self.names.load()
-        found = [self._named(net, names) for net in self.networks.list(labels)]
-        if not found:
-            return found
-        by_network, _ = self._kernel_faults()
+        with self.networks.one_look():
+            found = [self._named(net, names) for net in self.networks.list(labels)]
+            if not found:
+                return found
+            by_network, _ = self._kernel_faults()
         return [
             replace(n, faults=tuple(Fault(r) for r in by_network[n.name]))
             if n.name in by_network
@@ -886,12 +887,13 @@ class NativeRuntime:
     @translated
     def list_containers(self, labels: Mapping[str, str]) -> list[ContainerState]:
         """The containers carrying `labels`; the running ones with their faults."""
-        found = self.containers.list(labels)
-        if not found:
-            return found
-        if any(s.status == "running" for s in found):
-            found = self._with_faults(found)
-        attached = self._attached_networks()
+        with self.containers.one_look(), self.networks.one_look():
+            found = self.containers.list(labels)
+            if not found:
+                return found
+            if any(s.status == "running" for s in found):
+                found = self._with_faults(found)
+            attached = self._attached_networks()
         names = self.names.load()
         return sorted((self._observed(s, attached, names) for s in found), key=lambda s: s.name)
 

@@ -24,12 +24,10 @@ not count. It is written atomically to `<dir>/health.json` so any process can re
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -41,7 +39,6 @@ from typing import Any
 
 from pyapply.runtime.base import Health, HealthConfig
 from pyapply.runtime.native.container_state import STATE_SHAPE
-from pyapply.runtime.native.restarter import Restarter
 from pyapply.runtime.native.statefile import (
     DamagedState,
     anything,
@@ -291,6 +288,13 @@ def _config(h: dict[str, Any]) -> HealthConfig:
 
 def run(root: Path, runc: str) -> int:
     """The checker: probe every watched container on its interval; exit when idle."""
+    # imported here, in the keeper's own process: the commands that only read this
+    # module (a container's health, whether the keeper runs) never pay for them
+    import concurrent.futures
+    import queue
+
+    from pyapply.runtime.native.restarter import Restarter
+
     # One checker per root. A second one (a start racing with an idle exit) waits here and
     # takes over when the first is gone, so a container is never left without a checker.
     lock = open_private(root / LOCK_FILE)

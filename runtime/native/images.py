@@ -36,12 +36,10 @@ import datetime
 import fcntl
 import json
 import os
-import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pyapply.runtime.base import ImageInfo, NotFound, PermanentError
 from pyapply.runtime.native.layers import (
@@ -52,11 +50,10 @@ from pyapply.runtime.native.layers import (
     sha256_bytes,
     unpack_layer,
 )
-from pyapply.runtime.native.registry import (
+from pyapply.runtime.native.reference import (
     INDEX_TYPES,
     Platform,
     Reference,
-    RegistryClient,
     host_platform,
     normalize_ref,
     parse_platform,
@@ -77,6 +74,11 @@ from pyapply.runtime.native.statefile import (
     string,
 )
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree, state_root
+
+if TYPE_CHECKING:
+    import tarfile
+
+    from pyapply.runtime.native.registry import RegistryClient
 
 CONFIG_TYPES = (
     "application/vnd.docker.container.image.v1+json",
@@ -286,14 +288,33 @@ class ImageStore:
         for d in (self.root, self.dir, self.layers_dir):
             private_dir(d)
         self.blobs = BlobStore(os.path.join(self.dir, "blobs"), self.tmp_dir)
-        self.client = client or RegistryClient(
-            credentials=credentials, insecure=insecure, ca_file=ca_file
-        )
+        self._client = client
+        self._client_options = (credentials, tuple(insecure), ca_file)
+        self._client_lock = threading.Lock()
         if isinstance(platform, str):
             platform = parse_platform(platform)
         self.platform = platform or host_platform()
         self.max_parallel = max(1, max_parallel)
         self._local = threading.Lock()
+
+    @property
+    def client(self) -> RegistryClient:
+        """The registry client, made at the first pull or push: a look at the store (a no-op
+        apply resolving its images) never loads the HTTP client's module."""
+        with self._client_lock:  # one client, whose tokens every pull thread shares
+            if self._client is None:
+                from pyapply.runtime.native.registry import RegistryClient
+
+                credentials, insecure, ca_file = self._client_options
+                self._client = RegistryClient(
+                    credentials=credentials, insecure=insecure, ca_file=ca_file
+                )
+            return self._client
+
+    @client.setter
+    def client(self, client: RegistryClient) -> None:
+        with self._client_lock:
+            self._client = client
 
     # -- locks and the index ---------------------------------------------------------------
 
@@ -472,6 +493,8 @@ class ImageStore:
             for a, b in items:
                 fn(a, b)
             return
+        from concurrent.futures import ThreadPoolExecutor  # only when there is work
+
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(items))) as pool:
             futures = [pool.submit(fn, a, b) for a, b in items]
             errors = [f.exception() for f in futures]
@@ -507,6 +530,8 @@ class ImageStore:
         """Import a `docker save` archive, an OCI image layout (directory or tar) or, with
         `ref`, a plain rootfs tarball (optionally compressed) as a one-layer image. `ref`
         also renames a single imported image. Returns the records imported."""
+        import tarfile  # an import, not a look at the store
+
         with self._flock("gc.lock", fcntl.LOCK_SH):
             if os.path.isdir(path):
                 if not os.path.isfile(os.path.join(path, "oci-layout")):

@@ -31,25 +31,24 @@ library; zstd only when the `zstandard` module is installed.
 from __future__ import annotations
 
 import base64
-import bz2
 import contextlib
 import ctypes
 import errno
-import gzip
 import hashlib
-import lzma
 import os
 import re
 import secrets
 import shutil
 import stat
-import tarfile
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from pyapply.runtime.base import PermanentError, TransientError
 from pyapply.runtime.statefs import PRIVATE_DIR_MODE, fsync_dir, private_dir, rmtree
+
+if TYPE_CHECKING:
+    import tarfile
 
 CHUNK = 1 << 20
 DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
@@ -244,6 +243,12 @@ class _HashingReader:
 
 def open_decompressed(f: BinaryIO) -> Any:
     """Wrap a (seekable) layer blob in the decompressor its magic bytes call for."""
+    # the decompressors and tarfile are imported where a layer is read, so that what only
+    # looks at the store (a no-op apply resolving its images) never loads them
+    import bz2
+    import gzip
+    import lzma
+
     head = f.read(6)
     f.seek(0)
     if head.startswith(b"\x1f\x8b"):
@@ -265,6 +270,8 @@ def open_decompressed(f: BinaryIO) -> Any:
 
 def diff_id_of(path: str) -> str:
     """sha256 of a layer blob's uncompressed content: its diff_id."""
+    import lzma
+
     with open(path, "rb") as f:
         src = open_decompressed(f)
         r = _HashingReader(src, "sha256")
@@ -549,6 +556,10 @@ def unpack_layer(
     atomically: into a fresh directory under `tmp_dir`, then renamed. Returns the diff_id
     (sha256 of the uncompressed tar); with `expected_diff_id`, a mismatch is DigestMismatch
     and nothing is kept. If `dest` appears meanwhile (a concurrent unpack), ours is dropped."""
+    import gzip
+    import lzma
+    import tarfile
+
     algo = "sha256"
     if expected_diff_id is not None:
         algo, _ = check_digest(expected_diff_id)

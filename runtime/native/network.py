@@ -69,6 +69,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -354,6 +355,21 @@ class NetworkManager:
         self.alias_prefix = f"{ALIAS_PREFIX}{self.tag}:"
         self.dns = DnsServer(self.dir / "dns", self.dir / "dns.log")
         self.proxy = PortProxy(self.dir / "proxy")
+        self._looking = threading.local()  # `one_look`'s snapshot, for its thread only
+
+    @contextlib.contextmanager
+    def one_look(self) -> Iterator[None]:
+        """Within the block, this thread reads the state once (`_peek`): the listing and
+        the fault checks of one observation see one snapshot. Other threads, and code after
+        the block, read it afresh."""
+        if getattr(self._looking, "active", False):
+            yield
+            return
+        self._looking.active, self._looking.state = True, None
+        try:
+            yield
+        finally:
+            self._looking.active, self._looking.state = False, None
 
     # -- naming ------------------------------------------------------------------------
 
@@ -435,7 +451,13 @@ class NetworkManager:
         """A consistent snapshot for reading (creates nothing when there is no state)."""
         if not self.dir.is_dir():
             return _State(networks={}, hosts_files={}, ipam=Ipam(self.pool, self.prefix))
+        looking = getattr(self._looking, "active", False)
+        if looking and self._looking.state is not None:
+            snapshot: _State = self._looking.state
+            return snapshot
         with self._locked() as st:
+            if looking:
+                self._looking.state = st
             return st
 
     # -- networks ----------------------------------------------------------------------

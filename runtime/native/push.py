@@ -48,13 +48,13 @@ from pyapply.runtime.base import (
 )
 from pyapply.runtime.native.images import ImageRecord, ImageStore
 from pyapply.runtime.native.layers import CHUNK, check_digest, sha256_bytes
-from pyapply.runtime.native.registry import (
+from pyapply.runtime.native.reference import (
     MANIFEST_TYPES,
     MT_OCI_MANIFEST,
-    Body,
     Reference,
     parse_reference,
 )
+from pyapply.runtime.native.registry import Body
 from pyapply.runtime.statefs import atomic_write, private_dir
 
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

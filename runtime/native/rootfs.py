@@ -8,7 +8,6 @@ it went away, e.g. after a reboot) and vanish on remove (the upperdir is deleted
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -33,6 +32,8 @@ _MAX_OPTIONS = 4095
 def _libc() -> ctypes.CDLL:
     """libc, loaded at the first mount: find_library runs `ldconfig -p`, a cost every
     command that imports this module (a no-op apply among them) would pay otherwise."""
+    import ctypes.util  # shutil, tempfile ...: loaded with libc, not with this module
+
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     libc.mount.argtypes = [
         ctypes.c_char_p,

@@ -638,6 +638,10 @@ class Bench:
         )
         common.write_compose_file(dc_file, common.services_spec(n, ports[2]))
         env = {**os.environ, "NO_COLOR": "1"}
+        # pyapply as installed, its bytecode compiled (pip does it at install time): the
+        # sandbox this is developed in may say PYTHONDONTWRITEBYTECODE, and every pyapply
+        # start would then compile its modules and time that
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         native = Tool(
             name="pyapply (native)",
             stack=na_stack,

@@ -9,6 +9,7 @@ overlay mounts, cgroup directories. A missing runc or conmon is a failure, not a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from pyapply.runtime.base import ContainerConfig, ContainerState, HealthConfig, MountConfig, Ulimit
-from pyapply.runtime.native import health, rootfs
+from pyapply.runtime.native import health, rootfs, runc_files
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.supervise import pid_alive
 
@@ -499,3 +500,28 @@ def test_start_failure_is_reported_and_cleaned(manager: ContainerManager, lowerd
         manager.start(name)
     assert state(manager, name).status != "running"
     wait_for(lambda: manager.cgroup_dirs(name) == [], what="the cgroups to go")
+
+
+def test_runc_files_say_what_runc_list_says(manager: ContainerManager, lowerdir: Path) -> None:
+    """The statuses read from runc's own files (`runc_files`, what observation uses) are
+    the ones `runc list` gives, for running and paused containers."""
+    running, paused = cname("files"), cname("files")
+    run(manager, lowerdir, running, "sleep", "1000")
+    cid = run(manager, lowerdir, paused, "sleep", "1000").id
+    runc = [RUNC, f"--root={manager.runc_root}"]
+
+    def by_runc() -> dict[str, dict[str, object]]:
+        out = subprocess.run([*runc, "list", "--format=json"], capture_output=True, check=True)
+        keys = ("id", "pid", "status", "bundle")
+        return {i["id"]: {k: i[k] for k in keys} for i in json.loads(out.stdout)}
+
+    subprocess.run([*runc, "pause", cid], check=True)
+    try:
+        seen = runc_files.list_states(manager.runc_root)
+        assert seen is not None
+        assert sorted(i["status"] for i in seen.values()) == ["paused", "running"]
+        assert seen == by_runc()
+    finally:
+        subprocess.run([*runc, "resume", cid], check=True)
+    assert runc_files.list_states(manager.runc_root) == by_runc()
+    assert state(manager, paused).status == "running"

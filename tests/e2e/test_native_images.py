@@ -37,13 +37,13 @@ import pytest
 
 from pyapply.runtime.base import NotFound, PermanentError, TransientError
 from pyapply.runtime.native.images import ImageStore, PullProgress
-from pyapply.runtime.native.registry import (
+from pyapply.runtime.native.reference import (
     MT_DOCKER_LIST,
     MT_OCI_INDEX,
     MT_OCI_MANIFEST,
-    RegistryClient,
     host_platform,
 )
+from pyapply.runtime.native.registry import RegistryClient
 
 pytestmark = pytest.mark.e2e
 

@@ -57,7 +57,7 @@ from pyapply.runtime.native.build.state import StageState
 from pyapply.runtime.native.build.workspace import Workspace
 from pyapply.runtime.native.containers import ContainerManager
 from pyapply.runtime.native.images import ImageStore
-from pyapply.runtime.native.registry import host_platform, normalize_ref
+from pyapply.runtime.native.reference import host_platform, normalize_ref
 from pyapply.runtime.native.supervise import LOG_FILE, conmon_pid, read_exit, read_log
 from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
 

@@ -19,7 +19,6 @@ import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 from pyapply.runtime.base import PermanentError
@@ -68,6 +67,8 @@ OPERATORS = frozenset(
 
 @functools.cache
 def _default_text() -> str:
+    from importlib import resources  # tempfile, shutil ...: only when a spec is made
+
     return resources.files(__name__).joinpath("default.json").read_text(encoding="utf-8")
 
 

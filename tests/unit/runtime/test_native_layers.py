@@ -26,15 +26,17 @@ from pyapply.runtime.native.layers import (
     diff_id_of,
     unpack_layer,
 )
-from pyapply.runtime.native.registry import (
+from pyapply.runtime.native.reference import (
     Platform,
-    RegistryClient,
-    docker_config_credentials,
     host_platform,
-    parse_challenge,
     parse_platform,
     parse_reference,
     select_platform,
+)
+from pyapply.runtime.native.registry import (
+    RegistryClient,
+    docker_config_credentials,
+    parse_challenge,
 )
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and owners need root")

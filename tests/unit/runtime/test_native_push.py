@@ -42,13 +42,8 @@ from pyapply.runtime.native.push import (
     push_target,
     stored_manifest,
 )
-from pyapply.runtime.native.registry import (
-    MT_DOCKER_MANIFEST,
-    MT_OCI_MANIFEST,
-    RegistryClient,
-    _range_end,
-    parse_reference,
-)
+from pyapply.runtime.native.reference import MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, parse_reference
+from pyapply.runtime.native.registry import RegistryClient, _range_end
 
 
 def sha(data: bytes) -> str:
