@@ -8,10 +8,9 @@ would cost ~10 MB per container and re-implement all of it.
 
 Sequence (conmon 2.1.6 only runs `runc create`): spawn conmon (it forks, setsids and the
 parent returns at once); read the container's pid from its sync pipe, written once `runc
-create` is done; then start the container as `runc start` does (`Supervisor._release`). When
-the process
-ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit command, which we
-set to `runc delete <id>`, so the cgroups go away without anyone watching.
+create` is done; then start the container as `runc start` does (`Supervisor._release`).
+When the process ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit
+command, which we set to `runc delete <id>`, so the cgroups go away without anyone watching.
 
 In a plain chroot (a directory of another file system as "/", as in a debootstrap'd system
 entered with `chroot`), "/" is not a mount point and `runc create` fails making it a slave
