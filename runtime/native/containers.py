@@ -533,8 +533,8 @@ class ContainerManager:
             )
             if shared is not None and shared.key is None:
                 hosts, resolv = host_etc(config.extra_hosts)
-                atomic_write(cdir / "hosts", hosts, 0o644)
-                atomic_write(cdir / "resolv.conf", resolv, 0o644)
+                atomic_write(cdir / "hosts", hosts, 0o644, sync_dir=False)
+                atomic_write(cdir / "resolv.conf", resolv, 0o644, sync_dir=False)
             rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
             shm: str | None = None
             if config.ipc_mode == "shareable":
@@ -573,7 +573,9 @@ class ContainerManager:
                     ),
                 ),
             )
-            atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+            # runc reads it, no one else: compact JSON (the C encoder; indent takes the
+            # pure-Python one). Its name is made durable by state.json's write below.
+            atomic_write(cdir / "config.json", json.dumps(spec), sync_dir=False)
             env = oci.merge_env(image.env, config.env)
             policy = restarts.Policy.parse(config.restart_policy, config.restart_max_retries)
             if not any(e.startswith("PATH=") for e in env):
@@ -677,7 +679,7 @@ class ContainerManager:
                 ns["path"] = ipc_ns
         if shm_mount is not None and shm:
             shm_mount["source"] = shm
-        atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+        atomic_write(cdir / "config.json", json.dumps(spec))
 
     def _hooks(self, name: str, doc: Mapping[str, Any], which: str, timeout: float) -> None:
         """Run the post_start or pre_stop hooks in the running container, in order; a hook
@@ -759,10 +761,13 @@ class ContainerManager:
         options: Sequence[str],
     ) -> None:
         # bind-mounted into the container, where any user reads them; the container's 0700
-        # directory keeps the host's users out
-        atomic_write(cdir / "hostname", hostname + "\n", 0o644)
-        atomic_write(cdir / "hosts", hosts_text(hostname, hosts), 0o644)
-        atomic_write(cdir / "resolv.conf", resolv_text(nameservers, search, options), 0o644)
+        # directory keeps the host's users out. Their names become durable with state.json's,
+        # written last into the same directory (one fsync of it for all).
+        atomic_write(cdir / "hostname", hostname + "\n", 0o644, sync_dir=False)
+        atomic_write(cdir / "hosts", hosts_text(hostname, hosts), 0o644, sync_dir=False)
+        atomic_write(
+            cdir / "resolv.conf", resolv_text(nameservers, search, options), 0o644, sync_dir=False
+        )
 
     # -- start / stop --------------------------------------------------------------------
 
