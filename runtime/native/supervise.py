@@ -340,9 +340,9 @@ class Supervisor:
             raise RuntimeFailure(f"runc create failed for {name}: {err}")
         if self._release(cid, pid, deadline=time.monotonic() + timeout):
             return pid
-        proc = self._runc("start", cid, check=False)
-        if proc.returncode != 0:
-            err = _runc_log_error(runc_log) or _runc_error(proc.stderr)
+        started = self._runc("start", cid, check=False)
+        if started.returncode != 0:
+            err = _runc_log_error(runc_log) or _runc_error(started.stderr)
             if "exec.fifo" in err and read_exit(bundle) is not None:
                 # A process that ends at once races `runc start`: conmon records its exit and
                 # its exit command (`runc delete`) removes the state, exec.fifo included,
