@@ -53,11 +53,11 @@ LOG_FILE = "ctr.log"
 # last reopen, and at the cap it replaces the live file, so it would drop lines between our
 # rotations. The root's keeper (health.py) does the rotation.
 
-# Files conmon leaves in the bundle dir, removed before the next start.
 # runc's fifo between `runc create` and `runc start` (in its state dir of the container)
 EXEC_FIFO = "exec.fifo"
 _FIFO_TICK_MS = 100  # how often a wait on it looks whether runc init is still alive
 
+# Files conmon leaves in the bundle dir, removed before the next start.
 _STALE = ("exit", "oom", "pidfile", "conmon.pid", "attach", "ctl", "winsz", "runc.log")
 
 
@@ -324,7 +324,11 @@ class Supervisor:
         finally:
             os.close(sync_r)
         # conmon's first process exits as soon as it has forked the one that stays
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
         if reply is None:
             cpid = read_pid(bundle / "conmon.pid")
             if cpid is not None:
@@ -520,12 +524,13 @@ def _sync_pid(reply: bytes) -> int | None:
 
 
 def _sync_message(reply: bytes) -> str | None:
+    """runc's message in conmon's sync message of a failure, if it has one."""
     try:
         doc = json.loads(reply)
     except ValueError:
         return None
     msg = doc.get("message") if isinstance(doc, dict) else None
-    return str(msg).strip() or None if msg else None
+    return str(msg).strip() or None if msg is not None else None
 
 
 def _runc_error(stderr: str) -> str:
