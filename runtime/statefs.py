@@ -112,6 +112,7 @@ def atomic_write(
     mode: int = PRIVATE_FILE_MODE,
     *,
     durable: bool = True,
+    sync_dir: bool = True,
     owner: tuple[int | None, int | None] = (None, None),
 ) -> None:
     """Replace `path` with `data` so a reader sees the old content or the new, never a mix.
@@ -127,7 +128,10 @@ def atomic_write(
     its directory after it, so that after a crash the name holds the old content or the new
     and the rename itself is not lost. A caller passes durable=False only for a file that
     may be lost in a crash because it is rewritten soon anyway (a health status, rewritten
-    at every probe). The directory must exist (`private_dir`)."""
+    at every probe). `sync_dir=False` leaves the directory's fsync to the caller, who writes
+    several files into it and makes all their names durable with one fsync of it afterwards
+    (a durable write of the last one, or `fsync_dir`). The directory must exist
+    (`private_dir`)."""
     target = os.fspath(path)
     directory, name = os.path.split(target)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -152,7 +156,7 @@ def atomic_write(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(directory or ".")
 
 

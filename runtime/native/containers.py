@@ -456,8 +456,12 @@ class ContainerManager:
             raise NotFound(f"no such container: {name}")
         return doc
 
-    def _save(self, name: str, doc: Mapping[str, Any]) -> None:
-        atomic_write(self.dir(name) / "state.json", json.dumps(doc, indent=1, sort_keys=True))
+    def _save(self, name: str, doc: Mapping[str, Any], *, sync_dir: bool = True) -> None:
+        atomic_write(
+            self.dir(name) / "state.json",
+            json.dumps(doc, indent=1, sort_keys=True),
+            sync_dir=sync_dir,
+        )
 
     # -- create --------------------------------------------------------------------------
 
@@ -552,11 +556,18 @@ class ContainerManager:
                 list(config.dns) or host_nameservers(),
                 config.dns_search,
                 config.dns_opt,
+                # Kept as written only in a new namespace that runc makes (netns_path None).
+                # In a namespace of its own (the driver's) the network layer takes the two
+                # files over: it rewrites them (in place, not fsynced) now, whenever its
+                # networks change, and when it plumbs the namespace anew after a reboot. With
+                # the host's network they are replaced below; with another container's, its
+                # files are used. So only the first case fsyncs them.
+                durable=netns_path is None and shared is None,
             )
             if shared is not None and shared.key is None:
                 hosts, resolv = host_etc(config.extra_hosts)
-                atomic_write(cdir / "hosts", hosts, 0o644)
-                atomic_write(cdir / "resolv.conf", resolv, 0o644)
+                atomic_write(cdir / "hosts", hosts, 0o644, sync_dir=False)
+                atomic_write(cdir / "resolv.conf", resolv, 0o644, sync_dir=False)
             rootfs.mount_overlay(layer_dirs, cdir / "upper", cdir / "work", cdir / "rootfs")
             shm: str | None = None
             if config.ipc_mode == "shareable":
@@ -595,7 +606,9 @@ class ContainerManager:
                     ),
                 ),
             )
-            atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+            # runc reads it, no one else: compact JSON (the C encoder; indent takes the
+            # pure-Python one). Its name is made durable by state.json's write below.
+            atomic_write(cdir / "config.json", json.dumps(spec), sync_dir=False)
             env = oci.merge_env(image.env, config.env)
             policy = restarts.Policy.parse(config.restart_policy, config.restart_max_retries)
             if not any(e.startswith("PATH=") for e in env):
@@ -699,7 +712,7 @@ class ContainerManager:
                 ns["path"] = ipc_ns
         if shm_mount is not None and shm:
             shm_mount["source"] = shm
-        atomic_write(cdir / "config.json", json.dumps(spec, indent=1))
+        atomic_write(cdir / "config.json", json.dumps(spec))
 
     def _hooks(self, name: str, doc: Mapping[str, Any], which: str, timeout: float) -> None:
         """Run the post_start or pre_stop hooks in the running container, in order; a hook
@@ -742,12 +755,15 @@ class ContainerManager:
             self._save(name, doc)
 
     def settle(self, name: str) -> None:
-        """The caller finished what a pending create left to do."""
+        """The caller finished what a pending create left to do. The new state's content is
+        fsynced, its rename not (the directory's fsync): after a crash the name holds the
+        new state or the old, pending one, which shows as dead and is made again, as a
+        create cut short is. A start fsyncs both."""
         with self._lock(name):
             doc = self._must_load(name)
             if doc.get("pending"):
                 doc["pending"] = False
-                self._save(name, doc)
+                self._save(name, doc, sync_dir=False)
 
     def write_etc_files(
         self,
@@ -779,12 +795,31 @@ class ContainerManager:
         nameservers: Sequence[str],
         search: Sequence[str],
         options: Sequence[str],
+        *,
+        durable: bool,
     ) -> None:
-        # bind-mounted into the container, where any user reads them; the container's 0700
-        # directory keeps the host's users out
-        atomic_write(cdir / "hostname", hostname + "\n", 0o644)
-        atomic_write(cdir / "hosts", hosts_text(hostname, hosts), 0o644)
-        atomic_write(cdir / "resolv.conf", resolv_text(nameservers, search, options), 0o644)
+        """The files bind-mounted at the container's /etc/hostname, hosts and resolv.conf;
+        any user in the container reads them, the container's 0700 directory keeps the
+        host's users out. Their names become durable with state.json's, written last into
+        the same directory (one fsync of it for all). The hostname file is not fsynced: a
+        start writes it again from the state when a crash left it empty (`_etc_hostname`);
+        the other two are when `durable`."""
+        atomic_write(cdir / "hostname", hostname + "\n", 0o644, durable=False)
+        for name, text in (
+            ("hosts", hosts_text(hostname, hosts)),
+            ("resolv.conf", resolv_text(nameservers, search, options)),
+        ):
+            atomic_write(cdir / name, text, 0o644, durable=durable, sync_dir=False)
+
+    @staticmethod
+    def _etc_hostname(cdir: Path, doc: Mapping[str, Any]) -> None:
+        """Write the hostname file again from the state when it is missing or empty (it is
+        not fsynced when made, so a crash may leave it so)."""
+        path = cdir / "hostname"
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > 0:
+                return
+        atomic_write(path, f"{doc['hostname']}\n", 0o644)
 
     # -- start / stop --------------------------------------------------------------------
 
@@ -867,6 +902,7 @@ class ContainerManager:
                 return
             self.supervisor.delete(cid)  # a stopped run: runc starts anew from create
         rootfs.mount_overlay(doc["layer_dirs"], cdir / "upper", cdir / "work", cdir / "rootfs")
+        self._etc_hostname(cdir, doc)
         self._rejoin(cdir, doc)
         if doc.get("health"):
             healthmod.reset(cdir)

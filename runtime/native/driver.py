@@ -94,7 +94,6 @@ from pyapply.runtime.native import health as healthmod
 from pyapply.runtime.native.containers import ContainerManager, SharedNetwork
 from pyapply.runtime.native.images import ImageStore
 from pyapply.runtime.native.netlink import (
-    loopback_up,
     netns_attach,
     netns_create,
     netns_remove,
@@ -479,8 +478,7 @@ class NativeRuntime:
         path = self.netns_path(key)
         if os.path.exists(path):  # left over by an interrupted create or remove
             netns_remove(name)
-        netns_create(name)
-        loopback_up(path)
+        netns_create(name)  # its loopback up
         return path
 
     def _drop_netns(self, key: str) -> None:

@@ -11,6 +11,7 @@ from rtnetlink(7): a few structs, the standard library only).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import os
@@ -233,11 +234,57 @@ def netlink_error() -> Any:
     return NetlinkError
 
 
-def netns_create(name: str) -> None:
-    """Make the named network namespace /run/netns/NAME."""
-    from pyroute2 import netns
+NETNS_RUN_DIR = "/run/netns"
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SHARED = 1 << 20
+_MNT_DETACH = 2
 
-    netns.create(name)
+
+def netns_create(name: str) -> None:
+    """Make the named network namespace /run/netns/NAME, with its loopback up: a container
+    on no network (or one whose namespace others join) still has its 127.0.0.1, as Docker's
+    "none" has. Made as `ip netns add` makes one (/run/netns a shared mount, bound onto
+    itself first when it is not a mount point; a new namespace bound onto NAME's file), by
+    a thread of ours: unshare(2) of CLONE_NEWNET moves only the calling thread, which
+    brings `lo` up where it is and ends. pyroute2's netns.create forks a copy of this
+    process for it and runs ldconfig in the copy, and the loopback then took another."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"{what}: {os.strerror(code)}")
+
+    os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+    run_dir = NETNS_RUN_DIR.encode()
+    if libc.mount(b"", run_dir, b"none", _MS_SHARED | _MS_REC, None) != 0:
+        check(libc.mount(run_dir, run_dir, b"none", _MS_BIND | _MS_REC, None), "bind /run/netns")
+        check(libc.mount(b"", run_dir, b"none", _MS_SHARED | _MS_REC, None), "share /run/netns")
+    path = os.path.join(NETNS_RUN_DIR, name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check(libc.unshare(_CLONE_NEWNET), "unshare")
+            own = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
+            check(libc.mount(own, path.encode(), b"none", _MS_BIND, None), f"bind {path}")
+            with IPRoute() as ipr:
+                lo = ipr.link_lookup(ifname="lo")
+                if lo:
+                    ipr.link("set", index=lo[0], state="up")
+        except BaseException as e:  # handed to the caller's thread
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="pyapply-netns")
+    thread.start()
+    thread.join()
+    if error:  # no half-made namespace file left behind
+        libc.umount2(path.encode(), _MNT_DETACH)  # not mounted: nothing to undo
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise error[0]
 
 
 def netns_attach(name: str, pid: int) -> None:
@@ -246,18 +293,6 @@ def netns_attach(name: str, pid: int) -> None:
     from pyroute2 import netns
 
     netns.attach(name, pid)
-
-
-def loopback_up(path: str) -> None:
-    """Bring up `lo` in the network namespace at `path`: a container on no network (or one
-    whose namespace others join) still has its 127.0.0.1, as Docker's "none" has."""
-
-    def up(ns: Any) -> None:
-        lo = ns.link_lookup(ifname="lo")
-        if lo:
-            ns.link("set", index=lo[0], state="up")
-
-    in_netns(path, up)
 
 
 def netns_remove(name: str) -> None:

@@ -48,6 +48,8 @@ def _libc() -> ctypes.CDLL:
 
 def _unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal."""
+    if "\\" not in field:  # nearly every line: no per-character loop (a host has hundreds)
+        return field
     out, i = [], 0
     while i < len(field):
         if field[i] == "\\" and i + 3 < len(field) and field[i + 1 : i + 4].isdigit():

@@ -7,9 +7,10 @@ whoever is (or is not) watching -- which is exactly the supervision contract. A 
 would cost ~10 MB per container and re-implement all of it.
 
 Sequence (conmon 2.1.6 only runs `runc create`): spawn conmon (it forks, setsids and the
-parent returns at once); wait for its container pid file; then `runc start`. When the process
-ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit command, which we
-set to `runc delete <id>`, so the cgroups go away without anyone watching.
+parent returns at once); read the container's pid from its sync pipe, written once `runc
+create` is done; then start the container as `runc start` does (`Supervisor._release`).
+When the process ends conmon writes `<dir>/exit` (and `<dir>/exits/<id>`) and runs its exit
+command, which we set to `runc delete <id>`, so the cgroups go away without anyone watching.
 
 In a plain chroot (a directory of another file system as "/", as in a debootstrap'd system
 entered with `chroot`), "/" is not a mount point and `runc create` fails making it a slave
@@ -27,7 +28,9 @@ import contextlib
 import functools
 import json
 import os
+import select
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -50,6 +53,10 @@ LOG_FILE = "ctr.log"
 # conmon is given no --log-size-max: its cap counts bytes since it started, not since its
 # last reopen, and at the cap it replaces the live file, so it would drop lines between our
 # rotations. The root's keeper (health.py) does the rotation.
+
+# runc's fifo between `runc create` and `runc start` (in its state dir of the container)
+EXEC_FIFO = "exec.fifo"
+_FIFO_TICK_MS = 100  # how often a wait on it looks whether runc init is still alive
 
 # Files conmon leaves in the bundle dir, removed before the next start.
 _STALE = ("exit", "oom", "pidfile", "conmon.pid", "attach", "ctl", "winsz", "runc.log")
@@ -287,49 +294,62 @@ class Supervisor:
             cmd.append("--terminal")
         if stdin:
             cmd.append("--stdin")
+        # conmon reports on this pipe (_OCI_SYNCPIPE) once `runc create` is done: the
+        # container's pid, or -1 and runc's message; it closes the pipe if it dies first.
+        # A blocking read wakes us the moment it writes, where polling its pid file
+        # overshot by up to a tick.
+        sync_r, sync_w = os.pipe()
         try:
-            subprocess.run(
-                in_root_mount(cmd),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                check=True,
-                timeout=timeout,
-                cwd=bundle,
-                # runc would relay sd-notify / socket activation meant for us
-                env={
-                    k: v
-                    for k, v in os.environ.items()
-                    if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
-                },
-            )
+            try:
+                proc = subprocess.Popen(
+                    in_root_mount(cmd),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                    pass_fds=(sync_w,),
+                    cwd=bundle,
+                    # runc would relay sd-notify / socket activation meant for us
+                    env={
+                        **{
+                            k: v
+                            for k, v in os.environ.items()
+                            if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
+                        },
+                        "_OCI_SYNCPIPE": str(sync_w),
+                    },
+                )
+            finally:
+                os.close(sync_w)
+            reply = _read_sync(sync_r, timeout)
         except FileNotFoundError as e:
             raise _not_found(CONMON, self.conmon) from e
-        except subprocess.CalledProcessError as e:
-            raise RuntimeFailure(f"conmon failed to start ({e.returncode}) for {name}") from e
-        deadline = time.monotonic() + timeout
-        pidfile = bundle / "pidfile"
-        conmon_pidfile = bundle / "conmon.pid"
-        while True:
-            pid = read_pid(pidfile)
-            if pid is not None:
-                break
-            cpid = read_pid(conmon_pidfile)
-            if cpid is not None and not pid_alive(cpid):
-                raise RuntimeFailure(
-                    f"runc create failed for {name}: {_runc_log_error(runc_log) or 'see runc.log'}"
-                )
-            if time.monotonic() > deadline:
-                if cpid is not None:
-                    with contextlib.suppress(OSError):
-                        os.kill(cpid, signal.SIGKILL)
-                self.delete(cid)
-                raise TransientError(f"container {name}: runc create did not finish in {timeout}s")
-            time.sleep(0.005)
-        proc = self._runc("start", cid, check=False)
-        if proc.returncode != 0:
-            err = _runc_log_error(runc_log) or _runc_error(proc.stderr)
+        finally:
+            os.close(sync_r)
+        # conmon's first process exits as soon as it has forked the one that stays
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        if reply is None:
+            cpid = read_pid(bundle / "conmon.pid")
+            if cpid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(cpid, signal.SIGKILL)
+            self.delete(cid)
+            raise TransientError(f"container {name}: runc create did not finish in {timeout}s")
+        pid = _sync_pid(reply)
+        if pid is None:
+            if code != 0:
+                raise RuntimeFailure(f"conmon failed to start ({code}) for {name}")
+            err = _runc_log_error(runc_log) or _sync_message(reply) or "see runc.log"
+            raise RuntimeFailure(f"runc create failed for {name}: {err}")
+        if self._release(cid, pid, deadline=time.monotonic() + timeout):
+            return pid
+        started = self._runc("start", cid, check=False)
+        if started.returncode != 0:
+            err = _runc_log_error(runc_log) or _runc_error(started.stderr)
             if "exec.fifo" in err and read_exit(bundle) is not None:
                 # A process that ends at once races `runc start`: conmon records its exit and
                 # its exit command (`runc delete`) removes the state, exec.fifo included,
@@ -338,6 +358,36 @@ class Supervisor:
             self.delete(cid)
             raise RuntimeFailure(f"runc start failed for {name}: {err}")
         return pid
+
+    def _release(self, cid: str, pid: int, *, deadline: float) -> bool:
+        """Start a created container as `runc start` does, without its process: runc init
+        waits, before it execs the container's program, until someone opens the container's
+        exec.fifo (in runc's state dir) for reading and takes the byte it writes there;
+        runc start does that and removes the fifo, which is what then makes runc's state say
+        "running". One Go program's start less per container start. False when the fifo is
+        not there (the process already ended, or a runc that works otherwise): the caller
+        runs `runc start`, which says what is wrong."""
+        fifo = self.runc_root / cid / EXEC_FIFO
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return False
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            while not poller.poll(_FIFO_TICK_MS):
+                # runc init writes once it has opened the fifo; one that died never does
+                if not pid_alive(pid) or time.monotonic() > deadline:
+                    return False
+            if not os.read(fd, 1):
+                return False
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            fifo.unlink()
+        return True
 
     # -- exec ----------------------------------------------------------------------------
 
@@ -445,6 +495,45 @@ def wait_exit(bundle: Path, timeout: float) -> ExitRecord | None:
         if rec is not None or time.monotonic() >= deadline:
             return rec
         time.sleep(0.02)
+
+
+def _read_sync(fd: int, timeout: float) -> bytes | None:
+    """conmon's one line on the sync pipe (b"" when it closed the pipe without one), or
+    None when nothing came within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return None
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _sync_pid(reply: bytes) -> int | None:
+    """The container pid in conmon's sync message ({"data": pid}), None for a failure
+    ({"data": -1, "message": ...}) or no message at all."""
+    try:
+        doc = json.loads(reply)
+    except ValueError:
+        return None
+    pid = doc.get("data") if isinstance(doc, dict) else None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _sync_message(reply: bytes) -> str | None:
+    """runc's message in conmon's sync message of a failure, if it has one."""
+    try:
+        doc = json.loads(reply)
+    except ValueError:
+        return None
+    msg = doc.get("message") if isinstance(doc, dict) else None
+    return str(msg).strip() or None if msg is not None else None
 
 
 def _runc_error(stderr: str) -> str:

@@ -140,8 +140,9 @@ def test_atomic_write_is_0600_from_creation(
 
 def test_atomic_write_has_one_fsync_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Durable (the default): the content is fsynced before the rename and the directory
-    after it. durable=False (a file that may be lost in a crash): no fsync at all. A write
-    that fails leaves the old content and no temporary file."""
+    after it. durable=False (a file that may be lost in a crash): no fsync at all.
+    sync_dir=False: the content only, the caller fsyncs the directory. A write that fails
+    leaves the old content and no temporary file."""
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
 
@@ -162,6 +163,20 @@ def test_atomic_write_has_one_fsync_rule(tmp_path: Path, monkeypatch: pytest.Mon
     events.clear()
     atomic_write(target, "123", durable=False)
     assert events == ["rename state.json"] and target.read_text() == "123"
+    events.clear()
+    # several files into one directory: their contents fsynced, the directory once, last
+    atomic_write(tmp_path / "hosts", "1", sync_dir=False)
+    atomic_write(target, "1234")
+    assert events == [
+        "fsync file 1",
+        "rename hosts",
+        "fsync file 4",
+        "rename state.json",
+        "fsync dir",
+    ]
+    events.clear()
+    atomic_write(target, "12", durable=False, sync_dir=False)
+    assert events == ["rename state.json"]
 
     def no_space(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
@@ -169,7 +184,8 @@ def test_atomic_write_has_one_fsync_rule(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "write", no_space)
     with pytest.raises(OSError, match="No space"):
         atomic_write(target, "longer content")
-    assert target.read_text() == "123" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    assert target.read_text() == "12"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hosts", "state.json"]
 
 
 def test_one_default_root(monkeypatch: pytest.MonkeyPatch) -> None:
