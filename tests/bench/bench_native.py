@@ -68,7 +68,7 @@ from common import BenchError, Tool, log
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
 from pyapply.runtime.base import Attachment, ContainerConfig, NetworkConfig, NotFound
-from pyapply.runtime.native import rootfs
+from pyapply.runtime.native import oci, rootfs, seccomp
 from pyapply.runtime.native.driver import NETNS_DIR, NativeRuntime
 from pyapply.runtime.native.network import NetworkManager
 
@@ -299,6 +299,7 @@ class Bench:
         self.runc_root = self.tmp / "runc-root"
         self.bundle = self.tmp / "runc-bundle"
         self.runc_spec: dict[str, Any] = {}
+        self.seccomp_section: dict[str, Any] | None = None
         self.archive = self.tmp / "busybox.tar"
         self.podman: list[str] | None = None
         self.podman_env: dict[str, str] = {}
@@ -397,7 +398,9 @@ class Bench:
         return self.rt
 
     def m_runc(self, name: str) -> dict[str, float]:
-        spec = copy.deepcopy(self.runc_spec)
+        return self._run_floor(name, copy.deepcopy(self.runc_spec))
+
+    def _run_floor(self, name: str, spec: dict[str, Any]) -> dict[str, float]:
         spec.setdefault("linux", {})["cgroupsPath"] = f"/{self.tag}/{name}"
         (self.bundle / "config.json").write_text(json.dumps(spec))
         self.created.runc.append(name)
@@ -407,6 +410,18 @@ class Bench:
         if state.get("status") != "running":
             raise BenchError(f"runc container {name} is {state.get('status')}")
         return {"total": elapsed}
+
+    def m_runc_seccomp(self, name: str) -> dict[str, float]:
+        """The floor with the filter every native (and docker) container gets: Docker's
+        default seccomp profile, as pyapply compiles it for this host's capabilities."""
+        if self.seccomp_section is None:
+            caps = oci.capabilities((), ())  # a native container's default set
+            self.seccomp_section = seccomp.section_for(
+                None, caps, os.uname().machine, os.uname().release
+            )
+        spec = copy.deepcopy(self.runc_spec)
+        spec.setdefault("linux", {})["seccomp"] = self.seccomp_section
+        return self._run_floor(name, spec)
 
     def m_native(self, name: str, mode: str) -> dict[str, float]:
         rt = self.native_rt()
@@ -475,6 +490,7 @@ class Bench:
     def variants(self) -> list[Variant]:
         out = [
             Variant("runc", "runc run -d (floor)", self.m_runc),
+            Variant("runc-seccomp", "runc run -d + default seccomp", self.m_runc_seccomp),
             Variant(
                 "native",
                 "native (own netns, no network)",
@@ -927,7 +943,19 @@ def report(doc: dict[str, Any]) -> str:
         f"  native supervisor RSS <= 5 MB (max):             "
         f"{'-' if t['rss_max_kb'] is None else format(t['rss_max_kb'] / 1024, '.2f') + ' MB'}"
         f"  {met(t['rss_met'])}",
+        "targets (issue 15; medians):",
     ]
+    for label, key, limit in ISSUE15_TARGETS:
+        r = t["issue15"].get(key)
+        lines.append(
+            f"  {label:<47} {ratio(r)}  {met(None if r is None else r <= limit)}  (<= {limit:.2f}x)"
+        )
+    seccomp_floor = t["issue15"].get("seccomp")
+    if seccomp_floor:
+        lines.append(
+            "  the same against runc with the default seccomp filter (the isolation native "
+            "gives): " + ", ".join(f"{k} {ratio(v)}" for k, v in seccomp_floor.items())
+        )
     return "\n".join(lines)
 
 
@@ -945,7 +973,38 @@ def targets(doc: dict[str, Any]) -> dict[str, Any]:
         "converge_met": None if cr is None else cr < 1.0,
         "rss_max_kb": rss,
         "rss_met": None if rss is None else rss <= RSS_TARGET_KB,
+        "issue15": issue15_ratios(lat, conv),
     }
+
+
+# (label, key, limit): issue 15's speed targets, each a ratio to runc's floor or to compose
+ISSUE15_TARGETS = (
+    ("create+start, own netns / raw runc", "netns", 1.2),
+    ("create+start + bridge / raw runc", "bridge", 1.6),
+    ("20-service cold converge / docker-compose", "cold", 0.3),
+    ("no-op re-apply / docker-compose", "noop", 0.15),
+)
+
+
+def issue15_ratios(lat: dict[str, Any], conv: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def med(key: str) -> float | None:
+        return lat[key]["median_s"] if key in lat else None
+
+    floor, sec = med("runc"), med("runc-seccomp")
+    for key, variant in (("netns", "native"), ("bridge", "native-bridge")):
+        m = med(variant)
+        if m is not None and floor:
+            out[key] = m / floor
+        if m is not None and sec:
+            out.setdefault("seccomp", {})[key] = m / sec
+    na, dc = conv.get("pyapply (native)"), conv.get("docker-compose")
+    if na and dc:
+        out["cold"] = na["cold_median_s"] / dc["cold_median_s"]
+        if na["noop_median_s"] is not None and dc["noop_median_s"]:
+            out["noop"] = na["noop_median_s"] / dc["noop_median_s"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
