@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from pyapply.runtime.base import (
+    Attachment,
     Conflict,
     NetworkConfig,
     NetworkState,
@@ -102,6 +103,7 @@ from pyapply.runtime.native.ipam import (
 )
 from pyapply.runtime.native.netlink import (
     IPRoute,
+    NeighbourInfo,
     NetNS,
     dump_links_and_addrs,
     dump_neighbours,
@@ -749,7 +751,8 @@ class NetworkManager:
                     ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
                     touched.add(name)
                 else:
-                    self._enslave(rec, ep["veth"])
+                    with IPRoute() as ipr:
+                        _enslave(ipr, rec, ep["veth"])
                 lost: list[firewall.Rule] = []
                 lost6: list[firewall.Rule] = []
                 for port in rec["ports"]:
@@ -765,17 +768,6 @@ class NetworkManager:
             if touched or any(container_name in r["endpoints"] for r in st.networks.values()):
                 st.dns_due = True
             self._rewrite_hosts(st, touched, set())
-
-    def _enslave(self, rec: Mapping[str, Any], veth: str) -> None:
-        """Put an existing veth (back) on its network's bridge, up, in hairpin mode."""
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=veth)[0]
-            master = ipr.link_lookup(ifname=rec["bridge"])[0]
-            ipr.link("set", index=index, master=master)
-            # hairpin: a container reaching its own published port through the host gets
-            # the DNAT'ed packet back out of the port it came in on
-            ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
-            ipr.link("set", index=index, state="up")
 
     # -- attachments -------------------------------------------------------------------
 
@@ -793,19 +785,54 @@ class NetworkManager:
         extra: Iterable[tuple[str, str]] | None = None,
         resolver: Mapping[str, Sequence[str]] | None = None,
     ) -> str:
+        """Attach a container to one network: `connect` with one attachment and no port;
+        return its address."""
+        ips, _ports = self.connect(
+            container_name,
+            netns_path,
+            [Attachment(network, tuple(aliases), ipv4_address)],
+            hosts_path=hosts_path,
+            hostname=hostname,
+            extra=extra,
+            resolver=resolver,
+        )
+        return ips[0]
+
+    @translated
+    def connect(
+        self,
+        container_name: str,
+        netns_path: str,
+        attachments: Sequence[Attachment],
+        ports: Sequence[PortBinding] = (),
+        *,
+        hosts_path: str | None = None,
+        hostname: str | None = None,
+        extra: Iterable[tuple[str, str]] | None = None,
+        resolver: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[builtins.list[str], builtins.list[PortBinding]]:
         """Attach a container (its network namespace: a path such as /run/netns/X or
-        /proc/PID/ns/net, or a name under /run/netns) to `network`; return its address.
-        Attaching the same container again is idempotent (the veth is remade if gone).
-        `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or `resolver`) as
-        well, the registration is the whole of a `set_hosts_file`, made in the same
-        transaction (a create's first attach: one locked, fsynced save fewer)."""
+        /proc/PID/ns/net, or a name under /run/netns) to each network of `attachments`, and
+        publish `ports` on its first address, in one transaction of the state (one lock,
+        one save, one DNS reload, one firewall change, one hosts rewrite: a create's whole
+        networking); return its addresses (in the order of `attachments`) and the ports
+        with their host ports resolved. Attaching again is idempotent (a veth is remade if
+        gone). `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or
+        `resolver`) as well, the registration is the whole of a `set_hosts_file`. A failure
+        leaves nothing of the transaction: the veths it made are deleted, the state is not
+        saved."""
         nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
         if not os.path.exists(nspath):
             raise NotFound(f"network namespace {nspath} does not exist")
+        if ports and not attachments:
+            raise PermanentError(f"container {container_name} publishes ports but is on no network")
         with self._locked() as st:
-            rec = st.networks.get(network)
-            if rec is None:
-                raise NotFound(f"network {network} not found")
+            recs = []
+            for att in attachments:
+                rec = st.networks.get(att.network)
+                if rec is None:
+                    raise NotFound(f"network {att.network} not found")
+                recs.append(rec)
             if hosts_path is not None and (extra is not None or resolver is not None):
                 st.hosts_files[container_name] = _hosts_entry(
                     hosts_path, hostname, extra or (), resolver
@@ -813,89 +840,87 @@ class NetworkManager:
             elif hosts_path is not None:
                 entry = st.hosts_files.get(container_name) or {}
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
-            veth = self.veth_name(network, container_name)
-            ep = rec["endpoints"].get(container_name)
-            if ep is not None and ep["netns"] == nspath and _link_exists(veth):
-                if ipv4_address is not None and ipv4_address != ep["ip"]:
-                    raise Conflict(f"{container_name} is attached to {network} as {ep['ip']}")
-                ep["aliases"] = sorted(set(aliases))
-                st.dns_due = True
-                self._rewrite_hosts(st, {network}, {container_name})
-                return str(ep["ip"])
-            if ep is not None:  # stale: the namespace changed (container recreated) or veth gone
-                with IPRoute() as ipr:
-                    _del_link(ipr, veth)
-                if ipv4_address is not None and ipv4_address != ep["ip"]:
-                    st.ipam.release(network, container_name)
-            if not _link_exists(rec["bridge"]):
-                # only a bridge gone since the network was made sure of is remade here (with
-                # its rules): a pass makes sure of its networks (create_network) before it
-                # attaches to them, and remaking every rule of the network (each published
-                # port's too) at every attach cost more than the rest of the attach, under
-                # the lock every attach of the root waits for
-                self._ensure_kernel(rec)
-            live = self._live_addresses(rec, st.ipam.get(network).leases.get(container_name))
-            ip = st.ipam.lease(network, container_name, ipv4_address, live)
-            try:
-                ifname, default_route = self._plumb(rec, veth, nspath, ip)
-            except BaseException:
-                with IPRoute() as ipr:
-                    _del_link(ipr, veth)
-                st.ipam.release(network, container_name)
-                rec["endpoints"].pop(container_name, None)
-                raise
-            rec["endpoints"][container_name] = {
-                "ip": str(ip),
-                "veth": veth,
-                "ifname": ifname,
-                "netns": nspath,
-                "aliases": sorted(set(aliases)),
-                "default_route": default_route,
-            }
+            ips: list[str] = []
+            todo: list[tuple[dict[str, Any], str, IPv4Address, list[str]]] = []
+            neighbours: list[NeighbourInfo] | None = None
+            with IPRoute() as ipr:
+                try:
+                    for att, rec in zip(attachments, recs, strict=True):
+                        network = att.network
+                        veth = self.veth_name(network, container_name)
+                        ep = rec["endpoints"].get(container_name)
+                        if ep is not None and ep["netns"] == nspath and _link_exists(veth):
+                            if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
+                                raise Conflict(
+                                    f"{container_name} is attached to {network} as {ep['ip']}"
+                                )
+                            ep["aliases"] = sorted(set(att.aliases))
+                            ips.append(str(ep["ip"]))
+                            continue
+                        if ep is not None:  # stale: the namespace changed or the veth is gone
+                            _del_link(ipr, veth)
+                            if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
+                                st.ipam.release(network, container_name)
+                        if not _link_exists(rec["bridge"]):
+                            # only a bridge gone since the network was made sure of is
+                            # remade here (with its rules): a pass makes sure of its networks
+                            # (create_network) before it attaches to them, and remaking every
+                            # rule of the network at every attach cost more than the rest of
+                            # the attach, under the lock every attach of the root waits for
+                            self._ensure_kernel(rec)
+                        if neighbours is None:  # one look for all the networks
+                            neighbours = dump_neighbours((socket.AF_INET, socket.AF_BRIDGE))
+                        own = st.ipam.get(network).leases.get(container_name)
+                        live = _live_addresses(rec, own, neighbours)
+                        ip = st.ipam.lease(network, container_name, att.ipv4_address, live)
+                        todo.append((rec, veth, ip, sorted(set(att.aliases))))
+                        ips.append(str(ip))
+                    plumbed = self._plumb_all(ipr, [(r, v, i) for r, v, i, _ in todo], nspath)
+                    for (rec, veth, ip, aliases), (ifname, default_route) in zip(
+                        todo, plumbed, strict=True
+                    ):
+                        rec["endpoints"][container_name] = {
+                            "ip": str(ip),
+                            "veth": veth,
+                            "ifname": ifname,
+                            "netns": nspath,
+                            "aliases": aliases,
+                            "default_route": default_route,
+                        }
+                    resolved = self._publish_all(st, container_name, ips[0], ports) if ports else []
+                except BaseException:
+                    # the state is not saved: nothing of ours may stay in the kernel either
+                    # (the rules of ports are added last, by one change)
+                    for _rec, veth, _ip, _aliases in todo:
+                        with contextlib.suppress(Exception):
+                            _del_link(ipr, veth)
+                    raise
             st.dns_due = True
-            self._rewrite_hosts(st, {network}, {container_name})
-            return str(ip)
-
-    def _live_addresses(
-        self, rec: Mapping[str, Any], own: IPv4Address | None
-    ) -> builtins.set[IPv4Address]:
-        """Addresses something answers on at the network's bridge, besides `own` (the
-        container's current lease): a container the state forgot still holds its address,
-        and must not get a twin. Two netlink dumps, per attach: the bridge's ARP entries
-        (flushed whenever the bridge's MAC changes) and the MACs its ports learned (gone
-        with their port, kept over MAC changes), which name the address they were made of
-        (mac_for)."""
-        subnet = IPv4Network(rec["subnet"])
-        found: builtins.set[IPv4Address] = set()
-        try:
-            index = socket.if_nametoindex(rec["bridge"])
-        except OSError:
-            return found
-        for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE)):
-            if entry.state & _NUD_GONE:
-                continue
-            ip: IPv4Address | None = None
-            with contextlib.suppress(ValueError, TypeError):
-                if entry.family == socket.AF_INET and entry.ifindex == index:
-                    ip = IPv4Address(entry.dst)
-                elif (
-                    entry.family == socket.AF_BRIDGE
-                    and entry.master == index
-                    and not entry.state & _NUD_PERMANENT  # the ports' own addresses
-                ):
-                    ip = _ip_of_mac(entry.lladdr or "")
-            if ip is not None and ip in subnet and ip != own:
-                found.add(ip)
-        return found
+            self._rewrite_hosts(st, {att.network for att in attachments}, {container_name})
+            return ips, resolved
 
     def _plumb(
         self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
     ) -> tuple[str, bool]:
-        peer = "pap" + veth[3:]
-        prefixlen = IPv4Network(rec["subnet"]).prefixlen
+        with IPRoute() as ipr:
+            return self._plumb_all(ipr, [(rec, veth, ip)], nspath)[0]
+
+    def _plumb_all(
+        self,
+        ipr: Any,
+        items: Sequence[tuple[Mapping[str, Any], str, IPv4Address]],
+        nspath: str,
+    ) -> builtins.list[tuple[str, bool]]:
+        """Make the veth of each (network record, veth, address) and plumb its peer into
+        the namespace at `nspath`: the host sides on `ipr`, then every peer configured in
+        one visit of the namespace (a thread and a netlink socket there, whatever the number
+        of networks). Return (interface name, whether it gave the default route) of each."""
+        if not items:
+            return []
         nsfd = os.open(nspath, os.O_RDONLY)
         try:
-            with IPRoute() as ipr:
+            for rec, veth, _ip in items:
+                peer = "pap" + veth[3:]
                 _del_link(ipr, veth)
                 _del_link(ipr, peer)
                 try:
@@ -906,44 +931,51 @@ class NetworkManager:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
                 index = ipr.link_lookup(ifname=veth)[0]
                 ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
+                _enslave(ipr, rec, veth)
         finally:
             os.close(nsfd)
-        self._enslave(rec, veth)
 
-        def configure(ns: Any) -> tuple[str, bool]:
+        def configure(ns: Any) -> list[tuple[str, bool]]:
             names = {link.get("ifname") for link in ns.get_links()}
-            n = 0
-            while f"eth{n}" in names:
-                n += 1
-            ifname = f"eth{n}"
-            pidx = ns.link_lookup(ifname=peer)[0]
-            # the MAC follows from the address (as docker's 02:42:...): an address handed out
-            # again after a recreate keeps its MAC, so neighbours' ARP caches stay right
-            ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
-            ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
-            ip6 = endpoint_ipv6(rec, str(ip))
-            if ip6 is not None:
-                plen6 = IPv6Network(rec["subnet6"]).prefixlen
-                ns.addr("add", index=pidx, address=str(ip6), prefixlen=plen6, flags=_NODAD)
-            ns.link("set", index=pidx, state="up")
             lo = ns.link_lookup(ifname="lo")
             if lo:
                 ns.link("set", index=lo[0], state="up")
-            default_route = False
-            if not rec["internal"]:
-                has_default = any(
-                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET, table=254)
-                )
-                if not has_default:
-                    ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
-                    default_route = True
-                if ip6 is not None and not any(
-                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET6, table=254)
-                ):
-                    # the first dual-stack network gives the IPv6 default route (there are
-                    # no router advertisements on our bridges)
-                    ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
-            return ifname, default_route
+            has_default = any(
+                r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET, table=254)
+            )
+            has_default6 = any(
+                r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET6, table=254)
+            )
+            out: list[tuple[str, bool]] = []
+            for rec, veth, ip in items:
+                n = 0
+                while f"eth{n}" in names:
+                    n += 1
+                ifname = f"eth{n}"
+                names.add(ifname)
+                pidx = ns.link_lookup(ifname="pap" + veth[3:])[0]
+                # the MAC follows from the address (as docker's 02:42:...): an address handed
+                # out again after a recreate keeps its MAC, so neighbours' ARP caches stay right
+                ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
+                prefixlen = IPv4Network(rec["subnet"]).prefixlen
+                ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
+                ip6 = endpoint_ipv6(rec, str(ip))
+                if ip6 is not None:
+                    plen6 = IPv6Network(rec["subnet6"]).prefixlen
+                    ns.addr("add", index=pidx, address=str(ip6), prefixlen=plen6, flags=_NODAD)
+                ns.link("set", index=pidx, state="up")
+                default_route = False
+                if not rec["internal"]:
+                    if not has_default:
+                        ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
+                        has_default = default_route = True
+                    if ip6 is not None and not has_default6:
+                        # the first dual-stack network gives the IPv6 default route (there
+                        # are no router advertisements on our bridges)
+                        ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
+                        has_default6 = True
+                out.append((ifname, default_route))
+            return out
 
         return in_netns(nspath, configure)
 
@@ -1077,80 +1109,118 @@ class NetworkManager:
         return the binding with its host port resolved. A host_ip of "" or "::" is every
         address: IPv4 and, on a dual-stack network, IPv6 too; an IPv6 host_ip needs a
         dual-stack network, and [::1] is refused (see the module docstring)."""
-        addr = _ipv4(ip)
-        host6 = _host_ipv6(binding.host_ip)
-        if binding.host_ip and host6 is None:
-            _ipv4(binding.host_ip)
         with self._locked() as st:
-            rec = next(
-                (
-                    r
-                    for r in st.networks.values()
-                    if container_name in r["endpoints"]
-                    and r["endpoints"][container_name]["ip"] == str(addr)
-                ),
-                None,
+            return self._publish_all(st, container_name, ip, [binding])[0]
+
+    def _publish_all(
+        self, st: _State, container_name: str, ip: str, bindings: Sequence[PortBinding]
+    ) -> builtins.list[PortBinding]:
+        """Publish each of `bindings` (as `publish`), in the transaction `st`: one look at
+        the ports other roots publish, one firewall change for all of them."""
+        addr = _ipv4(ip)
+        for binding in bindings:
+            if binding.host_ip and _host_ipv6(binding.host_ip) is None:
+                _ipv4(binding.host_ip)
+        rec = next(
+            (
+                r
+                for r in st.networks.values()
+                if container_name in r["endpoints"]
+                and r["endpoints"][container_name]["ip"] == str(addr)
+            ),
+            None,
+        )
+        if rec is None:
+            raise NotFound(f"{container_name} has no address {ip} on any network")
+        rules: list[firewall.Rule] = []
+        rules6: list[firewall.Rule] = []
+        resolved: list[PortBinding] = []
+        # ports published by other state roots hold no socket: ask our DNAT chain (once)
+        in_use: set[tuple[str, int]] | None = None
+        with firewall.host_lock():
+            for binding in bindings:
+                port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
+                if port is None:  # host ports (other roots' too) must be looked at
+                    in_use = self.firewall.dnat_ports()
+                    if rec.get("subnet6"):
+                        in_use |= self.firewall6.dnat_ports()
+                    port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
+                    assert port is not None
+                rules += port_rules4(rec, port)
+                if rec.get("subnet6"):
+                    rules6 += port_rules6(rec, port)
+                if fresh:
+                    rec["ports"].append(port)  # the next binding sees it taken
+                    if in_use is not None:
+                        in_use.add((port["binding"]["protocol"], port["binding"]["host_port"]))
+                resolved.append(_binding(port["binding"]))
+            # already published ports' rules too (remade if the rules were flushed)
+            self.firewall.add(rules)
+            if rules6:
+                self.firewall6.add(rules6)
+        return resolved
+
+    @staticmethod
+    def _port_for(
+        st: _State,
+        rec: dict[str, Any],
+        container_name: str,
+        addr: IPv4Address,
+        binding: PortBinding,
+        in_use: builtins.set[tuple[str, int]] | None,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The port record of `binding` (pure but for the bind tests of host ports): the
+        one published already (and False), or a new one (and True) with a host port that no
+        container of this root holds, nor another root (`in_use`: None, not looked at yet:
+        then (None, False) when it is needed)."""
+        host6 = _host_ipv6(binding.host_ip)
+        if host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
+            raise PermanentError(
+                f"cannot publish port {binding.container_port} of {container_name} on "
+                f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
             )
-            if rec is None:
-                raise NotFound(f"{container_name} has no address {ip} on any network")
-            if host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
-                raise PermanentError(
-                    f"cannot publish port {binding.container_port} of {container_name} on "
-                    f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
-                )
-            proto = binding.protocol.lower()
-            # the host ports it may take: the one asked for, or each of a range in turn
-            candidates: list[int | None] = [binding.host_port]
-            if binding.host_port is not None and binding.host_port_last is not None:
-                candidates = list(range(binding.host_port, binding.host_port_last + 1))
-            claimed: dict[int | None, str] = {}
-            for r in st.networks.values():
-                for p in r["ports"]:
-                    other = _binding(p["binding"])
-                    if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
-                        other, binding
-                    ):
-                        # already there; its rules too (remade if the rules were flushed)
-                        self.firewall.add(port_rules4(rec, p))
-                        if rec.get("subnet6"):
-                            self.firewall6.add(port_rules6(rec, p))
-                        return other
-                    if (
-                        other.host_port in candidates
-                        and other.protocol == proto
-                        and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
-                    ):
-                        claimed[other.host_port] = p["container"]
-            free = [c for c in candidates if c not in claimed]
-            if binding.host_port is not None and not free:
-                raise Conflict(
-                    f"host port {_shown_ports(binding)}/{proto} is already published for "
-                    f"{', '.join(sorted(set(claimed.values())))}"
-                )
-            with firewall.host_lock():
-                # ports published by other state roots hold no socket: ask our DNAT chain
-                in_use = self.firewall.dnat_ports()
-                if rec.get("subnet6"):
-                    in_use |= self.firewall6.dnat_ports()
-                if binding.host_port is None:
-                    for _ in range(50):
-                        host_port = _check_port(binding.host_ip, None, proto)
-                        if (proto, host_port) not in in_use:
-                            break
-                else:
-                    host_port = _first_free(binding, free, in_use, proto)
-                resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
-                port = {
-                    "container": container_name,
-                    "ip": str(addr),
-                    "binding": _binding_json(resolved),
-                    "requested": _binding_json(binding),
-                }
-                self.firewall.add(port_rules4(rec, port))
-                if rec.get("subnet6"):
-                    self.firewall6.add(port_rules6(rec, port))
-            rec["ports"].append(port)
-            return resolved
+        proto = binding.protocol.lower()
+        # the host ports it may take: the one asked for, or each of a range in turn
+        candidates: list[int | None] = [binding.host_port]
+        if binding.host_port is not None and binding.host_port_last is not None:
+            candidates = list(range(binding.host_port, binding.host_port_last + 1))
+        claimed: dict[int | None, str] = {}
+        for r in st.networks.values():
+            for p in r["ports"]:
+                other = _binding(p["binding"])
+                if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
+                    other, binding
+                ):
+                    return p, False
+                if (
+                    other.host_port in candidates
+                    and other.protocol == proto
+                    and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
+                ):
+                    claimed[other.host_port] = p["container"]
+        free = [c for c in candidates if c not in claimed]
+        if binding.host_port is not None and not free:
+            raise Conflict(
+                f"host port {_shown_ports(binding)}/{proto} is already published for "
+                f"{', '.join(sorted(set(claimed.values())))}"
+            )
+        if in_use is None:
+            return None, False
+        if binding.host_port is None:
+            for _ in range(50):
+                host_port = _check_port(binding.host_ip, None, proto)
+                if (proto, host_port) not in in_use:
+                    break
+        else:
+            host_port = _first_free(binding, free, in_use, proto)
+        resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
+        port = {
+            "container": container_name,
+            "ip": str(addr),
+            "binding": _binding_json(resolved),
+            "requested": _binding_json(binding),
+        }
+        return port, True
 
     @translated
     def unpublish(self, container_name: str, binding: PortBinding | None = None) -> None:
@@ -1158,23 +1228,7 @@ class NetworkManager:
         its left behind by a publish killed between adding the rule and saving the state)."""
         with self._locked() as st:
             if binding is None:
-                orphans = [
-                    firewall.port_comment(rec["bridge"], container_name)
-                    for rec in st.networks.values()
-                    if container_name in rec["endpoints"]
-                    and not any(p["container"] == container_name for p in rec["ports"])
-                ]
-                if orphans:
-                    self.firewall.delete_tagged(comments=orphans)
-                    orphans6 = [
-                        firewall.port_comment(rec["bridge"], container_name)
-                        for rec in st.networks.values()
-                        if rec.get("subnet6")
-                        and container_name in rec["endpoints"]
-                        and not any(p["container"] == container_name for p in rec["ports"])
-                    ]
-                    if orphans6:
-                        self.firewall6.delete_tagged(comments=orphans6)
+                self._drop_orphan_ports(st, container_name)
             for rec in st.networks.values():
                 mine = [p for p in rec["ports"] if p["container"] == container_name]
                 drop = [
@@ -1205,6 +1259,27 @@ class NetworkManager:
                             _binding(p["binding"]),
                         )
                     self.firewall.add(rules)
+
+    def _drop_orphan_ports(self, st: _State, container_name: str) -> None:
+        """Delete the rules of the container's ports that the state does not list: left by
+        a `connect` or `publish` killed between adding them and saving the state (such a
+        connect's endpoints are not saved either, so every network is looked at). One
+        listing of the DNAT chain (of each family in use) finds them."""
+        unlisted = {
+            firewall.port_comment(rec["bridge"], container_name): rec
+            for rec in st.networks.values()
+            if not any(p["container"] == container_name for p in rec["ports"])
+        }
+        if not unlisted:
+            return
+        dual = any(rec.get("subnet6") for rec in unlisted.values())
+        for fw, wanted in ((self.firewall, True), (self.firewall6, dual)):
+            if not wanted:
+                continue
+            found = {Firewall.comment_of(args) for args in fw.listed("nat", firewall.DNAT_CHAIN)}
+            orphans = sorted(c for c in unlisted if c in found)
+            if orphans:
+                fw.delete_tagged(comments=orphans)
 
     def published(self, container_name: str | None = None) -> builtins.list[PublishedPort]:
         out = []
@@ -1361,6 +1436,39 @@ def _repair(st: _State) -> None:
             del alloc.leases[container]
         for container, ep in rec["endpoints"].items():
             alloc.leases[container] = IPv4Address(ep["ip"])
+
+
+def _live_addresses(
+    rec: Mapping[str, Any], own: IPv4Address | None, neighbours: Iterable[NeighbourInfo]
+) -> set[IPv4Address]:
+    """Addresses something answers on at the network's bridge, besides `own` (the
+    container's current lease), from the host's neighbour entries (`dump_neighbours` of
+    AF_INET and AF_BRIDGE, read once per transaction): a container the state forgot still
+    holds its address, and must not get a twin. The bridge's ARP entries (flushed whenever
+    the bridge's MAC changes) and the MACs its ports learned (gone with their port, kept
+    over MAC changes), which name the address they were made of (mac_for)."""
+    subnet = IPv4Network(rec["subnet"])
+    found: set[IPv4Address] = set()
+    try:
+        index = socket.if_nametoindex(rec["bridge"])
+    except OSError:
+        return found
+    for entry in neighbours:
+        if entry.state & _NUD_GONE:
+            continue
+        ip: IPv4Address | None = None
+        with contextlib.suppress(ValueError, TypeError):
+            if entry.family == socket.AF_INET and entry.ifindex == index:
+                ip = IPv4Address(entry.dst)
+            elif (
+                entry.family == socket.AF_BRIDGE
+                and entry.master == index
+                and not entry.state & _NUD_PERMANENT  # the ports' own addresses
+            ):
+                ip = _ip_of_mac(entry.lladdr or "")
+        if ip is not None and ip in subnet and ip != own:
+            found.add(ip)
+    return found
 
 
 def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
@@ -1545,8 +1653,23 @@ def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
 
 
 def _link_exists(ifname: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=ifname))
+    """Whether the host has a link of that name (if_nametoindex(3): no netlink socket)."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
+
+
+def _enslave(ipr: Any, rec: Mapping[str, Any], veth: str) -> None:
+    """Put an existing veth (back) on its network's bridge, up, in hairpin mode."""
+    index = ipr.link_lookup(ifname=veth)[0]
+    master = ipr.link_lookup(ifname=rec["bridge"])[0]
+    ipr.link("set", index=index, master=master)
+    # hairpin: a container reaching its own published port through the host gets the
+    # DNAT'ed packet back out of the port it came in on
+    ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
+    ipr.link("set", index=index, state="up")
 
 
 def _del_link(ipr: Any, ifname: str) -> None:
