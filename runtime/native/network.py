@@ -103,7 +103,6 @@ from pyapply.runtime.native.ipam import (
 )
 from pyapply.runtime.native.netlink import (
     IPRoute,
-    NeighbourInfo,
     NetNS,
     dump_links_and_addrs,
     dump_neighbours,
@@ -842,7 +841,6 @@ class NetworkManager:
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
             ips: list[str] = []
             todo: list[tuple[dict[str, Any], str, IPv4Address, list[str]]] = []
-            neighbours: list[NeighbourInfo] | None = None
             with IPRoute() as ipr:
                 try:
                     for att, rec in zip(attachments, recs, strict=True):
@@ -868,10 +866,8 @@ class NetworkManager:
                             # rule of the network at every attach cost more than the rest of
                             # the attach, under the lock every attach of the root waits for
                             self._ensure_kernel(rec)
-                        if neighbours is None:  # one look for all the networks
-                            neighbours = dump_neighbours((socket.AF_INET, socket.AF_BRIDGE))
                         own = st.ipam.get(network).leases.get(container_name)
-                        live = _live_addresses(rec, own, neighbours)
+                        live = _live_addresses(rec, own)
                         ip = st.ipam.lease(network, container_name, att.ipv4_address, live)
                         todo.append((rec, veth, ip, sorted(set(att.aliases))))
                         ips.append(str(ip))
@@ -1438,22 +1434,20 @@ def _repair(st: _State) -> None:
             alloc.leases[container] = IPv4Address(ep["ip"])
 
 
-def _live_addresses(
-    rec: Mapping[str, Any], own: IPv4Address | None, neighbours: Iterable[NeighbourInfo]
-) -> set[IPv4Address]:
+def _live_addresses(rec: Mapping[str, Any], own: IPv4Address | None) -> set[IPv4Address]:
     """Addresses something answers on at the network's bridge, besides `own` (the
-    container's current lease), from the host's neighbour entries (`dump_neighbours` of
-    AF_INET and AF_BRIDGE, read once per transaction): a container the state forgot still
-    holds its address, and must not get a twin. The bridge's ARP entries (flushed whenever
-    the bridge's MAC changes) and the MACs its ports learned (gone with their port, kept
-    over MAC changes), which name the address they were made of (mac_for)."""
+    container's current lease): a container the state forgot still holds its address,
+    and must not get a twin. The bridge's neighbour entries, filtered by the kernel: its
+    ARP entries (flushed whenever the bridge's MAC changes) and the MACs its ports learned
+    (gone with their port, kept over MAC changes), which name the address they were made
+    of (mac_for)."""
     subnet = IPv4Network(rec["subnet"])
     found: set[IPv4Address] = set()
     try:
         index = socket.if_nametoindex(rec["bridge"])
     except OSError:
         return found
-    for entry in neighbours:
+    for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE), bridge=index):
         if entry.state & _NUD_GONE:
             continue
         ip: IPv4Address | None = None

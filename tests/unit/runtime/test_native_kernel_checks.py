@@ -285,3 +285,30 @@ def test_work_in_a_namespace_hands_its_errors_to_the_caller(tmp_path: Path) -> N
     with pytest.raises(OSError):  # not a namespace: setns refuses it
         (tmp_path / "plain").write_text("")
         in_netns(str(tmp_path / "plain"), lambda ipr: None)
+
+
+def test_a_dump_for_one_bridge_holds_every_entry_of_that_bridge_and_no_other() -> None:
+    families = (socket.AF_INET, socket.AF_BRIDGE)
+    every = dump_neighbours(families)
+    bridges = {n.master for n in every if n.family == socket.AF_BRIDGE and n.master}
+    if not bridges:
+        pytest.skip("no bridge with learned or static entries on this host")
+    for index in sorted(bridges):
+        mine = {
+            n
+            for n in every
+            if (n.family == socket.AF_INET and n.ifindex == index)
+            or (n.family == socket.AF_BRIDGE and n.master == index)
+        }
+        # other work on the host changes the tables between the two reads: a few tries
+        for _ in range(5):
+            filtered = set(dump_neighbours(families, bridge=index))
+            if mine <= filtered:
+                break
+            mine &= {n for n in dump_neighbours(families)}
+        assert mine <= filtered
+        # the entries of the bridge itself and of its ports come too, nothing of another link
+        links, _addrs = dump_links_and_addrs()
+        ours = {index} | {link.index for link in links if link.master == index}
+        gone = {n.ifindex for n in filtered} - {link.index for link in links}  # meanwhile
+        assert {n.ifindex for n in filtered} - gone <= ours
