@@ -11,7 +11,10 @@ from rtnetlink(7): a few structs, the standard library only).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -189,6 +192,208 @@ def dump_neighbours(families: tuple[int, ...], *, bridge: int | None = None) -> 
     return out
 
 
+# -- requests of an attach, without pyroute2 -----------------------------------------------
+# pyroute2's sync API runs each request through an asyncio loop of its own: about a
+# millisecond of CPU per request and a few per socket, twenty-odd requests per attach,
+# under the network lock. These are the few an attach makes, as rtnetlink(7) has them.
+
+_RTM_DELLINK = 17
+_RTM_SETLINK = 19
+_RTM_NEWROUTE = 24
+_RTM_GETROUTE = 26
+_NLM_F_ACK = 0x4
+_NLM_F_EXCL = 0x200
+_NLM_F_CREATE = 0x400
+_NLA_F_NESTED = 0x8000
+_IFLA_ADDRESS = 1
+_IFLA_LINKINFO = 18
+_IFLA_PROTINFO = 12
+_IFLA_NET_NS_FD = 28
+_IFLA_IFALIAS = 20
+_IFLA_INFO_KIND = 1
+_IFLA_INFO_DATA = 2
+_VETH_INFO_PEER = 1
+_IFLA_BRPORT_MODE = 4
+_IFA_FLAGS = 8
+_RTA_DST = 1
+_RTA_OIF = 4
+_RTA_GATEWAY = 5
+_RTA_TABLE = 15
+_RT_TABLE_MAIN = 254
+_RTPROT_BOOT = 3
+_RTN_UNICAST = 1
+_RTMSG = struct.Struct(
+    "=BBBBBBBBI"
+)  # family, dst_len, src_len, tos, table, proto, scope, type, flags
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    """One rtattr, padded to 4 bytes."""
+    raw = _RTATTR.pack(_RTATTR.size + len(data), kind) + data
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _cstr(text: str) -> bytes:
+    return text.encode() + b"\0"
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+class Rtnl:
+    """A NETLINK_ROUTE socket of the namespace of the thread that opens it, for the
+    requests an attach makes, each acknowledged before the next (an error is an OSError
+    with the kernel's errno)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        try:
+            self.sock.bind((0, 0))
+            self.sock.settimeout(10)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.seq = 0
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def _request(self, mtype: int, body: bytes, flags: int = 0) -> None:
+        self.seq += 1
+        seq = self.seq
+        self.sock.send(
+            _NLMSGHDR.pack(
+                _NLMSGHDR.size + len(body), mtype, _NLM_F_REQUEST | _NLM_F_ACK | flags, seq, 0
+            )
+            + body
+        )
+        while True:
+            data = self.sock.recv(1 << 16)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    raise OSError("netlink: malformed answer")
+                payload = data[offset + _NLMSGHDR.size : offset + length]
+                offset += (length + 3) & ~3
+                if kind == _NLMSG_ERROR and mseq == seq:
+                    (code,) = struct.unpack_from("=i", payload)
+                    if code:
+                        raise OSError(-code, os.strerror(-code))
+                    return
+
+    def _link(
+        self,
+        mtype: int,
+        index: int,
+        attrs: bytes = b"",
+        *,
+        up: bool = False,
+        flags: int = 0,
+        family: int = socket.AF_UNSPEC,
+    ) -> None:
+        head = _IFINFOMSG.pack(family, 0, index, _IFF_UP if up else 0, _IFF_UP if up else 0)
+        self._request(mtype, head + attrs, flags)
+
+    def delete_link(self, name: str) -> bool:
+        """Delete the link `name`; False if there is none."""
+        try:
+            index = socket.if_nametoindex(name)
+        except OSError:
+            return False
+        try:
+            self._link(_RTM_DELLINK, index)
+        except OSError as e:
+            if e.errno != errno.ENODEV:
+                raise
+            return False
+        return True
+
+    def add_veth(self, name: str, peer: str, peer_netns_fd: int) -> int:
+        """Make the veth pair `name` (here) and `peer` (in the namespace of the fd); return
+        the index of `name`."""
+        peer_msg = (
+            _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+            + _attr(_IFLA_IFNAME, _cstr(peer))
+            + _attr(_IFLA_NET_NS_FD, _u32(peer_netns_fd))
+        )
+        info = _attr(_IFLA_INFO_KIND, b"veth") + _attr(
+            _IFLA_INFO_DATA | _NLA_F_NESTED, _attr(_VETH_INFO_PEER | _NLA_F_NESTED, peer_msg)
+        )
+        attrs = _attr(_IFLA_IFNAME, _cstr(name)) + _attr(_IFLA_LINKINFO | _NLA_F_NESTED, info)
+        self._link(_RTM_NEWLINK, 0, attrs, flags=_NLM_F_CREATE | _NLM_F_EXCL)
+        return socket.if_nametoindex(name)
+
+    def set_link(
+        self,
+        index: int,
+        *,
+        name: str | None = None,
+        mac: str | None = None,
+        alias: str | None = None,
+        master: int | None = None,
+        up: bool = False,
+    ) -> None:
+        """Change a link in one request: its name, MAC, alias, bridge; then bring it up (the
+        kernel applies the flags last)."""
+        attrs = b""
+        if name is not None:
+            attrs += _attr(_IFLA_IFNAME, _cstr(name))
+        if mac is not None:
+            attrs += _attr(_IFLA_ADDRESS, _mac(mac))
+        if alias is not None:
+            attrs += _attr(_IFLA_IFALIAS, alias.encode())
+        if master is not None:
+            attrs += _attr(_IFLA_MASTER, _u32(master))
+        self._link(_RTM_NEWLINK, index, attrs, up=up)
+
+    def hairpin(self, index: int) -> None:
+        """Hairpin mode on a bridge port (a packet may leave by the port it came in on)."""
+        attrs = _attr(_IFLA_PROTINFO | _NLA_F_NESTED, _attr(_IFLA_BRPORT_MODE, b"\x01"))
+        self._link(_RTM_SETLINK, index, attrs, family=socket.AF_BRIDGE)
+
+    def add_address(self, index: int, address: str, prefixlen: int, flags: int = 0) -> None:
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        head = _IFADDRMSG.pack(family, prefixlen, flags & 0xFF, 0, index)
+        attrs = _attr(_IFA_LOCAL, ip.packed) + _attr(_IFA_ADDRESS, ip.packed)
+        if flags > 0xFF:
+            attrs += _attr(_IFA_FLAGS, _u32(flags))
+        self._request(_RTM_NEWADDR, head + attrs, _NLM_F_CREATE | _NLM_F_EXCL)
+
+    def has_default_route(self, family: int) -> bool:
+        """Whether the main table has a default route of the family."""
+        req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        self.seq += 1
+        for mtype, payload in _dump(self.sock, self.seq, _RTM_GETROUTE, req):
+            if mtype != _RTM_NEWROUTE or len(payload) < _RTMSG.size:
+                continue
+            _fam, dst_len, _s, _t, table, _p, _sc, _ty, _f = _RTMSG.unpack_from(payload)
+            if dst_len != 0:
+                continue
+            raw = _attrs(payload, _RTMSG.size).get(_RTA_TABLE)
+            if (
+                struct.unpack("=I", raw[:4])[0] if raw and len(raw) >= 4 else table
+            ) == _RT_TABLE_MAIN:
+                return True
+        return False
+
+    def add_default_route(self, gateway: str, oif: int) -> None:
+        ip = ipaddress.ip_address(gateway)
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        head = _RTMSG.pack(family, 0, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT, 0, _RTN_UNICAST, 0)
+        attrs = _attr(_RTA_GATEWAY, ip.packed) + _attr(_RTA_OIF, _u32(oif))
+        self._request(_RTM_NEWROUTE, head + attrs, _NLM_F_CREATE | _NLM_F_EXCL)
+
+
 def IPRoute(*args: Any, **kwargs: Any) -> Any:
     from pyroute2 import IPRoute as cls  # type: ignore[import-untyped]
 
@@ -202,29 +407,27 @@ def NetNS(*args: Any, **kwargs: Any) -> Any:
 
 
 _CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SHARED = 1 << 20
+NETNS_DIR = "/run/netns"
 T = TypeVar("T")
 
 
-def in_netns(path: str, fn: Callable[[Any], T]) -> T:
-    """`fn(ipr)` with an IPRoute socket in the network namespace at `path`, made and used in
-    a thread of its own that joined the namespace (setns(2) moves only the calling thread;
-    the thread ends with it). pyroute2's NetNS forks a copy of this process to make its
-    socket: about five times the time, paid twice per container create."""
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _in_thread(fn: Callable[[], T]) -> T:
+    """`fn()` in a thread of its own, which ends with it: a thread that changed its network
+    namespace (setns, unshare) takes the change with it."""
     result: list[T] = []
     error: list[BaseException] = []
 
     def run() -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc = ctypes.CDLL(None, use_errno=True)
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"setns {path}: {os.strerror(code)}")
-            finally:
-                os.close(fd)
-            with IPRoute() as ipr:
-                result.append(fn(ipr))
+            result.append(fn())
         except BaseException as e:  # handed to the caller's thread
             error.append(e)
 
@@ -236,19 +439,74 @@ def in_netns(path: str, fn: Callable[[Any], T]) -> T:
     return result[0]
 
 
+def _setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc().setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+
+
+def in_netns(path: str, fn: Callable[[Rtnl], T]) -> T:
+    """`fn(rtnl)` with a netlink socket in the network namespace at `path`, made and used in
+    a thread of its own that joined the namespace (setns(2) moves only the calling thread).
+    pyroute2's NetNS forks a copy of this process to make its socket: about five times the
+    time, paid twice per container create."""
+
+    def run() -> T:
+        _setns(path)
+        with Rtnl() as rtnl:
+            return fn(rtnl)
+
+    return _in_thread(run)
+
+
+def netns_create(name: str) -> None:
+    """Make the named network namespace /run/netns/NAME, as `ip netns add` does (the
+    directory a shared mount point, the namespace bind-mounted on a file in it), from a
+    thread that unshares its own namespace (pyroute2 forks a process for it), with its
+    loopback up."""
+    path = os.path.join(NETNS_DIR, name)
+    libc = _libc()
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    # a shared mount point, so that namespaces mounted later are seen in other mount
+    # namespaces (a bind mount of itself first, if it is no mount point yet)
+    if libc.mount(b"", NETNS_DIR.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
+        if libc.mount(NETNS_DIR.encode(), NETNS_DIR.encode(), b"none", _MS_BIND | _MS_REC, None):
+            code = ctypes.get_errno()
+            raise OSError(code, f"mount {NETNS_DIR}: {os.strerror(code)}")
+        if libc.mount(b"", NETNS_DIR.encode(), b"none", _MS_SHARED | _MS_REC, None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"share {NETNS_DIR}: {os.strerror(code)}")
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+
+    def make() -> None:
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"unshare: {os.strerror(code)}")
+        own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
+        if libc.mount(own.encode(), path.encode(), b"none", _MS_BIND, None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"mount {path}: {os.strerror(code)}")
+        with Rtnl() as rtnl:
+            rtnl.set_link(socket.if_nametoindex("lo"), up=True)
+
+    try:
+        _in_thread(make)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
 def netlink_error() -> Any:
     """pyroute2's NetlinkError, for `except netlink_error() as e:` (evaluated only when an
     exception is being handled, by which time pyroute2 has been imported)."""
     from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
     return NetlinkError
-
-
-def netns_create(name: str) -> None:
-    """Make the named network namespace /run/netns/NAME."""
-    from pyroute2 import netns
-
-    netns.create(name)
 
 
 def netns_attach(name: str, pid: int) -> None:
@@ -263,10 +521,9 @@ def loopback_up(path: str) -> None:
     """Bring up `lo` in the network namespace at `path`: a container on no network (or one
     whose namespace others join) still has its 127.0.0.1, as Docker's "none" has."""
 
-    def up(ns: Any) -> None:
-        lo = ns.link_lookup(ifname="lo")
-        if lo:
-            ns.link("set", index=lo[0], state="up")
+    def up(rtnl: Rtnl) -> None:
+        with contextlib.suppress(OSError):
+            rtnl.set_link(socket.if_nametoindex("lo"), up=True)
 
     in_netns(path, up)
 

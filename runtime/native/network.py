@@ -104,6 +104,7 @@ from pyapply.runtime.native.ipam import (
 from pyapply.runtime.native.netlink import (
     IPRoute,
     NetNS,
+    Rtnl,
     dump_links_and_addrs,
     dump_neighbours,
     in_netns,
@@ -841,13 +842,13 @@ class NetworkManager:
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
             ips: list[str] = []
             todo: list[tuple[dict[str, Any], str, IPv4Address, list[str]]] = []
-            with IPRoute() as ipr:
+            with Rtnl() as rtnl:
                 try:
                     for att, rec in zip(attachments, recs, strict=True):
                         network = att.network
                         veth = self.veth_name(network, container_name)
                         ep = rec["endpoints"].get(container_name)
-                        if ep is not None and ep["netns"] == nspath and _link_exists(veth):
+                        if ep is not None and ep["netns"] == nspath and _has_link(veth):
                             if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
                                 raise Conflict(
                                     f"{container_name} is attached to {network} as {ep['ip']}"
@@ -856,10 +857,10 @@ class NetworkManager:
                             ips.append(str(ep["ip"]))
                             continue
                         if ep is not None:  # stale: the namespace changed or the veth is gone
-                            _del_link(ipr, veth)
+                            rtnl.delete_link(veth)
                             if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
                                 st.ipam.release(network, container_name)
-                        if not _link_exists(rec["bridge"]):
+                        if not _has_link(rec["bridge"]):
                             # only a bridge gone since the network was made sure of is
                             # remade here (with its rules): a pass makes sure of its networks
                             # (create_network) before it attaches to them, and remaking every
@@ -871,7 +872,7 @@ class NetworkManager:
                         ip = st.ipam.lease(network, container_name, att.ipv4_address, live)
                         todo.append((rec, veth, ip, sorted(set(att.aliases))))
                         ips.append(str(ip))
-                    plumbed = self._plumb_all(ipr, [(r, v, i) for r, v, i, _ in todo], nspath)
+                    plumbed = self._plumb_all(rtnl, [(r, v, i) for r, v, i, _ in todo], nspath)
                     for (rec, veth, ip, aliases), (ifname, default_route) in zip(
                         todo, plumbed, strict=True
                     ):
@@ -889,7 +890,7 @@ class NetworkManager:
                     # (the rules of ports are added last, by one change)
                     for _rec, veth, _ip, _aliases in todo:
                         with contextlib.suppress(Exception):
-                            _del_link(ipr, veth)
+                            rtnl.delete_link(veth)
                     raise
             st.dns_due = True
             self._rewrite_hosts(st, {att.network for att in attachments}, {container_name})
@@ -898,17 +899,17 @@ class NetworkManager:
     def _plumb(
         self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
     ) -> tuple[str, bool]:
-        with IPRoute() as ipr:
-            return self._plumb_all(ipr, [(rec, veth, ip)], nspath)[0]
+        with Rtnl() as rtnl:
+            return self._plumb_all(rtnl, [(rec, veth, ip)], nspath)[0]
 
     def _plumb_all(
         self,
-        ipr: Any,
+        rtnl: Rtnl,
         items: Sequence[tuple[Mapping[str, Any], str, IPv4Address]],
         nspath: str,
     ) -> builtins.list[tuple[str, bool]]:
         """Make the veth of each (network record, veth, address) and plumb its peer into
-        the namespace at `nspath`: the host sides on `ipr`, then every peer configured in
+        the namespace at `nspath`: the host sides on `rtnl`, then every peer configured in
         one visit of the namespace (a thread and a netlink socket there, whatever the number
         of networks). Return (interface name, whether it gave the default route) of each."""
         if not items:
@@ -917,58 +918,54 @@ class NetworkManager:
         try:
             for rec, veth, _ip in items:
                 peer = "pap" + veth[3:]
-                _del_link(ipr, veth)
-                _del_link(ipr, peer)
+                rtnl.delete_link(veth)
+                rtnl.delete_link(peer)
                 try:
-                    ipr.link(
-                        "add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": nsfd}
-                    )
-                except netlink_error() as e:
+                    index = rtnl.add_veth(veth, peer, nsfd)
+                except OSError as e:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
-                index = ipr.link_lookup(ifname=veth)[0]
-                ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
-                _enslave(ipr, rec, veth)
+                rtnl.set_link(
+                    index,
+                    alias=f"{self.alias_prefix}{rec['name']}",
+                    master=socket.if_nametoindex(rec["bridge"]),
+                    up=True,
+                )
+                # hairpin: a container reaching its own published port through the host
+                # gets the DNAT'ed packet back out of the port it came in on
+                rtnl.hairpin(index)
         finally:
             os.close(nsfd)
 
-        def configure(ns: Any) -> list[tuple[str, bool]]:
-            names = {link.get("ifname") for link in ns.get_links()}
-            lo = ns.link_lookup(ifname="lo")
-            if lo:
-                ns.link("set", index=lo[0], state="up")
-            has_default = any(
-                r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET, table=254)
-            )
-            has_default6 = any(
-                r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET6, table=254)
-            )
+        def configure(ns: Rtnl) -> list[tuple[str, bool]]:
+            with contextlib.suppress(OSError):
+                ns.set_link(socket.if_nametoindex("lo"), up=True)
+            has_default = ns.has_default_route(socket.AF_INET)
+            has_default6 = ns.has_default_route(socket.AF_INET6)
             out: list[tuple[str, bool]] = []
+            n = 0
             for rec, veth, ip in items:
-                n = 0
-                while f"eth{n}" in names:
+                while _has_link(f"eth{n}"):
                     n += 1
                 ifname = f"eth{n}"
-                names.add(ifname)
-                pidx = ns.link_lookup(ifname="pap" + veth[3:])[0]
+                pidx = socket.if_nametoindex("pap" + veth[3:])
                 # the MAC follows from the address (as docker's 02:42:...): an address handed
-                # out again after a recreate keeps its MAC, so neighbours' ARP caches stay right
-                ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
-                prefixlen = IPv4Network(rec["subnet"]).prefixlen
-                ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
+                # out again after a recreate keeps its MAC, so neighbours' ARP caches stay
+                # right; the kernel renames before it brings the link up
+                ns.set_link(pidx, name=ifname, mac=mac_for(ip), up=True)
+                ns.add_address(pidx, str(ip), IPv4Network(rec["subnet"]).prefixlen)
                 ip6 = endpoint_ipv6(rec, str(ip))
                 if ip6 is not None:
                     plen6 = IPv6Network(rec["subnet6"]).prefixlen
-                    ns.addr("add", index=pidx, address=str(ip6), prefixlen=plen6, flags=_NODAD)
-                ns.link("set", index=pidx, state="up")
+                    ns.add_address(pidx, str(ip6), plen6, flags=_NODAD)
                 default_route = False
                 if not rec["internal"]:
                     if not has_default:
-                        ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
+                        ns.add_default_route(rec["gateway"], pidx)
                         has_default = default_route = True
                     if ip6 is not None and not has_default6:
                         # the first dual-stack network gives the IPv6 default route (there
                         # are no router advertisements on our bridges)
-                        ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
+                        ns.add_default_route(rec["gateway6"], pidx)
                         has_default6 = True
                 out.append((ifname, default_route))
             return out
@@ -1646,8 +1643,9 @@ def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
     return None
 
 
-def _link_exists(ifname: str) -> bool:
-    """Whether the host has a link of that name (if_nametoindex(3): no netlink socket)."""
+def _has_link(ifname: str) -> bool:
+    """Whether the calling thread's network namespace has a link of that name
+    (if_nametoindex(3): no netlink socket)."""
     try:
         socket.if_nametoindex(ifname)
     except OSError:
