@@ -410,6 +410,16 @@ def parse_save(text: str) -> frozenset[RuleKey]:
     return frozenset(keys)
 
 
+def _table_lines(text: str, table: str) -> Iterator[str]:
+    """The lines of one table of an `iptables-save` output (pure)."""
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif current == table:
+            yield line
+
+
 def parse_chains(text: str) -> frozenset[tuple[str, str]]:
     """(table, chain) of the chains of ours an `iptables-save` output declares (pure)."""
     chains: set[tuple[str, str]] = set()
@@ -494,7 +504,7 @@ class Firewall:
         """Every rule of ours (and jump into ours), in one `iptables-save` call."""
         return parse_save(self._save_text())
 
-    def add(self, rules: Sequence[Rule]) -> None:
+    def add(self, rules: Sequence[Rule], saved: str | None = None) -> None:
         """Add rules that are not there yet (idempotent), with our chains and the jumps into
         them. What is there is read with one `iptables-save` under the host lock, rather
         than one `iptables -S`/`-C` per chain, jump and rule; the keys compared are those
@@ -503,7 +513,7 @@ class Firewall:
         process rather than one per rule: most of a publish's time, under the network
         lock)."""
         with self.locked():
-            text = self._save_text()
+            text = self._save_text() if saved is None else saved
             present = set(parse_save(text))
             chains = parse_chains(text)
             for table, chain in OUR_CHAINS:
@@ -581,10 +591,24 @@ class Firewall:
                 self._run(table, "-F", chain, check=False)
                 self._run(table, "-X", chain, check=False)
 
-    def dnat_ports(self) -> set[tuple[str, int]]:
-        """(protocol, host port) of every published port in our DNAT chain (all roots)."""
+    def saved(self) -> str:
+        """The output of `iptables-save`, for `dnat_ports` and `add` (taken under the host
+        lock, which they are called under too: one process for both)."""
+        return self._save_text()
+
+    def dnat_ports(self, saved: str | None = None) -> set[tuple[str, int]]:
+        """(protocol, host port) of every published port in our DNAT chain (all roots), from
+        `saved` (an `iptables-save` output) or a listing of the chain."""
         found: set[tuple[str, int]] = set()
-        for args in self.listed("nat", DNAT_CHAIN):
+        if saved is None:
+            rules = self.listed("nat", DNAT_CHAIN)
+        else:
+            rules = [
+                words[2:]
+                for words in map(split_words, _table_lines(saved, "nat"))
+                if len(words) >= 2 and words[:2] == ["-A", DNAT_CHAIN]
+            ]
+        for args in rules:
             proto = args[args.index("-p") + 1] if "-p" in args else ""
             if "--dport" in args:
                 with contextlib.suppress(ValueError):

@@ -73,7 +73,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 from pyapply.runtime.base import (
     Attachment,
@@ -361,8 +361,10 @@ class NetworkManager:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_State]:
-        """Hold the state lock; yield the state; save it if the block succeeds."""
+        """Hold the state lock; yield the state; save it if the block succeeds; then bring
+        the DNS server up to date (see `_sync_dns`)."""
         private_dir(self.dir)
+        dns_lock: IO[str] | None = None
         with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -392,19 +394,44 @@ class NetworkManager:
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
                 changed = after != before or ipam_after != ipam_before
-                # after the save: a crash in between leaves a server that has not heard of
-                # the change (a missing one is a network fault; its files are brought up to
-                # date at the next sync), never one serving, or running for, networks the
-                # state does not hold
                 if changed or state.dns_due or (not state.networks and self.dns.dir.exists()):
-                    try:
-                        self.dns.sync(state.networks, check=state.dns_due)
-                    except PermanentError:
-                        if state.dns_due:
-                            raise
-                        # otherwise seen as a network fault (network_faults)
+                    # taken before the state lock is let go: the syncs come in the order of
+                    # the saves, while the next transaction already runs
+                    dns_lock = self._dns_lock()
+            except BaseException:
+                if dns_lock is not None:
+                    dns_lock.close()
+                raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        if dns_lock is not None:
+            with dns_lock:
+                self._sync_dns(state)
+
+    def _dns_lock(self) -> IO[str]:
+        """The DNS lock, held (taken only while holding the state lock: one order)."""
+        fh = os.fdopen(open_private(self.dir / ".dns.lock", os.O_WRONLY | os.O_APPEND), "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
+
+    def _sync_dns(self, st: _State) -> None:
+        """Bring the DNS server up to date with the state just saved, under the DNS lock
+        only: its reload and the wait until it answers from the new files (a good part of
+        an attach's time) no longer hold up the next transaction. After the save: a crash
+        in between leaves a server that has not heard of the change (a missing one is a
+        network fault; its files are brought up to date at the next sync), never one
+        serving, or running for, networks the state does not hold; the syncs follow the
+        saves in their order, each with the state its transaction saved."""
+        try:
+            self.dns.sync(st.networks, check=st.dns_due)
+        except PermanentError:
+            if st.dns_due:
+                raise
+            # otherwise seen as a network fault (network_faults)
 
     def _upgrade_guards(self, st: _State) -> None:
         """Add the guard rules of networks made before them (once: the record remembers)."""
@@ -1130,15 +1157,20 @@ class NetworkManager:
         rules: list[firewall.Rule] = []
         rules6: list[firewall.Rule] = []
         resolved: list[PortBinding] = []
-        # ports published by other state roots hold no socket: ask our DNAT chain (once)
+        # ports published by other state roots hold no socket: ask our DNAT chain (once,
+        # from the iptables-save that add() reads too)
         in_use: set[tuple[str, int]] | None = None
+        saved: str | None = None
+        saved6: str | None = None
         with firewall.host_lock():
             for binding in bindings:
                 port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
                 if port is None:  # host ports (other roots' too) must be looked at
-                    in_use = self.firewall.dnat_ports()
+                    saved = self.firewall.saved()
+                    in_use = self.firewall.dnat_ports(saved)
                     if rec.get("subnet6"):
-                        in_use |= self.firewall6.dnat_ports()
+                        saved6 = self.firewall6.saved()
+                        in_use |= self.firewall6.dnat_ports(saved6)
                     port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
                     assert port is not None
                 rules += port_rules4(rec, port)
@@ -1150,9 +1182,9 @@ class NetworkManager:
                         in_use.add((port["binding"]["protocol"], port["binding"]["host_port"]))
                 resolved.append(_binding(port["binding"]))
             # already published ports' rules too (remade if the rules were flushed)
-            self.firewall.add(rules)
+            self.firewall.add(rules, saved)
             if rules6:
-                self.firewall6.add(rules6)
+                self.firewall6.add(rules6, saved6)
         return resolved
 
     @staticmethod
@@ -1395,8 +1427,9 @@ class NetworkManager:
             st.networks.clear()
             st.hosts_files.clear()
             st.ipam.subnets.clear()
-            self.dns.stop()  # even if the state forgot its networks
-        for leftover in ("networks.json", "ipam.json", ".lock"):
+            with self._dns_lock():  # after the sync of any transaction before this one
+                self.dns.stop()  # even if the state forgot its networks
+        for leftover in ("networks.json", "ipam.json", ".lock", ".dns.lock"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / leftover).unlink()
         with contextlib.suppress(OSError):

@@ -312,3 +312,27 @@ def test_a_dump_for_one_bridge_holds_every_entry_of_that_bridge_and_no_other() -
         ours = {index} | {link.index for link in links if link.master == index}
         gone = {n.ifindex for n in filtered} - {link.index for link in links}  # meanwhile
         assert {n.ifindex for n in filtered} - gone <= ours
+
+
+def test_published_ports_read_from_a_save_are_those_of_the_dnat_chain() -> None:
+    assert firewall.Firewall().dnat_ports(SAVED) == {("tcp", 18080)}
+
+
+def test_restore_input_adds_rules_in_order_with_quoted_words() -> None:
+    rules = [
+        firewall.Rule("nat", "PYAPPLY-DNAT", ("-p", "tcp", "-m", "comment", "--comment", "a b")),
+        firewall.Rule("filter", "FORWARD", ("-j", "PYAPPLY-FORWARD"), top=True),
+        firewall.Rule("nat", "PYAPPLY-POSTROUTING", ("-m", "comment", "--comment", 'q"t')),
+    ]
+    assert firewall.restore_text(rules) == (
+        "*nat\n"
+        '-A PYAPPLY-DNAT -p tcp -m comment --comment "a b"\n'
+        '-A PYAPPLY-POSTROUTING -m comment --comment "q\\"t"\n'
+        "COMMIT\n"
+        "*filter\n"
+        "-I FORWARD 1 -j PYAPPLY-FORWARD\n"
+        "COMMIT\n"
+    )
+    # what iptables-save prints back splits into the words given
+    line = '-A PYAPPLY-DNAT -p tcp -m comment --comment "a b"'
+    assert firewall.split_words(line)[2:] == list(rules[0].args)
