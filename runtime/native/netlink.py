@@ -364,27 +364,73 @@ class Rtnl:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         head = _IFADDRMSG.pack(family, prefixlen, flags & 0xFF, 0, index)
-        attrs = _attr(_IFA_LOCAL, ip.packed) + _attr(_IFA_ADDRESS, ip.packed)
+        # IPv4 names its own address IFA_LOCAL (IFA_ADDRESS: the peer's, the same here)
+        attrs = _attr(_IFA_ADDRESS, ip.packed)
+        if family == socket.AF_INET:
+            attrs = _attr(_IFA_LOCAL, ip.packed) + attrs
         if flags > 0xFF:
             attrs += _attr(_IFA_FLAGS, _u32(flags))
         self._request(_RTM_NEWADDR, head + attrs, _NLM_F_CREATE | _NLM_F_EXCL)
 
-    def has_default_route(self, family: int) -> bool:
-        """Whether the main table has a default route of the family."""
-        req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+    def add_bridge(self, name: str, mac: str) -> None:
+        """Make the bridge `name` with the MAC `mac`."""
+        info = _attr(_IFLA_INFO_KIND, b"bridge")
+        attrs = (
+            _attr(_IFLA_IFNAME, _cstr(name))
+            + _attr(_IFLA_ADDRESS, _mac(mac))
+            + _attr(_IFLA_LINKINFO | _NLA_F_NESTED, info)
+        )
+        self._link(_RTM_NEWLINK, 0, attrs, flags=_NLM_F_CREATE | _NLM_F_EXCL)
+
+    def addresses(self, index: int, family: int) -> set[tuple[str, int]]:
+        """(address, prefix length) of the link's addresses of the family."""
         self.seq += 1
+        req = _IFADDRMSG.pack(family, 0, 0, 0, 0)
+        found: set[tuple[str, int]] = set()
+        for mtype, payload in _dump(self.sock, self.seq, _RTM_GETADDR, req):
+            if mtype != _RTM_NEWADDR or len(payload) < _IFADDRMSG.size:
+                continue
+            fam, prefixlen, _f, _scope, idx = _IFADDRMSG.unpack_from(payload)
+            if idx != index or fam != family:
+                continue
+            attrs = _attrs(payload, _IFADDRMSG.size)
+            raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+            if raw and len(raw) in (4, 16):
+                found.add((str(ipaddress.ip_address(raw)), prefixlen))
+        return found
+
+    def routes(self, family: int) -> list[tuple[str | None, int, int | None, int]]:
+        """(destination, its prefix length, output link index, table) of every route of
+        the family."""
+        self.seq += 1
+        req = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
+        out: list[tuple[str | None, int, int | None, int]] = []
         for mtype, payload in _dump(self.sock, self.seq, _RTM_GETROUTE, req):
             if mtype != _RTM_NEWROUTE or len(payload) < _RTMSG.size:
                 continue
             _fam, dst_len, _s, _t, table, _p, _sc, _ty, _f = _RTMSG.unpack_from(payload)
-            if dst_len != 0:
-                continue
-            raw = _attrs(payload, _RTMSG.size).get(_RTA_TABLE)
-            if (
-                struct.unpack("=I", raw[:4])[0] if raw and len(raw) >= 4 else table
-            ) == _RT_TABLE_MAIN:
-                return True
-        return False
+            attrs = _attrs(payload, _RTMSG.size)
+            raw_table = attrs.get(_RTA_TABLE)
+            if raw_table and len(raw_table) >= 4:
+                table = struct.unpack("=I", raw_table[:4])[0]
+            dst = attrs.get(_RTA_DST)
+            oif = attrs.get(_RTA_OIF)
+            out.append(
+                (
+                    str(ipaddress.ip_address(dst)) if dst and len(dst) in (4, 16) else None,
+                    dst_len,
+                    struct.unpack("=I", oif[:4])[0] if oif and len(oif) >= 4 else None,
+                    table,
+                )
+            )
+        return out
+
+    def has_default_route(self, family: int) -> bool:
+        """Whether the main table has a default route of the family."""
+        return any(
+            dst_len == 0 and table == _RT_TABLE_MAIN
+            for _dst, dst_len, _oif, table in self.routes(family)
+        )
 
     def add_default_route(self, gateway: str, oif: int) -> None:
         ip = ipaddress.ip_address(gateway)

@@ -559,10 +559,8 @@ class NetworkManager:
                     net = IPv4Network(args[args.index("-s") + 1], strict=False)
                     if not net.is_loopback:
                         nets.append(net)
-        with IPRoute() as ipr:
-            for r in ipr.get_routes(family=socket.AF_INET):
-                dst = r.get("dst")
-                plen = r["dst_len"]
+        with Rtnl() as rtnl:
+            for dst, plen, _oif, _table in rtnl.routes(socket.AF_INET):
                 if dst and plen > 0:
                     with contextlib.suppress(ValueError):
                         nets.append(IPv4Network(f"{dst}/{plen}", strict=False))
@@ -571,10 +569,9 @@ class NetworkManager:
     def _ensure_kernel(self, rec: Mapping[str, Any]) -> None:
         bridge = rec["bridge"]
         subnet = IPv4Network(rec["subnet"])
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=bridge)
-            if not idx:
-                taker = _routed_elsewhere(ipr, subnet, bridge)
+        with Rtnl() as rtnl:
+            if not _has_link(bridge):
+                taker = _routed_elsewhere(rtnl, subnet, bridge)
                 if taker is not None:
                     # remade now, the bridge would share its subnet with `taker`, and the
                     # traffic of published ports could reach whatever is behind it
@@ -586,31 +583,22 @@ class NetworkManager:
                 try:
                     # a MAC of its own (from the gateway): a bridge remade after a deletion
                     # keeps it, and the containers' ARP caches stay right
-                    ipr.link(
-                        "add",
-                        ifname=bridge,
-                        kind="bridge",
-                        address=mac_for(IPv4Address(rec["gateway"])),
-                    )
-                except netlink_error() as e:
-                    if e.code != errno.EEXIST:
+                    rtnl.add_bridge(bridge, mac_for(IPv4Address(rec["gateway"])))
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
                         raise PermanentError(f"cannot create bridge {bridge}: {e}") from None
-                idx = ipr.link_lookup(ifname=bridge)
-            index = idx[0]
-            ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
-            have = {
-                (a.get("address"), a["prefixlen"])
-                for a in ipr.get_addr(index=index, family=socket.AF_INET)
-            }
+            index = socket.if_nametoindex(bridge)
+            rtnl.set_link(index, alias=f"{self.alias_prefix}{rec['name']}")
+            have = rtnl.addresses(index, socket.AF_INET)
             if (rec["gateway"], subnet.prefixlen) not in have:
                 try:
-                    ipr.addr("add", index=index, address=rec["gateway"], prefixlen=subnet.prefixlen)
-                except netlink_error() as e:
-                    if e.code != errno.EEXIST:
+                    rtnl.add_address(index, rec["gateway"], subnet.prefixlen)
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
             if rec.get("subnet6"):
-                self._address6(ipr, index, rec)
-            ipr.link("set", index=index, state="up")
+                self._address6(rtnl, index, rec)
+            rtnl.set_link(index, up=True)
         firewall.set_sysctl("net/ipv4/ip_forward", "1")
         # for published ports on 127.0.0.1; what else it would let in, the guard rules of
         # network_rules() drop (firewall.py: loopback guard)
@@ -627,21 +615,17 @@ class NetworkManager:
             self.firewall6.add(rules6)
 
     @staticmethod
-    def _address6(ipr: Any, index: int, rec: Mapping[str, Any]) -> None:
+    def _address6(rtnl: Rtnl, index: int, rec: Mapping[str, Any]) -> None:
         """Give the bridge its IPv6 gateway address (IPv6 on, no DAD: see the docstring)."""
         bridge = rec["bridge"]
         firewall.set_sysctl(f"net/ipv6/conf/{bridge}/disable_ipv6", "0")
         plen = IPv6Network(rec["subnet6"]).prefixlen
-        have = {
-            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-            for a in ipr.get_addr(index=index, family=socket.AF_INET6)
-        }
-        if (rec["gateway6"], plen) in have:
+        if (rec["gateway6"], plen) in rtnl.addresses(index, socket.AF_INET6):
             return
         try:
-            ipr.addr("add", index=index, address=rec["gateway6"], prefixlen=plen, flags=_NODAD)
-        except netlink_error() as e:
-            if e.code != errno.EEXIST:
+            rtnl.add_address(index, rec["gateway6"], plen, flags=_NODAD)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
                 raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
 
     @translated
@@ -780,8 +764,8 @@ class NetworkManager:
                     ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
                     touched.add(name)
                 else:
-                    with IPRoute() as ipr:
-                        _enslave(ipr, rec, ep["veth"])
+                    with Rtnl() as rtnl:
+                        _enslave(rtnl, rec, ep["veth"])
                 lost: list[firewall.Rule] = []
                 lost6: list[firewall.Rule] = []
                 for port in rec["ports"]:
@@ -953,15 +937,8 @@ class NetworkManager:
                     index = rtnl.add_veth(veth, peer, nsfd)
                 except OSError as e:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
-                rtnl.set_link(
-                    index,
-                    alias=f"{self.alias_prefix}{rec['name']}",
-                    master=socket.if_nametoindex(rec["bridge"]),
-                    up=True,
-                )
-                # hairpin: a container reaching its own published port through the host
-                # gets the DNAT'ed packet back out of the port it came in on
-                rtnl.hairpin(index)
+                rtnl.set_link(index, alias=f"{self.alias_prefix}{rec['name']}")
+                _enslave(rtnl, rec, veth)
         finally:
             os.close(nsfd)
 
@@ -1658,11 +1635,10 @@ def _forget_neighbour(ipr: Any, bridge: str, ip: str) -> None:
             ipr.neigh("del", dst=ip, ifindex=idx[0])
 
 
-def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
+def _routed_elsewhere(rtnl: Rtnl, subnet: IPv4Network, bridge: str) -> str | None:
     """The interface (other than `bridge`) that routes `subnet` or a part of it, if any."""
-    for r in ipr.get_routes(family=socket.AF_INET, table=254):
-        dst, plen = r.get("dst"), r["dst_len"]
-        if not dst or plen == 0:
+    for dst, plen, oif, table in rtnl.routes(socket.AF_INET):
+        if table != 254 or not dst or plen == 0:
             continue
         try:
             net = IPv4Network(f"{dst}/{plen}", strict=False)
@@ -1670,9 +1646,10 @@ def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
             continue
         if not net.subnet_of(subnet):
             continue  # a wider route (a LAN's /8) does not take the bridge's traffic
-        oif = r.get("oif")
-        links = ipr.get_links(oif) if oif else []
-        name = str(links[0].get("ifname")) if links else f"interface {oif}"
+        try:
+            name = socket.if_indextoname(oif) if oif else f"interface {oif}"
+        except OSError:
+            name = f"interface {oif}"
         if name != bridge:
             return name
     return None
@@ -1688,15 +1665,13 @@ def _has_link(ifname: str) -> bool:
     return True
 
 
-def _enslave(ipr: Any, rec: Mapping[str, Any], veth: str) -> None:
-    """Put an existing veth (back) on its network's bridge, up, in hairpin mode."""
-    index = ipr.link_lookup(ifname=veth)[0]
-    master = ipr.link_lookup(ifname=rec["bridge"])[0]
-    ipr.link("set", index=index, master=master)
-    # hairpin: a container reaching its own published port through the host gets the
-    # DNAT'ed packet back out of the port it came in on
-    ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
-    ipr.link("set", index=index, state="up")
+def _enslave(rtnl: Rtnl, rec: Mapping[str, Any], veth: str) -> None:
+    """Put an existing veth (back) on its network's bridge, up, in hairpin mode: a
+    container reaching its own published port through the host gets the DNAT'ed packet
+    back out of the port it came in on."""
+    index = socket.if_nametoindex(veth)
+    rtnl.set_link(index, master=socket.if_nametoindex(rec["bridge"]), up=True)
+    rtnl.hairpin(index)
 
 
 def _del_link(ipr: Any, ifname: str) -> None:
