@@ -79,7 +79,7 @@ import re
 import shlex
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -390,17 +390,23 @@ def split_words(line: str) -> list[str]:
     return [w.replace('"', "") for w in _WORD.findall(line)]
 
 
-def parse_save(text: str) -> frozenset[RuleKey]:
+def parse_save(text: str, comments: Collection[str] | None = None) -> frozenset[RuleKey]:
     """The rules of an `iptables-save` output that concern us, as keys (pure): those in our
     chains and the jumps into them, the only ones ever looked up (the host's and docker's
     other rules are skipped unparsed: on a host with many of them, splitting every line
-    cost more than the rest of a no-op look)."""
+    cost more than the rest of a no-op look). `comments`: of the rules with a comment,
+    only those whose line holds one of these (what `Firewall.add` looks for: the other
+    networks' rules, every root's, are not parsed at each publish)."""
     keys: set[RuleKey] = set()
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
-        elif line.startswith("-A ") and _OURS in line:
+        elif (
+            line.startswith("-A ")
+            and _OURS in line
+            and (comments is None or "--comment" not in line or any(c in line for c in comments))
+        ):
             try:
                 words = split_words(line)
             except ValueError:
@@ -514,7 +520,8 @@ class Firewall:
         lock)."""
         with self.locked():
             text = self._save_text() if saved is None else saved
-            present = set(parse_save(text))
+            wanted = {c for c in (self.comment_of(r.args) for r in rules) if c is not None}
+            present = set(parse_save(text, wanted))
             chains = parse_chains(text)
             for table, chain in OUR_CHAINS:
                 if (table, chain) not in chains:

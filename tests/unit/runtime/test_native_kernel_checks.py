@@ -336,3 +336,13 @@ def test_restore_input_adds_rules_in_order_with_quoted_words() -> None:
     # what iptables-save prints back splits into the words given
     line = '-A PYAPPLY-DNAT -p tcp -m comment --comment "a b"'
     assert firewall.split_words(line)[2:] == list(rules[0].args)
+
+
+def test_a_save_parsed_for_some_comments_keeps_their_rules_and_the_jumps() -> None:
+    every = firewall.parse_save(SAVED)
+    port = f"pyapply:{BRIDGE}:c1"
+    some = firewall.parse_save(SAVED, {port})
+    assert {k for k in every if k[1] == "PYAPPLY-DNAT"} <= some
+    assert all(k in some for k in map(firewall.key_of, firewall.jump_rules()) if k in every)
+    assert len(some) < len(every)
+    assert firewall.parse_save(SAVED, {f"pyapply:{BRIDGE}"}) == every
