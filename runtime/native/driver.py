@@ -623,14 +623,10 @@ class NativeRuntime:
             }
             if not config.networks:
                 self.networks.set_hosts_file(key, hosts, hostname, extra, resolver)
-            if config.ports and not config.networks:
-                raise PermanentError(
-                    f"container {config.name} publishes ports but is on no network"
-                )
             ips: list[str] = []
-            if config.networks:
+            if config.networks or config.ports:
                 # every network and port of the container in one transaction of the network
-                # state, which registers the hosts file whole
+                # state, which registers the hosts file whole (ports with no network: refused)
                 attachments = [
                     Attachment(
                         att.network,
