@@ -623,32 +623,30 @@ class NativeRuntime:
             if not config.networks:
                 self.networks.set_hosts_file(key, hosts, hostname, extra, resolver)
             ips: list[str] = []
-            for i, att in enumerate(config.networks):
-                aliases = tuple(dict.fromkeys((*att.aliases, config.name)))
-                # the first attach registers the hosts file whole, in its own transaction
-                ips.append(
-                    self.networks.attach(
+            if config.networks or config.ports:
+                # every network and port of the container in one transaction of the network
+                # state, which registers the hosts file whole (ports with no network: refused)
+                attachments = [
+                    Attachment(
                         att.network,
-                        key,
-                        nspath,
-                        aliases,
+                        tuple(dict.fromkeys((*att.aliases, config.name))),
                         att.ipv4_address,
-                        hosts_path=hosts,
-                        hostname=hostname,
-                        extra=extra if i == 0 else None,
-                        resolver=resolver if i == 0 else None,
                     )
+                    for att in config.networks
+                ]
+                ips, _ports = self.networks.connect(
+                    key,
+                    nspath,
+                    attachments,
+                    config.ports,
+                    hosts_path=hosts,
+                    hostname=hostname,
+                    extra=extra,
+                    resolver=resolver,
                 )
             if config.mac_address is not None and ips:
                 set_mac(nspath, ips[0], config.mac_address)
                 self.containers.note_mac(key, ips[0], config.mac_address)
-            if config.ports:
-                if not ips:
-                    raise PermanentError(
-                        f"container {config.name} publishes ports but is on no network"
-                    )
-                for binding in config.ports:
-                    self.networks.publish(key, ips[0], binding)
             # complete: a create killed before this point leaves a container that shows as
             # dead, which the next pass recreates
             self.containers.settle(key)

@@ -79,14 +79,14 @@ import re
 import shlex
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import IO
 
 from pyapply.runtime.base import PermanentError, PortBinding
-from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_SAVE
+from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_RESTORE, IPTABLES_SAVE
 
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
@@ -390,17 +390,23 @@ def split_words(line: str) -> list[str]:
     return [w.replace('"', "") for w in _WORD.findall(line)]
 
 
-def parse_save(text: str) -> frozenset[RuleKey]:
+def parse_save(text: str, comments: Collection[str] | None = None) -> frozenset[RuleKey]:
     """The rules of an `iptables-save` output that concern us, as keys (pure): those in our
     chains and the jumps into them, the only ones ever looked up (the host's and docker's
     other rules are skipped unparsed: on a host with many of them, splitting every line
-    cost more than the rest of a no-op look)."""
+    cost more than the rest of a no-op look). `comments`: of the rules with a comment,
+    only those whose line holds one of these (what `Firewall.add` looks for: the other
+    networks' rules, every root's, are not parsed at each publish)."""
     keys: set[RuleKey] = set()
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
-        elif line.startswith("-A ") and _OURS in line:
+        elif (
+            line.startswith("-A ")
+            and _OURS in line
+            and (comments is None or "--comment" not in line or any(c in line for c in comments))
+        ):
             try:
                 words = split_words(line)
             except ValueError:
@@ -408,6 +414,16 @@ def parse_save(text: str) -> frozenset[RuleKey]:
             if len(words) >= 2:
                 keys.add(rule_key(table, words[1], words[2:]))
     return frozenset(keys)
+
+
+def _table_lines(text: str, table: str) -> Iterator[str]:
+    """The lines of one table of an `iptables-save` output (pure)."""
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif current == table:
+            yield line
 
 
 def parse_chains(text: str) -> frozenset[tuple[str, str]]:
@@ -423,13 +439,38 @@ def parse_chains(text: str) -> frozenset[tuple[str, str]]:
 
 
 def jump_rules() -> list[Rule]:
-    """The jumps from the base chains into ours, as rules (for checking they are there)."""
-    return [Rule(table, base, (*match, "-j", target)) for table, base, match, target in JUMPS]
+    """The jumps from the base chains into ours, as rules (for checking they are there),
+    each inserted at the head of its base chain."""
+    return [
+        Rule(table, base, (*match, "-j", target), top=True) for table, base, match, target in JUMPS
+    ]
 
 
 def missing(rules: Sequence[Rule], present: frozenset[RuleKey]) -> list[Rule]:
     """The rules of `rules` that are not in `present` (pure)."""
     return [r for r in rules if key_of(r) not in present]
+
+
+def restore_text(rules: Sequence[Rule]) -> str:
+    """`iptables-restore --noflush` input adding `rules` in order (pure): each table's rules
+    in one section, a rule with `top` inserted at the head of its chain as `iptables -I`
+    does, the rest appended; our chains must exist already (a chain line would flush one
+    that does)."""
+    tables: dict[str, list[str]] = {}
+    for r in rules:
+        where = ["-I", r.chain, "1"] if r.top else ["-A", r.chain]
+        tables.setdefault(r.table, []).append(" ".join(_quoted(w) for w in [*where, *r.args]))
+    return "".join(
+        f"*{t}\n" + "".join(f"{ln}\n" for ln in lines) + "COMMIT\n" for t, lines in tables.items()
+    )
+
+
+def _quoted(word: str) -> str:
+    """A word as iptables-restore reads it: in double quotes (with `\\"` and `\\\\`)
+    when it is empty or holds a blank or a quote."""
+    if word and not any(c.isspace() or c in "\"'\\" for c in word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class Firewall:
@@ -469,28 +510,42 @@ class Firewall:
         """Every rule of ours (and jump into ours), in one `iptables-save` call."""
         return parse_save(self._save_text())
 
-    def add(self, rules: Sequence[Rule]) -> None:
+    def add(self, rules: Sequence[Rule], saved: str | None = None) -> None:
         """Add rules that are not there yet (idempotent), with our chains and the jumps into
         them. What is there is read with one `iptables-save` under the host lock, rather
-        than one `iptables -S`/`-C` per chain, jump and rule (15 processes before the
-        first rule: most of a publish's time, under the network lock); the keys compared
-        are those the kernel checks compare (`missing`)."""
+        than one `iptables -S`/`-C` per chain, jump and rule; the keys compared are those
+        the kernel checks compare (`missing`); what is missing goes in with one
+        `iptables-restore --noflush` (a network's dozen rules, or a container's ports, one
+        process rather than one per rule: most of a publish's time, under the network
+        lock)."""
         with self.locked():
-            text = self._save_text()
-            present = set(parse_save(text))
+            text = self._save_text() if saved is None else saved
+            wanted = {c for c in (self.comment_of(r.args) for r in rules) if c is not None}
+            present = set(parse_save(text, wanted))
             chains = parse_chains(text)
             for table, chain in OUR_CHAINS:
                 if (table, chain) not in chains:
                     self._run(table, "-N", chain)
-            for jump in jump_rules():
-                if key_of(jump) not in present:
-                    self._run(jump.table, "-I", jump.chain, "1", *jump.args)
-                    present.add(key_of(jump))
-            for r in rules:
+            todo: list[Rule] = []
+            for r in [*jump_rules(), *rules]:
                 if key_of(r) not in present:
-                    where = ("-I", r.chain, "1") if r.top else ("-A", r.chain)
-                    self._run(r.table, *where, *r.args)
+                    todo.append(r)
                     present.add(key_of(r))
+            if todo:
+                self._restore(restore_text(todo))
+
+    def _restore(self, text: str) -> None:
+        cmd = [f"{self.iptables}-restore", "-w", "--noflush"]
+        try:
+            proc = subprocess.run(
+                cmd, input=text, capture_output=True, text=True, timeout=60, check=False
+            )
+        except FileNotFoundError:
+            raise PermanentError(IPTABLES_RESTORE.missing()) from None
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
+        if proc.returncode != 0:
+            raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
 
     def _chain_exists(self, table: str, chain: str) -> bool:
         return self._run(table, "-S", chain, check=False).returncode == 0
@@ -508,7 +563,8 @@ class Firewall:
         return out
 
     @staticmethod
-    def _comment(args: Sequence[str]) -> str | None:
+    def comment_of(args: Sequence[str]) -> str | None:
+        """The comment of a rule's arguments, if it has one."""
         for i, word in enumerate(args[:-1]):
             if word == "--comment":
                 return args[i + 1]
@@ -521,7 +577,7 @@ class Firewall:
         with self.locked():
             for table, chain in OUR_CHAINS:
                 for args in self.listed(table, chain):
-                    comment = self._comment(args)
+                    comment = self.comment_of(args)
                     if comment is None:
                         continue
                     wanted = comment in comments or any(comment.startswith(p) for p in prefixes)
@@ -542,10 +598,24 @@ class Firewall:
                 self._run(table, "-F", chain, check=False)
                 self._run(table, "-X", chain, check=False)
 
-    def dnat_ports(self) -> set[tuple[str, int]]:
-        """(protocol, host port) of every published port in our DNAT chain (all roots)."""
+    def saved(self) -> str:
+        """The output of `iptables-save`, for `dnat_ports` and `add` (taken under the host
+        lock, which they are called under too: one process for both)."""
+        return self._save_text()
+
+    def dnat_ports(self, saved: str | None = None) -> set[tuple[str, int]]:
+        """(protocol, host port) of every published port in our DNAT chain (all roots), from
+        `saved` (an `iptables-save` output) or a listing of the chain."""
         found: set[tuple[str, int]] = set()
-        for args in self.listed("nat", DNAT_CHAIN):
+        if saved is None:
+            rules = self.listed("nat", DNAT_CHAIN)
+        else:
+            rules = [
+                words[2:]
+                for words in map(split_words, _table_lines(saved, "nat"))
+                if len(words) >= 2 and words[:2] == ["-A", DNAT_CHAIN]
+            ]
+        for args in rules:
             proto = args[args.index("-p") + 1] if "-p" in args else ""
             if "--dport" in args:
                 with contextlib.suppress(ValueError):
@@ -557,7 +627,7 @@ class Firewall:
         found = []
         for table, chain in OUR_CHAINS:
             for args in self.listed(table, chain):
-                comment = self._comment(args)
+                comment = self.comment_of(args)
                 if comment is not None and comment.startswith(prefix):
                     found.append((table, chain, args))
         return found

@@ -61,6 +61,12 @@ IPTABLES_SAVE = HostBinary(
     "iptables",
     "to check that the firewall rules of networks are still there",
 )
+IPTABLES_RESTORE = HostBinary(
+    "iptables-restore",
+    ("/usr/sbin/iptables-restore",),
+    "iptables",
+    "to add the firewall rules of networks and published ports",
+)
 # podman's DNS server for containers (runtime/native/dns.py); Debian puts it beside podman's
 # other helpers, outside PATH
 AARDVARK = HostBinary(
@@ -80,6 +86,7 @@ HOST_BINARIES: tuple[HostBinary, ...] = (
     INIT,
     IPTABLES,
     IPTABLES_SAVE,
+    IPTABLES_RESTORE,
     AARDVARK,
     GIT,
     SSH,

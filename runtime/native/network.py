@@ -75,9 +75,10 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import IO, Any, ParamSpec, TypeVar
 
 from pyapply.runtime.base import (
+    Attachment,
     Conflict,
     NetworkConfig,
     NetworkState,
@@ -105,6 +106,7 @@ from pyapply.runtime.native.ipam import (
 from pyapply.runtime.native.netlink import (
     IPRoute,
     NetNS,
+    Rtnl,
     dump_links_and_addrs,
     dump_neighbours,
     in_netns,
@@ -152,9 +154,11 @@ def _h8(*parts: str) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write a state file as JSON (statefs.atomic_write: 0600, durable) in a 0700 directory."""
+    """Write a state file as JSON (statefs.atomic_write: 0600, durable) in a 0700 directory:
+    on one line, which the C encoder writes (with an indent, json encodes in Python: a few
+    milliseconds of CPU per save of a stack's networks, under the lock, at every attach)."""
     private_dir(path.parent)
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, json.dumps(data, sort_keys=True) + "\n")
 
 
 def _read_json(path: Path, shape: Shape) -> dict[str, Any]:
@@ -383,8 +387,10 @@ class NetworkManager:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[_State]:
-        """Hold the state lock; yield the state; save it if the block succeeds."""
+        """Hold the state lock; yield the state; save it if the block succeeds; then bring
+        the DNS server up to date (see `_sync_dns`)."""
         private_dir(self.dir)
+        dns_lock: IO[str] | None = None
         with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -414,27 +420,62 @@ class NetworkManager:
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
                 changed = after != before or ipam_after != ipam_before
-                # after the save: a crash in between leaves a server that has not heard of
-                # the change (a missing one is a network fault; its files are brought up to
-                # date at the next sync), never one serving, or running for, networks the
-                # state does not hold
-                if changed or state.dns_due or (not state.networks and self.dns.dir.exists()):
-                    try:
-                        self.dns.sync(state.networks, check=state.dns_due)
-                    except PermanentError:
-                        if state.dns_due:
-                            raise
-                        # otherwise seen as a network fault (network_faults)
+                sync_dns = (
+                    changed or state.dns_due or (not state.networks and self.dns.dir.exists())
+                )
                 # the same for the proxy of ports on [::1] (portproxy.py)
-                if changed or state.dns_due or state.proxy_due:
-                    try:
-                        self.proxy.sync(state.networks)
-                    except PermanentError:
-                        if state.proxy_due:
-                            raise
-                        # otherwise seen as a fault of the container (faults)
+                sync_proxy = changed or state.dns_due or state.proxy_due
+                if sync_dns or sync_proxy:
+                    # taken before the state lock is let go: the syncs come in the order of
+                    # the saves, while the next transaction already runs
+                    dns_lock = self._dns_lock()
+            except BaseException:
+                if dns_lock is not None:
+                    dns_lock.close()
+                raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        if dns_lock is not None:
+            with dns_lock:
+                if sync_dns:
+                    self._sync_dns(state)
+                if sync_proxy:
+                    self._sync_proxy(state)
+
+    def _dns_lock(self) -> IO[str]:
+        """The DNS lock, held (taken only while holding the state lock: one order)."""
+        fh = os.fdopen(open_private(self.dir / ".dns.lock", os.O_WRONLY | os.O_APPEND), "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except BaseException:
+            fh.close()
+            raise
+        return fh
+
+    def _sync_dns(self, st: _State) -> None:
+        """Bring the DNS server up to date with the state just saved, under the DNS lock
+        only: its reload and the wait until it answers from the new files (a good part of
+        an attach's time) no longer hold up the next transaction. After the save: a crash
+        in between leaves a server that has not heard of the change (a missing one is a
+        network fault; its files are brought up to date at the next sync), never one
+        serving, or running for, networks the state does not hold; the syncs follow the
+        saves in their order, each with the state its transaction saved."""
+        try:
+            self.dns.sync(st.networks, check=st.dns_due)
+        except PermanentError:
+            if st.dns_due:
+                raise
+            # otherwise seen as a network fault (network_faults)
+
+    def _sync_proxy(self, st: _State) -> None:
+        """The proxy of ports on [::1] brought up to date with the state just saved, in the
+        same order and under the same lock as the DNS server (`_sync_dns`)."""
+        try:
+            self.proxy.sync(st.networks)
+        except PermanentError:
+            if st.proxy_due:
+                raise
+            # otherwise seen as a fault of the container (faults)
 
     def _upgrade_guards(self, st: _State) -> None:
         """Add the guard rules of networks made before them (once: the record remembers)."""
@@ -568,10 +609,8 @@ class NetworkManager:
                     net = IPv4Network(args[args.index("-s") + 1], strict=False)
                     if not net.is_loopback:
                         nets.append(net)
-        with IPRoute() as ipr:
-            for r in ipr.get_routes(family=socket.AF_INET):
-                dst = r.get("dst")
-                plen = r["dst_len"]
+        with Rtnl() as rtnl:
+            for dst, plen, _oif, _table in rtnl.routes(socket.AF_INET):
                 if dst and plen > 0:
                     with contextlib.suppress(ValueError):
                         nets.append(IPv4Network(f"{dst}/{plen}", strict=False))
@@ -580,10 +619,9 @@ class NetworkManager:
     def _ensure_kernel(self, rec: Mapping[str, Any]) -> None:
         bridge = rec["bridge"]
         subnet = IPv4Network(rec["subnet"])
-        with IPRoute() as ipr:
-            idx = ipr.link_lookup(ifname=bridge)
-            if not idx:
-                taker = _routed_elsewhere(ipr, subnet, bridge)
+        with Rtnl() as rtnl:
+            if not _has_link(bridge):
+                taker = _routed_elsewhere(rtnl, subnet, bridge)
                 if taker is not None:
                     # remade now, the bridge would share its subnet with `taker`, and the
                     # traffic of published ports could reach whatever is behind it
@@ -595,31 +633,22 @@ class NetworkManager:
                 try:
                     # a MAC of its own (from the gateway): a bridge remade after a deletion
                     # keeps it, and the containers' ARP caches stay right
-                    ipr.link(
-                        "add",
-                        ifname=bridge,
-                        kind="bridge",
-                        address=mac_for(IPv4Address(rec["gateway"])),
-                    )
-                except netlink_error() as e:
-                    if e.code != errno.EEXIST:
+                    rtnl.add_bridge(bridge, mac_for(IPv4Address(rec["gateway"])))
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
                         raise PermanentError(f"cannot create bridge {bridge}: {e}") from None
-                idx = ipr.link_lookup(ifname=bridge)
-            index = idx[0]
-            ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
-            have = {
-                (a.get("address"), a["prefixlen"])
-                for a in ipr.get_addr(index=index, family=socket.AF_INET)
-            }
+            index = socket.if_nametoindex(bridge)
+            rtnl.set_link(index, alias=f"{self.alias_prefix}{rec['name']}")
+            have = rtnl.addresses(index, socket.AF_INET)
             if (rec["gateway"], subnet.prefixlen) not in have:
                 try:
-                    ipr.addr("add", index=index, address=rec["gateway"], prefixlen=subnet.prefixlen)
-                except netlink_error() as e:
-                    if e.code != errno.EEXIST:
+                    rtnl.add_address(index, rec["gateway"], subnet.prefixlen)
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
                         raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
             if rec.get("subnet6"):
-                self._address6(ipr, index, rec)
-            ipr.link("set", index=index, state="up")
+                self._address6(rtnl, index, rec)
+            rtnl.set_link(index, up=True)
         firewall.set_sysctl("net/ipv4/ip_forward", "1")
         # for published ports on 127.0.0.1; what else it would let in, the guard rules of
         # network_rules() drop (firewall.py: loopback guard)
@@ -636,21 +665,17 @@ class NetworkManager:
             self.firewall6.add(rules6)
 
     @staticmethod
-    def _address6(ipr: Any, index: int, rec: Mapping[str, Any]) -> None:
+    def _address6(rtnl: Rtnl, index: int, rec: Mapping[str, Any]) -> None:
         """Give the bridge its IPv6 gateway address (IPv6 on, no DAD: see the docstring)."""
         bridge = rec["bridge"]
         firewall.set_sysctl(f"net/ipv6/conf/{bridge}/disable_ipv6", "0")
         plen = IPv6Network(rec["subnet6"]).prefixlen
-        have = {
-            (a.get_attr("IFA_ADDRESS"), a["prefixlen"])
-            for a in ipr.get_addr(index=index, family=socket.AF_INET6)
-        }
-        if (rec["gateway6"], plen) in have:
+        if (rec["gateway6"], plen) in rtnl.addresses(index, socket.AF_INET6):
             return
         try:
-            ipr.addr("add", index=index, address=rec["gateway6"], prefixlen=plen, flags=_NODAD)
-        except netlink_error() as e:
-            if e.code != errno.EEXIST:
+            rtnl.add_address(index, rec["gateway6"], plen, flags=_NODAD)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
                 raise PermanentError(f"cannot address bridge {bridge}: {e}") from None
 
     @translated
@@ -795,7 +820,8 @@ class NetworkManager:
                     ep.update(netns=netns_path, ifname=ifname, default_route=default_route)
                     touched.add(name)
                 else:
-                    self._enslave(rec, ep["veth"])
+                    with Rtnl() as rtnl:
+                        _enslave(rtnl, rec, ep["veth"])
                 lost: list[firewall.Rule] = []
                 lost6: list[firewall.Rule] = []
                 for port in rec["ports"]:
@@ -811,17 +837,6 @@ class NetworkManager:
             if touched or any(container_name in r["endpoints"] for r in st.networks.values()):
                 st.dns_due = True
             self._rewrite_hosts(st, touched, set())
-
-    def _enslave(self, rec: Mapping[str, Any], veth: str) -> None:
-        """Put an existing veth (back) on its network's bridge, up, in hairpin mode."""
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=veth)[0]
-            master = ipr.link_lookup(ifname=rec["bridge"])[0]
-            ipr.link("set", index=index, master=master)
-            # hairpin: a container reaching its own published port through the host gets
-            # the DNAT'ed packet back out of the port it came in on
-            ipr.brport("set", index=index, mode=1)  # IFLA_BRPORT_MODE: hairpin
-            ipr.link("set", index=index, state="up")
 
     # -- attachments -------------------------------------------------------------------
 
@@ -839,19 +854,54 @@ class NetworkManager:
         extra: Iterable[tuple[str, str]] | None = None,
         resolver: Mapping[str, Sequence[str]] | None = None,
     ) -> str:
+        """Attach a container to one network: `connect` with one attachment and no port;
+        return its address."""
+        ips, _ports = self.connect(
+            container_name,
+            netns_path,
+            [Attachment(network, tuple(aliases), ipv4_address)],
+            hosts_path=hosts_path,
+            hostname=hostname,
+            extra=extra,
+            resolver=resolver,
+        )
+        return ips[0]
+
+    @translated
+    def connect(
+        self,
+        container_name: str,
+        netns_path: str,
+        attachments: Sequence[Attachment],
+        ports: Sequence[PortBinding] = (),
+        *,
+        hosts_path: str | None = None,
+        hostname: str | None = None,
+        extra: Iterable[tuple[str, str]] | None = None,
+        resolver: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[builtins.list[str], builtins.list[PortBinding]]:
         """Attach a container (its network namespace: a path such as /run/netns/X or
-        /proc/PID/ns/net, or a name under /run/netns) to `network`; return its address.
-        Attaching the same container again is idempotent (the veth is remade if gone).
-        `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or `resolver`) as
-        well, the registration is the whole of a `set_hosts_file`, made in the same
-        transaction (a create's first attach: one locked, fsynced save fewer)."""
+        /proc/PID/ns/net, or a name under /run/netns) to each network of `attachments`, and
+        publish `ports` on its first address, in one transaction of the state (one lock,
+        one save, one DNS reload, one firewall change, one hosts rewrite: a create's whole
+        networking); return its addresses (in the order of `attachments`) and the ports
+        with their host ports resolved. Attaching again is idempotent (a veth is remade if
+        gone). `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or
+        `resolver`) as well, the registration is the whole of a `set_hosts_file`. A failure
+        leaves nothing of the transaction: the veths it made are deleted, the state is not
+        saved."""
         nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
         if not os.path.exists(nspath):
             raise NotFound(f"network namespace {nspath} does not exist")
+        if ports and not attachments:
+            raise PermanentError(f"container {container_name} publishes ports but is on no network")
         with self._locked() as st:
-            rec = st.networks.get(network)
-            if rec is None:
-                raise NotFound(f"network {network} not found")
+            recs = []
+            for att in attachments:
+                rec = st.networks.get(att.network)
+                if rec is None:
+                    raise NotFound(f"network {att.network} not found")
+                recs.append(rec)
             if hosts_path is not None and (extra is not None or resolver is not None):
                 st.hosts_files[container_name] = _hosts_entry(
                     hosts_path, hostname, extra or (), resolver
@@ -859,137 +909,128 @@ class NetworkManager:
             elif hosts_path is not None:
                 entry = st.hosts_files.get(container_name) or {}
                 st.hosts_files[container_name] = {**entry, "path": hosts_path, "hostname": hostname}
-            veth = self.veth_name(network, container_name)
-            ep = rec["endpoints"].get(container_name)
-            if ep is not None and ep["netns"] == nspath and _link_exists(veth):
-                if ipv4_address is not None and ipv4_address != ep["ip"]:
-                    raise Conflict(f"{container_name} is attached to {network} as {ep['ip']}")
-                ep["aliases"] = sorted(set(aliases))
-                st.dns_due = True
-                self._rewrite_hosts(st, {network}, {container_name})
-                return str(ep["ip"])
-            if ep is not None:  # stale: the namespace changed (container recreated) or veth gone
-                with IPRoute() as ipr:
-                    _del_link(ipr, veth)
-                if ipv4_address is not None and ipv4_address != ep["ip"]:
-                    st.ipam.release(network, container_name)
-            if not _link_exists(rec["bridge"]):
-                # only a bridge gone since the network was made sure of is remade here (with
-                # its rules): a pass makes sure of its networks (create_network) before it
-                # attaches to them, and remaking every rule of the network (each published
-                # port's too) at every attach cost more than the rest of the attach, under
-                # the lock every attach of the root waits for
-                self._ensure_kernel(rec)
-            live = self._live_addresses(rec, st.ipam.get(network).leases.get(container_name))
-            ip = st.ipam.lease(network, container_name, ipv4_address, live)
-            try:
-                ifname, default_route = self._plumb(rec, veth, nspath, ip)
-            except BaseException:
-                with IPRoute() as ipr:
-                    _del_link(ipr, veth)
-                st.ipam.release(network, container_name)
-                rec["endpoints"].pop(container_name, None)
-                raise
-            rec["endpoints"][container_name] = {
-                "ip": str(ip),
-                "veth": veth,
-                "ifname": ifname,
-                "netns": nspath,
-                "aliases": sorted(set(aliases)),
-                "default_route": default_route,
-            }
+            ips: list[str] = []
+            todo: list[tuple[dict[str, Any], str, IPv4Address, list[str]]] = []
+            with Rtnl() as rtnl:
+                try:
+                    for att, rec in zip(attachments, recs, strict=True):
+                        network = att.network
+                        veth = self.veth_name(network, container_name)
+                        ep = rec["endpoints"].get(container_name)
+                        if ep is not None and ep["netns"] == nspath and _has_link(veth):
+                            if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
+                                raise Conflict(
+                                    f"{container_name} is attached to {network} as {ep['ip']}"
+                                )
+                            ep["aliases"] = sorted(set(att.aliases))
+                            ips.append(str(ep["ip"]))
+                            continue
+                        if ep is not None:  # stale: the namespace changed or the veth is gone
+                            rtnl.delete_link(veth)
+                            if att.ipv4_address is not None and att.ipv4_address != ep["ip"]:
+                                st.ipam.release(network, container_name)
+                        if not _has_link(rec["bridge"]):
+                            # only a bridge gone since the network was made sure of is
+                            # remade here (with its rules): a pass makes sure of its networks
+                            # (create_network) before it attaches to them, and remaking every
+                            # rule of the network at every attach cost more than the rest of
+                            # the attach, under the lock every attach of the root waits for
+                            self._ensure_kernel(rec)
+                        own = st.ipam.get(network).leases.get(container_name)
+                        live = _live_addresses(rec, own)
+                        ip = st.ipam.lease(network, container_name, att.ipv4_address, live)
+                        todo.append((rec, veth, ip, sorted(set(att.aliases))))
+                        ips.append(str(ip))
+                    plumbed = self._plumb_all(rtnl, [(r, v, i) for r, v, i, _ in todo], nspath)
+                    for (rec, veth, ip, aliases), (ifname, default_route) in zip(
+                        todo, plumbed, strict=True
+                    ):
+                        rec["endpoints"][container_name] = {
+                            "ip": str(ip),
+                            "veth": veth,
+                            "ifname": ifname,
+                            "netns": nspath,
+                            "aliases": aliases,
+                            "default_route": default_route,
+                        }
+                    resolved = self._publish_all(st, container_name, ips[0], ports) if ports else []
+                except BaseException:
+                    # the state is not saved: nothing of ours may stay in the kernel either
+                    # (the rules of ports are added last, by one change)
+                    for _rec, veth, _ip, _aliases in todo:
+                        with contextlib.suppress(Exception):
+                            rtnl.delete_link(veth)
+                    raise
             st.dns_due = True
-            self._rewrite_hosts(st, {network}, {container_name})
-            return str(ip)
-
-    def _live_addresses(
-        self, rec: Mapping[str, Any], own: IPv4Address | None
-    ) -> builtins.set[IPv4Address]:
-        """Addresses something answers on at the network's bridge, besides `own` (the
-        container's current lease): a container the state forgot still holds its address,
-        and must not get a twin. Two netlink dumps, per attach: the bridge's ARP entries
-        (flushed whenever the bridge's MAC changes) and the MACs its ports learned (gone
-        with their port, kept over MAC changes), which name the address they were made of
-        (mac_for)."""
-        subnet = IPv4Network(rec["subnet"])
-        found: builtins.set[IPv4Address] = set()
-        try:
-            index = socket.if_nametoindex(rec["bridge"])
-        except OSError:
-            return found
-        for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE)):
-            if entry.state & _NUD_GONE:
-                continue
-            ip: IPv4Address | None = None
-            with contextlib.suppress(ValueError, TypeError):
-                if entry.family == socket.AF_INET and entry.ifindex == index:
-                    ip = IPv4Address(entry.dst)
-                elif (
-                    entry.family == socket.AF_BRIDGE
-                    and entry.master == index
-                    and not entry.state & _NUD_PERMANENT  # the ports' own addresses
-                ):
-                    ip = _ip_of_mac(entry.lladdr or "")
-            if ip is not None and ip in subnet and ip != own:
-                found.add(ip)
-        return found
+            self._rewrite_hosts(st, {att.network for att in attachments}, {container_name})
+            return ips, resolved
 
     def _plumb(
         self, rec: Mapping[str, Any], veth: str, nspath: str, ip: IPv4Address
     ) -> tuple[str, bool]:
-        peer = "pap" + veth[3:]
-        prefixlen = IPv4Network(rec["subnet"]).prefixlen
+        with Rtnl() as rtnl:
+            return self._plumb_all(rtnl, [(rec, veth, ip)], nspath)[0]
+
+    def _plumb_all(
+        self,
+        rtnl: Rtnl,
+        items: Sequence[tuple[Mapping[str, Any], str, IPv4Address]],
+        nspath: str,
+    ) -> builtins.list[tuple[str, bool]]:
+        """Make the veth of each (network record, veth, address) and plumb its peer into
+        the namespace at `nspath`: the host sides on `rtnl`, then every peer configured in
+        one visit of the namespace (a thread and a netlink socket there, whatever the number
+        of networks). Return (interface name, whether it gave the default route) of each."""
+        if not items:
+            return []
         nsfd = os.open(nspath, os.O_RDONLY)
         try:
-            with IPRoute() as ipr:
-                _del_link(ipr, veth)
-                _del_link(ipr, peer)
+            for rec, veth, _ip in items:
+                peer = "pap" + veth[3:]
+                rtnl.delete_link(veth)
+                rtnl.delete_link(peer)
                 try:
-                    ipr.link(
-                        "add", ifname=veth, kind="veth", peer={"ifname": peer, "net_ns_fd": nsfd}
-                    )
-                except netlink_error() as e:
+                    index = rtnl.add_veth(veth, peer, nsfd)
+                except OSError as e:
                     raise PermanentError(f"cannot create veth {veth}: {e}") from None
-                index = ipr.link_lookup(ifname=veth)[0]
-                ipr.link("set", index=index, ifalias=f"{self.alias_prefix}{rec['name']}")
+                rtnl.set_link(index, alias=f"{self.alias_prefix}{rec['name']}")
+                _enslave(rtnl, rec, veth)
         finally:
             os.close(nsfd)
-        self._enslave(rec, veth)
 
-        def configure(ns: Any) -> tuple[str, bool]:
-            names = {link.get("ifname") for link in ns.get_links()}
+        def configure(ns: Rtnl) -> list[tuple[str, bool]]:
+            with contextlib.suppress(OSError):
+                ns.set_link(socket.if_nametoindex("lo"), up=True)
+            has_default = ns.has_default_route(socket.AF_INET)
+            has_default6 = ns.has_default_route(socket.AF_INET6)
+            out: list[tuple[str, bool]] = []
             n = 0
-            while f"eth{n}" in names:
-                n += 1
-            ifname = f"eth{n}"
-            pidx = ns.link_lookup(ifname=peer)[0]
-            # the MAC follows from the address (as docker's 02:42:...): an address handed out
-            # again after a recreate keeps its MAC, so neighbours' ARP caches stay right
-            ns.link("set", index=pidx, ifname=ifname, address=mac_for(ip))
-            ns.addr("add", index=pidx, address=str(ip), prefixlen=prefixlen)
-            ip6 = endpoint_ipv6(rec, str(ip))
-            if ip6 is not None:
-                plen6 = IPv6Network(rec["subnet6"]).prefixlen
-                ns.addr("add", index=pidx, address=str(ip6), prefixlen=plen6, flags=_NODAD)
-            ns.link("set", index=pidx, state="up")
-            lo = ns.link_lookup(ifname="lo")
-            if lo:
-                ns.link("set", index=lo[0], state="up")
-            default_route = False
-            if not rec["internal"]:
-                has_default = any(
-                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET, table=254)
-                )
-                if not has_default:
-                    ns.route("add", dst="0.0.0.0/0", gateway=rec["gateway"], oif=pidx)
-                    default_route = True
-                if ip6 is not None and not any(
-                    r["dst_len"] == 0 for r in ns.get_routes(family=socket.AF_INET6, table=254)
-                ):
-                    # the first dual-stack network gives the IPv6 default route (there are
-                    # no router advertisements on our bridges)
-                    ns.route("add", dst="::/0", gateway=rec["gateway6"], oif=pidx)
-            return ifname, default_route
+            for rec, veth, ip in items:
+                while _has_link(f"eth{n}"):
+                    n += 1
+                ifname = f"eth{n}"
+                pidx = socket.if_nametoindex("pap" + veth[3:])
+                # the MAC follows from the address (as docker's 02:42:...): an address handed
+                # out again after a recreate keeps its MAC, so neighbours' ARP caches stay
+                # right; the kernel renames before it brings the link up
+                ns.set_link(pidx, name=ifname, mac=mac_for(ip), up=True)
+                ns.add_address(pidx, str(ip), IPv4Network(rec["subnet"]).prefixlen)
+                ip6 = endpoint_ipv6(rec, str(ip))
+                if ip6 is not None:
+                    plen6 = IPv6Network(rec["subnet6"]).prefixlen
+                    ns.add_address(pidx, str(ip6), plen6, flags=_NODAD)
+                default_route = False
+                if not rec["internal"]:
+                    if not has_default:
+                        ns.add_default_route(rec["gateway"], pidx)
+                        has_default = default_route = True
+                    if ip6 is not None and not has_default6:
+                        # the first dual-stack network gives the IPv6 default route (there
+                        # are no router advertisements on our bridges)
+                        ns.add_default_route(rec["gateway6"], pidx)
+                        has_default6 = True
+                out.append((ifname, default_route))
+            return out
 
         return in_netns(nspath, configure)
 
@@ -1124,87 +1165,131 @@ class NetworkManager:
         return the binding with its host port resolved. A host_ip of "" or "::" is every
         address: IPv4 and, on a dual-stack network, IPv6 too; an IPv6 host_ip needs a
         dual-stack network, and [::1] is refused (see the module docstring)."""
-        addr = _ipv4(ip)
-        host6 = _host_ipv6(binding.host_ip)
-        if binding.host_ip and host6 is None:
-            _ipv4(binding.host_ip)
         with self._locked() as st:
-            st.proxy_due = is_proxied(binding.host_ip)
-            rec = next(
-                (
-                    r
-                    for r in st.networks.values()
-                    if container_name in r["endpoints"]
-                    and r["endpoints"][container_name]["ip"] == str(addr)
-                ),
-                None,
-            )
-            if rec is None:
-                raise NotFound(f"{container_name} has no address {ip} on any network")
+            return self._publish_all(st, container_name, ip, [binding])[0]
+
+    def _publish_all(
+        self, st: _State, container_name: str, ip: str, bindings: Sequence[PortBinding]
+    ) -> builtins.list[PortBinding]:
+        """Publish each of `bindings` (as `publish`), in the transaction `st`: one look at
+        the ports other roots publish, one firewall change for all of them."""
+        addr = _ipv4(ip)
+        for binding in bindings:
+            if binding.host_ip and _host_ipv6(binding.host_ip) is None:
+                _ipv4(binding.host_ip)
             if is_proxied(binding.host_ip):
-                if binding.protocol.lower() not in ("tcp", "udp"):
-                    raise PermanentError(
-                        f"cannot publish port {binding.container_port}/{binding.protocol} of "
-                        f"{container_name} on [{binding.host_ip}]: its proxy relays tcp and udp"
-                    )
-            elif host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
+                st.proxy_due = True  # served by the proxy, which must be up (portproxy.py)
+        rec = next(
+            (
+                r
+                for r in st.networks.values()
+                if container_name in r["endpoints"]
+                and r["endpoints"][container_name]["ip"] == str(addr)
+            ),
+            None,
+        )
+        if rec is None:
+            raise NotFound(f"{container_name} has no address {ip} on any network")
+        rules: list[firewall.Rule] = []
+        rules6: list[firewall.Rule] = []
+        resolved: list[PortBinding] = []
+        # ports published by other state roots hold no socket: ask our DNAT chain (once,
+        # from the iptables-save that add() reads too)
+        in_use: set[tuple[str, int]] | None = None
+        saved: str | None = None
+        saved6: str | None = None
+        with firewall.host_lock():
+            for binding in bindings:
+                port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
+                if port is None:  # host ports (other roots' too) must be looked at
+                    saved = self.firewall.saved()
+                    in_use = self.firewall.dnat_ports(saved)
+                    if rec.get("subnet6"):
+                        saved6 = self.firewall6.saved()
+                        in_use |= self.firewall6.dnat_ports(saved6)
+                    port, fresh = self._port_for(st, rec, container_name, addr, binding, in_use)
+                    assert port is not None
+                rules += port_rules4(rec, port)
+                if rec.get("subnet6"):
+                    rules6 += port_rules6(rec, port)
+                if fresh:
+                    rec["ports"].append(port)  # the next binding sees it taken
+                    if in_use is not None:
+                        in_use.add((port["binding"]["protocol"], port["binding"]["host_port"]))
+                resolved.append(_binding(port["binding"]))
+            # already published ports' rules too (remade if the rules were flushed)
+            self.firewall.add(rules, saved)
+            if rules6:
+                self.firewall6.add(rules6, saved6)
+        return resolved
+
+    @staticmethod
+    def _port_for(
+        st: _State,
+        rec: dict[str, Any],
+        container_name: str,
+        addr: IPv4Address,
+        binding: PortBinding,
+        in_use: builtins.set[tuple[str, int]] | None,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The port record of `binding` (pure but for the bind tests of host ports): the
+        one published already (and False), or a new one (and True) with a host port that no
+        container of this root holds, nor another root (`in_use`: None, not looked at yet:
+        then (None, False) when it is needed)."""
+        host6 = _host_ipv6(binding.host_ip)
+        if is_proxied(binding.host_ip):
+            if binding.protocol.lower() not in ("tcp", "udp"):
                 raise PermanentError(
-                    f"cannot publish port {binding.container_port} of {container_name} on "
-                    f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
+                    f"cannot publish port {binding.container_port}/{binding.protocol} of "
+                    f"{container_name} on [{binding.host_ip}]: its proxy relays tcp and udp"
                 )
-            proto = binding.protocol.lower()
-            # the host ports it may take: the one asked for, or each of a range in turn
-            candidates: list[int | None] = [binding.host_port]
-            if binding.host_port is not None and binding.host_port_last is not None:
-                candidates = list(range(binding.host_port, binding.host_port_last + 1))
-            claimed: dict[int | None, str] = {}
-            for r in st.networks.values():
-                for p in r["ports"]:
-                    other = _binding(p["binding"])
-                    if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
-                        other, binding
-                    ):
-                        # already there; its rules too (remade if the rules were flushed)
-                        self.firewall.add(port_rules4(rec, p))
-                        if rec.get("subnet6"):
-                            self.firewall6.add(port_rules6(rec, p))
-                        return other
-                    if (
-                        other.host_port in candidates
-                        and other.protocol == proto
-                        and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
-                    ):
-                        claimed[other.host_port] = p["container"]
-            free = [c for c in candidates if c not in claimed]
-            if binding.host_port is not None and not free:
-                raise Conflict(
-                    f"host port {_shown_ports(binding)}/{proto} is already published for "
-                    f"{', '.join(sorted(set(claimed.values())))}"
-                )
-            with firewall.host_lock():
-                # ports published by other state roots hold no socket: ask our DNAT chain
-                in_use = self.firewall.dnat_ports()
-                if rec.get("subnet6"):
-                    in_use |= self.firewall6.dnat_ports()
-                if binding.host_port is None:
-                    for _ in range(50):
-                        host_port = _check_port(binding.host_ip, None, proto)
-                        if (proto, host_port) not in in_use:
-                            break
-                else:
-                    host_port = _first_free(binding, free, in_use, proto)
-                resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
-                port = {
-                    "container": container_name,
-                    "ip": str(addr),
-                    "binding": _binding_json(resolved),
-                    "requested": _binding_json(binding),
-                }
-                self.firewall.add(port_rules4(rec, port))
-                if rec.get("subnet6"):
-                    self.firewall6.add(port_rules6(rec, port))
-            rec["ports"].append(port)
-            return resolved
+        elif host6 is not None and binding.host_ip != "::" and not rec.get("subnet6"):
+            raise PermanentError(
+                f"cannot publish port {binding.container_port} of {container_name} on "
+                f"[{binding.host_ip}]: network {rec['name']} has no IPv6 (enable_ipv6)"
+            )
+        proto = binding.protocol.lower()
+        # the host ports it may take: the one asked for, or each of a range in turn
+        candidates: list[int | None] = [binding.host_port]
+        if binding.host_port is not None and binding.host_port_last is not None:
+            candidates = list(range(binding.host_port, binding.host_port_last + 1))
+        claimed: dict[int | None, str] = {}
+        for r in st.networks.values():
+            for p in r["ports"]:
+                other = _binding(p["binding"])
+                if (p["container"], p["ip"]) == (container_name, str(addr)) and _same_port(
+                    other, binding
+                ):
+                    return p, False
+                if (
+                    other.host_port in candidates
+                    and other.protocol == proto
+                    and (other.host_ip in ("", binding.host_ip) or binding.host_ip == "")
+                ):
+                    claimed[other.host_port] = p["container"]
+        free = [c for c in candidates if c not in claimed]
+        if binding.host_port is not None and not free:
+            raise Conflict(
+                f"host port {_shown_ports(binding)}/{proto} is already published for "
+                f"{', '.join(sorted(set(claimed.values())))}"
+            )
+        if in_use is None:
+            return None, False
+        if binding.host_port is None:
+            for _ in range(50):
+                host_port = _check_port(binding.host_ip, None, proto)
+                if (proto, host_port) not in in_use:
+                    break
+        else:
+            host_port = _first_free(binding, free, in_use, proto)
+        resolved = PortBinding(binding.container_port, proto, binding.host_ip, host_port)
+        port = {
+            "container": container_name,
+            "ip": str(addr),
+            "binding": _binding_json(resolved),
+            "requested": _binding_json(binding),
+        }
+        return port, True
 
     @translated
     def unpublish(self, container_name: str, binding: PortBinding | None = None) -> None:
@@ -1212,23 +1297,7 @@ class NetworkManager:
         its left behind by a publish killed between adding the rule and saving the state)."""
         with self._locked() as st:
             if binding is None:
-                orphans = [
-                    firewall.port_comment(rec["bridge"], container_name)
-                    for rec in st.networks.values()
-                    if container_name in rec["endpoints"]
-                    and not any(p["container"] == container_name for p in rec["ports"])
-                ]
-                if orphans:
-                    self.firewall.delete_tagged(comments=orphans)
-                    orphans6 = [
-                        firewall.port_comment(rec["bridge"], container_name)
-                        for rec in st.networks.values()
-                        if rec.get("subnet6")
-                        and container_name in rec["endpoints"]
-                        and not any(p["container"] == container_name for p in rec["ports"])
-                    ]
-                    if orphans6:
-                        self.firewall6.delete_tagged(comments=orphans6)
+                self._drop_orphan_ports(st, container_name)
             for rec in st.networks.values():
                 mine = [p for p in rec["ports"] if p["container"] == container_name]
                 drop = [
@@ -1258,6 +1327,27 @@ class NetworkManager:
                     self.firewall.add(rules)
                     if rules6:
                         self.firewall6.add(rules6)
+
+    def _drop_orphan_ports(self, st: _State, container_name: str) -> None:
+        """Delete the rules of the container's ports that the state does not list: left by
+        a `connect` or `publish` killed between adding them and saving the state (such a
+        connect's endpoints are not saved either, so every network is looked at). One
+        listing of the DNAT chain (of each family in use) finds them."""
+        unlisted = {
+            firewall.port_comment(rec["bridge"], container_name): rec
+            for rec in st.networks.values()
+            if not any(p["container"] == container_name for p in rec["ports"])
+        }
+        if not unlisted:
+            return
+        dual = any(rec.get("subnet6") for rec in unlisted.values())
+        for fw, wanted in ((self.firewall, True), (self.firewall6, dual)):
+            if not wanted:
+                continue
+            found = {Firewall.comment_of(args) for args in fw.listed("nat", firewall.DNAT_CHAIN)}
+            orphans = sorted(c for c in unlisted if c in found)
+            if orphans:
+                fw.delete_tagged(comments=orphans)
 
     def published(self, container_name: str | None = None) -> builtins.list[PublishedPort]:
         out = []
@@ -1382,9 +1472,10 @@ class NetworkManager:
             st.networks.clear()
             st.hosts_files.clear()
             st.ipam.subnets.clear()
-            self.dns.stop()  # even if the state forgot its networks
-            self.proxy.stop()
-        for leftover in ("networks.json", "ipam.json", ".lock"):
+            with self._dns_lock():  # after the syncs of any transaction before this one
+                self.dns.stop()  # even if the state forgot its networks
+                self.proxy.stop()
+        for leftover in ("networks.json", "ipam.json", ".lock", ".dns.lock"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / leftover).unlink()
         with contextlib.suppress(OSError):
@@ -1419,6 +1510,37 @@ def _repair(st: _State) -> None:
             del alloc.leases[container]
         for container, ep in rec["endpoints"].items():
             alloc.leases[container] = IPv4Address(ep["ip"])
+
+
+def _live_addresses(rec: Mapping[str, Any], own: IPv4Address | None) -> set[IPv4Address]:
+    """Addresses something answers on at the network's bridge, besides `own` (the
+    container's current lease): a container the state forgot still holds its address,
+    and must not get a twin. The bridge's neighbour entries, filtered by the kernel: its
+    ARP entries (flushed whenever the bridge's MAC changes) and the MACs its ports learned
+    (gone with their port, kept over MAC changes), which name the address they were made
+    of (mac_for)."""
+    subnet = IPv4Network(rec["subnet"])
+    found: set[IPv4Address] = set()
+    try:
+        index = socket.if_nametoindex(rec["bridge"])
+    except OSError:
+        return found
+    for entry in dump_neighbours((socket.AF_INET, socket.AF_BRIDGE), bridge=index):
+        if entry.state & _NUD_GONE:
+            continue
+        ip: IPv4Address | None = None
+        with contextlib.suppress(ValueError, TypeError):
+            if entry.family == socket.AF_INET and entry.ifindex == index:
+                ip = IPv4Address(entry.dst)
+            elif (
+                entry.family == socket.AF_BRIDGE
+                and entry.master == index
+                and not entry.state & _NUD_PERMANENT  # the ports' own addresses
+            ):
+                ip = _ip_of_mac(entry.lladdr or "")
+        if ip is not None and ip in subnet and ip != own:
+            found.add(ip)
+    return found
 
 
 def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
@@ -1582,11 +1704,10 @@ def _forget_neighbour(ipr: Any, bridge: str, ip: str) -> None:
             ipr.neigh("del", dst=ip, ifindex=idx[0])
 
 
-def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
+def _routed_elsewhere(rtnl: Rtnl, subnet: IPv4Network, bridge: str) -> str | None:
     """The interface (other than `bridge`) that routes `subnet` or a part of it, if any."""
-    for r in ipr.get_routes(family=socket.AF_INET, table=254):
-        dst, plen = r.get("dst"), r["dst_len"]
-        if not dst or plen == 0:
+    for dst, plen, oif, table in rtnl.routes(socket.AF_INET):
+        if table != 254 or not dst or plen == 0:
             continue
         try:
             net = IPv4Network(f"{dst}/{plen}", strict=False)
@@ -1594,17 +1715,32 @@ def _routed_elsewhere(ipr: Any, subnet: IPv4Network, bridge: str) -> str | None:
             continue
         if not net.subnet_of(subnet):
             continue  # a wider route (a LAN's /8) does not take the bridge's traffic
-        oif = r.get("oif")
-        links = ipr.get_links(oif) if oif else []
-        name = str(links[0].get("ifname")) if links else f"interface {oif}"
+        try:
+            name = socket.if_indextoname(oif) if oif else f"interface {oif}"
+        except OSError:
+            name = f"interface {oif}"
         if name != bridge:
             return name
     return None
 
 
-def _link_exists(ifname: str) -> bool:
-    with IPRoute() as ipr:
-        return bool(ipr.link_lookup(ifname=ifname))
+def _has_link(ifname: str) -> bool:
+    """Whether the calling thread's network namespace has a link of that name
+    (if_nametoindex(3): no netlink socket)."""
+    try:
+        socket.if_nametoindex(ifname)
+    except OSError:
+        return False
+    return True
+
+
+def _enslave(rtnl: Rtnl, rec: Mapping[str, Any], veth: str) -> None:
+    """Put an existing veth (back) on its network's bridge, up, in hairpin mode: a
+    container reaching its own published port through the host gets the DNAT'ed packet
+    back out of the port it came in on."""
+    index = socket.if_nametoindex(veth)
+    rtnl.set_link(index, master=socket.if_nametoindex(rec["bridge"]), up=True)
+    rtnl.hairpin(index)
 
 
 def _del_link(ipr: Any, ifname: str) -> None:

@@ -285,3 +285,64 @@ def test_work_in_a_namespace_hands_its_errors_to_the_caller(tmp_path: Path) -> N
     with pytest.raises(OSError):  # not a namespace: setns refuses it
         (tmp_path / "plain").write_text("")
         in_netns(str(tmp_path / "plain"), lambda ipr: None)
+
+
+def test_a_dump_for_one_bridge_holds_every_entry_of_that_bridge_and_no_other() -> None:
+    families = (socket.AF_INET, socket.AF_BRIDGE)
+    every = dump_neighbours(families)
+    bridges = {n.master for n in every if n.family == socket.AF_BRIDGE and n.master}
+    if not bridges:
+        pytest.skip("no bridge with learned or static entries on this host")
+    for index in sorted(bridges):
+        mine = {
+            n
+            for n in every
+            if (n.family == socket.AF_INET and n.ifindex == index)
+            or (n.family == socket.AF_BRIDGE and n.master == index)
+        }
+        # other work on the host changes the tables between the two reads: a few tries
+        for _ in range(5):
+            filtered = set(dump_neighbours(families, bridge=index))
+            if mine <= filtered:
+                break
+            mine &= {n for n in dump_neighbours(families)}
+        assert mine <= filtered
+        # the entries of the bridge itself and of its ports come too, nothing of another link
+        links, _addrs = dump_links_and_addrs()
+        ours = {index} | {link.index for link in links if link.master == index}
+        gone = {n.ifindex for n in filtered} - {link.index for link in links}  # meanwhile
+        assert {n.ifindex for n in filtered} - gone <= ours
+
+
+def test_published_ports_read_from_a_save_are_those_of_the_dnat_chain() -> None:
+    assert firewall.Firewall().dnat_ports(SAVED) == {("tcp", 18080)}
+
+
+def test_restore_input_adds_rules_in_order_with_quoted_words() -> None:
+    rules = [
+        firewall.Rule("nat", "PYAPPLY-DNAT", ("-p", "tcp", "-m", "comment", "--comment", "a b")),
+        firewall.Rule("filter", "FORWARD", ("-j", "PYAPPLY-FORWARD"), top=True),
+        firewall.Rule("nat", "PYAPPLY-POSTROUTING", ("-m", "comment", "--comment", 'q"t')),
+    ]
+    assert firewall.restore_text(rules) == (
+        "*nat\n"
+        '-A PYAPPLY-DNAT -p tcp -m comment --comment "a b"\n'
+        '-A PYAPPLY-POSTROUTING -m comment --comment "q\\"t"\n'
+        "COMMIT\n"
+        "*filter\n"
+        "-I FORWARD 1 -j PYAPPLY-FORWARD\n"
+        "COMMIT\n"
+    )
+    # what iptables-save prints back splits into the words given
+    line = '-A PYAPPLY-DNAT -p tcp -m comment --comment "a b"'
+    assert firewall.split_words(line)[2:] == list(rules[0].args)
+
+
+def test_a_save_parsed_for_some_comments_keeps_their_rules_and_the_jumps() -> None:
+    every = firewall.parse_save(SAVED)
+    port = f"pyapply:{BRIDGE}:c1"
+    some = firewall.parse_save(SAVED, {port})
+    assert {k for k in every if k[1] == "PYAPPLY-DNAT"} <= some
+    assert all(k in some for k in map(firewall.key_of, firewall.jump_rules()) if k in every)
+    assert len(some) < len(every)
+    assert firewall.parse_save(SAVED, {f"pyapply:{BRIDGE}"}) == every
