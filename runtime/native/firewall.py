@@ -86,7 +86,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import IO
 
 from pyapply.runtime.base import PermanentError, PortBinding
-from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_RESTORE, IPTABLES_SAVE
+from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_RESTORE, IPTABLES_SAVE, HostBinary
 
 FORWARD_CHAIN = "PYAPPLY-FORWARD"
 POSTROUTING_CHAIN = "PYAPPLY-POSTROUTING"
@@ -495,16 +495,7 @@ class Firewall:
         return proc
 
     def _save_text(self) -> str:
-        cmd = [f"{self.iptables}-save"]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-        except FileNotFoundError:
-            raise PermanentError(IPTABLES_SAVE.missing()) from None
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
-        if proc.returncode != 0:
-            raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        return _tool([f"{self.iptables}-save"], IPTABLES_SAVE)
 
     def save(self) -> frozenset[RuleKey]:
         """Every rule of ours (and jump into ours), in one `iptables-save` call."""
@@ -535,17 +526,7 @@ class Firewall:
                 self._restore(restore_text(todo))
 
     def _restore(self, text: str) -> None:
-        cmd = [f"{self.iptables}-restore", "-w", "--noflush"]
-        try:
-            proc = subprocess.run(
-                cmd, input=text, capture_output=True, text=True, timeout=60, check=False
-            )
-        except FileNotFoundError:
-            raise PermanentError(IPTABLES_RESTORE.missing()) from None
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
-        if proc.returncode != 0:
-            raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
+        _tool([f"{self.iptables}-restore", "-w", "--noflush"], IPTABLES_RESTORE, text)
 
     def _chain_exists(self, table: str, chain: str) -> bool:
         return self._run(table, "-S", chain, check=False).returncode == 0
@@ -644,3 +625,19 @@ def set_sysctl(path: str, value: str) -> None:
             fh.write(value)
     except OSError as e:
         raise PermanentError(f"cannot set {path.replace('/', '.')}={value}: {e}") from None
+
+
+def _tool(cmd: list[str], binary: HostBinary, text: str | None = None) -> str:
+    """Run iptables-save or iptables-restore (`text` its input); its output. A missing
+    program names its package; a failure is permanent, with what the program said."""
+    try:
+        proc = subprocess.run(
+            cmd, input=text, capture_output=True, text=True, timeout=60, check=False
+        )
+    except FileNotFoundError:
+        raise PermanentError(binary.missing()) from None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise PermanentError(f"cannot run {shlex.join(cmd)}: {e}") from None
+    if proc.returncode != 0:
+        raise PermanentError(f"{shlex.join(cmd)} failed: {proc.stderr.strip()}")
+    return proc.stdout

@@ -20,7 +20,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -86,15 +86,15 @@ def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
     return out
 
 
-def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[int, bytes]]:
-    """One dump request; the (type, payload) of each answer until NLMSG_DONE."""
-    sock.send(
-        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP, seq, 0)
-        + body
-    )
-    out: list[tuple[int, bytes]] = []
+def _send(sock: socket.socket, seq: int, mtype: int, flags: int, body: bytes) -> None:
+    sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, flags, seq, 0) + body)
+
+
+def _answers(sock: socket.socket, seq: int, size: int) -> Iterator[tuple[int, bytes]]:
+    """The (type, payload) of each message answering request `seq`, as they come; an error
+    message with a code raises it (code 0 is an acknowledgement, yielded as such)."""
     while True:
-        data = sock.recv(1 << 18)
+        data = sock.recv(size)
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
             length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
@@ -104,14 +104,23 @@ def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[i
             offset += (length + 3) & ~3
             if mseq != seq:
                 continue
-            if mtype == _NLMSG_DONE:
-                return out
             if mtype == _NLMSG_ERROR:
                 (code,) = struct.unpack_from("=i", payload)
                 if code:
-                    raise OSError(-code, f"netlink dump: {os.strerror(-code)}")
-                continue
+                    raise OSError(-code, os.strerror(-code))
+            yield mtype, payload
+
+
+def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[int, bytes]]:
+    """One dump request; the (type, payload) of each answer until NLMSG_DONE."""
+    _send(sock, seq, kind, _NLM_F_REQUEST | _NLM_F_DUMP, body)
+    out: list[tuple[int, bytes]] = []
+    for mtype, payload in _answers(sock, seq, 1 << 18):
+        if mtype == _NLMSG_DONE:
+            return out
+        if mtype != _NLMSG_ERROR:
             out.append((mtype, payload))
+    raise AssertionError("unreachable: _answers never ends")
 
 
 def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
@@ -267,28 +276,12 @@ class Rtnl:
         self.sock.close()
 
     def _request(self, mtype: int, body: bytes, flags: int = 0) -> None:
+        """One request, acknowledged (an error in the answer raises)."""
         self.seq += 1
-        seq = self.seq
-        self.sock.send(
-            _NLMSGHDR.pack(
-                _NLMSGHDR.size + len(body), mtype, _NLM_F_REQUEST | _NLM_F_ACK | flags, seq, 0
-            )
-            + body
-        )
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
-                    raise OSError("netlink: malformed answer")
-                payload = data[offset + _NLMSGHDR.size : offset + length]
-                offset += (length + 3) & ~3
-                if kind == _NLMSG_ERROR and mseq == seq:
-                    (code,) = struct.unpack_from("=i", payload)
-                    if code:
-                        raise OSError(-code, os.strerror(-code))
-                    return
+        _send(self.sock, self.seq, mtype, _NLM_F_REQUEST | _NLM_F_ACK | flags, body)
+        for kind, _payload in _answers(self.sock, self.seq, 1 << 16):
+            if kind == _NLMSG_ERROR:
+                return
 
     def _link(
         self,
