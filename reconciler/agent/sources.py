@@ -351,6 +351,9 @@ class Backoff:
 DEATH_ACTIONS = frozenset({"die", "destroy", "oom"})
 
 
+SUBSCRIBE_WAIT_S = 5.0  # how long the agent's start waits for the event stream
+
+
 class EventWatcher:
     """Follows the runtime's event stream (reconnecting with back-off) and calls
     `fire("event:<container>")` when a container of a managed stack dies or is removed."""
@@ -374,12 +377,18 @@ class EventWatcher:
         self.ours = ours or (lambda name: False)
         self.backoff = backoff or Backoff()
         self._stopped = threading.Event()
+        self._subscribed = threading.Event()
         self._runtime: Runtime | None = None
         self._timers: list[threading.Timer] = []
         self._owner = os.getpid()
 
-    def start(self) -> None:
+    def start(self, wait_s: float = SUBSCRIBE_WAIT_S) -> None:
+        """Follow the runtime's events from a thread; return once its first stream is open
+        (at most `wait_s`), so a container that dies right after the agent's first pass is
+        not missed until the resync (dockerd sends only what happens after the request)."""
         threading.Thread(target=self._run, name="pyapply-events", daemon=True).start()
+        if not self._subscribed.wait(wait_s):
+            log.warning("runtime events: not subscribed after %gs; going on", wait_s)
 
     def stop(self) -> None:
         if os.getpid() != self._owner:
@@ -402,6 +411,7 @@ class EventWatcher:
                         self._runtime.close()
                 self._runtime = self.open_runtime()
                 stream = self._runtime.events({identity.STACK: ""})
+                self._subscribed.set()
                 if not first:  # events were missed while disconnected
                     self.fire("resync")
                 first = False

@@ -394,6 +394,13 @@ def test_processes_of_a_killed_fetch_are_ended_by_their_marker(tmp_path: Path) -
     ours = subprocess.Popen(["sleep", "30"], env={"PYAPPLY_GIT_SOURCE": base})
     other = subprocess.Popen(["sleep", "30"], env={"PYAPPLY_GIT_SOURCE": base + "-other"})
     try:
+        # until both have exec'd: between fork and exec a child's environ is still ours
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(
+            b"PYAPPLY_GIT_SOURCE" in Path(f"/proc/{p.pid}/environ").read_bytes()
+            for p in (ours, other)
+        ):
+            time.sleep(0.01)
         assert end_orphans(base) == [ours.pid]
         assert ours.wait(5) == -signal.SIGKILL
         assert other.poll() is None

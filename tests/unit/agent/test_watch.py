@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pyapply.reconciler.agent.sources import (
 )
 from pyapply.reconciler.agent.triggers import Triggers
 from pyapply.reconciler.manifest.policy import builtin
-from pyapply.runtime.base import ImageInfo
+from pyapply.runtime.base import Event, ImageInfo, RuntimeFailure
 
 IMAGE = "pyapply-test/busybox:latest"
 
@@ -217,6 +218,39 @@ def test_death_events_of_managed_stacks_fire() -> None:
     w.handle("container", "die", "mine-a-1", {"io.pyapply.stack": "mine"})  # backed off
     assert len(rec.calls) == 1
     assert rec.wait(2) and len(rec.calls) == 2
+
+
+def test_start_returns_once_the_event_stream_is_open() -> None:
+    # a death right after the agent's first pass must not wait for the resync: the stream is
+    # subscribed (the runtime's events() called) before start() returns
+    called = threading.Event()
+
+    class Slow(FakeRuntime):
+        def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
+            time.sleep(0.3)
+            called.set()
+            return iter(())
+
+    w = EventWatcher(Slow, Recorder(), lambda: {"mine"})
+    try:
+        w.start()
+        assert called.is_set()
+    finally:
+        w.stop()
+
+
+def test_start_gives_up_waiting_on_a_runtime_without_events() -> None:
+    class Broken(FakeRuntime):
+        def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
+            raise RuntimeFailure("no events here")
+
+    w = EventWatcher(Broken, Recorder(), lambda: {"mine"})
+    started = time.monotonic()
+    try:
+        w.start(wait_s=0.2)
+    finally:
+        w.stop()
+    assert time.monotonic() - started < 5  # bounded: the agent goes on
 
 
 # -- triggers ---------------------------------------------------------------------------------
