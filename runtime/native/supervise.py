@@ -339,11 +339,11 @@ class Supervisor:
                     os.kill(cpid, signal.SIGKILL)
             self.delete(cid)
             raise TransientError(f"container {name}: runc create did not finish in {timeout}s")
-        pid = _sync_pid(reply)
+        pid, message = _sync_reply(reply)
         if pid is None:
             if code != 0:
                 raise RuntimeFailure(f"conmon failed to start ({code}) for {name}")
-            err = _runc_log_error(runc_log) or _sync_message(reply) or "see runc.log"
+            err = _runc_log_error(runc_log) or message or "see runc.log"
             raise RuntimeFailure(f"runc create failed for {name}: {err}")
         if self._release(cid, pid, deadline=time.monotonic() + timeout):
             return pid
@@ -515,25 +515,21 @@ def _read_sync(fd: int, timeout: float) -> bytes | None:
     return data
 
 
-def _sync_pid(reply: bytes) -> int | None:
-    """The container pid in conmon's sync message ({"data": pid}), None for a failure
-    ({"data": -1, "message": ...}) or no message at all."""
+def _sync_reply(reply: bytes) -> tuple[int | None, str | None]:
+    """conmon's sync message, read once: the container pid ({"data": pid}), None for a
+    failure ({"data": -1, "message": ...}) or no message at all; and runc's message of a
+    failure, if it has one."""
     try:
         doc = json.loads(reply)
     except ValueError:
-        return None
-    pid = doc.get("data") if isinstance(doc, dict) else None
-    return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _sync_message(reply: bytes) -> str | None:
-    """runc's message in conmon's sync message of a failure, if it has one."""
-    try:
-        doc = json.loads(reply)
-    except ValueError:
-        return None
-    msg = doc.get("message") if isinstance(doc, dict) else None
-    return str(msg).strip() or None if msg is not None else None
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    pid, msg = doc.get("data"), doc.get("message")
+    return (
+        pid if isinstance(pid, int) and pid > 0 else None,
+        (str(msg).strip() or None) if msg is not None else None,
+    )
 
 
 def _runc_error(stderr: str) -> str:

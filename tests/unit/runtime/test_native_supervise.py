@@ -30,7 +30,7 @@ def test_the_pid_conmon_reports(pipe: tuple[int, int]) -> None:
     r, w = pipe
     os.write(w, b'{"data": 4242}\n')
     reply = supervise._read_sync(r, 5)
-    assert reply is not None and supervise._sync_pid(reply) == 4242
+    assert reply is not None and supervise._sync_reply(reply)[0] == 4242
 
 
 def test_a_message_written_in_pieces_is_read_whole(pipe: tuple[int, int]) -> None:
@@ -44,16 +44,16 @@ def test_a_message_written_in_pieces_is_read_whole(pipe: tuple[int, int]) -> Non
     threading.Thread(target=write).start()
     reply = supervise._read_sync(r, 5)
     assert reply is not None
-    assert supervise._sync_pid(reply) is None
-    assert supervise._sync_message(reply) == 'exec: "/nope": not found'
+    assert supervise._sync_reply(reply)[0] is None
+    assert supervise._sync_reply(reply)[1] == 'exec: "/nope": not found'
 
 
 def test_conmon_gone_without_a_word_is_a_failure(pipe: tuple[int, int]) -> None:
     r, w = pipe
     os.close(w)
     reply = supervise._read_sync(r, 5)
-    assert reply == b"" and supervise._sync_pid(reply) is None
-    assert supervise._sync_message(reply) is None
+    assert reply == b"" and supervise._sync_reply(reply)[0] is None
+    assert supervise._sync_reply(reply)[1] is None
 
 
 def test_nothing_within_the_timeout(pipe: tuple[int, int]) -> None:
