@@ -1000,8 +1000,9 @@ class ContainerManager:
                 self._destroy_dir(cdir, keep="state.json")
                 self._remove_cgroups(name)
                 (cdir / "state.json").unlink(missing_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    cdir.rmdir()
+                # the keeper may still land a health result it checked for before the
+                # unlink (never after: it writes only for a listed, running container)
+                _delete_settled(cdir)
         self._remove_cgroups(name)
         with contextlib.suppress(OSError):
             if not any(self.containers_dir.iterdir()):  # the root's last container
@@ -1031,19 +1032,7 @@ class ContainerManager:
         if rootfs.is_mounted(cdir / "rootfs"):
             raise PermanentError(f"cannot unmount {cdir / 'rootfs'}")
         rootfs.unmount(cdir / "shm")
-        for attempt in range(5):  # a health result may land while we delete
-            try:
-                if keep is None:
-                    rmtree(cdir)  # any depth: the upper dir holds what the container made
-                    return
-                for entry in list(cdir.iterdir()):
-                    if entry.name != keep:
-                        rmtree(entry)
-                return
-            except OSError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.05)
+        _delete_settled(cdir, keep)
 
     def _kill_leftovers(self, cdir: Path, cid: str | None) -> None:
         """Stop whatever still runs of the container in `cdir` that its state may no longer
@@ -1292,3 +1281,24 @@ class ContainerManager:
         if info and info.get("status") in ("running", "paused", "created"):
             return cast(int, info.get("pid"))
         return None
+
+
+def _delete_settled(cdir: Path, keep: str | None = None) -> None:
+    """Delete `cdir` (any depth: the upper dir holds what the container made), or all in it
+    but the entry `keep`; again, a bounded number of times, when a health result the keeper
+    was writing lands meanwhile."""
+    for attempt in range(5):
+        try:
+            if keep is None:
+                rmtree(cdir)
+                return
+            for entry in list(cdir.iterdir()):
+                if entry.name != keep:
+                    rmtree(entry)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05)

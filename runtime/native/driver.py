@@ -65,7 +65,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyapply.runtime.base import (
     Attachment,
@@ -113,6 +113,9 @@ from pyapply.runtime.native.statefile import (
 )
 from pyapply.runtime.native.supervise import ExecResult, conmon_pid, read_pid
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, rmtree, state_root
+
+if TYPE_CHECKING:
+    from pyapply.runtime.native.dirwatch import DirWatch
 
 NETNS_DIR = Path("/run/netns")
 EVENT_POLL_S = 0.2
@@ -994,15 +997,32 @@ class NativeRuntime:
         return out
 
     def events(self, labels: Mapping[str, str]) -> Iterator[Event]:
-        """start / die / destroy events of containers carrying `labels`, found by polling
-        the state root every EVENT_POLL_S seconds, until close(). A container renamed and
+        """start / die / destroy events of containers carrying `labels`, found by looking at
+        the state root every EVENT_POLL_S seconds and whenever a container's directory is
+        made or removed, until close(). A container renamed and
         removed between two looks is reported under the name it had at the first."""
         self._closed.clear()
         # the first look now, not at the first next(): what happens after the call counts
         return self._poll_events(dict(labels), self._liveness())
 
     def _poll_events(self, labels: dict[str, str], before: dict[str, _Liveness]) -> Iterator[Event]:
-        while not self._closed.wait(EVENT_POLL_S):
+        from pyapply.runtime.native.dirwatch import DirWatch
+
+        # a container made, removed or renamed is looked at once; a start or an exit (files
+        # inside its directory) at the next tick
+        watch = DirWatch(self.containers.containers_dir, self._closed)
+        try:
+            yield from self._looks(labels, before, watch)
+        finally:
+            watch.close()
+
+    def _looks(
+        self, labels: dict[str, str], before: dict[str, _Liveness], watch: DirWatch
+    ) -> Iterator[Event]:
+        while True:
+            watch.wait(EVENT_POLL_S)
+            if self._closed.is_set():
+                return
             now = self._liveness()
             for key in sorted(set(before) | set(now)):
                 old, new = before.get(key), now.get(key)

@@ -618,12 +618,18 @@ def test_a_layer_gzipped_before_is_asked_about_and_mounted_not_streamed_again(
     assert not store.blobs.has(rec.layer_blobs[0])
 
 
+def ours_alive() -> set[threading.Thread]:
+    """The live threads but the fake registry's: its request threads may still be closing a
+    connection the client has already let go."""
+    return {t for t in threading.enumerate() if "process_request_thread" not in t.name}
+
+
 def test_a_failing_upload_is_given_up_and_changes_nothing(tmp_path: Path, fake: Fake) -> None:
     raw = secrets.token_bytes(3_000_000)
     ref = f"{registry_of(fake)}/team/cut:1"
     store, rec = make_image(tmp_path, ref, [raw])
     fake.fail_patch = True
-    threads = threading.active_count()
+    threads = ours_alive()
     with pytest.raises(TransientError, match="HTTP 500"):
         push(store, ref, chunk_size=100_000)
     assert "team/cut" not in fake.manifests
@@ -634,7 +640,7 @@ def test_a_failing_upload_is_given_up_and_changes_nothing(tmp_path: Path, fake: 
     assert after is not None and after.layer_blobs == rec.layer_blobs
     assert store.blobs.has(rec.layer_blobs[0])
     assert list(Path(store.blobs.tmp).iterdir()) == []
-    assert threading.active_count() == threads  # the compressing threads have ended
+    assert ours_alive() == threads  # the compressing threads have ended
 
 
 def test_a_failed_blob_leaves_no_manifest(tmp_path: Path, fake: Fake) -> None:

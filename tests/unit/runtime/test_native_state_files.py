@@ -352,3 +352,31 @@ def test_damaged_health_file_reads_as_no_result_yet(tmp_path: Path, text: str) -
     assert read_status(tmp_path) is None
     _write(tmp_path / "health.json", '{"status": "healthy", "failing_streak": 0, "log": []}')
     assert read_status(tmp_path) == "healthy"
+
+
+def test_a_health_result_landing_during_the_removal_is_removed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keeper writes health.json after checking the container runs; a removal that began
+    in between meets it as a directory that is not empty, and deletes again."""
+    import errno
+
+    from pyapply.runtime.native import containers as cmod
+    from pyapply.runtime.statefs import rmtree as real
+
+    cdir = tmp_path / "c1"
+    cdir.mkdir()
+    (cdir / "config.json").write_text("{}")
+    calls = []
+
+    def landing_once(path: Any) -> None:
+        calls.append(Path(path))
+        real(path)
+        if len(calls) == 1:  # the keeper's write lands right after the first pass
+            cdir.mkdir(exist_ok=True)
+            (cdir / "health.json").write_text("{}")
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(cdir))
+
+    monkeypatch.setattr(cmod, "rmtree", landing_once)
+    cmod._delete_settled(cdir)
+    assert not cdir.exists() and len(calls) == 2
