@@ -198,10 +198,14 @@ class KernelView:
     rules6: frozenset[firewall.RuleKey] | None = None  # ip6tables' (None: not looked at)
 
 
-def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[str]:
+def network_faults(
+    rec: Mapping[str, Any], view: KernelView, local_dns: str | None = None
+) -> builtins.list[str]:
     """What of a network's kernel side is missing (pure): its bridge, up, with its gateway
     address; the jumps into our chains; its isolation, NAT and guard rules; its DNS server
-    listening on the gateway."""
+    listening on the gateway and, for an internal network, the root's server that forwards
+    nothing listening on `local_dns` (without it, its containers' other names time out
+    instead of being answered as nonexistent)."""
     bridge = rec["bridge"]
     out: list[str] = []
     link = view.links.get(bridge)
@@ -236,6 +240,8 @@ def network_faults(rec: Mapping[str, Any], view: KernelView) -> builtins.list[st
         problem = dns.dns_fault(rec, view.udp)
         if problem:
             out.append(problem)
+        if rec.get("internal") and local_dns and (local_dns, dns.PORT) not in view.udp:
+            out.append(f"no DNS server for its names only on {local_dns}:{dns.PORT}")
     return out
 
 
@@ -773,8 +779,10 @@ class NetworkManager:
         if view.rules6 is None and any(r.get("subnet6") for r in networks.values()):
             # one ip6tables-save, only when a network is dual-stack
             view = dataclasses.replace(view, rules6=self.firewall6.save())
+        local = self.dns.local
+        local_dns = dns.local_only_address(local.dir) if local is not None else None
         for name, rec in networks.items():
-            found = network_faults(rec, view)
+            found = network_faults(rec, view, local_dns)
             if found:
                 by_network[name] = found
             for container, ep in sorted(rec["endpoints"].items()):

@@ -513,10 +513,24 @@ def test_a_container_on_internal_networks_only_gets_no_other_names(
         assert lookup(native, container, OUTSIDE) == (0, [OUTSIDE_IP]), container
     assert OUTSIDE in upstream.asked
 
-    # the second server: a process of its own, stopped by down with the first
+    # the second server: a process of its own; killed, it is a fault of the internal
+    # network, which the next apply repairs; stopped by down with the first
     local = native.root / "networks" / "dns-local"
     pid = int((local / "aardvark.pid").read_text())
     assert str(local).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    os.kill(pid, signal.SIGKILL)  # the server this test's stack started, by its pid
+    deadline = time.monotonic() + 5
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = native.cli().run("diff", "-f", str(manifest), "--exit-code", **env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout.count("no DNS server for its names only on 127.") == 1, out.stdout
+    native.cli().ok("-f", str(manifest), **env)
+    pid = int((local / "aardvark.pid").read_text())
+    assert pid_alive(pid)
+    code, out = native.exec(lonely, "nslookup", OUTSIDE)
+    assert "NXDOMAIN" in out, out
+    native.cli().ok("diff", "-f", str(manifest), "--exit-code", **env)
     native.cli().ok("down", "-f", str(manifest), **env)
     assert not local.exists() and not pid_alive(pid)
     assert dns_processes(native.root / "networks") == []

@@ -164,6 +164,12 @@ def test_each_missing_piece_is_a_fault_with_its_reason() -> None:
     elsewhere = frozenset({("10.89.2.1", 53), ("10.89.1.1", 5353)})
     assert network_faults(REC, view(udp=elsewhere)) == ["no DNS server on 10.89.1.1:53"]
     assert network_faults(REC, view(udp=None)) == []  # not looked at
+    # an internal network also needs the root's server that forwards nothing
+    internal, local = {**REC, "internal": True}, "127.64.0.5"
+    missing = f"no DNS server for its names only on {local}:53"
+    assert missing in network_faults(internal, view(), local)
+    assert missing not in network_faults(internal, view(udp=LISTENING | {(local, 53)}), local)
+    assert missing not in network_faults(REC, view(), local)  # not internal: not asked
 
 
 def test_deleted_rules_are_faults_of_the_network_and_of_the_port() -> None:
