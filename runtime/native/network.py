@@ -113,7 +113,7 @@ from pyapply.runtime.native.netlink import (
     netlink_error,
 )
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
-from pyapply.runtime.native.portproxy import PortProxy, is_proxied
+from pyapply.runtime.native.portproxy import PortProxy, is_proxied, relayed
 from pyapply.runtime.native.statefile import Shape, read_json
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
 
@@ -793,10 +793,13 @@ class NetworkManager:
                 problem = port_faults(rec, port, view)
                 if problem:
                     by_container.setdefault(port["container"], []).append(problem)
-                elif is_proxied(port["binding"]["host_ip"]) and self.proxy.pid() is None:
+                elif relayed(port["binding"]["host_ip"], port["binding"]["protocol"]) and (
+                    self.proxy.pid() is None
+                ):
                     b = _binding(port["binding"])
                     by_container.setdefault(port["container"], []).append(
-                        f"no proxy for [{b.host_ip}]:{b.host_port}/{b.protocol}"
+                        f"no proxy for [{b.host_ip if is_proxied(b.host_ip) else '::1'}]:"
+                        f"{b.host_port}/{b.protocol}"
                     )
         return by_network, by_container
 
@@ -1185,7 +1188,7 @@ class NetworkManager:
         for binding in bindings:
             if binding.host_ip and _host_ipv6(binding.host_ip) is None:
                 _ipv4(binding.host_ip)
-            if is_proxied(binding.host_ip):
+            if relayed(binding.host_ip, binding.protocol):
                 st.proxy_due = True  # served by the proxy, which must be up (portproxy.py)
         rec = next(
             (
@@ -1664,9 +1667,9 @@ def _first_free(
 
 
 def _has_proxied(st: _State, container: str) -> bool:
-    """Whether a container has a port published on [::1] (the proxy's)."""
+    """Whether a container has a port the proxy serves."""
     return any(
-        p["container"] == container and is_proxied(p["binding"]["host_ip"])
+        p["container"] == container and relayed(p["binding"]["host_ip"], p["binding"]["protocol"])
         for rec in st.networks.values()
         for p in rec["ports"]
     )
@@ -1691,7 +1694,22 @@ def _host_ipv6(host_ip: str) -> IPv6Address | None:
 
 def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
     """Return a host port that nothing on the host holds now (bind test): the one asked
-    for (taken: Conflict) or, for None, a free one from the kernel."""
+    for (taken: Conflict) or, for None, a free one from the kernel. A port on all addresses
+    must also be free on [::1], which the proxy serves (`relayed`)."""
+    for _ in range(20):
+        port = _bind_test(host_ip, host_port, proto)
+        if host_ip not in ("", "::") or not relayed(host_ip, proto):
+            return port
+        try:
+            _bind_test("::1", port, proto)
+            return port
+        except Conflict:
+            if host_port is not None:
+                raise
+    raise Conflict(f"no host port for {proto} free on both 0.0.0.0 and [::1]")
+
+
+def _bind_test(host_ip: str, host_port: int | None, proto: str) -> int:
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     family = socket.AF_INET6 if ":" in host_ip and host_ip != "::" else socket.AF_INET
     with socket.socket(family, kind) as s:
@@ -1699,9 +1717,8 @@ def _check_port(host_ip: str, host_port: int | None, proto: str) -> int:
         try:
             s.bind((host_ip if host_ip not in ("", "0.0.0.0", "::") else "", host_port or 0))
         except OSError as e:
-            raise Conflict(
-                f"host port {host_ip or '0.0.0.0'}:{host_port}/{proto} is taken: {e}"
-            ) from None
+            shown = f"[{host_ip}]" if ":" in host_ip else host_ip or "0.0.0.0"
+            raise Conflict(f"host port {shown}:{host_port}/{proto} is taken: {e}") from None
         return int(s.getsockname()[1])
 
 

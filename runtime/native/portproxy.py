@@ -1,4 +1,5 @@
-"""The userland proxy of a state root: ports published on [::1], relayed to containers.
+"""The userland proxy of a state root: ports published on [::1] (or on all addresses: their
+[::1]), relayed to containers.
 
 Why a proxy at all: every other published port is an iptables DNAT (network.py), but the
 kernel never routes a packet whose source or destination is ::1 off the loopback interface
@@ -86,13 +87,23 @@ def is_proxied(host_ip: str) -> bool:
         return False
 
 
+def relayed(host_ip: str, protocol: str) -> bool:
+    """Whether the proxy serves [::1] for a port published on `host_ip` (pure): one on an
+    IPv6 loopback address (only the proxy serves it), and, as docker's proxy does, one on
+    all addresses ("" or "::") over tcp or udp, whose other addresses are DNATs: a client
+    that tries ::1 first for `localhost` (Node.js, Go) reaches it too."""
+    if host_ip in ("", "::"):
+        return protocol.lower() in ("tcp", "udp")
+    return is_proxied(host_ip)
+
+
 def relays(networks: Mapping[str, Mapping[str, Any]]) -> list[Relay]:
     """The ports of the networks' state that the proxy serves (pure)."""
     out = []
     for rec in networks.values():
         for p in rec["ports"]:
             b = p["binding"]
-            if is_proxied(str(b["host_ip"])) and b["host_port"] is not None:
+            if relayed(str(b["host_ip"]), str(b["protocol"])) and b["host_port"] is not None:
                 out.append(
                     Relay(
                         str(b["protocol"]), int(b["host_port"]), p["ip"], int(b["container_port"])

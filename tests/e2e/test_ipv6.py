@@ -357,6 +357,38 @@ def test_ports_on_ipv6_loopback_are_served_by_the_native_proxy(
     assert not served_on_loopback6("tcp", tcp) and not served_on_loopback6("udp", udp)
 
 
+ALL_ADDRESSES_STACK = """\
+name: {stack}
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /www && echo {mark} > /www/index.html && httpd -p 80 -h /www && trap 'exit 0' TERM; sleep 3600 & wait"]
+    ports: ["{tcp}:80"]
+"""
+
+
+def test_a_port_on_all_addresses_answers_on_both_loopbacks(
+    runtime: RuntimeUnderTest, tmp_path: Path
+) -> None:
+    """`PORT:80` (every address) on an IPv4-only network answers at 127.0.0.1 and at [::1],
+    as docker's proxy makes it: clients that try ::1 first for `localhost` (Node.js, Go)
+    reach it. On native the DNATs serve IPv4 and the proxy serves [::1]; down closes both."""
+    tcp = free_port()
+    manifest = tmp_path / "compose.yaml"
+    manifest.write_text(
+        ALL_ADDRESSES_STACK.format(stack=runtime.stack, image=TEST_IMAGE, tcp=tcp, mark="both")
+    )
+    runtime.cli().ok("-f", str(manifest))
+    assert http_get(f"http://127.0.0.1:{tcp}/") == (200, "both\n")
+    assert http_get(f"http://[::1]:{tcp}/") == (200, "both\n")
+    runtime.cli().ok("diff", "-f", str(manifest), "--exit-code")
+    runtime.cli().ok("down", "-f", str(manifest))
+    assert not served_on_loopback6("tcp", tcp)
+    if isinstance(runtime, NativeUnderTest):
+        proxy = runtime.native.networks.proxy
+        assert proxy.pid() is None and not proxy.dir.exists()
+
+
 def routes6(ns: str) -> list[tuple[int, str | None]]:
     with NetNS(f"/run/netns/{ns}", flags=0) as ipr:
         return [

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pyapply.runtime.base import PermanentError
-from pyapply.runtime.native.portproxy import PortProxy, Relay, is_proxied, relays, render
+from pyapply.runtime.native.portproxy import PortProxy, Relay, is_proxied, relayed, relays, render
 
 
 def port(host_ip: str, host_port: int | None, proto: str = "tcp", ip: str = "10.89.3.2") -> Any:
@@ -21,14 +21,23 @@ def port(host_ip: str, host_port: int | None, proto: str = "tcp", ip: str = "10.
     return {"container": "c", "ip": ip, "binding": {**binding, "host_port": host_port}}
 
 
-def test_only_ports_on_ipv6_loopback_are_the_proxys() -> None:
+def test_ports_on_ipv6_loopback_and_on_all_addresses_are_the_proxys() -> None:
+    # only the proxy serves [::1]; ports on all addresses also have their DNATs
     assert is_proxied("::1") and is_proxied("0:0:0:0:0:0:0:1")
     assert not any(is_proxied(h) for h in ("", "::", "127.0.0.1", "fd00::1", "zz::1"))
+    assert relayed("", "tcp") and relayed("::", "UDP") and relayed("::1", "tcp")
+    assert not relayed("", "sctp") and not relayed("127.0.0.1", "tcp")
+    assert not relayed("fd00::1", "tcp")
     nets = {
         "a": {"ports": [port("::1", 8080), port("", 8081), port("::1", 53, "udp")]},
-        "b": {"ports": [port("127.0.0.1", 8082), port("::", 8083)]},
+        "b": {"ports": [port("127.0.0.1", 8082), port("::", 8083), port("", 8084, "sctp")]},
     }
-    assert relays(nets) == [Relay("tcp", 8080, "10.89.3.2", 80), Relay("udp", 53, "10.89.3.2", 80)]
+    assert relays(nets) == [
+        Relay("tcp", 8080, "10.89.3.2", 80),
+        Relay("tcp", 8081, "10.89.3.2", 80),
+        Relay("tcp", 8083, "10.89.3.2", 80),
+        Relay("udp", 53, "10.89.3.2", 80),
+    ]
     text, generation = render(relays(nets))
     assert generation in text and render(relays(nets)) == (text, generation)
     assert render([])[1] != generation
