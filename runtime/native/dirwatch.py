@@ -49,8 +49,9 @@ class DirWatch:
         if self._fd is None:
             self._closed.wait(timeout)
             return
-        ready, _, _ = select.select([self._fd], [], [], timeout)
-        if ready:
+        poller = select.poll()  # not select(): a descriptor may be above FD_SETSIZE
+        poller.register(self._fd, select.POLLIN)
+        if poller.poll(timeout * 1000):
             self._closed.wait(SETTLE_S)
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._fd, 65536):  # one look serves the whole burst
