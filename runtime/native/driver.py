@@ -646,6 +646,8 @@ class NativeRuntime:
                     hostname=hostname,
                     extra=extra,
                     resolver=resolver,
+                    # the DNS reload and its wait overlap the start, which settles them
+                    defer_dns=True,
                 )
             if config.mac_address is not None and ips:
                 set_mac(nspath, ips[0], config.mac_address)
@@ -717,7 +719,17 @@ class NativeRuntime:
     def start_container(self, name: str) -> None:
         """Start; a running container is success, and what is missing of it (see `faults`)
         is repaired in place, as it is for one that ran before and is started again. A start
-        on purpose: the restart policy's books begin anew."""
+        on purpose: the restart policy's books begin anew. It returns once the networks' DNS
+        server answers with the names its create added (`NetworkManager.settle`)."""
+        try:
+            self._start_container(name)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the start's own failure is what counts
+                self.networks.settle()
+            raise
+        self.networks.settle()
+
+    def _start_container(self, name: str) -> None:
         key = self._must_key(name)
         cdir = self.containers.dir(key)
         started = self._started(cdir)

@@ -59,6 +59,7 @@ the host ignore router advertisements on interfaces with accept_ra=1.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
 import dataclasses
@@ -71,6 +72,7 @@ import os
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -126,6 +128,10 @@ ALIAS_PREFIX = "pyapply:"
 # its next change or the next reboot.
 GUARDS = 1
 
+
+# the longest `settle` waits for one deferred sync: above the DNS server's and the proxy's
+# own bounded waits (dns.LISTEN_WAIT_S, portproxy.START_WAIT_S), which end it first
+SETTLE_WAIT_S = 60.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -343,6 +349,34 @@ class _Changes:
     containers: set[str] = field(default_factory=set)
 
 
+class _Pending:
+    """A sync left running in a thread: set once it has ended, with what it raised."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+
+# the managers whose creates left syncs running: settled at exit, for a create that no start
+# followed (weakly held: a manager let go is not kept for the process's life)
+_UNSETTLED: weakref.WeakSet[NetworkManager] = weakref.WeakSet()
+_UNSETTLED_LOCK = threading.Lock()
+
+
+def _settled_at_exit(manager: NetworkManager) -> None:
+    with _UNSETTLED_LOCK:
+        if not _UNSETTLED:
+            atexit.unregister(_settle_all)
+            atexit.register(_settle_all)
+        _UNSETTLED.add(manager)
+
+
+def _settle_all() -> None:
+    for manager in list(_UNSETTLED):
+        with contextlib.suppress(Exception):  # seen as a network fault by the next look
+            manager.settle()
+
+
 class NetworkManager:
     """Bridge networks, attachments, published ports and hosts files of one state root."""
 
@@ -366,6 +400,9 @@ class NetworkManager:
         self.dns = DnsServer(self.dir / "dns", self.dir / "dns.log")
         self.proxy = PortProxy(self.dir / "proxy")
         self._looking = threading.local()  # `one_look`'s snapshot, for its thread only
+        # syncs that transactions left running (`_locked(defer_sync=True)`), for `settle`
+        self._deferred: builtins.list[_Pending] = []
+        self._deferred_lock = threading.Lock()
 
     @contextlib.contextmanager
     def one_look(self) -> Iterator[None]:
@@ -392,9 +429,10 @@ class NetworkManager:
     # -- state -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[_State]:
+    def _locked(self, *, defer_sync: bool = False) -> Iterator[_State]:
         """Hold the state lock; yield the state; save it if the block succeeds; then bring
-        the DNS server up to date (see `_sync_dns`)."""
+        the DNS server up to date (see `_sync_dns`): before returning, or with `defer_sync`
+        in a thread of its own that `settle` waits for (the caller goes on meanwhile)."""
         private_dir(self.dir)
         dns_lock: IO[str] | None = None
         with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
@@ -441,12 +479,50 @@ class NetworkManager:
                 raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        if dns_lock is not None:
-            with dns_lock:
-                if sync_dns:
-                    self._sync_dns(state)
-                if sync_proxy:
-                    self._sync_proxy(state)
+        if dns_lock is None:
+            return
+        if not defer_sync:
+            self._syncs(dns_lock, state, sync_dns, sync_proxy)
+            return
+        done = _Pending()
+
+        def run() -> None:
+            try:
+                self._syncs(dns_lock, state, sync_dns, sync_proxy)
+            except BaseException as e:  # raised by `settle`, in the caller's thread
+                done.error = e
+            finally:
+                done.ended.set()
+
+        with self._deferred_lock:
+            self._deferred.append(done)
+        _settled_at_exit(self)
+        threading.Thread(target=run, name="pyapply-dns-sync", daemon=True).start()
+
+    def _syncs(self, dns_lock: IO[str], state: _State, sync_dns: bool, sync_proxy: bool) -> None:
+        """The DNS server's and the proxy's syncs after a save, under the DNS lock, which
+        they let go. A later transaction's syncs wait for that lock (flock: also between
+        threads of one process), so they run in the order of the saves."""
+        with dns_lock:
+            if sync_dns:
+                self._sync_dns(state)
+            if sync_proxy:
+                self._sync_proxy(state)
+
+    def settle(self) -> None:
+        """Wait until the syncs that transactions left running have ended (bounded by the
+        syncs' own waits); raise the first failure."""
+        with self._deferred_lock:
+            pending, self._deferred = self._deferred, []
+        for done in pending:
+            if not done.ended.wait(SETTLE_WAIT_S):
+                raise TransientError(
+                    f"the networks' DNS server or port proxy did not take in a change "
+                    f"within {SETTLE_WAIT_S:g} s"
+                )
+        for done in pending:
+            if done.error is not None:
+                raise done.error
 
     def _dns_lock(self) -> IO[str]:
         """The DNS lock, held (taken only while holding the state lock: one order)."""
@@ -890,6 +966,7 @@ class NetworkManager:
         hostname: str | None = None,
         extra: Iterable[tuple[str, str]] | None = None,
         resolver: Mapping[str, Sequence[str]] | None = None,
+        defer_dns: bool = False,
     ) -> tuple[builtins.list[str], builtins.list[PortBinding]]:
         """Attach a container (its network namespace: a path such as /run/netns/X or
         /proc/PID/ns/net, or a name under /run/netns) to each network of `attachments`, and
@@ -900,13 +977,14 @@ class NetworkManager:
         gone). `hosts_path`/`hostname`: as for `set_hosts_file`; with `extra` (or
         `resolver`) as well, the registration is the whole of a `set_hosts_file`. A failure
         leaves nothing of the transaction: the veths it made are deleted, the state is not
-        saved."""
+        saved. `defer_dns`: the DNS server's and the proxy's syncs run on in a thread, which
+        `settle` waits for (a create's, so that they overlap the container's start)."""
         nspath = netns_path if "/" in netns_path else f"/run/netns/{netns_path}"
         if not os.path.exists(nspath):
             raise NotFound(f"network namespace {nspath} does not exist")
         if ports and not attachments:
             raise PermanentError(f"container {container_name} publishes ports but is on no network")
-        with self._locked() as st:
+        with self._locked(defer_sync=defer_dns) as st:
             recs = []
             for att in attachments:
                 rec = st.networks.get(att.network)
