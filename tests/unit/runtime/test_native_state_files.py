@@ -380,3 +380,48 @@ def test_a_health_result_landing_during_the_removal_is_removed_too(
     monkeypatch.setattr(cmod, "rmtree", landing_once)
     cmod._delete_settled(cdir)
     assert not cdir.exists() and len(calls) == 2
+
+
+def test_a_deferred_sync_runs_on_after_the_transaction_and_settle_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_locked(defer_sync=True)` (a create's attach) returns before the DNS sync ends;
+    `settle` waits for it and raises what it raised; a later transaction's sync waits for
+    the DNS lock, so the syncs run in the order of the saves."""
+    import threading
+    import time
+
+    from pyapply.runtime.base import PermanentError
+
+    nm = NetworkManager(tmp_path)
+    release = threading.Event()
+    tags: dict[int, str] = {}
+    order: list[str] = []
+
+    def sync(st: Any) -> None:
+        tag = tags[id(st)]
+        if tag == "first":
+            release.wait(10)
+        order.append(tag)
+        if tag == "first":
+            raise PermanentError("no DNS server")
+
+    def transaction(tag: str, defer: bool) -> None:
+        with nm._locked(defer_sync=defer) as st:
+            tags[id(st)] = tag
+            st.dns_due = True  # a sync is due, as after an attach
+
+    monkeypatch.setattr(nm, "_sync_dns", sync)
+    monkeypatch.setattr(nm, "_sync_proxy", lambda st: None)
+    transaction("first", True)
+    assert order == []  # the transaction is over; its sync still runs
+    later = threading.Thread(target=transaction, args=("second", False))
+    later.start()
+    time.sleep(0.2)
+    assert order == []  # the second sync waits for the first's DNS lock
+    release.set()
+    with pytest.raises(PermanentError, match="no DNS server"):
+        nm.settle()
+    later.join(10)
+    assert order == ["first", "second"]
+    nm.settle()  # nothing left
