@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.manifest import schema
 from pyapply.reconciler.manifest.loader import load
+from tests.unit.cpu import cpu_scale
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,7 +43,7 @@ SCALE = int(os.environ.get("PYAPPLY_FUZZ_SCALE", "1"))
 # CPU seconds per example (examples take milliseconds, a hang for ever); CPU time, since the
 # machine may be shared. Hypothesis's deadline, in wall-clock time, is set looser for that
 # reason, and pytest-timeout ends a run blocked without using CPU (a FIFO read).
-BOUND_S = 2.0
+BOUND_S = 5.0 * cpu_scale()  # seconds (tests/unit/cpu.py: scaled on a slower host)
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 LOCATED = re.compile(r"^[^\n:]+:\d+:\d+: \S")
 
