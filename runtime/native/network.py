@@ -360,17 +360,9 @@ class _Pending:
 # the managers whose creates left syncs running: settled at exit, for a create that no start
 # followed (weakly held: a manager let go is not kept for the process's life)
 _UNSETTLED: weakref.WeakSet[NetworkManager] = weakref.WeakSet()
-_UNSETTLED_LOCK = threading.Lock()
 
 
-def _settled_at_exit(manager: NetworkManager) -> None:
-    with _UNSETTLED_LOCK:
-        if not _UNSETTLED:
-            atexit.unregister(_settle_all)
-            atexit.register(_settle_all)
-        _UNSETTLED.add(manager)
-
-
+@atexit.register
 def _settle_all() -> None:
     for manager in list(_UNSETTLED):
         with contextlib.suppress(Exception):  # seen as a network fault by the next look
@@ -496,7 +488,7 @@ class NetworkManager:
 
         with self._deferred_lock:
             self._deferred.append(done)
-        _settled_at_exit(self)
+            _UNSETTLED.add(self)
         threading.Thread(target=run, name="pyapply-dns-sync", daemon=True).start()
 
     def _syncs(self, dns_lock: IO[str], state: _State, sync_dns: bool, sync_proxy: bool) -> None:
