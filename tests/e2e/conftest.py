@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.e2e)
+
+
+def _link_index(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def host_docker0_untouched() -> Iterator[None]:
+    """The host dockerd's default bridge is not ours: a test after which it is gone (or
+    another interface of its name) fails here, by name, instead of every later test that
+    builds or runs on dockerd's default network failing with "could not find bridge
+    docker0". (A private dockerd's restart deleted it once: see tests/e2e/dockerd.py.)"""
+    before = _link_index("docker0")
+    yield
+    if before is not None:
+        after = _link_index("docker0")
+        assert after == before, (
+            f"this test took away the host dockerd's docker0 (index {before} before, {after} after)"
+        )
 
 
 @pytest.fixture(scope="session")

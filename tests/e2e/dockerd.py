@@ -11,6 +11,12 @@ Two uses:
   through docker-proxy), no masquerading, no ip_forward sysctl, and its default bridge is one
   the test makes and removes (`--bridge=pyapd...`). Not `--bridge=none`: with that, dockerd
   deletes the host's `docker0` at start ("remove the default bridge interface").
+  And `--live-restore`: dockerd 20.10 also deletes the interface named `docker0`, whatever
+  `--bridge` says, when it starts with default address pools and finds its default network
+  of an earlier run in its store, that is at every restart, unless live restore is on. So
+  the daemon runs with live restore, and its stop stops its containers first, as a stop
+  without live restore does (a restart must find none running, or it keeps their network
+  state, which is what a restart is for).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ HOST_NAMESPACE_ARGS = (
     "--ip-masq=false",
     "--ip-forward=false",
     "--default-address-pool=base=10.213.0.0/16,size=24",
+    # with the pool above, the only thing that keeps a restart off the host's docker0
+    "--live-restore",
 )
 
 
@@ -96,10 +104,14 @@ class PrivateDockerd:
         raise AssertionError(f"dockerd did not answer in {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        """SIGTERM (dockerd stops its containers and containerd), then SIGKILL after 60 s."""
+        """Its containers stopped (see the module doc: live restore would leave them
+        running), then SIGTERM (dockerd stops containerd), then SIGKILL after 60 s."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        running = self.docker("ps", "-q", check=False).stdout.split()
+        if running:
+            self.docker("stop", "--time", "10", *running, check=False)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
