@@ -66,6 +66,10 @@ HEALTH_SHAPE = record(
 )
 PID_FILE = "health.pid"  # in the state root
 LOCK_FILE = "health.lock"
+# held while a checker is looked for and, if none runs, started and awaited: the parallel
+# starts of a converge start one checker, not one each (each a Python start, ~0.2 s of CPU,
+# then waiting on LOCK_FILE for nothing)
+SPAWN_LOCK_FILE = "health.spawn.lock"
 IDLE_EXIT_S = 3.0  # the checker exits after this long with nothing to check
 ANNOUNCE_S = 5.0  # how long a start waits for a new checker to announce itself
 _TICK = 0.05
@@ -176,6 +180,13 @@ def ensure_checker(root: Path, runc: str, announce_timeout: float = ANNOUNCE_S) 
     containers run without a checker, and must not see one that is only starting."""
     if checker_pid(root) is not None:
         return
+    with os.fdopen(open_private(root / SPAWN_LOCK_FILE), "rb") as spawning:
+        fcntl.flock(spawning, fcntl.LOCK_EX)  # flock: between threads of one process too
+        if checker_pid(root) is None:  # not started by the holder we waited for
+            _spawn_checker(root, runc, announce_timeout)
+
+
+def _spawn_checker(root: Path, runc: str, announce_timeout: float) -> None:
     pythonpath = [package_root(), os.environ.get("PYTHONPATH", "")]
     proc = subprocess.Popen(
         [sys.executable, "-m", _MARKER, "--root", str(root), "--runc", runc],
