@@ -419,7 +419,7 @@ class ContainerManager:
         cdir = self.dir(name)
         path = cdir / "state.json"
         doc: dict[str, Any] | None = read_json(path, STATE_SHAPE)
-        if doc is None and cdir.is_dir() and not self._creating():
+        if doc is None and cdir.is_dir() and not self._creating(cdir):
             raise DamagedState(path, "missing")
         if docs is not None:
             docs[name] = doc
@@ -435,20 +435,11 @@ class ContainerManager:
         except DamagedState:
             return None
 
-    def _creating(self) -> bool:
-        """A create holds the containers dir's lock (so a dir without state.json may be
-        one being made, not a damaged one)."""
-        try:
-            fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    def _creating(self, cdir: Path) -> bool:
+        """Whether `cdir` (with no state.json) may be a container being made, not a damaged
+        one: a create holds the containers dir's lock while it claims the name, then the
+        container dir's own until its state.json is written (see `create`)."""
+        return _lock_held(self.containers_dir) or _lock_held(cdir)
 
     def _must_load(self, name: str) -> dict[str, Any]:
         doc = self._load(name)
@@ -487,10 +478,21 @@ class ContainerManager:
         until then the container shows as dead. `joins`: "pid"/"ipc" -> the container (by
         its runtime name, found by `key_of` at each start) whose namespace this one joins
         (config.pid_mode "container:...")."""
+        # The containers dir's lock is held only while the name is claimed (its dir looked
+        # at, a leftover of it destroyed, the dir made and locked); the rest, the overlay
+        # mount and the files, runs under the container dir's lock alone, so that the
+        # parallel creates of a converge overlap. The dir's lock is the one start, stop and
+        # removal take (`_lock`): none of them acts on a container half made.
         private_dir(self.containers_dir)
         fd = os.open(self.containers_dir, os.O_RDONLY | os.O_DIRECTORY)
+        held: int | None = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            claimed = self._claim(config)
+            if isinstance(claimed, str):
+                return claimed
+            held = claimed
+            fcntl.flock(fd, fcntl.LOCK_UN)
             return self._create(
                 config,
                 layer_dirs,
@@ -504,6 +506,44 @@ class ContainerManager:
             )
         finally:
             os.close(fd)
+            if held is not None:
+                os.close(held)
+
+    def _claim(self, config: ContainerConfig) -> str | int:
+        """Under the containers dir's lock: the id of the container of that name if it is
+        this one (same labels; Conflict if not), else its new dir, made (0700) and locked:
+        the descriptor holding the lock."""
+        cdir = self.dir(config.name)
+        try:
+            prior = os.open(cdir, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            prior = None
+        try:
+            if prior is not None:
+                # a create of this name under way (or its start, stop, removal) ends first:
+                # its dir is then a container, or a leftover to destroy, or gone
+                fcntl.flock(prior, fcntl.LOCK_EX)
+            try:
+                existing = self._load(config.name)
+            except DamagedState:
+                existing = None  # what is left of it (processes included) goes below
+            if existing is not None:
+                if dict(existing.get("labels") or {}) == dict(config.labels):
+                    return str(existing["id"])
+                raise Conflict(f"container name {config.name} is in use by another container")
+            if cdir.exists():  # an interrupted create or a damaged state: start over
+                self._destroy_dir(cdir)
+            else:  # its directory deleted by hand: what ran of it may still be in its cgroup
+                kill_cgroup(self.cgroup_dirs(config.name))
+        finally:
+            if prior is not None:
+                os.close(prior)
+        # 0700: config.json and state.json hold the environment, the rootfs and upper dir
+        # whatever the image and the container put there (setuid binaries, device nodes)
+        cdir.mkdir(mode=0o700)
+        held = os.open(cdir, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        return held
 
     def _create(
         self,
@@ -517,19 +557,8 @@ class ContainerManager:
         joins: Mapping[str, str] | None = None,
         shared: SharedNetwork | None = None,
     ) -> str:
+        """The rest of `create`, in the claimed dir (see `_claim`)."""
         cdir = self.dir(config.name)
-        try:
-            existing = self._load(config.name)
-        except DamagedState:
-            existing = None  # what is left of it (processes included) goes below
-        if existing is not None:
-            if dict(existing.get("labels") or {}) == dict(config.labels):
-                return str(existing["id"])
-            raise Conflict(f"container name {config.name} is in use by another container")
-        if cdir.exists():  # an interrupted create or a damaged state: start over
-            self._destroy_dir(cdir)
-        else:  # its directory deleted by hand: what ran of it may still be in its cgroup
-            kill_cgroup(self.cgroup_dirs(config.name))
         image = (
             image_config
             if isinstance(image_config, oci.ImageConfig)
@@ -545,9 +574,6 @@ class ContainerManager:
             etc_dir = self.dir(shared.key)
             with contextlib.suppress(OSError):
                 hostname = (etc_dir / "hostname").read_text().strip() or hostname
-        # 0700: config.json and state.json hold the environment, the rootfs and upper dir
-        # whatever the image and the container put there (setuid binaries, device nodes)
-        cdir.mkdir(mode=0o700)
         try:
             self._write_etc(
                 cdir,
@@ -1281,6 +1307,22 @@ class ContainerManager:
         if info and info.get("status") in ("running", "paused", "created"):
             return cast(int, info.get("pid"))
         return None
+
+
+def _lock_held(path: Path) -> bool:
+    """Whether someone holds an exclusive flock on the directory `path` (False if it is
+    gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _delete_settled(cdir: Path, keep: str | None = None) -> None:

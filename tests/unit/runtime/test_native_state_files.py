@@ -425,3 +425,60 @@ def test_a_deferred_sync_runs_on_after_the_transaction_and_settle_waits_for_it(
     later.join(10)
     assert order == ["first", "second"]
     nm.settle()  # nothing left
+
+
+# ---------------------------------------------------------------------------------------------
+# creates overlap: the containers dir's lock is held only while a name is claimed
+
+
+def test_a_create_does_not_wait_for_another_ones_slow_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's create is held inside its overlay mount; B's whole create runs meanwhile. While
+    A is half made, its dir (no state.json yet) reads as no container, not as a damaged
+    one, and A's start waits for it (the dir's lock)."""
+    import threading
+
+    from pyapply.runtime.base import ContainerConfig
+    from pyapply.runtime.native import containers, rootfs
+
+    cm = ContainerManager(tmp_path / "root")
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    inside, release = threading.Event(), threading.Event()
+
+    def mount(layers: Any, upper: Path, work: Path, target: Path) -> None:
+        for d in (upper, work, target):
+            Path(d).mkdir(exist_ok=True)
+        if Path(target).parent.name == "a":
+            inside.set()
+            assert release.wait(20)
+
+    monkeypatch.setattr(rootfs, "mount_overlay", mount)
+    monkeypatch.setattr(containers, "host_nameservers", lambda: ["127.0.0.53"])
+    made: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def create(name: str) -> None:
+        try:
+            config = ContainerConfig(name=name, image="img:1", command=("sleep", "1"))
+            made[name] = cm.create(config, [layer])
+        except BaseException as e:
+            errors.append(e)
+
+    a = threading.Thread(target=create, args=("a",))
+    a.start()
+    try:
+        assert inside.wait(20)
+        create("b")  # in this thread, while a's create holds its place
+        assert not errors, errors
+        assert "b" in made and "a" not in made
+        assert (tmp_path / "root/containers/a").is_dir()
+        assert cm.state("a") is None  # being made: not a damaged container
+        assert containers._lock_held(tmp_path / "root/containers/a")
+    finally:
+        release.set()
+        a.join(20)
+    assert not errors, errors
+    assert cm.state("a") is not None and made["a"] != made["b"]
+    assert not containers._lock_held(tmp_path / "root/containers/a")
