@@ -225,9 +225,16 @@ def test_native_push_then_docker_pull_and_run(
     docker_refs.append(ref)
     image = docker_client.images.pull(ref)
     assert image.id == local["id"]  # the very image: its config went as it is
-    output = docker_client.containers.run(
-        ref, ["sh", "-c", "echo pushed-by-native; busybox | head -1"], remove=True
-    ).decode()
+    # named and removed here: the SDK's remove=True removes only a container that ran, and
+    # one whose start failed stayed behind once
+    name = "pyapush-" + secrets.token_hex(4)
+    try:
+        output = docker_client.containers.run(
+            ref, ["sh", "-c", "echo pushed-by-native; busybox | head -1"], name=name
+        ).decode()
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            docker_client.containers.get(name).remove(force=True)
     assert output.startswith("pushed-by-native\nBusyBox v")
 
 
