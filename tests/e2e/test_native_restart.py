@@ -269,6 +269,10 @@ def test_parallel_starts_start_one_keeper(tmp_path: Path) -> None:
     root.mkdir(mode=0o700)
     errors: list[BaseException] = []
 
+    def keepers() -> list[str]:
+        argv = ["pgrep", "-f", f"{health._MARKER} --root {root} "]
+        return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.split()
+
     def ensure() -> None:
         try:
             health.ensure_checker(root, "/usr/sbin/runc")
@@ -284,20 +288,9 @@ def test_parallel_starts_start_one_keeper(tmp_path: Path) -> None:
         assert not errors, errors
         pid = health.checker_pid(root)
         assert pid is not None
-        found = subprocess.run(
-            ["pgrep", "-f", f"{health._MARKER} --root {root} "],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        assert found == [str(pid)], found
+        assert keepers() == [str(pid)], keepers()
         assert (root / health.SPAWN_LOCK_FILE).stat().st_mode & 0o777 == 0o600
     finally:
         health.stop_checker(root)
-        for left in subprocess.run(
-            ["pgrep", "-f", f"{health._MARKER} --root {root} "],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split():
+        for left in keepers():
             os.kill(int(left), signal.SIGKILL)
