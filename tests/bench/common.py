@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -296,24 +297,43 @@ def run_command(
 ) -> tuple[int, float, str, str]:
     """Run `argv` with no stdin; returns (exit code, wall seconds, stdout, stderr). Output goes
     to files, not pipes: a detached container (`runc run -d`, conmon) may inherit them and
-    would hold a pipe open. `shielded`: in a session of its own, out of reach of a Ctrl-C."""
+    would hold a pipe open. `shielded`: in a session of its own, out of reach of a Ctrl-C.
+
+    The end is seen the moment the child exits (`wait_exact`): `subprocess.run(timeout=)`
+    with no pipes polls with sleeps that grow to 50 ms, which rounded every short command up
+    to the next poll (a 40 ms `runc run -d` read as 66 ms, a 67 ms one as 116 ms)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env=None if env is None else dict(env),
-            timeout=timeout,
-            check=False,
             start_new_session=shielded,
         )
+        code = wait_exact(proc, timeout)
         elapsed = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
         text = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    return proc.returncode, elapsed, *text
+    return code, elapsed, *text
+
+
+def wait_exact(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """The exit code of `proc`, waking when it exits (a pidfd becomes readable) rather than
+    at a poll; kill it and raise subprocess.TimeoutExpired after `timeout` seconds."""
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            proc.kill()
+            proc.wait()
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(pidfd)
+    return proc.wait()
 
 
 def find_exe(given: str | None, candidates: Sequence[str]) -> str:
