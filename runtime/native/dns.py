@@ -52,6 +52,7 @@ internal network.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -281,6 +282,21 @@ def host_resolvers(text: str) -> list[str]:
     return out
 
 
+def _assigned(address: str) -> bool:
+    """Whether `address` is one of this host's (a socket can be bound to it). A sync runs
+    with the state its own transaction saved; a later transaction (whose sync follows) may
+    delete a network's bridge meanwhile, and with it the gateway address, on which no server
+    can listen any more: waiting for it was a wait to the deadline (10 s) whenever two
+    networks were removed together (every `down`)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError as e:
+            return e.errno != errno.EADDRNOTAVAIL
+    return True
+
+
 def local_only_address(directory: Path) -> str:
     """The loopback address of a root's server that forwards nothing (pure): hashed from its
     directory, so roots side by side have their own, in 127.64.0.0/10 (clear of 127.0.0.x
@@ -444,23 +460,27 @@ class DnsServer:
         elif changed:
             os.kill(pid, signal.SIGHUP)
         if changed or pid is None or check:
-            self._await_serving([g for rec in networks.values() for g in gateways(rec)], canary)
+            self._await_serving(networks.values(), canary)
 
-    def _await_serving(self, addresses: Sequence[str], canary: str) -> None:
-        """Wait (bounded) until the server listens on every gateway and answers from the
-        files just written. It binds in threads of its own after it reported ready, and a
-        reload (SIGHUP) is taken in by another thread while we go on: a recreate's or a
-        scale's first query must find the new names, so the sync ends only once the
-        server answers the new generation's canary."""
+    def _await_serving(self, networks: Iterable[Mapping[str, Any]], canary: str) -> None:
+        """Wait (bounded) until the server listens on every gateway of `networks` and
+        answers from the files just written. It binds in threads of its own after it
+        reported ready, and a reload (SIGHUP) is taken in by another thread while we go on:
+        a recreate's or a scale's first query must find the new names, so the sync ends
+        only once the server answers the new generation's canary. A gateway address that
+        goes meanwhile (its bridge deleted) is not waited for (`_assigned`)."""
         deadline = time.monotonic() + LISTEN_WAIT_S
-        want = {(g, PORT) for g in addresses}
+        recs = list(networks)
         # a query that reaches the server while it takes in a SIGHUP is often never
         # answered (measured with 1.4.0: about one reload in two), while an answer comes
         # within a millisecond: ask again soon, waiting longer each time (a loaded host's
         # slow answer still comes in)
         wait = FIRST_ANSWER_WAIT_S
         while True:
-            missing = want - read_udp_listeners()
+            addresses = [g for rec in recs for g in gateways(rec) if _assigned(g)]
+            if not addresses:
+                return
+            missing = {(g, PORT) for g in addresses} - read_udp_listeners()
             if not missing:
                 if self._answers(min(a for a in addresses if ":" not in a), canary, wait):
                     return

@@ -371,6 +371,38 @@ def test_the_server_follows_its_files_and_its_pid_is_checked(tmp_path: Path) -> 
     assert not (tmp_path / "dns").exists() and not (tmp_path / "dns.log").exists()
 
 
+def test_a_sync_does_not_wait_for_a_gateway_that_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync runs with the state its transaction saved; a later transaction may delete a
+    network's bridge (its gateway address) meanwhile, as the second of two networks removed
+    together does. The sync serves the networks that are left and does not wait, to its
+    deadline, for an address no server can listen on (it did: ten seconds of each `down`)."""
+    from pyapply.runtime.native import dns
+
+    base = f"127.55.{random.randint(1, 254)}"
+    here = f"{base}.1"
+    gone = "192.0.2.1"  # TEST-NET-1: on no interface of this host
+    monkeypatch.setattr(dns, "LISTEN_WAIT_S", 3.0)  # the bug's wait, kept short
+    server = dns.DnsServer(tmp_path / "dns", tmp_path / "dns.log")
+
+    def net(bridge: str, gateway: str, **members: str) -> dict[str, object]:
+        endpoints = {k: {"ip": ip, "aliases": []} for k, ip in members.items()}
+        return {"bridge": bridge, "gateway": gateway, "endpoints": endpoints}
+
+    try:
+        server.sync({"one": net("pa-1", here, c1="10.9.0.2")})
+        # the state of a transaction whose second network was removed since
+        server.sync({"one": net("pa-1", here, c2="10.9.0.3"), "two": net("pa-2", gone)})
+        assert ask(here, "c2") == ["10.9.0.3"]
+        assert ask(here, "c1") == []
+        # and a state whose every gateway went: nothing to wait for
+        server.sync({"two": net("pa-2", gone, c3="10.9.1.3")})
+    finally:
+        server.sync({})
+    assert dns_processes(tmp_path) == []
+
+
 INPUT_DROPS = """\
 set -u
 export PYAPPLY_RUNTIME=native PYAPPLY_ROOT="$ROOT"
