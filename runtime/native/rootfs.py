@@ -71,6 +71,19 @@ def is_mounted(target: str | Path) -> bool:
     return str(Path(target).resolve()) in mountpoints()
 
 
+def _own_fs_mounted(target: str | Path) -> bool:
+    """Whether a filesystem of its own (an overlay, a tmpfs: each has a device number of
+    its own) is mounted at `target`: its device differs from its parent's. Two stats, where
+    `is_mounted` reads every mount of the host (a create and a start each asked, and
+    mountinfo grows with every container); a stat that fails (a broken mount) asks
+    mountinfo."""
+    path = Path(target).resolve()
+    try:
+        return os.lstat(path).st_dev != os.lstat(path.parent).st_dev
+    except OSError:
+        return is_mounted(path)
+
+
 def overlay_options(layer_dirs: Sequence[str | Path], upper: str | Path, work: str | Path) -> str:
     """Mount data for overlayfs. `layer_dirs` are in image order, base layer first; overlayfs
     wants the topmost lowerdir first, hence the reversal."""
@@ -95,7 +108,7 @@ def mount_overlay(
     # all three (the container's) is 0700, which keeps the host's users out.
     for d, mode in ((upper, 0o755), (work, 0o700), (target, 0o700)):
         Path(d).mkdir(mode=mode, parents=True, exist_ok=True)
-    if is_mounted(target):
+    if _own_fs_mounted(target):
         return
     for d in layer_dirs:
         if not Path(d).is_dir():
@@ -113,7 +126,7 @@ def mount_shm(target: str | Path, size: int) -> None:
     kept on the host so that containers joining the IPC namespace bind the same one;
     already mounted is success."""
     Path(target).mkdir(mode=0o700, exist_ok=True)
-    if is_mounted(target):
+    if _own_fs_mounted(target):
         return
     target_b = str(Path(target).resolve()).encode()
     data = f"mode=1777,size={size}".encode()

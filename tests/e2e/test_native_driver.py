@@ -500,3 +500,32 @@ def test_a_removed_container_leaves_its_networks_in_one_transaction(
         for n in nets:
             rt.remove_network(n)
         NetworkManager(root).reset()
+
+
+def test_an_overlay_or_shm_mounted_again_is_left_as_it_is(tmp_path: Path) -> None:
+    """mount_overlay and mount_shm on a target that has their mount already (a start after
+    a create, a create run again) mount nothing more, and see the mount by its device alone;
+    an empty dir is mounted."""
+    from pyapply.runtime.native import rootfs
+
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "f").write_text("x")
+    cdir = tmp_path / "c"
+    cdir.mkdir(mode=0o700)
+    target, shm = cdir / "rootfs", cdir / "shm"
+
+    def ours() -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            return [line.split()[4] for line in f if line.split()[4].startswith(str(cdir))]
+
+    try:
+        for _ in range(3):
+            rootfs.mount_overlay([lower], cdir / "upper", cdir / "work", target)
+            rootfs.mount_shm(shm, 1 << 20)
+        assert sorted(ours()) == sorted([str(target), str(shm)])
+        assert (target / "f").read_text() == "x"
+    finally:
+        for point in (target, shm):
+            rootfs.unmount(point)
+    assert ours() == []
