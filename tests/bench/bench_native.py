@@ -23,7 +23,7 @@ built (scripts/build-test-image.sh):
      nproc=1024:1024` (netavark bridge) and `--network none`; private --root/--runroot,
      cgroupfs manager (this host has hybrid cgroups), the image loaded from the same
      `docker save`. podman is installed with apt-get when missing and --install is given.
-2. Cold converge (and no-op re-apply) of the --services stack of bench_compose.py:
+2. Cold converge (then no-op re-apply, then teardown) of the --services stack of bench_compose.py:
    `pyapply -f` with PYAPPLY_RUNTIME=native (private root, image present), the same with
    PYAPPLY_RUNTIME=docker, and `docker-compose up -d` on the same dockerd.
 3. Supervisor memory per container, on the containers of section 1: VmRSS (and PSS) of the
@@ -849,6 +849,7 @@ def converge_rows(tools: Sequence[Tool]) -> list[dict[str, Any]]:
     for t in tools:
         cold = t.samples.get("cold converge", [])
         noop = t.samples.get("no-op re-apply", [])
+        down = t.samples.get("teardown", [])
         if not cold:
             continue
         med = statistics.median(cold)
@@ -859,6 +860,7 @@ def converge_rows(tools: Sequence[Tool]) -> list[dict[str, Any]]:
                 "cold_min_s": min(cold),
                 "cold_max_s": max(cold),
                 "noop_median_s": statistics.median(noop) if noop else None,
+                "down_median_s": statistics.median(down) if down else None,
                 "cold_ratio_to_compose": med / base if base else None,
                 "cold_samples_s": cold,
             }
@@ -909,14 +911,16 @@ def report(doc: dict[str, Any]) -> str:
         ]
         head = (
             f"{'tool':<20} {'cold med':>8} {'min':>7} {'max':>7} {'no-op med':>9} "
-            f"{'cold/compose':>12}"
+            f"{'down med':>8} {'cold/compose':>12}"
         )
         lines += [head, "-" * len(head)]
         for r in conv:
             noop = "-" if r["noop_median_s"] is None else f"{r['noop_median_s']:.3f}"
+            down = "-" if r.get("down_median_s") is None else f"{r['down_median_s']:.3f}"
             lines.append(
                 f"{r['tool']:<20} {r['cold_median_s']:>8.3f} {r['cold_min_s']:>7.3f} "
-                f"{r['cold_max_s']:>7.3f} {noop:>9} {ratio(r['cold_ratio_to_compose']):>12}"
+                f"{r['cold_max_s']:>7.3f} {noop:>9} {down:>8} "
+                f"{ratio(r['cold_ratio_to_compose']):>12}"
             )
     mem = doc.get("memory")
     if mem:

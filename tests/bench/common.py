@@ -243,16 +243,18 @@ def wait_port(port: int, tool: Tool, timeout_s: float = 10.0) -> None:
             time.sleep(0.05)
 
 
-def teardown(tool: Tool) -> None:
-    """Untimed full teardown; afterwards nothing of the stack may be left."""
-    tool.run(tool.down_cmd, "teardown")
+def teardown(tool: Tool) -> float:
+    """Full teardown, its wall time; afterwards nothing of the stack may be left."""
+    elapsed = tool.run(tool.down_cmd, "teardown")
     left = tool.objects.leftovers()
     if left:
         raise BenchError(f"{tool.name}: teardown left {', '.join(left)}")
+    return elapsed
 
 
 def one_run(tool: Tool, n: int) -> None:
-    """Cold converge, check, no-op re-apply, check that nothing was replaced, teardown."""
+    """Cold converge, check, no-op re-apply, check that nothing was replaced, teardown
+    (timed too: `down` with volumes, as each tool says it)."""
     cold = tool.run(tool.up_cmd, "cold converge")
     ids = verify_running(tool, n)
     tool.record("cold converge", cold)
@@ -264,8 +266,9 @@ def one_run(tool: Tool, n: int) -> None:
             f"{tool.name}: the no-op re-apply replaced containers: {', '.join(changed)}"
         )
     tool.record("no-op re-apply", noop)
-    log(f"  {tool.name:<17} cold {cold:7.3f}s   no-op {noop:7.3f}s")
-    teardown(tool)
+    down = teardown(tool)
+    tool.record("teardown", down)
+    log(f"  {tool.name:<17} cold {cold:7.3f}s   no-op {noop:7.3f}s   down {down:7.3f}s")
 
 
 def final_cleanup(tool: Tool) -> None:
