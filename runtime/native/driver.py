@@ -827,11 +827,15 @@ class NativeRuntime:
         raise TransientError(f"container {name}: its name changed while it was removed")
 
     def _teardown(self, name: str, key: str) -> None:
-        """Stop, leave the networks (ports, endpoints, hosts file: one transaction), remove,
-        delete the netns, forget the name; each step is a no-op when already done, so an interrupted teardown can be
+        """Stop, unpublish, detach, forget the hosts file, remove, delete the netns, forget
+        the name; each step is a no-op when already done, so an interrupted teardown can be
         run again."""
         self.containers.stop(key, None)
-        self.networks.disconnect(key)
+        self.networks.unpublish(key)
+        for net in self.networks.list():
+            if key in net.containers:
+                self.networks.detach(net.name, key)
+        self.networks.set_hosts_file(key, None)
         # the netns before the container's dir: a teardown killed part-way leaves the
         # container listed (its state file goes last), so the next pass finishes it
         self._drop_netns(key)

@@ -1165,25 +1165,6 @@ class NetworkManager:
                 self._move_default_route6(st, container_name, ep["netns"])
             self._rewrite_hosts(st, {network}, {container_name})
 
-    @translated
-    def disconnect(self, container_name: str) -> None:
-        """Undo all that `connect` and `set_hosts_file` did for a container that goes away,
-        in one transaction of the state (one lock, one save, one DNS sync, one rewrite of
-        the other members' hosts files): its published ports (with any rule a killed publish
-        left), its endpoints on every network (veths, leases), its hosts file. What
-        `unpublish`, `detach` of each network and `set_hosts_file(None)` do one transaction
-        each, except that no default route is moved: the container leaves every network.
-        Nothing left of it is success."""
-        with self._locked() as st:
-            self._unpublish(st, container_name, None)
-            networks = sorted(
-                name for name, rec in st.networks.items() if container_name in rec["endpoints"]
-            )
-            for network in networks:
-                self._drop_endpoint(st, st.networks[network], container_name)
-            st.hosts_files.pop(container_name, None)
-            self._rewrite_hosts(st, set(networks), set())
-
     def _move_default_route6(self, st: _State, container: str, nspath: str) -> None:
         """The IPv6 default route went with a dual-stack network's veth: give the container
         one via another non-internal dual-stack network it is still on, if it has none."""
@@ -1396,41 +1377,37 @@ class NetworkManager:
         """Remove one published port of a container (or all of them: then also any rule of
         its left behind by a publish killed between adding the rule and saving the state)."""
         with self._locked() as st:
-            self._unpublish(st, container_name, binding)
-
-    def _unpublish(self, st: _State, container_name: str, binding: PortBinding | None) -> None:
-        """`unpublish`, within a transaction of the state."""
-        if binding is None:
-            self._drop_orphan_ports(st, container_name)
-        for rec in st.networks.values():
-            mine = [p for p in rec["ports"] if p["container"] == container_name]
-            drop = [
-                p
-                for p in mine
-                if binding is None
-                or _same_port(_binding(p["binding"]), binding)
-                or _same_port(_binding(p["requested"]), binding)
-            ]
-            if not drop:
-                continue
-            rec["ports"] = [p for p in rec["ports"] if p not in drop]
-            self.firewall.delete_tagged(
-                comments=[firewall.port_comment(rec["bridge"], container_name)]
-            )
-            if rec.get("subnet6"):
-                self.firewall6.delete_tagged(
+            if binding is None:
+                self._drop_orphan_ports(st, container_name)
+            for rec in st.networks.values():
+                mine = [p for p in rec["ports"] if p["container"] == container_name]
+                drop = [
+                    p
+                    for p in mine
+                    if binding is None
+                    or _same_port(_binding(p["binding"]), binding)
+                    or _same_port(_binding(p["requested"]), binding)
+                ]
+                if not drop:
+                    continue
+                rec["ports"] = [p for p in rec["ports"] if p not in drop]
+                self.firewall.delete_tagged(
                     comments=[firewall.port_comment(rec["bridge"], container_name)]
                 )
-            remaining = [p for p in rec["ports"] if p["container"] == container_name]
-            if remaining:
-                rules = []
-                rules6 = []
-                for p in remaining:
-                    rules += port_rules4(rec, p)
-                    rules6 += port_rules6(rec, p)
-                self.firewall.add(rules)
-                if rules6:
-                    self.firewall6.add(rules6)
+                if rec.get("subnet6"):
+                    self.firewall6.delete_tagged(
+                        comments=[firewall.port_comment(rec["bridge"], container_name)]
+                    )
+                remaining = [p for p in rec["ports"] if p["container"] == container_name]
+                if remaining:
+                    rules = []
+                    rules6 = []
+                    for p in remaining:
+                        rules += port_rules4(rec, p)
+                        rules6 += port_rules6(rec, p)
+                    self.firewall.add(rules)
+                    if rules6:
+                        self.firewall6.add(rules6)
 
     def _drop_orphan_ports(self, st: _State, container_name: str) -> None:
         """Delete the rules of the container's ports that the state does not list: left by

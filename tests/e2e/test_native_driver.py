@@ -27,11 +27,10 @@ from pyapply.runtime.base import (
     MountConfig,
     NetworkConfig,
     NotFound,
-    PortBinding,
     Runtime,
     VolumeConfig,
 )
-from pyapply.runtime.native import firewall, health
+from pyapply.runtime.native import health
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.network import NetworkManager
 from tests.e2e.helpers import http_get, new_stack_name
@@ -421,85 +420,6 @@ def test_image_healthcheck_applies_unless_the_service_has_one(tmp_path: Path) ->
             rt.remove_container(cfg.name)
         NetworkManager(root).reset()
         health.stop_checker(root)
-
-
-def test_a_removed_container_leaves_its_networks_in_one_transaction(
-    registry: str, tmp_path: Path
-) -> None:
-    """Removing a container on two networks with a published port takes one transaction of
-    the network state (one lock, one save, one DNS sync) and leaves nothing of it: no veth,
-    lease, port rule, endpoint or hosts line in a neighbour's file."""
-    stack = new_stack_name()
-    root = (tmp_path / "root").resolve()
-    rt = NativeRuntime(root)
-    labels = {"io.pyapply.stack": stack}
-    nets = (f"{stack}_a", f"{stack}_b")
-    leaving = ContainerConfig(
-        name=f"{stack}-leaving-1",
-        image=IMAGE,
-        labels=labels,
-        command=("sleep", "1000"),
-        init=True,
-        stop_timeout_s=1.0,
-        networks=tuple(Attachment(network=n, aliases=("leaver",)) for n in nets),
-        ports=(PortBinding(container_port=80, host_ip="127.0.0.1", host_port=free_port()),),
-    )
-    staying = replace(
-        leaving,
-        name=f"{stack}-staying-1",
-        networks=(Attachment(network=nets[0], aliases=("stayer",)),),
-        ports=(),
-    )
-    try:
-        rt.pull_image(IMAGE)
-        for n in nets:
-            rt.create_network(NetworkConfig(name=n, labels=labels))
-        for cfg in (leaving, staying):
-            rt.create_container(cfg)
-            rt.start_container(cfg.name)
-        key = rt.key(leaving.name)
-        assert key is not None
-        veths = {rt.networks.veth_name(n, key) for n in nets}
-        comments = {firewall.port_comment(rt.networks.bridge_name(n), key) for n in nets}
-
-        def port_comments() -> set[str]:
-            listed = rt.networks.firewall.listed("nat", firewall.DNAT_CHAIN)
-            return {c for c in map(firewall.Firewall.comment_of, listed) if c in comments}
-
-        hosts = rt.containers.dir(rt.key(staying.name) or "") / "hosts"
-        assert veths <= _links(rt.networks.alias_prefix) and port_comments()
-        assert "leaver" in hosts.read_text()
-
-        transactions = []
-        locked = rt.networks._locked
-
-        def counting(**kw: bool) -> object:
-            transactions.append(kw)
-            return locked(**kw)
-
-        rt.networks._locked = counting  # type: ignore[method-assign]
-        try:
-            rt.remove_container(leaving.name)
-        finally:
-            del rt.networks._locked
-        assert len(transactions) == 1, transactions
-
-        assert rt.get_container(leaving.name) is None
-        assert not veths & _links(rt.networks.alias_prefix)
-        assert not port_comments()
-        assert rt.networks.published(key) == []
-        assert "leaver" not in hosts.read_text() and "stayer" in hosts.read_text()
-        network = rt.get_network(nets[0])
-        assert network is not None and network.containers == (staying.name,)
-        ipam = json.loads((root / "networks" / "ipam.json").read_text())
-        assert key not in json.dumps(ipam)
-        assert rt.get_container(staying.name) is not None
-    finally:
-        for cfg in (leaving, staying):
-            rt.remove_container(cfg.name)
-        for n in nets:
-            rt.remove_network(n)
-        NetworkManager(root).reset()
 
 
 def test_an_overlay_or_shm_mounted_again_is_left_as_it_is(tmp_path: Path) -> None:
