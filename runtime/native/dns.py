@@ -124,6 +124,8 @@ def render_network(
     lines = [first]
     for key in sorted(rec["endpoints"]):
         ep = rec["endpoints"][key]
+        if ep.get("withdrawn"):
+            continue  # being removed (NetworkManager.withdraw)
         names = dns_names(key, ep.get("aliases") or ())
         if names and _NAME.match(key):
             ip6 = endpoint_ipv6(rec, ep["ip"])  # AAAA answers on a dual-stack network

@@ -811,7 +811,17 @@ class NativeRuntime:
 
     @translated
     def stop_container(self, name: str, timeout_s: float | None = None) -> None:
-        self.containers.stop(self._must_key(name), timeout_s)
+        """Stop; a running container leaves its networks' name resolution first
+        (`NetworkManager.withdraw`), so that no client is sent to it while it stops; its
+        next start puts it back (`_plumb`, `_repair`)."""
+        key = self._must_key(name)
+        self._withdraw(key)
+        self.containers.stop(key, timeout_s)
+
+    def _withdraw(self, key: str) -> None:
+        cdir = self.containers.dir(key)
+        if not (cdir / "exit").exists() and conmon_pid(cdir) is not None:
+            self.networks.withdraw(key)
 
     @translated
     def remove_container(self, name: str) -> None:
@@ -827,9 +837,10 @@ class NativeRuntime:
         raise TransientError(f"container {name}: its name changed while it was removed")
 
     def _teardown(self, name: str, key: str) -> None:
-        """Stop, unpublish, detach, forget the hosts file, remove, delete the netns, forget
-        the name; each step is a no-op when already done, so an interrupted teardown can be
-        run again."""
+        """Take it out of name resolution, stop, unpublish, detach, forget the hosts file,
+        remove, delete the netns, forget the name; each step is a no-op when already done,
+        so an interrupted teardown can be run again."""
+        self._withdraw(key)
         self.containers.stop(key, None)
         self.networks.unpublish(key)
         for net in self.networks.list():

@@ -45,7 +45,8 @@ _ENDPOINT = record(
         "ifname": string,
         "aliases": list_of(string),
         "default_route": boolean,
-    }
+    },
+    {"withdrawn": boolean},
 )
 
 

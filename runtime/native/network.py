@@ -301,6 +301,8 @@ def endpoint_faults(rec: Mapping[str, Any], ep: Mapping[str, Any], view: KernelV
         return f"veth {veth} not on bridge {rec['bridge']}"
     if not link.up:
         return f"veth {veth} down"
+    if ep.get("withdrawn"):
+        return f"withdrawn from the names of {rec['name']} by a stop that did not finish"
     return None
 
 
@@ -889,6 +891,8 @@ class NetworkManager:
                 if network_faults(rec, view):
                     self._ensure_kernel(rec)
                     view = self.kernel_view(ipv6=ipv6)
+                if ep.pop("withdrawn", None):  # resolved by its names again
+                    touched.add(name)
                 problem = endpoint_faults(rec, ep, view)
                 if problem is None:
                     pass
@@ -1127,6 +1131,7 @@ class NetworkManager:
                 ep = rec["endpoints"].get(container_name)
                 if ep is None:
                     continue
+                ep.pop("withdrawn", None)  # resolved by its names again
                 self._ensure_kernel(rec)
                 ifname, default_route = self._plumb(
                     rec, ep["veth"], netns_path, IPv4Address(ep["ip"])
@@ -1148,6 +1153,25 @@ class NetworkManager:
                 ep["aliases"] = sorted({*(a for a in ep["aliases"] if a != old), new})
                 touched.add(name)
             self._rewrite_hosts(st, touched, {container_name})
+
+    @translated
+    def withdraw(self, container_name: str) -> None:
+        """Take a container out of its networks' name resolution (their DNS and the other
+        members' hosts files) before it is stopped, as swarm takes a task out of its
+        service's before stopping it: a client asking for its service's name is no longer
+        sent to a process about to go (a start-first update's old replica), while the
+        container keeps its veth and address so that connections in flight may finish.
+        Marked on its endpoints (`withdrawn`) until a start's `repair` or `restore` puts it
+        back: a stop killed after this leaves a running container out of resolution, which
+        a look reports as a fault of that endpoint."""
+        with self._locked() as st:
+            touched: set[str] = set()
+            for name, rec in st.networks.items():
+                ep = rec["endpoints"].get(container_name)
+                if ep is not None and not ep.get("withdrawn"):
+                    ep["withdrawn"] = True
+                    touched.add(name)
+            self._rewrite_hosts(st, touched, set())
 
     @translated
     def detach(self, network: str, container_name: str) -> None:
@@ -1636,6 +1660,8 @@ def _render_hosts(st: _State, container: str, hostname: str | None) -> str:
         body.append(f"# network {name}")
         for member in sorted(rec["endpoints"]):
             ep = rec["endpoints"][member]
+            if ep.get("withdrawn") and member != container:
+                continue  # being removed (NetworkManager.withdraw)
             names = [member, *[a for a in ep["aliases"] if a != member]]
             if member == container and hostname and hostname not in names:
                 names.append(hostname)

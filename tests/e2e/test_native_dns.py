@@ -403,6 +403,77 @@ def test_a_sync_does_not_wait_for_a_gateway_that_went(
     assert dns_processes(tmp_path) == []
 
 
+LINGERING = """\
+apiVersion: pyapply/v1
+kind: Stack
+metadata: {{name: {stack}}}
+spec:
+  services:
+    web:
+      image: {image}
+      # SIGTERM ignored: its stop lasts the grace period
+      command: ["sh", "-c", "trap '' TERM; sleep 3600 & wait"]
+      stop_grace_period: 8s
+      deploy: {{replicas: {replicas}}}
+    client:
+      image: {image}
+      command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+"""
+
+
+def test_a_container_leaves_name_resolution_before_it_is_stopped(
+    native: NativeUnderTest, tmp_path: Path
+) -> None:
+    """A replica being removed is out of its service's DNS answers and its peers' hosts
+    files before its stop begins, while its process still runs (a start-first update's
+    clients are no longer sent to the old replica as it stops: that lost requests under
+    load). A removal killed then leaves it running out of resolution: a fault that the
+    next apply repairs in place."""
+    stack = native.stack
+    cli = native.cli()
+    manifest = tmp_path / "stack.yaml"
+
+    def write(replicas: int) -> None:
+        manifest.write_text(LINGERING.format(stack=stack, image=TEST_IMAGE, replicas=replicas))
+
+    write(2)
+    cli.ok("-f", str(manifest))
+    client, web1, web2 = f"{stack}-client-1", f"{stack}-web-1", f"{stack}-web-2"
+    hosts = hosts_of(native, client)
+    ip1, ip2 = sorted(hosts[web1]), sorted(hosts[web2])
+    assert lookup(native, client, "web") == (0, sorted(ip1 + ip2))
+    web2_id = native.observe.must(web2).id
+
+    write(1)
+    scale_down = cli.spawn("-f", str(manifest))
+    try:
+        deadline = time.monotonic() + 30
+        while lookup(native, client, "web")[1] != ip1:
+            assert time.monotonic() < deadline, "web-2 was never taken out of the DNS answers"
+            assert scale_down.poll() is None, scale_down.communicate()[0]
+            time.sleep(0.1)
+        # out of resolution, and still running: its stop's grace period is 8 s
+        assert native.observe.must(web2).running
+        assert lookup(native, client, web2)[1] == []
+        assert web2 not in hosts_of(native, client)
+        assert scale_down.poll() is None
+    finally:
+        scale_down.kill()  # the apply this test started, by its pid
+        scale_down.communicate(timeout=30)
+    assert native.observe.must(web2).running  # nobody will stop it now
+
+    write(2)
+    diff = cli.run("diff", "-f", str(manifest), "--exit-code")
+    assert diff.returncode == 2, diff.stdout + diff.stderr
+    assert "withdrawn from the names" in diff.stdout, diff.stdout
+    cli.ok("-f", str(manifest))
+    assert native.observe.must(web2).id == web2_id  # repaired in place, not recreated
+    assert lookup(native, client, "web") == (0, sorted(ip1 + ip2))
+    assert sorted(hosts_of(native, client)[web2]) == ip2
+    diff = cli.run("diff", "-f", str(manifest), "--exit-code")
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
 INPUT_DROPS = """\
 set -u
 export PYAPPLY_RUNTIME=native PYAPPLY_ROOT="$ROOT"

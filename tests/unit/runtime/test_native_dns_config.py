@@ -39,6 +39,18 @@ def test_a_network_file_is_the_gateway_then_one_line_per_member() -> None:
     )
 
 
+def test_a_member_being_stopped_has_no_line() -> None:
+    """NetworkManager.withdraw marks a container about to be stopped: its names no longer
+    resolve to it, its service's resolve to the other replicas."""
+    endpoints = dict(REC["endpoints"])
+    endpoints["shop-web-2"] = {**endpoints["shop-web-2"], "withdrawn": True}
+    assert dns.render_network({**REC, "endpoints": endpoints}) == (
+        "10.89.1.1\n"
+        "shop-db-1.a1b2c3 10.89.1.2  shop-db-1.a1b2c3,db,shop-db-1\n"
+        "shop-web-1 10.89.1.3  shop-web-1,web,www\n"
+    )
+
+
 def test_upstream_resolvers_follow_the_gateway_on_the_first_line() -> None:
     text = dns.render_network({**REC, "endpoints": {}}, ("127.0.0.153", "10.0.0.2"))
     assert text == "10.89.1.1 127.0.0.153,10.0.0.2\n"

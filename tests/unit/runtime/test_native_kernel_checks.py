@@ -158,6 +158,10 @@ def test_each_missing_piece_is_a_fault_with_its_reason() -> None:
         f"veth pav12345678 not on bridge {BRIDGE}"
     )
     assert endpoint_faults(REC, ep, view(pav12345678=Link(8, False, 7))) == "veth pav12345678 down"
+    # left out of name resolution by a stop that was killed while the container ran on
+    assert endpoint_faults(REC, {**ep, "withdrawn": True}, view()) == (
+        "withdrawn from the names of shop_back by a stop that did not finish"
+    )
     no_addr = KernelView(view().links, {}, view().rules, LISTENING)
     assert network_faults(REC, no_addr) == [f"bridge {BRIDGE} lacks its address 10.89.1.1/24"]
     # the DNS server: nothing bound to the gateway's port 53 (one elsewhere does not count)
