@@ -68,14 +68,31 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return _NO_DEFAULT
 
 
+# per dataclass: its compared fields, each with its default (a factory's value made once:
+# it is only ever compared with)
+_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+_SCALARS = (str, int, float, type(None))
+
+
+def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = tuple((f.name, _default(f)) for f in dataclasses.fields(cls) if f.compare)
+        _FIELDS[cls] = found
+    return found
+
+
 def _plain(value: Any) -> Any:
     """Fields left at their defaults are omitted, so that a field added to a config in a
     later version does not change the hash (and recreate) every container made before."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, _SCALARS):  # bool is an int
+        return value
+    cls = type(value)
+    if hasattr(cls, "__dataclass_fields__"):
         return {
-            f.name: _plain(v)
-            for f in dataclasses.fields(value)
-            if f.compare and (v := getattr(value, f.name)) != _default(f)
+            name: _plain(v)
+            for name, default in _fields(cls)
+            if (v := getattr(value, name)) != default
         }
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -85,7 +102,12 @@ def _plain(value: Any) -> Any:
 
 
 def digest(value: Any, length: int = 16) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:length]
+    return digest_text(canonical_json(value), length)
+
+
+def digest_text(text: str, length: int = 16) -> str:
+    """`digest` of a value whose `canonical_json` is `text`."""
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def labels(

@@ -399,7 +399,7 @@ def desired_state(
     for service in stack.services:
         base = container_config(stack, service, 1, file_paths=paths)
         applied = identity.canonical_json(hash_input(base))
-        spec_hash = identity.digest(hash_input(base))
+        spec_hash = identity.digest_text(applied)
         for replica in range(1, service.replicas + 1):
             cfg = dataclasses.replace(
                 base,

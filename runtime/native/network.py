@@ -116,7 +116,7 @@ from pyapply.runtime.native.netlink import (
 )
 from pyapply.runtime.native.netstate import IPAM_SHAPE, NETWORKS_SHAPE
 from pyapply.runtime.native.portproxy import PortProxy, is_proxied, relayed
-from pyapply.runtime.native.statefile import Shape, read_json
+from pyapply.runtime.native.statefile import parse_json, read_bytes
 from pyapply.runtime.statefs import atomic_write, open_private, private_dir, state_root
 
 _NUD_GONE = 0x01 | 0x20  # NUD_INCOMPLETE, NUD_FAILED: nothing answered there
@@ -165,13 +165,6 @@ def write_json(path: Path, data: Any) -> None:
     milliseconds of CPU per save of a stack's networks, under the lock, at every attach)."""
     private_dir(path.parent)
     atomic_write(path, json.dumps(data, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path, shape: Shape) -> dict[str, Any]:
-    """The file checked against its shape (netstate.py); {} when missing; DamagedState
-    when it is not what we wrote."""
-    data: dict[str, Any] | None = read_json(path, shape)
-    return data or {}
 
 
 def write_in_place(path: str, content: str) -> None:
@@ -397,6 +390,8 @@ class NetworkManager:
         # syncs that transactions left running (`_locked(defer_sync=True)`), for `settle`
         self._deferred: builtins.list[_Pending] = []
         self._deferred_lock = threading.Lock()
+        # the files' bytes and the state the last peek made of them, left unchanged (`_locked`)
+        self._read: tuple[tuple[bytes | None, bytes | None], _State] | None = None
 
     @contextlib.contextmanager
     def one_look(self) -> Iterator[None]:
@@ -423,17 +418,27 @@ class NetworkManager:
     # -- state -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, *, defer_sync: bool = False) -> Iterator[_State]:
+    def _locked(self, *, defer_sync: bool = False, peek: bool = False) -> Iterator[_State]:
         """Hold the state lock; yield the state; save it if the block succeeds; then bring
         the DNS server up to date (see `_sync_dns`): before returning, or with `defer_sync`
-        in a thread of its own that `settle` waits for (the caller goes on meanwhile)."""
+        in a thread of its own that `settle` waits for (the caller goes on meanwhile).
+        `peek`: the block only reads; files holding what the last peek of this manager
+        read and left as it was yield that peek's state again (`_read`), unparsed."""
         private_dir(self.dir)
         dns_lock: IO[str] | None = None
         with os.fdopen(open_private(self.dir / ".lock", os.O_WRONLY | os.O_APPEND), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                data = _read_json(self.dir / "networks.json", NETWORKS_SHAPE)
-                ipam_data = _read_json(self.dir / "ipam.json", IPAM_SHAPE)
+                raw = (
+                    read_bytes(self.dir / "networks.json"),
+                    read_bytes(self.dir / "ipam.json"),
+                )
+                last = self._read
+                if peek and last is not None and last[0] == raw:
+                    yield last[1]
+                    return
+                data = parse_json(self.dir / "networks.json", raw[0], NETWORKS_SHAPE) or {}
+                ipam_data = parse_json(self.dir / "ipam.json", raw[1], IPAM_SHAPE) or {}
                 state = _State(
                     networks=dict(data.get("networks", {})),
                     hosts_files=dict(data.get("hosts_files", {})),
@@ -458,6 +463,12 @@ class NetworkManager:
                         {"networks": state.networks, "hosts_files": state.hosts_files},
                     )
                 changed = after != before or ipam_after != ipam_before
+                if (
+                    peek
+                    and not changed
+                    and all(r.get("guards") == GUARDS for r in state.networks.values())
+                ):
+                    self._read = (raw, state)
                 sync_dns = (
                     changed or state.dns_due or (not state.networks and self.dns.dir.exists())
                 )
@@ -572,7 +583,7 @@ class NetworkManager:
         if looking and self._looking.state is not None:
             snapshot: _State = self._looking.state
             return snapshot
-        with self._locked() as st:
+        with self._locked(peek=True) as st:
             if looking:
                 self._looking.state = st
             return st

@@ -212,12 +212,27 @@ def validate(path: str | Path, doc: Any, shape: Shape) -> Any:
 def read_json(path: str | Path, shape: Shape) -> Any:
     """The JSON document in `path`, checked against `shape`; None when the file does not
     exist; DamagedState when it cannot be read or parsed, or does not fit."""
+    return parse_json(path, read_bytes(path), shape)
+
+
+def read_bytes(path: str | Path) -> bytes | None:
+    """What `path` holds; None when it does not exist; DamagedState when it cannot be read."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DamagedState(path, f"cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    except OSError as e:
+        raise DamagedState(path, f"cannot be read: {e.strerror or e}") from None
+
+
+def parse_json(path: str | Path, data: bytes | None, shape: Shape) -> Any:
+    """`read_json` of what `read_bytes` read from `path`."""
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DamagedState(path, f"cannot be read: {e}") from None
     if not text.strip():
         raise DamagedState(path, "empty")
     try:

@@ -261,6 +261,36 @@ def test_damaged_networks_json_is_an_error(tmp_path: Path, doc: Any, reason: str
     assert reason in _message(exc)
 
 
+def test_a_peek_reuses_what_it_read_while_the_files_hold_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The looks of one observation read networks.json and ipam.json once each unless they
+    changed (a no-op's list, faults and hosts read them several times); any change to
+    either file, damage included, is read as it is."""
+    nm = NetworkManager(tmp_path)
+    syncs: list[bool] = []
+
+    def no_server(dns_lock: Any, state: Any, sync_dns: bool, sync_proxy: bool) -> None:
+        dns_lock.close()  # the DNS server and the proxy are left out: no process started
+        syncs.append(sync_dns)
+
+    monkeypatch.setattr(nm, "_syncs", no_server)
+    doc = {"networks": {"s_a": _net(endpoints={"x": _ep("10.89.0.2")})}, "hosts_files": {}}
+    _write(tmp_path / "networks" / "networks.json", json.dumps(doc))
+    assert [n.containers for n in nm.list()] == [("x",)]  # the IPAM file made from it
+    first = nm._peek()
+    assert nm._peek() is first  # nothing changed: not parsed again
+    assert [n.name for n in nm.list()] == ["s_a"]
+    assert syncs == [True]  # the repair that wrote ipam.json, once
+    doc["networks"]["s_a"]["endpoints"]["y"] = _ep("10.89.0.3")
+    _write(tmp_path / "networks" / "networks.json", json.dumps(doc))
+    assert [n.containers for n in nm.list()] == [("x", "y")]
+    assert nm._peek() is not first
+    _write(tmp_path / "networks" / "ipam.json", "garbage")
+    with pytest.raises(DamagedState):
+        nm.list()
+
+
 @pytest.mark.parametrize(
     ("doc", "reason"),
     [
