@@ -24,7 +24,7 @@ dockerd's rules (its restartmanager), followed here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 POLICIES = ("no", "always", "unless-stopped", "on-failure")
 FIRST_DELAY_S = 0.1
@@ -32,8 +32,7 @@ MAX_DELAY_S = 60.0
 RESET_AFTER_S = 10.0  # a run at least this long resets the backoff
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     """A container's restart policy; `max_retries` counts for on-failure only (0: none)."""
 
     name: str = "no"
@@ -51,8 +50,7 @@ class Policy:
         return cls(base, max(0, retries) if base == "on-failure" else 0)
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(msgspec.Struct, frozen=True):
     """What a container keeps of its restarts: how many the policy made since the last
     start on purpose, the last wait before one, and whether it was stopped on purpose."""
 

@@ -10,7 +10,7 @@ field-level diff compares like with like), and converges with `create_service`,
 
 Conventions, as for `runtime.base`:
 
-- every type is a frozen dataclass; tuples are kept in a canonical order (see each type) so
+- every type is a frozen msgspec Struct; tuples are kept in a canonical order (see each type) so
   that two configs of the same service compare equal; mappings compare as mappings;
 - the errors are those of `runtime.base` (`TransientError`, `PermanentError`, `NotFound`,
   `Conflict`);
@@ -22,10 +22,11 @@ Conventions, as for `runtime.base`:
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from pyapply.runtime.base import HealthConfig, MountConfig, VolumeState
+import msgspec
+
+from pyapply.runtime.base import HealthConfig, Hidden, MountConfig, VolumeState
 
 __all__ = [
     "STACK_NAMESPACE_LABEL",
@@ -69,8 +70,7 @@ SwarmObjectKind = Literal["config", "secret"]
 # What to run
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(msgspec.Struct, frozen=True):
     """Limits and reservations of each task (None: not set). `pids_limit` is a limit only."""
 
     limit_nano_cpus: int | None = None
@@ -80,8 +80,7 @@ class Resources:
     reserve_memory_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class RestartPolicy:
+class RestartPolicy(msgspec.Struct, frozen=True):
     """When the swarm replaces a task whose container ended (compose `deploy.restart_policy`).
     `max_attempts` 0 means no limit; `window_s` 0 means unbounded."""
 
@@ -91,8 +90,7 @@ class RestartPolicy:
     window_s: float = 0.0
 
 
-@dataclass(frozen=True)
-class UpdatePolicy:
+class UpdatePolicy(msgspec.Struct, frozen=True):
     """How an update (or a rollback) rolls: `parallelism` tasks at a time (0: all at once),
     `delay_s` between batches, `order` stop-first/start-first, `monitor_s` the time a new task
     must survive to count as updated, `failure_action` what a failed task does to the update
@@ -107,8 +105,7 @@ class UpdatePolicy:
     max_failure_ratio: float = 0.0
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(msgspec.Struct, frozen=True):
     """Where tasks may go: `constraints` ("node.hostname==a", "node.labels.zone==x"), in the
     order written; `preferences` the spread descriptors ("node.labels.zone"), in order;
     `max_replicas_per_node` (None: no limit)."""
@@ -118,8 +115,7 @@ class Placement:
     max_replicas_per_node: int | None = None
 
 
-@dataclass(frozen=True)
-class ServicePort:
+class ServicePort(msgspec.Struct, frozen=True):
     """A published port: `published` on the routing mesh ("ingress") or on the node running a
     task ("host"); `published` None lets the swarm choose (ingress) or a free port (host).
     Sorted by (target, protocol, published, mode)."""
@@ -130,8 +126,7 @@ class ServicePort:
     mode: PublishMode = "ingress"
 
 
-@dataclass(frozen=True)
-class ServiceNetwork:
+class ServiceNetwork(msgspec.Struct, frozen=True):
     """A service's attachment to a (swarm-scoped) network, by name, with DNS aliases (sorted).
     The list of a service's networks is sorted by name."""
 
@@ -139,8 +134,7 @@ class ServiceNetwork:
     aliases: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class SwarmObjectRef:
+class SwarmObjectRef(msgspec.Struct, frozen=True):
     """A config or secret made available to a service's tasks as a file.
 
     `name` is the swarm object's name (pyapply names them by content hash, so a new content is
@@ -154,8 +148,7 @@ class SwarmObjectRef:
     mode: int = 0o444
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(msgspec.Struct, frozen=True):
     """Everything needed to create or update one swarm service.
 
     `image` is a registry reference, pinned by digest ("reg/x:tag@sha256:...") whenever the
@@ -169,8 +162,8 @@ class ServiceConfig:
 
     name: str
     image: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    container_labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
+    container_labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     command: tuple[str, ...] | None = None
     entrypoint: tuple[str, ...] | None = None
     env: tuple[str, ...] = ()
@@ -201,19 +194,18 @@ class ServiceConfig:
     volume_labels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
 
-@dataclass(frozen=True)
-class SwarmObjectConfig:
+class SwarmObjectConfig(Hidden, msgspec.Struct, frozen=True):
     """A swarm config or secret to create. Swarm objects are immutable: a new content is a new
     object (name it by the content's hash), switched to by a service update. `data` never
     appears in a repr."""
 
+    __hidden__ = frozenset({"data"})
     name: str
-    data: bytes = field(repr=False)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    data: bytes
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class OverlayNetworkConfig:
+class OverlayNetworkConfig(msgspec.Struct, frozen=True):
     """A swarm-scoped network. `attachable` lets plain containers (not only services) join it;
     `internal` cuts it off from the outside."""
 
@@ -223,7 +215,7 @@ class OverlayNetworkConfig:
     internal: bool = False
     subnet: str | None = None
     gateway: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +243,7 @@ TaskStatus = Literal[
 ]
 
 
-@dataclass(frozen=True)
-class UpdateStatus:
+class UpdateStatus(msgspec.Struct, frozen=True):
     """The last (or current) update of a service, as the swarm reports it."""
 
     state: UpdateState
@@ -265,8 +256,7 @@ class UpdateStatus:
         return self.state in ("updating", "rollback_started")
 
 
-@dataclass(frozen=True)
-class TaskState:
+class TaskState(msgspec.Struct, frozen=True):
     """One task (a replica's attempt) of a service. `node` is the node's hostname ("" when not
     yet assigned), `slot` the replica's number (None in global mode), `error` the swarm's
     reason when the task failed or was rejected."""
@@ -291,8 +281,7 @@ class TaskState:
         return self.state == "running" and self.desired_state == "running"
 
 
-@dataclass(frozen=True)
-class ServiceState:
+class ServiceState(msgspec.Struct, frozen=True):
     """A service as observed. `spec` is its spec in our vocabulary (what we would have written
     to get it: compare it with the desired `ServiceConfig` field by field); `version` is what
     `update_service` needs; `desired_tasks`/`running_tasks` are the swarm's own counts (running
@@ -312,8 +301,7 @@ class ServiceState:
     updated_at: str | None = None
 
 
-@dataclass(frozen=True)
-class NodeState:
+class NodeState(msgspec.Struct, frozen=True):
     """A swarm node. `state`: ready / down / disconnected / unknown; `availability`: active /
     pause / drain; `role`: manager / worker."""
 
@@ -323,25 +311,24 @@ class NodeState:
     availability: Literal["active", "pause", "drain"]
     state: Literal["unknown", "down", "ready", "disconnected"]
     addr: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     leader: bool = False
 
 
-@dataclass(frozen=True)
-class SwarmObjectState:
+class SwarmObjectState(Hidden, msgspec.Struct, frozen=True):
     """An observed config or secret (a secret's data is never readable; a config's is)."""
 
+    __hidden__ = frozenset({"data"})
     kind: SwarmObjectKind
     id: str
     name: str
     labels: Mapping[str, str]
     version: int
-    data: bytes | None = field(default=None, repr=False)
+    data: bytes | None = None
     created_at: str | None = None
 
 
-@dataclass(frozen=True)
-class OverlayNetworkState:
+class OverlayNetworkState(msgspec.Struct, frozen=True):
     """An observed swarm-scoped network. `driver` and `subnet` are empty for the moment
     between its creation and the manager's allocating it (a listing right after a create
     shows it so)."""
@@ -359,8 +346,7 @@ class OverlayNetworkState:
 ConvergeOutcome = Literal["converged", "rolled_back", "paused", "timed_out", "missing"]
 
 
-@dataclass(frozen=True)
-class ConvergeResult:
+class ConvergeResult(msgspec.Struct, frozen=True):
     """How waiting for a service ended: `converged` (every desired task runs the current spec,
     no update in progress), `rolled_back` (the swarm rolled the update back: the service runs
     its previous spec), `paused` (an update or rollback paused on failures), `timed_out`
@@ -375,8 +361,7 @@ class ConvergeResult:
     desired: int = 0
 
 
-@dataclass(frozen=True)
-class ServiceLogLine:
+class ServiceLogLine(msgspec.Struct, frozen=True):
     """One line of a service's output: the task that wrote it (its id; "" when the swarm
     did not say) and the line's bytes, ending in b"\\n" except a final partial line."""
 
@@ -384,8 +369,7 @@ class ServiceLogLine:
     line: bytes
 
 
-@dataclass(frozen=True)
-class ServiceEvent:
+class ServiceEvent(msgspec.Struct, frozen=True):
     """An Engine event about one of a stack's swarm objects: `kind` service, container (a
     task's), network, config or secret; `action` as the Engine says it (create, update,
     remove, start, die, ...); `labels` the object's (for a container, its task's labels)."""

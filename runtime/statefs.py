@@ -33,7 +33,8 @@ import errno
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
+
+import msgspec
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -175,15 +176,14 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class _Level:
+class _Level(msgspec.Struct):
     """A directory being emptied: its identity, its name in its parent, and the
     subdirectories still to remove (listed once, when it was entered)."""
 
     dev: int
     ino: int
     name: str
-    subdirs: list[str] = field(default_factory=list)
+    subdirs: list[str] = msgspec.field(default_factory=list)
 
 
 def _open_dir(name: str, dir_fd: int) -> int | None:

@@ -38,9 +38,10 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
 
 from pyapply.reconciler.agent.actions import OwnStops
 from pyapply.reconciler.agent.agent_history import AgentHistory
@@ -96,18 +97,17 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-@dataclass
-class AgentOptions:
+class AgentOptions(msgspec.Struct):
     interval_s: float = 60.0
     jitter: float = 0.1
     debounce_s: float = 0.5
     poll_s: float = 10.0
     allow_empty: bool = False
-    apply: ApplyOptions = field(default_factory=ApplyOptions)
+    apply: ApplyOptions = msgspec.field(default_factory=ApplyOptions)
     runtime_events: bool = True
     # what the watched manifests may ask of the host: a revision with an ask this policy
     # denies is refused (recorded as failed, nothing applied)
-    policy: Policy = field(default_factory=lambda: builtin("restricted"))
+    policy: Policy = msgspec.field(default_factory=lambda: builtin("restricted"))
     # `--progress-deadline`: seconds a new revision has to become Healthy before it is
     # rolled back to the last healthy one (None: no automatic rollback)
     progress_deadline_s: float | None = None

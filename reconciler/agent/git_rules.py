@@ -10,10 +10,12 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+import msgspec
+
 from pyapply.reconciler.core.errors import PyapplyError
+from pyapply.runtime.base import Hidden
 from pyapply.runtime.statefs import secret_file_problem
 
 # the only transports a repository URL may use (git refuses the others, e.g. ext::)
@@ -55,8 +57,7 @@ class SourceNotReady(PyapplyError):
 # -- pure parts ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RefSpec:
+class RefSpec(msgspec.Struct, frozen=True):
     """What to follow: the remote's default branch, a branch or tag name, or a pinned SHA."""
 
     kind: str  # "default" | "name" | "sha"
@@ -194,12 +195,12 @@ def check_subpath(path: str | None) -> str:
     return norm
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(Hidden, msgspec.Struct, frozen=True):
     """An HTTPS user name and password (or token). Never printed."""
 
+    __hidden__ = frozenset({"password"})
     username: str
-    password: str = field(repr=False)
+    password: str
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=***)"

@@ -45,9 +45,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from pyapply.reconciler.agent.git_rules import (
     ALLOWED_SCHEMES,
@@ -75,6 +76,7 @@ from pyapply.reconciler.agent.git_rules import (
 )
 from pyapply.reconciler.agent.sources import Snapshot, Source
 from pyapply.reconciler.manifest.revision import Revision
+from pyapply.runtime.base import Hidden, Uncompared
 from pyapply.runtime.native.hostbins import GIT, SSH
 from pyapply.runtime.statefs import fsync_dir
 
@@ -96,8 +98,7 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class FetchResult:
+class FetchResult(msgspec.Struct, frozen=True):
     ok: bool
     commit: str | None = None
     changed: bool = False
@@ -660,12 +661,13 @@ class GitFetcher:
         }
 
 
-@dataclass(frozen=True)
-class GitSource(Source):
+class GitSource(Hidden, Uncompared, Source, frozen=True):
     """The git-sync link the fetcher keeps: the existing `Source`, plus the commit's subject,
     and a clear error instead of an empty directory before the first fetch."""
 
-    fetcher: GitFetcher | None = field(default=None, compare=False, repr=False)
+    __hidden__ = frozenset({"fetcher"})
+    __uncompared__ = frozenset({"fetcher"})
+    fetcher: GitFetcher | None = None
 
     @property
     def kind(self) -> str:

@@ -29,9 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import (
@@ -89,8 +90,7 @@ CREATE TABLE IF NOT EXISTS rev.revisions (
 """
 
 
-@dataclass(frozen=True)
-class PassRecord:
+class PassRecord(msgspec.Struct, frozen=True):
     id: int
     revision: str
     subject: str
@@ -98,11 +98,11 @@ class PassRecord:
     started: float
     ended: float | None
     outcome: str
-    summary: Mapping[str, Any] = field(default_factory=dict)
+    summary: Mapping[str, Any] = msgspec.field(default_factory=dict)
     errors: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = msgspec.structs.asdict(self)
         doc["errors"] = list(self.errors)
         doc["summary"] = dict(self.summary)
         return doc
@@ -118,8 +118,7 @@ class HistoryError(PyapplyError):
         self.mended = mended
 
 
-@dataclass(frozen=True)
-class Reset:
+class Reset(msgspec.Struct, frozen=True):
     """A damaged database moved aside and started afresh."""
 
     at: float  # Unix time
@@ -128,7 +127,7 @@ class Reset:
     reason: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 # The columns each table must have; a database whose tables lack them is of another schema.

@@ -40,14 +40,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from pyapply.reconciler.core.diff import Change, FieldDiff
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.redact import NO_SECRETS, Redactor
 from pyapply.reconciler.version import __version__
+from pyapply.runtime.base import Hidden
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.metrics import Metrics
@@ -73,8 +75,7 @@ class NotifyError(PyapplyError):
 # Events (pure)
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
     kind: str
     revision: str
     subject: str
@@ -303,9 +304,9 @@ def _loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Target:
-    url: str = field(repr=False)
+class Target(Hidden, msgspec.Struct, frozen=True):
+    __hidden__ = frozenset({"url"})
+    url: str
     fmt: str
     shown: str
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pyapply.reconciler.agent.actions import Reporter
 from pyapply.reconciler.agent.history import snapshot_files
@@ -38,8 +39,7 @@ if TYPE_CHECKING:
 MAX_PLAN_CHARS = 64 * 1024
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(msgspec.Struct, frozen=True):
     """What one pass applies: a loaded revision and where its files are."""
 
     revision: Revision
@@ -48,8 +48,7 @@ class Target:
     pinned: bool = False
 
 
-@dataclass
-class LastPass:
+class LastPass(msgspec.Struct):
     """The last pass's result, as the status shows it."""
 
     revision: str = ""
@@ -57,8 +56,8 @@ class LastPass:
     outcome: str = ""
     started: float = 0.0
     ended: float = 0.0
-    errors: list[str] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = msgspec.field(default_factory=list)
+    summary: dict[str, Any] = msgspec.field(default_factory=dict)
     history_id: int | None = None
 
 

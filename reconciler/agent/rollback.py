@@ -17,8 +17,9 @@ to roll back: the running state is the last good one already.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 PinReason = Literal["manual", "auto"]
 PIN_REASONS: tuple[PinReason, ...] = ("manual", "auto")
@@ -28,8 +29,7 @@ CHECK_MAX_S = 2.0
 CHECK_MIN_S = 0.2
 
 
-@dataclass(frozen=True)
-class Probation:
+class Probation(msgspec.Struct, frozen=True):
     """A revision applied and not yet known to be healthy."""
 
     revision: str
@@ -40,8 +40,7 @@ class Probation:
         return {"revision": self.revision, "applied": self.applied_at, "deadline": self.deadline}
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True):
     """What to do: `wait` (keep the probation), `healthy` (it passed), `rollback` (it is
     bad, for `reason`), or `none` (nothing to watch)."""
 

@@ -28,7 +28,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.manifest import discovery
@@ -42,16 +43,14 @@ _SHA = re.compile(r"^[0-9a-f]{7,64}$")
 _CHANGE_EVENTS = frozenset({"created", "deleted", "modified", "moved", "closed"})
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     """One consistent view of the manifests: the directory to load, and its revision."""
 
     directory: str
     revision: Revision
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(msgspec.Struct, frozen=True):
     path: str  # absolute, as given
     link: str | None = None  # the git-sync symlink at or above `path`
     sub: str = ""  # `path` relative to the link

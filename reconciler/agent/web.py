@@ -63,9 +63,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import msgspec
 
 from pyapply.reconciler.agent.api import (
     MAX_QUERY_FIELDS,
@@ -79,7 +80,7 @@ from pyapply.reconciler.agent.status import Seen, UnknownStack, stack_detail, st
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.revision import UnknownRevision
-from pyapply.runtime.base import RuntimeFailure
+from pyapply.runtime.base import Hidden, RuntimeFailure
 from pyapply.runtime.services import ServiceRuntime
 from pyapply.runtime.statefs import secret_file_problem
 
@@ -130,10 +131,10 @@ class WebError(PyapplyError):
 # Tokens
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(Hidden, msgspec.Struct, frozen=True):
+    __hidden__ = frozenset({"value"})
     role: str
-    value: str = field(repr=False)
+    value: str
     line: int = 0
 
 
@@ -235,11 +236,11 @@ class TokenTable:
 # Sessions, CSRF, failed logins (pure but for the clock passed in)
 
 
-@dataclass
-class Session:
-    id: str = field(repr=False)
+class Session(Hidden, msgspec.Struct):
+    __hidden__ = frozenset({"id", "csrf"})
+    id: str
     role: str
-    csrf: str = field(repr=False)
+    csrf: str
     created: float
     seen: float
 
@@ -489,8 +490,7 @@ class Web:
         return self.redacted(self.docs.get(f"stack:{name}", detail))
 
 
-@dataclass
-class Who:
+class Who(msgspec.Struct):
     role: str
     via: str  # "socket", "bearer" or "session"
     session: Session | None = None

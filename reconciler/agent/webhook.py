@@ -50,11 +50,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+import msgspec
 
 from pyapply.reconciler.agent.api import BoundedThreadingMixIn, DeadlineReader
 from pyapply.reconciler.core.errors import PyapplyError
@@ -281,8 +282,7 @@ def authenticate(
     )
 
 
-@dataclass(frozen=True)
-class Push:
+class Push(msgspec.Struct, frozen=True):
     provider: str
     event: str  # "push", or what the provider called another event
     ref: str | None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from pyapply.reconciler.agent.notify import Notifier, NotifyError, Target, parse_target
 from pyapply.reconciler.agent.webhook import (
@@ -20,6 +20,7 @@ from pyapply.reconciler.agent.webhook import (
     read_secret,
 )
 from pyapply.reconciler.cli.main import fail
+from pyapply.runtime.base import Hidden
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
@@ -71,14 +72,14 @@ def hook_options(fn: Any) -> Any:
     return fn
 
 
-@dataclass
-class AgentHooks:
+class AgentHooks(Hidden, msgspec.Struct):
     """The checked --webhook and --notify options of one `watch`."""
 
+    __hidden__ = frozenset({"secret"})
     address: tuple[str, int] | None = None
-    secret: bytes = field(default=b"", repr=False)
+    secret: bytes = b""
     ref: str | None = None
-    targets: list[Target] = field(default_factory=list)
+    targets: list[Target] = msgspec.field(default_factory=list)
 
     @classmethod
     def parse(

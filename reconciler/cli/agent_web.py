@@ -7,12 +7,13 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from pyapply.reconciler.cli.main import fail
+from pyapply.runtime.base import Hidden
 
 if TYPE_CHECKING:
     from pyapply.reconciler.agent.agent import Agent
@@ -57,12 +58,12 @@ def web_options(fn: Any) -> Any:
     return fn
 
 
-@dataclass
-class WebSetup:
+class WebSetup(Hidden, msgspec.Struct):
     """The checked --http options of one `watch`."""
 
+    __hidden__ = frozenset({"tokens"})
     address: tuple[str, int] | None = None
-    tokens: TokenTable | None = field(default=None, repr=False)
+    tokens: TokenTable | None = None
     read_only: bool = False
     context: ssl.SSLContext | None = None
 

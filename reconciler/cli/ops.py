@@ -8,7 +8,6 @@ are not."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import click
+import msgspec
 
 from pyapply.reconciler.cli.common import connect, connect_any, load_or_fail, stack_names
 from pyapply.reconciler.cli.main import (
@@ -231,7 +231,7 @@ def one_off(
     labels = {k: v for k, v in template.labels.items() if not k.startswith(identity.PREFIX)}
     labels[RUN_OF] = f"{stack}/{service}"
     keys = {e.split("=", 1)[0] for e in env}
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         template,
         name=f"{stack}-{service}-run-{secrets.token_hex(4)}",
         labels=labels,

@@ -33,11 +33,11 @@ The plan orders the removal of a leftover before every create of its service.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from pyapply.reconciler.core import health, identity
 from pyapply.reconciler.core.translate import (
@@ -65,15 +65,13 @@ ChangeKind = Literal[
 ObjectKind = Literal["container", "network", "volume", "image", "service", "config", "secret"]
 
 
-@dataclass(frozen=True)
-class FieldDiff:
+class FieldDiff(msgspec.Struct, frozen=True):
     field: str
     old: Any
     new: Any
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     kind: ChangeKind
     object: ObjectKind
     name: str
@@ -86,21 +84,19 @@ class Change:
     resume: bool = False
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(msgspec.Struct, frozen=True):
     containers: tuple[ContainerState, ...] = ()
     networks: tuple[NetworkState, ...] = ()
     volumes: tuple[VolumeState, ...] = ()
-    images: Mapping[str, ImageInfo | None] = field(default_factory=dict)
-    external_networks: Mapping[str, NetworkState | None] = field(default_factory=dict)
-    external_volumes: Mapping[str, VolumeState | None] = field(default_factory=dict)
+    images: Mapping[str, ImageInfo | None] = msgspec.field(default_factory=dict)
+    external_networks: Mapping[str, NetworkState | None] = msgspec.field(default_factory=dict)
+    external_volumes: Mapping[str, VolumeState | None] = msgspec.field(default_factory=dict)
     # containers looked up by name (`named_containers`): whoever holds a `container_name`,
     # and the containers outside the stack whose network namespace a service joins
-    named: Mapping[str, ContainerState | None] = field(default_factory=dict)
+    named: Mapping[str, ContainerState | None] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class DiffResult:
+class DiffResult(msgspec.Struct, frozen=True):
     changes: tuple[Change, ...]
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
@@ -266,7 +262,7 @@ def _container_changes(
                 _replica(nxt),
             )
         )
-        by_name[name] = dataclasses.replace(nxt, name=name)
+        by_name[name] = msgspec.structs.replace(nxt, name=name)
     wanted = {dc.config.name for dc in desired.containers} | kept
     for dc in desired.containers:
         have = by_name.get(dc.config.name)

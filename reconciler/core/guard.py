@@ -21,8 +21,9 @@ an accident. `pyapply down` (and `--allow-empty`) remain the ways to remove a st
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
@@ -42,8 +43,7 @@ ALLOW_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class Emptying:
+class Emptying(msgspec.Struct, frozen=True):
     """A stack the desired state would leave with no containers while it has some."""
 
     stack: str

@@ -8,12 +8,23 @@ runtime reports back.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
+
+from pyapply.runtime.base import Uncompared
+
+
+class _Probe(msgspec.Struct):
+    made: list[int] = msgspec.field(default_factory=list)
+
+
+# what a default made by a factory is in `__struct_defaults__`
+_Factory = type(_Probe.__struct_defaults__[0])
 
 PREFIX = "io.pyapply."
 STACK = PREFIX + "stack"
@@ -53,31 +64,28 @@ def volume_name(stack: str, volume: str) -> str:
 
 
 def canonical_json(value: Any) -> str:
-    """Deterministic JSON of dataclasses, mappings, tuples and scalars."""
+    """Deterministic JSON of value types (msgspec Structs), mappings, tuples and scalars."""
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 _NO_DEFAULT = object()
 
-
-def _default(f: dataclasses.Field[Any]) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return _NO_DEFAULT
-
-
-# per dataclass: its compared fields, each with its default (a factory's value made once:
+# per value type: its compared fields, each with its default (or _NO_DEFAULT) (a factory's value made once:
 # it is only ever compared with)
 _FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
 _SCALARS = (str, int, float, type(None))
 
 
-def _fields(cls: type) -> tuple[tuple[str, Any], ...]:
+def compared_fields(cls: type[msgspec.Struct]) -> tuple[tuple[str, Any], ...]:
     found = _FIELDS.get(cls)
     if found is None:
-        found = tuple((f.name, _default(f)) for f in dataclasses.fields(cls) if f.compare)
+        names = cls.__struct_fields__
+        given = cls.__struct_defaults__  # the defaults of the last fields
+        defaults = (_NO_DEFAULT,) * (len(names) - len(given)) + tuple(
+            d.factory() if isinstance(d, _Factory) else d for d in given
+        )
+        skip = cls.__uncompared__ if issubclass(cls, Uncompared) else frozenset()
+        found = tuple((n, d) for n, d in zip(names, defaults, strict=True) if n not in skip)
         _FIELDS[cls] = found
     return found
 
@@ -87,11 +95,10 @@ def _plain(value: Any) -> Any:
     later version does not change the hash (and recreate) every container made before."""
     if isinstance(value, _SCALARS):  # bool is an int
         return value
-    cls = type(value)
-    if hasattr(cls, "__dataclass_fields__"):
+    if isinstance(value, msgspec.Struct):
         return {
             name: _plain(v)
-            for name, default in _fields(cls)
+            for name, default in compared_fields(type(value))
             if (v := getattr(value, name)) != default
         }
     if isinstance(value, Mapping):

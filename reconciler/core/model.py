@@ -1,4 +1,4 @@
-"""The desired model: frozen dataclasses a loaded, validated manifest becomes.
+"""The desired model: frozen value types (msgspec Structs) a loaded, validated manifest becomes.
 
 Everything here is already normalised (short and long syntaxes folded into one form, sizes in
 bytes, durations in seconds, relative paths made absolute, environment sorted), so that two
@@ -9,18 +9,19 @@ the runtime names (`shop-web-1`, `shop_back`) come from `identity`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
+
 from pyapply.reconciler.core.errors import PyapplyError
+from pyapply.runtime.base import Uncompared
 
 Condition = Literal["service_started", "service_healthy", "service_completed_successfully"]
 PullPolicy = Literal["missing", "always", "never", "build"]
 UpdateOrder = Literal["stop-first", "start-first"]
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(msgspec.Struct, frozen=True):
     """Where something was written: 1-based line and column."""
 
     file: str
@@ -31,8 +32,7 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(msgspec.Struct, frozen=True):
     target: int
     published: int | None = None  # None: an ephemeral host port
     host_ip: str = ""
@@ -45,8 +45,7 @@ class Port:
     published_last: int | None = None
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(msgspec.Struct, frozen=True):
     """A volume (source = the stack's volume key, "" anonymous), bind (source = absolute host
     path) or tmpfs mount."""
 
@@ -63,23 +62,20 @@ class Mount:
     create_host_path: bool = True
 
 
-@dataclass(frozen=True)
-class ServiceNetwork:
+class ServiceNetwork(msgspec.Struct, frozen=True):
     name: str  # the stack's network key
     aliases: tuple[str, ...] = ()
     ipv4_address: str | None = None
 
 
-@dataclass(frozen=True)
-class Dependency:
+class Dependency(msgspec.Struct, frozen=True):
     service: str
     condition: Condition = "service_started"
     required: bool = True
     restart: bool = False
 
 
-@dataclass(frozen=True)
-class Healthcheck:
+class Healthcheck(msgspec.Struct, frozen=True):
     test: tuple[str, ...]  # ("CMD", ...), ("CMD-SHELL", line) or ("NONE",)
     interval: float = 30.0
     timeout: float = 30.0
@@ -88,15 +84,13 @@ class Healthcheck:
     disable: bool = False
 
 
-@dataclass(frozen=True)
-class Ulimit:
+class Ulimit(msgspec.Struct, frozen=True):
     name: str
     soft: int
     hard: int
 
 
-@dataclass(frozen=True)
-class FileRef:
+class FileRef(msgspec.Struct, frozen=True):
     """A service's use of a config or secret."""
 
     source: str  # the stack's config/secret key
@@ -106,8 +100,7 @@ class FileRef:
     gid: str | None = None
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(msgspec.Struct, frozen=True):
     """A host device given to the container (compose `devices`)."""
 
     source: str  # absolute host path
@@ -115,8 +108,7 @@ class Device:
     permissions: str = "rwm"  # cgroup access: r(ead), w(rite), m(knod)
 
 
-@dataclass(frozen=True)
-class Hook:
+class Hook(msgspec.Struct, frozen=True):
     """A command run in the container after it starts (`post_start`) or before it stops
     (`pre_stop`), as the compose lifecycle hooks spell it."""
 
@@ -127,22 +119,19 @@ class Hook:
     environment: tuple[tuple[str, str], ...] = ()  # sorted by key
 
 
-@dataclass(frozen=True)
-class Resources:
+class Resources(msgspec.Struct, frozen=True):
     memory: int | None = None  # bytes
     cpus: float | None = None
     pids: int | None = None
 
 
-@dataclass(frozen=True)
-class UpdateConfig:
+class UpdateConfig(msgspec.Struct, frozen=True):
     order: UpdateOrder = "stop-first"
     parallelism: int = 1  # 0: all at once
     delay: float = 0.0
 
 
-@dataclass(frozen=True)
-class BuildSpec:
+class BuildSpec(Uncompared, msgspec.Struct, frozen=True):
     """A service's compose `build:`: how its image is made from a Dockerfile.
 
     `context` is absolute (resolved against the manifest's directory); `dockerfile` is as
@@ -150,6 +139,7 @@ class BuildSpec:
     are names the image gets besides the service's `image`. `location` and `path` are where
     the context was written, for the error when it is missing at build time."""
 
+    __uncompared__ = frozenset({"location", "path"})
     context: str
     dockerfile: str | None = None
     dockerfile_inline: str | None = None
@@ -163,12 +153,11 @@ class BuildSpec:
     # first and built only if the pull fails (the Compose Specification's rule for a
     # service with both `build:` and `image:`)
     pull_first: bool = False
-    location: Location | None = field(default=None, compare=False)
-    path: str = field(default="", compare=False)  # the JSON path of the context's field
+    location: Location | None = None
+    path: str = ""  # the JSON path of the context's field
 
 
-@dataclass(frozen=True)
-class RollPolicy:
+class RollPolicy(msgspec.Struct, frozen=True):
     """deploy.update_config / rollback_config as a swarm rolls them (the fields one host's
     runtimes use are in `UpdateConfig`); None: the swarm's default."""
 
@@ -180,8 +169,7 @@ class RollPolicy:
     max_failure_ratio: float | None = None
 
 
-@dataclass(frozen=True)
-class Deploy:
+class Deploy(msgspec.Struct, frozen=True):
     """The `deploy:` fields only a swarm acts on (the swarm runtime reads them; the others
     warn that they are ignored). None / empty: not written."""
 
@@ -201,8 +189,8 @@ class Deploy:
     labels: tuple[tuple[str, str], ...] = ()  # deploy.labels: the service's, sorted
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
+class ServiceSpec(Uncompared, msgspec.Struct, frozen=True):
+    __uncompared__ = frozenset({"seccomp_file", "location"})
     name: str
     image: str
     command: tuple[str, ...] | None = None
@@ -234,7 +222,7 @@ class ServiceSpec:
     # security_opt seccomp=: None (the runtime's default profile), "unconfined", or the JSON
     # text (compact) of the profile file, whose absolute path is kept to render it back.
     seccomp: str | None = None
-    seccomp_file: str | None = field(default=None, compare=False)
+    seccomp_file: str | None = None
     configs: tuple[FileRef, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     pull_policy: PullPolicy = "missing"
@@ -269,7 +257,7 @@ class ServiceSpec:
     network_mode: str | None = None
     expose: tuple[str, ...] = ()  # container ports, as written ("3000", "8000-8010/udp")
     container_name: str | None = None  # the container's name, for a one-replica service
-    location: Location | None = field(default=None, compare=False)
+    location: Location | None = None
 
     def network_peer(self) -> str | None:
         """The service whose network namespace this one joins (network_mode service:X)."""
@@ -277,8 +265,8 @@ class ServiceSpec:
         return mode.removeprefix("service:") if mode.startswith("service:") else None
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+class NetworkSpec(Uncompared, msgspec.Struct, frozen=True):
+    __uncompared__ = frozenset({"location"})
     name: str  # the stack's key
     driver: str = "bridge"
     internal: bool = False
@@ -294,49 +282,48 @@ class NetworkSpec:
     # compose's `attachable`: plain containers may join a swarm's overlay network too (a
     # one-host bridge takes any container anyway: only the swarm runtime reads it)
     attachable: bool = False
-    location: Location | None = field(default=None, compare=False)
+    location: Location | None = None
 
 
-@dataclass(frozen=True)
-class VolumeSpec:
+class VolumeSpec(Uncompared, msgspec.Struct, frozen=True):
+    __uncompared__ = frozenset({"location"})
     name: str
     driver: str = "local"
     driver_opts: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     external: bool = False
     external_name: str | None = None
-    location: Location | None = field(default=None, compare=False)
+    location: Location | None = None
 
 
-@dataclass(frozen=True)
-class ConfigSpec:
+class ConfigSpec(Uncompared, msgspec.Struct, frozen=True):
     """A config or secret: exactly one of file (absolute path), content, environment (a
     variable name whose value is the content), or external."""
 
+    __uncompared__ = frozenset({"location"})
     name: str
     file: str | None = None
     content: str | None = None
     environment: str | None = None
     external: bool = False
     external_name: str | None = None  # `name:` of an external one: what it is found by
-    location: Location | None = field(default=None, compare=False)
+    location: Location | None = None
 
 
-@dataclass(frozen=True)
-class SecretSpec(ConfigSpec):
+class SecretSpec(ConfigSpec, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class Stack:
+class Stack(Uncompared, msgspec.Struct, frozen=True):
+    __uncompared__ = frozenset({"sources", "location"})
     name: str
     services: tuple[ServiceSpec, ...] = ()  # sorted by name
     networks: tuple[NetworkSpec, ...] = ()
     volumes: tuple[VolumeSpec, ...] = ()
     configs: tuple[ConfigSpec, ...] = ()
     secrets: tuple[SecretSpec, ...] = ()
-    sources: tuple[str, ...] = field(default=(), compare=False)  # files it was read from
-    location: Location | None = field(default=None, compare=False)
+    sources: tuple[str, ...] = ()  # files it was read from
+    location: Location | None = None
 
     def service(self, name: str) -> ServiceSpec:
         for s in self.services:
@@ -357,8 +344,7 @@ class Stack:
         raise KeyError(name)
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(msgspec.Struct, frozen=True):
     """A user's mistake (or a warning) found while loading, with where it was written."""
 
     message: str

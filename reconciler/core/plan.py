@@ -11,8 +11,9 @@ container starts under a temporary name, becomes healthy, replaces the old one a
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Change, DiffResult, joined
@@ -62,8 +63,7 @@ Op = Literal[
 ]
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(msgspec.Struct, frozen=True):
     id: str
     op: Op
     target: str
@@ -88,8 +88,7 @@ class Action:
     version: int | None = None
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     stack: str
     revision: str
     changes: tuple[Change, ...]
@@ -128,7 +127,7 @@ class _Builder:
         a = self.actions[action_id]
         extra = tuple(d for d in deps if d and d != action_id and d not in a.deps)
         if extra:
-            self.actions[action_id] = replace(a, deps=a.deps + extra)
+            self.actions[action_id] = msgspec.structs.replace(a, deps=a.deps + extra)
 
 
 def build(desired: Desired, result: DiffResult) -> Plan:
@@ -331,7 +330,7 @@ def build(desired: Desired, result: DiffResult) -> Plan:
                         ch.reason,
                         tuple(pre) + ((previous,) if previous else ()),
                         service=dc.service,
-                        container=replace(dc.config, name=temp),
+                        container=msgspec.structs.replace(dc.config, name=temp),
                         delay_s=delay,
                     )
                 )

@@ -18,11 +18,11 @@ paused or rolled back -- is a change of its own, so `diff --exit-code` reports i
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Change, DiffResult, FieldDiff
@@ -80,22 +80,19 @@ def object_name(stack: str, key: str, data: bytes) -> str:
 # Desired
 
 
-@dataclass(frozen=True)
-class DesiredService:
+class DesiredService(msgspec.Struct, frozen=True):
     key: str  # the stack's service key
     config: ServiceConfig
     spec_hash: str
 
 
-@dataclass(frozen=True)
-class DesiredObject:
+class DesiredObject(msgspec.Struct, frozen=True):
     kind: SwarmObjectKind
     key: str
     config: SwarmObjectConfig
 
 
-@dataclass(frozen=True)
-class SwarmDesired:
+class SwarmDesired(msgspec.Struct, frozen=True):
     stack: str
     revision: str
     services: tuple[DesiredService, ...]
@@ -274,7 +271,7 @@ def _service_config(
         **config.labels,
         **_owner(stack.name, revision, spec_hash, **{identity.SERVICE: s.name}),
     }
-    return dataclasses.replace(config, labels=labels)
+    return msgspec.structs.replace(config, labels=labels)
 
 
 def desired_swarm(
@@ -308,7 +305,7 @@ def desired_swarm(
         )
         spec_hash = identity.digest(net)
         networks.append(
-            dataclasses.replace(
+            msgspec.structs.replace(
                 net,
                 labels={
                     **dict(n.labels),
@@ -355,14 +352,13 @@ def desired_swarm(
 # Observed and the diff
 
 
-@dataclass(frozen=True)
-class SwarmObserved:
+class SwarmObserved(msgspec.Struct, frozen=True):
     services: tuple[ServiceState, ...] = ()
     networks: tuple[OverlayNetworkState, ...] = ()
     configs: tuple[SwarmObjectState, ...] = ()
     secrets: tuple[SwarmObjectState, ...] = ()
     # external networks by name: None when missing
-    external_networks: Mapping[str, OverlayNetworkState | None] = dataclasses.field(
+    external_networks: Mapping[str, OverlayNetworkState | None] = msgspec.field(
         default_factory=dict
     )
     # the stack's named volumes on the node observed (for `down --volumes` only)
@@ -374,11 +370,11 @@ _VOLATILE_LABELS = (identity.REVISION,)
 
 
 def _show(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    if isinstance(value, msgspec.Struct):
         return {
-            f.name: _show(getattr(value, f.name))
-            for f in dataclasses.fields(value)
-            if getattr(value, f.name) != f.default
+            name: _show(v)
+            for name, default in identity.compared_fields(type(value))
+            if (v := getattr(value, name)) != default
         }
     if isinstance(value, tuple):
         return [_show(v) for v in value]
@@ -400,32 +396,26 @@ def field_changes(old: ServiceConfig, new: ServiceConfig) -> tuple[FieldDiff, ..
     """The fields of two service configs that differ, one `FieldDiff` per leaf: `env.KEY`,
     `labels.KEY`, `update_config.parallelism`, `replicas` ...; the revision label is left out."""
     out: list[FieldDiff] = []
-    for f in dataclasses.fields(ServiceConfig):
-        a, b = getattr(old, f.name), getattr(new, f.name)
-        if f.name in ("labels", "container_labels"):
-            drop = _VOLATILE_LABELS if f.name == "labels" else ()
+    for name in ServiceConfig.__struct_fields__:
+        a, b = getattr(old, name), getattr(new, name)
+        if name in ("labels", "container_labels"):
+            drop = _VOLATILE_LABELS if name == "labels" else ()
             out += _pairs(
-                f.name,
+                name,
                 {k: v for k, v in a.items() if k not in drop},
                 {k: v for k, v in b.items() if k not in drop},
             )
         elif a == b:
             continue
-        elif f.name == "env":
+        elif name == "env":
             out += _pairs("env", _env_map(a), _env_map(b))
-        elif (
-            dataclasses.is_dataclass(a)
-            and dataclasses.is_dataclass(b)
-            and not isinstance(a, type)
-            and not isinstance(b, type)
-            and type(a) is type(b)
-        ):
-            for sub in dataclasses.fields(a):
-                x, y = getattr(a, sub.name), getattr(b, sub.name)
+        elif isinstance(a, msgspec.Struct) and type(a) is type(b):
+            for sub in a.__struct_fields__:
+                x, y = getattr(a, sub), getattr(b, sub)
                 if x != y:
-                    out.append(FieldDiff(f"{f.name}.{sub.name}", _show(x), _show(y)))
+                    out.append(FieldDiff(f"{name}.{sub}", _show(x), _show(y)))
         else:
-            out.append(FieldDiff(f.name, _show(a), _show(b)))
+            out.append(FieldDiff(name, _show(a), _show(b)))
     return tuple(out)
 
 

@@ -7,12 +7,12 @@ would be created, so anything that changes the created object changes its hash l
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import ConfigSpec, FileRef, Hook, ServiceSpec, Stack
@@ -23,6 +23,7 @@ from pyapply.runtime.base import (
     DeviceMapping,
     ExecHook,
     HealthConfig,
+    Hidden,
     MountConfig,
     NetworkConfig,
     PortBinding,
@@ -36,8 +37,7 @@ FILE_MODES: dict[FileKind, int] = {"config": 0o444, "secret": 0o400}
 LAST_APPLIED = identity.PREFIX + "last-applied"
 
 
-@dataclass(frozen=True)
-class DesiredContainer:
+class DesiredContainer(msgspec.Struct, frozen=True):
     service: str
     replica: int
     config: ContainerConfig
@@ -45,39 +45,36 @@ class DesiredContainer:
     applied: str  # canonical JSON of what the hash covers (kept as a label for field diffs)
 
 
-@dataclass(frozen=True)
-class DesiredNetwork:
+class DesiredNetwork(msgspec.Struct, frozen=True):
     key: str  # the stack's network key
     config: NetworkConfig
     spec_hash: str
     external: bool = False
 
 
-@dataclass(frozen=True)
-class DesiredVolume:
+class DesiredVolume(msgspec.Struct, frozen=True):
     key: str
     config: VolumeConfig
     spec_hash: str
     external: bool = False
 
 
-@dataclass(frozen=True)
-class DesiredFile:
+class DesiredFile(Hidden, msgspec.Struct, frozen=True):
     """A config or secret materialised on the host, bind-mounted read-only. A bind mount
     shows the host file's mode and owner, so each (mode, uid, gid) a service asks for is a
     file of its own: that is how both runtimes give a container the same view."""
 
+    __hidden__ = frozenset({"content"})
     kind: FileKind
     key: str
     path: str
-    content: bytes = dataclasses.field(repr=False)  # a secret's bytes: never in a repr
+    content: bytes  # a secret's bytes: never in a repr
     mode: int
     uid: int | None = None
     gid: int | None = None
 
 
-@dataclass(frozen=True)
-class Desired:
+class Desired(msgspec.Struct, frozen=True):
     stack: str
     revision: str
     containers: tuple[DesiredContainer, ...]
@@ -367,7 +364,7 @@ def hash_input(config: ContainerConfig) -> ContainerConfig:
     seccomp = config.seccomp
     if seccomp is not None and seccomp != "unconfined":
         seccomp = "profile sha256:" + hashlib.sha256(seccomp.encode()).hexdigest()
-    return dataclasses.replace(config, name="", seccomp=seccomp)
+    return msgspec.structs.replace(config, name="", seccomp=seccomp)
 
 
 def desired_state(
@@ -401,7 +398,7 @@ def desired_state(
         applied = identity.canonical_json(hash_input(base))
         spec_hash = identity.digest_text(applied)
         for replica in range(1, service.replicas + 1):
-            cfg = dataclasses.replace(
+            cfg = msgspec.structs.replace(
                 base,
                 name=container_runtime_name(stack, service, replica),
                 labels={
@@ -435,8 +432,8 @@ def desired_state(
             subnet6=n.subnet6,
             gateway6=n.gateway6,
         )
-        h = identity.digest(dataclasses.replace(raw, name=""))
-        ncfg = dataclasses.replace(
+        h = identity.digest(msgspec.structs.replace(raw, name=""))
+        ncfg = msgspec.structs.replace(
             raw,
             labels={
                 **raw.labels,
@@ -454,8 +451,8 @@ def desired_state(
         rawv = VolumeConfig(
             name=name, driver=v.driver, labels=dict(v.labels), driver_opts=dict(v.driver_opts)
         )
-        h = identity.digest(dataclasses.replace(rawv, name=""))
-        cfgv = dataclasses.replace(
+        h = identity.digest(msgspec.structs.replace(rawv, name=""))
+        cfgv = msgspec.structs.replace(
             rawv,
             labels={**rawv.labels, **_owned(stack.name, revision, h, {identity.VOLUME: v.name})},
         )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pyapply.reconciler.core.plan import Plan
 from pyapply.reconciler.core.translate import Desired
@@ -30,8 +31,7 @@ if TYPE_CHECKING:
     from pyapply.reconciler.manifest.loader import Loaded
 
 
-@dataclass(frozen=True)
-class Unprepared:
+class Unprepared(msgspec.Struct, frozen=True):
     """A stack whose desired state could not be made (a secret file unreadable ...): it
     fails in its turn, after the stacks before it were applied."""
 
@@ -64,8 +64,7 @@ def _not_stopping() -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Hooks:
+class Hooks(msgspec.Struct, frozen=True):
     """What the caller sees of a pass. `reporter` makes the executor's reporter for a
     stack (asked only when the stack has work); `on_plan` sees each plan before it runs and may return a context manager that
     wraps the execution (a live table); `on_result` sees each stack's result (it may raise
@@ -81,15 +80,14 @@ class Hooks:
     stopping: Callable[[], bool] = _not_stopping
 
 
-@dataclass
-class PassResult:
+class PassResult(msgspec.Struct):
     """What a pass did, filled in as it goes (so that a caller that passes one in still
     has it when the pass raises)."""
 
-    results: list[StackResult] = field(default_factory=list)
+    results: list[StackResult] = msgspec.field(default_factory=list)
     # the stacks applied (or tried): a swarm's (engine.swarm.apply_all_swarm) or one host's
-    applied: list[Desired | SwarmDesired] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)  # the gone stacks removed completely
+    applied: list[Desired | SwarmDesired] = msgspec.field(default_factory=list)
+    removed: list[str] = msgspec.field(default_factory=list)  # the gone stacks removed completely
     stopped_before: str | None = None  # the stack not started because `stopping()` said so
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from pyapply.reconciler.core.model import ServiceSpec
 from pyapply.reconciler.core.translate import Desired, build_config, builders
@@ -38,8 +39,7 @@ class BuildError(PassError):
         self.failure = failure
 
 
-@dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(msgspec.Struct, frozen=True):
     """What the command line adds to what the manifests ask of a build."""
 
     no_cache: bool = False

@@ -18,8 +18,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
+
+import msgspec
 
 from pyapply.reconciler.core.plan import Action, Plan
 from pyapply.reconciler.engine.retry import Backoff, Retry
@@ -40,8 +41,7 @@ if TYPE_CHECKING:
 Status = Literal["done", "failed", "skipped"]
 
 
-@dataclass(frozen=True)
-class ActionResult:
+class ActionResult(msgspec.Struct, frozen=True):
     action: Action
     status: Status
     seconds: float = 0.0
@@ -50,8 +50,7 @@ class ActionResult:
     note: str | None = None  # what was done beyond the action itself (an escalation)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     results: tuple[ActionResult, ...] = ()
 
     @property
@@ -87,8 +86,7 @@ class WaitFailed(RuntimeFailure):
     """A dependency condition was not met (unhealthy, failed, or timed out)."""
 
 
-@dataclass
-class Settings:
+class Settings(msgspec.Struct):
     parallelism: int = 8
     attempts: int = 5
     backoff_initial_s: float = 0.5
@@ -98,7 +96,7 @@ class Settings:
     # tries of a start that fails on stale runtime state before the container is recreated
     # (at most `attempts` tries in all, the recreated container's included)
     stuck_attempts: int = 3
-    sleep: Callable[[float], None] = field(default=time.sleep)
+    sleep: Callable[[float], None] = time.sleep
     # the progress of a build action: (the image being built, an event of its build)
     on_build: Callable[[str, BuildEvent], None] | None = None
 
@@ -111,11 +109,10 @@ class Settings:
 _STARTS = ("create", "start", "restart")  # the ops that start a container
 
 
-@dataclass
-class _Escalation:
+class _Escalation(msgspec.Struct):
     """A start's failures on stale state, and whether the container was recreated."""
 
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = msgspec.field(default_factory=list)
     recreated: bool = False
     said: str | None = None  # what else the action has to say (a build that was pulled)
 

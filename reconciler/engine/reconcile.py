@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.diff import Observed, diff, named_containers, teardown
@@ -158,8 +159,7 @@ def plan_down(runtime: Runtime, stack: str, *, volumes: bool) -> Plan:
     return build_teardown(stack, teardown(observe(runtime, stack), volumes=volumes))
 
 
-@dataclass(frozen=True)
-class ApplyOptions:
+class ApplyOptions(msgspec.Struct, frozen=True):
     prune_volumes: bool = False
     dry_run: bool = False
     parallelism: int = 8
@@ -170,8 +170,7 @@ class ApplyOptions:
     on_build: BuildListener | None = None
 
 
-@dataclass(frozen=True)
-class StackResult:
+class StackResult(msgspec.Struct, frozen=True):
     """One stack's pass: the plan, and what executing it did (None when nothing ran: a dry
     run, an empty plan, or a plan with errors)."""
 

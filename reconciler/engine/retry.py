@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from pyapply.runtime.base import RuntimeFailure
+import msgspec
+
+from pyapply.runtime.base import RuntimeFailure, Uncompared
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -37,14 +38,14 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeFailure) and exc.retryable
 
 
-@dataclass(frozen=True)
-class Backoff:
+class Backoff(Uncompared, msgspec.Struct, frozen=True):
     """How many tries, and the waits between them (`sleep` is replaceable for tests)."""
 
+    __uncompared__ = frozenset({"sleep"})
     attempts: int = 5
     initial_s: float = 0.5
     max_s: float = 8.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    sleep: Callable[[float], None] = time.sleep
 
 
 # (attempt that failed, its error, the delay before the next one)

@@ -16,8 +16,9 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Stack
@@ -67,8 +68,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class SwarmOptions:
+class SwarmOptions(msgspec.Struct, frozen=True):
     dry_run: bool = False
     wait_timeout_s: float = 120.0
     pin: bool = True
@@ -99,7 +99,7 @@ def desired_for_swarm(
                     f"it): {exc.message}"
                 )
     desired = desired_swarm(stack, revision=revision, file_contents=contents, images=images)
-    return replace(desired, warnings=tuple(warnings)) if warnings else desired
+    return msgspec.structs.replace(desired, warnings=tuple(warnings)) if warnings else desired
 
 
 def observe_swarm(

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import msgspec
 
 from pyapply.reconciler.manifest import yamlpos
 from pyapply.reconciler.manifest.merge import (
@@ -104,17 +105,18 @@ def fill_bare_environment(project: Node, env: Mapping[str, str]) -> None:
 SECTIONS = ("services", "networks", "volumes", "configs", "secrets")
 
 
-@dataclass
-class Assembler:
+class Assembler(msgspec.Struct):
     files: Files
-    read: list[str] = field(default_factory=list)  # every file read, absolute
-    _values: int = field(default=0, init=False)  # values read and copied (includes, extends)
-    _over: bool = field(default=False, init=False)  # past yamlpos.MAX_NODES, reported
+    read: list[str] = msgspec.field(default_factory=list)  # every file read, absolute
+    _values: int = 0  # values read and copied (includes, extends)
+    _over: bool = False  # past yamlpos.MAX_NODES, reported
     # the files of each include done (absolute paths): the same file included again, by the
     # project or by another include, is loaded once
-    _included: set[tuple[str, ...]] = field(default_factory=set, init=False)
+    _included: set[tuple[str, ...]] = msgspec.field(default_factory=set)
     # (tree, section, name) of the resources an include brought into a file's tree
-    _brought: set[tuple[int, str, str]] = field(default_factory=set, init=False)
+    _brought: set[tuple[int, str, str]] = msgspec.field(default_factory=set)
+    # per file read for its services: what `extends` resolves in
+    _file_scopes: dict[str, _Scope] = msgspec.field(default_factory=dict)
 
     def project(
         self, paths: Sequence[tuple[str, str]], env: dict[str, str], chain: tuple[str, ...] = ()
@@ -403,9 +405,6 @@ class Assembler:
             )
         return False
 
-    def __post_init__(self) -> None:
-        self._file_scopes: dict[str, _Scope] = {}
-
 
 def _size(node: Node) -> int:
     """How many values `node` holds, itself included."""
@@ -458,8 +457,7 @@ def _bases_first(services: dict[str, Node]) -> list[str]:
 _NOT_INHERITED = ("links", "volumes_from")
 
 
-@dataclass
-class _Scope:
+class _Scope(msgspec.Struct):
     services: Node
     file: str  # absolute path of the file the services come from
 

@@ -17,8 +17,9 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Problem
@@ -68,8 +69,7 @@ def find_project(cwd: str, environ: Mapping[str, str]) -> list[str]:
         directory = parent
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(msgspec.Struct, frozen=True):
     """A manifest file to read: where it is, and how messages name it."""
 
     display: str  # as the user would write it: relative to where they pointed us

@@ -17,8 +17,9 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import msgspec
 
 from pyapply.reconciler.core.model import Location, Problem
 from pyapply.reconciler.manifest import schema, yamlpos
@@ -49,8 +50,7 @@ FileAccess = Literal["read", "quiet", "skip"]
 FileGuard = Callable[[str, Sequence[str]], FileAccess]
 
 
-@dataclass(frozen=True)
-class StackDocument:
+class StackDocument(msgspec.Struct, frozen=True):
     """A loaded stack as it was written (after interpolation), with where every field is.
 
     Checks that read a stack as written (the policy reads `privileged`, `pid`, `devices`,
@@ -64,7 +64,7 @@ class StackDocument:
     positions: yamlpos.Document
     # host paths the loader resolved (bind sources, env files, config and secret files),
     # absolute, by the path of the field that names them
-    resolved: Mapping[Path, str] = field(default_factory=dict)
+    resolved: Mapping[Path, str] = msgspec.field(default_factory=dict)
     dotenv: str | None = None  # the `.env` beside the manifest, when there is one
 
     @property

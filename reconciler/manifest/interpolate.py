@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from collections import ChainMap
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.yamlpos import MAX_DEPTH, MAX_EXPANDED_CHARS
@@ -32,8 +33,7 @@ class InterpolationError(PyapplyError, ValueError):
     """The text cannot be interpolated; the message is a sentence meant for a person."""
 
 
-@dataclass(frozen=True)
-class Interpolated:
+class Interpolated(msgspec.Struct, frozen=True):
     value: str
     unset: tuple[str, ...] = ()  # variables used without a default that were not set
 
@@ -182,8 +182,7 @@ def _closing_brace(text: str, i: int) -> int:
 # .env files
 
 
-@dataclass(frozen=True)
-class DotenvProblem:
+class DotenvProblem(msgspec.Struct, frozen=True):
     line: int  # 1-based
     column: int  # 1-based
     message: str

@@ -9,7 +9,7 @@ The pipeline, for every YAML document of every file:
    the manifest (`interpolate`), then turn strings into numbers and booleans where compose
    would (so `replicas: ${N:-2}` works) (`document.Context.prepare`);
 4. validate against the JSON Schema (schemas/v1), every error in words (`schema`);
-5. normalise the compose-shaped spec into `model` dataclasses (`stack`, `service`, with the
+5. normalise the compose-shaped spec into `model` value types (`stack`, `service`, with the
    value syntax of `values`), checking what a schema cannot say (port syntax, undeclared
    names, dependency cycles, host port clashes ...).
 
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+
+import msgspec
 
 from pyapply.reconciler.core import identity
 from pyapply.reconciler.core.model import Location, ManifestError, Problem, Stack
@@ -73,8 +74,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(msgspec.Struct, frozen=True):
     """What one `load` found: the stacks, the warnings, and what identifies the revision."""
 
     stacks: tuple[Stack, ...]  # sorted by name
@@ -83,9 +83,9 @@ class Loaded:
     content_digest: str  # `discovery.content_digest` of those files
     # per stack name: the variables its manifest saw (the environment over its .env file);
     # configs and secrets with `environment:` read their value from here
-    environments: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    environments: Mapping[str, Mapping[str, str]] = msgspec.field(default_factory=dict)
     # per stack name: the stack as written, with positions
-    documents: Mapping[str, StackDocument] = field(default_factory=dict)
+    documents: Mapping[str, StackDocument] = msgspec.field(default_factory=dict)
 
 
 def load(

@@ -27,8 +27,9 @@ import json
 import os
 import stat
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.core.model import Location, Problem
@@ -87,8 +88,7 @@ PROTECTED: dict[str, str] = {
 # Policies
 
 
-@dataclass(frozen=True)
-class RuleSetting:
+class RuleSetting(msgspec.Struct, frozen=True):
     """One rule of a policy: its action, what it allows anyway, and the services (as
     STACK/SERVICE patterns) it does not apply to."""
 
@@ -97,20 +97,19 @@ class RuleSetting:
     services: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     name: str  # "restricted", "warn", or the policy file as given
     rules: Mapping[str, RuleSetting]
     # host paths no bind may expose: PROTECTED's, the policy file's, and what the command
     # adds (its state root, its agent socket, DOCKER_HOST's socket)
-    protected: Mapping[str, str] = field(default_factory=lambda: dict(PROTECTED))
+    protected: Mapping[str, str] = msgspec.field(default_factory=lambda: dict(PROTECTED))
 
     def setting(self, rule: str) -> RuleSetting:
         return self.rules.get(rule, RuleSetting("allow"))
 
     def protecting(self, paths: Mapping[str, str]) -> Policy:
         """This policy, also protecting `paths` (path -> what it is)."""
-        return replace(self, protected={**self.protected, **paths})
+        return msgspec.structs.replace(self, protected={**self.protected, **paths})
 
     def file_guard(self) -> FileGuard:
         """For `manifest.load`: may an env file be read? One from outside the manifest's
@@ -140,8 +139,7 @@ class PolicyError(PyapplyError):
 # Findings
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(msgspec.Struct, frozen=True):
     """An ask the policy warns about or denies, where it was written."""
 
     rule: str
@@ -247,7 +245,7 @@ def _all(action: Action) -> Policy:
 
 
 BUILTIN: dict[str, Policy] = {
-    "restricted": replace(_all("deny"), name="restricted"),
+    "restricted": msgspec.structs.replace(_all("deny"), name="restricted"),
     "warn": _all("warn"),
 }
 

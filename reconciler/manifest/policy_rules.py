@@ -16,8 +16,9 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from pyapply.reconciler.manifest.document import StackDocument
 
@@ -30,8 +31,7 @@ Path = tuple[str | int, ...]
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
-class Ask:
+class Ask(msgspec.Struct, frozen=True):
     """Something a manifest asks for: at `path` (full document path), `value` is what an
     allow list is matched against, `sentence` says what it gives the container."""
 
@@ -91,8 +91,7 @@ def _shown(given: str, real: str) -> str:
 # The rules
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(msgspec.Struct, frozen=True):
     name: str
     summary: str  # what it finds, in a few words (the README's table says more)
     asks: Callable[[StackDocument, Policy], Iterator[Ask]]

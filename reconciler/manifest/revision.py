@@ -17,14 +17,14 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest import discovery
 
 
-@dataclass(frozen=True)
-class Revision:
+class Revision(msgspec.Struct, frozen=True):
     id: str
     subject: str = ""
     commit: str | None = None

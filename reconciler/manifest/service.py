@@ -13,8 +13,9 @@ import ipaddress
 import os
 import re
 import shlex
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, cast
+
+import msgspec
 
 from pyapply.reconciler.core.model import (
     Dependency,
@@ -58,8 +59,7 @@ if TYPE_CHECKING:
     from pyapply.reconciler.manifest.stack import StackDraft
 
 
-@dataclass
-class ServiceDraft:
+class ServiceDraft(msgspec.Struct):
     """A service built, with where it names other objects and publishes ports (for the
     checks across the stack and across stacks)."""
 
@@ -67,13 +67,13 @@ class ServiceDraft:
     path: Path
     spec: ServiceSpec
     stack_name: str
-    ports: list[tuple[Port, Path]] = field(default_factory=list)
-    networks: list[tuple[str, Path]] = field(default_factory=list)
-    addresses: list[tuple[str, ipaddress.IPv4Address, Path]] = field(default_factory=list)
-    volumes: list[tuple[str, Path]] = field(default_factory=list)
-    configs: list[tuple[str, Path]] = field(default_factory=list)
-    secrets: list[tuple[str, Path]] = field(default_factory=list)
-    depends: list[tuple[Dependency, Path]] = field(default_factory=list)
+    ports: list[tuple[Port, Path]] = msgspec.field(default_factory=list)
+    networks: list[tuple[str, Path]] = msgspec.field(default_factory=list)
+    addresses: list[tuple[str, ipaddress.IPv4Address, Path]] = msgspec.field(default_factory=list)
+    volumes: list[tuple[str, Path]] = msgspec.field(default_factory=list)
+    configs: list[tuple[str, Path]] = msgspec.field(default_factory=list)
+    secrets: list[tuple[str, Path]] = msgspec.field(default_factory=list)
+    depends: list[tuple[Dependency, Path]] = msgspec.field(default_factory=list)
     # network_mode service:NAME: the service whose namespace it joins, and where it says so
     peer: tuple[str, Path] | None = None
     container_name: tuple[str, Path] | None = None
@@ -353,10 +353,10 @@ class ServiceBuilder(Fields):
         if "nocopy" in options:
             if mount.type != "volume":
                 raise Bad(f'{show(text)} is not a valid volume: "nocopy" is for a volume')
-            mount = replace(mount, nocopy=True)
+            mount = msgspec.structs.replace(mount, nocopy=True)
         if mount.type == "bind":
             absolute, _ = self.ctx.resolve(mount.source, path)
-            return replace(mount, source=absolute)
+            return msgspec.structs.replace(mount, source=absolute)
         if mount.source:
             self.draft.volumes.append((mount.source, path))
         return mount

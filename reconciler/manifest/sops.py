@@ -51,10 +51,11 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+
+import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
 from pyapply.reconciler.manifest.sealed import (
@@ -241,8 +242,7 @@ def sops_form(content: bytes, name: str = "") -> str | None:
 # The SOPS tree
 
 
-@dataclass(frozen=True)
-class Metadata:
+class Metadata(msgspec.Struct, frozen=True):
     age: tuple[tuple[str, str], ...]  # (recipient, armored data key)
     mac: str
     lastmodified: str

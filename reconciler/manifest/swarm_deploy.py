@@ -10,8 +10,9 @@ model, so the swarm runtime can use them and the others can say they are ignored
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
+
+import msgspec
 
 from pyapply.reconciler.core.model import Deploy, RollPolicy
 
@@ -149,7 +150,7 @@ def parse_deploy(
                     error((*path, "restart_policy", key), str(e))
     update = _roll(raw.get("update_config"), (*path, "update_config"), error, duration, bad, False)
     # parallelism, delay and order are one host's too: the model keeps them in `update`
-    out["update"] = replace(update, parallelism=None, delay=None, order=None)
+    out["update"] = msgspec.structs.replace(update, parallelism=None, delay=None, order=None)
     out["rollback"] = _roll(
         raw.get("rollback_config"), (*path, "rollback_config"), error, duration, bad, True
     )

@@ -6,16 +6,16 @@ a tree back into a document (data and positions) for the loader to validate and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pyapply.reconciler.manifest import yamlpos
 
 Path = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class Where:
+class Where(msgspec.Struct, frozen=True):
     """A position in a file: the file as shown to the user, 1-based line and column, and the
     file's absolute path (whose directory relative paths in it are resolved against)."""
 
@@ -25,8 +25,7 @@ class Where:
     path: str
 
 
-@dataclass
-class Node:
+class Node(msgspec.Struct):
     value: Any  # dict[str, Node] | list[Node] | a scalar
     where: Where
     key: Where | None = None  # where the mapping key of this value was written

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -82,17 +82,18 @@ class YamlSyntaxError(PyapplyError):
         self.column = column
 
 
-@dataclass
-class Document:
+class Document(msgspec.Struct):
     data: Any
     start: Pos
-    keys: dict[Path, Pos] = field(default_factory=dict)
-    values: dict[Path, Pos] = field(default_factory=dict)
-    errors: list[tuple[Pos, str]] = field(default_factory=list)  # duplicate keys, bad tags...
-    tags: dict[Path, str] = field(default_factory=dict)  # "!reset" / "!override" by path
+    keys: dict[Path, Pos] = msgspec.field(default_factory=dict)
+    values: dict[Path, Pos] = msgspec.field(default_factory=dict)
+    errors: list[tuple[Pos, str]] = msgspec.field(
+        default_factory=list
+    )  # duplicate keys, bad tags...
+    tags: dict[Path, str] = msgspec.field(default_factory=dict)  # "!reset" / "!override" by path
     # the file each path was written in, when a document is assembled from several files
     # (compose merges); a path not here belongs to the document's own file
-    files: dict[Path, str] = field(default_factory=dict)
+    files: dict[Path, str] = msgspec.field(default_factory=dict)
 
 
 # libyaml's parser when PyYAML was built with it: the same node graph, ten times faster.

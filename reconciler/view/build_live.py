@@ -12,9 +12,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from pyapply.runtime.base import BuildEvent
 
@@ -25,8 +26,7 @@ TAIL = 5  # output lines of the running step shown under it
 REFRESH_PER_SECOND = 10
 
 
-@dataclass
-class _Step:
+class _Step(msgspec.Struct):
     number: int
     instruction: str
     state: str  # running, cached, done, failed

@@ -4,8 +4,9 @@ reads: `[3/10] RUN make` when a step starts, `  | ...` for what it prints, then
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import BuildEvent, BuildFailed, BuildResult
 
@@ -46,7 +47,7 @@ def failure_lines(e: BuildFailed) -> list[str]:
 
 
 def result_json(result: BuildResult) -> dict[str, Any]:
-    return asdict(result)
+    return msgspec.structs.asdict(result)
 
 
 def failure_json(e: BuildFailed) -> dict[str, Any]:

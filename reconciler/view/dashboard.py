@@ -21,10 +21,10 @@ from __future__ import annotations
 import datetime
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
+import msgspec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "templates")
@@ -53,8 +53,7 @@ _GOOD = {"Synced", "Healthy", "succeeded", "running", "healthy"}
 _BAD = {"Degraded", "failed", "refused", "exited", "unhealthy", "missing", "dead", "interrupted"}
 
 
-@dataclass(frozen=True)
-class Viewer:
+class Viewer(msgspec.Struct, frozen=True):
     """Who looks: what the page may offer (`operator` and not read-only: actions), the
     CSRF token its forms carry, and whether the page has a log-out button."""
 

@@ -32,8 +32,9 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import IO, Any, Literal
+
+import msgspec
 
 from pyapply.runtime.base import (
     BuildConfig,
@@ -59,8 +60,7 @@ _SUCCESS_TAG = "Successfully tagged "
 # The context
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(msgspec.Struct, frozen=True):
     """What to send: the context directory, the .dockerignore patterns, and the Dockerfile
     as dockerd will find it in the tar (`name`), with `content` when it is added to the tar
     (inline, or from outside the context)."""

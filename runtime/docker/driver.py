@@ -14,7 +14,6 @@ idempotency rules below are written in.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -26,6 +25,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager, nullcontext, suppress
 from functools import partial
 from typing import Any, Literal, TypeVar
+
+import msgspec
 
 from pyapply.runtime.base import (
     HASH_LABEL,
@@ -1055,7 +1056,7 @@ HOOKS_LABEL = "io.pyapply.hooks"
 
 def _hooks_label(config: ContainerConfig) -> dict[str, str]:
     hooks = {
-        which: [dataclasses.asdict(h) for h in getattr(config, which)]
+        which: [msgspec.structs.asdict(h) for h in getattr(config, which)]
         for which in ("post_start", "pre_stop")
         if getattr(config, which)
     }

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any, cast
+
+import msgspec
 
 from pyapply.runtime import restarts
 from pyapply.runtime.base import (
@@ -200,7 +201,7 @@ def stale_namespaces(states: list[ContainerState]) -> list[ContainerState]:
                 "again after it",
                 "restart",
             )
-            s = replace(s, faults=(*s.faults, fault))
+            s = msgspec.structs.replace(s, faults=(*s.faults, fault))
         out.append(s)
     return out
 

@@ -23,8 +23,9 @@ are left as they are, and reported so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from pyapply.runtime.base import RuntimeFailure
 from pyapply.runtime.native import health
@@ -32,17 +33,16 @@ from pyapply.runtime.native.container_state import restart_policy
 from pyapply.runtime.native.driver import Names, NativeRuntime
 
 
-@dataclass
-class BootReport:
+class BootReport(msgspec.Struct):
     """What a start did: the networks made sure of, the containers started, those left
     stopped (with the policy that left them), and what failed."""
 
     root: str
-    networks: list[str] = field(default_factory=list)
-    started: list[str] = field(default_factory=list)
-    running: list[str] = field(default_factory=list)
-    left: list[tuple[str, str]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    networks: list[str] = msgspec.field(default_factory=list)
+    started: list[str] = msgspec.field(default_factory=list)
+    running: list[str] = msgspec.field(default_factory=list)
+    left: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
 
 
 def start(root: str | os.PathLike[str]) -> BootReport:

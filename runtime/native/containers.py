@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -32,9 +31,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
+
+import msgspec
 
 from pyapply.runtime import restarts
 from pyapply.runtime.base import (
@@ -145,8 +145,7 @@ def resolv_text(
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class SharedNetwork:
+class SharedNetwork(msgspec.Struct, frozen=True):
     """A container without a network namespace of its own: the host's (`key` None), or the
     one of the container kept under `key` (whose id is `id`), whose /etc/hosts, hostname
     and resolv.conf it shares, as Docker's `container:NAME` does."""
@@ -329,7 +328,7 @@ def kill_cgroup(dirs: Sequence[Path]) -> None:
 def _health_dict(config: ContainerConfig) -> dict[str, Any] | None:
     if config.health is None or healthmod.probe_argv(config.health.test) is None:
         return None
-    return asdict(config.health)
+    return msgspec.structs.asdict(config.health)
 
 
 def _keep_record(doc: dict[str, Any], record: restarts.Record) -> bool:
@@ -601,7 +600,7 @@ class ContainerManager:
                 rootfs.mount_shm(shm, config.shm_size or 67108864)
             pid_ns, ipc_ns, shm_source = self._joined(dict(joins or {}), config.ipc_mode)
             spec = oci.build_spec(
-                replace(config, hostname=hostname),
+                msgspec.structs.replace(config, hostname=hostname),
                 oci.SpecInputs(
                     container_id=cid,
                     rootfs=str(cdir / "rootfs"),
@@ -655,7 +654,7 @@ class ContainerManager:
                 "stop_timeout_s": config.stop_timeout_s,
                 "health": _health_dict(config),
                 "memory_bytes": config.memory_bytes,
-                "ports": [asdict(p) for p in config.ports],
+                "ports": [msgspec.structs.asdict(p) for p in config.ports],
                 "networks": sorted(a.network for a in config.networks),
                 "layer_dirs": [str(Path(d).resolve()) for d in layer_dirs],
                 "netns_path": netns_path,
@@ -678,8 +677,8 @@ class ContainerManager:
                 "joins": dict(joins or {}),
                 "shm": shm,
                 "shm_size": config.shm_size,
-                "post_start": [asdict(h) for h in config.post_start],
-                "pre_stop": [asdict(h) for h in config.pre_stop],
+                "post_start": [msgspec.structs.asdict(h) for h in config.post_start],
+                "pre_stop": [msgspec.structs.asdict(h) for h in config.pre_stop],
                 "restart": {"policy": policy.name, "max_retries": policy.max_retries},
             }
             self._save(config.name, doc)
@@ -956,7 +955,7 @@ class ContainerManager:
             with contextlib.suppress(DamagedState):
                 doc = self._load(name)
                 if doc is not None and _keep_record(
-                    doc, dataclasses.replace(restart_record(doc), stopped=True)
+                    doc, msgspec.structs.replace(restart_record(doc), stopped=True)
                 ):
                     self._save(name, doc)
             self._stop(name, timeout)

@@ -63,9 +63,10 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
 
 from pyapply.runtime.base import (
     Attachment,
@@ -327,7 +328,9 @@ class NativeRuntime:
     def _named(self, net: NetworkState, names: Mapping[str, str]) -> NetworkState:
         """A network's members by container name (the manager keeps them by key)."""
         members = tuple(sorted(Names.name_of(names, key) for key in net.containers))
-        return net if members == net.containers else replace(net, containers=members)
+        return (
+            net if members == net.containers else msgspec.structs.replace(net, containers=members)
+        )
 
     def get_network(self, name: str) -> NetworkState | None:
         net = self.networks.get(name)
@@ -342,7 +345,7 @@ class NativeRuntime:
                 return found
             by_network, _ = self._kernel_faults()
         return [
-            replace(n, faults=tuple(Fault(r) for r in by_network[n.name]))
+            msgspec.structs.replace(n, faults=tuple(Fault(r) for r in by_network[n.name]))
             if n.name in by_network
             else n
             for n in found
@@ -515,7 +518,7 @@ class NativeRuntime:
             else:
                 src = cdir / "volumes" / str(len(anon))
                 anon.append(src)
-            out.append(replace(m, type="bind", source=str(src)))
+            out.append(msgspec.structs.replace(m, type="bind", source=str(src)))
         return out, anon
 
     def _attached_networks(self) -> dict[str, tuple[str, ...]]:
@@ -537,9 +540,9 @@ class NativeRuntime:
         attached because a create was killed, is not there)."""
         nets = attached.get(state.name, ())
         if nets != state.networks:
-            state = replace(state, networks=nets)
+            state = msgspec.structs.replace(state, networks=nets)
         name = Names.name_of(names, state.name)
-        return state if name == state.name else replace(state, name=name)
+        return state if name == state.name else msgspec.structs.replace(state, name=name)
 
     def _hostname(self, config: ContainerConfig, cid: str) -> str:
         return config.hostname or cid[:12]
@@ -600,7 +603,7 @@ class NativeRuntime:
         nspath = self._make_netns(key) if shared is None else shared.netns_path
         try:
             cid = self.containers.create(
-                replace(config, name=key, health=health),
+                msgspec.structs.replace(config, name=key, health=health),
                 layer_dirs,
                 record.config.to_json(),
                 image_id=record.id,
@@ -943,7 +946,7 @@ class NativeRuntime:
                 faults += [Fault(r) for r in by_container.get(st.name, ())]
                 if keeper_down:
                     faults.append(Fault(KEEPER_DOWN))
-            out.append(replace(st, faults=tuple(faults)) if faults else st)
+            out.append(msgspec.structs.replace(st, faults=tuple(faults)) if faults else st)
         return out
 
     def _netns_fault(self, key: str, pid: int | None) -> str | None:

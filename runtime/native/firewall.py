@@ -81,9 +81,10 @@ import subprocess
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import IO
+
+import msgspec
 
 from pyapply.runtime.base import PermanentError, PortBinding
 from pyapply.runtime.native.hostbins import IPTABLES, IPTABLES_RESTORE, IPTABLES_SAVE, HostBinary
@@ -158,8 +159,7 @@ def host_lock() -> Iterator[None]:
                 _host_file = None
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(msgspec.Struct, frozen=True):
     table: str
     chain: str
     args: tuple[str, ...]

@@ -33,9 +33,10 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import Health, HealthConfig
 from pyapply.runtime.native.container_state import STATE_SHAPE
@@ -78,8 +79,7 @@ _LOG_KEEP = 5
 _MARKER = "pyapply.runtime.native.health"
 
 
-@dataclass(frozen=True)
-class Probe:
+class Probe(msgspec.Struct, frozen=True):
     start: float
     end: float
     exit_code: int
@@ -236,8 +236,7 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(pyapply.__file__)))
 
 
-@dataclass
-class _Watched:
+class _Watched(msgspec.Struct):
     started_at: str
     config: HealthConfig
     argv: list[str]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+
+# a dataclass, not a msgspec Struct like every other value type: scripts/setup.sh runs this
+# file with the system's python, before the virtualenv (and msgspec) exists
 from dataclasses import dataclass
 
 

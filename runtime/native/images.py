@@ -38,8 +38,9 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from pyapply.runtime.base import ImageInfo, NotFound, PermanentError
 from pyapply.runtime.native.layers import (
@@ -87,8 +88,7 @@ CONFIG_TYPES = (
 MAX_JSON = 16 << 20
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(msgspec.Struct, frozen=True):
     """The parts of an image config a container is made from (Docker/OCI `config`)."""
 
     env: tuple[str, ...] = ()
@@ -98,7 +98,7 @@ class ImageConfig:
     user: str = ""
     exposed_ports: tuple[str, ...] = ()
     healthcheck: Mapping[str, Any] | None = None  # {Test, Interval, Timeout, ...} as in JSON
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
     stop_signal: str | None = None
 
     @classmethod
@@ -138,8 +138,7 @@ class ImageConfig:
         }
 
 
-@dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(msgspec.Struct, frozen=True):
     id: str  # config digest
     refs: tuple[str, ...]  # normalised references naming it
     repo_digests: tuple[str, ...]  # name@manifest-or-index-digest it was pulled as
@@ -189,8 +188,7 @@ class ImageRecord:
         )
 
 
-@dataclass(frozen=True)
-class PullProgress:
+class PullProgress(msgspec.Struct, frozen=True):
     """One progress report: `action` is "download" (done/total bytes, repeated), "cached"
     (blob already stored), "unpacked" (layer unpacked) or "present" (layer already
     unpacked)."""
@@ -256,10 +254,9 @@ INDEX_SHAPE = checked(
 )
 
 
-@dataclass
-class _Index:
-    refs: dict[str, str] = field(default_factory=dict)
-    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+class _Index(msgspec.Struct):
+    refs: dict[str, str] = msgspec.field(default_factory=dict)
+    images: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     def record(self, image_id: str) -> ImageRecord:
         refs = [r for r, i in self.refs.items() if i == image_id]

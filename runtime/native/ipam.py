@@ -27,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import Conflict, PermanentError
 
@@ -38,13 +39,12 @@ DEFAULT_PREFIX = 24
 IPV6_DEFAULT_PREFIX = 64
 
 
-@dataclass
-class SubnetAlloc:
+class SubnetAlloc(msgspec.Struct):
     """A network's address space and its leases (container name -> address)."""
 
     subnet: IPv4Network
     gateway: IPv4Address
-    leases: dict[str, IPv4Address] = field(default_factory=dict)
+    leases: dict[str, IPv4Address] = msgspec.field(default_factory=dict)
 
     def holder(self, address: IPv4Address) -> str | None:
         for container, leased in self.leases.items():

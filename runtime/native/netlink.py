@@ -21,8 +21,9 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import msgspec
 
 # rtnetlink(7) / linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h
 _NLMSG_ERROR = 2
@@ -54,16 +55,14 @@ _NETLINK_GET_STRICT_CHK = 12
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, pad, ifindex, state, flags, type
 
 
-@dataclass(frozen=True)
-class LinkInfo:
+class LinkInfo(msgspec.Struct, frozen=True):
     name: str
     index: int
     up: bool
     master: int | None  # the index of the bridge it is a port of
 
 
-@dataclass(frozen=True)
-class NeighbourInfo:
+class NeighbourInfo(msgspec.Struct, frozen=True):
     """One neighbour entry: its family, link, NUD state, IPv4 address (AF_INET) and MAC,
     and the bridge it was learned on (AF_BRIDGE)."""
 

@@ -62,7 +62,6 @@ from __future__ import annotations
 import atexit
 import builtins
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import functools
@@ -74,10 +73,11 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import IO, Any, ParamSpec, TypeVar
+
+import msgspec
 
 from pyapply.runtime.base import (
     Attachment,
@@ -178,15 +178,13 @@ def write_in_place(path: str, content: str) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(msgspec.Struct, frozen=True):
     index: int
     up: bool
     master: int | None
 
 
-@dataclass(frozen=True)
-class KernelView:
+class KernelView(msgspec.Struct, frozen=True):
     """What the kernel holds, read in one look: links by name, IPv4 addresses by link index,
     every firewall rule, and the bound UDP sockets (None: not looked at)."""
 
@@ -311,8 +309,7 @@ def port_faults(rec: Mapping[str, Any], port: Mapping[str, Any], view: KernelVie
     return f"rule for {b.host_ip or '0.0.0.0'}:{b.host_port}{proto} missing"
 
 
-@dataclass
-class _State:
+class _State(msgspec.Struct):
     """Everything persisted, loaded and saved as one transaction."""
 
     networks: dict[str, dict[str, Any]]
@@ -328,20 +325,18 @@ class _State:
     proxy_due: bool = False
 
 
-@dataclass(frozen=True)
-class PublishedPort:
+class PublishedPort(msgspec.Struct, frozen=True):
     container: str
     network: str
     ip: str
     binding: PortBinding
 
 
-@dataclass
-class _Changes:
+class _Changes(msgspec.Struct):
     """Networks whose members changed during a transaction (their hosts files are redone)."""
 
-    networks: set[str] = field(default_factory=set)
-    containers: set[str] = field(default_factory=set)
+    networks: set[str] = msgspec.field(default_factory=set)
+    containers: set[str] = msgspec.field(default_factory=set)
 
 
 class _Pending:
@@ -859,7 +854,7 @@ class NetworkManager:
         networks = self._peek().networks
         if view.rules6 is None and any(r.get("subnet6") for r in networks.values()):
             # one ip6tables-save, only when a network is dual-stack
-            view = dataclasses.replace(view, rules6=self.firewall6.save())
+            view = msgspec.structs.replace(view, rules6=self.firewall6.save())
         local = self.dns.local
         local_dns = dns.local_only_address(local.dir) if local is not None else None
         for name, rec in networks.items():

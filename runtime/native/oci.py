@@ -15,8 +15,9 @@ import json
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import ContainerConfig, MountConfig, PermanentError
 from pyapply.runtime.native import seccomp
@@ -196,8 +197,7 @@ def default_mounts(shm_size: int = 67108864, *, writable_sys: bool = False) -> l
     ]
 
 
-@dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(msgspec.Struct, frozen=True):
     """The parts of an OCI image config (its "config" object) a container uses."""
 
     env: tuple[str, ...] = ()
@@ -206,7 +206,7 @@ class ImageConfig:
     working_dir: str = ""
     user: str = ""
     stop_signal: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_oci(cls, doc: Mapping[str, Any] | None) -> ImageConfig:
@@ -232,8 +232,7 @@ class ImageConfig:
         )
 
 
-@dataclass(frozen=True)
-class EtcFiles:
+class EtcFiles(msgspec.Struct, frozen=True):
     """Host paths of the files bind-mounted at /etc/hosts, /etc/hostname, /etc/resolv.conf."""
 
     hosts: str
@@ -241,8 +240,7 @@ class EtcFiles:
     resolv_conf: str
 
 
-@dataclass(frozen=True)
-class HostDevice:
+class HostDevice(msgspec.Struct, frozen=True):
     """A host device node as the container gets it: at `path` in the container, of `kind`
     "c" or "b", with its numbers, mode bits and owner; `access` is its cgroup permission."""
 
@@ -256,8 +254,7 @@ class HostDevice:
     access: str = "rwm"
 
 
-@dataclass(frozen=True)
-class SpecInputs:
+class SpecInputs(msgspec.Struct, frozen=True):
     """Everything besides the container config that the spec depends on."""
 
     container_id: str
@@ -267,7 +264,7 @@ class SpecInputs:
     mounts: tuple[MountConfig, ...] | None = None  # resolved (volume source = host path)
     netns_path: str | None = None  # None: a new, empty network namespace
     host_network: bool = False  # no network namespace of its own: the host's
-    host_rlimits: Mapping[str, tuple[int, int]] = field(
+    host_rlimits: Mapping[str, tuple[int, int]] = msgspec.field(
         default_factory=dict
     )  # name -> soft, hard (-1 = unlimited)
     passwd: str = ""  # text of the rootfs's /etc/passwd ("" if absent)
@@ -287,8 +284,8 @@ class SpecInputs:
     # the capabilities this host lets a process hold (its bounding set); a privileged
     # container gets them all ("": every capability runc knows)
     host_capabilities: tuple[str, ...] = ()
-    machine: str = field(default_factory=lambda: os.uname().machine)  # for seccomp's arches
-    kernel: str = field(default_factory=lambda: os.uname().release)  # seccomp's minKernel
+    machine: str = msgspec.field(default_factory=lambda: os.uname().machine)  # for seccomp's arches
+    kernel: str = msgspec.field(default_factory=lambda: os.uname().release)  # seccomp's minKernel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,8 +332,7 @@ def _parse_db(text: str) -> list[list[str]]:
     return rows
 
 
-@dataclass(frozen=True)
-class ResolvedUser:
+class ResolvedUser(msgspec.Struct, frozen=True):
     uid: int
     gid: int
     additional_gids: tuple[int, ...] = ()

@@ -48,10 +48,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native.daemons import cmdline, is_zombie, log_tail, terminate
@@ -67,8 +68,7 @@ STOP_WAIT_S = 5.0
 _MARKER = "pyapply.runtime.native.proxyserver"  # the process (asyncio: loaded there only)
 
 
-@dataclass(frozen=True, order=True)
-class Relay:
+class Relay(msgspec.Struct, frozen=True, order=True):
     """One port the proxy serves: [::1]:port/proto -> target:target_port."""
 
     proto: str

@@ -36,8 +36,9 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 from pyapply.runtime.base import (
     NotFound,
@@ -83,16 +84,14 @@ FEED_PIECES = (8 << 20) // CHUNK
 PushProgressFn = Callable[[PushEvent], None]
 
 
-@dataclass(frozen=True)
-class BlobToPush:
+class BlobToPush(msgspec.Struct, frozen=True):
     kind: Literal["layer", "config"]
     digest: str
     size: int
     media_type: str
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(msgspec.Struct, frozen=True):
     """The manifest to push and the blobs it names (config first)."""
 
     body: bytes
@@ -541,8 +540,7 @@ class _GzipFeed:
         self._thread.join()
 
 
-@dataclass
-class _FeedEnd:
+class _FeedEnd(msgspec.Struct):
     digest: str = ""
     error: BaseException | None = None
 

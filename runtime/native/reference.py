@@ -15,8 +15,9 @@ from __future__ import annotations
 import platform as _platform
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import NotFound, PermanentError
 from pyapply.runtime.native.layers import check_digest
@@ -44,8 +45,7 @@ _DOMAIN_RE = re.compile(r"^(?:[a-zA-Z0-9.-]+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
 # References
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(msgspec.Struct, frozen=True):
     registry: str  # host[:port], "docker.io" for Docker Hub
     repository: str  # "library/busybox"
     tag: str | None = None
@@ -136,8 +136,7 @@ _ARCH_ALIASES = {
 }
 
 
-@dataclass(frozen=True)
-class Platform:
+class Platform(msgspec.Struct, frozen=True):
     os: str
     architecture: str
     variant: str | None = None

@@ -29,8 +29,9 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from pyapply.runtime.base import NotFound, PermanentError, TransientError
 from pyapply.runtime.native.layers import BlobStore, DigestMismatch, check_digest, sha256_bytes
@@ -83,8 +84,7 @@ def is_loopback(host: str) -> bool:
 # Auth
 
 
-@dataclass(frozen=True)
-class Challenge:
+class Challenge(msgspec.Struct, frozen=True):
     scheme: str  # "basic" | "bearer"
     params: Mapping[str, str]
 
@@ -178,8 +178,7 @@ Progress = Callable[[int], None]
 BLOCK = 1 << 20  # bytes per write when a request body is streamed
 
 
-@dataclass(frozen=True)
-class Body:
+class Body(msgspec.Struct, frozen=True):
     """A request body: bytes, or `length` bytes of the file at `path` from `offset` (a blob
     or a chunk of it), read afresh for each attempt (a redirect, a retry after a 401); or
     `chunks` of a length not known ahead (sent with chunked transfer encoding, once: a
@@ -811,8 +810,7 @@ class RegistryClient:
 RESUME_ATTEMPTS = 3
 
 
-@dataclass
-class Upload:
+class Upload(msgspec.Struct):
     """An open blob upload session: where to send the data next, the registry's minimum
     chunk length (OCI-Chunk-Min-Length, 0 when it sets none), the bytes the registry holds
     so far and the chunks cut (and resumed) so far."""

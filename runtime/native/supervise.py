@@ -35,10 +35,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import PermanentError, RuntimeFailure, TransientError
 from pyapply.runtime.native import runc_files
@@ -86,14 +87,12 @@ def read_pid(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-@dataclass(frozen=True)
-class ExitRecord:
+class ExitRecord(msgspec.Struct, frozen=True):
     code: int
     finished_at: str
 
 
-@dataclass(frozen=True)
-class ExecResult:
+class ExecResult(msgspec.Struct, frozen=True):
     exit_code: int
     output: bytes
     timed_out: bool = False

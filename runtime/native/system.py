@@ -28,9 +28,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import ContainerState, RuntimeFailure
 from pyapply.runtime.native import firewall, rootfs
@@ -68,16 +69,15 @@ HEALTH_MARKER = "pyapply.runtime.native.health"
 KILL_WAIT_S = 5.0
 
 
-@dataclass
-class ResetReport:
+class ResetReport(msgspec.Struct):
     """What a reset removed, by kind ("container", "network", ...), what it left in the root
     because pyapply did not make it, and what it could not do."""
 
     root: str
-    removed: dict[str, list[str]] = field(default_factory=dict)
-    kept: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)  # state files pass 2 swept around
+    removed: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    kept: list[str] = msgspec.field(default_factory=list)
+    errors: list[str] = msgspec.field(default_factory=list)
+    damaged: list[str] = msgspec.field(default_factory=list)  # state files pass 2 swept around
 
     def add(self, kind: str, what: str) -> None:
         items = self.removed.setdefault(kind, [])

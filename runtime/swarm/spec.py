@@ -235,7 +235,7 @@ def service_config(spec: JSON, *, network_names: Mapping[str, str] | None = None
         resources=_resources_of(task.get("Resources") or {}),
         restart_policy=RestartPolicy(
             condition=restart.get("Condition") or "any",
-            delay_s=_s(restart["Delay"]) if "Delay" in restart else RestartPolicy.delay_s,
+            delay_s=_s(restart["Delay"]) if "Delay" in restart else RestartPolicy().delay_s,
             max_attempts=int(restart.get("MaxAttempts") or 0),
             window_s=_s(restart.get("Window")),
         ),

@@ -28,8 +28,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
@@ -87,8 +88,7 @@ def context(tmp: Path) -> Path:
     return ctx
 
 
-@dataclass
-class Builder:
+class Builder(msgspec.Struct):
     """One builder under test: its cold and warm command lines, its environment, and what
     removes what it made (run at the end, also after a failure)."""
 

@@ -57,13 +57,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import common
 import docker
 import docker.errors
+import msgspec
 from common import BenchError, Tool, log
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
@@ -221,24 +221,22 @@ def delete_link(ifname: str) -> None:
 # Section 1: latency variants
 
 
-@dataclass
-class Variant:
+class Variant(msgspec.Struct):
     key: str
     label: str
     measure: Callable[[str], dict[str, float]]  # container name -> {"total": s, phases...}
-    samples: list[float] = field(default_factory=list)
-    phases: dict[str, list[float]] = field(default_factory=dict)
+    samples: list[float] = msgspec.field(default_factory=list)
+    phases: dict[str, list[float]] = msgspec.field(default_factory=dict)
     note: str = ""
 
 
-@dataclass
-class Created:
+class Created(msgspec.Struct):
     """Everything section 1 made, for the cleanup (entries go once they are removed)."""
 
-    runc: list[str] = field(default_factory=list)
-    native: list[str] = field(default_factory=list)
-    docker: list[str] = field(default_factory=list)
-    podman: list[str] = field(default_factory=list)
+    runc: list[str] = msgspec.field(default_factory=list)
+    native: list[str] = msgspec.field(default_factory=list)
+    docker: list[str] = msgspec.field(default_factory=list)
+    podman: list[str] = msgspec.field(default_factory=list)
 
 
 class NativeObjects:

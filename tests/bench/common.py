@@ -20,11 +20,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import docker.errors
+import msgspec
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -186,8 +186,7 @@ class DockerObjects:
         return removed
 
 
-@dataclass
-class Tool:
+class Tool(msgspec.Struct):
     """One tool under test: how to converge and tear down, and how to find its objects."""
 
     name: str
@@ -197,7 +196,7 @@ class Tool:
     env: dict[str, str]
     ports: list[int]
     objects: StackObjects
-    samples: dict[str, list[float]] = field(default_factory=dict)
+    samples: dict[str, list[float]] = msgspec.field(default_factory=dict)
 
     def run(self, argv: list[str], what: str, shielded: bool = False) -> float:
         """Run `argv`, return its wall time; raise BenchError if it fails. `shielded` runs it

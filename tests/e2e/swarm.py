@@ -36,9 +36,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 REGISTRY = "127.0.0.1:5000"
 TEST_REPO = f"{REGISTRY}/pyapply-test/busybox"
@@ -100,15 +101,14 @@ def _registry_digest() -> str | None:
 # The network namespace and its veth
 
 
-@dataclass
-class HostLink:
+class HostLink(msgspec.Struct):
     """A network namespace joined to the host by a veth pair on a private /30."""
 
     prefix: str
     netns: str = ""
     host_if: str = ""
     peer_if: str = ""
-    made: list[str] = field(default_factory=list)
+    made: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.netns = f"{self.prefix}-ns"
@@ -239,8 +239,7 @@ def swarm_info(host: str | None = None) -> dict[str, Any]:
     return info
 
 
-@dataclass
-class SwarmHost:
+class SwarmHost(msgspec.Struct):
     """The main dockerd as a swarm manager: initialised here (advertising `advertise`) when it
     is not in a swarm, used as it is when it is a manager already."""
 
@@ -301,13 +300,14 @@ class SwarmHost:
 # The second dockerd
 
 
-@dataclass
-class SecondDaemon:
+class SecondDaemon(msgspec.Struct):
     """A dockerd in the namespace of `link`, with its own roots, socket, pidfile and hostname."""
 
     link: HostLink
     hostname: str
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pyasw-dockerd-")))
+    root: Path = msgspec.field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="pyasw-dockerd-"))
+    )
     proc: subprocess.Popen[bytes] | None = None
     node_id: str = ""
 

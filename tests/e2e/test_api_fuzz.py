@@ -28,9 +28,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from pyapply.reconciler.agent.api import MAX_BODY_BYTES, MAX_CONNECTIONS
@@ -48,8 +48,7 @@ SEED = int(os.environ.get("PYAPPLY_FUZZ_SEED", "1717"))
 STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9]) [^\r\n]*")
 
 
-@dataclass
-class Answer:
+class Answer(msgspec.Struct):
     status: int | None  # the last final status; None: closed without a response
     body: bytes = b""
     statuses: tuple[int, ...] = ()  # every final response (pipelined bytes may add some)

@@ -12,9 +12,9 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
@@ -180,7 +180,7 @@ def test_driver_is_idempotent_and_speaks_the_error_taxonomy(registry: str, tmp_p
         cid = rt.create_container(cfg)
         assert rt.create_container(cfg) == cid
         with pytest.raises(Conflict):
-            rt.create_container(replace(cfg, labels=other))
+            rt.create_container(msgspec.structs.replace(cfg, labels=other))
         created = rt.get_container(cfg.name)
         assert created is not None and created.status == "created"
         rt.start_container(cfg.name)
@@ -399,7 +399,9 @@ def test_image_healthcheck_applies_unless_the_service_has_one(tmp_path: Path) ->
         init=True,
         stop_timeout_s=1.0,
     )
-    off = replace(own, name=f"{labels['io.pyapply.stack']}-off-1", health=HealthConfig(("NONE",)))
+    off = msgspec.structs.replace(
+        own, name=f"{labels['io.pyapply.stack']}-off-1", health=HealthConfig(("NONE",))
+    )
     try:
         rt.image_store.import_archive(str(archive))
         for cfg in (own, off):

@@ -27,9 +27,9 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 
@@ -99,8 +99,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class Env:
+class Env(msgspec.Struct):
     """One test's state root, stack name, port and the way to run pyapply on them."""
 
     root: Path
@@ -110,7 +109,7 @@ class Env:
     image: str
     networks: tuple[str, ...] = ()
     containers: tuple[str, ...] = ()
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

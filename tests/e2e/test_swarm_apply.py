@@ -14,9 +14,9 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from tests.e2e.runtimes import PYAPPLY
@@ -82,8 +82,7 @@ secrets:
 """
 
 
-@dataclass
-class Env:
+class Env(msgspec.Struct):
     prefix: str
     dir: Path
     port: int

@@ -7,17 +7,16 @@ the swarm only if these tests made it a manager (tests/e2e/swarm.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from pyapply.runtime.base import Conflict
@@ -56,8 +55,7 @@ pytestmark = pytest.mark.e2e
 HTTPD = ("sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www")
 
 
-@dataclass
-class SwarmEnv:
+class SwarmEnv(msgspec.Struct):
     prefix: str
     link: HostLink
     swarm: SwarmHost
@@ -83,7 +81,7 @@ class SwarmEnv:
             update_config=UpdatePolicy(parallelism=1, monitor_s=1),
             rollback_config=UpdatePolicy(parallelism=0, monitor_s=1),
         )
-        return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+        return msgspec.structs.replace(base, **fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +108,9 @@ def swarm_env() -> Iterator[SwarmEnv]:
 
 def _differences(a: ServiceConfig, b: ServiceConfig) -> dict[str, tuple[object, object]]:
     return {
-        f.name: (getattr(a, f.name), getattr(b, f.name))
-        for f in dataclasses.fields(ServiceConfig)
-        if getattr(a, f.name) != getattr(b, f.name)
+        name: (getattr(a, name), getattr(b, name))
+        for name in ServiceConfig.__struct_fields__
+        if getattr(a, name) != getattr(b, name)
     }
 
 
@@ -154,7 +152,7 @@ def test_service_lifecycle_on_a_single_node_swarm(swarm_env: SwarmEnv) -> None:
     service_id = rt.create_service(desired)
     assert rt.create_service(desired) == service_id  # idempotent
     with pytest.raises(Conflict):
-        rt.create_service(dataclasses.replace(desired, labels={"io.pyapply.stack": "other"}))
+        rt.create_service(msgspec.structs.replace(desired, labels={"io.pyapply.stack": "other"}))
     result = rt.wait_converged(desired.name, 60)
     assert result.outcome == "converged", result
     assert (result.running, result.desired) == (3, 3)
@@ -174,7 +172,7 @@ def test_service_lifecycle_on_a_single_node_swarm(swarm_env: SwarmEnv) -> None:
     assert "LEVEL=1" in _exec(container, "env").split()
 
     # an env change is a rolling update, waited for
-    updated = dataclasses.replace(desired, env=("LEVEL=2",))
+    updated = msgspec.structs.replace(desired, env=("LEVEL=2",))
     start = time.monotonic()
     rt.update_service(desired.name, updated, state.version)
     result = rt.wait_converged(desired.name, 60)
@@ -194,7 +192,7 @@ def test_service_lifecycle_on_a_single_node_swarm(swarm_env: SwarmEnv) -> None:
         rt.update_service(desired.name, updated, state.version)
 
     # an update whose tasks fail is rolled back by the swarm
-    failing = dataclasses.replace(
+    failing = msgspec.structs.replace(
         updated,
         env=("LEVEL=3",),
         command=("sh", "-c", "exit 3"),

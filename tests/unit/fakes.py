@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+
+import msgspec
 
 from pyapply.runtime.base import (
     Attachment,
@@ -39,24 +40,23 @@ def _match(labels: Mapping[str, str], want: Mapping[str, str]) -> bool:
     return all((k in labels) if v == "" else labels.get(k) == v for k, v in want.items())
 
 
-@dataclass
-class FakeRuntime:
+class FakeRuntime(msgspec.Struct, dict=True):  # tests set methods on an instance
     name: str = "fake"
-    images_: dict[str, ImageInfo] = field(default_factory=dict)
-    containers: dict[str, ContainerState] = field(default_factory=dict)
-    networks: dict[str, NetworkState] = field(default_factory=dict)
-    volumes: dict[str, VolumeState] = field(default_factory=dict)
-    calls: list[str] = field(default_factory=list)
-    fail_next: dict[str, int] = field(default_factory=dict)  # op -> transient failures left
+    images_: dict[str, ImageInfo] = msgspec.field(default_factory=dict)
+    containers: dict[str, ContainerState] = msgspec.field(default_factory=dict)
+    networks: dict[str, NetworkState] = msgspec.field(default_factory=dict)
+    volumes: dict[str, VolumeState] = msgspec.field(default_factory=dict)
+    calls: list[str] = msgspec.field(default_factory=list)
+    fail_next: dict[str, int] = msgspec.field(default_factory=dict)  # op -> transient failures left
     healthy_after_start: bool = True
     # starts that fail on stale runtime state (Stuck): of these container ids (the state is
     # the object's: a new container does not have it), or of these names (whatever object
     # has it: a port another program holds)
-    stuck_ids: set[str] = field(default_factory=set)
-    stuck_names: set[str] = field(default_factory=set)
-    events_: list[Event] = field(default_factory=list)
+    stuck_ids: set[str] = msgspec.field(default_factory=set)
+    stuck_names: set[str] = msgspec.field(default_factory=set)
+    events_: list[Event] = msgspec.field(default_factory=list)
     exec_code: int = 0
-    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    _ids: Iterator[int] = msgspec.field(default_factory=lambda: itertools.count(1))
 
     def _call(self, op: str) -> None:
         self.calls.append(op)
@@ -106,7 +106,7 @@ class FakeRuntime:
             if dict(have.labels) != dict(config.labels):
                 raise Conflict(f"network {config.name} exists")
             # an existing network is made sure of: what was missing of it is back
-            self.networks[config.name] = replace(have, faults=())
+            self.networks[config.name] = msgspec.structs.replace(have, faults=())
             return
         self.networks[config.name] = NetworkState(
             id=f"n{next(self._ids)}",
@@ -187,12 +187,12 @@ class FakeRuntime:
         if c.id in self.stuck_ids or name in self.stuck_names:
             raise Stuck(f"cannot start container {name}: port 8080 is already allocated")
         if c.status == "running":  # a running container's faults are repaired in place
-            self.containers[name] = replace(c, faults=())
+            self.containers[name] = msgspec.structs.replace(c, faults=())
             return
         health = c.health
         if health is not None and self.healthy_after_start:
             health = "healthy"
-        self.containers[name] = replace(
+        self.containers[name] = msgspec.structs.replace(
             c, status="running", exit_code=None, health=health, faults=()
         )
 
@@ -201,7 +201,7 @@ class FakeRuntime:
         c = self.containers.get(name)
         if c is None:
             raise NotFound(f"no such container {name}")
-        self.containers[name] = replace(c, status="exited", exit_code=137)
+        self.containers[name] = msgspec.structs.replace(c, status="exited", exit_code=137)
 
     def remove_container(self, name: str) -> None:
         self._call(f"remove {name}")
@@ -210,12 +210,12 @@ class FakeRuntime:
     def rename_container(self, name: str, new_name: str) -> None:
         self._call(f"rename {name} {new_name}")
         c = self.containers.pop(name)
-        self.containers[new_name] = replace(c, name=new_name)
+        self.containers[new_name] = msgspec.structs.replace(c, name=new_name)
 
     def connect_network(self, container: str, attachment: Attachment) -> None:
         c = self.containers[container]
         nets = tuple(sorted({*c.networks, attachment.network}))
-        self.containers[container] = replace(c, networks=nets)
+        self.containers[container] = msgspec.structs.replace(c, networks=nets)
 
     def logs(self, name: str, *, follow: bool = False, tail: int | None = None) -> Iterator[bytes]:
         return iter(())
@@ -244,7 +244,7 @@ class FakeRuntime:
 
     def break_network(self, name: str, reason: str) -> None:
         """Take away part of a network's kernel side (as `ip link del` of its bridge)."""
-        self.networks[name] = replace(self.networks[name], faults=(Fault(reason),))
+        self.networks[name] = msgspec.structs.replace(self.networks[name], faults=(Fault(reason),))
 
     def mutate(self, name: str, **changes: object) -> None:
-        self.containers[name] = replace(self.containers[name], **changes)  # type: ignore[arg-type]
+        self.containers[name] = msgspec.structs.replace(self.containers[name], **changes)  # type: ignore[arg-type]

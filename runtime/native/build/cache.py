@@ -19,8 +19,9 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.statefs import atomic_write, private_dir
 
@@ -49,8 +50,7 @@ def step_key(
     return "sha256:" + hashlib.sha256(body.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     diff_id: str | None  # None: the step changed no file (no layer)
 
     def to_json(self) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from pyapply.runtime.base import BuildFailed
 from pyapply.runtime.native.build import dockerignore
@@ -32,8 +33,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return dockerignore.compile_pattern(re.sub(r"\*+", "*", dockerignore.clean(pattern)))
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(msgspec.Struct, frozen=True):
     """One matched source: `rel` its path in the tree ('.' the root), `host` where it is."""
 
     rel: str

@@ -34,9 +34,10 @@ import hashlib
 import os
 import re
 import secrets
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from pyapply.runtime.base import BuildFailed, MountConfig
 from pyapply.runtime.native import rootfs
@@ -74,8 +75,7 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-@dataclass(frozen=True)
-class MountSpec:
+class MountSpec(msgspec.Struct, frozen=True):
     """One `--mount`, its values expanded and checked; `target` absolute."""
 
     type: MountKind

@@ -19,9 +19,9 @@ Pure: text in, `Dockerfile` out, `BuildFailed(where="Dockerfile:LINE")` for bad 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import dockerfile
+import msgspec
 
 from pyapply.runtime.base import BuildFailed
 
@@ -44,8 +44,7 @@ KNOWN_DIRECTIVES = frozenset({"escape", "syntax"})
 _HEREDOC_MARK = re.compile(r"(\d*)<<(-?)\s*(\"[^\"\n]*\"|'[^'\n]*'|[^\s<>;&|]+)")
 
 
-@dataclass(frozen=True)
-class Heredoc:
+class Heredoc(msgspec.Struct, frozen=True):
     name: str
     content: str
     fd: int = 0
@@ -71,8 +70,7 @@ def directives(text: str) -> dict[str, str]:
     return found
 
 
-@dataclass(frozen=True)
-class Instruction:
+class Instruction(msgspec.Struct, frozen=True):
     """One instruction as the parser gave it (`cmd` upper-case)."""
 
     cmd: str
@@ -104,19 +102,17 @@ class Instruction:
         return first.strip()
 
 
-@dataclass
-class Stage:
+class Stage(msgspec.Struct):
     index: int
     base: str  # as written (may hold $ARGs)
     name: str | None  # lower-cased, as stage names are compared
     line: int
     platform: str | None = None
-    instructions: list[Instruction] = field(default_factory=list)
+    instructions: list[Instruction] = msgspec.field(default_factory=list)
     from_instruction: Instruction | None = None
 
 
-@dataclass
-class Dockerfile:
+class Dockerfile(msgspec.Struct):
     meta_args: list[Instruction]  # ARGs before the first FROM
     stages: list[Stage]
     name: str = "Dockerfile"

@@ -14,8 +14,9 @@ import datetime
 import json
 import posixpath
 import re
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from pyapply.runtime.base import BuildFailed
 from pyapply.runtime.native.build import words
@@ -60,19 +61,20 @@ def iso_time(epoch: int) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass
-class StageState:
+class StageState(msgspec.Struct):
     """A stage being built."""
 
     name: str | None
     base_id: str  # the base image id, "" for scratch, else "stage:<n>"
-    diff_ids: list[str] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)  # the OCI "config" object
-    history: list[dict[str, Any]] = field(default_factory=list)
-    args: dict[str, str] = field(default_factory=dict)  # declared in this stage, with values
+    diff_ids: list[str] = msgspec.field(default_factory=list)
+    config: dict[str, Any] = msgspec.field(default_factory=dict)  # the OCI "config" object
+    history: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    args: dict[str, str] = msgspec.field(
+        default_factory=dict
+    )  # declared in this stage, with values
     key: str = ""  # the cache chain's last key
     shell: tuple[str, ...] = DEFAULT_SHELL
-    onbuild_from_base: list[str] = field(default_factory=list)
+    onbuild_from_base: list[str] = msgspec.field(default_factory=list)
     escape: str = "\\"  # the Dockerfile's escape character (`# escape=`)
 
     def fork(self, name: str | None) -> StageState:

@@ -17,8 +17,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from tests.e2e.runtimes import PYAPPLY, Cli, NativeUnderTest, RuntimeUnderTest
 
@@ -97,8 +98,7 @@ class VolumeMarker:
         )
 
 
-@dataclass(frozen=True)
-class Killed:
+class Killed(msgspec.Struct, frozen=True):
     """A `pyapply` run and the SIGKILL sent to it (or not: see `landed`)."""
 
     at_s: float  # when the kill was sent, or the run ended, in seconds after the start

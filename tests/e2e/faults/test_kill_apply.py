@@ -37,10 +37,10 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import msgspec
 import pytest
 
 from tests.e2e.conftest import under_test
@@ -162,17 +162,16 @@ def done_actions(output: str) -> int:
     return sum(1 for line in lines[start + 1 :] if not line.startswith((" ", "stack ", "error")))
 
 
-@dataclass
-class Figures:
+class Figures(msgspec.Struct):
     """What the kills did, for the summary and the failure message."""
 
     kills: int = 0
     landed: int = 0  # pyapply was still running when SIGKILL came
     mid_apply: int = 0  # ... and had printed its plan: the actions were under way
     converged_first: int = 0  # the first re-apply converged and every check held
-    by_kind: Counter[str] = field(default_factory=Counter)  # kills with that problem
-    failures: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    by_kind: Counter[str] = msgspec.field(default_factory=Counter)  # kills with that problem
+    failures: list[str] = msgspec.field(default_factory=list)
+    seconds: dict[str, float] = msgspec.field(default_factory=dict)
 
     def summary(self, name: str, seed: int) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.by_kind.items()))

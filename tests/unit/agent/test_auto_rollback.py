@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -53,12 +53,11 @@ def commit(repo: Path, text: str, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")[:12]
 
 
-@dataclass
 class Runtime(FakeRuntime):
     """The fake runtime, whose starts of the containers named in `refuse` fail for good
     (not retried: a bad image's entrypoint, say)."""
 
-    refuse: set[str] = field(default_factory=set)
+    refuse: set[str] = msgspec.field(default_factory=set)
 
     def start_container(self, name: str) -> None:
         if name in self.refuse:
@@ -67,11 +66,10 @@ class Runtime(FakeRuntime):
         super().start_container(name)
 
 
-@dataclass
-class Notes:
+class Notes(msgspec.Struct):
     """Stands in for the notifier: the events emitted."""
 
-    events: list[Event] = field(default_factory=list)
+    events: list[Event] = msgspec.field(default_factory=list)
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
@@ -183,7 +181,7 @@ def test_an_unhealthy_revision_is_rolled_back_at_its_deadline_not_before(
     rt.mutate("st-s0-1", health="unhealthy")
     agent.check_progress()  # Degraded, but still within the deadline
     assert agent.probation is not None and agent.history.pinned() is None
-    agent.probation = replace(agent.probation, deadline=agent.probation.applied_at)
+    agent.probation = msgspec.structs.replace(agent.probation, deadline=agent.probation.applied_at)
     agent.check_progress()
     assert agent.probation is None
     assert agent.history.pinned() == good and agent.history.pin_reason() == "auto"

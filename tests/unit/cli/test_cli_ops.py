@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -187,7 +188,7 @@ def test_restart_waits_for_a_batch_to_be_healthy(
     fake.healthy_after_start = False
     for n in (1, 2, 3):
         c = fake.containers[f"shop-web-{n}"]
-        fake.containers[c.name] = ContainerState(**{**c.__dict__, "health": "starting"})
+        fake.containers[c.name] = msgspec.structs.replace(c, health="starting")
     code = run(monkeypatch, "restart", "-f", "compose.yaml", "--wait-timeout", "0.2", "web")
     assert code == 1
     assert "shop-web-1, shop-web-2 not running and healthy after 0s" in capsys.readouterr().err

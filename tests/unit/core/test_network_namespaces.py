@@ -5,8 +5,7 @@ each executed on the fake runtime and planned again to an empty plan."""
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import pytest
 from fakes import FakeRuntime
 from test_plan_golden import IMAGE_2, render
@@ -37,8 +36,8 @@ def app(*, web: dict[str, object] | None = None, side: dict[str, object] | None 
     return Stack(
         name="app",
         services=(
-            dataclasses.replace(joiner, **dict(side or {})),  # type: ignore[arg-type]
-            dataclasses.replace(front, **dict(web or {})),  # type: ignore[arg-type]
+            msgspec.structs.replace(joiner, **dict(side or {})),  # type: ignore[arg-type]
+            msgspec.structs.replace(front, **dict(web or {})),  # type: ignore[arg-type]
         ),
         networks=(NetworkSpec("front"),),
     )
@@ -85,7 +84,7 @@ def test_what_the_runtimes_are_asked_for() -> None:
 
 
 def test_the_names_observe_looks_up() -> None:
-    stack = dataclasses.replace(
+    stack = msgspec.structs.replace(
         app(),
         services=(
             *app().services,
@@ -180,7 +179,7 @@ def test_a_joiner_is_restarted_when_its_namespace_starts_again(rt: FakeRuntime) 
     assert plan_of(rt, app()).empty
     # a joiner that is not running is left as it is (a one-shot that did its job)
     rt.stop_container("front-door")
-    rt.containers["app-side-1"] = dataclasses.replace(
+    rt.containers["app-side-1"] = msgspec.structs.replace(
         rt.containers["app-side-1"], status="exited", exit_code=0
     )
     one_shot = app(side={"restart": "no"})
@@ -192,7 +191,7 @@ def test_a_name_held_by_a_stranger_is_an_error(rt: FakeRuntime) -> None:
     stranger = ContainerState(
         id="x1", name="front-door", image=IMAGE, image_id="", labels={}, status="running"
     )
-    other_stack = dataclasses.replace(
+    other_stack = msgspec.structs.replace(
         stranger, labels={"io.pyapply.stack": "shop", "io.pyapply.service": "web"}
     )
     for holder, whose in (
@@ -260,7 +259,7 @@ def test_the_plan_of_a_joiner_stays_acyclic_with_its_own_depends_on(rt: FakeRunt
 
 def test_a_joiner_follows_a_container_recreated_with_its_network(rt: FakeRuntime) -> None:
     converge(rt, app())
-    after = dataclasses.replace(app(), networks=(NetworkSpec("front", internal=True),))
+    after = msgspec.structs.replace(app(), networks=(NetworkSpec("front", internal=True),))
     plan = plan_of(rt, after)
     assert [(c.kind, c.name, c.reason) for c in plan.changes] == [
         ("recreate", "app_front", "spec changed"),
@@ -290,7 +289,7 @@ def test_a_pid_or_ipc_joiner_follows_its_peer_by_the_name_it_runs_under(rt: Fake
             ipc="service:web",
             depends_on=(Dependency("web"),),  # as the loader adds it
         )
-        return dataclasses.replace(base, services=(*base.services, dbg))
+        return msgspec.structs.replace(base, services=(*base.services, dbg))
 
     first = stack(IMAGE)
     (dbg,) = [dc.config for dc in desired_of(first).containers if dc.service == "dbg"]

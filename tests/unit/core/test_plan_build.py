@@ -9,9 +9,9 @@ anything is done (reconciler/core/diff.py, plan.py, translate.py, engine/build.p
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -42,12 +42,11 @@ from pyapply.runtime.base import (
 BASE = "registry.local/busybox:1"
 
 
-@dataclass
 class BuildingRuntime(FakeRuntime):
     """A FakeRuntime whose builds tag an image whose id is a digest of the context's files
     (so a changed file is a new id), or fail when the context has a file named FAIL."""
 
-    builds: list[BuildConfig] = field(default_factory=list)
+    builds: list[BuildConfig] = msgspec.field(default_factory=list)
 
     def build_image(
         self, config: BuildConfig, progress: BuildProgress | None = None
@@ -231,7 +230,9 @@ def test_build_config_adds_the_command_lines_flags(ctx: Path) -> None:
     web = stack_of(ctx).service("web")
     assert build_config(web, no_cache=True).no_cache
     assert build_config(web, pull=True).pull and not build_config(web).pull
-    same_tag = replace(web, build=replace(web.build, tags=("shop-web",)))  # type: ignore[type-var]
+    same_tag = msgspec.structs.replace(
+        web, build=msgspec.structs.replace(web.build, tags=("shop-web",))
+    )  # type: ignore[type-var]
     assert build_config(same_tag).tags == ("shop-web",)
 
 
@@ -241,8 +242,10 @@ def test_the_whole_plan_of_a_fresh_stack_with_a_build(rt: BuildingRuntime, ctx: 
     from test_plan_golden import render
 
     plain = stack_of(ctx)
-    on_default = tuple(replace(s, networks=(ServiceNetwork("default"),)) for s in plain.services)
-    stack = replace(plain, services=on_default, networks=(NetworkSpec("default"),))
+    on_default = tuple(
+        msgspec.structs.replace(s, networks=(ServiceNetwork("default"),)) for s in plain.services
+    )
+    stack = msgspec.structs.replace(plain, services=on_default, networks=(NetworkSpec("default"),))
     assert render(plan_of(rt, stack)) == (
         "stack shop (revision r1):\n"
         "  + image shop-web: build (not present locally)\n"
@@ -263,8 +266,10 @@ def pull_first(stack: Stack) -> Stack:
     `image:` and sets no `pull_policy`."""
     web = stack.service("web")
     assert web.build is not None
-    web = replace(web, build=replace(web.build, pull_first=True))
-    return replace(stack, services=tuple(web if s.name == "web" else s for s in stack.services))
+    web = msgspec.structs.replace(web, build=msgspec.structs.replace(web.build, pull_first=True))
+    return msgspec.structs.replace(
+        stack, services=tuple(web if s.name == "web" else s for s in stack.services)
+    )
 
 
 def test_build_with_image_and_no_pull_policy_pulls_first(rt: BuildingRuntime, ctx: Path) -> None:

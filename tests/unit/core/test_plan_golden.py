@@ -11,11 +11,10 @@ its plan on the fake runtime and plans again: the plan must then be empty.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass
 
+import msgspec
 import pytest
 from fakes import FakeRuntime
 from test_reconcile import IMAGE, converge, plan_of, web_db_stack
@@ -107,11 +106,10 @@ def chain_stack() -> Stack:
 def without_front() -> Stack:
     """web_db_stack with its network `front` gone (web stays on `back`)."""
     stack = web_db_stack(networks=(ServiceNetwork("back"),))
-    return dataclasses.replace(stack, networks=stack.networks[:1])
+    return msgspec.structs.replace(stack, networks=stack.networks[:1])
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(msgspec.Struct, frozen=True):
     before: Stack | None  # converged first (None: an empty host)
     after: Stack  # planned against what `before` left
     expected: str
@@ -237,10 +235,12 @@ stack shop (revision r1):
     ),
     "start-first waits for the new container's health": Case(
         chain_stack(),
-        dataclasses.replace(
+        msgspec.structs.replace(
             chain_stack(),
             services=tuple(
-                dataclasses.replace(s, image=IMAGE_2, update=START_FIRST) if s.name == "db" else s
+                msgspec.structs.replace(s, image=IMAGE_2, update=START_FIRST)
+                if s.name == "db"
+                else s
                 for s in chain_stack().services
             ),
         ),

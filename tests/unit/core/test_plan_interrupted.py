@@ -8,11 +8,11 @@ running container of the service at every step, and after it the plan is empty.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from importlib import resources
 
 import jsonschema
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -100,7 +100,7 @@ def make_next(rt: FakeRuntime, s: Stack, status: str = "running") -> None:
     converge(fresh, s)
     made = fresh.containers[N]
     health = "healthy" if status == "running" else "starting"
-    rt.containers[T] = dataclasses.replace(
+    rt.containers[T] = msgspec.structs.replace(
         made,
         name=T,
         id="next",
@@ -217,7 +217,7 @@ def test_next_of_another_revision_is_made_again(rt: FakeRuntime) -> None:
     as a repeat by every runtime, so it is removed first and the update starts over."""
     make_next(rt, NEW)
     nxt = rt.containers[T]
-    rt.containers[T] = dataclasses.replace(nxt, labels={**nxt.labels, identity.REVISION: "r0"})
+    rt.containers[T] = msgspec.structs.replace(nxt, labels={**nxt.labels, identity.REVISION: "r0"})
     plan = plan_of(rt, NEW)
     assert [(c.kind, c.name, c.resume) for c in plan.changes] == [
         ("recreate", N, False),
@@ -250,7 +250,7 @@ def test_dead_next_only_is_removed_before_the_replica_is_made(rt: FakeRuntime) -
 
 def test_next_on_a_network_being_recreated_goes_before_the_network(rt: FakeRuntime) -> None:
     make_next(rt, NEW)
-    changed = dataclasses.replace(NEW, networks=(NetworkSpec("back", internal=True),))
+    changed = msgspec.structs.replace(NEW, networks=(NetworkSpec("back", internal=True),))
     plan = plan_of(rt, changed)
     assert ("remove", "container", T) in [(c.kind, c.object, c.name) for c in plan.changes]
     assert f"container:{T}:remove" in deps(plan, "network:shop_back:remove")
@@ -265,7 +265,6 @@ class Killed(BaseException):
     """The process died (SIGKILL): nothing after it runs, nothing is cleaned up."""
 
 
-@dataclasses.dataclass
 class Dying(FakeRuntime):
     """A FakeRuntime that dies at its `kill_at`-th mutating call (before making it), and
     that checks after every call of the next pass that the service still runs."""

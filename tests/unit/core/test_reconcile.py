@@ -7,9 +7,9 @@ empty plan.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -49,7 +49,7 @@ def web_db_stack(**web_changes: object) -> Stack:
         restart="unless-stopped",
         replicas=2,
     )
-    web = dataclasses.replace(web, **web_changes)  # type: ignore[arg-type]
+    web = msgspec.structs.replace(web, **web_changes)  # type: ignore[arg-type]
     db = ServiceSpec(
         name="db",
         image=IMAGE,
@@ -289,9 +289,9 @@ def test_scale_up_and_down_removes_highest_first(rt: FakeRuntime) -> None:
 def test_orphans_pruned_but_volumes_kept_unless_asked(rt: FakeRuntime) -> None:
     converge(rt, web_db_stack())
     stack = web_db_stack()
-    only_web = dataclasses.replace(
+    only_web = msgspec.structs.replace(
         stack,
-        services=(dataclasses.replace(stack.service("web"), depends_on=()),),
+        services=(msgspec.structs.replace(stack.service("web"), depends_on=()),),
         volumes=(),
     )
     plan = plan_of(rt, only_web)
@@ -353,7 +353,7 @@ def test_rolling_update_batches_by_parallelism(rt: FakeRuntime) -> None:
 def test_leftover_temporary_container_is_removed(rt: FakeRuntime) -> None:
     stack = web_db_stack()
     converge(rt, stack)
-    rt.containers["shop-web-1--next"] = dataclasses.replace(
+    rt.containers["shop-web-1--next"] = msgspec.structs.replace(
         rt.containers["shop-web-1"], name="shop-web-1--next", id="tmp"
     )
     plan = plan_of(rt, stack)
@@ -364,7 +364,7 @@ def test_leftover_temporary_container_is_removed(rt: FakeRuntime) -> None:
 def test_changed_network_is_recreated_with_its_containers(rt: FakeRuntime) -> None:
     stack = web_db_stack()
     converge(rt, stack)
-    changed = dataclasses.replace(
+    changed = msgspec.structs.replace(
         stack, networks=(NetworkSpec("back", internal=False), NetworkSpec("front"))
     )
     plan = plan_of(rt, changed)
@@ -379,13 +379,13 @@ def test_changed_network_is_recreated_with_its_containers(rt: FakeRuntime) -> No
 def test_network_with_foreign_users_is_an_error(rt: FakeRuntime) -> None:
     stack = web_db_stack()
     converge(rt, stack)
-    rt.containers["stranger"] = dataclasses.replace(
+    rt.containers["stranger"] = msgspec.structs.replace(
         rt.containers["shop-db-1"], name="stranger", labels={}
     )
-    rt.networks["shop_back"] = dataclasses.replace(
+    rt.networks["shop_back"] = msgspec.structs.replace(
         rt.networks["shop_back"], containers=("shop-db-1", "stranger")
     )
-    changed = dataclasses.replace(
+    changed = msgspec.structs.replace(
         stack, networks=(NetworkSpec("back", internal=False), NetworkSpec("front"))
     )
     plan = plan_of(rt, changed)
@@ -402,11 +402,13 @@ def test_transient_errors_are_retried_permanent_fail_fast(rt: FakeRuntime) -> No
 
     rt2 = FakeRuntime()  # no image: NotFound is permanent
     plan2 = plan_of(rt2, web_db_stack())
-    plan2 = dataclasses.replace(plan2, actions=tuple(a for a in plan2.actions if a.op != "pull"))
-    plan2 = dataclasses.replace(
+    plan2 = msgspec.structs.replace(
+        plan2, actions=tuple(a for a in plan2.actions if a.op != "pull")
+    )
+    plan2 = msgspec.structs.replace(
         plan2,
         actions=tuple(
-            dataclasses.replace(a, deps=tuple(d for d in a.deps if not d.startswith("image:")))
+            msgspec.structs.replace(a, deps=tuple(d for d in a.deps if not d.startswith("image:")))
             for a in plan2.actions
         ),
     )
@@ -460,10 +462,10 @@ def test_diff_is_fast_for_a_thousand_services() -> None:
         for i in range(1000)
     )
     stack = Stack(name="big", services=services, networks=(NetworkSpec("default"),))
-    stack = dataclasses.replace(
+    stack = msgspec.structs.replace(
         stack,
         services=tuple(
-            dataclasses.replace(s, networks=(ServiceNetwork("default"),)) for s in services
+            msgspec.structs.replace(s, networks=(ServiceNetwork("default"),)) for s in services
         ),
     )
     rt = FakeRuntime(images_={IMAGE: ImageInfo("sha256:one")})

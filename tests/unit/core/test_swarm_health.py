@@ -3,8 +3,7 @@ update state, and a stack's (the worst of its services), as the agent's status s
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import pytest
 from test_swarm_plan import desired, observed_from, stack
 
@@ -17,7 +16,7 @@ FAILED = TaskState("t", "s_web", "n1", "id1", 1, "failed", "running", error="exi
 
 def state(running: int, desired_tasks: int = 2, **fields: object) -> ServiceState:
     [svc] = observed_from(desired(stack())).services
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         svc,
         running_tasks=running,
         desired_tasks=desired_tasks,
@@ -59,13 +58,14 @@ def test_stack_health_is_the_worst_with_the_swarm_counts() -> None:
         "health": "Healthy",
         "services": [{"name": "web", "health": "Healthy", "replicas": 2, "running": 2}],
     }
-    lagging = dataclasses.replace(
-        obs, services=(dataclasses.replace(obs.services[0], running_tasks=1, failing=(FAILED,)),)
+    lagging = msgspec.structs.replace(
+        obs,
+        services=(msgspec.structs.replace(obs.services[0], running_tasks=1, failing=(FAILED,)),),
     )
     doc = swarm_stack_health(d, lagging, plan, reconciling=False)
     assert doc["health"] == "Degraded"
     assert doc["services"][0]["running"] == 1 and doc["services"][0]["failing"] == "exit 3"
-    gone = dataclasses.replace(obs, services=())
+    gone = msgspec.structs.replace(obs, services=())
     assert swarm_stack_health(d, gone, plan, reconciling=False)["services"] == [
         {"name": "web", "health": "Degraded", "replicas": 2, "running": 0}
     ]

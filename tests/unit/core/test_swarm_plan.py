@@ -3,8 +3,7 @@ text: one action a line, `#n op target (reason) after #deps`)."""
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import pytest
 
 from pyapply.reconciler.core import identity
@@ -77,7 +76,7 @@ def observed_from(d: SwarmDesired, **service_fields: object) -> SwarmObserved:
     """The swarm as `d` left it (every object there, every task running)."""
     services = []
     for ds in d.services:
-        spec = dataclasses.replace(ds.config, **service_fields)  # type: ignore[arg-type]
+        spec = msgspec.structs.replace(ds.config, **service_fields)  # type: ignore[arg-type]
         services.append(
             ServiceState(
                 id="id-" + ds.key,
@@ -171,7 +170,7 @@ def test_create_golden() -> None:
         (
             "update policy by hand",
             {
-                "update_config": dataclasses.replace(
+                "update_config": msgspec.structs.replace(
                     desired(stack()).services[0].config.update_config, parallelism=3
                 )
             },
@@ -253,8 +252,8 @@ def test_prune_golden() -> None:
 def test_runtime_drift(running: int, update: UpdateStatus | None, reason: str | None) -> None:
     d = desired(stack())
     obs = observed_from(d)
-    svc = dataclasses.replace(obs.services[0], running_tasks=running, update=update)
-    changes = diff_swarm(d, dataclasses.replace(obs, services=(svc,))).changes
+    svc = msgspec.structs.replace(obs.services[0], running_tasks=running, update=update)
+    changes = diff_swarm(d, msgspec.structs.replace(obs, services=(svc,))).changes
     if reason is None:
         assert changes == ()
     else:
@@ -265,17 +264,17 @@ def test_runtime_drift(running: int, update: UpdateStatus | None, reason: str | 
 def test_a_rolled_back_update_is_said() -> None:
     before, after = desired(stack(replicas=2)), desired(stack(replicas=3))
     obs = observed_from(before)
-    svc = dataclasses.replace(
+    svc = msgspec.structs.replace(
         obs.services[0], update=UpdateStatus("rollback_completed", "update rolled back")
     )
-    [ch] = diff_swarm(after, dataclasses.replace(obs, services=(svc,))).changes
+    [ch] = diff_swarm(after, msgspec.structs.replace(obs, services=(svc,))).changes
     assert ch.reason == "the manifest changed; the last update was rolled back: update rolled back"
 
 
 def test_a_changed_network_is_an_error_not_a_removal() -> None:
     d = desired(stack())
     obs = observed_from(d)
-    net = dataclasses.replace(obs.networks[0], labels={identity.SPEC_HASH: "other"})
-    result = diff_swarm(d, dataclasses.replace(obs, networks=(net,)))
+    net = msgspec.structs.replace(obs.networks[0], labels={identity.SPEC_HASH: "other"})
+    result = diff_swarm(d, msgspec.structs.replace(obs, networks=(net,)))
     assert result.changes == ()
     assert result.errors and "cannot be changed in place" in result.errors[0]

@@ -3,8 +3,7 @@ by `down --volumes` only, after the services) and attachable overlay networks.""
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 from test_swarm_plan import IMAGE, PINNED, desired, observed_from, stack
 
 from pyapply.reconciler.core import identity
@@ -16,8 +15,8 @@ from pyapply.runtime.services import STACK_NAMESPACE_LABEL
 
 def with_volume() -> Stack:
     st = stack()
-    web = dataclasses.replace(st.services[0], mounts=(Mount("volume", "/data", "data"),))
-    return dataclasses.replace(
+    web = msgspec.structs.replace(st.services[0], mounts=(Mount("volume", "/data", "data"),))
+    return msgspec.structs.replace(
         st,
         services=(web,),
         volumes=(VolumeSpec("data", labels=(("tier", "db"),)),),
@@ -54,7 +53,7 @@ def test_down_removes_volumes_only_when_observed_and_after_the_services() -> Non
     obs = observed_from(d)
     assert "remove_volume" not in actions_text(build_plan(None, "s", teardown_swarm(obs)))
     vol = VolumeState("s_data", "local", {identity.STACK: "s"})
-    with_vol = dataclasses.replace(obs, volumes=(vol,))
+    with_vol = msgspec.structs.replace(obs, volumes=(vol,))
     text = actions_text(build_plan(None, "s", teardown_swarm(with_vol)))
     assert text.splitlines()[0] == "#1 remove_service s_web (down) after -"
     assert text.splitlines()[-1] == "#5 remove_volume s_data (down (--volumes)) after #1"

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
 from fakes import FakeRuntime
 from test_reconcile import IMAGE, plan_of, web_db_stack
@@ -102,12 +103,11 @@ def test_plan_text_marks_and_redacts() -> None:
     Executor(rt, Settings(sleep=lambda s: None)).run(plan)
     stack = web_db_stack()
     db = stack.service("db")
-    import dataclasses
 
-    changed = dataclasses.replace(
+    changed = msgspec.structs.replace(
         stack,
         services=(
-            dataclasses.replace(db, environment=(("DB_PASSWORD", "hunter3"),)),
+            msgspec.structs.replace(db, environment=(("DB_PASSWORD", "hunter3"),)),
             stack.service("web"),
         ),
     )

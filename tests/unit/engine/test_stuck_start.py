@@ -9,8 +9,7 @@ messages that mean this (`Stuck`).
 
 from __future__ import annotations
 
-import dataclasses
-
+import msgspec
 import pytest
 from fakes import FakeRuntime
 
@@ -216,8 +215,8 @@ def test_escalation_needs_the_config_to_recreate_from(rt: FakeRuntime) -> None:
     plan), a stuck start just fails after the retries."""
     rt.stuck_ids.add(rt.containers[WEB].id)
     plan = plan_of(rt)
-    bare = dataclasses.replace(
-        plan, actions=tuple(dataclasses.replace(a, container=None) for a in plan.actions)
+    bare = msgspec.structs.replace(
+        plan, actions=tuple(msgspec.structs.replace(a, container=None) for a in plan.actions)
     )
     outcome = run(rt, bare)
     assert not outcome.ok and f"create {WEB}" not in rt.calls

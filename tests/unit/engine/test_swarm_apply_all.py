@@ -5,8 +5,8 @@ second pass is a no-op, a gone stack is taken down, and a stop is seen between s
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 
+import msgspec
 import pytest
 
 from pyapply.reconciler.core.model import ServiceSpec, Stack
@@ -65,7 +65,9 @@ class FakeSwarm:
     def update_service(self, name: str, config: ServiceConfig, version: int) -> None:
         self.calls.append(f"update {name}")
         old = self.services[name]
-        self.services[name] = replace(old, spec=config, labels=config.labels, version=version + 1)
+        self.services[name] = msgspec.structs.replace(
+            old, spec=config, labels=config.labels, version=version + 1
+        )
 
     def remove_service(self, name: str) -> None:
         self.calls.append(f"remove {name}")

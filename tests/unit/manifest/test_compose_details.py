@@ -5,9 +5,9 @@ and `app_protocol`, `nocopy`, `bind.create_host_path`, and the short syntax's `:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from manifest_support import errors, load_text, only_stack, warnings
 from support import write
@@ -111,7 +111,7 @@ def test_create_host_path(here: Path) -> None:
     cfg = container_config(stack, stack.service("a"), 1, file_paths={})
     assert [m.create_host_path for m in cfg.mounts] == [True, True, False]
     # how a container is made, not what it is: never a reason to recreate it
-    assert replace(cfg.mounts[0], create_host_path=False) == cfg.mounts[0]
+    assert msgspec.structs.replace(cfg.mounts[0], create_host_path=False) == cfg.mounts[0]
     # config says it, and reads back the same
     printed = dump.dump_yaml([dump.compose_document(stack)])
     assert "create_host_path: false" in printed

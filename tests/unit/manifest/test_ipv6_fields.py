@@ -4,9 +4,9 @@ recreates the network with the reason (diff.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 from fakes import FakeRuntime
 from manifest_support import errors, load_text, only_stack, warnings
@@ -134,5 +134,5 @@ def test_a_network_without_ipv6_hashes_as_before() -> None:
     """The new fields at their defaults stay out of the spec hash: networks made before them
     are not recreated."""
     cfg = desired_of(app(NetworkSpec("front"))).networks[0].config
-    shown = identity.canonical_json(dataclasses.replace(cfg, name="", labels={}))
+    shown = identity.canonical_json(msgspec.structs.replace(cfg, name="", labels={}))
     assert shown == '{"name":""}'  # nothing but the (blanked) name

@@ -17,10 +17,10 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+import msgspec
 import pytest
 
 from pyapply.runtime.base import (
@@ -43,28 +43,26 @@ from pyapply.runtime.docker.errors import translate
 Reply = tuple[int, Any]  # status, JSON body (bytes: sent as is; Raw: the whole response)
 
 
-@dataclass(frozen=True)
-class Raw:
+class Raw(msgspec.Struct, frozen=True):
     """A response written byte for byte, after which the fake closes the connection."""
 
     data: bytes
 
 
-@dataclass
-class FakeDaemon:
+class FakeDaemon(msgspec.Struct):
     path: str
     api_version: str = "1.41"
-    routes: dict[str, Reply] = field(default_factory=dict)
-    requests: list[tuple[int, str]] = field(default_factory=list)  # (connection no., path)
+    routes: dict[str, Reply] = msgspec.field(default_factory=dict)
+    requests: list[tuple[int, str]] = msgspec.field(default_factory=list)  # (connection no., path)
     connections: int = 0
     drop_after_reply: bool = False  # close each connection after one reply, without saying so
-    drop_after: set[str] = field(default_factory=set)  # ... after replying to these paths
+    drop_after: set[str] = msgspec.field(default_factory=set)  # ... after replying to these paths
     stall: threading.Event | None = None  # requests wait for this before answering
     chunked: bool = False
 
     # "METHOD /path" -> replies given in turn (the last one repeats), for mutations
-    answers: dict[str, list[Reply]] = field(default_factory=dict)
-    bodies: list[tuple[str, bytes]] = field(default_factory=list)  # ("METHOD /path", body)
+    answers: dict[str, list[Reply]] = msgspec.field(default_factory=dict)
+    bodies: list[tuple[str, bytes]] = msgspec.field(default_factory=list)  # ("METHOD /path", body)
 
     def reply(self, path: str) -> Reply:
         if path.endswith("/version"):

@@ -7,9 +7,9 @@ At the end, the pure parts of the healthcheck state machine (runtime/native/heal
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import pytest
 
 from pyapply.runtime.base import ContainerConfig, HealthConfig, MountConfig, PermanentError, Ulimit
@@ -66,12 +66,11 @@ def mount_at(spec: dict[str, Any], target: str) -> dict[str, Any]:
     return m
 
 
-@dataclass
-class Case:
+class Case(msgspec.Struct):
     id: str
     config: ContainerConfig
     expect: dict[str, Any]
-    inputs: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 CASES = [
@@ -404,7 +403,9 @@ def test_errors(config: ContainerConfig, extra: dict[str, Any], message: str) ->
 
 def test_pure_same_input_same_output() -> None:
     config = cfg(env=("A=1",), memory_bytes=2**20, user="app")
-    assert oci.build_spec(config, inputs()) == oci.build_spec(replace(config), inputs())
+    assert oci.build_spec(config, inputs()) == oci.build_spec(
+        msgspec.structs.replace(config), inputs()
+    )
 
 
 @pytest.mark.parametrize(

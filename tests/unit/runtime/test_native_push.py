@@ -19,10 +19,10 @@ import threading
 import urllib.parse
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from pyapply.runtime.base import NotFound, PermanentError, PushEvent, TransientError
@@ -155,14 +155,17 @@ def test_range_end() -> None:
 # a fake registry
 
 
-@dataclass
-class Fake:
+class Fake(msgspec.Struct):
     """What the fake registry holds and how it behaves."""
 
-    blobs: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo -> digest -> data
-    manifests: dict[str, dict[str, bytes]] = field(default_factory=dict)  # repo -> tag -> body
-    uploads: dict[str, bytearray] = field(default_factory=dict)
-    log: list[tuple[str, str]] = field(default_factory=list)
+    blobs: dict[str, dict[str, bytes]] = msgspec.field(
+        default_factory=dict
+    )  # repo -> digest -> data
+    manifests: dict[str, dict[str, bytes]] = msgspec.field(
+        default_factory=dict
+    )  # repo -> tag -> body
+    uploads: dict[str, bytearray] = msgspec.field(default_factory=dict)
+    log: list[tuple[str, str]] = msgspec.field(default_factory=list)
     mount: bool = True
     min_chunk: int = 0
     cut_patch: int = 0  # PATCH requests to cut after half their body
@@ -173,11 +176,11 @@ class Fake:
     streamed: int = 0  # streamed PATCH requests taken
     basic: tuple[str, str] | None = None
     bearer: bool = False
-    token_requests: list[dict[str, list[str]]] = field(default_factory=list)
-    short_chunks: set[str] = field(default_factory=set)  # uploads that had a short chunk
+    token_requests: list[dict[str, list[str]]] = msgspec.field(default_factory=list)
+    short_chunks: set[str] = msgspec.field(default_factory=set)  # uploads that had a short chunk
     unauthorized: int = 0  # requests refused for want of credentials
     port: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = msgspec.field(default_factory=threading.Lock)
 
 
 def _handler(fake: Fake) -> type[http.server.BaseHTTPRequestHandler]:

@@ -3,9 +3,9 @@ convergence of runtime.swarm.observe, as table cases of plain data."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+import msgspec
 import pytest
 
 from pyapply.runtime.base import HealthConfig, MountConfig
@@ -43,32 +43,32 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ("labels", BASE, ("Labels", STACK_NAMESPACE_LABEL), "shop"),
     (
         "container labels",
-        dataclasses.replace(BASE, container_labels={"a": "b"}),
+        msgspec.structs.replace(BASE, container_labels={"a": "b"}),
         ("TaskTemplate", "ContainerSpec", "Labels"),
         {"a": "b"},
     ),
     (
         "command is Args",
-        dataclasses.replace(BASE, command=("sleep", "1")),
+        msgspec.structs.replace(BASE, command=("sleep", "1")),
         ("TaskTemplate", "ContainerSpec", "Args"),
         ["sleep", "1"],
     ),
     (
         "entrypoint is Command",
-        dataclasses.replace(BASE, entrypoint=("/bin/sh", "-c")),
+        msgspec.structs.replace(BASE, entrypoint=("/bin/sh", "-c")),
         ("TaskTemplate", "ContainerSpec", "Command"),
         ["/bin/sh", "-c"],
     ),
     (
         "replicated",
-        dataclasses.replace(BASE, replicas=3),
+        msgspec.structs.replace(BASE, replicas=3),
         ("Mode",),
         {"Replicated": {"Replicas": 3}},
     ),
-    ("global", dataclasses.replace(BASE, mode="global"), ("Mode",), {"Global": {}}),
+    ("global", msgspec.structs.replace(BASE, mode="global"), ("Mode",), {"Global": {}}),
     (
         "placement",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             placement=Placement(
                 constraints=("node.hostname==a", "node.labels.zone==x"),
@@ -85,7 +85,7 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "resources",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             resources=Resources(
                 limit_nano_cpus=500_000_000,
@@ -101,7 +101,7 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "restart policy in ns",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE, restart_policy=RestartPolicy("on-failure", delay_s=2, max_attempts=3, window_s=60)
         ),
         ("TaskTemplate", "RestartPolicy"),
@@ -109,7 +109,7 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "update config with rollback",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             update_config=UpdatePolicy(
                 parallelism=2, delay_s=1.5, order="start-first", failure_action="rollback"
@@ -127,19 +127,19 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "rollback config",
-        dataclasses.replace(BASE, rollback_config=UpdatePolicy(parallelism=0, monitor_s=1)),
+        msgspec.structs.replace(BASE, rollback_config=UpdatePolicy(parallelism=0, monitor_s=1)),
         ("RollbackConfig", "Parallelism"),
         0,
     ),
     (
         "endpoint mode",
-        dataclasses.replace(BASE, endpoint_mode="dnsrr"),
+        msgspec.structs.replace(BASE, endpoint_mode="dnsrr"),
         ("EndpointSpec", "Mode"),
         "dnsrr",
     ),
     (
         "ports ingress and host",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             ports=(ServicePort(53, None, "udp", "host"), ServicePort(80, 8080)),
         ),
@@ -151,13 +151,13 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "networks with aliases",
-        dataclasses.replace(BASE, networks=(ServiceNetwork("shop_back", ("db",)),)),
+        msgspec.structs.replace(BASE, networks=(ServiceNetwork("shop_back", ("db",)),)),
         ("TaskTemplate", "Networks"),
         [{"Target": "shop_back", "Aliases": ["db"]}],
     ),
     (
         "healthcheck",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE, health=HealthConfig(("CMD", "true"), interval_s=2, timeout_s=1, retries=5)
         ),
         ("TaskTemplate", "ContainerSpec", "Healthcheck"),
@@ -171,13 +171,13 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "healthcheck disabled",
-        dataclasses.replace(BASE, health=HealthConfig(("NONE",))),
+        msgspec.structs.replace(BASE, health=HealthConfig(("NONE",))),
         ("TaskTemplate", "ContainerSpec", "Healthcheck"),
         {"Test": ["NONE"]},
     ),
     (
         "mounts",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             mounts=(
                 MountConfig("volume", "/data", "shop_data"),
@@ -197,7 +197,7 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "a named volume's labels, for the node that makes it",
-        dataclasses.replace(
+        msgspec.structs.replace(
             BASE,
             mounts=(MountConfig("volume", "/data", "shop_data"),),
             volume_labels=(("shop_data", (("io.pyapply.stack", "shop"), ("tier", "db"))),),
@@ -207,7 +207,7 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "config refs carry the id",
-        dataclasses.replace(BASE, configs=(SwarmObjectRef("shop_conf-1a2b", "/etc/app.conf"),)),
+        msgspec.structs.replace(BASE, configs=(SwarmObjectRef("shop_conf-1a2b", "/etc/app.conf"),)),
         ("TaskTemplate", "ContainerSpec", "Configs"),
         [
             {
@@ -219,7 +219,9 @@ SPEC_CASES: list[tuple[str, ServiceConfig, tuple[str | int, ...], Any]] = [
     ),
     (
         "secret refs carry the id",
-        dataclasses.replace(BASE, secrets=(SwarmObjectRef("shop_pw-9f", "pw", "1", "2", 0o400),)),
+        msgspec.structs.replace(
+            BASE, secrets=(SwarmObjectRef("shop_pw-9f", "pw", "1", "2", 0o400),)
+        ),
         ("TaskTemplate", "ContainerSpec", "Secrets", 0, "SecretID"),
         "sid1",
     ),
@@ -269,7 +271,7 @@ def _stored(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_stored_spec_reads_back_with_network_names() -> None:
-    config = dataclasses.replace(
+    config = msgspec.structs.replace(
         BASE,
         networks=(ServiceNetwork("shop_a", ("x",)), ServiceNetwork("shop_b")),
         env=("A=1", "B=2"),
@@ -321,14 +323,14 @@ OUT_OF_BAND: list[tuple[str, Any, str, Any]] = [
     ("change", "field", "value"), [c[1:] for c in OUT_OF_BAND], ids=[c[0] for c in OUT_OF_BAND]
 )
 def test_an_out_of_band_change_is_a_field_difference(change: Any, field: str, value: Any) -> None:
-    desired = dataclasses.replace(BASE, env=("A=1",))
+    desired = msgspec.structs.replace(BASE, env=("A=1",))
     spec = service_spec(desired)
     change(spec)
     observed = service_config(spec)
     differ = [
-        f.name
-        for f in dataclasses.fields(ServiceConfig)
-        if getattr(observed, f.name) != getattr(desired, f.name)
+        name
+        for name in ServiceConfig.__struct_fields__
+        if getattr(observed, name) != getattr(desired, name)
     ]
     assert differ == [field]
     assert getattr(observed, field) == value
