@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from pyapply.reconciler.core.errors import PyapplyError
-from pyapply.runtime.base import Hidden
 from pyapply.runtime.statefs import secret_file_problem
 
 # the only transports a repository URL may use (git refuses the others, e.g. ext::)
@@ -195,10 +194,9 @@ def check_subpath(path: str | None) -> str:
     return norm
 
 
-class Credentials(Hidden, msgspec.Struct, frozen=True):
+class Credentials(msgspec.Struct, frozen=True):
     """An HTTPS user name and password (or token). Never printed."""
 
-    __hidden__ = frozenset({"password"})
     username: str
     password: str
 
