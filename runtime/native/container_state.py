@@ -23,6 +23,10 @@ from pyapply.runtime.native.statefile import (
     string,
 )
 
+# a removed container's dir is renamed to this before it is deleted (never a container name,
+# which starts with a letter or digit): what scans the containers dir skips it
+REMOVED_PREFIX = ".removed-"
+
 # what the code relies on in a container's state.json (fields added later are optional)
 _HOOK = record(
     {"command": list_of(string)},

@@ -54,6 +54,7 @@ from pyapply.runtime.native import health as healthmod
 from pyapply.runtime.native import oci, root_tag, rootfs
 from pyapply.runtime.native.container_state import (
     LABELS_ANNOTATION,
+    REMOVED_PREFIX,
     SPEC_SHAPE,
     STATE_SHAPE,
     epoch,
@@ -1024,14 +1025,27 @@ class ContainerManager:
                 # an unlisted directory still naming a volume, or a cgroup nobody owns
                 self._destroy_dir(cdir, keep="state.json")
                 self._remove_cgroups(name)
-                (cdir / "state.json").unlink(missing_ok=True)
+                # then the dir leaves in one rename, state.json in it: killed before, it is
+                # still listed; after, it is rubbish no one lists (swept below, here or by
+                # the next removal). Deleted in place, a kill before its last file went
+                # would leave a container with neither state nor labels, which no pass sees
+                gone = self.containers_dir / f"{REMOVED_PREFIX}{name}.{secrets.token_hex(4)}"
+                os.rename(cdir, gone)
                 # the keeper may still land a health result it checked for before the
-                # unlink (never after: it writes only for a listed, running container)
-                _delete_settled(cdir)
+                # rename (never after: it writes only for a listed, running container)
+                _delete_settled(gone)
         self._remove_cgroups(name)
+        self._sweep_removed()
         with contextlib.suppress(OSError):
             if not any(self.containers_dir.iterdir()):  # the root's last container
                 self.remove_cgroup_parent()
+
+    def _sweep_removed(self) -> None:
+        """Delete what removals killed after their rename left (no one holds its lock)."""
+        with contextlib.suppress(OSError):
+            for entry in self.containers_dir.iterdir():
+                if entry.name.startswith(REMOVED_PREFIX) and not _lock_held(entry):
+                    _delete_settled(entry)
 
     def _destroy_dir(self, cdir: Path, keep: str | None = None) -> None:
         """Delete a container's dir: its runc container, conmon, rootfs mount and files

@@ -839,6 +839,12 @@ class NativeRuntime:
                 return
         raise TransientError(f"container {name}: its name changed while it was removed")
 
+    def _unfinished(self, key: str) -> bool:
+        """A container dir with no state (a create or removal killed part-way; not one
+        under way, whose lock is held)."""
+        found = self.containers.state(key)
+        return found is not None and found.status == "dead" and not found.id
+
     def _teardown(self, name: str, key: str) -> None:
         """Take it out of name resolution, stop, unpublish, detach, forget the hosts file,
         remove, delete the netns, forget the name; each step is a no-op when already done,
@@ -867,6 +873,11 @@ class NativeRuntime:
         key = self._must_key(name)
         if new_name == name:
             return
+        taken = Names.key_of(self.names.load(), new_name)
+        if taken not in (None, key) and self._unfinished(taken):
+            # the name is held by a create or a removal killed before its state was written
+            # or after it went: finish that, rather than leave a dir no name leads to
+            self.remove_container(new_name)
         # the container's lock, and the one a create of `new_name` under its own name takes
         with self._key_lock(key, new_name), self._lock():
             names = self.names.load()

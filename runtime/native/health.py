@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from pyapply.runtime.base import Health, HealthConfig
-from pyapply.runtime.native.container_state import STATE_SHAPE
+from pyapply.runtime.native.container_state import REMOVED_PREFIX, STATE_SHAPE
 from pyapply.runtime.native.statefile import (
     DamagedState,
     anything,
@@ -347,6 +347,8 @@ def run(root: Path, runc: str) -> int:
                     running = False
                 owed = False  # a restart the policy owes keeps the keeper here
                 for cdir in containers.iterdir() if containers.is_dir() else ():
+                    if cdir.name.startswith(REMOVED_PREFIX):
+                        continue  # a removed container, being deleted
                     doc = _read_state(cdir)
                     if doc is None:
                         continue

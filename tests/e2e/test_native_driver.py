@@ -370,6 +370,84 @@ def test_rename_events_and_a_lost_namespace(registry: str, tmp_path: Path) -> No
         )
 
 
+class Killed(BaseException):
+    """The process died here (SIGKILL): nothing after it runs; its flocks go with its fds."""
+
+
+def test_a_removal_killed_part_way_leaves_no_container_without_a_name(
+    registry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A removal killed after its container's dir left (renamed to the removed prefix, the
+    state file in it) lists nothing and the next removal deletes the rest; a start-first
+    update's rename onto a name whose container has no state (a create or removal killed
+    part-way, as older versions left) finishes that removal instead of leaving a dir no
+    name leads to."""
+    from pyapply.runtime.native import containers as containersmod
+    from pyapply.runtime.native.container_state import REMOVED_PREFIX
+
+    stack = new_stack_name()
+    root = (tmp_path / "root").resolve()
+    rt = NativeRuntime(root)
+    labels = {"io.pyapply.stack": stack}
+    cdirs = root / "containers"
+
+    def box(name: str) -> ContainerConfig:
+        return ContainerConfig(
+            name=name, image=IMAGE, labels=labels, command=("sleep", "1000"), init=True
+        )
+
+    old, temp = f"{stack}-box-1", f"{stack}-box-1--next"
+    real_delete = containersmod._delete_settled
+
+    def dies_in_the_removed_dir(cdir: Path, keep: str | None = None) -> None:
+        if cdir.name.startswith(REMOVED_PREFIX):
+            raise Killed(str(cdir))
+        real_delete(cdir, keep)
+
+    try:
+        rt.pull_image(IMAGE)
+        for name in (old, temp):
+            rt.create_container(box(name))
+            rt.start_container(name)
+        temp_id = rt.get_container(temp).id  # type: ignore[union-attr]
+        monkeypatch.setattr(containersmod, "_delete_settled", dies_in_the_removed_dir)
+        with pytest.raises(Killed):
+            rt.remove_container(old)
+        monkeypatch.setattr(containersmod, "_delete_settled", real_delete)
+        left = [d.name for d in cdirs.iterdir() if d.name.startswith(REMOVED_PREFIX)]
+        assert len(left) == 1 and (cdirs / left[0] / "state.json").exists()
+        # not listed, by any name or key; the name is free
+        assert [c.name for c in rt.list_containers({})] == [temp]
+        assert rt.get_container(old) is None
+        rt.rename_container(temp, old)
+        assert [(c.name, c.id) for c in rt.list_containers({})] == [(old, temp_id)]
+
+        # a name whose container has no state: the rename finishes its removal
+        rt.create_container(box(temp))
+        key = rt.key(temp)
+        assert key is not None
+        os.unlink(cdirs / key / "state.json")
+        os.unlink(cdirs / key / "config.json")
+        dead = rt.get_container(temp)
+        assert dead is not None and dead.status == "dead" and dead.labels == {}
+        rt.create_container(box(f"{stack}-box-1--next2"))
+        rt.rename_container(f"{stack}-box-1--next2", temp)
+        assert not (cdirs / key).exists()
+        names = sorted(c.name for c in rt.list_containers({}))
+        assert names == [old, temp]
+        assert all(c.labels == labels for c in rt.list_containers({}))
+        # the next removal sweeps what the killed one left
+        rt.remove_container(temp)
+        assert not [d for d in cdirs.iterdir() if d.name.startswith(REMOVED_PREFIX)]
+    finally:
+        monkeypatch.setattr(containersmod, "_delete_settled", real_delete)
+        for c in rt.list_containers({}):
+            rt.remove_container(c.name)
+        rt.close()
+        assert not cdirs.exists() or not list(cdirs.iterdir())
+        assert not _overlay_mounts(root)
+
+
 @pytest.mark.timeout(180)
 def test_image_healthcheck_applies_unless_the_service_has_one(tmp_path: Path) -> None:
     """As on dockerd: a container with no healthcheck of its own runs its image's
