@@ -70,8 +70,8 @@ def canonical_json(value: Any) -> str:
 
 _NO_DEFAULT = object()
 
-# per value type: its compared fields, each with its default (or _NO_DEFAULT) (a factory's value made once:
-# it is only ever compared with)
+# per value type: its compared fields, each with its default (_NO_DEFAULT if none; a
+# factory's value made once: it is only ever compared with)
 _FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
 _SCALARS = (str, int, float, type(None))
 
