@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -255,9 +256,9 @@ def _read_state(cdir: Path) -> dict[str, Any] | None:
     return doc
 
 
-def _is_running(cdir: Path, doc: dict[str, Any]) -> bool:
+def _is_running(cdir: str | Path, doc: dict[str, Any]) -> bool:
     """Started, with no exit recorded."""
-    return bool(doc.get("started_at")) and not (cdir / "exit").exists()
+    return bool(doc.get("started_at")) and not os.path.exists(os.path.join(cdir, "exit"))
 
 
 def _read_running(cdir: Path) -> dict[str, Any] | None:
@@ -272,9 +273,120 @@ def _read_container(cdir: Path) -> dict[str, Any] | None:
     return doc if doc is not None and doc.get("health") else None
 
 
-def _keep_log(cdir: Path, doc: dict[str, Any]) -> bool:
+class _Looks:
+    """What the keeper's scan reads of each container, kept between scans while the files
+    say nothing changed: the scan runs four times a second over every container of the
+    root, and reading each state.json and conmon's /proc files every time cost ~0.1 % of a
+    core per container (8 % at 80 containers) for a root where nothing happens.
+
+    - A state is read again when its state.json's (inode, mtime, ctime, size) change, which
+      every write does (a new file renamed into place), and at the latest REREAD_S after it
+      was read: a safety net for the one case the signature misses, two writes of one size
+      within one tick of the file system's clock onto a reused inode.
+    - conmon is checked once (its pid file, alive, named conmon) and then held by a pidfd,
+      which becomes readable when that process ends: one poll per scan, and a pid reused
+      by another process is never taken for it. Without a pidfd (the keeper out of file
+      descriptors) the check is the full one each time."""
+
+    REREAD_S = 5.0
+
+    def __init__(self) -> None:
+        self.states: dict[str, tuple[tuple[int, ...], float, dict[str, Any] | None]] = {}
+        self.conmons: dict[str, tuple[tuple[int, ...], float, int | None]] = {}
+
+    @staticmethod
+    def _signature(path: str) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def state(self, cdir: str, name: str, now: float) -> dict[str, Any] | None:
+        """`_read_state` of the container directory `cdir` (a string, as the scan's paths
+        are: pathlib's objects were half of its cost), from the last read while its
+        state.json is unchanged."""
+        sig = self._signature(f"{cdir}/state.json")
+        seen = self.states.get(name)
+        if (
+            sig is not None
+            and seen is not None
+            and seen[0] == sig
+            and now - seen[1] < self.REREAD_S
+        ):
+            return seen[2]
+        doc = _read_state(Path(cdir))
+        if sig is None:
+            self.states.pop(name, None)
+        else:
+            self.states[name] = (sig, now, doc)
+        return doc
+
+    def conmon_alive(self, cdir: str, name: str, now: float) -> bool:
+        """Whether the container's conmon runs (`conmon_pid`), through its pidfd; an answer
+        "no" is looked at again after REREAD_S, as a state is."""
+        sig = self._signature(f"{cdir}/conmon.pid")
+        seen = self.conmons.get(name)
+        if (
+            seen is not None
+            and seen[0] == sig
+            and (seen[2] is not None or now - seen[1] < self.REREAD_S)
+        ):
+            fd = seen[2]
+            if fd is None:
+                return False
+            if fd < 0:
+                return conmon_pid(Path(cdir)) is not None
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(0):
+                return True
+            # ended: nothing more to learn from this pid file
+            self._close(name)
+            self.conmons[name] = (sig, now, None)
+            return False
+        self._close(name)
+        pid = conmon_pid(Path(cdir)) if sig is not None else None
+        fd = None
+        if pid is not None:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pid = None
+            except OSError:
+                fd = -1  # out of descriptors (or no pidfds): the full check each time
+            if fd is not None and fd >= 0 and conmon_pid(Path(cdir)) != pid:
+                os.close(fd)  # it ended (and its pid went) between the check and the open
+                fd, pid = None, None
+        if sig is not None:
+            self.conmons[name] = (sig, now, fd)
+        return pid is not None
+
+    def _close(self, name: str) -> None:
+        seen = self.conmons.pop(name, None)
+        if seen is not None and seen[2] is not None and seen[2] >= 0:
+            os.close(seen[2])
+
+    def forget_except(self, names: set[str]) -> None:
+        """Drop what is kept of containers not in `names` (removed)."""
+        for name in set(self.states) - names:
+            del self.states[name]
+        for name in set(self.conmons) - names:
+            self._close(name)
+
+
+def _entries(containers: Path) -> list[tuple[str, str]]:
+    """(name, path) of each entry of the containers directory; none when it is not there."""
+    try:
+        with os.scandir(containers) as found:
+            return [(e.name, e.path) for e in found]
+    except FileNotFoundError:
+        return []
+
+
+def _keep_log(cdir: str, name: str, doc: dict[str, Any], looks: _Looks, now: float) -> bool:
     """Rotate the log if it is due; whether its conmon is still there (the container runs)."""
-    if conmon_pid(cdir) is None:
+    if not looks.conmon_alive(cdir, name, now):
         return False
     log = doc.get("log") or {}
     with contextlib.suppress(OSError):
@@ -317,6 +429,8 @@ def run(root: Path, runc: str) -> int:
     restarter = Restarter(root)
     containers = root / "containers"
     watched: dict[str, _Watched] = {}
+    looks = _Looks()
+    arrived: list[tuple[str, str, Probe]] = []
     results: queue.SimpleQueue[tuple[str, str, Probe]] = queue.SimpleQueue()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
     idle_since = time.monotonic()
@@ -346,35 +460,38 @@ def run(root: Path, runc: str) -> int:
                     next_logs = now + LOG_CHECK_S
                     running = False
                 owed = False  # a restart the policy owes keeps the keeper here
-                for cdir in containers.iterdir() if containers.is_dir() else ():
-                    if cdir.name.startswith(REMOVED_PREFIX):
+                present: set[str] = set()
+                for name, cdir in _entries(containers):
+                    if name.startswith(REMOVED_PREFIX):
                         continue  # a removed container, being deleted
-                    doc = _read_state(cdir)
+                    present.add(name)
+                    doc = looks.state(cdir, name, now)
                     if doc is None:
                         continue
                     if not _is_running(cdir, doc):
-                        owed = restarter.consider(cdir, doc) or owed
+                        owed = restarter.consider(Path(cdir), doc) or owed
                         continue
-                    if keep_logs and _keep_log(cdir, doc):
+                    if keep_logs and _keep_log(cdir, name, doc, looks, now):
                         running = True
                     argv = probe_argv(_config(doc["health"]).test) if doc.get("health") else None
                     if argv is None:
                         continue
-                    seen.add(cdir.name)
-                    w = watched.get(cdir.name)
+                    seen.add(name)
+                    w = watched.get(name)
                     if w is None or w.started_at != doc["started_at"]:
                         cfg = _config(doc["health"])
-                        watched[cdir.name] = _Watched(
+                        watched[name] = _Watched(
                             started_at=doc["started_at"],
                             config=cfg,
                             argv=argv,
                             cid=str(doc["id"]),
                             t0=time.time(),
                             due=now + cfg.interval_s,
-                            doc=read_document(cdir) or initial_status(),
+                            doc=read_document(Path(cdir)) or initial_status(),
                         )
                 for gone in set(watched) - seen:
                     del watched[gone]
+                looks.forget_except(present)
                 if watched or running or owed:
                     idle_since = now
                     if not announced:
@@ -390,25 +507,28 @@ def run(root: Path, runc: str) -> int:
                         next_scan = 0.0
                         continue
                     return 0
-            while not results.empty():
-                name, started_at, p = results.get()
+            while arrived or not results.empty():
+                name, started_at, p = arrived.pop() if arrived else results.get()
                 w = watched.get(name)
                 if w is None or w.started_at != started_at:
                     continue
                 w.busy = False
                 w.due = time.monotonic() + w.config.interval_s
-                cdir = containers / name
-                current = _read_container(cdir)
+                probed = containers / name
+                current = _read_container(probed)
                 if current is None or current.get("started_at") != started_at:
                     continue  # stopped or restarted meanwhile: the result is stale
                 w.doc = apply_probe(w.doc, p, w.config, w.t0)
                 with contextlib.suppress(OSError):  # removed meanwhile
-                    write_status(cdir, w.doc)
+                    write_status(probed, w.doc)
             for name, w in watched.items():
                 if not w.busy and now >= w.due:
                     w.busy = True
                     pool.submit(probe, name, w)
-            time.sleep(_TICK)
+            # asleep until the next scan, the next probe due, or a probe's result
+            wake = min([next_scan, *(w.due for w in watched.values() if not w.busy)])
+            with contextlib.suppress(queue.Empty):
+                arrived.append(results.get(timeout=max(0.0, wake - time.monotonic())))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):

@@ -674,15 +674,7 @@ class Bench:
             ports=ports[1],
             objects=common.DockerObjects(self.client, common.PYAPPLY_LABEL, pd_stack),
         )
-        dc = Tool(
-            name="docker-compose",
-            stack=dc_project,
-            up_cmd=[compose, "-p", dc_project, "-f", str(dc_file), "up", "-d"],
-            down_cmd=[compose, "-p", dc_project, "-f", str(dc_file), "down", "-v"],
-            env={**env, "COMPOSE_INTERACTIVE_NO_CLI": "1"},
-            ports=ports[2],
-            objects=common.DockerObjects(self.client, common.COMPOSE_LABEL, dc_project),
-        )
+        dc = common.compose_tool(self.client, compose, dc_project, dc_file, env, ports[2])
         tools = [native, pa_docker, dc]
         self.tools = tools
         for t in tools:

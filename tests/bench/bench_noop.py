@@ -21,15 +21,12 @@ failure (`pyapply down`, then `pyapply system reset --force` of the private root
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
-import secrets
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -81,15 +78,13 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--top", type=int, default=12, help="modules listed from -X importtime")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        log("run as root")
+    started = common.start_private("noop")
+    if started is None:
         return 2
-    tag = secrets.token_hex(3)
-    tmp = Path(tempfile.mkdtemp(prefix=f"pabench-noop-{tag}-"))
+    tag, tmp, env = started
     root = tmp / "native"
     stack_dir = tmp / "stack"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(PYAPPLY_RUNTIME="native", PYAPPLY_ROOT=str(root), NO_COLOR="1")
+    env.update(PYAPPLY_RUNTIME="native", PYAPPLY_ROOT=str(root))
     ports = common.free_ports(common.published_count(args.services), set())
     common.write_pyapply_manifest(
         stack_dir / "stack.yaml", f"pabench-noop-{tag}", common.services_spec(args.services, ports)
@@ -132,13 +127,7 @@ def main() -> int:
     finally:
         if made:
             log("cleanup")
-            for argv in (
-                [PYAPPLY, "down", "-f", str(stack_dir), "--volumes"],
-                [PYAPPLY, "system", "reset", "--force"],
-            ):
-                proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    log(f"  {' '.join(argv[1:3])} failed: {proc.stderr.strip()[-500:]}")
+            common.remove_native(PYAPPLY, stack_dir, env)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import select
 import shutil
 import signal
@@ -209,6 +210,52 @@ class Tool(msgspec.Struct):
 
     def record(self, metric: str, seconds: float) -> None:
         self.samples.setdefault(metric, []).append(seconds)
+
+
+def start_private(kind: str) -> tuple[str, Path, dict[str, str]] | None:
+    """For a benchmark of pyapply on a private native root: its random tag, a fresh scratch
+    dir, and the environment its commands get (pyapply as installed: bytecode compiled,
+    whatever PYTHONDONTWRITEBYTECODE this shell has; no colours). None, said, unless root."""
+    if os.geteuid() != 0:
+        log("run as root")
+        return None
+    tag = secrets.token_hex(3)
+    tmp = Path(tempfile.mkdtemp(prefix=f"pabench-{kind}-{tag}-"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["NO_COLOR"] = "1"
+    return tag, tmp, env
+
+
+def compose_tool(
+    client: Any,
+    compose: str,
+    project: str,
+    compose_file: Path,
+    env: Mapping[str, str],
+    ports: list[int],
+) -> Tool:
+    """docker-compose bringing `compose_file` up as `project` (down with its volumes)."""
+    return Tool(
+        name="docker-compose",
+        stack=project,
+        up_cmd=[compose, "-p", project, "-f", str(compose_file), "up", "-d"],
+        down_cmd=[compose, "-p", project, "-f", str(compose_file), "down", "-v"],
+        env={**env, "COMPOSE_INTERACTIVE_NO_CLI": "1"},
+        ports=ports,
+        objects=DockerObjects(client, COMPOSE_LABEL, project),
+    )
+
+
+def remove_native(pyapply: str, stack_dir: Path, env: Mapping[str, str]) -> None:
+    """Best-effort end of a private native root (PYAPPLY_ROOT in `env`): the stack down
+    with its volumes, then `system reset --force`; failures are logged."""
+    for argv in (
+        [pyapply, "down", "-f", str(stack_dir), "--volumes"],
+        [pyapply, "system", "reset", "--force"],
+    ):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            log(f"  {' '.join(argv[1:3])} failed: {proc.stderr.strip()[-500:]}")
 
 
 def verify_running(tool: Tool, expected: int) -> dict[str, str]:
