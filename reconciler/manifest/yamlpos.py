@@ -118,7 +118,7 @@ _Loader.add_implicit_resolver(
 def parse(text: str) -> Iterator[Document]:
     """Yield each document of a YAML stream (empty documents are skipped); raises
     YamlSyntaxError at the first syntax error (documents before it have been yielded)."""
-    over_at = _scan(text)
+    over_at, plain = _scan(text)
     loader = _Loader(text)
     index = -1
     built = 0  # values built so far: MAX_NODES bounds the whole file
@@ -156,7 +156,11 @@ def parse(text: str) -> Iterator[Document]:
                 ) from None
             if node is None:
                 continue
-            over, size = _over_limits(node, MAX_NODES - built)
+            size = plain.get(index)
+            if size is None or size > MAX_NODES - built:
+                over, size = _over_limits(node, MAX_NODES - built)
+            else:
+                over = None  # no alias: the scan bounded it as it will be built
             built += size
             if over is not None:
                 (line, column), message = over
@@ -174,9 +178,12 @@ _COLLECTION_END = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 _NODE_EVENTS = (*_COLLECTION_START, yaml.ScalarEvent, yaml.AliasEvent)
 
 
-def _scan(text: str) -> tuple[int, Pos, str] | None:
+def _scan(text: str) -> tuple[tuple[int, Pos, str] | None, dict[int, int]]:
     """The first document (its index in the stream, the place and the sentence) that nests
-    deeper than MAX_DEPTH, or that brings the file past MAX_NODES values, as written.
+    deeper than MAX_DEPTH, or that brings the file past MAX_NODES values, as written; and,
+    by index, the number of values (nodes that are not mapping keys) of each document
+    without an alias, which builds to exactly what is written: for these the scan's bounds
+    are the build's, and `_over_limits` need not walk them again.
 
     Composing a document builds every node before any can be looked at: 4 MiB of "a," are two
     million nodes, a gigabyte and many seconds. libyaml's events cost far less and can be
@@ -187,34 +194,44 @@ def _scan(text: str) -> tuple[int, Pos, str] | None:
     count = 0
     # per open collection: for a mapping, whether its next node is a key; None for a list
     open_: list[bool | None] = []
+    # per open collection: whether it is (inside) a mapping key, which builds to no value
+    in_key: list[bool] = []
+    plain: dict[int, int] = {}
     try:
         while loader.check_event():
             event = loader.get_event()
             if isinstance(event, yaml.DocumentStartEvent):
                 index += 1
+                plain[index] = 0
             elif isinstance(event, _COLLECTION_END):
                 open_.pop()
+                in_key.pop()
             elif isinstance(event, _NODE_EVENTS):
                 count += 1
                 parent = open_[-1] if open_ else None
                 if parent is not None:
                     open_[-1] = not parent  # a mapping's nodes alternate: key, value
+                if isinstance(event, yaml.AliasEvent):
+                    plain.pop(index, None)
+                elif parent is not True and not (in_key and in_key[-1]) and index in plain:
+                    plain[index] += 1
                 # a value one level below its collection (the document being level 1); a
                 # key is not a level of its own, as in `_over_limits`
                 deep = len(open_) + 1 > MAX_DEPTH and parent is not True
                 if isinstance(event, _COLLECTION_START):
                     open_.append(True if isinstance(event, yaml.MappingStartEvent) else None)
+                    in_key.append(parent is True or bool(in_key and in_key[-1]))
                 mark = event.start_mark
                 where = (mark.line + 1, mark.column + 1) if mark else (1, 1)
                 if deep:
-                    return index, where, _DEEP
+                    return (index, where, _DEEP), plain
                 if count > MAX_NODES:
-                    return index, where, _TOO_MANY
+                    return (index, where, _TOO_MANY), plain
     except yaml.YAMLError:
-        pass
+        plain.pop(index, None)  # the error's document is not known to the end
     finally:
         loader.dispose()
-    return None
+    return None, plain
 
 
 class _Resolver(yaml.resolver.Resolver):
@@ -310,8 +327,9 @@ def _over_limits(root: Node, budget: int) -> tuple[tuple[Pos, str] | None, int]:
 
 
 class _Builder:
-    """Builds the data of one document that `_over_limits` accepted (so its recursion is
-    at most MAX_DEPTH deep and its output at most MAX_NODES values)."""
+    """Builds the data of one document that `_scan` (a document without aliases) or
+    `_over_limits` accepted (so its recursion is at most MAX_DEPTH deep and its output at
+    most MAX_NODES values)."""
 
     def __init__(self, start: Pos) -> None:
         self.doc = Document(data=None, start=start)

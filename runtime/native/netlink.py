@@ -74,13 +74,21 @@ class NeighbourInfo(msgspec.Struct, frozen=True):
     master: int | None
 
 
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
+def _attrs(data: bytes, offset: int, wanted: frozenset[int] | None = None) -> dict[int, bytes]:
+    """The attributes from `offset` on, by kind (the first of each kind); with `wanted`, only
+    those kinds, read no further than the last of them: a link carries some fifty
+    attributes (its statistics among them) of which a dump needs two."""
     out: dict[int, bytes] = {}
-    while offset + _RTATTR.size <= len(data):
+    end = len(data)
+    while offset + _RTATTR.size <= end:
         length, kind = _RTATTR.unpack_from(data, offset)
         if length < _RTATTR.size:
             break
-        out.setdefault(kind & 0x3FFF, data[offset + _RTATTR.size : offset + length])
+        kind &= 0x3FFF
+        if (wanted is None or kind in wanted) and kind not in out:
+            out[kind] = data[offset + _RTATTR.size : offset + length]
+            if wanted is not None and len(out) == len(wanted):
+                break
         offset += (length + 3) & ~3
     return out
 
@@ -122,6 +130,9 @@ def _dump(sock: socket.socket, seq: int, kind: int, body: bytes) -> list[tuple[i
     raise AssertionError("unreachable: _answers never ends")
 
 
+_LINK_ATTRS = frozenset((_IFLA_IFNAME, _IFLA_MASTER))
+
+
 def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
     """Every link, and every IPv4 and IPv6 address as (link index, address, prefix length): one
     link dump and one address dump on one rtnetlink socket."""
@@ -135,7 +146,7 @@ def dump_links_and_addrs() -> tuple[list[LinkInfo], list[tuple[int, str, int]]]:
             if mtype != _RTM_NEWLINK or len(payload) < _IFINFOMSG.size:
                 continue
             _fam, _type, index, flags, _change = _IFINFOMSG.unpack_from(payload)
-            attrs = _attrs(payload, _IFINFOMSG.size)
+            attrs = _attrs(payload, _IFINFOMSG.size, _LINK_ATTRS)
             name = attrs.get(_IFLA_IFNAME, b"").split(b"\0", 1)[0].decode(errors="replace")
             master = attrs.get(_IFLA_MASTER)
             links.append(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import write
+from yaml.nodes import Node
 
 from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.manifest import schema, yamlpos
@@ -635,3 +636,58 @@ def test_command_line(tmp_path: Path, case: str, command: str) -> None:
     assert out.stderr.startswith(first_line), out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     assert not (tmp_path / "root").exists()  # nothing touched, not even the state root
+
+
+# ---------------------------------------------------------------------------------------------
+# The scan's counts stand in for `_over_limits` on documents without aliases
+
+
+SHAPES = [
+    HEAD,
+    "a: 1\n---\nb: [1, 2, {c: 3}]\n---\n- x\n- y: z\n",
+    "base: &b {image: busybox, env: {A: 1}}\nweb:\n  <<: {image: other}\n  ports: [80, 81]\n",
+    "? [complex, key]\n: value\nplain: ~\nempty:\nnested: [[[1]], {a: {b: [2]}}]\n",
+    "x: &a [1, 2]\ny: *a\n---\nz: 1\n",  # the first document has an alias, the second not
+    "!reset null\n",
+    "",
+]
+
+
+def _documents(text: str) -> list[Node]:
+    loader = yamlpos._Loader(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes
+    finally:
+        loader.dispose()
+
+
+def _texts() -> list[str]:
+    from tests.unit.manifest.test_compose import corpus, corpus_projects
+
+    root = corpus()
+    assert root is not None
+    repo = Path(__file__).resolve().parents[3]
+    files = [f for p in corpus_projects(root) for f in sorted(p.rglob("*.y*ml"))]
+    files += sorted((repo / "manifests").rglob("*.y*ml"))
+    assert len(files) > 40
+    return [*SHAPES, *(f.read_text() for f in files)]
+
+
+def test_the_scan_counts_what_over_limits_counts_for_documents_without_aliases() -> None:
+    checked = 0
+    for text in _texts():
+        over, plain = yamlpos._scan(text)
+        assert over is None
+        for index, node in enumerate(_documents(text)):
+            has_alias = "*" in text and index not in plain
+            if index in plain:
+                found, size = yamlpos._over_limits(node, yamlpos.MAX_NODES)
+                assert found is None
+                assert plain[index] == size, (text[:80], index)
+                checked += 1
+            else:
+                assert has_alias, (text[:80], index)
+    assert checked > 40
