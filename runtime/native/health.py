@@ -307,19 +307,14 @@ class _Looks:
         are: pathlib's objects were half of its cost), from the last read while its
         state.json is unchanged."""
         sig = self._signature(f"{cdir}/state.json")
+        if sig is None:  # no state.json (a container being made, not a directory...)
+            self.states.pop(name, None)
+            return None
         seen = self.states.get(name)
-        if (
-            sig is not None
-            and seen is not None
-            and seen[0] == sig
-            and now - seen[1] < self.REREAD_S
-        ):
+        if seen is not None and seen[0] == sig and now - seen[1] < self.REREAD_S:
             return seen[2]
         doc = _read_state(Path(cdir))
-        if sig is None:
-            self.states.pop(name, None)
-        else:
-            self.states[name] = (sig, now, doc)
+        self.states[name] = (sig, now, doc)
         return doc
 
     def conmon_alive(self, cdir: str, name: str, now: float) -> bool:

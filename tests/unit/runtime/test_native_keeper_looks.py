@@ -157,3 +157,14 @@ def test_forgetting_removed_containers_closes_their_pidfds(cdir: Path, spawn: An
     looks.forget_except(set())
     assert open_fds() == fds
     assert not looks.states and not looks.conmons
+
+
+def test_an_entry_without_a_state_reads_as_none(tmp_path: Path) -> None:
+    looks = _Looks()
+    containers = tmp_path / "containers"
+    (containers / "being-made").mkdir(parents=True)
+    (containers / "a-file").write_text("not a container")
+    for name in ("being-made", "a-file", "gone"):
+        assert looks.state(str(containers / name), name, 1.0) is None
+        assert not looks.conmon_alive(str(containers / name), name, 1.0)
+    assert not looks.states and not looks.conmons
