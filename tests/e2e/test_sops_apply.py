@@ -13,19 +13,11 @@ import shutil
 from pathlib import Path
 
 import pyrage
-import pytest
 
+from tests import corpus as test_corpus
 from tests.e2e.helpers import TEST_IMAGE
 from tests.e2e.runtimes import RuntimeUnderTest
 
-CORPUS = (
-    Path(
-        os.environ.get(
-            "PYAPPLY_CORPUS", Path(__file__).resolve().parents[2].parent / "shared/corpus"
-        )
-    )
-    / "sops"
-)
 SECRET = "global-value"  # stringData.key of global/secret.yaml, once decrypted
 MAX_SCANNED = 64 << 20  # files of the state root larger than this are image blobs
 
@@ -49,19 +41,23 @@ spec:
 """
 
 
+def _sops() -> Path:
+    """The SOPS corpus (files made by the real sops tool, and their age keys)."""
+    return test_corpus.need("sops", "keys", "age.txt").parents[1]
+
+
 def _project(tmp_path: Path, stack: str) -> tuple[Path, Path]:
     """The manifest (clear), its SOPS env file and SOPS secret, and a key file holding both
     corpus identities (mode 0600, as age-keygen makes it)."""
-    if not (CORPUS / "keys" / "age.txt").is_file():
-        pytest.fail(f"the SOPS corpus is missing ({CORPUS}); set PYAPPLY_CORPUS")
+    corpus = _sops()
     d = tmp_path / "project"
     d.mkdir()
     (d / "stack.yaml").write_text(STACK.format(stack=stack))
-    shutil.copyfile(CORPUS / "envs/env.env", d / "app.env")
-    shutil.copyfile(CORPUS / "global/secret.yaml", d / "token.yaml")
+    shutil.copyfile(corpus / "envs/env.env", d / "app.env")
+    shutil.copyfile(corpus / "global/secret.yaml", d / "token.yaml")
     keys = tmp_path / "keys.txt"
     keys.write_text(
-        (CORPUS / "keys/age.txt").read_text() + (CORPUS / "keys/age-global.txt").read_text()
+        (corpus / "keys/age.txt").read_text() + (corpus / "keys/age-global.txt").read_text()
     )
     keys.chmod(0o600)
     return d / "stack.yaml", keys
@@ -158,13 +154,14 @@ def test_watch_decrypts_and_refuses_a_tampered_commit(
     s = runtime.stack
     _, keys = _project(tmp_path, s)
     repo = Repo(tmp_path / "repo")
-    token = (CORPUS / "global/secret.yaml").read_text()
+    corpus = _sops()
+    token = (corpus / "global/secret.yaml").read_text()
     good = repo.commit(
         {
             # the agent loads every *.yaml of the tree: the SOPS secret (YAML inside, told
             # by its content) takes another name
             "stack.yaml": STACK.format(stack=s).replace("./token.yaml", "./token.sops"),
-            "app.env": (CORPUS / "envs/env.env").read_text(),
+            "app.env": (corpus / "envs/env.env").read_text(),
             "token.sops": token,
         },
         "encrypted secrets",

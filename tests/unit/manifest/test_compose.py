@@ -33,11 +33,11 @@ from pyapply.reconciler.core.model import (
 from pyapply.reconciler.manifest import compose, yamlpos
 from pyapply.reconciler.manifest import dump as compose_render
 from pyapply.reconciler.manifest.loader import Loaded, load
+from tests import corpus as test_corpus
 
 DATA = Path(__file__).parents[1] / "data" / "compose"
 FIXTURES = sorted(p.name for p in DATA.iterdir() if p.is_dir())
 REPO = Path(__file__).resolve().parents[3]
-CORPUS_DEFAULT = REPO.parent / "shared" / "corpus" / "compose"
 PYAPPLY = str(Path(sys.executable).parent / "pyapply")
 
 
@@ -439,14 +439,9 @@ def test_merge_rules_directly() -> None:
 # The corpus of real compose files
 
 
-def corpus() -> Path | None:
-    root = Path(os.environ.get("PYAPPLY_CORPUS", CORPUS_DEFAULT))
-    if (root / "awesome-compose").is_dir():
-        return root
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the compose corpus is missing ({root}); set PYAPPLY_CORPUS")
-    pytest.skip(f"no compose corpus at {root} (set PYAPPLY_CORPUS)")
-    return None
+def corpus() -> Path:
+    """The compose corpus's folder (the one holding awesome-compose/)."""
+    return test_corpus.need("compose", "awesome-compose").parent
 
 
 def corpus_projects(root: Path) -> list[Path]:

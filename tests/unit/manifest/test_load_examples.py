@@ -3,9 +3,6 @@ project of the real-world compose corpus (reconciler/manifest/loader.py)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from manifest_support import DATA, only_stack
 
@@ -26,8 +23,7 @@ from pyapply.reconciler.core.model import (
     VolumeSpec,
 )
 from pyapply.reconciler.manifest.loader import load
-
-CORPUS_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "corpus" / "compose"
+from tests import corpus as test_corpus
 
 # ---------------------------------------------------------------------------------------------
 # The DESIGN.md example, end to end
@@ -89,17 +85,8 @@ def test_rich_example_loads() -> None:
 # The compose corpus: every real-world file loads (warnings allowed, no errors)
 
 
-def _corpus() -> Path | None:
-    root = Path(os.environ.get("PYAPPLY_CORPUS", CORPUS_DEFAULT))
-    return root if (root / "awesome-compose").is_dir() else None
-
-
 def test_compose_corpus_loads(monkeypatch: pytest.MonkeyPatch) -> None:
-    root = _corpus()
-    if root is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the compose corpus is missing ({CORPUS_DEFAULT}); set PYAPPLY_CORPUS")
-        pytest.skip(f"no compose corpus at {CORPUS_DEFAULT} (set PYAPPLY_CORPUS)")
+    root = test_corpus.need("compose", "awesome-compose").parent
     monkeypatch.chdir(root)
     projects = sorted(p.name for p in (root / "awesome-compose").iterdir() if p.is_dir())
     assert len(projects) > 30

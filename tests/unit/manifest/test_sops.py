@@ -27,9 +27,9 @@ from pyapply.reconciler.core.model import ManifestError
 from pyapply.reconciler.engine.reconcile import PassError, read_file_objects, redactor_for
 from pyapply.reconciler.manifest import sealed, sops
 from pyapply.reconciler.manifest.loader import load
+from tests import corpus as test_corpus
 
 REPO = Path(__file__).resolve().parents[3]
-CORPUS = Path(os.environ.get("PYAPPLY_CORPUS", REPO.parent / "shared" / "corpus")) / "sops"
 LASTMODIFIED = "2026-01-02T03:04:05Z"
 
 
@@ -42,9 +42,7 @@ def clean_keyring() -> Iterator[None]:
 
 @pytest.fixture
 def corpus() -> Path:
-    if not (CORPUS / "keys" / "age.txt").is_file():
-        pytest.fail(f"the SOPS corpus is missing ({CORPUS}); set PYAPPLY_CORPUS")
-    return CORPUS
+    return test_corpus.need("sops", "keys", "age.txt").parents[1]
 
 
 def key_file(tmp_path: Path, *texts: str, mode: int = 0o600) -> str:

@@ -13,7 +13,6 @@ Two kinds of test:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ import pytest
 
 from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native import oci, seccomp
+from tests import corpus as test_corpus
 
 REPO = Path(__file__).resolve().parents[3]
-CORPUS_DEFAULT = REPO.parent / "shared" / "corpus"
 
 # Facts of Docker's profile that ours lacks, and facts of ours that Docker's lacks, each with
 # the reason. A difference not listed here fails the test.
@@ -41,10 +40,7 @@ ONLY_OURS: Mapping[str, str] = {}
 
 
 def corpus_profile() -> dict[str, Any]:
-    root = Path(os.environ.get("PYAPPLY_CORPUS", CORPUS_DEFAULT))
-    path = root / "seccomp" / "docker-default.json"
-    if not path.is_file():
-        pytest.fail(f"Docker's default seccomp profile is missing ({path}); set PYAPPLY_CORPUS")
+    path = test_corpus.need("seccomp", "docker-default.json")
     doc: dict[str, Any] = json.loads(path.read_text())
     return doc
 
