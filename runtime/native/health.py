@@ -273,7 +273,7 @@ def _read_container(cdir: Path) -> dict[str, Any] | None:
     return doc if doc is not None and doc.get("health") else None
 
 
-class _Looks:
+class Looks:
     """What the keeper's scan reads of each container, kept between scans while the files
     say nothing changed: the scan runs four times a second over every container of the
     root, and reading each state.json and conmon's /proc files every time cost ~0.1 % of a
@@ -379,7 +379,7 @@ def _entries(containers: Path) -> list[tuple[str, str]]:
         return []
 
 
-def _keep_log(cdir: str, name: str, doc: dict[str, Any], looks: _Looks, now: float) -> bool:
+def _keep_log(cdir: str, name: str, doc: dict[str, Any], looks: Looks, now: float) -> bool:
     """Rotate the log if it is due; whether its conmon is still there (the container runs)."""
     if not looks.conmon_alive(cdir, name, now):
         return False
@@ -424,7 +424,7 @@ def run(root: Path, runc: str) -> int:
     restarter = Restarter(root)
     containers = root / "containers"
     watched: dict[str, _Watched] = {}
-    looks = _Looks()
+    looks = Looks()
     arrived: list[tuple[str, str, Probe]] = []
     results: queue.SimpleQueue[tuple[str, str, Probe]] = queue.SimpleQueue()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)

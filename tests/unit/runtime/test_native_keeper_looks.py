@@ -1,4 +1,4 @@
-"""What the keeper's scan keeps between its looks (runtime/native/health.py `_Looks`): a
+"""What the keeper's scan keeps between its looks (runtime/native/health.py `Looks`): a
 container's state is read again exactly when its state.json changed (or REREAD_S passed),
 and conmon is followed through a pidfd: alive while that process runs, dead once it ended,
 never another process that took its pid file's place. Real files and real processes (a copy
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pyapply.runtime.native.health import _Looks
+from pyapply.runtime.native.health import Looks
 from pyapply.runtime.statefs import atomic_write
 
 
@@ -66,7 +66,7 @@ def open_fds() -> int:
 
 
 def test_a_state_is_read_again_only_when_its_file_changed(cdir: Path) -> None:
-    looks = _Looks()
+    looks = Looks()
     first = looks.state(str(cdir), "web", 100.0)
     assert first is not None and first["hostname"] == "h"
     assert looks.state(str(cdir), "web", 101.0) is first  # unchanged: not read again
@@ -74,14 +74,14 @@ def test_a_state_is_read_again_only_when_its_file_changed(cdir: Path) -> None:
     changed = looks.state(str(cdir), "web", 102.0)
     assert changed is not None and changed["hostname"] == "other"
     # the safety net: read again once REREAD_S passed, even with the file unchanged
-    assert looks.state(str(cdir), "web", 102.0 + _Looks.REREAD_S) is not changed
+    assert looks.state(str(cdir), "web", 102.0 + Looks.REREAD_S) is not changed
     (cdir / "state.json").unlink()
     assert looks.state(str(cdir), "web", 200.0) is None
     assert "web" not in looks.states
 
 
 def test_a_damaged_state_reads_as_none_until_it_is_rewritten(cdir: Path) -> None:
-    looks = _Looks()
+    looks = Looks()
     atomic_write(cdir / "state.json", "[]")
     assert looks.state(str(cdir), "web", 1.0) is None
     atomic_write(cdir / "state.json", json.dumps(state_doc()))
@@ -89,7 +89,7 @@ def test_a_damaged_state_reads_as_none_until_it_is_rewritten(cdir: Path) -> None
 
 
 def test_conmon_is_followed_by_its_pidfd(cdir: Path, spawn: Any) -> None:
-    looks = _Looks()
+    looks = Looks()
     assert not looks.conmon_alive(str(cdir), "web", 1.0)  # no pid file
     conmon = spawn("conmon")
     (cdir / "conmon.pid").write_text(str(conmon.pid))
@@ -104,7 +104,7 @@ def test_conmon_is_followed_by_its_pidfd(cdir: Path, spawn: Any) -> None:
 
 
 def test_a_pid_file_naming_another_program_is_not_conmon(cdir: Path, spawn: Any) -> None:
-    looks = _Looks()
+    looks = Looks()
     other = spawn("notconmon")
     (cdir / "conmon.pid").write_text(str(other.pid))
     assert not looks.conmon_alive(str(cdir), "web", 1.0)
@@ -115,7 +115,7 @@ def test_a_pid_file_naming_another_program_is_not_conmon(cdir: Path, spawn: Any)
 
 
 def test_a_dead_answer_is_looked_at_again_after_the_reread_time(cdir: Path, spawn: Any) -> None:
-    looks = _Looks()
+    looks = Looks()
     # a process that renames itself "conmon" when told to (a process may set only its own)
     rename = "; ".join(
         (
@@ -139,14 +139,14 @@ def test_a_dead_answer_is_looked_at_again_after_the_reread_time(cdir: Path, spaw
         other.stdin.flush()
         other.stdout.readline()
         assert not looks.conmon_alive(str(cdir), "web", 2.0)
-        assert looks.conmon_alive(str(cdir), "web", 1.0 + _Looks.REREAD_S)
+        assert looks.conmon_alive(str(cdir), "web", 1.0 + Looks.REREAD_S)
     finally:
         other.kill()
         other.wait()
 
 
 def test_forgetting_removed_containers_closes_their_pidfds(cdir: Path, spawn: Any) -> None:
-    looks = _Looks()
+    looks = Looks()
     conmon = spawn("conmon")
     (cdir / "conmon.pid").write_text(str(conmon.pid))
     fds = open_fds()
@@ -160,7 +160,7 @@ def test_forgetting_removed_containers_closes_their_pidfds(cdir: Path, spawn: An
 
 
 def test_an_entry_without_a_state_reads_as_none(tmp_path: Path) -> None:
-    looks = _Looks()
+    looks = Looks()
     containers = tmp_path / "containers"
     (containers / "being-made").mkdir(parents=True)
     (containers / "a-file").write_text("not a container")
