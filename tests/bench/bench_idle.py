@@ -33,7 +33,7 @@ from pathlib import Path
 
 import common
 import docker
-from bench_native import NativeObjects
+from bench_native import NativeObjects, shim_pids
 from common import BenchError, Tool, log
 
 from pyapply.runtime.native.driver import NativeRuntime
@@ -134,9 +134,8 @@ def main() -> int:
             if pid is not None
         ]
         ids = {cid for cid, _ in dc.objects.containers().values()}
-        shims = [
-            pid for pid in pids_named("containerd-shim") if any(cid in _cmdline(pid) for cid in ids)
-        ]
+        by_id = shim_pids()
+        shims = [by_id[cid] for cid in ids if cid in by_id]
         daemons = pids_named("dockerd") + pids_named("containerd")
         sides = {
             f"native: keeper + {len(conmons)} conmons": [keeper, *conmons],
@@ -162,14 +161,6 @@ def main() -> int:
             log("cleanup")
             common.remove_native(pyapply, tmp / "stack", native.env)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

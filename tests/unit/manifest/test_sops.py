@@ -29,7 +29,6 @@ from pyapply.reconciler.manifest import sealed, sops
 from pyapply.reconciler.manifest.loader import load
 from tests import corpus as test_corpus
 
-REPO = Path(__file__).resolve().parents[3]
 LASTMODIFIED = "2026-01-02T03:04:05Z"
 
 

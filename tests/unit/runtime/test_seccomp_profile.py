@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,6 @@ import pytest
 from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native import oci, seccomp
 from tests import corpus as test_corpus
-
-REPO = Path(__file__).resolve().parents[3]
 
 # Facts of Docker's profile that ours lacks, and facts of ours that Docker's lacks, each with
 # the reason. A difference not listed here fails the test.
