@@ -26,7 +26,10 @@ directory is `<root>/networks/dns/` (0700); the files are derived from the netwo
 (`render_network`) and rewritten by the NetworkManager, under its state lock, after every
 change of membership, followed by a SIGHUP; the server reloads in a thread of its own, so
 the sync waits until it answers the new files' canary (a name made of their hash, in every
-file: `config_files`), and a recreate or a scale is visible at once. The server is started
+file: `config_files`), and a recreate or a scale is visible at once. A sync killed between
+its writes and the SIGHUP leaves files equal to the next sync's, which would then see no
+change: the `.reload-owed` file beside the directory, made before the first write and
+removed once the server answers, makes the next sync reload it anyway. The server is started
 when the first network needs it and stopped (by the pid it wrote, checked against its
 command line) when the last network goes. A server that died is seen as missing listeners
 (`udp_listeners`, from /proc/net/udp and udp6) and started again.
@@ -70,7 +73,7 @@ from pyapply.runtime.base import PermanentError
 from pyapply.runtime.native.daemons import cmdline, is_zombie, log_tail, terminate
 from pyapply.runtime.native.hostbins import AARDVARK
 from pyapply.runtime.native.ipam import endpoint_ipv6
-from pyapply.runtime.statefs import atomic_write, private_dir, rmtree
+from pyapply.runtime.statefs import atomic_write, open_private, private_dir, rmtree
 
 PID_FILE = "aardvark.pid"  # written by aardvark-dns itself, skipped when it reads the dir
 CANARY_ID = "pyapply-sync"  # the "container" of each file's canary line (config_files)
@@ -324,6 +327,9 @@ class DnsServer:
     def __init__(self, directory: Path, log: Path, *, forward: bool = True) -> None:
         self.dir = directory
         self.log = log
+        # there while the files may differ from what the server has read (`sync`); beside
+        # the directory, since the server reads every file in it as a network
+        self.owed = directory.with_name(directory.name + ".reload-owed")
         self.forward = forward
         self.local: DnsServer | None = None
         if forward:
@@ -414,6 +420,8 @@ class DnsServer:
         if self.dir.exists():
             rmtree(self.dir)
         with contextlib.suppress(FileNotFoundError):
+            self.owed.unlink()
+        with contextlib.suppress(FileNotFoundError):
             self.log.unlink()
 
     # -- the files -------------------------------------------------------------------
@@ -440,29 +448,39 @@ class DnsServer:
                 self.local.stop()
         wanted, canary = config_files(networks, upstream, local_only, forwarders)
         private_dir(self.dir)
-        changed = False
-        for entry in os.scandir(self.dir):
-            if entry.name != PID_FILE and entry.name not in wanted:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)  # a removed network, a crashed write's temp file
-                changed = True
+        stale = [
+            e.path for e in os.scandir(self.dir) if e.name != PID_FILE and e.name not in wanted
+        ]
+        writes: dict[Path, str] = {}
         for name, text in wanted.items():
             path = self.dir / name
             try:
-                same = path.read_text() == text
+                if path.read_text() == text:
+                    continue
             except OSError:
-                same = False
-            if not same:
-                # derived from the state and rewritten at the next change: need not be durable
-                atomic_write(path, text, durable=False)
-                changed = True
+                pass
+            writes[path] = text
+        # owed: files that differ from what the server was told to read, left by a sync
+        # that ended (killed) between its writes and the server's reload
+        owed = self.owed.exists()
+        if (stale or writes) and not owed:
+            os.close(open_private(self.owed, os.O_WRONLY))
+            owed = True
+        for stale_path in stale:  # a removed network, a crashed write's temp file
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale_path)
+        for path, text in writes.items():
+            # derived from the state and rewritten at the next change: need not be durable
+            atomic_write(path, text, durable=False)
         pid = self.pid()
         if pid is None:
             self._start()
-        elif changed:
+        elif owed:
             os.kill(pid, signal.SIGHUP)
-        if changed or pid is None or check:
+        if owed or pid is None or check:
             self._await_serving(networks.values(), canary)
+        if owed:
+            self.owed.unlink()
 
     def _await_serving(self, networks: Iterable[Mapping[str, Any]], canary: str) -> None:
         """Wait (bounded) until the server listens on every gateway of `networks` and

@@ -155,7 +155,9 @@ class PortProxy:
         except OSError:
             same = False
         pid = self.pid()
-        if same and pid is not None:
+        # the applied generation too: a sync killed between its write and the SIGHUP left
+        # a file the running proxy has not read
+        if same and pid is not None and self._applied().get("generation") == generation:
             return
         private_dir(self.dir)
         if not same:

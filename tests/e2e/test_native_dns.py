@@ -403,6 +403,53 @@ def test_a_sync_does_not_wait_for_a_gateway_that_went(
     assert dns_processes(tmp_path) == []
 
 
+class _Killed(BaseException):
+    """Stands for the SIGKILL of the process that syncs, at the point it would reload."""
+
+
+def test_a_sync_killed_before_its_reload_is_made_good_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync that dies after writing the files and before the SIGHUP leaves files the
+    server has not read. The next sync, with the same state, finds nothing to write; it
+    must still reload the server (and, with `check`, not wait in vain for the canary: it
+    failed an apply after a SIGKILL in CI with "does not answer from its files")."""
+    from pyapply.runtime.native import dns
+
+    here = f"127.56.{random.randint(1, 254)}.1"
+    monkeypatch.setattr(dns, "LISTEN_WAIT_S", 3.0)
+    server = dns.DnsServer(tmp_path / "dns", tmp_path / "dns.log")
+
+    def net(**members: str) -> dict[str, object]:
+        endpoints = {k: {"ip": ip, "aliases": []} for k, ip in members.items()}
+        return {"one": {"bridge": "pa-1", "gateway": here, "endpoints": endpoints}}
+
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            raise _Killed
+        real_kill(pid, sig)
+
+    try:
+        server.sync(net(c1="10.9.0.2"))
+        for check in (False, True):
+            name = f"c{2 + check}"
+            with monkeypatch.context() as m:
+                m.setattr(dns.os, "kill", kill)
+                with pytest.raises(_Killed):
+                    server.sync(net(**{name: "10.9.0.9"}))
+            assert server.owed.exists()
+            assert ask(here, name) == []  # the server still serves the files it read
+            server.sync(net(**{name: "10.9.0.9"}), check=check)
+            assert ask(here, name) == ["10.9.0.9"]
+            assert not server.owed.exists()
+    finally:
+        server.sync({})
+    assert dns_processes(tmp_path) == []
+    assert not server.owed.exists()
+
+
 LINGERING = """\
 apiVersion: pyapply/v1
 kind: Stack

@@ -144,6 +144,46 @@ def test_the_proxy_relays_follows_its_list_and_stops(
         _tcp(host_tcp, b"z")
 
 
+class _Killed(BaseException):
+    """Stands for the SIGKILL of the process that syncs, at the point it would reload."""
+
+
+def test_a_sync_killed_before_its_reload_is_made_good_by_the_next(
+    tmp_path: Path, backends: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file written, the SIGHUP never sent: the next sync of the same state finds the
+    file as it wants it, and must still make the running proxy take it in."""
+    import pyapply.runtime.native.portproxy as portproxy
+
+    tcp_to, udp_to = backends
+    host_tcp, host_udp = _free(socket.SOCK_STREAM), _free(socket.SOCK_DGRAM)
+    tcp_port = port("::1", host_tcp, ip="127.0.0.1")
+    tcp_port["binding"]["container_port"] = tcp_to
+    udp_port = port("::1", host_udp, "udp", ip="127.0.0.1")
+    udp_port["binding"]["container_port"] = udp_to
+    proxy = PortProxy(tmp_path / "proxy")
+    real_kill = portproxy.os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if sig == portproxy.signal.SIGHUP:
+            raise _Killed
+        real_kill(pid, sig)
+
+    try:
+        proxy.sync({"n": {"ports": [tcp_port, udp_port]}})
+        with monkeypatch.context() as m:
+            m.setattr(portproxy.os, "kill", kill)
+            with pytest.raises(_Killed):
+                proxy.sync({"n": {"ports": [tcp_port]}})
+        assert _udp(host_udp, b"x") == b"udp:x"  # not taken in yet
+        proxy.sync({"n": {"ports": [tcp_port]}})
+        assert _udp(host_udp, b"x") is None
+        assert _tcp(host_tcp, b"y") == b"tcp:y"
+    finally:
+        proxy.sync({})
+    assert proxy.pid() is None
+
+
 def test_a_port_the_proxy_cannot_take_is_an_error_that_names_it(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as taken:
         taken.bind(("::1", 0))
