@@ -44,8 +44,9 @@ unit:
 e2e:
 	$(PYTEST) -m e2e tests/e2e
 
+# Two pytest processes at once: the host dockerd's and swarm's tests, and the rest (tests/streams.py)
 test: setup lint typecheck
-	$(PYTEST) --durations=25 tests --ignore=tests/bench
+	$(BIN)/python -m tests.streams -ra -p no:cacheprovider --durations=25 tests --ignore=tests/bench
 
 # The demo needs no daemon and no registry: the busybox image is made here from Debian's
 # busybox-static and imported into the native runtime's image store.

@@ -136,6 +136,11 @@ mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+# the host's lock directory: the fresh system shares this host's network, so its pyapply must
+# take the same host lock (firewall.LOCK_PATH) as every other root here before it picks a
+# subnet, or a demo and a test running at once take the same one
+mkdir -p "$root/run/lock" /run/lock
+mount --bind /run/lock "$root/run/lock"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 for d in /opt/pypi /opt/pypi-more /opt/wheels; do
     [ -d "$d" ] || continue
