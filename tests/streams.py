@@ -25,6 +25,7 @@ from types import FrameType
 
 # (name, pytest -m expression): together they select every test, each once
 STREAMS = (("dockerd", "dockerd"), ("rest", "not dockerd"))
+STREAM_ENV = "PYAPPLY_TEST_STREAM"  # the stream's name, for the checks of what may run where
 
 
 def main(args: list[str]) -> int:
@@ -45,7 +46,8 @@ def main(args: list[str]) -> int:
         for name, expr in STREAMS:
             out = fd if name == "dockerd" else None
             cmd = [sys.executable, "-m", "pytest", "-m", expr, *args]
-            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT))
+            env = {**os.environ, STREAM_ENV: name}
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env))
         os.close(fd)
         codes: dict[str, int] = {}
         while len(codes) < len(procs):

@@ -41,6 +41,8 @@ from typing import Any
 
 import msgspec
 
+from tests.streams import STREAM_ENV
+
 REGISTRY = "127.0.0.1:5000"
 TEST_REPO = f"{REGISTRY}/pyapply-test/busybox"
 TEST_REF = f"{TEST_REPO}:latest"
@@ -249,6 +251,13 @@ class SwarmHost(msgspec.Struct):
     node_addr: str = ""
 
     def start(self) -> None:
+        stream = os.environ.get(STREAM_ENV)
+        if stream not in (None, "dockerd"):
+            # one swarm per host, the host dockerd's: its tests must not overlap
+            raise AssertionError(
+                f"a swarm test ran in the {stream!r} stream of tests/streams.py, beside "
+                "the dockerd stream's swarm tests: mark it dockerd (tests/conftest.py)"
+            )
         info = swarm_info()
         state = info.get("LocalNodeState")
         if state == "active":
