@@ -408,6 +408,12 @@ class DnsServer:
                 return False
         return is_answer(reply, qid)
 
+    def unheard(self) -> bool:
+        """Whether this server or the root's second one may serve other files than its
+        directory's: a sync ended (killed) between its writes and the reload, or one is
+        still running (`sync`)."""
+        return self.owed.exists() or (self.local is not None and self.local.unheard())
+
     def _log_tail(self) -> str:
         # aardvark says it found no syslog on every start where none runs
         return log_tail(self.log, skip="syslog")

@@ -857,8 +857,11 @@ class NetworkManager:
             view = msgspec.structs.replace(view, rules6=self.firewall6.save())
         local = self.dns.local
         local_dns = dns.local_only_address(local.dir) if local is not None else None
+        dns_unheard, proxy_unheard = self._unfinished_syncs()
         for name, rec in networks.items():
             found = network_faults(rec, view, local_dns)
+            if dns_unheard:
+                found.append("its DNS server has not read its names (a sync did not finish)")
             if found:
                 by_network[name] = found
             for container, ep in sorted(rec["endpoints"].items()):
@@ -866,18 +869,41 @@ class NetworkManager:
                 if problem:
                     by_container.setdefault(container, []).append(problem)
             for port in rec["ports"]:
-                problem = port_faults(rec, port, view)
+                problem = port_faults(rec, port, view) or self._proxy_fault(port, proxy_unheard)
                 if problem:
                     by_container.setdefault(port["container"], []).append(problem)
-                elif relayed(port["binding"]["host_ip"], port["binding"]["protocol"]) and (
-                    self.proxy.pid() is None
-                ):
-                    b = _binding(port["binding"])
-                    by_container.setdefault(port["container"], []).append(
-                        f"no proxy for [{b.host_ip if is_proxied(b.host_ip) else '::1'}]:"
-                        f"{b.host_port}/{b.protocol}"
-                    )
         return by_network, by_container
+
+    def _proxy_fault(self, port: Mapping[str, Any], unheard: bool) -> str | None:
+        """What is wrong with the proxy of a port it relays (none for another port)."""
+        b = _binding(port["binding"])
+        if not relayed(b.host_ip, b.protocol):
+            return None
+        where = f"[{b.host_ip if is_proxied(b.host_ip) else '::1'}]:{b.host_port}/{b.protocol}"
+        if self.proxy.pid() is None:
+            return f"no proxy for {where}"
+        if unheard:
+            return f"the proxy of {where} has not read its list (a sync did not finish)"
+        return None
+
+    def _unfinished_syncs(self) -> tuple[bool, bool]:
+        """(the DNS server, the port proxy): whether it was left by a sync that did not
+        finish with files it has not read. A sync that runs holds the DNS lock
+        (`_syncs`), so while the lock is taken the answer is no for both."""
+        dns_unheard, proxy_unheard = self.dns.unheard(), self.proxy.unheard()
+        if not (dns_unheard or proxy_unheard):
+            return False, False
+        try:
+            fd = os.open(self.dir / ".dns.lock", os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return dns_unheard, proxy_unheard  # no sync ever ran under it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False, False  # one runs now
+        finally:
+            os.close(fd)  # and with it the lock
+        return dns_unheard, proxy_unheard
 
     @translated
     def repair(self, container_name: str, netns_path: str) -> None:

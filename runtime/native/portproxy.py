@@ -173,6 +173,16 @@ class PortProxy:
             os.kill(pid, signal.SIGHUP)
         self._await(generation)
 
+    def unheard(self) -> bool:
+        """Whether the running proxy has not taken in its file's list: left so by a sync
+        that ended (killed) between its write and the SIGHUP, or by one still running."""
+        try:
+            doc = json.loads((self.dir / PORTS_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        written = doc.get("generation") if isinstance(doc, dict) else None
+        return self.pid() is not None and self._applied().get("generation") != written
+
     def _start(self) -> None:
         from pyapply.runtime.native.health import package_root
 

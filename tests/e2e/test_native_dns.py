@@ -439,11 +439,11 @@ def test_a_sync_killed_before_its_reload_is_made_good_by_the_next(
                 m.setattr(dns.os, "kill", kill)
                 with pytest.raises(_Killed):
                     server.sync(net(**{name: "10.9.0.9"}))
-            assert server.owed.exists()
+            assert server.owed.exists() and server.unheard()
             assert ask(here, name) == []  # the server still serves the files it read
             server.sync(net(**{name: "10.9.0.9"}), check=check)
             assert ask(here, name) == ["10.9.0.9"]
-            assert not server.owed.exists()
+            assert not server.owed.exists() and not server.unheard()
     finally:
         server.sync({})
     assert dns_processes(tmp_path) == []

@@ -6,7 +6,8 @@ on 127.0.0.1, with a healthcheck; `client`, which reaches web by name) is deploy
 kernel object is then taken away as an operator's mistake or a crash would: the network's
 bridge (`ip link del`), web's veth, the network's firewall rules (isolation, NAT, guards, its DNS server's
 rules and web's DNAT), web's netns file (`ip netns del`), web's conmon (SIGKILL), the
-root's keeper (SIGKILL) or the root's DNS server (SIGKILL). Each time `diff --exit-code`
+root's keeper (SIGKILL), the root's DNS server (SIGKILL), or its reload (a sync killed
+between its writes and the SIGHUP). Each time `diff --exit-code`
 must exit 2 with the reason, `pyapply -f` must repair in place (same container ids; only a
 container whose conmon died restarts), the published port and container-to-container
 traffic must work again, `diff` must exit 0, and (the `native` fixture) nothing of the root
@@ -15,6 +16,7 @@ may be left in the kernel afterwards.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import signal
@@ -31,6 +33,7 @@ from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import TEST_IMAGE, http_get
 from tests.e2e.runtimes import Cli, RuntimeUnderTest
+from tests.e2e.test_native_dns import ask
 
 pytestmark = pytest.mark.e2e
 
@@ -172,6 +175,32 @@ def kill_dns(d: Deployed) -> tuple[str, ...]:
     return (f"no DNS server on {gateway}:53",)
 
 
+def dns_unread(d: Deployed) -> tuple[str, ...]:
+    """What a sync killed between its writes and the reload leaves (`DnsServer.sync`): the
+    server answers from an older generation of the files than the directory holds, which
+    is what the state wants, so the next sync finds nothing to write. Made here by serving
+    a generation without web, then putting the files back with the marker the sync makes
+    before its writes."""
+    server = d.rt.networks.dns
+    path = server.dir / d.bridge
+    text = path.read_text()
+    assert d.web in text
+    path.write_text("".join(ln for ln in text.splitlines(True) if d.web not in ln))
+    pid = server.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGHUP)
+    net = d.rt.get_network(d.network)
+    assert net is not None and net.subnet
+    gateway = str(next(IPv4Network(net.subnet).hosts()))
+    deadline = time.monotonic() + 10
+    while ask(gateway, "web") != [] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ask(gateway, "web") == [], "the server did not take in the older files"
+    server.owed.touch(0o600)
+    path.write_text(text)
+    return ("its DNS server has not read its names (a sync did not finish)",)
+
+
 def delete_netns(d: Deployed) -> tuple[str, ...]:
     netns.remove(d.rt.netns_name(d.web_key))  # what `ip netns del` does
     return (f"netns {d.rt.netns_name(d.web_key)} missing",)
@@ -205,6 +234,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {
     "conmon": (kill_conmon, False),
     "keeper": (kill_keeper, False),
     "dns": (kill_dns, False),
+    "dns_unread": (dns_unread, False),
 }
 
 
@@ -233,6 +263,13 @@ def test_a_kernel_fault_is_seen_and_repaired_in_place(
         assert reason in out, f"expected {reason!r} in:\n{out}"
     if fault == "keeper":
         assert health.checker_pid(d.rt.root) is None, "diff changed something"
+    if fault == "dns_unread":
+        # the same files and marker while a sync runs (it holds the DNS lock): in progress,
+        # not a fault
+        with (d.rt.networks.dir / ".dns.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            code, out = d.diff()
+        assert code == 0, f"a sync in progress was taken for a fault:\n{out}"
 
     applied = cli.ok("-f", str(manifest))
     assert "Repaired" in applied or "Restarted" in applied, applied
@@ -251,7 +288,8 @@ def test_a_kernel_fault_is_seen_and_repaired_in_place(
         pid = native.pid(d.web)
         ours, its = os.stat(d.rt.netns_path(d.web_key)), os.stat(f"/proc/{pid}/ns/net")
         assert (ours.st_dev, ours.st_ino) == (its.st_dev, its.st_ino)
-    if fault == "dns":
+    if fault in ("dns", "dns_unread"):
+        assert not d.rt.networks.dns.unheard()
         code, out = native.exec(d.client, "nslookup", "web")
         assert code == 0 and "Name:\tweb" in out, out
     if fault in ("conmon", "keeper"):

@@ -176,8 +176,10 @@ def test_a_sync_killed_before_its_reload_is_made_good_by_the_next(
             with pytest.raises(_Killed):
                 proxy.sync({"n": {"ports": [tcp_port]}})
         assert _udp(host_udp, b"x") == b"udp:x"  # not taken in yet
+        assert proxy.unheard()  # what the network's faults report
         proxy.sync({"n": {"ports": [tcp_port]}})
         assert _udp(host_udp, b"x") is None
+        assert not proxy.unheard()
         assert _tcp(host_tcp, b"y") == b"tcp:y"
     finally:
         proxy.sync({})
