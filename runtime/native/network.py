@@ -132,6 +132,8 @@ GUARDS = 1
 # the longest `settle` waits for one deferred sync: above the DNS server's and the proxy's
 # own bounded waits (dns.LISTEN_WAIT_S, portproxy.START_WAIT_S), which end it first
 SETTLE_WAIT_S = 60.0
+# the DNS lock: held by every sync of the DNS server and the proxy (`_syncs`)
+DNS_LOCK_FILE = ".dns.lock"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -526,7 +528,7 @@ class NetworkManager:
 
     def _dns_lock(self) -> IO[str]:
         """The DNS lock, held (taken only while holding the state lock: one order)."""
-        fh = os.fdopen(open_private(self.dir / ".dns.lock", os.O_WRONLY | os.O_APPEND), "a")
+        fh = os.fdopen(open_private(self.dir / DNS_LOCK_FILE, os.O_WRONLY | os.O_APPEND), "a")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX)
         except BaseException:
@@ -894,7 +896,7 @@ class NetworkManager:
         if not (dns_unheard or proxy_unheard):
             return False, False
         try:
-            fd = os.open(self.dir / ".dns.lock", os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(self.dir / DNS_LOCK_FILE, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return dns_unheard, proxy_unheard  # no sync ever ran under it
         try:
@@ -1612,7 +1614,7 @@ class NetworkManager:
             with self._dns_lock():  # after the syncs of any transaction before this one
                 self.dns.stop()  # even if the state forgot its networks
                 self.proxy.stop()
-        for leftover in ("networks.json", "ipam.json", ".lock", ".dns.lock"):
+        for leftover in ("networks.json", "ipam.json", ".lock", DNS_LOCK_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / leftover).unlink()
         with contextlib.suppress(OSError):

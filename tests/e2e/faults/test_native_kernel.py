@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 
-from pyapply.runtime.native import firewall, health
+from pyapply.runtime.native import firewall, health, network
 from pyapply.runtime.native.driver import NativeRuntime
 from pyapply.runtime.native.supervise import pid_alive
 from tests.e2e.helpers import TEST_IMAGE, http_get
@@ -266,7 +266,7 @@ def test_a_kernel_fault_is_seen_and_repaired_in_place(
     if fault == "dns_unread":
         # the same files and marker while a sync runs (it holds the DNS lock): in progress,
         # not a fault
-        with (d.rt.networks.dir / ".dns.lock").open("a") as lock:
+        with (d.rt.networks.dir / network.DNS_LOCK_FILE).open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             code, out = d.diff()
         assert code == 0, f"a sync in progress was taken for a fault:\n{out}"
